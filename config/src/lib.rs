@@ -1,0 +1,83 @@
+//! Typed configuration for manymodels' binaries.
+//!
+//! Each binary has a *raw* serde layer (every key optional, with a default, unknown keys
+//! rejected) and a *validated* layer of real types (`SocketAddr`, `Duration`, byte sizes,
+//! enums) that the services take. Values come from a TOML file, then environment variables,
+//! then `--set key=value` flags; the key tables ([`scorer::KEYS`]) document every key and
+//! derive the environment variable names. An invalid configuration never reaches a service:
+//! loading fails with an error that names the key.
+//!
+//! This crate does no I/O beyond reading the config file, and knows nothing of HTTP or ONNX.
+
+mod layer;
+pub mod scorer;
+mod units;
+
+use std::fmt;
+
+pub use layer::{KeyDoc, Sources};
+pub use units::{ByteSize, HumanDuration, parse_bytes, parse_duration};
+
+/// Why a configuration was refused. Always names the file or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+}
+
+impl ConfigError {
+    pub(crate) fn key(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Key {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A secret string (storage key, SAS token, API key) that never prints.
+#[derive(Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "<unset>" } else { "<redacted>" })
+    }
+}
+
+/// Renders a key table as the Markdown table in README.md.
+pub fn markdown_table(keys: &[KeyDoc], env_prefix: &str) -> String {
+    let mut out = String::from("| key | env var | default | meaning |\n|---|---|---|---|\n");
+    for doc in keys {
+        let default = if doc.default.is_empty() {
+            "(empty)".to_string()
+        } else {
+            format!("`{}`", doc.default)
+        };
+        out.push_str(&format!(
+            "| `{}` | `{}` | {} | {} |\n",
+            doc.key,
+            doc.env_var(env_prefix),
+            default,
+            doc.doc
+        ));
+    }
+    out
+}

@@ -1,0 +1,521 @@
+//! Configuration of `mm-scorer`.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::layer::{self, KeyDoc, Sources};
+use crate::units::{ByteSize, HumanDuration};
+use crate::{ConfigError, Secret};
+
+/// Prefix of the environment variables that override scorer keys.
+pub const ENV_PREFIX: &str = "MM_SCORER_";
+
+/// Every scorer key, its default and meaning. README.md's table is rendered from this
+/// (`cargo xtask config-table`), and a test checks that every key here deserialises.
+pub const KEYS: &[KeyDoc] = &[
+    doc("listen", "127.0.0.1:8001", "Address the HTTP (Open Inference Protocol) server binds."),
+    doc("name", "", "Name reported in the `x-mm-scorer` response header and logs; empty means the listen address."),
+    doc("store.kind", "local", "Model store backend: `local` (a directory) or `azure` (Azure Blob Storage)."),
+    doc("store.path", "models/demo", "Root directory of the local store: `<path>/<model_id>/<version>/model.onnx`."),
+    doc("store.azure.account", "", "Azure Storage account name."),
+    doc("store.azure.container", "", "Blob container that holds the models."),
+    doc("store.azure.prefix", "", "Blob name prefix under which `<model_id>/<version>/model.onnx` live."),
+    doc("store.azure.endpoint", "", "Blob endpoint URL override (Azurite, sovereign clouds); empty means the public endpoint."),
+    doc("store.azure.use_emulator", "false", "Use the Azurite development account and endpoint."),
+    secret("store.azure.access_key", "Storage account key; empty means SAS or workload identity."),
+    secret("store.azure.sas_token", "SAS token used instead of an account key."),
+    doc("cache.budget", "512MiB", "Bytes of loaded models the hot cache may hold."),
+    doc("cache.max_concurrent_loads", "4", "Model loads that may run at the same time."),
+    doc("cache.failure_ttl", "30s", "How long a model that failed to load answers its error without retrying."),
+    doc("cache.weight_overhead", "160KiB", "Fixed memory charged per loaded model (measured; see ARCHITECTURE.md)."),
+    doc("cache.weight_per_file_byte", "6.0", "Memory charged per byte of ONNX file (measured; see ARCHITECTURE.md)."),
+    doc("cache.policy", "tiny_lfu", "Eviction and admission policy of the hot cache: `tiny_lfu` or `lru`."),
+    doc("http.max_body", "32MiB", "Largest request body accepted; larger bodies get 413."),
+    doc("http.max_elements", "4194304", "Largest number of tensor elements in one request; more gets 400."),
+    doc("inference.threads", "0", "Threads that run ONNX Runtime calls and loads; 0 means one per core."),
+    doc("onnxruntime.library", "", "Path of libonnxruntime.so; empty means the `ORT_DYLIB_PATH` environment variable."),
+    doc("shutdown.grace", "30s", "On SIGTERM, how long in-flight requests may take before the process exits."),
+    doc("log.level", "info", "Log filter (tracing `EnvFilter` syntax)."),
+    doc("log.format", "text", "Log format: `text` or `json`."),
+];
+
+const fn doc(key: &'static str, default: &'static str, doc: &'static str) -> KeyDoc {
+    KeyDoc {
+        key,
+        default,
+        doc,
+        secret: false,
+    }
+}
+
+const fn secret(key: &'static str, doc: &'static str) -> KeyDoc {
+    KeyDoc {
+        key,
+        default: "",
+        doc,
+        secret: true,
+    }
+}
+
+/// The validated scorer configuration.
+#[derive(Clone, Debug)]
+pub struct ScorerConfig {
+    pub listen: SocketAddr,
+    pub name: String,
+    pub store: StoreConfig,
+    pub cache: CacheConfig,
+    pub http: HttpConfig,
+    /// Threads for ONNX Runtime calls and loads.
+    pub inference_threads: NonZeroUsize,
+    /// Path of the ONNX Runtime shared library.
+    pub onnxruntime_library: Option<PathBuf>,
+    pub shutdown_grace: Duration,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug)]
+pub enum StoreConfig {
+    Local { path: PathBuf },
+    Azure(AzureStoreConfig),
+}
+
+#[derive(Clone, Debug)]
+pub struct AzureStoreConfig {
+    pub account: String,
+    pub container: String,
+    /// Normalised: empty, or ending in `/`.
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub use_emulator: bool,
+    pub credential: AzureCredential,
+}
+
+#[derive(Clone, Debug)]
+pub enum AzureCredential {
+    AccessKey(Secret),
+    SasToken(Secret),
+    /// Workload identity / managed identity, resolved by the storage client from its
+    /// environment.
+    Ambient,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CachePolicy {
+    TinyLfu,
+    Lru,
+}
+
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    pub budget: ByteSize,
+    pub max_concurrent_loads: NonZeroUsize,
+    pub failure_ttl: Duration,
+    pub weight_overhead: ByteSize,
+    pub weight_per_file_byte: f64,
+    pub policy: CachePolicy,
+}
+
+impl CacheConfig {
+    /// Memory charged for a model whose ONNX file has `file_bytes` bytes.
+    pub fn weigh(&self, file_bytes: u64) -> u64 {
+        self.weight_overhead.0 + (file_bytes as f64 * self.weight_per_file_byte) as u64
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    pub max_body: ByteSize,
+    pub max_elements: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl ScorerConfig {
+    /// Loads and validates the configuration from `sources`.
+    pub fn load(sources: &Sources<'_>) -> Result<Self, ConfigError> {
+        let raw: Raw = layer::merge(KEYS, ENV_PREFIX, sources)?;
+        raw.validate()
+    }
+
+    /// Defaults only, with the store at `path`: handy for tests.
+    pub fn for_local_store(path: impl Into<PathBuf>) -> Self {
+        let mut config = Raw::default().validate().expect("defaults are valid");
+        config.store = StoreConfig::Local { path: path.into() };
+        config
+    }
+
+    /// The name this scorer reports: the configured one, or the listen address.
+    pub fn display_name(&self) -> String {
+        if self.name.is_empty() {
+            self.listen.to_string()
+        } else {
+            self.name.clone()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Raw {
+    listen: String,
+    name: String,
+    store: RawStore,
+    cache: RawCache,
+    http: RawHttp,
+    inference: RawInference,
+    onnxruntime: RawOnnxRuntime,
+    shutdown: RawShutdown,
+    log: RawLog,
+}
+
+impl Default for Raw {
+    fn default() -> Self {
+        Raw {
+            listen: "127.0.0.1:8001".into(),
+            name: String::new(),
+            store: RawStore::default(),
+            cache: RawCache::default(),
+            http: RawHttp::default(),
+            inference: RawInference::default(),
+            onnxruntime: RawOnnxRuntime::default(),
+            shutdown: RawShutdown::default(),
+            log: RawLog::default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawStore {
+    kind: String,
+    path: PathBuf,
+    azure: RawAzure,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            kind: "local".into(),
+            path: "models/demo".into(),
+            azure: RawAzure::default(),
+        }
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawAzure {
+    account: String,
+    container: String,
+    prefix: String,
+    endpoint: String,
+    use_emulator: bool,
+    access_key: Secret,
+    sas_token: Secret,
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawCache {
+    budget: ByteSize,
+    max_concurrent_loads: usize,
+    failure_ttl: HumanDuration,
+    weight_overhead: ByteSize,
+    weight_per_file_byte: f64,
+    policy: CachePolicy,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            budget: ByteSize::mib(512),
+            max_concurrent_loads: 4,
+            failure_ttl: HumanDuration(Duration::from_secs(30)),
+            weight_overhead: ByteSize::kib(160),
+            weight_per_file_byte: 6.0,
+            policy: CachePolicy::TinyLfu,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawHttp {
+    max_body: ByteSize,
+    max_elements: usize,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            max_body: ByteSize::mib(32),
+            max_elements: 1 << 22,
+        }
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawInference {
+    threads: usize,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawOnnxRuntime {
+    library: String,
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawShutdown {
+    grace: HumanDuration,
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        RawShutdown {
+            grace: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawLog {
+    level: String,
+    format: LogFormat,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Raw {
+    fn validate(self) -> Result<ScorerConfig, ConfigError> {
+        let listen = self
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| ConfigError::key("listen", format!("`{}`: {e}", self.listen)))?;
+        let store = match self.store.kind.as_str() {
+            "local" => {
+                if self.store.path.as_os_str().is_empty() {
+                    return Err(ConfigError::key("store.path", "must not be empty"));
+                }
+                StoreConfig::Local {
+                    path: self.store.path,
+                }
+            }
+            "azure" => StoreConfig::Azure(self.store.azure.validate()?),
+            other => {
+                return Err(ConfigError::key(
+                    "store.kind",
+                    format!("`{other}` is not `local` or `azure`"),
+                ));
+            }
+        };
+        let cache = &self.cache;
+        if cache.budget.0 == 0 {
+            return Err(ConfigError::key("cache.budget", "must be greater than 0"));
+        }
+        let max_concurrent_loads = NonZeroUsize::new(cache.max_concurrent_loads)
+            .ok_or_else(|| ConfigError::key("cache.max_concurrent_loads", "must be at least 1"))?;
+        if !(cache.weight_per_file_byte.is_finite() && cache.weight_per_file_byte >= 0.0) {
+            return Err(ConfigError::key(
+                "cache.weight_per_file_byte",
+                "must be a non-negative number",
+            ));
+        }
+        if self.http.max_body.0 == 0 {
+            return Err(ConfigError::key("http.max_body", "must be greater than 0"));
+        }
+        if self.http.max_elements == 0 {
+            return Err(ConfigError::key("http.max_elements", "must be at least 1"));
+        }
+        let inference_threads = NonZeroUsize::new(self.inference.threads)
+            .or_else(|| std::thread::available_parallelism().ok())
+            .unwrap_or(NonZeroUsize::MIN);
+        let onnxruntime_library = if self.onnxruntime.library.is_empty() {
+            std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from)
+        } else {
+            Some(PathBuf::from(self.onnxruntime.library))
+        };
+        Ok(ScorerConfig {
+            listen,
+            name: self.name,
+            store,
+            cache: CacheConfig {
+                budget: cache.budget,
+                max_concurrent_loads,
+                failure_ttl: cache.failure_ttl.0,
+                weight_overhead: cache.weight_overhead,
+                weight_per_file_byte: cache.weight_per_file_byte,
+                policy: cache.policy,
+            },
+            http: HttpConfig {
+                max_body: self.http.max_body,
+                max_elements: self.http.max_elements,
+            },
+            inference_threads,
+            onnxruntime_library,
+            shutdown_grace: self.shutdown.grace.0,
+            log: LogConfig {
+                level: self.log.level,
+                format: self.log.format,
+            },
+        })
+    }
+}
+
+impl RawAzure {
+    fn validate(self) -> Result<AzureStoreConfig, ConfigError> {
+        if self.account.is_empty() && !self.use_emulator {
+            return Err(ConfigError::key(
+                "store.azure.account",
+                "required when store.kind = \"azure\" (or set store.azure.use_emulator)",
+            ));
+        }
+        if self.container.is_empty() {
+            return Err(ConfigError::key(
+                "store.azure.container",
+                "required when store.kind = \"azure\"",
+            ));
+        }
+        if !self.access_key.is_empty() && !self.sas_token.is_empty() {
+            return Err(ConfigError::key(
+                "store.azure.sas_token",
+                "set either an access key or a SAS token, not both",
+            ));
+        }
+        let credential = if !self.access_key.is_empty() {
+            AzureCredential::AccessKey(self.access_key)
+        } else if !self.sas_token.is_empty() {
+            AzureCredential::SasToken(self.sas_token)
+        } else {
+            AzureCredential::Ambient
+        };
+        let prefix = self.prefix.trim_matches('/');
+        Ok(AzureStoreConfig {
+            account: self.account,
+            container: self.container,
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+            endpoint: (!self.endpoint.is_empty()).then_some(self.endpoint),
+            use_emulator: self.use_emulator,
+            credential,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: Option<&str>, env: &[(&str, &str)], sets: &[&str]) -> Result<ScorerConfig, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("mm-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.toml", file.map(str::len).unwrap_or(0)));
+        if let Some(text) = file {
+            std::fs::write(&path, text).unwrap();
+        }
+        ScorerConfig::load(&Sources {
+            file: file.map(|_| path.as_path()),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            sets: sets.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn defaults_match_the_key_table() {
+        let config = load(None, &[], &[]).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8001");
+        assert_eq!(config.cache.budget, ByteSize::mib(512));
+        assert_eq!(config.cache.failure_ttl, Duration::from_secs(30));
+        assert_eq!(config.http.max_body, ByteSize::mib(32));
+        assert_eq!(config.cache.policy, CachePolicy::TinyLfu);
+        // Every documented default, fed back through `--set`, must be accepted.
+        for doc in KEYS {
+            if doc.default.is_empty() {
+                continue;
+            }
+            let set = format!("{}={}", doc.key, doc.default);
+            load(None, &[], &[&set]).unwrap_or_else(|e| panic!("{set}: {e}"));
+        }
+    }
+
+    #[test]
+    fn file_then_env_then_flags_override_in_order() {
+        let file = "listen = \"127.0.0.1:9000\"\n[cache]\nbudget = \"1GiB\"\nmax_concurrent_loads = 2\n";
+        let config = load(
+            Some(file),
+            &[("MM_SCORER_CACHE_BUDGET", "64MiB"), ("MM_SCORER_LISTEN", "127.0.0.1:9001")],
+            &["listen=127.0.0.1:9002"],
+        )
+        .unwrap();
+        assert_eq!(config.cache.budget, ByteSize::mib(64));
+        assert_eq!(config.cache.max_concurrent_loads.get(), 2);
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9002");
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let err = load(Some("[cache]\nbudget = \"lots\"\n"), &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("cache.budget"), "{err}");
+        let err = load(Some("[cache]\nbugdet = 1\n"), &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("bugdet"), "{err}");
+        let err = load(None, &[("MM_SCORER_CACHE_MAX_CONCURRENT_LOADS", "0")], &[]).unwrap_err();
+        assert!(err.to_string().contains("cache.max_concurrent_loads"), "{err}");
+        let err = load(None, &[], &["cache.nope=1"]).unwrap_err();
+        assert!(err.to_string().contains("cache.nope"), "{err}");
+        let err = load(None, &[], &["store.kind=s3"]).unwrap_err();
+        assert!(err.to_string().contains("store.kind"), "{err}");
+    }
+
+    #[test]
+    fn azure_store_requires_a_container_and_redacts_its_key() {
+        let err = load(None, &[], &["store.kind=azure", "store.azure.account=acct"]).unwrap_err();
+        assert!(err.to_string().contains("store.azure.container"), "{err}");
+        let config = load(
+            None,
+            &[("MM_SCORER_STORE_AZURE_ACCESS_KEY", "c2VjcmV0")],
+            &["store.kind=azure", "store.azure.account=acct", "store.azure.container=models", "store.azure.prefix=/team/a/"],
+        )
+        .unwrap();
+        let StoreConfig::Azure(azure) = &config.store else {
+            panic!("expected azure store");
+        };
+        assert_eq!(azure.prefix, "team/a/");
+        assert!(matches!(&azure.credential, AzureCredential::AccessKey(k) if k.expose() == "c2VjcmV0"));
+        assert!(!format!("{config:?}").contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn the_weight_rule_charges_overhead_plus_a_multiple_of_the_file() {
+        let config = load(None, &[], &["cache.weight_overhead=100KiB", "cache.weight_per_file_byte=5"]).unwrap();
+        assert_eq!(config.cache.weigh(1000), 100 * 1024 + 5000);
+    }
+}

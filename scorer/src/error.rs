@@ -1,0 +1,122 @@
+//! The scorer's one error type and the one table that maps it to HTTP.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// Everything that can go wrong serving a request.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ScorerError {
+    #[error("model '{0}' not found")]
+    ModelNotFound(String),
+    #[error("model '{id}' has no version {version}")]
+    VersionNotFound { id: String, version: String },
+    #[error("invalid model id '{0}': expected 1-128 characters from [A-Za-z0-9._-], starting with a letter or digit")]
+    InvalidModelId(String),
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("no route for {0}")]
+    NoRoute(String),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("inference failed for model '{id}': {message}")]
+    Inference { id: String, message: String },
+    #[error("model store unavailable: {0}")]
+    Store(String),
+    #[error("the scorer is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a model could not be loaded. Cheap to clone: one failed load is shared with every
+/// request that waited for it, and remembered for `cache.failure_ttl`.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("model '{id}' version {version} could not be loaded: {message}")]
+pub struct LoadError {
+    pub id: String,
+    pub version: u64,
+    pub message: Arc<str>,
+    /// The model file itself is bad (ONNX Runtime refused it, or it uses types the scorer
+    /// cannot serve), as opposed to the store failing to deliver it.
+    pub invalid_model: bool,
+}
+
+impl ScorerError {
+    /// The one table from error kind to HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ScorerError::ModelNotFound(_) | ScorerError::VersionNotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            ScorerError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ScorerError::InvalidModelId(_) | ScorerError::InvalidInput(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ScorerError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ScorerError::Load(e) if e.invalid_model => StatusCode::UNPROCESSABLE_ENTITY,
+            ScorerError::Load(_) | ScorerError::Store(_) | ScorerError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ScorerError::Inference { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A short, bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ScorerError::ModelNotFound(_) | ScorerError::VersionNotFound { .. } => "not_found",
+            ScorerError::InvalidModelId(_) => "invalid_id",
+            ScorerError::InvalidInput(_) => "invalid_input",
+            ScorerError::BodyTooLarge { .. } => "too_large",
+            ScorerError::NoRoute(_) => "no_route",
+            ScorerError::Load(_) => "load_failed",
+            ScorerError::Inference { .. } => "inference_failed",
+            ScorerError::Store(_) => "store_unavailable",
+            ScorerError::ShuttingDown => "shutting_down",
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ScorerError::InvalidInput(message.into())
+    }
+}
+
+impl IntoResponse for ScorerError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "request failed");
+        }
+        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_model_file_is_422_and_a_failing_store_is_503() {
+        let load = |invalid_model| {
+            ScorerError::Load(LoadError {
+                id: "m".into(),
+                version: 1,
+                message: "boom".into(),
+                invalid_model,
+            })
+        };
+        assert_eq!(load(true).status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(load(false).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            ScorerError::ModelNotFound("m".into()).status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            ScorerError::BodyTooLarge { limit: 1 }.status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+}

@@ -1,0 +1,384 @@
+//! The Open Inference Protocol (KServe v2 REST) over axum. `app(scorer)` builds the whole
+//! router, so handler tests call it without a socket.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::Scorer;
+use crate::error::ScorerError;
+use crate::model_id::ModelId;
+use crate::oip;
+use crate::tensor::TensorSpec;
+
+/// Names the scorer that answered (for the proxy's affinity, and for people debugging).
+pub const SCORER_HEADER: HeaderName = HeaderName::from_static("x-mm-scorer");
+/// `hit` or `miss`: whether the model was already in memory.
+pub const CACHE_HEADER: HeaderName = HeaderName::from_static("x-mm-cache");
+
+type Shared = State<Arc<Scorer>>;
+
+pub fn app(scorer: Arc<Scorer>) -> Router {
+    let max_body = usize::try_from(scorer.config.http.max_body.bytes()).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{id}", get(model_metadata))
+        .route("/v2/models/{id}/ready", get(model_ready))
+        .route("/v2/models/{id}/infer", post(infer))
+        .route("/v2/models/{id}/versions/{version}", get(version_metadata))
+        .route("/v2/models/{id}/versions/{version}/ready", get(version_ready))
+        .route("/v2/models/{id}/versions/{version}/infer", post(version_infer))
+        // Anything else under /v2/models/ has an id with a `/` in it, or an empty one.
+        .route("/v2/models/{*rest}", get(bad_model_path).post(bad_model_path))
+        .route("/v2/models/", get(bad_model_path).post(bad_model_path))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{id}/load", post(repository_load))
+        .route("/v2/repository/models/{id}/unload", post(repository_unload))
+        .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(scorer)
+}
+
+/// Records the request in metrics and turns errors into `{"error": ...}` responses.
+fn finish(scorer: &Scorer, route: &'static str, result: Result<Response, ScorerError>) -> Response {
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    let code = response.status();
+    scorer
+        .metrics
+        .requests
+        .with_label_values(&[route, code.as_str()])
+        .inc();
+    response.headers_mut().insert(SCORER_HEADER, scorer.name_header.clone());
+    response
+}
+
+fn model_id(path: Result<Path<String>, PathRejection>) -> Result<ModelId, ScorerError> {
+    let Path(id) = path.map_err(|e| ScorerError::InvalidModelId(e.body_text()))?;
+    ModelId::parse(&id)
+}
+
+fn model_and_version(
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(ModelId, u64), ScorerError> {
+    let Path((id, version)) = path.map_err(|e| ScorerError::InvalidModelId(e.body_text()))?;
+    let id = ModelId::parse(&id)?;
+    let version = crate::store::parse_version(&version).ok_or_else(|| {
+        ScorerError::invalid(format!(
+            "invalid version '{version}': expected a positive integer"
+        ))
+    })?;
+    Ok((id, version))
+}
+
+fn body(body: Result<Bytes, BytesRejection>, scorer: &Scorer) -> Result<Bytes, ScorerError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ScorerError::BodyTooLarge {
+                limit: scorer.config.http.max_body.bytes(),
+            }
+        } else {
+            ScorerError::invalid(format!("cannot read the request body: {}", rejection.body_text()))
+        }
+    })
+}
+
+fn json_response<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => ScorerError::Inference {
+            id: String::new(),
+            message: format!("cannot encode the response: {e}"),
+        }
+        .into_response(),
+    }
+}
+
+async fn server_metadata() -> Response {
+    json_response(&json!({
+        "name": "manymodels",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["model_repository"],
+    }))
+}
+
+async fn live() -> Response {
+    json_response(&json!({ "live": true }))
+}
+
+async fn ready(State(scorer): Shared) -> Response {
+    if scorer.ready.load(Ordering::Relaxed) {
+        json_response(&json!({ "ready": true }))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "ready": false, "error": "not ready" }))).into_response()
+    }
+}
+
+async fn infer(
+    State(scorer): Shared,
+    path: Result<Path<String>, PathRejection>,
+    request: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let id = model_id(path)?;
+        score(&scorer, id, None, body(request, &scorer)?).await
+    }
+    .await;
+    finish(&scorer, "infer", result)
+}
+
+async fn version_infer(
+    State(scorer): Shared,
+    path: Result<Path<(String, String)>, PathRejection>,
+    request: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let (id, version) = model_and_version(path)?;
+        score(&scorer, id, Some(version), body(request, &scorer)?).await
+    }
+    .await;
+    finish(&scorer, "infer", result)
+}
+
+async fn score(scorer: &Scorer, id: ModelId, version: Option<u64>, body: Bytes) -> Result<Response, ScorerError> {
+    // Parse before touching the cache: a malformed body must not cost a model load.
+    let request = oip::parse_infer_request(&body)?;
+    drop(body);
+    let (model, lookup) = scorer.cache.get(&id, version).await?;
+    let selected = oip::select_outputs(request.outputs.as_deref(), &model.outputs)?;
+    let inputs = oip::validate_inputs(request.inputs, &model.inputs, scorer.config.http.max_elements)?;
+    let running = model.clone();
+    let started = Instant::now();
+    let outputs = tokio::task::spawn_blocking(move || running.infer(inputs, &selected))
+        .await
+        .map_err(|e| ScorerError::Inference {
+            id: id.to_string(),
+            message: format!("inference task failed: {e}"),
+        })??;
+    scorer.metrics.inference_duration.observe(started.elapsed().as_secs_f64());
+    let mut response = json_response(&oip::InferResponse {
+        model_name: id.as_str(),
+        model_version: model.version.to_string(),
+        id: request.id,
+        outputs,
+    });
+    response
+        .headers_mut()
+        .insert(CACHE_HEADER, HeaderValue::from_static(lookup.as_str()));
+    Ok(response)
+}
+
+#[derive(Serialize)]
+struct ModelMetadata<'a> {
+    name: &'a str,
+    versions: Vec<String>,
+    platform: &'static str,
+    inputs: &'a [TensorSpec],
+    outputs: &'a [TensorSpec],
+}
+
+async fn metadata(scorer: &Scorer, id: ModelId, version: Option<u64>) -> Result<Response, ScorerError> {
+    let (model, _) = scorer.cache.get(&id, version).await?;
+    let versions = scorer
+        .cache
+        .store()
+        .list_versions(&id)
+        .await
+        .map_err(|e| ScorerError::Store(e.to_string()))?;
+    Ok(json_response(&ModelMetadata {
+        name: id.as_str(),
+        versions: versions.iter().map(u64::to_string).collect(),
+        platform: "onnxruntime_onnx",
+        inputs: &model.inputs,
+        outputs: &model.outputs,
+    }))
+}
+
+async fn model_metadata(State(scorer): Shared, path: Result<Path<String>, PathRejection>) -> Response {
+    let result = async { metadata(&scorer, model_id(path)?, None).await }.await;
+    finish(&scorer, "metadata", result)
+}
+
+async fn version_metadata(
+    State(scorer): Shared,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    let result = async {
+        let (id, version) = model_and_version(path)?;
+        metadata(&scorer, id, Some(version)).await
+    }
+    .await;
+    finish(&scorer, "metadata", result)
+}
+
+/// A model is ready when it can be scored now: it is in the store (loading on demand) or
+/// already in memory. `loaded` says which.
+async fn readiness(scorer: &Scorer, id: ModelId, version: Option<u64>) -> Result<Response, ScorerError> {
+    let loaded = scorer
+        .cache
+        .resident()
+        .iter()
+        .any(|m| m.id == id && version.is_none_or(|v| v == m.version));
+    let exists = loaded || {
+        let versions = scorer
+            .cache
+            .store()
+            .list_versions(&id)
+            .await
+            .map_err(|e| ScorerError::Store(e.to_string()))?;
+        match version {
+            Some(v) => versions.contains(&v),
+            None => !versions.is_empty(),
+        }
+    };
+    if !exists {
+        return Err(match version {
+            Some(v) => ScorerError::VersionNotFound {
+                id: id.to_string(),
+                version: v.to_string(),
+            },
+            None => ScorerError::ModelNotFound(id.to_string()),
+        });
+    }
+    Ok(json_response(&json!({ "name": id.as_str(), "ready": true, "loaded": loaded })))
+}
+
+async fn model_ready(State(scorer): Shared, path: Result<Path<String>, PathRejection>) -> Response {
+    let result = async { readiness(&scorer, model_id(path)?, None).await }.await;
+    finish(&scorer, "ready", result)
+}
+
+async fn version_ready(
+    State(scorer): Shared,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    let result = async {
+        let (id, version) = model_and_version(path)?;
+        readiness(&scorer, id, Some(version)).await
+    }
+    .await;
+    finish(&scorer, "ready", result)
+}
+
+#[derive(Serialize)]
+struct IndexEntry {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    state: &'static str,
+    reason: &'static str,
+}
+
+/// Lists the store without loading anything. Models in memory are `READY`; the rest are
+/// `UNAVAILABLE` with reason `not loaded` (they load on their first request). A body of
+/// `{"ready": true}` lists only the models in memory.
+async fn repository_index(State(scorer): Shared, request: Result<Bytes, BytesRejection>) -> Response {
+    let result = async {
+        let body = body(request, &scorer)?;
+        let ready_only = if body.iter().all(u8::is_ascii_whitespace) {
+            false
+        } else {
+            let value: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| ScorerError::invalid(format!("malformed index request: {e}")))?;
+            value.get("ready").and_then(serde_json::Value::as_bool).unwrap_or(false)
+        };
+        let mut resident: Vec<(String, u64)> = scorer
+            .cache
+            .resident()
+            .iter()
+            .map(|m| (m.id.to_string(), m.version))
+            .collect();
+        resident.sort();
+        resident.dedup();
+        let mut entries: Vec<IndexEntry> = resident
+            .iter()
+            .map(|(name, version)| IndexEntry {
+                name: name.clone(),
+                version: Some(version.to_string()),
+                state: "READY",
+                reason: "",
+            })
+            .collect();
+        if !ready_only {
+            let ids = scorer
+                .cache
+                .store()
+                .list_models()
+                .await
+                .map_err(|e| ScorerError::Store(e.to_string()))?;
+            entries.extend(
+                ids.into_iter()
+                    .filter(|id| resident.binary_search_by(|(name, _)| name.as_str().cmp(id.as_str())).is_err())
+                    .map(|id| IndexEntry {
+                        name: id.to_string(),
+                        version: None,
+                        state: "UNAVAILABLE",
+                        reason: "not loaded",
+                    }),
+            );
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        Ok(json_response(&entries))
+    }
+    .await;
+    finish(&scorer, "index", result)
+}
+
+async fn repository_load(State(scorer): Shared, path: Result<Path<String>, PathRejection>) -> Response {
+    let result = async {
+        let id = model_id(path)?;
+        let version = scorer.cache.warm(&id).await?;
+        Ok(json_response(&json!({ "name": id.as_str(), "version": version.to_string(), "loaded": true })))
+    }
+    .await;
+    finish(&scorer, "load", result)
+}
+
+async fn repository_unload(State(scorer): Shared, path: Result<Path<String>, PathRejection>) -> Response {
+    let result = async {
+        let id = model_id(path)?;
+        let dropped = scorer.cache.unload(&id).await;
+        Ok(json_response(&json!({ "name": id.as_str(), "unloaded": dropped })))
+    }
+    .await;
+    finish(&scorer, "unload", result)
+}
+
+async fn metrics(State(scorer): Shared) -> Response {
+    scorer.cache.refresh_gauges().await;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        scorer.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn bad_model_path(State(scorer): Shared, uri: Uri) -> Response {
+    let result = Err(ScorerError::InvalidModelId(uri.path().trim_start_matches("/v2/models/").to_string()));
+    finish(&scorer, "other", result)
+}
+
+async fn no_route(State(scorer): Shared, method: Method, uri: Uri) -> Response {
+    finish(&scorer, "other", Err(ScorerError::NoRoute(format!("{method} {}", uri.path()))))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(json!({ "error": format!("method {method} is not allowed on {}", uri.path()) })),
+    )
+        .into_response()
+}

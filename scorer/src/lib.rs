@@ -1,0 +1,131 @@
+//! `mm-scorer`: serves many ONNX models over the Open Inference Protocol (KServe v2 REST)
+//! from a byte-bounded hot cache.
+//!
+//! A request names a model; the scorer answers from the loaded session if the model is hot,
+//! otherwise it reads the model from the store (a local directory or Azure Blob), creates
+//! an ONNX Runtime session once however many requests wait for it, and keeps it while the
+//! cache's byte budget allows. ONNX Runtime calls run on blocking threads, never on the
+//! async workers.
+//!
+//! The scorer deliberately does not route, replicate or balance: it serves whatever model
+//! it is asked for. Choosing which scorer holds which model is the proxy's job.
+
+pub mod cache;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod model_id;
+pub mod oip;
+pub mod runtime;
+pub mod store;
+pub mod tensor;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::http::HeaderValue;
+use manymodels_config::scorer::ScorerConfig;
+
+pub use error::ScorerError;
+pub use http::app;
+
+/// Why the scorer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    OnnxRuntime(String),
+    #[error("model store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// One scorer's shared state.
+pub struct Scorer {
+    pub config: ScorerConfig,
+    pub cache: cache::ModelCache,
+    pub metrics: Arc<metrics::Metrics>,
+    /// Cleared when shutdown starts, so readiness fails and the proxy stops routing here.
+    pub ready: AtomicBool,
+    name_header: HeaderValue,
+}
+
+impl Scorer {
+    /// Opens ONNX Runtime and the store. Loads no model.
+    pub fn new(config: ScorerConfig) -> Result<Arc<Self>, StartError> {
+        let environment = runtime::environment(config.onnxruntime_library.as_deref())
+            .map_err(StartError::OnnxRuntime)?;
+        let store = store::open(&config.store)?;
+        let metrics = Arc::new(metrics::Metrics::new(config.cache.budget.bytes()));
+        let cache = cache::ModelCache::new(config.cache.clone(), store, environment, metrics.clone());
+        let name_header = HeaderValue::from_str(&config.display_name())
+            .unwrap_or_else(|_| HeaderValue::from_static("scorer"));
+        Ok(Arc::new(Scorer {
+            config,
+            cache,
+            metrics,
+            ready: AtomicBool::new(true),
+            name_header,
+        }))
+    }
+}
+
+/// Serves until SIGTERM or Ctrl-C, then stops accepting, lets in-flight requests finish
+/// for up to `shutdown.grace` and returns.
+pub async fn run(config: ScorerConfig) -> Result<(), StartError> {
+    let scorer = Scorer::new(config)?;
+    let addr = scorer.config.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(StartError::Serve)?;
+    tracing::info!(
+        listen = %local,
+        store = %scorer.cache.store().describe(),
+        budget = %scorer.config.cache.budget,
+        "mm-scorer ready"
+    );
+    let grace = scorer.config.shutdown_grace;
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let signal = {
+        let scorer = scorer.clone();
+        let stopping = stopping.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::info!(?grace, "shutting down: finishing in-flight requests");
+            scorer.ready.store(false, Ordering::Relaxed);
+            stopping.notify_one();
+        }
+    };
+    let server = axum::serve(listener, app(scorer.clone())).with_graceful_shutdown(signal);
+    tokio::select! {
+        result = server => result.map_err(StartError::Serve)?,
+        () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("grace period over; exiting with requests still in flight");
+        }
+    }
+    tracing::info!("mm-scorer stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,100 @@
+//! Prometheus metrics of one scorer. No metric carries a model id: with 10,000 models a
+//! per-model label would explode the series count. Labels are bounded enums (route,
+//! status class, eviction cause, error kind).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// By `route` (infer, metadata, ready, load, unload, index) and `code` (status code).
+    pub requests: IntCounterVec,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    pub loads: IntCounter,
+    pub load_failures: IntCounter,
+    /// Requests answered from a remembered load failure without loading again.
+    pub failed_fast: IntCounter,
+    /// By `reason`: `size` (evicted for room), `explicit` (unload), `replaced`.
+    pub evictions: IntCounterVec,
+    pub loads_in_progress: IntGauge,
+    pub load_duration: Histogram,
+    pub inference_duration: Histogram,
+    pub resident_bytes: IntGauge,
+    pub resident_models: IntGauge,
+    pub budget_bytes: IntGauge,
+}
+
+impl Metrics {
+    pub fn new(budget_bytes: u64) -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
+        let requests = IntCounterVec::new(
+            Opts::new("mm_scorer_requests_total", "HTTP requests by route and status code."),
+            &["route", "code"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(requests.clone())).expect("unique metric");
+        let evictions = IntCounterVec::new(
+            Opts::new("mm_scorer_cache_evictions_total", "Models removed from the hot cache, by reason."),
+            &["reason"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(evictions.clone())).expect("unique metric");
+        let metrics = Metrics {
+            requests,
+            cache_hits: counter("mm_scorer_cache_hits_total", "Model look-ups answered from the hot cache."),
+            cache_misses: counter("mm_scorer_cache_misses_total", "Model look-ups that were not in the hot cache."),
+            loads: counter("mm_scorer_model_loads_total", "Models loaded (file read and session created)."),
+            load_failures: counter("mm_scorer_model_load_failures_total", "Model loads that failed."),
+            failed_fast: counter(
+                "mm_scorer_failed_fast_total",
+                "Requests answered with a remembered load failure, without loading again.",
+            ),
+            evictions,
+            loads_in_progress: gauge("mm_scorer_loads_in_progress", "Model loads running now."),
+            load_duration: histogram(
+                "mm_scorer_model_load_duration_seconds",
+                "Time to read a model and create its session.",
+                prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets"),
+            ),
+            inference_duration: histogram(
+                "mm_scorer_inference_duration_seconds",
+                "Time in ONNX Runtime per request.",
+                prometheus::exponential_buckets(0.000_002, 2.0, 20).expect("valid buckets"),
+            ),
+            resident_bytes: gauge("mm_scorer_resident_bytes", "Memory charged to the models in the hot cache."),
+            resident_models: gauge("mm_scorer_resident_models", "Models in the hot cache."),
+            budget_bytes: gauge("mm_scorer_budget_bytes", "The hot cache's byte budget."),
+            registry,
+        };
+        metrics.budget_bytes.set(budget_bytes as i64);
+        metrics
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}

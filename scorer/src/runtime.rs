@@ -1,0 +1,191 @@
+//! ONNX Runtime: the one environment of the process, session creation tuned for many small
+//! models on few cores, and running a loaded model.
+//!
+//! Everything here blocks; callers run it on blocking threads, never on tokio workers.
+
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+
+use ort::environment::{Environment, GlobalThreadPoolOptions};
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{DynValue, Tensor, ValueType};
+
+use crate::error::ScorerError;
+use crate::model_id::ModelId;
+use crate::tensor::{DataType, NamedTensor, TensorData, TensorSpec};
+
+static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
+
+/// Opens ONNX Runtime from `library` (once per process; later calls return the same
+/// environment). The environment has one global thread pool with one intra-op and one
+/// inter-op thread and spinning off, so a thousand loaded sessions add no threads and burn
+/// no CPU while idle; each `run` executes on the calling (blocking) thread.
+pub fn environment(library: Option<&Path>) -> Result<&'static Environment, String> {
+    ENVIRONMENT
+        .get_or_init(|| {
+            let library = library.ok_or_else(|| {
+                "ONNX Runtime library not configured: set onnxruntime.library or ORT_DYLIB_PATH \
+                 (cargo xtask fetches it into .cache/onnxruntime)"
+                    .to_string()
+            })?;
+            let pool = GlobalThreadPoolOptions::default()
+                .with_intra_threads(1)
+                .and_then(|o| o.with_inter_threads(1))
+                .and_then(|o| o.with_spin_control(false))
+                .map_err(|e| format!("ONNX Runtime thread pool options: {e}"))?;
+            ort::init_from(library)
+                .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", library.display()))?
+                .with_name("manymodels")
+                .with_telemetry(false)
+                .with_global_thread_pool(pool)
+                .build()
+                .map_err(|e| format!("cannot create the ONNX Runtime environment: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// A model loaded into an ONNX Runtime session, with what it declares.
+pub struct LoadedModel {
+    pub id: ModelId,
+    pub version: u64,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    /// Size of the ONNX file.
+    pub file_bytes: u64,
+    /// Memory charged to the cache for this model.
+    pub weight: u64,
+    /// `Session::run` takes `&mut self`. One hot model is served by one session; the
+    /// critical section is the ONNX Runtime call itself (microseconds for these models).
+    session: Mutex<Session>,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("id", &self.id)
+            .field("version", &self.version)
+            .field("weight", &self.weight)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates a session from model bytes and reads its signature. Errors are messages for a
+/// 422: the model file itself is at fault.
+pub fn load(
+    environment: &Environment,
+    id: ModelId,
+    version: u64,
+    bytes: &[u8],
+    weight: u64,
+) -> Result<LoadedModel, String> {
+    let session = Session::builder(environment)
+        .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
+        .and_then(|b| b.with_intra_threads(1).map_err(Into::into))
+        .and_then(|b| b.with_inter_threads(1).map_err(Into::into))
+        .and_then(|b| b.with_intra_op_spinning(false).map_err(Into::into))
+        .and_then(|b| b.with_inter_op_spinning(false).map_err(Into::into))
+        .map_err(|e| format!("session options: {e}"))?
+        .commit_from_memory(bytes)
+        .map_err(|e| format!("ONNX Runtime cannot load the model: {e}"))?;
+    let spec = |outlet: &ort::value::Outlet, role: &str| -> Result<TensorSpec, String> {
+        match outlet.dtype() {
+            ValueType::Tensor { ty, shape, .. } => {
+                let datatype = DataType::from_ort(*ty).ok_or_else(|| {
+                    format!("{role} '{}' has element type {ty:?}, which the scorer does not serve", outlet.name())
+                })?;
+                Ok(TensorSpec {
+                    name: outlet.name().to_string(),
+                    datatype,
+                    shape: shape.to_vec(),
+                })
+            }
+            other => Err(format!(
+                "{role} '{}' is {other:?}, not a tensor (export classifiers with zipmap disabled)",
+                outlet.name()
+            )),
+        }
+    };
+    let inputs = session
+        .inputs()
+        .iter()
+        .map(|o| spec(o, "input"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = session
+        .outputs()
+        .iter()
+        .map(|o| spec(o, "output"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if inputs.is_empty() || outputs.is_empty() {
+        return Err("the model declares no inputs or no outputs".into());
+    }
+    Ok(LoadedModel {
+        id,
+        version,
+        inputs,
+        outputs,
+        file_bytes: bytes.len() as u64,
+        weight,
+        session: Mutex::new(session),
+    })
+}
+
+impl LoadedModel {
+    /// Runs the model on validated inputs (in the model's input order) and returns the
+    /// outputs at `selected` indices. Blocking.
+    pub fn infer(&self, inputs: Vec<NamedTensor>, selected: &[usize]) -> Result<Vec<NamedTensor>, ScorerError> {
+        let failed = |message: String| ScorerError::Inference {
+            id: self.id.to_string(),
+            message,
+        };
+        let mut values: Vec<(String, ort::session::SessionInputValue<'static>)> = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let value = to_value(input.shape, input.data).map_err(|e| failed(format!("input '{}': {e}", input.name)))?;
+            values.push((input.name, value.into()));
+        }
+        let mut session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let outputs = session.run(values).map_err(|e| failed(e.to_string()))?;
+        selected
+            .iter()
+            .map(|&index| {
+                let spec = &self.outputs[index];
+                let value = outputs
+                    .get(&spec.name)
+                    .ok_or_else(|| failed(format!("output '{}' missing from the run", spec.name)))?;
+                from_value(value, spec.datatype)
+                    .map(|(shape, data)| NamedTensor {
+                        name: spec.name.clone(),
+                        datatype: spec.datatype,
+                        shape,
+                        data,
+                    })
+                    .map_err(|e| failed(format!("output '{}': {e}", spec.name)))
+            })
+            .collect()
+    }
+}
+
+fn to_value(shape: Vec<i64>, data: TensorData) -> ort::Result<DynValue> {
+    Ok(match data {
+        TensorData::Fp32(v) => Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Fp64(v) => Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Int32(v) => Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Int64(v) => Tensor::from_array((shape, v))?.into_dyn(),
+        TensorData::Bool(v) => Tensor::from_array((shape, v))?.into_dyn(),
+    })
+}
+
+fn from_value(value: &DynValue, datatype: DataType) -> ort::Result<(Vec<i64>, TensorData)> {
+    fn extract<T: ort::value::PrimitiveTensorElementType + Clone>(value: &DynValue) -> ort::Result<(Vec<i64>, Vec<T>)> {
+        let (shape, data) = value.try_extract_tensor::<T>()?;
+        Ok((shape.to_vec(), data.to_vec()))
+    }
+    Ok(match datatype {
+        DataType::Fp32 => extract::<f32>(value).map(|(s, d)| (s, TensorData::Fp32(d)))?,
+        DataType::Fp64 => extract::<f64>(value).map(|(s, d)| (s, TensorData::Fp64(d)))?,
+        DataType::Int32 => extract::<i32>(value).map(|(s, d)| (s, TensorData::Int32(d)))?,
+        DataType::Int64 => extract::<i64>(value).map(|(s, d)| (s, TensorData::Int64(d)))?,
+        DataType::Bool => extract::<bool>(value).map(|(s, d)| (s, TensorData::Bool(d)))?,
+    })
+}

@@ -1,0 +1,94 @@
+//! The local-directory store.
+
+use std::io::ErrorKind;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{MODEL_FILE, ModelStore, StoreError, parse_version};
+use crate::model_id::{self, ModelId};
+
+/// Models in a directory tree. A version counts once its `model.onnx` exists, so
+/// publishers must write the file under another name and rename it into place (rename is
+/// atomic on one filesystem); a half-written `model.onnx.tmp` is never listed.
+#[derive(Debug)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    pub fn new(root: PathBuf) -> Self {
+        LocalStore { root }
+    }
+}
+
+fn unavailable(what: &str, error: std::io::Error) -> StoreError {
+    StoreError::Unavailable(format!("{what}: {error}"))
+}
+
+#[async_trait]
+impl ModelStore for LocalStore {
+    async fn list_models(&self) -> Result<Vec<ModelId>, StoreError> {
+        let mut dir = tokio::fs::read_dir(&self.root)
+            .await
+            .map_err(|e| unavailable(&self.root.display().to_string(), e))?;
+        let mut ids = Vec::new();
+        while let Some(entry) = dir
+            .next_entry()
+            .await
+            .map_err(|e| unavailable("listing models", e))?
+        {
+            if let Some(name) = entry.file_name().to_str()
+                && model_id::is_valid(name)
+                && entry.file_type().await.map(|t| t.is_dir()).unwrap_or(false)
+            {
+                ids.push(ModelId::parse(name).expect("validated above"));
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn list_versions(&self, id: &ModelId) -> Result<Vec<u64>, StoreError> {
+        let model_dir = self.root.join(id.as_str());
+        let mut dir = match tokio::fs::read_dir(&model_dir).await {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(unavailable(&model_dir.display().to_string(), e)),
+        };
+        let mut versions = Vec::new();
+        while let Some(entry) = dir
+            .next_entry()
+            .await
+            .map_err(|e| unavailable("listing versions", e))?
+        {
+            if let Some(version) = entry.file_name().to_str().and_then(parse_version)
+                && tokio::fs::try_exists(entry.path().join(MODEL_FILE))
+                    .await
+                    .unwrap_or(false)
+            {
+                versions.push(version);
+            }
+        }
+        versions.sort_unstable();
+        Ok(versions)
+    }
+
+    async fn read(&self, id: &ModelId, version: u64) -> Result<Bytes, StoreError> {
+        let path = self
+            .root
+            .join(id.as_str())
+            .join(version.to_string())
+            .join(MODEL_FILE);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Bytes::from(bytes)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::NotFound),
+            Err(e) => Err(unavailable(&path.display().to_string(), e)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("local directory {}", self.root.display())
+    }
+}

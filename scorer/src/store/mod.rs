@@ -1,0 +1,79 @@
+//! Where models live: `<root>/<model_id>/<version>/model.onnx`.
+//!
+//! A store lists model ids, lists the versions of one model and reads one model file. It
+//! never parses or loads a model: listing 10,000 models costs one directory read (or one
+//! paged blob listing), whatever their size. Two backends: a local directory and Azure
+//! Blob Storage.
+
+mod azure;
+mod local;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use manymodels_config::scorer::StoreConfig;
+
+use crate::model_id::ModelId;
+
+pub use azure::AzureStore;
+pub use local::LocalStore;
+
+/// The file name of a model inside its version folder.
+pub const MODEL_FILE: &str = "model.onnx";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A model store backend.
+#[async_trait]
+pub trait ModelStore: Send + Sync + 'static {
+    /// Every valid model id in the store, sorted. Entries whose names are not valid ids
+    /// are skipped.
+    async fn list_models(&self) -> Result<Vec<ModelId>, StoreError>;
+
+    /// The complete versions of `id` (those whose `model.onnx` exists), ascending; empty
+    /// when the model does not exist.
+    async fn list_versions(&self, id: &ModelId) -> Result<Vec<u64>, StoreError>;
+
+    /// The bytes of `<id>/<version>/model.onnx`.
+    async fn read(&self, id: &ModelId, version: u64) -> Result<Bytes, StoreError>;
+
+    /// A short description for logs, without secrets.
+    fn describe(&self) -> String;
+}
+
+/// Opens the store the configuration names.
+pub fn open(config: &StoreConfig) -> Result<Arc<dyn ModelStore>, StoreError> {
+    Ok(match config {
+        StoreConfig::Local { path } => Arc::new(LocalStore::new(path.clone())),
+        StoreConfig::Azure(azure) => Arc::new(AzureStore::new(azure)?),
+    })
+}
+
+/// A version folder name: a positive integer without sign or leading zeros.
+pub fn parse_version(name: &str) -> Option<u64> {
+    if name.is_empty() || name.starts_with('0') || !name.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    name.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_positive_canonical_integers_are_versions() {
+        assert_eq!(parse_version("1"), Some(1));
+        assert_eq!(parse_version("42"), Some(42));
+        for bad in ["0", "01", "-1", "+1", "1.5", "v1", "", "1.tmp"] {
+            assert_eq!(parse_version(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! `cargo xtask`: the project's tasks, so a fresh clone needs no manual step.
+//!
+//! - `cargo xtask up`: fetch ONNX Runtime if missing, make the demo models if missing,
+//!   build, and start a local pool on 127.0.0.1 serving `models/demo`.
+//! - `cargo xtask test`: install what the tests need (ONNX Runtime, Azurite) and run every
+//!   test.
+//! - `cargo xtask gen-models --n 10000 --out DIR`: write N synthetic ONNX models.
+//! - `cargo xtask bench ...`: the benchmarks recorded in BENCHMARKS.md.
+//! - `cargo xtask config-table`: the configuration key table for README.md.
+
+mod bench;
+mod setup;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Start a local pool serving the demo models.
+    Up {
+        /// Number of scorer processes.
+        #[arg(long, default_value_t = 2)]
+        scorers: usize,
+        /// Port of the first scorer; the others follow.
+        #[arg(long, default_value_t = 8001)]
+        base_port: u16,
+        /// Model store directory.
+        #[arg(long, default_value = "models/demo")]
+        store: PathBuf,
+        /// Cache budget of each scorer.
+        #[arg(long, default_value = "256MiB")]
+        budget: String,
+        /// Start, print, check one request, and stop (used by CI to test this command).
+        #[arg(long)]
+        smoke: bool,
+    },
+    /// Install test dependencies and run every test.
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Fetch ONNX Runtime and test tools only.
+    Setup,
+    /// Write N synthetic ONNX models as a store.
+    GenModels {
+        #[arg(long, default_value_t = 10_000)]
+        n: usize,
+        #[arg(long)]
+        out: PathBuf,
+        /// `realistic` (mostly tiny linear models, some forests up to several MB) or `tiny`.
+        #[arg(long, default_value = "realistic")]
+        mix: String,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Benchmarks (see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        which: bench::Bench,
+    },
+    /// Print the configuration key table (Markdown).
+    ConfigTable,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    let root = setup::workspace_root();
+    std::env::set_current_dir(&root)?;
+    match task {
+        Task::Up {
+            scorers,
+            base_port,
+            store,
+            budget,
+            smoke,
+        } => up(scorers, base_port, store, &budget, smoke),
+        Task::Test { args } => test(&args),
+        Task::Setup => {
+            setup::onnxruntime()?;
+            setup::azurite()?;
+            Ok(())
+        }
+        Task::GenModels { n, out, mix, seed } => {
+            let mix = match mix.as_str() {
+                "realistic" => manymodels_models::Mix::Realistic,
+                "tiny" => manymodels_models::Mix::Tiny,
+                other => bail!("unknown mix `{other}` (realistic or tiny)"),
+            };
+            let started = Instant::now();
+            let stats = manymodels_models::write_store(&out, n, mix, seed)
+                .with_context(|| format!("writing models to {}", out.display()))?;
+            println!(
+                "wrote {} models, {:.1} MB, to {} in {:.1}s",
+                stats.models,
+                stats.bytes as f64 / 1e6,
+                out.display(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Task::Bench { which } => bench::run(which),
+        Task::ConfigTable => {
+            print!(
+                "{}",
+                manymodels_config::markdown_table(
+                    manymodels_config::scorer::KEYS,
+                    manymodels_config::scorer::ENV_PREFIX
+                )
+            );
+            Ok(())
+        }
+    }
+}
+
+fn test(args: &[String]) -> Result<()> {
+    setup::onnxruntime()?;
+    let azurite = setup::azurite()?;
+    // The integration tests start the binaries as processes: build them first, in the
+    // same profile the tests use.
+    setup::cargo(&["build", "--workspace", "--bins"])?;
+    let mut command = Command::new(env!("CARGO"));
+    command
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(args)
+        .env("MM_AZURITE_BLOB", &azurite);
+    let status = command.status().context("running cargo test")?;
+    if !status.success() {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+/// Kills the pool's processes when `up` ends, however it ends.
+struct Pool(Vec<Child>);
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn up(scorers: usize, base_port: u16, store: PathBuf, budget: &str, smoke: bool) -> Result<()> {
+    if scorers == 0 {
+        bail!("--scorers must be at least 1");
+    }
+    setup::onnxruntime()?;
+    setup::demo_models(&store)?;
+    setup::cargo(&["build", "--release", "-p", "manymodels-scorer"])?;
+    let binary = setup::target_dir().join("release/mm-scorer");
+    let mut pool = Pool(Vec::new());
+    let mut urls = Vec::new();
+    for i in 0..scorers {
+        let port = base_port + i as u16;
+        let url = format!("http://127.0.0.1:{port}");
+        let child = Command::new(&binary)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--store", &store.display().to_string()])
+            .args(["--set", &format!("cache.budget={budget}")])
+            .args(["--set", &format!("name=scorer-{i}")])
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        pool.0.push(child);
+        urls.push(url);
+    }
+    for url in &urls {
+        setup::wait_ready(&format!("{url}/v2/health/ready"), Duration::from_secs(30))?;
+    }
+    let first = &urls[0];
+    let curl = format!(
+        "curl -s -X POST {first}/v2/models/linear-small/infer -H 'content-type: application/json' \\\n  -d '{{\"inputs\":[{{\"name\":\"input\",\"shape\":[1,10],\"datatype\":\"FP32\",\"data\":[1,2,3,4,5,6,7,8,9,10]}}]}}'"
+    );
+    println!("\nmanymodels local pool is up:");
+    for (i, url) in urls.iter().enumerate() {
+        println!("  scorer-{i}: {url}  (metrics: {url}/metrics)");
+    }
+    println!("\nScore a demo model:\n{curl}\n");
+    if smoke {
+        let body = setup::http_post(
+            &format!("{first}/v2/models/linear-small/infer"),
+            r#"{"inputs":[{"name":"input","shape":[1,10],"datatype":"FP32","data":[1,2,3,4,5,6,7,8,9,10]}]}"#,
+        )?;
+        if !body.contains("\"model_name\":\"linear-small\"") {
+            bail!("smoke request failed: {body}");
+        }
+        println!("smoke request answered: {body}");
+        return Ok(());
+    }
+    println!("Press Ctrl-C to stop.");
+    loop {
+        for child in &mut pool.0 {
+            if let Some(status) = child.try_wait()? {
+                bail!("a scorer exited ({status}); stopping the pool");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

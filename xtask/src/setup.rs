@@ -1,0 +1,175 @@
+//! Idempotent set-up steps: each checks whether its result exists before doing anything.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// ONNX Runtime version; must match `ort`'s `api-31` feature.
+pub const ORT_VERSION: &str = "1.31.1";
+/// Azurite (Azure Storage emulator) version used by the tests.
+pub const AZURITE_VERSION: &str = "3.37.0";
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// `.cache/onnxruntime/lib/libonnxruntime.so.1`, unpacked from the `onnxruntime` PyPI
+/// wheel (the only place this machine can get it from). `.cargo/config.toml` points
+/// `ORT_DYLIB_PATH` here.
+pub fn onnxruntime() -> Result<PathBuf> {
+    let dir = workspace_root().join(".cache/onnxruntime");
+    let lib = dir.join("lib");
+    let link = lib.join("libonnxruntime.so.1");
+    if link.exists() {
+        return Ok(link);
+    }
+    eprintln!("xtask: fetching ONNX Runtime {ORT_VERSION} from the onnxruntime wheel on PyPI");
+    let wheel_dir = dir.join("wheel");
+    std::fs::create_dir_all(&wheel_dir)?;
+    std::fs::create_dir_all(&lib)?;
+    run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        &format!("onnxruntime=={ORT_VERSION}"),
+        "--no-deps",
+        "--only-binary=:all:",
+        "-d",
+    ])
+    .arg(&wheel_dir))?;
+    let file = format!("libonnxruntime.so.{ORT_VERSION}");
+    // Extract only the shared library from the wheel (a zip).
+    let script = format!(
+        "import glob,sys,zipfile\n\
+         w=glob.glob(sys.argv[1]+'/onnxruntime-{ORT_VERSION}-*.whl')[0]\n\
+         z=zipfile.ZipFile(w)\n\
+         open(sys.argv[2],'wb').write(z.read('onnxruntime/capi/{file}'))\n"
+    );
+    run(Command::new("python3")
+        .args(["-c", &script])
+        .arg(&wheel_dir)
+        .arg(lib.join(&file)))?;
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&file, &link)?;
+    std::fs::remove_dir_all(&wheel_dir)?;
+    Ok(link)
+}
+
+/// Azurite's blob server, installed from npm into `.cache/azurite`. Returns the path of
+/// its `azurite-blob` launcher.
+pub fn azurite() -> Result<PathBuf> {
+    let dir = workspace_root().join(".cache/azurite");
+    let bin = dir.join("node_modules/.bin/azurite-blob");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    eprintln!("xtask: installing azurite@{AZURITE_VERSION} from npm");
+    std::fs::create_dir_all(&dir)?;
+    run(Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+        .arg(&dir)
+        .arg(format!("azurite@{AZURITE_VERSION}")))?;
+    if !bin.exists() {
+        bail!("npm installed azurite but {} is missing", bin.display());
+    }
+    Ok(bin)
+}
+
+/// The demo models are committed; regenerate them only if a clone lacks them.
+pub fn demo_models(store: &Path) -> Result<()> {
+    if store.join("linear-small/1/model.onnx").exists() || store != Path::new("models/demo") {
+        return Ok(());
+    }
+    eprintln!("xtask: making the demo models (python3 models/make_demo_models.py)");
+    run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "-r",
+        "models/requirements.txt",
+    ]))?;
+    run(Command::new("python3").arg("models/make_demo_models.py"))
+}
+
+/// Polls `url` until it answers 200, or fails after `timeout`.
+pub fn wait_ready(url: &str, timeout: Duration) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        if let Ok((200, _)) = http("GET", url, "") {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!("{url} did not become ready within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn http_post(url: &str, body: &str) -> Result<String> {
+    let (status, body) = http("POST", url, body)?;
+    if status != 200 {
+        bail!("POST {url}: {status} {body}");
+    }
+    Ok(body)
+}
+
+/// A one-shot HTTP/1.1 request to a loopback URL, enough for readiness checks.
+pub fn http(method: &str, url: &str, body: &str) -> Result<(u16, String)> {
+    let rest = url.strip_prefix("http://").context("only http:// URLs")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("malformed HTTP response")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}

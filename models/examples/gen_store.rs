@@ -20,14 +20,20 @@ fn main() {
         || std::env::temp_dir().join(format!("manymodels-gen-store-{}", std::process::id())),
         Into::into,
     );
-    let mix: Mix = args.get(2).map_or(Ok(Mix::Realistic), |s| s.parse()).expect("MIX");
+    let mix: Mix = args
+        .get(2)
+        .map_or(Ok(Mix::Realistic), |s| s.parse())
+        .expect("MIX");
     let seed: u64 = args.get(3).map_or(0, |s| s.parse().expect("SEED"));
 
     let threads = std::thread::available_parallelism().map_or(1, |p| p.get());
     let start = Instant::now();
     let stats = write_store(&dir, n, mix, seed).expect("write_store");
     let elapsed = start.elapsed();
-    println!("wrote {} ({mix}, seed {seed}) on {threads} threads in {elapsed:.2?}", dir.display());
+    println!(
+        "wrote {} ({mix}, seed {seed}) on {threads} threads in {elapsed:.2?}",
+        dir.display()
+    );
     print!("{stats}");
     println!(
         "throughput: {:.0} models/s, {:.0} MB/s",

@@ -36,9 +36,17 @@ impl Shape {
     /// Half the forests are full trees, half are pruned with a per-node leaf probability
     /// in [0.05, 0.30); aggregate and missing-value tracking are coin flips.
     pub(crate) fn from_seed(seed: u64) -> Self {
-        let mut rng = Rng::new(derive(seed, &[0x5348_4150_45])); // "SHAPE"
-        let prune = if rng.chance(0.5) { 0.0 } else { 0.05 + 0.25 * rng.unit_f64() };
-        Shape { prune, average: rng.chance(0.5), missing_tracks: rng.chance(0.5) }
+        let mut rng = Rng::new(derive(seed, &[0x0053_4841_5045])); // "SHAPE"
+        let prune = if rng.chance(0.5) {
+            0.0
+        } else {
+            0.05 + 0.25 * rng.unit_f64()
+        };
+        Shape {
+            prune,
+            average: rng.chance(0.5),
+            missing_tracks: rng.chance(0.5),
+        }
     }
 
     /// Expected number of nodes in one tree of this shape and `depth`.
@@ -50,10 +58,43 @@ impl Shape {
         for level in 1..=depth {
             let nodes = 2.0 * splits;
             total += nodes;
-            splits = if level < depth { nodes * (1.0 - self.prune) } else { 0.0 };
+            splits = if level < depth {
+                nodes * (1.0 - self.prune)
+            } else {
+                0.0
+            };
         }
         total
     }
+}
+
+/// Encoded bytes of a forest model besides its trees (header, names, small attributes).
+pub(crate) const FOREST_OVERHEAD_BYTES: f64 = 600.0;
+
+/// Estimated encoded size in bytes of a forest with this shape (for picking tree counts
+/// that hit a target file size; typically within a few percent for more than a few trees).
+#[cfg(test)]
+pub(crate) fn estimate_bytes(shape: &Shape, trees: usize, depth: usize) -> f64 {
+    FOREST_OVERHEAD_BYTES + trees as f64 * estimate_tree_bytes(shape, trees, depth)
+}
+
+/// Estimated mean encoded bytes per tree in a forest of `trees` trees of this shape.
+pub(crate) fn estimate_tree_bytes(shape: &Shape, trees: usize, depth: usize) -> f64 {
+    let nodes = shape.expected_nodes_per_tree(depth);
+    let splits = (nodes - 1.0) / 2.0;
+    let leaves = nodes - splits;
+    // Mean varint length of node ids 0..nodes and of tree ids 0..trees.
+    let mean_len =
+        |count: f64| 1.0 + (count - 128.0).max(0.0) / count + (count - 16384.0).max(0.0) / count;
+    let id = mean_len(nodes);
+    let tree = mean_len(trees as f64);
+    let missing = if shape.missing_tracks { 1.0 } else { 0.0 };
+    // treeid, nodeid, featureid, mode (key + len + text), value, true id, false id, missing.
+    let split = tree + id + 1.0 + (2.0 + LEQ.len() as f64) + 4.0 + 2.0 * id + missing;
+    // Leaves also get a target entry: treeid, nodeid, target id, weight.
+    let leaf =
+        tree + id + 1.0 + (2.0 + LEAF.len() as f64) + 4.0 + 2.0 + missing + (tree + id + 1.0 + 4.0);
+    splits * split + leaves * leaf
 }
 
 /// One node of the evaluation layout: trees in pre-order, so a split's true child is
@@ -105,11 +146,22 @@ fn weight_bits(trees: usize) -> u32 {
 }
 
 /// Generates the forest, returning its evaluator and its encoded ONNX model.
-pub(crate) fn generate(features: usize, trees: usize, depth: usize, seed: u64) -> (Forest, Vec<u8>) {
+pub(crate) fn generate(
+    features: usize,
+    trees: usize,
+    depth: usize,
+    seed: u64,
+) -> (Forest, Vec<u8>) {
     assert!(features > 0, "a forest needs at least one feature");
     assert!(trees > 0, "a forest needs at least one tree");
-    assert!(depth <= MAX_DEPTH, "tree depth {depth} is above the supported {MAX_DEPTH}");
-    assert!(trees <= 1 << 24, "too many trees for exact f32 accumulation");
+    assert!(
+        depth <= MAX_DEPTH,
+        "tree depth {depth} is above the supported {MAX_DEPTH}"
+    );
+    assert!(
+        trees <= 1 << 24,
+        "too many trees for exact f32 accumulation"
+    );
     let shape = Shape::from_seed(seed);
     let mut rng = Rng::new(seed);
 
@@ -150,7 +202,8 @@ pub(crate) fn generate(features: usize, trees: usize, depth: usize, seed: u64) -
                 cols.nodes_falsenodeids[p] = id;
                 nodes[p].false_next = u32::try_from(index).expect("forest too large");
             }
-            let leaf = level == depth || (level > 0 && shape.prune > 0.0 && rng.chance(shape.prune));
+            let leaf =
+                level == depth || (level > 0 && shape.prune > 0.0 && rng.chance(shape.prune));
             let tracks = shape.missing_tracks && rng.chance(0.5);
             cols.nodes_treeids.push(tree as i64);
             cols.nodes_nodeids.push(id);
@@ -166,7 +219,12 @@ pub(crate) fn generate(features: usize, trees: usize, depth: usize, seed: u64) -
                 cols.target_nodeids.push(id);
                 cols.target_ids.push(0);
                 cols.target_weights.push(weight);
-                nodes.push(EvalNode { feature: LEAF_MARK, false_next: 0, value: weight, missing_true: false });
+                nodes.push(EvalNode {
+                    feature: LEAF_MARK,
+                    false_next: 0,
+                    value: weight,
+                    missing_true: false,
+                });
             } else {
                 let feature = rng.below(features as u64);
                 let threshold = rng.signed_f32() * THRESHOLD_RANGE;
@@ -175,13 +233,19 @@ pub(crate) fn generate(features: usize, trees: usize, depth: usize, seed: u64) -
                 cols.nodes_values.push(threshold);
                 cols.nodes_truenodeids.push(id + 1); // pre-order: the true child comes next
                 cols.nodes_falsenodeids.push(-1); // patched when the false child is emitted
-                nodes.push(EvalNode { feature: feature as u32, false_next: 0, value: threshold, missing_true: tracks });
+                nodes.push(EvalNode {
+                    feature: feature as u32,
+                    false_next: 0,
+                    value: threshold,
+                    missing_true: tracks,
+                });
                 // The false child is popped after the whole true subtree.
                 stack.push((level + 1, Some(index)));
                 stack.push((level + 1, None));
             }
             if shape.missing_tracks {
-                cols.nodes_missing_value_tracks_true.push(i64::from(tracks && !leaf));
+                cols.nodes_missing_value_tracks_true
+                    .push(i64::from(tracks && !leaf));
             }
         }
     }
@@ -191,7 +255,10 @@ pub(crate) fn generate(features: usize, trees: usize, depth: usize, seed: u64) -
     let mut attrs = vec![
         Attr::new("aggregate_function", AttrValue::Str(aggregate)),
         Attr::new("n_targets", AttrValue::Int(1)),
-        Attr::new("nodes_falsenodeids", AttrValue::Ints(&cols.nodes_falsenodeids)),
+        Attr::new(
+            "nodes_falsenodeids",
+            AttrValue::Ints(&cols.nodes_falsenodeids),
+        ),
         Attr::new("nodes_featureids", AttrValue::Ints(&cols.nodes_featureids)),
     ];
     if shape.missing_tracks {
@@ -204,7 +271,10 @@ pub(crate) fn generate(features: usize, trees: usize, depth: usize, seed: u64) -
         Attr::new("nodes_modes", AttrValue::Strings(&cols.nodes_modes)),
         Attr::new("nodes_nodeids", AttrValue::Ints(&cols.nodes_nodeids)),
         Attr::new("nodes_treeids", AttrValue::Ints(&cols.nodes_treeids)),
-        Attr::new("nodes_truenodeids", AttrValue::Ints(&cols.nodes_truenodeids)),
+        Attr::new(
+            "nodes_truenodeids",
+            AttrValue::Ints(&cols.nodes_truenodeids),
+        ),
         Attr::new("nodes_values", AttrValue::Floats(&cols.nodes_values)),
         Attr::new("post_transform", AttrValue::Str("NONE")),
         Attr::new("target_ids", AttrValue::Ints(&cols.target_ids)),
@@ -227,7 +297,14 @@ pub(crate) fn generate(features: usize, trees: usize, depth: usize, seed: u64) -
         output_name: OUTPUT_NAME,
         output_width: 1,
     });
-    (Forest { nodes, roots, average: shape.average }, bytes)
+    (
+        Forest {
+            nodes,
+            roots,
+            average: shape.average,
+        },
+        bytes,
+    )
 }
 
 impl Forest {
@@ -262,7 +339,11 @@ impl Forest {
                 };
             }
         }
-        if self.average { sum / self.roots.len() as f32 } else { sum }
+        if self.average {
+            sum / self.roots.len() as f32
+        } else {
+            sum
+        }
     }
 }
 
@@ -286,7 +367,11 @@ mod tests {
 
     #[test]
     fn expected_nodes_of_full_trees() {
-        let full = Shape { prune: 0.0, average: false, missing_tracks: false };
+        let full = Shape {
+            prune: 0.0,
+            average: false,
+            missing_tracks: false,
+        };
         assert_eq!(full.expected_nodes_per_tree(0), 1.0);
         assert_eq!(full.expected_nodes_per_tree(1), 3.0);
         assert_eq!(full.expected_nodes_per_tree(6), 127.0);
@@ -314,7 +399,10 @@ mod tests {
                 let (forest, _) = generate(5, 400, 6, seed);
                 let expected = shape.expected_nodes_per_tree(6) * 400.0;
                 let got = forest.nodes() as f64;
-                assert!((got - expected).abs() < 0.1 * expected, "seed {seed}: {got} vs {expected}");
+                assert!(
+                    (got - expected).abs() < 0.1 * expected,
+                    "seed {seed}: {got} vs {expected}"
+                );
                 checked += 1;
             }
         }
@@ -322,13 +410,48 @@ mod tests {
     }
 
     #[test]
+    fn size_estimate_is_close() {
+        for (seed, trees, depth) in [
+            (1u64, 50usize, 6usize),
+            (2, 300, 8),
+            (3, 120, 10),
+            (4, 2000, 4),
+            (5, 40, 5),
+        ] {
+            let (_, bytes) = generate(16, trees, depth, seed);
+            let estimate = estimate_bytes(&Shape::from_seed(seed), trees, depth);
+            let ratio = estimate / bytes.len() as f64;
+            assert!(
+                (0.93..1.07).contains(&ratio),
+                "seed {seed}: estimate {estimate} vs {}",
+                bytes.len()
+            );
+        }
+    }
+
+    #[test]
     fn walks_a_known_tree() {
         // Depth-1 stump: root on feature f with threshold t, leaves w_true, w_false.
         let forest = Forest {
             nodes: vec![
-                EvalNode { feature: 1, false_next: 2, value: 0.5, missing_true: true },
-                EvalNode { feature: LEAF_MARK, false_next: 0, value: 1.0, missing_true: false },
-                EvalNode { feature: LEAF_MARK, false_next: 0, value: -2.0, missing_true: false },
+                EvalNode {
+                    feature: 1,
+                    false_next: 2,
+                    value: 0.5,
+                    missing_true: true,
+                },
+                EvalNode {
+                    feature: LEAF_MARK,
+                    false_next: 0,
+                    value: 1.0,
+                    missing_true: false,
+                },
+                EvalNode {
+                    feature: LEAF_MARK,
+                    false_next: 0,
+                    value: -2.0,
+                    missing_true: false,
+                },
             ],
             roots: vec![0, 0],
             average: true,

@@ -42,7 +42,12 @@ pub enum Spec {
     /// `[-2, 2)`. The seed also picks, per forest: full trees (half the seeds) or randomly
     /// pruned ones (a node becomes a leaf early with probability 5–30%), `SUM` or `AVERAGE`,
     /// and whether `nodes_missing_value_tracks_true` is present.
-    Forest { features: usize, trees: usize, depth: usize, seed: u64 },
+    Forest {
+        features: usize,
+        trees: usize,
+        depth: usize,
+        seed: u64,
+    },
 }
 
 impl Spec {
@@ -94,7 +99,11 @@ impl GeneratedModel {
     /// # Panics
     /// If `row.len() != self.features()`.
     pub fn predict(&self, row: &[f32]) -> f32 {
-        assert_eq!(row.len(), self.features(), "row width does not match the model's input width");
+        assert_eq!(
+            row.len(),
+            self.features(),
+            "row width does not match the model's input width"
+        );
         match &self.eval {
             Eval::Linear(m) => m.predict_alone(row),
             Eval::Forest(m) => m.predict(row),
@@ -113,10 +122,17 @@ impl GeneratedModel {
     /// If `rows.len()` is not a multiple of `self.features()`.
     pub fn predict_batch(&self, rows: &[f32]) -> Vec<f32> {
         let f = self.features();
-        assert!(rows.len() % f == 0, "batch length {} is not a multiple of the input width {f}", rows.len());
+        assert!(
+            rows.len().is_multiple_of(f),
+            "batch length {} is not a multiple of the input width {f}",
+            rows.len()
+        );
         let n = rows.len() / f;
         match &self.eval {
-            Eval::Linear(m) if n >= 2 => rows.chunks_exact(f).map(|r| m.predict_in_batch(r)).collect(),
+            Eval::Linear(m) if n >= 2 => rows
+                .chunks_exact(f)
+                .map(|r| m.predict_in_batch(r))
+                .collect(),
             _ => rows.chunks_exact(f).map(|r| self.predict(r)).collect(),
         }
     }
@@ -151,12 +167,21 @@ pub fn build(spec: &Spec) -> GeneratedModel {
             let bytes = m.encode();
             (Eval::Linear(m), bytes)
         }
-        Spec::Forest { features, trees, depth, seed } => {
+        Spec::Forest {
+            features,
+            trees,
+            depth,
+            seed,
+        } => {
             let (m, bytes) = forest::generate(features, trees, depth, seed);
             (Eval::Forest(m), bytes)
         }
     };
-    GeneratedModel { spec: *spec, bytes, eval }
+    GeneratedModel {
+        spec: *spec,
+        bytes,
+        eval,
+    }
 }
 
 #[cfg(test)]
@@ -166,22 +191,45 @@ mod tests {
     #[test]
     fn same_spec_same_bytes() {
         let specs = [
-            Spec::Linear { features: 7, seed: 1 },
-            Spec::Forest { features: 12, trees: 20, depth: 5, seed: 2 },
-            Spec::Forest { features: 12, trees: 20, depth: 5, seed: 3 },
+            Spec::Linear {
+                features: 7,
+                seed: 1,
+            },
+            Spec::Forest {
+                features: 12,
+                trees: 20,
+                depth: 5,
+                seed: 2,
+            },
+            Spec::Forest {
+                features: 12,
+                trees: 20,
+                depth: 5,
+                seed: 3,
+            },
         ];
         for spec in specs {
             let a = build(&spec);
             let b = build(&spec);
             assert_eq!(a.bytes, b.bytes, "{spec:?}");
-            let row: Vec<f32> = (0..spec.features()).map(|i| i as f32 * 0.37 - 1.5).collect();
+            let row: Vec<f32> = (0..spec.features())
+                .map(|i| i as f32 * 0.37 - 1.5)
+                .collect();
             assert_eq!(a.predict(&row).to_bits(), b.predict(&row).to_bits());
         }
         // Different seeds give different models.
         assert_ne!(build(&specs[1]).bytes, build(&specs[2]).bytes);
         assert_ne!(
-            build(&Spec::Linear { features: 7, seed: 1 }).bytes,
-            build(&Spec::Linear { features: 7, seed: 2 }).bytes
+            build(&Spec::Linear {
+                features: 7,
+                seed: 1
+            })
+            .bytes,
+            build(&Spec::Linear {
+                features: 7,
+                seed: 2
+            })
+            .bytes
         );
     }
 
@@ -190,23 +238,44 @@ mod tests {
     #[test]
     fn bytes_are_stable() {
         fn fnv1a(bytes: &[u8]) -> u64 {
-            bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+            bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            })
         }
-        let linear = build(&Spec::Linear { features: 4, seed: 42 });
-        let forest = build(&Spec::Forest { features: 8, trees: 3, depth: 3, seed: 42 });
+        let linear = build(&Spec::Linear {
+            features: 4,
+            seed: 42,
+        });
+        let forest = build(&Spec::Forest {
+            features: 8,
+            trees: 3,
+            depth: 3,
+            seed: 42,
+        });
         let got = (fnv1a(&linear.bytes), fnv1a(&forest.bytes));
-        assert_eq!(got, (0, 0), "golden hashes changed: {got:#x?}");
+        assert_eq!(
+            got,
+            (0x00d6_2ab4_d5bc_3e9a, 0x62f0_f86a_2df8_ef0b),
+            "golden hashes changed: {got:#x?}"
+        );
     }
 
     #[test]
     fn model_header_is_as_specified() {
-        let m = build(&Spec::Linear { features: 3, seed: 9 });
+        let m = build(&Spec::Linear {
+            features: 3,
+            seed: 9,
+        });
         // ir_version = 8, then producer_name.
         assert_eq!(&m.bytes[..4], &[0x08, 0x08, 0x12, 14]);
         assert_eq!(&m.bytes[4..18], b"manymodels-gen");
         let tail_ml = [0x42, 0x0E, 0x0A, 0x0A];
         let ml = b"ai.onnx.ml";
-        let pos = m.bytes.windows(4).rposition(|w| w == tail_ml).expect("ml opset import");
+        let pos = m
+            .bytes
+            .windows(4)
+            .rposition(|w| w == tail_ml)
+            .expect("ml opset import");
         assert_eq!(&m.bytes[pos + 4..pos + 14], ml);
         assert_eq!(&m.bytes[pos + 14..], &[0x10, 0x03]);
         // The default-domain import precedes it: {domain: "", version: 15}.
@@ -215,7 +284,10 @@ mod tests {
 
     #[test]
     fn linear_predict_is_dot_plus_intercept() {
-        let m = build(&Spec::Linear { features: 5, seed: 3 });
+        let m = build(&Spec::Linear {
+            features: 5,
+            seed: 3,
+        });
         let zero = [0.0f32; 5];
         let intercept = m.predict(&zero);
         let mut e0 = zero;
@@ -226,8 +298,69 @@ mod tests {
     }
 
     #[test]
+    fn batch_and_single_predictions() {
+        let mut rng = rng::Rng::new(77);
+        for spec in [
+            Spec::Linear {
+                features: 29,
+                seed: 4,
+            },
+            Spec::Forest {
+                features: 9,
+                trees: 40,
+                depth: 5,
+                seed: 8,
+            },
+        ] {
+            let m = build(&spec);
+            let f = m.features();
+            let rows: Vec<f32> = (0..f * 64).map(|_| rng.signed_f32() * 3.0).collect();
+            let batch = m.predict_batch(&rows);
+            assert_eq!(batch.len(), 64);
+            for (r, &b) in rows.chunks_exact(f).zip(&batch) {
+                let alone = m.predict(r);
+                assert_eq!(m.predict_batch(r), [alone]);
+                // Both are the model's value; for linear models they may differ in rounding.
+                let tolerance = if spec.kind() == "linear" {
+                    1e-5 * (1.0 + r.iter().map(|x| x.abs()).sum::<f32>())
+                } else {
+                    0.0
+                };
+                assert!((alone - b).abs() <= tolerance, "{spec:?}: {alone} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn linear_matches_f64_dot_product() {
+        let m = build(&Spec::Linear {
+            features: 32,
+            seed: 12,
+        });
+        let Eval::Linear(lin) = &m.eval else {
+            unreachable!()
+        };
+        let mut rng = rng::Rng::new(1);
+        for _ in 0..100 {
+            let row: Vec<f32> = (0..32).map(|_| rng.signed_f32() * 2.0).collect();
+            let exact = lin.exact(&row);
+            let scale: f64 = 1.0 + row.iter().map(|&x| f64::from(x).abs()).sum::<f64>();
+            assert!((f64::from(m.predict(&row)) - exact).abs() < 1e-6 * scale);
+            assert!(
+                (f64::from(m.predict_batch(&[row.clone(), row].concat())[0]) - exact).abs()
+                    < 1e-6 * scale
+            );
+        }
+    }
+
+    #[test]
     fn forest_predictions_vary_and_stay_bounded() {
-        let m = build(&Spec::Forest { features: 6, trees: 50, depth: 6, seed: 11 });
+        let m = build(&Spec::Forest {
+            features: 6,
+            trees: 50,
+            depth: 6,
+            seed: 11,
+        });
         let mut rng = rng::Rng::new(5);
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..200 {
@@ -242,6 +375,10 @@ mod tests {
     #[test]
     #[should_panic(expected = "row width")]
     fn predict_rejects_wrong_width() {
-        build(&Spec::Linear { features: 3, seed: 0 }).predict(&[1.0, 2.0]);
+        build(&Spec::Linear {
+            features: 3,
+            seed: 0,
+        })
+        .predict(&[1.0, 2.0]);
     }
 }

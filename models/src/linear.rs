@@ -16,7 +16,10 @@ impl Linear {
         let mut rng = Rng::new(seed);
         let coefficients = (0..features).map(|_| rng.signed_f32()).collect();
         let intercept = rng.signed_f32();
-        Linear { coefficients, intercept }
+        Linear {
+            coefficients,
+            intercept,
+        }
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
@@ -68,14 +71,29 @@ impl Linear {
     /// intercept). `f32::mul_add` is a correctly rounded FMA everywhere, so this is exact.
     pub(crate) fn predict_in_batch(&self, row: &[f32]) -> f32 {
         let mut c = self.intercept;
-        for (xs, ws) in row.chunks(SGEMM_STRIDE_K).zip(self.coefficients.chunks(SGEMM_STRIDE_K)) {
+        for (xs, ws) in row
+            .chunks(SGEMM_STRIDE_K)
+            .zip(self.coefficients.chunks(SGEMM_STRIDE_K))
+        {
             let mut acc = 0.0f32;
             for (&x, &w) in xs.iter().zip(ws) {
                 acc = x.mul_add(w, acc);
             }
-            c = acc + c;
+            c += acc;
         }
         c
+    }
+}
+
+#[cfg(test)]
+impl Linear {
+    /// The dot product in f64 (the "true" value, for tests).
+    pub(crate) fn exact(&self, row: &[f32]) -> f64 {
+        row.iter()
+            .zip(&self.coefficients)
+            .map(|(&x, &w)| f64::from(x) * f64::from(w))
+            .sum::<f64>()
+            + f64::from(self.intercept)
     }
 }
 

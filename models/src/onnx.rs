@@ -106,21 +106,34 @@ impl<'a> SizedAttr<'a> {
             AttrValue::Float(_) => (pb::fixed32_field_len(2), ATTR_FLOAT),
             AttrValue::Str(s) => (pb::len_field_len(4, s.len()), ATTR_STRING),
             AttrValue::Floats(v) => {
-                let len = if v.is_empty() { 0 } else { pb::len_field_len(7, v.len() * 4) };
+                let len = if v.is_empty() {
+                    0
+                } else {
+                    pb::len_field_len(7, v.len() * 4)
+                };
                 (len, ATTR_FLOATS)
             }
             AttrValue::Ints(v) => {
                 packed_len = pb::packed_varint_payload_len(v.iter().map(|&x| int64_bits(x)));
-                let len = if v.is_empty() { 0 } else { pb::len_field_len(8, packed_len) };
+                let len = if v.is_empty() {
+                    0
+                } else {
+                    pb::len_field_len(8, packed_len)
+                };
                 (len, ATTR_INTS)
             }
-            AttrValue::Strings(v) => {
-                (v.iter().map(|s| pb::len_field_len(9, s.len())).sum(), ATTR_STRINGS)
-            }
+            AttrValue::Strings(v) => (
+                v.iter().map(|s| pb::len_field_len(9, s.len())).sum(),
+                ATTR_STRINGS,
+            ),
         };
         let body_len =
             pb::len_field_len(1, attr.name.len()) + value_len + pb::varint_field_len(20, ty);
-        SizedAttr { attr, packed_len, body_len }
+        SizedAttr {
+            attr,
+            packed_len,
+            body_len,
+        }
     }
 
     fn write(&self, out: &mut Vec<u8>) {
@@ -156,7 +169,12 @@ impl<'a> SizedAttr<'a> {
             }
         };
         pb::put_varint_field(out, 20, ty);
-        debug_assert_eq!(out.len() - start, self.body_len, "attribute {}", self.attr.name);
+        debug_assert_eq!(
+            out.len() - start,
+            self.body_len,
+            "attribute {}",
+            self.attr.name
+        );
     }
 }
 
@@ -195,7 +213,10 @@ pub(crate) fn encode_model(def: &ModelDef<'_>) -> Vec<u8> {
         + pb::len_field_len(2, node.output.len())
         + pb::len_field_len(3, node.name.len())
         + pb::len_field_len(4, node.op_type.len())
-        + sized.iter().map(|a| pb::len_field_len(5, a.body_len)).sum::<usize>()
+        + sized
+            .iter()
+            .map(|a| pb::len_field_len(5, a.body_len))
+            .sum::<usize>()
         + pb::len_field_len(7, node.domain.len());
 
     // GraphProto tail (name 2, input 11, output 12): small, so encode it now.
@@ -280,7 +301,12 @@ mod tests {
             let sized = SizedAttr::new(a);
             let mut out = Vec::new();
             sized.write(&mut out);
-            assert_eq!(out.len(), pb::len_field_len(5, sized.body_len), "{}", a.name);
+            assert_eq!(
+                out.len(),
+                pb::len_field_len(5, sized.body_len),
+                "{}",
+                a.name
+            );
         }
         // A fully known one: AttributeProto{name: "n", i: 1, type: INT}.
         let a = Attr::new("n", AttrValue::Int(1));

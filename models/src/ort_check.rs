@@ -20,14 +20,25 @@ use crate::{Mix, Spec, build, spec_for};
 
 fn row(rng: &mut Rng, features: usize, nan_rate: f64) -> Vec<f32> {
     (0..features)
-        .map(|_| if nan_rate > 0.0 && rng.chance(nan_rate) { f32::NAN } else { rng.signed_f32() * 2.5 })
+        .map(|_| {
+            if nan_rate > 0.0 && rng.chance(nan_rate) {
+                f32::NAN
+            } else {
+                rng.signed_f32() * 2.5
+            }
+        })
         .collect()
 }
 
 fn describe(spec: &Spec) -> String {
     match *spec {
         Spec::Linear { features, seed } => format!("linear f={features} seed={seed}"),
-        Spec::Forest { features, trees, depth, seed } => {
+        Spec::Forest {
+            features,
+            trees,
+            depth,
+            seed,
+        } => {
             let s = Shape::from_seed(seed);
             format!(
                 "forest f={features} trees={trees} depth={depth} {} prune={:.2} missing_tracks={}",
@@ -41,14 +52,42 @@ fn describe(spec: &Spec) -> String {
 
 fn specs() -> Vec<Spec> {
     let mut specs = vec![
-        Spec::Linear { features: 1, seed: 1 },
-        Spec::Linear { features: 4, seed: 2 },
-        Spec::Linear { features: 32, seed: 3 },
-        Spec::Linear { features: 13, seed: 8 },
-        Spec::Linear { features: 300, seed: 4 },
-        Spec::Linear { features: 2500, seed: 9 }, // more than one MLAS K block
-        Spec::Forest { features: 3, trees: 1, depth: 0, seed: 5 },
-        Spec::Forest { features: 3, trees: 1, depth: 1, seed: 6 },
+        Spec::Linear {
+            features: 1,
+            seed: 1,
+        },
+        Spec::Linear {
+            features: 4,
+            seed: 2,
+        },
+        Spec::Linear {
+            features: 32,
+            seed: 3,
+        },
+        Spec::Linear {
+            features: 13,
+            seed: 8,
+        },
+        Spec::Linear {
+            features: 300,
+            seed: 4,
+        },
+        Spec::Linear {
+            features: 2500,
+            seed: 9,
+        }, // more than one MLAS K block
+        Spec::Forest {
+            features: 3,
+            trees: 1,
+            depth: 0,
+            seed: 5,
+        },
+        Spec::Forest {
+            features: 3,
+            trees: 1,
+            depth: 1,
+            seed: 6,
+        },
     ];
     // Small forests covering all 8 shape combinations.
     let mut seen = Vec::new();
@@ -57,14 +96,28 @@ fn specs() -> Vec<Spec> {
         let key = (s.average, s.prune > 0.0, s.missing_tracks);
         if !seen.contains(&key) {
             seen.push(key);
-            specs.push(Spec::Forest { features: 12, trees: 30, depth: 6, seed });
+            specs.push(Spec::Forest {
+                features: 12,
+                trees: 30,
+                depth: 6,
+                seed,
+            });
         }
     }
     assert_eq!(seen.len(), 8);
     // Many trees (ORT parallelises over trees above ~80) and large leaf sums.
-    specs.push(Spec::Forest { features: 20, trees: 3000, depth: 3, seed: 7 });
+    specs.push(Spec::Forest {
+        features: 20,
+        trees: 3000,
+        depth: 3,
+        seed: 7,
+    });
     // The realistic tiers: a ~1 MB and a large (~3-6 MB) forest, plus a few small ones.
-    let mut want = [(512u64 << 10, 2u64 << 20, 1), (4_500_000, 6_500_000, 1), (0, 512 << 10, 3)];
+    let mut want = [
+        (512u64 << 10, 2u64 << 20, 1),
+        (4_500_000, 6_500_000, 1),
+        (0, 512 << 10, 3),
+    ];
     for i in 0..100_000 {
         let spec = spec_for(i, Mix::Realistic, 2024);
         if let Spec::Forest { .. } = spec {
@@ -81,7 +134,10 @@ fn specs() -> Vec<Spec> {
             break;
         }
     }
-    assert!(want.iter().all(|w| w.2 == 0), "did not find all forest sizes");
+    assert!(
+        want.iter().all(|w| w.2 == 0),
+        "did not find all forest sizes"
+    );
     specs
 }
 
@@ -96,9 +152,20 @@ fn onnx_runtime_agrees() {
         let model = build(spec);
         let file = format!("model-{k:02}.onnx");
         std::fs::write(dir.join(&file), &model.bytes).unwrap();
-        let nan_rate = if matches!(spec, Spec::Forest { .. }) { 0.05 } else { 0.0 };
-        let rows: Vec<Vec<f32>> = (0..256).map(|_| row(&mut rng, spec.features(), nan_rate)).collect();
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits().to_string()).collect::<Vec<_>>().join(",");
+        let nan_rate = if matches!(spec, Spec::Forest { .. }) {
+            0.05
+        } else {
+            0.0
+        };
+        let rows: Vec<Vec<f32>> = (0..256)
+            .map(|_| row(&mut rng, spec.features(), nan_rate))
+            .collect();
+        let bits = |v: &[f32]| {
+            v.iter()
+                .map(|x| x.to_bits().to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let rows_json: Vec<String> = rows.iter().map(|r| format!("[{}]", bits(r))).collect();
         let expected: Vec<f32> = rows.iter().map(|r| model.predict(r)).collect();
         let expected_batch = model.predict_batch(&rows.concat());
@@ -117,9 +184,15 @@ fn onnx_runtime_agrees() {
     json.push_str("\n]\n");
     std::fs::write(dir.join("cases.json"), json).unwrap();
 
-    let script: PathBuf = [env!("CARGO_MANIFEST_DIR"), "check_generated.py"].iter().collect();
+    let script: PathBuf = [env!("CARGO_MANIFEST_DIR"), "check_generated.py"]
+        .iter()
+        .collect();
     let python = std::env::var("MM_PYTHON").unwrap_or_else(|_| "python3".into());
-    let status = Command::new(python).arg(&script).arg(&dir).status().expect("run python");
+    let status = Command::new(python)
+        .arg(&script)
+        .arg(&dir)
+        .status()
+        .expect("run python");
     if std::env::var_os("MM_ORT_CHECK_KEEP").is_some() {
         eprintln!("kept {}", dir.display());
     } else {

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use crate::forest::Shape;
+use crate::forest::{FOREST_OVERHEAD_BYTES, Shape, estimate_tree_bytes};
 use crate::rng::{Rng, derive};
 use crate::{Spec, build};
 
@@ -18,9 +18,10 @@ use crate::{Spec, build};
 pub enum Mix {
     /// Linear models only (4–32 features, a few hundred bytes each).
     Tiny,
-    /// In every block of 100 consecutive indices, in a seed-dependent order: 80 linear
-    /// models (4–32 features), 15 small forests (10–50 trees of depth 4–6), 4 forests of
-    /// about 1 MB and 1 forest of 3–6 MB. Mean file size is about 100 KB.
+    /// In every aligned block of 100 indices, in a seed-dependent order: 80 linear models
+    /// (4–32 features, ~300 B), 15 small forests (10–50 trees of depth 4–6, ~20–160 KB),
+    /// 4 forests of 0.85–1.15 MB (depth 6–8) and 1 forest of 3–6 MB (depth 8–10).
+    /// Mean file size is about 100 KB.
     Realistic,
 }
 
@@ -30,7 +31,9 @@ impl FromStr for Mix {
         match s.to_ascii_lowercase().as_str() {
             "tiny" => Ok(Mix::Tiny),
             "realistic" => Ok(Mix::Realistic),
-            other => Err(format!("unknown model mix `{other}` (expected `tiny` or `realistic`)")),
+            other => Err(format!(
+                "unknown model mix `{other}` (expected `tiny` or `realistic`)"
+            )),
         }
     }
 }
@@ -93,7 +96,11 @@ pub struct KindStats {
 
 impl KindStats {
     fn add(&mut self, bytes: u64) {
-        self.min_bytes = if self.models == 0 { bytes } else { self.min_bytes.min(bytes) };
+        self.min_bytes = if self.models == 0 {
+            bytes
+        } else {
+            self.min_bytes.min(bytes)
+        };
         self.max_bytes = self.max_bytes.max(bytes);
         self.models += 1;
         self.bytes += bytes;
@@ -103,7 +110,11 @@ impl KindStats {
         if other.models == 0 {
             return;
         }
-        self.min_bytes = if self.models == 0 { other.min_bytes } else { self.min_bytes.min(other.min_bytes) };
+        self.min_bytes = if self.models == 0 {
+            other.min_bytes
+        } else {
+            self.min_bytes.min(other.min_bytes)
+        };
         self.max_bytes = self.max_bytes.max(other.max_bytes);
         self.models += other.models;
         self.bytes += other.bytes;
@@ -111,7 +122,11 @@ impl KindStats {
 
     /// Mean file size in bytes (0 if empty).
     pub fn mean_bytes(&self) -> u64 {
-        if self.models == 0 { 0 } else { self.bytes / self.models as u64 }
+        if self.models == 0 {
+            0
+        } else {
+            self.bytes / self.models as u64
+        }
     }
 }
 
@@ -143,8 +158,16 @@ impl StoreStats {
 
 impl fmt::Display for StoreStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mean = if self.models == 0 { 0 } else { self.bytes / self.models as u64 };
-        writeln!(f, "{} models, {} bytes, mean {} bytes", self.models, self.bytes, mean)?;
+        let mean = if self.models == 0 {
+            0
+        } else {
+            self.bytes / self.models as u64
+        };
+        writeln!(
+            f,
+            "{} models, {} bytes, mean {} bytes",
+            self.models, self.bytes, mean
+        )?;
         for (class, s) in &self.by_kind {
             writeln!(
                 f,
@@ -173,13 +196,9 @@ pub fn model_path(dir: &Path, index: usize) -> PathBuf {
 }
 
 // Seed-derivation salts, so the streams below never overlap.
-const SALT_BLOCK: u64 = 0x424C_4F43_4B; // "BLOCK"
+const SALT_BLOCK: u64 = 0x0042_4C4F_434B; // "BLOCK"
 const SALT_PARAMS: u64 = 0x5041_5241_4D53; // "PARAMS"
-const SALT_MODEL: u64 = 0x4D4F_4445_4C; // "MODEL"
-
-/// Estimated encoded bytes per tree node (splits and leaves cost about the same once the
-/// leaf's target entry is counted); used only to pick tree counts for the size tiers.
-const BYTES_PER_NODE: f64 = 25.5;
+const SALT_MODEL: u64 = 0x004D_4F44_454C; // "MODEL"
 
 /// Realistic tiers, by rank within a block of 100 indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,8 +228,36 @@ fn realistic_tier(index: usize, seed: u64) -> Tier {
 
 /// Number of trees that brings a forest of this depth and seed to about `target_bytes`.
 fn trees_for_bytes(target_bytes: f64, depth: usize, seed: u64) -> usize {
-    let per_tree = Shape::from_seed(seed).expected_nodes_per_tree(depth) * BYTES_PER_NODE;
-    ((target_bytes / per_tree).round() as usize).max(1)
+    let shape = Shape::from_seed(seed);
+    let budget = (target_bytes - FOREST_OVERHEAD_BYTES).max(1.0);
+    // Tree-id varints grow with the tree count (from 128 trees on), so refine once.
+    let mut trees = 1usize;
+    for _ in 0..2 {
+        let per_tree = estimate_tree_bytes(&shape, trees, depth);
+        trees = ((budget / per_tree).round() as usize).max(1);
+    }
+    trees
+}
+
+/// A small forest of about `target_bytes`: depth 4-6 (random among those that reach the
+/// target with 10-50 trees, else the closest), 10-50 trees.
+fn small_forest(rng: &mut Rng, target_bytes: f64, seed: u64) -> (usize, usize) {
+    let mut depths = [4usize, 5, 6];
+    let first = rng.below(3) as usize;
+    depths.rotate_left(first);
+    let mut best = (usize::MAX, 0, 0);
+    for depth in depths {
+        let trees = trees_for_bytes(target_bytes, depth, seed);
+        let miss = if trees < 10 {
+            10 - trees
+        } else {
+            trees.saturating_sub(50)
+        };
+        if miss < best.0 {
+            best = (miss, trees.clamp(10, 50), depth);
+        }
+    }
+    (best.1, best.2)
 }
 
 /// The spec of the `index`-th model of a mix: a pure function of `(index, mix, seed)`.
@@ -222,16 +269,25 @@ pub fn spec_for(index: usize, mix: Mix, seed: u64) -> Spec {
         Mix::Realistic => realistic_tier(index, seed),
     };
     match tier {
-        Tier::Linear => Spec::Linear { features: rng.range(4, 32), seed: model_seed },
-        Tier::Small => Spec::Forest {
-            features: rng.range(8, 32),
-            trees: rng.range(10, 50),
-            depth: rng.range(4, 6),
+        Tier::Linear => Spec::Linear {
+            features: rng.range(4, 32),
             seed: model_seed,
         },
+        Tier::Small => {
+            // Log-uniform in 20-160 KB.
+            let target = 20e3 * 8f64.powf(rng.unit_f64());
+            let features = rng.range(8, 32);
+            let (trees, depth) = small_forest(&mut rng, target, model_seed);
+            Spec::Forest {
+                features,
+                trees,
+                depth,
+                seed: model_seed,
+            }
+        }
         Tier::Medium => {
             let depth = rng.range(6, 8);
-            let target = 1e6 * (0.85 + 0.3 * rng.unit_f64());
+            let target = 1e6 * (0.85 + 0.3 * rng.unit_f64()); // 0.85-1.15 MB
             Spec::Forest {
                 features: rng.range(16, 64),
                 trees: trees_for_bytes(target, depth, model_seed),
@@ -241,7 +297,7 @@ pub fn spec_for(index: usize, mix: Mix, seed: u64) -> Spec {
         }
         Tier::Large => {
             let depth = rng.range(8, 10);
-            let target = 1e6 * (3.0 + 3.0 * rng.unit_f64());
+            let target = 1e6 * (3.0 + 3.0 * rng.unit_f64()); // 3-6 MB
             Spec::Forest {
                 features: rng.range(32, 128),
                 trees: trees_for_bytes(target, depth, model_seed),
@@ -252,13 +308,26 @@ pub fn spec_for(index: usize, mix: Mix, seed: u64) -> Spec {
     }
 }
 
-/// Writes `bytes` to `path` via a temporary file in the same directory and a rename, so
-/// `path` is never observed half written.
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().expect("model path has a parent");
-    let name = path.file_name().expect("model path has a file name").to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
+/// Creates `path` (whose parent exists) unless it already exists.
+fn ensure_dir(path: &Path) -> io::Result<()> {
+    match fs::create_dir(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }
+}
+
+/// Writes the `index`-th model under `dir` (which exists) via a temporary file in the
+/// model's directory and a rename, so `model.onnx` is never observed half written.
+fn write_model(dir: &Path, index: usize, bytes: &[u8], pid: u32) -> io::Result<()> {
+    // Two plain mkdirs rather than create_dir_all: directory creation dominates the cost
+    // of writing small models.
+    let model_dir = dir.join(model_id(index));
+    ensure_dir(&model_dir)?;
+    let version_dir = model_dir.join("1");
+    ensure_dir(&version_dir)?;
+    let tmp = version_dir.join(format!(".model.onnx.tmp-{pid}"));
+    let result =
+        fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, version_dir.join("model.onnx")));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -271,10 +340,13 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Existing files are replaced. Stops at the first I/O error and returns it.
 pub fn write_store(dir: &Path, n: usize, mix: Mix, seed: u64) -> io::Result<StoreStats> {
     fs::create_dir_all(dir)?;
-    let threads = std::thread::available_parallelism().map_or(1, |p| p.get()).clamp(1, n.max(1));
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |p| p.get())
+        .clamp(1, n.max(1));
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<io::Error>> = Mutex::new(None);
+    let pid = std::process::id();
 
     let per_thread: Vec<StoreStats> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
@@ -287,12 +359,12 @@ pub fn write_store(dir: &Path, n: usize, mix: Mix, seed: u64) -> io::Result<Stor
                             break;
                         }
                         let model = build(&spec_for(index, mix, seed));
-                        let path = model_path(dir, index);
-                        let written = fs::create_dir_all(path.parent().expect("has parent"))
-                            .and_then(|()| write_atomically(&path, &model.bytes));
-                        if let Err(e) = written {
+                        if let Err(e) = write_model(dir, index, &model.bytes, pid) {
                             failed.store(true, Ordering::Relaxed);
-                            first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                            first_error
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(e);
                             break;
                         }
                         stats.add(model.size_class(), model.bytes.len() as u64);
@@ -301,7 +373,10 @@ pub fn write_store(dir: &Path, n: usize, mix: Mix, seed: u64) -> io::Result<Stor
                 })
             })
             .collect();
-        workers.into_iter().map(|w| w.join().expect("store writer thread panicked")).collect()
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("store writer thread panicked"))
+            .collect()
     });
 
     if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
@@ -354,7 +429,12 @@ mod tests {
             counts[realistic_tier(i, 2024) as usize] += 1;
             match spec_for(i, Mix::Realistic, 2024) {
                 Spec::Linear { features, .. } => assert!((4..=32).contains(&features)),
-                Spec::Forest { features, trees, depth, .. } => {
+                Spec::Forest {
+                    features,
+                    trees,
+                    depth,
+                    ..
+                } => {
                     assert!((8..=128).contains(&features));
                     assert!(trees >= 10 && (4..=10).contains(&depth), "{trees} {depth}");
                 }
@@ -367,29 +447,35 @@ mod tests {
         assert!((share(counts[2]) - 0.04).abs() < 0.008, "{counts:?}");
         assert!((share(counts[3]) - 0.01).abs() < 0.004, "{counts:?}");
         // Kinds agree with tiers.
-        let linear = (0..n).filter(|&i| matches!(spec_for(i, Mix::Realistic, 2024), Spec::Linear { .. })).count();
+        let linear = (0..n)
+            .filter(|&i| matches!(spec_for(i, Mix::Realistic, 2024), Spec::Linear { .. }))
+            .count();
         assert_eq!(linear, counts[0]);
     }
 
     #[test]
     fn tier_sizes_are_roughly_right() {
-        // Build a sample of the big tiers and check their encoded sizes.
-        let mut medium = Vec::new();
-        let mut large = Vec::new();
-        let mut i = 0;
-        while medium.len() < 4 || large.is_empty() {
-            match realistic_tier(i, 5) {
-                Tier::Medium if medium.len() < 4 => medium.push(build(&spec_for(i, Mix::Realistic, 5)).bytes.len()),
-                Tier::Large if large.is_empty() => large.push(build(&spec_for(i, Mix::Realistic, 5)).bytes.len()),
-                _ => {}
+        // Build a sample of each forest tier and check the encoded sizes.
+        let (mut small, mut medium, mut large) = (0, 0, 0);
+        for i in 0.. {
+            let tier = realistic_tier(i, 5);
+            let (count, range) = match tier {
+                Tier::Linear => continue,
+                Tier::Small => (&mut small, 12_000..230_000),
+                Tier::Medium => (&mut medium, 750_000..1_300_000),
+                Tier::Large => (&mut large, 2_700_000..6_600_000),
+            };
+            if *count < 3 {
+                *count += 1;
+                let bytes = build(&spec_for(i, Mix::Realistic, 5)).bytes.len();
+                assert!(
+                    range.contains(&bytes),
+                    "{tier:?} forest {i} of {bytes} bytes"
+                );
             }
-            i += 1;
-        }
-        for b in medium {
-            assert!((600_000..1_600_000).contains(&b), "medium forest of {b} bytes");
-        }
-        for b in large {
-            assert!((2_400_000..7_000_000).contains(&b), "large forest of {b} bytes");
+            if small == 3 && medium == 3 && large == 3 {
+                break;
+            }
         }
     }
 
@@ -398,7 +484,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "manymodels-models-test-{}-{}",
             std::process::id(),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
         ));
         let n = 120;
         let stats = write_store(&dir, n, Mix::Realistic, 99).expect("write_store");
@@ -408,9 +496,16 @@ mod tests {
             let mut total = 0u64;
             for i in 0..n {
                 let path = model_path(&dir, i);
-                assert_eq!(path, dir.join(format!("gen-{i:05}")).join("1").join("model.onnx"));
+                assert_eq!(
+                    path,
+                    dir.join(format!("gen-{i:05}")).join("1").join("model.onnx")
+                );
                 let bytes = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                assert_eq!(bytes, build(&spec_for(i, Mix::Realistic, 99)).bytes, "model {i}");
+                assert_eq!(
+                    bytes,
+                    build(&spec_for(i, Mix::Realistic, 99)).bytes,
+                    "model {i}"
+                );
                 total += bytes.len() as u64;
                 // Nothing but the model in the version directory (no leftover temp files).
                 let entries: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().collect();
@@ -420,7 +515,10 @@ mod tests {
             let top: Vec<_> = fs::read_dir(&dir).unwrap().collect();
             assert_eq!(top.len(), n);
             // Rewriting replaces files in place.
-            assert_eq!(write_store(&dir, n, Mix::Realistic, 99).expect("rewrite"), stats);
+            assert_eq!(
+                write_store(&dir, n, Mix::Realistic, 99).expect("rewrite"),
+                stats
+            );
         });
         fs::remove_dir_all(&dir).expect("clean up temp store");
         if let Err(panic) = result {

@@ -40,9 +40,6 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
         .route("/v2/models/{id}/versions/{version}", get(version_metadata))
         .route("/v2/models/{id}/versions/{version}/ready", get(version_ready))
         .route("/v2/models/{id}/versions/{version}/infer", post(version_infer))
-        // Anything else under /v2/models/ has an id with a `/` in it, or an empty one.
-        .route("/v2/models/{*rest}", get(bad_model_path).post(bad_model_path))
-        .route("/v2/models/", get(bad_model_path).post(bad_model_path))
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{id}/load", post(repository_load))
         .route("/v2/repository/models/{id}/unload", post(repository_unload))
@@ -366,13 +363,14 @@ async fn metrics(State(scorer): Shared) -> Response {
         .into_response()
 }
 
-async fn bad_model_path(State(scorer): Shared, uri: Uri) -> Response {
-    let result = Err(ScorerError::InvalidModelId(uri.path().trim_start_matches("/v2/models/").to_string()));
-    finish(&scorer, "other", result)
-}
-
+/// Unmatched paths. Under `/v2/models/` that means an id with a `/` in it or an empty one:
+/// a bad request, not a missing route.
 async fn no_route(State(scorer): Shared, method: Method, uri: Uri) -> Response {
-    finish(&scorer, "other", Err(ScorerError::NoRoute(format!("{method} {}", uri.path()))))
+    let error = match uri.path().strip_prefix("/v2/models/") {
+        Some(rest) => ScorerError::InvalidModelId(rest.to_string()),
+        None => ScorerError::NoRoute(format!("{method} {}", uri.path())),
+    };
+    finish(&scorer, "other", Err(error))
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {

@@ -84,6 +84,7 @@ pub async fn run(config: ScorerConfig) -> Result<(), StartError> {
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(StartError::Serve)?;
+    let router = app(scorer.clone());
     tracing::info!(
         listen = %local,
         store = %scorer.cache.store().describe(),
@@ -102,7 +103,7 @@ pub async fn run(config: ScorerConfig) -> Result<(), StartError> {
             stopping.notify_one();
         }
     };
-    let server = axum::serve(listener, app(scorer.clone())).with_graceful_shutdown(signal);
+    let server = axum::serve(listener, router).with_graceful_shutdown(signal);
     tokio::select! {
         result = server => result.map_err(StartError::Serve)?,
         () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {

@@ -1,0 +1,152 @@
+//! Azurite, Microsoft's Azure Storage emulator, as a test fixture: started on a free
+//! loopback port with its data in a temp dir, and a minimal Shared Key client to create a
+//! container and upload blobs (`object_store` cannot create containers).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::{TempDir, free_port, root};
+
+/// The emulator's well-known development account and key (public, documented by Azure).
+pub const ACCOUNT: &str = "devstoreaccount1";
+pub const KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const API_VERSION: &str = "2021-08-06";
+
+pub struct Azurite {
+    child: Child,
+    /// `http://127.0.0.1:PORT` (object_store's `AZURITE_BLOB_STORAGE_URL`).
+    pub url: String,
+    _data: TempDir,
+    client: reqwest::Client,
+}
+
+fn launcher() -> PathBuf {
+    std::env::var_os("MM_AZURITE_BLOB")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".cache/azurite/node_modules/.bin/azurite-blob"))
+}
+
+impl Azurite {
+    pub async fn start() -> Self {
+        let bin = launcher();
+        assert!(
+            bin.exists(),
+            "{} is missing: run the tests with `cargo xtask test`, which installs Azurite",
+            bin.display()
+        );
+        let data = TempDir::new("azurite");
+        let port = free_port();
+        let child = Command::new(bin)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .arg("--location")
+            .arg(data.path())
+            .args(["--disableTelemetry", "--skipApiVersionCheck", "--silent"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting azurite-blob");
+        let azurite = Azurite {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _data: data,
+            client: reqwest::Client::new(),
+        };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30), "azurite did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        azurite
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, query: &[(&str, &str)], body: Vec<u8>, headers: &[(&str, &str)]) {
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        let mut ms_headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+            .collect();
+        ms_headers.push(("x-ms-date".into(), date));
+        ms_headers.push(("x-ms-version".into(), API_VERSION.into()));
+        ms_headers.sort();
+        let length = if body.is_empty() { String::new() } else { body.len().to_string() };
+        let mut canonical_query: Vec<_> = query.iter().map(|(k, v)| format!("\n{k}:{v}")).collect();
+        canonical_query.sort();
+        let resource = format!("/{ACCOUNT}/{ACCOUNT}/{path}{}", canonical_query.concat());
+        let string_to_sign = format!(
+            "{method}\n\n\n{length}\n\n\n\n\n\n\n\n\n{}{resource}",
+            ms_headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect::<String>()
+        );
+        let mut mac = Hmac::<Sha256>::new_from_slice(&STANDARD.decode(KEY).unwrap()).unwrap();
+        mac.update(string_to_sign.as_bytes());
+        let signature = STANDARD.encode(mac.finalize().into_bytes());
+        let mut request = self
+            .client
+            .request(method.clone(), format!("{}/{ACCOUNT}/{path}", self.url))
+            .query(query)
+            .header("authorization", format!("SharedKey {ACCOUNT}:{signature}"))
+            .body(body);
+        for (k, v) in &ms_headers {
+            request = request.header(k, v);
+        }
+        let response = request.send().await.expect("azurite request");
+        let status = response.status();
+        assert!(
+            status.is_success(),
+            "{method} {path}: {status} {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+
+    pub async fn create_container(&self, container: &str) {
+        self.send(reqwest::Method::PUT, container, &[("restype", "container")], Vec::new(), &[])
+            .await;
+    }
+
+    pub async fn put_blob(&self, container: &str, name: &str, bytes: Vec<u8>) {
+        self.send(
+            reqwest::Method::PUT,
+            &format!("{container}/{name}"),
+            &[],
+            bytes,
+            &[("x-ms-blob-type", "BlockBlob")],
+        )
+        .await;
+    }
+
+    /// Uploads a local store tree as `<prefix><model>/<version>/model.onnx` blobs.
+    pub async fn upload_store(&self, container: &str, prefix: &str, store: &std::path::Path) {
+        for model in std::fs::read_dir(store).unwrap() {
+            let model = model.unwrap();
+            if !model.file_type().unwrap().is_dir() {
+                continue;
+            }
+            for version in std::fs::read_dir(model.path()).unwrap() {
+                let version = version.unwrap();
+                let file = version.path().join("model.onnx");
+                if file.exists() {
+                    let name = format!(
+                        "{prefix}{}/{}/model.onnx",
+                        model.file_name().to_str().unwrap(),
+                        version.file_name().to_str().unwrap()
+                    );
+                    self.put_blob(container, &name, std::fs::read(file).unwrap()).await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,262 @@
+//! `mm-scorer` as a process on 127.0.0.1: correctness, single-flight loads, the byte
+//! budget, bad input, the Azure Blob backend (Azurite) and a 10,000-model store.
+
+use std::time::{Duration, Instant};
+
+use manymodels_models::{Mix, Spec};
+use manymodels_tests::azurite::Azurite;
+use manymodels_tests::{
+    ScorerProcess, TempDir, assert_outputs_match, demo_reference, generated_rows, infer_body,
+    root, rows_body,
+};
+use serde_json::{Value, json};
+
+async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+    let response = client.post(url).json(body).send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{url}: non-JSON body {text:?}"));
+    (status, value)
+}
+
+#[tokio::test]
+async fn every_demo_model_matches_its_reference_outputs() {
+    let scorer = ScorerProcess::local(&root().join("models/demo"), &[]);
+    let client = reqwest::Client::new();
+    let references = demo_reference();
+    assert!(references.len() >= 6, "demo store has too few models");
+    for reference in &references {
+        let id = reference["id"].as_str().unwrap();
+        let url = format!("{}/v2/models/{id}/infer", scorer.url);
+        let (status, body) = post(&client, &url, &infer_body(reference)).await;
+        assert_eq!(status, 200, "{id}: {body}");
+        assert_eq!(body["model_name"], id);
+        assert_eq!(body["model_version"], "1");
+        assert_eq!(body["id"], "ref");
+        assert_outputs_match(&body, reference, 1e-5);
+    }
+}
+
+#[tokio::test]
+async fn hundred_concurrent_first_requests_cause_exactly_one_load() {
+    let scorer = ScorerProcess::local(&root().join("models/demo"), &[]);
+    let client = reqwest::Client::new();
+    let reference = demo_reference()
+        .into_iter()
+        .find(|r| r["id"] == "forest-1mb")
+        .expect("forest-1mb in the demo store");
+    let url = format!("{}/v2/models/forest-1mb/infer", scorer.url);
+    let body = infer_body(&reference);
+    let requests = (0..100).map(|_| {
+        let client = client.clone();
+        let url = url.clone();
+        let body = body.clone();
+        async move { post(&client, &url, &body).await }
+    });
+    let results = futures::future::join_all(requests).await;
+    for (status, body) in &results {
+        assert_eq!(*status, 200, "{body}");
+        assert_outputs_match(body, &reference, 1e-5);
+    }
+    let metrics = scorer.metrics().await;
+    assert_eq!(metrics.get("mm_scorer_model_loads_total"), 1.0);
+    assert_eq!(
+        metrics.get("mm_scorer_cache_hits_total") + metrics.get("mm_scorer_cache_misses_total"),
+        100.0
+    );
+}
+
+/// Scores three budgets' worth of ~300 KB forests round-robin: the charged bytes never
+/// exceed the budget by more than one model, models are evicted, every answer is still
+/// right, and unloading everything gives the memory back to the OS.
+#[tokio::test]
+async fn byte_budget_holds_while_three_budgets_of_models_are_scored() {
+    let store = TempDir::new("budget");
+    let models: Vec<_> = (0..24)
+        .map(|i| {
+            manymodels_models::build(&Spec::Forest {
+                features: 8,
+                trees: 40,
+                depth: 8,
+                seed: 1000 + i,
+            })
+        })
+        .collect();
+    for (i, model) in models.iter().enumerate() {
+        let dir = store.path().join(format!("forest-{i:02}/1"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model.onnx"), &model.bytes).unwrap();
+    }
+    // Charge exactly 6× the file size, no overhead, so the arithmetic below is exact.
+    let total_weight: u64 = models.iter().map(|m| 6 * m.bytes.len() as u64).sum();
+    let largest: u64 = models.iter().map(|m| 6 * m.bytes.len() as u64).max().unwrap();
+    let budget = total_weight / 3;
+    let scorer = ScorerProcess::local(
+        store.path(),
+        &[
+            &format!("cache.budget={budget}"),
+            "cache.weight_overhead=0",
+            "cache.weight_per_file_byte=6",
+            "cache.policy=lru",
+        ],
+    );
+    let client = reqwest::Client::new();
+    let rss_before = scorer.rss_bytes();
+    let mut peak_resident = 0.0f64;
+    for round in 0..3 {
+        for (i, model) in models.iter().enumerate() {
+            let rows = generated_rows(8, 2, (round * 100 + i) as u64);
+            let url = format!("{}/v2/models/forest-{i:02}/infer", scorer.url);
+            let (status, body) = post(&client, &url, &rows_body(&rows)).await;
+            assert_eq!(status, 200, "{body}");
+            let got = body["outputs"][0]["data"].as_array().unwrap();
+            for (row, value) in rows.iter().zip(got) {
+                let want = model.predict(row) as f64;
+                let value = value.as_f64().unwrap();
+                assert!((value - want).abs() <= 1e-5 * want.abs().max(1.0), "forest-{i}: {value} vs {want}");
+            }
+            let resident = scorer.metrics().await.get("mm_scorer_resident_bytes");
+            peak_resident = peak_resident.max(resident);
+            assert!(
+                resident <= (budget + largest) as f64,
+                "resident {resident} over budget {budget} + one model {largest}"
+            );
+        }
+    }
+    let metrics = scorer.metrics().await;
+    assert!(metrics.get("mm_scorer_cache_evictions_total{reason=\"size\"}") >= 24.0, "expected evictions");
+    assert!(peak_resident > 0.5 * budget as f64, "cache never filled: {peak_resident}");
+    let rss_full = scorer.rss_bytes();
+    for i in 0..models.len() {
+        let url = format!("{}/v2/repository/models/forest-{i:02}/unload", scorer.url);
+        let (status, _) = post(&client, &url, &json!({})).await;
+        assert_eq!(status, 200);
+    }
+    // The trim after evictions is rate-limited; give it a moment.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (status, _) = post(&client, &format!("{}/v2/repository/models/forest-00/unload", scorer.url), &json!({})).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_after = scorer.rss_bytes();
+    eprintln!("rss before {rss_before}, full {rss_full}, after unloading {rss_after}, budget {budget}");
+    assert!(
+        rss_full > rss_before + budget / 4,
+        "loading a budget of models should cost memory: {rss_before} -> {rss_full}"
+    );
+    assert!(
+        rss_after < rss_full - (rss_full - rss_before) / 2,
+        "unloading should give back at least half the memory: {rss_before} -> {rss_full} -> {rss_after}"
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_are_rejected_and_the_process_keeps_serving() {
+    let scorer = ScorerProcess::local(&root().join("models/demo"), &["http.max_body=4KiB"]);
+    let client = reqwest::Client::new();
+    let good = json!({"inputs":[{"name":"input","shape":[1,10],"datatype":"FP32","data":[1,2,3,4,5,6,7,8,9,10]}]});
+    let big = json!({"inputs":[{"name":"input","shape":[1000,10],"datatype":"FP32","data":vec![1.0f32; 10_000]}]});
+    let cases: Vec<(String, Vec<u8>, u16, &str)> = vec![
+        ("/v2/models/linear-small/infer".into(), b"{not json".to_vec(), 400, "malformed"),
+        ("/v2/models/linear-small/infer".into(), serde_json::to_vec(&big).unwrap(), 413, "larger than the limit"),
+        ("/v2/models/no-such-model/infer".into(), serde_json::to_vec(&good).unwrap(), 404, "not found"),
+        ("/v2/models/..%2F..%2Fetc%2Fpasswd/infer".into(), serde_json::to_vec(&good).unwrap(), 400, "invalid model id"),
+        ("/v2/models/a/b/infer".into(), serde_json::to_vec(&good).unwrap(), 400, "invalid model id"),
+        ("/v2/models//infer".into(), serde_json::to_vec(&good).unwrap(), 400, "invalid model id"),
+    ];
+    for (path, body, status, message) in cases {
+        let response = client
+            .post(format!("{}{path}", scorer.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        let body: Value = response.json().await.unwrap();
+        let error = body["error"].as_str().unwrap_or_else(|| panic!("{path}: no error field in {body}"));
+        assert!(error.contains(message), "{path}: {error}");
+    }
+    let (status, _) = post(&client, &format!("{}/v2/models/linear-small/infer", scorer.url), &good).await;
+    assert_eq!(status, 200, "the scorer must keep serving after bad requests");
+}
+
+#[tokio::test]
+async fn sigterm_finishes_and_exits_zero() {
+    let mut scorer = ScorerProcess::local(&root().join("models/demo"), &[]);
+    let client = reqwest::Client::new();
+    let reference = &demo_reference()[0];
+    let id = reference["id"].as_str().unwrap();
+    let (status, _) = post(&client, &format!("{}/v2/models/{id}/infer", scorer.url), &infer_body(reference)).await;
+    assert_eq!(status, 200);
+    let exit = scorer.terminate();
+    assert!(exit.success(), "mm-scorer exited with {exit}:\n{}", scorer.logs());
+}
+
+#[tokio::test]
+async fn azure_blob_store_serves_every_demo_model() {
+    let azurite = Azurite::start().await;
+    azurite.create_container("models").await;
+    azurite.upload_store("models", "prod/", &root().join("models/demo")).await;
+    // A half-written upload under another name is not a version.
+    azurite.put_blob("models", "prod/linear-small/2/model.onnx.partial", b"partial".to_vec()).await;
+    let scorer = ScorerProcess::start(
+        &[
+            "store.kind=azure".into(),
+            "store.azure.use_emulator=true".into(),
+            "store.azure.container=models".into(),
+            "store.azure.prefix=prod".into(),
+        ],
+        &[("AZURITE_BLOB_STORAGE_URL", azurite.url.as_str())],
+    );
+    let client = reqwest::Client::new();
+    let references = demo_reference();
+    for reference in &references {
+        let id = reference["id"].as_str().unwrap();
+        let (status, body) = post(&client, &format!("{}/v2/models/{id}/infer", scorer.url), &infer_body(reference)).await;
+        assert_eq!(status, 200, "{id}: {body}\n{}", scorer.logs());
+        assert_eq!(body["model_version"], "1");
+        assert_outputs_match(&body, reference, 1e-5);
+    }
+    let (status, index) = post(&client, &format!("{}/v2/repository/index", scorer.url), &json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(index.as_array().unwrap().len(), references.len(), "{index}");
+    let (status, body) = post(&client, &format!("{}/v2/models/absent/infer", scorer.url), &infer_body(&references[0])).await;
+    assert_eq!(status, 404, "{body}");
+}
+
+/// 10,000 generated models of the realistic size mix: the index lists them all without
+/// loading any, and a sample across sizes scores correctly against the generator's own
+/// reference evaluator.
+#[tokio::test]
+async fn ten_thousand_model_store_lists_and_serves() {
+    let store = TempDir::new("10k");
+    let started = Instant::now();
+    let stats = manymodels_models::write_store(store.path(), 10_000, Mix::Realistic, 7).unwrap();
+    eprintln!("generated {} models ({} bytes) in {:?}", stats.models, stats.bytes, started.elapsed());
+    let scorer = ScorerProcess::local(store.path(), &["cache.budget=256MiB"]);
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let (status, index) = post(&client, &format!("{}/v2/repository/index", scorer.url), &json!({})).await;
+    eprintln!("index of 10,000 models in {:?}", started.elapsed());
+    assert_eq!(status, 200);
+    assert_eq!(index.as_array().unwrap().len(), 10_000);
+    let metrics = scorer.metrics().await;
+    assert_eq!(metrics.get("mm_scorer_model_loads_total"), 0.0, "listing must not load models");
+    let mut kinds = std::collections::BTreeSet::new();
+    for i in (0..10_000).step_by(97) {
+        let spec = manymodels_models::spec_for(i, Mix::Realistic, 7);
+        let model = manymodels_models::build(&spec);
+        kinds.insert(model.size_class().as_str());
+        let rows = generated_rows(spec.features(), 3, i as u64);
+        let id = manymodels_models::model_id(i);
+        let (status, body) = post(&client, &format!("{}/v2/models/{id}/infer", scorer.url), &rows_body(&rows)).await;
+        assert_eq!(status, 200, "{id}: {body}");
+        let got = body["outputs"][0]["data"].as_array().unwrap();
+        for (row, value) in rows.iter().zip(got) {
+            let want = model.predict(row) as f64;
+            let value = value.as_f64().unwrap();
+            assert!((value - want).abs() <= 1e-5 * want.abs().max(1.0), "{id}: {value} vs {want}");
+        }
+    }
+    assert!(kinds.len() >= 2, "sample should cover several size classes: {kinds:?}");
+}

@@ -31,8 +31,8 @@ pub const KEYS: &[KeyDoc] = &[
     doc("cache.budget", "512MiB", "Bytes of loaded models the hot cache may hold."),
     doc("cache.max_concurrent_loads", "4", "Model loads that may run at the same time."),
     doc("cache.failure_ttl", "30s", "How long a model that failed to load answers its error without retrying."),
-    doc("cache.weight_overhead", "160KiB", "Fixed memory charged per loaded model (measured; see ARCHITECTURE.md)."),
-    doc("cache.weight_per_file_byte", "6.0", "Memory charged per byte of ONNX file (measured; see ARCHITECTURE.md)."),
+    doc("cache.weight_overhead", "96KiB", "Estimated fixed memory of a session, charged when a load overlapped another and could not be measured."),
+    doc("cache.weight_per_file_byte", "5.0", "Estimated memory per byte of ONNX file, charged with `weight_overhead` when a load could not be measured."),
     doc("cache.policy", "tiny_lfu", "Eviction and admission policy of the hot cache: `tiny_lfu` or `lru`."),
     doc("http.max_body", "32MiB", "Largest request body accepted; larger bodies get 413."),
     doc("http.max_elements", "4194304", "Largest number of tensor elements in one request; more gets 400."),
@@ -121,7 +121,8 @@ pub struct CacheConfig {
 }
 
 impl CacheConfig {
-    /// Memory charged for a model whose ONNX file has `file_bytes` bytes.
+    /// The estimated memory of a model whose ONNX file has `file_bytes` bytes, charged when
+    /// its load could not be measured.
     pub fn weigh(&self, file_bytes: u64) -> u64 {
         self.weight_overhead.0 + (file_bytes as f64 * self.weight_per_file_byte) as u64
     }
@@ -247,8 +248,8 @@ impl Default for RawCache {
             budget: ByteSize::mib(512),
             max_concurrent_loads: 4,
             failure_ttl: HumanDuration(Duration::from_secs(30)),
-            weight_overhead: ByteSize::kib(160),
-            weight_per_file_byte: 6.0,
+            weight_overhead: ByteSize::kib(96),
+            weight_per_file_byte: 5.0,
             policy: CachePolicy::TinyLfu,
         }
     }

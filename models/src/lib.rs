@@ -25,7 +25,9 @@ mod store;
 #[cfg(test)]
 mod ort_check;
 
-pub use store::{KindStats, Mix, SizeClass, StoreStats, model_id, spec_for, write_store};
+pub use store::{
+    KindStats, Mix, SizeClass, StoreStats, model_id, model_path, spec_for, write_store,
+};
 
 /// Name of every generated model's single input (FP32 `[N, features]`).
 pub const INPUT_NAME: &str = "input";

@@ -10,7 +10,7 @@
 //! the session is freed when its last request finishes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use manymodels_config::scorer::{CacheConfig, CachePolicy};
@@ -32,16 +32,16 @@ use crate::store::{ModelStore, StoreError};
 /// is found within a second.
 const NOT_FOUND_TTL: Duration = Duration::from_secs(1);
 
-/// At most one `malloc_trim` per this interval.
-const TRIM_INTERVAL: Duration = Duration::from_millis(500);
-
-/// Which version of a model a request wants.
+/// One loaded version of one model: the unit the cache holds and charges.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct CacheKey {
+pub struct ModelKey {
     pub id: ModelId,
-    /// `None`: the live version (the highest in the store).
-    pub version: Option<u64>,
+    pub version: u64,
 }
+
+/// What a remembered failure is about: a model's live version (`None`: the model does
+/// not exist) or one version (it does not exist, or failed to load).
+type FailureKey = (ModelId, Option<u64>);
 
 /// Whether a look-up was answered from memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,8 +67,8 @@ struct Failure {
 
 struct FailureExpiry;
 
-impl Expiry<CacheKey, Failure> for FailureExpiry {
-    fn expire_after_create(&self, _: &CacheKey, value: &Failure, _: Instant) -> Option<Duration> {
+impl Expiry<FailureKey, Failure> for FailureExpiry {
+    fn expire_after_create(&self, _: &FailureKey, value: &Failure, _: Instant) -> Option<Duration> {
         Some(value.ttl)
     }
 }
@@ -76,16 +76,16 @@ impl Expiry<CacheKey, Failure> for FailureExpiry {
 pub struct ModelCache {
     store: Arc<dyn ModelStore>,
     environment: &'static Environment,
-    loaded: Cache<CacheKey, Arc<LoadedModel>>,
-    failures: Cache<CacheKey, Failure>,
+    loaded: Cache<ModelKey, Arc<LoadedModel>>,
+    /// The live (highest) version of each model seen, so a request for the live version
+    /// does not list the store.
+    live: Cache<ModelId, u64>,
+    failures: Cache<FailureKey, Failure>,
     load_slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     config: CacheConfig,
     /// Set when an eviction freed a session; cleared by the next trim.
     freed: Arc<AtomicBool>,
-    /// Milliseconds since `started` of the last trim.
-    last_trim_ms: AtomicU64,
-    started: Instant,
 }
 
 impl ModelCache {
@@ -100,14 +100,14 @@ impl ModelCache {
         let listener_freed = freed.clone();
         let loaded = Cache::builder()
             .max_capacity(config.budget.bytes())
-            .weigher(|_key: &CacheKey, model: &Arc<LoadedModel>| {
+            .weigher(|_key: &ModelKey, model: &Arc<LoadedModel>| {
                 u32::try_from(model.weight).unwrap_or(u32::MAX)
             })
             .eviction_policy(match config.policy {
                 CachePolicy::TinyLfu => EvictionPolicy::tiny_lfu(),
                 CachePolicy::Lru => EvictionPolicy::lru(),
             })
-            .eviction_listener(move |key: Arc<CacheKey>, model: Arc<LoadedModel>, cause| {
+            .eviction_listener(move |key: Arc<ModelKey>, model: Arc<LoadedModel>, cause| {
                 let reason = match cause {
                     RemovalCause::Size => "size",
                     RemovalCause::Explicit => "explicit",
@@ -127,13 +127,12 @@ impl ModelCache {
             store,
             environment,
             loaded,
+            live: Cache::builder().max_capacity(1_000_000).build(),
             failures,
             load_slots: Arc::new(Semaphore::new(config.max_concurrent_loads.get())),
             metrics,
             config,
             freed,
-            last_trim_ms: AtomicU64::new(0),
-            started: Instant::now(),
         }
     }
 
@@ -147,7 +146,11 @@ impl ModelCache {
         id: &ModelId,
         version: Option<u64>,
     ) -> Result<(Arc<LoadedModel>, Lookup), ScorerError> {
-        let key = CacheKey {
+        let version = match version {
+            Some(version) => version,
+            None => self.live_version(id).await?,
+        };
+        let key = ModelKey {
             id: id.clone(),
             version,
         };
@@ -155,21 +158,10 @@ impl ModelCache {
             self.metrics.cache_hits.inc();
             return Ok((model, Lookup::Hit));
         }
-        if let Some(wanted) = version {
-            // The live entry may already be the requested version.
-            let live = CacheKey {
-                id: id.clone(),
-                version: None,
-            };
-            if let Some(model) = self.loaded.get(&live).await
-                && model.version == wanted
-            {
-                self.metrics.cache_hits.inc();
-                return Ok((model, Lookup::Hit));
+        if let Some(failure) = self.failures.get(&(id.clone(), Some(version))).await {
+            if matches!(failure.error, ScorerError::Load(_)) {
+                self.metrics.failed_fast.inc();
             }
-        }
-        if let Some(failure) = self.failures.get(&key).await {
-            self.metrics.failed_fast.inc();
             return Err(failure.error);
         }
         self.metrics.cache_misses.inc();
@@ -184,8 +176,42 @@ impl ModelCache {
         Ok((model, Lookup::Miss))
     }
 
+    /// The highest version of `id` in the store, listed once and then remembered.
+    async fn live_version(&self, id: &ModelId) -> Result<u64, ScorerError> {
+        if let Some(version) = self.live.get(id).await {
+            return Ok(version);
+        }
+        let missing = (id.clone(), None);
+        if let Some(failure) = self.failures.get(&missing).await {
+            return Err(failure.error);
+        }
+        let resolve = async {
+            let versions = self
+                .store
+                .list_versions(id)
+                .await
+                .map_err(|e| ScorerError::Store(e.to_string()))?;
+            match versions.last() {
+                Some(&version) => Ok(version),
+                None => {
+                    let error = ScorerError::ModelNotFound(id.to_string());
+                    self.remember(missing, error.clone(), NOT_FOUND_TTL).await;
+                    Err(error)
+                }
+            }
+        };
+        self.live
+            .try_get_with(id.clone(), resolve)
+            .await
+            .map_err(|shared: Arc<ScorerError>| (*shared).clone())
+    }
+
+    async fn remember(&self, key: FailureKey, error: ScorerError, ttl: Duration) {
+        self.failures.insert(key, Failure { error, ttl }).await;
+    }
+
     /// The single-flight body: runs once per key however many requests wait on it.
-    async fn load(&self, key: CacheKey) -> Result<Arc<LoadedModel>, ScorerError> {
+    async fn load(&self, key: ModelKey) -> Result<Arc<LoadedModel>, ScorerError> {
         let _slot = self.load_slots.acquire().await.expect("semaphore never closed");
         self.metrics.loads_in_progress.inc();
         let _in_progress = scopeguard(|| self.metrics.loads_in_progress.dec());
@@ -197,15 +223,14 @@ impl ModelCache {
                 self.metrics.load_duration.observe(started.elapsed().as_secs_f64());
                 tracing::info!(
                     model = %key.id, version = model.version, file_bytes = model.file_bytes,
-                    weight = model.weight, ms = started.elapsed().as_secs_f64() * 1e3,
+                    weight = model.weight, weight_measured = model.weight_measured,
+                    ms = started.elapsed().as_secs_f64() * 1e3,
                     "model loaded"
                 );
             }
             Err(error) => {
                 let ttl = match error {
-                    ScorerError::ModelNotFound(_) | ScorerError::VersionNotFound { .. } => {
-                        Some(NOT_FOUND_TTL)
-                    }
+                    ScorerError::VersionNotFound { .. } => Some(NOT_FOUND_TTL),
                     ScorerError::Load(_) => {
                         self.metrics.load_failures.inc();
                         tracing::warn!(model = %key.id, %error, "model failed to load");
@@ -215,8 +240,7 @@ impl ModelCache {
                     _ => None,
                 };
                 if let Some(ttl) = ttl {
-                    self.failures
-                        .insert(key.clone(), Failure { error: error.clone(), ttl })
+                    self.remember((key.id.clone(), Some(key.version)), error.clone(), ttl)
                         .await;
                 }
             }
@@ -224,33 +248,19 @@ impl ModelCache {
         result.map(Arc::new)
     }
 
-    async fn read_and_create(&self, key: &CacheKey) -> Result<LoadedModel, ScorerError> {
-        let id = &key.id;
-        let store_error = |e: StoreError| match e {
-            StoreError::NotFound => match key.version {
-                Some(v) => ScorerError::VersionNotFound {
-                    id: id.to_string(),
-                    version: v.to_string(),
-                },
-                None => ScorerError::ModelNotFound(id.to_string()),
+    async fn read_and_create(&self, key: &ModelKey) -> Result<LoadedModel, ScorerError> {
+        let (id, version) = (&key.id, key.version);
+        let bytes = self.store.read(id, version).await.map_err(|e| match e {
+            StoreError::NotFound => ScorerError::VersionNotFound {
+                id: id.to_string(),
+                version: version.to_string(),
             },
             StoreError::Unavailable(message) => ScorerError::Store(message),
-        };
-        let version = match key.version {
-            Some(v) => v,
-            None => *self
-                .store
-                .list_versions(id)
-                .await
-                .map_err(store_error)?
-                .last()
-                .ok_or_else(|| ScorerError::ModelNotFound(id.to_string()))?,
-        };
-        let bytes = self.store.read(id, version).await.map_err(store_error)?;
-        let weight = self.config.weigh(bytes.len() as u64);
+        })?;
+        let estimate = self.config.weigh(bytes.len() as u64);
         let environment = self.environment;
         let model_id = id.clone();
-        tokio::task::spawn_blocking(move || runtime::load(environment, model_id, version, &bytes, weight))
+        tokio::task::spawn_blocking(move || runtime::load(environment, model_id, version, &bytes, estimate))
             .await
             .map_err(|e| ScorerError::Store(format!("load task failed: {e}")))?
             .map_err(|message| {
@@ -271,7 +281,7 @@ impl ModelCache {
     /// Drops every cached version of `id` and forgets its failures. Returns how many
     /// sessions were dropped.
     pub async fn unload(&self, id: &ModelId) -> usize {
-        let keys: Vec<Arc<CacheKey>> = self
+        let keys: Vec<Arc<ModelKey>> = self
             .loaded
             .iter()
             .filter(|(key, _)| key.id == *id)
@@ -280,15 +290,16 @@ impl ModelCache {
         for key in &keys {
             self.loaded.invalidate(key.as_ref()).await;
         }
-        let failed: Vec<Arc<CacheKey>> = self
+        let failed: Vec<Arc<FailureKey>> = self
             .failures
             .iter()
-            .filter(|(key, _)| key.id == *id)
+            .filter(|(key, _)| key.0 == *id)
             .map(|(key, _)| key)
             .collect();
         for key in failed {
             self.failures.invalidate(key.as_ref()).await;
         }
+        self.live.invalidate(id).await;
         self.loaded.run_pending_tasks().await;
         self.trim_if_freed();
         keys.len()
@@ -306,24 +317,15 @@ impl ModelCache {
         self.metrics.resident_models.set(self.loaded.entry_count() as i64);
     }
 
-    /// After evictions, give freed heap pages back to the OS so RSS follows the budget.
-    /// glibc keeps freed memory in its arenas otherwise; `malloc_trim` releases it.
+    /// After evictions, give freed heap pages back to the OS so RSS follows the budget:
+    /// glibc keeps freed memory in its arenas otherwise. Measured: with a trim after every
+    /// eviction, RSS under churn stays within about one budget of the idle process; without,
+    /// it grew to 2.4 budgets (BENCHMARKS.md). The trim runs on a blocking thread, off the
+    /// request path.
     fn trim_if_freed(&self) {
-        if !self.freed.load(Ordering::Relaxed) {
-            return;
+        if self.freed.swap(false, Ordering::Relaxed) {
+            tokio::task::spawn_blocking(trim_heap);
         }
-        let now = self.started.elapsed().as_millis() as u64;
-        let last = self.last_trim_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < TRIM_INTERVAL.as_millis() as u64
-            || self
-                .last_trim_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            return;
-        }
-        self.freed.store(false, Ordering::Relaxed);
-        tokio::task::spawn_blocking(trim_heap);
     }
 }
 

@@ -60,6 +60,7 @@ impl Scorer {
     pub fn new(config: ScorerConfig) -> Result<Arc<Self>, StartError> {
         let environment = runtime::environment(config.onnxruntime_library.as_deref())
             .map_err(StartError::OnnxRuntime)?;
+        runtime::self_test(environment).map_err(StartError::OnnxRuntime)?;
         let store = store::open(&config.store)?;
         let metrics = Arc::new(metrics::Metrics::new(config.cache.budget.bytes()));
         let cache = cache::ModelCache::new(config.cache.clone(), store, environment, metrics.clone());

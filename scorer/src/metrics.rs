@@ -86,6 +86,12 @@ impl Metrics {
             registry,
         };
         metrics.budget_bytes.set(budget_bytes as i64);
+        // Labelled families exist from the first scrape, at 0, so dashboards and alerts
+        // see "0" rather than "no data".
+        for reason in ["size", "explicit", "replaced", "expired"] {
+            metrics.evictions.with_label_values(&[reason]);
+        }
+        metrics.requests.with_label_values(&["infer", "200"]);
         metrics
     }
 

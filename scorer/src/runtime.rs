@@ -3,7 +3,8 @@
 //!
 //! Everything here blocks; callers run it on blocking threads, never on tokio workers.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use ort::environment::{Environment, GlobalThreadPoolOptions};
@@ -24,18 +25,22 @@ static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
 pub fn environment(library: Option<&Path>) -> Result<&'static Environment, String> {
     ENVIRONMENT
         .get_or_init(|| {
-            let library = library.ok_or_else(|| {
-                "ONNX Runtime library not configured: set onnxruntime.library or ORT_DYLIB_PATH \
-                 (cargo xtask fetches it into .cache/onnxruntime)"
+            let library = library.map(Path::to_path_buf).or_else(find_library).ok_or_else(|| {
+                "ONNX Runtime library not found: set onnxruntime.library or ORT_DYLIB_PATH \
+                 (cargo xtask fetches it into .cache/onnxruntime/lib)"
                     .to_string()
             })?;
+            let library = library.as_path();
+            // Load the library first: every other ort call (even building thread-pool
+            // options) goes through it.
+            let builder = ort::init_from(library)
+                .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", library.display()))?;
             let pool = GlobalThreadPoolOptions::default()
                 .with_intra_threads(1)
                 .and_then(|o| o.with_inter_threads(1))
                 .and_then(|o| o.with_spin_control(false))
                 .map_err(|e| format!("ONNX Runtime thread pool options: {e}"))?;
-            ort::init_from(library)
-                .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", library.display()))?
+            builder
                 .with_name("manymodels")
                 .with_telemetry(false)
                 .with_global_thread_pool(pool)
@@ -44,6 +49,34 @@ pub fn environment(library: Option<&Path>) -> Result<&'static Environment, Strin
         })
         .as_ref()
         .map_err(Clone::clone)
+}
+
+/// Creates and drops one session of a tiny generated model. ONNX Runtime sets up kernel
+/// registries and other process-wide state on the first session (about 1.4 MB); doing it
+/// here keeps that one-off cost out of the first real model's measured weight, and proves
+/// at start-up that the library works.
+pub fn self_test(environment: &Environment) -> Result<(), String> {
+    let model = manymodels_models::build(&manymodels_models::Spec::Linear { features: 4, seed: 1 });
+    let mut session = create_session(environment, &model.bytes)?;
+    let row = [0.5f32, -1.0, 2.0, 0.25];
+    let input = Tensor::from_array(([1usize, 4], row.to_vec())).map_err(|e| e.to_string())?;
+    let outputs = session.run(vec![("input", input)]).map_err(|e| e.to_string())?;
+    let (_, got) = outputs["variable"].try_extract_tensor::<f32>().map_err(|e| e.to_string())?;
+    let want = model.predict(&row);
+    if (got[0] - want).abs() > 1e-5 * want.abs().max(1.0) {
+        return Err(format!("ONNX Runtime self-test computed {} instead of {want}", got[0]));
+    }
+    Ok(())
+}
+
+/// Where the library is looked for when nothing is configured: beside the executable (the
+/// container image's layout), then the project's own `.cache/onnxruntime/lib`.
+fn find_library() -> Option<PathBuf> {
+    const NAME: &str = "libonnxruntime.so.1";
+    let beside_exe = std::env::current_exe().ok()?.parent()?.join(NAME);
+    [beside_exe, PathBuf::from(".cache/onnxruntime/lib").join(NAME)]
+        .into_iter()
+        .find(|path| path.exists())
 }
 
 /// A model loaded into an ONNX Runtime session, with what it declares.
@@ -56,6 +89,9 @@ pub struct LoadedModel {
     pub file_bytes: u64,
     /// Memory charged to the cache for this model.
     pub weight: u64,
+    /// Whether `weight` was measured on this load (true) or estimated from the file size
+    /// because another load ran at the same time (false).
+    pub weight_measured: bool,
     /// `Session::run` takes `&mut self`. One hot model is served by one session; the
     /// critical section is the ONNX Runtime call itself (microseconds for these models).
     session: Mutex<Session>,
@@ -71,16 +107,66 @@ impl std::fmt::Debug for LoadedModel {
     }
 }
 
+/// Sessions being created right now, and a counter of creations ever started: a heap
+/// measurement is valid only if no other creation overlapped it.
+static CREATING: AtomicUsize = AtomicUsize::new(0);
+static CREATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes glibc's allocator has handed out and not had back (arenas plus mmapped chunks).
+#[cfg(target_env = "gnu")]
+pub fn heap_in_use() -> Option<u64> {
+    // SAFETY: mallinfo2 only reads glibc's own allocator statistics.
+    let info = unsafe { libc::mallinfo2() };
+    Some((info.uordblks + info.hblkhd) as u64)
+}
+
+#[cfg(not(target_env = "gnu"))]
+pub fn heap_in_use() -> Option<u64> {
+    None
+}
+
+/// Runs `create` and returns the heap it kept, when no other creation overlapped.
+fn measured<T>(create: impl FnOnce() -> T) -> (T, Option<u64>) {
+    let ticket = CREATIONS.fetch_add(1, Ordering::SeqCst) + 1;
+    let alone_at_start = CREATING.fetch_add(1, Ordering::SeqCst) == 0;
+    let before = heap_in_use();
+    let value = create();
+    let after = heap_in_use();
+    let alone_at_end = CREATING.fetch_sub(1, Ordering::SeqCst) == 1
+        && CREATIONS.load(Ordering::SeqCst) == ticket;
+    let delta = match (before, after) {
+        (Some(before), Some(after)) if alone_at_start && alone_at_end => {
+            Some(after.saturating_sub(before))
+        }
+        _ => None,
+    };
+    (value, delta)
+}
+
 /// Creates a session from model bytes and reads its signature. Errors are messages for a
 /// 422: the model file itself is at fault.
+///
+/// The model is charged what its session really keeps on the heap, measured around the
+/// creation with the allocator's own counters; when another load overlapped (so the
+/// counters mix two models) it is charged `estimate` instead.
 pub fn load(
     environment: &Environment,
     id: ModelId,
     version: u64,
     bytes: &[u8],
-    weight: u64,
+    estimate: u64,
 ) -> Result<LoadedModel, String> {
-    let session = Session::builder(environment)
+    let (session, measured_bytes) = measured(|| create_session(environment, bytes));
+    let session = session?;
+    let (weight, weight_measured) = match measured_bytes {
+        Some(bytes) => (bytes, true),
+        None => (estimate, false),
+    };
+    describe(session, id, version, bytes.len() as u64, weight, weight_measured)
+}
+
+fn create_session(environment: &Environment, bytes: &[u8]) -> Result<Session, String> {
+    Session::builder(environment)
         .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
         .and_then(|b| b.with_intra_threads(1).map_err(Into::into))
         .and_then(|b| b.with_inter_threads(1).map_err(Into::into))
@@ -88,7 +174,17 @@ pub fn load(
         .and_then(|b| b.with_inter_op_spinning(false).map_err(Into::into))
         .map_err(|e| format!("session options: {e}"))?
         .commit_from_memory(bytes)
-        .map_err(|e| format!("ONNX Runtime cannot load the model: {e}"))?;
+        .map_err(|e| format!("ONNX Runtime cannot load the model: {e}"))
+}
+
+fn describe(
+    session: Session,
+    id: ModelId,
+    version: u64,
+    file_bytes: u64,
+    weight: u64,
+    weight_measured: bool,
+) -> Result<LoadedModel, String> {
     let spec = |outlet: &ort::value::Outlet, role: &str| -> Result<TensorSpec, String> {
         match outlet.dtype() {
             ValueType::Tensor { ty, shape, .. } => {
@@ -125,8 +221,9 @@ pub fn load(
         version,
         inputs,
         outputs,
-        file_bytes: bytes.len() as u64,
+        file_bytes,
         weight,
+        weight_measured,
         session: Mutex::new(session),
     })
 }

@@ -34,7 +34,10 @@ fn reference_models() -> Vec<Value> {
     let path = demo_dir().join("reference.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let value: Value = serde_json::from_str(&text).expect("reference.json is JSON");
-    value["models"].as_array().expect("reference.json has a models array").clone()
+    value["models"]
+        .as_array()
+        .expect("reference.json has a models array")
+        .clone()
 }
 
 fn reference_model(id: &str) -> Value {
@@ -71,7 +74,10 @@ fn small_linear_request() -> Value {
     })
 }
 
-fn scorer_for(dir: impl Into<PathBuf>, adjust: impl FnOnce(&mut ScorerConfig)) -> (Arc<Scorer>, Router) {
+fn scorer_for(
+    dir: impl Into<PathBuf>,
+    adjust: impl FnOnce(&mut ScorerConfig),
+) -> (Arc<Scorer>, Router) {
     let mut config = ScorerConfig::for_local_store(dir);
     adjust(&mut config);
     let scorer = Scorer::new(config).expect("scorer starts (is ORT_DYLIB_PATH set?)");
@@ -100,7 +106,9 @@ impl Reply {
     }
 
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().expect("ASCII header"))
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("ASCII header"))
     }
 
     /// Asserts the status and an `{"error": "..."}` body containing `needle`.
@@ -110,12 +118,19 @@ impl Reply {
         let message = body["error"]
             .as_str()
             .unwrap_or_else(|| panic!("no string `error` field in {body}"));
-        assert!(message.contains(needle), "error {message:?} does not mention {needle:?}");
+        assert!(
+            message.contains(needle),
+            "error {message:?} does not mention {needle:?}"
+        );
     }
 }
 
 async fn send(router: &Router, request: Request<Body>) -> Reply {
-    let response = router.clone().oneshot(request).await.expect("router is infallible");
+    let response = router
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("router is infallible");
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = response
@@ -125,7 +140,11 @@ async fn send(router: &Router, request: Request<Body>) -> Reply {
         .expect("body can be read")
         .to_bytes()
         .to_vec();
-    Reply { status, headers, bytes }
+    Reply {
+        status,
+        headers,
+        bytes,
+    }
 }
 
 async fn post_raw(router: &Router, uri: &str, body: impl Into<Body>) -> Reply {
@@ -180,9 +199,15 @@ fn close(actual: f64, expected: f64) -> bool {
 
 /// Compares tensor data element by element: numbers with tolerance, booleans exactly.
 fn assert_data_matches(context: &str, actual: &Value, expected: &Value) {
-    let actual = actual.as_array().unwrap_or_else(|| panic!("{context}: data is not an array"));
+    let actual = actual
+        .as_array()
+        .unwrap_or_else(|| panic!("{context}: data is not an array"));
     let expected = expected.as_array().expect("reference data is an array");
-    assert_eq!(actual.len(), expected.len(), "{context}: number of data values");
+    assert_eq!(
+        actual.len(),
+        expected.len(),
+        "{context}: number of data values"
+    );
     for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
         match (a, e) {
             (Value::Bool(a), Value::Bool(e)) => assert_eq!(a, e, "{context}[{i}]"),
@@ -198,12 +223,18 @@ fn assert_data_matches(context: &str, actual: &Value, expected: &Value) {
 /// Asserts that `outputs` (from a response) match `expected` (from reference.json) in
 /// order, name, datatype, shape and data.
 fn assert_outputs_match(model: &str, outputs: &Value, expected: &[Value]) {
-    let outputs = outputs.as_array().unwrap_or_else(|| panic!("{model}: outputs is not an array"));
-    let names = |list: &[Value]| -> Vec<String> { list.iter().map(|o| o["name"].to_string()).collect() };
+    let outputs = outputs
+        .as_array()
+        .unwrap_or_else(|| panic!("{model}: outputs is not an array"));
+    let names =
+        |list: &[Value]| -> Vec<String> { list.iter().map(|o| o["name"].to_string()).collect() };
     assert_eq!(names(outputs), names(expected), "{model}: output names");
     for (output, reference) in outputs.iter().zip(expected) {
         let context = format!("{model}/{}", reference["name"]);
-        assert_eq!(output["datatype"], reference["datatype"], "{context}: datatype");
+        assert_eq!(
+            output["datatype"], reference["datatype"],
+            "{context}: datatype"
+        );
         assert_eq!(output["shape"], reference["shape"], "{context}: shape");
         assert_data_matches(&context, &output["data"], &reference["data"]);
     }
@@ -284,7 +315,11 @@ fn missing_families(text: &str) -> Vec<&'static str> {
     REQUIRED_FAMILIES
         .iter()
         .copied()
-        .filter(|family| !text.lines().any(|l| l.starts_with(&format!("# TYPE {family} "))))
+        .filter(|family| {
+            !text
+                .lines()
+                .any(|l| l.starts_with(&format!("# TYPE {family} ")))
+        })
         .collect()
 }
 
@@ -296,7 +331,11 @@ fn missing_families(text: &str) -> Vec<&'static str> {
 async fn every_demo_model_matches_its_reference_outputs() {
     let router = demo_router();
     let models = reference_models();
-    assert!(models.len() >= 8, "reference.json lists {} models", models.len());
+    assert!(
+        models.len() >= 8,
+        "reference.json lists {} models",
+        models.len()
+    );
     for model in &models {
         let id = model["id"].as_str().unwrap();
         let request_id = format!("req-{id}");
@@ -306,12 +345,21 @@ async fn every_demo_model_matches_its_reference_outputs() {
         let response = reply.json();
         assert_eq!(response["model_name"], id);
         assert_eq!(response["model_version"], "1", "{id}");
-        assert_eq!(response["id"], request_id.as_str(), "{id}: request id echoed");
+        assert_eq!(
+            response["id"],
+            request_id.as_str(),
+            "{id}: request id echoed"
+        );
         let expected = model["outputs"].as_array().expect("reference outputs");
         assert_outputs_match(id, &response["outputs"], expected);
     }
     // Without an id in the request, none comes back.
-    let reply = post_json(&router, "/v2/models/linear-small/infer", &reference_request("linear-small")).await;
+    let reply = post_json(
+        &router,
+        "/v2/models/linear-small/infer",
+        &reference_request("linear-small"),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.json().get("id").is_none(), "{}", reply.text());
 }
@@ -331,15 +379,23 @@ async fn versioned_infer_serves_existing_versions_and_rejects_others() {
     let response = reply.json();
     assert_eq!(response["model_name"], "linear-small");
     assert_eq!(response["model_version"], "1");
-    assert_outputs_match("linear-small@1", &response["outputs"], reference["outputs"].as_array().unwrap());
+    assert_outputs_match(
+        "linear-small@1",
+        &response["outputs"],
+        reference["outputs"].as_array().unwrap(),
+    );
 
     post_json(&router, "/v2/models/linear-small/versions/2/infer", &body)
         .await
         .assert_error(StatusCode::NOT_FOUND, "no version 2");
     for bad in ["abc", "0", "01", "-1"] {
-        post_json(&router, &format!("/v2/models/linear-small/versions/{bad}/infer"), &body)
-            .await
-            .assert_error(StatusCode::BAD_REQUEST, &format!("invalid version '{bad}'"));
+        post_json(
+            &router,
+            &format!("/v2/models/linear-small/versions/{bad}/infer"),
+            &body,
+        )
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, &format!("invalid version '{bad}'"));
     }
 }
 
@@ -407,9 +463,10 @@ async fn bad_requests_get_the_right_status_and_a_helpful_error() {
     // Wrong datatype.
     let mut wrong_type = good.clone();
     wrong_type["inputs"][0]["datatype"] = json!("FP64");
-    post_json(&router, infer, &wrong_type)
-        .await
-        .assert_error(StatusCode::BAD_REQUEST, "has datatype FP64 but the model expects FP32");
+    post_json(&router, infer, &wrong_type).await.assert_error(
+        StatusCode::BAD_REQUEST,
+        "has datatype FP64 but the model expects FP32",
+    );
     // Unsupported datatype.
     wrong_type["inputs"][0]["datatype"] = json!("FP16");
     post_json(&router, infer, &wrong_type)
@@ -433,18 +490,26 @@ async fn bad_requests_get_the_right_status_and_a_helpful_error() {
     // Too many elements: the reference request has 30 > MAX_ELEMENTS.
     post_json(&router, infer, &reference_request("linear-small"))
         .await
-        .assert_error(StatusCode::BAD_REQUEST, &format!("more than the limit of {MAX_ELEMENTS}"));
+        .assert_error(
+            StatusCode::BAD_REQUEST,
+            &format!("more than the limit of {MAX_ELEMENTS}"),
+        );
     // A shape that claims far more elements than the limit.
     let mut huge = good.clone();
     huge["inputs"][0]["shape"] = json!([1_000_000_000i64, 10]);
-    post_json(&router, infer, &huge)
-        .await
-        .assert_error(StatusCode::BAD_REQUEST, &format!("more than the limit of {MAX_ELEMENTS}"));
+    post_json(&router, infer, &huge).await.assert_error(
+        StatusCode::BAD_REQUEST,
+        &format!("more than the limit of {MAX_ELEMENTS}"),
+    );
     // Body over max_body.
-    let big = format!(r#"{{"inputs":[],"padding":"{}"}}"#, "x".repeat(MAX_BODY as usize * 2));
-    post_raw(&router, infer, big)
-        .await
-        .assert_error(StatusCode::PAYLOAD_TOO_LARGE, &format!("limit of {MAX_BODY} bytes"));
+    let big = format!(
+        r#"{{"inputs":[],"padding":"{}"}}"#,
+        "x".repeat(MAX_BODY as usize * 2)
+    );
+    post_raw(&router, infer, big).await.assert_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("limit of {MAX_BODY} bytes"),
+    );
     // Unknown model.
     post_json(&router, "/v2/models/no-such-model/infer", &good)
         .await
@@ -480,13 +545,46 @@ async fn bad_requests_get_the_right_status_and_a_helpful_error() {
     let text = metrics_text(&router).await;
     // 14 bad requests; those whose path the router matched count as `infer`, the rest as
     // `other`.
-    let bad = metric(&text, r#"mm_scorer_requests_total{code="400",route="infer"}"#)
-        + metric(&text, r#"mm_scorer_requests_total{code="400",route="other"}"#);
+    let bad = metric(
+        &text,
+        r#"mm_scorer_requests_total{code="400",route="infer"}"#,
+    ) + metric(
+        &text,
+        r#"mm_scorer_requests_total{code="400",route="other"}"#,
+    );
     assert_eq!(bad, 14.0, "{text}");
-    assert_eq!(metric(&text, r#"mm_scorer_requests_total{code="413",route="infer"}"#), 1.0, "{text}");
-    assert_eq!(metric(&text, r#"mm_scorer_requests_total{code="404",route="infer"}"#), 1.0, "{text}");
-    assert_eq!(metric(&text, r#"mm_scorer_requests_total{code="404",route="other"}"#), 1.0, "{text}");
-    assert_eq!(metric(&text, r#"mm_scorer_requests_total{code="200",route="infer"}"#), 1.0, "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            r#"mm_scorer_requests_total{code="413",route="infer"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"mm_scorer_requests_total{code="404",route="infer"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"mm_scorer_requests_total{code="404",route="other"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"mm_scorer_requests_total{code="200",route="infer"}"#
+        ),
+        1.0,
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,8 +593,14 @@ async fn a_malformed_body_does_not_load_the_model() {
     post_raw(&router, "/v2/models/forest-1mb/infer", "not json")
         .await
         .assert_error(StatusCode::BAD_REQUEST, "malformed inference request");
-    assert_eq!(metric_now(&router, "mm_scorer_model_loads_total").await, 0.0);
-    assert_eq!(metric_now(&router, "mm_scorer_cache_misses_total").await, 0.0);
+    assert_eq!(
+        metric_now(&router, "mm_scorer_model_loads_total").await,
+        0.0
+    );
+    assert_eq!(
+        metric_now(&router, "mm_scorer_cache_misses_total").await,
+        0.0
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -506,7 +610,11 @@ async fn a_malformed_body_does_not_load_the_model() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_model_is_422_fails_fast_and_does_not_affect_others() {
     let store = TempStore::copy_of_demo();
-    store.add_model("broken", 1, b"this is not an ONNX protobuf \x00\x01\x02\xff garbage");
+    store.add_model(
+        "broken",
+        1,
+        b"this is not an ONNX protobuf \x00\x01\x02\xff garbage",
+    );
     let (_scorer, router) = scorer_for(&store.0, |_| {});
     let body = small_linear_request();
 
@@ -521,16 +629,28 @@ async fn a_corrupted_model_is_422_fails_fast_and_does_not_affect_others() {
     second.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "ONNX Runtime");
     let text = metrics_text(&router).await;
     assert_eq!(metric(&text, "mm_scorer_failed_fast_total"), 1.0, "{text}");
-    assert_eq!(metric(&text, "mm_scorer_model_load_failures_total"), 1.0, "{text}");
+    assert_eq!(
+        metric(&text, "mm_scorer_model_load_failures_total"),
+        1.0,
+        "{text}"
+    );
     assert_eq!(metric(&text, "mm_scorer_model_loads_total"), 0.0, "{text}");
 
     // The broken model is still listed but never READY; other models serve.
-    let reply = post_json(&router, "/v2/models/linear-small/infer", &reference_request("linear-small")).await;
+    let reply = post_json(
+        &router,
+        "/v2/models/linear-small/infer",
+        &reference_request("linear-small"),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let index = post_raw(&router, "/v2/repository/index", "").await.json();
     assert!(all_names(&index).contains(&"broken".to_string()));
     assert_eq!(ready_names(&index), vec!["linear-small".to_string()]);
-    assert_eq!(metric_now(&router, "mm_scorer_model_load_failures_total").await, 1.0);
+    assert_eq!(
+        metric_now(&router, "mm_scorer_model_load_failures_total").await,
+        1.0
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -592,9 +712,17 @@ async fn model_ready_reports_existence_and_whether_loaded() {
     assert_eq!(body["ready"], true);
     assert_eq!(body["loaded"], false);
     // Asking about readiness loads nothing.
-    assert_eq!(metric_now(&router, "mm_scorer_model_loads_total").await, 0.0);
+    assert_eq!(
+        metric_now(&router, "mm_scorer_model_loads_total").await,
+        0.0
+    );
 
-    let reply = post_json(&router, "/v2/models/gbm-store/infer", &reference_request("gbm-store")).await;
+    let reply = post_json(
+        &router,
+        "/v2/models/gbm-store/infer",
+        &reference_request("gbm-store"),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
 
     let body = get(&router, "/v2/models/gbm-store/ready").await.json();
@@ -632,7 +760,12 @@ async fn repository_index_load_and_unload() {
     }
 
     // Serve one model: it alone is READY, with its version.
-    let reply = post_json(&router, "/v2/models/linear-small/infer", &reference_request("linear-small")).await;
+    let reply = post_json(
+        &router,
+        "/v2/models/linear-small/infer",
+        &reference_request("linear-small"),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK);
     let index = post_raw(&router, "/v2/repository/index", "{}").await.json();
     assert_eq!(all_names(&index), ids, "each model listed once");
@@ -645,7 +778,9 @@ async fn repository_index_load_and_unload() {
         .unwrap();
     assert_eq!(entry["version"], "1");
 
-    let ready_only = post_json(&router, "/v2/repository/index", &json!({ "ready": true })).await.json();
+    let ready_only = post_json(&router, "/v2/repository/index", &json!({ "ready": true }))
+        .await
+        .json();
     assert_eq!(all_names(&ready_only), vec!["linear-small".to_string()]);
 
     // Load.
@@ -656,8 +791,13 @@ async fn repository_index_load_and_unload() {
     assert_eq!(body["name"], "forest-1mb");
     assert_eq!(body["version"], "1");
     assert_eq!(body["loaded"], true);
-    assert_eq!(metric_now(&router, "mm_scorer_model_loads_total").await, loads_before + 1.0);
-    let ready_only = post_json(&router, "/v2/repository/index", &json!({ "ready": true })).await.json();
+    assert_eq!(
+        metric_now(&router, "mm_scorer_model_loads_total").await,
+        loads_before + 1.0
+    );
+    let ready_only = post_json(&router, "/v2/repository/index", &json!({ "ready": true }))
+        .await
+        .json();
     assert_eq!(
         all_names(&ready_only),
         vec!["forest-1mb".to_string(), "linear-small".to_string()]
@@ -665,7 +805,10 @@ async fn repository_index_load_and_unload() {
     // Loading again is a cache hit, not a second load.
     let reply = post_raw(&router, "/v2/repository/models/forest-1mb/load", "").await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(metric_now(&router, "mm_scorer_model_loads_total").await, loads_before + 1.0);
+    assert_eq!(
+        metric_now(&router, "mm_scorer_model_loads_total").await,
+        loads_before + 1.0
+    );
 
     // Unload.
     let evictions = r#"mm_scorer_cache_evictions_total{reason="explicit"}"#;
@@ -712,15 +855,27 @@ async fn metrics_have_every_required_family_and_no_model_label() {
     let router = demo_router();
     // Traffic that touches every family: a load, a miss, a hit, inference, an eviction.
     for _ in 0..2 {
-        let reply = post_json(&router, "/v2/models/linear-small/infer", &reference_request("linear-small")).await;
+        let reply = post_json(
+            &router,
+            "/v2/models/linear-small/infer",
+            &reference_request("linear-small"),
+        )
+        .await;
         assert_eq!(reply.status, StatusCode::OK);
     }
-    assert_eq!(post_raw(&router, "/v2/repository/models/linear-small/unload", "").await.status, StatusCode::OK);
+    assert_eq!(
+        post_raw(&router, "/v2/repository/models/linear-small/unload", "")
+            .await
+            .status,
+        StatusCode::OK
+    );
 
     let reply = get(&router, "/metrics").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(
-        reply.header("content-type").is_some_and(|t| t.starts_with("text/plain")),
+        reply
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain")),
         "{:?}",
         reply.header("content-type")
     );
@@ -732,16 +887,24 @@ async fn metrics_have_every_required_family_and_no_model_label() {
     assert_eq!(metric(&text, "mm_scorer_cache_misses_total"), 1.0);
     assert_eq!(metric(&text, "mm_scorer_cache_hits_total"), 1.0);
     assert_eq!(metric(&text, "mm_scorer_model_loads_total"), 1.0);
-    assert_eq!(metric(&text, "mm_scorer_inference_duration_seconds_count"), 2.0);
-    assert_eq!(metric(&text, "mm_scorer_model_load_duration_seconds_count"), 1.0);
+    assert_eq!(
+        metric(&text, "mm_scorer_inference_duration_seconds_count"),
+        2.0
+    );
+    assert_eq!(
+        metric(&text, "mm_scorer_model_load_duration_seconds_count"),
+        1.0
+    );
     assert_eq!(metric(&text, "mm_scorer_resident_models"), 0.0);
-    assert_eq!(metric(&text, "mm_scorer_budget_bytes"), (512u64 << 20) as f64);
+    assert_eq!(
+        metric(&text, "mm_scorer_budget_bytes"),
+        (512u64 << 20) as f64
+    );
 }
 
 /// Families with labels (`requests_total`, `cache_evictions_total`) must be visible from
 /// the first scrape, or dashboards and alerts see "no data" instead of 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "scorer bug: labelled counter families are absent until their first increment"]
 async fn metrics_have_every_required_family_before_any_traffic() {
     let router = demo_router();
     let text = metrics_text(&router).await;
@@ -752,13 +915,23 @@ async fn metrics_have_every_required_family_before_any_traffic() {
 async fn resident_gauges_follow_loads() {
     let router = demo_router();
     for id in ["linear-small", "int32-scaler"] {
-        let reply = post_json(&router, &format!("/v2/models/{id}/infer"), &reference_request(id)).await;
+        let reply = post_json(
+            &router,
+            &format!("/v2/models/{id}/infer"),
+            &reference_request(id),
+        )
+        .await;
         assert_eq!(reply.status, StatusCode::OK);
     }
     let text = metrics_text(&router).await;
     assert_eq!(metric(&text, "mm_scorer_resident_models"), 2.0, "{text}");
-    // Each model is charged at least the fixed per-model overhead (160 KiB by default).
-    assert!(metric(&text, "mm_scorer_resident_bytes") >= 2.0 * 160.0 * 1024.0, "{text}");
+    // Each tiny model's session keeps tens of KiB (measured, or estimated as 96 KiB plus
+    // five times its few hundred bytes when loads overlap), never megabytes.
+    let resident = metric(&text, "mm_scorer_resident_bytes");
+    assert!(
+        (2.0 * 10.0 * 1024.0..=2.0 * 1024.0 * 1024.0).contains(&resident),
+        "{text}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -782,9 +955,18 @@ async fn concurrent_first_requests_load_the_model_once() {
         .collect();
     for task in tasks {
         let (status, bytes) = task.await.expect("task did not panic");
-        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&bytes));
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
         let response: Value = serde_json::from_slice(&bytes).unwrap();
-        assert_outputs_match("forest-1mb", &response["outputs"], reference["outputs"].as_array().unwrap());
+        assert_outputs_match(
+            "forest-1mb",
+            &response["outputs"],
+            reference["outputs"].as_array().unwrap(),
+        );
     }
     let text = metrics_text(&router).await;
     assert_eq!(metric(&text, "mm_scorer_model_loads_total"), 1.0, "{text}");
@@ -794,7 +976,13 @@ async fn concurrent_first_requests_load_the_model_once() {
         100.0,
         "{text}"
     );
-    assert_eq!(metric(&text, r#"mm_scorer_requests_total{code="200",route="infer"}"#), 100.0);
+    assert_eq!(
+        metric(
+            &text,
+            r#"mm_scorer_requests_total{code="200",route="infer"}"#
+        ),
+        100.0
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -803,14 +991,20 @@ async fn concurrent_first_requests_load_the_model_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_say_whether_the_model_was_hot_and_which_scorer_answered() {
-    let (_scorer, router) = scorer_for(demo_dir(), |config| config.name = "scorer-under-test".into());
+    let (_scorer, router) = scorer_for(demo_dir(), |config| {
+        config.name = "scorer-under-test".into()
+    });
     let body = reference_request("logistic-churn");
 
     let first = post_json(&router, "/v2/models/logistic-churn/infer", &body).await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.header("x-mm-cache"), Some("miss"));
     assert_eq!(first.header("x-mm-scorer"), Some("scorer-under-test"));
-    assert!(first.header("content-type").is_some_and(|t| t.starts_with("application/json")));
+    assert!(
+        first
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("application/json"))
+    );
 
     let second = post_json(&router, "/v2/models/logistic-churn/infer", &body).await;
     assert_eq!(second.status, StatusCode::OK);
@@ -834,21 +1028,18 @@ async fn responses_say_whether_the_model_was_hot_and_which_scorer_answered() {
     assert_eq!(reply.header("x-mm-scorer"), Some("127.0.0.1:8001"));
 }
 
+/// A request for `/versions/1` followed by one for the live version (also 1) should reuse
+/// the session, not load the same file into a second one charged to the budget again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zz_scratch() {
+async fn a_versioned_load_is_reused_by_live_requests() {
     let router = demo_router();
     let body = reference_request("linear-small");
-    let a = post_json(&router, "/v2/models/linear-small/versions/1/infer", &body).await;
-    let b = post_json(&router, "/v2/models/linear-small/infer", &body).await;
-    println!("{:?} {:?}", a.header("x-mm-cache"), b.header("x-mm-cache"));
+    let versioned = post_json(&router, "/v2/models/linear-small/versions/1/infer", &body).await;
+    assert_eq!(versioned.status, StatusCode::OK);
+    let live = post_json(&router, "/v2/models/linear-small/infer", &body).await;
+    assert_eq!(live.status, StatusCode::OK);
+    assert_eq!(live.header("x-mm-cache"), Some("hit"));
     let text = metrics_text(&router).await;
-    println!("loads {} resident {}", metric(&text, "mm_scorer_model_loads_total"), metric(&text, "mm_scorer_resident_models"));
-    let index = post_raw(&router, "/v2/repository/index", "").await.json();
-    println!("{index}");
-    for _ in 0..2 { post_json(&router, "/v2/models/nope/infer", &body).await; }
-    println!("failed_fast {}", metric_now(&router, "mm_scorer_failed_fast_total").await);
-    let r = get(&router, "/v2/models/linear-small/infer").await;
-    println!("405 scorer header {:?}", r.header("x-mm-scorer"));
-    let r = get(&router, "/v2/models/linear-small/infer/extra").await;
-    println!("{} {}", r.status, r.text());
+    assert_eq!(metric(&text, "mm_scorer_model_loads_total"), 1.0, "{text}");
+    assert_eq!(metric(&text, "mm_scorer_resident_models"), 1.0, "{text}");
 }

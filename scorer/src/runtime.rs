@@ -165,7 +165,8 @@ pub fn load(
     describe(session, id, version, bytes.len() as u64, weight, weight_measured)
 }
 
-fn create_session(environment: &Environment, bytes: &[u8]) -> Result<Session, String> {
+/// ONNX Runtime session creation with the scorer's options, and nothing else.
+pub fn create_session(environment: &Environment, bytes: &[u8]) -> Result<Session, String> {
     Session::builder(environment)
         .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
         .and_then(|b| b.with_intra_threads(1).map_err(Into::into))
@@ -260,6 +261,29 @@ impl LoadedModel {
                     .map_err(|e| failed(format!("output '{}': {e}", spec.name)))
             })
             .collect()
+    }
+}
+
+impl LoadedModel {
+    /// ONNX Runtime's own time per call: `iterations` runs of `Session::run` on inputs
+    /// built once, without the scorer's conversions around it. For the benchmarks' floor.
+    pub fn time_runs(&self, inputs: &[NamedTensor], iterations: usize) -> Result<Vec<std::time::Duration>, String> {
+        let values = inputs
+            .iter()
+            .map(|input| to_value(input.shape.clone(), input.data.clone()).map(|v| (input.name.clone(), v)))
+            .collect::<ort::Result<Vec<_>>>()
+            .map_err(|e| e.to_string())?;
+        let mut session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut times = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let started = std::time::Instant::now();
+            let views: Vec<(&str, ort::session::SessionInputValue<'_>)> =
+                values.iter().map(|(name, value)| (name.as_str(), value.into())).collect();
+            let outputs = session.run(views).map_err(|e| e.to_string())?;
+            drop(outputs);
+            times.push(started.elapsed());
+        }
+        Ok(times)
     }
 }
 

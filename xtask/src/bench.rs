@@ -1,11 +1,383 @@
-//! Benchmarks recorded in BENCHMARKS.md.
+//! Benchmarks recorded in BENCHMARKS.md. Each prints Markdown rows to paste, with the
+//! command that made them. Servers run in release mode on 127.0.0.1; the load generator
+//! is `wrk` (closed loop: the connection count is printed with every figure).
 
-use anyhow::Result;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
 use clap::Subcommand;
+use manymodels_models::{Mix, Spec};
+use manymodels_scorer::model_id::ModelId;
+use manymodels_scorer::runtime;
+use manymodels_scorer::tensor::{DataType, NamedTensor, TensorData};
+use serde_json::Value;
+
+use crate::setup;
 
 #[derive(Subcommand)]
-pub enum Bench {}
+pub enum Bench {
+    /// Hot-hit latency at one connection and peak throughput, with wrk, against one
+    /// release scorer.
+    Hot {
+        /// Demo models to measure.
+        #[arg(long, default_values_t = ["linear-small".to_string(), "forest-1mb".to_string()])]
+        models: Vec<String>,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Connections for the throughput run.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+    },
+    /// ONNX Runtime's own per-call time (the floor) and cold-load cost by model size:
+    /// file read, ORT session creation alone, the scorer's whole load, and a cold request
+    /// over HTTP.
+    Load {
+        /// Repetitions per figure.
+        #[arg(long, default_value_t = 7)]
+        reps: usize,
+    },
+    /// Resident memory per 1,000 small (linear) models.
+    Memory {
+        #[arg(long, default_value_t = 1000)]
+        models: usize,
+    },
+}
 
 pub fn run(which: Bench) -> Result<()> {
-    match which {}
+    setup::onnxruntime()?;
+    match which {
+        Bench::Hot {
+            models,
+            seconds,
+            connections,
+        } => hot(&models, seconds, connections),
+        Bench::Load { reps } => load(reps),
+        Bench::Memory { models } => memory(models),
+    }
+}
+
+/// A release scorer process, killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(store: &Path, port: u16, sets: &[&str]) -> Result<Self> {
+        setup::cargo(&["build", "--release", "-p", "manymodels-scorer"])?;
+        let binary = setup::target_dir().join("release/mm-scorer");
+        let mut command = Command::new(binary);
+        command
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--store"])
+            .arg(store)
+            .args(["--set", "log.level=warn"]);
+        for set in sets {
+            command.args(["--set", set]);
+        }
+        let child = command.stdout(Stdio::null()).spawn()?;
+        let url = format!("http://127.0.0.1:{port}");
+        let server = Server { child, url };
+        setup::wait_ready(&format!("{}/v2/health/ready", server.url), Duration::from_secs(30))?;
+        Ok(server)
+    }
+
+    /// User plus system CPU seconds of the process so far.
+    fn cpu_seconds(&self) -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        let fields: Vec<&str> = stat.rsplit_once(')').context("stat format")?.1.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        Ok(ticks / 100.0)
+    }
+
+    fn rss_bytes(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("VmRSS")?;
+        Ok(kib * 1024)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn demo_reference() -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string("models/demo/reference.json")?;
+    let value: Value = serde_json::from_str(&text)?;
+    Ok(value["models"].as_array().context("models array")?.clone())
+}
+
+/// The first row of a reference entry's inputs, as an OIP request body.
+fn one_row_body(reference: &Value) -> Value {
+    let inputs: Vec<Value> = reference["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|input| {
+            let shape = input["shape"].as_array().unwrap();
+            let rows = shape[0].as_u64().unwrap() as usize;
+            let data = input["data"].as_array().unwrap();
+            let per_row = data.len() / rows;
+            let mut one = shape.clone();
+            one[0] = 1.into();
+            serde_json::json!({
+                "name": input["name"], "datatype": input["datatype"], "shape": one,
+                "data": data[..per_row].to_vec(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "inputs": inputs })
+}
+
+/// The same row as typed tensors, for timing ONNX Runtime in-process.
+fn one_row_tensors(body: &Value) -> Vec<NamedTensor> {
+    body["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|input| {
+            let datatype = DataType::parse(input["datatype"].as_str().unwrap()).unwrap();
+            let values = input["data"].as_array().unwrap();
+            let data = match datatype {
+                DataType::Fp32 => TensorData::Fp32(values.iter().map(|v| v.as_f64().unwrap() as f32).collect()),
+                DataType::Fp64 => TensorData::Fp64(values.iter().map(|v| v.as_f64().unwrap()).collect()),
+                DataType::Int32 => TensorData::Int32(values.iter().map(|v| v.as_i64().unwrap() as i32).collect()),
+                DataType::Int64 => TensorData::Int64(values.iter().map(|v| v.as_i64().unwrap()).collect()),
+                DataType::Bool => TensorData::Bool(values.iter().map(|v| v.as_bool().unwrap()).collect()),
+            };
+            NamedTensor {
+                name: input["name"].as_str().unwrap().to_string(),
+                datatype,
+                shape: input["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect(),
+                data,
+            }
+        })
+        .collect()
+}
+
+struct WrkResult {
+    p50_us: f64,
+    p99_us: f64,
+    requests_per_sec: f64,
+    requests: f64,
+    errors: bool,
+}
+
+fn wrk(url: &str, body: &Value, threads: usize, connections: usize, seconds: u64) -> Result<WrkResult> {
+    let script = std::env::temp_dir().join(format!("mm-wrk-{}.lua", std::process::id()));
+    let body = serde_json::to_string(body)?;
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = [[{body}]]\n\
+             done = function(summary, latency, requests)\n  io.write(string.format(\"MM p50=%d p99=%d\\n\", latency:percentile(50), latency:percentile(99)))\nend\n"
+        ),
+    )?;
+    let output = Command::new("wrk")
+        .args(["-t", &threads.to_string(), "-c", &connections.to_string()])
+        .args(["-d", &format!("{seconds}s"), "--latency", "-s"])
+        .arg(&script)
+        .arg(url)
+        .output()
+        .context("running wrk (apt-get install -y wrk)")?;
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let field = |prefix: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    };
+    let mm = text.lines().find(|l| l.starts_with("MM ")).context(text.clone())?;
+    let value = |key: &str| -> f64 {
+        mm.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let requests = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    Ok(WrkResult {
+        p50_us: value("p50="),
+        p99_us: value("p99="),
+        requests_per_sec: field("Requests/sec:").unwrap_or(f64::NAN),
+        requests,
+        errors: text.contains("Non-2xx") || text.contains("Socket errors"),
+    })
+}
+
+fn hot(models: &[String], seconds: u64, connections: usize) -> Result<()> {
+    let references = demo_reference()?;
+    let server = Server::start(Path::new("models/demo"), 18_001, &[])?;
+    let environment = runtime::environment(None).map_err(anyhow::Error::msg)?;
+    println!("| model | ORT run p50 (floor) | 1 conn p50 | 1 conn p99 | 1 conn req/s | {connections} conns req/s | {connections} conns p99 | scorer CPU µs/req |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for id in models {
+        let reference = references
+            .iter()
+            .find(|r| r["id"] == id.as_str())
+            .with_context(|| format!("{id} is not a demo model"))?;
+        let body = one_row_body(reference);
+        let url = format!("{}/v2/models/{id}/infer", server.url);
+        setup::http_post(&url, &body.to_string())?;
+        // The floor: ONNX Runtime's own call on the same row, in-process.
+        let bytes = std::fs::read(format!("models/demo/{id}/1/model.onnx"))?;
+        let model = runtime::load(environment, ModelId::parse(id).unwrap(), 1, &bytes, 0).map_err(anyhow::Error::msg)?;
+        let mut times = model.time_runs(&one_row_tensors(&body), 20_000).map_err(anyhow::Error::msg)?;
+        times.sort();
+        let floor_us = times[times.len() / 2].as_secs_f64() * 1e6;
+        let single = wrk(&url, &body, 1, 1, seconds)?;
+        let cpu_before = server.cpu_seconds()?;
+        let loaded = wrk(&url, &body, 2, connections, seconds)?;
+        let cpu = server.cpu_seconds()? - cpu_before;
+        if single.errors || loaded.errors {
+            bail!("wrk saw errors for {id}");
+        }
+        println!(
+            "| {id} | {floor_us:.1} µs | {:.0} µs | {:.0} µs | {:.0} | {:.0} | {:.0} µs | {:.1} |",
+            single.p50_us,
+            single.p99_us,
+            single.requests_per_sec,
+            loaded.requests_per_sec,
+            loaded.p99_us,
+            cpu * 1e6 / loaded.requests
+        );
+    }
+    Ok(())
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+fn load(reps: usize) -> Result<()> {
+    let environment = runtime::environment(None).map_err(anyhow::Error::msg)?;
+    let scratch = std::env::temp_dir().join(format!("mm-bench-load-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    // (id, file, input width)
+    let mut cases: Vec<(String, PathBuf, usize)> = [("linear-small", 10), ("gbm-store", 12), ("lightgbm-demand", 16), ("forest-1mb", 20)]
+        .iter()
+        .map(|(id, features)| (id.to_string(), PathBuf::from(format!("models/demo/{id}/1/model.onnx")), *features))
+        .collect();
+    let generated = [
+        ("gen-forest-100k", Spec::Forest { features: 16, trees: 30, depth: 6, seed: 3 }),
+        ("gen-forest-1mb", Spec::Forest { features: 16, trees: 60, depth: 9, seed: 4 }),
+        ("gen-forest-5mb", Spec::Forest { features: 16, trees: 160, depth: 10, seed: 5 }),
+    ];
+    for (id, spec) in generated {
+        let dir = scratch.join(id).join("1");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("model.onnx"), manymodels_models::build(&spec).bytes)?;
+        cases.push((id.to_string(), dir.join("model.onnx"), spec.features()));
+    }
+    // Serve the same files over HTTP for the cold-request column.
+    let store = scratch.join("store");
+    for (id, path, _) in &cases {
+        let dir = store.join(id).join("1");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(path, dir.join("model.onnx"))?;
+    }
+    let server = Server::start(&store, 18_002, &["cache.budget=2GiB"])?;
+    println!("| model | file | read file | ORT session create | scorer load (read + create + measure) | measured weight | cold request over HTTP | hot request over HTTP |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (id, path, features) in &cases {
+        let features = *features;
+        let bytes = std::fs::read(path)?;
+        let read = median((0..reps).map(|_| {
+            let t = Instant::now();
+            let b = std::fs::read(path).unwrap();
+            assert_eq!(b.len(), bytes.len());
+            t.elapsed()
+        }).collect());
+        let create = median((0..reps).map(|_| {
+            let t = Instant::now();
+            let session = runtime::create_session(environment, &bytes).unwrap();
+            let elapsed = t.elapsed();
+            drop(session);
+            elapsed
+        }).collect());
+        let mut weight = 0;
+        let whole = median((0..reps).map(|_| {
+            let t = Instant::now();
+            let b = std::fs::read(path).unwrap();
+            let model = runtime::load(environment, ModelId::parse(id).unwrap(), 1, &b, 0).unwrap();
+            let elapsed = t.elapsed();
+            weight = model.weight;
+            elapsed
+        }).collect());
+        let body = serde_json::json!({"inputs":[{"name":"input","shape":[1,features],"datatype":"FP32","data":vec![0.5f32; features]}]});
+        let url = format!("{}/v2/models/{id}/infer", server.url);
+        let unload = format!("{}/v2/repository/models/{id}/unload", server.url);
+        let cold = median((0..reps).map(|_| {
+            setup::http_post(&unload, "").unwrap();
+            let t = Instant::now();
+            setup::http_post(&url, &body.to_string()).unwrap();
+            t.elapsed()
+        }).collect());
+        let hot = median((0..reps).map(|_| {
+            let t = Instant::now();
+            setup::http_post(&url, &body.to_string()).unwrap();
+            t.elapsed()
+        }).collect());
+        println!(
+            "| {id} | {:.1} KB | {:.0} µs | {:.2} ms | {:.2} ms | {:.2} MB | {:.2} ms | {:.2} ms |",
+            bytes.len() as f64 / 1e3,
+            read.as_secs_f64() * 1e6,
+            create.as_secs_f64() * 1e3,
+            whole.as_secs_f64() * 1e3,
+            weight as f64 / 1e6,
+            cold.as_secs_f64() * 1e3,
+            hot.as_secs_f64() * 1e3,
+        );
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}
+
+fn memory(models: usize) -> Result<()> {
+    let store = std::env::temp_dir().join(format!("mm-bench-memory-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&store);
+    manymodels_models::write_store(&store, models, Mix::Tiny, 11)?;
+    let server = Server::start(&store, 18_003, &["cache.budget=4GiB"])?;
+    let before = server.rss_bytes()?;
+    let started = Instant::now();
+    for i in 0..models {
+        let id = manymodels_models::model_id(i);
+        setup::http_post(&format!("{}/v2/repository/models/{id}/load", server.url), "")?;
+    }
+    let elapsed = started.elapsed();
+    let after = server.rss_bytes()?;
+    let (_, metrics) = setup::http("GET", &format!("{}/metrics", server.url), "")?;
+    let charged: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mm_scorer_resident_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN);
+    println!("| models | RSS before | RSS after | RSS per 1,000 models | charged per 1,000 models | load time per model |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {models} tiny linear | {:.1} MB | {:.1} MB | {:.1} MB | {:.1} MB | {:.2} ms |",
+        before as f64 / 1e6,
+        after as f64 / 1e6,
+        (after - before) as f64 / 1e6 * 1000.0 / models as f64,
+        charged / 1e6 * 1000.0 / models as f64,
+        elapsed.as_secs_f64() * 1e3 / models as f64
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&store);
+    Ok(())
 }

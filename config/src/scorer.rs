@@ -37,6 +37,7 @@ pub const KEYS: &[KeyDoc] = &[
     doc("http.max_body", "32MiB", "Largest request body accepted; larger bodies get 413."),
     doc("http.max_elements", "4194304", "Largest number of tensor elements in one request; more gets 400."),
     doc("inference.threads", "0", "Threads that run ONNX Runtime calls and loads; 0 means one per core."),
+    doc("inference.inline_max", "20us", "A call this model has been measured to finish within this time runs on the async worker instead of a blocking thread; 0 sends every call to a blocking thread."),
     doc("onnxruntime.library", "", "Path of libonnxruntime.so; empty means the `ORT_DYLIB_PATH` environment variable."),
     doc("shutdown.grace", "30s", "On SIGTERM, how long in-flight requests may take before the process exits."),
     doc("log.level", "info", "Log filter (tracing `EnvFilter` syntax)."),
@@ -71,6 +72,8 @@ pub struct ScorerConfig {
     pub http: HttpConfig,
     /// Threads for ONNX Runtime calls and loads.
     pub inference_threads: NonZeroUsize,
+    /// Calls predicted to finish within this run inline on the async worker.
+    pub inference_inline_max: Duration,
     /// Path of the ONNX Runtime shared library.
     pub onnxruntime_library: Option<PathBuf>,
     pub shutdown_grace: Duration,
@@ -271,10 +274,20 @@ impl Default for RawHttp {
     }
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawInference {
     threads: usize,
+    inline_max: HumanDuration,
+}
+
+impl Default for RawInference {
+    fn default() -> Self {
+        RawInference {
+            threads: 0,
+            inline_max: HumanDuration(Duration::from_micros(20)),
+        }
+    }
 }
 
 #[derive(Default, Deserialize)]
@@ -379,6 +392,7 @@ impl Raw {
                 max_elements: self.http.max_elements,
             },
             inference_threads,
+            inference_inline_max: self.inference.inline_max.0,
             onnxruntime_library,
             shutdown_grace: self.shutdown.grace.0,
             log: LogConfig {

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::http::HeaderValue;
+use axum::serve::ListenerExt;
 use manymodels_config::scorer::ScorerConfig;
 
 pub use error::ScorerError;
@@ -104,6 +105,10 @@ pub async fn run(config: ScorerConfig) -> Result<(), StartError> {
             stopping.notify_one();
         }
     };
+    // Responses go out in one write; no Nagle delay waiting for an ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, router).with_graceful_shutdown(signal);
     tokio::select! {
         result = server => result.map_err(StartError::Serve)?,

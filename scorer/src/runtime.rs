@@ -5,7 +5,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::session::Session;
@@ -95,6 +96,9 @@ pub struct LoadedModel {
     /// `Session::run` takes `&mut self`. One hot model is served by one session; the
     /// critical section is the ONNX Runtime call itself (microseconds for these models).
     session: Mutex<Session>,
+    /// Moving average of ONNX Runtime's time per batch row for this model, in
+    /// nanoseconds; 0 until the first run. Decides whether a call may run inline.
+    nanos_per_row: AtomicU64,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -226,28 +230,65 @@ fn describe(
         weight,
         weight_measured,
         session: Mutex::new(session),
+        nanos_per_row: AtomicU64::new(0),
     })
+}
+
+/// A held session, ready to run.
+pub struct SessionGuard<'a> {
+    model: &'a LoadedModel,
+    session: MutexGuard<'a, Session>,
 }
 
 impl LoadedModel {
     /// Runs the model on validated inputs (in the model's input order) and returns the
-    /// outputs at `selected` indices. Blocking.
+    /// outputs at `selected` indices. Blocks until the session is free and for the run.
     pub fn infer(&self, inputs: Vec<NamedTensor>, selected: &[usize]) -> Result<Vec<NamedTensor>, ScorerError> {
+        let session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        SessionGuard { model: self, session }.run(inputs, selected)
+    }
+
+    /// The session, if `rows` rows are predicted (from this model's measured time per
+    /// row) to run in under `limit` and nobody else holds it. Such a call is short enough
+    /// to run on an async worker: handing it to a blocking thread costs more than the call.
+    pub fn try_quick(&self, rows: usize, limit: Duration) -> Option<SessionGuard<'_>> {
+        let per_row = self.nanos_per_row.load(Ordering::Relaxed);
+        if per_row == 0 || per_row.saturating_mul(rows as u64) > limit.as_nanos() as u64 {
+            return None;
+        }
+        let session = self.session.try_lock().ok()?;
+        Some(SessionGuard { model: self, session })
+    }
+
+    fn record_run(&self, elapsed: Duration, rows: usize) {
+        let sample = (elapsed.as_nanos() as u64 / rows.max(1) as u64).max(1);
+        let old = self.nanos_per_row.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { (old * 7 + sample) / 8 };
+        self.nanos_per_row.store(new, Ordering::Relaxed);
+    }
+}
+
+impl SessionGuard<'_> {
+    /// Runs the model once on the held session.
+    pub fn run(mut self, inputs: Vec<NamedTensor>, selected: &[usize]) -> Result<Vec<NamedTensor>, ScorerError> {
+        let model = self.model;
         let failed = |message: String| ScorerError::Inference {
-            id: self.id.to_string(),
+            id: model.id.to_string(),
             message,
         };
+        let rows = batch_rows(&inputs);
         let mut values: Vec<(String, ort::session::SessionInputValue<'static>)> = Vec::with_capacity(inputs.len());
         for input in inputs {
             let value = to_value(input.shape, input.data).map_err(|e| failed(format!("input '{}': {e}", input.name)))?;
             values.push((input.name, value.into()));
         }
-        let mut session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let outputs = session.run(values).map_err(|e| failed(e.to_string()))?;
+        let started = Instant::now();
+        let outputs = self.session.run(values).map_err(|e| failed(e.to_string()))?;
+        model.record_run(started.elapsed(), rows);
         selected
             .iter()
             .map(|&index| {
-                let spec = &self.outputs[index];
+                let spec = &model.outputs[index];
                 let value = outputs
                     .get(&spec.name)
                     .ok_or_else(|| failed(format!("output '{}' missing from the run", spec.name)))?;
@@ -262,6 +303,15 @@ impl LoadedModel {
             })
             .collect()
     }
+}
+
+/// The batch size of a request: the first dimension of its first input (1 for scalars).
+pub fn batch_rows(inputs: &[NamedTensor]) -> usize {
+    inputs
+        .first()
+        .and_then(|t| t.shape.first())
+        .map(|&d| d.max(1) as usize)
+        .unwrap_or(1)
 }
 
 impl LoadedModel {

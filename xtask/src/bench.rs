@@ -48,6 +48,13 @@ pub enum Bench {
 
 pub fn run(which: Bench) -> Result<()> {
     setup::onnxruntime()?;
+    if cfg!(debug_assertions) {
+        // Benchmarks time in-process code too: run them from a release build of xtask.
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let mut command = vec!["run", "--quiet", "--release", "--package", "xtask", "--"];
+        command.extend(args.iter().map(String::as_str));
+        return setup::cargo(&command);
+    }
     match which {
         Bench::Hot {
             models,
@@ -218,12 +225,126 @@ fn wrk(url: &str, body: &Value, threads: usize, connections: usize, seconds: u64
     })
 }
 
+/// A closed-loop client on one keep-alive connection with blocking I/O: the least
+/// client-side overhead per request, so the latency it sees is the server's plus loopback.
+/// Returns each request's round-trip time.
+pub fn probe(url: &str, body: &str, requests: usize) -> Result<Vec<Duration>> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let rest = url.strip_prefix("http://").context("http:// URL")?;
+    let (host, path) = rest.split_once('/').context("URL path")?;
+    let stream = std::net::TcpStream::connect(host)?;
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let request = format!(
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut times = Vec::with_capacity(requests);
+    let mut line = String::new();
+    let mut payload = Vec::new();
+    for _ in 0..requests {
+        let started = Instant::now();
+        writer.write_all(request.as_bytes())?;
+        let mut length = 0usize;
+        let mut status_ok = false;
+        loop {
+            line.clear();
+            reader.read_line(&mut line)?;
+            if line.starts_with("HTTP/1.1 ") {
+                status_ok = line.starts_with("HTTP/1.1 200");
+            } else if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse()?;
+            } else if line == "\r\n" {
+                break;
+            }
+        }
+        payload.resize(length, 0);
+        reader.read_exact(&mut payload)?;
+        times.push(started.elapsed());
+        if !status_ok {
+            bail!("non-200 answer: {}", String::from_utf8_lossy(&payload));
+        }
+    }
+    Ok(times)
+}
+
+/// The scorer's own time for a hot hit, without sockets: the whole axum router (body
+/// read, JSON parse, cache look-up, ONNX Runtime on a blocking thread, JSON response)
+/// called in-process, `requests` times in a row.
+fn in_process(id: &str, body: &str, requests: usize) -> Result<Vec<Duration>> {
+    use tower::ServiceExt;
+    let mut config = manymodels_config::scorer::ScorerConfig::for_local_store("models/demo");
+    config.onnxruntime_library = Some(setup::onnxruntime()?);
+    let scorer = manymodels_scorer::Scorer::new(config)?;
+    let app = manymodels_scorer::app(scorer);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    runtime.block_on(async {
+        let mut times = Vec::with_capacity(requests);
+        for i in 0..requests + 100 {
+            let request = axum::http::Request::post(format!("/v2/models/{id}/infer"))
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.to_string()))?;
+            let started = Instant::now();
+            let response = app.clone().oneshot(request).await?;
+            let _ = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
+            if i >= 100 {
+                times.push(started.elapsed());
+            }
+        }
+        Ok(times)
+    })
+}
+
+/// The machine's floor for any request between two threads over loopback TCP: a
+/// ping-pong of request-sized and response-sized messages, no HTTP, no work.
+fn loopback_floor(request_bytes: usize, response_bytes: usize, rounds: usize) -> Result<Vec<Duration>> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut stream, _) = listener.accept()?;
+        stream.set_nodelay(true)?;
+        let mut request = vec![0u8; request_bytes];
+        let response = vec![1u8; response_bytes];
+        for _ in 0..rounds {
+            stream.read_exact(&mut request)?;
+            stream.write_all(&response)?;
+        }
+        Ok(())
+    });
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let request = vec![2u8; request_bytes];
+    let mut response = vec![0u8; response_bytes];
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let started = Instant::now();
+        stream.write_all(&request)?;
+        stream.read_exact(&mut response)?;
+        times.push(started.elapsed());
+    }
+    server.join().expect("echo thread")?;
+    times.sort();
+    Ok(times)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6
+}
+
 fn hot(models: &[String], seconds: u64, connections: usize) -> Result<()> {
     let references = demo_reference()?;
     let server = Server::start(Path::new("models/demo"), 18_001, &[])?;
     let environment = runtime::environment(None).map_err(anyhow::Error::msg)?;
-    println!("| model | ORT run p50 (floor) | 1 conn p50 | 1 conn p99 | 1 conn req/s | {connections} conns req/s | {connections} conns p99 | scorer CPU µs/req |");
-    println!("|---|---|---|---|---|---|---|---|");
+    let floor = loopback_floor(200, 300, 20_000)?;
+    println!(
+        "Loopback TCP ping-pong between two threads (no HTTP, no work): p50 {:.0} µs, p99 {:.0} µs\n",
+        percentile(&floor, 0.5),
+        percentile(&floor, 0.99)
+    );
+    println!("| model | ORT run p50 (floor) | in-process handler p50 | probe p50 | probe p99 | wrk 1 conn p50 | wrk 1 conn p99 | wrk {connections} conns req/s | wrk {connections} conns p99 | scorer CPU µs/req |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for id in models {
         let reference = references
             .iter()
@@ -238,6 +359,10 @@ fn hot(models: &[String], seconds: u64, connections: usize) -> Result<()> {
         let mut times = model.time_runs(&one_row_tensors(&body), 20_000).map_err(anyhow::Error::msg)?;
         times.sort();
         let floor_us = times[times.len() / 2].as_secs_f64() * 1e6;
+        let mut handler = in_process(id, &body.to_string(), 20_000)?;
+        handler.sort();
+        let mut probed = probe(&url, &body.to_string(), 20_000)?;
+        probed.sort();
         let single = wrk(&url, &body, 1, 1, seconds)?;
         let cpu_before = server.cpu_seconds()?;
         let loaded = wrk(&url, &body, 2, connections, seconds)?;
@@ -246,10 +371,12 @@ fn hot(models: &[String], seconds: u64, connections: usize) -> Result<()> {
             bail!("wrk saw errors for {id}");
         }
         println!(
-            "| {id} | {floor_us:.1} µs | {:.0} µs | {:.0} µs | {:.0} | {:.0} | {:.0} µs | {:.1} |",
+            "| {id} | {floor_us:.1} µs | {:.1} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.1} |",
+            percentile(&handler, 0.5),
+            percentile(&probed, 0.5),
+            percentile(&probed, 0.99),
             single.p50_us,
             single.p99_us,
-            single.requests_per_sec,
             loaded.requests_per_sec,
             loaded.p99_us,
             cpu * 1e6 / loaded.requests

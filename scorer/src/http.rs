@@ -162,7 +162,10 @@ async fn score(scorer: &Scorer, id: ModelId, version: Option<u64>, body: Bytes) 
     let rows = runtime::batch_rows(&inputs);
     let quick = scorer.config.inference_inline_max;
     let outputs = match run_quick(&model, rows, quick, inputs, &selected) {
-        Ok(outputs) => outputs?,
+        Ok(outputs) => {
+            scorer.metrics.inline_runs.inc();
+            outputs?
+        }
         Err(inputs) => {
             let running = model.clone();
             tokio::task::spawn_blocking(move || running.infer(inputs, &selected))

@@ -20,6 +20,8 @@ pub struct Metrics {
     /// By `reason`: `size` (evicted for room), `explicit` (unload), `replaced`.
     pub evictions: IntCounterVec,
     pub loads_in_progress: IntGauge,
+    /// ONNX Runtime calls run on the async worker because they were measured to be short.
+    pub inline_runs: IntCounter,
     pub load_duration: Histogram,
     pub inference_duration: Histogram,
     pub resident_bytes: IntGauge,
@@ -69,6 +71,10 @@ impl Metrics {
                 "Requests answered with a remembered load failure, without loading again.",
             ),
             evictions,
+            inline_runs: counter(
+                "mm_scorer_inference_inline_total",
+                "Inference calls run on the async worker (measured shorter than inference.inline_max).",
+            ),
             loads_in_progress: gauge("mm_scorer_loads_in_progress", "Model loads running now."),
             load_duration: histogram(
                 "mm_scorer_model_load_duration_seconds",

@@ -1043,3 +1043,43 @@ async fn a_versioned_load_is_reused_by_live_requests() {
     assert_eq!(metric(&text, "mm_scorer_model_loads_total"), 1.0, "{text}");
     assert_eq!(metric(&text, "mm_scorer_resident_models"), 1.0, "{text}");
 }
+
+// ---------------------------------------------------------------------------------------
+// 12. Where ONNX Runtime runs
+// ---------------------------------------------------------------------------------------
+
+/// The first call of a model runs on a blocking thread (its cost is unknown); once measured
+/// at a few microseconds, later calls run inline on the worker, with the same answers.
+/// With `inference.inline_max = 0` every call goes to a blocking thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn measured_short_calls_run_inline_unless_disabled() {
+    for (limit, expected_inline) in [
+        (std::time::Duration::from_millis(5), 4.0),
+        (std::time::Duration::ZERO, 0.0),
+    ] {
+        let (_, router) = scorer_for(demo_dir(), |config| config.inference_inline_max = limit);
+        let reference = reference_model("linear-small");
+        for _ in 0..5 {
+            let reply = post_json(
+                &router,
+                "/v2/models/linear-small/infer",
+                &reference_request("linear-small"),
+            )
+            .await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+            let body: Value = serde_json::from_slice(&reply.bytes).unwrap();
+            let got = body["outputs"][0]["data"][0].as_f64().unwrap();
+            let want = reference["outputs"][0]["data"][0].as_f64().unwrap();
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "{got} vs {want}"
+            );
+        }
+        let text = metrics_text(&router).await;
+        assert_eq!(
+            metric(&text, "mm_scorer_inference_inline_total"),
+            expected_inline,
+            "limit {limit:?}"
+        );
+    }
+}

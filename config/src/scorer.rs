@@ -25,7 +25,7 @@ pub const KEYS: &[KeyDoc] = &[
     doc("store.azure.container", "", "Blob container that holds the models."),
     doc("store.azure.prefix", "", "Blob name prefix under which `<model_id>/<version>/model.onnx` live."),
     doc("store.azure.endpoint", "", "Blob endpoint URL override (Azurite, sovereign clouds); empty means the public endpoint."),
-    doc("store.azure.use_emulator", "false", "Use the Azurite development account and endpoint."),
+    doc("store.azure.use_emulator", "false", "Use Azurite's development account; its URL comes from `AZURITE_BLOB_STORAGE_URL` (default `http://127.0.0.1:10000`)."),
     secret("store.azure.access_key", "Storage account key; empty means SAS or workload identity."),
     secret("store.azure.sas_token", "SAS token used instead of an account key."),
     doc("cache.budget", "512MiB", "Bytes of loaded models the hot cache may hold."),
@@ -38,7 +38,7 @@ pub const KEYS: &[KeyDoc] = &[
     doc("http.max_elements", "4194304", "Largest number of tensor elements in one request; more gets 400."),
     doc("inference.threads", "0", "Threads that run ONNX Runtime calls and loads; 0 means one per core."),
     doc("inference.inline_max", "20us", "A call this model has been measured to finish within this time runs on the async worker instead of a blocking thread; 0 sends every call to a blocking thread."),
-    doc("onnxruntime.library", "", "Path of libonnxruntime.so; empty means the `ORT_DYLIB_PATH` environment variable."),
+    doc("onnxruntime.library", "", "Path of libonnxruntime.so; empty means `ORT_DYLIB_PATH`, then `libonnxruntime.so.1` beside the executable, then `.cache/onnxruntime/lib`."),
     doc("shutdown.grace", "30s", "On SIGTERM, how long in-flight requests may take before the process exits."),
     doc("log.level", "info", "Log filter (tracing `EnvFilter` syntax)."),
     doc("log.format", "text", "Log format: `text` or `json`."),
@@ -526,6 +526,16 @@ mod tests {
         assert_eq!(azure.prefix, "team/a/");
         assert!(matches!(&azure.credential, AzureCredential::AccessKey(k) if k.expose() == "c2VjcmV0"));
         assert!(!format!("{config:?}").contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn readme_documents_every_key_with_its_env_var() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let table = crate::markdown_table(KEYS, ENV_PREFIX);
+        assert!(
+            readme.contains(&table),
+            "README.md's scorer key table is out of date: paste the output of `cargo xtask config-table`"
+        );
     }
 
     #[test]

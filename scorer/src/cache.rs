@@ -250,6 +250,7 @@ impl ModelCache {
 
     async fn read_and_create(&self, key: &ModelKey) -> Result<LoadedModel, ScorerError> {
         let (id, version) = (&key.id, key.version);
+        let read_started = Instant::now();
         let bytes = self.store.read(id, version).await.map_err(|e| match e {
             StoreError::NotFound => ScorerError::VersionNotFound {
                 id: id.to_string(),
@@ -260,10 +261,24 @@ impl ModelCache {
         let estimate = self.config.weigh(bytes.len() as u64);
         let environment = self.environment;
         let model_id = id.clone();
-        tokio::task::spawn_blocking(move || runtime::load(environment, model_id, version, &bytes, estimate))
-            .await
-            .map_err(|e| ScorerError::Store(format!("load task failed: {e}")))?
-            .map_err(|message| {
+        let read = read_started.elapsed();
+        let handed_over = Instant::now();
+        let (result, queued, created) = tokio::task::spawn_blocking(move || {
+            let queued = handed_over.elapsed();
+            let started = Instant::now();
+            let result = runtime::load(environment, model_id, version, &bytes, estimate);
+            (result, queued, started.elapsed())
+        })
+        .await
+        .map_err(|e| ScorerError::Store(format!("load task failed: {e}")))?;
+        tracing::debug!(
+            model = %id, version,
+            read_ms = read.as_secs_f64() * 1e3,
+            queued_ms = queued.as_secs_f64() * 1e3,
+            create_ms = created.as_secs_f64() * 1e3,
+            "load phases"
+        );
+        result.map_err(|message| {
                 ScorerError::Load(LoadError {
                     id: id.to_string(),
                     version,

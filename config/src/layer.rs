@@ -69,11 +69,10 @@ pub(crate) fn merge<R: DeserializeOwned>(
                 path: path.display().to_string(),
                 message: e.to_string(),
             })?;
-            text.parse::<toml::Table>()
-                .map_err(|e| ConfigError::File {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                })?
+            text.parse::<toml::Table>().map_err(|e| ConfigError::File {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?
         }
         None => toml::Table::new(),
     };
@@ -162,6 +161,9 @@ mod tests {
             doc: "",
             secret: false,
         };
-        assert_eq!(doc.env_var("MM_SCORER_"), "MM_SCORER_CACHE_MAX_CONCURRENT_LOADS");
+        assert_eq!(
+            doc.env_var("MM_SCORER_"),
+            "MM_SCORER_CACHE_MAX_CONCURRENT_LOADS"
+        );
     }
 }

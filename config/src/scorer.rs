@@ -17,30 +17,120 @@ pub const ENV_PREFIX: &str = "MM_SCORER_";
 /// Every scorer key, its default and meaning. README.md's table is rendered from this
 /// (`cargo xtask config-table`), and a test checks that every key here deserialises.
 pub const KEYS: &[KeyDoc] = &[
-    doc("listen", "127.0.0.1:8001", "Address the HTTP (Open Inference Protocol) server binds."),
-    doc("name", "", "Name reported in the `x-mm-scorer` response header and logs; empty means the listen address."),
-    doc("store.kind", "local", "Model store backend: `local` (a directory) or `azure` (Azure Blob Storage)."),
-    doc("store.path", "models/demo", "Root directory of the local store: `<path>/<model_id>/<version>/model.onnx`."),
+    doc(
+        "listen",
+        "127.0.0.1:8001",
+        "Address the HTTP (Open Inference Protocol) server binds.",
+    ),
+    doc(
+        "name",
+        "",
+        "Name reported in the `x-mm-scorer` response header and logs; empty means the listen address.",
+    ),
+    doc(
+        "store.kind",
+        "local",
+        "Model store backend: `local` (a directory) or `azure` (Azure Blob Storage).",
+    ),
+    doc(
+        "store.path",
+        "models/demo",
+        "Root directory of the local store: `<path>/<model_id>/<version>/model.onnx`.",
+    ),
     doc("store.azure.account", "", "Azure Storage account name."),
-    doc("store.azure.container", "", "Blob container that holds the models."),
-    doc("store.azure.prefix", "", "Blob name prefix under which `<model_id>/<version>/model.onnx` live."),
-    doc("store.azure.endpoint", "", "Blob endpoint URL override (Azurite, sovereign clouds); empty means the public endpoint."),
-    doc("store.azure.use_emulator", "false", "Use Azurite's development account; its URL comes from `AZURITE_BLOB_STORAGE_URL` (default `http://127.0.0.1:10000`)."),
-    secret("store.azure.access_key", "Storage account key; empty means SAS or workload identity."),
-    secret("store.azure.sas_token", "SAS token used instead of an account key."),
-    doc("cache.budget", "512MiB", "Bytes of loaded models the hot cache may hold."),
-    doc("cache.max_concurrent_loads", "4", "Model loads that may run at the same time."),
-    doc("cache.failure_ttl", "30s", "How long a model that failed to load answers its error without retrying."),
-    doc("cache.weight_overhead", "96KiB", "Estimated fixed memory of a session, charged when a load overlapped another and could not be measured."),
-    doc("cache.weight_per_file_byte", "5.0", "Estimated memory per byte of ONNX file, charged with `weight_overhead` when a load could not be measured."),
-    doc("cache.policy", "tiny_lfu", "Eviction and admission policy of the hot cache: `tiny_lfu` or `lru`."),
-    doc("http.max_body", "32MiB", "Largest request body accepted; larger bodies get 413."),
-    doc("http.max_elements", "4194304", "Largest number of tensor elements in one request; more gets 400."),
-    doc("inference.threads", "0", "Threads that run ONNX Runtime calls and loads; 0 means one per core."),
-    doc("inference.inline_max", "20us", "A call this model has been measured to finish within this time runs on the async worker instead of a blocking thread; 0 sends every call to a blocking thread."),
-    doc("onnxruntime.library", "", "Path of libonnxruntime.so; empty means `ORT_DYLIB_PATH`, then `libonnxruntime.so.1` beside the executable, then `.cache/onnxruntime/lib`."),
-    doc("shutdown.grace", "30s", "On SIGTERM, how long in-flight requests may take before the process exits."),
-    doc("log.level", "info", "Log filter (tracing `EnvFilter` syntax)."),
+    doc(
+        "store.azure.container",
+        "",
+        "Blob container that holds the models.",
+    ),
+    doc(
+        "store.azure.prefix",
+        "",
+        "Blob name prefix under which `<model_id>/<version>/model.onnx` live.",
+    ),
+    doc(
+        "store.azure.endpoint",
+        "",
+        "Blob endpoint URL override (Azurite, sovereign clouds); empty means the public endpoint.",
+    ),
+    doc(
+        "store.azure.use_emulator",
+        "false",
+        "Use Azurite's development account; its URL comes from `AZURITE_BLOB_STORAGE_URL` (default `http://127.0.0.1:10000`).",
+    ),
+    secret(
+        "store.azure.access_key",
+        "Storage account key; empty means SAS or workload identity.",
+    ),
+    secret(
+        "store.azure.sas_token",
+        "SAS token used instead of an account key.",
+    ),
+    doc(
+        "cache.budget",
+        "512MiB",
+        "Bytes of loaded models the hot cache may hold.",
+    ),
+    doc(
+        "cache.max_concurrent_loads",
+        "4",
+        "Model loads that may run at the same time.",
+    ),
+    doc(
+        "cache.failure_ttl",
+        "30s",
+        "How long a model that failed to load answers its error without retrying.",
+    ),
+    doc(
+        "cache.weight_overhead",
+        "96KiB",
+        "Estimated fixed memory of a session, charged when a load overlapped another and could not be measured.",
+    ),
+    doc(
+        "cache.weight_per_file_byte",
+        "5.0",
+        "Estimated memory per byte of ONNX file, charged with `weight_overhead` when a load could not be measured.",
+    ),
+    doc(
+        "cache.policy",
+        "tiny_lfu",
+        "Eviction and admission policy of the hot cache: `tiny_lfu` or `lru`.",
+    ),
+    doc(
+        "http.max_body",
+        "32MiB",
+        "Largest request body accepted; larger bodies get 413.",
+    ),
+    doc(
+        "http.max_elements",
+        "4194304",
+        "Largest number of tensor elements in one request; more gets 400.",
+    ),
+    doc(
+        "inference.threads",
+        "0",
+        "Threads that run ONNX Runtime calls and loads; 0 means one per core.",
+    ),
+    doc(
+        "inference.inline_max",
+        "20us",
+        "A call this model has been measured to finish within this time runs on the async worker instead of a blocking thread; 0 sends every call to a blocking thread.",
+    ),
+    doc(
+        "onnxruntime.library",
+        "",
+        "Path of libonnxruntime.so; empty means `ORT_DYLIB_PATH`, then `libonnxruntime.so.1` beside the executable, then `.cache/onnxruntime/lib`.",
+    ),
+    doc(
+        "shutdown.grace",
+        "30s",
+        "On SIGTERM, how long in-flight requests may take before the process exits.",
+    ),
+    doc(
+        "log.level",
+        "info",
+        "Log filter (tracing `EnvFilter` syntax).",
+    ),
     doc("log.format", "text", "Log format: `text` or `json`."),
 ];
 
@@ -450,7 +540,11 @@ impl RawAzure {
 mod tests {
     use super::*;
 
-    fn load(file: Option<&str>, env: &[(&str, &str)], sets: &[&str]) -> Result<ScorerConfig, ConfigError> {
+    fn load(
+        file: Option<&str>,
+        env: &[(&str, &str)],
+        sets: &[&str],
+    ) -> Result<ScorerConfig, ConfigError> {
         let dir = std::env::temp_dir().join(format!("mm-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{}.toml", file.map(str::len).unwrap_or(0)));
@@ -459,7 +553,10 @@ mod tests {
         }
         ScorerConfig::load(&Sources {
             file: file.map(|_| path.as_path()),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             sets: sets.iter().map(|s| s.to_string()).collect(),
         })
     }
@@ -484,10 +581,14 @@ mod tests {
 
     #[test]
     fn file_then_env_then_flags_override_in_order() {
-        let file = "listen = \"127.0.0.1:9000\"\n[cache]\nbudget = \"1GiB\"\nmax_concurrent_loads = 2\n";
+        let file =
+            "listen = \"127.0.0.1:9000\"\n[cache]\nbudget = \"1GiB\"\nmax_concurrent_loads = 2\n";
         let config = load(
             Some(file),
-            &[("MM_SCORER_CACHE_BUDGET", "64MiB"), ("MM_SCORER_LISTEN", "127.0.0.1:9001")],
+            &[
+                ("MM_SCORER_CACHE_BUDGET", "64MiB"),
+                ("MM_SCORER_LISTEN", "127.0.0.1:9001"),
+            ],
             &["listen=127.0.0.1:9002"],
         )
         .unwrap();
@@ -503,7 +604,10 @@ mod tests {
         let err = load(Some("[cache]\nbugdet = 1\n"), &[], &[]).unwrap_err();
         assert!(err.to_string().contains("bugdet"), "{err}");
         let err = load(None, &[("MM_SCORER_CACHE_MAX_CONCURRENT_LOADS", "0")], &[]).unwrap_err();
-        assert!(err.to_string().contains("cache.max_concurrent_loads"), "{err}");
+        assert!(
+            err.to_string().contains("cache.max_concurrent_loads"),
+            "{err}"
+        );
         let err = load(None, &[], &["cache.nope=1"]).unwrap_err();
         assert!(err.to_string().contains("cache.nope"), "{err}");
         let err = load(None, &[], &["store.kind=s3"]).unwrap_err();
@@ -517,20 +621,28 @@ mod tests {
         let config = load(
             None,
             &[("MM_SCORER_STORE_AZURE_ACCESS_KEY", "c2VjcmV0")],
-            &["store.kind=azure", "store.azure.account=acct", "store.azure.container=models", "store.azure.prefix=/team/a/"],
+            &[
+                "store.kind=azure",
+                "store.azure.account=acct",
+                "store.azure.container=models",
+                "store.azure.prefix=/team/a/",
+            ],
         )
         .unwrap();
         let StoreConfig::Azure(azure) = &config.store else {
             panic!("expected azure store");
         };
         assert_eq!(azure.prefix, "team/a/");
-        assert!(matches!(&azure.credential, AzureCredential::AccessKey(k) if k.expose() == "c2VjcmV0"));
+        assert!(
+            matches!(&azure.credential, AzureCredential::AccessKey(k) if k.expose() == "c2VjcmV0")
+        );
         assert!(!format!("{config:?}").contains("c2VjcmV0"));
     }
 
     #[test]
     fn readme_documents_every_key_with_its_env_var() {
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
         let table = crate::markdown_table(KEYS, ENV_PREFIX);
         assert!(
             readme.contains(&table),
@@ -540,7 +652,15 @@ mod tests {
 
     #[test]
     fn the_weight_rule_charges_overhead_plus_a_multiple_of_the_file() {
-        let config = load(None, &[], &["cache.weight_overhead=100KiB", "cache.weight_per_file_byte=5"]).unwrap();
+        let config = load(
+            None,
+            &[],
+            &[
+                "cache.weight_overhead=100KiB",
+                "cache.weight_per_file_byte=5",
+            ],
+        )
+        .unwrap();
         assert_eq!(config.cache.weigh(1000), 100 * 1024 + 5000);
     }
 }

@@ -212,7 +212,11 @@ impl ModelCache {
 
     /// The single-flight body: runs once per key however many requests wait on it.
     async fn load(&self, key: ModelKey) -> Result<Arc<LoadedModel>, ScorerError> {
-        let _slot = self.load_slots.acquire().await.expect("semaphore never closed");
+        let _slot = self
+            .load_slots
+            .acquire()
+            .await
+            .expect("semaphore never closed");
         self.metrics.loads_in_progress.inc();
         let _in_progress = scopeguard(|| self.metrics.loads_in_progress.dec());
         let started = Instant::now();
@@ -220,7 +224,9 @@ impl ModelCache {
         match &result {
             Ok(model) => {
                 self.metrics.loads.inc();
-                self.metrics.load_duration.observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .load_duration
+                    .observe(started.elapsed().as_secs_f64());
                 tracing::info!(
                     model = %key.id, version = model.version, file_bytes = model.file_bytes,
                     weight = model.weight, weight_measured = model.weight_measured,
@@ -279,13 +285,13 @@ impl ModelCache {
             "load phases"
         );
         result.map_err(|message| {
-                ScorerError::Load(LoadError {
-                    id: id.to_string(),
-                    version,
-                    message: message.into(),
-                    invalid_model: true,
-                })
+            ScorerError::Load(LoadError {
+                id: id.to_string(),
+                version,
+                message: message.into(),
+                invalid_model: true,
             })
+        })
     }
 
     /// Loads the live version now (repository `load`). Returns the version loaded.
@@ -328,8 +334,12 @@ impl ModelCache {
     /// Brings the resident gauges up to date (called when metrics are scraped).
     pub async fn refresh_gauges(&self) {
         self.loaded.run_pending_tasks().await;
-        self.metrics.resident_bytes.set(self.loaded.weighted_size() as i64);
-        self.metrics.resident_models.set(self.loaded.entry_count() as i64);
+        self.metrics
+            .resident_bytes
+            .set(self.loaded.weighted_size() as i64);
+        self.metrics
+            .resident_models
+            .set(self.loaded.entry_count() as i64);
     }
 
     /// After evictions, give freed heap pages back to the OS so RSS follows the budget:

@@ -13,7 +13,9 @@ pub enum ScorerError {
     ModelNotFound(String),
     #[error("model '{id}' has no version {version}")]
     VersionNotFound { id: String, version: String },
-    #[error("invalid model id '{0}': expected 1-128 characters from [A-Za-z0-9._-], starting with a letter or digit")]
+    #[error(
+        "invalid model id '{0}': expected 1-128 characters from [A-Za-z0-9._-], starting with a letter or digit"
+    )]
     InvalidModelId(String),
     #[error("{0}")]
     InvalidInput(String),
@@ -90,7 +92,11 @@ impl IntoResponse for ScorerError {
         if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");
         }
-        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+        (
+            status,
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
     }
 }
 

@@ -39,8 +39,14 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
         .route("/v2/models/{id}/ready", get(model_ready))
         .route("/v2/models/{id}/infer", post(infer))
         .route("/v2/models/{id}/versions/{version}", get(version_metadata))
-        .route("/v2/models/{id}/versions/{version}/ready", get(version_ready))
-        .route("/v2/models/{id}/versions/{version}/infer", post(version_infer))
+        .route(
+            "/v2/models/{id}/versions/{version}/ready",
+            get(version_ready),
+        )
+        .route(
+            "/v2/models/{id}/versions/{version}/infer",
+            post(version_infer),
+        )
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{id}/load", post(repository_load))
         .route("/v2/repository/models/{id}/unload", post(repository_unload))
@@ -60,7 +66,9 @@ fn finish(scorer: &Scorer, route: &'static str, result: Result<Response, ScorerE
         .requests
         .with_label_values(&[route, code.as_str()])
         .inc();
-    response.headers_mut().insert(SCORER_HEADER, scorer.name_header.clone());
+    response
+        .headers_mut()
+        .insert(SCORER_HEADER, scorer.name_header.clone());
     response
 }
 
@@ -89,7 +97,10 @@ fn body(body: Result<Bytes, BytesRejection>, scorer: &Scorer) -> Result<Bytes, S
                 limit: scorer.config.http.max_body.bytes(),
             }
         } else {
-            ScorerError::invalid(format!("cannot read the request body: {}", rejection.body_text()))
+            ScorerError::invalid(format!(
+                "cannot read the request body: {}",
+                rejection.body_text()
+            ))
         }
     })
 }
@@ -121,7 +132,11 @@ async fn ready(State(scorer): Shared) -> Response {
     if scorer.ready.load(Ordering::Relaxed) {
         json_response(&json!({ "ready": true }))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "ready": false, "error": "not ready" }))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "ready": false, "error": "not ready" })),
+        )
+            .into_response()
     }
 }
 
@@ -151,13 +166,22 @@ async fn version_infer(
     finish(&scorer, "infer", result)
 }
 
-async fn score(scorer: &Scorer, id: ModelId, version: Option<u64>, body: Bytes) -> Result<Response, ScorerError> {
+async fn score(
+    scorer: &Scorer,
+    id: ModelId,
+    version: Option<u64>,
+    body: Bytes,
+) -> Result<Response, ScorerError> {
     // Parse before touching the cache: a malformed body must not cost a model load.
     let request = oip::parse_infer_request(&body)?;
     drop(body);
     let (model, lookup) = scorer.cache.get(&id, version).await?;
     let selected = oip::select_outputs(request.outputs.as_deref(), &model.outputs)?;
-    let inputs = oip::validate_inputs(request.inputs, &model.inputs, scorer.config.http.max_elements)?;
+    let inputs = oip::validate_inputs(
+        request.inputs,
+        &model.inputs,
+        scorer.config.http.max_elements,
+    )?;
     let started = Instant::now();
     let rows = runtime::batch_rows(&inputs);
     let quick = scorer.config.inference_inline_max;
@@ -176,7 +200,10 @@ async fn score(scorer: &Scorer, id: ModelId, version: Option<u64>, body: Bytes) 
                 })??
         }
     };
-    scorer.metrics.inference_duration.observe(started.elapsed().as_secs_f64());
+    scorer
+        .metrics
+        .inference_duration
+        .observe(started.elapsed().as_secs_f64());
     let mut response = json_response(&oip::InferResponse {
         model_name: id.as_str(),
         model_version: model.version.to_string(),
@@ -216,7 +243,11 @@ struct ModelMetadata<'a> {
     outputs: &'a [TensorSpec],
 }
 
-async fn metadata(scorer: &Scorer, id: ModelId, version: Option<u64>) -> Result<Response, ScorerError> {
+async fn metadata(
+    scorer: &Scorer,
+    id: ModelId,
+    version: Option<u64>,
+) -> Result<Response, ScorerError> {
     let (model, _) = scorer.cache.get(&id, version).await?;
     let versions = scorer
         .cache
@@ -233,7 +264,10 @@ async fn metadata(scorer: &Scorer, id: ModelId, version: Option<u64>) -> Result<
     }))
 }
 
-async fn model_metadata(State(scorer): Shared, path: Result<Path<String>, PathRejection>) -> Response {
+async fn model_metadata(
+    State(scorer): Shared,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
     let result = async { metadata(&scorer, model_id(path)?, None).await }.await;
     finish(&scorer, "metadata", result)
 }
@@ -252,7 +286,11 @@ async fn version_metadata(
 
 /// A model is ready when it can be scored now: it is in the store (loading on demand) or
 /// already in memory. `loaded` says which.
-async fn readiness(scorer: &Scorer, id: ModelId, version: Option<u64>) -> Result<Response, ScorerError> {
+async fn readiness(
+    scorer: &Scorer,
+    id: ModelId,
+    version: Option<u64>,
+) -> Result<Response, ScorerError> {
     let loaded = scorer
         .cache
         .resident()
@@ -279,7 +317,9 @@ async fn readiness(scorer: &Scorer, id: ModelId, version: Option<u64>) -> Result
             None => ScorerError::ModelNotFound(id.to_string()),
         });
     }
-    Ok(json_response(&json!({ "name": id.as_str(), "ready": true, "loaded": loaded })))
+    Ok(json_response(
+        &json!({ "name": id.as_str(), "ready": true, "loaded": loaded }),
+    ))
 }
 
 async fn model_ready(State(scorer): Shared, path: Result<Path<String>, PathRejection>) -> Response {
@@ -311,7 +351,10 @@ struct IndexEntry {
 /// Lists the store without loading anything. Models in memory are `READY`; the rest are
 /// `UNAVAILABLE` with reason `not loaded` (they load on their first request). A body of
 /// `{"ready": true}` lists only the models in memory.
-async fn repository_index(State(scorer): Shared, request: Result<Bytes, BytesRejection>) -> Response {
+async fn repository_index(
+    State(scorer): Shared,
+    request: Result<Bytes, BytesRejection>,
+) -> Response {
     let result = async {
         let body = body(request, &scorer)?;
         let ready_only = if body.iter().all(u8::is_ascii_whitespace) {
@@ -319,7 +362,10 @@ async fn repository_index(State(scorer): Shared, request: Result<Bytes, BytesRej
         } else {
             let value: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|e| ScorerError::invalid(format!("malformed index request: {e}")))?;
-            value.get("ready").and_then(serde_json::Value::as_bool).unwrap_or(false)
+            value
+                .get("ready")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false)
         };
         let mut resident: Vec<(String, u64)> = scorer
             .cache
@@ -347,7 +393,11 @@ async fn repository_index(State(scorer): Shared, request: Result<Bytes, BytesRej
                 .map_err(|e| ScorerError::Store(e.to_string()))?;
             entries.extend(
                 ids.into_iter()
-                    .filter(|id| resident.binary_search_by(|(name, _)| name.as_str().cmp(id.as_str())).is_err())
+                    .filter(|id| {
+                        resident
+                            .binary_search_by(|(name, _)| name.as_str().cmp(id.as_str()))
+                            .is_err()
+                    })
                     .map(|id| IndexEntry {
                         name: id.to_string(),
                         version: None,
@@ -363,21 +413,31 @@ async fn repository_index(State(scorer): Shared, request: Result<Bytes, BytesRej
     finish(&scorer, "index", result)
 }
 
-async fn repository_load(State(scorer): Shared, path: Result<Path<String>, PathRejection>) -> Response {
+async fn repository_load(
+    State(scorer): Shared,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
     let result = async {
         let id = model_id(path)?;
         let version = scorer.cache.warm(&id).await?;
-        Ok(json_response(&json!({ "name": id.as_str(), "version": version.to_string(), "loaded": true })))
+        Ok(json_response(
+            &json!({ "name": id.as_str(), "version": version.to_string(), "loaded": true }),
+        ))
     }
     .await;
     finish(&scorer, "load", result)
 }
 
-async fn repository_unload(State(scorer): Shared, path: Result<Path<String>, PathRejection>) -> Response {
+async fn repository_unload(
+    State(scorer): Shared,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
     let result = async {
         let id = model_id(path)?;
         let dropped = scorer.cache.unload(&id).await;
-        Ok(json_response(&json!({ "name": id.as_str(), "unloaded": dropped })))
+        Ok(json_response(
+            &json!({ "name": id.as_str(), "unloaded": dropped }),
+        ))
     }
     .await;
     finish(&scorer, "unload", result)

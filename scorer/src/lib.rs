@@ -64,7 +64,8 @@ impl Scorer {
         runtime::self_test(environment).map_err(StartError::OnnxRuntime)?;
         let store = store::open(&config.store)?;
         let metrics = Arc::new(metrics::Metrics::new(config.cache.budget.bytes()));
-        let cache = cache::ModelCache::new(config.cache.clone(), store, environment, metrics.clone());
+        let cache =
+            cache::ModelCache::new(config.cache.clone(), store, environment, metrics.clone());
         let name_header = HeaderValue::from_str(&config.display_name())
             .unwrap_or_else(|_| HeaderValue::from_static("scorer"));
         Ok(Arc::new(Scorer {

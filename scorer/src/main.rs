@@ -13,7 +13,11 @@ use manymodels_config::Sources;
 use manymodels_config::scorer::{LogFormat, ScorerConfig};
 
 #[derive(Parser)]
-#[command(name = "mm-scorer", version, about = "Serve many ONNX models over the Open Inference Protocol")]
+#[command(
+    name = "mm-scorer",
+    version,
+    about = "Serve many ONNX models over the Open Inference Protocol"
+)]
 struct Args {
     /// TOML configuration file.
     #[arg(long, env = "MM_SCORER_CONFIG")]
@@ -52,7 +56,9 @@ fn main() -> ExitCode {
         .enable_all()
         .thread_name("mm-scorer")
         // Inference and loads each get their own share of blocking threads.
-        .max_blocking_threads(config.inference_threads.get() + config.cache.max_concurrent_loads.get() + 1)
+        .max_blocking_threads(
+            config.inference_threads.get() + config.cache.max_concurrent_loads.get() + 1,
+        )
         .build();
     let runtime = match runtime {
         Ok(runtime) => runtime,
@@ -74,7 +80,9 @@ fn main() -> ExitCode {
 fn init_tracing(config: &ScorerConfig) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -34,38 +34,66 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
                 .expect("valid metric");
-            registry.register(Box::new(h.clone())).expect("unique metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
             h
         };
         let requests = IntCounterVec::new(
-            Opts::new("mm_scorer_requests_total", "HTTP requests by route and status code."),
+            Opts::new(
+                "mm_scorer_requests_total",
+                "HTTP requests by route and status code.",
+            ),
             &["route", "code"],
         )
         .expect("valid metric");
-        registry.register(Box::new(requests.clone())).expect("unique metric");
+        registry
+            .register(Box::new(requests.clone()))
+            .expect("unique metric");
         let evictions = IntCounterVec::new(
-            Opts::new("mm_scorer_cache_evictions_total", "Models removed from the hot cache, by reason."),
+            Opts::new(
+                "mm_scorer_cache_evictions_total",
+                "Models removed from the hot cache, by reason.",
+            ),
             &["reason"],
         )
         .expect("valid metric");
-        registry.register(Box::new(evictions.clone())).expect("unique metric");
+        registry
+            .register(Box::new(evictions.clone()))
+            .expect("unique metric");
         let metrics = Metrics {
             requests,
-            cache_hits: counter("mm_scorer_cache_hits_total", "Model look-ups answered from the hot cache."),
-            cache_misses: counter("mm_scorer_cache_misses_total", "Model look-ups that were not in the hot cache."),
-            loads: counter("mm_scorer_model_loads_total", "Models loaded (file read and session created)."),
-            load_failures: counter("mm_scorer_model_load_failures_total", "Model loads that failed."),
+            cache_hits: counter(
+                "mm_scorer_cache_hits_total",
+                "Model look-ups answered from the hot cache.",
+            ),
+            cache_misses: counter(
+                "mm_scorer_cache_misses_total",
+                "Model look-ups that were not in the hot cache.",
+            ),
+            loads: counter(
+                "mm_scorer_model_loads_total",
+                "Models loaded (file read and session created).",
+            ),
+            load_failures: counter(
+                "mm_scorer_model_load_failures_total",
+                "Model loads that failed.",
+            ),
             failed_fast: counter(
                 "mm_scorer_failed_fast_total",
                 "Requests answered with a remembered load failure, without loading again.",
@@ -86,7 +114,10 @@ impl Metrics {
                 "Time in ONNX Runtime per request.",
                 prometheus::exponential_buckets(0.000_002, 2.0, 20).expect("valid buckets"),
             ),
-            resident_bytes: gauge("mm_scorer_resident_bytes", "Memory charged to the models in the hot cache."),
+            resident_bytes: gauge(
+                "mm_scorer_resident_bytes",
+                "Memory charged to the models in the hot cache.",
+            ),
             resident_models: gauge("mm_scorer_resident_models", "Models in the hot cache."),
             budget_bytes: gauge("mm_scorer_budget_bytes", "The hot cache's byte budget."),
             registry,

@@ -67,7 +67,9 @@ mod tests {
 
     #[test]
     fn ids_that_could_escape_the_store_are_rejected() {
-        for bad in ["", "..", "../x", "a/b", "/etc", ".hidden", "-flag", "a\\b", "a b", "é", "a%2Fb"] {
+        for bad in [
+            "", "..", "../x", "a/b", "/etc", ".hidden", "-flag", "a\\b", "a b", "é", "a%2Fb",
+        ] {
             assert!(!is_valid(bad), "{bad:?} should be rejected");
         }
         assert!(!is_valid(&"a".repeat(129)));

@@ -140,7 +140,10 @@ pub fn validate_inputs(
     }
     let mut slots: Vec<Option<RequestInput>> = specs.iter().map(|_| None).collect();
     for input in inputs {
-        let index = specs.iter().position(|s| s.name == input.name).expect("checked above");
+        let index = specs
+            .iter()
+            .position(|s| s.name == input.name)
+            .expect("checked above");
         if slots[index].replace(input).is_some() {
             return Err(ScorerError::invalid(format!(
                 "input '{}' is given more than once",
@@ -153,7 +156,10 @@ pub fn validate_inputs(
         .zip(slots)
         .map(|(spec, input)| match input {
             Some(input) => validate_input(input, spec, max_elements),
-            None => Err(ScorerError::invalid(format!("missing input '{}'", spec.name))),
+            None => Err(ScorerError::invalid(format!(
+                "missing input '{}'",
+                spec.name
+            ))),
         })
         .collect()
 }
@@ -252,7 +258,9 @@ fn convert(name: &str, datatype: DataType, values: Vec<Scalar>) -> Result<Tensor
             .collect()
     };
     Ok(match datatype {
-        DataType::Fp32 => TensorData::Fp32(floats(&values)?.into_iter().map(|f| f as f32).collect()),
+        DataType::Fp32 => {
+            TensorData::Fp32(floats(&values)?.into_iter().map(|f| f as f32).collect())
+        }
         DataType::Fp64 => TensorData::Fp64(floats(&values)?),
         DataType::Int64 => TensorData::Int64(ints(&values)?),
         DataType::Int32 => TensorData::Int32(
@@ -261,7 +269,9 @@ fn convert(name: &str, datatype: DataType, values: Vec<Scalar>) -> Result<Tensor
                 .enumerate()
                 .map(|(i, n)| {
                     i32::try_from(n).map_err(|_| {
-                        ScorerError::invalid(format!("input '{name}' element {i} ({n}) does not fit INT32"))
+                        ScorerError::invalid(format!(
+                            "input '{name}' element {i} ({n}) does not fit INT32"
+                        ))
                     })
                 })
                 .collect::<Result<_, _>>()?,
@@ -322,16 +332,26 @@ mod tests {
 
     #[test]
     fn nested_data_is_flattened_row_major() {
-        let r = request(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2.5],[3,4]]}]}"#);
+        let r = request(
+            r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2.5],[3,4]]}]}"#,
+        );
         assert_eq!(
             r.inputs[0].data.0,
-            vec![Scalar::Int(1), Scalar::Float(2.5), Scalar::Int(3), Scalar::Int(4)]
+            vec![
+                Scalar::Int(1),
+                Scalar::Float(2.5),
+                Scalar::Int(3),
+                Scalar::Int(4)
+            ]
         );
     }
 
     #[test]
     fn inputs_are_checked_against_the_model() {
-        let specs = [spec("x", DataType::Fp32, &[-1, 2]), spec("f", DataType::Bool, &[-1, 1])];
+        let specs = [
+            spec("x", DataType::Fp32, &[-1, 2]),
+            spec("f", DataType::Bool, &[-1, 1]),
+        ];
         let ok = request(
             r#"{"inputs":[{"name":"f","shape":[1,1],"datatype":"BOOL","data":[true]},
                           {"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#,
@@ -342,14 +362,38 @@ mod tests {
         assert_eq!(tensors[1].data, TensorData::Bool(vec![true]));
 
         let cases = [
-            (r#"[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]"#, "missing input 'f'"),
-            (r#"[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]},{"name":"f","shape":[1,1],"datatype":"BOOL","data":[true]}]"#, "model expects [-1, 2]"),
-            (r#"[{"name":"x","shape":[1,2],"datatype":"FP64","data":[1,2]},{"name":"f","shape":[1,1],"datatype":"BOOL","data":[true]}]"#, "model expects FP32"),
-            (r#"[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2]},{"name":"f","shape":[1,1],"datatype":"BOOL","data":[true]}]"#, "but 2 data values"),
-            (r#"[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,true]},{"name":"f","shape":[1,1],"datatype":"BOOL","data":[true]}]"#, "element 1 is true"),
-            (r#"[{"name":"y","shape":[1,2],"datatype":"FP32","data":[1,2]}]"#, "unexpected input 'y'"),
-            (r#"[{"name":"x","shape":[1,2],"datatype":"FP16","data":[1,2]},{"name":"f","shape":[1,1],"datatype":"BOOL","data":[true]}]"#, "unsupported datatype 'FP16'"),
-            (r#"[{"name":"x","shape":[100,2],"datatype":"FP32","data":[1,2]},{"name":"f","shape":[1,1],"datatype":"BOOL","data":[true]}]"#, "more than the limit of 100"),
+            (
+                r#"[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]"#,
+                "missing input 'f'",
+            ),
+            (
+                r#"[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]},{"name":"f","shape":[1,1],"datatype":"BOOL","data":[true]}]"#,
+                "model expects [-1, 2]",
+            ),
+            (
+                r#"[{"name":"x","shape":[1,2],"datatype":"FP64","data":[1,2]},{"name":"f","shape":[1,1],"datatype":"BOOL","data":[true]}]"#,
+                "model expects FP32",
+            ),
+            (
+                r#"[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2]},{"name":"f","shape":[1,1],"datatype":"BOOL","data":[true]}]"#,
+                "but 2 data values",
+            ),
+            (
+                r#"[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,true]},{"name":"f","shape":[1,1],"datatype":"BOOL","data":[true]}]"#,
+                "element 1 is true",
+            ),
+            (
+                r#"[{"name":"y","shape":[1,2],"datatype":"FP32","data":[1,2]}]"#,
+                "unexpected input 'y'",
+            ),
+            (
+                r#"[{"name":"x","shape":[1,2],"datatype":"FP16","data":[1,2]},{"name":"f","shape":[1,1],"datatype":"BOOL","data":[true]}]"#,
+                "unsupported datatype 'FP16'",
+            ),
+            (
+                r#"[{"name":"x","shape":[100,2],"datatype":"FP32","data":[1,2]},{"name":"f","shape":[1,1],"datatype":"BOOL","data":[true]}]"#,
+                "more than the limit of 100",
+            ),
         ];
         for (inputs, message) in cases {
             let r = request(&format!(r#"{{"inputs":{inputs}}}"#));
@@ -362,25 +406,45 @@ mod tests {
     #[test]
     fn integer_inputs_reject_fractions_and_overflow() {
         let specs = [spec("n", DataType::Int32, &[-1])];
-        let r = request(r#"{"inputs":[{"name":"n","shape":[2],"datatype":"INT32","data":[1.5,2]}]}"#);
+        let r =
+            request(r#"{"inputs":[{"name":"n","shape":[2],"datatype":"INT32","data":[1.5,2]}]}"#);
         assert!(validate_inputs(r.inputs, &specs, 10).is_err());
-        let r = request(r#"{"inputs":[{"name":"n","shape":[1],"datatype":"INT32","data":[3000000000]}]}"#);
-        assert!(validate_inputs(r.inputs, &specs, 10).unwrap_err().to_string().contains("does not fit INT32"));
+        let r = request(
+            r#"{"inputs":[{"name":"n","shape":[1],"datatype":"INT32","data":[3000000000]}]}"#,
+        );
+        assert!(
+            validate_inputs(r.inputs, &specs, 10)
+                .unwrap_err()
+                .to_string()
+                .contains("does not fit INT32")
+        );
     }
 
     #[test]
     fn malformed_json_names_the_problem() {
         let err = parse_infer_request(b"{\"inputs\": [").unwrap_err();
-        assert!(err.to_string().starts_with("malformed inference request"), "{err}");
-        let err = parse_infer_request(br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}]}"#).unwrap_err();
+        assert!(
+            err.to_string().starts_with("malformed inference request"),
+            "{err}"
+        );
+        let err = parse_infer_request(
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}]}"#,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("malformed"), "{err}");
     }
 
     #[test]
     fn output_selection_follows_request_order() {
-        let specs = [spec("a", DataType::Fp32, &[-1]), spec("b", DataType::Int64, &[-1])];
+        let specs = [
+            spec("a", DataType::Fp32, &[-1]),
+            spec("b", DataType::Int64, &[-1]),
+        ];
         let r = request(r#"{"inputs":[],"outputs":[{"name":"b"}]}"#);
-        assert_eq!(select_outputs(r.outputs.as_deref(), &specs).unwrap(), vec![1]);
+        assert_eq!(
+            select_outputs(r.outputs.as_deref(), &specs).unwrap(),
+            vec![1]
+        );
         assert_eq!(select_outputs(None, &specs).unwrap(), vec![0, 1]);
         let r = request(r#"{"inputs":[],"outputs":[{"name":"zzz"}]}"#);
         assert!(select_outputs(r.outputs.as_deref(), &specs).is_err());

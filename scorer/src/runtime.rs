@@ -26,11 +26,14 @@ static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
 pub fn environment(library: Option<&Path>) -> Result<&'static Environment, String> {
     ENVIRONMENT
         .get_or_init(|| {
-            let library = library.map(Path::to_path_buf).or_else(find_library).ok_or_else(|| {
-                "ONNX Runtime library not found: set onnxruntime.library or ORT_DYLIB_PATH \
+            let library = library
+                .map(Path::to_path_buf)
+                .or_else(find_library)
+                .ok_or_else(|| {
+                    "ONNX Runtime library not found: set onnxruntime.library or ORT_DYLIB_PATH \
                  (cargo xtask fetches it into .cache/onnxruntime/lib)"
-                    .to_string()
-            })?;
+                        .to_string()
+                })?;
             let library = library.as_path();
             // Load the library first: every other ort call (even building thread-pool
             // options) goes through it.
@@ -57,15 +60,25 @@ pub fn environment(library: Option<&Path>) -> Result<&'static Environment, Strin
 /// here keeps that one-off cost out of the first real model's measured weight, and proves
 /// at start-up that the library works.
 pub fn self_test(environment: &Environment) -> Result<(), String> {
-    let model = manymodels_models::build(&manymodels_models::Spec::Linear { features: 4, seed: 1 });
+    let model = manymodels_models::build(&manymodels_models::Spec::Linear {
+        features: 4,
+        seed: 1,
+    });
     let mut session = create_session(environment, &model.bytes)?;
     let row = [0.5f32, -1.0, 2.0, 0.25];
     let input = Tensor::from_array(([1usize, 4], row.to_vec())).map_err(|e| e.to_string())?;
-    let outputs = session.run(vec![("input", input)]).map_err(|e| e.to_string())?;
-    let (_, got) = outputs["variable"].try_extract_tensor::<f32>().map_err(|e| e.to_string())?;
+    let outputs = session
+        .run(vec![("input", input)])
+        .map_err(|e| e.to_string())?;
+    let (_, got) = outputs["variable"]
+        .try_extract_tensor::<f32>()
+        .map_err(|e| e.to_string())?;
     let want = model.predict(&row);
     if (got[0] - want).abs() > 1e-5 * want.abs().max(1.0) {
-        return Err(format!("ONNX Runtime self-test computed {} instead of {want}", got[0]));
+        return Err(format!(
+            "ONNX Runtime self-test computed {} instead of {want}",
+            got[0]
+        ));
     }
     Ok(())
 }
@@ -75,9 +88,12 @@ pub fn self_test(environment: &Environment) -> Result<(), String> {
 fn find_library() -> Option<PathBuf> {
     const NAME: &str = "libonnxruntime.so.1";
     let beside_exe = std::env::current_exe().ok()?.parent()?.join(NAME);
-    [beside_exe, PathBuf::from(".cache/onnxruntime/lib").join(NAME)]
-        .into_iter()
-        .find(|path| path.exists())
+    [
+        beside_exe,
+        PathBuf::from(".cache/onnxruntime/lib").join(NAME),
+    ]
+    .into_iter()
+    .find(|path| path.exists())
 }
 
 /// A model loaded into an ONNX Runtime session, with what it declares.
@@ -136,8 +152,8 @@ fn measured<T>(create: impl FnOnce() -> T) -> (T, Option<u64>) {
     let before = heap_in_use();
     let value = create();
     let after = heap_in_use();
-    let alone_at_end = CREATING.fetch_sub(1, Ordering::SeqCst) == 1
-        && CREATIONS.load(Ordering::SeqCst) == ticket;
+    let alone_at_end =
+        CREATING.fetch_sub(1, Ordering::SeqCst) == 1 && CREATIONS.load(Ordering::SeqCst) == ticket;
     let delta = match (before, after) {
         (Some(before), Some(after)) if alone_at_start && alone_at_end => {
             Some(after.saturating_sub(before))
@@ -166,13 +182,23 @@ pub fn load(
         Some(bytes) => (bytes, true),
         None => (estimate, false),
     };
-    describe(session, id, version, bytes.len() as u64, weight, weight_measured)
+    describe(
+        session,
+        id,
+        version,
+        bytes.len() as u64,
+        weight,
+        weight_measured,
+    )
 }
 
 /// ONNX Runtime session creation with the scorer's options, and nothing else.
 pub fn create_session(environment: &Environment, bytes: &[u8]) -> Result<Session, String> {
     Session::builder(environment)
-        .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
+        .and_then(|b| {
+            b.with_optimization_level(GraphOptimizationLevel::Level3)
+                .map_err(Into::into)
+        })
         .and_then(|b| b.with_intra_threads(1).map_err(Into::into))
         .and_then(|b| b.with_inter_threads(1).map_err(Into::into))
         .and_then(|b| b.with_intra_op_spinning(false).map_err(Into::into))
@@ -194,7 +220,10 @@ fn describe(
         match outlet.dtype() {
             ValueType::Tensor { ty, shape, .. } => {
                 let datatype = DataType::from_ort(*ty).ok_or_else(|| {
-                    format!("{role} '{}' has element type {ty:?}, which the scorer does not serve", outlet.name())
+                    format!(
+                        "{role} '{}' has element type {ty:?}, which the scorer does not serve",
+                        outlet.name()
+                    )
                 })?;
                 Ok(TensorSpec {
                     name: outlet.name().to_string(),
@@ -243,9 +272,20 @@ pub struct SessionGuard<'a> {
 impl LoadedModel {
     /// Runs the model on validated inputs (in the model's input order) and returns the
     /// outputs at `selected` indices. Blocks until the session is free and for the run.
-    pub fn infer(&self, inputs: Vec<NamedTensor>, selected: &[usize]) -> Result<Vec<NamedTensor>, ScorerError> {
-        let session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        SessionGuard { model: self, session }.run(inputs, selected)
+    pub fn infer(
+        &self,
+        inputs: Vec<NamedTensor>,
+        selected: &[usize],
+    ) -> Result<Vec<NamedTensor>, ScorerError> {
+        let session = self
+            .session
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        SessionGuard {
+            model: self,
+            session,
+        }
+        .run(inputs, selected)
     }
 
     /// The session, if `rows` rows are predicted (from this model's measured time per
@@ -257,41 +297,57 @@ impl LoadedModel {
             return None;
         }
         let session = self.session.try_lock().ok()?;
-        Some(SessionGuard { model: self, session })
+        Some(SessionGuard {
+            model: self,
+            session,
+        })
     }
 
     fn record_run(&self, elapsed: Duration, rows: usize) {
         let sample = (elapsed.as_nanos() as u64 / rows.max(1) as u64).max(1);
         let old = self.nanos_per_row.load(Ordering::Relaxed);
-        let new = if old == 0 { sample } else { (old * 7 + sample) / 8 };
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 7 + sample) / 8
+        };
         self.nanos_per_row.store(new, Ordering::Relaxed);
     }
 }
 
 impl SessionGuard<'_> {
     /// Runs the model once on the held session.
-    pub fn run(mut self, inputs: Vec<NamedTensor>, selected: &[usize]) -> Result<Vec<NamedTensor>, ScorerError> {
+    pub fn run(
+        mut self,
+        inputs: Vec<NamedTensor>,
+        selected: &[usize],
+    ) -> Result<Vec<NamedTensor>, ScorerError> {
         let model = self.model;
         let failed = |message: String| ScorerError::Inference {
             id: model.id.to_string(),
             message,
         };
         let rows = batch_rows(&inputs);
-        let mut values: Vec<(String, ort::session::SessionInputValue<'static>)> = Vec::with_capacity(inputs.len());
+        let mut values: Vec<(String, ort::session::SessionInputValue<'static>)> =
+            Vec::with_capacity(inputs.len());
         for input in inputs {
-            let value = to_value(input.shape, input.data).map_err(|e| failed(format!("input '{}': {e}", input.name)))?;
+            let value = to_value(input.shape, input.data)
+                .map_err(|e| failed(format!("input '{}': {e}", input.name)))?;
             values.push((input.name, value.into()));
         }
         let started = Instant::now();
-        let outputs = self.session.run(values).map_err(|e| failed(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(values)
+            .map_err(|e| failed(e.to_string()))?;
         model.record_run(started.elapsed(), rows);
         selected
             .iter()
             .map(|&index| {
                 let spec = &model.outputs[index];
-                let value = outputs
-                    .get(&spec.name)
-                    .ok_or_else(|| failed(format!("output '{}' missing from the run", spec.name)))?;
+                let value = outputs.get(&spec.name).ok_or_else(|| {
+                    failed(format!("output '{}' missing from the run", spec.name))
+                })?;
                 from_value(value, spec.datatype)
                     .map(|(shape, data)| NamedTensor {
                         name: spec.name.clone(),
@@ -317,18 +373,29 @@ pub fn batch_rows(inputs: &[NamedTensor]) -> usize {
 impl LoadedModel {
     /// ONNX Runtime's own time per call: `iterations` runs of `Session::run` on inputs
     /// built once, without the scorer's conversions around it. For the benchmarks' floor.
-    pub fn time_runs(&self, inputs: &[NamedTensor], iterations: usize) -> Result<Vec<std::time::Duration>, String> {
+    pub fn time_runs(
+        &self,
+        inputs: &[NamedTensor],
+        iterations: usize,
+    ) -> Result<Vec<std::time::Duration>, String> {
         let values = inputs
             .iter()
-            .map(|input| to_value(input.shape.clone(), input.data.clone()).map(|v| (input.name.clone(), v)))
+            .map(|input| {
+                to_value(input.shape.clone(), input.data.clone()).map(|v| (input.name.clone(), v))
+            })
             .collect::<ort::Result<Vec<_>>>()
             .map_err(|e| e.to_string())?;
-        let mut session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut session = self
+            .session
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut times = Vec::with_capacity(iterations);
         for _ in 0..iterations {
             let started = std::time::Instant::now();
-            let views: Vec<(&str, ort::session::SessionInputValue<'_>)> =
-                values.iter().map(|(name, value)| (name.as_str(), value.into())).collect();
+            let views: Vec<(&str, ort::session::SessionInputValue<'_>)> = values
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.into()))
+                .collect();
             let outputs = session.run(views).map_err(|e| e.to_string())?;
             drop(outputs);
             times.push(started.elapsed());
@@ -348,7 +415,9 @@ fn to_value(shape: Vec<i64>, data: TensorData) -> ort::Result<DynValue> {
 }
 
 fn from_value(value: &DynValue, datatype: DataType) -> ort::Result<(Vec<i64>, TensorData)> {
-    fn extract<T: ort::value::PrimitiveTensorElementType + Clone>(value: &DynValue) -> ort::Result<(Vec<i64>, Vec<T>)> {
+    fn extract<T: ort::value::PrimitiveTensorElementType + Clone>(
+        value: &DynValue,
+    ) -> ort::Result<(Vec<i64>, Vec<T>)> {
         let (shape, data) = value.try_extract_tensor::<T>()?;
         Ok((shape.to_vec(), data.to_vec()))
     }

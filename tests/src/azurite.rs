@@ -61,13 +61,23 @@ impl Azurite {
         };
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(30), "azurite did not start");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "azurite did not start"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         azurite
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, query: &[(&str, &str)], body: Vec<u8>, headers: &[(&str, &str)]) {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) {
         let date = httpdate::fmt_http_date(std::time::SystemTime::now());
         let mut ms_headers: Vec<(String, String)> = headers
             .iter()
@@ -76,13 +86,20 @@ impl Azurite {
         ms_headers.push(("x-ms-date".into(), date));
         ms_headers.push(("x-ms-version".into(), API_VERSION.into()));
         ms_headers.sort();
-        let length = if body.is_empty() { String::new() } else { body.len().to_string() };
+        let length = if body.is_empty() {
+            String::new()
+        } else {
+            body.len().to_string()
+        };
         let mut canonical_query: Vec<_> = query.iter().map(|(k, v)| format!("\n{k}:{v}")).collect();
         canonical_query.sort();
         let resource = format!("/{ACCOUNT}/{ACCOUNT}/{path}{}", canonical_query.concat());
         let string_to_sign = format!(
             "{method}\n\n\n{length}\n\n\n\n\n\n\n\n\n{}{resource}",
-            ms_headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect::<String>()
+            ms_headers
+                .iter()
+                .map(|(k, v)| format!("{k}:{v}\n"))
+                .collect::<String>()
         );
         let mut mac = Hmac::<Sha256>::new_from_slice(&STANDARD.decode(KEY).unwrap()).unwrap();
         mac.update(string_to_sign.as_bytes());
@@ -106,8 +123,14 @@ impl Azurite {
     }
 
     pub async fn create_container(&self, container: &str) {
-        self.send(reqwest::Method::PUT, container, &[("restype", "container")], Vec::new(), &[])
-            .await;
+        self.send(
+            reqwest::Method::PUT,
+            container,
+            &[("restype", "container")],
+            Vec::new(),
+            &[],
+        )
+        .await;
     }
 
     pub async fn put_blob(&self, container: &str, name: &str, bytes: Vec<u8>) {
@@ -137,7 +160,8 @@ impl Azurite {
                         model.file_name().to_str().unwrap(),
                         version.file_name().to_str().unwrap()
                     );
-                    self.put_blob(container, &name, std::fs::read(file).unwrap()).await;
+                    self.put_blob(container, &name, std::fs::read(file).unwrap())
+                        .await;
                 }
             }
         }

@@ -27,7 +27,11 @@ pub fn binary(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let path = target.join(profile).join(name);
     assert!(
         path.exists(),
@@ -194,7 +198,11 @@ fn blocking_get_status(url: &str) -> Option<u16> {
     let (host, path) = rest.split_once('/')?;
     let mut stream = std::net::TcpStream::connect(host).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     response.split(' ').nth(1)?.parse().ok()
@@ -243,14 +251,19 @@ pub fn infer_body(reference: &Value) -> Value {
 /// (relative to magnitude, absolute below 1).
 pub fn assert_outputs_match(response: &Value, reference: &Value, tolerance: f64) {
     let id = reference["id"].as_str().unwrap();
-    let outputs = response["outputs"].as_array().unwrap_or_else(|| panic!("{id}: no outputs in {response}"));
+    let outputs = response["outputs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{id}: no outputs in {response}"));
     for expected in reference["outputs"].as_array().unwrap() {
         let name = expected["name"].as_str().unwrap();
         let got = outputs
             .iter()
             .find(|o| o["name"] == expected["name"])
             .unwrap_or_else(|| panic!("{id}: output {name} missing"));
-        assert_eq!(got["datatype"], expected["datatype"], "{id}/{name} datatype");
+        assert_eq!(
+            got["datatype"], expected["datatype"],
+            "{id}/{name} datatype"
+        );
         assert_eq!(got["shape"], expected["shape"], "{id}/{name} shape");
         let got = got["data"].as_array().unwrap();
         let want = expected["data"].as_array().unwrap();
@@ -268,7 +281,9 @@ pub fn assert_outputs_match(response: &Value, reference: &Value, tolerance: f64)
 fn as_f64(value: &Value) -> f64 {
     match value {
         Value::Bool(b) => f64::from(u8::from(*b)),
-        other => other.as_f64().unwrap_or_else(|| panic!("not a number: {other}")),
+        other => other
+            .as_f64()
+            .unwrap_or_else(|| panic!("not a number: {other}")),
     }
 }
 

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use manymodels_models::{Mix, Spec};
 use manymodels_tests::azurite::Azurite;
 use manymodels_tests::{
-    ScorerProcess, TempDir, assert_outputs_match, demo_reference, generated_rows, infer_body,
-    root, rows_body,
+    ScorerProcess, TempDir, assert_outputs_match, demo_reference, generated_rows, infer_body, root,
+    rows_body,
 };
 use serde_json::{Value, json};
 
@@ -15,7 +15,8 @@ async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value)
     let response = client.post(url).json(body).send().await.unwrap();
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
-    let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{url}: non-JSON body {text:?}"));
+    let value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{url}: non-JSON body {text:?}"));
     (status, value)
 }
 
@@ -93,7 +94,12 @@ async fn byte_budget_holds_while_three_budgets_of_models_are_scored() {
     let mut weights = Vec::new();
     let mut previous = 0.0;
     for i in 0..models.len() {
-        let (status, _) = post(&client, &format!("{}/v2/repository/models/forest-{i:02}/load", measure.url), &json!({})).await;
+        let (status, _) = post(
+            &client,
+            &format!("{}/v2/repository/models/forest-{i:02}/load", measure.url),
+            &json!({}),
+        )
+        .await;
         assert_eq!(status, 200);
         let resident = measure.metrics().await.get("mm_scorer_resident_bytes");
         weights.push((resident - previous) as u64);
@@ -103,7 +109,10 @@ async fn byte_budget_holds_while_three_budgets_of_models_are_scored() {
     let total_weight: u64 = weights.iter().sum();
     let largest: u64 = *weights.iter().max().unwrap();
     let budget = total_weight / 3;
-    let scorer = ScorerProcess::local(store.path(), &[&format!("cache.budget={budget}"), "cache.policy=lru"]);
+    let scorer = ScorerProcess::local(
+        store.path(),
+        &[&format!("cache.budget={budget}"), "cache.policy=lru"],
+    );
     let rss_before = scorer.rss_bytes();
     let mut peak_resident = 0.0f64;
     let mut peak_rss = 0u64;
@@ -118,7 +127,10 @@ async fn byte_budget_holds_while_three_budgets_of_models_are_scored() {
             for (want, value) in want_all.iter().zip(got) {
                 let want = *want as f64;
                 let value = value.as_f64().unwrap();
-                assert!((value - want).abs() <= 1e-5 * want.abs().max(1.0), "forest-{i}: {value} vs {want}");
+                assert!(
+                    (value - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "forest-{i}: {value} vs {want}"
+                );
             }
             let resident = scorer.metrics().await.get("mm_scorer_resident_bytes");
             peak_resident = peak_resident.max(resident);
@@ -130,8 +142,14 @@ async fn byte_budget_holds_while_three_budgets_of_models_are_scored() {
         }
     }
     let metrics = scorer.metrics().await;
-    assert!(metrics.get("mm_scorer_cache_evictions_total{reason=\"size\"}") >= 24.0, "expected evictions");
-    assert!(peak_resident > 0.5 * budget as f64, "cache never filled: {peak_resident}");
+    assert!(
+        metrics.get("mm_scorer_cache_evictions_total{reason=\"size\"}") >= 24.0,
+        "expected evictions"
+    );
+    assert!(
+        peak_resident > 0.5 * budget as f64,
+        "cache never filled: {peak_resident}"
+    );
     let rss_full = scorer.rss_bytes();
     for i in 0..models.len() {
         let url = format!("{}/v2/repository/models/forest-{i:02}/unload", scorer.url);
@@ -141,7 +159,9 @@ async fn byte_budget_holds_while_three_budgets_of_models_are_scored() {
     // The heap trim after evictions runs on a blocking thread; give it a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_after = scorer.rss_bytes();
-    eprintln!("rss before {rss_before}, peak {peak_rss}, full {rss_full}, after unloading {rss_after}, budget {budget}");
+    eprintln!(
+        "rss before {rss_before}, peak {peak_rss}, full {rss_full}, after unloading {rss_after}, budget {budget}"
+    );
     assert!(
         rss_full <= rss_before + budget * 3 / 2 + 2 * largest,
         "RSS should follow the budget: {rss_before} -> {rss_full} with budget {budget}"
@@ -163,12 +183,42 @@ async fn bad_requests_are_rejected_and_the_process_keeps_serving() {
     let good = json!({"inputs":[{"name":"input","shape":[1,10],"datatype":"FP32","data":[1,2,3,4,5,6,7,8,9,10]}]});
     let big = json!({"inputs":[{"name":"input","shape":[1000,10],"datatype":"FP32","data":vec![1.0f32; 10_000]}]});
     let cases: Vec<(String, Vec<u8>, u16, &str)> = vec![
-        ("/v2/models/linear-small/infer".into(), b"{not json".to_vec(), 400, "malformed"),
-        ("/v2/models/linear-small/infer".into(), serde_json::to_vec(&big).unwrap(), 413, "larger than the limit"),
-        ("/v2/models/no-such-model/infer".into(), serde_json::to_vec(&good).unwrap(), 404, "not found"),
-        ("/v2/models/..%2F..%2Fetc%2Fpasswd/infer".into(), serde_json::to_vec(&good).unwrap(), 400, "invalid model id"),
-        ("/v2/models/a/b/infer".into(), serde_json::to_vec(&good).unwrap(), 400, "invalid model id"),
-        ("/v2/models//infer".into(), serde_json::to_vec(&good).unwrap(), 400, "invalid model id"),
+        (
+            "/v2/models/linear-small/infer".into(),
+            b"{not json".to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            "/v2/models/linear-small/infer".into(),
+            serde_json::to_vec(&big).unwrap(),
+            413,
+            "larger than the limit",
+        ),
+        (
+            "/v2/models/no-such-model/infer".into(),
+            serde_json::to_vec(&good).unwrap(),
+            404,
+            "not found",
+        ),
+        (
+            "/v2/models/..%2F..%2Fetc%2Fpasswd/infer".into(),
+            serde_json::to_vec(&good).unwrap(),
+            400,
+            "invalid model id",
+        ),
+        (
+            "/v2/models/a/b/infer".into(),
+            serde_json::to_vec(&good).unwrap(),
+            400,
+            "invalid model id",
+        ),
+        (
+            "/v2/models//infer".into(),
+            serde_json::to_vec(&good).unwrap(),
+            400,
+            "invalid model id",
+        ),
     ];
     for (path, body, status, message) in cases {
         let response = client
@@ -180,11 +230,21 @@ async fn bad_requests_are_rejected_and_the_process_keeps_serving() {
             .unwrap();
         assert_eq!(response.status().as_u16(), status, "{path}");
         let body: Value = response.json().await.unwrap();
-        let error = body["error"].as_str().unwrap_or_else(|| panic!("{path}: no error field in {body}"));
+        let error = body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{path}: no error field in {body}"));
         assert!(error.contains(message), "{path}: {error}");
     }
-    let (status, _) = post(&client, &format!("{}/v2/models/linear-small/infer", scorer.url), &good).await;
-    assert_eq!(status, 200, "the scorer must keep serving after bad requests");
+    let (status, _) = post(
+        &client,
+        &format!("{}/v2/models/linear-small/infer", scorer.url),
+        &good,
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "the scorer must keep serving after bad requests"
+    );
 }
 
 #[tokio::test]
@@ -193,19 +253,36 @@ async fn sigterm_finishes_and_exits_zero() {
     let client = reqwest::Client::new();
     let reference = &demo_reference()[0];
     let id = reference["id"].as_str().unwrap();
-    let (status, _) = post(&client, &format!("{}/v2/models/{id}/infer", scorer.url), &infer_body(reference)).await;
+    let (status, _) = post(
+        &client,
+        &format!("{}/v2/models/{id}/infer", scorer.url),
+        &infer_body(reference),
+    )
+    .await;
     assert_eq!(status, 200);
     let exit = scorer.terminate();
-    assert!(exit.success(), "mm-scorer exited with {exit}:\n{}", scorer.logs());
+    assert!(
+        exit.success(),
+        "mm-scorer exited with {exit}:\n{}",
+        scorer.logs()
+    );
 }
 
 #[tokio::test]
 async fn azure_blob_store_serves_every_demo_model() {
     let azurite = Azurite::start().await;
     azurite.create_container("models").await;
-    azurite.upload_store("models", "prod/", &root().join("models/demo")).await;
+    azurite
+        .upload_store("models", "prod/", &root().join("models/demo"))
+        .await;
     // A half-written upload under another name is not a version.
-    azurite.put_blob("models", "prod/linear-small/2/model.onnx.partial", b"partial".to_vec()).await;
+    azurite
+        .put_blob(
+            "models",
+            "prod/linear-small/2/model.onnx.partial",
+            b"partial".to_vec(),
+        )
+        .await;
     let scorer = ScorerProcess::start(
         &[
             "store.kind=azure".into(),
@@ -219,15 +296,30 @@ async fn azure_blob_store_serves_every_demo_model() {
     let references = demo_reference();
     for reference in &references {
         let id = reference["id"].as_str().unwrap();
-        let (status, body) = post(&client, &format!("{}/v2/models/{id}/infer", scorer.url), &infer_body(reference)).await;
+        let (status, body) = post(
+            &client,
+            &format!("{}/v2/models/{id}/infer", scorer.url),
+            &infer_body(reference),
+        )
+        .await;
         assert_eq!(status, 200, "{id}: {body}\n{}", scorer.logs());
         assert_eq!(body["model_version"], "1");
         assert_outputs_match(&body, reference, 1e-5);
     }
-    let (status, index) = post(&client, &format!("{}/v2/repository/index", scorer.url), &json!({})).await;
+    let (status, index) = post(
+        &client,
+        &format!("{}/v2/repository/index", scorer.url),
+        &json!({}),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(index.as_array().unwrap().len(), references.len(), "{index}");
-    let (status, body) = post(&client, &format!("{}/v2/models/absent/infer", scorer.url), &infer_body(&references[0])).await;
+    let (status, body) = post(
+        &client,
+        &format!("{}/v2/models/absent/infer", scorer.url),
+        &infer_body(&references[0]),
+    )
+    .await;
     assert_eq!(status, 404, "{body}");
 }
 
@@ -239,16 +331,30 @@ async fn ten_thousand_model_store_lists_and_serves() {
     let store = TempDir::new("10k");
     let started = Instant::now();
     let stats = manymodels_models::write_store(store.path(), 10_000, Mix::Realistic, 7).unwrap();
-    eprintln!("generated {} models ({} bytes) in {:?}", stats.models, stats.bytes, started.elapsed());
+    eprintln!(
+        "generated {} models ({} bytes) in {:?}",
+        stats.models,
+        stats.bytes,
+        started.elapsed()
+    );
     let scorer = ScorerProcess::local(store.path(), &["cache.budget=256MiB"]);
     let client = reqwest::Client::new();
     let started = Instant::now();
-    let (status, index) = post(&client, &format!("{}/v2/repository/index", scorer.url), &json!({})).await;
+    let (status, index) = post(
+        &client,
+        &format!("{}/v2/repository/index", scorer.url),
+        &json!({}),
+    )
+    .await;
     eprintln!("index of 10,000 models in {:?}", started.elapsed());
     assert_eq!(status, 200);
     assert_eq!(index.as_array().unwrap().len(), 10_000);
     let metrics = scorer.metrics().await;
-    assert_eq!(metrics.get("mm_scorer_model_loads_total"), 0.0, "listing must not load models");
+    assert_eq!(
+        metrics.get("mm_scorer_model_loads_total"),
+        0.0,
+        "listing must not load models"
+    );
     let mut kinds = std::collections::BTreeSet::new();
     for i in (0..10_000).step_by(97) {
         let spec = manymodels_models::spec_for(i, Mix::Realistic, 7);
@@ -256,7 +362,12 @@ async fn ten_thousand_model_store_lists_and_serves() {
         kinds.insert(model.size_class().as_str());
         let rows = generated_rows(spec.features(), 3, i as u64);
         let id = manymodels_models::model_id(i);
-        let (status, body) = post(&client, &format!("{}/v2/models/{id}/infer", scorer.url), &rows_body(&rows)).await;
+        let (status, body) = post(
+            &client,
+            &format!("{}/v2/models/{id}/infer", scorer.url),
+            &rows_body(&rows),
+        )
+        .await;
         assert_eq!(status, 200, "{id}: {body}");
         let got = body["outputs"][0]["data"].as_array().unwrap();
         // ONNX Runtime computes a batch of rows with another kernel than a single row;
@@ -265,8 +376,14 @@ async fn ten_thousand_model_store_lists_and_serves() {
         for (want, value) in want_all.iter().zip(got) {
             let want = *want as f64;
             let value = value.as_f64().unwrap();
-            assert!((value - want).abs() <= 1e-5 * want.abs().max(1.0), "{id}: {value} vs {want}");
+            assert!(
+                (value - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "{id}: {value} vs {want}"
+            );
         }
     }
-    assert!(kinds.len() >= 2, "sample should cover several size classes: {kinds:?}");
+    assert!(
+        kinds.len() >= 2,
+        "sample should cover several size classes: {kinds:?}"
+    );
 }

@@ -30,6 +30,10 @@ pub enum Bench {
         /// Connections for the throughput run.
         #[arg(long, default_value_t = 32)]
         connections: usize,
+        /// Scorer configuration overrides (`key=value`), applied to the server and to the
+        /// in-process handler alike.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
     },
     /// ONNX Runtime's own per-call time (the floor) and cold-load cost by model size:
     /// file read, ORT session creation alone, the scorer's whole load, and a cold request
@@ -60,7 +64,8 @@ pub fn run(which: Bench) -> Result<()> {
             models,
             seconds,
             connections,
-        } => hot(&models, seconds, connections),
+            sets,
+        } => hot(&models, seconds, connections, &sets),
         Bench::Load { reps } => load(reps),
         Bench::Memory { models } => memory(models),
     }
@@ -87,14 +92,22 @@ impl Server {
         let child = command.stdout(Stdio::null()).spawn()?;
         let url = format!("http://127.0.0.1:{port}");
         let server = Server { child, url };
-        setup::wait_ready(&format!("{}/v2/health/ready", server.url), Duration::from_secs(30))?;
+        setup::wait_ready(
+            &format!("{}/v2/health/ready", server.url),
+            Duration::from_secs(30),
+        )?;
         Ok(server)
     }
 
     /// User plus system CPU seconds of the process so far.
     fn cpu_seconds(&self) -> Result<f64> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        let fields: Vec<&str> = stat.rsplit_once(')').context("stat format")?.1.split_whitespace().collect();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("stat format")?
+            .1
+            .split_whitespace()
+            .collect();
         let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
         Ok(ticks / 100.0)
     }
@@ -155,16 +168,31 @@ fn one_row_tensors(body: &Value) -> Vec<NamedTensor> {
             let datatype = DataType::parse(input["datatype"].as_str().unwrap()).unwrap();
             let values = input["data"].as_array().unwrap();
             let data = match datatype {
-                DataType::Fp32 => TensorData::Fp32(values.iter().map(|v| v.as_f64().unwrap() as f32).collect()),
-                DataType::Fp64 => TensorData::Fp64(values.iter().map(|v| v.as_f64().unwrap()).collect()),
-                DataType::Int32 => TensorData::Int32(values.iter().map(|v| v.as_i64().unwrap() as i32).collect()),
-                DataType::Int64 => TensorData::Int64(values.iter().map(|v| v.as_i64().unwrap()).collect()),
-                DataType::Bool => TensorData::Bool(values.iter().map(|v| v.as_bool().unwrap()).collect()),
+                DataType::Fp32 => {
+                    TensorData::Fp32(values.iter().map(|v| v.as_f64().unwrap() as f32).collect())
+                }
+                DataType::Fp64 => {
+                    TensorData::Fp64(values.iter().map(|v| v.as_f64().unwrap()).collect())
+                }
+                DataType::Int32 => {
+                    TensorData::Int32(values.iter().map(|v| v.as_i64().unwrap() as i32).collect())
+                }
+                DataType::Int64 => {
+                    TensorData::Int64(values.iter().map(|v| v.as_i64().unwrap()).collect())
+                }
+                DataType::Bool => {
+                    TensorData::Bool(values.iter().map(|v| v.as_bool().unwrap()).collect())
+                }
             };
             NamedTensor {
                 name: input["name"].as_str().unwrap().to_string(),
                 datatype,
-                shape: input["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect(),
+                shape: input["shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_i64().unwrap())
+                    .collect(),
                 data,
             }
         })
@@ -179,7 +207,13 @@ struct WrkResult {
     errors: bool,
 }
 
-fn wrk(url: &str, body: &Value, threads: usize, connections: usize, seconds: u64) -> Result<WrkResult> {
+fn wrk(
+    url: &str,
+    body: &Value,
+    threads: usize,
+    connections: usize,
+    seconds: u64,
+) -> Result<WrkResult> {
     let script = std::env::temp_dir().join(format!("mm-wrk-{}.lua", std::process::id()));
     let body = serde_json::to_string(body)?;
     std::fs::write(
@@ -203,7 +237,10 @@ fn wrk(url: &str, body: &Value, threads: usize, connections: usize, seconds: u64
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
     };
-    let mm = text.lines().find(|l| l.starts_with("MM ")).context(text.clone())?;
+    let mm = text
+        .lines()
+        .find(|l| l.starts_with("MM "))
+        .context(text.clone())?;
     let value = |key: &str| -> f64 {
         mm.split_whitespace()
             .find_map(|kv| kv.strip_prefix(key))
@@ -272,13 +309,22 @@ pub fn probe(url: &str, body: &str, requests: usize) -> Result<Vec<Duration>> {
 /// The scorer's own time for a hot hit, without sockets: the whole axum router (body
 /// read, JSON parse, cache look-up, ONNX Runtime on a blocking thread, JSON response)
 /// called in-process, `requests` times in a row.
-fn in_process(id: &str, body: &str, requests: usize) -> Result<Vec<Duration>> {
+fn in_process(id: &str, body: &str, requests: usize, sets: &[String]) -> Result<Vec<Duration>> {
     use tower::ServiceExt;
-    let mut config = manymodels_config::scorer::ScorerConfig::for_local_store("models/demo");
+    let mut all = vec!["store.path=models/demo".to_string()];
+    all.extend(sets.iter().cloned());
+    let mut config = manymodels_config::scorer::ScorerConfig::load(&manymodels_config::Sources {
+        file: None,
+        env: Vec::new(),
+        sets: all,
+    })?;
     config.onnxruntime_library = Some(setup::onnxruntime()?);
     let scorer = manymodels_scorer::Scorer::new(config)?;
     let app = manymodels_scorer::app(scorer);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let mut times = Vec::with_capacity(requests);
         for i in 0..requests + 100 {
@@ -298,7 +344,11 @@ fn in_process(id: &str, body: &str, requests: usize) -> Result<Vec<Duration>> {
 
 /// The machine's floor for any request between two threads over loopback TCP: a
 /// ping-pong of request-sized and response-sized messages, no HTTP, no work.
-fn loopback_floor(request_bytes: usize, response_bytes: usize, rounds: usize) -> Result<Vec<Duration>> {
+fn loopback_floor(
+    request_bytes: usize,
+    response_bytes: usize,
+    rounds: usize,
+) -> Result<Vec<Duration>> {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
@@ -333,9 +383,10 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6
 }
 
-fn hot(models: &[String], seconds: u64, connections: usize) -> Result<()> {
+fn hot(models: &[String], seconds: u64, connections: usize, sets: &[String]) -> Result<()> {
     let references = demo_reference()?;
-    let server = Server::start(Path::new("models/demo"), 18_001, &[])?;
+    let set_refs: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let server = Server::start(Path::new("models/demo"), 18_001, &set_refs)?;
     let environment = runtime::environment(None).map_err(anyhow::Error::msg)?;
     let floor = loopback_floor(200, 300, 20_000)?;
     println!(
@@ -343,7 +394,9 @@ fn hot(models: &[String], seconds: u64, connections: usize) -> Result<()> {
         percentile(&floor, 0.5),
         percentile(&floor, 0.99)
     );
-    println!("| model | ORT run p50 (floor) | in-process handler p50 | probe p50 | probe p99 | wrk 1 conn p50 | wrk 1 conn p99 | wrk {connections} conns req/s | wrk {connections} conns p99 | scorer CPU µs/req |");
+    println!(
+        "| model | ORT run p50 (floor) | in-process handler p50 | probe p50 | probe p99 | wrk 1 conn p50 | wrk 1 conn p99 | wrk {connections} conns req/s | wrk {connections} conns p99 | scorer CPU µs/req |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for id in models {
         let reference = references
@@ -355,11 +408,14 @@ fn hot(models: &[String], seconds: u64, connections: usize) -> Result<()> {
         setup::http_post(&url, &body.to_string())?;
         // The floor: ONNX Runtime's own call on the same row, in-process.
         let bytes = std::fs::read(format!("models/demo/{id}/1/model.onnx"))?;
-        let model = runtime::load(environment, ModelId::parse(id).unwrap(), 1, &bytes, 0).map_err(anyhow::Error::msg)?;
-        let mut times = model.time_runs(&one_row_tensors(&body), 20_000).map_err(anyhow::Error::msg)?;
+        let model = runtime::load(environment, ModelId::parse(id).unwrap(), 1, &bytes, 0)
+            .map_err(anyhow::Error::msg)?;
+        let mut times = model
+            .time_runs(&one_row_tensors(&body), 20_000)
+            .map_err(anyhow::Error::msg)?;
         times.sort();
         let floor_us = times[times.len() / 2].as_secs_f64() * 1e6;
-        let mut handler = in_process(id, &body.to_string(), 20_000)?;
+        let mut handler = in_process(id, &body.to_string(), 20_000, sets)?;
         handler.sort();
         let mut probed = probe(&url, &body.to_string(), 20_000)?;
         probed.sort();
@@ -395,19 +451,57 @@ fn load(reps: usize) -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("mm-bench-load-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     // (id, file, input width)
-    let mut cases: Vec<(String, PathBuf, usize)> = [("linear-small", 10), ("gbm-store", 12), ("lightgbm-demand", 16), ("forest-1mb", 20)]
-        .iter()
-        .map(|(id, features)| (id.to_string(), PathBuf::from(format!("models/demo/{id}/1/model.onnx")), *features))
-        .collect();
+    let mut cases: Vec<(String, PathBuf, usize)> = [
+        ("linear-small", 10),
+        ("gbm-store", 12),
+        ("lightgbm-demand", 16),
+        ("forest-1mb", 20),
+    ]
+    .iter()
+    .map(|(id, features)| {
+        (
+            id.to_string(),
+            PathBuf::from(format!("models/demo/{id}/1/model.onnx")),
+            *features,
+        )
+    })
+    .collect();
     let generated = [
-        ("gen-forest-100k", Spec::Forest { features: 16, trees: 30, depth: 6, seed: 3 }),
-        ("gen-forest-1mb", Spec::Forest { features: 16, trees: 60, depth: 9, seed: 4 }),
-        ("gen-forest-5mb", Spec::Forest { features: 16, trees: 160, depth: 10, seed: 5 }),
+        (
+            "gen-forest-100k",
+            Spec::Forest {
+                features: 16,
+                trees: 30,
+                depth: 6,
+                seed: 3,
+            },
+        ),
+        (
+            "gen-forest-1mb",
+            Spec::Forest {
+                features: 16,
+                trees: 60,
+                depth: 9,
+                seed: 4,
+            },
+        ),
+        (
+            "gen-forest-5mb",
+            Spec::Forest {
+                features: 16,
+                trees: 160,
+                depth: 10,
+                seed: 5,
+            },
+        ),
     ];
     for (id, spec) in generated {
         let dir = scratch.join(id).join("1");
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("model.onnx"), manymodels_models::build(&spec).bytes)?;
+        std::fs::write(
+            dir.join("model.onnx"),
+            manymodels_models::build(&spec).bytes,
+        )?;
         cases.push((id.to_string(), dir.join("model.onnx"), spec.features()));
     }
     // Serve the same files over HTTP for the cold-request column.
@@ -418,37 +512,52 @@ fn load(reps: usize) -> Result<()> {
         std::fs::copy(path, dir.join("model.onnx"))?;
     }
     let server = Server::start(&store, 18_002, &["cache.budget=2GiB"])?;
-    println!("| model | file | read file | ORT session create | scorer load (read + create + measure) | measured weight | scorer load in the server (mean, from metrics) | cold request over HTTP | hot request over HTTP |");
+    println!(
+        "| model | file | read file | ORT session create | scorer load (read + create + measure) | measured weight | scorer load in the server (mean, from metrics) | cold request over HTTP | hot request over HTTP |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (id, path, features) in &cases {
         let features = *features;
         let bytes = std::fs::read(path)?;
-        let read = median((0..reps).map(|_| {
-            let t = Instant::now();
-            let b = std::fs::read(path).unwrap();
-            assert_eq!(b.len(), bytes.len());
-            t.elapsed()
-        }).collect());
+        let read = median(
+            (0..reps)
+                .map(|_| {
+                    let t = Instant::now();
+                    let b = std::fs::read(path).unwrap();
+                    assert_eq!(b.len(), bytes.len());
+                    t.elapsed()
+                })
+                .collect(),
+        );
         // Each repetition starts from a heap that has given its free memory back to the OS,
         // as the scorer's does after an eviction: the session's pages are faulted in fresh.
-        let create = median((0..reps).map(|_| {
-            trim_heap();
-            let t = Instant::now();
-            let session = runtime::create_session(environment, &bytes).unwrap();
-            let elapsed = t.elapsed();
-            drop(session);
-            elapsed
-        }).collect());
+        let create = median(
+            (0..reps)
+                .map(|_| {
+                    trim_heap();
+                    let t = Instant::now();
+                    let session = runtime::create_session(environment, &bytes).unwrap();
+                    let elapsed = t.elapsed();
+                    drop(session);
+                    elapsed
+                })
+                .collect(),
+        );
         let mut weight = 0;
-        let whole = median((0..reps).map(|_| {
-            trim_heap();
-            let t = Instant::now();
-            let b = std::fs::read(path).unwrap();
-            let model = runtime::load(environment, ModelId::parse(id).unwrap(), 1, &b, 0).unwrap();
-            let elapsed = t.elapsed();
-            weight = model.weight;
-            elapsed
-        }).collect());
+        let whole = median(
+            (0..reps)
+                .map(|_| {
+                    trim_heap();
+                    let t = Instant::now();
+                    let b = std::fs::read(path).unwrap();
+                    let model =
+                        runtime::load(environment, ModelId::parse(id).unwrap(), 1, &b, 0).unwrap();
+                    let elapsed = t.elapsed();
+                    weight = model.weight;
+                    elapsed
+                })
+                .collect(),
+        );
         let body = serde_json::json!({"inputs":[{"name":"input","shape":[1,features],"datatype":"FP32","data":vec![0.5f32; features]}]});
         let url = format!("{}/v2/models/{id}/infer", server.url);
         let unload = format!("{}/v2/repository/models/{id}/unload", server.url);
@@ -466,19 +575,27 @@ fn load(reps: usize) -> Result<()> {
             )
         };
         let (sum_before, count_before) = load_metrics();
-        let cold = median((0..reps).map(|_| {
-            setup::http_post(&unload, "").unwrap();
-            let t = Instant::now();
-            setup::http_post(&url, &body.to_string()).unwrap();
-            t.elapsed()
-        }).collect());
+        let cold = median(
+            (0..reps)
+                .map(|_| {
+                    setup::http_post(&unload, "").unwrap();
+                    let t = Instant::now();
+                    setup::http_post(&url, &body.to_string()).unwrap();
+                    t.elapsed()
+                })
+                .collect(),
+        );
         let (sum_after, count_after) = load_metrics();
         let server_load_ms = (sum_after - sum_before) / (count_after - count_before).max(1.0) * 1e3;
-        let hot = median((0..reps).map(|_| {
-            let t = Instant::now();
-            setup::http_post(&url, &body.to_string()).unwrap();
-            t.elapsed()
-        }).collect());
+        let hot = median(
+            (0..reps)
+                .map(|_| {
+                    let t = Instant::now();
+                    setup::http_post(&url, &body.to_string()).unwrap();
+                    t.elapsed()
+                })
+                .collect(),
+        );
         println!(
             "| {id} | {:.1} KB | {:.0} µs | {:.2} ms | {:.2} ms | {:.2} MB | {server_load_ms:.2} ms | {:.2} ms | {:.2} ms |",
             bytes.len() as f64 / 1e3,
@@ -511,7 +628,10 @@ fn memory(models: usize) -> Result<()> {
     let started = Instant::now();
     for i in 0..models {
         let id = manymodels_models::model_id(i);
-        setup::http_post(&format!("{}/v2/repository/models/{id}/load", server.url), "")?;
+        setup::http_post(
+            &format!("{}/v2/repository/models/{id}/load", server.url),
+            "",
+        )?;
     }
     let elapsed = started.elapsed();
     let after = server.rss_bytes()?;
@@ -521,7 +641,9 @@ fn memory(models: usize) -> Result<()> {
         .find_map(|l| l.strip_prefix("mm_scorer_resident_bytes "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(f64::NAN);
-    println!("| models | RSS before | RSS after | RSS per 1,000 models | charged per 1,000 models | load time per model |");
+    println!(
+        "| models | RSS before | RSS after | RSS per 1,000 models | charged per 1,000 models | load time per model |"
+    );
     println!("|---|---|---|---|---|---|");
     println!(
         "| {models} tiny linear | {:.1} MB | {:.1} MB | {:.1} MB | {:.1} MB | {:.2} ms |",

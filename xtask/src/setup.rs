@@ -61,17 +61,18 @@ pub fn onnxruntime() -> Result<PathBuf> {
     let wheel_dir = dir.join("wheel");
     std::fs::create_dir_all(&wheel_dir)?;
     std::fs::create_dir_all(&lib)?;
-    run(Command::new("python3").args([
-        "-m",
-        "pip",
-        "download",
-        "--quiet",
-        &format!("onnxruntime=={ORT_VERSION}"),
-        "--no-deps",
-        "--only-binary=:all:",
-        "-d",
-    ])
-    .arg(&wheel_dir))?;
+    run(Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            &format!("onnxruntime=={ORT_VERSION}"),
+            "--no-deps",
+            "--only-binary=:all:",
+            "-d",
+        ])
+        .arg(&wheel_dir))?;
     let file = format!("libonnxruntime.so.{ORT_VERSION}");
     // Extract only the shared library from the wheel (a zip).
     let script = format!(
@@ -101,7 +102,13 @@ pub fn azurite() -> Result<PathBuf> {
     eprintln!("xtask: installing azurite@{AZURITE_VERSION} from npm");
     std::fs::create_dir_all(&dir)?;
     run(Command::new("npm")
-        .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "--prefix",
+        ])
         .arg(&dir)
         .arg(format!("azurite@{AZURITE_VERSION}")))?;
     if !bin.exists() {

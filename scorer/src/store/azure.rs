@@ -60,7 +60,11 @@ impl AzureStore {
             prefix: config.prefix.clone(),
             description: format!(
                 "azure blob {}/{}/{}",
-                if config.account.is_empty() { "devstoreaccount1" } else { &config.account },
+                if config.account.is_empty() {
+                    "devstoreaccount1"
+                } else {
+                    &config.account
+                },
                 config.container,
                 config.prefix
             ),

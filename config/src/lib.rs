@@ -9,12 +9,15 @@
 //!
 //! This crate does no I/O beyond reading the config file, and knows nothing of HTTP or ONNX.
 
+mod ids;
 mod layer;
+pub mod proxy;
 pub mod scorer;
 mod units;
 
 use std::fmt;
 
+pub use ids::{MAX_MODEL_ID_LEN, valid_model_id};
 pub use layer::{KeyDoc, Sources};
 pub use units::{ByteSize, HumanDuration, parse_bytes, parse_duration};
 

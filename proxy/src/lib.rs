@@ -1,1 +1,72 @@
+//! `mm-proxy`: one endpoint in front of a pool of scorers, built on Pingora.
+//!
+//! Each request names a model; the proxy ranks the live scorers for that model by
+//! rendezvous hashing and sends the request to the scorer most likely holding it hot: the
+//! first-ranked one, or another of the top k that already answered for the model. Requests
+//! for a cold model all go to the same scorer, whose single-flight load then serves them
+//! all. A scorer that cannot be reached, or dies before answering, is ejected for a while
+//! and the request is retried once on the next candidate.
+//!
+//! The proxy never loads or runs a model, and keeps no state that must survive it: the
+//! ranking is a pure function of (model id, pool), and what it learns about hot models is
+//! relearnt from the scorers' answers.
 
+pub mod metrics;
+pub mod pool;
+pub mod ranking;
+pub mod route;
+pub mod service;
+
+use std::sync::Arc;
+
+use manymodels_config::proxy::ProxyConfig;
+use pingora::lb::{Backends, LoadBalancer};
+use pingora::proxy::http_proxy_service;
+use pingora::server::Server;
+use pingora::server::configuration::ServerConf;
+use pingora::services::background::background_service;
+
+use crate::pool::{Discovery, Pool};
+use crate::ranking::Rendezvous;
+use crate::service::Proxy;
+
+/// Builds the Pingora server and serves until SIGTERM (graceful: stop accepting, let
+/// in-flight requests finish within `shutdown.grace`, exit 0) or SIGINT (at once).
+pub fn run(config: ProxyConfig) -> ! {
+    let port = config.listen.port();
+    let server_conf = ServerConf {
+        threads: config.threads,
+        grace_period_seconds: Some(config.shutdown_grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        pid_file: format!("/tmp/mm-proxy-{port}.pid"),
+        upgrade_sock: format!("/tmp/mm-proxy-{port}-upgrade.sock"),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, server_conf);
+
+    let mut lb = LoadBalancer::<Rendezvous>::from_backends(Backends::new(Box::new(
+        Discovery::new(config.pool.clone()),
+    )));
+    lb.set_health_check(pool::health_check());
+    lb.health_check_frequency = Some(config.health_interval);
+    lb.update_frequency = Some(config.pool_refresh);
+    lb.parallel_health_check = true;
+    let pool_service = background_service("scorer pool", lb);
+    let lb = pool_service.task();
+    let pool_handle = server.add_service(pool_service);
+
+    let pool = Arc::new(Pool::new(lb, config.hot_ttl, config.eject_for));
+    let listen = config.listen.to_string();
+    let proxy = Proxy {
+        config,
+        pool,
+        metrics: Arc::new(metrics::Metrics::new()),
+    };
+    let mut service = http_proxy_service(&server.configuration, proxy);
+    service.add_tcp(&listen);
+    let proxy_handle = server.add_service(service);
+    // The selector is empty until the first discovery: start serving after it.
+    proxy_handle.add_dependency(&pool_handle);
+    tracing::info!(%listen, "mm-proxy starting");
+    server.run_forever()
+}

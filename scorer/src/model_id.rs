@@ -5,9 +5,6 @@ use std::sync::Arc;
 
 use crate::error::ScorerError;
 
-/// Longest model id accepted.
-pub const MAX_LEN: usize = 128;
-
 /// A model id that matches `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`.
 ///
 /// The first character cannot be `.` or `-`, and `/` never appears, so an id can never
@@ -29,16 +26,7 @@ impl ModelId {
     }
 }
 
-/// Whether `text` is a valid model id.
-pub fn is_valid(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= MAX_LEN
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes[1..]
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
+pub use manymodels_config::valid_model_id as is_valid;
 
 /// Ids are echoed in error messages; keep the echo short.
 fn truncate(text: &str) -> String {

@@ -1,0 +1,125 @@
+//! The proxy's Prometheus metrics. Labels are bounded: outcome, scorer (the pool is small),
+//! never a model id.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// By `outcome`: `ok` (2xx), `client_error` (4xx from a scorer), `rejected` (4xx from
+    /// the proxy), `upstream_error` (5xx from a scorer), `unavailable` (no scorer could
+    /// answer), `local` (health and metrics).
+    pub requests: IntCounterVec,
+    pub upstream_latency: Histogram,
+    pub retries: IntCounter,
+    /// Requests sent past the first-ranked scorer because it was overloaded.
+    pub spills: IntCounter,
+    /// Requests sent to a lower-ranked scorer because it held the model hot.
+    pub hot_routes: IntCounter,
+    pub warm_triggers: IntCounter,
+    pub pool_size: IntGauge,
+    pub healthy_scorers: IntGauge,
+    pub inflight: IntGaugeVec,
+    pub hot_models: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("mm_proxy_requests_total", "Requests by outcome."),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let inflight = IntGaugeVec::new(
+            Opts::new("mm_proxy_scorer_inflight", "Requests in flight per scorer."),
+            &["scorer"],
+        )
+        .expect("valid metric");
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let upstream_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "mm_proxy_upstream_duration_seconds",
+                "Time from choosing a scorer to the end of its answer.",
+            )
+            .buckets(prometheus::exponential_buckets(0.000_05, 2.0, 18).expect("valid buckets")),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(requests.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(inflight.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(upstream_latency.clone()))
+            .expect("unique metric");
+        for outcome in [
+            "ok",
+            "client_error",
+            "rejected",
+            "upstream_error",
+            "unavailable",
+            "local",
+        ] {
+            requests.with_label_values(&[outcome]);
+        }
+        Metrics {
+            requests,
+            upstream_latency,
+            retries: counter(
+                "mm_proxy_retries_total",
+                "Requests retried on the next candidate after a scorer failed.",
+            ),
+            spills: counter(
+                "mm_proxy_spills_total",
+                "Requests spilled past an overloaded first choice.",
+            ),
+            hot_routes: counter(
+                "mm_proxy_hot_routes_total",
+                "Requests sent to a lower-ranked scorer that already held the model hot.",
+            ),
+            warm_triggers: counter(
+                "mm_proxy_warm_triggers_total",
+                "Warm loads the proxy asked a scorer for.",
+            ),
+            pool_size: gauge("mm_proxy_pool_size", "Scorers in the pool."),
+            healthy_scorers: gauge("mm_proxy_healthy_scorers", "Scorers passing health checks."),
+            hot_models: gauge(
+                "mm_proxy_hot_models",
+                "Models the proxy knows to be hot somewhere.",
+            ),
+            inflight,
+            registry,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

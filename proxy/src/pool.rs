@@ -1,0 +1,311 @@
+//! The live pool of scorers and what the proxy knows about each: membership (static names
+//! or a DNS name, re-resolved), health (active checks on `/v2/health/ready` plus passive
+//! ejection after connection failures), requests in flight, and which models each one
+//! holds hot.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use manymodels_config::proxy::PoolSource;
+use pingora::lb::discovery::ServiceDiscovery;
+use pingora::lb::health_check::HttpHealthCheck;
+use pingora::lb::{Backend, LoadBalancer};
+use pingora::protocols::l4::socket::SocketAddr;
+use pingora::{Error, ErrorType};
+
+use crate::ranking::{Rendezvous, ScorerName, name_of};
+
+/// Resolves the configured scorers into backends. A static name keeps its name as its
+/// rendezvous identity whatever address it resolves to (a StatefulSet pod keeps its share
+/// across restarts); DNS-discovered scorers are identified by address.
+pub struct Discovery {
+    source: PoolSource,
+}
+
+impl Discovery {
+    pub fn new(source: PoolSource) -> Self {
+        Discovery { source }
+    }
+}
+
+fn backend(name: &str, addr: std::net::SocketAddr) -> Backend {
+    let mut backend = Backend {
+        addr: SocketAddr::Inet(addr),
+        weight: 1,
+        ext: Default::default(),
+    };
+    backend.ext.insert(ScorerName(Arc::from(name)));
+    backend
+}
+
+#[async_trait]
+impl ServiceDiscovery for Discovery {
+    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let mut backends = BTreeSet::new();
+        match &self.source {
+            PoolSource::Static(names) => {
+                for name in names {
+                    // A name that does not resolve now (a pod being rescheduled) is left out
+                    // until it does; the others keep serving.
+                    match tokio::net::lookup_host(name.as_str()).await {
+                        Ok(mut addrs) => {
+                            if let Some(addr) = addrs.next() {
+                                backends.insert(backend(name, addr));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(scorer = %name, error = %e, "cannot resolve scorer")
+                        }
+                    }
+                }
+            }
+            PoolSource::Dns(name) => {
+                // On failure keep the last membership (an Err leaves it unchanged).
+                let addrs = tokio::net::lookup_host(name.as_str()).await.map_err(|e| {
+                    Error::because(ErrorType::ConnectNoRoute, format!("resolving {name}"), e)
+                })?;
+                for addr in addrs {
+                    backends.insert(backend(&addr.to_string(), addr));
+                }
+            }
+        }
+        Ok((backends, HashMap::new()))
+    }
+}
+
+/// The health check: `GET /v2/health/ready` must answer 200. A scorer that is shutting
+/// down answers 503 and leaves the rotation before it stops listening.
+pub fn health_check() -> Box<HttpHealthCheck> {
+    let mut check = HttpHealthCheck::new("localhost", false);
+    check.req = pingora::http::RequestHeader::build("GET", b"/v2/health/ready", None)
+        .expect("static request");
+    let _ = check.req.insert_header("Host", "localhost");
+    check.peer_template.options.connection_timeout = Some(Duration::from_millis(500));
+    check.peer_template.options.read_timeout = Some(Duration::from_millis(500));
+    Box::new(check)
+}
+
+/// Where a model was last seen served, per scorer.
+#[derive(Default)]
+struct HotEntry {
+    scorers: Vec<(Arc<str>, Instant)>,
+}
+
+/// Models known hot per scorer, learnt from the `x-mm-cache` header of answers: any 200
+/// from a scorer for a model means that scorer now holds it. Entries expire after
+/// `hot_ttl` without an answer; the table is swept when it grows, so memory stays bounded
+/// by the models seen within the TTL.
+pub struct HotTable {
+    ttl: Duration,
+    entries: RwLock<HashMap<Arc<str>, HotEntry>>,
+    last_sweep: Mutex<Instant>,
+}
+
+impl HotTable {
+    pub fn new(ttl: Duration) -> Self {
+        HotTable {
+            ttl,
+            entries: RwLock::new(HashMap::new()),
+            last_sweep: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Whether `scorer` answered for `model` within the TTL.
+    pub fn holds(&self, model: &str, scorer: &str) -> bool {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries.get(model).is_some_and(|e| {
+            e.scorers
+                .iter()
+                .any(|(s, seen)| &**s == scorer && seen.elapsed() < self.ttl)
+        })
+    }
+
+    pub fn record(&self, model: &str, scorer: &str) {
+        let now = Instant::now();
+        {
+            let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+            let entry = entries.entry(Arc::from(model)).or_default();
+            match entry.scorers.iter_mut().find(|(s, _)| &**s == scorer) {
+                Some((_, seen)) => *seen = now,
+                None => entry.scorers.push((Arc::from(scorer), now)),
+            }
+        }
+        self.sweep(now);
+    }
+
+    /// Forgets everything a scorer held (it restarted or left).
+    pub fn forget_scorer(&self, scorer: &str) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        for entry in entries.values_mut() {
+            entry.scorers.retain(|(s, _)| &**s != scorer);
+        }
+        entries.retain(|_, e| !e.scorers.is_empty());
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn sweep(&self, now: Instant) {
+        {
+            let mut last = self.last_sweep.lock().unwrap_or_else(|p| p.into_inner());
+            if now.duration_since(*last) < self.ttl / 4 {
+                return;
+            }
+            *last = now;
+        }
+        let ttl = self.ttl;
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        for entry in entries.values_mut() {
+            entry
+                .scorers
+                .retain(|(_, seen)| now.duration_since(*seen) < ttl);
+        }
+        entries.retain(|_, e| !e.scorers.is_empty());
+    }
+}
+
+/// Per-scorer counters and the passive-ejection list.
+pub struct Pool {
+    pub lb: Arc<LoadBalancer<Rendezvous>>,
+    pub hot: HotTable,
+    inflight: RwLock<HashMap<String, Arc<AtomicUsize>>>,
+    ejected: Mutex<HashMap<String, Instant>>,
+    eject_for: Duration,
+}
+
+/// One candidate for a request.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub backend: Backend,
+    pub name: String,
+}
+
+impl Pool {
+    pub fn new(lb: Arc<LoadBalancer<Rendezvous>>, hot_ttl: Duration, eject_for: Duration) -> Self {
+        Pool {
+            lb,
+            hot: HotTable::new(hot_ttl),
+            inflight: RwLock::new(HashMap::new()),
+            ejected: Mutex::new(HashMap::new()),
+            eject_for,
+        }
+    }
+
+    /// Up to `n` healthy, non-ejected scorers for `model`, in rendezvous order, skipping
+    /// `tried`.
+    pub fn candidates(&self, model: &str, n: usize, tried: &[String]) -> Vec<Candidate> {
+        let ejected: Vec<String> = {
+            let mut ejected = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            ejected.retain(|_, until| *until > now);
+            ejected.keys().cloned().collect()
+        };
+        let mut out: Vec<Candidate> = Vec::with_capacity(n);
+        // Each call walks the ranking and returns the best backend not yet taken.
+        let all = self.lb.backends().get_backend().len();
+        for _ in 0..n.min(all) {
+            let taken: Vec<String> = out.iter().map(|c| c.name.clone()).collect();
+            let chosen = self
+                .lb
+                .select_with(model.as_bytes(), all, |backend, healthy| {
+                    let name = name_of(backend);
+                    healthy
+                        && !taken.contains(&name)
+                        && !tried.contains(&name)
+                        && !ejected.contains(&name)
+                });
+            match chosen {
+                Some(backend) => {
+                    let name = name_of(&backend);
+                    out.push(Candidate { backend, name });
+                }
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Skips `name` for `eject_for` after a connection to it failed.
+    pub fn eject(&self, name: &str) {
+        let until = Instant::now() + self.eject_for;
+        self.ejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), until);
+        self.hot.forget_scorer(name);
+        tracing::warn!(scorer = %name, for_ms = self.eject_for.as_millis() as u64, "scorer ejected after a connection failure");
+    }
+
+    pub fn inflight(&self, name: &str) -> Arc<AtomicUsize> {
+        if let Some(counter) = self
+            .inflight
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return counter.clone();
+        }
+        self.inflight
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Mean requests in flight over the scorers that have a counter.
+    pub fn mean_inflight(&self) -> f64 {
+        let counters = self.inflight.read().unwrap_or_else(|p| p.into_inner());
+        let members = self.lb.backends().get_backend().len().max(1);
+        let total: usize = counters.values().map(|c| c.load(Ordering::Relaxed)).sum();
+        total as f64 / members as f64
+    }
+
+    /// (name, in flight) for every scorer with a counter, for metrics.
+    pub fn inflight_snapshot(&self) -> Vec<(String, usize)> {
+        self.inflight
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, c)| (n.clone(), c.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// (members, healthy members).
+    pub fn size(&self) -> (usize, usize) {
+        let backends = self.lb.backends().get_backend();
+        let healthy = backends
+            .iter()
+            .filter(|b| self.lb.backends().ready(b))
+            .count();
+        (backends.len(), healthy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hot_entries_expire_and_follow_scorers() {
+        let hot = HotTable::new(Duration::from_millis(50));
+        hot.record("m1", "a");
+        hot.record("m1", "b");
+        assert!(hot.holds("m1", "a") && hot.holds("m1", "b"));
+        assert!(!hot.holds("m1", "c"));
+        hot.forget_scorer("a");
+        assert!(!hot.holds("m1", "a") && hot.holds("m1", "b"));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!hot.holds("m1", "b"), "entries expire after the TTL");
+        hot.record("m2", "a");
+        assert_eq!(hot.len(), 1, "the sweep dropped the expired model");
+    }
+}

@@ -172,10 +172,17 @@ impl HotTable {
     }
 }
 
+/// Warm loads the proxy asked for recently, so one is asked at most once per
+/// `WARM_BACKOFF` per (model, scorer), and at most `MAX_WARMING` run at once.
+const WARM_BACKOFF: Duration = Duration::from_secs(10);
+const MAX_WARMING: usize = 4;
+
 /// Per-scorer counters and the passive-ejection list.
 pub struct Pool {
     pub lb: Arc<LoadBalancer<Rendezvous>>,
-    pub hot: HotTable,
+    pub hot: Arc<HotTable>,
+    warming: Mutex<HashMap<(Arc<str>, Arc<str>), Instant>>,
+    warm_slots: Arc<tokio::sync::Semaphore>,
     inflight: RwLock<HashMap<String, Arc<AtomicUsize>>>,
     ejected: Mutex<HashMap<String, Instant>>,
     eject_for: Duration,
@@ -192,7 +199,9 @@ impl Pool {
     pub fn new(lb: Arc<LoadBalancer<Rendezvous>>, hot_ttl: Duration, eject_for: Duration) -> Self {
         Pool {
             lb,
-            hot: HotTable::new(hot_ttl),
+            hot: Arc::new(HotTable::new(hot_ttl)),
+            warming: Mutex::new(HashMap::new()),
+            warm_slots: Arc::new(tokio::sync::Semaphore::new(MAX_WARMING)),
             inflight: RwLock::new(HashMap::new()),
             ejected: Mutex::new(HashMap::new()),
             eject_for,
@@ -279,6 +288,50 @@ impl Pool {
             .collect()
     }
 
+    /// Asks `scorer` to load `model` in the background (`POST
+    /// /v2/repository/models/{id}/load`), unless it was asked recently or too many warm
+    /// loads are running. When it answers 200 the scorer counts as holding the model, so
+    /// traffic can move there without a cold request. Returns whether a warm load started.
+    pub fn warm(&self, model: &str, scorer: &Candidate, timeout: Duration) -> bool {
+        let key: (Arc<str>, Arc<str>) = (Arc::from(model), Arc::from(scorer.name.as_str()));
+        {
+            let mut warming = self.warming.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if warming
+                .get(&key)
+                .is_some_and(|at| now.duration_since(*at) < WARM_BACKOFF)
+            {
+                return false;
+            }
+            if warming.len() > 10_000 {
+                warming.retain(|_, at| now.duration_since(*at) < WARM_BACKOFF);
+            }
+            warming.insert(key.clone(), now);
+        }
+        let Ok(slot) = self.warm_slots.clone().try_acquire_owned() else {
+            return false;
+        };
+        let Some(addr) = scorer.backend.addr.as_inet().copied() else {
+            return false;
+        };
+        let hot = self.hot.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let path = format!("/v2/repository/models/{}/load", key.0);
+            match tokio::time::timeout(timeout, post_empty(addr, &path)).await {
+                Ok(Ok(200)) => hot.record(&key.0, &key.1),
+                Ok(Ok(status)) => {
+                    tracing::debug!(model = %key.0, scorer = %key.1, status, "warm load refused")
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(model = %key.0, scorer = %key.1, error = %e, "warm load failed")
+                }
+                Err(_) => tracing::debug!(model = %key.0, scorer = %key.1, "warm load timed out"),
+            }
+        });
+        true
+    }
+
     /// (members, healthy members).
     pub fn size(&self) -> (usize, usize) {
         let backends = self.lb.backends().get_backend();
@@ -288,6 +341,22 @@ impl Pool {
             .count();
         (backends.len(), healthy)
     }
+}
+
+/// A bodiless HTTP/1.1 POST; returns the status code.
+async fn post_empty(addr: std::net::SocketAddr, path: &str) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut head = [0u8; 16];
+    let n = stream.read(&mut head).await?;
+    std::str::from_utf8(&head[..n])
+        .ok()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other("malformed response"))
 }
 
 #[cfg(test)]

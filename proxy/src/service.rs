@@ -115,7 +115,13 @@ impl Proxy {
         } else {
             match candidates.iter().take(self.config.top_k).find(|c| hot(c)) {
                 Some(c) => {
+                    // Served hot elsewhere meanwhile; warm the owner in the background so the
+                    // model moves home (after a scorer joins or restarts) without a cold
+                    // request.
                     self.metrics.hot_routes.inc();
+                    if self.pool.warm(model, &first, self.config.read_timeout) {
+                        self.metrics.warm_triggers.inc();
+                    }
                     c.clone()
                 }
                 None => first,

@@ -99,9 +99,13 @@ impl ScorerProcess {
     /// Starts `mm-scorer` on a free loopback port with `--set` overrides and extra env,
     /// and waits until it is ready.
     pub fn start(sets: &[String], env: &[(&str, &str)]) -> Self {
+        Self::start_on(free_port(), sets, env)
+    }
+
+    /// Starts `mm-scorer` on `port` (to restart one where a proxy expects it).
+    pub fn start_on(port: u16, sets: &[String], env: &[(&str, &str)]) -> Self {
         let logs = TempDir::new("scorer-log");
         let log = logs.path().join("scorer.log");
-        let port = free_port();
         let mut command = Command::new(binary("mm-scorer"));
         command
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -152,6 +156,17 @@ impl ScorerProcess {
         self.child.id()
     }
 
+    /// `127.0.0.1:PORT`: the name the scorer reports in `x-mm-scorer` by default.
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -186,6 +201,90 @@ impl ScorerProcess {
 }
 
 impl Drop for ScorerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `mm-proxy` process in front of scorers.
+pub struct ProxyProcess {
+    child: Child,
+    pub url: String,
+    pub log: PathBuf,
+    _logs: TempDir,
+}
+
+impl ProxyProcess {
+    /// Starts `mm-proxy` on a free port in front of `scorers` (`host:port`), with fast
+    /// health checks for tests, and waits until it has a healthy scorer.
+    pub fn start(scorers: &[&str], sets: &[&str]) -> Self {
+        let logs = TempDir::new("proxy-log");
+        let log = logs.path().join("proxy.log");
+        let port = free_port();
+        let mut command = Command::new(binary("mm-proxy"));
+        command
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--scorers", &scorers.join(",")])
+            .args([
+                "--set",
+                "shutdown.grace=1s",
+                "--set",
+                "health.interval=200ms",
+            ])
+            .args(["--set", "health.eject_for=1s", "--set", "pool.refresh=1s"])
+            .args(sets.iter().flat_map(|s| ["--set", s]))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let child = command.spawn().expect("starting mm-proxy");
+        let mut proxy = ProxyProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            _logs: logs,
+        };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = proxy.child.try_wait().unwrap() {
+                panic!("mm-proxy exited with {status}:\n{}", proxy.logs());
+            }
+            if blocking_get_status(&format!("{}/v2/health/ready", proxy.url)) == Some(200) {
+                return proxy;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "mm-proxy not ready:\n{}",
+                proxy.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn metrics(&self) -> Metrics {
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        Metrics::parse(&text)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for ProxyProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

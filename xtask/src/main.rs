@@ -141,10 +141,38 @@ fn test(args: &[String]) -> Result<()> {
     setup::cargo(&["build", "--workspace", "--bins"])?;
     let mut command = Command::new(env!("CARGO"));
     command
-        .args(["test", "--workspace", "--no-fail-fast"])
+        .args([
+            "test",
+            "--workspace",
+            "--no-fail-fast",
+            "--lib",
+            "--bins",
+            "--tests",
+        ])
         .args(args)
-        .env("MM_AZURITE_BLOB", &azurite);
-    let status = command.status().context("running cargo test")?;
+        .env("MM_AZURITE_BLOB", &azurite)
+        .stdout(std::process::Stdio::piped());
+    let mut child = command.spawn().context("running cargo test")?;
+    // Echo cargo's output and add up its per-binary results into one closing line.
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let stdout = child.stdout.take().expect("piped stdout");
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(word))
+                    .and_then(|n| n.trim().rsplit(' ').next().and_then(|n| n.parse().ok()))
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+            ignored += count(" ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
     if !status.success() {
         bail!("tests failed");
     }

@@ -1,0 +1,390 @@
+//! `mm-proxy` in front of three `mm-scorer` processes on 127.0.0.1: affinity, spread,
+//! scorer failure and return, cold bursts, auth, bad paths, the Azure ML route.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use manymodels_models::Mix;
+use manymodels_tests::{
+    ProxyProcess, ScorerProcess, TempDir, assert_outputs_match, demo_reference, generated_rows,
+    infer_body, root, rows_body,
+};
+use serde_json::{Value, json};
+
+struct Pool {
+    scorers: Vec<ScorerProcess>,
+    proxy: ProxyProcess,
+}
+
+fn pool(store: &std::path::Path, proxy_sets: &[&str]) -> Pool {
+    let scorers: Vec<ScorerProcess> = (0..3).map(|_| ScorerProcess::local(store, &[])).collect();
+    let addrs: Vec<&str> = scorers.iter().map(ScorerProcess::addr).collect();
+    let proxy = ProxyProcess::start(&addrs, proxy_sets);
+    Pool { scorers, proxy }
+}
+
+/// Posts and returns (status, scorer that answered, body).
+async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, String, Value) {
+    let response = client.post(url).json(body).send().await.unwrap();
+    let status = response.status().as_u16();
+    let scorer = response
+        .headers()
+        .get("x-mm-scorer")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let text = response.text().await.unwrap();
+    let value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{url}: non-JSON body {text:?}"));
+    (status, scorer, value)
+}
+
+async fn total_loads(scorers: &[ScorerProcess]) -> f64 {
+    let mut total = 0.0;
+    for scorer in scorers {
+        total += scorer.metrics().await.get("mm_scorer_model_loads_total");
+    }
+    total
+}
+
+#[tokio::test]
+async fn repeated_requests_for_a_model_reach_one_scorer() {
+    let pool = pool(&root().join("models/demo"), &[]);
+    let client = reqwest::Client::new();
+    let mut used = BTreeSet::new();
+    for reference in demo_reference() {
+        let id = reference["id"].as_str().unwrap();
+        let mut scorers = BTreeSet::new();
+        for _ in 0..10 {
+            let (status, scorer, body) = post(
+                &client,
+                &format!("{}/v2/models/{id}/infer", pool.proxy.url),
+                &infer_body(&reference),
+            )
+            .await;
+            assert_eq!(status, 200, "{id}: {body}");
+            assert_outputs_match(&body, &reference, 1e-5);
+            scorers.insert(scorer);
+        }
+        assert_eq!(scorers.len(), 1, "{id} was served by {scorers:?}");
+        used.extend(scorers);
+    }
+    assert!(
+        used.len() >= 2,
+        "eight models should not all land on one scorer: {used:?}"
+    );
+    // Each model was loaded exactly once in the whole pool.
+    assert_eq!(
+        total_loads(&pool.scorers).await,
+        demo_reference().len() as f64
+    );
+}
+
+#[tokio::test]
+async fn thousand_models_spread_evenly_across_three_scorers() {
+    let store = TempDir::new("spread");
+    manymodels_models::write_store(store.path(), 1000, Mix::Tiny, 3).unwrap();
+    let pool = pool(store.path(), &[]);
+    let client = reqwest::Client::new();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 0..1000 {
+        let spec = manymodels_models::spec_for(i, Mix::Tiny, 3);
+        let rows = generated_rows(spec.features(), 1, i as u64);
+        let id = manymodels_models::model_id(i);
+        let (status, scorer, body) = post(
+            &client,
+            &format!("{}/v2/models/{id}/infer", pool.proxy.url),
+            &rows_body(&rows),
+        )
+        .await;
+        assert_eq!(status, 200, "{id}: {body}");
+        *counts.entry(scorer).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (scorer, count) in &counts {
+        assert!(
+            (250..=417).contains(count),
+            "{scorer} got {count} of 1000 models (±25% of 333): {counts:?}"
+        );
+    }
+}
+
+/// Four clients score 30 models continuously; one scorer is killed (SIGKILL) a second in.
+/// Requests to it are retried on the next-ranked scorer, so at most the requests that
+/// scorer was answering at that instant may fail. Its models then live on their
+/// next-ranked scorers, and when it comes back on the same address it takes them back.
+#[tokio::test]
+async fn a_killed_scorer_fails_no_request_beyond_those_in_flight_and_returns() {
+    let store = TempDir::new("kill");
+    manymodels_models::write_store(store.path(), 30, Mix::Tiny, 5).unwrap();
+    let mut pool = pool(store.path(), &[]);
+    let client = reqwest::Client::new();
+    let proxy_url = pool.proxy.url.clone();
+    let bodies: Arc<Vec<(String, Value)>> = Arc::new(
+        (0..30)
+            .map(|i| {
+                let spec = manymodels_models::spec_for(i, Mix::Tiny, 5);
+                (
+                    manymodels_models::model_id(i),
+                    rows_body(&generated_rows(spec.features(), 1, i as u64)),
+                )
+            })
+            .collect(),
+    );
+    // Where each model lives before the failure.
+    let mut home: BTreeMap<String, String> = BTreeMap::new();
+    for (id, body) in bodies.iter() {
+        let (status, scorer, _) =
+            post(&client, &format!("{proxy_url}/v2/models/{id}/infer"), body).await;
+        assert_eq!(status, 200);
+        home.insert(id.clone(), scorer);
+    }
+    let victim = pool.scorers[1].addr().to_string();
+    let victim_port: u16 = victim.rsplit(':').next().unwrap().parse().unwrap();
+    let victims_models: Vec<String> = home
+        .iter()
+        .filter(|(_, s)| **s == victim)
+        .map(|(m, _)| m.clone())
+        .collect();
+    assert!(
+        !victims_models.is_empty(),
+        "the victim should own some of 30 models"
+    );
+
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (client, bodies, ok, failed, url) = (
+                client.clone(),
+                bodies.clone(),
+                ok.clone(),
+                failed.clone(),
+                proxy_url.clone(),
+            );
+            tokio::spawn(async move {
+                let mut i = c;
+                while Instant::now() < deadline {
+                    let (id, body) = &bodies[i % bodies.len()];
+                    i += 4;
+                    match client
+                        .post(format!("{url}/v2/models/{id}/infer"))
+                        .json(body)
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status().is_success() => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pool.scorers[1].kill();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("under load with one of three scorers killed: {ok} ok, {failed} failed");
+    assert!(ok > 100, "the load loop should have made progress: {ok}");
+    assert!(
+        failed <= 4,
+        "at most the 4 requests in flight may fail, {failed} did"
+    );
+    let metrics = pool.proxy.metrics().await;
+    eprintln!("proxy retries: {}", metrics.get("mm_proxy_retries_total"));
+
+    // Its models moved to the surviving scorers.
+    for id in &victims_models {
+        let body = &bodies.iter().find(|(m, _)| m == id).unwrap().1;
+        let (status, scorer, _) =
+            post(&client, &format!("{proxy_url}/v2/models/{id}/infer"), body).await;
+        assert_eq!(status, 200);
+        assert_ne!(scorer, victim, "{id} still routed to the dead scorer");
+    }
+    // Restart it on the same address: it takes its share back once healthy.
+    let restarted = ScorerProcess::start_on(
+        victim_port,
+        &[format!("store.path={}", store.path().display())],
+        &[],
+    );
+    let started = Instant::now();
+    let id = &victims_models[0];
+    let body = &bodies.iter().find(|(m, _)| m == id).unwrap().1;
+    loop {
+        let (status, scorer, _) =
+            post(&client, &format!("{proxy_url}/v2/models/{id}/infer"), body).await;
+        assert_eq!(status, 200);
+        if scorer == victim {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{id} did not return to its restarted scorer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(restarted);
+}
+
+#[tokio::test]
+async fn a_burst_for_a_cold_model_causes_one_load_in_the_pool() {
+    let pool = pool(&root().join("models/demo"), &[]);
+    let client = reqwest::Client::new();
+    let reference = demo_reference()
+        .into_iter()
+        .find(|r| r["id"] == "forest-1mb")
+        .unwrap();
+    let body = infer_body(&reference);
+    let url = format!("{}/v2/models/forest-1mb/infer", pool.proxy.url);
+    let requests = (0..200).map(|_| {
+        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        async move { post(&client, &url, &body).await }
+    });
+    let results = futures::future::join_all(requests).await;
+    let scorers: BTreeSet<&String> = results.iter().map(|(_, s, _)| s).collect();
+    for (status, _, body) in &results {
+        assert_eq!(*status, 200, "{body}");
+    }
+    assert_eq!(
+        total_loads(&pool.scorers).await,
+        1.0,
+        "served by {scorers:?}"
+    );
+}
+
+#[tokio::test]
+async fn bearer_keys_guard_scoring_and_admin_routes() {
+    let pool = pool(
+        &root().join("models/demo"),
+        &["auth.api_keys=k-old,k-new", "auth.admin_keys=admin-1"],
+    );
+    let client = reqwest::Client::new();
+    let reference = &demo_reference()[0];
+    let id = reference["id"].as_str().unwrap();
+    let url = format!("{}/v2/models/{id}/infer", pool.proxy.url);
+    let send = |key: Option<&str>, url: String| {
+        let mut request = client.post(url).json(&infer_body(reference));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = send(None, url.clone()).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("bearer"));
+    assert_eq!(send(Some("wrong"), url.clone()).await.0, 401);
+    assert_eq!(send(Some("k-old"), url.clone()).await.0, 200);
+    assert_eq!(send(Some("k-new"), url.clone()).await.0, 200);
+    let load = format!("{}/v2/repository/models/{id}/load", pool.proxy.url);
+    assert_eq!(
+        send(Some("k-new"), load.clone()).await.0,
+        401,
+        "API keys are not admin keys"
+    );
+    assert_eq!(send(Some("admin-1"), load).await.0, 200);
+    // Health stays open for probes; unauthenticated requests never reached a scorer.
+    let ready = client
+        .get(format!("{}/v2/health/ready", pool.proxy.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    let mut infers = 0.0;
+    for scorer in &pool.scorers {
+        infers += scorer
+            .metrics()
+            .await
+            .get("mm_scorer_requests_total{code=\"200\",route=\"infer\"}");
+    }
+    assert_eq!(infers, 2.0);
+}
+
+#[tokio::test]
+async fn bad_paths_are_rejected_without_touching_a_scorer() {
+    let pool = pool(&root().join("models/demo"), &["http.max_body=1KiB"]);
+    let client = reqwest::Client::new();
+    let good = json!({"inputs":[{"name":"input","shape":[1,10],"datatype":"FP32","data":[1,2,3,4,5,6,7,8,9,10]}]});
+    let big = json!({"inputs":[{"name":"input","shape":[100,10],"datatype":"FP32","data":vec![1.0f32; 1000]}]});
+    for (path, body, status) in [
+        ("/v2/models/..%2F..%2Fetc%2Fpasswd/infer", &good, 400),
+        ("/v2/models//infer", &good, 400),
+        ("/v2/models/.hidden/infer", &good, 400),
+        ("/v2/models/a/b/infer", &good, 404),
+        ("/not/a/route", &good, 404),
+        ("/v2/models/linear-small/infer", &big, 413),
+        ("/", &good, 400),
+    ] {
+        let response = client
+            .post(format!("{}{path}", pool.proxy.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"].is_string(), "{path}: {body}");
+    }
+    for scorer in &pool.scorers {
+        let metrics = scorer.metrics().await;
+        let touched: f64 = metrics
+            .0
+            .iter()
+            .filter(|(n, _)| n.starts_with("mm_scorer_requests_total"))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(touched, 0.0, "a rejected request reached {}", scorer.url);
+    }
+    // The proxy still serves.
+    let (status, _, _) = post(
+        &client,
+        &format!("{}/v2/models/linear-small/infer", pool.proxy.url),
+        &good,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn the_azure_ml_scoring_route_scores_and_echoes_request_ids() {
+    let pool = pool(&root().join("models/demo"), &[]);
+    let client = reqwest::Client::new();
+    let reference = demo_reference()
+        .into_iter()
+        .find(|r| r["id"] == "logistic-churn")
+        .unwrap();
+    let response = client
+        .post(format!("{}/", pool.proxy.url))
+        .header("x-mm-model", "logistic-churn")
+        .header("azureml-model-deployment", "blue")
+        .header("x-request-id", "req-123")
+        .header("x-ms-client-request-id", "client-456")
+        .json(&infer_body(&reference))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["x-request-id"], "req-123");
+    assert_eq!(response.headers()["x-ms-client-request-id"], "client-456");
+    let body: Value = response.json().await.unwrap();
+    assert_outputs_match(&body, &reference, 1e-5);
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_proxy_cleanly() {
+    let mut pool = pool(&root().join("models/demo"), &[]);
+    let status = pool.proxy.terminate();
+    assert!(
+        status.success(),
+        "mm-proxy exited with {status}:\n{}",
+        pool.proxy.logs()
+    );
+}

@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's tasks, so a fresh clone needs no manual step.
 //!
 //! - `cargo xtask up`: fetch ONNX Runtime if missing, make the demo models if missing,
-//!   build, and start a local pool on 127.0.0.1 serving `models/demo`.
+//!   build, and start a local pool on 127.0.0.1 serving `models/demo`: `mm-proxy` on
+//!   :8080 in front of three `mm-scorer`s on :8081-8083.
 //! - `cargo xtask test`: install what the tests need (ONNX Runtime, Azurite) and run every
 //!   test.
 //! - `cargo xtask gen-models --n 10000 --out DIR`: write N synthetic ONNX models.
@@ -30,10 +31,10 @@ enum Task {
     /// Start a local pool serving the demo models.
     Up {
         /// Number of scorer processes.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 3)]
         scorers: usize,
-        /// Port of the first scorer; the others follow.
-        #[arg(long, default_value_t = 8001)]
+        /// Port of the proxy; the scorers take the next ports.
+        #[arg(long, default_value_t = 8080)]
         base_port: u16,
         /// Model store directory.
         #[arg(long, default_value = "models/demo")]
@@ -197,51 +198,56 @@ fn up(scorers: usize, base_port: u16, store: PathBuf, budget: &str, smoke: bool)
     }
     setup::onnxruntime()?;
     setup::demo_models(&store)?;
-    setup::cargo(&["build", "--release", "-p", "manymodels-scorer"])?;
-    let binary = setup::target_dir().join("release/mm-scorer");
+    setup::cargo(&["build", "--release", "-p", "manymodels-scorer", "-p", "manymodels-proxy"])?;
+    let release = setup::target_dir().join("release");
     let mut pool = Pool(Vec::new());
-    let mut urls = Vec::new();
+    let mut scorer_addrs = Vec::new();
     for i in 0..scorers {
-        let port = base_port + i as u16;
-        let url = format!("http://127.0.0.1:{port}");
-        let child = Command::new(&binary)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+        let addr = format!("127.0.0.1:{}", base_port + 1 + i as u16);
+        let child = Command::new(release.join("mm-scorer"))
+            .args(["--listen", &addr])
             .args(["--store", &store.display().to_string()])
             .args(["--set", &format!("cache.budget={budget}")])
             .args(["--set", &format!("name=scorer-{i}")])
             .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+            .context("starting mm-scorer")?;
         pool.0.push(child);
-        urls.push(url);
+        scorer_addrs.push(addr);
     }
-    for url in &urls {
-        setup::wait_ready(&format!("{url}/v2/health/ready"), Duration::from_secs(30))?;
+    for addr in &scorer_addrs {
+        setup::wait_ready(&format!("http://{addr}/v2/health/ready"), Duration::from_secs(30))?;
     }
-    let first = &urls[0];
-    let curl = format!(
-        "curl -s -X POST {first}/v2/models/linear-small/infer -H 'content-type: application/json' \\\n  -d '{{\"inputs\":[{{\"name\":\"input\",\"shape\":[1,10],\"datatype\":\"FP32\",\"data\":[1,2,3,4,5,6,7,8,9,10]}}]}}'"
-    );
+    let proxy = format!("http://127.0.0.1:{base_port}");
+    let child = Command::new(release.join("mm-proxy"))
+        .args(["--listen", &format!("127.0.0.1:{base_port}")])
+        .args(["--scorers", &scorer_addrs.join(",")])
+        .args(["--set", "shutdown.grace=1s"])
+        .spawn()
+        .context("starting mm-proxy")?;
+    pool.0.push(child);
+    setup::wait_ready(&format!("{proxy}/v2/health/ready"), Duration::from_secs(30))?;
+    let body = r#"{"inputs":[{"name":"input","shape":[1,10],"datatype":"FP32","data":[1,2,3,4,5,6,7,8,9,10]}]}"#;
     println!("\nmanymodels local pool is up:");
-    for (i, url) in urls.iter().enumerate() {
-        println!("  scorer-{i}: {url}  (metrics: {url}/metrics)");
+    println!("  proxy:    {proxy}  (metrics: {proxy}/metrics)");
+    for (i, addr) in scorer_addrs.iter().enumerate() {
+        println!("  scorer-{i}: http://{addr}  (metrics: http://{addr}/metrics)");
     }
-    println!("\nScore a demo model:\n{curl}\n");
+    println!(
+        "\nScore a demo model through the proxy:\ncurl -s -X POST {proxy}/v2/models/linear-small/infer -H 'content-type: application/json' \\\n  -d '{body}'\n"
+    );
     if smoke {
-        let body = setup::http_post(
-            &format!("{first}/v2/models/linear-small/infer"),
-            r#"{"inputs":[{"name":"input","shape":[1,10],"datatype":"FP32","data":[1,2,3,4,5,6,7,8,9,10]}]}"#,
-        )?;
-        if !body.contains("\"model_name\":\"linear-small\"") {
-            bail!("smoke request failed: {body}");
+        let answer = setup::http_post(&format!("{proxy}/v2/models/linear-small/infer"), body)?;
+        if !answer.contains("\"model_name\":\"linear-small\"") {
+            bail!("smoke request failed: {answer}");
         }
-        println!("smoke request answered: {body}");
+        println!("smoke request answered: {answer}");
         return Ok(());
     }
     println!("Press Ctrl-C to stop.");
     loop {
         for child in &mut pool.0 {
             if let Some(status) = child.try_wait()? {
-                bail!("a scorer exited ({status}); stopping the pool");
+                bail!("a process of the pool exited ({status}); stopping the pool");
             }
         }
         std::thread::sleep(Duration::from_millis(500));

@@ -172,16 +172,59 @@ impl HotTable {
     }
 }
 
+/// Requests per second per model, in one-second windows, for hot-model replication.
+/// Memory is bounded: when the table passes `MAX_RATES` entries, models not seen in the
+/// last two seconds are dropped.
+pub struct Rates {
+    started: Instant,
+    table: Mutex<HashMap<Arc<str>, (u64, u32, u32)>>,
+}
+
+const MAX_RATES: usize = 200_000;
+
+impl Default for Rates {
+    fn default() -> Self {
+        Rates {
+            started: Instant::now(),
+            table: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Rates {
+    /// Counts one request for `model` and returns its rate: the larger of the last full
+    /// second's count and the current second's so far.
+    pub fn hit(&self, model: &str) -> u32 {
+        let second = self.started.elapsed().as_secs();
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if table.len() >= MAX_RATES && !table.contains_key(model) {
+            table.retain(|_, (s, _, _)| second.saturating_sub(*s) < 2);
+        }
+        let entry = table.entry(Arc::from(model)).or_insert((second, 0, 0));
+        if entry.0 != second {
+            entry.2 = if entry.0 + 1 == second { entry.1 } else { 0 };
+            entry.0 = second;
+            entry.1 = 0;
+        }
+        entry.1 += 1;
+        entry.1.max(entry.2)
+    }
+}
+
 /// Warm loads the proxy asked for recently, so one is asked at most once per
 /// `WARM_BACKOFF` per (model, scorer), and at most `MAX_WARMING` run at once.
 const WARM_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_WARMING: usize = 4;
 
+type WarmKey = (Arc<str>, Arc<str>);
+
 /// Per-scorer counters and the passive-ejection list.
 pub struct Pool {
     pub lb: Arc<LoadBalancer<Rendezvous>>,
     pub hot: Arc<HotTable>,
-    warming: Mutex<HashMap<(Arc<str>, Arc<str>), Instant>>,
+    pub rates: Rates,
+    /// When each (model, scorer) warm load was last asked for.
+    warming: Mutex<HashMap<WarmKey, Instant>>,
     warm_slots: Arc<tokio::sync::Semaphore>,
     inflight: RwLock<HashMap<String, Arc<AtomicUsize>>>,
     ejected: Mutex<HashMap<String, Instant>>,
@@ -200,6 +243,7 @@ impl Pool {
         Pool {
             lb,
             hot: Arc::new(HotTable::new(hot_ttl)),
+            rates: Rates::default(),
             warming: Mutex::new(HashMap::new()),
             warm_slots: Arc::new(tokio::sync::Semaphore::new(MAX_WARMING)),
             inflight: RwLock::new(HashMap::new()),
@@ -293,7 +337,7 @@ impl Pool {
     /// loads are running. When it answers 200 the scorer counts as holding the model, so
     /// traffic can move there without a cold request. Returns whether a warm load started.
     pub fn warm(&self, model: &str, scorer: &Candidate, timeout: Duration) -> bool {
-        let key: (Arc<str>, Arc<str>) = (Arc::from(model), Arc::from(scorer.name.as_str()));
+        let key: WarmKey = (Arc::from(model), Arc::from(scorer.name.as_str()));
         {
             let mut warming = self.warming.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
@@ -376,5 +420,36 @@ mod tests {
         assert!(!hot.holds("m1", "b"), "entries expire after the TTL");
         hot.record("m2", "a");
         assert_eq!(hot.len(), 1, "the sweep dropped the expired model");
+    }
+
+    #[test]
+    fn rates_count_requests_per_second_per_model() {
+        let rates = Rates::default();
+        let mut last = 0;
+        for _ in 0..50 {
+            last = rates.hit("busy");
+        }
+        assert!(last >= 50 || rates.started.elapsed() >= Duration::from_secs(1));
+        assert_eq!(rates.hit("quiet"), 1);
+    }
+
+    #[tokio::test]
+    async fn dns_discovery_finds_every_address_of_a_name() {
+        let discovery = Discovery::new(PoolSource::Dns("localhost:8001".into()));
+        let (backends, _) = discovery.discover().await.unwrap();
+        assert!(
+            backends
+                .iter()
+                .any(|b| b.addr.to_string() == "127.0.0.1:8001"),
+            "{backends:?}"
+        );
+        let discovery = Discovery::new(PoolSource::Static(vec!["localhost:8002".into()]));
+        let (backends, _) = discovery.discover().await.unwrap();
+        let backend = backends.iter().next().unwrap();
+        assert_eq!(
+            name_of(backend),
+            "localhost:8002",
+            "a static name is its own identity"
+        );
     }
 }

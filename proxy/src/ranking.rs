@@ -158,11 +158,11 @@ mod tests {
     }
 
     const PINNED: [&str; 5] = [
+        "scorer-2.scorers:8001",
+        "scorer-0.scorers:8001",
+        "scorer-0.scorers:8001",
+        "scorer-2.scorers:8001",
         "scorer-1.scorers:8001",
-        "scorer-0.scorers:8001",
-        "scorer-2.scorers:8001",
-        "scorer-2.scorers:8001",
-        "scorer-0.scorers:8001",
     ];
 
     #[test]

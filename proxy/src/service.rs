@@ -127,6 +127,25 @@ impl Proxy {
                 None => first,
             }
         };
+        // A model above the replication threshold lives on its first two scorers: warm the
+        // second, then spread requests over both (fewer in flight wins).
+        if let Some(threshold) = self.config.replication_threshold
+            && f64::from(self.pool.rates.hit(model)) >= threshold
+            && let Some(second) = candidates.get(1)
+        {
+            let pair = [&candidates[0], second];
+            if pair.iter().all(|c| hot(c)) {
+                let inflight = |c: &Candidate| self.pool.inflight(&c.name).load(Ordering::Relaxed);
+                chosen = if inflight(second) < inflight(&candidates[0]) {
+                    second.clone()
+                } else {
+                    candidates[0].clone()
+                };
+            } else if hot(&candidates[0]) && self.pool.warm(model, second, self.config.read_timeout)
+            {
+                self.metrics.warm_triggers.inc();
+            }
+        }
         let load = self.pool.inflight(&chosen.name).load(Ordering::Relaxed);
         let limit = (self.config.load_factor * self.pool.mean_inflight())
             .max(self.config.min_inflight as f64);

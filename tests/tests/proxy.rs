@@ -233,7 +233,11 @@ async fn a_killed_scorer_fails_no_request_beyond_those_in_flight_and_returns() {
 
 #[tokio::test]
 async fn a_burst_for_a_cold_model_causes_one_load_in_the_pool() {
-    let pool = pool(&root().join("models/demo"), &[]);
+    // Replication (a second load once the model is hot and busy) is tested on its own.
+    let pool = pool(
+        &root().join("models/demo"),
+        &["replication.threshold=100000"],
+    );
     let client = reqwest::Client::new();
     let reference = demo_reference()
         .into_iter()
@@ -386,5 +390,53 @@ async fn sigterm_stops_the_proxy_cleanly() {
         status.success(),
         "mm-proxy exited with {status}:\n{}",
         pool.proxy.logs()
+    );
+}
+
+/// A model above `replication.threshold` requests per second is warmed on its
+/// second-ranked scorer and then served by both, with one load on each.
+#[tokio::test]
+async fn a_hot_model_is_replicated_to_a_second_scorer() {
+    let pool = pool(&root().join("models/demo"), &["replication.threshold=20"]);
+    let client = reqwest::Client::new();
+    let reference = demo_reference()
+        .into_iter()
+        .find(|r| r["id"] == "gbm-store")
+        .unwrap();
+    let url = format!("{}/v2/models/gbm-store/infer", pool.proxy.url);
+    let body = infer_body(&reference);
+    let mut served_by: BTreeMap<String, usize> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let batch = (0..8).map(|_| post(&client, &url, &body));
+        for (status, scorer, answer) in futures::future::join_all(batch).await {
+            assert_eq!(status, 200, "{answer}");
+            assert_outputs_match(&answer, &reference, 1e-5);
+            *served_by.entry(scorer).or_default() += 1;
+        }
+        if served_by.len() == 2 && served_by.values().all(|n| *n >= 20) {
+            break;
+        }
+    }
+    assert_eq!(
+        served_by.len(),
+        2,
+        "a hot model should be served by two scorers: {served_by:?}"
+    );
+    assert!(
+        served_by.values().all(|n| *n >= 20),
+        "traffic should be spread over both: {served_by:?}"
+    );
+    assert_eq!(
+        total_loads(&pool.scorers).await,
+        2.0,
+        "one load on each of the two scorers"
+    );
+    assert!(
+        pool.proxy
+            .metrics()
+            .await
+            .get("mm_proxy_warm_triggers_total")
+            >= 1.0
     );
 }

@@ -198,7 +198,14 @@ fn up(scorers: usize, base_port: u16, store: PathBuf, budget: &str, smoke: bool)
     }
     setup::onnxruntime()?;
     setup::demo_models(&store)?;
-    setup::cargo(&["build", "--release", "-p", "manymodels-scorer", "-p", "manymodels-proxy"])?;
+    setup::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "manymodels-scorer",
+        "-p",
+        "manymodels-proxy",
+    ])?;
     let release = setup::target_dir().join("release");
     let mut pool = Pool(Vec::new());
     let mut scorer_addrs = Vec::new();
@@ -215,7 +222,10 @@ fn up(scorers: usize, base_port: u16, store: PathBuf, budget: &str, smoke: bool)
         scorer_addrs.push(addr);
     }
     for addr in &scorer_addrs {
-        setup::wait_ready(&format!("http://{addr}/v2/health/ready"), Duration::from_secs(30))?;
+        setup::wait_ready(
+            &format!("http://{addr}/v2/health/ready"),
+            Duration::from_secs(30),
+        )?;
     }
     let proxy = format!("http://127.0.0.1:{base_port}");
     let child = Command::new(release.join("mm-proxy"))

@@ -43,6 +43,33 @@ pub enum Bench {
         #[arg(long, default_value_t = 7)]
         reps: usize,
     },
+    /// Proxy overhead: the same hot tiny model straight to a scorer and through the proxy,
+    /// same tools, same run; CPU per request of each process at saturation.
+    Proxy {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+    },
+    /// Replays a Zipf trace over generated models through the proxy and three scorers.
+    Replay {
+        /// Models in the generated store (realistic size mix).
+        #[arg(long, default_value_t = 10_000)]
+        models: usize,
+        /// Zipf exponent of model popularity.
+        #[arg(long, default_value_t = 1.0)]
+        alpha: f64,
+        #[arg(long, default_value_t = 30_000)]
+        requests: usize,
+        /// Closed-loop clients.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Each scorer's budget as a fraction of all models' estimated memory.
+        #[arg(long, default_value_t = 0.1)]
+        budget_fraction: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Resident memory per 1,000 small (linear) models.
     Memory {
         #[arg(long, default_value_t = 1000)]
@@ -68,6 +95,15 @@ pub fn run(which: Bench) -> Result<()> {
         } => hot(&models, seconds, connections, &sets),
         Bench::Load { reps } => load(reps),
         Bench::Memory { models } => memory(models),
+        Bench::Proxy { seconds, connections } => proxy(seconds, connections),
+        Bench::Replay {
+            models,
+            alpha,
+            requests,
+            concurrency,
+            budget_fraction,
+            seed,
+        } => replay(models, alpha, requests, concurrency, budget_fraction, seed),
     }
 }
 
@@ -97,6 +133,38 @@ impl Server {
             Duration::from_secs(30),
         )?;
         Ok(server)
+    }
+
+    /// A release proxy in front of `scorers`.
+    fn proxy(port: u16, scorers: &[String], sets: &[&str]) -> Result<Self> {
+        setup::cargo(&["build", "--release", "-p", "manymodels-proxy"])?;
+        let mut command = Command::new(setup::target_dir().join("release/mm-proxy"));
+        command
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--scorers", &scorers.join(",")])
+            .args(["--set", "log.level=warn", "--set", "shutdown.grace=1s"]);
+        for set in sets {
+            command.args(["--set", set]);
+        }
+        let child = command.stdout(Stdio::null()).spawn()?;
+        let server = Server {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        setup::wait_ready(&format!("{}/v2/health/ready", server.url), Duration::from_secs(30))?;
+        Ok(server)
+    }
+
+    fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_string()
+    }
+
+    fn metric(&self, name: &str) -> Result<f64> {
+        let (_, text) = setup::http("GET", &format!("{}/metrics", self.url), "")?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0))
     }
 
     /// User plus system CPU seconds of the process so far.
@@ -262,46 +330,73 @@ fn wrk(
     })
 }
 
-/// A closed-loop client on one keep-alive connection with blocking I/O: the least
-/// client-side overhead per request, so the latency it sees is the server's plus loopback.
-/// Returns each request's round-trip time.
-pub fn probe(url: &str, body: &str, requests: usize) -> Result<Vec<Duration>> {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let rest = url.strip_prefix("http://").context("http:// URL")?;
-    let (host, path) = rest.split_once('/').context("URL path")?;
-    let stream = std::net::TcpStream::connect(host)?;
-    stream.set_nodelay(true)?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
-    let request = format!(
-        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let mut times = Vec::with_capacity(requests);
-    let mut line = String::new();
-    let mut payload = Vec::new();
-    for _ in 0..requests {
+/// A client on one keep-alive connection with blocking I/O: the least client-side
+/// overhead per request, so the latency it sees is the server's plus loopback.
+pub struct KeepAlive {
+    host: String,
+    reader: std::io::BufReader<std::net::TcpStream>,
+    writer: std::net::TcpStream,
+    line: String,
+    payload: Vec<u8>,
+}
+
+impl KeepAlive {
+    pub fn connect(host: &str) -> Result<Self> {
+        let stream = std::net::TcpStream::connect(host)?;
+        stream.set_nodelay(true)?;
+        Ok(KeepAlive {
+            host: host.to_string(),
+            reader: std::io::BufReader::new(stream.try_clone()?),
+            writer: stream,
+            line: String::new(),
+            payload: Vec::new(),
+        })
+    }
+
+    /// POSTs `body` to `path`; returns the status and the round-trip time.
+    pub fn post(&mut self, path: &str, body: &str) -> Result<(u16, Duration)> {
+        use std::io::{BufRead, Read, Write};
         let started = Instant::now();
-        writer.write_all(request.as_bytes())?;
+        write!(
+            self.writer,
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.host,
+            body.len()
+        )?;
         let mut length = 0usize;
-        let mut status_ok = false;
+        let mut status = 0u16;
         loop {
-            line.clear();
-            reader.read_line(&mut line)?;
-            if line.starts_with("HTTP/1.1 ") {
-                status_ok = line.starts_with("HTTP/1.1 200");
-            } else if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            self.line.clear();
+            if self.reader.read_line(&mut self.line)? == 0 {
+                bail!("connection closed");
+            }
+            if let Some(rest) = self.line.strip_prefix("HTTP/1.1 ") {
+                status = rest.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+            } else if let Some(v) = self.line.to_ascii_lowercase().strip_prefix("content-length:") {
                 length = v.trim().parse()?;
-            } else if line == "\r\n" {
+            } else if self.line == "\r\n" {
                 break;
             }
         }
-        payload.resize(length, 0);
-        reader.read_exact(&mut payload)?;
-        times.push(started.elapsed());
-        if !status_ok {
-            bail!("non-200 answer: {}", String::from_utf8_lossy(&payload));
+        self.payload.resize(length, 0);
+        self.reader.read_exact(&mut self.payload)?;
+        Ok((status, started.elapsed()))
+    }
+}
+
+/// `requests` round trips on one keep-alive connection; every answer must be 200.
+pub fn probe(url: &str, body: &str, requests: usize) -> Result<Vec<Duration>> {
+    let rest = url.strip_prefix("http://").context("http:// URL")?;
+    let (host, path) = rest.split_once('/').context("URL path")?;
+    let path = format!("/{path}");
+    let mut client = KeepAlive::connect(host)?;
+    let mut times = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let (status, elapsed) = client.post(&path, body)?;
+        if status != 200 {
+            bail!("non-200 answer ({status}) from {url}");
         }
+        times.push(elapsed);
     }
     Ok(times)
 }
@@ -655,5 +750,169 @@ fn memory(models: usize) -> Result<()> {
     );
     drop(server);
     let _ = std::fs::remove_dir_all(&store);
+    Ok(())
+}
+
+fn proxy(seconds: u64, connections: usize) -> Result<()> {
+    let references = demo_reference()?;
+    let reference = references.iter().find(|r| r["id"] == "linear-small").context("linear-small")?;
+    let body = one_row_body(reference);
+    let scorer = Server::start(Path::new("models/demo"), 18_011, &[])?;
+    let proxy = Server::proxy(18_010, &[scorer.addr()], &[])?;
+    let path = "/v2/models/linear-small/infer";
+    setup::http_post(&format!("{}{path}", proxy.url), &body.to_string())?;
+    println!("| path | probe p50 | probe p99 | wrk 1 conn p50 | wrk 1 conn p99 | wrk {connections} conns req/s | wrk {connections} conns p99 | proxy CPU µs/req | scorer CPU µs/req |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (label, server) in [("direct to the scorer", &scorer), ("through the proxy", &proxy)] {
+        let url = format!("{}{path}", server.url);
+        let mut probed = probe(&url, &body.to_string(), 20_000)?;
+        probed.sort();
+        let single = wrk(&url, &body, 1, 1, seconds)?;
+        let (proxy_before, scorer_before) = (proxy.cpu_seconds()?, scorer.cpu_seconds()?);
+        let loaded = wrk(&url, &body, 2, connections, seconds)?;
+        let (proxy_cpu, scorer_cpu) = (proxy.cpu_seconds()? - proxy_before, scorer.cpu_seconds()? - scorer_before);
+        if single.errors || loaded.errors {
+            bail!("wrk saw errors {label}");
+        }
+        let through_proxy = std::ptr::eq(server, &proxy);
+        println!(
+            "| {label} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {} | {:.1} |",
+            percentile(&probed, 0.5),
+            percentile(&probed, 0.99),
+            single.p50_us,
+            single.p99_us,
+            loaded.requests_per_sec,
+            loaded.p99_us,
+            if through_proxy { format!("{:.1}", proxy_cpu * 1e6 / loaded.requests) } else { "-".into() },
+            scorer_cpu * 1e6 / loaded.requests,
+        );
+    }
+    Ok(())
+}
+
+/// Ranks 0..n with Zipf(alpha) popularity, sampled by inverse CDF.
+struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    fn new(n: usize, alpha: f64) -> Self {
+        let mut cdf = Vec::with_capacity(n);
+        let mut total = 0.0;
+        for rank in 1..=n {
+            total += 1.0 / (rank as f64).powf(alpha);
+            cdf.push(total);
+        }
+        for c in &mut cdf {
+            *c /= total;
+        }
+        Zipf { cdf }
+    }
+
+    fn sample(&self, u: f64) -> usize {
+        self.cdf.partition_point(|c| *c < u).min(self.cdf.len() - 1)
+    }
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn replay(models: usize, alpha: f64, requests: usize, concurrency: usize, budget_fraction: f64, seed: u64) -> Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let store = std::env::temp_dir().join(format!("mm-replay-{models}"));
+    let marker = store.join(".complete");
+    if !marker.exists() {
+        let _ = std::fs::remove_dir_all(&store);
+        manymodels_models::write_store(&store, models, Mix::Realistic, 42)?;
+        std::fs::write(&marker, "")?;
+    }
+    // Each scorer's budget: a fraction of what every model would be charged if all were
+    // loaded, estimated as 96 KiB + 10 × file bytes (generated forests measure ~10×).
+    let specs: Vec<Spec> = (0..models).map(|i| manymodels_models::spec_for(i, Mix::Realistic, 42)).collect();
+    let mut all_weight = 0u64;
+    for i in 0..models {
+        let file = std::fs::metadata(manymodels_models::model_path(&store, i))?.len();
+        all_weight += 96 * 1024 + 10 * file;
+    }
+    let budget = (all_weight as f64 * budget_fraction) as u64;
+    let budget_set = format!("cache.budget={budget}");
+    let scorers: Vec<Server> = (0..3)
+        .map(|i| Server::start(&store, 18_021 + i, &[&budget_set]))
+        .collect::<Result<_>>()?;
+    let addrs: Vec<String> = scorers.iter().map(Server::addr).collect();
+    let proxy = Server::proxy(18_020, &addrs, &[])?;
+    // The trace: Zipf ranks mapped to models through a seeded permutation, so popularity
+    // is independent of size.
+    let zipf = Zipf::new(models, alpha);
+    let mut state = seed;
+    let mut permutation: Vec<usize> = (0..models).collect();
+    for i in (1..models).rev() {
+        permutation.swap(i, (splitmix(&mut state) % (i as u64 + 1)) as usize);
+    }
+    let trace: Vec<usize> = (0..requests)
+        .map(|_| permutation[zipf.sample((splitmix(&mut state) >> 11) as f64 / (1u64 << 53) as f64)])
+        .collect();
+    let bodies: Vec<String> = specs
+        .iter()
+        .map(|spec| {
+            let data = vec![0.25f32; spec.features()];
+            serde_json::json!({"inputs":[{"name":"input","shape":[1,spec.features()],"datatype":"FP32","data":data}]}).to_string()
+        })
+        .collect();
+    let next = AtomicUsize::new(0);
+    let failures = AtomicUsize::new(0);
+    let started = Instant::now();
+    let mut latencies: Vec<Duration> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..concurrency)
+            .map(|_| {
+                scope.spawn(|| -> Result<Vec<Duration>> {
+                    let mut client = KeepAlive::connect(&proxy.addr())?;
+                    let mut times = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&model) = trace.get(i) else { break };
+                        let path = format!("/v2/models/{}/infer", manymodels_models::model_id(model));
+                        let (status, elapsed) = client.post(&path, &bodies[model])?;
+                        if status != 200 {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                        times.push(elapsed);
+                    }
+                    Ok(times)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("worker")).collect::<Result<Vec<_>>>()
+    })?
+    .into_iter()
+    .flatten()
+    .collect();
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let (mut hits, mut misses, mut loads, mut evictions) = (0.0, 0.0, 0.0, 0.0);
+    for scorer in &scorers {
+        hits += scorer.metric("mm_scorer_cache_hits_total")?;
+        misses += scorer.metric("mm_scorer_cache_misses_total")?;
+        loads += scorer.metric("mm_scorer_model_loads_total")?;
+        evictions += scorer.metric("mm_scorer_cache_evictions_total{reason=\"size\"}")?;
+    }
+    let distinct = trace.iter().collect::<std::collections::BTreeSet<_>>().len();
+    println!("| models | alpha | requests | distinct models | clients | budget per scorer | req/s | p50 | p99 | failed | pool hit ratio | loads | evictions |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {models} | {alpha} | {requests} | {distinct} | {concurrency} | {:.0} MB | {:.0} | {:.2} ms | {:.2} ms | {} | {:.3} | {loads} | {evictions} |",
+        budget as f64 / 1e6,
+        requests as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 0.5) / 1e3,
+        percentile(&latencies, 0.99) / 1e3,
+        failures.load(Ordering::Relaxed),
+        hits / (hits + misses).max(1.0),
+    );
+    drop(proxy);
     Ok(())
 }

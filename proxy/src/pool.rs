@@ -16,7 +16,9 @@ use pingora::lb::{Backend, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::{Error, ErrorType};
 
-use crate::ranking::{Rendezvous, ScorerName, name_of};
+#[cfg(test)]
+use crate::ranking::name_of;
+use crate::ranking::{Rendezvous, ScorerName, name_ref};
 
 /// Resolves the configured scorers into backends. A static name keeps its name as its
 /// rendezvous identity whatever address it resolves to (a StatefulSet pod keeps its share
@@ -200,7 +202,10 @@ impl Rates {
         if table.len() >= MAX_RATES && !table.contains_key(model) {
             table.retain(|_, (s, _, _)| second.saturating_sub(*s) < 2);
         }
-        let entry = table.entry(Arc::from(model)).or_insert((second, 0, 0));
+        if !table.contains_key(model) {
+            table.insert(Arc::from(model), (second, 0, 0));
+        }
+        let entry = table.get_mut(model).expect("just inserted");
         if entry.0 != second {
             entry.2 = if entry.0 + 1 == second { entry.1 } else { 0 };
             entry.0 = second;
@@ -253,37 +258,39 @@ impl Pool {
     }
 
     /// Up to `n` healthy, non-ejected scorers for `model`, in rendezvous order, skipping
-    /// `tried`.
+    /// `tried`. One walk of the ranking: the accept callback records every acceptable
+    /// backend and declines it, so the walk continues to the end.
     pub fn candidates(&self, model: &str, n: usize, tried: &[String]) -> Vec<Candidate> {
-        let ejected: Vec<String> = {
-            let mut ejected = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            ejected.retain(|_, until| *until > now);
-            ejected.keys().cloned().collect()
-        };
-        let mut out: Vec<Candidate> = Vec::with_capacity(n);
-        // Each call walks the ranking and returns the best backend not yet taken.
+        let ejected = self.ejected_now();
+        let found: std::cell::RefCell<Vec<Candidate>> =
+            std::cell::RefCell::new(Vec::with_capacity(n));
         let all = self.lb.backends().get_backend().len();
-        for _ in 0..n.min(all) {
-            let taken: Vec<String> = out.iter().map(|c| c.name.clone()).collect();
-            let chosen = self
-                .lb
-                .select_with(model.as_bytes(), all, |backend, healthy| {
-                    let name = name_of(backend);
-                    healthy
-                        && !taken.contains(&name)
-                        && !tried.contains(&name)
-                        && !ejected.contains(&name)
-                });
-            match chosen {
-                Some(backend) => {
-                    let name = name_of(&backend);
-                    out.push(Candidate { backend, name });
+        self.lb
+            .select_with(model.as_bytes(), all, |backend, healthy| {
+                let mut found = found.borrow_mut();
+                if found.len() < n && healthy {
+                    let name = name_ref(backend);
+                    if !tried.iter().any(|t| t == name) && !ejected.iter().any(|e| e == name) {
+                        found.push(Candidate {
+                            backend: backend.clone(),
+                            name: name.to_string(),
+                        });
+                    }
                 }
-                None => break,
-            }
+                false
+            });
+        found.into_inner()
+    }
+
+    /// Names ejected now (usually none: then no allocation).
+    fn ejected_now(&self) -> Vec<String> {
+        let mut ejected = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
+        if ejected.is_empty() {
+            return Vec::new();
         }
-        out
+        let now = Instant::now();
+        ejected.retain(|_, until| *until > now);
+        ejected.keys().cloned().collect()
     }
 
     /// Skips `name` for `eject_for` after a connection to it failed.

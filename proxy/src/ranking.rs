@@ -29,6 +29,11 @@ pub fn name_of(backend: &Backend) -> String {
         .unwrap_or_else(|| backend.addr.to_string())
 }
 
+/// The name without allocating; backends made by the proxy's discovery always carry one.
+pub fn name_ref(backend: &Backend) -> &str {
+    backend.ext.get::<ScorerName>().map(|n| &*n.0).unwrap_or("")
+}
+
 /// FNV-1a with a SplitMix64 finish: fixed forever, unlike `DefaultHasher`, so rankings do
 /// not change when the proxy is rebuilt with another Rust version.
 #[derive(Clone, Copy, Debug, Default)]

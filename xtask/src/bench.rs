@@ -95,7 +95,10 @@ pub fn run(which: Bench) -> Result<()> {
         } => hot(&models, seconds, connections, &sets),
         Bench::Load { reps } => load(reps),
         Bench::Memory { models } => memory(models),
-        Bench::Proxy { seconds, connections } => proxy(seconds, connections),
+        Bench::Proxy {
+            seconds,
+            connections,
+        } => proxy(seconds, connections),
         Bench::Replay {
             models,
             alpha,
@@ -140,7 +143,12 @@ impl Server {
         setup::cargo(&["build", "--release", "-p", "manymodels-proxy"])?;
         let mut command = Command::new(setup::target_dir().join("release/mm-proxy"));
         command
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--scorers", &scorers.join(",")])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--scorers",
+                &scorers.join(","),
+            ])
             .args(["--set", "log.level=warn", "--set", "shutdown.grace=1s"]);
         for set in sets {
             command.args(["--set", set]);
@@ -150,7 +158,10 @@ impl Server {
             child,
             url: format!("http://127.0.0.1:{port}"),
         };
-        setup::wait_ready(&format!("{}/v2/health/ready", server.url), Duration::from_secs(30))?;
+        setup::wait_ready(
+            &format!("{}/v2/health/ready", server.url),
+            Duration::from_secs(30),
+        )?;
         Ok(server)
     }
 
@@ -372,7 +383,11 @@ impl KeepAlive {
             }
             if let Some(rest) = self.line.strip_prefix("HTTP/1.1 ") {
                 status = rest.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
-            } else if let Some(v) = self.line.to_ascii_lowercase().strip_prefix("content-length:") {
+            } else if let Some(v) = self
+                .line
+                .to_ascii_lowercase()
+                .strip_prefix("content-length:")
+            {
                 length = v.trim().parse()?;
             } else if self.line == "\r\n" {
                 break;
@@ -755,22 +770,33 @@ fn memory(models: usize) -> Result<()> {
 
 fn proxy(seconds: u64, connections: usize) -> Result<()> {
     let references = demo_reference()?;
-    let reference = references.iter().find(|r| r["id"] == "linear-small").context("linear-small")?;
+    let reference = references
+        .iter()
+        .find(|r| r["id"] == "linear-small")
+        .context("linear-small")?;
     let body = one_row_body(reference);
     let scorer = Server::start(Path::new("models/demo"), 18_011, &[])?;
     let proxy = Server::proxy(18_010, &[scorer.addr()], &[])?;
     let path = "/v2/models/linear-small/infer";
     setup::http_post(&format!("{}{path}", proxy.url), &body.to_string())?;
-    println!("| path | probe p50 | probe p99 | wrk 1 conn p50 | wrk 1 conn p99 | wrk {connections} conns req/s | wrk {connections} conns p99 | proxy CPU µs/req | scorer CPU µs/req |");
+    println!(
+        "| path | probe p50 | probe p99 | wrk 1 conn p50 | wrk 1 conn p99 | wrk {connections} conns req/s | wrk {connections} conns p99 | proxy CPU µs/req | scorer CPU µs/req |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
-    for (label, server) in [("direct to the scorer", &scorer), ("through the proxy", &proxy)] {
+    for (label, server) in [
+        ("direct to the scorer", &scorer),
+        ("through the proxy", &proxy),
+    ] {
         let url = format!("{}{path}", server.url);
         let mut probed = probe(&url, &body.to_string(), 20_000)?;
         probed.sort();
         let single = wrk(&url, &body, 1, 1, seconds)?;
         let (proxy_before, scorer_before) = (proxy.cpu_seconds()?, scorer.cpu_seconds()?);
         let loaded = wrk(&url, &body, 2, connections, seconds)?;
-        let (proxy_cpu, scorer_cpu) = (proxy.cpu_seconds()? - proxy_before, scorer.cpu_seconds()? - scorer_before);
+        let (proxy_cpu, scorer_cpu) = (
+            proxy.cpu_seconds()? - proxy_before,
+            scorer.cpu_seconds()? - scorer_before,
+        );
         if single.errors || loaded.errors {
             bail!("wrk saw errors {label}");
         }
@@ -783,7 +809,11 @@ fn proxy(seconds: u64, connections: usize) -> Result<()> {
             single.p99_us,
             loaded.requests_per_sec,
             loaded.p99_us,
-            if through_proxy { format!("{:.1}", proxy_cpu * 1e6 / loaded.requests) } else { "-".into() },
+            if through_proxy {
+                format!("{:.1}", proxy_cpu * 1e6 / loaded.requests)
+            } else {
+                "-".into()
+            },
             scorer_cpu * 1e6 / loaded.requests,
         );
     }
@@ -822,7 +852,14 @@ fn splitmix(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn replay(models: usize, alpha: f64, requests: usize, concurrency: usize, budget_fraction: f64, seed: u64) -> Result<()> {
+fn replay(
+    models: usize,
+    alpha: f64,
+    requests: usize,
+    concurrency: usize,
+    budget_fraction: f64,
+    seed: u64,
+) -> Result<()> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let store = std::env::temp_dir().join(format!("mm-replay-{models}"));
     let marker = store.join(".complete");
@@ -833,7 +870,9 @@ fn replay(models: usize, alpha: f64, requests: usize, concurrency: usize, budget
     }
     // Each scorer's budget: a fraction of what every model would be charged if all were
     // loaded, estimated as 96 KiB + 10 × file bytes (generated forests measure ~10×).
-    let specs: Vec<Spec> = (0..models).map(|i| manymodels_models::spec_for(i, Mix::Realistic, 42)).collect();
+    let specs: Vec<Spec> = (0..models)
+        .map(|i| manymodels_models::spec_for(i, Mix::Realistic, 42))
+        .collect();
     let mut all_weight = 0u64;
     for i in 0..models {
         let file = std::fs::metadata(manymodels_models::model_path(&store, i))?.len();
@@ -855,7 +894,9 @@ fn replay(models: usize, alpha: f64, requests: usize, concurrency: usize, budget
         permutation.swap(i, (splitmix(&mut state) % (i as u64 + 1)) as usize);
     }
     let trace: Vec<usize> = (0..requests)
-        .map(|_| permutation[zipf.sample((splitmix(&mut state) >> 11) as f64 / (1u64 << 53) as f64)])
+        .map(|_| {
+            permutation[zipf.sample((splitmix(&mut state) >> 11) as f64 / (1u64 << 53) as f64)]
+        })
         .collect();
     let bodies: Vec<String> = specs
         .iter()
@@ -876,7 +917,8 @@ fn replay(models: usize, alpha: f64, requests: usize, concurrency: usize, budget
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(&model) = trace.get(i) else { break };
-                        let path = format!("/v2/models/{}/infer", manymodels_models::model_id(model));
+                        let path =
+                            format!("/v2/models/{}/infer", manymodels_models::model_id(model));
                         let (status, elapsed) = client.post(&path, &bodies[model])?;
                         if status != 200 {
                             failures.fetch_add(1, Ordering::Relaxed);
@@ -887,7 +929,10 @@ fn replay(models: usize, alpha: f64, requests: usize, concurrency: usize, budget
                 })
             })
             .collect();
-        workers.into_iter().map(|w| w.join().expect("worker")).collect::<Result<Vec<_>>>()
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect::<Result<Vec<_>>>()
     })?
     .into_iter()
     .flatten()
@@ -901,8 +946,13 @@ fn replay(models: usize, alpha: f64, requests: usize, concurrency: usize, budget
         loads += scorer.metric("mm_scorer_model_loads_total")?;
         evictions += scorer.metric("mm_scorer_cache_evictions_total{reason=\"size\"}")?;
     }
-    let distinct = trace.iter().collect::<std::collections::BTreeSet<_>>().len();
-    println!("| models | alpha | requests | distinct models | clients | budget per scorer | req/s | p50 | p99 | failed | pool hit ratio | loads | evictions |");
+    let distinct = trace
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    println!(
+        "| models | alpha | requests | distinct models | clients | budget per scorer | req/s | p50 | p99 | failed | pool hit ratio | loads | evictions |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
         "| {models} | {alpha} | {requests} | {distinct} | {concurrency} | {:.0} MB | {:.0} | {:.2} ms | {:.2} ms | {} | {:.3} | {loads} | {evictions} |",

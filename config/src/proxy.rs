@@ -530,6 +530,16 @@ mod tests {
     }
 
     #[test]
+    fn readme_documents_every_key_with_its_env_var() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        assert!(
+            readme.contains(&crate::markdown_table(KEYS, ENV_PREFIX)),
+            "README.md's proxy key table is out of date: paste the output of `cargo xtask config-table`"
+        );
+    }
+
+    #[test]
     fn api_keys_are_secret_and_merge_with_a_key_file() {
         let path = std::env::temp_dir().join(format!("mm-keys-{}", std::process::id()));
         std::fs::write(&path, "# rotated weekly\nfile-key\n\n").unwrap();

@@ -122,11 +122,20 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Bench { which } => bench::run(which),
         Task::ConfigTable => {
+            println!("Scorer (`mm-scorer`):\n");
             print!(
                 "{}",
                 manymodels_config::markdown_table(
                     manymodels_config::scorer::KEYS,
                     manymodels_config::scorer::ENV_PREFIX
+                )
+            );
+            println!("\nProxy (`mm-proxy`):\n");
+            print!(
+                "{}",
+                manymodels_config::markdown_table(
+                    manymodels_config::proxy::KEYS,
+                    manymodels_config::proxy::ENV_PREFIX
                 )
             );
             Ok(())

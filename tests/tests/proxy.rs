@@ -440,3 +440,101 @@ async fn a_hot_model_is_replicated_to_a_second_scorer() {
             >= 1.0
     );
 }
+
+/// With a tight in-flight limit, concurrent requests for a hot model spill past the
+/// overloaded first choice to the next candidate instead of queueing on one scorer.
+#[tokio::test]
+async fn an_overloaded_scorer_spills_a_hot_model_to_the_next_candidate() {
+    let pool = pool(
+        &root().join("models/demo"),
+        &[
+            "routing.min_inflight=1",
+            "routing.load_factor=1.0",
+            "replication.threshold=100000",
+        ],
+    );
+    let client = reqwest::Client::new();
+    let reference = demo_reference()
+        .into_iter()
+        .find(|r| r["id"] == "forest-1mb")
+        .unwrap();
+    let url = format!("{}/v2/models/forest-1mb/infer", pool.proxy.url);
+    let body = infer_body(&reference);
+    let (status, first, _) = post(&client, &url, &body).await;
+    assert_eq!(status, 200);
+    let mut served_by: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..20 {
+        let batch = (0..8).map(|_| post(&client, &url, &body));
+        for (status, scorer, answer) in futures::future::join_all(batch).await {
+            assert_eq!(status, 200, "{answer}");
+            assert_outputs_match(&answer, &reference, 1e-5);
+            *served_by.entry(scorer).or_default() += 1;
+        }
+    }
+    let spills = pool.proxy.metrics().await.get("mm_proxy_spills_total");
+    assert!(spills > 0.0, "no request spilled: {served_by:?}");
+    assert!(
+        served_by.len() >= 2,
+        "spilled requests should reach another scorer: {served_by:?}"
+    );
+    assert!(served_by[&first] > 0);
+}
+
+/// When no scorer can answer, clients get a clear 503 JSON error, and the proxy recovers
+/// when a scorer returns.
+#[tokio::test]
+async fn no_scorer_left_gives_503_and_recovery_follows() {
+    let mut scorer = ScorerProcess::local(&root().join("models/demo"), &[]);
+    let addr = scorer.addr().to_string();
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = ProxyProcess::start(&[&addr], &[]);
+    let client = reqwest::Client::new();
+    let reference = &demo_reference()[0];
+    let id = reference["id"].as_str().unwrap();
+    let url = format!("{}/v2/models/{id}/infer", proxy.url);
+    assert_eq!(post(&client, &url, &infer_body(reference)).await.0, 200);
+    scorer.kill();
+    let (status, _, body) = post(&client, &url, &infer_body(reference)).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("no scorer"),
+        "{body}"
+    );
+    // The active health check (every 200 ms here) takes the dead scorer out of rotation.
+    let started = Instant::now();
+    loop {
+        let ready = client
+            .get(format!("{}/v2/health/ready", proxy.url))
+            .send()
+            .await
+            .unwrap();
+        if ready.status().as_u16() == 503 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the proxy stayed ready without scorers"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _back = ScorerProcess::start_on(
+        port,
+        &[format!(
+            "store.path={}",
+            root().join("models/demo").display()
+        )],
+        &[],
+    );
+    let started = Instant::now();
+    loop {
+        let (status, _, _) = post(&client, &url, &infer_body(reference)).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the proxy did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -22,6 +22,26 @@ pub struct KeyDoc {
 }
 
 impl KeyDoc {
+    /// A key with its default and meaning.
+    pub const fn new(key: &'static str, default: &'static str, doc: &'static str) -> Self {
+        KeyDoc {
+            key,
+            default,
+            doc,
+            secret: false,
+        }
+    }
+
+    /// A secret key: no default, never echoed.
+    pub const fn secret(key: &'static str, doc: &'static str) -> Self {
+        KeyDoc {
+            key,
+            default: "",
+            doc,
+            secret: true,
+        }
+    }
+
     /// The environment variable that overrides this key: `prefix` + the key in upper case
     /// with `.` and `-` turned into `_` (`cache.budget` → `MM_SCORER_CACHE_BUDGET`).
     pub fn env_var(&self, prefix: &str) -> String {

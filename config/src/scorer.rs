@@ -135,21 +135,11 @@ pub const KEYS: &[KeyDoc] = &[
 ];
 
 const fn doc(key: &'static str, default: &'static str, doc: &'static str) -> KeyDoc {
-    KeyDoc {
-        key,
-        default,
-        doc,
-        secret: false,
-    }
+    KeyDoc::new(key, default, doc)
 }
 
 const fn secret(key: &'static str, doc: &'static str) -> KeyDoc {
-    KeyDoc {
-        key,
-        default: "",
-        doc,
-        secret: true,
-    }
+    KeyDoc::secret(key, doc)
 }
 
 /// The validated scorer configuration.

@@ -184,19 +184,12 @@ impl ScorerProcess {
 
     /// All samples of the Prometheus text exposition, keyed by `name{labels}`.
     pub async fn metrics(&self) -> Metrics {
-        let text = reqwest::get(format!("{}/metrics", self.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        Metrics::parse(&text)
+        scrape(&self.url).await
     }
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg(self.pid().to_string()).status();
-        self.child.wait().unwrap()
+        terminate(&mut self.child)
     }
 }
 
@@ -266,21 +259,12 @@ impl ProxyProcess {
     }
 
     pub async fn metrics(&self) -> Metrics {
-        let text = reqwest::get(format!("{}/metrics", self.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        Metrics::parse(&text)
+        scrape(&self.url).await
     }
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        self.child.wait().unwrap()
+        terminate(&mut self.child)
     }
 }
 
@@ -289,6 +273,23 @@ impl Drop for ProxyProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The Prometheus samples of a process serving `/metrics` at `url`.
+pub async fn scrape(url: &str) -> Metrics {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    Metrics::parse(&text)
+}
+
+/// SIGTERM, then the exit status.
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    child.wait().unwrap()
 }
 
 fn blocking_get_status(url: &str) -> Option<u16> {

@@ -672,16 +672,13 @@ fn load(reps: usize) -> Result<()> {
         let url = format!("{}/v2/models/{id}/infer", server.url);
         let unload = format!("{}/v2/repository/models/{id}/unload", server.url);
         let load_metrics = || -> (f64, f64) {
-            let (_, text) = setup::http("GET", &format!("{}/metrics", server.url), "").unwrap();
-            let sample = |name: &str| -> f64 {
-                text.lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0.0)
-            };
             (
-                sample("mm_scorer_model_load_duration_seconds_sum "),
-                sample("mm_scorer_model_load_duration_seconds_count "),
+                server
+                    .metric("mm_scorer_model_load_duration_seconds_sum")
+                    .unwrap_or(0.0),
+                server
+                    .metric("mm_scorer_model_load_duration_seconds_count")
+                    .unwrap_or(0.0),
             )
         };
         let (sum_before, count_before) = load_metrics();
@@ -745,12 +742,7 @@ fn memory(models: usize) -> Result<()> {
     }
     let elapsed = started.elapsed();
     let after = server.rss_bytes()?;
-    let (_, metrics) = setup::http("GET", &format!("{}/metrics", server.url), "")?;
-    let charged: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("mm_scorer_resident_bytes "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(f64::NAN);
+    let charged = server.metric("mm_scorer_resident_bytes")?;
     println!(
         "| models | RSS before | RSS after | RSS per 1,000 models | charged per 1,000 models | load time per model |"
     );

@@ -538,3 +538,23 @@ async fn no_scorer_left_gives_503_and_recovery_follows() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A real OIP client library (tritonclient.http, what users' Python code would use) checks
+/// liveness, readiness, metadata and every demo model's outputs through the proxy.
+#[tokio::test]
+async fn a_real_oip_client_scores_through_the_proxy() {
+    let pool = pool(&root().join("models/demo"), &[]);
+    let host = pool.proxy.url.trim_start_matches("http://").to_string();
+    let output = tokio::process::Command::new("python3")
+        .arg(root().join("tests/oip_client.py"))
+        .arg(&host)
+        .output()
+        .await
+        .expect("running python3");
+    assert!(
+        output.status.success(),
+        "tritonclient failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

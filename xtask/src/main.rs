@@ -145,6 +145,7 @@ fn run(task: Task) -> Result<()> {
 
 fn test(args: &[String]) -> Result<()> {
     setup::onnxruntime()?;
+    setup::python_test_deps()?;
     let azurite = setup::azurite()?;
     // The integration tests start the binaries as processes: build them first, in the
     // same profile the tests use.

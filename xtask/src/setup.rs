@@ -117,6 +117,29 @@ pub fn azurite() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The Python packages of `tests/requirements.txt` (a real OIP client for the tests),
+/// installed only when missing.
+pub fn python_test_deps() -> Result<()> {
+    let present = Command::new("python3")
+        .args(["-c", "import tritonclient.http, numpy"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if present {
+        return Ok(());
+    }
+    eprintln!("xtask: installing tests/requirements.txt");
+    run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "-r",
+        "tests/requirements.txt",
+    ]))
+}
+
 /// The demo models are committed; regenerate them only if a clone lacks them.
 pub fn demo_models(store: &Path) -> Result<()> {
     if store.join("linear-small/1/model.onnx").exists() || store != Path::new("models/demo") {

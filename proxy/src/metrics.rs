@@ -6,8 +6,20 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// Outcomes, the values of `mm_proxy_requests_total`'s label.
+pub const OUTCOMES: [&str; 6] = [
+    "ok",
+    "client_error",
+    "rejected",
+    "upstream_error",
+    "unavailable",
+    "local",
+];
+
 pub struct Metrics {
     registry: Registry,
+    /// `requests` resolved once per outcome, so counting costs no label hashing.
+    outcomes: [IntCounter; 6],
     /// By `outcome`: `ok` (2xx), `client_error` (4xx from a scorer), `rejected` (4xx from
     /// the proxy), `upstream_error` (5xx from a scorer), `unavailable` (no scorer could
     /// answer), `local` (health and metrics).
@@ -69,17 +81,9 @@ impl Metrics {
         registry
             .register(Box::new(upstream_latency.clone()))
             .expect("unique metric");
-        for outcome in [
-            "ok",
-            "client_error",
-            "rejected",
-            "upstream_error",
-            "unavailable",
-            "local",
-        ] {
-            requests.with_label_values(&[outcome]);
-        }
+        let outcomes = OUTCOMES.map(|outcome| requests.with_label_values(&[outcome]));
         Metrics {
+            outcomes,
             requests,
             upstream_latency,
             retries: counter(
@@ -106,6 +110,13 @@ impl Metrics {
             ),
             inflight,
             registry,
+        }
+    }
+
+    /// Counts one request with `outcome` (one of [`OUTCOMES`]).
+    pub fn count(&self, outcome: &str) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.outcomes[i].inc();
         }
     }
 

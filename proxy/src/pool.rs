@@ -236,11 +236,11 @@ pub struct Pool {
     eject_for: Duration,
 }
 
-/// One candidate for a request.
+/// One candidate for a request: where it listens and its rendezvous name.
 #[derive(Clone, Debug)]
 pub struct Candidate {
-    pub backend: Backend,
-    pub name: String,
+    pub addr: std::net::SocketAddr,
+    pub name: Arc<str>,
 }
 
 impl Pool {
@@ -260,7 +260,7 @@ impl Pool {
     /// Up to `n` healthy, non-ejected scorers for `model`, in rendezvous order, skipping
     /// `tried`. One walk of the ranking: the accept callback records every acceptable
     /// backend and declines it, so the walk continues to the end.
-    pub fn candidates(&self, model: &str, n: usize, tried: &[String]) -> Vec<Candidate> {
+    pub fn candidates(&self, model: &str, n: usize, tried: &[Arc<str>]) -> Vec<Candidate> {
         let ejected = self.ejected_now();
         let found: std::cell::RefCell<Vec<Candidate>> =
             std::cell::RefCell::new(Vec::with_capacity(n));
@@ -270,10 +270,14 @@ impl Pool {
                 let mut found = found.borrow_mut();
                 if found.len() < n && healthy {
                     let name = name_ref(backend);
-                    if !tried.iter().any(|t| t == name) && !ejected.iter().any(|e| e == name) {
+                    if !tried.iter().any(|t| &**t == name)
+                        && !ejected.iter().any(|e| e == name)
+                        && let (Some(addr), Some(scorer)) =
+                            (backend.addr.as_inet(), backend.ext.get::<ScorerName>())
+                    {
                         found.push(Candidate {
-                            backend: backend.clone(),
-                            name: name.to_string(),
+                            addr: *addr,
+                            name: scorer.0.clone(),
                         });
                     }
                 }
@@ -344,7 +348,7 @@ impl Pool {
     /// loads are running. When it answers 200 the scorer counts as holding the model, so
     /// traffic can move there without a cold request. Returns whether a warm load started.
     pub fn warm(&self, model: &str, scorer: &Candidate, timeout: Duration) -> bool {
-        let key: WarmKey = (Arc::from(model), Arc::from(scorer.name.as_str()));
+        let key: WarmKey = (Arc::from(model), scorer.name.clone());
         {
             let mut warming = self.warming.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
@@ -362,9 +366,7 @@ impl Pool {
         let Ok(slot) = self.warm_slots.clone().try_acquire_owned() else {
             return false;
         };
-        let Some(addr) = scorer.backend.addr.as_inet().copied() else {
-            return false;
-        };
+        let addr = scorer.addr;
         let hot = self.hot.clone();
         tokio::spawn(async move {
             let _slot = slot;

@@ -34,9 +34,9 @@ pub struct Ctx {
     route: Route,
     started: Instant,
     /// Scorers tried so far (names), in order.
-    tried: Vec<String>,
+    tried: Vec<Arc<str>>,
     /// The scorer now serving the request and its in-flight counter.
-    current: Option<(String, Arc<AtomicUsize>)>,
+    current: Option<(Arc<str>, Arc<AtomicUsize>)>,
     upstream_started: Option<Instant>,
     echoed: Vec<(&'static str, String)>,
     body_bytes: usize,
@@ -105,7 +105,7 @@ impl Proxy {
     /// already holds the model hot and the first does not; then, if that scorer is
     /// overloaded and the model is already hot there (no load in progress to coalesce on),
     /// the next candidate.
-    fn choose(&self, model: &str, tried: &[String]) -> Option<Candidate> {
+    fn choose(&self, model: &str, tried: &[Arc<str>]) -> Option<Candidate> {
         let k = self.config.top_k.max(2);
         let candidates = self.pool.candidates(model, k, tried);
         let first = candidates.first()?.clone();
@@ -256,7 +256,10 @@ impl ProxyHttp for Proxy {
                 serde_json::json!({ "error": "missing or invalid bearer key" }),
             ),
             Route::Model { .. } | Route::AnyScorer => {
-                let length = header("content-length").and_then(|v| v.parse::<u64>().ok());
+                let length = session
+                    .get_header("content-length")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
                 if length.is_some_and(|n| n > self.config.max_body.bytes()) {
                     (
                         413,
@@ -321,7 +324,7 @@ impl ProxyHttp for Proxy {
         ctx.tried.push(chosen.name.clone());
         ctx.current = Some((chosen.name, counter));
         ctx.upstream_started = Some(Instant::now());
-        let mut peer = HttpPeer::new(&chosen.backend, false, String::new());
+        let mut peer = HttpPeer::new(chosen.addr, false, String::new());
         peer.options.connection_timeout = Some(self.config.connect_timeout);
         peer.options.read_timeout = Some(self.config.read_timeout);
         peer.options.write_timeout = Some(self.config.read_timeout);
@@ -470,7 +473,7 @@ impl ProxyHttp for Proxy {
             (_, 503) if scorer.is_none() => "unavailable",
             _ => "upstream_error",
         };
-        self.metrics.requests.with_label_values(&[outcome]).inc();
+        self.metrics.count(outcome);
         if let Some(started) = ctx.upstream_started {
             self.metrics
                 .upstream_latency

@@ -11,6 +11,7 @@
 //! ranking is a pure function of (model id, pool), and what it learns about hot models is
 //! relearnt from the scorers' answers.
 
+pub mod choice;
 pub mod metrics;
 pub mod pool;
 pub mod ranking;

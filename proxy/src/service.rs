@@ -15,6 +15,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 
+use crate::choice::{Policy, View, decide};
 use crate::metrics::Metrics;
 use crate::pool::{Candidate, Pool};
 use crate::route::{MODEL_HEADER, Route, VERSION_HEADER, classify};
@@ -101,62 +102,46 @@ fn key_matches(given: &str, keys: &[Secret]) -> bool {
 }
 
 impl Proxy {
-    /// Chooses the scorer for a model: the first-ranked one, unless another of the top k
-    /// already holds the model hot and the first does not; then, if that scorer is
-    /// overloaded and the model is already hot there (no load in progress to coalesce on),
-    /// the next candidate.
+    /// Chooses the scorer for a model (see `choice::decide`) and carries out the
+    /// decision's side effects: metrics and background warm loads.
     fn choose(&self, model: &str, tried: &[Arc<str>]) -> Option<Candidate> {
         let k = self.config.top_k.max(2);
         let candidates = self.pool.candidates(model, k, tried);
-        let first = candidates.first()?.clone();
-        let hot = |c: &Candidate| self.pool.hot.holds(model, &c.name);
-        let mut chosen = if hot(&first) {
-            first
-        } else {
-            match candidates.iter().take(self.config.top_k).find(|c| hot(c)) {
-                Some(c) => {
-                    // Served hot elsewhere meanwhile; warm the owner in the background so the
-                    // model moves home (after a scorer joins or restarts) without a cold
-                    // request.
-                    self.metrics.hot_routes.inc();
-                    if self.pool.warm(model, &first, self.config.read_timeout) {
-                        self.metrics.warm_triggers.inc();
-                    }
-                    c.clone()
-                }
-                None => first,
-            }
+        if candidates.is_empty() {
+            return None;
+        }
+        let views: Vec<View> = candidates
+            .iter()
+            .map(|c| View {
+                hot: self.pool.hot.holds(model, &c.name),
+                inflight: self.pool.inflight(&c.name).load(Ordering::Relaxed),
+            })
+            .collect();
+        let replicate = self
+            .config
+            .replication_threshold
+            .is_some_and(|threshold| f64::from(self.pool.rates.hit(model)) >= threshold);
+        let policy = Policy {
+            top_k: self.config.top_k,
+            load_factor: self.config.load_factor,
+            min_inflight: self.config.min_inflight,
+            replicate,
         };
-        // A model above the replication threshold lives on its first two scorers: warm the
-        // second, then spread requests over both (fewer in flight wins).
-        if let Some(threshold) = self.config.replication_threshold
-            && f64::from(self.pool.rates.hit(model)) >= threshold
-            && let Some(second) = candidates.get(1)
-        {
-            let pair = [&candidates[0], second];
-            if pair.iter().all(|c| hot(c)) {
-                let inflight = |c: &Candidate| self.pool.inflight(&c.name).load(Ordering::Relaxed);
-                chosen = if inflight(second) < inflight(&candidates[0]) {
-                    second.clone()
-                } else {
-                    candidates[0].clone()
-                };
-            } else if hot(&candidates[0]) && self.pool.warm(model, second, self.config.read_timeout)
-            {
-                self.metrics.warm_triggers.inc();
-            }
+        let decision = decide(&views, self.pool.mean_inflight(), policy);
+        if decision.hot_route {
+            self.metrics.hot_routes.inc();
         }
-        let load = self.pool.inflight(&chosen.name).load(Ordering::Relaxed);
-        let limit = (self.config.load_factor * self.pool.mean_inflight())
-            .max(self.config.min_inflight as f64);
-        if load as f64 > limit
-            && hot(&chosen)
-            && let Some(next) = candidates.iter().find(|c| c.name != chosen.name)
-        {
+        if decision.spilled {
             self.metrics.spills.inc();
-            chosen = next.clone();
         }
-        Some(chosen)
+        if let Some(i) = decision.warm
+            && self
+                .pool
+                .warm(model, &candidates[i], self.config.read_timeout)
+        {
+            self.metrics.warm_triggers.inc();
+        }
+        candidates.into_iter().nth(decision.chosen)
     }
 
     fn authorized(&self, session: &Session, admin: bool) -> bool {

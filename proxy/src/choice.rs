@@ -1,0 +1,181 @@
+//! Which scorer serves a request, as a pure function of what the proxy knows about the
+//! candidates: their rendezvous order, whether each holds the model hot, and the requests
+//! each has in flight. `service.rs` gathers that state and carries out the decision
+//! (counting it and starting background warm loads).
+
+/// What the proxy knows about one candidate, in rendezvous order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    pub hot: bool,
+    pub inflight: usize,
+}
+
+/// The routing knobs (`routing.*`, `replication.*`).
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    pub top_k: usize,
+    pub load_factor: f64,
+    pub min_inflight: usize,
+    /// The model is above the replication threshold.
+    pub replicate: bool,
+}
+
+/// The decision for one request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Index into the candidates of the scorer to send the request to.
+    pub chosen: usize,
+    /// Sent to a lower-ranked scorer because it holds the model and the first does not.
+    pub hot_route: bool,
+    /// Moved off an overloaded scorer to another that holds the model.
+    pub spilled: bool,
+    /// Candidate to warm in the background (a repository load), if any.
+    pub warm: Option<usize>,
+}
+
+/// Chooses among `candidates` (rendezvous order, at least one):
+///
+/// 1. The first-ranked scorer, unless another of the top k holds the model hot and the
+///    first does not: then that one, and the first is warmed so the model moves home
+///    (after a scorer joined or restarted) without a cold request.
+/// 2. A model above the replication threshold lives on its first two scorers: once both
+///    hold it, the one with fewer requests in flight serves; until then the second is
+///    warmed.
+/// 3. If the chosen scorer has more requests in flight than `load_factor` × `mean`
+///    (and at least `min_inflight`), the request spills to another candidate **that
+///    already holds the model**. Spilling never sends a request to a scorer that would
+///    have to load the model first: that would trade a short queue for a cold load, and a
+///    burst for a cold model would cost a load per scorer instead of one.
+pub fn decide(candidates: &[View], mean_inflight: f64, policy: Policy) -> Decision {
+    let mut decision = Decision::default();
+    let top = &candidates[..candidates.len().min(policy.top_k.max(1))];
+    if !candidates[0].hot
+        && let Some(i) = top.iter().position(|c| c.hot)
+    {
+        decision.chosen = i;
+        decision.hot_route = true;
+        decision.warm = Some(0);
+    }
+    if policy.replicate && candidates.len() >= 2 {
+        match (candidates[0].hot, candidates[1].hot) {
+            (true, true) => {
+                decision.chosen = if candidates[1].inflight < candidates[0].inflight {
+                    1
+                } else {
+                    0
+                };
+            }
+            (true, false) => decision.warm = Some(1),
+            _ => {}
+        }
+    }
+    let limit = (policy.load_factor * mean_inflight).max(policy.min_inflight as f64);
+    let chosen = candidates[decision.chosen];
+    if chosen.hot
+        && chosen.inflight as f64 > limit
+        && let Some(other) = candidates
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| *i != decision.chosen && c.hot)
+            .min_by_key(|(_, c)| c.inflight)
+            .map(|(i, _)| i)
+        && candidates[other].inflight < chosen.inflight
+    {
+        decision.chosen = other;
+        decision.spilled = true;
+    }
+    decision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: Policy = Policy {
+        top_k: 2,
+        load_factor: 2.0,
+        min_inflight: 8,
+        replicate: false,
+    };
+
+    fn view(hot: bool, inflight: usize) -> View {
+        View { hot, inflight }
+    }
+
+    #[test]
+    fn a_cold_model_goes_to_its_first_ranked_scorer_however_busy() {
+        let d = decide(
+            &[view(false, 500), view(false, 0), view(false, 0)],
+            10.0,
+            POLICY,
+        );
+        assert_eq!(
+            d,
+            Decision {
+                chosen: 0,
+                ..Decision::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_model_hot_on_the_second_is_served_there_and_warmed_on_the_first() {
+        let d = decide(
+            &[view(false, 0), view(true, 0), view(false, 0)],
+            0.0,
+            POLICY,
+        );
+        assert_eq!(
+            d,
+            Decision {
+                chosen: 1,
+                hot_route: true,
+                spilled: false,
+                warm: Some(0)
+            }
+        );
+        // Beyond the top k it does not count.
+        let d = decide(
+            &[view(false, 0), view(false, 0), view(true, 0)],
+            0.0,
+            POLICY,
+        );
+        assert_eq!(d.chosen, 0);
+    }
+
+    #[test]
+    fn an_overloaded_scorer_spills_only_to_one_that_holds_the_model() {
+        // Hot only on the first: no spill, however loaded.
+        let d = decide(
+            &[view(true, 100), view(false, 0), view(false, 0)],
+            34.0,
+            POLICY,
+        );
+        assert_eq!(d.chosen, 0);
+        assert!(!d.spilled);
+        // Hot on the third too: spill there.
+        let d = decide(
+            &[view(true, 100), view(false, 0), view(true, 2)],
+            34.0,
+            POLICY,
+        );
+        assert_eq!((d.chosen, d.spilled), (2, true));
+        // Not over the limit: stay.
+        let d = decide(&[view(true, 5), view(true, 0)], 2.5, POLICY);
+        assert_eq!((d.chosen, d.spilled), (0, false));
+    }
+
+    #[test]
+    fn a_replicated_model_is_warmed_on_the_second_then_spread_over_both() {
+        let policy = Policy {
+            replicate: true,
+            ..POLICY
+        };
+        let d = decide(&[view(true, 3), view(false, 0)], 1.5, policy);
+        assert_eq!((d.chosen, d.warm), (0, Some(1)));
+        let d = decide(&[view(true, 3), view(true, 1)], 2.0, policy);
+        assert_eq!(d.chosen, 1);
+        let d = decide(&[view(true, 1), view(true, 3)], 2.0, policy);
+        assert_eq!(d.chosen, 0);
+    }
+}

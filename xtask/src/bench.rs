@@ -78,6 +78,7 @@ pub enum Bench {
 }
 
 pub fn run(which: Bench) -> Result<()> {
+    setup::tools(&["cmake", "wrk"])?;
     setup::onnxruntime()?;
     if cfg!(debug_assertions) {
         // Benchmarks time in-process code too: run them from a release build of xtask.

@@ -98,6 +98,7 @@ fn run(task: Task) -> Result<()> {
         } => up(scorers, base_port, store, &budget, smoke),
         Task::Test { args } => test(&args),
         Task::Setup => {
+            setup::tools(&["cmake"])?;
             setup::onnxruntime()?;
             setup::azurite()?;
             Ok(())
@@ -144,6 +145,7 @@ fn run(task: Task) -> Result<()> {
 }
 
 fn test(args: &[String]) -> Result<()> {
+    setup::tools(&["cmake"])?;
     setup::onnxruntime()?;
     setup::python_test_deps()?;
     let azurite = setup::azurite()?;
@@ -206,6 +208,7 @@ fn up(scorers: usize, base_port: u16, store: PathBuf, budget: &str, smoke: bool)
     if scorers == 0 {
         bail!("--scorers must be at least 1");
     }
+    setup::tools(&["cmake"])?;
     setup::onnxruntime()?;
     setup::demo_models(&store)?;
     setup::cargo(&[

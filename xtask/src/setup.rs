@@ -117,6 +117,32 @@ pub fn azurite() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Debian packages for tools the build or the benchmarks run (`cmake` for Pingora's zlib,
+/// `wrk` for benchmarks), installed with apt only when the command is missing.
+pub fn tools(commands: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = commands
+        .iter()
+        .copied()
+        .filter(|c| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {c}")])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {} with apt-get", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
 /// The Python packages of `tests/requirements.txt` (a real OIP client for the tests),
 /// installed only when missing.
 pub fn python_test_deps() -> Result<()> {

@@ -7,22 +7,23 @@ use prometheus::{
 };
 
 /// Outcomes, the values of `mm_proxy_requests_total`'s label.
-pub const OUTCOMES: [&str; 6] = [
+pub const OUTCOMES: [&str; 7] = [
     "ok",
     "client_error",
     "rejected",
     "upstream_error",
     "unavailable",
     "local",
+    "client_closed",
 ];
 
 pub struct Metrics {
     registry: Registry,
     /// `requests` resolved once per outcome, so counting costs no label hashing.
-    outcomes: [IntCounter; 6],
+    outcomes: [IntCounter; 7],
     /// By `outcome`: `ok` (2xx), `client_error` (4xx from a scorer), `rejected` (4xx from
     /// the proxy), `upstream_error` (5xx from a scorer), `unavailable` (no scorer could
-    /// answer), `local` (health and metrics).
+    /// answer), `local` (health and metrics), `client_closed` (the client hung up first).
     pub requests: IntCounterVec,
     pub upstream_latency: Histogram,
     pub retries: IntCounter,

@@ -388,7 +388,10 @@ impl ProxyHttp for Proxy {
                 | ErrorType::WriteError
                 | ErrorType::ConnectRefused
         );
+        // Only the scorer's side counts: a client that hangs up is not a dead scorer.
+        let upstream = matches!(e.esource(), pingora::ErrorSource::Upstream);
         let retryable = died
+            && upstream
             && session.response_written().is_none()
             && !session.as_ref().retry_buffer_truncated()
             && ctx.tried.len() <= self.config.retries;
@@ -450,7 +453,10 @@ impl ProxyHttp for Proxy {
                 .map(|r| r.status.as_u16())
                 .unwrap_or(0)
         };
+        let client_closed =
+            e.is_some_and(|e| matches!(e.esource(), pingora::ErrorSource::Downstream));
         let outcome = match (&ctx.route, status) {
+            _ if client_closed => "client_closed",
             (Route::Live | Route::Ready | Route::Metrics, _) => "local",
             (_, 200..=299) => "ok",
             (_, 400..=499) if scorer.is_some() => "client_error",
@@ -469,7 +475,7 @@ impl ProxyHttp for Proxy {
             _ => "",
         };
         let request_id = ctx.echoed.first().map(|(_, v)| v.as_str()).unwrap_or("");
-        if status >= 500 || e.is_some() {
+        if (status >= 500 || e.is_some()) && !client_closed {
             tracing::warn!(
                 request_id,
                 model,

@@ -23,6 +23,8 @@ pub enum ScorerError {
     BodyTooLarge { limit: u64 },
     #[error("no route for {0}")]
     NoRoute(String),
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("inference failed for model '{id}': {message}")]
@@ -54,6 +56,7 @@ impl ScorerError {
                 StatusCode::NOT_FOUND
             }
             ScorerError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ScorerError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ScorerError::InvalidModelId(_) | ScorerError::InvalidInput(_) => {
                 StatusCode::BAD_REQUEST
             }
@@ -74,6 +77,7 @@ impl ScorerError {
             ScorerError::InvalidInput(_) => "invalid_input",
             ScorerError::BodyTooLarge { .. } => "too_large",
             ScorerError::NoRoute(_) => "no_route",
+            ScorerError::MethodNotAllowed { .. } => "method_not_allowed",
             ScorerError::Load(_) => "load_failed",
             ScorerError::Inference { .. } => "inference_failed",
             ScorerError::Store(_) => "store_unavailable",

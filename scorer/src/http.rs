@@ -462,10 +462,11 @@ async fn no_route(State(scorer): Shared, method: Method, uri: Uri) -> Response {
     finish(&scorer, "other", Err(error))
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        axum::Json(json!({ "error": format!("method {method} is not allowed on {}", uri.path()) })),
-    )
-        .into_response()
+/// Through `finish` like every other answer: counted, and marked with the scorer's name.
+async fn method_not_allowed(State(scorer): Shared, method: Method, uri: Uri) -> Response {
+    let error = ScorerError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    };
+    finish(&scorer, "other", Err(error))
 }

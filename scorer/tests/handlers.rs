@@ -533,6 +533,10 @@ async fn bad_requests_get_the_right_status_and_a_helpful_error() {
     // Wrong method on a known route.
     let reply = get(&router, infer).await;
     reply.assert_error(StatusCode::METHOD_NOT_ALLOWED, "not allowed");
+    assert!(
+        reply.header("x-mm-scorer").is_some(),
+        "405s go through the one error path too"
+    );
 
     // After all that, the same router still serves.
     let reply = post_json(&router, infer, &good).await;

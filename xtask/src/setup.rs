@@ -155,15 +155,12 @@ pub fn python_test_deps() -> Result<()> {
     if present {
         return Ok(());
     }
-    eprintln!("xtask: installing tests/requirements.txt");
-    run(Command::new("python3").args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "-r",
-        "tests/requirements.txt",
-    ]))
+    pip_install("tests/requirements.txt")
+}
+
+fn pip_install(requirements: &str) -> Result<()> {
+    eprintln!("xtask: installing {requirements}");
+    run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "-r", requirements]))
 }
 
 /// The demo models are committed; regenerate them only if a clone lacks them.
@@ -172,14 +169,7 @@ pub fn demo_models(store: &Path) -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: making the demo models (python3 models/make_demo_models.py)");
-    run(Command::new("python3").args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "-r",
-        "models/requirements.txt",
-    ]))?;
+    pip_install("models/requirements.txt")?;
     run(Command::new("python3").arg("models/make_demo_models.py"))
 }
 

@@ -9,12 +9,11 @@
 //! `LoadBalancer::select_with` walks the candidates in rank order and skips unhealthy ones.
 
 use std::collections::BTreeSet;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use pingora::lb::Backend;
 use pingora::lb::selection::{BackendIter, BackendSelection};
-use rendezvous_hash::{NodeHasher, RendezvousNodes};
+pub use manymodels_policy::ranking::rank;
 
 /// The rendezvous identity of a backend: its configured name (`scorer-0.scorers:8001`),
 /// stored in the backend's extensions, or its address when it has none.
@@ -32,55 +31,6 @@ pub fn name_of(backend: &Backend) -> String {
 /// The name without allocating; backends made by the proxy's discovery always carry one.
 pub fn name_ref(backend: &Backend) -> &str {
     backend.ext.get::<ScorerName>().map(|n| &*n.0).unwrap_or("")
-}
-
-/// FNV-1a with a SplitMix64 finish: fixed forever, unlike `DefaultHasher`, so rankings do
-/// not change when the proxy is rebuilt with another Rust version.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct StableHasher(u64);
-
-impl Hasher for StableHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-
-    fn finish(&self) -> u64 {
-        let mut z = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
-/// Hashes (node, item) with [`StableHasher`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct StableNodeHasher;
-
-impl<N: Hash> NodeHasher<N> for StableNodeHasher {
-    fn hash<T: Hash>(&self, node: &N, item: &T) -> u64 {
-        let mut hasher = StableHasher::default();
-        item.hash(&mut hasher);
-        node.hash(&mut hasher);
-        hasher.finish()
-    }
-}
-
-/// Scorer names, best first, for `model_id`.
-pub fn rank<'a>(model_id: &str, names: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
-    let mut nodes = RendezvousNodes::new(StableNodeHasher);
-    for name in names {
-        nodes.insert(name);
-    }
-    nodes.calc_candidates(&model_id).copied().collect()
 }
 
 /// Pingora selection: backends in rendezvous order for the key (a model id).

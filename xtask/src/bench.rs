@@ -70,6 +70,9 @@ pub enum Bench {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// The offline cache simulator: the scorer's policy against LRU, moka's W-TinyLFU and
+    /// Belady on generated many-model traces.
+    Policy(crate::sim::SimArgs),
     /// Resident memory per 1,000 small (linear) models.
     Memory {
         #[arg(long, default_value_t = 1000)]
@@ -95,6 +98,7 @@ pub fn run(which: Bench) -> Result<()> {
             sets,
         } => hot(&models, seconds, connections, &sets),
         Bench::Load { reps } => load(reps),
+        Bench::Policy(args) => crate::sim::run(args),
         Bench::Memory { models } => memory(models),
         Bench::Proxy {
             seconds,

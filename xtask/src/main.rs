@@ -11,6 +11,7 @@
 
 mod bench;
 mod setup;
+mod sim;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode};

@@ -1,0 +1,20 @@
+//! The cache policy of the pool, and the tools that measure it.
+//!
+//! - [`stats`]: what the proxy counts per model (bounded memory) and how the scorers
+//!   combine the reports of several proxies.
+//! - [`policy`]: the scorer's eviction and admission policy.
+//! - [`ranking`]: the rendezvous ranking of scorers for a model id.
+//! - [`trace`] and [`sim`]: the trace generator and the offline simulator that replays
+//!   traces against this same code, LRU and Belady.
+//!
+//! Nothing here does I/O or reads a clock: time is always passed in, in seconds.
+
+pub mod decay;
+pub mod policy;
+pub mod ranking;
+pub mod sim;
+pub mod stats;
+pub mod trace;
+
+pub use policy::{Admission, CostModel, Key, Policy, PolicyConfig, Resident};
+pub use stats::{PoolStats, PoolView, StatsReport};

@@ -1,0 +1,569 @@
+//! The scorer's eviction and admission policy.
+//!
+//! Every resident model has a priority
+//!
+//! ```text
+//! priority = ln(frequency) + size_weight · ln(load cost / bytes)
+//! ```
+//!
+//! where `frequency` is the larger of the scorer's own decayed request count for the model
+//! and the pool-wide rate the proxies last reported for it (converted to a count with the
+//! same half-life), and `load cost` is the measured seconds the model took to load (or the
+//! [`CostModel`] estimate before it was ever loaded). It is GreedyDual-Size-Frequency with
+//! exponential decay in place of GDSF's inflation clock: the value of keeping a model is how
+//! often it is asked for times what a miss costs, per byte it occupies.
+//!
+//! A miss is always served (the model is loaded for the request) but is **admitted** into
+//! the cache only if every resident model it would displace has a lower priority. A batch
+//! that touches thousands of cold models once therefore passes through without flushing
+//! the hot set: each scanned model has a count of one, below every model that is hot.
+//!
+//! Priorities are kept in forward-decay form ([`crate::decay`]), so an untouched model's
+//! place in the eviction order never changes and nothing is recomputed as time passes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::Hash;
+
+use crate::decay::{Decay, Log};
+
+/// A cache key: one loaded version of one model. Statistics are kept per model, so every
+/// version of a model shares its request count.
+pub trait Key: Clone + Ord + Hash + Eq {
+    type Model: Clone + Ord + Hash + Eq;
+    fn model(&self) -> &Self::Model;
+}
+
+impl Key for u32 {
+    type Model = u32;
+    fn model(&self) -> &u32 {
+        self
+    }
+}
+
+/// Seconds a load is expected to take before it has been measured: `fixed + per_byte ×
+/// bytes`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CostModel {
+    pub fixed: f64,
+    pub per_byte: f64,
+}
+
+impl CostModel {
+    pub fn estimate(&self, bytes: u64) -> f64 {
+        self.fixed + self.per_byte * bytes as f64
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PolicyConfig {
+    /// Half-life of request counts, seconds.
+    pub half_life: f64,
+    /// Exponent of `load cost / bytes` in the priority: 0 ranks by frequency alone, 1 is
+    /// GDSF's cost per byte.
+    pub size_weight: f64,
+    pub cost: CostModel,
+    /// How many models' request counts are remembered (resident or not).
+    pub history: usize,
+}
+
+impl Default for PolicyConfig {
+    /// The defaults chosen by the simulator (BENCHMARKS.md, "Cache policy").
+    fn default() -> Self {
+        PolicyConfig {
+            half_life: 10.0,
+            size_weight: 0.5,
+            cost: CostModel {
+                fixed: 0.002,
+                per_byte: 5e-9,
+            },
+            history: 200_000,
+        }
+    }
+}
+
+/// What an admission decided.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Admission<K> {
+    pub admitted: bool,
+    /// Residents evicted to make room, lowest priority first.
+    pub evicted: Vec<K>,
+}
+
+/// Total order on priorities (never NaN by construction).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Prio(f64);
+
+impl Eq for Prio {}
+
+impl PartialOrd for Prio {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Prio {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    bytes: u64,
+    cost: f64,
+    prio: Prio,
+    last_use: f64,
+}
+
+/// One resident model as the policy sees it, for the explain endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resident<K> {
+    pub key: K,
+    pub bytes: u64,
+    pub load_seconds: f64,
+    pub priority: f64,
+    pub last_use: f64,
+    pub local_rate: f64,
+    pub pool_rate: f64,
+}
+
+pub struct Policy<K: Key> {
+    config: PolicyConfig,
+    decay: Decay,
+    capacity: u64,
+    used: u64,
+    resident: HashMap<K, Entry>,
+    order: BTreeSet<(Prio, K)>,
+    /// This cache's own decayed request count per model.
+    local: HashMap<K::Model, Log>,
+    next_sweep: usize,
+    /// Pool-wide counts from the proxies' last report.
+    pool: HashMap<K::Model, Log>,
+}
+
+impl<K: Key> Policy<K> {
+    pub fn new(capacity: u64, config: PolicyConfig) -> Self {
+        Policy {
+            decay: Decay::new(config.half_life),
+            config,
+            capacity,
+            used: 0,
+            resident: HashMap::new(),
+            order: BTreeSet::new(),
+            local: HashMap::new(),
+            next_sweep: config.history.max(16),
+            pool: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    pub fn len(&self) -> usize {
+        self.resident.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.resident.is_empty()
+    }
+
+    pub fn contains(&self, key: &K) -> bool {
+        self.resident.contains_key(key)
+    }
+
+    /// Counts one request for `key` at `now`. Returns whether it is resident.
+    pub fn record(&mut self, key: &K, now: f64) -> bool {
+        let model = key.model();
+        let log = self.local.get(model).copied().unwrap_or(Log::ZERO);
+        let log = self.decay.add(log, 1.0, now);
+        if let Some(slot) = self.local.get_mut(model) {
+            *slot = log;
+        } else {
+            self.local.insert(model.clone(), log);
+            if self.local.len() > self.next_sweep {
+                self.sweep(now);
+            }
+        }
+        match self.resident.get_mut(key) {
+            Some(entry) => {
+                entry.last_use = now;
+                self.reprioritise(key);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Decides whether a just-loaded `key` of `bytes` stays resident, evicting
+    /// lower-priority residents to make room. `load_seconds` is the measured load time.
+    /// A key that is already resident is only re-weighed.
+    pub fn admit(
+        &mut self,
+        key: K,
+        bytes: u64,
+        load_seconds: Option<f64>,
+        now: f64,
+    ) -> Admission<K> {
+        if let Some(old) = self.resident.get(&key) {
+            let old_bytes = old.bytes;
+            self.used = self.used - old_bytes + bytes;
+            if let Some(entry) = self.resident.get_mut(&key) {
+                entry.bytes = bytes;
+            }
+            self.reprioritise(&key);
+            let evicted = self.shrink_to_fit(&key);
+            return Admission {
+                admitted: true,
+                evicted,
+            };
+        }
+        let cost = load_seconds.unwrap_or_else(|| self.config.cost.estimate(bytes));
+        let prio = self.priority(key.model(), bytes, cost);
+        if bytes > self.capacity {
+            return Admission {
+                admitted: false,
+                evicted: Vec::new(),
+            };
+        }
+        let mut free = self.capacity - self.used;
+        let mut victims = Vec::new();
+        if free < bytes {
+            for (victim_prio, victim) in &self.order {
+                if *victim_prio >= prio {
+                    return Admission {
+                        admitted: false,
+                        evicted: Vec::new(),
+                    };
+                }
+                free += self.resident[victim].bytes;
+                victims.push(victim.clone());
+                if free >= bytes {
+                    break;
+                }
+            }
+        }
+        for victim in &victims {
+            self.remove(victim);
+        }
+        self.used += bytes;
+        self.order.insert((prio, key.clone()));
+        self.resident.insert(
+            key,
+            Entry {
+                bytes,
+                cost,
+                prio,
+                last_use: now,
+            },
+        );
+        Admission {
+            admitted: true,
+            evicted: victims,
+        }
+    }
+
+    /// Forgets a resident key (an explicit unload, or a version replaced). Its request
+    /// count is kept.
+    pub fn remove(&mut self, key: &K) -> bool {
+        match self.resident.remove(key) {
+            Some(entry) => {
+                self.order.remove(&(entry.prio, key.clone()));
+                self.used -= entry.bytes;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Replaces the pool-wide rates (requests per second, measured at `now`) with the
+    /// proxies' latest report, re-ranking the resident models it concerns.
+    pub fn set_pool_rates(&mut self, rates: impl IntoIterator<Item = (K::Model, f64)>, now: f64) {
+        let fresh: HashMap<K::Model, Log> = rates
+            .into_iter()
+            .map(|(model, rate)| (model, self.decay.from_rate(rate, now)))
+            .collect();
+        let old = std::mem::replace(&mut self.pool, fresh);
+        let touched: Vec<K> = self
+            .resident
+            .keys()
+            .filter(|k| old.contains_key(k.model()) || self.pool.contains_key(k.model()))
+            .cloned()
+            .collect();
+        for key in touched {
+            self.reprioritise(&key);
+        }
+    }
+
+    /// Models the pool reports as hot that have no resident version, hottest first.
+    pub fn hottest_absent(&self, limit: usize, now: f64) -> Vec<(K::Model, f64)> {
+        let resident: std::collections::HashSet<&K::Model> =
+            self.resident.keys().map(Key::model).collect();
+        let mut absent: Vec<(&K::Model, Log)> = self
+            .pool
+            .iter()
+            .filter(|(m, _)| !resident.contains(m))
+            .map(|(m, l)| (m, *l))
+            .collect();
+        absent.sort_by(|a, b| b.1.0.total_cmp(&a.1.0).then_with(|| a.0.cmp(b.0)));
+        absent.truncate(limit);
+        absent
+            .into_iter()
+            .map(|(m, l)| (m.clone(), self.decay.rate(l, now)))
+            .collect()
+    }
+
+    /// The resident models, lowest priority (next to go) first.
+    pub fn residents(&self, now: f64) -> Vec<Resident<K>> {
+        self.order
+            .iter()
+            .map(|(prio, key)| {
+                let entry = &self.resident[key];
+                let local = self.local.get(key.model()).copied().unwrap_or(Log::ZERO);
+                let pool = self.pool.get(key.model()).copied().unwrap_or(Log::ZERO);
+                Resident {
+                    key: key.clone(),
+                    bytes: entry.bytes,
+                    load_seconds: entry.cost,
+                    priority: prio.0 - now / self.decay.tau(),
+                    last_use: entry.last_use,
+                    local_rate: self.decay.rate(local, now),
+                    pool_rate: self.decay.rate(pool, now),
+                }
+            })
+            .collect()
+    }
+
+    fn frequency(&self, model: &K::Model) -> Log {
+        let local = self.local.get(model).copied().unwrap_or(Log::ZERO);
+        let pool = self.pool.get(model).copied().unwrap_or(Log::ZERO);
+        let log = local.max(pool);
+        // A model nobody asked for (a warm-up of a model the pool forgot) still gets a
+        // finite priority, the lowest possible.
+        if log == Log::ZERO { Log(-1e300) } else { log }
+    }
+
+    fn priority(&self, model: &K::Model, bytes: u64, cost: f64) -> Prio {
+        let per_byte = cost.max(1e-9) / (bytes.max(1) as f64);
+        Prio(self.frequency(model).0 + self.config.size_weight * per_byte.ln())
+    }
+
+    fn reprioritise(&mut self, key: &K) {
+        let Some(entry) = self.resident.get(key) else {
+            return;
+        };
+        let prio = self.priority(key.model(), entry.bytes, entry.cost);
+        if prio != entry.prio {
+            self.order.remove(&(entry.prio, key.clone()));
+            self.order.insert((prio, key.clone()));
+            if let Some(entry) = self.resident.get_mut(key) {
+                entry.prio = prio;
+            }
+        }
+    }
+
+    /// After a resident grew, evicts the lowest-priority others until the budget holds.
+    fn shrink_to_fit(&mut self, keep: &K) -> Vec<K> {
+        let mut evicted = Vec::new();
+        while self.used > self.capacity {
+            let Some(victim) = self
+                .order
+                .iter()
+                .map(|(_, k)| k)
+                .find(|k| *k != keep)
+                .cloned()
+            else {
+                break;
+            };
+            self.remove(&victim);
+            evicted.push(victim);
+        }
+        evicted
+    }
+
+    /// Keeps the request-count table bounded: forgets non-resident models whose count has
+    /// decayed below one half, and if that is not enough, every non-resident model.
+    fn sweep(&mut self, now: f64) {
+        let resident: std::collections::HashSet<K::Model> =
+            self.resident.keys().map(|k| k.model().clone()).collect();
+        let decay = self.decay;
+        self.local
+            .retain(|m, l| resident.contains(m) || decay.count(*l, now) >= 0.5);
+        if self.local.len() > self.config.history {
+            self.local.retain(|m, _| resident.contains(m));
+        }
+        self.next_sweep = self.local.len() + self.config.history.max(16) / 2;
+    }
+
+    /// Request-count entries remembered (for the bounded-memory test).
+    pub fn remembered(&self) -> usize {
+        self.local.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(size_weight: f64) -> PolicyConfig {
+        PolicyConfig {
+            half_life: 60.0,
+            size_weight,
+            cost: CostModel {
+                fixed: 0.002,
+                per_byte: 5e-9,
+            },
+            history: 1000,
+        }
+    }
+
+    /// Requests `key` at `now`, loading and offering it on a miss. Returns whether it hit.
+    fn access(p: &mut Policy<u32>, key: u32, bytes: u64, now: f64) -> bool {
+        if p.record(&key, now) {
+            return true;
+        }
+        p.admit(key, bytes, None, now);
+        false
+    }
+
+    #[test]
+    fn a_scan_passes_through_without_flushing_the_hot_set() {
+        let mut p = Policy::new(10_000, config(0.0));
+        let mut t = 0.0;
+        // Ten hot models of 1,000 bytes, each asked for 20 times.
+        for _ in 0..20 {
+            for k in 0..10 {
+                access(&mut p, k, 1_000, t);
+                t += 0.01;
+            }
+        }
+        assert_eq!(p.len(), 10);
+        // A batch touches 5,000 cold models once each, interleaved with a little hot traffic.
+        for (i, cold) in (1_000..6_000).enumerate() {
+            assert!(!access(&mut p, cold, 1_000, t), "cold model {cold} cannot hit");
+            if i % 50 == 0 {
+                access(&mut p, (i / 50 % 10) as u32, 1_000, t);
+            }
+            t += 0.001;
+        }
+        for k in 0..10 {
+            assert!(p.contains(&k), "hot model {k} was flushed by the scan");
+        }
+    }
+
+    #[test]
+    fn a_rising_model_is_admitted_and_a_cold_one_goes_first() {
+        let mut p = Policy::new(3_000, config(0.0));
+        for i in 0..30 {
+            let t = i as f64;
+            access(&mut p, 1, 1_000, t);
+            access(&mut p, 2, 1_000, t);
+            if i < 5 {
+                access(&mut p, 3, 1_000, t); // 3 goes cold after five seconds
+            }
+        }
+        assert!(p.contains(&3));
+        let lowest = p.residents(30.0)[0].key;
+        assert_eq!(lowest, 3, "the model that went cold must be next to go");
+        // Model 4 rises: its first request is refused (one request beats nothing), then
+        // its count passes model 3's decayed count and it is admitted in 3's place.
+        let mut t = 30.0;
+        let mut admitted_at = None;
+        for n in 0..10 {
+            if access(&mut p, 4, 1_000, t) || p.contains(&4) {
+                admitted_at = Some(n);
+                break;
+            }
+            t += 0.1;
+        }
+        assert!(admitted_at.is_some(), "a rising model must get in");
+        assert!(!p.contains(&3), "the cold model is the one evicted");
+        assert!(p.contains(&1) && p.contains(&2));
+    }
+
+    #[test]
+    fn pool_rates_admit_a_model_this_cache_never_saw() {
+        let mut p = Policy::new(2_000, config(0.0));
+        for i in 0..10 {
+            access(&mut p, 1, 1_000, i as f64);
+            access(&mut p, 2, 1_000, i as f64);
+        }
+        // First request for model 9 here, but the pool reports it at 50 req/s.
+        p.set_pool_rates([(9, 50.0)], 10.0);
+        assert!(!access(&mut p, 9, 1_000, 10.0));
+        assert!(p.contains(&9), "the pool's rate outranks this cache's own counts");
+        assert_eq!(p.hottest_absent(10, 11.0), Vec::<(u32, f64)>::new());
+        p.set_pool_rates([(9, 50.0), (7, 20.0), (8, 30.0)], 11.0);
+        let absent: Vec<u32> = p.hottest_absent(10, 11.0).into_iter().map(|(m, _)| m).collect();
+        assert_eq!(absent, vec![8, 7], "hottest absent first");
+    }
+
+    #[test]
+    fn size_and_load_cost_change_decisions() {
+        // Two models asked for equally often; the cache holds the small one or the big one.
+        let mut sized = Policy::new(10_000, config(1.0));
+        let mut blind = Policy::new(10_000, config(0.0));
+        for p in [&mut sized, &mut blind] {
+            for i in 0..5 {
+                access(p, 1, 8_000, i as f64); // big, resident first
+            }
+        }
+        for i in 5..11 {
+            access(&mut sized, 2, 4_000, i as f64);
+            access(&mut blind, 2, 4_000, i as f64);
+        }
+        // Per byte, the small model is worth more: the size-aware policy swaps it in
+        // once its count matches; frequency alone keeps the big one until it is outcounted.
+        assert!(sized.contains(&2) && !sized.contains(&1));
+        assert!(blind.contains(&2) && !blind.contains(&1));
+
+        // Same sizes, different measured load costs: the slow-to-load model is kept.
+        let mut p = Policy::new(2_000, config(1.0));
+        p.record(&1, 0.0);
+        p.admit(1, 1_000, Some(0.5), 0.0);
+        p.record(&2, 0.0);
+        p.admit(2, 1_000, Some(0.001), 0.0);
+        p.record(&3, 0.0);
+        let decision = p.admit(3, 1_000, Some(0.1), 0.0);
+        assert_eq!(decision.evicted, vec![2], "the cheap-to-reload model goes");
+        p.record(&4, 0.0);
+        let decision = p.admit(4, 1_000, Some(0.01), 0.0);
+        assert!(!decision.admitted, "cheaper than every resident: not admitted");
+    }
+
+    #[test]
+    fn budget_holds_and_counts_stay_bounded() {
+        let mut p = Policy::new(50_000, config(0.5));
+        for i in 0..100_000u32 {
+            let key = i % 5_000 * 7 % 20_000;
+            access(&mut p, key, 500 + u64::from(key % 7) * 700, f64::from(i) * 0.001);
+            assert!(p.used() <= p.capacity());
+        }
+        assert!(p.remembered() <= 2 * 1000 + p.len(), "{}", p.remembered());
+        let sum: u64 = p.residents(100.0).iter().map(|r| r.bytes).sum();
+        assert_eq!(sum, p.used());
+    }
+
+    #[test]
+    fn regrowing_a_resident_evicts_others() {
+        let mut p = Policy::new(3_000, config(0.0));
+        for k in 0..3 {
+            access(&mut p, k, 1_000, 0.0);
+        }
+        p.record(&0, 1.0);
+        let d = p.admit(0, 2_000, None, 1.0);
+        assert!(d.admitted);
+        assert_eq!(d.evicted.len(), 1);
+        assert!(p.used() <= 3_000);
+        assert!(p.remove(&0));
+        assert!(!p.remove(&0));
+    }
+}

@@ -1,0 +1,375 @@
+//! Offline cache simulation: replays a trace against the scorer's policy (the same
+//! [`Policy`] code the scorer runs, fed by the same [`PoolStats`] the proxy keeps), plain
+//! LRU, and Belady's offline policy, and reports request and byte miss ratios.
+//!
+//! Every request must be served, so a miss always loads the model (its bytes count as
+//! loaded); the policy then decides whether it stays.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::policy::{Policy, PolicyConfig};
+use crate::stats::PoolStats;
+use crate::trace::Request;
+
+/// A cache under simulation.
+pub trait Cache {
+    fn name(&self) -> String;
+    /// Serves request number `i`; returns whether it hit.
+    fn access(&mut self, i: usize, request: &Request, bytes: u64) -> bool;
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outcome {
+    pub name: String,
+    pub requests: u64,
+    pub misses: u64,
+    pub bytes_requested: u64,
+    pub bytes_loaded: u64,
+}
+
+impl Outcome {
+    pub fn request_miss_ratio(&self) -> f64 {
+        self.misses as f64 / self.requests.max(1) as f64
+    }
+
+    pub fn byte_miss_ratio(&self) -> f64 {
+        self.bytes_loaded as f64 / self.bytes_requested.max(1) as f64
+    }
+
+    pub fn hit_ratio(&self) -> f64 {
+        1.0 - self.request_miss_ratio()
+    }
+
+    fn add(&mut self, other: &Outcome) {
+        self.requests += other.requests;
+        self.misses += other.misses;
+        self.bytes_requested += other.bytes_requested;
+        self.bytes_loaded += other.bytes_loaded;
+    }
+}
+
+/// Replays `trace` (sizes indexed by model) through `cache`.
+pub fn run(cache: &mut dyn Cache, trace: &[Request], sizes: &[u64]) -> Outcome {
+    let mut outcome = Outcome {
+        name: cache.name(),
+        ..Outcome::default()
+    };
+    for (i, request) in trace.iter().enumerate() {
+        let bytes = sizes[request.model as usize];
+        outcome.requests += 1;
+        outcome.bytes_requested += bytes;
+        if !cache.access(i, request, bytes) {
+            outcome.misses += 1;
+            outcome.bytes_loaded += bytes;
+        }
+    }
+    outcome
+}
+
+/// Replays `trace` through a pool: each request goes to the first-ranked of `scorers`
+/// (the proxy's rendezvous ranking of `names[model]`), each scorer with its own cache
+/// made by `make`. Returns the pool's totals.
+pub fn run_pool(
+    trace: &[Request],
+    sizes: &[u64],
+    names: &[String],
+    scorers: &[String],
+    mut make: impl FnMut() -> Box<dyn Cache>,
+) -> Outcome {
+    let owner: Vec<usize> = names
+        .iter()
+        .map(|name| {
+            let first = crate::ranking::rank(name, scorers.iter().map(String::as_str))[0];
+            scorers.iter().position(|s| s == first).expect("ranked")
+        })
+        .collect();
+    let mut parts: Vec<Vec<(usize, Request)>> = vec![Vec::new(); scorers.len()];
+    for (i, r) in trace.iter().enumerate() {
+        parts[owner[r.model as usize]].push((i, *r));
+    }
+    let mut total = Outcome::default();
+    for part in parts {
+        let mut cache = make();
+        total.name = cache.name();
+        let requests: Vec<Request> = part.iter().map(|(_, r)| *r).collect();
+        total.add(&run(cache.as_mut(), &requests, sizes));
+    }
+    total
+}
+
+/// Byte-bounded least-recently-used; admits everything that fits.
+pub struct Lru {
+    capacity: u64,
+    used: u64,
+    clock: u64,
+    by_time: BTreeSet<(u64, u32)>,
+    resident: HashMap<u32, (u64, u64)>,
+}
+
+impl Lru {
+    pub fn new(capacity: u64) -> Self {
+        Lru {
+            capacity,
+            used: 0,
+            clock: 0,
+            by_time: BTreeSet::new(),
+            resident: HashMap::new(),
+        }
+    }
+}
+
+impl Cache for Lru {
+    fn name(&self) -> String {
+        "lru".into()
+    }
+
+    fn access(&mut self, _: usize, r: &Request, bytes: u64) -> bool {
+        self.clock += 1;
+        if let Some((time, size)) = self.resident.get_mut(&r.model) {
+            self.by_time.remove(&(*time, r.model));
+            *time = self.clock;
+            let _ = size;
+            self.by_time.insert((self.clock, r.model));
+            return true;
+        }
+        if bytes > self.capacity {
+            return false;
+        }
+        while self.used + bytes > self.capacity {
+            let (time, victim) = *self.by_time.iter().next().expect("used > 0");
+            self.by_time.remove(&(time, victim));
+            let (_, size) = self.resident.remove(&victim).expect("resident");
+            self.used -= size;
+        }
+        self.used += bytes;
+        self.by_time.insert((self.clock, r.model));
+        self.resident.insert(r.model, (self.clock, bytes));
+        false
+    }
+}
+
+/// Belady's offline policy with bypass: on a miss, evict the residents used furthest in
+/// the future, and do not admit a model whose next use is further than theirs.
+pub struct Belady {
+    capacity: u64,
+    used: u64,
+    next_use: Vec<usize>,
+    by_next: BTreeSet<(usize, u32)>,
+    resident: HashMap<u32, (usize, u64)>,
+}
+
+impl Belady {
+    pub fn new(capacity: u64, trace: &[Request]) -> Self {
+        let mut next_use = vec![usize::MAX; trace.len()];
+        let mut seen: HashMap<u32, usize> = HashMap::new();
+        for (i, r) in trace.iter().enumerate().rev() {
+            if let Some(&n) = seen.get(&r.model) {
+                next_use[i] = n;
+            }
+            seen.insert(r.model, i);
+        }
+        Belady {
+            capacity,
+            used: 0,
+            next_use,
+            by_next: BTreeSet::new(),
+            resident: HashMap::new(),
+        }
+    }
+}
+
+impl Cache for Belady {
+    fn name(&self) -> String {
+        "belady".into()
+    }
+
+    fn access(&mut self, i: usize, r: &Request, bytes: u64) -> bool {
+        let next = self.next_use[i];
+        if let Some((at, _)) = self.resident.get_mut(&r.model) {
+            self.by_next.remove(&(*at, r.model));
+            *at = next;
+            self.by_next.insert((next, r.model));
+            return true;
+        }
+        if bytes > self.capacity || next == usize::MAX {
+            return false;
+        }
+        let mut free = self.capacity - self.used;
+        let mut victims = Vec::new();
+        for &(at, victim) in self.by_next.iter().rev() {
+            if free >= bytes {
+                break;
+            }
+            if at < next {
+                return false; // everything left is needed sooner than this model
+            }
+            free += self.resident[&victim].1;
+            victims.push((at, victim));
+        }
+        for (at, victim) in victims {
+            self.by_next.remove(&(at, victim));
+            self.used -= self.resident.remove(&victim).expect("resident").1;
+        }
+        self.used += bytes;
+        self.by_next.insert((next, r.model));
+        self.resident.insert(r.model, (next, bytes));
+        false
+    }
+}
+
+/// The best fixed set of residents with hindsight: the models with the most requests in
+/// the whole trace per byte^`size_weight`, filling the budget; nothing else is ever
+/// admitted. Under independent requests this is what perfect frequency knowledge buys.
+pub struct Static {
+    resident: std::collections::HashSet<u32>,
+    size_weight: f64,
+}
+
+impl Static {
+    pub fn new(capacity: u64, trace: &[Request], sizes: &[u64], size_weight: f64) -> Self {
+        let mut counts = vec![0u64; sizes.len()];
+        for r in trace {
+            counts[r.model as usize] += 1;
+        }
+        let mut order: Vec<u32> = (0..sizes.len() as u32).filter(|&m| counts[m as usize] > 0).collect();
+        let value = |m: u32| counts[m as usize] as f64 / (sizes[m as usize] as f64).powf(size_weight);
+        order.sort_by(|&a, &b| value(b).total_cmp(&value(a)));
+        let mut used = 0;
+        let mut resident = std::collections::HashSet::new();
+        for m in order {
+            if used + sizes[m as usize] <= capacity {
+                used += sizes[m as usize];
+                resident.insert(m);
+            }
+        }
+        Static { resident, size_weight }
+    }
+}
+
+impl Cache for Static {
+    fn name(&self) -> String {
+        format!("static oracle (size_weight={})", self.size_weight)
+    }
+
+    fn access(&mut self, _: usize, r: &Request, _: u64) -> bool {
+        self.resident.contains(&r.model)
+    }
+}
+
+/// The scorer's policy, fed pool-wide statistics the way the proxy feeds it: every
+/// request is counted in a [`PoolStats`], which is ticked every second and pushed to the
+/// policy every `push_every` seconds (`None`: the policy sees only its own counts).
+pub struct Managed {
+    policy: Policy<u32>,
+    stats: Option<PoolStats<u32>>,
+    push_every: f64,
+    last_tick: f64,
+    last_push: f64,
+}
+
+impl Managed {
+    pub fn new(capacity: u64, config: PolicyConfig, push_every: Option<f64>) -> Self {
+        Managed {
+            policy: Policy::new(capacity, config),
+            stats: push_every.map(|_| PoolStats::new(config.half_life, 16_384, 0.0)),
+            push_every: push_every.unwrap_or(f64::INFINITY),
+            last_tick: 0.0,
+            last_push: 0.0,
+        }
+    }
+}
+
+impl Cache for Managed {
+    fn name(&self) -> String {
+        let c = self.policy.config();
+        format!(
+            "managed(h={}s, size_weight={}{})",
+            c.half_life,
+            c.size_weight,
+            if self.stats.is_some() { ", pool" } else { "" }
+        )
+    }
+
+    fn access(&mut self, _: usize, r: &Request, bytes: u64) -> bool {
+        if let Some(stats) = &mut self.stats {
+            stats.record(&r.model);
+            if r.t - self.last_tick >= 1.0 {
+                stats.tick(r.t);
+                self.last_tick = r.t;
+            }
+            if r.t - self.last_push >= self.push_every {
+                self.policy.set_pool_rates(stats.hot().map(|(k, v)| (*k, v)), r.t);
+                self.last_push = r.t;
+            }
+        }
+        if self.policy.record(&r.model, r.t) {
+            return true;
+        }
+        self.policy.admit(r.model, bytes, None, r.t);
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::{Shape, TraceSpec, generate, lognormal_sizes};
+
+    fn setup(shape: Shape) -> (Vec<Request>, Vec<u64>, u64) {
+        let spec = TraceSpec {
+            shape,
+            models: 2_000,
+            requests: 60_000,
+            rate: 1_000.0,
+            seed: 3,
+        };
+        let sizes = lognormal_sizes(spec.models, 3);
+        let budget = sizes.iter().sum::<u64>() / 10;
+        (generate(&spec), sizes, budget)
+    }
+
+    #[test]
+    fn belady_is_a_floor_for_lru_and_the_policy() {
+        let (trace, sizes, budget) = setup(Shape::Zipf(1.0));
+        let lru = run(&mut Lru::new(budget), &trace, &sizes);
+        let opt = run(&mut Belady::new(budget, &trace), &trace, &sizes);
+        let ours = run(
+            &mut Managed::new(budget, PolicyConfig::default(), Some(2.0)),
+            &trace,
+            &sizes,
+        );
+        assert!(opt.misses < lru.misses && opt.misses < ours.misses);
+        assert!(ours.request_miss_ratio() < lru.request_miss_ratio());
+        assert!(ours.byte_miss_ratio() < lru.byte_miss_ratio());
+    }
+
+    #[test]
+    fn lru_keeps_what_fits_and_counts_bytes() {
+        let sizes = vec![10, 10, 10];
+        let trace: Vec<Request> = [0u32, 1, 0, 2, 1, 0]
+            .iter()
+            .enumerate()
+            .map(|(i, &model)| Request { t: i as f64, model })
+            .collect();
+        // Room for two: 0 1 0(hit) 2(evicts 1) 1(evicts 0) 0(evicts 2)
+        let out = run(&mut Lru::new(20), &trace, &sizes);
+        assert_eq!((out.requests, out.misses, out.bytes_loaded), (6, 5, 50));
+        let opt = run(&mut Belady::new(20, &trace), &trace, &sizes);
+        // 0 1 0(hit) 2(bypass: used never again) 1(hit) 0(hit)
+        assert_eq!(opt.misses, 3);
+    }
+
+    #[test]
+    fn the_pool_splits_by_rendezvous_owner() {
+        let (trace, sizes, budget) = setup(Shape::Zipf(1.0));
+        let names: Vec<String> = (0..2_000).map(|i| format!("gen-{i:05}")).collect();
+        let scorers: Vec<String> = (0..3).map(|i| format!("scorer-{i}")).collect();
+        let pool = run_pool(&trace, &sizes, &names, &scorers, || {
+            Box::new(Lru::new(budget / 3))
+        });
+        assert_eq!(pool.requests, trace.len() as u64);
+        let single = run(&mut Lru::new(budget), &trace, &sizes);
+        // Three thirds of a cache behave about like the whole.
+        assert!((pool.hit_ratio() - single.hit_ratio()).abs() < 0.05);
+    }
+}

@@ -1,0 +1,294 @@
+//! `cargo xtask bench policy`: the offline cache simulator.
+//!
+//! Replays generated traces (or a trace file) against the scorer's policy, LRU, moka's
+//! own W-TinyLFU (the policy the scorer's cache would use by default) and Belady, and
+//! prints request and byte miss ratios, each relative to LRU.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use manymodels_policy::sim::{self, Belady, Cache, Lru, Managed, Outcome};
+use manymodels_policy::trace::{self, Request, Shape, TraceSpec};
+use manymodels_policy::{CostModel, PolicyConfig};
+
+#[derive(Args, Clone, Debug)]
+pub struct SimArgs {
+    /// Catalog sizes to generate traces for.
+    #[arg(long, value_delimiter = ',', default_values_t = [2_000usize, 10_000])]
+    models: Vec<usize>,
+    /// Shapes (zipf-<alpha>, drift, scan, daynight); default all six.
+    #[arg(long, value_delimiter = ',')]
+    shapes: Vec<String>,
+    #[arg(long, default_value_t = 400_000)]
+    requests: usize,
+    /// Requests per second of the generated traces.
+    #[arg(long, default_value_t = 1_000.0)]
+    rate: f64,
+    /// The cache's budget as a fraction of all models' bytes.
+    #[arg(long, default_value_t = 0.1)]
+    budget: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Replay this trace file instead of generating (`<seconds> <model id>` lines).
+    #[arg(long, requires = "sizes")]
+    trace: Option<PathBuf>,
+    /// Model sizes for `--trace` (`<model id> <bytes>` lines).
+    #[arg(long)]
+    sizes: Option<PathBuf>,
+    /// Write each generated trace and its sizes into this directory.
+    #[arg(long)]
+    write: Option<PathBuf>,
+    /// Half-life of the policy's counts, seconds (default: the scorer's).
+    #[arg(long)]
+    half_life: Option<f64>,
+    /// Weight of load cost per byte in the policy (default: the scorer's).
+    #[arg(long)]
+    size_weight: Option<f64>,
+    /// Try a grid of half-lives and size weights and print the geometric means.
+    #[arg(long)]
+    sweep: bool,
+    /// Also run the static hindsight allocations (an offline reference).
+    #[arg(long)]
+    oracle: bool,
+    /// Leave out moka's W-TinyLFU (the slowest to simulate).
+    #[arg(long)]
+    no_moka: bool,
+}
+
+struct Trace {
+    label: String,
+    requests: Vec<Request>,
+    sizes: Vec<u64>,
+}
+
+fn traces(args: &SimArgs) -> Result<Vec<Trace>> {
+    if let (Some(path), Some(sizes)) = (&args.trace, &args.sizes) {
+        let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+        let parsed = trace::parse(&text).map_err(anyhow::Error::msg)?;
+        let size_text = std::fs::read_to_string(sizes)?;
+        let mut by_name = std::collections::HashMap::new();
+        for line in size_text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+            let mut f = line.split_whitespace();
+            let (Some(id), Some(bytes)) = (f.next(), f.next()) else {
+                bail!("bad sizes line `{line}`");
+            };
+            by_name.insert(id.to_string(), bytes.parse::<u64>()?);
+        }
+        let sizes = parsed
+            .names
+            .iter()
+            .map(|n| by_name.get(n).copied().with_context(|| format!("no size for {n}")))
+            .collect::<Result<Vec<u64>>>()?;
+        return Ok(vec![Trace {
+            label: path.display().to_string(),
+            requests: parsed.requests,
+            sizes,
+        }]);
+    }
+    let shapes: Vec<Shape> = if args.shapes.is_empty() {
+        Shape::ALL.to_vec()
+    } else {
+        args.shapes
+            .iter()
+            .map(|s| s.parse().map_err(anyhow::Error::msg))
+            .collect::<Result<_>>()?
+    };
+    let mut out = Vec::new();
+    for &models in &args.models {
+        for &shape in &shapes {
+            let spec = TraceSpec {
+                shape,
+                models,
+                requests: args.requests,
+                rate: args.rate,
+                seed: args.seed,
+            };
+            let requests = trace::generate(&spec);
+            let sizes = trace::lognormal_sizes(models, args.seed);
+            if let Some(dir) = &args.write {
+                std::fs::create_dir_all(dir)?;
+                let name = |m: u32| format!("m{m:05}");
+                let mut file = std::io::BufWriter::new(std::fs::File::create(
+                    dir.join(format!("{shape}-{models}.trace")),
+                )?);
+                trace::write(&mut file, &requests, name)?;
+                let sizes_text: String = sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(m, b)| format!("{} {b}\n", name(m as u32)))
+                    .collect();
+                std::fs::write(dir.join(format!("{shape}-{models}.sizes")), sizes_text)?;
+            }
+            out.push(Trace {
+                label: format!("{shape} / {models}"),
+                requests,
+                sizes,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// moka's W-TinyLFU, driven the way the scorer used it: `get`, and on a miss `insert`
+/// followed by `run_pending_tasks` so the budget is applied at once.
+struct Moka {
+    cache: moka::sync::Cache<u32, u64>,
+}
+
+impl Moka {
+    fn new(capacity: u64) -> Self {
+        Moka {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .weigher(|_: &u32, bytes: &u64| u32::try_from(*bytes).unwrap_or(u32::MAX))
+                .build(),
+        }
+    }
+}
+
+impl Cache for Moka {
+    fn name(&self) -> String {
+        "moka w-tinylfu".into()
+    }
+
+    fn access(&mut self, _: usize, r: &Request, bytes: u64) -> bool {
+        if self.cache.get(&r.model).is_some() {
+            return true;
+        }
+        self.cache.insert(r.model, bytes);
+        self.cache.run_pending_tasks();
+        false
+    }
+}
+
+fn policy_config(args: &SimArgs) -> PolicyConfig {
+    let mut config = PolicyConfig::default();
+    if let Some(h) = args.half_life {
+        config.half_life = h;
+    }
+    if let Some(w) = args.size_weight {
+        config.size_weight = w;
+    }
+    config
+}
+
+pub fn run(args: SimArgs) -> Result<()> {
+    let traces = traces(&args)?;
+    if args.sweep {
+        return sweep(&args, &traces);
+    }
+    let config = policy_config(&args);
+    println!(
+        "policy: half-life {} s, size weight {}, load cost {} s + {} s/byte; pool statistics pushed every 2 s",
+        config.half_life, config.size_weight, config.cost.fixed, config.cost.per_byte
+    );
+    println!(
+        "| trace | policy | request miss | byte miss | request miss / LRU | byte miss / LRU |"
+    );
+    println!("|---|---|---:|---:|---:|---:|");
+    let mut ratios: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for t in &traces {
+        let budget = (t.sizes.iter().sum::<u64>() as f64 * args.budget) as u64;
+        let mut caches: Vec<Box<dyn Cache>> = vec![
+            Box::new(Lru::new(budget)),
+            Box::new(Managed::new(budget, config, Some(2.0))),
+        ];
+        if !args.no_moka {
+            caches.push(Box::new(Moka::new(budget)));
+        }
+        caches.push(Box::new(Belady::new(budget, &t.requests)));
+        if args.oracle {
+            for w in [0.0, 0.5, 1.0] {
+                caches.push(Box::new(sim::Static::new(budget, &t.requests, &t.sizes, w)));
+            }
+        }
+        let outcomes: Vec<Outcome> = caches
+            .iter_mut()
+            .map(|c| sim::run(c.as_mut(), &t.requests, &t.sizes))
+            .collect();
+        let lru = outcomes[0].clone();
+        for o in &outcomes {
+            let r = (
+                o.request_miss_ratio() / lru.request_miss_ratio(),
+                o.byte_miss_ratio() / lru.byte_miss_ratio(),
+            );
+            println!(
+                "| {} | {} | {:.4} | {:.4} | {:.3} | {:.3} |",
+                t.label,
+                o.name,
+                o.request_miss_ratio(),
+                o.byte_miss_ratio(),
+                r.0,
+                r.1
+            );
+            match ratios.iter_mut().find(|(n, _)| *n == o.name) {
+                Some((_, v)) => v.push(r),
+                None => ratios.push((o.name.clone(), vec![r])),
+            }
+        }
+    }
+    println!("\ngeometric mean over {} traces, relative to LRU:", traces.len());
+    for (name, v) in &ratios {
+        let (req, bytes) = geomean(v);
+        let worst_req = v.iter().map(|r| r.0).fold(0.0, f64::max);
+        let worst_bytes = v.iter().map(|r| r.1).fold(0.0, f64::max);
+        println!(
+            "  {name:<40} request miss {req:.3} (worst {worst_req:.3})  byte miss {bytes:.3} (worst {worst_bytes:.3})"
+        );
+    }
+    Ok(())
+}
+
+fn geomean(v: &[(f64, f64)]) -> (f64, f64) {
+    let n = v.len() as f64;
+    (
+        (v.iter().map(|r| r.0.ln()).sum::<f64>() / n).exp(),
+        (v.iter().map(|r| r.1.ln()).sum::<f64>() / n).exp(),
+    )
+}
+
+fn sweep(args: &SimArgs, traces: &[Trace]) -> Result<()> {
+    let lru: Vec<Outcome> = traces
+        .iter()
+        .map(|t| {
+            let budget = (t.sizes.iter().sum::<u64>() as f64 * args.budget) as u64;
+            sim::run(&mut Lru::new(budget), &t.requests, &t.sizes)
+        })
+        .collect();
+    println!("| half-life s | size weight | request miss / LRU (geo, worst) | byte miss / LRU (geo, worst) |");
+    println!("|---:|---:|---|---|");
+    for half_life in [2.0, 5.0, 10.0, 30.0] {
+        for size_weight in [0.25, 0.5, 0.75, 1.0] {
+            let config = PolicyConfig {
+                half_life,
+                size_weight,
+                cost: CostModel { ..PolicyConfig::default().cost },
+                ..PolicyConfig::default()
+            };
+            let v: Vec<(f64, f64)> = traces
+                .iter()
+                .zip(&lru)
+                .map(|(t, l)| {
+                    let budget = (t.sizes.iter().sum::<u64>() as f64 * args.budget) as u64;
+                    let o = sim::run(
+                        &mut Managed::new(budget, config, Some(2.0)),
+                        &t.requests,
+                        &t.sizes,
+                    );
+                    (
+                        o.request_miss_ratio() / l.request_miss_ratio(),
+                        o.byte_miss_ratio() / l.byte_miss_ratio(),
+                    )
+                })
+                .collect();
+            let (req, bytes) = geomean(&v);
+            let worst_req = v.iter().map(|r| r.0).fold(0.0, f64::max);
+            let worst_bytes = v.iter().map(|r| r.1).fold(0.0, f64::max);
+            println!(
+                "| {half_life} | {size_weight} | {req:.3}, {worst_req:.3} | {bytes:.3}, {worst_bytes:.3} |"
+            );
+        }
+    }
+    Ok(())
+}

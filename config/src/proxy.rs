@@ -71,6 +71,21 @@ pub const KEYS: &[KeyDoc] = &[
         "Requests per second on one model above which it is also warmed on the second-ranked scorer and spread over both; 0 disables.",
     ),
     doc(
+        "stats.push_interval",
+        "2s",
+        "How often the proxy pushes each scorer the pool-wide request rates of the models it owns (0 disables pushes).",
+    ),
+    doc(
+        "stats.half_life",
+        "10s",
+        "Half-life of the proxy's decayed per-model request counts.",
+    ),
+    doc(
+        "stats.top_models",
+        "16384",
+        "Hottest models whose ids and rates the proxy keeps and pushes; colder ones are estimated by a fixed-size sketch.",
+    ),
+    doc(
         "upstream.connect_timeout",
         "1s",
         "Timeout to connect to a scorer.",
@@ -138,6 +153,10 @@ pub struct ProxyConfig {
     pub hot_ttl: Duration,
     /// Requests per second that make a model hot enough to replicate; `None` disables.
     pub replication_threshold: Option<f64>,
+    /// `None`: statistics are kept but not pushed.
+    pub stats_push_interval: Option<Duration>,
+    pub stats_half_life: Duration,
+    pub stats_top_models: usize,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub retries: usize,
@@ -195,6 +214,7 @@ struct Raw {
     health: RawHealth,
     routing: RawRouting,
     replication: RawReplication,
+    stats: RawStats,
     upstream: RawUpstream,
     http: RawHttp,
     auth: RawAuth,
@@ -211,6 +231,7 @@ impl Default for Raw {
             health: RawHealth::default(),
             routing: RawRouting::default(),
             replication: RawReplication::default(),
+            stats: RawStats::default(),
             upstream: RawUpstream::default(),
             http: RawHttp::default(),
             auth: RawAuth::default(),
@@ -284,6 +305,24 @@ struct RawReplication {
 impl Default for RawReplication {
     fn default() -> Self {
         RawReplication { threshold: 200.0 }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawStats {
+    push_interval: HumanDuration,
+    half_life: HumanDuration,
+    top_models: usize,
+}
+
+impl Default for RawStats {
+    fn default() -> Self {
+        RawStats {
+            push_interval: HumanDuration(Duration::from_secs(2)),
+            half_life: HumanDuration(Duration::from_secs(10)),
+            top_models: 16_384,
+        }
     }
 }
 
@@ -399,6 +438,15 @@ impl Raw {
                 "must be a number ≥ 1",
             ));
         }
+        if self.stats.half_life.0.is_zero() {
+            return Err(ConfigError::key(
+                "stats.half_life",
+                "must be greater than 0",
+            ));
+        }
+        if self.stats.top_models == 0 {
+            return Err(ConfigError::key("stats.top_models", "must be at least 1"));
+        }
         if !(self.replication.threshold.is_finite() && self.replication.threshold >= 0.0) {
             return Err(ConfigError::key(
                 "replication.threshold",
@@ -433,6 +481,10 @@ impl Raw {
             hot_ttl: self.routing.hot_ttl.0,
             replication_threshold: (self.replication.threshold > 0.0)
                 .then_some(self.replication.threshold),
+            stats_push_interval: (!self.stats.push_interval.0.is_zero())
+                .then_some(self.stats.push_interval.0),
+            stats_half_life: self.stats.half_life.0,
+            stats_top_models: self.stats.top_models,
             connect_timeout: self.upstream.connect_timeout.0,
             read_timeout: self.upstream.read_timeout.0,
             retries: self.upstream.retries,

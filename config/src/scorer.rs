@@ -92,9 +92,34 @@ pub const KEYS: &[KeyDoc] = &[
         "Estimated memory per byte of ONNX file, charged with `weight_overhead` when a load could not be measured.",
     ),
     doc(
-        "cache.policy",
-        "tiny_lfu",
-        "Eviction and admission policy of the hot cache: `tiny_lfu` or `lru`.",
+        "policy.half_life",
+        "10s",
+        "Half-life of the decayed request counts that rank models for eviction and admission.",
+    ),
+    doc(
+        "policy.size_weight",
+        "0.5",
+        "Weight of load cost per byte in a model's priority: 0 ranks by request rate alone (best for bytes loaded), 1 by rate × load cost / bytes (best for request hits).",
+    ),
+    doc(
+        "policy.stats_stale_after",
+        "15s",
+        "A proxy's pool statistics are dropped when it has not pushed for this long.",
+    ),
+    doc(
+        "warmup.concurrency",
+        "2",
+        "Background warm-up loads of the hot share that may run at once (they also take `cache.max_concurrent_loads` slots).",
+    ),
+    doc(
+        "warmup.max_fraction",
+        "0.8",
+        "Warm-up after a statistics push loads at most this fraction of `cache.budget`.",
+    ),
+    doc(
+        "warmup.ready_timeout",
+        "10s",
+        "A starting scorer reports ready once it has warmed its hot share from the first statistics push, or after this long; 0 means ready at once.",
     ),
     doc(
         "http.max_body",
@@ -149,6 +174,8 @@ pub struct ScorerConfig {
     pub name: String,
     pub store: StoreConfig,
     pub cache: CacheConfig,
+    pub policy: PolicyConfig,
+    pub warmup: WarmupConfig,
     pub http: HttpConfig,
     /// Threads for ONNX Runtime calls and loads.
     pub inference_threads: NonZeroUsize,
@@ -186,11 +213,20 @@ pub enum AzureCredential {
     Ambient,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CachePolicy {
-    TinyLfu,
-    Lru,
+/// How the hot cache ranks models (see `manymodels-policy`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PolicyConfig {
+    pub half_life: Duration,
+    pub size_weight: f64,
+    pub stats_stale_after: Duration,
+}
+
+/// Background warm-up of the models the pool says this scorer owns.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WarmupConfig {
+    pub concurrency: NonZeroUsize,
+    pub max_fraction: f64,
+    pub ready_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -200,7 +236,6 @@ pub struct CacheConfig {
     pub failure_ttl: Duration,
     pub weight_overhead: ByteSize,
     pub weight_per_file_byte: f64,
-    pub policy: CachePolicy,
 }
 
 impl CacheConfig {
@@ -261,6 +296,8 @@ struct Raw {
     name: String,
     store: RawStore,
     cache: RawCache,
+    policy: RawPolicy,
+    warmup: RawWarmup,
     http: RawHttp,
     inference: RawInference,
     onnxruntime: RawOnnxRuntime,
@@ -275,6 +312,8 @@ impl Default for Raw {
             name: String::new(),
             store: RawStore::default(),
             cache: RawCache::default(),
+            policy: RawPolicy::default(),
+            warmup: RawWarmup::default(),
             http: RawHttp::default(),
             inference: RawInference::default(),
             onnxruntime: RawOnnxRuntime::default(),
@@ -322,7 +361,6 @@ struct RawCache {
     failure_ttl: HumanDuration,
     weight_overhead: ByteSize,
     weight_per_file_byte: f64,
-    policy: CachePolicy,
 }
 
 impl Default for RawCache {
@@ -333,7 +371,42 @@ impl Default for RawCache {
             failure_ttl: HumanDuration(Duration::from_secs(30)),
             weight_overhead: ByteSize::kib(96),
             weight_per_file_byte: 5.0,
-            policy: CachePolicy::TinyLfu,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawPolicy {
+    half_life: HumanDuration,
+    size_weight: f64,
+    stats_stale_after: HumanDuration,
+}
+
+impl Default for RawPolicy {
+    fn default() -> Self {
+        RawPolicy {
+            half_life: HumanDuration(Duration::from_secs(10)),
+            size_weight: 0.5,
+            stats_stale_after: HumanDuration(Duration::from_secs(15)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawWarmup {
+    concurrency: usize,
+    max_fraction: f64,
+    ready_timeout: HumanDuration,
+}
+
+impl Default for RawWarmup {
+    fn default() -> Self {
+        RawWarmup {
+            concurrency: 2,
+            max_fraction: 0.8,
+            ready_timeout: HumanDuration(Duration::from_secs(10)),
         }
     }
 }
@@ -441,6 +514,26 @@ impl Raw {
                 "must be a non-negative number",
             ));
         }
+        if self.policy.half_life.0.is_zero() {
+            return Err(ConfigError::key(
+                "policy.half_life",
+                "must be greater than 0",
+            ));
+        }
+        if !(0.0..=2.0).contains(&self.policy.size_weight) {
+            return Err(ConfigError::key(
+                "policy.size_weight",
+                "must be between 0 and 2",
+            ));
+        }
+        let warmup_concurrency = NonZeroUsize::new(self.warmup.concurrency)
+            .ok_or_else(|| ConfigError::key("warmup.concurrency", "must be at least 1"))?;
+        if !(0.0..=1.0).contains(&self.warmup.max_fraction) {
+            return Err(ConfigError::key(
+                "warmup.max_fraction",
+                "must be between 0 and 1",
+            ));
+        }
         if self.http.max_body.0 == 0 {
             return Err(ConfigError::key("http.max_body", "must be greater than 0"));
         }
@@ -465,7 +558,16 @@ impl Raw {
                 failure_ttl: cache.failure_ttl.0,
                 weight_overhead: cache.weight_overhead,
                 weight_per_file_byte: cache.weight_per_file_byte,
-                policy: cache.policy,
+            },
+            policy: PolicyConfig {
+                half_life: self.policy.half_life.0,
+                size_weight: self.policy.size_weight,
+                stats_stale_after: self.policy.stats_stale_after.0,
+            },
+            warmup: WarmupConfig {
+                concurrency: warmup_concurrency,
+                max_fraction: self.warmup.max_fraction,
+                ready_timeout: self.warmup.ready_timeout.0,
             },
             http: HttpConfig {
                 max_body: self.http.max_body,
@@ -558,7 +660,10 @@ mod tests {
         assert_eq!(config.cache.budget, ByteSize::mib(512));
         assert_eq!(config.cache.failure_ttl, Duration::from_secs(30));
         assert_eq!(config.http.max_body, ByteSize::mib(32));
-        assert_eq!(config.cache.policy, CachePolicy::TinyLfu);
+        assert_eq!(config.policy.half_life, Duration::from_secs(10));
+        assert_eq!(config.warmup.ready_timeout, Duration::from_secs(10));
+        assert!(load(None, &[], &["warmup.max_fraction=1.5"]).is_err());
+        assert!(load(None, &[], &["policy.half_life=0s"]).is_err());
         // Every documented default, fed back through `--set`, must be accepted.
         for doc in KEYS {
             if doc.default.is_empty() {

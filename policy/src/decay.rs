@@ -101,7 +101,11 @@ mod tests {
         for i in 0..20_000 {
             l = d.add(l, 1.0, i as f64 * 0.01); // 100 req/s for 200 s
         }
-        assert!((d.rate(l, 199.99) - 100.0).abs() < 1.0, "{}", d.rate(l, 199.99));
+        assert!(
+            (d.rate(l, 199.99) - 100.0).abs() < 1.0,
+            "{}",
+            d.rate(l, 199.99)
+        );
         let back = d.from_rate(100.0, 50.0);
         assert!((d.rate(back, 50.0) - 100.0).abs() < 1e-9);
     }

@@ -448,7 +448,10 @@ mod tests {
         assert_eq!(p.len(), 10);
         // A batch touches 5,000 cold models once each, interleaved with a little hot traffic.
         for (i, cold) in (1_000..6_000).enumerate() {
-            assert!(!access(&mut p, cold, 1_000, t), "cold model {cold} cannot hit");
+            assert!(
+                !access(&mut p, cold, 1_000, t),
+                "cold model {cold} cannot hit"
+            );
             if i % 50 == 0 {
                 access(&mut p, (i / 50 % 10) as u32, 1_000, t);
             }
@@ -499,10 +502,17 @@ mod tests {
         // First request for model 9 here, but the pool reports it at 50 req/s.
         p.set_pool_rates([(9, 50.0)], 10.0);
         assert!(!access(&mut p, 9, 1_000, 10.0));
-        assert!(p.contains(&9), "the pool's rate outranks this cache's own counts");
+        assert!(
+            p.contains(&9),
+            "the pool's rate outranks this cache's own counts"
+        );
         assert_eq!(p.hottest_absent(10, 11.0), Vec::<(u32, f64)>::new());
         p.set_pool_rates([(9, 50.0), (7, 20.0), (8, 30.0)], 11.0);
-        let absent: Vec<u32> = p.hottest_absent(10, 11.0).into_iter().map(|(m, _)| m).collect();
+        let absent: Vec<u32> = p
+            .hottest_absent(10, 11.0)
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect();
         assert_eq!(absent, vec![8, 7], "hottest absent first");
     }
 
@@ -536,7 +546,10 @@ mod tests {
         assert_eq!(decision.evicted, vec![2], "the cheap-to-reload model goes");
         p.record(&4, 0.0);
         let decision = p.admit(4, 1_000, Some(0.01), 0.0);
-        assert!(!decision.admitted, "cheaper than every resident: not admitted");
+        assert!(
+            !decision.admitted,
+            "cheaper than every resident: not admitted"
+        );
     }
 
     #[test]
@@ -544,7 +557,12 @@ mod tests {
         let mut p = Policy::new(50_000, config(0.5));
         for i in 0..100_000u32 {
             let key = i % 5_000 * 7 % 20_000;
-            access(&mut p, key, 500 + u64::from(key % 7) * 700, f64::from(i) * 0.001);
+            access(
+                &mut p,
+                key,
+                500 + u64::from(key % 7) * 700,
+                f64::from(i) * 0.001,
+            );
             assert!(p.used() <= p.capacity());
         }
         assert!(p.remembered() <= 2 * 1000 + p.len(), "{}", p.remembered());

@@ -57,4 +57,3 @@ pub fn rank<'a>(model_id: &str, names: impl IntoIterator<Item = &'a str>) -> Vec
     }
     nodes.calc_candidates(&model_id).copied().collect()
 }
-

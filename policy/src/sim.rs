@@ -231,8 +231,11 @@ impl Static {
         for r in trace {
             counts[r.model as usize] += 1;
         }
-        let mut order: Vec<u32> = (0..sizes.len() as u32).filter(|&m| counts[m as usize] > 0).collect();
-        let value = |m: u32| counts[m as usize] as f64 / (sizes[m as usize] as f64).powf(size_weight);
+        let mut order: Vec<u32> = (0..sizes.len() as u32)
+            .filter(|&m| counts[m as usize] > 0)
+            .collect();
+        let value =
+            |m: u32| counts[m as usize] as f64 / (sizes[m as usize] as f64).powf(size_weight);
         order.sort_by(|&a, &b| value(b).total_cmp(&value(a)));
         let mut used = 0;
         let mut resident = std::collections::HashSet::new();
@@ -242,7 +245,10 @@ impl Static {
                 resident.insert(m);
             }
         }
-        Static { resident, size_weight }
+        Static {
+            resident,
+            size_weight,
+        }
     }
 }
 
@@ -298,7 +304,8 @@ impl Cache for Managed {
                 self.last_tick = r.t;
             }
             if r.t - self.last_push >= self.push_every {
-                self.policy.set_pool_rates(stats.hot().map(|(k, v)| (*k, v)), r.t);
+                self.policy
+                    .set_pool_rates(stats.hot().map(|(k, v)| (*k, v)), r.t);
                 self.last_push = r.t;
             }
         }

@@ -265,12 +265,19 @@ mod tests {
         stats.tick(1.0);
         assert!(stats.tracked() <= 1_000);
         assert!(stats.memory_bytes() < 3 << 20, "{}", stats.memory_bytes());
-        let top: Vec<String> = stats.top(5).into_iter().map(|(k, _)| k.to_string()).collect();
+        let top: Vec<String> = stats
+            .top(5)
+            .into_iter()
+            .map(|(k, _)| k.to_string())
+            .collect();
         assert_eq!(top, ["model-0", "model-1", "model-2", "model-3", "model-4"]);
         let exact = stream.iter().filter(|&&m| m == 0).count() as f64;
         let tau = stats.decay().tau();
         let measured = stats.rate("model-0") * tau;
-        assert!((measured - exact).abs() / exact < 0.02, "{measured} vs {exact}");
+        assert!(
+            (measured - exact).abs() / exact < 0.02,
+            "{measured} vs {exact}"
+        );
         // A cold id's estimate never undercounts.
         let cold = stream.iter().filter(|&&m| m == 50_000).count() as f64;
         assert!(stats.rate("model-50000") * tau >= cold * 0.98);
@@ -295,11 +302,19 @@ mod tests {
         let mut b: PoolStats<u32> = PoolStats::new(60.0, 1_000, 0.0);
         for (i, m) in stream.iter().enumerate() {
             one.record(m);
-            if i % 3 == 0 { a.record(m) } else { b.record(m) };
+            if i % 3 == 0 {
+                a.record(m)
+            } else {
+                b.record(m)
+            };
         }
         let report = |proxy: &str, s: &PoolStats<u32>| StatsReport {
             proxy: proxy.into(),
-            models: s.top(1_000).into_iter().map(|(k, r)| (k.to_string(), r)).collect(),
+            models: s
+                .top(1_000)
+                .into_iter()
+                .map(|(k, r)| (k.to_string(), r))
+                .collect(),
         };
         let mut view = PoolView::default();
         view.apply(report("a", &a), 0.0, 10.0);
@@ -311,7 +326,10 @@ mod tests {
         for m in [0u32, 1, 10, 100, 400] {
             let want = one.rate(&m);
             let got = combined[&m.to_string()];
-            assert!((got - want).abs() / want < 1e-3, "model {m}: {got} vs {want}");
+            assert!(
+                (got - want).abs() / want < 1e-3,
+                "model {m}: {got} vs {want}"
+            );
         }
         // A proxy that stopped reporting ages out.
         view.apply(report("b", &b), 20.0, 10.0);

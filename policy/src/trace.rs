@@ -333,7 +333,10 @@ mod tests {
         let parsed = parse(std::str::from_utf8(&text).unwrap()).unwrap();
         assert_eq!(parsed.requests.len(), 100);
         for (a, b) in requests.iter().zip(&parsed.requests) {
-            assert_eq!(format!("gen-{:05}", a.model), parsed.names[b.model as usize]);
+            assert_eq!(
+                format!("gen-{:05}", a.model),
+                parsed.names[b.model as usize]
+            );
             assert!((a.t - b.t).abs() < 1e-3);
         }
         let bare = parse("# header\nstore-1\nstore-2\n\nstore-1\n").unwrap();

@@ -17,8 +17,10 @@ pub mod pool;
 pub mod ranking;
 pub mod route;
 pub mod service;
+pub mod stats;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use manymodels_config::proxy::ProxyConfig;
 use pingora::lb::{Backends, LoadBalancer};
@@ -58,10 +60,29 @@ pub fn run(config: ProxyConfig) -> ! {
 
     let pool = Arc::new(Pool::new(lb, config.hot_ttl, config.eject_for));
     let listen = config.listen.to_string();
+    let stats = Arc::new(stats::Statistics::new(
+        config.stats_half_life,
+        config.stats_top_models,
+    ));
+    if let Some(interval) = config.stats_push_interval {
+        let pusher = background_service(
+            "statistics push",
+            stats::Pusher {
+                pool: pool.clone(),
+                stats: stats.clone(),
+                interval,
+                replication: config.replication_threshold,
+                timeout: config.connect_timeout + Duration::from_secs(2),
+            },
+        );
+        let pusher_handle = server.add_service(pusher);
+        pusher_handle.add_dependency(&pool_handle);
+    }
     let proxy = Proxy {
         config,
         pool,
         metrics: Arc::new(metrics::Metrics::new()),
+        stats,
     };
     let mut service = http_proxy_service(&server.configuration, proxy);
     service.add_tcp(&listen);

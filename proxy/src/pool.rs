@@ -174,48 +174,6 @@ impl HotTable {
     }
 }
 
-/// Requests per second per model, in one-second windows, for hot-model replication.
-/// Memory is bounded: when the table passes `MAX_RATES` entries, models not seen in the
-/// last two seconds are dropped.
-pub struct Rates {
-    started: Instant,
-    table: Mutex<HashMap<Arc<str>, (u64, u32, u32)>>,
-}
-
-const MAX_RATES: usize = 200_000;
-
-impl Default for Rates {
-    fn default() -> Self {
-        Rates {
-            started: Instant::now(),
-            table: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-impl Rates {
-    /// Counts one request for `model` and returns its rate: the larger of the last full
-    /// second's count and the current second's so far.
-    pub fn hit(&self, model: &str) -> u32 {
-        let second = self.started.elapsed().as_secs();
-        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        if table.len() >= MAX_RATES && !table.contains_key(model) {
-            table.retain(|_, (s, _, _)| second.saturating_sub(*s) < 2);
-        }
-        if !table.contains_key(model) {
-            table.insert(Arc::from(model), (second, 0, 0));
-        }
-        let entry = table.get_mut(model).expect("just inserted");
-        if entry.0 != second {
-            entry.2 = if entry.0 + 1 == second { entry.1 } else { 0 };
-            entry.0 = second;
-            entry.1 = 0;
-        }
-        entry.1 += 1;
-        entry.1.max(entry.2)
-    }
-}
-
 /// Warm loads the proxy asked for recently, so one is asked at most once per
 /// `WARM_BACKOFF` per (model, scorer), and at most `MAX_WARMING` run at once.
 const WARM_BACKOFF: Duration = Duration::from_secs(10);
@@ -227,7 +185,6 @@ type WarmKey = (Arc<str>, Arc<str>);
 pub struct Pool {
     pub lb: Arc<LoadBalancer<Rendezvous>>,
     pub hot: Arc<HotTable>,
-    pub rates: Rates,
     /// When each (model, scorer) warm load was last asked for.
     warming: Mutex<HashMap<WarmKey, Instant>>,
     warm_slots: Arc<tokio::sync::Semaphore>,
@@ -248,7 +205,6 @@ impl Pool {
         Pool {
             lb,
             hot: Arc::new(HotTable::new(hot_ttl)),
-            rates: Rates::default(),
             warming: Mutex::new(HashMap::new()),
             warm_slots: Arc::new(tokio::sync::Semaphore::new(MAX_WARMING)),
             inflight: RwLock::new(HashMap::new()),
@@ -429,17 +385,6 @@ mod tests {
         assert!(!hot.holds("m1", "b"), "entries expire after the TTL");
         hot.record("m2", "a");
         assert_eq!(hot.len(), 1, "the sweep dropped the expired model");
-    }
-
-    #[test]
-    fn rates_count_requests_per_second_per_model() {
-        let rates = Rates::default();
-        let mut last = 0;
-        for _ in 0..50 {
-            last = rates.hit("busy");
-        }
-        assert!(last >= 50 || rates.started.elapsed() >= Duration::from_secs(1));
-        assert_eq!(rates.hit("quiet"), 1);
     }
 
     #[tokio::test]

@@ -11,9 +11,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+pub use manymodels_policy::ranking::rank;
 use pingora::lb::Backend;
 use pingora::lb::selection::{BackendIter, BackendSelection};
-pub use manymodels_policy::ranking::rank;
 
 /// The rendezvous identity of a backend: its configured name (`scorer-0.scorers:8001`),
 /// stored in the backend's extensions, or its address when it has none.

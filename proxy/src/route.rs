@@ -16,6 +16,10 @@ pub enum Route {
     Ready,
     /// `GET /metrics`, the proxy's own metrics.
     Metrics,
+    /// `GET /v2/mm/pool`: the pool view (JSON).
+    PoolView,
+    /// `GET /status`: the status page (HTML).
+    Status,
     /// A request about one model, forwarded to the scorer chosen for it. `rewrite` is the
     /// path to send upstream when it differs from the client's (the Azure ML route).
     Model {
@@ -41,6 +45,8 @@ pub fn classify(
         ("GET", "/v2/health/live") => return Route::Live,
         ("GET", "/v2/health/ready") => return Route::Ready,
         ("GET", "/metrics") => return Route::Metrics,
+        ("GET", "/v2/mm/pool") => return Route::PoolView,
+        ("GET", "/status") => return Route::Status,
         ("GET", "/v2") | ("POST", "/v2/repository/index") => return Route::AnyScorer,
         ("POST", "/") | ("POST", "/score") => return azure_ml(model_header, version_header),
         _ => {}
@@ -255,6 +261,8 @@ mod tests {
             Route::Ready
         );
         assert_eq!(classify("GET", "/metrics", None, None), Route::Metrics);
+        assert_eq!(classify("GET", "/status", None, None), Route::Status);
+        assert_eq!(classify("GET", "/v2/mm/pool", None, None), Route::PoolView);
         assert_eq!(
             classify("POST", "/v2/repository/index", None, None),
             Route::AnyScorer

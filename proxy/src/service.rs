@@ -24,10 +24,15 @@ use crate::route::{MODEL_HEADER, Route, VERSION_HEADER, classify};
 const ECHOED: [&str; 2] = ["x-request-id", "x-ms-client-request-id"];
 const CACHE_HEADER: &str = "x-mm-cache";
 
+/// The status page: one self-contained HTML file (inline CSS and JS, no external
+/// assets) that polls `/v2/mm/pool`.
+const STATUS_PAGE: &str = include_str!("status.html");
+
 pub struct Proxy {
     pub config: ProxyConfig,
     pub pool: Arc<Pool>,
     pub metrics: Arc<Metrics>,
+    pub stats: Arc<crate::stats::Statistics>,
 }
 
 /// Per-request state.
@@ -117,10 +122,15 @@ impl Proxy {
                 inflight: self.pool.inflight(&c.name).load(Ordering::Relaxed),
             })
             .collect();
+        let rate = if tried.is_empty() {
+            self.stats.record(model)
+        } else {
+            self.stats.rate(model)
+        };
         let replicate = self
             .config
             .replication_threshold
-            .is_some_and(|threshold| f64::from(self.pool.rates.hit(model)) >= threshold);
+            .is_some_and(|threshold| rate >= threshold);
         let policy = Policy {
             top_k: self.config.top_k,
             load_factor: self.config.load_factor,
@@ -223,6 +233,18 @@ impl ProxyHttp for Proxy {
                     200,
                     "text/plain; version=0.0.4",
                     Bytes::from(self.metrics.render()),
+                )
+                .await?;
+                return Ok(true);
+            }
+            Route::PoolView => (200, self.stats.view(&self.pool)),
+            Route::Status => {
+                ctx.status = 200;
+                respond(
+                    session,
+                    200,
+                    "text/html; charset=utf-8",
+                    Bytes::from_static(STATUS_PAGE.as_bytes()),
                 )
                 .await?;
                 return Ok(true);
@@ -333,6 +355,7 @@ impl ProxyHttp for Proxy {
             && let (Route::Model { id, .. }, Some((scorer, _))) = (&ctx.route, &ctx.current)
         {
             self.pool.hot.record(id, scorer);
+            self.stats.observe(cache.as_deref() == Some("hit"));
         }
         ctx.cache = cache;
         Ok(())

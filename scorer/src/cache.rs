@@ -1,25 +1,34 @@
-//! The hot cache: loaded models bounded by bytes, with single-flight loads.
+//! The hot cache: loaded models bounded by bytes, with single-flight loads, ranked by the
+//! pool-wide policy of `manymodels-policy`.
 //!
-//! A `moka` cache maps (model id, version selector) to an `Arc<LoadedModel>`, weighed by
-//! the memory the model is charged (`cache.weight_overhead + cache.weight_per_file_byte ×
-//! file size`, both measured; see ARCHITECTURE.md). `try_get_with` makes every concurrent
-//! first request for a model wait on one load; loads of different models run in parallel,
-//! at most `cache.max_concurrent_loads` at once. A failed load is remembered for
+//! Resident sessions live in a map guarded together with the [`Policy`] that decides
+//! what stays: every request is counted, and a miss is loaded (once, however many
+//! requests wait for it: a per-key `OnceCell`), served, and then **admitted** only if
+//! every resident it would displace has a lower priority (rate × load cost per byte,
+//! where the rate is the larger of this scorer's own decayed count and the pool-wide rate
+//! the proxies push). Each model is charged what its session really keeps (see
+//! `runtime`). Loads of different models run in parallel, at most
+//! `cache.max_concurrent_loads` at once. A failed load is remembered for
 //! `cache.failure_ttl` so a broken model answers fast instead of being reloaded by every
 //! request. Requests hold an `Arc`, so eviction never pulls a session from under a request:
 //! the session is freed when its last request finishes.
+//!
+//! moka is kept for the two small caches with expiry (live versions, failures); the
+//! resident set is not a moka cache because its eviction and admission must follow the
+//! pool's statistics (BENCHMARKS.md, "Cache policy", measures moka's W-TinyLFU against it).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use manymodels_config::scorer::{CacheConfig, CachePolicy};
+use manymodels_config::scorer::{CacheConfig, PolicyConfig, WarmupConfig};
+use manymodels_policy::{Key, Policy, PoolView, StatsReport};
 use moka::Expiry;
 use moka::future::Cache;
-use moka::notification::RemovalCause;
-use moka::policy::EvictionPolicy;
 use ort::environment::Environment;
-use tokio::sync::Semaphore;
+use serde::Serialize;
+use tokio::sync::{OnceCell, Semaphore};
 
 use crate::error::{LoadError, ScorerError};
 use crate::metrics::Metrics;
@@ -32,11 +41,21 @@ use crate::store::{ModelStore, StoreError};
 /// is found within a second.
 const NOT_FOUND_TTL: Duration = Duration::from_secs(1);
 
+/// Recent evictions kept for the explain endpoint.
+const EVICTION_LOG: usize = 200;
+
 /// One loaded version of one model: the unit the cache holds and charges.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ModelKey {
     pub id: ModelId,
     pub version: u64,
+}
+
+impl Key for ModelKey {
+    type Model = ModelId;
+    fn model(&self) -> &ModelId {
+        &self.id
+    }
 }
 
 /// What a remembered failure is about: a model's live version (`None`: the model does
@@ -59,6 +78,40 @@ impl Lookup {
     }
 }
 
+/// Why a model left memory (the `reason` label of `mm_scorer_cache_evictions_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Displaced by a model of higher priority.
+    Capacity,
+    /// Loaded for its requests but not kept: every resident was worth more.
+    NotAdmitted,
+    /// Unloaded through the repository API.
+    Unload,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 3] = [Reason::Capacity, Reason::NotAdmitted, Reason::Unload];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Capacity => "capacity",
+            Reason::NotAdmitted => "not_admitted",
+            Reason::Unload => "unload",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Eviction {
+    pub model: String,
+    pub version: u64,
+    pub bytes: u64,
+    pub reason: Reason,
+    /// Seconds since the scorer started.
+    pub at: f64,
+}
+
 #[derive(Clone)]
 struct Failure {
     error: ScorerError,
@@ -73,52 +126,54 @@ impl Expiry<FailureKey, Failure> for FailureExpiry {
     }
 }
 
+type LoadCell = Arc<OnceCell<Result<Arc<LoadedModel>, ScorerError>>>;
+
+/// The resident set and the policy ranking it, changed together under one lock.
+struct State {
+    policy: Policy<ModelKey>,
+    models: HashMap<ModelKey, Arc<LoadedModel>>,
+    evictions: VecDeque<Eviction>,
+}
+
 pub struct ModelCache {
     store: Arc<dyn ModelStore>,
     environment: &'static Environment,
-    loaded: Cache<ModelKey, Arc<LoadedModel>>,
+    state: Mutex<State>,
+    inflight: Mutex<HashMap<ModelKey, LoadCell>>,
     /// The live (highest) version of each model seen, so a request for the live version
     /// does not list the store.
     live: Cache<ModelId, u64>,
     failures: Cache<FailureKey, Failure>,
+    pool: Mutex<PoolView>,
     load_slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     config: CacheConfig,
+    policy_config: PolicyConfig,
+    warmup: WarmupConfig,
+    warming: AtomicBool,
+    started: Instant,
+    loaded_bytes: AtomicU64,
     /// Set when an eviction freed a session; cleared by the next trim.
-    freed: Arc<AtomicBool>,
+    freed: AtomicBool,
 }
 
 impl ModelCache {
     pub fn new(
         config: CacheConfig,
+        policy_config: PolicyConfig,
+        warmup: WarmupConfig,
         store: Arc<dyn ModelStore>,
         environment: &'static Environment,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let freed = Arc::new(AtomicBool::new(false));
-        let listener_metrics = metrics.clone();
-        let listener_freed = freed.clone();
-        let loaded = Cache::builder()
-            .max_capacity(config.budget.bytes())
-            .weigher(|_key: &ModelKey, model: &Arc<LoadedModel>| {
-                u32::try_from(model.weight).unwrap_or(u32::MAX)
-            })
-            .eviction_policy(match config.policy {
-                CachePolicy::TinyLfu => EvictionPolicy::tiny_lfu(),
-                CachePolicy::Lru => EvictionPolicy::lru(),
-            })
-            .eviction_listener(move |key: Arc<ModelKey>, model: Arc<LoadedModel>, cause| {
-                let reason = match cause {
-                    RemovalCause::Size => "size",
-                    RemovalCause::Explicit => "explicit",
-                    RemovalCause::Replaced => "replaced",
-                    RemovalCause::Expired => "expired",
-                };
-                listener_metrics.evictions.with_label_values(&[reason]).inc();
-                listener_freed.store(true, Ordering::Relaxed);
-                tracing::debug!(model = %key.id, version = model.version, reason, "model left the hot cache");
-            })
-            .build();
+        let policy = Policy::new(
+            config.budget.bytes(),
+            manymodels_policy::PolicyConfig {
+                half_life: policy_config.half_life.as_secs_f64(),
+                size_weight: policy_config.size_weight,
+                ..manymodels_policy::PolicyConfig::default()
+            },
+        );
         let failures = Cache::builder()
             .max_capacity(100_000)
             .expire_after(FailureExpiry)
@@ -126,14 +181,34 @@ impl ModelCache {
         ModelCache {
             store,
             environment,
-            loaded,
+            state: Mutex::new(State {
+                policy,
+                models: HashMap::new(),
+                evictions: VecDeque::new(),
+            }),
+            inflight: Mutex::new(HashMap::new()),
             live: Cache::builder().max_capacity(1_000_000).build(),
             failures,
+            pool: Mutex::new(PoolView::default()),
             load_slots: Arc::new(Semaphore::new(config.max_concurrent_loads.get())),
             metrics,
             config,
-            freed,
+            policy_config,
+            warmup,
+            warming: AtomicBool::new(false),
+            started: Instant::now(),
+            loaded_bytes: AtomicU64::new(0),
+            freed: AtomicBool::new(false),
         }
+    }
+
+    /// Seconds since start: the policy's clock.
+    fn now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn store(&self) -> &Arc<dyn ModelStore> {
@@ -146,6 +221,16 @@ impl ModelCache {
         id: &ModelId,
         version: Option<u64>,
     ) -> Result<(Arc<LoadedModel>, Lookup), ScorerError> {
+        self.lookup(id, version, true).await
+    }
+
+    /// `get`, optionally without counting a request (warm-up loads are not demand).
+    async fn lookup(
+        &self,
+        id: &ModelId,
+        version: Option<u64>,
+        count: bool,
+    ) -> Result<(Arc<LoadedModel>, Lookup), ScorerError> {
         let version = match version {
             Some(version) => version,
             None => self.live_version(id).await?,
@@ -154,9 +239,16 @@ impl ModelCache {
             id: id.clone(),
             version,
         };
-        if let Some(model) = self.loaded.get(&key).await {
-            self.metrics.cache_hits.inc();
-            return Ok((model, Lookup::Hit));
+        {
+            let now = self.now();
+            let mut state = self.state();
+            if count {
+                state.policy.record(&key, now);
+            }
+            if let Some(model) = state.models.get(&key) {
+                self.metrics.cache_hits.inc();
+                return Ok((model.clone(), Lookup::Hit));
+            }
         }
         if let Some(failure) = self.failures.get(&(id.clone(), Some(version))).await {
             if matches!(failure.error, ScorerError::Load(_)) {
@@ -165,15 +257,81 @@ impl ModelCache {
             return Err(failure.error);
         }
         self.metrics.cache_misses.inc();
-        let model = self
-            .loaded
-            .try_get_with(key.clone(), self.load(key))
+        let cell = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let result = cell
+            .get_or_init(|| self.load_and_admit(key.clone()))
             .await
-            .map_err(|shared: Arc<ScorerError>| (*shared).clone())?;
-        // Apply evictions now rather than on moka's schedule, so the budget holds.
-        self.loaded.run_pending_tasks().await;
-        self.trim_if_freed();
-        Ok((model, Lookup::Miss))
+            .clone();
+        {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                inflight.remove(&key);
+            }
+        }
+        result.map(|model| (model, Lookup::Miss))
+    }
+
+    /// Loads `key`, then lets the policy decide whether it stays.
+    async fn load_and_admit(&self, key: ModelKey) -> Result<Arc<LoadedModel>, ScorerError> {
+        let started = Instant::now();
+        let model = self.load(key.clone()).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let now = self.now();
+        let mut dropped = Vec::new();
+        {
+            let mut state = self.state();
+            let decision = state
+                .policy
+                .admit(key.clone(), model.weight, Some(seconds), now);
+            if decision.admitted {
+                state.models.insert(key.clone(), model.clone());
+            } else {
+                self.log_eviction(&mut state, &key, model.weight, Reason::NotAdmitted, now);
+            }
+            for victim in decision.evicted {
+                if let Some(gone) = state.models.remove(&victim) {
+                    self.log_eviction(&mut state, &victim, gone.weight, Reason::Capacity, now);
+                    dropped.push(gone);
+                }
+            }
+        }
+        if !dropped.is_empty() {
+            drop(dropped);
+            self.freed.store(true, Ordering::Relaxed);
+            self.trim_if_freed();
+        }
+        Ok(model)
+    }
+
+    fn log_eviction(
+        &self,
+        state: &mut State,
+        key: &ModelKey,
+        bytes: u64,
+        reason: Reason,
+        now: f64,
+    ) {
+        self.metrics
+            .evictions
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        tracing::debug!(model = %key.id, version = key.version, bytes, reason = reason.as_str(), "model left the hot cache");
+        if state.evictions.len() == EVICTION_LOG {
+            state.evictions.pop_front();
+        }
+        state.evictions.push_back(Eviction {
+            model: key.id.to_string(),
+            version: key.version,
+            bytes,
+            reason,
+            at: now,
+        });
     }
 
     /// The highest version of `id` in the store, listed once and then remembered.
@@ -224,6 +382,8 @@ impl ModelCache {
         match &result {
             Ok(model) => {
                 self.metrics.loads.inc();
+                self.metrics.loaded_bytes.inc_by(model.weight);
+                self.loaded_bytes.fetch_add(model.weight, Ordering::Relaxed);
                 self.metrics
                     .load_duration
                     .observe(started.elapsed().as_secs_f64());
@@ -302,15 +462,25 @@ impl ModelCache {
     /// Drops every cached version of `id` and forgets its failures. Returns how many
     /// sessions were dropped.
     pub async fn unload(&self, id: &ModelId) -> usize {
-        let keys: Vec<Arc<ModelKey>> = self
-            .loaded
-            .iter()
-            .filter(|(key, _)| key.id == *id)
-            .map(|(key, _)| key)
-            .collect();
-        for key in &keys {
-            self.loaded.invalidate(key.as_ref()).await;
-        }
+        let dropped: Vec<Arc<LoadedModel>> = {
+            let now = self.now();
+            let mut state = self.state();
+            let keys: Vec<ModelKey> = state
+                .models
+                .keys()
+                .filter(|k| k.id == *id)
+                .cloned()
+                .collect();
+            let mut dropped = Vec::new();
+            for key in keys {
+                state.policy.remove(&key);
+                if let Some(model) = state.models.remove(&key) {
+                    self.log_eviction(&mut state, &key, model.weight, Reason::Unload, now);
+                    dropped.push(model);
+                }
+            }
+            dropped
+        };
         let failed: Vec<Arc<FailureKey>> = self
             .failures
             .iter()
@@ -321,25 +491,152 @@ impl ModelCache {
             self.failures.invalidate(key.as_ref()).await;
         }
         self.live.invalidate(id).await;
-        self.loaded.run_pending_tasks().await;
-        self.trim_if_freed();
-        keys.len()
+        let count = dropped.len();
+        if count > 0 {
+            drop(dropped);
+            self.freed.store(true, Ordering::Relaxed);
+            self.trim_if_freed();
+        }
+        count
     }
 
     /// The models in memory now.
     pub fn resident(&self) -> Vec<Arc<LoadedModel>> {
-        self.loaded.iter().map(|(_, model)| model).collect()
+        self.state().models.values().cloned().collect()
     }
 
     /// Brings the resident gauges up to date (called when metrics are scraped).
-    pub async fn refresh_gauges(&self) {
-        self.loaded.run_pending_tasks().await;
-        self.metrics
-            .resident_bytes
-            .set(self.loaded.weighted_size() as i64);
-        self.metrics
-            .resident_models
-            .set(self.loaded.entry_count() as i64);
+    pub fn refresh_gauges(&self) {
+        let state = self.state();
+        self.metrics.resident_bytes.set(state.policy.used() as i64);
+        self.metrics.resident_models.set(state.models.len() as i64);
+    }
+
+    /// Takes a proxy's statistics push: combines it with the other proxies' latest and
+    /// re-ranks the resident models. Returns the cache's summary for the proxy's pool view.
+    pub fn apply_stats(&self, report: StatsReport) -> CacheSummary {
+        let now = self.now();
+        let combined = {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            pool.apply(
+                report,
+                now,
+                self.policy_config.stats_stale_after.as_secs_f64(),
+            );
+            pool.combined()
+        };
+        let rates = combined
+            .into_iter()
+            .filter_map(|(id, rate)| ModelId::parse(&id).ok().map(|id| (id, rate)));
+        self.state().policy.set_pool_rates(rates, now);
+        self.metrics.stats_pushes.inc();
+        self.summary(20)
+    }
+
+    /// Warms the hottest models of this scorer's share that are not in memory (from the
+    /// proxies' latest push), at most `warmup.concurrency` at once and
+    /// `warmup.max_fraction × cache.budget` bytes in all. Stops early once the policy
+    /// refuses one (everything resident is worth more). Returns the models loaded.
+    pub async fn warm_up(&self) -> usize {
+        if self.warming.swap(true, Ordering::AcqRel) {
+            return 0;
+        }
+        let max_bytes = (self.config.budget.bytes() as f64 * self.warmup.max_fraction) as u64;
+        let candidates = self.state().policy.hottest_absent(256, self.now());
+        let slots = Arc::new(Semaphore::new(self.warmup.concurrency.get()));
+        let spent = AtomicU64::new(0);
+        let refused = AtomicBool::new(false);
+        let loaded = AtomicU64::new(0);
+        let work = candidates.into_iter().map(|(id, _rate)| {
+            let slots = slots.clone();
+            let (spent, refused, loaded) = (&spent, &refused, &loaded);
+            async move {
+                let _slot = slots.acquire_owned().await.expect("never closed");
+                if refused.load(Ordering::Relaxed) || spent.load(Ordering::Relaxed) >= max_bytes {
+                    return;
+                }
+                if let Ok((model, Lookup::Miss)) = self.lookup(&id, None, false).await {
+                    spent.fetch_add(model.weight, Ordering::Relaxed);
+                    let key = ModelKey {
+                        id,
+                        version: model.version,
+                    };
+                    if self.state().models.contains_key(&key) {
+                        loaded.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.warmup_loads.inc();
+                    } else {
+                        refused.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        futures::future::join_all(work).await;
+        self.warming.store(false, Ordering::Release);
+        loaded.load(Ordering::Relaxed) as usize
+    }
+
+    /// Counters and the most recent evictions.
+    pub fn summary(&self, evictions: usize) -> CacheSummary {
+        let state = self.state();
+        CacheSummary {
+            budget_bytes: self.config.budget.bytes(),
+            resident_bytes: state.policy.used(),
+            resident_models: state.models.len(),
+            hits: self.metrics.cache_hits.get(),
+            misses: self.metrics.cache_misses.get(),
+            loads: self.metrics.loads.get(),
+            loaded_bytes: self.loaded_bytes.load(Ordering::Relaxed),
+            uptime: self.now(),
+            evictions: state
+                .evictions
+                .iter()
+                .rev()
+                .take(evictions)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Everything the explain endpoint shows: the summary, every resident model with its
+    /// priority (next to be evicted first), and the pool's hottest models for this scorer.
+    pub fn explain(&self, hottest: usize) -> Explain {
+        let now = self.now();
+        let summary = self.summary(EVICTION_LOG);
+        let state = self.state();
+        let resident = state
+            .policy
+            .residents(now)
+            .into_iter()
+            .map(|r| ResidentView {
+                model: r.key.id.to_string(),
+                version: r.key.version,
+                bytes: r.bytes,
+                load_seconds: r.load_seconds,
+                priority: r.priority,
+                idle_seconds: now - r.last_use,
+                rate: r.local_rate,
+                pool_rate: r.pool_rate,
+            })
+            .collect();
+        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let mut top: Vec<(String, f64)> = pool.combined().into_iter().collect();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(hottest);
+        let resident_ids: std::collections::HashSet<String> =
+            state.models.keys().map(|k| k.id.to_string()).collect();
+        Explain {
+            summary,
+            proxies: pool.proxies(),
+            resident,
+            hottest: top
+                .into_iter()
+                .map(|(model, rate)| HotModel {
+                    resident: resident_ids.contains(&model),
+                    model,
+                    rate,
+                })
+                .collect(),
+        }
     }
 
     /// After evictions, give freed heap pages back to the OS so RSS follows the budget:
@@ -352,6 +649,56 @@ impl ModelCache {
             tokio::task::spawn_blocking(trim_heap);
         }
     }
+}
+
+/// A scorer's cache in numbers: the answer to a statistics push, and the head of the
+/// explain endpoint.
+#[derive(Clone, Debug, Serialize)]
+pub struct CacheSummary {
+    pub budget_bytes: u64,
+    pub resident_bytes: u64,
+    pub resident_models: usize,
+    pub hits: u64,
+    pub misses: u64,
+    pub loads: u64,
+    pub loaded_bytes: u64,
+    /// Seconds since the scorer started (eviction times count from it).
+    pub uptime: f64,
+    /// Most recent first.
+    pub evictions: Vec<Eviction>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ResidentView {
+    pub model: String,
+    pub version: u64,
+    pub bytes: u64,
+    pub load_seconds: f64,
+    /// ln(decayed request count) + size_weight × ln(load seconds / byte): higher stays.
+    pub priority: f64,
+    pub idle_seconds: f64,
+    /// This scorer's own request rate (req/s, decayed).
+    pub rate: f64,
+    /// The pool-wide rate the proxies last reported.
+    pub pool_rate: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HotModel {
+    pub model: String,
+    pub rate: f64,
+    pub resident: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Explain {
+    #[serde(flatten)]
+    pub summary: CacheSummary,
+    /// Proxies whose statistics are current.
+    pub proxies: usize,
+    /// Lowest priority (next to be evicted) first.
+    pub resident: Vec<ResidentView>,
+    pub hottest: Vec<HotModel>,
 }
 
 #[cfg(target_env = "gnu")]

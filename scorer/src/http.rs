@@ -2,7 +2,6 @@
 //! router, so handler tests call it without a socket.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::Router;
@@ -50,6 +49,8 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{id}/load", post(repository_load))
         .route("/v2/repository/models/{id}/unload", post(repository_unload))
+        .route("/v2/mm/cache", get(explain))
+        .route("/v2/mm/stats", axum::routing::put(stats_push))
         .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -129,7 +130,7 @@ async fn live() -> Response {
 }
 
 async fn ready(State(scorer): Shared) -> Response {
-    if scorer.ready.load(Ordering::Relaxed) {
+    if scorer.is_ready() {
         json_response(&json!({ "ready": true }))
     } else {
         (
@@ -443,8 +444,35 @@ async fn repository_unload(
     finish(&scorer, "unload", result)
 }
 
+/// The explain view: resident models with size, priority and last use, the pool's
+/// hottest models for this scorer, and recent evictions with their reason.
+async fn explain(State(scorer): Shared) -> Response {
+    let explain = scorer.cache.explain(50);
+    let result = Ok(json_response(&json!({
+        "scorer": scorer.config.display_name(),
+        "ready": scorer.is_ready(),
+        "cache": explain,
+    })));
+    finish(&scorer, "explain", result)
+}
+
+/// A proxy's statistics push (`StatsReport`): answered with this cache's summary.
+async fn stats_push(State(scorer): Shared, request: Result<Bytes, BytesRejection>) -> Response {
+    let result = body(request, &scorer).and_then(|bytes| {
+        let report: manymodels_policy::StatsReport = serde_json::from_slice(&bytes)
+            .map_err(|e| ScorerError::InvalidInput(format!("statistics report: {e}")))?;
+        let summary = scorer.take_stats(report);
+        Ok(json_response(&json!({
+            "scorer": scorer.config.display_name(),
+            "ready": scorer.is_ready(),
+            "cache": summary,
+        })))
+    });
+    finish(&scorer, "stats", result)
+}
+
 async fn metrics(State(scorer): Shared) -> Response {
-    scorer.cache.refresh_gauges().await;
+    scorer.cache.refresh_gauges();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         scorer.metrics.render(),

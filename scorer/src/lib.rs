@@ -53,6 +53,9 @@ pub struct Scorer {
     pub metrics: Arc<metrics::Metrics>,
     /// Cleared when shutdown starts, so readiness fails and the proxy stops routing here.
     pub ready: AtomicBool,
+    /// Set once the first warm-up of the hot share finished (or was not wanted).
+    pub warmed: AtomicBool,
+    started: std::time::Instant,
     name_header: HeaderValue,
 }
 
@@ -64,17 +67,52 @@ impl Scorer {
         runtime::self_test(environment).map_err(StartError::OnnxRuntime)?;
         let store = store::open(&config.store)?;
         let metrics = Arc::new(metrics::Metrics::new(config.cache.budget.bytes()));
-        let cache =
-            cache::ModelCache::new(config.cache.clone(), store, environment, metrics.clone());
+        let cache = cache::ModelCache::new(
+            config.cache.clone(),
+            config.policy,
+            config.warmup,
+            store,
+            environment,
+            metrics.clone(),
+        );
         let name_header = HeaderValue::from_str(&config.display_name())
             .unwrap_or_else(|_| HeaderValue::from_static("scorer"));
         Ok(Arc::new(Scorer {
-            config,
             cache,
             metrics,
             ready: AtomicBool::new(true),
+            warmed: AtomicBool::new(config.warmup.ready_timeout.is_zero()),
+            started: std::time::Instant::now(),
             name_header,
+            config,
         }))
+    }
+}
+
+impl Scorer {
+    /// Ready for traffic: not shutting down, and the hot share is warm (or
+    /// `warmup.ready_timeout` has passed since start).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+            && (self.warmed.load(Ordering::Relaxed)
+                || self.started.elapsed() >= self.config.warmup.ready_timeout)
+    }
+
+    /// Takes a proxy's statistics push and warms the hot share in the background.
+    pub fn take_stats(
+        self: &Arc<Self>,
+        report: manymodels_policy::StatsReport,
+    ) -> cache::CacheSummary {
+        let summary = self.cache.apply_stats(report);
+        let scorer = self.clone();
+        tokio::spawn(async move {
+            let loaded = scorer.cache.warm_up().await;
+            if loaded > 0 {
+                tracing::info!(loaded, "warmed models of the hot share");
+            }
+            scorer.warmed.store(true, Ordering::Relaxed);
+        });
+        summary
     }
 }
 

@@ -14,6 +14,9 @@ pub struct Metrics {
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
     pub loads: IntCounter,
+    pub loaded_bytes: IntCounter,
+    pub warmup_loads: IntCounter,
+    pub stats_pushes: IntCounter,
     pub load_failures: IntCounter,
     /// Requests answered from a remembered load failure without loading again.
     pub failed_fast: IntCounter,
@@ -90,6 +93,18 @@ impl Metrics {
                 "mm_scorer_model_loads_total",
                 "Models loaded (file read and session created).",
             ),
+            loaded_bytes: counter(
+                "mm_scorer_loaded_bytes_total",
+                "Memory charged to every model loaded (the byte-miss volume).",
+            ),
+            warmup_loads: counter(
+                "mm_scorer_warmup_loads_total",
+                "Models loaded ahead of demand from the pool's statistics.",
+            ),
+            stats_pushes: counter(
+                "mm_scorer_stats_pushes_total",
+                "Pool statistics pushes received from proxies.",
+            ),
             load_failures: counter(
                 "mm_scorer_model_load_failures_total",
                 "Model loads that failed.",
@@ -125,8 +140,8 @@ impl Metrics {
         metrics.budget_bytes.set(budget_bytes as i64);
         // Labelled families exist from the first scrape, at 0, so dashboards and alerts
         // see "0" rather than "no data".
-        for reason in ["size", "explicit", "replaced", "expired"] {
-            metrics.evictions.with_label_values(&[reason]);
+        for reason in crate::cache::Reason::ALL {
+            metrics.evictions.with_label_values(&[reason.as_str()]);
         }
         metrics.requests.with_label_values(&["infer", "200"]);
         metrics

@@ -104,26 +104,38 @@ impl ScorerProcess {
 
     /// Starts `mm-scorer` on `port` (to restart one where a proxy expects it).
     pub fn start_on(port: u16, sets: &[String], env: &[(&str, &str)]) -> Self {
+        let mut scorer = Self::spawn_on(port, sets, env);
+        scorer.wait_ready(Duration::from_secs(30));
+        scorer
+    }
+
+    /// Starts `mm-scorer` on `port` without waiting for it to be ready. Scorers report
+    /// ready at once unless `sets` gives `warmup.ready_timeout` (tests that have no proxy
+    /// pushing statistics must not wait for a warm-up).
+    pub fn spawn_on(port: u16, sets: &[String], env: &[(&str, &str)]) -> Self {
         let logs = TempDir::new("scorer-log");
         let log = logs.path().join("scorer.log");
         let mut command = Command::new(binary("mm-scorer"));
         command
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--set", "shutdown.grace=2s"])
+            .args([
+                "--set",
+                "shutdown.grace=2s",
+                "--set",
+                "warmup.ready_timeout=0s",
+            ])
             .args(sets.iter().flat_map(|s| ["--set", s.as_str()]))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let child = command.spawn().expect("starting mm-scorer");
-        let mut scorer = ScorerProcess {
+        ScorerProcess {
             child,
             url: format!("http://127.0.0.1:{port}"),
             log,
             _logs: logs,
-        };
-        scorer.wait_ready(Duration::from_secs(30));
-        scorer
+        }
     }
 
     /// A scorer serving a local store directory.
@@ -133,7 +145,7 @@ impl ScorerProcess {
         Self::start(&all, &[])
     }
 
-    fn wait_ready(&mut self, timeout: Duration) {
+    pub fn wait_ready(&mut self, timeout: Duration) {
         let started = Instant::now();
         let url = format!("{}/v2/health/ready", self.url);
         loop {

@@ -109,10 +109,7 @@ async fn byte_budget_holds_while_three_budgets_of_models_are_scored() {
     let total_weight: u64 = weights.iter().sum();
     let largest: u64 = *weights.iter().max().unwrap();
     let budget = total_weight / 3;
-    let scorer = ScorerProcess::local(
-        store.path(),
-        &[&format!("cache.budget={budget}"), "cache.policy=lru"],
-    );
+    let scorer = ScorerProcess::local(store.path(), &[&format!("cache.budget={budget}")]);
     let rss_before = scorer.rss_bytes();
     let mut peak_resident = 0.0f64;
     let mut peak_rss = 0u64;

@@ -146,7 +146,8 @@ fn run(task: Task) -> Result<()> {
 }
 
 fn test(args: &[String]) -> Result<()> {
-    setup::tools(&["cmake"])?;
+    // chromium: the status page is checked in a real headless browser.
+    setup::tools(&["cmake", "chromium"])?;
     setup::onnxruntime()?;
     setup::python_test_deps()?;
     let azurite = setup::azurite()?;

@@ -68,7 +68,10 @@ fn traces(args: &SimArgs) -> Result<Vec<Trace>> {
         let parsed = trace::parse(&text).map_err(anyhow::Error::msg)?;
         let size_text = std::fs::read_to_string(sizes)?;
         let mut by_name = std::collections::HashMap::new();
-        for line in size_text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+        for line in size_text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        {
             let mut f = line.split_whitespace();
             let (Some(id), Some(bytes)) = (f.next(), f.next()) else {
                 bail!("bad sizes line `{line}`");
@@ -78,7 +81,12 @@ fn traces(args: &SimArgs) -> Result<Vec<Trace>> {
         let sizes = parsed
             .names
             .iter()
-            .map(|n| by_name.get(n).copied().with_context(|| format!("no size for {n}")))
+            .map(|n| {
+                by_name
+                    .get(n)
+                    .copied()
+                    .with_context(|| format!("no size for {n}"))
+            })
             .collect::<Result<Vec<u64>>>()?;
         return Ok(vec![Trace {
             label: path.display().to_string(),
@@ -228,7 +236,10 @@ pub fn run(args: SimArgs) -> Result<()> {
             }
         }
     }
-    println!("\ngeometric mean over {} traces, relative to LRU:", traces.len());
+    println!(
+        "\ngeometric mean over {} traces, relative to LRU:",
+        traces.len()
+    );
     for (name, v) in &ratios {
         let (req, bytes) = geomean(v);
         let worst_req = v.iter().map(|r| r.0).fold(0.0, f64::max);
@@ -256,14 +267,18 @@ fn sweep(args: &SimArgs, traces: &[Trace]) -> Result<()> {
             sim::run(&mut Lru::new(budget), &t.requests, &t.sizes)
         })
         .collect();
-    println!("| half-life s | size weight | request miss / LRU (geo, worst) | byte miss / LRU (geo, worst) |");
+    println!(
+        "| half-life s | size weight | request miss / LRU (geo, worst) | byte miss / LRU (geo, worst) |"
+    );
     println!("|---:|---:|---|---|");
     for half_life in [2.0, 5.0, 10.0, 30.0] {
         for size_weight in [0.25, 0.5, 0.75, 1.0] {
             let config = PolicyConfig {
                 half_life,
                 size_weight,
-                cost: CostModel { ..PolicyConfig::default().cost },
+                cost: CostModel {
+                    ..PolicyConfig::default().cost
+                },
                 ..PolicyConfig::default()
             };
             let v: Vec<(f64, f64)> = traces

@@ -1,0 +1,415 @@
+//! Pool-wide hit statistics: counted per request, pushed to the scorers, shown on
+//! `/v2/mm/pool` and `/status`.
+//!
+//! Every model request increments the model's decayed count in a [`PoolStats`] (fixed
+//! memory: a count-min sketch plus the `stats.top_models` hottest ids). Every
+//! `stats.push_interval`, [`Pusher`] sends each scorer (`PUT /v2/mm/stats`) the rates of
+//! the hot models it owns: the models whose first healthy scorer it is, the models it
+//! ranks first for even while it is not ready (so a restarting scorer warms its share
+//! before it takes traffic), and its replicas of models above the replication threshold.
+//! The scorer answers with its cache summary, which the pool view shows. Several proxies
+//! each push their own counts under their own instance id; the scorers sum them.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use manymodels_policy::{PoolStats, StatsReport};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde_json::{Value, json};
+
+use crate::pool::Pool;
+use crate::ranking::{name_of, rank};
+
+/// Width of one bucket of the hit-ratio history, and how many are kept (10 minutes).
+const BUCKET: Duration = Duration::from_secs(10);
+const BUCKETS: usize = 60;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Bucket {
+    start: u64,
+    hits: u64,
+    misses: u64,
+}
+
+struct ScorerState {
+    addr: String,
+    healthy: bool,
+    pushed: Option<Instant>,
+    summary: Value,
+}
+
+pub struct Statistics {
+    started: Instant,
+    instance: String,
+    counts: Mutex<PoolStats<Arc<str>>>,
+    history: Mutex<VecDeque<Bucket>>,
+    scorers: Mutex<BTreeMap<String, ScorerState>>,
+}
+
+impl Statistics {
+    pub fn new(half_life: Duration, top_models: usize) -> Self {
+        Statistics {
+            started: Instant::now(),
+            instance: instance_id(),
+            counts: Mutex::new(PoolStats::new(half_life.as_secs_f64(), top_models, 0.0)),
+            history: Mutex::new(VecDeque::new()),
+            scorers: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Counts one request for `model`; returns its pool-wide rate (req/s) including it.
+    pub fn record(&self, model: &str) -> f64 {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(model)
+    }
+
+    /// The model's pool-wide rate without counting a request.
+    pub fn rate(&self, model: &str) -> f64 {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rate(model)
+    }
+
+    /// Counts a scorer's answer: from its cache (`hit`) or after a load.
+    pub fn observe(&self, hit: bool) {
+        let now = self.started.elapsed().as_secs() / BUCKET.as_secs() * BUCKET.as_secs();
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        if history.back().is_none_or(|b| b.start != now) {
+            history.push_back(Bucket {
+                start: now,
+                ..Bucket::default()
+            });
+            if history.len() > BUCKETS {
+                history.pop_front();
+            }
+        }
+        let bucket = history.back_mut().expect("just pushed");
+        if hit {
+            bucket.hits += 1;
+        } else {
+            bucket.misses += 1;
+        }
+    }
+
+    fn tick(&self) {
+        let now = self.started.elapsed().as_secs_f64();
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tick(now);
+    }
+
+    /// Who gets which rates: see the module documentation.
+    fn shares(
+        &self,
+        members: &[(String, bool)],
+        replication: Option<f64>,
+    ) -> HashMap<String, Vec<(String, f64)>> {
+        let hot: Vec<(Arc<str>, f64)> = {
+            let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            counts.hot().map(|(k, r)| (k.clone(), r)).collect()
+        };
+        let names: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+        let healthy: std::collections::HashSet<&str> = members
+            .iter()
+            .filter(|(_, h)| *h)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let mut shares: HashMap<String, Vec<(String, f64)>> = HashMap::new();
+        for (model, rate) in hot {
+            let ranked = rank(&model, names.iter().copied());
+            let mut owners: Vec<&str> = Vec::with_capacity(3);
+            if let Some(first) = ranked.first() {
+                owners.push(first);
+            }
+            let serving: Vec<&str> = ranked
+                .iter()
+                .copied()
+                .filter(|n| healthy.contains(n))
+                .take(if replication.is_some_and(|t| rate >= t) {
+                    2
+                } else {
+                    1
+                })
+                .collect();
+            for name in serving {
+                if !owners.contains(&name) {
+                    owners.push(name);
+                }
+            }
+            for owner in owners {
+                shares
+                    .entry(owner.to_string())
+                    .or_default()
+                    .push((model.to_string(), rate));
+            }
+        }
+        for share in shares.values_mut() {
+            share.sort_by(|a, b| b.1.total_cmp(&a.1));
+        }
+        shares
+    }
+
+    /// The pool view served on `/v2/mm/pool` (and drawn by `/status`).
+    pub fn view(&self, pool: &Pool) -> Value {
+        let now = self.started.elapsed().as_secs();
+        let history: Vec<Value> = self
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|b| json!({ "seconds_ago": now.saturating_sub(b.start), "hits": b.hits, "misses": b.misses }))
+            .collect();
+        let (hits, misses) = history.iter().fold((0, 0), |(h, m), b| {
+            (
+                h + b["hits"].as_u64().unwrap_or(0),
+                m + b["misses"].as_u64().unwrap_or(0),
+            )
+        });
+        let members = members(pool);
+        let (top, tracked, memory, requests) = {
+            let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                counts.top(20),
+                counts.tracked(),
+                counts.memory_bytes(),
+                counts.requests(),
+            )
+        };
+        let names: Vec<&str> = members.iter().map(|(n, _, _)| n.as_str()).collect();
+        let hottest: Vec<Value> = top
+            .iter()
+            .map(|(model, rate)| {
+                let owner = rank(model, names.iter().copied())
+                    .first()
+                    .map(|s| s.to_string());
+                json!({ "model": &**model, "rate": rate, "owner": owner })
+            })
+            .collect();
+        let scorers_state = self.scorers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut evictions: Vec<(f64, Value)> = Vec::new();
+        let scorers: Vec<Value> = members
+            .iter()
+            .map(|(name, addr, healthy)| {
+                let state = scorers_state.get(name);
+                let summary = state.map(|s| s.summary.clone()).unwrap_or(Value::Null);
+                let since = state
+                    .and_then(|s| s.pushed)
+                    .map(|at| at.elapsed().as_secs_f64());
+                if let (Some(since), Some(list)) = (since, summary["evictions"].as_array()) {
+                    let uptime = summary["uptime"].as_f64().unwrap_or(0.0);
+                    for e in list {
+                        let ago = uptime - e["at"].as_f64().unwrap_or(0.0) + since;
+                        evictions.push((
+                            ago,
+                            json!({
+                                "scorer": name, "model": e["model"], "version": e["version"],
+                                "bytes": e["bytes"], "reason": e["reason"], "seconds_ago": ago,
+                            }),
+                        ));
+                    }
+                }
+                json!({
+                    "name": name,
+                    "addr": addr,
+                    "healthy": healthy,
+                    "pushed_seconds_ago": since,
+                    "budget_bytes": summary["budget_bytes"],
+                    "resident_bytes": summary["resident_bytes"],
+                    "resident_models": summary["resident_models"],
+                    "hits": summary["hits"],
+                    "misses": summary["misses"],
+                    "loads": summary["loads"],
+                    "loaded_bytes": summary["loaded_bytes"],
+                })
+            })
+            .collect();
+        evictions.sort_by(|a, b| a.0.total_cmp(&b.0));
+        evictions.truncate(30);
+        json!({
+            "proxy": self.instance,
+            "uptime_seconds": self.started.elapsed().as_secs_f64(),
+            "requests": requests,
+            "hit_ratio": if hits + misses > 0 { Some(hits as f64 / (hits + misses) as f64) } else { None },
+            "history_bucket_seconds": BUCKET.as_secs(),
+            "history": history,
+            "scorers": scorers,
+            "hottest": hottest,
+            "evictions": evictions.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
+            "statistics": { "tracked_models": tracked, "memory_bytes": memory },
+        })
+    }
+}
+
+/// (name, address, healthy) of every scorer in the pool.
+fn members(pool: &Pool) -> Vec<(String, String, bool)> {
+    let backends = pool.lb.backends().get_backend();
+    backends
+        .iter()
+        .map(|b| (name_of(b), b.addr.to_string(), pool.lb.backends().ready(b)))
+        .collect()
+}
+
+fn instance_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    format!("proxy-{:016x}", h.finish())
+}
+
+/// The background service that pushes statistics every `interval`.
+pub struct Pusher {
+    pub pool: Arc<Pool>,
+    pub stats: Arc<Statistics>,
+    pub interval: Duration,
+    pub replication: Option<f64>,
+    pub timeout: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for Pusher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        let mut last_push = Instant::now() - self.interval;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = ticker.tick() => {}
+            }
+            self.stats.tick();
+            if last_push.elapsed() >= self.interval {
+                last_push = Instant::now();
+                self.push().await;
+            }
+        }
+    }
+}
+
+impl Pusher {
+    async fn push(&self) {
+        let members = members(&self.pool);
+        let flags: Vec<(String, bool)> = members.iter().map(|(n, _, h)| (n.clone(), *h)).collect();
+        let mut shares = self.stats.shares(&flags, self.replication);
+        let pushes = members.into_iter().map(|(name, addr, healthy)| {
+            let report = StatsReport {
+                proxy: self.stats.instance.clone(),
+                models: shares.remove(&name).unwrap_or_default(),
+            };
+            async move {
+                let body = serde_json::to_vec(&report).unwrap_or_default();
+                let answer =
+                    tokio::time::timeout(self.timeout, put_json(&addr, "/v2/mm/stats", &body))
+                        .await;
+                (name, addr, healthy, answer)
+            }
+        });
+        let answers = futures::future::join_all(pushes).await;
+        let mut scorers = self.stats.scorers.lock().unwrap_or_else(|p| p.into_inner());
+        let live: std::collections::HashSet<String> = answers.iter().map(|a| a.0.clone()).collect();
+        scorers.retain(|name, _| live.contains(name));
+        for (name, addr, healthy, answer) in answers {
+            let entry = scorers.entry(name.clone()).or_insert(ScorerState {
+                addr: addr.clone(),
+                healthy,
+                pushed: None,
+                summary: Value::Null,
+            });
+            entry.addr = addr;
+            entry.healthy = healthy;
+            match answer {
+                Ok(Ok((200, body))) => {
+                    entry.pushed = Some(Instant::now());
+                    entry.summary = serde_json::from_slice::<Value>(&body)
+                        .map(|v| v["cache"].clone())
+                        .unwrap_or(Value::Null);
+                }
+                other => {
+                    tracing::debug!(scorer = %name, result = ?other.map(|r| r.map(|(s, _)| s)), "statistics push failed")
+                }
+            }
+        }
+    }
+}
+
+/// A one-shot HTTP/1.1 PUT of a JSON body; returns (status, body).
+async fn put_json(addr: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("malformed response"))?;
+    let status = std::str::from_utf8(&response[..split])
+        .ok()
+        .and_then(|h| h.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("malformed status line"))?;
+    Ok((status, response[split + 4..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_go_to_the_serving_scorer_and_the_first_ranked_one() {
+        let stats = Statistics::new(Duration::from_secs(10), 1_000);
+        for i in 0..300 {
+            for _ in 0..(1 + i % 3) {
+                stats.record(&format!("m{i}"));
+            }
+        }
+        let names: Vec<String> = (0..3).map(|i| format!("s{i}")).collect();
+        let all_up: Vec<(String, bool)> = names.iter().map(|n| (n.clone(), true)).collect();
+        let shares = stats.shares(&all_up, None);
+        let total: usize = shares.values().map(Vec::len).sum();
+        assert_eq!(
+            total, 300,
+            "each model goes to exactly one scorer when all are up"
+        );
+        for (scorer, models) in &shares {
+            for (model, _) in models {
+                assert_eq!(rank(model, names.iter().map(String::as_str))[0], scorer);
+            }
+        }
+        // s1 is down: its models go to their next scorer too, and s1 still gets its own
+        // share so it can warm before it reports ready.
+        let one_down: Vec<(String, bool)> = names.iter().map(|n| (n.clone(), n != "s1")).collect();
+        let shares = stats.shares(&one_down, None);
+        let s1 = shares["s1"].len();
+        let total: usize = shares.values().map(Vec::len).sum();
+        assert_eq!(total, 300 + s1);
+        // Replication: everything above the threshold goes to two healthy scorers.
+        let shares = stats.shares(&all_up, Some(0.0));
+        let total: usize = shares.values().map(Vec::len).sum();
+        assert_eq!(total, 600);
+    }
+
+    #[test]
+    fn the_history_counts_hits_and_misses() {
+        let stats = Statistics::new(Duration::from_secs(10), 10);
+        stats.observe(true);
+        stats.observe(true);
+        stats.observe(false);
+        let history = stats.history.lock().unwrap();
+        assert_eq!((history[0].hits, history[0].misses), (2, 1));
+    }
+}

@@ -139,10 +139,11 @@ async fn byte_budget_holds_while_three_budgets_of_models_are_scored() {
         }
     }
     let metrics = scorer.metrics().await;
-    assert!(
-        metrics.get("mm_scorer_cache_evictions_total{reason=\"size\"}") >= 24.0,
-        "expected evictions"
-    );
+    // Either way a session is dropped: displaced by a model of higher priority, or
+    // served and not kept.
+    let dropped = metrics.get("mm_scorer_cache_evictions_total{reason=\"capacity\"}")
+        + metrics.get("mm_scorer_cache_evictions_total{reason=\"not_admitted\"}");
+    assert!(dropped >= 24.0, "expected evictions, got {dropped}");
     assert!(
         peak_resident > 0.5 * budget as f64,
         "cache never filled: {peak_resident}"

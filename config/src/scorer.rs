@@ -98,7 +98,7 @@ pub const KEYS: &[KeyDoc] = &[
     ),
     doc(
         "policy.size_weight",
-        "0.5",
+        "1.0",
         "Weight of load cost per byte in a model's priority: 0 ranks by request rate alone (best for bytes loaded), 1 by rate × load cost / bytes (best for request hits).",
     ),
     doc(
@@ -387,7 +387,7 @@ impl Default for RawPolicy {
     fn default() -> Self {
         RawPolicy {
             half_life: HumanDuration(Duration::from_secs(10)),
-            size_weight: 0.5,
+            size_weight: 1.0,
             stats_stale_after: HumanDuration(Duration::from_secs(15)),
         }
     }

@@ -60,6 +60,7 @@ pub fn run(config: ProxyConfig) -> ! {
 
     let pool = Arc::new(Pool::new(lb, config.hot_ttl, config.eject_for));
     let listen = config.listen.to_string();
+    let metrics = Arc::new(metrics::Metrics::new());
     let stats = Arc::new(stats::Statistics::new(
         config.stats_half_life,
         config.stats_top_models,
@@ -69,6 +70,7 @@ pub fn run(config: ProxyConfig) -> ! {
             "statistics push",
             stats::Pusher {
                 pool: pool.clone(),
+                metrics: metrics.clone(),
                 stats: stats.clone(),
                 interval,
                 replication: config.replication_threshold,
@@ -81,7 +83,7 @@ pub fn run(config: ProxyConfig) -> ! {
     let proxy = Proxy {
         config,
         pool,
-        metrics: Arc::new(metrics::Metrics::new()),
+        metrics,
         stats,
     };
     let mut service = http_proxy_service(&server.configuration, proxy);

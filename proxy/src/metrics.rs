@@ -32,6 +32,12 @@ pub struct Metrics {
     /// Requests sent to a lower-ranked scorer because it held the model hot.
     pub hot_routes: IntCounter,
     pub warm_triggers: IntCounter,
+    /// Scorer answers that came from memory (`x-mm-cache: hit`): the pool hit ratio is
+    /// `cache_hits / (cache_hits + cache_misses)`.
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    /// Statistics pushes to scorers that failed (unreachable, timed out, not 200).
+    pub stats_push_failures: IntCounter,
     pub pool_size: IntGauge,
     pub healthy_scorers: IntGauge,
     pub inflight: IntGaugeVec,
@@ -102,6 +108,18 @@ impl Metrics {
             warm_triggers: counter(
                 "mm_proxy_warm_triggers_total",
                 "Warm loads the proxy asked a scorer for.",
+            ),
+            cache_hits: counter(
+                "mm_proxy_scorer_cache_hits_total",
+                "Model answers a scorer served from memory.",
+            ),
+            cache_misses: counter(
+                "mm_proxy_scorer_cache_misses_total",
+                "Model answers a scorer had to load for.",
+            ),
+            stats_push_failures: counter(
+                "mm_proxy_stats_push_failures_total",
+                "Statistics pushes to scorers that failed.",
             ),
             pool_size: gauge("mm_proxy_pool_size", "Scorers in the pool."),
             healthy_scorers: gauge("mm_proxy_healthy_scorers", "Scorers passing health checks."),

@@ -355,7 +355,13 @@ impl ProxyHttp for Proxy {
             && let (Route::Model { id, .. }, Some((scorer, _))) = (&ctx.route, &ctx.current)
         {
             self.pool.hot.record(id, scorer);
-            self.stats.observe(cache.as_deref() == Some("hit"));
+            let hit = cache.as_deref() == Some("hit");
+            self.stats.observe(hit);
+            if hit {
+                self.metrics.cache_hits.inc();
+            } else {
+                self.metrics.cache_misses.inc();
+            }
         }
         ctx.cache = cache;
         Ok(())

@@ -270,6 +270,7 @@ fn instance_id() -> String {
 /// The background service that pushes statistics every `interval`.
 pub struct Pusher {
     pub pool: Arc<Pool>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub stats: Arc<Statistics>,
     pub interval: Duration,
     pub replication: Option<f64>,

@@ -246,7 +246,9 @@ impl ModelCache {
                 state.policy.record(&key, now);
             }
             if let Some(model) = state.models.get(&key) {
-                self.metrics.cache_hits.inc();
+                if count {
+                    self.metrics.cache_hits.inc();
+                }
                 return Ok((model.clone(), Lookup::Hit));
             }
         }
@@ -256,7 +258,9 @@ impl ModelCache {
             }
             return Err(failure.error);
         }
-        self.metrics.cache_misses.inc();
+        if count {
+            self.metrics.cache_misses.inc();
+        }
         let cell = self
             .inflight
             .lock()

@@ -281,8 +281,13 @@ async fn a_restarted_scorer_warms_its_share_before_it_takes_traffic() {
     assert!(metrics.get("mm_scorer_warmup_loads_total") >= share.len() as f64);
     assert_eq!(
         metrics.get("mm_scorer_cache_misses_total"),
+        0.0,
+        "no request to the restarted scorer found its model cold"
+    );
+    assert_eq!(
+        metrics.get("mm_scorer_model_loads_total"),
         metrics.get("mm_scorer_warmup_loads_total"),
-        "every load on the restarted scorer was a warm-up, none a cold request"
+        "every load on the restarted scorer was a warm-up"
     );
 }
 

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use manymodels_models::{Mix, Spec};
+use manymodels_policy::sim;
+use manymodels_policy::trace::{self as policy_trace, Shape, TraceSpec};
+use manymodels_policy::{PolicyConfig, PoolStats};
 use manymodels_scorer::model_id::ModelId;
 use manymodels_scorer::runtime;
 use manymodels_scorer::tensor::{DataType, NamedTensor, TensorData};
@@ -51,33 +54,48 @@ pub enum Bench {
         #[arg(long, default_value_t = 32)]
         connections: usize,
     },
-    /// Replays a Zipf trace over generated models through the proxy and three scorers.
-    Replay {
-        /// Models in the generated store (realistic size mix).
-        #[arg(long, default_value_t = 10_000)]
-        models: usize,
-        /// Zipf exponent of model popularity.
-        #[arg(long, default_value_t = 1.0)]
-        alpha: f64,
-        #[arg(long, default_value_t = 30_000)]
-        requests: usize,
-        /// Closed-loop clients.
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-        /// Each scorer's budget as a fraction of all models' estimated memory.
-        #[arg(long, default_value_t = 0.1)]
-        budget_fraction: f64,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
+    /// Replays a generated trace through the proxy and three scorers and compares the pool
+    /// hit ratio with the simulator's for the same trace and budget.
+    Replay(ReplayArgs),
     /// The offline cache simulator: the scorer's policy against LRU, moka's W-TinyLFU and
     /// Belady on generated many-model traces.
     Policy(crate::sim::SimArgs),
+    /// The proxy's per-request statistics cost and memory with many model ids.
+    Stats {
+        /// Distinct model ids.
+        #[arg(long, default_value_t = 100_000)]
+        ids: usize,
+        #[arg(long, default_value_t = 2_000_000)]
+        requests: usize,
+    },
     /// Resident memory per 1,000 small (linear) models.
     Memory {
         #[arg(long, default_value_t = 1000)]
         models: usize,
     },
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ReplayArgs {
+    /// Models in the generated store (realistic size mix).
+    #[arg(long, default_value_t = 2_000)]
+    models: usize,
+    /// Traffic shape (zipf-<alpha>, drift, scan, daynight).
+    #[arg(long, default_value = "zipf-1.0")]
+    shape: String,
+    #[arg(long, default_value_t = 60_000)]
+    requests: usize,
+    /// Requests per second (the trace's pace).
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Concurrent keep-alive clients.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// The pool's budget as a fraction of all models' estimated memory.
+    #[arg(long, default_value_t = 0.1)]
+    budget_fraction: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 pub fn run(which: Bench) -> Result<()> {
@@ -104,14 +122,8 @@ pub fn run(which: Bench) -> Result<()> {
             seconds,
             connections,
         } => proxy(seconds, connections),
-        Bench::Replay {
-            models,
-            alpha,
-            requests,
-            concurrency,
-            budget_fraction,
-            seed,
-        } => replay(models, alpha, requests, concurrency, budget_fraction, seed),
+        Bench::Replay(args) => replay(args),
+        Bench::Stats { ids, requests } => stats_cost(ids, requests),
     }
 }
 
@@ -817,47 +829,22 @@ fn proxy(seconds: u64, connections: usize) -> Result<()> {
     Ok(())
 }
 
-/// Ranks 0..n with Zipf(alpha) popularity, sampled by inverse CDF.
-struct Zipf {
-    cdf: Vec<f64>,
-}
-
-impl Zipf {
-    fn new(n: usize, alpha: f64) -> Self {
-        let mut cdf = Vec::with_capacity(n);
-        let mut total = 0.0;
-        for rank in 1..=n {
-            total += 1.0 / (rank as f64).powf(alpha);
-            cdf.push(total);
-        }
-        for c in &mut cdf {
-            *c /= total;
-        }
-        Zipf { cdf }
-    }
-
-    fn sample(&self, u: f64) -> usize {
-        self.cdf.partition_point(|c| *c < u).min(self.cdf.len() - 1)
-    }
-}
-
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn replay(
-    models: usize,
-    alpha: f64,
-    requests: usize,
-    concurrency: usize,
-    budget_fraction: f64,
-    seed: u64,
-) -> Result<()> {
+/// Replays a generated trace (the simulator's generator) over generated models through
+/// the proxy and three scorers, paced at the trace's own times, and prints the live pool
+/// hit ratio and loads beside the simulator's figures for the same trace, budget and
+/// scorer names.
+fn replay(args: ReplayArgs) -> Result<()> {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    let ReplayArgs {
+        models,
+        shape,
+        requests,
+        rate,
+        concurrency,
+        budget_fraction,
+        seed,
+    } = args;
+    let shape: Shape = shape.parse().map_err(anyhow::Error::msg)?;
     let store = std::env::temp_dir().join(format!("mm-replay-{models}"));
     let marker = store.join(".complete");
     if !marker.exists() {
@@ -865,36 +852,45 @@ fn replay(
         manymodels_models::write_store(&store, models, Mix::Realistic, 42)?;
         std::fs::write(&marker, "")?;
     }
-    // Each scorer's budget: a fraction of what every model would be charged if all were
-    // loaded, estimated as 96 KiB + 10 × file bytes (generated forests measure ~10×).
+    // What each model will be charged: measured on these generated models, about 66 KB
+    // plus 8.3 × the file (BENCHMARKS.md); the pool's budget is a fraction of all of it,
+    // split evenly over the three scorers.
     let specs: Vec<Spec> = (0..models)
         .map(|i| manymodels_models::spec_for(i, Mix::Realistic, 42))
         .collect();
-    let mut all_weight = 0u64;
+    let mut sizes = Vec::with_capacity(models);
     for i in 0..models {
         let file = std::fs::metadata(manymodels_models::model_path(&store, i))?.len();
-        all_weight += 96 * 1024 + 10 * file;
+        sizes.push(66_000 + file * 83 / 10);
     }
-    let budget = (all_weight as f64 * budget_fraction) as u64;
+    let budget = (sizes.iter().sum::<u64>() as f64 * budget_fraction / 3.0) as u64;
+    let trace = policy_trace::generate(&TraceSpec {
+        shape,
+        models,
+        requests,
+        rate,
+        seed,
+    });
+    let ports = [18_021u16, 18_022, 18_023];
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let names: Vec<String> = (0..models).map(manymodels_models::model_id).collect();
+    let simulated = sim::run_pool(&trace, &sizes, &names, &addrs, || {
+        Box::new(sim::Managed::new(
+            budget,
+            PolicyConfig::default(),
+            Some(2.0),
+        ))
+    });
+    let lru = sim::run_pool(&trace, &sizes, &names, &addrs, || {
+        Box::new(sim::Lru::new(budget))
+    });
+
     let budget_set = format!("cache.budget={budget}");
-    let scorers: Vec<Server> = (0..3)
-        .map(|i| Server::start(&store, 18_021 + i, &[&budget_set]))
+    let scorers: Vec<Server> = ports
+        .iter()
+        .map(|&p| Server::start(&store, p, &[&budget_set]))
         .collect::<Result<_>>()?;
-    let addrs: Vec<String> = scorers.iter().map(Server::addr).collect();
     let proxy = Server::proxy(18_020, &addrs, &[])?;
-    // The trace: Zipf ranks mapped to models through a seeded permutation, so popularity
-    // is independent of size.
-    let zipf = Zipf::new(models, alpha);
-    let mut state = seed;
-    let mut permutation: Vec<usize> = (0..models).collect();
-    for i in (1..models).rev() {
-        permutation.swap(i, (splitmix(&mut state) % (i as u64 + 1)) as usize);
-    }
-    let trace: Vec<usize> = (0..requests)
-        .map(|_| {
-            permutation[zipf.sample((splitmix(&mut state) >> 11) as f64 / (1u64 << 53) as f64)]
-        })
-        .collect();
     let bodies: Vec<String> = specs
         .iter()
         .map(|spec| {
@@ -913,9 +909,15 @@ fn replay(
                     let mut times = Vec::new();
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&model) = trace.get(i) else { break };
-                        let path =
-                            format!("/v2/models/{}/infer", manymodels_models::model_id(model));
+                        let Some(request) = trace.get(i) else { break };
+                        // Open loop at the trace's own pace (the policy's clock is real
+                        // time); a worker that falls behind sends at once.
+                        let due = Duration::from_secs_f64(request.t);
+                        if let Some(wait) = due.checked_sub(started.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                        let model = request.model as usize;
+                        let path = format!("/v2/models/{}/infer", names[model]);
                         let (status, elapsed) = client.post(&path, &bodies[model])?;
                         if status != 200 {
                             failures.fetch_add(1, Ordering::Relaxed);
@@ -936,30 +938,104 @@ fn replay(
     .collect();
     let elapsed = started.elapsed();
     latencies.sort();
-    let (mut hits, mut misses, mut loads, mut evictions) = (0.0, 0.0, 0.0, 0.0);
+    let (mut hits, mut misses, mut loads, mut warmups, mut not_admitted, mut displaced) =
+        (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     for scorer in &scorers {
         hits += scorer.metric("mm_scorer_cache_hits_total")?;
         misses += scorer.metric("mm_scorer_cache_misses_total")?;
         loads += scorer.metric("mm_scorer_model_loads_total")?;
-        evictions += scorer.metric("mm_scorer_cache_evictions_total{reason=\"size\"}")?;
+        warmups += scorer.metric("mm_scorer_warmup_loads_total")?;
+        not_admitted +=
+            scorer.metric("mm_scorer_cache_evictions_total{reason=\"not_admitted\"}")?;
+        displaced += scorer.metric("mm_scorer_cache_evictions_total{reason=\"capacity\"}")?;
     }
-    let distinct = trace
-        .iter()
-        .collect::<std::collections::BTreeSet<_>>()
-        .len();
+    let live_hit = hits / (hits + misses).max(1.0);
     println!(
-        "| models | alpha | requests | distinct models | clients | budget per scorer | req/s | p50 | p99 | failed | pool hit ratio | loads | evictions |"
+        "trace: {shape}, {models} models, {requests} requests at {rate} req/s, seed {seed}; {concurrency} clients; budget per scorer {:.0} MB ({budget_fraction} of all models' memory over 3 scorers)",
+        budget as f64 / 1e6
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {models} | {alpha} | {requests} | {distinct} | {concurrency} | {:.0} MB | {:.0} | {:.2} ms | {:.2} ms | {} | {:.3} | {loads} | {evictions} |",
-        budget as f64 / 1e6,
+        "| | pool hit ratio | loads | warm-up loads | not admitted | displaced | req/s | p50 | p99 | failed |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| live (proxy + 3 scorers) | {live_hit:.3} | {loads} | {warmups} | {not_admitted} | {displaced} | {:.0} | {:.2} ms | {:.2} ms | {} |",
         requests as f64 / elapsed.as_secs_f64(),
         percentile(&latencies, 0.5) / 1e3,
         percentile(&latencies, 0.99) / 1e3,
         failures.load(Ordering::Relaxed),
-        hits / (hits + misses).max(1.0),
+    );
+    println!(
+        "| simulator, scorer policy | {:.3} | {} | | | | | | | |",
+        simulated.hit_ratio(),
+        simulated.misses
+    );
+    println!(
+        "| simulator, LRU | {:.3} | {} | | | | | | | |",
+        lru.hit_ratio(),
+        lru.misses
+    );
+    println!(
+        "live − simulated hit ratio: {:+.1} points; live loads − (simulated + warm-ups): {:+.0}",
+        100.0 * (live_hit - simulated.hit_ratio()),
+        loads - (simulated.misses as f64 + warmups)
     );
     drop(proxy);
+    Ok(())
+}
+
+/// Times `PoolStats::record` the way the proxy calls it (through a mutex, by `&str`) on a
+/// Zipf 1.0 stream over `ids` ids, then on a stream touching every id equally, and
+/// prints the memory held.
+fn stats_cost(ids: usize, requests: usize) -> Result<()> {
+    use std::sync::{Arc, Mutex};
+    let names: Vec<String> = (0..ids).map(|i| format!("store-{i:06}")).collect();
+    println!("| stream | ids | requests | ns per request | tick (ms) | tracked ids | memory |");
+    println!("|---|---|---|---|---|---|---|");
+    for shape in ["zipf-1.0", "uniform"] {
+        let order: Vec<usize> = if shape == "uniform" {
+            (0..requests).map(|i| i * 7_919 % ids).collect()
+        } else {
+            policy_trace::generate(&TraceSpec {
+                shape: Shape::Zipf(1.0),
+                models: ids,
+                requests,
+                rate: 1e6,
+                seed: 1,
+            })
+            .iter()
+            .map(|r| r.model as usize)
+            .collect()
+        };
+        let stats: Mutex<PoolStats<Arc<str>>> = Mutex::new(PoolStats::new(10.0, 16_384, 0.0));
+        let started = Instant::now();
+        let mut tick = Duration::ZERO;
+        for (i, &m) in order.iter().enumerate() {
+            stats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(names[m].as_str());
+            if i % 200_000 == 199_999 {
+                // The proxy ticks once a second; here every 200,000 requests.
+                let t = Instant::now();
+                stats
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .tick(i as f64 / 1e5);
+                tick += t.elapsed();
+            }
+        }
+        let elapsed = started.elapsed() - tick;
+        let ticks = (requests / 200_000).max(1) as f64;
+        let stats = stats.into_inner().unwrap_or_else(|p| p.into_inner());
+        let id_text: usize = stats.top(usize::MAX).iter().map(|(k, _)| k.len()).sum();
+        println!(
+            "| {shape} | {ids} | {requests} | {:.0} | {:.2} | {} | {:.2} MB |",
+            elapsed.as_nanos() as f64 / requests as f64,
+            tick.as_secs_f64() * 1e3 / ticks,
+            stats.tracked(),
+            (stats.memory_bytes() + id_text) as f64 / 1e6
+        );
+    }
     Ok(())
 }

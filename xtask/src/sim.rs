@@ -272,7 +272,7 @@ fn sweep(args: &SimArgs, traces: &[Trace]) -> Result<()> {
     );
     println!("|---:|---:|---|---|");
     for half_life in [2.0, 5.0, 10.0, 30.0] {
-        for size_weight in [0.25, 0.5, 0.75, 1.0] {
+        for size_weight in [0.0, 0.25, 0.5, 0.75, 1.0] {
             let config = PolicyConfig {
                 half_life,
                 size_weight,

@@ -105,6 +105,11 @@ pub const KEYS: &[KeyDoc] = &[
         "32MiB",
         "Largest request body accepted; larger bodies get 413 without reaching a scorer.",
     ),
+    doc(
+        "http.max_upload",
+        "1GiB",
+        "Largest model accepted by the admin publish route (`PUT /v2/admin/models/{id}/versions/{v}`).",
+    ),
     secret(
         "auth.api_keys",
         "Comma-separated bearer keys accepted for scoring; empty disables auth.",
@@ -161,6 +166,7 @@ pub struct ProxyConfig {
     pub read_timeout: Duration,
     pub retries: usize,
     pub max_body: ByteSize,
+    pub max_upload: ByteSize,
     pub api_keys: Vec<Secret>,
     pub admin_keys: Vec<Secret>,
     pub shutdown_grace: Duration,
@@ -184,7 +190,7 @@ impl ProxyConfig {
 }
 
 /// A list given as a TOML array or as one comma-separated string (handy in env vars).
-fn list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -201,7 +207,7 @@ fn list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Er
     .collect())
 }
 
-fn secrets<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Secret>, D::Error> {
+pub(crate) fn secrets<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Secret>, D::Error> {
     Ok(list(deserializer)?.into_iter().map(Secret::new).collect())
 }
 
@@ -348,12 +354,14 @@ impl Default for RawUpstream {
 #[serde(default, deny_unknown_fields)]
 struct RawHttp {
     max_body: ByteSize,
+    max_upload: ByteSize,
 }
 
 impl Default for RawHttp {
     fn default() -> Self {
         RawHttp {
             max_body: ByteSize::mib(32),
+            max_upload: ByteSize::mib(1024),
         }
     }
 }
@@ -489,6 +497,7 @@ impl Raw {
             read_timeout: self.upstream.read_timeout.0,
             retries: self.upstream.retries,
             max_body: self.http.max_body,
+            max_upload: self.http.max_upload,
             api_keys,
             admin_keys: self.auth.admin_keys,
             shutdown_grace: self.shutdown.grace.0,

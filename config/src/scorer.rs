@@ -122,6 +122,25 @@ pub const KEYS: &[KeyDoc] = &[
         "A starting scorer reports ready once it has warmed its hot share from the first statistics push, or after this long; 0 means ready at once.",
     ),
     doc(
+        "versions.check_interval",
+        "1s",
+        "How often the scorer asks the store whether the models it holds have a new live version (new upload, pin or unpin).",
+    ),
+    doc(
+        "versions.checks_per_interval",
+        "64",
+        "Models checked per interval at most, least recently checked first (bounds store calls with many resident models).",
+    ),
+    secret(
+        "auth.admin_keys",
+        "Comma-separated bearer keys required on the scorer's admin routes (`/v2/mm/models/...`: publish, pin, refresh); empty leaves them open to the cluster network.",
+    ),
+    doc(
+        "http.max_upload",
+        "1GiB",
+        "Largest model accepted by the publish route.",
+    ),
+    doc(
         "http.max_body",
         "32MiB",
         "Largest request body accepted; larger bodies get 413.",
@@ -176,6 +195,8 @@ pub struct ScorerConfig {
     pub cache: CacheConfig,
     pub policy: PolicyConfig,
     pub warmup: WarmupConfig,
+    pub versions: VersionsConfig,
+    pub admin_keys: Vec<Secret>,
     pub http: HttpConfig,
     /// Threads for ONNX Runtime calls and loads.
     pub inference_threads: NonZeroUsize,
@@ -221,6 +242,13 @@ pub struct PolicyConfig {
     pub stats_stale_after: Duration,
 }
 
+/// How the scorer notices new live versions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VersionsConfig {
+    pub check_interval: Duration,
+    pub checks_per_interval: usize,
+}
+
 /// Background warm-up of the models the pool says this scorer owns.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct WarmupConfig {
@@ -249,6 +277,7 @@ impl CacheConfig {
 #[derive(Clone, Debug)]
 pub struct HttpConfig {
     pub max_body: ByteSize,
+    pub max_upload: ByteSize,
     pub max_elements: usize,
 }
 
@@ -298,6 +327,8 @@ struct Raw {
     cache: RawCache,
     policy: RawPolicy,
     warmup: RawWarmup,
+    versions: RawVersions,
+    auth: RawAuth,
     http: RawHttp,
     inference: RawInference,
     onnxruntime: RawOnnxRuntime,
@@ -314,6 +345,8 @@ impl Default for Raw {
             cache: RawCache::default(),
             policy: RawPolicy::default(),
             warmup: RawWarmup::default(),
+            versions: RawVersions::default(),
+            auth: RawAuth::default(),
             http: RawHttp::default(),
             inference: RawInference::default(),
             onnxruntime: RawOnnxRuntime::default(),
@@ -395,6 +428,29 @@ impl Default for RawPolicy {
 
 #[derive(Deserialize)]
 #[serde(default, deny_unknown_fields)]
+struct RawVersions {
+    check_interval: HumanDuration,
+    checks_per_interval: usize,
+}
+
+impl Default for RawVersions {
+    fn default() -> Self {
+        RawVersions {
+            check_interval: HumanDuration(Duration::from_secs(1)),
+            checks_per_interval: 64,
+        }
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawAuth {
+    #[serde(deserialize_with = "crate::proxy::secrets")]
+    admin_keys: Vec<Secret>,
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
 struct RawWarmup {
     concurrency: usize,
     max_fraction: f64,
@@ -415,6 +471,7 @@ impl Default for RawWarmup {
 #[serde(default, deny_unknown_fields)]
 struct RawHttp {
     max_body: ByteSize,
+    max_upload: ByteSize,
     max_elements: usize,
 }
 
@@ -422,6 +479,7 @@ impl Default for RawHttp {
     fn default() -> Self {
         RawHttp {
             max_body: ByteSize::mib(32),
+            max_upload: ByteSize::mib(1024),
             max_elements: 1 << 22,
         }
     }
@@ -534,6 +592,18 @@ impl Raw {
                 "must be between 0 and 1",
             ));
         }
+        if self.versions.check_interval.0.is_zero() {
+            return Err(ConfigError::key(
+                "versions.check_interval",
+                "must be greater than 0",
+            ));
+        }
+        if self.versions.checks_per_interval == 0 {
+            return Err(ConfigError::key(
+                "versions.checks_per_interval",
+                "must be at least 1",
+            ));
+        }
         if self.http.max_body.0 == 0 {
             return Err(ConfigError::key("http.max_body", "must be greater than 0"));
         }
@@ -569,8 +639,14 @@ impl Raw {
                 max_fraction: self.warmup.max_fraction,
                 ready_timeout: self.warmup.ready_timeout.0,
             },
+            versions: VersionsConfig {
+                check_interval: self.versions.check_interval.0,
+                checks_per_interval: self.versions.checks_per_interval,
+            },
+            admin_keys: self.auth.admin_keys,
             http: HttpConfig {
                 max_body: self.http.max_body,
+                max_upload: self.http.max_upload,
                 max_elements: self.http.max_elements,
             },
             inference_threads,

@@ -11,7 +11,9 @@
 //! ranking is a pure function of (model id, pool), and what it learns about hot models is
 //! relearnt from the scorers' answers.
 
+pub mod canary;
 pub mod choice;
+pub mod http1;
 pub mod metrics;
 pub mod pool;
 pub mod ranking;
@@ -85,6 +87,7 @@ pub fn run(config: ProxyConfig) -> ! {
         pool,
         metrics,
         stats,
+        canaries: Arc::new(canary::Canaries::default()),
     };
     let mut service = http_proxy_service(&server.configuration, proxy);
     service.add_tcp(&listen);

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub cache_misses: IntCounter,
     /// Statistics pushes to scorers that failed (unreachable, timed out, not 200).
     pub stats_push_failures: IntCounter,
+    /// Unversioned requests of models with a canary, by arm: `[stable, canary]`.
+    pub canary_requests: [IntCounter; 2],
     pub pool_size: IntGauge,
     pub healthy_scorers: IntGauge,
     pub inflight: IntGaugeVec,
@@ -121,6 +123,23 @@ impl Metrics {
                 "mm_proxy_stats_push_failures_total",
                 "Statistics pushes to scorers that failed.",
             ),
+            canary_requests: {
+                let vec = IntCounterVec::new(
+                    Opts::new(
+                        "mm_proxy_canary_requests_total",
+                        "Requests of models with a canary, by arm (stable or canary).",
+                    ),
+                    &["arm"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(vec.clone()))
+                    .expect("unique metric");
+                [
+                    vec.with_label_values(&["stable"]),
+                    vec.with_label_values(&["canary"]),
+                ]
+            },
             pool_size: gauge("mm_proxy_pool_size", "Scorers in the pool."),
             healthy_scorers: gauge("mm_proxy_healthy_scorers", "Scorers passing health checks."),
             hot_models: gauge(

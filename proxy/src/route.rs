@@ -33,6 +33,16 @@ pub enum Route {
     Invalid(String),
     /// No such route: 404.
     NotFound,
+    /// `/v2/admin/models/{id}/canary[...]`: the proxy's own traffic split (admin).
+    Canary { id: String, action: CanaryAction },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CanaryAction {
+    Show,
+    Set,
+    Drop,
+    Promote,
 }
 
 pub fn classify(
@@ -70,6 +80,9 @@ pub fn classify(
             rewrite: None,
         };
     }
+    if let Some(rest) = path.strip_prefix("/v2/admin/models/") {
+        return admin(method, rest);
+    }
     if let Some(rest) = path.strip_prefix("/v2/repository/models/") {
         let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
         let id = percent_decode(id);
@@ -86,6 +99,55 @@ pub fn classify(
         return Route::NotFound;
     }
     Route::NotFound
+}
+
+/// The admin API: version status, publish, pin, unpin and refresh are forwarded to a
+/// scorer's `/v2/mm/models/...` (which writes the store); canaries are the proxy's own.
+fn admin(method: &str, rest: &str) -> Route {
+    let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let id = percent_decode(id);
+    if !valid_model_id(&id) {
+        return Route::Invalid(format!("invalid model id '{}'", truncate(&id)));
+    }
+    let forward = |tail: &str| Route::Model {
+        rewrite: Some(if tail.is_empty() {
+            format!("/v2/mm/models/{id}")
+        } else {
+            format!("/v2/mm/models/{id}/{tail}")
+        }),
+        id: id.clone(),
+        admin: true,
+    };
+    let canary = |action| Route::Canary {
+        id: id.clone(),
+        action,
+    };
+    match (method, tail) {
+        ("GET", "") => forward(""),
+        ("POST", "refresh" | "pin" | "unpin") => forward(tail),
+        ("GET", "canary") => canary(CanaryAction::Show),
+        ("PUT", "canary") => canary(CanaryAction::Set),
+        ("DELETE", "canary") => canary(CanaryAction::Drop),
+        ("POST", "canary/promote") => canary(CanaryAction::Promote),
+        ("PUT", tail) => match tail.strip_prefix("versions/") {
+            Some(v) if crate::route::is_version(v) => forward(tail),
+            Some(v) => Route::Invalid(format!("invalid model version '{}'", truncate(v))),
+            None => Route::NotFound,
+        },
+        _ => Route::NotFound,
+    }
+}
+
+/// A version number: digits, no leading zero.
+pub fn is_version(text: &str) -> bool {
+    !text.is_empty() && !text.starts_with('0') && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether `route` is an admin call that changes a model's live version, after which
+/// every scorer should look at the store again.
+pub fn changes_versions(method: &str, route: &Route) -> bool {
+    matches!(route, Route::Model { admin: true, rewrite: Some(path), .. }
+        if path.starts_with("/v2/mm/models/") && method != "GET")
 }
 
 /// `versions/{v}`, `versions/{v}/ready`, `versions/{v}/infer`.
@@ -262,6 +324,46 @@ mod tests {
         );
         assert_eq!(classify("GET", "/metrics", None, None), Route::Metrics);
         assert_eq!(classify("GET", "/status", None, None), Route::Status);
+        assert_eq!(
+            classify("PUT", "/v2/admin/models/store-1/versions/3", None, None),
+            Route::Model {
+                id: "store-1".into(),
+                admin: true,
+                rewrite: Some("/v2/mm/models/store-1/versions/3".into())
+            }
+        );
+        assert_eq!(
+            classify("POST", "/v2/admin/models/store-1/pin", None, None),
+            Route::Model {
+                id: "store-1".into(),
+                admin: true,
+                rewrite: Some("/v2/mm/models/store-1/pin".into())
+            }
+        );
+        assert_eq!(
+            classify(
+                "POST",
+                "/v2/admin/models/store-1/canary/promote",
+                None,
+                None
+            ),
+            Route::Canary {
+                id: "store-1".into(),
+                action: CanaryAction::Promote
+            }
+        );
+        assert!(matches!(
+            classify("PUT", "/v2/admin/models/store-1/versions/01", None, None),
+            Route::Invalid(_)
+        ));
+        assert!(matches!(
+            classify("POST", "/v2/admin/models/..%2Fx/pin", None, None),
+            Route::Invalid(_)
+        ));
+        assert_eq!(
+            classify("DELETE", "/v2/admin/models/store-1/pin", None, None),
+            Route::NotFound
+        );
         assert_eq!(classify("GET", "/v2/mm/pool", None, None), Route::PoolView);
         assert_eq!(
             classify("POST", "/v2/repository/index", None, None),

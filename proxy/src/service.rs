@@ -18,6 +18,7 @@ use pingora::{Error, ErrorType};
 use crate::choice::{Policy, View, decide};
 use crate::metrics::Metrics;
 use crate::pool::{Candidate, Pool};
+use crate::route::CanaryAction;
 use crate::route::{MODEL_HEADER, Route, VERSION_HEADER, classify};
 
 /// Request-id headers echoed back to the client (Azure ML sends them).
@@ -33,6 +34,7 @@ pub struct Proxy {
     pub pool: Arc<Pool>,
     pub metrics: Arc<Metrics>,
     pub stats: Arc<crate::stats::Statistics>,
+    pub canaries: Arc<crate::canary::Canaries>,
 }
 
 /// Per-request state.
@@ -46,6 +48,9 @@ pub struct Ctx {
     upstream_started: Option<Instant>,
     echoed: Vec<(&'static str, String)>,
     body_bytes: usize,
+    /// The body limit of this route: `http.max_upload` for a model upload, else
+    /// `http.max_body`.
+    body_limit: u64,
     /// `hit`/`miss` as the scorer reported it.
     cache: Option<String>,
     status: u16,
@@ -154,6 +159,185 @@ impl Proxy {
         candidates.into_iter().nth(decision.chosen)
     }
 
+    /// Sends a share of `model`'s unversioned inference requests to its canary version.
+    fn apply_canary(&self, session: &Session, route: &mut Route) {
+        let Route::Model {
+            id,
+            admin: false,
+            rewrite,
+        } = route
+        else {
+            return;
+        };
+        let infer = format!("/v2/models/{id}/infer");
+        let path = rewrite
+            .as_deref()
+            .unwrap_or_else(|| session.req_header().uri.path());
+        if session.req_header().method != "POST" || path != infer {
+            return;
+        }
+        match self.canaries.pick(id) {
+            (_, false) => {}
+            (Some(version), true) => {
+                self.metrics.canary_requests[1].inc();
+                *rewrite = Some(format!("/v2/models/{id}/versions/{version}/infer"));
+            }
+            (None, true) => self.metrics.canary_requests[0].inc(),
+        }
+    }
+
+    /// The canary admin routes, answered by the proxy.
+    async fn canary(
+        &self,
+        session: &mut Session,
+        id: &str,
+        action: CanaryAction,
+    ) -> pingora::Result<(u16, serde_json::Value)> {
+        use serde_json::json;
+        Ok(match action {
+            CanaryAction::Show => match self.canaries.get(id) {
+                Some(canary) => (200, json!({ "model": id, "canary": canary })),
+                None => (
+                    404,
+                    json!({ "error": format!("model '{id}' has no canary") }),
+                ),
+            },
+            CanaryAction::Drop => match self.canaries.remove(id) {
+                Some(canary) => (200, json!({ "model": id, "dropped": canary })),
+                None => (
+                    404,
+                    json!({ "error": format!("model '{id}' has no canary") }),
+                ),
+            },
+            CanaryAction::Set => {
+                let mut body = Vec::new();
+                while let Some(chunk) = session.read_request_body().await? {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > 4096 {
+                        return Ok((413, json!({ "error": "canary body too large" })));
+                    }
+                }
+                #[derive(serde::Deserialize)]
+                struct Set {
+                    version: u64,
+                    percent: f64,
+                }
+                match serde_json::from_slice::<Set>(&body) {
+                    Ok(set) if set.version > 0 && (0.0..=100.0).contains(&set.percent) => {
+                        let canary = self.canaries.set(id, set.version, set.percent);
+                        tracing::info!(
+                            model = id,
+                            version = set.version,
+                            percent = set.percent,
+                            "canary set"
+                        );
+                        (200, json!({ "model": id, "canary": canary }))
+                    }
+                    Ok(_) => (
+                        400,
+                        json!({ "error": "version must be positive and percent within 0-100" }),
+                    ),
+                    Err(e) => (
+                        400,
+                        json!({ "error": format!("expected {{\"version\": N, \"percent\": P}}: {e}") }),
+                    ),
+                }
+            }
+            CanaryAction::Promote => {
+                let Some(canary) = self.canaries.get(id) else {
+                    return Ok((
+                        404,
+                        json!({ "error": format!("model '{id}' has no canary") }),
+                    ));
+                };
+                let Some(owner) = self.pool.candidates(id, 1, &[]).into_iter().next() else {
+                    return Ok((503, json!({ "error": "no scorer available" })));
+                };
+                let authorization = session
+                    .get_header("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let mut headers = vec![("Content-Type", "application/json")];
+                if let Some(a) = &authorization {
+                    headers.push(("Authorization", a.as_str()));
+                }
+                let body = json!({ "version": canary.version }).to_string();
+                let answer = tokio::time::timeout(
+                    self.config.read_timeout,
+                    crate::http1::call(
+                        &owner.addr.to_string(),
+                        "POST",
+                        &format!("/v2/mm/models/{id}/pin"),
+                        &headers,
+                        body.as_bytes(),
+                    ),
+                )
+                .await;
+                match answer {
+                    Ok(Ok((200, answer))) => {
+                        self.canaries.remove(id);
+                        self.refresh_everywhere(id, Some(&owner.name), authorization);
+                        tracing::info!(model = id, version = canary.version, "canary promoted");
+                        let pinned: serde_json::Value =
+                            serde_json::from_slice(&answer).unwrap_or_default();
+                        (
+                            200,
+                            json!({ "model": id, "promoted": canary, "pinned": pinned }),
+                        )
+                    }
+                    Ok(Ok((status, answer))) => (
+                        status,
+                        serde_json::from_slice(&answer)
+                            .unwrap_or_else(|_| json!({ "error": "promotion failed" })),
+                    ),
+                    _ => (
+                        502,
+                        json!({ "error": "the scorer did not answer the promotion" }),
+                    ),
+                }
+            }
+        })
+    }
+
+    /// After an admin call changed `model`'s live version in the store, asks every other
+    /// healthy scorer to look now (in the background) rather than at its next check.
+    fn refresh_everywhere(
+        &self,
+        model: &str,
+        done_by: Option<&str>,
+        authorization: Option<String>,
+    ) {
+        let targets: Vec<String> = self
+            .pool
+            .lb
+            .backends()
+            .get_backend()
+            .iter()
+            .filter(|b| self.pool.lb.backends().ready(b))
+            .filter(|b| done_by != Some(crate::ranking::name_ref(b)))
+            .map(|b| b.addr.to_string())
+            .collect();
+        let path = format!("/v2/mm/models/{model}/refresh");
+        let timeout = self.config.read_timeout;
+        tokio::spawn(async move {
+            let headers: Vec<(&str, &str)> = authorization
+                .as_deref()
+                .map(|a| vec![("Authorization", a)])
+                .unwrap_or_default();
+            let calls = targets.iter().map(|addr| {
+                tokio::time::timeout(
+                    timeout,
+                    crate::http1::call(addr, "POST", &path, &headers, b""),
+                )
+            });
+            for (addr, result) in targets.iter().zip(futures::future::join_all(calls).await) {
+                if !matches!(result, Ok(Ok((200 | 404, _)))) {
+                    tracing::warn!(scorer = %addr, path, "refresh after an admin change failed; the scorer's own check will catch up");
+                }
+            }
+        });
+    }
+
     fn authorized(&self, session: &Session, admin: bool) -> bool {
         let keys = if admin && !self.config.admin_keys.is_empty() {
             &self.config.admin_keys
@@ -173,6 +357,7 @@ impl ProxyHttp for Proxy {
             route: Route::NotFound,
             started: Instant::now(),
             tried: Vec::new(),
+            body_limit: 0,
             current: None,
             upstream_started: None,
             echoed: Vec::new(),
@@ -262,17 +447,33 @@ impl ProxyHttp for Proxy {
                 401,
                 serde_json::json!({ "error": "missing or invalid bearer key" }),
             ),
+            Route::Canary { .. } if !self.authorized(session, true) => (
+                401,
+                serde_json::json!({ "error": "missing or invalid bearer key" }),
+            ),
+            Route::Canary { id, action } => {
+                let (id, action) = (id.clone(), *action);
+                self.canary(session, &id, action).await?
+            }
             Route::Model { .. } | Route::AnyScorer => {
+                let upload = session.req_header().method == "PUT"
+                    && crate::route::changes_versions("PUT", &ctx.route);
+                ctx.body_limit = if upload {
+                    self.config.max_upload.bytes()
+                } else {
+                    self.config.max_body.bytes()
+                };
                 let length = session
                     .get_header("content-length")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok());
-                if length.is_some_and(|n| n > self.config.max_body.bytes()) {
+                if length.is_some_and(|n| n > ctx.body_limit) {
                     (
                         413,
-                        serde_json::json!({ "error": format!("request body is larger than the limit of {} bytes", self.config.max_body.bytes()) }),
+                        serde_json::json!({ "error": format!("request body is larger than the limit of {} bytes", ctx.body_limit) }),
                     )
                 } else {
+                    self.apply_canary(session, &mut ctx.route);
                     if let Route::Model {
                         rewrite: Some(path),
                         ..
@@ -303,7 +504,7 @@ impl ProxyHttp for Proxy {
         // buffered body through here again; the count only grows, so the check holds.)
         if let Some(chunk) = body {
             ctx.body_bytes += chunk.len();
-            if ctx.body_bytes as u64 > self.config.max_body.bytes() {
+            if ctx.body_bytes as u64 > ctx.body_limit.max(self.config.max_body.bytes()) {
                 return Err(Error::explain(
                     ErrorType::HTTPStatus(413),
                     "request body too large",
@@ -457,7 +658,7 @@ impl ProxyHttp for Proxy {
             503 if message.is_empty() => "no scorer available".to_string(),
             413 => format!(
                 "request body is larger than the limit of {} bytes",
-                self.config.max_body.bytes()
+                ctx.body_limit.max(self.config.max_body.bytes())
             ),
             _ => message,
         };
@@ -494,6 +695,16 @@ impl ProxyHttp for Proxy {
             _ => "upstream_error",
         };
         self.metrics.count(outcome);
+        if (200..300).contains(&status)
+            && let Route::Model { id, .. } = &ctx.route
+            && crate::route::changes_versions(session.req_header().method.as_str(), &ctx.route)
+        {
+            let authorization = session
+                .get_header("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            self.refresh_everywhere(id, scorer.as_deref(), authorization);
+        }
         if let Some(started) = ctx.upstream_started {
             self.metrics
                 .upstream_latency

@@ -308,9 +308,17 @@ impl Pusher {
             };
             async move {
                 let body = serde_json::to_vec(&report).unwrap_or_default();
-                let answer =
-                    tokio::time::timeout(self.timeout, put_json(&addr, "/v2/mm/stats", &body))
-                        .await;
+                let answer = tokio::time::timeout(
+                    self.timeout,
+                    crate::http1::call(
+                        &addr,
+                        "PUT",
+                        "/v2/mm/stats",
+                        &[("Content-Type", "application/json")],
+                        &body,
+                    ),
+                )
+                .await;
                 (name, addr, healthy, answer)
             }
         });
@@ -340,30 +348,6 @@ impl Pusher {
             }
         }
     }
-}
-
-/// A one-shot HTTP/1.1 PUT of a JSON body; returns (status, body).
-async fn put_json(addr: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let head = format!(
-        "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("malformed response"))?;
-    let status = std::str::from_utf8(&response[..split])
-        .ok()
-        .and_then(|h| h.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other("malformed status line"))?;
-    Ok((status, response[split + 4..].to_vec()))
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use manymodels_config::scorer::{CacheConfig, PolicyConfig, WarmupConfig};
+use manymodels_config::scorer::{CacheConfig, PolicyConfig, VersionsConfig, WarmupConfig};
 use manymodels_policy::{Key, Policy, PoolView, StatsReport};
 use moka::Expiry;
 use moka::future::Cache;
@@ -34,7 +34,7 @@ use crate::error::{LoadError, ScorerError};
 use crate::metrics::Metrics;
 use crate::model_id::ModelId;
 use crate::runtime::{self, LoadedModel};
-use crate::store::{ModelStore, StoreError};
+use crate::store::{ModelState, ModelStore, StoreError};
 
 /// How long "this model does not exist" is remembered, so a storm of requests for an
 /// unknown id does not turn into a storm of store listings, while a newly published model
@@ -88,16 +88,24 @@ pub enum Reason {
     NotAdmitted,
     /// Unloaded through the repository API.
     Unload,
+    /// The live version moved on (a new version, a pin or an unpin) and this one went idle.
+    Replaced,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 3] = [Reason::Capacity, Reason::NotAdmitted, Reason::Unload];
+    pub const ALL: [Reason; 4] = [
+        Reason::Capacity,
+        Reason::NotAdmitted,
+        Reason::Unload,
+        Reason::Replaced,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Capacity => "capacity",
             Reason::NotAdmitted => "not_admitted",
             Reason::Unload => "unload",
+            Reason::Replaced => "replaced",
         }
     }
 }
@@ -128,6 +136,55 @@ impl Expiry<FailureKey, Failure> for FailureExpiry {
 
 type LoadCell = Arc<OnceCell<Result<Arc<LoadedModel>, ScorerError>>>;
 
+/// What this scorer serves as a model's live version.
+#[derive(Clone, Debug)]
+struct Live {
+    version: u64,
+    /// The version served before this one, to fall back to if this one fails to load.
+    previous: Option<u64>,
+    pinned: Option<u64>,
+    /// When the store was last asked.
+    checked: Instant,
+    /// A version that was refused (failed to load, its smoke inference, or the
+    /// signature check), why, and when.
+    refused: Option<(u64, String, Instant)>,
+}
+
+/// A model's versions as this scorer sees them (admin status).
+#[derive(Clone, Debug, Serialize)]
+pub struct VersionStatus {
+    pub model: String,
+    /// In the store, ascending.
+    pub versions: Vec<u64>,
+    pub pinned: Option<u64>,
+    /// What this scorer answers requests without a version with.
+    pub live: Option<u64>,
+    /// Versions in memory here.
+    pub resident: Vec<u64>,
+    pub refused: Option<Refusal>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Refusal {
+    pub version: u64,
+    pub error: String,
+    pub seconds_ago: f64,
+}
+
+/// What a refresh did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Refresh {
+    pub model: String,
+    pub live: u64,
+    /// The version served before, when the live version changed.
+    pub previous: Option<u64>,
+    /// Whether a loaded session was replaced by a new one (in the background, then
+    /// switched atomically).
+    pub swapped: bool,
+    /// Set when the store's live version was refused and the previous one kept.
+    pub refused: Option<Refusal>,
+}
+
 /// The resident set and the policy ranking it, changed together under one lock.
 struct State {
     policy: Policy<ModelKey>,
@@ -140,9 +197,14 @@ pub struct ModelCache {
     environment: &'static Environment,
     state: Mutex<State>,
     inflight: Mutex<HashMap<ModelKey, LoadCell>>,
-    /// The live (highest) version of each model seen, so a request for the live version
-    /// does not list the store.
-    live: Cache<ModelId, u64>,
+    /// The live version of each model seen, so a request for the live version does not
+    /// ask the store: kept while the model is resident (the version checker refreshes it)
+    /// and for `versions.check_interval` otherwise.
+    live: Mutex<HashMap<ModelId, Live>>,
+    /// Store look-ups in flight or just done, so a burst of requests for a model that is
+    /// not in memory asks the store once.
+    resolving: Cache<ModelId, ModelState>,
+    versions: VersionsConfig,
     failures: Cache<FailureKey, Failure>,
     pool: Mutex<PoolView>,
     load_slots: Arc<Semaphore>,
@@ -162,6 +224,7 @@ impl ModelCache {
         config: CacheConfig,
         policy_config: PolicyConfig,
         warmup: WarmupConfig,
+        versions: VersionsConfig,
         store: Arc<dyn ModelStore>,
         environment: &'static Environment,
         metrics: Arc<Metrics>,
@@ -187,7 +250,12 @@ impl ModelCache {
                 evictions: VecDeque::new(),
             }),
             inflight: Mutex::new(HashMap::new()),
-            live: Cache::builder().max_capacity(1_000_000).build(),
+            live: Mutex::new(HashMap::new()),
+            resolving: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(1))
+                .build(),
+            versions,
             failures,
             pool: Mutex::new(PoolView::default()),
             load_slots: Arc::new(Semaphore::new(config.max_concurrent_loads.get())),
@@ -231,9 +299,15 @@ impl ModelCache {
         version: Option<u64>,
         count: bool,
     ) -> Result<(Arc<LoadedModel>, Lookup), ScorerError> {
-        let version = match version {
-            Some(version) => version,
-            None => self.live_version(id).await?,
+        let Some(version) = version else {
+            let live = self.live_version(id).await?;
+            return match Box::pin(self.lookup(id, Some(live), count)).await {
+                Err(error @ ScorerError::Load(_)) => match self.fall_back(id, live, &error) {
+                    Some(previous) => Box::pin(self.lookup(id, Some(previous), count)).await,
+                    None => Err(error),
+                },
+                other => other,
+            };
         };
         let key = ModelKey {
             id: id.clone(),
@@ -338,34 +412,80 @@ impl ModelCache {
         });
     }
 
-    /// The highest version of `id` in the store, listed once and then remembered.
+    fn lives(&self) -> MutexGuard<'_, HashMap<ModelId, Live>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live version of `id`: what this scorer already serves while it holds it (the
+    /// version checker moves it on), otherwise the store's pinned or highest version.
     async fn live_version(&self, id: &ModelId) -> Result<u64, ScorerError> {
-        if let Some(version) = self.live.get(id).await {
-            return Ok(version);
+        let known = self.lives().get(id).cloned();
+        if let Some(live) = &known {
+            let key = ModelKey {
+                id: id.clone(),
+                version: live.version,
+            };
+            if live.checked.elapsed() < self.versions.check_interval
+                || self.state().models.contains_key(&key)
+            {
+                return Ok(live.version);
+            }
         }
         let missing = (id.clone(), None);
         if let Some(failure) = self.failures.get(&missing).await {
             return Err(failure.error);
         }
-        let resolve = async {
-            let versions = self
-                .store
-                .list_versions(id)
-                .await
-                .map_err(|e| ScorerError::Store(e.to_string()))?;
-            match versions.last() {
-                Some(&version) => Ok(version),
-                None => {
-                    let error = ScorerError::ModelNotFound(id.to_string());
-                    self.remember(missing, error.clone(), NOT_FOUND_TTL).await;
-                    Err(error)
-                }
-            }
-        };
-        self.live
-            .try_get_with(id.clone(), resolve)
+        let state = self
+            .resolving
+            .try_get_with(id.clone(), async {
+                self.store
+                    .model_state(id)
+                    .await
+                    .map_err(|e| ScorerError::Store(e.to_string()))
+            })
             .await
-            .map_err(|shared: Arc<ScorerError>| (*shared).clone())
+            .map_err(|shared: Arc<ScorerError>| (*shared).clone())?;
+        let Some(target) = state.live() else {
+            let error = ScorerError::ModelNotFound(id.to_string());
+            self.remember(missing, error.clone(), NOT_FOUND_TTL).await;
+            self.lives().remove(id);
+            return Err(error);
+        };
+        let mut lives = self.lives();
+        let entry = lives.entry(id.clone()).or_insert(Live {
+            version: target,
+            previous: None,
+            pinned: state.pinned,
+            checked: Instant::now(),
+            refused: None,
+        });
+        entry.checked = Instant::now();
+        entry.pinned = state.pinned;
+        let refused = entry
+            .refused
+            .as_ref()
+            .is_some_and(|(v, _, at)| *v == target && at.elapsed() < self.config.failure_ttl);
+        if entry.version != target && !refused {
+            entry.previous = Some(entry.version);
+            entry.version = target;
+        }
+        Ok(entry.version)
+    }
+
+    /// After the live version `failed` could not be loaded, falls back to the version
+    /// served before it, if any, and remembers the refusal. Returns the fallback.
+    fn fall_back(&self, id: &ModelId, failed: u64, error: &ScorerError) -> Option<u64> {
+        let mut lives = self.lives();
+        let live = lives.get_mut(id)?;
+        let previous = live.previous.filter(|p| *p != failed)?;
+        if live.version == failed {
+            live.version = previous;
+            live.previous = None;
+        }
+        live.refused = Some((failed, error.to_string(), Instant::now()));
+        self.metrics.version_refusals.inc();
+        tracing::warn!(model = %id, refused = failed, serving = previous, %error, "new live version refused; serving the previous one");
+        Some(previous)
     }
 
     async fn remember(&self, key: FailureKey, error: ScorerError, ttl: Duration) {
@@ -426,7 +546,9 @@ impl ModelCache {
                 id: id.to_string(),
                 version: version.to_string(),
             },
-            StoreError::Unavailable(message) => ScorerError::Store(message),
+            StoreError::Unavailable(message) | StoreError::Conflict(message) => {
+                ScorerError::Store(message)
+            }
         })?;
         let estimate = self.config.weigh(bytes.len() as u64);
         let environment = self.environment;
@@ -456,6 +578,308 @@ impl ModelCache {
                 invalid_model: true,
             })
         })
+    }
+
+    /// Checks the store for new live versions of the models in memory, the least recently
+    /// checked first, at most `versions.checks_per_interval` of them, 8 at a time. Run by
+    /// the scorer every `versions.check_interval`.
+    pub async fn check_versions(&self) {
+        use futures::StreamExt;
+        let mut ids: Vec<(Instant, ModelId)> = {
+            let state = self.state();
+            let lives = self.lives();
+            let mut seen = std::collections::HashSet::new();
+            state
+                .models
+                .keys()
+                .filter(|k| seen.insert(k.id.clone()))
+                .map(|k| {
+                    let checked = lives.get(&k.id).map_or(self.started, |l| l.checked);
+                    (checked, k.id.clone())
+                })
+                .collect()
+        };
+        ids.sort();
+        ids.truncate(self.versions.checks_per_interval);
+        futures::stream::iter(ids)
+            .for_each_concurrent(8, |(_, id)| async move {
+                if let Err(error) = self.refresh(&id).await {
+                    tracing::debug!(model = %id, %error, "version check failed");
+                }
+            })
+            .await;
+    }
+
+    /// Asks the store for `id`'s live version now and moves to it: if an older version is
+    /// in memory, the new one is loaded and checked (smoke inference, same inputs) while
+    /// the old one keeps serving, then swapped in atomically; requests in flight finish on
+    /// the old session, which is freed when they are done. A version that fails is
+    /// refused and the old one keeps serving.
+    pub async fn refresh(&self, id: &ModelId) -> Result<Refresh, ScorerError> {
+        let state = self
+            .store
+            .model_state(id)
+            .await
+            .map_err(|e| ScorerError::Store(e.to_string()))?;
+        self.resolving.invalidate(id).await;
+        let Some(target) = state.live() else {
+            self.lives().remove(id);
+            return Err(ScorerError::ModelNotFound(id.to_string()));
+        };
+        let current = {
+            let mut lives = self.lives();
+            let live = lives.entry(id.clone()).or_insert(Live {
+                version: target,
+                previous: None,
+                pinned: state.pinned,
+                checked: Instant::now(),
+                refused: None,
+            });
+            live.checked = Instant::now();
+            live.pinned = state.pinned;
+            live.clone()
+        };
+        let mut outcome = Refresh {
+            model: id.to_string(),
+            live: current.version,
+            previous: None,
+            swapped: false,
+            refused: None,
+        };
+        if current.version == target {
+            return Ok(outcome);
+        }
+        if let Some((version, error, at)) = &current.refused
+            && *version == target
+            && at.elapsed() < self.config.failure_ttl
+        {
+            outcome.refused = Some(Refusal {
+                version: *version,
+                error: error.clone(),
+                seconds_ago: at.elapsed().as_secs_f64(),
+            });
+            return Ok(outcome);
+        }
+        let old_key = ModelKey {
+            id: id.clone(),
+            version: current.version,
+        };
+        let old = self.state().models.get(&old_key).cloned();
+        if let Some(old) = old {
+            let new_key = ModelKey {
+                id: id.clone(),
+                version: target,
+            };
+            match self.prepare(&new_key, &old).await {
+                Ok((model, seconds)) => {
+                    self.install(&old_key, new_key, model, seconds);
+                    outcome.swapped = true;
+                    self.metrics.version_swaps.inc();
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    let mut lives = self.lives();
+                    if let Some(live) = lives.get_mut(id) {
+                        live.refused = Some((target, message.clone(), Instant::now()));
+                    }
+                    self.metrics.version_refusals.inc();
+                    tracing::warn!(model = %id, refused = target, serving = current.version, error = %message, "new live version refused; the old one keeps serving");
+                    outcome.refused = Some(Refusal {
+                        version: target,
+                        error: message,
+                        seconds_ago: 0.0,
+                    });
+                    return Ok(outcome);
+                }
+            }
+        }
+        {
+            let mut lives = self.lives();
+            if let Some(live) = lives.get_mut(id) {
+                live.previous = Some(current.version);
+                live.version = target;
+                live.refused = None;
+            }
+        }
+        tracing::info!(model = %id, from = current.version, to = target, swapped = outcome.swapped, "live version changed");
+        outcome.previous = Some(current.version);
+        outcome.live = target;
+        Ok(outcome)
+    }
+
+    /// Loads `key` outside the cache and checks it can replace `old`: a smoke inference on
+    /// zeros, and the same input names and datatypes (so requests that work today keep
+    /// working). Returns the model and its load time.
+    async fn prepare(
+        &self,
+        key: &ModelKey,
+        old: &Arc<LoadedModel>,
+    ) -> Result<(Arc<LoadedModel>, f64), ScorerError> {
+        let started = Instant::now();
+        let model = self.load(key.clone()).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let (checked, old) = (model.clone(), old.clone());
+        let verdict = tokio::task::spawn_blocking(move || {
+            checked.compatible_with(&old)?;
+            checked.smoke()
+        })
+        .await
+        .map_err(|e| ScorerError::Store(format!("check task failed: {e}")))?;
+        verdict.map_err(|message| {
+            ScorerError::Load(LoadError {
+                id: key.id.to_string(),
+                version: key.version,
+                message: message.into(),
+                invalid_model: true,
+            })
+        })?;
+        Ok((model, seconds))
+    }
+
+    /// Swaps `old_key` out and `new_key` in under one lock.
+    fn install(
+        &self,
+        old_key: &ModelKey,
+        new_key: ModelKey,
+        model: Arc<LoadedModel>,
+        seconds: f64,
+    ) {
+        let now = self.now();
+        let mut dropped = Vec::new();
+        {
+            let mut state = self.state();
+            state.policy.remove(old_key);
+            if let Some(old) = state.models.remove(old_key) {
+                self.log_eviction(&mut state, old_key, old.weight, Reason::Replaced, now);
+                dropped.push(old);
+            }
+            let decision = state
+                .policy
+                .admit(new_key.clone(), model.weight, Some(seconds), now);
+            if decision.admitted {
+                state.models.insert(new_key, model);
+            }
+            for victim in decision.evicted {
+                if let Some(gone) = state.models.remove(&victim) {
+                    self.log_eviction(&mut state, &victim, gone.weight, Reason::Capacity, now);
+                    dropped.push(gone);
+                }
+            }
+        }
+        drop(dropped);
+        self.freed.store(true, Ordering::Relaxed);
+        self.trim_if_freed();
+    }
+
+    /// Versions, alias and what this scorer serves for `id`.
+    pub async fn version_status(&self, id: &ModelId) -> Result<VersionStatus, ScorerError> {
+        let state = self
+            .store
+            .model_state(id)
+            .await
+            .map_err(|e| ScorerError::Store(e.to_string()))?;
+        if state.versions.is_empty() {
+            return Err(ScorerError::ModelNotFound(id.to_string()));
+        }
+        let mut resident: Vec<u64> = self
+            .state()
+            .models
+            .keys()
+            .filter(|k| k.id == *id)
+            .map(|k| k.version)
+            .collect();
+        resident.sort_unstable();
+        let live = self.lives().get(id).cloned();
+        Ok(VersionStatus {
+            model: id.to_string(),
+            live: live.as_ref().map(|l| l.version).or(state.live()),
+            refused: live
+                .and_then(|l| l.refused)
+                .map(|(version, error, at)| Refusal {
+                    version,
+                    error,
+                    seconds_ago: at.elapsed().as_secs_f64(),
+                }),
+            versions: state.versions,
+            pinned: state.pinned,
+            resident,
+        })
+    }
+
+    /// Validates `bytes` as a model (a session and a smoke inference, and the same inputs
+    /// as the version in memory, if any) and publishes it as `id`/`version`.
+    pub async fn publish(
+        &self,
+        id: &ModelId,
+        version: u64,
+        bytes: bytes::Bytes,
+    ) -> Result<Refresh, ScorerError> {
+        let current = {
+            let lives = self.lives();
+            lives.get(id).map(|l| l.version)
+        };
+        let old = current.and_then(|v| {
+            self.state()
+                .models
+                .get(&ModelKey {
+                    id: id.clone(),
+                    version: v,
+                })
+                .cloned()
+        });
+        let environment = self.environment;
+        let (model_id, checked) = (id.clone(), bytes.clone());
+        let estimate = self.config.weigh(bytes.len() as u64);
+        let verdict = tokio::task::spawn_blocking(move || {
+            let model = runtime::load(environment, model_id, version, &checked, estimate)?;
+            if let Some(old) = old {
+                model.compatible_with(&old)?;
+            }
+            model.smoke()
+        })
+        .await
+        .map_err(|e| ScorerError::Store(format!("check task failed: {e}")))?;
+        verdict.map_err(|message| {
+            ScorerError::Load(LoadError {
+                id: id.to_string(),
+                version,
+                message: message.into(),
+                invalid_model: true,
+            })
+        })?;
+        self.store
+            .write_version(id, version, bytes)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(message) => ScorerError::Conflict(message),
+                other => ScorerError::Store(other.to_string()),
+            })?;
+        tracing::info!(model = %id, version, "version published");
+        self.refresh(id).await
+    }
+
+    /// Pins `id` to `version` (`None`: unpins, so the highest version is live), persisted
+    /// in the store, and moves this scorer to it.
+    pub async fn pin(&self, id: &ModelId, version: Option<u64>) -> Result<Refresh, ScorerError> {
+        if let Some(version) = version {
+            let state = self
+                .store
+                .model_state(id)
+                .await
+                .map_err(|e| ScorerError::Store(e.to_string()))?;
+            if !state.versions.contains(&version) {
+                return Err(ScorerError::VersionNotFound {
+                    id: id.to_string(),
+                    version: version.to_string(),
+                });
+            }
+        }
+        self.store
+            .write_alias(id, version)
+            .await
+            .map_err(|e| ScorerError::Store(e.to_string()))?;
+        tracing::info!(model = %id, pinned = ?version, "alias written");
+        self.refresh(id).await
     }
 
     /// Loads the live version now (repository `load`). Returns the version loaded.
@@ -494,7 +918,8 @@ impl ModelCache {
         for key in failed {
             self.failures.invalidate(key.as_ref()).await;
         }
-        self.live.invalidate(id).await;
+        self.lives().remove(id);
+        self.resolving.invalidate(id).await;
         let count = dropped.len();
         if count > 0 {
             drop(dropped);

@@ -33,6 +33,10 @@ pub enum ScorerError {
     Store(String),
     #[error("the scorer is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("missing or invalid admin bearer key")]
+    Unauthorized,
 }
 
 /// Why a model could not be loaded. Cheap to clone: one failed load is shared with every
@@ -66,6 +70,8 @@ impl ScorerError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ScorerError::Inference { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ScorerError::Conflict(_) => StatusCode::CONFLICT,
+            ScorerError::Unauthorized => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -82,6 +88,8 @@ impl ScorerError {
             ScorerError::Inference { .. } => "inference_failed",
             ScorerError::Store(_) => "store_unavailable",
             ScorerError::ShuttingDown => "shutting_down",
+            ScorerError::Conflict(_) => "conflict",
+            ScorerError::Unauthorized => "unauthorized",
         }
     }
 

@@ -30,6 +30,7 @@ type Shared = State<Arc<Scorer>>;
 
 pub fn app(scorer: Arc<Scorer>) -> Router {
     let max_body = usize::try_from(scorer.config.http.max_body.bytes()).unwrap_or(usize::MAX);
+    let max_upload = usize::try_from(scorer.config.http.max_upload.bytes()).unwrap_or(usize::MAX);
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
@@ -50,6 +51,14 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
         .route("/v2/repository/models/{id}/load", post(repository_load))
         .route("/v2/repository/models/{id}/unload", post(repository_unload))
         .route("/v2/mm/cache", get(explain))
+        .route("/v2/mm/models/{id}", get(admin_status))
+        .route("/v2/mm/models/{id}/refresh", post(admin_refresh))
+        .route("/v2/mm/models/{id}/pin", post(admin_pin))
+        .route("/v2/mm/models/{id}/unpin", post(admin_unpin))
+        .route(
+            "/v2/mm/models/{id}/versions/{version}",
+            axum::routing::put(admin_publish).layer(DefaultBodyLimit::max(max_upload)),
+        )
         .route("/v2/mm/stats", axum::routing::put(stats_push))
         .route("/metrics", get(metrics))
         .fallback(no_route)
@@ -454,6 +463,134 @@ async fn explain(State(scorer): Shared) -> Response {
         "cache": explain,
     })));
     finish(&scorer, "explain", result)
+}
+
+/// The admin routes need one of `auth.admin_keys` as a bearer key, when any is set.
+fn admin_authorized(scorer: &Scorer, headers: &axum::http::HeaderMap) -> Result<(), ScorerError> {
+    let keys = &scorer.config.admin_keys;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let matches = keys.iter().any(|key| {
+        let key = key.expose().as_bytes();
+        key.len() == given.len()
+            && key
+                .iter()
+                .zip(given.as_bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if matches {
+        Ok(())
+    } else {
+        Err(ScorerError::Unauthorized)
+    }
+}
+
+/// Versions in the store, the alias, what this scorer serves and any refused version.
+async fn admin_status(
+    State(scorer): Shared,
+    headers: axum::http::HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let result = async {
+        admin_authorized(&scorer, &headers)?;
+        let id = model_id(path)?;
+        Ok(json_response(&scorer.cache.version_status(&id).await?))
+    }
+    .await;
+    finish(&scorer, "admin", result)
+}
+
+/// Checks the store for `id` now and moves to its live version.
+async fn admin_refresh(
+    State(scorer): Shared,
+    headers: axum::http::HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let result = async {
+        admin_authorized(&scorer, &headers)?;
+        let id = model_id(path)?;
+        Ok(json_response(&scorer.cache.refresh(&id).await?))
+    }
+    .await;
+    finish(&scorer, "admin", result)
+}
+
+#[derive(serde::Deserialize)]
+struct PinBody {
+    version: u64,
+}
+
+/// Pins the live version (`{"version": 3}`), persisted in the store.
+async fn admin_pin(
+    State(scorer): Shared,
+    headers: axum::http::HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    request: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        admin_authorized(&scorer, &headers)?;
+        let id = model_id(path)?;
+        let bytes = body(request, &scorer)?;
+        let pin: PinBody = serde_json::from_slice(&bytes)
+            .map_err(|e| ScorerError::InvalidInput(format!("expected {{\"version\": N}}: {e}")))?;
+        Ok(json_response(
+            &scorer.cache.pin(&id, Some(pin.version)).await?,
+        ))
+    }
+    .await;
+    finish(&scorer, "admin", result)
+}
+
+/// Unpins: the highest version is live again.
+async fn admin_unpin(
+    State(scorer): Shared,
+    headers: axum::http::HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let result = async {
+        admin_authorized(&scorer, &headers)?;
+        let id = model_id(path)?;
+        Ok(json_response(&scorer.cache.pin(&id, None).await?))
+    }
+    .await;
+    finish(&scorer, "admin", result)
+}
+
+/// Publishes the body (ONNX bytes) as a new version, after checking it loads and
+/// answers; 201 with the refresh outcome.
+async fn admin_publish(
+    State(scorer): Shared,
+    headers: axum::http::HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+    request: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        admin_authorized(&scorer, &headers)?;
+        let (id, version) = model_and_version(path)?;
+        let bytes = request.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ScorerError::BodyTooLarge {
+                    limit: scorer.config.http.max_upload.bytes(),
+                }
+            } else {
+                ScorerError::InvalidInput(rejection.body_text())
+            }
+        })?;
+        if bytes.is_empty() {
+            return Err(ScorerError::InvalidInput("empty model body".into()));
+        }
+        let outcome = scorer.cache.publish(&id, version, bytes).await?;
+        Ok((StatusCode::CREATED, axum::Json(outcome)).into_response())
+    }
+    .await;
+    finish(&scorer, "admin", result)
 }
 
 /// A proxy's statistics push (`StatsReport`): answered with this cache's summary.

@@ -71,6 +71,7 @@ impl Scorer {
             config.cache.clone(),
             config.policy,
             config.warmup,
+            config.versions,
             store,
             environment,
             metrics.clone(),
@@ -132,6 +133,18 @@ pub async fn run(config: ScorerConfig) -> Result<(), StartError> {
         budget = %scorer.config.cache.budget,
         "mm-scorer ready"
     );
+    // Notice new live versions of the models in memory.
+    {
+        let scorer = scorer.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(scorer.config.versions.check_interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                scorer.cache.check_versions().await;
+            }
+        });
+    }
     let grace = scorer.config.shutdown_grace;
     let stopping = Arc::new(tokio::sync::Notify::new());
     let signal = {

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub loaded_bytes: IntCounter,
     pub warmup_loads: IntCounter,
     pub stats_pushes: IntCounter,
+    pub version_swaps: IntCounter,
+    pub version_refusals: IntCounter,
     pub load_failures: IntCounter,
     /// Requests answered from a remembered load failure without loading again.
     pub failed_fast: IntCounter,
@@ -104,6 +106,14 @@ impl Metrics {
             stats_pushes: counter(
                 "mm_scorer_stats_pushes_total",
                 "Pool statistics pushes received from proxies.",
+            ),
+            version_swaps: counter(
+                "mm_scorer_version_swaps_total",
+                "Live versions replaced in memory by a newer, pinned or unpinned one.",
+            ),
+            version_refusals: counter(
+                "mm_scorer_version_refusals_total",
+                "New live versions refused (load, smoke inference or signature failed); the old one kept serving.",
             ),
             load_failures: counter(
                 "mm_scorer_model_load_failures_total",

@@ -291,6 +291,73 @@ impl LoadedModel {
     /// The session, if `rows` rows are predicted (from this model's measured time per
     /// row) to run in under `limit` and nobody else holds it. Such a call is short enough
     /// to run on an async worker: handing it to a blocking thread costs more than the call.
+    /// Runs one row of zeros through every input and checks every declared output comes
+    /// back: the check a new version passes before it replaces a live one.
+    pub fn smoke(&self) -> Result<(), String> {
+        let inputs = self
+            .inputs
+            .iter()
+            .map(|spec| {
+                let shape: Vec<i64> = spec
+                    .shape
+                    .iter()
+                    .map(|&d| if d < 1 { 1 } else { d })
+                    .collect();
+                let n = shape.iter().product::<i64>().max(0) as usize;
+                NamedTensor {
+                    name: spec.name.clone(),
+                    datatype: spec.datatype,
+                    shape,
+                    data: TensorData::zeros(spec.datatype, n),
+                }
+            })
+            .collect();
+        let all: Vec<usize> = (0..self.outputs.len()).collect();
+        let outputs = self
+            .infer(inputs, &all)
+            .map_err(|e| format!("smoke inference failed: {e}"))?;
+        if outputs.len() != self.outputs.len() {
+            return Err(format!(
+                "smoke inference returned {} outputs, the model declares {}",
+                outputs.len(),
+                self.outputs.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether this model can take over `old`'s requests: the same input names and
+    /// datatypes, and every output `old` had.
+    pub fn compatible_with(&self, old: &LoadedModel) -> Result<(), String> {
+        let signature = |specs: &[TensorSpec]| -> Vec<(String, &'static str)> {
+            let mut s: Vec<_> = specs
+                .iter()
+                .map(|t| (t.name.clone(), t.datatype.as_str()))
+                .collect();
+            s.sort();
+            s
+        };
+        if signature(&self.inputs) != signature(&old.inputs) {
+            return Err(format!(
+                "inputs {:?} differ from version {}'s {:?}",
+                signature(&self.inputs),
+                old.version,
+                signature(&old.inputs)
+            ));
+        }
+        let outputs = signature(&self.outputs);
+        if let Some(missing) = signature(&old.outputs)
+            .into_iter()
+            .find(|o| !outputs.contains(o))
+        {
+            return Err(format!(
+                "output {missing:?} of version {} is missing",
+                old.version
+            ));
+        }
+        Ok(())
+    }
+
     pub fn try_quick(&self, rows: usize, limit: Duration) -> Option<SessionGuard<'_>> {
         let per_row = self.nanos_per_row.load(Ordering::Relaxed);
         if per_row == 0 || per_row.saturating_mul(rows as u64) > limit.as_nanos() as u64 {

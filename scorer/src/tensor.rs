@@ -76,6 +76,17 @@ impl TensorData {
         }
     }
 
+    /// `n` zeros (or `false`s) of `datatype`.
+    pub fn zeros(datatype: DataType, n: usize) -> Self {
+        match datatype {
+            DataType::Fp32 => TensorData::Fp32(vec![0.0; n]),
+            DataType::Fp64 => TensorData::Fp64(vec![0.0; n]),
+            DataType::Int32 => TensorData::Int32(vec![0; n]),
+            DataType::Int64 => TensorData::Int64(vec![0; n]),
+            DataType::Bool => TensorData::Bool(vec![false; n]),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -79,6 +79,8 @@ fn scorer_for(
     adjust: impl FnOnce(&mut ScorerConfig),
 ) -> (Arc<Scorer>, Router) {
     let mut config = ScorerConfig::for_local_store(dir);
+    // No proxy pushes statistics here: ready at once rather than after a warm-up.
+    config.warmup.ready_timeout = std::time::Duration::ZERO;
     adjust(&mut config);
     let scorer = Scorer::new(config).expect("scorer starts (is ORT_DYLIB_PATH set?)");
     let router = manymodels_scorer::app(scorer.clone());
@@ -815,7 +817,7 @@ async fn repository_index_load_and_unload() {
     );
 
     // Unload.
-    let evictions = r#"mm_scorer_cache_evictions_total{reason="explicit"}"#;
+    let evictions = r#"mm_scorer_cache_evictions_total{reason="unload"}"#;
     assert_eq!(metric_now(&router, evictions).await, 0.0);
     let reply = post_raw(&router, "/v2/repository/models/forest-1mb/unload", "").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());

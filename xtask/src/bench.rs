@@ -949,17 +949,20 @@ fn replay(args: ReplayArgs) -> Result<()> {
             scorer.metric("mm_scorer_cache_evictions_total{reason=\"not_admitted\"}")?;
         displaced += scorer.metric("mm_scorer_cache_evictions_total{reason=\"capacity\"}")?;
     }
+    // Loads the proxy asked for in the background (moving a model home, replication).
+    let proxy_warms = proxy.metric("mm_proxy_warm_triggers_total")?;
+    warmups += proxy_warms;
     let live_hit = hits / (hits + misses).max(1.0);
     println!(
         "trace: {shape}, {models} models, {requests} requests at {rate} req/s, seed {seed}; {concurrency} clients; budget per scorer {:.0} MB ({budget_fraction} of all models' memory over 3 scorers)",
         budget as f64 / 1e6
     );
     println!(
-        "| | pool hit ratio | loads | warm-up loads | not admitted | displaced | req/s | p50 | p99 | failed |"
+        "| | pool hit ratio | loads | warm-up loads (proxy-asked) | not admitted | displaced | req/s | p50 | p99 | failed |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| live (proxy + 3 scorers) | {live_hit:.3} | {loads} | {warmups} | {not_admitted} | {displaced} | {:.0} | {:.2} ms | {:.2} ms | {} |",
+        "| live (proxy + 3 scorers) | {live_hit:.3} | {loads} | {warmups} ({proxy_warms}) | {not_admitted} | {displaced} | {:.0} | {:.2} ms | {:.2} ms | {} |",
         requests as f64 / elapsed.as_secs_f64(),
         percentile(&latencies, 0.5) / 1e3,
         percentile(&latencies, 0.99) / 1e3,

@@ -236,12 +236,8 @@ fn up(scorers: usize, base_port: u16, store: PathBuf, budget: &str, smoke: bool)
         pool.0.push(child);
         scorer_addrs.push(addr);
     }
-    for addr in &scorer_addrs {
-        setup::wait_ready(
-            &format!("http://{addr}/v2/health/ready"),
-            Duration::from_secs(30),
-        )?;
-    }
+    // The proxy starts with the scorers: a starting scorer reports ready once it has
+    // warmed the share the proxy's first statistics push names (nothing, on a new pool).
     let proxy = format!("http://127.0.0.1:{base_port}");
     let child = Command::new(release.join("mm-proxy"))
         .args(["--listen", &format!("127.0.0.1:{base_port}")])
@@ -250,10 +246,16 @@ fn up(scorers: usize, base_port: u16, store: PathBuf, budget: &str, smoke: bool)
         .spawn()
         .context("starting mm-proxy")?;
     pool.0.push(child);
+    for addr in &scorer_addrs {
+        setup::wait_ready(
+            &format!("http://{addr}/v2/health/ready"),
+            Duration::from_secs(30),
+        )?;
+    }
     setup::wait_ready(&format!("{proxy}/v2/health/ready"), Duration::from_secs(30))?;
     let body = r#"{"inputs":[{"name":"input","shape":[1,10],"datatype":"FP32","data":[1,2,3,4,5,6,7,8,9,10]}]}"#;
     println!("\nmanymodels local pool is up:");
-    println!("  proxy:    {proxy}  (metrics: {proxy}/metrics)");
+    println!("  proxy:    {proxy}  (metrics: {proxy}/metrics, status page: {proxy}/status)");
     for (i, addr) in scorer_addrs.iter().enumerate() {
         println!("  scorer-{i}: http://{addr}  (metrics: http://{addr}/metrics)");
     }

@@ -8,16 +8,22 @@ use futures::TryStreamExt;
 use manymodels_config::scorer::{AzureCredential, AzureStoreConfig};
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 
-use super::{MODEL_FILE, ModelStore, StoreError, parse_version};
+use super::{ALIAS_FILE, Alias, MODEL_FILE, ModelState, ModelStore, StoreError, parse_version};
 use crate::model_id::{self, ModelId};
 
+/// An alias blob read before: its ETag and the version it pins.
+type KnownAlias = (Option<String>, Option<u64>);
+
 /// Models as blobs `<prefix><model_id>/<version>/model.onnx` in one container. A blob put
-/// is atomic, so a version is complete as soon as its `model.onnx` blob exists.
+/// is atomic, so a version is complete as soon as its `model.onnx` blob exists. Looking a
+/// model up is one listing of its prefix (versions and `alias.json` together); the alias
+/// blob is read again only when its ETag changed.
 #[derive(Debug)]
 pub struct AzureStore {
     client: MicrosoftAzure,
+    aliases: std::sync::Mutex<std::collections::HashMap<ModelId, KnownAlias>>,
     /// Empty, or ending in `/`.
     prefix: String,
     description: String,
@@ -57,6 +63,7 @@ impl AzureStore {
             .map_err(|e| StoreError::Unavailable(format!("azure store: {e}")))?;
         Ok(AzureStore {
             client,
+            aliases: Default::default(),
             prefix: config.prefix.clone(),
             description: format!(
                 "azure blob {}/{}/{}",
@@ -79,6 +86,9 @@ impl AzureStore {
 fn unavailable(error: object_store::Error) -> StoreError {
     match error {
         object_store::Error::NotFound { .. } => StoreError::NotFound,
+        object_store::Error::AlreadyExists { .. } => {
+            StoreError::Conflict("that version already exists".into())
+        }
         other => StoreError::Unavailable(other.to_string()),
     }
 }
@@ -104,6 +114,16 @@ impl ModelStore for AzureStore {
     }
 
     async fn list_versions(&self, id: &ModelId) -> Result<Vec<u64>, StoreError> {
+        Ok(self.model_state(id).await?.versions)
+    }
+
+    async fn read(&self, id: &ModelId, version: u64) -> Result<Bytes, StoreError> {
+        let path = self.path(&format!("{id}/{version}/{MODEL_FILE}"));
+        let result = self.client.get(&path).await.map_err(unavailable)?;
+        result.bytes().await.map_err(unavailable)
+    }
+
+    async fn model_state(&self, id: &ModelId) -> Result<ModelState, StoreError> {
         let prefix = self.path(id.as_str());
         let objects: Vec<_> = self
             .client
@@ -111,22 +131,92 @@ impl ModelStore for AzureStore {
             .try_collect()
             .await
             .map_err(unavailable)?;
-        let versions: BTreeSet<u64> = objects
-            .iter()
-            .filter_map(|meta| {
-                let mut parts = meta.location.prefix_match(&prefix)?;
-                let version = parse_version(parts.next()?.as_ref())?;
-                let file = parts.next()?;
-                (file.as_ref() == MODEL_FILE && parts.next().is_none()).then_some(version)
-            })
-            .collect();
-        Ok(versions.into_iter().collect())
+        let mut versions = BTreeSet::new();
+        let mut alias_tag = None;
+        for meta in &objects {
+            let Some(mut parts) = meta.location.prefix_match(&prefix) else {
+                continue;
+            };
+            let Some(first) = parts.next() else { continue };
+            if first.as_ref() == ALIAS_FILE && parts.next().is_none() {
+                alias_tag = Some(meta.e_tag.clone().unwrap_or_default());
+                continue;
+            }
+            if let (Some(version), Some(file), None) =
+                (parse_version(first.as_ref()), parts.next(), parts.next())
+                && file.as_ref() == MODEL_FILE
+            {
+                versions.insert(version);
+            }
+        }
+        let pinned = match alias_tag {
+            None => None,
+            Some(tag) => {
+                let known = self
+                    .aliases
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(id)
+                    .filter(|(t, _)| t.as_deref() == Some(tag.as_str()))
+                    .map(|(_, pinned)| *pinned);
+                match known {
+                    Some(pinned) => pinned,
+                    None => {
+                        let path = self.path(&format!("{id}/{ALIAS_FILE}"));
+                        let bytes = self
+                            .client
+                            .get(&path)
+                            .await
+                            .map_err(unavailable)?
+                            .bytes()
+                            .await
+                            .map_err(unavailable)?;
+                        let pinned = Alias::parse(&bytes)?.pinned;
+                        self.aliases
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(id.clone(), (Some(tag), pinned));
+                        pinned
+                    }
+                }
+            }
+        };
+        Ok(ModelState {
+            versions: versions.into_iter().collect(),
+            pinned,
+        })
     }
 
-    async fn read(&self, id: &ModelId, version: u64) -> Result<Bytes, StoreError> {
+    async fn write_version(
+        &self,
+        id: &ModelId,
+        version: u64,
+        bytes: Bytes,
+    ) -> Result<(), StoreError> {
         let path = self.path(&format!("{id}/{version}/{MODEL_FILE}"));
-        let result = self.client.get(&path).await.map_err(unavailable)?;
-        result.bytes().await.map_err(unavailable)
+        self.client
+            .put_opts(&path, PutPayload::from(bytes), PutMode::Create.into())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn write_alias(&self, id: &ModelId, pinned: Option<u64>) -> Result<(), StoreError> {
+        let path = self.path(&format!("{id}/{ALIAS_FILE}"));
+        match pinned {
+            None => match self.client.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(unavailable(e)),
+            },
+            Some(_) => {
+                let body = serde_json::to_vec(&Alias { pinned }).expect("serialisable");
+                self.client
+                    .put(&path, PutPayload::from(body))
+                    .await
+                    .map_err(unavailable)?;
+                Ok(())
+            }
+        }
     }
 
     fn describe(&self) -> String {

@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{MODEL_FILE, ModelStore, StoreError, parse_version};
+use super::{ALIAS_FILE, Alias, MODEL_FILE, ModelState, ModelStore, StoreError, parse_version};
 use crate::model_id::{self, ModelId};
 
 /// Models in a directory tree. A version counts once its `model.onnx` exists, so
 /// publishers must write the file under another name and rename it into place (rename is
-/// atomic on one filesystem); a half-written `model.onnx.tmp` is never listed.
+/// atomic on one filesystem); a half-written `model.onnx.tmp` is never listed, and a
+/// version folder without `model.onnx` does not exist. `write_version` does exactly that
+/// (write, fsync, then a hard link that fails rather than overwrite).
 #[derive(Debug)]
 pub struct LocalStore {
     root: PathBuf,
@@ -85,6 +87,73 @@ impl ModelStore for LocalStore {
             Ok(bytes) => Ok(Bytes::from(bytes)),
             Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::NotFound),
             Err(e) => Err(unavailable(&path.display().to_string(), e)),
+        }
+    }
+
+    async fn model_state(&self, id: &ModelId) -> Result<ModelState, StoreError> {
+        let versions = self.list_versions(id).await?;
+        let path = self.root.join(id.as_str()).join(ALIAS_FILE);
+        let pinned = match tokio::fs::read(&path).await {
+            Ok(bytes) => Alias::parse(&bytes)?.pinned,
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(unavailable(&path.display().to_string(), e)),
+        };
+        Ok(ModelState { versions, pinned })
+    }
+
+    async fn write_version(
+        &self,
+        id: &ModelId,
+        version: u64,
+        bytes: Bytes,
+    ) -> Result<(), StoreError> {
+        let dir = self.root.join(id.as_str()).join(version.to_string());
+        let target = dir.join(MODEL_FILE);
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| unavailable(&dir.display().to_string(), e))?;
+            let temporary = dir.join(format!(".{MODEL_FILE}.{}.tmp", std::process::id()));
+            let write = || -> std::io::Result<()> {
+                use std::io::Write;
+                let mut file = std::fs::File::create(&temporary)?;
+                file.write_all(&bytes)?;
+                file.sync_all()
+            };
+            write().map_err(|e| unavailable(&temporary.display().to_string(), e))?;
+            // A hard link is an atomic create-if-absent: a version is never overwritten.
+            let linked = std::fs::hard_link(&temporary, &target);
+            let _ = std::fs::remove_file(&temporary);
+            match linked {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(StoreError::Conflict(
+                    format!("version {version} already exists"),
+                )),
+                Err(e) => Err(unavailable(&target.display().to_string(), e)),
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("write task failed: {e}")))?
+    }
+
+    async fn write_alias(&self, id: &ModelId, pinned: Option<u64>) -> Result<(), StoreError> {
+        let dir = self.root.join(id.as_str());
+        let path = dir.join(ALIAS_FILE);
+        match pinned {
+            None => match tokio::fs::remove_file(&path).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(unavailable(&path.display().to_string(), e)),
+            },
+            Some(_) => {
+                let body = serde_json::to_vec(&Alias { pinned }).expect("serialisable");
+                let temporary = dir.join(format!(".{ALIAS_FILE}.{}.tmp", std::process::id()));
+                tokio::fs::write(&temporary, body)
+                    .await
+                    .map_err(|e| unavailable(&temporary.display().to_string(), e))?;
+                tokio::fs::rename(&temporary, &path)
+                    .await
+                    .map_err(|e| unavailable(&path.display().to_string(), e))
+            }
         }
     }
 

@@ -1,4 +1,6 @@
-//! Where models live: `<root>/<model_id>/<version>/model.onnx`.
+//! Where models live: `<root>/<model_id>/<version>/model.onnx`, and each model's alias
+//! `<root>/<model_id>/alias.json` (`{"pinned": 3}`: the live version is 3 rather than the
+//! highest).
 //!
 //! A store lists model ids, lists the versions of one model and reads one model file. It
 //! never parses or loads a model: listing 10,000 models costs one directory read (or one
@@ -22,12 +24,49 @@ pub use local::LocalStore;
 /// The file name of a model inside its version folder.
 pub const MODEL_FILE: &str = "model.onnx";
 
+/// The file beside the version folders that pins a model's live version.
+pub const ALIAS_FILE: &str = "alias.json";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("not found")]
     NotFound,
     #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
     Unavailable(String),
+}
+
+/// A model as the store has it: complete versions and the alias.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ModelState {
+    /// Ascending.
+    pub versions: Vec<u64>,
+    pub pinned: Option<u64>,
+}
+
+impl ModelState {
+    /// The version requests without a version get: the pinned one if it exists, else the
+    /// highest.
+    pub fn live(&self) -> Option<u64> {
+        match self.pinned {
+            Some(pinned) if self.versions.contains(&pinned) => Some(pinned),
+            _ => self.versions.last().copied(),
+        }
+    }
+}
+
+/// The alias file's contents.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Alias {
+    pub pinned: Option<u64>,
+}
+
+impl Alias {
+    pub fn parse(bytes: &[u8]) -> Result<Self, StoreError> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| StoreError::Unavailable(format!("{ALIAS_FILE} is not valid: {e}")))
+    }
 }
 
 /// A model store backend.
@@ -43,6 +82,21 @@ pub trait ModelStore: Send + Sync + 'static {
 
     /// The bytes of `<id>/<version>/model.onnx`.
     async fn read(&self, id: &ModelId, version: u64) -> Result<Bytes, StoreError>;
+
+    /// Versions and alias of `id`, looked up together (one prefix listing on Azure).
+    async fn model_state(&self, id: &ModelId) -> Result<ModelState, StoreError>;
+
+    /// Publishes `<id>/<version>/model.onnx` atomically: readers see the whole file or no
+    /// version. A version is never overwritten (`Conflict`).
+    async fn write_version(
+        &self,
+        id: &ModelId,
+        version: u64,
+        bytes: Bytes,
+    ) -> Result<(), StoreError>;
+
+    /// Pins `id` to `pinned`, or unpins it (`None`: the highest version is live).
+    async fn write_alias(&self, id: &ModelId, pinned: Option<u64>) -> Result<(), StoreError>;
 
     /// A short description for logs, without secrets.
     fn describe(&self) -> String;

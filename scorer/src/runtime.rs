@@ -326,13 +326,13 @@ impl LoadedModel {
         Ok(())
     }
 
-    /// Whether this model can take over `old`'s requests: the same input names and
-    /// datatypes, and every output `old` had.
+    /// Whether this model can take over `old`'s requests: the same input names,
+    /// datatypes and shapes, and every output `old` had.
     pub fn compatible_with(&self, old: &LoadedModel) -> Result<(), String> {
-        let signature = |specs: &[TensorSpec]| -> Vec<(String, &'static str)> {
+        let signature = |specs: &[TensorSpec]| -> Vec<(String, &'static str, Vec<i64>)> {
             let mut s: Vec<_> = specs
                 .iter()
-                .map(|t| (t.name.clone(), t.datatype.as_str()))
+                .map(|t| (t.name.clone(), t.datatype.as_str(), t.shape.clone()))
                 .collect();
             s.sort();
             s

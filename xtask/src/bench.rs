@@ -60,6 +60,16 @@ pub enum Bench {
     /// The offline cache simulator: the scorer's policy against LRU, moka's W-TinyLFU and
     /// Belady on generated many-model traces.
     Policy(crate::sim::SimArgs),
+    /// Publish-to-live delay of a hot model on a local and an Azure Blob (Azurite) store,
+    /// and latency during swaps against steady state.
+    Swap {
+        /// Versions published per store.
+        #[arg(long, default_value_t = 6)]
+        publishes: u64,
+        /// Requests per second on the hot model.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+    },
     /// The proxy's per-request statistics cost and memory with many model ids.
     Stats {
         /// Distinct model ids.
@@ -124,24 +134,37 @@ pub fn run(which: Bench) -> Result<()> {
         } => proxy(seconds, connections),
         Bench::Replay(args) => replay(args),
         Bench::Stats { ids, requests } => stats_cost(ids, requests),
+        Bench::Swap { publishes, rate } => crate::swap::run(publishes, rate),
     }
 }
 
 /// A release scorer process, killed on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     url: String,
 }
 
 impl Server {
-    fn start(store: &Path, port: u16, sets: &[&str]) -> Result<Self> {
+    pub(crate) fn start(store: &Path, port: u16, sets: &[&str]) -> Result<Self> {
+        Self::start_with_env(store, port, sets, &[])
+    }
+
+    /// A release scorer with extra environment variables.
+    pub(crate) fn start_with_env(
+        store: &Path,
+        port: u16,
+        sets: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         setup::cargo(&["build", "--release", "-p", "manymodels-scorer"])?;
         let binary = setup::target_dir().join("release/mm-scorer");
         let mut command = Command::new(binary);
         command
             .args(["--listen", &format!("127.0.0.1:{port}"), "--store"])
             .arg(store)
-            .args(["--set", "log.level=warn"]);
+            .envs(env.iter().copied())
+            // Started before their proxy: ready at once, not after a warm-up push.
+            .args(["--set", "log.level=warn", "--set", "warmup.ready_timeout=0s"]);
         for set in sets {
             command.args(["--set", set]);
         }
@@ -156,7 +179,7 @@ impl Server {
     }
 
     /// A release proxy in front of `scorers`.
-    fn proxy(port: u16, scorers: &[String], sets: &[&str]) -> Result<Self> {
+    pub(crate) fn proxy(port: u16, scorers: &[String], sets: &[&str]) -> Result<Self> {
         setup::cargo(&["build", "--release", "-p", "manymodels-proxy"])?;
         let mut command = Command::new(setup::target_dir().join("release/mm-proxy"));
         command
@@ -182,11 +205,11 @@ impl Server {
         Ok(server)
     }
 
-    fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         self.url.trim_start_matches("http://").to_string()
     }
 
-    fn metric(&self, name: &str) -> Result<f64> {
+    pub(crate) fn metric(&self, name: &str) -> Result<f64> {
         let (_, text) = setup::http("GET", &format!("{}/metrics", self.url), "")?;
         Ok(text
             .lines()
@@ -414,6 +437,11 @@ impl KeepAlive {
         self.reader.read_exact(&mut self.payload)?;
         Ok((status, started.elapsed()))
     }
+
+    /// The body of the last answer.
+    pub fn last_body(&self) -> &[u8] {
+        &self.payload
+    }
 }
 
 /// `requests` round trips on one keep-alive connection; every answer must be 200.
@@ -506,7 +534,7 @@ fn loopback_floor(
     Ok(times)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6
 }
 

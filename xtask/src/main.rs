@@ -12,6 +12,7 @@
 mod bench;
 mod setup;
 mod sim;
+mod swap;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode};

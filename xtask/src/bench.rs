@@ -64,7 +64,7 @@ pub enum Bench {
     /// and latency during swaps against steady state.
     Swap {
         /// Versions published per store.
-        #[arg(long, default_value_t = 6)]
+        #[arg(long, default_value_t = 10)]
         publishes: u64,
         /// Requests per second on the hot model.
         #[arg(long, default_value_t = 200.0)]
@@ -164,7 +164,12 @@ impl Server {
             .arg(store)
             .envs(env.iter().copied())
             // Started before their proxy: ready at once, not after a warm-up push.
-            .args(["--set", "log.level=warn", "--set", "warmup.ready_timeout=0s"]);
+            .args([
+                "--set",
+                "log.level=warn",
+                "--set",
+                "warmup.ready_timeout=0s",
+            ]);
         for set in sets {
             command.args(["--set", set]);
         }

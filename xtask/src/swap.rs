@@ -3,7 +3,7 @@
 //!
 //! For each store (a local directory, then Azure Blob in Azurite): one proxy in front of
 //! three release scorers, one model (a ~1 MB forest) scored open-loop at a fixed rate by
-//! keep-alive clients. Every 3 s a new version is written straight into the store (rename on
+//! keep-alive clients. Every 3-4 s (spread over the check's phase) a new version is written straight into the store (rename on
 //! a directory, one blob put on Azure), the way a training job publishes; no admin call, so
 //! the figure is the scorers' own periodic check plus the background load and swap. Delay =
 //! from the write to the first answer, to a request sent after the write, that reports the
@@ -40,32 +40,56 @@ struct Answer {
 
 pub fn run(publishes: u64, rate: f64) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
-    println!("| store | publishes | publish to live, median | max | p50 steady | p99 steady | p99 within 1 s of a publish | requests | failed |");
+    println!(
+        "| store | publishes | publish to live, median | max | p50 steady | p99 steady | p99 within 1 s of a publish | requests | failed |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     // Local directory.
     let store = std::env::temp_dir().join(format!("mm-swap-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&store);
     write_local(&store, 1, &version_bytes(1))?;
-    let row = measure("local directory", &store, &[], &[], publishes, rate, |v, bytes| {
-        write_local(&store, v, bytes)
-    })?;
+    let row = measure(
+        "local directory",
+        &store,
+        &[],
+        &[],
+        publishes,
+        rate,
+        |v, bytes| write_local(&store, v, bytes),
+    )?;
     println!("{row}");
     let _ = std::fs::remove_dir_all(&store);
     // Azure Blob through Azurite.
     crate::setup::azurite()?;
     let azurite = runtime.block_on(manymodels_tests::azurite::Azurite::start());
     runtime.block_on(azurite.create_container("models"));
-    runtime.block_on(azurite.put_blob("models", &format!("{MODEL}/1/model.onnx"), version_bytes(1)));
+    runtime.block_on(azurite.put_blob(
+        "models",
+        &format!("{MODEL}/1/model.onnx"),
+        version_bytes(1),
+    ));
     let env = [("AZURITE_BLOB_STORAGE_URL", azurite.url.as_str())];
     let sets = [
         "store.kind=azure",
         "store.azure.use_emulator=true",
         "store.azure.container=models",
     ];
-    let row = measure("Azure Blob (Azurite)", &store, &sets, &env, publishes, rate, |v, bytes| {
-        runtime.block_on(azurite.put_blob("models", &format!("{MODEL}/{v}/model.onnx"), bytes.to_vec()));
-        Ok(())
-    })?;
+    let row = measure(
+        "Azure Blob (Azurite)",
+        &store,
+        &sets,
+        &env,
+        publishes,
+        rate,
+        |v, bytes| {
+            runtime.block_on(azurite.put_blob(
+                "models",
+                &format!("{MODEL}/{v}/model.onnx"),
+                bytes.to_vec(),
+            ));
+            Ok(())
+        },
+    )?;
     println!("{row}");
     Ok(())
 }
@@ -100,8 +124,13 @@ fn measure(
     let started = Instant::now();
     let workers: Vec<_> = (0..clients)
         .map(|c| {
-            let (answers, stop, addr, body, path) =
-                (answers.clone(), stop.clone(), proxy.addr(), body.clone(), path.clone());
+            let (answers, stop, addr, body, path) = (
+                answers.clone(),
+                stop.clone(),
+                proxy.addr(),
+                body.clone(),
+                path.clone(),
+            );
             std::thread::spawn(move || -> Result<()> {
                 let mut client = KeepAlive::connect(&addr)?;
                 let mut n = c as u64;
@@ -135,7 +164,8 @@ fn measure(
         let at = Instant::now();
         publish(v, &bytes)?;
         published.push((v, at));
-        std::thread::sleep(Duration::from_secs(3));
+        // Spread the publishes over the phase of the scorers' 1 s check.
+        std::thread::sleep(Duration::from_millis(3_000 + v * 370 % 1_000));
     }
     stop.store(true, Ordering::Relaxed);
     for worker in workers {

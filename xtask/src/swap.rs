@@ -2,7 +2,7 @@
 //! what a swap does to latency.
 //!
 //! For each store (a local directory, then Azure Blob in Azurite): one proxy in front of
-//! three release scorers, one model (a ~1 MB forest) scored open-loop at a fixed rate by
+//! three release scorers, one model (a forest of 120 trees) scored open-loop at a fixed rate by
 //! keep-alive clients. Every 3-4 s (spread over the check's phase) a new version is written straight into the store (rename on
 //! a directory, one blob put on Azure), the way a training job publishes; no admin call, so
 //! the figure is the scorers' own periodic check plus the background load and swap. Delay =

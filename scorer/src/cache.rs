@@ -299,6 +299,7 @@ impl ModelCache {
         version: Option<u64>,
         count: bool,
     ) -> Result<(Arc<LoadedModel>, Lookup), ScorerError> {
+        self.trim_if_freed();
         let Some(version) = version else {
             let live = self.live_version(id).await?;
             return match Box::pin(self.lookup(id, Some(live), count)).await {
@@ -371,6 +372,9 @@ impl ModelCache {
                 state.models.insert(key.clone(), model.clone());
             } else {
                 self.log_eviction(&mut state, &key, model.weight, Reason::NotAdmitted, now);
+                // Its session is freed when the requests holding it finish; the next
+                // look-up trims the heap.
+                self.freed.store(true, Ordering::Relaxed);
             }
             for victim in decision.evicted {
                 if let Some(gone) = state.models.remove(&victim) {

@@ -129,13 +129,20 @@ async fn a_scan_passes_through_a_real_scorer_without_flushing_the_hot_set() {
         .map(|r| r["model"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(last, (0..5).map(id).collect::<BTreeSet<_>>());
+    // Scanned models were served, then dropped: refused outright, or displaced by a
+    // later scanned model in the little room the hot set leaves. No hot model ever left.
     let evictions = cache["evictions"].as_array().unwrap();
+    let hot: BTreeSet<String> = (0..5).map(id).collect();
     assert!(
-        evictions.iter().any(|e| e["reason"] == "not_admitted"),
-        "scanned models were served but not admitted: {evictions:?}"
+        evictions
+            .iter()
+            .all(|e| !hot.contains(e["model"].as_str().unwrap())),
+        "a hot model was evicted: {evictions:?}"
     );
     let metrics = scorer.metrics().await;
-    assert!(metrics.get("mm_scorer_cache_evictions_total{reason=\"not_admitted\"}") >= 30.0);
+    let dropped = metrics.get("mm_scorer_cache_evictions_total{reason=\"not_admitted\"}")
+        + metrics.get("mm_scorer_cache_evictions_total{reason=\"capacity\"}");
+    assert!(dropped >= 35.0, "{dropped}");
     let loaded = metrics.get("mm_scorer_loaded_bytes_total");
     assert!(loaded >= 45.0 * weight as f64 * 0.8, "{loaded}");
 }

@@ -177,7 +177,12 @@ async fn byte_budget_holds_while_three_budgets_of_models_are_scored() {
 #[tokio::test]
 async fn bad_requests_are_rejected_and_the_process_keeps_serving() {
     let scorer = ScorerProcess::local(&root().join("models/demo"), &["http.max_body=4KiB"]);
-    let client = reqwest::Client::new();
+    // A 413 closes its connection before the body is read; no reuse, so the next case
+    // never races that close.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let good = json!({"inputs":[{"name":"input","shape":[1,10],"datatype":"FP32","data":[1,2,3,4,5,6,7,8,9,10]}]});
     let big = json!({"inputs":[{"name":"input","shape":[1000,10],"datatype":"FP32","data":vec![1.0f32; 10_000]}]});
     let cases: Vec<(String, Vec<u8>, u16, &str)> = vec![

@@ -57,6 +57,20 @@ impl Secret {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Whether `given` is one of `keys`, compared in constant time per key (no early exit
+    /// on the first differing byte).
+    pub fn matches_any(given: &str, keys: &[Secret]) -> bool {
+        keys.iter().any(|key| {
+            let key = key.0.as_bytes();
+            key.len() == given.len()
+                && key
+                    .iter()
+                    .zip(given.as_bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        })
+    }
 }
 
 impl fmt::Debug for Secret {

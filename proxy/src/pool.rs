@@ -327,9 +327,11 @@ impl Pool {
         tokio::spawn(async move {
             let _slot = slot;
             let path = format!("/v2/repository/models/{}/load", key.0);
-            match tokio::time::timeout(timeout, post_empty(addr, &path)).await {
-                Ok(Ok(200)) => hot.record(&key.0, &key.1),
-                Ok(Ok(status)) => {
+            let addr = addr.to_string();
+            let call = crate::http1::call(&addr, "POST", &path, &[], b"");
+            match tokio::time::timeout(timeout, call).await {
+                Ok(Ok((200, _))) => hot.record(&key.0, &key.1),
+                Ok(Ok((status, _))) => {
                     tracing::debug!(model = %key.0, scorer = %key.1, status, "warm load refused")
                 }
                 Ok(Err(e)) => {
@@ -350,22 +352,6 @@ impl Pool {
             .count();
         (backends.len(), healthy)
     }
-}
-
-/// A bodiless HTTP/1.1 POST; returns the status code.
-async fn post_empty(addr: std::net::SocketAddr, path: &str) -> std::io::Result<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let mut head = [0u8; 16];
-    let n = stream.read(&mut head).await?;
-    std::str::from_utf8(&head[..n])
-        .ok()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| std::io::Error::other("malformed response"))
 }
 
 #[cfg(test)]

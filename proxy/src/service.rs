@@ -101,16 +101,6 @@ fn bearer(session: &Session) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Constant-time comparison, so a key cannot be guessed byte by byte from timings.
-fn key_matches(given: &str, keys: &[Secret]) -> bool {
-    keys.iter().any(|key| {
-        let key = key.expose().as_bytes();
-        let given = given.as_bytes();
-        key.len() == given.len()
-            && key.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-    })
-}
-
 impl Proxy {
     /// Chooses the scorer for a model (see `choice::decide`) and carries out the
     /// decision's side effects: metrics and background warm loads.
@@ -344,7 +334,7 @@ impl Proxy {
         } else {
             &self.config.api_keys
         };
-        keys.is_empty() || bearer(session).is_some_and(|given| key_matches(given, keys))
+        keys.is_empty() || bearer(session).is_some_and(|given| Secret::matches_any(given, keys))
     }
 }
 

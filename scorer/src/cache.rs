@@ -442,10 +442,7 @@ impl ModelCache {
         let state = self
             .resolving
             .try_get_with(id.clone(), async {
-                self.store
-                    .model_state(id)
-                    .await
-                    .map_err(|e| ScorerError::Store(e.to_string()))
+                self.store.model_state(id).await.map_err(store_error)
             })
             .await
             .map_err(|shared: Arc<ScorerError>| (*shared).clone())?;
@@ -620,11 +617,7 @@ impl ModelCache {
     /// the old session, which is freed when they are done. A version that fails is
     /// refused and the old one keeps serving.
     pub async fn refresh(&self, id: &ModelId) -> Result<Refresh, ScorerError> {
-        let state = self
-            .store
-            .model_state(id)
-            .await
-            .map_err(|e| ScorerError::Store(e.to_string()))?;
+        let state = self.store.model_state(id).await.map_err(store_error)?;
         self.resolving.invalidate(id).await;
         let Some(target) = state.live() else {
             self.lives().remove(id);
@@ -777,11 +770,7 @@ impl ModelCache {
 
     /// Versions, alias and what this scorer serves for `id`.
     pub async fn version_status(&self, id: &ModelId) -> Result<VersionStatus, ScorerError> {
-        let state = self
-            .store
-            .model_state(id)
-            .await
-            .map_err(|e| ScorerError::Store(e.to_string()))?;
+        let state = self.store.model_state(id).await.map_err(store_error)?;
         if state.versions.is_empty() {
             return Err(ScorerError::ModelNotFound(id.to_string()));
         }
@@ -866,11 +855,7 @@ impl ModelCache {
     /// in the store, and moves this scorer to it.
     pub async fn pin(&self, id: &ModelId, version: Option<u64>) -> Result<Refresh, ScorerError> {
         if let Some(version) = version {
-            let state = self
-                .store
-                .model_state(id)
-                .await
-                .map_err(|e| ScorerError::Store(e.to_string()))?;
+            let state = self.store.model_state(id).await.map_err(store_error)?;
             if !state.versions.contains(&version) {
                 return Err(ScorerError::VersionNotFound {
                     id: id.to_string(),
@@ -881,7 +866,7 @@ impl ModelCache {
         self.store
             .write_alias(id, version)
             .await
-            .map_err(|e| ScorerError::Store(e.to_string()))?;
+            .map_err(store_error)?;
         tracing::info!(model = %id, pinned = ?version, "alias written");
         self.refresh(id).await
     }
@@ -1144,6 +1129,11 @@ fn trim_heap() {
 
 #[cfg(not(target_env = "gnu"))]
 fn trim_heap() {}
+
+/// A store failure while looking a model up: the store is unavailable (503).
+fn store_error(error: StoreError) -> ScorerError {
+    ScorerError::Store(error.to_string())
+}
 
 /// Runs `f` on drop.
 fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {

@@ -476,15 +476,7 @@ fn admin_authorized(scorer: &Scorer, headers: &axum::http::HeaderMap) -> Result<
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let matches = keys.iter().any(|key| {
-        let key = key.expose().as_bytes();
-        key.len() == given.len()
-            && key
-                .iter()
-                .zip(given.as_bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
+    let matches = manymodels_config::Secret::matches_any(given, keys);
     if matches {
         Ok(())
     } else {

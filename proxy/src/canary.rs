@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 
@@ -24,6 +25,8 @@ pub struct Canary {
 #[derive(Debug, Default)]
 pub struct Canaries {
     by_model: Mutex<HashMap<String, Canary>>,
+    /// How many models have a canary, so requests skip the lock when none does.
+    count: AtomicUsize,
 }
 
 impl Canaries {
@@ -34,7 +37,9 @@ impl Canaries {
             requests: 0,
             to_canary: 0,
         };
-        self.lock().insert(model.to_string(), canary.clone());
+        let mut map = self.lock();
+        map.insert(model.to_string(), canary.clone());
+        self.count.store(map.len(), Ordering::Relaxed);
         canary
     }
 
@@ -43,12 +48,18 @@ impl Canaries {
     }
 
     pub fn remove(&self, model: &str) -> Option<Canary> {
-        self.lock().remove(model)
+        let mut map = self.lock();
+        let removed = map.remove(model);
+        self.count.store(map.len(), Ordering::Relaxed);
+        removed
     }
 
     /// For one unversioned request: the canary version if this request goes to it, or
     /// `None` (the live version), and whether the model has a canary at all.
     pub fn pick(&self, model: &str) -> (Option<u64>, bool) {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return (None, false);
+        }
         let mut map = self.lock();
         let Some(canary) = map.get_mut(model) else {
             return (None, false);

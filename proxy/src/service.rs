@@ -159,11 +159,14 @@ impl Proxy {
         else {
             return;
         };
-        let infer = format!("/v2/models/{id}/infer");
         let path = rewrite
             .as_deref()
             .unwrap_or_else(|| session.req_header().uri.path());
-        if session.req_header().method != "POST" || path != infer {
+        let infer = path
+            .strip_prefix("/v2/models/")
+            .and_then(|p| p.strip_suffix("/infer"))
+            .is_some_and(|p| p == id.as_str());
+        if session.req_header().method != "POST" || !infer {
             return;
         }
         match self.canaries.pick(id) {

@@ -166,9 +166,14 @@ pub const KEYS: &[KeyDoc] = &[
         "Path of libonnxruntime.so; empty means `ORT_DYLIB_PATH`, then `libonnxruntime.so.1` beside the executable, then `.cache/onnxruntime/lib`.",
     ),
     doc(
+        "shutdown.drain",
+        "2s",
+        "On SIGTERM, how long the scorer keeps serving while reporting not ready, so proxies drop it from rotation before it stops accepting (at least the proxies' `health.interval`).",
+    ),
+    doc(
         "shutdown.grace",
         "30s",
-        "On SIGTERM, how long in-flight requests may take before the process exits.",
+        "On SIGTERM, after the drain, how long in-flight requests may take before the process exits.",
     ),
     doc(
         "log.level",
@@ -204,6 +209,7 @@ pub struct ScorerConfig {
     pub inference_inline_max: Duration,
     /// Path of the ONNX Runtime shared library.
     pub onnxruntime_library: Option<PathBuf>,
+    pub shutdown_drain: Duration,
     pub shutdown_grace: Duration,
     pub log: LogConfig,
 }
@@ -510,12 +516,14 @@ struct RawOnnxRuntime {
 #[derive(Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawShutdown {
+    drain: HumanDuration,
     grace: HumanDuration,
 }
 
 impl Default for RawShutdown {
     fn default() -> Self {
         RawShutdown {
+            drain: HumanDuration(Duration::from_secs(2)),
             grace: HumanDuration(Duration::from_secs(30)),
         }
     }
@@ -652,6 +660,7 @@ impl Raw {
             inference_threads,
             inference_inline_max: self.inference.inline_max.0,
             onnxruntime_library,
+            shutdown_drain: self.shutdown.drain.0,
             shutdown_grace: self.shutdown.grace.0,
             log: LogConfig {
                 level: self.log.level,

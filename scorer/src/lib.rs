@@ -152,8 +152,16 @@ pub async fn run(config: ScorerConfig) -> Result<(), StartError> {
         let stopping = stopping.clone();
         async move {
             shutdown_signal().await;
-            tracing::info!(?grace, "shutting down: finishing in-flight requests");
+            // Report not ready first and keep serving for the drain, so proxies take this
+            // scorer out of rotation before it stops accepting connections.
             scorer.ready.store(false, Ordering::Relaxed);
+            let drain = scorer.config.shutdown_drain;
+            tracing::info!(
+                ?drain,
+                ?grace,
+                "shutting down: draining, then finishing in-flight requests"
+            );
+            tokio::time::sleep(drain).await;
             stopping.notify_one();
         }
     };

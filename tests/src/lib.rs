@@ -122,6 +122,8 @@ impl ScorerProcess {
                 "--set",
                 "shutdown.grace=2s",
                 "--set",
+                "shutdown.drain=300ms",
+                "--set",
                 "warmup.ready_timeout=0s",
             ])
             .args(sets.iter().flat_map(|s| ["--set", s.as_str()]))

@@ -147,7 +147,11 @@ pub fn tools(commands: &[&str]) -> Result<()> {
 /// installed only when missing.
 pub fn python_test_deps() -> Result<()> {
     let present = Command::new("python3")
-        .args(["-c", "import tritonclient.http, numpy"])
+        .args([
+            "-c",
+            "import tritonclient.http, numpy, helm_python, kubernetes_validate, azure.ai.ml, yaml; \
+             import shutil, sys; sys.exit(shutil.which('hadolint') is None)",
+        ])
         .stderr(std::process::Stdio::null())
         .status()
         .map(|s| s.success())

@@ -1,0 +1,76 @@
+{{/* Names and labels shared by every template. */}}
+{{- define "manymodels.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "manymodels.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: manymodels
+{{- end -}}
+
+{{- define "manymodels.selector" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "manymodels.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "manymodels.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "manymodels.image" -}}
+{{- $registry := .root.Values.image.registry -}}
+{{- $tag := default .root.Chart.AppVersion .image.tag -}}
+{{- if $registry -}}
+{{- printf "%s/%s:%s" $registry .image.repository $tag -}}
+{{- else -}}
+{{- printf "%s:%s" .image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The scorer headless Service, and each StatefulSet pod's stable DNS name. */}}
+{{- define "manymodels.scorerService" -}}
+{{- printf "%s-scorer" (include "manymodels.fullname" .) -}}
+{{- end -}}
+
+{{- define "manymodels.scorerNames" -}}
+{{- $svc := include "manymodels.scorerService" . -}}
+{{- $names := list -}}
+{{- range $i := until (int .Values.scorer.replicas) -}}
+{{- $names = append $names (printf "%s-%d.%s.%s.svc.cluster.local:8001" $svc $i $svc $.Release.Namespace) -}}
+{{- end -}}
+{{- join "," $names -}}
+{{- end -}}
+
+{{/* The documented rule: cache budget = cachePercent of the memory limit. */}}
+{{- define "manymodels.cacheBudgetMiB" -}}
+{{- div (mul (int .Values.scorer.memoryMiB) (int .Values.scorer.cachePercent)) 100 -}}
+{{- end -}}
+
+{{- define "manymodels.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "manymodels.securityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+{{- end -}}

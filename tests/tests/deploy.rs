@@ -1,0 +1,126 @@
+//! The deployment files, checked offline with the real tools (`tests/deploy_check.py`):
+//! the Helm chart linted and rendered by Helm's own SDK for the default values and three
+//! realistic values files, every object through `kubernetes-validate --strict`, bad values
+//! rejected by the schema, the Azure ML YAML loaded by `azure-ai-ml`; then the scorer and
+//! proxy configuration the chart renders is parsed by the same config crate the binaries
+//! use, with the environment variables the chart sets, so chart and binaries cannot drift.
+
+use std::path::Path;
+use std::process::Command;
+
+use manymodels_config::Sources;
+use manymodels_config::proxy::{PoolSource, ProxyConfig};
+use manymodels_config::scorer::{ScorerConfig, StoreConfig};
+use manymodels_tests::{TempDir, root};
+use serde_json::Value;
+
+/// The environment the chart gives a container, with stand-in values for secrets.
+fn env_of(case: &Path, component: &str) -> Vec<(String, String)> {
+    std::fs::read_to_string(case.join(format!("{component}.env")))
+        .unwrap_or_default()
+        .lines()
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            let value = match name {
+                "MM_SCORER_NAME" => "mm-manymodels-scorer-0",
+                _ => "key-one,key-two",
+            };
+            (name.to_string(), value.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_chart_and_the_azure_ml_yaml_pass_the_real_tools_and_render_configs_the_binaries_accept() {
+    let out = TempDir::new("deploy");
+    let output = Command::new("python3")
+        .arg(root().join("tests/deploy_check.py"))
+        .arg(root())
+        .arg(out.path())
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "deploy_check.py failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let cases = summary["cases"].as_object().unwrap();
+    for case in ["default", "dev", "azure-wi", "large"] {
+        assert!(cases.contains_key(case), "case {case} missing: {summary}");
+    }
+    assert_eq!(summary["rejected"].as_array().unwrap().len(), 7);
+    assert_eq!(summary["aml"]["type"], "KubernetesOnlineDeployment");
+    assert_eq!(summary["dockerfiles"], 2, "both Dockerfiles pass hadolint");
+    assert_eq!(cases["azure-wi"]["ServiceMonitor"], 2);
+    assert_eq!(cases["large"]["HorizontalPodAutoscaler"], 1);
+
+    // Each case's rendered configuration, parsed the way the binaries parse it.
+    let expected_budget_mib = [
+        ("default", 4096 * 60 / 100),
+        ("dev", 1024 * 50 / 100),
+        ("azure-wi", 8192 * 60 / 100),
+        ("large", 16384 * 70 / 100),
+    ];
+    for (case, budget_mib) in expected_budget_mib {
+        let dir = out.path().join(case);
+        let scorer_file = dir.join("scorer.toml");
+        let scorer = ScorerConfig::load(&Sources {
+            file: Some(&scorer_file),
+            env: env_of(&dir, "scorer"),
+            sets: Vec::new(),
+        })
+        .unwrap_or_else(|e| panic!("{case}: scorer.toml is not valid: {e}"));
+        assert_eq!(
+            scorer.cache.budget.bytes(),
+            budget_mib * 1024 * 1024,
+            "{case}: cache budget must be cachePercent of the memory limit"
+        );
+        assert_eq!(scorer.listen.port(), 8001);
+        assert_eq!(scorer.name, "mm-manymodels-scorer-0");
+        match (case, &scorer.store) {
+            ("default" | "dev", StoreConfig::Local { path }) => {
+                assert_eq!(path, Path::new("/models"))
+            }
+            ("azure-wi" | "large", StoreConfig::Azure(azure)) => {
+                assert_eq!(azure.account, "contosomodels")
+            }
+            (_, other) => panic!("{case}: unexpected store {other:?}"),
+        }
+        let proxy_file = dir.join("proxy.toml");
+        let proxy = ProxyConfig::load(&Sources {
+            file: Some(&proxy_file),
+            env: env_of(&dir, "proxy"),
+            sets: Vec::new(),
+        })
+        .unwrap_or_else(|e| panic!("{case}: proxy.toml is not valid: {e}"));
+        let replicas: usize = std::fs::read_to_string(dir.join("scorer.replicas"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        match &proxy.pool {
+            PoolSource::Static(names) => {
+                assert_eq!(names.len(), replicas, "{case}: one name per scorer pod");
+                assert!(
+                    names[0].starts_with("mm-manymodels-scorer-0.mm-manymodels-scorer.serving")
+                );
+                assert!(names.iter().all(|n| n.ends_with(":8001")));
+            }
+            other => {
+                panic!("{case}: the proxy should list the StatefulSet's stable names: {other:?}")
+            }
+        }
+        // Keys from the Secret reach both: the proxy's API and admin keys, the scorer's
+        // admin keys (so its admin routes are closed).
+        let has_auth = case == "azure-wi" || case == "large";
+        assert_eq!(proxy.api_keys.len(), if has_auth { 2 } else { 0 }, "{case}");
+        assert_eq!(
+            scorer.admin_keys.len(),
+            if has_auth { 2 } else { 0 },
+            "{case}"
+        );
+        assert!(scorer.shutdown_grace.as_secs() >= 1);
+    }
+}

@@ -1,0 +1,184 @@
+//! A rolling restart the way a StatefulSet update does it: under steady load through the
+//! proxy, each scorer in turn gets SIGTERM, exits 0 after draining, and a new one starts on
+//! the same address and reports ready once it has warmed its share. No request fails, and
+//! the pool hit ratio recovers within a bounded time.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use manymodels_models::Mix;
+use manymodels_tests::{
+    ProxyProcess, ScorerProcess, TempDir, free_port, generated_rows, rows_body,
+};
+use serde_json::Value;
+
+const MODELS: usize = 30;
+
+#[derive(Clone, Copy, Debug)]
+struct Answer {
+    at: Instant,
+    status: u16,
+    hit: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_the_scorers_fails_no_request_and_the_hit_ratio_recovers() {
+    let store = TempDir::new("rollout");
+    manymodels_models::write_store(store.path(), MODELS, Mix::Tiny, 5).unwrap();
+    let path = store.path().display().to_string();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let first_boot = vec![format!("store.path={path}")];
+    let mut scorers: Vec<ScorerProcess> = ports
+        .iter()
+        .map(|&p| ScorerProcess::start_on(p, &first_boot, &[]))
+        .collect();
+    let addrs: Vec<String> = scorers.iter().map(|s| s.addr().to_string()).collect();
+    let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let proxy = ProxyProcess::start(&addr_refs, &["stats.push_interval=1s"]);
+    let bodies: Vec<Value> = (0..MODELS)
+        .map(|i| {
+            let features = manymodels_models::spec_for(i, Mix::Tiny, 5).features();
+            rows_body(&generated_rows(features, 1, i as u64))
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        for (i, body) in bodies.iter().enumerate() {
+            let url = format!(
+                "{}/v2/models/{}/infer",
+                proxy.url,
+                manymodels_models::model_id(i)
+            );
+            assert_eq!(
+                client.post(&url).json(body).send().await.unwrap().status(),
+                200
+            );
+        }
+    }
+
+    // Steady load: 100 requests a second over the 30 models, open loop, at most 60 s.
+    let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (answers, stop, bodies, base) = (
+            answers.clone(),
+            stop.clone(),
+            bodies.clone(),
+            proxy.url.clone(),
+        );
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut tasks = Vec::new();
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+                tokio::time::sleep_until((started + Duration::from_millis(10 * n as u64)).into())
+                    .await;
+                let i = n * 7 % MODELS;
+                let (client, answers) = (client.clone(), answers.clone());
+                let url = format!("{base}/v2/models/{}/infer", manymodels_models::model_id(i));
+                let body = bodies[i].clone();
+                tasks.push(tokio::spawn(async move {
+                    let response = client.post(&url).json(&body).send().await;
+                    let (status, hit) = match response {
+                        Ok(r) => (
+                            r.status().as_u16(),
+                            r.headers().get("x-mm-cache").is_some_and(|v| v == "hit"),
+                        ),
+                        Err(_) => (0, false),
+                    };
+                    answers.lock().unwrap().push(Answer {
+                        at: Instant::now(),
+                        status,
+                        hit,
+                    });
+                }));
+                n += 1;
+            }
+            for task in tasks {
+                task.await.unwrap();
+            }
+        })
+    };
+
+    // Restart the scorers one at a time, like a StatefulSet rolling update.
+    let mut ready_at = Vec::new();
+    for (i, &port) in ports.iter().enumerate() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut old = scorers.remove(i);
+        let status = tokio::task::spawn_blocking(move || old.terminate())
+            .await
+            .unwrap();
+        assert!(
+            status.success(),
+            "scorer {i} exited with {status} after SIGTERM"
+        );
+        let sets = vec![
+            format!("store.path={path}"),
+            "warmup.ready_timeout=20s".to_string(),
+        ];
+        let started = Instant::now();
+        let replacement = tokio::task::spawn_blocking(move || {
+            let mut scorer = ScorerProcess::spawn_on(port, &sets, &[]);
+            scorer.wait_ready(Duration::from_secs(25));
+            scorer
+        })
+        .await
+        .unwrap();
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(15),
+            "scorer {i} ready after {took:?}: warm-up, not the timeout"
+        );
+        ready_at.push(Instant::now());
+        scorers.insert(i, replacement);
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+
+    let answers = answers.lock().unwrap().clone();
+    let failed: Vec<&Answer> = answers.iter().filter(|a| a.status != 200).collect();
+    assert!(answers.len() > 800, "{} answers", answers.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        answers.len(),
+        &failed[..failed.len().min(5)]
+    );
+    // Hit ratio in one-second windows after each restart: how long until it is back.
+    for (i, ready) in ready_at.iter().enumerate() {
+        let mut recovered = None;
+        for second in 0..5u64 {
+            let from = *ready + Duration::from_secs(second);
+            let window: Vec<&Answer> = answers
+                .iter()
+                .filter(|a| a.at >= from && a.at < from + Duration::from_secs(1))
+                .collect();
+            let hits = window.iter().filter(|a| a.hit).count();
+            if !window.is_empty() && hits as f64 / window.len() as f64 >= 0.9 {
+                recovered = Some(second);
+                break;
+            }
+        }
+        eprintln!(
+            "scorer {i}: pool hit ratio back to ≥ 0.9 within {recovered:?} s of its replacement being ready"
+        );
+        assert!(
+            recovered.is_some(),
+            "hit ratio did not recover within 5 s of restart {i}"
+        );
+    }
+    let last = ready_at[2];
+    let tail: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| a.at > last + Duration::from_secs(2))
+        .collect();
+    let ratio = tail.iter().filter(|a| a.hit).count() as f64 / tail.len() as f64;
+    eprintln!(
+        "hit ratio after the rollout: {ratio:.3} over {} requests",
+        tail.len()
+    );
+    assert!(ratio >= 0.95, "{ratio}");
+}

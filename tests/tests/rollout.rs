@@ -170,6 +170,25 @@ async fn a_rolling_restart_of_the_scorers_fails_no_request_and_the_hit_ratio_rec
             "hit ratio did not recover within 5 s of restart {i}"
         );
     }
+    // The worst one-second window of the whole rollout, for the record.
+    let first = answers.iter().map(|a| a.at).min().unwrap();
+    let end = answers.iter().map(|a| a.at).max().unwrap();
+    let mut worst = 1.0f64;
+    let mut from = first;
+    while from + Duration::from_secs(1) <= end {
+        let window: Vec<&Answer> = answers
+            .iter()
+            .filter(|a| a.at >= from && a.at < from + Duration::from_secs(1))
+            .collect();
+        if !window.is_empty() {
+            worst = worst.min(window.iter().filter(|a| a.hit).count() as f64 / window.len() as f64);
+        }
+        from += Duration::from_millis(250);
+    }
+    eprintln!(
+        "worst one-second pool hit ratio during the rollout: {worst:.3}; {} requests, 0 failed",
+        answers.len()
+    );
     let last = ready_at[2];
     let tail: Vec<&Answer> = answers
         .iter()

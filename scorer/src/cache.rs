@@ -142,7 +142,6 @@ struct Live {
     version: u64,
     /// The version served before this one, to fall back to if this one fails to load.
     previous: Option<u64>,
-    pinned: Option<u64>,
     /// When the store was last asked.
     checked: Instant,
     /// A version that was refused (failed to load, its smoke inference, or the
@@ -214,7 +213,6 @@ pub struct ModelCache {
     warmup: WarmupConfig,
     warming: AtomicBool,
     started: Instant,
-    loaded_bytes: AtomicU64,
     /// Set when an eviction freed a session; cleared by the next trim.
     freed: AtomicBool,
 }
@@ -265,7 +263,6 @@ impl ModelCache {
             warmup,
             warming: AtomicBool::new(false),
             started: Instant::now(),
-            loaded_bytes: AtomicU64::new(0),
             freed: AtomicBool::new(false),
         }
     }
@@ -302,14 +299,24 @@ impl ModelCache {
         self.trim_if_freed();
         let Some(version) = version else {
             let live = self.live_version(id).await?;
-            return match Box::pin(self.lookup(id, Some(live), count)).await {
+            return match self.lookup_version(id, live, count).await {
                 Err(error @ ScorerError::Load(_)) => match self.fall_back(id, live, &error) {
-                    Some(previous) => Box::pin(self.lookup(id, Some(previous), count)).await,
+                    Some(previous) => self.lookup_version(id, previous, count).await,
                     None => Err(error),
                 },
                 other => other,
             };
         };
+        self.lookup_version(id, version, count).await
+    }
+
+    /// One version: from memory, or loaded once however many requests wait for it.
+    async fn lookup_version(
+        &self,
+        id: &ModelId,
+        version: u64,
+        count: bool,
+    ) -> Result<(Arc<LoadedModel>, Lookup), ScorerError> {
         let key = ModelKey {
             id: id.clone(),
             version,
@@ -423,16 +430,16 @@ impl ModelCache {
     /// The live version of `id`: what this scorer already serves while it holds it (the
     /// version checker moves it on), otherwise the store's pinned or highest version.
     async fn live_version(&self, id: &ModelId) -> Result<u64, ScorerError> {
-        let known = self.lives().get(id).cloned();
-        if let Some(live) = &known {
+        let known = self.lives().get(id).map(|l| (l.version, l.checked));
+        if let Some((version, checked)) = known {
             let key = ModelKey {
                 id: id.clone(),
-                version: live.version,
+                version,
             };
-            if live.checked.elapsed() < self.versions.check_interval
+            if checked.elapsed() < self.versions.check_interval
                 || self.state().models.contains_key(&key)
             {
-                return Ok(live.version);
+                return Ok(version);
             }
         }
         let missing = (id.clone(), None);
@@ -456,12 +463,10 @@ impl ModelCache {
         let entry = lives.entry(id.clone()).or_insert(Live {
             version: target,
             previous: None,
-            pinned: state.pinned,
             checked: Instant::now(),
             refused: None,
         });
         entry.checked = Instant::now();
-        entry.pinned = state.pinned;
         let refused = entry
             .refused
             .as_ref()
@@ -508,7 +513,6 @@ impl ModelCache {
             Ok(model) => {
                 self.metrics.loads.inc();
                 self.metrics.loaded_bytes.inc_by(model.weight);
-                self.loaded_bytes.fetch_add(model.weight, Ordering::Relaxed);
                 self.metrics
                     .load_duration
                     .observe(started.elapsed().as_secs_f64());
@@ -571,14 +575,7 @@ impl ModelCache {
             create_ms = created.as_secs_f64() * 1e3,
             "load phases"
         );
-        result.map_err(|message| {
-            ScorerError::Load(LoadError {
-                id: id.to_string(),
-                version,
-                message: message.into(),
-                invalid_model: true,
-            })
-        })
+        result.map_err(|message| invalid_model(id, version, message))
     }
 
     /// Checks the store for new live versions of the models in memory, the least recently
@@ -628,12 +625,10 @@ impl ModelCache {
             let live = lives.entry(id.clone()).or_insert(Live {
                 version: target,
                 previous: None,
-                pinned: state.pinned,
                 checked: Instant::now(),
                 refused: None,
             });
             live.checked = Instant::now();
-            live.pinned = state.pinned;
             live.clone()
         };
         let mut outcome = Refresh {
@@ -716,20 +711,10 @@ impl ModelCache {
         let model = self.load(key.clone()).await?;
         let seconds = started.elapsed().as_secs_f64();
         let (checked, old) = (model.clone(), old.clone());
-        let verdict = tokio::task::spawn_blocking(move || {
-            checked.compatible_with(&old)?;
-            checked.smoke()
-        })
-        .await
-        .map_err(|e| ScorerError::Store(format!("check task failed: {e}")))?;
-        verdict.map_err(|message| {
-            ScorerError::Load(LoadError {
-                id: key.id.to_string(),
-                version: key.version,
-                message: message.into(),
-                invalid_model: true,
-            })
-        })?;
+        let verdict = tokio::task::spawn_blocking(move || checked.vet(Some(&old)))
+            .await
+            .map_err(|e| ScorerError::Store(format!("check task failed: {e}")))?;
+        verdict.map_err(|message| invalid_model(&key.id, key.version, message))?;
         Ok((model, seconds))
     }
 
@@ -824,22 +809,11 @@ impl ModelCache {
         let (model_id, checked) = (id.clone(), bytes.clone());
         let estimate = self.config.weigh(bytes.len() as u64);
         let verdict = tokio::task::spawn_blocking(move || {
-            let model = runtime::load(environment, model_id, version, &checked, estimate)?;
-            if let Some(old) = old {
-                model.compatible_with(&old)?;
-            }
-            model.smoke()
+            runtime::load(environment, model_id, version, &checked, estimate)?.vet(old.as_deref())
         })
         .await
         .map_err(|e| ScorerError::Store(format!("check task failed: {e}")))?;
-        verdict.map_err(|message| {
-            ScorerError::Load(LoadError {
-                id: id.to_string(),
-                version,
-                message: message.into(),
-                invalid_model: true,
-            })
-        })?;
+        verdict.map_err(|message| invalid_model(id, version, message))?;
         self.store
             .write_version(id, version, bytes)
             .await
@@ -1003,7 +977,7 @@ impl ModelCache {
             hits: self.metrics.cache_hits.get(),
             misses: self.metrics.cache_misses.get(),
             loads: self.metrics.loads.get(),
-            loaded_bytes: self.loaded_bytes.load(Ordering::Relaxed),
+            loaded_bytes: self.metrics.loaded_bytes.get(),
             uptime: self.now(),
             evictions: state
                 .evictions
@@ -1129,6 +1103,17 @@ fn trim_heap() {
 
 #[cfg(not(target_env = "gnu"))]
 fn trim_heap() {}
+
+/// The model file itself is at fault (422): ONNX Runtime refused it, or it failed the
+/// checks a new version must pass.
+fn invalid_model(id: &ModelId, version: u64, message: String) -> ScorerError {
+    ScorerError::Load(LoadError {
+        id: id.to_string(),
+        version,
+        message: message.into(),
+        invalid_model: true,
+    })
+}
 
 /// A store failure while looking a model up: the store is unavailable (503).
 fn store_error(error: StoreError) -> ScorerError {

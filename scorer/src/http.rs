@@ -484,19 +484,37 @@ fn admin_authorized(scorer: &Scorer, headers: &axum::http::HeaderMap) -> Result<
     }
 }
 
+/// The admin routes' one shape: key check, model id from the path, one call, JSON answer.
+async fn admin_call<T, F, Fut>(
+    scorer: Arc<Scorer>,
+    headers: &axum::http::HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    call: F,
+) -> Response
+where
+    T: Serialize,
+    F: FnOnce(Arc<Scorer>, ModelId) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ScorerError>>,
+{
+    let result = async {
+        admin_authorized(&scorer, headers)?;
+        let id = model_id(path)?;
+        Ok(json_response(&call(scorer.clone(), id).await?))
+    }
+    .await;
+    finish(&scorer, "admin", result)
+}
+
 /// Versions in the store, the alias, what this scorer serves and any refused version.
 async fn admin_status(
     State(scorer): Shared,
     headers: axum::http::HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let result = async {
-        admin_authorized(&scorer, &headers)?;
-        let id = model_id(path)?;
-        Ok(json_response(&scorer.cache.version_status(&id).await?))
-    }
-    .await;
-    finish(&scorer, "admin", result)
+    admin_call(scorer, &headers, path, |scorer, id| async move {
+        scorer.cache.version_status(&id).await
+    })
+    .await
 }
 
 /// Checks the store for `id` now and moves to its live version.
@@ -505,13 +523,10 @@ async fn admin_refresh(
     headers: axum::http::HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let result = async {
-        admin_authorized(&scorer, &headers)?;
-        let id = model_id(path)?;
-        Ok(json_response(&scorer.cache.refresh(&id).await?))
-    }
-    .await;
-    finish(&scorer, "admin", result)
+    admin_call(scorer, &headers, path, |scorer, id| async move {
+        scorer.cache.refresh(&id).await
+    })
+    .await
 }
 
 #[derive(serde::Deserialize)]
@@ -526,18 +541,13 @@ async fn admin_pin(
     path: Result<Path<String>, PathRejection>,
     request: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let result = async {
-        admin_authorized(&scorer, &headers)?;
-        let id = model_id(path)?;
+    admin_call(scorer, &headers, path, |scorer, id| async move {
         let bytes = body(request, &scorer)?;
         let pin: PinBody = serde_json::from_slice(&bytes)
             .map_err(|e| ScorerError::InvalidInput(format!("expected {{\"version\": N}}: {e}")))?;
-        Ok(json_response(
-            &scorer.cache.pin(&id, Some(pin.version)).await?,
-        ))
-    }
-    .await;
-    finish(&scorer, "admin", result)
+        scorer.cache.pin(&id, Some(pin.version)).await
+    })
+    .await
 }
 
 /// Unpins: the highest version is live again.
@@ -546,13 +556,10 @@ async fn admin_unpin(
     headers: axum::http::HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let result = async {
-        admin_authorized(&scorer, &headers)?;
-        let id = model_id(path)?;
-        Ok(json_response(&scorer.cache.pin(&id, None).await?))
-    }
-    .await;
-    finish(&scorer, "admin", result)
+    admin_call(scorer, &headers, path, |scorer, id| async move {
+        scorer.cache.pin(&id, None).await
+    })
+    .await
 }
 
 /// Publishes the body (ONNX bytes) as a new version, after checking it loads and

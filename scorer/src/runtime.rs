@@ -291,6 +291,15 @@ impl LoadedModel {
     /// The session, if `rows` rows are predicted (from this model's measured time per
     /// row) to run in under `limit` and nobody else holds it. Such a call is short enough
     /// to run on an async worker: handing it to a blocking thread costs more than the call.
+    /// The checks a version passes before it goes live: it can take over `old`'s requests
+    /// (when there is one) and answers a smoke inference.
+    pub fn vet(&self, old: Option<&LoadedModel>) -> Result<(), String> {
+        if let Some(old) = old {
+            self.compatible_with(old)?;
+        }
+        self.smoke()
+    }
+
     /// Runs one row of zeros through every input and checks every declared output comes
     /// back: the check a new version passes before it replaces a live one.
     pub fn smoke(&self) -> Result<(), String> {

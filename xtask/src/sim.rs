@@ -8,9 +8,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use manymodels_policy::PolicyConfig;
 use manymodels_policy::sim::{self, Belady, Cache, Lru, Managed, Outcome};
 use manymodels_policy::trace::{self, Request, Shape, TraceSpec};
-use manymodels_policy::{CostModel, PolicyConfig};
 
 #[derive(Args, Clone, Debug)]
 pub struct SimArgs {
@@ -276,9 +276,6 @@ fn sweep(args: &SimArgs, traces: &[Trace]) -> Result<()> {
             let config = PolicyConfig {
                 half_life,
                 size_weight,
-                cost: CostModel {
-                    ..PolicyConfig::default().cost
-                },
                 ..PolicyConfig::default()
             };
             let v: Vec<(f64, f64)> = traces

@@ -224,7 +224,7 @@ pub struct ProxyProcess {
 
 impl ProxyProcess {
     /// Starts `mm-proxy` on a free port in front of `scorers` (`host:port`), with fast
-    /// health checks for tests, and waits until it has a healthy scorer.
+    /// health checks for tests, and waits until every scorer passed the proxy's health check.
     pub fn start(scorers: &[&str], sets: &[&str]) -> Self {
         let logs = TempDir::new("proxy-log");
         let log = logs.path().join("proxy.log");
@@ -240,6 +240,10 @@ impl ProxyProcess {
                 "health.interval=200ms",
             ])
             .args(["--set", "health.eject_for=1s", "--set", "pool.refresh=1s"])
+            // A loopback connect that takes seconds means the proxy's own thread was starved
+            // (debug builds, parallel tests, two cores), not a dead scorer: those are refused
+            // at once. The 1 s default would eject a healthy owner and move its models.
+            .args(["--set", "upstream.connect_timeout=5s"])
             .args(sets.iter().flat_map(|s| ["--set", s]))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -256,7 +260,13 @@ impl ProxyProcess {
             if let Some(status) = proxy.child.try_wait().unwrap() {
                 panic!("mm-proxy exited with {status}:\n{}", proxy.logs());
             }
-            if blocking_get_status(&format!("{}/v2/health/ready", proxy.url)) == Some(200) {
+            // Ready means every scorer passed the proxy's health check: a test that starts
+            // while one is still unchecked would see its models routed elsewhere.
+            let healthy = blocking_get(&format!("{}/v2/health/ready", proxy.url))
+                .filter(|(status, _)| *status == 200)
+                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+                .and_then(|v| v["healthy_scorers"].as_u64());
+            if healthy == Some(scorers.len() as u64) {
                 return proxy;
             }
             assert!(
@@ -307,6 +317,11 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
 }
 
 fn blocking_get_status(url: &str) -> Option<u16> {
+    blocking_get(url).map(|(status, _)| status)
+}
+
+/// A plain blocking GET (no runtime needed): the status and the body.
+fn blocking_get(url: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://")?;
     let (host, path) = rest.split_once('/')?;
@@ -319,7 +334,9 @@ fn blocking_get_status(url: &str) -> Option<u16> {
     .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
-    response.split(' ').nth(1)?.parse().ok()
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((status, body.to_string()))
 }
 
 /// Parsed Prometheus samples.

@@ -257,7 +257,8 @@ async fn a_burst_for_a_cold_model_causes_one_load_in_the_pool() {
     assert_eq!(
         total_loads(&pool.scorers).await,
         1.0,
-        "served by {scorers:?}"
+        "served by {scorers:?}\n{}",
+        pool.proxy.logs()
     );
 }
 

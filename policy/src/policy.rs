@@ -141,6 +141,9 @@ pub struct Policy<K: Key> {
     next_sweep: usize,
     /// Pool-wide counts from the proxies' last report.
     pool: HashMap<K::Model, Log>,
+    /// Bytes and load seconds of models the last admission refused, so a warm-up can tell
+    /// it would be refused again without loading it. Pruned with `local`.
+    refused: HashMap<K::Model, (u64, f64)>,
 }
 
 impl<K: Key> Policy<K> {
@@ -155,6 +158,7 @@ impl<K: Key> Policy<K> {
             local: HashMap::new(),
             next_sweep: config.history.max(16),
             pool: HashMap::new(),
+            refused: HashMap::new(),
         }
     }
 
@@ -230,29 +234,14 @@ impl<K: Key> Policy<K> {
         }
         let cost = load_seconds.unwrap_or_else(|| self.config.cost.estimate(bytes));
         let prio = self.priority(key.model(), bytes, cost);
-        if bytes > self.capacity {
+        let Some(victims) = self.victims(prio, bytes) else {
+            self.refused.insert(key.model().clone(), (bytes, cost));
             return Admission {
                 admitted: false,
                 evicted: Vec::new(),
             };
-        }
-        let mut free = self.capacity - self.used;
-        let mut victims = Vec::new();
-        if free < bytes {
-            for (victim_prio, victim) in &self.order {
-                if *victim_prio >= prio {
-                    return Admission {
-                        admitted: false,
-                        evicted: Vec::new(),
-                    };
-                }
-                free += self.resident[victim].bytes;
-                victims.push(victim.clone());
-                if free >= bytes {
-                    break;
-                }
-            }
-        }
+        };
+        self.refused.remove(key.model());
         for victim in &victims {
             self.remove(victim);
         }
@@ -271,6 +260,39 @@ impl<K: Key> Policy<K> {
             admitted: true,
             evicted: victims,
         }
+    }
+
+    /// The residents a newcomer of priority `prio` and `bytes` would displace, lowest
+    /// first, or `None` if it would be refused: it does not fit at all, or some resident
+    /// it would have to displace is worth as much as it.
+    fn victims(&self, prio: Prio, bytes: u64) -> Option<Vec<K>> {
+        if bytes > self.capacity {
+            return None;
+        }
+        let mut free = self.capacity - self.used;
+        let mut victims = Vec::new();
+        for (victim_prio, victim) in &self.order {
+            if free >= bytes {
+                break;
+            }
+            if *victim_prio >= prio {
+                return None;
+            }
+            free += self.resident[victim].bytes;
+            victims.push(victim.clone());
+        }
+        Some(victims)
+    }
+
+    /// Whether `model`, refused by its last admission, would be refused again now (its
+    /// rate has not risen enough, or nothing cheaper has left). `false` for a model never
+    /// refused: its size is unknown until it is loaded. A warm-up skips these instead of
+    /// loading a model only to drop it.
+    pub fn refuses_again(&self, model: &K::Model) -> bool {
+        self.refused.get(model).is_some_and(|&(bytes, cost)| {
+            self.victims(self.priority(model, bytes, cost), bytes)
+                .is_none()
+        })
     }
 
     /// Forgets a resident key (an explicit unload, or a version replaced). Its request
@@ -402,6 +424,8 @@ impl<K: Key> Policy<K> {
         if self.local.len() > self.config.history {
             self.local.retain(|m, _| resident.contains(m));
         }
+        let local = &self.local;
+        self.refused.retain(|m, _| local.contains_key(m));
         self.next_sweep = self.local.len() + self.config.history.max(16) / 2;
     }
 
@@ -516,6 +540,30 @@ mod tests {
             .map(|(m, _)| m)
             .collect();
         assert_eq!(absent, vec![8, 7], "hottest absent first");
+    }
+
+    #[test]
+    fn a_refused_model_is_known_to_be_refused_again_until_its_rate_rises() {
+        let mut p = Policy::new(2_000, config(0.0));
+        for i in 0..10 {
+            access(&mut p, 1, 1_000, f64::from(i));
+            access(&mut p, 2, 1_000, f64::from(i));
+        }
+        assert!(!p.refuses_again(&5), "never offered: its size is unknown");
+        p.set_pool_rates([(5, 0.01)], 10.0);
+        assert!(!p.admit(5, 1_000, Some(0.01), 10.0).admitted);
+        assert!(
+            p.refuses_again(&5),
+            "nothing changed: a warm-up would waste a load"
+        );
+        // The pool now reports it hotter than both residents: worth loading again.
+        p.set_pool_rates([(5, 50.0)], 11.0);
+        assert!(!p.refuses_again(&5));
+        assert!(p.admit(5, 1_000, Some(0.01), 11.0).admitted);
+        assert!(
+            !p.refuses_again(&5),
+            "admitted: no longer remembered as refused"
+        );
     }
 
     #[test]

@@ -927,14 +927,22 @@ impl ModelCache {
 
     /// Warms the hottest models of this scorer's share that are not in memory (from the
     /// proxies' latest push), at most `warmup.concurrency` at once and
-    /// `warmup.max_fraction × cache.budget` bytes in all. Stops early once the policy
-    /// refuses one (everything resident is worth more). Returns the models loaded.
+    /// `warmup.max_fraction × cache.budget` bytes in all. Skips models the policy refused
+    /// and would refuse again, and stops early once it refuses one (everything resident is
+    /// worth more). Returns the models loaded.
     pub async fn warm_up(&self) -> usize {
         if self.warming.swap(true, Ordering::AcqRel) {
             return 0;
         }
         let max_bytes = (self.config.budget.bytes() as f64 * self.warmup.max_fraction) as u64;
-        let candidates = self.state().policy.hottest_absent(256, self.now());
+        // Models whose last admission was refused and would be again are not loaded: a
+        // load the policy drops at once is pure cost.
+        let candidates: Vec<(ModelId, f64)> = {
+            let state = self.state();
+            let mut hottest = state.policy.hottest_absent(256, self.now());
+            hottest.retain(|(id, _)| !state.policy.refuses_again(id));
+            hottest
+        };
         let slots = Arc::new(Semaphore::new(self.warmup.concurrency.get()));
         let spent = AtomicU64::new(0);
         let refused = AtomicBool::new(false);

@@ -41,6 +41,16 @@ pub const KEYS: &[KeyDoc] = &[
         "How often each scorer's `/v2/health/ready` is checked.",
     ),
     doc(
+        "health.timeout",
+        "500ms",
+        "How long a health check may take to connect and answer.",
+    ),
+    doc(
+        "health.tolerated_timeouts",
+        "1",
+        "Consecutive health checks a healthy scorer may leave unanswered (timed out) and stay in rotation; a scorer that answers anything but 200 (warming, shutting down) or refuses the connection leaves at once.",
+    ),
+    doc(
         "health.eject_for",
         "5s",
         "How long a scorer is skipped after a connection to it failed (passive ejection).",
@@ -151,6 +161,8 @@ pub struct ProxyConfig {
     pub pool: PoolSource,
     pub pool_refresh: Duration,
     pub health_interval: Duration,
+    pub health_timeout: Duration,
+    pub tolerated_timeouts: usize,
     pub eject_for: Duration,
     pub top_k: usize,
     pub load_factor: f64,
@@ -270,6 +282,8 @@ impl Default for RawPool {
 #[serde(default, deny_unknown_fields)]
 struct RawHealth {
     interval: HumanDuration,
+    timeout: HumanDuration,
+    tolerated_timeouts: usize,
     eject_for: HumanDuration,
 }
 
@@ -277,6 +291,8 @@ impl Default for RawHealth {
     fn default() -> Self {
         RawHealth {
             interval: HumanDuration(Duration::from_secs(1)),
+            timeout: HumanDuration(Duration::from_millis(500)),
+            tolerated_timeouts: 1,
             eject_for: HumanDuration(Duration::from_secs(5)),
         }
     }
@@ -437,6 +453,9 @@ impl Raw {
                 ));
             }
         };
+        if self.health.timeout.0.is_zero() {
+            return Err(ConfigError::key("health.timeout", "must be greater than 0"));
+        }
         if self.routing.top_k == 0 {
             return Err(ConfigError::key("routing.top_k", "must be at least 1"));
         }
@@ -482,6 +501,8 @@ impl Raw {
             pool,
             pool_refresh: self.pool.refresh.0,
             health_interval: self.health.interval.0,
+            health_timeout: self.health.timeout.0,
+            tolerated_timeouts: self.health.tolerated_timeouts,
             eject_for: self.health.eject_for.0,
             top_k: self.routing.top_k,
             load_factor: self.routing.load_factor,

@@ -52,7 +52,10 @@ pub fn run(config: ProxyConfig) -> ! {
     let mut lb = LoadBalancer::<Rendezvous>::from_backends(Backends::new(Box::new(
         Discovery::new(config.pool.clone()),
     )));
-    lb.set_health_check(pool::health_check());
+    lb.set_health_check(Box::new(pool::ScorerCheck::new(
+        config.health_timeout,
+        config.tolerated_timeouts,
+    )));
     lb.health_check_frequency = Some(config.health_interval);
     lb.update_frequency = Some(config.pool_refresh);
     lb.parallel_health_check = true;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use manymodels_config::proxy::PoolSource;
 use pingora::lb::discovery::ServiceDiscovery;
-use pingora::lb::health_check::HttpHealthCheck;
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck};
 use pingora::lb::{Backend, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::{Error, ErrorType};
@@ -78,16 +78,74 @@ impl ServiceDiscovery for Discovery {
     }
 }
 
-/// The health check: `GET /v2/health/ready` must answer 200. A scorer that is shutting
-/// down answers 503 and leaves the rotation before it stops listening.
-pub fn health_check() -> Box<HttpHealthCheck> {
-    let mut check = HttpHealthCheck::new("localhost", false);
-    check.req = pingora::http::RequestHeader::build("GET", b"/v2/health/ready", None)
-        .expect("static request");
-    let _ = check.req.insert_header("Host", "localhost");
-    check.peer_template.options.connection_timeout = Some(Duration::from_millis(500));
-    check.peer_template.options.read_timeout = Some(Duration::from_millis(500));
-    Box::new(check)
+/// The active health check: `GET /v2/health/ready` must answer 200 within
+/// `health.timeout`. A scorer that answers anything else (503 while it warms or shuts
+/// down) or refuses the connection leaves the rotation at once. One that was healthy and
+/// merely does not answer in time keeps its place for `health.tolerated_timeouts`
+/// consecutive checks: a CPU-throttled or briefly starved scorer is still alive, and
+/// dropping it would move its whole share to the next-ranked scorers as cold loads (and
+/// requests to a scorer that really died are retried elsewhere at once by passive
+/// ejection anyway).
+pub struct ScorerCheck {
+    http: HttpHealthCheck,
+    tolerated: usize,
+    /// Per backend address: whether its last answered check passed, and the timeouts
+    /// since. (Addresses of scorers gone stay: a few bytes each, and a scorer that comes
+    /// back on the same address starts from its last state.)
+    state: Mutex<HashMap<String, (bool, usize)>>,
+}
+
+impl ScorerCheck {
+    pub fn new(timeout: Duration, tolerated: usize) -> Self {
+        let mut http = HttpHealthCheck::new("localhost", false);
+        http.req = pingora::http::RequestHeader::build("GET", b"/v2/health/ready", None)
+            .expect("static request");
+        let _ = http.req.insert_header("Host", "localhost");
+        http.peer_template.options.connection_timeout = Some(timeout);
+        http.peer_template.options.read_timeout = Some(timeout);
+        http.peer_template.options.write_timeout = Some(timeout);
+        ScorerCheck {
+            http,
+            tolerated,
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn timed_out(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    )
+}
+
+#[async_trait]
+impl HealthCheck for ScorerCheck {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        let result = self.http.check(target).await;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // A backend never checked counts as healthy, as Pingora starts it.
+        let (healthy, timeouts) = state.entry(target.addr.to_string()).or_insert((true, 0));
+        match &result {
+            Err(e) if timed_out(e) => {
+                *timeouts += 1;
+                if *healthy && *timeouts <= self.tolerated {
+                    tracing::warn!(scorer = %target.addr, timeouts = *timeouts, "health check timed out; tolerated");
+                    return Ok(());
+                }
+                *healthy = false;
+            }
+            answered => {
+                *healthy = answered.is_ok();
+                *timeouts = 0;
+            }
+        }
+        result
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.http.health_threshold(success)
+    }
 }
 
 /// Where a model was last seen served, per scorer.
@@ -390,6 +448,66 @@ mod tests {
             name_of(backend),
             "localhost:8002",
             "a static name is its own identity"
+        );
+    }
+
+    /// A real HTTP server on loopback that answers its readiness check with 200, 503, or
+    /// not at all, as `mode` says.
+    async fn scorer_stub(mode: Arc<AtomicUsize>) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mode = mode.load(Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut request = [0u8; 1024];
+                    let _ = stream.read(&mut request).await;
+                    let status = match mode {
+                        0 => "200 OK",
+                        1 => "503 Service Unavailable",
+                        _ => {
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            return;
+                        }
+                    };
+                    let _ = stream
+                        .write_all(
+                            format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes(),
+                        )
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_slow_scorer_is_tolerated_once_but_a_refusing_one_leaves_at_once() {
+        const OK: usize = 0;
+        const NOT_READY: usize = 1;
+        const SILENT: usize = 2;
+        let mode = Arc::new(AtomicUsize::new(OK));
+        let addr = scorer_stub(mode.clone()).await;
+        let backend = Backend::new(&addr.to_string()).unwrap();
+        let check = ScorerCheck::new(Duration::from_millis(200), 1);
+        let mut outcomes = Vec::new();
+        for next in [OK, SILENT, SILENT, OK, NOT_READY, SILENT, OK, SILENT, OK] {
+            mode.store(next, Ordering::SeqCst);
+            outcomes.push(check.check(&backend).await.is_ok());
+        }
+        assert_eq!(
+            outcomes,
+            [
+                true,  // answers 200
+                true,  // first timeout: tolerated
+                false, // second in a row: out
+                true,  // answers again
+                false, // 503 (warming, draining): out at once
+                false, // a timeout after a failure is not tolerated
+                true, true, // tolerated again once healthy
+                true,
+            ]
         );
     }
 }

@@ -365,9 +365,7 @@ impl ModelCache {
 
     /// Loads `key`, then lets the policy decide whether it stays.
     async fn load_and_admit(&self, key: ModelKey) -> Result<Arc<LoadedModel>, ScorerError> {
-        let started = Instant::now();
-        let model = self.load(key.clone()).await?;
-        let seconds = started.elapsed().as_secs_f64();
+        let (model, seconds) = self.load(key.clone()).await?;
         let now = self.now();
         let mut dropped = Vec::new();
         {
@@ -499,7 +497,10 @@ impl ModelCache {
     }
 
     /// The single-flight body: runs once per key however many requests wait on it.
-    async fn load(&self, key: ModelKey) -> Result<Arc<LoadedModel>, ScorerError> {
+    /// Returns the model and the seconds the load itself took, from when it got a load
+    /// slot: time queued behind other loads is not this model's cost, and counting it
+    /// would rank the models of a burst of cold loads (a scan) above the hot set.
+    async fn load(&self, key: ModelKey) -> Result<(Arc<LoadedModel>, f64), ScorerError> {
         let _slot = self
             .load_slots
             .acquire()
@@ -509,17 +510,16 @@ impl ModelCache {
         let _in_progress = scopeguard(|| self.metrics.loads_in_progress.dec());
         let started = Instant::now();
         let result = self.read_and_create(&key).await;
+        let seconds = started.elapsed().as_secs_f64();
         match &result {
             Ok(model) => {
                 self.metrics.loads.inc();
                 self.metrics.loaded_bytes.inc_by(model.weight);
-                self.metrics
-                    .load_duration
-                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.load_duration.observe(seconds);
                 tracing::info!(
                     model = %key.id, version = model.version, file_bytes = model.file_bytes,
                     weight = model.weight, weight_measured = model.weight_measured,
-                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    ms = seconds * 1e3,
                     "model loaded"
                 );
             }
@@ -540,7 +540,7 @@ impl ModelCache {
                 }
             }
         }
-        result.map(Arc::new)
+        result.map(|model| (Arc::new(model), seconds))
     }
 
     async fn read_and_create(&self, key: &ModelKey) -> Result<LoadedModel, ScorerError> {
@@ -707,9 +707,7 @@ impl ModelCache {
         key: &ModelKey,
         old: &Arc<LoadedModel>,
     ) -> Result<(Arc<LoadedModel>, f64), ScorerError> {
-        let started = Instant::now();
-        let model = self.load(key.clone()).await?;
-        let seconds = started.elapsed().as_secs_f64();
+        let (model, seconds) = self.load(key.clone()).await?;
         let (checked, old) = (model.clone(), old.clone());
         let verdict = tokio::task::spawn_blocking(move || checked.vet(Some(&old)))
             .await

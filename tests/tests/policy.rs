@@ -96,9 +96,14 @@ async fn push(
 async fn a_scan_passes_through_a_real_scorer_without_flushing_the_hot_set() {
     let store = store();
     let weight = model_weight(store.path()).await;
-    // Room for about eight models.
+    // Room for about eight models. Frequency alone orders the residents here: load times
+    // measured on a busy test machine vary several-fold between identical tiny models, and
+    // the cost term has its own tests (policy crate, `size_and_load_cost_change_decisions`).
     let budget = weight * 17 / 2;
-    let scorer = ScorerProcess::local(store.path(), &[&format!("cache.budget={budget}")]);
+    let scorer = ScorerProcess::local(
+        store.path(),
+        &[&format!("cache.budget={budget}"), "policy.size_weight=0"],
+    );
     let client = reqwest::Client::new();
     for _ in 0..10 {
         for i in 0..5 {

@@ -390,3 +390,52 @@ async fn ten_thousand_model_store_lists_and_serves() {
         "sample should cover several size classes: {kinds:?}"
     );
 }
+
+/// A model's load cost (what the cache policy weighs) is the load itself, not the time it
+/// queued behind other loads: with one load slot and every demo model asked for at once,
+/// the load times the cache explains add up to the load-duration histogram's sum.
+#[tokio::test]
+async fn load_cost_excludes_time_queued_for_a_load_slot() {
+    let scorer = ScorerProcess::local(
+        &root().join("models/demo"),
+        &["cache.max_concurrent_loads=1"],
+    );
+    let client = reqwest::Client::new();
+    let references = demo_reference();
+    let requests = references.iter().map(|reference| {
+        let client = client.clone();
+        let url = format!(
+            "{}/v2/models/{}/infer",
+            scorer.url,
+            reference["id"].as_str().unwrap()
+        );
+        let body = infer_body(reference);
+        async move { post(&client, &url, &body).await }
+    });
+    for (status, body) in futures::future::join_all(requests).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    let explain: Value = client
+        .get(format!("{}/v2/mm/cache", scorer.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let resident = explain["cache"]["resident"].as_array().unwrap();
+    assert_eq!(resident.len(), references.len(), "every demo model fits");
+    let explained: f64 = resident
+        .iter()
+        .map(|r| r["load_seconds"].as_f64().unwrap())
+        .sum();
+    let measured = scorer
+        .metrics()
+        .await
+        .get("mm_scorer_model_load_duration_seconds_sum");
+    assert!(measured > 0.0);
+    assert!(
+        (explained - measured).abs() < 1e-3,
+        "explained load seconds {explained:.4} against {measured:.4} measured loading"
+    );
+}

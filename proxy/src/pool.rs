@@ -453,7 +453,7 @@ mod tests {
 
     /// A real HTTP server on loopback that answers its readiness check with 200, 503, or
     /// not at all, as `mode` says.
-    async fn scorer_stub(mode: Arc<AtomicUsize>) -> std::net::SocketAddr {
+    async fn readiness_server(mode: Arc<AtomicUsize>) -> std::net::SocketAddr {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -483,31 +483,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_slow_scorer_is_tolerated_once_but_a_refusing_one_leaves_at_once() {
+    async fn a_slow_scorer_is_tolerated_once_but_a_not_ready_or_refusing_one_leaves_at_once() {
         const OK: usize = 0;
         const NOT_READY: usize = 1;
         const SILENT: usize = 2;
         let mode = Arc::new(AtomicUsize::new(OK));
-        let addr = scorer_stub(mode.clone()).await;
+        let addr = readiness_server(mode.clone()).await;
         let backend = Backend::new(&addr.to_string()).unwrap();
         let check = ScorerCheck::new(Duration::from_millis(200), 1);
-        let mut outcomes = Vec::new();
-        for next in [OK, SILENT, SILENT, OK, NOT_READY, SILENT, OK, SILENT, OK] {
-            mode.store(next, Ordering::SeqCst);
-            outcomes.push(check.check(&backend).await.is_ok());
+        let steps = [
+            (OK, true, "answers 200"),
+            (SILENT, true, "first timeout: tolerated"),
+            (SILENT, false, "second timeout in a row: out"),
+            (OK, true, "answers again: back"),
+            (NOT_READY, false, "503 (warming, draining): out at once"),
+            (SILENT, false, "a timeout after a failure is not tolerated"),
+            (OK, true, "back"),
+            (SILENT, true, "tolerated again once healthy"),
+            (OK, true, "still in"),
+        ];
+        for (i, (answer, passes, why)) in steps.into_iter().enumerate() {
+            mode.store(answer, Ordering::SeqCst);
+            assert_eq!(
+                check.check(&backend).await.is_ok(),
+                passes,
+                "step {i}: {why}"
+            );
         }
-        assert_eq!(
-            outcomes,
-            [
-                true,  // answers 200
-                true,  // first timeout: tolerated
-                false, // second in a row: out
-                true,  // answers again
-                false, // 503 (warming, draining): out at once
-                false, // a timeout after a failure is not tolerated
-                true, true, // tolerated again once healthy
-                true,
-            ]
+        // Nothing listening any more: the connection is refused, which is not a timeout.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let gone = Backend::new(&closed.to_string()).unwrap();
+        assert!(
+            check.check(&gone).await.is_err(),
+            "a refused connection is out at once"
         );
     }
 }

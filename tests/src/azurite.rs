@@ -34,6 +34,9 @@ fn launcher() -> PathBuf {
 }
 
 impl Azurite {
+    /// Starts the emulator and waits until it answers HTTP as Azurite. A free port can be
+    /// taken by another test's process before Azurite binds it; then Azurite exits, or
+    /// someone else answers, and it is started again on another port.
     pub async fn start() -> Self {
         let bin = launcher();
         assert!(
@@ -41,33 +44,56 @@ impl Azurite {
             "{} is missing: run the tests with `cargo xtask test`, which installs Azurite",
             bin.display()
         );
-        let data = TempDir::new("azurite");
-        let port = free_port();
-        let child = Command::new(bin)
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-            .arg("--location")
-            .arg(data.path())
-            .args(["--disableTelemetry", "--skipApiVersionCheck", "--silent"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting azurite-blob");
-        let azurite = Azurite {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            _data: data,
-            client: reqwest::Client::new(),
-        };
+        // Azurite (Node) closes idle keep-alive connections after 5 s; a pooled connection
+        // reused just as it closes would fail the request. Drop them sooner.
+        let client = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build()
+            .expect("reqwest client");
+        for _attempt in 0..3 {
+            let data = TempDir::new("azurite");
+            let port = free_port();
+            let child = Command::new(&bin)
+                .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+                .arg("--location")
+                .arg(data.path())
+                .args(["--disableTelemetry", "--skipApiVersionCheck", "--silent"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting azurite-blob");
+            let mut azurite = Azurite {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+                _data: data,
+                client: client.clone(),
+            };
+            if azurite.answers().await {
+                return azurite;
+            }
+        }
+        panic!("azurite did not start on any of three ports");
+    }
+
+    /// Waits up to 30 s for an HTTP answer from Azurite itself (its `Server` header);
+    /// false if the process exited or another server holds the port.
+    async fn answers(&mut self) -> bool {
         let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "azurite did not start"
-            );
+        while started.elapsed() < Duration::from_secs(30) {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            if let Ok(response) = self.client.get(&self.url).send().await {
+                return response
+                    .headers()
+                    .get("server")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("Azurite"));
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        azurite
+        false
     }
 
     async fn send(
@@ -113,7 +139,10 @@ impl Azurite {
         for (k, v) in &ms_headers {
             request = request.header(k, v);
         }
-        let response = request.send().await.expect("azurite request");
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("azurite request {method} {path}: {e:?}"));
         let status = response.status();
         assert!(
             status.is_success(),

@@ -264,7 +264,7 @@ impl ProxyProcess {
             // while one is still unchecked would see its models routed elsewhere.
             let healthy = blocking_get(&format!("{}/v2/health/ready", proxy.url))
                 .filter(|(status, _)| *status == 200)
-                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+                .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
                 .and_then(|v| v["healthy_scorers"].as_u64());
             if healthy == Some(scorers.len() as u64) {
                 return proxy;
@@ -364,6 +364,13 @@ impl Metrics {
             .map(|(_, v)| *v)
             .unwrap_or(0.0)
     }
+}
+
+/// GETs `url`, expects 200 and returns the JSON body.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    let response = client.get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{url}");
+    response.json().await.unwrap()
 }
 
 /// The demo models' reference inputs and outputs (computed by Python onnxruntime).

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use manymodels_models::Mix;
 use manymodels_tests::{
-    ProxyProcess, ScorerProcess, TempDir, free_port, generated_rows, rows_body,
+    ProxyProcess, ScorerProcess, TempDir, free_port, generated_rows, get_json, rows_body,
 };
 use serde_json::{Value, json};
 
@@ -48,12 +48,6 @@ async fn score(client: &reqwest::Client, base: &str, i: usize) -> (String, Strin
             .to_string()
     };
     (header("x-mm-scorer"), header("x-mm-cache"))
-}
-
-async fn get_json(client: &reqwest::Client, url: &str) -> Value {
-    let response = client.get(url).send().await.unwrap();
-    assert_eq!(response.status(), 200, "{url}");
-    response.json().await.unwrap()
 }
 
 async fn resident(client: &reqwest::Client, scorer: &str) -> BTreeSet<String> {

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use manymodels_models::{Mix, Spec};
 use manymodels_tests::azurite::Azurite;
 use manymodels_tests::{
-    ScorerProcess, TempDir, assert_outputs_match, demo_reference, generated_rows, infer_body, root,
-    rows_body,
+    ScorerProcess, TempDir, assert_outputs_match, demo_reference, generated_rows, get_json,
+    infer_body, root, rows_body,
 };
 use serde_json::{Value, json};
 
@@ -415,14 +415,7 @@ async fn load_cost_excludes_time_queued_for_a_load_slot() {
     for (status, body) in futures::future::join_all(requests).await {
         assert_eq!(status, 200, "{body}");
     }
-    let explain: Value = client
-        .get(format!("{}/v2/mm/cache", scorer.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let explain = get_json(&client, &format!("{}/v2/mm/cache", scorer.url)).await;
     let resident = explain["cache"]["resident"].as_array().unwrap();
     assert_eq!(resident.len(), references.len(), "every demo model fits");
     let explained: f64 = resident

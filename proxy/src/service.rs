@@ -350,7 +350,8 @@ impl ProxyHttp for Proxy {
             route: Route::NotFound,
             started: Instant::now(),
             tried: Vec::new(),
-            body_limit: 0,
+            // Raised for uploads once the route is known.
+            body_limit: self.config.max_body.bytes(),
             current: None,
             upstream_started: None,
             echoed: Vec::new(),
@@ -497,7 +498,7 @@ impl ProxyHttp for Proxy {
         // buffered body through here again; the count only grows, so the check holds.)
         if let Some(chunk) = body {
             ctx.body_bytes += chunk.len();
-            if ctx.body_bytes as u64 > ctx.body_limit.max(self.config.max_body.bytes()) {
+            if ctx.body_bytes as u64 > ctx.body_limit {
                 return Err(Error::explain(
                     ErrorType::HTTPStatus(413),
                     "request body too large",
@@ -651,7 +652,7 @@ impl ProxyHttp for Proxy {
             503 if message.is_empty() => "no scorer available".to_string(),
             413 => format!(
                 "request body is larger than the limit of {} bytes",
-                ctx.body_limit.max(self.config.max_body.bytes())
+                ctx.body_limit
             ),
             _ => message,
         };

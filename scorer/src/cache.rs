@@ -149,6 +149,25 @@ struct Live {
     refused: Option<(u64, String, Instant)>,
 }
 
+impl Live {
+    /// The entry for `id` (a new one serving `version` if there was none), marked as
+    /// checked against the store just now.
+    fn checked_now<'a>(
+        lives: &'a mut HashMap<ModelId, Live>,
+        id: &ModelId,
+        version: u64,
+    ) -> &'a mut Live {
+        let live = lives.entry(id.clone()).or_insert_with(|| Live {
+            version,
+            previous: None,
+            checked: Instant::now(),
+            refused: None,
+        });
+        live.checked = Instant::now();
+        live
+    }
+}
+
 /// A model's versions as this scorer sees them (admin status).
 #[derive(Clone, Debug, Serialize)]
 pub struct VersionStatus {
@@ -458,13 +477,7 @@ impl ModelCache {
             return Err(error);
         };
         let mut lives = self.lives();
-        let entry = lives.entry(id.clone()).or_insert(Live {
-            version: target,
-            previous: None,
-            checked: Instant::now(),
-            refused: None,
-        });
-        entry.checked = Instant::now();
+        let entry = Live::checked_now(&mut lives, id, target);
         let refused = entry
             .refused
             .as_ref()
@@ -620,17 +633,7 @@ impl ModelCache {
             self.lives().remove(id);
             return Err(ScorerError::ModelNotFound(id.to_string()));
         };
-        let current = {
-            let mut lives = self.lives();
-            let live = lives.entry(id.clone()).or_insert(Live {
-                version: target,
-                previous: None,
-                checked: Instant::now(),
-                refused: None,
-            });
-            live.checked = Instant::now();
-            live.clone()
-        };
+        let current = { Live::checked_now(&mut self.lives(), id, target).clone() };
         let mut outcome = Refresh {
             model: id.to_string(),
             live: current.version,
@@ -738,6 +741,8 @@ impl ModelCache {
                 .admit(new_key.clone(), model.weight, Some(seconds), now);
             if decision.admitted {
                 state.models.insert(new_key, model);
+            } else {
+                self.log_eviction(&mut state, &new_key, model.weight, Reason::NotAdmitted, now);
             }
             for victim in decision.evicted {
                 if let Some(gone) = state.models.remove(&victim) {
@@ -1043,7 +1048,9 @@ impl ModelCache {
     /// it grew to 2.4 budgets (BENCHMARKS.md). The trim runs on a blocking thread, off the
     /// request path.
     fn trim_if_freed(&self) {
-        if self.freed.swap(false, Ordering::Relaxed) {
+        // A plain load first: most look-ups find nothing freed, and a swap would write
+        // the shared cache line on every request.
+        if self.freed.load(Ordering::Relaxed) && self.freed.swap(false, Ordering::Relaxed) {
             tokio::task::spawn_blocking(trim_heap);
         }
     }

@@ -288,9 +288,6 @@ impl LoadedModel {
         .run(inputs, selected)
     }
 
-    /// The session, if `rows` rows are predicted (from this model's measured time per
-    /// row) to run in under `limit` and nobody else holds it. Such a call is short enough
-    /// to run on an async worker: handing it to a blocking thread costs more than the call.
     /// The checks a version passes before it goes live: it can take over `old`'s requests
     /// (when there is one) and answers a smoke inference.
     pub fn vet(&self, old: Option<&LoadedModel>) -> Result<(), String> {
@@ -367,6 +364,9 @@ impl LoadedModel {
         Ok(())
     }
 
+    /// The session, if `rows` rows are predicted (from this model's measured time per
+    /// row) to run in under `limit` and nobody else holds it. Such a call is short enough
+    /// to run on an async worker: handing it to a blocking thread costs more than the call.
     pub fn try_quick(&self, rows: usize, limit: Duration) -> Option<SessionGuard<'_>> {
         let per_row = self.nanos_per_row.load(Ordering::Relaxed);
         if per_row == 0 || per_row.saturating_mul(rows as u64) > limit.as_nanos() as u64 {

@@ -402,6 +402,7 @@ async fn load_cost_excludes_time_queued_for_a_load_slot() {
     );
     let client = reqwest::Client::new();
     let references = demo_reference();
+    let burst = Instant::now();
     let requests = references.iter().map(|reference| {
         let client = client.clone();
         let url = format!(
@@ -415,6 +416,7 @@ async fn load_cost_excludes_time_queued_for_a_load_slot() {
     for (status, body) in futures::future::join_all(requests).await {
         assert_eq!(status, 200, "{body}");
     }
+    let wall = burst.elapsed().as_secs_f64();
     let explain = get_json(&client, &format!("{}/v2/mm/cache", scorer.url)).await;
     let resident = explain["cache"]["resident"].as_array().unwrap();
     assert_eq!(resident.len(), references.len(), "every demo model fits");
@@ -427,6 +429,12 @@ async fn load_cost_excludes_time_queued_for_a_load_slot() {
         .await
         .get("mm_scorer_model_load_duration_seconds_sum");
     assert!(measured > 0.0);
+    // One slot: the loads ran one after another, so their own times add up to less than
+    // the burst took. Counting each one's wait for the slot would add up to far more.
+    assert!(
+        explained <= wall,
+        "explained load seconds {explained:.4} exceed the {wall:.4} s the burst took"
+    );
     assert!(
         (explained - measured).abs() < 1e-3,
         "explained load seconds {explained:.4} against {measured:.4} measured loading"

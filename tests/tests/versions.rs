@@ -104,6 +104,18 @@ async fn admin(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Pins `MODEL` to `version` through the proxy's admin API.
+async fn pin(client: &reqwest::Client, proxy: &str, version: u64) {
+    let (status, answer) = admin(
+        client,
+        reqwest::Method::POST,
+        &format!("{proxy}/v2/admin/models/{MODEL}/pin"),
+        Some(json!({ "version": version })),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+}
+
 /// Waits until `base` answers with version `want`; returns when it first did.
 async fn until_version(
     client: &reqwest::Client,
@@ -172,14 +184,7 @@ async fn a_new_version_goes_live_under_load_and_a_pin_rolls_it_back_with_no_fail
     tokio::time::sleep(Duration::from_secs(4)).await;
     // Roll back: pin version 1 through the admin API.
     let pinned = Instant::now();
-    let (status, answer) = admin(
-        &client,
-        reqwest::Method::POST,
-        &format!("{}/v2/admin/models/{MODEL}/pin", proxy.url),
-        Some(json!({ "version": 1 })),
-    )
-    .await;
-    assert_eq!(status, 200, "{answer}");
+    pin(&client, &proxy.url, 1).await;
     let live_1 = until_version(&client, &proxy.url, 1, Duration::from_secs(5)).await;
     let delay_1 = live_1 - pinned;
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -403,14 +408,7 @@ async fn the_publish_flow_works_on_azure_blob() {
     let live_3 = until_version(&client, &proxy.url, 3, Duration::from_secs(5)).await;
     // Roll back to 2 with a pin, persisted as a blob.
     let pinned = Instant::now();
-    let (status, answer) = admin(
-        &client,
-        reqwest::Method::POST,
-        &format!("{}/v2/admin/models/{MODEL}/pin", proxy.url),
-        Some(json!({ "version": 2 })),
-    )
-    .await;
-    assert_eq!(status, 200, "{answer}");
+    pin(&client, &proxy.url, 2).await;
     let live_back = until_version(&client, &proxy.url, 2, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
@@ -419,7 +417,7 @@ async fn the_publish_flow_works_on_azure_blob() {
         answers.into_iter().partition(|a| a.sent < pinned);
     check_answers(&before_pin, 3, live_3);
     check_answers(&after_pin, 2, live_back);
-    assert!(before_pin.iter().any(|a| a.version == Some(2)) && live_2 < live_3);
+    assert!(before_pin.iter().any(|a| a.version == Some(2)));
     // Every scorer, and a new one, agree on the pin from the store.
     let fresh = ScorerProcess::start(&sets(&[]), &env);
     assert_eq!(score(&client, &fresh.url).await.version, Some(2));

@@ -14,7 +14,7 @@ use super::{ALIAS_FILE, Alias, MODEL_FILE, ModelState, ModelStore, StoreError, p
 use crate::model_id::{self, ModelId};
 
 /// An alias blob read before: its ETag and the version it pins.
-type KnownAlias = (Option<String>, Option<u64>);
+type KnownAlias = (String, Option<u64>);
 
 /// Models as blobs `<prefix><model_id>/<version>/model.onnx` in one container. A blob put
 /// is atomic, so a version is complete as soon as its `model.onnx` blob exists. Looking a
@@ -132,14 +132,16 @@ impl ModelStore for AzureStore {
             .await
             .map_err(unavailable)?;
         let mut versions = BTreeSet::new();
-        let mut alias_tag = None;
+        // `Some(etag)` when the alias blob exists; an alias listed without an ETag is
+        // always read, never taken from the cache.
+        let mut alias_tag: Option<Option<String>> = None;
         for meta in &objects {
             let Some(mut parts) = meta.location.prefix_match(&prefix) else {
                 continue;
             };
             let Some(first) = parts.next() else { continue };
             if first.as_ref() == ALIAS_FILE && parts.next().is_none() {
-                alias_tag = Some(meta.e_tag.clone().unwrap_or_default());
+                alias_tag = Some(meta.e_tag.clone());
                 continue;
             }
             if let (Some(version), Some(file), None) =
@@ -157,7 +159,7 @@ impl ModelStore for AzureStore {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .get(id)
-                    .filter(|(t, _)| t.as_deref() == Some(tag.as_str()))
+                    .filter(|(t, _)| tag.as_deref() == Some(t.as_str()))
                     .map(|(_, pinned)| *pinned);
                 match known {
                     Some(pinned) => pinned,
@@ -172,10 +174,12 @@ impl ModelStore for AzureStore {
                             .await
                             .map_err(unavailable)?;
                         let pinned = Alias::parse(&bytes)?.pinned;
-                        self.aliases
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(id.clone(), (Some(tag), pinned));
+                        if let Some(tag) = tag {
+                            self.aliases
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(id.clone(), (tag, pinned));
+                        }
                         pinned
                     }
                 }

@@ -161,6 +161,11 @@ pub const KEYS: &[KeyDoc] = &[
         "A call this model has been measured to finish within this time runs on the async worker instead of a blocking thread; 0 sends every call to a blocking thread.",
     ),
     doc(
+        "engine.native",
+        "auto",
+        "`auto`: a model whose whole graph the native engine covers (tree ensembles, linear models and their exporters' glue) is served by it, anything else by ONNX Runtime; `off`: every model is served by ONNX Runtime.",
+    ),
+    doc(
         "onnxruntime.library",
         "",
         "Path of libonnxruntime.so; empty means `ORT_DYLIB_PATH`, then `libonnxruntime.so.1` beside the executable, then `.cache/onnxruntime/lib`.",
@@ -207,6 +212,8 @@ pub struct ScorerConfig {
     pub inference_threads: NonZeroUsize,
     /// Calls predicted to finish within this run inline on the async worker.
     pub inference_inline_max: Duration,
+    /// Whether covered models are served by the native engine.
+    pub native_engine: NativeEngine,
     /// Path of the ONNX Runtime shared library.
     pub onnxruntime_library: Option<PathBuf>,
     pub shutdown_drain: Duration,
@@ -337,6 +344,7 @@ struct Raw {
     auth: RawAuth,
     http: RawHttp,
     inference: RawInference,
+    engine: RawEngine,
     onnxruntime: RawOnnxRuntime,
     shutdown: RawShutdown,
     log: RawLog,
@@ -355,6 +363,7 @@ impl Default for Raw {
             auth: RawAuth::default(),
             http: RawHttp::default(),
             inference: RawInference::default(),
+            engine: RawEngine::default(),
             onnxruntime: RawOnnxRuntime::default(),
             shutdown: RawShutdown::default(),
             log: RawLog::default(),
@@ -505,6 +514,23 @@ impl Default for RawInference {
             inline_max: HumanDuration(Duration::from_micros(20)),
         }
     }
+}
+
+/// `engine.native`: whether models the native engine covers are served by it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NativeEngine {
+    /// Covered models go native, the rest to ONNX Runtime.
+    #[default]
+    Auto,
+    /// Every model is served by ONNX Runtime.
+    Off,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawEngine {
+    native: NativeEngine,
 }
 
 #[derive(Default, Deserialize)]
@@ -659,6 +685,7 @@ impl Raw {
             },
             inference_threads,
             inference_inline_max: self.inference.inline_max.0,
+            native_engine: self.engine.native,
             onnxruntime_library,
             shutdown_drain: self.shutdown.drain.0,
             shutdown_grace: self.shutdown.grace.0,

@@ -26,14 +26,14 @@ use manymodels_config::scorer::{CacheConfig, PolicyConfig, VersionsConfig, Warmu
 use manymodels_policy::{Key, Policy, PoolView, StatsReport};
 use moka::Expiry;
 use moka::future::Cache;
-use ort::environment::Environment;
+
 use serde::Serialize;
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::error::{LoadError, ScorerError};
 use crate::metrics::Metrics;
 use crate::model_id::ModelId;
-use crate::runtime::{self, LoadedModel};
+use crate::engine::{Engine, Engines, LoadedModel};
 use crate::store::{ModelState, ModelStore, StoreError};
 
 /// How long "this model does not exist" is remembered, so a storm of requests for an
@@ -212,7 +212,7 @@ struct State {
 
 pub struct ModelCache {
     store: Arc<dyn ModelStore>,
-    environment: &'static Environment,
+    engines: Engines,
     state: Mutex<State>,
     inflight: Mutex<HashMap<ModelKey, LoadCell>>,
     /// The live version of each model seen, so a request for the live version does not
@@ -243,7 +243,7 @@ impl ModelCache {
         warmup: WarmupConfig,
         versions: VersionsConfig,
         store: Arc<dyn ModelStore>,
-        environment: &'static Environment,
+        engines: Engines,
         metrics: Arc<Metrics>,
     ) -> Self {
         let policy = Policy::new(
@@ -260,7 +260,7 @@ impl ModelCache {
             .build();
         ModelCache {
             store,
-            environment,
+            engines,
             state: Mutex::new(State {
                 policy,
                 models: HashMap::new(),
@@ -527,10 +527,15 @@ impl ModelCache {
         match &result {
             Ok(model) => {
                 self.metrics.loads.inc();
+                self.metrics
+                    .engine_loads
+                    .with_label_values(&[model.engine.as_str()])
+                    .inc();
                 self.metrics.loaded_bytes.inc_by(model.weight);
                 self.metrics.load_duration.observe(seconds);
                 tracing::info!(
                     model = %key.id, version = model.version, file_bytes = model.file_bytes,
+                    engine = model.engine.as_str(), native_refusal = model.native_refusal.as_deref(),
                     weight = model.weight, weight_measured = model.weight_measured,
                     ms = seconds * 1e3,
                     "model loaded"
@@ -569,14 +574,14 @@ impl ModelCache {
             }
         })?;
         let estimate = self.config.weigh(bytes.len() as u64);
-        let environment = self.environment;
+        let engines = self.engines;
         let model_id = id.clone();
         let read = read_started.elapsed();
         let handed_over = Instant::now();
         let (result, queued, created) = tokio::task::spawn_blocking(move || {
             let queued = handed_over.elapsed();
             let started = Instant::now();
-            let result = runtime::load(environment, model_id, version, &bytes, estimate);
+            let result = engines.load(model_id, version, &bytes, estimate);
             (result, queued, started.elapsed())
         })
         .await
@@ -808,11 +813,11 @@ impl ModelCache {
                 })
                 .cloned()
         });
-        let environment = self.environment;
+        let engines = self.engines;
         let (model_id, checked) = (id.clone(), bytes.clone());
         let estimate = self.config.weigh(bytes.len() as u64);
         let verdict = tokio::task::spawn_blocking(move || {
-            runtime::load(environment, model_id, version, &checked, estimate)?.vet(old.as_deref())
+            engines.load(model_id, version, &checked, estimate)?.vet(old.as_deref())
         })
         .await
         .map_err(|e| ScorerError::Store(format!("check task failed: {e}")))?;
@@ -988,6 +993,13 @@ impl ModelCache {
             hits: self.metrics.cache_hits.get(),
             misses: self.metrics.cache_misses.get(),
             loads: self.metrics.loads.get(),
+            loads_by_engine: Engine::ALL
+                .iter()
+                .map(|e| {
+                    let n = self.metrics.engine_loads.with_label_values(&[e.as_str()]).get();
+                    (e.as_str(), n)
+                })
+                .collect(),
             loaded_bytes: self.metrics.loaded_bytes.get(),
             uptime: self.now(),
             evictions: state
@@ -1011,6 +1023,11 @@ impl ModelCache {
             .residents(now)
             .into_iter()
             .map(|r| ResidentView {
+                engine: state
+                    .models
+                    .get(&r.key)
+                    .map(|m| m.engine.as_str())
+                    .unwrap_or("loading"),
                 model: r.key.id.to_string(),
                 version: r.key.version,
                 bytes: r.bytes,
@@ -1066,6 +1083,8 @@ pub struct CacheSummary {
     pub hits: u64,
     pub misses: u64,
     pub loads: u64,
+    /// Loads by the engine that serves the model (`onnxruntime`, `native`).
+    pub loads_by_engine: std::collections::BTreeMap<&'static str, u64>,
     pub loaded_bytes: u64,
     /// Seconds since the scorer started (eviction times count from it).
     pub uptime: f64,
@@ -1077,6 +1096,8 @@ pub struct CacheSummary {
 pub struct ResidentView {
     pub model: String,
     pub version: u64,
+    /// The engine serving it: `onnxruntime` or `native`.
+    pub engine: &'static str,
     pub bytes: u64,
     pub load_seconds: f64,
     /// ln(decayed request count) + size_weight × ln(load seconds / byte): higher stays.

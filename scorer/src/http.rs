@@ -18,7 +18,7 @@ use crate::Scorer;
 use crate::error::ScorerError;
 use crate::model_id::ModelId;
 use crate::oip;
-use crate::runtime;
+use crate::engine;
 use crate::tensor::TensorSpec;
 
 /// Names the scorer that answered (for the proxy's affinity, and for people debugging).
@@ -193,7 +193,7 @@ async fn score(
         scorer.config.http.max_elements,
     )?;
     let started = Instant::now();
-    let rows = runtime::batch_rows(&inputs);
+    let rows = engine::batch_rows(&inputs);
     let quick = scorer.config.inference_inline_max;
     let outputs = match run_quick(&model, rows, quick, inputs, &selected) {
         Ok(outputs) => {
@@ -232,7 +232,7 @@ async fn score(
 /// Otherwise gives the inputs back. Synchronous, so the session lock never crosses an
 /// `.await`.
 fn run_quick(
-    model: &runtime::LoadedModel,
+    model: &engine::LoadedModel,
     rows: usize,
     limit: std::time::Duration,
     inputs: Vec<crate::tensor::NamedTensor>,
@@ -249,6 +249,8 @@ struct ModelMetadata<'a> {
     name: &'a str,
     versions: Vec<String>,
     platform: &'static str,
+    /// `onnxruntime` or `native`: which engine serves this version here.
+    engine: &'static str,
     inputs: &'a [TensorSpec],
     outputs: &'a [TensorSpec],
 }
@@ -268,7 +270,11 @@ async fn metadata(
     Ok(json_response(&ModelMetadata {
         name: id.as_str(),
         versions: versions.iter().map(u64::to_string).collect(),
-        platform: "onnxruntime_onnx",
+        platform: match model.engine {
+            engine::Engine::OnnxRuntime => "onnxruntime_onnx",
+            engine::Engine::Native => "manymodels_native",
+        },
+        engine: model.engine.as_str(),
         inputs: &model.inputs,
         outputs: &model.outputs,
     }))

@@ -16,7 +16,7 @@ pub mod http;
 pub mod metrics;
 pub mod model_id;
 pub mod oip;
-pub mod runtime;
+pub mod engine;
 pub mod store;
 pub mod tensor;
 
@@ -62,9 +62,13 @@ pub struct Scorer {
 impl Scorer {
     /// Opens ONNX Runtime and the store. Loads no model.
     pub fn new(config: ScorerConfig) -> Result<Arc<Self>, StartError> {
-        let environment = runtime::environment(config.onnxruntime_library.as_deref())
+        let environment = engine::environment(config.onnxruntime_library.as_deref())
             .map_err(StartError::OnnxRuntime)?;
-        runtime::self_test(environment).map_err(StartError::OnnxRuntime)?;
+        engine::self_test(environment).map_err(StartError::OnnxRuntime)?;
+        let engines = engine::Engines {
+            environment,
+            native: config.native_engine,
+        };
         let store = store::open(&config.store)?;
         let metrics = Arc::new(metrics::Metrics::new(config.cache.budget.bytes()));
         let cache = cache::ModelCache::new(
@@ -73,7 +77,7 @@ impl Scorer {
             config.warmup,
             config.versions,
             store,
-            environment,
+            engines,
             metrics.clone(),
         );
         let name_header = HeaderValue::from_str(&config.display_name())

@@ -14,6 +14,8 @@ pub struct Metrics {
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
     pub loads: IntCounter,
+    /// Successful loads by `engine` (`onnxruntime`, `native`).
+    pub engine_loads: IntCounterVec,
     pub loaded_bytes: IntCounter,
     pub warmup_loads: IntCounter,
     pub stats_pushes: IntCounter,
@@ -70,6 +72,17 @@ impl Metrics {
         registry
             .register(Box::new(requests.clone()))
             .expect("unique metric");
+        let engine_loads = IntCounterVec::new(
+            Opts::new(
+                "mm_scorer_engine_loads_total",
+                "Models loaded, by the engine that serves them (onnxruntime, native).",
+            ),
+            &["engine"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(engine_loads.clone()))
+            .expect("unique metric");
         let evictions = IntCounterVec::new(
             Opts::new(
                 "mm_scorer_cache_evictions_total",
@@ -95,6 +108,7 @@ impl Metrics {
                 "mm_scorer_model_loads_total",
                 "Models loaded (file read and session created).",
             ),
+            engine_loads,
             loaded_bytes: counter(
                 "mm_scorer_loaded_bytes_total",
                 "Memory charged to every model loaded (the byte-miss volume).",

@@ -276,6 +276,11 @@ fn convert(name: &str, datatype: DataType, values: Vec<Scalar>) -> Result<Tensor
                 })
                 .collect::<Result<_, _>>()?,
         ),
+        DataType::Bytes => {
+            return Err(ScorerError::invalid(format!(
+                "input '{name}': BYTES inputs are not served"
+            )));
+        }
         DataType::Bool => TensorData::Bool(
             values
                 .iter()

@@ -11,6 +11,8 @@ pub enum DataType {
     Int32,
     Int64,
     Bool,
+    /// Strings (outputs only: class labels).
+    Bytes,
 }
 
 impl DataType {
@@ -22,6 +24,7 @@ impl DataType {
             DataType::Int32 => "INT32",
             DataType::Int64 => "INT64",
             DataType::Bool => "BOOL",
+            DataType::Bytes => "BYTES",
         }
     }
 
@@ -32,6 +35,7 @@ impl DataType {
             "INT32" => DataType::Int32,
             "INT64" => DataType::Int64,
             "BOOL" => DataType::Bool,
+            "BYTES" => DataType::Bytes,
             _ => return None,
         })
     }
@@ -44,6 +48,7 @@ impl DataType {
             T::Int32 => DataType::Int32,
             T::Int64 => DataType::Int64,
             T::Bool => DataType::Bool,
+            T::String => DataType::Bytes,
             _ => return None,
         })
     }
@@ -63,6 +68,7 @@ pub enum TensorData {
     Int32(Vec<i32>),
     Int64(Vec<i64>),
     Bool(Vec<bool>),
+    Bytes(Vec<String>),
 }
 
 impl TensorData {
@@ -73,6 +79,7 @@ impl TensorData {
             TensorData::Int32(v) => v.len(),
             TensorData::Int64(v) => v.len(),
             TensorData::Bool(v) => v.len(),
+            TensorData::Bytes(v) => v.len(),
         }
     }
 
@@ -84,6 +91,7 @@ impl TensorData {
             DataType::Int32 => TensorData::Int32(vec![0; n]),
             DataType::Int64 => TensorData::Int64(vec![0; n]),
             DataType::Bool => TensorData::Bool(vec![false; n]),
+            DataType::Bytes => TensorData::Bytes(vec![String::new(); n]),
         }
     }
 
@@ -98,6 +106,7 @@ impl TensorData {
             TensorData::Int32(_) => DataType::Int32,
             TensorData::Int64(_) => DataType::Int64,
             TensorData::Bool(_) => DataType::Bool,
+            TensorData::Bytes(_) => DataType::Bytes,
         }
     }
 }
@@ -110,6 +119,7 @@ impl Serialize for TensorData {
             TensorData::Int32(v) => v.serialize(serializer),
             TensorData::Int64(v) => v.serialize(serializer),
             TensorData::Bool(v) => v.serialize(serializer),
+            TensorData::Bytes(v) => v.serialize(serializer),
         }
     }
 }

@@ -13,7 +13,8 @@ use manymodels_policy::sim;
 use manymodels_policy::trace::{self as policy_trace, Shape, TraceSpec};
 use manymodels_policy::{PolicyConfig, PoolStats};
 use manymodels_scorer::model_id::ModelId;
-use manymodels_scorer::runtime;
+use manymodels_scorer::engine::{self as runtime, Engines};
+use manymodels_config::scorer::NativeEngine;
 use manymodels_scorer::tensor::{DataType, NamedTensor, TensorData};
 use serde_json::Value;
 
@@ -307,6 +308,12 @@ fn one_row_tensors(body: &Value) -> Vec<NamedTensor> {
                 DataType::Bool => {
                     TensorData::Bool(values.iter().map(|v| v.as_bool().unwrap()).collect())
                 }
+                DataType::Bytes => TensorData::Bytes(
+                    values
+                        .iter()
+                        .map(|v| v.as_str().unwrap().to_string())
+                        .collect(),
+                ),
             };
             NamedTensor {
                 name: input["name"].as_str().unwrap().to_string(),
@@ -568,7 +575,12 @@ fn hot(models: &[String], seconds: u64, connections: usize, sets: &[String]) -> 
         setup::http_post(&url, &body.to_string())?;
         // The floor: ONNX Runtime's own call on the same row, in-process.
         let bytes = std::fs::read(format!("models/demo/{id}/1/model.onnx"))?;
-        let model = runtime::load(environment, ModelId::parse(id).unwrap(), 1, &bytes, 0)
+        let engines = Engines {
+            environment,
+            native: NativeEngine::Off,
+        };
+        let model = engines
+            .load(ModelId::parse(id).unwrap(), 1, &bytes, 0)
             .map_err(anyhow::Error::msg)?;
         let mut times = model
             .time_runs(&one_row_tensors(&body), 20_000)
@@ -696,7 +708,7 @@ fn load(reps: usize) -> Result<()> {
                 .map(|_| {
                     trim_heap();
                     let t = Instant::now();
-                    let session = runtime::create_session(environment, &bytes).unwrap();
+                    let session = runtime::onnx::create_session(environment, &bytes).unwrap();
                     let elapsed = t.elapsed();
                     drop(session);
                     elapsed
@@ -710,8 +722,11 @@ fn load(reps: usize) -> Result<()> {
                     trim_heap();
                     let t = Instant::now();
                     let b = std::fs::read(path).unwrap();
-                    let model =
-                        runtime::load(environment, ModelId::parse(id).unwrap(), 1, &b, 0).unwrap();
+                    let engines = Engines {
+                        environment,
+                        native: NativeEngine::Off,
+                    };
+                    let model = engines.load(ModelId::parse(id).unwrap(), 1, &b, 0).unwrap();
                     let elapsed = t.elapsed();
                     weight = model.weight;
                     elapsed

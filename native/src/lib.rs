@@ -1,0 +1,66 @@
+//! A native engine for the models many-models teams train most: tree ensembles and linear
+//! models exported to ONNX (`ai.onnx.ml` `TreeEnsembleRegressor`, `TreeEnsembleClassifier`,
+//! `LinearRegressor`, `LinearClassifier`) and the glue exporters put around them (`Cast`,
+//! `Identity`, `Normalizer`, `ZipMap`, ...).
+//!
+//! [`Model::compile`] reads an ONNX file and either compiles the whole graph into a compact
+//! in-memory form, or says why it cannot ([`CompileError::Unsupported`]: the caller serves
+//! the model with ONNX Runtime instead; [`CompileError::Invalid`]: the file is malformed).
+//! [`Model::run`] evaluates it with the same arithmetic as ONNX Runtime 1.31's CPU kernels
+//! (see ARCHITECTURE.md, "The native engine", for where results are bit-identical and the
+//! bound where they are not).
+//!
+//! What it deliberately does not do: partial graphs (one uncovered node sends the whole
+//! model to ONNX Runtime), graph optimisation, threads (a call runs on the caller's thread),
+//! or any I/O. The file is read through borrowed slices (`pb`, `onnx`), never copied, and
+//! every length in it is checked before anything is allocated, so a hostile file costs at
+//! most a bounded multiple of its own size and never panics or hangs.
+
+pub mod onnx;
+pub mod pb;
+
+mod attrs;
+mod glue;
+mod graph;
+mod linear;
+mod transform;
+mod tree;
+mod value;
+
+pub use graph::{Model, Port};
+pub use value::{Data, Elem, Tensor};
+
+/// The file is not a well-formed ONNX model (or not one any engine could run).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(String);
+
+impl Invalid {
+    pub fn new(message: impl Into<String>) -> Self {
+        Invalid(message.into())
+    }
+}
+
+/// Why a model is not compiled natively.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    /// Valid as far as the engine can tell, but uses something it does not cover: serve it
+    /// with ONNX Runtime.
+    #[error("not covered by the native engine: {0}")]
+    Unsupported(String),
+    /// Malformed: no engine should try it.
+    #[error("invalid model: {0}")]
+    Invalid(String),
+}
+
+impl From<Invalid> for CompileError {
+    fn from(e: Invalid) -> Self {
+        CompileError::Invalid(e.0)
+    }
+}
+
+/// A run failed: the inputs do not fit the model (shapes the declared signature allowed
+/// but an operator cannot take).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RunError(pub String);

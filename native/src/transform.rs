@@ -1,0 +1,132 @@
+//! ONNX Runtime's post transforms (`onnxruntime/core/providers/cpu/ml/ml_common.h`),
+//! operation for operation in the same types, so results are bit-identical: `exp`, `log`
+//! and `sqrt` are the same libm functions ONNX Runtime calls (`std::exp` on a `float` is
+//! `expf`).
+
+use crate::glue::Norm;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PostTransform {
+    None,
+    Logistic,
+    Softmax,
+    SoftmaxZero,
+    Probit,
+}
+
+impl PostTransform {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "NONE" => PostTransform::None,
+            "LOGISTIC" => PostTransform::Logistic,
+            "SOFTMAX" => PostTransform::Softmax,
+            "SOFTMAX_ZERO" => PostTransform::SoftmaxZero,
+            "PROBIT" => PostTransform::Probit,
+            _ => return None,
+        })
+    }
+}
+
+/// `ComputeLogistic`: `1 / (1 + exp(-|x|))`, mirrored for negative `x`, in `float`.
+pub(crate) fn logistic(val: f32) -> f32 {
+    let v = 1.0 / (1.0 + (-val.abs()).exp());
+    if val < 0.0 { 1.0 - v } else { v }
+}
+
+/// `ErfInv` as ONNX Runtime approximates it (Winitzki's formula, a = 0.147), in `float`.
+fn erf_inv(x: f32) -> f32 {
+    let sgn = if x < 0.0 { -1.0f32 } else { 1.0 };
+    let x = (1.0 - x) * (1.0 + x);
+    let log = x.ln();
+    let v = 2.0f32 / (3.14159f32 * 0.147f32) + 0.5f32 * log;
+    let v2 = 1.0f32 / 0.147f32 * log;
+    let v3 = -v + (v * v - v2).sqrt();
+    sgn * v3.sqrt()
+}
+
+/// `ComputeProbit`: `sqrt(2) * ErfInv(2x - 1)`.
+pub(crate) fn probit(val: f32) -> f32 {
+    1.414_213_56f32 * erf_inv(val * 2.0 - 1.0)
+}
+
+/// `ComputeSoftmax` on `float` scores: subtract the maximum, `exp`, sum in order, divide.
+pub(crate) fn softmax(values: &mut [f32]) {
+    let mut v_max = -f32::MAX;
+    for &v in values.iter() {
+        if v > v_max {
+            v_max = v;
+        }
+    }
+    let mut sum = 0.0f32;
+    for v in values.iter_mut() {
+        *v = (*v - v_max).exp();
+        sum += *v;
+    }
+    for v in values.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// `ComputeSoftmaxZero`: like `softmax`, but scores within 1e-7 of zero stay zero.
+pub(crate) fn softmax_zero(values: &mut [f32]) {
+    let mut v_max = -f32::MAX;
+    for &v in values.iter() {
+        if v > v_max {
+            v_max = v;
+        }
+    }
+    let mut sum = 0.0f32;
+    for v in values.iter_mut() {
+        if *v > 0.000_000_1f32 || *v < -0.000_000_1f32 {
+            *v = (*v - v_max).exp();
+            sum += *v;
+        } else {
+            *v *= 0.0;
+        }
+    }
+    for v in values.iter_mut() {
+        *v = if sum == 0.0 { 0.0 } else { *v / sum };
+    }
+}
+
+/// ONNX Runtime's `Normalizer` on one row, in `float`.
+pub(crate) fn normalize_row(norm: Norm, row: &mut [f32]) {
+    match norm {
+        Norm::Max => {
+            let mut max = f32::MIN;
+            for &v in row.iter() {
+                if v > max {
+                    max = v;
+                }
+            }
+            if max != 0.0 {
+                for v in row.iter_mut() {
+                    *v /= max;
+                }
+            }
+        }
+        Norm::L1 => {
+            let mut sum = 0.0f32;
+            for &v in row.iter() {
+                sum += v.abs();
+            }
+            if sum != 0.0 {
+                for v in row.iter_mut() {
+                    *v /= sum;
+                }
+            }
+        }
+        Norm::L2 => {
+            let mut sum = 0.0f32;
+            for &v in row.iter() {
+                sum += v * v;
+            }
+            let norm = sum.sqrt();
+            if norm != 0.0 {
+                for v in row.iter_mut() {
+                    *v /= norm;
+                }
+            }
+        }
+    }
+}

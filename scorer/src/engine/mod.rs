@@ -1,0 +1,415 @@
+//! The engine seam: a loaded model is served by ONNX Runtime (`onnx`) or by the native
+//! engine for tree ensembles and linear models (`native`, the `manymodels-native` crate).
+//! Everything above this module (the cache, the policy, OIP, versions, canaries, metrics,
+//! the explain view) sees only [`LoadedModel`]: its signature, its weight, which engine
+//! serves it, and `infer`.
+//!
+//! At load time a model goes native when `engine.native = auto` and its whole graph is
+//! covered (`manymodels_native::Model::compile`); a model the native engine does not cover
+//! goes to ONNX Runtime unchanged. A file the native reader finds malformed is refused
+//! with a 422 without reaching ONNX Runtime.
+//!
+//! Everything here blocks; callers run it on blocking threads, or inline on an async
+//! worker only when [`LoadedModel::try_quick`] says the call is measured to be short.
+
+pub mod native;
+pub mod onnx;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use manymodels_config::scorer::NativeEngine;
+use ort::environment::Environment;
+use ort::session::Session;
+
+use crate::error::ScorerError;
+use crate::model_id::ModelId;
+use crate::tensor::{NamedTensor, TensorData, TensorSpec};
+
+pub use onnx::{environment, self_test};
+
+/// Which engine serves a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    OnnxRuntime,
+    Native,
+}
+
+impl Engine {
+    pub const ALL: [Engine; 2] = [Engine::OnnxRuntime, Engine::Native];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::OnnxRuntime => "onnxruntime",
+            Engine::Native => "native",
+        }
+    }
+}
+
+/// The engines of a process: ONNX Runtime's environment and whether the native engine is
+/// used. Cheap to copy.
+#[derive(Clone, Copy, Debug)]
+pub struct Engines {
+    pub environment: &'static Environment,
+    pub native: NativeEngine,
+}
+
+/// A loaded model, with what it declares.
+pub struct LoadedModel {
+    pub id: ModelId,
+    pub version: u64,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    /// Size of the ONNX file.
+    pub file_bytes: u64,
+    /// Memory charged to the cache for this model.
+    pub weight: u64,
+    /// Whether `weight` was measured on this load (true) or estimated from the file size
+    /// because another load ran at the same time (false). Native models are always
+    /// measured: their weight is their own heap size.
+    pub weight_measured: bool,
+    /// The engine that serves it.
+    pub engine: Engine,
+    /// Why the native engine did not take it (`None` when it did, or was off).
+    pub native_refusal: Option<String>,
+    backend: Backend,
+    /// Moving average of the engine's time per batch row for this model, in nanoseconds;
+    /// 0 until the first run. Decides whether a call may run inline.
+    nanos_per_row: AtomicU64,
+}
+
+enum Backend {
+    /// `Session::run` takes `&mut self`: one session behind a mutex, whose critical section
+    /// is the ONNX Runtime call itself. `zipmap[i]` says output `i` is a ZipMap.
+    Onnx {
+        session: Mutex<Session>,
+        zipmap: Vec<bool>,
+    },
+    /// Immutable and shared: any number of calls run at once.
+    Native(manymodels_native::Model),
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("id", &self.id)
+            .field("version", &self.version)
+            .field("engine", &self.engine)
+            .field("weight", &self.weight)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads (or compiles) running right now, and a counter of loads ever started: a heap
+/// measurement is valid only if no other load overlapped it.
+static CREATING: AtomicUsize = AtomicUsize::new(0);
+static CREATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes glibc's allocator has handed out and not had back (arenas plus mmapped chunks).
+#[cfg(target_env = "gnu")]
+pub fn heap_in_use() -> Option<u64> {
+    // SAFETY: mallinfo2 only reads glibc's own allocator statistics.
+    let info = unsafe { libc::mallinfo2() };
+    Some((info.uordblks + info.hblkhd) as u64)
+}
+
+#[cfg(not(target_env = "gnu"))]
+pub fn heap_in_use() -> Option<u64> {
+    None
+}
+
+/// Runs `create` and returns the heap it kept, when no other load overlapped.
+fn measured<T>(create: impl FnOnce() -> T) -> (T, Option<u64>) {
+    let ticket = CREATIONS.fetch_add(1, Ordering::SeqCst) + 1;
+    let alone_at_start = CREATING.fetch_add(1, Ordering::SeqCst) == 0;
+    let before = heap_in_use();
+    let value = create();
+    let after = heap_in_use();
+    let alone_at_end =
+        CREATING.fetch_sub(1, Ordering::SeqCst) == 1 && CREATIONS.load(Ordering::SeqCst) == ticket;
+    let delta = match (before, after) {
+        (Some(before), Some(after)) if alone_at_start && alone_at_end => {
+            Some(after.saturating_sub(before))
+        }
+        _ => None,
+    };
+    (value, delta)
+}
+
+impl Engines {
+    /// Loads a model from its file. Errors are messages for a 422: the file is at fault.
+    ///
+    /// A native model is charged its own heap size (exact: the engine counts its arrays'
+    /// capacities). An ONNX Runtime model is charged what its session kept on the heap,
+    /// measured around the creation with the allocator's counters, or `estimate` when
+    /// another load overlapped it.
+    pub fn load(
+        &self,
+        id: ModelId,
+        version: u64,
+        bytes: &[u8],
+        estimate: u64,
+    ) -> Result<LoadedModel, String> {
+        let mut native_refusal = None;
+        if self.native == NativeEngine::Auto {
+            // Counted as a creation so an ONNX Runtime load beside it is not mis-measured.
+            let (compiled, _) = measured(|| manymodels_native::Model::compile(bytes));
+            match compiled {
+                Ok(model) => return native::loaded(id, version, bytes.len() as u64, model),
+                Err(manymodels_native::CompileError::Invalid(message)) => {
+                    return Err(format!("invalid model: {message}"));
+                }
+                Err(manymodels_native::CompileError::Unsupported(why)) => {
+                    native_refusal = Some(why);
+                }
+            }
+        }
+        let (session, measured_bytes) = measured(|| onnx::create_session(self.environment, bytes));
+        let session = session?;
+        let (weight, weight_measured) = match measured_bytes {
+            Some(bytes) => (bytes, true),
+            None => (estimate, false),
+        };
+        let (inputs, outputs, zipmap) = onnx::signature(&session)?;
+        LoadedModel::new(
+            id,
+            version,
+            inputs,
+            outputs,
+            bytes.len() as u64,
+            (weight, weight_measured),
+            Engine::OnnxRuntime,
+            Backend::Onnx {
+                session: Mutex::new(session),
+                zipmap,
+            },
+        )
+        .map(|mut model| {
+            model.native_refusal = native_refusal;
+            model
+        })
+    }
+}
+
+impl LoadedModel {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        id: ModelId,
+        version: u64,
+        inputs: Vec<TensorSpec>,
+        outputs: Vec<TensorSpec>,
+        file_bytes: u64,
+        (weight, weight_measured): (u64, bool),
+        engine: Engine,
+        backend: Backend,
+    ) -> Result<LoadedModel, String> {
+        if inputs.is_empty() || outputs.is_empty() {
+            return Err("the model declares no inputs or no outputs".into());
+        }
+        Ok(LoadedModel {
+            id,
+            version,
+            inputs,
+            outputs,
+            file_bytes,
+            weight,
+            weight_measured,
+            engine,
+            native_refusal: None,
+            backend,
+            nanos_per_row: AtomicU64::new(0),
+        })
+    }
+
+    /// Runs the model on validated inputs (in the model's input order) and returns the
+    /// outputs at `selected` indices. Blocks until the session is free and for the run.
+    pub fn infer(
+        &self,
+        inputs: Vec<NamedTensor>,
+        selected: &[usize],
+    ) -> Result<Vec<NamedTensor>, ScorerError> {
+        let session = match &self.backend {
+            Backend::Onnx { session, .. } => Some(
+                session
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            ),
+            Backend::Native(_) => None,
+        };
+        Runner {
+            model: self,
+            session,
+        }
+        .run(inputs, selected)
+    }
+
+    /// The checks a version passes before it goes live: it can take over `old`'s requests
+    /// (when there is one) and answers a smoke inference.
+    pub fn vet(&self, old: Option<&LoadedModel>) -> Result<(), String> {
+        if let Some(old) = old {
+            self.compatible_with(old)?;
+        }
+        self.smoke()
+    }
+
+    /// Runs one row of zeros through every input and checks every declared output comes
+    /// back: the check a new version passes before it replaces a live one.
+    pub fn smoke(&self) -> Result<(), String> {
+        let inputs = self
+            .inputs
+            .iter()
+            .map(|spec| {
+                let shape: Vec<i64> = spec
+                    .shape
+                    .iter()
+                    .map(|&d| if d < 1 { 1 } else { d })
+                    .collect();
+                let n = shape.iter().product::<i64>().max(0) as usize;
+                NamedTensor {
+                    name: spec.name.clone(),
+                    datatype: spec.datatype,
+                    shape,
+                    data: TensorData::zeros(spec.datatype, n),
+                }
+            })
+            .collect();
+        let all: Vec<usize> = (0..self.outputs.len()).collect();
+        let outputs = self
+            .infer(inputs, &all)
+            .map_err(|e| format!("smoke inference failed: {e}"))?;
+        if outputs.len() != self.outputs.len() {
+            return Err(format!(
+                "smoke inference returned {} outputs, the model declares {}",
+                outputs.len(),
+                self.outputs.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether this model can take over `old`'s requests: the same input names,
+    /// datatypes and shapes, and every output `old` had.
+    pub fn compatible_with(&self, old: &LoadedModel) -> Result<(), String> {
+        let signature = |specs: &[TensorSpec]| -> Vec<(String, &'static str, Vec<i64>)> {
+            let mut s: Vec<_> = specs
+                .iter()
+                .map(|t| (t.name.clone(), t.datatype.as_str(), t.shape.clone()))
+                .collect();
+            s.sort();
+            s
+        };
+        if signature(&self.inputs) != signature(&old.inputs) {
+            return Err(format!(
+                "inputs {:?} differ from version {}'s {:?}",
+                signature(&self.inputs),
+                old.version,
+                signature(&old.inputs)
+            ));
+        }
+        let outputs = signature(&self.outputs);
+        if let Some(missing) = signature(&old.outputs)
+            .into_iter()
+            .find(|o| !outputs.contains(o))
+        {
+            return Err(format!(
+                "output {missing:?} of version {} is missing",
+                old.version
+            ));
+        }
+        Ok(())
+    }
+
+    /// A runner, if `rows` rows are predicted (from this model's measured time per row) to
+    /// run in under `limit` and the engine is free (an ONNX Runtime session nobody holds;
+    /// a native model always is). Such a call is short enough to run on an async worker:
+    /// handing it to a blocking thread costs more than the call.
+    pub fn try_quick(&self, rows: usize, limit: Duration) -> Option<Runner<'_>> {
+        let per_row = self.nanos_per_row.load(Ordering::Relaxed);
+        if per_row == 0 || per_row.saturating_mul(rows as u64) > limit.as_nanos() as u64 {
+            return None;
+        }
+        let session = match &self.backend {
+            Backend::Onnx { session, .. } => Some(session.try_lock().ok()?),
+            Backend::Native(_) => None,
+        };
+        Some(Runner {
+            model: self,
+            session,
+        })
+    }
+
+    fn record_run(&self, elapsed: Duration, rows: usize) {
+        let sample = (elapsed.as_nanos() as u64 / rows.max(1) as u64).max(1);
+        let old = self.nanos_per_row.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 7 + sample) / 8
+        };
+        self.nanos_per_row.store(new, Ordering::Relaxed);
+    }
+
+    /// The engine's own time per call: `iterations` runs on inputs built once, without the
+    /// scorer's conversions around the call where the engine allows. For the benchmarks'
+    /// floor.
+    pub fn time_runs(
+        &self,
+        inputs: &[NamedTensor],
+        iterations: usize,
+    ) -> Result<Vec<Duration>, String> {
+        let all: Vec<usize> = (0..self.outputs.len()).collect();
+        let mut times = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let inputs = inputs.to_vec();
+            let started = Instant::now();
+            let outputs = self.infer(inputs, &all).map_err(|e| e.to_string())?;
+            times.push(started.elapsed());
+            drop(outputs);
+        }
+        Ok(times)
+    }
+}
+
+/// A model ready to run: for ONNX Runtime, its session held.
+pub struct Runner<'a> {
+    model: &'a LoadedModel,
+    session: Option<MutexGuard<'a, Session>>,
+}
+
+impl Runner<'_> {
+    /// Runs the model once.
+    pub fn run(
+        self,
+        inputs: Vec<NamedTensor>,
+        selected: &[usize],
+    ) -> Result<Vec<NamedTensor>, ScorerError> {
+        let model = self.model;
+        let rows = batch_rows(&inputs);
+        let started = Instant::now();
+        let result = match (&model.backend, self.session) {
+            (Backend::Onnx { zipmap, .. }, Some(mut session)) => {
+                onnx::run(&mut session, &model.outputs, zipmap, inputs, selected)
+            }
+            (Backend::Native(native), _) => {
+                native::run(native, &model.outputs, inputs, selected)
+            }
+            (Backend::Onnx { .. }, None) => unreachable!("an ONNX Runtime runner holds its session"),
+        };
+        let outputs = result.map_err(|message| ScorerError::Inference {
+            id: model.id.to_string(),
+            message,
+        })?;
+        model.record_run(started.elapsed(), rows);
+        Ok(outputs)
+    }
+}
+
+/// The batch size of a request: the first dimension of its first input (1 for scalars).
+pub fn batch_rows(inputs: &[NamedTensor]) -> usize {
+    inputs
+        .first()
+        .and_then(|t| t.shape.first())
+        .map(|&d| d.max(1) as usize)
+        .unwrap_or(1)
+}

@@ -56,7 +56,10 @@ impl<'n, 'a> Attrs<'n, 'a> {
         match self.get(name) {
             Some(a) => Ok(a.ints.varints(|v| {
                 u32::try_from(v as i64).map_err(|_| {
-                    Invalid::new(format!("attribute {name} holds {} (out of range)", v as i64))
+                    Invalid::new(format!(
+                        "attribute {name} holds {} (out of range)",
+                        v as i64
+                    ))
                 })
             })?),
             None => Ok(Vec::new()),
@@ -83,7 +86,11 @@ impl<'n, 'a> Attrs<'n, 'a> {
 
     /// A tensor-valued attribute (`*_as_tensor`), which must hold DOUBLE data when
     /// `double` and FLOAT data otherwise, as doubles.
-    pub fn tensor_f64(&self, name: &'n str, double: bool) -> Result<Option<Vec<f64>>, CompileError> {
+    pub fn tensor_f64(
+        &self,
+        name: &'n str,
+        double: bool,
+    ) -> Result<Option<Vec<f64>>, CompileError> {
         let Some(bytes) = self.get(name).and_then(|a| a.t) else {
             return Ok(None);
         };
@@ -127,16 +134,27 @@ pub fn unsupported(node: &NodeView<'_>, why: &str) -> CompileError {
 }
 
 /// The values of a FLOAT or DOUBLE tensor, widened to `f64`.
-pub fn tensor_values_f64(node: &NodeView<'_>, t: &TensorView<'_>) -> Result<Vec<f64>, CompileError> {
+pub fn tensor_values_f64(
+    node: &NodeView<'_>,
+    t: &TensorView<'_>,
+) -> Result<Vec<f64>, CompileError> {
     if t.unsupported_storage {
-        return Err(unsupported(node, "a tensor is stored externally or in segments"));
+        return Err(unsupported(
+            node,
+            "a tensor is stored externally or in segments",
+        ));
     }
     match (t.data_type, t.raw_data) {
-        (elem::FLOAT, Some(raw)) => Ok(raw_chunks::<4>(raw).map(|c| f64::from(f32::from_le_bytes(c)))?),
+        (elem::FLOAT, Some(raw)) => {
+            Ok(raw_chunks::<4>(raw).map(|c| f64::from(f32::from_le_bytes(c)))?)
+        }
         (elem::DOUBLE, Some(raw)) => Ok(raw_chunks::<8>(raw).map(f64::from_le_bytes)?),
         (elem::FLOAT, None) => Ok(t.float_data.floats(f64::from)?),
         (elem::DOUBLE, None) => Ok(t.double_data.doubles()?),
-        _ => Err(unsupported(node, "a tensor attribute is neither FLOAT nor DOUBLE")),
+        _ => Err(unsupported(
+            node,
+            "a tensor attribute is neither FLOAT nor DOUBLE",
+        )),
     }
 }
 
@@ -149,7 +167,9 @@ struct Chunks<'a, const N: usize>(&'a [u8]);
 impl<const N: usize> Chunks<'_, N> {
     fn map<T>(self, mut f: impl FnMut([u8; N]) -> T) -> Result<Vec<T>, Invalid> {
         if self.0.len() % N != 0 {
-            return Err(Invalid::new("raw tensor data is not a whole number of elements"));
+            return Err(Invalid::new(
+                "raw tensor data is not a whole number of elements",
+            ));
         }
         Ok(self
             .0

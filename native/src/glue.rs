@@ -14,12 +14,18 @@ pub(crate) enum Glue {
     Identity,
     Cast(Elem),
     /// Keys in ascending order, and for each the column of the input it takes.
-    ZipMap { columns: Vec<usize> },
+    ZipMap {
+        columns: Vec<usize>,
+    },
     Normalizer(Norm),
     /// Columns to pick from the last axis.
-    Extract { indices: Vec<usize> },
+    Extract {
+        indices: Vec<usize>,
+    },
     /// Reshape to a constant shape (ONNX rules: 0 copies a dimension, -1 is inferred).
-    Reshape { shape: Vec<i64> },
+    Reshape {
+        shape: Vec<i64>,
+    },
     /// `x op c` (or `c op x` when `constant_first`), `c` a scalar or one value per column.
     Arith {
         kind: Arith,
@@ -135,7 +141,9 @@ pub(crate) fn compile(
             Ok((Glue::Normalizer(norm), vec![Elem::F32]))
         }
         ("ai.onnx.ml", "ArrayFeatureExtractor") => match inputs {
-            [x, y] if x.constant.is_none() && matches!(x.elem, Elem::F32 | Elem::F64 | Elem::I64) => {
+            [x, y]
+                if x.constant.is_none() && matches!(x.elem, Elem::F32 | Elem::F64 | Elem::I64) =>
+            {
                 let Some(t) = y.constant else {
                     return Err(unsupported(node, "indices are not constant"));
                 };
@@ -148,7 +156,10 @@ pub(crate) fn compile(
                 }
                 Ok((Glue::Extract { indices }, vec![x.elem]))
             }
-            _ => Err(unsupported(node, "expects a computed tensor and constant indices")),
+            _ => Err(unsupported(
+                node,
+                "expects a computed tensor and constant indices",
+            )),
         },
         ("" | "ai.onnx", "Reshape") => match inputs {
             [x, s] if x.constant.is_none() => {
@@ -164,7 +175,10 @@ pub(crate) fn compile(
                 }
                 Ok((Glue::Reshape { shape }, vec![x.elem]))
             }
-            _ => Err(unsupported(node, "expects a computed tensor and a constant shape")),
+            _ => Err(unsupported(
+                node,
+                "expects a computed tensor and a constant shape",
+            )),
         },
         ("" | "ai.onnx", op @ ("Add" | "Sub" | "Mul" | "Div")) => {
             let kind = match op {
@@ -190,7 +204,10 @@ pub(crate) fn compile(
             }
             let constant = match x.elem {
                 Elem::F32 => Constant::F32(
-                    float_values(node, t)?.into_iter().map(|v| v as f32).collect(),
+                    float_values(node, t)?
+                        .into_iter()
+                        .map(|v| v as f32)
+                        .collect(),
                 ),
                 Elem::F64 => Constant::F64(float_values(node, t)?),
                 Elem::I64 if kind != Arith::Div => Constant::I64(int_values(node, t)?),
@@ -223,24 +240,32 @@ fn int_values(node: &NodeView<'_>, t: &TensorView<'_>) -> Result<Vec<i64>, Compi
         return Err(unsupported(node, "a constant stored externally"));
     }
     let values: Vec<i64> = match (t.data_type, t.raw_data) {
-        (elem::INT64, Some(raw)) => chunks::<8>(raw)?.into_iter().map(i64::from_le_bytes).collect(),
+        (elem::INT64, Some(raw)) => chunks::<8>(raw)?
+            .into_iter()
+            .map(i64::from_le_bytes)
+            .collect(),
         (elem::INT32, Some(raw)) => chunks::<4>(raw)?
             .into_iter()
             .map(|c| i64::from(i32::from_le_bytes(c)))
             .collect(),
         (elem::INT64, None) => t.int64_data.varints(|v| Ok(v as i64))?,
         (elem::INT32, None) => t.int32_data.varints(|v| Ok(i64::from(v as i64 as i32)))?,
-        _ => return Err(unsupported(node, "a constant that is not an integer tensor")),
+        _ => {
+            return Err(unsupported(
+                node,
+                "a constant that is not an integer tensor",
+            ));
+        }
     };
     check_count(node, t, values.len())?;
     Ok(values)
 }
 
 fn check_count(node: &NodeView<'_>, t: &TensorView<'_>, n: usize) -> Result<(), CompileError> {
-    let declared = t
-        .dims
-        .iter()
-        .try_fold(1i64, |acc, &d| if d < 0 { None } else { acc.checked_mul(d) });
+    let declared = t.dims.iter().try_fold(
+        1i64,
+        |acc, &d| if d < 0 { None } else { acc.checked_mul(d) },
+    );
     if declared != Some(n as i64) {
         return Err(CompileError::Invalid(format!(
             "{} '{}': constant '{}' holds {n} values for dimensions {:?}",
@@ -252,9 +277,14 @@ fn check_count(node: &NodeView<'_>, t: &TensorView<'_>, n: usize) -> Result<(), 
 
 fn chunks<const N: usize>(raw: &[u8]) -> Result<Vec<[u8; N]>, CompileError> {
     if raw.len() % N != 0 {
-        return Err(CompileError::Invalid("raw tensor data is not a whole number of elements".into()));
+        return Err(CompileError::Invalid(
+            "raw tensor data is not a whole number of elements".into(),
+        ));
     }
-    Ok(raw.chunks_exact(N).map(|c| c.try_into().expect("N bytes")).collect())
+    Ok(raw
+        .chunks_exact(N)
+        .map(|c| c.try_into().expect("N bytes"))
+        .collect())
 }
 
 /// `float`/`double` to `int64` as x86-64 converts (`cvttsd2si`): truncation, and the
@@ -422,9 +452,11 @@ fn reshape(target: &[i64], x: &Tensor) -> Result<Tensor, RunError> {
     let mut inferred = None;
     for (i, &d) in target.iter().enumerate() {
         match d {
-            0 => shape.push(*x.shape.get(i).ok_or_else(|| {
-                RunError("Reshape: a 0 dimension past the input's rank".into())
-            })?),
+            0 => {
+                shape.push(*x.shape.get(i).ok_or_else(|| {
+                    RunError("Reshape: a 0 dimension past the input's rank".into())
+                })?)
+            }
             -1 => {
                 inferred = Some(i);
                 shape.push(1);
@@ -435,16 +467,25 @@ fn reshape(target: &[i64], x: &Tensor) -> Result<Tensor, RunError> {
     let known: usize = shape.iter().product();
     if let Some(i) = inferred {
         if known == 0 || total % known != 0 {
-            return Err(RunError(format!("Reshape: cannot reshape {total} values to {target:?}")));
+            return Err(RunError(format!(
+                "Reshape: cannot reshape {total} values to {target:?}"
+            )));
         }
         shape[i] = total / known;
     } else if known != total {
-        return Err(RunError(format!("Reshape: cannot reshape {total} values to {target:?}")));
+        return Err(RunError(format!(
+            "Reshape: cannot reshape {total} values to {target:?}"
+        )));
     }
     Ok(Tensor::new(shape, x.data.clone()))
 }
 
-fn arith(kind: Arith, constant: &Constant, constant_first: bool, x: &Tensor) -> Result<Tensor, RunError> {
+fn arith(
+    kind: Arith,
+    constant: &Constant,
+    constant_first: bool,
+    x: &Tensor,
+) -> Result<Tensor, RunError> {
     let width = *x.shape.last().unwrap_or(&1);
     let n = constant.len();
     if n != 1 && (n != width || x.shape.len() > 2) {

@@ -117,15 +117,21 @@ impl Model {
         let mut elems: Vec<Elem> = Vec::new();
         let mut inputs = Vec::new();
         let mut input_slots = Vec::new();
-        for info in graph.inputs.iter().filter(|i| !constants.contains_key(i.name)) {
+        for info in graph
+            .inputs
+            .iter()
+            .filter(|i| !constants.contains_key(i.name))
+        {
             let (elem, shape) = match &info.ty {
                 ValueType::Tensor { elem, shape } => (
-                    Elem::from_onnx(*elem).filter(|e| *e != Elem::Str).ok_or_else(|| {
-                        CompileError::Unsupported(format!(
-                            "input '{}' has element type {elem}",
-                            info.name
-                        ))
-                    })?,
+                    Elem::from_onnx(*elem)
+                        .filter(|e| *e != Elem::Str)
+                        .ok_or_else(|| {
+                            CompileError::Unsupported(format!(
+                                "input '{}' has element type {elem}",
+                                info.name
+                            ))
+                        })?,
                     shape.clone().unwrap_or_default(),
                 ),
                 _ => {
@@ -177,7 +183,10 @@ impl Model {
                     });
                     input_ids.push(usize::MAX);
                 } else {
-                    return Err(unsupported(node, &format!("input '{name}' is not defined before it")));
+                    return Err(unsupported(
+                        node,
+                        &format!("input '{name}' is not defined before it"),
+                    ));
                 }
             }
             let (op, out_elems) = compile_node(node, &node_inputs)?;
@@ -185,7 +194,8 @@ impl Model {
                 return Err(unsupported(node, "more outputs than the operator has"));
             }
             // Constant inputs were folded into the operator at compile time.
-            let input_ids: Vec<usize> = input_ids.into_iter().filter(|&i| i != usize::MAX).collect();
+            let input_ids: Vec<usize> =
+                input_ids.into_iter().filter(|&i| i != usize::MAX).collect();
             let mut outputs = Vec::with_capacity(node.outputs.len());
             for (i, &name) in node.outputs.iter().enumerate() {
                 if name.is_empty() {
@@ -193,7 +203,9 @@ impl Model {
                     continue;
                 }
                 if slot_of.contains_key(name) || constants.contains_key(name) {
-                    return Err(CompileError::Invalid(format!("value '{name}' is defined twice")));
+                    return Err(CompileError::Invalid(format!(
+                        "value '{name}' is defined twice"
+                    )));
                 }
                 slot_of.insert(name, elems.len());
                 if matches!(op, Op::Glue(glue::Glue::ZipMap { .. })) {
@@ -340,7 +352,10 @@ impl Model {
     }
 }
 
-fn compile_node(node: &NodeView<'_>, inputs: &[NodeInput<'_>]) -> Result<(Op, Vec<Elem>), CompileError> {
+fn compile_node(
+    node: &NodeView<'_>,
+    inputs: &[NodeInput<'_>],
+) -> Result<(Op, Vec<Elem>), CompileError> {
     let attrs = Attrs::new(node)?;
     let compiled = match (node.domain, node.op_type) {
         ("ai.onnx.ml", "TreeEnsembleRegressor") => {

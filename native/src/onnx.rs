@@ -15,8 +15,8 @@
 //! Unknown fields are skipped, as protobuf requires; a field of the wrong wire type is an
 //! error (the file is malformed, not merely new).
 
-use crate::pb::{self, Field, Repeated};
 use crate::Invalid;
+use crate::pb::{self, Field, Repeated};
 
 /// `TensorProto.DataType` values the engine knows.
 pub mod elem {
@@ -155,7 +155,9 @@ fn parse_graph(bytes: &[u8]) -> Result<GraphView<'_>, Invalid> {
     let mut graph = GraphView::default();
     pb::for_each(bytes, |number, field| {
         match number {
-            1 => graph.nodes.push(parse_node(len(field, "GraphProto.node")?)?),
+            1 => graph
+                .nodes
+                .push(parse_node(len(field, "GraphProto.node")?)?),
             5 => graph
                 .initializers
                 .push(parse_tensor_message(len(field, "GraphProto.initializer")?)?),
@@ -284,7 +286,9 @@ pub(crate) fn parse_tensor_message(bytes: &[u8]) -> Result<TensorView<'_>, Inval
             3 => tensor.unsupported_storage = true,
             4 => tensor.float_data.push(field),
             5 => tensor.int32_data.push(field),
-            6 => tensor.string_data.push(len(field, "TensorProto.string_data")?),
+            6 => tensor
+                .string_data
+                .push(len(field, "TensorProto.string_data")?),
             7 => tensor.int64_data.push(field),
             8 => tensor.name = text(field, "TensorProto.name")?,
             9 => tensor.raw_data = Some(len(field, "TensorProto.raw_data")?),

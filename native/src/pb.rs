@@ -136,7 +136,10 @@ impl<'a> Repeated<'a> {
     }
 
     /// Decodes varint values (int64 as two's complement), `f` maps each and may refuse.
-    pub fn varints<T>(&self, mut f: impl FnMut(u64) -> Result<T, Invalid>) -> Result<Vec<T>, Invalid> {
+    pub fn varints<T>(
+        &self,
+        mut f: impl FnMut(u64) -> Result<T, Invalid>,
+    ) -> Result<Vec<T>, Invalid> {
         let mut out = Vec::new();
         for part in &self.parts {
             match *part {
@@ -257,7 +260,10 @@ mod tests {
         assert_eq!(rep.varints(|v| Ok(v)).unwrap(), vec![3, 1, 150]);
         let mut floats = Repeated::default();
         floats.push(Field::Fixed32(1.5f32.to_bits()));
-        let packed: Vec<u8> = [2.0f32, -0.25].iter().flat_map(|f| f.to_le_bytes()).collect();
+        let packed: Vec<u8> = [2.0f32, -0.25]
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect();
         floats.push(Field::Len(&packed));
         assert_eq!(floats.floats(|f| f).unwrap(), vec![1.5, 2.0, -0.25]);
         let mut bad = Repeated::default();

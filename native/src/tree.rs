@@ -236,7 +236,10 @@ fn values<T: Num>(
     let listed = attrs.floats(floats)?;
     match attrs.tensor_f64(tensor, T::BYTES == 8)? {
         Some(v) if listed.is_empty() => Ok(v.into_iter().map(T::from_f64).collect()),
-        Some(_) => Err(invalid(node, format!("both {floats} and {tensor} are given"))),
+        Some(_) => Err(invalid(
+            node,
+            format!("both {floats} and {tensor} are given"),
+        )),
         None => Ok(listed.into_iter().map(T::from_f32).collect()),
     }
 }
@@ -274,11 +277,17 @@ fn build<T: Num>(
         ("nodes_falsenodeids", false_ids.len()),
     ] {
         if len != n {
-            return Err(invalid(node, format!("{name} has {len} entries for {n} nodes")));
+            return Err(invalid(
+                node,
+                format!("{name} has {len} entries for {n} nodes"),
+            ));
         }
     }
     if !missing.is_empty() && missing.len() != n {
-        return Err(invalid(node, "nodes_missing_value_tracks_true has the wrong length"));
+        return Err(invalid(
+            node,
+            "nodes_missing_value_tracks_true has the wrong length",
+        ));
     }
 
     let (prefix, ids_name, weights_name) = if classifier {
@@ -286,17 +295,35 @@ fn build<T: Num>(
     } else {
         ("target", "target_ids", "target_weights")
     };
-    let w_trees = attrs.ints(if classifier { "class_treeids" } else { "target_treeids" })?;
-    let w_nodes = attrs.ints(if classifier { "class_nodeids" } else { "target_nodeids" })?;
+    let w_trees = attrs.ints(if classifier {
+        "class_treeids"
+    } else {
+        "target_treeids"
+    })?;
+    let w_nodes = attrs.ints(if classifier {
+        "class_nodeids"
+    } else {
+        "target_nodeids"
+    })?;
     let w_ids = attrs.ids(ids_name)?;
     let w_values: Vec<T> = values(
         node,
         attrs,
         weights_name,
-        if classifier { "class_weights_as_tensor" } else { "target_weights_as_tensor" },
+        if classifier {
+            "class_weights_as_tensor"
+        } else {
+            "target_weights_as_tensor"
+        },
     )?;
-    if [w_nodes.len(), w_ids.len(), w_values.len()].iter().any(|&l| l != w_trees.len()) {
-        return Err(invalid(node, format!("the {prefix}_* lists differ in length")));
+    if [w_nodes.len(), w_ids.len(), w_values.len()]
+        .iter()
+        .any(|&l| l != w_trees.len())
+    {
+        return Err(invalid(
+            node,
+            format!("the {prefix}_* lists differ in length"),
+        ));
     }
     let base_values: Vec<T> = values(node, attrs, "base_values", "base_values_as_tensor")?;
     let post = match attrs.string("post_transform")?.unwrap_or("NONE") {
@@ -310,7 +337,12 @@ fn build<T: Num>(
         let labels = match (ints.is_empty(), strings.is_empty()) {
             (false, true) => Labels::Int(ints),
             (true, false) => Labels::Str(strings.into_iter().map(str::to_string).collect()),
-            _ => return Err(invalid(node, "needs exactly one of classlabels_int64s, classlabels_strings")),
+            _ => {
+                return Err(invalid(
+                    node,
+                    "needs exactly one of classlabels_int64s, classlabels_strings",
+                ));
+            }
         };
         let n_classes = labels.len();
         if n_classes < 2 {
@@ -322,7 +354,10 @@ fn build<T: Num>(
         let binary = n_classes == 2 && distinct.len() == 1;
         let weights_all_positive = !w_values.iter().any(|&w| w < T::default());
         if n_classes == 2 && post == PostTransform::Probit {
-            return Err(unsupported(node, "PROBIT on two classes (ONNX Runtime writes half a row)"));
+            return Err(unsupported(
+                node,
+                "PROBIT on two classes (ONNX Runtime writes half a row)",
+            ));
         }
         let base_ok = if n_classes <= 2 {
             base_values.len() <= 2
@@ -330,7 +365,10 @@ fn build<T: Num>(
             base_values.is_empty() || base_values.len() == n_classes
         };
         if !base_ok {
-            return Err(invalid(node, format!("{} base values for {n_classes} classes", base_values.len())));
+            return Err(invalid(
+                node,
+                format!("{} base values for {n_classes} classes", base_values.len()),
+            ));
         }
         (
             Aggregate::Sum,
@@ -357,12 +395,18 @@ fn build<T: Num>(
             .filter(|&t| (1..=MAX_TARGETS).contains(&t))
             .ok_or_else(|| invalid(node, format!("n_targets {n_targets}")))?;
         if !base_values.is_empty() && base_values.len() != n_targets {
-            return Err(invalid(node, format!("{} base values for {n_targets} targets", base_values.len())));
+            return Err(invalid(
+                node,
+                format!("{} base values for {n_targets} targets", base_values.len()),
+            ));
         }
         (aggregate, n_targets, None)
     };
     if let Some(&bad) = w_ids.iter().find(|&&t| t as usize >= n_targets) {
-        return Err(invalid(node, format!("{ids_name} holds {bad} for {n_targets} outputs")));
+        return Err(invalid(
+            node,
+            format!("{ids_name} holds {bad} for {n_targets} outputs"),
+        ));
     }
 
     let trees = layout(
@@ -414,7 +458,10 @@ fn layout<T: Num>(
         if index.insert((tree_ids[i], node_ids[i]), i as u32).is_some() {
             return Err(invalid(
                 node,
-                format!("node {} of tree {} is listed twice", node_ids[i], tree_ids[i]),
+                format!(
+                    "node {} of tree {} is listed twice",
+                    node_ids[i], tree_ids[i]
+                ),
             ));
         }
     }
@@ -422,11 +469,20 @@ fn layout<T: Num>(
         let target = *index.get(&(tree_ids[i], ids[i])).ok_or_else(|| {
             invalid(
                 node,
-                format!("{which} node {} of tree {} does not exist", ids[i], tree_ids[i]),
+                format!(
+                    "{which} node {} of tree {} does not exist",
+                    ids[i], tree_ids[i]
+                ),
             )
         })?;
         if target as usize == i {
-            return Err(invalid(node, format!("node {} of tree {} points to itself", node_ids[i], tree_ids[i])));
+            return Err(invalid(
+                node,
+                format!(
+                    "node {} of tree {} points to itself",
+                    node_ids[i], tree_ids[i]
+                ),
+            ));
         }
         Ok(target)
     };
@@ -456,7 +512,10 @@ fn layout<T: Num>(
                         if in_progress[i] {
                             return Err(invalid(
                                 node,
-                                format!("tree {} has a cycle through node {}", tree_ids[i], node_ids[i]),
+                                format!(
+                                    "tree {} has a cycle through node {}",
+                                    tree_ids[i], node_ids[i]
+                                ),
                             ));
                         }
                         ret = placed[i];
@@ -472,7 +531,11 @@ fn layout<T: Num>(
                     nodes.push(Node {
                         value: thresholds[i],
                         index: 0,
-                        feature: if modes[i] == Mode::Leaf { 0 } else { features[i] },
+                        feature: if modes[i] == Mode::Leaf {
+                            0
+                        } else {
+                            features[i]
+                        },
                         flags,
                     });
                     if modes[i] == Mode::Leaf {
@@ -488,7 +551,10 @@ fn layout<T: Num>(
                         let i = at as usize;
                         return Err(invalid(
                             node,
-                            format!("the false child of node {} of tree {} is shared", node_ids[i], tree_ids[i]),
+                            format!(
+                                "the false child of node {} of tree {} is shared",
+                                node_ids[i], tree_ids[i]
+                            ),
                         ));
                     }
                     stack.push(Frame::AfterTrue { at, pos });
@@ -511,7 +577,13 @@ fn layout<T: Num>(
     for &k in &order {
         let k = k as usize;
         let at = *index.get(&(w_trees[k], w_nodes[k])).ok_or_else(|| {
-            invalid(node, format!("a weight names node {} of tree {}, which does not exist", w_nodes[k], w_trees[k]))
+            invalid(
+                node,
+                format!(
+                    "a weight names node {} of tree {}, which does not exist",
+                    w_nodes[k], w_trees[k]
+                ),
+            )
         })?;
         // An unplaced (unreachable) node maps to position 0, as in ONNX Runtime.
         let pos = match placed[at as usize] {
@@ -526,7 +598,10 @@ fn layout<T: Num>(
             leaf.index = weights.len() as u32;
             leaf.value = w_values[k];
         } else if leaf.index as usize + leaf.feature as usize != weights.len() {
-            return Err(unsupported(node, "a leaf's weights are not listed together"));
+            return Err(unsupported(
+                node,
+                "a leaf's weights are not listed together",
+            ));
         }
         leaf.feature += 1;
         weights.push(Weight {
@@ -659,7 +734,10 @@ impl<T: Num> Core<T> {
                     self.accumulate(&data[r * width..(r + 1) * width], &mut scores);
                     self.finish_regressor(&mut scores, &mut out);
                 }
-                Ok(vec![Tensor::new(vec![rows, self.n_targets], Data::F32(out))])
+                Ok(vec![Tensor::new(
+                    vec![rows, self.n_targets],
+                    Data::F32(out),
+                )])
             }
             Some(classes) => {
                 let n_out = classes.labels.len();
@@ -667,7 +745,11 @@ impl<T: Num> Core<T> {
                 let mut picked = Vec::with_capacity(rows);
                 for r in 0..rows {
                     self.accumulate(&data[r * width..(r + 1) * width], &mut scores);
-                    picked.push(self.finish_classifier(classes, &mut scores, &mut probabilities)?);
+                    picked.push(self.finish_classifier(
+                        classes,
+                        &mut scores,
+                        &mut probabilities,
+                    )?);
                 }
                 let label = match &classes.labels {
                     Labels::Int(l) => Data::I64(
@@ -701,7 +783,11 @@ impl<T: Num> Core<T> {
         let n_trees = T::from_count(self.trees.roots.len());
         let base = &self.trees.base_values;
         if self.n_targets == 1 {
-            let origin = if base.len() == 1 { base[0] } else { T::default() };
+            let origin = if base.len() == 1 {
+                base[0]
+            } else {
+                T::default()
+            };
             let s = scores[0];
             let val = match self.aggregate {
                 Aggregate::Sum => s.score + origin,
@@ -716,7 +802,11 @@ impl<T: Num> Core<T> {
             };
             // ONNX Runtime applies only PROBIT to a single output.
             let v = val.to_f32();
-            out.push(if self.post == PostTransform::Probit { transform::probit(v) } else { v });
+            out.push(if self.post == PostTransform::Probit {
+                transform::probit(v)
+            } else {
+                v
+            });
             return;
         }
         let use_base = base.len() == self.n_targets;
@@ -880,7 +970,11 @@ impl Ensemble {
             Ensemble::F32(c) => c.classes.is_some(),
             Ensemble::F64(c) => c.classes.is_some(),
         };
-        if classifier { "TreeEnsembleClassifier" } else { "TreeEnsembleRegressor" }
+        if classifier {
+            "TreeEnsembleClassifier"
+        } else {
+            "TreeEnsembleRegressor"
+        }
     }
 
     pub(crate) fn heap_bytes(&self) -> usize {
@@ -888,10 +982,14 @@ impl Ensemble {
             size_of::<Core<T>>()
                 + c.trees.heap_bytes()
                 + match &c.classes {
-                    Some(Classes { labels: Labels::Int(v), .. }) => v.capacity() * 8,
-                    Some(Classes { labels: Labels::Str(v), .. }) => {
-                        v.iter().map(|s| s.capacity() + size_of::<String>()).sum()
-                    }
+                    Some(Classes {
+                        labels: Labels::Int(v),
+                        ..
+                    }) => v.capacity() * 8,
+                    Some(Classes {
+                        labels: Labels::Str(v),
+                        ..
+                    }) => v.iter().map(|s| s.capacity() + size_of::<String>()).sum(),
                     None => 0,
                 }
         }

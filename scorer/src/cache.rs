@@ -30,10 +30,10 @@ use moka::future::Cache;
 use serde::Serialize;
 use tokio::sync::{OnceCell, Semaphore};
 
+use crate::engine::{Engine, Engines, LoadedModel};
 use crate::error::{LoadError, ScorerError};
 use crate::metrics::Metrics;
 use crate::model_id::ModelId;
-use crate::engine::{Engine, Engines, LoadedModel};
 use crate::store::{ModelState, ModelStore, StoreError};
 
 /// How long "this model does not exist" is remembered, so a storm of requests for an
@@ -817,7 +817,9 @@ impl ModelCache {
         let (model_id, checked) = (id.clone(), bytes.clone());
         let estimate = self.config.weigh(bytes.len() as u64);
         let verdict = tokio::task::spawn_blocking(move || {
-            engines.load(model_id, version, &checked, estimate)?.vet(old.as_deref())
+            engines
+                .load(model_id, version, &checked, estimate)?
+                .vet(old.as_deref())
         })
         .await
         .map_err(|e| ScorerError::Store(format!("check task failed: {e}")))?;
@@ -996,7 +998,11 @@ impl ModelCache {
             loads_by_engine: Engine::ALL
                 .iter()
                 .map(|e| {
-                    let n = self.metrics.engine_loads.with_label_values(&[e.as_str()]).get();
+                    let n = self
+                        .metrics
+                        .engine_loads
+                        .with_label_values(&[e.as_str()])
+                        .get();
                     (e.as_str(), n)
                 })
                 .collect(),

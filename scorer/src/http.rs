@@ -15,10 +15,10 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::Scorer;
+use crate::engine;
 use crate::error::ScorerError;
 use crate::model_id::ModelId;
 use crate::oip;
-use crate::engine;
 use crate::tensor::TensorSpec;
 
 /// Names the scorer that answered (for the proxy's affinity, and for people debugging).

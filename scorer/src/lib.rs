@@ -11,12 +11,12 @@
 //! it is asked for. Choosing which scorer holds which model is the proxy's job.
 
 pub mod cache;
+pub mod engine;
 pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod model_id;
 pub mod oip;
-pub mod engine;
 pub mod store;
 pub mod tensor;
 

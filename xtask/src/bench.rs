@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
+use manymodels_config::scorer::NativeEngine;
 use manymodels_models::{Mix, Spec};
 use manymodels_policy::sim;
 use manymodels_policy::trace::{self as policy_trace, Shape, TraceSpec};
 use manymodels_policy::{PolicyConfig, PoolStats};
-use manymodels_scorer::model_id::ModelId;
 use manymodels_scorer::engine::{self as runtime, Engines};
-use manymodels_config::scorer::NativeEngine;
+use manymodels_scorer::model_id::ModelId;
 use manymodels_scorer::tensor::{DataType, NamedTensor, TensorData};
 use serde_json::Value;
 

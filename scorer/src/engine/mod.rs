@@ -391,10 +391,10 @@ impl Runner<'_> {
             (Backend::Onnx { zipmap, .. }, Some(mut session)) => {
                 onnx::run(&mut session, &model.outputs, zipmap, inputs, selected)
             }
-            (Backend::Native(native), _) => {
-                native::run(native, &model.outputs, inputs, selected)
+            (Backend::Native(native), _) => native::run(native, &model.outputs, inputs, selected),
+            (Backend::Onnx { .. }, None) => {
+                unreachable!("an ONNX Runtime runner holds its session")
             }
-            (Backend::Onnx { .. }, None) => unreachable!("an ONNX Runtime runner holds its session"),
         };
         let outputs = result.map_err(|message| ScorerError::Inference {
             id: model.id.to_string(),

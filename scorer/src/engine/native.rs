@@ -62,7 +62,10 @@ pub(super) fn run(
             let shape = input
                 .shape
                 .iter()
-                .map(|&d| usize::try_from(d).map_err(|_| format!("input '{}': negative dimension", input.name)))
+                .map(|&d| {
+                    usize::try_from(d)
+                        .map_err(|_| format!("input '{}': negative dimension", input.name))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let data = match input.data {
                 TensorData::Fp32(v) => Data::F32(v),

@@ -112,7 +112,9 @@ pub fn create_session(environment: &Environment, bytes: &[u8]) -> Result<Session
 /// What a session declares: its inputs and outputs, and for each output whether it is a
 /// ZipMap (a sequence of maps, served as the `[N, C]` tensor of its values). Errors are
 /// messages for a 422.
-pub fn signature(session: &Session) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>, Vec<bool>), String> {
+pub fn signature(
+    session: &Session,
+) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>, Vec<bool>), String> {
     let spec = |outlet: &ort::value::Outlet, role: &str| -> Result<(TensorSpec, bool), String> {
         match outlet.dtype() {
             ValueType::Tensor { ty, shape, .. } => {
@@ -220,7 +222,10 @@ fn from_zipmap(value: &DynValue) -> ort::Result<(Vec<i64>, TensorData)> {
     let mut width = None;
     for map in &maps {
         let mut row: Vec<(Vec<u8>, i64, f32)> = match map.dtype() {
-            V::Map { key: ort::value::TensorElementType::String, .. } => map
+            V::Map {
+                key: ort::value::TensorElementType::String,
+                ..
+            } => map
                 .try_extract_key_values::<String, f32>()?
                 .into_iter()
                 .map(|(k, v)| (k.into_bytes(), 0, v))

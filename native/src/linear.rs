@@ -1,31 +1,479 @@
-//! `LinearRegressor` and `LinearClassifier`.
+//! `LinearRegressor` and `LinearClassifier`, with ONNX Runtime's arithmetic.
+//!
+//! ONNX Runtime computes the scores with MLAS's SGEMM, whose summation order depends on
+//! the batch and the CPU (see ARCHITECTURE.md, "The native engine"):
+//!
+//! - one row: the AVX `M1TransposeB` kernel: eight lanes, lane `l` summing `x[k] * w[k]`
+//!   for `k ≡ l (mod 8)` with separate multiplies and adds, then a reduction tree whose
+//!   shape depends on where the output falls in groups of 4, 2 and 1; then `+ bias`;
+//! - several rows: per output, a fused multiply-add chain over `k` in blocks of `StrideK`
+//!   features, each block's sum added to the output (which starts as the bias).
+//!
+//! The engine reproduces both exactly on x86-64 with AVX and FMA (and the AVX-512F softmax
+//! kernel where a model needs it). On any other CPU a linear model is not covered and goes
+//! to ONNX Runtime, so a number is never merely close.
 
 use crate::attrs::{Attrs, unsupported};
 use crate::graph::NodeInput;
 use crate::onnx::NodeView;
-use crate::value::{Elem, Tensor};
+use crate::transform::{self, PostTransform};
+use crate::value::{Data, Elem, Tensor};
 use crate::{CompileError, RunError};
 
 #[derive(Debug)]
-pub(crate) struct Linear {}
+pub(crate) struct Linear {
+    /// `[outputs, features]`, row-major.
+    coefficients: Vec<f32>,
+    /// One per output, or empty.
+    intercepts: Vec<f32>,
+    outputs: usize,
+    features: usize,
+    post: PostTransform,
+    /// `Some` for a classifier.
+    labels: Option<Labels>,
+    input: Elem,
+}
+
+#[derive(Debug)]
+enum Labels {
+    Int(Vec<i64>),
+    Str(Vec<String>),
+}
+
+/// What this CPU lets the engine reproduce.
+fn cpu_has_mlas_paths() -> (bool, bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let base = std::arch::is_x86_feature_detected!("avx")
+            && std::arch::is_x86_feature_detected!("fma");
+        (base, base && std::arch::is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        (false, false)
+    }
+}
 
 pub(crate) fn compile(
     node: &NodeView<'_>,
-    _attrs: &Attrs<'_, '_>,
-    _inputs: &[NodeInput<'_>],
-    _classifier: bool,
+    attrs: &Attrs<'_, '_>,
+    inputs: &[NodeInput<'_>],
+    classifier: bool,
 ) -> Result<(Linear, Vec<Elem>), CompileError> {
-    Err(unsupported(node, "not yet"))
+    let input = match inputs {
+        [x] if x.constant.is_none() => x.elem,
+        _ => return Err(unsupported(node, "expects one computed input")),
+    };
+    let (exact, avx512) = cpu_has_mlas_paths();
+    if !exact {
+        return Err(unsupported(
+            node,
+            "this CPU's MLAS kernels are not reproduced",
+        ));
+    }
+    let coefficients = attrs.floats("coefficients")?;
+    let intercepts_attr = attrs.floats("intercepts")?;
+    let post = match attrs.string("post_transform")?.unwrap_or("NONE") {
+        name => PostTransform::parse(name)
+            .ok_or_else(|| CompileError::Invalid(format!("unknown post_transform {name}")))?,
+    };
+    if coefficients.is_empty() {
+        return Err(CompileError::Invalid(
+            "LinearRegressor/Classifier without coefficients".into(),
+        ));
+    }
+    if classifier {
+        if !matches!(input, Elem::F32 | Elem::F64 | Elem::I64 | Elem::I32) {
+            return Err(unsupported(node, "input type"));
+        }
+        // ONNX Runtime reads but ignores multi_class.
+        let _ = attrs.int("multi_class");
+        let ints = attrs.ints("classlabels_ints")?;
+        let strings = attrs.strings("classlabels_strings")?;
+        let labels = match (ints.is_empty(), strings.is_empty()) {
+            (false, true) => Labels::Int(ints),
+            (true, false) => Labels::Str(strings.into_iter().map(str::to_string).collect()),
+            (true, true) => return Err(unsupported(node, "no class labels")),
+            (false, false) => {
+                return Err(CompileError::Invalid("both label lists are given".into()));
+            }
+        };
+        let classes = intercepts_attr.len();
+        let n_labels = match &labels {
+            Labels::Int(v) => v.len(),
+            Labels::Str(v) => v.len(),
+        };
+        if classes == 0 || coefficients.len() % classes != 0 {
+            return Err(CompileError::Invalid(format!(
+                "{} coefficients for {classes} classes",
+                coefficients.len()
+            )));
+        }
+        if (classes == 1 && n_labels != 2) || (classes > 1 && n_labels < classes) {
+            return Err(CompileError::Invalid(format!(
+                "{n_labels} labels for {classes} classes"
+            )));
+        }
+        match (classes, post) {
+            (1, PostTransform::Probit) => {
+                return Err(unsupported(
+                    node,
+                    "PROBIT on one class (ONNX Runtime writes half a row)",
+                ));
+            }
+            (c, PostTransform::Softmax) if c > 1 && !(avx512 && c <= 16) => {
+                return Err(unsupported(node, "SOFTMAX over these classes on this CPU"));
+            }
+            _ => {}
+        }
+        let features = coefficients.len() / classes;
+        if features < 2 {
+            return Err(unsupported(node, "one feature (MLAS swaps the operands)"));
+        }
+        let elems = vec![
+            match labels {
+                Labels::Int(_) => Elem::I64,
+                Labels::Str(_) => Elem::Str,
+            },
+            Elem::F32,
+        ];
+        Ok((
+            Linear {
+                coefficients,
+                intercepts: intercepts_attr,
+                outputs: classes,
+                features,
+                post,
+                labels: Some(labels),
+                input,
+            },
+            elems,
+        ))
+    } else {
+        if input != Elem::F32 {
+            return Err(unsupported(node, "input type"));
+        }
+        let targets = attrs.int("targets").unwrap_or(1);
+        let targets = usize::try_from(targets)
+            .ok()
+            .filter(|&t| t >= 1 && t <= coefficients.len())
+            .ok_or_else(|| CompileError::Invalid(format!("targets {targets}")))?;
+        if targets > 1 && matches!(post, PostTransform::Logistic | PostTransform::Softmax) {
+            return Err(unsupported(node, "MLAS transforms on several targets"));
+        }
+        let features = coefficients.len() / targets;
+        if features < 2 {
+            return Err(unsupported(node, "one feature (MLAS swaps the operands)"));
+        }
+        // Intercepts of the wrong length are ignored, as ONNX Runtime does.
+        let intercepts = if intercepts_attr.len() == targets {
+            intercepts_attr
+        } else {
+            Vec::new()
+        };
+        Ok((
+            Linear {
+                coefficients,
+                intercepts,
+                outputs: targets,
+                features,
+                post,
+                labels: None,
+                input,
+            },
+            vec![Elem::F32],
+        ))
+    }
+}
+
+/// MLAS's `StrideK` for `n` outputs and `k` features (`sgemm.cpp`).
+fn stride_k(n: usize, k: usize) -> usize {
+    let (mut sn, mut sk) = (128usize, 128usize);
+    if n >= k {
+        while sk / 2 >= k {
+            sn *= 2;
+            sk /= 2;
+        }
+    } else {
+        while sn > 16 && sn / 2 >= n {
+            sk *= 2;
+            sn /= 2;
+        }
+    }
+    let _ = sn;
+    sk
+}
+
+/// Eight-lane partial sums of `x · w` (separate multiply and add, as the AVX kernel).
+fn m1_lanes(x: &[f32], w: &[f32]) -> [f32; 8] {
+    let mut acc = [0.0f32; 8];
+    for (k, (&a, &b)) in x.iter().zip(w).enumerate() {
+        acc[k % 8] += a * b;
+    }
+    acc
 }
 
 impl Linear {
     pub(crate) fn name(&self) -> &'static str {
-        "Linear"
+        if self.labels.is_some() {
+            "LinearClassifier"
+        } else {
+            "LinearRegressor"
+        }
     }
+
     pub(crate) fn heap_bytes(&self) -> usize {
-        0
+        size_of::<Linear>()
+            + (self.coefficients.capacity() + self.intercepts.capacity()) * 4
+            + match &self.labels {
+                Some(Labels::Int(v)) => v.capacity() * 8,
+                Some(Labels::Str(v)) => v.iter().map(|s| s.capacity() + size_of::<String>()).sum(),
+                None => 0,
+            }
     }
-    pub(crate) fn run(&self, _inputs: &[&Tensor]) -> Result<Vec<Tensor>, RunError> {
-        Err(RunError("not yet".into()))
+
+    /// The raw scores `[rows, outputs]` as MLAS computes them.
+    fn scores(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let (n, k) = (self.outputs, self.features);
+        let bias = |t: usize| self.intercepts.get(t).copied().unwrap_or(0.0);
+        let mut out = Vec::with_capacity(rows * n);
+        if rows == 1 {
+            let row = &x[..k];
+            let mut t = 0;
+            while t < n {
+                let group = if n - t >= 4 {
+                    4
+                } else if n - t >= 2 {
+                    2
+                } else {
+                    1
+                };
+                for r in 0..group {
+                    let a = m1_lanes(row, &self.coefficients[(t + r) * k..(t + r + 1) * k]);
+                    let s = match group {
+                        4 => (((a[0] + a[1]) + a[2]) + a[3]) + (((a[4] + a[5]) + a[6]) + a[7]),
+                        2 => ((a[0] + a[2]) + (a[4] + a[6])) + ((a[1] + a[3]) + (a[5] + a[7])),
+                        _ => ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])),
+                    };
+                    out.push(s + bias(t + r));
+                }
+                t += group;
+            }
+            return out;
+        }
+        let stride = stride_k(n, k);
+        for r in 0..rows {
+            let row = &x[r * k..(r + 1) * k];
+            for t in 0..n {
+                let w = &self.coefficients[t * k..(t + 1) * k];
+                let mut c = bias(t);
+                for start in (0..k).step_by(stride) {
+                    let end = (start + stride).min(k);
+                    let mut s = 0.0f32;
+                    for j in start..end {
+                        s = row[j].mul_add(w[j], s);
+                    }
+                    c += s;
+                }
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    pub(crate) fn run(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, RunError> {
+        let x = inputs[0];
+        if x.shape.len() > 2 {
+            return Err(RunError("a linear model's input must be 1-D or 2-D".into()));
+        }
+        let (rows, width) = x.rows_and_width();
+        if width != self.features {
+            return Err(RunError(format!(
+                "the input has {width} features, the coefficients {}",
+                self.features
+            )));
+        }
+        let floats: std::borrow::Cow<'_, [f32]> = match &x.data {
+            Data::F32(v) => std::borrow::Cow::Borrowed(v),
+            Data::F64(v) => v.iter().map(|&a| a as f32).collect(),
+            Data::I64(v) => v.iter().map(|&a| a as f32).collect(),
+            Data::I32(v) => v.iter().map(|&a| a as f32).collect(),
+            _ => return Err(RunError("input type".into())),
+        };
+        let _ = self.input;
+        let mut scores = self.scores(&floats, rows);
+        let n = self.outputs;
+        let Some(labels) = &self.labels else {
+            if n == 1 {
+                if self.post == PostTransform::Probit {
+                    scores.iter_mut().for_each(|v| *v = transform::probit(*v));
+                }
+            } else {
+                for row in scores.chunks_mut(n) {
+                    match self.post {
+                        PostTransform::Probit => {
+                            row.iter_mut().for_each(|v| *v = transform::probit(*v))
+                        }
+                        PostTransform::SoftmaxZero => transform::softmax_zero(row),
+                        _ => {}
+                    }
+                }
+            }
+            return Ok(vec![Tensor::new(vec![rows, n], Data::F32(scores))]);
+        };
+        // Labels come from the raw scores.
+        let picked: Vec<usize> = if n == 1 {
+            scores.iter().map(|&s| usize::from(s > 0.0)).collect()
+        } else {
+            scores
+                .chunks(n)
+                .map(|row| {
+                    let mut best = 0;
+                    for (j, &v) in row.iter().enumerate().skip(1) {
+                        if v > row[best] {
+                            best = j;
+                        }
+                    }
+                    best
+                })
+                .collect()
+        };
+        let probabilities = if n == 1 {
+            let mut out = Vec::with_capacity(rows * 2);
+            for &s in &scores {
+                match self.post {
+                    PostTransform::Logistic => {
+                        out.extend([transform::logistic(-s), transform::logistic(s)])
+                    }
+                    _ => out.extend([1.0 - s, s]),
+                }
+            }
+            out
+        } else {
+            // ONNX Runtime's batched transforms (`batched_update_scores_inplace`).
+            let mlas_softmax =
+                n >= 5 || (n == 2 && rows * 2 >= 32_768) || (n > 2 && rows * n >= 16_384);
+            for row in scores.chunks_mut(n) {
+                match self.post {
+                    PostTransform::None => {}
+                    PostTransform::Logistic => row.iter_mut().for_each(|v| *v = mlas_logistic(*v)),
+                    PostTransform::Softmax if mlas_softmax => mlas_softmax_avx512(row),
+                    PostTransform::Softmax => transform::softmax(row),
+                    PostTransform::SoftmaxZero => transform::softmax_zero(row),
+                    PostTransform::Probit => {
+                        row.iter_mut().for_each(|v| *v = transform::probit(*v))
+                    }
+                }
+            }
+            scores
+        };
+        let label = match labels {
+            Labels::Int(l) => Data::I64(picked.iter().map(|&p| l[p]).collect()),
+            Labels::Str(l) => Data::Str(picked.iter().map(|&p| l[p].clone()).collect()),
+        };
+        let width = if n == 1 { 2 } else { n };
+        Ok(vec![
+            Tensor::new(vec![rows], label),
+            Tensor::new(vec![rows, width], Data::F32(probabilities)),
+        ])
+    }
+}
+
+/// `MlasComputeLogistic` (the FMA3 kernel): a rational approximation on `[-18, 18]`.
+fn mlas_logistic(x: f32) -> f32 {
+    const A9: f32 = 4.370_310_125_798_01e-11;
+    const A7: f32 = 1.156_273_244_599_42e-07;
+    const A5: f32 = 6.085_748_646_001_43e-05;
+    const A3: f32 = 8.513_771_333_047_01e-03;
+    const A1: f32 = 2.482_879_470_615_29e-01;
+    const B10: f32 = 6.102_473_897_556_81e-13;
+    const B8: f32 = 5.761_021_369_934_27e-09;
+    const B6: f32 = 6.291_067_850_170_40e-06;
+    const B4: f32 = 1.701_988_173_740_94e-03;
+    const B2: f32 = 1.168_176_569_044_53e-01;
+    const B0: f32 = 9.931_519_210_231_80e-01;
+    // maxps/minps keep the second operand when the first is NaN: NaN passes through.
+    let x = if x.is_nan() { x } else { x.clamp(-18.0, 18.0) };
+    let x2 = x * x;
+    let mut p = x2.mul_add(A9, A7);
+    p = x2.mul_add(p, A5);
+    p = x2.mul_add(p, A3);
+    p = x2.mul_add(p, A1);
+    let mut q = x2.mul_add(B10, B8);
+    q = x2.mul_add(q, B6);
+    q = x2.mul_add(q, B4);
+    q = x2.mul_add(q, B2);
+    q = x2.mul_add(q, B0);
+    let r = (x * p) / q + 0.5;
+    if r.is_nan() { r } else { r.max(0.0) }
+}
+
+/// `MlasComputeSoftmax` on one row of at most 16 values, as the AVX-512F kernels compute
+/// it: MLAS's polynomial `exp`, a 16-lane sum, and a multiply by the sum's reciprocal.
+fn mlas_softmax_avx512(row: &mut [f32]) {
+    debug_assert!(row.len() <= 16);
+    let max = row
+        .iter()
+        .copied()
+        .fold(f32::MIN, |m, v| if v > m { v } else { m });
+    let neg_max = -max;
+    let mut lanes = [0.0f32; 16];
+    for (i, v) in row.iter_mut().enumerate() {
+        *v = mlas_exp(*v, neg_max);
+        lanes[i] += *v;
+    }
+    let s: Vec<f32> = (0..8).map(|i| lanes[i] + lanes[i + 8]).collect();
+    let sum = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    let scale = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= scale);
+}
+
+/// MLAS's AVX-512F `exp(v + neg_max)`.
+fn mlas_exp(v: f32, neg_max: f32) -> f32 {
+    const LOWER: f32 = -103.972_084;
+    const BIAS: f32 = 12_582_912.0;
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = -6.931_457_52e-1;
+    const LN2_LO: f32 = -1.428_606_77e-6;
+    const P: [f32; 7] = [
+        f32::from_bits(0x3ab4_a000), // 0x1.694p-10
+        f32::from_bits(0x3c09_2f6e), // 0x1.125edcp-7
+        f32::from_bits(0x3d2a_adad), // 0x1.555b5ap-5
+        f32::from_bits(0x3e2a_aa28), // 0x1.55545p-3
+        f32::from_bits(0x3eff_fffb), // 0x1.fffff6p-2
+        1.0,
+        1.0,
+    ];
+    let x = (v + neg_max).max(LOWER);
+    let m = x.mul_add(LOG2E, BIAS) - BIAS;
+    let r = m.mul_add(LN2_HI, x);
+    let r = m.mul_add(LN2_LO, r);
+    let mut p = P[0];
+    for &c in &P[1..] {
+        p = p.mul_add(r, c);
+    }
+    // vscalefps: p * 2^m rounded once (exact in f64, then one rounding to f32).
+    (f64::from(p) * 2f64.powi(m as i32)) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stride_k_follows_mlas() {
+        assert_eq!(stride_k(1, 1500), 1024);
+        assert_eq!(stride_k(3, 100), 1024);
+        assert_eq!(stride_k(40, 100), 256);
+        assert_eq!(stride_k(5, 3), 4);
+        assert_eq!(stride_k(128, 128), 128);
+    }
+
+    #[test]
+    fn mlas_approximations_stay_close_to_the_functions() {
+        assert!((mlas_exp(1.0, 0.0) - std::f32::consts::E).abs() < 1e-6);
+        assert!((mlas_exp(-2.5, 0.0) - (-2.5f32).exp()).abs() < 1e-7);
+        assert!((mlas_logistic(0.3) - 1.0 / (1.0 + (-0.3f32).exp())).abs() < 1e-6);
+        assert!(mlas_logistic(f32::NAN).is_nan());
     }
 }

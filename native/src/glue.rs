@@ -461,10 +461,15 @@ fn reshape(target: &[i64], x: &Tensor) -> Result<Tensor, RunError> {
                 inferred = Some(i);
                 shape.push(1);
             }
-            d => shape.push(d as usize),
+            d => shape.push(
+                usize::try_from(d).map_err(|_| RunError("Reshape: dimension too large".into()))?,
+            ),
         }
     }
-    let known: usize = shape.iter().product();
+    let known = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| RunError(format!("Reshape: {target:?} is too large")))?;
     if let Some(i) = inferred {
         if known == 0 || total % known != 0 {
             return Err(RunError(format!(

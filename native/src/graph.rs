@@ -76,6 +76,8 @@ pub struct Model {
     slots: usize,
     input_slots: Vec<usize>,
     output_slots: Vec<usize>,
+    /// Output slots named more than once (or also inputs): cloned, not moved, at the end.
+    shared_outputs: Vec<bool>,
 }
 
 /// What compiling a node needs to know about its inputs.
@@ -161,7 +163,7 @@ impl Model {
         }
 
         let mut steps = Vec::with_capacity(graph.nodes.len());
-        let mut zipmapped: Vec<usize> = Vec::new();
+        let mut zipmapped: std::collections::HashSet<usize> = std::collections::HashSet::new();
         for node in &graph.nodes {
             let mut node_inputs = Vec::with_capacity(node.inputs.len());
             let mut input_ids = Vec::with_capacity(node.inputs.len());
@@ -209,7 +211,7 @@ impl Model {
                 }
                 slot_of.insert(name, elems.len());
                 if matches!(op, Op::Glue(glue::Glue::ZipMap { .. })) {
-                    zipmapped.push(elems.len());
+                    zipmapped.insert(elems.len());
                 }
                 outputs.push(Some(elems.len()));
                 elems.push(out_elems[i]);
@@ -256,7 +258,13 @@ impl Model {
         if outputs.is_empty() {
             return Err(CompileError::Unsupported("the graph has no outputs".into()));
         }
+        let mut uses: HashMap<usize, usize> = HashMap::new();
+        for &slot in &output_slots {
+            *uses.entry(slot).or_default() += 1;
+        }
+        let shared_outputs = output_slots.iter().map(|s| uses[s] > 1).collect();
         Ok(Model {
+            shared_outputs,
             inputs,
             outputs,
             steps,
@@ -339,9 +347,9 @@ impl Model {
         Ok(self
             .output_slots
             .iter()
-            .map(|&slot| {
-                // An output named twice (or also an input) is cloned; others are moved.
-                let shared = self.output_slots.iter().filter(|&&s| s == slot).count() > 1;
+            .zip(&self.shared_outputs)
+            .map(|(&slot, &shared)| {
+                // An output named twice is cloned; others are moved.
                 if shared {
                     values[slot].clone().expect("computed")
                 } else {

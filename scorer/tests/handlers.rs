@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use manymodels_config::ByteSize;
-use manymodels_config::scorer::ScorerConfig;
+use manymodels_config::scorer::{NativeEngine, ScorerConfig};
 use manymodels_scorer::Scorer;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -625,14 +625,15 @@ async fn a_corrupted_model_is_422_fails_fast_and_does_not_affect_others() {
     let body = small_linear_request();
 
     let first = post_json(&router, "/v2/models/broken/infer", &body).await;
-    first.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "ONNX Runtime");
+    // The native engine's reader refuses it before ONNX Runtime sees it.
+    first.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid model");
     first.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "'broken'");
     let text = metrics_text(&router).await;
     assert_eq!(metric(&text, "mm_scorer_model_load_failures_total"), 1.0);
     assert_eq!(metric(&text, "mm_scorer_failed_fast_total"), 0.0);
 
     let second = post_json(&router, "/v2/models/broken/infer", &body).await;
-    second.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "ONNX Runtime");
+    second.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid model");
     let text = metrics_text(&router).await;
     assert_eq!(metric(&text, "mm_scorer_failed_fast_total"), 1.0, "{text}");
     assert_eq!(
@@ -931,11 +932,11 @@ async fn resident_gauges_follow_loads() {
     }
     let text = metrics_text(&router).await;
     assert_eq!(metric(&text, "mm_scorer_resident_models"), 2.0, "{text}");
-    // Each tiny model's session keeps tens of KiB (measured, or estimated as 96 KiB plus
-    // five times its few hundred bytes when loads overlap), never megabytes.
+    // Both tiny models are native: each is charged its own heap, a few hundred bytes
+    // (an ONNX Runtime session of the same model keeps tens of KiB), never megabytes.
     let resident = metric(&text, "mm_scorer_resident_bytes");
     assert!(
-        (2.0 * 10.0 * 1024.0..=2.0 * 1024.0 * 1024.0).contains(&resident),
+        (2.0 * 100.0..=2.0 * 16.0 * 1024.0).contains(&resident),
         "{text}"
     );
 }
@@ -1088,4 +1089,104 @@ async fn measured_short_calls_run_inline_unless_disabled() {
             "limit {limit:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// 13. Engines
+// ---------------------------------------------------------------------------------------
+
+fn corpus_model(name: &str) -> Vec<u8> {
+    std::fs::read(
+        workspace_root()
+            .join("models/corpus")
+            .join(format!("{name}.onnx")),
+    )
+    .expect("corpus model")
+}
+
+/// One row of `features` values for the input named `input`.
+fn row_request(features: usize) -> Value {
+    let data: Vec<f64> = (0..features)
+        .map(|i| (i as f64 * 0.37).sin() * 2.0)
+        .collect();
+    json!({
+        "inputs": [{ "name": "input", "datatype": "FP32", "shape": [1, features], "data": data }]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_cache_view_and_metrics_say_which_engine_serves_a_model() {
+    for (setting, engine) in [
+        (NativeEngine::Auto, "native"),
+        (NativeEngine::Off, "onnxruntime"),
+    ] {
+        let (_scorer, router) = scorer_for(demo_dir(), |c| c.native_engine = setting);
+        let reply = post_json(
+            &router,
+            "/v2/models/forest-1mb/infer",
+            &reference_request("forest-1mb"),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let metadata = get(&router, "/v2/models/forest-1mb").await.json();
+        assert_eq!(metadata["engine"], engine, "{metadata}");
+        let view = get(&router, "/v2/mm/cache").await.json()["cache"].clone();
+        let resident = view["resident"].as_array().expect("resident list");
+        assert_eq!(resident.len(), 1, "{view}");
+        assert_eq!(resident[0]["engine"], engine, "{view}");
+        assert_eq!(view["loads_by_engine"][engine], 1, "{view}");
+        let text = metrics_text(&router).await;
+        let series = format!("mm_scorer_engine_loads_total{{engine=\"{engine}\"}}");
+        assert_eq!(metric(&text, &series), 1.0, "{text}");
+        // A model the native engine does not cover (two inputs, MatMul/Add) still loads.
+        let reply = post_json(
+            &router,
+            "/v2/models/multi-input/infer",
+            &reference_request("multi-input"),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let metadata = get(&router, "/v2/models/multi-input").await.json();
+        assert_eq!(metadata["engine"], "onnxruntime");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn string_labels_and_zipmap_outputs_are_served_alike_by_both_engines() {
+    let store = TempStore::copy_of_demo();
+    store.add_model("rf-str-zipmap", 1, &corpus_model("skl_rf_multi_str_zipmap"));
+    let features = 8;
+    let mut answers = Vec::new();
+    for setting in [NativeEngine::Auto, NativeEngine::Off] {
+        let (_scorer, router) = scorer_for(&store.0, |c| c.native_engine = setting);
+        let metadata = get(&router, "/v2/models/rf-str-zipmap").await.json();
+        let outputs = metadata["outputs"].as_array().expect("outputs").clone();
+        assert_eq!(outputs[0]["datatype"], "BYTES", "{metadata}");
+        assert_eq!(outputs[1]["datatype"], "FP32", "{metadata}");
+        assert_eq!(outputs[1]["shape"], json!([-1, -1]), "{metadata}");
+        let reply = post_json(
+            &router,
+            "/v2/models/rf-str-zipmap/infer",
+            &row_request(features),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let body = reply.json();
+        let label = &body["outputs"][0];
+        assert!(label["data"][0].is_string(), "{body}");
+        let probabilities = &body["outputs"][1];
+        assert_eq!(probabilities["shape"], json!([1, 3]), "{body}");
+        let sum: f64 = probabilities["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .sum();
+        assert!((sum - 1.0).abs() < 1e-5, "{body}");
+        answers.push(body["outputs"].clone());
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "native and ONNX Runtime answer differently"
+    );
 }

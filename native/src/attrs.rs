@@ -11,6 +11,8 @@ pub struct Attrs<'n, 'a> {
     /// Names read so far: an attribute nobody read means the engine would ignore something
     /// the model says, so the node is refused rather than half-understood.
     read: std::cell::RefCell<Vec<&'n str>>,
+    /// Names whose repeated values were decoded (and so checked).
+    decoded: std::cell::RefCell<Vec<&'n str>>,
 }
 
 impl<'n, 'a> Attrs<'n, 'a> {
@@ -21,12 +23,19 @@ impl<'n, 'a> Attrs<'n, 'a> {
         Ok(Attrs {
             node,
             read: std::cell::RefCell::new(Vec::new()),
+            decoded: std::cell::RefCell::new(Vec::new()),
         })
     }
 
     fn get(&self, name: &'n str) -> Option<&'n AttrView<'a>> {
         self.read.borrow_mut().push(name);
         self.node.attr(name)
+    }
+
+    /// An attribute whose repeated values are about to be decoded.
+    fn decode(&self, name: &'n str) -> Option<&'n AttrView<'a>> {
+        self.decoded.borrow_mut().push(name);
+        self.get(name)
     }
 
     pub fn has(&self, name: &'n str) -> bool {
@@ -45,7 +54,7 @@ impl<'n, 'a> Attrs<'n, 'a> {
     }
 
     pub fn ints(&self, name: &'n str) -> Result<Vec<i64>, CompileError> {
-        match self.get(name) {
+        match self.decode(name) {
             Some(a) => Ok(a.ints.varints(|v| Ok(v as i64))?),
             None => Ok(Vec::new()),
         }
@@ -53,7 +62,7 @@ impl<'n, 'a> Attrs<'n, 'a> {
 
     /// Integers that must fit `u32` (ids, indices); a larger or negative one is invalid.
     pub fn ids(&self, name: &'n str) -> Result<Vec<u32>, CompileError> {
-        match self.get(name) {
+        match self.decode(name) {
             Some(a) => Ok(a.ints.varints(|v| {
                 u32::try_from(v as i64).map_err(|_| {
                     Invalid::new(format!(
@@ -67,19 +76,27 @@ impl<'n, 'a> Attrs<'n, 'a> {
     }
 
     pub fn floats(&self, name: &'n str) -> Result<Vec<f32>, CompileError> {
-        match self.get(name) {
+        match self.decode(name) {
             Some(a) => Ok(a.floats.floats(|f| f)?),
             None => Ok(Vec::new()),
         }
     }
 
     pub fn strings(&self, name: &'n str) -> Result<Vec<&'a str>, CompileError> {
-        match self.get(name) {
-            Some(a) => a
-                .strings
-                .iter()
-                .map(|s| pb::text(s).map_err(CompileError::from))
-                .collect(),
+        match self.decode(name) {
+            Some(a) => Ok(a.strings.map_bytes(pb::text)?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// A strings attribute decoded value by value from its raw bytes.
+    pub fn map_bytes<T>(
+        &self,
+        name: &'n str,
+        f: impl FnMut(&'a [u8]) -> Result<T, Invalid>,
+    ) -> Result<Vec<T>, CompileError> {
+        match self.decode(name) {
+            Some(a) => Ok(a.strings.map_bytes(f)?),
             None => Ok(Vec::new()),
         }
     }
@@ -105,8 +122,15 @@ impl<'n, 'a> Attrs<'n, 'a> {
         Ok(Some(tensor_values_f64(self.node, &tensor)?))
     }
 
-    /// Refuses the node if it carries an attribute that was never read.
+    /// Refuses the node if it carries an attribute that was never read, and checks the
+    /// bytes of the attributes read but not decoded.
     pub fn finish(&self) -> Result<(), CompileError> {
+        let decoded = self.decoded.borrow();
+        for a in &self.node.attributes {
+            if !decoded.contains(&a.name) {
+                a.validate()?;
+            }
+        }
         let read = self.read.borrow();
         match self
             .node

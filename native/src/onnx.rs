@@ -65,9 +65,11 @@ pub struct AttrView<'a> {
     pub t: Option<&'a [u8]>,
     pub floats: Repeated<'a>,
     pub ints: Repeated<'a>,
-    pub strings: Vec<&'a [u8]>,
+    pub strings: Repeated<'a>,
     /// A graph, graphs or sparse tensor value: nothing the engine covers takes one.
     pub has_graph: bool,
+    /// The attribute's bytes from its first repeated value on (not scanned at parse time).
+    pub rest: Option<&'a [u8]>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -96,7 +98,7 @@ pub struct TensorView<'a> {
     pub int32_data: Repeated<'a>,
     pub int64_data: Repeated<'a>,
     pub double_data: Repeated<'a>,
-    pub string_data: Vec<&'a [u8]>,
+    pub string_data: Repeated<'a>,
     pub raw_data: Option<&'a [u8]>,
     /// Segmented or externally stored data: not something the engine reads.
     pub unsupported_storage: bool,
@@ -195,26 +197,61 @@ fn parse_node(bytes: &[u8]) -> Result<NodeView<'_>, Invalid> {
 }
 
 fn parse_attribute(bytes: &[u8]) -> Result<AttrView<'_>, Invalid> {
+    use crate::pb::Reader;
     let mut attr = AttrView::default();
-    pb::for_each(bytes, |number, field| {
+    // Serialisers write fields in number order: the name, a single value, then the
+    // (possibly huge) repeated values. The scan stops at the first repeated value; the
+    // rest is decoded (and checked) in one pass by the operator that reads it, or only
+    // checked if nobody does (`AttrView::validate`).
+    let mut reader = Reader::new(bytes);
+    loop {
+        let at = bytes.len() - reader.remaining();
+        let Some((number, wire)) = reader.key()? else {
+            break;
+        };
         match number {
-            1 => attr.name = text(field, "AttributeProto.name")?,
-            2 => match field {
-                Field::Fixed32(bits) => attr.f = Some(f32::from_bits(bits)),
-                _ => return Err(Invalid::new("AttributeProto.f: wrong wire type")),
-            },
-            3 => attr.i = Some(varint(field, "AttributeProto.i")? as i64),
-            4 => attr.s = Some(len(field, "AttributeProto.s")?),
-            5 => attr.t = Some(len(field, "AttributeProto.t")?),
-            6 | 10 | 11 | 22 | 23 => attr.has_graph = true,
-            7 => attr.floats.push(field),
-            8 => attr.ints.push(field),
-            9 => attr.strings.push(len(field, "AttributeProto.strings")?),
-            _ => {}
+            7 | 8 | 9 => {
+                let rest = Repeated::new(&bytes[at..], number);
+                match number {
+                    7 => attr.floats = rest,
+                    8 => attr.ints = rest,
+                    _ => attr.strings = rest,
+                }
+                attr.rest = Some(&bytes[at..]);
+                break;
+            }
+            6 | 10 | 11 | 22 | 23 => {
+                attr.has_graph = true;
+                reader.skip(wire)?;
+            }
+            1..=5 => {
+                let field = reader.field_value(wire)?;
+                match number {
+                    1 => attr.name = text(field, "AttributeProto.name")?,
+                    2 => match field {
+                        Field::Fixed32(bits) => attr.f = Some(f32::from_bits(bits)),
+                        _ => return Err(Invalid::new("AttributeProto.f: wrong wire type")),
+                    },
+                    3 => attr.i = Some(varint(field, "AttributeProto.i")? as i64),
+                    4 => attr.s = Some(len(field, "AttributeProto.s")?),
+                    _ => attr.t = Some(len(field, "AttributeProto.t")?),
+                }
+            }
+            _ => reader.skip(wire)?,
         }
-        Ok(())
-    })?;
+    }
     Ok(attr)
+}
+
+impl AttrView<'_> {
+    /// Checks the part of the attribute that was not scanned at parse time (its repeated
+    /// values), for attributes no operator decoded.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        match self.rest {
+            Some(rest) => Repeated::new(rest, 0).validate(),
+            None => Ok(()),
+        }
+    }
 }
 
 fn parse_value_info(bytes: &[u8]) -> Result<ValueInfo<'_>, Invalid> {
@@ -281,18 +318,19 @@ pub(crate) fn parse_tensor_message(bytes: &[u8]) -> Result<TensorView<'_>, Inval
     let mut dims = Repeated::default();
     pb::for_each(bytes, |number, field| {
         match number {
-            1 => dims.push(field),
+            1 => dims = Repeated::new(bytes, 1),
             2 => tensor.data_type = varint(field, "TensorProto.data_type")? as i32,
             3 => tensor.unsupported_storage = true,
-            4 => tensor.float_data.push(field),
-            5 => tensor.int32_data.push(field),
-            6 => tensor
-                .string_data
-                .push(len(field, "TensorProto.string_data")?),
-            7 => tensor.int64_data.push(field),
+            4 => tensor.float_data = Repeated::new(bytes, 4),
+            5 => tensor.int32_data = Repeated::new(bytes, 5),
+            6 => {
+                len(field, "TensorProto.string_data")?;
+                tensor.string_data = Repeated::new(bytes, 6);
+            }
+            7 => tensor.int64_data = Repeated::new(bytes, 7),
             8 => tensor.name = text(field, "TensorProto.name")?,
             9 => tensor.raw_data = Some(len(field, "TensorProto.raw_data")?),
-            10 => tensor.double_data.push(field),
+            10 => tensor.double_data = Repeated::new(bytes, 10),
             14 => {
                 if varint(field, "TensorProto.data_location")? != 0 {
                     tensor.unsupported_storage = true;

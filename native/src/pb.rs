@@ -47,7 +47,25 @@ impl<'a> Reader<'a> {
         self.pos >= self.buf.len()
     }
 
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+
+    #[inline(always)]
     pub fn varint(&mut self) -> Result<u64, Invalid> {
+        // Most varints in a model (keys, node ids, small ints) are one byte.
+        if let Some(&byte) = self.buf.get(self.pos)
+            && byte < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(byte));
+        }
+        self.varint_slow()
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> Result<u64, Invalid> {
         let mut value = 0u64;
         for i in 0..10 {
             let byte = *self
@@ -67,6 +85,47 @@ impl<'a> Reader<'a> {
         Err(Invalid::new("varint longer than ten bytes"))
     }
 
+    /// Skips one value of wire type `wire` without decoding it.
+    #[inline(always)]
+    pub fn skip(&mut self, wire: u8) -> Result<(), Invalid> {
+        match wire {
+            VARINT => {
+                // At most ten bytes; the last has its top bit clear.
+                let rest = &self.buf[self.pos.min(self.buf.len())..];
+                let end = rest
+                    .iter()
+                    .take(10)
+                    .position(|&b| b < 0x80)
+                    .ok_or_else(|| Invalid::new("truncated or overlong varint"))?;
+                self.pos += end + 1;
+                Ok(())
+            }
+            FIXED64 => self.take(8).map(drop),
+            FIXED32 => self.take(4).map(drop),
+            LEN => {
+                let len = usize::try_from(self.varint()?)
+                    .map_err(|_| Invalid::new("length too large"))?;
+                self.take(len).map(drop)
+            }
+            other => Err(Invalid::new(format!("unsupported wire type {other}"))),
+        }
+    }
+
+    /// The next key: field number and wire type (`None` at the end).
+    #[inline(always)]
+    pub fn key(&mut self) -> Result<Option<(u32, u8)>, Invalid> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let number = key >> 3;
+        if number == 0 || number > u64::from(u32::MAX >> 3) {
+            return Err(Invalid::new("invalid field number"));
+        }
+        Ok(Some((number as u32, (key & 7) as u8)))
+    }
+
+    #[inline(always)]
     fn take(&mut self, n: usize) -> Result<&'a [u8], Invalid> {
         let end = self
             .pos
@@ -79,16 +138,18 @@ impl<'a> Reader<'a> {
     }
 
     /// The next field, or `None` at the end of the message.
+    #[inline]
     pub fn field(&mut self) -> Result<Option<(u32, Field<'a>)>, Invalid> {
-        if self.is_empty() {
-            return Ok(None);
+        match self.key()? {
+            Some((number, wire)) => Ok(Some((number, self.field_value(wire)?))),
+            None => Ok(None),
         }
-        let key = self.varint()?;
-        let number = key >> 3;
-        if number == 0 || number > u64::from(u32::MAX >> 3) {
-            return Err(Invalid::new("invalid field number"));
-        }
-        let field = match (key & 7) as u8 {
+    }
+
+    /// The value of a field whose key was just read.
+    #[inline]
+    pub fn field_value(&mut self, wire: u8) -> Result<Field<'a>, Invalid> {
+        Ok(match wire {
             VARINT => Field::Varint(self.varint()?),
             FIXED64 => Field::Fixed64(u64::from_le_bytes(
                 self.take(8)?.try_into().expect("eight bytes"),
@@ -102,8 +163,7 @@ impl<'a> Reader<'a> {
                 self.take(4)?.try_into().expect("four bytes"),
             )),
             other => return Err(Invalid::new(format!("unsupported wire type {other}"))),
-        };
-        Ok(Some((number as u32, field)))
+        })
     }
 }
 
@@ -119,57 +179,90 @@ pub fn for_each<'a>(
     Ok(())
 }
 
-/// A repeated scalar field as it appears in a message: any mix of packed runs and single
-/// values (a conforming parser accepts both encodings for repeated scalars).
-#[derive(Debug, Default, Clone)]
+/// A repeated field of a message, read lazily: the message's bytes (from the field's
+/// first occurrence on) and the field number. Nothing is copied or allocated until a
+/// caller decodes it, in one pass that also checks every other field it steps over.
+/// Scalars may be packed, unpacked or a mix: a conforming parser accepts both encodings.
+/// Decoded vectors grow by doubling; glibc moves large blocks with `mremap`, so growing
+/// costs no copy and no second buffer.
+#[derive(Debug, Default, Clone, Copy)]
 pub struct Repeated<'a> {
-    parts: Vec<Field<'a>>,
+    message: &'a [u8],
+    field: u32,
 }
 
 impl<'a> Repeated<'a> {
-    pub fn push(&mut self, field: Field<'a>) {
-        self.parts.push(field);
+    /// The occurrences of `field` in `message`.
+    pub fn new(message: &'a [u8], field: u32) -> Self {
+        Repeated { message, field }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.parts.is_empty()
+        self.field == 0
     }
 
-    /// Decodes varint values (int64 as two's complement), `f` maps each and may refuse.
+    /// Walks the message, handing each occurrence of the field to `each` (with the reader
+    /// positioned at its value) and skipping, while checking, every other field.
+    #[inline(always)]
+    fn walk(
+        &self,
+        mut each: impl FnMut(u8, &mut Reader<'a>) -> Result<(), Invalid>,
+    ) -> Result<(), Invalid> {
+        if self.field == 0 {
+            return Ok(());
+        }
+        let mut reader = Reader::new(self.message);
+        while let Some((number, wire)) = reader.key()? {
+            if number == self.field {
+                each(wire, &mut reader)?;
+            } else {
+                reader.skip(wire)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes varint values (int64 as two's complement); `f` maps each and may refuse.
     pub fn varints<T>(
         &self,
         mut f: impl FnMut(u64) -> Result<T, Invalid>,
     ) -> Result<Vec<T>, Invalid> {
         let mut out = Vec::new();
-        for part in &self.parts {
-            match *part {
-                Field::Varint(v) => out.push(f(v)?),
-                Field::Len(bytes) => {
-                    // A packed run: every value takes at least one byte, so the count is
-                    // bounded by the payload and the reservation by the file.
-                    out.reserve(bytes.iter().filter(|&&b| b & 0x80 == 0).count());
-                    let mut reader = Reader::new(bytes);
-                    while !reader.is_empty() {
-                        out.push(f(reader.varint()?)?);
+        self.walk(|wire, reader| {
+            match wire {
+                VARINT => out.push(f(reader.varint()?)?),
+                LEN => {
+                    let len = usize::try_from(reader.varint()?)
+                        .map_err(|_| Invalid::new("length too large"))?;
+                    let mut packed = Reader::new(reader.take(len)?);
+                    while !packed.is_empty() {
+                        out.push(f(packed.varint()?)?);
                     }
                 }
                 _ => return Err(Invalid::new("wrong wire type for an integer field")),
             }
-        }
+            Ok(())
+        })?;
+        out.shrink_to_fit();
         Ok(out)
     }
 
     /// Decodes `float` values (fixed32), `f` maps each.
     pub fn floats<T>(&self, mut f: impl FnMut(f32) -> T) -> Result<Vec<T>, Invalid> {
         let mut out = Vec::new();
-        for part in &self.parts {
-            match *part {
-                Field::Fixed32(bits) => out.push(f(f32::from_bits(bits))),
-                Field::Len(bytes) => {
+        self.walk(|wire, reader| {
+            match wire {
+                FIXED32 => {
+                    let bits = reader.take(4)?;
+                    out.push(f(f32::from_le_bytes(bits.try_into().expect("four bytes"))));
+                }
+                LEN => {
+                    let len = usize::try_from(reader.varint()?)
+                        .map_err(|_| Invalid::new("length too large"))?;
+                    let bytes = reader.take(len)?;
                     if bytes.len() % 4 != 0 {
                         return Err(Invalid::new("packed floats not a multiple of 4 bytes"));
                     }
-                    out.reserve(bytes.len() / 4);
                     out.extend(
                         bytes
                             .chunks_exact(4)
@@ -178,21 +271,28 @@ impl<'a> Repeated<'a> {
                 }
                 _ => return Err(Invalid::new("wrong wire type for a float field")),
             }
-        }
+            Ok(())
+        })?;
+        out.shrink_to_fit();
         Ok(out)
     }
 
     /// Decodes `double` values (fixed64).
     pub fn doubles(&self) -> Result<Vec<f64>, Invalid> {
         let mut out = Vec::new();
-        for part in &self.parts {
-            match *part {
-                Field::Fixed64(bits) => out.push(f64::from_bits(bits)),
-                Field::Len(bytes) => {
+        self.walk(|wire, reader| {
+            match wire {
+                FIXED64 => {
+                    let bits = reader.take(8)?;
+                    out.push(f64::from_le_bytes(bits.try_into().expect("eight bytes")));
+                }
+                LEN => {
+                    let len = usize::try_from(reader.varint()?)
+                        .map_err(|_| Invalid::new("length too large"))?;
+                    let bytes = reader.take(len)?;
                     if bytes.len() % 8 != 0 {
                         return Err(Invalid::new("packed doubles not a multiple of 8 bytes"));
                     }
-                    out.reserve(bytes.len() / 8);
                     out.extend(
                         bytes
                             .chunks_exact(8)
@@ -201,19 +301,38 @@ impl<'a> Repeated<'a> {
                 }
                 _ => return Err(Invalid::new("wrong wire type for a double field")),
             }
-        }
+            Ok(())
+        })?;
+        out.shrink_to_fit();
         Ok(out)
     }
 
-    /// The number of values, without decoding them.
-    pub fn count_fixed(&self, width: usize) -> usize {
-        self.parts
-            .iter()
-            .map(|p| match p {
-                Field::Len(bytes) => bytes.len() / width,
-                _ => 1,
-            })
-            .sum()
+    /// Decodes every value of a repeated `bytes`/`string` field with `f`.
+    pub fn map_bytes<T>(
+        &self,
+        mut f: impl FnMut(&'a [u8]) -> Result<T, Invalid>,
+    ) -> Result<Vec<T>, Invalid> {
+        let mut out = Vec::new();
+        self.walk(|wire, reader| {
+            if wire != LEN {
+                return Err(Invalid::new("wrong wire type for a string field"));
+            }
+            let len =
+                usize::try_from(reader.varint()?).map_err(|_| Invalid::new("length too large"))?;
+            out.push(f(reader.take(len)?)?);
+            Ok(())
+        })?;
+        out.shrink_to_fit();
+        Ok(out)
+    }
+
+    /// Checks the message is well formed without decoding anything.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let mut reader = Reader::new(self.message);
+        while let Some((_, wire)) = reader.key()? {
+            reader.skip(wire)?;
+        }
+        Ok(())
     }
 }
 
@@ -254,20 +373,26 @@ mod tests {
 
     #[test]
     fn repeated_values_mix_packed_and_single() {
-        let mut rep = Repeated::default();
-        rep.push(Field::Varint(3));
-        rep.push(Field::Len(&[0x01, 0x96, 0x01]));
-        assert_eq!(rep.varints(|v| Ok(v)).unwrap(), vec![3, 1, 150]);
-        let mut floats = Repeated::default();
-        floats.push(Field::Fixed32(1.5f32.to_bits()));
+        // Field 1 (ints): single 3, packed [1, 150]; field 2 (floats): single 1.5, packed.
+        let mut msg = vec![0x08, 3, 0x0a, 3, 0x01, 0x96, 0x01];
+        msg.extend_from_slice(&[0x15]);
+        msg.extend_from_slice(&1.5f32.to_le_bytes());
         let packed: Vec<u8> = [2.0f32, -0.25]
             .iter()
             .flat_map(|f| f.to_le_bytes())
             .collect();
-        floats.push(Field::Len(&packed));
-        assert_eq!(floats.floats(|f| f).unwrap(), vec![1.5, 2.0, -0.25]);
-        let mut bad = Repeated::default();
-        bad.push(Field::Len(&[0, 0, 0]));
-        assert!(bad.floats(|f| f).is_err());
+        msg.extend_from_slice(&[0x12, packed.len() as u8]);
+        msg.extend_from_slice(&packed);
+        assert_eq!(Repeated::new(&msg, 1).varints(Ok).unwrap(), vec![3, 1, 150]);
+        assert_eq!(
+            Repeated::new(&msg, 2).floats(|f| f).unwrap(),
+            vec![1.5, 2.0, -0.25]
+        );
+        assert!(Repeated::new(&msg, 2).validate().is_ok());
+        let bad = [0x0a, 3, 0, 0, 0];
+        assert!(Repeated::new(&bad, 1).floats(|f| f).is_err());
+        assert!(Repeated::new(&[0x0a, 9, 0], 1).validate().is_err());
+        assert!(Repeated::default().is_empty());
+        assert!(Repeated::default().varints(Ok).unwrap().is_empty());
     }
 }

@@ -94,15 +94,15 @@ enum Mode {
 }
 
 impl Mode {
-    fn parse(s: &str) -> Option<Mode> {
+    fn parse(s: &[u8]) -> Option<Mode> {
         Some(match s {
-            "BRANCH_LEQ" => Mode::Leq,
-            "BRANCH_LT" => Mode::Lt,
-            "BRANCH_GTE" => Mode::Gte,
-            "BRANCH_GT" => Mode::Gt,
-            "BRANCH_EQ" => Mode::Eq,
-            "BRANCH_NEQ" => Mode::Neq,
-            "LEAF" => Mode::Leaf,
+            b"BRANCH_LEQ" => Mode::Leq,
+            b"BRANCH_LT" => Mode::Lt,
+            b"BRANCH_GTE" => Mode::Gte,
+            b"BRANCH_GT" => Mode::Gt,
+            b"BRANCH_EQ" => Mode::Eq,
+            b"BRANCH_NEQ" => Mode::Neq,
+            b"LEAF" => Mode::Leaf,
             _ => return None,
         })
     }
@@ -112,22 +112,39 @@ const MODE_MASK: u8 = 0x7;
 /// The most regression targets a model may declare.
 const MAX_TARGETS: usize = 1 << 16;
 const MISSING_TRUE: u8 = 0x8;
+/// The low bits of `Node::word`: the feature of a split, the weight count of a leaf.
+const WORD_BITS: u32 = 28;
+const WORD_MASK: u32 = (1 << WORD_BITS) - 1;
+/// The largest feature index the packed layout holds (a model reading a later feature is
+/// served by ONNX Runtime).
+const MAX_FEATURE: u32 = WORD_MASK;
 
-/// One node. Splits: `value` is the threshold, `index` the true child's position (the
-/// false child is the next node). Leaves: `value` is the first weight, `index` the first
-/// of `count` entries in `weights`.
+/// One node: 12 bytes for float models, 16 for double ones. Splits: `value` is the
+/// threshold, `index` the true child's position (the false child is the next node), the
+/// word's low bits the feature. Leaves: `value` is the first weight, `index` the first of
+/// the word's count entries in `weights` (multi-output ensembles only).
 #[derive(Debug, Clone, Copy)]
 struct Node<T> {
     value: T,
     index: u32,
-    /// Feature (splits) or weight count (leaves).
-    feature: u32,
-    flags: u8,
+    /// Mode (3 bits) and missing-tracks-true (1 bit) on top, feature or count below.
+    word: u32,
 }
 
 impl<T> Node<T> {
+    #[inline(always)]
     fn mode(&self) -> u8 {
-        self.flags & MODE_MASK
+        (self.word >> WORD_BITS) as u8 & MODE_MASK
+    }
+
+    #[inline(always)]
+    fn low(&self) -> u32 {
+        self.word & WORD_MASK
+    }
+
+    #[inline(always)]
+    fn missing_true(&self) -> bool {
+        (self.word >> WORD_BITS) as u8 & MISSING_TRUE != 0
     }
 }
 
@@ -252,18 +269,23 @@ fn build<T: Num>(
     let tree_ids = attrs.ints("nodes_treeids")?;
     let node_ids = attrs.ints("nodes_nodeids")?;
     let features = attrs.ids("nodes_featureids")?;
-    let modes = attrs
-        .strings("nodes_modes")?
-        .into_iter()
-        .map(|m| Mode::parse(m).ok_or_else(|| invalid(node, format!("unknown node mode {m}"))))
-        .collect::<Result<Vec<_>, _>>()?;
+    let modes = attrs.map_bytes("nodes_modes", |m| {
+        Mode::parse(m).ok_or_else(|| {
+            crate::Invalid::new(format!(
+                "{} '{}': unknown node mode {}",
+                node.op_type,
+                node.name,
+                String::from_utf8_lossy(m)
+            ))
+        })
+    })?;
     let thresholds: Vec<T> = values(node, attrs, "nodes_values", "nodes_values_as_tensor")?;
     let true_ids = attrs.ints("nodes_truenodeids")?;
     let false_ids = attrs.ints("nodes_falsenodeids")?;
     let missing = attrs.ints("nodes_missing_value_tracks_true")?;
-    // Hit rates are documentation: ONNX Runtime reads and ignores them.
-    let _ = attrs.floats("nodes_hitrates")?;
-    let _ = attrs.tensor_f64("nodes_hitrates_as_tensor", T::BYTES == 8)?;
+    // Hit rates are documentation: ONNX Runtime reads and ignores them (never decoded).
+    attrs.has("nodes_hitrates");
+    attrs.has("nodes_hitrates_as_tensor");
     let n = node_ids.len();
     if n == 0 {
         return Err(invalid(node, "no nodes"));
@@ -421,6 +443,7 @@ fn build<T: Num>(
         &missing,
         (&w_trees, &w_nodes, &w_ids, &w_values),
         base_values,
+        n_targets,
     )?;
     Ok(Core {
         trees,
@@ -429,6 +452,75 @@ fn build<T: Num>(
         n_targets,
         classes,
     })
+}
+
+/// Where each (tree id, node id) is listed. Exporters list each tree's nodes together with
+/// ids 0, 1, 2, ... in order; then a node is found by arithmetic (`Dense`). Anything else is
+/// looked up in a hash map.
+enum NodeIndex {
+    /// Tree id -> (first position, node count); the last tree looked up is remembered.
+    Dense {
+        trees: std::collections::HashMap<i64, (u32, u32)>,
+        last: std::cell::Cell<(i64, u32, u32)>,
+    },
+    Map(std::collections::HashMap<(i64, i64), u32>),
+}
+
+impl NodeIndex {
+    fn new(node: &NodeView<'_>, tree_ids: &[i64], node_ids: &[i64]) -> Result<Self, CompileError> {
+        let n = node_ids.len();
+        let mut trees = std::collections::HashMap::new();
+        let mut dense = true;
+        let mut start = 0;
+        while start < n && dense {
+            let tree = tree_ids[start];
+            let mut end = start;
+            while end < n && tree_ids[end] == tree {
+                dense &= node_ids[end] == (end - start) as i64;
+                end += 1;
+            }
+            dense &= trees
+                .insert(tree, (start as u32, (end - start) as u32))
+                .is_none();
+            start = end;
+        }
+        if dense {
+            return Ok(NodeIndex::Dense {
+                trees,
+                last: std::cell::Cell::new((i64::MIN, 0, 0)),
+            });
+        }
+        let mut map = std::collections::HashMap::with_capacity(n);
+        for i in 0..n {
+            if map.insert((tree_ids[i], node_ids[i]), i as u32).is_some() {
+                return Err(invalid(
+                    node,
+                    format!(
+                        "node {} of tree {} is listed twice",
+                        node_ids[i], tree_ids[i]
+                    ),
+                ));
+            }
+        }
+        Ok(NodeIndex::Map(map))
+    }
+
+    fn get(&self, tree: i64, id: i64) -> Option<u32> {
+        match self {
+            NodeIndex::Dense { trees, last } => {
+                let (t, start, len) = last.get();
+                let (start, len) = if t == tree {
+                    (start, len)
+                } else {
+                    let &(start, len) = trees.get(&tree)?;
+                    last.set((tree, start, len));
+                    (start, len)
+                };
+                (0..i64::from(len)).contains(&id).then(|| start + id as u32)
+            }
+            NodeIndex::Map(map) => map.get(&(tree, id)).copied(),
+        }
+    }
 }
 
 /// Builds the depth-first layout (false child next) the way ONNX Runtime's `AddNodes`
@@ -446,27 +538,16 @@ fn layout<T: Num>(
     missing: &[i64],
     (w_trees, w_nodes, w_ids, w_values): (&[i64], &[i64], &[u32], &[T]),
     base_values: Vec<T>,
+    n_outputs: usize,
 ) -> Result<Trees<T>, CompileError> {
     let n = node_ids.len();
     if n >= u32::MAX as usize / 2 {
         return Err(invalid(node, "too many nodes"));
     }
     // (tree, node) -> position in the attribute lists.
-    let mut index: std::collections::HashMap<(i64, i64), u32> =
-        std::collections::HashMap::with_capacity(n);
-    for i in 0..n {
-        if index.insert((tree_ids[i], node_ids[i]), i as u32).is_some() {
-            return Err(invalid(
-                node,
-                format!(
-                    "node {} of tree {} is listed twice",
-                    node_ids[i], tree_ids[i]
-                ),
-            ));
-        }
-    }
+    let index = NodeIndex::new(node, tree_ids, node_ids)?;
     let child = |i: usize, ids: &[i64], which: &str| -> Result<u32, CompileError> {
-        let target = *index.get(&(tree_ids[i], ids[i])).ok_or_else(|| {
+        let target = index.get(tree_ids[i], ids[i]).ok_or_else(|| {
             invalid(
                 node,
                 format!(
@@ -523,20 +604,26 @@ fn layout<T: Num>(
                     }
                     let pos = nodes.len() as u32;
                     placed[i] = pos;
+                    if features[i] > MAX_FEATURE {
+                        return Err(unsupported(
+                            node,
+                            "a feature index too large for the packed layout",
+                        ));
+                    }
                     max_feature = max_feature.max(features[i]);
                     let mut flags = modes[i] as u8;
                     if missing.get(i) == Some(&1) {
                         flags |= MISSING_TRUE;
                     }
+                    let low = if modes[i] == Mode::Leaf {
+                        0
+                    } else {
+                        features[i]
+                    };
                     nodes.push(Node {
                         value: thresholds[i],
                         index: 0,
-                        feature: if modes[i] == Mode::Leaf {
-                            0
-                        } else {
-                            features[i]
-                        },
-                        flags,
+                        word: (u32::from(flags) << WORD_BITS) | low,
                     });
                     if modes[i] == Mode::Leaf {
                         ret = pos;
@@ -570,13 +657,20 @@ fn layout<T: Num>(
         roots.push(ret);
     }
 
-    // Leaf weights, in (tree, node, attribute position) order, as ONNX Runtime sorts them.
+    // Leaf weights, in (tree, node, attribute position) order, as ONNX Runtime sorts them
+    // (exporters usually list them in that order already).
     let mut order: Vec<u32> = (0..w_trees.len() as u32).collect();
-    order.sort_by_key(|&k| (w_trees[k as usize], w_nodes[k as usize], k));
-    let mut weights: Vec<Weight<T>> = Vec::with_capacity(order.len());
+    let sorted =
+        (1..w_trees.len()).all(|k| (w_trees[k - 1], w_nodes[k - 1]) <= (w_trees[k], w_nodes[k]));
+    if !sorted {
+        order.sort_by_key(|&k| (w_trees[k as usize], w_nodes[k as usize], k));
+    }
+    let keep_weights = n_outputs > 1;
+    let mut weights: Vec<Weight<T>> =
+        Vec::with_capacity(if keep_weights { order.len() } else { 0 });
     for &k in &order {
         let k = k as usize;
-        let at = *index.get(&(w_trees[k], w_nodes[k])).ok_or_else(|| {
+        let at = index.get(w_trees[k], w_nodes[k]).ok_or_else(|| {
             invalid(
                 node,
                 format!(
@@ -594,20 +688,27 @@ fn layout<T: Num>(
         if leaf.mode() != Mode::Leaf as u8 {
             continue; // ONNX Runtime ignores weights on splits (old onnxmltools wrote them).
         }
-        if leaf.feature == 0 {
+        let count = leaf.low();
+        if count == 0 {
             leaf.index = weights.len() as u32;
             leaf.value = w_values[k];
-        } else if leaf.index as usize + leaf.feature as usize != weights.len() {
+        } else if keep_weights && leaf.index as usize + count as usize != weights.len() {
             return Err(unsupported(
                 node,
                 "a leaf's weights are not listed together",
             ));
         }
-        leaf.feature += 1;
-        weights.push(Weight {
-            target: w_ids[k],
-            value: w_values[k],
-        });
+        if count == WORD_MASK {
+            return Err(unsupported(node, "a leaf with too many weights"));
+        }
+        leaf.word += 1;
+        // A single-output ensemble reads only each leaf's first weight (`value`).
+        if keep_weights {
+            weights.push(Weight {
+                target: w_ids[k],
+                value: w_values[k],
+            });
+        }
     }
     // A leaf without weights keeps its `nodes_values` entry as its value and has no
     // entries, as in ONNX Runtime.
@@ -632,7 +733,7 @@ impl<T: Num> Trees<T> {
             if mode == Mode::Leaf as u8 {
                 return node;
             }
-            let x = row[node.feature as usize];
+            let x = row[node.low() as usize];
             let t = node.value;
             let hit = match mode {
                 0 => x <= t,
@@ -641,14 +742,14 @@ impl<T: Num> Trees<T> {
                 3 => x > t,
                 4 => x == t,
                 _ => x != t,
-            } || (node.flags & MISSING_TRUE != 0 && x.is_nan());
+            } || (node.missing_true() && x.is_nan());
             at = if hit { node.index as usize } else { at + 1 };
         }
     }
 
     fn leaf_weights(&self, leaf: &Node<T>) -> &[Weight<T>] {
         let start = leaf.index as usize;
-        &self.weights[start..start + leaf.feature as usize]
+        &self.weights[start..start + leaf.low() as usize]
     }
 
     fn heap_bytes(&self) -> usize {

@@ -14,6 +14,7 @@
 //!   tenth swap ranks with random others.
 //! - `scan`: Zipf 1.0 plus, every 40 s, a batch that touches a fifth of all models once
 //!   each (interleaved one-for-one with normal traffic).
+//! - `mixed`: `drift` and `scan` at once (the many-models workload of the benchmarks).
 //! - `daynight`: two regions of half the models each; for 100 s one region gets 90% of
 //!   the traffic (Zipf 1.0 within it), then the other.
 
@@ -26,6 +27,7 @@ pub enum Shape {
     Drift,
     Scan,
     DayNight,
+    Mixed,
 }
 
 impl Shape {
@@ -47,6 +49,7 @@ impl fmt::Display for Shape {
             Shape::Drift => f.write_str("drift"),
             Shape::Scan => f.write_str("scan"),
             Shape::DayNight => f.write_str("daynight"),
+            Shape::Mixed => f.write_str("mixed"),
         }
     }
 }
@@ -58,13 +61,14 @@ impl FromStr for Shape {
             "drift" => Ok(Shape::Drift),
             "scan" => Ok(Shape::Scan),
             "daynight" => Ok(Shape::DayNight),
+            "mixed" => Ok(Shape::Mixed),
             _ => s
                 .strip_prefix("zipf-")
                 .and_then(|a| a.parse::<f64>().ok())
                 .filter(|a| *a > 0.0)
                 .map(Shape::Zipf)
                 .ok_or_else(|| {
-                    format!("unknown shape `{s}` (zipf-<alpha>, drift, scan, daynight)")
+                    format!("unknown shape `{s}` (zipf-<alpha>, drift, scan, mixed, daynight)")
                 }),
         }
     }
@@ -199,11 +203,18 @@ pub fn generate(spec: &TraceSpec) -> Vec<Request> {
                 });
             }
         }
-        Shape::Scan => {
+        Shape::Scan | Shape::Mixed => {
             let zipf = Zipf::new(n, 1.0);
             let every = (40.0 * spec.rate) as usize;
             let mut scan: Vec<u32> = Vec::new();
             for i in 0..spec.requests {
+                if spec.shape == Shape::Mixed && i > 0 && i % 1_000 == 0 {
+                    for _ in 0..10 {
+                        let a = rng.below((n / 10).max(1));
+                        let b = rng.below(n);
+                        perm.swap(a, b);
+                    }
+                }
                 if i > 0 && i % every == 0 {
                     scan = (0..n as u32).collect();
                     rng.shuffle(&mut scan);

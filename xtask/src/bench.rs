@@ -55,9 +55,16 @@ pub enum Bench {
         #[arg(long, default_value_t = 32)]
         connections: usize,
     },
+    /// The realistic workload (real scikit-learn models, heavy forests included; Zipf 1.0
+    /// with drift and scans; closed-loop clients) through the proxy and three scorers, per
+    /// engine setting, beside the naive baseline in the same run.
+    Replay(crate::replay::ReplayArgs),
     /// Replays a generated trace through the proxy and three scorers and compares the pool
     /// hit ratio with the simulator's for the same trace and budget.
-    Replay(ReplayArgs),
+    SimReplay(ReplayArgs),
+    /// The native engine against ONNX Runtime per model size class: load time, resident
+    /// bytes, peak memory during a load, hot-hit latency.
+    Engines(crate::engines::EnginesArgs),
     /// The offline cache simulator: the scorer's policy against LRU, moka's W-TinyLFU and
     /// Belady on generated many-model traces.
     Policy(crate::sim::SimArgs),
@@ -133,7 +140,9 @@ pub fn run(which: Bench) -> Result<()> {
             seconds,
             connections,
         } => proxy(seconds, connections),
-        Bench::Replay(args) => replay(args),
+        Bench::Replay(args) => crate::replay::run(args),
+        Bench::SimReplay(args) => replay(args),
+        Bench::Engines(args) => crate::engines::run(args),
         Bench::Stats { ids, requests } => stats_cost(ids, requests),
         Bench::Swap { publishes, rate } => crate::swap::run(publishes, rate),
     }
@@ -209,6 +218,10 @@ impl Server {
             Duration::from_secs(30),
         )?;
         Ok(server)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub(crate) fn addr(&self) -> String {

@@ -10,6 +10,8 @@
 //! - `cargo xtask config-table`: the configuration key table for README.md.
 
 mod bench;
+mod engines;
+mod replay;
 mod setup;
 mod sim;
 mod swap;
@@ -76,6 +78,9 @@ enum Task {
     /// Print the configuration key table (Markdown).
     ConfigTable,
 }
+
+#[global_allocator]
+static ALLOCATOR: engines::Counting = engines::Counting;
 
 fn main() -> ExitCode {
     match run(Cli::parse().task) {

@@ -1,0 +1,281 @@
+//! `cargo xtask bench engines`: the native engine against ONNX Runtime, per model size
+//! class, on real scikit-learn models (the realistic store): load time, resident bytes,
+//! peak transient heap during a native load, and hot-hit latency, in this process.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use manymodels_config::scorer::NativeEngine;
+use manymodels_scorer::engine::{self, Engines, LoadedModel};
+use manymodels_scorer::model_id::ModelId;
+use manymodels_scorer::tensor::{DataType, NamedTensor, TensorData};
+use serde_json::Value;
+
+/// Counts the Rust heap (the native engine allocates only through it), with a resettable
+/// high-water mark, so a native load's transient peak can be measured exactly. ONNX
+/// Runtime allocates through glibc directly and is measured with `mallinfo2` instead.
+pub struct Counting;
+
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to `System` with the caller's arguments; the counters
+// are only statistics.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded as is.
+        let ptr = unsafe { System.alloc(layout) };
+        if !ptr.is_null() {
+            let now = CURRENT.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded as is.
+        unsafe { System.dealloc(ptr, layout) };
+        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded as is.
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            if new_size >= layout.size() {
+                let now = CURRENT.fetch_add(new_size - layout.size(), Ordering::Relaxed)
+                    + (new_size - layout.size());
+                PEAK.fetch_max(now, Ordering::Relaxed);
+            } else {
+                CURRENT.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+            }
+        }
+        new
+    }
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct EnginesArgs {
+    /// A store made by `models/make_realistic.py` (it has `.meta/<id>.json`).
+    #[arg(long, default_value = ".cache/realistic")]
+    store: PathBuf,
+    /// Models per size class.
+    #[arg(long, default_value_t = 6)]
+    per_class: usize,
+    /// Repetitions of each load.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Hot calls per model and engine.
+    #[arg(long, default_value_t = 5_000)]
+    calls: usize,
+}
+
+struct Meta {
+    id: String,
+    tier: String,
+    bytes: u64,
+    request: Value,
+}
+
+fn metas(store: &Path) -> Result<Vec<Meta>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(store.join(".meta")).context("the store has no .meta")? {
+        let value: Value = serde_json::from_str(&std::fs::read_to_string(entry?.path())?)?;
+        out.push(Meta {
+            id: value["id"].as_str().context("id")?.to_string(),
+            tier: value["tier"].as_str().context("tier")?.to_string(),
+            bytes: value["bytes"].as_u64().context("bytes")?,
+            request: value["sample_request"].clone(),
+        });
+    }
+    out.sort_by_key(|m| (m.tier.clone(), m.bytes));
+    Ok(out)
+}
+
+fn tensors(request: &Value) -> Vec<NamedTensor> {
+    request["inputs"]
+        .as_array()
+        .expect("inputs")
+        .iter()
+        .map(|input| NamedTensor {
+            name: input["name"].as_str().unwrap().to_string(),
+            datatype: DataType::Fp32,
+            shape: input["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_i64().unwrap())
+                .collect(),
+            data: TensorData::Fp32(
+                input["data"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect(),
+            ),
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+struct Figures {
+    load: Duration,
+    weight: u64,
+    hot_p50: Duration,
+}
+
+fn measure(
+    engines: Engines,
+    meta: &Meta,
+    bytes: &[u8],
+    reps: usize,
+    calls: usize,
+) -> Result<(Figures, Option<usize>)> {
+    let id = ModelId::parse(&meta.id).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut times = Vec::new();
+    let mut model: Option<LoadedModel> = None;
+    let mut peak = None;
+    for _ in 0..reps {
+        drop(model.take());
+        trim();
+        let base = CURRENT.load(Ordering::Relaxed);
+        PEAK.store(base, Ordering::Relaxed);
+        let started = Instant::now();
+        let loaded = engines
+            .load(id.clone(), 1, bytes, 0)
+            .map_err(anyhow::Error::msg)?;
+        times.push(started.elapsed());
+        peak = Some(PEAK.load(Ordering::Relaxed) - base);
+        model = Some(loaded);
+    }
+    let model = model.context("at least one rep")?;
+    let inputs = tensors(&meta.request);
+    let mut hot = model
+        .time_runs(&inputs, calls)
+        .map_err(anyhow::Error::msg)?;
+    hot.sort();
+    let native = model.engine == engine::Engine::Native;
+    Ok((
+        Figures {
+            load: median(times),
+            weight: model.weight,
+            hot_p50: hot[hot.len() / 2],
+        },
+        native.then_some(peak.unwrap_or(0)),
+    ))
+}
+
+#[cfg(target_env = "gnu")]
+fn trim() {
+    // SAFETY: malloc_trim only returns free memory to the OS.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn trim() {}
+
+pub fn run(args: EnginesArgs) -> Result<()> {
+    if cfg!(debug_assertions) {
+        // In-process figures need an optimised engine: run this bench from a release build.
+        let status = std::process::Command::new(env!("CARGO"))
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "xtask",
+                "--",
+                "bench",
+                "engines",
+            ])
+            .args(["--store".as_ref(), args.store.as_os_str()])
+            .args(["--per-class", &args.per_class.to_string()])
+            .args([
+                "--reps",
+                &args.reps.to_string(),
+                "--calls",
+                &args.calls.to_string(),
+            ])
+            .status()?;
+        anyhow::ensure!(status.success(), "the release bench failed");
+        return Ok(());
+    }
+    let library = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
+    let environment = engine::environment(library.as_deref()).map_err(anyhow::Error::msg)?;
+    engine::self_test(environment).map_err(anyhow::Error::msg)?;
+    let ort = Engines {
+        environment,
+        native: NativeEngine::Off,
+    };
+    let native = Engines {
+        environment,
+        native: NativeEngine::Auto,
+    };
+    let all = metas(&args.store)?;
+    println!(
+        "In-process, release build, one model at a time; ONNX Runtime 1.31.1 sessions as the scorer creates them (one intra-op thread). Store: {}. Load = file bytes to a servable model (median of {}); resident = what the cache charges (ONNX Runtime: heap kept across session creation, mallinfo2; native: its own heap, exact); native peak = the Rust heap's high-water mark during the load above the file itself; hot = one-row call p50 of {} calls, engine only.\n",
+        args.store.display(),
+        args.reps,
+        args.calls
+    );
+    println!(
+        "| class | models | file (mean) | load ORT | load native | load speed-up | resident ORT / file | resident native / file | native peak during load / file | hot ORT | hot native |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for tier in ["linear", "mid", "heavy"] {
+        let class: Vec<&Meta> = all.iter().filter(|m| m.tier == tier).collect();
+        if class.is_empty() {
+            continue;
+        }
+        // Spread the picks over the class's sizes.
+        let step = (class.len() / args.per_class.max(1)).max(1);
+        let picks: Vec<&Meta> = class
+            .iter()
+            .step_by(step)
+            .take(args.per_class)
+            .copied()
+            .collect();
+        let (mut file, mut ort_load, mut nat_load) = (0u64, Duration::ZERO, Duration::ZERO);
+        let (mut ort_weight, mut nat_weight, mut nat_peak) = (0u64, 0u64, 0usize);
+        let (mut ort_hot, mut nat_hot) = (Duration::ZERO, Duration::ZERO);
+        for meta in &picks {
+            let bytes = std::fs::read(args.store.join(&meta.id).join("1/model.onnx"))?;
+            let (o, _) = measure(ort, meta, &bytes, args.reps, args.calls)?;
+            let (n, peak) = measure(native, meta, &bytes, args.reps, args.calls)?;
+            let peak = peak.with_context(|| format!("{} did not load natively", meta.id))?;
+            file += bytes.len() as u64;
+            ort_load += o.load;
+            nat_load += n.load;
+            ort_weight += o.weight;
+            nat_weight += n.weight;
+            nat_peak = nat_peak.max(peak * 1000 / bytes.len());
+            ort_hot += o.hot_p50;
+            nat_hot += n.hot_p50;
+        }
+        let k = picks.len() as u32;
+        println!(
+            "| {tier} | {} | {:.0} KB | {:.2} ms | {:.3} ms | {:.0}x | {:.2} | {:.2} | ≤ {:.2} | {:.1} µs | {:.1} µs |",
+            picks.len(),
+            file as f64 / f64::from(k) / 1e3,
+            (ort_load / k).as_secs_f64() * 1e3,
+            (nat_load / k).as_secs_f64() * 1e3,
+            ort_load.as_secs_f64() / nat_load.as_secs_f64(),
+            ort_weight as f64 / file as f64,
+            nat_weight as f64 / file as f64,
+            nat_peak as f64 / 1000.0,
+            (ort_hot / k).as_secs_f64() * 1e6,
+            (nat_hot / k).as_secs_f64() * 1e6,
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,410 @@
+//! `cargo xtask bench replay`: the realistic many-models workload, end to end, beside the
+//! naive baseline in the same run.
+//!
+//! The store is real scikit-learn models (`models/make_realistic.py`: 60% linear, 30%
+//! random forests of 50 KB-3 MB, 10% of 5-32 MB); the trace is Zipf 1.0 with drifting
+//! popularity and scan bursts (`mixed`); `concurrency` closed-loop clients send it as fast
+//! as answers come back. The same client and the same requests then go to each pool
+//! (proxy + three scorers, one per engine setting) and to the baseline: one Python
+//! process with ONNX Runtime and an LRU of K models by count (`models/baseline_server.py`).
+//! Every process shares this machine's cores with the client.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use manymodels_policy::trace::{self as policy_trace, Shape, TraceSpec};
+use serde_json::Value;
+
+use crate::bench::{KeepAlive, Server, percentile};
+use crate::setup;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ReplayArgs {
+    /// The realistic store (made with `models/make_realistic.py` if it is missing).
+    #[arg(long, default_value = ".cache/realistic")]
+    store: PathBuf,
+    /// Models in the store, when it has to be made.
+    #[arg(long, default_value_t = 2_000)]
+    models: usize,
+    /// Traffic shape (mixed = Zipf 1.0 with drift and scan bursts; zipf-<alpha>, drift,
+    /// scan, daynight).
+    #[arg(long, default_value = "mixed")]
+    shape: String,
+    /// Requests in the trace; each server gets at most these, and at most `seconds`.
+    #[arg(long, default_value_t = 60_000)]
+    requests: usize,
+    /// Wall-clock limit per server.
+    #[arg(long, default_value_t = 240)]
+    seconds: u64,
+    /// Closed-loop clients.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Each scorer's `cache.budget` (the pool has three).
+    #[arg(long, default_value = "1536MiB")]
+    budget: String,
+    /// Engine settings to run a pool with, in order (`auto`, `off`).
+    #[arg(long, value_delimiter = ',', default_values_t = ["auto".to_string(), "off".to_string()])]
+    engines: Vec<String>,
+    /// The baseline's LRU capacity in models (0 skips the baseline).
+    #[arg(long, default_value_t = 200)]
+    baseline_lru: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// One model of the store's manifest.
+struct Entry {
+    id: String,
+    body: String,
+}
+
+fn manifest(store: &Path) -> Result<Vec<Entry>> {
+    let text = std::fs::read_to_string(store.join("manifest.json"))
+        .with_context(|| format!("{}/manifest.json", store.display()))?;
+    let value: Value = serde_json::from_str(&text)?;
+    let entries = value["entries"].as_object().context("manifest entries")?;
+    let mut out: Vec<Entry> = entries
+        .iter()
+        .map(|(id, e)| Entry {
+            id: id.clone(),
+            body: e["sample_request"].to_string(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+fn ensure_store(store: &Path, models: usize) -> Result<()> {
+    if store.join("manifest.json").exists() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: writing {models} real scikit-learn models into {} (minutes)",
+        store.display()
+    );
+    let status = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "-r",
+            "models/requirements.txt",
+        ])
+        .status()?;
+    if !status.success() {
+        bail!("pip install -r models/requirements.txt failed");
+    }
+    let status = Command::new("python3")
+        .arg("models/make_realistic.py")
+        .arg("--store")
+        .arg(store)
+        .args(["--models", &models.to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("models/make_realistic.py failed");
+    }
+    Ok(())
+}
+
+/// Peak resident set of a process (`VmHWM`), in bytes.
+pub(crate) fn peak_rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmHWM")?;
+    Ok(kib * 1024)
+}
+
+/// What one server did with the trace.
+struct Outcome {
+    requests: usize,
+    failed: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+/// Sends the trace with `concurrency` closed-loop clients until it ends or `limit` passes.
+fn drive(
+    addr: &str,
+    trace: &[u32],
+    entries: &[Entry],
+    concurrency: usize,
+    limit: Duration,
+) -> Result<Outcome> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    let started = Instant::now();
+    let latencies: Vec<Duration> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..concurrency)
+            .map(|_| {
+                scope.spawn(|| -> Result<Vec<Duration>> {
+                    let mut client = KeepAlive::connect(addr)?;
+                    let mut times = Vec::new();
+                    while started.elapsed() < limit {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&model) = trace.get(i) else { break };
+                        let entry = &entries[model as usize];
+                        let path = format!("/v2/models/{}/infer", entry.id);
+                        let (status, elapsed) = match client.post(&path, &entry.body) {
+                            Ok(answer) => answer,
+                            Err(_) => {
+                                // A dropped connection counts as a failure; reconnect.
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                client = KeepAlive::connect(addr)?;
+                                continue;
+                            }
+                        };
+                        if status != 200 {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        times.push(elapsed);
+                    }
+                    Ok(times)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect::<Result<Vec<_>>>()
+    })?
+    .into_iter()
+    .flatten()
+    .collect();
+    let elapsed = started.elapsed();
+    let mut latencies = latencies;
+    latencies.sort();
+    Ok(Outcome {
+        requests: latencies.len(),
+        failed: failed.load(Ordering::Relaxed),
+        elapsed,
+        latencies,
+    })
+}
+
+struct Row {
+    name: String,
+    outcome: Outcome,
+    hit_ratio: f64,
+    loads: f64,
+    extra: String,
+    peak_rss: u64,
+}
+
+impl Row {
+    fn throughput(&self) -> f64 {
+        self.outcome.requests as f64 / self.outcome.elapsed.as_secs_f64()
+    }
+}
+
+fn pool(args: &ReplayArgs, engine: &str, trace: &[u32], entries: &[Entry]) -> Result<Row> {
+    let ports = [18_031u16, 18_032, 18_033];
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let sets = [
+        format!("cache.budget={}", args.budget),
+        format!("engine.native={engine}"),
+    ];
+    let set_refs: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let scorers: Vec<Server> = ports
+        .iter()
+        .map(|&p| Server::start(&args.store, p, &set_refs))
+        .collect::<Result<_>>()?;
+    let proxy = Server::proxy(18_030, &addrs, &[])?;
+    let outcome = drive(
+        &proxy.addr(),
+        trace,
+        entries,
+        args.concurrency,
+        Duration::from_secs(args.seconds),
+    )?;
+    let (mut hits, mut misses, mut loads, mut warmups, mut native, mut peak) =
+        (0.0, 0.0, 0.0, 0.0, 0.0, 0u64);
+    for scorer in &scorers {
+        hits += scorer.metric("mm_scorer_cache_hits_total")?;
+        misses += scorer.metric("mm_scorer_cache_misses_total")?;
+        loads += scorer.metric("mm_scorer_model_loads_total")?;
+        warmups += scorer.metric("mm_scorer_warmup_loads_total")?;
+        native += scorer.metric("mm_scorer_engine_loads_total{engine=\"native\"}")?;
+        peak += peak_rss(scorer.pid())?;
+    }
+    peak += peak_rss(proxy.pid())?;
+    Ok(Row {
+        name: format!("manymodels, engine.native={engine} (proxy + 3 scorers)"),
+        outcome,
+        hit_ratio: hits / (hits + misses).max(1.0),
+        loads,
+        extra: format!("{warmups} warm-up, {native} native"),
+        peak_rss: peak,
+    })
+}
+
+/// The naive server, killed on drop.
+struct Baseline(Child);
+
+impl Drop for Baseline {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn baseline(args: &ReplayArgs, trace: &[u32], entries: &[Entry]) -> Result<Row> {
+    let present = Command::new("python3")
+        .args(["-c", "import fastapi, uvicorn, onnxruntime"])
+        .stderr(Stdio::null())
+        .status()?
+        .success();
+    if !present {
+        let status = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "fastapi==0.165.0",
+                "uvicorn==0.54.0",
+                "onnxruntime==1.31.1",
+            ])
+            .status()?;
+        if !status.success() {
+            bail!("pip install fastapi uvicorn failed");
+        }
+    }
+    let port = 18_039u16;
+    let child = Command::new("python3")
+        .arg("models/baseline_server.py")
+        .arg("--store")
+        .arg(&args.store)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--lru",
+            &args.baseline_lru.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let server = Baseline(child);
+    let url = format!("http://127.0.0.1:{port}");
+    setup::wait_ready(&format!("{url}/v2/health/ready"), Duration::from_secs(60))?;
+    let outcome = drive(
+        &format!("127.0.0.1:{port}"),
+        trace,
+        entries,
+        args.concurrency,
+        Duration::from_secs(args.seconds),
+    )?;
+    let (_, stats) = setup::http("GET", &format!("{url}/v2/baseline/stats"), "")?;
+    let stats: Value = serde_json::from_str(&stats).context("baseline stats")?;
+    let (loads, hits) = (
+        stats["loads"].as_f64().unwrap_or(0.0),
+        stats["hits"].as_f64().unwrap_or(0.0),
+    );
+    let peak = peak_rss(server.0.id())?;
+    Ok(Row {
+        name: format!(
+            "naive: one Python process, onnxruntime, LRU of {} models",
+            args.baseline_lru
+        ),
+        outcome,
+        hit_ratio: hits / (hits + loads).max(1.0),
+        loads,
+        extra: String::new(),
+        peak_rss: peak,
+    })
+}
+
+/// The pace the trace is generated at: it only places the drift and the scans (a scan
+/// burst every 40 s of trace time, so every 8,000 requests); clients do not wait for it.
+const TRACE_RATE: f64 = 200.0;
+
+pub fn run(args: ReplayArgs) -> Result<()> {
+    ensure_store(&args.store, args.models)?;
+    let entries = manifest(&args.store)?;
+    let shape: Shape = args.shape.parse().map_err(anyhow::Error::msg)?;
+    let trace: Vec<u32> = policy_trace::generate(&TraceSpec {
+        shape,
+        models: entries.len(),
+        requests: args.requests,
+        rate: TRACE_RATE,
+        seed: args.seed,
+    })
+    .into_iter()
+    .map(|r| r.model)
+    .collect();
+    let store_bytes: u64 = walk_bytes(&args.store)?;
+    println!(
+        "store: {} ({} models, {:.2} GB of ONNX); trace: {shape}, {} requests, seed {}; {} closed-loop clients; at most {} s per server; scorer budget {} each",
+        args.store.display(),
+        entries.len(),
+        store_bytes as f64 / 1e9,
+        args.requests,
+        args.seed,
+        args.concurrency,
+        args.seconds,
+        args.budget
+    );
+    println!("Every process (servers, client) shares this machine's 2 cores.\n");
+    let mut rows = Vec::new();
+    for engine in &args.engines {
+        rows.push(pool(&args, engine, &trace, &entries)?);
+    }
+    if args.baseline_lru > 0 {
+        rows.push(baseline(&args, &trace, &entries)?);
+    }
+    println!("| server | requests | req/s | p50 | p99 | hit ratio | loads | failed | peak RSS |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for row in &rows {
+        let o = &row.outcome;
+        println!(
+            "| {} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.3} | {:.0}{} | {} | {:.2} GB |",
+            row.name,
+            o.requests,
+            row.throughput(),
+            percentile(&o.latencies, 0.5) / 1e3,
+            percentile(&o.latencies, 0.99) / 1e3,
+            row.hit_ratio,
+            row.loads,
+            if row.extra.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", row.extra)
+            },
+            o.failed,
+            row.peak_rss as f64 / 1e9,
+        );
+    }
+    if let (Some(first), Some(base)) = (rows.first(), rows.last()) {
+        if rows.len() > 1 && args.baseline_lru > 0 {
+            println!(
+                "\n{} vs the naive baseline: {:.1}x the throughput, {:.2}x the p99, {:.2}x the peak RSS",
+                first.name,
+                first.throughput() / base.throughput(),
+                percentile(&first.outcome.latencies, 0.99)
+                    / percentile(&base.outcome.latencies, 0.99),
+                first.peak_rss as f64 / base.peak_rss as f64
+            );
+        }
+    }
+    Ok(())
+}
+
+fn walk_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            total += walk_bytes(&entry.path())?;
+        } else if entry.path().extension().is_some_and(|e| e == "onnx") {
+            total += meta.len();
+        }
+    }
+    Ok(total)
+}

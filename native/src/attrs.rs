@@ -89,15 +89,39 @@ impl<'n, 'a> Attrs<'n, 'a> {
         }
     }
 
-    /// A strings attribute decoded value by value from its raw bytes.
-    pub fn map_bytes<T>(
+    /// Visits an ints attribute value by value; `None` when absent, else the count.
+    pub fn each_int(
         &self,
         name: &'n str,
-        f: impl FnMut(&'a [u8]) -> Result<T, Invalid>,
-    ) -> Result<Vec<T>, CompileError> {
+        f: impl FnMut(usize, u64) -> Result<(), CompileError>,
+    ) -> Result<Option<usize>, CompileError> {
         match self.decode(name) {
-            Some(a) => Ok(a.strings.map_bytes(f)?),
-            None => Ok(Vec::new()),
+            Some(a) => a.ints.each_varint(f).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Visits a floats attribute value by value; `None` when absent, else the count.
+    pub fn each_float(
+        &self,
+        name: &'n str,
+        f: impl FnMut(usize, f32) -> Result<(), CompileError>,
+    ) -> Result<Option<usize>, CompileError> {
+        match self.decode(name) {
+            Some(a) => a.floats.each_float(f).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Visits a strings attribute value by value; `None` when absent, else the count.
+    pub fn each_bytes(
+        &self,
+        name: &'n str,
+        f: impl FnMut(usize, &'a [u8]) -> Result<(), CompileError>,
+    ) -> Result<Option<usize>, CompileError> {
+        match self.decode(name) {
+            Some(a) => a.strings.each_bytes(f).map(Some),
+            None => Ok(None),
         }
     }
 

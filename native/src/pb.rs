@@ -326,6 +326,103 @@ impl<'a> Repeated<'a> {
         Ok(out)
     }
 
+    /// Hands every varint value to `f` with its index; returns how many there were.
+    pub fn each_varint<E: From<Invalid>>(
+        &self,
+        mut f: impl FnMut(usize, u64) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let mut k = 0usize;
+        let mut failure: Option<E> = None;
+        self.walk(|wire, reader| {
+            let mut one = |v: u64| -> Result<(), Invalid> {
+                if let Err(e) = f(k, v) {
+                    failure = Some(e);
+                    return Err(Invalid::new(""));
+                }
+                k += 1;
+                Ok(())
+            };
+            match wire {
+                VARINT => one(reader.varint()?),
+                LEN => {
+                    let len = usize::try_from(reader.varint()?)
+                        .map_err(|_| Invalid::new("length too large"))?;
+                    let mut packed = Reader::new(reader.take(len)?);
+                    while !packed.is_empty() {
+                        one(packed.varint()?)?;
+                    }
+                    Ok(())
+                }
+                _ => Err(Invalid::new("wrong wire type for an integer field")),
+            }
+        })
+        .map_err(|e| failure.take().unwrap_or_else(|| E::from(e)))?;
+        Ok(k)
+    }
+
+    /// Hands every float value to `f` with its index; returns how many there were.
+    pub fn each_float<E: From<Invalid>>(
+        &self,
+        mut f: impl FnMut(usize, f32) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let mut k = 0usize;
+        let mut failure: Option<E> = None;
+        self.walk(|wire, reader| {
+            let mut one = |v: f32| -> Result<(), Invalid> {
+                if let Err(e) = f(k, v) {
+                    failure = Some(e);
+                    return Err(Invalid::new(""));
+                }
+                k += 1;
+                Ok(())
+            };
+            match wire {
+                FIXED32 => one(f32::from_le_bytes(
+                    reader.take(4)?.try_into().expect("four bytes"),
+                )),
+                LEN => {
+                    let len = usize::try_from(reader.varint()?)
+                        .map_err(|_| Invalid::new("length too large"))?;
+                    let bytes = reader.take(len)?;
+                    if bytes.len() % 4 != 0 {
+                        return Err(Invalid::new("packed floats not a multiple of 4 bytes"));
+                    }
+                    for c in bytes.chunks_exact(4) {
+                        one(f32::from_le_bytes(c.try_into().expect("four bytes")))?;
+                    }
+                    Ok(())
+                }
+                _ => Err(Invalid::new("wrong wire type for a float field")),
+            }
+        })
+        .map_err(|e| failure.take().unwrap_or_else(|| E::from(e)))?;
+        Ok(k)
+    }
+
+    /// Hands every `bytes`/`string` value to `f` with its index; returns how many.
+    pub fn each_bytes<E: From<Invalid>>(
+        &self,
+        mut f: impl FnMut(usize, &'a [u8]) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let mut k = 0usize;
+        let mut failure: Option<E> = None;
+        self.walk(|wire, reader| {
+            if wire != LEN {
+                return Err(Invalid::new("wrong wire type for a string field"));
+            }
+            let len =
+                usize::try_from(reader.varint()?).map_err(|_| Invalid::new("length too large"))?;
+            if let Err(e) = f(k, reader.take(len)?) {
+                failure = Some(e);
+                return Err(Invalid::new(""));
+            }
+            k += 1;
+            Ok(())
+        })
+        .map_err(|e| failure.take().unwrap_or_else(|| E::from(e)))?;
+        Ok(k)
+    }
+
     /// Checks the message is well formed without decoding anything.
     pub fn validate(&self) -> Result<(), Invalid> {
         let mut reader = Reader::new(self.message);

@@ -268,49 +268,149 @@ fn build<T: Num>(
 ) -> Result<Core<T>, CompileError> {
     let tree_ids = attrs.ints("nodes_treeids")?;
     let node_ids = attrs.ints("nodes_nodeids")?;
-    let features = attrs.ids("nodes_featureids")?;
-    let modes = attrs.map_bytes("nodes_modes", |m| {
-        Mode::parse(m).ok_or_else(|| {
-            crate::Invalid::new(format!(
-                "{} '{}': unknown node mode {}",
-                node.op_type,
-                node.name,
-                String::from_utf8_lossy(m)
-            ))
-        })
-    })?;
-    let thresholds: Vec<T> = values(node, attrs, "nodes_values", "nodes_values_as_tensor")?;
-    let true_ids = attrs.ints("nodes_truenodeids")?;
-    let false_ids = attrs.ints("nodes_falsenodeids")?;
-    let missing = attrs.ints("nodes_missing_value_tracks_true")?;
-    // Hit rates are documentation: ONNX Runtime reads and ignores them (never decoded).
-    attrs.has("nodes_hitrates");
-    attrs.has("nodes_hitrates_as_tensor");
     let n = node_ids.len();
     if n == 0 {
         return Err(invalid(node, "no nodes"));
     }
-    for (name, len) in [
-        ("nodes_treeids", tree_ids.len()),
-        ("nodes_featureids", features.len()),
-        ("nodes_modes", modes.len()),
-        ("nodes_values", thresholds.len()),
-        ("nodes_truenodeids", true_ids.len()),
-        ("nodes_falsenodeids", false_ids.len()),
-    ] {
-        if len != n {
-            return Err(invalid(
-                node,
-                format!("{name} has {len} entries for {n} nodes"),
-            ));
-        }
+    if n >= u32::MAX as usize / 2 {
+        return Err(invalid(node, "too many nodes"));
     }
-    if !missing.is_empty() && missing.len() != n {
+    if tree_ids.len() != n {
         return Err(invalid(
             node,
-            "nodes_missing_value_tracks_true has the wrong length",
+            format!("nodes_treeids has {} entries for {n} nodes", tree_ids.len()),
         ));
     }
+    // Every other node column is decoded straight into one record per node: no column is
+    // ever held whole (a 30 MB forest has about 750,000 nodes).
+    let mut raw: Vec<Raw<T>> = vec![
+        Raw {
+            value: T::default(),
+            true_at: 0,
+            false_at: 0,
+            word: 0,
+        };
+        n
+    ];
+    let count = |name: &str, got: Option<usize>| -> Result<(), CompileError> {
+        match got {
+            Some(got) if got == n => Ok(()),
+            Some(got) => Err(invalid(
+                node,
+                format!("{name} has {got} entries for {n} nodes"),
+            )),
+            None => Err(invalid(node, format!("{name} is missing"))),
+        }
+    };
+    let overflow = || invalid(node, "a node column is longer than nodes_nodeids");
+    let got = attrs.each_bytes("nodes_modes", |k, m| {
+        let mode = Mode::parse(m).ok_or_else(|| {
+            invalid(
+                node,
+                format!("unknown node mode {}", String::from_utf8_lossy(m)),
+            )
+        })?;
+        raw.get_mut(k).ok_or_else(overflow)?.word = u32::from(mode as u8) << WORD_BITS;
+        Ok(())
+    })?;
+    count("nodes_modes", got)?;
+    let is_leaf = |r: &Raw<T>| (r.word >> WORD_BITS) as u8 & MODE_MASK == Mode::Leaf as u8;
+    // Only the value 1 sets the flag in ONNX Runtime.
+    let got = attrs.each_int("nodes_missing_value_tracks_true", |k, v| {
+        let r = raw.get_mut(k).ok_or_else(overflow)?;
+        if v == 1 {
+            r.word |= u32::from(MISSING_TRUE) << WORD_BITS;
+        }
+        Ok(())
+    })?;
+    if got.is_some() {
+        count("nodes_missing_value_tracks_true", got)?;
+    }
+    let mut max_feature = 0u32;
+    let got = attrs.each_int("nodes_featureids", |k, v| {
+        let r = raw.get_mut(k).ok_or_else(overflow)?;
+        let feature = v as i64;
+        if is_leaf(r) {
+            // ONNX Runtime counts a leaf's feature id toward the largest one read.
+            if feature > 0 {
+                max_feature = max_feature.max(u32::try_from(feature).unwrap_or(u32::MAX));
+            }
+            return Ok(());
+        }
+        let feature = u32::try_from(feature)
+            .map_err(|_| invalid(node, format!("a split reads feature {feature}")))?;
+        if feature > MAX_FEATURE {
+            return Err(unsupported(
+                node,
+                "a feature index too large for the packed layout",
+            ));
+        }
+        max_feature = max_feature.max(feature);
+        r.word |= feature;
+        Ok(())
+    })?;
+    count("nodes_featureids", got)?;
+    match attrs.tensor_f64("nodes_values_as_tensor", T::BYTES == 8)? {
+        Some(values) => {
+            if attrs.has("nodes_values") {
+                return Err(invalid(
+                    node,
+                    "both nodes_values and nodes_values_as_tensor are given",
+                ));
+            }
+            count("nodes_values_as_tensor", Some(values.len()))?;
+            for (r, v) in raw.iter_mut().zip(values) {
+                r.value = T::from_f64(v);
+            }
+        }
+        None => {
+            let got = attrs.each_float("nodes_values", |k, v| {
+                raw.get_mut(k).ok_or_else(overflow)?.value = T::from_f32(v);
+                Ok(())
+            })?;
+            count("nodes_values", got)?;
+        }
+    }
+    // Children, as attribute positions (leaves' ids are ignored, as in ONNX Runtime).
+    let index = NodeIndex::new(node, &tree_ids, &node_ids)?;
+    for (name, is_true) in [("nodes_truenodeids", true), ("nodes_falsenodeids", false)] {
+        let got = attrs.each_int(name, |k, v| {
+            let r = raw.get(k).ok_or_else(overflow)?;
+            if is_leaf(r) {
+                return Ok(());
+            }
+            let id = v as i64;
+            let at = index.get(tree_ids[k], id).ok_or_else(|| {
+                invalid(
+                    node,
+                    format!(
+                        "child {id} of node {} of tree {} does not exist",
+                        node_ids[k], tree_ids[k]
+                    ),
+                )
+            })?;
+            if at as usize == k {
+                return Err(invalid(
+                    node,
+                    format!(
+                        "node {} of tree {} points to itself",
+                        node_ids[k], tree_ids[k]
+                    ),
+                ));
+            }
+            let r = &mut raw[k];
+            if is_true {
+                r.true_at = at;
+            } else {
+                r.false_at = at;
+            }
+            Ok(())
+        })?;
+        count(name, got)?;
+    }
+    // Hit rates are documentation: ONNX Runtime reads and ignores them (never decoded).
+    attrs.has("nodes_hitrates");
+    attrs.has("nodes_hitrates_as_tensor");
 
     let (prefix, ids_name, weights_name) = if classifier {
         ("class", "class_ids", "class_weights")
@@ -435,12 +535,9 @@ fn build<T: Num>(
         node,
         &tree_ids,
         &node_ids,
-        &features,
-        &modes,
-        &thresholds,
-        &true_ids,
-        &false_ids,
-        &missing,
+        &index,
+        raw,
+        max_feature,
         (&w_trees, &w_nodes, &w_ids, &w_values),
         base_values,
         n_targets,
@@ -525,48 +622,163 @@ impl NodeIndex {
 
 /// Builds the depth-first layout (false child next) the way ONNX Runtime's `AddNodes`
 /// does, without recursion (a hostile tree can be a million nodes deep).
+/// Places one tree (attribute positions `start..end`, root first) without a depth-first
+/// walk when it is a plain tree listed parents-before-children, as exporters write it:
+/// every child after its parent and inside the run, every node but the root with exactly
+/// one parent. Then ONNX Runtime's layout (depth first, false child next) follows from
+/// subtree sizes in two sequential passes, which touch memory in order where a walk would
+/// jump. Returns the root's position, or `None` (nothing changed) when the tree is not of
+/// that form and the general walk must place it.
+fn place_tree<T: Num>(
+    raw: &[Raw<T>],
+    start: usize,
+    end: usize,
+    placed: &mut [u32],
+    sizes: &mut [u32],
+    nodes: &mut Vec<Node<T>>,
+) -> Option<u32> {
+    let is_leaf = |r: &Raw<T>| (r.word >> WORD_BITS) as u8 & MODE_MASK == Mode::Leaf as u8;
+    // Shape check, counting parents in `sizes` (reset below).
+    for i in start..end {
+        let r = &raw[i];
+        if is_leaf(r) {
+            continue;
+        }
+        for child in [r.true_at as usize, r.false_at as usize] {
+            if child <= i || child >= end {
+                sizes[start..end].fill(0);
+                return None;
+            }
+            sizes[child] += 1;
+        }
+    }
+    let tree = (start + 1..end).all(|i| sizes[i] == 1) && sizes[start] == 0;
+    sizes[start..end].fill(0);
+    if !tree {
+        return None;
+    }
+    // Subtree sizes, children before parents.
+    for i in (start..end).rev() {
+        let r = &raw[i];
+        sizes[i] = if is_leaf(r) {
+            1
+        } else {
+            1 + sizes[r.true_at as usize] + sizes[r.false_at as usize]
+        };
+    }
+    // Positions, parents before children: the false subtree right after its parent, the
+    // true subtree after that.
+    let base = nodes.len() as u32;
+    placed[start] = base;
+    for i in start..end {
+        let r = &raw[i];
+        if !is_leaf(r) {
+            let at = placed[i];
+            placed[r.false_at as usize] = at + 1;
+            placed[r.true_at as usize] = at + 1 + sizes[r.false_at as usize];
+        }
+    }
+    let count = end - start;
+    let zero = Node {
+        value: T::default(),
+        index: 0,
+        word: 0,
+    };
+    nodes.resize(nodes.len() + count, zero);
+    for i in start..end {
+        let r = &raw[i];
+        let index = if is_leaf(r) {
+            r.true_at
+        } else {
+            placed[r.true_at as usize]
+        };
+        nodes[placed[i] as usize] = Node {
+            value: r.value,
+            index,
+            word: r.word,
+        };
+    }
+    Some(base)
+}
+
+/// One node in attribute order with its children resolved to attribute positions: what
+/// the depth-first walk reads (one 16-20 byte record instead of six columns).
+#[derive(Clone, Copy)]
+struct Raw<T> {
+    value: T,
+    true_at: u32,
+    false_at: u32,
+    /// Mode and missing flag on top, feature (splits) below, as in `Node::word`.
+    word: u32,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn layout<T: Num>(
     node: &NodeView<'_>,
     tree_ids: &[i64],
     node_ids: &[i64],
-    features: &[u32],
-    modes: &[Mode],
-    thresholds: &[T],
-    true_ids: &[i64],
-    false_ids: &[i64],
-    missing: &[i64],
+    index: &NodeIndex,
+    mut raw: Vec<Raw<T>>,
+    max_feature: u32,
     (w_trees, w_nodes, w_ids, w_values): (&[i64], &[i64], &[u32], &[T]),
     base_values: Vec<T>,
     n_outputs: usize,
 ) -> Result<Trees<T>, CompileError> {
-    let n = node_ids.len();
-    if n >= u32::MAX as usize / 2 {
-        return Err(invalid(node, "too many nodes"));
+    let n = raw.len();
+    // Leaf weights, in (tree, node, attribute position) order, as ONNX Runtime sorts them
+    // (exporters usually list them in that order already, which is attribute order too:
+    // the records are then filled front to back). A leaf's record keeps its first weight
+    // as its value, the count in its word and where its weights start in `true_at`.
+    let mut order: Vec<u32> = (0..w_trees.len() as u32).collect();
+    let sorted =
+        (1..w_trees.len()).all(|k| (w_trees[k - 1], w_nodes[k - 1]) <= (w_trees[k], w_nodes[k]));
+    if !sorted {
+        order.sort_by_key(|&k| (w_trees[k as usize], w_nodes[k as usize], k));
     }
-    // (tree, node) -> position in the attribute lists.
-    let index = NodeIndex::new(node, tree_ids, node_ids)?;
-    let child = |i: usize, ids: &[i64], which: &str| -> Result<u32, CompileError> {
-        let target = index.get(tree_ids[i], ids[i]).ok_or_else(|| {
+    let keep_weights = n_outputs > 1;
+    let mut weights: Vec<Weight<T>> =
+        Vec::with_capacity(if keep_weights { order.len() } else { 0 });
+    // Weight counts per attribute position (to find weights on unreachable leaves).
+    let mut leaf_weights: Vec<u8> = vec![0; n];
+    for &k in &order {
+        let k = k as usize;
+        let at = index.get(w_trees[k], w_nodes[k]).ok_or_else(|| {
             invalid(
                 node,
                 format!(
-                    "{which} node {} of tree {} does not exist",
-                    ids[i], tree_ids[i]
+                    "a weight names node {} of tree {}, which does not exist",
+                    w_nodes[k], w_trees[k]
                 ),
             )
-        })?;
-        if target as usize == i {
-            return Err(invalid(
+        })? as usize;
+        let leaf = &mut raw[at];
+        if (leaf.word >> WORD_BITS) as u8 & MODE_MASK != Mode::Leaf as u8 {
+            continue; // ONNX Runtime ignores weights on splits (old onnxmltools wrote them).
+        }
+        let count = leaf.word & WORD_MASK;
+        if count == 0 {
+            leaf.true_at = weights.len() as u32;
+            leaf.value = w_values[k];
+        } else if keep_weights && leaf.true_at as usize + count as usize != weights.len() {
+            return Err(unsupported(
                 node,
-                format!(
-                    "node {} of tree {} points to itself",
-                    node_ids[i], tree_ids[i]
-                ),
+                "a leaf's weights are not listed together",
             ));
         }
-        Ok(target)
-    };
+        if count == WORD_MASK {
+            return Err(unsupported(node, "a leaf with too many weights"));
+        }
+        leaf.word += 1;
+        leaf_weights[at] = 1;
+        // A single-output ensemble reads only each leaf's first weight (`value`).
+        if keep_weights {
+            weights.push(Weight {
+                target: w_ids[k],
+                value: w_values[k],
+            });
+        }
+    }
+
     const UNPLACED: u32 = u32::MAX;
     enum Frame {
         Enter(u32),
@@ -575,12 +787,20 @@ fn layout<T: Num>(
     }
     let mut placed = vec![UNPLACED; n];
     let mut in_progress = vec![false; n];
+    let mut sizes: Vec<u32> = vec![0; n];
     let mut nodes: Vec<Node<T>> = Vec::with_capacity(n);
     let mut roots = Vec::new();
-    let mut max_feature = 0u32;
     let mut stack = Vec::new();
     for start in 0..n {
         if start > 0 && tree_ids[start] == tree_ids[start - 1] {
+            continue;
+        }
+        let mut end = start + 1;
+        while end < n && tree_ids[end] == tree_ids[start] {
+            end += 1;
+        }
+        if let Some(root) = place_tree(&raw, start, end, &mut placed, &mut sizes, &mut nodes) {
+            roots.push(root);
             continue;
         }
         stack.push(Frame::Enter(start as u32));
@@ -602,36 +822,22 @@ fn layout<T: Num>(
                         ret = placed[i];
                         continue;
                     }
+                    let r = raw[i];
                     let pos = nodes.len() as u32;
                     placed[i] = pos;
-                    if features[i] > MAX_FEATURE {
-                        return Err(unsupported(
-                            node,
-                            "a feature index too large for the packed layout",
-                        ));
-                    }
-                    max_feature = max_feature.max(features[i]);
-                    let mut flags = modes[i] as u8;
-                    if missing.get(i) == Some(&1) {
-                        flags |= MISSING_TRUE;
-                    }
-                    let low = if modes[i] == Mode::Leaf {
-                        0
-                    } else {
-                        features[i]
-                    };
                     nodes.push(Node {
-                        value: thresholds[i],
-                        index: 0,
-                        word: (u32::from(flags) << WORD_BITS) | low,
+                        value: r.value,
+                        // A leaf's weights start here (a split's true child is set later).
+                        index: r.true_at,
+                        word: r.word,
                     });
-                    if modes[i] == Mode::Leaf {
+                    if (r.word >> WORD_BITS) as u8 & MODE_MASK == Mode::Leaf as u8 {
                         ret = pos;
                         continue;
                     }
                     in_progress[i] = true;
                     stack.push(Frame::AfterFalse { at, pos });
-                    stack.push(Frame::Enter(child(i, false_ids, "false")?));
+                    stack.push(Frame::Enter(r.false_at));
                 }
                 Frame::AfterFalse { at, pos } => {
                     if ret != pos + 1 {
@@ -645,7 +851,7 @@ fn layout<T: Num>(
                         ));
                     }
                     stack.push(Frame::AfterTrue { at, pos });
-                    stack.push(Frame::Enter(child(at as usize, true_ids, "true")?));
+                    stack.push(Frame::Enter(raw[at as usize].true_at));
                 }
                 Frame::AfterTrue { at, pos } => {
                     nodes[pos as usize].index = ret;
@@ -656,59 +862,17 @@ fn layout<T: Num>(
         }
         roots.push(ret);
     }
+    drop(raw);
+    drop(in_progress);
+    drop(sizes);
 
-    // Leaf weights, in (tree, node, attribute position) order, as ONNX Runtime sorts them
-    // (exporters usually list them in that order already).
-    let mut order: Vec<u32> = (0..w_trees.len() as u32).collect();
-    let sorted =
-        (1..w_trees.len()).all(|k| (w_trees[k - 1], w_nodes[k - 1]) <= (w_trees[k], w_nodes[k]));
-    if !sorted {
-        order.sort_by_key(|&k| (w_trees[k as usize], w_nodes[k as usize], k));
-    }
-    let keep_weights = n_outputs > 1;
-    let mut weights: Vec<Weight<T>> =
-        Vec::with_capacity(if keep_weights { order.len() } else { 0 });
-    for &k in &order {
-        let k = k as usize;
-        let at = index.get(w_trees[k], w_nodes[k]).ok_or_else(|| {
-            invalid(
-                node,
-                format!(
-                    "a weight names node {} of tree {}, which does not exist",
-                    w_nodes[k], w_trees[k]
-                ),
-            )
-        })?;
-        // An unplaced (unreachable) node maps to position 0, as in ONNX Runtime.
-        let pos = match placed[at as usize] {
-            UNPLACED => 0,
-            pos => pos as usize,
-        };
-        let leaf = &mut nodes[pos];
-        if leaf.mode() != Mode::Leaf as u8 {
-            continue; // ONNX Runtime ignores weights on splits (old onnxmltools wrote them).
-        }
-        let count = leaf.low();
-        if count == 0 {
-            leaf.index = weights.len() as u32;
-            leaf.value = w_values[k];
-        } else if keep_weights && leaf.index as usize + count as usize != weights.len() {
-            return Err(unsupported(
-                node,
-                "a leaf's weights are not listed together",
-            ));
-        }
-        if count == WORD_MASK {
-            return Err(unsupported(node, "a leaf with too many weights"));
-        }
-        leaf.word += 1;
-        // A single-output ensemble reads only each leaf's first weight (`value`).
-        if keep_weights {
-            weights.push(Weight {
-                target: w_ids[k],
-                value: w_values[k],
-            });
-        }
+    if placed
+        .iter()
+        .zip(&leaf_weights)
+        .any(|(&p, &count)| p == UNPLACED && count > 0)
+    {
+        // ONNX Runtime would hang these on whatever node it placed first.
+        return Err(unsupported(node, "weights on a leaf no root reaches"));
     }
     // A leaf without weights keeps its `nodes_values` entry as its value and has no
     // entries, as in ONNX Runtime.

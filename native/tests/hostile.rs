@@ -281,7 +281,10 @@ fn a_feature_past_the_input_is_a_run_error_not_a_panic() {
     assert!(error.0.contains("feature"), "{error}");
     // Past the packed layout's 28 bits: ONNX Runtime's to judge.
     t.feature = &[4_000_000_000, 0, 0];
-    assert!(matches!(Model::compile(&regressor(&t)), Err(CompileError::Unsupported(_))));
+    assert!(matches!(
+        Model::compile(&regressor(&t)),
+        Err(CompileError::Unsupported(_))
+    ));
 }
 
 #[test]

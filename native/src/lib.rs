@@ -23,6 +23,7 @@ mod attrs;
 mod glue;
 mod graph;
 mod linear;
+mod memory;
 mod transform;
 mod tree;
 mod value;

@@ -331,7 +331,34 @@ impl<'a> Repeated<'a> {
         &self,
         mut f: impl FnMut(usize, u64) -> Result<(), E>,
     ) -> Result<usize, E> {
-        let mut k = 0usize;
+        // The common case, unpacked values with a one-byte key (field < 16): a tight loop
+        // that leaves at anything else, which the general walk then handles.
+        if self.field != 0 && self.field < 16 {
+            let tag = (self.field << 3) as u8;
+            let buf = self.message;
+            let mut pos = 0usize;
+            let mut k = 0usize;
+            while pos < buf.len() && buf[pos] == tag {
+                let mut reader = Reader { buf, pos: pos + 1 };
+                let v = reader.varint()?;
+                f(k, v)?;
+                k += 1;
+                pos = reader.pos;
+            }
+            if pos == buf.len() {
+                return Ok(k);
+            }
+            return Repeated::new(&buf[pos..], self.field).each_varint_general(k, f);
+        }
+        self.each_varint_general(0, f)
+    }
+
+    fn each_varint_general<E: From<Invalid>>(
+        &self,
+        start: usize,
+        mut f: impl FnMut(usize, u64) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let mut k = start;
         let mut failure: Option<E> = None;
         self.walk(|wire, reader| {
             let mut one = |v: u64| -> Result<(), Invalid> {
@@ -365,7 +392,31 @@ impl<'a> Repeated<'a> {
         &self,
         mut f: impl FnMut(usize, f32) -> Result<(), E>,
     ) -> Result<usize, E> {
-        let mut k = 0usize;
+        if self.field != 0 && self.field < 16 {
+            let tag = ((self.field << 3) | u32::from(FIXED32)) as u8;
+            let buf = self.message;
+            let mut pos = 0usize;
+            let mut k = 0usize;
+            while pos + 5 <= buf.len() && buf[pos] == tag {
+                let bits: [u8; 4] = buf[pos + 1..pos + 5].try_into().expect("four bytes");
+                f(k, f32::from_le_bytes(bits))?;
+                k += 1;
+                pos += 5;
+            }
+            if pos == buf.len() {
+                return Ok(k);
+            }
+            return Repeated::new(&buf[pos..], self.field).each_float_general(k, f);
+        }
+        self.each_float_general(0, f)
+    }
+
+    fn each_float_general<E: From<Invalid>>(
+        &self,
+        start: usize,
+        mut f: impl FnMut(usize, f32) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let mut k = start;
         let mut failure: Option<E> = None;
         self.walk(|wire, reader| {
             let mut one = |v: f32| -> Result<(), Invalid> {

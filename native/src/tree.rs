@@ -283,15 +283,15 @@ fn build<T: Num>(
     }
     // Every other node column is decoded straight into one record per node: no column is
     // ever held whole (a 30 MB forest has about 750,000 nodes).
-    let mut raw: Vec<Raw<T>> = vec![
+    let mut raw: Vec<Raw<T>> = crate::memory::vec_filled(
         Raw {
             value: T::default(),
             true_at: 0,
             false_at: 0,
             word: 0,
-        };
-        n
-    ];
+        },
+        n,
+    );
     let count = |name: &str, got: Option<usize>| -> Result<(), CompileError> {
         match got {
             Some(got) if got == n => Ok(()),
@@ -785,10 +785,10 @@ fn layout<T: Num>(
         AfterFalse { at: u32, pos: u32 },
         AfterTrue { at: u32, pos: u32 },
     }
-    let mut placed = vec![UNPLACED; n];
+    let mut placed = crate::memory::vec_filled(UNPLACED, n);
     let mut in_progress = vec![false; n];
-    let mut sizes: Vec<u32> = vec![0; n];
-    let mut nodes: Vec<Node<T>> = Vec::with_capacity(n);
+    let mut sizes: Vec<u32> = crate::memory::vec_filled(0, n);
+    let mut nodes: Vec<Node<T>> = crate::memory::vec_with_capacity(n);
     let mut roots = Vec::new();
     let mut stack = Vec::new();
     for start in 0..n {

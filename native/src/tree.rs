@@ -112,22 +112,26 @@ const MODE_MASK: u8 = 0x7;
 /// The most regression targets a model may declare.
 const MAX_TARGETS: usize = 1 << 16;
 const MISSING_TRUE: u8 = 0x8;
+/// On a split: its true child is the next node and `index` is the false child (set for
+/// trees kept in the file's order; the depth-first relayout puts the false child next).
+const TRUE_NEXT: u8 = 0x10;
 /// The low bits of `Node::word`: the feature of a split, the weight count of a leaf.
-const WORD_BITS: u32 = 28;
+const WORD_BITS: u32 = 27;
 const WORD_MASK: u32 = (1 << WORD_BITS) - 1;
 /// The largest feature index the packed layout holds (a model reading a later feature is
 /// served by ONNX Runtime).
 const MAX_FEATURE: u32 = WORD_MASK;
 
 /// One node: 12 bytes for float models, 16 for double ones. Splits: `value` is the
-/// threshold, `index` the true child's position (the false child is the next node), the
-/// word's low bits the feature. Leaves: `value` is the first weight, `index` the first of
+/// threshold, one child is the next node and `index` is the other (the true child unless
+/// the `TRUE_NEXT` flag is set), the word's low bits the feature. Leaves: `value` is the first weight, `index` the first of
 /// the word's count entries in `weights` (multi-output ensembles only).
 #[derive(Debug, Clone, Copy)]
 struct Node<T> {
     value: T,
     index: u32,
-    /// Mode (3 bits) and missing-tracks-true (1 bit) on top, feature or count below.
+    /// Mode (3 bits), missing-tracks-true and true-next (1 bit each) on top, feature or
+    /// count below.
     word: u32,
 }
 
@@ -145,6 +149,11 @@ impl<T> Node<T> {
     #[inline(always)]
     fn missing_true(&self) -> bool {
         (self.word >> WORD_BITS) as u8 & MISSING_TRUE != 0
+    }
+
+    #[inline(always)]
+    fn true_next(&self) -> bool {
+        (self.word >> WORD_BITS) as u8 & TRUE_NEXT != 0
     }
 }
 
@@ -622,83 +631,31 @@ impl NodeIndex {
 
 /// Builds the depth-first layout (false child next) the way ONNX Runtime's `AddNodes`
 /// does, without recursion (a hostile tree can be a million nodes deep).
-/// Places one tree (attribute positions `start..end`, root first) without a depth-first
-/// walk when it is a plain tree listed parents-before-children, as exporters write it:
-/// every child after its parent and inside the run, every node but the root with exactly
-/// one parent. Then ONNX Runtime's layout (depth first, false child next) follows from
-/// subtree sizes in two sequential passes, which touch memory in order where a walk would
-/// jump. Returns the root's position, or `None` (nothing changed) when the tree is not of
-/// that form and the general walk must place it.
-fn place_tree<T: Num>(
-    raw: &[Raw<T>],
-    start: usize,
-    end: usize,
-    placed: &mut [u32],
-    sizes: &mut [u32],
-    nodes: &mut Vec<Node<T>>,
-) -> Option<u32> {
+/// Whether a tree (attribute positions `start..end`, root first) can stay in the file's
+/// order: a plain tree listed parents first (every child after its parent and inside the
+/// run, every node but the root with exactly one parent), where each split has one of
+/// its children right after it. Exporters write trees that way (depth first). Such a tree
+/// is evaluated exactly as ONNX Runtime's relayout of it would be: the layout changes
+/// where nodes sit, never which leaf a row reaches.
+fn keep_in_order<T: Num>(raw: &[Raw<T>], start: usize, end: usize, parents: &mut [u8]) -> bool {
     let is_leaf = |r: &Raw<T>| (r.word >> WORD_BITS) as u8 & MODE_MASK == Mode::Leaf as u8;
-    // Shape check, counting parents in `sizes` (reset below).
+    let mut plain = true;
     for i in start..end {
         let r = &raw[i];
         if is_leaf(r) {
             continue;
         }
-        for child in [r.true_at as usize, r.false_at as usize] {
-            if child <= i || child >= end {
-                sizes[start..end].fill(0);
-                return None;
-            }
-            sizes[child] += 1;
+        let (t, f) = (r.true_at as usize, r.false_at as usize);
+        if t <= i || f <= i || t >= end || f >= end || (t != i + 1 && f != i + 1) {
+            plain = false;
+            break;
         }
+        parents[t] = parents[t].saturating_add(1);
+        parents[f] = parents[f].saturating_add(1);
     }
-    let tree = (start + 1..end).all(|i| sizes[i] == 1) && sizes[start] == 0;
-    sizes[start..end].fill(0);
-    if !tree {
-        return None;
-    }
-    // Subtree sizes, children before parents.
-    for i in (start..end).rev() {
-        let r = &raw[i];
-        sizes[i] = if is_leaf(r) {
-            1
-        } else {
-            1 + sizes[r.true_at as usize] + sizes[r.false_at as usize]
-        };
-    }
-    // Positions, parents before children: the false subtree right after its parent, the
-    // true subtree after that.
-    let base = nodes.len() as u32;
-    placed[start] = base;
-    for i in start..end {
-        let r = &raw[i];
-        if !is_leaf(r) {
-            let at = placed[i];
-            placed[r.false_at as usize] = at + 1;
-            placed[r.true_at as usize] = at + 1 + sizes[r.false_at as usize];
-        }
-    }
-    let count = end - start;
-    let zero = Node {
-        value: T::default(),
-        index: 0,
-        word: 0,
-    };
-    nodes.resize(nodes.len() + count, zero);
-    for i in start..end {
-        let r = &raw[i];
-        let index = if is_leaf(r) {
-            r.true_at
-        } else {
-            placed[r.true_at as usize]
-        };
-        nodes[placed[i] as usize] = Node {
-            value: r.value,
-            index,
-            word: r.word,
-        };
-    }
-    Some(base)
+    plain = plain && parents[start] == 0 && parents[start + 1..end].iter().all(|&p| p == 1);
+    parents[start..end].fill(0);
+    plain
 }
 
 /// One node in attribute order with its children resolved to attribute positions: what
@@ -785,23 +742,58 @@ fn layout<T: Num>(
         AfterFalse { at: u32, pos: u32 },
         AfterTrue { at: u32, pos: u32 },
     }
-    let mut placed = crate::memory::vec_filled(UNPLACED, n);
-    let mut in_progress = vec![false; n];
-    let mut sizes: Vec<u32> = crate::memory::vec_filled(0, n);
+    // Where each record went; only trees the relayout places need it.
+    let mut placed: Vec<u32> = Vec::new();
+    let mut in_progress: Vec<bool> = Vec::new();
+    let mut parents: Vec<u8> = vec![0; n];
     let mut nodes: Vec<Node<T>> = crate::memory::vec_with_capacity(n);
     let mut roots = Vec::new();
     let mut stack = Vec::new();
-    for start in 0..n {
-        if start > 0 && tree_ids[start] == tree_ids[start - 1] {
-            continue;
-        }
+    let mut start = 0;
+    while start < n {
         let mut end = start + 1;
         while end < n && tree_ids[end] == tree_ids[start] {
             end += 1;
         }
-        if let Some(root) = place_tree(&raw, start, end, &mut placed, &mut sizes, &mut nodes) {
-            roots.push(root);
+        if keep_in_order(&raw, start, end, &mut parents) {
+            // The file's order already is a layout: every split has one child right after
+            // it. Copy the records over as they are.
+            // Record `start + k` goes to position `base + k`.
+            let base = nodes.len() as u32;
+            let first = start as u32;
+            roots.push(base);
+            for (i, r) in raw[start..end].iter().enumerate() {
+                let i = start + i;
+                let node = if (r.word >> WORD_BITS) as u8 & MODE_MASK == Mode::Leaf as u8 {
+                    Node {
+                        value: r.value,
+                        index: r.true_at,
+                        word: r.word,
+                    }
+                } else if r.true_at as usize == i + 1 {
+                    Node {
+                        value: r.value,
+                        index: base + (r.false_at - first),
+                        word: r.word | (u32::from(TRUE_NEXT) << WORD_BITS),
+                    }
+                } else {
+                    Node {
+                        value: r.value,
+                        index: base + (r.true_at - first),
+                        word: r.word,
+                    }
+                };
+                nodes.push(node);
+            }
+            start = end;
             continue;
+        }
+        // Anything else (shared true children, trees split over several runs, children
+        // listed before parents): ONNX Runtime's own depth-first relayout, false child
+        // next, which also finds what it would refuse.
+        if placed.is_empty() {
+            placed = vec![UNPLACED; n];
+            in_progress = vec![false; n];
         }
         stack.push(Frame::Enter(start as u32));
         let mut ret = 0u32;
@@ -861,15 +853,17 @@ fn layout<T: Num>(
             }
         }
         roots.push(ret);
+        start = end;
     }
     drop(raw);
     drop(in_progress);
-    drop(sizes);
+    drop(parents);
 
-    if placed
-        .iter()
-        .zip(&leaf_weights)
-        .any(|(&p, &count)| p == UNPLACED && count > 0)
+    if !placed.is_empty()
+        && placed
+            .iter()
+            .zip(&leaf_weights)
+            .any(|(&p, &count)| p == UNPLACED && count > 0)
     {
         // ONNX Runtime would hang these on whatever node it placed first.
         return Err(unsupported(node, "weights on a leaf no root reaches"));
@@ -907,7 +901,11 @@ impl<T: Num> Trees<T> {
                 4 => x == t,
                 _ => x != t,
             } || (node.missing_true() && x.is_nan());
-            at = if hit { node.index as usize } else { at + 1 };
+            at = if hit != node.true_next() {
+                node.index as usize
+            } else {
+                at + 1
+            };
         }
     }
 

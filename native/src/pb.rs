@@ -54,8 +54,25 @@ impl<'a> Reader<'a> {
 
     #[inline(always)]
     pub fn varint(&mut self) -> Result<u64, Invalid> {
-        // Most varints in a model (keys, node ids, small ints) are one byte.
-        if let Some(&byte) = self.buf.get(self.pos)
+        // Most varints in a model (keys, node ids, small ints) are one to three bytes.
+        if let Some(&[a, b, c]) = self
+            .buf
+            .get(self.pos..self.pos + 3)
+            .map(|s| <&[u8; 3]>::try_from(s).expect("three bytes"))
+        {
+            if a < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(a));
+            }
+            if b < 0x80 {
+                self.pos += 2;
+                return Ok(u64::from(a & 0x7f) | u64::from(b) << 7);
+            }
+            if c < 0x80 {
+                self.pos += 3;
+                return Ok(u64::from(a & 0x7f) | u64::from(b & 0x7f) << 7 | u64::from(c) << 14);
+            }
+        } else if let Some(&byte) = self.buf.get(self.pos)
             && byte < 0x80
         {
             self.pos += 1;

@@ -94,7 +94,15 @@ enum Mode {
 }
 
 impl Mode {
+    #[inline]
     fn parse(s: &[u8]) -> Option<Mode> {
+        // The two modes real forests are made of, first.
+        if s == b"LEAF" {
+            return Some(Mode::Leaf);
+        }
+        if s == b"BRANCH_LEQ" {
+            return Some(Mode::Leq);
+        }
         Some(match s {
             b"BRANCH_LEQ" => Mode::Leq,
             b"BRANCH_LT" => Mode::Lt,

@@ -575,9 +575,9 @@ fn hot(models: &[String], seconds: u64, connections: usize, sets: &[String]) -> 
         percentile(&floor, 0.99)
     );
     println!(
-        "| model | ORT run p50 (floor) | in-process handler p50 | probe p50 | probe p99 | wrk 1 conn p50 | wrk 1 conn p99 | wrk {connections} conns req/s | wrk {connections} conns p99 | scorer CPU µs/req |"
+        "| model | engine | engine call p50 (floor) | in-process handler p50 | probe p50 | probe p99 | wrk 1 conn p50 | wrk 1 conn p99 | wrk {connections} conns req/s | wrk {connections} conns p99 | scorer CPU µs/req |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for id in models {
         let reference = references
             .iter()
@@ -588,9 +588,15 @@ fn hot(models: &[String], seconds: u64, connections: usize, sets: &[String]) -> 
         setup::http_post(&url, &body.to_string())?;
         // The floor: ONNX Runtime's own call on the same row, in-process.
         let bytes = std::fs::read(format!("models/demo/{id}/1/model.onnx"))?;
+        // The engine the server uses for this model (native unless `engine.native=off`).
+        let native = if sets.iter().any(|s| s == "engine.native=off") {
+            NativeEngine::Off
+        } else {
+            NativeEngine::Auto
+        };
         let engines = Engines {
             environment,
-            native: NativeEngine::Off,
+            native,
         };
         let model = engines
             .load(ModelId::parse(id).unwrap(), 1, &bytes, 0)
@@ -612,7 +618,8 @@ fn hot(models: &[String], seconds: u64, connections: usize, sets: &[String]) -> 
             bail!("wrk saw errors for {id}");
         }
         println!(
-            "| {id} | {floor_us:.1} µs | {:.1} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.1} |",
+            "| {id} | {} | {floor_us:.1} µs | {:.1} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.1} |",
+            model.engine.as_str(),
             percentile(&handler, 0.5),
             percentile(&probed, 0.5),
             percentile(&probed, 0.99),

@@ -244,7 +244,7 @@ impl<'a> Repeated<'a> {
         &self,
         mut f: impl FnMut(u64) -> Result<T, Invalid>,
     ) -> Result<Vec<T>, Invalid> {
-        let mut out = Vec::new();
+        let mut out = presized(self.message.len(), 2);
         self.walk(|wire, reader| {
             match wire {
                 VARINT => out.push(f(reader.varint()?)?),
@@ -266,7 +266,7 @@ impl<'a> Repeated<'a> {
 
     /// Decodes `float` values (fixed32), `f` maps each.
     pub fn floats<T>(&self, mut f: impl FnMut(f32) -> T) -> Result<Vec<T>, Invalid> {
-        let mut out = Vec::new();
+        let mut out = presized(self.message.len(), 5);
         self.walk(|wire, reader| {
             match wire {
                 FIXED32 => {
@@ -498,6 +498,18 @@ impl<'a> Repeated<'a> {
             reader.skip(wire)?;
         }
         Ok(())
+    }
+}
+
+/// An empty vector for the values of a large repeated field: room for as many values as
+/// the bytes could hold (`min_bytes` each at least), reserved but not touched (untouched
+/// pages cost nothing), marked for huge pages; `shrink_to_fit` returns the rest. Small
+/// fields start empty and grow.
+fn presized<T>(bytes: usize, min_bytes: usize) -> Vec<T> {
+    if bytes >= 1 << 20 {
+        crate::memory::vec_with_capacity(bytes / min_bytes)
+    } else {
+        Vec::new()
     }
 }
 

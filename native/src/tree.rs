@@ -397,7 +397,7 @@ fn build<T: Num>(
                 return Ok(());
             }
             let id = v as i64;
-            let at = index.get(tree_ids[k], id).ok_or_else(|| {
+            let at = index.child(&tree_ids, &node_ids, k, id).ok_or_else(|| {
                 invalid(
                     node,
                     format!(
@@ -619,6 +619,21 @@ impl NodeIndex {
         Ok(NodeIndex::Map(map))
     }
 
+    /// The position of node `id` of the tree that the node at position `k` belongs to.
+    #[inline]
+    fn child(&self, tree_ids: &[i64], node_ids: &[i64], k: usize, id: i64) -> Option<u32> {
+        match self {
+            // Dense: the tree starts at `k - node_ids[k]` and is one run. Whether `at` is
+            // still inside that run is checked where the layout is made (`keep_in_order`
+            // bounds each tree; the relayout compares tree ids), not here.
+            NodeIndex::Dense { .. } => {
+                let at = (k as i64 - node_ids[k]).checked_add(id)?;
+                (id >= 0 && (at as u64) < tree_ids.len() as u64).then_some(at as u32)
+            }
+            NodeIndex::Map(map) => map.get(&(tree_ids[k], id)).copied(),
+        }
+    }
+
     fn get(&self, tree: i64, id: i64) -> Option<u32> {
         match self {
             NodeIndex::Dense { trees, last } => {
@@ -637,33 +652,41 @@ impl NodeIndex {
     }
 }
 
-/// Builds the depth-first layout (false child next) the way ONNX Runtime's `AddNodes`
-/// does, without recursion (a hostile tree can be a million nodes deep).
 /// Whether a tree (attribute positions `start..end`, root first) can stay in the file's
-/// order: a plain tree listed parents first (every child after its parent and inside the
-/// run, every node but the root with exactly one parent), where each split has one of
-/// its children right after it. Exporters write trees that way (depth first). Such a tree
+/// order: a plain tree (every node reached exactly once) listed depth first, each split's
+/// subtree right after it with one child next. Exporters write trees that way. Such a tree
 /// is evaluated exactly as ONNX Runtime's relayout of it would be: the layout changes
 /// where nodes sit, never which leaf a row reaches.
-fn keep_in_order<T: Num>(raw: &[Raw<T>], start: usize, end: usize, parents: &mut [u8]) -> bool {
+fn keep_in_order<T: Num>(raw: &[Raw<T>], start: usize, end: usize) -> bool {
+    // Walk the tree depth first, the child listed next first, and check the walk visits
+    // exactly `start..end` in order: then it is a plain tree (every node reached once)
+    // listed in that order. One sequential pass and a stack of pending other children.
     let is_leaf = |r: &Raw<T>| (r.word >> WORD_BITS) as u8 & MODE_MASK == Mode::Leaf as u8;
-    let mut plain = true;
-    for i in start..end {
+    let mut pending: Vec<u32> = Vec::new();
+    let mut i = start;
+    loop {
         let r = &raw[i];
         if is_leaf(r) {
-            continue;
+            match pending.pop() {
+                None => return i + 1 == end,
+                Some(next) if next as usize == i + 1 => i += 1,
+                Some(_) => return false,
+            }
+        } else {
+            let other = if r.true_at as usize == i + 1 {
+                r.false_at
+            } else if r.false_at as usize == i + 1 {
+                r.true_at
+            } else {
+                return false;
+            };
+            pending.push(other);
+            i += 1;
         }
-        let (t, f) = (r.true_at as usize, r.false_at as usize);
-        if t <= i || f <= i || t >= end || f >= end || (t != i + 1 && f != i + 1) {
-            plain = false;
-            break;
+        if i >= end {
+            return false;
         }
-        parents[t] = parents[t].saturating_add(1);
-        parents[f] = parents[f].saturating_add(1);
     }
-    plain = plain && parents[start] == 0 && parents[start + 1..end].iter().all(|&p| p == 1);
-    parents[start..end].fill(0);
-    plain
 }
 
 /// One node in attribute order with its children resolved to attribute positions: what
@@ -677,6 +700,9 @@ struct Raw<T> {
     word: u32,
 }
 
+/// Lays the trees out: in the file's order where it already is a layout
+/// (`keep_in_order`), else the depth-first relayout (false child next) ONNX Runtime's
+/// `AddNodes` makes, without recursion (a hostile tree can be a million nodes deep).
 #[allow(clippy::too_many_arguments)]
 fn layout<T: Num>(
     node: &NodeView<'_>,
@@ -753,7 +779,6 @@ fn layout<T: Num>(
     // Where each record went; only trees the relayout places need it.
     let mut placed: Vec<u32> = Vec::new();
     let mut in_progress: Vec<bool> = Vec::new();
-    let mut parents: Vec<u8> = vec![0; n];
     let mut nodes: Vec<Node<T>> = crate::memory::vec_with_capacity(n);
     let mut roots = Vec::new();
     let mut stack = Vec::new();
@@ -763,7 +788,7 @@ fn layout<T: Num>(
         while end < n && tree_ids[end] == tree_ids[start] {
             end += 1;
         }
-        if keep_in_order(&raw, start, end, &mut parents) {
+        if keep_in_order(&raw, start, end) {
             // The file's order already is a layout: every split has one child right after
             // it. Copy the records over as they are.
             // Record `start + k` goes to position `base + k`.
@@ -809,6 +834,15 @@ fn layout<T: Num>(
             match frame {
                 Frame::Enter(at) => {
                     let i = at as usize;
+                    if tree_ids[i] != tree_ids[start] {
+                        return Err(invalid(
+                            node,
+                            format!(
+                                "a child of tree {} lies in tree {}",
+                                tree_ids[start], tree_ids[i]
+                            ),
+                        ));
+                    }
                     if placed[i] != UNPLACED {
                         if in_progress[i] {
                             return Err(invalid(
@@ -865,7 +899,6 @@ fn layout<T: Num>(
     }
     drop(raw);
     drop(in_progress);
-    drop(parents);
 
     if !placed.is_empty()
         && placed

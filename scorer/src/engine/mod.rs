@@ -119,6 +119,16 @@ pub fn heap_in_use() -> Option<u64> {
     None
 }
 
+/// Runs `create` counted as a load in flight, so an ONNX Runtime load beside it knows its
+/// heap measurement is mixed; measures nothing itself (`mallinfo2` walks every arena).
+fn counted<T>(create: impl FnOnce() -> T) -> T {
+    CREATIONS.fetch_add(1, Ordering::SeqCst);
+    CREATING.fetch_add(1, Ordering::SeqCst);
+    let value = create();
+    CREATING.fetch_sub(1, Ordering::SeqCst);
+    value
+}
+
 /// Runs `create` and returns the heap it kept, when no other load overlapped.
 fn measured<T>(create: impl FnOnce() -> T) -> (T, Option<u64>) {
     let ticket = CREATIONS.fetch_add(1, Ordering::SeqCst) + 1;
@@ -153,8 +163,8 @@ impl Engines {
     ) -> Result<LoadedModel, String> {
         let mut native_refusal = None;
         if self.native == NativeEngine::Auto {
-            // Counted as a creation so an ONNX Runtime load beside it is not mis-measured.
-            let (compiled, _) = measured(|| manymodels_native::Model::compile(bytes));
+            // Counted as a load so an ONNX Runtime load beside it is not mis-measured.
+            let compiled = counted(|| manymodels_native::Model::compile(bytes));
             match compiled {
                 Ok(model) => return native::loaded(id, version, bytes.len() as u64, model),
                 Err(manymodels_native::CompileError::Invalid(message)) => {

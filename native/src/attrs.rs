@@ -214,7 +214,7 @@ struct Chunks<'a, const N: usize>(&'a [u8]);
 
 impl<const N: usize> Chunks<'_, N> {
     fn map<T>(self, mut f: impl FnMut([u8; N]) -> T) -> Result<Vec<T>, Invalid> {
-        if self.0.len() % N != 0 {
+        if !self.0.len().is_multiple_of(N) {
             return Err(Invalid::new(
                 "raw tensor data is not a whole number of elements",
             ));

@@ -276,7 +276,7 @@ fn check_count(node: &NodeView<'_>, t: &TensorView<'_>, n: usize) -> Result<(), 
 }
 
 fn chunks<const N: usize>(raw: &[u8]) -> Result<Vec<[u8; N]>, CompileError> {
-    if raw.len() % N != 0 {
+    if !raw.len().is_multiple_of(N) {
         return Err(CompileError::Invalid(
             "raw tensor data is not a whole number of elements".into(),
         ));
@@ -291,7 +291,7 @@ fn chunks<const N: usize>(raw: &[u8]) -> Result<Vec<[u8; N]>, CompileError> {
 /// "integer indefinite" `i64::MIN` for NaN and values out of range. ONNX Runtime's Cast is
 /// a `static_cast`, which compiles to exactly that instruction.
 pub(crate) fn f64_to_i64(x: f64) -> i64 {
-    if x.is_nan() || x >= 9.223_372_036_854_775_807e18 || x < -9.223_372_036_854_775_808e18 {
+    if x.is_nan() || !(-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&x) {
         i64::MIN
     } else {
         x as i64
@@ -299,7 +299,7 @@ pub(crate) fn f64_to_i64(x: f64) -> i64 {
 }
 
 fn f64_to_i32(x: f64) -> i32 {
-    if x.is_nan() || x >= 2_147_483_648.0 || x < -2_147_483_648.0 {
+    if x.is_nan() || !(-2_147_483_648.0..2_147_483_648.0).contains(&x) {
         i32::MIN
     } else {
         x as i32
@@ -421,7 +421,7 @@ fn extract(indices: &[usize], x: &Tensor) -> Result<Tensor, RunError> {
             "ArrayFeatureExtractor: index {bad} is out of range for a last dimension of {width}"
         )));
     }
-    let rows = if width == 0 { 0 } else { x.data.len() / width };
+    let rows = x.data.len().checked_div(width).unwrap_or(0);
     let mut shape = if x.shape.len() <= 1 {
         vec![1]
     } else {
@@ -471,7 +471,7 @@ fn reshape(target: &[i64], x: &Tensor) -> Result<Tensor, RunError> {
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| RunError(format!("Reshape: {target:?} is too large")))?;
     if let Some(i) = inferred {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(RunError(format!(
                 "Reshape: cannot reshape {total} values to {target:?}"
             )));

@@ -73,10 +73,9 @@ pub(crate) fn compile(
     }
     let coefficients = attrs.floats("coefficients")?;
     let intercepts_attr = attrs.floats("intercepts")?;
-    let post = match attrs.string("post_transform")?.unwrap_or("NONE") {
-        name => PostTransform::parse(name)
-            .ok_or_else(|| CompileError::Invalid(format!("unknown post_transform {name}")))?,
-    };
+    let name = attrs.string("post_transform")?.unwrap_or("NONE");
+    let post = PostTransform::parse(name)
+        .ok_or_else(|| CompileError::Invalid(format!("unknown post_transform {name}")))?;
     if coefficients.is_empty() {
         return Err(CompileError::Invalid(
             "LinearRegressor/Classifier without coefficients".into(),
@@ -381,17 +380,17 @@ impl Linear {
 
 /// `MlasComputeLogistic` (the FMA3 kernel): a rational approximation on `[-18, 18]`.
 fn mlas_logistic(x: f32) -> f32 {
-    const A9: f32 = 4.370_310_125_798_01e-11;
-    const A7: f32 = 1.156_273_244_599_42e-07;
-    const A5: f32 = 6.085_748_646_001_43e-05;
-    const A3: f32 = 8.513_771_333_047_01e-03;
-    const A1: f32 = 2.482_879_470_615_29e-01;
-    const B10: f32 = 6.102_473_897_556_81e-13;
-    const B8: f32 = 5.761_021_369_934_27e-09;
-    const B6: f32 = 6.291_067_850_170_40e-06;
-    const B4: f32 = 1.701_988_173_740_94e-03;
-    const B2: f32 = 1.168_176_569_044_53e-01;
-    const B0: f32 = 9.931_519_210_231_80e-01;
+    const A9: f32 = 4.370_31e-11;
+    const A7: f32 = 1.156_273_2e-7;
+    const A5: f32 = 6.085_749e-5;
+    const A3: f32 = 8.513_771e-3;
+    const A1: f32 = 2.482_879_5e-1;
+    const B10: f32 = 6.102_473_7e-13;
+    const B8: f32 = 5.761_021_4e-9;
+    const B6: f32 = 6.291_068e-6;
+    const B4: f32 = 1.701_988_2e-3;
+    const B2: f32 = 1.168_176_5e-1;
+    const B0: f32 = 9.931_519e-1;
     // maxps/minps keep the second operand when the first is NaN: NaN passes through.
     let x = if x.is_nan() { x } else { x.clamp(-18.0, 18.0) };
     let x2 = x * x;
@@ -433,8 +432,8 @@ fn mlas_exp(v: f32, neg_max: f32) -> f32 {
     const LOWER: f32 = -103.972_084;
     const BIAS: f32 = 12_582_912.0;
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = -6.931_457_52e-1;
-    const LN2_LO: f32 = -1.428_606_77e-6;
+    const LN2_HI: f32 = -6.931_457_5e-1;
+    const LN2_LO: f32 = -1.428_606_8e-6;
     const P: [f32; 7] = [
         f32::from_bits(0x3ab4_a000), // 0x1.694p-10
         f32::from_bits(0x3c09_2f6e), // 0x1.125edcp-7

@@ -210,7 +210,7 @@ fn parse_attribute(bytes: &[u8]) -> Result<AttrView<'_>, Invalid> {
             break;
         };
         match number {
-            7 | 8 | 9 => {
+            7..=9 => {
                 let rest = Repeated::new(&bytes[at..], number);
                 match number {
                     7 => attr.floats = rest,
@@ -331,10 +331,8 @@ pub(crate) fn parse_tensor_message(bytes: &[u8]) -> Result<TensorView<'_>, Inval
             8 => tensor.name = text(field, "TensorProto.name")?,
             9 => tensor.raw_data = Some(len(field, "TensorProto.raw_data")?),
             10 => tensor.double_data = Repeated::new(bytes, 10),
-            14 => {
-                if varint(field, "TensorProto.data_location")? != 0 {
-                    tensor.unsupported_storage = true;
-                }
+            14 if varint(field, "TensorProto.data_location")? != 0 => {
+                tensor.unsupported_storage = true;
             }
             _ => {}
         }

@@ -38,6 +38,8 @@ fn erf_inv(x: f32) -> f32 {
     let sgn = if x < 0.0 { -1.0f32 } else { 1.0 };
     let x = (1.0 - x) * (1.0 + x);
     let log = x.ln();
+    // ONNX Runtime's constant is 3.14159, not π: kept, so the result is its result.
+    #[allow(clippy::approx_constant)]
     let v = 2.0f32 / (3.14159f32 * 0.147f32) + 0.5f32 * log;
     let v2 = 1.0f32 / 0.147f32 * log;
     let v3 = -v + (v * v - v2).sqrt();
@@ -46,7 +48,8 @@ fn erf_inv(x: f32) -> f32 {
 
 /// `ComputeProbit`: `sqrt(2) * ErfInv(2x - 1)`.
 pub(crate) fn probit(val: f32) -> f32 {
-    1.414_213_56f32 * erf_inv(val * 2.0 - 1.0)
+    // ONNX Runtime writes 1.41421356f: the same float as `SQRT_2`.
+    std::f32::consts::SQRT_2 * erf_inv(val * 2.0 - 1.0)
 }
 
 /// `ComputeSoftmax` on `float` scores: subtract the maximum, `exp`, sum in order, divide.

@@ -465,10 +465,9 @@ fn build<T: Num>(
         ));
     }
     let base_values: Vec<T> = values(node, attrs, "base_values", "base_values_as_tensor")?;
-    let post = match attrs.string("post_transform")?.unwrap_or("NONE") {
-        name => PostTransform::parse(name)
-            .ok_or_else(|| invalid(node, format!("unknown post_transform {name}")))?,
-    };
+    let name = attrs.string("post_transform")?.unwrap_or("NONE");
+    let post = PostTransform::parse(name)
+        .ok_or_else(|| invalid(node, format!("unknown post_transform {name}")))?;
 
     let (aggregate, n_targets, classes) = if classifier {
         let ints = attrs.ints("classlabels_int64s")?;

@@ -152,7 +152,9 @@ fn inputs(model: &LoadedModel, rows: usize, rng: &mut Rng) -> Vec<NamedTensor> {
                         })
                         .collect(),
                 ),
-                DataType::Bool => TensorData::Bool((0..n).map(|_| rng.next() % 2 == 0).collect()),
+                DataType::Bool => {
+                    TensorData::Bool((0..n).map(|_| rng.next().is_multiple_of(2)).collect())
+                }
                 DataType::Bytes => unreachable!("no model takes string inputs"),
             };
             let mut shape = vec![rows as i64];

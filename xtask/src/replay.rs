@@ -380,17 +380,17 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             row.peak_rss as f64 / 1e9,
         );
     }
-    if let (Some(first), Some(base)) = (rows.first(), rows.last()) {
-        if rows.len() > 1 && args.baseline_lru > 0 {
-            println!(
-                "\n{} vs the naive baseline: {:.1}x the throughput, {:.2}x the p99, {:.2}x the peak RSS",
-                first.name,
-                first.throughput() / base.throughput(),
-                percentile(&first.outcome.latencies, 0.99)
-                    / percentile(&base.outcome.latencies, 0.99),
-                first.peak_rss as f64 / base.peak_rss as f64
-            );
-        }
+    if let (Some(first), Some(base)) = (rows.first(), rows.last())
+        && rows.len() > 1
+        && args.baseline_lru > 0
+    {
+        println!(
+            "\n{} vs the naive baseline: {:.1}x the throughput, {:.2}x the p99, {:.2}x the peak RSS",
+            first.name,
+            first.throughput() / base.throughput(),
+            percentile(&first.outcome.latencies, 0.99) / percentile(&base.outcome.latencies, 0.99),
+            first.peak_rss as f64 / base.peak_rss as f64
+        );
     }
     Ok(())
 }

@@ -109,12 +109,13 @@ pub fn create_session(environment: &Environment, bytes: &[u8]) -> Result<Session
         .map_err(|e| format!("ONNX Runtime cannot load the model: {e}"))
 }
 
+/// Inputs, outputs, and for each output whether it is a ZipMap.
+pub type Signature = (Vec<TensorSpec>, Vec<TensorSpec>, Vec<bool>);
+
 /// What a session declares: its inputs and outputs, and for each output whether it is a
 /// ZipMap (a sequence of maps, served as the `[N, C]` tensor of its values). Errors are
 /// messages for a 422.
-pub fn signature(
-    session: &Session,
-) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>, Vec<bool>), String> {
+pub fn signature(session: &Session) -> Result<Signature, String> {
     let spec = |outlet: &ort::value::Outlet, role: &str| -> Result<(TensorSpec, bool), String> {
         match outlet.dtype() {
             ValueType::Tensor { ty, shape, .. } => {

@@ -405,11 +405,20 @@ fn normalize(norm: Norm, x: &Tensor) -> Result<Tensor, RunError> {
         Data::I32(v) => v.iter().map(|&a| a as f32).collect(),
         _ => unreachable!("compile checked"),
     };
+    // L2 squares each value in the input's own type, then rounds to float.
+    let squares: Vec<f32> = match (norm, &x.data) {
+        (Norm::L2, Data::F32(v)) => v.iter().map(|&a| a * a).collect(),
+        (Norm::L2, Data::F64(v)) => v.iter().map(|&a| (a * a) as f32).collect(),
+        (Norm::L2, Data::I64(v)) => v.iter().map(|&a| a.wrapping_mul(a) as f32).collect(),
+        (Norm::L2, Data::I32(v)) => v.iter().map(|&a| a.wrapping_mul(a) as f32).collect(),
+        _ => Vec::new(),
+    };
     let (rows, width) = x.rows_and_width();
     let mut out = values;
     for r in 0..rows {
         let row = &mut out[r * width..(r + 1) * width];
-        crate::transform::normalize_row(norm, row);
+        let squares = squares.get(r * width..(r + 1) * width).unwrap_or(&[]);
+        crate::transform::normalize_row(norm, row, squares);
     }
     Ok(Tensor::new(x.shape.clone(), Data::F32(out)))
 }

@@ -346,97 +346,42 @@ impl<'a> Repeated<'a> {
     /// Hands every varint value to `f` with its index; returns how many there were.
     pub fn each_varint<E: From<Invalid>>(
         &self,
-        mut f: impl FnMut(usize, u64) -> Result<(), E>,
+        f: impl FnMut(usize, u64) -> Result<(), E>,
     ) -> Result<usize, E> {
-        // The common case, unpacked values with a one-byte key (field < 16): a tight loop
-        // that leaves at anything else, which the general walk then handles.
-        if self.field != 0 && self.field < 16 {
-            let tag = (self.field << 3) as u8;
-            let buf = self.message;
-            let mut pos = 0usize;
-            let mut k = 0usize;
-            while pos < buf.len() && buf[pos] == tag {
-                let mut reader = Reader { buf, pos: pos + 1 };
-                let v = reader.varint()?;
-                f(k, v)?;
-                k += 1;
-                pos = reader.pos;
-            }
-            if pos == buf.len() {
-                return Ok(k);
-            }
-            return Repeated::new(&buf[pos..], self.field).each_varint_general(k, f);
-        }
-        self.each_varint_general(0, f)
-    }
-
-    fn each_varint_general<E: From<Invalid>>(
-        &self,
-        start: usize,
-        mut f: impl FnMut(usize, u64) -> Result<(), E>,
-    ) -> Result<usize, E> {
-        let mut k = start;
-        let mut failure: Option<E> = None;
-        self.walk(|wire, reader| {
-            let mut one = |v: u64| -> Result<(), Invalid> {
-                if let Err(e) = f(k, v) {
-                    failure = Some(e);
-                    return Err(Invalid::new(""));
-                }
-                k += 1;
-                Ok(())
-            };
-            match wire {
-                VARINT => one(reader.varint()?),
-                LEN => {
-                    let len = usize::try_from(reader.varint()?)
-                        .map_err(|_| Invalid::new("length too large"))?;
-                    let mut packed = Reader::new(reader.take(len)?);
-                    while !packed.is_empty() {
-                        one(packed.varint()?)?;
-                    }
-                    Ok(())
-                }
-                _ => Err(Invalid::new("wrong wire type for an integer field")),
-            }
-        })
-        .map_err(|e| failure.take().unwrap_or_else(|| E::from(e)))?;
-        Ok(k)
+        self.each_scalar(f)
     }
 
     /// Hands every float value to `f` with its index; returns how many there were.
     pub fn each_float<E: From<Invalid>>(
         &self,
-        mut f: impl FnMut(usize, f32) -> Result<(), E>,
+        f: impl FnMut(usize, f32) -> Result<(), E>,
     ) -> Result<usize, E> {
-        if self.field != 0 && self.field < 16 {
-            let tag = ((self.field << 3) | u32::from(FIXED32)) as u8;
-            let buf = self.message;
-            let mut pos = 0usize;
-            let mut k = 0usize;
-            while pos + 5 <= buf.len() && buf[pos] == tag {
-                let bits: [u8; 4] = buf[pos + 1..pos + 5].try_into().expect("four bytes");
-                f(k, f32::from_le_bytes(bits))?;
-                k += 1;
-                pos += 5;
-            }
-            if pos == buf.len() {
-                return Ok(k);
-            }
-            return Repeated::new(&buf[pos..], self.field).each_float_general(k, f);
-        }
-        self.each_float_general(0, f)
+        self.each_scalar(f)
     }
 
-    fn each_float_general<E: From<Invalid>>(
+    fn each_scalar<S: Scalar, E: From<Invalid>>(
         &self,
-        start: usize,
-        mut f: impl FnMut(usize, f32) -> Result<(), E>,
+        mut f: impl FnMut(usize, S) -> Result<(), E>,
     ) -> Result<usize, E> {
-        let mut k = start;
+        let mut k = 0usize;
+        let mut rest = *self;
+        // The common case, unpacked values with a one-byte key (field < 16): a tight loop
+        // that leaves at anything else, which the general walk then handles.
+        if self.field != 0 && self.field < 16 {
+            let tag = ((self.field << 3) | u32::from(S::WIRE)) as u8;
+            let buf = self.message;
+            let mut pos = 0usize;
+            while pos < buf.len() && buf[pos] == tag {
+                let mut reader = Reader { buf, pos: pos + 1 };
+                f(k, S::read(&mut reader)?)?;
+                k += 1;
+                pos = reader.pos;
+            }
+            rest = Repeated::new(&buf[pos..], self.field);
+        }
         let mut failure: Option<E> = None;
-        self.walk(|wire, reader| {
-            let mut one = |v: f32| -> Result<(), Invalid> {
+        rest.walk(|wire, reader| {
+            let mut one = |v: S| -> Result<(), Invalid> {
                 if let Err(e) = f(k, v) {
                     failure = Some(e);
                     return Err(Invalid::new(""));
@@ -444,23 +389,19 @@ impl<'a> Repeated<'a> {
                 k += 1;
                 Ok(())
             };
-            match wire {
-                FIXED32 => one(f32::from_le_bytes(
-                    reader.take(4)?.try_into().expect("four bytes"),
-                )),
-                LEN => {
-                    let len = usize::try_from(reader.varint()?)
-                        .map_err(|_| Invalid::new("length too large"))?;
-                    let bytes = reader.take(len)?;
-                    if bytes.len() % 4 != 0 {
-                        return Err(Invalid::new("packed floats not a multiple of 4 bytes"));
-                    }
-                    for c in bytes.chunks_exact(4) {
-                        one(f32::from_le_bytes(c.try_into().expect("four bytes")))?;
-                    }
-                    Ok(())
+            if wire == S::WIRE {
+                one(S::read(reader)?)
+            } else if wire == LEN {
+                // A packed run: values back to back (a truncated last one is an error).
+                let len = usize::try_from(reader.varint()?)
+                    .map_err(|_| Invalid::new("length too large"))?;
+                let mut packed = Reader::new(reader.take(len)?);
+                while !packed.is_empty() {
+                    one(S::read(&mut packed)?)?;
                 }
-                _ => Err(Invalid::new("wrong wire type for a float field")),
+                Ok(())
+            } else {
+                Err(Invalid::new("wrong wire type for a repeated scalar"))
             }
         })
         .map_err(|e| failure.take().unwrap_or_else(|| E::from(e)))?;
@@ -510,6 +451,30 @@ fn presized<T>(bytes: usize, min_bytes: usize) -> Vec<T> {
         crate::memory::vec_with_capacity(bytes / min_bytes)
     } else {
         Vec::new()
+    }
+}
+
+/// A scalar as a repeated field holds it: its wire type and how to read one.
+trait Scalar: Sized {
+    const WIRE: u8;
+    fn read(reader: &mut Reader<'_>) -> Result<Self, Invalid>;
+}
+
+impl Scalar for u64 {
+    const WIRE: u8 = VARINT;
+    #[inline(always)]
+    fn read(reader: &mut Reader<'_>) -> Result<Self, Invalid> {
+        reader.varint()
+    }
+}
+
+impl Scalar for f32 {
+    const WIRE: u8 = FIXED32;
+    #[inline(always)]
+    fn read(reader: &mut Reader<'_>) -> Result<Self, Invalid> {
+        Ok(f32::from_le_bytes(
+            reader.take(4)?.try_into().expect("four bytes"),
+        ))
     }
 }
 

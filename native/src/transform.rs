@@ -52,14 +52,20 @@ pub(crate) fn probit(val: f32) -> f32 {
     std::f32::consts::SQRT_2 * erf_inv(val * 2.0 - 1.0)
 }
 
-/// `ComputeSoftmax` on `float` scores: subtract the maximum, `exp`, sum in order, divide.
-pub(crate) fn softmax(values: &mut [f32]) {
+/// The running maximum ONNX Runtime's softmaxes start from `-FLT_MAX` (NaN never wins).
+fn running_max(values: &[f32]) -> f32 {
     let mut v_max = -f32::MAX;
-    for &v in values.iter() {
+    for &v in values {
         if v > v_max {
             v_max = v;
         }
     }
+    v_max
+}
+
+/// `ComputeSoftmax` on `float` scores: subtract the maximum, `exp`, sum in order, divide.
+pub(crate) fn softmax(values: &mut [f32]) {
+    let v_max = running_max(values);
     let mut sum = 0.0f32;
     for v in values.iter_mut() {
         *v = (*v - v_max).exp();
@@ -70,30 +76,28 @@ pub(crate) fn softmax(values: &mut [f32]) {
     }
 }
 
-/// `ComputeSoftmaxZero`: like `softmax`, but scores within 1e-7 of zero stay zero.
+/// `ComputeSoftmaxZero`: like `softmax`, but scores within 1e-7 of zero are only scaled
+/// by `exp(-max)` and left out of the sum.
 pub(crate) fn softmax_zero(values: &mut [f32]) {
-    let mut v_max = -f32::MAX;
-    for &v in values.iter() {
-        if v > v_max {
-            v_max = v;
-        }
-    }
+    let v_max = running_max(values);
+    let exp_neg_v_max = (-v_max).exp();
     let mut sum = 0.0f32;
     for v in values.iter_mut() {
         if *v > 0.000_000_1f32 || *v < -0.000_000_1f32 {
             *v = (*v - v_max).exp();
             sum += *v;
         } else {
-            *v *= 0.0;
+            *v *= exp_neg_v_max;
         }
     }
     for v in values.iter_mut() {
-        *v = if sum == 0.0 { 0.0 } else { *v / sum };
+        *v /= sum;
     }
 }
 
-/// ONNX Runtime's `Normalizer` on one row, in `float`.
-pub(crate) fn normalize_row(norm: Norm, row: &mut [f32]) {
+/// ONNX Runtime's `Normalizer` on one row, in `float`; `squares` holds each value squared
+/// in the input's type (read by L2 only).
+pub(crate) fn normalize_row(norm: Norm, row: &mut [f32], squares: &[f32]) {
     match norm {
         Norm::Max => {
             let mut max = f32::MIN;
@@ -120,14 +124,15 @@ pub(crate) fn normalize_row(norm: Norm, row: &mut [f32]) {
             }
         }
         Norm::L2 => {
+            // ONNX Runtime: sign(x) * sqrt(x² / Σx²), not x / ‖x‖ (the bits differ).
             let mut sum = 0.0f32;
-            for &v in row.iter() {
-                sum += v * v;
+            for &q in squares {
+                sum += q;
             }
-            let norm = sum.sqrt();
-            if norm != 0.0 {
-                for v in row.iter_mut() {
-                    *v /= norm;
+            if sum != 0.0 {
+                for (v, &q) in row.iter_mut().zip(squares) {
+                    let sign = if *v < 0.0 { -1.0f32 } else { 1.0 };
+                    *v = sign * (q / sum).sqrt();
                 }
             }
         }

@@ -297,7 +297,7 @@ fn one_row_body(reference: &Value) -> Value {
 }
 
 /// The same row as typed tensors, for timing ONNX Runtime in-process.
-fn one_row_tensors(body: &Value) -> Vec<NamedTensor> {
+pub(crate) fn one_row_tensors(body: &Value) -> Vec<NamedTensor> {
     body["inputs"]
         .as_array()
         .unwrap()
@@ -804,7 +804,7 @@ fn load(reps: usize) -> Result<()> {
     Ok(())
 }
 
-fn trim_heap() {
+pub(crate) fn trim_heap() {
     // SAFETY: malloc_trim only walks glibc's own arenas.
     unsafe {
         libc::malloc_trim(0);

@@ -11,7 +11,6 @@ use anyhow::{Context, Result};
 use manymodels_config::scorer::NativeEngine;
 use manymodels_scorer::engine::{self, Engines, LoadedModel};
 use manymodels_scorer::model_id::ModelId;
-use manymodels_scorer::tensor::{DataType, NamedTensor, TensorData};
 use serde_json::Value;
 
 /// Counts the Rust heap (the native engine allocates only through it), with a resettable
@@ -95,32 +94,6 @@ fn metas(store: &Path) -> Result<Vec<Meta>> {
     Ok(out)
 }
 
-fn tensors(request: &Value) -> Vec<NamedTensor> {
-    request["inputs"]
-        .as_array()
-        .expect("inputs")
-        .iter()
-        .map(|input| NamedTensor {
-            name: input["name"].as_str().unwrap().to_string(),
-            datatype: DataType::Fp32,
-            shape: input["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_i64().unwrap())
-                .collect(),
-            data: TensorData::Fp32(
-                input["data"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-                    .collect(),
-            ),
-        })
-        .collect()
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -145,7 +118,7 @@ fn measure(
     let mut peak = None;
     for _ in 0..reps {
         drop(model.take());
-        trim();
+        crate::bench::trim_heap();
         let base = CURRENT.load(Ordering::Relaxed);
         PEAK.store(base, Ordering::Relaxed);
         let started = Instant::now();
@@ -157,7 +130,7 @@ fn measure(
         model = Some(loaded);
     }
     let model = model.context("at least one rep")?;
-    let inputs = tensors(&meta.request);
+    let inputs = crate::bench::one_row_tensors(&meta.request);
     let mut hot = model
         .time_runs(&inputs, calls)
         .map_err(anyhow::Error::msg)?;
@@ -172,17 +145,6 @@ fn measure(
         native.then_some(peak.unwrap_or(0)),
     ))
 }
-
-#[cfg(target_env = "gnu")]
-fn trim() {
-    // SAFETY: malloc_trim only returns free memory to the OS.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(target_env = "gnu"))]
-fn trim() {}
 
 pub fn run(args: EnginesArgs) -> Result<()> {
     if cfg!(debug_assertions) {

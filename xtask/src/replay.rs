@@ -85,19 +85,7 @@ fn ensure_store(store: &Path, models: usize) -> Result<()> {
         "xtask: writing {models} real scikit-learn models into {} (minutes)",
         store.display()
     );
-    let status = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "-r",
-            "models/requirements.txt",
-        ])
-        .status()?;
-    if !status.success() {
-        bail!("pip install -r models/requirements.txt failed");
-    }
+    pip(&["-r", "models/requirements.txt"])?;
     let status = Command::new("python3")
         .arg("models/make_realistic.py")
         .arg("--store")
@@ -106,6 +94,17 @@ fn ensure_store(store: &Path, models: usize) -> Result<()> {
         .status()?;
     if !status.success() {
         bail!("models/make_realistic.py failed");
+    }
+    Ok(())
+}
+
+fn pip(packages: &[&str]) -> Result<()> {
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet"])
+        .args(packages)
+        .status()?;
+    if !status.success() {
+        bail!("pip install {} failed", packages.join(" "));
     }
     Ok(())
 }
@@ -261,20 +260,7 @@ fn baseline(args: &ReplayArgs, trace: &[u32], entries: &[Entry]) -> Result<Row> 
         .status()?
         .success();
     if !present {
-        let status = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "fastapi==0.165.0",
-                "uvicorn==0.54.0",
-                "onnxruntime==1.31.1",
-            ])
-            .status()?;
-        if !status.success() {
-            bail!("pip install fastapi uvicorn failed");
-        }
+        pip(&["fastapi==0.165.0", "uvicorn==0.54.0", "onnxruntime==1.31.1"])?;
     }
     let port = 18_039u16;
     let child = Command::new("python3")

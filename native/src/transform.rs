@@ -38,9 +38,8 @@ fn erf_inv(x: f32) -> f32 {
     let sgn = if x < 0.0 { -1.0f32 } else { 1.0 };
     let x = (1.0 - x) * (1.0 + x);
     let log = x.ln();
-    // ONNX Runtime's constant is 3.14159, not π: kept, so the result is its result.
-    #[allow(clippy::approx_constant)]
-    let v = 2.0f32 / (3.14159f32 * 0.147f32) + 0.5f32 * log;
+    // `static_cast<float>(M_PI)` in ONNX Runtime 1.31 (older releases wrote 3.14159f).
+    let v = 2.0f32 / (std::f32::consts::PI * 0.147f32) + 0.5f32 * log;
     let v2 = 1.0f32 / 0.147f32 * log;
     let v3 = -v + (v * v - v2).sqrt();
     sgn * v3.sqrt()

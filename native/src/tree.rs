@@ -1215,10 +1215,10 @@ impl<T: Num> Core<T> {
         }
         let s = value(&p0);
         match (add_class, self.post) {
-            (0 | 1, _) => out.extend([1.0 - s, s]),
-            (2 | 3, PostTransform::Logistic) => {
+            (0..=3, PostTransform::Logistic) => {
                 out.extend([transform::logistic(-s), transform::logistic(s)])
             }
+            (0 | 1, _) => out.extend([1.0 - s, s]),
             (2 | 3, _) => out.extend([-s, s]),
             _ => {
                 return Err(RunError(

@@ -22,7 +22,8 @@ def main(url: str) -> None:
         name = model["id"]
         assert client.is_model_ready(name), f"{name} not ready"
         metadata = client.get_model_metadata(name)
-        assert metadata["platform"] == "onnxruntime_onnx", metadata
+        assert metadata["platform"] in ("onnxruntime_onnx", "manymodels_native"), metadata
+        assert metadata["engine"] in ("onnxruntime", "native"), metadata
         declared = {i["name"]: i["datatype"] for i in metadata["inputs"]}
         inputs = []
         for spec in model["inputs"]:

@@ -331,23 +331,6 @@ fn cast(data: &Data, to: Elem) -> Data {
 }
 
 impl Glue {
-    pub(crate) fn name(&self) -> &'static str {
-        match self {
-            Glue::Identity => "Identity",
-            Glue::Cast(_) => "Cast",
-            Glue::ZipMap { .. } => "ZipMap",
-            Glue::Normalizer(_) => "Normalizer",
-            Glue::Extract { .. } => "ArrayFeatureExtractor",
-            Glue::Reshape { .. } => "Reshape",
-            Glue::Arith { kind, .. } => match kind {
-                Arith::Add => "Add",
-                Arith::Sub => "Sub",
-                Arith::Mul => "Mul",
-                Arith::Div => "Div",
-            },
-        }
-    }
-
     pub(crate) fn heap_bytes(&self) -> usize {
         match self {
             Glue::ZipMap { columns } => columns.capacity() * size_of::<usize>(),

@@ -49,14 +49,6 @@ impl Op {
             Op::Glue(op) => op.heap_bytes(),
         }
     }
-
-    fn name(&self) -> &'static str {
-        match self {
-            Op::Tree(op) => op.name(),
-            Op::Linear(op) => op.name(),
-            Op::Glue(op) => op.name(),
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -280,11 +272,6 @@ impl Model {
 
     pub fn outputs(&self) -> &[Port] {
         &self.outputs
-    }
-
-    /// The operators, in order (e.g. `["TreeEnsembleClassifier", "ZipMap"]`).
-    pub fn op_names(&self) -> Vec<&'static str> {
-        self.steps.iter().map(|s| s.op.name()).collect()
     }
 
     /// Heap bytes this model keeps: its arrays' capacities plus the structs around them.

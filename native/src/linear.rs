@@ -213,14 +213,6 @@ fn m1_lanes(x: &[f32], w: &[f32]) -> [f32; 8] {
 }
 
 impl Linear {
-    pub(crate) fn name(&self) -> &'static str {
-        if self.labels.is_some() {
-            "LinearClassifier"
-        } else {
-            "LinearRegressor"
-        }
-    }
-
     pub(crate) fn heap_bytes(&self) -> usize {
         size_of::<Linear>()
             + (self.coefficients.capacity() + self.intercepts.capacity()) * 4

@@ -20,17 +20,6 @@ pub enum Field<'a> {
     Fixed32(u32),
 }
 
-impl<'a> Field<'a> {
-    pub fn wire(&self) -> u8 {
-        match self {
-            Field::Varint(_) => VARINT,
-            Field::Fixed64(_) => FIXED64,
-            Field::Len(_) => LEN,
-            Field::Fixed32(_) => FIXED32,
-        }
-    }
-}
-
 /// A cursor over one message's bytes.
 #[derive(Debug, Clone)]
 pub struct Reader<'a> {
@@ -244,84 +233,17 @@ impl<'a> Repeated<'a> {
         &self,
         mut f: impl FnMut(u64) -> Result<T, Invalid>,
     ) -> Result<Vec<T>, Invalid> {
-        let mut out = presized(self.message.len(), 2);
-        self.walk(|wire, reader| {
-            match wire {
-                VARINT => out.push(f(reader.varint()?)?),
-                LEN => {
-                    let len = usize::try_from(reader.varint()?)
-                        .map_err(|_| Invalid::new("length too large"))?;
-                    let mut packed = Reader::new(reader.take(len)?);
-                    while !packed.is_empty() {
-                        out.push(f(packed.varint()?)?);
-                    }
-                }
-                _ => return Err(Invalid::new("wrong wire type for an integer field")),
-            }
-            Ok(())
-        })?;
-        out.shrink_to_fit();
-        Ok(out)
+        self.collect(2, |_, v| f(v))
     }
 
     /// Decodes `float` values (fixed32), `f` maps each.
     pub fn floats<T>(&self, mut f: impl FnMut(f32) -> T) -> Result<Vec<T>, Invalid> {
-        let mut out = presized(self.message.len(), 5);
-        self.walk(|wire, reader| {
-            match wire {
-                FIXED32 => {
-                    let bits = reader.take(4)?;
-                    out.push(f(f32::from_le_bytes(bits.try_into().expect("four bytes"))));
-                }
-                LEN => {
-                    let len = usize::try_from(reader.varint()?)
-                        .map_err(|_| Invalid::new("length too large"))?;
-                    let bytes = reader.take(len)?;
-                    if bytes.len() % 4 != 0 {
-                        return Err(Invalid::new("packed floats not a multiple of 4 bytes"));
-                    }
-                    out.extend(
-                        bytes
-                            .chunks_exact(4)
-                            .map(|c| f(f32::from_le_bytes(c.try_into().expect("four bytes")))),
-                    );
-                }
-                _ => return Err(Invalid::new("wrong wire type for a float field")),
-            }
-            Ok(())
-        })?;
-        out.shrink_to_fit();
-        Ok(out)
+        self.collect(5, |_, v| Ok(f(v)))
     }
 
     /// Decodes `double` values (fixed64).
     pub fn doubles(&self) -> Result<Vec<f64>, Invalid> {
-        let mut out = Vec::new();
-        self.walk(|wire, reader| {
-            match wire {
-                FIXED64 => {
-                    let bits = reader.take(8)?;
-                    out.push(f64::from_le_bytes(bits.try_into().expect("eight bytes")));
-                }
-                LEN => {
-                    let len = usize::try_from(reader.varint()?)
-                        .map_err(|_| Invalid::new("length too large"))?;
-                    let bytes = reader.take(len)?;
-                    if bytes.len() % 8 != 0 {
-                        return Err(Invalid::new("packed doubles not a multiple of 8 bytes"));
-                    }
-                    out.extend(
-                        bytes
-                            .chunks_exact(8)
-                            .map(|c| f64::from_le_bytes(c.try_into().expect("eight bytes"))),
-                    );
-                }
-                _ => return Err(Invalid::new("wrong wire type for a double field")),
-            }
-            Ok(())
-        })?;
-        out.shrink_to_fit();
-        Ok(out)
+        self.collect(9, |_, v| Ok(v))
     }
 
     /// Decodes every value of a repeated `bytes`/`string` field with `f`.
@@ -330,14 +252,25 @@ impl<'a> Repeated<'a> {
         mut f: impl FnMut(&'a [u8]) -> Result<T, Invalid>,
     ) -> Result<Vec<T>, Invalid> {
         let mut out = Vec::new();
-        self.walk(|wire, reader| {
-            if wire != LEN {
-                return Err(Invalid::new("wrong wire type for a string field"));
-            }
-            let len =
-                usize::try_from(reader.varint()?).map_err(|_| Invalid::new("length too large"))?;
-            out.push(f(reader.take(len)?)?);
-            Ok(())
+        self.each_bytes(|_, b| {
+            out.push(f(b)?);
+            Ok::<(), Invalid>(())
+        })?;
+        out.shrink_to_fit();
+        Ok(out)
+    }
+
+    /// Every scalar mapped by `f`, in a vector presized for a large field (each value
+    /// takes at least `min_bytes` on the wire).
+    fn collect<S: Scalar, T>(
+        &self,
+        min_bytes: usize,
+        mut f: impl FnMut(usize, S) -> Result<T, Invalid>,
+    ) -> Result<Vec<T>, Invalid> {
+        let mut out = presized(self.message.len(), min_bytes);
+        self.each_scalar(|k, v| {
+            out.push(f(k, v)?);
+            Ok::<(), Invalid>(())
         })?;
         out.shrink_to_fit();
         Ok(out)
@@ -465,6 +398,16 @@ impl Scalar for u64 {
     #[inline(always)]
     fn read(reader: &mut Reader<'_>) -> Result<Self, Invalid> {
         reader.varint()
+    }
+}
+
+impl Scalar for f64 {
+    const WIRE: u8 = FIXED64;
+    #[inline(always)]
+    fn read(reader: &mut Reader<'_>) -> Result<Self, Invalid> {
+        Ok(f64::from_le_bytes(
+            reader.take(8)?.try_into().expect("eight bytes"),
+        ))
     }
 }
 

@@ -1268,18 +1268,6 @@ fn features<T: Num>(data: &Data) -> Cow<'_, [T]> {
 }
 
 impl Ensemble {
-    pub(crate) fn name(&self) -> &'static str {
-        let classifier = match self {
-            Ensemble::F32(c) => c.classes.is_some(),
-            Ensemble::F64(c) => c.classes.is_some(),
-        };
-        if classifier {
-            "TreeEnsembleClassifier"
-        } else {
-            "TreeEnsembleRegressor"
-        }
-    }
-
     pub(crate) fn heap_bytes(&self) -> usize {
         fn core<T: Num>(c: &Core<T>) -> usize {
             size_of::<Core<T>>()

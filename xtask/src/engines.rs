@@ -185,7 +185,7 @@ pub fn run(args: EnginesArgs) -> Result<()> {
     };
     let all = metas(&args.store)?;
     println!(
-        "In-process, release build, one model at a time; ONNX Runtime 1.31.1 sessions as the scorer creates them (one intra-op thread). Store: {}. Load = file bytes to a servable model (median of {}); resident = what the cache charges (ONNX Runtime: heap kept across session creation, mallinfo2; native: its own heap, exact); native peak = the Rust heap's high-water mark during the load above the file itself; hot = one-row call p50 of {} calls, engine only.\n",
+        "In-process, release build, one model at a time; ONNX Runtime 1.31.1 sessions as the scorer creates them (one intra-op thread). Store: {}. Load = file bytes to a servable model (median of {}); resident = what the cache charges (ONNX Runtime: heap kept across session creation, mallinfo2; native: its own heap, exact); native peak = the Rust heap's high-water mark during the load above the file itself; hot = one-row call p50 of {} calls through `LoadedModel::infer` (no HTTP).\n",
         args.store.display(),
         args.reps,
         args.calls

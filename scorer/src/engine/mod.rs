@@ -108,14 +108,14 @@ static CREATIONS: AtomicU64 = AtomicU64::new(0);
 
 /// Bytes glibc's allocator has handed out and not had back (arenas plus mmapped chunks).
 #[cfg(target_env = "gnu")]
-pub fn heap_in_use() -> Option<u64> {
+fn heap_in_use() -> Option<u64> {
     // SAFETY: mallinfo2 only reads glibc's own allocator statistics.
     let info = unsafe { libc::mallinfo2() };
     Some((info.uordblks + info.hblkhd) as u64)
 }
 
 #[cfg(not(target_env = "gnu"))]
-pub fn heap_in_use() -> Option<u64> {
+fn heap_in_use() -> Option<u64> {
     None
 }
 
@@ -360,9 +360,9 @@ impl LoadedModel {
         self.nanos_per_row.store(new, Ordering::Relaxed);
     }
 
-    /// The engine's own time per call: `iterations` runs on inputs built once, without the
-    /// scorer's conversions around the call where the engine allows. For the benchmarks'
-    /// floor.
+    /// The engine's time per call through `infer` (input conversion, the lock of an ONNX
+    /// Runtime session, the call, output conversion): `iterations` runs on inputs built
+    /// once, copied outside the timed part. For the benchmarks' floor.
     pub fn time_runs(
         &self,
         inputs: &[NamedTensor],

@@ -125,6 +125,16 @@ impl<'n, 'a> Attrs<'n, 'a> {
         }
     }
 
+    /// An ints, floats or strings attribute as a lazy column (`None` when absent), for a
+    /// caller that walks several columns side by side; counted as decoded.
+    pub fn column(&self, name: &'n str, kind: Column) -> Option<pb::Repeated<'a>> {
+        self.decode(name).map(|a| match kind {
+            Column::Ints => a.ints,
+            Column::Floats => a.floats,
+            Column::Strings => a.strings,
+        })
+    }
+
     /// A tensor-valued attribute (`*_as_tensor`), which must hold DOUBLE data when
     /// `double` and FLOAT data otherwise, as doubles.
     pub fn tensor_f64(
@@ -169,6 +179,14 @@ impl<'n, 'a> Attrs<'n, 'a> {
             None => Ok(()),
         }
     }
+}
+
+/// Which repeated list of an attribute `Attrs::column` hands out.
+#[derive(Debug, Clone, Copy)]
+pub enum Column {
+    Ints,
+    Floats,
+    Strings,
 }
 
 pub fn unsupported(node: &NodeView<'_>, why: &str) -> CompileError {

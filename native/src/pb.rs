@@ -207,6 +207,11 @@ impl<'a> Repeated<'a> {
         self.field == 0
     }
 
+    /// The bytes the field's occurrences lie in (an upper bound on their size).
+    pub fn bytes(&self) -> usize {
+        self.message.len()
+    }
+
     /// Walks the message, handing each occurrence of the field to `each` (with the reader
     /// positioned at its value) and skipping, while checking, every other field.
     #[inline(always)]
@@ -375,6 +380,115 @@ impl<'a> Repeated<'a> {
     }
 }
 
+impl<'a> Repeated<'a> {
+    /// The values one at a time, for walking several columns side by side.
+    pub(crate) fn cursor<S: Scalar>(&self) -> Cursor<'a, S> {
+        Cursor {
+            outer: Reader::new(self.message),
+            packed: Reader::new(&[]),
+            field: self.field,
+            _value: std::marker::PhantomData,
+        }
+    }
+
+    /// The `bytes`/`string` values one at a time.
+    pub(crate) fn byte_cursor(&self) -> ByteCursor<'a> {
+        ByteCursor {
+            outer: Reader::new(self.message),
+            field: self.field,
+        }
+    }
+}
+
+/// A repeated scalar field's values in order, packed or not, checked as they are read
+/// (every other field stepped over is checked too). `Ok(None)` at the end.
+pub(crate) struct Cursor<'a, S> {
+    outer: Reader<'a>,
+    packed: Reader<'a>,
+    field: u32,
+    _value: std::marker::PhantomData<S>,
+}
+
+impl<S: Scalar> Cursor<'_, S> {
+    #[inline(always)]
+    pub(crate) fn next(&mut self) -> Result<Option<S>, Invalid> {
+        if !self.packed.is_empty() {
+            return S::read(&mut self.packed).map(Some);
+        }
+        // The common case: an unpacked value with a one-byte key.
+        if self.field < 16
+            && self.outer.buf.get(self.outer.pos) == Some(&(((self.field << 3) as u8) | S::WIRE))
+        {
+            self.outer.pos += 1;
+            return S::read(&mut self.outer).map(Some);
+        }
+        self.next_slow()
+    }
+
+    #[inline(never)]
+    fn next_slow(&mut self) -> Result<Option<S>, Invalid> {
+        if self.field == 0 {
+            return Ok(None);
+        }
+        while let Some((number, wire)) = self.outer.key()? {
+            if number != self.field {
+                self.outer.skip(wire)?;
+            } else if wire == S::WIRE {
+                return S::read(&mut self.outer).map(Some);
+            } else if wire == LEN {
+                let len = usize::try_from(self.outer.varint()?)
+                    .map_err(|_| Invalid::new("length too large"))?;
+                self.packed = Reader::new(self.outer.take(len)?);
+                if !self.packed.is_empty() {
+                    return S::read(&mut self.packed).map(Some);
+                }
+            } else {
+                return Err(Invalid::new("wrong wire type for a repeated scalar"));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A repeated `bytes`/`string` field's values in order. `Ok(None)` at the end.
+pub(crate) struct ByteCursor<'a> {
+    outer: Reader<'a>,
+    field: u32,
+}
+
+impl<'a> ByteCursor<'a> {
+    #[inline(always)]
+    pub(crate) fn next(&mut self) -> Result<Option<&'a [u8]>, Invalid> {
+        // The common case: a one-byte key and a one-byte length.
+        let (buf, pos) = (self.outer.buf, self.outer.pos);
+        if self.field < 16
+            && let Some(&[key, len]) = buf
+                .get(pos..pos + 2)
+                .map(|s| <&[u8; 2]>::try_from(s).expect("two bytes"))
+            && key == ((self.field << 3) as u8 | LEN)
+            && len < 0x80
+        {
+            self.outer.pos += 2;
+            return self.outer.take(usize::from(len)).map(Some);
+        }
+        if self.field == 0 {
+            return Ok(None);
+        }
+        while let Some((number, wire)) = self.outer.key()? {
+            if number != self.field {
+                self.outer.skip(wire)?;
+            } else if wire == LEN {
+                let len = usize::try_from(self.outer.varint()?)
+                    .map_err(|_| Invalid::new("length too large"))?;
+                return self.outer.take(len).map(Some);
+            } else {
+                return Err(Invalid::new("wrong wire type for a string field"));
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// An empty vector for the values of a large repeated field: room for as many values as
 /// the bytes could hold (`min_bytes` each at least), reserved but not touched (untouched
 /// pages cost nothing), marked for huge pages; `shrink_to_fit` returns the rest. Small
@@ -388,7 +502,7 @@ fn presized<T>(bytes: usize, min_bytes: usize) -> Vec<T> {
 }
 
 /// A scalar as a repeated field holds it: its wire type and how to read one.
-trait Scalar: Sized {
+pub(crate) trait Scalar: Sized {
     const WIRE: u8;
     fn read(reader: &mut Reader<'_>) -> Result<Self, Invalid>;
 }
@@ -477,6 +591,39 @@ mod tests {
         let bad = [0x0a, 3, 0, 0, 0];
         assert!(Repeated::new(&bad, 1).floats(|f| f).is_err());
         assert!(Repeated::new(&[0x0a, 9, 0], 1).validate().is_err());
+        // The cursors read the same values, then end; a truncated packed run fails.
+        let mut ints = Repeated::new(&msg, 1).cursor::<u64>();
+        let mut read = Vec::new();
+        while let Some(v) = ints.next().unwrap() {
+            read.push(v);
+        }
+        assert_eq!(read, vec![3, 1, 150]);
+        let mut floats = Repeated::new(&msg, 2).cursor::<f32>();
+        let mut read = Vec::new();
+        while let Some(v) = floats.next().unwrap() {
+            read.push(v);
+        }
+        assert_eq!(read, vec![1.5, 2.0, -0.25]);
+        let mut bad_floats = Repeated::new(&bad, 1).cursor::<f32>();
+        assert!(bad_floats.next().is_err());
+        assert_eq!(Repeated::default().cursor::<u64>().next().unwrap(), None);
+        // Strings: a short one-byte-length value, a long one, a wrong wire type.
+        let long = vec![b'x'; 200];
+        let mut strings = vec![0x0a, 4];
+        strings.extend_from_slice(b"LEAF");
+        strings.extend_from_slice(&[0x10, 7, 0x0a, 0xc8, 0x01]);
+        strings.extend_from_slice(&long);
+        let mut texts = Repeated::new(&strings, 1).byte_cursor();
+        assert_eq!(texts.next().unwrap(), Some(&b"LEAF"[..]));
+        assert_eq!(texts.next().unwrap(), Some(&long[..]));
+        assert_eq!(texts.next().unwrap(), None);
+        assert!(Repeated::new(&[0x08, 1], 1).byte_cursor().next().is_err());
+        assert!(
+            Repeated::new(&[0x0a, 9, 0], 1)
+                .byte_cursor()
+                .next()
+                .is_err()
+        );
         assert!(Repeated::default().is_empty());
         assert!(Repeated::default().varints(Ok).unwrap().is_empty());
     }

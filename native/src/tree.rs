@@ -23,6 +23,8 @@ use crate::transform::{self, PostTransform};
 use crate::value::{Data, Elem, Tensor};
 use crate::{CompileError, RunError};
 
+mod fast;
+
 /// The number type of thresholds, weights and sums.
 pub(crate) trait Num:
     Copy
@@ -278,11 +280,158 @@ fn values<T: Num>(
     }
 }
 
+/// What the node and weight columns become, by either path.
+#[derive(Debug)]
+struct Decoded<T> {
+    nodes: Vec<Node<T>>,
+    roots: Vec<u32>,
+    weights: Vec<Weight<T>>,
+    max_feature: u32,
+    /// How many distinct output ids the weights name: 0, 1, or 2 for more.
+    distinct_ids: u8,
+    any_negative_weight: bool,
+}
+
+/// Tracks the weights' output ids as `Decoded` summarises them.
+fn note_id(distinct: &mut u8, first: &mut u32, id: u32) {
+    match *distinct {
+        0 => {
+            *distinct = 1;
+            *first = id;
+        }
+        1 if id != *first => *distinct = 2,
+        _ => {}
+    }
+}
+
 fn build<T: Num>(
     node: &NodeView<'_>,
     attrs: &Attrs<'_, '_>,
     classifier: bool,
 ) -> Result<Core<T>, CompileError> {
+    // The small attributes first: the outputs' count decides how leaves keep weights.
+    let base_values: Vec<T> = values(node, attrs, "base_values", "base_values_as_tensor")?;
+    let name = attrs.string("post_transform")?.unwrap_or("NONE");
+    let post = PostTransform::parse(name)
+        .ok_or_else(|| invalid(node, format!("unknown post_transform {name}")))?;
+    let (aggregate, n_outputs, labels) = if classifier {
+        let ints = attrs.ints("classlabels_int64s")?;
+        let strings = attrs.strings("classlabels_strings")?;
+        let labels = match (ints.is_empty(), strings.is_empty()) {
+            (false, true) => Labels::Int(ints),
+            (true, false) => Labels::Str(strings.into_iter().map(str::to_string).collect()),
+            _ => {
+                return Err(invalid(
+                    node,
+                    "needs exactly one of classlabels_int64s, classlabels_strings",
+                ));
+            }
+        };
+        let n_classes = labels.len();
+        if n_classes < 2 {
+            return Err(unsupported(node, "fewer than two class labels"));
+        }
+        if n_classes == 2 && post == PostTransform::Probit {
+            return Err(unsupported(
+                node,
+                "PROBIT on two classes (ONNX Runtime writes half a row)",
+            ));
+        }
+        let base_ok = if n_classes <= 2 {
+            base_values.len() <= 2
+        } else {
+            base_values.is_empty() || base_values.len() == n_classes
+        };
+        if !base_ok {
+            return Err(invalid(
+                node,
+                format!("{} base values for {n_classes} classes", base_values.len()),
+            ));
+        }
+        (Aggregate::Sum, n_classes, Some(labels))
+    } else {
+        let aggregate = match attrs.string("aggregate_function")?.unwrap_or("SUM") {
+            "SUM" => Aggregate::Sum,
+            "AVERAGE" => Aggregate::Average,
+            "MIN" => Aggregate::Min,
+            "MAX" => Aggregate::Max,
+            other => return Err(invalid(node, format!("unknown aggregate_function {other}"))),
+        };
+        // ONNX Runtime refuses a missing or non-positive n_targets; a huge one would size
+        // every output row, so it is refused too.
+        let n_targets = attrs.int("n_targets").unwrap_or(0);
+        let n_targets = usize::try_from(n_targets)
+            .ok()
+            .filter(|&t| (1..=MAX_TARGETS).contains(&t))
+            .ok_or_else(|| invalid(node, format!("n_targets {n_targets}")))?;
+        if !base_values.is_empty() && base_values.len() != n_targets {
+            return Err(invalid(
+                node,
+                format!("{} base values for {n_targets} targets", base_values.len()),
+            ));
+        }
+        (aggregate, n_targets, None)
+    };
+    // Hit rates are documentation: ONNX Runtime reads and ignores them (never decoded).
+    attrs.has("nodes_hitrates");
+    attrs.has("nodes_hitrates_as_tensor");
+
+    let decoded = match fast::decode::<T>(attrs, classifier, n_outputs) {
+        Some(decoded) => decoded,
+        None => general::<T>(node, attrs, classifier, n_outputs)?,
+    };
+    let classes = labels.map(|labels| {
+        let n_classes = labels.len();
+        Classes {
+            labels,
+            binary: n_classes == 2 && decoded.distinct_ids == 1,
+            weights_all_positive: !decoded.any_negative_weight,
+        }
+    });
+    Ok(Core {
+        trees: Trees {
+            nodes: decoded.nodes,
+            roots: decoded.roots,
+            weights: decoded.weights,
+            base_values,
+            max_feature: decoded.max_feature,
+        },
+        aggregate,
+        post,
+        n_targets: n_outputs,
+        classes,
+    })
+}
+
+/// The weight columns' names: `class_*` for a classifier, `target_*` for a regressor.
+fn weight_names(classifier: bool) -> [&'static str; 5] {
+    if classifier {
+        [
+            "class_treeids",
+            "class_nodeids",
+            "class_ids",
+            "class_weights",
+            "class_weights_as_tensor",
+        ]
+    } else {
+        [
+            "target_treeids",
+            "target_nodeids",
+            "target_ids",
+            "target_weights",
+            "target_weights_as_tensor",
+        ]
+    }
+}
+
+/// The general path: any node order, any ids, shared children; decodes each column into
+/// per-node records, then lays the trees out (`layout`).
+fn general<T: Num>(
+    node: &NodeView<'_>,
+    attrs: &Attrs<'_, '_>,
+    classifier: bool,
+    n_outputs: usize,
+) -> Result<Decoded<T>, CompileError> {
     let tree_ids = attrs.ints("nodes_treeids")?;
     let node_ids = attrs.ints("nodes_nodeids")?;
     let n = node_ids.len();
@@ -425,145 +574,54 @@ fn build<T: Num>(
         })?;
         count(name, got)?;
     }
-    // Hit rates are documentation: ONNX Runtime reads and ignores them (never decoded).
-    attrs.has("nodes_hitrates");
-    attrs.has("nodes_hitrates_as_tensor");
-
-    let (prefix, ids_name, weights_name) = if classifier {
-        ("class", "class_ids", "class_weights")
-    } else {
-        ("target", "target_ids", "target_weights")
-    };
-    let w_trees = attrs.ints(if classifier {
-        "class_treeids"
-    } else {
-        "target_treeids"
-    })?;
-    let w_nodes = attrs.ints(if classifier {
-        "class_nodeids"
-    } else {
-        "target_nodeids"
-    })?;
-    let w_ids = attrs.ids(ids_name)?;
-    let w_values: Vec<T> = values(
-        node,
-        attrs,
+    let [
+        trees_name,
+        nodes_name,
+        ids_name,
         weights_name,
-        if classifier {
-            "class_weights_as_tensor"
-        } else {
-            "target_weights_as_tensor"
-        },
-    )?;
+        weights_tensor,
+    ] = weight_names(classifier);
+    let w_trees = attrs.ints(trees_name)?;
+    let w_nodes = attrs.ints(nodes_name)?;
+    let w_ids = attrs.ids(ids_name)?;
+    let w_values: Vec<T> = values(node, attrs, weights_name, weights_tensor)?;
     if [w_nodes.len(), w_ids.len(), w_values.len()]
         .iter()
         .any(|&l| l != w_trees.len())
     {
+        let prefix = if classifier { "class" } else { "target" };
         return Err(invalid(
             node,
             format!("the {prefix}_* lists differ in length"),
         ));
     }
-    let base_values: Vec<T> = values(node, attrs, "base_values", "base_values_as_tensor")?;
-    let name = attrs.string("post_transform")?.unwrap_or("NONE");
-    let post = PostTransform::parse(name)
-        .ok_or_else(|| invalid(node, format!("unknown post_transform {name}")))?;
-
-    let (aggregate, n_targets, classes) = if classifier {
-        let ints = attrs.ints("classlabels_int64s")?;
-        let strings = attrs.strings("classlabels_strings")?;
-        let labels = match (ints.is_empty(), strings.is_empty()) {
-            (false, true) => Labels::Int(ints),
-            (true, false) => Labels::Str(strings.into_iter().map(str::to_string).collect()),
-            _ => {
-                return Err(invalid(
-                    node,
-                    "needs exactly one of classlabels_int64s, classlabels_strings",
-                ));
-            }
-        };
-        let n_classes = labels.len();
-        if n_classes < 2 {
-            return Err(unsupported(node, "fewer than two class labels"));
-        }
-        let mut distinct = w_ids.clone();
-        distinct.sort_unstable();
-        distinct.dedup();
-        let binary = n_classes == 2 && distinct.len() == 1;
-        let weights_all_positive = !w_values.iter().any(|&w| w < T::default());
-        if n_classes == 2 && post == PostTransform::Probit {
-            return Err(unsupported(
-                node,
-                "PROBIT on two classes (ONNX Runtime writes half a row)",
-            ));
-        }
-        let base_ok = if n_classes <= 2 {
-            base_values.len() <= 2
-        } else {
-            base_values.is_empty() || base_values.len() == n_classes
-        };
-        if !base_ok {
-            return Err(invalid(
-                node,
-                format!("{} base values for {n_classes} classes", base_values.len()),
-            ));
-        }
-        (
-            Aggregate::Sum,
-            n_classes,
-            Some(Classes {
-                labels,
-                binary,
-                weights_all_positive,
-            }),
-        )
-    } else {
-        let aggregate = match attrs.string("aggregate_function")?.unwrap_or("SUM") {
-            "SUM" => Aggregate::Sum,
-            "AVERAGE" => Aggregate::Average,
-            "MIN" => Aggregate::Min,
-            "MAX" => Aggregate::Max,
-            other => return Err(invalid(node, format!("unknown aggregate_function {other}"))),
-        };
-        // ONNX Runtime refuses a missing or non-positive n_targets; a huge one would size
-        // every output row, so it is refused too.
-        let n_targets = attrs.int("n_targets").unwrap_or(0);
-        let n_targets = usize::try_from(n_targets)
-            .ok()
-            .filter(|&t| (1..=MAX_TARGETS).contains(&t))
-            .ok_or_else(|| invalid(node, format!("n_targets {n_targets}")))?;
-        if !base_values.is_empty() && base_values.len() != n_targets {
-            return Err(invalid(
-                node,
-                format!("{} base values for {n_targets} targets", base_values.len()),
-            ));
-        }
-        (aggregate, n_targets, None)
-    };
-    if let Some(&bad) = w_ids.iter().find(|&&t| t as usize >= n_targets) {
+    if let Some(&bad) = w_ids.iter().find(|&&t| t as usize >= n_outputs) {
         return Err(invalid(
             node,
-            format!("{ids_name} holds {bad} for {n_targets} outputs"),
+            format!("{ids_name} holds {bad} for {n_outputs} outputs"),
         ));
     }
-
-    let trees = layout(
+    let (mut distinct_ids, mut first) = (0u8, 0u32);
+    for &id in &w_ids {
+        note_id(&mut distinct_ids, &mut first, id);
+    }
+    let any_negative_weight = w_values.iter().any(|&w| w < T::default());
+    let (nodes, roots, weights) = layout(
         node,
         &tree_ids,
         &node_ids,
         &index,
         raw,
-        max_feature,
         (&w_trees, &w_nodes, &w_ids, &w_values),
-        base_values,
-        n_targets,
+        n_outputs,
     )?;
-    Ok(Core {
-        trees,
-        aggregate,
-        post,
-        n_targets,
-        classes,
+    Ok(Decoded {
+        nodes,
+        roots,
+        weights,
+        max_feature,
+        distinct_ids,
+        any_negative_weight,
     })
 }
 
@@ -699,6 +757,9 @@ struct Raw<T> {
     word: u32,
 }
 
+/// Laid-out nodes, the trees' roots and the leaf weights.
+type Laid<T> = (Vec<Node<T>>, Vec<u32>, Vec<Weight<T>>);
+
 /// Lays the trees out: in the file's order where it already is a layout
 /// (`keep_in_order`), else the depth-first relayout (false child next) ONNX Runtime's
 /// `AddNodes` makes, without recursion (a hostile tree can be a million nodes deep).
@@ -709,11 +770,9 @@ fn layout<T: Num>(
     node_ids: &[i64],
     index: &NodeIndex,
     mut raw: Vec<Raw<T>>,
-    max_feature: u32,
     (w_trees, w_nodes, w_ids, w_values): (&[i64], &[i64], &[u32], &[T]),
-    base_values: Vec<T>,
     n_outputs: usize,
-) -> Result<Trees<T>, CompileError> {
+) -> Result<Laid<T>, CompileError> {
     let n = raw.len();
     // Leaf weights, in (tree, node, attribute position) order, as ONNX Runtime sorts them
     // (exporters usually list them in that order already, which is attribute order too:
@@ -911,13 +970,7 @@ fn layout<T: Num>(
     // A leaf without weights keeps its `nodes_values` entry as its value and has no
     // entries, as in ONNX Runtime.
     nodes.shrink_to_fit();
-    Ok(Trees {
-        nodes,
-        roots,
-        weights,
-        base_values,
-        max_feature,
-    })
+    Ok((nodes, roots, weights))
 }
 
 impl<T: Num> Trees<T> {
@@ -1295,5 +1348,82 @@ impl Ensemble {
             Ensemble::F32(c) => c.run(inputs[0]),
             Ensemble::F64(c) => c.run(inputs[0]),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The corpus's tree ensembles (every family the exporters write, and the operator
+    /// models made to stress the layout): where the one-pass path accepts a model it
+    /// decodes exactly what the general path makes, and it accepts every exported one.
+    #[test]
+    fn the_fast_path_decodes_what_the_general_path_does() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/corpus");
+        let (mut fast_paths, mut general_only) = (Vec::new(), Vec::new());
+        for dir in [root.clone(), root.join("ops")] {
+            let mut files: Vec<_> = std::fs::read_dir(&dir)
+                .expect("the corpus is committed")
+                .map(|e| e.expect("entry").path())
+                .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
+                .collect();
+            files.sort();
+            for path in files {
+                let bytes = std::fs::read(&path).expect("readable");
+                let model = crate::onnx::parse(&bytes).expect("the corpus parses");
+                let name = path.file_stem().unwrap().to_string_lossy().to_string();
+                for node in &model.graph.nodes {
+                    let classifier = match node.op_type {
+                        "TreeEnsembleClassifier" => true,
+                        "TreeEnsembleRegressor" => false,
+                        _ => continue,
+                    };
+                    let attrs = Attrs::new(node).expect("no graphs");
+                    let n_outputs = if classifier {
+                        let ints = attrs.ints("classlabels_int64s").unwrap().len();
+                        ints.max(attrs.strings("classlabels_strings").unwrap().len())
+                    } else {
+                        attrs.int("n_targets").unwrap_or(1) as usize
+                    };
+                    let fast32 = fast::decode::<f32>(&attrs, classifier, n_outputs);
+                    let fast64 = fast::decode::<f64>(&attrs, classifier, n_outputs);
+                    assert_eq!(fast32.is_some(), fast64.is_some(), "{name}");
+                    let Some(fast32) = fast32 else {
+                        general_only.push(name.clone());
+                        continue;
+                    };
+                    let general32 = general::<f32>(node, &attrs, classifier, n_outputs)
+                        .unwrap_or_else(|e| panic!("{name}: the general path refuses: {e}"));
+                    assert_eq!(format!("{fast32:?}"), format!("{general32:?}"), "{name}");
+                    let general64 = general::<f64>(node, &attrs, classifier, n_outputs)
+                        .unwrap_or_else(|e| panic!("{name}: the general path refuses: {e}"));
+                    assert_eq!(
+                        format!("{:?}", fast64.unwrap()),
+                        format!("{general64:?}"),
+                        "{name}"
+                    );
+                    fast_paths.push(name.clone());
+                }
+            }
+        }
+        println!("one pass: {fast_paths:?}\ngeneral only: {general_only:?}");
+        assert!(fast_paths.len() >= 30, "{fast_paths:?}");
+        // LightGBM lists a tree's nodes in its own order, XGBoost's categorical splits
+        // share children, and the operator models are made out of order on purpose.
+        let expected = [
+            "lgbm_",
+            "xgb_reg_cat",
+            "te_ids_",
+            "te_order_",
+            "te_tree_ids_",
+        ];
+        for name in &general_only {
+            assert!(
+                expected.iter().any(|p| name.starts_with(p)),
+                "{name} takes the general path"
+            );
+        }
+        assert!(general_only.iter().any(|n| n == "te_order_postorder"));
     }
 }

@@ -73,8 +73,8 @@ pub const KEYS: &[KeyDoc] = &[
     ),
     doc(
         "cache.max_concurrent_loads",
-        "4",
-        "Model loads that may run at the same time.",
+        "auto",
+        "Model loads that may run at the same time, each on its own low-priority load thread: `auto` is the CPUs the process may use (its cgroup quota on Kubernetes), or a number.",
     ),
     doc(
         "cache.failure_ttl",
@@ -273,6 +273,7 @@ pub struct WarmupConfig {
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
     pub budget: ByteSize,
+    /// Resolved: `auto` became the CPUs available when the configuration was loaded.
     pub max_concurrent_loads: NonZeroUsize,
     pub failure_ttl: Duration,
     pub weight_overhead: ByteSize,
@@ -405,7 +406,7 @@ struct RawAzure {
 #[serde(default, deny_unknown_fields)]
 struct RawCache {
     budget: ByteSize,
-    max_concurrent_loads: usize,
+    max_concurrent_loads: Concurrency,
     failure_ttl: HumanDuration,
     weight_overhead: ByteSize,
     weight_per_file_byte: f64,
@@ -415,7 +416,7 @@ impl Default for RawCache {
     fn default() -> Self {
         RawCache {
             budget: ByteSize::mib(512),
-            max_concurrent_loads: 4,
+            max_concurrent_loads: Concurrency::Auto(Auto::Auto),
             failure_ttl: HumanDuration(Duration::from_secs(30)),
             weight_overhead: ByteSize::kib(96),
             weight_per_file_byte: 5.0,
@@ -516,6 +517,26 @@ impl Default for RawInference {
     }
 }
 
+/// `cache.max_concurrent_loads`: `auto` or a count.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(untagged)]
+enum Concurrency {
+    Auto(Auto),
+    Fixed(usize),
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Auto {
+    Auto,
+}
+
+/// The CPUs this process may use: the affinity mask and the cgroup CPU quota (cgroup v1
+/// and v2, as Kubernetes sets `resources.limits.cpu`), rounded down, at least one.
+pub fn available_cpus() -> NonZeroUsize {
+    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+}
+
 /// `engine.native`: whether models the native engine covers are served by it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -598,8 +619,12 @@ impl Raw {
         if cache.budget.0 == 0 {
             return Err(ConfigError::key("cache.budget", "must be greater than 0"));
         }
-        let max_concurrent_loads = NonZeroUsize::new(cache.max_concurrent_loads)
-            .ok_or_else(|| ConfigError::key("cache.max_concurrent_loads", "must be at least 1"))?;
+        let max_concurrent_loads = match cache.max_concurrent_loads {
+            Concurrency::Auto(_) => available_cpus(),
+            Concurrency::Fixed(n) => NonZeroUsize::new(n).ok_or_else(|| {
+                ConfigError::key("cache.max_concurrent_loads", "must be `auto` or at least 1")
+            })?,
+        };
         if !(cache.weight_per_file_byte.is_finite() && cache.weight_per_file_byte >= 0.0) {
             return Err(ConfigError::key(
                 "cache.weight_per_file_byte",
@@ -802,6 +827,19 @@ mod tests {
         assert_eq!(config.cache.budget, ByteSize::mib(64));
         assert_eq!(config.cache.max_concurrent_loads.get(), 2);
         assert_eq!(config.listen.to_string(), "127.0.0.1:9002");
+        // `auto` (the default) is the CPUs this process may use.
+        let auto = load(
+            None,
+            &[("MM_SCORER_CACHE_MAX_CONCURRENT_LOADS", "auto")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(auto.cache.max_concurrent_loads, available_cpus());
+        assert_eq!(
+            load(None, &[], &[]).unwrap().cache.max_concurrent_loads,
+            available_cpus()
+        );
+        assert!(load(None, &[], &["cache.max_concurrent_loads=often"]).is_err());
     }
 
     #[test]

@@ -295,6 +295,11 @@ impl<K: Key> Policy<K> {
         })
     }
 
+    /// The resident with the lowest priority: the next to be evicted.
+    pub fn lowest(&self) -> Option<&K> {
+        self.order.iter().next().map(|(_, key)| key)
+    }
+
     /// Forgets a resident key (an explicit unload, or a version replaced). Its request
     /// count is kept.
     pub fn remove(&mut self, key: &K) -> bool {

@@ -37,6 +37,15 @@ pub enum ScorerError {
     Conflict(String),
     #[error("missing or invalid admin bearer key")]
     Unauthorized,
+    #[error(
+        "model '{id}' version {version} can never fit this scorer: it needs {needed} bytes, the cache budget is {budget} bytes"
+    )]
+    TooLarge {
+        id: String,
+        version: u64,
+        needed: u64,
+        budget: u64,
+    },
 }
 
 /// Why a model could not be loaded. Cheap to clone: one failed load is shared with every
@@ -72,6 +81,9 @@ impl ScorerError {
             ScorerError::Inference { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ScorerError::Conflict(_) => StatusCode::CONFLICT,
             ScorerError::Unauthorized => StatusCode::UNAUTHORIZED,
+            // The deployment cannot hold the model; retrying (here or on another scorer of
+            // the same size) does not help.
+            ScorerError::TooLarge { .. } => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 
@@ -90,6 +102,7 @@ impl ScorerError {
             ScorerError::ShuttingDown => "shutting_down",
             ScorerError::Conflict(_) => "conflict",
             ScorerError::Unauthorized => "unauthorized",
+            ScorerError::TooLarge { .. } => "too_large_for_budget",
         }
     }
 

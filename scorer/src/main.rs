@@ -55,10 +55,9 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("mm-scorer")
-        // Inference and loads each get their own share of blocking threads.
-        .max_blocking_threads(
-            config.inference_threads.get() + config.cache.max_concurrent_loads.get() + 1,
-        )
+        // Blocking threads run inference, local store reads and the heap trim; loads have
+        // their own low-priority threads (`cache::loader`).
+        .max_blocking_threads(config.inference_threads.get() + 4)
         .build();
     let runtime = match runtime {
         Ok(runtime) => runtime,

@@ -18,6 +18,12 @@ pub struct Metrics {
     pub engine_loads: IntCounterVec,
     pub loaded_bytes: IntCounter,
     pub warmup_loads: IntCounter,
+    /// Warm-up loads that left memory (or were never admitted) before serving a request.
+    pub warmup_wasted: IntCounter,
+    /// Loads refused because the model can never fit in the budget.
+    pub too_large: IntCounter,
+    /// Bytes reserved by loads in flight.
+    pub reserved_bytes: IntGauge,
     pub stats_pushes: IntCounter,
     pub version_swaps: IntCounter,
     pub version_refusals: IntCounter,
@@ -116,6 +122,18 @@ impl Metrics {
             warmup_loads: counter(
                 "mm_scorer_warmup_loads_total",
                 "Models loaded ahead of demand from the pool's statistics.",
+            ),
+            warmup_wasted: counter(
+                "mm_scorer_warmup_wasted_total",
+                "Warm-up loads evicted (or not admitted) before serving any request.",
+            ),
+            too_large: counter(
+                "mm_scorer_too_large_total",
+                "Loads refused because the model can never fit in the cache budget.",
+            ),
+            reserved_bytes: gauge(
+                "mm_scorer_reserved_bytes",
+                "Memory reserved by model loads in flight (file, transient and model).",
             ),
             stats_pushes: counter(
                 "mm_scorer_stats_pushes_total",

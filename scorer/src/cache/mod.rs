@@ -1,24 +1,38 @@
 //! The hot cache: loaded models bounded by bytes, with single-flight loads, ranked by the
 //! pool-wide policy of `manymodels-policy`.
 //!
-//! Resident sessions live in a map guarded together with the [`Policy`] that decides
-//! what stays: every request is counted, and a miss is loaded (once, however many
-//! requests wait for it: a per-key `OnceCell`), served, and then **admitted** only if
-//! every resident it would displace has a lower priority (rate × load cost per byte,
-//! where the rate is the larger of this scorer's own decayed count and the pool-wide rate
-//! the proxies push). Each model is charged what its session really keeps (see
-//! `runtime`). Loads of different models run in parallel, at most
-//! `cache.max_concurrent_loads` at once. A failed load is remembered for
-//! `cache.failure_ttl` so a broken model answers fast instead of being reloaded by every
-//! request. Requests hold an `Arc`, so eviction never pulls a session from under a request:
-//! the session is freed when its last request finishes.
+//! Every request is counted, and a miss is loaded (once, however many requests wait for
+//! it: a per-key `OnceCell`), served, and then **admitted** only if every resident it
+//! would displace has a lower priority (rate × load cost per byte, where the rate is the
+//! larger of this scorer's own decayed count and the pool-wide rate the proxies push).
+//! Requests hold an `Arc`, so eviction never pulls a model from under a request: it is
+//! freed when its last request finishes.
+//!
+//! The seams:
+//! - `resident`: the resident set, the policy, the memory reserved by loads in flight and
+//!   the eviction log, under one lock (pure; unit-tested).
+//! - `loader`: the low-priority load threads, a load's cost (thread CPU time plus the store
+//!   read) and how much memory a load reserves.
+//! - `versions`: which version is live, version checks, swaps, publish and pin.
+//! - `warmup`: loading the pool's hottest absent models after a statistics push.
+//! - `explain`: the summary and explain views.
+//!
+//! This file is the request path: look-up, single flight, failures remembered for
+//! `cache.failure_ttl` (a broken model answers fast instead of being reloaded by every
+//! request), and a load from the store read to admission.
 //!
 //! moka is kept for the two small caches with expiry (live versions, failures); the
 //! resident set is not a moka cache because its eviction and admission must follow the
 //! pool's statistics (BENCHMARKS.md, "Cache policy", measures moka's W-TinyLFU against it).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+mod explain;
+mod loader;
+mod resident;
+mod versions;
+mod warmup;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -27,10 +41,15 @@ use manymodels_policy::{Key, Policy, PoolView, StatsReport};
 use moka::Expiry;
 use moka::future::Cache;
 
+use manymodels_config::scorer::NativeEngine;
 use serde::Serialize;
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{Notify, OnceCell, Semaphore};
 
-use crate::engine::{Engine, Engines, LoadedModel};
+pub use explain::{CacheSummary, Explain, HotModel, ResidentView};
+use loader::{LoadThreads, Phase};
+use resident::{Reserve, Resident};
+
+use crate::engine::{Engines, LoadedModel, Native};
 use crate::error::{LoadError, ScorerError};
 use crate::metrics::Metrics;
 use crate::model_id::ModelId;
@@ -41,8 +60,9 @@ use crate::store::{ModelState, ModelStore, StoreError};
 /// is found within a second.
 const NOT_FOUND_TTL: Duration = Duration::from_secs(1);
 
-/// Recent evictions kept for the explain endpoint.
-const EVICTION_LOG: usize = 200;
+/// How long a version that can never fit the budget is remembered: the budget does not
+/// change while the process runs, and a new version is a new key.
+const TOO_LARGE_TTL: Duration = Duration::from_secs(3600);
 
 /// One loaded version of one model: the unit the cache holds and charges.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -203,17 +223,13 @@ pub struct Refresh {
     pub refused: Option<Refusal>,
 }
 
-/// The resident set and the policy ranking it, changed together under one lock.
-struct State {
-    policy: Policy<ModelKey>,
-    models: HashMap<ModelKey, Arc<LoadedModel>>,
-    evictions: VecDeque<Eviction>,
-}
-
 pub struct ModelCache {
     store: Arc<dyn ModelStore>,
     engines: Engines,
-    state: Mutex<State>,
+    state: Mutex<Resident<LoadedModel>>,
+    /// Signalled whenever a reservation is given back.
+    released: Notify,
+    loads: LoadThreads,
     inflight: Mutex<HashMap<ModelKey, LoadCell>>,
     /// The live version of each model seen, so a request for the live version does not
     /// ask the store: kept while the model is resident (the version checker refreshes it)
@@ -234,6 +250,26 @@ pub struct ModelCache {
     started: Instant,
     /// Set when an eviction freed a session; cleared by the next trim.
     freed: AtomicBool,
+}
+
+/// Memory reserved for a load in flight; given back when dropped.
+struct Reservation<'a> {
+    cache: &'a ModelCache,
+    bytes: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        {
+            let mut state = self.cache.state();
+            state.release(self.bytes);
+            self.cache
+                .metrics
+                .reserved_bytes
+                .set(state.reserved() as i64);
+        }
+        self.cache.released.notify_waiters();
+    }
 }
 
 impl ModelCache {
@@ -261,11 +297,9 @@ impl ModelCache {
         ModelCache {
             store,
             engines,
-            state: Mutex::new(State {
-                policy,
-                models: HashMap::new(),
-                evictions: VecDeque::new(),
-            }),
+            state: Mutex::new(Resident::new(policy, metrics.clone())),
+            released: Notify::new(),
+            loads: LoadThreads::new(config.max_concurrent_loads.get()),
             inflight: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             resolving: Cache::builder()
@@ -291,7 +325,7 @@ impl ModelCache {
         self.started.elapsed().as_secs_f64()
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, Resident<LoadedModel>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -340,18 +374,12 @@ impl ModelCache {
             id: id.clone(),
             version,
         };
-        {
-            let now = self.now();
-            let mut state = self.state();
+        let now = self.now();
+        if let Some(model) = self.state().lookup(&key, now, count) {
             if count {
-                state.policy.record(&key, now);
+                self.metrics.cache_hits.inc();
             }
-            if let Some(model) = state.models.get(&key) {
-                if count {
-                    self.metrics.cache_hits.inc();
-                }
-                return Ok((model.clone(), Lookup::Hit));
-            }
+            return Ok((model, Lookup::Hit));
         }
         if let Some(failure) = self.failures.get(&(id.clone(), Some(version))).await {
             if matches!(failure.error, ScorerError::Load(_)) {
@@ -370,7 +398,7 @@ impl ModelCache {
             .or_default()
             .clone();
         let result = cell
-            .get_or_init(|| self.load_and_admit(key.clone()))
+            .get_or_init(|| self.load_and_admit(key.clone(), !count))
             .await
             .clone();
         {
@@ -382,127 +410,34 @@ impl ModelCache {
         result.map(|model| (model, Lookup::Miss))
     }
 
-    /// Loads `key`, then lets the policy decide whether it stays.
-    async fn load_and_admit(&self, key: ModelKey) -> Result<Arc<LoadedModel>, ScorerError> {
-        let (model, seconds) = self.load(key.clone()).await?;
+    /// Loads `key`, then lets the policy decide whether it stays (`warmup`: loaded ahead
+    /// of demand, watched until its first hit).
+    async fn load_and_admit(
+        &self,
+        key: ModelKey,
+        warmup: bool,
+    ) -> Result<Arc<LoadedModel>, ScorerError> {
+        let (model, cost, reservation) = self.load(key.clone()).await?;
         let now = self.now();
-        let mut dropped = Vec::new();
-        {
-            let mut state = self.state();
-            let decision = state
-                .policy
-                .admit(key.clone(), model.weight, Some(seconds), now);
-            if decision.admitted {
-                state.models.insert(key.clone(), model.clone());
-            } else {
-                self.log_eviction(&mut state, &key, model.weight, Reason::NotAdmitted, now);
-                // Its session is freed when the requests holding it finish; the next
-                // look-up trims the heap.
-                self.freed.store(true, Ordering::Relaxed);
-            }
-            for victim in decision.evicted {
-                if let Some(gone) = state.models.remove(&victim) {
-                    self.log_eviction(&mut state, &victim, gone.weight, Reason::Capacity, now);
-                    dropped.push(gone);
-                }
-            }
-        }
-        if !dropped.is_empty() {
-            drop(dropped);
+        let admitted = self.state().admit(key, model.clone(), cost, now, warmup);
+        // The model is charged now: its reservation goes back.
+        drop(reservation);
+        if !admitted.admitted {
+            // Its memory is freed when the requests holding it finish; the next look-up
+            // trims the heap.
             self.freed.store(true, Ordering::Relaxed);
-            self.trim_if_freed();
         }
+        self.dropped(admitted.dropped);
         Ok(model)
     }
 
-    fn log_eviction(
-        &self,
-        state: &mut State,
-        key: &ModelKey,
-        bytes: u64,
-        reason: Reason,
-        now: f64,
-    ) {
-        self.metrics
-            .evictions
-            .with_label_values(&[reason.as_str()])
-            .inc();
-        tracing::debug!(model = %key.id, version = key.version, bytes, reason = reason.as_str(), "model left the hot cache");
-        if state.evictions.len() == EVICTION_LOG {
-            state.evictions.pop_front();
+    /// Frees models that left memory, outside the lock, and gives the pages back.
+    fn dropped(&self, models: Vec<Arc<LoadedModel>>) {
+        if !models.is_empty() {
+            drop(models);
+            self.freed.store(true, Ordering::Relaxed);
+            self.trim_if_freed();
         }
-        state.evictions.push_back(Eviction {
-            model: key.id.to_string(),
-            version: key.version,
-            bytes,
-            reason,
-            at: now,
-        });
-    }
-
-    fn lives(&self) -> MutexGuard<'_, HashMap<ModelId, Live>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The live version of `id`: what this scorer already serves while it holds it (the
-    /// version checker moves it on), otherwise the store's pinned or highest version.
-    async fn live_version(&self, id: &ModelId) -> Result<u64, ScorerError> {
-        let known = self.lives().get(id).map(|l| (l.version, l.checked));
-        if let Some((version, checked)) = known {
-            let key = ModelKey {
-                id: id.clone(),
-                version,
-            };
-            if checked.elapsed() < self.versions.check_interval
-                || self.state().models.contains_key(&key)
-            {
-                return Ok(version);
-            }
-        }
-        let missing = (id.clone(), None);
-        if let Some(failure) = self.failures.get(&missing).await {
-            return Err(failure.error);
-        }
-        let state = self
-            .resolving
-            .try_get_with(id.clone(), async {
-                self.store.model_state(id).await.map_err(store_error)
-            })
-            .await
-            .map_err(|shared: Arc<ScorerError>| (*shared).clone())?;
-        let Some(target) = state.live() else {
-            let error = ScorerError::ModelNotFound(id.to_string());
-            self.remember(missing, error.clone(), NOT_FOUND_TTL).await;
-            self.lives().remove(id);
-            return Err(error);
-        };
-        let mut lives = self.lives();
-        let entry = Live::checked_now(&mut lives, id, target);
-        let refused = entry
-            .refused
-            .as_ref()
-            .is_some_and(|(v, _, at)| *v == target && at.elapsed() < self.config.failure_ttl);
-        if entry.version != target && !refused {
-            entry.previous = Some(entry.version);
-            entry.version = target;
-        }
-        Ok(entry.version)
-    }
-
-    /// After the live version `failed` could not be loaded, falls back to the version
-    /// served before it, if any, and remembers the refusal. Returns the fallback.
-    fn fall_back(&self, id: &ModelId, failed: u64, error: &ScorerError) -> Option<u64> {
-        let mut lives = self.lives();
-        let live = lives.get_mut(id)?;
-        let previous = live.previous.filter(|p| *p != failed)?;
-        if live.version == failed {
-            live.version = previous;
-            live.previous = None;
-        }
-        live.refused = Some((failed, error.to_string(), Instant::now()));
-        self.metrics.version_refusals.inc();
-        tracing::warn!(model = %id, refused = failed, serving = previous, %error, "new live version refused; serving the previous one");
-        Some(previous)
     }
 
     async fn remember(&self, key: FailureKey, error: ScorerError, ttl: Duration) {
@@ -510,10 +445,15 @@ impl ModelCache {
     }
 
     /// The single-flight body: runs once per key however many requests wait on it.
-    /// Returns the model and the seconds the load itself took, from when it got a load
-    /// slot: time queued behind other loads is not this model's cost, and counting it
-    /// would rank the models of a burst of cold loads (a scan) above the hot set.
-    async fn load(&self, key: ModelKey) -> Result<(Arc<LoadedModel>, f64), ScorerError> {
+    /// Returns the model, what its load cost (thread CPU seconds of the compile or session
+    /// creation plus the store read's seconds) and its memory reservation, to be dropped
+    /// once the model is charged. Time queued for a load slot, a reservation or a core is
+    /// not the model's cost: counting it would rank the models of a burst of cold loads (a
+    /// scan) above the hot set.
+    async fn load(
+        &self,
+        key: ModelKey,
+    ) -> Result<(Arc<LoadedModel>, f64, Reservation<'_>), ScorerError> {
         let _slot = self
             .load_slots
             .acquire()
@@ -525,7 +465,7 @@ impl ModelCache {
         let result = self.read_and_create(&key).await;
         let seconds = started.elapsed().as_secs_f64();
         match &result {
-            Ok(model) => {
+            Ok((model, cost, _)) => {
                 self.metrics.loads.inc();
                 self.metrics
                     .engine_loads
@@ -537,13 +477,18 @@ impl ModelCache {
                     model = %key.id, version = model.version, file_bytes = model.file_bytes,
                     engine = model.engine.as_str(), native_refusal = model.native_refusal.as_deref(),
                     weight = model.weight, weight_measured = model.weight_measured,
-                    ms = seconds * 1e3,
+                    ms = seconds * 1e3, cost_ms = cost * 1e3,
                     "model loaded"
                 );
             }
             Err(error) => {
                 let ttl = match error {
                     ScorerError::VersionNotFound { .. } => Some(NOT_FOUND_TTL),
+                    ScorerError::TooLarge { .. } => {
+                        self.metrics.too_large.inc();
+                        tracing::warn!(model = %key.id, %error, "model can never fit");
+                        Some(TOO_LARGE_TTL)
+                    }
                     ScorerError::Load(_) => {
                         self.metrics.load_failures.inc();
                         tracing::warn!(model = %key.id, %error, "model failed to load");
@@ -558,10 +503,13 @@ impl ModelCache {
                 }
             }
         }
-        result.map(|model| (Arc::new(model), seconds))
+        result.map(|(model, cost, reservation)| (Arc::new(model), cost, reservation))
     }
 
-    async fn read_and_create(&self, key: &ModelKey) -> Result<LoadedModel, ScorerError> {
+    async fn read_and_create(
+        &self,
+        key: &ModelKey,
+    ) -> Result<(LoadedModel, f64, Reservation<'_>), ScorerError> {
         let (id, version) = (&key.id, key.version);
         let read_started = Instant::now();
         let bytes = self.store.read(id, version).await.map_err(|e| match e {
@@ -573,286 +521,120 @@ impl ModelCache {
                 ScorerError::Store(message)
             }
         })?;
-        let estimate = self.config.weigh(bytes.len() as u64);
-        let engines = self.engines;
-        let model_id = id.clone();
-        let read = read_started.elapsed();
-        let handed_over = Instant::now();
-        let (result, queued, created) = tokio::task::spawn_blocking(move || {
-            let queued = handed_over.elapsed();
-            let started = Instant::now();
-            let result = engines.load(model_id, version, &bytes, estimate);
-            (result, queued, started.elapsed())
-        })
-        .await
-        .map_err(|e| ScorerError::Store(format!("load task failed: {e}")))?;
+        let read = read_started.elapsed().as_secs_f64();
+        let (model, cpu, reservation) = self.create(key, bytes).await?;
         tracing::debug!(
             model = %id, version,
-            read_ms = read.as_secs_f64() * 1e3,
-            queued_ms = queued.as_secs_f64() * 1e3,
-            create_ms = created.as_secs_f64() * 1e3,
+            read_ms = read * 1e3,
+            cpu_ms = cpu * 1e3,
             "load phases"
         );
-        result.map_err(|message| invalid_model(id, version, message))
+        Ok((model, read + cpu, reservation))
     }
 
-    /// Checks the store for new live versions of the models in memory, the least recently
-    /// checked first, at most `versions.checks_per_interval` of them, 8 at a time. Run by
-    /// the scorer every `versions.check_interval`.
-    pub async fn check_versions(&self) {
-        use futures::StreamExt;
-        let mut ids: Vec<(Instant, ModelId)> = {
-            let state = self.state();
-            let lives = self.lives();
-            let mut seen = std::collections::HashSet::new();
-            state
-                .models
-                .keys()
-                .filter(|k| seen.insert(k.id.clone()))
-                .map(|k| {
-                    let checked = lives.get(&k.id).map_or(self.started, |l| l.checked);
-                    (checked, k.id.clone())
-                })
-                .collect()
-        };
-        ids.sort();
-        ids.truncate(self.versions.checks_per_interval);
-        futures::stream::iter(ids)
-            .for_each_concurrent(8, |(_, id)| async move {
-                if let Err(error) = self.refresh(&id).await {
-                    tracing::debug!(model = %id, %error, "version check failed");
-                }
-            })
-            .await;
-    }
-
-    /// Asks the store for `id`'s live version now and moves to it: if an older version is
-    /// in memory, the new one is loaded and checked (smoke inference, same inputs) while
-    /// the old one keeps serving, then swapped in atomically; requests in flight finish on
-    /// the old session, which is freed when they are done. A version that fails is
-    /// refused and the old one keeps serving.
-    pub async fn refresh(&self, id: &ModelId) -> Result<Refresh, ScorerError> {
-        let state = self.store.model_state(id).await.map_err(store_error)?;
-        self.resolving.invalidate(id).await;
-        let Some(target) = state.live() else {
-            self.lives().remove(id);
-            return Err(ScorerError::ModelNotFound(id.to_string()));
-        };
-        let current = { Live::checked_now(&mut self.lives(), id, target).clone() };
-        let mut outcome = Refresh {
-            model: id.to_string(),
-            live: current.version,
-            previous: None,
-            swapped: false,
-            refused: None,
-        };
-        if current.version == target {
-            return Ok(outcome);
-        }
-        if let Some((version, error, at)) = &current.refused
-            && *version == target
-            && at.elapsed() < self.config.failure_ttl
-        {
-            outcome.refused = Some(Refusal {
-                version: *version,
-                error: error.clone(),
-                seconds_ago: at.elapsed().as_secs_f64(),
-            });
-            return Ok(outcome);
-        }
-        let old_key = ModelKey {
-            id: id.clone(),
-            version: current.version,
-        };
-        let old = self.state().models.get(&old_key).cloned();
-        if let Some(old) = old {
-            let new_key = ModelKey {
-                id: id.clone(),
-                version: target,
-            };
-            match self.prepare(&new_key, &old).await {
-                Ok((model, seconds)) => {
-                    self.install(&old_key, new_key, model, seconds);
-                    outcome.swapped = true;
-                    self.metrics.version_swaps.inc();
-                }
-                Err(error) => {
-                    let message = error.to_string();
-                    let mut lives = self.lives();
-                    if let Some(live) = lives.get_mut(id) {
-                        live.refused = Some((target, message.clone(), Instant::now()));
-                    }
-                    self.metrics.version_refusals.inc();
-                    tracing::warn!(model = %id, refused = target, serving = current.version, error = %message, "new live version refused; the old one keeps serving");
-                    outcome.refused = Some(Refusal {
-                        version: target,
-                        error: message,
-                        seconds_ago: 0.0,
-                    });
-                    return Ok(outcome);
-                }
-            }
-        }
-        {
-            let mut lives = self.lives();
-            if let Some(live) = lives.get_mut(id) {
-                live.previous = Some(current.version);
-                live.version = target;
-                live.refused = None;
-            }
-        }
-        tracing::info!(model = %id, from = current.version, to = target, swapped = outcome.swapped, "live version changed");
-        outcome.previous = Some(current.version);
-        outcome.live = target;
-        Ok(outcome)
-    }
-
-    /// Loads `key` outside the cache and checks it can replace `old`: a smoke inference on
-    /// zeros, and the same input names and datatypes (so requests that work today keep
-    /// working). Returns the model and its load time.
-    async fn prepare(
+    /// Compiles or creates a model from its file on a load thread, with its memory
+    /// reserved first: natively when the engine covers it, else with ONNX Runtime (whose
+    /// larger reservation is taken only then). Returns the model, the CPU seconds it took
+    /// and its reservation. A model that could never fit the budget is refused before
+    /// anything is evicted for it.
+    async fn create(
         &self,
         key: &ModelKey,
-        old: &Arc<LoadedModel>,
-    ) -> Result<(Arc<LoadedModel>, f64), ScorerError> {
-        let (model, seconds) = self.load(key.clone()).await?;
-        let (checked, old) = (model.clone(), old.clone());
-        let verdict = tokio::task::spawn_blocking(move || checked.vet(Some(&old)))
-            .await
-            .map_err(|e| ScorerError::Store(format!("check task failed: {e}")))?;
-        verdict.map_err(|message| invalid_model(&key.id, key.version, message))?;
-        Ok((model, seconds))
-    }
-
-    /// Swaps `old_key` out and `new_key` in under one lock.
-    fn install(
-        &self,
-        old_key: &ModelKey,
-        new_key: ModelKey,
-        model: Arc<LoadedModel>,
-        seconds: f64,
-    ) {
-        let now = self.now();
-        let mut dropped = Vec::new();
-        {
-            let mut state = self.state();
-            state.policy.remove(old_key);
-            if let Some(old) = state.models.remove(old_key) {
-                self.log_eviction(&mut state, old_key, old.weight, Reason::Replaced, now);
-                dropped.push(old);
-            }
-            let decision = state
-                .policy
-                .admit(new_key.clone(), model.weight, Some(seconds), now);
-            if decision.admitted {
-                state.models.insert(new_key, model);
-            } else {
-                self.log_eviction(&mut state, &new_key, model.weight, Reason::NotAdmitted, now);
-            }
-            for victim in decision.evicted {
-                if let Some(gone) = state.models.remove(&victim) {
-                    self.log_eviction(&mut state, &victim, gone.weight, Reason::Capacity, now);
-                    dropped.push(gone);
-                }
-            }
-        }
-        drop(dropped);
-        self.freed.store(true, Ordering::Relaxed);
-        self.trim_if_freed();
-    }
-
-    /// Versions, alias and what this scorer serves for `id`.
-    pub async fn version_status(&self, id: &ModelId) -> Result<VersionStatus, ScorerError> {
-        let state = self.store.model_state(id).await.map_err(store_error)?;
-        if state.versions.is_empty() {
-            return Err(ScorerError::ModelNotFound(id.to_string()));
-        }
-        let mut resident: Vec<u64> = self
-            .state()
-            .models
-            .keys()
-            .filter(|k| k.id == *id)
-            .map(|k| k.version)
-            .collect();
-        resident.sort_unstable();
-        let live = self.lives().get(id).cloned();
-        Ok(VersionStatus {
-            model: id.to_string(),
-            live: live.as_ref().map(|l| l.version).or(state.live()),
-            refused: live
-                .and_then(|l| l.refused)
-                .map(|(version, error, at)| Refusal {
-                    version,
-                    error,
-                    seconds_ago: at.elapsed().as_secs_f64(),
-                }),
-            versions: state.versions,
-            pinned: state.pinned,
-            resident,
-        })
-    }
-
-    /// Validates `bytes` as a model (a session and a smoke inference, and the same inputs
-    /// as the version in memory, if any) and publishes it as `id`/`version`.
-    pub async fn publish(
-        &self,
-        id: &ModelId,
-        version: u64,
         bytes: bytes::Bytes,
-    ) -> Result<Refresh, ScorerError> {
-        let current = {
-            let lives = self.lives();
-            lives.get(id).map(|l| l.version)
-        };
-        let old = current.and_then(|v| {
-            self.state()
-                .models
-                .get(&ModelKey {
-                    id: id.clone(),
-                    version: v,
-                })
-                .cloned()
-        });
+    ) -> Result<(LoadedModel, f64, Reservation<'_>), ScorerError> {
+        let (id, version) = (&key.id, key.version);
+        let file = bytes.len() as u64;
         let engines = self.engines;
-        let (model_id, checked) = (id.clone(), bytes.clone());
-        let estimate = self.config.weigh(bytes.len() as u64);
-        let verdict = tokio::task::spawn_blocking(move || {
-            engines
-                .load(model_id, version, &checked, estimate)?
-                .vet(old.as_deref())
-        })
-        .await
-        .map_err(|e| ScorerError::Store(format!("check task failed: {e}")))?;
-        verdict.map_err(|message| invalid_model(id, version, message))?;
-        self.store
-            .write_version(id, version, bytes)
-            .await
-            .map_err(|e| match e {
-                StoreError::Conflict(message) => ScorerError::Conflict(message),
-                other => ScorerError::Store(other.to_string()),
-            })?;
-        tracing::info!(model = %id, version, "version published");
-        self.refresh(id).await
-    }
-
-    /// Pins `id` to `version` (`None`: unpins, so the highest version is live), persisted
-    /// in the store, and moves this scorer to it.
-    pub async fn pin(&self, id: &ModelId, version: Option<u64>) -> Result<Refresh, ScorerError> {
-        if let Some(version) = version {
-            let state = self.store.model_state(id).await.map_err(store_error)?;
-            if !state.versions.contains(&version) {
-                return Err(ScorerError::VersionNotFound {
-                    id: id.to_string(),
-                    version: version.to_string(),
-                });
+        let mut cpu = 0.0;
+        let mut refusal = None;
+        if self.engines.native == NativeEngine::Auto {
+            let reservation = self.reserve(key, Phase::Native, file).await?;
+            let (model_id, file_bytes) = (id.clone(), bytes.clone());
+            let (native, seconds) = self
+                .loads
+                .run(move || engines.load_native(model_id, version, &file_bytes))
+                .await
+                .map_err(ScorerError::Store)?;
+            cpu += seconds;
+            match native.map_err(|message| invalid_model(id, version, message))? {
+                Native::Loaded(model) => return self.fitting(key, *model, cpu, reservation),
+                Native::Refused(why) => refusal = why,
             }
         }
-        self.store
-            .write_alias(id, version)
+        let reservation = self.reserve(key, Phase::OnnxRuntime, file).await?;
+        let estimate = self.config.weigh(file);
+        let model_id = id.clone();
+        let (created, seconds) = self
+            .loads
+            .run(move || engines.load_onnx(model_id, version, &bytes, estimate, refusal))
             .await
-            .map_err(store_error)?;
-        tracing::info!(model = %id, pinned = ?version, "alias written");
-        self.refresh(id).await
+            .map_err(ScorerError::Store)?;
+        cpu += seconds;
+        let model = created.map_err(|message| invalid_model(id, version, message))?;
+        self.fitting(key, model, cpu, reservation)
+    }
+
+    /// A loaded model, unless it is larger than the whole budget.
+    fn fitting<'a>(
+        &self,
+        key: &ModelKey,
+        model: LoadedModel,
+        cpu: f64,
+        reservation: Reservation<'a>,
+    ) -> Result<(LoadedModel, f64, Reservation<'a>), ScorerError> {
+        if self.state().fits(model.weight) {
+            Ok((model, cpu, reservation))
+        } else {
+            Err(self.too_large(key, model.weight))
+        }
+    }
+
+    fn too_large(&self, key: &ModelKey, needed: u64) -> ScorerError {
+        ScorerError::TooLarge {
+            id: key.id.to_string(),
+            version: key.version,
+            needed,
+            budget: self.config.budget.bytes(),
+        }
+    }
+
+    /// Reserves the memory a load by `phase` of a `file`-byte model may hold, waiting for
+    /// other loads to give theirs back when needed. Refuses at once, evicting nothing, a
+    /// model whose load or whose expected size could never fit.
+    async fn reserve(
+        &self,
+        key: &ModelKey,
+        phase: Phase,
+        file: u64,
+    ) -> Result<Reservation<'_>, ScorerError> {
+        let bytes = loader::reservation(phase, file);
+        let expected = match phase {
+            Phase::Native => file / 2,
+            Phase::OnnxRuntime => self.config.weigh(file),
+        };
+        if !self.state().fits(expected) {
+            return Err(self.too_large(key, expected));
+        }
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let outcome = {
+                let now = self.now();
+                let mut state = self.state();
+                let outcome = state.reserve(bytes, now);
+                self.metrics.reserved_bytes.set(state.reserved() as i64);
+                outcome
+            };
+            match outcome {
+                Reserve::Granted(dropped) => {
+                    self.dropped(dropped);
+                    return Ok(Reservation { cache: self, bytes });
+                }
+                Reserve::Wait => released.await,
+                Reserve::Never => return Err(self.too_large(key, bytes)),
+            }
+        }
     }
 
     /// Loads the live version now (repository `load`). Returns the version loaded.
@@ -863,25 +645,8 @@ impl ModelCache {
     /// Drops every cached version of `id` and forgets its failures. Returns how many
     /// sessions were dropped.
     pub async fn unload(&self, id: &ModelId) -> usize {
-        let dropped: Vec<Arc<LoadedModel>> = {
-            let now = self.now();
-            let mut state = self.state();
-            let keys: Vec<ModelKey> = state
-                .models
-                .keys()
-                .filter(|k| k.id == *id)
-                .cloned()
-                .collect();
-            let mut dropped = Vec::new();
-            for key in keys {
-                state.policy.remove(&key);
-                if let Some(model) = state.models.remove(&key) {
-                    self.log_eviction(&mut state, &key, model.weight, Reason::Unload, now);
-                    dropped.push(model);
-                }
-            }
-            dropped
-        };
+        let now = self.now();
+        let dropped = self.state().unload(id, now);
         let failed: Vec<Arc<FailureKey>> = self
             .failures
             .iter()
@@ -894,24 +659,23 @@ impl ModelCache {
         self.lives().remove(id);
         self.resolving.invalidate(id).await;
         let count = dropped.len();
-        if count > 0 {
-            drop(dropped);
-            self.freed.store(true, Ordering::Relaxed);
-            self.trim_if_freed();
-        }
+        self.dropped(dropped);
         count
     }
 
     /// The models in memory now.
     pub fn resident(&self) -> Vec<Arc<LoadedModel>> {
-        self.state().models.values().cloned().collect()
+        self.state().models().map(|(_, m)| m.clone()).collect()
     }
 
     /// Brings the resident gauges up to date (called when metrics are scraped).
     pub fn refresh_gauges(&self) {
         let state = self.state();
-        self.metrics.resident_bytes.set(state.policy.used() as i64);
-        self.metrics.resident_models.set(state.models.len() as i64);
+        self.metrics
+            .resident_bytes
+            .set(state.policy().used() as i64);
+        self.metrics.resident_models.set(state.len() as i64);
+        self.metrics.reserved_bytes.set(state.reserved() as i64);
     }
 
     /// Takes a proxy's statistics push: combines it with the other proxies' latest and
@@ -930,139 +694,9 @@ impl ModelCache {
         let rates = combined
             .into_iter()
             .filter_map(|(id, rate)| ModelId::parse(&id).ok().map(|id| (id, rate)));
-        self.state().policy.set_pool_rates(rates, now);
+        self.state().policy_mut().set_pool_rates(rates, now);
         self.metrics.stats_pushes.inc();
         self.summary(20)
-    }
-
-    /// Warms the hottest models of this scorer's share that are not in memory (from the
-    /// proxies' latest push), at most `warmup.concurrency` at once and
-    /// `warmup.max_fraction × cache.budget` bytes in all. Skips models the policy refused
-    /// and would refuse again, and stops early once it refuses one (everything resident is
-    /// worth more). Returns the models loaded.
-    pub async fn warm_up(&self) -> usize {
-        if self.warming.swap(true, Ordering::AcqRel) {
-            return 0;
-        }
-        let max_bytes = (self.config.budget.bytes() as f64 * self.warmup.max_fraction) as u64;
-        // Models whose last admission was refused and would be again are not loaded: a
-        // load the policy drops at once is pure cost.
-        let candidates: Vec<(ModelId, f64)> = {
-            let state = self.state();
-            let mut hottest = state.policy.hottest_absent(256, self.now());
-            hottest.retain(|(id, _)| !state.policy.refuses_again(id));
-            hottest
-        };
-        let slots = Arc::new(Semaphore::new(self.warmup.concurrency.get()));
-        let spent = AtomicU64::new(0);
-        let refused = AtomicBool::new(false);
-        let loaded = AtomicU64::new(0);
-        let work = candidates.into_iter().map(|(id, _rate)| {
-            let slots = slots.clone();
-            let (spent, refused, loaded) = (&spent, &refused, &loaded);
-            async move {
-                let _slot = slots.acquire_owned().await.expect("never closed");
-                if refused.load(Ordering::Relaxed) || spent.load(Ordering::Relaxed) >= max_bytes {
-                    return;
-                }
-                if let Ok((model, Lookup::Miss)) = self.lookup(&id, None, false).await {
-                    spent.fetch_add(model.weight, Ordering::Relaxed);
-                    let key = ModelKey {
-                        id,
-                        version: model.version,
-                    };
-                    if self.state().models.contains_key(&key) {
-                        loaded.fetch_add(1, Ordering::Relaxed);
-                        self.metrics.warmup_loads.inc();
-                    } else {
-                        refused.store(true, Ordering::Relaxed);
-                    }
-                }
-            }
-        });
-        futures::future::join_all(work).await;
-        self.warming.store(false, Ordering::Release);
-        loaded.load(Ordering::Relaxed) as usize
-    }
-
-    /// Counters and the most recent evictions.
-    pub fn summary(&self, evictions: usize) -> CacheSummary {
-        let state = self.state();
-        CacheSummary {
-            budget_bytes: self.config.budget.bytes(),
-            resident_bytes: state.policy.used(),
-            resident_models: state.models.len(),
-            hits: self.metrics.cache_hits.get(),
-            misses: self.metrics.cache_misses.get(),
-            loads: self.metrics.loads.get(),
-            loads_by_engine: Engine::ALL
-                .iter()
-                .map(|e| {
-                    let n = self
-                        .metrics
-                        .engine_loads
-                        .with_label_values(&[e.as_str()])
-                        .get();
-                    (e.as_str(), n)
-                })
-                .collect(),
-            loaded_bytes: self.metrics.loaded_bytes.get(),
-            uptime: self.now(),
-            evictions: state
-                .evictions
-                .iter()
-                .rev()
-                .take(evictions)
-                .cloned()
-                .collect(),
-        }
-    }
-
-    /// Everything the explain endpoint shows: the summary, every resident model with its
-    /// priority (next to be evicted first), and the pool's hottest models for this scorer.
-    pub fn explain(&self, hottest: usize) -> Explain {
-        let now = self.now();
-        let summary = self.summary(EVICTION_LOG);
-        let state = self.state();
-        let resident = state
-            .policy
-            .residents(now)
-            .into_iter()
-            .map(|r| ResidentView {
-                engine: state
-                    .models
-                    .get(&r.key)
-                    .map(|m| m.engine.as_str())
-                    .unwrap_or("loading"),
-                model: r.key.id.to_string(),
-                version: r.key.version,
-                bytes: r.bytes,
-                load_seconds: r.load_seconds,
-                priority: r.priority,
-                idle_seconds: now - r.last_use,
-                rate: r.local_rate,
-                pool_rate: r.pool_rate,
-            })
-            .collect();
-        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        let mut top: Vec<(String, f64)> = pool.combined().into_iter().collect();
-        top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        top.truncate(hottest);
-        let resident_ids: std::collections::HashSet<String> =
-            state.models.keys().map(|k| k.id.to_string()).collect();
-        Explain {
-            summary,
-            proxies: pool.proxies(),
-            resident,
-            hottest: top
-                .into_iter()
-                .map(|(model, rate)| HotModel {
-                    resident: resident_ids.contains(&model),
-                    model,
-                    rate,
-                })
-                .collect(),
-        }
     }
 
     /// After evictions, give freed heap pages back to the OS so RSS follows the budget:
@@ -1077,60 +711,6 @@ impl ModelCache {
             tokio::task::spawn_blocking(trim_heap);
         }
     }
-}
-
-/// A scorer's cache in numbers: the answer to a statistics push, and the head of the
-/// explain endpoint.
-#[derive(Clone, Debug, Serialize)]
-pub struct CacheSummary {
-    pub budget_bytes: u64,
-    pub resident_bytes: u64,
-    pub resident_models: usize,
-    pub hits: u64,
-    pub misses: u64,
-    pub loads: u64,
-    /// Loads by the engine that serves the model (`onnxruntime`, `native`).
-    pub loads_by_engine: std::collections::BTreeMap<&'static str, u64>,
-    pub loaded_bytes: u64,
-    /// Seconds since the scorer started (eviction times count from it).
-    pub uptime: f64,
-    /// Most recent first.
-    pub evictions: Vec<Eviction>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ResidentView {
-    pub model: String,
-    pub version: u64,
-    /// The engine serving it: `onnxruntime` or `native`.
-    pub engine: &'static str,
-    pub bytes: u64,
-    pub load_seconds: f64,
-    /// ln(decayed request count) + size_weight × ln(load seconds / byte): higher stays.
-    pub priority: f64,
-    pub idle_seconds: f64,
-    /// This scorer's own request rate (req/s, decayed).
-    pub rate: f64,
-    /// The pool-wide rate the proxies last reported.
-    pub pool_rate: f64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct HotModel {
-    pub model: String,
-    pub rate: f64,
-    pub resident: bool,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Explain {
-    #[serde(flatten)]
-    pub summary: CacheSummary,
-    /// Proxies whose statistics are current.
-    pub proxies: usize,
-    /// Lowest priority (next to be evicted) first.
-    pub resident: Vec<ResidentView>,
-    pub hottest: Vec<HotModel>,
 }
 
 #[cfg(target_env = "gnu")]

@@ -161,20 +161,42 @@ impl Engines {
         bytes: &[u8],
         estimate: u64,
     ) -> Result<LoadedModel, String> {
-        let mut native_refusal = None;
-        if self.native == NativeEngine::Auto {
-            // Counted as a load so an ONNX Runtime load beside it is not mis-measured.
-            let compiled = counted(|| manymodels_native::Model::compile(bytes));
-            match compiled {
-                Ok(model) => return native::loaded(id, version, bytes.len() as u64, model),
-                Err(manymodels_native::CompileError::Invalid(message)) => {
-                    return Err(format!("invalid model: {message}"));
-                }
-                Err(manymodels_native::CompileError::Unsupported(why)) => {
-                    native_refusal = Some(why);
-                }
+        let refusal = match self.load_native(id.clone(), version, bytes)? {
+            Native::Loaded(model) => return Ok(*model),
+            Native::Refused(why) => why,
+        };
+        self.load_onnx(id, version, bytes, estimate, refusal)
+    }
+
+    /// The native half of `load`: the model, or why it goes to ONNX Runtime (`None` when
+    /// the native engine is off). An error is a malformed file (422).
+    pub fn load_native(&self, id: ModelId, version: u64, bytes: &[u8]) -> Result<Native, String> {
+        if self.native != NativeEngine::Auto {
+            return Ok(Native::Refused(None));
+        }
+        // Counted as a load so an ONNX Runtime load beside it is not mis-measured.
+        match counted(|| manymodels_native::Model::compile(bytes)) {
+            Ok(model) => native::loaded(id, version, bytes.len() as u64, model)
+                .map(|m| Native::Loaded(Box::new(m))),
+            Err(manymodels_native::CompileError::Invalid(message)) => {
+                Err(format!("invalid model: {message}"))
+            }
+            Err(manymodels_native::CompileError::Unsupported(why)) => {
+                Ok(Native::Refused(Some(why)))
             }
         }
+    }
+
+    /// The ONNX Runtime half of `load`; `native_refusal` is why the native engine did not
+    /// take the model.
+    pub fn load_onnx(
+        &self,
+        id: ModelId,
+        version: u64,
+        bytes: &[u8],
+        estimate: u64,
+        native_refusal: Option<String>,
+    ) -> Result<LoadedModel, String> {
         let (session, measured_bytes) = measured(|| onnx::create_session(self.environment, bytes));
         let session = session?;
         let (weight, weight_measured) = match measured_bytes {
@@ -200,6 +222,13 @@ impl Engines {
             model
         })
     }
+}
+
+/// What the native engine made of a file.
+pub enum Native {
+    Loaded(Box<LoadedModel>),
+    /// ONNX Runtime serves it; why (`None`: the native engine is off).
+    Refused(Option<String>),
 }
 
 impl LoadedModel {

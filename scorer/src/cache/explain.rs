@@ -1,0 +1,157 @@
+//! What the cache shows: the summary a statistics push is answered with, and the explain
+//! view (every resident with its priority, the pool's hottest models for this scorer).
+
+use serde::Serialize;
+
+use super::resident::EVICTION_LOG;
+use super::{Eviction, ModelCache};
+use crate::engine::Engine;
+
+impl ModelCache {
+    /// Counters and the most recent evictions.
+    pub fn summary(&self, evictions: usize) -> CacheSummary {
+        let state = self.state();
+        CacheSummary {
+            budget_bytes: self.config.budget.bytes(),
+            resident_bytes: state.policy().used(),
+            reserved_bytes: state.reserved(),
+            ceiling_bytes: state.ceiling(),
+            resident_models: state.len(),
+            warmup_loads: self.metrics.warmup_loads.get(),
+            warmup_wasted: self.metrics.warmup_wasted.get(),
+            too_large: self.metrics.too_large.get(),
+            hits: self.metrics.cache_hits.get(),
+            misses: self.metrics.cache_misses.get(),
+            loads: self.metrics.loads.get(),
+            loads_by_engine: Engine::ALL
+                .iter()
+                .map(|e| {
+                    let n = self
+                        .metrics
+                        .engine_loads
+                        .with_label_values(&[e.as_str()])
+                        .get();
+                    (e.as_str(), n)
+                })
+                .collect(),
+            loaded_bytes: self.metrics.loaded_bytes.get(),
+            uptime: self.now(),
+            evictions: state
+                .evictions()
+                .iter()
+                .rev()
+                .take(evictions)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Everything the explain endpoint shows: the summary, every resident model with its
+    /// priority (next to be evicted first), and the pool's hottest models for this scorer.
+    pub fn explain(&self, hottest: usize) -> Explain {
+        let now = self.now();
+        let summary = self.summary(EVICTION_LOG);
+        let state = self.state();
+        let resident = state
+            .policy()
+            .residents(now)
+            .into_iter()
+            .map(|r| ResidentView {
+                engine: state
+                    .model(&r.key)
+                    .map(|m| m.engine.as_str())
+                    .unwrap_or("loading"),
+                model: r.key.id.to_string(),
+                version: r.key.version,
+                bytes: r.bytes,
+                load_seconds: r.load_seconds,
+                priority: r.priority,
+                idle_seconds: now - r.last_use,
+                rate: r.local_rate,
+                pool_rate: r.pool_rate,
+            })
+            .collect();
+        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let mut top: Vec<(String, f64)> = pool.combined().into_iter().collect();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(hottest);
+        let resident_ids: std::collections::HashSet<String> =
+            state.models().map(|(k, _)| k.id.to_string()).collect();
+        Explain {
+            summary,
+            proxies: pool.proxies(),
+            resident,
+            hottest: top
+                .into_iter()
+                .map(|(model, rate)| HotModel {
+                    resident: resident_ids.contains(&model),
+                    model,
+                    rate,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A scorer's cache in numbers: the answer to a statistics push, and the head of the
+/// explain endpoint.
+#[derive(Clone, Debug, Serialize)]
+pub struct CacheSummary {
+    pub budget_bytes: u64,
+    pub resident_bytes: u64,
+    pub resident_models: usize,
+    /// Memory reserved by loads in flight.
+    pub reserved_bytes: u64,
+    /// The most residents plus reservations may hold: the budget and the load headroom.
+    pub ceiling_bytes: u64,
+    pub warmup_loads: u64,
+    /// Warm-up loads that left (or were refused) before serving a request.
+    pub warmup_wasted: u64,
+    /// Loads refused because the model can never fit the budget.
+    pub too_large: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub loads: u64,
+    /// Loads by the engine that serves the model (`onnxruntime`, `native`).
+    pub loads_by_engine: std::collections::BTreeMap<&'static str, u64>,
+    pub loaded_bytes: u64,
+    /// Seconds since the scorer started (eviction times count from it).
+    pub uptime: f64,
+    /// Most recent first.
+    pub evictions: Vec<Eviction>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ResidentView {
+    pub model: String,
+    pub version: u64,
+    /// The engine serving it: `onnxruntime` or `native`.
+    pub engine: &'static str,
+    pub bytes: u64,
+    pub load_seconds: f64,
+    /// ln(decayed request count) + size_weight × ln(load seconds / byte): higher stays.
+    pub priority: f64,
+    pub idle_seconds: f64,
+    /// This scorer's own request rate (req/s, decayed).
+    pub rate: f64,
+    /// The pool-wide rate the proxies last reported.
+    pub pool_rate: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HotModel {
+    pub model: String,
+    pub rate: f64,
+    pub resident: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Explain {
+    #[serde(flatten)]
+    pub summary: CacheSummary,
+    /// Proxies whose statistics are current.
+    pub proxies: usize,
+    /// Lowest priority (next to be evicted) first.
+    pub resident: Vec<ResidentView>,
+    pub hottest: Vec<HotModel>,
+}

@@ -1,0 +1,180 @@
+//! Where loads run and what they cost.
+//!
+//! - **Load threads.** Every compile or session creation runs on one of a fixed set of
+//!   `cache.max_concurrent_loads` threads (default: the CPUs the process may use, from its
+//!   cgroup quota on Kubernetes) started at nice +10. Hot hits run on the async workers at
+//!   normal priority, so on a busy machine the kernel gives a hit's few microseconds to the
+//!   hit and the rest to the loads; loads never queue behind each other beyond the slots.
+//! - **Cost.** A load costs the CPU time of its thread (`CLOCK_THREAD_CPUTIME_ID`) plus the
+//!   wall time of the store read: the work it takes, not the time it spent waiting for a
+//!   core on a contended machine. That is what the policy ranks with, the same quantity
+//!   the simulator's cost model predicts.
+//! - **Reservations.** What a load may hold before it ends, reserved in the resident set
+//!   before it starts (`reservation`), from peaks measured per engine (BENCHMARKS.md).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, Sender, channel};
+
+/// Niceness of load threads (0 is normal, 19 the lowest).
+const LOAD_NICE: i32 = 10;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed pool of low-priority threads for loads.
+pub struct LoadThreads {
+    jobs: Mutex<Sender<Job>>,
+}
+
+impl LoadThreads {
+    pub fn new(threads: usize) -> Self {
+        let (sender, receiver) = channel::<Job>();
+        let receiver = std::sync::Arc::new(Mutex::new(receiver));
+        for i in 0..threads {
+            let receiver = receiver.clone();
+            std::thread::Builder::new()
+                .name(format!("mm-load-{i}"))
+                .spawn(move || work(&receiver))
+                .expect("a load thread starts");
+        }
+        LoadThreads {
+            jobs: Mutex::new(sender),
+        }
+    }
+
+    /// Runs `f` on a load thread; returns its value and the CPU seconds it used.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<(T, f64), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let started = thread_cpu_seconds();
+            let value = f();
+            let _ = tx.send((value, (thread_cpu_seconds() - started).max(0.0)));
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .map_err(|_| "the load threads are gone".to_string())?;
+        rx.await.map_err(|_| "the load panicked".to_string())
+    }
+}
+
+fn work(jobs: &Mutex<Receiver<Job>>) {
+    lower_priority();
+    loop {
+        let job = match jobs.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+            Ok(job) => job,
+            Err(_) => return, // the pool was dropped
+        };
+        // A panicking load drops its reply (the caller sees an error); the thread lives on.
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id only changes
+    // this thread's niceness (Linux applies PRIO_PROCESS to a single thread).
+    let result = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, LOAD_NICE)
+    };
+    if result != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not lower a load thread's priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
+
+/// CPU seconds the calling thread has used.
+pub fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
+    if ok {
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    } else {
+        0.0
+    }
+}
+
+/// The niceness of the calling thread (for tests).
+#[cfg(all(test, target_os = "linux"))]
+fn own_nice() -> i32 {
+    // SAFETY: as in `lower_priority`; getpriority only reads.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+}
+
+/// Memory a load may hold before it ends: the file buffer, what the engine allocates
+/// while it works, and the model itself. From the peaks `cargo xtask bench engines`
+/// measures (BENCHMARKS.md), with margin: a native compile peaks at 0.6x the file on the
+/// one-pass path and 2.0x on the general one, above the file; ONNX Runtime peaks at
+/// `ONNX_PEAK` times the file above it.
+pub fn reservation(engine: Phase, file_bytes: u64) -> u64 {
+    const MIB: u64 = 1 << 20;
+    match engine {
+        Phase::Native => file_bytes + file_bytes * 5 / 2 + MIB,
+        Phase::OnnxRuntime => file_bytes + file_bytes * ONNX_PEAK + 16 * MIB,
+    }
+}
+
+/// ONNX Runtime's peak process memory during a session creation, above the file, as a
+/// multiple of the file (forests; small models are covered by the fixed part).
+pub const ONNX_PEAK: u64 = 8;
+
+/// Which engine a reservation is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Native,
+    OnnxRuntime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn loads_run_on_low_priority_threads_and_report_their_cpu_time() {
+        let threads = LoadThreads::new(2);
+        let (nice, cpu) = threads
+            .run(|| {
+                // Spin about 30 ms of CPU.
+                let started = thread_cpu_seconds();
+                let mut x = 0u64;
+                while thread_cpu_seconds() - started < 0.03 {
+                    x = x.wrapping_add(1);
+                }
+                std::hint::black_box(x);
+                own_nice()
+            })
+            .await
+            .unwrap();
+        assert_eq!(nice, LOAD_NICE);
+        assert!((0.03..0.5).contains(&cpu), "{cpu}");
+        // A sleeping load costs (almost) no CPU: waiting is not work.
+        let ((), idle) = threads
+            .run(|| std::thread::sleep(std::time::Duration::from_millis(50)))
+            .await
+            .unwrap();
+        assert!(idle < 0.01, "{idle}");
+        // A panic is an error for its caller; the threads keep serving.
+        assert!(threads.run(|| panic!("boom")).await.is_err());
+        assert_eq!(threads.run(|| 7).await.unwrap().0, 7);
+        assert_eq!(own_nice(), 0, "the caller's priority is untouched");
+    }
+
+    #[test]
+    fn reservations_cover_the_file_and_the_engine_peak() {
+        let mb = 1 << 20;
+        assert!(reservation(Phase::Native, 30 * mb) >= 30 * mb * 3);
+        assert!(reservation(Phase::OnnxRuntime, 30 * mb) > reservation(Phase::Native, 30 * mb));
+        assert!(reservation(Phase::Native, 0) > 0);
+    }
+}

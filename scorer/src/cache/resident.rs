@@ -1,0 +1,391 @@
+//! The resident set: the models in memory, the policy that ranks them, the memory that
+//! loads in flight have reserved, and the recent evictions. Plain data kept under the
+//! cache's one lock: no I/O and nothing async, so every rule here is unit-tested directly.
+//!
+//! Memory: residents are charged their weight and kept within `cache.budget` by the
+//! policy. A load reserves the memory it may touch (file buffer, transient structures and
+//! the model itself) **before it starts** (`reserve`), and residents plus reservations stay
+//! under the *ceiling*, `budget × (1 + LOAD_HEADROOM)`. A reservation that does not fit
+//! evicts the lowest-priority residents (the memory is needed: every request is served),
+//! or waits for other loads to finish when evicting every resident would not be enough;
+//! one that could never fit is refused.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use manymodels_policy::Policy;
+
+use super::{Eviction, ModelKey, Reason};
+use crate::engine::LoadedModel;
+use crate::metrics::Metrics;
+use crate::model_id::ModelId;
+
+/// Reservations may take residents plus reservations this far over the budget before a
+/// reservation evicts residents: room for the loads in flight next to a full cache.
+pub const LOAD_HEADROOM: f64 = 0.1;
+
+/// Recent evictions kept for the explain endpoint.
+pub const EVICTION_LOG: usize = 200;
+
+/// What a resident is charged.
+pub trait Charged {
+    fn weight(&self) -> u64;
+}
+
+impl Charged for LoadedModel {
+    fn weight(&self) -> u64 {
+        self.weight
+    }
+}
+
+/// The answer to a reservation.
+#[derive(Debug)]
+pub enum Reserve<M> {
+    /// Reserved; these residents were evicted to make room (drop them outside the lock).
+    Granted(Vec<Arc<M>>),
+    /// Other loads hold too much: try again when one finishes.
+    Wait,
+    /// More than the ceiling: no amount of waiting or evicting makes room.
+    Never,
+}
+
+/// What an admission did.
+#[derive(Debug)]
+pub struct Admitted<M> {
+    pub admitted: bool,
+    /// Evicted to make room (drop them outside the lock).
+    pub dropped: Vec<Arc<M>>,
+}
+
+pub struct Resident<M> {
+    policy: Policy<ModelKey>,
+    models: HashMap<ModelKey, Arc<M>>,
+    evictions: VecDeque<Eviction>,
+    /// Bytes reserved by loads in flight.
+    reserved: u64,
+    ceiling: u64,
+    /// Warm-up loads that have not served a request yet.
+    unhit_warmups: HashSet<ModelKey>,
+    metrics: Arc<Metrics>,
+}
+
+impl<M: Charged> Resident<M> {
+    pub fn new(policy: Policy<ModelKey>, metrics: Arc<Metrics>) -> Self {
+        let ceiling = (policy.capacity() as f64 * (1.0 + LOAD_HEADROOM)) as u64;
+        Resident {
+            policy,
+            models: HashMap::new(),
+            evictions: VecDeque::new(),
+            reserved: 0,
+            ceiling,
+            unhit_warmups: HashSet::new(),
+            metrics,
+        }
+    }
+
+    pub fn policy(&self) -> &Policy<ModelKey> {
+        &self.policy
+    }
+
+    pub fn policy_mut(&mut self) -> &mut Policy<ModelKey> {
+        &mut self.policy
+    }
+
+    /// The budget residents are kept within.
+    pub fn capacity(&self) -> u64 {
+        self.policy.capacity()
+    }
+
+    /// The most residents plus reservations may hold.
+    pub fn ceiling(&self) -> u64 {
+        self.ceiling
+    }
+
+    pub fn reserved(&self) -> u64 {
+        self.reserved
+    }
+
+    pub fn len(&self) -> usize {
+        self.models.len()
+    }
+
+    pub fn contains(&self, key: &ModelKey) -> bool {
+        self.models.contains_key(key)
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = (&ModelKey, &Arc<M>)> {
+        self.models.iter()
+    }
+
+    pub fn model(&self, key: &ModelKey) -> Option<&Arc<M>> {
+        self.models.get(key)
+    }
+
+    pub fn evictions(&self) -> &VecDeque<Eviction> {
+        &self.evictions
+    }
+
+    /// A request for `key` at policy time `now`: counted when `count` (warm-ups are not
+    /// demand), and answered from memory when resident.
+    pub fn lookup(&mut self, key: &ModelKey, now: f64, count: bool) -> Option<Arc<M>> {
+        if count {
+            self.policy.record(key, now);
+        }
+        let model = self.models.get(key)?.clone();
+        if count {
+            self.unhit_warmups.remove(key);
+        }
+        Some(model)
+    }
+
+    /// Reserves `bytes` for a load about to start.
+    pub fn reserve(&mut self, bytes: u64, now: f64) -> Reserve<M> {
+        if bytes > self.ceiling {
+            return Reserve::Never;
+        }
+        if self.policy.used() + self.reserved + bytes <= self.ceiling {
+            self.reserved += bytes;
+            return Reserve::Granted(Vec::new());
+        }
+        if self.reserved + bytes > self.ceiling {
+            // Even an empty cache would not make room: other loads must finish first.
+            return Reserve::Wait;
+        }
+        let mut dropped = Vec::new();
+        while self.policy.used() + self.reserved + bytes > self.ceiling {
+            let Some(victim) = self.policy.lowest().cloned() else {
+                break;
+            };
+            if let Some(model) = self.evict(&victim, Reason::Capacity, now) {
+                dropped.push(model);
+            }
+        }
+        self.reserved += bytes;
+        Reserve::Granted(dropped)
+    }
+
+    /// Gives back a reservation (its load ended, whatever the outcome).
+    pub fn release(&mut self, bytes: u64) {
+        debug_assert!(bytes <= self.reserved, "released more than reserved");
+        self.reserved = self.reserved.saturating_sub(bytes);
+    }
+
+    /// Whether a model of `weight` could ever be resident.
+    pub fn fits(&self, weight: u64) -> bool {
+        weight <= self.capacity()
+    }
+
+    /// Lets the policy decide whether a just-loaded model stays; `cost` is the seconds its
+    /// load cost. A warm-up load is watched until its first hit.
+    pub fn admit(
+        &mut self,
+        key: ModelKey,
+        model: Arc<M>,
+        cost: f64,
+        now: f64,
+        warmup: bool,
+    ) -> Admitted<M> {
+        let decision = self
+            .policy
+            .admit(key.clone(), model.weight(), Some(cost), now);
+        let mut dropped = Vec::new();
+        for victim in &decision.evicted {
+            if let Some(gone) = self.forget(victim, Reason::Capacity, now) {
+                dropped.push(gone);
+            }
+        }
+        if decision.admitted {
+            if warmup {
+                self.unhit_warmups.insert(key.clone());
+            }
+            self.models.insert(key, model);
+        } else {
+            self.log(&key, model.weight(), Reason::NotAdmitted, now);
+            if warmup {
+                self.metrics.warmup_wasted.inc();
+            }
+        }
+        Admitted {
+            admitted: decision.admitted,
+            dropped,
+        }
+    }
+
+    /// Swaps `old` out and `new` in (a version change), under one lock.
+    pub fn replace(
+        &mut self,
+        old: &ModelKey,
+        new: ModelKey,
+        model: Arc<M>,
+        cost: f64,
+        now: f64,
+    ) -> Vec<Arc<M>> {
+        let mut dropped: Vec<Arc<M>> = self.evict(old, Reason::Replaced, now).into_iter().collect();
+        dropped.extend(self.admit(new, model, cost, now, false).dropped);
+        dropped
+    }
+
+    /// Drops every version of `id` (an explicit unload).
+    pub fn unload(&mut self, id: &ModelId, now: f64) -> Vec<Arc<M>> {
+        let keys: Vec<ModelKey> = self
+            .models
+            .keys()
+            .filter(|k| k.id == *id)
+            .cloned()
+            .collect();
+        keys.iter()
+            .filter_map(|key| self.evict(key, Reason::Unload, now))
+            .collect()
+    }
+
+    /// Removes a resident from the policy and the set.
+    fn evict(&mut self, key: &ModelKey, reason: Reason, now: f64) -> Option<Arc<M>> {
+        self.policy.remove(key);
+        self.forget(key, reason, now)
+    }
+
+    /// Removes a resident the policy already let go of.
+    fn forget(&mut self, key: &ModelKey, reason: Reason, now: f64) -> Option<Arc<M>> {
+        let model = self.models.remove(key)?;
+        self.log(key, model.weight(), reason, now);
+        if self.unhit_warmups.remove(key) {
+            self.metrics.warmup_wasted.inc();
+        }
+        Some(model)
+    }
+
+    fn log(&mut self, key: &ModelKey, bytes: u64, reason: Reason, now: f64) {
+        self.metrics
+            .evictions
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        tracing::debug!(model = %key.id, version = key.version, bytes, reason = reason.as_str(), "model left the hot cache");
+        if self.evictions.len() == EVICTION_LOG {
+            self.evictions.pop_front();
+        }
+        self.evictions.push_back(Eviction {
+            model: key.id.to_string(),
+            version: key.version,
+            bytes,
+            reason,
+            at: now,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use manymodels_policy::PolicyConfig;
+
+    #[derive(Debug)]
+    struct Fake(u64);
+
+    impl Charged for Fake {
+        fn weight(&self) -> u64 {
+            self.0
+        }
+    }
+
+    fn key(name: &str) -> ModelKey {
+        ModelKey {
+            id: ModelId::parse(name).unwrap(),
+            version: 1,
+        }
+    }
+
+    fn resident(budget: u64) -> Resident<Fake> {
+        let metrics = Arc::new(Metrics::new(budget));
+        Resident::new(Policy::new(budget, PolicyConfig::default()), metrics)
+    }
+
+    /// Loads `name` of `weight` with `requests` requests counted first.
+    fn load(r: &mut Resident<Fake>, name: &str, weight: u64, requests: usize, now: f64) -> bool {
+        for _ in 0..requests {
+            r.lookup(&key(name), now, true);
+        }
+        r.admit(key(name), Arc::new(Fake(weight)), 0.01, now, false)
+            .admitted
+    }
+
+    #[test]
+    fn reservations_use_the_headroom_first_then_evict_the_least_valuable() {
+        let mut r = resident(1000);
+        assert_eq!(r.ceiling(), 1100);
+        assert!(load(&mut r, "hot", 400, 50, 0.0));
+        assert!(load(&mut r, "cold", 500, 1, 0.0));
+        // 900 resident: 200 more fit under the ceiling without evicting anything.
+        assert!(matches!(r.reserve(200, 1.0), Reserve::Granted(d) if d.is_empty()));
+        assert_eq!(r.reserved(), 200);
+        // 100 more does not: the cold model goes, the hot one stays.
+        match r.reserve(100, 1.0) {
+            Reserve::Granted(dropped) => assert_eq!(dropped.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(r.contains(&key("hot")) && !r.contains(&key("cold")));
+        assert_eq!(r.evictions().back().unwrap().reason, Reason::Capacity);
+        assert!(r.policy().used() + r.reserved() <= r.ceiling());
+        r.release(300);
+        assert_eq!(r.reserved(), 0);
+    }
+
+    #[test]
+    fn a_reservation_waits_for_other_loads_and_a_huge_one_never_fits() {
+        let mut r = resident(1000);
+        assert!(load(&mut r, "a", 300, 5, 0.0));
+        assert!(matches!(r.reserve(700, 0.0), Reserve::Granted(d) if d.is_empty()));
+        // 700 reserved: another 500 cannot fit even with the cache emptied.
+        assert!(matches!(r.reserve(500, 0.0), Reserve::Wait));
+        assert!(r.contains(&key("a")), "waiting evicts nothing");
+        assert!(matches!(r.reserve(1101, 0.0), Reserve::Never));
+        r.release(700);
+        assert!(matches!(r.reserve(500, 0.0), Reserve::Granted(d) if d.is_empty()));
+        assert!(!r.fits(1001) && r.fits(1000));
+    }
+
+    #[test]
+    fn a_warm_up_evicted_before_its_first_hit_is_counted_once() {
+        let mut r = resident(1000);
+        let now = 0.0;
+        assert!(
+            r.admit(key("w1"), Arc::new(Fake(400)), 0.01, now, true)
+                .admitted
+        );
+        assert!(
+            r.admit(key("w2"), Arc::new(Fake(400)), 0.01, now, true)
+                .admitted
+        );
+        // w1 serves a request: no longer a candidate for waste.
+        assert!(r.lookup(&key("w1"), now, true).is_some());
+        // A model with many requests displaces both.
+        for _ in 0..100 {
+            r.lookup(&key("big"), now, true);
+        }
+        let out = r.admit(key("big"), Arc::new(Fake(900)), 1.0, now, false);
+        assert!(out.admitted);
+        assert_eq!(out.dropped.len(), 2);
+        assert_eq!(r.metrics.warmup_wasted.get(), 1);
+        // A warm-up the policy refuses outright is wasted too.
+        let refused = r.admit(key("w3"), Arc::new(Fake(500)), 1e-9, now, true);
+        assert!(!refused.admitted);
+        assert_eq!(r.metrics.warmup_wasted.get(), 2);
+    }
+
+    #[test]
+    fn replace_and_unload_log_their_reasons() {
+        let mut r = resident(1000);
+        assert!(load(&mut r, "m", 100, 3, 0.0));
+        let v2 = ModelKey {
+            id: ModelId::parse("m").unwrap(),
+            version: 2,
+        };
+        let dropped = r.replace(&key("m"), v2.clone(), Arc::new(Fake(120)), 0.01, 1.0);
+        assert_eq!(dropped.len(), 1);
+        assert!(r.contains(&v2) && !r.contains(&key("m")));
+        assert_eq!(r.evictions().back().unwrap().reason, Reason::Replaced);
+        assert_eq!(r.unload(&ModelId::parse("m").unwrap(), 2.0).len(), 1);
+        assert_eq!(r.len(), 0);
+        assert_eq!(r.policy().used(), 0);
+        assert_eq!(r.evictions().back().unwrap().reason, Reason::Unload);
+    }
+}

@@ -1,0 +1,322 @@
+//! Versions: which version of a model is live here (the store's pinned or highest, kept
+//! while resident and re-checked every `versions.check_interval`), falling back to the
+//! previous one when a new one fails, and swapping, publishing and pinning versions
+//! without a failed request (a new version is loaded and vetted beside the old one, then
+//! switched under one lock).
+
+use std::collections::HashMap;
+use std::sync::{Arc, MutexGuard};
+use std::time::Instant;
+
+use super::{
+    Live, ModelCache, ModelKey, NOT_FOUND_TTL, Refresh, Refusal, Reservation, VersionStatus,
+    invalid_model, store_error,
+};
+use crate::engine::LoadedModel;
+use crate::error::ScorerError;
+use crate::model_id::ModelId;
+use crate::store::StoreError;
+
+impl ModelCache {
+    pub(super) fn lives(&self) -> MutexGuard<'_, HashMap<ModelId, Live>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live version of `id`: what this scorer already serves while it holds it (the
+    /// version checker moves it on), otherwise the store's pinned or highest version.
+    pub(super) async fn live_version(&self, id: &ModelId) -> Result<u64, ScorerError> {
+        let known = self.lives().get(id).map(|l| (l.version, l.checked));
+        if let Some((version, checked)) = known {
+            let key = ModelKey {
+                id: id.clone(),
+                version,
+            };
+            if checked.elapsed() < self.versions.check_interval || self.state().contains(&key) {
+                return Ok(version);
+            }
+        }
+        let missing = (id.clone(), None);
+        if let Some(failure) = self.failures.get(&missing).await {
+            return Err(failure.error);
+        }
+        let state = self
+            .resolving
+            .try_get_with(id.clone(), async {
+                self.store.model_state(id).await.map_err(store_error)
+            })
+            .await
+            .map_err(|shared: Arc<ScorerError>| (*shared).clone())?;
+        let Some(target) = state.live() else {
+            let error = ScorerError::ModelNotFound(id.to_string());
+            self.remember(missing, error.clone(), NOT_FOUND_TTL).await;
+            self.lives().remove(id);
+            return Err(error);
+        };
+        let mut lives = self.lives();
+        let entry = Live::checked_now(&mut lives, id, target);
+        let refused = entry
+            .refused
+            .as_ref()
+            .is_some_and(|(v, _, at)| *v == target && at.elapsed() < self.config.failure_ttl);
+        if entry.version != target && !refused {
+            entry.previous = Some(entry.version);
+            entry.version = target;
+        }
+        Ok(entry.version)
+    }
+
+    /// After the live version `failed` could not be loaded, falls back to the version
+    /// served before it, if any, and remembers the refusal. Returns the fallback.
+    pub(super) fn fall_back(&self, id: &ModelId, failed: u64, error: &ScorerError) -> Option<u64> {
+        let mut lives = self.lives();
+        let live = lives.get_mut(id)?;
+        let previous = live.previous.filter(|p| *p != failed)?;
+        if live.version == failed {
+            live.version = previous;
+            live.previous = None;
+        }
+        live.refused = Some((failed, error.to_string(), Instant::now()));
+        self.metrics.version_refusals.inc();
+        tracing::warn!(model = %id, refused = failed, serving = previous, %error, "new live version refused; serving the previous one");
+        Some(previous)
+    }
+
+    /// Checks the store for new live versions of the models in memory, the least recently
+    /// checked first, at most `versions.checks_per_interval` of them, 8 at a time. Run by
+    /// the scorer every `versions.check_interval`.
+    pub async fn check_versions(&self) {
+        use futures::StreamExt;
+        let mut ids: Vec<(Instant, ModelId)> = {
+            let state = self.state();
+            let lives = self.lives();
+            let mut seen = std::collections::HashSet::new();
+            state
+                .models()
+                .map(|(k, _)| k)
+                .filter(|k| seen.insert(k.id.clone()))
+                .map(|k| {
+                    let checked = lives.get(&k.id).map_or(self.started, |l| l.checked);
+                    (checked, k.id.clone())
+                })
+                .collect()
+        };
+        ids.sort();
+        ids.truncate(self.versions.checks_per_interval);
+        futures::stream::iter(ids)
+            .for_each_concurrent(8, |(_, id)| async move {
+                if let Err(error) = self.refresh(&id).await {
+                    tracing::debug!(model = %id, %error, "version check failed");
+                }
+            })
+            .await;
+    }
+
+    /// Asks the store for `id`'s live version now and moves to it: if an older version is
+    /// in memory, the new one is loaded and checked (smoke inference, same inputs) while
+    /// the old one keeps serving, then swapped in atomically; requests in flight finish on
+    /// the old session, which is freed when they are done. A version that fails is
+    /// refused and the old one keeps serving.
+    pub async fn refresh(&self, id: &ModelId) -> Result<Refresh, ScorerError> {
+        let state = self.store.model_state(id).await.map_err(store_error)?;
+        self.resolving.invalidate(id).await;
+        let Some(target) = state.live() else {
+            self.lives().remove(id);
+            return Err(ScorerError::ModelNotFound(id.to_string()));
+        };
+        let current = { Live::checked_now(&mut self.lives(), id, target).clone() };
+        let mut outcome = Refresh {
+            model: id.to_string(),
+            live: current.version,
+            previous: None,
+            swapped: false,
+            refused: None,
+        };
+        if current.version == target {
+            return Ok(outcome);
+        }
+        if let Some((version, error, at)) = &current.refused
+            && *version == target
+            && at.elapsed() < self.config.failure_ttl
+        {
+            outcome.refused = Some(Refusal {
+                version: *version,
+                error: error.clone(),
+                seconds_ago: at.elapsed().as_secs_f64(),
+            });
+            return Ok(outcome);
+        }
+        let old_key = ModelKey {
+            id: id.clone(),
+            version: current.version,
+        };
+        let old = self.state().model(&old_key).cloned();
+        if let Some(old) = old {
+            let new_key = ModelKey {
+                id: id.clone(),
+                version: target,
+            };
+            match self.prepare(&new_key, &old).await {
+                Ok((model, cost, reservation)) => {
+                    self.install(&old_key, new_key, model, cost);
+                    drop(reservation);
+                    outcome.swapped = true;
+                    self.metrics.version_swaps.inc();
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    let mut lives = self.lives();
+                    if let Some(live) = lives.get_mut(id) {
+                        live.refused = Some((target, message.clone(), Instant::now()));
+                    }
+                    self.metrics.version_refusals.inc();
+                    tracing::warn!(model = %id, refused = target, serving = current.version, error = %message, "new live version refused; the old one keeps serving");
+                    outcome.refused = Some(Refusal {
+                        version: target,
+                        error: message,
+                        seconds_ago: 0.0,
+                    });
+                    return Ok(outcome);
+                }
+            }
+        }
+        {
+            let mut lives = self.lives();
+            if let Some(live) = lives.get_mut(id) {
+                live.previous = Some(current.version);
+                live.version = target;
+                live.refused = None;
+            }
+        }
+        tracing::info!(model = %id, from = current.version, to = target, swapped = outcome.swapped, "live version changed");
+        outcome.previous = Some(current.version);
+        outcome.live = target;
+        Ok(outcome)
+    }
+
+    /// Loads `key` outside the cache and checks it can replace `old`: a smoke inference on
+    /// zeros, and the same input names and datatypes (so requests that work today keep
+    /// working). Returns the model, its load cost and its memory reservation.
+    async fn prepare(
+        &self,
+        key: &ModelKey,
+        old: &Arc<LoadedModel>,
+    ) -> Result<(Arc<LoadedModel>, f64, Reservation<'_>), ScorerError> {
+        let (model, cost, reservation) = self.load(key.clone()).await?;
+        let (checked, old) = (model.clone(), old.clone());
+        let (verdict, _) = self
+            .loads
+            .run(move || checked.vet(Some(&old)))
+            .await
+            .map_err(ScorerError::Store)?;
+        verdict.map_err(|message| invalid_model(&key.id, key.version, message))?;
+        Ok((model, cost, reservation))
+    }
+
+    /// Swaps `old_key` out and `new_key` in under one lock.
+    fn install(
+        &self,
+        old_key: &ModelKey,
+        new_key: ModelKey,
+        model: Arc<LoadedModel>,
+        seconds: f64,
+    ) {
+        let now = self.now();
+        let dropped = self.state().replace(old_key, new_key, model, seconds, now);
+        self.dropped(dropped);
+    }
+
+    /// Versions, alias and what this scorer serves for `id`.
+    pub async fn version_status(&self, id: &ModelId) -> Result<VersionStatus, ScorerError> {
+        let state = self.store.model_state(id).await.map_err(store_error)?;
+        if state.versions.is_empty() {
+            return Err(ScorerError::ModelNotFound(id.to_string()));
+        }
+        let mut resident: Vec<u64> = self
+            .state()
+            .models()
+            .map(|(k, _)| k)
+            .filter(|k| k.id == *id)
+            .map(|k| k.version)
+            .collect();
+        resident.sort_unstable();
+        let live = self.lives().get(id).cloned();
+        Ok(VersionStatus {
+            model: id.to_string(),
+            live: live.as_ref().map(|l| l.version).or(state.live()),
+            refused: live
+                .and_then(|l| l.refused)
+                .map(|(version, error, at)| Refusal {
+                    version,
+                    error,
+                    seconds_ago: at.elapsed().as_secs_f64(),
+                }),
+            versions: state.versions,
+            pinned: state.pinned,
+            resident,
+        })
+    }
+
+    /// Validates `bytes` as a model (a session and a smoke inference, and the same inputs
+    /// as the version in memory, if any) and publishes it as `id`/`version`.
+    pub async fn publish(
+        &self,
+        id: &ModelId,
+        version: u64,
+        bytes: bytes::Bytes,
+    ) -> Result<Refresh, ScorerError> {
+        let current = {
+            let lives = self.lives();
+            lives.get(id).map(|l| l.version)
+        };
+        let old = current.and_then(|v| {
+            self.state()
+                .model(&ModelKey {
+                    id: id.clone(),
+                    version: v,
+                })
+                .cloned()
+        });
+        // Checked like any load: on a load thread, with its memory reserved.
+        let key = ModelKey {
+            id: id.clone(),
+            version,
+        };
+        let (model, _, reservation) = self.create(&key, bytes.clone()).await?;
+        let (verdict, _) = self
+            .loads
+            .run(move || model.vet(old.as_deref()))
+            .await
+            .map_err(ScorerError::Store)?;
+        drop(reservation);
+        verdict.map_err(|message| invalid_model(id, version, message))?;
+        self.store
+            .write_version(id, version, bytes)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(message) => ScorerError::Conflict(message),
+                other => ScorerError::Store(other.to_string()),
+            })?;
+        tracing::info!(model = %id, version, "version published");
+        self.refresh(id).await
+    }
+
+    /// Pins `id` to `version` (`None`: unpins, so the highest version is live), persisted
+    /// in the store, and moves this scorer to it.
+    pub async fn pin(&self, id: &ModelId, version: Option<u64>) -> Result<Refresh, ScorerError> {
+        if let Some(version) = version {
+            let state = self.store.model_state(id).await.map_err(store_error)?;
+            if !state.versions.contains(&version) {
+                return Err(ScorerError::VersionNotFound {
+                    id: id.to_string(),
+                    version: version.to_string(),
+                });
+            }
+        }
+        self.store
+            .write_alias(id, version)
+            .await
+            .map_err(store_error)?;
+        tracing::info!(model = %id, pinned = ?version, "alias written");
+        self.refresh(id).await
+    }
+}

@@ -660,6 +660,57 @@ async fn a_corrupted_model_is_422_fails_fast_and_does_not_affect_others() {
     );
 }
 
+/// A model that can never fit the budget answers 507 at once with a clear error, evicts
+/// nothing, and is remembered: asking again neither loads nor evicts, with either engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_larger_than_the_budget_is_refused_at_once_and_remembered() {
+    for engine in [NativeEngine::Auto, NativeEngine::Off] {
+        // forest-1mb is a 1 MB file: natively about 0.3 MB, with ONNX Runtime about 5 MB;
+        // linear-small fits either way.
+        let budget = match engine {
+            NativeEngine::Auto => ByteSize::kib(300),
+            NativeEngine::Off => ByteSize::mib(3),
+        };
+        let (_scorer, router) = scorer_for(demo_dir(), |c| {
+            c.cache.budget = budget;
+            c.native_engine = engine;
+        });
+        let small = post_json(
+            &router,
+            "/v2/models/linear-small/infer",
+            &reference_request("linear-small"),
+        )
+        .await;
+        assert_eq!(small.status, StatusCode::OK, "{}", small.text());
+        for _ in 0..2 {
+            let big = post_json(
+                &router,
+                "/v2/models/forest-1mb/infer",
+                &reference_request("forest-1mb"),
+            )
+            .await;
+            big.assert_error(StatusCode::INSUFFICIENT_STORAGE, "can never fit");
+            big.assert_error(StatusCode::INSUFFICIENT_STORAGE, "'forest-1mb'");
+        }
+        let text = metrics_text(&router).await;
+        assert_eq!(metric(&text, "mm_scorer_too_large_total"), 1.0, "{engine:?}");
+        assert_eq!(metric(&text, "mm_scorer_model_loads_total"), 1.0, "{engine:?}");
+        let explain = get(&router, "/v2/mm/cache").await.json();
+        let cache = &explain["cache"];
+        assert_eq!(cache["resident_models"], 1, "{engine:?}: {cache}");
+        assert_eq!(cache["evictions"].as_array().unwrap().len(), 0, "{cache}");
+        assert_eq!(cache["too_large"], 1);
+        assert_eq!(cache["reserved_bytes"], 0, "reservations are given back");
+        let again = post_json(
+            &router,
+            "/v2/models/linear-small/infer",
+            &reference_request("linear-small"),
+        )
+        .await;
+        assert_eq!(again.header("x-mm-cache"), Some("hit"), "{engine:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // 6. Metadata
 // ---------------------------------------------------------------------------------------

@@ -103,6 +103,21 @@ struct Figures {
     load: Duration,
     weight: u64,
     hot_p50: Duration,
+    /// Peak resident set during a load above the process's before it, bytes (max of reps).
+    peak_rss: u64,
+}
+
+/// A `/proc/self/status` field in bytes.
+fn status_bytes(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
 }
 
 fn measure(
@@ -116,16 +131,21 @@ fn measure(
     let mut times = Vec::new();
     let mut model: Option<LoadedModel> = None;
     let mut peak = None;
+    let mut peak_rss = 0u64;
     for _ in 0..reps {
         drop(model.take());
         crate::bench::trim_heap();
         let base = CURRENT.load(Ordering::Relaxed);
         PEAK.store(base, Ordering::Relaxed);
+        // Resets VmHWM to the current resident set (Linux "clear_refs" value 5).
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        let rss_before = status_bytes("VmRSS:");
         let started = Instant::now();
         let loaded = engines
             .load(id.clone(), 1, bytes, 0)
             .map_err(anyhow::Error::msg)?;
         times.push(started.elapsed());
+        peak_rss = peak_rss.max(status_bytes("VmHWM:").saturating_sub(rss_before));
         peak = Some(PEAK.load(Ordering::Relaxed) - base);
         model = Some(loaded);
     }
@@ -141,6 +161,7 @@ fn measure(
             load: median(times),
             weight: model.weight,
             hot_p50: hot[hot.len() / 2],
+            peak_rss,
         },
         native.then_some(peak.unwrap_or(0)),
     ))
@@ -185,15 +206,15 @@ pub fn run(args: EnginesArgs) -> Result<()> {
     };
     let all = metas(&args.store)?;
     println!(
-        "In-process, release build, one model at a time; ONNX Runtime 1.31.1 sessions as the scorer creates them (one intra-op thread). Store: {}. Load = file bytes to a servable model (median of {}); resident = what the cache charges (ONNX Runtime: heap kept across session creation, mallinfo2; native: its own heap, exact); native peak = the Rust heap's high-water mark during the load above the file itself; hot = one-row call p50 of {} calls through `LoadedModel::infer` (no HTTP).\n",
+        "In-process, release build, one model at a time; ONNX Runtime 1.31.1 sessions as the scorer creates them (one intra-op thread). Store: {}. Load = file bytes to a servable model (median of {}); resident = what the cache charges (ONNX Runtime: heap kept across session creation, mallinfo2; native: its own heap, exact); native peak = the Rust heap's high-water mark during the load above the file itself; peak RSS growth = the process's VmHWM during the load (reset with clear_refs) above its VmRSS before, the file buffer excluded, largest of the class; hot = one-row call p50 of {} calls through `LoadedModel::infer` (no HTTP).\n",
         args.store.display(),
         args.reps,
         args.calls
     );
     println!(
-        "| class | models | file (mean) | load ORT | load native | load speed-up | resident ORT / file | resident native / file | native peak during load / file | hot ORT | hot native |"
+        "| class | models | file (mean) | load ORT | load native | load speed-up | resident ORT / file | resident native / file | native peak during load / file | peak RSS growth during load / file, ORT / native | hot ORT | hot native |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for tier in ["linear", "mid", "heavy"] {
         let class: Vec<&Meta> = all.iter().filter(|m| m.tier == tier).collect();
         if class.is_empty() {
@@ -210,6 +231,7 @@ pub fn run(args: EnginesArgs) -> Result<()> {
         let (mut file, mut ort_load, mut nat_load) = (0u64, Duration::ZERO, Duration::ZERO);
         let (mut ort_weight, mut nat_weight, mut nat_peak) = (0u64, 0u64, 0usize);
         let (mut ort_hot, mut nat_hot) = (Duration::ZERO, Duration::ZERO);
+        let (mut ort_rss, mut nat_rss) = (0f64, 0f64);
         for meta in &picks {
             let bytes = std::fs::read(args.store.join(&meta.id).join("1/model.onnx"))?;
             let (o, _) = measure(ort, meta, &bytes, args.reps, args.calls)?;
@@ -221,12 +243,14 @@ pub fn run(args: EnginesArgs) -> Result<()> {
             ort_weight += o.weight;
             nat_weight += n.weight;
             nat_peak = nat_peak.max(peak * 1000 / bytes.len());
+            ort_rss = ort_rss.max(o.peak_rss as f64 / bytes.len() as f64);
+            nat_rss = nat_rss.max(n.peak_rss as f64 / bytes.len() as f64);
             ort_hot += o.hot_p50;
             nat_hot += n.hot_p50;
         }
         let k = picks.len() as u32;
         println!(
-            "| {tier} | {} | {:.0} KB | {:.2} ms | {:.3} ms | {:.0}x | {:.2} | {:.2} | ≤ {:.2} | {:.1} µs | {:.1} µs |",
+            "| {tier} | {} | {:.0} KB | {:.2} ms | {:.3} ms | {:.0}x | {:.2} | {:.2} | ≤ {:.2} | ≤ {:.1} / {:.1} | {:.1} µs | {:.1} µs |",
             picks.len(),
             file as f64 / f64::from(k) / 1e3,
             (ort_load / k).as_secs_f64() * 1e3,
@@ -235,6 +259,8 @@ pub fn run(args: EnginesArgs) -> Result<()> {
             ort_weight as f64 / file as f64,
             nat_weight as f64 / file as f64,
             nat_peak as f64 / 1000.0,
+            ort_rss,
+            nat_rss,
             (ort_hot / k).as_secs_f64() * 1e6,
             (nat_hot / k).as_secs_f64() * 1e6,
         );

@@ -297,7 +297,11 @@ impl ModelCache {
         ModelCache {
             store,
             engines,
-            state: Mutex::new(Resident::new(policy, metrics.clone())),
+            state: Mutex::new(Resident::new(
+                policy,
+                resident::LOAD_ALLOWANCE,
+                metrics.clone(),
+            )),
             released: Notify::new(),
             loads: LoadThreads::new(config.max_concurrent_loads.get()),
             inflight: Mutex::new(HashMap::new()),
@@ -600,7 +604,7 @@ impl ModelCache {
 
     /// Reserves the memory a load by `phase` of a `file`-byte model may hold, waiting for
     /// other loads to give theirs back when needed. Refuses at once, evicting nothing, a
-    /// model whose load or whose expected size could never fit.
+    /// model whose expected size could never fit the budget.
     async fn reserve(
         &self,
         key: &ModelKey,
@@ -627,12 +631,11 @@ impl ModelCache {
                 outcome
             };
             match outcome {
-                Reserve::Granted(dropped) => {
+                Reserve::Granted(bytes, dropped) => {
                     self.dropped(dropped);
                     return Ok(Reservation { cache: self, bytes });
                 }
                 Reserve::Wait => released.await,
-                Reserve::Never => return Err(self.too_large(key, bytes)),
             }
         }
     }

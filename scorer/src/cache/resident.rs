@@ -5,10 +5,11 @@
 //! Memory: residents are charged their weight and kept within `cache.budget` by the
 //! policy. A load reserves the memory it may touch (file buffer, transient structures and
 //! the model itself) **before it starts** (`reserve`), and residents plus reservations stay
-//! under the *ceiling*, `budget × (1 + LOAD_HEADROOM)`. A reservation that does not fit
-//! evicts the lowest-priority residents (the memory is needed: every request is served),
-//! or waits for other loads to finish when evicting every resident would not be enough;
-//! one that could never fit is refused.
+//! under the *ceiling*, `budget × (1 + LOAD_HEADROOM) + LOAD_ALLOWANCE`. A reservation that
+//! does not fit evicts the lowest-priority residents (the memory is needed: every request
+//! is served), or waits for other loads to finish when evicting every resident would not
+//! be enough. A load that needs more than the whole ceiling reserves all of it and runs
+//! alone. Whether a model can fit at all is decided on its size, not its load (`fits`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -23,6 +24,10 @@ use crate::model_id::ModelId;
 /// Reservations may take residents plus reservations this far over the budget before a
 /// reservation evicts residents: room for the loads in flight next to a full cache.
 pub const LOAD_HEADROOM: f64 = 0.1;
+
+/// Fixed room for loads on top of the headroom, so a small budget still loads without
+/// evicting for every load (part of the documented fixed overhead).
+pub const LOAD_ALLOWANCE: u64 = 32 << 20;
 
 /// Recent evictions kept for the explain endpoint.
 pub const EVICTION_LOG: usize = 200;
@@ -41,12 +46,11 @@ impl Charged for LoadedModel {
 /// The answer to a reservation.
 #[derive(Debug)]
 pub enum Reserve<M> {
-    /// Reserved; these residents were evicted to make room (drop them outside the lock).
-    Granted(Vec<Arc<M>>),
+    /// Reserved this many bytes (at most the ceiling); these residents were evicted to
+    /// make room (drop them outside the lock).
+    Granted(u64, Vec<Arc<M>>),
     /// Other loads hold too much: try again when one finishes.
     Wait,
-    /// More than the ceiling: no amount of waiting or evicting makes room.
-    Never,
 }
 
 /// What an admission did.
@@ -70,8 +74,9 @@ pub struct Resident<M> {
 }
 
 impl<M: Charged> Resident<M> {
-    pub fn new(policy: Policy<ModelKey>, metrics: Arc<Metrics>) -> Self {
-        let ceiling = (policy.capacity() as f64 * (1.0 + LOAD_HEADROOM)) as u64;
+    /// `allowance`: fixed room for loads on top of the headroom (`LOAD_ALLOWANCE`).
+    pub fn new(policy: Policy<ModelKey>, allowance: u64, metrics: Arc<Metrics>) -> Self {
+        let ceiling = (policy.capacity() as f64 * (1.0 + LOAD_HEADROOM)) as u64 + allowance;
         Resident {
             policy,
             models: HashMap::new(),
@@ -138,14 +143,12 @@ impl<M: Charged> Resident<M> {
         Some(model)
     }
 
-    /// Reserves `bytes` for a load about to start.
+    /// Reserves `bytes` for a load about to start (at most the whole ceiling).
     pub fn reserve(&mut self, bytes: u64, now: f64) -> Reserve<M> {
-        if bytes > self.ceiling {
-            return Reserve::Never;
-        }
+        let bytes = bytes.min(self.ceiling);
         if self.policy.used() + self.reserved + bytes <= self.ceiling {
             self.reserved += bytes;
-            return Reserve::Granted(Vec::new());
+            return Reserve::Granted(bytes, Vec::new());
         }
         if self.reserved + bytes > self.ceiling {
             // Even an empty cache would not make room: other loads must finish first.
@@ -161,7 +164,7 @@ impl<M: Charged> Resident<M> {
             }
         }
         self.reserved += bytes;
-        Reserve::Granted(dropped)
+        Reserve::Granted(bytes, dropped)
     }
 
     /// Gives back a reservation (its load ended, whatever the outcome).
@@ -296,7 +299,7 @@ mod tests {
 
     fn resident(budget: u64) -> Resident<Fake> {
         let metrics = Arc::new(Metrics::new(budget));
-        Resident::new(Policy::new(budget, PolicyConfig::default()), metrics)
+        Resident::new(Policy::new(budget, PolicyConfig::default()), 0, metrics)
     }
 
     /// Loads `name` of `weight` with `requests` requests counted first.
@@ -315,11 +318,11 @@ mod tests {
         assert!(load(&mut r, "hot", 400, 50, 0.0));
         assert!(load(&mut r, "cold", 500, 1, 0.0));
         // 900 resident: 200 more fit under the ceiling without evicting anything.
-        assert!(matches!(r.reserve(200, 1.0), Reserve::Granted(d) if d.is_empty()));
+        assert!(matches!(r.reserve(200, 1.0), Reserve::Granted(200, d) if d.is_empty()));
         assert_eq!(r.reserved(), 200);
         // 100 more does not: the cold model goes, the hot one stays.
         match r.reserve(100, 1.0) {
-            Reserve::Granted(dropped) => assert_eq!(dropped.len(), 1),
+            Reserve::Granted(100, dropped) => assert_eq!(dropped.len(), 1),
             other => panic!("{other:?}"),
         }
         assert!(r.contains(&key("hot")) && !r.contains(&key("cold")));
@@ -330,17 +333,29 @@ mod tests {
     }
 
     #[test]
-    fn a_reservation_waits_for_other_loads_and_a_huge_one_never_fits() {
+    fn a_reservation_waits_for_other_loads_and_a_huge_one_takes_the_whole_ceiling() {
         let mut r = resident(1000);
         assert!(load(&mut r, "a", 300, 5, 0.0));
-        assert!(matches!(r.reserve(700, 0.0), Reserve::Granted(d) if d.is_empty()));
+        assert!(matches!(r.reserve(700, 0.0), Reserve::Granted(700, d) if d.is_empty()));
         // 700 reserved: another 500 cannot fit even with the cache emptied.
         assert!(matches!(r.reserve(500, 0.0), Reserve::Wait));
         assert!(r.contains(&key("a")), "waiting evicts nothing");
-        assert!(matches!(r.reserve(1101, 0.0), Reserve::Never));
+        // A load larger than the ceiling waits to run alone, then takes all of it.
+        assert!(matches!(r.reserve(5000, 0.0), Reserve::Wait));
         r.release(700);
-        assert!(matches!(r.reserve(500, 0.0), Reserve::Granted(d) if d.is_empty()));
+        match r.reserve(5000, 0.0) {
+            Reserve::Granted(1100, dropped) => assert_eq!(dropped.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(r.reserve(1, 0.0), Reserve::Wait));
+        r.release(1100);
+        assert!(matches!(r.reserve(500, 0.0), Reserve::Granted(500, d) if d.is_empty()));
         assert!(!r.fits(1001) && r.fits(1000));
+        // The allowance is room on top of the headroom.
+        let metrics = Arc::new(Metrics::new(1000));
+        let roomy: Resident<Fake> =
+            Resident::new(Policy::new(1000, PolicyConfig::default()), 500, metrics);
+        assert_eq!(roomy.ceiling(), 1600);
     }
 
     #[test]

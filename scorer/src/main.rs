@@ -34,6 +34,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    manymodels_scorer::tune_allocator();
     let args = Args::parse();
     let mut sources = Sources::from_env(args.config.as_deref());
     if let Some(listen) = args.listen {

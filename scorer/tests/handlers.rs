@@ -693,8 +693,16 @@ async fn a_model_larger_than_the_budget_is_refused_at_once_and_remembered() {
             big.assert_error(StatusCode::INSUFFICIENT_STORAGE, "'forest-1mb'");
         }
         let text = metrics_text(&router).await;
-        assert_eq!(metric(&text, "mm_scorer_too_large_total"), 1.0, "{engine:?}");
-        assert_eq!(metric(&text, "mm_scorer_model_loads_total"), 1.0, "{engine:?}");
+        assert_eq!(
+            metric(&text, "mm_scorer_too_large_total"),
+            1.0,
+            "{engine:?}"
+        );
+        assert_eq!(
+            metric(&text, "mm_scorer_model_loads_total"),
+            1.0,
+            "{engine:?}"
+        );
         let explain = get(&router, "/v2/mm/cache").await.json();
         let cache = &explain["cache"];
         assert_eq!(cache["resident_models"], 1, "{engine:?}: {cache}");

@@ -190,6 +190,91 @@ async fn byte_budget_holds(engine: &str, fixed_overhead: u64) {
     );
 }
 
+/// Memory is a contract during loads too: eight ~10 MB forests, requested sixteen at a
+/// time for three rounds against a budget that holds two or three of them, so big loads
+/// run concurrently and keep evicting. The scorer's own peak RSS (`VmHWM`, the kernel's
+/// high-water mark) stays within its idle RSS plus `cache.budget × 1.1` plus the
+/// documented fixed overhead (`BURST_OVERHEAD`: the 32 MiB load allowance and the load
+/// threads' allocator slack; README, "Memory"), with both engines.
+#[tokio::test]
+async fn a_burst_of_concurrent_big_loads_stays_within_the_memory_bound() {
+    const MIB: u64 = 1 << 20;
+    // The load allowance (32 MiB, `cache::resident::LOAD_ALLOWANCE`) and 16 MiB of
+    // allocator slack.
+    const BURST_OVERHEAD: u64 = 48 * MIB;
+    let store = TempDir::new("burst");
+    let models: Vec<_> = (0..8)
+        .map(|i| {
+            manymodels_models::build(&Spec::Forest {
+                features: 16,
+                trees: 100,
+                depth: 11,
+                seed: 7000 + i,
+            })
+        })
+        .collect();
+    for (i, model) in models.iter().enumerate() {
+        let dir = store.path().join(format!("big-{i}/1"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model.onnx"), &model.bytes).unwrap();
+    }
+    let file = models.iter().map(|m| m.bytes.len() as u64).max().unwrap();
+    let client = reqwest::Client::new();
+    for (engine, budget) in [
+        ("engine.native=off", 32 * file),
+        ("engine.native=auto", file),
+    ] {
+        let scorer = ScorerProcess::local(
+            store.path(),
+            &[
+                &format!("cache.budget={budget}"),
+                engine,
+                "cache.max_concurrent_loads=4",
+            ],
+        );
+        let idle = scorer.rss_bytes();
+        for round in 0..3 {
+            let requests = (0..16).map(|k| {
+                let i = (k + round) % models.len();
+                let rows = generated_rows(16, 1, (round * 16 + k) as u64);
+                let url = format!("{}/v2/models/big-{i}/infer", scorer.url);
+                let client = client.clone();
+                async move {
+                    let (status, body) = post(&client, &url, &rows_body(&rows)).await;
+                    (i, rows, status, body)
+                }
+            });
+            for (i, rows, status, body) in futures::future::join_all(requests).await {
+                assert_eq!(status, 200, "{engine} big-{i}: {body}");
+                let want = models[i].predict_batch(&rows.concat())[0] as f64;
+                let got = body["outputs"][0]["data"][0].as_f64().unwrap();
+                assert!(
+                    (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{got} vs {want}"
+                );
+            }
+        }
+        let metrics = scorer.metrics().await;
+        let evicted = metrics.get("mm_scorer_cache_evictions_total{reason=\"capacity\"}")
+            + metrics.get("mm_scorer_cache_evictions_total{reason=\"not_admitted\"}");
+        let peak = scorer.peak_rss_bytes();
+        let bound = idle + budget * 11 / 10 + BURST_OVERHEAD;
+        eprintln!(
+            "{engine}: file {file}, budget {budget}, idle RSS {idle}, peak RSS {peak} (bound {bound}, {:.2} budgets over idle), {evicted} evictions, {} loads",
+            (peak - idle) as f64 / budget as f64,
+            metrics.get("mm_scorer_model_loads_total")
+        );
+        assert!(
+            evicted >= 4.0,
+            "{engine}: the budget never bound ({evicted} evictions)"
+        );
+        assert!(
+            peak <= bound,
+            "{engine}: peak RSS {peak} over idle {idle} + budget {budget} x 1.1 + {BURST_OVERHEAD}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn bad_requests_are_rejected_and_the_process_keeps_serving() {
     let scorer = ScorerProcess::local(&root().join("models/demo"), &["http.max_body=4KiB"]);

@@ -51,7 +51,12 @@ impl LoadThreads {
         let job: Job = Box::new(move || {
             let started = thread_cpu_seconds();
             let value = f();
-            let _ = tx.send((value, (thread_cpu_seconds() - started).max(0.0)));
+            let cpu = (thread_cpu_seconds() - started).max(0.0);
+            // What the load freed (the file's parse, the engine's scratch) goes back to
+            // the OS before the next load: otherwise each load thread's allocator arena
+            // keeps its largest load's transient memory resident for good.
+            super::trim_heap();
+            let _ = tx.send((value, cpu));
         });
         self.jobs
             .lock()
@@ -116,8 +121,9 @@ fn own_nice() -> i32 {
 /// while it works, and the model itself. From the peaks `cargo xtask bench engines`
 /// measures as process RSS growth during a load (BENCHMARKS.md), with margin: a native
 /// compile grows RSS by at most 0.5x the file (heap peak 0.6x on the one-pass path, 2.0x
-/// on the general one), ONNX Runtime by up to 12.6x for heavy forests and 18x for mid-size
-/// ones (a fixed part covers small models).
+/// on the general one), ONNX Runtime by up to 12.6x for the realistic heavy forests, 18x
+/// for mid-size ones and 20x for the deep generated forests of the burst test (a fixed
+/// part covers small models).
 pub fn reservation(engine: Phase, file_bytes: u64) -> u64 {
     const MIB: u64 = 1 << 20;
     match engine {
@@ -127,7 +133,7 @@ pub fn reservation(engine: Phase, file_bytes: u64) -> u64 {
 }
 
 /// ONNX Runtime's peak RSS growth during a session creation, as a multiple of the file.
-pub const ONNX_PEAK: u64 = 15;
+pub const ONNX_PEAK: u64 = 20;
 
 /// Which engine a reservation is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

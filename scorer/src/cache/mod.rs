@@ -226,9 +226,7 @@ pub struct Refresh {
 pub struct ModelCache {
     store: Arc<dyn ModelStore>,
     engines: Engines,
-    state: Mutex<Resident<LoadedModel>>,
-    /// Signalled whenever a reservation is given back.
-    released: Notify,
+    ledger: Arc<Ledger>,
     loads: LoadThreads,
     inflight: Mutex<HashMap<ModelKey, LoadCell>>,
     /// The live version of each model seen, so a request for the live version does not
@@ -252,23 +250,41 @@ pub struct ModelCache {
     freed: AtomicBool,
 }
 
-/// Memory reserved for a load in flight; given back when dropped.
-struct Reservation<'a> {
-    cache: &'a ModelCache,
-    bytes: u64,
+/// The resident set with what waits on it: shared with the reservations, which give
+/// their bytes back when dropped, wherever they are.
+struct Ledger {
+    state: Mutex<Resident<LoadedModel>>,
+    /// Signalled whenever a reservation is given back.
+    released: Notify,
+    metrics: Arc<Metrics>,
 }
 
-impl Drop for Reservation<'_> {
+impl Ledger {
+    fn state(&self) -> MutexGuard<'_, Resident<LoadedModel>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Memory reserved for a load in flight, or for a model that left the cache while
+/// requests still use it; given back when dropped.
+struct Reservation {
+    ledger: Arc<Ledger>,
+    bytes: u64,
+    /// Granted to a load by `Resident::reserve` (else held memory).
+    load: bool,
+}
+
+impl Drop for Reservation {
     fn drop(&mut self) {
         {
-            let mut state = self.cache.state();
-            state.release(self.bytes);
-            self.cache
+            let mut state = self.ledger.state();
+            state.release(self.bytes, self.load);
+            self.ledger
                 .metrics
                 .reserved_bytes
                 .set(state.reserved() as i64);
         }
-        self.cache.released.notify_waiters();
+        self.ledger.released.notify_waiters();
     }
 }
 
@@ -297,12 +313,15 @@ impl ModelCache {
         ModelCache {
             store,
             engines,
-            state: Mutex::new(Resident::new(
-                policy,
-                resident::LOAD_ALLOWANCE,
-                metrics.clone(),
-            )),
-            released: Notify::new(),
+            ledger: Arc::new(Ledger {
+                state: Mutex::new(Resident::new(
+                    policy,
+                    resident::LOAD_ALLOWANCE,
+                    metrics.clone(),
+                )),
+                released: Notify::new(),
+                metrics: metrics.clone(),
+            }),
             loads: LoadThreads::new(config.max_concurrent_loads.get()),
             inflight: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
@@ -330,7 +349,7 @@ impl ModelCache {
     }
 
     fn state(&self) -> MutexGuard<'_, Resident<LoadedModel>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.ledger.state()
     }
 
     pub fn store(&self) -> &Arc<dyn ModelStore> {
@@ -424,23 +443,53 @@ impl ModelCache {
         let (model, cost, reservation) = self.load(key.clone()).await?;
         let now = self.now();
         let admitted = self.state().admit(key, model.clone(), cost, now, warmup);
-        // The model is charged now: its reservation goes back.
-        drop(reservation);
         if !admitted.admitted {
-            // Its memory is freed when the requests holding it finish; the next look-up
-            // trims the heap.
+            // Served, not kept: its memory stays accounted until the requests holding it
+            // finish, and the next look-up trims the heap.
+            self.keep_accounted(&model);
             self.freed.store(true, Ordering::Relaxed);
         }
+        // The model is charged (or held) now: the load's reservation goes back.
+        drop(reservation);
         self.dropped(admitted.dropped);
         Ok(model)
     }
 
-    /// Frees models that left memory, outside the lock, and gives the pages back.
+    /// Frees models that left memory, outside the lock, and gives the pages back. One
+    /// that requests still use stays accounted (a reservation of its weight, released when
+    /// its last request lets go), so the next load cannot count on memory not yet free.
     fn dropped(&self, models: Vec<Arc<LoadedModel>>) {
-        if !models.is_empty() {
-            drop(models);
-            self.freed.store(true, Ordering::Relaxed);
-            self.trim_if_freed();
+        if models.is_empty() {
+            return;
+        }
+        for model in &models {
+            if Arc::strong_count(model) > 1 {
+                self.keep_accounted(model);
+            }
+        }
+        drop(models);
+        self.freed.store(true, Ordering::Relaxed);
+        self.trim_if_freed();
+    }
+
+    /// Reserves `model`'s weight for as long as the model lives (it is outside the
+    /// resident set, so nothing else charges it). Never waits: the memory exists already.
+    fn keep_accounted(&self, model: &Arc<LoadedModel>) {
+        model.hold(Box::new(self.hold(model.weight)));
+    }
+
+    /// Accounts for `bytes` that are in memory already (never waits).
+    fn hold(&self, bytes: u64) -> Reservation {
+        let bytes = {
+            let mut state = self.state();
+            let bytes = state.hold(bytes);
+            self.metrics.reserved_bytes.set(state.reserved() as i64);
+            bytes
+        };
+        Reservation {
+            ledger: self.ledger.clone(),
+            bytes,
+            load: false,
         }
     }
 
@@ -457,7 +506,7 @@ impl ModelCache {
     async fn load(
         &self,
         key: ModelKey,
-    ) -> Result<(Arc<LoadedModel>, f64, Reservation<'_>), ScorerError> {
+    ) -> Result<(Arc<LoadedModel>, f64, Reservation), ScorerError> {
         let _slot = self
             .load_slots
             .acquire()
@@ -513,7 +562,7 @@ impl ModelCache {
     async fn read_and_create(
         &self,
         key: &ModelKey,
-    ) -> Result<(LoadedModel, f64, Reservation<'_>), ScorerError> {
+    ) -> Result<(LoadedModel, f64, Reservation), ScorerError> {
         let (id, version) = (&key.id, key.version);
         let read_started = Instant::now();
         let bytes = self.store.read(id, version).await.map_err(|e| match e {
@@ -545,9 +594,11 @@ impl ModelCache {
         &self,
         key: &ModelKey,
         bytes: bytes::Bytes,
-    ) -> Result<(LoadedModel, f64, Reservation<'_>), ScorerError> {
+    ) -> Result<(LoadedModel, f64, Reservation), ScorerError> {
         let (id, version) = (&key.id, key.version);
         let file = bytes.len() as u64;
+        // The file is in memory already: accounted at once, whatever waits next.
+        let _file = self.hold(file);
         let engines = self.engines;
         let mut cpu = 0.0;
         let mut refusal = None;
@@ -579,13 +630,13 @@ impl ModelCache {
     }
 
     /// A loaded model, unless it is larger than the whole budget.
-    fn fitting<'a>(
+    fn fitting(
         &self,
         key: &ModelKey,
         model: LoadedModel,
         cpu: f64,
-        reservation: Reservation<'a>,
-    ) -> Result<(LoadedModel, f64, Reservation<'a>), ScorerError> {
+        reservation: Reservation,
+    ) -> Result<(LoadedModel, f64, Reservation), ScorerError> {
         if self.state().fits(model.weight) {
             Ok((model, cpu, reservation))
         } else {
@@ -610,8 +661,9 @@ impl ModelCache {
         key: &ModelKey,
         phase: Phase,
         file: u64,
-    ) -> Result<Reservation<'_>, ScorerError> {
-        let bytes = loader::reservation(phase, file);
+    ) -> Result<Reservation, ScorerError> {
+        // The file itself is held by the caller.
+        let bytes = loader::reservation(phase, file).saturating_sub(file);
         let expected = match phase {
             Phase::Native => file / 2,
             Phase::OnnxRuntime => self.config.weigh(file),
@@ -620,7 +672,7 @@ impl ModelCache {
             return Err(self.too_large(key, expected));
         }
         loop {
-            let released = self.released.notified();
+            let released = self.ledger.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
             let outcome = {
@@ -633,7 +685,11 @@ impl ModelCache {
             match outcome {
                 Reserve::Granted(bytes, dropped) => {
                     self.dropped(dropped);
-                    return Ok(Reservation { cache: self, bytes });
+                    return Ok(Reservation {
+                        ledger: self.ledger.clone(),
+                        bytes,
+                        load: true,
+                    });
                 }
                 Reserve::Wait => released.await,
             }
@@ -717,7 +773,7 @@ impl ModelCache {
 }
 
 #[cfg(target_env = "gnu")]
-fn trim_heap() {
+pub(crate) fn trim_heap() {
     // SAFETY: malloc_trim only walks glibc's own arenas; it has no preconditions.
     unsafe {
         libc::malloc_trim(0);
@@ -725,7 +781,7 @@ fn trim_heap() {
 }
 
 #[cfg(not(target_env = "gnu"))]
-fn trim_heap() {}
+pub(crate) fn trim_heap() {}
 
 /// The model file itself is at fault (422): ONNX Runtime refused it, or it failed the
 /// checks a new version must pass.

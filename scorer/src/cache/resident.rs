@@ -65,8 +65,10 @@ pub struct Resident<M> {
     policy: Policy<ModelKey>,
     models: HashMap<ModelKey, Arc<M>>,
     evictions: VecDeque<Eviction>,
-    /// Bytes reserved by loads in flight.
+    /// Bytes reserved by loads in flight, and held for memory outside the set.
     reserved: u64,
+    /// Loads holding a granted reservation (holds do not count).
+    active: usize,
     ceiling: u64,
     /// Warm-up loads that have not served a request yet.
     unhit_warmups: HashSet<ModelKey>,
@@ -82,6 +84,7 @@ impl<M: Charged> Resident<M> {
             models: HashMap::new(),
             evictions: VecDeque::new(),
             reserved: 0,
+            active: 0,
             ceiling,
             unhit_warmups: HashSet::new(),
             metrics,
@@ -143,14 +146,18 @@ impl<M: Charged> Resident<M> {
         Some(model)
     }
 
-    /// Reserves `bytes` for a load about to start (at most the whole ceiling).
+    /// Reserves `bytes` for a load about to start (at most the whole ceiling). A load
+    /// waits only while another load runs: with none running (what is reserved is held
+    /// memory, or loads that wait themselves) it is granted over the ceiling rather than
+    /// wait for ever.
     pub fn reserve(&mut self, bytes: u64, now: f64) -> Reserve<M> {
         let bytes = bytes.min(self.ceiling);
         if self.policy.used() + self.reserved + bytes <= self.ceiling {
             self.reserved += bytes;
+            self.active += 1;
             return Reserve::Granted(bytes, Vec::new());
         }
-        if self.reserved + bytes > self.ceiling {
+        if self.reserved + bytes > self.ceiling && self.active > 0 {
             // Even an empty cache would not make room: other loads must finish first.
             return Reserve::Wait;
         }
@@ -164,13 +171,24 @@ impl<M: Charged> Resident<M> {
             }
         }
         self.reserved += bytes;
+        self.active += 1;
         Reserve::Granted(bytes, dropped)
     }
 
-    /// Gives back a reservation (its load ended, whatever the outcome).
-    pub fn release(&mut self, bytes: u64) {
+    /// Accounts for `bytes` that exist already (a model out of the set that requests still
+    /// use): reserved at once, over the ceiling if need be. Returns what was reserved.
+    pub fn hold(&mut self, bytes: u64) -> u64 {
+        self.reserved += bytes;
+        bytes
+    }
+
+    /// Gives back a reservation (`load`: granted by `reserve`, else by `hold`).
+    pub fn release(&mut self, bytes: u64, load: bool) {
         debug_assert!(bytes <= self.reserved, "released more than reserved");
         self.reserved = self.reserved.saturating_sub(bytes);
+        if load {
+            self.active = self.active.saturating_sub(1);
+        }
     }
 
     /// Whether a model of `weight` could ever be resident.
@@ -328,7 +346,8 @@ mod tests {
         assert!(r.contains(&key("hot")) && !r.contains(&key("cold")));
         assert_eq!(r.evictions().back().unwrap().reason, Reason::Capacity);
         assert!(r.policy().used() + r.reserved() <= r.ceiling());
-        r.release(300);
+        r.release(200, true);
+        r.release(100, true);
         assert_eq!(r.reserved(), 0);
     }
 
@@ -342,15 +361,31 @@ mod tests {
         assert!(r.contains(&key("a")), "waiting evicts nothing");
         // A load larger than the ceiling waits to run alone, then takes all of it.
         assert!(matches!(r.reserve(5000, 0.0), Reserve::Wait));
-        r.release(700);
+        r.release(700, true);
         match r.reserve(5000, 0.0) {
             Reserve::Granted(1100, dropped) => assert_eq!(dropped.len(), 1),
             other => panic!("{other:?}"),
         }
         assert!(matches!(r.reserve(1, 0.0), Reserve::Wait));
-        r.release(1100);
+        r.release(1100, true);
         assert!(matches!(r.reserve(500, 0.0), Reserve::Granted(500, d) if d.is_empty()));
         assert!(!r.fits(1001) && r.fits(1000));
+        r.release(500, true);
+        // Held memory alone never makes a load wait for ever: with no load running, the
+        // reservation is granted over the ceiling (everything evictable goes first).
+        assert_eq!(r.hold(1000), 1000);
+        assert!(load(&mut r, "b", 50, 5, 0.0));
+        match r.reserve(500, 0.0) {
+            Reserve::Granted(500, dropped) => assert_eq!(dropped.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(r.reserve(10, 0.0), Reserve::Wait),
+            "one load runs now"
+        );
+        r.release(500, true);
+        r.release(1000, false);
+        assert_eq!(r.reserved(), 0);
         // The allowance is room on top of the headroom.
         let metrics = Arc::new(Metrics::new(1000));
         let roomy: Resident<Fake> =

@@ -200,7 +200,7 @@ impl ModelCache {
         &self,
         key: &ModelKey,
         old: &Arc<LoadedModel>,
-    ) -> Result<(Arc<LoadedModel>, f64, Reservation<'_>), ScorerError> {
+    ) -> Result<(Arc<LoadedModel>, f64, Reservation), ScorerError> {
         let (model, cost, reservation) = self.load(key.clone()).await?;
         let (checked, old) = (model.clone(), old.clone());
         let (verdict, _) = self

@@ -77,6 +77,10 @@ pub struct LoadedModel {
     /// Moving average of the engine's time per batch row for this model, in nanoseconds;
     /// 0 until the first run. Decides whether a call may run inline.
     nanos_per_row: AtomicU64,
+    /// Whatever must live exactly as long as the model's memory: the cache puts here the
+    /// reservation that keeps a model it no longer holds accounted for until the last
+    /// request using it lets go.
+    held: Mutex<Vec<Box<dyn std::any::Any + Send + Sync>>>,
 }
 
 enum Backend {
@@ -199,9 +203,12 @@ impl Engines {
     ) -> Result<LoadedModel, String> {
         let (session, measured_bytes) = measured(|| onnx::create_session(self.environment, bytes));
         let session = session?;
+        // A frees elsewhere in the process during the creation (an evicted session let go
+        // by its last request) shrink the measured delta: a session smaller than half its
+        // file is such a measurement, not a session (it keeps every initializer).
         let (weight, weight_measured) = match measured_bytes {
-            Some(bytes) => (bytes, true),
-            None => (estimate, false),
+            Some(measured) if measured >= bytes.len() as u64 / 2 => (measured, true),
+            _ => (estimate, false),
         };
         let (inputs, outputs, zipmap) = onnx::signature(&session)?;
         LoadedModel::new(
@@ -232,6 +239,14 @@ pub enum Native {
 }
 
 impl LoadedModel {
+    /// Keeps `value` alive until this model is dropped.
+    pub fn hold(&self, value: Box<dyn std::any::Any + Send + Sync>) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(value);
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn new(
         id: ModelId,
@@ -258,6 +273,7 @@ impl LoadedModel {
             native_refusal: None,
             backend,
             nanos_per_row: AtomicU64::new(0),
+            held: Mutex::new(Vec::new()),
         })
     }
 

@@ -57,11 +57,12 @@ fn the_chart_and_the_azure_ml_yaml_pass_the_real_tools_and_render_configs_the_bi
     assert_eq!(cases["large"]["HorizontalPodAutoscaler"], 1);
 
     // Each case's rendered configuration, parsed the way the binaries parse it.
+    // budget = (memory limit - fixed) / 1.1, the bound the burst test measures.
     let expected_budget_mib = [
-        ("default", 4096 * 60 / 100),
-        ("dev", 1024 * 50 / 100),
-        ("azure-wi", 8192 * 60 / 100),
-        ("large", 16384 * 70 / 100),
+        ("default", (4096 - 192) * 10 / 11),
+        ("dev", (1024 - 256) * 10 / 11),
+        ("azure-wi", (8192 - 192) * 10 / 11),
+        ("large", (16384 - 192) * 10 / 11),
     ];
     for (case, budget_mib) in expected_budget_mib {
         let dir = out.path().join(case);
@@ -75,7 +76,7 @@ fn the_chart_and_the_azure_ml_yaml_pass_the_real_tools_and_render_configs_the_bi
         assert_eq!(
             scorer.cache.budget.bytes(),
             budget_mib * 1024 * 1024,
-            "{case}: cache budget must be cachePercent of the memory limit"
+            "{case}: cache budget must be (memoryMiB - fixedMemoryMiB) / 1.1"
         );
         assert_eq!(scorer.listen.port(), 8001);
         assert_eq!(scorer.name, "mm-manymodels-scorer-0");

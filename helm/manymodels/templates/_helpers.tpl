@@ -54,9 +54,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- join "," $names -}}
 {{- end -}}
 
-{{/* The documented rule: cache budget = cachePercent of the memory limit. */}}
+{{/* The documented rule (README, "Memory"): RSS <= fixed + budget x 1.1, so the cache
+budget is (memory limit - fixedMemoryMiB) / 1.1. */}}
 {{- define "manymodels.cacheBudgetMiB" -}}
-{{- div (mul (int .Values.scorer.memoryMiB) (int .Values.scorer.cachePercent)) 100 -}}
+{{- div (mul (sub (int .Values.scorer.memoryMiB) (int .Values.scorer.fixedMemoryMiB)) 10) 11 -}}
 {{- end -}}
 
 {{- define "manymodels.podSecurityContext" -}}

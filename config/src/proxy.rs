@@ -86,9 +86,9 @@ pub const KEYS: &[KeyDoc] = &[
         "How often the proxy pushes each scorer the pool-wide request rates of the models it owns (0 disables pushes).",
     ),
     doc(
-        "stats.half_life",
-        "10s",
-        "Half-life of the proxy's decayed per-model request counts.",
+        "stats.half_life_requests",
+        "10000",
+        "Half-life of the proxy's decayed per-model request counts, in requests through this proxy (rates are still pushed in requests per second).",
     ),
     doc(
         "stats.top_models",
@@ -172,7 +172,8 @@ pub struct ProxyConfig {
     pub replication_threshold: Option<f64>,
     /// `None`: statistics are kept but not pushed.
     pub stats_push_interval: Option<Duration>,
-    pub stats_half_life: Duration,
+    /// In requests through this proxy.
+    pub stats_half_life_requests: u64,
     pub stats_top_models: usize,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -334,7 +335,7 @@ impl Default for RawReplication {
 #[serde(default, deny_unknown_fields)]
 struct RawStats {
     push_interval: HumanDuration,
-    half_life: HumanDuration,
+    half_life_requests: u64,
     top_models: usize,
 }
 
@@ -342,7 +343,7 @@ impl Default for RawStats {
     fn default() -> Self {
         RawStats {
             push_interval: HumanDuration(Duration::from_secs(2)),
-            half_life: HumanDuration(Duration::from_secs(10)),
+            half_life_requests: 10_000,
             top_models: 16_384,
         }
     }
@@ -465,9 +466,9 @@ impl Raw {
                 "must be a number ≥ 1",
             ));
         }
-        if self.stats.half_life.0.is_zero() {
+        if self.stats.half_life_requests == 0 {
             return Err(ConfigError::key(
-                "stats.half_life",
+                "stats.half_life_requests",
                 "must be greater than 0",
             ));
         }
@@ -512,7 +513,7 @@ impl Raw {
                 .then_some(self.replication.threshold),
             stats_push_interval: (!self.stats.push_interval.0.is_zero())
                 .then_some(self.stats.push_interval.0),
-            stats_half_life: self.stats.half_life.0,
+            stats_half_life_requests: self.stats.half_life_requests,
             stats_top_models: self.stats.top_models,
             connect_timeout: self.upstream.connect_timeout.0,
             read_timeout: self.upstream.read_timeout.0,

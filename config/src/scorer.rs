@@ -92,9 +92,9 @@ pub const KEYS: &[KeyDoc] = &[
         "Estimated memory per byte of ONNX file, charged with `weight_overhead` when a load could not be measured (ONNX Runtime keeps forests at 5.4-7.1x their file).",
     ),
     doc(
-        "policy.half_life",
-        "10s",
-        "Half-life of the decayed request counts that rank models for eviction and admission.",
+        "policy.half_life_requests",
+        "10000",
+        "Half-life of the decayed request counts that rank models for eviction and admission, in requests to this scorer (counts decay with traffic, not time, so ranking is the same at any request rate).",
     ),
     doc(
         "policy.size_weight",
@@ -250,7 +250,8 @@ pub enum AzureCredential {
 /// How the hot cache ranks models (see `manymodels-policy`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PolicyConfig {
-    pub half_life: Duration,
+    /// In requests to this scorer.
+    pub half_life_requests: u64,
     pub size_weight: f64,
     pub stats_stale_after: Duration,
 }
@@ -427,7 +428,7 @@ impl Default for RawCache {
 #[derive(Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawPolicy {
-    half_life: HumanDuration,
+    half_life_requests: u64,
     size_weight: f64,
     stats_stale_after: HumanDuration,
 }
@@ -435,7 +436,7 @@ struct RawPolicy {
 impl Default for RawPolicy {
     fn default() -> Self {
         RawPolicy {
-            half_life: HumanDuration(Duration::from_secs(10)),
+            half_life_requests: 10_000,
             size_weight: 1.0,
             stats_stale_after: HumanDuration(Duration::from_secs(15)),
         }
@@ -631,9 +632,9 @@ impl Raw {
                 "must be a non-negative number",
             ));
         }
-        if self.policy.half_life.0.is_zero() {
+        if self.policy.half_life_requests == 0 {
             return Err(ConfigError::key(
-                "policy.half_life",
+                "policy.half_life_requests",
                 "must be greater than 0",
             ));
         }
@@ -689,7 +690,7 @@ impl Raw {
                 weight_per_file_byte: cache.weight_per_file_byte,
             },
             policy: PolicyConfig {
-                half_life: self.policy.half_life.0,
+                half_life_requests: self.policy.half_life_requests,
                 size_weight: self.policy.size_weight,
                 stats_stale_after: self.policy.stats_stale_after.0,
             },
@@ -797,10 +798,10 @@ mod tests {
         assert_eq!(config.cache.budget, ByteSize::mib(512));
         assert_eq!(config.cache.failure_ttl, Duration::from_secs(30));
         assert_eq!(config.http.max_body, ByteSize::mib(32));
-        assert_eq!(config.policy.half_life, Duration::from_secs(10));
+        assert_eq!(config.policy.half_life_requests, 10_000);
         assert_eq!(config.warmup.ready_timeout, Duration::from_secs(10));
         assert!(load(None, &[], &["warmup.max_fraction=1.5"]).is_err());
-        assert!(load(None, &[], &["policy.half_life=0s"]).is_err());
+        assert!(load(None, &[], &["policy.half_life_requests=0"]).is_err());
         // Every documented default, fed back through `--set`, must be accepted.
         for doc in KEYS {
             if doc.default.is_empty() {

@@ -7,8 +7,11 @@
 //! - [`trace`] and [`sim`]: the trace generator and the offline simulator that replays
 //!   traces against this same code, LRU and Belady.
 //!
-//! Nothing here does I/O or reads a clock: time is always passed in, in seconds.
+//! Nothing here does I/O or reads a clock: time is always passed in. Request counts decay
+//! on a traffic clock ([`clock`]), one unit per request; wall time (seconds) only measures
+//! rates.
 
+pub mod clock;
 pub mod decay;
 pub mod policy;
 pub mod ranking;
@@ -16,5 +19,6 @@ pub mod sim;
 pub mod stats;
 pub mod trace;
 
+pub use clock::TrafficClock;
 pub use policy::{Admission, CostModel, Key, Policy, PolicyConfig, Resident};
 pub use stats::{PoolStats, PoolView, StatsReport};

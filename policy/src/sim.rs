@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::clock::TrafficClock;
 use crate::policy::{Policy, PolicyConfig};
 use crate::stats::PoolStats;
 use crate::trace::Request;
@@ -264,9 +265,12 @@ impl Cache for Static {
 
 /// The scorer's policy, fed pool-wide statistics the way the proxy feeds it: every
 /// request is counted in a [`PoolStats`], which is ticked every second and pushed to the
-/// policy every `push_every` seconds (`None`: the policy sees only its own counts).
+/// policy every `push_every` seconds (`None`: the policy sees only its own counts). The
+/// policy runs on the scorer's traffic clock, as in the scorer: one unit per request, and
+/// the pushed rates (req/s) divided by the measured request rate.
 pub struct Managed {
     policy: Policy<u32>,
+    clock: TrafficClock,
     stats: Option<PoolStats<u32>>,
     push_every: f64,
     last_tick: f64,
@@ -277,6 +281,7 @@ impl Managed {
     pub fn new(capacity: u64, config: PolicyConfig, push_every: Option<f64>) -> Self {
         Managed {
             policy: Policy::new(capacity, config),
+            clock: TrafficClock::new(0.0),
             stats: push_every.map(|_| PoolStats::new(config.half_life, 16_384, 0.0)),
             push_every: push_every.unwrap_or(f64::INFINITY),
             last_tick: 0.0,
@@ -289,7 +294,7 @@ impl Cache for Managed {
     fn name(&self) -> String {
         let c = self.policy.config();
         format!(
-            "managed(h={}s, size_weight={}{})",
+            "managed(h={} requests, size_weight={}{})",
             c.half_life,
             c.size_weight,
             if self.stats.is_some() { ", pool" } else { "" }
@@ -297,6 +302,7 @@ impl Cache for Managed {
     }
 
     fn access(&mut self, _: usize, r: &Request, bytes: u64) -> bool {
+        let now = self.clock.tick(1.0, r.t);
         if let Some(stats) = &mut self.stats {
             stats.record(&r.model);
             if r.t - self.last_tick >= 1.0 {
@@ -304,15 +310,16 @@ impl Cache for Managed {
                 self.last_tick = r.t;
             }
             if r.t - self.last_push >= self.push_every {
+                let per_second = self.clock.per_second();
                 self.policy
-                    .set_pool_rates(stats.hot().map(|(k, v)| (*k, v)), r.t);
+                    .set_pool_rates(stats.hot().map(|(k, v)| (*k, v / per_second)), now);
                 self.last_push = r.t;
             }
         }
-        if self.policy.record(&r.model, r.t) {
+        if self.policy.record(&r.model, now) {
             return true;
         }
-        self.policy.admit(r.model, bytes, None, r.t);
+        self.policy.admit(r.model, bytes, None, now);
         false
     }
 }

@@ -2,7 +2,9 @@
 //! and how a scorer combines the reports of several proxies.
 //!
 //! ## In the proxy: [`PoolStats`]
-//! Every request increments a decayed count for its model id (half-life as the policy's).
+//! Every request increments a decayed count for its model id. Counts decay on the proxy's
+//! traffic clock (a half-life in requests, [`crate::clock`]); rates are reported in
+//! requests per second, the count's share of the proxy's traffic times its measured rate.
 //! Memory is fixed whatever the number of ids:
 //! - a count-min sketch (4 rows × 32,768 `f32` counters, 512 KiB, conservative update)
 //!   estimates the count of any id;
@@ -31,6 +33,7 @@ use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::TrafficClock;
 use crate::decay::Decay;
 use crate::ranking::StableHasher;
 
@@ -44,11 +47,14 @@ pub struct PoolStats<K> {
     capacity: usize,
     /// The smallest count kept at the last tick: the bar a new id must clear.
     floor: f32,
+    /// The traffic clock at the last tick.
     last_tick: f64,
+    clock: TrafficClock,
     requests: u64,
 }
 
 impl<K: Hash + Eq + Clone> PoolStats<K> {
+    /// `half_life` in requests; `now` is the wall time (seconds).
     pub fn new(half_life: f64, capacity: usize, now: f64) -> Self {
         PoolStats {
             decay: Decay::new(half_life),
@@ -56,9 +62,15 @@ impl<K: Hash + Eq + Clone> PoolStats<K> {
             top: HashMap::with_capacity(capacity * 2),
             capacity: capacity.max(1),
             floor: 0.0,
-            last_tick: now,
+            last_tick: 0.0,
+            clock: TrafficClock::new(now),
             requests: 0,
         }
+    }
+
+    /// Requests per second per unit of decayed count: share of traffic times its rate.
+    fn scale(&self) -> f64 {
+        self.clock.per_second() / self.decay.tau()
     }
 
     pub fn decay(&self) -> &Decay {
@@ -96,7 +108,7 @@ impl<K: Hash + Eq + Clone> PoolStats<K> {
             }
             estimate
         };
-        f64::from(count) / self.decay.tau()
+        f64::from(count) * self.scale()
     }
 
     /// The model's decayed rate (req/s): exact for a hot model, a sketch estimate (never
@@ -113,17 +125,20 @@ impl<K: Hash + Eq + Clone> PoolStats<K> {
                 .map(|&i| self.sketch[i])
                 .fold(f32::INFINITY, f32::min),
         };
-        f64::from(count) / self.decay.tau()
+        f64::from(count) * self.scale()
     }
 
-    /// Applies the decay up to `now` and cuts the hot table back to its capacity. Call
+    /// Applies the decay for the requests counted since the last tick, measures the
+    /// request rate at wall time `now`, and cuts the hot table back to its capacity. Call
     /// about once a second.
     pub fn tick(&mut self, now: f64) {
-        let elapsed = now - self.last_tick;
+        let counted = self.requests as f64 - self.clock.now();
+        let clock = self.clock.tick(counted, now);
+        let elapsed = clock - self.last_tick;
         if elapsed <= 0.0 {
             return;
         }
-        self.last_tick = now;
+        self.last_tick = clock;
         let factor = self.decay.factor(elapsed) as f32;
         for counter in self.sketch.iter_mut() {
             *counter *= factor;
@@ -150,7 +165,7 @@ impl<K: Hash + Eq + Clone> PoolStats<K> {
         let mut all: Vec<(K, f64)> = self
             .top
             .iter()
-            .map(|(k, c)| (k.clone(), f64::from(*c) / self.decay.tau()))
+            .map(|(k, c)| (k.clone(), f64::from(*c) * self.scale()))
             .collect();
         all.sort_by(|a, b| b.1.total_cmp(&a.1));
         all.truncate(limit);
@@ -159,12 +174,17 @@ impl<K: Hash + Eq + Clone> PoolStats<K> {
 
     /// Every hot model with its rate, unordered.
     pub fn hot(&self) -> impl Iterator<Item = (&K, f64)> {
-        let tau = self.decay.tau();
-        self.top.iter().map(move |(k, c)| (k, f64::from(*c) / tau))
+        let scale = self.scale();
+        self.top.iter().map(move |(k, c)| (k, f64::from(*c) * scale))
     }
 
     pub fn requests(&self) -> u64 {
         self.requests
+    }
+
+    /// The proxy's measured request rate (req/s) at the last tick.
+    pub fn per_second(&self) -> f64 {
+        self.clock.per_second()
     }
 
     pub fn tracked(&self) -> usize {
@@ -253,7 +273,8 @@ mod tests {
 
     #[test]
     fn hot_models_are_counted_exactly_in_bounded_memory() {
-        let mut stats: PoolStats<Arc<str>> = PoolStats::new(60.0, 1_000, 0.0);
+        // A half-life far longer than the stream: next to no decay.
+        let mut stats: PoolStats<Arc<str>> = PoolStats::new(5e7, 1_000, 0.0);
         let stream = zipf_stream(200_000, 100_000);
         for (i, m) in stream.iter().enumerate() {
             let id = format!("model-{m}");
@@ -263,7 +284,7 @@ mod tests {
             }
         }
         stats.tick(1.0);
-        assert!(stats.tracked() <= 1_000);
+        assert!(stats.tracked() <= 1_000, "{}", stats.tracked());
         assert!(stats.memory_bytes() < 3 << 20, "{}", stats.memory_bytes());
         let top: Vec<String> = stats
             .top(5)
@@ -272,7 +293,8 @@ mod tests {
             .collect();
         assert_eq!(top, ["model-0", "model-1", "model-2", "model-3", "model-4"]);
         let exact = stream.iter().filter(|&&m| m == 0).count() as f64;
-        let tau = stats.decay().tau();
+        // Rates are the count's share of the traffic times the measured rate.
+        let tau = stats.decay().tau() / stats.per_second();
         let measured = stats.rate("model-0") * tau;
         assert!(
             (measured - exact).abs() / exact < 0.02,
@@ -284,14 +306,29 @@ mod tests {
     }
 
     #[test]
-    fn counts_decay_with_the_half_life() {
-        let mut stats: PoolStats<u32> = PoolStats::new(10.0, 10, 0.0);
-        for _ in 0..100 {
-            stats.record(&7);
+    fn counts_halve_every_half_life_of_requests_whatever_the_rate() {
+        // The same requests, arriving ten times faster: the same decayed counts.
+        for seconds in [10.0, 1.0] {
+            let mut stats: PoolStats<u32> = PoolStats::new(100.0, 10, 0.0);
+            for _ in 0..100 {
+                stats.record(&7);
+            }
+            stats.tick(seconds / 2.0);
+            let count = |s: &PoolStats<u32>| s.rate(&7) * s.decay().tau() / s.per_second();
+            // The tick decays the requests counted since the last one: 100 requests, one
+            // half-life.
+            let before = count(&stats);
+            assert!((before - 50.0).abs() < 1e-3, "{before}");
+            // One half-life of other models' requests later, 7's count has halved.
+            for _ in 0..100 {
+                stats.record(&8);
+            }
+            stats.tick(seconds);
+            assert!((count(&stats) / before - 0.5).abs() < 1e-3, "{}", count(&stats));
+            // Rates are requests per second: 200 requests over `seconds`, half of 7's
+            // remaining share... measured on the wall clock.
+            assert!((stats.per_second() - 100.0 / (seconds / 2.0)).abs() < 1e-6);
         }
-        let before = stats.rate(&7);
-        stats.tick(10.0);
-        assert!((stats.rate(&7) / before - 0.5).abs() < 1e-3);
     }
 
     #[test]

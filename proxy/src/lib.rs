@@ -67,7 +67,7 @@ pub fn run(config: ProxyConfig) -> ! {
     let listen = config.listen.to_string();
     let metrics = Arc::new(metrics::Metrics::new());
     let stats = Arc::new(stats::Statistics::new(
-        config.stats_half_life,
+        config.stats_half_life_requests,
         config.stats_top_models,
     ));
     if let Some(interval) = config.stats_push_interval {

@@ -50,11 +50,12 @@ pub struct Statistics {
 }
 
 impl Statistics {
-    pub fn new(half_life: Duration, top_models: usize) -> Self {
+    /// `half_life` in requests through this proxy.
+    pub fn new(half_life: u64, top_models: usize) -> Self {
         Statistics {
             started: Instant::now(),
             instance: instance_id(),
-            counts: Mutex::new(PoolStats::new(half_life.as_secs_f64(), top_models, 0.0)),
+            counts: Mutex::new(PoolStats::new(half_life as f64, top_models, 0.0)),
             history: Mutex::new(VecDeque::new()),
             scorers: Mutex::new(BTreeMap::new()),
         }
@@ -356,7 +357,7 @@ mod tests {
 
     #[test]
     fn shares_go_to_the_serving_scorer_and_the_first_ranked_one() {
-        let stats = Statistics::new(Duration::from_secs(10), 1_000);
+        let stats = Statistics::new(10_000, 1_000);
         for i in 0..300 {
             for _ in 0..(1 + i % 3) {
                 stats.record(&format!("m{i}"));
@@ -390,7 +391,7 @@ mod tests {
 
     #[test]
     fn the_history_counts_hits_and_misses() {
-        let stats = Statistics::new(Duration::from_secs(10), 10);
+        let stats = Statistics::new(10_000, 10);
         stats.observe(true);
         stats.observe(true);
         stats.observe(false);

@@ -49,14 +49,12 @@ impl ModelCache {
     /// Everything the explain endpoint shows: the summary, every resident model with its
     /// priority (next to be evicted first), and the pool's hottest models for this scorer.
     pub fn explain(&self, hottest: usize) -> Explain {
-        let now = self.now();
         let summary = self.summary(EVICTION_LOG);
         let state = self.state();
         let resident = state
-            .policy()
-            .residents(now)
+            .residents()
             .into_iter()
-            .map(|r| ResidentView {
+            .map(|(r, idle_seconds)| ResidentView {
                 engine: state
                     .model(&r.key)
                     .map(|m| m.engine.as_str())
@@ -66,7 +64,7 @@ impl ModelCache {
                 bytes: r.bytes,
                 load_seconds: r.load_seconds,
                 priority: r.priority,
-                idle_seconds: now - r.last_use,
+                idle_seconds,
                 rate: r.local_rate,
                 pool_rate: r.pool_rate,
             })

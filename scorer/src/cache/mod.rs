@@ -301,7 +301,7 @@ impl ModelCache {
         let policy = Policy::new(
             config.budget.bytes(),
             manymodels_policy::PolicyConfig {
-                half_life: policy_config.half_life.as_secs_f64(),
+                half_life: policy_config.half_life_requests as f64,
                 size_weight: policy_config.size_weight,
                 ..manymodels_policy::PolicyConfig::default()
             },
@@ -753,7 +753,7 @@ impl ModelCache {
         let rates = combined
             .into_iter()
             .filter_map(|(id, rate)| ModelId::parse(&id).ok().map(|id| (id, rate)));
-        self.state().policy_mut().set_pool_rates(rates, now);
+        self.state().set_pool_rates(rates, now);
         self.metrics.stats_pushes.inc();
         self.summary(20)
     }

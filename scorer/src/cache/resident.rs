@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use manymodels_policy::Policy;
+use manymodels_policy::{Policy, TrafficClock};
 
 use super::{Eviction, ModelKey, Reason};
 use crate::engine::LoadedModel;
@@ -63,6 +63,8 @@ pub struct Admitted<M> {
 
 pub struct Resident<M> {
     policy: Policy<ModelKey>,
+    /// The policy's time: one unit per request counted here (`manymodels_policy::clock`).
+    clock: TrafficClock,
     models: HashMap<ModelKey, Arc<M>>,
     evictions: VecDeque<Eviction>,
     /// Bytes reserved by loads in flight, and held for memory outside the set.
@@ -81,6 +83,7 @@ impl<M: Charged> Resident<M> {
         let ceiling = (policy.capacity() as f64 * (1.0 + LOAD_HEADROOM)) as u64 + allowance;
         Resident {
             policy,
+            clock: TrafficClock::new(0.0),
             models: HashMap::new(),
             evictions: VecDeque::new(),
             reserved: 0,
@@ -93,10 +96,6 @@ impl<M: Charged> Resident<M> {
 
     pub fn policy(&self) -> &Policy<ModelKey> {
         &self.policy
-    }
-
-    pub fn policy_mut(&mut self) -> &mut Policy<ModelKey> {
-        &mut self.policy
     }
 
     /// The budget residents are kept within.
@@ -133,10 +132,11 @@ impl<M: Charged> Resident<M> {
         &self.evictions
     }
 
-    /// A request for `key` at policy time `now`: counted when `count` (warm-ups are not
-    /// demand), and answered from memory when resident.
-    pub fn lookup(&mut self, key: &ModelKey, now: f64, count: bool) -> Option<Arc<M>> {
+    /// A request for `key` at wall time `wall` (seconds since start): counted when
+    /// `count` (warm-ups are not demand), and answered from memory when resident.
+    pub fn lookup(&mut self, key: &ModelKey, wall: f64, count: bool) -> Option<Arc<M>> {
         if count {
+            let now = self.clock.tick(1.0, wall);
             self.policy.record(key, now);
         }
         let model = self.models.get(key)?.clone();
@@ -208,7 +208,7 @@ impl<M: Charged> Resident<M> {
     ) -> Admitted<M> {
         let decision = self
             .policy
-            .admit(key.clone(), model.weight(), Some(cost), now);
+            .admit(key.clone(), model.weight(), Some(cost), self.clock.now());
         let mut dropped = Vec::new();
         for victim in &decision.evicted {
             if let Some(gone) = self.forget(victim, Reason::Capacity, now) {
@@ -256,6 +256,43 @@ impl<M: Charged> Resident<M> {
             .collect();
         keys.iter()
             .filter_map(|key| self.evict(key, Reason::Unload, now))
+            .collect()
+    }
+
+    /// The proxies' pool-wide rates (req/s), as shares of this scorer's traffic.
+    pub fn set_pool_rates(&mut self, rates: impl IntoIterator<Item = (ModelId, f64)>, wall: f64) {
+        self.clock.observe(wall);
+        let per_second = self.clock.per_second();
+        let now = self.clock.now();
+        self.policy
+            .set_pool_rates(rates.into_iter().map(|(id, r)| (id, r / per_second)), now);
+    }
+
+    /// Models the pool reports hot with no resident version, hottest first, with rates
+    /// in req/s.
+    pub fn hottest_absent(&self, limit: usize) -> Vec<(ModelId, f64)> {
+        let per_second = self.clock.per_second();
+        self.policy
+            .hottest_absent(limit, self.clock.now())
+            .into_iter()
+            .map(|(id, r)| (id, r * per_second))
+            .collect()
+    }
+
+    /// The residents, lowest priority first, with rates in req/s and idle time in seconds
+    /// (both converted from the traffic clock with the measured request rate).
+    pub fn residents(&self) -> Vec<(manymodels_policy::Resident<ModelKey>, f64)> {
+        let per_second = self.clock.per_second();
+        let now = self.clock.now();
+        self.policy
+            .residents(now)
+            .into_iter()
+            .map(|mut r| {
+                r.local_rate *= per_second;
+                r.pool_rate *= per_second;
+                let idle = (now - r.last_use) / per_second;
+                (r, idle)
+            })
             .collect()
     }
 

@@ -26,7 +26,7 @@ impl ModelCache {
         // load the policy drops at once is pure cost.
         let candidates: Vec<(ModelId, f64)> = {
             let state = self.state();
-            let mut hottest = state.policy().hottest_absent(256, self.now());
+            let mut hottest = state.hottest_absent(256);
             hottest.retain(|(id, _)| !state.policy().refuses_again(id));
             hottest
         };

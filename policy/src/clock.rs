@@ -93,12 +93,20 @@ mod tests {
             clock.tick(1.0, i as f64 / 200.0);
         }
         assert_eq!(clock.now(), 4000.0);
-        assert!((clock.per_second() - 200.0).abs() < 5.0, "{}", clock.per_second());
+        assert!(
+            (clock.per_second() - 200.0).abs() < 5.0,
+            "{}",
+            clock.per_second()
+        );
         // Then 20 req/s: the rate follows within a few windows.
         for i in 1..=1200 {
             clock.tick(1.0, 20.0 + i as f64 / 20.0);
         }
-        assert!((clock.per_second() - 20.0).abs() < 2.0, "{}", clock.per_second());
+        assert!(
+            (clock.per_second() - 20.0).abs() < 2.0,
+            "{}",
+            clock.per_second()
+        );
         // Idle: the clock stands still and the rate stays; traffic after the gap is
         // measured from the gap's end.
         let rate = clock.per_second();
@@ -109,6 +117,10 @@ mod tests {
         for i in 1..=100 {
             clock.tick(1.0, 600.0 + i as f64 / 20.0);
         }
-        assert!((clock.per_second() - 20.0).abs() < 2.0, "{}", clock.per_second());
+        assert!(
+            (clock.per_second() - 20.0).abs() < 2.0,
+            "{}",
+            clock.per_second()
+        );
     }
 }

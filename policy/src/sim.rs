@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::clock::TrafficClock;
-use crate::policy::{Policy, PolicyConfig};
+use crate::policy::{CostModel, Policy, PolicyConfig};
 use crate::stats::PoolStats;
 use crate::trace::Request;
 
@@ -26,6 +26,9 @@ pub struct Outcome {
     pub misses: u64,
     pub bytes_requested: u64,
     pub bytes_loaded: u64,
+    /// Seconds of load work the misses cost, by the live cost model
+    /// ([`PolicyConfig::default`]'s `cost`, calibrated on the scorer's measured loads).
+    pub load_seconds: f64,
 }
 
 impl Outcome {
@@ -46,6 +49,7 @@ impl Outcome {
         self.misses += other.misses;
         self.bytes_requested += other.bytes_requested;
         self.bytes_loaded += other.bytes_loaded;
+        self.load_seconds += other.load_seconds;
     }
 }
 
@@ -55,6 +59,7 @@ pub fn run(cache: &mut dyn Cache, trace: &[Request], sizes: &[u64]) -> Outcome {
         name: cache.name(),
         ..Outcome::default()
     };
+    let cost = PolicyConfig::default().cost;
     for (i, request) in trace.iter().enumerate() {
         let bytes = sizes[request.model as usize];
         outcome.requests += 1;
@@ -62,6 +67,7 @@ pub fn run(cache: &mut dyn Cache, trace: &[Request], sizes: &[u64]) -> Outcome {
         if !cache.access(i, request, bytes) {
             outcome.misses += 1;
             outcome.bytes_loaded += bytes;
+            outcome.load_seconds += cost.estimate(bytes);
         }
     }
     outcome
@@ -253,9 +259,40 @@ impl Static {
     }
 }
 
+impl Static {
+    /// The best fixed set for load work: the models with the most load seconds per byte
+    /// over the whole trace (requests × the cost model's seconds for their size), filling
+    /// the budget. An offline reference for load seconds.
+    pub fn by_cost(capacity: u64, trace: &[Request], sizes: &[u64], cost: CostModel) -> Self {
+        let mut counts = vec![0u64; sizes.len()];
+        for r in trace {
+            counts[r.model as usize] += 1;
+        }
+        let value = |m: usize| counts[m] as f64 * cost.estimate(sizes[m]) / sizes[m].max(1) as f64;
+        let mut order: Vec<usize> = (0..sizes.len()).filter(|&m| counts[m] > 0).collect();
+        order.sort_by(|&a, &b| value(b).total_cmp(&value(a)));
+        let mut used = 0;
+        let mut resident = std::collections::HashSet::new();
+        for m in order {
+            if used + sizes[m] <= capacity {
+                used += sizes[m];
+                resident.insert(m as u32);
+            }
+        }
+        Static {
+            resident,
+            size_weight: f64::NAN,
+        }
+    }
+}
+
 impl Cache for Static {
     fn name(&self) -> String {
-        format!("static oracle (size_weight={})", self.size_weight)
+        if self.size_weight.is_nan() {
+            "static oracle (load seconds)".into()
+        } else {
+            format!("static oracle (size_weight={})", self.size_weight)
+        }
     }
 
     fn access(&mut self, _: usize, r: &Request, _: u64) -> bool {
@@ -271,6 +308,9 @@ impl Cache for Static {
 pub struct Managed {
     policy: Policy<u32>,
     clock: TrafficClock,
+    /// Decay by wall-clock seconds instead (the policy before the traffic clock; for
+    /// comparison only: `half_life` is then in seconds).
+    wall_clock: bool,
     stats: Option<PoolStats<u32>>,
     push_every: f64,
     last_tick: f64,
@@ -282,6 +322,7 @@ impl Managed {
         Managed {
             policy: Policy::new(capacity, config),
             clock: TrafficClock::new(0.0),
+            wall_clock: false,
             stats: push_every.map(|_| PoolStats::new(config.half_life, 16_384, 0.0)),
             push_every: push_every.unwrap_or(f64::INFINITY),
             last_tick: 0.0,
@@ -290,19 +331,35 @@ impl Managed {
     }
 }
 
+impl Managed {
+    /// The same policy with counts decaying by wall-clock time (`half_life` seconds), as
+    /// before the traffic clock, without pool statistics: the comparison the rate sweep of
+    /// `cargo xtask bench policy` prints.
+    pub fn wall_clock(capacity: u64, config: PolicyConfig) -> Self {
+        let mut managed = Managed::new(capacity, config, None);
+        managed.wall_clock = true;
+        managed
+    }
+}
+
 impl Cache for Managed {
     fn name(&self) -> String {
         let c = self.policy.config();
         format!(
-            "managed(h={} requests, size_weight={}{})",
+            "managed(h={} {}, size_weight={}{})",
             c.half_life,
+            if self.wall_clock { "s" } else { "requests" },
             c.size_weight,
             if self.stats.is_some() { ", pool" } else { "" }
         )
     }
 
     fn access(&mut self, _: usize, r: &Request, bytes: u64) -> bool {
-        let now = self.clock.tick(1.0, r.t);
+        let now = if self.wall_clock {
+            r.t
+        } else {
+            self.clock.tick(1.0, r.t)
+        };
         if let Some(stats) = &mut self.stats {
             stats.record(&r.model);
             if r.t - self.last_tick >= 1.0 {

@@ -175,7 +175,9 @@ impl<K: Hash + Eq + Clone> PoolStats<K> {
     /// Every hot model with its rate, unordered.
     pub fn hot(&self) -> impl Iterator<Item = (&K, f64)> {
         let scale = self.scale();
-        self.top.iter().map(move |(k, c)| (k, f64::from(*c) * scale))
+        self.top
+            .iter()
+            .map(move |(k, c)| (k, f64::from(*c) * scale))
     }
 
     pub fn requests(&self) -> u64 {
@@ -324,7 +326,11 @@ mod tests {
                 stats.record(&8);
             }
             stats.tick(seconds);
-            assert!((count(&stats) / before - 0.5).abs() < 1e-3, "{}", count(&stats));
+            assert!(
+                (count(&stats) / before - 0.5).abs() < 1e-3,
+                "{}",
+                count(&stats)
+            );
             // Rates are requests per second: 200 requests over `seconds`, half of 7's
             // remaining share... measured on the wall clock.
             assert!((stats.per_second() - 100.0 / (seconds / 2.0)).abs() < 1e-6);

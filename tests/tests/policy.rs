@@ -342,7 +342,10 @@ async fn two_proxies_feed_the_same_scorers_without_double_counting() {
     );
     assert!(a0 > 0.0 && b0 > 0.0 && a1 > 0.0);
     // On one proxy, rates are proportional to requests: 30 of model 0, 10 of model 1.
-    assert!((a0 / a1 - 3.0).abs() < 0.05, "30 vs 10 requests: {a0} / {a1}");
+    assert!(
+        (a0 / a1 - 3.0).abs() < 0.05,
+        "30 vs 10 requests: {a0} / {a1}"
+    );
     let owner = pool_a["hottest"].as_array().unwrap()[0]["owner"]
         .as_str()
         .unwrap()

@@ -39,7 +39,7 @@ pub struct SimArgs {
     /// Write each generated trace and its sizes into this directory.
     #[arg(long)]
     write: Option<PathBuf>,
-    /// Half-life of the policy's counts, seconds (default: the scorer's).
+    /// Half-life of the policy's counts, in requests (default: the scorer's).
     #[arg(long)]
     half_life: Option<f64>,
     /// Weight of load cost per byte in the policy (default: the scorer's).
@@ -54,6 +54,15 @@ pub struct SimArgs {
     /// Leave out moka's W-TinyLFU (the slowest to simulate).
     #[arg(long)]
     no_moka: bool,
+    /// Model sizes of generated traces: `lognormal` (KB to tens of MB) or `realistic`
+    /// (the realistic store's mix as the native engine holds it, heavy forests included).
+    #[arg(long, default_value = "lognormal")]
+    size_mix: String,
+    /// Instead of the table: replay the same shapes at each of these request rates
+    /// (req/s) with realistic sizes, the traffic-clock policy beside the same policy
+    /// decaying by wall-clock time and LRU, and print load seconds and misses.
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<f64>,
 }
 
 struct Trace {
@@ -113,7 +122,11 @@ fn traces(args: &SimArgs) -> Result<Vec<Trace>> {
                 seed: args.seed,
             };
             let requests = trace::generate(&spec);
-            let sizes = trace::lognormal_sizes(models, args.seed);
+            let sizes = match args.size_mix.as_str() {
+                "lognormal" => trace::lognormal_sizes(models, args.seed),
+                "realistic" => trace::realistic_sizes(models, args.seed),
+                other => bail!("unknown --size-mix {other} (lognormal, realistic)"),
+            };
             if let Some(dir) = &args.write {
                 std::fs::create_dir_all(dir)?;
                 let name = |m: u32| format!("m{m:05}");
@@ -182,20 +195,27 @@ fn policy_config(args: &SimArgs) -> PolicyConfig {
 }
 
 pub fn run(args: SimArgs) -> Result<()> {
+    if !args.rates.is_empty() {
+        return rates(&args);
+    }
     let traces = traces(&args)?;
     if args.sweep {
         return sweep(&args, &traces);
     }
     let config = policy_config(&args);
     println!(
-        "policy: half-life {} s, size weight {}, load cost {} s + {} s/byte; pool statistics pushed every 2 s",
-        config.half_life, config.size_weight, config.cost.fixed, config.cost.per_byte
+        "policy: half-life {} requests, size weight {}, load cost {} s + {} s/byte; pool statistics pushed every 2 s; sizes {}",
+        config.half_life,
+        config.size_weight,
+        config.cost.fixed,
+        config.cost.per_byte,
+        args.size_mix
     );
     println!(
-        "| trace | policy | request miss | byte miss | request miss / LRU | byte miss / LRU |"
+        "| trace | policy | request miss | byte miss | load s | request miss / LRU | byte miss / LRU | load s / LRU |"
     );
-    println!("|---|---|---:|---:|---:|---:|");
-    let mut ratios: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    let mut ratios: Vec<(String, Vec<(f64, f64, f64)>)> = Vec::new();
     for t in &traces {
         let budget = (t.sizes.iter().sum::<u64>() as f64 * args.budget) as u64;
         let mut caches: Vec<Box<dyn Cache>> = vec![
@@ -220,15 +240,18 @@ pub fn run(args: SimArgs) -> Result<()> {
             let r = (
                 o.request_miss_ratio() / lru.request_miss_ratio(),
                 o.byte_miss_ratio() / lru.byte_miss_ratio(),
+                o.load_seconds / lru.load_seconds,
             );
             println!(
-                "| {} | {} | {:.4} | {:.4} | {:.3} | {:.3} |",
+                "| {} | {} | {:.4} | {:.4} | {:.1} | {:.3} | {:.3} | {:.3} |",
                 t.label,
                 o.name,
                 o.request_miss_ratio(),
                 o.byte_miss_ratio(),
+                o.load_seconds,
                 r.0,
-                r.1
+                r.1,
+                r.2
             );
             match ratios.iter_mut().find(|(n, _)| *n == o.name) {
                 Some((_, v)) => v.push(r),
@@ -241,13 +264,106 @@ pub fn run(args: SimArgs) -> Result<()> {
         traces.len()
     );
     for (name, v) in &ratios {
-        let (req, bytes) = geomean(v);
+        let pairs: Vec<(f64, f64)> = v.iter().map(|r| (r.0, r.1)).collect();
+        let (req, bytes) = geomean(&pairs);
+        let load = (v.iter().map(|r| r.2.ln()).sum::<f64>() / v.len() as f64).exp();
         let worst_req = v.iter().map(|r| r.0).fold(0.0, f64::max);
         let worst_bytes = v.iter().map(|r| r.1).fold(0.0, f64::max);
+        let worst_load = v.iter().map(|r| r.2).fold(0.0, f64::max);
         println!(
-            "  {name:<40} request miss {req:.3} (worst {worst_req:.3})  byte miss {bytes:.3} (worst {worst_bytes:.3})"
+            "  {name:<45} request miss {req:.3} (worst {worst_req:.3})  byte miss {bytes:.3} (worst {worst_bytes:.3})  load s {load:.3} (worst {worst_load:.3})"
         );
     }
+    Ok(())
+}
+
+/// The rate sweep: the same shapes at each rate, realistic sizes, three caches.
+fn rates(args: &SimArgs) -> Result<()> {
+    let shapes: Vec<Shape> = if args.shapes.is_empty() {
+        vec![Shape::Mixed, Shape::Zipf(1.0), Shape::Drift, Shape::Scan]
+    } else {
+        args.shapes
+            .iter()
+            .map(|s| s.parse().map_err(anyhow::Error::msg))
+            .collect::<Result<_>>()?
+    };
+    let models = args.models.first().copied().unwrap_or(2_000);
+    let sizes = trace::realistic_sizes(models, args.seed);
+    let budget = (sizes.iter().sum::<u64>() as f64 * args.budget) as u64;
+    let config = policy_config(args);
+    let wall = PolicyConfig {
+        half_life: 10.0,
+        ..config
+    };
+    println!(
+        "{models} models, realistic sizes ({:.2} GB charged), budget {:.0}% ({:.0} MB), {} requests per trace; traffic clock: half-life {} requests; wall clock: half-life 10 s (the policy before); load s by the live cost model ({} s + {} s/byte)",
+        sizes.iter().sum::<u64>() as f64 / 1e9,
+        args.budget * 100.0,
+        budget as f64 / 1e6,
+        args.requests,
+        config.half_life,
+        config.cost.fixed,
+        config.cost.per_byte
+    );
+    println!(
+        "| shape | req/s | LRU load s | traffic clock: load s / LRU | request miss / LRU | byte miss / LRU | wall clock: load s / LRU | request miss / LRU | byte miss / LRU | hindsight best fixed set: load s / LRU |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut ours: Vec<(f64, f64, f64)> = Vec::new();
+    for &shape in &shapes {
+        for &rate in &args.rates {
+            let spec = TraceSpec {
+                shape,
+                models,
+                requests: args.requests,
+                rate,
+                seed: args.seed,
+            };
+            let requests = trace::generate(&spec);
+            let lru = sim::run(&mut Lru::new(budget), &requests, &sizes);
+            let traffic = sim::run(
+                &mut Managed::new(budget, config, Some(2.0)),
+                &requests,
+                &sizes,
+            );
+            let old = sim::run(&mut Managed::wall_clock(budget, wall), &requests, &sizes);
+            let oracle = sim::run(
+                &mut sim::Static::by_cost(budget, &requests, &sizes, config.cost),
+                &requests,
+                &sizes,
+            );
+            let ratio = |o: &Outcome| {
+                (
+                    o.load_seconds / lru.load_seconds,
+                    o.request_miss_ratio() / lru.request_miss_ratio(),
+                    o.byte_miss_ratio() / lru.byte_miss_ratio(),
+                )
+            };
+            let (t, w) = (ratio(&traffic), ratio(&old));
+            ours.push(t);
+            println!(
+                "| {shape} | {rate} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+                lru.load_seconds,
+                t.0,
+                t.1,
+                t.2,
+                w.0,
+                w.1,
+                w.2,
+                oracle.load_seconds / lru.load_seconds
+            );
+        }
+    }
+    let n = ours.len() as f64;
+    let g =
+        |f: fn(&(f64, f64, f64)) -> f64| (ours.iter().map(|r| f(r).ln()).sum::<f64>() / n).exp();
+    println!(
+        "\ntraffic clock, geometric mean over {} runs, relative to LRU: load seconds {:.3}, request misses {:.3}, byte misses {:.3}",
+        ours.len(),
+        g(|r| r.0),
+        g(|r| r.1),
+        g(|r| r.2)
+    );
     Ok(())
 }
 
@@ -268,10 +384,10 @@ fn sweep(args: &SimArgs, traces: &[Trace]) -> Result<()> {
         })
         .collect();
     println!(
-        "| half-life s | size weight | request miss / LRU (geo, worst) | byte miss / LRU (geo, worst) |"
+        "| half-life (requests) | size weight | request miss / LRU (geo, worst) | byte miss / LRU (geo, worst) |"
     );
     println!("|---:|---:|---|---|");
-    for half_life in [2.0, 5.0, 10.0, 30.0] {
+    for half_life in [2_000.0, 5_000.0, 10_000.0, 30_000.0] {
         for size_weight in [0.0, 0.25, 0.5, 0.75, 1.0] {
             let config = PolicyConfig {
                 half_life,

@@ -215,7 +215,7 @@ pub fn run(args: SimArgs) -> Result<()> {
         "| trace | policy | request miss | byte miss | load s | request miss / LRU | byte miss / LRU | load s / LRU |"
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
-    let mut ratios: Vec<(String, Vec<(f64, f64, f64)>)> = Vec::new();
+    let mut ratios: Vec<(String, Vec<Ratios>)> = Vec::new();
     for t in &traces {
         let budget = (t.sizes.iter().sum::<u64>() as f64 * args.budget) as u64;
         let mut caches: Vec<Box<dyn Cache>> = vec![
@@ -367,6 +367,9 @@ fn rates(args: &SimArgs) -> Result<()> {
     Ok(())
 }
 
+/// Request misses, byte misses and load seconds, each relative to LRU.
+type Ratios = (f64, f64, f64);
+
 fn geomean(v: &[(f64, f64)]) -> (f64, f64) {
     let n = v.len() as f64;
     (
@@ -384,9 +387,9 @@ fn sweep(args: &SimArgs, traces: &[Trace]) -> Result<()> {
         })
         .collect();
     println!(
-        "| half-life (requests) | size weight | request miss / LRU (geo, worst) | byte miss / LRU (geo, worst) |"
+        "| half-life (requests) | size weight | request miss / LRU (geo, worst) | byte miss / LRU (geo, worst) | load s / LRU (geo) |"
     );
-    println!("|---:|---:|---|---|");
+    println!("|---:|---:|---|---|---:|");
     for half_life in [2_000.0, 5_000.0, 10_000.0, 30_000.0] {
         for size_weight in [0.0, 0.25, 0.5, 0.75, 1.0] {
             let config = PolicyConfig {
@@ -394,7 +397,7 @@ fn sweep(args: &SimArgs, traces: &[Trace]) -> Result<()> {
                 size_weight,
                 ..PolicyConfig::default()
             };
-            let v: Vec<(f64, f64)> = traces
+            let v: Vec<Ratios> = traces
                 .iter()
                 .zip(&lru)
                 .map(|(t, l)| {
@@ -407,14 +410,17 @@ fn sweep(args: &SimArgs, traces: &[Trace]) -> Result<()> {
                     (
                         o.request_miss_ratio() / l.request_miss_ratio(),
                         o.byte_miss_ratio() / l.byte_miss_ratio(),
+                        o.load_seconds / l.load_seconds,
                     )
                 })
                 .collect();
-            let (req, bytes) = geomean(&v);
+            let pairs: Vec<(f64, f64)> = v.iter().map(|r| (r.0, r.1)).collect();
+            let (req, bytes) = geomean(&pairs);
+            let load = (v.iter().map(|r| r.2.ln()).sum::<f64>() / v.len() as f64).exp();
             let worst_req = v.iter().map(|r| r.0).fold(0.0, f64::max);
             let worst_bytes = v.iter().map(|r| r.1).fold(0.0, f64::max);
             println!(
-                "| {half_life} | {size_weight} | {req:.3}, {worst_req:.3} | {bytes:.3}, {worst_bytes:.3} |"
+                "| {half_life} | {size_weight} | {req:.3}, {worst_req:.3} | {bytes:.3}, {worst_bytes:.3} | {load:.3} |"
             );
         }
     }

@@ -68,6 +68,8 @@ pub enum Bench {
     /// The offline cache simulator: the scorer's policy against LRU, moka's W-TinyLFU and
     /// Belady on generated many-model traces.
     Policy(crate::sim::SimArgs),
+    /// A hot model's latency alone and while cold loads of big forests run beside it.
+    HotUnderLoad(crate::hot_under_load::HotUnderLoadArgs),
     /// Publish-to-live delay of a hot model on a local and an Azure Blob (Azurite) store,
     /// and latency during swaps against steady state.
     Swap {
@@ -135,6 +137,7 @@ pub fn run(which: Bench) -> Result<()> {
         } => hot(&models, seconds, connections, &sets),
         Bench::Load { reps } => load(reps),
         Bench::Policy(args) => crate::sim::run(args),
+        Bench::HotUnderLoad(args) => crate::hot_under_load::run(args),
         Bench::Memory { models } => memory(models),
         Bench::Proxy {
             seconds,
@@ -151,7 +154,7 @@ pub fn run(which: Bench) -> Result<()> {
 /// A release scorer process, killed on drop.
 pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Server {

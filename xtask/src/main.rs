@@ -13,6 +13,7 @@ mod bench;
 mod engines;
 mod replay;
 mod setup;
+mod hot_under_load;
 mod sim;
 mod swap;
 

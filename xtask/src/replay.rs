@@ -194,6 +194,8 @@ struct Row {
     loads: f64,
     extra: String,
     peak_rss: u64,
+    /// Pools only: what the memory, warm-up and simulator checks found.
+    notes: Vec<String>,
 }
 
 impl Row {
@@ -215,6 +217,10 @@ fn pool(args: &ReplayArgs, engine: &str, trace: &[u32], entries: &[Entry]) -> Re
         .map(|&p| Server::start(&args.store, p, &set_refs))
         .collect::<Result<_>>()?;
     let proxy = Server::proxy(18_030, &addrs, &[])?;
+    let idle: Vec<u64> = scorers
+        .iter()
+        .map(|s| rss(s.pid()))
+        .collect::<Result<_>>()?;
     let outcome = drive(
         &proxy.addr(),
         trace,
@@ -224,23 +230,117 @@ fn pool(args: &ReplayArgs, engine: &str, trace: &[u32], entries: &[Entry]) -> Re
     )?;
     let (mut hits, mut misses, mut loads, mut warmups, mut native, mut peak) =
         (0.0, 0.0, 0.0, 0.0, 0.0, 0u64);
-    for scorer in &scorers {
+    let (mut wasted, mut cost) = (0.0, 0.0);
+    let budget = manymodels_config::parse_bytes(&args.budget)
+        .map_err(anyhow::Error::msg)?
+        .bytes();
+    let mut notes = Vec::new();
+    for (scorer, idle) in scorers.iter().zip(&idle) {
         hits += scorer.metric("mm_scorer_cache_hits_total")?;
         misses += scorer.metric("mm_scorer_cache_misses_total")?;
         loads += scorer.metric("mm_scorer_model_loads_total")?;
         warmups += scorer.metric("mm_scorer_warmup_loads_total")?;
+        wasted += scorer.metric("mm_scorer_warmup_wasted_total")?;
         native += scorer.metric("mm_scorer_engine_loads_total{engine=\"native\"}")?;
-        peak += peak_rss(scorer.pid())?;
+        let scorer_peak = peak_rss(scorer.pid())?;
+        peak += scorer_peak;
+        // The documented bound: idle RSS + budget x 1.1 + 48 MiB (README, "Memory").
+        let bound = idle + budget * 11 / 10 + (48 << 20);
+        notes.push(format!(
+            "scorer {}: idle RSS {:.0} MB, peak RSS {:.0} MB, bound {:.0} MB: {}",
+            scorer.addr(),
+            *idle as f64 / 1e6,
+            scorer_peak as f64 / 1e6,
+            bound as f64 / 1e6,
+            if scorer_peak <= bound { "within" } else { "OVER" }
+        ));
+        let (_, explain) = setup::http("GET", &format!("{}/v2/mm/cache", scorer.url), "")?;
+        let explain: Value = serde_json::from_str(&explain)?;
+        for resident in explain["cache"]["resident"].as_array().into_iter().flatten() {
+            cost += resident["load_seconds"].as_f64().unwrap_or(0.0);
+        }
     }
     peak += peak_rss(proxy.pid())?;
+    notes.push(format!(
+        "warm-up loads {warmups:.0} of {loads:.0} ({:.1}%), evicted or refused before their first hit: {wasted:.0} ({:.1}% of warm-ups)",
+        100.0 * warmups / loads.max(1.0),
+        100.0 * wasted / warmups.max(1.0)
+    ));
+    let hit_ratio = hits / (hits + misses).max(1.0);
+    let simulated = simulate(args, engine, trace, entries, &addrs, budget, outcome.requests)?;
+    notes.push(format!(
+        "simulator, same trace prefix ({} requests), same budget, charged sizes estimated from the files: pool hit ratio {simulated:.3} against {hit_ratio:.3} live ({:+.1} points); load seconds of the residents (CPU + read) {cost:.1} s",
+        outcome.requests,
+        100.0 * (hit_ratio - simulated)
+    ));
     Ok(Row {
         name: format!("manymodels, engine.native={engine} (proxy + 3 scorers)"),
         outcome,
-        hit_ratio: hits / (hits + misses).max(1.0),
+        hit_ratio,
         loads,
         extra: format!("{warmups} warm-up, {native} native"),
         peak_rss: peak,
+        notes,
     })
+}
+
+/// Resident set of a process now (`VmRSS`), in bytes.
+fn rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")?;
+    Ok(kib * 1024)
+}
+
+/// The pool hit ratio the simulator predicts for the first `served` requests of the
+/// trace: the scorers' own policy per scorer (rendezvous over the same addresses), each
+/// model charged what its engine holds (native: forests 0.34x their file, linear models
+/// about 1.7 KB; ONNX Runtime: 5.4x the file plus 100 KB).
+fn simulate(
+    args: &ReplayArgs,
+    engine: &str,
+    trace: &[u32],
+    entries: &[Entry],
+    scorers: &[String],
+    budget: u64,
+    served: usize,
+) -> Result<f64> {
+    use manymodels_policy::sim::{self, Managed};
+    let sizes: Vec<u64> = entries
+        .iter()
+        .map(|e| {
+            let file = std::fs::metadata(args.store.join(&e.id).join("1/model.onnx"))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            if engine == "off" {
+                file * 27 / 5 + 100_000
+            } else if file < 20_000 {
+                1_700
+            } else {
+                file * 34 / 100
+            }
+        })
+        .collect();
+    let names: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+    let requests: Vec<policy_trace::Request> = trace[..served.min(trace.len())]
+        .iter()
+        .enumerate()
+        .map(|(i, &model)| policy_trace::Request {
+            t: i as f64 / TRACE_RATE,
+            model,
+        })
+        .collect();
+    let outcome = sim::run_pool(&requests, &sizes, &names, scorers, || {
+        Box::new(Managed::new(
+            budget,
+            manymodels_policy::PolicyConfig::default(),
+            Some(2.0),
+        ))
+    });
+    Ok(outcome.hit_ratio())
 }
 
 /// The naive server, killed on drop.
@@ -303,6 +403,7 @@ fn baseline(args: &ReplayArgs, trace: &[u32], entries: &[Entry]) -> Result<Row> 
         loads,
         extra: String::new(),
         peak_rss: peak,
+        notes: Vec::new(),
     })
 }
 
@@ -365,6 +466,11 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             o.failed,
             row.peak_rss as f64 / 1e9,
         );
+    }
+    for row in &rows {
+        for note in &row.notes {
+            println!("- {}: {note}", row.name);
+        }
     }
     if let (Some(first), Some(base)) = (rows.first(), rows.last())
         && rows.len() > 1

@@ -71,7 +71,10 @@ pub fn run(args: HotUnderLoadArgs) -> Result<()> {
         "| engine | hot p50 alone | hot p99 alone | hot p50 during loads | hot p99 during loads | hot max during loads | cold loads done | load wall (mean) |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for (port, engine) in [(18_301u16, "engine.native=auto"), (18_302, "engine.native=off")] {
+    for (port, engine) in [
+        (18_301u16, "engine.native=auto"),
+        (18_302, "engine.native=off"),
+    ] {
         let server = Server::start(&scratch, port, &[engine, "cache.budget=2GiB"])?;
         let hot_url = format!("{}/v2/models/linear-small/infer", server.url);
         setup::http_post(&hot_url, &body)?;
@@ -106,8 +109,8 @@ pub fn run(args: HotUnderLoadArgs) -> Result<()> {
         let started = Instant::now();
         let mut during = probe(&hot_url, &body, args.requests)?;
         let elapsed = started.elapsed();
-        let load_seconds = server.metric("mm_scorer_model_load_duration_seconds_sum")?
-            - load_seconds_before;
+        let load_seconds =
+            server.metric("mm_scorer_model_load_duration_seconds_sum")? - load_seconds_before;
         let loaded = server.metric("mm_scorer_model_load_duration_seconds_count")? - loads_before;
         stop.store(true, Ordering::Relaxed);
         for loader in loaders {

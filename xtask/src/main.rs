@@ -11,9 +11,9 @@
 
 mod bench;
 mod engines;
+mod hot_under_load;
 mod replay;
 mod setup;
-mod hot_under_load;
 mod sim;
 mod swap;
 

@@ -252,11 +252,19 @@ fn pool(args: &ReplayArgs, engine: &str, trace: &[u32], entries: &[Entry]) -> Re
             *idle as f64 / 1e6,
             scorer_peak as f64 / 1e6,
             bound as f64 / 1e6,
-            if scorer_peak <= bound { "within" } else { "OVER" }
+            if scorer_peak <= bound {
+                "within"
+            } else {
+                "OVER"
+            }
         ));
         let (_, explain) = setup::http("GET", &format!("{}/v2/mm/cache", scorer.url), "")?;
         let explain: Value = serde_json::from_str(&explain)?;
-        for resident in explain["cache"]["resident"].as_array().into_iter().flatten() {
+        for resident in explain["cache"]["resident"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             cost += resident["load_seconds"].as_f64().unwrap_or(0.0);
         }
     }
@@ -267,7 +275,15 @@ fn pool(args: &ReplayArgs, engine: &str, trace: &[u32], entries: &[Entry]) -> Re
         100.0 * wasted / warmups.max(1.0)
     ));
     let hit_ratio = hits / (hits + misses).max(1.0);
-    let simulated = simulate(args, engine, trace, entries, &addrs, budget, outcome.requests)?;
+    let simulated = simulate(
+        args,
+        engine,
+        trace,
+        entries,
+        &addrs,
+        budget,
+        outcome.requests,
+    )?;
     notes.push(format!(
         "simulator, same trace prefix ({} requests), same budget, charged sizes estimated from the files: pool hit ratio {simulated:.3} against {hit_ratio:.3} live ({:+.1} points); load seconds of the residents (CPU + read) {cost:.1} s",
         outcome.requests,

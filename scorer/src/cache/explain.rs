@@ -153,3 +153,50 @@ pub struct Explain {
     pub resident: Vec<ResidentView>,
     pub hottest: Vec<HotModel>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Reason;
+    use super::super::testing::{Store, demo, id, scorer};
+
+    /// The summary and the explain view describe the same resident set: bytes add up,
+    /// every resident is listed lowest priority first, evictions newest first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_views_agree_with_the_resident_set() {
+        let store = Store::new();
+        store.put("small", 1, &demo("linear-small"));
+        store.put("forest", 1, &demo("forest-1mb"));
+        let scorer = scorer(&store, |_| {});
+        let cache = &scorer.cache;
+        for _ in 0..5 {
+            cache.get(&id("small"), None).await.unwrap();
+        }
+        cache.get(&id("forest"), None).await.unwrap();
+        let explain = cache.explain(10);
+        assert_eq!(explain.summary.resident_models, 2);
+        let listed: u64 = explain.resident.iter().map(|r| r.bytes).sum();
+        assert_eq!(listed, explain.summary.resident_bytes);
+        assert_eq!(explain.summary.reserved_bytes, 0, "no load in flight");
+        assert!(explain.summary.ceiling_bytes > explain.summary.budget_bytes);
+        assert!(
+            explain
+                .resident
+                .windows(2)
+                .all(|w| w[0].priority <= w[1].priority)
+        );
+        assert!(explain.resident.iter().all(|r| r.engine == "native"));
+        let small = explain
+            .resident
+            .iter()
+            .find(|r| r.model == "small")
+            .unwrap();
+        assert!(small.rate > 0.0 && small.load_seconds > 0.0);
+        cache.unload(&id("small")).await;
+        cache.unload(&id("forest")).await;
+        let summary = cache.summary(10);
+        assert_eq!(summary.resident_models, 0);
+        let gone: Vec<&str> = summary.evictions.iter().map(|e| e.model.as_str()).collect();
+        assert_eq!(gone, ["forest", "small"], "newest first");
+        assert!(summary.evictions.iter().all(|e| e.reason == Reason::Unload));
+    }
+}

@@ -191,6 +191,12 @@ impl<M: Charged> Resident<M> {
         }
     }
 
+    /// Whether residents and reservations leave part of the budget free (warm-ups only
+    /// load into free room).
+    pub fn has_room(&self) -> bool {
+        self.policy.used() + self.reserved < self.capacity()
+    }
+
     /// Whether a model of `weight` could ever be resident.
     pub fn fits(&self, weight: u64) -> bool {
         weight <= self.capacity()
@@ -407,6 +413,13 @@ mod tests {
         r.release(1100, true);
         assert!(matches!(r.reserve(500, 0.0), Reserve::Granted(500, d) if d.is_empty()));
         assert!(!r.fits(1001) && r.fits(1000));
+        assert!(r.has_room(), "500 reserved of 1000");
+        assert!(matches!(r.reserve(500, 0.0), Reserve::Granted(500, _)));
+        assert!(
+            !r.has_room(),
+            "the budget is taken (the headroom is not room)"
+        );
+        r.release(500, true);
         r.release(500, true);
         // Held memory alone never makes a load wait for ever: with no load running, the
         // reservation is granted over the ceiling (everything evictable goes first).

@@ -320,3 +320,37 @@ impl ModelCache {
         self.refresh(id).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{Store, demo, id, scorer};
+
+    /// The live version is the store's highest; a new version that fails to load is
+    /// refused and the old one keeps serving; a good one is swapped in beside it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn new_versions_are_swapped_in_or_refused_with_the_old_one_serving() {
+        let store = Store::new();
+        store.put("m", 1, &demo("linear-small"));
+        let scorer = scorer(&store, |_| {});
+        let cache = &scorer.cache;
+        let (model, _) = cache.get(&id("m"), None).await.unwrap();
+        assert_eq!(model.version, 1);
+
+        store.put("m", 2, b"not a model");
+        let refresh = cache.refresh(&id("m")).await.unwrap();
+        assert_eq!(refresh.live, 1, "{refresh:?}");
+        assert_eq!(refresh.refused.as_ref().map(|r| r.version), Some(2));
+        let (model, _) = cache.get(&id("m"), None).await.unwrap();
+        assert_eq!(model.version, 1, "the old version keeps serving");
+
+        store.put("m", 3, &demo("linear-small"));
+        let refresh = cache.refresh(&id("m")).await.unwrap();
+        assert!(refresh.swapped, "{refresh:?}");
+        assert_eq!((refresh.live, refresh.previous), (3, Some(1)));
+        let (model, _) = cache.get(&id("m"), None).await.unwrap();
+        assert_eq!(model.version, 3);
+        let status = cache.version_status(&id("m")).await.unwrap();
+        assert_eq!(status.resident, vec![3], "the old version left memory");
+        assert_eq!(status.versions, vec![1, 2, 3]);
+    }
+}

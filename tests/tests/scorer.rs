@@ -194,14 +194,14 @@ async fn byte_budget_holds(engine: &str, fixed_overhead: u64) {
 /// time for three rounds against a budget that holds two or three of them, so big loads
 /// run concurrently and keep evicting. The scorer's own peak RSS (`VmHWM`, the kernel's
 /// high-water mark) stays within its idle RSS plus `cache.budget × 1.1` plus the
-/// documented fixed overhead (`BURST_OVERHEAD`: the 32 MiB load allowance and the load
-/// threads' allocator slack; README, "Memory"), with both engines.
+/// documented fixed overhead (`BURST_OVERHEAD`: the 32 MiB load allowance and 32 MiB of
+/// allocator slack; README, "Memory"), with both engines.
 #[tokio::test]
 async fn a_burst_of_concurrent_big_loads_stays_within_the_memory_bound() {
     const MIB: u64 = 1 << 20;
-    // The load allowance (32 MiB, `cache::resident::LOAD_ALLOWANCE`) and 16 MiB of
-    // allocator slack.
-    const BURST_OVERHEAD: u64 = 48 * MIB;
+    // The load allowance (32 MiB, `cache::resident::LOAD_ALLOWANCE`) and 32 MiB of
+    // allocator slack (README, "Memory").
+    const BURST_OVERHEAD: u64 = 64 * MIB;
     let store = TempDir::new("burst");
     let models: Vec<_> = (0..8)
         .map(|i| {

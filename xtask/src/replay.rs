@@ -244,8 +244,8 @@ fn pool(args: &ReplayArgs, engine: &str, trace: &[u32], entries: &[Entry]) -> Re
         native += scorer.metric("mm_scorer_engine_loads_total{engine=\"native\"}")?;
         let scorer_peak = peak_rss(scorer.pid())?;
         peak += scorer_peak;
-        // The documented bound: idle RSS + budget x 1.1 + 48 MiB (README, "Memory").
-        let bound = idle + budget * 11 / 10 + (48 << 20);
+        // The documented bound: idle RSS + budget x 1.1 + 64 MiB (README, "Memory").
+        let bound = idle + budget * 11 / 10 + (64 << 20);
         notes.push(format!(
             "scorer {}: idle RSS {:.0} MB, peak RSS {:.0} MB, bound {:.0} MB: {}",
             scorer.addr(),

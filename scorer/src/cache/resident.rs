@@ -191,10 +191,11 @@ impl<M: Charged> Resident<M> {
         }
     }
 
-    /// Whether residents and reservations leave part of the budget free (warm-ups only
-    /// load into free room).
+    /// Whether a warm-up may start: the residents leave a tenth of the budget free and
+    /// the reservations fit under the ceiling, so its load is unlikely to evict anyone.
     pub fn has_room(&self) -> bool {
-        self.policy.used() + self.reserved < self.capacity()
+        let used = self.policy.used();
+        used < self.capacity() / 10 * 9 && used + self.reserved < self.ceiling
     }
 
     /// Whether a model of `weight` could ever be resident.
@@ -413,14 +414,16 @@ mod tests {
         r.release(1100, true);
         assert!(matches!(r.reserve(500, 0.0), Reserve::Granted(500, d) if d.is_empty()));
         assert!(!r.fits(1001) && r.fits(1000));
-        assert!(r.has_room(), "500 reserved of 1000");
-        assert!(matches!(r.reserve(500, 0.0), Reserve::Granted(500, _)));
-        assert!(
-            !r.has_room(),
-            "the budget is taken (the headroom is not room)"
-        );
+        assert!(r.has_room(), "500 reserved under a ceiling of 1100");
+        assert!(matches!(r.reserve(600, 0.0), Reserve::Granted(600, _)));
+        assert!(!r.has_room(), "the reservations take the ceiling");
+        r.release(600, true);
         r.release(500, true);
-        r.release(500, true);
+        // Residents at nine tenths of the budget leave no room for a warm-up.
+        assert!(load(&mut r, "c", 850, 5, 0.0) && r.has_room());
+        assert!(load(&mut r, "d", 60, 5, 0.0) && !r.has_room());
+        r.unload(&ModelId::parse("c").unwrap(), 0.0);
+        r.unload(&ModelId::parse("d").unwrap(), 0.0);
         // Held memory alone never makes a load wait for ever: with no load running, the
         // reservation is granted over the ceiling (everything evictable goes first).
         assert_eq!(r.hold(1000), 1000);

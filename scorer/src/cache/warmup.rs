@@ -2,7 +2,8 @@
 //! are not in memory, within a byte allowance, skipping what the policy would refuse.
 //! Each warm-up load is watched until its first hit (`mm_scorer_warmup_wasted_total`
 //! counts the ones evicted or refused before serving anything). Warm-ups only fill free
-//! room: none starts while residents and reservations take the whole budget.
+//! room: none starts while residents take nine tenths of the budget or reservations
+//! take the ceiling.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

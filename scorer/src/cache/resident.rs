@@ -191,11 +191,12 @@ impl<M: Charged> Resident<M> {
         }
     }
 
-    /// Whether a warm-up may start: the residents leave a tenth of the budget free and
-    /// the reservations fit under the ceiling, so its load is unlikely to evict anyone.
+    /// Whether a warm-up may start: residents plus reservations are under the budget, so
+    /// a load reserving up to the headroom evicts nobody (a budget smaller than the
+    /// headroom, where fixed reservations alone exceed it, counts the headroom instead).
     pub fn has_room(&self) -> bool {
-        let used = self.policy.used();
-        used < self.capacity() / 10 * 9 && used + self.reserved < self.ceiling
+        let headroom = self.ceiling - self.capacity();
+        self.policy.used() + self.reserved < self.capacity().max(headroom)
     }
 
     /// Whether a model of `weight` could ever be resident.
@@ -419,11 +420,27 @@ mod tests {
         assert!(!r.has_room(), "the reservations take the ceiling");
         r.release(600, true);
         r.release(500, true);
-        // Residents at nine tenths of the budget leave no room for a warm-up.
+        // Residents and reservations together fill the budget: no room for a warm-up.
         assert!(load(&mut r, "c", 850, 5, 0.0) && r.has_room());
-        assert!(load(&mut r, "d", 60, 5, 0.0) && !r.has_room());
+        assert!(matches!(r.reserve(200, 0.0), Reserve::Granted(200, _)));
+        assert!(!r.has_room());
+        r.release(200, true);
         r.unload(&ModelId::parse("c").unwrap(), 0.0);
-        r.unload(&ModelId::parse("d").unwrap(), 0.0);
+        // A budget smaller than the fixed load allowance: reservations far above the
+        // budget still leave room under the headroom.
+        let metrics = Arc::new(Metrics::new(100));
+        let mut tiny: Resident<Fake> =
+            Resident::new(Policy::new(100, PolicyConfig::default()), 10_000, metrics);
+        assert!(matches!(
+            tiny.reserve(3_000, 0.0),
+            Reserve::Granted(3_000, _)
+        ));
+        assert!(tiny.has_room());
+        assert!(matches!(
+            tiny.reserve(7_100, 0.0),
+            Reserve::Granted(7_100, _)
+        ));
+        assert!(!tiny.has_room());
         // Held memory alone never makes a load wait for ever: with no load running, the
         // reservation is granted over the ceiling (everything evictable goes first).
         assert_eq!(r.hold(1000), 1000);

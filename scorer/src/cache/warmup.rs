@@ -2,8 +2,7 @@
 //! are not in memory, within a byte allowance, skipping what the policy would refuse.
 //! Each warm-up load is watched until its first hit (`mm_scorer_warmup_wasted_total`
 //! counts the ones evicted or refused before serving anything). Warm-ups only fill free
-//! room: none starts while residents take nine tenths of the budget or reservations
-//! take the ceiling.
+//! room: none starts while residents and reservations take the whole budget.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -344,6 +344,7 @@ impl Pusher {
                         .unwrap_or(Value::Null);
                 }
                 other => {
+                    self.metrics.stats_push_failures.inc();
                     tracing::debug!(scorer = %name, result = ?other.map(|r| r.map(|(s, _)| s)), "statistics push failed")
                 }
             }

@@ -69,7 +69,14 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
 
 /// Records the request in metrics and turns errors into `{"error": ...}` responses.
 fn finish(scorer: &Scorer, route: &'static str, result: Result<Response, ScorerError>) -> Response {
-    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    let mut response = result.unwrap_or_else(|error| {
+        scorer
+            .metrics
+            .errors
+            .with_label_values(&[error.kind()])
+            .inc();
+        error.into_response()
+    });
     let code = response.status();
     scorer
         .metrics

@@ -4,8 +4,9 @@
 //! A request names a model; the scorer answers from the loaded session if the model is hot,
 //! otherwise it reads the model from the store (a local directory or Azure Blob), creates
 //! an ONNX Runtime session once however many requests wait for it, and keeps it while the
-//! cache's byte budget allows. ONNX Runtime calls run on blocking threads, never on the
-//! async workers.
+//! cache's byte budget allows. Loads run on their own low-priority threads; a model call
+//! runs inline on the async worker only when it was measured to be short and its engine
+//! is free, on a blocking thread otherwise (`engine::LoadedModel::try_quick`).
 //!
 //! The scorer deliberately does not route, replicate or balance: it serves whatever model
 //! it is asked for. Choosing which scorer holds which model is the proxy's job.

@@ -11,6 +11,8 @@ pub struct Metrics {
     registry: Registry,
     /// By `route` (infer, metadata, ready, load, unload, index) and `code` (status code).
     pub requests: IntCounterVec,
+    /// Error answers by `kind` (`ScorerError::kind`: a bounded set).
+    pub errors: IntCounterVec,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
     pub loads: IntCounter,
@@ -78,6 +80,17 @@ impl Metrics {
         registry
             .register(Box::new(requests.clone()))
             .expect("unique metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "mm_scorer_errors_total",
+                "Error answers by kind (not_found, invalid_input, load_failed, too_large_for_budget, ...).",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(errors.clone()))
+            .expect("unique metric");
         let engine_loads = IntCounterVec::new(
             Opts::new(
                 "mm_scorer_engine_loads_total",
@@ -102,6 +115,7 @@ impl Metrics {
             .expect("unique metric");
         let metrics = Metrics {
             requests,
+            errors,
             cache_hits: counter(
                 "mm_scorer_cache_hits_total",
                 "Model look-ups answered from the hot cache.",

@@ -699,6 +699,14 @@ async fn a_model_larger_than_the_budget_is_refused_at_once_and_remembered() {
             "{engine:?}"
         );
         assert_eq!(
+            metric(
+                &text,
+                "mm_scorer_errors_total{kind=\"too_large_for_budget\"}"
+            ),
+            2.0,
+            "{engine:?}"
+        );
+        assert_eq!(
             metric(&text, "mm_scorer_model_loads_total"),
             1.0,
             "{engine:?}"

@@ -520,6 +520,20 @@ async fn no_scorer_left_gives_503_and_recovery_follows() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Statistics pushes to the dead scorer fail, and are counted (every 2 s).
+    let started = Instant::now();
+    while proxy
+        .metrics()
+        .await
+        .get("mm_proxy_stats_push_failures_total")
+        < 1.0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "no failed statistics push counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _back = ScorerProcess::start_on(
         port,
         &[format!(

@@ -107,19 +107,6 @@ struct Figures {
     peak_rss: u64,
 }
 
-/// A `/proc/self/status` field in bytes.
-fn status_bytes(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
-}
-
 fn measure(
     engines: Engines,
     meta: &Meta,
@@ -139,13 +126,14 @@ fn measure(
         PEAK.store(base, Ordering::Relaxed);
         // Resets VmHWM to the current resident set (Linux "clear_refs" value 5).
         let _ = std::fs::write("/proc/self/clear_refs", "5");
-        let rss_before = status_bytes("VmRSS:");
+        let rss_before = crate::replay::status_bytes("self", "VmRSS")?;
         let started = Instant::now();
         let loaded = engines
             .load(id.clone(), 1, bytes, 0)
             .map_err(anyhow::Error::msg)?;
         times.push(started.elapsed());
-        peak_rss = peak_rss.max(status_bytes("VmHWM:").saturating_sub(rss_before));
+        peak_rss =
+            peak_rss.max(crate::replay::status_bytes("self", "VmHWM")?.saturating_sub(rss_before));
         peak = Some(PEAK.load(Ordering::Relaxed) - base);
         model = Some(loaded);
     }

@@ -109,15 +109,20 @@ fn pip(packages: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Peak resident set of a process (`VmHWM`), in bytes.
-pub(crate) fn peak_rss(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+/// A `kB` field of `/proc/<process>/status` (`process`: a pid or `self`), in bytes.
+pub(crate) fn status_bytes(process: &str, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status"))?;
     let kib: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("VmHWM")?;
+        .with_context(|| format!("{field} in /proc/{process}/status"))?;
     Ok(kib * 1024)
+}
+
+/// Peak resident set of a process (`VmHWM`), in bytes.
+pub(crate) fn peak_rss(pid: u32) -> Result<u64> {
+    status_bytes(&pid.to_string(), "VmHWM")
 }
 
 /// What one server did with the trace.
@@ -302,13 +307,7 @@ fn pool(args: &ReplayArgs, engine: &str, trace: &[u32], entries: &[Entry]) -> Re
 
 /// Resident set of a process now (`VmRSS`), in bytes.
 fn rss(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("VmRSS")?;
-    Ok(kib * 1024)
+    status_bytes(&pid.to_string(), "VmRSS")
 }
 
 /// The pool hit ratio the simulator predicts for the first `served` requests of the

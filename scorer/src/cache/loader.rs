@@ -42,9 +42,11 @@ impl LoadThreads {
         }
     }
 
-    /// Runs `f` on a load thread; returns its value and the CPU seconds it used.
+    /// Runs `f` on a load thread; returns its value and the CPU seconds it used. `trim`:
+    /// give the heap back to the OS afterwards (`trims_after`).
     pub async fn run<T: Send + 'static>(
         &self,
+        trim: bool,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<(T, f64), String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -55,7 +57,9 @@ impl LoadThreads {
             // What the load freed (the file's parse, the engine's scratch) goes back to
             // the OS before the next load: otherwise each load thread's allocator arena
             // keeps its largest load's transient memory resident for good.
-            super::trim_heap();
+            if trim {
+                super::trim_heap();
+            }
             let _ = tx.send((value, cpu));
         });
         self.jobs
@@ -132,6 +136,13 @@ pub fn reservation(engine: Phase, file_bytes: u64) -> u64 {
     }
 }
 
+/// Whether a load reserving `reservation` bytes is worth a heap trim afterwards: small
+/// loads (most of a store's linear models) free too little to pay for a walk of every
+/// allocator arena.
+pub fn trims_after(reservation: u64) -> bool {
+    reservation >= 4 << 20
+}
+
 /// ONNX Runtime's peak RSS growth during a session creation, as a multiple of the file.
 pub const ONNX_PEAK: u64 = 20;
 
@@ -150,7 +161,7 @@ mod tests {
     async fn loads_run_on_low_priority_threads_and_report_their_cpu_time() {
         let threads = LoadThreads::new(2);
         let (nice, cpu) = threads
-            .run(|| {
+            .run(true, || {
                 // Spin about 30 ms of CPU.
                 let started = thread_cpu_seconds();
                 let mut x = 0u64;
@@ -166,13 +177,15 @@ mod tests {
         assert!((0.03..0.5).contains(&cpu), "{cpu}");
         // A sleeping load costs (almost) no CPU: waiting is not work.
         let ((), idle) = threads
-            .run(|| std::thread::sleep(std::time::Duration::from_millis(50)))
+            .run(true, || {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            })
             .await
             .unwrap();
         assert!(idle < 0.01, "{idle}");
         // A panic is an error for its caller; the threads keep serving.
-        assert!(threads.run(|| panic!("boom")).await.is_err());
-        assert_eq!(threads.run(|| 7).await.unwrap().0, 7);
+        assert!(threads.run(false, || panic!("boom")).await.is_err());
+        assert_eq!(threads.run(false, || 7).await.unwrap().0, 7);
         assert_eq!(own_nice(), 0, "the caller's priority is untouched");
     }
 

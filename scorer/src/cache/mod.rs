@@ -274,6 +274,13 @@ struct Reservation {
     load: bool,
 }
 
+impl Reservation {
+    /// Whether the load it covers is big enough to trim the heap after.
+    fn trims(&self) -> bool {
+        loader::trims_after(self.bytes)
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         {
@@ -480,12 +487,11 @@ impl ModelCache {
 
     /// Accounts for `bytes` that are in memory already (never waits).
     fn hold(&self, bytes: u64) -> Reservation {
-        let bytes = {
+        {
             let mut state = self.state();
-            let bytes = state.hold(bytes);
+            state.hold(bytes);
             self.metrics.reserved_bytes.set(state.reserved() as i64);
-            bytes
-        };
+        }
         Reservation {
             ledger: self.ledger.clone(),
             bytes,
@@ -607,7 +613,9 @@ impl ModelCache {
             let (model_id, file_bytes) = (id.clone(), bytes.clone());
             let (native, seconds) = self
                 .loads
-                .run(move || engines.load_native(model_id, version, &file_bytes))
+                .run(reservation.trims(), move || {
+                    engines.load_native(model_id, version, &file_bytes)
+                })
                 .await
                 .map_err(ScorerError::Store)?;
             cpu += seconds;
@@ -621,7 +629,9 @@ impl ModelCache {
         let model_id = id.clone();
         let (created, seconds) = self
             .loads
-            .run(move || engines.load_onnx(model_id, version, &bytes, estimate, refusal))
+            .run(reservation.trims(), move || {
+                engines.load_onnx(model_id, version, &bytes, estimate, refusal)
+            })
             .await
             .map_err(ScorerError::Store)?;
         cpu += seconds;

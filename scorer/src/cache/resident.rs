@@ -176,10 +176,9 @@ impl<M: Charged> Resident<M> {
     }
 
     /// Accounts for `bytes` that exist already (a model out of the set that requests still
-    /// use): reserved at once, over the ceiling if need be. Returns what was reserved.
-    pub fn hold(&mut self, bytes: u64) -> u64 {
+    /// use): reserved at once, over the ceiling if need be.
+    pub fn hold(&mut self, bytes: u64) {
         self.reserved += bytes;
-        bytes
     }
 
     /// Gives back a reservation (`load`: granted by `reserve`, else by `hold`).
@@ -443,7 +442,7 @@ mod tests {
         assert!(!tiny.has_room());
         // Held memory alone never makes a load wait for ever: with no load running, the
         // reservation is granted over the ceiling (everything evictable goes first).
-        assert_eq!(r.hold(1000), 1000);
+        r.hold(1000);
         assert!(load(&mut r, "b", 50, 5, 0.0));
         match r.reserve(500, 0.0) {
             Reserve::Granted(500, dropped) => assert_eq!(dropped.len(), 1),

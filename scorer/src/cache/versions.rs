@@ -205,7 +205,7 @@ impl ModelCache {
         let (checked, old) = (model.clone(), old.clone());
         let (verdict, _) = self
             .loads
-            .run(move || checked.vet(Some(&old)))
+            .run(false, move || checked.vet(Some(&old)))
             .await
             .map_err(ScorerError::Store)?;
         verdict.map_err(|message| invalid_model(&key.id, key.version, message))?;
@@ -284,7 +284,7 @@ impl ModelCache {
         let (model, _, reservation) = self.create(&key, bytes.clone()).await?;
         let (verdict, _) = self
             .loads
-            .run(move || model.vet(old.as_deref()))
+            .run(false, move || model.vet(old.as_deref()))
             .await
             .map_err(ScorerError::Store)?;
         drop(reservation);

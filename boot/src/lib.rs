@@ -1,0 +1,1 @@
+//! What every manymodels binary does at start.

@@ -1,0 +1,1 @@
+//! The wire contract between mm-proxy and mm-scorer.

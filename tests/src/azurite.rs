@@ -11,7 +11,8 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::{TempDir, free_port, root};
+use crate::process::free_port;
+use crate::store::{TempDir, root};
 
 /// The emulator's well-known development account and key (public, documented by Azure).
 pub const ACCOUNT: &str = "devstoreaccount1";

@@ -8,6 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use manymodels_models::Mix;
+use manymodels_tests::http::header;
+use manymodels_tests::process::addrs;
 use manymodels_tests::{
     ProxyProcess, ScorerProcess, TempDir, free_port, generated_rows, get_json, rows_body,
 };
@@ -39,15 +41,10 @@ async fn score(client: &reqwest::Client, base: &str, i: usize) -> (String, Strin
         .await
         .unwrap();
     assert_eq!(response.status(), 200, "model {i}");
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string()
-    };
-    (header("x-mm-scorer"), header("x-mm-cache"))
+    (
+        header(&response, "x-mm-scorer"),
+        header(&response, "x-mm-cache"),
+    )
 }
 
 async fn resident(client: &reqwest::Client, scorer: &str) -> BTreeSet<String> {
@@ -306,7 +303,7 @@ async fn two_proxies_feed_the_same_scorers_without_double_counting() {
     let scorers: Vec<ScorerProcess> = (0..2)
         .map(|_| ScorerProcess::local(store.path(), &[]))
         .collect();
-    let addrs: Vec<&str> = scorers.iter().map(ScorerProcess::addr).collect();
+    let addrs = addrs(&scorers);
     // Counts decay with traffic, and rates are converted with each proxy's measured request
     // rate, which stands still once traffic stops: after the burst the rates are fixed.
     let sets = ["stats.push_interval=1s"];
@@ -324,15 +321,6 @@ async fn two_proxies_feed_the_same_scorers_without_double_counting() {
     }
     // Two ticks: each proxy has measured its burst's rate and stands still.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let rate_at = |view: &Value, model: &str| -> f64 {
-        view["hottest"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["model"] == model)
-            .and_then(|m| m["rate"].as_f64())
-            .unwrap_or(0.0)
-    };
     let pool_a = get_json(&client, &format!("{}/v2/mm/pool", a.url)).await;
     let pool_b = get_json(&client, &format!("{}/v2/mm/pool", b.url)).await;
     let (a0, b0, a1) = (
@@ -355,21 +343,25 @@ async fn two_proxies_feed_the_same_scorers_without_double_counting() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let explain = get_json(&client, &format!("{}/v2/mm/cache", scorer.url)).await;
     assert_eq!(explain["cache"]["proxies"], 2);
-    let combined = |model: &str| -> f64 {
-        explain["cache"]["hottest"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["model"] == model)
-            .and_then(|m| m["rate"].as_f64())
-            .unwrap_or(0.0)
-    };
+    let combined = |model: &str| rate_at(&explain["cache"], model);
     let got = combined(&id(0));
     assert!((got / (a0 + b0) - 1.0).abs() < 0.02, "{got} vs {a0} + {b0}");
     if rank_first(&id(1), &addrs) == owner {
         let got = combined(&id(1));
         assert!((got / a1 - 1.0).abs() < 0.02, "{got} vs {a1}");
     }
+}
+
+/// The rate a view (`/v2/mm/pool`, or a scorer's `cache` explain) gives `model` among its
+/// hottest, 0 when it is not listed.
+fn rate_at(view: &Value, model: &str) -> f64 {
+    view["hottest"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == model)
+        .and_then(|m| m["rate"].as_f64())
+        .unwrap_or(0.0)
 }
 
 fn rank_first(model: &str, scorers: &[&str]) -> String {

@@ -7,46 +7,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use manymodels_models::Mix;
+use manymodels_tests::process::{Pool, metric_total};
 use manymodels_tests::{
-    ProxyProcess, ScorerProcess, TempDir, assert_outputs_match, demo_reference, generated_rows,
-    infer_body, root, rows_body,
+    ProxyProcess, ScorerProcess, TOLERANCE, TempDir, assert_outputs_match, demo_reference,
+    generated_rows, infer_body, post_via, root, rows_body,
 };
 use serde_json::{Value, json};
 
-struct Pool {
-    scorers: Vec<ScorerProcess>,
-    proxy: ProxyProcess,
-}
-
 fn pool(store: &std::path::Path, proxy_sets: &[&str]) -> Pool {
-    let scorers: Vec<ScorerProcess> = (0..3).map(|_| ScorerProcess::local(store, &[])).collect();
-    let addrs: Vec<&str> = scorers.iter().map(ScorerProcess::addr).collect();
-    let proxy = ProxyProcess::start(&addrs, proxy_sets);
-    Pool { scorers, proxy }
-}
-
-/// Posts and returns (status, scorer that answered, body).
-async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, String, Value) {
-    let response = client.post(url).json(body).send().await.unwrap();
-    let status = response.status().as_u16();
-    let scorer = response
-        .headers()
-        .get("x-mm-scorer")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let text = response.text().await.unwrap();
-    let value =
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{url}: non-JSON body {text:?}"));
-    (status, scorer, value)
-}
-
-async fn total_loads(scorers: &[ScorerProcess]) -> f64 {
-    let mut total = 0.0;
-    for scorer in scorers {
-        total += scorer.metrics().await.get("mm_scorer_model_loads_total");
-    }
-    total
+    Pool::local(store, 3, &[], proxy_sets)
 }
 
 #[tokio::test]
@@ -58,14 +27,14 @@ async fn repeated_requests_for_a_model_reach_one_scorer() {
         let id = reference["id"].as_str().unwrap();
         let mut scorers = BTreeSet::new();
         for _ in 0..10 {
-            let (status, scorer, body) = post(
+            let (status, scorer, body) = post_via(
                 &client,
                 &format!("{}/v2/models/{id}/infer", pool.proxy.url),
                 &infer_body(&reference),
             )
             .await;
             assert_eq!(status, 200, "{id}: {body}");
-            assert_outputs_match(&body, &reference, 1e-5);
+            assert_outputs_match(&body, &reference, TOLERANCE);
             scorers.insert(scorer);
         }
         assert_eq!(scorers.len(), 1, "{id} was served by {scorers:?}");
@@ -77,7 +46,7 @@ async fn repeated_requests_for_a_model_reach_one_scorer() {
     );
     // Each model was loaded exactly once in the whole pool.
     assert_eq!(
-        total_loads(&pool.scorers).await,
+        metric_total(&pool.scorers, "mm_scorer_model_loads_total").await,
         demo_reference().len() as f64
     );
 }
@@ -93,7 +62,7 @@ async fn thousand_models_spread_evenly_across_three_scorers() {
         let spec = manymodels_models::spec_for(i, Mix::Tiny, 3);
         let rows = generated_rows(spec.features(), 1, i as u64);
         let id = manymodels_models::model_id(i);
-        let (status, scorer, body) = post(
+        let (status, scorer, body) = post_via(
             &client,
             &format!("{}/v2/models/{id}/infer", pool.proxy.url),
             &rows_body(&rows),
@@ -137,7 +106,7 @@ async fn a_killed_scorer_fails_no_request_beyond_those_in_flight_and_returns() {
     let mut home: BTreeMap<String, String> = BTreeMap::new();
     for (id, body) in bodies.iter() {
         let (status, scorer, _) =
-            post(&client, &format!("{proxy_url}/v2/models/{id}/infer"), body).await;
+            post_via(&client, &format!("{proxy_url}/v2/models/{id}/infer"), body).await;
         assert_eq!(status, 200);
         home.insert(id.clone(), scorer);
     }
@@ -202,7 +171,7 @@ async fn a_killed_scorer_fails_no_request_beyond_those_in_flight_and_returns() {
     for id in &victims_models {
         let body = &bodies.iter().find(|(m, _)| m == id).unwrap().1;
         let (status, scorer, _) =
-            post(&client, &format!("{proxy_url}/v2/models/{id}/infer"), body).await;
+            post_via(&client, &format!("{proxy_url}/v2/models/{id}/infer"), body).await;
         assert_eq!(status, 200);
         assert_ne!(scorer, victim, "{id} still routed to the dead scorer");
     }
@@ -217,7 +186,7 @@ async fn a_killed_scorer_fails_no_request_beyond_those_in_flight_and_returns() {
     let body = &bodies.iter().find(|(m, _)| m == id).unwrap().1;
     loop {
         let (status, scorer, _) =
-            post(&client, &format!("{proxy_url}/v2/models/{id}/infer"), body).await;
+            post_via(&client, &format!("{proxy_url}/v2/models/{id}/infer"), body).await;
         assert_eq!(status, 200);
         if scorer == victim {
             break;
@@ -247,7 +216,7 @@ async fn a_burst_for_a_cold_model_causes_one_load_in_the_pool() {
     let url = format!("{}/v2/models/forest-1mb/infer", pool.proxy.url);
     let requests = (0..200).map(|_| {
         let (client, url, body) = (client.clone(), url.clone(), body.clone());
-        async move { post(&client, &url, &body).await }
+        async move { post_via(&client, &url, &body).await }
     });
     let results = futures::future::join_all(requests).await;
     let scorers: BTreeSet<&String> = results.iter().map(|(_, s, _)| s).collect();
@@ -255,7 +224,7 @@ async fn a_burst_for_a_cold_model_causes_one_load_in_the_pool() {
         assert_eq!(*status, 200, "{body}");
     }
     assert_eq!(
-        total_loads(&pool.scorers).await,
+        metric_total(&pool.scorers, "mm_scorer_model_loads_total").await,
         1.0,
         "served by {scorers:?}\n{}",
         pool.proxy.logs()
@@ -303,13 +272,11 @@ async fn bearer_keys_guard_scoring_and_admin_routes() {
         .await
         .unwrap();
     assert_eq!(ready.status().as_u16(), 200);
-    let mut infers = 0.0;
-    for scorer in &pool.scorers {
-        infers += scorer
-            .metrics()
-            .await
-            .get("mm_scorer_requests_total{code=\"200\",route=\"infer\"}");
-    }
+    let infers = metric_total(
+        &pool.scorers,
+        "mm_scorer_requests_total{code=\"200\",route=\"infer\"}",
+    )
+    .await;
     assert_eq!(infers, 2.0);
 }
 
@@ -328,14 +295,8 @@ async fn bad_paths_are_rejected_without_touching_a_scorer() {
         ("/v2/models/linear-small/infer", &big, 413),
         ("/", &good, 400),
     ] {
-        let response = client
-            .post(format!("{}{path}", pool.proxy.url))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), status, "{path}");
-        let body: Value = response.json().await.unwrap();
+        let (code, _, body) = post_via(&client, &format!("{}{path}", pool.proxy.url), body).await;
+        assert_eq!(code, status, "{path}");
         assert!(body["error"].is_string(), "{path}: {body}");
     }
     for scorer in &pool.scorers {
@@ -352,7 +313,7 @@ async fn bad_paths_are_rejected_without_touching_a_scorer() {
         assert_eq!(touched, 0.0, "a rejected request reached {}", scorer.url);
     }
     // The proxy still serves.
-    let (status, _, _) = post(
+    let (status, _, _) = post_via(
         &client,
         &format!("{}/v2/models/linear-small/infer", pool.proxy.url),
         &good,
@@ -383,7 +344,7 @@ async fn the_azure_ml_scoring_route_scores_and_echoes_request_ids() {
     assert_eq!(response.headers()["x-request-id"], "req-123");
     assert_eq!(response.headers()["x-ms-client-request-id"], "client-456");
     let body: Value = response.json().await.unwrap();
-    assert_outputs_match(&body, &reference, 1e-5);
+    assert_outputs_match(&body, &reference, TOLERANCE);
 }
 
 #[tokio::test]
@@ -412,10 +373,10 @@ async fn a_hot_model_is_replicated_to_a_second_scorer() {
     let mut served_by: BTreeMap<String, usize> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        let batch = (0..8).map(|_| post(&client, &url, &body));
+        let batch = (0..8).map(|_| post_via(&client, &url, &body));
         for (status, scorer, answer) in futures::future::join_all(batch).await {
             assert_eq!(status, 200, "{answer}");
-            assert_outputs_match(&answer, &reference, 1e-5);
+            assert_outputs_match(&answer, &reference, TOLERANCE);
             *served_by.entry(scorer).or_default() += 1;
         }
         if served_by.len() == 2 && served_by.values().all(|n| *n >= 20) {
@@ -432,7 +393,7 @@ async fn a_hot_model_is_replicated_to_a_second_scorer() {
         "traffic should be spread over both: {served_by:?}"
     );
     assert_eq!(
-        total_loads(&pool.scorers).await,
+        metric_total(&pool.scorers, "mm_scorer_model_loads_total").await,
         2.0,
         "one load on each of the two scorers"
     );
@@ -466,13 +427,13 @@ async fn overload_never_spills_a_model_to_a_scorer_that_would_have_to_load_it() 
         .unwrap();
     let url = format!("{}/v2/models/forest-1mb/infer", pool.proxy.url);
     let body = infer_body(&reference);
-    let (status, first, _) = post(&client, &url, &body).await;
+    let (status, first, _) = post_via(&client, &url, &body).await;
     assert_eq!(status, 200);
     for _ in 0..20 {
-        let batch = (0..8).map(|_| post(&client, &url, &body));
+        let batch = (0..8).map(|_| post_via(&client, &url, &body));
         for (status, scorer, answer) in futures::future::join_all(batch).await {
             assert_eq!(status, 200, "{answer}");
-            assert_outputs_match(&answer, &reference, 1e-5);
+            assert_outputs_match(&answer, &reference, TOLERANCE);
             assert_eq!(
                 scorer, first,
                 "a request left the only scorer holding the model"
@@ -480,7 +441,10 @@ async fn overload_never_spills_a_model_to_a_scorer_that_would_have_to_load_it() 
         }
     }
     assert_eq!(pool.proxy.metrics().await.get("mm_proxy_spills_total"), 0.0);
-    assert_eq!(total_loads(&pool.scorers).await, 1.0);
+    assert_eq!(
+        metric_total(&pool.scorers, "mm_scorer_model_loads_total").await,
+        1.0
+    );
 }
 
 /// When no scorer can answer, clients get a clear 503 JSON error, and the proxy recovers
@@ -495,9 +459,9 @@ async fn no_scorer_left_gives_503_and_recovery_follows() {
     let reference = &demo_reference()[0];
     let id = reference["id"].as_str().unwrap();
     let url = format!("{}/v2/models/{id}/infer", proxy.url);
-    assert_eq!(post(&client, &url, &infer_body(reference)).await.0, 200);
+    assert_eq!(post_via(&client, &url, &infer_body(reference)).await.0, 200);
     scorer.kill();
-    let (status, _, body) = post(&client, &url, &infer_body(reference)).await;
+    let (status, _, body) = post_via(&client, &url, &infer_body(reference)).await;
     assert_eq!(status, 503, "{body}");
     assert!(
         body["error"].as_str().unwrap().contains("no scorer"),
@@ -544,7 +508,7 @@ async fn no_scorer_left_gives_503_and_recovery_follows() {
     );
     let started = Instant::now();
     loop {
-        let (status, _, _) = post(&client, &url, &infer_body(reference)).await;
+        let (status, _, _) = post_via(&client, &url, &infer_body(reference)).await;
         if status == 200 {
             break;
         }

@@ -5,20 +5,12 @@ use std::time::{Duration, Instant};
 
 use manymodels_models::{Mix, Spec};
 use manymodels_tests::azurite::Azurite;
+use manymodels_tests::http::post_bytes;
 use manymodels_tests::{
-    ScorerProcess, TempDir, assert_outputs_match, demo_reference, generated_rows, get_json,
-    infer_body, root, rows_body, scrape,
+    ScorerProcess, TOLERANCE, TempDir, assert_outputs_match, assert_predictions, demo_reference,
+    generated_rows, get_json, infer_body, post_json, root, rows_body, scrape, write_model,
 };
-use serde_json::{Value, json};
-
-async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
-    let response = client.post(url).json(body).send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    let value =
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{url}: non-JSON body {text:?}"));
-    (status, value)
-}
+use serde_json::json;
 
 #[tokio::test]
 async fn every_demo_model_matches_its_reference_outputs() {
@@ -29,12 +21,12 @@ async fn every_demo_model_matches_its_reference_outputs() {
     for reference in &references {
         let id = reference["id"].as_str().unwrap();
         let url = format!("{}/v2/models/{id}/infer", scorer.url);
-        let (status, body) = post(&client, &url, &infer_body(reference)).await;
+        let (status, body) = post_json(&client, &url, &infer_body(reference)).await;
         assert_eq!(status, 200, "{id}: {body}");
         assert_eq!(body["model_name"], id);
         assert_eq!(body["model_version"], "1");
         assert_eq!(body["id"], "ref");
-        assert_outputs_match(&body, reference, 1e-5);
+        assert_outputs_match(&body, reference, TOLERANCE);
     }
 }
 
@@ -52,12 +44,12 @@ async fn hundred_concurrent_first_requests_cause_exactly_one_load() {
         let client = client.clone();
         let url = url.clone();
         let body = body.clone();
-        async move { post(&client, &url, &body).await }
+        async move { post_json(&client, &url, &body).await }
     });
     let results = futures::future::join_all(requests).await;
     for (status, body) in &results {
         assert_eq!(*status, 200, "{body}");
-        assert_outputs_match(body, &reference, 1e-5);
+        assert_outputs_match(body, &reference, TOLERANCE);
     }
     let metrics = scorer.metrics().await;
     assert_eq!(metrics.get("mm_scorer_model_loads_total"), 1.0);
@@ -98,9 +90,7 @@ async fn byte_budget_holds(engine: &str, fixed_overhead: u64) {
         })
         .collect();
     for (i, model) in models.iter().enumerate() {
-        let dir = store.path().join(format!("forest-{i:02}/1"));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("model.onnx"), &model.bytes).unwrap();
+        write_model(store.path(), &format!("forest-{i:02}"), 1, &model.bytes).unwrap();
     }
     // Measure what the models really weigh in one scorer, then give another a third of it.
     let measure = ScorerProcess::local(store.path(), &["cache.budget=1GiB", engine]);
@@ -108,7 +98,7 @@ async fn byte_budget_holds(engine: &str, fixed_overhead: u64) {
     let mut weights = Vec::new();
     let mut previous = 0.0;
     for i in 0..models.len() {
-        let (status, _) = post(
+        let (status, _) = post_json(
             &client,
             &format!("{}/v2/repository/models/forest-{i:02}/load", measure.url),
             &json!({}),
@@ -131,18 +121,10 @@ async fn byte_budget_holds(engine: &str, fixed_overhead: u64) {
         for (i, model) in models.iter().enumerate() {
             let rows = generated_rows(8, 2, (round * 100 + i) as u64);
             let url = format!("{}/v2/models/forest-{i:02}/infer", scorer.url);
-            let (status, body) = post(&client, &url, &rows_body(&rows)).await;
+            let (status, body) = post_json(&client, &url, &rows_body(&rows)).await;
             assert_eq!(status, 200, "{body}");
-            let got = body["outputs"][0]["data"].as_array().unwrap();
-            let want_all = model.predict_batch(&rows.concat());
-            for (want, value) in want_all.iter().zip(got) {
-                let want = *want as f64;
-                let value = value.as_f64().unwrap();
-                assert!(
-                    (value - want).abs() <= 1e-5 * want.abs().max(1.0),
-                    "forest-{i}: {value} vs {want}"
-                );
-            }
+            let want = model.predict_batch(&rows.concat());
+            assert_predictions(&format!("forest-{i}"), &body, &want, TOLERANCE);
             let resident = scorer.metrics().await.get("mm_scorer_resident_bytes");
             peak_resident = peak_resident.max(resident);
             peak_rss = peak_rss.max(scorer.rss_bytes());
@@ -165,7 +147,7 @@ async fn byte_budget_holds(engine: &str, fixed_overhead: u64) {
     let rss_full = scorer.rss_bytes();
     for i in 0..models.len() {
         let url = format!("{}/v2/repository/models/forest-{i:02}/unload", scorer.url);
-        let (status, _) = post(&client, &url, &json!({})).await;
+        let (status, _) = post_json(&client, &url, &json!({})).await;
         assert_eq!(status, 200);
     }
     // The heap trim after evictions runs on a blocking thread; give it a moment.
@@ -214,9 +196,7 @@ async fn a_burst_of_concurrent_big_loads_stays_within_the_memory_bound() {
         })
         .collect();
     for (i, model) in models.iter().enumerate() {
-        let dir = store.path().join(format!("big-{i}/1"));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("model.onnx"), &model.bytes).unwrap();
+        write_model(store.path(), &format!("big-{i}"), 1, &model.bytes).unwrap();
     }
     let file = models.iter().map(|m| m.bytes.len() as u64).max().unwrap();
     let client = reqwest::Client::new();
@@ -240,18 +220,14 @@ async fn a_burst_of_concurrent_big_loads_stays_within_the_memory_bound() {
                 let url = format!("{}/v2/models/big-{i}/infer", scorer.url);
                 let client = client.clone();
                 async move {
-                    let (status, body) = post(&client, &url, &rows_body(&rows)).await;
+                    let (status, body) = post_json(&client, &url, &rows_body(&rows)).await;
                     (i, rows, status, body)
                 }
             });
             for (i, rows, status, body) in futures::future::join_all(requests).await {
                 assert_eq!(status, 200, "{engine} big-{i}: {body}");
-                let want = models[i].predict_batch(&rows.concat())[0] as f64;
-                let got = body["outputs"][0]["data"][0].as_f64().unwrap();
-                assert!(
-                    (got - want).abs() <= 1e-5 * want.abs().max(1.0),
-                    "{got} vs {want}"
-                );
+                let want = &models[i].predict_batch(&rows.concat())[..1];
+                assert_predictions(&format!("{engine} big-{i}"), &body, want, TOLERANCE);
             }
         }
         let metrics = scorer.metrics().await;
@@ -286,65 +262,45 @@ async fn bad_requests_are_rejected_and_the_process_keeps_serving() {
         .unwrap();
     let good = json!({"inputs":[{"name":"input","shape":[1,10],"datatype":"FP32","data":[1,2,3,4,5,6,7,8,9,10]}]});
     let big = json!({"inputs":[{"name":"input","shape":[1000,10],"datatype":"FP32","data":vec![1.0f32; 10_000]}]});
-    let cases: Vec<(String, Vec<u8>, u16, &str)> = vec![
+    let good = serde_json::to_vec(&good).unwrap();
+    let infer = "/v2/models/linear-small/infer";
+    let cases: [(&str, Vec<u8>, u16, &str); 6] = [
+        (infer, b"{not json".to_vec(), 400, "malformed"),
         (
-            "/v2/models/linear-small/infer".into(),
-            b"{not json".to_vec(),
-            400,
-            "malformed",
-        ),
-        (
-            "/v2/models/linear-small/infer".into(),
+            infer,
             serde_json::to_vec(&big).unwrap(),
             413,
             "larger than the limit",
         ),
         (
-            "/v2/models/no-such-model/infer".into(),
-            serde_json::to_vec(&good).unwrap(),
+            "/v2/models/no-such-model/infer",
+            good.clone(),
             404,
             "not found",
         ),
         (
-            "/v2/models/..%2F..%2Fetc%2Fpasswd/infer".into(),
-            serde_json::to_vec(&good).unwrap(),
+            "/v2/models/..%2F..%2Fetc%2Fpasswd/infer",
+            good.clone(),
             400,
             "invalid model id",
         ),
         (
-            "/v2/models/a/b/infer".into(),
-            serde_json::to_vec(&good).unwrap(),
+            "/v2/models/a/b/infer",
+            good.clone(),
             400,
             "invalid model id",
         ),
-        (
-            "/v2/models//infer".into(),
-            serde_json::to_vec(&good).unwrap(),
-            400,
-            "invalid model id",
-        ),
+        ("/v2/models//infer", good.clone(), 400, "invalid model id"),
     ];
     for (path, body, status, message) in cases {
-        let response = client
-            .post(format!("{}{path}", scorer.url))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), status, "{path}");
-        let body: Value = response.json().await.unwrap();
+        let (code, _, body) = post_bytes(&client, &format!("{}{path}", scorer.url), body).await;
+        assert_eq!(code, status, "{path}");
         let error = body["error"]
             .as_str()
             .unwrap_or_else(|| panic!("{path}: no error field in {body}"));
         assert!(error.contains(message), "{path}: {error}");
     }
-    let (status, _) = post(
-        &client,
-        &format!("{}/v2/models/linear-small/infer", scorer.url),
-        &good,
-    )
-    .await;
+    let (status, _, _) = post_bytes(&client, &format!("{}{infer}", scorer.url), good).await;
     assert_eq!(
         status, 200,
         "the scorer must keep serving after bad requests"
@@ -357,7 +313,7 @@ async fn sigterm_finishes_and_exits_zero() {
     let client = reqwest::Client::new();
     let reference = &demo_reference()[0];
     let id = reference["id"].as_str().unwrap();
-    let (status, _) = post(
+    let (status, _) = post_json(
         &client,
         &format!("{}/v2/models/{id}/infer", scorer.url),
         &infer_body(reference),
@@ -400,7 +356,7 @@ async fn azure_blob_store_serves_every_demo_model() {
     let references = demo_reference();
     for reference in &references {
         let id = reference["id"].as_str().unwrap();
-        let (status, body) = post(
+        let (status, body) = post_json(
             &client,
             &format!("{}/v2/models/{id}/infer", scorer.url),
             &infer_body(reference),
@@ -408,9 +364,9 @@ async fn azure_blob_store_serves_every_demo_model() {
         .await;
         assert_eq!(status, 200, "{id}: {body}\n{}", scorer.logs());
         assert_eq!(body["model_version"], "1");
-        assert_outputs_match(&body, reference, 1e-5);
+        assert_outputs_match(&body, reference, TOLERANCE);
     }
-    let (status, index) = post(
+    let (status, index) = post_json(
         &client,
         &format!("{}/v2/repository/index", scorer.url),
         &json!({}),
@@ -418,7 +374,7 @@ async fn azure_blob_store_serves_every_demo_model() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(index.as_array().unwrap().len(), references.len(), "{index}");
-    let (status, body) = post(
+    let (status, body) = post_json(
         &client,
         &format!("{}/v2/models/absent/infer", scorer.url),
         &infer_body(&references[0]),
@@ -444,7 +400,7 @@ async fn ten_thousand_model_store_lists_and_serves() {
     let scorer = ScorerProcess::local(store.path(), &["cache.budget=256MiB"]);
     let client = reqwest::Client::new();
     let started = Instant::now();
-    let (status, index) = post(
+    let (status, index) = post_json(
         &client,
         &format!("{}/v2/repository/index", scorer.url),
         &json!({}),
@@ -466,25 +422,17 @@ async fn ten_thousand_model_store_lists_and_serves() {
         kinds.insert(model.size_class().as_str());
         let rows = generated_rows(spec.features(), 3, i as u64);
         let id = manymodels_models::model_id(i);
-        let (status, body) = post(
+        let (status, body) = post_json(
             &client,
             &format!("{}/v2/models/{id}/infer", scorer.url),
             &rows_body(&rows),
         )
         .await;
         assert_eq!(status, 200, "{id}: {body}");
-        let got = body["outputs"][0]["data"].as_array().unwrap();
         // ONNX Runtime computes a batch of rows with another kernel than a single row;
         // predict_batch reproduces the batch kernel.
-        let want_all = model.predict_batch(&rows.concat());
-        for (want, value) in want_all.iter().zip(got) {
-            let want = *want as f64;
-            let value = value.as_f64().unwrap();
-            assert!(
-                (value - want).abs() <= 1e-5 * want.abs().max(1.0),
-                "{id}: {value} vs {want}"
-            );
-        }
+        let want = model.predict_batch(&rows.concat());
+        assert_predictions(&id, &body, &want, TOLERANCE);
     }
     assert!(
         kinds.len() >= 2,
@@ -512,7 +460,7 @@ async fn load_cost_excludes_time_queued_for_a_load_slot() {
             reference["id"].as_str().unwrap()
         );
         let body = infer_body(reference);
-        async move { post(&client, &url, &body).await }
+        async move { post_json(&client, &url, &body).await }
     });
     for (status, body) in futures::future::join_all(requests).await {
         assert_eq!(status, 200, "{body}");
@@ -555,16 +503,14 @@ async fn load_cost_is_cpu_time_not_wall_time_under_contention() {
         depth: 11,
         seed: 77,
     });
-    let dir = store.path().join("forest/1");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("model.onnx"), &model.bytes).unwrap();
+    write_model(store.path(), "forest", 1, &model.bytes).unwrap();
     let scorer = ScorerProcess::local(store.path(), &[]);
     let client = reqwest::Client::new();
     let load = |client: reqwest::Client, url: String| async move {
         let before = scrape(&url)
             .await
             .get("mm_scorer_model_load_duration_seconds_sum");
-        let (status, _) = post(
+        let (status, _) = post_json(
             &client,
             &format!("{url}/v2/repository/models/forest/load"),
             &json!({}),
@@ -579,7 +525,7 @@ async fn load_cost_is_cpu_time_not_wall_time_under_contention() {
         let cost = explain["cache"]["resident"][0]["load_seconds"]
             .as_f64()
             .unwrap();
-        let (status, _) = post(
+        let (status, _) = post_json(
             &client,
             &format!("{url}/v2/repository/models/forest/unload"),
             &json!({}),

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use manymodels_tests::{ProxyProcess, ScorerProcess, TempDir, demo_reference, infer_body, root};
+use manymodels_tests::process::{Pool, addrs};
+use manymodels_tests::{TempDir, demo_reference, infer_body, root};
 
 fn chromium(profile: &Path, args: &[&str]) -> String {
     let binary = ["chromium", "chromium-browser", "google-chrome"]
@@ -83,9 +84,7 @@ fn pixels(png: &Path, rgb: [u8; 3], tolerance: i32) -> (usize, Vec<u32>) {
 #[tokio::test]
 async fn the_status_page_draws_the_pool_chart_and_tables_in_a_real_browser() {
     let store = root().join("models/demo");
-    let scorers: Vec<ScorerProcess> = (0..3).map(|_| ScorerProcess::local(&store, &[])).collect();
-    let addrs: Vec<&str> = scorers.iter().map(ScorerProcess::addr).collect();
-    let proxy = ProxyProcess::start(&addrs, &["stats.push_interval=1s"]);
+    let Pool { scorers, proxy } = Pool::local(&store, 3, &[], &["stats.push_interval=1s"]);
     let client = reqwest::Client::new();
     let references = demo_reference();
     for _ in 0..5 {
@@ -123,7 +122,7 @@ async fn the_status_page_draws_the_pool_chart_and_tables_in_a_real_browser() {
     // The script ran: tables filled from /v2/mm/pool, the chart drawn.
     let scorers_table = &dom[dom.find("id=\"scorers\"").expect("scorer table")..];
     let scorers_table = &scorers_table[..scorers_table.find("</table>").unwrap()];
-    for addr in &addrs {
+    for addr in addrs(&scorers) {
         assert!(
             scorers_table.contains(addr),
             "scorer {addr} missing: {scorers_table}"

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use manymodels_models::{GeneratedModel, Spec};
 use manymodels_tests::azurite::Azurite;
-use manymodels_tests::{ProxyProcess, ScorerProcess, TempDir};
+use manymodels_tests::process::{Pool, addrs, metric_total};
+use manymodels_tests::{ProxyProcess, ScorerProcess, TempDir, write_model};
 use serde_json::{Value, json};
 
 const MODEL: &str = "store-7";
@@ -28,11 +29,7 @@ const ROW: [f32; 8] = [0.5, -1.0, 2.0, 0.25, 1.5, -0.75, 0.1, 3.0];
 
 /// Publishes on a local store the documented way: write under another name, then rename.
 fn publish_local(store: &Path, v: u64, bytes: &[u8]) {
-    let dir = store.join(MODEL).join(v.to_string());
-    std::fs::create_dir_all(&dir).unwrap();
-    let temporary = dir.join(".model.onnx.uploading");
-    std::fs::write(&temporary, bytes).unwrap();
-    std::fs::rename(&temporary, dir.join("model.onnx")).unwrap();
+    write_model(store, MODEL, v, bytes).unwrap();
 }
 
 fn body() -> Value {
@@ -156,20 +153,16 @@ fn check_answers(answers: &[Answer], to: u64, switched: Instant) {
     }
 }
 
-fn pool(store: &Path, scorers: usize) -> (Vec<ScorerProcess>, ProxyProcess) {
-    let scorers: Vec<ScorerProcess> = (0..scorers)
-        .map(|_| ScorerProcess::local(store, &[&format!("auth.admin_keys={KEY}")]))
-        .collect();
-    let addrs: Vec<&str> = scorers.iter().map(ScorerProcess::addr).collect();
-    let proxy = ProxyProcess::start(&addrs, &[&format!("auth.admin_keys={KEY}")]);
-    (scorers, proxy)
+fn pool(store: &Path, scorers: usize) -> Pool {
+    let key = format!("auth.admin_keys={KEY}");
+    Pool::local(store, scorers, &[&key], &[&key])
 }
 
 #[tokio::test]
 async fn a_new_version_goes_live_under_load_and_a_pin_rolls_it_back_with_no_failed_request() {
     let store = TempDir::new("versions");
     publish_local(store.path(), 1, &version(1).bytes);
-    let (scorers, proxy) = pool(store.path(), 3);
+    let Pool { scorers, proxy } = pool(store.path(), 3);
     let client = reqwest::Client::new();
     assert_eq!(score(&client, &proxy.url).await.version, Some(1));
 
@@ -214,13 +207,7 @@ async fn a_new_version_goes_live_under_load_and_a_pin_rolls_it_back_with_no_fail
     assert_eq!(status.0, 200);
     assert_eq!(status.1["pinned"], 1);
     assert_eq!(status.1["versions"], json!([1, 2]));
-    let swaps: f64 = {
-        let mut total = 0.0;
-        for s in &scorers {
-            total += s.metrics().await.get("mm_scorer_version_swaps_total");
-        }
-        total
-    };
+    let swaps = metric_total(&scorers, "mm_scorer_version_swaps_total").await;
     assert!(
         swaps >= 2.0,
         "the hot scorer swapped twice in memory: {swaps}"
@@ -231,7 +218,7 @@ async fn a_new_version_goes_live_under_load_and_a_pin_rolls_it_back_with_no_fail
 async fn a_corrupted_or_incompatible_version_is_refused_and_the_old_one_keeps_serving() {
     let store = TempDir::new("versions-bad");
     publish_local(store.path(), 1, &version(1).bytes);
-    let (scorers, proxy) = pool(store.path(), 1);
+    let Pool { scorers, proxy } = pool(store.path(), 1);
     let client = reqwest::Client::new();
     assert_eq!(score(&client, &proxy.url).await.version, Some(1));
     // A corrupted file lands in the store.
@@ -377,8 +364,7 @@ async fn the_publish_flow_works_on_azure_blob() {
     let scorers: Vec<ScorerProcess> = (0..2)
         .map(|_| ScorerProcess::start(&sets(&[]), &env))
         .collect();
-    let addrs: Vec<&str> = scorers.iter().map(ScorerProcess::addr).collect();
-    let proxy = ProxyProcess::start(&addrs, &[&format!("auth.admin_keys={KEY}")]);
+    let proxy = ProxyProcess::start(&addrs(&scorers), &[&format!("auth.admin_keys={KEY}")]);
     let client = reqwest::Client::new();
     assert_eq!(score(&client, &proxy.url).await.version, Some(1));
 
@@ -433,7 +419,10 @@ async fn a_canary_gets_its_share_and_promotion_pins_it() {
         r#"{"pinned": 1}"#,
     )
     .unwrap();
-    let (_scorers, proxy) = pool(store.path(), 3);
+    let Pool {
+        scorers: _scorers,
+        proxy,
+    } = pool(store.path(), 3);
     let client = reqwest::Client::new();
     assert_eq!(score(&client, &proxy.url).await.version, Some(1));
     let canary_url = format!("{}/v2/admin/models/{MODEL}/canary", proxy.url);

@@ -9,10 +9,8 @@
 //! the general path then compiles the model, or says why it cannot. Both paths give the
 //! same `Decoded` for every model this one accepts (tested in `tree::tests`).
 
-use super::{
-    Decoded, MAX_FEATURE, MISSING_TRUE, Mode, Node, Num, TRUE_NEXT, WORD_BITS, WORD_MASK, Weight,
-    note_id, weight_names,
-};
+use super::weights::{LeafWeights, weight_names};
+use super::{Decoded, MAX_FEATURE, MISSING_TRUE, Mode, Node, Num, TRUE_NEXT, WORD_BITS, Weight};
 use crate::attrs::{Attrs, Column};
 
 pub(super) fn decode<T: Num>(
@@ -137,12 +135,14 @@ pub(super) fn decode<T: Num>(
     let mut w_node = column(w_nodes, Column::Ints).cursor::<u64>();
     let mut w_id = column(w_ids, Column::Ints).cursor::<u64>();
     let mut w_value = weight_values.cursor::<f32>();
-    let mut weights: Vec<Weight<T>> = if keep_weights {
-        crate::memory::vec_with_capacity(weight_values.bytes() / 5)
-    } else {
-        Vec::new()
-    };
-    let (mut distinct_ids, mut first_id, mut any_negative_weight) = (0u8, 0u32, false);
+    let mut weights = LeafWeights::<T>::new(
+        if keep_weights {
+            crate::memory::vec_with_capacity(weight_values.bytes() / 5)
+        } else {
+            Vec::new()
+        },
+        keep_weights,
+    );
     let mut last = (i64::MIN, i64::MIN);
     let mut run = 0usize;
     let n = nodes.len() as u32;
@@ -157,8 +157,6 @@ pub(super) fn decode<T: Num>(
         let id = u32::try_from(id)
             .ok()
             .filter(|&id| (id as usize) < n_outputs)?;
-        note_id(&mut distinct_ids, &mut first_id, id);
-        any_negative_weight |= value < T::default();
         while run < trees.len() && trees[run] < tree {
             run += 1;
         }
@@ -168,23 +166,10 @@ pub(super) fn decode<T: Num>(
         let len = roots.get(run + 1).copied().unwrap_or(n) - roots[run];
         let node = u32::try_from(node).ok().filter(|&node| node < len)?;
         let leaf = &mut nodes[(roots[run] + node) as usize];
-        if leaf.mode() != Mode::Leaf as u8 {
-            continue; // ONNX Runtime ignores weights on splits.
-        }
-        let count = leaf.word & WORD_MASK;
-        if count == 0 {
-            leaf.index = weights.len() as u32;
-            leaf.value = value;
-        } else if keep_weights && leaf.index as usize + count as usize != weights.len() {
-            return None;
-        }
-        if count == WORD_MASK {
-            return None;
-        }
-        leaf.word += 1;
-        if keep_weights {
-            weights.push(Weight { target: id, value });
-        }
+        let weight = Weight { target: id, value };
+        weights
+            .attach(&mut leaf.value, &mut leaf.index, &mut leaf.word, weight)
+            .ok()?;
     }
     let done = w_node.next().ok()?.is_none()
         && w_id.next().ok()?.is_none()
@@ -194,12 +179,5 @@ pub(super) fn decode<T: Num>(
     }
     nodes.shrink_to_fit();
     weights.shrink_to_fit();
-    Some(Decoded {
-        nodes,
-        roots,
-        weights,
-        max_feature,
-        distinct_ids,
-        any_negative_weight,
-    })
+    Some(weights.decoded(nodes, roots, max_feature))
 }

@@ -1,0 +1,134 @@
+//! The leaf weight columns (`class_*` or `target_*`), as both decoding paths read them:
+//! their names, and attaching each weight to its leaf while summarising them for
+//! `Decoded`.
+
+use super::{Decoded, MODE_MASK, Mode, Node, Num, WORD_BITS, WORD_MASK, Weight};
+
+/// The weight columns' names: `class_*` for a classifier, `target_*` for a regressor.
+pub(super) fn weight_names(classifier: bool) -> [&'static str; 5] {
+    if classifier {
+        [
+            "class_treeids",
+            "class_nodeids",
+            "class_ids",
+            "class_weights",
+            "class_weights_as_tensor",
+        ]
+    } else {
+        [
+            "target_treeids",
+            "target_nodeids",
+            "target_ids",
+            "target_weights",
+            "target_weights_as_tensor",
+        ]
+    }
+}
+
+/// Why a leaf cannot take another weight.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Refused {
+    /// Its weights are not listed one after another (multi-output ensembles keep each
+    /// leaf's weights as one run of `weights`).
+    Scattered,
+    /// More weights than the word's count holds.
+    TooMany,
+}
+
+impl Refused {
+    pub(super) fn reason(self) -> &'static str {
+        match self {
+            Refused::Scattered => "a leaf's weights are not listed together",
+            Refused::TooMany => "a leaf with too many weights",
+        }
+    }
+}
+
+/// The weights attached so far. A leaf keeps its first weight as its value, its count in
+/// its word's low bits and where its weights start in `weights`; a single-output ensemble
+/// reads only each leaf's first weight (its value), so only a multi-output one (`keep`)
+/// keeps the list. Every weight counts toward the summary, those on splits too.
+pub(super) struct LeafWeights<T> {
+    weights: Vec<Weight<T>>,
+    keep: bool,
+    /// How many distinct output ids the weights name: 0, 1, or 2 for more.
+    distinct_ids: u8,
+    first_id: u32,
+    any_negative: bool,
+}
+
+impl<T: Num> LeafWeights<T> {
+    /// `weights` is the (empty) list, with the capacity the caller expects to need.
+    pub(super) fn new(weights: Vec<Weight<T>>, keep: bool) -> Self {
+        LeafWeights {
+            weights,
+            keep,
+            distinct_ids: 0,
+            first_id: 0,
+            any_negative: false,
+        }
+    }
+
+    /// Attaches `weight` to the node whose value, start of weights and word (mode and
+    /// count, as in `Node::word`) are given: the layout's `Node` or the general path's
+    /// record before it. Returns whether the node is a leaf: ONNX Runtime ignores weights
+    /// on splits (old onnxmltools wrote them). Called once per weight of a model load.
+    #[inline(always)]
+    pub(super) fn attach(
+        &mut self,
+        value: &mut T,
+        start: &mut u32,
+        word: &mut u32,
+        weight: Weight<T>,
+    ) -> Result<bool, Refused> {
+        match self.distinct_ids {
+            0 => {
+                self.distinct_ids = 1;
+                self.first_id = weight.target;
+            }
+            1 if weight.target != self.first_id => self.distinct_ids = 2,
+            _ => {}
+        }
+        self.any_negative |= weight.value < T::default();
+        if (*word >> WORD_BITS) as u8 & MODE_MASK != Mode::Leaf as u8 {
+            return Ok(false);
+        }
+        let count = *word & WORD_MASK;
+        if count == 0 {
+            *start = self.weights.len() as u32;
+            *value = weight.value;
+        } else if self.keep && *start as usize + count as usize != self.weights.len() {
+            return Err(Refused::Scattered);
+        }
+        if count == WORD_MASK {
+            return Err(Refused::TooMany);
+        }
+        *word += 1;
+        if self.keep {
+            self.weights.push(weight);
+        }
+        Ok(true)
+    }
+
+    /// The laid-out trees with these weights: what either path decodes.
+    pub(super) fn decoded(
+        self,
+        nodes: Vec<Node<T>>,
+        roots: Vec<u32>,
+        max_feature: u32,
+    ) -> Decoded<T> {
+        Decoded {
+            nodes,
+            roots,
+            weights: self.weights,
+            max_feature,
+            distinct_ids: self.distinct_ids,
+            any_negative_weight: self.any_negative,
+        }
+    }
+
+    /// Gives back memory reserved for weights that were never attached.
+    pub(super) fn shrink_to_fit(&mut self) {
+        self.weights.shrink_to_fit();
+    }
+}

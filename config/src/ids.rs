@@ -1,17 +1,4 @@
-//! The model-id rule, shared by the scorer and the proxy so they cannot disagree.
+//! The model-id rule lives in the wire contract, shared by the scorer and the proxy so they
+//! cannot disagree; configuration validates pinned ids with it.
 
-/// Longest model id accepted.
-pub const MAX_MODEL_ID_LEN: usize = 128;
-
-/// Whether `text` matches `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`: the first character cannot
-/// be `.` or `-` and `/` never appears, so an id can never name a parent directory, an
-/// absolute path or a nested blob.
-pub fn valid_model_id(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= MAX_MODEL_ID_LEN
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes[1..]
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
+pub use manymodels_contract::{MAX_MODEL_ID_LEN, valid_model_id};

@@ -1,1 +1,139 @@
-//! The wire contract between mm-proxy and mm-scorer.
+//! The wire contract between `mm-proxy` and `mm-scorer`, written once and used by both, so a
+//! change to it is one edit the compiler checks on both sides.
+//!
+//! - [`header`]: the `x-mm-*` header names.
+//! - [`valid_model_id`] and [`parse_version`]: which model ids and version numbers exist.
+//!   The proxy rejects what the scorer would refuse, before choosing a scorer.
+//! - [`bearer`]: how a key is read from `Authorization`.
+//! - [`route`]: the scorer's routes the proxy calls or forwards to, as templates (for the
+//!   scorer's router) and builders (for the proxy).
+//! - [`cache`]: what a scorer says about its cache ([`CacheSummary`]) and the answer to a
+//!   statistics push ([`StatsAnswer`]).
+//! - [`stats`]: what a proxy pushes ([`StatsReport`]).
+//!
+//! **Architecture Invariant:** nothing here does I/O; both sides depend on this crate and
+//! on nothing of each other.
+
+pub mod cache;
+pub mod route;
+pub mod stats;
+
+pub use cache::{CacheSummary, Eviction, EvictionReason, Lookup, StatsAnswer};
+pub use stats::StatsReport;
+
+/// The `x-mm-*` headers.
+pub mod header {
+    /// On a scorer's answer: `hit` or `miss` ([`crate::Lookup`]), whether the model was
+    /// already in memory. The proxy learns from it which scorer holds which model.
+    pub const CACHE: &str = "x-mm-cache";
+    /// On a scorer's answer: the scorer's name.
+    pub const SCORER: &str = "x-mm-scorer";
+    /// On a request to the proxy's scoring route (`POST /`, `POST /score`): the model id.
+    pub const MODEL: &str = "x-mm-model";
+    /// On a request to the scoring route: an optional version.
+    pub const MODEL_VERSION: &str = "x-mm-model-version";
+}
+
+/// Longest model id accepted.
+pub const MAX_MODEL_ID_LEN: usize = 128;
+
+/// Whether `text` matches `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`: the first character cannot
+/// be `.` or `-` and `/` never appears, so an id can never name a parent directory, an
+/// absolute path or a nested blob.
+pub fn valid_model_id(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_MODEL_ID_LEN
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[1..]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A model version: a positive integer written without a leading zero that fits in a
+/// `u64` (`1`, `20`; not `0`, `01`, `+1` or `1e3`). The store's folder names, the REST
+/// paths and the `x-mm-model-version` header all follow this one rule.
+pub fn parse_version(text: &str) -> Option<u64> {
+    if text.is_empty() || text.starts_with('0') || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// The key in an `Authorization: Bearer <key>` header value, without surrounding white
+/// space; `None` for any other scheme or an empty key.
+pub fn bearer(authorization: &str) -> Option<&str> {
+    let key = authorization.strip_prefix("Bearer ")?.trim();
+    (!key.is_empty()).then_some(key)
+}
+
+/// Ids and versions are echoed in error messages; keep the echo short.
+pub fn truncate_for_message(text: &str) -> String {
+    let mut out: String = text.chars().take(64).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_could_escape_the_store_are_rejected() {
+        for bad in [
+            "", "..", "../x", "a/b", "/etc", ".hidden", "-flag", "a\\b", "a b", "é", "a%2Fb",
+        ] {
+            assert!(!valid_model_id(bad), "{bad:?} should be rejected");
+        }
+        assert!(!valid_model_id(&"a".repeat(MAX_MODEL_ID_LEN + 1)));
+        for good in [
+            "store-0042",
+            "a",
+            "A.b_c-d",
+            "9",
+            &"a".repeat(MAX_MODEL_ID_LEN),
+        ] {
+            assert!(valid_model_id(good), "{good:?} should be accepted");
+        }
+    }
+
+    #[test]
+    fn only_positive_canonical_integers_are_versions() {
+        assert_eq!(parse_version("1"), Some(1));
+        assert_eq!(parse_version("20"), Some(20));
+        assert_eq!(parse_version("18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            "",
+            "0",
+            "01",
+            "007",
+            "+1",
+            "-1",
+            "1e3",
+            " 1",
+            "1 ",
+            "x",
+            "18446744073709551616",
+        ] {
+            assert_eq!(parse_version(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_bearer_key_is_trimmed_and_never_empty() {
+        assert_eq!(bearer("Bearer k1"), Some("k1"));
+        assert_eq!(bearer("Bearer  k1 "), Some("k1"));
+        assert_eq!(bearer("Bearer "), None);
+        assert_eq!(bearer("Basic k1"), None);
+        assert_eq!(bearer("bearer k1"), None);
+    }
+
+    #[test]
+    fn echoes_are_cut_at_64_characters() {
+        assert_eq!(truncate_for_message("abc"), "abc");
+        let long = "x".repeat(100);
+        assert_eq!(truncate_for_message(&long).chars().count(), 65);
+    }
+}

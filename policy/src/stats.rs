@@ -31,8 +31,6 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
-use serde::{Deserialize, Serialize};
-
 use crate::clock::TrafficClock;
 use crate::decay::Decay;
 use crate::ranking::StableHasher;
@@ -208,15 +206,7 @@ fn slots<Q: ?Sized + Hash>(key: &Q) -> [usize; ROWS] {
     std::array::from_fn(|row| row * WIDTH + (a.wrapping_add(row.wrapping_mul(b)) % WIDTH))
 }
 
-/// What a proxy pushes to a scorer: the pool-wide rates of the hot models that scorer
-/// owns.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct StatsReport {
-    /// The proxy's instance id (random per process).
-    pub proxy: String,
-    /// `[model id, requests per second]`, hottest first.
-    pub models: Vec<(String, f64)>,
-}
+pub use manymodels_contract::StatsReport;
 
 /// A scorer's combination of the latest report from each proxy.
 #[derive(Debug, Default)]

@@ -11,12 +11,15 @@
 //! ranking is a pure function of (model id, pool), and what it learns about hot models is
 //! relearnt from the scorers' answers.
 
+pub mod admin;
 pub mod canary;
 pub mod choice;
 pub mod http1;
+pub mod local;
 pub mod metrics;
 pub mod pool;
 pub mod ranking;
+pub mod reject;
 pub mod route;
 pub mod service;
 pub mod stats;

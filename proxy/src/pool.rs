@@ -154,7 +154,7 @@ struct HotEntry {
     scorers: Vec<(Arc<str>, Instant)>,
 }
 
-/// Models known hot per scorer, learnt from the `x-mm-cache` header of answers: any 200
+/// Models known hot per scorer, learnt from the cache header (`manymodels_contract::header::CACHE`) of answers: any 200
 /// from a scorer for a model means that scorer now holds it. Entries expire after
 /// `hot_ttl` without an answer; the table is swept when it grows, so memory stays bounded
 /// by the models seen within the TTL.
@@ -384,7 +384,7 @@ impl Pool {
         let hot = self.hot.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let path = format!("/v2/repository/models/{}/load", key.0);
+            let path = manymodels_contract::route::REPOSITORY_LOAD.path(&key.0);
             let addr = addr.to_string();
             let call = crate::http1::call(&addr, "POST", &path, &[], b"");
             match tokio::time::timeout(timeout, call).await {

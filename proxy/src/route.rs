@@ -1,12 +1,11 @@
 //! What a request is, from its method, path and headers alone: a pure function, so every
-//! rule here is unit-tested without a socket.
+//! rule here is unit-tested without a socket. The typed [`Route`] is carried from here to
+//! the end of the request; nothing after this re-reads the path.
 
-use manymodels_config::valid_model_id;
-
-/// The header that names the model on Azure ML's scoring route (`POST /`).
-pub const MODEL_HEADER: &str = "x-mm-model";
-/// Optional version on the scoring route.
-pub const VERSION_HEADER: &str = "x-mm-model-version";
+use manymodels_contract::{
+    self as contract, header, parse_version, route as scorer, truncate_for_message as cut,
+    valid_model_id,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -20,21 +19,86 @@ pub enum Route {
     PoolView,
     /// `GET /status`: the status page (HTML).
     Status,
-    /// A request about one model, forwarded to the scorer chosen for it. `rewrite` is the
-    /// path to send upstream when it differs from the client's (the Azure ML route).
-    Model {
-        id: String,
-        admin: bool,
-        rewrite: Option<String>,
-    },
-    /// A request any scorer can answer (`GET /v2`, `POST /v2/repository/index`).
+    /// A request about one model, forwarded to the scorer chosen for it.
+    Model { id: String, action: Action },
+    /// A request any scorer can answer (`GET /v2`, `POST /v2/repository/index`): it
+    /// names no model, so it is neither counted nor warmed.
     AnyScorer,
+    /// `/v2/admin/models/{id}/canary[...]`: the proxy's own traffic split (admin).
+    Canary { id: String, action: CanaryAction },
     /// A bad request: answered 400 without touching a scorer.
     Invalid(String),
     /// No such route: 404.
     NotFound,
-    /// `/v2/admin/models/{id}/canary[...]`: the proxy's own traffic split (admin).
-    Canary { id: String, action: CanaryAction },
+}
+
+/// What a model request asks of the scorer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// `GET /v2/models/{id}[/versions/{v}]`.
+    Metadata { version: Option<u64> },
+    /// `GET /v2/models/{id}[/versions/{v}]/ready`.
+    Ready { version: Option<u64> },
+    /// `POST /v2/models/{id}[/versions/{v}]/infer` (and the Azure ML scoring route).
+    Infer { version: Option<u64> },
+    /// `POST /v2/repository/models/{id}/load` (admin).
+    Load,
+    /// `POST /v2/repository/models/{id}/unload` (admin).
+    Unload,
+    /// `GET /v2/admin/models/{id}`: versions in the store and what is served.
+    VersionStatus,
+    /// `POST /v2/admin/models/{id}/refresh`.
+    Refresh,
+    /// `POST /v2/admin/models/{id}/pin`.
+    Pin,
+    /// `POST /v2/admin/models/{id}/unpin`.
+    Unpin,
+    /// `PUT /v2/admin/models/{id}/versions/{v}`: a model upload.
+    Publish { version: u64 },
+}
+
+impl Action {
+    /// Whether the route needs an admin key (when admin keys are set).
+    pub fn admin(self) -> bool {
+        !matches!(
+            self,
+            Action::Metadata { .. } | Action::Ready { .. } | Action::Infer { .. }
+        )
+    }
+
+    /// Whether a success changes the model's live version in the store, after which every
+    /// scorer should look at the store again.
+    pub fn changes_versions(self) -> bool {
+        matches!(
+            self,
+            Action::Refresh | Action::Pin | Action::Unpin | Action::Publish { .. }
+        )
+    }
+
+    /// Whether the body is a model file (`http.max_upload`) rather than a request
+    /// (`http.max_body`).
+    pub fn is_upload(self) -> bool {
+        matches!(self, Action::Publish { .. })
+    }
+
+    /// The scorer's path for this action on `id`.
+    pub fn path(self, id: &str) -> String {
+        match self {
+            Action::Metadata { version: None } => scorer::MODEL_METADATA.path(id),
+            Action::Metadata { version: Some(v) } => scorer::VERSION_METADATA.path(id, v),
+            Action::Ready { version: None } => scorer::MODEL_READY.path(id),
+            Action::Ready { version: Some(v) } => scorer::VERSION_READY.path(id, v),
+            Action::Infer { version: None } => scorer::INFER.path(id),
+            Action::Infer { version: Some(v) } => scorer::VERSION_INFER.path(id, v),
+            Action::Load => scorer::REPOSITORY_LOAD.path(id),
+            Action::Unload => scorer::REPOSITORY_UNLOAD.path(id),
+            Action::VersionStatus => scorer::ADMIN_STATUS.path(id),
+            Action::Refresh => scorer::ADMIN_REFRESH.path(id),
+            Action::Pin => scorer::ADMIN_PIN.path(id),
+            Action::Unpin => scorer::ADMIN_UNPIN.path(id),
+            Action::Publish { version } => scorer::ADMIN_PUBLISH.path(id, version),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +109,18 @@ pub enum CanaryAction {
     Promote,
 }
 
+impl Route {
+    /// The model the request is about, if any.
+    pub fn model(&self) -> Option<&str> {
+        match self {
+            Route::Model { id, .. } | Route::Canary { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// Classifies a request. `model_header` and `version_header` are the values of
+/// `x-mm-model` and `x-mm-model-version`, read only on the Azure ML scoring route.
 pub fn classify(
     method: &str,
     path: &str,
@@ -52,138 +128,137 @@ pub fn classify(
     version_header: Option<&str>,
 ) -> Route {
     match (method, path) {
-        ("GET", "/v2/health/live") => return Route::Live,
-        ("GET", "/v2/health/ready") => return Route::Ready,
-        ("GET", "/metrics") => return Route::Metrics,
+        ("GET", contract::route::LIVE) => return Route::Live,
+        ("GET", contract::route::READY) => return Route::Ready,
+        ("GET", contract::route::METRICS) => return Route::Metrics,
         ("GET", "/v2/mm/pool") => return Route::PoolView,
         ("GET", "/status") => return Route::Status,
-        ("GET", "/v2") | ("POST", "/v2/repository/index") => return Route::AnyScorer,
+        ("GET", contract::route::SERVER_METADATA) | ("POST", contract::route::REPOSITORY_INDEX) => {
+            return Route::AnyScorer;
+        }
         ("POST", "/") | ("POST", "/score") => return azure_ml(model_header, version_header),
         _ => {}
     }
-    if let Some(rest) = path.strip_prefix("/v2/models/") {
-        let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
-        let id = percent_decode(id);
-        if !valid_model_id(&id) {
-            return Route::Invalid(format!("invalid model id '{}'", truncate(&id)));
-        }
-        let known = matches!(
-            (method, tail),
-            ("GET", "") | ("GET", "ready") | ("POST", "infer")
-        ) || version_tail(method, tail);
-        if !known {
-            return Route::NotFound;
-        }
-        return Route::Model {
-            id,
-            admin: false,
-            rewrite: None,
-        };
-    }
-    if let Some(rest) = path.strip_prefix("/v2/admin/models/") {
-        return admin(method, rest);
-    }
-    if let Some(rest) = path.strip_prefix("/v2/repository/models/") {
-        let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
-        let id = percent_decode(id);
-        if !valid_model_id(&id) {
-            return Route::Invalid(format!("invalid model id '{}'", truncate(&id)));
-        }
-        if method == "POST" && matches!(action, "load" | "unload") {
-            return Route::Model {
-                id,
-                admin: true,
-                rewrite: None,
-            };
-        }
+    let (area, rest) = if let Some(rest) = path.strip_prefix("/v2/models/") {
+        (Area::Inference, rest)
+    } else if let Some(rest) = path.strip_prefix("/v2/admin/models/") {
+        (Area::Admin, rest)
+    } else if let Some(rest) = path.strip_prefix("/v2/repository/models/") {
+        (Area::Repository, rest)
+    } else {
         return Route::NotFound;
+    };
+    let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let id = percent_decode(id);
+    if !valid_model_id(&id) {
+        return Route::Invalid(format!("invalid model id '{}'", cut(&id)));
     }
-    Route::NotFound
+    let action = match area {
+        Area::Admin => return admin(method, id, tail),
+        Area::Inference => inference(method, tail),
+        Area::Repository => Ok(repository(method, tail)),
+    };
+    match action {
+        Ok(Some(action)) => Route::Model { id, action },
+        Ok(None) => Route::NotFound,
+        Err(message) => Route::Invalid(message),
+    }
+}
+
+/// The three path areas that name a model after their prefix.
+enum Area {
+    Inference,
+    Admin,
+    Repository,
+}
+
+/// The tail after `/v2/models/{id}`: `""`, `ready`, `infer`, each optionally after
+/// `versions/{v}`.
+fn inference(method: &str, tail: &str) -> Result<Option<Action>, String> {
+    let (version, action) = match tail.strip_prefix("versions/") {
+        Some(rest) => {
+            let (v, action) = rest.split_once('/').unwrap_or((rest, ""));
+            (Some(version(v)?), action)
+        }
+        None => (None, tail),
+    };
+    Ok(match (method, action) {
+        ("GET", "") => Some(Action::Metadata { version }),
+        ("GET", "ready") => Some(Action::Ready { version }),
+        ("POST", "infer") => Some(Action::Infer { version }),
+        _ => None,
+    })
+}
+
+fn repository(method: &str, tail: &str) -> Option<Action> {
+    match (method, tail) {
+        ("POST", "load") => Some(Action::Load),
+        ("POST", "unload") => Some(Action::Unload),
+        _ => None,
+    }
 }
 
 /// The admin API: version status, publish, pin, unpin and refresh are forwarded to a
 /// scorer's `/v2/mm/models/...` (which writes the store); canaries are the proxy's own.
-fn admin(method: &str, rest: &str) -> Route {
-    let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
-    let id = percent_decode(id);
-    if !valid_model_id(&id) {
-        return Route::Invalid(format!("invalid model id '{}'", truncate(&id)));
-    }
-    let forward = |tail: &str| Route::Model {
-        rewrite: Some(if tail.is_empty() {
-            format!("/v2/mm/models/{id}")
-        } else {
-            format!("/v2/mm/models/{id}/{tail}")
-        }),
+fn admin(method: &str, id: String, tail: &str) -> Route {
+    let model = |action| Route::Model {
         id: id.clone(),
-        admin: true,
+        action,
     };
     let canary = |action| Route::Canary {
         id: id.clone(),
         action,
     };
     match (method, tail) {
-        ("GET", "") => forward(""),
-        ("POST", "refresh" | "pin" | "unpin") => forward(tail),
+        ("GET", "") => model(Action::VersionStatus),
+        ("POST", "refresh") => model(Action::Refresh),
+        ("POST", "pin") => model(Action::Pin),
+        ("POST", "unpin") => model(Action::Unpin),
         ("GET", "canary") => canary(CanaryAction::Show),
         ("PUT", "canary") => canary(CanaryAction::Set),
         ("DELETE", "canary") => canary(CanaryAction::Drop),
         ("POST", "canary/promote") => canary(CanaryAction::Promote),
         ("PUT", tail) => match tail.strip_prefix("versions/") {
-            Some(v) if crate::route::is_version(v) => forward(tail),
-            Some(v) => Route::Invalid(format!("invalid model version '{}'", truncate(v))),
+            Some(v) => match version(v) {
+                Ok(version) => model(Action::Publish { version }),
+                Err(message) => Route::Invalid(message),
+            },
             None => Route::NotFound,
         },
         _ => Route::NotFound,
     }
 }
 
-/// A version number: digits, no leading zero.
-pub fn is_version(text: &str) -> bool {
-    !text.is_empty() && !text.starts_with('0') && text.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// Whether `route` is an admin call that changes a model's live version, after which
-/// every scorer should look at the store again.
-pub fn changes_versions(method: &str, route: &Route) -> bool {
-    matches!(route, Route::Model { admin: true, rewrite: Some(path), .. }
-        if path.starts_with("/v2/mm/models/") && method != "GET")
-}
-
-/// `versions/{v}`, `versions/{v}/ready`, `versions/{v}/infer`.
-fn version_tail(method: &str, tail: &str) -> bool {
-    let Some(rest) = tail.strip_prefix("versions/") else {
-        return false;
-    };
-    let (version, action) = rest.split_once('/').unwrap_or((rest, ""));
-    !version.is_empty()
-        && version.bytes().all(|b| b.is_ascii_digit())
-        && matches!(
-            (method, action),
-            ("GET", "") | ("GET", "ready") | ("POST", "infer")
+fn version(text: &str) -> Result<u64, String> {
+    parse_version(text).ok_or_else(|| {
+        format!(
+            "invalid model version '{}': expected a positive integer without leading zeros",
+            cut(text)
         )
+    })
 }
 
-fn azure_ml(model: Option<&str>, version: Option<&str>) -> Route {
+/// Azure ML's scoring route: the model (and optionally its version) in headers.
+fn azure_ml(model: Option<&str>, version_header: Option<&str>) -> Route {
     let Some(id) = model.map(str::trim).filter(|m| !m.is_empty()) else {
         return Route::Invalid(format!(
-            "the scoring route needs the model id in the `{MODEL_HEADER}` header (or use /v2/models/{{id}}/infer)"
+            "the scoring route needs the model id in the `{}` header (or use /v2/models/{{id}}/infer)",
+            header::MODEL
         ));
     };
     if !valid_model_id(id) {
-        return Route::Invalid(format!("invalid model id '{}'", truncate(id)));
+        return Route::Invalid(format!("invalid model id '{}'", cut(id)));
     }
-    let rewrite = match version.map(str::trim).filter(|v| !v.is_empty()) {
-        Some(v) if v.bytes().all(|b| b.is_ascii_digit()) => {
-            format!("/v2/models/{id}/versions/{v}/infer")
-        }
-        Some(v) => return Route::Invalid(format!("invalid model version '{}'", truncate(v))),
-        None => format!("/v2/models/{id}/infer"),
+    let version = match version_header.map(str::trim).filter(|v| !v.is_empty()) {
+        Some(v) => match version(v) {
+            Ok(v) => Some(v),
+            Err(message) => return Route::Invalid(message),
+        },
+        None => None,
     };
     Route::Model {
         id: id.to_string(),
-        admin: false,
-        rewrite: Some(rewrite),
+        action: Action::Infer { version },
     }
 }
 
@@ -216,158 +291,5 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-fn truncate(text: &str) -> String {
-    text.chars().take(64).collect()
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn model(id: &str) -> Route {
-        Route::Model {
-            id: id.into(),
-            admin: false,
-            rewrite: None,
-        }
-    }
-
-    #[test]
-    fn model_routes_name_their_model() {
-        assert_eq!(
-            classify("POST", "/v2/models/store-1/infer", None, None),
-            model("store-1")
-        );
-        assert_eq!(
-            classify("GET", "/v2/models/store-1", None, None),
-            model("store-1")
-        );
-        assert_eq!(
-            classify("GET", "/v2/models/store-1/ready", None, None),
-            model("store-1")
-        );
-        assert_eq!(
-            classify("POST", "/v2/models/store-1/versions/3/infer", None, None),
-            model("store-1")
-        );
-        assert_eq!(
-            classify("POST", "/v2/repository/models/store-1/load", None, None),
-            Route::Model {
-                id: "store-1".into(),
-                admin: true,
-                rewrite: None
-            }
-        );
-    }
-
-    #[test]
-    fn bad_ids_and_paths_are_rejected_without_a_scorer() {
-        for path in [
-            "/v2/models/..%2F..%2Fetc/infer",
-            "/v2/models//infer",
-            "/v2/models/.hidden/infer",
-            "/v2/repository/models/a%2Fb/load",
-        ] {
-            assert!(
-                matches!(classify("POST", path, None, None), Route::Invalid(_)),
-                "{path}"
-            );
-        }
-        assert_eq!(
-            classify("POST", "/v2/models/a/b/infer", None, None),
-            Route::NotFound
-        );
-        assert_eq!(
-            classify("DELETE", "/v2/models/a", None, None),
-            Route::NotFound
-        );
-        assert_eq!(classify("GET", "/admin", None, None), Route::NotFound);
-        assert_eq!(
-            classify("POST", "/v2/models/a/versions/x/infer", None, None),
-            Route::NotFound
-        );
-    }
-
-    #[test]
-    fn the_azure_ml_scoring_route_takes_the_model_from_a_header() {
-        assert_eq!(
-            classify("POST", "/", Some("store-7"), None),
-            Route::Model {
-                id: "store-7".into(),
-                admin: false,
-                rewrite: Some("/v2/models/store-7/infer".into())
-            }
-        );
-        assert_eq!(
-            classify("POST", "/", Some("store-7"), Some("2")),
-            Route::Model {
-                id: "store-7".into(),
-                admin: false,
-                rewrite: Some("/v2/models/store-7/versions/2/infer".into())
-            }
-        );
-        assert!(
-            matches!(classify("POST", "/", None, None), Route::Invalid(m) if m.contains(MODEL_HEADER))
-        );
-        assert!(matches!(
-            classify("POST", "/", Some("../x"), None),
-            Route::Invalid(_)
-        ));
-    }
-
-    #[test]
-    fn the_proxy_answers_health_and_metrics_itself() {
-        assert_eq!(classify("GET", "/v2/health/live", None, None), Route::Live);
-        assert_eq!(
-            classify("GET", "/v2/health/ready", None, None),
-            Route::Ready
-        );
-        assert_eq!(classify("GET", "/metrics", None, None), Route::Metrics);
-        assert_eq!(classify("GET", "/status", None, None), Route::Status);
-        assert_eq!(
-            classify("PUT", "/v2/admin/models/store-1/versions/3", None, None),
-            Route::Model {
-                id: "store-1".into(),
-                admin: true,
-                rewrite: Some("/v2/mm/models/store-1/versions/3".into())
-            }
-        );
-        assert_eq!(
-            classify("POST", "/v2/admin/models/store-1/pin", None, None),
-            Route::Model {
-                id: "store-1".into(),
-                admin: true,
-                rewrite: Some("/v2/mm/models/store-1/pin".into())
-            }
-        );
-        assert_eq!(
-            classify(
-                "POST",
-                "/v2/admin/models/store-1/canary/promote",
-                None,
-                None
-            ),
-            Route::Canary {
-                id: "store-1".into(),
-                action: CanaryAction::Promote
-            }
-        );
-        assert!(matches!(
-            classify("PUT", "/v2/admin/models/store-1/versions/01", None, None),
-            Route::Invalid(_)
-        ));
-        assert!(matches!(
-            classify("POST", "/v2/admin/models/..%2Fx/pin", None, None),
-            Route::Invalid(_)
-        ));
-        assert_eq!(
-            classify("DELETE", "/v2/admin/models/store-1/pin", None, None),
-            Route::NotFound
-        );
-        assert_eq!(classify("GET", "/v2/mm/pool", None, None), Route::PoolView);
-        assert_eq!(
-            classify("POST", "/v2/repository/index", None, None),
-            Route::AnyScorer
-        );
-    }
-}
+mod tests;

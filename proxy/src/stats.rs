@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use manymodels_policy::{PoolStats, StatsReport};
+use manymodels_contract::{CacheSummary, StatsAnswer, StatsReport, route};
+use manymodels_policy::PoolStats;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::{Value, json};
@@ -38,7 +39,7 @@ struct ScorerState {
     addr: String,
     healthy: bool,
     pushed: Option<Instant>,
-    summary: Value,
+    summary: Option<CacheSummary>,
 }
 
 pub struct Statistics {
@@ -203,19 +204,18 @@ impl Statistics {
             .iter()
             .map(|(name, addr, healthy)| {
                 let state = scorers_state.get(name);
-                let summary = state.map(|s| s.summary.clone()).unwrap_or(Value::Null);
+                let summary = state.and_then(|s| s.summary.as_ref());
                 let since = state
                     .and_then(|s| s.pushed)
                     .map(|at| at.elapsed().as_secs_f64());
-                if let (Some(since), Some(list)) = (since, summary["evictions"].as_array()) {
-                    let uptime = summary["uptime"].as_f64().unwrap_or(0.0);
-                    for e in list {
-                        let ago = uptime - e["at"].as_f64().unwrap_or(0.0) + since;
+                if let (Some(since), Some(summary)) = (since, summary) {
+                    for e in &summary.evictions {
+                        let ago = summary.uptime - e.at + since;
                         evictions.push((
                             ago,
                             json!({
-                                "scorer": name, "model": e["model"], "version": e["version"],
-                                "bytes": e["bytes"], "reason": e["reason"], "seconds_ago": ago,
+                                "scorer": name, "model": e.model, "version": e.version,
+                                "bytes": e.bytes, "reason": e.reason, "seconds_ago": ago,
                             }),
                         ));
                     }
@@ -225,13 +225,13 @@ impl Statistics {
                     "addr": addr,
                     "healthy": healthy,
                     "pushed_seconds_ago": since,
-                    "budget_bytes": summary["budget_bytes"],
-                    "resident_bytes": summary["resident_bytes"],
-                    "resident_models": summary["resident_models"],
-                    "hits": summary["hits"],
-                    "misses": summary["misses"],
-                    "loads": summary["loads"],
-                    "loaded_bytes": summary["loaded_bytes"],
+                    "budget_bytes": summary.map(|s| s.budget_bytes),
+                    "resident_bytes": summary.map(|s| s.resident_bytes),
+                    "resident_models": summary.map(|s| s.resident_models),
+                    "hits": summary.map(|s| s.hits),
+                    "misses": summary.map(|s| s.misses),
+                    "loads": summary.map(|s| s.loads),
+                    "loaded_bytes": summary.map(|s| s.loaded_bytes),
                 })
             })
             .collect();
@@ -314,7 +314,7 @@ impl Pusher {
                     crate::http1::call(
                         &addr,
                         "PUT",
-                        "/v2/mm/stats",
+                        route::STATS,
                         &[("Content-Type", "application/json")],
                         &body,
                     ),
@@ -332,17 +332,21 @@ impl Pusher {
                 addr: addr.clone(),
                 healthy,
                 pushed: None,
-                summary: Value::Null,
+                summary: None,
             });
             entry.addr = addr;
             entry.healthy = healthy;
             match answer {
-                Ok(Ok((200, body))) => {
-                    entry.pushed = Some(Instant::now());
-                    entry.summary = serde_json::from_slice::<Value>(&body)
-                        .map(|v| v["cache"].clone())
-                        .unwrap_or(Value::Null);
-                }
+                Ok(Ok((200, body))) => match serde_json::from_slice::<StatsAnswer>(&body) {
+                    Ok(answer) => {
+                        entry.pushed = Some(Instant::now());
+                        entry.summary = Some(answer.cache);
+                    }
+                    Err(error) => {
+                        self.metrics.stats_push_failures.inc();
+                        tracing::warn!(scorer = %name, %error, "a scorer answered a statistics push with a summary this proxy cannot read");
+                    }
+                },
                 other => {
                     self.metrics.stats_push_failures.inc();
                     tracing::debug!(scorer = %name, result = ?other.map(|r| r.map(|(s, _)| s)), "statistics push failed")

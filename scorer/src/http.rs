@@ -14,6 +14,8 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::json;
 
+use manymodels_contract::{self as contract, route};
+
 use crate::Scorer;
 use crate::engine;
 use crate::error::ScorerError;
@@ -22,9 +24,9 @@ use crate::oip;
 use crate::tensor::TensorSpec;
 
 /// Names the scorer that answered (for the proxy's affinity, and for people debugging).
-pub const SCORER_HEADER: HeaderName = HeaderName::from_static("x-mm-scorer");
+pub const SCORER_HEADER: HeaderName = HeaderName::from_static(contract::header::SCORER);
 /// `hit` or `miss`: whether the model was already in memory.
-pub const CACHE_HEADER: HeaderName = HeaderName::from_static("x-mm-cache");
+pub const CACHE_HEADER: HeaderName = HeaderName::from_static(contract::header::CACHE);
 
 type Shared = State<Arc<Scorer>>;
 
@@ -32,35 +34,29 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
     let max_body = usize::try_from(scorer.config.http.max_body.bytes()).unwrap_or(usize::MAX);
     let max_upload = usize::try_from(scorer.config.http.max_upload.bytes()).unwrap_or(usize::MAX);
     Router::new()
-        .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(live))
-        .route("/v2/health/ready", get(ready))
-        .route("/v2/models/{id}", get(model_metadata))
-        .route("/v2/models/{id}/ready", get(model_ready))
-        .route("/v2/models/{id}/infer", post(infer))
-        .route("/v2/models/{id}/versions/{version}", get(version_metadata))
+        .route(route::SERVER_METADATA, get(server_metadata))
+        .route(route::LIVE, get(live))
+        .route(route::READY, get(ready))
+        .route(route::MODEL_METADATA.template(), get(model_metadata))
+        .route(route::MODEL_READY.template(), get(model_ready))
+        .route(route::INFER.template(), post(infer))
+        .route(route::VERSION_METADATA.template(), get(version_metadata))
+        .route(route::VERSION_READY.template(), get(version_ready))
+        .route(route::VERSION_INFER.template(), post(version_infer))
+        .route(route::REPOSITORY_INDEX, post(repository_index))
+        .route(route::REPOSITORY_LOAD.template(), post(repository_load))
+        .route(route::REPOSITORY_UNLOAD.template(), post(repository_unload))
+        .route(route::CACHE_EXPLAIN, get(explain))
+        .route(route::ADMIN_STATUS.template(), get(admin_status))
+        .route(route::ADMIN_REFRESH.template(), post(admin_refresh))
+        .route(route::ADMIN_PIN.template(), post(admin_pin))
+        .route(route::ADMIN_UNPIN.template(), post(admin_unpin))
         .route(
-            "/v2/models/{id}/versions/{version}/ready",
-            get(version_ready),
-        )
-        .route(
-            "/v2/models/{id}/versions/{version}/infer",
-            post(version_infer),
-        )
-        .route("/v2/repository/index", post(repository_index))
-        .route("/v2/repository/models/{id}/load", post(repository_load))
-        .route("/v2/repository/models/{id}/unload", post(repository_unload))
-        .route("/v2/mm/cache", get(explain))
-        .route("/v2/mm/models/{id}", get(admin_status))
-        .route("/v2/mm/models/{id}/refresh", post(admin_refresh))
-        .route("/v2/mm/models/{id}/pin", post(admin_pin))
-        .route("/v2/mm/models/{id}/unpin", post(admin_unpin))
-        .route(
-            "/v2/mm/models/{id}/versions/{version}",
+            route::ADMIN_PUBLISH.template(),
             axum::routing::put(admin_publish).layer(DefaultBodyLimit::max(max_upload)),
         )
-        .route("/v2/mm/stats", axum::routing::put(stats_push))
-        .route("/metrics", get(metrics))
+        .route(route::STATS, axum::routing::put(stats_push))
+        .route(route::METRICS, get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -99,7 +95,7 @@ fn model_and_version(
 ) -> Result<(ModelId, u64), ScorerError> {
     let Path((id, version)) = path.map_err(|e| ScorerError::InvalidModelId(e.body_text()))?;
     let id = ModelId::parse(&id)?;
-    let version = crate::store::parse_version(&version).ok_or_else(|| {
+    let version = contract::parse_version(&version).ok_or_else(|| {
         ScorerError::invalid(format!(
             "invalid version '{version}': expected a positive integer"
         ))
@@ -487,7 +483,7 @@ fn admin_authorized(scorer: &Scorer, headers: &axum::http::HeaderMap) -> Result<
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(contract::bearer)
         .unwrap_or("");
     let matches = manymodels_config::Secret::matches_any(given, keys);
     if matches {
@@ -608,14 +604,14 @@ async fn admin_publish(
 /// A proxy's statistics push (`StatsReport`): answered with this cache's summary.
 async fn stats_push(State(scorer): Shared, request: Result<Bytes, BytesRejection>) -> Response {
     let result = body(request, &scorer).and_then(|bytes| {
-        let report: manymodels_policy::StatsReport = serde_json::from_slice(&bytes)
+        let report: contract::StatsReport = serde_json::from_slice(&bytes)
             .map_err(|e| ScorerError::InvalidInput(format!("statistics report: {e}")))?;
-        let summary = scorer.take_stats(report);
-        Ok(json_response(&json!({
-            "scorer": scorer.config.display_name(),
-            "ready": scorer.is_ready(),
-            "cache": summary,
-        })))
+        let cache = scorer.take_stats(report);
+        Ok(json_response(&contract::StatsAnswer {
+            scorer: scorer.config.display_name(),
+            ready: scorer.is_ready(),
+            cache,
+        }))
     });
     finish(&scorer, "stats", result)
 }

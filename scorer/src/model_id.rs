@@ -17,7 +17,9 @@ impl ModelId {
         if is_valid(text) {
             Ok(ModelId(Arc::from(text)))
         } else {
-            Err(ScorerError::InvalidModelId(truncate(text)))
+            Err(ScorerError::InvalidModelId(
+                manymodels_contract::truncate_for_message(text),
+            ))
         }
     }
 
@@ -26,16 +28,7 @@ impl ModelId {
     }
 }
 
-pub use manymodels_config::valid_model_id as is_valid;
-
-/// Ids are echoed in error messages; keep the echo short.
-fn truncate(text: &str) -> String {
-    let mut out: String = text.chars().take(64).collect();
-    if out.len() < text.len() {
-        out.push('…');
-    }
-    out
-}
+pub use manymodels_contract::valid_model_id as is_valid;
 
 impl fmt::Display for ModelId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

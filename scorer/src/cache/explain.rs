@@ -3,9 +3,10 @@
 
 use serde::Serialize;
 
+use super::ModelCache;
 use super::resident::EVICTION_LOG;
-use super::{Eviction, ModelCache};
 use crate::engine::Engine;
+pub use manymodels_contract::CacheSummary;
 
 impl ModelCache {
     /// Counters and the most recent evictions.
@@ -31,7 +32,7 @@ impl ModelCache {
                         .engine_loads
                         .with_label_values(&[e.as_str()])
                         .get();
-                    (e.as_str(), n)
+                    (e.as_str().to_string(), n)
                 })
                 .collect(),
             loaded_bytes: self.metrics.loaded_bytes.get(),
@@ -89,34 +90,6 @@ impl ModelCache {
                 .collect(),
         }
     }
-}
-
-/// A scorer's cache in numbers: the answer to a statistics push, and the head of the
-/// explain endpoint.
-#[derive(Clone, Debug, Serialize)]
-pub struct CacheSummary {
-    pub budget_bytes: u64,
-    pub resident_bytes: u64,
-    pub resident_models: usize,
-    /// Memory reserved by loads in flight.
-    pub reserved_bytes: u64,
-    /// The most residents plus reservations may hold: the budget and the load headroom.
-    pub ceiling_bytes: u64,
-    pub warmup_loads: u64,
-    /// Warm-up loads that left (or were refused) before serving a request.
-    pub warmup_wasted: u64,
-    /// Loads refused because the model can never fit the budget.
-    pub too_large: u64,
-    pub hits: u64,
-    pub misses: u64,
-    pub loads: u64,
-    /// Loads by the engine that serves the model (`onnxruntime`, `native`).
-    pub loads_by_engine: std::collections::BTreeMap<&'static str, u64>,
-    pub loaded_bytes: u64,
-    /// Seconds since the scorer started (eviction times count from it).
-    pub uptime: f64,
-    /// Most recent first.
-    pub evictions: Vec<Eviction>,
 }
 
 #[derive(Clone, Debug, Serialize)]

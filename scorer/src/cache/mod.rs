@@ -82,63 +82,7 @@ impl Key for ModelKey {
 /// not exist) or one version (it does not exist, or failed to load).
 type FailureKey = (ModelId, Option<u64>);
 
-/// Whether a look-up was answered from memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lookup {
-    Hit,
-    Miss,
-}
-
-impl Lookup {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lookup::Hit => "hit",
-            Lookup::Miss => "miss",
-        }
-    }
-}
-
-/// Why a model left memory (the `reason` label of `mm_scorer_cache_evictions_total`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    /// Displaced by a model of higher priority.
-    Capacity,
-    /// Loaded for its requests but not kept: every resident was worth more.
-    NotAdmitted,
-    /// Unloaded through the repository API.
-    Unload,
-    /// The live version moved on (a new version, a pin or an unpin) and this one went idle.
-    Replaced,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 4] = [
-        Reason::Capacity,
-        Reason::NotAdmitted,
-        Reason::Unload,
-        Reason::Replaced,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Capacity => "capacity",
-            Reason::NotAdmitted => "not_admitted",
-            Reason::Unload => "unload",
-            Reason::Replaced => "replaced",
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Eviction {
-    pub model: String,
-    pub version: u64,
-    pub bytes: u64,
-    pub reason: Reason,
-    /// Seconds since the scorer started.
-    pub at: f64,
-}
+pub use manymodels_contract::{Eviction, EvictionReason as Reason, Lookup};
 
 #[derive(Clone)]
 struct Failure {

@@ -110,24 +110,5 @@ pub fn open(config: &StoreConfig) -> Result<Arc<dyn ModelStore>, StoreError> {
     })
 }
 
-/// A version folder name: a positive integer without sign or leading zeros.
-pub fn parse_version(name: &str) -> Option<u64> {
-    if name.is_empty() || name.starts_with('0') || !name.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    name.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_positive_canonical_integers_are_versions() {
-        assert_eq!(parse_version("1"), Some(1));
-        assert_eq!(parse_version("42"), Some(42));
-        for bad in ["0", "01", "-1", "+1", "1.5", "v1", "", "1.tmp"] {
-            assert_eq!(parse_version(bad), None, "{bad}");
-        }
-    }
-}
+/// A version folder name follows the contract's one version rule.
+pub use manymodels_contract::parse_version;

@@ -1,0 +1,79 @@
+//! The scorer's routes that the proxy forwards to or calls itself. Each is a template with
+//! `{id}` (and `{version}`) placeholders, which is also the scorer's axum route, and builds
+//! the concrete path for the proxy, so the two sides cannot spell a route differently.
+
+/// A route of one model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelRoute(pub &'static str);
+
+/// A route of one version of one model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VersionRoute(pub &'static str);
+
+impl ModelRoute {
+    /// The axum route (`/v2/models/{id}/infer`).
+    pub const fn template(self) -> &'static str {
+        self.0
+    }
+
+    /// The path for `id` (which must be a valid model id: it is not escaped).
+    pub fn path(self, id: &str) -> String {
+        self.0.replacen("{id}", id, 1)
+    }
+}
+
+impl VersionRoute {
+    pub const fn template(self) -> &'static str {
+        self.0
+    }
+
+    pub fn path(self, id: &str, version: u64) -> String {
+        self.0
+            .replacen("{id}", id, 1)
+            .replacen("{version}", &version.to_string(), 1)
+    }
+}
+
+// Open Inference Protocol.
+pub const MODEL_METADATA: ModelRoute = ModelRoute("/v2/models/{id}");
+pub const MODEL_READY: ModelRoute = ModelRoute("/v2/models/{id}/ready");
+pub const INFER: ModelRoute = ModelRoute("/v2/models/{id}/infer");
+pub const VERSION_METADATA: VersionRoute = VersionRoute("/v2/models/{id}/versions/{version}");
+pub const VERSION_READY: VersionRoute = VersionRoute("/v2/models/{id}/versions/{version}/ready");
+pub const VERSION_INFER: VersionRoute = VersionRoute("/v2/models/{id}/versions/{version}/infer");
+pub const REPOSITORY_LOAD: ModelRoute = ModelRoute("/v2/repository/models/{id}/load");
+pub const REPOSITORY_UNLOAD: ModelRoute = ModelRoute("/v2/repository/models/{id}/unload");
+pub const SERVER_METADATA: &str = "/v2";
+pub const REPOSITORY_INDEX: &str = "/v2/repository/index";
+pub const LIVE: &str = "/v2/health/live";
+pub const READY: &str = "/v2/health/ready";
+pub const METRICS: &str = "/metrics";
+
+// The scorer's admin routes (the proxy forwards `/v2/admin/models/...` to them).
+pub const ADMIN_STATUS: ModelRoute = ModelRoute("/v2/mm/models/{id}");
+pub const ADMIN_REFRESH: ModelRoute = ModelRoute("/v2/mm/models/{id}/refresh");
+pub const ADMIN_PIN: ModelRoute = ModelRoute("/v2/mm/models/{id}/pin");
+pub const ADMIN_UNPIN: ModelRoute = ModelRoute("/v2/mm/models/{id}/unpin");
+pub const ADMIN_PUBLISH: VersionRoute = VersionRoute("/v2/mm/models/{id}/versions/{version}");
+
+/// `PUT`: a proxy's [`crate::StatsReport`], answered with a [`crate::StatsAnswer`].
+pub const STATS: &str = "/v2/mm/stats";
+/// `GET`: the scorer's explain view.
+pub const CACHE_EXPLAIN: &str = "/v2/mm/cache";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_fill_the_templates() {
+        assert_eq!(INFER.path("store-1"), "/v2/models/store-1/infer");
+        assert_eq!(
+            VERSION_INFER.path("store-1", 12),
+            "/v2/models/store-1/versions/12/infer"
+        );
+        assert_eq!(ADMIN_PIN.path("a"), "/v2/mm/models/a/pin");
+        assert_eq!(ADMIN_PUBLISH.path("a", 3), "/v2/mm/models/a/versions/3");
+        assert_eq!(ADMIN_STATUS.template(), "/v2/mm/models/{id}");
+    }
+}

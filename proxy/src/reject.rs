@@ -1,0 +1,243 @@
+//! The proxy's own answers, in one table, and the pure rules that turn a failure into one:
+//! which Pingora error becomes which status, when a failed attempt may be retried on the
+//! next scorer, and which outcome a finished request is counted under. Every rule is a
+//! plain function of plain values, unit-tested without a socket.
+
+use bytes::Bytes;
+use pingora::{ErrorSource, ErrorType};
+
+use crate::route::Route;
+
+/// An answer the proxy writes itself.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: &serde_json::Value) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            body: Bytes::from(body.to_string()),
+        }
+    }
+}
+
+impl From<Rejection> for Reply {
+    fn from(rejection: Rejection) -> Reply {
+        Reply::json(rejection.status(), &rejection.body())
+    }
+}
+
+/// Everything the proxy answers by itself with an error, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// The request is malformed (bad id, bad version, missing model header).
+    Invalid(String),
+    /// No route for this method and path.
+    NoRoute { method: String, path: String },
+    /// No bearer key, or one not in the keys of this route.
+    Unauthorized,
+    /// The body is over `http.max_body` (or `http.max_upload` for an upload).
+    TooLarge { limit: u64 },
+    /// No scorer can take the request.
+    NoScorer,
+    /// The scorer did not answer within the read timeout.
+    ScorerTimedOut,
+    /// The scorer failed before answering (connection reset, refused, ...).
+    ScorerFailed(&'static str),
+    /// The client's side of the exchange failed (a malformed request, a hang-up).
+    BadClientRequest,
+    /// Another error status raised inside the proxy.
+    Status(u16),
+    /// An admin call about the model's canary found none.
+    NoCanary(String),
+    /// A canary body is over its 4 KiB limit.
+    CanaryTooLarge,
+    /// The scorer did not answer a canary promotion.
+    PromotionUnanswered,
+}
+
+impl Rejection {
+    pub fn status(&self) -> u16 {
+        match self {
+            Rejection::Invalid(_) | Rejection::BadClientRequest => 400,
+            Rejection::Unauthorized => 401,
+            Rejection::NoRoute { .. } | Rejection::NoCanary(_) => 404,
+            Rejection::TooLarge { .. } | Rejection::CanaryTooLarge => 413,
+            Rejection::ScorerFailed(_) | Rejection::PromotionUnanswered => 502,
+            Rejection::NoScorer => 503,
+            Rejection::Status(status) => *status,
+            Rejection::ScorerTimedOut => 504,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Rejection::Invalid(message) => message.clone(),
+            Rejection::NoRoute { method, path } => format!("no route for {method} {path}"),
+            Rejection::Unauthorized => "missing or invalid bearer key".into(),
+            Rejection::TooLarge { limit } => {
+                format!("request body is larger than the limit of {limit} bytes")
+            }
+            Rejection::NoScorer => "no scorer available".into(),
+            Rejection::ScorerTimedOut => "the scorer did not answer in time".into(),
+            Rejection::ScorerFailed(what) => format!("the scorer failed: {what}"),
+            Rejection::BadClientRequest => "bad request from client".into(),
+            Rejection::Status(status) => format!("the request failed with status {status}"),
+            Rejection::NoCanary(id) => format!("model '{id}' has no canary"),
+            Rejection::CanaryTooLarge => "canary body too large".into(),
+            Rejection::PromotionUnanswered => "the scorer did not answer the promotion".into(),
+        }
+    }
+
+    /// The OIP-style body: `{"error": message}`.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({ "error": self.message() })
+    }
+}
+
+/// The answer for a request that failed inside Pingora: an error status the proxy raised
+/// itself (`HTTPStatus`), a timeout, the client's side, or the scorer's. `body_limit` is
+/// the request's body limit, named in a 413.
+pub fn failure(etype: &ErrorType, source: &ErrorSource, body_limit: u64) -> Rejection {
+    match etype {
+        ErrorType::HTTPStatus(413) => Rejection::TooLarge { limit: body_limit },
+        ErrorType::HTTPStatus(503) => Rejection::NoScorer,
+        ErrorType::HTTPStatus(status) if (400..600).contains(status) => Rejection::Status(*status),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            Rejection::ScorerTimedOut
+        }
+        _ if matches!(source, ErrorSource::Downstream) => Rejection::BadClientRequest,
+        other => Rejection::ScorerFailed(other.as_str()),
+    }
+}
+
+/// Whether an error while proxying means the scorer died (so the request may go to the
+/// next candidate when nothing reached the client yet). A slow scorer (read timeout) is
+/// not dead: it is alive and would still be working; a client that hangs up is not a dead
+/// scorer.
+pub fn scorer_died(etype: &ErrorType, source: &ErrorSource) -> bool {
+    matches!(
+        etype,
+        ErrorType::ConnectionClosed
+            | ErrorType::ReadError
+            | ErrorType::WriteError
+            | ErrorType::ConnectRefused
+    ) && matches!(source, ErrorSource::Upstream)
+}
+
+/// The `outcome` label of `mm_proxy_requests_total` for a finished request.
+pub fn outcome(
+    route: &Route,
+    status: u16,
+    reached_scorer: bool,
+    client_closed: bool,
+) -> &'static str {
+    match (route, status) {
+        _ if client_closed => "client_closed",
+        (Route::Live | Route::Ready | Route::Metrics, _) => "local",
+        (_, 200..=299) => "ok",
+        (_, 400..=499) if reached_scorer => "client_error",
+        (_, 400..=499) => "rejected",
+        (_, 503) if !reached_scorer => "unavailable",
+        _ => "upstream_error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::Action;
+
+    #[test]
+    fn every_rejection_has_an_error_status_and_a_message() {
+        let all = [
+            Rejection::Invalid("bad".into()),
+            Rejection::NoRoute {
+                method: "GET".into(),
+                path: "/x".into(),
+            },
+            Rejection::Unauthorized,
+            Rejection::TooLarge { limit: 10 },
+            Rejection::NoScorer,
+            Rejection::ScorerTimedOut,
+            Rejection::ScorerFailed("ConnectionClosed"),
+            Rejection::BadClientRequest,
+            Rejection::Status(429),
+            Rejection::NoCanary("m".into()),
+            Rejection::CanaryTooLarge,
+            Rejection::PromotionUnanswered,
+        ];
+        for rejection in all {
+            assert!((400..600).contains(&rejection.status()), "{rejection:?}");
+            let body = rejection.body();
+            assert!(!body["error"].as_str().unwrap().is_empty(), "{rejection:?}");
+        }
+        assert_eq!(
+            Rejection::TooLarge { limit: 10 }.message(),
+            "request body is larger than the limit of 10 bytes"
+        );
+    }
+
+    #[test]
+    fn failures_map_to_statuses() {
+        let up = ErrorSource::Upstream;
+        let down = ErrorSource::Downstream;
+        let cases = [
+            (ErrorType::HTTPStatus(413), &up, 413),
+            (ErrorType::HTTPStatus(503), &ErrorSource::Internal, 503),
+            (ErrorType::HTTPStatus(429), &ErrorSource::Internal, 429),
+            (ErrorType::ReadTimedout, &up, 504),
+            (ErrorType::ConnectTimedout, &up, 504),
+            (ErrorType::ConnectionClosed, &up, 502),
+            (ErrorType::ConnectRefused, &up, 502),
+            (ErrorType::ConnectionClosed, &down, 400),
+            (ErrorType::InvalidHTTPHeader, &down, 400),
+        ];
+        for (etype, source, status) in cases {
+            assert_eq!(failure(&etype, source, 5).status(), status, "{etype:?}");
+        }
+        assert_eq!(
+            failure(&ErrorType::HTTPStatus(413), &down, 77),
+            Rejection::TooLarge { limit: 77 }
+        );
+    }
+
+    #[test]
+    fn only_a_scorer_that_died_is_retried() {
+        let up = ErrorSource::Upstream;
+        assert!(scorer_died(&ErrorType::ConnectionClosed, &up));
+        assert!(scorer_died(&ErrorType::ReadError, &up));
+        assert!(scorer_died(&ErrorType::ConnectRefused, &up));
+        assert!(
+            !scorer_died(&ErrorType::ReadTimedout, &up),
+            "slow is not dead"
+        );
+        assert!(
+            !scorer_died(&ErrorType::ConnectionClosed, &ErrorSource::Downstream),
+            "a client hang-up is not a dead scorer"
+        );
+    }
+
+    #[test]
+    fn outcomes_tell_the_proxys_answers_from_the_scorers() {
+        let infer = Route::Model {
+            id: "m".into(),
+            action: Action::Infer { version: None },
+        };
+        assert_eq!(outcome(&infer, 200, true, false), "ok");
+        assert_eq!(outcome(&infer, 422, true, false), "client_error");
+        assert_eq!(outcome(&infer, 401, false, false), "rejected");
+        assert_eq!(outcome(&infer, 503, false, false), "unavailable");
+        assert_eq!(outcome(&infer, 503, true, false), "upstream_error");
+        assert_eq!(outcome(&infer, 502, true, false), "upstream_error");
+        assert_eq!(outcome(&infer, 200, true, true), "client_closed");
+        assert_eq!(outcome(&Route::Live, 200, false, false), "local");
+        assert_eq!(outcome(&Route::Metrics, 200, false, false), "local");
+        assert_eq!(outcome(&Route::NotFound, 404, false, false), "rejected");
+    }
+}

@@ -1,0 +1,216 @@
+use super::*;
+
+fn model(id: &str, action: Action) -> Route {
+    Route::Model {
+        id: id.into(),
+        action,
+    }
+}
+
+fn get(path: &str) -> Route {
+    classify("GET", path, None, None)
+}
+
+fn post(path: &str) -> Route {
+    classify("POST", path, None, None)
+}
+
+#[test]
+fn model_routes_name_their_model_and_action() {
+    let cases = [
+        (
+            post("/v2/models/store-1/infer"),
+            Action::Infer { version: None },
+        ),
+        (
+            get("/v2/models/store-1"),
+            Action::Metadata { version: None },
+        ),
+        (
+            get("/v2/models/store-1/ready"),
+            Action::Ready { version: None },
+        ),
+        (
+            post("/v2/models/store-1/versions/3/infer"),
+            Action::Infer { version: Some(3) },
+        ),
+        (
+            get("/v2/models/store-1/versions/3"),
+            Action::Metadata { version: Some(3) },
+        ),
+        (
+            get("/v2/models/store-1/versions/3/ready"),
+            Action::Ready { version: Some(3) },
+        ),
+        (post("/v2/repository/models/store-1/load"), Action::Load),
+        (post("/v2/repository/models/store-1/unload"), Action::Unload),
+    ];
+    for (route, action) in cases {
+        assert_eq!(route, model("store-1", action));
+    }
+    // Percent-escapes are decoded before the id is judged, and the upstream path is
+    // written from the decoded id.
+    assert_eq!(
+        post("/v2/models/a%2Db/infer"),
+        model("a-b", Action::Infer { version: None })
+    );
+}
+
+#[test]
+fn every_action_maps_to_the_scorer_route_it_came_from() {
+    let cases = [
+        (Action::Infer { version: None }, "/v2/models/m/infer"),
+        (
+            Action::Infer { version: Some(7) },
+            "/v2/models/m/versions/7/infer",
+        ),
+        (Action::Metadata { version: None }, "/v2/models/m"),
+        (
+            Action::Ready { version: Some(2) },
+            "/v2/models/m/versions/2/ready",
+        ),
+        (Action::Load, "/v2/repository/models/m/load"),
+        (Action::Unload, "/v2/repository/models/m/unload"),
+        (Action::VersionStatus, "/v2/mm/models/m"),
+        (Action::Refresh, "/v2/mm/models/m/refresh"),
+        (Action::Pin, "/v2/mm/models/m/pin"),
+        (Action::Unpin, "/v2/mm/models/m/unpin"),
+        (Action::Publish { version: 4 }, "/v2/mm/models/m/versions/4"),
+    ];
+    for (action, path) in cases {
+        assert_eq!(action.path("m"), path, "{action:?}");
+    }
+    // The OIP routes are their own upstream path: classifying the path gives the action
+    // back.
+    for (action, path) in &cases[..6] {
+        let method = if matches!(action, Action::Metadata { .. } | Action::Ready { .. }) {
+            "GET"
+        } else {
+            "POST"
+        };
+        assert_eq!(classify(method, path, None, None), model("m", *action));
+    }
+}
+
+#[test]
+fn admin_flags_follow_the_action() {
+    assert!(!Action::Infer { version: None }.admin());
+    assert!(!Action::Metadata { version: None }.admin());
+    assert!(Action::Load.admin() && Action::Unload.admin() && Action::Pin.admin());
+    assert!(Action::Publish { version: 1 }.changes_versions());
+    assert!(Action::Pin.changes_versions() && Action::Refresh.changes_versions());
+    assert!(!Action::VersionStatus.changes_versions());
+    assert!(!Action::Load.changes_versions());
+    assert!(Action::Publish { version: 1 }.is_upload());
+    assert!(!Action::Pin.is_upload());
+}
+
+#[test]
+fn bad_ids_and_paths_are_rejected_without_a_scorer() {
+    for path in [
+        "/v2/models/..%2F..%2Fetc/infer",
+        "/v2/models//infer",
+        "/v2/models/.hidden/infer",
+        "/v2/repository/models/a%2Fb/load",
+    ] {
+        assert!(matches!(post(path), Route::Invalid(_)), "{path}");
+    }
+    assert_eq!(post("/v2/models/a/b/infer"), Route::NotFound);
+    assert_eq!(
+        classify("DELETE", "/v2/models/a", None, None),
+        Route::NotFound
+    );
+    assert_eq!(get("/admin"), Route::NotFound);
+    assert_eq!(get("/v2/repository/models/a/load"), Route::NotFound);
+}
+
+/// One version rule on every route: the scorer's (`manymodels_contract::parse_version`).
+/// `versions/01` used to pass the proxy and be refused by the scorer.
+#[test]
+fn versions_follow_the_contract_rule_everywhere() {
+    for bad in ["01", "0", "x", "-1", "99999999999999999999"] {
+        for route in [
+            post(&format!("/v2/models/a/versions/{bad}/infer")),
+            get(&format!("/v2/models/a/versions/{bad}")),
+            classify(
+                "PUT",
+                &format!("/v2/admin/models/a/versions/{bad}"),
+                None,
+                None,
+            ),
+            classify("POST", "/", Some("a"), Some(bad)),
+        ] {
+            assert!(
+                matches!(&route, Route::Invalid(m) if m.contains("invalid model version")),
+                "{bad}: {route:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_azure_ml_scoring_route_takes_the_model_from_a_header() {
+    assert_eq!(
+        classify("POST", "/", Some("store-7"), None),
+        model("store-7", Action::Infer { version: None })
+    );
+    assert_eq!(
+        classify("POST", "/score", Some(" store-7 "), Some("2")),
+        model("store-7", Action::Infer { version: Some(2) })
+    );
+    assert!(
+        matches!(classify("POST", "/", None, None), Route::Invalid(m) if m.contains(header::MODEL))
+    );
+    assert!(matches!(
+        classify("POST", "/", Some("../x"), None),
+        Route::Invalid(_)
+    ));
+}
+
+#[test]
+fn the_proxy_answers_health_metrics_and_canaries_itself() {
+    assert_eq!(get("/v2/health/live"), Route::Live);
+    assert_eq!(get("/v2/health/ready"), Route::Ready);
+    assert_eq!(get("/metrics"), Route::Metrics);
+    assert_eq!(get("/status"), Route::Status);
+    assert_eq!(get("/v2/mm/pool"), Route::PoolView);
+    assert_eq!(get("/v2"), Route::AnyScorer);
+    assert_eq!(post("/v2/repository/index"), Route::AnyScorer);
+    assert_eq!(Route::AnyScorer.model(), None);
+    assert_eq!(
+        classify("PUT", "/v2/admin/models/store-1/versions/3", None, None),
+        model("store-1", Action::Publish { version: 3 })
+    );
+    assert_eq!(
+        post("/v2/admin/models/store-1/pin"),
+        model("store-1", Action::Pin)
+    );
+    assert_eq!(
+        get("/v2/admin/models/store-1"),
+        model("store-1", Action::VersionStatus)
+    );
+    for (method, tail, action) in [
+        ("GET", "canary", CanaryAction::Show),
+        ("PUT", "canary", CanaryAction::Set),
+        ("DELETE", "canary", CanaryAction::Drop),
+        ("POST", "canary/promote", CanaryAction::Promote),
+    ] {
+        let route = classify(method, &format!("/v2/admin/models/s/{tail}"), None, None);
+        assert_eq!(
+            route,
+            Route::Canary {
+                id: "s".into(),
+                action
+            }
+        );
+        assert_eq!(route.model(), Some("s"));
+    }
+    assert!(matches!(
+        post("/v2/admin/models/..%2Fx/pin"),
+        Route::Invalid(_)
+    ));
+    assert_eq!(
+        classify("DELETE", "/v2/admin/models/store-1/pin", None, None),
+        Route::NotFound
+    );
+}

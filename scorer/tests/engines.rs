@@ -8,16 +8,14 @@
 //! NaN), labels equal; declared signatures must be equal too. The models the native
 //! engine must cover are listed: one that falls back to ONNX Runtime fails the test.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use manymodels_config::scorer::NativeEngine;
 use manymodels_scorer::engine::{self, Engine, Engines, LoadedModel};
 use manymodels_scorer::model_id::ModelId;
 use manymodels_scorer::tensor::{DataType, NamedTensor, TensorData};
-
-fn root() -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).to_path_buf()
-}
+use manymodels_tests::root;
+use manymodels_tests::store::demo_store;
 
 fn engines(native: NativeEngine) -> Engines {
     let library = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
@@ -361,7 +359,7 @@ fn native_engine_equals_onnx_runtime_on_the_corpus_of_real_exported_models() {
 
 #[test]
 fn native_engine_equals_onnx_runtime_on_the_demo_models() {
-    let dir = root().join("models/demo");
+    let dir = demo_store();
     let mut failures = Vec::new();
     let mut count = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {

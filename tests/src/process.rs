@@ -203,6 +203,24 @@ impl Drop for Process {
     }
 }
 
+/// A handle that is a [`Process`] with its own constructors: it dereferences to it.
+macro_rules! process_handle {
+    ($name:ident) => {
+        impl Deref for $name {
+            type Target = Process;
+            fn deref(&self) -> &Process {
+                &self.0
+            }
+        }
+
+        impl DerefMut for $name {
+            fn deref_mut(&mut self) -> &mut Process {
+                &mut self.0
+            }
+        }
+    };
+}
+
 /// `--set key=value` arguments.
 fn set_args<S: AsRef<str>>(sets: &[S]) -> impl Iterator<Item = String> + '_ {
     sets.iter()
@@ -256,18 +274,7 @@ impl ScorerProcess {
     }
 }
 
-impl Deref for ScorerProcess {
-    type Target = Process;
-    fn deref(&self) -> &Process {
-        &self.0
-    }
-}
-
-impl DerefMut for ScorerProcess {
-    fn deref_mut(&mut self) -> &mut Process {
-        &mut self.0
-    }
-}
+process_handle!(ScorerProcess);
 
 /// A running `mm-proxy` process in front of scorers.
 pub struct ProxyProcess(Process);
@@ -318,18 +325,7 @@ impl ProxyProcess {
     }
 }
 
-impl Deref for ProxyProcess {
-    type Target = Process;
-    fn deref(&self) -> &Process {
-        &self.0
-    }
-}
-
-impl DerefMut for ProxyProcess {
-    fn deref_mut(&mut self) -> &mut Process {
-        &mut self.0
-    }
-}
+process_handle!(ProxyProcess);
 
 /// A pool: scorers behind one proxy.
 pub struct Pool {

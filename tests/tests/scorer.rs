@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use manymodels_models::{Mix, Spec};
+use manymodels_models::{GeneratedModel, Mix, Spec};
 use manymodels_tests::azurite::Azurite;
 use manymodels_tests::http::post_bytes;
 use manymodels_tests::{
@@ -77,21 +77,35 @@ async fn byte_budget_holds_with_native_models() {
     byte_budget_holds("engine.native=auto", 16 << 20).await;
 }
 
+/// Builds `count` generated models (`spec(i)`) into `store` as version 1 of `id(i)`.
+fn forests(
+    store: &std::path::Path,
+    count: u64,
+    id: impl Fn(u64) -> String,
+    spec: impl Fn(u64) -> Spec,
+) -> Vec<GeneratedModel> {
+    (0..count)
+        .map(|i| {
+            let model = manymodels_models::build(&spec(i));
+            write_model(store, &id(i), 1, &model.bytes).unwrap();
+            model
+        })
+        .collect()
+}
+
 async fn byte_budget_holds(engine: &str, fixed_overhead: u64) {
     let store = TempDir::new("budget");
-    let models: Vec<_> = (0..24)
-        .map(|i| {
-            manymodels_models::build(&Spec::Forest {
-                features: 8,
-                trees: 40,
-                depth: 8,
-                seed: 1000 + i,
-            })
-        })
-        .collect();
-    for (i, model) in models.iter().enumerate() {
-        write_model(store.path(), &format!("forest-{i:02}"), 1, &model.bytes).unwrap();
-    }
+    let models = forests(
+        store.path(),
+        24,
+        |i| format!("forest-{i:02}"),
+        |i| Spec::Forest {
+            features: 8,
+            trees: 40,
+            depth: 8,
+            seed: 1000 + i,
+        },
+    );
     // Measure what the models really weigh in one scorer, then give another a third of it.
     let measure = ScorerProcess::local(store.path(), &["cache.budget=1GiB", engine]);
     let client = reqwest::Client::new();
@@ -185,19 +199,17 @@ async fn a_burst_of_concurrent_big_loads_stays_within_the_memory_bound() {
     // allocator slack (README, "Memory").
     const BURST_OVERHEAD: u64 = 64 * MIB;
     let store = TempDir::new("burst");
-    let models: Vec<_> = (0..8)
-        .map(|i| {
-            manymodels_models::build(&Spec::Forest {
-                features: 16,
-                trees: 100,
-                depth: 11,
-                seed: 7000 + i,
-            })
-        })
-        .collect();
-    for (i, model) in models.iter().enumerate() {
-        write_model(store.path(), &format!("big-{i}"), 1, &model.bytes).unwrap();
-    }
+    let models = forests(
+        store.path(),
+        8,
+        |i| format!("big-{i}"),
+        |i| Spec::Forest {
+            features: 16,
+            trees: 100,
+            depth: 11,
+            seed: 7000 + i,
+        },
+    );
     let file = models.iter().map(|m| m.bytes.len() as u64).max().unwrap();
     let client = reqwest::Client::new();
     for (engine, budget) in [

@@ -1,0 +1,116 @@
+//! Health endpoints and metrics: every required family from the first scrape, no
+//! per-model label, gauges that follow loads.
+
+use manymodels_tests::metrics::missing_families;
+
+use super::*;
+
+/// Families every scrape must have.
+const REQUIRED_FAMILIES: &[&str] = &[
+    "mm_scorer_requests_total",
+    "mm_scorer_cache_hits_total",
+    "mm_scorer_cache_misses_total",
+    "mm_scorer_model_loads_total",
+    "mm_scorer_model_load_failures_total",
+    "mm_scorer_cache_evictions_total",
+    "mm_scorer_model_load_duration_seconds",
+    "mm_scorer_inference_duration_seconds",
+    "mm_scorer_resident_bytes",
+    "mm_scorer_resident_models",
+    "mm_scorer_budget_bytes",
+];
+
+// ---------------------------------------------------------------------------------------
+// 9. Health and metrics
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_endpoints_answer_200() {
+    let router = demo_router();
+    let live = get(&router, "/v2/health/live").await;
+    assert_eq!(live.status, StatusCode::OK);
+    assert_eq!(live.json()["live"], true);
+    let ready = get(&router, "/v2/health/ready").await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.json()["ready"], true);
+    let server = get(&router, "/v2").await;
+    assert_eq!(server.status, StatusCode::OK);
+    assert_eq!(server.json()["name"], "manymodels");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_have_every_required_family_and_no_model_label() {
+    let router = demo_router();
+    // Traffic that touches every family: a load, a miss, a hit, inference, an eviction.
+    for _ in 0..2 {
+        infer_reference(&router, "linear-small").await.ok();
+    }
+    assert_eq!(
+        post_raw(&router, "/v2/repository/models/linear-small/unload", "")
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    let reply = get(&router, "/metrics").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        reply
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain")),
+        "{:?}",
+        reply.header("content-type")
+    );
+    let text = reply.text();
+    assert_eq!(
+        missing_families(&text, REQUIRED_FAMILIES),
+        Vec::<&str>::new(),
+        "{text}"
+    );
+    for line in text.lines() {
+        assert!(!line.contains("model="), "a per-model label: {line}");
+    }
+    assert_metrics(
+        &text,
+        "after two requests and an unload",
+        &[
+            ("mm_scorer_cache_misses_total", 1.0),
+            ("mm_scorer_cache_hits_total", 1.0),
+            ("mm_scorer_model_loads_total", 1.0),
+            ("mm_scorer_inference_duration_seconds_count", 2.0),
+            ("mm_scorer_model_load_duration_seconds_count", 1.0),
+            ("mm_scorer_resident_models", 0.0),
+            ("mm_scorer_budget_bytes", (512u64 << 20) as f64),
+        ],
+    );
+}
+
+/// Families with labels (`requests_total`, `cache_evictions_total`) must be visible from
+/// the first scrape, or dashboards and alerts see "no data" instead of 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_have_every_required_family_before_any_traffic() {
+    let router = demo_router();
+    let text = metrics_text(&router).await;
+    assert_eq!(
+        missing_families(&text, REQUIRED_FAMILIES),
+        Vec::<&str>::new(),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resident_gauges_follow_loads() {
+    let router = demo_router();
+    for id in ["linear-small", "int32-scaler"] {
+        infer_reference(&router, id).await.ok();
+    }
+    let text = metrics_text(&router).await;
+    assert_eq!(metric(&text, "mm_scorer_resident_models"), 2.0, "{text}");
+    // Both tiny models are native: each is charged its own heap, a few hundred bytes
+    // (an ONNX Runtime session of the same model keeps tens of KiB), never megabytes.
+    let resident = metric(&text, "mm_scorer_resident_bytes");
+    assert!(
+        (2.0 * 100.0..=2.0 * 16.0 * 1024.0).contains(&resident),
+        "{text}"
+    );
+}

@@ -3,7 +3,7 @@
 
 Usage: check_generated.py DIR
 
-DIR holds the models and a cases.json written by the crate's ignored test
+DIR holds the models and a cases.json written by the crate's test
 `onnx_runtime_agrees` (see src/ort_check.rs): for each model, its file name, input rows
 and the Rust predictions (`predict` per row, `predict_batch` on all rows), all as f32
 bit patterns. For each model this script runs onnx.checker, then ONNX Runtime (CPU) on

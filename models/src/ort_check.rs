@@ -1,8 +1,11 @@
-//! Cross-check against real ONNX Runtime (ignored by default: needs Python with `onnx`
-//! and `onnxruntime`). Run with
+//! Cross-check against real ONNX Runtime, in Python: it needs an interpreter with `onnx`
+//! and `onnxruntime`, `MM_PYTHON` if set, else `python3`. `cargo xtask test` (the test
+//! command CI runs) installs both into `python3` first (`setup::python_test_deps`, at the
+//! versions `models/requirements.txt` pins), so the test runs there; without them it fails
+//! and says so rather than skipping. On its own:
 //!
 //! ```text
-//! cargo test -p manymodels-models -- --ignored onnx_runtime_agrees --nocapture
+//! cargo test -p manymodels-models onnx_runtime_agrees -- --nocapture
 //! ```
 //!
 //! It writes a handful of models (every forest shape, a ~1 MB and a ~5 MB forest) with
@@ -32,16 +35,11 @@ fn row(rng: &mut Rng, features: usize, nan_rate: f64) -> Vec<f32> {
 
 fn describe(spec: &Spec) -> String {
     match *spec {
-        Spec::Linear { features, seed } => format!("linear f={features} seed={seed}"),
-        Spec::Forest {
-            features,
-            trees,
-            depth,
-            seed,
-        } => {
+        Spec::Linear { .. } => format!("{spec:?}"),
+        Spec::Forest { seed, .. } => {
             let s = Shape::from_seed(seed);
             format!(
-                "forest f={features} trees={trees} depth={depth} {} prune={:.2} missing_tracks={}",
+                "{spec:?} {} prune={:.2} missing_tracks={}",
                 if s.average { "AVERAGE" } else { "SUM" },
                 s.prune,
                 s.missing_tracks
@@ -141,9 +139,24 @@ fn specs() -> Vec<Spec> {
     specs
 }
 
+/// The interpreter the check runs with, after checking that it has what the script needs.
+fn python() -> String {
+    let python = std::env::var("MM_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_modules = Command::new(&python)
+        .args(["-c", "import numpy, onnx, onnxruntime"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        has_modules,
+        "`{python}` cannot import numpy, onnx and onnxruntime: run the tests with `cargo xtask \
+         test`, which installs them, or set MM_PYTHON to an interpreter that has them"
+    );
+    python
+}
+
 #[test]
-#[ignore = "needs python3 with onnx and onnxruntime"]
 fn onnx_runtime_agrees() {
+    let python = python();
     let dir = std::env::temp_dir().join(format!("manymodels-ort-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut rng = Rng::new(31337);
@@ -187,16 +200,21 @@ fn onnx_runtime_agrees() {
     let script: PathBuf = [env!("CARGO_MANIFEST_DIR"), "check_generated.py"]
         .iter()
         .collect();
-    let python = std::env::var("MM_PYTHON").unwrap_or_else(|_| "python3".into());
-    let status = Command::new(python)
+    let output = Command::new(&python)
         .arg(&script)
         .arg(&dir)
-        .status()
+        .output()
         .expect("run python");
     if std::env::var_os("MM_ORT_CHECK_KEEP").is_some() {
         eprintln!("kept {}", dir.display());
     } else {
         std::fs::remove_dir_all(&dir).unwrap();
     }
-    assert!(status.success(), "check_generated.py failed");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "check_generated.py failed:\n{log}");
+    println!("{log}");
 }

@@ -285,26 +285,30 @@ pub fn spec_for(index: usize, mix: Mix, seed: u64) -> Spec {
                 seed: model_seed,
             }
         }
-        Tier::Medium => {
-            let depth = rng.range(6, 8);
-            let target = 1e6 * (0.85 + 0.3 * rng.unit_f64()); // 0.85-1.15 MB
-            Spec::Forest {
-                features: rng.range(16, 64),
-                trees: trees_for_bytes(target, depth, model_seed),
-                depth,
-                seed: model_seed,
-            }
-        }
-        Tier::Large => {
-            let depth = rng.range(8, 10);
-            let target = 1e6 * (3.0 + 3.0 * rng.unit_f64()); // 3-6 MB
-            Spec::Forest {
-                features: rng.range(32, 128),
-                trees: trees_for_bytes(target, depth, model_seed),
-                depth,
-                seed: model_seed,
-            }
-        }
+        // 0.85-1.15 MB.
+        Tier::Medium => sized_forest(&mut rng, (6, 8), (0.85, 0.3), (16, 64), model_seed),
+        // 3-6 MB.
+        Tier::Large => sized_forest(&mut rng, (8, 10), (3.0, 3.0), (32, 128), model_seed),
+    }
+}
+
+/// A forest drawn in this order: its depth in `depths`, a target of
+/// `1e6 * (megabytes.0 + megabytes.1 * u)` bytes (`u` uniform in [0, 1)) and its feature
+/// count in `features` (ranges inclusive); as many trees as reach the target.
+fn sized_forest(
+    rng: &mut Rng,
+    depths: (usize, usize),
+    megabytes: (f64, f64),
+    features: (usize, usize),
+    seed: u64,
+) -> Spec {
+    let depth = rng.range(depths.0, depths.1);
+    let target = 1e6 * (megabytes.0 + megabytes.1 * rng.unit_f64());
+    Spec::Forest {
+        features: rng.range(features.0, features.1),
+        trees: trees_for_bytes(target, depth, seed),
+        depth,
+        seed,
     }
 }
 

@@ -143,28 +143,39 @@ pub fn tools(commands: &[&str]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-/// The Python packages of `tests/requirements.txt` (a real OIP client for the tests),
-/// installed only when missing.
+/// The Python packages the tests use, installed only when missing: `tests/requirements.txt`
+/// (a real OIP client and the deployment checks), and `onnx` and `onnxruntime` for the
+/// cross-check of the generated models against ONNX Runtime (`models/src/ort_check.rs`),
+/// at the versions `models/requirements.txt` pins (only those two and their dependencies,
+/// not the exporters).
 pub fn python_test_deps() -> Result<()> {
-    let present = Command::new("python3")
-        .args([
-            "-c",
-            "import tritonclient.http, numpy, helm_python, kubernetes_validate, azure.ai.ml, yaml; \
-             import shutil, sys; sys.exit(shutil.which('hadolint') is None)",
-        ])
+    if !python_has(
+        "import tritonclient.http, numpy, helm_python, kubernetes_validate, azure.ai.ml, yaml; \
+         import shutil, sys; sys.exit(shutil.which('hadolint') is None)",
+    ) {
+        pip_install(&["-r", "tests/requirements.txt"])?;
+    }
+    if !python_has("import onnx, onnxruntime") {
+        pip_install(&["-c", "models/requirements.txt", "onnx", "onnxruntime"])?;
+    }
+    Ok(())
+}
+
+/// Whether `python3` runs `check` (imports) without an error.
+fn python_has(check: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", check])
         .stderr(std::process::Stdio::null())
         .status()
         .map(|s| s.success())
-        .unwrap_or(false);
-    if present {
-        return Ok(());
-    }
-    pip_install("tests/requirements.txt")
+        .unwrap_or(false)
 }
 
-fn pip_install(requirements: &str) -> Result<()> {
-    eprintln!("xtask: installing {requirements}");
-    run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "-r", requirements]))
+fn pip_install(what: &[&str]) -> Result<()> {
+    eprintln!("xtask: pip installing {}", what.join(" "));
+    run(Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet"])
+        .args(what))
 }
 
 /// The demo models are committed; regenerate them only if a clone lacks them.
@@ -173,7 +184,7 @@ pub fn demo_models(store: &Path) -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: making the demo models (python3 models/make_demo_models.py)");
-    pip_install("models/requirements.txt")?;
+    pip_install(&["-r", "models/requirements.txt"])?;
     run(Command::new("python3").arg("models/make_demo_models.py"))
 }
 

@@ -26,6 +26,7 @@
 //! pool's statistics (BENCHMARKS.md, "Cache policy", measures moka's W-TinyLFU against it).
 
 mod explain;
+mod ledger;
 mod loader;
 mod resident;
 mod versions;
@@ -46,8 +47,10 @@ use serde::Serialize;
 use tokio::sync::{Notify, OnceCell, Semaphore};
 
 pub use explain::{CacheSummary, Explain, HotModel, ResidentView};
+pub(crate) use ledger::trim_heap;
+use ledger::{Ledger, Reservation};
 use loader::{LoadThreads, Phase};
-use resident::{Reserve, Resident};
+use resident::Resident;
 
 use crate::engine::{Engines, LoadedModel, Native};
 use crate::error::{LoadError, ScorerError};
@@ -192,51 +195,6 @@ pub struct ModelCache {
     started: Instant,
     /// Set when an eviction freed a session; cleared by the next trim.
     freed: AtomicBool,
-}
-
-/// The resident set with what waits on it: shared with the reservations, which give
-/// their bytes back when dropped, wherever they are.
-struct Ledger {
-    state: Mutex<Resident<LoadedModel>>,
-    /// Signalled whenever a reservation is given back.
-    released: Notify,
-    metrics: Arc<Metrics>,
-}
-
-impl Ledger {
-    fn state(&self) -> MutexGuard<'_, Resident<LoadedModel>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Memory reserved for a load in flight, or for a model that left the cache while
-/// requests still use it; given back when dropped.
-struct Reservation {
-    ledger: Arc<Ledger>,
-    bytes: u64,
-    /// Granted to a load by `Resident::reserve` (else held memory).
-    load: bool,
-}
-
-impl Reservation {
-    /// Whether the load it covers is big enough to trim the heap after.
-    fn trims(&self) -> bool {
-        loader::trims_after(self.bytes)
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        {
-            let mut state = self.ledger.state();
-            state.release(self.bytes, self.load);
-            self.ledger
-                .metrics
-                .reserved_bytes
-                .set(state.reserved() as i64);
-        }
-        self.ledger.released.notify_waiters();
-    }
 }
 
 impl ModelCache {
@@ -406,43 +364,6 @@ impl ModelCache {
         Ok(model)
     }
 
-    /// Frees models that left memory, outside the lock, and gives the pages back. One
-    /// that requests still use stays accounted (a reservation of its weight, released when
-    /// its last request lets go), so the next load cannot count on memory not yet free.
-    fn dropped(&self, models: Vec<Arc<LoadedModel>>) {
-        if models.is_empty() {
-            return;
-        }
-        for model in &models {
-            if Arc::strong_count(model) > 1 {
-                self.keep_accounted(model);
-            }
-        }
-        drop(models);
-        self.freed.store(true, Ordering::Relaxed);
-        self.trim_if_freed();
-    }
-
-    /// Reserves `model`'s weight for as long as the model lives (it is outside the
-    /// resident set, so nothing else charges it). Never waits: the memory exists already.
-    fn keep_accounted(&self, model: &Arc<LoadedModel>) {
-        model.hold(Box::new(self.hold(model.weight)));
-    }
-
-    /// Accounts for `bytes` that are in memory already (never waits).
-    fn hold(&self, bytes: u64) -> Reservation {
-        {
-            let mut state = self.state();
-            state.hold(bytes);
-            self.metrics.reserved_bytes.set(state.reserved() as i64);
-        }
-        Reservation {
-            ledger: self.ledger.clone(),
-            bytes,
-            load: false,
-        }
-    }
-
     async fn remember(&self, key: FailureKey, error: ScorerError, ttl: Duration) {
         self.failures.insert(key, Failure { error, ttl }).await;
     }
@@ -583,73 +504,6 @@ impl ModelCache {
         self.fitting(key, model, cpu, reservation)
     }
 
-    /// A loaded model, unless it is larger than the whole budget.
-    fn fitting(
-        &self,
-        key: &ModelKey,
-        model: LoadedModel,
-        cpu: f64,
-        reservation: Reservation,
-    ) -> Result<(LoadedModel, f64, Reservation), ScorerError> {
-        if self.state().fits(model.weight) {
-            Ok((model, cpu, reservation))
-        } else {
-            Err(self.too_large(key, model.weight))
-        }
-    }
-
-    fn too_large(&self, key: &ModelKey, needed: u64) -> ScorerError {
-        ScorerError::TooLarge {
-            id: key.id.to_string(),
-            version: key.version,
-            needed,
-            budget: self.config.budget.bytes(),
-        }
-    }
-
-    /// Reserves the memory a load by `phase` of a `file`-byte model may hold, waiting for
-    /// other loads to give theirs back when needed. Refuses at once, evicting nothing, a
-    /// model whose expected size could never fit the budget.
-    async fn reserve(
-        &self,
-        key: &ModelKey,
-        phase: Phase,
-        file: u64,
-    ) -> Result<Reservation, ScorerError> {
-        // The file itself is held by the caller.
-        let bytes = loader::reservation(phase, file).saturating_sub(file);
-        let expected = match phase {
-            Phase::Native => file / 2,
-            Phase::OnnxRuntime => self.config.weigh(file),
-        };
-        if !self.state().fits(expected) {
-            return Err(self.too_large(key, expected));
-        }
-        loop {
-            let released = self.ledger.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            let outcome = {
-                let now = self.now();
-                let mut state = self.state();
-                let outcome = state.reserve(bytes, now);
-                self.metrics.reserved_bytes.set(state.reserved() as i64);
-                outcome
-            };
-            match outcome {
-                Reserve::Granted(bytes, dropped) => {
-                    self.dropped(dropped);
-                    return Ok(Reservation {
-                        ledger: self.ledger.clone(),
-                        bytes,
-                        load: true,
-                    });
-                }
-                Reserve::Wait => released.await,
-            }
-        }
-    }
-
     /// Loads the live version now (repository `load`). Returns the version loaded.
     pub async fn warm(&self, id: &ModelId) -> Result<u64, ScorerError> {
         self.get(id, None).await.map(|(model, _)| model.version)
@@ -711,31 +565,7 @@ impl ModelCache {
         self.metrics.stats_pushes.inc();
         self.summary(20)
     }
-
-    /// After evictions, give freed heap pages back to the OS so RSS follows the budget:
-    /// glibc keeps freed memory in its arenas otherwise. Measured: with a trim after every
-    /// eviction, RSS under churn stays within about one budget of the idle process; without,
-    /// it grew to 2.4 budgets (BENCHMARKS.md). The trim runs on a blocking thread, off the
-    /// request path.
-    fn trim_if_freed(&self) {
-        // A plain load first: most look-ups find nothing freed, and a swap would write
-        // the shared cache line on every request.
-        if self.freed.load(Ordering::Relaxed) && self.freed.swap(false, Ordering::Relaxed) {
-            tokio::task::spawn_blocking(trim_heap);
-        }
-    }
 }
-
-#[cfg(target_env = "gnu")]
-pub(crate) fn trim_heap() {
-    // SAFETY: malloc_trim only walks glibc's own arenas; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(target_env = "gnu"))]
-pub(crate) fn trim_heap() {}
 
 /// The model file itself is at fault (422): ONNX Runtime refused it, or it failed the
 /// checks a new version must pass.
@@ -766,65 +596,5 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     Guard(Some(f))
 }
 
-/// What the seams' unit tests share: a real cache (ONNX Runtime, the native engine, a
-/// local store) over a temporary directory of demo models.
 #[cfg(test)]
-pub(crate) mod testing {
-    use std::path::{Path, PathBuf};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    use manymodels_config::scorer::ScorerConfig;
-
-    use crate::model_id::ModelId;
-
-    /// The bytes of demo model `id`.
-    pub fn demo(id: &str) -> Vec<u8> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../models/demo")
-            .join(id)
-            .join("1/model.onnx");
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-    }
-
-    /// A fresh store directory, removed on drop.
-    pub struct Store(pub PathBuf);
-
-    impl Store {
-        pub fn new() -> Self {
-            static COUNTER: AtomicU64 = AtomicU64::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "mm-cache-unit-{}-{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Store(dir)
-        }
-
-        pub fn put(&self, id: &str, version: u64, bytes: &[u8]) {
-            let dir = self.0.join(id).join(version.to_string());
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("model.onnx"), bytes).unwrap();
-        }
-    }
-
-    impl Drop for Store {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    /// A scorer over `store` with the default configuration, adjusted: its `cache` is
-    /// what the tests use.
-    pub fn scorer(store: &Store, adjust: impl FnOnce(&mut ScorerConfig)) -> Arc<crate::Scorer> {
-        let mut config = ScorerConfig::for_local_store(&store.0);
-        adjust(&mut config);
-        crate::Scorer::new(config).expect("ONNX Runtime (ORT_DYLIB_PATH) and the store")
-    }
-
-    pub fn id(name: &str) -> ModelId {
-        ModelId::parse(name).unwrap()
-    }
-}
+pub(crate) mod testing;

@@ -143,6 +143,12 @@ impl<'a> Reader<'a> {
         Ok(bytes)
     }
 
+    /// The next `N` bytes, as a fixed-width field's value.
+    #[inline(always)]
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Invalid> {
+        Ok(self.take(N)?.try_into().expect("take gives N bytes"))
+    }
+
     /// The next field, or `None` at the end of the message.
     #[inline]
     pub fn field(&mut self) -> Result<Option<(u32, Field<'a>)>, Invalid> {
@@ -157,17 +163,13 @@ impl<'a> Reader<'a> {
     pub fn field_value(&mut self, wire: u8) -> Result<Field<'a>, Invalid> {
         Ok(match wire {
             VARINT => Field::Varint(self.varint()?),
-            FIXED64 => Field::Fixed64(u64::from_le_bytes(
-                self.take(8)?.try_into().expect("eight bytes"),
-            )),
+            FIXED64 => Field::Fixed64(u64::from_le_bytes(self.array()?)),
             LEN => {
                 let len = self.varint()?;
                 let len = usize::try_from(len).map_err(|_| Invalid::new("length too large"))?;
                 Field::Len(self.take(len)?)
             }
-            FIXED32 => Field::Fixed32(u32::from_le_bytes(
-                self.take(4)?.try_into().expect("four bytes"),
-            )),
+            FIXED32 => Field::Fixed32(u32::from_le_bytes(self.array()?)),
             other => return Err(Invalid::new(format!("unsupported wire type {other}"))),
         })
     }
@@ -519,9 +521,7 @@ impl Scalar for f64 {
     const WIRE: u8 = FIXED64;
     #[inline(always)]
     fn read(reader: &mut Reader<'_>) -> Result<Self, Invalid> {
-        Ok(f64::from_le_bytes(
-            reader.take(8)?.try_into().expect("eight bytes"),
-        ))
+        Ok(f64::from_le_bytes(reader.array()?))
     }
 }
 
@@ -529,9 +529,7 @@ impl Scalar for f32 {
     const WIRE: u8 = FIXED32;
     #[inline(always)]
     fn read(reader: &mut Reader<'_>) -> Result<Self, Invalid> {
-        Ok(f32::from_le_bytes(
-            reader.take(4)?.try_into().expect("four bytes"),
-        ))
+        Ok(f32::from_le_bytes(reader.array()?))
     }
 }
 

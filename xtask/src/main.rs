@@ -10,12 +10,7 @@
 //! - `cargo xtask config-table`: the configuration key table for README.md.
 
 mod bench;
-mod engines;
-mod hot_under_load;
-mod replay;
 mod setup;
-mod sim;
-mod swap;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode};
@@ -81,7 +76,7 @@ enum Task {
 }
 
 #[global_allocator]
-static ALLOCATOR: engines::Counting = engines::Counting;
+static ALLOCATOR: bench::Counting = bench::Counting;
 
 fn main() -> ExitCode {
     match run(Cli::parse().task) {

@@ -11,8 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use manymodels_models::Spec;
 
-use crate::bench::{Server, percentile, probe};
-use crate::setup;
+use manymodels_tests::http::{post_ok, probe};
+use manymodels_tests::reference::{LINEAR_SMALL_ROW, constant_row_body, rows_body};
+use manymodels_tests::write_model;
+
+use super::percentile;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct HotUnderLoadArgs {
@@ -42,24 +45,10 @@ pub fn run(args: HotUnderLoadArgs) -> Result<()> {
             seed: 900 + i as u64,
         });
         file = file.max(model.bytes.len());
-        let dir = scratch.join(format!("big-{i}/1"));
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("model.onnx"), &model.bytes)?;
+        write_model(&scratch, &format!("big-{i}"), 1, &model.bytes)?;
     }
-    let body = serde_json::json!({
-        "inputs": [{
-            "name": "input", "datatype": "FP32", "shape": [1, 10],
-            "data": [0.1, -0.2, 0.3, -0.4, 0.5, -0.6, 0.7, -0.8, 0.9, -1.0]
-        }]
-    })
-    .to_string();
-    let big_body = serde_json::json!({
-        "inputs": [{
-            "name": "input", "datatype": "FP32", "shape": [1, 16],
-            "data": vec![0.5f32; 16]
-        }]
-    })
-    .to_string();
+    let body = rows_body(&[LINEAR_SMALL_ROW.to_vec()]).to_string();
+    let big_body = constant_row_body(16, 0.5).to_string();
     println!(
         "One release scorer; a hot one-row linear model probed by one keep-alive client ({} requests per phase), first alone, then while {} clients keep cold-loading eight generated forests of up to {:.1} MB (unload, then request); CPU shared by everything on this machine's {} cores.\n",
         args.requests,
@@ -75,9 +64,9 @@ pub fn run(args: HotUnderLoadArgs) -> Result<()> {
         (18_301u16, "engine.native=auto"),
         (18_302, "engine.native=off"),
     ] {
-        let server = Server::start(&scratch, port, &[engine, "cache.budget=2GiB"])?;
+        let server = super::scorer(&scratch, port, &[engine, "cache.budget=2GiB"])?;
         let hot_url = format!("{}/v2/models/linear-small/infer", server.url);
-        setup::http_post(&hot_url, &body)?;
+        post_ok(&hot_url, &body)?;
         let mut alone = probe(&hot_url, &body, args.requests)?;
         alone.sort();
         let stop = Arc::new(AtomicBool::new(false));
@@ -90,11 +79,8 @@ pub fn run(args: HotUnderLoadArgs) -> Result<()> {
                     let mut i = k;
                     while !stop.load(Ordering::Relaxed) {
                         let id = format!("big-{}", i % BIG);
-                        setup::http_post(
-                            &format!("{base}/v2/repository/models/{id}/unload"),
-                            "{}",
-                        )?;
-                        setup::http_post(&format!("{base}/v2/models/{id}/infer"), &big_body)?;
+                        post_ok(&format!("{base}/v2/repository/models/{id}/unload"), "{}")?;
+                        post_ok(&format!("{base}/v2/models/{id}/infer"), &big_body)?;
                         loads.fetch_add(1, Ordering::Relaxed);
                         i += args.loaders;
                     }
@@ -104,14 +90,23 @@ pub fn run(args: HotUnderLoadArgs) -> Result<()> {
             .collect();
         // Let the loaders get going before the probe starts.
         std::thread::sleep(Duration::from_millis(300));
-        let load_seconds_before = server.metric("mm_scorer_model_load_duration_seconds_sum")?;
-        let loads_before = server.metric("mm_scorer_model_load_duration_seconds_count")?;
+        let load_seconds_before = server
+            .metrics_blocking()
+            .get("mm_scorer_model_load_duration_seconds_sum");
+        let loads_before = server
+            .metrics_blocking()
+            .get("mm_scorer_model_load_duration_seconds_count");
         let started = Instant::now();
         let mut during = probe(&hot_url, &body, args.requests)?;
         let elapsed = started.elapsed();
-        let load_seconds =
-            server.metric("mm_scorer_model_load_duration_seconds_sum")? - load_seconds_before;
-        let loaded = server.metric("mm_scorer_model_load_duration_seconds_count")? - loads_before;
+        let load_seconds = server
+            .metrics_blocking()
+            .get("mm_scorer_model_load_duration_seconds_sum")
+            - load_seconds_before;
+        let loaded = server
+            .metrics_blocking()
+            .get("mm_scorer_model_load_duration_seconds_count")
+            - loads_before;
         stop.store(true, Ordering::Relaxed);
         for loader in loaders {
             loader.join().expect("loader thread")?;

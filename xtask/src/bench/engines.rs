@@ -11,7 +11,10 @@ use anyhow::{Context, Result};
 use manymodels_config::scorer::NativeEngine;
 use manymodels_scorer::engine::{self, Engines, LoadedModel};
 use manymodels_scorer::model_id::ModelId;
+use manymodels_tests::process::status_bytes;
 use serde_json::Value;
+
+use super::median;
 
 /// Counts the Rust heap (the native engine allocates only through it), with a resettable
 /// high-water mark, so a native load's transient peak can be measured exactly. ONNX
@@ -94,11 +97,6 @@ fn metas(store: &Path) -> Result<Vec<Meta>> {
     Ok(out)
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 struct Figures {
     load: Duration,
     weight: u64,
@@ -121,24 +119,23 @@ fn measure(
     let mut peak_rss = 0u64;
     for _ in 0..reps {
         drop(model.take());
-        crate::bench::trim_heap();
+        super::trim_heap();
         let base = CURRENT.load(Ordering::Relaxed);
         PEAK.store(base, Ordering::Relaxed);
         // Resets VmHWM to the current resident set (Linux "clear_refs" value 5).
         let _ = std::fs::write("/proc/self/clear_refs", "5");
-        let rss_before = crate::replay::status_bytes("self", "VmRSS")?;
+        let rss_before = status_bytes("self", "VmRSS");
         let started = Instant::now();
         let loaded = engines
             .load(id.clone(), 1, bytes, 0)
             .map_err(anyhow::Error::msg)?;
         times.push(started.elapsed());
-        peak_rss =
-            peak_rss.max(crate::replay::status_bytes("self", "VmHWM")?.saturating_sub(rss_before));
+        peak_rss = peak_rss.max(status_bytes("self", "VmHWM").saturating_sub(rss_before));
         peak = Some(PEAK.load(Ordering::Relaxed) - base);
         model = Some(loaded);
     }
     let model = model.context("at least one rep")?;
-    let inputs = crate::bench::one_row_tensors(&meta.request);
+    let inputs = super::one_row_tensors(&meta.request);
     let mut hot = model
         .time_runs(&inputs, calls)
         .map_err(anyhow::Error::msg)?;

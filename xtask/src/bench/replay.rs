@@ -11,14 +11,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use manymodels_policy::trace::{self as policy_trace, Shape, TraceSpec};
 use serde_json::Value;
 
-use crate::bench::{KeepAlive, Server, percentile};
+use manymodels_tests::ScorerProcess;
+use manymodels_tests::http::request;
+use manymodels_tests::process::status_bytes;
+
+use super::{Job, Outcome, drive, percentile};
 use crate::setup;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -109,86 +112,26 @@ fn pip(packages: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// A `kB` field of `/proc/<process>/status` (`process`: a pid or `self`), in bytes.
-pub(crate) fn status_bytes(process: &str, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{process}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("{field} in /proc/{process}/status"))?;
-    Ok(kib * 1024)
-}
-
 /// Peak resident set of a process (`VmHWM`), in bytes.
-pub(crate) fn peak_rss(pid: u32) -> Result<u64> {
+fn peak_rss(pid: u32) -> u64 {
     status_bytes(&pid.to_string(), "VmHWM")
 }
 
-/// What one server did with the trace.
-struct Outcome {
-    requests: usize,
-    failed: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
 /// Sends the trace with `concurrency` closed-loop clients until it ends or `limit` passes.
-fn drive(
+fn send_trace(
     addr: &str,
     trace: &[u32],
     entries: &[Entry],
     concurrency: usize,
     limit: Duration,
 ) -> Result<Outcome> {
-    let next = AtomicUsize::new(0);
-    let failed = AtomicUsize::new(0);
-    let started = Instant::now();
-    let latencies: Vec<Duration> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..concurrency)
-            .map(|_| {
-                scope.spawn(|| -> Result<Vec<Duration>> {
-                    let mut client = KeepAlive::connect(addr)?;
-                    let mut times = Vec::new();
-                    while started.elapsed() < limit {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&model) = trace.get(i) else { break };
-                        let entry = &entries[model as usize];
-                        let path = format!("/v2/models/{}/infer", entry.id);
-                        let (status, elapsed) = match client.post(&path, &entry.body) {
-                            Ok(answer) => answer,
-                            Err(_) => {
-                                // A dropped connection counts as a failure; reconnect.
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                client = KeepAlive::connect(addr)?;
-                                continue;
-                            }
-                        };
-                        if status != 200 {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                        times.push(elapsed);
-                    }
-                    Ok(times)
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("worker"))
-            .collect::<Result<Vec<_>>>()
-    })?
-    .into_iter()
-    .flatten()
-    .collect();
-    let elapsed = started.elapsed();
-    let mut latencies = latencies;
-    latencies.sort();
-    Ok(Outcome {
-        requests: latencies.len(),
-        failed: failed.load(Ordering::Relaxed),
-        elapsed,
-        latencies,
+    drive(addr, concurrency, limit, |i| {
+        let entry = &entries[*trace.get(i)? as usize];
+        Some(Job {
+            path: format!("/v2/models/{}/infer", entry.id),
+            body: &entry.body,
+            due: None,
+        })
     })
 }
 
@@ -217,17 +160,14 @@ fn pool(args: &ReplayArgs, engine: &str, trace: &[u32], entries: &[Entry]) -> Re
         format!("engine.native={engine}"),
     ];
     let set_refs: Vec<&str> = sets.iter().map(String::as_str).collect();
-    let scorers: Vec<Server> = ports
+    let scorers: Vec<ScorerProcess> = ports
         .iter()
-        .map(|&p| Server::start(&args.store, p, &set_refs))
+        .map(|&p| super::scorer(&args.store, p, &set_refs))
         .collect::<Result<_>>()?;
-    let proxy = Server::proxy(18_030, &addrs, &[])?;
-    let idle: Vec<u64> = scorers
-        .iter()
-        .map(|s| rss(s.pid()))
-        .collect::<Result<_>>()?;
-    let outcome = drive(
-        &proxy.addr(),
+    let proxy = super::proxy(18_030, &addrs, &[])?;
+    let idle: Vec<u64> = scorers.iter().map(|s| s.rss_bytes()).collect();
+    let outcome = send_trace(
+        proxy.addr(),
         trace,
         entries,
         args.concurrency,
@@ -241,13 +181,21 @@ fn pool(args: &ReplayArgs, engine: &str, trace: &[u32], entries: &[Entry]) -> Re
         .bytes();
     let mut notes = Vec::new();
     for (scorer, idle) in scorers.iter().zip(&idle) {
-        hits += scorer.metric("mm_scorer_cache_hits_total")?;
-        misses += scorer.metric("mm_scorer_cache_misses_total")?;
-        loads += scorer.metric("mm_scorer_model_loads_total")?;
-        warmups += scorer.metric("mm_scorer_warmup_loads_total")?;
-        wasted += scorer.metric("mm_scorer_warmup_wasted_total")?;
-        native += scorer.metric("mm_scorer_engine_loads_total{engine=\"native\"}")?;
-        let scorer_peak = peak_rss(scorer.pid())?;
+        hits += scorer.metrics_blocking().get("mm_scorer_cache_hits_total");
+        misses += scorer
+            .metrics_blocking()
+            .get("mm_scorer_cache_misses_total");
+        loads += scorer.metrics_blocking().get("mm_scorer_model_loads_total");
+        warmups += scorer
+            .metrics_blocking()
+            .get("mm_scorer_warmup_loads_total");
+        wasted += scorer
+            .metrics_blocking()
+            .get("mm_scorer_warmup_wasted_total");
+        native += scorer
+            .metrics_blocking()
+            .get("mm_scorer_engine_loads_total{engine=\"native\"}");
+        let scorer_peak = scorer.peak_rss_bytes();
         peak += scorer_peak;
         // The documented bound: idle RSS + budget x 1.1 + 64 MiB (README, "Memory").
         let bound = idle + budget * 11 / 10 + (64 << 20);
@@ -263,7 +211,7 @@ fn pool(args: &ReplayArgs, engine: &str, trace: &[u32], entries: &[Entry]) -> Re
                 "OVER"
             }
         ));
-        let (_, explain) = setup::http("GET", &format!("{}/v2/mm/cache", scorer.url), "")?;
+        let (_, explain) = request("GET", &format!("{}/v2/mm/cache", scorer.url), "")?;
         let explain: Value = serde_json::from_str(&explain)?;
         for resident in explain["cache"]["resident"]
             .as_array()
@@ -273,7 +221,7 @@ fn pool(args: &ReplayArgs, engine: &str, trace: &[u32], entries: &[Entry]) -> Re
             cost += resident["load_seconds"].as_f64().unwrap_or(0.0);
         }
     }
-    peak += peak_rss(proxy.pid())?;
+    peak += proxy.peak_rss_bytes();
     notes.push(format!(
         "warm-up loads {warmups:.0} of {loads:.0} ({:.1}%), evicted or refused before their first hit: {wasted:.0} ({:.1}% of warm-ups)",
         100.0 * warmups / loads.max(1.0),
@@ -303,11 +251,6 @@ fn pool(args: &ReplayArgs, engine: &str, trace: &[u32], entries: &[Entry]) -> Re
         peak_rss: peak,
         notes,
     })
-}
-
-/// Resident set of a process now (`VmRSS`), in bytes.
-fn rss(pid: u32) -> Result<u64> {
-    status_bytes(&pid.to_string(), "VmRSS")
 }
 
 /// The pool hit ratio the simulator predicts for the first `served` requests of the
@@ -394,20 +337,20 @@ fn baseline(args: &ReplayArgs, trace: &[u32], entries: &[Entry]) -> Result<Row> 
     let server = Baseline(child);
     let url = format!("http://127.0.0.1:{port}");
     setup::wait_ready(&format!("{url}/v2/health/ready"), Duration::from_secs(60))?;
-    let outcome = drive(
+    let outcome = send_trace(
         &format!("127.0.0.1:{port}"),
         trace,
         entries,
         args.concurrency,
         Duration::from_secs(args.seconds),
     )?;
-    let (_, stats) = setup::http("GET", &format!("{url}/v2/baseline/stats"), "")?;
+    let (_, stats) = request("GET", &format!("{url}/v2/baseline/stats"), "")?;
     let stats: Value = serde_json::from_str(&stats).context("baseline stats")?;
     let (loads, hits) = (
         stats["loads"].as_f64().unwrap_or(0.0),
         stats["hits"].as_f64().unwrap_or(0.0),
     );
-    let peak = peak_rss(server.0.id())?;
+    let peak = peak_rss(server.0.id());
     Ok(Row {
         name: format!(
             "naive: one Python process, onnxruntime, LRU of {} models",

@@ -17,7 +17,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use manymodels_models::Spec;
 
-use crate::bench::{KeepAlive, Server, percentile};
+use manymodels_tests::http::KeepAlive;
+use manymodels_tests::process::addrs;
+use manymodels_tests::reference::constant_row_body;
+use manymodels_tests::{ScorerProcess, write_model};
+
+use super::percentile;
 
 const MODEL: &str = "hot-forest";
 
@@ -95,11 +100,7 @@ pub fn run(publishes: u64, rate: f64) -> Result<()> {
 }
 
 fn write_local(store: &Path, v: u64, bytes: &[u8]) -> Result<()> {
-    let dir = store.join(MODEL).join(v.to_string());
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join(".model.onnx.tmp"), bytes)?;
-    std::fs::rename(dir.join(".model.onnx.tmp"), dir.join("model.onnx"))?;
-    Ok(())
+    Ok(write_model(store, MODEL, v, bytes)?)
 }
 
 fn measure(
@@ -111,12 +112,11 @@ fn measure(
     rate: f64,
     mut publish: impl FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<String> {
-    let scorers: Vec<Server> = (0..3)
-        .map(|i| Server::start_with_env(store, 18_031 + i, sets, env))
+    let scorers: Vec<ScorerProcess> = (0..3)
+        .map(|i| super::scorer_with_env(store, 18_031 + i, sets, env))
         .collect::<Result<_>>()?;
-    let addrs: Vec<String> = scorers.iter().map(Server::addr).collect();
-    let proxy = Server::proxy(18_030, &addrs, &[])?;
-    let body = serde_json::json!({"inputs":[{"name":"input","shape":[1,16],"datatype":"FP32","data":vec![0.25f32; 16]}]}).to_string();
+    let proxy = super::proxy(18_030, &addrs(&scorers), &[])?;
+    let body = constant_row_body(16, 0.25).to_string();
     let path = format!("/v2/models/{MODEL}/infer");
     let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -127,7 +127,7 @@ fn measure(
             let (answers, stop, addr, body, path) = (
                 answers.clone(),
                 stop.clone(),
-                proxy.addr(),
+                proxy.addr().to_string(),
                 body.clone(),
                 path.clone(),
             );

@@ -1,0 +1,318 @@
+//! Benchmarks recorded in BENCHMARKS.md, one file each. Each prints Markdown rows to
+//! paste, with the command that made them. Servers run in release mode on 127.0.0.1,
+//! started through the shared harness (`manymodels-tests`); the load generator is `wrk`
+//! (closed loop: the connection count is printed with every figure) or the harness's
+//! keep-alive client.
+//!
+//! This file holds the command line, the dispatch and what several benches measure
+//! with; `wrk.rs` runs wrk and the probe-and-wrk measurement two benches share.
+
+mod engines;
+mod hot;
+mod hot_under_load;
+mod load;
+mod memory;
+mod policy;
+mod proxy;
+mod replay;
+mod sim_replay;
+mod stats;
+mod swap;
+mod wrk;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Subcommand;
+use manymodels_scorer::tensor::{DataType, NamedTensor, TensorData};
+use manymodels_tests::http::KeepAlive;
+use manymodels_tests::{ProxyProcess, ScorerProcess};
+use serde_json::Value;
+
+pub use engines::Counting;
+
+use crate::setup;
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// Hot-hit latency at one connection and peak throughput, with wrk, against one
+    /// release scorer.
+    Hot {
+        /// Demo models to measure.
+        #[arg(long, default_values_t = ["linear-small".to_string(), "forest-1mb".to_string()])]
+        models: Vec<String>,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Connections for the throughput run.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Scorer configuration overrides (`key=value`), applied to the server and to the
+        /// in-process handler alike.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// ONNX Runtime's own per-call time (the floor) and cold-load cost by model size:
+    /// file read, ORT session creation alone, the scorer's whole load, and a cold request
+    /// over HTTP.
+    Load {
+        /// Repetitions per figure.
+        #[arg(long, default_value_t = 7)]
+        reps: usize,
+    },
+    /// Proxy overhead: the same hot tiny model straight to a scorer and through the proxy,
+    /// same tools, same run; CPU per request of each process at saturation.
+    Proxy {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+    },
+    /// The realistic workload (real scikit-learn models, heavy forests included; Zipf 1.0
+    /// with drift and scans; closed-loop clients) through the proxy and three scorers, per
+    /// engine setting, beside the naive baseline in the same run.
+    Replay(replay::ReplayArgs),
+    /// Replays a generated trace through the proxy and three scorers and compares the pool
+    /// hit ratio with the simulator's for the same trace and budget.
+    SimReplay(sim_replay::SimReplayArgs),
+    /// The native engine against ONNX Runtime per model size class: load time, resident
+    /// bytes, peak memory during a load, hot-hit latency.
+    Engines(engines::EnginesArgs),
+    /// The offline cache simulator: the scorer's policy against LRU, moka's W-TinyLFU and
+    /// Belady on generated many-model traces.
+    Policy(policy::SimArgs),
+    /// A hot model's latency alone and while cold loads of big forests run beside it.
+    HotUnderLoad(hot_under_load::HotUnderLoadArgs),
+    /// Publish-to-live delay of a hot model on a local and an Azure Blob (Azurite) store,
+    /// and latency during swaps against steady state.
+    Swap {
+        /// Versions published per store.
+        #[arg(long, default_value_t = 10)]
+        publishes: u64,
+        /// Requests per second on the hot model.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+    },
+    /// The proxy's per-request statistics cost and memory with many model ids.
+    Stats {
+        /// Distinct model ids.
+        #[arg(long, default_value_t = 100_000)]
+        ids: usize,
+        #[arg(long, default_value_t = 2_000_000)]
+        requests: usize,
+    },
+    /// Resident memory per 1,000 small (linear) models.
+    Memory {
+        #[arg(long, default_value_t = 1000)]
+        models: usize,
+    },
+}
+
+pub fn run(which: Bench) -> Result<()> {
+    setup::tools(&["cmake", "wrk"])?;
+    setup::onnxruntime()?;
+    if cfg!(debug_assertions) {
+        // Benchmarks time in-process code too: run them from a release build of xtask.
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let mut command = vec!["run", "--quiet", "--release", "--package", "xtask", "--"];
+        command.extend(args.iter().map(String::as_str));
+        return setup::cargo(&command);
+    }
+    match which {
+        Bench::Hot {
+            models,
+            seconds,
+            connections,
+            sets,
+        } => hot::run(&models, seconds, connections, &sets),
+        Bench::Load { reps } => load::run(reps),
+        Bench::Policy(args) => policy::run(args),
+        Bench::HotUnderLoad(args) => hot_under_load::run(args),
+        Bench::Memory { models } => memory::run(models),
+        Bench::Proxy {
+            seconds,
+            connections,
+        } => proxy::run(seconds, connections),
+        Bench::Replay(args) => replay::run(args),
+        Bench::SimReplay(args) => sim_replay::run(args),
+        Bench::Engines(args) => engines::run(args),
+        Bench::Stats { ids, requests } => stats::run(ids, requests),
+        Bench::Swap { publishes, rate } => swap::run(publishes, rate),
+    }
+}
+
+/// A release scorer on `port` serving the local `store`, logging warnings only. xtask
+/// runs benches from a release build, so the harness starts the release binaries; this
+/// builds them first.
+pub(crate) fn scorer(store: &Path, port: u16, sets: &[&str]) -> Result<ScorerProcess> {
+    scorer_with_env(store, port, sets, &[])
+}
+
+/// The same with extra environment variables.
+pub(crate) fn scorer_with_env(
+    store: &Path,
+    port: u16,
+    sets: &[&str],
+    env: &[(&str, &str)],
+) -> Result<ScorerProcess> {
+    setup::cargo(&["build", "--release", "-p", "manymodels-scorer"])?;
+    let mut all = vec![
+        format!("store.path={}", store.display()),
+        "log.level=warn".to_string(),
+    ];
+    all.extend(sets.iter().map(|s| s.to_string()));
+    Ok(ScorerProcess::start_on(port, &all, env))
+}
+
+/// A release proxy on `port` in front of `scorers` (`host:port`), with the production
+/// defaults but for `sets`, logging warnings only.
+pub(crate) fn proxy<S: AsRef<str>>(
+    port: u16,
+    scorers: &[S],
+    sets: &[&str],
+) -> Result<ProxyProcess> {
+    setup::cargo(&["build", "--release", "-p", "manymodels-proxy"])?;
+    let mut all = vec!["log.level=warn"];
+    all.extend_from_slice(sets);
+    Ok(ProxyProcess::with_defaults(port, scorers, &all))
+}
+
+/// One request to send: where, what, and when (`due`, from the start; `None`: at once).
+pub(crate) struct Job<'a> {
+    pub path: String,
+    pub body: &'a str,
+    pub due: Option<Duration>,
+}
+
+/// What a server did with a stream of requests.
+pub(crate) struct Outcome {
+    pub requests: usize,
+    /// Answers other than 200, and dropped connections.
+    pub failed: usize,
+    pub elapsed: Duration,
+    /// Round-trip times of the answered requests, sorted.
+    pub latencies: Vec<Duration>,
+}
+
+/// Sends `job(0)`, `job(1)`, ... to `addr` with `concurrency` keep-alive clients, each
+/// taking the next job as soon as its last one is answered (and its due time came),
+/// until `job` returns `None` or `limit` passes. A dropped connection counts as a
+/// failure; the client reconnects.
+pub(crate) fn drive<'a>(
+    addr: &str,
+    concurrency: usize,
+    limit: Duration,
+    job: impl Fn(usize) -> Option<Job<'a>> + Sync,
+) -> Result<Outcome> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    let started = Instant::now();
+    let latencies: Vec<Vec<Duration>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..concurrency)
+            .map(|_| {
+                scope.spawn(|| -> Result<Vec<Duration>> {
+                    let mut client = KeepAlive::connect(addr)?;
+                    let mut times = Vec::new();
+                    while started.elapsed() < limit {
+                        let Some(job) = job(next.fetch_add(1, Ordering::Relaxed)) else {
+                            break;
+                        };
+                        // Open loop at the job's own pace; a client that falls behind
+                        // sends at once.
+                        if let Some(wait) = job.due.and_then(|d| d.checked_sub(started.elapsed())) {
+                            std::thread::sleep(wait);
+                        }
+                        let Ok((status, elapsed)) = client.post(&job.path, job.body) else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            client = KeepAlive::connect(addr)?;
+                            continue;
+                        };
+                        if status != 200 {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        times.push(elapsed);
+                    }
+                    Ok(times)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("load client"))
+            .collect::<Result<_>>()
+    })?;
+    let elapsed = started.elapsed();
+    let mut latencies: Vec<Duration> = latencies.into_iter().flatten().collect();
+    latencies.sort();
+    Ok(Outcome {
+        requests: latencies.len(),
+        failed: failed.load(Ordering::Relaxed),
+        elapsed,
+        latencies,
+    })
+}
+
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6
+}
+
+pub(crate) fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+pub(crate) fn trim_heap() {
+    // SAFETY: malloc_trim only walks glibc's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// The same row as typed tensors, for timing ONNX Runtime in-process.
+pub(crate) fn one_row_tensors(body: &Value) -> Vec<NamedTensor> {
+    body["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|input| {
+            let datatype = DataType::parse(input["datatype"].as_str().unwrap()).unwrap();
+            let values = input["data"].as_array().unwrap();
+            let data = match datatype {
+                DataType::Fp32 => {
+                    TensorData::Fp32(values.iter().map(|v| v.as_f64().unwrap() as f32).collect())
+                }
+                DataType::Fp64 => {
+                    TensorData::Fp64(values.iter().map(|v| v.as_f64().unwrap()).collect())
+                }
+                DataType::Int32 => {
+                    TensorData::Int32(values.iter().map(|v| v.as_i64().unwrap() as i32).collect())
+                }
+                DataType::Int64 => {
+                    TensorData::Int64(values.iter().map(|v| v.as_i64().unwrap()).collect())
+                }
+                DataType::Bool => {
+                    TensorData::Bool(values.iter().map(|v| v.as_bool().unwrap()).collect())
+                }
+                DataType::Bytes => TensorData::Bytes(
+                    values
+                        .iter()
+                        .map(|v| v.as_str().unwrap().to_string())
+                        .collect(),
+                ),
+            };
+            NamedTensor {
+                name: input["name"].as_str().unwrap().to_string(),
+                datatype,
+                shape: input["shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_i64().unwrap())
+                    .collect(),
+                data,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,167 @@
+//! `cargo xtask bench sim-replay`: replays a generated trace (the simulator's generator)
+//! over generated models through the proxy and three scorers, paced at the trace's own
+//! times, and prints the live pool hit ratio and loads beside the simulator's figures for
+//! the same trace, budget and scorer names.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use manymodels_models::{Mix, Spec};
+use manymodels_policy::PolicyConfig;
+use manymodels_policy::sim;
+use manymodels_policy::trace::{self as policy_trace, Shape, TraceSpec};
+use manymodels_tests::ScorerProcess;
+use manymodels_tests::reference::constant_row_body;
+
+use super::{Job, drive, percentile};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct SimReplayArgs {
+    /// Models in the generated store (realistic size mix).
+    #[arg(long, default_value_t = 2_000)]
+    models: usize,
+    /// Traffic shape (zipf-<alpha>, drift, scan, daynight).
+    #[arg(long, default_value = "zipf-1.0")]
+    shape: String,
+    #[arg(long, default_value_t = 60_000)]
+    requests: usize,
+    /// Requests per second (the trace's pace).
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Concurrent keep-alive clients.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// The pool's budget as a fraction of all models' estimated memory.
+    #[arg(long, default_value_t = 0.1)]
+    budget_fraction: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+pub fn run(args: SimReplayArgs) -> Result<()> {
+    let SimReplayArgs {
+        models,
+        shape,
+        requests,
+        rate,
+        concurrency,
+        budget_fraction,
+        seed,
+    } = args;
+    let shape: Shape = shape.parse().map_err(anyhow::Error::msg)?;
+    let store = std::env::temp_dir().join(format!("mm-replay-{models}"));
+    let marker = store.join(".complete");
+    if !marker.exists() {
+        let _ = std::fs::remove_dir_all(&store);
+        manymodels_models::write_store(&store, models, Mix::Realistic, 42)?;
+        std::fs::write(&marker, "")?;
+    }
+    // What each model will be charged: measured on these generated models, about 66 KB
+    // plus 8.3 × the file (BENCHMARKS.md); the pool's budget is a fraction of all of it,
+    // split evenly over the three scorers.
+    let specs: Vec<Spec> = (0..models)
+        .map(|i| manymodels_models::spec_for(i, Mix::Realistic, 42))
+        .collect();
+    let mut sizes = Vec::with_capacity(models);
+    for i in 0..models {
+        let file = std::fs::metadata(manymodels_models::model_path(&store, i))?.len();
+        sizes.push(66_000 + file * 83 / 10);
+    }
+    let budget = (sizes.iter().sum::<u64>() as f64 * budget_fraction / 3.0) as u64;
+    let trace = policy_trace::generate(&TraceSpec {
+        shape,
+        models,
+        requests,
+        rate,
+        seed,
+    });
+    let ports = [18_021u16, 18_022, 18_023];
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let names: Vec<String> = (0..models).map(manymodels_models::model_id).collect();
+    let simulated = sim::run_pool(&trace, &sizes, &names, &addrs, || {
+        Box::new(sim::Managed::new(
+            budget,
+            PolicyConfig::default(),
+            Some(2.0),
+        ))
+    });
+    let lru = sim::run_pool(&trace, &sizes, &names, &addrs, || {
+        Box::new(sim::Lru::new(budget))
+    });
+
+    let budget_set = format!("cache.budget={budget}");
+    let scorers: Vec<ScorerProcess> = ports
+        .iter()
+        .map(|&p| super::scorer(&store, p, &[&budget_set]))
+        .collect::<Result<_>>()?;
+    let proxy = super::proxy(18_020, &addrs, &[])?;
+    let bodies: Vec<String> = specs
+        .iter()
+        .map(|spec| constant_row_body(spec.features(), 0.25).to_string())
+        .collect();
+    // Open loop at the trace's own pace (the policy's clock is real time).
+    let outcome = drive(proxy.addr(), concurrency, Duration::MAX, |i| {
+        let request = trace.get(i)?;
+        let model = request.model as usize;
+        Some(Job {
+            path: format!("/v2/models/{}/infer", names[model]),
+            body: &bodies[model],
+            due: Some(Duration::from_secs_f64(request.t)),
+        })
+    })?;
+    let (elapsed, latencies) = (outcome.elapsed, &outcome.latencies);
+    let (mut hits, mut misses, mut loads, mut warmups, mut not_admitted, mut displaced) =
+        (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for scorer in &scorers {
+        hits += scorer.metrics_blocking().get("mm_scorer_cache_hits_total");
+        misses += scorer
+            .metrics_blocking()
+            .get("mm_scorer_cache_misses_total");
+        loads += scorer.metrics_blocking().get("mm_scorer_model_loads_total");
+        warmups += scorer
+            .metrics_blocking()
+            .get("mm_scorer_warmup_loads_total");
+        not_admitted += scorer
+            .metrics_blocking()
+            .get("mm_scorer_cache_evictions_total{reason=\"not_admitted\"}");
+        displaced += scorer
+            .metrics_blocking()
+            .get("mm_scorer_cache_evictions_total{reason=\"capacity\"}");
+    }
+    // Loads the proxy asked for in the background (moving a model home, replication).
+    let proxy_warms = proxy.metrics_blocking().get("mm_proxy_warm_triggers_total");
+    warmups += proxy_warms;
+    let live_hit = hits / (hits + misses).max(1.0);
+    println!(
+        "trace: {shape}, {models} models, {requests} requests at {rate} req/s, seed {seed}; {concurrency} clients; budget per scorer {:.0} MB ({budget_fraction} of all models' memory over 3 scorers)",
+        budget as f64 / 1e6
+    );
+    println!(
+        "| | pool hit ratio | loads | warm-up loads (proxy-asked) | not admitted | displaced | req/s | p50 | p99 | failed |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| live (proxy + 3 scorers) | {live_hit:.3} | {loads} | {warmups} ({proxy_warms}) | {not_admitted} | {displaced} | {:.0} | {:.2} ms | {:.2} ms | {} |",
+        requests as f64 / elapsed.as_secs_f64(),
+        percentile(latencies, 0.5) / 1e3,
+        percentile(latencies, 0.99) / 1e3,
+        outcome.failed,
+    );
+    println!(
+        "| simulator, scorer policy | {:.3} | {} | | | | | | | |",
+        simulated.hit_ratio(),
+        simulated.misses
+    );
+    println!(
+        "| simulator, LRU | {:.3} | {} | | | | | | | |",
+        lru.hit_ratio(),
+        lru.misses
+    );
+    println!(
+        "live − simulated hit ratio: {:+.1} points; live loads − (simulated + warm-ups): {:+.0}",
+        100.0 * (live_hit - simulated.hit_ratio()),
+        loads - (simulated.misses as f64 + warmups)
+    );
+    drop(proxy);
+    Ok(())
+}

@@ -73,8 +73,10 @@ pub struct Eviction {
 }
 
 /// A scorer's cache in numbers: the answer to a statistics push, and the head of the
-/// explain view (`/v2/mm/cache`).
+/// explain view (`/v2/mm/cache`). A field missing from the JSON reads as zero (empty), so
+/// a proxy reads the summary of an older scorer during a rolling upgrade.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CacheSummary {
     pub budget_bytes: u64,
     pub resident_bytes: u64,
@@ -141,6 +143,9 @@ mod tests {
         let text = serde_json::to_string(&answer).unwrap();
         assert!(text.contains("\"reason\":\"not_admitted\""), "{text}");
         assert_eq!(serde_json::from_str::<StatsAnswer>(&text).unwrap(), answer);
+        // A summary from a scorer that sends fewer fields still reads.
+        let old: CacheSummary = serde_json::from_str(r#"{"budget_bytes": 7, "extra": 1}"#).unwrap();
+        assert_eq!((old.budget_bytes, old.loads), (7, 0));
         for reason in EvictionReason::ALL {
             let json = serde_json::to_string(&reason).unwrap();
             assert_eq!(json, format!("\"{}\"", reason.as_str()));

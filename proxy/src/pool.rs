@@ -154,8 +154,9 @@ struct HotEntry {
     scorers: Vec<(Arc<str>, Instant)>,
 }
 
-/// Models known hot per scorer, learnt from the cache header (`manymodels_contract::header::CACHE`) of answers: any 200
-/// from a scorer for a model means that scorer now holds it. Entries expire after
+/// Models known hot per scorer, learnt from the cache header of answers
+/// (`manymodels_contract::header::CACHE`): any 200 from a scorer for a model means that
+/// scorer now holds it. Entries expire after
 /// `hot_ttl` without an answer; the table is swept when it grows, so memory stays bounded
 /// by the models seen within the TTL.
 pub struct HotTable {

@@ -40,9 +40,9 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
         .route(route::MODEL_METADATA.template(), get(model_metadata))
         .route(route::MODEL_READY.template(), get(model_ready))
         .route(route::INFER.template(), post(infer))
-        .route(route::VERSION_METADATA.template(), get(version_metadata))
-        .route(route::VERSION_READY.template(), get(version_ready))
-        .route(route::VERSION_INFER.template(), post(version_infer))
+        .route(route::VERSION_METADATA.template(), get(model_metadata))
+        .route(route::VERSION_READY.template(), get(model_ready))
+        .route(route::VERSION_INFER.template(), post(infer))
         .route(route::REPOSITORY_INDEX, post(repository_index))
         .route(route::REPOSITORY_LOAD.template(), post(repository_load))
         .route(route::REPOSITORY_UNLOAD.template(), post(repository_unload))
@@ -90,16 +90,29 @@ fn model_id(path: Result<Path<String>, PathRejection>) -> Result<ModelId, Scorer
     ModelId::parse(&id)
 }
 
-fn model_and_version(
-    path: Result<Path<(String, String)>, PathRejection>,
-) -> Result<(ModelId, u64), ScorerError> {
-    let Path((id, version)) = path.map_err(|e| ScorerError::InvalidModelId(e.body_text()))?;
-    let id = ModelId::parse(&id)?;
-    let version = contract::parse_version(&version).ok_or_else(|| {
-        ScorerError::invalid(format!(
-            "invalid version '{version}': expected a positive integer"
-        ))
-    })?;
+/// The path parameters of a model route: `{id}`, and `{version}` on the `/versions/{v}`
+/// routes.
+#[derive(serde::Deserialize)]
+struct Target {
+    id: String,
+    version: Option<String>,
+}
+
+/// The model and version a route names, checked by the contract's rules.
+fn target(
+    path: Result<Path<Target>, PathRejection>,
+) -> Result<(ModelId, Option<u64>), ScorerError> {
+    let Path(target) = path.map_err(|e| ScorerError::InvalidModelId(e.body_text()))?;
+    let id = ModelId::parse(&target.id)?;
+    let version = match target.version {
+        None => None,
+        Some(text) => Some(contract::parse_version(&text).ok_or_else(|| {
+            ScorerError::invalid(format!(
+                "invalid version '{}': expected a positive integer",
+                contract::truncate_for_message(&text)
+            ))
+        })?),
+    };
     Ok((id, version))
 }
 
@@ -155,25 +168,12 @@ async fn ready(State(scorer): Shared) -> Response {
 
 async fn infer(
     State(scorer): Shared,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<Target>, PathRejection>,
     request: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let id = model_id(path)?;
-        score(&scorer, id, None, body(request, &scorer)?).await
-    }
-    .await;
-    finish(&scorer, "infer", result)
-}
-
-async fn version_infer(
-    State(scorer): Shared,
-    path: Result<Path<(String, String)>, PathRejection>,
-    request: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = async {
-        let (id, version) = model_and_version(path)?;
-        score(&scorer, id, Some(version), body(request, &scorer)?).await
+        let (id, version) = target(path)?;
+        score(&scorer, id, version, body(request, &scorer)?).await
     }
     .await;
     finish(&scorer, "infer", result)
@@ -285,19 +285,11 @@ async fn metadata(
 
 async fn model_metadata(
     State(scorer): Shared,
-    path: Result<Path<String>, PathRejection>,
-) -> Response {
-    let result = async { metadata(&scorer, model_id(path)?, None).await }.await;
-    finish(&scorer, "metadata", result)
-}
-
-async fn version_metadata(
-    State(scorer): Shared,
-    path: Result<Path<(String, String)>, PathRejection>,
+    path: Result<Path<Target>, PathRejection>,
 ) -> Response {
     let result = async {
-        let (id, version) = model_and_version(path)?;
-        metadata(&scorer, id, Some(version)).await
+        let (id, version) = target(path)?;
+        metadata(&scorer, id, version).await
     }
     .await;
     finish(&scorer, "metadata", result)
@@ -341,18 +333,10 @@ async fn readiness(
     ))
 }
 
-async fn model_ready(State(scorer): Shared, path: Result<Path<String>, PathRejection>) -> Response {
-    let result = async { readiness(&scorer, model_id(path)?, None).await }.await;
-    finish(&scorer, "ready", result)
-}
-
-async fn version_ready(
-    State(scorer): Shared,
-    path: Result<Path<(String, String)>, PathRejection>,
-) -> Response {
+async fn model_ready(State(scorer): Shared, path: Result<Path<Target>, PathRejection>) -> Response {
     let result = async {
-        let (id, version) = model_and_version(path)?;
-        readiness(&scorer, id, Some(version)).await
+        let (id, version) = target(path)?;
+        readiness(&scorer, id, version).await
     }
     .await;
     finish(&scorer, "ready", result)
@@ -576,12 +560,14 @@ async fn admin_unpin(
 async fn admin_publish(
     State(scorer): Shared,
     headers: axum::http::HeaderMap,
-    path: Result<Path<(String, String)>, PathRejection>,
+    path: Result<Path<Target>, PathRejection>,
     request: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
         admin_authorized(&scorer, &headers)?;
-        let (id, version) = model_and_version(path)?;
+        let (id, version) = target(path)?;
+        let version =
+            version.ok_or_else(|| ScorerError::invalid("the publish route needs a version"))?;
         let bytes = request.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ScorerError::BodyTooLarge {

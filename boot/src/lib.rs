@@ -1,1 +1,17 @@
-//! What every manymodels binary does at start.
+//! What every manymodels binary does at start, written once: parse the command line (the
+//! shared `--config`, `--set`, `--listen` flags plus the binary's own shorthands), load and
+//! validate its configuration (exit code 2 when it is bad), set up tracing in the configured
+//! format, and give its metrics a registry that renders the Prometheus text format.
+//!
+//! A binary declares its shorthands (a `clap::Args` struct implementing [`Shorthands`]) and
+//! its `main` is: `start::<TheShorthands>("mm-x", "about")`, then run. This crate
+//! deliberately knows nothing of what the binaries serve: no runtime, no server, no metric
+//! names (those stay beside the code that counts them).
+
+mod flags;
+mod logging;
+mod metrics;
+
+pub use flags::{Binary, Flags};
+pub use logging::init_tracing;
+pub use metrics::{Registry, exponential_buckets};

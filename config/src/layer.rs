@@ -1,6 +1,9 @@
-//! Merging configuration sources: a TOML file, then environment variables, then `--set`
-//! flags, each overriding the one before. Every key is named in a [`KeyDoc`] table, which
-//! is also the documentation users read, so the env-var names can be derived from it.
+//! Merging configuration sources: the defaults, a TOML file, then environment variables,
+//! then `--set` flags, each overriding the one before. Every key is named in a [`KeyDoc`]
+//! table, which is also the documentation users read: the env-var names are derived from it,
+//! and its default column is the only place a default is written. Those defaults are parsed
+//! like any other value, so the raw layers carry no `Default` impls and a key the table
+//! lacks is a missing field, a key no field takes an unknown one.
 
 use std::path::Path;
 
@@ -13,7 +16,7 @@ use crate::ConfigError;
 pub struct KeyDoc {
     /// Dotted path in the TOML file, e.g. `cache.budget`.
     pub key: &'static str,
-    /// Default value as users would write it.
+    /// Default value as users would write it; the configuration starts from it.
     pub default: &'static str,
     /// One sentence on what it does.
     pub doc: &'static str,
@@ -54,6 +57,16 @@ impl KeyDoc {
     }
 }
 
+/// Shorthand for [`KeyDoc::new`] in key tables.
+pub(crate) const fn doc(key: &'static str, default: &'static str, doc: &'static str) -> KeyDoc {
+    KeyDoc::new(key, default, doc)
+}
+
+/// Shorthand for [`KeyDoc::secret`] in key tables.
+pub(crate) const fn secret(key: &'static str, doc: &'static str) -> KeyDoc {
+    KeyDoc::secret(key, doc)
+}
+
 /// Where configuration comes from, lowest precedence first.
 #[derive(Debug, Default)]
 pub struct Sources<'a> {
@@ -76,26 +89,28 @@ impl Sources<'_> {
     }
 }
 
-/// Reads every source into one TOML table and deserialises it into `R`; errors name the
-/// key that was wrong.
+/// Reads the defaults of `keys` and every source into one TOML table and deserialises it
+/// into `R`; errors name the key that was wrong.
 pub(crate) fn merge<R: DeserializeOwned>(
     keys: &[KeyDoc],
     env_prefix: &str,
     sources: &Sources<'_>,
 ) -> Result<R, ConfigError> {
-    let mut table = match sources.file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-            text.parse::<toml::Table>().map_err(|e| ConfigError::File {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?
-        }
-        None => toml::Table::new(),
-    };
+    let mut table = toml::Table::new();
+    for doc in keys {
+        set_path(&mut table, doc.key, parse_value(doc.default));
+    }
+    if let Some(path) = sources.file {
+        let file_error = |message: String| ConfigError::File {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+        let file = text
+            .parse::<toml::Table>()
+            .map_err(|e| file_error(e.to_string()))?;
+        overlay(&mut table, file);
+    }
     for doc in keys {
         let var = doc.env_var(env_prefix);
         if let Some((_, value)) = sources.env.iter().find(|(name, _)| *name == var) {
@@ -140,6 +155,19 @@ fn parse_value(text: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(text.to_string()))
 }
 
+/// Puts every value of `over` into `base`, merging tables key by key so a file that sets one
+/// key of a section keeps the defaults of the others.
+fn overlay(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(over)) => overlay(base, over),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) {
     let mut parts = key.split('.').peekable();
     let mut current = table;
@@ -155,6 +183,63 @@ fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) {
             *entry = toml::Value::Table(toml::Table::new());
         }
         current = entry.as_table_mut().expect("just made a table");
+    }
+}
+
+/// Test support shared by the scorer's and the proxy's tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Sources from string slices.
+    pub(crate) fn sources<'a>(
+        file: Option<&'a Path>,
+        env: &[(&str, &str)],
+        sets: &[&str],
+    ) -> Sources<'a> {
+        Sources {
+            file,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            sets: sets.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Asserts that `keys` name exactly the fields of `R`: the defaults alone deserialise
+    /// (every field has a key, as no field has another default, and every key is a field,
+    /// as unknown fields are refused), leaving out any one key fails, naming its field, and
+    /// one key too many fails.
+    pub(crate) fn assert_keys_are_the_fields<R: DeserializeOwned>(keys: &[KeyDoc], prefix: &str) {
+        let none = Sources::default();
+        if let Err(error) = merge::<R>(keys, prefix, &none) {
+            panic!("the defaults alone do not load: {error}");
+        }
+        for left_out in keys {
+            let fewer: Vec<KeyDoc> = keys
+                .iter()
+                .filter(|doc| doc.key != left_out.key)
+                .copied()
+                .collect();
+            // The error names the field, or its section when it was the section's only key.
+            match merge::<R>(&fewer, prefix, &none) {
+                Ok(_) => panic!("`{}` is not a field, or has a second default", left_out.key),
+                Err(error) => assert!(
+                    left_out.key.split('.').any(|part| error
+                        .to_string()
+                        .contains(&format!("missing field `{part}`"))),
+                    "{}: {error}",
+                    left_out.key
+                ),
+            }
+        }
+        let mut more = keys.to_vec();
+        more.push(KeyDoc::new("log.no_such_key", "1", ""));
+        let error = merge::<R>(&more, prefix, &none)
+            .err()
+            .expect("an unknown key fails");
+        assert!(error.to_string().contains("no_such_key"), "{error}");
     }
 }
 

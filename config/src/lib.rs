@@ -1,14 +1,15 @@
 //! Typed configuration for manymodels' binaries.
 //!
-//! Each binary has a *raw* serde layer (every key optional, with a default, unknown keys
-//! rejected) and a *validated* layer of real types (`SocketAddr`, `Duration`, byte sizes,
-//! enums) that the services take. Values come from a TOML file, then environment variables,
-//! then `--set key=value` flags; the key tables ([`scorer::KEYS`]) document every key and
-//! derive the environment variable names. An invalid configuration never reaches a service:
-//! loading fails with an error that names the key.
+//! Each binary has a *raw* serde layer (unknown keys rejected) and a *validated* layer of
+//! real types (`SocketAddr`, `Duration`, byte sizes, enums) that the services take. Values
+//! come from the defaults, a TOML file, then environment variables, then `--set key=value`
+//! flags. The key tables ([`scorer::KEYS`], [`proxy::KEYS`]) document every key, hold its
+//! one default and derive the environment variable names. An invalid configuration never
+//! reaches a service: loading fails with an error that names the key.
 //!
 //! This crate does no I/O beyond reading the config file, and knows nothing of HTTP or ONNX.
 
+mod common;
 mod ids;
 mod layer;
 pub mod proxy;
@@ -17,6 +18,7 @@ mod units;
 
 use std::fmt;
 
+pub use common::{LogConfig, LogFormat};
 pub use ids::{MAX_MODEL_ID_LEN, valid_model_id};
 pub use layer::{KeyDoc, Sources};
 pub use units::{ByteSize, HumanDuration, parse_bytes, parse_duration};
@@ -37,6 +39,19 @@ impl ConfigError {
             message: message.into(),
         }
     }
+}
+
+/// What a binary's start-up (`manymodels-boot`) needs of its configuration.
+pub trait Config: Sized {
+    /// Prefix of the environment variables that override keys (`MM_SCORER_`); the one named
+    /// `{ENV_PREFIX}CONFIG` gives the configuration file.
+    const ENV_PREFIX: &'static str;
+
+    /// Loads and validates the configuration from `sources`.
+    fn load(sources: &Sources<'_>) -> Result<Self, ConfigError>;
+
+    /// The `log` section.
+    fn log(&self) -> &LogConfig;
 }
 
 /// A secret string (storage key, SAS token, API key) that never prints.

@@ -42,17 +42,24 @@ impl fmt::Display for ByteSize {
     }
 }
 
-/// Parses `512MiB`, `1.5GB`, `1024`, `64 KiB`.
-pub fn parse_bytes(text: &str) -> Result<ByteSize, String> {
-    let text = text.trim();
+/// Splits `text` into its leading number and the unit after it; `what` names the kind of
+/// value for the error (`a byte size (expected e.g. `512MiB`)`).
+fn number_and_unit<'t>(text: &'t str, what: &str) -> Result<(f64, &'t str), String> {
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 = number
+    let number = number
         .parse()
-        .map_err(|_| format!("`{text}` is not a byte size (expected e.g. `512MiB`)"))?;
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        .map_err(|_| format!("`{text}` is not {what}"))?;
+    Ok((number, unit.trim()))
+}
+
+/// Parses `512MiB`, `1.5GB`, `1024`, `64 KiB`.
+pub fn parse_bytes(text: &str) -> Result<ByteSize, String> {
+    let text = text.trim();
+    let (number, unit) = number_and_unit(text, "a byte size (expected e.g. `512MiB`)")?;
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
         "m" | "mb" => 1_000_000,
@@ -74,14 +81,8 @@ pub fn parse_bytes(text: &str) -> Result<ByteSize, String> {
 /// Parses `250ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (expected e.g. `30s`)"))?;
-    let seconds = match unit.trim() {
+    let (number, unit) = number_and_unit(text, "a duration (expected e.g. `30s`)")?;
+    let seconds = match unit {
         "" | "s" => number,
         "ms" => number / 1e3,
         "us" | "µs" => number / 1e6,

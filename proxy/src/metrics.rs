@@ -1,10 +1,8 @@
 //! The proxy's Prometheus metrics. Labels are bounded: outcome, scorer (the pool is small),
 //! never a model id.
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
-};
+use manymodels_boot::{Registry, exponential_buckets};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 
 /// Outcomes, the values of `mm_proxy_requests_total`'s label.
 pub const OUTCOMES: [&str; 7] = [
@@ -49,104 +47,65 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new("mm_proxy_requests_total", "Requests by outcome."),
+        let requests = registry.counter_vec(
+            "mm_proxy_requests_total",
+            "Requests by outcome.",
             &["outcome"],
-        )
-        .expect("valid metric");
-        let inflight = IntGaugeVec::new(
-            Opts::new("mm_proxy_scorer_inflight", "Requests in flight per scorer."),
-            &["scorer"],
-        )
-        .expect("valid metric");
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        let upstream_latency = Histogram::with_opts(
-            HistogramOpts::new(
+        );
+        let canary = registry.counter_vec(
+            "mm_proxy_canary_requests_total",
+            "Requests of models with a canary, by arm (stable or canary).",
+            &["arm"],
+        );
+        Metrics {
+            outcomes: OUTCOMES.map(|outcome| requests.with_label_values(&[outcome])),
+            requests,
+            upstream_latency: registry.histogram(
                 "mm_proxy_upstream_duration_seconds",
                 "Time from choosing a scorer to the end of its answer.",
-            )
-            .buckets(prometheus::exponential_buckets(0.000_05, 2.0, 18).expect("valid buckets")),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(requests.clone()))
-            .expect("unique metric");
-        registry
-            .register(Box::new(inflight.clone()))
-            .expect("unique metric");
-        registry
-            .register(Box::new(upstream_latency.clone()))
-            .expect("unique metric");
-        let outcomes = OUTCOMES.map(|outcome| requests.with_label_values(&[outcome]));
-        Metrics {
-            outcomes,
-            requests,
-            upstream_latency,
-            retries: counter(
+                exponential_buckets(0.000_05, 2.0, 18),
+            ),
+            retries: registry.counter(
                 "mm_proxy_retries_total",
                 "Requests retried on the next candidate after a scorer failed.",
             ),
-            spills: counter(
+            spills: registry.counter(
                 "mm_proxy_spills_total",
                 "Requests spilled past an overloaded first choice.",
             ),
-            hot_routes: counter(
+            hot_routes: registry.counter(
                 "mm_proxy_hot_routes_total",
                 "Requests sent to a lower-ranked scorer that already held the model hot.",
             ),
-            warm_triggers: counter(
+            warm_triggers: registry.counter(
                 "mm_proxy_warm_triggers_total",
                 "Warm loads the proxy asked a scorer for.",
             ),
-            cache_hits: counter(
+            cache_hits: registry.counter(
                 "mm_proxy_scorer_cache_hits_total",
                 "Model answers a scorer served from memory.",
             ),
-            cache_misses: counter(
+            cache_misses: registry.counter(
                 "mm_proxy_scorer_cache_misses_total",
                 "Model answers a scorer had to load for.",
             ),
-            stats_push_failures: counter(
+            stats_push_failures: registry.counter(
                 "mm_proxy_stats_push_failures_total",
                 "Statistics pushes to scorers that failed.",
             ),
-            canary_requests: {
-                let vec = IntCounterVec::new(
-                    Opts::new(
-                        "mm_proxy_canary_requests_total",
-                        "Requests of models with a canary, by arm (stable or canary).",
-                    ),
-                    &["arm"],
-                )
-                .expect("valid metric");
-                registry
-                    .register(Box::new(vec.clone()))
-                    .expect("unique metric");
-                [
-                    vec.with_label_values(&["stable"]),
-                    vec.with_label_values(&["canary"]),
-                ]
-            },
-            pool_size: gauge("mm_proxy_pool_size", "Scorers in the pool."),
-            healthy_scorers: gauge("mm_proxy_healthy_scorers", "Scorers passing health checks."),
-            hot_models: gauge(
+            canary_requests: ["stable", "canary"].map(|arm| canary.with_label_values(&[arm])),
+            pool_size: registry.gauge("mm_proxy_pool_size", "Scorers in the pool."),
+            healthy_scorers: registry
+                .gauge("mm_proxy_healthy_scorers", "Scorers passing health checks."),
+            hot_models: registry.gauge(
                 "mm_proxy_hot_models",
                 "Models the proxy knows to be hot somewhere.",
             ),
-            inflight,
+            inflight: registry.gauge_vec(
+                "mm_proxy_scorer_inflight",
+                "Requests in flight per scorer.",
+                &["scorer"],
+            ),
             registry,
         }
     }
@@ -158,12 +117,9 @@ impl Metrics {
         }
     }
 
+    /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding cannot fail");
-        String::from_utf8(out).expect("prometheus text is UTF-8")
+        self.registry.render()
     }
 }
 

@@ -5,54 +5,23 @@
 //! starts a local pool of them. Exit code 0 after a clean shutdown, 2 for a bad
 //! configuration, 1 when the server cannot start or fails.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
-use manymodels_config::Sources;
-use manymodels_config::scorer::{LogFormat, ScorerConfig};
-
-#[derive(Parser)]
-#[command(
-    name = "mm-scorer",
-    version,
-    about = "Serve many ONNX models over the Open Inference Protocol"
-)]
-struct Args {
-    /// TOML configuration file.
-    #[arg(long, env = "MM_SCORER_CONFIG")]
-    config: Option<PathBuf>,
-    /// Override any key, e.g. `--set cache.budget=1GiB` (repeatable; wins over file and env).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    sets: Vec<String>,
-    /// Shorthand for `--set listen=ADDR`.
-    #[arg(long)]
-    listen: Option<String>,
-    /// Shorthand for `--set store.path=DIR` (a local store).
-    #[arg(long)]
-    store: Option<PathBuf>,
-}
+use manymodels_boot::Binary;
+use manymodels_config::scorer::ScorerConfig;
 
 fn main() -> ExitCode {
     manymodels_scorer::tune_allocator();
-    let args = Args::parse();
-    let mut sources = Sources::from_env(args.config.as_deref());
-    if let Some(listen) = args.listen {
-        sources.sets.push(format!("listen={listen}"));
-    }
-    if let Some(store) = args.store {
-        sources.sets.push("store.kind=local".into());
-        sources.sets.push(format!("store.path={}", store.display()));
-    }
-    sources.sets.extend(args.sets);
-    let config = match ScorerConfig::load(&sources) {
+    let binary = Binary::new(
+        "mm-scorer",
+        "Serve many ONNX models over the Open Inference Protocol",
+    );
+    let store = &["store.kind=local", "store.path={}"];
+    let binary = binary.shorthand("store", "DIR", store, "a local store");
+    let config = match binary.start::<ScorerConfig>() {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("mm-scorer: invalid configuration: {error}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    init_tracing(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("mm-scorer")
@@ -74,17 +43,5 @@ fn main() -> ExitCode {
             eprintln!("mm-scorer: {error}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_tracing(config: &ScorerConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
     }
 }

@@ -2,10 +2,8 @@
 //! per-model label would explode the series count. Labels are bounded enums (route,
 //! status class, eviction cause, error kind).
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use manymodels_boot::{Registry, exponential_buckets};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
 pub struct Metrics {
     registry: Registry,
@@ -47,150 +45,100 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(budget_bytes: u64) -> Self {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-                .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
-            h
-        };
-        let requests = IntCounterVec::new(
-            Opts::new(
+        let metrics = Metrics {
+            requests: registry.counter_vec(
                 "mm_scorer_requests_total",
                 "HTTP requests by route and status code.",
+                &["route", "code"],
             ),
-            &["route", "code"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(requests.clone()))
-            .expect("unique metric");
-        let errors = IntCounterVec::new(
-            Opts::new(
+            errors: registry.counter_vec(
                 "mm_scorer_errors_total",
                 "Error answers by kind (not_found, invalid_input, load_failed, too_large_for_budget, ...).",
+                &["kind"],
             ),
-            &["kind"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(errors.clone()))
-            .expect("unique metric");
-        let engine_loads = IntCounterVec::new(
-            Opts::new(
-                "mm_scorer_engine_loads_total",
-                "Models loaded, by the engine that serves them (onnxruntime, native).",
-            ),
-            &["engine"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(engine_loads.clone()))
-            .expect("unique metric");
-        let evictions = IntCounterVec::new(
-            Opts::new(
-                "mm_scorer_cache_evictions_total",
-                "Models removed from the hot cache, by reason.",
-            ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(evictions.clone()))
-            .expect("unique metric");
-        let metrics = Metrics {
-            requests,
-            errors,
-            cache_hits: counter(
+            cache_hits: registry.counter(
                 "mm_scorer_cache_hits_total",
                 "Model look-ups answered from the hot cache.",
             ),
-            cache_misses: counter(
+            cache_misses: registry.counter(
                 "mm_scorer_cache_misses_total",
                 "Model look-ups that were not in the hot cache.",
             ),
-            loads: counter(
+            loads: registry.counter(
                 "mm_scorer_model_loads_total",
                 "Models loaded (file read and session created).",
             ),
-            engine_loads,
-            loaded_bytes: counter(
+            engine_loads: registry.counter_vec(
+                "mm_scorer_engine_loads_total",
+                "Models loaded, by the engine that serves them (onnxruntime, native).",
+                &["engine"],
+            ),
+            loaded_bytes: registry.counter(
                 "mm_scorer_loaded_bytes_total",
                 "Memory charged to every model loaded (the byte-miss volume).",
             ),
-            warmup_loads: counter(
+            warmup_loads: registry.counter(
                 "mm_scorer_warmup_loads_total",
                 "Models loaded ahead of demand from the pool's statistics.",
             ),
-            warmup_wasted: counter(
+            warmup_wasted: registry.counter(
                 "mm_scorer_warmup_wasted_total",
                 "Warm-up loads evicted (or not admitted) before serving any request.",
             ),
-            too_large: counter(
+            too_large: registry.counter(
                 "mm_scorer_too_large_total",
                 "Loads refused because the model can never fit in the cache budget.",
             ),
-            reserved_bytes: gauge(
+            reserved_bytes: registry.gauge(
                 "mm_scorer_reserved_bytes",
                 "Memory reserved by model loads in flight (file, transient and model).",
             ),
-            stats_pushes: counter(
+            stats_pushes: registry.counter(
                 "mm_scorer_stats_pushes_total",
                 "Pool statistics pushes received from proxies.",
             ),
-            version_swaps: counter(
+            version_swaps: registry.counter(
                 "mm_scorer_version_swaps_total",
                 "Live versions replaced in memory by a newer, pinned or unpinned one.",
             ),
-            version_refusals: counter(
+            version_refusals: registry.counter(
                 "mm_scorer_version_refusals_total",
                 "New live versions refused (load, smoke inference or signature failed); the old one kept serving.",
             ),
-            load_failures: counter(
+            load_failures: registry.counter(
                 "mm_scorer_model_load_failures_total",
                 "Model loads that failed.",
             ),
-            failed_fast: counter(
+            failed_fast: registry.counter(
                 "mm_scorer_failed_fast_total",
                 "Requests answered with a remembered load failure, without loading again.",
             ),
-            evictions,
-            inline_runs: counter(
+            evictions: registry.counter_vec(
+                "mm_scorer_cache_evictions_total",
+                "Models removed from the hot cache, by reason.",
+                &["reason"],
+            ),
+            inline_runs: registry.counter(
                 "mm_scorer_inference_inline_total",
                 "Inference calls run on the async worker (measured shorter than inference.inline_max).",
             ),
-            loads_in_progress: gauge("mm_scorer_loads_in_progress", "Model loads running now."),
-            load_duration: histogram(
+            loads_in_progress: registry.gauge("mm_scorer_loads_in_progress", "Model loads running now."),
+            load_duration: registry.histogram(
                 "mm_scorer_model_load_duration_seconds",
                 "Time to read a model and create its session.",
-                prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets"),
+                exponential_buckets(0.0005, 2.0, 16),
             ),
-            inference_duration: histogram(
+            inference_duration: registry.histogram(
                 "mm_scorer_inference_duration_seconds",
                 "Time in ONNX Runtime per request.",
-                prometheus::exponential_buckets(0.000_002, 2.0, 20).expect("valid buckets"),
+                exponential_buckets(0.000_002, 2.0, 20),
             ),
-            resident_bytes: gauge(
+            resident_bytes: registry.gauge(
                 "mm_scorer_resident_bytes",
                 "Memory charged to the models in the hot cache.",
             ),
-            resident_models: gauge("mm_scorer_resident_models", "Models in the hot cache."),
-            budget_bytes: gauge("mm_scorer_budget_bytes", "The hot cache's byte budget."),
+            resident_models: registry.gauge("mm_scorer_resident_models", "Models in the hot cache."),
+            budget_bytes: registry.gauge("mm_scorer_budget_bytes", "The hot cache's byte budget."),
             registry,
         };
         metrics.budget_bytes.set(budget_bytes as i64);
@@ -205,10 +153,6 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding cannot fail");
-        String::from_utf8(out).expect("prometheus text is UTF-8")
+        self.registry.render()
     }
 }

@@ -8,9 +8,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use manymodels_config::Sources;
 use manymodels_config::proxy::{PoolSource, ProxyConfig};
 use manymodels_config::scorer::{ScorerConfig, StoreConfig};
+use manymodels_config::{LogFormat, Sources};
 use manymodels_tests::{TempDir, root};
 use serde_json::Value;
 
@@ -123,5 +123,16 @@ fn the_chart_and_the_azure_ml_yaml_pass_the_real_tools_and_render_configs_the_bi
             "{case}"
         );
         assert!(scorer.shutdown_grace.as_secs() >= 1);
+        // Both log one JSON object per line, for the cluster's log collector.
+        assert_eq!(
+            scorer.log.format,
+            LogFormat::Json,
+            "{case}: scorer log format"
+        );
+        assert_eq!(
+            proxy.log.format,
+            LogFormat::Json,
+            "{case}: proxy log format"
+        );
     }
 }

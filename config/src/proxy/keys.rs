@@ -1,0 +1,136 @@
+//! The proxy's key table: every key, its one default and its meaning.
+
+use crate::common::{LOG_FORMAT, LOG_LEVEL};
+use crate::layer::{KeyDoc, doc, secret};
+
+/// Every proxy key, its default and meaning. The configuration starts from these defaults,
+/// README.md's table is rendered from them (`cargo xtask config-table`), and a test checks
+/// that the keys are exactly the fields of the raw layer.
+pub const KEYS: &[KeyDoc] = &[
+    doc(
+        "listen",
+        "127.0.0.1:8080",
+        "Address the proxy listens on (Open Inference Protocol, Azure ML scoring).",
+    ),
+    doc("threads", "2", "Worker threads of the proxy service."),
+    doc(
+        "pool.scorers",
+        "",
+        "Scorers as a comma-separated list (or TOML array) of `host:port`; names are re-resolved every `pool.refresh` and are the rendezvous identity.",
+    ),
+    doc(
+        "pool.dns",
+        "",
+        "A DNS name `host:port` (a Kubernetes headless Service) whose addresses are the scorers, re-resolved every `pool.refresh`.",
+    ),
+    doc(
+        "pool.refresh",
+        "5s",
+        "How often the pool membership is re-resolved.",
+    ),
+    doc(
+        "health.interval",
+        "1s",
+        "How often each scorer's `/v2/health/ready` is checked.",
+    ),
+    doc(
+        "health.timeout",
+        "500ms",
+        "How long a health check may take to connect and answer.",
+    ),
+    doc(
+        "health.tolerated_timeouts",
+        "1",
+        "Consecutive health checks a healthy scorer may leave unanswered (timed out) and stay in rotation; a scorer that answers anything but 200 (warming, shutting down) or refuses the connection leaves at once.",
+    ),
+    doc(
+        "health.eject_for",
+        "5s",
+        "How long a scorer is skipped after a connection to it failed (passive ejection).",
+    ),
+    doc(
+        "routing.top_k",
+        "2",
+        "Candidates (in rendezvous order) searched for a scorer that already holds the model hot.",
+    ),
+    doc(
+        "routing.load_factor",
+        "2.0",
+        "Spill a request to the next candidate when the chosen scorer has more than this factor times the pool's mean requests in flight (plus `routing.min_inflight`).",
+    ),
+    doc(
+        "routing.min_inflight",
+        "8",
+        "In-flight requests a scorer may always take before spilling is considered.",
+    ),
+    doc(
+        "routing.hot_ttl",
+        "120s",
+        "How long a scorer counts as holding a model after it last answered for it.",
+    ),
+    doc(
+        "replication.threshold",
+        "200",
+        "Requests per second on one model above which it is also warmed on the second-ranked scorer and spread over both; 0 disables.",
+    ),
+    doc(
+        "stats.push_interval",
+        "2s",
+        "How often the proxy pushes each scorer the pool-wide request rates of the models it owns (0 disables pushes).",
+    ),
+    doc(
+        "stats.half_life_requests",
+        "10000",
+        "Half-life of the proxy's decayed per-model request counts, in requests through this proxy (rates are still pushed in requests per second).",
+    ),
+    doc(
+        "stats.top_models",
+        "16384",
+        "Hottest models whose ids and rates the proxy keeps and pushes; colder ones are estimated by a fixed-size sketch.",
+    ),
+    doc(
+        "upstream.connect_timeout",
+        "1s",
+        "Timeout to connect to a scorer.",
+    ),
+    doc(
+        "upstream.read_timeout",
+        "60s",
+        "Timeout for each read from a scorer (covers cold loads).",
+    ),
+    doc(
+        "upstream.retries",
+        "1",
+        "Times a request is retried on the next candidate when its scorer could not be reached or died before answering.",
+    ),
+    doc(
+        "http.max_body",
+        "32MiB",
+        "Largest request body accepted; larger bodies get 413 without reaching a scorer.",
+    ),
+    doc(
+        "http.max_upload",
+        "1GiB",
+        "Largest model accepted by the admin publish route (`PUT /v2/admin/models/{id}/versions/{v}`).",
+    ),
+    secret(
+        "auth.api_keys",
+        "Comma-separated bearer keys accepted for scoring; empty disables auth.",
+    ),
+    doc(
+        "auth.api_keys_file",
+        "",
+        "File with one bearer key per line (a mounted Secret), added to `auth.api_keys`.",
+    ),
+    secret(
+        "auth.admin_keys",
+        "Comma-separated bearer keys for repository load/unload; empty means the API keys.",
+    ),
+    doc(
+        "shutdown.grace",
+        "10s",
+        "On SIGTERM, how long in-flight requests may take before the process exits.",
+    ),
+    LOG_LEVEL,
+    LOG_FORMAT,
+];

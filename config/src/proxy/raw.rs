@@ -1,0 +1,210 @@
+//! The proxy's raw serde layer, one struct per section, and its validation into
+//! [`ProxyConfig`]. No field has a default of its own: every value, defaults included,
+//! comes through [`KEYS`](super::KEYS).
+
+use serde::Deserialize;
+
+use super::{PoolSource, ProxyConfig};
+use crate::common::{self, list, secrets};
+use crate::units::{ByteSize, HumanDuration};
+use crate::{ConfigError, LogConfig, Secret};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Raw {
+    listen: String,
+    threads: usize,
+    pool: RawPool,
+    health: RawHealth,
+    routing: RawRouting,
+    replication: RawReplication,
+    stats: RawStats,
+    upstream: RawUpstream,
+    http: RawHttp,
+    auth: RawAuth,
+    shutdown: RawShutdown,
+    log: LogConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    #[serde(deserialize_with = "list")]
+    scorers: Vec<String>,
+    dns: String,
+    refresh: HumanDuration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    interval: HumanDuration,
+    timeout: HumanDuration,
+    tolerated_timeouts: usize,
+    eject_for: HumanDuration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    top_k: usize,
+    load_factor: f64,
+    min_inflight: usize,
+    hot_ttl: HumanDuration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplication {
+    threshold: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStats {
+    push_interval: HumanDuration,
+    half_life_requests: u64,
+    top_models: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    connect_timeout: HumanDuration,
+    read_timeout: HumanDuration,
+    retries: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    max_body: ByteSize,
+    max_upload: ByteSize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(deserialize_with = "secrets")]
+    api_keys: Vec<Secret>,
+    api_keys_file: String,
+    #[serde(deserialize_with = "secrets")]
+    admin_keys: Vec<Secret>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShutdown {
+    grace: HumanDuration,
+}
+
+impl Raw {
+    pub(super) fn validate(self) -> Result<ProxyConfig, ConfigError> {
+        let listen = common::listen(&self.listen)?;
+        if self.threads == 0 {
+            return Err(ConfigError::key("threads", "must be at least 1"));
+        }
+        let pool = match (self.pool.scorers.is_empty(), self.pool.dns.is_empty()) {
+            (false, true) => {
+                for scorer in &self.pool.scorers {
+                    check_host_port("pool.scorers", scorer)?;
+                }
+                PoolSource::Static(self.pool.scorers)
+            }
+            (true, false) => {
+                check_host_port("pool.dns", &self.pool.dns)?;
+                PoolSource::Dns(self.pool.dns)
+            }
+            (true, true) => {
+                return Err(ConfigError::key(
+                    "pool.scorers",
+                    "set pool.scorers or pool.dns",
+                ));
+            }
+            (false, false) => {
+                return Err(ConfigError::key(
+                    "pool.dns",
+                    "set pool.scorers or pool.dns, not both",
+                ));
+            }
+        };
+        if self.health.timeout.0.is_zero() {
+            return Err(ConfigError::key("health.timeout", "must be greater than 0"));
+        }
+        if self.routing.top_k == 0 {
+            return Err(ConfigError::key("routing.top_k", "must be at least 1"));
+        }
+        if !(self.routing.load_factor.is_finite() && self.routing.load_factor >= 1.0) {
+            return Err(ConfigError::key(
+                "routing.load_factor",
+                "must be a number ≥ 1",
+            ));
+        }
+        if self.stats.half_life_requests == 0 {
+            return Err(ConfigError::key(
+                "stats.half_life_requests",
+                "must be greater than 0",
+            ));
+        }
+        if self.stats.top_models == 0 {
+            return Err(ConfigError::key("stats.top_models", "must be at least 1"));
+        }
+        if !(self.replication.threshold.is_finite() && self.replication.threshold >= 0.0) {
+            return Err(ConfigError::key(
+                "replication.threshold",
+                "must be a number ≥ 0",
+            ));
+        }
+        let mut api_keys = self.auth.api_keys;
+        if !self.auth.api_keys_file.is_empty() {
+            let text = std::fs::read_to_string(&self.auth.api_keys_file).map_err(|e| {
+                ConfigError::key(
+                    "auth.api_keys_file",
+                    format!("{}: {e}", self.auth.api_keys_file),
+                )
+            })?;
+            api_keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(Secret::new),
+            );
+        }
+        Ok(ProxyConfig {
+            listen,
+            threads: self.threads,
+            pool,
+            pool_refresh: self.pool.refresh.0,
+            health_interval: self.health.interval.0,
+            health_timeout: self.health.timeout.0,
+            tolerated_timeouts: self.health.tolerated_timeouts,
+            eject_for: self.health.eject_for.0,
+            top_k: self.routing.top_k,
+            load_factor: self.routing.load_factor,
+            min_inflight: self.routing.min_inflight,
+            hot_ttl: self.routing.hot_ttl.0,
+            replication_threshold: (self.replication.threshold > 0.0)
+                .then_some(self.replication.threshold),
+            stats_push_interval: (!self.stats.push_interval.0.is_zero())
+                .then_some(self.stats.push_interval.0),
+            stats_half_life_requests: self.stats.half_life_requests,
+            stats_top_models: self.stats.top_models,
+            connect_timeout: self.upstream.connect_timeout.0,
+            read_timeout: self.upstream.read_timeout.0,
+            retries: self.upstream.retries,
+            max_body: self.http.max_body,
+            max_upload: self.http.max_upload,
+            api_keys,
+            admin_keys: self.auth.admin_keys,
+            shutdown_grace: self.shutdown.grace.0,
+            log: self.log,
+        })
+    }
+}
+
+fn check_host_port(key: &str, value: &str) -> Result<(), ConfigError> {
+    match value.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(ConfigError::key(key, format!("`{value}` is not host:port"))),
+    }
+}

@@ -1,0 +1,175 @@
+//! The scorer's key table: every key, its one default and its meaning.
+
+use crate::common::{LOG_FORMAT, LOG_LEVEL};
+use crate::layer::{KeyDoc, doc, secret};
+
+/// Every scorer key, its default and meaning. The configuration starts from these defaults,
+/// README.md's table is rendered from them (`cargo xtask config-table`), and a test checks
+/// that the keys are exactly the fields of the raw layer.
+pub const KEYS: &[KeyDoc] = &[
+    doc(
+        "listen",
+        "127.0.0.1:8001",
+        "Address the HTTP (Open Inference Protocol) server binds.",
+    ),
+    doc(
+        "name",
+        "",
+        "Name reported in the `x-mm-scorer` response header and logs; empty means the listen address.",
+    ),
+    doc(
+        "store.kind",
+        "local",
+        "Model store backend: `local` (a directory) or `azure` (Azure Blob Storage).",
+    ),
+    doc(
+        "store.path",
+        "models/demo",
+        "Root directory of the local store: `<path>/<model_id>/<version>/model.onnx`.",
+    ),
+    doc("store.azure.account", "", "Azure Storage account name."),
+    doc(
+        "store.azure.container",
+        "",
+        "Blob container that holds the models.",
+    ),
+    doc(
+        "store.azure.prefix",
+        "",
+        "Blob name prefix under which `<model_id>/<version>/model.onnx` live.",
+    ),
+    doc(
+        "store.azure.endpoint",
+        "",
+        "Blob endpoint URL override (Azurite, sovereign clouds); empty means the public endpoint.",
+    ),
+    doc(
+        "store.azure.use_emulator",
+        "false",
+        "Use Azurite's development account; its URL comes from `AZURITE_BLOB_STORAGE_URL` (default `http://127.0.0.1:10000`).",
+    ),
+    secret(
+        "store.azure.access_key",
+        "Storage account key; empty means SAS or workload identity.",
+    ),
+    secret(
+        "store.azure.sas_token",
+        "SAS token used instead of an account key.",
+    ),
+    doc(
+        "cache.budget",
+        "512MiB",
+        "Bytes of loaded models the hot cache may hold.",
+    ),
+    doc(
+        "cache.max_concurrent_loads",
+        "auto",
+        "Model loads that may run at the same time, each on its own low-priority load thread: `auto` is the CPUs the process may use (its cgroup quota on Kubernetes), or a number.",
+    ),
+    doc(
+        "cache.failure_ttl",
+        "30s",
+        "How long a model that failed to load answers its error without retrying.",
+    ),
+    doc(
+        "cache.weight_overhead",
+        "96KiB",
+        "Estimated fixed memory of a session, charged when a load overlapped another and could not be measured.",
+    ),
+    doc(
+        "cache.weight_per_file_byte",
+        "7.0",
+        "Estimated memory per byte of ONNX file, charged with `weight_overhead` when a load could not be measured (ONNX Runtime keeps forests at 5.4-7.1x their file).",
+    ),
+    doc(
+        "policy.half_life_requests",
+        "10000",
+        "Half-life of the decayed request counts that rank models for eviction and admission, in requests to this scorer (counts decay with traffic, not time, so ranking is the same at any request rate).",
+    ),
+    doc(
+        "policy.size_weight",
+        "1.0",
+        "Weight of load cost per byte in a model's priority: 0 ranks by request rate alone (best for bytes loaded), 1 by rate × load cost / bytes (best for request hits).",
+    ),
+    doc(
+        "policy.stats_stale_after",
+        "15s",
+        "A proxy's pool statistics are dropped when it has not pushed for this long.",
+    ),
+    doc(
+        "warmup.concurrency",
+        "2",
+        "Background warm-up loads of the hot share that may run at once (they also take `cache.max_concurrent_loads` slots).",
+    ),
+    doc(
+        "warmup.max_fraction",
+        "0.8",
+        "Warm-up after a statistics push loads at most this fraction of `cache.budget`.",
+    ),
+    doc(
+        "warmup.ready_timeout",
+        "10s",
+        "A starting scorer reports ready once it has warmed its hot share from the first statistics push, or after this long; 0 means ready at once.",
+    ),
+    doc(
+        "versions.check_interval",
+        "1s",
+        "How often the scorer asks the store whether the models it holds have a new live version (new upload, pin or unpin).",
+    ),
+    doc(
+        "versions.checks_per_interval",
+        "64",
+        "Models checked per interval at most, least recently checked first (bounds store calls with many resident models).",
+    ),
+    secret(
+        "auth.admin_keys",
+        "Comma-separated bearer keys required on the scorer's admin routes (`/v2/mm/models/...`: publish, pin, refresh); empty leaves them open to the cluster network.",
+    ),
+    doc(
+        "http.max_upload",
+        "1GiB",
+        "Largest model accepted by the publish route.",
+    ),
+    doc(
+        "http.max_body",
+        "32MiB",
+        "Largest request body accepted; larger bodies get 413.",
+    ),
+    doc(
+        "http.max_elements",
+        "4194304",
+        "Largest number of tensor elements in one request; more gets 400.",
+    ),
+    doc(
+        "inference.threads",
+        "0",
+        "Threads that run ONNX Runtime calls and loads; 0 means one per core.",
+    ),
+    doc(
+        "inference.inline_max",
+        "20us",
+        "A call this model has been measured to finish within this time runs on the async worker instead of a blocking thread; 0 sends every call to a blocking thread.",
+    ),
+    doc(
+        "engine.native",
+        "auto",
+        "`auto`: a model whose whole graph the native engine covers (tree ensembles, linear models and their exporters' glue) is served by it, anything else by ONNX Runtime; `off`: every model is served by ONNX Runtime.",
+    ),
+    doc(
+        "onnxruntime.library",
+        "",
+        "Path of libonnxruntime.so; empty means `ORT_DYLIB_PATH`, then `libonnxruntime.so.1` beside the executable, then `.cache/onnxruntime/lib`.",
+    ),
+    doc(
+        "shutdown.drain",
+        "2s",
+        "On SIGTERM, how long the scorer keeps serving while reporting not ready, so proxies drop it from rotation before it stops accepting (at least the proxies' `health.interval`).",
+    ),
+    doc(
+        "shutdown.grace",
+        "30s",
+        "On SIGTERM, after the drain, how long in-flight requests may take before the process exits.",
+    ),
+    LOG_LEVEL,
+    LOG_FORMAT,
+];

@@ -1,0 +1,310 @@
+//! The scorer's raw serde layer, one struct per section, and its validation into
+//! [`ScorerConfig`]. No field has a default of its own: every value, defaults included,
+//! comes through [`KEYS`](super::KEYS).
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{
+    AzureCredential, AzureStoreConfig, CacheConfig, HttpConfig, NativeEngine, PolicyConfig,
+    ScorerConfig, StoreConfig, VersionsConfig, WarmupConfig, available_cpus,
+};
+use crate::common::{self, secrets};
+use crate::units::{ByteSize, HumanDuration};
+use crate::{ConfigError, LogConfig, Secret};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Raw {
+    listen: String,
+    name: String,
+    store: RawStore,
+    cache: RawCache,
+    policy: RawPolicy,
+    warmup: RawWarmup,
+    versions: RawVersions,
+    auth: RawAuth,
+    http: RawHttp,
+    inference: RawInference,
+    engine: RawEngine,
+    onnxruntime: RawOnnxRuntime,
+    shutdown: RawShutdown,
+    log: LogConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    kind: String,
+    path: PathBuf,
+    azure: RawAzure,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAzure {
+    account: String,
+    container: String,
+    prefix: String,
+    endpoint: String,
+    use_emulator: bool,
+    access_key: Secret,
+    sas_token: Secret,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    budget: ByteSize,
+    max_concurrent_loads: Concurrency,
+    failure_ttl: HumanDuration,
+    weight_overhead: ByteSize,
+    weight_per_file_byte: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    half_life_requests: u64,
+    size_weight: f64,
+    stats_stale_after: HumanDuration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVersions {
+    check_interval: HumanDuration,
+    checks_per_interval: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(deserialize_with = "secrets")]
+    admin_keys: Vec<Secret>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWarmup {
+    concurrency: usize,
+    max_fraction: f64,
+    ready_timeout: HumanDuration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    max_body: ByteSize,
+    max_upload: ByteSize,
+    max_elements: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInference {
+    threads: usize,
+    inline_max: HumanDuration,
+}
+
+/// `cache.max_concurrent_loads`: `auto` or a count.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(untagged)]
+enum Concurrency {
+    Auto(Auto),
+    Fixed(usize),
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Auto {
+    Auto,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEngine {
+    native: NativeEngine,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOnnxRuntime {
+    library: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShutdown {
+    drain: HumanDuration,
+    grace: HumanDuration,
+}
+
+impl Raw {
+    pub(super) fn validate(self) -> Result<ScorerConfig, ConfigError> {
+        let listen = common::listen(&self.listen)?;
+        let store = match self.store.kind.as_str() {
+            "local" => {
+                if self.store.path.as_os_str().is_empty() {
+                    return Err(ConfigError::key("store.path", "must not be empty"));
+                }
+                StoreConfig::Local {
+                    path: self.store.path,
+                }
+            }
+            "azure" => StoreConfig::Azure(self.store.azure.validate()?),
+            other => {
+                return Err(ConfigError::key(
+                    "store.kind",
+                    format!("`{other}` is not `local` or `azure`"),
+                ));
+            }
+        };
+        let cache = &self.cache;
+        if cache.budget.0 == 0 {
+            return Err(ConfigError::key("cache.budget", "must be greater than 0"));
+        }
+        let max_concurrent_loads = match cache.max_concurrent_loads {
+            Concurrency::Auto(_) => available_cpus(),
+            Concurrency::Fixed(n) => NonZeroUsize::new(n).ok_or_else(|| {
+                ConfigError::key("cache.max_concurrent_loads", "must be `auto` or at least 1")
+            })?,
+        };
+        if !(cache.weight_per_file_byte.is_finite() && cache.weight_per_file_byte >= 0.0) {
+            return Err(ConfigError::key(
+                "cache.weight_per_file_byte",
+                "must be a non-negative number",
+            ));
+        }
+        if self.policy.half_life_requests == 0 {
+            return Err(ConfigError::key(
+                "policy.half_life_requests",
+                "must be greater than 0",
+            ));
+        }
+        if !(0.0..=2.0).contains(&self.policy.size_weight) {
+            return Err(ConfigError::key(
+                "policy.size_weight",
+                "must be between 0 and 2",
+            ));
+        }
+        let warmup_concurrency = NonZeroUsize::new(self.warmup.concurrency)
+            .ok_or_else(|| ConfigError::key("warmup.concurrency", "must be at least 1"))?;
+        if !(0.0..=1.0).contains(&self.warmup.max_fraction) {
+            return Err(ConfigError::key(
+                "warmup.max_fraction",
+                "must be between 0 and 1",
+            ));
+        }
+        if self.versions.check_interval.0.is_zero() {
+            return Err(ConfigError::key(
+                "versions.check_interval",
+                "must be greater than 0",
+            ));
+        }
+        if self.versions.checks_per_interval == 0 {
+            return Err(ConfigError::key(
+                "versions.checks_per_interval",
+                "must be at least 1",
+            ));
+        }
+        if self.http.max_body.0 == 0 {
+            return Err(ConfigError::key("http.max_body", "must be greater than 0"));
+        }
+        if self.http.max_elements == 0 {
+            return Err(ConfigError::key("http.max_elements", "must be at least 1"));
+        }
+        let inference_threads = NonZeroUsize::new(self.inference.threads)
+            .or_else(|| std::thread::available_parallelism().ok())
+            .unwrap_or(NonZeroUsize::MIN);
+        let onnxruntime_library = if self.onnxruntime.library.is_empty() {
+            std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from)
+        } else {
+            Some(PathBuf::from(self.onnxruntime.library))
+        };
+        Ok(ScorerConfig {
+            listen,
+            name: self.name,
+            store,
+            cache: CacheConfig {
+                budget: cache.budget,
+                max_concurrent_loads,
+                failure_ttl: cache.failure_ttl.0,
+                weight_overhead: cache.weight_overhead,
+                weight_per_file_byte: cache.weight_per_file_byte,
+            },
+            policy: PolicyConfig {
+                half_life_requests: self.policy.half_life_requests,
+                size_weight: self.policy.size_weight,
+                stats_stale_after: self.policy.stats_stale_after.0,
+            },
+            warmup: WarmupConfig {
+                concurrency: warmup_concurrency,
+                max_fraction: self.warmup.max_fraction,
+                ready_timeout: self.warmup.ready_timeout.0,
+            },
+            versions: VersionsConfig {
+                check_interval: self.versions.check_interval.0,
+                checks_per_interval: self.versions.checks_per_interval,
+            },
+            admin_keys: self.auth.admin_keys,
+            http: HttpConfig {
+                max_body: self.http.max_body,
+                max_upload: self.http.max_upload,
+                max_elements: self.http.max_elements,
+            },
+            inference_threads,
+            inference_inline_max: self.inference.inline_max.0,
+            native_engine: self.engine.native,
+            onnxruntime_library,
+            shutdown_drain: self.shutdown.drain.0,
+            shutdown_grace: self.shutdown.grace.0,
+            log: self.log,
+        })
+    }
+}
+
+impl RawAzure {
+    fn validate(self) -> Result<AzureStoreConfig, ConfigError> {
+        if self.account.is_empty() && !self.use_emulator {
+            return Err(ConfigError::key(
+                "store.azure.account",
+                "required when store.kind = \"azure\" (or set store.azure.use_emulator)",
+            ));
+        }
+        if self.container.is_empty() {
+            return Err(ConfigError::key(
+                "store.azure.container",
+                "required when store.kind = \"azure\"",
+            ));
+        }
+        if !self.access_key.is_empty() && !self.sas_token.is_empty() {
+            return Err(ConfigError::key(
+                "store.azure.sas_token",
+                "set either an access key or a SAS token, not both",
+            ));
+        }
+        let credential = if !self.access_key.is_empty() {
+            AzureCredential::AccessKey(self.access_key)
+        } else if !self.sas_token.is_empty() {
+            AzureCredential::SasToken(self.sas_token)
+        } else {
+            AzureCredential::Ambient
+        };
+        let prefix = self.prefix.trim_matches('/');
+        Ok(AzureStoreConfig {
+            account: self.account,
+            container: self.container,
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+            endpoint: (!self.endpoint.is_empty()).then_some(self.endpoint),
+            use_emulator: self.use_emulator,
+            credential,
+        })
+    }
+}

@@ -1,0 +1,122 @@
+//! Tests of the scorer's configuration: precedence, errors, secrets, the key table.
+
+use super::*;
+use crate::layer::testing::{assert_keys_are_the_fields, sources};
+
+fn load(
+    file: Option<&str>,
+    env: &[(&str, &str)],
+    sets: &[&str],
+) -> Result<ScorerConfig, ConfigError> {
+    let dir = std::env::temp_dir().join(format!("mm-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{}.toml", file.map(str::len).unwrap_or(0)));
+    if let Some(text) = file {
+        std::fs::write(&path, text).unwrap();
+    }
+    ScorerConfig::load(&sources(file.map(|_| path.as_path()), env, sets))
+}
+
+#[test]
+fn the_key_table_names_exactly_the_fields_and_its_defaults_are_valid() {
+    assert_keys_are_the_fields::<raw::Raw>(KEYS, ENV_PREFIX);
+    load(None, &[], &[]).unwrap();
+    assert!(load(None, &[], &["warmup.max_fraction=1.5"]).is_err());
+    assert!(load(None, &[], &["policy.half_life_requests=0"]).is_err());
+}
+
+#[test]
+fn file_then_env_then_flags_override_in_order() {
+    let file =
+        "listen = \"127.0.0.1:9000\"\n[cache]\nbudget = \"1GiB\"\nmax_concurrent_loads = 2\n";
+    let config = load(
+        Some(file),
+        &[
+            ("MM_SCORER_CACHE_BUDGET", "64MiB"),
+            ("MM_SCORER_LISTEN", "127.0.0.1:9001"),
+        ],
+        &["listen=127.0.0.1:9002"],
+    )
+    .unwrap();
+    assert_eq!(config.cache.budget, ByteSize::mib(64));
+    assert_eq!(config.cache.max_concurrent_loads.get(), 2);
+    assert_eq!(config.listen.to_string(), "127.0.0.1:9002");
+    // `auto` (the default) is the CPUs this process may use.
+    let auto = load(
+        None,
+        &[("MM_SCORER_CACHE_MAX_CONCURRENT_LOADS", "auto")],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(auto.cache.max_concurrent_loads, available_cpus());
+    assert_eq!(
+        load(None, &[], &[]).unwrap().cache.max_concurrent_loads,
+        available_cpus()
+    );
+    assert!(load(None, &[], &["cache.max_concurrent_loads=often"]).is_err());
+}
+
+#[test]
+fn errors_name_the_bad_key() {
+    let err = load(Some("[cache]\nbudget = \"lots\"\n"), &[], &[]).unwrap_err();
+    assert!(err.to_string().contains("cache.budget"), "{err}");
+    let err = load(Some("[cache]\nbugdet = 1\n"), &[], &[]).unwrap_err();
+    assert!(err.to_string().contains("bugdet"), "{err}");
+    let err = load(None, &[("MM_SCORER_CACHE_MAX_CONCURRENT_LOADS", "0")], &[]).unwrap_err();
+    assert!(
+        err.to_string().contains("cache.max_concurrent_loads"),
+        "{err}"
+    );
+    let err = load(None, &[], &["cache.nope=1"]).unwrap_err();
+    assert!(err.to_string().contains("cache.nope"), "{err}");
+    let err = load(None, &[], &["store.kind=s3"]).unwrap_err();
+    assert!(err.to_string().contains("store.kind"), "{err}");
+}
+
+#[test]
+fn azure_store_requires_a_container_and_redacts_its_key() {
+    let err = load(None, &[], &["store.kind=azure", "store.azure.account=acct"]).unwrap_err();
+    assert!(err.to_string().contains("store.azure.container"), "{err}");
+    let config = load(
+        None,
+        &[("MM_SCORER_STORE_AZURE_ACCESS_KEY", "c2VjcmV0")],
+        &[
+            "store.kind=azure",
+            "store.azure.account=acct",
+            "store.azure.container=models",
+            "store.azure.prefix=/team/a/",
+        ],
+    )
+    .unwrap();
+    let StoreConfig::Azure(azure) = &config.store else {
+        panic!("expected azure store");
+    };
+    assert_eq!(azure.prefix, "team/a/");
+    assert!(matches!(&azure.credential, AzureCredential::AccessKey(k) if k.expose() == "c2VjcmV0"));
+    assert!(!format!("{config:?}").contains("c2VjcmV0"));
+}
+
+#[test]
+fn readme_documents_every_key_with_its_env_var() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let table = crate::markdown_table(KEYS, ENV_PREFIX);
+    assert!(
+        readme.contains(&table),
+        "README.md's scorer key table is out of date: paste the output of `cargo xtask config-table`"
+    );
+}
+
+#[test]
+fn the_weight_rule_charges_overhead_plus_a_multiple_of_the_file() {
+    let config = load(
+        None,
+        &[],
+        &[
+            "cache.weight_overhead=100KiB",
+            "cache.weight_per_file_byte=5",
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.cache.weigh(1000), 100 * 1024 + 5000);
+}

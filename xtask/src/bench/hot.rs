@@ -133,23 +133,13 @@ pub fn run(models: &[String], seconds: u64, connections: usize, sets: &[String])
         let floor_us = times[times.len() / 2].as_secs_f64() * 1e6;
         let mut handler = in_process(id, &body.to_string(), 20_000, sets)?;
         handler.sort();
-        let wrk::Figures {
-            probed,
-            single,
-            loaded,
-            cpu,
-        } = wrk::measure(&url, &body, seconds, connections, &[&server])?;
+        let figures = wrk::measure(&url, &body, seconds, connections, &[&server])?;
         println!(
-            "| {id} | {} | {floor_us:.1} µs | {:.1} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.1} |",
+            "| {id} | {} | {floor_us:.1} µs | {:.1} µs | {} | {:.1} |",
             model.engine.as_str(),
             percentile(&handler, 0.5),
-            percentile(&probed, 0.5),
-            percentile(&probed, 0.99),
-            single.p50_us,
-            single.p99_us,
-            loaded.requests_per_sec,
-            loaded.p99_us,
-            cpu[0] * 1e6 / loaded.requests
+            figures.columns(),
+            figures.cpu[0] * 1e6 / figures.loaded.requests
         );
     }
     Ok(())

@@ -20,6 +20,7 @@ mod stats;
 mod swap;
 mod wrk;
 
+use std::ops::Deref;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -28,6 +29,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use manymodels_scorer::tensor::{DataType, NamedTensor, TensorData};
 use manymodels_tests::http::KeepAlive;
+use manymodels_tests::process::Process;
 use manymodels_tests::{ProxyProcess, ScorerProcess};
 use serde_json::Value;
 
@@ -177,6 +179,21 @@ pub(crate) fn proxy<S: AsRef<str>>(
     let mut all = vec!["log.level=warn"];
     all.extend_from_slice(sets);
     Ok(ProxyProcess::with_defaults(port, scorers, &all))
+}
+
+/// The sum over `processes` of each sample of `names`, one scrape per process.
+pub(crate) fn totals<P: Deref<Target = Process>, const N: usize>(
+    processes: &[P],
+    names: [&str; N],
+) -> [f64; N] {
+    let mut sums = [0.0; N];
+    for process in processes {
+        let metrics = process.metrics_blocking();
+        for (sum, name) in sums.iter_mut().zip(names) {
+            *sum += metrics.get(name);
+        }
+    }
+    sums
 }
 
 /// One request to send: where, what, and when (`due`, from the start; `None`: at once).

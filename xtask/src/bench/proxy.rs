@@ -8,7 +8,7 @@ use anyhow::Result;
 use manymodels_tests::http::post_ok;
 use manymodels_tests::reference::{one_row_body, reference};
 
-use super::{percentile, wrk};
+use super::wrk;
 
 pub fn run(seconds: u64, connections: usize) -> Result<()> {
     let body = one_row_body(&reference("linear-small"));
@@ -25,27 +25,18 @@ pub fn run(seconds: u64, connections: usize) -> Result<()> {
         ("through the proxy", &proxy.url, true),
     ] {
         let url = format!("{base}{path}");
-        let wrk::Figures {
-            probed,
-            single,
-            loaded,
-            cpu,
-        } = wrk::measure(&url, &body, seconds, connections, &[&proxy, &scorer])?;
-        let (proxy_cpu, scorer_cpu) = (cpu[0], cpu[1]);
+        let figures = wrk::measure(&url, &body, seconds, connections, &[&proxy, &scorer])?;
+        let (proxy_cpu, scorer_cpu) = (figures.cpu[0], figures.cpu[1]);
+        let requests = figures.loaded.requests;
         println!(
-            "| {label} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {} | {:.1} |",
-            percentile(&probed, 0.5),
-            percentile(&probed, 0.99),
-            single.p50_us,
-            single.p99_us,
-            loaded.requests_per_sec,
-            loaded.p99_us,
+            "| {label} | {} | {} | {:.1} |",
+            figures.columns(),
             if through_proxy {
-                format!("{:.1}", proxy_cpu * 1e6 / loaded.requests)
+                format!("{:.1}", proxy_cpu * 1e6 / requests)
             } else {
                 "-".into()
             },
-            scorer_cpu * 1e6 / loaded.requests,
+            scorer_cpu * 1e6 / requests,
         );
     }
     Ok(())

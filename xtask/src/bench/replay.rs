@@ -21,7 +21,7 @@ use manymodels_tests::ScorerProcess;
 use manymodels_tests::http::request;
 use manymodels_tests::process::status_bytes;
 
-use super::{Job, Outcome, drive, percentile};
+use super::{Job, Outcome, drive, percentile, totals};
 use crate::setup;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -173,28 +173,23 @@ fn pool(args: &ReplayArgs, engine: &str, trace: &[u32], entries: &[Entry]) -> Re
         args.concurrency,
         Duration::from_secs(args.seconds),
     )?;
-    let (mut hits, mut misses, mut loads, mut warmups, mut native, mut peak) =
-        (0.0, 0.0, 0.0, 0.0, 0.0, 0u64);
-    let (mut wasted, mut cost) = (0.0, 0.0);
+    let [hits, misses, loads, warmups, wasted, native] = totals(
+        &scorers,
+        [
+            "mm_scorer_cache_hits_total",
+            "mm_scorer_cache_misses_total",
+            "mm_scorer_model_loads_total",
+            "mm_scorer_warmup_loads_total",
+            "mm_scorer_warmup_wasted_total",
+            "mm_scorer_engine_loads_total{engine=\"native\"}",
+        ],
+    );
+    let (mut peak, mut cost) = (0u64, 0.0);
     let budget = manymodels_config::parse_bytes(&args.budget)
         .map_err(anyhow::Error::msg)?
         .bytes();
     let mut notes = Vec::new();
     for (scorer, idle) in scorers.iter().zip(&idle) {
-        hits += scorer.metrics_blocking().get("mm_scorer_cache_hits_total");
-        misses += scorer
-            .metrics_blocking()
-            .get("mm_scorer_cache_misses_total");
-        loads += scorer.metrics_blocking().get("mm_scorer_model_loads_total");
-        warmups += scorer
-            .metrics_blocking()
-            .get("mm_scorer_warmup_loads_total");
-        wasted += scorer
-            .metrics_blocking()
-            .get("mm_scorer_warmup_wasted_total");
-        native += scorer
-            .metrics_blocking()
-            .get("mm_scorer_engine_loads_total{engine=\"native\"}");
         let scorer_peak = scorer.peak_rss_bytes();
         peak += scorer_peak;
         // The documented bound: idle RSS + budget x 1.1 + 64 MiB (README, "Memory").

@@ -13,7 +13,7 @@ use manymodels_policy::trace::{self as policy_trace, Shape, TraceSpec};
 use manymodels_tests::ScorerProcess;
 use manymodels_tests::reference::constant_row_body;
 
-use super::{Job, drive, percentile};
+use super::{Job, drive, percentile, totals};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct SimReplayArgs {
@@ -110,24 +110,17 @@ pub fn run(args: SimReplayArgs) -> Result<()> {
         })
     })?;
     let (elapsed, latencies) = (outcome.elapsed, &outcome.latencies);
-    let (mut hits, mut misses, mut loads, mut warmups, mut not_admitted, mut displaced) =
-        (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    for scorer in &scorers {
-        hits += scorer.metrics_blocking().get("mm_scorer_cache_hits_total");
-        misses += scorer
-            .metrics_blocking()
-            .get("mm_scorer_cache_misses_total");
-        loads += scorer.metrics_blocking().get("mm_scorer_model_loads_total");
-        warmups += scorer
-            .metrics_blocking()
-            .get("mm_scorer_warmup_loads_total");
-        not_admitted += scorer
-            .metrics_blocking()
-            .get("mm_scorer_cache_evictions_total{reason=\"not_admitted\"}");
-        displaced += scorer
-            .metrics_blocking()
-            .get("mm_scorer_cache_evictions_total{reason=\"capacity\"}");
-    }
+    let [hits, misses, loads, mut warmups, not_admitted, displaced] = totals(
+        &scorers,
+        [
+            "mm_scorer_cache_hits_total",
+            "mm_scorer_cache_misses_total",
+            "mm_scorer_model_loads_total",
+            "mm_scorer_warmup_loads_total",
+            "mm_scorer_cache_evictions_total{reason=\"not_admitted\"}",
+            "mm_scorer_cache_evictions_total{reason=\"capacity\"}",
+        ],
+    );
     // Loads the proxy asked for in the background (moving a model home, replication).
     let proxy_warms = proxy.metrics_blocking().get("mm_proxy_warm_triggers_total");
     warmups += proxy_warms;

@@ -83,6 +83,22 @@ pub(crate) struct Figures {
     pub cpu: Vec<f64>,
 }
 
+impl Figures {
+    /// The table cells `probe p50 | probe p99 | wrk 1 conn p50 | wrk 1 conn p99 | wrk N
+    /// conns req/s | wrk N conns p99`.
+    pub fn columns(&self) -> String {
+        format!(
+            "{:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs",
+            super::percentile(&self.probed, 0.5),
+            super::percentile(&self.probed, 0.99),
+            self.single.p50_us,
+            self.single.p99_us,
+            self.loaded.requests_per_sec,
+            self.loaded.p99_us,
+        )
+    }
+}
+
 pub(crate) fn measure(
     url: &str,
     body: &Value,

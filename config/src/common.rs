@@ -2,6 +2,8 @@
 //! address, and lists written either as TOML arrays or as comma-separated strings.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::ops::RangeInclusive;
 
 use serde::{Deserialize, Deserializer};
 
@@ -44,6 +46,44 @@ pub(crate) fn listen(text: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|e| ConfigError::key("listen", format!("`{text}`: {e}")))
 }
 
+/// A count that must be at least 1.
+pub(crate) fn at_least_one(key: &str, value: usize) -> Result<NonZeroUsize, ConfigError> {
+    NonZeroUsize::new(value).ok_or_else(|| ConfigError::key(key, "must be at least 1"))
+}
+
+/// A quantity (bytes, a duration, a half-life) that must be greater than 0.
+pub(crate) fn positive<T: Default + PartialEq>(key: &str, value: T) -> Result<T, ConfigError> {
+    if value == T::default() {
+        return Err(ConfigError::key(key, "must be greater than 0"));
+    }
+    Ok(value)
+}
+
+/// A finite number no smaller than `min`.
+pub(crate) fn at_least(key: &str, value: f64, min: f64) -> Result<f64, ConfigError> {
+    within(key, value, min..=f64::INFINITY)
+}
+
+/// A finite number within `range` (an infinite end is no upper bound).
+pub(crate) fn within(
+    key: &str,
+    value: f64,
+    range: RangeInclusive<f64>,
+) -> Result<f64, ConfigError> {
+    if value.is_finite() && range.contains(&value) {
+        return Ok(value);
+    }
+    let (start, end) = range.into_inner();
+    Err(ConfigError::key(
+        key,
+        if end.is_finite() {
+            format!("must be between {start} and {end}")
+        } else {
+            format!("must be a number ≥ {start}")
+        },
+    ))
+}
+
 /// A list given as a TOML array or as one comma-separated string (handy in env vars).
 pub(crate) fn list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -65,4 +105,35 @@ pub(crate) fn list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Str
 /// A [`list`] of secrets.
 pub(crate) fn secrets<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Secret>, D::Error> {
     Ok(list(deserializer)?.into_iter().map(Secret::new).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn checks_name_the_key_and_the_bound() {
+        let message = |error: ConfigError| error.to_string();
+        assert_eq!(
+            message(within("k", 1.5, 0.0..=1.0).unwrap_err()),
+            "config key `k`: must be between 0 and 1"
+        );
+        assert_eq!(
+            message(at_least("k", f64::INFINITY, 1.0).unwrap_err()),
+            "config key `k`: must be a number ≥ 1"
+        );
+        assert!(at_least("k", f64::NAN, 0.0).is_err());
+        assert_eq!(at_least("k", 0.0, 0.0).unwrap(), 0.0);
+        assert_eq!(
+            message(positive("k", Duration::ZERO).unwrap_err()),
+            "config key `k`: must be greater than 0"
+        );
+        assert_eq!(
+            message(at_least_one("k", 0).unwrap_err()),
+            "config key `k`: must be at least 1"
+        );
+        assert_eq!(at_least_one("k", 3).unwrap().get(), 3);
+    }
 }

@@ -18,36 +18,59 @@ pub use keys::KEYS;
 /// Prefix of the environment variables that override proxy keys.
 pub const ENV_PREFIX: &str = "MM_PROXY_";
 
-/// The validated proxy configuration.
+/// The validated proxy configuration. Each field says the key it comes from; the meaning
+/// and default of each key are in [`KEYS`].
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
+    /// `listen`.
     pub listen: SocketAddr,
+    /// `threads`.
     pub threads: usize,
+    /// `pool.scorers` or `pool.dns`.
     pub pool: PoolSource,
+    /// `pool.refresh`.
     pub pool_refresh: Duration,
+    /// `health.interval`.
     pub health_interval: Duration,
+    /// `health.timeout`.
     pub health_timeout: Duration,
+    /// `health.tolerated_timeouts`.
     pub tolerated_timeouts: usize,
+    /// `health.eject_for`.
     pub eject_for: Duration,
+    /// `routing.top_k`.
     pub top_k: usize,
+    /// `routing.load_factor`.
     pub load_factor: f64,
+    /// `routing.min_inflight`.
     pub min_inflight: usize,
+    /// `routing.hot_ttl`.
     pub hot_ttl: Duration,
-    /// Requests per second that make a model hot enough to replicate; `None` disables.
+    /// `replication.threshold`, in requests per second; `None` (0) disables replication.
     pub replication_threshold: Option<f64>,
-    /// `None`: statistics are kept but not pushed.
+    /// `stats.push_interval`; `None` (0): statistics are kept but not pushed.
     pub stats_push_interval: Option<Duration>,
-    /// In requests through this proxy.
+    /// `stats.half_life_requests`, in requests through this proxy.
     pub stats_half_life_requests: u64,
+    /// `stats.top_models`.
     pub stats_top_models: usize,
+    /// `upstream.connect_timeout`.
     pub connect_timeout: Duration,
+    /// `upstream.read_timeout`.
     pub read_timeout: Duration,
+    /// `upstream.retries`.
     pub retries: usize,
+    /// `http.max_body`.
     pub max_body: ByteSize,
+    /// `http.max_upload`.
     pub max_upload: ByteSize,
+    /// `auth.api_keys` and `auth.api_keys_file`.
     pub api_keys: Vec<Secret>,
+    /// `auth.admin_keys`.
     pub admin_keys: Vec<Secret>,
+    /// `shutdown.grace`.
     pub shutdown_grace: Duration,
+    /// `log.level` and `log.format`.
     pub log: LogConfig,
 }
 

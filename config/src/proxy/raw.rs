@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use super::{PoolSource, ProxyConfig};
-use crate::common::{self, list, secrets};
+use crate::common::{self, at_least, at_least_one, list, positive, secrets};
 use crate::units::{ByteSize, HumanDuration};
 use crate::{ConfigError, LogConfig, Secret};
 
@@ -101,9 +101,7 @@ struct RawShutdown {
 impl Raw {
     pub(super) fn validate(self) -> Result<ProxyConfig, ConfigError> {
         let listen = common::listen(&self.listen)?;
-        if self.threads == 0 {
-            return Err(ConfigError::key("threads", "must be at least 1"));
-        }
+        at_least_one("threads", self.threads)?;
         let pool = match (self.pool.scorers.is_empty(), self.pool.dns.is_empty()) {
             (false, true) => {
                 for scorer in &self.pool.scorers {
@@ -128,33 +126,12 @@ impl Raw {
                 ));
             }
         };
-        if self.health.timeout.0.is_zero() {
-            return Err(ConfigError::key("health.timeout", "must be greater than 0"));
-        }
-        if self.routing.top_k == 0 {
-            return Err(ConfigError::key("routing.top_k", "must be at least 1"));
-        }
-        if !(self.routing.load_factor.is_finite() && self.routing.load_factor >= 1.0) {
-            return Err(ConfigError::key(
-                "routing.load_factor",
-                "must be a number ≥ 1",
-            ));
-        }
-        if self.stats.half_life_requests == 0 {
-            return Err(ConfigError::key(
-                "stats.half_life_requests",
-                "must be greater than 0",
-            ));
-        }
-        if self.stats.top_models == 0 {
-            return Err(ConfigError::key("stats.top_models", "must be at least 1"));
-        }
-        if !(self.replication.threshold.is_finite() && self.replication.threshold >= 0.0) {
-            return Err(ConfigError::key(
-                "replication.threshold",
-                "must be a number ≥ 0",
-            ));
-        }
+        positive("health.timeout", self.health.timeout.0)?;
+        at_least_one("routing.top_k", self.routing.top_k)?;
+        at_least("routing.load_factor", self.routing.load_factor, 1.0)?;
+        positive("stats.half_life_requests", self.stats.half_life_requests)?;
+        at_least_one("stats.top_models", self.stats.top_models)?;
+        at_least("replication.threshold", self.replication.threshold, 0.0)?;
         let mut api_keys = self.auth.api_keys;
         if !self.auth.api_keys_file.is_empty() {
             let text = std::fs::read_to_string(&self.auth.api_keys_file).map_err(|e| {

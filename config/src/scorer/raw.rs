@@ -11,7 +11,7 @@ use super::{
     AzureCredential, AzureStoreConfig, CacheConfig, HttpConfig, NativeEngine, PolicyConfig,
     ScorerConfig, StoreConfig, VersionsConfig, WarmupConfig, available_cpus,
 };
-use crate::common::{self, secrets};
+use crate::common::{self, at_least, at_least_one, positive, secrets, within};
 use crate::units::{ByteSize, HumanDuration};
 use crate::{ConfigError, LogConfig, Secret};
 
@@ -163,59 +163,29 @@ impl Raw {
             }
         };
         let cache = &self.cache;
-        if cache.budget.0 == 0 {
-            return Err(ConfigError::key("cache.budget", "must be greater than 0"));
-        }
+        positive("cache.budget", cache.budget.0)?;
         let max_concurrent_loads = match cache.max_concurrent_loads {
             Concurrency::Auto(_) => available_cpus(),
             Concurrency::Fixed(n) => NonZeroUsize::new(n).ok_or_else(|| {
                 ConfigError::key("cache.max_concurrent_loads", "must be `auto` or at least 1")
             })?,
         };
-        if !(cache.weight_per_file_byte.is_finite() && cache.weight_per_file_byte >= 0.0) {
-            return Err(ConfigError::key(
-                "cache.weight_per_file_byte",
-                "must be a non-negative number",
-            ));
-        }
-        if self.policy.half_life_requests == 0 {
-            return Err(ConfigError::key(
-                "policy.half_life_requests",
-                "must be greater than 0",
-            ));
-        }
-        if !(0.0..=2.0).contains(&self.policy.size_weight) {
-            return Err(ConfigError::key(
-                "policy.size_weight",
-                "must be between 0 and 2",
-            ));
-        }
-        let warmup_concurrency = NonZeroUsize::new(self.warmup.concurrency)
-            .ok_or_else(|| ConfigError::key("warmup.concurrency", "must be at least 1"))?;
-        if !(0.0..=1.0).contains(&self.warmup.max_fraction) {
-            return Err(ConfigError::key(
-                "warmup.max_fraction",
-                "must be between 0 and 1",
-            ));
-        }
-        if self.versions.check_interval.0.is_zero() {
-            return Err(ConfigError::key(
-                "versions.check_interval",
-                "must be greater than 0",
-            ));
-        }
-        if self.versions.checks_per_interval == 0 {
-            return Err(ConfigError::key(
-                "versions.checks_per_interval",
-                "must be at least 1",
-            ));
-        }
-        if self.http.max_body.0 == 0 {
-            return Err(ConfigError::key("http.max_body", "must be greater than 0"));
-        }
-        if self.http.max_elements == 0 {
-            return Err(ConfigError::key("http.max_elements", "must be at least 1"));
-        }
+        at_least(
+            "cache.weight_per_file_byte",
+            cache.weight_per_file_byte,
+            0.0,
+        )?;
+        positive("policy.half_life_requests", self.policy.half_life_requests)?;
+        within("policy.size_weight", self.policy.size_weight, 0.0..=2.0)?;
+        let warmup_concurrency = at_least_one("warmup.concurrency", self.warmup.concurrency)?;
+        within("warmup.max_fraction", self.warmup.max_fraction, 0.0..=1.0)?;
+        positive("versions.check_interval", self.versions.check_interval.0)?;
+        at_least_one(
+            "versions.checks_per_interval",
+            self.versions.checks_per_interval,
+        )?;
+        positive("http.max_body", self.http.max_body.0)?;
+        at_least_one("http.max_elements", self.http.max_elements)?;
         let inference_threads = NonZeroUsize::new(self.inference.threads)
             .or_else(|| std::thread::available_parallelism().ok())
             .unwrap_or(NonZeroUsize::MIN);

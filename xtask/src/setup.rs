@@ -1,12 +1,11 @@
 //! Idempotent set-up steps: each checks whether its result exists before doing anything.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use manymodels_tests::http;
 
 /// ONNX Runtime version; must match `ort`'s `api-31` feature.
 pub const ORT_VERSION: &str = "1.31.1";
@@ -192,7 +191,7 @@ pub fn demo_models(store: &Path) -> Result<()> {
 pub fn wait_ready(url: &str, timeout: Duration) -> Result<()> {
     let started = Instant::now();
     loop {
-        if let Ok((200, _)) = http("GET", url, "") {
+        if let Ok((200, _)) = http::request("GET", url, "") {
             return Ok(());
         }
         if started.elapsed() > timeout {
@@ -202,35 +201,7 @@ pub fn wait_ready(url: &str, timeout: Duration) -> Result<()> {
     }
 }
 
+/// POSTs `body` to a loopback URL and returns the answer; any status but 200 is an error.
 pub fn http_post(url: &str, body: &str) -> Result<String> {
-    let (status, body) = http("POST", url, body)?;
-    if status != 200 {
-        bail!("POST {url}: {status} {body}");
-    }
-    Ok(body)
-}
-
-/// A one-shot HTTP/1.1 request to a loopback URL, enough for readiness checks.
-pub fn http(method: &str, url: &str, body: &str) -> Result<(u16, String)> {
-    let rest = url.strip_prefix("http://").context("only http:// URLs")?;
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut stream = TcpStream::connect(host)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        stream,
-        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("malformed HTTP response")?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    Ok(http::post_ok(url, body)?)
 }

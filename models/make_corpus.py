@@ -75,6 +75,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
+from check_rows import float_rows
+
 warnings.filterwarnings("ignore")
 
 SEED = 20240611
@@ -799,20 +801,9 @@ def check_rows(n_features: int, dtype, seed: int) -> np.ndarray:
         X[1, :] = 0
         X[2, :] = np.iinfo(np.int64).min
         return X
-    X = rng.normal(scale=2.0, size=(N_CHECK_ROWS, n_features))
     # small integer-ish values (categorical codes, exact thresholds)
-    ints = rng.random(X.shape) < 0.1
-    X[ints] = rng.integers(-1, 8, size=int(ints.sum()))
-    special = rng.random(X.shape) < 0.15
-    X[special] = rng.choice(SPECIALS, size=int(special.sum()))
-    X[0, :] = np.nan
-    X[1, :] = 0.0
-    X[2, :] = -0.0
-    X[3, :] = np.inf
-    X[4, :] = -np.inf
-    X[5, :] = 1e30
-    with np.errstate(over="ignore"):
-        return X.astype(dtype)
+    return float_rows(rng, N_CHECK_ROWS, n_features, int_rate=0.1, int_high=8,
+                      specials=SPECIALS, dtype=dtype)
 
 
 def session(data: bytes) -> ort.InferenceSession:

@@ -54,6 +54,8 @@ import onnxruntime as ort
 from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
+from check_rows import float_rows
+
 SEED = 20240611
 OPSETS = {"": 17, "ai.onnx.ml": 3}
 IR_VERSION = 8
@@ -698,20 +700,11 @@ SPECIALS = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30, 3.0e38, -3
 
 def check_rows(F, seed):
     rng = np.random.default_rng(seed)
-    X = rng.normal(scale=2.0, size=(N_CHECK_ROWS, F))
-    ints = rng.random(X.shape) < 0.15  # small integers: exact EQ/NEQ thresholds
-    X[ints] = rng.integers(-1, 5, size=int(ints.sum()))
-    special = rng.random(X.shape) < 0.15
-    X[special] = rng.choice(SPECIALS, size=int(special.sum()))
-    X[0, :] = np.nan
-    X[1, :] = 0.0
-    X[2, :] = -0.0
-    X[3, :] = np.inf
-    X[4, :] = -np.inf
-    X[5, :] = 1e30
+    # small integers: exact EQ/NEQ thresholds
+    X = float_rows(rng, N_CHECK_ROWS, F, int_rate=0.15, int_high=5, specials=SPECIALS,
+                   dtype=np.float32)
     X[6, :] = -0.5
-    with np.errstate(over="ignore"):
-        return X.astype(np.float32)
+    return X
 
 
 def session(data):

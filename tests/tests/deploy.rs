@@ -10,7 +10,7 @@ use std::process::Command;
 
 use manymodels_config::proxy::{PoolSource, ProxyConfig};
 use manymodels_config::scorer::{ScorerConfig, StoreConfig};
-use manymodels_config::{LogFormat, Sources};
+use manymodels_config::{Config, LogFormat, Sources};
 use manymodels_tests::{TempDir, root};
 use serde_json::Value;
 
@@ -28,6 +28,19 @@ fn env_of(case: &Path, component: &str) -> Vec<(String, String)> {
             (name.to_string(), value.to_string())
         })
         .collect()
+}
+
+/// A component's configuration as its pod gets it: the rendered `{component}.toml` and the
+/// environment variables the chart sets, loaded the way the binary loads it.
+fn rendered<C: Config>(case: &Path, component: &str) -> C {
+    let file = case.join(format!("{component}.toml"));
+    let env = env_of(case, component);
+    C::load(&Sources {
+        file: Some(&file),
+        env,
+        sets: Vec::new(),
+    })
+    .unwrap_or_else(|e| panic!("{}: {component}.toml is not valid: {e}", case.display()))
 }
 
 #[test]
@@ -66,13 +79,7 @@ fn the_chart_and_the_azure_ml_yaml_pass_the_real_tools_and_render_configs_the_bi
     ];
     for (case, budget_mib) in expected_budget_mib {
         let dir = out.path().join(case);
-        let scorer_file = dir.join("scorer.toml");
-        let scorer = ScorerConfig::load(&Sources {
-            file: Some(&scorer_file),
-            env: env_of(&dir, "scorer"),
-            sets: Vec::new(),
-        })
-        .unwrap_or_else(|e| panic!("{case}: scorer.toml is not valid: {e}"));
+        let scorer: ScorerConfig = rendered(&dir, "scorer");
         assert_eq!(
             scorer.cache.budget.bytes(),
             budget_mib * 1024 * 1024,
@@ -89,13 +96,7 @@ fn the_chart_and_the_azure_ml_yaml_pass_the_real_tools_and_render_configs_the_bi
             }
             (_, other) => panic!("{case}: unexpected store {other:?}"),
         }
-        let proxy_file = dir.join("proxy.toml");
-        let proxy = ProxyConfig::load(&Sources {
-            file: Some(&proxy_file),
-            env: env_of(&dir, "proxy"),
-            sets: Vec::new(),
-        })
-        .unwrap_or_else(|e| panic!("{case}: proxy.toml is not valid: {e}"));
+        let proxy: ProxyConfig = rendered(&dir, "proxy");
         let replicas: usize = std::fs::read_to_string(dir.join("scorer.replicas"))
             .unwrap()
             .trim()

@@ -3,10 +3,12 @@
 //! validate its configuration (exit code 2 when it is bad), set up tracing in the configured
 //! format, and give its metrics a registry that renders the Prometheus text format.
 //!
-//! A binary declares its shorthands (a `clap::Args` struct implementing [`Shorthands`]) and
-//! its `main` is: `start::<TheShorthands>("mm-x", "about")`, then run. This crate
-//! deliberately knows nothing of what the binaries serve: no runtime, no server, no metric
-//! names (those stay beside the code that counts them).
+//! A binary's `main` describes itself and starts:
+//! `Binary::new("mm-x", "about").shorthand("store", "DIR", &["store.path={}"], "note")`,
+//! then `.start::<XConfig>()` gives the loaded configuration (or the exit code to return),
+//! with tracing already set up. This crate deliberately knows nothing of what the binaries
+//! serve: no runtime, no server, no metric names (those stay beside the code that counts
+//! them).
 
 mod flags;
 mod logging;

@@ -30,7 +30,7 @@ pub struct Metrics {
     /// Requests sent to a lower-ranked scorer because it held the model hot.
     pub hot_routes: IntCounter,
     pub warm_triggers: IntCounter,
-    /// Scorer answers that came from memory (`x-mm-cache: hit`): the pool hit ratio is
+    /// Scorer answers that came from memory (cache header `hit`): the pool hit ratio is
     /// `cache_hits / (cache_hits + cache_misses)`.
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,

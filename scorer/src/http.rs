@@ -7,7 +7,8 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -420,30 +421,22 @@ async fn repository_load(
     State(scorer): Shared,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let result = async {
-        let id = model_id(path)?;
+    model_call(scorer, "load", model_id(path), |scorer, id| async move {
         let version = scorer.cache.warm(&id).await?;
-        Ok(json_response(
-            &json!({ "name": id.as_str(), "version": version.to_string(), "loaded": true }),
-        ))
-    }
-    .await;
-    finish(&scorer, "load", result)
+        Ok(json!({ "name": id.as_str(), "version": version.to_string(), "loaded": true }))
+    })
+    .await
 }
 
 async fn repository_unload(
     State(scorer): Shared,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let result = async {
-        let id = model_id(path)?;
+    model_call(scorer, "unload", model_id(path), |scorer, id| async move {
         let dropped = scorer.cache.unload(&id).await;
-        Ok(json_response(
-            &json!({ "name": id.as_str(), "unloaded": dropped }),
-        ))
-    }
-    .await;
-    finish(&scorer, "unload", result)
+        Ok(json!({ "name": id.as_str(), "unloaded": dropped }))
+    })
+    .await
 }
 
 /// The explain view: resident models with size, priority and last use, the pool's
@@ -477,11 +470,12 @@ fn admin_authorized(scorer: &Scorer, headers: &axum::http::HeaderMap) -> Result<
     }
 }
 
-/// The admin routes' one shape: key check, model id from the path, one call, JSON answer.
-async fn admin_call<T, F, Fut>(
+/// The one shape of the routes about one model that answer JSON: the model id (already
+/// checked, with the admin key on admin routes), one call, the answer.
+async fn model_call<T, F, Fut>(
     scorer: Arc<Scorer>,
-    headers: &axum::http::HeaderMap,
-    path: Result<Path<String>, PathRejection>,
+    route: &'static str,
+    id: Result<ModelId, ScorerError>,
     call: F,
 ) -> Response
 where
@@ -489,34 +483,39 @@ where
     F: FnOnce(Arc<Scorer>, ModelId) -> Fut,
     Fut: std::future::Future<Output = Result<T, ScorerError>>,
 {
-    let result = async {
-        admin_authorized(&scorer, headers)?;
-        let id = model_id(path)?;
-        Ok(json_response(&call(scorer.clone(), id).await?))
+    let result = async { Ok(json_response(&call(scorer.clone(), id?).await?)) }.await;
+    finish(&scorer, route, result)
+}
+
+/// The model id of an admin route, read only after the admin key was checked.
+struct Admin(Result<ModelId, ScorerError>);
+
+impl FromRequestParts<Arc<Scorer>> for Admin {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        scorer: &Arc<Scorer>,
+    ) -> Result<Self, Self::Rejection> {
+        if let Err(error) = admin_authorized(scorer, &parts.headers) {
+            return Ok(Admin(Err(error)));
+        }
+        let path = Path::<String>::from_request_parts(parts, scorer).await;
+        Ok(Admin(model_id(path)))
     }
-    .await;
-    finish(&scorer, "admin", result)
 }
 
 /// Versions in the store, the alias, what this scorer serves and any refused version.
-async fn admin_status(
-    State(scorer): Shared,
-    headers: axum::http::HeaderMap,
-    path: Result<Path<String>, PathRejection>,
-) -> Response {
-    admin_call(scorer, &headers, path, |scorer, id| async move {
+async fn admin_status(State(scorer): Shared, Admin(id): Admin) -> Response {
+    model_call(scorer, "admin", id, |scorer, id| async move {
         scorer.cache.version_status(&id).await
     })
     .await
 }
 
 /// Checks the store for `id` now and moves to its live version.
-async fn admin_refresh(
-    State(scorer): Shared,
-    headers: axum::http::HeaderMap,
-    path: Result<Path<String>, PathRejection>,
-) -> Response {
-    admin_call(scorer, &headers, path, |scorer, id| async move {
+async fn admin_refresh(State(scorer): Shared, Admin(id): Admin) -> Response {
+    model_call(scorer, "admin", id, |scorer, id| async move {
         scorer.cache.refresh(&id).await
     })
     .await
@@ -530,11 +529,10 @@ struct PinBody {
 /// Pins the live version (`{"version": 3}`), persisted in the store.
 async fn admin_pin(
     State(scorer): Shared,
-    headers: axum::http::HeaderMap,
-    path: Result<Path<String>, PathRejection>,
+    Admin(id): Admin,
     request: Result<Bytes, BytesRejection>,
 ) -> Response {
-    admin_call(scorer, &headers, path, |scorer, id| async move {
+    model_call(scorer, "admin", id, |scorer, id| async move {
         let bytes = body(request, &scorer)?;
         let pin: PinBody = serde_json::from_slice(&bytes)
             .map_err(|e| ScorerError::InvalidInput(format!("expected {{\"version\": N}}: {e}")))?;
@@ -544,12 +542,8 @@ async fn admin_pin(
 }
 
 /// Unpins: the highest version is live again.
-async fn admin_unpin(
-    State(scorer): Shared,
-    headers: axum::http::HeaderMap,
-    path: Result<Path<String>, PathRejection>,
-) -> Response {
-    admin_call(scorer, &headers, path, |scorer, id| async move {
+async fn admin_unpin(State(scorer): Shared, Admin(id): Admin) -> Response {
+    model_call(scorer, "admin", id, |scorer, id| async move {
         scorer.cache.pin(&id, None).await
     })
     .await

@@ -45,7 +45,10 @@ const ATTR_STRINGS: u64 = 8;
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum AttrValue<'a> {
     Int(i64),
-    #[allow(dead_code)] // no generated model has a scalar float attribute yet
+    #[allow(
+        dead_code,
+        reason = "no generated model has a scalar float attribute yet"
+    )]
     Float(f32),
     Str(&'a str),
     Ints(&'a [i64]),

@@ -193,8 +193,7 @@ impl<K: Hash + Eq + Clone> PoolStats<K> {
 
     /// Bytes held, excluding the ids' own text.
     pub fn memory_bytes(&self) -> usize {
-        self.sketch.len() * std::mem::size_of::<f32>()
-            + self.top.capacity() * (std::mem::size_of::<(K, f32)>() + 1)
+        self.sketch.len() * size_of::<f32>() + self.top.capacity() * (size_of::<(K, f32)>() + 1)
     }
 }
 

@@ -11,10 +11,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use manymodels_config::proxy::ProxyConfig;
 use manymodels_contract::{Lookup, header};
+use pingora::Error;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorType};
 
 use crate::admin::authorization;
 use crate::choice::{Policy, View, decide};
@@ -61,7 +61,7 @@ impl Ctx {
     }
 }
 
-async fn respond(session: &mut Session, ctx: &mut Ctx, reply: Reply) -> pingora::Result<()> {
+async fn respond(session: &mut Session, ctx: &mut Ctx, reply: Reply) -> Result<()> {
     ctx.status = reply.status;
     let mut header = ResponseHeader::build(reply.status, Some(3))?;
     header.insert_header("content-type", reply.content_type)?;
@@ -148,7 +148,7 @@ impl Proxy {
 
     /// Prepares a request for a scorer: its body limit, the canary split and the upstream
     /// path. `Err` is the proxy's own answer instead.
-    fn forward(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Result<(), Reply>> {
+    fn forward(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Result<(), Reply>> {
         let upload = matches!(&ctx.route, Route::Model { action, .. } if action.is_upload());
         ctx.body_limit = if upload {
             self.config.max_upload.bytes()
@@ -171,7 +171,7 @@ impl Proxy {
             if path != session.req_header().uri.path() {
                 let uri = path
                     .parse()
-                    .map_err(|_| Error::explain(ErrorType::InternalError, "bad upstream path"))?;
+                    .map_err(|_| Error::explain(InternalError, "bad upstream path"))?;
                 session.req_header_mut().set_uri(uri);
             }
         }
@@ -199,7 +199,7 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let header = |name: &str| {
             session
                 .get_header(name)
@@ -256,32 +256,25 @@ impl ProxyHttp for Proxy {
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Ctx,
-    ) -> pingora::Result<()> {
+    ) -> Result<()> {
         // Chunked bodies have no Content-Length to check up front. (A retry replays the
         // buffered body through here again; the count only grows, so the check holds.)
         if let Some(chunk) = body {
             ctx.body_bytes += chunk.len();
             if ctx.body_bytes as u64 > ctx.body_limit {
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(413),
-                    "request body too large",
-                ));
+                return Err(Error::explain(HTTPStatus(413), "request body too large"));
             }
         }
         Ok(())
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        ctx: &mut Ctx,
-    ) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.release();
         let chosen = match &ctx.route {
             Route::Model { id, .. } => self.choose(id, &ctx.tried),
             _ => self.choose_any(&ctx.tried),
         }
-        .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no scorer available"))?;
+        .ok_or_else(|| Error::explain(HTTPStatus(503), "no scorer available"))?;
         let counter = self.pool.inflight(&chosen.name);
         counter.fetch_add(1, Ordering::Relaxed);
         ctx.tried.push(chosen.name.clone());
@@ -300,7 +293,7 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
-    ) -> pingora::Result<()> {
+    ) -> Result<()> {
         ctx.cache = upstream_response
             .headers
             .get(header::CACHE)
@@ -327,7 +320,7 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
-    ) -> pingora::Result<()> {
+    ) -> Result<()> {
         ctx.status = upstream_response.status.as_u16();
         for (name, value) in &ctx.echoed {
             upstream_response.insert_header(*name, value.as_str())?;
@@ -402,8 +395,7 @@ impl ProxyHttp for Proxy {
                 .map(|r| r.status.as_u16())
                 .unwrap_or(0)
         };
-        let client_closed =
-            e.is_some_and(|e| matches!(e.esource(), pingora::ErrorSource::Downstream));
+        let client_closed = e.is_some_and(|e| matches!(e.esource(), ErrorSource::Downstream));
         self.metrics.count(reject::outcome(
             &ctx.route,
             status,

@@ -481,7 +481,7 @@ async fn model_call<T, F, Fut>(
 where
     T: Serialize,
     F: FnOnce(Arc<Scorer>, ModelId) -> Fut,
-    Fut: std::future::Future<Output = Result<T, ScorerError>>,
+    Fut: Future<Output = Result<T, ScorerError>>,
 {
     let result = async { Ok(json_response(&call(scorer.clone(), id?).await?)) }.await;
     finish(&scorer, route, result)

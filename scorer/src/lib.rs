@@ -210,9 +210,10 @@ async fn shutdown_signal() {
 /// of ONNX Runtime loads). Call before any thread starts.
 pub fn tune_allocator() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets allocator parameters; called before other threads exist.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+    {
+        // SAFETY: mallopt only sets allocator parameters; called before other threads exist.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
+        // SAFETY: as above.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     }
 }

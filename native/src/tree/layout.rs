@@ -62,7 +62,10 @@ pub(super) type Laid<T> = (Vec<Node<T>>, Vec<u32>, LeafWeights<T>);
 /// Lays the trees out: in the file's order where it already is a layout
 /// (`keep_in_order`), else the depth-first relayout (false child next) ONNX Runtime's
 /// `AddNodes` makes, without recursion (a hostile tree can be a million nodes deep).
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the node columns of one ensemble, each a separate attribute"
+)]
 pub(super) fn layout<T: Num>(
     node: &NodeView<'_>,
     tree_ids: &[i64],

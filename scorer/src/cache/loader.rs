@@ -74,9 +74,9 @@ impl LoadThreads {
 fn work(jobs: &Mutex<Receiver<Job>>) {
     lower_priority();
     loop {
-        let job = match jobs.lock().unwrap_or_else(|p| p.into_inner()).recv() {
-            Ok(job) => job,
-            Err(_) => return, // the pool was dropped
+        // An error means the pool was dropped.
+        let Ok(job) = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv() else {
+            return;
         };
         // A panicking load drops its reply (the caller sees an error); the thread lives on.
         let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
@@ -85,12 +85,11 @@ fn work(jobs: &Mutex<Receiver<Job>>) {
 
 #[cfg(target_os = "linux")]
 fn lower_priority() {
-    // SAFETY: gettid has no preconditions; setpriority on our own thread id only changes
-    // this thread's niceness (Linux applies PRIO_PROCESS to a single thread).
-    let result = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, LOAD_NICE)
-    };
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority on our own thread id only changes this thread's niceness (Linux
+    // applies PRIO_PROCESS to a single thread).
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, LOAD_NICE) };
     if result != 0 {
         tracing::warn!(error = %std::io::Error::last_os_error(), "could not lower a load thread's priority");
     }
@@ -117,8 +116,10 @@ pub fn thread_cpu_seconds() -> f64 {
 /// The niceness of the calling thread (for tests).
 #[cfg(all(test, target_os = "linux"))]
 fn own_nice() -> i32 {
-    // SAFETY: as in `lower_priority`; getpriority only reads.
-    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: getpriority only reads the niceness of our own thread.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) }
 }
 
 /// Memory a load may hold before it ends: the file buffer, what the engine allocates

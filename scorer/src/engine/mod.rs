@@ -247,7 +247,10 @@ impl LoadedModel {
             .push(value);
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one field each; built in two places only"
+    )]
     fn new(
         id: ModelId,
         version: u64,

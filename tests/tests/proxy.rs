@@ -291,6 +291,10 @@ async fn bad_paths_are_rejected_without_touching_a_scorer() {
         ("/v2/models//infer", &good, 400),
         ("/v2/models/.hidden/infer", &good, 400),
         ("/v2/models/a/b/infer", &good, 404),
+        // One version rule on both sides (the contract's): the proxy refuses what the
+        // scorer would, before choosing one.
+        ("/v2/models/linear-small/versions/01/infer", &good, 400),
+        ("/v2/models/linear-small/versions/0/infer", &good, 400),
         ("/not/a/route", &good, 404),
         ("/v2/models/linear-small/infer", &big, 413),
         ("/", &good, 400),
@@ -320,6 +324,44 @@ async fn bad_paths_are_rejected_without_touching_a_scorer() {
     )
     .await;
     assert_eq!(status, 200);
+}
+
+/// `GET /v2` and `POST /v2/repository/index` name no model: they reach a scorer but are
+/// neither counted in the pool statistics (once as model "") nor warmed.
+#[tokio::test]
+async fn requests_without_a_model_are_not_counted_as_one() {
+    let pool = pool(&root().join("models/demo"), &[]);
+    let client = reqwest::Client::new();
+    for _ in 0..5 {
+        let metadata = client
+            .get(format!("{}/v2", pool.proxy.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(metadata.status(), 200);
+        let (status, _) = manymodels_tests::post_json(
+            &client,
+            &format!("{}/v2/repository/index", pool.proxy.url),
+            &json!({}),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let view = manymodels_tests::get_json(&client, &format!("{}/v2/mm/pool", pool.proxy.url)).await;
+    assert_eq!(view["requests"], 0, "{view}");
+    assert_eq!(view["hottest"], json!([]), "{view}");
+    let reference = &demo_reference()[0];
+    let id = reference["id"].as_str().unwrap();
+    let (status, _, _) = post_via(
+        &client,
+        &format!("{}/v2/models/{id}/infer", pool.proxy.url),
+        &infer_body(reference),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let view = manymodels_tests::get_json(&client, &format!("{}/v2/mm/pool", pool.proxy.url)).await;
+    assert_eq!(view["requests"], 1, "{view}");
+    assert_eq!(view["hottest"][0]["model"], id, "{view}");
 }
 
 #[tokio::test]

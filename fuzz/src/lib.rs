@@ -1,0 +1,1 @@
+//! Fuzz targets for the parsers that take untrusted input.

@@ -4,6 +4,12 @@
   v4's Go library) for the default values and each values file in helm/manymodels/ci/.
 - Every rendered Kubernetes object passes kubernetes-validate --strict for the AKS
   version we target; ServiceMonitor (a CRD without a bundled schema) is checked by shape.
+- The pool key: both workloads take it from the same Secret (the chart's, a random
+  48-character key, or the user's existingSecret), the scorers' metrics key is the one the
+  ServiceMonitor scrapes with, and both pods carry the same keys checksum.
+- The NetworkPolicies select the scorer pods (and only them), admit the proxy pods and the
+  monitoring namespace on the scorer's container port, and pass kubernetes-validate like
+  every other object; switched off, none is rendered; proxyIngressFrom adds one for the proxies.
 - Bad values are rejected by values.schema.json.
 - The Azure ML endpoint and deployment YAML load with azure-ai-ml's own schemas.
 - The rendered scorer.toml / proxy.toml of each case are written to OUT/<case>/ so the Rust
@@ -12,7 +18,10 @@
 Usage: deploy_check.py ROOT OUT. Prints one JSON summary line; exits non-zero on failure.
 """
 
+import base64
+import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,12 +39,151 @@ BAD_VALUES = {
     "misspelled key": {"scorer": {"memoryMib": 4096}},
     "azure without an account": {"store": {"kind": "azure", "azure": {"account": ""}}},
     "duration without a unit": {"proxy": {"upstream": {"readTimeout": "60"}}},
+    "no pool key": {"auth": {"poolKey": {"create": False}}},
+    "network policy peer of an unknown kind": {
+        "networkPolicy": {"extraScorerIngressFrom": [{"serviceSelector": {}}]}},
+    "monitoring selector that is not a label selector": {
+        "networkPolicy": {"monitoringNamespaceSelector": {"name": "monitoring"}}},
+}
+
+# Values the chart must refuse at render time (not a schema matter).
+BAD_RENDERS = {
+    "service monitor without a metrics key": {
+        "auth": {"metricsKey": {"create": False}}, "metrics": {"serviceMonitor": {"enabled": True}}},
+}
+
+# More renders checked beyond the ci cases: switches the ci files leave at their defaults.
+EXTRA_RENDERS = {
+    "network-policy-off": {"networkPolicy": {"enabled": False}},
+    "proxy-ingress-restricted": {"networkPolicy": {
+        "proxyIngressFrom": [{"ipBlock": {"cidr": "10.0.0.0/16"}}],
+        "extraScorerIngressFrom": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "azureml"}}}]}},
 }
 
 
 def fail(message):
     print(json.dumps({"ok": False, "error": message}))
     sys.exit(1)
+
+
+def subset(selector, labels):
+    """Whether a matchLabels selector selects a pod with these labels."""
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def secret_ref(pod, env_name):
+    for container in pod["containers"]:
+        for env in container.get("env", []):
+            if env["name"] == env_name:
+                ref = env["valueFrom"]["secretKeyRef"]
+                return ref["name"], ref["key"]
+    return None
+
+
+def merged(defaults, values):
+    out = dict(defaults)
+    for key, value in values.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def check_keys_and_policies(case, values, objects):
+    """The pool key, the metrics key and the NetworkPolicies of one rendered case."""
+    by_kind = {}
+    for obj in objects:
+        by_kind.setdefault(obj["kind"], []).append(obj)
+    proxy_pod = by_kind["Deployment"][0]["spec"]["template"]
+    scorer_pod = by_kind["StatefulSet"][0]["spec"]["template"]
+    secrets = {o["metadata"]["name"]: o for o in by_kind.get("Secret", [])}
+    auth = values["auth"]
+
+    proxy_ref = secret_ref(proxy_pod["spec"], "MM_PROXY_AUTH_POOL_KEY")
+    scorer_ref = secret_ref(scorer_pod["spec"], "MM_SCORER_AUTH_POOL_KEY")
+    if not proxy_ref or proxy_ref != scorer_ref:
+        fail(f"{case}: proxy and scorer pool keys differ: {proxy_ref} vs {scorer_ref}")
+    metrics_ref = secret_ref(scorer_pod["spec"], "MM_SCORER_AUTH_METRICS_KEYS")
+    keys = {"pool": proxy_ref, "metrics": metrics_ref}
+    values_b64 = {}
+    for which, ref in keys.items():
+        cfg = auth[f"{which}Key"]
+        if ref is None:
+            if which == "pool" or cfg["create"] or cfg["existingSecret"]:
+                fail(f"{case}: no {which} key in the scorer's environment")
+            continue
+        if cfg["existingSecret"]:
+            if ref != (cfg["existingSecret"], cfg["key"]) or ref[0] in secrets:
+                fail(f"{case}: {which} key should come from the user's Secret {cfg}, got {ref}")
+            values_b64[which] = ""
+        else:
+            secret = secrets.get(ref[0])
+            if not secret or secret.get("type") != "Opaque" or ref[1] not in secret.get("data", {}):
+                fail(f"{case}: {which} key Secret {ref} is not rendered")
+            encoded = secret["data"][ref[1]]
+            if not re.fullmatch(r"[A-Za-z0-9]{48}", base64.b64decode(encoded).decode()):
+                fail(f"{case}: the generated {which} key is not 48 random alphanumerics")
+            values_b64[which] = encoded
+    checksums = {p["metadata"]["annotations"].get("checksum/keys") for p in (proxy_pod, scorer_pod)}
+    expected = hashlib.sha256(
+        f"{values_b64.get('pool', '')}/{values_b64.get('metrics', '')}".encode()).hexdigest()
+    if checksums != {expected}:
+        fail(f"{case}: keys checksum {checksums}, expected {expected} on both pods")
+    for monitor in by_kind.get("ServiceMonitor", []):
+        component = monitor["metadata"]["labels"]["app.kubernetes.io/component"]
+        token = monitor["spec"]["endpoints"][0].get("bearerTokenSecret")
+        if component == "scorer":
+            if not token or (token["name"], token["key"]) != metrics_ref:
+                fail(f"{case}: the scorer ServiceMonitor does not scrape with the metrics key: {token}")
+
+    policies = {o["metadata"]["labels"]["app.kubernetes.io/component"]: o
+                for o in by_kind.get("NetworkPolicy", [])}
+    net = values["networkPolicy"]
+    if not net["enabled"]:
+        if policies:
+            fail(f"{case}: networkPolicy.enabled is false but NetworkPolicies were rendered")
+        return {"pool_key": list(proxy_ref), "metrics_key": metrics_ref and list(metrics_ref),
+                "network_policies": 0}
+    scorer_labels = scorer_pod["metadata"]["labels"]
+    proxy_labels = proxy_pod["metadata"]["labels"]
+    ports = {"scorer": {p["containerPort"] for c in scorer_pod["spec"]["containers"] for p in c["ports"]},
+             "proxy": {p["containerPort"] for c in proxy_pod["spec"]["containers"] for p in c["ports"]}}
+    pods = {"scorer": scorer_labels, "proxy": proxy_labels}
+    expected_components = {"scorer", "proxy"} if net["proxyIngressFrom"] else {"scorer"}
+    if set(policies) != expected_components:
+        fail(f"{case}: NetworkPolicies for {sorted(policies)}, expected {sorted(expected_components)}")
+    for component, policy in policies.items():
+        spec = policy["spec"]
+        selector = spec["podSelector"]["matchLabels"]
+        other = "proxy" if component == "scorer" else "scorer"
+        if not subset(selector, pods[component]) or subset(selector, pods[other]):
+            fail(f"{case}: the {component} NetworkPolicy selects {selector}")
+        if spec["policyTypes"] != ["Ingress"]:
+            fail(f"{case}: the {component} NetworkPolicy must leave egress open: {spec['policyTypes']}")
+        allowed, monitoring = spec["ingress"]
+        for rule in (allowed, monitoring):
+            if {(p["protocol"], p["port"]) for p in rule["ports"]} != {("TCP", p) for p in ports[component]}:
+                fail(f"{case}: {component} NetworkPolicy ports {rule['ports']} != {ports[component]}")
+        if monitoring["from"] != [{"namespaceSelector": net["monitoringNamespaceSelector"]}]:
+            fail(f"{case}: {component} monitoring rule {monitoring['from']}")
+        if component == "scorer":
+            first = allowed["from"][0]
+            if set(first) != {"podSelector"} or not subset(first["podSelector"]["matchLabels"], proxy_labels) \
+                    or subset(first["podSelector"]["matchLabels"], scorer_labels):
+                fail(f"{case}: the scorers must admit exactly the proxy pods: {first}")
+            if allowed["from"][1:] != net["extraScorerIngressFrom"]:
+                fail(f"{case}: extraScorerIngressFrom not applied: {allowed['from']}")
+        elif allowed["from"] != net["proxyIngressFrom"]:
+            fail(f"{case}: proxyIngressFrom not applied: {allowed['from']}")
+    return {"pool_key": list(proxy_ref), "metrics_key": metrics_ref and list(metrics_ref),
+            "network_policies": len(policies)}
+
+
+def validate(case, manifest):
+    result = subprocess.run(
+        ["kubernetes-validate", "-k", KUBERNETES_VERSION, "--strict", str(manifest)],
+        capture_output=True, text=True)
+    if result.returncode != 0:
+        fail(f"{case}: kubernetes-validate: {result.stdout}{result.stderr}")
 
 
 def main():
@@ -46,10 +194,12 @@ def main():
     if lint.get("errors") or serious:
         fail(f"helm lint: {lint}")
     chart = helm_python.Chart.load(str(chart_dir))
+    defaults = yaml.safe_load((chart_dir / "values.yaml").read_text())
     cases = {"default": {}}
     for path in sorted((chart_dir / "ci").glob("*.yaml")):
         cases[path.stem] = yaml.safe_load(path.read_text())
-    summary = {"ok": True, "cases": {}, "rejected": []}
+    cases.update(EXTRA_RENDERS)
+    summary = {"ok": True, "cases": {}, "rejected": [], "refused": [], "keys": {}}
     for case, values in cases.items():
         try:
             chart.validate_schema(values)
@@ -94,9 +244,17 @@ def main():
             if kind in ("Deployment", "StatefulSet"):
                 pod = obj["spec"]["template"]["spec"]
                 component = "scorer" if kind == "StatefulSet" else "proxy"
-                names = [e["name"] for c in pod["containers"] for e in c.get("env", [])
-                         if e["name"].startswith("MM_")]
-                (case_dir / f"{component}.env").write_text("\n".join(names))
+                # One line per MM_ variable: its name, and for one from a Secret the
+                # Secret's name and key (tab-separated), so the Rust test can give each
+                # Secret's key a stand-in value of its own.
+                lines = []
+                for container in pod["containers"]:
+                    for env in container.get("env", []):
+                        if env["name"].startswith("MM_"):
+                            ref = env.get("valueFrom", {}).get("secretKeyRef")
+                            lines.append("\t".join([env["name"], ref["name"], ref["key"]] if ref
+                                                    else [env["name"]]))
+                (case_dir / f"{component}.env").write_text("\n".join(lines))
                 (case_dir / f"{component}.replicas").write_text(str(obj["spec"].get("replicas", 0)))
                 if not pod["securityContext"].get("runAsNonRoot"):
                     fail(f"{case}: {kind} runs as root")
@@ -106,13 +264,10 @@ def main():
                         fail(f"{case}: {kind} container security context {sc}")
         manifest = case_dir / "manifest.yaml"
         manifest.write_text(yaml.safe_dump_all(plain))
-        result = subprocess.run(
-            ["kubernetes-validate", "-k", KUBERNETES_VERSION, "--strict", str(manifest)],
-            capture_output=True, text=True)
-        if result.returncode != 0:
-            fail(f"{case}: kubernetes-validate: {result.stdout}{result.stderr}")
+        validate(case, manifest)
         (case_dir / "kinds.json").write_text(json.dumps(kinds))
         summary["cases"][case] = kinds
+        summary["keys"][case] = check_keys_and_policies(case, merged(defaults, values), objects)
     for label, values in BAD_VALUES.items():
         try:
             chart.validate_schema(values)
@@ -120,6 +275,21 @@ def main():
             summary["rejected"].append(label)
             continue
         fail(f"bad values were accepted: {label}")
+    for label, values in BAD_RENDERS.items():
+        try:
+            chart.validate_schema(values)
+            chart.render(values, name="mm", namespace="serving")
+        except Exception:  # noqa: BLE001 - the template's fail is the expected outcome
+            summary["refused"].append(label)
+            continue
+        fail(f"values that must not render were rendered: {label}")
+    # The generated key is random (helm template cannot look up the cluster's Secret; on a
+    # real upgrade the lookup keeps it): two offline renders must differ.
+    first, second = (yaml.safe_load(chart.render({}, name="mm", namespace="serving")
+                                    ["manymodels/templates/secrets.yaml"].split("---", 2)[1])
+                     for _ in range(2))
+    if first["data"] == second["data"]:
+        fail("the generated pool key is not random")
     from azure.ai.ml import load_online_deployment, load_online_endpoint
     endpoint = load_online_endpoint(str(root / "deploy" / "aml" / "endpoint.yml"))
     deployment = load_online_deployment(str(root / "deploy" / "aml" / "deployment.yml"))

@@ -1,9 +1,11 @@
 //! The deployment files, checked offline with the real tools (`tests/deploy_check.py`):
 //! the Helm chart linted and rendered by Helm's own SDK for the default values and three
 //! realistic values files, every object through `kubernetes-validate --strict`, bad values
-//! rejected by the schema, the Azure ML YAML loaded by `azure-ai-ml`; then the scorer and
-//! proxy configuration the chart renders is parsed by the same config crate the binaries
-//! use, with the environment variables the chart sets, so chart and binaries cannot drift.
+//! rejected by the schema, the pool key and NetworkPolicy checks (both workloads read one
+//! Secret; the policies match the pods' labels and port), the Azure ML YAML loaded by
+//! `azure-ai-ml`; then the scorer and proxy configuration the chart renders is parsed by
+//! the same config crate the binaries use, with the environment variables the chart sets,
+//! so chart and binaries cannot drift.
 
 use std::path::Path;
 use std::process::Command;
@@ -14,18 +16,27 @@ use manymodels_config::{Config, LogFormat, Sources};
 use manymodels_tests::{TempDir, root};
 use serde_json::Value;
 
-/// The environment the chart gives a container, with stand-in values for secrets.
+/// The environment the chart gives a container, with stand-in values for secrets. A pool or
+/// metrics key stands in as `<Secret>/<key>`, so two containers get the same value exactly
+/// when the chart points them at the same Secret key; other keys stand in as two keys.
 fn env_of(case: &Path, component: &str) -> Vec<(String, String)> {
     std::fs::read_to_string(case.join(format!("{component}.env")))
         .unwrap_or_default()
         .lines()
-        .filter(|name| !name.is_empty())
-        .map(|name| {
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let mut fields = line.split('\t');
+            let name = fields.next().unwrap_or_default();
+            let secret: Vec<&str> = fields.collect();
             let value = match name {
-                "MM_SCORER_NAME" => "mm-manymodels-scorer-0",
-                _ => "key-one,key-two",
+                "MM_SCORER_NAME" => "mm-manymodels-scorer-0".to_string(),
+                _ if name.ends_with("_POOL_KEY") || name.ends_with("_METRICS_KEYS") => {
+                    assert_eq!(secret.len(), 2, "{name} must come from a Secret");
+                    secret.join("/")
+                }
+                _ => "key-one,key-two".to_string(),
             };
-            (name.to_string(), value.to_string())
+            (name.to_string(), value)
         })
         .collect()
 }
@@ -63,11 +74,44 @@ fn the_chart_and_the_azure_ml_yaml_pass_the_real_tools_and_render_configs_the_bi
     for case in ["default", "dev", "azure-wi", "large"] {
         assert!(cases.contains_key(case), "case {case} missing: {summary}");
     }
-    assert_eq!(summary["rejected"].as_array().unwrap().len(), 7);
+    assert_eq!(summary["rejected"].as_array().unwrap().len(), 10);
+    assert_eq!(
+        summary["refused"],
+        serde_json::json!(["service monitor without a metrics key"])
+    );
     assert_eq!(summary["aml"]["type"], "KubernetesOnlineDeployment");
     assert_eq!(summary["dockerfiles"], 2, "both Dockerfiles pass hadolint");
     assert_eq!(cases["azure-wi"]["ServiceMonitor"], 2);
     assert_eq!(cases["large"]["HorizontalPodAutoscaler"], 1);
+
+    // The pool key: the chart makes the Secret (default, dev, large) or takes the user's
+    // (azure-wi); proxies and scorers read the same Secret key (deploy_check.py compares the
+    // two secretKeyRefs; the configs below compare the values the binaries get).
+    let keys = &summary["keys"];
+    for case in ["default", "dev", "large"] {
+        assert_eq!(
+            keys[case]["pool_key"],
+            serde_json::json!(["mm-manymodels-pool-key", "pool-key"]),
+            "{case}"
+        );
+        assert_eq!(cases[case]["Secret"], 2, "{case}: pool and metrics key Secrets");
+    }
+    assert_eq!(
+        keys["azure-wi"]["pool_key"],
+        serde_json::json!(["manymodels-pool-key", "key"])
+    );
+    assert!(
+        cases["azure-wi"].get("Secret").is_none(),
+        "an existingSecret is not rendered"
+    );
+    // NetworkPolicies are on by default (deploy_check.py checks their selectors and ports
+    // against the pods, and kubernetes-validate their schema), off when switched off, and
+    // one more for the proxies when their clients are named.
+    for case in ["default", "dev", "azure-wi", "large"] {
+        assert_eq!(cases[case]["NetworkPolicy"], 1, "{case}: the scorer policy");
+    }
+    assert!(cases["network-policy-off"].get("NetworkPolicy").is_none());
+    assert_eq!(cases["proxy-ingress-restricted"]["NetworkPolicy"], 2);
 
     // Each case's rendered configuration, parsed the way the binaries parse it.
     // budget = (memory limit - fixed) / 1.1, the bound the burst test measures.
@@ -122,6 +166,20 @@ fn the_chart_and_the_azure_ml_yaml_pass_the_real_tools_and_render_configs_the_bi
             scorer.admin_keys.len(),
             if has_auth { 2 } else { 0 },
             "{case}"
+        );
+        // The pool key reaches both from the same Secret key, and the scorer has a metrics
+        // key of its own (the one the ServiceMonitor scrapes with).
+        assert!(!scorer.pool_key.expose().is_empty(), "{case}: scorer pool key");
+        assert_eq!(
+            scorer.pool_key.expose(),
+            proxy.pool_key.expose(),
+            "{case}: proxy and scorer must read the pool key from the same Secret key"
+        );
+        assert_eq!(scorer.metrics_keys.len(), 1, "{case}: one metrics key");
+        assert_ne!(
+            scorer.metrics_keys[0].expose(),
+            scorer.pool_key.expose(),
+            "{case}: the metrics key is not the pool key"
         );
         assert!(scorer.shutdown_grace.as_secs() >= 1);
         // Both log one JSON object per line, for the cluster's log collector.

@@ -75,3 +75,51 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: ["ALL"]
 {{- end -}}
+
+{{/* The Secret holding the pool key or the metrics key (.which: "poolKey" or "metricsKey"):
+the user's existingSecret, else the one the chart creates; empty when there is none. */}}
+{{- define "manymodels.keySecret" -}}
+{{- $cfg := index .root.Values.auth .which -}}
+{{- if $cfg.existingSecret -}}
+{{- $cfg.existingSecret -}}
+{{- else if $cfg.create -}}
+{{- printf "%s-%s" (include "manymodels.fullname" .root) (ternary "pool-key" "metrics-key" (eq .which "poolKey")) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The base64 value of a key Secret the chart creates: the value already in the cluster
+(lookup, so `helm upgrade` keeps the key), else a new random 48-character key. Computed once
+per render and remembered, so the Secret and the pods' checksum annotation agree. For an
+existingSecret, its current data (empty when lookup cannot reach a cluster). */}}
+{{- define "manymodels.keyValue" -}}
+{{- $cfg := index .root.Values.auth .which -}}
+{{- $memo := printf "_%sValue" .which -}}
+{{- if not (hasKey .root.Values.auth $memo) -}}
+{{- $name := include "manymodels.keySecret" . -}}
+{{- $value := "" -}}
+{{- if $name -}}
+{{- $existing := lookup "v1" "Secret" .root.Release.Namespace $name -}}
+{{- if and $existing $existing.data (hasKey $existing.data $cfg.key) -}}
+{{- $value = index $existing.data $cfg.key -}}
+{{- else if not $cfg.existingSecret -}}
+{{- $value = randAlphaNum 48 | b64enc -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set .root.Values.auth $memo $value -}}
+{{- end -}}
+{{- index .root.Values.auth $memo -}}
+{{- end -}}
+
+{{/* Pod annotation: changes when a key changes, so both workloads roll onto a new key. */}}
+{{- define "manymodels.keysChecksum" -}}
+{{- printf "%s/%s" (include "manymodels.keyValue" (dict "root" . "which" "poolKey")) (include "manymodels.keyValue" (dict "root" . "which" "metricsKey")) | sha256sum -}}
+{{- end -}}
+
+{{/* An env var taken from a key Secret. */}}
+{{- define "manymodels.keyEnv" -}}
+- name: {{ .env }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "manymodels.keySecret" . }}
+      key: {{ (index .root.Values.auth .which).key }}
+{{- end -}}

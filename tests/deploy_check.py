@@ -297,6 +297,9 @@ def main():
     if routes["scoringRoute"]["path"] != "/" or routes["readinessRoute"]["path"] != "/v2/health/ready" \
             or routes["livenessRoute"]["path"] != "/v2/health/live":
         fail(f"azure ml routes: {routes}")
+    plain_keys = [name for name in deployment.environment_variables if "KEY" in name]
+    if plain_keys:
+        fail(f"azure ml deployment writes keys in the file: {plain_keys} (pass them at create time)")
     settings = deployment.request_settings
     if settings.request_timeout_ms < 30000 or settings.max_concurrent_requests_per_instance < 16:
         fail("azure ml request settings too tight for cold loads and fan-in")

@@ -94,7 +94,10 @@ fn the_chart_and_the_azure_ml_yaml_pass_the_real_tools_and_render_configs_the_bi
             serde_json::json!(["mm-manymodels-pool-key", "pool-key"]),
             "{case}"
         );
-        assert_eq!(cases[case]["Secret"], 2, "{case}: pool and metrics key Secrets");
+        assert_eq!(
+            cases[case]["Secret"], 2,
+            "{case}: pool and metrics key Secrets"
+        );
     }
     assert_eq!(
         keys["azure-wi"]["pool_key"],
@@ -169,7 +172,10 @@ fn the_chart_and_the_azure_ml_yaml_pass_the_real_tools_and_render_configs_the_bi
         );
         // The pool key reaches both from the same Secret key, and the scorer has a metrics
         // key of its own (the one the ServiceMonitor scrapes with).
-        assert!(!scorer.pool_key.expose().is_empty(), "{case}: scorer pool key");
+        assert!(
+            !scorer.pool_key.expose().is_empty(),
+            "{case}: scorer pool key"
+        );
         assert_eq!(
             scorer.pool_key.expose(),
             proxy.pool_key.expose(),

@@ -192,6 +192,9 @@ fn validate_input(
         )));
     }
     let mut elements: usize = 1;
+    // The size with zero dimensions counted as one: `[huge, huge, 0]` holds no element
+    // but must not pass as an empty tensor whose huge rows an engine would then allocate.
+    let mut extent: usize = 1;
     for (given, expected) in input.shape.iter().zip(&spec.shape) {
         if *given < 0 || (*expected >= 0 && given != expected) {
             return Err(ScorerError::invalid(format!(
@@ -200,10 +203,11 @@ fn validate_input(
             )));
         }
         elements = elements.saturating_mul(*given as usize);
+        extent = extent.saturating_mul((*given as usize).max(1));
     }
-    if elements > max_elements {
+    if extent > max_elements {
         return Err(ScorerError::invalid(format!(
-            "input '{name}' has shape {:?}: {elements} elements, more than the limit of {max_elements}",
+            "input '{name}' has shape {:?}: {extent} elements, more than the limit of {max_elements}",
             input.shape
         )));
     }

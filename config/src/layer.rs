@@ -106,9 +106,13 @@ pub(crate) fn merge<R: DeserializeOwned>(
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-        let file = text
-            .parse::<toml::Table>()
-            .map_err(|e| file_error(e.to_string()))?;
+        // The message and the position, without toml's snippet of the line: the line may
+        // hold a secret.
+        let file = text.parse::<toml::Table>().map_err(|e| {
+            let at = e.span().map_or(0, |span| span.start).min(text.len());
+            let line = text.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+            file_error(format!("line {line}: {}", e.message()))
+        })?;
         overlay(&mut table, file);
     }
     for doc in keys {

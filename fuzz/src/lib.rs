@@ -237,7 +237,10 @@ pub fn replay(target: &str, property: impl Fn(&str, &[u8]) -> Result<(), String>
     let files = corpus(target);
     for (name, bytes) in &files {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            timed(|| format!("{target} corpus file {name}"), || property(name, bytes))
+            timed(
+                || format!("{target} corpus file {name}"),
+                || property(name, bytes),
+            )
         }));
         match outcome {
             Ok(Ok(Ok(()))) => {}
@@ -373,7 +376,10 @@ pub fn mutate(bytes: &mut Vec<u8>, mutation: &Mutation) {
             let at = at % n;
             bytes.drain(at..(at + len).min(n));
         }
-        Mutation::Insert { at, bytes: ref extra } => {
+        Mutation::Insert {
+            at,
+            bytes: ref extra,
+        } => {
             let at = at % (n + 1);
             bytes.splice(at..at, extra.iter().copied());
         }
@@ -538,7 +544,10 @@ pub fn inflate(bytes: &mut Vec<u8>, fields: &[LengthField], which: usize, how: I
             },
         ),
         Inflate::Double => write_varint(&mut encoded, field.len.saturating_mul(2).max(1)),
-        Inflate::Huge(k) => write_varint(&mut encoded, [(1 << 31) - 1, 1 << 32, 1 << 62][k as usize % 3]),
+        Inflate::Huge(k) => write_varint(
+            &mut encoded,
+            [(1 << 31) - 1, 1 << 32, 1 << 62][k as usize % 3],
+        ),
         Inflate::Zero => write_varint(&mut encoded, 0),
         Inflate::Overlong => {
             let mut v = field.len;

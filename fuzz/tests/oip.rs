@@ -51,7 +51,10 @@ fn check(body: &[u8]) -> Result<(), String> {
     let (parsed, peak) = peak_heap(|| parse_infer_request(body));
     // A scalar takes 16 bytes and at least 2 body bytes; nesting and strings little more.
     if peak > 16 * body.len() + (64 << 10) {
-        return Err(format!("a {}-byte body peaked at {peak} heap bytes", body.len()));
+        return Err(format!(
+            "a {}-byte body peaked at {peak} heap bytes",
+            body.len()
+        ));
     }
     let request = match parsed {
         Ok(request) => request,
@@ -76,7 +79,8 @@ fn check(body: &[u8]) -> Result<(), String> {
     let mut signatures = fixed_specs();
     signatures.push(own);
     for specs in &signatures {
-        let request = parse_infer_request(body).map_err(|e| format!("parsed once, not twice: {e:?}"))?;
+        let request =
+            parse_infer_request(body).map_err(|e| format!("parsed once, not twice: {e:?}"))?;
         let outputs = select_outputs(request.outputs.as_deref(), specs);
         if let Err(e) = &outputs {
             clear(e)?;
@@ -90,10 +94,9 @@ fn check(body: &[u8]) -> Result<(), String> {
                         .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?));
                     // No dimension may exceed the limit either, even with a zero beside
                     // it: an engine sizes its output by the rows.
-                    let extent = t
-                        .shape
-                        .iter()
-                        .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?.max(1)));
+                    let extent = t.shape.iter().try_fold(1usize, |n, &d| {
+                        n.checked_mul(usize::try_from(d).ok()?.max(1))
+                    });
                     if elements != Some(t.data.len())
                         || t.data.datatype() != t.datatype
                         || extent.is_none_or(|e| e > MAX_ELEMENTS)
@@ -156,21 +159,35 @@ fn data() -> impl Strategy<Value = String> {
 
 fn input() -> impl Strategy<Value = String> {
     (
-        prop::sample::select(vec!["input", "numeric", "flags", "store_code", "x", "", "in\\u0000put"]),
+        prop::sample::select(vec![
+            "input",
+            "numeric",
+            "flags",
+            "store_code",
+            "x",
+            "",
+            "in\\u0000put",
+        ]),
         prop::collection::vec(
             prop_oneof![4 => 0i64..12, 1 => any::<i64>(), 1 => Just(-1i64), 1 => Just(i64::MAX)],
             0..4,
         ),
-        prop::sample::select(vec!["FP32", "FP64", "INT32", "INT64", "BOOL", "BYTES", "fp32", "FP16", ""]),
+        prop::sample::select(vec![
+            "FP32", "FP64", "INT32", "INT64", "BOOL", "BYTES", "fp32", "FP16", "",
+        ]),
         data(),
         any::<bool>(),
     )
         .prop_map(|(name, shape, datatype, data, data_first)| {
             let shape = serde_json::to_string(&shape).expect("a vec of i64");
             if data_first {
-                format!(r#"{{"data":{data},"name":"{name}","datatype":"{datatype}","shape":{shape}}}"#)
+                format!(
+                    r#"{{"data":{data},"name":"{name}","datatype":"{datatype}","shape":{shape}}}"#
+                )
             } else {
-                format!(r#"{{"name":"{name}","shape":{shape},"datatype":"{datatype}","data":{data}}}"#)
+                format!(
+                    r#"{{"name":"{name}","shape":{shape},"datatype":"{datatype}","data":{data}}}"#
+                )
             }
         })
 }
@@ -178,7 +195,10 @@ fn input() -> impl Strategy<Value = String> {
 #[derive(Clone, Debug)]
 enum Body {
     Generated(String),
-    Mutated { seed: usize, mutations: Vec<Mutation> },
+    Mutated {
+        seed: usize,
+        mutations: Vec<Mutation>,
+    },
 }
 
 #[test]

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use manymodels_fuzz::proptest::prelude::*;
 use manymodels_fuzz::{
-    Inflate, LengthField, Mutation, generate, inflate, inflation, length_fields, mutate,
-    mutation, peak_heap, replay,
+    Inflate, LengthField, Mutation, generate, inflate, inflation, length_fields, mutate, mutation,
+    peak_heap, replay,
 };
 use manymodels_native::{CompileError, Data, Elem, Model, Tensor};
 
@@ -109,7 +109,10 @@ fn check(bytes: &[u8], rows: Rows) -> Result<(), String> {
         .collect();
     let (outputs, peak) = peak_heap(|| model.run(inputs));
     if peak > heap_limit(bytes.len()) + (1 << 20) {
-        return Err(format!("running on {} rows peaked at {peak} heap bytes", rows.n));
+        return Err(format!(
+            "running on {} rows peaked at {peak} heap bytes",
+            rows.n
+        ));
     }
     if let Err(e) = outputs
         && e.0.is_empty()
@@ -149,10 +152,11 @@ fn onnx() {
         }
         // The real models of the corpus compile or are refused as uncovered; the cut and
         // hostile ones (named so) need only keep the property.
-        if !name.starts_with("cut-") && !name.starts_with("hostile-") {
-            if let Err(CompileError::Invalid(why)) = Model::compile(bytes) {
-                return Err(format!("a real model is invalid: {why}"));
-            }
+        if !name.starts_with("cut-")
+            && !name.starts_with("hostile-")
+            && let Err(CompileError::Invalid(why)) = Model::compile(bytes)
+        {
+            return Err(format!("a real model is invalid: {why}"));
         }
         Ok(())
     });
@@ -187,8 +191,14 @@ fn onnx() {
         }
         check(&bytes, mutant.rows)
     });
-    let (checked, compiled) = (CHECKED.load(Ordering::Relaxed), COMPILED.load(Ordering::Relaxed));
+    let (checked, compiled) = (
+        CHECKED.load(Ordering::Relaxed),
+        COMPILED.load(Ordering::Relaxed),
+    );
     println!("fuzz onnx: {compiled} of {checked} inputs compiled and ran");
     // Most mutants of real models still compile: the run path was exercised too.
-    assert!(compiled * 20 > checked, "only {compiled} of {checked} compiled");
+    assert!(
+        compiled * 20 > checked,
+        "only {compiled} of {checked} compiled"
+    );
 }

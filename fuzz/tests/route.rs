@@ -13,7 +13,12 @@ use manymodels_fuzz::proptest::prelude::*;
 use manymodels_fuzz::{generate, replay};
 use manymodels_proxy::route::{Route, classify};
 
-fn check(method: &str, path: &str, model: Option<&str>, version: Option<&str>) -> Result<(), String> {
+fn check(
+    method: &str,
+    path: &str,
+    model: Option<&str>,
+    version: Option<&str>,
+) -> Result<(), String> {
     let route = classify(method, path, model, version);
     match &route {
         Route::Model { id, action } => {
@@ -74,12 +79,55 @@ fn parse_file(bytes: &[u8]) -> (String, String, Option<String>, Option<String>) 
 }
 
 const FRAGMENTS: &[&str] = &[
-    "/v2", "/models/", "/admin/models/", "/repository/models/", "/versions/", "/infer",
-    "/ready", "/load", "/unload", "/canary", "/canary/promote", "/pin", "/unpin",
-    "/refresh", "/", "//", "store-1", "a", "A.b_c-d", "..", ".", "-x", "%2F", "%2f", "%2E%2E",
-    "%00", "\0", "%", "%4", "%zz", "%C3%A9", "%FF", "%2D", "1", "01", "0",
-    "18446744073709551615", "18446744073709551616", "é", " ", "?q=1", "#f", "\u{202e}",
-    "/health/live", "/mm/pool", "/status", "/score", "/metrics", "/repository/index",
+    "/v2",
+    "/models/",
+    "/admin/models/",
+    "/repository/models/",
+    "/versions/",
+    "/infer",
+    "/ready",
+    "/load",
+    "/unload",
+    "/canary",
+    "/canary/promote",
+    "/pin",
+    "/unpin",
+    "/refresh",
+    "/",
+    "//",
+    "store-1",
+    "a",
+    "A.b_c-d",
+    "..",
+    ".",
+    "-x",
+    "%2F",
+    "%2f",
+    "%2E%2E",
+    "%00",
+    "\0",
+    "%",
+    "%4",
+    "%zz",
+    "%C3%A9",
+    "%FF",
+    "%2D",
+    "1",
+    "01",
+    "0",
+    "18446744073709551615",
+    "18446744073709551616",
+    "é",
+    " ",
+    "?q=1",
+    "#f",
+    "\u{202e}",
+    "/health/live",
+    "/mm/pool",
+    "/status",
+    "/score",
+    "/metrics",
+    "/repository/index",
 ];
 
 fn path() -> impl Strategy<Value = String> {

@@ -58,7 +58,10 @@ fn check_report(reports: &[StatsReport]) -> Result<(), String> {
         policy.admit(k as u32, 1 << 20, Some(0.01), 1.0);
     }
     policy.set_pool_rates(
-        names.iter().enumerate().map(|(k, m)| (k as u32, combined[*m])),
+        names
+            .iter()
+            .enumerate()
+            .map(|(k, m)| (k as u32, combined[*m])),
         2.0,
     );
     for report in reports {
@@ -84,7 +87,10 @@ fn check_report(reports: &[StatsReport]) -> Result<(), String> {
 fn check_body(body: &[u8]) -> Result<(), String> {
     let (decoded, peak) = peak_heap(|| serde_json::from_slice::<StatsReport>(body));
     if peak > 16 * body.len() + (64 << 10) {
-        return Err(format!("a {}-byte body peaked at {peak} heap bytes", body.len()));
+        return Err(format!(
+            "a {}-byte body peaked at {peak} heap bytes",
+            body.len()
+        ));
     }
     match decoded {
         Ok(report) => check_report(&[report]),
@@ -125,7 +131,10 @@ fn report() -> impl Strategy<Value = StatsReport> {
 enum Input {
     Reports(Vec<StatsReport>),
     Json(StatsReport),
-    Mutated { seed: usize, mutations: Vec<Mutation> },
+    Mutated {
+        seed: usize,
+        mutations: Vec<Mutation>,
+    },
 }
 
 #[test]

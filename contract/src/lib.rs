@@ -32,6 +32,27 @@ pub mod header {
     pub const MODEL: &str = "x-mm-model";
     /// On a request to the scoring route: an optional version.
     pub const MODEL_VERSION: &str = "x-mm-model-version";
+    /// On a request (client → proxy → scorer): the request's deadline in milliseconds from
+    /// now ([`crate::parse_timeout_ms`]). The proxy waits for the scorer at most this long
+    /// and forwards it less the time already spent; the scorer answers 504 past it.
+    pub const TIMEOUT_MS: &str = "x-mm-timeout-ms";
+}
+
+/// The longest deadline `x-mm-timeout-ms` may ask for: one hour.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// `x-mm-timeout-ms`: a positive integer of milliseconds, at most [`MAX_TIMEOUT_MS`],
+/// without sign or leading zero. Anything else is refused (400), never ignored.
+pub fn parse_timeout_ms(text: &str) -> Option<u64> {
+    let bytes = text.as_bytes();
+    if bytes.is_empty()
+        || bytes.len() > 7
+        || bytes[0] == b'0'
+        || !bytes.iter().all(u8::is_ascii_digit)
+    {
+        return None;
+    }
+    text.parse::<u64>().ok().filter(|&ms| ms <= MAX_TIMEOUT_MS)
 }
 
 /// Longest model id accepted.
@@ -79,6 +100,18 @@ pub fn truncate_for_message(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deadline_is_a_positive_bounded_number_of_milliseconds() {
+        assert_eq!(parse_timeout_ms("1"), Some(1));
+        assert_eq!(parse_timeout_ms("2500"), Some(2500));
+        assert_eq!(parse_timeout_ms("3600000"), Some(MAX_TIMEOUT_MS));
+        for bad in [
+            "", "0", "00", "012", "-5", "+5", "1.5", "3600001", "99999999", " 5", "5s",
+        ] {
+            assert_eq!(parse_timeout_ms(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn ids_that_could_escape_the_store_are_rejected() {

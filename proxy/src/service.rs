@@ -51,6 +51,8 @@ pub struct Ctx {
     /// Whether the scorer answered from memory, as it reported.
     cache: Option<Lookup>,
     status: u16,
+    /// When the client stops waiting (`x-mm-timeout-ms` from arrival), if it said.
+    deadline: Option<Instant>,
 }
 
 impl Ctx {
@@ -165,6 +167,21 @@ impl Proxy {
             }
             .into()));
         }
+        if let Some(value) = session.get_header(header::TIMEOUT_MS) {
+            let Some(ms) = value
+                .to_str()
+                .ok()
+                .and_then(manymodels_contract::parse_timeout_ms)
+            else {
+                return Ok(Err(Rejection::Invalid(format!(
+                    "{} must be a whole number of milliseconds from 1 to {}",
+                    header::TIMEOUT_MS,
+                    manymodels_contract::MAX_TIMEOUT_MS
+                ))
+                .into()));
+            };
+            ctx.deadline = Some(ctx.started + Duration::from_millis(ms));
+        }
         if let Route::Model { id, action } = &mut ctx.route {
             self.apply_canary(id, action);
             let path = action.path(id);
@@ -196,6 +213,7 @@ impl ProxyHttp for Proxy {
             body_bytes: 0,
             cache: None,
             status: 0,
+            deadline: None,
         }
     }
 
@@ -268,8 +286,25 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.release();
+        // The scorer gets what is left of the client's deadline, and the proxy waits for
+        // it no longer than that.
+        let mut read_timeout = self.config.read_timeout;
+        if let Some(deadline) = ctx.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ms = left.as_millis() as u64;
+            if ms == 0 {
+                return Err(Error::explain(
+                    HTTPStatus(504),
+                    "the request's deadline passed",
+                ));
+            }
+            read_timeout = read_timeout.min(left);
+            session
+                .req_header_mut()
+                .insert_header(header::TIMEOUT_MS, ms.to_string())?;
+        }
         let chosen = match &ctx.route {
             Route::Model { id, .. } => self.choose(id, &ctx.tried),
             _ => self.choose_any(&ctx.tried),
@@ -282,8 +317,8 @@ impl ProxyHttp for Proxy {
         ctx.upstream_started = Some(Instant::now());
         let mut peer = HttpPeer::new(chosen.addr, false, String::new());
         peer.options.connection_timeout = Some(self.config.connect_timeout);
-        peer.options.read_timeout = Some(self.config.read_timeout);
-        peer.options.write_timeout = Some(self.config.read_timeout);
+        peer.options.read_timeout = Some(read_timeout);
+        peer.options.write_timeout = Some(read_timeout);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         Ok(Box::new(peer))
     }

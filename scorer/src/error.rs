@@ -37,6 +37,18 @@ pub enum ScorerError {
     Conflict(String),
     #[error("missing or invalid admin bearer key")]
     Unauthorized,
+    #[error("the scorer is overloaded: {0}; retry later")]
+    Overloaded(String),
+    #[error(
+        "model '{id}' version {version} did not load within {seconds} s (cache.load_timeout); retry later"
+    )]
+    LoadTimeout {
+        id: String,
+        version: u64,
+        seconds: f64,
+    },
+    #[error("the request's deadline of {ms} ms (x-mm-timeout-ms) passed before it was answered")]
+    DeadlineExceeded { ms: u64 },
     #[error(
         "model '{id}' version {version} can never fit this scorer: it needs {needed} bytes, the cache budget is {budget} bytes"
     )]
@@ -75,9 +87,12 @@ impl ScorerError {
             }
             ScorerError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ScorerError::Load(e) if e.invalid_model => StatusCode::UNPROCESSABLE_ENTITY,
-            ScorerError::Load(_) | ScorerError::Store(_) | ScorerError::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ScorerError::Load(_)
+            | ScorerError::Store(_)
+            | ScorerError::ShuttingDown
+            | ScorerError::Overloaded(_)
+            | ScorerError::LoadTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ScorerError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             ScorerError::Inference { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ScorerError::Conflict(_) => StatusCode::CONFLICT,
             ScorerError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -103,6 +118,18 @@ impl ScorerError {
             ScorerError::Conflict(_) => "conflict",
             ScorerError::Unauthorized => "unauthorized",
             ScorerError::TooLarge { .. } => "too_large_for_budget",
+            ScorerError::Overloaded(_) => "overloaded",
+            ScorerError::LoadTimeout { .. } => "load_timeout",
+            ScorerError::DeadlineExceeded { .. } => "deadline",
+        }
+    }
+
+    /// Seconds a client should wait before retrying (`Retry-After`, set by the HTTP
+    /// layer), for the errors that say "not now" rather than "not this".
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ScorerError::Overloaded(_) | ScorerError::LoadTimeout { .. } => Some(1),
+            _ => None,
         }
     }
 
@@ -149,5 +176,11 @@ mod tests {
             ScorerError::BodyTooLarge { limit: 1 }.status(),
             StatusCode::PAYLOAD_TOO_LARGE
         );
+        let overloaded = ScorerError::Overloaded("too many waiting".into());
+        assert_eq!(overloaded.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(overloaded.retry_after(), Some(1));
+        let late = ScorerError::DeadlineExceeded { ms: 5 };
+        assert_eq!(late.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(late.retry_after(), None);
     }
 }

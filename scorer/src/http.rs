@@ -72,7 +72,14 @@ fn finish(scorer: &Scorer, route: &'static str, result: Result<Response, ScorerE
             .errors
             .with_label_values(&[error.kind()])
             .inc();
-        error.into_response()
+        let retry_after = error.retry_after();
+        let mut response = error.into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     });
     let code = response.status();
     scorer
@@ -169,27 +176,85 @@ async fn ready(State(scorer): Shared) -> Response {
 
 async fn infer(
     State(scorer): Shared,
+    headers: axum::http::HeaderMap,
     path: Result<Path<Target>, PathRejection>,
     request: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
+        let deadline = deadline(&headers)?;
         let (id, version) = target(path)?;
-        score(&scorer, id, version, body(request, &scorer)?).await
+        score(&scorer, id, version, body(request, &scorer)?, deadline).await
     }
     .await;
     finish(&scorer, "infer", result)
 }
 
+/// A request's deadline (`x-mm-timeout-ms`, from when it arrived) and its length in ms;
+/// a malformed header is a 400, never ignored.
+fn deadline(
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<(tokio::time::Instant, u64)>, ScorerError> {
+    let Some(value) = headers.get(contract::header::TIMEOUT_MS) else {
+        return Ok(None);
+    };
+    let ms = value
+        .to_str()
+        .ok()
+        .and_then(contract::parse_timeout_ms)
+        .ok_or_else(|| {
+            ScorerError::invalid(format!(
+                "{} must be a whole number of milliseconds from 1 to {}",
+                contract::header::TIMEOUT_MS,
+                contract::MAX_TIMEOUT_MS
+            ))
+        })?;
+    Ok(Some((
+        tokio::time::Instant::now() + std::time::Duration::from_millis(ms),
+        ms,
+    )))
+}
+
+/// The model for a request, within its deadline if it has one. With a deadline the
+/// look-up runs as its own task: a request that gives up must not cancel the load other
+/// requests wait for (the single flight would start it again), so the load goes on and
+/// only this request answers 504.
+async fn model_within(
+    scorer: &Arc<Scorer>,
+    id: &ModelId,
+    version: Option<u64>,
+    deadline: Option<(tokio::time::Instant, u64)>,
+) -> Result<(Arc<engine::LoadedModel>, contract::Lookup), ScorerError> {
+    let Some((at, ms)) = deadline else {
+        return scorer.cache.get(id, version).await;
+    };
+    let (owner, model) = (scorer.clone(), id.clone());
+    let lookup = tokio::spawn(async move { owner.cache.get(&model, version).await });
+    match tokio::time::timeout_at(at, lookup).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => Err(ScorerError::Inference {
+            id: id.to_string(),
+            message: format!("model look-up task failed: {e}"),
+        }),
+        Err(_) => Err(ScorerError::DeadlineExceeded { ms }),
+    }
+}
+
 async fn score(
-    scorer: &Scorer,
+    scorer: &Arc<Scorer>,
     id: ModelId,
     version: Option<u64>,
     body: Bytes,
+    deadline: Option<(tokio::time::Instant, u64)>,
 ) -> Result<Response, ScorerError> {
     // Parse before touching the cache: a malformed body must not cost a model load.
     let request = oip::parse_infer_request(&body)?;
     drop(body);
-    let (model, lookup) = scorer.cache.get(&id, version).await?;
+    let (model, lookup) = model_within(scorer, &id, version, deadline).await?;
+    if let Some((at, ms)) = deadline
+        && tokio::time::Instant::now() >= at
+    {
+        return Err(ScorerError::DeadlineExceeded { ms });
+    }
     let selected = oip::select_outputs(request.outputs.as_deref(), &model.outputs)?;
     let inputs = oip::validate_inputs(
         request.inputs,
@@ -206,12 +271,17 @@ async fn score(
         }
         Err(inputs) => {
             let running = model.clone();
-            tokio::task::spawn_blocking(move || running.infer(inputs, &selected))
-                .await
-                .map_err(|e| ScorerError::Inference {
-                    id: id.to_string(),
-                    message: format!("inference task failed: {e}"),
-                })??
+            let run = tokio::task::spawn_blocking(move || running.infer(inputs, &selected));
+            let joined = match deadline {
+                None => run.await,
+                Some((at, ms)) => tokio::time::timeout_at(at, run)
+                    .await
+                    .map_err(|_| ScorerError::DeadlineExceeded { ms })?,
+            };
+            joined.map_err(|e| ScorerError::Inference {
+                id: id.to_string(),
+                message: format!("inference task failed: {e}"),
+            })??
         }
     };
     scorer

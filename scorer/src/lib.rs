@@ -70,7 +70,7 @@ impl Scorer {
             environment,
             native: config.native_engine,
         };
-        let store = store::open(&config.store)?;
+        let store = store::open(&config.store, config.store_timeout)?;
         let metrics = Arc::new(metrics::Metrics::new(config.cache.budget.bytes()));
         let cache = cache::ModelCache::new(
             config.cache.clone(),

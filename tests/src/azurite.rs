@@ -77,6 +77,46 @@ impl Azurite {
         panic!("azurite did not start on any of three ports");
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to the emulator: `STOP` freezes it with its port
+    /// open, so connections are accepted and never answered (a hung store).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} azurite");
+    }
+
+    /// Stops the emulator (SIGTERM, so it saves its data; connections to its port are
+    /// refused) until [`Azurite::restart`].
+    pub fn stop(&mut self) {
+        self.signal("TERM");
+        let started = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() {
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the emulator again on the same port and data, and waits until it answers.
+    pub async fn restart(&mut self) {
+        let port = self.url.rsplit(':').next().unwrap().to_string();
+        self.child = Command::new(launcher())
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port])
+            .arg("--location")
+            .arg(self._data.path())
+            .args(["--disableTelemetry", "--skipApiVersionCheck", "--silent"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("restarting azurite-blob");
+        assert!(self.answers().await, "azurite did not come back on {port}");
+    }
+
     /// Waits up to 30 s for an HTTP answer from Azurite itself (its `Server` header);
     /// false if the process exited or another server holds the port.
     async fn answers(&mut self) -> bool {

@@ -27,6 +27,11 @@ pub const KEYS: &[KeyDoc] = &[
         "models/demo",
         "Root directory of the local store: `<path>/<model_id>/<version>/model.onnx`.",
     ),
+    doc(
+        "store.timeout",
+        "5s",
+        "Deadline of every store call (listing, look-up, read, alias, write): a store that does not answer within it is unavailable (503) for that call, so a hung store cannot hang requests.",
+    ),
     doc("store.azure.account", "", "Azure Storage account name."),
     doc(
         "store.azure.container",
@@ -70,6 +75,21 @@ pub const KEYS: &[KeyDoc] = &[
         "cache.failure_ttl",
         "30s",
         "How long a model that failed to load answers its error without retrying.",
+    ),
+    doc(
+        "cache.load_timeout",
+        "60s",
+        "A load's own deadline, from the store read to the engine's end, separate from any request's: a load past it is abandoned and its waiters answer 503 (its thread finishes on its own, its memory stays reserved until then).",
+    ),
+    doc(
+        "cache.max_waiting",
+        "2048",
+        "Requests that may wait for model loads on this scorer at once; beyond it a request for a model not in memory answers 503 with `Retry-After` at once.",
+    ),
+    doc(
+        "cache.max_waiting_per_model",
+        "512",
+        "Requests that may wait for the load of one model at once; beyond it 503 with `Retry-After` at once.",
     ),
     doc(
         "cache.weight_overhead",

@@ -28,6 +28,8 @@ pub struct ScorerConfig {
     pub listen: SocketAddr,
     pub name: String,
     pub store: StoreConfig,
+    /// Deadline of every store call.
+    pub store_timeout: Duration,
     pub cache: CacheConfig,
     pub policy: PolicyConfig,
     pub warmup: WarmupConfig,
@@ -103,6 +105,11 @@ pub struct CacheConfig {
     /// Resolved: `auto` became the CPUs available when the configuration was loaded.
     pub max_concurrent_loads: NonZeroUsize,
     pub failure_ttl: Duration,
+    /// A load's own deadline, separate from the request's.
+    pub load_timeout: Duration,
+    /// Requests waiting for loads on this scorer, and for one model's load.
+    pub max_waiting: NonZeroUsize,
+    pub max_waiting_per_model: NonZeroUsize,
     pub weight_overhead: ByteSize,
     pub weight_per_file_byte: f64,
 }

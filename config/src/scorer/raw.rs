@@ -39,6 +39,7 @@ pub(super) struct Raw {
 struct RawStore {
     kind: String,
     path: PathBuf,
+    timeout: HumanDuration,
     azure: RawAzure,
 }
 
@@ -60,6 +61,9 @@ struct RawCache {
     budget: ByteSize,
     max_concurrent_loads: Concurrency,
     failure_ttl: HumanDuration,
+    load_timeout: HumanDuration,
+    max_waiting: usize,
+    max_waiting_per_model: usize,
     weight_overhead: ByteSize,
     weight_per_file_byte: f64,
 }
@@ -162,8 +166,13 @@ impl Raw {
                 ));
             }
         };
+        positive("store.timeout", self.store.timeout.0)?;
         let cache = &self.cache;
         positive("cache.budget", cache.budget.0)?;
+        positive("cache.load_timeout", cache.load_timeout.0)?;
+        let max_waiting = at_least_one("cache.max_waiting", cache.max_waiting)?;
+        let max_waiting_per_model =
+            at_least_one("cache.max_waiting_per_model", cache.max_waiting_per_model)?;
         let max_concurrent_loads = match cache.max_concurrent_loads {
             Concurrency::Auto(_) => available_cpus(),
             Concurrency::Fixed(n) => NonZeroUsize::new(n).ok_or_else(|| {
@@ -198,10 +207,14 @@ impl Raw {
             listen,
             name: self.name,
             store,
+            store_timeout: self.store.timeout.0,
             cache: CacheConfig {
                 budget: cache.budget,
                 max_concurrent_loads,
                 failure_ttl: cache.failure_ttl.0,
+                load_timeout: cache.load_timeout.0,
+                max_waiting,
+                max_waiting_per_model,
                 weight_overhead: cache.weight_overhead,
                 weight_per_file_byte: cache.weight_per_file_byte,
             },

@@ -49,6 +49,21 @@ impl LoadThreads {
         trim: bool,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<(T, f64), String> {
+        self.run_holding(trim, (), f)
+            .await
+            .map(|(value, cpu, ())| (value, cpu))
+    }
+
+    /// `run`, with `hold` (a load's memory reservation) kept by the job and given back
+    /// with its value. A caller that stops waiting (`cache.load_timeout`) cannot stop the
+    /// thread, so what the load holds must live as long as the work, not as long as the
+    /// wait: if nobody takes the value, `hold` is released when the job ends.
+    pub async fn run_holding<T: Send + 'static, H: Send + 'static>(
+        &self,
+        trim: bool,
+        hold: H,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<(T, f64, H), String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let started = thread_cpu_seconds();
@@ -60,7 +75,7 @@ impl LoadThreads {
             if trim {
                 super::trim_heap();
             }
-            let _ = tx.send((value, cpu));
+            let _ = tx.send((value, cpu, hold));
         });
         self.jobs
             .lock()

@@ -103,6 +103,13 @@ impl Expiry<FailureKey, Failure> for FailureExpiry {
 
 type LoadCell = Arc<OnceCell<Result<Arc<LoadedModel>, ScorerError>>>;
 
+/// Requests waiting for loads now: in all, and per model.
+#[derive(Default)]
+struct Waiting {
+    total: usize,
+    models: HashMap<ModelId, usize>,
+}
+
 /// What this scorer serves as a model's live version.
 #[derive(Clone, Debug)]
 struct Live {
@@ -176,6 +183,8 @@ pub struct ModelCache {
     ledger: Arc<Ledger>,
     loads: LoadThreads,
     inflight: Mutex<HashMap<ModelKey, LoadCell>>,
+    /// Requests waiting for loads (`cache.max_waiting`, `cache.max_waiting_per_model`).
+    waiting: Mutex<Waiting>,
     /// The live version of each model seen, so a request for the live version does not
     /// ask the store: kept while the model is resident (the version checker refreshes it)
     /// and for `versions.check_interval` otherwise.
@@ -233,6 +242,7 @@ impl ModelCache {
             }),
             loads: LoadThreads::new(config.max_concurrent_loads.get()),
             inflight: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(Waiting::default()),
             live: Mutex::new(HashMap::new()),
             resolving: Cache::builder()
                 .max_capacity(100_000)
@@ -319,6 +329,7 @@ impl ModelCache {
             }
             return Err(failure.error);
         }
+        let _waiting = self.wait_for_load(id)?;
         if count {
             self.metrics.cache_misses.inc();
         }
@@ -330,7 +341,7 @@ impl ModelCache {
             .or_default()
             .clone();
         let result = cell
-            .get_or_init(|| self.load_and_admit(key.clone(), !count))
+            .get_or_init(|| self.load_within_deadline(key.clone(), !count))
             .await
             .clone();
         {
@@ -340,6 +351,76 @@ impl ModelCache {
             }
         }
         result.map(|model| (model, Lookup::Miss))
+    }
+
+    /// `load_and_admit` within `cache.load_timeout`, the load's own deadline whoever waits
+    /// for it. Past it the load is abandoned: every waiter gets a 503 with `Retry-After`
+    /// and the failure is remembered for `cache.failure_ttl`, so requests do not pile
+    /// reload upon reload. Its thread cannot be stopped; it finishes on its own and its
+    /// memory stays reserved until then (`LoadThreads::run_holding`).
+    async fn load_within_deadline(
+        &self,
+        key: ModelKey,
+        warmup: bool,
+    ) -> Result<Arc<LoadedModel>, ScorerError> {
+        let limit = self.config.load_timeout;
+        match tokio::time::timeout(limit, self.load_and_admit(key.clone(), warmup)).await {
+            Ok(result) => result,
+            Err(_) => {
+                let error = ScorerError::LoadTimeout {
+                    id: key.id.to_string(),
+                    version: key.version,
+                    seconds: limit.as_secs_f64(),
+                };
+                self.metrics.load_failures.inc();
+                tracing::warn!(model = %key.id, %error, "model load abandoned");
+                self.remember(
+                    (key.id.clone(), Some(key.version)),
+                    error.clone(),
+                    self.config.failure_ttl,
+                )
+                .await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Counts a request that is about to wait for `id`'s load, or refuses it at once
+    /// (503 with `Retry-After`) when `cache.max_waiting` requests already wait on this
+    /// scorer or `cache.max_waiting_per_model` on this model: a burst of cold requests
+    /// cannot queue without limit behind loads. The count drops with the guard.
+    fn wait_for_load(&self, id: &ModelId) -> Result<impl Drop + '_, ScorerError> {
+        {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let (total, per_model) = (
+                self.config.max_waiting.get(),
+                self.config.max_waiting_per_model.get(),
+            );
+            if waiting.total >= total {
+                return Err(ScorerError::Overloaded(format!(
+                    "{total} requests already wait for model loads here (cache.max_waiting)"
+                )));
+            }
+            let model = waiting.models.entry(id.clone()).or_default();
+            if *model >= per_model {
+                return Err(ScorerError::Overloaded(format!(
+                    "{per_model} requests already wait for model '{id}' to load (cache.max_waiting_per_model)"
+                )));
+            }
+            *model += 1;
+            waiting.total += 1;
+        }
+        let id = id.clone();
+        Ok(scopeguard(move || {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            waiting.total -= 1;
+            if let Some(model) = waiting.models.get_mut(&id) {
+                *model -= 1;
+                if *model == 0 {
+                    waiting.models.remove(&id);
+                }
+            }
+        }))
     }
 
     /// Loads `key`, then lets the policy decide whether it stays (`warmup`: loaded ahead
@@ -469,20 +550,25 @@ impl ModelCache {
         let (id, version) = (&key.id, key.version);
         let file = bytes.len() as u64;
         // The file is in memory already: accounted at once, whatever waits next.
-        let _file = self.hold(file);
+        // The file and the reservations travel with the work on the load thread
+        // (`run_holding`): a load abandoned at `cache.load_timeout` keeps its memory
+        // accounted until its thread is done with it.
+        let mut file_hold = self.hold(file);
         let engines = self.engines;
         let mut cpu = 0.0;
         let mut refusal = None;
         if self.engines.native == NativeEngine::Auto {
             let reservation = self.reserve(key, Phase::Native, file).await?;
             let (model_id, file_bytes) = (id.clone(), bytes.clone());
-            let (native, seconds) = self
+            let trims = reservation.trims();
+            let (native, seconds, (reservation, held)) = self
                 .loads
-                .run(reservation.trims(), move || {
+                .run_holding(trims, (reservation, file_hold), move || {
                     engines.load_native(model_id, version, &file_bytes)
                 })
                 .await
                 .map_err(ScorerError::Store)?;
+            file_hold = held;
             cpu += seconds;
             match native.map_err(|message| invalid_model(id, version, message))? {
                 Native::Loaded(model) => return self.fitting(key, *model, cpu, reservation),
@@ -492,9 +578,10 @@ impl ModelCache {
         let reservation = self.reserve(key, Phase::OnnxRuntime, file).await?;
         let estimate = self.config.weigh(file);
         let model_id = id.clone();
-        let (created, seconds) = self
+        let trims = reservation.trims();
+        let (created, seconds, (reservation, _file)) = self
             .loads
-            .run(reservation.trims(), move || {
+            .run_holding(trims, (reservation, file_hold), move || {
                 engines.load_onnx(model_id, version, &bytes, estimate, refusal)
             })
             .await

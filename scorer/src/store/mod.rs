@@ -11,6 +11,7 @@ mod azure;
 mod local;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -102,12 +103,85 @@ pub trait ModelStore: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
-/// Opens the store the configuration names.
-pub fn open(config: &StoreConfig) -> Result<Arc<dyn ModelStore>, StoreError> {
-    Ok(match config {
+/// Opens the store the configuration names, every call bounded by `timeout`
+/// (`store.timeout`).
+pub fn open(config: &StoreConfig, timeout: Duration) -> Result<Arc<dyn ModelStore>, StoreError> {
+    let inner: Arc<dyn ModelStore> = match config {
         StoreConfig::Local { path } => Arc::new(LocalStore::new(path.clone())),
         StoreConfig::Azure(azure) => Arc::new(AzureStore::new(azure)?),
-    })
+    };
+    Ok(Arc::new(Deadline { inner, timeout }))
+}
+
+/// A store whose every call answers within `timeout`: a store that hangs (a frozen
+/// endpoint accepts the connection and never answers, which no connect timeout sees) is
+/// `Unavailable` for that call, the same as one that refuses. The call left behind is
+/// dropped, which closes its connection.
+struct Deadline {
+    inner: Arc<dyn ModelStore>,
+    timeout: Duration,
+}
+
+impl Deadline {
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "{what} did not answer within {:?} (store.timeout)",
+                    self.timeout
+                )))
+            })
+    }
+}
+
+#[async_trait]
+impl ModelStore for Deadline {
+    async fn list_models(&self) -> Result<Vec<ModelId>, StoreError> {
+        self.bounded("listing the store", self.inner.list_models())
+            .await
+    }
+
+    async fn list_versions(&self, id: &ModelId) -> Result<Vec<u64>, StoreError> {
+        self.bounded("listing the versions", self.inner.list_versions(id))
+            .await
+    }
+
+    async fn read(&self, id: &ModelId, version: u64) -> Result<Bytes, StoreError> {
+        self.bounded("reading the model file", self.inner.read(id, version))
+            .await
+    }
+
+    async fn model_state(&self, id: &ModelId) -> Result<ModelState, StoreError> {
+        self.bounded("looking the model up", self.inner.model_state(id))
+            .await
+    }
+
+    async fn write_version(
+        &self,
+        id: &ModelId,
+        version: u64,
+        bytes: Bytes,
+    ) -> Result<(), StoreError> {
+        self.bounded(
+            "writing the version",
+            self.inner.write_version(id, version, bytes),
+        )
+        .await
+    }
+
+    async fn write_alias(&self, id: &ModelId, pinned: Option<u64>) -> Result<(), StoreError> {
+        self.bounded("writing the alias", self.inner.write_alias(id, pinned))
+            .await
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
 }
 
 /// A version folder name follows the contract's one version rule.

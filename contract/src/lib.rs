@@ -9,7 +9,8 @@
 //!   scorer's router) and builders (for the proxy).
 //! - [`cache`]: what a scorer says about its cache ([`CacheSummary`]) and the answer to a
 //!   statistics push ([`StatsAnswer`]).
-//! - [`stats`]: what a proxy pushes ([`StatsReport`]).
+//! - [`stats`]: what a proxy pushes ([`StatsReport`]) and the bounds a scorer holds it to
+//!   ([`stats::Bounds`], [`StatsRefusal`]).
 //!
 //! **Architecture Invariant:** nothing here does I/O; both sides depend on this crate and
 //! on nothing of each other.
@@ -19,7 +20,7 @@ pub mod route;
 pub mod stats;
 
 pub use cache::{CacheSummary, Eviction, EvictionReason, Lookup, StatsAnswer};
-pub use stats::StatsReport;
+pub use stats::{StatsRefusal, StatsReport};
 
 /// The `x-mm-*` headers.
 pub mod header {

@@ -21,4 +21,4 @@ pub mod trace;
 
 pub use clock::TrafficClock;
 pub use policy::{Admission, CostModel, Key, Policy, PolicyConfig, Resident};
-pub use stats::{PoolStats, PoolView, StatsReport};
+pub use stats::{PoolStats, PoolView, StatsRefusal, StatsReport};

@@ -205,7 +205,7 @@ fn slots<Q: ?Sized + Hash>(key: &Q) -> [usize; ROWS] {
     std::array::from_fn(|row| row * WIDTH + (a.wrapping_add(row.wrapping_mul(b)) % WIDTH))
 }
 
-pub use manymodels_contract::StatsReport;
+pub use manymodels_contract::{StatsRefusal, StatsReport};
 
 /// A scorer's combination of the latest report from each proxy.
 #[derive(Debug, Default)]
@@ -217,10 +217,29 @@ impl PoolView {
     /// Stores `report` as its proxy's current view, received at `now`. Reports older
     /// than `stale_after` seconds from other proxies are dropped.
     pub fn apply(&mut self, report: StatsReport, now: f64, stale_after: f64) {
+        // Unbounded: cannot fail.
+        let _ = self.apply_bounded(report, now, stale_after, usize::MAX);
+    }
+
+    /// [`PoolView::apply`], keeping reports of at most `max_sources` proxies: a report
+    /// from a proxy not yet kept is refused while `max_sources` others are fresh, so a
+    /// flood of made-up proxy ids cannot grow the view or drown the real proxies' rates.
+    /// A kept proxy can always replace its own report.
+    pub fn apply_bounded(
+        &mut self,
+        report: StatsReport,
+        now: f64,
+        stale_after: f64,
+        max_sources: usize,
+    ) -> Result<(), StatsRefusal> {
         self.reports
             .retain(|_, (received, _)| now - *received <= stale_after);
+        if self.reports.len() >= max_sources && !self.reports.contains_key(&report.proxy) {
+            return Err(StatsRefusal::TooManySources { max: max_sources });
+        }
         self.reports
             .insert(report.proxy, (now, report.models.into_iter().collect()));
+        Ok(())
     }
 
     /// The pool-wide rate of every reported model: the sum over proxies.
@@ -260,6 +279,28 @@ mod tests {
             mixed[i * 7919 % len] = m;
         }
         mixed
+    }
+
+    #[test]
+    fn a_view_keeps_at_most_max_sources_proxies_and_each_may_replace_its_own() {
+        let report = |proxy: &str, rate: f64| StatsReport {
+            proxy: proxy.into(),
+            models: vec![("m".into(), rate)],
+        };
+        let mut view = PoolView::default();
+        assert!(view.apply_bounded(report("a", 1.0), 0.0, 10.0, 2).is_ok());
+        assert!(view.apply_bounded(report("b", 2.0), 0.0, 10.0, 2).is_ok());
+        assert_eq!(
+            view.apply_bounded(report("c", 1e9), 1.0, 10.0, 2),
+            Err(StatsRefusal::TooManySources { max: 2 })
+        );
+        assert_eq!(view.combined()["m"], 3.0);
+        // A kept proxy replaces its report even at the bound.
+        assert!(view.apply_bounded(report("a", 5.0), 2.0, 10.0, 2).is_ok());
+        assert_eq!(view.combined()["m"], 7.0);
+        // Once "b" goes stale, a new proxy has room.
+        assert!(view.apply_bounded(report("c", 1.0), 11.0, 10.0, 2).is_ok());
+        assert_eq!(view.proxies(), 2);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The admin calls the proxy answers itself (canaries), and the fan-out after an admin call
 //! changed a model's live version.
 
-use manymodels_config::Secret;
+use manymodels_config::proxy::ApiKey;
 use manymodels_contract::route as scorer_route;
 use pingora::proxy::Session;
 use serde_json::json;
@@ -13,19 +13,70 @@ use crate::service::Proxy;
 /// The largest canary body read.
 const CANARY_BODY_LIMIT: usize = 4096;
 
+/// Which models a request reaches, for a scoped key's check.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Reach<'a> {
+    /// One model: the key's prefixes must admit it.
+    Model(&'a str),
+    /// Every model (the repository index lists the whole store): unscoped keys only.
+    AllModels,
+    /// No model at all (server metadata): any valid key.
+    NoModel,
+}
+
 impl Proxy {
-    /// Whether the request carries a key of the route's kind: an admin key for admin
-    /// routes when admin keys are set, else an API key; open when no key is set.
-    pub(crate) fn authorized(&self, session: &Session, admin: bool) -> bool {
+    /// Checks the request's key: an admin key for admin routes when admin keys are set,
+    /// else an API key; open when no key is set. A key scoped to model-id prefixes must
+    /// admit what the request reaches (403 otherwise). Called before a scorer is chosen,
+    /// so a refused request costs no store look-up anywhere. Counted by key name.
+    pub(crate) fn authorize(
+        &self,
+        session: &Session,
+        admin: bool,
+        reach: Reach<'_>,
+    ) -> Result<(), Rejection> {
         let keys = if admin && !self.config.admin_keys.is_empty() {
             &self.config.admin_keys
         } else {
             &self.config.api_keys
         };
-        keys.is_empty()
-            || authorization(session)
-                .and_then(manymodels_contract::bearer)
-                .is_some_and(|given| Secret::matches_any(given, keys))
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let count = |key: &str, outcome: &str| {
+            self.metrics
+                .requests_by_key
+                .with_label_values(&[key, outcome])
+                .inc();
+        };
+        let Some(key) = authorization(session)
+            .and_then(manymodels_contract::bearer)
+            .and_then(|given| ApiKey::find(given, keys))
+        else {
+            count("none", "unauthorized");
+            return Err(Rejection::Unauthorized);
+        };
+        let allowed = match reach {
+            Reach::Model(id) => key.allows(id),
+            Reach::AllModels => key.unscoped(),
+            Reach::NoModel => true,
+        };
+        if allowed {
+            count(&key.name, "allowed");
+            Ok(())
+        } else {
+            count(&key.name, "out_of_scope");
+            Err(Rejection::OutOfScope(match reach {
+                Reach::Model(id) => Some(id.to_string()),
+                _ => None,
+            }))
+        }
+    }
+
+    /// The `Authorization` value for a call to a scorer: the pool key when one is set
+    /// (the client's key was checked here and stays here), else the client's header.
+    pub(crate) fn scorer_authorization(&self, client: Option<&str>) -> Option<String> {
+        pool_authorization(&self.config.pool_key).or_else(|| client.map(str::to_string))
     }
 
     /// The canary admin routes.
@@ -94,7 +145,7 @@ impl Proxy {
         let Some(owner) = self.pool.candidates(id, 1, &[]).into_iter().next() else {
             return Rejection::NoScorer.into();
         };
-        let authorization = authorization(session).map(str::to_string);
+        let authorization = self.scorer_authorization(authorization(session));
         let mut headers = vec![("Content-Type", "application/json")];
         if let Some(a) = &authorization {
             headers.push(("Authorization", a.as_str()));
@@ -176,4 +227,9 @@ pub(crate) fn authorization(session: &Session) -> Option<&str> {
     session
         .get_header("authorization")
         .and_then(|v| v.to_str().ok())
+}
+
+/// `Bearer <pool key>`, or `None` when no pool key is set.
+pub(crate) fn pool_authorization(pool_key: &manymodels_config::Secret) -> Option<String> {
+    (!pool_key.is_empty()).then(|| format!("Bearer {}", pool_key.expose()))
 }

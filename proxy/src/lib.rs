@@ -66,7 +66,10 @@ pub fn run(config: ProxyConfig) -> ! {
     let lb = pool_service.task();
     let pool_handle = server.add_service(pool_service);
 
-    let pool = Arc::new(Pool::new(lb, config.hot_ttl, config.eject_for));
+    let pool_authorization = admin::pool_authorization(&config.pool_key);
+    let mut pool = Pool::new(lb, config.hot_ttl, config.eject_for);
+    pool.authorization = pool_authorization.as_deref().map(Arc::from);
+    let pool = Arc::new(pool);
     let listen = config.listen.to_string();
     let metrics = Arc::new(metrics::Metrics::new());
     let stats = Arc::new(stats::Statistics::new(
@@ -94,6 +97,7 @@ pub fn run(config: ProxyConfig) -> ! {
         metrics,
         stats,
         canaries: Arc::new(canary::Canaries::default()),
+        pool_authorization,
     };
     let mut service = http_proxy_service(&server.configuration, proxy);
     service.add_tcp(&listen);

@@ -42,6 +42,9 @@ pub struct Metrics {
     pub healthy_scorers: IntGauge,
     pub inflight: IntGaugeVec,
     pub hot_models: IntGauge,
+    /// By `key` (the configured key name; `none` when no key matched) and `outcome`
+    /// (`allowed`, `out_of_scope`, `unauthorized`). Counted only when keys are set.
+    pub requests_by_key: IntCounterVec,
 }
 
 impl Metrics {
@@ -105,6 +108,11 @@ impl Metrics {
                 "mm_proxy_scorer_inflight",
                 "Requests in flight per scorer.",
                 &["scorer"],
+            ),
+            requests_by_key: registry.counter_vec(
+                "mm_proxy_requests_by_key_total",
+                "Requests by the name of the key they carried and the auth outcome.",
+                &["key", "outcome"],
             ),
             registry,
         }

@@ -250,6 +250,8 @@ pub struct Pool {
     inflight: RwLock<HashMap<String, Arc<AtomicUsize>>>,
     ejected: Mutex<HashMap<String, Instant>>,
     eject_for: Duration,
+    /// `Authorization` sent with the proxy's own calls (`Bearer <auth.pool_key>`), if set.
+    pub authorization: Option<Arc<str>>,
 }
 
 /// One candidate for a request: where it listens and its rendezvous name.
@@ -269,6 +271,7 @@ impl Pool {
             inflight: RwLock::new(HashMap::new()),
             ejected: Mutex::new(HashMap::new()),
             eject_for,
+            authorization: None,
         }
     }
 
@@ -383,11 +386,16 @@ impl Pool {
         };
         let addr = scorer.addr;
         let hot = self.hot.clone();
+        let authorization = self.authorization.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let path = manymodels_contract::route::REPOSITORY_LOAD.path(&key.0);
             let addr = addr.to_string();
-            let call = crate::http1::call(&addr, "POST", &path, &[], b"");
+            let headers: Vec<(&str, &str)> = authorization
+                .as_deref()
+                .map(|a| vec![("Authorization", a)])
+                .unwrap_or_default();
+            let call = crate::http1::call(&addr, "POST", &path, &headers, b"");
             match tokio::time::timeout(timeout, call).await {
                 Ok(Ok((200, _))) => hot.record(&key.0, &key.1),
                 Ok(Ok((status, _))) => {

@@ -41,6 +41,9 @@ pub enum Rejection {
     NoRoute { method: String, path: String },
     /// No bearer key, or one not in the keys of this route.
     Unauthorized,
+    /// A key scoped to model-id prefixes, used on a model outside them (or on a route
+    /// that lists every model). Carries the model id, if any.
+    OutOfScope(Option<String>),
     /// The body is over `http.max_body` (or `http.max_upload` for an upload).
     TooLarge { limit: u64 },
     /// No scorer can take the request.
@@ -66,6 +69,7 @@ impl Rejection {
         match self {
             Rejection::Invalid(_) | Rejection::BadClientRequest => 400,
             Rejection::Unauthorized => 401,
+            Rejection::OutOfScope(_) => 403,
             Rejection::NoRoute { .. } | Rejection::NoCanary(_) => 404,
             Rejection::TooLarge { .. } | Rejection::CanaryTooLarge => 413,
             Rejection::ScorerFailed(_) | Rejection::PromotionUnanswered => 502,
@@ -80,6 +84,12 @@ impl Rejection {
             Rejection::Invalid(message) => message.clone(),
             Rejection::NoRoute { method, path } => format!("no route for {method} {path}"),
             Rejection::Unauthorized => "missing or invalid bearer key".into(),
+            Rejection::OutOfScope(Some(id)) => {
+                format!("this key may not use model '{id}': it is limited to other model ids")
+            }
+            Rejection::OutOfScope(None) => {
+                "this key is limited to some model ids; this route covers every model".into()
+            }
             Rejection::TooLarge { limit } => {
                 format!("request body is larger than the limit of {limit} bytes")
             }
@@ -162,6 +172,8 @@ mod tests {
                 path: "/x".into(),
             },
             Rejection::Unauthorized,
+            Rejection::OutOfScope(Some("m".into())),
+            Rejection::OutOfScope(None),
             Rejection::TooLarge { limit: 10 },
             Rejection::NoScorer,
             Rejection::ScorerTimedOut,

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use manymodels_config::proxy::ProxyConfig;
-use manymodels_contract::{Lookup, header};
+use manymodels_contract::{Lookup, header, route as contract_route};
 use pingora::Error;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::admin::authorization;
+use crate::admin::{Reach, authorization};
 use crate::choice::{Policy, View, decide};
 use crate::metrics::Metrics;
 use crate::pool::{Candidate, Pool};
@@ -32,6 +32,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     pub stats: Arc<crate::stats::Statistics>,
     pub canaries: Arc<crate::canary::Canaries>,
+    /// `Bearer <auth.pool_key>`, formatted once; `None` without a pool key.
+    pub pool_authorization: Option<String>,
 }
 
 /// Per-request state.
@@ -129,6 +131,26 @@ impl Proxy {
             .candidates("", self.config.top_k.max(2), tried)
             .into_iter()
             .min_by_key(|c| self.pool.inflight(&c.name).load(Ordering::Relaxed))
+    }
+
+    /// The key check of a route that reaches scorers or the proxy's admin state (see
+    /// `admin::authorize`); other routes pass.
+    fn check_key(&self, session: &Session, route: &Route) -> Result<(), Rejection> {
+        match route {
+            Route::Canary { id, .. } => self.authorize(session, true, Reach::Model(id)),
+            Route::Model { id, action } => {
+                self.authorize(session, action.admin(), Reach::Model(id))
+            }
+            Route::AnyScorer => {
+                let reach = if session.req_header().uri.path() == contract_route::REPOSITORY_INDEX {
+                    Reach::AllModels
+                } else {
+                    Reach::NoModel
+                };
+                self.authorize(session, false, reach)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Sends a share of `model`'s unversioned inference requests to its canary version.
@@ -237,6 +259,8 @@ impl ProxyHttp for Proxy {
         }
         let reply = if let Some(reply) = self.local(&ctx.route) {
             reply
+        } else if let Err(rejection) = self.check_key(session, &ctx.route) {
+            rejection.into()
         } else {
             match &ctx.route {
                 Route::Invalid(message) => Rejection::Invalid(message.clone()).into(),
@@ -245,18 +269,9 @@ impl ProxyHttp for Proxy {
                     path: session.req_header().uri.path().to_string(),
                 }
                 .into(),
-                Route::Canary { .. } if !self.authorized(session, true) => {
-                    Rejection::Unauthorized.into()
-                }
                 Route::Canary { id, action } => {
                     let (id, action) = (id.clone(), *action);
                     self.canary(session, &id, action).await?
-                }
-                Route::Model { action, .. } if !self.authorized(session, action.admin()) => {
-                    Rejection::Unauthorized.into()
-                }
-                Route::AnyScorer if !self.authorized(session, false) => {
-                    Rejection::Unauthorized.into()
                 }
                 _ => match self.forward(session, ctx)? {
                     Ok(()) => return Ok(false),
@@ -266,6 +281,20 @@ impl ProxyHttp for Proxy {
         };
         respond(session, ctx, reply).await?;
         Ok(true)
+    }
+
+    /// Scorers see the pool key, never the client's key (already checked in
+    /// `request_filter`); without a pool key the client's header goes on unchanged.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(value) = &self.pool_authorization {
+            upstream_request.insert_header("authorization", value.as_str())?;
+        }
+        Ok(())
     }
 
     async fn request_body_filter(
@@ -441,7 +470,7 @@ impl ProxyHttp for Proxy {
             && let Route::Model { id, action } = &ctx.route
             && action.changes_versions()
         {
-            let authorization = authorization(session).map(str::to_string);
+            let authorization = self.scorer_authorization(authorization(session));
             self.refresh_everywhere(id, scorer.as_deref(), authorization);
         }
         if let Some(started) = ctx.upstream_started {

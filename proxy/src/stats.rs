@@ -309,15 +309,13 @@ impl Pusher {
             };
             async move {
                 let body = serde_json::to_vec(&report).unwrap_or_default();
+                let mut headers = vec![("Content-Type", "application/json")];
+                if let Some(authorization) = self.pool.authorization.as_deref() {
+                    headers.push(("Authorization", authorization));
+                }
                 let answer = tokio::time::timeout(
                     self.timeout,
-                    crate::http1::call(
-                        &addr,
-                        "PUT",
-                        route::STATS,
-                        &[("Content-Type", "application/json")],
-                        &body,
-                    ),
+                    crate::http1::call(&addr, "PUT", route::STATS, &headers, &body),
                 )
                 .await;
                 (name, addr, healthy, answer)

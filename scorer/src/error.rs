@@ -37,6 +37,12 @@ pub enum ScorerError {
     Conflict(String),
     #[error("missing or invalid admin bearer key")]
     Unauthorized,
+    #[error(
+        "missing or invalid bearer key: this scorer needs its pool key (or an admin key on admin routes)"
+    )]
+    NoPoolKey,
+    #[error(transparent)]
+    StatsRefused(#[from] manymodels_contract::StatsRefusal),
     #[error("the scorer is overloaded: {0}; retry later")]
     Overloaded(String),
     #[error(
@@ -95,7 +101,13 @@ impl ScorerError {
             ScorerError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             ScorerError::Inference { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ScorerError::Conflict(_) => StatusCode::CONFLICT,
-            ScorerError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ScorerError::Unauthorized | ScorerError::NoPoolKey => StatusCode::UNAUTHORIZED,
+            // Too much to even look at is 413; a push that parses but claims the
+            // impossible (or comes from one proxy too many) is 422.
+            ScorerError::StatsRefused(manymodels_contract::StatsRefusal::TooManyModels {
+                ..
+            }) => StatusCode::PAYLOAD_TOO_LARGE,
+            ScorerError::StatsRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             // The deployment cannot hold the model; retrying (here or on another scorer of
             // the same size) does not help.
             ScorerError::TooLarge { .. } => StatusCode::INSUFFICIENT_STORAGE,
@@ -116,7 +128,8 @@ impl ScorerError {
             ScorerError::Store(_) => "store_unavailable",
             ScorerError::ShuttingDown => "shutting_down",
             ScorerError::Conflict(_) => "conflict",
-            ScorerError::Unauthorized => "unauthorized",
+            ScorerError::Unauthorized | ScorerError::NoPoolKey => "unauthorized",
+            ScorerError::StatsRefused(_) => "stats_refused",
             ScorerError::TooLarge { .. } => "too_large_for_budget",
             ScorerError::Overloaded(_) => "overloaded",
             ScorerError::LoadTimeout { .. } => "load_timeout",

@@ -61,7 +61,83 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(scorer.clone(), guard))
         .with_state(scorer)
+}
+
+/// Who may call a path: anyone (health), the pool key or a metrics key (`/metrics`), the
+/// pool key or an admin key (admin routes), or the pool key alone (everything else,
+/// including statistics pushes and inference).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Guard {
+    Open,
+    Metrics,
+    Admin,
+    Pool,
+}
+
+fn guard_of(path: &str) -> Guard {
+    if path.starts_with("/v2/health/") {
+        Guard::Open
+    } else if path == route::METRICS {
+        Guard::Metrics
+    } else if path.starts_with("/v2/mm/models/")
+        || path.starts_with("/v2/repository/models/")
+        || path == route::CACHE_EXPLAIN
+    {
+        Guard::Admin
+    } else {
+        Guard::Pool
+    }
+}
+
+/// The bearer key of a request, if any.
+fn bearer_key(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(contract::bearer)
+}
+
+/// Whether `given` is the pool key (never when none is set).
+fn is_pool_key(scorer: &Scorer, given: &str) -> bool {
+    let key = &scorer.config.pool_key;
+    !key.is_empty() && manymodels_config::Secret::matches_any(given, std::slice::from_ref(key))
+}
+
+/// The pool-key layer, in front of every route (the fallbacks too), so nothing behind it
+/// (store, cache, statistics) is reached without the key. Without a pool key and without
+/// metrics keys it lets everything through: the scorer is open, and said so at start.
+async fn guard(
+    State(scorer): Shared,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let config = &scorer.config;
+    if config.pool_key.is_empty() && config.metrics_keys.is_empty() {
+        return next.run(request).await;
+    }
+    let given = bearer_key(request.headers());
+    let pool = given.is_some_and(|g| is_pool_key(&scorer, g));
+    let any_of = |keys: &[manymodels_config::Secret]| {
+        given.is_some_and(|g| manymodels_config::Secret::matches_any(g, keys))
+    };
+    let allowed = match guard_of(request.uri().path()) {
+        Guard::Open => true,
+        Guard::Metrics => {
+            (config.pool_key.is_empty() && config.metrics_keys.is_empty())
+                || pool
+                || any_of(&config.metrics_keys)
+        }
+        // The handler still checks `auth.admin_keys` on the routes that always did.
+        Guard::Admin => config.pool_key.is_empty() || pool || any_of(&config.admin_keys),
+        Guard::Pool => config.pool_key.is_empty() || pool,
+    };
+    if allowed {
+        next.run(request).await
+    } else {
+        finish(&scorer, "unauthorized", Err(ScorerError::NoPoolKey))
+    }
 }
 
 /// Records the request in metrics and turns errors into `{"error": ...}` responses.
@@ -522,17 +598,14 @@ async fn explain(State(scorer): Shared) -> Response {
 }
 
 /// The admin routes need one of `auth.admin_keys` as a bearer key, when any is set.
+/// The pool key (the proxy forwarding an admin call it already checked) also passes.
 fn admin_authorized(scorer: &Scorer, headers: &axum::http::HeaderMap) -> Result<(), ScorerError> {
     let keys = &scorer.config.admin_keys;
     if keys.is_empty() {
         return Ok(());
     }
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(contract::bearer)
-        .unwrap_or("");
-    let matches = manymodels_config::Secret::matches_any(given, keys);
+    let given = bearer_key(headers).unwrap_or("");
+    let matches = manymodels_config::Secret::matches_any(given, keys) || is_pool_key(scorer, given);
     if matches {
         Ok(())
     } else {
@@ -656,7 +729,7 @@ async fn stats_push(State(scorer): Shared, request: Result<Bytes, BytesRejection
     let result = body(request, &scorer).and_then(|bytes| {
         let report: contract::StatsReport = serde_json::from_slice(&bytes)
             .map_err(|e| ScorerError::InvalidInput(format!("statistics report: {e}")))?;
-        let cache = scorer.take_stats(report);
+        let cache = scorer.take_stats(report)?;
         Ok(json_response(&contract::StatsAnswer {
             scorer: scorer.config.display_name(),
             ready: scorer.is_ready(),
@@ -692,4 +765,36 @@ async fn method_not_allowed(State(scorer): Shared, method: Method, uri: Uri) -> 
         path: uri.path().to_string(),
     };
     finish(&scorer, "other", Err(error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Guard, guard_of};
+    use manymodels_contract::route;
+
+    #[test]
+    fn only_health_is_open_and_admin_routes_take_admin_keys() {
+        assert_eq!(guard_of(route::LIVE), Guard::Open);
+        assert_eq!(guard_of(route::READY), Guard::Open);
+        assert_eq!(guard_of(route::METRICS), Guard::Metrics);
+        for admin in [
+            route::REPOSITORY_LOAD.path("m"),
+            route::REPOSITORY_UNLOAD.path("m"),
+            route::ADMIN_PIN.path("m"),
+            route::ADMIN_PUBLISH.path("m", 2),
+            route::CACHE_EXPLAIN.to_string(),
+        ] {
+            assert_eq!(guard_of(&admin), Guard::Admin, "{admin}");
+        }
+        for pool in [
+            route::STATS.to_string(),
+            route::INFER.path("m"),
+            route::SERVER_METADATA.to_string(),
+            route::REPOSITORY_INDEX.to_string(),
+            "/v2/health".to_string(),
+            "/anything".to_string(),
+        ] {
+            assert_eq!(guard_of(&pool), Guard::Pool, "{pool}");
+        }
+    }
 }

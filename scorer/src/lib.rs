@@ -105,11 +105,22 @@ impl Scorer {
     }
 
     /// Takes a proxy's statistics push and warms the hot share in the background.
+    /// A push that breaks `stats.*` is refused (and counted) before it touches the view.
     pub fn take_stats(
         self: &Arc<Self>,
         report: manymodels_policy::StatsReport,
-    ) -> cache::CacheSummary {
-        let summary = self.cache.apply_stats(report);
+    ) -> Result<cache::CacheSummary, manymodels_policy::StatsRefusal> {
+        let limits = &self.config.stats;
+        let summary = report
+            .check(&limits.bounds)
+            .and_then(|()| self.cache.apply_stats(report, limits.max_sources.get()))
+            .inspect_err(|refusal| {
+                self.metrics
+                    .stats_refused
+                    .with_label_values(&[refusal.reason()])
+                    .inc();
+                tracing::warn!(reason = refusal.reason(), error = %refusal, "statistics push refused");
+            })?;
         let scorer = self.clone();
         tokio::spawn(async move {
             let loaded = scorer.cache.warm_up().await;
@@ -118,7 +129,7 @@ impl Scorer {
             }
             scorer.warmed.store(true, Ordering::Relaxed);
         });
-        summary
+        Ok(summary)
     }
 }
 
@@ -138,6 +149,13 @@ pub async fn run(config: ScorerConfig) -> Result<(), StartError> {
         budget = %scorer.config.cache.budget,
         "mm-scorer ready"
     );
+    if scorer.config.pool_key.is_empty() {
+        tracing::warn!(
+            "OPEN SCORER: auth.pool_key is not set, so anyone who can reach {local} can score, \
+             push statistics that steer eviction and warm-up, and load or unload models; \
+             set auth.pool_key (MM_SCORER_AUTH_POOL_KEY) here and on the proxies"
+        );
+    }
     // Notice new live versions of the models in memory.
     {
         let scorer = scorer.clone();

@@ -25,6 +25,8 @@ pub struct Metrics {
     /// Bytes reserved by loads in flight.
     pub reserved_bytes: IntGauge,
     pub stats_pushes: IntCounter,
+    /// Statistics pushes refused, by `reason` (`StatsRefusal::REASONS`).
+    pub stats_refused: IntCounterVec,
     pub version_swaps: IntCounter,
     pub version_refusals: IntCounter,
     pub load_failures: IntCounter,
@@ -97,6 +99,17 @@ impl Metrics {
                 "mm_scorer_stats_pushes_total",
                 "Pool statistics pushes received from proxies.",
             ),
+            stats_refused: {
+                let refused = registry.counter_vec(
+                    "mm_scorer_stats_refused_total",
+                    "Statistics pushes refused for breaking a bound, by reason.",
+                    &["reason"],
+                );
+                for reason in manymodels_contract::StatsRefusal::REASONS {
+                    refused.with_label_values(&[reason]);
+                }
+                refused
+            },
             version_swaps: registry.counter(
                 "mm_scorer_version_swaps_total",
                 "Live versions replaced in memory by a newer, pinned or unpinned one.",

@@ -115,16 +115,20 @@ pub const KEYS: &[KeyDoc] = &[
     ),
     secret(
         "auth.api_keys",
-        "Comma-separated bearer keys accepted for scoring; empty disables auth.",
+        "Comma-separated bearer keys accepted for scoring; empty disables auth. Each entry is `key`, `name:key` (metrics count by name) or `name:key:prefix1|prefix2` (the key may only use model ids starting with one of the prefixes; 403 otherwise).",
     ),
     doc(
         "auth.api_keys_file",
         "",
-        "File with one bearer key per line (a mounted Secret), added to `auth.api_keys`.",
+        "File with one bearer key per line in the same forms as `auth.api_keys` (a mounted Secret), added to `auth.api_keys`.",
     ),
     secret(
         "auth.admin_keys",
-        "Comma-separated bearer keys for repository load/unload; empty means the API keys.",
+        "Comma-separated bearer keys for the admin routes (repository load/unload, `/v2/admin/...`), in the same forms as `auth.api_keys` (a scoped admin key may only administer its models); empty means the API keys.",
+    ),
+    secret(
+        "auth.pool_key",
+        "Bearer key shared with the scorers (their `auth.pool_key`, a Secret): sent as `Authorization` on every forwarded request (replacing the client's, already checked here) and on the proxy's own calls; empty sends the client's header on and none of its own.",
     ),
     doc(
         "shutdown.grace",

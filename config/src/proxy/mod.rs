@@ -65,13 +65,51 @@ pub struct ProxyConfig {
     /// `http.max_upload`.
     pub max_upload: ByteSize,
     /// `auth.api_keys` and `auth.api_keys_file`.
-    pub api_keys: Vec<Secret>,
+    pub api_keys: Vec<ApiKey>,
     /// `auth.admin_keys`.
-    pub admin_keys: Vec<Secret>,
+    pub admin_keys: Vec<ApiKey>,
+    /// `auth.pool_key`: empty means none is sent.
+    pub pool_key: Secret,
     /// `shutdown.grace`.
     pub shutdown_grace: Duration,
     /// `log.level` and `log.format`.
     pub log: LogConfig,
+}
+
+/// A bearer key the proxy accepts (`auth.api_keys`, `auth.admin_keys`): its name (the
+/// metrics label; `unnamed` for a bare key), the key, and the model-id prefixes it may use
+/// (empty: every model).
+#[derive(Clone, Debug)]
+pub struct ApiKey {
+    pub name: String,
+    pub key: Secret,
+    pub scope: Vec<String>,
+}
+
+impl ApiKey {
+    /// The name of a key given without one.
+    pub const UNNAMED: &'static str = "unnamed";
+
+    /// Whether this key may use `model`: it is unscoped, or `model` starts with one of its
+    /// prefixes.
+    pub fn allows(&self, model: &str) -> bool {
+        self.scope.is_empty()
+            || self
+                .scope
+                .iter()
+                .any(|prefix| model.starts_with(prefix.as_str()))
+    }
+
+    /// Whether this key may use every model.
+    pub fn unscoped(&self) -> bool {
+        self.scope.is_empty()
+    }
+
+    /// The key in `keys` that `given` is, compared in constant time per key.
+    pub fn find<'a>(given: &str, keys: &'a [ApiKey]) -> Option<&'a ApiKey> {
+        keys.iter()
+            .find(|k| Secret::matches_any(given, std::slice::from_ref(&k.key)))
+    }
 }
 
 /// Where the scorers come from.

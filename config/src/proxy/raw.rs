@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{PoolSource, ProxyConfig};
+use super::{ApiKey, PoolSource, ProxyConfig};
 use crate::common::{self, at_least, at_least_one, list, positive, secrets};
 use crate::units::{ByteSize, HumanDuration};
 use crate::{ConfigError, LogConfig, Secret};
@@ -90,6 +90,7 @@ struct RawAuth {
     api_keys_file: String,
     #[serde(deserialize_with = "secrets")]
     admin_keys: Vec<Secret>,
+    pool_key: Secret,
 }
 
 #[derive(Deserialize)]
@@ -133,6 +134,7 @@ impl Raw {
         at_least_one("stats.top_models", self.stats.top_models)?;
         at_least("replication.threshold", self.replication.threshold, 0.0)?;
         let mut api_keys = self.auth.api_keys;
+        let file_start = api_keys.len();
         if !self.auth.api_keys_file.is_empty() {
             let text = std::fs::read_to_string(&self.auth.api_keys_file).map_err(|e| {
                 ConfigError::key(
@@ -171,12 +173,76 @@ impl Raw {
             retries: self.upstream.retries,
             max_body: self.http.max_body,
             max_upload: self.http.max_upload,
-            api_keys,
-            admin_keys: self.auth.admin_keys,
+            api_keys: api_keys_of("auth.api_keys", &api_keys[..file_start])?
+                .into_iter()
+                .chain(api_keys_of("auth.api_keys_file", &api_keys[file_start..])?)
+                .collect(),
+            admin_keys: api_keys_of("auth.admin_keys", &self.auth.admin_keys)?,
+            pool_key: self.auth.pool_key,
             shutdown_grace: self.shutdown.grace.0,
             log: self.log,
         })
     }
+}
+
+/// Parses key entries (`key`, `name:key` or `name:key:prefix1|prefix2`). Errors name the
+/// key and the entry's position or name, never the key itself.
+fn api_keys_of(config_key: &str, entries: &[Secret]) -> Result<Vec<ApiKey>, ConfigError> {
+    let mut keys: Vec<ApiKey> = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let fail = |what: &str| ConfigError::key(config_key, format!("entry {}: {what}", i + 1));
+        let mut parts = entry.expose().split(':');
+        let key = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(key), None, None, None) => ApiKey {
+                name: ApiKey::UNNAMED.into(),
+                key: Secret::new(key),
+                scope: Vec::new(),
+            },
+            (Some(name), Some(key), scope, None) => {
+                let named = |what: &str| fail(&format!("(`{name}`) {what}"));
+                if name.is_empty()
+                    || name.len() > 64
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+                {
+                    return Err(fail(
+                        "a key name is 1-64 characters from [A-Za-z0-9._-] (`name:key[:prefix|...]`)",
+                    ));
+                }
+                if key.is_empty() {
+                    return Err(named("the key is empty"));
+                }
+                if keys.iter().any(|k| k.name == name) {
+                    return Err(named("the name is used twice"));
+                }
+                let scope: Vec<String> = match scope {
+                    None => Vec::new(),
+                    Some(scope) => scope.split('|').map(str::to_string).collect(),
+                };
+                if scope
+                    .iter()
+                    .any(|prefix| prefix.is_empty() || !manymodels_contract::valid_model_id(prefix))
+                {
+                    return Err(named(
+                        "each model-id prefix must be the start of a valid model id (e.g. `acme-`)",
+                    ));
+                }
+                ApiKey {
+                    name: name.into(),
+                    key: Secret::new(key),
+                    scope,
+                }
+            }
+            _ => {
+                return Err(fail(
+                    "expected `key`, `name:key` or `name:key:prefix1|prefix2`",
+                ));
+            }
+        };
+        keys.push(key);
+    }
+    Ok(keys)
 }
 
 fn check_host_port(key: &str, value: &str) -> Result<(), ConfigError> {

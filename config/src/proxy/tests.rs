@@ -85,8 +85,64 @@ fn api_keys_are_secret_and_merge_with_a_key_file() {
         &["pool.dns=s:1", &file],
     )
     .unwrap();
-    let keys: Vec<&str> = config.api_keys.iter().map(Secret::expose).collect();
+    let keys: Vec<&str> = config.api_keys.iter().map(|k| k.key.expose()).collect();
     assert_eq!(keys, ["k1", "k2", "file-key"]);
     assert!(!format!("{config:?}").contains("k1"));
     std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn scoped_keys_come_from_env_vars_and_files_in_one_form() {
+    let path = std::env::temp_dir().join(format!("mm-scoped-keys-{}", std::process::id()));
+    std::fs::write(&path, "globex:g-secret:globex-|shared-\n").unwrap();
+    let file = format!("auth.api_keys_file={}", path.display());
+    let config = load(
+        &[
+            ("MM_PROXY_AUTH_API_KEYS", "plain,acme:a-secret:acme-"),
+            ("MM_PROXY_AUTH_ADMIN_KEYS", "acme-ops:ops-secret:acme-"),
+        ],
+        &["pool.dns=s:1", &file],
+    )
+    .unwrap();
+    let keys: Vec<(&str, &str, Vec<&str>)> = config
+        .api_keys
+        .iter()
+        .map(|k| {
+            let scope = k.scope.iter().map(String::as_str).collect();
+            (k.name.as_str(), k.key.expose(), scope)
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("unnamed", "plain", vec![]),
+            ("acme", "a-secret", vec!["acme-"]),
+            ("globex", "g-secret", vec!["globex-", "shared-"]),
+        ]
+    );
+    let acme = &config.api_keys[1];
+    assert!(acme.allows("acme-7") && !acme.allows("globex-7"));
+    assert!(config.api_keys[2].allows("shared-1"));
+    assert_eq!(config.admin_keys[0].name, "acme-ops");
+    assert!(!format!("{config:?}").contains("secret\""));
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn a_bad_key_entry_is_refused_without_echoing_the_key() {
+    for (entry, expected) in [
+        ("acme:", "entry 1: (`acme`) the key is empty"),
+        ("a:k1,a:k2", "entry 2: (`a`) the name is used twice"),
+        ("acme:hunter2:../", "each model-id prefix"),
+        ("acme:hunter2:", "each model-id prefix"),
+        ("bad name:hunter2", "a key name is"),
+        ("a:b:c:hunter2", "expected `key`"),
+    ] {
+        let error = load(&[], &["pool.dns=s:1", &format!("auth.api_keys={entry}")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(expected), "{entry}: {error}");
+        assert!(error.contains("auth.api_keys"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
 }

@@ -145,6 +145,29 @@ pub const KEYS: &[KeyDoc] = &[
         "auth.admin_keys",
         "Comma-separated bearer keys required on the scorer's admin routes (`/v2/mm/models/...`: publish, pin, refresh); empty leaves them open to the cluster network.",
     ),
+    secret(
+        "auth.pool_key",
+        "Bearer key shared by the proxies and the scorers (a Secret): when set, every route except `/v2/health/*` needs it (admin keys also open the admin routes, metrics keys `/metrics`); empty leaves the scorer open to anyone who can reach its port, and it says so at start.",
+    ),
+    secret(
+        "auth.metrics_keys",
+        "Comma-separated bearer keys that may read `/metrics` besides the pool key; with neither set `/metrics` is open.",
+    ),
+    doc(
+        "stats.max_report_models",
+        "65536",
+        "Most models one statistics push may list (413 beyond); at least the proxies' `stats.top_models`.",
+    ),
+    doc(
+        "stats.max_sources",
+        "64",
+        "Most proxies whose statistics a scorer keeps at once; a push from one more (before the others go stale) gets 422.",
+    ),
+    doc(
+        "stats.max_source_rate",
+        "1000000",
+        "Most requests per second one proxy's push may claim in total (422 beyond); rates must also be finite and non-negative.",
+    ),
     doc(
         "http.max_upload",
         "1GiB",

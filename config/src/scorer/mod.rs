@@ -34,7 +34,14 @@ pub struct ScorerConfig {
     pub policy: PolicyConfig,
     pub warmup: WarmupConfig,
     pub versions: VersionsConfig,
+    /// `auth.admin_keys`.
     pub admin_keys: Vec<Secret>,
+    /// `auth.pool_key`: empty means the scorer is open.
+    pub pool_key: Secret,
+    /// `auth.metrics_keys`.
+    pub metrics_keys: Vec<Secret>,
+    /// `stats.*`: the bounds of a statistics push.
+    pub stats: StatsLimits,
     pub http: HttpConfig,
     /// Threads for ONNX Runtime calls and loads.
     pub inference_threads: NonZeroUsize,
@@ -82,6 +89,15 @@ pub struct PolicyConfig {
     pub half_life_requests: u64,
     pub size_weight: f64,
     pub stats_stale_after: Duration,
+}
+
+/// The bounds a proxy's statistics push is held to (`stats.*`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StatsLimits {
+    /// `stats.max_report_models` and `stats.max_source_rate`, checked per push.
+    pub bounds: manymodels_contract::stats::Bounds,
+    /// `stats.max_sources`: proxies whose reports are kept at once.
+    pub max_sources: NonZeroUsize,
 }
 
 /// How the scorer notices new live versions.

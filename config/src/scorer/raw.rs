@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{
     AzureCredential, AzureStoreConfig, CacheConfig, HttpConfig, NativeEngine, PolicyConfig,
-    ScorerConfig, StoreConfig, VersionsConfig, WarmupConfig, available_cpus,
+    ScorerConfig, StatsLimits, StoreConfig, VersionsConfig, WarmupConfig, available_cpus,
 };
 use crate::common::{self, at_least, at_least_one, positive, secrets, within};
 use crate::units::{ByteSize, HumanDuration};
@@ -26,6 +26,7 @@ pub(super) struct Raw {
     warmup: RawWarmup,
     versions: RawVersions,
     auth: RawAuth,
+    stats: RawStats,
     http: RawHttp,
     inference: RawInference,
     engine: RawEngine,
@@ -88,6 +89,17 @@ struct RawVersions {
 struct RawAuth {
     #[serde(deserialize_with = "secrets")]
     admin_keys: Vec<Secret>,
+    pool_key: Secret,
+    #[serde(deserialize_with = "secrets")]
+    metrics_keys: Vec<Secret>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStats {
+    max_report_models: usize,
+    max_sources: usize,
+    max_source_rate: f64,
 }
 
 #[derive(Deserialize)]
@@ -233,6 +245,19 @@ impl Raw {
                 checks_per_interval: self.versions.checks_per_interval,
             },
             admin_keys: self.auth.admin_keys,
+            pool_key: self.auth.pool_key,
+            metrics_keys: self.auth.metrics_keys,
+            stats: StatsLimits {
+                bounds: manymodels_contract::stats::Bounds {
+                    max_models: self.stats.max_report_models,
+                    max_source_rate: at_least(
+                        "stats.max_source_rate",
+                        self.stats.max_source_rate,
+                        0.0,
+                    )?,
+                },
+                max_sources: at_least_one("stats.max_sources", self.stats.max_sources)?,
+            },
             http: HttpConfig {
                 max_body: self.http.max_body,
                 max_upload: self.http.max_upload,

@@ -634,15 +634,21 @@ impl ModelCache {
 
     /// Takes a proxy's statistics push: combines it with the other proxies' latest and
     /// re-ranks the resident models. Returns the cache's summary for the proxy's pool view.
-    pub fn apply_stats(&self, report: StatsReport) -> CacheSummary {
+    /// Refused when a new proxy would exceed `max_sources` (the view keeps the others).
+    pub fn apply_stats(
+        &self,
+        report: StatsReport,
+        max_sources: usize,
+    ) -> Result<CacheSummary, manymodels_policy::StatsRefusal> {
         let now = self.now();
         let combined = {
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-            pool.apply(
+            pool.apply_bounded(
                 report,
                 now,
                 self.policy_config.stats_stale_after.as_secs_f64(),
-            );
+                max_sources,
+            )?;
             pool.combined()
         };
         let rates = combined
@@ -650,7 +656,7 @@ impl ModelCache {
             .filter_map(|(id, rate)| ModelId::parse(&id).ok().map(|id| (id, rate)));
         self.state().set_pool_rates(rates, now);
         self.metrics.stats_pushes.inc();
-        self.summary(20)
+        Ok(self.summary(20))
     }
 }
 

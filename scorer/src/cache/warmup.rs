@@ -86,10 +86,15 @@ mod tests {
         }
         let scorer = scorer(&store, |_| {});
         let cache = &scorer.cache;
-        cache.apply_stats(StatsReport {
-            proxy: "p".into(),
-            models: vec![("a".into(), 30.0), ("b".into(), 20.0), ("c".into(), 10.0)],
-        });
+        cache
+            .apply_stats(
+                StatsReport {
+                    proxy: "p".into(),
+                    models: vec![("a".into(), 30.0), ("b".into(), 20.0), ("c".into(), 10.0)],
+                },
+                usize::MAX,
+            )
+            .unwrap();
         assert_eq!(cache.warm_up().await, 3);
         assert_eq!(cache.metrics.warmup_loads.get(), 3);
         // "a" serves a request from memory; then both leave.

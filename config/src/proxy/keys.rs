@@ -115,7 +115,7 @@ pub const KEYS: &[KeyDoc] = &[
     ),
     secret(
         "auth.api_keys",
-        "Comma-separated bearer keys accepted for scoring; empty disables auth. Each entry is `key`, `name:key` (metrics count by name) or `name:key:prefix1|prefix2` (the key may only use model ids starting with one of the prefixes; 403 otherwise).",
+        "Comma-separated bearer keys accepted for scoring; empty disables auth. Each entry is `key`, `name:key` (metrics count by name) or `name:key:prefixes` (the key may only use model ids starting with one of the prefixes, several joined by a vertical bar: `acme:k1:acme-`; 403 otherwise). See README, \"Keys\".",
     ),
     doc(
         "auth.api_keys_file",

@@ -110,7 +110,11 @@ pub(crate) fn merge<R: DeserializeOwned>(
         // hold a secret.
         let file = text.parse::<toml::Table>().map_err(|e| {
             let at = e.span().map_or(0, |span| span.start).min(text.len());
-            let line = text.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+            let line = text.as_bytes()[..at]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1;
             file_error(format!("line {line}: {}", e.message()))
         })?;
         overlay(&mut table, file);

@@ -174,7 +174,17 @@ async fn a_hung_or_stopped_store_answers_503_within_the_store_timeout_and_hot_mo
         cold.status, cold.took, cold.body
     );
     assert_eq!(cold.status, 503, "{}", cold.body);
-    assert!(cold.took < Duration::from_secs(3), "{:?}", cold.took);
+    // Refused, not timed out: a refused connection is retried twice within 150 ms, so the
+    // answer comes before `store.timeout` (1 s here) and does not blame it.
+    assert!(cold.took < Duration::from_secs(1), "{:?}", cold.took);
+    assert!(
+        !cold.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("store.timeout"),
+        "{}",
+        cold.body
+    );
     let hot = infer(
         &client,
         &model_url(&scorer.url, "gbm-store"),

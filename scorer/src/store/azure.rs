@@ -29,6 +29,22 @@ pub struct AzureStore {
     description: String,
 }
 
+/// A short retry budget: a few quick retries of a transient failure (a refused or reset
+/// connection, a throttling 503), then the error. object_store's default (10 retries over
+/// up to 3 minutes) made a stopped store look hung; every call is bounded by
+/// `store.timeout` anyway (`store::open`), and the next request tries again.
+fn retry_policy() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(50),
+            max_backoff: std::time::Duration::from_millis(500),
+            base: 2.0,
+        },
+        max_retries: 2,
+        retry_timeout: std::time::Duration::from_secs(10),
+    }
+}
+
 impl AzureStore {
     pub fn new(config: &AzureStoreConfig) -> Result<Self, StoreError> {
         let mut builder = MicrosoftAzureBuilder::new()
@@ -59,6 +75,7 @@ impl AzureStore {
             AzureCredential::Ambient => builder,
         };
         let client = builder
+            .with_retry(retry_policy())
             .build()
             .map_err(|e| StoreError::Unavailable(format!("azure store: {e}")))?;
         Ok(AzureStore {

@@ -22,8 +22,9 @@ pub enum Route {
     /// A request about one model, forwarded to the scorer chosen for it.
     Model { id: String, action: Action },
     /// A request any scorer can answer (`GET /v2`, `POST /v2/repository/index`): it
-    /// names no model, so it is neither counted nor warmed.
-    AnyScorer,
+    /// names no model, so it is neither counted nor warmed. `lists_models`: the repository
+    /// index, which lists every model in the store (only unscoped keys may see it).
+    AnyScorer { lists_models: bool },
     /// `/v2/admin/models/{id}/canary[...]`: the proxy's own traffic split (admin).
     Canary { id: String, action: CanaryAction },
     /// A bad request: answered 400 without touching a scorer.
@@ -133,8 +134,13 @@ pub fn classify(
         ("GET", contract::route::METRICS) => return Route::Metrics,
         ("GET", "/v2/mm/pool") => return Route::PoolView,
         ("GET", "/status") => return Route::Status,
-        ("GET", contract::route::SERVER_METADATA) | ("POST", contract::route::REPOSITORY_INDEX) => {
-            return Route::AnyScorer;
+        ("GET", contract::route::SERVER_METADATA) => {
+            return Route::AnyScorer {
+                lists_models: false,
+            };
+        }
+        ("POST", contract::route::REPOSITORY_INDEX) => {
+            return Route::AnyScorer { lists_models: true };
         }
         ("POST", "/") | ("POST", "/score") => return azure_ml(model_header, version_header),
         _ => {}

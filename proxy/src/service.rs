@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use manymodels_config::proxy::ProxyConfig;
-use manymodels_contract::{Lookup, header, route as contract_route};
+use manymodels_contract::{Lookup, header};
 use pingora::Error;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
@@ -141,14 +141,16 @@ impl Proxy {
             Route::Model { id, action } => {
                 self.authorize(session, action.admin(), Reach::Model(id))
             }
-            Route::AnyScorer => {
-                let reach = if session.req_header().uri.path() == contract_route::REPOSITORY_INDEX {
+            Route::AnyScorer { lists_models } => {
+                let reach = if *lists_models {
                     Reach::AllModels
                 } else {
                     Reach::NoModel
                 };
                 self.authorize(session, false, reach)
             }
+            // The pool view names the hottest models of every tenant.
+            Route::PoolView => self.authorize(session, false, Reach::AllModels),
             _ => Ok(()),
         }
     }
@@ -257,10 +259,10 @@ impl ProxyHttp for Proxy {
                 ctx.echoed.push((name, value));
             }
         }
-        let reply = if let Some(reply) = self.local(&ctx.route) {
-            reply
-        } else if let Err(rejection) = self.check_key(session, &ctx.route) {
+        let reply = if let Err(rejection) = self.check_key(session, &ctx.route) {
             rejection.into()
+        } else if let Some(reply) = self.local(&ctx.route) {
+            reply
         } else {
             match &ctx.route {
                 Route::Invalid(message) => Rejection::Invalid(message.clone()).into(),

@@ -399,6 +399,20 @@ async fn keys_of_two_tenants_reach_only_their_models() {
         401
     );
 
+    // The pool view names every tenant's hottest models: unscoped keys only.
+    let pool_view = format!("{}/v2/mm/pool", proxy.url);
+    for (key, status) in [
+        (Some("acme-k-51d2"), 403),
+        (None, 401),
+        (Some("ops-k-0c4b"), 200),
+    ] {
+        assert_eq!(
+            call(&client, "GET", &pool_view, key, None).await.0,
+            status,
+            "{key:?}"
+        );
+    }
+
     // Counted by key name, never by key value.
     let text = reqwest::get(format!("{}/metrics", proxy.url))
         .await
@@ -413,8 +427,8 @@ async fn keys_of_two_tenants_reach_only_their_models() {
         ))
     };
     assert_eq!(by_key("acme", "allowed"), 1.0, "{text}");
-    assert_eq!(by_key("acme", "out_of_scope"), 4.0, "{text}");
-    assert_eq!(by_key("none", "unauthorized"), 1.0, "{text}");
+    assert_eq!(by_key("acme", "out_of_scope"), 5.0, "{text}");
+    assert_eq!(by_key("none", "unauthorized"), 2.0, "{text}");
     assert_eq!(by_key("globex", "allowed"), 1.0);
     assert_eq!(by_key("globex", "out_of_scope"), 1.0);
     assert_eq!(by_key("acme-admin", "allowed"), 1.0);
@@ -422,5 +436,65 @@ async fn keys_of_two_tenants_reach_only_their_models() {
     for secret in ["acme-k-51d2", "globex-k-88e1", "acme-adm-6a1f", POOL_KEY] {
         assert!(!text.contains(secret), "{secret} in metrics");
         assert!(!proxy.logs().contains(secret), "{secret} in the log");
+    }
+}
+
+/// The proxy's own admin calls to scorers carry the pool key too: a canary promotion pins
+/// the version on the owning scorer (which refuses anything without the pool key), and the
+/// model's other scorers follow.
+#[tokio::test]
+async fn a_canary_promotion_reaches_scorers_with_the_pool_key() {
+    let store = TempDir::new("auth-promote");
+    let model = store.path().join("acme-linear");
+    copy_tree(&root().join("models/demo/linear-small"), &model);
+    copy_tree(&model.join("1"), &model.join("2"));
+    let pool_key = format!("auth.pool_key={POOL_KEY}");
+    let scorers: Vec<ScorerProcess> = (0..2)
+        .map(|_| ScorerProcess::local(store.path(), &[pool_key.as_str()]))
+        .collect();
+    let addrs: Vec<&str> = scorers.iter().map(|s| s.addr()).collect();
+    let proxy = ProxyProcess::start(
+        &addrs,
+        &[pool_key.as_str(), "auth.admin_keys=ops:ops-adm-5e2d"],
+    );
+    let client = reqwest::Client::new();
+    let admin = format!("{}/v2/admin/models/acme-linear", proxy.url);
+    let (status, answer) = call(
+        &client,
+        "PUT",
+        &format!("{admin}/canary"),
+        Some("ops-adm-5e2d"),
+        Some(&json!({ "version": 1, "percent": 50 })),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = call(
+        &client,
+        "POST",
+        &format!("{admin}/canary/promote"),
+        Some("ops-adm-5e2d"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["pinned"]["live"], 1, "{answer}");
+    // Every scorer now serves the pinned version (the owner at once, the others after
+    // the refresh the proxy sent them, or their own check).
+    for scorer in &scorers {
+        let url = format!("{}/v2/mm/models/acme-linear", scorer.url);
+        let started = Instant::now();
+        loop {
+            let (status, state) = call(&client, "GET", &url, Some(POOL_KEY), None).await;
+            assert_eq!(status, 200, "{state}");
+            if state["pinned"] == 1 && state["live"] == 1 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{}: {state}",
+                scorer.url
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

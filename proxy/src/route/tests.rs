@@ -174,9 +174,17 @@ fn the_proxy_answers_health_metrics_and_canaries_itself() {
     assert_eq!(get("/metrics"), Route::Metrics);
     assert_eq!(get("/status"), Route::Status);
     assert_eq!(get("/v2/mm/pool"), Route::PoolView);
-    assert_eq!(get("/v2"), Route::AnyScorer);
-    assert_eq!(post("/v2/repository/index"), Route::AnyScorer);
-    assert_eq!(Route::AnyScorer.model(), None);
+    assert_eq!(
+        get("/v2"),
+        Route::AnyScorer {
+            lists_models: false
+        }
+    );
+    assert_eq!(
+        post("/v2/repository/index"),
+        Route::AnyScorer { lists_models: true }
+    );
+    assert_eq!(post("/v2/repository/index").model(), None);
     assert_eq!(
         classify("PUT", "/v2/admin/models/store-1/versions/3", None, None),
         model("store-1", Action::Publish { version: 3 })

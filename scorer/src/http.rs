@@ -267,9 +267,7 @@ async fn infer(
 
 /// A request's deadline (`x-mm-timeout-ms`, from when it arrived) and its length in ms;
 /// a malformed header is a 400, never ignored.
-fn deadline(
-    headers: &axum::http::HeaderMap,
-) -> Result<Option<(tokio::time::Instant, u64)>, ScorerError> {
+fn deadline(headers: &axum::http::HeaderMap) -> Result<Deadline, ScorerError> {
     let Some(value) = headers.get(contract::header::TIMEOUT_MS) else {
         return Ok(None);
     };
@@ -290,23 +288,24 @@ fn deadline(
     )))
 }
 
-/// The model for a request, within its deadline if it has one. With a deadline the
-/// look-up runs as its own task: a request that gives up must not cancel the load other
-/// requests wait for (the single flight would start it again), so the load goes on and
-/// only this request answers 504.
-async fn model_within(
-    scorer: &Arc<Scorer>,
+/// A request's deadline: when it passes, and its length in ms (for the 504's message).
+type Deadline = Option<(tokio::time::Instant, u64)>;
+
+/// `work` for a request about model `id`, within the request's deadline if it has one
+/// (504 past it): the one bound of every route that looks a model up or loads it (infer,
+/// metadata, readiness). With a deadline the work runs as its own task: a request that
+/// gives up must not cancel the load other requests wait for (the single flight would
+/// start it again), so the load goes on and only this request answers 504.
+async fn within<T: Send + 'static>(
     id: &ModelId,
-    version: Option<u64>,
-    deadline: Option<(tokio::time::Instant, u64)>,
-) -> Result<(Arc<engine::LoadedModel>, contract::Lookup), ScorerError> {
+    deadline: Deadline,
+    work: impl Future<Output = Result<T, ScorerError>> + Send + 'static,
+) -> Result<T, ScorerError> {
     let Some((at, ms)) = deadline else {
-        return scorer.cache.get(id, version).await;
+        return work.await;
     };
-    let (owner, model) = (scorer.clone(), id.clone());
-    let lookup = tokio::spawn(async move { owner.cache.get(&model, version).await });
-    match tokio::time::timeout_at(at, lookup).await {
-        Ok(Ok(found)) => found,
+    match tokio::time::timeout_at(at, tokio::spawn(work)).await {
+        Ok(Ok(done)) => done,
         Ok(Err(e)) => Err(ScorerError::Inference {
             id: id.to_string(),
             message: format!("model look-up task failed: {e}"),
@@ -315,12 +314,26 @@ async fn model_within(
     }
 }
 
+/// The model for a request, within its deadline if it has one (`within`).
+async fn model_within(
+    scorer: &Arc<Scorer>,
+    id: &ModelId,
+    version: Option<u64>,
+    deadline: Deadline,
+) -> Result<(Arc<engine::LoadedModel>, contract::Lookup), ScorerError> {
+    let (owner, model) = (scorer.clone(), id.clone());
+    within(id, deadline, async move {
+        owner.cache.get(&model, version).await
+    })
+    .await
+}
+
 async fn score(
     scorer: &Arc<Scorer>,
     id: ModelId,
     version: Option<u64>,
     body: Bytes,
-    deadline: Option<(tokio::time::Instant, u64)>,
+    deadline: Deadline,
 ) -> Result<Response, ScorerError> {
     // Parse before touching the cache: a malformed body must not cost a model load.
     let request = oip::parse_infer_request(&body)?;
@@ -432,11 +445,17 @@ async fn metadata(
 
 async fn model_metadata(
     State(scorer): Shared,
+    headers: axum::http::HeaderMap,
     path: Result<Path<Target>, PathRejection>,
 ) -> Response {
     let result = async {
+        let deadline = deadline(&headers)?;
         let (id, version) = target(path)?;
-        metadata(&scorer, id, version).await
+        let (owner, model) = (scorer.clone(), id.clone());
+        within(&id, deadline, async move {
+            metadata(&owner, model, version).await
+        })
+        .await
     }
     .await;
     finish(&scorer, "metadata", result)
@@ -480,10 +499,19 @@ async fn readiness(
     ))
 }
 
-async fn model_ready(State(scorer): Shared, path: Result<Path<Target>, PathRejection>) -> Response {
+async fn model_ready(
+    State(scorer): Shared,
+    headers: axum::http::HeaderMap,
+    path: Result<Path<Target>, PathRejection>,
+) -> Response {
     let result = async {
+        let deadline = deadline(&headers)?;
         let (id, version) = target(path)?;
-        readiness(&scorer, id, version).await
+        let (owner, model) = (scorer.clone(), id.clone());
+        within(&id, deadline, async move {
+            readiness(&owner, model, version).await
+        })
+        .await
     }
     .await;
     finish(&scorer, "ready", result)

@@ -1,8 +1,8 @@
 //! Faults through real processes: a model store that hangs (Azurite frozen with SIGSTOP) or
 //! is gone (Azurite stopped), overload of the requests waiting for loads, a load past its
-//! own deadline, a request's deadline (`x-mm-timeout-ms`) through proxy and scorer, and a
-//! scorer blackholed (SIGSTOP) under load behind the proxy. Every figure asserted is
-//! printed (`--nocapture`) for the reliability table in README.
+//! own deadline, a request's deadline (`x-mm-timeout-ms`, on infer, metadata and readiness)
+//! through proxy and scorer, and a scorer blackholed (SIGSTOP) under load behind the proxy.
+//! Every figure asserted is printed (`--nocapture`) for the reliability table in README.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,8 +24,20 @@ struct Answer {
 }
 
 async fn infer(client: &reqwest::Client, url: &str, id: &str, deadline_ms: Option<&str>) -> Answer {
+    send(
+        client.post(url).json(&infer_body(&reference(id))),
+        deadline_ms,
+    )
+    .await
+}
+
+/// A GET of `url`, with `x-mm-timeout-ms` if given.
+async fn get(client: &reqwest::Client, url: &str, deadline_ms: Option<&str>) -> Answer {
+    send(client.get(url), deadline_ms).await
+}
+
+async fn send(mut request: reqwest::RequestBuilder, deadline_ms: Option<&str>) -> Answer {
     let started = Instant::now();
-    let mut request = client.post(url).json(&infer_body(&reference(id)));
     if let Some(ms) = deadline_ms {
         request = request.header("x-mm-timeout-ms", ms);
     }
@@ -342,6 +354,31 @@ async fn a_request_deadline_is_honoured_by_scorer_and_proxy() {
         .await;
         assert_eq!(hot.status, 200, "{}", hot.body);
     }
+    // Metadata (which loads the model) and readiness (which asks the store) take the
+    // deadline too.
+    for (base, id) in [(&scorer.url, "logistic-churn"), (&proxy.url, "multi-input")] {
+        for path in [format!("/v2/models/{id}"), format!("/v2/models/{id}/ready")] {
+            let late = get(&client, &format!("{base}{path}"), Some("700")).await;
+            println!(
+                "deadline 700 ms on GET {path} via {base}: {} in {:?}: {}",
+                late.status, late.took, late.body
+            );
+            assert_eq!(late.status, 504, "{}", late.body);
+            assert!(late.body["error"].is_string(), "{}", late.body);
+            assert!(
+                late.took >= Duration::from_millis(650) && late.took < Duration::from_millis(1200),
+                "{:?}",
+                late.took
+            );
+        }
+    }
+    let bad = get(
+        &client,
+        &format!("{}/v2/models/linear-small", scorer.url),
+        Some("abc"),
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
     azurite.signal("CONT");
 }
 

@@ -79,7 +79,7 @@ pub const KEYS: &[KeyDoc] = &[
     doc(
         "cache.load_timeout",
         "60s",
-        "A load's own deadline, from the store read to the engine's end, separate from any request's: a load past it is abandoned and its waiters answer 503 (its thread finishes on its own, its memory stays reserved until then).",
+        "A load's own deadline, from the store read to the engine's end, separate from any request's: a load past it is abandoned and its waiters answer 503 (its thread finishes on its own, its memory stays reserved until then). It bounds new versions too (version checks, refresh, pin, publish): one past it is refused and the old version keeps serving; a publish past it answers 503 and writes nothing.",
     ),
     doc(
         "cache.max_waiting",

@@ -43,7 +43,9 @@ impl LoadThreads {
     }
 
     /// Runs `f` on a load thread; returns its value and the CPU seconds it used. `trim`:
-    /// give the heap back to the OS afterwards (`trims_after`).
+    /// give the heap back to the OS afterwards (`trims_after`). (The cache's loads all
+    /// hold something: they use `run_holding`.)
+    #[cfg(test)]
     pub async fn run<T: Send + 'static>(
         &self,
         trim: bool,

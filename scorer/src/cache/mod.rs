@@ -356,33 +356,48 @@ impl ModelCache {
     /// `load_and_admit` within `cache.load_timeout`, the load's own deadline whoever waits
     /// for it. Past it the load is abandoned: every waiter gets a 503 with `Retry-After`
     /// and the failure is remembered for `cache.failure_ttl`, so requests do not pile
-    /// reload upon reload. Its thread cannot be stopped; it finishes on its own and its
-    /// memory stays reserved until then (`LoadThreads::run_holding`).
+    /// reload upon reload.
     async fn load_within_deadline(
         &self,
         key: ModelKey,
         warmup: bool,
     ) -> Result<Arc<LoadedModel>, ScorerError> {
-        let limit = self.config.load_timeout;
-        match tokio::time::timeout(limit, self.load_and_admit(key.clone(), warmup)).await {
-            Ok(result) => result,
-            Err(_) => {
-                let error = ScorerError::LoadTimeout {
-                    id: key.id.to_string(),
-                    version: key.version,
-                    seconds: limit.as_secs_f64(),
-                };
-                self.metrics.load_failures.inc();
-                tracing::warn!(model = %key.id, %error, "model load abandoned");
-                self.remember(
-                    (key.id.clone(), Some(key.version)),
-                    error.clone(),
-                    self.config.failure_ttl,
-                )
-                .await;
-                Err(error)
-            }
+        let loaded = self
+            .within_load_timeout(&key, self.load_and_admit(key.clone(), warmup))
+            .await;
+        if let Err(error @ ScorerError::LoadTimeout { .. }) = &loaded {
+            self.remember(
+                (key.id.clone(), Some(key.version)),
+                error.clone(),
+                self.config.failure_ttl,
+            )
+            .await;
         }
+        loaded
+    }
+
+    /// `work`, a load of `key` (and what follows it on the load threads), within
+    /// `cache.load_timeout`: the one bound of every load, on the request path, in warm-ups
+    /// and for a new version (`prepare`, `publish`). Past it the work is abandoned with a
+    /// `LoadTimeout` (503 with `Retry-After`). A load thread cannot be stopped: it finishes
+    /// on its own, and what its job holds (the reservation, the file) stays accounted until
+    /// then (`LoadThreads::run_holding`).
+    async fn within_load_timeout<T>(
+        &self,
+        key: &ModelKey,
+        work: impl Future<Output = Result<T, ScorerError>>,
+    ) -> Result<T, ScorerError> {
+        let limit = self.config.load_timeout;
+        tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+            let error = ScorerError::LoadTimeout {
+                id: key.id.to_string(),
+                version: key.version,
+                seconds: limit.as_secs_f64(),
+            };
+            self.metrics.load_failures.inc();
+            tracing::warn!(model = %key.id, version = key.version, %error, "model load abandoned");
+            Err(error)
+        })
     }
 
     /// Counts a request that is about to wait for `id`'s load, or refuses it at once

@@ -195,21 +195,28 @@ impl ModelCache {
 
     /// Loads `key` outside the cache and checks it can replace `old`: a smoke inference on
     /// zeros, and the same input names and datatypes (so requests that work today keep
-    /// working). Returns the model, its load cost and its memory reservation.
+    /// working). Returns the model, its load cost and its memory reservation. Bounded by
+    /// `cache.load_timeout` like any load: past it the version is refused and `old` keeps
+    /// serving.
     async fn prepare(
         &self,
         key: &ModelKey,
         old: &Arc<LoadedModel>,
     ) -> Result<(Arc<LoadedModel>, f64, Reservation), ScorerError> {
-        let (model, cost, reservation) = self.load(key.clone()).await?;
-        let (checked, old) = (model.clone(), old.clone());
-        let (verdict, _) = self
-            .loads
-            .run(false, move || checked.vet(Some(&old)))
-            .await
-            .map_err(ScorerError::Store)?;
-        verdict.map_err(|message| invalid_model(&key.id, key.version, message))?;
-        Ok((model, cost, reservation))
+        self.within_load_timeout(key, async {
+            let (model, cost, reservation) = self.load(key.clone()).await?;
+            let (checked, old) = (model.clone(), old.clone());
+            // The reservation travels with the check: abandoned, it is released when the
+            // check is done with the model.
+            let (verdict, _, reservation) = self
+                .loads
+                .run_holding(false, reservation, move || checked.vet(Some(&old)))
+                .await
+                .map_err(ScorerError::Store)?;
+            verdict.map_err(|message| invalid_model(&key.id, key.version, message))?;
+            Ok((model, cost, reservation))
+        })
+        .await
     }
 
     /// Swaps `old_key` out and `new_key` in under one lock.
@@ -276,18 +283,23 @@ impl ModelCache {
                 })
                 .cloned()
         });
-        // Checked like any load: on a load thread, with its memory reserved.
+        // Checked like any load: on a load thread, with its memory reserved, within
+        // `cache.load_timeout` (past it: 503 with `Retry-After`, nothing written).
         let key = ModelKey {
             id: id.clone(),
             version,
         };
-        let (model, _, reservation) = self.create(&key, bytes.clone()).await?;
-        let (verdict, _) = self
-            .loads
-            .run(false, move || model.vet(old.as_deref()))
-            .await
-            .map_err(ScorerError::Store)?;
-        drop(reservation);
+        let verdict = self
+            .within_load_timeout(&key, async {
+                let (model, _, reservation) = self.create(&key, bytes.clone()).await?;
+                let (verdict, _, _reservation) = self
+                    .loads
+                    .run_holding(false, reservation, move || model.vet(old.as_deref()))
+                    .await
+                    .map_err(ScorerError::Store)?;
+                Ok(verdict)
+            })
+            .await?;
         verdict.map_err(|message| invalid_model(id, version, message))?;
         self.store
             .write_version(id, version, bytes)
@@ -352,5 +364,105 @@ mod tests {
         let status = cache.version_status(&id("m")).await.unwrap();
         assert_eq!(status.resident, vec![3], "the old version left memory");
         assert_eq!(status.versions, vec![1, 2, 3]);
+    }
+
+    /// A new version whose load passes `cache.load_timeout` (here: it queues behind a
+    /// load thread kept busy) is refused with the reason, and the old version keeps
+    /// serving; a publish that times out answers 503 with `Retry-After` and writes nothing.
+    /// The abandoned loads' reservations are released when the thread is done with them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_version_past_the_load_timeout_is_refused_and_the_old_one_serves() {
+        use std::time::{Duration, Instant};
+
+        let store = Store::new();
+        store.put("m", 1, &demo("linear-small"));
+        let scorer = scorer(&store, |config| {
+            config.cache.load_timeout = Duration::from_millis(300);
+            config.cache.max_concurrent_loads = std::num::NonZeroUsize::new(1).unwrap();
+        });
+        let cache = &scorer.cache;
+        let (model, _) = cache.get(&id("m"), None).await.unwrap();
+        assert_eq!(model.version, 1);
+        // The only load thread sleeps 1.5 s: every load behind it waits past 300 ms.
+        let owner = scorer.clone();
+        let blocker = tokio::spawn(async move {
+            owner
+                .cache
+                .loads
+                .run(false, || std::thread::sleep(Duration::from_millis(1500)))
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        store.put("m", 2, &demo("linear-small"));
+        let started = Instant::now();
+        let refresh = cache.refresh(&id("m")).await;
+        let took = started.elapsed();
+        let refresh = refresh.unwrap();
+        println!("refresh past cache.load_timeout (300 ms): {refresh:?} in {took:?}");
+        assert!(!refresh.swapped, "{refresh:?}");
+        assert_eq!(refresh.live, 1, "{refresh:?}");
+        let refused = refresh.refused.expect("refused");
+        assert_eq!(refused.version, 2);
+        assert!(
+            refused.error.contains("cache.load_timeout"),
+            "{}",
+            refused.error
+        );
+        assert!(took < Duration::from_millis(1000), "{took:?}");
+        let (model, lookup) = cache.get(&id("m"), None).await.unwrap();
+        assert_eq!(model.version, 1, "the old version keeps serving");
+        assert!(matches!(lookup, super::super::Lookup::Hit));
+        let status = cache.version_status(&id("m")).await.unwrap();
+        assert_eq!(status.live, Some(1));
+        assert_eq!(status.resident, vec![1]);
+        assert!(
+            status
+                .refused
+                .is_some_and(|r| r.version == 2 && r.error.contains("cache.load_timeout"))
+        );
+
+        // A publish behind the same busy thread: 503, Retry-After, nothing written.
+        let started = Instant::now();
+        let error = cache
+            .publish(&id("m"), 3, demo("linear-small").into())
+            .await
+            .unwrap_err();
+        let took = started.elapsed();
+        println!("publish past cache.load_timeout: {error} in {took:?}");
+        assert!(
+            matches!(
+                error,
+                crate::error::ScorerError::LoadTimeout { version: 3, .. }
+            ),
+            "{error}"
+        );
+        assert_eq!(error.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error.retry_after(), Some(1));
+        assert!(took < Duration::from_millis(1000), "{took:?}");
+        assert!(
+            !store.0.join("m/3").exists(),
+            "a timed-out publish writes nothing"
+        );
+        assert_eq!(cache.get(&id("m"), None).await.unwrap().0.version, 1);
+
+        // The abandoned loads held their reservations until the thread was done.
+        blocker.await.unwrap().unwrap();
+        let released = Instant::now();
+        while cache.state().reserved() > 0 {
+            assert!(
+                released.elapsed() < Duration::from_secs(5),
+                "reservation kept"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // With the thread free, the refused version is retried after `failure_ttl` only;
+        // a publish goes through.
+        let published = cache
+            .publish(&id("m"), 3, demo("linear-small").into())
+            .await
+            .unwrap();
+        assert!(published.swapped, "{published:?}");
+        assert_eq!(published.live, 3);
     }
 }

@@ -46,6 +46,40 @@ async fn model_metadata_describes_inputs_and_outputs() {
         .assert_error(StatusCode::NOT_FOUND, "no version 7");
 }
 
+/// Metadata and readiness look the model up (and metadata loads it), so they take the
+/// request's deadline like infer: a malformed `x-mm-timeout-ms` is a 400, a generous one
+/// changes nothing. (Past it they answer 504: `tests/tests/reliability.rs`, with a frozen
+/// store.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_and_readiness_take_the_request_deadline() {
+    let router = demo_router();
+    let with_deadline = |uri: &str, ms: &str| {
+        Request::builder()
+            .method("GET")
+            .uri(uri)
+            .header("x-mm-timeout-ms", ms)
+            .body(Body::empty())
+            .expect("valid request")
+    };
+    for uri in [
+        "/v2/models/gbm-store",
+        "/v2/models/gbm-store/versions/1",
+        "/v2/models/gbm-store/ready",
+        "/v2/models/gbm-store/versions/1/ready",
+    ] {
+        for bad in ["0", "abc", "-1", "99999999999"] {
+            send(&router, with_deadline(uri, bad))
+                .await
+                .assert_error(StatusCode::BAD_REQUEST, "x-mm-timeout-ms");
+        }
+        let reply = send(&router, with_deadline(uri, "10000")).await;
+        assert_eq!(reply.ok()["name"], "gbm-store", "{uri}");
+    }
+    send(&router, with_deadline("/v2/models/no-such-model", "10000"))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not found");
+}
+
 // ---------------------------------------------------------------------------------------
 // 7. Model readiness
 // ---------------------------------------------------------------------------------------

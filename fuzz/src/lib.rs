@@ -46,7 +46,6 @@
 //! printed and written to `$CARGO_TARGET_TMPDIR`-style `target/tmp/fuzz-failures/`; add
 //! the input to the target's corpus as a regression.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
@@ -73,55 +72,12 @@ pub const DEFAULT_SEED: u64 = 0x6d6d_5f66_757a_7a31;
 // Allocation accounting
 // ---------------------------------------------------------------------------------------
 
-/// Counts live heap bytes and their peak, so a target can check that an input did not
-/// allocate out of proportion to its size. Every test binary of this crate uses it.
-pub struct CountingAlloc;
-
+/// Every test binary of this crate counts its heap, so a target can check that an input
+/// did not allocate out of proportion to its size (`peak_heap`).
 #[global_allocator]
-static ALLOCATOR: CountingAlloc = CountingAlloc;
+static ALLOCATOR: manymodels_tests::alloc::Counting = manymodels_tests::alloc::Counting;
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged; the
-// counters are plain atomics and never affect what is returned.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on unchanged.
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract, passed on unchanged.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract, passed on unchanged.
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-            let live = LIVE.fetch_add(new_size, Ordering::Relaxed) + new_size;
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        new
-    }
-}
-
-/// Runs `f` and returns its result with the peak of live heap bytes above what was live
-/// when it started. Exact only while no other thread allocates (each target is one test).
-pub fn peak_heap<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    let out = f();
-    (out, PEAK.load(Ordering::Relaxed).saturating_sub(base))
-}
+pub use manymodels_tests::alloc::peak_heap;
 
 // ---------------------------------------------------------------------------------------
 // Settings

@@ -15,6 +15,7 @@
 //! Azurite is the one it installs from npm (`MM_AZURITE_BLOB`, or `.cache/azurite`).
 //! It depends on no crate of the service, so any of them can use it in its tests.
 
+pub mod alloc;
 pub mod azurite;
 pub mod http;
 pub mod metrics;

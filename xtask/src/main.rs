@@ -76,7 +76,7 @@ enum Task {
 }
 
 #[global_allocator]
-static ALLOCATOR: bench::Counting = bench::Counting;
+static ALLOCATOR: manymodels_tests::alloc::Counting = manymodels_tests::alloc::Counting;
 
 fn main() -> ExitCode {
     match run(Cli::parse().task) {

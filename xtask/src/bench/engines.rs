@@ -2,62 +2,18 @@
 //! class, on real scikit-learn models (the realistic store): load time, resident bytes,
 //! peak transient heap during a native load, and hot-hit latency, in this process.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use manymodels_config::scorer::NativeEngine;
 use manymodels_scorer::engine::{self, Engines, LoadedModel};
 use manymodels_scorer::model_id::ModelId;
+use manymodels_tests::alloc::peak_heap;
 use manymodels_tests::process::status_bytes;
 use serde_json::Value;
 
 use super::median;
-
-/// Counts the Rust heap (the native engine allocates only through it), with a resettable
-/// high-water mark, so a native load's transient peak can be measured exactly. ONNX
-/// Runtime allocates through glibc directly and is measured with `mallinfo2` instead.
-pub struct Counting;
-
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded to `System` with the caller's arguments; the counters
-// are only statistics.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded as is.
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            let now = CURRENT.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded as is.
-        unsafe { System.dealloc(ptr, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded as is.
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            if new_size >= layout.size() {
-                let now = CURRENT.fetch_add(new_size - layout.size(), Ordering::Relaxed)
-                    + (new_size - layout.size());
-                PEAK.fetch_max(now, Ordering::Relaxed);
-            } else {
-                CURRENT.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
-            }
-        }
-        new
-    }
-}
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct EnginesArgs {
@@ -120,18 +76,17 @@ fn measure(
     for _ in 0..reps {
         drop(model.take());
         super::trim_heap();
-        let base = CURRENT.load(Ordering::Relaxed);
-        PEAK.store(base, Ordering::Relaxed);
         // Resets VmHWM to the current resident set (Linux "clear_refs" value 5).
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         let rss_before = status_bytes("self", "VmRSS");
         let started = Instant::now();
-        let loaded = engines
-            .load(id.clone(), 1, bytes, 0)
-            .map_err(anyhow::Error::msg)?;
+        // The native engine allocates only through the Rust heap, which xtask counts
+        // (`manymodels_tests::alloc`); ONNX Runtime's heap is measured with mallinfo2.
+        let (loaded, heap_peak) = peak_heap(|| engines.load(id.clone(), 1, bytes, 0));
+        let loaded = loaded.map_err(anyhow::Error::msg)?;
         times.push(started.elapsed());
         peak_rss = peak_rss.max(status_bytes("self", "VmHWM").saturating_sub(rss_before));
-        peak = Some(PEAK.load(Ordering::Relaxed) - base);
+        peak = Some(heap_peak);
         model = Some(loaded);
     }
     let model = model.context("at least one rep")?;

@@ -33,8 +33,6 @@ use manymodels_tests::process::Process;
 use manymodels_tests::{ProxyProcess, ScorerProcess};
 use serde_json::Value;
 
-pub use engines::Counting;
-
 use crate::setup;
 
 #[derive(Subcommand)]

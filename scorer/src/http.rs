@@ -415,7 +415,8 @@ struct ModelMetadata<'a> {
     /// `onnxruntime` or `native`: which engine serves this version here.
     engine: &'static str,
     inputs: &'a [TensorSpec],
-    outputs: &'a [TensorSpec],
+    /// Each output's spec, with `parameters.classes` on a ZipMap output.
+    outputs: Vec<engine::OutputMetadata<'a>>,
 }
 
 async fn metadata(
@@ -439,7 +440,7 @@ async fn metadata(
         },
         engine: model.engine.as_str(),
         inputs: &model.inputs,
-        outputs: &model.outputs,
+        outputs: model.output_metadata(),
     }))
 }
 

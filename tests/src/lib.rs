@@ -8,6 +8,7 @@
 //! - [`metrics`]: Prometheus samples.
 //! - [`reference`]: reference inputs and outputs, request bodies, tolerance comparison.
 //! - [`azurite`]: Azurite with a minimal Shared Key client.
+//! - [`classifiers`]: the ZipMap classifiers' store and reference, and their checks.
 //!
 //! The scorer's in-process handler tests (`scorer/tests/handlers.rs`) and xtask's benches
 //! use it too. The binaries are the ones `cargo xtask test` builds first
@@ -17,6 +18,7 @@
 
 pub mod alloc;
 pub mod azurite;
+pub mod classifiers;
 pub mod http;
 pub mod metrics;
 pub mod process;

@@ -1,5 +1,6 @@
 //! `mm-proxy` in front of three `mm-scorer` processes on 127.0.0.1: affinity, spread,
-//! scorer failure and return, cold bursts, auth, bad paths, the Azure ML route.
+//! scorer failure and return, cold bursts, auth, bad paths, the Azure ML route, a ZipMap
+//! classifier.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -580,4 +581,25 @@ async fn a_real_oip_client_scores_through_the_proxy() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[tokio::test]
+async fn a_zipmap_classifier_scores_through_the_proxy_with_its_classes() {
+    use manymodels_tests::classifiers::{
+        assert_classes_in_metadata, assert_classified, classifier_reference, classifier_store,
+    };
+    let scorer = ScorerProcess::local(&classifier_store(), &[]);
+    let proxy = ProxyProcess::start(&[&scorer.addr().to_string()], &[]);
+    let client = reqwest::Client::new();
+    let reference = classifier_reference()
+        .into_iter()
+        .find(|r| r["id"] == "zipmap-forest-str")
+        .unwrap();
+    let url = format!("{}/v2/models/zipmap-forest-str", proxy.url);
+    let (status, _, body) =
+        post_via(&client, &format!("{url}/infer"), &infer_body(&reference)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_classified(&body, &reference);
+    let metadata = manymodels_tests::get_json(&client, &url).await;
+    assert_classes_in_metadata(&metadata, &reference);
 }

@@ -12,6 +12,7 @@
 //! Everything here blocks; callers run it on blocking threads, or inline on an async
 //! worker only when [`LoadedModel::try_quick`] says the call is measured to be short.
 
+pub mod classes;
 pub mod native;
 pub mod onnx;
 
@@ -27,6 +28,7 @@ use crate::error::ScorerError;
 use crate::model_id::ModelId;
 use crate::tensor::{NamedTensor, TensorData, TensorSpec};
 
+pub use classes::Classes;
 pub use onnx::{environment, self_test};
 
 /// Which engine serves a model.
@@ -61,6 +63,9 @@ pub struct LoadedModel {
     pub version: u64,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+    /// For each output, the class labels naming its columns when it is a ZipMap (served
+    /// as `[rows, classes]`, see `classes`); `None` for every other output.
+    pub classes: Vec<Option<Classes>>,
     /// Size of the ONNX file.
     pub file_bytes: u64,
     /// Memory charged to the cache for this model.
@@ -180,8 +185,10 @@ impl Engines {
         }
         // Counted as a load so an ONNX Runtime load beside it is not mis-measured.
         match counted(|| manymodels_native::Model::compile(bytes)) {
-            Ok(model) => native::loaded(id, version, bytes.len() as u64, model)
-                .map(|m| Native::Loaded(Box::new(m))),
+            Ok(model) => native::loaded(id, version, bytes.len() as u64, model).map(|mut m| {
+                m.classes = classes::of_zipmaps(bytes, &m.outputs);
+                Native::Loaded(Box::new(m))
+            }),
             Err(manymodels_native::CompileError::Invalid(message)) => {
                 Err(format!("invalid model: {message}"))
             }
@@ -226,9 +233,26 @@ impl Engines {
         )
         .map(|mut model| {
             model.native_refusal = native_refusal;
+            model.classes = classes::of_zipmaps(bytes, &model.outputs);
             model
         })
     }
+}
+
+/// One output in model metadata: `name`, `datatype`, `shape`, and `parameters` when
+/// there is something to say (a ZipMap output's `classes`, in column order).
+#[derive(Debug, serde::Serialize)]
+pub struct OutputMetadata<'a> {
+    #[serde(flatten)]
+    pub spec: &'a TensorSpec,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<OutputParameters<'a>>,
+}
+
+/// An output's metadata parameters.
+#[derive(Debug, serde::Serialize)]
+pub struct OutputParameters<'a> {
+    pub classes: &'a Classes,
 }
 
 /// What the native engine made of a file.
@@ -267,6 +291,7 @@ impl LoadedModel {
         Ok(LoadedModel {
             id,
             version,
+            classes: vec![None; outputs.len()],
             inputs,
             outputs,
             file_bytes,
@@ -278,6 +303,19 @@ impl LoadedModel {
             nanos_per_row: AtomicU64::new(0),
             held: Mutex::new(Vec::new()),
         })
+    }
+
+    /// What model metadata says of each output: its spec, and for a ZipMap output the
+    /// classes naming its columns (`parameters.classes`).
+    pub fn output_metadata(&self) -> Vec<OutputMetadata<'_>> {
+        self.outputs
+            .iter()
+            .zip(&self.classes)
+            .map(|(spec, classes)| OutputMetadata {
+                spec,
+                parameters: classes.as_ref().map(|classes| OutputParameters { classes }),
+            })
+            .collect()
     }
 
     /// Runs the model on validated inputs (in the model's input order) and returns the

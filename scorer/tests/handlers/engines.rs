@@ -83,3 +83,25 @@ async fn string_labels_and_zipmap_outputs_are_served_alike_by_both_engines() {
         "native and ONNX Runtime answer differently"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zipmap_classifiers_as_exported_answer_python_onnxruntimes_labels_and_probabilities() {
+    use manymodels_tests::classifiers::{
+        assert_classes_in_metadata, assert_classified, classifier_reference, classifier_store,
+    };
+    for setting in [NativeEngine::Auto, NativeEngine::Off] {
+        let (_scorer, router) = scorer_for(&classifier_store(), |c| c.native_engine = setting);
+        for reference in classifier_reference() {
+            let id = reference["id"].as_str().unwrap();
+            let reply = post_json(
+                &router,
+                &format!("/v2/models/{id}/infer"),
+                &inputs_body(&reference),
+            )
+            .await;
+            assert_classified(&reply.ok(), &reference);
+            let metadata = get(&router, &format!("/v2/models/{id}")).await.json();
+            assert_classes_in_metadata(&metadata, &reference);
+        }
+    }
+}

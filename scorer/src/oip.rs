@@ -1,5 +1,8 @@
 //! Open Inference Protocol (KServe v2) JSON bodies, and the checks that turn a request's
-//! inputs into tensors a model accepts.
+//! inputs into tensors a model accepts. The binary tensor extension's framing is in
+//! `binary`.
+
+pub mod binary;
 
 use std::fmt;
 
@@ -28,6 +31,8 @@ pub struct RequestInput {
     pub datatype: String,
     #[serde(default)]
     pub parameters: Option<serde_json::Value>,
+    /// JSON `data`; absent (empty) when the input comes as binary data (`binary::Blobs`).
+    #[serde(default)]
     pub data: RawData,
 }
 
@@ -122,8 +127,19 @@ pub fn validate_inputs(
     specs: &[TensorSpec],
     max_elements: usize,
 ) -> Result<Vec<NamedTensor>, ScorerError> {
+    validate_inputs_with(inputs, Vec::new(), specs, max_elements)
+}
+
+/// `validate_inputs` for a request under the binary extension: `blobs[i]` is input `i`'s
+/// binary data, if it has any (`binary::Blobs::inputs`).
+pub fn validate_inputs_with(
+    inputs: Vec<RequestInput>,
+    blobs: Vec<Option<bytes::Bytes>>,
+    specs: &[TensorSpec],
+    max_elements: usize,
+) -> Result<Vec<NamedTensor>, ScorerError> {
     let mut total = 0usize;
-    for input in &inputs {
+    for (i, input) in inputs.iter().enumerate() {
         if !specs.iter().any(|s| s.name == input.name) {
             let expected: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
             return Err(ScorerError::invalid(format!(
@@ -131,18 +147,23 @@ pub fn validate_inputs(
                 input.name
             )));
         }
-        total = total.saturating_add(input.data.0.len());
+        total = total.saturating_add(match blobs.get(i) {
+            Some(Some(blob)) => binary::count(&input.datatype, blob),
+            _ => input.data.0.len(),
+        });
     }
     if total > max_elements {
         return Err(ScorerError::invalid(format!(
             "request has {total} tensor elements, more than the limit of {max_elements}"
         )));
     }
-    let mut slots: Vec<Option<RequestInput>> = specs.iter().map(|_| None).collect();
-    for input in inputs {
+    let mut slots: Vec<Option<(RequestInput, Option<bytes::Bytes>)>> =
+        specs.iter().map(|_| None).collect();
+    let blobs = blobs.into_iter().chain(std::iter::repeat(None));
+    for input in inputs.into_iter().zip(blobs) {
         let index = specs
             .iter()
-            .position(|s| s.name == input.name)
+            .position(|s| s.name == input.0.name)
             .expect("checked above");
         if slots[index].replace(input).is_some() {
             return Err(ScorerError::invalid(format!(
@@ -155,7 +176,7 @@ pub fn validate_inputs(
         .iter()
         .zip(slots)
         .map(|(spec, input)| match input {
-            Some(input) => validate_input(input, spec, max_elements),
+            Some((input, blob)) => validate_input(input, blob, spec, max_elements),
             None => Err(ScorerError::invalid(format!(
                 "missing input '{}'",
                 spec.name
@@ -166,6 +187,7 @@ pub fn validate_inputs(
 
 fn validate_input(
     input: RequestInput,
+    blob: Option<bytes::Bytes>,
     spec: &TensorSpec,
     max_elements: usize,
 ) -> Result<NamedTensor, ScorerError> {
@@ -211,14 +233,33 @@ fn validate_input(
             input.shape
         )));
     }
-    if elements != input.data.0.len() {
-        return Err(ScorerError::invalid(format!(
-            "input '{name}' has shape {:?} ({elements} elements) but {} data values",
-            input.shape,
-            input.data.0.len()
-        )));
-    }
-    let data = convert(name, datatype, input.data.0)?;
+    let data = match blob {
+        Some(_) if !input.data.0.is_empty() => {
+            return Err(ScorerError::invalid(format!(
+                "input '{name}' has both data and binary_data_size"
+            )));
+        }
+        Some(blob) => binary::decode(name, datatype, &blob, elements)?,
+        None => {
+            if elements != input.data.0.len() {
+                return Err(ScorerError::invalid(
+                    if input.data.0.is_empty() && binary::binary_data_size(&input)?.is_some() {
+                        format!(
+                            "input '{name}' has binary_data_size but the request has no \
+                             Inference-Header-Content-Length header saying where its binary data starts"
+                        )
+                    } else {
+                        format!(
+                            "input '{name}' has shape {:?} ({elements} elements) but {} data values",
+                            input.shape,
+                            input.data.0.len()
+                        )
+                    },
+                ));
+            }
+            convert(name, datatype, input.data.0)?
+        }
+    };
     Ok(NamedTensor {
         name: input.name,
         datatype,

@@ -128,6 +128,14 @@ pub fn classify(
     model_header: Option<&str>,
     version_header: Option<&str>,
 ) -> Route {
+    // Azure ML forwards `<endpoint>/v2/models/...` (the scoring URI without its `/score`)
+    // unchanged; a client that appends the OIP path to the whole scoring URI sends
+    // `/score/v2/models/...`, which is taken as the same model route (README, "Azure ML
+    // online endpoint in front").
+    let path = match path.strip_prefix(AZURE_ML_SCORE) {
+        Some(rest) if rest.starts_with("/v2/models/") => rest,
+        _ => path,
+    };
     match (method, path) {
         ("GET", contract::route::LIVE) => return Route::Live,
         ("GET", contract::route::READY) => return Route::Ready,
@@ -142,7 +150,9 @@ pub fn classify(
         ("POST", contract::route::REPOSITORY_INDEX) => {
             return Route::AnyScorer { lists_models: true };
         }
-        ("POST", "/") | ("POST", "/score") => return azure_ml(model_header, version_header),
+        ("POST", "/") | ("POST", AZURE_ML_SCORE) => {
+            return azure_ml(model_header, version_header);
+        }
         _ => {}
     }
     let (area, rest) = if let Some(rest) = path.strip_prefix("/v2/models/") {
@@ -243,6 +253,9 @@ fn version(text: &str) -> Result<u64, String> {
         )
     })
 }
+
+/// The last segment of an Azure ML scoring URI (`https://<endpoint>/score`).
+const AZURE_ML_SCORE: &str = "/score";
 
 /// Azure ML's scoring route: the model (and optionally its version) in headers.
 fn azure_ml(model: Option<&str>, version_header: Option<&str>) -> Route {

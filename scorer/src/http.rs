@@ -18,6 +18,7 @@ use serde_json::json;
 use manymodels_contract::{self as contract, route};
 
 use crate::Scorer;
+use crate::azureml;
 use crate::engine;
 use crate::error::ScorerError;
 use crate::model_id::ModelId;
@@ -336,9 +337,11 @@ async fn score(
     deadline: Deadline,
 ) -> Result<Response, ScorerError> {
     // Parse before touching the cache: a malformed body must not cost a model load.
-    let request = oip::parse_infer_request(&body)?;
+    let request = azureml::parse_request(&body)?;
     drop(body);
     let (model, lookup) = model_within(scorer, &id, version, deadline).await?;
+    // An Azure ML table becomes the model's only input here, now that its signature is known.
+    let (request, answer) = request.for_model(&model.inputs)?;
     if let Some((at, ms)) = deadline
         && tokio::time::Instant::now() >= at
     {
@@ -377,12 +380,15 @@ async fn score(
         .metrics
         .inference_duration
         .observe(started.elapsed().as_secs_f64());
-    let mut response = json_response(&oip::InferResponse {
-        model_name: id.as_str(),
-        model_version: model.version.to_string(),
-        id: request.id,
-        outputs,
-    });
+    let mut response = match answer {
+        azureml::Answer::AzureMl => json_response(&azureml::answer(&outputs)),
+        azureml::Answer::Oip => json_response(&oip::InferResponse {
+            model_name: id.as_str(),
+            model_version: model.version.to_string(),
+            id: request.id,
+            outputs,
+        }),
+    };
     response
         .headers_mut()
         .insert(CACHE_HEADER, HeaderValue::from_static(lookup.as_str()));

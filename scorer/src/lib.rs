@@ -11,6 +11,7 @@
 //! The scorer deliberately does not route, replicate or balance: it serves whatever model
 //! it is asked for. Choosing which scorer holds which model is the proxy's job.
 
+pub mod azureml;
 pub mod cache;
 pub mod engine;
 pub mod error;

@@ -167,6 +167,65 @@ fn the_azure_ml_scoring_route_takes_the_model_from_a_header() {
     ));
 }
 
+/// The paths an Azure ML online endpoint (scoring route `/`) forwards to the container:
+/// `<scoring_uri minus /score>/v2/models/...` arrives as the OIP path itself; a client that
+/// appends the OIP path to the whole scoring URI sends it under `/score`. Both name the
+/// model in the path, with or without `x-mm-model` (the path wins).
+#[test]
+fn the_azure_ml_endpoint_paths_name_the_model() {
+    let cases = [
+        (
+            "POST",
+            "/v2/models/store-7/infer",
+            Action::Infer { version: None },
+        ),
+        (
+            "POST",
+            "/score/v2/models/store-7/infer",
+            Action::Infer { version: None },
+        ),
+        (
+            "POST",
+            "/score/v2/models/store-7/versions/2/infer",
+            Action::Infer { version: Some(2) },
+        ),
+        (
+            "GET",
+            "/score/v2/models/store-7",
+            Action::Metadata { version: None },
+        ),
+        (
+            "GET",
+            "/score/v2/models/store-7/ready",
+            Action::Ready { version: None },
+        ),
+    ];
+    for (method, path, action) in cases {
+        assert_eq!(
+            classify(method, path, None, None),
+            model("store-7", action),
+            "{path}"
+        );
+        assert_eq!(
+            classify(method, path, Some("other"), Some("9")),
+            model("store-7", action),
+            "{path}: the path names the model, not the header"
+        );
+    }
+    // Only the model routes are taken under `/score`; the id is judged as anywhere else.
+    for path in [
+        "/score/v2/health/ready",
+        "/score/",
+        "/scorex/v2/models/m/infer",
+    ] {
+        assert_eq!(classify("GET", path, None, None), Route::NotFound, "{path}");
+    }
+    assert!(matches!(
+        post("/score/v2/models/..%2Fx/infer"),
+        Route::Invalid(_)
+    ));
+}
+
 #[test]
 fn the_proxy_answers_health_metrics_and_canaries_itself() {
     assert_eq!(get("/v2/health/live"), Route::Live);

@@ -1,23 +1,63 @@
-"""Scores the demo models through a real Open Inference Protocol client (tritonclient.http),
-the way users' code would, and checks every output against models/demo/reference.json.
+"""Scores the demo models through real Open Inference Protocol clients, the way users' code
+would, with their defaults: binary tensors (the REST binary tensor extension) in and out.
+
+* tritonclient.http: `set_data_from_numpy(array)` sends binary inputs; `infer` without
+  `outputs` asks for every output binary (`binary_data_output`), and with
+  `InferRequestedOutput(name)` each output binary.
+* KServe's Python client (`kserve.InferenceRESTClient`, protocol v2): `InferInput.
+  set_data_from_numpy(array)` sends binary inputs; outputs come back JSON unless
+  `binary_data_output` is set, which the script does on a second pass.
+
+Every output is checked against ONNX Runtime run here on the same model file, and against
+models/demo/reference.json, within rtol = atol = 1e-5.
 
 Usage: python3 tests/oip_client.py HOST:PORT   (run by tests/tests/proxy.rs)
 """
+import asyncio
 import json
 import pathlib
 import sys
 
 import numpy as np
+import onnxruntime
 import tritonclient.http as http
+from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
+ROOT = pathlib.Path(__file__).parent.parent
 DTYPES = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
+TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
 
-def main(url: str) -> None:
+def arrays(model):
+    return {
+        spec["name"]: np.array(spec["data"], dtype=DTYPES[spec["datatype"]]).reshape(spec["shape"])
+        for spec in model["inputs"]
+    }
+
+
+def onnx_runtime(model):
+    """The outputs ONNX Runtime gives for the model's reference inputs, by name."""
+    path = ROOT / "models/demo" / model["id"] / "1/model.onnx"
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, arrays(model))))
+
+
+def check(client, model, name, got, ort):
+    for expected in model["outputs"]:
+        out = got(expected["name"])
+        want = np.array(expected["data"], dtype=DTYPES[expected["datatype"]]).reshape(expected["shape"])
+        assert out.shape == want.shape, (client, name, expected["name"], out.shape, want.shape)
+        np.testing.assert_allclose(out.astype(np.float64), want.astype(np.float64), **TOLERANCE)
+        runtime = ort[expected["name"]].reshape(want.shape)
+        np.testing.assert_allclose(out.astype(np.float64), runtime.astype(np.float64), **TOLERANCE)
+
+
+def triton(url, reference):
     client = http.InferenceServerClient(url=url)
     assert client.is_server_live(), "server not live"
     assert client.is_server_ready(), "server not ready"
-    reference = json.loads((pathlib.Path(__file__).parent.parent / "models/demo/reference.json").read_text())
+    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
     for model in reference["models"]:
         name = model["id"]
         assert client.is_model_ready(name), f"{name} not ready"
@@ -26,22 +66,52 @@ def main(url: str) -> None:
         assert metadata["engine"] in ("onnxruntime", "native"), metadata
         declared = {i["name"]: i["datatype"] for i in metadata["inputs"]}
         inputs = []
-        for spec in model["inputs"]:
-            assert declared[spec["name"]] == spec["datatype"], (name, declared)
-            array = np.array(spec["data"], dtype=DTYPES[spec["datatype"]]).reshape(spec["shape"])
-            tensor = http.InferInput(spec["name"], list(array.shape), spec["datatype"])
-            tensor.set_data_from_numpy(array, binary_data=False)
+        for input_name, array in arrays(model).items():
+            spec = next(s for s in model["inputs"] if s["name"] == input_name)
+            assert declared[input_name] == spec["datatype"], (name, declared)
+            tensor = http.InferInput(input_name, list(array.shape), spec["datatype"])
+            tensor.set_data_from_numpy(array)  # the default: binary
             inputs.append(tensor)
-        outputs = [http.InferRequestedOutput(o["name"], binary_data=False) for o in model["outputs"]]
-        result = client.infer(name, inputs, outputs=outputs, request_id="oip-client")
+        ort = onnx_runtime(model)
+        # No `outputs`: tritonclient asks for all of them binary.
+        result = client.infer(name, inputs, request_id="oip-client")
         response = result.get_response()
         assert response["model_name"] == name and response["model_version"] == "1", response
-        for expected in model["outputs"]:
-            got = result.as_numpy(expected["name"])
-            want = np.array(expected["data"], dtype=DTYPES[expected["datatype"]]).reshape(expected["shape"])
-            assert got.shape == want.shape, (name, expected["name"], got.shape, want.shape)
-            np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=1e-5, atol=1e-5)
-    print(f"tritonclient scored {len(reference['models'])} models through {url}")
+        assert all("binary_data_size" in o["parameters"] for o in response["outputs"]), response
+        check("tritonclient", model, name, result.as_numpy, ort)
+        # Named outputs, binary by default.
+        outputs = [http.InferRequestedOutput(o["name"]) for o in model["outputs"]]
+        result = client.infer(name, inputs, outputs=outputs)
+        check("tritonclient", model, name, result.as_numpy, ort)
+
+
+async def kserve(url, reference):
+    client = InferenceRESTClient(RESTConfig(protocol="v2"))
+    try:
+        for model in reference["models"]:
+            name = model["id"]
+            ort = onnx_runtime(model)
+            for parameters in (None, {"binary_data_output": True}):
+                inputs = []
+                for input_name, array in arrays(model).items():
+                    spec = next(s for s in model["inputs"] if s["name"] == input_name)
+                    tensor = InferInput(input_name, list(array.shape), spec["datatype"])
+                    tensor.set_data_from_numpy(array)  # the default: binary
+                    inputs.append(tensor)
+                request = InferRequest(name, inputs, request_id="kserve", parameters=parameters)
+                response = await client.infer(f"http://{url}", request, model_name=name)
+                assert response.model_name == name, response
+                by_name = {o.name: o for o in response.outputs}
+                check("kserve", model, name, lambda n: by_name[n].as_numpy(), ort)
+    finally:
+        await client.close()
+
+
+def main(url: str) -> None:
+    reference = json.loads((ROOT / "models/demo/reference.json").read_text())
+    triton(url, reference)
+    asyncio.run(kserve(url, reference))
+    print(f"tritonclient and kserve scored {len(reference['models'])} models (binary) through {url}")
 
 
 if __name__ == "__main__":

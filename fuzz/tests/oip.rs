@@ -7,11 +7,19 @@
 //! nesting. The property: a body is parsed or refused with a 400 that says what is wrong,
 //! never a panic; the allocation stays proportional to the body; a request that validates
 //! has exactly the elements its shape says.
+//!
+//! Binary bodies (the REST binary tensor extension: a JSON header, then blobs sized by
+//! `binary_data_size`) go through `binary::parse`, the raw form and `validate_inputs_with`
+//! under the same property: generated ones with sizes that lie, huge shapes and BYTES
+//! length prefixes past the end, and mutations of the `binary-*.bin` seeds.
 
+use bytes::Bytes;
 use manymodels_fuzz::proptest::prelude::*;
 use manymodels_fuzz::{Mutation, generate, mutate, mutation, peak_heap, replay};
 use manymodels_scorer::ScorerError;
-use manymodels_scorer::oip::{parse_infer_request, select_outputs, validate_inputs};
+use manymodels_scorer::oip::{
+    binary, parse_infer_request, select_outputs, validate_inputs, validate_inputs_with,
+};
 use manymodels_scorer::tensor::{DataType, TensorSpec};
 use serde_json::{Value, json};
 
@@ -243,4 +251,186 @@ fn oip() {
         };
         check(&bytes)
     });
+    binary_bodies();
+}
+
+/// The property for a body under the binary tensor extension whose JSON part is
+/// `header_length` bytes (0: the raw form): parsed or refused with a clear 400, never a
+/// panic; the blobs are slices, so parsing allocates little beyond the JSON; decoding
+/// allocates in proportion to the body (a BYTES element of 4 bytes becomes a `String`);
+/// a request that validates has exactly the elements its shape says.
+fn check_binary(body: &[u8], header_length: usize) -> Result<(), String> {
+    let bytes = Bytes::copy_from_slice(body);
+    let (parsed, peak) = peak_heap(|| binary::parse(bytes.clone(), header_length));
+    if peak > 16 * body.len() + (64 << 10) {
+        return Err(format!(
+            "a {}-byte body peaked at {peak} heap bytes",
+            body.len()
+        ));
+    }
+    let own = match parsed {
+        Ok((request, _)) => request
+            .inputs
+            .iter()
+            .map(|i| TensorSpec {
+                name: i.name.clone(),
+                datatype: DataType::parse(&i.datatype).unwrap_or(DataType::Fp32),
+                shape: i
+                    .shape
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &d)| if k == 0 { -1 } else { d })
+                    .collect(),
+            })
+            .collect::<Vec<_>>(),
+        Err(e) => return clear(&e),
+    };
+    let mut signatures = fixed_specs();
+    signatures.push(vec![spec("s", DataType::Bytes, &[-1])]);
+    signatures.push(own);
+    for specs in &signatures {
+        let (mut request, mut blobs) = binary::parse(bytes.clone(), header_length)
+            .map_err(|e| format!("parsed once, not twice: {e:?}"))?;
+        if let Err(e) = binary::raw_input(&mut request, &mut blobs, specs) {
+            clear(&e)?;
+            continue;
+        }
+        if let Err(e) = binary::binary_outputs(&request, specs.len()) {
+            clear(&e)?;
+        }
+        let (validated, peak) =
+            peak_heap(|| validate_inputs_with(request.inputs, blobs.inputs, specs, MAX_ELEMENTS));
+        if peak > 16 * body.len() + (64 << 10) {
+            return Err(format!(
+                "decoding a {}-byte body peaked at {peak} heap bytes",
+                body.len()
+            ));
+        }
+        match validated {
+            Ok(tensors) => {
+                for t in &tensors {
+                    let elements = t
+                        .shape
+                        .iter()
+                        .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?));
+                    if elements != Some(t.data.len()) || t.data.datatype() != t.datatype {
+                        return Err(format!("validated tensor disagrees with itself: {t:?}"));
+                    }
+                }
+            }
+            Err(e) => clear(&e)?,
+        }
+    }
+    Ok(())
+}
+
+/// A binary body: a JSON header naming inputs with `binary_data_size` (often the right
+/// size for the shape, sometimes a lie, huge or negative), then blobs (random bytes or
+/// well-formed BYTES elements, sometimes with a length prefix past the end), split at the
+/// header's length, 0 (raw) or a wrong length.
+fn binary_body() -> impl Strategy<Value = (Vec<u8>, usize)> {
+    let tensor = (
+        prop::sample::select(vec!["input", "numeric", "flags", "store_code", "x", "s"]),
+        prop::collection::vec(
+            prop_oneof![4 => 0i64..6, 1 => Just(-1i64), 1 => Just(i64::MAX)],
+            0..3,
+        ),
+        prop::sample::select(vec![
+            "FP32", "FP64", "INT32", "INT64", "BOOL", "BYTES", "FP16",
+        ]),
+        prop_oneof![4 => Just(None), 1 => any::<u64>().prop_map(Some), 1 => Just(Some(u64::MAX))],
+        prop::collection::vec(prop_oneof![any::<u8>(), Just(0u8), Just(1u8)], 0..64),
+        prop::collection::vec("[a-z]{0,5}", 0..6),
+        any::<bool>(),
+    );
+    (
+        prop::collection::vec(tensor, 0..4),
+        any::<bool>(),
+        prop_oneof![6 => Just(0usize), 1 => Just(1usize), 1 => Just(2usize), 1 => Just(3usize)],
+        any::<usize>(),
+    )
+        .prop_map(|(tensors, output_binary, split, wrong)| {
+            let mut inputs = Vec::new();
+            let mut blobs: Vec<u8> = Vec::new();
+            for (name, shape, datatype, lie, random, strings, past_end) in tensors {
+                let count: i64 = shape.iter().map(|d| (*d).clamp(0, 6)).product();
+                let mut blob = if datatype == "BYTES" {
+                    let mut b = Vec::new();
+                    for s in strings.iter().take(count as usize) {
+                        b.extend((s.len() as u32).to_le_bytes());
+                        b.extend(s.as_bytes());
+                    }
+                    b
+                } else {
+                    let size = match datatype {
+                        "FP64" | "INT64" => 8,
+                        "BOOL" => 1,
+                        _ => 4,
+                    };
+                    random
+                        .iter()
+                        .copied()
+                        .cycle()
+                        .take(count as usize * size)
+                        .collect()
+                };
+                if past_end && datatype == "BYTES" {
+                    blob.extend(u32::MAX.to_le_bytes());
+                }
+                let size = lie.unwrap_or(blob.len() as u64);
+                inputs.push(json!({ "name": name, "shape": shape, "datatype": datatype,
+                                    "parameters": { "binary_data_size": size } }));
+                blobs.extend(blob);
+            }
+            let header = json!({ "inputs": inputs,
+                                 "parameters": { "binary_data_output": output_binary } })
+            .to_string();
+            let length = match split {
+                0 => header.len(),
+                1 => 0,
+                2 => header.len() + wrong % 64,
+                _ => wrong % (header.len() + 1),
+            };
+            let mut body = header.into_bytes();
+            body.extend(blobs);
+            (body, length)
+        })
+}
+
+/// The binary half of the target, run after the JSON half by `oip`: one test, because
+/// `peak_heap` is exact only while no other thread allocates.
+fn binary_bodies() {
+    // Binary seeds (`binary-*.bin`) are a JSON header, a newline, then the blobs; the
+    // header's length runs to the newline (JSON allows it as trailing white space).
+    let binary_seeds: Vec<(Vec<u8>, usize)> = manymodels_fuzz::corpus("oip")
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("binary-"))
+        .map(|(_, b)| {
+            let length = b.iter().position(|&c| c == b'\n').map_or(0, |n| n + 1);
+            (b, length)
+        })
+        .collect();
+    assert!(binary_seeds.len() >= 3, "binary seeds in fuzz/corpus/oip");
+    for (body, length) in &binary_seeds {
+        if let Err(e) = check_binary(body, *length) {
+            panic!("binary seed: {e}");
+        }
+    }
+    let mutated = (
+        0..binary_seeds.len(),
+        prop::collection::vec(mutation(), 1..5),
+    )
+        .prop_map(move |(seed, mutations)| {
+            let (mut body, length) = binary_seeds[seed].clone();
+            for m in &mutations {
+                mutate(&mut body, m);
+            }
+            (body, length)
+        });
+    generate(
+        "oip-binary",
+        10_000,
+        prop_oneof![binary_body(), mutated],
+        |(body, length)| check_binary(&body, length),
+    );
 }

@@ -231,7 +231,7 @@ async fn server_metadata() -> Response {
     json_response(&json!({
         "name": "manymodels",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["model_repository"],
+        "extensions": ["model_repository", "binary_tensor_data"],
     }))
 }
 
@@ -260,7 +260,8 @@ async fn infer(
     let result = async {
         let deadline = deadline(&headers)?;
         let (id, version) = target(path)?;
-        score(&scorer, id, version, body(request, &scorer)?, deadline).await
+        let body = body(request, &scorer)?;
+        score(&scorer, id, version, &headers, body, deadline).await
     }
     .await;
     finish(&scorer, "infer", result)
@@ -333,23 +334,38 @@ async fn score(
     scorer: &Arc<Scorer>,
     id: ModelId,
     version: Option<u64>,
+    headers: &axum::http::HeaderMap,
     body: Bytes,
     deadline: Deadline,
 ) -> Result<Response, ScorerError> {
-    // Parse before touching the cache: a malformed body must not cost a model load.
-    let request = azureml::parse_request(&body)?;
-    drop(body);
+    // Parse before touching the cache: a malformed body must not cost a model load. A body
+    // under the binary tensor extension keeps its blobs as slices of `body`, unread.
+    let framing = headers.get(oip::binary::HEADER).map(|v| v.as_bytes());
+    let (request, mut blobs) = match oip::binary::header_length(framing)? {
+        None => {
+            let request = azureml::parse_request(&body)?;
+            drop(body);
+            (request, oip::binary::Blobs::default())
+        }
+        Some(length) => {
+            let (request, blobs) = oip::binary::parse(body, length)?;
+            (azureml::Request::Oip(request), blobs)
+        }
+    };
     let (model, lookup) = model_within(scorer, &id, version, deadline).await?;
     // An Azure ML table becomes the model's only input here, now that its signature is known.
-    let (request, answer) = request.for_model(&model.inputs)?;
+    let (mut request, answer) = request.for_model(&model.inputs)?;
+    oip::binary::raw_input(&mut request, &mut blobs, &model.inputs)?;
     if let Some((at, ms)) = deadline
         && tokio::time::Instant::now() >= at
     {
         return Err(ScorerError::DeadlineExceeded { ms });
     }
     let selected = oip::select_outputs(request.outputs.as_deref(), &model.outputs)?;
-    let inputs = oip::validate_inputs(
+    let binary_outputs = oip::binary::binary_outputs(&request, selected.len())?;
+    let inputs = oip::validate_inputs_with(
         request.inputs,
+        blobs.inputs,
         &model.inputs,
         scorer.config.http.max_elements,
     )?;
@@ -382,6 +398,13 @@ async fn score(
         .observe(started.elapsed().as_secs_f64());
     let mut response = match answer {
         azureml::Answer::AzureMl => json_response(&azureml::answer(&outputs)),
+        azureml::Answer::Oip if binary_outputs.is_some() => binary_response(
+            id.as_str(),
+            &model.version.to_string(),
+            request.id.as_deref(),
+            &outputs,
+            binary_outputs.as_deref().unwrap_or_default(),
+        ),
         azureml::Answer::Oip => json_response(&oip::InferResponse {
             model_name: id.as_str(),
             model_version: model.version.to_string(),
@@ -393,6 +416,38 @@ async fn score(
         .headers_mut()
         .insert(CACHE_HEADER, HeaderValue::from_static(lookup.as_str()));
     Ok(response)
+}
+
+/// An infer response with binary outputs (`oip::binary::response`), framed as Triton
+/// frames it: `application/octet-stream` and the JSON header's length.
+fn binary_response(
+    model_name: &str,
+    model_version: &str,
+    id: Option<&str>,
+    outputs: &[crate::tensor::NamedTensor],
+    binary: &[bool],
+) -> Response {
+    match oip::binary::response(model_name, model_version, id, outputs, binary) {
+        Ok((body, header_length)) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                ),
+                (
+                    HeaderName::from_static(oip::binary::HEADER),
+                    HeaderValue::from(header_length),
+                ),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(e) => ScorerError::Inference {
+            id: model_name.to_string(),
+            message: format!("cannot encode the response: {e}"),
+        }
+        .into_response(),
+    }
 }
 
 /// Runs the call on this worker if the model has been measured to finish it within

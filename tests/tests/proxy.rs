@@ -589,7 +589,7 @@ async fn a_zipmap_classifier_scores_through_the_proxy_with_its_classes() {
         assert_classes_in_metadata, assert_classified, classifier_reference, classifier_store,
     };
     let scorer = ScorerProcess::local(&classifier_store(), &[]);
-    let proxy = ProxyProcess::start(&[&scorer.addr().to_string()], &[]);
+    let proxy = ProxyProcess::start(&[scorer.addr()], &[]);
     let client = reqwest::Client::new();
     let reference = classifier_reference()
         .into_iter()

@@ -35,7 +35,7 @@ type Shared = State<Arc<Scorer>>;
 pub fn app(scorer: Arc<Scorer>) -> Router {
     let max_body = usize::try_from(scorer.config.http.max_body.bytes()).unwrap_or(usize::MAX);
     let max_upload = usize::try_from(scorer.config.http.max_upload.bytes()).unwrap_or(usize::MAX);
-    Router::new()
+    let router = Router::new()
         .route(route::SERVER_METADATA, get(server_metadata))
         .route(route::LIVE, get(live))
         .route(route::READY, get(ready))
@@ -61,9 +61,17 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
         .route(route::METRICS, get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(scorer.clone(), guard))
-        .with_state(scorer)
+        .layer(DefaultBodyLimit::max(max_body));
+    // An open scorer (no pool key, no metrics keys) skips the layer: it would let
+    // everything through, and its boxed future costs about 0.4 µs a request in-process
+    // (BENCHMARKS.md, "Hot path at the end of the session").
+    let open = scorer.config.pool_key.is_empty() && scorer.config.metrics_keys.is_empty();
+    let router = if open {
+        router
+    } else {
+        router.layer(axum::middleware::from_fn_with_state(scorer.clone(), guard))
+    };
+    router.with_state(scorer)
 }
 
 /// Who may call a path: anyone (health), the pool key or a metrics key (`/metrics`), the

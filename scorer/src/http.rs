@@ -1,6 +1,7 @@
 //! The Open Inference Protocol (KServe v2 REST) over axum. `app(scorer)` builds the whole
 //! router, so handler tests call it without a socket.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -62,14 +63,17 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body));
-    // An open scorer (no pool key, no metrics keys) skips the layer: it would let
-    // everything through, and its boxed future costs about 0.4 µs a request in-process
-    // (BENCHMARKS.md, "Hot path at the end of the session").
+    // An open scorer (no pool key, no metrics keys) has no key layer: it would let
+    // everything through.
     let open = scorer.config.pool_key.is_empty() && scorer.config.metrics_keys.is_empty();
     let router = if open {
         router
     } else {
-        router.layer(axum::middleware::from_fn_with_state(scorer.clone(), guard))
+        let checked = scorer.clone();
+        router.layer(tower::layer::layer_fn(move |inner| KeyCheck {
+            inner,
+            scorer: checked.clone(),
+        }))
     };
     router.with_state(scorer)
 }
@@ -114,38 +118,58 @@ fn is_pool_key(scorer: &Scorer, given: &str) -> bool {
     !key.is_empty() && manymodels_config::Secret::matches_any(given, std::slice::from_ref(key))
 }
 
-/// The pool-key layer, in front of every route (the fallbacks too), so nothing behind it
-/// (store, cache, statistics) is reached without the key. Without a pool key and without
-/// metrics keys it lets everything through: the scorer is open, and said so at start.
-async fn guard(
-    State(scorer): Shared,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+/// Whether `request` carries a key its path accepts: the pool key anywhere, a metrics key
+/// on `/metrics`, an admin key on admin routes; nothing on health. Only called when the
+/// scorer has a pool key or metrics keys (an open scorer has no [`KeyCheck`] at all).
+fn allowed(scorer: &Scorer, request: &axum::extract::Request) -> bool {
     let config = &scorer.config;
-    if config.pool_key.is_empty() && config.metrics_keys.is_empty() {
-        return next.run(request).await;
-    }
     let given = bearer_key(request.headers());
-    let pool = given.is_some_and(|g| is_pool_key(&scorer, g));
+    let pool = given.is_some_and(|g| is_pool_key(scorer, g));
     let any_of = |keys: &[manymodels_config::Secret]| {
         given.is_some_and(|g| manymodels_config::Secret::matches_any(g, keys))
     };
-    let allowed = match guard_of(request.uri().path()) {
+    match guard_of(request.uri().path()) {
         Guard::Open => true,
-        Guard::Metrics => {
-            (config.pool_key.is_empty() && config.metrics_keys.is_empty())
-                || pool
-                || any_of(&config.metrics_keys)
-        }
+        Guard::Metrics => pool || any_of(&config.metrics_keys),
         // The handler still checks `auth.admin_keys` on the routes that always did.
         Guard::Admin => config.pool_key.is_empty() || pool || any_of(&config.admin_keys),
         Guard::Pool => config.pool_key.is_empty() || pool,
-    };
-    if allowed {
-        next.run(request).await
-    } else {
-        finish(&scorer, "unauthorized", Err(ScorerError::NoPoolKey))
+    }
+}
+
+/// The pool-key layer, in front of every route (the fallbacks too), so nothing behind it
+/// (store, cache, statistics) is reached without the key. A plain `tower::Service` that
+/// hands on the route's own future unboxed: axum's `from_fn` middleware boxes one per
+/// request, which cost 0.4 µs (BENCHMARKS.md, "Hot path at the end of the session").
+#[derive(Clone)]
+struct KeyCheck<S> {
+    inner: S,
+    scorer: Arc<Scorer>,
+}
+
+impl<S> tower::Service<axum::extract::Request> for KeyCheck<S>
+where
+    S: tower::Service<axum::extract::Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future =
+        futures::future::Either<S::Future, std::future::Ready<Result<Response, Infallible>>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        if allowed(&self.scorer, &request) {
+            futures::future::Either::Left(self.inner.call(request))
+        } else {
+            let refusal = finish(&self.scorer, "unauthorized", Err(ScorerError::NoPoolKey));
+            futures::future::Either::Right(std::future::ready(Ok(refusal)))
+        }
     }
 }
 
@@ -732,7 +756,7 @@ where
 struct Admin(Result<ModelId, ScorerError>);
 
 impl FromRequestParts<Arc<Scorer>> for Admin {
-    type Rejection = std::convert::Infallible;
+    type Rejection = Infallible;
 
     async fn from_request_parts(
         parts: &mut Parts,

@@ -1,15 +1,13 @@
 //! The Open Inference Protocol (KServe v2 REST) over axum. `app(scorer)` builds the whole
 //! router, so handler tests call it without a socket.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
-use axum::http::request::Parts;
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,6 +15,12 @@ use serde::Serialize;
 use serde_json::json;
 
 use manymodels_contract::{self as contract, route};
+
+mod admin;
+mod keys;
+
+use admin::{admin_pin, admin_publish, admin_refresh, admin_status, admin_unpin};
+use keys::KeyCheck;
 
 use crate::Scorer;
 use crate::azureml;
@@ -76,101 +80,6 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
         }))
     };
     router.with_state(scorer)
-}
-
-/// Who may call a path: anyone (health), the pool key or a metrics key (`/metrics`), the
-/// pool key or an admin key (admin routes), or the pool key alone (everything else,
-/// including statistics pushes and inference).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Guard {
-    Open,
-    Metrics,
-    Admin,
-    Pool,
-}
-
-fn guard_of(path: &str) -> Guard {
-    if path.starts_with("/v2/health/") {
-        Guard::Open
-    } else if path == route::METRICS {
-        Guard::Metrics
-    } else if path.starts_with("/v2/mm/models/")
-        || path.starts_with("/v2/repository/models/")
-        || path == route::CACHE_EXPLAIN
-    {
-        Guard::Admin
-    } else {
-        Guard::Pool
-    }
-}
-
-/// The bearer key of a request, if any.
-fn bearer_key(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(contract::bearer)
-}
-
-/// Whether `given` is the pool key (never when none is set).
-fn is_pool_key(scorer: &Scorer, given: &str) -> bool {
-    let key = &scorer.config.pool_key;
-    !key.is_empty() && manymodels_config::Secret::matches_any(given, std::slice::from_ref(key))
-}
-
-/// Whether `request` carries a key its path accepts: the pool key anywhere, a metrics key
-/// on `/metrics`, an admin key on admin routes; nothing on health. Only called when the
-/// scorer has a pool key or metrics keys (an open scorer has no [`KeyCheck`] at all).
-fn allowed(scorer: &Scorer, request: &axum::extract::Request) -> bool {
-    let config = &scorer.config;
-    let given = bearer_key(request.headers());
-    let pool = given.is_some_and(|g| is_pool_key(scorer, g));
-    let any_of = |keys: &[manymodels_config::Secret]| {
-        given.is_some_and(|g| manymodels_config::Secret::matches_any(g, keys))
-    };
-    match guard_of(request.uri().path()) {
-        Guard::Open => true,
-        Guard::Metrics => pool || any_of(&config.metrics_keys),
-        // The handler still checks `auth.admin_keys` on the routes that always did.
-        Guard::Admin => config.pool_key.is_empty() || pool || any_of(&config.admin_keys),
-        Guard::Pool => config.pool_key.is_empty() || pool,
-    }
-}
-
-/// The pool-key layer, in front of every route (the fallbacks too), so nothing behind it
-/// (store, cache, statistics) is reached without the key. A plain `tower::Service` that
-/// hands on the route's own future unboxed: axum's `from_fn` middleware boxes one per
-/// request, which cost 0.4 µs (BENCHMARKS.md, "Hot path at the end of the session").
-#[derive(Clone)]
-struct KeyCheck<S> {
-    inner: S,
-    scorer: Arc<Scorer>,
-}
-
-impl<S> tower::Service<axum::extract::Request> for KeyCheck<S>
-where
-    S: tower::Service<axum::extract::Request, Response = Response, Error = Infallible>,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future =
-        futures::future::Either<S::Future, std::future::Ready<Result<Response, Infallible>>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
-        if allowed(&self.scorer, &request) {
-            futures::future::Either::Left(self.inner.call(request))
-        } else {
-            let refusal = finish(&self.scorer, "unauthorized", Err(ScorerError::NoPoolKey));
-            futures::future::Either::Right(std::future::ready(Ok(refusal)))
-        }
-    }
 }
 
 /// Records the request in metrics and turns errors into `{"error": ...}` responses.
@@ -719,22 +628,6 @@ async fn explain(State(scorer): Shared) -> Response {
     finish(&scorer, "explain", result)
 }
 
-/// The admin routes need one of `auth.admin_keys` as a bearer key, when any is set.
-/// The pool key (the proxy forwarding an admin call it already checked) also passes.
-fn admin_authorized(scorer: &Scorer, headers: &axum::http::HeaderMap) -> Result<(), ScorerError> {
-    let keys = &scorer.config.admin_keys;
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let given = bearer_key(headers).unwrap_or("");
-    let matches = manymodels_config::Secret::matches_any(given, keys) || is_pool_key(scorer, given);
-    if matches {
-        Ok(())
-    } else {
-        Err(ScorerError::Unauthorized)
-    }
-}
-
 /// The one shape of the routes about one model that answer JSON: the model id (already
 /// checked, with the admin key on admin routes), one call, the answer.
 async fn model_call<T, F, Fut>(
@@ -750,100 +643,6 @@ where
 {
     let result = async { Ok(json_response(&call(scorer.clone(), id?).await?)) }.await;
     finish(&scorer, route, result)
-}
-
-/// The model id of an admin route, read only after the admin key was checked.
-struct Admin(Result<ModelId, ScorerError>);
-
-impl FromRequestParts<Arc<Scorer>> for Admin {
-    type Rejection = Infallible;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        scorer: &Arc<Scorer>,
-    ) -> Result<Self, Self::Rejection> {
-        if let Err(error) = admin_authorized(scorer, &parts.headers) {
-            return Ok(Admin(Err(error)));
-        }
-        let path = Path::<String>::from_request_parts(parts, scorer).await;
-        Ok(Admin(model_id(path)))
-    }
-}
-
-/// Versions in the store, the alias, what this scorer serves and any refused version.
-async fn admin_status(State(scorer): Shared, Admin(id): Admin) -> Response {
-    model_call(scorer, "admin", id, |scorer, id| async move {
-        scorer.cache.version_status(&id).await
-    })
-    .await
-}
-
-/// Checks the store for `id` now and moves to its live version.
-async fn admin_refresh(State(scorer): Shared, Admin(id): Admin) -> Response {
-    model_call(scorer, "admin", id, |scorer, id| async move {
-        scorer.cache.refresh(&id).await
-    })
-    .await
-}
-
-#[derive(serde::Deserialize)]
-struct PinBody {
-    version: u64,
-}
-
-/// Pins the live version (`{"version": 3}`), persisted in the store.
-async fn admin_pin(
-    State(scorer): Shared,
-    Admin(id): Admin,
-    request: Result<Bytes, BytesRejection>,
-) -> Response {
-    model_call(scorer, "admin", id, |scorer, id| async move {
-        let bytes = body(request, &scorer)?;
-        let pin: PinBody = serde_json::from_slice(&bytes)
-            .map_err(|e| ScorerError::InvalidInput(format!("expected {{\"version\": N}}: {e}")))?;
-        scorer.cache.pin(&id, Some(pin.version)).await
-    })
-    .await
-}
-
-/// Unpins: the highest version is live again.
-async fn admin_unpin(State(scorer): Shared, Admin(id): Admin) -> Response {
-    model_call(scorer, "admin", id, |scorer, id| async move {
-        scorer.cache.pin(&id, None).await
-    })
-    .await
-}
-
-/// Publishes the body (ONNX bytes) as a new version, after checking it loads and
-/// answers; 201 with the refresh outcome.
-async fn admin_publish(
-    State(scorer): Shared,
-    headers: axum::http::HeaderMap,
-    path: Result<Path<Target>, PathRejection>,
-    request: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = async {
-        admin_authorized(&scorer, &headers)?;
-        let (id, version) = target(path)?;
-        let version =
-            version.ok_or_else(|| ScorerError::invalid("the publish route needs a version"))?;
-        let bytes = request.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ScorerError::BodyTooLarge {
-                    limit: scorer.config.http.max_upload.bytes(),
-                }
-            } else {
-                ScorerError::InvalidInput(rejection.body_text())
-            }
-        })?;
-        if bytes.is_empty() {
-            return Err(ScorerError::InvalidInput("empty model body".into()));
-        }
-        let outcome = scorer.cache.publish(&id, version, bytes).await?;
-        Ok((StatusCode::CREATED, axum::Json(outcome)).into_response())
-    }
-    .await;
-    finish(&scorer, "admin", result)
 }
 
 /// A proxy's statistics push (`StatsReport`): answered with this cache's summary.
@@ -887,36 +686,4 @@ async fn method_not_allowed(State(scorer): Shared, method: Method, uri: Uri) -> 
         path: uri.path().to_string(),
     };
     finish(&scorer, "other", Err(error))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Guard, guard_of};
-    use manymodels_contract::route;
-
-    #[test]
-    fn only_health_is_open_and_admin_routes_take_admin_keys() {
-        assert_eq!(guard_of(route::LIVE), Guard::Open);
-        assert_eq!(guard_of(route::READY), Guard::Open);
-        assert_eq!(guard_of(route::METRICS), Guard::Metrics);
-        for admin in [
-            route::REPOSITORY_LOAD.path("m"),
-            route::REPOSITORY_UNLOAD.path("m"),
-            route::ADMIN_PIN.path("m"),
-            route::ADMIN_PUBLISH.path("m", 2),
-            route::CACHE_EXPLAIN.to_string(),
-        ] {
-            assert_eq!(guard_of(&admin), Guard::Admin, "{admin}");
-        }
-        for pool in [
-            route::STATS.to_string(),
-            route::INFER.path("m"),
-            route::SERVER_METADATA.to_string(),
-            route::REPOSITORY_INDEX.to_string(),
-            "/v2/health".to_string(),
-            "/anything".to_string(),
-        ] {
-            assert_eq!(guard_of(&pool), Guard::Pool, "{pool}");
-        }
-    }
 }

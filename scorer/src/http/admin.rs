@@ -1,0 +1,112 @@
+//! The scorer's admin routes (`/v2/mm/models/{id}...`), which the proxy forwards its
+//! admin API to: version status, refresh, pin, unpin and publish.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+
+use super::keys::admin_authorized;
+use super::{Shared, Target, body, finish, model_call, model_id, target};
+use crate::Scorer;
+use crate::error::ScorerError;
+use crate::model_id::ModelId;
+
+/// The model id of an admin route, read only after the admin key was checked.
+pub(super) struct Admin(Result<ModelId, ScorerError>);
+
+impl FromRequestParts<Arc<Scorer>> for Admin {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        scorer: &Arc<Scorer>,
+    ) -> Result<Self, Self::Rejection> {
+        if let Err(error) = admin_authorized(scorer, &parts.headers) {
+            return Ok(Admin(Err(error)));
+        }
+        let path = Path::<String>::from_request_parts(parts, scorer).await;
+        Ok(Admin(model_id(path)))
+    }
+}
+
+/// Versions in the store, the alias, what this scorer serves and any refused version.
+pub(super) async fn admin_status(State(scorer): Shared, Admin(id): Admin) -> Response {
+    model_call(scorer, "admin", id, |scorer, id| async move {
+        scorer.cache.version_status(&id).await
+    })
+    .await
+}
+
+/// Checks the store for `id` now and moves to its live version.
+pub(super) async fn admin_refresh(State(scorer): Shared, Admin(id): Admin) -> Response {
+    model_call(scorer, "admin", id, |scorer, id| async move {
+        scorer.cache.refresh(&id).await
+    })
+    .await
+}
+
+#[derive(serde::Deserialize)]
+struct PinBody {
+    version: u64,
+}
+
+/// Pins the live version (`{"version": 3}`), persisted in the store.
+pub(super) async fn admin_pin(
+    State(scorer): Shared,
+    Admin(id): Admin,
+    request: Result<Bytes, BytesRejection>,
+) -> Response {
+    model_call(scorer, "admin", id, |scorer, id| async move {
+        let bytes = body(request, &scorer)?;
+        let pin: PinBody = serde_json::from_slice(&bytes)
+            .map_err(|e| ScorerError::InvalidInput(format!("expected {{\"version\": N}}: {e}")))?;
+        scorer.cache.pin(&id, Some(pin.version)).await
+    })
+    .await
+}
+
+/// Unpins: the highest version is live again.
+pub(super) async fn admin_unpin(State(scorer): Shared, Admin(id): Admin) -> Response {
+    model_call(scorer, "admin", id, |scorer, id| async move {
+        scorer.cache.pin(&id, None).await
+    })
+    .await
+}
+
+/// Publishes the body (ONNX bytes) as a new version, after checking it loads and
+/// answers; 201 with the refresh outcome.
+pub(super) async fn admin_publish(
+    State(scorer): Shared,
+    headers: axum::http::HeaderMap,
+    path: Result<Path<Target>, PathRejection>,
+    request: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        admin_authorized(&scorer, &headers)?;
+        let (id, version) = target(path)?;
+        let version =
+            version.ok_or_else(|| ScorerError::invalid("the publish route needs a version"))?;
+        let bytes = request.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ScorerError::BodyTooLarge {
+                    limit: scorer.config.http.max_upload.bytes(),
+                }
+            } else {
+                ScorerError::InvalidInput(rejection.body_text())
+            }
+        })?;
+        if bytes.is_empty() {
+            return Err(ScorerError::InvalidInput("empty model body".into()));
+        }
+        let outcome = scorer.cache.publish(&id, version, bytes).await?;
+        Ok((StatusCode::CREATED, axum::Json(outcome)).into_response())
+    }
+    .await;
+    finish(&scorer, "admin", result)
+}

@@ -143,11 +143,14 @@ fn target(
 }
 
 fn body(body: Result<Bytes, BytesRejection>, scorer: &Scorer) -> Result<Bytes, ScorerError> {
+    body_within(body, scorer.config.http.max_body.bytes())
+}
+
+/// The body, or the error of a body over `limit` (413) or unreadable (400).
+fn body_within(body: Result<Bytes, BytesRejection>, limit: u64) -> Result<Bytes, ScorerError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ScorerError::BodyTooLarge {
-                limit: scorer.config.http.max_body.bytes(),
-            }
+            ScorerError::BodyTooLarge { limit }
         } else {
             ScorerError::invalid(format!(
                 "cannot read the request body: {}",

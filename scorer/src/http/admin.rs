@@ -12,7 +12,7 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 
 use super::keys::admin_authorized;
-use super::{Shared, Target, body, finish, model_call, model_id, target};
+use super::{Shared, Target, body, body_within, finish, model_call, model_id, target};
 use crate::Scorer;
 use crate::error::ScorerError;
 use crate::model_id::ModelId;
@@ -92,15 +92,7 @@ pub(super) async fn admin_publish(
         let (id, version) = target(path)?;
         let version =
             version.ok_or_else(|| ScorerError::invalid("the publish route needs a version"))?;
-        let bytes = request.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ScorerError::BodyTooLarge {
-                    limit: scorer.config.http.max_upload.bytes(),
-                }
-            } else {
-                ScorerError::InvalidInput(rejection.body_text())
-            }
-        })?;
+        let bytes = body_within(request, scorer.config.http.max_upload.bytes())?;
         if bytes.is_empty() {
             return Err(ScorerError::InvalidInput("empty model body".into()));
         }

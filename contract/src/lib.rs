@@ -16,6 +16,7 @@
 //! on nothing of each other.
 
 pub mod cache;
+pub mod grpc;
 pub mod route;
 pub mod stats;
 

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use manymodels_config::proxy::ProxyConfig;
+use pingora::apps::HttpServerOptions;
 use pingora::lb::{Backends, LoadBalancer};
 use pingora::proxy::http_proxy_service;
 use pingora::server::Server;
@@ -100,6 +101,13 @@ pub fn run(config: ProxyConfig) -> ! {
         pool_authorization,
     };
     let mut service = http_proxy_service(&server.configuration, proxy);
+    // One port for HTTP/1.1 and HTTP/2 without TLS (gRPC): Pingora looks for the HTTP/2
+    // preface on each new connection.
+    if let Some(app) = service.app_logic_mut() {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        app.server_options = Some(options);
+    }
     service.add_tcp(&listen);
     let proxy_handle = server.add_service(service);
     // The selector is empty until the first discovery: start serving after it.

@@ -2,6 +2,7 @@
 //! rule here is unit-tested without a socket. The typed [`Route`] is carried from here to
 //! the end of the request; nothing after this re-reads the path.
 
+use manymodels_contract::grpc::{self, Call};
 use manymodels_contract::{
     self as contract, header, parse_version, route as scorer, truncate_for_message as cut,
     valid_model_id,
@@ -56,15 +57,45 @@ pub enum Action {
     Unpin,
     /// `PUT /v2/admin/models/{id}/versions/{v}`: a model upload.
     Publish { version: u64 },
+    /// A gRPC call about one model (`classify_grpc`): the path is kept as it is, the model
+    /// came from a metadata header, and `version` is `x-mm-model-version` (or a canary's).
+    Grpc { call: Call, version: Option<u64> },
 }
 
 impl Action {
     /// Whether the route needs an admin key (when admin keys are set).
     pub fn admin(self) -> bool {
-        !matches!(
+        match self {
+            Action::Metadata { .. } | Action::Ready { .. } | Action::Infer { .. } => false,
+            Action::Grpc { call, .. } => call.admin(),
+            _ => true,
+        }
+    }
+
+    /// Whether this is an unversioned inference request, which a canary may split.
+    pub fn splittable(self) -> bool {
+        matches!(
             self,
-            Action::Metadata { .. } | Action::Ready { .. } | Action::Infer { .. }
+            Action::Infer { version: None }
+                | Action::Grpc {
+                    call: Call::ModelInfer,
+                    version: None
+                }
         )
+    }
+
+    /// This action with `version` chosen (by a canary split).
+    pub fn at_version(self, version: u64) -> Action {
+        match self {
+            Action::Infer { .. } => Action::Infer {
+                version: Some(version),
+            },
+            Action::Grpc { call, .. } => Action::Grpc {
+                call,
+                version: Some(version),
+            },
+            other => other,
+        }
     }
 
     /// Whether a success changes the model's live version in the store, after which every
@@ -98,6 +129,7 @@ impl Action {
             Action::Pin => scorer::ADMIN_PIN.path(id),
             Action::Unpin => scorer::ADMIN_UNPIN.path(id),
             Action::Publish { version } => scorer::ADMIN_PUBLISH.path(id, version),
+            Action::Grpc { call, .. } => format!("{}{}", grpc::PREFIX, call.method()),
         }
     }
 }
@@ -252,6 +284,48 @@ fn version(text: &str) -> Result<u64, String> {
             cut(text)
         )
     })
+}
+
+/// Classifies a gRPC call (`path` under `contract::grpc::PREFIX`). `model_header` is the
+/// first of `contract::grpc::MODEL_HEADERS` the request carries: the proxy chooses the
+/// scorer before the body arrives (Pingora 0.9 picks the upstream before it reads the
+/// body), so a call about a model must name it in metadata; the scorer then refuses a body
+/// naming another model. Calls about no model go to any scorer, like their REST twins.
+pub fn classify_grpc(
+    path: &str,
+    model_header: Option<&str>,
+    version_header: Option<&str>,
+) -> Route {
+    let Some(call) = Call::from_path(path) else {
+        return Route::NotFound;
+    };
+    if !call.names_model() {
+        return Route::AnyScorer {
+            lists_models: call == Call::RepositoryIndex,
+        };
+    }
+    let Some(id) = model_header.map(str::trim).filter(|m| !m.is_empty()) else {
+        return Route::Invalid(format!(
+            "{} through the proxy needs the model id in the `{}` metadata header              (also read: {})",
+            call.method(),
+            grpc::MODEL_HEADERS[1],
+            grpc::MODEL_HEADERS.join(", ")
+        ));
+    };
+    if !valid_model_id(id) {
+        return Route::Invalid(format!("invalid model id '{}'", cut(id)));
+    }
+    let version = match version_header.map(str::trim).filter(|v| !v.is_empty()) {
+        Some(v) => match version(v) {
+            Ok(v) => Some(v),
+            Err(message) => return Route::Invalid(message),
+        },
+        None => None,
+    };
+    Route::Model {
+        id: id.to_string(),
+        action: Action::Grpc { call, version },
+    }
 }
 
 /// The last segment of an Azure ML scoring URI (`https://<endpoint>/score`).

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use manymodels_config::proxy::ProxyConfig;
-use manymodels_contract::{Lookup, header};
+use manymodels_contract::{Lookup, grpc, header};
 use pingora::Error;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
@@ -21,10 +21,13 @@ use crate::choice::{Policy, View, decide};
 use crate::metrics::Metrics;
 use crate::pool::{Candidate, Pool};
 use crate::reject::{self, Rejection, Reply};
-use crate::route::{Action, Route, classify};
+use crate::route::{Action, Route, classify, classify_grpc};
 
 /// Request-id headers echoed back to the client (Azure ML sends them).
 const ECHOED: [&str; 2] = ["x-request-id", "x-ms-client-request-id"];
+
+/// Concurrent gRPC calls on one HTTP/2 connection to a scorer.
+const GRPC_STREAMS: usize = 128;
 
 pub struct Proxy {
     pub config: ProxyConfig,
@@ -53,8 +56,11 @@ pub struct Ctx {
     /// Whether the scorer answered from memory, as it reported.
     cache: Option<Lookup>,
     status: u16,
-    /// When the client stops waiting (`x-mm-timeout-ms` from arrival), if it said.
+    /// When the client stops waiting (`x-mm-timeout-ms` or `grpc-timeout` from arrival),
+    /// if it said.
     deadline: Option<Instant>,
+    /// A gRPC call: forwarded over HTTP/2, refused with a gRPC status.
+    grpc: bool,
 }
 
 impl Ctx {
@@ -67,6 +73,9 @@ impl Ctx {
 
 async fn respond(session: &mut Session, ctx: &mut Ctx, reply: Reply) -> Result<()> {
     ctx.status = reply.status;
+    if ctx.grpc {
+        return respond_grpc(session, reply).await;
+    }
     let mut header = ResponseHeader::build(reply.status, Some(3))?;
     header.insert_header("content-type", reply.content_type)?;
     header.insert_header("content-length", reply.body.len().to_string())?;
@@ -74,6 +83,23 @@ async fn respond(session: &mut Session, ctx: &mut Ctx, reply: Reply) -> Result<(
         .write_response_header(Box::new(header), false)
         .await?;
     session.write_response_body(Some(reply.body), true).await
+}
+
+/// The proxy's own answer to a gRPC call: a trailers-only response whose `grpc-status` is
+/// the code of the REST answer's status and whose `grpc-message` is its `error`.
+async fn respond_grpc(session: &mut Session, reply: Reply) -> Result<()> {
+    let message = serde_json::from_slice::<serde_json::Value>(&reply.body)
+        .ok()
+        .and_then(|v| v.get("error")?.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let mut header = ResponseHeader::build(200, Some(3))?;
+    header.insert_header("content-type", "application/grpc")?;
+    header.insert_header(
+        "grpc-status",
+        grpc::code_for_status(reply.status).to_string(),
+    )?;
+    header.insert_header("grpc-message", grpc::encode_message(&message))?;
+    session.write_response_header(Box::new(header), true).await
 }
 
 impl Proxy {
@@ -157,16 +183,14 @@ impl Proxy {
 
     /// Sends a share of `model`'s unversioned inference requests to its canary version.
     fn apply_canary(&self, id: &str, action: &mut Action) {
-        if *action != (Action::Infer { version: None }) {
+        if !action.splittable() {
             return;
         }
         match self.canaries.pick(id) {
             (_, false) => {}
             (Some(version), true) => {
                 self.metrics.canary_requests[1].inc();
-                *action = Action::Infer {
-                    version: Some(version),
-                };
+                *action = action.at_version(version);
             }
             (None, true) => self.metrics.canary_requests[0].inc(),
         }
@@ -205,9 +229,28 @@ impl Proxy {
                 .into()));
             };
             ctx.deadline = Some(ctx.started + Duration::from_millis(ms));
+        } else if ctx.grpc
+            && let Some(value) = session.get_header("grpc-timeout")
+        {
+            let Some(ms) = value.to_str().ok().and_then(grpc::parse_grpc_timeout) else {
+                return Ok(Err(
+                    Rejection::Invalid("malformed grpc-timeout".into()).into()
+                ));
+            };
+            ctx.deadline = Some(ctx.started + Duration::from_millis(ms));
         }
         if let Route::Model { id, action } = &mut ctx.route {
             self.apply_canary(id, action);
+            // A gRPC body cannot be rewritten: the version goes in metadata, which the
+            // scorer reads when the body names none.
+            if let Action::Grpc {
+                version: Some(v), ..
+            } = action
+            {
+                session
+                    .req_header_mut()
+                    .insert_header(header::MODEL_VERSION, v.to_string())?;
+            }
             let path = action.path(id);
             if path != session.req_header().uri.path() {
                 let uri = path
@@ -238,6 +281,7 @@ impl ProxyHttp for Proxy {
             cache: None,
             status: 0,
             deadline: None,
+            grpc: false,
         }
     }
 
@@ -248,12 +292,23 @@ impl ProxyHttp for Proxy {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        ctx.route = classify(
-            session.req_header().method.as_str(),
-            session.req_header().uri.path(),
-            header(header::MODEL).as_deref(),
-            header(header::MODEL_VERSION).as_deref(),
-        );
+        let path = session.req_header().uri.path();
+        ctx.grpc = path.starts_with(grpc::PREFIX);
+        ctx.route = if ctx.grpc {
+            let model = grpc::MODEL_HEADERS.iter().find_map(|name| header(name));
+            classify_grpc(
+                path,
+                model.as_deref(),
+                header(header::MODEL_VERSION).as_deref(),
+            )
+        } else {
+            classify(
+                session.req_header().method.as_str(),
+                path,
+                header(header::MODEL).as_deref(),
+                header(header::MODEL_VERSION).as_deref(),
+            )
+        };
         for name in ECHOED {
             if let Some(value) = header(name) {
                 ctx.echoed.push((name, value));
@@ -351,6 +406,12 @@ impl ProxyHttp for Proxy {
         peer.options.read_timeout = Some(read_timeout);
         peer.options.write_timeout = Some(read_timeout);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
+        if ctx.grpc {
+            // Scorers serve gRPC as HTTP/2 without TLS on their one port; many calls share
+            // a connection (Pingora's default is one stream per connection).
+            peer.options.set_http_version(2, 2);
+            peer.options.max_h2_streams = GRPC_STREAMS;
+        }
         Ok(Box::new(peer))
     }
 
@@ -388,6 +449,17 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.status = upstream_response.status.as_u16();
+        // A gRPC error comes as a trailers-only answer: HTTP 200 with `grpc-status` in the
+        // headers. Count it as its REST twin would be.
+        if ctx.grpc
+            && let Some(code) = upstream_response
+                .headers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok())
+        {
+            ctx.status = grpc::status_for_code(code);
+        }
         for (name, value) in &ctx.echoed {
             upstream_response.insert_header(*name, value.as_str())?;
         }

@@ -2,7 +2,6 @@
 //! router, so handler tests call it without a socket.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -26,6 +25,7 @@ use crate::Scorer;
 use crate::azureml;
 use crate::engine;
 use crate::error::ScorerError;
+use crate::infer::{self, Deadline};
 use crate::model_id::ModelId;
 use crate::oip;
 use crate::tensor::TensorSpec;
@@ -64,6 +64,8 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
         )
         .route(route::STATS, axum::routing::put(stats_push))
         .route(route::METRICS, get(metrics))
+        // gRPC (HTTP/2) on the same port: the service answers its own unknown methods.
+        .route_service(crate::grpc::ROUTE, crate::grpc::service(scorer.clone()))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body));
@@ -202,76 +204,13 @@ async fn infer(
     request: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let deadline = deadline(&headers)?;
+        let deadline = infer::deadline(&headers)?;
         let (id, version) = target(path)?;
         let body = body(request, &scorer)?;
         score(&scorer, id, version, &headers, body, deadline).await
     }
     .await;
     finish(&scorer, "infer", result)
-}
-
-/// A request's deadline (`x-mm-timeout-ms`, from when it arrived) and its length in ms;
-/// a malformed header is a 400, never ignored.
-fn deadline(headers: &axum::http::HeaderMap) -> Result<Deadline, ScorerError> {
-    let Some(value) = headers.get(contract::header::TIMEOUT_MS) else {
-        return Ok(None);
-    };
-    let ms = value
-        .to_str()
-        .ok()
-        .and_then(contract::parse_timeout_ms)
-        .ok_or_else(|| {
-            ScorerError::invalid(format!(
-                "{} must be a whole number of milliseconds from 1 to {}",
-                contract::header::TIMEOUT_MS,
-                contract::MAX_TIMEOUT_MS
-            ))
-        })?;
-    Ok(Some((
-        tokio::time::Instant::now() + std::time::Duration::from_millis(ms),
-        ms,
-    )))
-}
-
-/// A request's deadline: when it passes, and its length in ms (for the 504's message).
-type Deadline = Option<(tokio::time::Instant, u64)>;
-
-/// `work` for a request about model `id`, within the request's deadline if it has one
-/// (504 past it): the one bound of every route that looks a model up or loads it (infer,
-/// metadata, readiness). With a deadline the work runs as its own task: a request that
-/// gives up must not cancel the load other requests wait for (the single flight would
-/// start it again), so the load goes on and only this request answers 504.
-async fn within<T: Send + 'static>(
-    id: &ModelId,
-    deadline: Deadline,
-    work: impl Future<Output = Result<T, ScorerError>> + Send + 'static,
-) -> Result<T, ScorerError> {
-    let Some((at, ms)) = deadline else {
-        return work.await;
-    };
-    match tokio::time::timeout_at(at, tokio::spawn(work)).await {
-        Ok(Ok(done)) => done,
-        Ok(Err(e)) => Err(ScorerError::Inference {
-            id: id.to_string(),
-            message: format!("model look-up task failed: {e}"),
-        }),
-        Err(_) => Err(ScorerError::DeadlineExceeded { ms }),
-    }
-}
-
-/// The model for a request, within its deadline if it has one (`within`).
-async fn model_within(
-    scorer: &Arc<Scorer>,
-    id: &ModelId,
-    version: Option<u64>,
-    deadline: Deadline,
-) -> Result<(Arc<engine::LoadedModel>, contract::Lookup), ScorerError> {
-    let (owner, model) = (scorer.clone(), id.clone());
-    within(id, deadline, async move {
-        owner.cache.get(&model, version).await
-    })
-    .await
 }
 
 async fn score(
@@ -296,50 +235,22 @@ async fn score(
             (azureml::Request::Oip(request), blobs)
         }
     };
-    let (model, lookup) = model_within(scorer, &id, version, deadline).await?;
+    let (model, lookup) = infer::model_within(scorer, &id, version, deadline).await?;
     // An Azure ML table becomes the model's only input here, now that its signature is known.
     let (mut request, answer) = request.for_model(&model.inputs)?;
     oip::binary::raw_input(&mut request, &mut blobs, &model.inputs)?;
-    if let Some((at, ms)) = deadline
-        && tokio::time::Instant::now() >= at
-    {
-        return Err(ScorerError::DeadlineExceeded { ms });
-    }
     let selected = oip::select_outputs(request.outputs.as_deref(), &model.outputs)?;
     let binary_outputs = oip::binary::binary_outputs(&request, selected.len())?;
-    let inputs = oip::validate_inputs_with(
+    let outputs = infer::run(
+        scorer,
+        &id,
+        &model,
+        deadline,
         request.inputs,
         blobs.inputs,
-        &model.inputs,
-        scorer.config.http.max_elements,
-    )?;
-    let started = Instant::now();
-    let rows = engine::batch_rows(&inputs);
-    let quick = scorer.config.inference_inline_max;
-    let outputs = match run_quick(&model, rows, quick, inputs, &selected) {
-        Ok(outputs) => {
-            scorer.metrics.inline_runs.inc();
-            outputs?
-        }
-        Err(inputs) => {
-            let running = model.clone();
-            let run = tokio::task::spawn_blocking(move || running.infer(inputs, &selected));
-            let joined = match deadline {
-                None => run.await,
-                Some((at, ms)) => tokio::time::timeout_at(at, run)
-                    .await
-                    .map_err(|_| ScorerError::DeadlineExceeded { ms })?,
-            };
-            joined.map_err(|e| ScorerError::Inference {
-                id: id.to_string(),
-                message: format!("inference task failed: {e}"),
-            })??
-        }
-    };
-    scorer
-        .metrics
-        .inference_duration
-        .observe(started.elapsed().as_secs_f64());
+        selected,
+    )
+    .await?;
     let mut response = match answer {
         azureml::Answer::AzureMl => json_response(&azureml::answer(&outputs)),
         azureml::Answer::Oip if binary_outputs.is_some() => binary_response(
@@ -394,24 +305,6 @@ fn binary_response(
     }
 }
 
-/// Runs the call on this worker if the model has been measured to finish it within
-/// `limit` and its session is free: handing a few-microsecond call to a blocking thread
-/// costs ten times more than the call (ARCHITECTURE.md, "Where ONNX Runtime runs").
-/// Otherwise gives the inputs back. Synchronous, so the session lock never crosses an
-/// `.await`.
-fn run_quick(
-    model: &engine::LoadedModel,
-    rows: usize,
-    limit: std::time::Duration,
-    inputs: Vec<crate::tensor::NamedTensor>,
-    selected: &[usize],
-) -> Result<Result<Vec<crate::tensor::NamedTensor>, ScorerError>, Vec<crate::tensor::NamedTensor>> {
-    match model.try_quick(rows, limit) {
-        Some(session) => Ok(session.run(inputs, selected)),
-        None => Err(inputs),
-    }
-}
-
 #[derive(Serialize)]
 struct ModelMetadata<'a> {
     name: &'a str,
@@ -429,20 +322,11 @@ async fn metadata(
     id: ModelId,
     version: Option<u64>,
 ) -> Result<Response, ScorerError> {
-    let (model, _) = scorer.cache.get(&id, version).await?;
-    let versions = scorer
-        .cache
-        .store()
-        .list_versions(&id)
-        .await
-        .map_err(|e| ScorerError::Store(e.to_string()))?;
+    let (model, versions) = infer::describe(scorer, &id, version).await?;
     Ok(json_response(&ModelMetadata {
         name: id.as_str(),
         versions: versions.iter().map(u64::to_string).collect(),
-        platform: match model.engine {
-            engine::Engine::OnnxRuntime => "onnxruntime_onnx",
-            engine::Engine::Native => "manymodels_native",
-        },
+        platform: infer::platform(&model),
         engine: model.engine.as_str(),
         inputs: &model.inputs,
         outputs: model.output_metadata(),
@@ -455,10 +339,10 @@ async fn model_metadata(
     path: Result<Path<Target>, PathRejection>,
 ) -> Response {
     let result = async {
-        let deadline = deadline(&headers)?;
+        let deadline = infer::deadline(&headers)?;
         let (id, version) = target(path)?;
         let (owner, model) = (scorer.clone(), id.clone());
-        within(&id, deadline, async move {
+        infer::within(&id, deadline, async move {
             metadata(&owner, model, version).await
         })
         .await
@@ -467,39 +351,13 @@ async fn model_metadata(
     finish(&scorer, "metadata", result)
 }
 
-/// A model is ready when it can be scored now: it is in the store (loading on demand) or
-/// already in memory. `loaded` says which.
+/// A model's readiness as JSON (`infer::readiness`).
 async fn readiness(
     scorer: &Scorer,
     id: ModelId,
     version: Option<u64>,
 ) -> Result<Response, ScorerError> {
-    let loaded = scorer
-        .cache
-        .resident()
-        .iter()
-        .any(|m| m.id == id && version.is_none_or(|v| v == m.version));
-    let exists = loaded || {
-        let versions = scorer
-            .cache
-            .store()
-            .list_versions(&id)
-            .await
-            .map_err(|e| ScorerError::Store(e.to_string()))?;
-        match version {
-            Some(v) => versions.contains(&v),
-            None => !versions.is_empty(),
-        }
-    };
-    if !exists {
-        return Err(match version {
-            Some(v) => ScorerError::VersionNotFound {
-                id: id.to_string(),
-                version: v.to_string(),
-            },
-            None => ScorerError::ModelNotFound(id.to_string()),
-        });
-    }
+    let loaded = infer::readiness(scorer, &id, version).await?;
     Ok(json_response(
         &json!({ "name": id.as_str(), "ready": true, "loaded": loaded }),
     ))
@@ -511,10 +369,10 @@ async fn model_ready(
     path: Result<Path<Target>, PathRejection>,
 ) -> Response {
     let result = async {
-        let deadline = deadline(&headers)?;
+        let deadline = infer::deadline(&headers)?;
         let (id, version) = target(path)?;
         let (owner, model) = (scorer.clone(), id.clone());
-        within(&id, deadline, async move {
+        infer::within(&id, deadline, async move {
             readiness(&owner, model, version).await
         })
         .await
@@ -523,18 +381,8 @@ async fn model_ready(
     finish(&scorer, "ready", result)
 }
 
-#[derive(Serialize)]
-struct IndexEntry {
-    name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    version: Option<String>,
-    state: &'static str,
-    reason: &'static str,
-}
-
-/// Lists the store without loading anything. Models in memory are `READY`; the rest are
-/// `UNAVAILABLE` with reason `not loaded` (they load on their first request). A body of
-/// `{"ready": true}` lists only the models in memory.
+/// The repository index (`infer::index`). A body of `{"ready": true}` lists only the
+/// models in memory.
 async fn repository_index(
     State(scorer): Shared,
     request: Result<Bytes, BytesRejection>,
@@ -551,47 +399,7 @@ async fn repository_index(
                 .and_then(serde_json::Value::as_bool)
                 .unwrap_or(false)
         };
-        let mut resident: Vec<(String, u64)> = scorer
-            .cache
-            .resident()
-            .iter()
-            .map(|m| (m.id.to_string(), m.version))
-            .collect();
-        resident.sort();
-        resident.dedup();
-        let mut entries: Vec<IndexEntry> = resident
-            .iter()
-            .map(|(name, version)| IndexEntry {
-                name: name.clone(),
-                version: Some(version.to_string()),
-                state: "READY",
-                reason: "",
-            })
-            .collect();
-        if !ready_only {
-            let ids = scorer
-                .cache
-                .store()
-                .list_models()
-                .await
-                .map_err(|e| ScorerError::Store(e.to_string()))?;
-            entries.extend(
-                ids.into_iter()
-                    .filter(|id| {
-                        resident
-                            .binary_search_by(|(name, _)| name.as_str().cmp(id.as_str()))
-                            .is_err()
-                    })
-                    .map(|id| IndexEntry {
-                        name: id.to_string(),
-                        version: None,
-                        state: "UNAVAILABLE",
-                        reason: "not loaded",
-                    }),
-            );
-            entries.sort_by(|a, b| a.name.cmp(&b.name));
-        }
-        Ok(json_response(&entries))
+        Ok(json_response(&infer::index(&scorer, ready_only).await?))
     }
     .await;
     finish(&scorer, "index", result)

@@ -9,6 +9,7 @@
 //! - [`reference`]: reference inputs and outputs, request bodies, tolerance comparison.
 //! - [`azurite`]: Azurite with a minimal Shared Key client.
 //! - [`classifiers`]: the ZipMap classifiers' store and reference, and their checks.
+//! - [`grpc`]: a gRPC client, and requests and outputs between reference JSON and protobuf.
 //!
 //! The scorer's in-process handler tests (`scorer/tests/handlers.rs`) and xtask's benches
 //! use it too. The binaries are the ones `cargo xtask test` builds first
@@ -19,6 +20,7 @@
 pub mod alloc;
 pub mod azurite;
 pub mod classifiers;
+pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod process;

@@ -31,6 +31,7 @@ pub(super) fn guard_of(path: &str) -> Guard {
     } else if path.starts_with("/v2/mm/models/")
         || path.starts_with("/v2/repository/models/")
         || path == route::CACHE_EXPLAIN
+        || contract::grpc::Call::from_path(path).is_some_and(contract::grpc::Call::admin)
     {
         Guard::Admin
     } else {
@@ -101,7 +102,10 @@ where
         if allowed(&self.scorer, &request) {
             futures::future::Either::Left(self.inner.call(request))
         } else {
-            let refusal = finish(&self.scorer, "unauthorized", Err(ScorerError::NoPoolKey));
+            let mut refusal = finish(&self.scorer, "unauthorized", Err(ScorerError::NoPoolKey));
+            if request.uri().path().starts_with(contract::grpc::PREFIX) {
+                refusal = crate::grpc::refusal(&ScorerError::NoPoolKey);
+            }
             futures::future::Either::Right(std::future::ready(Ok(refusal)))
         }
     }
@@ -142,6 +146,8 @@ mod tests {
             route::ADMIN_PIN.path("m"),
             route::ADMIN_PUBLISH.path("m", 2),
             route::CACHE_EXPLAIN.to_string(),
+            "/inference.GRPCInferenceService/RepositoryModelLoad".to_string(),
+            "/inference.GRPCInferenceService/RepositoryModelUnload".to_string(),
         ] {
             assert_eq!(guard_of(&admin), Guard::Admin, "{admin}");
         }
@@ -150,6 +156,8 @@ mod tests {
             route::INFER.path("m"),
             route::SERVER_METADATA.to_string(),
             route::REPOSITORY_INDEX.to_string(),
+            "/inference.GRPCInferenceService/ModelInfer".to_string(),
+            "/inference.GRPCInferenceService/ServerLive".to_string(),
             "/v2/health".to_string(),
             "/anything".to_string(),
         ] {

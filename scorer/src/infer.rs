@@ -1,0 +1,277 @@
+//! What every front end of the scorer shares once a request is parsed: its deadline, the
+//! model look-up within it, the checked inputs run on the model, and the model's metadata,
+//! readiness and the repository index. REST (`http`) and gRPC (`grpc`) differ only in how
+//! they read requests and write answers.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use manymodels_contract::{self as contract, Lookup};
+use serde::Serialize;
+
+use crate::Scorer;
+use crate::engine::{self, LoadedModel};
+use crate::error::ScorerError;
+use crate::model_id::ModelId;
+use crate::oip;
+use crate::tensor::NamedTensor;
+
+/// A request's deadline: when it passes, and its length in ms (for the 504's message).
+pub type Deadline = Option<(tokio::time::Instant, u64)>;
+
+/// A request's deadline from `x-mm-timeout-ms` (or, for gRPC clients, `grpc-timeout`),
+/// counted from now; a malformed header is a 400, never ignored.
+pub fn deadline(headers: &axum::http::HeaderMap) -> Result<Deadline, ScorerError> {
+    let ms = if let Some(value) = headers.get(contract::header::TIMEOUT_MS) {
+        value
+            .to_str()
+            .ok()
+            .and_then(contract::parse_timeout_ms)
+            .ok_or_else(|| {
+                ScorerError::invalid(format!(
+                    "{} must be a whole number of milliseconds from 1 to {}",
+                    contract::header::TIMEOUT_MS,
+                    contract::MAX_TIMEOUT_MS
+                ))
+            })?
+    } else if let Some(value) = headers.get("grpc-timeout") {
+        value
+            .to_str()
+            .ok()
+            .and_then(contract::grpc::parse_grpc_timeout)
+            .ok_or_else(|| ScorerError::invalid("malformed grpc-timeout"))?
+    } else {
+        return Ok(None);
+    };
+    Ok(Some((
+        tokio::time::Instant::now() + std::time::Duration::from_millis(ms),
+        ms,
+    )))
+}
+
+/// `work` for a request about model `id`, within the request's deadline if it has one
+/// (504 past it): the one bound of every route that looks a model up or loads it (infer,
+/// metadata, readiness). With a deadline the work runs as its own task: a request that
+/// gives up must not cancel the load other requests wait for (the single flight would
+/// start it again), so the load goes on and only this request answers 504.
+pub async fn within<T: Send + 'static>(
+    id: &ModelId,
+    deadline: Deadline,
+    work: impl Future<Output = Result<T, ScorerError>> + Send + 'static,
+) -> Result<T, ScorerError> {
+    let Some((at, ms)) = deadline else {
+        return work.await;
+    };
+    match tokio::time::timeout_at(at, tokio::spawn(work)).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => Err(ScorerError::Inference {
+            id: id.to_string(),
+            message: format!("model look-up task failed: {e}"),
+        }),
+        Err(_) => Err(ScorerError::DeadlineExceeded { ms }),
+    }
+}
+
+/// The model for a request, within its deadline if it has one (`within`).
+pub async fn model_within(
+    scorer: &Arc<Scorer>,
+    id: &ModelId,
+    version: Option<u64>,
+    deadline: Deadline,
+) -> Result<(Arc<LoadedModel>, Lookup), ScorerError> {
+    let (owner, model) = (scorer.clone(), id.clone());
+    within(id, deadline, async move {
+        owner.cache.get(&model, version).await
+    })
+    .await
+}
+
+/// Checks a parsed request's inputs against `model` and runs it, within the deadline:
+/// `blobs[i]` is input `i`'s binary data, if it came as bytes (the REST binary extension,
+/// gRPC's raw or typed contents); `selected` are the outputs to return, in order.
+pub async fn run(
+    scorer: &Arc<Scorer>,
+    id: &ModelId,
+    model: &Arc<LoadedModel>,
+    deadline: Deadline,
+    inputs: Vec<oip::RequestInput>,
+    blobs: Vec<Option<Bytes>>,
+    selected: Vec<usize>,
+) -> Result<Vec<NamedTensor>, ScorerError> {
+    if let Some((at, ms)) = deadline
+        && tokio::time::Instant::now() >= at
+    {
+        return Err(ScorerError::DeadlineExceeded { ms });
+    }
+    let inputs = oip::validate_inputs_with(
+        inputs,
+        blobs,
+        &model.inputs,
+        scorer.config.http.max_elements,
+    )?;
+    let started = Instant::now();
+    let rows = engine::batch_rows(&inputs);
+    let quick = scorer.config.inference_inline_max;
+    let outputs = match run_quick(model, rows, quick, inputs, &selected) {
+        Ok(outputs) => {
+            scorer.metrics.inline_runs.inc();
+            outputs?
+        }
+        Err(inputs) => {
+            let running = model.clone();
+            let run = tokio::task::spawn_blocking(move || running.infer(inputs, &selected));
+            let joined = match deadline {
+                None => run.await,
+                Some((at, ms)) => tokio::time::timeout_at(at, run)
+                    .await
+                    .map_err(|_| ScorerError::DeadlineExceeded { ms })?,
+            };
+            joined.map_err(|e| ScorerError::Inference {
+                id: id.to_string(),
+                message: format!("inference task failed: {e}"),
+            })??
+        }
+    };
+    scorer
+        .metrics
+        .inference_duration
+        .observe(started.elapsed().as_secs_f64());
+    Ok(outputs)
+}
+
+/// Runs the call on this worker if the model has been measured to finish it within
+/// `limit` and its session is free: handing a few-microsecond call to a blocking thread
+/// costs ten times more than the call (ARCHITECTURE.md, "Where ONNX Runtime runs").
+/// Otherwise gives the inputs back. Synchronous, so the session lock never crosses an
+/// `.await`.
+fn run_quick(
+    model: &LoadedModel,
+    rows: usize,
+    limit: std::time::Duration,
+    inputs: Vec<NamedTensor>,
+    selected: &[usize],
+) -> Result<Result<Vec<NamedTensor>, ScorerError>, Vec<NamedTensor>> {
+    match model.try_quick(rows, limit) {
+        Some(session) => Ok(session.run(inputs, selected)),
+        None => Err(inputs),
+    }
+}
+
+/// The platform name a model's metadata reports for its engine.
+pub fn platform(model: &LoadedModel) -> &'static str {
+    match model.engine {
+        engine::Engine::OnnxRuntime => "onnxruntime_onnx",
+        engine::Engine::Native => "manymodels_native",
+    }
+}
+
+/// A model (loading it if needed) and the versions the store holds, for its metadata.
+pub async fn describe(
+    scorer: &Scorer,
+    id: &ModelId,
+    version: Option<u64>,
+) -> Result<(Arc<LoadedModel>, Vec<u64>), ScorerError> {
+    let (model, _) = scorer.cache.get(id, version).await?;
+    let versions = scorer
+        .cache
+        .store()
+        .list_versions(id)
+        .await
+        .map_err(|e| ScorerError::Store(e.to_string()))?;
+    Ok((model, versions))
+}
+
+/// A model is ready when it can be scored now: it is in the store (loading on demand) or
+/// already in memory. `Ok(loaded)` says which; a model or version that does not exist is
+/// an error (404).
+pub async fn readiness(
+    scorer: &Scorer,
+    id: &ModelId,
+    version: Option<u64>,
+) -> Result<bool, ScorerError> {
+    let loaded = scorer
+        .cache
+        .resident()
+        .iter()
+        .any(|m| &m.id == id && version.is_none_or(|v| v == m.version));
+    let exists = loaded || {
+        let versions = scorer
+            .cache
+            .store()
+            .list_versions(id)
+            .await
+            .map_err(|e| ScorerError::Store(e.to_string()))?;
+        match version {
+            Some(v) => versions.contains(&v),
+            None => !versions.is_empty(),
+        }
+    };
+    if !exists {
+        return Err(match version {
+            Some(v) => ScorerError::VersionNotFound {
+                id: id.to_string(),
+                version: v.to_string(),
+            },
+            None => ScorerError::ModelNotFound(id.to_string()),
+        });
+    }
+    Ok(loaded)
+}
+
+/// One entry of the repository index.
+#[derive(Serialize)]
+pub struct IndexEntry {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub state: &'static str,
+    pub reason: &'static str,
+}
+
+/// Lists the store without loading anything. Models in memory are `READY`; the rest are
+/// `UNAVAILABLE` with reason `not loaded` (they load on their first request);
+/// `ready_only` lists only the models in memory.
+pub async fn index(scorer: &Scorer, ready_only: bool) -> Result<Vec<IndexEntry>, ScorerError> {
+    let mut resident: Vec<(String, u64)> = scorer
+        .cache
+        .resident()
+        .iter()
+        .map(|m| (m.id.to_string(), m.version))
+        .collect();
+    resident.sort();
+    resident.dedup();
+    let mut entries: Vec<IndexEntry> = resident
+        .iter()
+        .map(|(name, version)| IndexEntry {
+            name: name.clone(),
+            version: Some(version.to_string()),
+            state: "READY",
+            reason: "",
+        })
+        .collect();
+    if !ready_only {
+        let ids = scorer
+            .cache
+            .store()
+            .list_models()
+            .await
+            .map_err(|e| ScorerError::Store(e.to_string()))?;
+        entries.extend(
+            ids.into_iter()
+                .filter(|id| {
+                    resident
+                        .binary_search_by(|(name, _)| name.as_str().cmp(id.as_str()))
+                        .is_err()
+                })
+                .map(|id| IndexEntry {
+                    name: id.to_string(),
+                    version: None,
+                    state: "UNAVAILABLE",
+                    reason: "not loaded",
+                }),
+        );
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    Ok(entries)
+}

@@ -1,0 +1,383 @@
+//! The Open Inference Protocol over gRPC, as processes on 127.0.0.1: every demo model
+//! scored with raw and typed tensors, straight to a scorer and through the proxy (routed by
+//! the `mm-model-id` metadata header, counted, kept on the scorer that holds the model);
+//! errors with their gRPC codes, from the proxy and from scorers; keys; canaries and
+//! explicit versions.
+
+use manymodels_models::Spec;
+use manymodels_tests::grpc::{connect, infer_request, outputs_json, pb, routed};
+use manymodels_tests::process::Pool;
+use manymodels_tests::reference::assert_outputs_equal;
+use manymodels_tests::{
+    ProxyProcess, ScorerProcess, TOLERANCE, TempDir, demo_reference, root, write_model,
+};
+use serde_json::json;
+use tonic::Code;
+
+fn metadata(response_metadata: &tonic::metadata::MetadataMap, name: &str) -> String {
+    response_metadata
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test]
+async fn every_demo_model_scores_over_grpc_straight_and_through_the_proxy() {
+    let pool = Pool::local(&root().join("models/demo"), 2, &[], &[]);
+    let mut proxy = connect(pool.proxy.addr()).await;
+    let mut scorer = connect(pool.scorers[0].addr()).await;
+
+    let live = proxy.server_live(pb::ServerLiveRequest {}).await.unwrap();
+    assert!(live.get_ref().live);
+    assert!(
+        proxy
+            .server_ready(pb::ServerReadyRequest {})
+            .await
+            .unwrap()
+            .get_ref()
+            .ready
+    );
+    let server = proxy
+        .server_metadata(pb::ServerMetadataRequest {})
+        .await
+        .unwrap();
+    assert_eq!(server.get_ref().name, "manymodels");
+
+    let references = demo_reference();
+    for reference in &references {
+        let id = reference["id"].as_str().unwrap();
+        let expected = reference["outputs"].as_array().unwrap();
+        let mut answered_by = Vec::new();
+        for raw in [true, false, true] {
+            let request = routed(id, infer_request(id, &reference["inputs"], raw));
+            let response = proxy
+                .model_infer(request)
+                .await
+                .unwrap_or_else(|e| panic!("{id} (raw {raw}) through the proxy: {e}"));
+            let cache = metadata(response.metadata(), "x-mm-cache");
+            assert!(
+                cache == "hit" || cache == "miss",
+                "{id}: x-mm-cache {cache:?}"
+            );
+            answered_by.push(metadata(response.metadata(), "x-mm-scorer"));
+            let response = response.into_inner();
+            assert_eq!(response.model_name, id);
+            assert_eq!(response.model_version, "1");
+            assert_eq!(response.id, "ref");
+            assert_outputs_equal(
+                &format!("{id} via proxy, raw {raw}"),
+                &outputs_json(&response),
+                expected,
+                TOLERANCE,
+            );
+        }
+        // The model stays where it is hot.
+        assert!(
+            answered_by
+                .iter()
+                .all(|s| s == &answered_by[0] && !s.is_empty()),
+            "{id} answered by {answered_by:?}"
+        );
+        let direct = scorer
+            .model_infer(infer_request(id, &reference["inputs"], true))
+            .await
+            .unwrap_or_else(|e| panic!("{id} straight to a scorer: {e}"))
+            .into_inner();
+        assert_outputs_equal(
+            &format!("{id} direct"),
+            &outputs_json(&direct),
+            expected,
+            TOLERANCE,
+        );
+
+        let described = proxy
+            .model_metadata(routed(
+                id,
+                pb::ModelMetadataRequest {
+                    name: id.to_string(),
+                    version: String::new(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let names: Vec<&str> = described.inputs.iter().map(|i| i.name.as_str()).collect();
+        let want: Vec<&str> = reference["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, want, "{id}: metadata inputs");
+        assert_eq!(described.versions, vec!["1".to_string()]);
+        let ready = proxy
+            .model_ready(routed(
+                id,
+                pb::ModelReadyRequest {
+                    name: id.to_string(),
+                    version: String::new(),
+                },
+            ))
+            .await
+            .unwrap();
+        assert!(ready.get_ref().ready);
+    }
+    // The proxy counted the calls like REST ones: every infer answered hit or miss.
+    let metrics = pool.proxy.metrics().await;
+    let counted = metrics.get("mm_proxy_scorer_cache_hits_total")
+        + metrics.get("mm_proxy_scorer_cache_misses_total");
+    assert_eq!(counted, (references.len() * 3) as f64);
+    assert!(metrics.get("mm_proxy_scorer_cache_hits_total") >= (references.len() * 2) as f64);
+    let index = proxy
+        .repository_index(pb::RepositoryIndexRequest {
+            repository_name: String::new(),
+            ready: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(index.models.len(), references.len());
+}
+
+#[tokio::test]
+async fn grpc_errors_carry_their_codes_from_the_proxy_and_from_scorers() {
+    let pool = Pool::local(&root().join("models/demo"), 1, &[], &[]);
+    let mut proxy = connect(pool.proxy.addr()).await;
+    let mut scorer = connect(pool.scorers[0].addr()).await;
+    let reference = &demo_reference()[0];
+    let id = reference["id"].as_str().unwrap();
+    let good = || infer_request(id, &reference["inputs"], true);
+
+    // No routing header: the proxy cannot choose a scorer, and says which header to set.
+    let error = proxy.model_infer(good()).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    assert!(error.message().contains("mm-model-id"), "{error:?}");
+    // A header naming another model than the body: the scorer refuses it.
+    let other = if id == "linear-small" {
+        "logistic-churn"
+    } else {
+        "linear-small"
+    };
+    let error = proxy
+        .model_infer(routed(other, infer_request(id, &reference["inputs"], true)))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    assert!(error.message().contains("names model"), "{error:?}");
+    // A model not in the store.
+    let mut missing = good();
+    missing.model_name = "no-such-model".into();
+    let error = proxy
+        .model_infer(routed("no-such-model", missing))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::NotFound, "{error:?}");
+    // A malformed version header is refused by the proxy itself.
+    let mut request = routed(id, good());
+    request
+        .metadata_mut()
+        .insert("x-mm-model-version", "01".parse().unwrap());
+    let error = proxy.model_infer(request).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    // Inputs that do not fit the model.
+    let mut wrong = good();
+    wrong.inputs[0].name = "nope".into();
+    let error = proxy.model_infer(routed(id, wrong)).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    assert!(error.message().contains("nope"), "{error:?}");
+    let mut short = good();
+    short.raw_input_contents[0].truncate(3);
+    let error = scorer.model_infer(short).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    let mut both = good();
+    both.inputs[0].contents = Some(pb::InferTensorContents {
+        fp32_contents: vec![1.0],
+        ..Default::default()
+    });
+    let error = scorer.model_infer(both).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    let mut typed_wrong = infer_request(id, &reference["inputs"], false);
+    if let Some(contents) = typed_wrong.inputs[0].contents.as_mut() {
+        contents.int64_contents = vec![1];
+    }
+    let error = scorer.model_infer(typed_wrong).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    assert!(error.message().contains("int64_contents"), "{error:?}");
+    // No model named at all, straight to a scorer.
+    let mut nameless = good();
+    nameless.model_name.clear();
+    let error = scorer.model_infer(nameless).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    // ...but the routing header alone names it.
+    let mut nameless = good();
+    nameless.model_name.clear();
+    scorer.model_infer(routed(id, nameless)).await.unwrap();
+    // The scorer is still serving, and nothing above was counted as a success.
+    proxy.model_infer(routed(id, good())).await.unwrap();
+    let metrics = pool.proxy.metrics().await;
+    assert!(
+        metrics.get("mm_proxy_requests_total{outcome=\"client_error\"}")
+            + metrics.get("mm_proxy_requests_total{outcome=\"rejected\"}")
+            >= 4.0,
+        "{metrics:?}"
+    );
+}
+
+/// `request` with `key` as its bearer key.
+fn with_key<T>(key: &str, mut request: tonic::Request<T>) -> tonic::Request<T> {
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn grpc_calls_need_the_same_keys_as_rest() {
+    const POOL_KEY: &str = "pool-grpc-1";
+    let store = root().join("models/demo");
+    let pool_key = format!("auth.pool_key={POOL_KEY}");
+    let scorer = ScorerProcess::local(&store, &[pool_key.as_str()]);
+    let proxy = ProxyProcess::start(
+        &[scorer.addr()],
+        &[
+            pool_key.as_str(),
+            "auth.api_keys=acme:acme-k-1:acme-|linear-,all:all-k-2",
+            "auth.admin_keys=ops:ops-k-3",
+        ],
+    );
+    let reference = manymodels_tests::reference::reference("linear-small");
+    let request = || infer_request("linear-small", &reference["inputs"], true);
+    // The scorer refuses a call without the pool key; the proxy sends it.
+    let mut direct = connect(scorer.addr()).await;
+    let error = direct.model_infer(request()).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unauthenticated, "{error:?}");
+    direct
+        .model_infer(with_key(POOL_KEY, tonic::Request::new(request())))
+        .await
+        .unwrap();
+
+    let mut client = connect(proxy.addr()).await;
+    let error = client
+        .model_infer(routed("linear-small", request()))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::Unauthenticated, "{error:?}");
+    client
+        .model_infer(with_key("acme-k-1", routed("linear-small", request())))
+        .await
+        .unwrap();
+    // A tenant's key on another tenant's model: refused before any scorer sees it.
+    let mut other = request();
+    other.model_name = "logistic-churn".into();
+    let error = client
+        .model_infer(with_key("acme-k-1", routed("logistic-churn", other)))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::PermissionDenied, "{error:?}");
+    // Loading is an admin call.
+    let load = |key: &str| {
+        with_key(
+            key,
+            routed(
+                "linear-small",
+                pb::RepositoryModelLoadRequest {
+                    repository_name: String::new(),
+                    model_name: "linear-small".into(),
+                },
+            ),
+        )
+    };
+    let error = client
+        .repository_model_load(load("all-k-2"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error.code(), Code::PermissionDenied | Code::Unauthenticated),
+        "{error:?}"
+    );
+    client.repository_model_load(load("ops-k-3")).await.unwrap();
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", scorer.url))
+        .bearer_auth(POOL_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metrics = manymodels_tests::Metrics::parse(&text);
+    assert_eq!(
+        metrics.get("mm_scorer_requests_total{code=\"200\",route=\"grpc_load\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_canary_splits_grpc_calls_and_an_explicit_version_is_kept() {
+    const MODEL: &str = "store-9";
+    let store = TempDir::new("grpc-canary");
+    for v in [1, 2] {
+        let model = manymodels_models::build(&Spec::Linear {
+            features: 4,
+            seed: 200 + v,
+        });
+        write_model(store.path(), MODEL, v, &model.bytes).unwrap();
+    }
+    std::fs::write(
+        store.path().join(MODEL).join("alias.json"),
+        r#"{"pinned": 1}"#,
+    )
+    .unwrap();
+    let pool = Pool::local(store.path(), 2, &[], &[]);
+    let mut client = connect(pool.proxy.addr()).await;
+    let inputs = json!([{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0.5, -1.0, 2.0, 0.25]}]);
+    let version = |response: pb::ModelInferResponse| response.model_version;
+    let answer = client
+        .model_infer(routed(MODEL, infer_request(MODEL, &inputs, true)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(version(answer), "1");
+    let response = reqwest::Client::new()
+        .put(format!("{}/v2/admin/models/{MODEL}/canary", pool.proxy.url))
+        .json(&json!({"version": 2, "percent": 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for _ in 0..10 {
+        let answer = client
+            .model_infer(routed(MODEL, infer_request(MODEL, &inputs, true)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            version(answer),
+            "2",
+            "the canary takes every unversioned call"
+        );
+    }
+    // A version named in the body, or in the header, is never split.
+    let mut pinned = infer_request(MODEL, &inputs, true);
+    pinned.model_version = "1".into();
+    let answer = client
+        .model_infer(routed(MODEL, pinned))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(version(answer), "1");
+    let mut request = routed(MODEL, infer_request(MODEL, &inputs, true));
+    request
+        .metadata_mut()
+        .insert("x-mm-model-version", "1".parse().unwrap());
+    let answer = client.model_infer(request).await.unwrap().into_inner();
+    assert_eq!(version(answer), "1");
+    // The proxy cannot see a version in the body: it counted that call to the canary arm
+    // (and sent the canary's version in metadata), and the scorer kept the body's.
+    let metrics = pool.proxy.metrics().await;
+    assert_eq!(
+        metrics.get("mm_proxy_canary_requests_total{arm=\"canary\"}"),
+        11.0
+    );
+}

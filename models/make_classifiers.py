@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Generate the ZipMap classifiers of manymodels: classifiers exported with skl2onnx's
 defaults (ZipMap on), as a store of their own so the demo store's counts stay as they are.
+One of them takes a string column (a BYTES input), so string inputs are checked against
+ONNX Runtime too.
 
 Layout written (idempotent, overwrites):
     models/classifiers/<model_id>/1/model.onnx
     models/classifiers/reference.json
 
-reference.json holds, per model, a batch of deterministic inputs and every output computed
-by Python onnxruntime on the written file, converted to the form the scorer serves (README,
+reference.json holds, per model, a batch of deterministic inputs (FP32, or BYTES as a list of
+strings) and every output computed by Python onnxruntime on the written file, converted to
+the form the scorer serves (README,
 "Classifiers"): the label output as INT64 or BYTES (a list of strings), and the ZipMap
 output (a list of dicts in Python) as an FP32 tensor [rows, classes] whose columns are the
 class labels in ascending order (numbers by value, strings by code point, which is their
@@ -31,8 +34,10 @@ from onnx import helper
 from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder
 from skl2onnx import convert_sklearn
-from skl2onnx.common.data_types import FloatTensorType
+from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
 warnings.filterwarnings("ignore")
 
@@ -65,7 +70,7 @@ def build_logreg_int():
     X, y, rows = data(6, 3, 6)
     labels = np.array([42, 3, 10])[y]
     model = LogisticRegression(max_iter=1000, random_state=SEED).fit(X, labels)
-    return model, 6, rows
+    return model, FloatTensorType([None, 6]), rows
 
 
 def build_forest_str():
@@ -75,13 +80,44 @@ def build_forest_str():
     labels = np.array(["silver", "bronze", "gold", "Platinum"])[y]
     model = RandomForestClassifier(n_estimators=8, max_depth=5, random_state=SEED, n_jobs=1)
     model.fit(X, labels)
-    return model, 8, rows
+    return model, FloatTensorType([None, 8]), rows
+
+
+def build_onehot_str():
+    """A string column (one colour a row) one-hot encoded into a logistic regression with
+    string classes: the model's input is a string tensor [N, 1] (BYTES). Categories
+    include a non-ASCII one ("crème"); unknown categories are ignored (an all-zero row),
+    so the reference rows include two the encoder never saw ("ultraviolet" and "")."""
+    rng = np.random.default_rng(SEED)
+    temperature = {"red": "warm", "orange": "warm", "yellow": "warm", "green": "cool",
+                   "blue": "cool", "violet": "cool", "crème": "neutral"}
+    colours = rng.choice(np.array(list(temperature), dtype=object), size=300)
+    labels = np.array([temperature[c] for c in colours], dtype=object)
+    # A quarter of the labels drawn at random, so no probability is 0 or 1.
+    noisy = rng.random(colours.size) < 0.25
+    labels[noisy] = rng.choice(np.array(["warm", "cool", "neutral"], dtype=object), size=noisy.sum())
+    model = make_pipeline(OneHotEncoder(handle_unknown="ignore"),
+                          LogisticRegression(max_iter=1000, random_state=SEED))
+    model.fit(colours.reshape(-1, 1), labels)
+    rows = np.array([["red"], ["blue"], ["crème"], ["ultraviolet"], ["green"], [""]], dtype=object)
+    return model, StringTensorType([None, 1]), rows
 
 
 BUILDERS = [
     ("zipmap-logreg-int", build_logreg_int),
     ("zipmap-forest-str", build_forest_str),
+    ("zipmap-onehot-str-input", build_onehot_str),
 ]
+
+
+def input_json(name: str, rows: np.ndarray) -> dict:
+    """The reference rows as an OIP input: FP32 numbers, or BYTES (JSON strings)."""
+    if rows.dtype == object:
+        return {"name": name, "datatype": "BYTES", "shape": list(rows.shape),
+                "data": [str(v) for v in rows.ravel()]}
+    assert rows.dtype == np.float32, rows.dtype
+    return {"name": name, "datatype": "FP32", "shape": list(rows.shape),
+            "data": [float(v) for v in rows.ravel()]}
 
 
 def label_json(name: str, arr: np.ndarray) -> dict:
@@ -114,11 +150,11 @@ def main() -> None:
 
     references = []
     for model_id, builder in BUILDERS:
-        model, n_features, rows = builder()
+        model, input_type, rows = builder()
         # skl2onnx's defaults: ZipMap on.
         onx = convert_sklearn(
             model,
-            initial_types=[("input", FloatTensorType([None, n_features]))],
+            initial_types=[("input", input_type)],
             target_opset=SKL_OPSET,
         )
         # Converters name the graph with a random UUID; pin it so files are byte-stable.
@@ -149,8 +185,7 @@ def main() -> None:
             "id": model_id,
             "version": VERSION,
             "file_bytes": path.stat().st_size,
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": list(rows.shape),
-                        "data": [float(v) for v in rows.ravel()]}],
+            "inputs": [input_json("input", rows)],
             "outputs": [label_json("output_label", label), zipmap_json("output_probability", probabilities, declared)],
         })
         print(f"{model_id}: {path.stat().st_size} bytes, classes {references[-1]['outputs'][1]['classes']}")

@@ -59,16 +59,45 @@ pub enum Scalar {
     Float(f64),
     Int(i64),
     Bool(bool),
+    /// A JSON string: bytes `start..end` of its [`RawData::text`]. Offsets rather than a
+    /// `String` keep a scalar 16 bytes and `Copy`, so numbers pay nothing for strings.
+    Str {
+        start: u32,
+        end: u32,
+    },
 }
 
 /// Tensor data as sent: a flat array, or nested arrays in row-major order, flattened.
 /// The datatype is applied later because JSON does not promise `datatype` comes first.
+///
+/// Strings (BYTES data) are kept as one buffer, `text`, with each string's place in
+/// `values`: a list of strings costs its text plus 16 bytes a string until `convert`
+/// knows the datatype, and numeric data never allocates `text`.
 #[derive(Debug, Default)]
-pub struct RawData(pub Vec<Scalar>);
+pub struct RawData {
+    pub values: Vec<Scalar>,
+    pub text: String,
+}
+
+impl RawData {
+    /// The number of scalars (strings included).
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The text of a `Scalar::Str` of this data.
+    pub fn str(&self, start: u32, end: u32) -> &str {
+        &self.text[start as usize..end as usize]
+    }
+}
 
 impl<'de> Deserialize<'de> for RawData {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Flatten<'a>(&'a mut Vec<Scalar>);
+        struct Flatten<'a>(&'a mut RawData);
 
         impl<'de> de::DeserializeSeed<'de> for Flatten<'_> {
             type Value = ();
@@ -80,37 +109,49 @@ impl<'de> Deserialize<'de> for RawData {
         impl<'de> Visitor<'de> for Flatten<'_> {
             type Value = ();
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an array of numbers or booleans")
+                f.write_str("an array of numbers, booleans or strings")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
                 if let Some(hint) = seq.size_hint() {
-                    self.0.reserve(hint);
+                    self.0.values.reserve(hint);
                 }
                 while seq.next_element_seed(Flatten(self.0))?.is_some() {}
                 Ok(())
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-                self.0.push(Scalar::Float(v));
+                self.0.values.push(Scalar::Float(v));
                 Ok(())
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-                self.0.push(Scalar::Int(v));
+                self.0.values.push(Scalar::Int(v));
                 Ok(())
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
                 let v = i64::try_from(v).map_err(|_| E::custom("integer out of range"))?;
-                self.0.push(Scalar::Int(v));
+                self.0.values.push(Scalar::Int(v));
                 Ok(())
             }
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-                self.0.push(Scalar::Bool(v));
+                self.0.values.push(Scalar::Bool(v));
+                Ok(())
+            }
+            // serde_json hands over a string without escapes borrowed from the body and
+            // an unescaped copy otherwise; both land here and are appended to `text`.
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+                let text = &mut self.0.text;
+                let start = u32::try_from(text.len());
+                text.push_str(v);
+                let (Ok(start), Ok(end)) = (start, u32::try_from(text.len())) else {
+                    return Err(E::custom("the strings of one input's data pass 4 GiB"));
+                };
+                self.0.values.push(Scalar::Str { start, end });
                 Ok(())
             }
         }
 
-        let mut out = Vec::new();
+        let mut out = RawData::default();
         deserializer.deserialize_any(Flatten(&mut out))?;
-        Ok(RawData(out))
+        Ok(out)
     }
 }
 
@@ -149,7 +190,7 @@ pub fn validate_inputs_with(
         }
         total = total.saturating_add(match blobs.get(i) {
             Some(Some(blob)) => binary::count(&input.datatype, blob),
-            _ => input.data.0.len(),
+            _ => input.data.len(),
         });
     }
     if total > max_elements {
@@ -194,7 +235,7 @@ fn validate_input(
     let name = &input.name;
     let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
         ScorerError::invalid(format!(
-            "input '{name}' has unsupported datatype '{}' (supported: FP32, FP64, INT32, INT64, BOOL)",
+            "input '{name}' has unsupported datatype '{}' (supported: FP32, FP64, INT32, INT64, BOOL, BYTES)",
             input.datatype
         ))
     })?;
@@ -234,16 +275,16 @@ fn validate_input(
         )));
     }
     let data = match blob {
-        Some(_) if !input.data.0.is_empty() => {
+        Some(_) if !input.data.is_empty() => {
             return Err(ScorerError::invalid(format!(
                 "input '{name}' has both data and binary_data_size"
             )));
         }
         Some(blob) => binary::decode(name, datatype, &blob, elements)?,
         None => {
-            if elements != input.data.0.len() {
+            if elements != input.data.len() {
                 return Err(ScorerError::invalid(
-                    if input.data.0.is_empty() && binary::binary_data_size(&input)?.is_some() {
+                    if input.data.is_empty() && binary::binary_data_size(&input)?.is_some() {
                         format!(
                             "input '{name}' has binary_data_size but the request has no \
                              Inference-Header-Content-Length header saying where its binary data starts"
@@ -252,12 +293,12 @@ fn validate_input(
                         format!(
                             "input '{name}' has shape {:?} ({elements} elements) but {} data values",
                             input.shape,
-                            input.data.0.len()
+                            input.data.len()
                         )
                     },
                 ));
             }
-            convert(name, datatype, input.data.0)?
+            convert(name, datatype, &input.data)?
         }
     };
     Ok(NamedTensor {
@@ -268,14 +309,16 @@ fn validate_input(
     })
 }
 
-fn convert(name: &str, datatype: DataType, values: Vec<Scalar>) -> Result<TensorData, ScorerError> {
+fn convert(name: &str, datatype: DataType, data: &RawData) -> Result<TensorData, ScorerError> {
+    let values = &data.values[..];
     let wrong = |i: usize, v: &Scalar| {
         ScorerError::invalid(format!(
             "input '{name}' element {i} is {} but the datatype is {}",
-            match v {
+            match *v {
                 Scalar::Float(f) => format!("{f}"),
                 Scalar::Int(n) => n.to_string(),
                 Scalar::Bool(b) => b.to_string(),
+                Scalar::Str { start, end } => format!("the string {}", shown(data.str(start, end))),
             },
             datatype.as_str()
         ))
@@ -287,7 +330,7 @@ fn convert(name: &str, datatype: DataType, values: Vec<Scalar>) -> Result<Tensor
             .map(|(i, v)| match *v {
                 Scalar::Int(n) => Ok(n),
                 Scalar::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
-                _ => Err(wrong(i, v)),
+                Scalar::Float(_) | Scalar::Bool(_) | Scalar::Str { .. } => Err(wrong(i, v)),
             })
             .collect()
     };
@@ -298,18 +341,16 @@ fn convert(name: &str, datatype: DataType, values: Vec<Scalar>) -> Result<Tensor
             .map(|(i, v)| match *v {
                 Scalar::Float(f) => Ok(f),
                 Scalar::Int(n) => Ok(n as f64),
-                Scalar::Bool(_) => Err(wrong(i, v)),
+                Scalar::Bool(_) | Scalar::Str { .. } => Err(wrong(i, v)),
             })
             .collect()
     };
     Ok(match datatype {
-        DataType::Fp32 => {
-            TensorData::Fp32(floats(&values)?.into_iter().map(|f| f as f32).collect())
-        }
-        DataType::Fp64 => TensorData::Fp64(floats(&values)?),
-        DataType::Int64 => TensorData::Int64(ints(&values)?),
+        DataType::Fp32 => TensorData::Fp32(floats(values)?.into_iter().map(|f| f as f32).collect()),
+        DataType::Fp64 => TensorData::Fp64(floats(values)?),
+        DataType::Int64 => TensorData::Int64(ints(values)?),
         DataType::Int32 => TensorData::Int32(
-            ints(&values)?
+            ints(values)?
                 .into_iter()
                 .enumerate()
                 .map(|(i, n)| {
@@ -322,9 +363,17 @@ fn convert(name: &str, datatype: DataType, values: Vec<Scalar>) -> Result<Tensor
                 .collect::<Result<_, _>>()?,
         ),
         DataType::Bytes => {
-            return Err(ScorerError::invalid(format!(
-                "input '{name}': BYTES inputs are not served"
-            )));
+            // Sized once: a `Result` collect would grow the vector by doubling.
+            let mut strings = Vec::with_capacity(values.len());
+            for (i, v) in values.iter().enumerate() {
+                let Scalar::Str { start, end } = *v else {
+                    return Err(wrong(i, v));
+                };
+                let text = data.str(start, end);
+                string_element(name, i, text)?;
+                strings.push(text.to_string());
+            }
+            TensorData::Bytes(strings)
         }
         DataType::Bool => TensorData::Bool(
             values
@@ -334,11 +383,36 @@ fn convert(name: &str, datatype: DataType, values: Vec<Scalar>) -> Result<Tensor
                     Scalar::Bool(b) => Ok(b),
                     Scalar::Int(0) => Ok(false),
                     Scalar::Int(1) => Ok(true),
-                    _ => Err(wrong(i, v)),
+                    Scalar::Int(_) | Scalar::Float(_) | Scalar::Str { .. } => Err(wrong(i, v)),
                 })
                 .collect::<Result<_, _>>()?,
         ),
     })
+}
+
+/// The one rule a BYTES element must pass beyond being text: no NUL byte.
+///
+/// BYTES inputs are served as text. JSON strings are UTF-8 by definition and binary ones
+/// are checked (`binary::decode`), so `TensorData::Bytes` holds `String`s; every model with
+/// a string input runs on ONNX Runtime (the native engine takes numeric inputs only),
+/// whose C API fills a string tensor from NUL-terminated C strings (`FillStringTensor`):
+/// a NUL inside an element would cut it short there, so it is a 400 here instead of a
+/// silently different input or a 500 from the engine.
+pub(crate) fn string_element(name: &str, i: usize, text: &str) -> Result<(), ScorerError> {
+    if text.contains('\0') {
+        return Err(ScorerError::invalid(format!(
+            "input '{name}' element {i} contains a NUL byte, which a string tensor cannot carry"
+        )));
+    }
+    Ok(())
+}
+
+/// A string for an error message, quoted and cut to a readable length.
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((at, _)) => format!("{:?}...", &text[..at]),
+        None => format!("{text:?}"),
+    }
 }
 
 /// Resolves the `outputs` selection to indices into the model's outputs, in request order.
@@ -386,7 +460,7 @@ mod tests {
             r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2.5],[3,4]]}]}"#,
         );
         assert_eq!(
-            r.inputs[0].data.0,
+            r.inputs[0].data.values,
             vec![
                 Scalar::Int(1),
                 Scalar::Float(2.5),
@@ -394,6 +468,94 @@ mod tests {
                 Scalar::Int(4)
             ]
         );
+        // Numbers never touch the string buffer.
+        assert_eq!(r.inputs[0].data.text.capacity(), 0);
+    }
+
+    #[test]
+    fn strings_are_flattened_row_major_into_one_buffer() {
+        let r = request(
+            r#"{"inputs":[{"name":"s","shape":[2,2],"datatype":"BYTES","data":[["red",""],["cr\u00e8me","a \"b\""]]}]}"#,
+        );
+        let data = &r.inputs[0].data;
+        assert_eq!(data.len(), 4);
+        assert_eq!(data.text, "redcrèmea \"b\"");
+        let texts: Vec<&str> = data
+            .values
+            .iter()
+            .map(|v| match *v {
+                Scalar::Str { start, end } => data.str(start, end),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(texts, ["red", "", "crème", "a \"b\""]);
+        let specs = [spec("s", DataType::Bytes, &[-1, 2])];
+        let tensors = validate_inputs(r.inputs, &specs, 100).unwrap();
+        assert_eq!(
+            tensors[0].data,
+            TensorData::Bytes(vec![
+                "red".into(),
+                String::new(),
+                "crème".into(),
+                "a \"b\"".into()
+            ])
+        );
+        assert_eq!(tensors[0].shape, vec![2, 2]);
+    }
+
+    #[test]
+    fn strings_and_numbers_are_each_refused_where_the_other_belongs() {
+        let specs = [
+            spec("s", DataType::Bytes, &[-1, 1]),
+            spec("x", DataType::Fp32, &[-1, 2]),
+        ];
+        let cases = [
+            (
+                r#"[{"name":"s","shape":[2,1],"datatype":"BYTES","data":["a",2.5]},{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]"#,
+                "input 's' element 1 is 2.5 but the datatype is BYTES",
+            ),
+            (
+                r#"[{"name":"s","shape":[1,1],"datatype":"BYTES","data":[true]},{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]"#,
+                "input 's' element 0 is true but the datatype is BYTES",
+            ),
+            (
+                r#"[{"name":"s","shape":[1,1],"datatype":"BYTES","data":["a"]},{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,"two"]}]"#,
+                r#"input 'x' element 1 is the string "two" but the datatype is FP32"#,
+            ),
+            (
+                r#"[{"name":"s","shape":[1,1],"datatype":"BYTES","data":["a\u0000b"]},{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]"#,
+                "input 's' element 0 contains a NUL byte",
+            ),
+            (
+                r#"[{"name":"s","shape":[2,1],"datatype":"BYTES","data":["a"]},{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]"#,
+                "(2 elements) but 1 data values",
+            ),
+            (
+                r#"[{"name":"s","shape":[1,1],"datatype":"FP32","data":[1]},{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]"#,
+                "input 's' has datatype FP32 but the model expects BYTES",
+            ),
+        ];
+        for (inputs, message) in cases {
+            let r = request(&format!(r#"{{"inputs":{inputs}}}"#));
+            let err = validate_inputs(r.inputs, &specs, 100).unwrap_err();
+            assert!(matches!(err, ScorerError::InvalidInput(_)), "{inputs}");
+            assert!(err.to_string().contains(message), "{inputs}: {err}");
+        }
+        // Each numeric datatype names the string, cut to a readable length.
+        for datatype in ["FP64", "INT32", "INT64", "BOOL"] {
+            let specs = [spec("n", DataType::parse(datatype).unwrap(), &[-1])];
+            let long = "z".repeat(100);
+            let r = request(&format!(
+                r#"{{"inputs":[{{"name":"n","shape":[2],"datatype":"{datatype}","data":[0,"{long}"]}}]}}"#
+            ));
+            let err = validate_inputs(r.inputs, &specs, 100)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("element 1 is the string \"{}\"...", &long[..40])),
+                "{datatype}: {err}"
+            );
+        }
     }
 
     #[test]
@@ -478,7 +640,13 @@ mod tests {
             "{err}"
         );
         let err = parse_infer_request(
-            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}]}"#,
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[{"a":1}]}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("malformed"), "{err}");
+        // A lone surrogate is not text: refused by the parser, never a string here.
+        let err = parse_infer_request(
+            br#"{"inputs":[{"name":"s","shape":[1],"datatype":"BYTES","data":["\ud800"]}]}"#,
         )
         .unwrap_err();
         assert!(err.to_string().contains("malformed"), "{err}");

@@ -11,7 +11,8 @@ pub enum DataType {
     Int32,
     Int64,
     Bool,
-    /// Strings (outputs only: class labels).
+    /// Strings: string inputs (UTF-8 text without NUL, see `oip::string_element`) and
+    /// string outputs such as class labels. Only ONNX Runtime takes string inputs.
     Bytes,
 }
 

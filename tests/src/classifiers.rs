@@ -2,6 +2,8 @@
 //! (`models/classifiers`, made by `models/make_classifiers.py`), a store of their own, with
 //! reference outputs from Python onnxruntime converted to the form the scorer serves: the
 //! ZipMap output as an FP32 `[rows, classes]` tensor, its `classes` listed in column order.
+//! One of them, `zipmap-onehot-str-input`, takes a string column: its reference inputs are
+//! BYTES (JSON strings), so every check here runs string inputs too.
 
 use std::path::PathBuf;
 

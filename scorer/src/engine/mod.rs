@@ -7,7 +7,9 @@
 //! At load time a model goes native when `engine.native = auto` and its whole graph is
 //! covered (`manymodels_native::Model::compile`); a model the native engine does not cover
 //! goes to ONNX Runtime unchanged. A file the native reader finds malformed is refused
-//! with a 422 without reaching ONNX Runtime.
+//! with a 422 without reaching ONNX Runtime. A model with a string (BYTES) input always
+//! goes to ONNX Runtime: the native engine compiles numeric inputs only and answers
+//! `Unsupported` for any other.
 //!
 //! Everything here blocks; callers run it on blocking threads, or inline on an async
 //! worker only when [`LoadedModel::try_quick`] says the call is measured to be short.

@@ -119,14 +119,14 @@ pub fn signature(session: &Session) -> Result<Signature, String> {
     let spec = |outlet: &ort::value::Outlet, role: &str| -> Result<(TensorSpec, bool), String> {
         match outlet.dtype() {
             ValueType::Tensor { ty, shape, .. } => {
-                let datatype = DataType::from_ort(*ty)
-                    .filter(|d| role == "output" || *d != DataType::Bytes)
-                    .ok_or_else(|| {
-                        format!(
-                            "{role} '{}' has element type {ty:?}, which the scorer does not serve",
-                            outlet.name()
-                        )
-                    })?;
+                // String tensors are served both ways: BYTES inputs (text, see
+                // `oip::string_element`) and string outputs such as class labels.
+                let datatype = DataType::from_ort(*ty).ok_or_else(|| {
+                    format!(
+                        "{role} '{}' has element type {ty:?}, which the scorer does not serve",
+                        outlet.name()
+                    )
+                })?;
                 Ok((
                     TensorSpec {
                         name: outlet.name().to_string(),
@@ -256,7 +256,9 @@ fn to_value(shape: Vec<i64>, data: TensorData) -> ort::Result<DynValue> {
         TensorData::Int32(v) => Tensor::from_array((shape, v))?.into_dyn(),
         TensorData::Int64(v) => Tensor::from_array((shape, v))?.into_dyn(),
         TensorData::Bool(v) => Tensor::from_array((shape, v))?.into_dyn(),
-        TensorData::Bytes(_) => return Err(ort::Error::new("string inputs are not served")),
+        // ONNX Runtime copies each string into the tensor (as a C string: `oip` has
+        // refused any with a NUL); the `Vec<String>` is dropped after.
+        TensorData::Bytes(v) => Tensor::from_string_array((shape, v.as_slice()))?.into_dyn(),
     })
 }
 

@@ -6,7 +6,10 @@
 //! JSON; inputs may mix JSON `data` and binary ones. `Inference-Header-Content-Length: 0`
 //! is the raw form: the whole body is the one input of a one-input model, and every output
 //! comes back binary. Elements are row-major and unpadded: FP32/FP64/INT32/INT64 in their
-//! native size, BOOL one byte (0 or 1), BYTES a 4-byte little-endian length and the bytes.
+//! native size, BOOL one byte (0 or 1), BYTES a 4-byte little-endian length and the bytes,
+//! which must be UTF-8 text without NUL (`super::string_element` says why). A raw body for
+//! a BYTES input is one element, the whole body, without a length prefix (Triton's rule:
+//! the input must hold one element).
 //!
 //! Blobs are slices of the body (`Bytes::slice`, no copy) until `decode` turns one into
 //! typed data, after its size has been checked against the input's shape: a lying size,
@@ -85,7 +88,7 @@ pub fn parse(body: Bytes, header_length: usize) -> Result<(InferRequest, Blobs),
             blobs.inputs.push(None);
             continue;
         };
-        if !input.data.0.is_empty() {
+        if !input.data.is_empty() {
             return Err(ScorerError::invalid(format!(
                 "input '{}' has both data and binary_data_size",
                 input.name
@@ -130,7 +133,8 @@ pub fn binary_data_size(input: &RequestInput) -> Result<Option<u64>, ScorerError
 }
 
 /// Turns a raw request (the whole body one tensor) into one binary input of the model's
-/// only input, its one variable dimension taken from the body's length.
+/// only input, its one variable dimension taken from the body's length; for a BYTES input
+/// the body is one element (`raw_string`).
 pub fn raw_input(
     request: &mut InferRequest,
     blobs: &mut Blobs,
@@ -146,11 +150,7 @@ pub fn raw_input(
         )));
     };
     let Some(size) = element_size(spec.datatype) else {
-        return Err(ScorerError::invalid(format!(
-            "a raw binary request cannot carry the {} input '{}'",
-            spec.datatype.as_str(),
-            spec.name
-        )));
+        return raw_string(request, blobs, spec, body);
     };
     let variable = spec.shape.iter().filter(|d| **d < 0).count();
     let fixed: usize = spec
@@ -191,6 +191,46 @@ pub fn raw_input(
         data: Default::default(),
     });
     blobs.inputs = vec![Some(body)];
+    // Every output of a raw request comes back binary.
+    request.parameters = Some(serde_json::json!({ "binary_data_output": true }));
+    Ok(())
+}
+
+/// `raw_input` for a BYTES input: the whole body is one string, so the input must hold
+/// exactly one element (every dimension 1, a variable one taken as 1), as Triton has it.
+/// The body gets the length prefix every other BYTES blob has, so it is decoded and
+/// checked (UTF-8, no NUL) like them; that copies it once, as turning it into a `String`
+/// would anyway.
+fn raw_string(
+    request: &mut InferRequest,
+    blobs: &mut Blobs,
+    spec: &TensorSpec,
+    body: Bytes,
+) -> Result<(), ScorerError> {
+    if spec.shape.iter().any(|d| *d >= 0 && *d != 1) {
+        return Err(ScorerError::invalid(format!(
+            "a raw binary request carries one BYTES element (the whole body), but the model's \
+             input '{}' has shape {:?} (-1 = any): send the JSON header with binary_data_size",
+            spec.name, spec.shape
+        )));
+    }
+    let Ok(length) = u32::try_from(body.len()) else {
+        return Err(ScorerError::invalid(format!(
+            "a raw BYTES body of {} bytes is longer than a BYTES element can be (4 GiB)",
+            body.len()
+        )));
+    };
+    let mut blob = Vec::with_capacity(4 + body.len());
+    blob.extend_from_slice(&length.to_le_bytes());
+    blob.extend_from_slice(&body);
+    request.inputs.push(RequestInput {
+        name: spec.name.clone(),
+        shape: spec.shape.iter().map(|_| 1).collect(),
+        datatype: DataType::Bytes.as_str().to_string(),
+        parameters: None,
+        data: Default::default(),
+    });
+    blobs.inputs = vec![Some(Bytes::from(blob))];
     // Every output of a raw request comes back binary.
     request.parameters = Some(serde_json::json!({ "binary_data_output": true }));
     Ok(())
@@ -279,30 +319,50 @@ pub fn decode(
     })
 }
 
+/// Decodes a BYTES blob of exactly `elements` elements. The whole blob is walked first
+/// without allocating, so a lying count, a cut prefix or a length past the end costs no
+/// memory and is a 400 saying which; then each element must be UTF-8 text without NUL.
 fn decode_strings(name: &str, blob: &[u8], elements: usize) -> Result<TensorData, ScorerError> {
-    // Walk the prefixes first so a lying count allocates nothing.
-    let found = count("BYTES", blob);
+    let mut found = 0usize;
     let mut rest = blob;
-    for _ in 0..found {
-        rest = next_string(rest).expect("counted").1;
+    while !rest.is_empty() {
+        let at = blob.len() - rest.len();
+        let Some((prefix, tail)) = rest.split_first_chunk::<4>() else {
+            return Err(ScorerError::invalid(format!(
+                "input '{name}' element {found}: its 4-byte length is cut short ({} bytes at \
+                 byte {at} of {})",
+                rest.len(),
+                blob.len()
+            )));
+        };
+        let len = u32::from_le_bytes(*prefix) as usize;
+        if len > tail.len() {
+            return Err(ScorerError::invalid(format!(
+                "input '{name}' element {found} has length {len} (at byte {at}) but only {} \
+                 bytes of the input's binary data remain",
+                tail.len()
+            )));
+        }
+        rest = &tail[len..];
+        found += 1;
     }
-    if found != elements || !rest.is_empty() {
+    if found != elements {
         return Err(ScorerError::invalid(format!(
-            "input '{name}' should hold {elements} BYTES elements (4-byte length, then the bytes) \
-             but its {} bytes hold {found} and {} bytes that are not a whole element",
-            blob.len(),
-            rest.len()
+            "input '{name}' has {elements} elements by its shape but its {} bytes of binary \
+             data hold {found} BYTES elements (a 4-byte length, then the bytes)",
+            blob.len()
         )));
     }
     let mut strings = Vec::with_capacity(elements);
     let mut rest = blob;
     for i in 0..elements {
-        let (bytes, tail) = next_string(rest).expect("counted");
+        let (bytes, tail) = next_string(rest).expect("walked above");
         let text = std::str::from_utf8(bytes).map_err(|_| {
             ScorerError::invalid(format!(
                 "input '{name}' element {i} is not UTF-8 (BYTES inputs are text here)"
             ))
         })?;
+        super::string_element(name, i, text)?;
         strings.push(text.to_string());
         rest = tail;
     }

@@ -11,8 +11,9 @@ fn flat(value: &Value, out: &mut Vec<Value>) {
     }
 }
 
-/// `data` of `datatype` in the extension's encoding.
-fn encode(datatype: &str, data: &Value) -> Vec<u8> {
+/// `data` of `datatype` in the extension's encoding (BYTES: a 4-byte little-endian
+/// length, then the string's UTF-8 bytes).
+pub(super) fn encode(datatype: &str, data: &Value) -> Vec<u8> {
     let mut values = Vec::new();
     flat(data, &mut values);
     let mut out = Vec::new();
@@ -23,6 +24,11 @@ fn encode(datatype: &str, data: &Value) -> Vec<u8> {
             "INT32" => out.extend((v.as_i64().unwrap() as i32).to_le_bytes()),
             "INT64" => out.extend(v.as_i64().unwrap().to_le_bytes()),
             "BOOL" => out.push(u8::from(v.as_bool().unwrap())),
+            "BYTES" => {
+                let text = v.as_str().unwrap();
+                out.extend((text.len() as u32).to_le_bytes());
+                out.extend(text.as_bytes());
+            }
             other => panic!("no encoding for {other}"),
         }
     }
@@ -59,14 +65,24 @@ fn decode(datatype: &str, blob: &[u8]) -> Vec<Value> {
 }
 
 /// A body of `header` then `blobs`, posted with `Inference-Header-Content-Length`.
-async fn post_binary(router: &Router, uri: &str, header: &Value, blobs: &[Vec<u8>]) -> Reply {
+pub(super) async fn post_binary(
+    router: &Router,
+    uri: &str,
+    header: &Value,
+    blobs: &[Vec<u8>],
+) -> Reply {
     let mut body = header.to_string().into_bytes();
     let length = body.len();
     blobs.iter().for_each(|b| body.extend_from_slice(b));
     post_framed(router, uri, length, body).await
 }
 
-async fn post_framed(router: &Router, uri: &str, header_length: usize, body: Vec<u8>) -> Reply {
+pub(super) async fn post_framed(
+    router: &Router,
+    uri: &str,
+    header_length: usize,
+    body: Vec<u8>,
+) -> Reply {
     let request = Request::builder()
         .method("POST")
         .uri(uri)
@@ -79,7 +95,7 @@ async fn post_framed(router: &Router, uri: &str, header_length: usize, body: Vec
 
 /// The JSON response a binary one stands for: each binary output's blob decoded into
 /// `data`, checking the framing on the way.
-fn unframe(reply: &Reply) -> Value {
+pub(super) fn unframe(reply: &Reply) -> Value {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(
         reply.header("content-type"),

@@ -7,6 +7,7 @@
 //! tests are grouped by concern in `handlers/`.
 
 mod binary;
+mod bytes;
 mod engines;
 mod errors;
 mod inference;

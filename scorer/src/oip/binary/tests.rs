@@ -128,28 +128,89 @@ fn bytes_elements_are_length_prefixed() {
     assert_eq!(again, blob);
     assert_eq!(encoded_len(&data), blob.len());
     assert_eq!(count("BYTES", &blob), 3);
-    // A count that lies either way, a prefix past the end, a cut prefix, bad UTF-8.
-    refused(decode("s", DataType::Bytes, &blob, 4), "hold 3");
-    refused(decode("s", DataType::Bytes, &blob, 2), "hold 3");
+    // A count that lies either way (or bytes left over that are whole elements), a
+    // prefix past the end, a cut prefix, bad UTF-8, a NUL.
+    refused(
+        decode("s", DataType::Bytes, &blob, 4),
+        "hold 3 BYTES elements",
+    );
+    refused(
+        decode("s", DataType::Bytes, &blob, 2),
+        "hold 3 BYTES elements",
+    );
     let mut past = strings(&["ab"]);
     past.extend_from_slice(&u32::MAX.to_le_bytes());
     past.extend_from_slice(b"xy");
     assert_eq!(count("BYTES", &past), 1);
     refused(
         decode("s", DataType::Bytes, &past, 2),
-        "not a whole element",
+        "element 1 has length 4294967295 (at byte 6) but only 2 bytes",
+    );
+    let mut past_by_one = strings(&["ab"]);
+    past_by_one.extend_from_slice(&3u32.to_le_bytes());
+    past_by_one.extend_from_slice(b"xy");
+    refused(
+        decode("s", DataType::Bytes, &past_by_one, 2),
+        "element 1 has length 3 (at byte 6) but only 2 bytes",
     );
     refused(
         decode("s", DataType::Bytes, &[3, 0], 1),
-        "not a whole element",
+        "element 0: its 4-byte length is cut short (2 bytes at byte 0 of 2)",
+    );
+    let mut trailing = strings(&["ab"]);
+    trailing.extend_from_slice(&[1, 0, 0]);
+    refused(
+        decode("s", DataType::Bytes, &trailing, 1),
+        "element 1: its 4-byte length is cut short (3 bytes at byte 6 of 9)",
     );
     refused(
         decode("s", DataType::Bytes, &strings(&["\u{0}"])[..4], 1),
-        "not a whole element",
+        "element 0 has length 1 (at byte 0) but only 0 bytes",
     );
     let mut bad = 2u32.to_le_bytes().to_vec();
     bad.extend_from_slice(&[0xff, 0xfe]);
-    refused(decode("s", DataType::Bytes, &bad, 1), "not UTF-8");
+    refused(
+        decode("s", DataType::Bytes, &bad, 1),
+        "element 0 is not UTF-8",
+    );
+    refused(
+        decode("s", DataType::Bytes, &strings(&["ok", "a\u{0}b"]), 2),
+        "element 1 contains a NUL byte",
+    );
+    // Zero elements: an empty blob, and nothing else.
+    assert_eq!(
+        decode("s", DataType::Bytes, &[], 0).unwrap(),
+        TensorData::Bytes(Vec::new())
+    );
+    refused(decode("s", DataType::Bytes, &strings(&[""]), 0), "hold 1");
+}
+
+#[test]
+fn a_bytes_input_goes_binary_beside_json_and_its_count_meets_the_limit() {
+    let specs = [
+        spec("s", DataType::Bytes, &[-1, 1]),
+        spec("x", DataType::Fp32, &[-1, 2]),
+    ];
+    let json = r#"{"inputs":[{"name":"s","shape":[2,1],"datatype":"BYTES","parameters":{"binary_data_size":15}},{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2,3,4]}]}"#;
+    let blob = strings(&["crème", "b"]);
+    let (bytes, length) = body(json, &[&blob]);
+    let (request, blobs) = parse(bytes, length).unwrap();
+    let tensors = validate_inputs_with(request.inputs, blobs.inputs, &specs, 100).unwrap();
+    assert_eq!(
+        tensors[0].data,
+        TensorData::Bytes(vec!["crème".into(), "b".into()])
+    );
+    assert_eq!(tensors[1].data, TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0]));
+    // Three strings (15 bytes, as "crème" and "b") and four numbers against a limit of
+    // 6: refused before decoding.
+    let json = json.replace("[2,1]", "[3,1]");
+    let blob = strings(&["a", "b", "c"]);
+    let (bytes, length) = body(&json, &[&blob]);
+    let (request, blobs) = parse(bytes, length).unwrap();
+    refused(
+        validate_inputs_with(request.inputs, blobs.inputs, &specs, 6),
+        "more than the limit of 6",
+    );
 }
 
 #[test]
@@ -254,7 +315,9 @@ fn a_raw_body_is_the_one_input_with_its_batch_from_the_length() {
             f32s(&[1.0, 2.0]),
             vec![spec("a", DataType::Fp32, &[-1, -1])],
         ),
-        (strings(&["a"]), vec![spec("a", DataType::Bytes, &[1])]),
+        // A BYTES input that holds more than one element.
+        (b"ab".to_vec(), vec![spec("a", DataType::Bytes, &[-1, 2])]),
+        (b"ab".to_vec(), vec![spec("a", DataType::Bytes, &[3])]),
     ] {
         let (mut request, mut blobs) = parse(Bytes::from(bytes), 0).unwrap();
         assert!(
@@ -262,6 +325,50 @@ fn a_raw_body_is_the_one_input_with_its_batch_from_the_length() {
             "{specs:?}"
         );
     }
+}
+
+#[test]
+fn a_raw_body_for_a_bytes_input_is_its_one_element() {
+    for shape in [&[1][..], &[-1, 1], &[-1], &[1, -1, 1], &[]] {
+        let specs = [spec("s", DataType::Bytes, shape)];
+        let (mut request, mut blobs) = parse(Bytes::from("crème brûlée"), 0).unwrap();
+        raw_input(&mut request, &mut blobs, &specs).unwrap();
+        assert_eq!(binary_outputs(&request, 1).unwrap(), Some(vec![true]));
+        let tensors = validate_inputs_with(request.inputs, blobs.inputs, &specs, 100).unwrap();
+        assert_eq!(tensors[0].shape, vec![1; shape.len()], "{shape:?}");
+        assert_eq!(
+            tensors[0].data,
+            TensorData::Bytes(vec!["crème brûlée".into()])
+        );
+    }
+    let specs = [spec("s", DataType::Bytes, &[-1, 1])];
+    // The body is the element itself: a length prefix in it is part of the text.
+    let (mut request, mut blobs) = parse(Bytes::from(strings(&["ab"])), 0).unwrap();
+    raw_input(&mut request, &mut blobs, &specs).unwrap();
+    refused(
+        validate_inputs_with(request.inputs, blobs.inputs, &specs, 100),
+        "element 0 contains a NUL byte",
+    );
+    let (mut request, mut blobs) = parse(Bytes::from_static(&[0xc3, 0x28]), 0).unwrap();
+    raw_input(&mut request, &mut blobs, &specs).unwrap();
+    refused(
+        validate_inputs_with(request.inputs, blobs.inputs, &specs, 100),
+        "element 0 is not UTF-8",
+    );
+    // An empty body is one empty string.
+    let (mut request, mut blobs) = parse(Bytes::new(), 0).unwrap();
+    raw_input(&mut request, &mut blobs, &specs).unwrap();
+    let tensors = validate_inputs_with(request.inputs, blobs.inputs, &specs, 100).unwrap();
+    assert_eq!(tensors[0].data, TensorData::Bytes(vec![String::new()]));
+    let (mut request, mut blobs) = parse(Bytes::from("ab"), 0).unwrap();
+    refused(
+        raw_input(
+            &mut request,
+            &mut blobs,
+            &[spec("s", DataType::Bytes, &[-1, 2])],
+        ),
+        "carries one BYTES element (the whole body), but the model's input 's' has shape [-1, 2]",
+    );
 }
 
 #[test]

@@ -306,7 +306,7 @@ pub fn classify_grpc(
     }
     let Some(id) = model_header.map(str::trim).filter(|m| !m.is_empty()) else {
         return Route::Invalid(format!(
-            "{} through the proxy needs the model id in the `{}` metadata header              (also read: {})",
+            "{} through the proxy needs the model id in the `{}` metadata header (also read: {})",
             call.method(),
             grpc::MODEL_HEADERS[1],
             grpc::MODEL_HEADERS.join(", ")

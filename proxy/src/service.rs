@@ -92,14 +92,29 @@ async fn respond_grpc(session: &mut Session, reply: Reply) -> Result<()> {
         .ok()
         .and_then(|v| v.get("error")?.as_str().map(str::to_string))
         .unwrap_or_default();
+    let code = grpc::code_for_status(reply.status).to_string();
+    let message = grpc::encode_message(&message);
     let mut header = ResponseHeader::build(200, Some(3))?;
     header.insert_header("content-type", "application/grpc")?;
-    header.insert_header(
-        "grpc-status",
-        grpc::code_for_status(reply.status).to_string(),
-    )?;
-    header.insert_header("grpc-message", grpc::encode_message(&message))?;
-    session.write_response_header(Box::new(header), true).await
+    if !session.as_ref().is_http2() {
+        // HTTP/1.1 has no trailers here: the status goes in the headers.
+        header.insert_header("grpc-status", code)?;
+        header.insert_header("grpc-message", message)?;
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        return session.write_response_body(None, true).await;
+    }
+    // Pingora's session sends headers without END_STREAM, so this is headers and then
+    // trailers (gRPC's C core refuses a stream that ends on an empty DATA frame).
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    let mut trailers = pingora::http::HMap::new();
+    let unencodable = |_| Error::explain(InternalError, "unencodable grpc-message");
+    trailers.insert("grpc-status", code.parse().map_err(unencodable)?);
+    trailers.insert("grpc-message", message.parse().map_err(unencodable)?);
+    session.as_mut().write_response_trailers(trailers).await
 }
 
 impl Proxy {
@@ -321,6 +336,13 @@ impl ProxyHttp for Proxy {
         } else {
             match &ctx.route {
                 Route::Invalid(message) => Rejection::Invalid(message.clone()).into(),
+                // gRPC's answer to a method the service does not have.
+                Route::NotFound if ctx.grpc => Reply::json(
+                    501,
+                    &serde_json::json!({
+                        "error": format!("no such method: {}", session.req_header().uri.path())
+                    }),
+                ),
                 Route::NotFound => Rejection::NoRoute {
                     method: session.req_header().method.to_string(),
                     path: session.req_header().uri.path().to_string(),

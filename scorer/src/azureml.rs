@@ -127,7 +127,8 @@ fn split_frame(mut frame: Map<String, Value>) -> Result<Table, ScorerError> {
     Ok(table)
 }
 
-/// A list of rows, each a list of equally many numbers or booleans.
+/// A list of rows, each a list of equally many numbers, booleans or strings (the model's
+/// input datatype decides which it takes).
 fn table(field: &str, rows: Value) -> Result<Table, ScorerError> {
     let Value::Array(rows) = rows else {
         return Err(invalid(format!(
@@ -158,9 +159,9 @@ fn table(field: &str, rows: Value) -> Result<Table, ScorerError> {
             )));
         }
         for (c, value) in row.iter().enumerate() {
-            if !matches!(value, Value::Number(_) | Value::Bool(_)) {
+            if !matches!(value, Value::Number(_) | Value::Bool(_) | Value::String(_)) {
                 return Err(invalid(format!(
-                    "`{field}` row {r}, column {c} is {}, not a number or boolean",
+                    "`{field}` row {r}, column {c} is {}, not a number, boolean or string",
                     shown(value)
                 )));
             }

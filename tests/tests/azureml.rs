@@ -234,8 +234,8 @@ async fn azure_ml_bodies_that_do_not_fit_are_refused_with_the_reason() {
         ),
         (
             "linear-small",
-            json!({"data": [["a", 2.0]]}),
-            "not a number",
+            json!({"data": [["a", 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]]}),
+            "is the string \"a\" but the datatype is FP32",
         ),
         ("linear-small", json!({"input_data": []}), "has no rows"),
     ];
@@ -245,4 +245,28 @@ async fn azure_ml_bodies_that_do_not_fit_are_refused_with_the_reason() {
         let message = answer["error"].as_str().unwrap_or_default();
         assert!(message.contains(want), "{id} {body}: {answer}");
     }
+}
+
+/// A model with a string input takes Azure ML rows of strings.
+#[tokio::test]
+async fn azure_ml_rows_of_strings_score_a_string_input_model() {
+    use manymodels_tests::classifiers::{classifier_reference, classifier_store};
+    let pool = Pool::local(&classifier_store(), 1, &[], &[]);
+    let reference = classifier_reference()
+        .into_iter()
+        .find(|r| r["id"] == "zipmap-onehot-str-input")
+        .unwrap();
+    let rows: Vec<Value> = reference["inputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| json!([v]))
+        .collect();
+    let client = reqwest::Client::new();
+    let url = format!("{}/v2/models/zipmap-onehot-str-input/infer", pool.proxy.url);
+    let (status, answer) = post_json(&client, &url, &json!({ "data": rows })).await;
+    assert_eq!(status, 200, "{answer}");
+    let labels = &reference["outputs"][0];
+    assert_eq!(labels["name"], "output_label");
+    assert_eq!(answer["output_label"], labels["data"], "{answer}");
 }

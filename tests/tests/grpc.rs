@@ -381,3 +381,53 @@ async fn a_canary_splits_grpc_calls_and_an_explicit_version_is_kept() {
         11.0
     );
 }
+
+/// Triton's gRPC client (tritonclient.grpc, what users' Python code would use) checks
+/// liveness, readiness, metadata and every demo model's outputs through the proxy, with
+/// `mm-model-id` as the only addition to its calls.
+#[tokio::test]
+async fn tritonclient_grpc_scores_through_the_proxy() {
+    let pool = Pool::local(&root().join("models/demo"), 2, &[], &[]);
+    let output = tokio::process::Command::new("python3")
+        .arg(root().join("tests/oip_grpc_client.py"))
+        .arg(pool.proxy.addr())
+        .output()
+        .await
+        .expect("running python3");
+    assert!(
+        output.status.success(),
+        "tritonclient.grpc failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Classifiers as exported (ZipMap) and a model with a string input, over gRPC through the
+/// proxy: string inputs as `bytes_contents` and raw, labels back as BYTES, probabilities
+/// within the classifiers' tolerance of ONNX Runtime's.
+#[tokio::test]
+async fn classifiers_and_string_inputs_score_over_grpc() {
+    use manymodels_tests::classifiers::{
+        assert_classified, classifier_reference, classifier_store,
+    };
+    let scorer = ScorerProcess::local(&classifier_store(), &[]);
+    let proxy = ProxyProcess::start(&[scorer.addr()], &[]);
+    let mut client = connect(proxy.addr()).await;
+    let references = classifier_reference();
+    assert!(
+        references
+            .iter()
+            .any(|r| r["id"] == "zipmap-onehot-str-input")
+    );
+    for reference in &references {
+        let id = reference["id"].as_str().unwrap();
+        for raw in [true, false] {
+            let response = client
+                .model_infer(routed(id, infer_request(id, &reference["inputs"], raw)))
+                .await
+                .unwrap_or_else(|e| panic!("{id} (raw {raw}): {e}"))
+                .into_inner();
+            assert_classified(&json!({ "outputs": outputs_json(&response) }), reference);
+        }
+    }
+}

@@ -149,7 +149,7 @@ pub fn tools(commands: &[&str]) -> Result<()> {
 /// not the exporters).
 pub fn python_test_deps() -> Result<()> {
     if !python_has(
-        "import tritonclient.http, numpy, kserve, helm_python, kubernetes_validate, azure.ai.ml, yaml; \
+        "import tritonclient.http, tritonclient.grpc, numpy, kserve, helm_python, kubernetes_validate, azure.ai.ml, yaml; \
          import shutil, sys; sys.exit(shutil.which('hadolint') is None)",
     ) {
         pip_install(&["-r", "tests/requirements.txt"])?;

@@ -281,3 +281,81 @@ fn the_proxy_answers_health_metrics_and_canaries_itself() {
         Route::NotFound
     );
 }
+
+#[test]
+fn grpc_calls_route_on_the_model_header_and_keep_their_path() {
+    let infer = "/inference.GRPCInferenceService/ModelInfer";
+    let route = classify_grpc(infer, Some("store-7"), None);
+    let Route::Model { id, action } = &route else {
+        panic!("{route:?}");
+    };
+    assert_eq!(id, "store-7");
+    assert_eq!(action.path(id), infer, "the path is never rewritten");
+    assert!(action.splittable() && !action.admin());
+    // A version in metadata is explicit: never split by a canary.
+    let Route::Model { action, .. } = classify_grpc(infer, Some("store-7"), Some("3")) else {
+        panic!();
+    };
+    assert!(!action.splittable());
+    assert_eq!(
+        action,
+        Action::Grpc {
+            call: Call::ModelInfer,
+            version: Some(3)
+        }
+    );
+    assert_eq!(
+        action.at_version(4),
+        Action::Grpc {
+            call: Call::ModelInfer,
+            version: Some(4)
+        }
+    );
+    // Calls about a model need the header; a bad id or version is the proxy's 400.
+    for (model, version) in [
+        (None, None),
+        (Some("  "), None),
+        (Some("a/../b"), None),
+        (Some("m"), Some("01")),
+    ] {
+        assert!(
+            matches!(classify_grpc(infer, model, version), Route::Invalid(_)),
+            "{model:?} {version:?}"
+        );
+    }
+    let Route::Invalid(message) = classify_grpc(infer, None, None) else {
+        panic!();
+    };
+    assert!(message.contains("mm-model-id"), "{message}");
+    // Loading is an admin call; calls about no model go to any scorer.
+    let Route::Model { action, .. } = classify_grpc(
+        "/inference.GRPCInferenceService/RepositoryModelLoad",
+        Some("m"),
+        None,
+    ) else {
+        panic!();
+    };
+    assert!(action.admin() && !action.splittable());
+    assert_eq!(
+        classify_grpc("/inference.GRPCInferenceService/ServerLive", None, None),
+        Route::AnyScorer {
+            lists_models: false
+        }
+    );
+    assert_eq!(
+        classify_grpc(
+            "/inference.GRPCInferenceService/RepositoryIndex",
+            None,
+            None
+        ),
+        Route::AnyScorer { lists_models: true }
+    );
+    assert_eq!(
+        classify_grpc(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            Some("m"),
+            None
+        ),
+        Route::NotFound
+    );
+}

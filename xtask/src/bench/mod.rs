@@ -13,6 +13,7 @@ mod hot_under_load;
 mod load;
 mod memory;
 mod policy;
+mod protocols;
 mod proxy;
 mod replay;
 mod sim_replay;
@@ -70,6 +71,9 @@ pub enum Bench {
         #[arg(long, default_value_t = 32)]
         connections: usize,
     },
+    /// JSON REST, binary REST and gRPC through the proxy, same model, same run: a
+    /// 10,000-row batch (throughput, latency, CPU per row) and single-row hot hits.
+    Protocols(protocols::ProtocolsArgs),
     /// The realistic workload (real scikit-learn models, heavy forests included; Zipf 1.0
     /// with drift and scans; closed-loop clients) through the proxy and three scorers, per
     /// engine setting, beside the naive baseline in the same run.
@@ -135,6 +139,7 @@ pub fn run(which: Bench) -> Result<()> {
             seconds,
             connections,
         } => proxy::run(seconds, connections),
+        Bench::Protocols(args) => protocols::run(args),
         Bench::Replay(args) => replay::run(args),
         Bench::SimReplay(args) => sim_replay::run(args),
         Bench::Engines(args) => engines::run(args),

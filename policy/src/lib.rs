@@ -4,6 +4,7 @@
 //!   combine the reports of several proxies.
 //! - [`policy`]: the scorer's eviction and admission policy.
 //! - [`ranking`]: the rendezvous ranking of scorers for a model id.
+//! - [`pressure`]: the working set against the budget, the signal the pool scales on.
 //! - [`trace`] and [`sim`]: the trace generator and the offline simulator that replays
 //!   traces against this same code, LRU and Belady.
 //!
@@ -14,6 +15,7 @@
 pub mod clock;
 pub mod decay;
 pub mod policy;
+pub mod pressure;
 pub mod ranking;
 pub mod sim;
 pub mod stats;

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub resident_bytes: IntGauge,
     pub resident_models: IntGauge,
     pub budget_bytes: IntGauge,
+    /// The bytes this scorer's share wants resident (`cache::ModelCache::working_set`).
+    pub working_set_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -152,6 +154,10 @@ impl Metrics {
             ),
             resident_models: registry.gauge("mm_scorer_resident_models", "Models in the hot cache."),
             budget_bytes: registry.gauge("mm_scorer_budget_bytes", "The hot cache's byte budget."),
+            working_set_bytes: registry.gauge(
+                "mm_scorer_working_set_bytes",
+                "The fewest bytes that would serve 95% of this scorer's share of the pool's traffic from memory (its pushed models, hottest first, at their sizes): the signal the pool scales on, against mm_scorer_budget_bytes.",
+            ),
             registry,
         };
         metrics.budget_bytes.set(budget_bytes as i64);

@@ -29,6 +29,7 @@ mod bounds;
 mod explain;
 mod ledger;
 mod loader;
+mod pressure;
 mod resident;
 mod versions;
 mod warmup;
@@ -190,6 +191,8 @@ pub struct ModelCache {
     versions: VersionsConfig,
     failures: Cache<FailureKey, Failure>,
     pool: Mutex<PoolView>,
+    /// The last known size of models that were resident, for the working set.
+    sizes: Mutex<pressure::Sizes>,
     load_slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     config: CacheConfig,
@@ -246,6 +249,7 @@ impl ModelCache {
             versions,
             failures,
             pool: Mutex::new(PoolView::default()),
+            sizes: Mutex::default(),
             load_slots: Arc::new(Semaphore::new(config.max_concurrent_loads.get())),
             metrics,
             config,
@@ -579,6 +583,11 @@ impl ModelCache {
             .set(state.policy().used() as i64);
         self.metrics.resident_models.set(state.len() as i64);
         self.metrics.reserved_bytes.set(state.reserved() as i64);
+        drop(state);
+        let working_set = self.working_set();
+        self.metrics
+            .working_set_bytes
+            .set(i64::try_from(working_set).unwrap_or(i64::MAX));
     }
 
     /// Takes a proxy's statistics push: combines it with the other proxies' latest and

@@ -18,6 +18,7 @@ const REQUIRED_FAMILIES: &[&str] = &[
     "mm_scorer_resident_bytes",
     "mm_scorer_resident_models",
     "mm_scorer_budget_bytes",
+    "mm_scorer_working_set_bytes",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -112,5 +113,68 @@ async fn resident_gauges_follow_loads() {
     assert!(
         (2.0 * 100.0..=2.0 * 16.0 * 1024.0).contains(&resident),
         "{text}"
+    );
+}
+
+/// The working set: the pushed models covering 95% of the pool's rate, at their sizes
+/// here (the mean known size for a model never loaded); zero before any push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_working_set_gauge_follows_pushed_rates_and_sizes() {
+    let router = demo_router();
+    assert_eq!(
+        metric_now(&router, "mm_scorer_working_set_bytes").await,
+        0.0
+    );
+    for id in ["linear-small", "forest-1mb"] {
+        infer_reference(&router, id).await.ok();
+    }
+    let explain = get(&router, "/v2/mm/cache").await.ok();
+    let size = |id: &str| -> f64 {
+        explain["cache"]["resident"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["model"] == id)
+            .unwrap_or_else(|| panic!("{id} not resident: {explain}"))["bytes"]
+            .as_f64()
+            .unwrap()
+    };
+    let (linear, forest) = (size("linear-small"), size("forest-1mb"));
+    let push = |models: Value| {
+        let body = json!({ "proxy": "p1", "models": models }).to_string();
+        Request::builder()
+            .method("PUT")
+            .uri("/v2/mm/stats")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .expect("valid request")
+    };
+    // The forest alone is 96% of the rate: it is the working set.
+    let reply = send(
+        &router,
+        push(json!([["forest-1mb", 96.0], ["linear-small", 4.0]])),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(
+        metric_now(&router, "mm_scorer_working_set_bytes").await,
+        forest
+    );
+    // Spread evenly over three models, one never loaded here (counted at the mean size),
+    // every one is needed.
+    let reply = send(
+        &router,
+        push(json!([
+            ["forest-1mb", 10.0],
+            ["linear-small", 10.0],
+            ["gbm-store", 10.0]
+        ])),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let mean = ((linear + forest) / 2.0).floor();
+    assert_eq!(
+        metric_now(&router, "mm_scorer_working_set_bytes").await,
+        forest + linear + mean
     );
 }

@@ -70,7 +70,8 @@ fn bodies(model: &str, input: &str, output: &str, rows: &[Vec<f32>]) -> Bodies {
     let features = rows[0].len();
     let data: Vec<f32> = rows.iter().flatten().copied().collect();
     let shape = json!([rows.len(), features]);
-    let json = json!({"inputs": [{"name": input, "shape": shape, "datatype": "FP32", "data": data}]});
+    let json =
+        json!({"inputs": [{"name": input, "shape": shape, "datatype": "FP32", "data": data}]});
     let raw: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
     let header = json!({
         "inputs": [{"name": input, "shape": shape, "datatype": "FP32",
@@ -197,7 +198,12 @@ pub fn run(args: ProtocolsArgs) -> Result<()> {
             output_name,
             &generated_rows(features, args.rows, 7),
         );
-        let single = bodies(model, input_name, output_name, &generated_rows(features, 1, 8));
+        let single = bodies(
+            model,
+            input_name,
+            output_name,
+            &generated_rows(features, 1, 8),
+        );
         runtime.block_on(async {
             let mut client = Client {
                 http: reqwest::Client::new(),
@@ -211,7 +217,8 @@ pub fn run(args: ProtocolsArgs) -> Result<()> {
                 client.send(encoding, &batch).await?;
             }
             let processes = [&*proxy as &Process, &*scorer as &Process];
-            let tallies = measure(&mut client, &batch, args.batches, args.rounds, processes).await?;
+            let tallies =
+                measure(&mut client, &batch, args.batches, args.rounds, processes).await?;
             for (encoding, tally) in Encoding::ALL.into_iter().zip(&tallies) {
                 let rows = (tally.times.len() * args.rows) as f64;
                 let bytes = match encoding {

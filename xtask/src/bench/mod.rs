@@ -7,6 +7,7 @@
 //! This file holds the command line, the dispatch and what several benches measure
 //! with; `wrk.rs` runs wrk and the probe-and-wrk measurement two benches share.
 
+mod autoscale;
 mod engines;
 mod hot;
 mod hot_under_load;
@@ -71,6 +72,9 @@ pub enum Bench {
         #[arg(long, default_value_t = 32)]
         connections: usize,
     },
+    /// The autoscaling signal (working set against the budget) over a simulated replay
+    /// whose traffic doubles, beside the pool hit ratio.
+    Autoscale(autoscale::AutoscaleArgs),
     /// JSON REST, binary REST and gRPC through the proxy, same model, same run: a
     /// 10,000-row batch (throughput, latency, CPU per row) and single-row hot hits.
     Protocols(protocols::ProtocolsArgs),
@@ -139,6 +143,7 @@ pub fn run(which: Bench) -> Result<()> {
             seconds,
             connections,
         } => proxy::run(seconds, connections),
+        Bench::Autoscale(args) => autoscale::run(args),
         Bench::Protocols(args) => protocols::run(args),
         Bench::Replay(args) => replay::run(args),
         Bench::SimReplay(args) => sim_replay::run(args),

@@ -140,7 +140,7 @@ pub fn run(args: AutoscaleArgs) -> Result<()> {
                 seen += 1;
             }
             served += 1;
-            if served % args.window == 0 {
+            if served.is_multiple_of(args.window) {
                 let mut shares: Vec<Vec<(f64, u64)>> = vec![Vec::new(); args.scorers];
                 for (&m, rate) in stats.hot() {
                     shares[owner[m as usize]].push((rate, sizes[m as usize]));

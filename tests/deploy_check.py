@@ -10,6 +10,11 @@
 - The NetworkPolicies select the scorer pods (and only them), admit the proxy pods and the
   monitoring namespace on the scorer's container port, and pass kubernetes-validate like
   every other object; switched off, none is rendered; proxyIngressFrom adds one for the proxies.
+- Pool membership: the scorers' headless Service publishes not-ready addresses and names its
+  port `http`; the proxy config discovers the pool from that port's SRV name (or, with
+  proxy.pool.discovery static, lists the StatefulSet's pod names); with
+  scorer.autoscaling.enabled the StatefulSet has no `replicas` (helm upgrade must not reset
+  what an autoscaler set), and a static pool is refused with it.
 - Bad values are rejected by values.schema.json.
 - The Azure ML endpoint and deployment YAML load with azure-ai-ml's own schemas.
 - The rendered scorer.toml / proxy.toml of each case are written to OUT/<case>/ so the Rust
@@ -24,6 +29,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import helm_python
@@ -44,17 +50,24 @@ BAD_VALUES = {
         "networkPolicy": {"extraScorerIngressFrom": [{"serviceSelector": {}}]}},
     "monitoring selector that is not a label selector": {
         "networkPolicy": {"monitoringNamespaceSelector": {"name": "monitoring"}}},
+    "unknown pool discovery": {"proxy": {"pool": {"discovery": "endpointslices"}}},
+    "pool resolver that is a name": {"proxy": {"pool": {"resolver": "kube-dns.kube-system:53"}}},
 }
 
 # Values the chart must refuse at render time (not a schema matter).
 BAD_RENDERS = {
     "service monitor without a metrics key": {
         "auth": {"metricsKey": {"create": False}}, "metrics": {"serviceMonitor": {"enabled": True}}},
+    "static pool with an autoscaled StatefulSet": {
+        "proxy": {"pool": {"discovery": "static"}}, "scorer": {"autoscaling": {"enabled": True}}},
 }
 
 # More renders checked beyond the ci cases: switches the ci files leave at their defaults.
 EXTRA_RENDERS = {
     "network-policy-off": {"networkPolicy": {"enabled": False}},
+    "scorer-autoscaled": {"scorer": {"autoscaling": {"enabled": True}},
+                          "proxy": {"pool": {"resolver": "10.0.0.10:53", "refresh": "2s"}}},
+    "static-pool": {"proxy": {"pool": {"discovery": "static"}}},
     "proxy-ingress-restricted": {"networkPolicy": {
         "proxyIngressFrom": [{"ipBlock": {"cidr": "10.0.0.0/16"}}],
         "extraScorerIngressFrom": [{"namespaceSelector": {"matchLabels": {
@@ -178,6 +191,42 @@ def check_keys_and_policies(case, values, objects):
             "network_policies": len(policies)}
 
 
+def check_membership(case, values, objects, namespace):
+    """The scorers' headless Service, the StatefulSet's replicas and the proxy's pool."""
+    scorer_set = next(o for o in objects if o["kind"] == "StatefulSet")
+    svc_name = scorer_set["spec"]["serviceName"]
+    services = [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == svc_name]
+    if len(services) != 1:
+        fail(f"{case}: no Service {svc_name} for the StatefulSet's serviceName")
+    spec = services[0]["spec"]
+    if spec.get("clusterIP") != "None" or spec.get("publishNotReadyAddresses") is not True:
+        fail(f"{case}: the scorers' Service must be headless and publish not-ready addresses: {spec}")
+    http = [p for p in spec["ports"] if p.get("name") == "http"]
+    container_ports = {p.get("name"): p["containerPort"]
+                       for c in scorer_set["spec"]["template"]["spec"]["containers"]
+                       for p in c.get("ports", [])}
+    if len(http) != 1 or http[0]["targetPort"] != "http" or container_ports.get("http") != 8001:
+        fail(f"{case}: the scorers' Service needs the port named http (the SRV name's _http): {spec['ports']}")
+    autoscaled = values["scorer"]["autoscaling"]["enabled"]
+    replicas = scorer_set["spec"].get("replicas")
+    if autoscaled != (replicas is None) or (replicas is not None and replicas != values["scorer"]["replicas"]):
+        fail(f"{case}: StatefulSet replicas {replicas} with autoscaling {autoscaled}")
+    config = next(o for o in objects if o["kind"] == "ConfigMap" and "proxy.toml" in o.get("data", {}))
+    pool = tomllib.loads(config["data"]["proxy.toml"])["pool"]
+    pool_values = values["proxy"]["pool"]
+    if pool_values["discovery"] == "srv":
+        expected = {"srv": f"_http._tcp.{svc_name}.{namespace}.svc.cluster.local",
+                    "resolver": pool_values["resolver"], "refresh": pool_values["refresh"]}
+    else:
+        expected = {"scorers": ",".join(f"{svc_name}-{i}.{svc_name}.{namespace}.svc.cluster.local:8001"
+                                        for i in range(values["scorer"]["replicas"])),
+                    "refresh": pool_values["refresh"]}
+    if pool != expected:
+        fail(f"{case}: proxy [pool] {pool}, expected {expected}")
+    return {"discovery": pool_values["discovery"], "replicas": replicas,
+            "publish_not_ready": spec["publishNotReadyAddresses"]}
+
+
 def validate(case, manifest):
     result = subprocess.run(
         ["kubernetes-validate", "-k", KUBERNETES_VERSION, "--strict", str(manifest)],
@@ -199,7 +248,7 @@ def main():
     for path in sorted((chart_dir / "ci").glob("*.yaml")):
         cases[path.stem] = yaml.safe_load(path.read_text())
     cases.update(EXTRA_RENDERS)
-    summary = {"ok": True, "cases": {}, "rejected": [], "refused": [], "keys": {}}
+    summary = {"ok": True, "cases": {}, "rejected": [], "refused": [], "keys": {}, "membership": {}}
     for case, values in cases.items():
         try:
             chart.validate_schema(values)
@@ -268,6 +317,7 @@ def main():
         (case_dir / "kinds.json").write_text(json.dumps(kinds))
         summary["cases"][case] = kinds
         summary["keys"][case] = check_keys_and_policies(case, merged(defaults, values), objects)
+        summary["membership"][case] = check_membership(case, merged(defaults, values), objects, "serving")
     for label, values in BAD_VALUES.items():
         try:
             chart.validate_schema(values)

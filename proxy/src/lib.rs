@@ -53,18 +53,23 @@ pub fn run(config: ProxyConfig) -> ! {
     };
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
 
+    // Discovery hands new scorers over disabled; the health check admits each one at its
+    // first passed check (`pool::Admission`).
+    let admission = Arc::new(pool::Admission::default());
     let mut lb = LoadBalancer::<Rendezvous>::from_backends(Backends::new(Box::new(
-        Discovery::new(config.pool.clone()),
+        Discovery::new(config.pool.clone(), admission.clone()),
     )));
     lb.set_health_check(Box::new(pool::ScorerCheck::new(
         config.health_timeout,
         config.tolerated_timeouts,
+        admission.clone(),
     )));
     lb.health_check_frequency = Some(config.health_interval);
     lb.update_frequency = Some(config.pool_refresh);
     lb.parallel_health_check = true;
     let pool_service = background_service("scorer pool", lb);
     let lb = pool_service.task();
+    admission.attach(&lb);
     let pool_handle = server.add_service(pool_service);
 
     let pool_authorization = admin::pool_authorization(&config.pool_key);

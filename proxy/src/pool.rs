@@ -1,14 +1,22 @@
 //! The live pool of scorers and what the proxy knows about each: membership (static names
-//! or a DNS name, re-resolved), health (active checks on `/v2/health/ready` plus passive
-//! ejection after connection failures), requests in flight, and which models each one
-//! holds hot.
+//! or a DNS name, re-resolved, or the records of a DNS SRV name, re-queried), health
+//! (active checks on `/v2/health/ready` plus passive ejection after connection failures),
+//! requests in flight, and which models each one holds hot.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig,
+};
+use hickory_resolver::net::NetError;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{Name, RData};
 use manymodels_config::proxy::PoolSource;
 use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck};
@@ -20,17 +28,156 @@ use pingora::{Error, ErrorType};
 use crate::ranking::name_of;
 use crate::ranking::{Rendezvous, ScorerName, name_ref};
 
+/// How long one DNS query may take (an SRV query, or a target's address), and how long a
+/// whole SRV discovery round may take. Pingora runs discovery and the health checks one
+/// after the other on one task, so a DNS server that stopped answering must not hold the
+/// health checks up for long: cluster DNS answers in milliseconds.
+const DNS_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+const SRV_ROUND_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Resolves the configured scorers into backends. A static name keeps its name as its
 /// rendezvous identity whatever address it resolves to (a StatefulSet pod keeps its share
-/// across restarts); DNS-discovered scorers are identified by address.
+/// across restarts), and so does an SRV record's `<target>:<port>`; scorers found as the
+/// addresses of one DNS name are identified by address.
+///
+/// Every backend is handed to Pingora disabled until it passed a readiness check (see
+/// [`Admission`]).
 pub struct Discovery {
     source: PoolSource,
+    /// The SRV source's resolver, made at the first discovery (inside the runtime that
+    /// runs its background tasks) and kept.
+    resolver: tokio::sync::OnceCell<TokioResolver>,
+    admission: Arc<Admission>,
 }
 
 impl Discovery {
-    pub fn new(source: PoolSource) -> Self {
-        Discovery { source }
+    pub fn new(source: PoolSource, admission: Arc<Admission>) -> Self {
+        Discovery {
+            source,
+            resolver: tokio::sync::OnceCell::new(),
+            admission,
+        }
     }
+
+    async fn resolver(
+        &self,
+        server: Option<std::net::SocketAddr>,
+    ) -> pingora::Result<&TokioResolver> {
+        self.resolver
+            .get_or_try_init(|| async { srv_resolver(server) })
+            .await
+            .map_err(|e| Error::because(ErrorType::ConnectNoRoute, "making the DNS resolver", e))
+    }
+}
+
+/// The resolver `pool.srv` is asked through: `pool.resolver` when set, else the system's
+/// configuration (`/etc/resolv.conf`). Its answers are not reused across rounds: each
+/// round clears the cache (`srv_members`), so `pool.refresh` alone governs how fresh the
+/// membership is; what a DNS server itself caches (CoreDNS's `ttl` and `cache`) still
+/// applies.
+fn srv_resolver(server: Option<std::net::SocketAddr>) -> Result<TokioResolver, NetError> {
+    let provider = TokioRuntimeProvider::default();
+    let mut builder = match server {
+        Some(addr) => {
+            let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
+                .into_iter()
+                .map(|mut c| {
+                    c.port = addr.port();
+                    c
+                })
+                .collect();
+            let server = NameServerConfig::new(addr.ip(), true, connections);
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(vec![server]),
+                provider,
+            )
+        }
+        None => TokioResolver::builder(provider)?,
+    };
+    let options = builder.options_mut();
+    options.timeout = DNS_QUERY_TIMEOUT;
+    options.attempts = 1;
+    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    // A small cache, cleared every round: within a round it serves nothing twice anyway.
+    options.cache_size = 64;
+    builder.build()
+}
+
+/// Why an SRV round found no membership to apply.
+#[derive(Debug)]
+enum SrvFailure {
+    /// The query failed or timed out: the server cannot be reached, refused, or failed.
+    Query(String),
+    /// The name has no SRV records (NXDOMAIN, or an answer without them).
+    Empty,
+}
+
+/// One SRV round: every record of `name` as (`<target>:<port>`, address). A target's
+/// address comes from the answer's additional records when the server sent them (CoreDNS
+/// does), else from an A/AAAA query through the same resolver. A target that does not
+/// resolve (NXDOMAIN: its record outlived its pod) is left out; a target whose query
+/// failed fails the round, as the SRV query does, so an unreachable server never shrinks
+/// the pool.
+async fn srv_members(
+    resolver: &TokioResolver,
+    name: &str,
+) -> Result<Vec<(String, std::net::SocketAddr)>, SrvFailure> {
+    resolver.clear_cache();
+    let lookup = match resolver.srv_lookup(name).await {
+        Ok(lookup) => lookup,
+        Err(e) if e.is_no_records_found() => return Err(SrvFailure::Empty),
+        Err(e) => return Err(SrvFailure::Query(e.to_string())),
+    };
+    let records: Vec<(Name, u16)> = lookup
+        .answers()
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(srv) => Some((srv.target.clone(), srv.port)),
+            _ => None,
+        })
+        .collect();
+    if records.is_empty() {
+        return Err(SrvFailure::Empty);
+    }
+    // Additional A before AAAA, as the fallback query orders them.
+    let additional = |target: &Name| {
+        let records = lookup.additionals().iter().filter(|r| &r.name == target);
+        let v4 = records.clone().find_map(|r| match &r.data {
+            RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+            _ => None,
+        });
+        v4.or_else(|| {
+            records.clone().find_map(|r| match &r.data {
+                RData::AAAA(a) => Some(std::net::IpAddr::V6(a.0)),
+                _ => None,
+            })
+        })
+    };
+    let resolved = records.iter().map(|(target, port)| async move {
+        let ip = match additional(target) {
+            Some(ip) => Some(ip),
+            None => match resolver.lookup_ip(target.clone()).await {
+                Ok(ips) => ips.iter().next(),
+                Err(e) if e.is_no_records_found() => None,
+                Err(e) => return Err(SrvFailure::Query(format!("{target}: {e}"))),
+            },
+        };
+        let name = format!(
+            "{}:{port}",
+            target.to_ascii().trim_end_matches('.').to_ascii_lowercase()
+        );
+        Ok((name, ip.map(|ip| std::net::SocketAddr::new(ip, *port))))
+    });
+    let mut members = Vec::with_capacity(records.len());
+    for result in futures::future::join_all(resolved).await {
+        match result? {
+            (name, Some(addr)) => members.push((name, addr)),
+            (name, None) => {
+                tracing::warn!(scorer = %name, "SRV target has no address; left out")
+            }
+        }
+    }
+    Ok(members)
 }
 
 fn backend(name: &str, addr: std::net::SocketAddr) -> Backend {
@@ -73,8 +220,101 @@ impl ServiceDiscovery for Discovery {
                     backends.insert(backend(&addr.to_string(), addr));
                 }
             }
+            PoolSource::Srv { name, resolver } => {
+                let resolver = self.resolver(*resolver).await?;
+                let round = tokio::time::timeout(SRV_ROUND_TIMEOUT, srv_members(resolver, name));
+                // An Err leaves the membership as it was. That is the answer to a failed
+                // query (the DNS server is down or overloaded: the scorers are not) and
+                // also to an empty one (NXDOMAIN, no records). An empty answer is what a
+                // scale to zero looks like, but also what a Service being re-created, a
+                // CoreDNS replica that has not synced yet or a wrong name look like, while
+                // the scorers may well still serve. Keeping them costs nothing at a real
+                // scale to zero: the health check takes every departed scorer out of
+                // rotation within `health.interval` (the proxy then reports not ready),
+                // and the next non-empty answer replaces them all.
+                let members = match round.await {
+                    Ok(Ok(members)) => members,
+                    Ok(Err(SrvFailure::Empty)) => {
+                        tracing::warn!(srv = %name, "no SRV records; keeping the last membership");
+                        return Error::e_explain(
+                            ErrorType::ConnectNoRoute,
+                            format!("no SRV records for {name}"),
+                        );
+                    }
+                    Ok(Err(SrvFailure::Query(e))) => {
+                        tracing::warn!(srv = %name, error = %e, "SRV query failed; keeping the last membership");
+                        return Error::e_explain(
+                            ErrorType::ConnectNoRoute,
+                            format!("querying {name}: {e}"),
+                        );
+                    }
+                    Err(_) => {
+                        tracing::warn!(srv = %name, "SRV discovery timed out; keeping the last membership");
+                        return Error::e_explain(
+                            ErrorType::ConnectTimedout,
+                            format!("querying {name}"),
+                        );
+                    }
+                };
+                for (scorer, addr) in members {
+                    backends.insert(backend(&scorer, addr));
+                }
+            }
         }
-        Ok((backends, HashMap::new()))
+        let enablement = self.admission.enablement(&backends);
+        Ok((backends, enablement))
+    }
+}
+
+/// Admission to rotation: scorers that passed a readiness check since they joined the
+/// pool. Pingora starts every discovered backend healthy until its first check; with a
+/// StatefulSet behind a headless Service that publishes not-ready addresses, a pod is
+/// discovered as soon as it is scheduled, before it listens, let alone warms. So discovery
+/// hands every backend that has not passed a check yet to Pingora disabled, and
+/// [`ScorerCheck`] enables it the moment its first check passes. A disabled scorer is a
+/// member all the same: the statistics push still gives it its share (so it warms before
+/// it reports ready); it only takes no requests. A scorer that leaves is forgotten, so one
+/// that comes back on the same address is checked again first.
+#[derive(Default)]
+pub struct Admission {
+    passed: Mutex<HashSet<SocketAddr>>,
+    lb: OnceLock<Weak<LoadBalancer<Rendezvous>>>,
+}
+
+impl Admission {
+    /// The load balancer whose backends a first passed check enables (set once it is
+    /// built: it owns the discovery and the check that share this).
+    pub fn attach(&self, lb: &Arc<LoadBalancer<Rendezvous>>) {
+        let _ = self.lb.set(Arc::downgrade(lb));
+    }
+
+    /// Pingora's enablement map for a discovered membership (keyed by the backend's hash,
+    /// as Pingora's `DefaultHasher` computes it): enabled exactly when it passed a check.
+    fn enablement(&self, backends: &BTreeSet<Backend>) -> HashMap<u64, bool> {
+        let mut passed = self.passed.lock().unwrap_or_else(|p| p.into_inner());
+        let present: HashSet<&SocketAddr> = backends.iter().map(|b| &b.addr).collect();
+        passed.retain(|addr| present.contains(addr));
+        backends
+            .iter()
+            .map(|b| {
+                let mut hasher = DefaultHasher::new();
+                b.hash(&mut hasher);
+                (hasher.finish(), passed.contains(&b.addr))
+            })
+            .collect()
+    }
+
+    /// `backend` passed a readiness check: on its first, it enters rotation.
+    fn passed(&self, backend: &Backend) {
+        let first = self
+            .passed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(backend.addr.clone());
+        if first && let Some(lb) = self.lb.get().and_then(Weak::upgrade) {
+            lb.backends().set_enable(backend, true);
+            tracing::info!(scorer = %name_ref(backend), addr = %backend.addr, "scorer passed its first readiness check");
+        }
     }
 }
 
@@ -89,6 +329,7 @@ impl ServiceDiscovery for Discovery {
 pub struct ScorerCheck {
     http: HttpHealthCheck,
     tolerated: usize,
+    admission: Arc<Admission>,
     /// Per backend address: whether its last answered check passed, and the timeouts
     /// since. (Addresses of scorers gone stay: a few bytes each, and a scorer that comes
     /// back on the same address starts from its last state.)
@@ -96,7 +337,7 @@ pub struct ScorerCheck {
 }
 
 impl ScorerCheck {
-    pub fn new(timeout: Duration, tolerated: usize) -> Self {
+    pub fn new(timeout: Duration, tolerated: usize, admission: Arc<Admission>) -> Self {
         let mut http = HttpHealthCheck::new("localhost", false);
         http.req = pingora::http::RequestHeader::build("GET", b"/v2/health/ready", None)
             .expect("static request");
@@ -107,6 +348,7 @@ impl ScorerCheck {
         ScorerCheck {
             http,
             tolerated,
+            admission,
             state: Mutex::new(HashMap::new()),
         }
     }
@@ -139,6 +381,10 @@ impl HealthCheck for ScorerCheck {
                 *healthy = answered.is_ok();
                 *timeouts = 0;
             }
+        }
+        drop(state);
+        if result.is_ok() {
+            self.admission.passed(target);
         }
         result
     }
@@ -423,6 +669,8 @@ impl Pool {
 
 #[cfg(test)]
 mod tests {
+    use manymodels_tests::dns::{DnsServer, Headless};
+
     use super::*;
 
     #[test]
@@ -440,9 +688,13 @@ mod tests {
         assert_eq!(hot.len(), 1, "the sweep dropped the expired model");
     }
 
+    fn discovery_of(source: PoolSource) -> Discovery {
+        Discovery::new(source, Arc::new(Admission::default()))
+    }
+
     #[tokio::test]
     async fn dns_discovery_finds_every_address_of_a_name() {
-        let discovery = Discovery::new(PoolSource::Dns("localhost:8001".into()));
+        let discovery = discovery_of(PoolSource::Dns("localhost:8001".into()));
         let (backends, _) = discovery.discover().await.unwrap();
         assert!(
             backends
@@ -450,7 +702,7 @@ mod tests {
                 .any(|b| b.addr.to_string() == "127.0.0.1:8001"),
             "{backends:?}"
         );
-        let discovery = Discovery::new(PoolSource::Static(vec!["localhost:8002".into()]));
+        let discovery = discovery_of(PoolSource::Static(vec!["localhost:8002".into()]));
         let (backends, _) = discovery.discover().await.unwrap();
         let backend = backends.iter().next().unwrap();
         assert_eq!(
@@ -499,7 +751,7 @@ mod tests {
         let mode = Arc::new(AtomicUsize::new(OK));
         let addr = readiness_server(mode.clone()).await;
         let backend = Backend::new(&addr.to_string()).unwrap();
-        let check = ScorerCheck::new(Duration::from_millis(200), 1);
+        let check = ScorerCheck::new(Duration::from_millis(200), 1, Default::default());
         let steps = [
             (OK, true, "answers 200"),
             (SILENT, true, "first timeout: tolerated"),
@@ -529,5 +781,166 @@ mod tests {
             check.check(&gone).await.is_err(),
             "a refused connection is out at once"
         );
+    }
+
+    /// (name, address) of every discovered backend, sorted by name.
+    async fn members(discovery: &Discovery) -> pingora::Result<Vec<(String, String)>> {
+        let (backends, _) = discovery.discover().await?;
+        let mut members: Vec<(String, String)> = backends
+            .iter()
+            .map(|b| (name_of(b), b.addr.to_string()))
+            .collect();
+        members.sort();
+        Ok(members)
+    }
+
+    fn srv(name: &str, dns: &DnsServer) -> Discovery {
+        discovery_of(PoolSource::Srv {
+            name: format!("{name}."),
+            resolver: Some(dns.addr),
+        })
+    }
+
+    #[tokio::test]
+    async fn srv_discovery_names_each_scorer_by_its_target_and_port() {
+        let dns = DnsServer::cluster();
+        let service = Headless::new("mm-scorer", "serving");
+        let at = |addr: &str| -> std::net::SocketAddr { addr.parse().unwrap() };
+        dns.publish(
+            &service,
+            &[
+                ("mm-scorer-0", at("127.0.0.1:8001")),
+                ("mm-scorer-1", at("127.0.0.2:8001")),
+            ],
+        );
+        let discovery = srv(&service.srv_name(), &dns);
+        assert_eq!(
+            members(&discovery).await.unwrap(),
+            [
+                (
+                    "mm-scorer-0.mm-scorer.serving.svc.cluster.local:8001".to_string(),
+                    "127.0.0.1:8001".to_string()
+                ),
+                (
+                    "mm-scorer-1.mm-scorer.serving.svc.cluster.local:8001".to_string(),
+                    "127.0.0.2:8001".to_string()
+                ),
+            ],
+            "the same names as the static list of the chart's pods"
+        );
+        // A pod rescheduled on a new address keeps its name; a new pod joins; every round
+        // asks again.
+        dns.publish(
+            &service,
+            &[
+                ("mm-scorer-0", at("127.0.0.3:8001")),
+                ("mm-scorer-1", at("127.0.0.2:8001")),
+                ("mm-scorer-2", at("127.0.0.4:8001")),
+            ],
+        );
+        let found = members(&discovery).await.unwrap();
+        assert_eq!(found.len(), 3);
+        assert_eq!(
+            found[0],
+            (
+                "mm-scorer-0.mm-scorer.serving.svc.cluster.local:8001".to_string(),
+                "127.0.0.3:8001".to_string()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn srv_targets_without_additional_records_are_looked_up() {
+        // The SRV records in a zone of their own: its answers carry no target addresses,
+        // so the resolver asks for each target's A record, which one has not.
+        let dns = DnsServer::start(&["_tcp.scorers.test", "test"]);
+        dns.set_srv(
+            "_http._tcp.scorers.test",
+            &[
+                ("s-0.scorers.test".into(), 7001),
+                ("s-1.scorers.test".into(), 7002),
+            ],
+        );
+        dns.set_a(
+            "s-0.scorers.test",
+            Some(std::net::Ipv4Addr::new(127, 0, 0, 2)),
+        );
+        let discovery = srv("_http._tcp.scorers.test", &dns);
+        assert_eq!(
+            members(&discovery).await.unwrap(),
+            [(
+                "s-0.scorers.test:7001".to_string(),
+                "127.0.0.2:7001".to_string()
+            )],
+            "a target without an address is left out"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_or_failed_srv_answer_keeps_the_last_membership() {
+        let dns = DnsServer::cluster();
+        let service = Headless::new("scorers", "ns");
+        let discovery = srv(&service.srv_name(), &dns);
+        assert!(
+            discovery.discover().await.is_err(),
+            "NXDOMAIN: an Err, which Pingora answers by keeping the membership"
+        );
+        dns.publish(
+            &service,
+            &[("scorers-0", "127.0.0.1:8001".parse().unwrap())],
+        );
+        assert_eq!(members(&discovery).await.unwrap().len(), 1);
+        dns.answer(false);
+        let started = Instant::now();
+        assert!(discovery.discover().await.is_err(), "a silent server");
+        assert!(
+            started.elapsed() < SRV_ROUND_TIMEOUT + Duration::from_millis(500),
+            "a silent server holds discovery (and so the health checks) up for a bounded time: {:?}",
+            started.elapsed()
+        );
+        dns.answer(true);
+        assert_eq!(members(&discovery).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_discovered_scorer_takes_no_request_before_its_first_passed_check() {
+        const OK: usize = 0;
+        const NOT_READY: usize = 1;
+        let mode = Arc::new(AtomicUsize::new(NOT_READY));
+        let addr = readiness_server(mode.clone()).await;
+        let admission = Arc::new(Admission::default());
+        let mut lb = LoadBalancer::<Rendezvous>::from_backends(pingora::lb::Backends::new(
+            Box::new(Discovery::new(
+                PoolSource::Static(vec![addr.to_string()]),
+                admission.clone(),
+            )),
+        ));
+        lb.set_health_check(Box::new(ScorerCheck::new(
+            Duration::from_millis(500),
+            1,
+            admission.clone(),
+        )));
+        let lb = Arc::new(lb);
+        admission.attach(&lb);
+        let ready = |lb: &LoadBalancer<Rendezvous>| {
+            let backends = lb.backends().get_backend();
+            backends.iter().any(|b| lb.backends().ready(b))
+        };
+        lb.update().await.unwrap();
+        assert_eq!(lb.backends().get_backend().len(), 1, "a member at once");
+        assert!(
+            !ready(&lb),
+            "Pingora would start it healthy: not in rotation yet"
+        );
+        lb.backends().run_health_check(false).await;
+        assert!(!ready(&lb), "not ready (503): still out");
+        mode.store(OK, Ordering::SeqCst);
+        lb.backends().run_health_check(false).await;
+        assert!(ready(&lb), "its first passed check admits it");
+        lb.update().await.unwrap();
+        assert!(ready(&lb), "and discovery keeps it admitted");
+        mode.store(NOT_READY, Ordering::SeqCst);
+        lb.backends().run_health_check(false).await;
+        assert!(!ready(&lb), "after that the health check alone decides");
     }
 }

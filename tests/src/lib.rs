@@ -10,6 +10,7 @@
 //! - [`azurite`]: Azurite with a minimal Shared Key client.
 //! - [`classifiers`]: the ZipMap classifiers' store and reference, and their checks.
 //! - [`grpc`]: a gRPC client, and requests and outputs between reference JSON and protobuf.
+//! - [`dns`]: a real DNS server (hickory-server) whose SRV and A records a test changes.
 //!
 //! The scorer's in-process handler tests (`scorer/tests/handlers.rs`) and xtask's benches
 //! use it too. The binaries are the ones `cargo xtask test` builds first
@@ -20,6 +21,7 @@
 pub mod alloc;
 pub mod azurite;
 pub mod classifiers;
+pub mod dns;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

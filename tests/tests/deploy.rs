@@ -5,7 +5,9 @@
 //! Secret; the policies match the pods' labels and port), the Azure ML YAML loaded by
 //! `azure-ai-ml`; then the scorer and proxy configuration the chart renders is parsed by
 //! the same config crate the binaries use, with the environment variables the chart sets,
-//! so chart and binaries cannot drift.
+//! so chart and binaries cannot drift. The proxies find the scorers through the headless
+//! Service's SRV records (which publish not-ready pods), or the pods' static names when
+//! asked; an autoscaled StatefulSet gets no `replicas` from the chart.
 
 use std::path::Path;
 use std::process::Command;
@@ -74,10 +76,13 @@ fn the_chart_and_the_azure_ml_yaml_pass_the_real_tools_and_render_configs_the_bi
     for case in ["default", "dev", "azure-wi", "large"] {
         assert!(cases.contains_key(case), "case {case} missing: {summary}");
     }
-    assert_eq!(summary["rejected"].as_array().unwrap().len(), 10);
+    assert_eq!(summary["rejected"].as_array().unwrap().len(), 12);
     assert_eq!(
         summary["refused"],
-        serde_json::json!(["service monitor without a metrics key"])
+        serde_json::json!([
+            "service monitor without a metrics key",
+            "static pool with an autoscaled StatefulSet"
+        ])
     );
     assert_eq!(summary["aml"]["type"], "KubernetesOnlineDeployment");
     assert_eq!(summary["dockerfiles"], 2, "both Dockerfiles pass hadolint");
@@ -144,23 +149,18 @@ fn the_chart_and_the_azure_ml_yaml_pass_the_real_tools_and_render_configs_the_bi
             (_, other) => panic!("{case}: unexpected store {other:?}"),
         }
         let proxy: ProxyConfig = rendered(&dir, "proxy");
-        let replicas: usize = std::fs::read_to_string(dir.join("scorer.replicas"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        match &proxy.pool {
-            PoolSource::Static(names) => {
-                assert_eq!(names.len(), replicas, "{case}: one name per scorer pod");
-                assert!(
-                    names[0].starts_with("mm-manymodels-scorer-0.mm-manymodels-scorer.serving")
-                );
-                assert!(names.iter().all(|n| n.ends_with(":8001")));
-            }
-            other => {
-                panic!("{case}: the proxy should list the StatefulSet's stable names: {other:?}")
-            }
-        }
+        assert_eq!(
+            proxy.pool,
+            PoolSource::Srv {
+                name: SRV_NAME.into(),
+                resolver: None
+            },
+            "{case}: the proxy follows the scorers' SRV records"
+        );
+        assert_eq!(
+            summary["membership"][case]["publish_not_ready"], true,
+            "{case}: starting scorers are discovered, and warm, before they are ready"
+        );
         // Keys from the Secret reach both: the proxy's API and admin keys, the scorer's
         // admin keys (so its admin routes are closed).
         let has_auth = case == "azure-wi" || case == "large";
@@ -200,4 +200,53 @@ fn the_chart_and_the_azure_ml_yaml_pass_the_real_tools_and_render_configs_the_bi
             "{case}: proxy log format"
         );
     }
+
+    // Pool membership beyond the default: the static list (the same names the SRV records
+    // give, so switching moves no model), and an autoscaled StatefulSet whose replicas the
+    // chart leaves to the autoscaler.
+    let dir = out.path().join("static-pool");
+    let proxy: ProxyConfig = rendered(&dir, "proxy");
+    let replicas: usize = std::fs::read_to_string(dir.join("scorer.replicas"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(replicas, 3);
+    let names: Vec<String> = (0..replicas)
+        .map(|i| {
+            format!("mm-manymodels-scorer-{i}.mm-manymodels-scorer.serving.svc.cluster.local:8001")
+        })
+        .collect();
+    assert_eq!(proxy.pool, PoolSource::Static(names.clone()));
+    assert_eq!(
+        format!(
+            "_http._tcp.{}.",
+            names[0]
+                .split_once('.')
+                .unwrap()
+                .1
+                .trim_end_matches(":8001")
+        ),
+        SRV_NAME,
+        "a pod's static name is its SRV record's target: both name it alike"
+    );
+    let dir = out.path().join("scorer-autoscaled");
+    let proxy: ProxyConfig = rendered(&dir, "proxy");
+    assert_eq!(
+        proxy.pool,
+        PoolSource::Srv {
+            name: SRV_NAME.into(),
+            resolver: Some("10.0.0.10:53".parse().unwrap()),
+        }
+    );
+    assert_eq!(proxy.pool_refresh, std::time::Duration::from_secs(2));
+    assert_eq!(
+        summary["membership"]["scorer-autoscaled"]["replicas"],
+        Value::Null,
+        "no replicas for helm upgrade to reset"
+    );
+    assert_eq!(summary["membership"]["default"]["replicas"], 3);
 }
+
+/// The SRV name of the scorers' port named `http` for release `mm` in namespace `serving`.
+const SRV_NAME: &str = "_http._tcp.mm-manymodels-scorer.serving.svc.cluster.local.";

@@ -21,7 +21,17 @@ pub const KEYS: &[KeyDoc] = &[
     doc(
         "pool.dns",
         "",
-        "A DNS name `host:port` (a Kubernetes headless Service) whose addresses are the scorers, re-resolved every `pool.refresh`.",
+        "A DNS name `host:port` whose addresses are the scorers, re-resolved every `pool.refresh`; each scorer is identified by its address, so one that restarts on a new address moves its models (`pool.srv` keeps names).",
+    ),
+    doc(
+        "pool.srv",
+        "",
+        "A DNS SRV name (a Kubernetes headless Service's named port: `_http._tcp.<service>.<namespace>.svc.cluster.local`) whose records are the scorers, each named `<target>:<port>` (its rendezvous identity), re-queried every `pool.refresh`. An empty answer or a failed query keeps the last membership. Exactly one of `pool.scorers`, `pool.dns` and `pool.srv` is set.",
+    ),
+    doc(
+        "pool.resolver",
+        "",
+        "The DNS server `pool.srv` is asked, as `ip:port` (e.g. the cluster DNS Service's address); empty: the servers in /etc/resolv.conf.",
     ),
     doc(
         "pool.refresh",

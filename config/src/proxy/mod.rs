@@ -26,7 +26,7 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// `threads`.
     pub threads: usize,
-    /// `pool.scorers` or `pool.dns`.
+    /// `pool.scorers`, `pool.dns` or `pool.srv` (with `pool.resolver`).
     pub pool: PoolSource,
     /// `pool.refresh`.
     pub pool_refresh: Duration,
@@ -119,6 +119,15 @@ pub enum PoolSource {
     Static(Vec<String>),
     /// Every address a DNS name resolves to; the address is the identity.
     Dns(String),
+    /// The records of a DNS SRV name; each scorer is named `<target>:<port>` (the target
+    /// without its trailing dot), so a StatefulSet pod keeps its name, and its share, across
+    /// restarts and new addresses, exactly as with the same names in `Static`.
+    Srv {
+        /// The SRV name, fully qualified (it ends with a dot: no search domains apply).
+        name: String,
+        /// The DNS server to ask; `None`: the system's (`/etc/resolv.conf`).
+        resolver: Option<SocketAddr>,
+    },
 }
 
 impl ProxyConfig {

@@ -32,6 +32,8 @@ struct RawPool {
     #[serde(deserialize_with = "list")]
     scorers: Vec<String>,
     dns: String,
+    srv: String,
+    resolver: String,
     refresh: HumanDuration,
 }
 
@@ -103,30 +105,12 @@ impl Raw {
     pub(super) fn validate(self) -> Result<ProxyConfig, ConfigError> {
         let listen = common::listen(&self.listen)?;
         at_least_one("threads", self.threads)?;
-        let pool = match (self.pool.scorers.is_empty(), self.pool.dns.is_empty()) {
-            (false, true) => {
-                for scorer in &self.pool.scorers {
-                    check_host_port("pool.scorers", scorer)?;
-                }
-                PoolSource::Static(self.pool.scorers)
-            }
-            (true, false) => {
-                check_host_port("pool.dns", &self.pool.dns)?;
-                PoolSource::Dns(self.pool.dns)
-            }
-            (true, true) => {
-                return Err(ConfigError::key(
-                    "pool.scorers",
-                    "set pool.scorers or pool.dns",
-                ));
-            }
-            (false, false) => {
-                return Err(ConfigError::key(
-                    "pool.dns",
-                    "set pool.scorers or pool.dns, not both",
-                ));
-            }
-        };
+        let pool = pool_source(
+            self.pool.scorers,
+            self.pool.dns,
+            self.pool.srv,
+            &self.pool.resolver,
+        )?;
         positive("health.timeout", self.health.timeout.0)?;
         at_least_one("routing.top_k", self.routing.top_k)?;
         at_least("routing.load_factor", self.routing.load_factor, 1.0)?;
@@ -243,6 +227,92 @@ fn api_keys_of(config_key: &str, entries: &[Secret]) -> Result<Vec<ApiKey>, Conf
         keys.push(key);
     }
     Ok(keys)
+}
+
+/// Exactly one of `pool.scorers`, `pool.dns` and `pool.srv`; `pool.resolver` only with
+/// `pool.srv` (it would be silently ignored otherwise).
+fn pool_source(
+    scorers: Vec<String>,
+    dns: String,
+    srv: String,
+    resolver: &str,
+) -> Result<PoolSource, ConfigError> {
+    let set: Vec<&str> = [
+        ("pool.scorers", !scorers.is_empty()),
+        ("pool.dns", !dns.is_empty()),
+        ("pool.srv", !srv.is_empty()),
+    ]
+    .into_iter()
+    .filter_map(|(key, set)| set.then_some(key))
+    .collect();
+    match set[..] {
+        [] => {
+            return Err(ConfigError::key(
+                "pool.scorers",
+                "set one of pool.scorers, pool.dns or pool.srv",
+            ));
+        }
+        [_] => {}
+        [first, second, ..] => {
+            return Err(ConfigError::key(
+                second,
+                format!(
+                    "set one of pool.scorers, pool.dns or pool.srv, not both {first} and {second}"
+                ),
+            ));
+        }
+    }
+    if !resolver.is_empty() && srv.is_empty() {
+        return Err(ConfigError::key(
+            "pool.resolver",
+            "applies to pool.srv only (pool.scorers and pool.dns use the system resolver)",
+        ));
+    }
+    if !scorers.is_empty() {
+        for scorer in &scorers {
+            check_host_port("pool.scorers", scorer)?;
+        }
+        return Ok(PoolSource::Static(scorers));
+    }
+    if !dns.is_empty() {
+        check_host_port("pool.dns", &dns)?;
+        return Ok(PoolSource::Dns(dns));
+    }
+    let name = dns_name("pool.srv", &srv)?;
+    // The resolver is an address, not a name: finding the DNS server cannot depend on DNS.
+    let resolver = match resolver {
+        "" => None,
+        text => Some(text.parse().map_err(|_| {
+            ConfigError::key(
+                "pool.resolver",
+                format!("`{text}` is not ip:port (e.g. 10.0.0.10:53 or [fd00::a]:53)"),
+            )
+        })?),
+    };
+    Ok(PoolSource::Srv { name, resolver })
+}
+
+/// A DNS name (labels of 1-63 letters, digits, `-` or `_`, 253 characters at most), made
+/// fully qualified: with a trailing dot, so no search domain of /etc/resolv.conf is tried
+/// first (Kubernetes sets `ndots:5`, which would send four wrong queries before the right
+/// one).
+fn dns_name(key: &str, value: &str) -> Result<String, ConfigError> {
+    let bare = value.strip_suffix('.').unwrap_or(value);
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if bare.len() > 253 || !bare.split('.').all(label_ok) {
+        return Err(ConfigError::key(
+            key,
+            format!(
+                "`{value}` is not a DNS name (an SRV name has no port: `_http._tcp.scorers.serving.svc.cluster.local`)"
+            ),
+        ));
+    }
+    Ok(format!("{bare}."))
 }
 
 fn check_host_port(key: &str, value: &str) -> Result<(), ConfigError> {

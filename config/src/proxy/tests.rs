@@ -55,7 +55,7 @@ fn a_pool_is_required_and_keys_are_checked() {
         load(&[], &["pool.scorers=a:1", "pool.dns=b:2"])
             .unwrap_err()
             .to_string()
-            .contains("not both")
+            .contains("not both pool.scorers and pool.dns")
     );
     assert!(
         load(&[], &["pool.dns=s:1", "routing.load_factor=0.5"])
@@ -145,4 +145,82 @@ fn a_bad_key_entry_is_refused_without_echoing_the_key() {
         assert!(error.contains("auth.api_keys"), "{error}");
         assert!(!error.contains("hunter2"), "{error}");
     }
+}
+
+#[test]
+fn an_srv_pool_is_a_fully_qualified_name_and_an_optional_resolver_address() {
+    let config = load(
+        &[(
+            "MM_PROXY_POOL_SRV",
+            "_http._tcp.mm-scorer.serving.svc.cluster.local",
+        )],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        config.pool,
+        PoolSource::Srv {
+            name: "_http._tcp.mm-scorer.serving.svc.cluster.local.".into(),
+            resolver: None,
+        },
+        "the name gets its trailing dot: no search domain is tried"
+    );
+    let config = load(
+        &[],
+        &[
+            "pool.srv=_http._tcp.scorers.test.",
+            "pool.resolver=127.0.0.1:5353",
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        config.pool,
+        PoolSource::Srv {
+            name: "_http._tcp.scorers.test.".into(),
+            resolver: Some("127.0.0.1:5353".parse().unwrap()),
+        }
+    );
+    let ipv6 = load(&[], &["pool.srv=_http._tcp.s", "pool.resolver=[::1]:53"]).unwrap();
+    assert!(matches!(ipv6.pool, PoolSource::Srv { resolver: Some(a), .. } if a.is_ipv6()));
+}
+
+#[test]
+fn exactly_one_pool_source_and_a_resolver_only_with_srv() {
+    let error = |sets: &[&str]| load(&[], sets).unwrap_err().to_string();
+    for (sets, expected) in [
+        (
+            &["pool.scorers=a:1", "pool.srv=_http._tcp.s"][..],
+            "`pool.srv`: set one of pool.scorers, pool.dns or pool.srv, not both pool.scorers and pool.srv",
+        ),
+        (
+            &["pool.dns=a:1", "pool.srv=_http._tcp.s"][..],
+            "not both pool.dns and pool.srv",
+        ),
+        (
+            &["pool.srv=_http._tcp.s:8001"][..],
+            "`pool.srv`: `_http._tcp.s:8001` is not a DNS name (an SRV name has no port",
+        ),
+        (&["pool.srv=a..b"][..], "is not a DNS name"),
+        (&["pool.srv=a b"][..], "is not a DNS name"),
+        (
+            &["pool.srv=_http._tcp.s", "pool.resolver=kube-dns:53"][..],
+            "`pool.resolver`: `kube-dns:53` is not ip:port",
+        ),
+        (
+            &["pool.srv=_http._tcp.s", "pool.resolver=10.0.0.10"][..],
+            "is not ip:port",
+        ),
+        (
+            &["pool.dns=a:1", "pool.resolver=10.0.0.10:53"][..],
+            "`pool.resolver`: applies to pool.srv only",
+        ),
+    ] {
+        let message = error(sets);
+        assert!(message.contains(expected), "{sets:?}: {message}");
+    }
+    let long = format!("pool.srv={}", vec!["a".repeat(63); 4].join("."));
+    assert!(
+        error(&[&long]).contains("is not a DNS name"),
+        "254 characters"
+    );
 }

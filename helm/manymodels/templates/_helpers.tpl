@@ -45,6 +45,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-scorer" (include "manymodels.fullname" .) -}}
 {{- end -}}
 
+{{/* The SRV name of the headless Service's port named http: one record per pod, whose
+target is the pod's stable name (the same names as manymodels.scorerNames). */}}
+{{- define "manymodels.scorerSrv" -}}
+{{- $svc := include "manymodels.scorerService" . -}}
+{{- printf "_http._tcp.%s.%s.svc.cluster.local" $svc .Release.Namespace -}}
+{{- end -}}
+
 {{- define "manymodels.scorerNames" -}}
 {{- $svc := include "manymodels.scorerService" . -}}
 {{- $names := list -}}

@@ -15,6 +15,10 @@
   proxy.pool.discovery static, lists the StatefulSet's pod names); with
   scorer.autoscaling.enabled the StatefulSet has no `replicas` (helm upgrade must not reset
   what an autoscaler set), and a static pool is refused with it.
+- The scorers' KEDA ScaledObject (with scorer.autoscaling): aimed at the StatefulSet, on
+  the working set against the budget, with the values' bounds and windows, and valid
+  under KEDA's own CRD schema (tests/keda_check.mjs, @kubernetes-models/keda from npm),
+  which must also refuse broken copies; none without autoscaling or with keda off.
 - Bad values are rejected by values.schema.json.
 - The Azure ML endpoint and deployment YAML load with azure-ai-ml's own schemas.
 - The rendered scorer.toml / proxy.toml of each case are written to OUT/<case>/ so the Rust
@@ -26,6 +30,7 @@ Usage: deploy_check.py ROOT OUT. Prints one JSON summary line; exits non-zero on
 import base64
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -52,6 +57,8 @@ BAD_VALUES = {
         "networkPolicy": {"monitoringNamespaceSelector": {"name": "monitoring"}}},
     "unknown pool discovery": {"proxy": {"pool": {"discovery": "endpointslices"}}},
     "pool resolver that is a name": {"proxy": {"pool": {"resolver": "kube-dns.kube-system:53"}}},
+    "autoscaling target fill above the budget": {
+        "scorer": {"autoscaling": {"keda": {"targetFill": 1.5}}}},
 }
 
 # Values the chart must refuse at render time (not a schema matter).
@@ -60,13 +67,20 @@ BAD_RENDERS = {
         "auth": {"metricsKey": {"create": False}}, "metrics": {"serviceMonitor": {"enabled": True}}},
     "static pool with an autoscaled StatefulSet": {
         "proxy": {"pool": {"discovery": "static"}}, "scorer": {"autoscaling": {"enabled": True}}},
+    "ScaledObject without a Prometheus address": {"scorer": {"autoscaling": {"enabled": True}}},
 }
+
+PROMETHEUS = "http://prometheus-operated.monitoring:9090"
+
 
 # More renders checked beyond the ci cases: switches the ci files leave at their defaults.
 EXTRA_RENDERS = {
     "network-policy-off": {"networkPolicy": {"enabled": False}},
-    "scorer-autoscaled": {"scorer": {"autoscaling": {"enabled": True}},
+    "scorer-autoscaled": {"scorer": {"autoscaling": {"enabled": True, "keda": {
+                              "prometheus": {"serverAddress": PROMETHEUS, "authenticationRef": "azure-monitor"},
+                              "maxReplicas": 20, "targetFill": 0.7}}},
                           "proxy": {"pool": {"resolver": "10.0.0.10:53", "refresh": "2s"}}},
+    "scorer-autoscaled-by-another": {"scorer": {"autoscaling": {"enabled": True, "keda": {"enabled": False}}}},
     "static-pool": {"proxy": {"pool": {"discovery": "static"}}},
     "proxy-ingress-restricted": {"networkPolicy": {
         "proxyIngressFrom": [{"ipBlock": {"cidr": "10.0.0.0/16"}}],
@@ -227,6 +241,59 @@ def check_membership(case, values, objects, namespace):
             "publish_not_ready": spec["publishNotReadyAddresses"]}
 
 
+def check_scaled_object(case, values, objects, namespace):
+    """The KEDA ScaledObject: present exactly when the chart's KEDA autoscaling is on,
+    aimed at the scorers' StatefulSet, on the working set against the budget."""
+    scaled = [o for o in objects if o["kind"] == "ScaledObject"]
+    autoscaling = values["scorer"]["autoscaling"]
+    wanted = autoscaling["enabled"] and autoscaling["keda"]["enabled"]
+    if len(scaled) != (1 if wanted else 0):
+        fail(f"{case}: {len(scaled)} ScaledObjects with autoscaling {autoscaling}")
+    if not wanted:
+        return None
+    keda = autoscaling["keda"]
+    spec = scaled[0]["spec"]
+    scorer_set = next(o for o in objects if o["kind"] == "StatefulSet")
+    target = spec["scaleTargetRef"]
+    if scaled[0]["apiVersion"] != "keda.sh/v1alpha1" or target != {
+            "apiVersion": "apps/v1", "kind": "StatefulSet", "name": scorer_set["metadata"]["name"]}:
+        fail(f"{case}: ScaledObject target {target}")
+    if (spec["minReplicaCount"], spec["maxReplicaCount"]) != (keda["minReplicas"], keda["maxReplicas"]):
+        fail(f"{case}: ScaledObject replica bounds {spec}")
+    [trigger] = spec["triggers"]
+    metadata = trigger["metadata"]
+    query = metadata["query"]
+    if trigger["type"] != "prometheus" or trigger["metricType"] != "AverageValue" \
+            or metadata["serverAddress"] != keda["prometheus"]["serverAddress"] \
+            or "sum(mm_scorer_working_set_bytes{" not in query or "mm_scorer_budget_bytes{" not in query \
+            or f'namespace="{namespace}"' not in query \
+            or f'pod=~"{scorer_set["metadata"]["name"]}-[0-9]+"' not in query \
+            or float(metadata["threshold"]) != keda["targetFill"]:
+        fail(f"{case}: ScaledObject trigger {trigger}")
+    if keda["prometheus"]["authenticationRef"] and \
+            trigger.get("authenticationRef", {}).get("name") != keda["prometheus"]["authenticationRef"]:
+        fail(f"{case}: ScaledObject authenticationRef {trigger}")
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    if behavior["scaleDown"]["stabilizationWindowSeconds"] != keda["scaleDownStabilizationSeconds"] \
+            or behavior["scaleUp"]["stabilizationWindowSeconds"] != keda["scaleUpStabilizationSeconds"]:
+        fail(f"{case}: ScaledObject behavior {behavior}")
+    return scaled[0]
+
+
+def check_with_keda_schema(root, out, scaled_objects):
+    """Every rendered ScaledObject against KEDA's CRD schema (tests/keda_check.mjs)."""
+    models = Path(os.environ.get("MM_KEDA_MODELS", root / ".cache" / "keda-models"))
+    if not (models / "node_modules" / "@kubernetes-models" / "keda").is_dir():
+        fail(f"KEDA's schema package is missing from {models}: run the tests with cargo xtask test")
+    objects_path = out / "scaledobjects.json"
+    objects_path.write_text(json.dumps(scaled_objects))
+    result = subprocess.run(["node", str(root / "tests" / "keda_check.mjs"), str(models), str(objects_path)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        fail(f"KEDA schema: {result.stdout}{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])["checked"]
+
+
 def validate(case, manifest):
     result = subprocess.run(
         ["kubernetes-validate", "-k", KUBERNETES_VERSION, "--strict", str(manifest)],
@@ -248,7 +315,9 @@ def main():
     for path in sorted((chart_dir / "ci").glob("*.yaml")):
         cases[path.stem] = yaml.safe_load(path.read_text())
     cases.update(EXTRA_RENDERS)
-    summary = {"ok": True, "cases": {}, "rejected": [], "refused": [], "keys": {}, "membership": {}}
+    summary = {"ok": True, "cases": {}, "rejected": [], "refused": [], "keys": {}, "membership": {},
+               "scaled_objects": {}}
+    scaled_objects = []
     for case, values in cases.items():
         try:
             chart.validate_schema(values)
@@ -276,6 +345,8 @@ def main():
                           "app.kubernetes.io/version", "app.kubernetes.io/managed-by"):
                 if label not in labels:
                     fail(f"{case}: {kind} {obj['metadata']['name']} lacks label {label}")
+            if kind == "ScaledObject":
+                continue  # a CRD without a bundled schema: check_scaled_object, KEDA's schema
             if kind == "ServiceMonitor":
                 spec = obj.get("spec", {})
                 if obj.get("apiVersion") != "monitoring.coreos.com/v1" or not spec.get("endpoints") \
@@ -318,6 +389,10 @@ def main():
         summary["cases"][case] = kinds
         summary["keys"][case] = check_keys_and_policies(case, merged(defaults, values), objects)
         summary["membership"][case] = check_membership(case, merged(defaults, values), objects, "serving")
+        scaled = check_scaled_object(case, merged(defaults, values), objects, "serving")
+        summary["scaled_objects"][case] = scaled is not None
+        if scaled is not None:
+            scaled_objects.append(scaled)
     for label, values in BAD_VALUES.items():
         try:
             chart.validate_schema(values)
@@ -333,6 +408,7 @@ def main():
             summary["refused"].append(label)
             continue
         fail(f"values that must not render were rendered: {label}")
+    summary["keda_schema_checked"] = check_with_keda_schema(root, out, scaled_objects)
     # The generated key is random (helm template cannot look up the cluster's Secret; on a
     # real upgrade the lookup keeps it): two offline renders must differ.
     first, second = (yaml.safe_load(chart.render({}, name="mm", namespace="serving")

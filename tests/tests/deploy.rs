@@ -76,14 +76,22 @@ fn the_chart_and_the_azure_ml_yaml_pass_the_real_tools_and_render_configs_the_bi
     for case in ["default", "dev", "azure-wi", "large"] {
         assert!(cases.contains_key(case), "case {case} missing: {summary}");
     }
-    assert_eq!(summary["rejected"].as_array().unwrap().len(), 12);
+    assert_eq!(summary["rejected"].as_array().unwrap().len(), 13);
     assert_eq!(
         summary["refused"],
         serde_json::json!([
             "service monitor without a metrics key",
-            "static pool with an autoscaled StatefulSet"
+            "static pool with an autoscaled StatefulSet",
+            "ScaledObject without a Prometheus address"
         ])
     );
+    // The KEDA ScaledObject: only with scorer autoscaling and KEDA on, and it passed
+    // KEDA's own schema (which refused broken copies of it).
+    assert_eq!(summary["scaled_objects"]["scorer-autoscaled"], true);
+    assert_eq!(summary["scaled_objects"]["scorer-autoscaled-by-another"], false);
+    assert_eq!(summary["scaled_objects"]["default"], false);
+    assert_eq!(cases["scorer-autoscaled"]["ScaledObject"], 1);
+    assert_eq!(summary["keda_schema_checked"], 1);
     assert_eq!(summary["aml"]["type"], "KubernetesOnlineDeployment");
     assert_eq!(summary["dockerfiles"], 2, "both Dockerfiles pass hadolint");
     assert_eq!(cases["azure-wi"]["ServiceMonitor"], 2);

@@ -153,6 +153,7 @@ fn test(args: &[String]) -> Result<()> {
     setup::onnxruntime()?;
     setup::python_test_deps()?;
     let azurite = setup::azurite()?;
+    let keda_models = setup::keda_models()?;
     // The integration tests start the binaries as processes: build them first, in the
     // same profile the tests use.
     setup::cargo(&["build", "--workspace", "--bins"])?;
@@ -168,6 +169,7 @@ fn test(args: &[String]) -> Result<()> {
         ])
         .args(args)
         .env("MM_AZURITE_BLOB", &azurite)
+        .env("MM_KEDA_MODELS", &keda_models)
         .stdout(std::process::Stdio::piped());
     let mut child = command.spawn().context("running cargo test")?;
     // Echo cargo's output and add up its per-binary results into one closing line.

@@ -11,6 +11,8 @@ use manymodels_tests::http;
 pub const ORT_VERSION: &str = "1.31.1";
 /// Azurite (Azure Storage emulator) version used by the tests.
 pub const AZURITE_VERSION: &str = "3.37.0";
+/// KEDA's CRD models for npm (validators generated from KEDA 2.x's CRDs).
+pub const KEDA_MODELS_VERSION: &str = "2.0.0";
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -94,12 +96,29 @@ pub fn onnxruntime() -> Result<PathBuf> {
 /// its `azurite-blob` launcher.
 pub fn azurite() -> Result<PathBuf> {
     let dir = workspace_root().join(".cache/azurite");
-    let bin = dir.join("node_modules/.bin/azurite-blob");
-    if bin.exists() {
-        return Ok(bin);
+    npm_install(&dir, &format!("azurite@{AZURITE_VERSION}"), "node_modules/.bin/azurite-blob")
+}
+
+/// KEDA's CRD schemas as validators (`@kubernetes-models/keda`), installed from npm into
+/// `.cache/keda-models`, for the chart's ScaledObject (`tests/keda_check.mjs`).
+pub fn keda_models() -> Result<PathBuf> {
+    let dir = workspace_root().join(".cache/keda-models");
+    npm_install(
+        &dir,
+        &format!("@kubernetes-models/keda@{KEDA_MODELS_VERSION}"),
+        "node_modules/@kubernetes-models/keda/keda.sh/v1alpha1/ScaledObject.js",
+    )?;
+    Ok(dir)
+}
+
+/// `package` installed from npm into `dir` unless `dir/check` exists; returns that path.
+fn npm_install(dir: &Path, package: &str, check: &str) -> Result<PathBuf> {
+    let path = dir.join(check);
+    if path.exists() {
+        return Ok(path);
     }
-    eprintln!("xtask: installing azurite@{AZURITE_VERSION} from npm");
-    std::fs::create_dir_all(&dir)?;
+    eprintln!("xtask: installing {package} from npm");
+    std::fs::create_dir_all(dir)?;
     run(Command::new("npm")
         .args([
             "install",
@@ -108,12 +127,12 @@ pub fn azurite() -> Result<PathBuf> {
             "--loglevel=error",
             "--prefix",
         ])
-        .arg(&dir)
-        .arg(format!("azurite@{AZURITE_VERSION}")))?;
-    if !bin.exists() {
-        bail!("npm installed azurite but {} is missing", bin.display());
+        .arg(dir)
+        .arg(package))?;
+    if !path.exists() {
+        bail!("npm installed {package} but {} is missing", path.display());
     }
-    Ok(bin)
+    Ok(path)
 }
 
 /// Debian packages for tools the build or the benchmarks run (`cmake` for Pingora's zlib,

@@ -55,6 +55,11 @@ pub const ADMIN_REFRESH: ModelRoute = ModelRoute("/v2/mm/models/{id}/refresh");
 pub const ADMIN_PIN: ModelRoute = ModelRoute("/v2/mm/models/{id}/pin");
 pub const ADMIN_UNPIN: ModelRoute = ModelRoute("/v2/mm/models/{id}/unpin");
 pub const ADMIN_PUBLISH: VersionRoute = VersionRoute("/v2/mm/models/{id}/versions/{version}");
+/// `GET` shows, `PUT` sets (`{"version": v, "percent": p}`), `DELETE` drops the model's
+/// canary (`<id>/canary.json` in the store).
+pub const ADMIN_CANARY: ModelRoute = ModelRoute("/v2/mm/models/{id}/canary");
+/// `POST`: pins the canary's version and drops the canary.
+pub const ADMIN_CANARY_PROMOTE: ModelRoute = ModelRoute("/v2/mm/models/{id}/canary/promote");
 
 /// `PUT`: a proxy's [`crate::StatsReport`], answered with a [`crate::StatsAnswer`].
 pub const STATS: &str = "/v2/mm/stats";
@@ -75,5 +80,10 @@ mod tests {
         assert_eq!(ADMIN_PIN.path("a"), "/v2/mm/models/a/pin");
         assert_eq!(ADMIN_PUBLISH.path("a", 3), "/v2/mm/models/a/versions/3");
         assert_eq!(ADMIN_STATUS.template(), "/v2/mm/models/{id}");
+        assert_eq!(ADMIN_CANARY.path("a"), "/v2/mm/models/a/canary");
+        assert_eq!(
+            ADMIN_CANARY_PROMOTE.path("a"),
+            "/v2/mm/models/a/canary/promote"
+        );
     }
 }

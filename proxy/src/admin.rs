@@ -1,17 +1,13 @@
-//! The admin calls the proxy answers itself (canaries), and the fan-out after an admin call
-//! changed a model's live version.
+//! Keys (who may call what), and the fan-out after an admin call changed what a model's
+//! requests get (its live version or its canary, in the store). Every admin call itself is
+//! forwarded to a scorer, which writes the store: the proxy holds no model state.
 
 use manymodels_config::proxy::ApiKey;
 use manymodels_contract::route as scorer_route;
 use pingora::proxy::Session;
-use serde_json::json;
 
-use crate::reject::{Rejection, Reply};
-use crate::route::CanaryAction;
+use crate::reject::Rejection;
 use crate::service::Proxy;
-
-/// The largest canary body read.
-const CANARY_BODY_LIMIT: usize = 4096;
 
 /// Which models a request reaches, for a scoped key's check.
 #[derive(Clone, Copy, Debug)]
@@ -79,111 +75,9 @@ impl Proxy {
         pool_authorization(&self.config.pool_key).or_else(|| client.map(str::to_string))
     }
 
-    /// The canary admin routes.
-    pub(crate) async fn canary(
-        &self,
-        session: &mut Session,
-        id: &str,
-        action: CanaryAction,
-    ) -> pingora::Result<Reply> {
-        let no_canary = || Reply::from(Rejection::NoCanary(id.to_string()));
-        Ok(match action {
-            CanaryAction::Show => match self.canaries.get(id) {
-                Some(canary) => Reply::json(200, &json!({ "model": id, "canary": canary })),
-                None => no_canary(),
-            },
-            CanaryAction::Drop => match self.canaries.remove(id) {
-                Some(canary) => Reply::json(200, &json!({ "model": id, "dropped": canary })),
-                None => no_canary(),
-            },
-            CanaryAction::Set => {
-                let mut body = Vec::new();
-                while let Some(chunk) = session.read_request_body().await? {
-                    body.extend_from_slice(&chunk);
-                    if body.len() > CANARY_BODY_LIMIT {
-                        return Ok(Rejection::CanaryTooLarge.into());
-                    }
-                }
-                self.set_canary(id, &body)
-            }
-            CanaryAction::Promote => match self.canaries.get(id) {
-                Some(canary) => self.promote(session, id, canary).await,
-                None => no_canary(),
-            },
-        })
-    }
-
-    fn set_canary(&self, id: &str, body: &[u8]) -> Reply {
-        #[derive(serde::Deserialize)]
-        struct Set {
-            version: u64,
-            percent: f64,
-        }
-        match serde_json::from_slice::<Set>(body) {
-            Ok(set) if set.version > 0 && (0.0..=100.0).contains(&set.percent) => {
-                let canary = self.canaries.set(id, set.version, set.percent);
-                tracing::info!(
-                    model = id,
-                    version = set.version,
-                    percent = set.percent,
-                    "canary set"
-                );
-                Reply::json(200, &json!({ "model": id, "canary": canary }))
-            }
-            Ok(_) => Rejection::Invalid("version must be positive and percent within 0-100".into())
-                .into(),
-            Err(e) => {
-                Rejection::Invalid(format!("expected {{\"version\": N, \"percent\": P}}: {e}"))
-                    .into()
-            }
-        }
-    }
-
-    /// Pins the canary's version on the model's first-ranked scorer (which writes the
-    /// store), drops the canary and tells every other scorer to look at the store now.
-    async fn promote(&self, session: &Session, id: &str, canary: crate::canary::Canary) -> Reply {
-        let Some(owner) = self.pool.candidates(id, 1, &[]).into_iter().next() else {
-            return Rejection::NoScorer.into();
-        };
-        let authorization = self.scorer_authorization(authorization(session));
-        let mut headers = vec![("Content-Type", "application/json")];
-        if let Some(a) = &authorization {
-            headers.push(("Authorization", a.as_str()));
-        }
-        let body = json!({ "version": canary.version }).to_string();
-        let answer = tokio::time::timeout(
-            self.config.read_timeout,
-            crate::http1::call(
-                &owner.addr.to_string(),
-                "POST",
-                &scorer_route::ADMIN_PIN.path(id),
-                &headers,
-                body.as_bytes(),
-            ),
-        )
-        .await;
-        match answer {
-            Ok(Ok((200, answer))) => {
-                self.canaries.remove(id);
-                self.refresh_everywhere(id, Some(&owner.name), authorization);
-                tracing::info!(model = id, version = canary.version, "canary promoted");
-                let pinned: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
-                Reply::json(
-                    200,
-                    &json!({ "model": id, "promoted": canary, "pinned": pinned }),
-                )
-            }
-            Ok(Ok((status, answer))) => Reply::json(
-                status,
-                &serde_json::from_slice(&answer)
-                    .unwrap_or_else(|_| json!({ "error": "promotion failed" })),
-            ),
-            _ => Rejection::PromotionUnanswered.into(),
-        }
-    }
-
-    /// After an admin call changed `model`'s live version in the store, asks every other
-    /// healthy scorer to look now (in the background) rather than at its next check.
+    /// After an admin call changed `model`'s live version or canary in the store, asks
+    /// every other healthy scorer to look now (in the background) rather than at its next
+    /// check, so every scorer, and so every proxy, answers alike within a round trip.
     pub(crate) fn refresh_everywhere(
         &self,
         model: &str,

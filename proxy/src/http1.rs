@@ -1,7 +1,7 @@
 //! A one-shot HTTP/1.1 client for the proxy's own calls to scorers (statistics pushes,
-//! refresh fan-out, canary promotion): one request per connection, `Connection: close`,
-//! the whole answer read. Requests to scorers go through Pingora; this is only for calls
-//! the proxy makes on its own behalf.
+//! the refresh fan-out after an admin change, warm loads): one request per connection,
+//! `Connection: close`, the whole answer read. Requests to scorers go through Pingora;
+//! this is only for calls the proxy makes on its own behalf.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

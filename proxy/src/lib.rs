@@ -12,7 +12,6 @@
 //! relearnt from the scorers' answers.
 
 pub mod admin;
-pub mod canary;
 pub mod choice;
 pub mod http1;
 pub mod local;
@@ -102,7 +101,6 @@ pub fn run(config: ProxyConfig) -> ! {
         pool,
         metrics,
         stats,
-        canaries: Arc::new(canary::Canaries::default()),
         pool_authorization,
     };
     let mut service = http_proxy_service(&server.configuration, proxy);

@@ -36,8 +36,6 @@ pub struct Metrics {
     pub cache_misses: IntCounter,
     /// Statistics pushes to scorers that failed (unreachable, timed out, not 200).
     pub stats_push_failures: IntCounter,
-    /// Unversioned requests of models with a canary, by arm: `[stable, canary]`.
-    pub canary_requests: [IntCounter; 2],
     pub pool_size: IntGauge,
     pub healthy_scorers: IntGauge,
     pub inflight: IntGaugeVec,
@@ -54,11 +52,6 @@ impl Metrics {
             "mm_proxy_requests_total",
             "Requests by outcome.",
             &["outcome"],
-        );
-        let canary = registry.counter_vec(
-            "mm_proxy_canary_requests_total",
-            "Requests of models with a canary, by arm (stable or canary).",
-            &["arm"],
         );
         Metrics {
             outcomes: OUTCOMES.map(|outcome| requests.with_label_values(&[outcome])),
@@ -96,7 +89,6 @@ impl Metrics {
                 "mm_proxy_stats_push_failures_total",
                 "Statistics pushes to scorers that failed.",
             ),
-            canary_requests: ["stable", "canary"].map(|arm| canary.with_label_values(&[arm])),
             pool_size: registry.gauge("mm_proxy_pool_size", "Scorers in the pool."),
             healthy_scorers: registry
                 .gauge("mm_proxy_healthy_scorers", "Scorers passing health checks."),

@@ -56,12 +56,6 @@ pub enum Rejection {
     BadClientRequest,
     /// Another error status raised inside the proxy.
     Status(u16),
-    /// An admin call about the model's canary found none.
-    NoCanary(String),
-    /// A canary body is over its 4 KiB limit.
-    CanaryTooLarge,
-    /// The scorer did not answer a canary promotion.
-    PromotionUnanswered,
 }
 
 impl Rejection {
@@ -70,9 +64,9 @@ impl Rejection {
             Rejection::Invalid(_) | Rejection::BadClientRequest => 400,
             Rejection::Unauthorized => 401,
             Rejection::OutOfScope(_) => 403,
-            Rejection::NoRoute { .. } | Rejection::NoCanary(_) => 404,
-            Rejection::TooLarge { .. } | Rejection::CanaryTooLarge => 413,
-            Rejection::ScorerFailed(_) | Rejection::PromotionUnanswered => 502,
+            Rejection::NoRoute { .. } => 404,
+            Rejection::TooLarge { .. } => 413,
+            Rejection::ScorerFailed(_) => 502,
             Rejection::NoScorer => 503,
             Rejection::Status(status) => *status,
             Rejection::ScorerTimedOut => 504,
@@ -98,9 +92,6 @@ impl Rejection {
             Rejection::ScorerFailed(what) => format!("the scorer failed: {what}"),
             Rejection::BadClientRequest => "bad request from client".into(),
             Rejection::Status(status) => format!("the request failed with status {status}"),
-            Rejection::NoCanary(id) => format!("model '{id}' has no canary"),
-            Rejection::CanaryTooLarge => "canary body too large".into(),
-            Rejection::PromotionUnanswered => "the scorer did not answer the promotion".into(),
         }
     }
 
@@ -180,9 +171,6 @@ mod tests {
             Rejection::ScorerFailed("ConnectionClosed"),
             Rejection::BadClientRequest,
             Rejection::Status(429),
-            Rejection::NoCanary("m".into()),
-            Rejection::CanaryTooLarge,
-            Rejection::PromotionUnanswered,
         ];
         for rejection in all {
             assert!((400..600).contains(&rejection.status()), "{rejection:?}");

@@ -20,14 +20,13 @@ pub enum Route {
     PoolView,
     /// `GET /status`: the status page (HTML).
     Status,
-    /// A request about one model, forwarded to the scorer chosen for it.
+    /// A request about one model (admin calls included), forwarded to the scorer chosen
+    /// for it.
     Model { id: String, action: Action },
     /// A request any scorer can answer (`GET /v2`, `POST /v2/repository/index`): it
     /// names no model, so it is neither counted nor warmed. `lists_models`: the repository
     /// index, which lists every model in the store (only unscoped keys may see it).
     AnyScorer { lists_models: bool },
-    /// `/v2/admin/models/{id}/canary[...]`: the proxy's own traffic split (admin).
-    Canary { id: String, action: CanaryAction },
     /// A bad request: answered 400 without touching a scorer.
     Invalid(String),
     /// No such route: 404.
@@ -57,8 +56,17 @@ pub enum Action {
     Unpin,
     /// `PUT /v2/admin/models/{id}/versions/{v}`: a model upload.
     Publish { version: u64 },
+    /// `GET /v2/admin/models/{id}/canary`.
+    CanaryShow,
+    /// `PUT /v2/admin/models/{id}/canary`: body `{"version": v, "percent": p}`.
+    CanarySet,
+    /// `DELETE /v2/admin/models/{id}/canary`.
+    CanaryDrop,
+    /// `POST /v2/admin/models/{id}/canary/promote`.
+    CanaryPromote,
     /// A gRPC call about one model (`classify_grpc`): the path is kept as it is, the model
-    /// came from a metadata header, and `version` is `x-mm-model-version` (or a canary's).
+    /// came from a metadata header, and `version` is `x-mm-model-version` (checked here,
+    /// read by the scorer).
     Grpc { call: Call, version: Option<u64> },
 }
 
@@ -72,38 +80,19 @@ impl Action {
         }
     }
 
-    /// Whether this is an unversioned inference request, which a canary may split.
-    pub fn splittable(self) -> bool {
-        matches!(
-            self,
-            Action::Infer { version: None }
-                | Action::Grpc {
-                    call: Call::ModelInfer,
-                    version: None
-                }
-        )
-    }
-
-    /// This action with `version` chosen (by a canary split).
-    pub fn at_version(self, version: u64) -> Action {
-        match self {
-            Action::Infer { .. } => Action::Infer {
-                version: Some(version),
-            },
-            Action::Grpc { call, .. } => Action::Grpc {
-                call,
-                version: Some(version),
-            },
-            other => other,
-        }
-    }
-
-    /// Whether a success changes the model's live version in the store, after which every
-    /// scorer should look at the store again.
+    /// Whether a success changes what the model's requests naming no version get (its
+    /// live version or its canary, in the store), after which every scorer should look at
+    /// the store again.
     pub fn changes_versions(self) -> bool {
         matches!(
             self,
-            Action::Refresh | Action::Pin | Action::Unpin | Action::Publish { .. }
+            Action::Refresh
+                | Action::Pin
+                | Action::Unpin
+                | Action::Publish { .. }
+                | Action::CanarySet
+                | Action::CanaryDrop
+                | Action::CanaryPromote
         )
     }
 
@@ -129,24 +118,20 @@ impl Action {
             Action::Pin => scorer::ADMIN_PIN.path(id),
             Action::Unpin => scorer::ADMIN_UNPIN.path(id),
             Action::Publish { version } => scorer::ADMIN_PUBLISH.path(id, version),
+            Action::CanaryShow | Action::CanarySet | Action::CanaryDrop => {
+                scorer::ADMIN_CANARY.path(id)
+            }
+            Action::CanaryPromote => scorer::ADMIN_CANARY_PROMOTE.path(id),
             Action::Grpc { call, .. } => format!("{}{}", grpc::PREFIX, call.method()),
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CanaryAction {
-    Show,
-    Set,
-    Drop,
-    Promote,
 }
 
 impl Route {
     /// The model the request is about, if any.
     pub fn model(&self) -> Option<&str> {
         match self {
-            Route::Model { id, .. } | Route::Canary { id, .. } => Some(id),
+            Route::Model { id, .. } => Some(id),
             _ => None,
         }
     }
@@ -246,14 +231,11 @@ fn repository(method: &str, tail: &str) -> Option<Action> {
     }
 }
 
-/// The admin API: version status, publish, pin, unpin and refresh are forwarded to a
-/// scorer's `/v2/mm/models/...` (which writes the store); canaries are the proxy's own.
+/// The admin API: every call (version status, publish, pin, unpin, refresh, canaries) is
+/// forwarded to a scorer's `/v2/mm/models/...`, which writes the store: the proxy keeps no
+/// model state of its own.
 fn admin(method: &str, id: String, tail: &str) -> Route {
     let model = |action| Route::Model {
-        id: id.clone(),
-        action,
-    };
-    let canary = |action| Route::Canary {
         id: id.clone(),
         action,
     };
@@ -262,10 +244,10 @@ fn admin(method: &str, id: String, tail: &str) -> Route {
         ("POST", "refresh") => model(Action::Refresh),
         ("POST", "pin") => model(Action::Pin),
         ("POST", "unpin") => model(Action::Unpin),
-        ("GET", "canary") => canary(CanaryAction::Show),
-        ("PUT", "canary") => canary(CanaryAction::Set),
-        ("DELETE", "canary") => canary(CanaryAction::Drop),
-        ("POST", "canary/promote") => canary(CanaryAction::Promote),
+        ("GET", "canary") => model(Action::CanaryShow),
+        ("PUT", "canary") => model(Action::CanarySet),
+        ("DELETE", "canary") => model(Action::CanaryDrop),
+        ("POST", "canary/promote") => model(Action::CanaryPromote),
         ("PUT", tail) => match tail.strip_prefix("versions/") {
             Some(v) => match version(v) {
                 Ok(version) => model(Action::Publish { version }),

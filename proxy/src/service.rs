@@ -1,7 +1,9 @@
 //! The Pingora `ProxyHttp` implementation, which only dispatches: classify the request
-//! ([`crate::route`]), answer local routes ([`crate::local`]) and the proxy's own admin
-//! calls ([`crate::admin`]), reject with the one table ([`crate::reject`]), or choose a
-//! scorer ([`Proxy::choose`]) and forward; then learn from the answer and count it.
+//! ([`crate::route`]), check its key ([`crate::admin`]), answer local routes
+//! ([`crate::local`]), reject with the one table ([`crate::reject`]), or choose a scorer
+//! ([`Proxy::choose`]) and forward; then learn from the answer and count it. Nothing here
+//! changes what a request is answered with: versions and canaries are the scorers' (from
+//! the store), so every proxy replica forwards a request alike.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +23,7 @@ use crate::choice::{Policy, View, decide};
 use crate::metrics::Metrics;
 use crate::pool::{Candidate, Pool};
 use crate::reject::{self, Rejection, Reply};
-use crate::route::{Action, Route, classify, classify_grpc};
+use crate::route::{Route, classify, classify_grpc};
 
 /// Request-id headers echoed back to the client (Azure ML sends them).
 const ECHOED: [&str; 2] = ["x-request-id", "x-ms-client-request-id"];
@@ -34,7 +36,6 @@ pub struct Proxy {
     pub pool: Arc<Pool>,
     pub metrics: Arc<Metrics>,
     pub stats: Arc<crate::stats::Statistics>,
-    pub canaries: Arc<crate::canary::Canaries>,
     /// `Bearer <auth.pool_key>`, formatted once; `None` without a pool key.
     pub pool_authorization: Option<String>,
 }
@@ -174,11 +175,10 @@ impl Proxy {
             .min_by_key(|c| self.pool.inflight(&c.name).load(Ordering::Relaxed))
     }
 
-    /// The key check of a route that reaches scorers or the proxy's admin state (see
+    /// The key check of a route that reaches scorers or names the pool's models (see
     /// `admin::authorize`); other routes pass.
     fn check_key(&self, session: &Session, route: &Route) -> Result<(), Rejection> {
         match route {
-            Route::Canary { id, .. } => self.authorize(session, true, Reach::Model(id)),
             Route::Model { id, action } => {
                 self.authorize(session, action.admin(), Reach::Model(id))
             }
@@ -196,23 +196,8 @@ impl Proxy {
         }
     }
 
-    /// Sends a share of `model`'s unversioned inference requests to its canary version.
-    fn apply_canary(&self, id: &str, action: &mut Action) {
-        if !action.splittable() {
-            return;
-        }
-        match self.canaries.pick(id) {
-            (_, false) => {}
-            (Some(version), true) => {
-                self.metrics.canary_requests[1].inc();
-                *action = action.at_version(version);
-            }
-            (None, true) => self.metrics.canary_requests[0].inc(),
-        }
-    }
-
-    /// Prepares a request for a scorer: its body limit, the canary split and the upstream
-    /// path. `Err` is the proxy's own answer instead.
+    /// Prepares a request for a scorer: its body limit, its deadline and the upstream path.
+    /// `Err` is the proxy's own answer instead.
     fn forward(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Result<(), Reply>> {
         let upload = matches!(&ctx.route, Route::Model { action, .. } if action.is_upload());
         ctx.body_limit = if upload {
@@ -254,18 +239,7 @@ impl Proxy {
             };
             ctx.deadline = Some(ctx.started + Duration::from_millis(ms));
         }
-        if let Route::Model { id, action } = &mut ctx.route {
-            self.apply_canary(id, action);
-            // A gRPC body cannot be rewritten: the version goes in metadata, which the
-            // scorer reads when the body names none.
-            if let Action::Grpc {
-                version: Some(v), ..
-            } = action
-            {
-                session
-                    .req_header_mut()
-                    .insert_header(header::MODEL_VERSION, v.to_string())?;
-            }
+        if let Route::Model { id, action } = &ctx.route {
             let path = action.path(id);
             if path != session.req_header().uri.path() {
                 let uri = path
@@ -348,10 +322,6 @@ impl ProxyHttp for Proxy {
                     path: session.req_header().uri.path().to_string(),
                 }
                 .into(),
-                Route::Canary { id, action } => {
-                    let (id, action) = (id.clone(), *action);
-                    self.canary(session, &id, action).await?
-                }
                 _ => match self.forward(session, ctx)? {
                     Ok(()) => return Ok(false),
                     Err(reply) => reply,

@@ -13,6 +13,8 @@ pub enum ScorerError {
     ModelNotFound(String),
     #[error("model '{id}' has no version {version}")]
     VersionNotFound { id: String, version: String },
+    #[error("model '{0}' has no canary")]
+    NoCanary(String),
     #[error(
         "invalid model id '{0}': expected 1-128 characters from [A-Za-z0-9._-], starting with a letter or digit"
     )]
@@ -83,9 +85,9 @@ impl ScorerError {
     /// The one table from error kind to HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ScorerError::ModelNotFound(_) | ScorerError::VersionNotFound { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            ScorerError::ModelNotFound(_)
+            | ScorerError::VersionNotFound { .. }
+            | ScorerError::NoCanary(_) => StatusCode::NOT_FOUND,
             ScorerError::NoRoute(_) => StatusCode::NOT_FOUND,
             ScorerError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ScorerError::InvalidModelId(_) | ScorerError::InvalidInput(_) => {
@@ -117,7 +119,9 @@ impl ScorerError {
     /// A short, bounded label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            ScorerError::ModelNotFound(_) | ScorerError::VersionNotFound { .. } => "not_found",
+            ScorerError::ModelNotFound(_)
+            | ScorerError::VersionNotFound { .. }
+            | ScorerError::NoCanary(_) => "not_found",
             ScorerError::InvalidModelId(_) => "invalid_id",
             ScorerError::InvalidInput(_) => "invalid_input",
             ScorerError::BodyTooLarge { .. } => "too_large",

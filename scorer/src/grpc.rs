@@ -9,7 +9,8 @@
 //! header before the body arrives (`contract::grpc::MODEL_HEADERS`), that header must name
 //! the same model: a request routed (and key-checked) as one model cannot score another.
 //! An empty `model_name` takes the header's. The version is `model_version` when set, else
-//! `x-mm-model-version` (which the proxy sets for a canary's share).
+//! `x-mm-model-version`, else none: then `ModelInfer` gets the canary's split like a REST
+//! request naming no version (`cache::canary`).
 
 use std::sync::Arc;
 
@@ -149,7 +150,7 @@ fn model_of(metadata: &MetadataMap, name: &str) -> Result<ModelId, ScorerError> 
 }
 
 /// The version a call names: its `version` field, else `x-mm-model-version`, else none
-/// (the live version).
+/// (the live version, or the canary's for an inference call in the canary's share).
 fn version_of(metadata: &MetadataMap, field: &str) -> Result<Option<u64>, ScorerError> {
     let text = if field.is_empty() {
         match metadata.get(contract::header::MODEL_VERSION) {

@@ -18,7 +18,10 @@ use manymodels_contract::{self as contract, route};
 mod admin;
 mod keys;
 
-use admin::{admin_pin, admin_publish, admin_refresh, admin_status, admin_unpin};
+use admin::{
+    admin_canary, admin_drop_canary, admin_pin, admin_promote_canary, admin_publish, admin_refresh,
+    admin_set_canary, admin_status, admin_unpin,
+};
 use keys::KeyCheck;
 
 use crate::Scorer;
@@ -58,6 +61,16 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
         .route(route::ADMIN_REFRESH.template(), post(admin_refresh))
         .route(route::ADMIN_PIN.template(), post(admin_pin))
         .route(route::ADMIN_UNPIN.template(), post(admin_unpin))
+        .route(
+            route::ADMIN_CANARY.template(),
+            get(admin_canary)
+                .put(admin_set_canary)
+                .delete(admin_drop_canary),
+        )
+        .route(
+            route::ADMIN_CANARY_PROMOTE.template(),
+            post(admin_promote_canary),
+        )
         .route(
             route::ADMIN_PUBLISH.template(),
             axum::routing::put(admin_publish).layer(DefaultBodyLimit::max(max_upload)),

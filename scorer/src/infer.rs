@@ -73,7 +73,8 @@ pub async fn within<T: Send + 'static>(
     }
 }
 
-/// The model for a request, within its deadline if it has one (`within`).
+/// The model for an inference request, within its deadline if it has one (`within`): the
+/// version it names, else the canary's or the live version (`ModelCache::get_for_inference`).
 pub async fn model_within(
     scorer: &Arc<Scorer>,
     id: &ModelId,
@@ -82,7 +83,7 @@ pub async fn model_within(
 ) -> Result<(Arc<LoadedModel>, Lookup), ScorerError> {
     let (owner, model) = (scorer.clone(), id.clone());
     within(id, deadline, async move {
-        owner.cache.get(&model, version).await
+        owner.cache.get_for_inference(&model, version).await
     })
     .await
 }

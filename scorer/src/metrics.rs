@@ -29,6 +29,9 @@ pub struct Metrics {
     pub stats_refused: IntCounterVec,
     pub version_swaps: IntCounter,
     pub version_refusals: IntCounter,
+    /// Inference requests naming no version of models with a canary, by `arm`:
+    /// `[stable, canary]` (the split is this scorer's, `cache::canary`).
+    pub canary_requests: [IntCounter; 2],
     pub load_failures: IntCounter,
     /// Requests answered from a remembered load failure without loading again.
     pub failed_fast: IntCounter,
@@ -120,6 +123,14 @@ impl Metrics {
                 "mm_scorer_version_refusals_total",
                 "New live versions refused (load, smoke inference or signature failed); the old one kept serving.",
             ),
+            canary_requests: {
+                let arms = registry.counter_vec(
+                    "mm_scorer_canary_requests_total",
+                    "Inference requests naming no version of models with a canary, by the arm they went to (stable: the live version; canary).",
+                    &["arm"],
+                );
+                ["stable", "canary"].map(|arm| arms.with_label_values(&[arm]))
+            },
             load_failures: registry.counter(
                 "mm_scorer_model_load_failures_total",
                 "Model loads that failed.",

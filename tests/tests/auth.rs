@@ -448,9 +448,10 @@ async fn keys_of_two_tenants_reach_only_their_models() {
     }
 }
 
-/// The proxy's own admin calls to scorers carry the pool key too: a canary promotion pins
-/// the version on the owning scorer (which refuses anything without the pool key), and the
-/// model's other scorers follow.
+/// Canary calls reach scorers with the pool key, like every forwarded admin call: set and
+/// promoted through the proxy, the canary's version is pinned by the owning scorer (which
+/// refuses anything without the pool key), and the model's other scorers follow (the
+/// proxy's refresh fan-out carries the pool key too).
 #[tokio::test]
 async fn a_canary_promotion_reaches_scorers_with_the_pool_key() {
     let store = TempDir::new("auth-promote");

@@ -6,7 +6,7 @@
 
 use manymodels_models::Spec;
 use manymodels_tests::grpc::{connect, infer_request, outputs_json, pb, routed};
-use manymodels_tests::process::Pool;
+use manymodels_tests::process::{Pool, metric_total};
 use manymodels_tests::reference::assert_outputs_equal;
 use manymodels_tests::{
     ProxyProcess, ScorerProcess, TOLERANCE, TempDir, demo_reference, root, write_model,
@@ -339,6 +339,7 @@ async fn a_canary_splits_grpc_calls_and_an_explicit_version_is_kept() {
         .unwrap()
         .into_inner();
     assert_eq!(version(answer), "1");
+    // Set through the proxy's admin API, kept in the store, split by the scorer.
     let response = reqwest::Client::new()
         .put(format!("{}/v2/admin/models/{MODEL}/canary", pool.proxy.url))
         .json(&json!({"version": 2, "percent": 100}))
@@ -358,7 +359,7 @@ async fn a_canary_splits_grpc_calls_and_an_explicit_version_is_kept() {
             "the canary takes every unversioned call"
         );
     }
-    // A version named in the body, or in the header, is never split.
+    // A version named in the body, or in the header, is never split, nor counted.
     let mut pinned = infer_request(MODEL, &inputs, true);
     pinned.model_version = "1".into();
     let answer = client
@@ -373,13 +374,9 @@ async fn a_canary_splits_grpc_calls_and_an_explicit_version_is_kept() {
         .insert("x-mm-model-version", "1".parse().unwrap());
     let answer = client.model_infer(request).await.unwrap().into_inner();
     assert_eq!(version(answer), "1");
-    // The proxy cannot see a version in the body: it counted that call to the canary arm
-    // (and sent the canary's version in metadata), and the scorer kept the body's.
-    let metrics = pool.proxy.metrics().await;
-    assert_eq!(
-        metrics.get("mm_proxy_canary_requests_total{arm=\"canary\"}"),
-        11.0
-    );
+    let arm = |arm: &str| format!("mm_scorer_canary_requests_total{{arm=\"{arm}\"}}");
+    assert_eq!(metric_total(&pool.scorers, &arm("canary")).await, 10.0);
+    assert_eq!(metric_total(&pool.scorers, &arm("stable")).await, 0.0);
 }
 
 /// Triton's gRPC client (tritonclient.grpc, what users' Python code would use) checks

@@ -1,7 +1,8 @@
 //! Model versions at runtime: a new version goes live under load with no failed request and
 //! a pin rolls it back; a corrupted or incompatible version is refused while the old one
 //! keeps serving; a half-written version is never served; the same flow on Azure Blob
-//! (Azurite); a canary gets its share and promotion pins it.
+//! (Azurite); a canary gets its share (split by the scorers, from the store) and promotion
+//! pins it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -407,6 +408,48 @@ async fn the_publish_flow_works_on_azure_blob() {
     // Every scorer, and a new one, agree on the pin from the store.
     let fresh = ScorerProcess::start(&sets(&[]), &env);
     assert_eq!(score(&client, &fresh.url).await.version, Some(2));
+    // A canary set through the proxy is a blob beside the alias: a scorer outside the
+    // proxy's pool follows it within its version check (the canary blob's new ETag), and
+    // its drop too.
+    let canary_url = format!("{}/v2/admin/models/{MODEL}/canary", proxy.url);
+    let (status, answer) = admin(
+        &client,
+        reqwest::Method::PUT,
+        &canary_url,
+        Some(json!({"version": 3, "percent": 50})),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let share_of_3 = |answers: &[Answer]| {
+        answers.iter().filter(|a| a.version == Some(3)).count() as f64 / answers.len() as f64
+    };
+    let started = Instant::now();
+    loop {
+        let answers = futures::future::join_all((0..40).map(|_| score(&client, &fresh.url))).await;
+        check_answers(&answers, 0, Instant::now());
+        if (share_of_3(&answers) - 0.5).abs() <= 0.05 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "canary not followed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, answer) = admin(&client, reqwest::Method::DELETE, &canary_url, None).await;
+    assert_eq!(status, 200, "{answer}");
+    let started = Instant::now();
+    loop {
+        let answers = futures::future::join_all((0..40).map(|_| score(&client, &fresh.url))).await;
+        if share_of_3(&answers) == 0.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "canary drop not followed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
@@ -419,10 +462,7 @@ async fn a_canary_gets_its_share_and_promotion_pins_it() {
         r#"{"pinned": 1}"#,
     )
     .unwrap();
-    let Pool {
-        scorers: _scorers,
-        proxy,
-    } = pool(store.path(), 3);
+    let Pool { scorers, proxy } = pool(store.path(), 3);
     let client = reqwest::Client::new();
     assert_eq!(score(&client, &proxy.url).await.version, Some(1));
     let canary_url = format!("{}/v2/admin/models/{MODEL}/canary", proxy.url);
@@ -433,14 +473,36 @@ async fn a_canary_gets_its_share_and_promotion_pins_it() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401, "canaries need the admin key");
-    let (status, _) = admin(
+    // Refused as before: a bad share, a missing version, a body that is not a canary.
+    for (body, want) in [
+        (json!({"version": 2, "percent": 101}), 400),
+        (json!({"version": 0, "percent": 10}), 400),
+        (json!({"version": 2}), 400),
+        (json!({"version": 9, "percent": 10}), 404),
+    ] {
+        let (status, answer) = admin(
+            &client,
+            reqwest::Method::PUT,
+            &canary_url,
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(status, want, "{body}: {answer}");
+    }
+    let (status, _) = admin(&client, reqwest::Method::GET, &canary_url, None).await;
+    assert_eq!(status, 404, "no canary yet");
+    let (status, answer) = admin(
         &client,
         reqwest::Method::PUT,
         &canary_url,
         Some(json!({"version": 2, "percent": 10})),
     )
     .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["canary"]["version"], 2, "{answer}");
+    assert_eq!(answer["canary"]["percent"], 10.0, "{answer}");
+    let stored = std::fs::read_to_string(store.path().join(MODEL).join("canary.json")).unwrap();
+    assert_eq!(stored, r#"{"version":2,"percent":10.0}"#);
     let mut to_canary = 0;
     for chunk in 0..20 {
         let answers = futures::future::join_all((0..100).map(|_| score(&client, &proxy.url))).await;
@@ -453,12 +515,17 @@ async fn a_canary_gets_its_share_and_promotion_pins_it() {
     }
     let share = f64::from(to_canary) / 2_000.0;
     assert!((share - 0.10).abs() <= 0.05, "canary share {share}");
-    let metrics = proxy.metrics().await;
+    // The scorers split and count the arms; the answers say the same.
+    let arm = |arm: &str| format!("mm_scorer_canary_requests_total{{arm=\"{arm}\"}}");
+    let canary_arm = metric_total(&scorers, &arm("canary")).await;
+    assert_eq!(canary_arm, f64::from(to_canary));
     assert_eq!(
-        metrics.get("mm_proxy_canary_requests_total{arm=\"canary\"}")
-            + metrics.get("mm_proxy_canary_requests_total{arm=\"stable\"}"),
-        2_000.0,
+        canary_arm + metric_total(&scorers, &arm("stable")).await,
+        2_000.0
     );
+    let (status, shown) = admin(&client, reqwest::Method::GET, &canary_url, None).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["canary"]["version"], 2, "{shown}");
     // Promote: the canary version is pinned in the store and every answer moves to it.
     let (status, answer) = admin(
         &client,
@@ -468,12 +535,28 @@ async fn a_canary_gets_its_share_and_promotion_pins_it() {
     )
     .await;
     assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["promoted"]["version"], 2, "{answer}");
+    assert_eq!(answer["pinned"]["live"], 2, "{answer}");
     until_version(&client, &proxy.url, 2, Duration::from_secs(5)).await;
     for _ in 0..50 {
         assert_eq!(score(&client, &proxy.url).await.version, Some(2));
     }
     let alias = std::fs::read_to_string(store.path().join(MODEL).join("alias.json")).unwrap();
     assert!(alias.contains('2'), "{alias}");
+    assert!(!store.path().join(MODEL).join("canary.json").exists());
     let (status, _) = admin(&client, reqwest::Method::GET, &canary_url, None).await;
     assert_eq!(status, 404, "the canary is gone once promoted");
+    for method in [reqwest::Method::DELETE, reqwest::Method::POST] {
+        let url = if method == reqwest::Method::POST {
+            format!("{canary_url}/promote")
+        } else {
+            canary_url.clone()
+        };
+        let (status, answer) = admin(&client, method, &url, None).await;
+        assert_eq!(status, 404, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains("has no canary"),
+            "{answer}"
+        );
+    }
 }

@@ -76,6 +76,10 @@ fn every_action_maps_to_the_scorer_route_it_came_from() {
         (Action::Pin, "/v2/mm/models/m/pin"),
         (Action::Unpin, "/v2/mm/models/m/unpin"),
         (Action::Publish { version: 4 }, "/v2/mm/models/m/versions/4"),
+        (Action::CanaryShow, "/v2/mm/models/m/canary"),
+        (Action::CanarySet, "/v2/mm/models/m/canary"),
+        (Action::CanaryDrop, "/v2/mm/models/m/canary"),
+        (Action::CanaryPromote, "/v2/mm/models/m/canary/promote"),
     ];
     for (action, path) in cases {
         assert_eq!(action.path("m"), path, "{action:?}");
@@ -101,6 +105,12 @@ fn admin_flags_follow_the_action() {
     assert!(Action::Pin.changes_versions() && Action::Refresh.changes_versions());
     assert!(!Action::VersionStatus.changes_versions());
     assert!(!Action::Load.changes_versions());
+    // A canary is what unversioned requests get: setting, dropping or promoting one makes
+    // every scorer look at the store at once; showing it does not.
+    for action in [Action::CanarySet, Action::CanaryDrop, Action::CanaryPromote] {
+        assert!(action.admin() && action.changes_versions(), "{action:?}");
+    }
+    assert!(Action::CanaryShow.admin() && !Action::CanaryShow.changes_versions());
     assert!(Action::Publish { version: 1 }.is_upload());
     assert!(!Action::Pin.is_upload());
 }
@@ -227,7 +237,7 @@ fn the_azure_ml_endpoint_paths_name_the_model() {
 }
 
 #[test]
-fn the_proxy_answers_health_metrics_and_canaries_itself() {
+fn the_proxy_answers_health_and_metrics_and_forwards_admin_calls() {
     assert_eq!(get("/v2/health/live"), Route::Live);
     assert_eq!(get("/v2/health/ready"), Route::Ready);
     assert_eq!(get("/metrics"), Route::Metrics);
@@ -256,21 +266,20 @@ fn the_proxy_answers_health_metrics_and_canaries_itself() {
         get("/v2/admin/models/store-1"),
         model("store-1", Action::VersionStatus)
     );
+    // Canaries are the scorers' (in the store), forwarded like pins.
     for (method, tail, action) in [
-        ("GET", "canary", CanaryAction::Show),
-        ("PUT", "canary", CanaryAction::Set),
-        ("DELETE", "canary", CanaryAction::Drop),
-        ("POST", "canary/promote", CanaryAction::Promote),
+        ("GET", "canary", Action::CanaryShow),
+        ("PUT", "canary", Action::CanarySet),
+        ("DELETE", "canary", Action::CanaryDrop),
+        ("POST", "canary/promote", Action::CanaryPromote),
     ] {
         let route = classify(method, &format!("/v2/admin/models/s/{tail}"), None, None);
-        assert_eq!(
-            route,
-            Route::Canary {
-                id: "s".into(),
-                action
-            }
-        );
+        assert_eq!(route, model("s", action));
         assert_eq!(route.model(), Some("s"));
+    }
+    for (method, tail) in [("POST", "canary"), ("GET", "canary/promote")] {
+        let route = classify(method, &format!("/v2/admin/models/s/{tail}"), None, None);
+        assert_eq!(route, Route::NotFound, "{method} {tail}");
     }
     assert!(matches!(
         post("/v2/admin/models/..%2Fx/pin"),
@@ -291,12 +300,12 @@ fn grpc_calls_route_on_the_model_header_and_keep_their_path() {
     };
     assert_eq!(id, "store-7");
     assert_eq!(action.path(id), infer, "the path is never rewritten");
-    assert!(action.splittable() && !action.admin());
-    // A version in metadata is explicit: never split by a canary.
+    assert!(!action.admin());
+    // A version in metadata is checked here and read by the scorer (which never splits
+    // a call naming a version); the path stays the call's.
     let Route::Model { action, .. } = classify_grpc(infer, Some("store-7"), Some("3")) else {
         panic!();
     };
-    assert!(!action.splittable());
     assert_eq!(
         action,
         Action::Grpc {
@@ -304,13 +313,7 @@ fn grpc_calls_route_on_the_model_header_and_keep_their_path() {
             version: Some(3)
         }
     );
-    assert_eq!(
-        action.at_version(4),
-        Action::Grpc {
-            call: Call::ModelInfer,
-            version: Some(4)
-        }
-    );
+    assert_eq!(action.path("store-7"), infer);
     // Calls about a model need the header; a bad id or version is the proxy's 400.
     for (model, version) in [
         (None, None),
@@ -335,7 +338,7 @@ fn grpc_calls_route_on_the_model_header_and_keep_their_path() {
     ) else {
         panic!();
     };
-    assert!(action.admin() && !action.splittable());
+    assert!(action.admin() && !action.changes_versions());
     assert_eq!(
         classify_grpc("/inference.GRPCInferenceService/ServerLive", None, None),
         Route::AnyScorer {

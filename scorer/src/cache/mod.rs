@@ -14,6 +14,8 @@
 //! - `loader`: the low-priority load threads, a load's cost (thread CPU time plus the store
 //!   read) and how much memory a load reserves.
 //! - `versions`: which version is live, version checks, swaps, publish and pin.
+//! - `canary`: the split of unversioned inference requests between the live version and
+//!   a canary, and the canary admin calls.
 //! - `warmup`: loading the pool's hottest absent models after a statistics push.
 //! - `explain`: the summary and explain views.
 //!
@@ -26,6 +28,7 @@
 //! pool's statistics (BENCHMARKS.md, "Cache policy", measures moka's W-TinyLFU against it).
 
 mod bounds;
+mod canary;
 mod explain;
 mod ledger;
 mod loader;
@@ -49,6 +52,8 @@ use serde::Serialize;
 use tokio::sync::{Notify, OnceCell, Semaphore};
 
 use bounds::Waiting;
+pub use canary::CanaryStatus;
+use canary::Split;
 pub use explain::{CacheSummary, Explain, HotModel, ResidentView};
 pub(crate) use ledger::trim_heap;
 use ledger::{Ledger, Reservation};
@@ -117,6 +122,8 @@ struct Live {
     /// A version that was refused (failed to load, its smoke inference, or the
     /// signature check), why, and when.
     refused: Option<(u64, String, Instant)>,
+    /// The store's canary as of `checked`, and its counts here.
+    split: Option<Split>,
 }
 
 impl Live {
@@ -132,9 +139,26 @@ impl Live {
             previous: None,
             checked: Instant::now(),
             refused: None,
+            split: None,
         });
         live.checked = Instant::now();
         live
+    }
+
+    /// Where the next request that names no version goes: `(version, to_canary)`. With
+    /// `split`, an inference request, the canary takes its share; otherwise (metadata,
+    /// readiness, warm loads) the live version.
+    fn target(&mut self, split: bool, metrics: &Metrics) -> (u64, bool) {
+        let Some(canary) = self.split.as_mut().filter(|_| split) else {
+            return (self.version, false);
+        };
+        let to_canary = canary.pick();
+        metrics.canary_requests[usize::from(to_canary)].inc();
+        if to_canary {
+            (canary.canary.version, true)
+        } else {
+            (self.version, false)
+        }
     }
 }
 
@@ -150,6 +174,8 @@ pub struct VersionStatus {
     /// Versions in memory here.
     pub resident: Vec<u64>,
     pub refused: Option<Refusal>,
+    /// The store's canary, with this scorer's counts.
+    pub canary: Option<CanaryStatus>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -280,19 +306,36 @@ impl ModelCache {
         id: &ModelId,
         version: Option<u64>,
     ) -> Result<(Arc<LoadedModel>, Lookup), ScorerError> {
-        self.lookup(id, version, true).await
+        self.lookup(id, version, true, false).await
     }
 
-    /// `get`, optionally without counting a request (warm-up loads are not demand).
+    /// The model an inference request runs on: `version` when it names one, else the
+    /// canary's version for the canary's share of requests (`canary`), else the live one.
+    pub async fn get_for_inference(
+        &self,
+        id: &ModelId,
+        version: Option<u64>,
+    ) -> Result<(Arc<LoadedModel>, Lookup), ScorerError> {
+        self.lookup(id, version, true, true).await
+    }
+
+    /// `get`, optionally without counting a request (warm-up loads are not demand), and
+    /// with the canary's split (`split`) for a request that names no version.
     async fn lookup(
         &self,
         id: &ModelId,
         version: Option<u64>,
         count: bool,
+        split: bool,
     ) -> Result<(Arc<LoadedModel>, Lookup), ScorerError> {
         self.trim_if_freed();
         let Some(version) = version else {
-            let live = self.live_version(id).await?;
+            let (live, to_canary) = self.live_version(id, split).await?;
+            if to_canary {
+                // The canary's share gets the canary's version, errors included: no
+                // fall-back hides a broken canary.
+                return self.lookup_version(id, live, count).await;
+            }
             return match self.lookup_version(id, live, count).await {
                 Err(error @ ScorerError::Load(_)) => match self.fall_back(id, live, &error) {
                     Some(previous) => self.lookup_version(id, previous, count).await,

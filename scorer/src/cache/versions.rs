@@ -9,7 +9,7 @@ use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
 use super::{
-    Live, ModelCache, ModelKey, NOT_FOUND_TTL, Refresh, Refusal, Reservation, VersionStatus,
+    Live, ModelCache, ModelKey, NOT_FOUND_TTL, Refresh, Refusal, Reservation, Split, VersionStatus,
     invalid_model, store_error,
 };
 use crate::engine::LoadedModel;
@@ -22,17 +22,34 @@ impl ModelCache {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The live version of `id`: what this scorer already serves while it holds it (the
-    /// version checker moves it on), otherwise the store's pinned or highest version.
-    pub(super) async fn live_version(&self, id: &ModelId) -> Result<u64, ScorerError> {
-        let known = self.lives().get(id).map(|l| (l.version, l.checked));
-        if let Some((version, checked)) = known {
+    /// Where a request for `id` that names no version goes: `(version, to_canary)`. The
+    /// version is the live one, what this scorer already serves while it holds it (the
+    /// version checker moves it on), otherwise the store's pinned or highest version;
+    /// with `split` (an inference request) the store's canary takes its share
+    /// (`canary::Split`), read with the live version and followed the same way.
+    pub(super) async fn live_version(
+        &self,
+        id: &ModelId,
+        split: bool,
+    ) -> Result<(u64, bool), ScorerError> {
+        let known = self
+            .lives()
+            .get(id)
+            .map(|l| (l.version, l.checked, l.split.is_some()));
+        if let Some((version, checked, has_canary)) = known {
             let key = ModelKey {
                 id: id.clone(),
                 version,
             };
             if checked.elapsed() < self.versions.check_interval || self.state().contains(&key) {
-                return Ok(version);
+                if !(split && has_canary) {
+                    return Ok((version, false));
+                }
+                // Locked again to count the split: the resident set's lock is never taken
+                // under this one (`check_versions` takes them the other way round).
+                if let Some(live) = self.lives().get_mut(id) {
+                    return Ok(live.target(split, &self.metrics));
+                }
             }
         }
         let missing = (id.clone(), None);
@@ -54,6 +71,7 @@ impl ModelCache {
         };
         let mut lives = self.lives();
         let entry = Live::checked_now(&mut lives, id, target);
+        Split::follow(&mut entry.split, state.split());
         let refused = entry
             .refused
             .as_ref()
@@ -62,7 +80,7 @@ impl ModelCache {
             entry.previous = Some(entry.version);
             entry.version = target;
         }
-        Ok(entry.version)
+        Ok(entry.target(split, &self.metrics))
     }
 
     /// After the live version `failed` could not be loaded, falls back to the version
@@ -123,7 +141,12 @@ impl ModelCache {
             self.lives().remove(id);
             return Err(ScorerError::ModelNotFound(id.to_string()));
         };
-        let current = { Live::checked_now(&mut self.lives(), id, target).clone() };
+        let current = {
+            let mut lives = self.lives();
+            let live = Live::checked_now(&mut lives, id, target);
+            Split::follow(&mut live.split, state.split());
+            live.clone()
+        };
         let mut outcome = Refresh {
             model: id.to_string(),
             live: current.version,
@@ -247,6 +270,7 @@ impl ModelCache {
             .collect();
         resident.sort_unstable();
         let live = self.lives().get(id).cloned();
+        let canary = state.canary.map(|c| self.canary_status(id, c));
         Ok(VersionStatus {
             model: id.to_string(),
             live: live.as_ref().map(|l| l.version).or(state.live()),
@@ -260,6 +284,7 @@ impl ModelCache {
             versions: state.versions,
             pinned: state.pinned,
             resident,
+            canary,
         })
     }
 

@@ -49,7 +49,7 @@ impl ModelCache {
                 if !self.state().has_room() {
                     return;
                 }
-                if let Ok((model, Lookup::Miss)) = self.lookup(&id, None, false).await {
+                if let Ok((model, Lookup::Miss)) = self.lookup(&id, None, false, false).await {
                     spent.fetch_add(model.weight, Ordering::Relaxed);
                     let key = ModelKey {
                         id,

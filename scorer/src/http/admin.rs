@@ -1,5 +1,5 @@
 //! The scorer's admin routes (`/v2/mm/models/{id}...`), which the proxy forwards its
-//! admin API to: version status, refresh, pin, unpin and publish.
+//! admin API to: version status, refresh, pin, unpin, publish and the canary's.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
+use serde_json::json;
 
 use super::keys::admin_authorized;
 use super::{Shared, Target, body, body_within, finish, model_call, model_id, target};
@@ -101,4 +102,65 @@ pub(super) async fn admin_publish(
     }
     .await;
     finish(&scorer, "admin", result)
+}
+
+/// The largest canary body read: `{"version": N, "percent": P}` needs a few bytes.
+const CANARY_BODY_LIMIT: u64 = 4096;
+
+/// The model's canary, from the store, with this scorer's counts.
+pub(super) async fn admin_canary(State(scorer): Shared, Admin(id): Admin) -> Response {
+    model_call(scorer, "admin", id, |scorer, id| async move {
+        let canary = scorer.cache.canary(&id).await?;
+        Ok(json!({ "model": id.as_str(), "canary": canary }))
+    })
+    .await
+}
+
+#[derive(serde::Deserialize)]
+struct CanaryBody {
+    version: u64,
+    percent: f64,
+}
+
+/// Sets the canary (`{"version": 2, "percent": 10}`), persisted in the store.
+pub(super) async fn admin_set_canary(
+    State(scorer): Shared,
+    Admin(id): Admin,
+    request: Result<Bytes, BytesRejection>,
+) -> Response {
+    model_call(scorer, "admin", id, |scorer, id| async move {
+        let bytes = body(request, &scorer)?;
+        if bytes.len() as u64 > CANARY_BODY_LIMIT {
+            return Err(ScorerError::BodyTooLarge {
+                limit: CANARY_BODY_LIMIT,
+            });
+        }
+        let set: CanaryBody = serde_json::from_slice(&bytes).map_err(|e| {
+            ScorerError::InvalidInput(format!("expected {{\"version\": N, \"percent\": P}}: {e}"))
+        })?;
+        let canary = crate::store::Canary::new(set.version, set.percent)
+            .map_err(ScorerError::InvalidInput)?;
+        let canary = scorer.cache.set_canary(&id, canary).await?;
+        Ok(json!({ "model": id.as_str(), "canary": canary }))
+    })
+    .await
+}
+
+/// Drops the canary; answers it as it was.
+pub(super) async fn admin_drop_canary(State(scorer): Shared, Admin(id): Admin) -> Response {
+    model_call(scorer, "admin", id, |scorer, id| async move {
+        let dropped = scorer.cache.drop_canary(&id).await?;
+        Ok(json!({ "model": id.as_str(), "dropped": dropped }))
+    })
+    .await
+}
+
+/// Pins the canary's version and drops the canary; answers the canary and the pin's
+/// refresh outcome.
+pub(super) async fn admin_promote_canary(State(scorer): Shared, Admin(id): Admin) -> Response {
+    model_call(scorer, "admin", id, |scorer, id| async move {
+        let (promoted, pinned) = scorer.cache.promote_canary(&id).await?;
+        Ok(json!({ "model": id.as_str(), "promoted": promoted, "pinned": pinned }))
+    })
+    .await
 }

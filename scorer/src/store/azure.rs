@@ -10,20 +10,27 @@ use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 
-use super::{ALIAS_FILE, Alias, MODEL_FILE, ModelState, ModelStore, StoreError, parse_version};
+use super::{
+    ALIAS_FILE, Alias, CANARY_FILE, Canary, MODEL_FILE, ModelState, ModelStore, StoreError,
+    parse_version,
+};
 use crate::model_id::{self, ModelId};
 
-/// An alias blob read before: its ETag and the version it pins.
-type KnownAlias = (String, Option<u64>);
+/// The small files beside a model's versions, read in its look-up.
+const SMALL_FILES: [&str; 2] = [ALIAS_FILE, CANARY_FILE];
+
+/// A small blob read before (`alias.json`, `canary.json` of a model): its ETag and bytes.
+type Known = (String, Bytes);
 
 /// Models as blobs `<prefix><model_id>/<version>/model.onnx` in one container. A blob put
 /// is atomic, so a version is complete as soon as its `model.onnx` blob exists. Looking a
-/// model up is one listing of its prefix (versions and `alias.json` together); the alias
-/// blob is read again only when its ETag changed.
+/// model up is one listing of its prefix (versions, `alias.json` and `canary.json`
+/// together); the alias and canary blobs are read again only when their ETag changed.
 #[derive(Debug)]
 pub struct AzureStore {
     client: MicrosoftAzure,
-    aliases: std::sync::Mutex<std::collections::HashMap<ModelId, KnownAlias>>,
+    /// By model and file name.
+    known: std::sync::Mutex<std::collections::HashMap<(ModelId, &'static str), Known>>,
     /// Empty, or ending in `/`.
     prefix: String,
     description: String,
@@ -80,7 +87,7 @@ impl AzureStore {
             .map_err(|e| StoreError::Unavailable(format!("azure store: {e}")))?;
         Ok(AzureStore {
             client,
-            aliases: Default::default(),
+            known: Default::default(),
             prefix: config.prefix.clone(),
             description: format!(
                 "azure blob {}/{}/{}",
@@ -97,6 +104,67 @@ impl AzureStore {
 
     fn path(&self, rest: &str) -> Path {
         Path::from(format!("{}{rest}", self.prefix))
+    }
+
+    /// The bytes of `<id>/<name>`, listed with `tag`: from memory when the ETag is the
+    /// one read before, else read (and remembered when it has an ETag). `None` when the
+    /// blob went between the listing and the read.
+    async fn small(
+        &self,
+        id: &ModelId,
+        name: &'static str,
+        tag: Option<String>,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let key = (id.clone(), name);
+        let known = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .filter(|(t, _)| tag.as_deref() == Some(t.as_str()))
+            .map(|(_, bytes)| bytes.clone());
+        if let Some(bytes) = known {
+            return Ok(Some(bytes));
+        }
+        let path = self.path(&format!("{id}/{name}"));
+        let bytes = match self.client.get(&path).await {
+            Ok(result) => result.bytes().await.map_err(unavailable)?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(unavailable(e)),
+        };
+        if let Some(tag) = tag {
+            self.known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, (tag, bytes.clone()));
+        }
+        Ok(Some(bytes))
+    }
+}
+
+impl AzureStore {
+    /// Puts `<id>/<name>` (one blob put: atomic), or deletes it (`None`; an absent blob
+    /// is fine).
+    async fn write_small(
+        &self,
+        id: &ModelId,
+        name: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let path = self.path(&format!("{id}/{name}"));
+        match body {
+            None => match self.client.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(unavailable(e)),
+            },
+            Some(body) => {
+                self.client
+                    .put(&path, PutPayload::from(body))
+                    .await
+                    .map_err(unavailable)?;
+                Ok(())
+            }
+        }
     }
 }
 
@@ -149,16 +217,18 @@ impl ModelStore for AzureStore {
             .await
             .map_err(unavailable)?;
         let mut versions = BTreeSet::new();
-        // `Some(etag)` when the alias blob exists; an alias listed without an ETag is
-        // always read, never taken from the cache.
-        let mut alias_tag: Option<Option<String>> = None;
+        // For each small file listed: `Some(etag)`, or `None` when listed without one
+        // (then always read, never taken from memory).
+        let mut tags: [Option<Option<String>>; SMALL_FILES.len()] = Default::default();
         for meta in &objects {
             let Some(mut parts) = meta.location.prefix_match(&prefix) else {
                 continue;
             };
             let Some(first) = parts.next() else { continue };
-            if first.as_ref() == ALIAS_FILE && parts.next().is_none() {
-                alias_tag = Some(meta.e_tag.clone());
+            if let Some(i) = SMALL_FILES.iter().position(|f| *f == first.as_ref())
+                && parts.next().is_none()
+            {
+                tags[i] = Some(meta.e_tag.clone());
                 continue;
             }
             if let (Some(version), Some(file), None) =
@@ -168,43 +238,25 @@ impl ModelStore for AzureStore {
                 versions.insert(version);
             }
         }
+        let [alias_tag, canary_tag] = tags;
         let pinned = match alias_tag {
+            Some(tag) => match self.small(id, ALIAS_FILE, tag).await? {
+                Some(bytes) => Alias::parse(&bytes)?.pinned,
+                None => None,
+            },
             None => None,
-            Some(tag) => {
-                let known = self
-                    .aliases
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(id)
-                    .filter(|(t, _)| tag.as_deref() == Some(t.as_str()))
-                    .map(|(_, pinned)| *pinned);
-                match known {
-                    Some(pinned) => pinned,
-                    None => {
-                        let path = self.path(&format!("{id}/{ALIAS_FILE}"));
-                        let bytes = self
-                            .client
-                            .get(&path)
-                            .await
-                            .map_err(unavailable)?
-                            .bytes()
-                            .await
-                            .map_err(unavailable)?;
-                        let pinned = Alias::parse(&bytes)?.pinned;
-                        if let Some(tag) = tag {
-                            self.aliases
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(id.clone(), (tag, pinned));
-                        }
-                        pinned
-                    }
-                }
-            }
+        };
+        let canary = match canary_tag {
+            Some(tag) => match self.small(id, CANARY_FILE, tag).await? {
+                Some(bytes) => Some(Canary::parse(&bytes)?),
+                None => None,
+            },
+            None => None,
         };
         Ok(ModelState {
             versions: versions.into_iter().collect(),
             pinned,
+            canary,
         })
     }
 
@@ -223,21 +275,13 @@ impl ModelStore for AzureStore {
     }
 
     async fn write_alias(&self, id: &ModelId, pinned: Option<u64>) -> Result<(), StoreError> {
-        let path = self.path(&format!("{id}/{ALIAS_FILE}"));
-        match pinned {
-            None => match self.client.delete(&path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(unavailable(e)),
-            },
-            Some(_) => {
-                let body = serde_json::to_vec(&Alias { pinned }).expect("serialisable");
-                self.client
-                    .put(&path, PutPayload::from(body))
-                    .await
-                    .map_err(unavailable)?;
-                Ok(())
-            }
-        }
+        let body = pinned.map(|_| serde_json::to_vec(&Alias { pinned }).expect("serialisable"));
+        self.write_small(id, ALIAS_FILE, body).await
+    }
+
+    async fn write_canary(&self, id: &ModelId, canary: Option<Canary>) -> Result<(), StoreError> {
+        let body = canary.map(|c| serde_json::to_vec(&c).expect("serialisable"));
+        self.write_small(id, CANARY_FILE, body).await
     }
 
     fn describe(&self) -> String {

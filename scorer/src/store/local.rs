@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ALIAS_FILE, Alias, MODEL_FILE, ModelState, ModelStore, StoreError, parse_version};
+use super::{
+    ALIAS_FILE, Alias, CANARY_FILE, Canary, MODEL_FILE, ModelState, ModelStore, StoreError,
+    parse_version,
+};
 use crate::model_id::{self, ModelId};
 
 /// Models in a directory tree. A version counts once its `model.onnx` exists, so
@@ -22,6 +25,45 @@ pub struct LocalStore {
 impl LocalStore {
     pub fn new(root: PathBuf) -> Self {
         LocalStore { root }
+    }
+
+    /// The bytes of `<id>/<name>` (the alias or the canary), `None` when it is absent.
+    async fn read_small(&self, id: &ModelId, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.root.join(id.as_str()).join(name);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unavailable(&path.display().to_string(), e)),
+        }
+    }
+
+    /// Writes `<id>/<name>` atomically (a temporary file renamed over it), or removes it
+    /// (`None`; an absent file is fine).
+    async fn write_small(
+        &self,
+        id: &ModelId,
+        name: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let dir = self.root.join(id.as_str());
+        let path = dir.join(name);
+        let Some(body) = body else {
+            return match tokio::fs::remove_file(&path).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(unavailable(&path.display().to_string(), e)),
+            };
+        };
+        // Unique per write, so two writes racing in one process never share a temporary.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temporary = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+        tokio::fs::write(&temporary, body)
+            .await
+            .map_err(|e| unavailable(&temporary.display().to_string(), e))?;
+        tokio::fs::rename(&temporary, &path)
+            .await
+            .map_err(|e| unavailable(&path.display().to_string(), e))
     }
 }
 
@@ -92,13 +134,19 @@ impl ModelStore for LocalStore {
 
     async fn model_state(&self, id: &ModelId) -> Result<ModelState, StoreError> {
         let versions = self.list_versions(id).await?;
-        let path = self.root.join(id.as_str()).join(ALIAS_FILE);
-        let pinned = match tokio::fs::read(&path).await {
-            Ok(bytes) => Alias::parse(&bytes)?.pinned,
-            Err(e) if e.kind() == ErrorKind::NotFound => None,
-            Err(e) => return Err(unavailable(&path.display().to_string(), e)),
+        let pinned = match self.read_small(id, ALIAS_FILE).await? {
+            Some(bytes) => Alias::parse(&bytes)?.pinned,
+            None => None,
         };
-        Ok(ModelState { versions, pinned })
+        let canary = match self.read_small(id, CANARY_FILE).await? {
+            Some(bytes) => Some(Canary::parse(&bytes)?),
+            None => None,
+        };
+        Ok(ModelState {
+            versions,
+            pinned,
+            canary,
+        })
     }
 
     async fn write_version(
@@ -136,25 +184,13 @@ impl ModelStore for LocalStore {
     }
 
     async fn write_alias(&self, id: &ModelId, pinned: Option<u64>) -> Result<(), StoreError> {
-        let dir = self.root.join(id.as_str());
-        let path = dir.join(ALIAS_FILE);
-        match pinned {
-            None => match tokio::fs::remove_file(&path).await {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(unavailable(&path.display().to_string(), e)),
-            },
-            Some(_) => {
-                let body = serde_json::to_vec(&Alias { pinned }).expect("serialisable");
-                let temporary = dir.join(format!(".{ALIAS_FILE}.{}.tmp", std::process::id()));
-                tokio::fs::write(&temporary, body)
-                    .await
-                    .map_err(|e| unavailable(&temporary.display().to_string(), e))?;
-                tokio::fs::rename(&temporary, &path)
-                    .await
-                    .map_err(|e| unavailable(&path.display().to_string(), e))
-            }
-        }
+        let body = pinned.map(|_| serde_json::to_vec(&Alias { pinned }).expect("serialisable"));
+        self.write_small(id, ALIAS_FILE, body).await
+    }
+
+    async fn write_canary(&self, id: &ModelId, canary: Option<Canary>) -> Result<(), StoreError> {
+        let body = canary.map(|c| serde_json::to_vec(&c).expect("serialisable"));
+        self.write_small(id, CANARY_FILE, body).await
     }
 
     fn describe(&self) -> String {

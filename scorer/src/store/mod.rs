@@ -1,6 +1,7 @@
-//! Where models live: `<root>/<model_id>/<version>/model.onnx`, and each model's alias
+//! Where models live: `<root>/<model_id>/<version>/model.onnx`, each model's alias
 //! `<root>/<model_id>/alias.json` (`{"pinned": 3}`: the live version is 3 rather than the
-//! highest).
+//! highest) and its canary `<root>/<model_id>/canary.json` (`{"version": 4, "percent": 10}`:
+//! 10% of the requests that name no version go to version 4).
 //!
 //! A store lists model ids, lists the versions of one model and reads one model file. It
 //! never parses or loads a model: listing 10,000 models costs one directory read (or one
@@ -28,6 +29,10 @@ pub const MODEL_FILE: &str = "model.onnx";
 /// The file beside the version folders that pins a model's live version.
 pub const ALIAS_FILE: &str = "alias.json";
 
+/// The file beside the version folders that sends a share of a model's unversioned
+/// requests to one version.
+pub const CANARY_FILE: &str = "canary.json";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("not found")]
@@ -38,12 +43,14 @@ pub enum StoreError {
     Unavailable(String),
 }
 
-/// A model as the store has it: complete versions and the alias.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+/// A model as the store has it: complete versions, the alias and the canary.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct ModelState {
     /// Ascending.
     pub versions: Vec<u64>,
     pub pinned: Option<u64>,
+    /// As written, even when its version has left the store (see [`ModelState::split`]).
+    pub canary: Option<Canary>,
 }
 
 impl ModelState {
@@ -54,6 +61,13 @@ impl ModelState {
             Some(pinned) if self.versions.contains(&pinned) => Some(pinned),
             _ => self.versions.last().copied(),
         }
+    }
+
+    /// The canary requests without a version are split by: the stored one while its
+    /// version exists (a canary whose version was removed splits nothing).
+    pub fn split(&self) -> Option<Canary> {
+        self.canary
+            .filter(|canary| self.versions.contains(&canary.version))
     }
 }
 
@@ -67,6 +81,37 @@ impl Alias {
     pub fn parse(bytes: &[u8]) -> Result<Self, StoreError> {
         serde_json::from_slice(bytes)
             .map_err(|e| StoreError::Unavailable(format!("{ALIAS_FILE} is not valid: {e}")))
+    }
+}
+
+/// The canary file's contents: `percent`% of the model's requests that name no version
+/// go to `version`, the others to the live version.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    pub version: u64,
+    /// 0-100, fractions allowed.
+    pub percent: f64,
+}
+
+impl Canary {
+    /// A canary if `version` is a version number and `percent` a share (0-100), else
+    /// why not.
+    pub fn new(version: u64, percent: f64) -> Result<Self, String> {
+        if version == 0 || !(0.0..=100.0).contains(&percent) {
+            return Err("version must be positive and percent within 0-100".into());
+        }
+        Ok(Canary { version, percent })
+    }
+
+    /// Reads a canary file. A file that does not parse or breaks the rules makes the
+    /// model's look-up fail (503), as a bad alias does: a split nobody meant is worse
+    /// than an error that names the file.
+    pub fn parse(bytes: &[u8]) -> Result<Self, StoreError> {
+        let invalid =
+            |e: String| StoreError::Unavailable(format!("{CANARY_FILE} is not valid: {e}"));
+        let canary: Canary = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+        Canary::new(canary.version, canary.percent).map_err(invalid)
     }
 }
 
@@ -84,7 +129,8 @@ pub trait ModelStore: Send + Sync + 'static {
     /// The bytes of `<id>/<version>/model.onnx`.
     async fn read(&self, id: &ModelId, version: u64) -> Result<Bytes, StoreError>;
 
-    /// Versions and alias of `id`, looked up together (one prefix listing on Azure).
+    /// Versions, alias and canary of `id`, looked up together (one prefix listing on
+    /// Azure).
     async fn model_state(&self, id: &ModelId) -> Result<ModelState, StoreError>;
 
     /// Publishes `<id>/<version>/model.onnx` atomically: readers see the whole file or no
@@ -98,6 +144,10 @@ pub trait ModelStore: Send + Sync + 'static {
 
     /// Pins `id` to `pinned`, or unpins it (`None`: the highest version is live).
     async fn write_alias(&self, id: &ModelId, pinned: Option<u64>) -> Result<(), StoreError>;
+
+    /// Sets `id`'s canary, atomically (readers see the old file or the new one), or
+    /// drops it (`None`; dropping an absent canary succeeds).
+    async fn write_canary(&self, id: &ModelId, canary: Option<Canary>) -> Result<(), StoreError>;
 
     /// A short description for logs, without secrets.
     fn describe(&self) -> String;
@@ -179,6 +229,11 @@ impl ModelStore for Deadline {
             .await
     }
 
+    async fn write_canary(&self, id: &ModelId, canary: Option<Canary>) -> Result<(), StoreError> {
+        self.bounded("writing the canary", self.inner.write_canary(id, canary))
+            .await
+    }
+
     fn describe(&self) -> String {
         self.inner.describe()
     }
@@ -186,3 +241,6 @@ impl ModelStore for Deadline {
 
 /// A version folder name follows the contract's one version rule.
 pub use manymodels_contract::parse_version;
+
+#[cfg(test)]
+mod tests;

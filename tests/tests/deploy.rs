@@ -88,7 +88,10 @@ fn the_chart_and_the_azure_ml_yaml_pass_the_real_tools_and_render_configs_the_bi
     // The KEDA ScaledObject: only with scorer autoscaling and KEDA on, and it passed
     // KEDA's own schema (which refused broken copies of it).
     assert_eq!(summary["scaled_objects"]["scorer-autoscaled"], true);
-    assert_eq!(summary["scaled_objects"]["scorer-autoscaled-by-another"], false);
+    assert_eq!(
+        summary["scaled_objects"]["scorer-autoscaled-by-another"],
+        false
+    );
     assert_eq!(summary["scaled_objects"]["default"], false);
     assert_eq!(cases["scorer-autoscaled"]["ScaledObject"], 1);
     assert_eq!(summary["keda_schema_checked"], 1);

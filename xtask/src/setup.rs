@@ -96,7 +96,11 @@ pub fn onnxruntime() -> Result<PathBuf> {
 /// its `azurite-blob` launcher.
 pub fn azurite() -> Result<PathBuf> {
     let dir = workspace_root().join(".cache/azurite");
-    npm_install(&dir, &format!("azurite@{AZURITE_VERSION}"), "node_modules/.bin/azurite-blob")
+    npm_install(
+        &dir,
+        &format!("azurite@{AZURITE_VERSION}"),
+        "node_modules/.bin/azurite-blob",
+    )
 }
 
 /// KEDA's CRD schemas as validators (`@kubernetes-models/keda`), installed from npm into

@@ -15,42 +15,12 @@ Usage: python3 tests/oip_client.py HOST:PORT   (run by tests/tests/proxy.rs)
 """
 import asyncio
 import json
-import pathlib
 import sys
 
-import numpy as np
-import onnxruntime
 import tritonclient.http as http
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
-ROOT = pathlib.Path(__file__).parent.parent
-DTYPES = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
-TOLERANCE = dict(rtol=1e-5, atol=1e-5)
-
-
-def arrays(model):
-    return {
-        spec["name"]: np.array(spec["data"], dtype=DTYPES[spec["datatype"]]).reshape(spec["shape"])
-        for spec in model["inputs"]
-    }
-
-
-def onnx_runtime(model):
-    """The outputs ONNX Runtime gives for the model's reference inputs, by name."""
-    path = ROOT / "models/demo" / model["id"] / "1/model.onnx"
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, arrays(model))))
-
-
-def check(client, model, name, got, ort):
-    for expected in model["outputs"]:
-        out = got(expected["name"])
-        want = np.array(expected["data"], dtype=DTYPES[expected["datatype"]]).reshape(expected["shape"])
-        assert out.shape == want.shape, (client, name, expected["name"], out.shape, want.shape)
-        np.testing.assert_allclose(out.astype(np.float64), want.astype(np.float64), **TOLERANCE)
-        runtime = ort[expected["name"]].reshape(want.shape)
-        np.testing.assert_allclose(out.astype(np.float64), runtime.astype(np.float64), **TOLERANCE)
+from oip_reference import ROOT, arrays, check, onnx_runtime
 
 
 def triton(url, reference):
@@ -78,11 +48,11 @@ def triton(url, reference):
         response = result.get_response()
         assert response["model_name"] == name and response["model_version"] == "1", response
         assert all("binary_data_size" in o["parameters"] for o in response["outputs"]), response
-        check("tritonclient", model, name, result.as_numpy, ort)
+        check("tritonclient", model, result.as_numpy, ort)
         # Named outputs, binary by default.
         outputs = [http.InferRequestedOutput(o["name"]) for o in model["outputs"]]
         result = client.infer(name, inputs, outputs=outputs)
-        check("tritonclient", model, name, result.as_numpy, ort)
+        check("tritonclient", model, result.as_numpy, ort)
 
 
 async def kserve(url, reference):
@@ -102,7 +72,7 @@ async def kserve(url, reference):
                 response = await client.infer(f"http://{url}", request, model_name=name)
                 assert response.model_name == name, response
                 by_name = {o.name: o for o in response.outputs}
-                check("kserve", model, name, lambda n: by_name[n].as_numpy(), ort)
+                check("kserve", model, lambda n: by_name[n].as_numpy(), ort)
     finally:
         await client.close()
 

@@ -10,42 +10,12 @@ package, and one Python process refuses the second.)
 Usage: python3 tests/oip_grpc_client.py HOST:PORT   (run by tests/tests/grpc.rs)
 """
 import json
-import pathlib
 import sys
 
-import numpy as np
-import onnxruntime
 import tritonclient.grpc as grpc
 from tritonclient.utils import InferenceServerException
 
-ROOT = pathlib.Path(__file__).parent.parent
-DTYPES = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
-TOLERANCE = dict(rtol=1e-5, atol=1e-5)
-
-
-def arrays(model):
-    return {
-        spec["name"]: np.array(spec["data"], dtype=DTYPES[spec["datatype"]]).reshape(spec["shape"])
-        for spec in model["inputs"]
-    }
-
-
-def onnx_runtime(model):
-    """The outputs ONNX Runtime gives for the model's reference inputs, by name."""
-    path = ROOT / "models/demo" / model["id"] / "1/model.onnx"
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, arrays(model))))
-
-
-def check(model, got, ort):
-    for expected in model["outputs"]:
-        out = got(expected["name"])
-        want = np.array(expected["data"], dtype=DTYPES[expected["datatype"]]).reshape(expected["shape"])
-        assert out.shape == want.shape, (model["id"], expected["name"], out.shape, want.shape)
-        np.testing.assert_allclose(out.astype(np.float64), want.astype(np.float64), **TOLERANCE)
-        runtime = ort[expected["name"]].reshape(want.shape)
-        np.testing.assert_allclose(out.astype(np.float64), runtime.astype(np.float64), **TOLERANCE)
+from oip_reference import ROOT, arrays, check, onnx_runtime
 
 
 def main(url: str) -> None:
@@ -72,10 +42,10 @@ def main(url: str) -> None:
         response = result.get_response()
         assert response.model_name == name and response.model_version == "1", response
         assert response.id == "grpc-client", response
-        check(model, result.as_numpy, ort)
+        check("tritonclient.grpc", model, result.as_numpy, ort)
         outputs = [grpc.InferRequestedOutput(o["name"]) for o in model["outputs"]]
         result = client.infer(name, inputs, outputs=outputs, headers=headers)
-        check(model, result.as_numpy, ort)
+        check("tritonclient.grpc", model, result.as_numpy, ort)
     try:
         client.infer(name, inputs)
     except InferenceServerException as error:

@@ -294,6 +294,16 @@ pub fn classify_grpc(
             grpc::MODEL_HEADERS.join(", ")
         ));
     };
+    named_in_headers(id, version_header, |version| Action::Grpc { call, version })
+}
+
+/// A model named in headers rather than the path (gRPC metadata, Azure ML's scoring
+/// route): the id and the optional version by the same rules as a path, then `action`.
+fn named_in_headers(
+    id: &str,
+    version_header: Option<&str>,
+    action: impl FnOnce(Option<u64>) -> Action,
+) -> Route {
     if !valid_model_id(id) {
         return Route::Invalid(format!("invalid model id '{}'", cut(id)));
     }
@@ -306,7 +316,7 @@ pub fn classify_grpc(
     };
     Route::Model {
         id: id.to_string(),
-        action: Action::Grpc { call, version },
+        action: action(version),
     }
 }
 
@@ -321,20 +331,7 @@ fn azure_ml(model: Option<&str>, version_header: Option<&str>) -> Route {
             header::MODEL
         ));
     };
-    if !valid_model_id(id) {
-        return Route::Invalid(format!("invalid model id '{}'", cut(id)));
-    }
-    let version = match version_header.map(str::trim).filter(|v| !v.is_empty()) {
-        Some(v) => match version(v) {
-            Ok(v) => Some(v),
-            Err(message) => return Route::Invalid(message),
-        },
-        None => None,
-    };
-    Route::Model {
-        id: id.to_string(),
-        action: Action::Infer { version },
-    }
+    named_in_headers(id, version_header, |version| Action::Infer { version })
 }
 
 /// Decodes `%XX` escapes so `..%2F..` is judged as `../..`.

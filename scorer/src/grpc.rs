@@ -168,6 +168,19 @@ fn version_of(metadata: &MetadataMap, field: &str) -> Result<Option<u64>, Scorer
     })
 }
 
+/// What a call about one model names, read from its metadata (consumed) and its name and
+/// version fields: the model, the version, and the deadline.
+fn target_of(
+    metadata: MetadataMap,
+    name: &str,
+    version: &str,
+) -> Result<(ModelId, Option<u64>, infer::Deadline), ScorerError> {
+    let id = model_of(&metadata, name)?;
+    let version = version_of(&metadata, version)?;
+    let deadline = infer::deadline(&metadata.into_headers())?;
+    Ok((id, version, deadline))
+}
+
 /// The inputs of a `ModelInferRequest` as the REST path has them after parsing: each
 /// input's name, datatype and shape, and its data as bytes in the binary extension's
 /// encoding: the `raw_input_contents` entry as received (no copy), or the typed
@@ -342,9 +355,7 @@ impl GrpcInferenceService for Front {
     ) -> Answer<pb::ModelReadyResponse> {
         let result = async {
             let (metadata, _, request) = request.into_parts();
-            let id = model_of(&metadata, &request.name)?;
-            let version = version_of(&metadata, &request.version)?;
-            let deadline = infer::deadline(&metadata.into_headers())?;
+            let (id, version, deadline) = target_of(metadata, &request.name, &request.version)?;
             let scorer = self.scorer.clone();
             let target = id.clone();
             infer::within(&id, deadline, async move {
@@ -363,9 +374,7 @@ impl GrpcInferenceService for Front {
     ) -> Answer<pb::ModelMetadataResponse> {
         let result = async {
             let (metadata, _, request) = request.into_parts();
-            let id = model_of(&metadata, &request.name)?;
-            let version = version_of(&metadata, &request.version)?;
-            let deadline = infer::deadline(&metadata.into_headers())?;
+            let (id, version, deadline) = target_of(metadata, &request.name, &request.version)?;
             let scorer = self.scorer.clone();
             let target = id.clone();
             let (model, versions) = infer::within(&id, deadline, async move {
@@ -392,9 +401,8 @@ impl GrpcInferenceService for Front {
             let (metadata, _, request) = request.into_parts();
             // Everything about the request is checked before the model is looked up: a
             // malformed request must not cost a load.
-            let id = model_of(&metadata, &request.model_name)?;
-            let version = version_of(&metadata, &request.model_version)?;
-            let deadline = infer::deadline(&metadata.into_headers())?;
+            let (id, version, deadline) =
+                target_of(metadata, &request.model_name, &request.model_version)?;
             let (inputs, blobs) = inputs_of(request.inputs, request.raw_input_contents)?;
             let wanted: Vec<RequestOutput> = request
                 .outputs

@@ -174,13 +174,17 @@ pub async fn describe(
     version: Option<u64>,
 ) -> Result<(Arc<LoadedModel>, Vec<u64>), ScorerError> {
     let (model, _) = scorer.cache.get(id, version).await?;
-    let versions = scorer
+    Ok((model, store_versions(scorer, id).await?))
+}
+
+/// The versions of `id` the store holds (503 when the store fails).
+async fn store_versions(scorer: &Scorer, id: &ModelId) -> Result<Vec<u64>, ScorerError> {
+    scorer
         .cache
         .store()
         .list_versions(id)
         .await
-        .map_err(|e| ScorerError::Store(e.to_string()))?;
-    Ok((model, versions))
+        .map_err(|e| ScorerError::Store(e.to_string()))
 }
 
 /// A model is ready when it can be scored now: it is in the store (loading on demand) or
@@ -197,12 +201,7 @@ pub async fn readiness(
         .iter()
         .any(|m| &m.id == id && version.is_none_or(|v| v == m.version));
     let exists = loaded || {
-        let versions = scorer
-            .cache
-            .store()
-            .list_versions(id)
-            .await
-            .map_err(|e| ScorerError::Store(e.to_string()))?;
+        let versions = store_versions(scorer, id).await?;
         match version {
             Some(v) => versions.contains(&v),
             None => !versions.is_empty(),

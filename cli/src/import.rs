@@ -1,0 +1,885 @@
+//! `mmctl import`: publishes a folder of models, checked first exactly as a scorer checks
+//! a new version, in parallel, resumable, with a progress bar and a report.
+//!
+//! The unit of work is one model id: its files are published one after another (explicit
+//! versions ascending, then a flat `<id>.onnx` as the next version), so two files of one
+//! model never race for a version number; different models go in parallel (`--jobs`).
+//! Checks load the model (native engine or an ONNX Runtime session, the scorer's own
+//! code), so they are bounded separately (`--check-jobs`, default the machine's cores).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use manymodels_config::scorer::{NativeEngine, ScorerConfig};
+use manymodels_scorer::engine::{Engines, LoadedModel};
+use manymodels_scorer::model_id::ModelId;
+use manymodels_scorer::store::{self, MODEL_FILE, ModelStore, StoreError};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::client::{CallError, Client};
+use crate::config::Settings;
+use crate::table::{self, Table};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A folder of `<id>.onnx` files and/or a store layout (`<id>/<version>/model.onnx`), or
+    /// one `.onnx` file
+    pub src: PathBuf,
+    /// Where to publish: `api` (the proxy's admin API: the scorer checks each version again
+    /// and makes it live at once) or `store` (straight into --store: scorers see a new
+    /// model on its first request, a new version within `versions.check_interval`)
+    #[arg(long, value_enum, default_value_t = Destination::Api)]
+    pub to: Destination,
+    /// Models imported at once
+    #[arg(long, short = 'j', default_value_t = 8)]
+    pub jobs: usize,
+    /// Models checked at once (a check loads the model: CPU and memory) [default: cores]
+    #[arg(long)]
+    pub check_jobs: Option<usize>,
+    /// Check everything and say what would be published, without writing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Publish without the local check (the admin API still checks each model)
+    #[arg(long)]
+    pub no_check: bool,
+    /// Only model ids starting with this
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Write every model's outcome as JSON to this file
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// No progress bar (it is also hidden when stderr is not a terminal, and with --json)
+    #[arg(long)]
+    pub no_progress: bool,
+    /// libonnxruntime.so for the checks [default: beside mmctl, then .cache/onnxruntime/lib]
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub onnxruntime: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Destination {
+    Api,
+    Store,
+}
+
+/// One file to publish.
+#[derive(Debug, Clone)]
+struct Item {
+    id: String,
+    /// Given by the store layout; `None` for a flat file (the next version).
+    version: Option<u64>,
+    path: PathBuf,
+    bytes: u64,
+}
+
+/// What happened to one file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub model: String,
+    pub version: Option<u64>,
+    pub file: String,
+    pub bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    pub outcome: Outcome,
+    /// Why, for every outcome but `published`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    /// The engine the check chose (`native` or `onnxruntime`) and the memory it measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Published,
+    /// `--dry-run`: checked, would be published.
+    WouldPublish,
+    /// An identical version is already in the store.
+    Skipped,
+    /// The model (or its place) is at fault: fix it, then import again.
+    Refused,
+    /// The destination failed (unreachable, timeouts): import again to resume.
+    Failed,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub source: String,
+    pub destination: String,
+    pub dry_run: bool,
+    pub models: usize,
+    pub files: usize,
+    pub published: usize,
+    pub would_publish: usize,
+    pub skipped: usize,
+    pub refused: usize,
+    pub failed: usize,
+    pub bytes: u64,
+    pub published_bytes: u64,
+    pub ignored_files: Vec<String>,
+    pub seconds: f64,
+    pub files_per_second: f64,
+}
+
+/// Where versions go.
+enum Target {
+    Api(Client),
+    Store(Arc<dyn ModelStore>, String),
+}
+
+/// A version the destination already has, or the reason it could not tell.
+type Existing = (Vec<u64>, Option<u64>);
+
+#[derive(Debug)]
+enum PublishError {
+    /// That version exists already.
+    Conflict,
+    Refused(String),
+    Failed(String),
+}
+
+impl Target {
+    fn describe(&self) -> String {
+        match self {
+            Target::Api(client) => format!("the admin API at {}", client.base()),
+            Target::Store(_, described) => described.clone(),
+        }
+    }
+
+    /// The model's versions (ascending) and its live one.
+    async fn existing(&self, id: &str) -> Result<Existing, String> {
+        match self {
+            Target::Api(client) => {
+                let path = format!("/v2/admin/models/{id}");
+                match retried(|| client.get(&path)).await {
+                    Ok(answer) => {
+                        let versions = answer.body["versions"]
+                            .as_array()
+                            .map(|v| v.iter().filter_map(|v| v.as_u64()).collect())
+                            .unwrap_or_default();
+                        Ok((versions, answer.body["live"].as_u64()))
+                    }
+                    Err(e) if e.status() == Some(reqwest::StatusCode::NOT_FOUND) => {
+                        Ok((Vec::new(), None))
+                    }
+                    Err(e) => Err(format!("cannot list its versions: {e}")),
+                }
+            }
+            Target::Store(store, _) => {
+                let id = model_id(id)?;
+                store
+                    .model_state(&id)
+                    .await
+                    .map(|state| {
+                        let live = state.live();
+                        (state.versions, live)
+                    })
+                    .map_err(|e| format!("cannot list its versions: {e}"))
+            }
+        }
+    }
+
+    async fn digest(&self, id: &str, version: u64) -> Result<String, String> {
+        match self {
+            Target::Api(client) => {
+                let path = format!("/v2/admin/models/{id}/versions/{version}");
+                retried(|| client.get(&path))
+                    .await
+                    .map_err(|e| format!("cannot read version {version}'s digest: {e}"))?
+                    .body["sha256"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("version {version}'s digest is missing"))
+            }
+            Target::Store(store, _) => store
+                .digest(&model_id(id)?, version)
+                .await
+                .map(|d| d.sha256)
+                .map_err(|e| format!("cannot read version {version}'s digest: {e}")),
+        }
+    }
+
+    /// The bytes of a version, for the compatibility check (stores only: through the API
+    /// the scorer checks compatibility itself).
+    async fn read(&self, id: &str, version: u64) -> Result<Option<Bytes>, String> {
+        match self {
+            Target::Api(_) => Ok(None),
+            Target::Store(store, _) => store
+                .read(&model_id(id)?, version)
+                .await
+                .map(Some)
+                .map_err(|e| format!("cannot read live version {version}: {e}")),
+        }
+    }
+
+    async fn publish(&self, id: &str, version: u64, bytes: Bytes) -> Result<(), PublishError> {
+        match self {
+            Target::Api(client) => {
+                let path = format!("/v2/admin/models/{id}/versions/{version}");
+                match retried(|| client.put_bytes(&path, bytes.clone())).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(match e.status().map(|s| s.as_u16()) {
+                        Some(409) => PublishError::Conflict,
+                        Some(400 | 404 | 413 | 422 | 507) => {
+                            PublishError::Refused(format!("the pool refused it: {e}"))
+                        }
+                        _ => PublishError::Failed(e.to_string()),
+                    }),
+                }
+            }
+            Target::Store(store, _) => {
+                let id = model_id(id).map_err(PublishError::Refused)?;
+                let mut attempt = 0;
+                loop {
+                    match store.write_version(&id, version, bytes.clone()).await {
+                        Ok(()) => return Ok(()),
+                        Err(StoreError::Conflict(_)) => return Err(PublishError::Conflict),
+                        Err(e) if attempt < RETRIES => {
+                            attempt += 1;
+                            tokio::time::sleep(backoff(attempt)).await;
+                            let _ = e;
+                        }
+                        Err(e) => return Err(PublishError::Failed(e.to_string())),
+                    }
+                }
+            }
+        }
+    }
+}
+
+const RETRIES: u32 = 3;
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(250 << attempt.min(4))
+}
+
+/// A call tried again on a transient failure (no answer, 429, 502-504), up to
+/// [`RETRIES`] more times.
+async fn retried<F, Fut, T>(mut call: F) -> Result<T, CallError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, CallError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Err(e) if e.transient() && attempt < RETRIES => {
+                attempt += 1;
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn model_id(id: &str) -> Result<ModelId, String> {
+    ModelId::parse(id).map_err(|e| e.to_string())
+}
+
+/// What the source holds: files by model id, and the files that are not models.
+#[derive(Debug, Default)]
+struct Source {
+    models: BTreeMap<String, Vec<Item>>,
+    /// Files or folders that are neither `<id>.onnx` nor `<id>/<version>/model.onnx`.
+    ignored: Vec<String>,
+    /// Files whose name is not a valid model id, refused without reading.
+    invalid: Vec<Record>,
+}
+
+fn scan(src: &Path, prefix: Option<&str>) -> anyhow::Result<Source> {
+    let mut source = Source::default();
+    let wanted = |id: &str| prefix.is_none_or(|p| id.starts_with(p));
+    let meta = std::fs::metadata(src).with_context(|| format!("cannot read {}", src.display()))?;
+    if meta.is_file() {
+        add_flat(&mut source, src, meta.len());
+        return Ok(source);
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(src)
+        .with_context(|| format!("cannot list {}", src.display()))?
+        .collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let kind = entry.file_type()?;
+        if kind.is_file() && name.ends_with(".onnx") {
+            let id = name.trim_end_matches(".onnx");
+            if wanted(id) {
+                add_flat(&mut source, &path, entry.metadata()?.len());
+            }
+        } else if kind.is_dir() {
+            if !wanted(&name) {
+                continue;
+            }
+            let before = source.models.get(&name).map_or(0, Vec::len);
+            for version in std::fs::read_dir(&path)? {
+                let version = version?;
+                let vname = version.file_name().to_string_lossy().into_owned();
+                let file = version.path().join(MODEL_FILE);
+                match (store::parse_version(&vname), std::fs::metadata(&file)) {
+                    (Some(v), Ok(meta)) if meta.is_file() => {
+                        if manymodels_contract::valid_model_id(&name) {
+                            source.models.entry(name.clone()).or_default().push(Item {
+                                id: name.clone(),
+                                version: Some(v),
+                                path: file,
+                                bytes: meta.len(),
+                            });
+                        } else {
+                            source
+                                .invalid
+                                .push(invalid(&name, Some(v), &file, meta.len()));
+                        }
+                    }
+                    _ if matches!(vname.as_str(), "alias.json" | "canary.json") => {}
+                    _ => source.ignored.push(version.path().display().to_string()),
+                }
+            }
+            if source.models.get(&name).map_or(0, Vec::len) == before
+                && !source.invalid.iter().any(|r| r.model == name)
+            {
+                source.ignored.push(path.display().to_string());
+            }
+        } else {
+            source.ignored.push(path.display().to_string());
+        }
+    }
+    for items in source.models.values_mut() {
+        // Explicit versions ascending, then the flat file (the next version).
+        items.sort_by_key(|i| (i.version.is_none(), i.version));
+    }
+    Ok(source)
+}
+
+fn add_flat(source: &mut Source, path: &Path, bytes: u64) {
+    let id = path
+        .file_name()
+        .map(|n| n.to_string_lossy().trim_end_matches(".onnx").to_string())
+        .unwrap_or_default();
+    if manymodels_contract::valid_model_id(&id) {
+        source.models.entry(id.clone()).or_default().push(Item {
+            id,
+            version: None,
+            path: path.to_path_buf(),
+            bytes,
+        });
+    } else {
+        source.invalid.push(invalid(&id, None, path, bytes));
+    }
+}
+
+fn invalid(id: &str, version: Option<u64>, path: &Path, bytes: u64) -> Record {
+    Record {
+        model: id.to_string(),
+        version,
+        file: path.display().to_string(),
+        bytes,
+        sha256: None,
+        outcome: Outcome::Refused,
+        detail: format!(
+            "'{id}' is not a valid model id (1-{} characters of A-Z a-z 0-9 . _ -, not starting with . or -)",
+            manymodels_contract::MAX_MODEL_ID_LEN
+        ),
+        engine: None,
+        weight_bytes: None,
+    }
+}
+
+/// What a check learned about a model it accepted.
+struct Checked {
+    engine: &'static str,
+    weight: u64,
+}
+
+/// Everything a model's import shares.
+struct Shared {
+    target: Target,
+    /// `None` with `--no-check`.
+    checker: Option<Checker>,
+    dry_run: bool,
+}
+
+#[derive(Clone)]
+struct Checker {
+    engines: Engines,
+    config: Arc<ScorerConfig>,
+    permits: Arc<Semaphore>,
+}
+
+impl Checker {
+    /// The scorer's checks of a new version: it loads (the native engine if it covers the
+    /// graph, else an ONNX Runtime session), answers a smoke inference on every output, and
+    /// takes the same inputs as the version it would replace (`old`).
+    async fn check(
+        &self,
+        id: &str,
+        version: u64,
+        bytes: Bytes,
+        old: Option<Bytes>,
+    ) -> Result<Checked, String> {
+        let _permit = self.permits.acquire().await.expect("never closed");
+        let (engines, config, id) = (self.engines, self.config.clone(), model_id(id)?);
+        tokio::task::spawn_blocking(move || {
+            let load = |version: u64, bytes: &[u8]| -> Result<LoadedModel, String> {
+                let estimate = config.cache.weigh(bytes.len() as u64);
+                engines.load(id.clone(), version, bytes, estimate)
+            };
+            let old = match old {
+                Some(old) => Some(
+                    load(0, &old).map_err(|e| format!("the live version does not load: {e}"))?,
+                ),
+                None => None,
+            };
+            let model = load(version, &bytes)?;
+            model.vet(old.as_ref())?;
+            let checked = Checked {
+                engine: model.engine.as_str(),
+                weight: model.weight,
+            };
+            Ok(checked)
+        })
+        .await
+        .map_err(|e| format!("the check panicked: {e}"))?
+    }
+}
+
+/// Counters the progress bar shows.
+#[derive(Default)]
+struct Progress {
+    done: AtomicU64,
+    refused: AtomicU64,
+    failed: AtomicU64,
+    skipped: AtomicU64,
+}
+
+pub async fn run(settings: &Settings, args: Args) -> anyhow::Result<bool> {
+    if args.jobs == 0 || args.check_jobs == Some(0) {
+        bail!("--jobs and --check-jobs must be at least 1");
+    }
+    let source = scan(&args.src, args.prefix.as_deref())?;
+    let target = match args.to {
+        Destination::Api => Target::Api(Client::new(settings)?),
+        Destination::Store => {
+            let Some(config) = &settings.store else {
+                bail!(
+                    "--to store needs a store: --store dir:PATH | azure://CONTAINER[/PREFIX] (or MMCTL_STORE, or `store` in the config file)"
+                );
+            };
+            let opened = store::open(config, settings.timeout)
+                .map_err(|e| anyhow::anyhow!("cannot open the store: {e}"))?;
+            let described = opened.describe();
+            Target::Store(opened, described)
+        }
+    };
+    let checker = if args.no_check {
+        None
+    } else {
+        let environment = manymodels_scorer::engine::environment(args.onnxruntime.as_deref())
+            .map_err(|e| anyhow::anyhow!("{e} (or pass --no-check)"))?;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Some(Checker {
+            engines: Engines {
+                environment,
+                native: NativeEngine::Auto,
+            },
+            config: Arc::new(ScorerConfig::for_local_store(".")),
+            permits: Arc::new(Semaphore::new(args.check_jobs.unwrap_or(cores))),
+        })
+    };
+    let files: usize = source.models.values().map(Vec::len).sum();
+    let total_bytes: u64 = source.models.values().flatten().map(|i| i.bytes).sum();
+    let bar = progress_bar(settings.json || args.no_progress, total_bytes);
+    let progress = Arc::new(Progress::default());
+    let context = Arc::new(Shared {
+        target,
+        checker,
+        dry_run: args.dry_run,
+    });
+    let started = Instant::now();
+    let models = source.models.len();
+    let mut records: Vec<Record> = futures::stream::iter(source.models)
+        .map(|(id, items)| {
+            let (context, progress, bar) = (context.clone(), progress.clone(), bar.clone());
+            async move {
+                let records = import_model(&context, &id, items).await;
+                for record in &records {
+                    let counter = match record.outcome {
+                        Outcome::Refused => Some(&progress.refused),
+                        Outcome::Failed => Some(&progress.failed),
+                        Outcome::Skipped => Some(&progress.skipped),
+                        _ => None,
+                    };
+                    if let Some(counter) = counter {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    progress.done.fetch_add(1, Ordering::Relaxed);
+                    bar.inc(record.bytes);
+                }
+                bar.set_message(format!(
+                    "{}/{files} files · {} skipped · {} refused · {} failed",
+                    progress.done.load(Ordering::Relaxed),
+                    progress.skipped.load(Ordering::Relaxed),
+                    progress.refused.load(Ordering::Relaxed),
+                    progress.failed.load(Ordering::Relaxed),
+                ));
+                records
+            }
+        })
+        .buffer_unordered(args.jobs)
+        .flat_map(futures::stream::iter)
+        .collect()
+        .await;
+    bar.finish_and_clear();
+    records.extend(source.invalid);
+    records.sort_by(|a, b| (&a.model, a.version).cmp(&(&b.model, b.version)));
+    let seconds = started.elapsed().as_secs_f64();
+    let count = |o: Outcome| records.iter().filter(|r| r.outcome == o).count();
+    let summary = Summary {
+        source: args.src.display().to_string(),
+        destination: context.target.describe(),
+        dry_run: args.dry_run,
+        models,
+        files: records.len(),
+        published: count(Outcome::Published),
+        would_publish: count(Outcome::WouldPublish),
+        skipped: count(Outcome::Skipped),
+        refused: count(Outcome::Refused),
+        failed: count(Outcome::Failed),
+        bytes: records.iter().map(|r| r.bytes).sum(),
+        published_bytes: records
+            .iter()
+            .filter(|r| r.outcome == Outcome::Published)
+            .map(|r| r.bytes)
+            .sum(),
+        ignored_files: source.ignored,
+        seconds,
+        files_per_second: records.len() as f64 / seconds.max(1e-9),
+    };
+    let all_in = summary.refused == 0 && summary.failed == 0;
+    if let Some(path) = &args.report {
+        let report = serde_json::json!({ "summary": &summary, "models": &records });
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write the report to {}", path.display()))?;
+    }
+    if settings.json {
+        let report = serde_json::json!({ "summary": &summary, "models": &records });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&summary, &records));
+    }
+    Ok(all_in)
+}
+
+fn progress_bar(hidden: bool, total_bytes: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(total_bytes),
+        if hidden {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr_with_hz(4)
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} \
+             {binary_bytes_per_sec} ETA {eta}\n  {msg}",
+        )
+        .expect("a valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(250));
+    bar
+}
+
+/// Imports one model's files in order.
+async fn import_model(context: &Shared, id: &str, items: Vec<Item>) -> Vec<Record> {
+    let mut records = Vec::with_capacity(items.len());
+    let (mut versions, mut live) = match context.target.existing(id).await {
+        Ok(existing) => existing,
+        Err(why) => {
+            return items
+                .into_iter()
+                .map(|item| record(&item, None, Outcome::Failed, why.clone()))
+                .collect();
+        }
+    };
+    let mut digests: HashMap<u64, String> = HashMap::new();
+    for item in items {
+        records.push(import_one(context, &item, &mut versions, &mut live, &mut digests).await);
+    }
+    records
+}
+
+fn record(item: &Item, version: Option<u64>, outcome: Outcome, detail: String) -> Record {
+    Record {
+        model: item.id.clone(),
+        version: version.or(item.version),
+        file: item.path.display().to_string(),
+        bytes: item.bytes,
+        sha256: None,
+        outcome,
+        detail,
+        engine: None,
+        weight_bytes: None,
+    }
+}
+
+async fn import_one(
+    context: &Shared,
+    item: &Item,
+    versions: &mut Vec<u64>,
+    live: &mut Option<u64>,
+    digests: &mut HashMap<u64, String>,
+) -> Record {
+    let bytes = match tokio::fs::read(&item.path).await {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(e) => return record(item, None, Outcome::Refused, format!("cannot read it: {e}")),
+    };
+    let sha = {
+        let bytes = bytes.clone();
+        tokio::task::spawn_blocking(move || store::sha256_hex(&bytes))
+            .await
+            .expect("hashing does not panic")
+    };
+    let mut digest_of = async |version: u64| -> Result<String, String> {
+        if let Some(known) = digests.get(&version) {
+            return Ok(known.clone());
+        }
+        let digest = context.target.digest(&item.id, version).await?;
+        digests.insert(version, digest.clone());
+        Ok(digest)
+    };
+    let with_sha = |mut r: Record| {
+        r.sha256 = Some(sha.clone());
+        r
+    };
+    // Resume: an identical version already there is skipped.
+    let version = match item.version {
+        Some(v) if versions.contains(&v) => {
+            return with_sha(match digest_of(v).await {
+                Ok(d) if d == sha => record(
+                    item,
+                    Some(v),
+                    Outcome::Skipped,
+                    "already in the store".into(),
+                ),
+                Ok(d) => record(
+                    item,
+                    Some(v),
+                    Outcome::Refused,
+                    format!(
+                        "version {v} is already in the store with other content (sha256 {}…, this file {}…)",
+                        &d[..12.min(d.len())],
+                        &sha[..12]
+                    ),
+                ),
+                Err(why) => record(item, Some(v), Outcome::Failed, why),
+            });
+        }
+        Some(v) => v,
+        None => {
+            for &v in versions.iter().rev() {
+                match digest_of(v).await {
+                    Ok(d) if d == sha => {
+                        return with_sha(record(
+                            item,
+                            Some(v),
+                            Outcome::Skipped,
+                            format!("identical to version {v}, already in the store"),
+                        ));
+                    }
+                    Ok(_) => {}
+                    Err(why) => return with_sha(record(item, None, Outcome::Failed, why)),
+                }
+            }
+            versions.last().map_or(1, |v| v + 1)
+        }
+    };
+    let mut checked = None;
+    if let Some(checker) = &context.checker {
+        let old = match *live {
+            Some(live) => match context.target.read(&item.id, live).await {
+                Ok(old) => old,
+                Err(why) => return with_sha(record(item, Some(version), Outcome::Failed, why)),
+            },
+            None => None,
+        };
+        match checker.check(&item.id, version, bytes.clone(), old).await {
+            Ok(c) => checked = Some(c),
+            Err(why) => return with_sha(record(item, Some(version), Outcome::Refused, why)),
+        }
+    }
+    let outcome = if context.dry_run {
+        Ok(Outcome::WouldPublish)
+    } else {
+        match context.target.publish(&item.id, version, bytes).await {
+            Ok(()) => Ok(Outcome::Published),
+            // Someone published this version meanwhile: the same file is a resume.
+            Err(PublishError::Conflict) => match context.target.digest(&item.id, version).await {
+                Ok(d) if d == sha => Err((
+                    Outcome::Skipped,
+                    "already in the store (written meanwhile)".to_string(),
+                )),
+                Ok(_) => Err((
+                    Outcome::Refused,
+                    format!("version {version} was written meanwhile with other content"),
+                )),
+                Err(why) => Err((Outcome::Failed, why)),
+            },
+            Err(PublishError::Refused(why)) => Err((Outcome::Refused, why)),
+            Err(PublishError::Failed(why)) => Err((Outcome::Failed, why)),
+        }
+    };
+    let mut result = match outcome {
+        Ok(outcome) => {
+            if !versions.contains(&version) {
+                versions.push(version);
+                versions.sort_unstable();
+            }
+            digests.insert(version, sha.clone());
+            *live = versions.last().copied();
+            record(item, Some(version), outcome, String::new())
+        }
+        Err((outcome, why)) => record(item, Some(version), outcome, why),
+    };
+    if let Some(checked) = checked {
+        result.engine = Some(checked.engine);
+        result.weight_bytes = Some(checked.weight);
+    }
+    with_sha(result)
+}
+
+fn render(summary: &Summary, records: &[Record]) -> String {
+    let mut out = String::new();
+    let verb = if summary.dry_run {
+        "Dry run: nothing written"
+    } else {
+        "Imported"
+    };
+    out.push_str(&format!(
+        "{verb}: {} files of {} models from {} into {}\n",
+        summary.files, summary.models, summary.source, summary.destination
+    ));
+    let mut table = Table::new(&["OUTCOME", "FILES", "BYTES"]);
+    let bytes_of = |o: Outcome| -> u64 {
+        records
+            .iter()
+            .filter(|r| r.outcome == o)
+            .map(|r| r.bytes)
+            .sum()
+    };
+    for (name, outcome, n) in [
+        ("published", Outcome::Published, summary.published),
+        (
+            "would publish",
+            Outcome::WouldPublish,
+            summary.would_publish,
+        ),
+        ("skipped (already there)", Outcome::Skipped, summary.skipped),
+        ("refused", Outcome::Refused, summary.refused),
+        ("failed", Outcome::Failed, summary.failed),
+    ] {
+        if n > 0 || matches!(outcome, Outcome::Published | Outcome::Refused) {
+            table.row(vec![
+                name.to_string(),
+                n.to_string(),
+                table::bytes(bytes_of(outcome)),
+            ]);
+        }
+    }
+    out.push_str(&table.render());
+    out.push_str(&format!(
+        "{:.1} s, {:.1} files/s, {}/s\n",
+        summary.seconds,
+        summary.files_per_second,
+        table::bytes((summary.bytes as f64 / summary.seconds.max(1e-9)) as u64)
+    ));
+    if !summary.ignored_files.is_empty() {
+        out.push_str(&format!(
+            "ignored {} entries that are neither <id>.onnx nor <id>/<version>/model.onnx, e.g. {}\n",
+            summary.ignored_files.len(),
+            summary.ignored_files[0]
+        ));
+    }
+    let bad: Vec<&Record> = records
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Refused | Outcome::Failed))
+        .collect();
+    if !bad.is_empty() {
+        out.push('\n');
+        let mut table = Table::new(&["MODEL", "VERSION", "OUTCOME", "WHY"]);
+        for r in bad {
+            table.row(vec![
+                r.model.clone(),
+                table::opt(r.version),
+                if r.outcome == Outcome::Refused {
+                    "refused"
+                } else {
+                    "failed"
+                }
+                .to_string(),
+                format!("{} ({})", r.detail, r.file),
+            ]);
+        }
+        out.push_str(&table.render());
+        if summary.failed > 0 {
+            out.push_str("failed imports resume where they stopped: run the same command again\n");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, bytes: &[u8]) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_source_is_flat_files_and_the_store_layout_side_by_side() {
+        let dir = std::env::temp_dir().join(format!("mmctl-scan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        write(&dir.join("a.onnx"), b"a");
+        write(&dir.join("b/2/model.onnx"), b"b2");
+        write(&dir.join("b/1/model.onnx"), b"b1");
+        write(&dir.join("b/alias.json"), b"{}");
+        write(&dir.join("b.onnx"), b"b-next");
+        write(&dir.join("-bad.onnx"), b"x");
+        write(&dir.join("notes.txt"), b"x");
+        write(&dir.join("c/01/model.onnx"), b"leading zero");
+        write(&dir.join("skip-me.onnx"), b"x");
+        let source = scan(&dir, None).unwrap();
+        let b: Vec<Option<u64>> = source.models["b"].iter().map(|i| i.version).collect();
+        assert_eq!(
+            b,
+            [Some(1), Some(2), None],
+            "versions ascending, then the flat file"
+        );
+        assert_eq!(source.models["a"][0].version, None);
+        assert!(!source.models.contains_key("c"));
+        assert_eq!(source.invalid.len(), 1);
+        assert_eq!(source.invalid[0].model, "-bad");
+        assert!(source.ignored.iter().any(|p| p.ends_with("notes.txt")));
+        assert!(source.ignored.iter().any(|p| p.ends_with("01")));
+        let only_b = scan(&dir, Some("b")).unwrap();
+        assert_eq!(only_b.models.keys().collect::<Vec<_>>(), ["b"]);
+        let one = scan(&dir.join("a.onnx"), None).unwrap();
+        assert_eq!(one.models.keys().collect::<Vec<_>>(), ["a"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -82,6 +82,9 @@ pub struct Global {
     /// Blob endpoint (Azurite or a private endpoint)
     #[arg(long, global = true, env = "MMCTL_AZURE_ENDPOINT")]
     pub azure_endpoint: Option<String>,
+    /// Use the Azure Storage emulator (Azurite at AZURITE_BLOB_STORAGE_URL)
+    #[arg(long, global = true, env = "MMCTL_AZURE_EMULATOR")]
+    pub azure_emulator: bool,
     /// Per-request timeout in seconds [default: 30]
     #[arg(long, global = true, env = "MMCTL_TIMEOUT")]
     pub timeout: Option<f64>,
@@ -137,7 +140,10 @@ impl Settings {
             access_key: global.azure_access_key.clone().or(file.azure.access_key),
             sas_token: global.azure_sas_token.clone().or(file.azure.sas_token),
             endpoint: global.azure_endpoint.clone().or(file.azure.endpoint),
-            use_emulator: file.azure.use_emulator,
+            use_emulator: global
+                .azure_emulator
+                .then_some(true)
+                .or(file.azure.use_emulator),
         };
         let store = store.map(|s| parse_store(&s, azure)).transpose()?;
         let seconds = global.timeout.or(file.timeout_seconds).unwrap_or(30.0);
@@ -180,11 +186,7 @@ pub fn parse_store(text: &str, azure: AzureFile) -> anyhow::Result<StoreConfig> 
             "" => String::new(),
             p => format!("{p}/"),
         };
-        let use_emulator = azure.use_emulator.unwrap_or(false)
-            || azure
-                .endpoint
-                .as_deref()
-                .is_some_and(|e| e.contains("127.0.0.1") || e.contains("localhost"));
+        let use_emulator = azure.use_emulator.unwrap_or(false);
         let credential = match (azure.access_key, azure.sas_token) {
             (Some(key), None) => AzureCredential::AccessKey(Secret::new(key)),
             (None, Some(token)) => AzureCredential::SasToken(Secret::new(token)),

@@ -428,7 +428,7 @@ impl Checker {
         id: &str,
         version: u64,
         bytes: Bytes,
-        old: Option<Bytes>,
+        old: Option<(u64, Bytes)>,
     ) -> Result<Checked, String> {
         let _permit = self.permits.acquire().await.expect("never closed");
         let (engines, config, id) = (self.engines, self.config.clone(), model_id(id)?);
@@ -438,8 +438,9 @@ impl Checker {
                 engines.load(id.clone(), version, bytes, estimate)
             };
             let old = match old {
-                Some(old) => Some(
-                    load(0, &old).map_err(|e| format!("the live version does not load: {e}"))?,
+                Some((live, old)) => Some(
+                    load(live, &old)
+                        .map_err(|e| format!("the live version {live} does not load: {e}"))?,
                 ),
                 None => None,
             };
@@ -615,9 +616,9 @@ async fn import_model(context: &Shared, id: &str, items: Vec<Item>) -> Vec<Recor
                 .collect();
         }
     };
-    let mut digests: HashMap<u64, String> = HashMap::new();
+    let mut known = Known::default();
     for item in items {
-        records.push(import_one(context, &item, &mut versions, &mut live, &mut digests).await);
+        records.push(import_one(context, &item, &mut versions, &mut live, &mut known).await);
     }
     records
 }
@@ -636,13 +637,23 @@ fn record(item: &Item, version: Option<u64>, outcome: Outcome, detail: String) -
     }
 }
 
+/// What an import has learned about one model's versions: digests read from the
+/// destination, and the bytes of the version it just published (or, in a dry run, would
+/// have), against which the model's next file is checked.
+#[derive(Default)]
+struct Known {
+    digests: HashMap<u64, String>,
+    published: Option<(u64, Bytes)>,
+}
+
 async fn import_one(
     context: &Shared,
     item: &Item,
     versions: &mut Vec<u64>,
     live: &mut Option<u64>,
-    digests: &mut HashMap<u64, String>,
+    known: &mut Known,
 ) -> Record {
+    let digests = &mut known.digests;
     let bytes = match tokio::fs::read(&item.path).await {
         Ok(bytes) => Bytes::from(bytes),
         Err(e) => return record(item, None, Outcome::Refused, format!("cannot read it: {e}")),
@@ -710,8 +721,11 @@ async fn import_one(
     let mut checked = None;
     if let Some(checker) = &context.checker {
         let old = match *live {
+            Some(live) if known.published.as_ref().is_some_and(|p| p.0 == live) => {
+                known.published.clone()
+            }
             Some(live) => match context.target.read(&item.id, live).await {
-                Ok(old) => old,
+                Ok(old) => old.map(|old| (live, old)),
                 Err(why) => return with_sha(record(item, Some(version), Outcome::Failed, why)),
             },
             None => None,
@@ -724,7 +738,7 @@ async fn import_one(
     let outcome = if context.dry_run {
         Ok(Outcome::WouldPublish)
     } else {
-        match context.target.publish(&item.id, version, bytes).await {
+        match context.target.publish(&item.id, version, bytes.clone()).await {
             Ok(()) => Ok(Outcome::Published),
             // Someone published this version meanwhile: the same file is a resume.
             Err(PublishError::Conflict) => match context.target.digest(&item.id, version).await {
@@ -748,8 +762,11 @@ async fn import_one(
                 versions.push(version);
                 versions.sort_unstable();
             }
-            digests.insert(version, sha.clone());
+            known.digests.insert(version, sha.clone());
             *live = versions.last().copied();
+            if *live == Some(version) {
+                known.published = Some((version, bytes));
+            }
             record(item, Some(version), outcome, String::new())
         }
         Err((outcome, why)) => record(item, Some(version), outcome, why),

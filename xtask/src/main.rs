@@ -148,8 +148,9 @@ fn run(task: Task) -> Result<()> {
 }
 
 fn test(args: &[String]) -> Result<()> {
-    // chromium: the status page is checked in a real headless browser.
-    setup::tools(&["cmake", "chromium"])?;
+    // chromium: the status page is checked in a real headless browser; tmux: `mmctl top`
+    // is checked in a real terminal.
+    setup::tools(&["cmake", "chromium", "tmux"])?;
     setup::onnxruntime()?;
     setup::python_test_deps()?;
     let azurite = setup::azurite()?;

@@ -54,7 +54,11 @@ pub const ADMIN_STATUS: ModelRoute = ModelRoute("/v2/mm/models/{id}");
 pub const ADMIN_REFRESH: ModelRoute = ModelRoute("/v2/mm/models/{id}/refresh");
 pub const ADMIN_PIN: ModelRoute = ModelRoute("/v2/mm/models/{id}/pin");
 pub const ADMIN_UNPIN: ModelRoute = ModelRoute("/v2/mm/models/{id}/unpin");
+/// `PUT` publishes the body as the version; `GET` answers its digest (`{"model",
+/// "version", "bytes", "sha256"}`).
 pub const ADMIN_PUBLISH: VersionRoute = VersionRoute("/v2/mm/models/{id}/versions/{version}");
+/// `GET`: why the model is or is not in this scorer's memory.
+pub const ADMIN_EXPLAIN: ModelRoute = ModelRoute("/v2/mm/models/{id}/explain");
 /// `GET` shows, `PUT` sets (`{"version": v, "percent": p}`), `DELETE` drops the model's
 /// canary (`<id>/canary.json` in the store).
 pub const ADMIN_CANARY: ModelRoute = ModelRoute("/v2/mm/models/{id}/canary");
@@ -81,6 +85,7 @@ mod tests {
         assert_eq!(ADMIN_PUBLISH.path("a", 3), "/v2/mm/models/a/versions/3");
         assert_eq!(ADMIN_STATUS.template(), "/v2/mm/models/{id}");
         assert_eq!(ADMIN_CANARY.path("a"), "/v2/mm/models/a/canary");
+        assert_eq!(ADMIN_EXPLAIN.path("a"), "/v2/mm/models/a/explain");
         assert_eq!(
             ADMIN_CANARY_PROMOTE.path("a"),
             "/v2/mm/models/a/canary/promote"

@@ -1,5 +1,5 @@
-//! The routes the proxy answers from its own state: health, metrics, the pool view and
-//! the status page.
+//! The routes the proxy answers from its own state: health, metrics, the pool view, one
+//! model's placement and the status page.
 
 use bytes::Bytes;
 use serde_json::json;
@@ -32,6 +32,7 @@ impl Proxy {
                 body: Bytes::from(self.render_metrics()),
             },
             Route::PoolView => Reply::json(200, &self.stats.view(&self.pool)),
+            Route::PoolModel { id } => Reply::json(200, &self.stats.placement(&self.pool, id)),
             Route::Status => Reply {
                 status: 200,
                 content_type: "text/html; charset=utf-8",

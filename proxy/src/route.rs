@@ -18,6 +18,9 @@ pub enum Route {
     Metrics,
     /// `GET /v2/mm/pool`: the pool view (JSON).
     PoolView,
+    /// `GET /v2/mm/pool/models/{id}`: where one model lives from this proxy's view (its
+    /// rendezvous ranking, which scorers hold it hot, its rate), answered locally.
+    PoolModel { id: String },
     /// `GET /status`: the status page (HTML).
     Status,
     /// A request about one model (admin calls included), forwarded to the scorer chosen
@@ -56,6 +59,11 @@ pub enum Action {
     Unpin,
     /// `PUT /v2/admin/models/{id}/versions/{v}`: a model upload.
     Publish { version: u64 },
+    /// `GET /v2/admin/models/{id}/versions/{v}`: the version's size and SHA-256.
+    VersionDigest { version: u64 },
+    /// `GET /v2/admin/models/{id}/explain`: why the model is or is not in the memory of
+    /// the scorer that answers (the one it ranks first, as for its requests).
+    Explain,
     /// `GET /v2/admin/models/{id}/canary`.
     CanaryShow,
     /// `PUT /v2/admin/models/{id}/canary`: body `{"version": v, "percent": p}`.
@@ -117,7 +125,11 @@ impl Action {
             Action::Refresh => scorer::ADMIN_REFRESH.path(id),
             Action::Pin => scorer::ADMIN_PIN.path(id),
             Action::Unpin => scorer::ADMIN_UNPIN.path(id),
-            Action::Publish { version } => scorer::ADMIN_PUBLISH.path(id, version),
+            // One scorer route: `PUT` publishes, `GET` answers the digest.
+            Action::Publish { version } | Action::VersionDigest { version } => {
+                scorer::ADMIN_PUBLISH.path(id, version)
+            }
+            Action::Explain => scorer::ADMIN_EXPLAIN.path(id),
             Action::CanaryShow | Action::CanarySet | Action::CanaryDrop => {
                 scorer::ADMIN_CANARY.path(id)
             }
@@ -158,6 +170,9 @@ pub fn classify(
         ("GET", contract::route::READY) => return Route::Ready,
         ("GET", contract::route::METRICS) => return Route::Metrics,
         ("GET", "/v2/mm/pool") => return Route::PoolView,
+        ("GET", _) if path.starts_with(POOL_MODELS) => {
+            return pool_model(&path[POOL_MODELS.len()..]);
+        }
         ("GET", "/status") => return Route::Status,
         ("GET", contract::route::SERVER_METADATA) => {
             return Route::AnyScorer {
@@ -198,6 +213,21 @@ pub fn classify(
     }
 }
 
+/// The prefix of the local placement route, `GET /v2/mm/pool/models/{id}`.
+const POOL_MODELS: &str = "/v2/mm/pool/models/";
+
+/// `GET /v2/mm/pool/models/{id}`: a valid id (decoded as every path's), nothing after it.
+fn pool_model(rest: &str) -> Route {
+    if rest.contains('/') {
+        return Route::NotFound;
+    }
+    let id = percent_decode(rest);
+    if !valid_model_id(&id) {
+        return Route::Invalid(format!("invalid model id '{}'", cut(&id)));
+    }
+    Route::PoolModel { id }
+}
+
 /// The three path areas that name a model after their prefix.
 enum Area {
     Inference,
@@ -231,9 +261,10 @@ fn repository(method: &str, tail: &str) -> Option<Action> {
     }
 }
 
-/// The admin API: every call (version status, publish, pin, unpin, refresh, canaries) is
-/// forwarded to a scorer's `/v2/mm/models/...`, which writes the store: the proxy keeps no
-/// model state of its own.
+/// The admin API: every call (version status, publish, a version's digest, pin, unpin,
+/// refresh, canaries, a model's explanation) is forwarded to a scorer's
+/// `/v2/mm/models/...`, which reads or writes the store: the proxy keeps no model state of
+/// its own.
 fn admin(method: &str, id: String, tail: &str) -> Route {
     let model = |action| Route::Model {
         id: id.clone(),
@@ -248,9 +279,11 @@ fn admin(method: &str, id: String, tail: &str) -> Route {
         ("PUT", "canary") => model(Action::CanarySet),
         ("DELETE", "canary") => model(Action::CanaryDrop),
         ("POST", "canary/promote") => model(Action::CanaryPromote),
-        ("PUT", tail) => match tail.strip_prefix("versions/") {
+        ("GET", "explain") => model(Action::Explain),
+        ("PUT" | "GET", tail) => match tail.strip_prefix("versions/") {
             Some(v) => match version(v) {
-                Ok(version) => model(Action::Publish { version }),
+                Ok(version) if method == "PUT" => model(Action::Publish { version }),
+                Ok(version) => model(Action::VersionDigest { version }),
                 Err(message) => Route::Invalid(message),
             },
             None => Route::NotFound,

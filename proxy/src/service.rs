@@ -192,6 +192,8 @@ impl Proxy {
             }
             // The pool view names the hottest models of every tenant.
             Route::PoolView => self.authorize(session, false, Reach::AllModels),
+            // One model's placement: a key scoped to model-id prefixes sees only its own.
+            Route::PoolModel { id } => self.authorize(session, false, Reach::Model(id)),
             _ => Ok(()),
         }
     }

@@ -252,6 +252,43 @@ impl Statistics {
     }
 }
 
+impl Statistics {
+    /// Where `model` lives from this proxy's view (`/v2/mm/pool/models/{id}`): every
+    /// member in the model's rendezvous order (the first is its owner), whether this proxy
+    /// believes each holds it hot (a recent answer for it, `Pool::hot`), and the pool-wide
+    /// rate this proxy counts for it (`null` when it is not among the models tracked
+    /// exactly: a sketch estimate would only bound it from above).
+    pub fn placement(&self, pool: &Pool, model: &str) -> Value {
+        let members = members(pool);
+        let ranked = rank(model, members.iter().map(|(n, _, _)| n.as_str()));
+        let ranking: Vec<Value> = ranked
+            .iter()
+            .filter_map(|name| members.iter().find(|(n, _, _)| n == name))
+            .map(|(name, addr, healthy)| {
+                json!({
+                    "name": name,
+                    "addr": addr,
+                    "healthy": healthy,
+                    "hot": pool.hot.holds(model, name),
+                })
+            })
+            .collect();
+        let rate = self
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .hot()
+            .find(|(k, _)| &***k == model)
+            .map(|(_, rate)| rate);
+        json!({
+            "model": model,
+            "owner": ranked.first(),
+            "ranking": ranking,
+            "rate": rate,
+        })
+    }
+}
+
 /// (name, address, healthy) of every scorer in the pool.
 fn members(pool: &Pool) -> Vec<(String, String, bool)> {
     let backends = pool.lb.backends().get_backend();

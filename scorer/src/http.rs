@@ -19,8 +19,8 @@ mod admin;
 mod keys;
 
 use admin::{
-    admin_canary, admin_drop_canary, admin_pin, admin_promote_canary, admin_publish, admin_refresh,
-    admin_set_canary, admin_status, admin_unpin,
+    admin_canary, admin_digest, admin_drop_canary, admin_explain, admin_pin, admin_promote_canary,
+    admin_publish, admin_refresh, admin_set_canary, admin_status, admin_unpin,
 };
 use keys::KeyCheck;
 
@@ -61,6 +61,7 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
         .route(route::ADMIN_REFRESH.template(), post(admin_refresh))
         .route(route::ADMIN_PIN.template(), post(admin_pin))
         .route(route::ADMIN_UNPIN.template(), post(admin_unpin))
+        .route(route::ADMIN_EXPLAIN.template(), get(admin_explain))
         .route(
             route::ADMIN_CANARY.template(),
             get(admin_canary)
@@ -73,7 +74,9 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
         )
         .route(
             route::ADMIN_PUBLISH.template(),
-            axum::routing::put(admin_publish).layer(DefaultBodyLimit::max(max_upload)),
+            axum::routing::put(admin_publish)
+                .layer(DefaultBodyLimit::max(max_upload))
+                .get(admin_digest),
         )
         .route(route::STATS, axum::routing::put(stats_push))
         .route(route::METRICS, get(metrics))

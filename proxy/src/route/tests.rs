@@ -80,6 +80,11 @@ fn every_action_maps_to_the_scorer_route_it_came_from() {
         (Action::CanarySet, "/v2/mm/models/m/canary"),
         (Action::CanaryDrop, "/v2/mm/models/m/canary"),
         (Action::CanaryPromote, "/v2/mm/models/m/canary/promote"),
+        (
+            Action::VersionDigest { version: 4 },
+            "/v2/mm/models/m/versions/4",
+        ),
+        (Action::Explain, "/v2/mm/models/m/explain"),
     ];
     for (action, path) in cases {
         assert_eq!(action.path("m"), path, "{action:?}");
@@ -111,6 +116,14 @@ fn admin_flags_follow_the_action() {
         assert!(action.admin() && action.changes_versions(), "{action:?}");
     }
     assert!(Action::CanaryShow.admin() && !Action::CanaryShow.changes_versions());
+    // Reading a digest or an explanation is an admin call that changes nothing.
+    for action in [Action::VersionDigest { version: 1 }, Action::Explain] {
+        assert!(action.admin(), "{action:?}");
+        assert!(
+            !action.changes_versions() && !action.is_upload(),
+            "{action:?}"
+        );
+    }
     assert!(Action::Publish { version: 1 }.is_upload());
     assert!(!Action::Pin.is_upload());
 }
@@ -277,7 +290,32 @@ fn the_proxy_answers_health_and_metrics_and_forwards_admin_calls() {
         assert_eq!(route, model("s", action));
         assert_eq!(route.model(), Some("s"));
     }
-    for (method, tail) in [("POST", "canary"), ("GET", "canary/promote")] {
+    // A version's digest is a GET on the publish path; the explanation has its own.
+    assert_eq!(
+        get("/v2/admin/models/store-1/versions/3"),
+        model("store-1", Action::VersionDigest { version: 3 })
+    );
+    assert_eq!(
+        get("/v2/admin/models/store-1/explain"),
+        model("store-1", Action::Explain)
+    );
+    for bad in ["0", "01", "x", ""] {
+        assert!(
+            matches!(
+                get(&format!("/v2/admin/models/s/versions/{bad}")),
+                Route::Invalid(_)
+            ),
+            "{bad}"
+        );
+    }
+    for (method, tail) in [
+        ("POST", "canary"),
+        ("GET", "canary/promote"),
+        ("POST", "explain"),
+        ("DELETE", "versions/3"),
+        ("POST", "versions/3"),
+        ("GET", "explain/more"),
+    ] {
         let route = classify(method, &format!("/v2/admin/models/s/{tail}"), None, None);
         assert_eq!(route, Route::NotFound, "{method} {tail}");
     }
@@ -289,6 +327,31 @@ fn the_proxy_answers_health_and_metrics_and_forwards_admin_calls() {
         classify("DELETE", "/v2/admin/models/store-1/pin", None, None),
         Route::NotFound
     );
+}
+
+#[test]
+fn the_placement_route_is_local_and_checks_its_id() {
+    assert_eq!(
+        get("/v2/mm/pool/models/store-1"),
+        Route::PoolModel {
+            id: "store-1".into()
+        }
+    );
+    assert_eq!(
+        get("/v2/mm/pool/models/a%2Db"),
+        Route::PoolModel { id: "a-b".into() }
+    );
+    // Local: it names no scorer route, so nothing is forwarded or counted for the model.
+    assert_eq!(get("/v2/mm/pool/models/store-1").model(), None);
+    for bad in ["..%2Fx", "", ".hidden", "a%2Fb"] {
+        assert!(
+            matches!(get(&format!("/v2/mm/pool/models/{bad}")), Route::Invalid(_)),
+            "{bad}"
+        );
+    }
+    assert_eq!(get("/v2/mm/pool/models/a/b"), Route::NotFound);
+    assert_eq!(post("/v2/mm/pool/models/a"), Route::NotFound);
+    assert_eq!(get("/v2/mm/pool/"), Route::NotFound);
 }
 
 #[test]

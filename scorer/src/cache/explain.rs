@@ -1,11 +1,14 @@
-//! What the cache shows: the summary a statistics push is answered with, and the explain
-//! view (every resident with its priority, the pool's hottest models for this scorer).
+//! What the cache shows: the summary a statistics push is answered with, the explain
+//! view (every resident with its priority, the pool's hottest models for this scorer), and
+//! one model's explanation (why it is or is not in memory here).
 
 use serde::Serialize;
 
-use super::ModelCache;
-use super::resident::EVICTION_LOG;
-use crate::engine::Engine;
+use super::resident::{EVICTION_LOG, Resident};
+use super::{ModelCache, ModelKey, Reason, store_error};
+use crate::engine::{Engine, LoadedModel};
+use crate::error::ScorerError;
+use crate::model_id::ModelId;
 pub use manymodels_contract::CacheSummary;
 
 impl ModelCache {
@@ -55,20 +58,7 @@ impl ModelCache {
         let resident = state
             .residents()
             .into_iter()
-            .map(|(r, idle_seconds)| ResidentView {
-                engine: state
-                    .model(&r.key)
-                    .map(|m| m.engine.as_str())
-                    .unwrap_or("loading"),
-                model: r.key.id.to_string(),
-                version: r.key.version,
-                bytes: r.bytes,
-                load_seconds: r.load_seconds,
-                priority: r.priority,
-                idle_seconds,
-                rate: r.local_rate,
-                pool_rate: r.pool_rate,
-            })
+            .map(|(r, idle_seconds)| ResidentView::of(&state, r, idle_seconds))
             .collect();
         let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         let mut top: Vec<(String, f64)> = pool.combined().into_iter().collect();
@@ -89,6 +79,196 @@ impl ModelCache {
                 })
                 .collect(),
         }
+    }
+}
+
+impl ModelCache {
+    /// Why `id` is or is not in this scorer's memory: its versions in the store, each
+    /// resident version with its place in the eviction order, the pool's rate for it (when
+    /// it is in this scorer's share), its recent evictions, whether the policy would refuse
+    /// it again and whether a load is in flight, summed up in one sentence.
+    /// `ModelNotFound` when the store has no version of it.
+    pub async fn explain_model(&self, id: &ModelId) -> Result<ModelExplain, ScorerError> {
+        let stored = self.store.model_state(id).await.map_err(store_error)?;
+        if stored.versions.is_empty() {
+            return Err(ScorerError::ModelNotFound(id.to_string()));
+        }
+        let loading = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .any(|k| k.id == *id);
+        let now = self.now();
+        // The resident set's lock, then the pool's, in the order `explain` takes them.
+        let state = self.state();
+        let residents = state.residents();
+        let count = residents.len();
+        let resident: Vec<RankedResident> = residents
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (r, _))| r.key.id == *id)
+            .map(|(rank, (r, idle_seconds))| RankedResident {
+                view: ResidentView::of(&state, r, idle_seconds),
+                evict_rank: rank,
+                residents: count,
+            })
+            .collect();
+        let evictions: Vec<ModelEviction> = state
+            .evictions()
+            .iter()
+            .rev()
+            .filter(|e| e.model == id.as_str())
+            .map(|e| ModelEviction {
+                version: e.version,
+                reason: e.reason,
+                bytes: e.bytes,
+                seconds_ago: (now - e.at).max(0.0),
+            })
+            .collect();
+        let refused_again = state.policy().refuses_again(id);
+        let pool_rate = self
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .combined()
+            .get(id.as_str())
+            .copied();
+        drop(state);
+        let mut explain = ModelExplain {
+            model: id.to_string(),
+            live: stored.live(),
+            versions: stored.versions,
+            resident,
+            pool_rate,
+            in_share: pool_rate.is_some(),
+            evictions,
+            refused_again,
+            loading,
+            verdict: String::new(),
+        };
+        explain.verdict = explain.verdict();
+        Ok(explain)
+    }
+}
+
+impl ResidentView {
+    /// One resident as the views show it (`engine` from the model in the set).
+    fn of(
+        state: &Resident<LoadedModel>,
+        r: manymodels_policy::Resident<ModelKey>,
+        idle_seconds: f64,
+    ) -> Self {
+        ResidentView {
+            engine: state
+                .model(&r.key)
+                .map(|m| m.engine.as_str())
+                .unwrap_or("loading"),
+            model: r.key.id.to_string(),
+            version: r.key.version,
+            bytes: r.bytes,
+            load_seconds: r.load_seconds,
+            priority: r.priority,
+            idle_seconds,
+            rate: r.local_rate,
+            pool_rate: r.pool_rate,
+        }
+    }
+}
+
+/// One model's explanation (`GET /v2/mm/models/{id}/explain`).
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelExplain {
+    pub model: String,
+    /// The version requests without a version get, by the store (the pin, else the
+    /// highest).
+    pub live: Option<u64>,
+    /// In the store, ascending.
+    pub versions: Vec<u64>,
+    /// Its versions in memory here.
+    pub resident: Vec<RankedResident>,
+    /// The pool-wide rate (req/s) the proxies pushed for it: `None` when it is not in
+    /// this scorer's share (no proxy counts it hot, or it ranks elsewhere).
+    pub pool_rate: Option<f64>,
+    pub in_share: bool,
+    /// Its evictions still in the log, newest first.
+    pub evictions: Vec<ModelEviction>,
+    /// Refused by its last admission, and would be again now: warm-ups skip it.
+    pub refused_again: bool,
+    /// A load of one of its versions is in flight.
+    pub loading: bool,
+    /// The above in one sentence.
+    pub verdict: String,
+}
+
+/// A resident version of the explained model and its place in the eviction order.
+#[derive(Clone, Debug, Serialize)]
+pub struct RankedResident {
+    #[serde(flatten)]
+    pub view: ResidentView,
+    /// 0: the next to be evicted.
+    pub evict_rank: usize,
+    /// How many models this scorer holds (the eviction order's length).
+    pub residents: usize,
+}
+
+/// An eviction of the explained model.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelEviction {
+    pub version: u64,
+    pub reason: Reason,
+    pub bytes: u64,
+    pub seconds_ago: f64,
+}
+
+impl ModelExplain {
+    /// One sentence for people: in memory (and how close to eviction), loading, or why
+    /// not.
+    fn verdict(&self) -> String {
+        let refused = if self.refused_again {
+            "; the policy would refuse it again, so warm-ups skip it"
+        } else {
+            ""
+        };
+        if let Some(r) = self.resident.first() {
+            let order = match r.evict_rank {
+                0 => "it is the next to be evicted".to_string(),
+                n => format!(
+                    "{n} of the {} residents would be evicted before it",
+                    r.residents
+                ),
+            };
+            return format!(
+                "In memory: version {} on {}, {order}.",
+                r.view.version, r.view.engine
+            );
+        }
+        if self.loading {
+            return "Not in memory yet: a load is in flight.".into();
+        }
+        let share = match self.pool_rate {
+            Some(rate) => format!(
+                "it is in this scorer's share at {rate:.2} req/s, so a warm-up loads it when there is free room"
+            ),
+            None => "it is not in this scorer's share of the pool's hot models".into(),
+        };
+        let Some(last) = self.evictions.first() else {
+            return format!(
+                "Not in memory: not requested here since the scorer started or its evictions left the log; {share}{refused}."
+            );
+        };
+        let why = match last.reason {
+            Reason::Capacity => "evicted to make room for models of higher priority",
+            Reason::NotAdmitted => {
+                "loaded for its requests but not kept, every resident being worth more"
+            }
+            Reason::Unload => "unloaded through the repository API",
+            Reason::Replaced => "replaced when the live version moved on",
+        };
+        format!(
+            "Not in memory: version {} was {why} {:.0} s ago; {share}{refused}.",
+            last.version, last.seconds_ago
+        )
     }
 }
 
@@ -171,5 +351,80 @@ mod tests {
         let gone: Vec<&str> = summary.evictions.iter().map(|e| e.model.as_str()).collect();
         assert_eq!(gone, ["forest", "small"], "newest first");
         assert!(summary.evictions.iter().all(|e| e.reason == Reason::Unload));
+    }
+
+    /// One model's explanation follows it in and out of memory: resident with its place
+    /// in the eviction order, then evicted with the reason, and not found for a model the
+    /// store does not have.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_model_explanation_follows_it_in_and_out_of_memory() {
+        let store = Store::new();
+        store.put("small", 1, &demo("linear-small"));
+        store.put("small", 2, &demo("linear-small"));
+        store.put("forest", 1, &demo("forest-1mb"));
+        let scorer = scorer(&store, |_| {});
+        let cache = &scorer.cache;
+        let cold = cache.explain_model(&id("small")).await.unwrap();
+        assert_eq!(cold.versions, [1, 2]);
+        assert_eq!(cold.live, Some(2));
+        assert!(cold.resident.is_empty() && cold.evictions.is_empty());
+        assert!(!cold.loading && !cold.in_share && cold.pool_rate.is_none());
+        assert!(
+            cold.verdict.starts_with("Not in memory"),
+            "{}",
+            cold.verdict
+        );
+
+        cache.get(&id("small"), None).await.unwrap();
+        cache.get(&id("forest"), None).await.unwrap();
+        cache
+            .apply_stats(
+                manymodels_policy::StatsReport {
+                    proxy: "p".into(),
+                    models: vec![("small".into(), 4.0)],
+                },
+                usize::MAX,
+            )
+            .unwrap();
+        let warm = cache.explain_model(&id("small")).await.unwrap();
+        assert_eq!(warm.resident.len(), 1);
+        let r = &warm.resident[0];
+        assert_eq!(
+            (r.view.version, r.view.engine, r.residents),
+            (2, "native", 2)
+        );
+        // Its rank is its place in the whole view's lowest-priority-first order.
+        let order: Vec<String> = cache
+            .explain(0)
+            .resident
+            .iter()
+            .map(|r| r.model.clone())
+            .collect();
+        assert_eq!(order[r.evict_rank], "small");
+        assert_eq!((warm.pool_rate, warm.in_share), (Some(4.0), true));
+        assert!(
+            warm.verdict.starts_with("In memory: version 2"),
+            "{}",
+            warm.verdict
+        );
+
+        cache.unload(&id("small")).await;
+        let gone = cache.explain_model(&id("small")).await.unwrap();
+        assert!(gone.resident.is_empty());
+        assert_eq!(gone.evictions.len(), 1);
+        assert_eq!(
+            (gone.evictions[0].version, gone.evictions[0].reason),
+            (2, Reason::Unload)
+        );
+        assert!(gone.verdict.contains("unloaded"), "{}", gone.verdict);
+        // The other model's evictions are not this one's.
+        let forest = cache.explain_model(&id("forest")).await.unwrap();
+        assert!(forest.evictions.is_empty() && forest.resident.len() == 1);
+
+        let missing = cache.explain_model(&id("absent")).await.unwrap_err();
+        assert!(
+            matches!(missing, crate::error::ScorerError::ModelNotFound(_)),
+            "{missing}"
+        );
     }
 }

@@ -54,7 +54,9 @@ use tokio::sync::{Notify, OnceCell, Semaphore};
 use bounds::Waiting;
 pub use canary::CanaryStatus;
 use canary::Split;
-pub use explain::{CacheSummary, Explain, HotModel, ResidentView};
+pub use explain::{
+    CacheSummary, Explain, HotModel, ModelEviction, ModelExplain, RankedResident, ResidentView,
+};
 pub(crate) use ledger::trim_heap;
 use ledger::{Ledger, Reservation};
 use loader::{LoadThreads, Phase};

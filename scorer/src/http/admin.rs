@@ -1,5 +1,6 @@
 //! The scorer's admin routes (`/v2/mm/models/{id}...`), which the proxy forwards its
-//! admin API to: version status, refresh, pin, unpin, publish and the canary's.
+//! admin API to: version status, refresh, pin, unpin, publish, a version's digest, the
+//! canary's, and one model's explanation.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use super::{Shared, Target, body, body_within, finish, model_call, model_id, tar
 use crate::Scorer;
 use crate::error::ScorerError;
 use crate::model_id::ModelId;
+use crate::store::StoreError;
 
 /// The model id of an admin route, read only after the admin key was checked.
 pub(super) struct Admin(Result<ModelId, ScorerError>);
@@ -102,6 +104,61 @@ pub(super) async fn admin_publish(
     }
     .await;
     finish(&scorer, "admin", result)
+}
+
+/// A version's size and SHA-256, from the store (`store::ModelStore::digest`); 404 when
+/// the model has no such version.
+pub(super) async fn admin_digest(
+    State(scorer): Shared,
+    headers: axum::http::HeaderMap,
+    path: Result<Path<Target>, PathRejection>,
+) -> Response {
+    let result = async {
+        admin_authorized(&scorer, &headers)?;
+        let (id, version) = target(path)?;
+        let version =
+            version.ok_or_else(|| ScorerError::invalid("the digest route needs a version"))?;
+        let digest =
+            scorer
+                .cache
+                .store()
+                .digest(&id, version)
+                .await
+                .map_err(|error| match error {
+                    StoreError::NotFound => ScorerError::VersionNotFound {
+                        id: id.to_string(),
+                        version: version.to_string(),
+                    },
+                    other => ScorerError::Store(other.to_string()),
+                })?;
+        Ok(axum::Json(json!({
+            "model": id.as_str(),
+            "version": version,
+            "bytes": digest.bytes,
+            "sha256": digest.sha256,
+        }))
+        .into_response())
+    }
+    .await;
+    finish(&scorer, "admin", result)
+}
+
+/// Why the model is or is not in this scorer's memory (`ModelCache::explain_model`),
+/// with this scorer's name as in `x-mm-scorer`.
+pub(super) async fn admin_explain(State(scorer): Shared, Admin(id): Admin) -> Response {
+    model_call(scorer, "admin", id, |scorer, id| async move {
+        #[derive(serde::Serialize)]
+        struct Named {
+            scorer: String,
+            #[serde(flatten)]
+            explain: crate::cache::ModelExplain,
+        }
+        Ok(Named {
+            scorer: scorer.config.display_name(),
+            explain: scorer.cache.explain_model(&id).await?,
+        })
+    })
+    .await
 }
 
 /// The largest canary body read: `{"version": N, "percent": P}` needs a few bytes.

@@ -8,16 +8,22 @@ use futures::TryStreamExt;
 use manymodels_config::scorer::{AzureCredential, AzureStoreConfig};
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+use object_store::{
+    Attribute, Attributes, GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+};
 
 use super::{
-    ALIAS_FILE, Alias, CANARY_FILE, Canary, MODEL_FILE, ModelState, ModelStore, StoreError,
-    parse_version,
+    ALIAS_FILE, Alias, CANARY_FILE, Canary, Digest, MODEL_FILE, ModelState, ModelStore, StoreError,
+    is_sha256_hex, parse_version,
 };
 use crate::model_id::{self, ModelId};
 
 /// The small files beside a model's versions, read in its look-up.
 const SMALL_FILES: [&str; 2] = [ALIAS_FILE, CANARY_FILE];
+
+/// The blob user metadata (`x-ms-meta-mm_sha256`) in which `write_version` keeps a
+/// version's SHA-256, so its digest is one `HEAD` rather than a download.
+pub const SHA256_METADATA: &str = "mm_sha256";
 
 /// A small blob read before (`alias.json`, `canary.json` of a model): its ETag and bytes.
 type Known = (String, Bytes);
@@ -102,6 +108,12 @@ impl AzureStore {
         })
     }
 
+    /// The object_store client, for tests that put blobs as another tool would.
+    #[cfg(test)]
+    pub(super) fn client(&self) -> &MicrosoftAzure {
+        &self.client
+    }
+
     fn path(&self, rest: &str) -> Path {
         Path::from(format!("{}{rest}", self.prefix))
     }
@@ -166,6 +178,13 @@ impl AzureStore {
             }
         }
     }
+}
+
+/// The digest of `bytes`, computed on a blocking thread (a large model takes a while).
+async fn hash_off_the_runtime(bytes: Bytes) -> Result<Digest, StoreError> {
+    tokio::task::spawn_blocking(move || Digest::of(&bytes))
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("hashing the version: {e}")))
 }
 
 fn unavailable(error: object_store::Error) -> StoreError {
@@ -267,11 +286,51 @@ impl ModelStore for AzureStore {
         bytes: Bytes,
     ) -> Result<(), StoreError> {
         let path = self.path(&format!("{id}/{version}/{MODEL_FILE}"));
+        let sha256 = hash_off_the_runtime(bytes.clone()).await?.sha256;
+        let options = PutOptions {
+            mode: PutMode::Create,
+            attributes: Attributes::from_iter([(
+                Attribute::Metadata(SHA256_METADATA.into()),
+                sha256,
+            )]),
+            ..PutOptions::default()
+        };
         self.client
-            .put_opts(&path, PutPayload::from(bytes), PutMode::Create.into())
+            .put_opts(&path, PutPayload::from(bytes), options)
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn digest(&self, id: &ModelId, version: u64) -> Result<Digest, StoreError> {
+        let path = self.path(&format!("{id}/{version}/{MODEL_FILE}"));
+        // object_store returns Azure's `x-ms-meta-*` headers as `Attribute::Metadata` (its
+        // Azure client's `user_defined_metadata_prefix`), on a `HEAD` as on a `GET`.
+        let head = self
+            .client
+            .get_opts(
+                &path,
+                GetOptions {
+                    head: true,
+                    ..GetOptions::default()
+                },
+            )
+            .await
+            .map_err(unavailable)?;
+        let stored = head
+            .attributes
+            .get(&Attribute::Metadata(SHA256_METADATA.into()))
+            .map(|value| value.as_ref().to_string())
+            .filter(|sha256| is_sha256_hex(sha256));
+        if let Some(sha256) = stored {
+            return Ok(Digest {
+                bytes: head.meta.size,
+                sha256,
+            });
+        }
+        // Uploaded by another tool, without the metadata: read it and hash it.
+        let bytes = self.read(id, version).await?;
+        hash_off_the_runtime(bytes).await
     }
 
     async fn write_alias(&self, id: &ModelId, pinned: Option<u64>) -> Result<(), StoreError> {

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    ALIAS_FILE, Alias, CANARY_FILE, Canary, MODEL_FILE, ModelState, ModelStore, StoreError,
-    parse_version,
+    ALIAS_FILE, Alias, CANARY_FILE, Canary, Digest, MODEL_FILE, ModelState, ModelStore, StoreError,
+    digest_of_reader, parse_version,
 };
 use crate::model_id::{self, ModelId};
 
@@ -130,6 +130,24 @@ impl ModelStore for LocalStore {
             Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::NotFound),
             Err(e) => Err(unavailable(&path.display().to_string(), e)),
         }
+    }
+
+    async fn digest(&self, id: &ModelId, version: u64) -> Result<Digest, StoreError> {
+        let path = self
+            .root
+            .join(id.as_str())
+            .join(version.to_string())
+            .join(MODEL_FILE);
+        // Hashing a large file takes a while: on a blocking thread, never a tokio worker.
+        tokio::task::spawn_blocking(move || match std::fs::File::open(&path) {
+            Ok(file) => {
+                digest_of_reader(file).map_err(|e| unavailable(&path.display().to_string(), e))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::NotFound),
+            Err(e) => Err(unavailable(&path.display().to_string(), e)),
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("hashing the version: {e}")))?
     }
 
     async fn model_state(&self, id: &ModelId) -> Result<ModelState, StoreError> {

@@ -3,8 +3,9 @@
 //! highest) and its canary `<root>/<model_id>/canary.json` (`{"version": 4, "percent": 10}`:
 //! 10% of the requests that name no version go to version 4).
 //!
-//! A store lists model ids, lists the versions of one model and reads one model file. It
-//! never parses or loads a model: listing 10,000 models costs one directory read (or one
+//! A store lists model ids, lists the versions of one model, reads one model file and
+//! answers a version's content digest (its size and SHA-256). It never parses or loads a
+//! model: listing 10,000 models costs one directory read (or one
 //! paged blob listing), whatever their size. Two backends: a local directory and Azure
 //! Blob Storage.
 
@@ -115,6 +116,69 @@ impl Canary {
     }
 }
 
+/// A version's content: its size and the SHA-256 of its bytes, so a client can tell
+/// whether the store already holds a file byte for byte without downloading it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Digest {
+    pub bytes: u64,
+    /// Lowercase hex, as [`sha256_hex`] writes it.
+    pub sha256: String,
+}
+
+impl Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest {
+            bytes: bytes.len() as u64,
+            sha256: sha256_hex(bytes),
+        }
+    }
+}
+
+/// The SHA-256 of `bytes` in lowercase hex: the one way a model file is hashed, by the
+/// stores and by anything that compares a file with a stored version.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+/// The digest of everything `reader` yields, read in 64 KiB pieces (a model file is
+/// never held whole just to hash it). Blocking.
+fn digest_of_reader(mut reader: impl std::io::Read) -> std::io::Result<Digest> {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0u8; 64 << 10];
+    let mut bytes = 0u64;
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buffer[..n]);
+        bytes += n as u64;
+    }
+    Ok(Digest {
+        bytes,
+        sha256: hex(&hasher.finalize()),
+    })
+}
+
+/// Lowercase hex of a hash.
+fn hex(hash: &[u8]) -> String {
+    use std::fmt::Write;
+    hash.iter().fold(String::with_capacity(64), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// Whether `text` is a SHA-256 as [`sha256_hex`] writes it (64 lowercase hex digits).
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// A model store backend.
 #[async_trait]
 pub trait ModelStore: Send + Sync + 'static {
@@ -128,6 +192,12 @@ pub trait ModelStore: Send + Sync + 'static {
 
     /// The bytes of `<id>/<version>/model.onnx`.
     async fn read(&self, id: &ModelId, version: u64) -> Result<Bytes, StoreError>;
+
+    /// The size and SHA-256 of `<id>/<version>/model.onnx` (`NotFound` when that version
+    /// does not exist). Local: the file is hashed. Azure: the hash `write_version` stored
+    /// in the blob's metadata, read with one `HEAD`; a blob without it (uploaded by
+    /// another tool) is read and hashed.
+    async fn digest(&self, id: &ModelId, version: u64) -> Result<Digest, StoreError>;
 
     /// Versions, alias and canary of `id`, looked up together (one prefix listing on
     /// Azure).
@@ -203,6 +273,11 @@ impl ModelStore for Deadline {
 
     async fn read(&self, id: &ModelId, version: u64) -> Result<Bytes, StoreError> {
         self.bounded("reading the model file", self.inner.read(id, version))
+            .await
+    }
+
+    async fn digest(&self, id: &ModelId, version: u64) -> Result<Digest, StoreError> {
+        self.bounded("hashing the version", self.inner.digest(id, version))
             .await
     }
 

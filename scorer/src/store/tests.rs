@@ -1,5 +1,6 @@
 //! Both stores through the same checks: the alias and the canary are written atomically,
-//! read back in the one model look-up, changed, and removed.
+//! read back in the one model look-up, changed, and removed; a version's digest is its
+//! size and the SHA-256 of its bytes, however it was written.
 
 use std::path::PathBuf;
 
@@ -65,6 +66,79 @@ async fn alias_and_canary_round_trip(store: &dyn ModelStore) {
     let state = store.model_state(&m).await.unwrap();
     assert_eq!((state.pinned, state.canary), (None, None));
     assert_eq!(state.versions, vec![1, 2]);
+}
+
+/// What every store must answer for a version's digest: the size and SHA-256 of what
+/// `write_version` was given, and `NotFound` for a version or a model it does not have.
+async fn digests_are_of_the_written_bytes(store: &dyn ModelStore) {
+    let m = ModelId::parse("hashed").unwrap();
+    // Over one 64 KiB read, so a file is hashed in pieces.
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    store
+        .write_version(&m, 1, Bytes::from(body.clone()))
+        .await
+        .unwrap();
+    let digest = store.digest(&m, 1).await.unwrap();
+    assert_eq!(
+        digest,
+        Digest {
+            bytes: 200_000,
+            sha256: sha256_hex(&body)
+        }
+    );
+    assert!(matches!(
+        store.digest(&m, 2).await,
+        Err(StoreError::NotFound)
+    ));
+    let absent = ModelId::parse("absent").unwrap();
+    assert!(matches!(
+        store.digest(&absent, 1).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+#[test]
+fn sha256_hex_is_lowercase_hex_of_the_standard_hash() {
+    // FIPS 180-2's test vectors.
+    assert_eq!(
+        sha256_hex(b""),
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    );
+    assert_eq!(
+        sha256_hex(b"abc"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    assert_eq!(
+        Digest::of(b"abc"),
+        Digest {
+            bytes: 3,
+            sha256: sha256_hex(b"abc")
+        }
+    );
+    assert!(is_sha256_hex(&sha256_hex(b"x")));
+    assert!(!is_sha256_hex(&sha256_hex(b"x").to_uppercase()));
+    assert!(!is_sha256_hex("abc"));
+}
+
+#[tokio::test]
+async fn the_local_store_hashes_a_version_file() {
+    let dir = Dir(std::env::temp_dir().join(format!("mm-store-digest-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let store = LocalStore::new(dir.0.clone());
+    digests_are_of_the_written_bytes(&store).await;
+    // A version written behind the store's back is hashed the same way.
+    let version = dir.0.join("other").join("3");
+    std::fs::create_dir_all(&version).unwrap();
+    std::fs::write(version.join(MODEL_FILE), b"abc").unwrap();
+    let other = ModelId::parse("other").unwrap();
+    assert_eq!(store.digest(&other, 3).await.unwrap(), Digest::of(b"abc"));
+    // A version folder without its model file is no version.
+    std::fs::create_dir_all(dir.0.join("other").join("4")).unwrap();
+    assert!(matches!(
+        store.digest(&other, 4).await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 #[test]
@@ -143,6 +217,7 @@ async fn the_azure_store_writes_and_reads_the_alias_and_the_canary() {
     };
     let store = AzureStore::new(&config).unwrap();
     alias_and_canary_round_trip(&store).await;
+    digests_are_of_the_written_bytes(&store).await;
     // A canary blob put behind the store's back (a new ETag) is read again.
     azurite
         .put_blob(
@@ -153,4 +228,93 @@ async fn the_azure_store_writes_and_reads_the_alias_and_the_canary() {
         .await;
     let state = store.model_state(&id()).await.unwrap();
     assert_eq!(state.canary, Some(canary(2, 40.0)));
+}
+
+/// On Azure a version written by the store carries its SHA-256 as blob metadata, which
+/// `digest` reads with one `HEAD`; a blob put by another tool without it is read and
+/// hashed.
+#[tokio::test]
+async fn the_azure_store_keeps_the_digest_in_metadata_and_hashes_blobs_without_it() {
+    use object_store::{
+        Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload,
+    };
+
+    let azurite = Azurite::start().await;
+    azurite.create_container("models").await;
+    let config = AzureStoreConfig {
+        account: azurite::ACCOUNT.into(),
+        container: "models".into(),
+        prefix: "prod/".into(),
+        endpoint: Some(format!("{}/{}", azurite.url, azurite::ACCOUNT)),
+        use_emulator: false,
+        credential: AzureCredential::AccessKey(Secret::new(azurite::KEY)),
+    };
+    let store = AzureStore::new(&config).unwrap();
+    let m = id();
+    let body = b"version one".to_vec();
+    store
+        .write_version(&m, 1, Bytes::from(body.clone()))
+        .await
+        .unwrap();
+    // The metadata is on the blob, as object_store reads it back.
+    let path = object_store::path::Path::from("prod/m/1/model.onnx");
+    let head = store
+        .client()
+        .get_opts(
+            &path,
+            object_store::GetOptions {
+                head: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let metadata = Attribute::Metadata(azure::SHA256_METADATA.into());
+    assert_eq!(
+        head.attributes.get(&metadata).map(|v| v.as_ref()),
+        Some(sha256_hex(&body).as_str())
+    );
+    assert_eq!(store.digest(&m, 1).await.unwrap(), Digest::of(&body));
+    // The digest is the metadata, not a download: a blob whose metadata names another
+    // hash answers that hash.
+    let claimed = sha256_hex(b"something else");
+    store
+        .client()
+        .put_opts(
+            &object_store::path::Path::from("prod/m/2/model.onnx"),
+            PutPayload::from(b"version two".to_vec()),
+            PutOptions {
+                attributes: Attributes::from_iter([(metadata.clone(), claimed.clone())]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.digest(&m, 2).await.unwrap(),
+        Digest {
+            bytes: 11,
+            sha256: claimed
+        }
+    );
+    // A blob put by plain object_store, without metadata, is read and hashed.
+    let plain = b"uploaded by another tool".to_vec();
+    store
+        .client()
+        .put(
+            &object_store::path::Path::from("prod/m/3/model.onnx"),
+            PutPayload::from(plain.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.digest(&m, 3).await.unwrap(), Digest::of(&plain));
+    // And one put over plain HTTP (the harness's Shared Key client) too.
+    azurite
+        .put_blob("models", "prod/m/4/model.onnx", b"raw".to_vec())
+        .await;
+    assert_eq!(store.digest(&m, 4).await.unwrap(), Digest::of(b"raw"));
+    assert!(matches!(
+        store.digest(&m, 5).await,
+        Err(StoreError::NotFound)
+    ));
 }

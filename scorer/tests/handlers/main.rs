@@ -6,6 +6,7 @@
 //! stores and output comparison come from the shared harness (`manymodels-tests`). The
 //! tests are grouped by concern in `handlers/`.
 
+mod admin;
 mod binary;
 mod bytes;
 mod engines;

@@ -734,15 +734,15 @@ async fn completions_load_in_bash() {
 async fn top_draws_the_pool_in_a_real_terminal() {
     let store = TempDir::new("top-store");
     for i in 0..4 {
-        write_model(
-            store.path(),
-            &format!("hot-{i}"),
-            1,
-            &linear(8, 300 + i).bytes,
-        )
-        .unwrap();
+        write_model(store.path(), &format!("hot-{i}"), 1, &forest(300 + i).bytes).unwrap();
     }
-    let pool = Pool::local(store.path(), 2, &[], &["stats.push_interval=200ms"]);
+    // A small budget, so the resident bytes fill a visible part of the meter.
+    let pool = Pool::local(
+        store.path(),
+        2,
+        &["cache.budget=64KiB"],
+        &["stats.push_interval=200ms"],
+    );
     let client = reqwest::Client::new();
     let infer = |id: String| {
         let client = client.clone();
@@ -852,8 +852,13 @@ async fn top_draws_the_pool_in_a_real_terminal() {
         }
     };
     let text = wait_for(needles, Duration::from_secs(20));
+    eprintln!("mmctl top:\n{text}");
+    let meters: Vec<&str> = text
+        .lines()
+        .filter(|l| names.iter().any(|n| l.contains(n.as_str())) && l.contains("KiB / 64.0 KiB"))
+        .collect();
     assert!(
-        text.contains('█'),
+        meters.len() == 2 && meters.iter().any(|l| l.contains("█░")),
         "resident bytes are drawn against the budget:\n{text}"
     );
     // It redraws: a model hot only after the first frames shows up.

@@ -738,7 +738,11 @@ async fn import_one(
     let outcome = if context.dry_run {
         Ok(Outcome::WouldPublish)
     } else {
-        match context.target.publish(&item.id, version, bytes.clone()).await {
+        match context
+            .target
+            .publish(&item.id, version, bytes.clone())
+            .await
+        {
             Ok(()) => Ok(Outcome::Published),
             // Someone published this version meanwhile: the same file is a resume.
             Err(PublishError::Conflict) => match context.target.digest(&item.id, version).await {

@@ -11,6 +11,7 @@ mod autoscale;
 mod engines;
 mod hot;
 mod hot_under_load;
+mod import;
 mod load;
 mod memory;
 mod policy;
@@ -111,6 +112,9 @@ pub enum Bench {
         #[arg(long, default_value_t = 2_000_000)]
         requests: usize,
     },
+    /// `mmctl import` of 10,000 real models into Azure Blob (Azurite), beside naive
+    /// uploads of the same files in the same run, and its rerun (everything skipped).
+    Import(import::ImportArgs),
     /// Resident memory per 1,000 small (linear) models.
     Memory {
         #[arg(long, default_value_t = 1000)]
@@ -138,6 +142,7 @@ pub fn run(which: Bench) -> Result<()> {
         Bench::Load { reps } => load::run(reps),
         Bench::Policy(args) => policy::run(args),
         Bench::HotUnderLoad(args) => hot_under_load::run(args),
+        Bench::Import(args) => import::run(args),
         Bench::Memory { models } => memory::run(models),
         Bench::Proxy {
             seconds,

@@ -80,7 +80,7 @@ fn manifest(store: &Path) -> Result<Vec<Entry>> {
     Ok(out)
 }
 
-fn ensure_store(store: &Path, models: usize) -> Result<()> {
+pub(crate) fn ensure_store(store: &Path, models: usize) -> Result<()> {
     if store.join("manifest.json").exists() {
         return Ok(());
     }

@@ -165,7 +165,7 @@ pub async fn canary(client: &Client, command: &CanaryCommand) -> anyhow::Result<
         }
         CanaryCommand::Show { id } => {
             let answer = client.get(&path(id)).await?;
-            let b = &answer.body;
+            let b = &answer.body["canary"];
             let text = format!(
                 "{id}: version {} takes {}% of unversioned requests; {} of {} counted by {} went to it\n",
                 b["version"],

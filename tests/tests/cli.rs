@@ -558,7 +558,10 @@ async fn operate_commands_drive_the_pool() {
     assert_eq!(ok(score("").await).json()["model_version"], "1");
     let shown = ok(run(args("--json canary show store-7")).await).json();
     assert_eq!(
-        (shown["version"].clone(), shown["percent"].as_f64()),
+        (
+            shown["canary"]["version"].clone(),
+            shown["canary"]["percent"].as_f64()
+        ),
         (json!(1), Some(100.0))
     );
     ok(run(args("canary promote store-7")).await);

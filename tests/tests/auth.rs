@@ -422,6 +422,22 @@ async fn keys_of_two_tenants_reach_only_their_models() {
         );
     }
 
+    // One model's placement is a request about that model: a scoped key sees its own
+    // models' only.
+    let placement = |id: &str| format!("{}/v2/mm/pool/models/{id}", proxy.url);
+    for (id, key, status) in [
+        ("acme-linear", Some("acme-k-51d2"), 200),
+        ("globex-linear", Some("acme-k-51d2"), 403),
+        ("globex-linear", None, 401),
+        ("globex-linear", Some("ops-k-0c4b"), 200),
+    ] {
+        let (got, answer) = call(&client, "GET", &placement(id), key, None).await;
+        assert_eq!(got, status, "{id} {key:?}: {answer}");
+        if status == 200 {
+            assert_eq!(answer["model"], id, "{answer}");
+        }
+    }
+
     // Counted by key name, never by key value.
     let text = reqwest::get(format!("{}/metrics", proxy.url))
         .await
@@ -435,9 +451,9 @@ async fn keys_of_two_tenants_reach_only_their_models() {
             "mm_proxy_requests_by_key_total{{key=\"{key}\",outcome=\"{outcome}\"}}"
         ))
     };
-    assert_eq!(by_key("acme", "allowed"), 1.0, "{text}");
-    assert_eq!(by_key("acme", "out_of_scope"), 5.0, "{text}");
-    assert_eq!(by_key("none", "unauthorized"), 2.0, "{text}");
+    assert_eq!(by_key("acme", "allowed"), 2.0, "{text}");
+    assert_eq!(by_key("acme", "out_of_scope"), 6.0, "{text}");
+    assert_eq!(by_key("none", "unauthorized"), 3.0, "{text}");
     assert_eq!(by_key("globex", "allowed"), 1.0);
     assert_eq!(by_key("globex", "out_of_scope"), 1.0);
     assert_eq!(by_key("acme-admin", "allowed"), 1.0);

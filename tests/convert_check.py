@@ -9,7 +9,9 @@ under STORE_DIR/../src, converts each into STORE_DIR with convert.py, and writes
 library's own predictions on held-out float32 rows to STORE_DIR/../expected.json. It also
 checks the refusals: a corrupt file and an unsupported pickle exit 1 with a clear message
 and write nothing; `--dir` converts the good files of a folder, reports the bad ones and
-exits 1; a second conversion of an id becomes version 2.
+exits 1; a second conversion of an id becomes version 2; a HistGradientBoosting regressor
+whose float64 split threshold rounds up in float32 disagrees with ONNX on a training row and
+is refused (exit 1, the mismatch named, nothing written).
 
 Phase 2, `python3 tests/convert_check.py STORE_DIR --check HOST:PORT`: scores every
 expected model through the pool at HOST:PORT (Open Inference Protocol REST) and compares
@@ -113,6 +115,42 @@ def phase1(store: Path) -> None:
     # An explicit existing version is refused, never overwritten.
     done = convert("--store", str(store), "--id", "sk-reg", "--version", "1", str(src / "sk-reg.joblib"))
     assert done.returncode == 1 and "never overwritten" in done.stderr, done
+
+    # A real disagreement between ONNX and the library: a HistGradientBoostingRegressor
+    # splits between two float64 values one float32 ulp apart (1e8 + 56 and 1e8 + 64) at
+    # their float64 midpoint 1e8 + 60, which skl2onnx stores as the float32 1e8 + 64 (it
+    # adjusts the thresholds of scikit-learn's other trees, not HistGradientBoosting's).
+    # The training row 1e8 + 64 goes right in scikit-learn (1e8 + 64 > 1e8 + 60) and left
+    # in ONNX (1e8 + 64 <= 1e8 + 64): the library predicts 1, ONNX 0. Checked on the
+    # training rows (--sample), convert.py refuses and writes nothing.
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.tree import DecisionTreeRegressor
+
+    step = np.arange(16)
+    wide = (1e8 + 8.0 * step).reshape(-1, 1)  # float64, each value a float32, 1 ulp apart
+    target = np.where(step <= 7, 0.0, 1.0)
+    hgb = HistGradientBoostingRegressor(max_iter=1, max_depth=2, min_samples_leaf=1, learning_rate=1.0)
+    hgb.fit(wide, target)
+    splits = [n["num_threshold"] for n in hgb._predictors[0][0].nodes if not n["is_leaf"]]
+    assert splits == [1e8 + 60] and np.float32(splits[0]) == np.float32(1e8 + 64), splits
+    assert hgb.predict(wide.astype(np.float32))[8] > 0.99
+    joblib.dump(hgb, src / "hgb-f32.joblib")
+    np.save(work / "wide.npy", wide.astype(np.float32))
+    done = convert("--store", str(store), "--id", "hgb-f32", "--sample", str(work / "wide.npy"), str(src / "hgb-f32.joblib"))
+    assert done.returncode == 1, done
+    assert done.stderr.startswith(f"refused {src / 'hgb-f32.joblib'}: prediction mismatch on 1 values"), done.stderr
+    assert "(first at (8,): onnx " in done.stderr and "max |diff| 1)" in done.stderr, done.stderr
+    assert done.stdout == "", done.stdout
+    assert not (store / "hgb-f32").exists()
+    # The same rows and split in a DecisionTreeRegressor convert: skl2onnx moves its float32
+    # threshold to 1e8 + 56, so both send 1e8 + 64 right. (Into a store of its own, kept
+    # out of the one phase 2 serves.)
+    tree = DecisionTreeRegressor(max_depth=1).fit(wide, target)
+    assert tree.tree_.threshold[0] == 1e8 + 60, tree.tree_.threshold
+    joblib.dump(tree, src / "tree-f32.joblib")
+    aside = work / "store-f32"
+    must_convert("--store", str(aside), "--id", "tree-f32", "--sample", str(work / "wide.npy"), str(src / "tree-f32.joblib"))
+    assert (aside / "tree-f32" / "1" / "model.onnx").is_file()
 
     # Refusals: a corrupt file and an unsupported object, alone and in a --dir batch.
     bad = work / "bad"

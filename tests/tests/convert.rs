@@ -4,7 +4,10 @@
 //! `mm-scorer` behind `mm-proxy` and compared with the library's own predictions
 //! (rtol 1e-4, atol 1e-5; labels exact). The script also checks the refusals: corrupt and
 //! unsupported files exit 1 and write nothing, `--dir` converts the good files and reports
-//! the bad ones.
+//! the bad ones, and a scikit-learn HistGradientBoosting regressor whose float64 split
+//! threshold (1e8 + 60) becomes 1e8 + 64 in float32 sends a training row down the other
+//! branch in ONNX (0 where the library says 1): refused, the mismatch and its row named,
+//! nothing written.
 
 use std::path::Path;
 use std::process::Command;

@@ -34,6 +34,30 @@ fn forest(seed: u64) -> GeneratedModel {
 
 const ROW: [f32; 8] = [0.5, -1.0, 2.0, 0.25, 1.5, -0.75, 0.1, 3.0];
 
+/// The request scoring [`ROW`].
+fn row_body() -> Value {
+    json!({"inputs":[{"name":"input","shape":[1,8],"datatype":"FP32","data":ROW}]})
+}
+
+/// Scores [`ROW`] with `id` at `base` (a proxy or a scorer): the status, the scorer that
+/// answered and the body.
+async fn infer(client: &reqwest::Client, base: &str, id: &str) -> (u16, String, Value) {
+    let response = client
+        .post(format!("{base}/v2/models/{id}/infer"))
+        .json(&row_body())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let scorer = response
+        .headers()
+        .get("x-mm-scorer")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (status, scorer, response.json().await.unwrap_or(Value::Null))
+}
+
 struct Run {
     code: i32,
     stdout: String,
@@ -344,15 +368,7 @@ async fn import_through_the_admin_api_goes_live_and_resumes_after_a_kill() {
     let client = reqwest::Client::new();
     for (id, model) in &models {
         assert!(stored(store.path(), id, 2).is_none(), "{id} written twice");
-        let answer: Value = client
-            .post(format!("{}/v2/models/{id}/infer", pool.proxy.url))
-            .json(&json!({"inputs":[{"name":"input","shape":[1,8],"datatype":"FP32","data":ROW}]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, _, answer) = infer(&client, &pool.proxy.url, id).await;
         let got = answer["outputs"][0]["data"][0].as_f64().unwrap();
         let want = model.predict(&ROW) as f64;
         assert!(close(got, want, TOLERANCE), "{id}: {got} vs {want}");
@@ -372,15 +388,7 @@ async fn import_through_the_admin_api_goes_live_and_resumes_after_a_kill() {
     );
     assert_eq!(record(&report, "shop-000")["version"], 2);
     assert_eq!(record(&report, "shop-000")["outcome"], "published");
-    let answer: Value = client
-        .post(format!("{}/v2/models/shop-000/infer", pool.proxy.url))
-        .json(&json!({"inputs":[{"name":"input","shape":[1,8],"datatype":"FP32","data":ROW}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, _, answer) = infer(&client, &pool.proxy.url, "shop-000").await;
     assert_eq!(answer["model_version"], "2");
 
     // A bad file: refused by the local check, or without it by the pool itself (422).
@@ -461,15 +469,7 @@ async fn import_into_azure_blob_skips_by_stored_digest_and_serves() {
         ],
         &env,
     );
-    let answer: Value = reqwest::Client::new()
-        .post(format!("{}/v2/models/tenant-3/infer", scorer.url))
-        .json(&json!({"inputs":[{"name":"input","shape":[1,8],"datatype":"FP32","data":ROW}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, _, answer) = infer(&reqwest::Client::new(), &scorer.url, "tenant-3").await;
     let want = linear(8, 2003).predict(&ROW) as f64;
     let got = answer["outputs"][0]["data"][0].as_f64().unwrap();
     assert!(close(got, want, TOLERANCE), "{got} vs {want}");
@@ -507,12 +507,7 @@ async fn operate_commands_drive_the_pool() {
     let args = |s: &str| -> Vec<String> { s.split(' ').map(str::to_string).collect() };
     let body = TempDir::new("operate-body");
     let json_file = body.path().join("request.json");
-    write(
-        &json_file,
-        json!({"inputs":[{"name":"input","shape":[1,8],"datatype":"FP32","data":ROW}]})
-            .to_string()
-            .as_bytes(),
-    );
+    write(&json_file, row_body().to_string().as_bytes());
     let score = |extra: &str| {
         let mut a = args(&format!(
             "--json score store-7 --json-file {}",
@@ -624,16 +619,8 @@ async fn operate_commands_drive_the_pool() {
     }
 
     // Explain: where it lives, resident after a request, evicted after an unload.
-    let response = reqwest::Client::new()
-        .post(format!("{proxy}/v2/models/other-1/infer"))
-        .json(&json!({"inputs":[{"name":"input","shape":[1,8],"datatype":"FP32","data":ROW}]}))
-        .send()
-        .await
-        .unwrap();
-    let served_by = response.headers()["x-mm-scorer"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let (status, served_by, _) = infer(&reqwest::Client::new(), &proxy, "other-1").await;
+    assert_eq!(status, 200);
     let explained = ok(run(args("--json explain other-1")).await).json();
     assert_eq!(
         explained["placement"]["owner"],
@@ -747,24 +734,16 @@ async fn top_draws_the_pool_in_a_real_terminal() {
         &["stats.push_interval=200ms"],
     );
     let client = reqwest::Client::new();
-    let infer = |id: String| {
-        let client = client.clone();
-        let url = format!("{}/v2/models/{id}/infer", pool.proxy.url);
+    let hit = |id: String| {
+        let (client, base) = (client.clone(), pool.proxy.url.clone());
         async move {
-            let status = client
-                .post(url)
-                .json(&json!({"inputs":[{"name":"input","shape":[1,8],"datatype":"FP32","data":ROW}]}))
-                .send()
-                .await
-                .unwrap()
-                .status();
-            assert_eq!(status, 200);
+            assert_eq!(infer(&client, &base, &id).await.0, 200);
         }
     };
     for round in 0..20 {
-        infer(format!("hot-{}", round % 2)).await;
+        hit(format!("hot-{}", round % 2)).await;
     }
-    infer("hot-2".into()).await;
+    hit("hot-2".into()).await;
     client
         .post(format!(
             "{}/v2/repository/models/hot-2/unload",
@@ -866,7 +845,7 @@ async fn top_draws_the_pool_in_a_real_terminal() {
     );
     // It redraws: a model hot only after the first frames shows up.
     for _ in 0..30 {
-        infer("hot-3".into()).await;
+        hit("hot-3".into()).await;
     }
     wait_for(vec!["hot-3".into()], Duration::from_secs(20));
     tmux(&["send-keys", "-t", "top", "q"]);

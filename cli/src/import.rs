@@ -314,11 +314,15 @@ fn scan(src: &Path, prefix: Option<&str>) -> anyhow::Result<Source> {
     for entry in entries {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        let kind = entry.file_type()?;
+        // Followed through symbolic links (a folder of links to trained models is common).
+        let Ok(kind) = std::fs::metadata(&path) else {
+            source.ignored.push(path.display().to_string());
+            continue;
+        };
         if kind.is_file() && name.ends_with(".onnx") {
             let id = name.trim_end_matches(".onnx");
             if wanted(id) {
-                add_flat(&mut source, &path, entry.metadata()?.len());
+                add_flat(&mut source, &path, kind.len());
             }
         } else if kind.is_dir() {
             if !wanted(&name) {
@@ -884,7 +888,11 @@ mod tests {
         write(&dir.join("notes.txt"), b"x");
         write(&dir.join("c/01/model.onnx"), b"leading zero");
         write(&dir.join("skip-me.onnx"), b"x");
+        std::os::unix::fs::symlink(dir.join("a.onnx"), dir.join("linked.onnx")).unwrap();
+        std::os::unix::fs::symlink(dir.join("absent"), dir.join("dangling.onnx")).unwrap();
         let source = scan(&dir, None).unwrap();
+        assert_eq!(source.models["linked"][0].bytes, 1, "links are followed");
+        assert!(source.ignored.iter().any(|p| p.ends_with("dangling.onnx")));
         let b: Vec<Option<u64>> = source.models["b"].iter().map(|i| i.version).collect();
         assert_eq!(
             b,

@@ -140,7 +140,7 @@ enum Target {
     Store(Arc<dyn ModelStore>, String),
 }
 
-/// A version the destination already has, or the reason it could not tell.
+/// A model's versions at the destination (ascending) and its live one.
 type Existing = (Vec<u64>, Option<u64>);
 
 #[derive(Debug)]
@@ -180,8 +180,7 @@ impl Target {
             }
             Target::Store(store, _) => {
                 let id = model_id(id)?;
-                store
-                    .model_state(&id)
+                retried(|| store.model_state(&id))
                     .await
                     .map(|state| {
                         let live = state.live();
@@ -204,11 +203,13 @@ impl Target {
                     .map(str::to_string)
                     .ok_or_else(|| format!("version {version}'s digest is missing"))
             }
-            Target::Store(store, _) => store
-                .digest(&model_id(id)?, version)
-                .await
-                .map(|d| d.sha256)
-                .map_err(|e| format!("cannot read version {version}'s digest: {e}")),
+            Target::Store(store, _) => {
+                let id = model_id(id)?;
+                retried(|| store.digest(&id, version))
+                    .await
+                    .map(|d| d.sha256)
+                    .map_err(|e| format!("cannot read version {version}'s digest: {e}"))
+            }
         }
     }
 
@@ -217,11 +218,13 @@ impl Target {
     async fn read(&self, id: &str, version: u64) -> Result<Option<Bytes>, String> {
         match self {
             Target::Api(_) => Ok(None),
-            Target::Store(store, _) => store
-                .read(&model_id(id)?, version)
-                .await
-                .map(Some)
-                .map_err(|e| format!("cannot read live version {version}: {e}")),
+            Target::Store(store, _) => {
+                let id = model_id(id)?;
+                retried(|| store.read(&id, version))
+                    .await
+                    .map(Some)
+                    .map_err(|e| format!("cannot read live version {version}: {e}"))
+            }
         }
     }
 
@@ -242,18 +245,10 @@ impl Target {
             }
             Target::Store(store, _) => {
                 let id = model_id(id).map_err(PublishError::Refused)?;
-                let mut attempt = 0;
-                loop {
-                    match store.write_version(&id, version, bytes.clone()).await {
-                        Ok(()) => return Ok(()),
-                        Err(StoreError::Conflict(_)) => return Err(PublishError::Conflict),
-                        Err(e) if attempt < RETRIES => {
-                            attempt += 1;
-                            tokio::time::sleep(backoff(attempt)).await;
-                            let _ = e;
-                        }
-                        Err(e) => return Err(PublishError::Failed(e.to_string())),
-                    }
+                match retried(|| store.write_version(&id, version, bytes.clone())).await {
+                    Ok(()) => Ok(()),
+                    Err(StoreError::Conflict(_)) => Err(PublishError::Conflict),
+                    Err(e) => Err(PublishError::Failed(e.to_string())),
                 }
             }
         }
@@ -266,12 +261,32 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(250 << attempt.min(4))
 }
 
-/// A call tried again on a transient failure (no answer, 429, 502-504), up to
-/// [`RETRIES`] more times.
-async fn retried<F, Fut, T>(mut call: F) -> Result<T, CallError>
+/// An error worth another try.
+trait Transient {
+    fn transient(&self) -> bool;
+}
+
+impl Transient for CallError {
+    /// No answer, 429, 502-504.
+    fn transient(&self) -> bool {
+        CallError::transient(self)
+    }
+}
+
+impl Transient for StoreError {
+    /// The store did not answer or failed (not: absent, or already there).
+    fn transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// A call of the API or the store tried again on a transient failure, up to [`RETRIES`]
+/// more times.
+async fn retried<F, Fut, T, E>(mut call: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, CallError>>,
+    Fut: Future<Output = Result<T, E>>,
+    E: Transient,
 {
     let mut attempt = 0;
     loop {

@@ -565,13 +565,15 @@ async fn operate_commands_drive_the_pool() {
         (versions["pinned"].clone(), versions["canary"].clone()),
         (json!(1), Value::Null)
     );
-    let gone = run(args("canary drop store-7")).await;
     ok(run(args("unpin store-7")).await);
-    assert!(
-        gone.code == 0 || gone.stderr.contains("404"),
-        "{}",
-        gone.stderr
-    );
+    // Dropped: every unversioned request gets the live version again; nothing left to drop.
+    ok(run(args("canary set store-7 1 100")).await);
+    assert_eq!(ok(score("").await).json()["model_version"], "1");
+    ok(run(args("canary drop store-7")).await);
+    assert_eq!(ok(score("").await).json()["model_version"], "2");
+    let gone = run(args("canary drop store-7")).await;
+    assert_eq!(gone.code, 1);
+    assert!(gone.stderr.contains("404"), "{}", gone.stderr);
     // A version named explicitly.
     assert_eq!(ok(score("--version 1").await).json()["model_version"], "1");
 

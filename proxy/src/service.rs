@@ -508,6 +508,10 @@ impl ProxyHttp for Proxy {
         let status = rejection.status();
         ctx.status = status;
         if session.response_written().is_none() {
+            // The connection is not reused after a failure (below): say so in the answer
+            // (`Connection: close`), or a client may send its next request on a
+            // connection that is being closed and lose it.
+            session.set_keepalive(None);
             let _ = respond(session, ctx, rejection.into()).await;
         }
         FailToProxy {

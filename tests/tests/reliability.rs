@@ -15,10 +15,12 @@ use manymodels_tests::store::demo_store;
 use manymodels_tests::{ProxyProcess, ScorerProcess, infer_body, root};
 use serde_json::Value;
 
-/// What one request got: status, `Retry-After`, the JSON body, and how long it took.
+/// What one request got: status, `Retry-After`, whether the server closes the connection
+/// after it (`Connection: close`), the JSON body, and how long it took.
 struct Answer {
     status: u16,
     retry_after: Option<String>,
+    closes: bool,
     body: Value,
     took: Duration,
 }
@@ -47,10 +49,15 @@ async fn send(mut request: reqwest::RequestBuilder, deadline_ms: Option<&str>) -
         .headers()
         .get("retry-after")
         .map(|v| v.to_str().unwrap().to_string());
+    let closes = response
+        .headers()
+        .get("connection")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     let body = response.json().await.unwrap_or(Value::Null);
     Answer {
         status,
         retry_after,
+        closes,
         body,
         took: started.elapsed(),
     }
@@ -414,7 +421,7 @@ async fn a_blackholed_scorer_is_routed_around_and_only_its_in_flight_requests_fa
                 i += 1;
                 let sent = Instant::now();
                 let answer = infer(&client, &model_url(&url, id), id, Some("3000")).await;
-                seen.push((sent, answer.status, answer.took));
+                seen.push((sent, answer.status, answer.took, answer.closes));
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             seen
@@ -440,11 +447,14 @@ async fn a_blackholed_scorer_is_routed_around_and_only_its_in_flight_requests_fa
         all.extend(worker.await.unwrap());
     }
     kill("CONT");
-    let failed: Vec<_> = all.iter().filter(|(_, status, _)| *status != 200).collect();
-    let worst = all.iter().map(|(_, _, took)| *took).max().unwrap();
+    let failed: Vec<_> = all
+        .iter()
+        .filter(|(_, status, ..)| *status != 200)
+        .collect();
+    let worst = all.iter().map(|(_, _, took, _)| *took).max().unwrap();
     let last_failure_sent = failed
         .iter()
-        .map(|(sent, _, _)| sent.saturating_duration_since(at))
+        .map(|(sent, ..)| sent.saturating_duration_since(at))
         .max()
         .unwrap_or_default();
     println!(
@@ -453,11 +463,14 @@ async fn a_blackholed_scorer_is_routed_around_and_only_its_in_flight_requests_fa
         failed.len(),
         failed
             .iter()
-            .map(|(_, status, took)| (*status, *took))
+            .map(|(_, status, took, _)| (*status, *took))
             .collect::<Vec<_>>()
     );
-    for (sent, status, took) in &failed {
+    for (sent, status, took, closes) in &failed {
         assert!(matches!(status, 503 | 504), "{status}");
+        // The proxy does not reuse a connection after a failed proxied request; its
+        // answer must say so, or the client's next request on that connection is lost.
+        assert!(closes, "a {status} without Connection: close");
         assert!(
             *sent + Duration::from_millis(100) >= at,
             "failed before the fault"

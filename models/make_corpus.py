@@ -48,7 +48,8 @@ each file's imports.
 Workaround: skl2onnx 1.20 with onnx 1.23 fails on HistGradientBoosting with
 "Field onnx.AttributeProto.ints: Expected an int, got a boolean" because its
 tree walker passes a Python bool (False, for every leaf) as
-nodes_missing_value_tracks_true (splits pass numpy uint8). patch_skl2onnx_hgb() wraps
+nodes_missing_value_tracks_true (splits pass numpy uint8). patch_skl2onnx_hgb() (from
+convert/convert.py, shared with the conversion recipe) wraps
 skl2onnx.common.tree_ensemble.add_node so that value is int() before the node
 is built; the exported graph is exactly what skl2onnx means to write.
 
@@ -98,21 +99,9 @@ ELEM = {
 # Exporter patches / helpers
 # --------------------------------------------------------------------------
 
-def patch_skl2onnx_hgb() -> None:
-    """Coerce nodes_missing_value_tracks_true to int (see module doc)."""
-    import skl2onnx.common.tree_ensemble as te
-
-    if getattr(te.add_node, "_corpus_patched", False):
-        return
-    orig = te.add_node
-
-    def add_node(*args, **kwargs):
-        if "nodes_missing_value_tracks_true" in kwargs:
-            kwargs["nodes_missing_value_tracks_true"] = int(kwargs["nodes_missing_value_tracks_true"])
-        return orig(*args, **kwargs)
-
-    add_node._corpus_patched = True
-    te.add_node = add_node
+# One copy of the HistGradientBoosting exporter patch: the conversion recipe's.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "convert"))
+from convert import patch_skl2onnx_hgb  # noqa: E402
 
 
 def skl(model, n_features, *, double=False, int64=False, zipmap=None, extra_options=None):

@@ -385,6 +385,10 @@ pub struct ScoreInput {
     /// A request body as the pool takes it (OIP or Azure ML); `-` reads stdin
     #[arg(long = "json-file", value_name = "FILE")]
     pub json_file: Option<PathBuf>,
+    /// A request body given as an argument, as `--json-file` takes it: with the global
+    /// `--json`, `mmctl score ID --json FILE` sends FILE and prints the answer's JSON
+    #[arg(value_name = "FILE")]
+    pub body: Option<PathBuf>,
     /// Rows of features: one row per line, columns in input order (a header row naming
     /// the inputs is recognised); `-` reads stdin
     #[arg(long = "csv", value_name = "FILE")]
@@ -401,7 +405,7 @@ pub async fn score(
         Some(v) => format!("/v2/models/{id}/versions/{v}"),
         None => format!("/v2/models/{id}"),
     };
-    let body: Value = if let Some(path) = &input.json_file {
+    let body: Value = if let Some(path) = input.json_file.as_ref().or(input.body.as_ref()) {
         let text = read_input(path)?;
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?
     } else {

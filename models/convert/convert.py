@@ -191,7 +191,7 @@ def check_fitted(model) -> None:
 def patch_skl2onnx_hgb() -> None:
     """skl2onnx 1.20 with onnx 1.23 fails on HistGradientBoosting ("Expected an int, got a
     boolean"): its tree walker passes a Python bool as nodes_missing_value_tracks_true.
-    Coerce it to int, as models/make_corpus.py does."""
+    Coerce it to int. models/make_corpus.py uses this patch too."""
     import skl2onnx.common.tree_ensemble as te
 
     if getattr(te.add_node, "_mm_patched", False):

@@ -195,3 +195,25 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> Value {
     assert_eq!(response.status(), 200, "{url}");
     response.json().await.unwrap()
 }
+
+/// One call with an optional bearer key and JSON body: the status and the body as JSON
+/// (`null` when it is not JSON).
+pub async fn call(
+    client: &reqwest::Client,
+    method: &str,
+    url: &str,
+    key: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut request = client.request(method.parse().expect("an HTTP method"), url);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}

@@ -11,6 +11,7 @@
 //! - [`classifiers`]: the ZipMap classifiers' store and reference, and their checks.
 //! - [`grpc`]: a gRPC client, and requests and outputs between reference JSON and protobuf.
 //! - [`dns`]: a real DNS server (hickory-server) whose SRV and A records a test changes.
+//! - [`load`]: an open-loop load over generated models, with every answer recorded.
 //!
 //! The scorer's in-process handler tests (`scorer/tests/handlers.rs`) and xtask's benches
 //! use it too. The binaries are the ones `cargo xtask test` builds first
@@ -24,6 +25,7 @@ pub mod classifiers;
 pub mod dns;
 pub mod grpc;
 pub mod http;
+pub mod load;
 pub mod metrics;
 pub mod process;
 pub mod reference;

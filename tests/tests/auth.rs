@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use manymodels_tests::http::call;
 use manymodels_tests::reference::reference;
 use manymodels_tests::{
     Metrics, ProxyProcess, ScorerProcess, TempDir, copy_tree, infer_body, root,
@@ -11,27 +12,6 @@ use manymodels_tests::{
 use serde_json::{Value, json};
 
 const POOL_KEY: &str = "pool-7f3a9c";
-
-/// One call with an optional bearer key: (status, body as JSON or `null`).
-async fn call(
-    client: &reqwest::Client,
-    method: &str,
-    url: &str,
-    key: Option<&str>,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let mut request = client.request(method.parse().unwrap(), url);
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
 
 /// `/metrics` read with `key`.
 async fn metrics(client: &reqwest::Client, url: &str, key: &str) -> (Metrics, String) {

@@ -42,20 +42,8 @@ fn row_body() -> Value {
 /// Scores [`ROW`] with `id` at `base` (a proxy or a scorer): the status, the scorer that
 /// answered and the body.
 async fn infer(client: &reqwest::Client, base: &str, id: &str) -> (u16, String, Value) {
-    let response = client
-        .post(format!("{base}/v2/models/{id}/infer"))
-        .json(&row_body())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let scorer = response
-        .headers()
-        .get("x-mm-scorer")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    (status, scorer, response.json().await.unwrap_or(Value::Null))
+    let url = format!("{base}/v2/models/{id}/infer");
+    manymodels_tests::http::post_via(client, &url, &row_body()).await
 }
 
 struct Run {
@@ -534,6 +522,15 @@ async fn operate_commands_drive_the_pool() {
         linear(8, 102).predict(&ROW) as f64,
         TOLERANCE
     ));
+    // The spelling: `score ID --json FILE` (the global `--json`, FILE as the body).
+    let spelled = format!("score store-7 --json {}", json_file.display());
+    let spelled = ok(run(args(&spelled)).await).json();
+    assert_eq!(
+        (&spelled["model_version"], &spelled["outputs"]),
+        (&answer["model_version"], &answer["outputs"])
+    );
+    let both = format!("score store-7 {0} --json-file {0}", json_file.display());
+    assert_eq!(run(args(&both)).await.code, 2, "two bodies are refused");
 
     // Pin rolls back, unpin rolls forward.
     ok(run(args("pin store-7 1")).await);

@@ -20,9 +20,7 @@ use std::time::{Duration, Instant};
 use manymodels_models::Mix;
 use manymodels_tests::dns::{DnsServer, Headless};
 use manymodels_tests::http::header;
-use manymodels_tests::{
-    ProxyProcess, ScorerProcess, TempDir, free_port, generated_rows, get_json, rows_body,
-};
+use manymodels_tests::{ProxyProcess, ScorerProcess, TempDir, free_port, get_json};
 use serde_json::Value;
 
 const MODELS: usize = 200;
@@ -120,10 +118,9 @@ fn publish(dns: &DnsServer, set: &StatefulSet, endpoints: &[(String, SocketAddr)
 async fn owners(client: &reqwest::Client, proxy: &ProxyProcess, set: &StatefulSet) -> Vec<String> {
     let mut owners = Vec::with_capacity(MODELS);
     for i in 0..MODELS {
-        let features = manymodels_models::spec_for(i, Mix::Tiny, SEED).features();
         let response = client
             .post(format!("{}/v2/models/{}/infer", proxy.url, id(i)))
-            .json(&rows_body(&generated_rows(features, 1, i as u64)))
+            .json(&manymodels_tests::load::body(i, Mix::Tiny, SEED))
             .send()
             .await
             .unwrap();
@@ -267,12 +264,6 @@ async fn the_proxy_follows_the_srv_records_as_the_pool_scales_up_and_down() {
         back, before,
         "only the departed pods' models moved, back home"
     );
-    for &i in &moved {
-        assert_ne!(after[i], back[i]);
-    }
-    for i in (0..MODELS).filter(|i| !moved.contains(i)) {
-        assert_eq!(after[i], back[i], "model {i} was not on a departed pod");
-    }
 
     // More scale events at spread phases of the proxy's refresh cycle (the delay depends on
     // where in the cycle a change lands), for the figures.
@@ -351,9 +342,13 @@ async fn a_pod_restarted_on_a_new_address_keeps_its_name_and_its_models() {
         m.len() == 3 && m.iter().any(|(n, a, h)| *n == name && *a == new && !h)
     })
     .await;
+    // `owners` refuses an answer from a pod not in the set, so the restarted pod answered
+    // nothing; its models went to their next choice among the two running pods.
     let meanwhile = owners(&client, &proxy, &set).await;
-    assert!(
-        meanwhile.iter().all(|p| p != pod),
+    let running: Vec<String> = set.pods.keys().cloned().collect();
+    assert_eq!(
+        meanwhile,
+        ranked(&set, &running),
         "a discovered scorer that is not listening yet takes no request"
     );
     set.start_at(1, new_addr).await;
@@ -361,7 +356,6 @@ async fn a_pod_restarted_on_a_new_address_keeps_its_name_and_its_models() {
         healthy(m) == 3 && m.iter().any(|(n, a, h)| *n == name && *a == new && *h)
     })
     .await;
-    assert_eq!(set.scorer_name(pod), name);
     let after = owners(&client, &proxy, &set).await;
     assert_eq!(
         after, before,

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use manymodels_models::Mix;
 use manymodels_tests::http::header;
 use manymodels_tests::process::addrs;
-use manymodels_tests::{
-    ProxyProcess, ScorerProcess, TempDir, free_port, generated_rows, get_json, rows_body,
-};
+use manymodels_tests::{ProxyProcess, ScorerProcess, TempDir, free_port, get_json};
 use serde_json::{Value, json};
 
 const MODELS: usize = 60;
@@ -28,8 +26,7 @@ fn id(i: usize) -> String {
 }
 
 fn body(i: usize) -> Value {
-    let features = manymodels_models::spec_for(i, Mix::Tiny, 11).features();
-    rows_body(&generated_rows(features, 1, i as u64))
+    manymodels_tests::load::body(i, Mix::Tiny, 11)
 }
 
 /// Scores model `i` at `base`; returns (scorer, x-mm-cache).

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use manymodels_models::{GeneratedModel, Spec};
+use manymodels_tests::http;
 use manymodels_tests::process::addrs;
 use manymodels_tests::{ProxyProcess, ScorerProcess, TempDir, write_model};
 use serde_json::{Value, json};
@@ -81,19 +82,14 @@ async fn until_share(client: &reqwest::Client, base: &str, v: u64, want: f64) ->
     }
 }
 
+/// An admin call with the pool's admin key.
 async fn admin(
     client: &reqwest::Client,
     method: reqwest::Method,
     url: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = client.request(method, url).bearer_auth(KEY);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    http::call(client, method.as_str(), url, Some(KEY), body.as_ref()).await
 }
 
 fn canary_url(proxy: &ProxyProcess) -> String {

@@ -3,24 +3,13 @@
 //! the same address and reports ready once it has warmed its share. No request fails, and
 //! the pool hit ratio recovers within a bounded time.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use manymodels_models::Mix;
-use manymodels_tests::{
-    ProxyProcess, ScorerProcess, TempDir, free_port, generated_rows, rows_body,
-};
-use serde_json::Value;
+use manymodels_tests::load::{self, Answer, OpenLoop};
+use manymodels_tests::{ProxyProcess, ScorerProcess, TempDir, free_port};
 
 const MODELS: usize = 30;
-
-#[derive(Clone, Copy, Debug)]
-struct Answer {
-    at: Instant,
-    status: u16,
-    hit: bool,
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_the_scorers_fails_no_request_and_the_hit_ratio_recovers() {
@@ -36,70 +25,21 @@ async fn a_rolling_restart_of_the_scorers_fails_no_request_and_the_hit_ratio_rec
     let addrs: Vec<String> = scorers.iter().map(|s| s.addr().to_string()).collect();
     let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let proxy = ProxyProcess::start(&addr_refs, &["stats.push_interval=1s"]);
-    let bodies: Vec<Value> = (0..MODELS)
-        .map(|i| {
-            let features = manymodels_models::spec_for(i, Mix::Tiny, 5).features();
-            rows_body(&generated_rows(features, 1, i as u64))
-        })
-        .collect();
+    let bodies = load::bodies(MODELS, Mix::Tiny, 5);
     let client = reqwest::Client::new();
     for _ in 0..3 {
-        for (i, body) in bodies.iter().enumerate() {
-            let url = format!(
-                "{}/v2/models/{}/infer",
-                proxy.url,
-                manymodels_models::model_id(i)
-            );
-            assert_eq!(
-                client.post(&url).json(body).send().await.unwrap().status(),
-                200
-            );
-        }
+        load::warm(&client, &proxy.url, &bodies).await;
     }
 
     // Steady load: 100 requests a second over the 30 models, open loop, at most 60 s.
-    let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (answers, stop, bodies, base) = (
-            answers.clone(),
-            stop.clone(),
-            bodies.clone(),
-            proxy.url.clone(),
-        );
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let mut tasks = Vec::new();
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
-                tokio::time::sleep_until((started + Duration::from_millis(10 * n as u64)).into())
-                    .await;
-                let i = n * 7 % MODELS;
-                let (client, answers) = (client.clone(), answers.clone());
-                let url = format!("{base}/v2/models/{}/infer", manymodels_models::model_id(i));
-                let body = bodies[i].clone();
-                tasks.push(tokio::spawn(async move {
-                    let response = client.post(&url).json(&body).send().await;
-                    let (status, hit) = match response {
-                        Ok(r) => (
-                            r.status().as_u16(),
-                            r.headers().get("x-mm-cache").is_some_and(|v| v == "hit"),
-                        ),
-                        Err(_) => (0, false),
-                    };
-                    answers.lock().unwrap().push(Answer {
-                        at: Instant::now(),
-                        status,
-                        hit,
-                    });
-                }));
-                n += 1;
-            }
-            for task in tasks {
-                task.await.unwrap();
-            }
-        })
-    };
+    let load = OpenLoop::start(
+        client.clone(),
+        vec![proxy.url.clone()],
+        bodies,
+        Duration::from_millis(10),
+        Duration::from_secs(60),
+        |n| n * 7 % MODELS,
+    );
 
     // Restart the scorers one at a time, like a StatefulSet rolling update.
     let mut ready_at = Vec::new();
@@ -134,10 +74,7 @@ async fn a_rolling_restart_of_the_scorers_fails_no_request_and_the_hit_ratio_rec
         scorers.insert(i, replacement);
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
-
-    let answers = answers.lock().unwrap().clone();
+    let answers = load.stop().await;
     let failed: Vec<&Answer> = answers.iter().filter(|a| a.status != 200).collect();
     assert!(answers.len() > 800, "{} answers", answers.len());
     assert!(

@@ -7,32 +7,23 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use manymodels_models::Mix;
 use manymodels_tests::dns::{DnsServer, Headless};
-use manymodels_tests::{
-    ProxyProcess, ScorerProcess, TempDir, free_port, generated_rows, rows_body,
-};
+use manymodels_tests::load::{self, Answer, OpenLoop};
+use manymodels_tests::{ProxyProcess, ScorerProcess, TempDir, free_port};
 use serde_json::Value;
 
 const MODELS: usize = 150;
 
-#[derive(Clone, Debug)]
-struct Answer {
-    at: Instant,
-    status: u16,
-    hit: bool,
-    model: usize,
-    scorer: String,
-}
-
+/// One of the pool's first scorers: the pool is new, so there is nothing to warm (a
+/// warm-up wait would be `warmup.ready_timeout` spent waiting for a push from proxies
+/// that do not exist yet).
 fn scorer(path: &str, port: u16) -> ScorerProcess {
     let sets = vec![
         format!("store.path={path}"),
-        "warmup.ready_timeout=20s".to_string(),
+        "warmup.ready_timeout=0s".to_string(),
     ];
     ScorerProcess::start_on(port, &sets, &[])
 }
@@ -165,87 +156,27 @@ async fn three_scorers_to_five_and_back_fail_no_request_and_move_only_their_shar
         dns.proxy(&service, 3, &proxy_sets),
         dns.proxy(&service, 3, &proxy_sets),
     ];
-    let bodies: Vec<Value> = (0..MODELS)
-        .map(|i| {
-            let features = manymodels_models::spec_for(i, Mix::Tiny, 9).features();
-            rows_body(&generated_rows(features, 1, i as u64))
-        })
-        .collect();
+    let bodies = load::bodies(MODELS, Mix::Tiny, 9);
     let client = reqwest::Client::new();
     for proxy in &proxies {
-        for (i, body) in bodies.iter().enumerate() {
-            let url = format!(
-                "{}/v2/models/{}/infer",
-                proxy.url,
-                manymodels_models::model_id(i)
-            );
-            assert_eq!(
-                client.post(&url).json(body).send().await.unwrap().status(),
-                200
-            );
-        }
+        load::warm(&client, &proxy.url, &bodies).await;
     }
 
     // Bounded load: 150 requests a second over every model, alternating proxies, open
     // loop, for at most 90 s.
-    let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (answers, stop, bodies) = (answers.clone(), stop.clone(), bodies.clone());
-        let bases: Vec<String> = proxies.iter().map(|p| p.url.clone()).collect();
-        let client = client.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let mut tasks = Vec::new();
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(90) {
-                tokio::time::sleep_until(
-                    (started + Duration::from_micros(6_667 * n as u64)).into(),
-                )
-                .await;
-                let model = n * 37 % MODELS;
-                let url = format!(
-                    "{}/v2/models/{}/infer",
-                    bases[n % 2],
-                    manymodels_models::model_id(model)
-                );
-                let (client, answers, body) =
-                    (client.clone(), answers.clone(), bodies[model].clone());
-                tasks.push(tokio::spawn(async move {
-                    let response = client.post(&url).json(&body).send().await;
-                    let (status, hit, scorer) = match response {
-                        Ok(r) => (
-                            r.status().as_u16(),
-                            r.headers().get("x-mm-cache").is_some_and(|v| v == "hit"),
-                            r.headers()
-                                .get("x-mm-scorer")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_string(),
-                        ),
-                        Err(_) => (0, false, String::new()),
-                    };
-                    answers.lock().unwrap().push(Answer {
-                        at: Instant::now(),
-                        status,
-                        hit,
-                        model,
-                        scorer,
-                    });
-                }));
-                n += 1;
-            }
-            for task in tasks {
-                task.await.unwrap();
-            }
-        })
-    };
-    let snapshot = |answers: &Arc<Mutex<Vec<Answer>>>| answers.lock().unwrap().clone();
+    let load = OpenLoop::start(
+        client.clone(),
+        proxies.iter().map(|p| p.url.clone()).collect(),
+        bodies,
+        Duration::from_micros(6_667),
+        Duration::from_secs(90),
+        |n| n * 37 % MODELS,
+    );
 
     // Scale out: two pods start and enter DNS at once (publishNotReadyAddresses); the
     // proxies push them their share, they warm it, then report ready.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let before_out = snapshot(&answers);
+    let before_out = load.snapshot();
     let out_at = Instant::now();
     for (_, port) in &pods[3..] {
         scorers.push(joining(&path, *port));
@@ -257,7 +188,8 @@ async fn three_scorers_to_five_and_back_fail_no_request_and_move_only_their_shar
     tokio::time::sleep(Duration::from_secs(8)).await;
     let settled_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let after_out: Vec<Answer> = snapshot(&answers)
+    let after_out: Vec<Answer> = load
+        .snapshot()
         .into_iter()
         .filter(|a| a.at >= settled_at)
         .collect();
@@ -275,9 +207,7 @@ async fn three_scorers_to_five_and_back_fail_no_request_and_move_only_their_shar
     }
     let to_three = until_healthy(&client, &proxy_refs, 3).await;
     tokio::time::sleep(Duration::from_secs(8)).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
-    let answers = snapshot(&answers);
+    let answers = load.stop().await;
 
     // No request failed, through either proxy, at any point.
     let failed: Vec<&Answer> = answers.iter().filter(|a| a.status != 200).collect();

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use manymodels_models::{GeneratedModel, Spec};
 use manymodels_tests::azurite::Azurite;
+use manymodels_tests::http;
 use manymodels_tests::process::{Pool, addrs, metric_total};
 use manymodels_tests::{ProxyProcess, ScorerProcess, TempDir, write_model};
 use serde_json::{Value, json};
@@ -89,19 +90,14 @@ fn load(base: String, rate: f64, stop: Arc<AtomicBool>) -> tokio::task::JoinHand
     })
 }
 
+/// An admin call with the pool's admin key.
 async fn admin(
     client: &reqwest::Client,
     method: reqwest::Method,
     url: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = client.request(method, url).bearer_auth(KEY);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    http::call(client, method.as_str(), url, Some(KEY), body.as_ref()).await
 }
 
 /// Pins `MODEL` to `version` through the proxy's admin API.

@@ -62,7 +62,7 @@ pub enum Action {
     /// `GET /v2/admin/models/{id}/versions/{v}`: the version's size and SHA-256.
     VersionDigest { version: u64 },
     /// `GET /v2/admin/models/{id}/explain`: why the model is or is not in the memory of
-    /// the scorer that answers (the one it ranks first, as for its requests).
+    /// the scorer that answers (the healthy one it ranks first; admin calls are not counted).
     Explain,
     /// `GET /v2/admin/models/{id}/canary`.
     CanaryShow,

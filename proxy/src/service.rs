@@ -166,6 +166,13 @@ impl Proxy {
         candidates.into_iter().nth(decision.chosen)
     }
 
+    /// The scorer for an admin call about a model: the first healthy one in the model's
+    /// rendezvous order (its owner), with no statistics counted and nothing warmed. Admin
+    /// calls are not traffic: asking why a model is not in memory must not load it.
+    fn choose_owner(&self, model: &str, tried: &[Arc<str>]) -> Option<Candidate> {
+        self.pool.candidates(model, 1, tried).into_iter().next()
+    }
+
     /// A scorer for a request that names no model: the least busy healthy one, with no
     /// statistics counted and nothing warmed.
     fn choose_any(&self, tried: &[Arc<str>]) -> Option<Candidate> {
@@ -386,6 +393,7 @@ impl ProxyHttp for Proxy {
                 .insert_header(header::TIMEOUT_MS, ms.to_string())?;
         }
         let chosen = match &ctx.route {
+            Route::Model { id, action } if action.admin() => self.choose_owner(id, &ctx.tried),
             Route::Model { id, .. } => self.choose(id, &ctx.tried),
             _ => self.choose_any(&ctx.tried),
         }

@@ -605,6 +605,26 @@ async fn a_digest_an_explanation_and_the_placement_describe_a_published_model() 
     let refused = client.get(&digest_url).send().await.unwrap();
     assert_eq!(refused.status(), 401, "digests need the admin key");
 
+    // Admin calls are not traffic: after the upload, the digest and an explanation, the
+    // proxy has counted no request for the model and loaded it nowhere.
+    let explain_url = format!("{}/v2/admin/models/{MODEL}/explain", proxy.url);
+    let (status, explain) = admin(&client, reqwest::Method::GET, &explain_url, None).await;
+    assert_eq!(status, 200, "{explain}");
+    assert_eq!(explain["resident"], json!([]), "{explain}");
+    let placement_url = format!("{}/v2/mm/pool/models/{MODEL}", proxy.url);
+    let placement = manymodels_tests::get_json(&client, &placement_url).await;
+    assert!(placement["rate"].is_null(), "never counted: {placement}");
+    assert!(
+        placement["ranking"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["hot"] == false),
+        "{placement}"
+    );
+    // The explanation came from the owner, first in the rendezvous order.
+    assert_eq!(explain["scorer"], placement["owner"], "{explain}");
+
     // A request: the scorer that answers holds the model, and says so.
     let response = client
         .post(format!("{}/v2/models/{MODEL}/infer", proxy.url))
@@ -617,7 +637,6 @@ async fn a_digest_an_explanation_and_the_placement_describe_a_published_model() 
         .to_str()
         .unwrap()
         .to_string();
-    let explain_url = format!("{}/v2/admin/models/{MODEL}/explain", proxy.url);
     let (status, explain) = admin(&client, reqwest::Method::GET, &explain_url, None).await;
     assert_eq!(status, 200, "{explain}");
     assert_eq!(explain["scorer"], answered.as_str(), "{explain}");
@@ -634,14 +653,7 @@ async fn a_digest_an_explanation_and_the_placement_describe_a_published_model() 
 
     // The placement, answered by the proxy: the owner is the scorer that answered, first
     // of every member in rendezvous order, and the one the proxy knows holds it hot.
-    let placement: Value = client
-        .get(format!("{}/v2/mm/pool/models/{MODEL}", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let placement = manymodels_tests::get_json(&client, &placement_url).await;
     assert_eq!(placement["model"], MODEL, "{placement}");
     assert_eq!(placement["owner"], answered.as_str(), "{placement}");
     let ranking = placement["ranking"].as_array().unwrap();

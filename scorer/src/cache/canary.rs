@@ -21,7 +21,7 @@ use serde::Serialize;
 use super::{ModelCache, ModelKey, Refresh, store_error};
 use crate::error::ScorerError;
 use crate::model_id::ModelId;
-use crate::store::{Canary, ModelState};
+use crate::store::{CANARY_FILE, Canary, ModelState, StoreError};
 
 /// A canary as this scorer applies it: the stored canary and its counts here.
 #[derive(Clone, Debug, PartialEq)]
@@ -100,6 +100,30 @@ impl ModelCache {
         Ok(state)
     }
 
+    /// The store's state of `id` for a call that replaces its canary. A canary file that
+    /// does not parse fails every other look-up of the model (503, naming the file); this
+    /// one removes it first (logged), so dropping or setting the canary repairs it.
+    /// Answers the state and whether such a file was removed.
+    async fn existing_replacing_canary(
+        &self,
+        id: &ModelId,
+    ) -> Result<(ModelState, bool), ScorerError> {
+        match self.store.model_state(id).await {
+            Err(StoreError::InvalidFile {
+                file: CANARY_FILE,
+                error,
+            }) => {
+                tracing::warn!(model = %id, %error, "removing a canary file that is not valid");
+                self.store
+                    .write_canary(id, None)
+                    .await
+                    .map_err(store_error)?;
+                Ok((self.existing(id).await?, true))
+            }
+            _ => Ok((self.existing(id).await?, false)),
+        }
+    }
+
     /// `id`'s canary in the store, with this scorer's counts.
     pub async fn canary(&self, id: &ModelId) -> Result<CanaryStatus, ScorerError> {
         let state = self.existing(id).await?;
@@ -119,7 +143,7 @@ impl ModelCache {
         id: &ModelId,
         canary: Canary,
     ) -> Result<CanaryStatus, ScorerError> {
-        let state = self.existing(id).await?;
+        let (state, _) = self.existing_replacing_canary(id).await?;
         if !state.versions.contains(&canary.version) {
             return Err(ScorerError::VersionNotFound {
                 id: id.to_string(),
@@ -157,12 +181,17 @@ impl ModelCache {
         Ok(self.canary_status(id, canary))
     }
 
-    /// Drops `id`'s canary from the store; answers it as it was, with this scorer's counts.
-    pub async fn drop_canary(&self, id: &ModelId) -> Result<CanaryStatus, ScorerError> {
-        let state = self.existing(id).await?;
-        let canary = state
-            .canary
-            .ok_or_else(|| ScorerError::NoCanary(id.to_string()))?;
+    /// Drops `id`'s canary from the store; answers it as it was, with this scorer's
+    /// counts, or `None` when what was dropped was a canary file that is not valid.
+    pub async fn drop_canary(&self, id: &ModelId) -> Result<Option<CanaryStatus>, ScorerError> {
+        let (state, repaired) = self.existing_replacing_canary(id).await?;
+        let Some(canary) = state.canary else {
+            if repaired {
+                self.refresh(id).await?;
+                return Ok(None);
+            }
+            return Err(ScorerError::NoCanary(id.to_string()));
+        };
         let dropped = self.canary_status(id, canary);
         self.store
             .write_canary(id, None)
@@ -170,7 +199,7 @@ impl ModelCache {
             .map_err(store_error)?;
         tracing::info!(model = %id, version = canary.version, "canary dropped");
         self.refresh(id).await?;
-        Ok(dropped)
+        Ok(Some(dropped))
     }
 
     /// Promotes `id`'s canary: pins its version in the store (`alias.json`), then drops
@@ -314,7 +343,7 @@ mod cache_tests {
         let status = cache.version_status(&id("m")).await.unwrap();
         assert_eq!(status.canary.map(|c| c.version), Some(2));
 
-        let dropped = cache.drop_canary(&id("m")).await.unwrap();
+        let dropped = cache.drop_canary(&id("m")).await.unwrap().unwrap();
         assert_eq!((dropped.version, dropped.to_canary), (2, 30));
         assert!(!store.0.join("m/canary.json").exists());
         assert_eq!(answered(cache, 20).await, vec![1; 20]);
@@ -386,5 +415,47 @@ mod cache_tests {
         std::fs::remove_file(store.0.join("m/canary.json")).unwrap();
         cache.refresh(&id("m")).await.unwrap();
         assert_eq!(answered(cache, 5).await, vec![1; 5]);
+    }
+
+    /// A canary file that is not valid fails the model's look-ups, naming the file, until
+    /// the canary is dropped or set through the admin API, which replaces it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_canary_file_that_is_not_valid_is_repaired_by_drop_or_set() {
+        let store = Store::new();
+        store.put("m", 1, &demo("linear-small"));
+        store.put("m", 2, &demo("linear-small"));
+        let canary_file = store.0.join("m/canary.json");
+        let scorer = scorer(&store, |_| {});
+        let cache = &scorer.cache;
+        let m = id("m");
+        // Not in memory yet: the look-up reads the store and fails.
+        std::fs::write(&canary_file, r#"{"version": 2, "percent": 150}"#).unwrap();
+        let refused = cache.get_for_inference(&m, None).await.unwrap_err();
+        assert_eq!(refused.status().as_u16(), 503, "{refused}");
+        assert!(refused.to_string().contains("canary.json"), "{refused}");
+        assert!(matches!(cache.canary(&m).await, Err(ScorerError::Store(_))));
+        assert!(cache.drop_canary(&m).await.unwrap().is_none());
+        assert!(!canary_file.exists());
+        assert_eq!(answered(cache, 3).await, vec![2; 3]);
+        // In memory: the refresh fails (the live version keeps serving) until the drop.
+        std::fs::write(&canary_file, "{not json").unwrap();
+        let refused = cache.refresh(&m).await.unwrap_err();
+        assert!(refused.to_string().contains("canary.json"), "{refused}");
+        assert!(cache.drop_canary(&m).await.unwrap().is_none());
+        assert!(!canary_file.exists());
+        cache.refresh(&m).await.unwrap();
+        std::fs::write(&canary_file, "{not json").unwrap();
+        let set = cache
+            .set_canary(&m, Canary::new(1, 100.0).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(set.version, 1);
+        assert_eq!(answered(cache, 3).await, vec![1; 3]);
+        // With no file at all, dropping is still "no canary".
+        cache.drop_canary(&m).await.unwrap();
+        assert!(matches!(
+            cache.drop_canary(&m).await,
+            Err(ScorerError::NoCanary(_))
+        ));
     }
 }

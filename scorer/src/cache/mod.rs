@@ -520,9 +520,7 @@ impl ModelCache {
                 id: id.to_string(),
                 version: version.to_string(),
             },
-            StoreError::Unavailable(message) | StoreError::Conflict(message) => {
-                ScorerError::Store(message)
-            }
+            other => ScorerError::Store(other.to_string()),
         })?;
         let read = read_started.elapsed().as_secs_f64();
         let (model, cpu, reservation) = self.create(key, bytes).await?;

@@ -42,6 +42,10 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A small file of the model's (`alias.json`, `canary.json`) that does not parse or
+    /// breaks its rules.
+    #[error("{file} is not valid: {error}")]
+    InvalidFile { file: &'static str, error: String },
 }
 
 /// A model as the store has it: complete versions, the alias and the canary.
@@ -80,8 +84,10 @@ pub struct Alias {
 
 impl Alias {
     pub fn parse(bytes: &[u8]) -> Result<Self, StoreError> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| StoreError::Unavailable(format!("{ALIAS_FILE} is not valid: {e}")))
+        serde_json::from_slice(bytes).map_err(|e| StoreError::InvalidFile {
+            file: ALIAS_FILE,
+            error: e.to_string(),
+        })
     }
 }
 
@@ -107,10 +113,13 @@ impl Canary {
 
     /// Reads a canary file. A file that does not parse or breaks the rules makes the
     /// model's look-up fail (503), as a bad alias does: a split nobody meant is worse
-    /// than an error that names the file.
+    /// than an error that names the file. Dropping or setting the canary through the
+    /// admin API replaces such a file.
     pub fn parse(bytes: &[u8]) -> Result<Self, StoreError> {
-        let invalid =
-            |e: String| StoreError::Unavailable(format!("{CANARY_FILE} is not valid: {e}"));
+        let invalid = |error: String| StoreError::InvalidFile {
+            file: CANARY_FILE,
+            error,
+        };
         let canary: Canary = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
         Canary::new(canary.version, canary.percent).map_err(invalid)
     }

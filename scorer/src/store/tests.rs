@@ -197,7 +197,7 @@ async fn the_local_store_writes_and_reads_the_alias_and_the_canary() {
     .unwrap();
     let error = store.model_state(&id()).await.unwrap_err();
     assert!(
-        matches!(&error, StoreError::Unavailable(m) if m.contains(CANARY_FILE)),
+        matches!(&error, StoreError::InvalidFile { file: CANARY_FILE, error } if error.contains("percent")),
         "{error}"
     );
 }

@@ -163,15 +163,8 @@ impl ModelCache {
             id: id.clone(),
             version: canary.version,
         };
-        self.within_load_timeout(&key, async {
-            let (verdict, _, ()) = self
-                .loads
-                .run_holding(false, (), move || model.vet(live.as_deref()))
-                .await
-                .map_err(ScorerError::Store)?;
-            verdict.map_err(|message| super::invalid_model(id, canary.version, message))
-        })
-        .await?;
+        self.within_load_timeout(&key, self.vet_holding(&key, model, live.as_ref(), ()))
+            .await?;
         self.store
             .write_canary(id, Some(canary))
             .await
@@ -360,9 +353,20 @@ mod cache_tests {
             .set_canary(&id("m"), Canary::new(2, 50.0).unwrap())
             .await
             .unwrap();
+        let loads = metrics.loads.get();
         let (promoted, refresh) = cache.promote_canary(&id("m")).await.unwrap();
         assert_eq!(promoted.version, 2);
         assert_eq!(refresh.live, 2, "{refresh:?}");
+        assert!(refresh.swapped, "{refresh:?}");
+        // The canary version was in memory: promoted as it is, not loaded again beside
+        // itself, and the old live version leaves memory as a replaced one does.
+        assert_eq!(metrics.loads.get(), loads, "no second load of version 2");
+        let resident: Vec<u64> = cache
+            .state()
+            .models()
+            .map(|(key, _)| key.version)
+            .collect();
+        assert_eq!(resident, vec![2]);
         let alias = std::fs::read_to_string(store.0.join("m/alias.json")).unwrap();
         assert_eq!(alias, r#"{"pinned":2}"#);
         assert!(!store.0.join("m/canary.json").exists());

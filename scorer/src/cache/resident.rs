@@ -253,6 +253,12 @@ impl<M: Charged> Resident<M> {
         dropped
     }
 
+    /// Swaps `old` out for a version that is already resident (a canary promoted, or a
+    /// version first asked for by number), under one lock.
+    pub fn retire(&mut self, old: &ModelKey, now: f64) -> Vec<Arc<M>> {
+        self.evict(old, Reason::Replaced, now).into_iter().collect()
+    }
+
     /// Drops every version of `id` (an explicit unload).
     pub fn unload(&mut self, id: &ModelId, now: f64) -> Vec<Arc<M>> {
         let keys: Vec<ModelKey> = self

@@ -178,10 +178,30 @@ impl ModelCache {
                 id: id.clone(),
                 version: target,
             };
-            match self.prepare(&new_key, &old).await {
-                Ok((model, cost, reservation)) => {
+            // Already in memory (a promoted canary, a version asked for by number): checked
+            // again as it is, not loaded a second time beside itself.
+            let resident = self.state().model(&new_key).cloned();
+            let prepared = match resident {
+                Some(model) => self
+                    .within_load_timeout(
+                        &new_key,
+                        self.vet_holding(&new_key, model, Some(&old), ()),
+                    )
+                    .await
+                    .map(|()| None),
+                None => self.prepare(&new_key, &old).await.map(Some),
+            };
+            match prepared {
+                Ok(Some((model, cost, reservation))) => {
                     self.install(&old_key, new_key, model, cost);
                     drop(reservation);
+                    outcome.swapped = true;
+                    self.metrics.version_swaps.inc();
+                }
+                Ok(None) => {
+                    let now = self.now();
+                    let dropped = self.state().retire(&old_key, now);
+                    self.dropped(dropped);
                     outcome.swapped = true;
                     self.metrics.version_swaps.inc();
                 }
@@ -228,18 +248,33 @@ impl ModelCache {
     ) -> Result<(Arc<LoadedModel>, f64, Reservation), ScorerError> {
         self.within_load_timeout(key, async {
             let (model, cost, reservation) = self.load(key.clone()).await?;
-            let (checked, old) = (model.clone(), old.clone());
-            // The reservation travels with the check: abandoned, it is released when the
-            // check is done with the model.
-            let (verdict, _, reservation) = self
-                .loads
-                .run_holding(false, reservation, move || checked.vet(Some(&old)))
-                .await
-                .map_err(ScorerError::Store)?;
-            verdict.map_err(|message| invalid_model(&key.id, key.version, message))?;
+            let reservation = self
+                .vet_holding(key, model.clone(), Some(old), reservation)
+                .await?;
             Ok((model, cost, reservation))
         })
         .await
+    }
+
+    /// Checks `model` (version `key`) can replace `old` (or stand alone: a smoke
+    /// inference only, when `old` is `None`), on a load thread, holding `hold`
+    /// until the check is done with the model: abandoned (a caller's
+    /// `within_load_timeout`), a held reservation is released only then.
+    pub(super) async fn vet_holding<R: Send + 'static>(
+        &self,
+        key: &ModelKey,
+        model: Arc<LoadedModel>,
+        old: Option<&Arc<LoadedModel>>,
+        hold: R,
+    ) -> Result<R, ScorerError> {
+        let old = old.cloned();
+        let (verdict, _, hold) = self
+            .loads
+            .run_holding(false, hold, move || model.vet(old.as_deref()))
+            .await
+            .map_err(ScorerError::Store)?;
+        verdict.map_err(|message| invalid_model(&key.id, key.version, message))?;
+        Ok(hold)
     }
 
     /// Swaps `old_key` out and `new_key` in under one lock.

@@ -361,11 +361,7 @@ mod cache_tests {
         // The canary version was in memory: promoted as it is, not loaded again beside
         // itself, and the old live version leaves memory as a replaced one does.
         assert_eq!(metrics.loads.get(), loads, "no second load of version 2");
-        let resident: Vec<u64> = cache
-            .state()
-            .models()
-            .map(|(key, _)| key.version)
-            .collect();
+        let resident: Vec<u64> = cache.state().models().map(|(key, _)| key.version).collect();
         assert_eq!(resident, vec![2]);
         let alias = std::fs::read_to_string(store.0.join("m/alias.json")).unwrap();
         assert_eq!(alias, r#"{"pinned":2}"#);

@@ -54,10 +54,7 @@ impl LocalStore {
                 Err(e) => Err(unavailable(&path.display().to_string(), e)),
             };
         };
-        // Unique per write, so two writes racing in one process never share a temporary.
-        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let temporary = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+        let temporary = temporary(&dir, name);
         tokio::fs::write(&temporary, body)
             .await
             .map_err(|e| unavailable(&temporary.display().to_string(), e))?;
@@ -65,6 +62,15 @@ impl LocalStore {
             .await
             .map_err(|e| unavailable(&path.display().to_string(), e))
     }
+}
+
+/// A temporary file beside `name` in `dir`, unique per write: two writes racing in one
+/// process (a retried upload while the first is still writing) never share one, so
+/// neither can truncate what the other is about to link or rename into place.
+fn temporary(dir: &std::path::Path, name: &str) -> PathBuf {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }
 
 fn unavailable(what: &str, error: std::io::Error) -> StoreError {
@@ -178,7 +184,7 @@ impl ModelStore for LocalStore {
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| unavailable(&dir.display().to_string(), e))?;
-            let temporary = dir.join(format!(".{MODEL_FILE}.{}.tmp", std::process::id()));
+            let temporary = temporary(&dir, MODEL_FILE);
             let write = || -> std::io::Result<()> {
                 use std::io::Write;
                 let mut file = std::fs::File::create(&temporary)?;

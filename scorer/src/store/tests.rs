@@ -141,6 +141,38 @@ async fn the_local_store_hashes_a_version_file() {
     ));
 }
 
+/// Two uploads of one version racing in one process (a client retrying while its first
+/// upload still writes): one wins, the other is a conflict, and the version is exactly one
+/// of the two files, never a mix or a truncated one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_writes_of_one_version_leave_one_whole_file() {
+    let dir = Dir(std::env::temp_dir().join(format!("mm-store-race-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let store = std::sync::Arc::new(LocalStore::new(dir.0.clone()));
+    for round in 1..=20u64 {
+        let bodies = [vec![b'a'; 4 << 20], vec![b'b'; 3 << 20]];
+        let writes = bodies.clone().map(|body| {
+            let store = store.clone();
+            tokio::spawn(async move { store.write_version(&id(), round, Bytes::from(body)).await })
+        });
+        let [first, second] = writes;
+        let outcomes = [first.await.unwrap(), second.await.unwrap()];
+        let won = outcomes.iter().filter(|o| o.is_ok()).count();
+        let conflicts = outcomes
+            .iter()
+            .filter(|o| matches!(o, Err(StoreError::Conflict(_))))
+            .count();
+        assert_eq!((won, conflicts), (1, 1), "round {round}: {outcomes:?}");
+        let stored = store.read(&id(), round).await.unwrap();
+        assert!(
+            bodies.iter().any(|b| b[..] == stored[..]),
+            "round {round}: a file of {} bytes that is neither upload",
+            stored.len()
+        );
+    }
+}
+
 #[test]
 fn a_canary_is_a_version_and_a_share() {
     assert!(Canary::new(0, 10.0).is_err());

@@ -149,7 +149,7 @@ async fn racing_writes_of_one_version_leave_one_whole_file() {
     let dir = Dir(std::env::temp_dir().join(format!("mm-store-race-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);
     std::fs::create_dir_all(&dir.0).unwrap();
-    let store = std::sync::Arc::new(LocalStore::new(dir.0.clone()));
+    let store = Arc::new(LocalStore::new(dir.0.clone()));
     for round in 1..=20u64 {
         let bodies = [vec![b'a'; 4 << 20], vec![b'b'; 3 << 20]];
         let writes = bodies.clone().map(|body| {

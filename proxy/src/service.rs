@@ -199,8 +199,10 @@ impl Proxy {
             }
             // The pool view names the hottest models of every tenant.
             Route::PoolView => self.authorize(session, false, Reach::AllModels),
-            // One model's placement: a key scoped to model-id prefixes sees only its own.
-            Route::PoolModel { id } => self.authorize(session, false, Reach::Model(id)),
+            // One model's placement names scorers and their addresses: an operator's view,
+            // as the explanation it goes with, so an admin call (a key scoped to model-id
+            // prefixes sees only its own models').
+            Route::PoolModel { id } => self.authorize(session, true, Reach::Model(id)),
             _ => Ok(()),
         }
     }

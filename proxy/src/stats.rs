@@ -254,7 +254,8 @@ impl Statistics {
 
 impl Statistics {
     /// Where `model` lives from this proxy's view (`/v2/mm/pool/models/{id}`): every
-    /// member in the model's rendezvous order (the first is its owner), whether this proxy
+    /// member in the model's rendezvous order (its owner is the first healthy one, where
+    /// its requests go; `null` when none is healthy), whether this proxy
     /// believes each holds it hot (a recent answer for it, `Pool::hot`), and the pool-wide
     /// rate this proxy counts for it (`null` when it is not among the models tracked
     /// exactly: a sketch estimate would only bound it from above).
@@ -280,9 +281,12 @@ impl Statistics {
             .hot()
             .find(|(k, _)| &***k == model)
             .map(|(_, rate)| rate);
+        let owner = ranked
+            .iter()
+            .find(|name| members.iter().any(|(n, _, healthy)| n == *name && *healthy));
         json!({
             "model": model,
-            "owner": ranked.first(),
+            "owner": owner,
             "ranking": ranking,
             "rate": rate,
         })

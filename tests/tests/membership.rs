@@ -351,6 +351,25 @@ async fn a_pod_restarted_on_a_new_address_keeps_its_name_and_its_models() {
         ranked(&set, &running),
         "a discovered scorer that is not listening yet takes no request"
     );
+    // Its placement: still first in the model's rendezvous order, not healthy, and the
+    // owner named is the scorer its requests go to meanwhile.
+    let mine = before.iter().position(|p| p == pod).unwrap();
+    let placement = get_json(
+        &client,
+        &format!("{}/v2/mm/pool/models/{}", proxy.url, id(mine)),
+    )
+    .await;
+    assert_eq!(
+        placement["ranking"][0]["name"],
+        name.as_str(),
+        "{placement}"
+    );
+    assert_eq!(placement["ranking"][0]["healthy"], false, "{placement}");
+    assert_eq!(
+        placement["owner"],
+        set.scorer_name(&meanwhile[mine]).as_str(),
+        "{placement}"
+    );
     set.start_at(1, new_addr).await;
     let took = until(&client, &proxy, "the restarted pod healthy", |m| {
         healthy(m) == 3 && m.iter().any(|(n, a, h)| *n == name && *a == new && *h)

@@ -612,7 +612,8 @@ async fn a_digest_an_explanation_and_the_placement_describe_a_published_model() 
     assert_eq!(status, 200, "{explain}");
     assert_eq!(explain["resident"], json!([]), "{explain}");
     let placement_url = format!("{}/v2/mm/pool/models/{MODEL}", proxy.url);
-    let placement = manymodels_tests::get_json(&client, &placement_url).await;
+    let (status, placement) = admin(&client, reqwest::Method::GET, &placement_url, None).await;
+    assert_eq!(status, 200, "{placement}");
     assert!(placement["rate"].is_null(), "never counted: {placement}");
     assert!(
         placement["ranking"]
@@ -653,7 +654,8 @@ async fn a_digest_an_explanation_and_the_placement_describe_a_published_model() 
 
     // The placement, answered by the proxy: the owner is the scorer that answered, first
     // of every member in rendezvous order, and the one the proxy knows holds it hot.
-    let placement = manymodels_tests::get_json(&client, &placement_url).await;
+    let (status, placement) = admin(&client, reqwest::Method::GET, &placement_url, None).await;
+    assert_eq!(status, 200, "{placement}");
     assert_eq!(placement["model"], MODEL, "{placement}");
     assert_eq!(placement["owner"], answered.as_str(), "{placement}");
     let ranking = placement["ranking"].as_array().unwrap();

@@ -166,14 +166,21 @@ pub async fn canary(client: &Client, command: &CanaryCommand) -> anyhow::Result<
         CanaryCommand::Show { id } => {
             let answer = client.get(&path(id)).await?;
             let b = &answer.body["canary"];
-            let text = format!(
-                "{id}: version {} takes {}% of unversioned requests; {} of {} counted by {} went to it\n",
-                b["version"],
-                b["percent"],
-                b["to_canary"],
-                b["requests"],
-                answer.scorer.as_deref().unwrap_or("the answering scorer"),
-            );
+            let text = if b["active"] == false {
+                format!(
+                    "{id}: canary of version {} ({}%) splits nothing: that version has left the store (drop it)\n",
+                    b["version"], b["percent"],
+                )
+            } else {
+                format!(
+                    "{id}: version {} takes {}% of unversioned requests; {} of {} counted by {} went to it\n",
+                    b["version"],
+                    b["percent"],
+                    b["to_canary"],
+                    b["requests"],
+                    answer.scorer.as_deref().unwrap_or("the answering scorer"),
+                )
+            };
             (answer, text)
         }
         CanaryCommand::Drop { id } => {

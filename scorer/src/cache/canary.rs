@@ -63,7 +63,8 @@ impl Split {
     }
 }
 
-/// A canary as the admin API shows it: the store's canary, and what the scorer that
+/// A canary as the admin API shows it: the store's canary, whether it splits requests
+/// (`active`: false once its version has left the store), and what the scorer that
 /// answered counted for it (its own share of the model's traffic; 0 when it has not split
 /// requests for this canary).
 #[derive(Clone, Debug, Serialize)]
@@ -71,13 +72,15 @@ pub struct CanaryStatus {
     pub version: u64,
     /// 0-100.
     pub percent: f64,
+    pub active: bool,
     pub requests: u64,
     pub to_canary: u64,
 }
 
 impl ModelCache {
-    /// `canary` with this scorer's counts for it.
-    pub(super) fn canary_status(&self, id: &ModelId, canary: Canary) -> CanaryStatus {
+    /// `canary` with this scorer's counts for it; `active` when its version is in the
+    /// store (`ModelState::split`).
+    pub(super) fn canary_status(&self, id: &ModelId, canary: Canary, active: bool) -> CanaryStatus {
         let counted = self
             .lives()
             .get(id)
@@ -86,6 +89,7 @@ impl ModelCache {
         CanaryStatus {
             version: canary.version,
             percent: canary.percent,
+            active,
             requests: counted.as_ref().map_or(0, |s| s.requests),
             to_canary: counted.as_ref().map_or(0, |s| s.to_canary),
         }
@@ -130,7 +134,7 @@ impl ModelCache {
         let canary = state
             .canary
             .ok_or_else(|| ScorerError::NoCanary(id.to_string()))?;
-        Ok(self.canary_status(id, canary))
+        Ok(self.canary_status(id, canary, state.split().is_some()))
     }
 
     /// Sets `id`'s canary in the store and follows it here at once. The version must be
@@ -171,7 +175,7 @@ impl ModelCache {
             .map_err(store_error)?;
         tracing::info!(model = %id, version = canary.version, percent = canary.percent, "canary set");
         self.refresh(id).await?;
-        Ok(self.canary_status(id, canary))
+        Ok(self.canary_status(id, canary, true))
     }
 
     /// Drops `id`'s canary from the store; answers it as it was, with this scorer's
@@ -185,7 +189,7 @@ impl ModelCache {
             }
             return Err(ScorerError::NoCanary(id.to_string()));
         };
-        let dropped = self.canary_status(id, canary);
+        let dropped = self.canary_status(id, canary, state.split().is_some());
         self.store
             .write_canary(id, None)
             .await
@@ -213,7 +217,7 @@ impl ModelCache {
                 version: canary.version.to_string(),
             });
         }
-        let promoted = self.canary_status(id, canary);
+        let promoted = self.canary_status(id, canary, true);
         self.store
             .write_alias(id, Some(canary.version))
             .await
@@ -415,6 +419,31 @@ mod cache_tests {
         std::fs::remove_file(store.0.join("m/canary.json")).unwrap();
         cache.refresh(&id("m")).await.unwrap();
         assert_eq!(answered(cache, 5).await, vec![1; 5]);
+    }
+
+    /// A canary whose version has left the store splits nothing and is shown inactive.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_canary_whose_version_left_the_store_is_shown_inactive() {
+        let store = Store::new();
+        store.put("m", 1, &demo("linear-small"));
+        store.put("m", 2, &demo("linear-small"));
+        let scorer = scorer(&store, |_| {});
+        let cache = &scorer.cache;
+        let m = id("m");
+        let set = cache
+            .set_canary(&m, Canary::new(1, 100.0).unwrap())
+            .await
+            .unwrap();
+        assert!(set.active);
+        assert!(cache.canary(&m).await.unwrap().active);
+        assert_eq!(answered(cache, 3).await, vec![1; 3]);
+        std::fs::remove_dir_all(store.0.join("m/1")).unwrap();
+        cache.refresh(&m).await.unwrap();
+        let shown = cache.canary(&m).await.unwrap();
+        assert_eq!((shown.version, shown.active), (1, false));
+        let status = cache.version_status(&m).await.unwrap();
+        assert!(!status.canary.unwrap().active);
+        assert_eq!(answered(cache, 3).await, vec![2; 3]);
     }
 
     /// A canary file that is not valid fails the model's look-ups, naming the file, until

@@ -305,7 +305,8 @@ impl ModelCache {
             .collect();
         resident.sort_unstable();
         let live = self.lives().get(id).cloned();
-        let canary = state.canary.map(|c| self.canary_status(id, c));
+        let active = state.split().is_some();
+        let canary = state.canary.map(|c| self.canary_status(id, c, active));
         Ok(VersionStatus {
             model: id.to_string(),
             live: live.as_ref().map(|l| l.version).or(state.live()),

@@ -95,8 +95,8 @@ impl ModelCache {
         }
     }
 
-    /// The store's state of `id`, which must exist.
-    async fn existing(&self, id: &ModelId) -> Result<ModelState, ScorerError> {
+    /// The store's state of `id`, which must exist (a model with no version is none).
+    pub(super) async fn existing(&self, id: &ModelId) -> Result<ModelState, ScorerError> {
         let state = self.store.model_state(id).await.map_err(store_error)?;
         if state.versions.is_empty() {
             return Err(ScorerError::ModelNotFound(id.to_string()));

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::resident::{EVICTION_LOG, Resident};
-use super::{ModelCache, ModelKey, Reason, store_error};
+use super::{ModelCache, ModelKey, Reason};
 use crate::engine::{Engine, LoadedModel};
 use crate::error::ScorerError;
 use crate::model_id::ModelId;
@@ -89,10 +89,7 @@ impl ModelCache {
     /// it again and whether a load is in flight, summed up in one sentence.
     /// `ModelNotFound` when the store has no version of it.
     pub async fn explain_model(&self, id: &ModelId) -> Result<ModelExplain, ScorerError> {
-        let stored = self.store.model_state(id).await.map_err(store_error)?;
-        if stored.versions.is_empty() {
-            return Err(ScorerError::ModelNotFound(id.to_string()));
-        }
+        let stored = self.existing(id).await?;
         let loading = self
             .inflight
             .lock()

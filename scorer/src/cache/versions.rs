@@ -292,10 +292,7 @@ impl ModelCache {
 
     /// Versions, alias and what this scorer serves for `id`.
     pub async fn version_status(&self, id: &ModelId) -> Result<VersionStatus, ScorerError> {
-        let state = self.store.model_state(id).await.map_err(store_error)?;
-        if state.versions.is_empty() {
-            return Err(ScorerError::ModelNotFound(id.to_string()));
-        }
+        let state = self.existing(id).await?;
         let mut resident: Vec<u64> = self
             .state()
             .models()

@@ -38,6 +38,19 @@ pub mod header {
     /// now ([`crate::parse_timeout_ms`]). The proxy waits for the scorer at most this long
     /// and forwards it less the time already spent; the scorer answers 504 past it.
     pub const TIMEOUT_MS: &str = "x-mm-timeout-ms";
+    /// On a repository index request (proxy → scorer): the model-id prefixes the caller's
+    /// key is scoped to, comma-separated ([`crate::model_prefixes`]); the scorer lists
+    /// only the models they admit. The proxy sets it for a scoped key and drops any a
+    /// client sent, so it can only narrow what a caller sees.
+    pub const MODEL_PREFIXES: &str = "x-mm-model-prefixes";
+}
+
+/// `x-mm-model-prefixes`: the prefixes, each the start of a valid model id (so without a
+/// comma); `None` when one is not, so a malformed header is refused, never widened.
+pub fn model_prefixes(text: &str) -> Option<Vec<String>> {
+    text.split(',')
+        .map(|prefix| valid_model_id(prefix).then(|| prefix.to_string()))
+        .collect()
 }
 
 /// The longest deadline `x-mm-timeout-ms` may ask for: one hour.
@@ -112,6 +125,26 @@ mod tests {
             "", "0", "00", "012", "-5", "+5", "1.5", "3600001", "99999999", " 5", "5s",
         ] {
             assert_eq!(parse_timeout_ms(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn model_prefixes_are_valid_id_starts_or_refused() {
+        assert_eq!(
+            model_prefixes("acme-,globex-"),
+            Some(vec!["acme-".to_string(), "globex-".to_string()])
+        );
+        assert_eq!(model_prefixes("acme-"), Some(vec!["acme-".to_string()]));
+        for bad in [
+            "",
+            ",",
+            "acme-,",
+            "acme-,,b",
+            "../x",
+            "a b",
+            "acme-|globex-",
+        ] {
+            assert_eq!(model_prefixes(bad), None, "{bad:?}");
         }
     }
 

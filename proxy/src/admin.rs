@@ -14,9 +14,10 @@ use crate::service::Proxy;
 pub(crate) enum Reach<'a> {
     /// One model: the key's prefixes must admit it.
     Model(&'a str),
-    /// Every model (the repository index lists the whole store): unscoped keys only.
+    /// Every model (the pool view names every tenant's hottest): unscoped keys only.
     AllModels,
-    /// No model at all (server metadata): any valid key.
+    /// No model in particular (server metadata, the repository index, which the scorer
+    /// narrows to the key's prefixes): any valid key.
     NoModel,
 }
 
@@ -24,20 +25,21 @@ impl Proxy {
     /// Checks the request's key: an admin key for admin routes when admin keys are set,
     /// else an API key; open when no key is set. A key scoped to model-id prefixes must
     /// admit what the request reaches (403 otherwise). Called before a scorer is chosen,
-    /// so a refused request costs no store look-up anywhere. Counted by key name.
+    /// so a refused request costs no store look-up anywhere. Counted by key name. Answers
+    /// the key's model-id prefixes (empty: every model, or no key set).
     pub(crate) fn authorize(
         &self,
         session: &Session,
         admin: bool,
         reach: Reach<'_>,
-    ) -> Result<(), Rejection> {
+    ) -> Result<Vec<String>, Rejection> {
         let keys = if admin && !self.config.admin_keys.is_empty() {
             &self.config.admin_keys
         } else {
             &self.config.api_keys
         };
         if keys.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let count = |key: &str, outcome: &str| {
             self.metrics
@@ -59,7 +61,7 @@ impl Proxy {
         };
         if allowed {
             count(&key.name, "allowed");
-            Ok(())
+            Ok(key.scope.clone())
         } else {
             count(&key.name, "out_of_scope");
             Err(Rejection::OutOfScope(match reach {

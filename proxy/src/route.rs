@@ -28,7 +28,8 @@ pub enum Route {
     Model { id: String, action: Action },
     /// A request any scorer can answer (`GET /v2`, `POST /v2/repository/index`): it
     /// names no model, so it is neither counted nor warmed. `lists_models`: the repository
-    /// index, which lists every model in the store (only unscoped keys may see it).
+    /// index, which lists the models in the store that the caller's key admits (the
+    /// scorer narrows it by `x-mm-model-prefixes`).
     AnyScorer { lists_models: bool },
     /// A bad request: answered 400 without touching a scorer.
     Invalid(String),

@@ -62,6 +62,9 @@ pub struct Ctx {
     deadline: Option<Instant>,
     /// A gRPC call: forwarded over HTTP/2, refused with a gRPC status.
     grpc: bool,
+    /// The model-id prefixes of the key that asked for the repository index (empty: every
+    /// model), sent to the scorer as `x-mm-model-prefixes`.
+    list_scope: Vec<String>,
 }
 
 impl Ctx {
@@ -183,27 +186,22 @@ impl Proxy {
     }
 
     /// The key check of a route that reaches scorers or names the pool's models (see
-    /// `admin::authorize`); other routes pass.
-    fn check_key(&self, session: &Session, route: &Route) -> Result<(), Rejection> {
+    /// `admin::authorize`); other routes pass. Answers the key's model-id prefixes (empty:
+    /// every model).
+    fn check_key(&self, session: &Session, route: &Route) -> Result<Vec<String>, Rejection> {
         match route {
             Route::Model { id, action } => {
                 self.authorize(session, action.admin(), Reach::Model(id))
             }
-            Route::AnyScorer { lists_models } => {
-                let reach = if *lists_models {
-                    Reach::AllModels
-                } else {
-                    Reach::NoModel
-                };
-                self.authorize(session, false, reach)
-            }
+            // The repository index: any key, listing only what its prefixes admit.
+            Route::AnyScorer { .. } => self.authorize(session, false, Reach::NoModel),
             // The pool view names the hottest models of every tenant.
             Route::PoolView => self.authorize(session, false, Reach::AllModels),
             // One model's placement names scorers and their addresses: an operator's view,
             // as the explanation it goes with, so an admin call (a key scoped to model-id
             // prefixes sees only its own models').
             Route::PoolModel { id } => self.authorize(session, true, Reach::Model(id)),
-            _ => Ok(()),
+            _ => Ok(Vec::new()),
         }
     }
 
@@ -282,6 +280,7 @@ impl ProxyHttp for Proxy {
             status: 0,
             deadline: None,
             grpc: false,
+            list_scope: Vec::new(),
         }
     }
 
@@ -314,8 +313,17 @@ impl ProxyHttp for Proxy {
                 ctx.echoed.push((name, value));
             }
         }
-        let reply = if let Err(rejection) = self.check_key(session, &ctx.route) {
-            rejection.into()
+        let reply = match self.check_key(session, &ctx.route) {
+            Err(rejection) => Some(rejection.into()),
+            Ok(scope) => {
+                if let Route::AnyScorer { lists_models: true } = ctx.route {
+                    ctx.list_scope = scope;
+                }
+                None
+            }
+        };
+        let reply = if let Some(reply) = reply {
+            reply
         } else if let Some(reply) = self.local(&ctx.route) {
             reply
         } else {
@@ -349,10 +357,15 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(value) = &self.pool_authorization {
             upstream_request.insert_header("authorization", value.as_str())?;
+        }
+        // Only the proxy says which models a caller may list.
+        upstream_request.remove_header(header::MODEL_PREFIXES);
+        if !ctx.list_scope.is_empty() {
+            upstream_request.insert_header(header::MODEL_PREFIXES, ctx.list_scope.join(","))?;
         }
         Ok(())
     }

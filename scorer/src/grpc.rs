@@ -440,7 +440,14 @@ impl GrpcInferenceService for Front {
         request: Request<pb::RepositoryIndexRequest>,
     ) -> Answer<pb::RepositoryIndexResponse> {
         let result = async {
-            let entries = infer::index(&self.scorer, request.get_ref().ready).await?;
+            let prefixes = infer::index_prefixes(
+                request
+                    .metadata()
+                    .get(manymodels_contract::header::MODEL_PREFIXES)
+                    .map(|v| v.as_bytes()),
+            )?;
+            let entries =
+                infer::index(&self.scorer, request.get_ref().ready, prefixes.as_deref()).await?;
             let models = entries
                 .into_iter()
                 .map(|entry| pb::repository_index_response::ModelIndex {

@@ -7,7 +7,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
@@ -215,7 +215,7 @@ async fn ready(State(scorer): Shared) -> Response {
 
 async fn infer(
     State(scorer): Shared,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
     path: Result<Path<Target>, PathRejection>,
     request: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -233,7 +233,7 @@ async fn score(
     scorer: &Arc<Scorer>,
     id: ModelId,
     version: Option<u64>,
-    headers: &axum::http::HeaderMap,
+    headers: &HeaderMap,
     body: Bytes,
     deadline: Deadline,
 ) -> Result<Response, ScorerError> {
@@ -351,7 +351,7 @@ async fn metadata(
 
 async fn model_metadata(
     State(scorer): Shared,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
     path: Result<Path<Target>, PathRejection>,
 ) -> Response {
     let result = async {
@@ -381,7 +381,7 @@ async fn readiness(
 
 async fn model_ready(
     State(scorer): Shared,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
     path: Result<Path<Target>, PathRejection>,
 ) -> Response {
     let result = async {
@@ -401,9 +401,15 @@ async fn model_ready(
 /// models in memory.
 async fn repository_index(
     State(scorer): Shared,
+    headers: HeaderMap,
     request: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
+        let prefixes = infer::index_prefixes(
+            headers
+                .get(contract::header::MODEL_PREFIXES)
+                .map(HeaderValue::as_bytes),
+        )?;
         let body = body(request, &scorer)?;
         let ready_only = if body.iter().all(u8::is_ascii_whitespace) {
             false
@@ -415,7 +421,9 @@ async fn repository_index(
                 .and_then(serde_json::Value::as_bool)
                 .unwrap_or(false)
         };
-        Ok(json_response(&infer::index(&scorer, ready_only).await?))
+        Ok(json_response(
+            &infer::index(&scorer, ready_only, prefixes.as_deref()).await?,
+        ))
     }
     .await;
     finish(&scorer, "index", result)

@@ -232,7 +232,11 @@ pub struct IndexEntry {
 /// Lists the store without loading anything. Models in memory are `READY`; the rest are
 /// `UNAVAILABLE` with reason `not loaded` (they load on their first request);
 /// `ready_only` lists only the models in memory.
-pub async fn index(scorer: &Scorer, ready_only: bool) -> Result<Vec<IndexEntry>, ScorerError> {
+pub async fn index(
+    scorer: &Scorer,
+    ready_only: bool,
+    prefixes: Option<&[String]>,
+) -> Result<Vec<IndexEntry>, ScorerError> {
     let mut resident: Vec<(String, u64)> = scorer
         .cache
         .resident()
@@ -273,5 +277,26 @@ pub async fn index(scorer: &Scorer, ready_only: bool) -> Result<Vec<IndexEntry>,
         );
         entries.sort_by(|a, b| a.name.cmp(&b.name));
     }
+    if let Some(prefixes) = prefixes {
+        entries.retain(|entry| prefixes.iter().any(|p| entry.name.starts_with(p.as_str())));
+    }
     Ok(entries)
+}
+
+/// The `x-mm-model-prefixes` of an index request: `None` when absent (every model),
+/// 400 when malformed.
+pub fn index_prefixes(value: Option<&[u8]>) -> Result<Option<Vec<String>>, ScorerError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(manymodels_contract::model_prefixes)
+        .map(Some)
+        .ok_or_else(|| {
+            ScorerError::invalid(format!(
+                "{} must be comma-separated model-id prefixes",
+                manymodels_contract::header::MODEL_PREFIXES
+            ))
+        })
 }

@@ -321,7 +321,6 @@ async fn keys_of_two_tenants_reach_only_their_models() {
             format!("{}/v2/models/globex-linear", proxy.url),
             None,
         ),
-        ("POST", format!("{}/v2/repository/index", proxy.url), None),
     ];
     for (method, path, body) in &refused {
         let (status, answer) = call(&client, method, path, Some("acme-k-51d2"), *body).await;
@@ -329,16 +328,38 @@ async fn keys_of_two_tenants_reach_only_their_models() {
     }
     let after = scorer_requests().await;
     assert_eq!(after, before, "a refused request reached a scorer");
-    // An unscoped key reaches every model and the index.
-    let (status, _) = call(
-        &client,
-        "POST",
-        &format!("{}/v2/repository/index", proxy.url),
-        Some("ops-k-0c4b"),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
+    // The repository index lists what the key admits: its tenant's models for a scoped
+    // key (a prefixes header sent by the client is dropped, never trusted), every model
+    // for an unscoped one.
+    let index = format!("{}/v2/repository/index", proxy.url);
+    let listed = async |key: &str, forged: Option<&str>| -> Vec<String> {
+        let mut request = client.post(&index).bearer_auth(key);
+        if let Some(prefixes) = forged {
+            request = request.header("x-mm-model-prefixes", prefixes);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "{key}");
+        let entries: Vec<Value> = response.json().await.unwrap();
+        entries
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(listed("acme-k-51d2", None).await, ["acme-linear"]);
+    assert_eq!(
+        listed("acme-k-51d2", Some("globex-,acme-")).await,
+        ["acme-linear"]
+    );
+    assert_eq!(listed("globex-k-88e1", None).await, ["globex-linear"]);
+    assert_eq!(
+        listed("ops-k-0c4b", None).await,
+        ["acme-linear", "globex-linear"]
+    );
+    assert_eq!(
+        listed("ops-k-0c4b", Some("globex-")).await,
+        ["acme-linear", "globex-linear"],
+        "a client's prefixes header is not the proxy's"
+    );
     assert_eq!(
         call(
             &client,
@@ -432,10 +453,10 @@ async fn keys_of_two_tenants_reach_only_their_models() {
         ))
     };
     // (An API key on an admin route is no admin key: counted as "none".)
-    assert_eq!(by_key("acme", "allowed"), 1.0, "{text}");
-    assert_eq!(by_key("acme", "out_of_scope"), 5.0, "{text}");
+    assert_eq!(by_key("acme", "allowed"), 3.0, "{text}");
+    assert_eq!(by_key("acme", "out_of_scope"), 4.0, "{text}");
     assert_eq!(by_key("none", "unauthorized"), 4.0, "{text}");
-    assert_eq!(by_key("globex", "allowed"), 1.0);
+    assert_eq!(by_key("globex", "allowed"), 2.0);
     assert_eq!(by_key("globex", "out_of_scope"), 1.0);
     assert_eq!(by_key("acme-admin", "allowed"), 2.0);
     assert_eq!(by_key("acme-admin", "out_of_scope"), 2.0);

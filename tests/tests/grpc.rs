@@ -275,6 +275,39 @@ async fn grpc_calls_need_the_same_keys_as_rest() {
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::PermissionDenied, "{error:?}");
+    // The repository index lists what the key admits, as over REST; a client's own
+    // prefixes metadata is dropped by the proxy.
+    let index = |key: &str, forged: Option<&str>| {
+        let mut request = with_key(
+            key,
+            tonic::Request::new(pb::RepositoryIndexRequest {
+                repository_name: String::new(),
+                ready: false,
+            }),
+        );
+        if let Some(prefixes) = forged {
+            request
+                .metadata_mut()
+                .insert("x-mm-model-prefixes", prefixes.parse().unwrap());
+        }
+        request
+    };
+    let names = |answer: pb::RepositoryIndexResponse| -> Vec<String> {
+        answer.models.into_iter().map(|m| m.name).collect()
+    };
+    let scoped = client.repository_index(index("acme-k-1", Some("l"))).await;
+    let linear: Vec<String> = manymodels_tests::reference::demo_ids()
+        .into_iter()
+        .filter(|id| id.starts_with("linear-"))
+        .collect();
+    assert_eq!(names(scoped.unwrap().into_inner()), linear);
+    let all = client
+        .repository_index(index("all-k-2", Some("linear-")))
+        .await;
+    assert_eq!(
+        names(all.unwrap().into_inner()),
+        manymodels_tests::reference::demo_ids()
+    );
     // Loading is an admin call.
     let load = |key: &str| {
         with_key(

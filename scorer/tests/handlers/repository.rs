@@ -153,6 +153,32 @@ async fn repository_index_load_and_unload() {
         .json();
     assert_eq!(all_names(&ready_only), vec!["linear-small".to_string()]);
 
+    // Narrowed to a scoped key's prefixes (the proxy's x-mm-model-prefixes); a malformed
+    // header is refused, never read as "every model".
+    let narrowed = |prefixes: &'static str| {
+        let request = Request::builder()
+            .method("POST")
+            .uri("/v2/repository/index")
+            .header("x-mm-model-prefixes", prefixes)
+            .body(Body::empty())
+            .expect("valid request");
+        send(&router, request)
+    };
+    let index = narrowed("linear-,forest-1").await.ok();
+    let want: Vec<String> = ids
+        .iter()
+        .filter(|id| id.starts_with("linear-") || id.starts_with("forest-1"))
+        .cloned()
+        .collect();
+    assert!(want.len() >= 2, "{want:?}");
+    assert_eq!(all_names(&index), want);
+    assert_eq!(ready_names(&index), vec!["linear-small".to_string()]);
+    for bad in ["", "linear-,", "../x"] {
+        narrowed(bad)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "x-mm-model-prefixes");
+    }
+
     // Load.
     let loads_before = metric_now(&router, "mm_scorer_model_loads_total").await;
     let reply = post_raw(&router, "/v2/repository/models/forest-1mb/load", "").await;

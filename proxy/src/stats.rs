@@ -254,8 +254,10 @@ impl Statistics {
 
 impl Statistics {
     /// Where `model` lives from this proxy's view (`/v2/mm/pool/models/{id}`): every
-    /// member in the model's rendezvous order (its owner is the first healthy one, where
-    /// its requests go; `null` when none is healthy), whether this proxy
+    /// member in the model's rendezvous order (its owner is the first one in rotation,
+    /// healthy and not ejected: where admin calls about it go, and its requests unless
+    /// another scorer holds it hot or takes a spill; `null` when none is), whether this
+    /// proxy
     /// believes each holds it hot (a recent answer for it, `Pool::hot`), and the pool-wide
     /// rate this proxy counts for it (`null` when it is not among the models tracked
     /// exactly: a sketch estimate would only bound it from above).
@@ -281,9 +283,10 @@ impl Statistics {
             .hot()
             .find(|(k, _)| &***k == model)
             .map(|(_, rate)| rate);
-        let owner = ranked
-            .iter()
-            .find(|name| members.iter().any(|(n, _, healthy)| n == *name && *healthy));
+        let owner = pool
+            .candidates(model, 1, &[])
+            .first()
+            .map(|c| c.name.to_string());
         json!({
             "model": model,
             "owner": owner,

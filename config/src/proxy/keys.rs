@@ -134,7 +134,7 @@ pub const KEYS: &[KeyDoc] = &[
     ),
     secret(
         "auth.admin_keys",
-        "Comma-separated bearer keys for the admin routes (repository load/unload, `/v2/admin/...`), in the same forms as `auth.api_keys` (a scoped admin key may only administer its models); empty means the API keys.",
+        "Comma-separated bearer keys for the admin routes (repository load/unload, `/v2/admin/...`, a model's placement `/v2/mm/pool/models/{id}`), in the same forms as `auth.api_keys` (a scoped admin key may only administer its models); empty means the API keys.",
     ),
     secret(
         "auth.pool_key",

@@ -77,6 +77,14 @@ pub struct CanaryStatus {
     pub to_canary: u64,
 }
 
+/// `state` if the model has a version, else not found.
+fn found(id: &ModelId, state: ModelState) -> Result<ModelState, ScorerError> {
+    if state.versions.is_empty() {
+        return Err(ScorerError::ModelNotFound(id.to_string()));
+    }
+    Ok(state)
+}
+
 impl ModelCache {
     /// `canary` with this scorer's counts for it; `active` when its version is in the
     /// store (`ModelState::split`).
@@ -97,17 +105,14 @@ impl ModelCache {
 
     /// The store's state of `id`, which must exist (a model with no version is none).
     pub(super) async fn existing(&self, id: &ModelId) -> Result<ModelState, ScorerError> {
-        let state = self.store.model_state(id).await.map_err(store_error)?;
-        if state.versions.is_empty() {
-            return Err(ScorerError::ModelNotFound(id.to_string()));
-        }
-        Ok(state)
+        found(id, self.store.model_state(id).await.map_err(store_error)?)
     }
 
     /// The store's state of `id` for a call that replaces its canary. A canary file that
     /// does not parse fails every other look-up of the model (503, naming the file); this
-    /// one removes it first (logged), so dropping or setting the canary repairs it.
-    /// Answers the state and whether such a file was removed.
+    /// one removes it first (logged), so dropping or setting the canary repairs it (a set
+    /// that is then refused has still removed the file, which served nothing). Answers
+    /// the state and whether such a file was removed.
     async fn existing_replacing_canary(
         &self,
         id: &ModelId,
@@ -124,7 +129,7 @@ impl ModelCache {
                     .map_err(store_error)?;
                 Ok((self.existing(id).await?, true))
             }
-            _ => Ok((self.existing(id).await?, false)),
+            state => Ok((found(id, state.map_err(store_error)?)?, false)),
         }
     }
 

@@ -253,10 +253,14 @@ impl<M: Charged> Resident<M> {
         dropped
     }
 
-    /// Swaps `old` out for a version that is already resident (a canary promoted, or a
-    /// version first asked for by number), under one lock.
-    pub fn retire(&mut self, old: &ModelKey, now: f64) -> Vec<Arc<M>> {
-        self.evict(old, Reason::Replaced, now).into_iter().collect()
+    /// Swaps `old` out for `new`, which is already resident (a canary promoted, or a
+    /// version first asked for by number), under one lock; `None`, and `old` kept, when
+    /// `new` is no longer resident.
+    pub fn retire(&mut self, old: &ModelKey, new: &ModelKey, now: f64) -> Option<Vec<Arc<M>>> {
+        if !self.models.contains_key(new) {
+            return None;
+        }
+        Some(self.evict(old, Reason::Replaced, now).into_iter().collect())
     }
 
     /// Drops every version of `id` (an explicit unload).

@@ -181,27 +181,39 @@ impl ModelCache {
             // Already in memory (a promoted canary, a version asked for by number): checked
             // again as it is, not loaded a second time beside itself.
             let resident = self.state().model(&new_key).cloned();
-            let prepared = match resident {
-                Some(model) => self
-                    .within_load_timeout(
+            let checked = match resident {
+                Some(model) => Some(
+                    self.within_load_timeout(
                         &new_key,
                         self.vet_holding(&new_key, model, Some(&old), ()),
                     )
-                    .await
-                    .map(|()| None),
+                    .await,
+                ),
+                None => None,
+            };
+            let prepared = match checked {
+                Some(Err(error)) => Err(error),
+                Some(Ok(())) => {
+                    // Still resident (checked under the lock that retires the old one)?
+                    // Else evicted during the check: loaded as any new version is.
+                    let now = self.now();
+                    let retired = self.state().retire(&old_key, &new_key, now);
+                    match retired {
+                        Some(dropped) => {
+                            self.dropped(dropped);
+                            Ok(None)
+                        }
+                        None => self.prepare(&new_key, &old).await.map(Some),
+                    }
+                }
                 None => self.prepare(&new_key, &old).await.map(Some),
             };
             match prepared {
-                Ok(Some((model, cost, reservation))) => {
-                    self.install(&old_key, new_key, model, cost);
-                    drop(reservation);
-                    outcome.swapped = true;
-                    self.metrics.version_swaps.inc();
-                }
-                Ok(None) => {
-                    let now = self.now();
-                    let dropped = self.state().retire(&old_key, now);
-                    self.dropped(dropped);
+                Ok(prepared) => {
+                    if let Some((model, cost, reservation)) = prepared {
+                        self.install(&old_key, new_key, model, cost);
+                        drop(reservation);
+                    }
                     outcome.swapped = true;
                     self.metrics.version_swaps.inc();
                 }

@@ -39,16 +39,17 @@ pub mod header {
     /// and forwards it less the time already spent; the scorer answers 504 past it.
     pub const TIMEOUT_MS: &str = "x-mm-timeout-ms";
     /// On a repository index request (proxy → scorer): the model-id prefixes the caller's
-    /// key is scoped to, comma-separated ([`crate::model_prefixes`]); the scorer lists
+    /// key is scoped to, in the key's own form ([`crate::model_prefixes`]); the scorer lists
     /// only the models they admit. The proxy sets it for a scoped key and drops any a
     /// client sent, so it can only narrow what a caller sees.
     pub const MODEL_PREFIXES: &str = "x-mm-model-prefixes";
 }
 
-/// `x-mm-model-prefixes`: the prefixes, each the start of a valid model id (so without a
-/// comma); `None` when one is not, so a malformed header is refused, never widened.
+/// Model-id prefixes as a key's scope writes them and `x-mm-model-prefixes` carries them:
+/// `acme-|globex-`, each the start of a valid model id (so without a `|`); `None` when one
+/// is not, so a malformed scope or header is refused, never widened.
 pub fn model_prefixes(text: &str) -> Option<Vec<String>> {
-    text.split(',')
+    text.split('|')
         .map(|prefix| valid_model_id(prefix).then(|| prefix.to_string()))
         .collect()
 }
@@ -131,18 +132,18 @@ mod tests {
     #[test]
     fn model_prefixes_are_valid_id_starts_or_refused() {
         assert_eq!(
-            model_prefixes("acme-,globex-"),
+            model_prefixes("acme-|globex-"),
             Some(vec!["acme-".to_string(), "globex-".to_string()])
         );
         assert_eq!(model_prefixes("acme-"), Some(vec!["acme-".to_string()]));
         for bad in [
             "",
-            ",",
-            "acme-,",
-            "acme-,,b",
+            "|",
+            "acme-|",
+            "acme-||b",
             "../x",
             "a b",
-            "acme-|globex-",
+            "acme-,globex-",
         ] {
             assert_eq!(model_prefixes(bad), None, "{bad:?}");
         }

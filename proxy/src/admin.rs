@@ -26,20 +26,21 @@ impl Proxy {
     /// else an API key; open when no key is set. A key scoped to model-id prefixes must
     /// admit what the request reaches (403 otherwise). Called before a scorer is chosen,
     /// so a refused request costs no store look-up anywhere. Counted by key name. Answers
-    /// the key's model-id prefixes (empty: every model, or no key set).
+    /// the key's model-id prefixes (empty: every model, or no key set), borrowed: nothing
+    /// is copied on the request path.
     pub(crate) fn authorize(
         &self,
         session: &Session,
         admin: bool,
         reach: Reach<'_>,
-    ) -> Result<Vec<String>, Rejection> {
+    ) -> Result<&[String], Rejection> {
         let keys = if admin && !self.config.admin_keys.is_empty() {
             &self.config.admin_keys
         } else {
             &self.config.api_keys
         };
         if keys.is_empty() {
-            return Ok(Vec::new());
+            return Ok(&[]);
         }
         let count = |key: &str, outcome: &str| {
             self.metrics
@@ -61,7 +62,7 @@ impl Proxy {
         };
         if allowed {
             count(&key.name, "allowed");
-            Ok(key.scope.clone())
+            Ok(&key.scope)
         } else {
             count(&key.name, "out_of_scope");
             Err(Rejection::OutOfScope(match reach {

@@ -62,9 +62,9 @@ pub struct Ctx {
     deadline: Option<Instant>,
     /// A gRPC call: forwarded over HTTP/2, refused with a gRPC status.
     grpc: bool,
-    /// The model-id prefixes of the key that asked for the repository index (empty: every
-    /// model), sent to the scorer as `x-mm-model-prefixes`.
-    list_scope: Vec<String>,
+    /// For a repository index, the asking key's model-id prefixes as
+    /// `x-mm-model-prefixes` carries them (empty: every model); `None` on other routes.
+    list_scope: Option<String>,
 }
 
 impl Ctx {
@@ -188,7 +188,7 @@ impl Proxy {
     /// The key check of a route that reaches scorers or names the pool's models (see
     /// `admin::authorize`); other routes pass. Answers the key's model-id prefixes (empty:
     /// every model).
-    fn check_key(&self, session: &Session, route: &Route) -> Result<Vec<String>, Rejection> {
+    fn check_key(&self, session: &Session, route: &Route) -> Result<&[String], Rejection> {
         match route {
             Route::Model { id, action } => {
                 self.authorize(session, action.admin(), Reach::Model(id))
@@ -201,7 +201,7 @@ impl Proxy {
             // as the explanation it goes with, so an admin call (a key scoped to model-id
             // prefixes sees only its own models').
             Route::PoolModel { id } => self.authorize(session, true, Reach::Model(id)),
-            _ => Ok(Vec::new()),
+            _ => Ok(&[]),
         }
     }
 
@@ -280,7 +280,7 @@ impl ProxyHttp for Proxy {
             status: 0,
             deadline: None,
             grpc: false,
-            list_scope: Vec::new(),
+            list_scope: None,
         }
     }
 
@@ -313,17 +313,12 @@ impl ProxyHttp for Proxy {
                 ctx.echoed.push((name, value));
             }
         }
-        let reply = match self.check_key(session, &ctx.route) {
-            Err(rejection) => Some(rejection.into()),
-            Ok(scope) => {
-                if let Route::AnyScorer { lists_models: true } = ctx.route {
-                    ctx.list_scope = scope;
-                }
-                None
-            }
-        };
-        let reply = if let Some(reply) = reply {
-            reply
+        let checked = self.check_key(session, &ctx.route);
+        if let (Ok(scope), Route::AnyScorer { lists_models: true }) = (&checked, &ctx.route) {
+            ctx.list_scope = Some(scope.join("|"));
+        }
+        let reply = if let Err(rejection) = checked {
+            rejection.into()
         } else if let Some(reply) = self.local(&ctx.route) {
             reply
         } else {
@@ -362,10 +357,13 @@ impl ProxyHttp for Proxy {
         if let Some(value) = &self.pool_authorization {
             upstream_request.insert_header("authorization", value.as_str())?;
         }
-        // Only the proxy says which models a caller may list.
-        upstream_request.remove_header(header::MODEL_PREFIXES);
-        if !ctx.list_scope.is_empty() {
-            upstream_request.insert_header(header::MODEL_PREFIXES, ctx.list_scope.join(","))?;
+        // Only the proxy says which models a caller may list (the scorer reads the header
+        // on the index alone).
+        if let Some(scope) = &ctx.list_scope {
+            upstream_request.remove_header(header::MODEL_PREFIXES);
+            if !scope.is_empty() {
+                upstream_request.insert_header(header::MODEL_PREFIXES, scope.as_str())?;
+            }
         }
         Ok(())
     }

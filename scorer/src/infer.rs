@@ -295,7 +295,7 @@ pub fn index_prefixes(value: Option<&[u8]>) -> Result<Option<Vec<String>>, Score
         .map(Some)
         .ok_or_else(|| {
             ScorerError::invalid(format!(
-                "{} must be comma-separated model-id prefixes",
+                "{} must be model-id prefixes separated by `|`",
                 manymodels_contract::header::MODEL_PREFIXES
             ))
         })

@@ -347,7 +347,7 @@ async fn keys_of_two_tenants_reach_only_their_models() {
     };
     assert_eq!(listed("acme-k-51d2", None).await, ["acme-linear"]);
     assert_eq!(
-        listed("acme-k-51d2", Some("globex-,acme-")).await,
+        listed("acme-k-51d2", Some("globex-|acme-")).await,
         ["acme-linear"]
     );
     assert_eq!(listed("globex-k-88e1", None).await, ["globex-linear"]);

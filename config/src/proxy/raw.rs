@@ -200,18 +200,14 @@ fn api_keys_of(config_key: &str, entries: &[Secret]) -> Result<Vec<ApiKey>, Conf
                 if keys.iter().any(|k| k.name == name) {
                     return Err(named("the name is used twice"));
                 }
-                let scope: Vec<String> = match scope {
+                let scope = match scope {
                     None => Vec::new(),
-                    Some(scope) => scope.split('|').map(str::to_string).collect(),
+                    Some(scope) => manymodels_contract::model_prefixes(scope).ok_or_else(|| {
+                        named(
+                            "each model-id prefix must be the start of a valid model id (e.g. `acme-`)",
+                        )
+                    })?,
                 };
-                if scope
-                    .iter()
-                    .any(|prefix| prefix.is_empty() || !manymodels_contract::valid_model_id(prefix))
-                {
-                    return Err(named(
-                        "each model-id prefix must be the start of a valid model id (e.g. `acme-`)",
-                    ));
-                }
                 ApiKey {
                     name: name.into(),
                     key: Secret::new(key),

@@ -164,7 +164,7 @@ async fn repository_index_load_and_unload() {
             .expect("valid request");
         send(&router, request)
     };
-    let index = narrowed("linear-,forest-1").await.ok();
+    let index = narrowed("linear-|forest-1").await.ok();
     let want: Vec<String> = ids
         .iter()
         .filter(|id| id.starts_with("linear-") || id.starts_with("forest-1"))
@@ -173,7 +173,7 @@ async fn repository_index_load_and_unload() {
     assert!(want.len() >= 2, "{want:?}");
     assert_eq!(all_names(&index), want);
     assert_eq!(ready_names(&index), vec!["linear-small".to_string()]);
-    for bad in ["", "linear-,", "../x"] {
+    for bad in ["", "linear-|", "../x"] {
         narrowed(bad)
             .await
             .assert_error(StatusCode::BAD_REQUEST, "x-mm-model-prefixes");

@@ -178,42 +178,18 @@ impl ModelCache {
                 id: id.clone(),
                 version: target,
             };
-            // Already in memory (a promoted canary, a version asked for by number): checked
-            // again as it is, not loaded a second time beside itself.
-            let resident = self.state().model(&new_key).cloned();
-            let checked = match resident {
-                Some(model) => Some(
-                    self.within_load_timeout(
-                        &new_key,
-                        self.vet_holding(&new_key, model, Some(&old), ()),
-                    )
-                    .await,
-                ),
-                None => None,
-            };
-            let prepared = match checked {
-                Some(Err(error)) => Err(error),
-                Some(Ok(())) => {
-                    // Still resident (checked under the lock that retires the old one)?
-                    // Else evicted during the check: loaded as any new version is.
-                    let now = self.now();
-                    let retired = self.state().retire(&old_key, &new_key, now);
-                    match retired {
-                        Some(dropped) => {
-                            self.dropped(dropped);
-                            Ok(None)
-                        }
-                        None => self.prepare(&new_key, &old).await.map(Some),
-                    }
-                }
-                None => self.prepare(&new_key, &old).await.map(Some),
-            };
-            match prepared {
-                Ok(prepared) => {
-                    if let Some((model, cost, reservation)) = prepared {
+            let swapped = match self.swap_to_resident(&old_key, &new_key, &old).await {
+                Some(swapped) => swapped,
+                None => self
+                    .prepare(&new_key, &old)
+                    .await
+                    .map(|(model, cost, reservation)| {
                         self.install(&old_key, new_key, model, cost);
                         drop(reservation);
-                    }
+                    }),
+            };
+            match swapped {
+                Ok(()) => {
                     outcome.swapped = true;
                     self.metrics.version_swaps.inc();
                 }
@@ -266,6 +242,29 @@ impl ModelCache {
             Ok((model, cost, reservation))
         })
         .await
+    }
+
+    /// Moves from `old_key` to `new_key` when the new version is already in memory (a
+    /// promoted canary, a version asked for by number): vetted as it is, then `old_key`
+    /// retired under the lock, never loaded a second time beside itself. `None` when it is
+    /// not resident, or was evicted during its check: it must be loaded as any new version.
+    async fn swap_to_resident(
+        &self,
+        old_key: &ModelKey,
+        new_key: &ModelKey,
+        old: &Arc<LoadedModel>,
+    ) -> Option<Result<(), ScorerError>> {
+        let model = self.state().model(new_key).cloned()?;
+        let vetted = self
+            .within_load_timeout(new_key, self.vet_holding(new_key, model, Some(old), ()))
+            .await;
+        if let Err(error) = vetted {
+            return Some(Err(error));
+        }
+        let now = self.now();
+        let dropped = self.state().retire(old_key, new_key, now)?;
+        self.dropped(dropped);
+        Some(Ok(()))
     }
 
     /// Checks `model` (version `key`) can replace `old` (or stand alone: a smoke

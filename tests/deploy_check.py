@@ -429,8 +429,12 @@ def main():
     settings = deployment.request_settings
     if settings.request_timeout_ms < 30000 or settings.max_concurrent_requests_per_instance < 16:
         fail("azure ml request settings too tight for cold loads and fan-in")
+    # The proxy's environment as Azure ML gives it, and the port every route probes: the
+    # Rust side loads that environment with the proxy's config crate.
     summary["aml"] = {"endpoint": endpoint.name, "deployment": deployment.name,
-                      "type": type(deployment).__name__}
+                      "type": type(deployment).__name__,
+                      "environment_variables": dict(deployment.environment_variables),
+                      "route_ports": sorted({route["port"] for route in routes.values()})}
     dockerfiles = sorted(str(p) for p in (root / "docker").glob("Dockerfile.*"))
     result = subprocess.run(["hadolint", *dockerfiles], capture_output=True, text=True)
     if len(dockerfiles) != 2 or result.returncode != 0:

@@ -5,7 +5,8 @@
 //! Secret; the policies match the pods' labels and port), the Azure ML YAML loaded by
 //! `azure-ai-ml`; then the scorer and proxy configuration the chart renders is parsed by
 //! the same config crate the binaries use, with the environment variables the chart sets,
-//! so chart and binaries cannot drift. The proxies find the scorers through the headless
+//! so chart and binaries cannot drift; the Azure ML proxy's environment too, which must find
+//! the scorers as the chart's proxies do. The proxies find the scorers through the headless
 //! Service's SRV records (which publish not-ready pods), or the pods' static names when
 //! asked; an autoscaled StatefulSet gets no `replicas` from the chart.
 
@@ -245,6 +246,37 @@ fn the_chart_and_the_azure_ml_yaml_pass_the_real_tools_and_render_configs_the_bi
         "no replicas for helm upgrade to reset"
     );
     assert_eq!(summary["membership"]["default"]["replicas"], 3);
+
+    // The Azure ML deployment's proxy, loaded from the environment Azure ML gives it (the
+    // pool key, passed at create time, stands in): it finds the scorers exactly as the
+    // chart's proxies do, so both rank the same scorers for a model, and it listens on the
+    // port Azure ML probes and scores on.
+    let aml = &summary["aml"];
+    let mut env: Vec<(String, String)> = aml["environment_variables"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, value)| (name.clone(), value.as_str().unwrap().to_string()))
+        .collect();
+    env.push(("MM_PROXY_AUTH_POOL_KEY".into(), "stand-in".into()));
+    let aml_proxy = ProxyConfig::load(&Sources {
+        file: None,
+        env,
+        sets: Vec::new(),
+    })
+    .unwrap_or_else(|e| {
+        panic!("deploy/aml/deployment.yml: the proxy refuses its environment: {e}")
+    });
+    let chart_proxy: ProxyConfig = rendered(&out.path().join("default"), "proxy");
+    assert_eq!(
+        aml_proxy.pool, chart_proxy.pool,
+        "the Azure ML proxy must find the scorers as the chart's proxies do"
+    );
+    assert_eq!(
+        aml["route_ports"],
+        serde_json::json!([aml_proxy.listen.port()]),
+        "Azure ML's routes must reach the proxy's port"
+    );
 }
 
 /// The SRV name of the scorers' port named `http` for release `mm` in namespace `serving`.

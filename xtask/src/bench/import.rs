@@ -10,7 +10,11 @@
 //!   upload-batch` does), no check;
 //! - `mmctl`: `mmctl import --to store` (every model loaded and smoke-tested as a scorer
 //!   would, sha256 in the blob's metadata), then the same command again, which finds
-//!   everything in place and skips it (the resume path).
+//!   everything in place and skips it (the resume path);
+//! - `mmctl-api`: `mmctl import` through the admin API of a pool on that container (a proxy
+//!   and `--scorers` release scorers with `--budget` each): each file goes through the
+//!   proxy to its model's owner, which checks it and writes it; then the rerun. Reports the
+//!   scorers' peak RSS against the documented bound, since every upload passes through one.
 //!
 //! Everything shares the machine's cores with Azurite (Node), which does every write.
 
@@ -23,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use manymodels_tests::azurite::{self, Azurite};
-use manymodels_tests::process::binary;
+use manymodels_tests::process::{ScorerProcess, addrs, binary, free_port};
 use serde_json::Value;
 
 use super::replay::ensure_store;
@@ -40,9 +44,15 @@ pub struct ImportArgs {
     /// Parallel uploads (mmctl's --jobs, and the parallel naive upload's).
     #[arg(long, default_value_t = 8)]
     jobs: usize,
-    /// Phases to run, in order: naive, naive-parallel, mmctl.
-    #[arg(long, value_delimiter = ',', default_values_t = ["naive".to_string(), "naive-parallel".to_string(), "mmctl".to_string()])]
+    /// Phases to run, in order: naive, naive-parallel, mmctl, mmctl-api.
+    #[arg(long, value_delimiter = ',', default_values_t = ["naive".to_string(), "naive-parallel".to_string(), "mmctl".to_string(), "mmctl-api".to_string()])]
     phases: Vec<String>,
+    /// Scorers behind the proxy in the mmctl-api phase.
+    #[arg(long, default_value_t = 2)]
+    scorers: usize,
+    /// Each scorer's `cache.budget` in the mmctl-api phase.
+    #[arg(long, default_value = "1GiB")]
+    budget: String,
 }
 
 /// One model file of the source.
@@ -114,7 +124,8 @@ pub fn run(args: ImportArgs) -> Result<()> {
             "naive" => rows.push(runtime.block_on(naive(&files, 1))?),
             "naive-parallel" => rows.push(runtime.block_on(naive(&files, args.jobs))?),
             "mmctl" => rows.extend(runtime.block_on(mmctl(&dir, &files, args.jobs))?),
-            other => bail!("unknown phase {other} (naive, naive-parallel, mmctl)"),
+            "mmctl-api" => rows.extend(runtime.block_on(mmctl_api(&dir, &files, &args))?),
+            other => bail!("unknown phase {other} (naive, naive-parallel, mmctl, mmctl-api)"),
         }
     }
     println!(
@@ -139,14 +150,14 @@ pub fn run(args: ImportArgs) -> Result<()> {
             row.note
         );
     }
-    if let (Some(naive), Some(mm)) = (
-        rows.iter().find(|r| r.phase == "naive"),
-        rows.iter().find(|r| r.phase.starts_with("mmctl import (")),
-    ) {
-        println!(
-            "\nmmctl import / naive sequential upload, wall time: {:.2}",
-            mm.seconds / naive.seconds
-        );
+    if let Some(naive) = rows.iter().find(|r| r.phase == "naive") {
+        for mm in rows.iter().filter(|r| r.phase.ends_with("(import)")) {
+            println!(
+                "\n{} / naive sequential upload, wall time: {:.2}",
+                mm.phase,
+                mm.seconds / naive.seconds
+            );
+        }
     }
     Ok(())
 }
@@ -195,10 +206,93 @@ async fn naive(files: &[File], jobs: usize) -> Result<Row> {
 /// `mmctl import --to store`, twice: the import, then the rerun that skips everything.
 async fn mmctl(dir: &Path, files: &[File], jobs: usize) -> Result<Vec<Row>> {
     let azurite = fresh_azurite().await;
+    let to = Destination::Store {
+        azurite_url: &azurite.url,
+    };
+    let rows = import_twice(dir, files, jobs, &to, "mmctl import")?;
+    drop(azurite);
+    Ok(rows)
+}
+
+/// The admin key of the mmctl-api phase's pool.
+const ADMIN_KEY: &str = "bench-import-admin";
+
+/// `mmctl import` through the admin API of a pool serving a fresh Azurite container, twice,
+/// with every scorer's peak RSS against its documented bound.
+async fn mmctl_api(dir: &Path, files: &[File], args: &ImportArgs) -> Result<Vec<Row>> {
+    setup::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "manymodels-scorer",
+        "-p",
+        "manymodels-proxy",
+    ])?;
+    let azurite = fresh_azurite().await;
+    let env = [("AZURITE_BLOB_STORAGE_URL", azurite.url.as_str())];
+    let sets = [
+        "store.kind=azure".to_string(),
+        "store.azure.use_emulator=true".into(),
+        "store.azure.container=models".into(),
+        format!("cache.budget={}", args.budget),
+        format!("auth.admin_keys={ADMIN_KEY}"),
+        "log.level=warn".into(),
+    ];
+    let scorers: Vec<ScorerProcess> = (0..args.scorers)
+        .map(|_| ScorerProcess::start(&sets, &env))
+        .collect();
+    let idle: Vec<u64> = scorers.iter().map(|s| s.rss_bytes()).collect();
+    let proxy = super::proxy(
+        free_port(),
+        &addrs(&scorers),
+        &[&format!("auth.admin_keys={ADMIN_KEY}")],
+    )?;
+    let to = Destination::Api { proxy: &proxy.url };
+    let mut rows = import_twice(dir, files, args.jobs, &to, "mmctl import --to api")?;
+    let budget = scorers[0].metrics().await.get("mm_scorer_budget_bytes") as u64;
+    let within: Vec<String> = scorers
+        .iter()
+        .zip(&idle)
+        .map(|(scorer, idle)| {
+            let peak = scorer.peak_rss_bytes();
+            let bound = idle + budget * 11 / 10 + (64 << 20);
+            format!(
+                "scorer peak RSS {:.0} MB of bound {:.0} MB{}",
+                peak as f64 / 1e6,
+                bound as f64 / 1e6,
+                if peak <= bound { "" } else { " (OVER)" }
+            )
+        })
+        .collect();
+    if let Some(first) = rows.first_mut() {
+        first.note.push_str(&format!("; {}", within.join(", ")));
+    }
+    drop(proxy);
+    drop(scorers);
+    drop(azurite);
+    Ok(rows)
+}
+
+/// Where an import goes.
+enum Destination<'a> {
+    /// `--to store` on the Azurite at this URL.
+    Store { azurite_url: &'a str },
+    /// `--to api` through this proxy, with [`ADMIN_KEY`].
+    Api { proxy: &'a str },
+}
+
+/// The import, then the rerun that finds everything in place and skips it.
+fn import_twice(
+    dir: &Path,
+    files: &[File],
+    jobs: usize,
+    to: &Destination<'_>,
+    label: &str,
+) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for pass in ["import", "rerun"] {
         let started = Instant::now();
-        let (report, peak) = run_mmctl(dir, &azurite.url, jobs)?;
+        let (report, peak) = run_mmctl(dir, to, jobs)?;
         let seconds = started.elapsed().as_secs_f64();
         let summary = &report["summary"];
         let count = |k: &str| summary[k].as_u64().unwrap_or(0);
@@ -219,7 +313,7 @@ async fn mmctl(dir: &Path, files: &[File], jobs: usize) -> Result<Vec<Row>> {
                 .count()
         };
         rows.push(Row {
-            phase: format!("mmctl import ({pass})"),
+            phase: format!("{label} ({pass})"),
             models: files.len(),
             bytes: files.iter().map(|f| f.bytes).sum(),
             seconds,
@@ -247,36 +341,38 @@ async fn mmctl(dir: &Path, files: &[File], jobs: usize) -> Result<Vec<Row>> {
             ),
         });
     }
-    drop(azurite);
     Ok(rows)
 }
 
 /// Runs the release mmctl and samples its resident memory every 100 ms.
-fn run_mmctl(dir: &Path, azurite_url: &str, jobs: usize) -> Result<(Value, u64)> {
-    let release = binary("mmctl");
-    let mut child = Command::new(release)
-        .args([
-            "--store",
-            "azure://models",
-            "--azure-account",
-            azurite::ACCOUNT,
-            "--azure-access-key",
-            azurite::KEY,
-            "--azure-emulator",
-            "--timeout",
-            "120",
-            "--json",
-            "import",
-        ])
+fn run_mmctl(dir: &Path, to: &Destination<'_>, jobs: usize) -> Result<(Value, u64)> {
+    let mut command = Command::new(binary("mmctl"));
+    match to {
+        Destination::Store { azurite_url } => {
+            command
+                .args([
+                    "--store",
+                    "azure://models",
+                    "--azure-account",
+                    azurite::ACCOUNT,
+                    "--azure-access-key",
+                    azurite::KEY,
+                    "--azure-emulator",
+                ])
+                .env("AZURITE_BLOB_STORAGE_URL", azurite_url);
+        }
+        Destination::Api { proxy } => {
+            command.args(["--proxy", proxy, "--key", ADMIN_KEY]);
+        }
+    }
+    let to = match to {
+        Destination::Store { .. } => "store",
+        Destination::Api { .. } => "api",
+    };
+    let mut child = command
+        .args(["--timeout", "120", "--json", "import"])
         .arg(dir)
-        .args([
-            "--to",
-            "store",
-            "--no-progress",
-            "--jobs",
-            &jobs.to_string(),
-        ])
-        .env("AZURITE_BLOB_STORAGE_URL", azurite_url)
+        .args(["--to", to, "--no-progress", "--jobs", &jobs.to_string()])
         .env("XDG_CONFIG_HOME", dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -218,14 +218,7 @@ fn up(scorers: usize, base_port: u16, store: PathBuf, budget: &str, smoke: bool)
     setup::tools(&["cmake"])?;
     setup::onnxruntime()?;
     setup::demo_models(&store)?;
-    setup::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "manymodels-scorer",
-        "-p",
-        "manymodels-proxy",
-    ])?;
+    setup::release_servers()?;
     let release = setup::target_dir().join("release");
     let mut pool = Pool(Vec::new());
     let mut scorer_addrs = Vec::new();

@@ -38,6 +38,18 @@ pub fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Builds the release scorer and proxy (what `up` and the pool benches start).
+pub fn release_servers() -> Result<()> {
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "manymodels-scorer",
+        "-p",
+        "manymodels-proxy",
+    ])
+}
+
 fn run(command: &mut Command) -> Result<()> {
     let status = command
         .status()

@@ -220,14 +220,7 @@ const ADMIN_KEY: &str = "bench-import-admin";
 /// `mmctl import` through the admin API of a pool serving a fresh Azurite container, twice,
 /// with every scorer's peak RSS against its documented bound.
 async fn mmctl_api(dir: &Path, files: &[File], args: &ImportArgs) -> Result<Vec<Row>> {
-    setup::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "manymodels-scorer",
-        "-p",
-        "manymodels-proxy",
-    ])?;
+    setup::release_servers()?;
     let azurite = fresh_azurite().await;
     let env = [("AZURITE_BLOB_STORAGE_URL", azurite.url.as_str())];
     let sets = [

@@ -65,6 +65,8 @@ fn exchange(
 /// overhead per request, so the latency it sees is the server's plus loopback.
 pub struct KeepAlive {
     host: String,
+    /// Header lines sent with every request (`Name: value\r\n` each).
+    headers: String,
     reader: BufReader<TcpStream>,
     writer: TcpStream,
     line: String,
@@ -78,6 +80,7 @@ impl KeepAlive {
         stream.set_nodelay(true)?;
         Ok(KeepAlive {
             host: host.to_string(),
+            headers: String::new(),
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
             line: String::new(),
@@ -85,13 +88,20 @@ impl KeepAlive {
         })
     }
 
+    /// Sends `name: value` with every request from now on (e.g. an `authorization` key).
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push_str(&format!("{name}: {value}\r\n"));
+        self
+    }
+
     /// POSTs `body` to `path`; returns the status and the round-trip time.
     pub fn post(&mut self, path: &str, body: &str) -> std::io::Result<(u16, Duration)> {
         let started = Instant::now();
         write!(
             self.writer,
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.host,
+            self.headers,
             body.len()
         )?;
         let mut length = 0usize;
@@ -126,12 +136,26 @@ impl KeepAlive {
 
 /// `requests` round trips on one keep-alive connection; every answer must be 200.
 pub fn probe(url: &str, body: &str, requests: usize) -> std::io::Result<Vec<Duration>> {
+    probe_with(url, body, requests, &[])
+}
+
+/// [`probe`] with `headers` on every request.
+pub fn probe_with(
+    url: &str,
+    body: &str,
+    requests: usize,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Vec<Duration>> {
     let (host, path) = url
         .strip_prefix("http://")
         .and_then(|rest| rest.split_once('/'))
         .ok_or_else(|| std::io::Error::other(format!("not an http:// URL with a path: {url}")))?;
     let path = format!("/{path}");
-    let mut client = KeepAlive::connect(host)?;
+    let mut client = headers
+        .iter()
+        .try_fold(KeepAlive::connect(host)?, |client, (name, value)| {
+            Ok::<_, std::io::Error>(client.with_header(name, value))
+        })?;
     let mut times = Vec::with_capacity(requests);
     for _ in 0..requests {
         let (status, elapsed) = client.post(&path, body)?;

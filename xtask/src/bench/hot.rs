@@ -133,7 +133,7 @@ pub fn run(models: &[String], seconds: u64, connections: usize, sets: &[String])
         let floor_us = times[times.len() / 2].as_secs_f64() * 1e6;
         let mut handler = in_process(id, &body.to_string(), 20_000, sets)?;
         handler.sort();
-        let figures = wrk::measure(&url, &body, seconds, connections, &[&server])?;
+        let figures = wrk::measure(&url, &body, seconds, connections, &[&server], &[])?;
         println!(
             "| {id} | {} | {floor_us:.1} µs | {:.1} µs | {} | {:.1} |",
             model.engine.as_str(),

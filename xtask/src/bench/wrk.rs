@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use manymodels_tests::http::probe;
+use manymodels_tests::http::probe_with;
 use manymodels_tests::process::Process;
 use serde_json::Value;
 
@@ -22,13 +22,18 @@ pub(crate) fn wrk(
     threads: usize,
     connections: usize,
     seconds: u64,
+    headers: &[(&str, &str)],
 ) -> Result<WrkResult> {
     let script = std::env::temp_dir().join(format!("mm-wrk-{}.lua", std::process::id()));
     let body = serde_json::to_string(body)?;
+    let headers: String = headers
+        .iter()
+        .map(|(name, value)| format!("wrk.headers[\"{name}\"] = \"{value}\"\n"))
+        .collect();
     std::fs::write(
         &script,
         format!(
-            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = [[{body}]]\n\
+            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n{headers}wrk.body = [[{body}]]\n\
              done = function(summary, latency, requests)\n  io.write(string.format(\"MM p50=%d p99=%d\\n\", latency:percentile(50), latency:percentile(99)))\nend\n"
         ),
     )?;
@@ -73,7 +78,7 @@ pub(crate) fn wrk(
 
 /// One URL measured three ways, in this order: 20,000 requests on one keep-alive
 /// connection (the probe), wrk with one connection, wrk with `connections`; and the CPU
-/// time each of `processes` spent during the last.
+/// time each of `processes` spent during the last. Every request carries `headers`.
 pub(crate) struct Figures {
     /// The probe's round-trip times, sorted.
     pub probed: Vec<std::time::Duration>,
@@ -105,12 +110,13 @@ pub(crate) fn measure(
     seconds: u64,
     connections: usize,
     processes: &[&Process],
+    headers: &[(&str, &str)],
 ) -> Result<Figures> {
-    let mut probed = probe(url, &body.to_string(), 20_000)?;
+    let mut probed = probe_with(url, &body.to_string(), 20_000, headers)?;
     probed.sort();
-    let single = wrk(url, body, 1, 1, seconds)?;
+    let single = wrk(url, body, 1, 1, seconds, headers)?;
     let before: Vec<f64> = processes.iter().map(|p| p.cpu_seconds()).collect();
-    let loaded = wrk(url, body, 2, connections, seconds)?;
+    let loaded = wrk(url, body, 2, connections, seconds, headers)?;
     let cpu = processes
         .iter()
         .zip(before)

@@ -257,8 +257,7 @@ impl Statistics {
     /// member in the model's rendezvous order (its owner is the first one in rotation,
     /// healthy and not ejected: where admin calls about it go, and its requests unless
     /// another scorer holds it hot or takes a spill; `null` when none is), whether this
-    /// proxy
-    /// believes each holds it hot (a recent answer for it, `Pool::hot`), and the pool-wide
+    /// proxy believes each holds it hot (a recent answer for it, `Pool::hot`), and the pool-wide
     /// rate this proxy counts for it (`null` when it is not among the models tracked
     /// exactly: a sketch estimate would only bound it from above).
     pub fn placement(&self, pool: &Pool, model: &str) -> Value {

@@ -153,9 +153,9 @@ pub fn probe_with(
     let path = format!("/{path}");
     let mut client = headers
         .iter()
-        .try_fold(KeepAlive::connect(host)?, |client, (name, value)| {
-            Ok::<_, std::io::Error>(client.with_header(name, value))
-        })?;
+        .fold(KeepAlive::connect(host)?, |client, (name, value)| {
+            client.with_header(name, value)
+        });
     let mut times = Vec::with_capacity(requests);
     for _ in 0..requests {
         let (status, elapsed) = client.post(&path, body)?;

@@ -340,7 +340,7 @@ fn import_twice(
 /// Runs the release mmctl and samples its resident memory every 100 ms.
 fn run_mmctl(dir: &Path, to: &Destination<'_>, jobs: usize) -> Result<(Value, u64)> {
     let mut command = Command::new(binary("mmctl"));
-    match to {
+    let to = match to {
         Destination::Store { azurite_url } => {
             command
                 .args([
@@ -353,14 +353,12 @@ fn run_mmctl(dir: &Path, to: &Destination<'_>, jobs: usize) -> Result<(Value, u6
                     "--azure-emulator",
                 ])
                 .env("AZURITE_BLOB_STORAGE_URL", azurite_url);
+            "store"
         }
         Destination::Api { proxy } => {
             command.args(["--proxy", proxy, "--key", ADMIN_KEY]);
+            "api"
         }
-    }
-    let to = match to {
-        Destination::Store { .. } => "store",
-        Destination::Api { .. } => "api",
     };
     let mut child = command
         .args(["--timeout", "120", "--json", "import"])

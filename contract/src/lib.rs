@@ -43,6 +43,10 @@ pub mod header {
     /// only the models they admit. The proxy sets it for a scoped key and drops any a
     /// client sent, so it can only narrow what a caller sees.
     pub const MODEL_PREFIXES: &str = "x-mm-model-prefixes";
+    /// On a scorer's `503` readiness answer: `true` when it is shutting down (draining)
+    /// rather than warming. The proxies keep sending it the requests for models it holds
+    /// while their successors warm them (the drain hand-off).
+    pub const DRAINING: &str = "x-mm-draining";
 }
 
 /// Model-id prefixes as a key's scope writes them and `x-mm-model-prefixes` carries them:

@@ -8,6 +8,9 @@
 pub struct View {
     pub hot: bool,
     pub inflight: usize,
+    /// Out of rotation, shutting down: a candidate only because it holds the model hot
+    /// (`Pool::draining_holder`), after the healthy ones.
+    pub draining: bool,
 }
 
 /// The routing knobs (`routing.*`, `replication.*`).
@@ -29,6 +32,9 @@ pub struct Decision {
     pub hot_route: bool,
     /// Moved off an overloaded scorer to another that holds the model.
     pub spilled: bool,
+    /// Sent to a draining scorer that holds the model, because no healthy candidate does
+    /// yet (the drain hand-off).
+    pub drained: bool,
     /// Candidate to warm in the background (a repository load), if any.
     pub warm: Option<usize>,
 }
@@ -38,6 +44,9 @@ pub struct Decision {
 /// 1. The first-ranked scorer, unless another of the top k holds the model hot and the
 ///    first does not: then that one, and the first is warmed so the model moves home
 ///    (after a scorer joined or restarted) without a cold request.
+///    If none of them does but a draining scorer (after the healthy candidates) holds it,
+///    that one serves while the first is warmed: a scorer shutting down hands its hot
+///    models over without a cold request.
 /// 2. A model above the replication threshold lives on its first two scorers: once both
 ///    hold it, the one with fewer requests in flight serves; until then the second is
 ///    warmed.
@@ -46,17 +55,27 @@ pub struct Decision {
 ///    already holds the model**. Spilling never sends a request to a scorer that would
 ///    have to load the model first: that would trade a short queue for a cold load, and a
 ///    burst for a cold model would cost a load per scorer instead of one.
+///
+/// A draining scorer is chosen only by the hand-off of step 1 (or when it is the only
+/// candidate): never to spread a replicated model or to take a spill.
 pub fn decide(candidates: &[View], mean_inflight: f64, policy: Policy) -> Decision {
     let mut decision = Decision::default();
     let top = &candidates[..candidates.len().min(policy.top_k.max(1))];
-    if !candidates[0].hot
-        && let Some(i) = top.iter().position(|c| c.hot)
-    {
-        decision.chosen = i;
-        decision.hot_route = true;
-        decision.warm = Some(0);
+    if !candidates[0].hot {
+        if let Some(i) = top.iter().position(|c| c.hot && !c.draining) {
+            decision.chosen = i;
+            decision.hot_route = true;
+            decision.warm = Some(0);
+        } else if let Some(i) = candidates.iter().position(|c| c.hot && c.draining) {
+            decision.chosen = i;
+            decision.warm = Some(0);
+        }
     }
-    if policy.replicate && candidates.len() >= 2 {
+    if policy.replicate
+        && candidates.len() >= 2
+        && !candidates[0].draining
+        && !candidates[1].draining
+    {
         match (candidates[0].hot, candidates[1].hot) {
             (true, true) => {
                 decision.chosen = if candidates[1].inflight < candidates[0].inflight {
@@ -76,7 +95,7 @@ pub fn decide(candidates: &[View], mean_inflight: f64, policy: Policy) -> Decisi
         && let Some(other) = candidates
             .iter()
             .enumerate()
-            .filter(|(i, c)| *i != decision.chosen && c.hot)
+            .filter(|(i, c)| *i != decision.chosen && c.hot && !c.draining)
             .min_by_key(|(_, c)| c.inflight)
             .map(|(i, _)| i)
         && candidates[other].inflight < chosen.inflight
@@ -84,6 +103,7 @@ pub fn decide(candidates: &[View], mean_inflight: f64, policy: Policy) -> Decisi
         decision.chosen = other;
         decision.spilled = true;
     }
+    decision.drained = candidates[decision.chosen].draining;
     decision
 }
 
@@ -99,7 +119,18 @@ mod tests {
     };
 
     fn view(hot: bool, inflight: usize) -> View {
-        View { hot, inflight }
+        View {
+            hot,
+            inflight,
+            draining: false,
+        }
+    }
+
+    fn draining(hot: bool, inflight: usize) -> View {
+        View {
+            draining: true,
+            ..view(hot, inflight)
+        }
     }
 
     #[test]
@@ -130,8 +161,8 @@ mod tests {
             Decision {
                 chosen: 1,
                 hot_route: true,
-                spilled: false,
-                warm: Some(0)
+                warm: Some(0),
+                ..Decision::default()
             }
         );
         // Beyond the top k it does not count.
@@ -177,5 +208,50 @@ mod tests {
         assert_eq!(d.chosen, 1);
         let d = decide(&[view(true, 1), view(true, 3)], 2.0, policy);
         assert_eq!(d.chosen, 0);
+    }
+
+    #[test]
+    fn a_draining_holder_serves_only_until_a_healthy_candidate_holds_the_model() {
+        // Not yet on the healthy candidates: the draining holder serves, the first warms.
+        let d = decide(
+            &[view(false, 0), view(false, 0), draining(true, 50)],
+            1.0,
+            POLICY,
+        );
+        assert_eq!(
+            (d.chosen, d.warm, d.drained, d.hot_route),
+            (2, Some(0), true, false)
+        );
+        // Once the first holds it, the draining one gets nothing.
+        let d = decide(
+            &[view(true, 0), view(false, 0), draining(true, 0)],
+            1.0,
+            POLICY,
+        );
+        assert_eq!((d.chosen, d.drained), (0, false));
+        // A healthy holder within the top k is preferred to the draining one.
+        let d = decide(
+            &[view(false, 0), view(true, 0), draining(true, 0)],
+            1.0,
+            POLICY,
+        );
+        assert_eq!((d.chosen, d.hot_route, d.drained), (1, true, false));
+        // Never a spill target, however loaded the chosen scorer.
+        let d = decide(
+            &[view(true, 100), view(false, 0), draining(true, 0)],
+            34.0,
+            POLICY,
+        );
+        assert_eq!((d.chosen, d.spilled), (0, false));
+        // Never the replica of a replicated model.
+        let policy = Policy {
+            replicate: true,
+            ..POLICY
+        };
+        let d = decide(&[view(true, 9), draining(true, 0)], 5.0, policy);
+        assert_eq!((d.chosen, d.warm, d.drained), (0, None, false));
+        // The only candidate left: it serves.
+        let d = decide(&[draining(true, 3)], 3.0, POLICY);
+        assert_eq!((d.chosen, d.drained), (0, true));
     }
 }

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub spills: IntCounter,
     /// Requests sent to a lower-ranked scorer because it held the model hot.
     pub hot_routes: IntCounter,
+    /// Requests sent to a draining scorer that held the model (the drain hand-off).
+    pub drain_routes: IntCounter,
     pub warm_triggers: IntCounter,
     /// Scorer answers that came from memory (cache header `hit`): the pool hit ratio is
     /// `cache_hits / (cache_hits + cache_misses)`.
@@ -72,6 +74,10 @@ impl Metrics {
             hot_routes: registry.counter(
                 "mm_proxy_hot_routes_total",
                 "Requests sent to a lower-ranked scorer that already held the model hot.",
+            ),
+            drain_routes: registry.counter(
+                "mm_proxy_drain_routes_total",
+                "Requests sent to a draining scorer that held the model while its successor warmed it.",
             ),
             warm_triggers: registry.counter(
                 "mm_proxy_warm_triggers_total",

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -318,6 +318,49 @@ impl Admission {
     }
 }
 
+/// Scorers shutting down: their readiness answers 503 with `header::DRAINING` while they
+/// keep serving for their `shutdown.drain`. Out of rotation like any scorer that fails its
+/// check, but [`Pool::draining_holder`] still offers one for the models it holds hot, so
+/// those are served from its memory until their successors hold them (the drain hand-off).
+/// Usually empty: the request path then only reads one atomic.
+#[derive(Default)]
+pub struct Draining {
+    any: AtomicBool,
+    names: RwLock<Vec<Arc<str>>>,
+}
+
+impl Draining {
+    fn set(&self, name: &str, draining: bool) {
+        if !draining && !self.any.load(Ordering::Acquire) {
+            return;
+        }
+        let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
+        let at = names.iter().position(|n| &**n == name);
+        match (draining, at) {
+            (true, None) => {
+                tracing::info!(scorer = %name, "scorer draining: serving the models it holds until their successors do");
+                names.push(Arc::from(name));
+            }
+            (false, Some(i)) => {
+                names.swap_remove(i);
+            }
+            _ => {}
+        }
+        self.any.store(!names.is_empty(), Ordering::Release);
+    }
+
+    /// The names draining now (usually none: then no lock and no allocation).
+    fn names(&self) -> Vec<Arc<str>> {
+        if !self.any.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        self.names.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The readiness answer of a draining scorer, told apart from any other failure.
+const DRAINING: ErrorType = ErrorType::Custom("scorer draining");
+
 /// The active health check: `GET /v2/health/ready` must answer 200 within
 /// `health.timeout`. A scorer that answers anything else (503 while it warms or shuts
 /// down) or refuses the connection leaves the rotation at once. One that was healthy and
@@ -334,14 +377,41 @@ pub struct ScorerCheck {
     /// since. (Addresses of scorers gone stay: a few bytes each, and a scorer that comes
     /// back on the same address starts from its last state.)
     state: Mutex<HashMap<String, (bool, usize)>>,
+    /// Set from each check's answer: draining exactly while it answers 503 with
+    /// `header::DRAINING`.
+    draining: Arc<Draining>,
 }
 
 impl ScorerCheck {
-    pub fn new(timeout: Duration, tolerated: usize, admission: Arc<Admission>) -> Self {
+    pub fn new(
+        timeout: Duration,
+        tolerated: usize,
+        admission: Arc<Admission>,
+        draining: Arc<Draining>,
+    ) -> Self {
         let mut http = HttpHealthCheck::new("localhost", false);
         http.req = pingora::http::RequestHeader::build("GET", b"/v2/health/ready", None)
             .expect("static request");
         let _ = http.req.insert_header("Host", "localhost");
+        // Pingora's own rule (any 200 passes), plus: a 503 that says it drains is told
+        // apart, so the proxy can keep it for the models it holds.
+        http.validator = Some(Box::new(|resp: &pingora::http::ResponseHeader| {
+            if resp.status == 200 {
+                return Ok(());
+            }
+            let draining = resp
+                .headers
+                .get(manymodels_contract::header::DRAINING)
+                .is_some_and(|v| v.as_bytes() == b"true");
+            if draining {
+                Error::e_explain(DRAINING, "during http healthcheck")
+            } else {
+                Error::e_explain(
+                    ErrorType::CustomCode("non 200 code", resp.status.as_u16()),
+                    "during http healthcheck",
+                )
+            }
+        }));
         http.peer_template.options.connection_timeout = Some(timeout);
         http.peer_template.options.read_timeout = Some(timeout);
         http.peer_template.options.write_timeout = Some(timeout);
@@ -350,6 +420,7 @@ impl ScorerCheck {
             tolerated,
             admission,
             state: Mutex::new(HashMap::new()),
+            draining,
         }
     }
 }
@@ -386,6 +457,8 @@ impl HealthCheck for ScorerCheck {
         if result.is_ok() {
             self.admission.passed(target);
         }
+        let draining = matches!(&result, Err(e) if e.etype() == &DRAINING);
+        self.draining.set(name_ref(target), draining);
         result
     }
 
@@ -490,6 +563,8 @@ type WarmKey = (Arc<str>, Arc<str>);
 pub struct Pool {
     pub lb: Arc<LoadBalancer<Rendezvous>>,
     pub hot: Arc<HotTable>,
+    /// Scorers draining now, as the health check last saw them.
+    pub draining: Arc<Draining>,
     /// When each (model, scorer) warm load was last asked for.
     warming: Mutex<HashMap<WarmKey, Instant>>,
     warm_slots: Arc<tokio::sync::Semaphore>,
@@ -512,6 +587,7 @@ impl Pool {
         Pool {
             lb,
             hot: Arc::new(HotTable::new(hot_ttl)),
+            draining: Arc::new(Draining::default()),
             warming: Mutex::new(HashMap::new()),
             warm_slots: Arc::new(tokio::sync::Semaphore::new(MAX_WARMING)),
             inflight: RwLock::new(HashMap::new()),
@@ -548,6 +624,31 @@ impl Pool {
                 false
             });
         found.into_inner()
+    }
+
+    /// A draining scorer that holds `model` hot (not in `tried`, not ejected), if any: the
+    /// drain hand-off's candidate (`choice::decide` sends it a request only while the
+    /// model's healthy candidates do not hold it).
+    pub fn draining_holder(&self, model: &str, tried: &[Arc<str>]) -> Option<Candidate> {
+        let draining = self.draining.names();
+        if draining.is_empty() {
+            return None;
+        }
+        let ejected = self.ejected_now();
+        let backends = self.lb.backends().get_backend();
+        backends.iter().find_map(|backend| {
+            let name = &backend.ext.get::<ScorerName>()?.0;
+            let usable = draining.contains(name)
+                && !tried.contains(name)
+                && !ejected.iter().any(|e| e.as_str() == &**name)
+                && self.hot.holds(model, name);
+            usable.then(|| {
+                backend.addr.as_inet().map(|addr| Candidate {
+                    addr: *addr,
+                    name: name.clone(),
+                })
+            })?
+        })
     }
 
     /// Names ejected now (usually none: then no allocation).
@@ -612,6 +713,12 @@ impl Pool {
     /// loads are running. When it answers 200 the scorer counts as holding the model, so
     /// traffic can move there without a cold request. Returns whether a warm load started.
     pub fn warm(&self, model: &str, scorer: &Candidate, timeout: Duration) -> bool {
+        // A slot first: a warm load not started for want of one is asked again by the next
+        // request, not held off for `WARM_BACKOFF` (a draining scorer's models are asked
+        // for in bursts, more than `MAX_WARMING` at once).
+        let Ok(slot) = self.warm_slots.clone().try_acquire_owned() else {
+            return false;
+        };
         let key: WarmKey = (Arc::from(model), scorer.name.clone());
         {
             let mut warming = self.warming.lock().unwrap_or_else(|p| p.into_inner());
@@ -627,9 +734,6 @@ impl Pool {
             }
             warming.insert(key.clone(), now);
         }
-        let Ok(slot) = self.warm_slots.clone().try_acquire_owned() else {
-            return false;
-        };
         let addr = scorer.addr;
         let hot = self.hot.clone();
         let authorization = self.authorization.clone();
@@ -675,13 +779,17 @@ mod tests {
 
     #[test]
     fn hot_entries_expire_and_follow_scorers() {
-        let hot = HotTable::new(Duration::from_millis(50));
+        // A TTL no stall of the test thread reaches, for what must still be held.
+        let hot = HotTable::new(Duration::from_secs(60));
         hot.record("m1", "a");
         hot.record("m1", "b");
         assert!(hot.holds("m1", "a") && hot.holds("m1", "b"));
         assert!(!hot.holds("m1", "c"));
         hot.forget_scorer("a");
         assert!(!hot.holds("m1", "a") && hot.holds("m1", "b"));
+        // A short one for what must expire (a stall only makes it more expired).
+        let hot = HotTable::new(Duration::from_millis(50));
+        hot.record("m1", "b");
         std::thread::sleep(Duration::from_millis(60));
         assert!(!hot.holds("m1", "b"), "entries expire after the TTL");
         hot.record("m2", "a");
@@ -712,8 +820,8 @@ mod tests {
         );
     }
 
-    /// A real HTTP server on loopback that answers its readiness check with 200, 503, or
-    /// not at all, as `mode` says.
+    /// A real HTTP server on loopback that answers its readiness check with 200 (0), 503
+    /// (1), 503 saying it drains (3), or not at all (2), as `mode` says.
     async fn readiness_server(mode: Arc<AtomicUsize>) -> std::net::SocketAddr {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -724,9 +832,10 @@ mod tests {
                 tokio::spawn(async move {
                     let mut request = [0u8; 1024];
                     let _ = stream.read(&mut request).await;
-                    let status = match mode {
-                        0 => "200 OK",
-                        1 => "503 Service Unavailable",
+                    let (status, extra) = match mode {
+                        0 => ("200 OK", ""),
+                        1 => ("503 Service Unavailable", ""),
+                        3 => ("503 Service Unavailable", "x-mm-draining: true\r\n"),
                         _ => {
                             tokio::time::sleep(Duration::from_secs(5)).await;
                             return;
@@ -734,7 +843,8 @@ mod tests {
                     };
                     let _ = stream
                         .write_all(
-                            format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes(),
+                            format!("HTTP/1.1 {status}\r\n{extra}content-length: 0\r\n\r\n")
+                                .as_bytes(),
                         )
                         .await;
                 });
@@ -751,7 +861,12 @@ mod tests {
         let mode = Arc::new(AtomicUsize::new(OK));
         let addr = readiness_server(mode.clone()).await;
         let backend = Backend::new(&addr.to_string()).unwrap();
-        let check = ScorerCheck::new(Duration::from_millis(200), 1, Default::default());
+        let check = ScorerCheck::new(
+            Duration::from_millis(200),
+            1,
+            Default::default(),
+            Default::default(),
+        );
         let steps = [
             (OK, true, "answers 200"),
             (SILENT, true, "first timeout: tolerated"),
@@ -781,6 +896,54 @@ mod tests {
             check.check(&gone).await.is_err(),
             "a refused connection is out at once"
         );
+    }
+
+    #[tokio::test]
+    async fn a_draining_scorer_leaves_rotation_and_is_known_as_draining_while_it_says_so() {
+        const OK: usize = 0;
+        const NOT_READY: usize = 1;
+        const SILENT: usize = 2;
+        const DRAINING: usize = 3;
+        let mode = Arc::new(AtomicUsize::new(OK));
+        let addr = readiness_server(mode.clone()).await;
+        let target = backend("scorer-0:8001", addr);
+        let draining = Arc::new(Draining::default());
+        let check = ScorerCheck::new(
+            Duration::from_millis(200),
+            1,
+            Default::default(),
+            draining.clone(),
+        );
+        let steps = [
+            (OK, true, false, "ready"),
+            (
+                DRAINING,
+                false,
+                true,
+                "503 saying it drains: out, and draining",
+            ),
+            (DRAINING, false, true, "still draining"),
+            (SILENT, false, false, "no answer: gone, not draining"),
+            (DRAINING, false, true, "draining again"),
+            (
+                NOT_READY,
+                false,
+                false,
+                "a plain 503 (warming) is not draining",
+            ),
+            (OK, true, false, "back"),
+        ];
+        for (i, (answer, passes, is_draining, why)) in steps.into_iter().enumerate() {
+            mode.store(answer, Ordering::SeqCst);
+            assert_eq!(
+                check.check(&target).await.is_ok(),
+                passes,
+                "step {i}: {why}"
+            );
+            let names: Vec<String> = draining.names().iter().map(|n| n.to_string()).collect();
+            let expected: &[&str] = if is_draining { &["scorer-0:8001"] } else { &[] };
+            assert_eq!(names, expected, "step {i}: {why}");
+        }
     }
 
     /// (name, address) of every discovered backend, sorted by name.
@@ -919,6 +1082,7 @@ mod tests {
             Duration::from_millis(500),
             1,
             admission.clone(),
+            Default::default(),
         )));
         let lb = Arc::new(lb);
         admission.attach(&lb);

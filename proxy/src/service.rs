@@ -126,17 +126,29 @@ impl Proxy {
     /// decision's side effects: statistics, metrics and background warm loads.
     fn choose(&self, model: &str, tried: &[Arc<str>]) -> Option<Candidate> {
         let k = self.config.top_k.max(2);
-        let candidates = self.pool.candidates(model, k, tried);
-        if candidates.is_empty() {
-            return None;
-        }
-        let views: Vec<View> = candidates
+        let mut candidates = self.pool.candidates(model, k, tried);
+        let mut views: Vec<View> = candidates
             .iter()
             .map(|c| View {
                 hot: self.pool.hot.holds(model, &c.name),
                 inflight: self.pool.inflight(&c.name).load(Ordering::Relaxed),
+                draining: false,
             })
             .collect();
+        // The drain hand-off: a draining scorer that holds the model comes last.
+        if self.config.drain_handoff
+            && let Some(holder) = self.pool.draining_holder(model, tried)
+        {
+            views.push(View {
+                hot: true,
+                inflight: self.pool.inflight(&holder.name).load(Ordering::Relaxed),
+                draining: true,
+            });
+            candidates.push(holder);
+        }
+        if candidates.is_empty() {
+            return None;
+        }
         let rate = if tried.is_empty() {
             self.stats.record(model)
         } else {
@@ -158,6 +170,9 @@ impl Proxy {
         }
         if decision.spilled {
             self.metrics.spills.inc();
+        }
+        if decision.drained {
+            self.metrics.drain_routes.inc();
         }
         if let Some(i) = decision.warm
             && self

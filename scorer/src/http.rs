@@ -204,6 +204,13 @@ async fn live() -> Response {
 async fn ready(State(scorer): Shared) -> Response {
     if scorer.is_ready() {
         json_response(&json!({ "ready": true }))
+    } else if scorer.is_draining() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(contract::header::DRAINING, "true")],
+            axum::Json(json!({ "ready": false, "error": "draining: shutting down" })),
+        )
+            .into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

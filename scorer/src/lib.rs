@@ -99,6 +99,12 @@ impl Scorer {
 }
 
 impl Scorer {
+    /// Shutting down: readiness fails (with `header::DRAINING`) while the scorer keeps
+    /// serving for `shutdown.drain`.
+    pub fn is_draining(&self) -> bool {
+        !self.ready.load(Ordering::Relaxed)
+    }
+
     /// Ready for traffic: not shutting down, and the hot share is warm (or
     /// `warmup.ready_timeout` has passed since start).
     pub fn is_ready(&self) -> bool {
@@ -107,8 +113,10 @@ impl Scorer {
                 || self.started.elapsed() >= self.config.warmup.ready_timeout)
     }
 
-    /// Takes a proxy's statistics push and warms the hot share in the background.
-    /// A push that breaks `stats.*` is refused (and counted) before it touches the view.
+    /// Takes a proxy's statistics push and warms the hot share in the background (not
+    /// while draining: a scorer on its way out would only spend memory and CPU on models
+    /// its successors are taking over). A push that breaks `stats.*` is refused (and
+    /// counted) before it touches the view.
     pub fn take_stats(
         self: &Arc<Self>,
         report: manymodels_policy::StatsReport,
@@ -124,9 +132,16 @@ impl Scorer {
                     .inc();
                 tracing::warn!(reason = refusal.reason(), error = %refusal, "statistics push refused");
             })?;
+        if self.is_draining() {
+            return Ok(summary);
+        }
         let scorer = self.clone();
         tokio::spawn(async move {
-            let loaded = scorer.cache.warm_up().await;
+            // A push while a warm-up runs does not make the scorer ready: the running
+            // warm-up does when it ends.
+            let Some(loaded) = scorer.cache.warm_up().await else {
+                return;
+            };
             if loaded > 0 {
                 tracing::info!(loaded, "warmed models of the hot share");
             }

@@ -149,8 +149,33 @@ impl Process {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
-        let _ = Command::new("kill").arg(self.pid().to_string()).status();
+        self.send_term();
         self.child.wait().unwrap()
+    }
+
+    /// Sends SIGTERM and returns at once (see [`Process::exited`]).
+    pub fn send_term(&self) {
+        let _ = Command::new("kill").arg(self.pid().to_string()).status();
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status, or `None` if it still
+    /// runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if started.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// All samples of the Prometheus text exposition, keyed by `name{labels}`.

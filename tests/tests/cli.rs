@@ -469,10 +469,12 @@ async fn operate_commands_drive_the_pool() {
     write_model(store.path(), "store-7", 1, &linear(8, 101).bytes).unwrap();
     write_model(store.path(), "store-7", 2, &linear(8, 102).bytes).unwrap();
     write_model(store.path(), "other-1", 1, &forest(3).bytes).unwrap();
+    // No warm-up loads: a push after the unload below would load `other-1` again before
+    // `explain` looks.
     let pool = Pool::local(
         store.path(),
         2,
-        &[&format!("auth.admin_keys={KEY}")],
+        &[&format!("auth.admin_keys={KEY}"), "warmup.max_fraction=0"],
         &[
             &format!("auth.admin_keys={KEY}"),
             "stats.push_interval=200ms",

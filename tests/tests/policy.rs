@@ -337,16 +337,44 @@ async fn two_proxies_feed_the_same_scorers_without_double_counting() {
         .to_string();
     let scorer = scorers.iter().find(|s| s.addr() == owner).unwrap();
     // Several pushes from each proxy: the scorer keeps the latest of each and sums them.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let explain = get_json(&client, &format!("{}/v2/mm/cache", scorer.url)).await;
-    assert_eq!(explain["cache"]["proxies"], 2);
-    let combined = |model: &str| rate_at(&explain["cache"], model);
-    let got = combined(&id(0));
-    assert!((got / (a0 + b0) - 1.0).abs() < 0.02, "{got} vs {a0} + {b0}");
-    if rank_first(&id(1), &addrs) == owner {
-        let got = combined(&id(1));
-        assert!((got / a1 - 1.0).abs() < 0.02, "{got} vs {a1}");
+    // Compared once the proxies' rates stood still across a window with a push in it (a
+    // rate is remeasured at most once a second, so the last one can come late).
+    let rates = |pool_a: &Value, pool_b: &Value| {
+        (
+            rate_at(pool_a, &id(0)),
+            rate_at(pool_b, &id(0)),
+            rate_at(pool_a, &id(1)),
+        )
+    };
+    let pools = || async {
+        (
+            get_json(&client, &format!("{}/v2/mm/pool", a.url)).await,
+            get_json(&client, &format!("{}/v2/mm/pool", b.url)).await,
+        )
+    };
+    let mut stood_still = false;
+    for _ in 0..10 {
+        let (pool_a, pool_b) = pools().await;
+        let before = rates(&pool_a, &pool_b);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let explain = get_json(&client, &format!("{}/v2/mm/cache", scorer.url)).await;
+        let (pool_a, pool_b) = pools().await;
+        let (a0, b0, a1) = rates(&pool_a, &pool_b);
+        if (a0, b0, a1) != before {
+            continue;
+        }
+        assert_eq!(explain["cache"]["proxies"], 2);
+        let combined = |model: &str| rate_at(&explain["cache"], model);
+        let got = combined(&id(0));
+        assert!((got / (a0 + b0) - 1.0).abs() < 0.02, "{got} vs {a0} + {b0}");
+        if rank_first(&id(1), &addrs) == owner {
+            let got = combined(&id(1));
+            assert!((got / a1 - 1.0).abs() < 0.02, "{got} vs {a1}");
+        }
+        stood_still = true;
+        break;
     }
+    assert!(stood_still, "the proxies' rates never stood still");
 }
 
 /// The rate a view (`/v2/mm/pool`, or a scorer's `cache` explain) gives `model` among its

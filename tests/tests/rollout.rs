@@ -1,13 +1,16 @@
 //! A rolling restart the way a StatefulSet update does it: under steady load through the
 //! proxy, each scorer in turn gets SIGTERM, exits 0 after draining, and a new one starts on
 //! the same address and reports ready once it has warmed its share. No request fails, and
-//! the pool hit ratio recovers within a bounded time.
+//! the pool hit ratio recovers within a bounded time. And the drain hand-off on its own: a
+//! draining scorer keeps serving its hot models until their successors hold them.
 
 use std::time::{Duration, Instant};
 
 use manymodels_models::Mix;
+use manymodels_tests::http::header;
 use manymodels_tests::load::{self, Answer, OpenLoop};
-use manymodels_tests::{ProxyProcess, ScorerProcess, TempDir, free_port};
+use manymodels_tests::process::addrs;
+use manymodels_tests::{ProxyProcess, ScorerProcess, TempDir, free_port, get_json};
 
 const MODELS: usize = 30;
 
@@ -137,4 +140,111 @@ async fn a_rolling_restart_of_the_scorers_fails_no_request_and_the_hit_ratio_rec
         tail.len()
     );
     assert!(ratio >= 0.95, "{ratio}");
+}
+
+/// The drain hand-off: a scorer given SIGTERM leaves rotation at once, but the proxy keeps
+/// sending it the requests for the models it holds until their next-ranked scorer holds
+/// them (warmed in the background by those very requests), so no request for them meets a
+/// cold load, during the drain or after the scorer exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_scorer_serves_its_hot_models_until_their_successors_hold_them() {
+    let store = TempDir::new("handoff");
+    manymodels_models::write_store(store.path(), MODELS, Mix::Tiny, 5).unwrap();
+    let mut scorers: Vec<ScorerProcess> = (0..3)
+        .map(|_| ScorerProcess::local(store.path(), &["shutdown.drain=4s"]))
+        .collect();
+    // No statistics push: it would warm the successors too, and the test could not tell
+    // the hand-off from it.
+    let proxy = ProxyProcess::start(&addrs(&scorers), &["stats.push_interval=0s"]);
+    let bodies = load::bodies(MODELS, Mix::Tiny, 5);
+    let client = reqwest::Client::new();
+    let infer = |i: usize| {
+        let (client, body) = (client.clone(), bodies[i].clone());
+        let url = format!(
+            "{}/v2/models/{}/infer",
+            proxy.url,
+            manymodels_models::model_id(i)
+        );
+        async move {
+            let response = client.post(&url).json(&body).send().await.unwrap();
+            let hit = header(&response, "x-mm-cache") == "hit";
+            (
+                response.status().as_u16(),
+                hit,
+                header(&response, "x-mm-scorer"),
+            )
+        }
+    };
+    // Every model loaded on its owner; the departing scorer's are the ones it owns.
+    let departing = scorers[0].addr().to_string();
+    let mut handed = Vec::new();
+    for i in 0..MODELS {
+        let (status, _, scorer) = infer(i).await;
+        assert_eq!(status, 200);
+        if scorer == departing {
+            handed.push(i);
+        }
+    }
+    assert!(handed.len() >= 3, "{departing} owns {handed:?}");
+
+    scorers[0].send_term();
+    let out_of_rotation = Instant::now();
+    loop {
+        let ready = get_json(&client, &format!("{}/v2/health/ready", proxy.url)).await;
+        if ready["healthy_scorers"] == 2 {
+            break;
+        }
+        assert!(
+            out_of_rotation.elapsed() < Duration::from_secs(3),
+            "the draining scorer is still in rotation: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Rounds over its models every 100 ms until it exits (4 s of drain), then one more.
+    let mut rounds: Vec<Vec<(u16, bool, String)>> = Vec::new();
+    let status = loop {
+        let exited = scorers[0].exited();
+        let mut round = Vec::new();
+        for &i in &handed {
+            round.push(infer(i).await);
+        }
+        rounds.push(round);
+        if let Some(status) = exited {
+            break status;
+        }
+        assert!(rounds.len() < 150, "the draining scorer did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{departing} exited with {status}");
+    for (r, round) in rounds.iter().enumerate() {
+        for ((status, hit, scorer), i) in round.iter().zip(&handed) {
+            assert_eq!(*status, 200, "round {r}, model {i}");
+            assert!(hit, "round {r}: model {i} met a cold load on {scorer}");
+        }
+    }
+    // Out of rotation, the first request for each of its models still went to it: no
+    // other scorer held them.
+    assert!(
+        rounds[0].iter().all(|(_, _, scorer)| *scorer == departing),
+        "first round after leaving rotation: {:?}",
+        rounds[0]
+    );
+    // After it exited, its successors served them, from memory.
+    let last = rounds.last().unwrap();
+    assert!(
+        last.iter().all(|(_, _, scorer)| *scorer != departing),
+        "after the exit: {last:?}"
+    );
+    let metrics = proxy.metrics().await;
+    let drain_routes = metrics.get("mm_proxy_drain_routes_total");
+    assert!(
+        drain_routes >= handed.len() as f64,
+        "{drain_routes} requests sent to the draining scorer for {} models",
+        handed.len()
+    );
+    eprintln!(
+        "drain hand-off: {} models over {} rounds, {drain_routes} requests served by the draining scorer, 0 cold",
+        handed.len(),
+        rounds.len()
+    );
 }

@@ -74,6 +74,11 @@ pub const KEYS: &[KeyDoc] = &[
         "In-flight requests a scorer may always take before spilling is considered.",
     ),
     doc(
+        "routing.drain_handoff",
+        "true",
+        "While a scorer drains (its readiness answers 503 with `x-mm-draining`), send it the requests for models it holds hot until their next-ranked scorer holds them (warmed in the background), instead of a cold load there.",
+    ),
+    doc(
         "routing.hot_ttl",
         "120s",
         "How long a scorer counts as holding a model after it last answered for it.",

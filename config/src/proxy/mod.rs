@@ -44,6 +44,8 @@ pub struct ProxyConfig {
     pub load_factor: f64,
     /// `routing.min_inflight`.
     pub min_inflight: usize,
+    /// `routing.drain_handoff`.
+    pub drain_handoff: bool,
     /// `routing.hot_ttl`.
     pub hot_ttl: Duration,
     /// `replication.threshold`, in requests per second; `None` (0) disables replication.

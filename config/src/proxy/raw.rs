@@ -52,6 +52,7 @@ struct RawRouting {
     top_k: usize,
     load_factor: f64,
     min_inflight: usize,
+    drain_handoff: bool,
     hot_ttl: HumanDuration,
 }
 
@@ -145,6 +146,7 @@ impl Raw {
             top_k: self.routing.top_k,
             load_factor: self.routing.load_factor,
             min_inflight: self.routing.min_inflight,
+            drain_handoff: self.routing.drain_handoff,
             hot_ttl: self.routing.hot_ttl.0,
             replication_threshold: (self.replication.threshold > 0.0)
                 .then_some(self.replication.threshold),

@@ -452,16 +452,21 @@ mod tests {
         let cache = &scorer.cache;
         let (model, _) = cache.get(&id("m"), None).await.unwrap();
         assert_eq!(model.version, 1);
-        // The only load thread sleeps 1.5 s: every load behind it waits past 300 ms.
+        // The only load thread sleeps 1.5 s: every load behind it waits past 300 ms. The
+        // test goes on once the thread has started it (not after a guess of a sleep).
         let owner = scorer.clone();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         let blocker = tokio::spawn(async move {
             owner
                 .cache
                 .loads
-                .run(false, || std::thread::sleep(Duration::from_millis(1500)))
+                .run(false, move || {
+                    let _ = started_tx.send(());
+                    std::thread::sleep(Duration::from_millis(1500))
+                })
                 .await
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        started_rx.await.expect("the blocker ran");
 
         store.put("m", 2, &demo("linear-small"));
         let started = Instant::now();

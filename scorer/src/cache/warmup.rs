@@ -17,10 +17,11 @@ impl ModelCache {
     /// proxies' latest push), at most `warmup.concurrency` at once and
     /// `warmup.max_fraction × cache.budget` bytes in all. Skips models the policy refused
     /// and would refuse again, and stops early once it refuses one (everything resident is
-    /// worth more). Returns the models loaded.
-    pub async fn warm_up(&self) -> usize {
+    /// worth more). Returns the models loaded, or `None` when a warm-up was already
+    /// running (this one did nothing, and the share is not warm yet).
+    pub async fn warm_up(&self) -> Option<usize> {
         if self.warming.swap(true, Ordering::AcqRel) {
-            return 0;
+            return None;
         }
         let max_bytes = (self.config.budget.bytes() as f64 * self.warmup.max_fraction) as u64;
         // Models whose last admission was refused and would be again are not loaded: a
@@ -66,7 +67,7 @@ impl ModelCache {
         });
         futures::future::join_all(work).await;
         self.warming.store(false, Ordering::Release);
-        loaded.load(Ordering::Relaxed) as usize
+        Some(loaded.load(Ordering::Relaxed) as usize)
     }
 }
 
@@ -95,7 +96,16 @@ mod tests {
                 usize::MAX,
             )
             .unwrap();
-        assert_eq!(cache.warm_up().await, 3);
+        // While one warm-up runs, another does nothing and says so (the scorer is not
+        // ready on its account).
+        cache
+            .warming
+            .store(true, std::sync::atomic::Ordering::Release);
+        assert_eq!(cache.warm_up().await, None);
+        cache
+            .warming
+            .store(false, std::sync::atomic::Ordering::Release);
+        assert_eq!(cache.warm_up().await, Some(3));
         assert_eq!(cache.metrics.warmup_loads.get(), 3);
         // "a" serves a request from memory; then both leave.
         let (_, lookup) = cache.get(&id("a"), None).await.unwrap();
@@ -108,6 +118,6 @@ mod tests {
             "only b was never used"
         );
         // Nothing absent is hot any more but a and b: a second warm-up loads them again.
-        assert_eq!(cache.warm_up().await, 2);
+        assert_eq!(cache.warm_up().await, Some(2));
     }
 }

@@ -142,19 +142,10 @@ async fn the_working_set_gauge_follows_pushed_rates_and_sizes() {
             .unwrap()
     };
     let (linear, forest) = (size("linear-small"), size("forest-1mb"));
-    let push = |models: Value| {
-        let body = json!({ "proxy": "p1", "models": models }).to_string();
-        Request::builder()
-            .method("PUT")
-            .uri("/v2/mm/stats")
-            .header("content-type", "application/json")
-            .body(Body::from(body))
-            .expect("valid request")
-    };
     // The forest alone is 96% of the rate: it is the working set.
     let reply = send(
         &router,
-        push(json!([["forest-1mb", 96.0], ["linear-small", 4.0]])),
+        stats_push(json!([["forest-1mb", 96.0], ["linear-small", 4.0]])),
     )
     .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
@@ -166,7 +157,7 @@ async fn the_working_set_gauge_follows_pushed_rates_and_sizes() {
     // every one is needed.
     let reply = send(
         &router,
-        push(json!([
+        stats_push(json!([
             ["forest-1mb", 10.0],
             ["linear-small", 10.0],
             ["gbm-store", 10.0]
@@ -178,5 +169,58 @@ async fn the_working_set_gauge_follows_pushed_rates_and_sizes() {
     assert_eq!(
         metric_now(&router, "mm_scorer_working_set_bytes").await,
         forest + linear + mean
+    );
+}
+
+/// A proxy's statistics push of `models` (`[[id, rate], ...]`).
+fn stats_push(models: Value) -> Request<Body> {
+    let body = json!({ "proxy": "p1", "models": models }).to_string();
+    Request::builder()
+        .method("PUT")
+        .uri("/v2/mm/stats")
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .expect("valid request")
+}
+
+/// Shutting down, the scorer drains: its readiness answers 503 saying so (`x-mm-draining`,
+/// which the proxies' drain hand-off reads; a warming scorer's 503 does not), it keeps
+/// serving, and a statistics push warms nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_scorer_says_so_keeps_serving_and_warms_nothing() {
+    let (_, warming) = scorer_for(&demo_store(), |c| {
+        c.warmup.ready_timeout = std::time::Duration::from_secs(600)
+    });
+    let ready = get(&warming, "/v2/health/ready").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        ready.header("x-mm-draining"),
+        None,
+        "warming is not draining"
+    );
+
+    let (scorer, router) = scorer_for(&demo_store(), |_| {});
+    scorer
+        .ready
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let ready = get(&router, "/v2/health/ready").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.header("x-mm-draining"), Some("true"));
+    assert_eq!(ready.json()["ready"], false);
+    infer_reference(&router, "linear-small").await.ok();
+    let reply = send(&router, stats_push(json!([["forest-1mb", 50.0]]))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let cache = get(&router, "/v2/mm/cache").await.ok();
+    let resident: Vec<&str> = cache["cache"]["resident"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["model"].as_str())
+        .collect();
+    assert_eq!(resident, ["linear-small"], "{cache}");
+    assert_eq!(
+        metric_now(&router, "mm_scorer_warmup_loads_total").await,
+        0.0
     );
 }

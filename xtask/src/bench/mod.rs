@@ -8,6 +8,7 @@
 //! with; `wrk.rs` runs wrk and the probe-and-wrk measurement two benches share.
 
 mod autoscale;
+mod drain;
 mod engines;
 mod hot;
 mod hot_under_load;
@@ -76,6 +77,7 @@ pub enum Bench {
     /// The autoscaling signal (working set against the budget) over a simulated replay
     /// whose traffic doubles, beside the pool hit ratio.
     Autoscale(autoscale::AutoscaleArgs),
+    Drain(drain::DrainArgs),
     /// JSON REST, binary REST and gRPC through the proxy, same model, same run: a
     /// 10,000-row batch (throughput, latency, CPU per row) and single-row hot hits.
     Protocols(protocols::ProtocolsArgs),
@@ -149,6 +151,7 @@ pub fn run(which: Bench) -> Result<()> {
             connections,
         } => proxy::run(seconds, connections),
         Bench::Autoscale(args) => autoscale::run(args),
+        Bench::Drain(args) => drain::run(args),
         Bench::Protocols(args) => protocols::run(args),
         Bench::Replay(args) => replay::run(args),
         Bench::SimReplay(args) => sim_replay::run(args),

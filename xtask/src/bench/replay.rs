@@ -59,12 +59,12 @@ pub struct ReplayArgs {
 }
 
 /// One model of the store's manifest.
-struct Entry {
-    id: String,
-    body: String,
+pub(crate) struct Entry {
+    pub id: String,
+    pub body: String,
 }
 
-fn manifest(store: &Path) -> Result<Vec<Entry>> {
+pub(crate) fn manifest(store: &Path) -> Result<Vec<Entry>> {
     let text = std::fs::read_to_string(store.join("manifest.json"))
         .with_context(|| format!("{}/manifest.json", store.display()))?;
     let value: Value = serde_json::from_str(&text)?;

@@ -32,8 +32,11 @@ pub struct DrainArgs {
     /// Rounds per setting, alternating off, on, off, on, ...
     #[arg(long, default_value_t = 2)]
     rounds: usize,
-    /// How long each round fills the pool (closed loop, 8 clients) before measuring.
-    #[arg(long, default_value_t = 40)]
+    /// Requests of the trace's head that fill the pool each round (closed loop, 8
+    /// clients, at most `--fill-seconds`) before measuring.
+    #[arg(long, default_value_t = 60_000)]
+    fill_requests: usize,
+    #[arg(long, default_value_t = 120)]
     fill_seconds: u64,
     /// Open-loop requests per second while measuring.
     #[arg(long, default_value_t = 150.0)]
@@ -69,6 +72,7 @@ struct Round {
     /// Cold loads (proxy-counted misses) among the requests after the SIGTERM.
     misses_after: f64,
     drain_routes: f64,
+    /// From its SIGTERM until it refused connections.
     exited_after: Duration,
 }
 
@@ -147,6 +151,9 @@ fn round(args: &DrainArgs, handoff: bool, trace: &[u32], entries: &[Entry]) -> R
         8,
         Duration::from_secs(args.fill_seconds),
         |i| {
+            if i >= args.fill_requests {
+                return None;
+            }
             let entry = &entries[*trace.get(i)? as usize];
             Some(Job {
                 path: format!("/v2/models/{}/infer", entry.id),
@@ -156,36 +163,42 @@ fn round(args: &DrainArgs, handoff: bool, trace: &[u32], entries: &[Entry]) -> R
         },
     )?;
     let measured = (args.rate * args.seconds as f64) as usize;
+    if filled.failed > 0 {
+        bail!("{} requests failed while filling the pool", filled.failed);
+    }
     let jobs: Vec<&Entry> = trace
         .iter()
-        .skip(filled.requests + filled.failed)
+        .skip(args.fill_requests)
         .take(measured)
         .map(|&m| &entries[m as usize])
         .collect();
-    if jobs.len() < measured {
-        bail!("the trace is too short: raise --models or lower --rate/--seconds");
-    }
     let drain_at = Duration::from_secs(args.drain_at);
     // The proxy's counters and the time when scorer 0 got SIGTERM.
     let at_drain = Mutex::new(None);
     let departing = &scorers[0];
     let sent = open_loop(proxy.addr(), &jobs, args.rate, 32, drain_at, || {
         let metrics = proxy.metrics_blocking();
-        *at_drain.lock().unwrap() = Some((
+        let counters = (
             metrics.get("mm_proxy_scorer_cache_misses_total"),
             metrics.get("mm_proxy_drain_routes_total"),
-            Instant::now(),
-        ));
+        );
         departing.send_term();
+        // When it stopped taking connections: its drain, then its in-flight requests.
+        let sent = Instant::now();
+        while sent.elapsed() < Duration::from_secs(60)
+            && std::net::TcpStream::connect(departing.addr()).is_ok()
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        *at_drain.lock().unwrap() = Some((counters.0, counters.1, sent.elapsed()));
     })?;
-    let (misses_before, routes_before, sent_term) = at_drain
+    let (misses_before, routes_before, exited_after) = at_drain
         .into_inner()
         .unwrap()
         .context("the open loop ended before the SIGTERM")?;
     let status = scorers[0]
         .wait_exit(Duration::from_secs(60))
         .context("scorer 0 did not exit within 60 s of its SIGTERM")?;
-    let exited_after = sent_term.elapsed();
     if !status.success() {
         bail!("scorer 0 exited with {status}");
     }
@@ -213,7 +226,7 @@ pub fn run(args: DrainArgs) -> Result<()> {
     let trace: Vec<u32> = policy_trace::generate(&TraceSpec {
         shape: Shape::Zipf(1.0),
         models: entries.len(),
-        requests: 200_000,
+        requests: args.fill_requests + (args.rate * args.seconds as f64) as usize,
         rate: args.rate,
         seed: args.seed,
     })
@@ -221,12 +234,12 @@ pub fn run(args: DrainArgs) -> Result<()> {
     .map(|r| r.model)
     .collect();
     println!(
-        "store: {} ({} models); trace: zipf-1.0, seed {}; each round: a fresh pool (proxy + 3 scorers, budget {} each), filled for {} s (8 closed-loop clients), then {} req/s open loop for {} s (32 clients); scorer 0 gets SIGTERM at {} s and drains for {}.",
+        "store: {} ({} models); trace: zipf-1.0, seed {}; each round: a fresh pool (proxy + 3 scorers, budget {} each), filled with the trace's first {} requests (8 closed-loop clients), then {} req/s open loop for {} s (32 clients) over the next; scorer 0 gets SIGTERM at {} s and drains for {}.",
         args.store.display(),
         entries.len(),
         args.seed,
         args.budget,
-        args.fill_seconds,
+        args.fill_requests,
         args.rate,
         args.seconds,
         args.drain_at,
@@ -246,7 +259,7 @@ pub fn run(args: DrainArgs) -> Result<()> {
         rounds.push(result);
     }
     println!(
-        "| hand-off | requests after SIGTERM | failed | cold loads | served while draining | p50 | p99 | p99.9 | max | p99 before SIGTERM | scorer 0 exited after |"
+        "| hand-off | requests after SIGTERM | failed | cold loads | served while draining | p50 | p99 | p99.9 | max | p99 before SIGTERM | scorer 0 stopped listening after |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rounds {

@@ -79,8 +79,9 @@ impl Proxy {
     }
 
     /// After an admin call changed `model`'s live version or canary in the store, asks
-    /// every other healthy scorer to look now (in the background) rather than at its next
-    /// check, so every scorer, and so every proxy, answers alike within a round trip.
+    /// every other healthy or draining scorer (a draining one still serves the models it
+    /// holds) to look now (in the background) rather than at its next check, so every
+    /// scorer, and so every proxy, answers alike within a round trip.
     pub(crate) fn refresh_everywhere(
         &self,
         model: &str,
@@ -93,7 +94,10 @@ impl Proxy {
             .backends()
             .get_backend()
             .iter()
-            .filter(|b| self.pool.lb.backends().ready(b))
+            .filter(|b| {
+                self.pool.lb.backends().ready(b)
+                    || self.pool.draining.contains(crate::ranking::name_ref(b))
+            })
             .filter(|b| done_by != Some(crate::ranking::name_ref(b)))
             .map(|b| b.addr.to_string())
             .collect();

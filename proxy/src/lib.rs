@@ -58,13 +58,10 @@ pub fn run(config: ProxyConfig) -> ! {
     let mut lb = LoadBalancer::<Rendezvous>::from_backends(Backends::new(Box::new(
         Discovery::new(config.pool.clone(), admission.clone()),
     )));
-    // Set by the health check, read by routing (the drain hand-off).
-    let draining = Arc::new(pool::Draining::default());
     lb.set_health_check(Box::new(pool::ScorerCheck::new(
         config.health_timeout,
         config.tolerated_timeouts,
         admission.clone(),
-        draining.clone(),
     )));
     lb.health_check_frequency = Some(config.health_interval);
     lb.update_frequency = Some(config.pool_refresh);
@@ -75,9 +72,14 @@ pub fn run(config: ProxyConfig) -> ! {
     let pool_handle = server.add_service(pool_service);
 
     let pool_authorization = admin::pool_authorization(&config.pool_key);
-    let mut pool = Pool::new(lb, config.hot_ttl, config.eject_for);
+    // The drain hand-off: the health check marks draining scorers, routing reads them.
+    let mut pool = Pool::new(
+        lb,
+        config.hot_ttl,
+        config.eject_for,
+        admission.draining.clone(),
+    );
     pool.authorization = pool_authorization.as_deref().map(Arc::from);
-    pool.draining = draining;
     let pool = Arc::new(pool);
     let listen = config.listen.to_string();
     let metrics = Arc::new(metrics::Metrics::new());

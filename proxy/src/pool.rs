@@ -279,6 +279,9 @@ impl ServiceDiscovery for Discovery {
 pub struct Admission {
     passed: Mutex<HashSet<SocketAddr>>,
     lb: OnceLock<Weak<LoadBalancer<Rendezvous>>>,
+    /// The way out of rotation: scorers draining now, set by [`ScorerCheck`], pruned to
+    /// the members by discovery, read by routing (`Pool::draining_holder`).
+    pub draining: Arc<Draining>,
 }
 
 impl Admission {
@@ -294,6 +297,9 @@ impl Admission {
         let mut passed = self.passed.lock().unwrap_or_else(|p| p.into_inner());
         let present: HashSet<&SocketAddr> = backends.iter().map(|b| &b.addr).collect();
         passed.retain(|addr| present.contains(addr));
+        // A scorer that left the membership while draining is no longer checked: forget it.
+        self.draining
+            .retain(|name| backends.iter().any(|b| name_ref(b) == name));
         backends
             .iter()
             .map(|b| {
@@ -349,6 +355,26 @@ impl Draining {
         self.any.store(!names.is_empty(), Ordering::Release);
     }
 
+    /// Keeps only the names `keep` accepts.
+    fn retain(&self, keep: impl Fn(&str) -> bool) {
+        if !self.any.load(Ordering::Acquire) {
+            return;
+        }
+        let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
+        names.retain(|n| keep(n));
+        self.any.store(!names.is_empty(), Ordering::Release);
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.any.load(Ordering::Acquire)
+            && self
+                .names
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|n| &**n == name)
+    }
+
     /// The names draining now (usually none: then no lock and no allocation).
     fn names(&self) -> Vec<Arc<str>> {
         if !self.any.load(Ordering::Acquire) {
@@ -377,18 +403,10 @@ pub struct ScorerCheck {
     /// since. (Addresses of scorers gone stay: a few bytes each, and a scorer that comes
     /// back on the same address starts from its last state.)
     state: Mutex<HashMap<String, (bool, usize)>>,
-    /// Set from each check's answer: draining exactly while it answers 503 with
-    /// `header::DRAINING`.
-    draining: Arc<Draining>,
 }
 
 impl ScorerCheck {
-    pub fn new(
-        timeout: Duration,
-        tolerated: usize,
-        admission: Arc<Admission>,
-        draining: Arc<Draining>,
-    ) -> Self {
+    pub fn new(timeout: Duration, tolerated: usize, admission: Arc<Admission>) -> Self {
         let mut http = HttpHealthCheck::new("localhost", false);
         http.req = pingora::http::RequestHeader::build("GET", b"/v2/health/ready", None)
             .expect("static request");
@@ -420,7 +438,6 @@ impl ScorerCheck {
             tolerated,
             admission,
             state: Mutex::new(HashMap::new()),
-            draining,
         }
     }
 }
@@ -457,8 +474,14 @@ impl HealthCheck for ScorerCheck {
         if result.is_ok() {
             self.admission.passed(target);
         }
-        let draining = matches!(&result, Err(e) if e.etype() == &DRAINING);
-        self.draining.set(name_ref(target), draining);
+        // Draining exactly while it answers so. A timed-out check says nothing either way:
+        // a draining scorer is the busiest one, and one slow answer must not send its
+        // models cold to their successors (a refused connection, or passive ejection,
+        // ends the hand-off).
+        if !matches!(&result, Err(e) if timed_out(e)) {
+            let draining = matches!(&result, Err(e) if e.etype() == &DRAINING);
+            self.admission.draining.set(name_ref(target), draining);
+        }
         result
     }
 
@@ -563,7 +586,7 @@ type WarmKey = (Arc<str>, Arc<str>);
 pub struct Pool {
     pub lb: Arc<LoadBalancer<Rendezvous>>,
     pub hot: Arc<HotTable>,
-    /// Scorers draining now, as the health check last saw them.
+    /// Scorers draining now, as the health check last saw them (`Admission::draining`).
     pub draining: Arc<Draining>,
     /// When each (model, scorer) warm load was last asked for.
     warming: Mutex<HashMap<WarmKey, Instant>>,
@@ -583,11 +606,16 @@ pub struct Candidate {
 }
 
 impl Pool {
-    pub fn new(lb: Arc<LoadBalancer<Rendezvous>>, hot_ttl: Duration, eject_for: Duration) -> Self {
+    pub fn new(
+        lb: Arc<LoadBalancer<Rendezvous>>,
+        hot_ttl: Duration,
+        eject_for: Duration,
+        draining: Arc<Draining>,
+    ) -> Self {
         Pool {
             lb,
             hot: Arc::new(HotTable::new(hot_ttl)),
-            draining: Arc::new(Draining::default()),
+            draining,
             warming: Mutex::new(HashMap::new()),
             warm_slots: Arc::new(tokio::sync::Semaphore::new(MAX_WARMING)),
             inflight: RwLock::new(HashMap::new()),
@@ -670,6 +698,7 @@ impl Pool {
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), until);
         self.hot.forget_scorer(name);
+        self.draining.set(name, false);
         tracing::warn!(scorer = %name, for_ms = self.eject_for.as_millis() as u64, "scorer ejected after a connection failure");
     }
 
@@ -861,12 +890,7 @@ mod tests {
         let mode = Arc::new(AtomicUsize::new(OK));
         let addr = readiness_server(mode.clone()).await;
         let backend = Backend::new(&addr.to_string()).unwrap();
-        let check = ScorerCheck::new(
-            Duration::from_millis(200),
-            1,
-            Default::default(),
-            Default::default(),
-        );
+        let check = ScorerCheck::new(Duration::from_millis(200), 1, Default::default());
         let steps = [
             (OK, true, "answers 200"),
             (SILENT, true, "first timeout: tolerated"),
@@ -898,6 +922,28 @@ mod tests {
         );
     }
 
+    #[test]
+    fn discovery_forgets_a_draining_scorer_that_left_the_membership() {
+        let admission = Admission::default();
+        admission.draining.set("scorer-0:8001", true);
+        admission.draining.set("scorer-1:8001", true);
+        let members: BTreeSet<Backend> =
+            [backend("scorer-1:8001", "127.0.0.1:8001".parse().unwrap())]
+                .into_iter()
+                .collect();
+        admission.enablement(&members);
+        let names: Vec<String> = admission
+            .draining
+            .names()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(names, ["scorer-1:8001"]);
+        admission.enablement(&BTreeSet::new());
+        assert!(admission.draining.names().is_empty());
+        assert!(!admission.draining.contains("scorer-1:8001"));
+    }
+
     #[tokio::test]
     async fn a_draining_scorer_leaves_rotation_and_is_known_as_draining_while_it_says_so() {
         const OK: usize = 0;
@@ -907,13 +953,10 @@ mod tests {
         let mode = Arc::new(AtomicUsize::new(OK));
         let addr = readiness_server(mode.clone()).await;
         let target = backend("scorer-0:8001", addr);
-        let draining = Arc::new(Draining::default());
-        let check = ScorerCheck::new(
-            Duration::from_millis(200),
-            1,
-            Default::default(),
-            draining.clone(),
-        );
+        let admission = Arc::new(Admission::default());
+        let draining = admission.draining.clone();
+        // A timeout long enough for a loaded machine: the silent step waits it out.
+        let check = ScorerCheck::new(Duration::from_secs(1), 1, admission);
         let steps = [
             (OK, true, false, "ready"),
             (
@@ -923,14 +966,14 @@ mod tests {
                 "503 saying it drains: out, and draining",
             ),
             (DRAINING, false, true, "still draining"),
-            (SILENT, false, false, "no answer: gone, not draining"),
-            (DRAINING, false, true, "draining again"),
+            (SILENT, false, true, "a timed-out check changes nothing"),
             (
                 NOT_READY,
                 false,
                 false,
                 "a plain 503 (warming) is not draining",
             ),
+            (DRAINING, false, true, "draining again"),
             (OK, true, false, "back"),
         ];
         for (i, (answer, passes, is_draining, why)) in steps.into_iter().enumerate() {
@@ -1082,7 +1125,6 @@ mod tests {
             Duration::from_millis(500),
             1,
             admission.clone(),
-            Default::default(),
         )));
         let lb = Arc::new(lb);
         admission.attach(&lb);

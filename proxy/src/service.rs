@@ -135,8 +135,11 @@ impl Proxy {
                 draining: false,
             })
             .collect();
-        // The drain hand-off: a draining scorer that holds the model comes last.
+        // The drain hand-off: a draining scorer that holds the model comes last, looked
+        // for only when no healthy candidate `decide` would prefer holds it.
+        let held = views.iter().take(self.config.top_k.max(1)).any(|v| v.hot);
         if self.config.drain_handoff
+            && !held
             && let Some(holder) = self.pool.draining_holder(model, tried)
         {
             views.push(View {

@@ -76,7 +76,7 @@ pub const KEYS: &[KeyDoc] = &[
     doc(
         "routing.drain_handoff",
         "true",
-        "While a scorer drains (its readiness answers 503 with `x-mm-draining`), send it the requests for models it holds hot until their next-ranked scorer holds them (warmed in the background), instead of a cold load there.",
+        "While a scorer drains (its readiness answers 503 with `x-mm-draining`), send it the requests for models it holds hot until their next-ranked scorer holds them (warmed in the background), instead of a cold load there. A request that finds it gone is retried on the next candidate (`upstream.retries`).",
     ),
     doc(
         "routing.hot_ttl",

@@ -206,7 +206,7 @@ pub const KEYS: &[KeyDoc] = &[
     doc(
         "shutdown.drain",
         "2s",
-        "On SIGTERM, how long the scorer keeps serving while reporting not ready, so proxies drop it from rotation before it stops accepting (at least the proxies' `health.interval`).",
+        "On SIGTERM, how long the scorer keeps serving while reporting that it drains (`x-mm-draining`), so proxies drop it from rotation before it stops accepting (at least the proxies' `health.interval`), and hand its hot models over to their next-ranked scorers meanwhile (`routing.drain_handoff`; give it a model load or two more).",
     ),
     doc(
         "shutdown.grace",

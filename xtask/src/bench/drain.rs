@@ -109,11 +109,13 @@ fn open_loop(
                             std::thread::sleep(wait);
                         }
                         let path = format!("/v2/models/{}/infer", entry.id);
+                        let sent_at = Instant::now();
                         let (ok, latency) = match client.post(&path, &entry.body) {
                             Ok((status, latency)) => (status == 200, latency),
                             Err(_) => {
+                                let latency = sent_at.elapsed();
                                 client = KeepAlive::connect(addr)?;
-                                (false, started.elapsed() - due)
+                                (false, latency)
                             }
                         };
                         sent.lock().unwrap().push(Sent { due, latency, ok });

@@ -77,6 +77,7 @@ pub enum Bench {
     /// The autoscaling signal (working set against the budget) over a simulated replay
     /// whose traffic doubles, beside the pool hit ratio.
     Autoscale(autoscale::AutoscaleArgs),
+    /// One scorer of three leaving under realistic traffic, drain hand-off off and on.
     Drain(drain::DrainArgs),
     /// JSON REST, binary REST and gRPC through the proxy, same model, same run: a
     /// 10,000-row batch (throughput, latency, CPU per row) and single-row hot hits.

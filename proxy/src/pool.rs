@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -328,21 +328,14 @@ impl Admission {
 /// keep serving for their `shutdown.drain`. Out of rotation like any scorer that fails its
 /// check, but [`Pool::draining_holder`] still offers one for the models it holds hot, so
 /// those are served from its memory until their successors hold them (the drain hand-off).
-/// Usually empty: the request path then only reads one atomic.
+/// Read only for requests no healthy candidate holds the model for, and by admin calls.
 #[derive(Default)]
-pub struct Draining {
-    any: AtomicBool,
-    names: RwLock<Vec<Arc<str>>>,
-}
+pub struct Draining(RwLock<Vec<Arc<str>>>);
 
 impl Draining {
     fn set(&self, name: &str, draining: bool) {
-        if !draining && !self.any.load(Ordering::Acquire) {
-            return;
-        }
-        let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
-        let at = names.iter().position(|n| &**n == name);
-        match (draining, at) {
+        let mut names = self.0.write().unwrap_or_else(|p| p.into_inner());
+        match (draining, names.iter().position(|n| &**n == name)) {
             (true, None) => {
                 tracing::info!(scorer = %name, "scorer draining: serving the models it holds until their successors do");
                 names.push(Arc::from(name));
@@ -352,35 +345,27 @@ impl Draining {
             }
             _ => {}
         }
-        self.any.store(!names.is_empty(), Ordering::Release);
     }
 
     /// Keeps only the names `keep` accepts.
     fn retain(&self, keep: impl Fn(&str) -> bool) {
-        if !self.any.load(Ordering::Acquire) {
-            return;
-        }
-        let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
-        names.retain(|n| keep(n));
-        self.any.store(!names.is_empty(), Ordering::Release);
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|n| keep(n));
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.any.load(Ordering::Acquire)
-            && self
-                .names
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .any(|n| &**n == name)
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|n| &**n == name)
     }
 
-    /// The names draining now (usually none: then no lock and no allocation).
+    /// The names draining now.
     fn names(&self) -> Vec<Arc<str>> {
-        if !self.any.load(Ordering::Acquire) {
-            return Vec::new();
-        }
-        self.names.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

@@ -55,8 +55,9 @@ pub struct Scorer {
     pub config: ScorerConfig,
     pub cache: cache::ModelCache,
     pub metrics: Arc<metrics::Metrics>,
-    /// Cleared when shutdown starts, so readiness fails and the proxy stops routing here.
-    pub ready: AtomicBool,
+    /// Set when shutdown starts: readiness fails (saying so) and the proxies stop routing
+    /// here but for the models this scorer still holds (the drain hand-off).
+    pub draining: AtomicBool,
     /// Set once the first warm-up of the hot share finished (or was not wanted).
     pub warmed: AtomicBool,
     started: std::time::Instant,
@@ -89,7 +90,7 @@ impl Scorer {
         Ok(Arc::new(Scorer {
             cache,
             metrics,
-            ready: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
             warmed: AtomicBool::new(config.warmup.ready_timeout.is_zero()),
             started: std::time::Instant::now(),
             name_header,
@@ -102,13 +103,13 @@ impl Scorer {
     /// Shutting down: readiness fails (with `header::DRAINING`) while the scorer keeps
     /// serving for `shutdown.drain`.
     pub fn is_draining(&self) -> bool {
-        !self.ready.load(Ordering::Relaxed)
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Ready for traffic: not shutting down, and the hot share is warm (or
     /// `warmup.ready_timeout` has passed since start).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        !self.is_draining()
             && (self.warmed.load(Ordering::Relaxed)
                 || self.started.elapsed() >= self.config.warmup.ready_timeout)
     }
@@ -195,7 +196,7 @@ pub async fn run(config: ScorerConfig) -> Result<(), StartError> {
             shutdown_signal().await;
             // Report not ready first and keep serving for the drain, so proxies take this
             // scorer out of rotation before it stops accepting connections.
-            scorer.ready.store(false, Ordering::Relaxed);
+            scorer.draining.store(true, Ordering::Relaxed);
             let drain = scorer.config.shutdown_drain;
             tracing::info!(
                 ?drain,

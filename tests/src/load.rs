@@ -56,30 +56,12 @@ impl OpenLoop {
                 while !stop.load(Ordering::Relaxed) && started.elapsed() < cap {
                     tokio::time::sleep_until((started + every * n as u32).into()).await;
                     let model = pick(n);
-                    let url = format!(
-                        "{}/v2/models/{}/infer",
-                        bases[n % bases.len()],
-                        manymodels_models::model_id(model)
-                    );
+                    let base = bases[n % bases.len()].clone();
                     let (client, answers, body) =
                         (client.clone(), answers.clone(), bodies[model].clone());
                     tasks.push(tokio::spawn(async move {
-                        let response = client.post(&url).json(&body).send().await;
-                        let (status, hit, scorer) = match response {
-                            Ok(r) => (
-                                r.status().as_u16(),
-                                r.headers().get("x-mm-cache").is_some_and(|v| v == "hit"),
-                                crate::http::header(&r, "x-mm-scorer"),
-                            ),
-                            Err(_) => (0, false, String::new()),
-                        };
-                        answers.lock().unwrap().push(Answer {
-                            at: Instant::now(),
-                            status,
-                            hit,
-                            model,
-                            scorer,
-                        });
+                        let answer = send(&client, &base, model, &body).await;
+                        answers.lock().unwrap().push(answer);
                     }));
                     n += 1;
                 }
@@ -105,6 +87,30 @@ impl OpenLoop {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.unwrap();
         std::mem::take(&mut *self.answers.lock().unwrap())
+    }
+}
+
+/// Scores generated model `model` with `body` through `base` once: one request of the
+/// load, as [`OpenLoop`] records it.
+pub async fn send(client: &reqwest::Client, base: &str, model: usize, body: &Value) -> Answer {
+    let url = format!(
+        "{base}/v2/models/{}/infer",
+        manymodels_models::model_id(model)
+    );
+    let (status, hit, scorer) = match client.post(&url).json(body).send().await {
+        Ok(r) => (
+            r.status().as_u16(),
+            r.headers().get("x-mm-cache").is_some_and(|v| v == "hit"),
+            crate::http::header(&r, "x-mm-scorer"),
+        ),
+        Err(_) => (0, false, String::new()),
+    };
+    Answer {
+        at: Instant::now(),
+        status,
+        hit,
+        model,
+        scorer,
     }
 }
 

@@ -7,7 +7,6 @@
 use std::time::{Duration, Instant};
 
 use manymodels_models::Mix;
-use manymodels_tests::http::header;
 use manymodels_tests::load::{self, Answer, OpenLoop};
 use manymodels_tests::process::addrs;
 use manymodels_tests::{ProxyProcess, ScorerProcess, TempDir, free_port, get_json};
@@ -162,30 +161,14 @@ async fn a_draining_scorer_serves_its_hot_models_until_their_successors_hold_the
     );
     let bodies = load::bodies(MODELS, Mix::Tiny, 5);
     let client = reqwest::Client::new();
-    let infer = |i: usize| {
-        let (client, body) = (client.clone(), bodies[i].clone());
-        let url = format!(
-            "{}/v2/models/{}/infer",
-            proxy.url,
-            manymodels_models::model_id(i)
-        );
-        async move {
-            let response = client.post(&url).json(&body).send().await.unwrap();
-            let hit = header(&response, "x-mm-cache") == "hit";
-            (
-                response.status().as_u16(),
-                hit,
-                header(&response, "x-mm-scorer"),
-            )
-        }
-    };
+    let infer = |i: usize| load::send(&client, &proxy.url, i, &bodies[i]);
     // Every model loaded on its owner; the departing scorer's are the ones it owns.
     let departing = scorers[0].addr().to_string();
     let mut handed = Vec::new();
     for i in 0..MODELS {
-        let (status, _, scorer) = infer(i).await;
-        assert_eq!(status, 200);
-        if scorer == departing {
+        let answer = infer(i).await;
+        assert_eq!(answer.status, 200);
+        if answer.scorer == departing {
             handed.push(i);
         }
     }
@@ -208,7 +191,7 @@ async fn a_draining_scorer_serves_its_hot_models_until_their_successors_hold_the
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Rounds over its models every 100 ms until it exits (4 s of drain), then one more.
-    let mut rounds: Vec<Vec<(u16, bool, String)>> = Vec::new();
+    let mut rounds: Vec<Vec<Answer>> = Vec::new();
     let status = loop {
         let exited = scorers[0].exited();
         let mut round = Vec::new();
@@ -224,15 +207,19 @@ async fn a_draining_scorer_serves_its_hot_models_until_their_successors_hold_the
     };
     assert!(status.success(), "{departing} exited with {status}");
     for (r, round) in rounds.iter().enumerate() {
-        for ((status, hit, scorer), i) in round.iter().zip(&handed) {
-            assert_eq!(*status, 200, "round {r}, model {i}");
-            assert!(hit, "round {r}: model {i} met a cold load on {scorer}");
+        for answer in round {
+            let (i, scorer) = (answer.model, &answer.scorer);
+            assert_eq!(answer.status, 200, "round {r}, model {i}");
+            assert!(
+                answer.hit,
+                "round {r}: model {i} met a cold load on {scorer}"
+            );
         }
     }
     // Out of rotation, the first request for each of its models still went to it: no
     // other scorer held them.
     assert!(
-        rounds[0].iter().all(|(_, _, scorer)| *scorer == departing),
+        rounds[0].iter().all(|a| a.scorer == departing),
         "first round after leaving rotation: {:?}",
         rounds[0]
     );
@@ -241,13 +228,13 @@ async fn a_draining_scorer_serves_its_hot_models_until_their_successors_hold_the
     assert!(
         rounds[..rounds.len().saturating_sub(2)]
             .iter()
-            .any(|round| round.iter().all(|(_, _, scorer)| *scorer != departing)),
+            .any(|round| round.iter().all(|a| a.scorer != departing)),
         "the draining scorer kept its models until it exited: {rounds:?}"
     );
     // After it exited, its successors served them, from memory.
     let last = rounds.last().unwrap();
     assert!(
-        last.iter().all(|(_, _, scorer)| *scorer != departing),
+        last.iter().all(|a| a.scorer != departing),
         "after the exit: {last:?}"
     );
     let metrics = proxy.metrics().await;

@@ -201,8 +201,8 @@ async fn a_draining_scorer_says_so_keeps_serving_and_warms_nothing() {
 
     let (scorer, router) = scorer_for(&demo_store(), |_| {});
     scorer
-        .ready
-        .store(false, std::sync::atomic::Ordering::Relaxed);
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let ready = get(&router, "/v2/health/ready").await;
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready.header("x-mm-draining"), Some("true"));

@@ -10,16 +10,14 @@
 
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use manymodels_policy::trace::{self as policy_trace, Shape, TraceSpec};
-use manymodels_tests::http::KeepAlive;
 
 use super::replay::{Entry, ensure_store, manifest};
-use super::{Job, drive, percentile};
+use super::{Job, Sent, drive, drive_each, percentile};
 
 #[derive(Args, Clone, Debug)]
 pub struct DrainArgs {
@@ -57,83 +55,34 @@ pub struct DrainArgs {
     seed: u64,
 }
 
-/// One request of the open loop.
-struct Sent {
-    due: Duration,
-    latency: Duration,
-    ok: bool,
-}
-
 /// What one round measured.
 struct Round {
     handoff: bool,
-    before: Vec<Sent>,
-    after: Vec<Sent>,
+    /// Latencies (sorted) of the requests due before the SIGTERM.
+    before: Vec<Duration>,
+    /// Latencies (sorted) and failures of those due after it.
+    after: (Vec<Duration>, usize),
     /// Cold loads (proxy-counted misses) among the requests after the SIGTERM.
     misses_after: f64,
     drain_routes: f64,
     /// From its SIGTERM until it refused connections.
     exited_after: Duration,
+    /// The surviving scorers' peak RSS and its documented bound, in bytes.
+    survivors: Vec<(u64, u64)>,
 }
 
-/// Sends `jobs` open loop: job `i` is due at `i / rate` from the start; `clients` blocking
-/// keep-alive connections take them in order. `at` runs once, on its own thread, at
-/// `at_offset`.
-fn open_loop(
-    addr: &str,
-    jobs: &[&Entry],
-    rate: f64,
-    clients: usize,
-    at_offset: Duration,
-    at: impl FnOnce() + Send,
-) -> Result<Vec<Sent>> {
-    let next = AtomicUsize::new(0);
-    let sent = Mutex::new(Vec::with_capacity(jobs.len()));
-    let started = Instant::now();
-    std::thread::scope(|scope| -> Result<()> {
-        scope.spawn(move || {
-            std::thread::sleep(at_offset);
-            at();
-        });
-        let workers: Vec<_> = (0..clients)
-            .map(|_| {
-                scope.spawn(|| -> Result<()> {
-                    let mut client = KeepAlive::connect(addr)?;
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(entry) = jobs.get(i) else {
-                            return Ok(());
-                        };
-                        let due = Duration::from_secs_f64(i as f64 / rate);
-                        if let Some(wait) = due.checked_sub(started.elapsed()) {
-                            std::thread::sleep(wait);
-                        }
-                        let path = format!("/v2/models/{}/infer", entry.id);
-                        let sent_at = Instant::now();
-                        let (ok, latency) = match client.post(&path, &entry.body) {
-                            Ok((status, latency)) => (status == 200, latency),
-                            Err(_) => {
-                                let latency = sent_at.elapsed();
-                                client = KeepAlive::connect(addr)?;
-                                (false, latency)
-                            }
-                        };
-                        sent.lock().unwrap().push(Sent { due, latency, ok });
-                    }
-                })
-            })
-            .collect();
-        for worker in workers {
-            worker.join().expect("load client")?;
-        }
-        Ok(())
-    })?;
-    let mut sent = sent.into_inner().unwrap();
-    sent.sort_by_key(|s| s.due);
-    Ok(sent)
+/// Sorted latencies and the failures (not 200, or no answer) of `sent`.
+fn summary(sent: &[&Sent]) -> (Vec<Duration>, usize) {
+    let mut latencies: Vec<Duration> = sent.iter().map(|s| s.latency).collect();
+    latencies.sort();
+    let failed = sent.iter().filter(|s| s.status != Some(200)).count();
+    (latencies, failed)
 }
 
 fn round(args: &DrainArgs, handoff: bool, trace: &[u32], entries: &[Entry]) -> Result<Round> {
+    let budget = manymodels_config::parse_bytes(&args.budget)
+        .map_err(anyhow::Error::msg)?
+        .bytes();
     let ports = [18_041u16, 18_042, 18_043];
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let sets = [
@@ -147,6 +96,7 @@ fn round(args: &DrainArgs, handoff: bool, trace: &[u32], entries: &[Entry]) -> R
         .collect::<Result<Vec<_>>>()?;
     let handoff_set = format!("routing.drain_handoff={handoff}");
     let proxy = super::proxy(18_040, &addrs, &[&handoff_set])?;
+    let idle: Vec<u64> = scorers.iter().map(|s| s.rss_bytes()).collect();
     // Fill: the trace's head, closed loop, as fast as answers come.
     let filled = drive(
         proxy.addr(),
@@ -174,25 +124,43 @@ fn round(args: &DrainArgs, handoff: bool, trace: &[u32], entries: &[Entry]) -> R
         .take(measured)
         .map(|&m| &entries[m as usize])
         .collect();
+    let due = |job: usize| Duration::from_secs_f64(job as f64 / args.rate);
     let drain_at = Duration::from_secs(args.drain_at);
-    // The proxy's counters and the time when scorer 0 got SIGTERM.
+    // The proxy's counters at the SIGTERM, and how long scorer 0 took to stop listening.
     let at_drain = Mutex::new(None);
     let departing = &scorers[0];
-    let sent = open_loop(proxy.addr(), &jobs, args.rate, 32, drain_at, || {
-        let metrics = proxy.metrics_blocking();
-        let counters = (
-            metrics.get("mm_proxy_scorer_cache_misses_total"),
-            metrics.get("mm_proxy_drain_routes_total"),
-        );
-        departing.send_term();
-        // When it stopped taking connections: its drain, then its in-flight requests.
-        let sent = Instant::now();
-        while sent.elapsed() < Duration::from_secs(60)
-            && std::net::TcpStream::connect(departing.addr()).is_ok()
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        *at_drain.lock().unwrap() = Some((counters.0, counters.1, sent.elapsed()));
+    let (sent, _) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(drain_at);
+            let metrics = proxy.metrics_blocking();
+            let counters = (
+                metrics.get("mm_proxy_scorer_cache_misses_total"),
+                metrics.get("mm_proxy_drain_routes_total"),
+            );
+            departing.send_term();
+            // Its drain, then its in-flight requests.
+            let sent = Instant::now();
+            while sent.elapsed() < Duration::from_secs(60)
+                && std::net::TcpStream::connect(departing.addr()).is_ok()
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            *at_drain.lock().unwrap() = Some((counters.0, counters.1, sent.elapsed()));
+        });
+        // Open loop: job i is due i / rate after the start, whoever is free sends it.
+        drive_each(
+            proxy.addr(),
+            32,
+            Duration::from_secs(args.seconds + 60),
+            |i| {
+                let entry = jobs.get(i)?;
+                Some(Job {
+                    path: format!("/v2/models/{}/infer", entry.id),
+                    body: &entry.body,
+                    due: Some(due(i)),
+                })
+            },
+        )
     })?;
     let (misses_before, routes_before, exited_after) = at_drain
         .into_inner()
@@ -205,21 +173,22 @@ fn round(args: &DrainArgs, handoff: bool, trace: &[u32], entries: &[Entry]) -> R
         bail!("scorer 0 exited with {status}");
     }
     let metrics = proxy.metrics_blocking();
-    let (before, after): (Vec<Sent>, Vec<Sent>) = sent.into_iter().partition(|s| s.due < drain_at);
+    let (before, after): (Vec<&Sent>, Vec<&Sent>) =
+        sent.iter().partition(|s| due(s.job) < drain_at);
+    let survivors = scorers[1..]
+        .iter()
+        .zip(&idle[1..])
+        .map(|(s, idle)| (s.peak_rss_bytes(), super::rss_bound(*idle, budget)))
+        .collect();
     Ok(Round {
         handoff,
-        before,
-        after,
+        before: summary(&before).0,
+        after: summary(&after),
+        survivors,
         misses_after: metrics.get("mm_proxy_scorer_cache_misses_total") - misses_before,
         drain_routes: metrics.get("mm_proxy_drain_routes_total") - routes_before,
         exited_after,
     })
-}
-
-fn latencies(sent: &[Sent]) -> Vec<Duration> {
-    let mut l: Vec<Duration> = sent.iter().map(|s| s.latency).collect();
-    l.sort();
-    l
 }
 
 pub fn run(args: DrainArgs) -> Result<()> {
@@ -261,37 +230,45 @@ pub fn run(args: DrainArgs) -> Result<()> {
         rounds.push(result);
     }
     println!(
-        "| hand-off | requests after SIGTERM | failed | cold loads | served while draining | p50 | p99 | p99.9 | max | p99 before SIGTERM | scorer 0 stopped listening after |"
+        "| hand-off | requests after SIGTERM | failed | cold loads | served while draining | p50 | p99 | p99.9 | max | p99 before SIGTERM | scorer 0 stopped listening after | survivors' peak RSS / bound |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rounds {
-        let after = latencies(&r.after);
-        let before = latencies(&r.before);
+        let (after, failed) = &r.after;
+        let before = &r.before;
+        let rss: Vec<String> = r
+            .survivors
+            .iter()
+            .map(|(peak, bound)| {
+                format!("{:.0} / {:.0} MB", *peak as f64 / 1e6, *bound as f64 / 1e6)
+            })
+            .collect();
         println!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.2} ms | {:.1} ms | {:.1} ms | {:.0} ms | {:.1} ms | {:.1} s |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.2} ms | {:.1} ms | {:.1} ms | {:.0} ms | {:.1} ms | {:.1} s | {} |",
             if r.handoff { "on" } else { "off" },
-            r.after.len(),
-            r.after.iter().filter(|s| !s.ok).count(),
+            after.len(),
+            failed,
             r.misses_after,
             r.drain_routes,
-            percentile(&after, 0.5) / 1e3,
-            percentile(&after, 0.99) / 1e3,
-            percentile(&after, 0.999) / 1e3,
-            percentile(&after, 1.0) / 1e3,
-            percentile(&before, 0.99) / 1e3,
+            percentile(after, 0.5) / 1e3,
+            percentile(after, 0.99) / 1e3,
+            percentile(after, 0.999) / 1e3,
+            percentile(after, 1.0) / 1e3,
+            percentile(before, 0.99) / 1e3,
             r.exited_after.as_secs_f64(),
+            rss.join(", "),
         );
     }
     // Pair by pair (off then on), as farm-bench pairs runs on a noisy machine.
     println!();
     for pair in rounds.chunks(2) {
         if let [off, on] = pair {
-            let (a, b) = (latencies(&off.after), latencies(&on.after));
+            let (a, b) = (&off.after.0, &on.after.0);
             println!(
                 "pair: on / off after the SIGTERM: cold loads {:.2}x, p99 {:.2}x, p99.9 {:.2}x",
                 on.misses_after / off.misses_after.max(1.0),
-                percentile(&b, 0.99) / percentile(&a, 0.99),
-                percentile(&b, 0.999) / percentile(&a, 0.999),
+                percentile(b, 0.99) / percentile(a, 0.99),
+                percentile(b, 0.999) / percentile(a, 0.999),
             );
         }
     }

@@ -248,7 +248,7 @@ async fn mmctl_api(dir: &Path, files: &[File], args: &ImportArgs) -> Result<Vec<
         .zip(&idle)
         .map(|(scorer, idle)| {
             let peak = scorer.peak_rss_bytes();
-            let bound = idle + budget * 11 / 10 + (64 << 20);
+            let bound = super::rss_bound(*idle, budget);
             format!(
                 "scorer peak RSS {:.0} MB of bound {:.0} MB{}",
                 peak as f64 / 1e6,

@@ -230,45 +230,60 @@ pub(crate) struct Outcome {
     pub latencies: Vec<Duration>,
 }
 
+/// One request [`drive_each`] sent.
+pub(crate) struct Sent {
+    /// The job's index.
+    pub job: usize,
+    /// Its status; `None` when the connection dropped before an answer.
+    pub status: Option<u16>,
+    /// From sending it until its answer (or the failure).
+    pub latency: Duration,
+}
+
 /// Sends `job(0)`, `job(1)`, ... to `addr` with `concurrency` keep-alive clients, each
 /// taking the next job as soon as its last one is answered (and its due time came),
-/// until `job` returns `None` or `limit` passes. A dropped connection counts as a
-/// failure; the client reconnects.
-pub(crate) fn drive<'a>(
+/// until `job` returns `None` or `limit` passes. A dropped connection is a `Sent` without
+/// a status; the client reconnects. Returns every request (in no order) and the time taken.
+pub(crate) fn drive_each<'a>(
     addr: &str,
     concurrency: usize,
     limit: Duration,
     job: impl Fn(usize) -> Option<Job<'a>> + Sync,
-) -> Result<Outcome> {
+) -> Result<(Vec<Sent>, Duration)> {
     let next = AtomicUsize::new(0);
-    let failed = AtomicUsize::new(0);
     let started = Instant::now();
-    let latencies: Vec<Vec<Duration>> = std::thread::scope(|scope| {
+    let sent: Vec<Vec<Sent>> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..concurrency)
             .map(|_| {
-                scope.spawn(|| -> Result<Vec<Duration>> {
+                scope.spawn(|| -> Result<Vec<Sent>> {
                     let mut client = KeepAlive::connect(addr)?;
-                    let mut times = Vec::new();
+                    let mut sent = Vec::new();
                     while started.elapsed() < limit {
-                        let Some(job) = job(next.fetch_add(1, Ordering::Relaxed)) else {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(job) = job(i) else {
                             break;
                         };
-                        // Open loop at the job's own pace; a client that falls behind
-                        // sends at once.
                         if let Some(wait) = job.due.and_then(|d| d.checked_sub(started.elapsed())) {
                             std::thread::sleep(wait);
                         }
-                        let Ok((status, elapsed)) = client.post(&job.path, job.body) else {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            client = KeepAlive::connect(addr)?;
-                            continue;
-                        };
-                        if status != 200 {
-                            failed.fetch_add(1, Ordering::Relaxed);
+                        let at = Instant::now();
+                        match client.post(&job.path, job.body) {
+                            Ok((status, latency)) => sent.push(Sent {
+                                job: i,
+                                status: Some(status),
+                                latency,
+                            }),
+                            Err(_) => {
+                                sent.push(Sent {
+                                    job: i,
+                                    status: None,
+                                    latency: at.elapsed(),
+                                });
+                                client = KeepAlive::connect(addr)?;
+                            }
                         }
-                        times.push(elapsed);
                     }
-                    Ok(times)
+                    Ok(sent)
                 })
             })
             .collect();
@@ -277,15 +292,37 @@ pub(crate) fn drive<'a>(
             .map(|w| w.join().expect("load client"))
             .collect::<Result<_>>()
     })?;
-    let elapsed = started.elapsed();
-    let mut latencies: Vec<Duration> = latencies.into_iter().flatten().collect();
+    Ok((sent.into_iter().flatten().collect(), started.elapsed()))
+}
+
+/// [`drive_each`], summed up: answers other than 200 and dropped connections are failures;
+/// the latencies are those of the answered requests.
+pub(crate) fn drive<'a>(
+    addr: &str,
+    concurrency: usize,
+    limit: Duration,
+    job: impl Fn(usize) -> Option<Job<'a>> + Sync,
+) -> Result<Outcome> {
+    let (sent, elapsed) = drive_each(addr, concurrency, limit, job)?;
+    let failed = sent.iter().filter(|s| s.status != Some(200)).count();
+    let mut latencies: Vec<Duration> = sent
+        .iter()
+        .filter(|s| s.status.is_some())
+        .map(|s| s.latency)
+        .collect();
     latencies.sort();
     Ok(Outcome {
         requests: latencies.len(),
-        failed: failed.load(Ordering::Relaxed),
+        failed,
         elapsed,
         latencies,
     })
+}
+
+/// The documented bound on a scorer's process RSS (README, "Memory"): its idle RSS plus
+/// `cache.budget` × 1.1 plus 64 MiB.
+pub(crate) fn rss_bound(idle: u64, budget: u64) -> u64 {
+    idle + budget * 11 / 10 + (64 << 20)
 }
 
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {

@@ -192,8 +192,7 @@ fn pool(args: &ReplayArgs, engine: &str, trace: &[u32], entries: &[Entry]) -> Re
     for (scorer, idle) in scorers.iter().zip(&idle) {
         let scorer_peak = scorer.peak_rss_bytes();
         peak += scorer_peak;
-        // The documented bound: idle RSS + budget x 1.1 + 64 MiB (README, "Memory").
-        let bound = idle + budget * 11 / 10 + (64 << 20);
+        let bound = super::rss_bound(*idle, budget);
         notes.push(format!(
             "scorer {}: idle RSS {:.0} MB, peak RSS {:.0} MB, bound {:.0} MB: {}",
             scorer.addr(),

@@ -555,6 +555,18 @@ mod tests {
     fn the_allocation_peak_is_measured() {
         let (v, peak) = peak_heap(|| vec![1u8; 1 << 20]);
         assert!(peak >= 1 << 20 && v.len() == 1 << 20, "{peak}");
+        // Another thread's 8 MiB, allocated and freed while `f` runs, is not `f`'s (nor
+        // are the frees of the tests running beside this one).
+        let (v, peak) = peak_heap(|| {
+            std::thread::spawn(|| vec![2u8; 8 << 20].len())
+                .join()
+                .unwrap();
+            vec![1u8; 1 << 20]
+        });
+        assert!(
+            (1 << 20..2 << 20).contains(&peak) && v.len() == 1 << 20,
+            "{peak}"
+        );
     }
 
     #[test]

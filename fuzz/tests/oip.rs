@@ -397,8 +397,8 @@ fn binary_body() -> impl Strategy<Value = (Vec<u8>, usize)> {
         })
 }
 
-/// The binary half of the target, run after the JSON half by `oip`: one test, because
-/// `peak_heap` is exact only while no other thread allocates.
+/// The binary half of the target, run after the JSON half by `oip` (one test: one seed
+/// schedule and one time budget for the target).
 fn binary_bodies() {
     // Binary seeds (`binary-*.bin`) are a JSON header, a newline, then the blobs; the
     // header's length runs to the newline (JSON allows it as trailing white space).

@@ -52,24 +52,24 @@ impl Op {
 }
 
 #[derive(Debug)]
-struct Step {
-    op: Op,
-    inputs: Vec<usize>,
+pub(crate) struct Step {
+    pub(crate) op: Op,
+    pub(crate) inputs: Vec<usize>,
     /// Slot of each output; `None` for an output nobody names.
-    outputs: Vec<Option<usize>>,
+    pub(crate) outputs: Vec<Option<usize>>,
 }
 
 /// A compiled model.
 #[derive(Debug)]
 pub struct Model {
-    inputs: Vec<Port>,
-    outputs: Vec<Port>,
-    steps: Vec<Step>,
-    slots: usize,
-    input_slots: Vec<usize>,
-    output_slots: Vec<usize>,
+    pub(crate) inputs: Vec<Port>,
+    pub(crate) outputs: Vec<Port>,
+    pub(crate) steps: Vec<Step>,
+    pub(crate) slots: usize,
+    pub(crate) input_slots: Vec<usize>,
+    pub(crate) output_slots: Vec<usize>,
     /// Output slots named more than once (or also inputs): cloned, not moved, at the end.
-    shared_outputs: Vec<bool>,
+    pub(crate) shared_outputs: Vec<bool>,
 }
 
 /// What compiling a node needs to know about its inputs.

@@ -16,6 +16,7 @@
 //! every length in it is checked before anything is allocated, so a hostile file costs at
 //! most a bounded multiple of its own size and never panics or hangs.
 
+pub mod image;
 pub mod onnx;
 pub mod pb;
 
@@ -29,6 +30,7 @@ mod tree;
 mod value;
 
 pub use graph::{Model, Port};
+pub use image::ImageError;
 pub use value::{Data, Elem, Tensor};
 
 /// The file is not a well-formed ONNX model (or not one any engine could run).

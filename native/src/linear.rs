@@ -23,19 +23,19 @@ use crate::{CompileError, RunError};
 #[derive(Debug)]
 pub(crate) struct Linear {
     /// `[outputs, features]`, row-major.
-    coefficients: Vec<f32>,
+    pub(crate) coefficients: Vec<f32>,
     /// One per output, or empty.
-    intercepts: Vec<f32>,
-    outputs: usize,
-    features: usize,
-    post: PostTransform,
+    pub(crate) intercepts: Vec<f32>,
+    pub(crate) outputs: usize,
+    pub(crate) features: usize,
+    pub(crate) post: PostTransform,
     /// `Some` for a classifier.
-    labels: Option<Labels>,
-    input: Elem,
+    pub(crate) labels: Option<Labels>,
+    pub(crate) input: Elem,
 }
 
 #[derive(Debug)]
-enum Labels {
+pub(crate) enum Labels {
     Int(Vec<i64>),
     Str(Vec<String>),
 }

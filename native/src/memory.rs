@@ -49,3 +49,55 @@ fn advise<T>(v: &Vec<T>) {
 
 #[cfg(not(target_os = "linux"))]
 fn advise<T>(_v: &Vec<T>) {}
+
+/// Element types whose values are their bytes: no padding, no pointers, and every bit
+/// pattern a valid value, so an array of them can be written and read as raw
+/// little-endian bytes (`image`).
+///
+/// # Safety
+///
+/// An implementor is `Copy`, has no padding bytes and accepts any bit pattern.
+pub(crate) unsafe trait Plain: Copy + 'static {}
+
+// SAFETY: primitive numbers have no padding and accept any bit pattern.
+unsafe impl Plain for u8 {}
+// SAFETY: as above.
+unsafe impl Plain for u32 {}
+// SAFETY: as above.
+unsafe impl Plain for u64 {}
+// SAFETY: as above.
+unsafe impl Plain for i64 {}
+// SAFETY: as above.
+unsafe impl Plain for f32 {}
+// SAFETY: as above.
+unsafe impl Plain for f64 {}
+// SAFETY: `Node<f32>` is `#[repr(C)]` {f32, u32, u32}: 12 bytes, 4-aligned, no padding;
+// every field accepts any bit pattern.
+unsafe impl Plain for crate::tree::Node<f32> {}
+// SAFETY: `Node<f64>` is `#[repr(C)]` {f64, u32, u32}: 16 bytes, 8-aligned, no padding;
+// every field accepts any bit pattern.
+unsafe impl Plain for crate::tree::Node<f64> {}
+
+/// The bytes of `values` as they lie in memory.
+pub(crate) fn as_bytes<T: Plain>(values: &[T]) -> &[u8] {
+    // SAFETY: `T: Plain` has no padding, so every byte of the slice is initialised; the
+    // byte slice covers exactly the same memory and lives as long as `values`.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), size_of_val(values)) }
+}
+
+/// `n` values read from `reader` as raw bytes straight into their final buffer (marked
+/// for huge pages when large): no intermediate copy. `Err` if the reader ends first.
+pub(crate) fn read_plain<T: Plain + Default>(
+    reader: &mut impl std::io::Read,
+    n: usize,
+) -> std::io::Result<Vec<T>> {
+    let mut values = vec_filled(T::default(), n);
+    // SAFETY: `T: Plain` accepts any bit pattern and has no padding, so writing arbitrary
+    // bytes over the initialised elements leaves valid values; the byte slice covers
+    // exactly the vector's initialised elements and ends before `values` is used again.
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), size_of_val(&values[..]))
+    };
+    reader.read_exact(bytes)?;
+    Ok(values)
+}

@@ -102,6 +102,16 @@ pub const KEYS: &[KeyDoc] = &[
         "Estimated memory per byte of ONNX file, charged with `weight_overhead` when a load could not be measured (ONNX Runtime keeps forests at 5.4-7.1x their file).",
     ),
     doc(
+        "images.dir",
+        "",
+        "Node-local directory where the scorer keeps native images of the models it compiled (a later load reads the image: no protobuf parse, no compile); empty turns images off. Images are the scorer's own cache: never read from or written to the store.",
+    ),
+    doc(
+        "images.max_bytes",
+        "2GiB",
+        "Disk the images may take; past it the least recently used images are deleted.",
+    ),
+    doc(
         "policy.half_life_requests",
         "10000",
         "Half-life of the decayed request counts that rank models for eviction and admission, in requests to this scorer (counts decay with traffic, not time, so ranking is the same at any request rate).",

@@ -33,6 +33,7 @@ pub struct ScorerConfig {
     pub cache: CacheConfig,
     pub policy: PolicyConfig,
     pub warmup: WarmupConfig,
+    pub images: ImagesConfig,
     pub versions: VersionsConfig,
     /// `auth.admin_keys`.
     pub admin_keys: Vec<Secret>,
@@ -105,6 +106,15 @@ pub struct StatsLimits {
 pub struct VersionsConfig {
     pub check_interval: Duration,
     pub checks_per_interval: usize,
+}
+
+/// Native images of compiled models on node-local disk (`images.*`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImagesConfig {
+    /// `None`: images are off.
+    pub dir: Option<PathBuf>,
+    /// Disk bound of the directory, in bytes.
+    pub max_bytes: u64,
 }
 
 /// Background warm-up of the models the pool says this scorer owns.

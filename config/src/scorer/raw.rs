@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{
-    AzureCredential, AzureStoreConfig, CacheConfig, HttpConfig, NativeEngine, PolicyConfig,
-    ScorerConfig, StatsLimits, StoreConfig, VersionsConfig, WarmupConfig, available_cpus,
+    AzureCredential, AzureStoreConfig, CacheConfig, HttpConfig, ImagesConfig, NativeEngine,
+    PolicyConfig, ScorerConfig, StatsLimits, StoreConfig, VersionsConfig, WarmupConfig,
+    available_cpus,
 };
 use crate::common::{self, at_least, at_least_one, positive, secrets, within};
 use crate::units::{ByteSize, HumanDuration};
@@ -24,6 +25,7 @@ pub(super) struct Raw {
     cache: RawCache,
     policy: RawPolicy,
     warmup: RawWarmup,
+    images: RawImages,
     versions: RawVersions,
     auth: RawAuth,
     stats: RawStats,
@@ -100,6 +102,13 @@ struct RawStats {
     max_report_models: usize,
     max_sources: usize,
     max_source_rate: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImages {
+    dir: PathBuf,
+    max_bytes: ByteSize,
 }
 
 #[derive(Deserialize)]
@@ -239,6 +248,10 @@ impl Raw {
                 concurrency: warmup_concurrency,
                 max_fraction: self.warmup.max_fraction,
                 ready_timeout: self.warmup.ready_timeout.0,
+            },
+            images: ImagesConfig {
+                dir: (!self.images.dir.as_os_str().is_empty()).then_some(self.images.dir),
+                max_bytes: self.images.max_bytes.0,
             },
             versions: VersionsConfig {
                 check_interval: self.versions.check_interval.0,

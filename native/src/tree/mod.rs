@@ -92,7 +92,7 @@ impl Num for f64 {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-enum Mode {
+pub(crate) enum Mode {
     Leq = 0,
     Lt = 1,
     Gte = 2,
@@ -125,15 +125,15 @@ impl Mode {
     }
 }
 
-const MODE_MASK: u8 = 0x7;
+pub(crate) const MODE_MASK: u8 = 0x7;
 /// The most regression targets a model may declare.
-const MAX_TARGETS: usize = 1 << 16;
+pub(crate) const MAX_TARGETS: usize = 1 << 16;
 const MISSING_TRUE: u8 = 0x8;
 /// On a split: its true child is the next node and `index` is the false child (set for
 /// trees kept in the file's order; the depth-first relayout puts the false child next).
-const TRUE_NEXT: u8 = 0x10;
+pub(crate) const TRUE_NEXT: u8 = 0x10;
 /// The low bits of `Node::word`: the feature of a split, the weight count of a leaf.
-const WORD_BITS: u32 = 27;
+pub(crate) const WORD_BITS: u32 = 27;
 const WORD_MASK: u32 = (1 << WORD_BITS) - 1;
 /// The largest feature index the packed layout holds (a model reading a later feature is
 /// served by ONNX Runtime).
@@ -143,23 +143,24 @@ const MAX_FEATURE: u32 = WORD_MASK;
 /// threshold, one child is the next node and `index` is the other (the true child unless
 /// the `TRUE_NEXT` flag is set), the word's low bits the feature. Leaves: `value` is the first weight, `index` the first of
 /// the word's count entries in `weights` (multi-output ensembles only).
-#[derive(Debug, Clone, Copy)]
-struct Node<T> {
-    value: T,
-    index: u32,
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub(crate) struct Node<T> {
+    pub(crate) value: T,
+    pub(crate) index: u32,
     /// Mode (3 bits), missing-tracks-true and true-next (1 bit each) on top, feature or
     /// count below.
-    word: u32,
+    pub(crate) word: u32,
 }
 
 impl<T> Node<T> {
     #[inline(always)]
-    fn mode(&self) -> u8 {
+    pub(crate) fn mode(&self) -> u8 {
         (self.word >> WORD_BITS) as u8 & MODE_MASK
     }
 
     #[inline(always)]
-    fn low(&self) -> u32 {
+    pub(crate) fn low(&self) -> u32 {
         self.word & WORD_MASK
     }
 
@@ -169,19 +170,19 @@ impl<T> Node<T> {
     }
 
     #[inline(always)]
-    fn true_next(&self) -> bool {
+    pub(crate) fn true_next(&self) -> bool {
         (self.word >> WORD_BITS) as u8 & TRUE_NEXT != 0
     }
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Weight<T> {
-    target: u32,
-    value: T,
+pub(crate) struct Weight<T> {
+    pub(crate) target: u32,
+    pub(crate) value: T,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Aggregate {
+pub(crate) enum Aggregate {
     Sum,
     Average,
     Min,
@@ -189,18 +190,18 @@ enum Aggregate {
 }
 
 #[derive(Debug)]
-enum Labels {
+pub(crate) enum Labels {
     Int(Vec<i64>),
     Str(Vec<String>),
 }
 
 #[derive(Debug)]
 pub(crate) struct Trees<T> {
-    nodes: Vec<Node<T>>,
-    roots: Vec<u32>,
-    weights: Vec<Weight<T>>,
-    base_values: Vec<T>,
-    max_feature: u32,
+    pub(crate) nodes: Vec<Node<T>>,
+    pub(crate) roots: Vec<u32>,
+    pub(crate) weights: Vec<Weight<T>>,
+    pub(crate) base_values: Vec<T>,
+    pub(crate) max_feature: u32,
 }
 
 #[derive(Debug)]
@@ -211,21 +212,21 @@ pub(crate) enum Ensemble {
 
 #[derive(Debug)]
 pub(crate) struct Core<T> {
-    trees: Trees<T>,
-    aggregate: Aggregate,
-    post: PostTransform,
+    pub(crate) trees: Trees<T>,
+    pub(crate) aggregate: Aggregate,
+    pub(crate) post: PostTransform,
     /// Targets (regressor) or classes (classifier) the sums are kept for.
-    n_targets: usize,
+    pub(crate) n_targets: usize,
     /// `Some` for a classifier.
-    classes: Option<Classes>,
+    pub(crate) classes: Option<Classes>,
 }
 
 #[derive(Debug)]
-struct Classes {
-    labels: Labels,
+pub(crate) struct Classes {
+    pub(crate) labels: Labels,
     /// ONNX Runtime's `binary_case_`: two labels and every weight on class 0... see `finalize_classifier`.
-    binary: bool,
-    weights_all_positive: bool,
+    pub(crate) binary: bool,
+    pub(crate) weights_all_positive: bool,
 }
 
 type Compiled = (Ensemble, Vec<Elem>);

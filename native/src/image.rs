@@ -1,0 +1,834 @@
+//! Model images: a compiled [`Model`] written out as it lies in memory, so a later load
+//! reads it back with no protobuf parse, no compile and no intermediate copy.
+//!
+//! The format (all numbers little-endian):
+//!
+//! ```text
+//! header   magic "MMNIMAGE" | format u32 | engine revision u32
+//!          | source key (u32 length + bytes) | annex (u32 length + bytes)
+//!          | payload length u64 | XXH3-64 of everything before, u64
+//! payload  the model, section by section (ports, steps, each operator's arrays)
+//! trailer  XXH3-64 of the payload, u64
+//! ```
+//!
+//! - **Stale** ([`ImageError::Stale`]): another format, another engine revision (bumped
+//!   whenever the compiled form or the arithmetic changes), or another source key (the
+//!   caller's name for the exact ONNX file the image was compiled from). The caller
+//!   compiles the ONNX file again.
+//! - **Corrupt** ([`ImageError::Corrupt`]): a wrong magic or checksum, a length past the
+//!   bytes that remain, a truncated file, or a structure the engine could not run (a tree
+//!   node pointing outside its tree or back up it, a slot used before it is written). The
+//!   caller compiles the ONNX file again; an image never gives a wrong answer it would not
+//!   give compiled.
+//!
+//! Reading is streaming: the header and each array are read from the reader straight into
+//! their final buffers and hashed there, so a load holds the model and nothing else. Every
+//! declared length is checked against the bytes that remain before anything is allocated.
+//!
+//! The annex is the caller's (the scorer keeps a ZipMap's class labels there); the engine
+//! stores and returns it untouched.
+
+use std::io::Read;
+
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::glue::{Arith, Constant, Glue, Norm};
+use crate::graph::{Model, Op, Port, Step};
+use crate::linear::{self, Linear};
+use crate::memory::{Plain, as_bytes, read_plain};
+use crate::transform::PostTransform;
+use crate::tree::{
+    self, Aggregate, Classes, Core, Ensemble, MAX_TARGETS, Mode, Node, Num, Trees, Weight,
+};
+use crate::value::Elem;
+
+/// The first bytes of every image.
+pub const MAGIC: &[u8; 8] = b"MMNIMAGE";
+/// The layout of the file itself.
+pub const FORMAT: u32 = 1;
+/// The compiled form and the arithmetic behind it: bump with any change to what `compile`
+/// produces or how `run` reads it, so every image written before reads as stale.
+pub const ENGINE_REVISION: u32 = 1;
+
+/// The longest source key and annex an image may carry.
+const MAX_KEY: usize = 4096;
+const MAX_ANNEX: usize = 16 << 20;
+
+/// Why an image was not used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageError {
+    /// Written by another engine, or from another source file: compile again.
+    #[error("stale image: {0}")]
+    Stale(String),
+    /// Damaged or not an image at all: compile again.
+    #[error("corrupt image: {0}")]
+    Corrupt(String),
+}
+
+fn corrupt(why: impl Into<String>) -> ImageError {
+    ImageError::Corrupt(why.into())
+}
+
+impl Model {
+    /// The image of this model, tagged with `source` (the caller's key for the ONNX file
+    /// it was compiled from) and carrying `annex`. `None` when the model's layout cannot be
+    /// imaged (a tree whose true branch joins a node laid out before it: such models
+    /// always compile from their file), or the key or annex is too long.
+    pub fn to_image(&self, source: &[u8], annex: &[u8]) -> Option<Vec<u8>> {
+        if source.len() > MAX_KEY || annex.len() > MAX_ANNEX || !cfg!(target_endian = "little") {
+            return None;
+        }
+        check_model(self).ok()?;
+        let mut payload = Writer::default();
+        write_model(&mut payload, self);
+        let mut out = Writer::default();
+        out.bytes(MAGIC);
+        out.u32(FORMAT);
+        out.u32(ENGINE_REVISION);
+        out.blob(source);
+        out.blob(annex);
+        out.u64(payload.0.len() as u64);
+        let header_hash = xxhash_rust::xxh3::xxh3_64(&out.0);
+        out.u64(header_hash);
+        let payload_hash = xxhash_rust::xxh3::xxh3_64(&payload.0);
+        out.0.extend_from_slice(&payload.0);
+        out.u64(payload_hash);
+        Some(out.0)
+    }
+
+    /// Reads an image of `len` bytes from `reader`. `source` must equal the key it was
+    /// written with. Returns the model and the annex.
+    pub fn from_image(
+        reader: &mut impl Read,
+        len: u64,
+        source: &[u8],
+    ) -> Result<(Model, Vec<u8>), ImageError> {
+        if !cfg!(target_endian = "little") {
+            return Err(ImageError::Stale("images are little-endian".into()));
+        }
+        let mut r = Reader {
+            inner: reader,
+            left: len,
+            hash: Xxh3::new(),
+        };
+        let magic: [u8; 8] = r.array()?;
+        if &magic != MAGIC {
+            return Err(corrupt("not an image"));
+        }
+        let format = r.u32()?;
+        let revision = r.u32()?;
+        let key = r.blob(MAX_KEY)?;
+        let annex = r.blob(MAX_ANNEX)?;
+        let payload_len = r.u64()?;
+        let header_hash = r.hash.digest();
+        if r.u64_unhashed()? != header_hash {
+            return Err(corrupt("header checksum"));
+        }
+        if format != FORMAT || revision != ENGINE_REVISION {
+            return Err(ImageError::Stale(format!(
+                "format {format} revision {revision}, this engine reads format {FORMAT} \
+                 revision {ENGINE_REVISION}"
+            )));
+        }
+        if key != source {
+            return Err(ImageError::Stale(
+                "compiled from another source file".into(),
+            ));
+        }
+        if payload_len.checked_add(8) != Some(r.left) {
+            return Err(corrupt(format!(
+                "payload of {payload_len} bytes in {} remaining",
+                r.left
+            )));
+        }
+        r.left = payload_len;
+        r.hash = Xxh3::new();
+        let model = read_model(&mut r)?;
+        if r.left != 0 {
+            return Err(corrupt(format!("{} bytes after the model", r.left)));
+        }
+        let payload_hash = r.hash.digest();
+        r.left = 8;
+        if r.u64_unhashed()? != payload_hash {
+            return Err(corrupt("payload checksum"));
+        }
+        check_model(&model).map_err(corrupt)?;
+        Ok((model, annex))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Writing.
+
+#[derive(Default)]
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(b);
+    }
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn len(&mut self, n: usize) {
+        self.u64(n as u64);
+    }
+    fn blob(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.bytes(b);
+    }
+    fn str(&mut self, s: &str) {
+        self.len(s.len());
+        self.bytes(s.as_bytes());
+    }
+    fn plain<T: Plain>(&mut self, values: &[T]) {
+        self.len(values.len());
+        self.bytes(as_bytes(values));
+    }
+    fn usizes(&mut self, values: &[usize]) {
+        let v: Vec<u64> = values.iter().map(|&v| v as u64).collect();
+        self.plain(&v);
+    }
+    fn strings(&mut self, values: &[String]) {
+        self.len(values.len());
+        for s in values {
+            self.str(s);
+        }
+    }
+}
+
+fn elem_code(e: Elem) -> u8 {
+    match e {
+        Elem::F32 => 0,
+        Elem::F64 => 1,
+        Elem::I32 => 2,
+        Elem::I64 => 3,
+        Elem::Bool => 4,
+        Elem::Str => 5,
+    }
+}
+
+fn post_code(p: PostTransform) -> u8 {
+    match p {
+        PostTransform::None => 0,
+        PostTransform::Logistic => 1,
+        PostTransform::Softmax => 2,
+        PostTransform::SoftmaxZero => 3,
+        PostTransform::Probit => 4,
+    }
+}
+
+fn write_ports(w: &mut Writer, ports: &[Port]) {
+    w.len(ports.len());
+    for p in ports {
+        w.str(&p.name);
+        w.u8(elem_code(p.elem));
+        w.plain(&p.shape);
+        w.u8(u8::from(p.zipmap));
+    }
+}
+
+fn write_model(w: &mut Writer, m: &Model) {
+    write_ports(w, &m.inputs);
+    write_ports(w, &m.outputs);
+    w.len(m.slots);
+    w.usizes(&m.input_slots);
+    w.usizes(&m.output_slots);
+    let shared: Vec<u8> = m.shared_outputs.iter().map(|&b| u8::from(b)).collect();
+    w.plain(&shared);
+    w.len(m.steps.len());
+    for step in &m.steps {
+        w.usizes(&step.inputs);
+        let outs: Vec<u64> = step
+            .outputs
+            .iter()
+            .map(|o| o.map_or(u64::MAX, |s| s as u64))
+            .collect();
+        w.plain(&outs);
+        match &step.op {
+            Op::Tree(Ensemble::F32(core)) => {
+                w.u8(0);
+                write_core(w, core);
+            }
+            Op::Tree(Ensemble::F64(core)) => {
+                w.u8(1);
+                write_core(w, core);
+            }
+            Op::Linear(l) => {
+                w.u8(2);
+                write_linear(w, l);
+            }
+            Op::Glue(g) => {
+                w.u8(3);
+                write_glue(w, g);
+            }
+        }
+    }
+}
+
+fn write_core<T: Num + Plain>(w: &mut Writer, c: &Core<T>)
+where
+    Node<T>: Plain,
+{
+    let t = &c.trees;
+    w.plain(&t.nodes);
+    w.plain(&t.roots);
+    let targets: Vec<u32> = t.weights.iter().map(|x| x.target).collect();
+    let values: Vec<T> = t.weights.iter().map(|x| x.value).collect();
+    w.plain(&targets);
+    w.plain(&values);
+    w.plain(&t.base_values);
+    w.u32(t.max_feature);
+    w.u8(match c.aggregate {
+        Aggregate::Sum => 0,
+        Aggregate::Average => 1,
+        Aggregate::Min => 2,
+        Aggregate::Max => 3,
+    });
+    w.u8(post_code(c.post));
+    w.len(c.n_targets);
+    match &c.classes {
+        None => w.u8(0),
+        Some(classes) => {
+            w.u8(1);
+            match &classes.labels {
+                tree::Labels::Int(v) => {
+                    w.u8(0);
+                    w.plain(v);
+                }
+                tree::Labels::Str(v) => {
+                    w.u8(1);
+                    w.strings(v);
+                }
+            }
+            w.u8(u8::from(classes.binary));
+            w.u8(u8::from(classes.weights_all_positive));
+        }
+    }
+}
+
+fn write_linear(w: &mut Writer, l: &Linear) {
+    w.plain(&l.coefficients);
+    w.plain(&l.intercepts);
+    w.len(l.outputs);
+    w.len(l.features);
+    w.u8(post_code(l.post));
+    match &l.labels {
+        None => w.u8(0),
+        Some(linear::Labels::Int(v)) => {
+            w.u8(1);
+            w.plain(v);
+        }
+        Some(linear::Labels::Str(v)) => {
+            w.u8(2);
+            w.strings(v);
+        }
+    }
+    w.u8(elem_code(l.input));
+}
+
+fn write_glue(w: &mut Writer, g: &Glue) {
+    match g {
+        Glue::Identity => w.u8(0),
+        Glue::Cast(e) => {
+            w.u8(1);
+            w.u8(elem_code(*e));
+        }
+        Glue::ZipMap { columns } => {
+            w.u8(2);
+            w.usizes(columns);
+        }
+        Glue::Normalizer(n) => {
+            w.u8(3);
+            w.u8(match n {
+                Norm::Max => 0,
+                Norm::L1 => 1,
+                Norm::L2 => 2,
+            });
+        }
+        Glue::Extract { indices } => {
+            w.u8(4);
+            w.usizes(indices);
+        }
+        Glue::Reshape { shape } => {
+            w.u8(5);
+            w.plain(shape);
+        }
+        Glue::Arith {
+            kind,
+            constant,
+            constant_first,
+        } => {
+            w.u8(6);
+            w.u8(match kind {
+                Arith::Add => 0,
+                Arith::Sub => 1,
+                Arith::Mul => 2,
+                Arith::Div => 3,
+            });
+            match constant {
+                Constant::F32(v) => {
+                    w.u8(0);
+                    w.plain(v);
+                }
+                Constant::F64(v) => {
+                    w.u8(1);
+                    w.plain(v);
+                }
+                Constant::I64(v) => {
+                    w.u8(2);
+                    w.plain(v);
+                }
+            }
+            w.u8(u8::from(*constant_first));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading.
+
+struct Reader<'r, R: Read> {
+    inner: &'r mut R,
+    /// Bytes of the current part (header, payload, trailer) not read yet.
+    left: u64,
+    hash: Xxh3,
+}
+
+impl<R: Read> Reader<'_, R> {
+    /// Takes `n` bytes from the budget, or says the file ends first.
+    fn take(&mut self, n: u64) -> Result<(), ImageError> {
+        self.left = self
+            .left
+            .checked_sub(n)
+            .ok_or_else(|| corrupt(format!("{n} bytes declared, {} remain", self.left)))?;
+        Ok(())
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), ImageError> {
+        self.take(buf.len() as u64)?;
+        self.inner
+            .read_exact(buf)
+            .map_err(|e| corrupt(format!("truncated: {e}")))?;
+        self.hash.update(buf);
+        Ok(())
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], ImageError> {
+        let mut b = [0u8; N];
+        self.fill(&mut b)?;
+        Ok(b)
+    }
+    fn u8(&mut self) -> Result<u8, ImageError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn bool(&mut self) -> Result<bool, ImageError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(corrupt(format!("flag {b}"))),
+        }
+    }
+    fn u32(&mut self) -> Result<u32, ImageError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, ImageError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    fn u64_unhashed(&mut self) -> Result<u64, ImageError> {
+        self.take(8)?;
+        let mut b = [0u8; 8];
+        self.inner
+            .read_exact(&mut b)
+            .map_err(|e| corrupt(format!("truncated: {e}")))?;
+        Ok(u64::from_le_bytes(b))
+    }
+    fn usize(&mut self) -> Result<usize, ImageError> {
+        usize::try_from(self.u64()?).map_err(|_| corrupt("a count past usize"))
+    }
+    /// A count of `size`-byte elements that the remaining bytes can hold.
+    fn count(&mut self, size: usize) -> Result<usize, ImageError> {
+        let n = self.u64()?;
+        match n.checked_mul(size as u64) {
+            Some(bytes) if bytes <= self.left => Ok(n as usize),
+            _ => Err(corrupt(format!(
+                "{n} elements of {size} bytes, {} bytes remain",
+                self.left
+            ))),
+        }
+    }
+    fn blob(&mut self, max: usize) -> Result<Vec<u8>, ImageError> {
+        let n = self.u32()? as usize;
+        if n > max || n as u64 > self.left {
+            return Err(corrupt(format!("a field of {n} bytes")));
+        }
+        let mut b = vec![0u8; n];
+        self.fill(&mut b)?;
+        Ok(b)
+    }
+    fn str(&mut self) -> Result<String, ImageError> {
+        let n = self.count(1)?;
+        let mut b = vec![0u8; n];
+        self.fill(&mut b)?;
+        String::from_utf8(b).map_err(|_| corrupt("a name that is not UTF-8"))
+    }
+    fn strings(&mut self) -> Result<Vec<String>, ImageError> {
+        // Each string costs at least its 8-byte length.
+        let n = self.count(8)?;
+        (0..n).map(|_| self.str()).collect()
+    }
+    fn plain<T: Plain + Default>(&mut self) -> Result<Vec<T>, ImageError> {
+        let n = self.count(size_of::<T>())?;
+        self.take((n * size_of::<T>()) as u64)?;
+        let v: Vec<T> =
+            read_plain(self.inner, n).map_err(|e| corrupt(format!("truncated: {e}")))?;
+        self.hash.update(as_bytes(&v));
+        Ok(v)
+    }
+    fn usizes(&mut self) -> Result<Vec<usize>, ImageError> {
+        self.plain::<u64>()?
+            .into_iter()
+            .map(|v| usize::try_from(v).map_err(|_| corrupt("an index past usize")))
+            .collect()
+    }
+    fn elem(&mut self) -> Result<Elem, ImageError> {
+        Ok(match self.u8()? {
+            0 => Elem::F32,
+            1 => Elem::F64,
+            2 => Elem::I32,
+            3 => Elem::I64,
+            4 => Elem::Bool,
+            5 => Elem::Str,
+            b => return Err(corrupt(format!("element type {b}"))),
+        })
+    }
+    fn post(&mut self) -> Result<PostTransform, ImageError> {
+        Ok(match self.u8()? {
+            0 => PostTransform::None,
+            1 => PostTransform::Logistic,
+            2 => PostTransform::Softmax,
+            3 => PostTransform::SoftmaxZero,
+            4 => PostTransform::Probit,
+            b => return Err(corrupt(format!("post transform {b}"))),
+        })
+    }
+}
+
+fn read_ports<R: Read>(r: &mut Reader<'_, R>) -> Result<Vec<Port>, ImageError> {
+    // A port costs at least its name's length, its shape's length and two bytes.
+    let n = r.count(18)?;
+    (0..n)
+        .map(|_| {
+            Ok(Port {
+                name: r.str()?,
+                elem: r.elem()?,
+                shape: r.plain()?,
+                zipmap: r.bool()?,
+            })
+        })
+        .collect()
+}
+
+fn read_model<R: Read>(r: &mut Reader<'_, R>) -> Result<Model, ImageError> {
+    let inputs = read_ports(r)?;
+    let outputs = read_ports(r)?;
+    let slots = r.usize()?;
+    let input_slots = r.usizes()?;
+    let output_slots = r.usizes()?;
+    let shared_outputs = r
+        .plain::<u8>()?
+        .into_iter()
+        .map(|b| match b {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(corrupt(format!("flag {b}"))),
+        })
+        .collect::<Result<Vec<bool>, _>>()?;
+    // A step costs at least its two lengths and its tag.
+    let n_steps = r.count(17)?;
+    let mut steps = Vec::with_capacity(n_steps);
+    for _ in 0..n_steps {
+        let inputs = r.usizes()?;
+        let outputs = r
+            .plain::<u64>()?
+            .into_iter()
+            .map(|o| {
+                if o == u64::MAX {
+                    Ok(None)
+                } else {
+                    usize::try_from(o)
+                        .map(Some)
+                        .map_err(|_| corrupt("a slot past usize"))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let op = match r.u8()? {
+            0 => Op::Tree(Ensemble::F32(Box::new(read_core::<f32, R>(r)?))),
+            1 => Op::Tree(Ensemble::F64(Box::new(read_core::<f64, R>(r)?))),
+            2 => Op::Linear(read_linear(r)?),
+            3 => Op::Glue(read_glue(r)?),
+            b => return Err(corrupt(format!("operator {b}"))),
+        };
+        steps.push(Step {
+            op,
+            inputs,
+            outputs,
+        });
+    }
+    Ok(Model {
+        inputs,
+        outputs,
+        steps,
+        slots,
+        input_slots,
+        output_slots,
+        shared_outputs,
+    })
+}
+
+fn read_core<T: Num + Plain, R: Read>(r: &mut Reader<'_, R>) -> Result<Core<T>, ImageError>
+where
+    Node<T>: Plain + Default,
+{
+    let nodes = r.plain::<Node<T>>()?;
+    let roots = r.plain::<u32>()?;
+    let targets = r.plain::<u32>()?;
+    let values = r.plain::<T>()?;
+    if targets.len() != values.len() {
+        return Err(corrupt("weight columns of different lengths"));
+    }
+    let weights = targets
+        .into_iter()
+        .zip(values)
+        .map(|(target, value)| Weight { target, value })
+        .collect();
+    let base_values = r.plain::<T>()?;
+    let max_feature = r.u32()?;
+    let aggregate = match r.u8()? {
+        0 => Aggregate::Sum,
+        1 => Aggregate::Average,
+        2 => Aggregate::Min,
+        3 => Aggregate::Max,
+        b => return Err(corrupt(format!("aggregate {b}"))),
+    };
+    let post = r.post()?;
+    let n_targets = r.usize()?;
+    let classes = if r.bool()? {
+        let labels = match r.u8()? {
+            0 => tree::Labels::Int(r.plain()?),
+            1 => tree::Labels::Str(r.strings()?),
+            b => return Err(corrupt(format!("labels {b}"))),
+        };
+        Some(Classes {
+            labels,
+            binary: r.bool()?,
+            weights_all_positive: r.bool()?,
+        })
+    } else {
+        None
+    };
+    Ok(Core {
+        trees: Trees {
+            nodes,
+            roots,
+            weights,
+            base_values,
+            max_feature,
+        },
+        aggregate,
+        post,
+        n_targets,
+        classes,
+    })
+}
+
+fn read_linear<R: Read>(r: &mut Reader<'_, R>) -> Result<Linear, ImageError> {
+    Ok(Linear {
+        coefficients: r.plain()?,
+        intercepts: r.plain()?,
+        outputs: r.usize()?,
+        features: r.usize()?,
+        post: r.post()?,
+        labels: match r.u8()? {
+            0 => None,
+            1 => Some(linear::Labels::Int(r.plain()?)),
+            2 => Some(linear::Labels::Str(r.strings()?)),
+            b => return Err(corrupt(format!("labels {b}"))),
+        },
+        input: r.elem()?,
+    })
+}
+
+fn read_glue<R: Read>(r: &mut Reader<'_, R>) -> Result<Glue, ImageError> {
+    Ok(match r.u8()? {
+        0 => Glue::Identity,
+        1 => Glue::Cast(r.elem()?),
+        2 => Glue::ZipMap {
+            columns: r.usizes()?,
+        },
+        3 => Glue::Normalizer(match r.u8()? {
+            0 => Norm::Max,
+            1 => Norm::L1,
+            2 => Norm::L2,
+            b => return Err(corrupt(format!("norm {b}"))),
+        }),
+        4 => Glue::Extract {
+            indices: r.usizes()?,
+        },
+        5 => Glue::Reshape { shape: r.plain()? },
+        6 => {
+            let kind = match r.u8()? {
+                0 => Arith::Add,
+                1 => Arith::Sub,
+                2 => Arith::Mul,
+                3 => Arith::Div,
+                b => return Err(corrupt(format!("arith {b}"))),
+            };
+            let constant = match r.u8()? {
+                0 => Constant::F32(r.plain()?),
+                1 => Constant::F64(r.plain()?),
+                2 => Constant::I64(r.plain()?),
+                b => return Err(corrupt(format!("constant {b}"))),
+            };
+            Glue::Arith {
+                kind,
+                constant,
+                constant_first: r.bool()?,
+            }
+        }
+        b => return Err(corrupt(format!("glue {b}"))),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Structure: what `run` relies on and `compile` guarantees, checked again on every image
+// (and before one is written, so a model that fails it is never imaged).
+
+fn check_model(m: &Model) -> Result<(), String> {
+    if m.input_slots.len() != m.inputs.len()
+        || m.output_slots.len() != m.outputs.len()
+        || m.shared_outputs.len() != m.outputs.len()
+        || m.inputs.is_empty()
+        || m.outputs.is_empty()
+    {
+        return Err("ports and slots disagree".into());
+    }
+    let mut written = vec![false; m.slots];
+    for &slot in &m.input_slots {
+        match written.get_mut(slot) {
+            Some(w) if !*w => *w = true,
+            _ => return Err(format!("input slot {slot}")),
+        }
+    }
+    for (i, step) in m.steps.iter().enumerate() {
+        if step.inputs.is_empty() || step.outputs.is_empty() {
+            return Err(format!("step {i} has no inputs or outputs"));
+        }
+        for &slot in &step.inputs {
+            if !written.get(slot).copied().unwrap_or(false) {
+                return Err(format!("step {i} reads slot {slot} before it is written"));
+            }
+        }
+        for &slot in step.outputs.iter().flatten() {
+            match written.get_mut(slot) {
+                Some(w) if !*w => *w = true,
+                _ => return Err(format!("step {i} writes slot {slot}")),
+            }
+        }
+        match &step.op {
+            Op::Tree(Ensemble::F32(core)) => check_core(core)?,
+            Op::Tree(Ensemble::F64(core)) => check_core(core)?,
+            Op::Linear(l) => check_linear(l)?,
+            Op::Glue(g) => check_glue(g)?,
+        }
+    }
+    for &slot in &m.output_slots {
+        if !written.get(slot).copied().unwrap_or(false) {
+            return Err(format!("output slot {slot} is never written"));
+        }
+    }
+    Ok(())
+}
+
+/// Every walk ends: each split's children lie after it and inside the node array, so a
+/// walk moves forward until it reaches a leaf. Leaves' weights lie inside the weights,
+/// whose targets lie inside the outputs.
+fn check_core<T: Num>(c: &Core<T>) -> Result<(), String> {
+    let t = &c.trees;
+    let n = t.nodes.len();
+    if !(1..=MAX_TARGETS).contains(&c.n_targets) || t.base_values.len() > c.n_targets.max(2) {
+        return Err(format!("{} targets", c.n_targets));
+    }
+    if let Some(classes) = &c.classes {
+        let labels = match &classes.labels {
+            tree::Labels::Int(v) => v.len(),
+            tree::Labels::Str(v) => v.len(),
+        };
+        if labels != c.n_targets {
+            return Err(format!("{labels} labels for {} classes", c.n_targets));
+        }
+    }
+    if t.roots.iter().any(|&r| r as usize >= n) {
+        return Err("a root outside the nodes".into());
+    }
+    let leaf = Mode::Leaf as u8;
+    let weights = t.weights.len() as u64;
+    for (i, node) in t.nodes.iter().enumerate() {
+        let mode = node.mode();
+        if mode == leaf {
+            if c.n_targets > 1 && u64::from(node.index) + u64::from(node.low()) > weights {
+                return Err(format!("leaf {i}'s weights outside the weights"));
+            }
+        } else if mode > leaf {
+            return Err(format!("node {i} has mode {mode}"));
+        } else {
+            let other = node.index as usize;
+            if i + 1 >= n || other <= i || other >= n || node.low() > t.max_feature {
+                return Err(format!("split {i} points to {other} of {n}"));
+            }
+        }
+    }
+    if t.weights.iter().any(|w| w.target as usize >= c.n_targets) {
+        return Err("a weight for a target past the outputs".into());
+    }
+    Ok(())
+}
+
+fn check_linear(l: &Linear) -> Result<(), String> {
+    let labels = match &l.labels {
+        None => None,
+        Some(linear::Labels::Int(v)) => Some(v.len()),
+        Some(linear::Labels::Str(v)) => Some(v.len()),
+    };
+    let ok = l.outputs >= 1
+        && l.features >= 2
+        && l.outputs.checked_mul(l.features) == Some(l.coefficients.len())
+        && (l.intercepts.is_empty() || l.intercepts.len() == l.outputs)
+        && match labels {
+            None => true,
+            Some(n) => (l.outputs == 1 && n == 2) || (l.outputs > 1 && n >= l.outputs),
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err("a linear model's arrays disagree".into())
+    }
+}
+
+fn check_glue(g: &Glue) -> Result<(), String> {
+    if let Glue::ZipMap { columns } = g {
+        if columns.iter().any(|&c| c >= columns.len()) {
+            return Err("a ZipMap column outside its labels".into());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

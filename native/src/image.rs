@@ -822,10 +822,10 @@ fn check_linear(l: &Linear) -> Result<(), String> {
 }
 
 fn check_glue(g: &Glue) -> Result<(), String> {
-    if let Glue::ZipMap { columns } = g {
-        if columns.iter().any(|&c| c >= columns.len()) {
-            return Err("a ZipMap column outside its labels".into());
-        }
+    if let Glue::ZipMap { columns } = g
+        && columns.iter().any(|&c| c >= columns.len())
+    {
+        return Err("a ZipMap column outside its labels".into());
     }
     Ok(())
 }

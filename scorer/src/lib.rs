@@ -17,6 +17,7 @@ pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod images;
 pub mod infer;
 pub mod metrics;
 pub mod model_id;
@@ -48,6 +49,11 @@ pub enum StartError {
     },
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error("images.dir {dir}: {source}")]
+    Images {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// One scorer's shared state.
@@ -76,7 +82,7 @@ impl Scorer {
         };
         let store = store::open(&config.store, config.store_timeout)?;
         let metrics = Arc::new(metrics::Metrics::new(config.cache.budget.bytes()));
-        let cache = cache::ModelCache::new(
+        let mut cache = cache::ModelCache::new(
             config.cache.clone(),
             config.policy,
             config.warmup,
@@ -85,6 +91,15 @@ impl Scorer {
             engines,
             metrics.clone(),
         );
+        if let Some(dir) = &config.images.dir {
+            let images = images::Images::open(dir, config.images.max_bytes).map_err(|source| {
+                StartError::Images {
+                    dir: dir.clone(),
+                    source,
+                }
+            })?;
+            cache = cache.with_images(Arc::new(images));
+        }
         let name_header = HeaderValue::from_str(&config.display_name())
             .unwrap_or_else(|_| HeaderValue::from_static("scorer"));
         Ok(Arc::new(Scorer {

@@ -17,6 +17,8 @@ pub struct Metrics {
     /// Successful loads by `engine` (`onnxruntime`, `native`).
     pub engine_loads: IntCounterVec,
     pub loaded_bytes: IntCounter,
+    /// Native images by `event` (`loaded`, `written`, `stale`, `corrupt`, `evicted`).
+    pub images: IntCounterVec,
     pub warmup_loads: IntCounter,
     /// Warm-up loads that left memory (or were never admitted) before serving a request.
     pub warmup_wasted: IntCounter,
@@ -79,6 +81,11 @@ impl Metrics {
                 "mm_scorer_engine_loads_total",
                 "Models loaded, by the engine that serves them (onnxruntime, native).",
                 &["engine"],
+            ),
+            images: registry.counter_vec(
+                "mm_scorer_images_total",
+                "Native images: loaded (a load that read an image), written, stale or corrupt (compiled again), evicted from the image directory.",
+                &["event"],
             ),
             loaded_bytes: registry.counter(
                 "mm_scorer_loaded_bytes_total",

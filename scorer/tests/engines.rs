@@ -4,6 +4,10 @@
 //! include NaN, infinities, signed zeros, huge, tiny and subnormal values, as one batch, in
 //! small batches and row by row.
 //!
+//! Every natively compiled model is also written to its image and read back
+//! (`manymodels_native::image`), and that copy is compared the same way: what a scorer
+//! with `images.dir` serves after the first load.
+//!
 //! Tolerance: none. Every output element must be bit-identical (`f32::to_bits`; NaN equals
 //! NaN), labels equal; declared signatures must be equal too. The models the native
 //! engine must cover are listed: one that falls back to ONNX Runtime fails the test.
@@ -244,9 +248,24 @@ fn compare(id: &str, bytes: &[u8], seed: u64) -> (Engine, Vec<String>) {
     let ort = engines(NativeEngine::Off)
         .load(model_id.clone(), 1, bytes, 0)
         .unwrap_or_else(|e| panic!("{id}: ONNX Runtime cannot load it: {e}"));
-    let native = engines(NativeEngine::Auto)
-        .load(model_id, 1, bytes, 0)
+    let native_engines = engines(NativeEngine::Auto);
+    let native = native_engines
+        .load(model_id.clone(), 1, bytes, 0)
         .unwrap_or_else(|e| panic!("{id}: cannot load it: {e}"));
+    // A natively compiled model is also served from its image (as a scorer with
+    // `images.dir` serves it on every load after the first): that copy must answer exactly
+    // as ONNX Runtime does too.
+    let imaged = native.image("tag").map(|image| {
+        native_engines
+            .load_image(model_id, 1, &mut &image[..], image.len() as u64, "tag")
+            .unwrap_or_else(|e| panic!("{id}: its image does not load: {e}"))
+    });
+    if native.engine == Engine::Native && imaged.is_none() {
+        return (
+            native.engine,
+            vec!["a native model without an image".into()],
+        );
+    }
     let mut problems = Vec::new();
     let spec = |m: &LoadedModel| {
         (
@@ -281,6 +300,21 @@ fn compare(id: &str, bytes: &[u8], seed: u64) -> (Engine, Vec<String>) {
     let mut compared = 0;
     for (from, to) in cases {
         let x = slice_rows(&all, from, to);
+        if let Some(imaged) = &imaged {
+            match (run(&ort, x.clone()), run(imaged, x.clone())) {
+                (Ok(a), Ok(b)) => {
+                    for d in differences(&a, &b, 5) {
+                        problems.push(format!("rows {from}..{to} from the image: {d}"));
+                    }
+                }
+                (Err(_), Err(_)) => {}
+                (a, b) => problems.push(format!(
+                    "rows {from}..{to}: ort {:?} image {:?}",
+                    a.map(|_| "ok"),
+                    b.map(|_| "ok")
+                )),
+            }
+        }
         match (run(&ort, x.clone()), run(&native, x)) {
             (Ok(a), Ok(b)) => {
                 compared += 1;

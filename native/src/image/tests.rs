@@ -223,7 +223,8 @@ fn first_core(model: &mut Model) -> &mut Core<f32> {
 /// range is refused: images are checked as a compile checks, not trusted.
 #[test]
 fn a_sealed_image_with_a_broken_structure_is_refused() {
-    let breaks: Vec<(&str, fn(&mut Model))> = vec![
+    type Break = fn(&mut Model);
+    let breaks: Vec<(&str, Break)> = vec![
         ("a split pointing back to the root", |m| {
             let core = first_core(m);
             let split = core
@@ -252,7 +253,7 @@ fn a_sealed_image_with_a_broken_structure_is_refused() {
         }),
         ("an unknown mode", |m| {
             let core = first_core(m);
-            core.trees.nodes[0].word |= 7 << crate::tree::WORD_BITS;
+            core.trees.nodes[0].word |= 7 << tree::WORD_BITS;
         }),
         ("a step reading an unwritten slot", |m| {
             m.steps[0].inputs[0] = m.slots - 1;

@@ -130,11 +130,18 @@ impl ModelCache {
         phase: Phase,
         file: u64,
     ) -> Result<Reservation, ScorerError> {
-        // The file itself is held by the caller.
-        let bytes = loader::reservation(phase, file).saturating_sub(file);
+        // The ONNX file itself is held by the caller; an image is never held whole (its
+        // arrays are read into the model), so its reservation is the whole model.
+        let bytes = match phase {
+            Phase::Image => loader::reservation(phase, file),
+            Phase::Native | Phase::OnnxRuntime => {
+                loader::reservation(phase, file).saturating_sub(file)
+            }
+        };
         let expected = match phase {
             Phase::Native => file / 2,
             Phase::OnnxRuntime => self.config.weigh(file),
+            Phase::Image => file,
         };
         if !self.state().fits(expected) {
             return Err(self.too_large(key, expected));

@@ -146,13 +146,22 @@ fn own_nice() -> i32 {
 /// on the general one), ONNX Runtime by up to 12.6x for the realistic heavy forests, 18x
 /// for mid-size ones and 20x for the deep generated forests of the burst test (a fixed
 /// part covers small models).
+///
+/// A load from a native image (`Phase::Image`, `file_bytes` the image's length) holds the
+/// model and nothing else: its arrays are read straight into their final buffers, which
+/// together are the image's size less its header and checksums.
 pub fn reservation(engine: Phase, file_bytes: u64) -> u64 {
     const MIB: u64 = 1 << 20;
     match engine {
         Phase::Native => file_bytes + file_bytes * 5 / 2 + 64 * 1024,
         Phase::OnnxRuntime => file_bytes + file_bytes * ONNX_PEAK + 2 * MIB,
+        Phase::Image => file_bytes + IMAGE_OVERHEAD,
     }
 }
+
+/// What a model read from an image keeps beyond the image's bytes: the structs around its
+/// arrays (ports, steps, boxed operators).
+pub const IMAGE_OVERHEAD: u64 = 16 * 1024;
 
 /// Whether a load reserving `reservation` bytes is worth a heap trim afterwards: small
 /// loads (most of a store's linear models) free too little to pay for a walk of every
@@ -169,6 +178,8 @@ pub const ONNX_PEAK: u64 = 20;
 pub enum Phase {
     Native,
     OnnxRuntime,
+    /// A native model read from its image.
+    Image,
 }
 
 #[cfg(test)]

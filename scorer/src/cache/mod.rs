@@ -64,6 +64,7 @@ use resident::Resident;
 
 use crate::engine::{Engines, LoadedModel, Native};
 use crate::error::{LoadError, ScorerError};
+use crate::images::Images;
 use crate::metrics::Metrics;
 use crate::model_id::ModelId;
 use crate::store::{ModelState, ModelStore, StoreError};
@@ -230,6 +231,8 @@ pub struct ModelCache {
     started: Instant,
     /// Set when an eviction freed a session; cleared by the next trim.
     freed: AtomicBool,
+    /// Native images of compiled models (`images.dir`), `None` when off.
+    images: Option<Arc<Images>>,
 }
 
 impl ModelCache {
@@ -286,7 +289,15 @@ impl ModelCache {
             warming: AtomicBool::new(false),
             started: Instant::now(),
             freed: AtomicBool::new(false),
+            images: None,
         }
+    }
+
+    /// Loads natively compiled models from `images` when it holds their image, and writes
+    /// one after every native compile.
+    pub fn with_images(mut self, images: Arc<Images>) -> Self {
+        self.images = Some(images);
+        self
     }
 
     /// Seconds since start: the policy's clock.
@@ -514,16 +525,34 @@ impl ModelCache {
         key: &ModelKey,
     ) -> Result<(LoadedModel, f64, Reservation), ScorerError> {
         let (id, version) = (&key.id, key.version);
-        let read_started = Instant::now();
-        let bytes = self.store.read(id, version).await.map_err(|e| match e {
+        let not_found = |e: StoreError| match e {
             StoreError::NotFound => ScorerError::VersionNotFound {
                 id: id.to_string(),
                 version: version.to_string(),
             },
             other => ScorerError::Store(other.to_string()),
-        })?;
+        };
+        let read_started = Instant::now();
+        // With images on, the store's tag of the file (one `stat` or `HEAD`) says whether
+        // an image compiled from exactly this file can stand in for it.
+        let tag = match &self.images {
+            Some(_) if self.engines.native == NativeEngine::Auto => Some(
+                self.store
+                    .source_tag(id, version)
+                    .await
+                    .map_err(not_found)?,
+            ),
+            _ => None,
+        };
+        if let Some(tag) = &tag
+            && let Some((model, cpu, reservation)) = self.load_from_image(key, tag).await?
+        {
+            let tagged = read_started.elapsed().as_secs_f64() - cpu;
+            return Ok((model, tagged.max(0.0) + cpu, reservation));
+        }
+        let bytes = self.store.read(id, version).await.map_err(not_found)?;
         let read = read_started.elapsed().as_secs_f64();
-        let (model, cpu, reservation) = self.create(key, bytes).await?;
+        let (model, cpu, reservation) = self.create(key, bytes, tag).await?;
         tracing::debug!(
             model = %id, version,
             read_ms = read * 1e3,
@@ -531,6 +560,54 @@ impl ModelCache {
             "load phases"
         );
         Ok((model, read + cpu, reservation))
+    }
+
+    /// The model from its image in `images.dir`, when there is one compiled from the file
+    /// `tag` names; `None` (and the image deleted) when it is missing, stale or corrupt,
+    /// and the caller compiles the file. Reserves the image's size only: the arrays are
+    /// read straight into the model.
+    async fn load_from_image(
+        &self,
+        key: &ModelKey,
+        tag: &str,
+    ) -> Result<Option<(LoadedModel, f64, Reservation)>, ScorerError> {
+        let Some(images) = self.images.clone() else {
+            return Ok(None);
+        };
+        // Two system calls (open, fstat): not worth a trip to a blocking thread.
+        let Some((file, len)) = images.open_image(&key.id, key.version) else {
+            return Ok(None);
+        };
+        let reservation = self.reserve(key, Phase::Image, len).await?;
+        let engines = self.engines;
+        let (id, version, tag) = (key.id.clone(), key.version, tag.to_string());
+        let (loaded, cpu, reservation) = self
+            .loads
+            .run_holding(false, reservation, move || {
+                let mut reader = std::io::BufReader::with_capacity(64 << 10, file);
+                let loaded = engines.load_image(id.clone(), version, &mut reader, len, &tag);
+                if loaded.is_err() {
+                    images.remove(&id, version);
+                }
+                loaded
+            })
+            .await
+            .map_err(ScorerError::Store)?;
+        match loaded {
+            Ok(model) => {
+                self.metrics.images.with_label_values(&["loaded"]).inc();
+                self.fitting(key, model, cpu, reservation).map(Some)
+            }
+            Err(error) => {
+                let event = match error {
+                    manymodels_native::ImageError::Stale(_) => "stale",
+                    manymodels_native::ImageError::Corrupt(_) => "corrupt",
+                };
+                self.metrics.images.with_label_values(&[event]).inc();
+                tracing::warn!(model = %key.id, version = key.version, %error, "image not used; compiling the model file");
+                Ok(None)
+            }
+        }
     }
 
     /// Compiles or creates a model from its file on a load thread, with its memory
@@ -542,6 +619,7 @@ impl ModelCache {
         &self,
         key: &ModelKey,
         bytes: bytes::Bytes,
+        tag: Option<String>,
     ) -> Result<(LoadedModel, f64, Reservation), ScorerError> {
         let (id, version) = (&key.id, key.version);
         let file = bytes.len() as u64;
@@ -557,17 +635,50 @@ impl ModelCache {
             let reservation = self.reserve(key, Phase::Native, file).await?;
             let (model_id, file_bytes) = (id.clone(), bytes.clone());
             let trims = reservation.trims();
-            let (native, seconds, (reservation, held)) = self
+            let images = self.images.clone().zip(tag);
+            let ((native, written), seconds, (reservation, held)) = self
                 .loads
                 .run_holding(trims, (reservation, file_hold), move || {
-                    engines.load_native(model_id, version, &file_bytes)
+                    let native = engines.load_native(model_id.clone(), version, &file_bytes);
+                    // The image is written while the load still holds its reservation
+                    // (the image's buffer is smaller than the file it was compiled from).
+                    let written = match (&native, images) {
+                        (Ok(Native::Loaded(model)), Some((images, tag))) => {
+                            Some(write_image(&images, &model_id, version, model, &tag))
+                        }
+                        _ => None,
+                    };
+                    (native, written)
                 })
                 .await
                 .map_err(ScorerError::Store)?;
             file_hold = held;
             cpu += seconds;
+            let mut reload = None;
+            if let Some(written) = written {
+                match written {
+                    Ok(written) => {
+                        self.metrics.images.with_label_values(&["written"]).inc();
+                        self.metrics
+                            .images
+                            .with_label_values(&["evicted"])
+                            .inc_by(written.evicted as u64);
+                        // The write is not the model's cost; what the next load of it
+                        // costs is reading its image.
+                        cpu -= written.cpu;
+                        reload = Some(image_load_seconds(written.bytes));
+                    }
+                    Err(error) => {
+                        tracing::warn!(model = %id, version, %error, "could not write the image");
+                    }
+                }
+            }
             match native.map_err(|message| invalid_model(id, version, message))? {
-                Native::Loaded(model) => return self.fitting(key, *model, cpu, reservation),
+                Native::Loaded(model) => {
+                    let (model, cpu, reservation) =
+                        self.fitting(key, *model, cpu.max(0.0), reservation)?;
+                    return Ok((model, reload.unwrap_or(cpu), reservation));
+                }
                 Native::Refused(why) => refusal = why,
             }
         }
@@ -663,6 +774,44 @@ impl ModelCache {
 
 /// The model file itself is at fault (422): ONNX Runtime refused it, or it failed the
 /// checks a new version must pass.
+/// What one image write did, and the load thread's CPU time it took.
+struct ImageWrite {
+    bytes: u64,
+    evicted: usize,
+    cpu: f64,
+}
+
+/// Writes `model`'s image (on the load thread that compiled it).
+fn write_image(
+    images: &Images,
+    id: &ModelId,
+    version: u64,
+    model: &LoadedModel,
+    tag: &str,
+) -> Result<ImageWrite, String> {
+    let started = loader::thread_cpu_seconds();
+    let image = model
+        .image(tag)
+        .ok_or_else(|| "the model's layout cannot be imaged".to_string())?;
+    let written = images
+        .write(id, version, &image)
+        .map_err(|e| format!("{}: {e}", images.dir().display()))?;
+    Ok(ImageWrite {
+        bytes: written.bytes,
+        evicted: written.evicted,
+        cpu: loader::thread_cpu_seconds() - started,
+    })
+}
+
+/// Seconds a load from an image of `bytes` costs: the policy's reload cost of a model
+/// that has an image (measured by `cargo xtask bench images`: about 0.25 ns per byte
+/// read, copied and hashed, plus the fixed cost of a load).
+fn image_load_seconds(bytes: u64) -> f64 {
+    const FIXED: f64 = 100e-6;
+    const PER_BYTE: f64 = 0.25e-9;
+    FIXED + bytes as f64 * PER_BYTE
+}
+
 fn invalid_model(id: &ModelId, version: u64, message: String) -> ScorerError {
     ScorerError::Load(LoadError {
         id: id.to_string(),

@@ -360,7 +360,7 @@ impl ModelCache {
         };
         let verdict = self
             .within_load_timeout(&key, async {
-                let (model, _, reservation) = self.create(&key, bytes.clone()).await?;
+                let (model, _, reservation) = self.create(&key, bytes.clone(), None).await?;
                 let (verdict, _, _reservation) = self
                     .loads
                     .run_holding(false, reservation, move || model.vet(old.as_deref()))

@@ -7,12 +7,12 @@
 //! the ZipMap node's `classlabels_int64s` or `classlabels_strings`, sorted the same way;
 //! model metadata lists them so a client can name the columns.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::tensor::TensorSpec;
 
 /// The class labels of one ZipMap output, in column order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Classes {
     Int64(Vec<i64>),

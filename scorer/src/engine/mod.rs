@@ -90,6 +90,31 @@ pub struct LoadedModel {
     held: Mutex<Vec<Box<dyn std::any::Any + Send + Sync>>>,
 }
 
+/// What a native image carries beside the compiled model: the scorer's own facts about
+/// the ONNX file it came from.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ImageAnnex {
+    file_bytes: u64,
+    classes: Vec<Option<Classes>>,
+}
+
+impl LoadedModel {
+    /// This model's native image, tagged with `source` (the store's tag of its ONNX
+    /// file); `None` for a model ONNX Runtime serves, or one whose layout cannot be
+    /// imaged.
+    pub fn image(&self, source: &str) -> Option<Vec<u8>> {
+        let Backend::Native(model) = &self.backend else {
+            return None;
+        };
+        let annex = serde_json::to_vec(&ImageAnnex {
+            file_bytes: self.file_bytes,
+            classes: self.classes.clone(),
+        })
+        .ok()?;
+        model.to_image(source.as_bytes(), &annex)
+    }
+}
+
 enum Backend {
     /// `Session::run` takes `&mut self`: one session behind a mutex, whose critical section
     /// is the ONNX Runtime call itself. `zipmap[i]` says output `i` is a ZipMap.
@@ -198,6 +223,36 @@ impl Engines {
                 Ok(Native::Refused(Some(why)))
             }
         }
+    }
+
+    /// A natively compiled model read back from its image (`manymodels_native::image`):
+    /// no protobuf parse, no compile. `source` is the store's tag of the ONNX file the
+    /// image must have been compiled from. Stale or corrupt images are errors the caller
+    /// answers by compiling the file.
+    pub fn load_image(
+        &self,
+        id: ModelId,
+        version: u64,
+        reader: &mut impl std::io::Read,
+        len: u64,
+        source: &str,
+    ) -> Result<LoadedModel, manymodels_native::ImageError> {
+        use manymodels_native::ImageError;
+        if self.native != NativeEngine::Auto {
+            return Err(ImageError::Stale("the native engine is off".into()));
+        }
+        let (model, annex) = manymodels_native::Model::from_image(reader, len, source.as_bytes())?;
+        let annex: ImageAnnex = serde_json::from_slice(&annex)
+            .map_err(|e| ImageError::Corrupt(format!("annex: {e}")))?;
+        let mut loaded =
+            native::loaded(id, version, annex.file_bytes, model).map_err(ImageError::Corrupt)?;
+        if annex.classes.len() != loaded.outputs.len() {
+            return Err(ImageError::Corrupt(
+                "annex: classes for other outputs".into(),
+            ));
+        }
+        loaded.classes = annex.classes;
+        Ok(loaded)
     }
 
     /// The ONNX Runtime half of `load`; `native_refusal` is why the native engine did not

@@ -302,6 +302,16 @@ impl ModelStore for AzureStore {
         Ok(())
     }
 
+    async fn source_tag(&self, id: &ModelId, version: u64) -> Result<String, StoreError> {
+        let path = self.path(&format!("{id}/{version}/{MODEL_FILE}"));
+        let meta = self.client.head(&path).await.map_err(unavailable)?;
+        Ok(format!(
+            "azure:{}:{}",
+            meta.size,
+            meta.e_tag.as_deref().unwrap_or("")
+        ))
+    }
+
     async fn digest(&self, id: &ModelId, version: u64) -> Result<Digest, StoreError> {
         let path = self.path(&format!("{id}/{version}/{MODEL_FILE}"));
         // object_store returns Azure's `x-ms-meta-*` headers as `Attribute::Metadata` (its

@@ -138,6 +138,26 @@ impl ModelStore for LocalStore {
         }
     }
 
+    async fn source_tag(&self, id: &ModelId, version: u64) -> Result<String, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let path = self
+            .root
+            .join(id.as_str())
+            .join(version.to_string())
+            .join(MODEL_FILE);
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) => Ok(format!(
+                "local:{}:{}.{:09}:{}",
+                meta.len(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+                meta.ino()
+            )),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::NotFound),
+            Err(e) => Err(unavailable(&path.display().to_string(), e)),
+        }
+    }
+
     async fn digest(&self, id: &ModelId, version: u64) -> Result<Digest, StoreError> {
         let path = self
             .root

@@ -202,6 +202,12 @@ pub trait ModelStore: Send + Sync + 'static {
     /// The bytes of `<id>/<version>/model.onnx`.
     async fn read(&self, id: &ModelId, version: u64) -> Result<Bytes, StoreError>;
 
+    /// What names the exact bytes of `<id>/<version>/model.onnx` without reading them, so a
+    /// native image compiled from it can be told current or stale (`NotFound` when that
+    /// version does not exist). Local: size, modification time and inode, from one
+    /// `stat`. Azure: size and ETag, from one `HEAD`.
+    async fn source_tag(&self, id: &ModelId, version: u64) -> Result<String, StoreError>;
+
     /// The size and SHA-256 of `<id>/<version>/model.onnx` (`NotFound` when that version
     /// does not exist). Local: the file is hashed. Azure: the hash `write_version` stored
     /// in the blob's metadata, read with one `HEAD`; a blob without it (uploaded by
@@ -282,6 +288,11 @@ impl ModelStore for Deadline {
 
     async fn read(&self, id: &ModelId, version: u64) -> Result<Bytes, StoreError> {
         self.bounded("reading the model file", self.inner.read(id, version))
+            .await
+    }
+
+    async fn source_tag(&self, id: &ModelId, version: u64) -> Result<String, StoreError> {
+        self.bounded("looking the file up", self.inner.source_tag(id, version))
             .await
     }
 

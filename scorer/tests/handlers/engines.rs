@@ -105,3 +105,129 @@ async fn zipmap_classifiers_as_exported_answer_python_onnxruntimes_labels_and_pr
         }
     }
 }
+
+/// A scorer with `images.dir` set, on a copy of the demo store.
+fn imaging_scorer(store: &TempDir, images: &TempDir) -> (Arc<Scorer>, Router) {
+    let dir = images.path().to_path_buf();
+    scorer_for(store.path(), move |c| {
+        c.images.dir = Some(dir);
+        c.images.max_bytes = 1 << 30;
+    })
+}
+
+async fn image_events(router: &Router, event: &str) -> f64 {
+    let text = metrics_text(router).await;
+    metric(
+        &text,
+        &format!("mm_scorer_images_total{{event=\"{event}\"}}"),
+    )
+}
+
+/// Unloads `id` and infers it again on its reference inputs: the answer must still match.
+async fn reload_and_check(router: &Router, id: &str, context: &str) {
+    let reply = post_raw(router, &format!("/v2/repository/models/{id}/unload"), "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{context}: {}", reply.text());
+    let body = infer_reference(router, id).await.ok();
+    assert_outputs_match(&body, &reference(id), TOLERANCE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn natively_compiled_models_load_again_from_their_images_with_the_same_answers() {
+    let (store, images) = (TempDir::copy_of_demo("images"), TempDir::new("images-dir"));
+    let (_scorer, router) = imaging_scorer(&store, &images);
+    let mut native = Vec::new();
+    for id in demo_ids() {
+        let body = infer_reference(&router, &id).await.ok();
+        assert_outputs_match(&body, &reference(&id), TOLERANCE);
+        let engine = get(&router, &format!("/v2/models/{id}")).await.json()["engine"].clone();
+        let image = images.path().join(&id).join("1.mmimg");
+        // An image exactly for what the native engine compiled; ONNX Runtime's sessions
+        // keep today's path.
+        assert_eq!(image.exists(), engine == "native", "{id}: {engine}");
+        if engine == "native" {
+            native.push(id);
+        }
+    }
+    assert!(native.len() >= 5, "{native:?}");
+    assert_eq!(image_events(&router, "written").await, native.len() as f64);
+    for id in &native {
+        reload_and_check(&router, id, "from its image").await;
+        let metadata = get(&router, &format!("/v2/models/{id}")).await.json();
+        assert_eq!(metadata["engine"], "native", "{metadata}");
+    }
+    assert_eq!(image_events(&router, "loaded").await, native.len() as f64);
+    assert_eq!(image_events(&router, "written").await, native.len() as f64);
+    // A restarted scorer finds the images its predecessor wrote.
+    drop(router);
+    let (_scorer, router) = imaging_scorer(&store, &images);
+    for id in &native {
+        let body = infer_reference(&router, id).await.ok();
+        assert_outputs_match(&body, &reference(id), TOLERANCE);
+    }
+    assert_eq!(image_events(&router, "loaded").await, native.len() as f64);
+    assert_eq!(image_events(&router, "written").await, 0.0);
+}
+
+/// Every class of damage (magic, format, engine revision, source key, annex, payload
+/// length, header checksum, payload, trailer, truncation, a stray byte at the end, an
+/// empty file) costs one compile and is repaired; no answer changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_or_stale_image_falls_back_to_compiling_the_file() {
+    let (store, images) = (
+        TempDir::copy_of_demo("images-bad"),
+        TempDir::new("images-bad-dir"),
+    );
+    let (_scorer, router) = imaging_scorer(&store, &images);
+    let id = "forest-1mb";
+    infer_reference(&router, id).await.ok();
+    let path = images.path().join(id).join("1.mmimg");
+    let good = std::fs::read(&path).expect("the image was written");
+    let key_len = u32::from_le_bytes(good[16..20].try_into().unwrap()) as usize;
+    let annex_at = 20 + key_len;
+    let annex_len = u32::from_le_bytes(good[annex_at..annex_at + 4].try_into().unwrap()) as usize;
+    let payload_at = annex_at + 4 + annex_len + 16;
+    let damage: Vec<(&str, Vec<u8>)> = {
+        let flip = |at: usize| {
+            let mut bad = good.clone();
+            bad[at] ^= 0x5a;
+            bad
+        };
+        vec![
+            ("magic", flip(0)),
+            ("format", flip(8)),
+            ("engine revision", flip(12)),
+            ("source key", flip(21)),
+            ("annex", flip(annex_at + 5)),
+            ("payload length", flip(annex_at + 4 + annex_len)),
+            ("header checksum", flip(annex_at + 4 + annex_len + 8)),
+            ("first payload byte", flip(payload_at)),
+            ("middle of the nodes", flip(good.len() / 2)),
+            ("trailer", flip(good.len() - 1)),
+            ("truncated", good[..good.len() * 2 / 3].to_vec()),
+            ("one byte more", [good.clone(), vec![0]].concat()),
+            ("empty", Vec::new()),
+        ]
+    };
+    let mut corrupt = 0.0;
+    for (what, bytes) in damage {
+        std::fs::write(&path, &bytes).unwrap();
+        reload_and_check(&router, id, what).await;
+        corrupt += 1.0;
+        assert_eq!(image_events(&router, "corrupt").await, corrupt, "{what}");
+        assert_eq!(std::fs::read(&path).unwrap(), good, "{what}: rewritten");
+    }
+    let loaded = image_events(&router, "loaded").await;
+    reload_and_check(&router, id, "repaired").await;
+    assert_eq!(image_events(&router, "loaded").await, loaded + 1.0);
+    // The store's file replaced behind the scorer's back (another inode and time): the
+    // image names the old file, so it is stale and the new file is compiled.
+    let model = store.path().join(id).join("1").join("model.onnx");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::remove_file(&model).unwrap();
+    std::fs::write(&model, &bytes).unwrap();
+    reload_and_check(&router, id, "stale").await;
+    assert_eq!(image_events(&router, "stale").await, 1.0);
+    assert_eq!(image_events(&router, "loaded").await, loaded + 1.0);
+    reload_and_check(&router, id, "after the stale one").await;
+    assert_eq!(image_events(&router, "loaded").await, loaded + 2.0);
+}

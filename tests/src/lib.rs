@@ -21,6 +21,7 @@
 
 pub mod alloc;
 pub mod azurite;
+pub mod cgroup;
 pub mod classifiers;
 pub mod dns;
 pub mod grpc;

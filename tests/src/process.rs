@@ -87,9 +87,33 @@ impl Process {
     /// Starts binary `name` with `--listen 127.0.0.1:<port>`, `args` and extra `env`;
     /// its stderr goes to a log file.
     fn spawn(name: &str, port: u16, args: &[String], env: &[(&str, &str)]) -> Self {
+        Self::spawn_in(name, port, args, env, None)
+    }
+
+    /// `spawn`, inside the cgroup whose `cgroup.procs` file is `cgroup`: a shell joins
+    /// the group and then becomes the binary, so every byte the process ever charges is
+    /// the group's.
+    fn spawn_in(
+        name: &str,
+        port: u16,
+        args: &[String],
+        env: &[(&str, &str)],
+        cgroup: Option<&Path>,
+    ) -> Self {
         let logs = TempDir::new(&format!("{name}-log"));
         let log = logs.path().join(format!("{name}.log"));
-        let child = Command::new(binary(name))
+        let mut command = match cgroup {
+            None => Command::new(binary(name)),
+            Some(procs) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+                    .arg(procs)
+                    .arg(binary(name));
+                shell
+            }
+        };
+        let child = command
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)
             .envs(env.iter().copied())
@@ -285,6 +309,28 @@ impl ScorerProcess {
     /// A scorer serving a local store directory.
     pub fn local(store: &Path, sets: &[&str]) -> Self {
         Self::local_on(free_port(), store, sets)
+    }
+
+    /// A scorer serving a local store directory, started inside `cgroup` (its
+    /// `cgroup.procs` file, `MemoryCgroup::procs`).
+    pub fn local_in(cgroup: &Path, store: &Path, sets: &[&str]) -> Self {
+        let defaults = [
+            "shutdown.grace=2s",
+            "shutdown.drain=300ms",
+            "warmup.ready_timeout=0s",
+        ];
+        let mut all: Vec<String> = vec![format!("store.path={}", store.display())];
+        all.extend(sets.iter().map(|s| s.to_string()));
+        let args: Vec<String> = set_args(&defaults).chain(set_args(&all)).collect();
+        let mut scorer = ScorerProcess(Process::spawn_in(
+            "mm-scorer",
+            free_port(),
+            &args,
+            &[],
+            Some(cgroup),
+        ));
+        scorer.wait_ready(READY_TIMEOUT);
+        scorer
     }
 
     /// A scorer serving a local store directory on `port`.

@@ -263,6 +263,133 @@ async fn a_burst_of_concurrent_big_loads_stays_within_the_memory_bound() {
     }
 }
 
+/// The memory contract as Kubernetes enforces it: a scorer inside a memory cgroup whose
+/// limit is the chart's (`scorer.fixedMemoryMiB` 192 MiB + `cache.budget` × 1.1), with
+/// native images on, through rounds of sixteen concurrent requests for eight ~10 MB
+/// forests against a budget that holds about half of them. The store's files and the
+/// images are read through the page cache and the images written through it, all charged
+/// to the cgroup as on AKS. The kernel kills nothing, every answer is right, the process's
+/// peak RSS (anonymous and mapped file memory, `VmHWM`) stays within the documented bound
+/// (idle + budget × 1.1 + 64 MiB), and so does the cgroup's anonymous memory; page cache
+/// fills the rest of the limit and is reclaimed, never a reason to kill.
+#[tokio::test]
+async fn a_scorer_in_a_memory_cgroup_with_the_charts_limit_is_never_oom_killed() {
+    use manymodels_tests::cgroup::MemoryCgroup;
+    const MIB: u64 = 1 << 20;
+    let store = TempDir::new("cgroup");
+    let images = TempDir::new("cgroup-images");
+    let models = forests(
+        store.path(),
+        8,
+        |i| format!("big-{i}"),
+        |i| Spec::Forest {
+            features: 16,
+            trees: 100,
+            depth: 11,
+            seed: 9000 + i,
+        },
+    );
+    let file = models.iter().map(|m| m.bytes.len() as u64).max().unwrap();
+    // The files were written by this process, so their page cache is charged to its
+    // cgroup: drop it, so the scorer's reads are charged to the scorer's, as in a pod
+    // that reads its store from a volume.
+    // (Written pages are dirty until written back; only clean pages can be dropped.)
+    assert!(
+        std::process::Command::new("sync")
+            .status()
+            .expect("sync runs")
+            .success()
+    );
+    for i in 0..models.len() {
+        let path = store.path().join(format!("big-{i}/1/model.onnx"));
+        let dropped = std::process::Command::new("dd")
+            .arg(format!("if={}", path.display()))
+            .args(["iflag=nocache", "count=0", "status=none"])
+            .status()
+            .expect("dd runs");
+        assert!(dropped.success());
+    }
+    // Native forests hold about a third of their file: a budget of one file holds two or
+    // three of the eight.
+    let budget = file;
+    let limit = 192 * MIB + budget * 11 / 10;
+    let group = MemoryCgroup::create("scorer", limit).expect(
+        "a memory cgroup (v1 at /sys/fs/cgroup/memory or v2 at /sys/fs/cgroup) this test can write",
+    );
+    let scorer = ScorerProcess::local_in(
+        &group.procs(),
+        store.path(),
+        &[
+            &format!("cache.budget={budget}"),
+            &format!("images.dir={}", images.path().display()),
+            "cache.max_concurrent_loads=4",
+        ],
+    );
+    let idle = scorer.rss_bytes();
+    let client = reqwest::Client::new();
+    for round in 0..6 {
+        let requests = (0..16).map(|k| {
+            let i = (k * 3 + round) % models.len();
+            let rows = generated_rows(16, 1, (round * 16 + k) as u64);
+            let url = format!("{}/v2/models/big-{i}/infer", scorer.url);
+            let client = client.clone();
+            async move {
+                let (status, body) = post_json(&client, &url, &rows_body(&rows)).await;
+                (i, rows, status, body)
+            }
+        });
+        for (i, rows, status, body) in futures::future::join_all(requests).await {
+            assert_eq!(
+                status,
+                200,
+                "round {round} big-{i}: {body}\n{}",
+                scorer.logs()
+            );
+            let want = &models[i].predict_batch(&rows.concat())[..1];
+            assert_predictions(&format!("round {round} big-{i}"), &body, want, TOLERANCE);
+        }
+    }
+    let usage = group.usage();
+    let metrics = scorer.metrics().await;
+    let peak = scorer.peak_rss_bytes();
+    let bound = idle + budget * 11 / 10 + 64 * MIB;
+    let image_loads = metrics.get("mm_scorer_images_total{event=\"loaded\"}");
+    let evicted = metrics.get("mm_scorer_cache_evictions_total{reason=\"capacity\"}")
+        + metrics.get("mm_scorer_cache_evictions_total{reason=\"not_admitted\"}");
+    eprintln!(
+        "cgroup {:?}, limit {limit}: peak usage {}, now {} (anon {}, file {}), OOM kills {}; process idle RSS {idle}, peak RSS {peak}, bound {bound}; {image_loads} image loads, {evicted} evictions",
+        group.version_of(),
+        usage.peak,
+        usage.current,
+        usage.anon,
+        usage.file,
+        usage.oom_kills
+    );
+    assert_eq!(usage.oom_kills, 0, "OOM kills in the scorer's cgroup");
+    assert!(
+        evicted >= 4.0,
+        "the budget never bound ({evicted} evictions)"
+    );
+    assert!(image_loads >= 8.0, "loads from images: {image_loads}");
+    assert!(
+        usage.peak > idle,
+        "the scorer's memory was charged to its cgroup: peak {}",
+        usage.peak
+    );
+    assert!(peak <= bound, "peak RSS {peak} over the bound {bound}");
+    assert!(
+        usage.anon <= bound,
+        "anonymous memory {} over the bound {bound}",
+        usage.anon
+    );
+    assert!(
+        usage.peak <= limit,
+        "usage {} past the limit {limit}",
+        usage.peak
+    );
+    drop(scorer);
+}
+
 #[tokio::test]
 async fn bad_requests_are_rejected_and_the_process_keeps_serving() {
     let scorer = ScorerProcess::local(&root().join("models/demo"), &["http.max_body=4KiB"]);

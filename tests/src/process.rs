@@ -85,14 +85,9 @@ pub struct Process {
 
 impl Process {
     /// Starts binary `name` with `--listen 127.0.0.1:<port>`, `args` and extra `env`;
-    /// its stderr goes to a log file.
-    fn spawn(name: &str, port: u16, args: &[String], env: &[(&str, &str)]) -> Self {
-        Self::spawn_in(name, port, args, env, None)
-    }
-
-    /// `spawn`, inside the cgroup whose `cgroup.procs` file is `cgroup`: a shell joins
-    /// the group and then becomes the binary, so every byte the process ever charges is
-    /// the group's.
+    /// its stderr goes to a log file. With `cgroup` (a group's `cgroup.procs` file) a shell
+    /// joins the group and then becomes the binary, so every byte the process ever charges
+    /// is the group's.
     fn spawn_in(
         name: &str,
         port: u16,
@@ -288,7 +283,18 @@ impl ScorerProcess {
 
     /// Starts `mm-scorer` on `port` (to restart one where a proxy expects it).
     pub fn start_on<S: AsRef<str>>(port: u16, sets: &[S], env: &[(&str, &str)]) -> Self {
-        let mut scorer = Self::spawn_on(port, sets, env);
+        Self::start_on_in(port, sets, env, None)
+    }
+
+    /// `start_on`, inside the cgroup whose `cgroup.procs` file is `cgroup`
+    /// (`cgroup::MemoryCgroup::procs`) from its first instruction.
+    pub fn start_on_in<S: AsRef<str>>(
+        port: u16,
+        sets: &[S],
+        env: &[(&str, &str)],
+        cgroup: Option<&Path>,
+    ) -> Self {
+        let mut scorer = Self::spawn_on_in(port, sets, env, cgroup);
         scorer.wait_ready(READY_TIMEOUT);
         scorer
     }
@@ -297,13 +303,22 @@ impl ScorerProcess {
     /// ready at once unless `sets` gives `warmup.ready_timeout` (tests that have no proxy
     /// pushing statistics must not wait for a warm-up).
     pub fn spawn_on<S: AsRef<str>>(port: u16, sets: &[S], env: &[(&str, &str)]) -> Self {
+        Self::spawn_on_in(port, sets, env, None)
+    }
+
+    fn spawn_on_in<S: AsRef<str>>(
+        port: u16,
+        sets: &[S],
+        env: &[(&str, &str)],
+        cgroup: Option<&Path>,
+    ) -> Self {
         let defaults = [
             "shutdown.grace=2s",
             "shutdown.drain=300ms",
             "warmup.ready_timeout=0s",
         ];
         let args: Vec<String> = set_args(&defaults).chain(set_args(sets)).collect();
-        ScorerProcess(Process::spawn("mm-scorer", port, &args, env))
+        ScorerProcess(Process::spawn_in("mm-scorer", port, &args, env, cgroup))
     }
 
     /// A scorer serving a local store directory.
@@ -314,23 +329,9 @@ impl ScorerProcess {
     /// A scorer serving a local store directory, started inside `cgroup` (its
     /// `cgroup.procs` file, `MemoryCgroup::procs`).
     pub fn local_in(cgroup: &Path, store: &Path, sets: &[&str]) -> Self {
-        let defaults = [
-            "shutdown.grace=2s",
-            "shutdown.drain=300ms",
-            "warmup.ready_timeout=0s",
-        ];
         let mut all: Vec<String> = vec![format!("store.path={}", store.display())];
         all.extend(sets.iter().map(|s| s.to_string()));
-        let args: Vec<String> = set_args(&defaults).chain(set_args(&all)).collect();
-        let mut scorer = ScorerProcess(Process::spawn_in(
-            "mm-scorer",
-            free_port(),
-            &args,
-            &[],
-            Some(cgroup),
-        ));
-        scorer.wait_ready(READY_TIMEOUT);
-        scorer
+        Self::start_on_in(free_port(), &all, &[], Some(cgroup))
     }
 
     /// A scorer serving a local store directory on `port`.
@@ -381,7 +382,7 @@ impl ProxyProcess {
             .chain(set_args(tuning))
             .chain(set_args(sets))
             .collect();
-        let mut proxy = ProxyProcess(Process::spawn("mm-proxy", port, &args, &[]));
+        let mut proxy = ProxyProcess(Process::spawn_in("mm-proxy", port, &args, &[], None));
         // Ready means every scorer passed the proxy's health check: a test that starts
         // while one is still unchecked would see its models routed elsewhere.
         let expected = scorers.len() as u64;

@@ -229,6 +229,16 @@ fn up(scorers: usize, base_port: u16, store: PathBuf, budget: &str, smoke: bool)
             .args(["--store", &store.display().to_string()])
             .args(["--set", &format!("cache.budget={budget}")])
             .args(["--set", &format!("name=scorer-{i}")])
+            // Each scorer its own image directory, as each pod has its own emptyDir.
+            .args([
+                "--set",
+                &format!(
+                    "images.dir={}",
+                    setup::workspace_root()
+                        .join(format!(".cache/images/scorer-{i}"))
+                        .display()
+                ),
+            ])
             .spawn()
             .context("starting mm-scorer")?;
         pool.0.push(child);

@@ -24,6 +24,8 @@ use manymodels_tests::process::status_bytes;
 use super::{Job, Outcome, drive, percentile, totals};
 use crate::setup;
 
+mod seed;
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct ReplayArgs {
     /// The realistic store (made with `models/make_realistic.py` if it is missing).
@@ -56,6 +58,19 @@ pub struct ReplayArgs {
     baseline_lru: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Publish each model of the store under this many ids (hard links, cached in
+    /// `<store>-x<K>`): the seed's scale of 10,000s of models from the same real files.
+    #[arg(long, default_value_t = 1)]
+    scale: usize,
+    /// Pools whose memory is the trace's native working set divided by each of these
+    /// (e.g. `1,2,5,10`), native engine, images on, beside the baseline; replaces
+    /// `--budget` and `--engines`.
+    #[arg(long, value_delimiter = ',')]
+    overcommit: Vec<f64>,
+    /// Run each scorer of an `--overcommit` pool inside a memory cgroup with the chart's
+    /// limit (192 MiB + budget × 1.1).
+    #[arg(long)]
+    cgroup: bool,
 }
 
 /// One model of the store's manifest.
@@ -135,7 +150,7 @@ fn send_trace(
     })
 }
 
-struct Row {
+pub(crate) struct Row {
     name: String,
     outcome: Outcome,
     hit_ratio: f64,
@@ -363,8 +378,11 @@ fn baseline(args: &ReplayArgs, trace: &[u32], entries: &[Entry]) -> Result<Row> 
 /// burst every 40 s of trace time, so every 8,000 requests); clients do not wait for it.
 const TRACE_RATE: f64 = 200.0;
 
-pub fn run(args: ReplayArgs) -> Result<()> {
+pub fn run(mut args: ReplayArgs) -> Result<()> {
     ensure_store(&args.store, args.models)?;
+    if args.scale > 1 {
+        args.store = seed::scaled_store(&args.store, args.scale)?;
+    }
     let entries = manifest(&args.store)?;
     let shape: Shape = args.shape.parse().map_err(anyhow::Error::msg)?;
     let trace: Vec<u32> = policy_trace::generate(&TraceSpec {
@@ -391,23 +409,30 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     );
     println!("Every process (servers, client) shares this machine's 2 cores.\n");
     let mut rows = Vec::new();
-    for engine in &args.engines {
-        rows.push(pool(&args, engine, &trace, &entries)?);
+    if args.overcommit.is_empty() {
+        for engine in &args.engines {
+            rows.push(pool(&args, engine, &trace, &entries)?);
+        }
+    } else {
+        rows = seed::run(&args, &args.store, &trace, &entries)?;
     }
     if args.baseline_lru > 0 {
         rows.push(baseline(&args, &trace, &entries)?);
     }
-    println!("| server | requests | req/s | p50 | p99 | hit ratio | loads | failed | peak RSS |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "\n| server | requests | req/s | p50 | p99 | p99.9 | hit ratio | loads | failed | peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for row in &rows {
         let o = &row.outcome;
         println!(
-            "| {} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.3} | {:.0}{} | {} | {:.2} GB |",
+            "| {} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.1} ms | {:.3} | {:.0}{} | {} | {:.2} GB |",
             row.name,
             o.requests,
             row.throughput(),
             percentile(&o.latencies, 0.5) / 1e3,
             percentile(&o.latencies, 0.99) / 1e3,
+            percentile(&o.latencies, 0.999) / 1e3,
             row.hit_ratio,
             row.loads,
             if row.extra.is_empty() {

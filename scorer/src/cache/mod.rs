@@ -544,22 +544,22 @@ impl ModelCache {
             ),
             _ => None,
         };
+        let tagged = read_started.elapsed().as_secs_f64();
         if let Some(tag) = &tag
             && let Some((model, cpu, reservation)) = self.load_from_image(key, tag).await?
         {
-            let tagged = read_started.elapsed().as_secs_f64() - cpu;
-            return Ok((model, tagged.max(0.0) + cpu, reservation));
+            return Ok((model, tagged + cpu, reservation));
         }
         let bytes = self.store.read(id, version).await.map_err(not_found)?;
         let read = read_started.elapsed().as_secs_f64();
-        let (model, cpu, reservation) = self.create(key, bytes, tag).await?;
+        let (model, cost, reservation) = self.create(key, bytes, tag, read).await?;
         tracing::debug!(
             model = %id, version,
             read_ms = read * 1e3,
-            cpu_ms = cpu * 1e3,
+            cost_ms = cost * 1e3,
             "load phases"
         );
-        Ok((model, read + cpu, reservation))
+        Ok((model, cost, reservation))
     }
 
     /// The model from its image in `images.dir`, when there is one compiled from the file
@@ -612,14 +612,16 @@ impl ModelCache {
 
     /// Compiles or creates a model from its file on a load thread, with its memory
     /// reserved first: natively when the engine covers it, else with ONNX Runtime (whose
-    /// larger reservation is taken only then). Returns the model, the CPU seconds it took
-    /// and its reservation. A model that could never fit the budget is refused before
-    /// anything is evicted for it.
+    /// larger reservation is taken only then). Returns the model, what loading it again
+    /// costs (the `read` seconds of the file plus the CPU seconds it took; for a model
+    /// whose image was just written, the image's load) and its reservation. A model that
+    /// could never fit the budget is refused before anything is evicted for it.
     async fn create(
         &self,
         key: &ModelKey,
         bytes: bytes::Bytes,
         tag: Option<String>,
+        read: f64,
     ) -> Result<(LoadedModel, f64, Reservation), ScorerError> {
         let (id, version) = (&key.id, key.version);
         let file = bytes.len() as u64;
@@ -629,7 +631,7 @@ impl ModelCache {
         // accounted until its thread is done with it.
         let mut file_hold = self.hold(file);
         let engines = self.engines;
-        let mut cpu = 0.0;
+        let mut cpu = read;
         let mut refusal = None;
         if self.engines.native == NativeEngine::Auto {
             let reservation = self.reserve(key, Phase::Native, file).await?;

@@ -360,7 +360,7 @@ impl ModelCache {
         };
         let verdict = self
             .within_load_timeout(&key, async {
-                let (model, _, reservation) = self.create(&key, bytes.clone(), None).await?;
+                let (model, _, reservation) = self.create(&key, bytes.clone(), None, 0.0).await?;
                 let (verdict, _, _reservation) = self
                     .loads
                     .run_holding(false, reservation, move || model.vet(old.as_deref()))

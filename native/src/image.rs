@@ -79,21 +79,7 @@ impl Model {
             return None;
         }
         check_model(self).ok()?;
-        let mut payload = Writer::default();
-        write_model(&mut payload, self);
-        let mut out = Writer::default();
-        out.bytes(MAGIC);
-        out.u32(FORMAT);
-        out.u32(ENGINE_REVISION);
-        out.blob(source);
-        out.blob(annex);
-        out.u64(payload.0.len() as u64);
-        let header_hash = xxhash_rust::xxh3::xxh3_64(&out.0);
-        out.u64(header_hash);
-        let payload_hash = xxhash_rust::xxh3::xxh3_64(&payload.0);
-        out.0.extend_from_slice(&payload.0);
-        out.u64(payload_hash);
-        Some(out.0)
+        Some(seal(self, source, annex))
     }
 
     /// Reads an image of `len` bytes from `reader`. `source` must equal the key it was
@@ -159,6 +145,25 @@ impl Model {
 
 // ---------------------------------------------------------------------------------------
 // Writing.
+
+/// The image of `model`, whatever its structure (`to_image` checks it first).
+fn seal(model: &Model, source: &[u8], annex: &[u8]) -> Vec<u8> {
+    let mut payload = Writer::default();
+    write_model(&mut payload, model);
+    let mut out = Writer::default();
+    out.bytes(MAGIC);
+    out.u32(FORMAT);
+    out.u32(ENGINE_REVISION);
+    out.blob(source);
+    out.blob(annex);
+    out.u64(payload.0.len() as u64);
+    let header_hash = xxhash_rust::xxh3::xxh3_64(&out.0);
+    out.u64(header_hash);
+    let payload_hash = xxhash_rust::xxh3::xxh3_64(&payload.0);
+    out.0.extend_from_slice(&payload.0);
+    out.u64(payload_hash);
+    out.0
+}
 
 #[derive(Default)]
 struct Writer(Vec<u8>);

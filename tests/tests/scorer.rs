@@ -186,6 +186,53 @@ async fn byte_budget_holds(engine: &str, fixed_overhead: u64) {
     );
 }
 
+/// Eight ~10 MB generated forests (`big-0` ... `big-7`), seeds from `seed`.
+fn big_forests(store: &std::path::Path, seed: u64) -> Vec<GeneratedModel> {
+    forests(
+        store,
+        8,
+        |i| format!("big-{i}"),
+        |i| Spec::Forest {
+            features: 16,
+            trees: 100,
+            depth: 11,
+            seed: seed + i,
+        },
+    )
+}
+
+/// Sixteen concurrent one-row requests of round `round`, request `k` for model
+/// `pick(k)`: every answer must be 200 and equal the generator's prediction.
+async fn burst_round(
+    client: &reqwest::Client,
+    scorer: &ScorerProcess,
+    models: &[GeneratedModel],
+    round: usize,
+    pick: impl Fn(usize) -> usize,
+    context: &str,
+) {
+    let requests = (0..16).map(|k| {
+        let i = pick(k) % models.len();
+        let rows = generated_rows(16, 1, (round * 16 + k) as u64);
+        let url = format!("{}/v2/models/big-{i}/infer", scorer.url);
+        let client = client.clone();
+        async move {
+            let (status, body) = post_json(&client, &url, &rows_body(&rows)).await;
+            (i, rows, status, body)
+        }
+    });
+    for (i, rows, status, body) in futures::future::join_all(requests).await {
+        assert_eq!(status, 200, "{context} round {round} big-{i}: {body}");
+        let want = &models[i].predict_batch(&rows.concat())[..1];
+        assert_predictions(
+            &format!("{context} round {round} big-{i}"),
+            &body,
+            want,
+            TOLERANCE,
+        );
+    }
+}
+
 /// Memory is a contract during loads too: eight ~10 MB forests, requested sixteen at a
 /// time for three rounds against a budget that holds two or three of them, so big loads
 /// run concurrently and keep evicting. The scorer's own peak RSS (`VmHWM`, the kernel's
@@ -199,17 +246,7 @@ async fn a_burst_of_concurrent_big_loads_stays_within_the_memory_bound() {
     // allocator slack (README, "Memory").
     const BURST_OVERHEAD: u64 = 64 * MIB;
     let store = TempDir::new("burst");
-    let models = forests(
-        store.path(),
-        8,
-        |i| format!("big-{i}"),
-        |i| Spec::Forest {
-            features: 16,
-            trees: 100,
-            depth: 11,
-            seed: 7000 + i,
-        },
-    );
+    let models = big_forests(store.path(), 7000);
     let file = models.iter().map(|m| m.bytes.len() as u64).max().unwrap();
     let client = reqwest::Client::new();
     for (engine, budget) in [
@@ -226,21 +263,7 @@ async fn a_burst_of_concurrent_big_loads_stays_within_the_memory_bound() {
         );
         let idle = scorer.rss_bytes();
         for round in 0..3 {
-            let requests = (0..16).map(|k| {
-                let i = (k + round) % models.len();
-                let rows = generated_rows(16, 1, (round * 16 + k) as u64);
-                let url = format!("{}/v2/models/big-{i}/infer", scorer.url);
-                let client = client.clone();
-                async move {
-                    let (status, body) = post_json(&client, &url, &rows_body(&rows)).await;
-                    (i, rows, status, body)
-                }
-            });
-            for (i, rows, status, body) in futures::future::join_all(requests).await {
-                assert_eq!(status, 200, "{engine} big-{i}: {body}");
-                let want = &models[i].predict_batch(&rows.concat())[..1];
-                assert_predictions(&format!("{engine} big-{i}"), &body, want, TOLERANCE);
-            }
+            burst_round(&client, &scorer, &models, round, |k| k + round, engine).await;
         }
         let metrics = scorer.metrics().await;
         let evicted = metrics.get("mm_scorer_cache_evictions_total{reason=\"capacity\"}")
@@ -278,17 +301,7 @@ async fn a_scorer_in_a_memory_cgroup_with_the_charts_limit_is_never_oom_killed()
     const MIB: u64 = 1 << 20;
     let store = TempDir::new("cgroup");
     let images = TempDir::new("cgroup-images");
-    let models = forests(
-        store.path(),
-        8,
-        |i| format!("big-{i}"),
-        |i| Spec::Forest {
-            features: 16,
-            trees: 100,
-            depth: 11,
-            seed: 9000 + i,
-        },
-    );
+    let models = big_forests(store.path(), 9000);
     let file = models.iter().map(|m| m.bytes.len() as u64).max().unwrap();
     // The files were written by this process, so their page cache is charged to its
     // cgroup: drop it, so the scorer's reads are charged to the scorer's, as in a pod
@@ -328,26 +341,15 @@ async fn a_scorer_in_a_memory_cgroup_with_the_charts_limit_is_never_oom_killed()
     let idle = scorer.rss_bytes();
     let client = reqwest::Client::new();
     for round in 0..6 {
-        let requests = (0..16).map(|k| {
-            let i = (k * 3 + round) % models.len();
-            let rows = generated_rows(16, 1, (round * 16 + k) as u64);
-            let url = format!("{}/v2/models/big-{i}/infer", scorer.url);
-            let client = client.clone();
-            async move {
-                let (status, body) = post_json(&client, &url, &rows_body(&rows)).await;
-                (i, rows, status, body)
-            }
-        });
-        for (i, rows, status, body) in futures::future::join_all(requests).await {
-            assert_eq!(
-                status,
-                200,
-                "round {round} big-{i}: {body}\n{}",
-                scorer.logs()
-            );
-            let want = &models[i].predict_batch(&rows.concat())[..1];
-            assert_predictions(&format!("round {round} big-{i}"), &body, want, TOLERANCE);
-        }
+        burst_round(
+            &client,
+            &scorer,
+            &models,
+            round,
+            |k| k * 3 + round,
+            "cgroup",
+        )
+        .await;
     }
     let usage = group.usage();
     let metrics = scorer.metrics().await;

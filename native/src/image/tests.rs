@@ -279,21 +279,7 @@ fn a_sealed_image_with_a_broken_structure_is_refused() {
 
 /// `to_image` without its structure check, to make the images a bad writer would.
 fn seal_unchecked(model: &Model) -> Vec<u8> {
-    let mut payload = Writer::default();
-    write_model(&mut payload, model);
-    let mut out = Writer::default();
-    out.bytes(MAGIC);
-    out.u32(FORMAT);
-    out.u32(ENGINE_REVISION);
-    out.blob(KEY);
-    out.blob(ANNEX);
-    out.u64(payload.0.len() as u64);
-    let header = xxhash_rust::xxh3::xxh3_64(&out.0);
-    out.u64(header);
-    let hash = xxhash_rust::xxh3::xxh3_64(&payload.0);
-    out.0.extend_from_slice(&payload.0);
-    out.u64(hash);
-    out.0
+    seal(model, KEY, ANNEX)
 }
 
 /// A declared length larger than the file is refused before anything of that size is

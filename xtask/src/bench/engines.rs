@@ -31,14 +31,16 @@ pub struct EnginesArgs {
     calls: usize,
 }
 
-struct Meta {
-    id: String,
-    tier: String,
-    bytes: u64,
-    request: Value,
+/// One model of a realistic store, from its `.meta/<id>.json`.
+pub(super) struct Meta {
+    pub id: String,
+    pub tier: String,
+    pub bytes: u64,
+    pub request: Value,
 }
 
-fn metas(store: &Path) -> Result<Vec<Meta>> {
+/// The store's models, by tier and size.
+pub(super) fn metas(store: &Path) -> Result<Vec<Meta>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(store.join(".meta")).context("the store has no .meta")? {
         let value: Value = serde_json::from_str(&std::fs::read_to_string(entry?.path())?)?;
@@ -108,30 +110,20 @@ fn measure(
 }
 
 pub fn run(args: EnginesArgs) -> Result<()> {
-    if cfg!(debug_assertions) {
-        // In-process figures need an optimised engine: run this bench from a release build.
-        let status = std::process::Command::new(env!("CARGO"))
-            .args([
-                "run",
-                "--quiet",
-                "--release",
-                "-p",
-                "xtask",
-                "--",
-                "bench",
-                "engines",
-            ])
-            .args(["--store".as_ref(), args.store.as_os_str()])
-            .args(["--per-class", &args.per_class.to_string()])
-            .args([
-                "--reps",
-                &args.reps.to_string(),
-                "--calls",
-                &args.calls.to_string(),
-            ])
-            .status()?;
-        anyhow::ensure!(status.success(), "the release bench failed");
-        return Ok(());
+    if let Some(done) = super::in_release(
+        "engines",
+        &[
+            "--store".into(),
+            args.store.clone().into_os_string(),
+            "--per-class".into(),
+            args.per_class.to_string().into(),
+            "--reps".into(),
+            args.reps.to_string().into(),
+            "--calls".into(),
+            args.calls.to_string().into(),
+        ],
+    ) {
+        return done;
     }
     let library = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
     let environment = engine::environment(library.as_deref()).map_err(anyhow::Error::msg)?;

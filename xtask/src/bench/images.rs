@@ -12,12 +12,12 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::engines::{Meta, metas};
 use anyhow::{Context, Result};
 use manymodels_config::scorer::NativeEngine;
 use manymodels_scorer::engine::{self, Engines};
 use manymodels_scorer::model_id::ModelId;
 use manymodels_tests::alloc::peak_heap;
-use serde_json::Value;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ImagesArgs {
@@ -30,28 +30,6 @@ pub struct ImagesArgs {
     /// Loads of each model per way.
     #[arg(long, default_value_t = 9)]
     reps: usize,
-}
-
-struct Meta {
-    id: String,
-    tier: String,
-    bytes: u64,
-    request: Value,
-}
-
-fn metas(args: &ImagesArgs) -> Result<Vec<Meta>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(args.store.join(".meta")).context("the store has no .meta")? {
-        let value: Value = serde_json::from_str(&std::fs::read_to_string(entry?.path())?)?;
-        out.push(Meta {
-            id: value["id"].as_str().context("id")?.to_string(),
-            tier: value["tier"].as_str().context("tier")?.to_string(),
-            bytes: value["bytes"].as_u64().context("bytes")?,
-            request: value["sample_request"].clone(),
-        });
-    }
-    out.sort_by(|a, b| (&a.tier, a.bytes).cmp(&(&b.tier, b.bytes)));
-    Ok(out)
 }
 
 fn quantile(mut v: Vec<Duration>, q: f64) -> Duration {
@@ -78,16 +56,18 @@ struct Class {
 }
 
 pub fn run(args: ImagesArgs) -> Result<()> {
-    if cfg!(debug_assertions) {
-        // In-process figures need an optimised engine: run this bench from a release build.
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["run", "--quiet", "--release", "-p", "xtask", "--", "bench", "images"])
-            .args(["--store".as_ref(), args.store.as_os_str()])
-            .args(["--per-class", &args.per_class.to_string()])
-            .args(["--reps", &args.reps.to_string()])
-            .status()?;
-        anyhow::ensure!(status.success(), "the release bench failed");
-        return Ok(());
+    if let Some(done) = super::in_release(
+        "images",
+        &[
+            "--store".into(),
+            args.store.clone().into_os_string(),
+            "--per-class".into(),
+            args.per_class.to_string().into(),
+            "--reps".into(),
+            args.reps.to_string().into(),
+        ],
+    ) {
+        return done;
     }
     let library = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
     let environment = engine::environment(library.as_deref()).map_err(anyhow::Error::msg)?;
@@ -97,7 +77,7 @@ pub fn run(args: ImagesArgs) -> Result<()> {
     };
     let dir = std::env::temp_dir().join(format!("mm-bench-images-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let all = metas(&args)?;
+    let all = metas(&args.store)?;
     println!(
         "In-process, release build, one load at a time on this machine's 2 cores (nothing else of ours running). Store: {}. Compile = the model file read (page cache) and compiled natively, as a scorer without an image loads it; image = the image file opened and read into the model (checksum and structure check included), as a scorer with `images.dir` loads it after the first time. {} loads of each model each way; p50/p99 over all loads of the class. Peak heap = the Rust heap's high-water mark during an image load over the model's own heap.\n",
         args.store.display(),
@@ -107,14 +87,14 @@ pub fn run(args: ImagesArgs) -> Result<()> {
         "| class | models | file (mean) | image / file | image / model | compile p50 | compile p99 | image p50 | image p99 | speed-up (p50) | peak heap / model | answers differ |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    let classes: [(&str, Box<dyn Fn(&Meta) -> bool>); 4] = [
-        ("linear", Box::new(|m| m.tier == "linear")),
-        ("mid forests", Box::new(|m| m.tier == "mid")),
-        ("heavy forests", Box::new(|m| m.tier == "heavy")),
-        (
-            "heavy forests of 25-32 MB",
-            Box::new(|m| m.tier == "heavy" && m.bytes >= 25_000_000),
-        ),
+    type Pick = fn(&Meta) -> bool;
+    let classes: [(&str, Pick); 4] = [
+        ("linear", |m| m.tier == "linear"),
+        ("mid forests", |m| m.tier == "mid"),
+        ("heavy forests", |m| m.tier == "heavy"),
+        ("heavy forests of 25-32 MB", |m| {
+            m.tier == "heavy" && m.bytes >= 25_000_000
+        }),
     ];
     for (name, pick) in classes {
         let class: Vec<&Meta> = all.iter().filter(|m| pick(m)).collect();
@@ -203,8 +183,12 @@ fn measure(
     let from_image = from_image.context("at least one rep")?;
     let inputs = super::one_row_tensors(&meta.request);
     let selected: Vec<usize> = (0..compiled.outputs.len()).collect();
-    let a = compiled.infer(inputs.clone(), &selected).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let b = from_image.infer(inputs, &selected).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let a = compiled
+        .infer(inputs.clone(), &selected)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let b = from_image
+        .infer(inputs, &selected)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     if format!("{a:?}") != format!("{b:?}") {
         figures.mismatches += 1;
     }

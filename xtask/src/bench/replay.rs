@@ -132,7 +132,8 @@ fn peak_rss(pid: u32) -> u64 {
     status_bytes(&pid.to_string(), "VmHWM")
 }
 
-/// Sends the trace with `concurrency` closed-loop clients until it ends or `limit` passes.
+/// Sends the trace (indices into `entries`) with `concurrency` closed-loop clients until
+/// it ends or `limit` passes.
 fn send_trace(
     addr: &str,
     trace: &[u32],

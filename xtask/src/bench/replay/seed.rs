@@ -30,8 +30,8 @@ use manymodels_tests::ScorerProcess;
 use manymodels_tests::cgroup::MemoryCgroup;
 use serde_json::{Value, json};
 
-use super::super::{Job, Outcome, drive, percentile, rss_bound, totals};
-use super::{Entry, ReplayArgs};
+use super::super::{Outcome, percentile, rss_bound, totals};
+use super::{Entry, ReplayArgs, send_trace};
 use crate::setup;
 
 const MIB: u64 = 1 << 20;
@@ -120,14 +120,7 @@ struct Pool {
 }
 
 fn start_pool(args: &ReplayArgs, store: &Path, budget: u64, images: &Path) -> Result<Pool> {
-    setup::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "manymodels-scorer",
-        "-p",
-        "manymodels-proxy",
-    ])?;
+    setup::release_servers()?;
     let mut scorers = Vec::new();
     let mut groups = Vec::new();
     for (i, port) in SCORER_PORTS.iter().enumerate() {
@@ -168,22 +161,6 @@ fn start_pool(args: &ReplayArgs, store: &Path, budget: u64, images: &Path) -> Re
         groups,
         proxy,
     })
-}
-
-fn send(addr: &str, order: &[u32], entries: &[Entry], args: &ReplayArgs) -> Result<Outcome> {
-    drive(
-        addr,
-        args.concurrency,
-        Duration::from_secs(args.seconds),
-        |i| {
-            let entry = &entries[*order.get(i)? as usize];
-            Some(Job {
-                path: format!("/v2/models/{}/infer", entry.id),
-                body: &entry.body,
-                due: None,
-            })
-        },
-    )
 }
 
 /// Samples every scorer's residents / budget every 250 ms while `work` runs; returns
@@ -239,8 +216,9 @@ fn run_pool(
 ) -> Result<Run> {
     let pool = start_pool(args, store, budget, images)?;
     let idle: Vec<u64> = pool.scorers.iter().map(|s| s.rss_bytes()).collect();
+    let limit = Duration::from_secs(args.seconds);
     let (outcome, fill) = sampling(&pool.scorers, || {
-        send(pool.proxy.addr(), trace, entries, args)
+        send_trace(pool.proxy.addr(), trace, entries, args.concurrency, limit)
     });
     let outcome = outcome?;
     let [hits, misses, loads, image_loads, load_seconds] = totals(
@@ -340,18 +318,12 @@ pub(super) fn run(
             .fold(f64::INFINITY, f64::min);
         let pool = start_pool(args, store, budget_for(largest), &images)?;
         let started = Instant::now();
-        let outcome = drive(
+        let outcome = send_trace(
             pool.proxy.addr(),
+            &first_touch,
+            entries,
             args.concurrency,
             Duration::from_secs(args.seconds * 4),
-            |i| {
-                let entry = &entries[*first_touch.get(i)? as usize];
-                Some(Job {
-                    path: format!("/v2/models/{}/infer", entry.id),
-                    body: &entry.body,
-                    due: None,
-                })
-            },
         )?;
         let [written, compile_seconds] = totals(
             &pool.scorers,

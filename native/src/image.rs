@@ -277,17 +277,52 @@ fn write_model(w: &mut Writer, m: &Model) {
     }
 }
 
-fn write_core<T: Num + Plain>(w: &mut Writer, c: &Core<T>)
+/// The number types of tree ensembles, and how their leaf weights are imaged: `f32`
+/// weights are plain 8-byte records read in place; `f64` ones have padding, so they go as
+/// two columns.
+trait Imaged: Num + Plain {
+    fn write_weights(w: &mut Writer, weights: &[Weight<Self>]);
+    fn read_weights<R: Read>(r: &mut Reader<'_, R>) -> Result<Vec<Weight<Self>>, ImageError>;
+}
+
+impl Imaged for f32 {
+    fn write_weights(w: &mut Writer, weights: &[Weight<f32>]) {
+        w.plain(weights);
+    }
+    fn read_weights<R: Read>(r: &mut Reader<'_, R>) -> Result<Vec<Weight<f32>>, ImageError> {
+        r.plain()
+    }
+}
+
+impl Imaged for f64 {
+    fn write_weights(w: &mut Writer, weights: &[Weight<f64>]) {
+        let targets: Vec<u32> = weights.iter().map(|x| x.target).collect();
+        let values: Vec<f64> = weights.iter().map(|x| x.value).collect();
+        w.plain(&targets);
+        w.plain(&values);
+    }
+    fn read_weights<R: Read>(r: &mut Reader<'_, R>) -> Result<Vec<Weight<f64>>, ImageError> {
+        let targets = r.plain::<u32>()?;
+        let values = r.plain::<f64>()?;
+        if targets.len() != values.len() {
+            return Err(corrupt("weight columns of different lengths"));
+        }
+        Ok(targets
+            .into_iter()
+            .zip(values)
+            .map(|(target, value)| Weight { target, value })
+            .collect())
+    }
+}
+
+fn write_core<T: Imaged>(w: &mut Writer, c: &Core<T>)
 where
     Node<T>: Plain,
 {
     let t = &c.trees;
     w.plain(&t.nodes);
     w.plain(&t.roots);
-    let targets: Vec<u32> = t.weights.iter().map(|x| x.target).collect();
-    let values: Vec<T> = t.weights.iter().map(|x| x.value).collect();
-    w.plain(&targets);
-    w.plain(&values);
+    T::write_weights(w, &t.weights);
     w.plain(&t.base_values);
     w.u32(t.max_feature);
     w.u8(match c.aggregate {
@@ -488,7 +523,7 @@ impl<R: Read> Reader<'_, R> {
         let n = self.count(8)?;
         (0..n).map(|_| self.str()).collect()
     }
-    fn plain<T: Plain + Default>(&mut self) -> Result<Vec<T>, ImageError> {
+    fn plain<T: Plain>(&mut self) -> Result<Vec<T>, ImageError> {
         let n = self.count(size_of::<T>())?;
         self.take((n * size_of::<T>()) as u64)?;
         let v: Vec<T> =
@@ -597,22 +632,13 @@ fn read_model<R: Read>(r: &mut Reader<'_, R>) -> Result<Model, ImageError> {
     })
 }
 
-fn read_core<T: Num + Plain, R: Read>(r: &mut Reader<'_, R>) -> Result<Core<T>, ImageError>
+fn read_core<T: Imaged, R: Read>(r: &mut Reader<'_, R>) -> Result<Core<T>, ImageError>
 where
-    Node<T>: Plain + Default,
+    Node<T>: Plain,
 {
     let nodes = r.plain::<Node<T>>()?;
     let roots = r.plain::<u32>()?;
-    let targets = r.plain::<u32>()?;
-    let values = r.plain::<T>()?;
-    if targets.len() != values.len() {
-        return Err(corrupt("weight columns of different lengths"));
-    }
-    let weights = targets
-        .into_iter()
-        .zip(values)
-        .map(|(target, value)| Weight { target, value })
-        .collect();
+    let weights = T::read_weights(r)?;
     let base_values = r.plain::<T>()?;
     let max_feature = r.u32()?;
     let aggregate = match r.u8()? {
@@ -779,15 +805,33 @@ fn check_core<T: Num>(c: &Core<T>) -> Result<(), String> {
             return Err(format!("{labels} labels for {} classes", c.n_targets));
         }
     }
-    if t.roots.iter().any(|&r| r as usize >= n) {
+    if n > u32::MAX as usize - 1 || t.roots.iter().any(|&r| r as usize >= n) {
         return Err("a root outside the nodes".into());
     }
     let leaf = Mode::Leaf as u8;
     let weights = t.weights.len() as u64;
+    let multi = c.n_targets > 1;
+    // One pass without early exits (the compiler keeps it branch-free); only a model that
+    // fails it is walked again to say where.
+    // Bitwise `|` and `&`, not `||` and `&&`, and one unsigned comparison for "the other
+    // child lies after this node and inside the array": no branch per node.
+    let mut bad = false;
+    let (n32, max_feature) = (n as u32, t.max_feature);
+    for (i, node) in (0u32..).zip(t.nodes.iter()) {
+        let mode = node.mode();
+        let is_leaf = mode == leaf;
+        let child_ok = node.index.wrapping_sub(i + 1) < n32 - i - 1;
+        let split_ok = child_ok & (node.low() <= max_feature) & (mode < leaf);
+        let leaf_ok = !multi | (u64::from(node.index) + u64::from(node.low()) <= weights);
+        bad |= !((is_leaf & leaf_ok) | (!is_leaf & split_ok));
+    }
+    if !bad {
+        return check_targets(c);
+    }
     for (i, node) in t.nodes.iter().enumerate() {
         let mode = node.mode();
         if mode == leaf {
-            if c.n_targets > 1 && u64::from(node.index) + u64::from(node.low()) > weights {
+            if multi && u64::from(node.index) + u64::from(node.low()) > weights {
                 return Err(format!("leaf {i}'s weights outside the weights"));
             }
         } else if mode > leaf {
@@ -799,7 +843,15 @@ fn check_core<T: Num>(c: &Core<T>) -> Result<(), String> {
             }
         }
     }
-    if t.weights.iter().any(|w| w.target as usize >= c.n_targets) {
+    check_targets(c)
+}
+
+fn check_targets<T: Num>(c: &Core<T>) -> Result<(), String> {
+    if c.trees
+        .weights
+        .iter()
+        .any(|w| w.target as usize >= c.n_targets)
+    {
         return Err("a weight for a target past the outputs".into());
     }
     Ok(())

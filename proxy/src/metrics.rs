@@ -36,6 +36,10 @@ pub struct Metrics {
     /// `cache_hits / (cache_hits + cache_misses)`.
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
+    /// Statistics pushes sent to scorers (one per scorer per round, failed ones included),
+    /// and the bytes of their bodies: bytes per push is `stats_push_bytes / stats_pushes`.
+    pub stats_pushes: IntCounter,
+    pub stats_push_bytes: IntCounter,
     /// Statistics pushes to scorers that failed (unreachable, timed out, not 200).
     pub stats_push_failures: IntCounter,
     pub pool_size: IntGauge,
@@ -90,6 +94,14 @@ impl Metrics {
             cache_misses: registry.counter(
                 "mm_proxy_scorer_cache_misses_total",
                 "Model answers a scorer had to load for.",
+            ),
+            stats_pushes: registry.counter(
+                "mm_proxy_stats_pushes_total",
+                "Statistics pushes sent to scorers, failed ones included.",
+            ),
+            stats_push_bytes: registry.counter(
+                "mm_proxy_stats_push_bytes_total",
+                "Bytes of the statistics push bodies sent to scorers.",
             ),
             stats_push_failures: registry.counter(
                 "mm_proxy_stats_push_failures_total",

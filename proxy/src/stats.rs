@@ -352,6 +352,8 @@ impl Pusher {
             };
             async move {
                 let body = serde_json::to_vec(&report).unwrap_or_default();
+                self.metrics.stats_pushes.inc();
+                self.metrics.stats_push_bytes.inc_by(body.len() as u64);
                 let mut headers = vec![("Content-Type", "application/json")];
                 if let Some(authorization) = self.pool.authorization.as_deref() {
                     headers.push(("Authorization", authorization));

@@ -140,6 +140,14 @@ async fn a_scorer_with_a_pool_key_refuses_key_less_calls_and_the_proxy_sends_the
         "{}",
         proxy.logs()
     );
+    // Every push is counted with its body's bytes (at least the proxy's instance id).
+    let pushes = proxy_metrics.get("mm_proxy_stats_pushes_total");
+    assert!(pushes >= 2.0, "{pushes} pushes counted");
+    assert!(
+        proxy_metrics.get("mm_proxy_stats_push_bytes_total") >= 40.0 * pushes,
+        "{} bytes in {pushes} pushes",
+        proxy_metrics.get("mm_proxy_stats_push_bytes_total")
+    );
     // The scorer never saw the client's key: a direct call with it is refused.
     assert_eq!(
         call(&client, "POST", &infer, Some("client-1"), Some(&body))

@@ -176,6 +176,7 @@ impl<T> Node<T> {
 }
 
 #[derive(Debug, Clone, Copy)]
+#[repr(C)]
 pub(crate) struct Weight<T> {
     pub(crate) target: u32,
     pub(crate) value: T,

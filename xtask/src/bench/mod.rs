@@ -12,12 +12,14 @@ mod drain;
 mod engines;
 mod hot;
 mod hot_under_load;
+mod images;
 mod import;
 mod load;
 mod memory;
 mod policy;
 mod protocols;
 mod proxy;
+mod proxy_ids;
 mod replay;
 mod sim_replay;
 mod stats;
@@ -74,6 +76,9 @@ pub enum Bench {
         #[arg(long, default_value_t = 32)]
         connections: usize,
     },
+    /// The proxy at many model ids (1,000 and 100,000 in one run): its RSS, CPU per
+    /// request, statistics push size, hot table and tracked ids through a real pool.
+    ProxyIds(proxy_ids::ProxyIdsArgs),
     /// The autoscaling signal (working set against the budget) over a simulated replay
     /// whose traffic doubles, beside the pool hit ratio.
     Autoscale(autoscale::AutoscaleArgs),
@@ -92,6 +97,9 @@ pub enum Bench {
     /// The native engine against ONNX Runtime per model size class: load time, resident
     /// bytes, peak memory during a load, hot-hit latency.
     Engines(engines::EnginesArgs),
+    /// A miss with and without a native image, per model class: compile against image
+    /// load, image sizes, the heap during an image load.
+    Images(images::ImagesArgs),
     /// The offline cache simulator: the scorer's policy against LRU, moka's W-TinyLFU and
     /// Belady on generated many-model traces.
     Policy(policy::SimArgs),
@@ -151,12 +159,14 @@ pub fn run(which: Bench) -> Result<()> {
             seconds,
             connections,
         } => proxy::run(seconds, connections),
+        Bench::ProxyIds(args) => proxy_ids::run(args),
         Bench::Autoscale(args) => autoscale::run(args),
         Bench::Drain(args) => drain::run(args),
         Bench::Protocols(args) => protocols::run(args),
         Bench::Replay(args) => replay::run(args),
         Bench::SimReplay(args) => sim_replay::run(args),
         Bench::Engines(args) => engines::run(args),
+        Bench::Images(args) => images::run(args),
         Bench::Stats { ids, requests } => stats::run(ids, requests),
         Bench::Swap { publishes, rate } => swap::run(publishes, rate),
     }
@@ -323,6 +333,33 @@ pub(crate) fn drive<'a>(
 /// `cache.budget` × 1.1 plus 64 MiB.
 pub(crate) fn rss_bound(idle: u64, budget: u64) -> u64 {
     idle + budget * 11 / 10 + (64 << 20)
+}
+
+/// In a debug build, runs `cargo xtask bench <bench> <args>` again from a release build
+/// (in-process figures need an optimised engine) and returns its outcome; `None` in a
+/// release build, which measures itself.
+pub(crate) fn in_release(bench: &str, args: &[std::ffi::OsString]) -> Option<Result<()>> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "xtask",
+            "--",
+            "bench",
+            bench,
+        ])
+        .args(args)
+        .status();
+    Some(match status {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(anyhow::anyhow!("the release bench failed: {status}")),
+        Err(e) => Err(e.into()),
+    })
 }
 
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {

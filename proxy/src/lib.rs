@@ -75,7 +75,7 @@ pub fn run(config: ProxyConfig) -> ! {
     // The drain hand-off: the health check marks draining scorers, routing reads them.
     let mut pool = Pool::new(
         lb,
-        config.hot_ttl,
+        pool::HotTable::new(config.hot_ttl, config.hot_max_models),
         config.eject_for,
         admission.draining.clone(),
     );

@@ -84,6 +84,11 @@ pub const KEYS: &[KeyDoc] = &[
         "How long a scorer counts as holding a model after it last answered for it.",
     ),
     doc(
+        "routing.hot_max_models",
+        "32768",
+        "Most models the hot table (which scorers hold which model, from their answers) remembers; past it the least recently answered are forgotten and routed to their owner, so the proxy's memory does not grow with the number of ids in traffic (about 450 bytes a model).",
+    ),
+    doc(
         "replication.threshold",
         "200",
         "Requests per second on one model above which it is also warmed on the second-ranked scorer and spread over both; 0 disables.",

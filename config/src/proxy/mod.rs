@@ -48,6 +48,8 @@ pub struct ProxyConfig {
     pub drain_handoff: bool,
     /// `routing.hot_ttl`.
     pub hot_ttl: Duration,
+    /// `routing.hot_max_models`.
+    pub hot_max_models: usize,
     /// `replication.threshold`, in requests per second; `None` (0) disables replication.
     pub replication_threshold: Option<f64>,
     /// `stats.push_interval`; `None` (0): statistics are kept but not pushed.

@@ -54,6 +54,7 @@ struct RawRouting {
     min_inflight: usize,
     drain_handoff: bool,
     hot_ttl: HumanDuration,
+    hot_max_models: usize,
 }
 
 #[derive(Deserialize)]
@@ -148,6 +149,8 @@ impl Raw {
             min_inflight: self.routing.min_inflight,
             drain_handoff: self.routing.drain_handoff,
             hot_ttl: self.routing.hot_ttl.0,
+            hot_max_models: at_least_one("routing.hot_max_models", self.routing.hot_max_models)?
+                .get(),
             replication_threshold: (self.replication.threshold > 0.0)
                 .then_some(self.replication.threshold),
             stats_push_interval: (!self.stats.push_interval.0.is_zero())

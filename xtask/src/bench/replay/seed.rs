@@ -140,8 +140,9 @@ fn start_pool(args: &ReplayArgs, store: &Path, budget: u64, images: &Path) -> Re
                 "images.dir={}",
                 images.join(format!("scorer-{i}")).display()
             ),
-            // The chart's image directory bound (4 GiB): the shared runs keep every image.
-            "images.max_bytes=4GiB".to_string(),
+            // Room for every image of the trace (the runs share them; the chart's default
+            // is 4 GiB a scorer).
+            "images.max_bytes=16GiB".to_string(),
         ];
         scorers.push(ScorerProcess::start_on_in(
             *port,
@@ -309,14 +310,10 @@ pub(super) fn run(
     let budget_for =
         |ratio: f64| -> u64 { ((working_set as f64 / (3.0 * ratio)).ceil() as u64).max(32 * MIB) };
     // Warm-up: every model of the trace once, so each owner compiles it and writes its
-    // image (at the all-fits budget, so nothing is compiled twice).
+    // image (at the smallest budget: only the images are kept).
     {
-        let largest = args
-            .overcommit
-            .iter()
-            .copied()
-            .fold(f64::INFINITY, f64::min);
-        let pool = start_pool(args, store, budget_for(largest), &images)?;
+        let smallest = args.overcommit.iter().copied().fold(0.0, f64::max);
+        let pool = start_pool(args, store, budget_for(smallest), &images)?;
         let started = Instant::now();
         let outcome = send_trace(
             pool.proxy.addr(),

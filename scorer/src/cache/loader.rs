@@ -27,14 +27,26 @@ pub struct LoadThreads {
 }
 
 impl LoadThreads {
+    /// `threads` load threads at nice +10, for compiles and session creations.
     pub fn new(threads: usize) -> Self {
+        Self::with_nice(threads, "mm-load", LOAD_NICE)
+    }
+
+    /// `threads` threads at normal priority for loads from native images: a few
+    /// milliseconds at most, the same order as a batch of hits, so a miss is not left
+    /// waiting behind the hit traffic as a compile is on purpose.
+    pub fn for_images(threads: usize) -> Self {
+        Self::with_nice(threads, "mm-image", 0)
+    }
+
+    fn with_nice(threads: usize, name: &str, nice: i32) -> Self {
         let (sender, receiver) = channel::<Job>();
         let receiver = std::sync::Arc::new(Mutex::new(receiver));
         for i in 0..threads {
             let receiver = receiver.clone();
             std::thread::Builder::new()
-                .name(format!("mm-load-{i}"))
-                .spawn(move || work(&receiver))
+                .name(format!("{name}-{i}"))
+                .spawn(move || work(&receiver, nice))
                 .expect("a load thread starts");
         }
         LoadThreads {
@@ -88,8 +100,10 @@ impl LoadThreads {
     }
 }
 
-fn work(jobs: &Mutex<Receiver<Job>>) {
-    lower_priority();
+fn work(jobs: &Mutex<Receiver<Job>>, nice: i32) {
+    if nice != 0 {
+        lower_priority(nice);
+    }
     loop {
         // An error means the pool was dropped.
         let Ok(job) = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv() else {
@@ -101,19 +115,19 @@ fn work(jobs: &Mutex<Receiver<Job>>) {
 }
 
 #[cfg(target_os = "linux")]
-fn lower_priority() {
+fn lower_priority(nice: i32) {
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
     // SAFETY: setpriority on our own thread id only changes this thread's niceness (Linux
     // applies PRIO_PROCESS to a single thread).
-    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, LOAD_NICE) };
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
     if result != 0 {
         tracing::warn!(error = %std::io::Error::last_os_error(), "could not lower a load thread's priority");
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
+fn lower_priority(_nice: i32) {}
 
 /// CPU seconds the calling thread has used.
 pub fn thread_cpu_seconds() -> f64 {
@@ -203,6 +217,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(nice, LOAD_NICE);
+        // Image loads run at normal priority.
+        let images = LoadThreads::for_images(1);
+        let (nice, _) = images.run(true, own_nice).await.unwrap();
+        assert_eq!(nice, 0);
         assert!((0.03..0.5).contains(&cpu), "{cpu}");
         // A sleeping load costs (almost) no CPU: waiting is not work.
         let ((), idle) = threads

@@ -207,6 +207,8 @@ pub struct ModelCache {
     engines: Engines,
     ledger: Arc<Ledger>,
     loads: LoadThreads,
+    /// Loads from native images: the same slots (`load_slots`), normal priority.
+    image_loads: LoadThreads,
     inflight: Mutex<HashMap<ModelKey, LoadCell>>,
     /// Requests waiting for loads (`cache.max_waiting`, `cache.max_waiting_per_model`).
     waiting: Mutex<Waiting>,
@@ -270,6 +272,7 @@ impl ModelCache {
                 metrics: metrics.clone(),
             }),
             loads: LoadThreads::new(config.max_concurrent_loads.get()),
+            image_loads: LoadThreads::for_images(config.max_concurrent_loads.get()),
             inflight: Mutex::new(HashMap::new()),
             waiting: Mutex::new(Waiting::default()),
             live: Mutex::new(HashMap::new()),
@@ -582,7 +585,7 @@ impl ModelCache {
         let engines = self.engines;
         let (id, version, tag) = (key.id.clone(), key.version, tag.to_string());
         let (loaded, cpu, reservation) = self
-            .loads
+            .image_loads
             .run_holding(false, reservation, move || {
                 let mut reader = std::io::BufReader::with_capacity(64 << 10, file);
                 let loaded = engines.load_image(id.clone(), version, &mut reader, len, &tag);

@@ -71,6 +71,10 @@ pub struct ReplayArgs {
     /// limit (192 MiB + budget × 1.1).
     #[arg(long)]
     cgroup: bool,
+    /// With `--overcommit`: also run pools at these ratios without native images (every
+    /// miss compiles its ONNX file, as before images), in the same run.
+    #[arg(long, value_delimiter = ',')]
+    without_images: Vec<f64>,
 }
 
 /// One model of the store's manifest.

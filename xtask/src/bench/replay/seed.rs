@@ -119,7 +119,9 @@ struct Pool {
     proxy: manymodels_tests::ProxyProcess,
 }
 
-fn start_pool(args: &ReplayArgs, store: &Path, budget: u64, images: &Path) -> Result<Pool> {
+/// A pool at `budget` a scorer; `images`: the scorers' image directories' parent, or
+/// `None` for a pool without images (every miss compiles its file, as before images).
+fn start_pool(args: &ReplayArgs, store: &Path, budget: u64, images: Option<&Path>) -> Result<Pool> {
     setup::release_servers()?;
     let mut scorers = Vec::new();
     let mut groups = Vec::new();
@@ -132,18 +134,20 @@ fn start_pool(args: &ReplayArgs, store: &Path, budget: u64, images: &Path) -> Re
         } else {
             None
         };
-        let sets = [
+        let mut sets = vec![
             format!("store.path={}", store.display()),
             "log.level=warn".to_string(),
             format!("cache.budget={budget}"),
-            format!(
+        ];
+        if let Some(images) = images {
+            sets.push(format!(
                 "images.dir={}",
                 images.join(format!("scorer-{i}")).display()
-            ),
+            ));
             // Room for every image of the trace (the runs share them; the chart's default
             // is 4 GiB a scorer).
-            "images.max_bytes=16GiB".to_string(),
-        ];
+            sets.push("images.max_bytes=16GiB".to_string());
+        }
         scorers.push(ScorerProcess::start_on_in(
             *port,
             &sets,
@@ -211,7 +215,7 @@ fn run_pool(
     store: &Path,
     label: String,
     budget: u64,
-    images: &Path,
+    images: Option<&Path>,
     trace: &[u32],
     entries: &[Entry],
 ) -> Result<Run> {
@@ -313,7 +317,7 @@ pub(super) fn run(
     // image (at the smallest budget: only the images are kept).
     {
         let smallest = args.overcommit.iter().copied().fold(0.0, f64::max);
-        let pool = start_pool(args, store, budget_for(smallest), &images)?;
+        let pool = start_pool(args, store, budget_for(smallest), Some(&images))?;
         let started = Instant::now();
         let outcome = send_trace(
             pool.proxy.addr(),
@@ -344,7 +348,19 @@ pub(super) fn run(
             store,
             format!("working set {ratio}x memory"),
             budget,
-            &images,
+            Some(&images),
+            trace,
+            entries,
+        )?);
+    }
+    // The same pools without images, in the same run: what a miss cost before them.
+    for &ratio in &args.without_images {
+        runs.push(run_pool(
+            args,
+            store,
+            format!("working set {ratio}x memory, no images"),
+            budget_for(ratio),
+            None,
             trace,
             entries,
         )?);

@@ -587,7 +587,8 @@ impl ModelCache {
         let (loaded, cpu, reservation) = self
             .image_loads
             .run_holding(false, reservation, move || {
-                let mut reader = std::io::BufReader::with_capacity(64 << 10, file);
+                let mut reader =
+                    std::io::BufReader::with_capacity((len as usize).min(64 << 10), file);
                 let loaded = engines.load_image(id.clone(), version, &mut reader, len, &tag);
                 if loaded.is_err() {
                     images.remove(&id, version);

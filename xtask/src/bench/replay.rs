@@ -402,7 +402,7 @@ pub fn run(mut args: ReplayArgs) -> Result<()> {
     .collect();
     let store_bytes: u64 = walk_bytes(&args.store)?;
     println!(
-        "store: {} ({} models, {:.2} GB of ONNX); trace: {shape}, {} requests, seed {}; {} closed-loop clients; at most {} s per server; scorer budget {} each",
+        "store: {} ({} models, {:.2} GB of ONNX); trace: {shape}, {} requests, seed {}; {} closed-loop clients; at most {} s per server; {}",
         args.store.display(),
         entries.len(),
         store_bytes as f64 / 1e9,
@@ -410,7 +410,11 @@ pub fn run(mut args: ReplayArgs) -> Result<()> {
         args.seed,
         args.concurrency,
         args.seconds,
-        args.budget
+        if args.overcommit.is_empty() {
+            format!("scorer budget {} each", args.budget)
+        } else {
+            "scorer budgets from the working set (below)".to_string()
+        }
     );
     println!("Every process (servers, client) shares this machine's 2 cores.\n");
     let mut rows = Vec::new();

@@ -27,6 +27,14 @@ impl LocalStore {
         LocalStore { root }
     }
 
+    /// `<root>/<id>/<version>/model.onnx`.
+    fn model_file(&self, id: &ModelId, version: u64) -> PathBuf {
+        self.root
+            .join(id.as_str())
+            .join(version.to_string())
+            .join(MODEL_FILE)
+    }
+
     /// The bytes of `<id>/<name>` (the alias or the canary), `None` when it is absent.
     async fn read_small(&self, id: &ModelId, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.root.join(id.as_str()).join(name);
@@ -126,11 +134,7 @@ impl ModelStore for LocalStore {
     }
 
     async fn read(&self, id: &ModelId, version: u64) -> Result<Bytes, StoreError> {
-        let path = self
-            .root
-            .join(id.as_str())
-            .join(version.to_string())
-            .join(MODEL_FILE);
+        let path = self.model_file(id, version);
         match tokio::fs::read(&path).await {
             Ok(bytes) => Ok(Bytes::from(bytes)),
             Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::NotFound),
@@ -140,11 +144,7 @@ impl ModelStore for LocalStore {
 
     async fn source_tag(&self, id: &ModelId, version: u64) -> Result<String, StoreError> {
         use std::os::unix::fs::MetadataExt;
-        let path = self
-            .root
-            .join(id.as_str())
-            .join(version.to_string())
-            .join(MODEL_FILE);
+        let path = self.model_file(id, version);
         match tokio::fs::metadata(&path).await {
             Ok(meta) => Ok(format!(
                 "local:{}:{}.{:09}:{}",
@@ -159,11 +159,7 @@ impl ModelStore for LocalStore {
     }
 
     async fn digest(&self, id: &ModelId, version: u64) -> Result<Digest, StoreError> {
-        let path = self
-            .root
-            .join(id.as_str())
-            .join(version.to_string())
-            .join(MODEL_FILE);
+        let path = self.model_file(id, version);
         // Hashing a large file takes a while: on a blocking thread, never a tokio worker.
         tokio::task::spawn_blocking(move || match std::fs::File::open(&path) {
             Ok(file) => {

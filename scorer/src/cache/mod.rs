@@ -581,6 +581,13 @@ impl ModelCache {
         let Some((file, len)) = images.open_image(&key.id, key.version) else {
             return Ok(None);
         };
+        if !self.state().fits(len) {
+            // No model that fits the budget has an image this large: a damaged file. The
+            // compile decides whether the model itself fits (a 507 is the file's to give).
+            images.remove(&key.id, key.version);
+            self.metrics.images.with_label_values(&["corrupt"]).inc();
+            return Ok(None);
+        }
         let reservation = self.reserve(key, Phase::Image, len).await?;
         let engines = self.engines;
         let (id, version, tag) = (key.id.clone(), key.version, tag.to_string());

@@ -233,6 +233,19 @@ async fn a_damaged_or_stale_image_falls_back_to_compiling_the_file() {
         assert_eq!(image_events(&router, "corrupt").await, corrupt, "{what}");
         assert_eq!(std::fs::read(&path).unwrap(), good, "{what}: rewritten");
     }
+    // An image larger than the whole budget is damage, not a model too large to serve:
+    // the file is compiled (and fits), no 507.
+    {
+        let (_small, small_router) = scorer_for(store.path(), |c| {
+            c.images.dir = Some(images.path().to_path_buf());
+            c.cache.budget = ByteSize(good.len() as u64 * 4);
+        });
+        std::fs::write(&path, vec![0u8; good.len() * 8]).unwrap();
+        let body = infer_reference(&small_router, id).await.ok();
+        assert_outputs_match(&body, &reference(id), TOLERANCE);
+        assert_eq!(image_events(&small_router, "corrupt").await, 1.0);
+        assert_eq!(std::fs::read(&path).unwrap(), good, "rewritten");
+    }
     let loaded = image_events(&router, "loaded").await;
     reload_and_check(&router, id, "repaired").await;
     assert_eq!(image_events(&router, "loaded").await, loaded + 1.0);

@@ -208,32 +208,44 @@ impl Writer {
     }
 }
 
-fn elem_code(e: Elem) -> u8 {
-    match e {
-        Elem::F32 => 0,
-        Elem::F64 => 1,
-        Elem::I32 => 2,
-        Elem::I64 => 3,
-        Elem::Bool => 4,
-        Elem::Str => 5,
-    }
-}
+/// Each enum's code in an image is its index in one table, read and written alike.
+const ELEMS: [Elem; 6] = [
+    Elem::F32,
+    Elem::F64,
+    Elem::I32,
+    Elem::I64,
+    Elem::Bool,
+    Elem::Str,
+];
+const POSTS: [PostTransform; 5] = [
+    PostTransform::None,
+    PostTransform::Logistic,
+    PostTransform::Softmax,
+    PostTransform::SoftmaxZero,
+    PostTransform::Probit,
+];
+const AGGREGATES: [Aggregate; 4] = [
+    Aggregate::Sum,
+    Aggregate::Average,
+    Aggregate::Min,
+    Aggregate::Max,
+];
+const NORMS: [Norm; 3] = [Norm::Max, Norm::L1, Norm::L2];
+const ARITHS: [Arith; 4] = [Arith::Add, Arith::Sub, Arith::Mul, Arith::Div];
 
-fn post_code(p: PostTransform) -> u8 {
-    match p {
-        PostTransform::None => 0,
-        PostTransform::Logistic => 1,
-        PostTransform::Softmax => 2,
-        PostTransform::SoftmaxZero => 3,
-        PostTransform::Probit => 4,
-    }
+/// `value`'s code: its index in `table` (every variant is listed).
+fn code<T: PartialEq>(table: &[T], value: &T) -> u8 {
+    table
+        .iter()
+        .position(|t| t == value)
+        .expect("every variant is in its table") as u8
 }
 
 fn write_ports(w: &mut Writer, ports: &[Port]) {
     w.len(ports.len());
     for p in ports {
         w.str(&p.name);
-        w.u8(elem_code(p.elem));
+        w.u8(code(&ELEMS, &p.elem));
         w.plain(&p.shape);
         w.u8(u8::from(p.zipmap));
     }
@@ -325,13 +337,8 @@ where
     T::write_weights(w, &t.weights);
     w.plain(&t.base_values);
     w.u32(t.max_feature);
-    w.u8(match c.aggregate {
-        Aggregate::Sum => 0,
-        Aggregate::Average => 1,
-        Aggregate::Min => 2,
-        Aggregate::Max => 3,
-    });
-    w.u8(post_code(c.post));
+    w.u8(code(&AGGREGATES, &c.aggregate));
+    w.u8(code(&POSTS, &c.post));
     w.len(c.n_targets);
     match &c.classes {
         None => w.u8(0),
@@ -358,7 +365,7 @@ fn write_linear(w: &mut Writer, l: &Linear) {
     w.plain(&l.intercepts);
     w.len(l.outputs);
     w.len(l.features);
-    w.u8(post_code(l.post));
+    w.u8(code(&POSTS, &l.post));
     match &l.labels {
         None => w.u8(0),
         Some(linear::Labels::Int(v)) => {
@@ -370,7 +377,7 @@ fn write_linear(w: &mut Writer, l: &Linear) {
             w.strings(v);
         }
     }
-    w.u8(elem_code(l.input));
+    w.u8(code(&ELEMS, &l.input));
 }
 
 fn write_glue(w: &mut Writer, g: &Glue) {
@@ -378,7 +385,7 @@ fn write_glue(w: &mut Writer, g: &Glue) {
         Glue::Identity => w.u8(0),
         Glue::Cast(e) => {
             w.u8(1);
-            w.u8(elem_code(*e));
+            w.u8(code(&ELEMS, e));
         }
         Glue::ZipMap { columns } => {
             w.u8(2);
@@ -386,11 +393,7 @@ fn write_glue(w: &mut Writer, g: &Glue) {
         }
         Glue::Normalizer(n) => {
             w.u8(3);
-            w.u8(match n {
-                Norm::Max => 0,
-                Norm::L1 => 1,
-                Norm::L2 => 2,
-            });
+            w.u8(code(&NORMS, n));
         }
         Glue::Extract { indices } => {
             w.u8(4);
@@ -406,12 +409,7 @@ fn write_glue(w: &mut Writer, g: &Glue) {
             constant_first,
         } => {
             w.u8(6);
-            w.u8(match kind {
-                Arith::Add => 0,
-                Arith::Sub => 1,
-                Arith::Mul => 2,
-                Arith::Div => 3,
-            });
+            w.u8(code(&ARITHS, kind));
             match constant {
                 Constant::F32(v) => {
                     w.u8(0);
@@ -537,26 +535,13 @@ impl<R: Read> Reader<'_, R> {
             .map(|v| usize::try_from(v).map_err(|_| corrupt("an index past usize")))
             .collect()
     }
-    fn elem(&mut self) -> Result<Elem, ImageError> {
-        Ok(match self.u8()? {
-            0 => Elem::F32,
-            1 => Elem::F64,
-            2 => Elem::I32,
-            3 => Elem::I64,
-            4 => Elem::Bool,
-            5 => Elem::Str,
-            b => return Err(corrupt(format!("element type {b}"))),
-        })
-    }
-    fn post(&mut self) -> Result<PostTransform, ImageError> {
-        Ok(match self.u8()? {
-            0 => PostTransform::None,
-            1 => PostTransform::Logistic,
-            2 => PostTransform::Softmax,
-            3 => PostTransform::SoftmaxZero,
-            4 => PostTransform::Probit,
-            b => return Err(corrupt(format!("post transform {b}"))),
-        })
+    /// The `table` entry whose code comes next (`what` names it in the error).
+    fn coded<T: Copy>(&mut self, table: &[T], what: &str) -> Result<T, ImageError> {
+        let b = self.u8()?;
+        table
+            .get(usize::from(b))
+            .copied()
+            .ok_or_else(|| corrupt(format!("{what} {b}")))
     }
 }
 
@@ -567,7 +552,7 @@ fn read_ports<R: Read>(r: &mut Reader<'_, R>) -> Result<Vec<Port>, ImageError> {
         .map(|_| {
             Ok(Port {
                 name: r.str()?,
-                elem: r.elem()?,
+                elem: r.coded(&ELEMS, "element type")?,
                 shape: r.plain()?,
                 zipmap: r.bool()?,
             })
@@ -641,14 +626,8 @@ where
     let weights = T::read_weights(r)?;
     let base_values = r.plain::<T>()?;
     let max_feature = r.u32()?;
-    let aggregate = match r.u8()? {
-        0 => Aggregate::Sum,
-        1 => Aggregate::Average,
-        2 => Aggregate::Min,
-        3 => Aggregate::Max,
-        b => return Err(corrupt(format!("aggregate {b}"))),
-    };
-    let post = r.post()?;
+    let aggregate = r.coded(&AGGREGATES, "aggregate")?;
+    let post = r.coded(&POSTS, "post transform")?;
     let n_targets = r.usize()?;
     let classes = if r.bool()? {
         let labels = match r.u8()? {
@@ -685,42 +664,31 @@ fn read_linear<R: Read>(r: &mut Reader<'_, R>) -> Result<Linear, ImageError> {
         intercepts: r.plain()?,
         outputs: r.usize()?,
         features: r.usize()?,
-        post: r.post()?,
+        post: r.coded(&POSTS, "post transform")?,
         labels: match r.u8()? {
             0 => None,
             1 => Some(linear::Labels::Int(r.plain()?)),
             2 => Some(linear::Labels::Str(r.strings()?)),
             b => return Err(corrupt(format!("labels {b}"))),
         },
-        input: r.elem()?,
+        input: r.coded(&ELEMS, "element type")?,
     })
 }
 
 fn read_glue<R: Read>(r: &mut Reader<'_, R>) -> Result<Glue, ImageError> {
     Ok(match r.u8()? {
         0 => Glue::Identity,
-        1 => Glue::Cast(r.elem()?),
+        1 => Glue::Cast(r.coded(&ELEMS, "element type")?),
         2 => Glue::ZipMap {
             columns: r.usizes()?,
         },
-        3 => Glue::Normalizer(match r.u8()? {
-            0 => Norm::Max,
-            1 => Norm::L1,
-            2 => Norm::L2,
-            b => return Err(corrupt(format!("norm {b}"))),
-        }),
+        3 => Glue::Normalizer(r.coded(&NORMS, "norm")?),
         4 => Glue::Extract {
             indices: r.usizes()?,
         },
         5 => Glue::Reshape { shape: r.plain()? },
         6 => {
-            let kind = match r.u8()? {
-                0 => Arith::Add,
-                1 => Arith::Sub,
-                2 => Arith::Mul,
-                3 => Arith::Div,
-                b => return Err(corrupt(format!("arith {b}"))),
-            };
+            let kind = r.coded(&ARITHS, "arith")?;
             let constant = match r.u8()? {
                 0 => Constant::F32(r.plain()?),
                 1 => Constant::F64(r.plain()?),

@@ -378,16 +378,15 @@ async fn a_scorer_in_a_memory_cgroup_with_the_charts_limit_is_never_oom_killed()
         "the scorer's memory was charged to its cgroup: peak {}",
         usage.peak
     );
+    assert!(
+        usage.file > 0,
+        "the files the scorer read and wrote were charged to its cgroup"
+    );
     assert!(peak <= bound, "peak RSS {peak} over the bound {bound}");
     assert!(
         usage.anon <= bound,
         "anonymous memory {} over the bound {bound}",
         usage.anon
-    );
-    assert!(
-        usage.peak <= limit,
-        "usage {} past the limit {limit}",
-        usage.peak
     );
     drop(scorer);
 }

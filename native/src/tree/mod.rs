@@ -125,13 +125,13 @@ impl Mode {
     }
 }
 
-pub(crate) const MODE_MASK: u8 = 0x7;
+const MODE_MASK: u8 = 0x7;
 /// The most regression targets a model may declare.
 pub(crate) const MAX_TARGETS: usize = 1 << 16;
 const MISSING_TRUE: u8 = 0x8;
 /// On a split: its true child is the next node and `index` is the false child (set for
 /// trees kept in the file's order; the depth-first relayout puts the false child next).
-pub(crate) const TRUE_NEXT: u8 = 0x10;
+const TRUE_NEXT: u8 = 0x10;
 /// The low bits of `Node::word`: the feature of a split, the weight count of a leaf.
 pub(crate) const WORD_BITS: u32 = 27;
 const WORD_MASK: u32 = (1 << WORD_BITS) - 1;
@@ -143,7 +143,7 @@ const MAX_FEATURE: u32 = WORD_MASK;
 /// threshold, one child is the next node and `index` is the other (the true child unless
 /// the `TRUE_NEXT` flag is set), the word's low bits the feature. Leaves: `value` is the first weight, `index` the first of
 /// the word's count entries in `weights` (multi-output ensembles only).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 #[repr(C)]
 pub(crate) struct Node<T> {
     pub(crate) value: T,
@@ -170,7 +170,7 @@ impl<T> Node<T> {
     }
 
     #[inline(always)]
-    pub(crate) fn true_next(&self) -> bool {
+    fn true_next(&self) -> bool {
         (self.word >> WORD_BITS) as u8 & TRUE_NEXT != 0
     }
 }

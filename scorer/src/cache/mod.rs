@@ -667,31 +667,24 @@ impl ModelCache {
                 .map_err(ScorerError::Store)?;
             file_hold = held;
             cpu += seconds;
-            let mut reload = None;
-            if let Some(written) = written {
-                match written {
-                    Ok(written) => {
-                        self.metrics.images.with_label_values(&["written"]).inc();
-                        self.metrics
-                            .images
-                            .with_label_values(&["evicted"])
-                            .inc_by(written.evicted as u64);
-                        // The write is not the model's cost; what the next load of it
-                        // costs is reading its image.
-                        cpu -= written.cpu;
-                        reload = Some(image_load_seconds(written.bytes));
-                    }
-                    Err(error) => {
-                        tracing::warn!(model = %id, version, %error, "could not write the image");
-                    }
+            match written {
+                Some(Ok(written)) => {
+                    self.metrics.images.with_label_values(&["written"]).inc();
+                    self.metrics
+                        .images
+                        .with_label_values(&["evicted"])
+                        .inc_by(written.evicted as u64);
+                    // What the next load of this model costs is reading its image, not
+                    // the read and compile (and image write) just done.
+                    cpu = image_load_seconds(written.bytes);
                 }
+                Some(Err(error)) => {
+                    tracing::warn!(model = %id, version, %error, "could not write the image");
+                }
+                None => {}
             }
             match native.map_err(|message| invalid_model(id, version, message))? {
-                Native::Loaded(model) => {
-                    let (model, cpu, reservation) =
-                        self.fitting(key, *model, cpu.max(0.0), reservation)?;
-                    return Ok((model, reload.unwrap_or(cpu), reservation));
-                }
+                Native::Loaded(model) => return self.fitting(key, *model, cpu, reservation),
                 Native::Refused(why) => refusal = why,
             }
         }
@@ -785,15 +778,6 @@ impl ModelCache {
     }
 }
 
-/// The model file itself is at fault (422): ONNX Runtime refused it, or it failed the
-/// checks a new version must pass.
-/// What one image write did, and the load thread's CPU time it took.
-struct ImageWrite {
-    bytes: u64,
-    evicted: usize,
-    cpu: f64,
-}
-
 /// Writes `model`'s image (on the load thread that compiled it).
 fn write_image(
     images: &Images,
@@ -801,19 +785,13 @@ fn write_image(
     version: u64,
     model: &LoadedModel,
     tag: &str,
-) -> Result<ImageWrite, String> {
-    let started = loader::thread_cpu_seconds();
+) -> Result<crate::images::Written, String> {
     let image = model
         .image(tag)
         .ok_or_else(|| "the model's layout cannot be imaged".to_string())?;
-    let written = images
+    images
         .write(id, version, &image)
-        .map_err(|e| format!("{}: {e}", images.dir().display()))?;
-    Ok(ImageWrite {
-        bytes: written.bytes,
-        evicted: written.evicted,
-        cpu: loader::thread_cpu_seconds() - started,
-    })
+        .map_err(|e| format!("{}: {e}", images.dir().display()))
 }
 
 /// Seconds a load from an image of `bytes` costs: the policy's reload cost of a model
@@ -825,6 +803,8 @@ fn image_load_seconds(bytes: u64) -> f64 {
     FIXED + bytes as f64 * PER_BYTE
 }
 
+/// The model file itself is at fault (422): ONNX Runtime refused it, or it failed the
+/// checks a new version must pass.
 fn invalid_model(id: &ModelId, version: u64, message: String) -> ScorerError {
     ScorerError::Load(LoadError {
         id: id.to_string(),

@@ -70,6 +70,9 @@ pub struct Model {
     pub(crate) output_slots: Vec<usize>,
     /// Output slots named more than once (or also inputs): cloned, not moved, at the end.
     pub(crate) shared_outputs: Vec<bool>,
+    /// The image bytes this model's large arrays are served from, when it was loaded from
+    /// an image (`image`): counted once, in `heap_bytes`, whatever shares them.
+    pub(crate) backing: Option<std::sync::Arc<crate::memory::Backing>>,
 }
 
 /// What compiling a node needs to know about its inputs.
@@ -263,6 +266,7 @@ impl Model {
             slots: elems.len(),
             input_slots,
             output_slots,
+            backing: None,
         })
     }
 
@@ -274,7 +278,9 @@ impl Model {
         &self.outputs
     }
 
-    /// Heap bytes this model keeps: its arrays' capacities plus the structs around them.
+    /// Bytes this model keeps: its arrays' capacities plus the structs around them, and the
+    /// image bytes it is served from (a mapping's pages are the page cache's, but they are
+    /// this model's to keep resident as long as it lives).
     pub fn heap_bytes(&self) -> usize {
         let ports = |ports: &[Port]| -> usize {
             ports
@@ -296,6 +302,12 @@ impl Model {
                 })
                 .sum::<usize>()
             + (self.input_slots.capacity() + self.output_slots.capacity()) * size_of::<usize>()
+            + self.backing.as_ref().map_or(0, |b| b.len())
+    }
+
+    /// Whether the model's arrays are served from a mapping of its image file.
+    pub fn is_mapped(&self) -> bool {
+        self.backing.as_ref().is_some_and(|b| b.is_mapped())
     }
 
     /// Runs the model on `inputs` (one per declared input, in order, of the declared

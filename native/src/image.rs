@@ -6,10 +6,17 @@
 //! ```text
 //! header   magic "MMNIMAGE" | format u32 | engine revision u32
 //!          | source key (u32 length + bytes) | annex (u32 length + bytes)
-//!          | payload length u64 | XXH3-64 of everything before, u64
-//! payload  the model, section by section (ports, steps, each operator's arrays)
+//!          | zeros to a multiple of 8 | payload length u64 | XXH3-64 of everything before, u64
+//! payload  the model, section by section (ports, steps, each operator's arrays); each
+//!          array is its u64 count, zeros to a multiple of 8 (from the file's start), then
+//!          its values as they lie in memory
 //! trailer  XXH3-64 of the payload, u64
 //! ```
+//!
+//! Every array starts 8-aligned in the file, so a model's large arrays (tree nodes, roots,
+//! leaf weights) are served in place from the image's bytes (`memory::Array::Shared`): a
+//! mapping of the file for images of [`MAP_FROM`] bytes and more (no copy at all: the pages
+//! are the page cache's), an aligned buffer the file is read into below that (one copy).
 //!
 //! - **Stale** ([`ImageError::Stale`]): another format, another engine revision (bumped
 //!   whenever the compiled form or the arithmetic changes), or another source key (the
@@ -21,21 +28,22 @@
 //!   caller compiles the ONNX file again; an image never gives a wrong answer it would not
 //!   give compiled.
 //!
-//! Reading is streaming: the header and each array are read from the reader straight into
-//! their final buffers and hashed there, so a load holds the model and nothing else. Every
-//! declared length is checked against the bytes that remain before anything is allocated.
+//! Reading checks both checksums over the whole image first, then walks it; every declared
+//! length is checked against the bytes that remain before anything is allocated or shared,
+//! and a load holds the image's bytes and the few small arrays copied out of them.
 //!
 //! The annex is the caller's (the scorer keeps a ZipMap's class labels there); the engine
 //! stores and returns it untouched.
 
 use std::io::Read;
+use std::sync::Arc;
 
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::glue::{Arith, Constant, Glue, Norm};
 use crate::graph::{Model, Op, Port, Step};
 use crate::linear::{self, Linear};
-use crate::memory::{Plain, as_bytes, read_plain};
+use crate::memory::{Array, Backing, Plain, as_bytes, copy_plain};
 use crate::transform::PostTransform;
 use crate::tree::{
     self, Aggregate, Classes, Core, Ensemble, MAX_TARGETS, Mode, Node, Num, Trees, Weight,
@@ -44,11 +52,16 @@ use crate::value::Elem;
 
 /// The first bytes of every image.
 pub const MAGIC: &[u8; 8] = b"MMNIMAGE";
-/// The layout of the file itself.
-pub const FORMAT: u32 = 1;
+/// The layout of the file itself (2: arrays 8-aligned, to be served in place).
+pub const FORMAT: u32 = 2;
 /// The compiled form and the arithmetic behind it: bump with any change to what `compile`
 /// produces or how `run` reads it, so every image written before reads as stale.
 pub const ENGINE_REVISION: u32 = 1;
+
+/// Images this large and larger are mapped, not read: below it a mapping per model would
+/// spend the process's map count (`vm.max_map_count`, 65,530 by default) on models of a
+/// few kilobytes, whose read costs microseconds.
+pub const MAP_FROM: u64 = 1 << 20;
 
 /// The longest source key and annex an image may carry.
 const MAX_KEY: usize = 4096;
@@ -82,65 +95,106 @@ impl Model {
         Some(seal(self, source, annex))
     }
 
-    /// Reads an image of `len` bytes from `reader`. `source` must equal the key it was
-    /// written with. Returns the model and the annex.
+    /// Reads an image of `len` bytes from `reader` into one aligned buffer its arrays are
+    /// then served from. `source` must equal the key it was written with. Returns the
+    /// model and the annex.
     pub fn from_image(
         reader: &mut impl Read,
         len: u64,
         source: &[u8],
     ) -> Result<(Model, Vec<u8>), ImageError> {
-        if !cfg!(target_endian = "little") {
-            return Err(ImageError::Stale("images are little-endian".into()));
-        }
-        let mut r = Reader {
-            inner: reader,
-            left: len,
-            hash: Xxh3::new(),
-        };
-        let magic: [u8; 8] = r.array()?;
-        if &magic != MAGIC {
-            return Err(corrupt("not an image"));
-        }
-        let format = r.u32()?;
-        let revision = r.u32()?;
-        let key = r.blob(MAX_KEY)?;
-        let annex = r.blob(MAX_ANNEX)?;
-        let payload_len = r.u64()?;
-        let header_hash = r.hash.digest();
-        if r.u64_unhashed()? != header_hash {
-            return Err(corrupt("header checksum"));
-        }
-        if format != FORMAT || revision != ENGINE_REVISION {
-            return Err(ImageError::Stale(format!(
-                "format {format} revision {revision}, this engine reads format {FORMAT} \
-                 revision {ENGINE_REVISION}"
-            )));
-        }
-        if key != source {
-            return Err(ImageError::Stale(
-                "compiled from another source file".into(),
-            ));
-        }
-        if payload_len.checked_add(8) != Some(r.left) {
-            return Err(corrupt(format!(
-                "payload of {payload_len} bytes in {} remaining",
-                r.left
-            )));
-        }
-        r.left = payload_len;
-        r.hash = Xxh3::new();
-        let model = read_model(&mut r)?;
-        if r.left != 0 {
-            return Err(corrupt(format!("{} bytes after the model", r.left)));
-        }
-        let payload_hash = r.hash.digest();
-        r.left = 8;
-        if r.u64_unhashed()? != payload_hash {
-            return Err(corrupt("payload checksum"));
-        }
-        check_model(&model).map_err(corrupt)?;
-        Ok((model, annex))
+        let len = usize::try_from(len).map_err(|_| corrupt("larger than memory"))?;
+        let backing = Backing::read(reader, len).map_err(|e| corrupt(format!("truncated: {e}")))?;
+        parse(Arc::new(backing), source)
     }
+
+    /// The image in `file` (`len` bytes, as its metadata says): mapped when it is at least
+    /// [`MAP_FROM`] bytes, its large arrays then served from the page cache in place; read
+    /// as [`Model::from_image`] below that. Nothing may write the file in place while the
+    /// model lives (replacing it by a rename, or unlinking it, is safe).
+    pub fn from_image_file(
+        file: &std::fs::File,
+        len: u64,
+        source: &[u8],
+    ) -> Result<(Model, Vec<u8>), ImageError> {
+        open_image(file, len, source, len >= MAP_FROM)
+    }
+}
+
+fn open_image(
+    file: &std::fs::File,
+    len: u64,
+    source: &[u8],
+    map: bool,
+) -> Result<(Model, Vec<u8>), ImageError> {
+    if !map {
+        return Model::from_image(&mut &*file, len, source);
+    }
+    let len = usize::try_from(len).map_err(|_| corrupt("larger than memory"))?;
+    let backing = Backing::map(file, len).map_err(|e| corrupt(format!("not mapped: {e}")))?;
+    parse(Arc::new(backing), source)
+}
+
+/// The model in `backing`'s bytes, its large arrays shared with them.
+fn parse(backing: Arc<Backing>, source: &[u8]) -> Result<(Model, Vec<u8>), ImageError> {
+    if !cfg!(target_endian = "little") {
+        return Err(ImageError::Stale("images are little-endian".into()));
+    }
+    let bytes = backing.bytes();
+    let mut r = Reader {
+        backing: &backing,
+        bytes,
+        at: 0,
+        end: bytes.len(),
+    };
+    let magic: [u8; 8] = r.array()?;
+    if &magic != MAGIC {
+        return Err(corrupt("not an image"));
+    }
+    let format = r.u32()?;
+    let revision = r.u32()?;
+    let key = r.blob(MAX_KEY)?;
+    let annex = r.blob(MAX_ANNEX)?;
+    r.pad()?;
+    let payload_len = r.u64()?;
+    if xxh3_64(&bytes[..r.at]) != r.u64()? {
+        return Err(corrupt("header checksum"));
+    }
+    // An image of format 1 (no padding) reads as corrupt or stale here: compiled again
+    // either way.
+    if format != FORMAT || revision != ENGINE_REVISION {
+        return Err(ImageError::Stale(format!(
+            "format {format} revision {revision}, this engine reads format {FORMAT} \
+             revision {ENGINE_REVISION}"
+        )));
+    }
+    if key != source {
+        return Err(ImageError::Stale(
+            "compiled from another source file".into(),
+        ));
+    }
+    if payload_len.checked_add(8) != Some(r.left()) {
+        return Err(corrupt(format!(
+            "payload of {payload_len} bytes in {} remaining",
+            r.left()
+        )));
+    }
+    let payload_end = r.at + payload_len as usize;
+    let (payload, trailer) = bytes[r.at..].split_at(payload_len as usize);
+    if xxh3_64(payload) != u64::from_le_bytes(trailer.try_into().expect("8 bytes remain")) {
+        return Err(corrupt("payload checksum"));
+    }
+    r.end = payload_end;
+    let mut model = read_model(&mut r)?;
+    if r.at != r.end {
+        return Err(corrupt(format!("{} bytes after the model", r.left())));
+    }
+    check_model(&model).map_err(corrupt)?;
+    // Kept (and counted) only when an array shares it; otherwise everything was copied.
+    if Arc::strong_count(&backing) > 1 {
+        model.backing = Some(backing);
+    }
+    Ok((model, annex))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -156,10 +210,11 @@ fn seal(model: &Model, source: &[u8], annex: &[u8]) -> Vec<u8> {
     out.u32(ENGINE_REVISION);
     out.blob(source);
     out.blob(annex);
+    out.pad();
     out.u64(payload.0.len() as u64);
-    let header_hash = xxhash_rust::xxh3::xxh3_64(&out.0);
+    let header_hash = xxh3_64(&out.0);
     out.u64(header_hash);
-    let payload_hash = xxhash_rust::xxh3::xxh3_64(&payload.0);
+    let payload_hash = xxh3_64(&payload.0);
     out.0.extend_from_slice(&payload.0);
     out.u64(payload_hash);
     out.0
@@ -192,8 +247,15 @@ impl Writer {
         self.len(s.len());
         self.bytes(s.as_bytes());
     }
+    /// Zeros up to the next multiple of 8 (the payload starts at one, after the header's
+    /// own padding, so this aligns from the file's start).
+    fn pad(&mut self) {
+        let n = self.0.len().next_multiple_of(8) - self.0.len();
+        self.0.resize(self.0.len() + n, 0);
+    }
     fn plain<T: Plain>(&mut self, values: &[T]) {
         self.len(values.len());
+        self.pad();
         self.bytes(as_bytes(values));
     }
     fn usizes(&mut self, values: &[usize]) {
@@ -290,19 +352,19 @@ fn write_model(w: &mut Writer, m: &Model) {
 }
 
 /// The number types of tree ensembles, and how their leaf weights are imaged: `f32`
-/// weights are plain 8-byte records read in place; `f64` ones have padding, so they go as
+/// weights are plain 8-byte records served in place; `f64` ones have padding, so they go as
 /// two columns.
 trait Imaged: Num + Plain {
     fn write_weights(w: &mut Writer, weights: &[Weight<Self>]);
-    fn read_weights<R: Read>(r: &mut Reader<'_, R>) -> Result<Vec<Weight<Self>>, ImageError>;
+    fn read_weights(r: &mut Reader<'_>) -> Result<Array<Weight<Self>>, ImageError>;
 }
 
 impl Imaged for f32 {
     fn write_weights(w: &mut Writer, weights: &[Weight<f32>]) {
         w.plain(weights);
     }
-    fn read_weights<R: Read>(r: &mut Reader<'_, R>) -> Result<Vec<Weight<f32>>, ImageError> {
-        r.plain()
+    fn read_weights(r: &mut Reader<'_>) -> Result<Array<Weight<f32>>, ImageError> {
+        r.shared()
     }
 }
 
@@ -313,7 +375,7 @@ impl Imaged for f64 {
         w.plain(&targets);
         w.plain(&values);
     }
-    fn read_weights<R: Read>(r: &mut Reader<'_, R>) -> Result<Vec<Weight<f64>>, ImageError> {
+    fn read_weights(r: &mut Reader<'_>) -> Result<Array<Weight<f64>>, ImageError> {
         let targets = r.plain::<u32>()?;
         let values = r.plain::<f64>()?;
         if targets.len() != values.len() {
@@ -323,7 +385,8 @@ impl Imaged for f64 {
             .into_iter()
             .zip(values)
             .map(|(target, value)| Weight { target, value })
-            .collect())
+            .collect::<Vec<_>>()
+            .into())
     }
 }
 
@@ -432,36 +495,36 @@ fn write_glue(w: &mut Writer, g: &Glue) {
 // ---------------------------------------------------------------------------------------
 // Reading.
 
-struct Reader<'r, R: Read> {
-    inner: &'r mut R,
-    /// Bytes of the current part (header, payload, trailer) not read yet.
-    left: u64,
-    hash: Xxh3,
+struct Reader<'a> {
+    /// What shared arrays keep alive.
+    backing: &'a Arc<Backing>,
+    /// The whole image (`backing`'s bytes).
+    bytes: &'a [u8],
+    at: usize,
+    /// The end of the current part (header and payload, then the payload alone).
+    end: usize,
 }
 
-impl<R: Read> Reader<'_, R> {
-    /// Takes `n` bytes from the budget, or says the file ends first.
-    fn take(&mut self, n: u64) -> Result<(), ImageError> {
-        self.left = self
-            .left
-            .checked_sub(n)
-            .ok_or_else(|| corrupt(format!("{n} bytes declared, {} remain", self.left)))?;
-        Ok(())
+impl<'a> Reader<'a> {
+    fn left(&self) -> u64 {
+        (self.end - self.at) as u64
     }
 
-    fn fill(&mut self, buf: &mut [u8]) -> Result<(), ImageError> {
-        self.take(buf.len() as u64)?;
-        self.inner
-            .read_exact(buf)
-            .map_err(|e| corrupt(format!("truncated: {e}")))?;
-        self.hash.update(buf);
-        Ok(())
+    /// The next `n` bytes, or says the part ends first.
+    fn take(&mut self, n: u64) -> Result<&'a [u8], ImageError> {
+        if n > self.left() {
+            return Err(corrupt(format!(
+                "{n} bytes declared, {} remain",
+                self.left()
+            )));
+        }
+        let start = self.at;
+        self.at += n as usize;
+        Ok(&self.bytes[start..self.at])
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], ImageError> {
-        let mut b = [0u8; N];
-        self.fill(&mut b)?;
-        Ok(b)
+        Ok(self.take(N as u64)?.try_into().expect("N bytes"))
     }
     fn u8(&mut self) -> Result<u8, ImageError> {
         Ok(self.array::<1>()?[0])
@@ -479,55 +542,62 @@ impl<R: Read> Reader<'_, R> {
     fn u64(&mut self) -> Result<u64, ImageError> {
         Ok(u64::from_le_bytes(self.array()?))
     }
-    fn u64_unhashed(&mut self) -> Result<u64, ImageError> {
-        self.take(8)?;
-        let mut b = [0u8; 8];
-        self.inner
-            .read_exact(&mut b)
-            .map_err(|e| corrupt(format!("truncated: {e}")))?;
-        Ok(u64::from_le_bytes(b))
-    }
     fn usize(&mut self) -> Result<usize, ImageError> {
         usize::try_from(self.u64()?).map_err(|_| corrupt("a count past usize"))
+    }
+    /// Zeros up to the next multiple of 8 from the image's start.
+    fn pad(&mut self) -> Result<(), ImageError> {
+        let n = self.at.next_multiple_of(8) - self.at;
+        if self.take(n as u64)?.iter().any(|&b| b != 0) {
+            return Err(corrupt("padding that is not zeros"));
+        }
+        Ok(())
     }
     /// A count of `size`-byte elements that the remaining bytes can hold.
     fn count(&mut self, size: usize) -> Result<usize, ImageError> {
         let n = self.u64()?;
         match n.checked_mul(size as u64) {
-            Some(bytes) if bytes <= self.left => Ok(n as usize),
+            Some(bytes) if bytes <= self.left() => Ok(n as usize),
             _ => Err(corrupt(format!(
                 "{n} elements of {size} bytes, {} bytes remain",
-                self.left
+                self.left()
             ))),
         }
     }
     fn blob(&mut self, max: usize) -> Result<Vec<u8>, ImageError> {
         let n = self.u32()? as usize;
-        if n > max || n as u64 > self.left {
+        if n > max {
             return Err(corrupt(format!("a field of {n} bytes")));
         }
-        let mut b = vec![0u8; n];
-        self.fill(&mut b)?;
-        Ok(b)
+        Ok(self.take(n as u64)?.to_vec())
     }
     fn str(&mut self) -> Result<String, ImageError> {
         let n = self.count(1)?;
-        let mut b = vec![0u8; n];
-        self.fill(&mut b)?;
-        String::from_utf8(b).map_err(|_| corrupt("a name that is not UTF-8"))
+        String::from_utf8(self.take(n as u64)?.to_vec())
+            .map_err(|_| corrupt("a name that is not UTF-8"))
     }
     fn strings(&mut self) -> Result<Vec<String>, ImageError> {
         // Each string costs at least its 8-byte length.
         let n = self.count(8)?;
         (0..n).map(|_| self.str()).collect()
     }
-    fn plain<T: Plain>(&mut self) -> Result<Vec<T>, ImageError> {
+    /// An array's count, padding and bytes; returns the count and where the values start.
+    fn values<T: Plain>(&mut self) -> Result<(usize, usize), ImageError> {
         let n = self.count(size_of::<T>())?;
+        self.pad()?;
+        let at = self.at;
         self.take((n * size_of::<T>()) as u64)?;
-        let v: Vec<T> =
-            read_plain(self.inner, n).map_err(|e| corrupt(format!("truncated: {e}")))?;
-        self.hash.update(as_bytes(&v));
-        Ok(v)
+        Ok((n, at))
+    }
+    /// A small array, copied out.
+    fn plain<T: Plain>(&mut self) -> Result<Vec<T>, ImageError> {
+        let (n, at) = self.values::<T>()?;
+        Ok(copy_plain(&self.bytes[at..self.at], n))
+    }
+    /// A large array, served in place from the image's bytes.
+    fn shared<T: Plain>(&mut self) -> Result<Array<T>, ImageError> {
+        let (n, at) = self.values::<T>()?;
+        Array::shared(self.backing, at, n).ok_or_else(|| corrupt("an array out of place"))
     }
     fn usizes(&mut self) -> Result<Vec<usize>, ImageError> {
         self.plain::<u64>()?
@@ -545,7 +615,7 @@ impl<R: Read> Reader<'_, R> {
     }
 }
 
-fn read_ports<R: Read>(r: &mut Reader<'_, R>) -> Result<Vec<Port>, ImageError> {
+fn read_ports(r: &mut Reader<'_>) -> Result<Vec<Port>, ImageError> {
     // A port costs at least its name's length, its shape's length and two bytes.
     let n = r.count(18)?;
     (0..n)
@@ -560,7 +630,7 @@ fn read_ports<R: Read>(r: &mut Reader<'_, R>) -> Result<Vec<Port>, ImageError> {
         .collect()
 }
 
-fn read_model<R: Read>(r: &mut Reader<'_, R>) -> Result<Model, ImageError> {
+fn read_model(r: &mut Reader<'_>) -> Result<Model, ImageError> {
     let inputs = read_ports(r)?;
     let outputs = read_ports(r)?;
     let slots = r.usize()?;
@@ -594,8 +664,8 @@ fn read_model<R: Read>(r: &mut Reader<'_, R>) -> Result<Model, ImageError> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let op = match r.u8()? {
-            0 => Op::Tree(Ensemble::F32(Box::new(read_core::<f32, R>(r)?))),
-            1 => Op::Tree(Ensemble::F64(Box::new(read_core::<f64, R>(r)?))),
+            0 => Op::Tree(Ensemble::F32(Box::new(read_core::<f32>(r)?))),
+            1 => Op::Tree(Ensemble::F64(Box::new(read_core::<f64>(r)?))),
             2 => Op::Linear(read_linear(r)?),
             3 => Op::Glue(read_glue(r)?),
             b => return Err(corrupt(format!("operator {b}"))),
@@ -614,15 +684,16 @@ fn read_model<R: Read>(r: &mut Reader<'_, R>) -> Result<Model, ImageError> {
         input_slots,
         output_slots,
         shared_outputs,
+        backing: None,
     })
 }
 
-fn read_core<T: Imaged, R: Read>(r: &mut Reader<'_, R>) -> Result<Core<T>, ImageError>
+fn read_core<T: Imaged>(r: &mut Reader<'_>) -> Result<Core<T>, ImageError>
 where
     Node<T>: Plain,
 {
-    let nodes = r.plain::<Node<T>>()?;
-    let roots = r.plain::<u32>()?;
+    let nodes = r.shared::<Node<T>>()?;
+    let roots = r.shared::<u32>()?;
     let weights = T::read_weights(r)?;
     let base_values = r.plain::<T>()?;
     let max_feature = r.u32()?;
@@ -658,7 +729,7 @@ where
     })
 }
 
-fn read_linear<R: Read>(r: &mut Reader<'_, R>) -> Result<Linear, ImageError> {
+fn read_linear(r: &mut Reader<'_>) -> Result<Linear, ImageError> {
     Ok(Linear {
         coefficients: r.plain()?,
         intercepts: r.plain()?,
@@ -675,7 +746,7 @@ fn read_linear<R: Read>(r: &mut Reader<'_, R>) -> Result<Linear, ImageError> {
     })
 }
 
-fn read_glue<R: Read>(r: &mut Reader<'_, R>) -> Result<Glue, ImageError> {
+fn read_glue(r: &mut Reader<'_>) -> Result<Glue, ImageError> {
     Ok(match r.u8()? {
         0 => Glue::Identity,
         1 => Glue::Cast(r.coded(&ELEMS, "element type")?),

@@ -256,9 +256,19 @@ fn compare(id: &str, bytes: &[u8], seed: u64) -> (Engine, Vec<String>) {
     // `images.dir` serves it on every load after the first): that copy must answer exactly
     // as ONNX Runtime does too.
     let imaged = native.image("tag").map(|image| {
-        native_engines
-            .load_image(model_id, 1, &mut &image[..], image.len() as u64, "tag")
-            .unwrap_or_else(|e| panic!("{id}: its image does not load: {e}"))
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "mm-engines-{}-{}.mmimg",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::write(&path, &image).expect("image written");
+        let file = std::fs::File::open(&path).expect("image opened");
+        let loaded = native_engines
+            .load_image(model_id, 1, &file, image.len() as u64, "tag")
+            .unwrap_or_else(|e| panic!("{id}: its image does not load: {e}"));
+        let _ = std::fs::remove_file(&path);
+        loaded
     });
     if native.engine == Engine::Native && imaged.is_none() {
         return (

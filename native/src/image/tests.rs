@@ -80,6 +80,37 @@ fn read(image: &[u8], key: &[u8]) -> Result<(Model, Vec<u8>), ImageError> {
     Model::from_image(&mut &image[..], image.len() as u64, key)
 }
 
+/// A file of this test's own, removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(bytes: &[u8]) -> TempFile {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "mm-native-image-{}-{}.mmimg",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, bytes).expect("temporary file written");
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `image` written to a file and mapped, as a scorer opens a large image (whatever its
+/// size here).
+fn map(image: &[u8], key: &[u8]) -> Result<(Model, Vec<u8>), ImageError> {
+    let file = TempFile::new(image);
+    let opened = std::fs::File::open(&file.0).expect("opened");
+    open_image(&opened, image.len() as u64, key, true)
+}
+
 /// The models whose layout cannot be imaged: trees whose shared true branch was laid out
 /// before a node that joins it (LightGBM's categorical splits through ONNX Runtime's
 /// relayout). They compile from their file every time.
@@ -98,20 +129,31 @@ fn every_corpus_model_answers_alike_from_its_image() {
             continue;
         };
         let (back, annex) = read(&image, KEY).unwrap_or_else(|e| panic!("{}: {e}", name(&path)));
+        let (mapped, mapped_annex) =
+            map(&image, KEY).unwrap_or_else(|e| panic!("{} mapped: {e}", name(&path)));
         assert_eq!(annex, ANNEX);
-        assert_eq!(back.inputs(), model.inputs(), "{}", name(&path));
-        assert_eq!(back.outputs(), model.outputs(), "{}", name(&path));
-        for (rows, seed) in [(1, 1), (7, 2), (300, 3)] {
-            let x = inputs(&model, rows, seed);
-            assert_eq!(
-                run(&back, x.clone()),
-                run(&model, x),
-                "{} on {rows} rows",
-                name(&path)
-            );
+        assert_eq!(mapped_annex, ANNEX);
+        let trees = model.steps.iter().any(|s| matches!(s.op, Op::Tree(_)));
+        // A forest's arrays are served from the mapping, which the model then counts.
+        assert_eq!(mapped.is_mapped(), trees, "{}", name(&path));
+        if trees {
+            assert!(mapped.heap_bytes() >= image.len(), "{}", name(&path));
         }
-        // Written again, an image is the same bytes: nothing depends on addresses.
-        assert_eq!(back.to_image(KEY, ANNEX).as_deref(), Some(&image[..]));
+        for copy in [&back, &mapped] {
+            assert_eq!(copy.inputs(), model.inputs(), "{}", name(&path));
+            assert_eq!(copy.outputs(), model.outputs(), "{}", name(&path));
+            for (rows, seed) in [(1, 1), (7, 2), (300, 3)] {
+                let x = inputs(&model, rows, seed);
+                assert_eq!(
+                    run(copy, x.clone()),
+                    run(&model, x),
+                    "{} on {rows} rows",
+                    name(&path)
+                );
+            }
+            // Written again, an image is the same bytes: nothing depends on addresses.
+            assert_eq!(copy.to_image(KEY, ANNEX).as_deref(), Some(&image[..]));
+        }
         imaged += 1;
     }
     assert!(imaged >= 40, "{imaged} models imaged");
@@ -151,6 +193,48 @@ fn a_changed_byte_anywhere_in_an_image_is_refused() {
     }
 }
 
+/// Through a mapping as through a read: a damaged file is refused, never served.
+#[test]
+fn a_damaged_mapped_image_is_refused() {
+    for (name, image) in samples() {
+        // Every 7th byte (the read path tries them all, above), and the last.
+        for i in (0..image.len()).step_by(7).chain([image.len() - 1]) {
+            let mut bad = image.clone();
+            bad[i] ^= 0x10;
+            assert!(
+                matches!(map(&bad, KEY), Err(ImageError::Corrupt(_))),
+                "{name}: byte {i}"
+            );
+        }
+        for len in [0, 1, 9, image.len() / 2, image.len() - 1] {
+            assert!(
+                matches!(map(&image[..len], KEY), Err(ImageError::Corrupt(_))),
+                "{name}: cut at {len}"
+            );
+        }
+    }
+}
+
+/// The scorer replaces an image by a rename and deletes it by unlinking: a model mapped
+/// from the old file answers as before through both.
+#[test]
+fn a_mapped_model_outlives_its_file_being_replaced_or_removed() {
+    let model = forest();
+    let image = model.to_image(KEY, ANNEX).expect("imaged");
+    let file = TempFile::new(&image);
+    let opened = std::fs::File::open(&file.0).expect("opened");
+    let (mapped, _) = open_image(&opened, image.len() as u64, KEY, true).expect("mapped");
+    drop(opened);
+    assert!(mapped.is_mapped());
+    let x = inputs(&model, 50, 9);
+    let expected = run(&model, x.clone());
+    let other = TempFile::new(b"not an image at all");
+    std::fs::rename(&other.0, &file.0).expect("renamed over");
+    assert_eq!(run(&mapped, x.clone()), expected);
+    std::fs::remove_file(&file.0).expect("removed");
+    assert_eq!(run(&mapped, x), expected);
+}
+
 #[test]
 fn a_truncated_or_extended_image_is_refused() {
     for (name, image) in samples() {
@@ -179,8 +263,8 @@ fn reseal(image: &[u8], at: usize, value: u32) -> Vec<u8> {
     let key_len = u32::from_le_bytes(out[16..20].try_into().unwrap()) as usize;
     let annex_at = 20 + key_len;
     let annex_len = u32::from_le_bytes(out[annex_at..annex_at + 4].try_into().unwrap()) as usize;
-    let hash_at = annex_at + 4 + annex_len + 8;
-    let hash = xxhash_rust::xxh3::xxh3_64(&out[..hash_at]);
+    let hash_at = (annex_at + 4 + annex_len).next_multiple_of(8) + 8;
+    let hash = xxh3_64(&out[..hash_at]);
     out[hash_at..hash_at + 8].copy_from_slice(&hash.to_le_bytes());
     out
 }
@@ -232,7 +316,7 @@ fn a_sealed_image_with_a_broken_structure_is_refused() {
                 .nodes
                 .iter()
                 .position(|n| n.mode() != Mode::Leaf as u8);
-            core.trees.nodes[split.unwrap()].index = 0;
+            core.trees.nodes.to_mut()[split.unwrap()].index = 0;
         }),
         ("a split pointing past the nodes", |m| {
             let core = first_core(m);
@@ -241,11 +325,11 @@ fn a_sealed_image_with_a_broken_structure_is_refused() {
                 .nodes
                 .iter()
                 .position(|n| n.mode() != Mode::Leaf as u8);
-            core.trees.nodes[split.unwrap()].index = u32::MAX;
+            core.trees.nodes.to_mut()[split.unwrap()].index = u32::MAX;
         }),
         ("a root past the nodes", |m| {
             let core = first_core(m);
-            core.trees.roots[0] = core.trees.nodes.len() as u32;
+            core.trees.roots.to_mut()[0] = core.trees.nodes.len() as u32;
         }),
         ("a feature past max_feature", |m| {
             let core = first_core(m);
@@ -253,7 +337,7 @@ fn a_sealed_image_with_a_broken_structure_is_refused() {
         }),
         ("an unknown mode", |m| {
             let core = first_core(m);
-            core.trees.nodes[0].word |= 7 << tree::WORD_BITS;
+            core.trees.nodes.to_mut()[0].word |= 7 << tree::WORD_BITS;
         }),
         ("a step reading an unwritten slot", |m| {
             m.steps[0].inputs[0] = m.slots - 1;
@@ -291,10 +375,10 @@ fn a_huge_declared_length_allocates_nothing() {
     let key_len = u32::from_le_bytes(image[16..20].try_into().unwrap()) as usize;
     let annex_at = 20 + key_len;
     let annex_len = u32::from_le_bytes(image[annex_at..annex_at + 4].try_into().unwrap()) as usize;
-    let len_at = annex_at + 4 + annex_len;
+    let len_at = (annex_at + 4 + annex_len).next_multiple_of(8);
     let mut bad = image.clone();
     bad[len_at..len_at + 8].copy_from_slice(&(1u64 << 60).to_le_bytes());
-    let hash = xxhash_rust::xxh3::xxh3_64(&bad[..len_at + 8]);
+    let hash = xxh3_64(&bad[..len_at + 8]);
     bad[len_at + 8..len_at + 16].copy_from_slice(&hash.to_le_bytes());
     assert!(matches!(read(&bad, KEY), Err(ImageError::Corrupt(_))));
 }

@@ -44,9 +44,9 @@ impl<T: Num> Trees<T> {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.nodes.capacity() * size_of::<Node<T>>()
-            + self.roots.capacity() * 4
-            + self.weights.capacity() * size_of::<Weight<T>>()
+        self.nodes.heap_bytes()
+            + self.roots.heap_bytes()
+            + self.weights.heap_bytes()
             + self.base_values.capacity() * T::BYTES
     }
 }
@@ -95,12 +95,12 @@ impl<T: Num> Core<T> {
         let trees = &self.trees;
         if self.n_targets == 1 {
             // ONNX Runtime's single-output path adds each leaf's first weight only.
-            for &root in &trees.roots {
+            for &root in trees.roots.iter() {
                 let leaf = trees.leaf(root, row);
                 self.add(&mut scores[0], leaf.value);
             }
         } else {
-            for &root in &trees.roots {
+            for &root in trees.roots.iter() {
                 let leaf = trees.leaf(root, row);
                 for w in trees.leaf_weights(leaf) {
                     self.add(&mut scores[w.target as usize], w.value);

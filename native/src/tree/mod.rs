@@ -20,6 +20,7 @@
 use crate::CompileError;
 use crate::attrs::{Attrs, unsupported};
 use crate::graph::NodeInput;
+use crate::memory::Array;
 use crate::onnx::NodeView;
 use crate::transform::PostTransform;
 use crate::value::Elem;
@@ -198,9 +199,10 @@ pub(crate) enum Labels {
 
 #[derive(Debug)]
 pub(crate) struct Trees<T> {
-    pub(crate) nodes: Vec<Node<T>>,
-    pub(crate) roots: Vec<u32>,
-    pub(crate) weights: Vec<Weight<T>>,
+    /// Shared with an image's bytes when loaded from one (`memory::Array`).
+    pub(crate) nodes: Array<Node<T>>,
+    pub(crate) roots: Array<u32>,
+    pub(crate) weights: Array<Weight<T>>,
     pub(crate) base_values: Vec<T>,
     pub(crate) max_feature: u32,
 }
@@ -377,9 +379,9 @@ fn build<T: Num>(
     });
     Ok(Core {
         trees: Trees {
-            nodes: decoded.nodes,
-            roots: decoded.roots,
-            weights: decoded.weights,
+            nodes: decoded.nodes.into(),
+            roots: decoded.roots.into(),
+            weights: decoded.weights.into(),
             base_values,
             max_feature: decoded.max_feature,
         },

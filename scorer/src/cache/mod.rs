@@ -567,8 +567,8 @@ impl ModelCache {
 
     /// The model from its image in `images.dir`, when there is one compiled from the file
     /// `tag` names; `None` (and the image deleted) when it is missing, stale or corrupt,
-    /// and the caller compiles the file. Reserves the image's size only: the arrays are
-    /// read straight into the model.
+    /// and the caller compiles the file. Reserves the image's size only: the model's arrays
+    /// are the image's bytes (mapped, or read into one buffer when small).
     async fn load_from_image(
         &self,
         key: &ModelKey,
@@ -594,9 +594,7 @@ impl ModelCache {
         let (loaded, cpu, reservation) = self
             .image_loads
             .run_holding(false, reservation, move || {
-                let mut reader =
-                    std::io::BufReader::with_capacity((len as usize).min(64 << 10), file);
-                let loaded = engines.load_image(id.clone(), version, &mut reader, len, &tag);
+                let loaded = engines.load_image(id.clone(), version, &file, len, &tag);
                 if loaded.is_err() {
                     images.remove(&id, version);
                 }

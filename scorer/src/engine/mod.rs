@@ -225,15 +225,16 @@ impl Engines {
         }
     }
 
-    /// A natively compiled model read back from its image (`manymodels_native::image`):
-    /// no protobuf parse, no compile. `source` is the store's tag of the ONNX file the
-    /// image must have been compiled from. Stale or corrupt images are errors the caller
-    /// answers by compiling the file.
+    /// A natively compiled model read back from its image file (`manymodels_native::image`):
+    /// no protobuf parse, no compile; a large image is mapped and its arrays served from
+    /// the page cache in place. `len` is the file's length; `source` is the store's tag of
+    /// the ONNX file the image must have been compiled from. Stale or corrupt images are
+    /// errors the caller answers by compiling the file.
     pub fn load_image(
         &self,
         id: ModelId,
         version: u64,
-        reader: &mut impl std::io::Read,
+        file: &std::fs::File,
         len: u64,
         source: &str,
     ) -> Result<LoadedModel, manymodels_native::ImageError> {
@@ -241,7 +242,8 @@ impl Engines {
         if self.native != NativeEngine::Auto {
             return Err(ImageError::Stale("the native engine is off".into()));
         }
-        let (model, annex) = manymodels_native::Model::from_image(reader, len, source.as_bytes())?;
+        let (model, annex) =
+            manymodels_native::Model::from_image_file(file, len, source.as_bytes())?;
         let annex: ImageAnnex = serde_json::from_slice(&annex)
             .map_err(|e| ImageError::Corrupt(format!("annex: {e}")))?;
         let mut loaded =

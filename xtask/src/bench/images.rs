@@ -173,9 +173,8 @@ fn measure(
         let (loaded, heap) = peak_heap(|| -> Result<_> {
             let file = std::fs::File::open(&image_path)?;
             let len = file.metadata()?.len();
-            let mut reader = std::io::BufReader::with_capacity((len as usize).min(64 << 10), file);
             engines
-                .load_image(id.clone(), 1, &mut reader, len, "bench")
+                .load_image(id.clone(), 1, &file, len, "bench")
                 .map_err(|e| anyhow::anyhow!("{}: {e}", meta.id))
         });
         let loaded = loaded?;

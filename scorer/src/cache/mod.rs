@@ -793,11 +793,11 @@ fn write_image(
 }
 
 /// Seconds a load from an image of `bytes` costs: the policy's reload cost of a model
-/// that has an image (measured by `cargo xtask bench images`: about 0.25 ns per byte
-/// read, copied and hashed, plus the fixed cost of a load).
+/// that has an image (measured by `cargo xtask bench images`: about 0.15 ns per byte
+/// mapped, hashed and checked, plus the fixed cost of a load).
 fn image_load_seconds(bytes: u64) -> f64 {
     const FIXED: f64 = 100e-6;
-    const PER_BYTE: f64 = 0.25e-9;
+    const PER_BYTE: f64 = 0.15e-9;
     FIXED + bytes as f64 * PER_BYTE
 }
 

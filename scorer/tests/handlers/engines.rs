@@ -151,7 +151,7 @@ async fn natively_compiled_models_load_again_from_their_images_with_the_same_ans
     assert!(native.len() >= 5, "{native:?}");
     assert_eq!(image_events(&router, "written").await, native.len() as f64);
     // The policy ranks a model by what reloading it costs: for a model with an image, the
-    // image's load (100 µs + 0.25 ns a byte), not the compile that made it.
+    // image's load (100 µs + 0.15 ns a byte), not the compile that made it.
     let view = get(&router, "/v2/mm/cache").await.json()["cache"].clone();
     for resident in view["resident"].as_array().expect("resident list") {
         let id = resident["model"].as_str().expect("model id");
@@ -160,7 +160,7 @@ async fn natively_compiled_models_load_again_from_their_images_with_the_same_ans
             let image = std::fs::metadata(images.path().join(id).join("1.mmimg"))
                 .unwrap()
                 .len();
-            let expected = 100e-6 + image as f64 * 0.25e-9;
+            let expected = 100e-6 + image as f64 * 0.15e-9;
             assert!(
                 (cost - expected).abs() < 1e-9,
                 "{id}: {cost} s, expected {expected} s"

@@ -82,7 +82,7 @@ pub fn run(args: ImagesArgs) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let all = metas(&args.store)?;
     println!(
-        "In-process, release build, one load at a time on this machine's 2 cores (nothing else of ours running). Store: {}. Compile = the model file read (page cache) and compiled natively, as a scorer without an image loads it; image = the image file opened and read into the model (checksum and structure check included), as a scorer with `images.dir` loads it after the first time. {} loads of each model each way; p50/p99 over all loads of the class. Peak heap = the Rust heap's high-water mark during an image load over the model's own heap.\n",
+        "In-process, release build, one load at a time on this machine's 2 cores (nothing else of ours running). Store: {}. Compile = the model file read (page cache) and compiled natively, as a scorer without an image loads it; image = the image file opened and mapped (1 MiB and more: the model's arrays are then the page cache's pages) or read into one buffer (smaller), checksums and structure check included, as a scorer with `images.dir` loads it after the first time. {} loads of each model each way; p50/p99 over all loads of the class. Peak heap = the Rust heap's high-water mark during an image load over the model's bytes (0 for a mapped image: nothing is allocated).\n",
         args.store.display(),
         args.reps
     );

@@ -3,7 +3,9 @@
 //! instead of fetching, parsing and compiling its ONNX file.
 //!
 //! Layout: `<dir>/<model id>/<version>.mmimg`, written atomically (a unique temporary
-//! file, then a rename), so a reader sees a whole image or none. Each image names the
+//! file, then a rename), so a reader sees a whole image or none, and an image is never
+//! written in place: a model serving from a mapping of its image (large images are mapped)
+//! keeps its pages through a rename over the file or its deletion. Each image names the
 //! store's tag of the file it was compiled from (`ModelStore::source_tag`): a version
 //! replaced in the store behind the scorer's back makes its image stale, never wrong.
 //!

@@ -1,10 +1,32 @@
-//! Typed access to a node's attributes. Anything the engine does not understand (a
-//! tensor-valued attribute with unusual storage, a graph) is `Unsupported`, so the model
-//! falls back to ONNX Runtime; anything that is malformed on the wire is `Invalid`.
+//! What an operator's compile reads of its node: typed access to its attributes (`Attrs`),
+//! what the graph knows of its inputs (`NodeInput`), and the two ways to refuse it.
+//! Anything the engine does not understand (a tensor-valued attribute with unusual storage,
+//! a graph) is `Unsupported`, so the model falls back to ONNX Runtime; anything that is
+//! malformed on the wire is `Invalid`.
 
+use crate::error::{CompileError, Invalid};
 use crate::onnx::{AttrView, NodeView, TensorView, elem};
 use crate::pb;
-use crate::{CompileError, Invalid};
+use crate::value::Elem;
+
+/// What compiling a node needs to know about one of its inputs (the graph fills these in).
+pub(crate) struct NodeInput<'g> {
+    pub elem: Elem,
+    /// The constant value, when the input is an initializer.
+    pub constant: Option<&'g TensorView<'g>>,
+}
+
+/// The element type of a node's one input, which must be computed (not a constant): the
+/// signature of most operators.
+pub(crate) fn one_computed_input(
+    node: &NodeView<'_>,
+    inputs: &[NodeInput<'_>],
+) -> Result<Elem, CompileError> {
+    match inputs {
+        [x] if x.constant.is_none() => Ok(x.elem),
+        _ => Err(unsupported(node, "expects one computed input")),
+    }
+}
 
 pub struct Attrs<'n, 'a> {
     node: &'n NodeView<'a>,
@@ -197,6 +219,11 @@ pub fn unsupported(node: &NodeView<'_>, why: &str) -> CompileError {
         node.op_type,
         node.name
     ))
+}
+
+/// The node is malformed: `Invalid`, naming the operator and the node.
+pub(crate) fn invalid(node: &NodeView<'_>, why: impl std::fmt::Display) -> CompileError {
+    CompileError::Invalid(format!("{} '{}': {why}", node.op_type, node.name))
 }
 
 /// The values of a FLOAT or DOUBLE tensor, widened to `f64`.

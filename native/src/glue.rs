@@ -3,11 +3,11 @@
 //! shape, and `Add`/`Sub`/`Mul`/`Div` with a constant operand. Each is plain IEEE
 //! arithmetic on single elements, so each equals ONNX Runtime's result exactly.
 
-use crate::attrs::{Attrs, unsupported};
-use crate::graph::NodeInput;
+use crate::attrs::{Attrs, NodeInput, invalid, one_computed_input, unsupported};
+use crate::error::{CompileError, RunError};
 use crate::onnx::{NodeView, TensorView, elem};
+use crate::transform::{self, Norm};
 use crate::value::{Data, Elem, Tensor};
-use crate::{CompileError, RunError};
 
 #[derive(Debug)]
 pub(crate) enum Glue {
@@ -32,13 +32,6 @@ pub(crate) enum Glue {
         constant: Constant,
         constant_first: bool,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Norm {
-    Max,
-    L1,
-    L2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,19 +66,13 @@ pub(crate) fn compile(
     attrs: &Attrs<'_, '_>,
     inputs: &[NodeInput<'_>],
 ) -> Result<Compiled, CompileError> {
-    let one_dynamic = |inputs: &[NodeInput<'_>]| -> Result<Elem, CompileError> {
-        match inputs {
-            [x] if x.constant.is_none() => Ok(x.elem),
-            _ => Err(unsupported(node, "expects one computed input")),
-        }
-    };
     match (node.domain, node.op_type) {
         ("" | "ai.onnx", "Identity") => {
-            let e = one_dynamic(inputs)?;
+            let e = one_computed_input(node, inputs)?;
             Ok((Glue::Identity, vec![e]))
         }
         ("" | "ai.onnx", "Cast") => {
-            let from = one_dynamic(inputs)?;
+            let from = one_computed_input(node, inputs)?;
             let to = attrs
                 .int("to")
                 .and_then(|t| Elem::from_onnx(t as i32))
@@ -100,7 +87,7 @@ pub(crate) fn compile(
             Ok((Glue::Cast(to), vec![to]))
         }
         ("ai.onnx.ml", "ZipMap") => {
-            if one_dynamic(inputs)? != Elem::F32 {
+            if one_computed_input(node, inputs)? != Elem::F32 {
                 return Err(unsupported(node, "input is not float"));
             }
             let ints = attrs.ints("classlabels_int64s")?;
@@ -128,7 +115,7 @@ pub(crate) fn compile(
             Ok((Glue::ZipMap { columns: order }, vec![Elem::F32]))
         }
         ("ai.onnx.ml", "Normalizer") => {
-            let e = one_dynamic(inputs)?;
+            let e = one_computed_input(node, inputs)?;
             if !matches!(e, Elem::F32 | Elem::F64 | Elem::I32 | Elem::I64) {
                 return Err(unsupported(node, "input type"));
             }
@@ -267,10 +254,13 @@ fn check_count(node: &NodeView<'_>, t: &TensorView<'_>, n: usize) -> Result<(), 
         |acc, &d| if d < 0 { None } else { acc.checked_mul(d) },
     );
     if declared != Some(n as i64) {
-        return Err(CompileError::Invalid(format!(
-            "{} '{}': constant '{}' holds {n} values for dimensions {:?}",
-            node.op_type, node.name, t.name, t.dims
-        )));
+        return Err(invalid(
+            node,
+            format!(
+                "constant '{}' holds {n} values for dimensions {:?}",
+                t.name, t.dims
+            ),
+        ));
     }
     Ok(())
 }
@@ -401,7 +391,7 @@ fn normalize(norm: Norm, x: &Tensor) -> Result<Tensor, RunError> {
     for r in 0..rows {
         let row = &mut out[r * width..(r + 1) * width];
         let squares = squares.get(r * width..(r + 1) * width).unwrap_or(&[]);
-        crate::transform::normalize_row(norm, row, squares);
+        transform::normalize_row(norm, row, squares);
     }
     Ok(Tensor::new(x.shape.clone(), Data::F32(out)))
 }

@@ -2,10 +2,11 @@
 
 use std::collections::HashMap;
 
-use crate::attrs::{Attrs, unsupported};
+use crate::attrs::{Attrs, NodeInput, unsupported};
+use crate::error::{CompileError, RunError};
 use crate::onnx::{self, NodeView, ValueType};
 use crate::value::{Elem, Tensor};
-use crate::{CompileError, RunError, glue, linear, tree};
+use crate::{glue, linear, tree};
 
 /// Largest `ai.onnx.ml` and default-domain opsets whose operator versions the engine
 /// knows; a model importing a newer opset may mean a different operator version.
@@ -73,13 +74,6 @@ pub struct Model {
     /// The image bytes this model's large arrays are served from, when it was loaded from
     /// an image (`image`): counted once, in `heap_bytes`, whatever shares them.
     pub(crate) backing: Option<std::sync::Arc<crate::memory::Backing>>,
-}
-
-/// What compiling a node needs to know about its inputs.
-pub(crate) struct NodeInput<'g> {
-    pub elem: Elem,
-    /// The constant value, when the input is an initializer.
-    pub constant: Option<&'g onnx::TensorView<'g>>,
 }
 
 impl Model {

@@ -40,11 +40,11 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::glue::{Arith, Constant, Glue, Norm};
+use crate::glue::{Arith, Constant, Glue};
 use crate::graph::{Model, Op, Port, Step};
 use crate::linear::{self, Linear};
 use crate::memory::{Array, Backing, Plain, as_bytes, copy_plain};
-use crate::transform::PostTransform;
+use crate::transform::{Norm, PostTransform};
 use crate::tree::{
     self, Aggregate, Classes, Core, Ensemble, MAX_TARGETS, Mode, Node, Num, Trees, Weight,
 };

@@ -13,12 +13,11 @@
 //! kernel where a model needs it). On any other CPU a linear model is not covered and goes
 //! to ONNX Runtime, so a number is never merely close.
 
-use crate::attrs::{Attrs, unsupported};
-use crate::graph::NodeInput;
+use crate::attrs::{Attrs, NodeInput, one_computed_input, unsupported};
+use crate::error::{CompileError, RunError};
 use crate::onnx::NodeView;
 use crate::transform::{self, PostTransform};
 use crate::value::{Data, Elem, Tensor};
-use crate::{CompileError, RunError};
 
 #[derive(Debug)]
 pub(crate) struct Linear {
@@ -60,10 +59,7 @@ pub(crate) fn compile(
     inputs: &[NodeInput<'_>],
     classifier: bool,
 ) -> Result<(Linear, Vec<Elem>), CompileError> {
-    let input = match inputs {
-        [x] if x.constant.is_none() => x.elem,
-        _ => return Err(unsupported(node, "expects one computed input")),
-    };
+    let input = one_computed_input(node, inputs)?;
     let (exact, avx512) = cpu_has_mlas_paths();
     if !exact {
         return Err(unsupported(

@@ -52,7 +52,8 @@ fn advise<T>(_v: &Vec<T>) {}
 
 /// Element types whose values are their bytes: no padding, no pointers, and every bit
 /// pattern a valid value, so an array of them can be written and read as raw
-/// little-endian bytes (`image`).
+/// little-endian bytes (`image`). The numbers are declared here; the tree's records
+/// (`tree::Node`, `tree::Weight<f32>`) beside their layouts, in `tree/ensemble.rs`.
 ///
 /// # Safety
 ///
@@ -71,16 +72,6 @@ unsafe impl Plain for i64 {}
 unsafe impl Plain for f32 {}
 // SAFETY: as above.
 unsafe impl Plain for f64 {}
-// SAFETY: `Node<f32>` is `#[repr(C)]` {f32, u32, u32}: 12 bytes, 4-aligned, no padding;
-// every field accepts any bit pattern.
-unsafe impl Plain for crate::tree::Node<f32> {}
-// SAFETY: `Node<f64>` is `#[repr(C)]` {f64, u32, u32}: 16 bytes, 8-aligned, no padding;
-// every field accepts any bit pattern.
-unsafe impl Plain for crate::tree::Node<f64> {}
-// SAFETY: `Weight<f32>` is `#[repr(C)]` {u32, f32}: 8 bytes, 4-aligned, no padding; both
-// fields accept any bit pattern. (`Weight<f64>` has padding: it is written by columns.)
-unsafe impl Plain for crate::tree::Weight<f32> {}
-
 /// The bytes of `values` as they lie in memory.
 pub(crate) fn as_bytes<T: Plain>(values: &[T]) -> &[u8] {
     // SAFETY: `T: Plain` has no padding, so every byte of the slice is initialised; the

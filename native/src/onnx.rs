@@ -15,7 +15,7 @@
 //! Unknown fields are skipped, as protobuf requires; a field of the wrong wire type is an
 //! error (the file is malformed, not merely new).
 
-use crate::Invalid;
+use crate::error::Invalid;
 use crate::pb::{self, Field, Repeated};
 
 /// `TensorProto.DataType` values the engine knows.

@@ -3,7 +3,7 @@
 //! (wire types 3 and 4) are refused, and nothing recurses deeper than the schema does.
 //! It never copies the buffer: messages and packed arrays are borrowed sub-slices.
 
-use crate::Invalid;
+use crate::error::Invalid;
 
 /// Wire types.
 pub const VARINT: u8 = 0;

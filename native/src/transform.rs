@@ -1,9 +1,9 @@
 //! ONNX Runtime's post transforms (`onnxruntime/core/providers/cpu/ml/ml_common.h`),
 //! operation for operation in the same types, so results are bit-identical: `exp`, `log`
 //! and `sqrt` are the same libm functions ONNX Runtime calls (`std::exp` on a `float` is
-//! `expf`).
-
-use crate::glue::Norm;
+//! `expf`). The `Normalizer`'s row arithmetic (`Norm`, `normalize_row`) is here too, the
+//! same kind of kernel; the operators (`tree`, `linear`, `glue`) call these, never the
+//! other way round.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PostTransform {
@@ -92,6 +92,14 @@ pub(crate) fn softmax_zero(values: &mut [f32]) {
     for v in values.iter_mut() {
         *v /= sum;
     }
+}
+
+/// The norm a `Normalizer` divides each row by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Norm {
+    Max,
+    L1,
+    L2,
 }
 
 /// ONNX Runtime's `Normalizer` on one row, in `float`; `squares` holds each value squared

@@ -4,8 +4,8 @@
 
 use std::borrow::Cow;
 
-use super::{Aggregate, Classes, Core, Ensemble, Labels, Mode, Node, Num, Trees, Weight};
-use crate::RunError;
+use super::ensemble::{Aggregate, Classes, Core, Ensemble, Labels, Mode, Node, Num, Trees, Weight};
+use crate::error::RunError;
 use crate::transform::{self, PostTransform};
 use crate::value::{Data, Elem, Tensor};
 

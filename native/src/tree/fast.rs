@@ -9,8 +9,8 @@
 //! the general path then compiles the model, or says why it cannot. Both paths give the
 //! same `Decoded` for every model this one accepts (tested in `tree::tests`).
 
-use super::weights::{LeafWeights, weight_names};
-use super::{Decoded, MAX_FEATURE, MISSING_TRUE, Mode, Node, Num, TRUE_NEXT, WORD_BITS, Weight};
+use super::ensemble::{MAX_FEATURE, MISSING_TRUE, Mode, Node, Num, TRUE_NEXT, WORD_BITS, Weight};
+use super::weights::{Decoded, LeafWeights, weight_names};
 use crate::attrs::{Attrs, Column};
 
 pub(super) fn decode<T: Num>(

@@ -1,11 +1,11 @@
 //! Laying decoded trees out as `Trees` keeps them: each tree in the file's order where that
 //! already is a layout, else ONNX Runtime's depth-first relayout; leaf weights attached.
 
-use super::general::NodeIndex;
+use super::ensemble::{MODE_MASK, Mode, Node, Num, TRUE_NEXT, WORD_BITS, Weight};
+use super::index::NodeIndex;
 use super::weights::LeafWeights;
-use super::{MODE_MASK, Mode, Node, Num, TRUE_NEXT, WORD_BITS, Weight, invalid};
-use crate::CompileError;
-use crate::attrs::unsupported;
+use crate::attrs::{invalid, unsupported};
+use crate::error::CompileError;
 use crate::onnx::NodeView;
 
 /// Whether a tree (attribute positions `start..end`, root first) can stay in the file's

@@ -1,4 +1,5 @@
-use super::*;
+use super::{fast, general};
+use crate::attrs::Attrs;
 
 /// The corpus's tree ensembles (every family the exporters write, and the operator
 /// models made to stress the layout): where the one-pass path accepts a model it

@@ -1,8 +1,43 @@
 //! The leaf weight columns (`class_*` or `target_*`), as both decoding paths read them:
-//! their names, and attaching each weight to its leaf while summarising them for
-//! `Decoded`.
+//! their names, float lists in either form (`values`, which base values share), attaching
+//! each weight to its leaf while summarising them, and what either path produces
+//! (`Decoded`).
 
-use super::{Decoded, MODE_MASK, Mode, Node, Num, WORD_BITS, WORD_MASK, Weight};
+use super::ensemble::{MODE_MASK, Mode, Node, Num, WORD_BITS, WORD_MASK, Weight};
+use crate::attrs::{Attrs, invalid};
+use crate::error::CompileError;
+use crate::onnx::NodeView;
+
+/// What the node and weight columns become, by either path.
+#[derive(Debug)]
+pub(super) struct Decoded<T> {
+    pub(super) nodes: Vec<Node<T>>,
+    pub(super) roots: Vec<u32>,
+    pub(super) weights: Vec<Weight<T>>,
+    pub(super) max_feature: u32,
+    /// How many distinct output ids the weights name: 0, 1, or 2 for more.
+    pub(super) distinct_ids: u8,
+    pub(super) any_negative_weight: bool,
+}
+
+/// Thresholds, weights or base values: the `_as_tensor` form (of exactly the threshold
+/// type, as ONNX Runtime requires) or the float list, never both.
+pub(super) fn values<T: Num>(
+    node: &NodeView<'_>,
+    attrs: &Attrs<'_, '_>,
+    floats: &'static str,
+    tensor: &'static str,
+) -> Result<Vec<T>, CompileError> {
+    let listed = attrs.floats(floats)?;
+    match attrs.tensor_f64(tensor, T::BYTES == 8)? {
+        Some(v) if listed.is_empty() => Ok(v.into_iter().map(T::from_f64).collect()),
+        Some(_) => Err(invalid(
+            node,
+            format!("both {floats} and {tensor} are given"),
+        )),
+        None => Ok(listed.into_iter().map(T::from_f32).collect()),
+    }
+}
 
 /// The weight columns' names: `class_*` for a classifier, `target_*` for a regressor.
 pub(super) fn weight_names(classifier: bool) -> [&'static str; 5] {

@@ -1,7 +1,11 @@
 use std::path::{Path, PathBuf};
 
+use xxhash_rust::xxh3::xxh3_64;
+
 use super::*;
-use crate::value::{Data, Tensor};
+use crate::graph::Op;
+use crate::tree::{self, Core, Ensemble, Mode};
+use crate::value::{Data, Elem, Tensor};
 
 const KEY: &[u8] = b"store-key:1234:5678";
 const ANNEX: &[u8] = br#"{"classes":[null]}"#;

@@ -3,16 +3,72 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Mutex, MutexGuard};
 
 use super::{ModelCache, ModelKey, scopeguard};
 use crate::error::ScorerError;
 use crate::model_id::ModelId;
 
-/// Requests waiting for loads now: in all, and per model.
+/// Requests waiting for loads now, in all and per model, against their bounds
+/// (`cache.max_waiting`, `cache.max_waiting_per_model`).
+pub(super) struct Waiters {
+    counts: Mutex<Waiting>,
+    max_total: usize,
+    max_per_model: usize,
+}
+
 #[derive(Default)]
-pub(super) struct Waiting {
+struct Waiting {
     total: usize,
     models: HashMap<ModelId, usize>,
+}
+
+impl Waiters {
+    pub(super) fn new(max_total: usize, max_per_model: usize) -> Self {
+        Waiters {
+            counts: Mutex::default(),
+            max_total,
+            max_per_model,
+        }
+    }
+
+    fn counts(&self) -> MutexGuard<'_, Waiting> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a request that is about to wait for `id`'s load, or refuses it at once
+    /// (503 with `Retry-After`) when `max_total` requests already wait on this scorer or
+    /// `max_per_model` on this model. The count drops with the guard.
+    pub(super) fn enter(&self, id: &ModelId) -> Result<impl Drop + '_, ScorerError> {
+        {
+            let mut waiting = self.counts();
+            let (total, per_model) = (self.max_total, self.max_per_model);
+            if waiting.total >= total {
+                return Err(ScorerError::Overloaded(format!(
+                    "{total} requests already wait for model loads here (cache.max_waiting)"
+                )));
+            }
+            let model = waiting.models.entry(id.clone()).or_default();
+            if *model >= per_model {
+                return Err(ScorerError::Overloaded(format!(
+                    "{per_model} requests already wait for model '{id}' to load (cache.max_waiting_per_model)"
+                )));
+            }
+            *model += 1;
+            waiting.total += 1;
+        }
+        let id = id.clone();
+        Ok(scopeguard(move || {
+            let mut waiting = self.counts();
+            waiting.total -= 1;
+            if let Some(model) = waiting.models.get_mut(&id) {
+                *model -= 1;
+                if *model == 0 {
+                    waiting.models.remove(&id);
+                }
+            }
+        }))
+    }
 }
 
 impl ModelCache {
@@ -38,42 +94,33 @@ impl ModelCache {
             Err(error)
         })
     }
+}
 
-    /// Counts a request that is about to wait for `id`'s load, or refuses it at once
-    /// (503 with `Retry-After`) when `cache.max_waiting` requests already wait on this
-    /// scorer or `cache.max_waiting_per_model` on this model: a burst of cold requests
-    /// cannot queue without limit behind loads. The count drops with the guard.
-    pub(super) fn wait_for_load(&self, id: &ModelId) -> Result<impl Drop + '_, ScorerError> {
-        {
-            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-            let (total, per_model) = (
-                self.config.max_waiting.get(),
-                self.config.max_waiting_per_model.get(),
-            );
-            if waiting.total >= total {
-                return Err(ScorerError::Overloaded(format!(
-                    "{total} requests already wait for model loads here (cache.max_waiting)"
-                )));
-            }
-            let model = waiting.models.entry(id.clone()).or_default();
-            if *model >= per_model {
-                return Err(ScorerError::Overloaded(format!(
-                    "{per_model} requests already wait for model '{id}' to load (cache.max_waiting_per_model)"
-                )));
-            }
-            *model += 1;
-            waiting.total += 1;
-        }
-        let id = id.clone();
-        Ok(scopeguard(move || {
-            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-            waiting.total -= 1;
-            if let Some(model) = waiting.models.get_mut(&id) {
-                *model -= 1;
-                if *model == 0 {
-                    waiting.models.remove(&id);
-                }
-            }
-        }))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_is_bounded_in_all_and_per_model_and_counted_down_on_drop() {
+        let waiters = Waiters::new(3, 2);
+        let (a, b) = (ModelId::parse("a").unwrap(), ModelId::parse("b").unwrap());
+        let first = waiters.enter(&a).expect("room");
+        let second = waiters.enter(&a).expect("room");
+        let refused = waiters.enter(&a).err().expect("a third for one model");
+        assert!(
+            refused.to_string().contains("max_waiting_per_model"),
+            "{refused}"
+        );
+        let third = waiters.enter(&b).expect("another model");
+        let refused = waiters.enter(&b).err().expect("four in all");
+        assert!(
+            refused.to_string().contains("cache.max_waiting)"),
+            "{refused}"
+        );
+        drop(first);
+        let again = waiters.enter(&a).expect("room again");
+        drop((second, third, again));
+        assert_eq!(waiters.counts().total, 0);
+        assert!(waiters.counts().models.is_empty());
     }
 }

@@ -86,23 +86,6 @@ fn found(id: &ModelId, state: ModelState) -> Result<ModelState, ScorerError> {
 }
 
 impl ModelCache {
-    /// `canary` with this scorer's counts for it; `active` when its version is in the
-    /// store (`ModelState::split`).
-    pub(super) fn canary_status(&self, id: &ModelId, canary: Canary, active: bool) -> CanaryStatus {
-        let counted = self
-            .lives()
-            .get(id)
-            .and_then(|live| live.split.clone())
-            .filter(|split| split.canary == canary);
-        CanaryStatus {
-            version: canary.version,
-            percent: canary.percent,
-            active,
-            requests: counted.as_ref().map_or(0, |s| s.requests),
-            to_canary: counted.as_ref().map_or(0, |s| s.to_canary),
-        }
-    }
-
     /// The store's state of `id`, which must exist (a model with no version is none).
     pub(super) async fn existing(&self, id: &ModelId) -> Result<ModelState, ScorerError> {
         found(id, self.store.model_state(id).await.map_err(store_error)?)
@@ -139,7 +122,9 @@ impl ModelCache {
         let canary = state
             .canary
             .ok_or_else(|| ScorerError::NoCanary(id.to_string()))?;
-        Ok(self.canary_status(id, canary, state.split().is_some()))
+        Ok(self
+            .lives
+            .canary_status(id, canary, state.split().is_some()))
     }
 
     /// Sets `id`'s canary in the store and follows it here at once. The version must be
@@ -180,7 +165,7 @@ impl ModelCache {
             .map_err(store_error)?;
         tracing::info!(model = %id, version = canary.version, percent = canary.percent, "canary set");
         self.refresh(id).await?;
-        Ok(self.canary_status(id, canary, true))
+        Ok(self.lives.canary_status(id, canary, true))
     }
 
     /// Drops `id`'s canary from the store; answers it as it was, with this scorer's
@@ -194,7 +179,9 @@ impl ModelCache {
             }
             return Err(ScorerError::NoCanary(id.to_string()));
         };
-        let dropped = self.canary_status(id, canary, state.split().is_some());
+        let dropped = self
+            .lives
+            .canary_status(id, canary, state.split().is_some());
         self.store
             .write_canary(id, None)
             .await
@@ -222,7 +209,7 @@ impl ModelCache {
                 version: canary.version.to_string(),
             });
         }
-        let promoted = self.canary_status(id, canary, true);
+        let promoted = self.lives.canary_status(id, canary, true);
         self.store
             .write_alias(id, Some(canary.version))
             .await

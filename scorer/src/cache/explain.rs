@@ -60,7 +60,7 @@ impl ModelCache {
             .into_iter()
             .map(|(r, idle_seconds)| ResidentView::of(&state, r, idle_seconds))
             .collect();
-        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let pool = self.pool.view();
         let mut top: Vec<(String, f64)> = pool.combined().into_iter().collect();
         top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         top.truncate(hottest);
@@ -90,12 +90,7 @@ impl ModelCache {
     /// `ModelNotFound` when the store has no version of it.
     pub async fn explain_model(&self, id: &ModelId) -> Result<ModelExplain, ScorerError> {
         let stored = self.existing(id).await?;
-        let loading = self
-            .inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .any(|k| k.id == *id);
+        let loading = self.flights.any(|k| k.id == *id);
         let now = self.now();
         // The resident set's lock, then the pool's, in the order `explain` takes them.
         let state = self.state();
@@ -124,13 +119,7 @@ impl ModelCache {
             })
             .collect();
         let refused_again = state.policy().refuses_again(id);
-        let pool_rate = self
-            .pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .combined()
-            .get(id.as_str())
-            .copied();
+        let pool_rate = self.pool.combined().get(id.as_str()).copied();
         drop(state);
         let mut explain = ModelExplain {
             model: id.to_string(),

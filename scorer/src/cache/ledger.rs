@@ -1,31 +1,142 @@
 //! The memory books: the resident set shared with the reservations of loads in flight
-//! (and of evicted models still in use), what a load may reserve, and giving freed pages
-//! back to the OS.
+//! (and of evicted models still in use), the policy's clock, and giving freed pages back
+//! to the OS.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
-use super::loader::{self, Phase};
+use super::loader;
 use super::resident::{Reserve, Resident};
-use super::{ModelCache, ModelKey};
 use crate::engine::LoadedModel;
-use crate::error::ScorerError;
 use crate::metrics::Metrics;
 
 /// The resident set with what waits on it: shared with the reservations, which give
 /// their bytes back when dropped, wherever they are.
 pub(super) struct Ledger {
-    pub(super) state: std::sync::Mutex<Resident<LoadedModel>>,
+    state: Mutex<Resident<LoadedModel>>,
     /// Signalled whenever a reservation is given back.
-    pub(super) released: Notify,
-    pub(super) metrics: Arc<Metrics>,
+    released: Notify,
+    metrics: Arc<Metrics>,
+    /// The policy's clock starts here.
+    started: Instant,
+    /// Set when an eviction freed a model; cleared by the next trim.
+    freed: AtomicBool,
 }
 
 impl Ledger {
+    pub(super) fn new(state: Resident<LoadedModel>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Ledger {
+            state: Mutex::new(state),
+            released: Notify::new(),
+            metrics,
+            started: Instant::now(),
+            freed: AtomicBool::new(false),
+        })
+    }
+
     pub(super) fn state(&self) -> MutexGuard<'_, Resident<LoadedModel>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Seconds since start: the policy's clock.
+    pub(super) fn now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// When the clock started.
+    pub(super) fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Frees models that left memory, outside the lock, and gives the pages back. One
+    /// that requests still use stays accounted (a reservation of its weight, released when
+    /// its last request lets go), so the next load cannot count on memory not yet free.
+    pub(super) fn dropped(self: &Arc<Self>, models: Vec<Arc<LoadedModel>>) {
+        if models.is_empty() {
+            return;
+        }
+        for model in &models {
+            if Arc::strong_count(model) > 1 {
+                self.keep_accounted(model);
+            }
+        }
+        drop(models);
+        self.mark_freed();
+        self.trim_if_freed();
+    }
+
+    /// Reserves `model`'s weight for as long as the model lives (it is outside the
+    /// resident set, so nothing else charges it). Never waits: the memory exists already.
+    pub(super) fn keep_accounted(self: &Arc<Self>, model: &Arc<LoadedModel>) {
+        model.hold(Box::new(self.hold(model.weight)));
+    }
+
+    /// Accounts for `bytes` that are in memory already (never waits).
+    pub(super) fn hold(self: &Arc<Self>, bytes: u64) -> Reservation {
+        {
+            let mut state = self.state();
+            state.hold(bytes);
+            self.metrics.reserved_bytes.set(state.reserved() as i64);
+        }
+        Reservation {
+            ledger: self.clone(),
+            bytes,
+            load: false,
+        }
+    }
+
+    /// Whether a model of `bytes` could ever be resident.
+    pub(super) fn fits(&self, bytes: u64) -> bool {
+        self.state().fits(bytes)
+    }
+
+    /// Reserves `bytes` for a load, evicting the lowest-priority residents when they do
+    /// not fit, or waiting for other loads to give theirs back.
+    pub(super) async fn reserve(self: &Arc<Self>, bytes: u64) -> Reservation {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let outcome = {
+                let now = self.now();
+                let mut state = self.state();
+                let outcome = state.reserve(bytes, now);
+                self.metrics.reserved_bytes.set(state.reserved() as i64);
+                outcome
+            };
+            match outcome {
+                Reserve::Granted(bytes, dropped) => {
+                    self.dropped(dropped);
+                    return Reservation {
+                        ledger: self.clone(),
+                        bytes,
+                        load: true,
+                    };
+                }
+                Reserve::Wait => released.await,
+            }
+        }
+    }
+
+    /// Notes that memory was freed: the next look-up trims the heap.
+    pub(super) fn mark_freed(&self) {
+        self.freed.store(true, Ordering::Relaxed);
+    }
+
+    /// After evictions, give freed heap pages back to the OS so RSS follows the budget:
+    /// glibc keeps freed memory in its arenas otherwise. Measured: with a trim after every
+    /// eviction, RSS under churn stays within about one budget of the idle process; without,
+    /// it grew to 2.4 budgets (BENCHMARKS.md). The trim runs on a blocking thread, off the
+    /// request path.
+    pub(super) fn trim_if_freed(&self) {
+        // A plain load first: most look-ups find nothing freed, and a swap would write
+        // the shared cache line on every request.
+        if self.freed.load(Ordering::Relaxed) && self.freed.swap(false, Ordering::Relaxed) {
+            tokio::task::spawn_blocking(trim_heap);
+        }
     }
 }
 
@@ -56,132 +167,6 @@ impl Drop for Reservation {
                 .set(state.reserved() as i64);
         }
         self.ledger.released.notify_waiters();
-    }
-}
-
-impl ModelCache {
-    /// Frees models that left memory, outside the lock, and gives the pages back. One
-    /// that requests still use stays accounted (a reservation of its weight, released when
-    /// its last request lets go), so the next load cannot count on memory not yet free.
-    pub(super) fn dropped(&self, models: Vec<Arc<LoadedModel>>) {
-        if models.is_empty() {
-            return;
-        }
-        for model in &models {
-            if Arc::strong_count(model) > 1 {
-                self.keep_accounted(model);
-            }
-        }
-        drop(models);
-        self.freed.store(true, Ordering::Relaxed);
-        self.trim_if_freed();
-    }
-
-    /// Reserves `model`'s weight for as long as the model lives (it is outside the
-    /// resident set, so nothing else charges it). Never waits: the memory exists already.
-    pub(super) fn keep_accounted(&self, model: &Arc<LoadedModel>) {
-        model.hold(Box::new(self.hold(model.weight)));
-    }
-
-    /// Accounts for `bytes` that are in memory already (never waits).
-    pub(super) fn hold(&self, bytes: u64) -> Reservation {
-        {
-            let mut state = self.state();
-            state.hold(bytes);
-            self.metrics.reserved_bytes.set(state.reserved() as i64);
-        }
-        Reservation {
-            ledger: self.ledger.clone(),
-            bytes,
-            load: false,
-        }
-    }
-
-    /// A loaded model, unless it is larger than the whole budget.
-    pub(super) fn fitting(
-        &self,
-        key: &ModelKey,
-        model: LoadedModel,
-        cpu: f64,
-        reservation: Reservation,
-    ) -> Result<(LoadedModel, f64, Reservation), ScorerError> {
-        if self.state().fits(model.weight) {
-            Ok((model, cpu, reservation))
-        } else {
-            Err(self.too_large(key, model.weight))
-        }
-    }
-
-    pub(super) fn too_large(&self, key: &ModelKey, needed: u64) -> ScorerError {
-        ScorerError::TooLarge {
-            id: key.id.to_string(),
-            version: key.version,
-            needed,
-            budget: self.config.budget.bytes(),
-        }
-    }
-
-    /// Reserves the memory a load by `phase` of a `file`-byte model may hold, waiting for
-    /// other loads to give theirs back when needed. Refuses at once, evicting nothing, a
-    /// model whose expected size could never fit the budget.
-    pub(super) async fn reserve(
-        &self,
-        key: &ModelKey,
-        phase: Phase,
-        file: u64,
-    ) -> Result<Reservation, ScorerError> {
-        // The ONNX file itself is held by the caller; an image is never held whole (its
-        // arrays are read into the model), so its reservation is the whole model.
-        let bytes = match phase {
-            Phase::Image => loader::reservation(phase, file),
-            Phase::Native | Phase::OnnxRuntime => {
-                loader::reservation(phase, file).saturating_sub(file)
-            }
-        };
-        let expected = match phase {
-            Phase::Native => file / 2,
-            Phase::OnnxRuntime => self.config.weigh(file),
-            Phase::Image => file,
-        };
-        if !self.state().fits(expected) {
-            return Err(self.too_large(key, expected));
-        }
-        loop {
-            let released = self.ledger.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            let outcome = {
-                let now = self.now();
-                let mut state = self.state();
-                let outcome = state.reserve(bytes, now);
-                self.metrics.reserved_bytes.set(state.reserved() as i64);
-                outcome
-            };
-            match outcome {
-                Reserve::Granted(bytes, dropped) => {
-                    self.dropped(dropped);
-                    return Ok(Reservation {
-                        ledger: self.ledger.clone(),
-                        bytes,
-                        load: true,
-                    });
-                }
-                Reserve::Wait => released.await,
-            }
-        }
-    }
-
-    /// After evictions, give freed heap pages back to the OS so RSS follows the budget:
-    /// glibc keeps freed memory in its arenas otherwise. Measured: with a trim after every
-    /// eviction, RSS under churn stays within about one budget of the idle process; without,
-    /// it grew to 2.4 budgets (BENCHMARKS.md). The trim runs on a blocking thread, off the
-    /// request path.
-    pub(super) fn trim_if_freed(&self) {
-        // A plain load first: most look-ups find nothing freed, and a swap would write
-        // the shared cache line on every request.
-        if self.freed.load(Ordering::Relaxed) && self.freed.swap(false, Ordering::Relaxed) {
-            tokio::task::spawn_blocking(trim_heap);
-        }
     }
 }
 

@@ -4,13 +4,12 @@
 //! without a failed request (a new version is loaded and vetted beside the old one, then
 //! switched under one lock).
 
-use std::collections::HashMap;
-use std::sync::{Arc, MutexGuard};
+use std::sync::Arc;
 use std::time::Instant;
 
+use super::miss::NOT_FOUND_TTL;
 use super::{
-    Live, ModelCache, ModelKey, NOT_FOUND_TTL, Refresh, Refusal, Reservation, Split, VersionStatus,
-    invalid_model, store_error,
+    ModelCache, ModelKey, Refresh, Refusal, Reservation, VersionStatus, invalid_model, store_error,
 };
 use crate::engine::LoadedModel;
 use crate::error::ScorerError;
@@ -18,10 +17,6 @@ use crate::model_id::ModelId;
 use crate::store::StoreError;
 
 impl ModelCache {
-    pub(super) fn lives(&self) -> MutexGuard<'_, HashMap<ModelId, Live>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Where a request for `id` that names no version goes: `(version, to_canary)`. The
     /// version is the live one, what this scorer already serves while it holds it (the
     /// version checker moves it on), otherwise the store's pinned or highest version;
@@ -32,68 +27,37 @@ impl ModelCache {
         id: &ModelId,
         split: bool,
     ) -> Result<(u64, bool), ScorerError> {
-        let known = self
-            .lives()
-            .get(id)
-            .map(|l| (l.version, l.checked, l.split.is_some()));
-        if let Some((version, checked, has_canary)) = known {
-            let key = ModelKey {
+        let resident = |version| {
+            self.state().contains(&ModelKey {
                 id: id.clone(),
                 version,
-            };
-            if checked.elapsed() < self.versions.check_interval || self.state().contains(&key) {
-                if !(split && has_canary) {
-                    return Ok((version, false));
-                }
-                // Locked again to count the split: the resident set's lock is never taken
-                // under this one (`check_versions` takes them the other way round).
-                if let Some(live) = self.lives().get_mut(id) {
-                    return Ok(live.target(split, &self.metrics));
-                }
-            }
+            })
+        };
+        if let Some(known) = self.lives.known(id, split, resident, &self.metrics) {
+            return Ok(known);
         }
         let missing = (id.clone(), None);
-        if let Some(failure) = self.failures.get(&missing).await {
-            return Err(failure.error);
+        if let Some(error) = self.failures.get(&missing).await {
+            return Err(error);
         }
-        let state = self
-            .resolving
-            .try_get_with(id.clone(), async {
-                self.store.model_state(id).await.map_err(store_error)
-            })
-            .await
-            .map_err(|shared: Arc<ScorerError>| (*shared).clone())?;
+        let state = self.lives.resolve(id, self.store.as_ref()).await?;
         let Some(target) = state.live() else {
             let error = ScorerError::ModelNotFound(id.to_string());
-            self.remember(missing, error.clone(), NOT_FOUND_TTL).await;
-            self.lives().remove(id);
+            self.failures
+                .remember(missing, error.clone(), NOT_FOUND_TTL)
+                .await;
+            self.lives.remove(id);
             return Err(error);
         };
-        let mut lives = self.lives();
-        let entry = Live::checked_now(&mut lives, id, target);
-        Split::follow(&mut entry.split, state.split());
-        let refused = entry
-            .refused
-            .as_ref()
-            .is_some_and(|(v, _, at)| *v == target && at.elapsed() < self.config.failure_ttl);
-        if entry.version != target && !refused {
-            entry.previous = Some(entry.version);
-            entry.version = target;
-        }
-        Ok(entry.target(split, &self.metrics))
+        Ok(self
+            .lives
+            .follow(id, target, state.split(), split, &self.metrics))
     }
 
     /// After the live version `failed` could not be loaded, falls back to the version
     /// served before it, if any, and remembers the refusal. Returns the fallback.
     pub(super) fn fall_back(&self, id: &ModelId, failed: u64, error: &ScorerError) -> Option<u64> {
-        let mut lives = self.lives();
-        let live = lives.get_mut(id)?;
-        let previous = live.previous.filter(|p| *p != failed)?;
-        if live.version == failed {
-            live.version = previous;
-            live.previous = None;
-        }
-        live.refused = Some((failed, error.to_string(), Instant::now()));
+        let previous = self.lives.fall_back(id, failed, error.to_string())?;
         self.metrics.version_refusals.inc();
         tracing::warn!(model = %id, refused = failed, serving = previous, %error, "new live version refused; serving the previous one");
         Some(previous)
@@ -104,20 +68,20 @@ impl ModelCache {
     /// the scorer every `versions.check_interval`.
     pub async fn check_versions(&self) {
         use futures::StreamExt;
-        let mut ids: Vec<(Instant, ModelId)> = {
+        let resident: Vec<ModelId> = {
             let state = self.state();
-            let lives = self.lives();
             let mut seen = std::collections::HashSet::new();
             state
                 .models()
-                .map(|(k, _)| k)
-                .filter(|k| seen.insert(k.id.clone()))
-                .map(|k| {
-                    let checked = lives.get(&k.id).map_or(self.started, |l| l.checked);
-                    (checked, k.id.clone())
-                })
+                .map(|(k, _)| k.id.clone())
+                .filter(|id| seen.insert(id.clone()))
                 .collect()
         };
+        let started = self.ledger.started();
+        let mut ids: Vec<(Instant, ModelId)> = resident
+            .into_iter()
+            .map(|id| (self.lives.checked(&id).unwrap_or(started), id))
+            .collect();
         ids.sort();
         ids.truncate(self.versions.checks_per_interval);
         futures::stream::iter(ids)
@@ -136,17 +100,12 @@ impl ModelCache {
     /// refused and the old one keeps serving.
     pub async fn refresh(&self, id: &ModelId) -> Result<Refresh, ScorerError> {
         let state = self.store.model_state(id).await.map_err(store_error)?;
-        self.resolving.invalidate(id).await;
+        self.lives.invalidate(id).await;
         let Some(target) = state.live() else {
-            self.lives().remove(id);
+            self.lives.remove(id);
             return Err(ScorerError::ModelNotFound(id.to_string()));
         };
-        let current = {
-            let mut lives = self.lives();
-            let live = Live::checked_now(&mut lives, id, target);
-            Split::follow(&mut live.split, state.split());
-            live.clone()
-        };
+        let current = self.lives.check(id, target, state.split());
         let mut outcome = Refresh {
             model: id.to_string(),
             live: current.version,
@@ -157,15 +116,8 @@ impl ModelCache {
         if current.version == target {
             return Ok(outcome);
         }
-        if let Some((version, error, at)) = &current.refused
-            && *version == target
-            && at.elapsed() < self.config.failure_ttl
-        {
-            outcome.refused = Some(Refusal {
-                version: *version,
-                error: error.clone(),
-                seconds_ago: at.elapsed().as_secs_f64(),
-            });
+        if let Some(refusal) = self.lives.refusal(id, target) {
+            outcome.refused = Some(refusal);
             return Ok(outcome);
         }
         let old_key = ModelKey {
@@ -195,10 +147,7 @@ impl ModelCache {
                 }
                 Err(error) => {
                     let message = error.to_string();
-                    let mut lives = self.lives();
-                    if let Some(live) = lives.get_mut(id) {
-                        live.refused = Some((target, message.clone(), Instant::now()));
-                    }
+                    self.lives.refuse(id, target, message.clone());
                     self.metrics.version_refusals.inc();
                     tracing::warn!(model = %id, refused = target, serving = current.version, error = %message, "new live version refused; the old one keeps serving");
                     outcome.refused = Some(Refusal {
@@ -210,14 +159,7 @@ impl ModelCache {
                 }
             }
         }
-        {
-            let mut lives = self.lives();
-            if let Some(live) = lives.get_mut(id) {
-                live.previous = Some(current.version);
-                live.version = target;
-                live.refused = None;
-            }
-        }
+        self.lives.advance(id, current.version, target);
         tracing::info!(model = %id, from = current.version, to = target, swapped = outcome.swapped, "live version changed");
         outcome.previous = Some(current.version);
         outcome.live = target;
@@ -263,7 +205,7 @@ impl ModelCache {
         }
         let now = self.now();
         let dropped = self.state().retire(old_key, new_key, now)?;
-        self.dropped(dropped);
+        self.ledger.dropped(dropped);
         Some(Ok(()))
     }
 
@@ -298,7 +240,7 @@ impl ModelCache {
     ) {
         let now = self.now();
         let dropped = self.state().replace(old_key, new_key, model, seconds, now);
-        self.dropped(dropped);
+        self.ledger.dropped(dropped);
     }
 
     /// Versions, alias and what this scorer serves for `id`.
@@ -312,19 +254,14 @@ impl ModelCache {
             .map(|k| k.version)
             .collect();
         resident.sort_unstable();
-        let live = self.lives().get(id).cloned();
         let active = state.split().is_some();
-        let canary = state.canary.map(|c| self.canary_status(id, c, active));
+        let canary = state
+            .canary
+            .map(|c| self.lives.canary_status(id, c, active));
         Ok(VersionStatus {
             model: id.to_string(),
-            live: live.as_ref().map(|l| l.version).or(state.live()),
-            refused: live
-                .and_then(|l| l.refused)
-                .map(|(version, error, at)| Refusal {
-                    version,
-                    error,
-                    seconds_ago: at.elapsed().as_secs_f64(),
-                }),
+            live: self.lives.version(id).or(state.live()),
+            refused: self.lives.last_refusal(id),
             versions: state.versions,
             pinned: state.pinned,
             resident,
@@ -340,10 +277,7 @@ impl ModelCache {
         version: u64,
         bytes: bytes::Bytes,
     ) -> Result<Refresh, ScorerError> {
-        let current = {
-            let lives = self.lives();
-            lives.get(id).map(|l| l.version)
-        };
+        let current = self.lives.version(id);
         let old = current.and_then(|v| {
             self.state()
                 .model(&ModelKey {

@@ -1,7 +1,8 @@
 //! Which scorer serves a request, as a pure function of what the proxy knows about the
 //! candidates: their rendezvous order, whether each holds the model hot, and the requests
-//! each has in flight. `service.rs` gathers that state and carries out the decision
-//! (counting it and starting background warm loads).
+//! each has in flight. Every routing rule is here; `service.rs` gathers that state (from
+//! the pool and the statistics) and carries out the decision (counting it and starting
+//! background warm loads).
 
 /// What the proxy knows about one candidate, in rendezvous order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,8 +20,44 @@ pub struct Policy {
     pub top_k: usize,
     pub load_factor: f64,
     pub min_inflight: usize,
-    /// The model is above the replication threshold.
+    /// Whether a draining scorer may serve the models it holds (`routing.drain_handoff`).
+    pub drain_handoff: bool,
+    /// The model is above the replication threshold (see [`replicates`]).
     pub replicate: bool,
+}
+
+impl Policy {
+    /// How many healthy candidates a model request is chosen among: the top k, and never
+    /// fewer than two (a replicated model's second scorer, a spill's target). A request
+    /// that names no model is chosen among as many ([`least_busy`]).
+    pub fn candidates(&self) -> usize {
+        self.top_k.max(2)
+    }
+
+    /// Whether to look for a draining scorer that holds the model (the drain hand-off),
+    /// given the healthy candidates: only when none of those [`decide`] would prefer for
+    /// it (the first k) holds it.
+    pub fn wants_draining_holder(&self, healthy: &[View]) -> bool {
+        self.drain_handoff && !healthy.iter().take(self.top_k.max(1)).any(|v| v.hot)
+    }
+}
+
+/// Whether a model's pool-wide `rate` (requests a second) puts it above the replication
+/// threshold (`replication.threshold`; `None`: replication is off). The same rule places
+/// its statistics (`stats.rs`) and its requests.
+pub fn replicates(rate: f64, threshold: Option<f64>) -> bool {
+    threshold.is_some_and(|threshold| rate >= threshold)
+}
+
+/// The candidate for a request that names no model, by the requests each has in flight:
+/// the least busy one (the first of them on a tie), so such requests spread without
+/// favouring any scorer. `None` without candidates.
+pub fn least_busy(inflight: impl IntoIterator<Item = usize>) -> Option<usize> {
+    inflight
+        .into_iter()
+        .enumerate()
+        .min_by_key(|(_, n)| *n)
+        .map(|(i, _)| i)
 }
 
 /// The decision for one request.
@@ -115,6 +152,7 @@ mod tests {
         top_k: 2,
         load_factor: 2.0,
         min_inflight: 8,
+        drain_handoff: true,
         replicate: false,
     };
 
@@ -253,5 +291,47 @@ mod tests {
         // The only candidate left: it serves.
         let d = decide(&[draining(true, 3)], 3.0, POLICY);
         assert_eq!((d.chosen, d.drained), (0, true));
+    }
+
+    #[test]
+    fn a_draining_holder_is_looked_for_only_when_no_preferred_candidate_holds_the_model() {
+        let cold = [view(false, 0), view(false, 0), view(true, 0)];
+        assert!(
+            POLICY.wants_draining_holder(&cold),
+            "hot only past the top k"
+        );
+        assert!(
+            POLICY.wants_draining_holder(&[]),
+            "no healthy candidate at all"
+        );
+        assert!(!POLICY.wants_draining_holder(&[view(false, 0), view(true, 9)]));
+        let off = Policy {
+            drain_handoff: false,
+            ..POLICY
+        };
+        assert!(
+            !off.wants_draining_holder(&cold),
+            "routing.drain_handoff = false"
+        );
+        assert_eq!(
+            Policy { top_k: 1, ..POLICY }.candidates(),
+            2,
+            "never fewer than two"
+        );
+        assert_eq!(Policy { top_k: 3, ..POLICY }.candidates(), 3);
+    }
+
+    #[test]
+    fn replication_starts_at_the_threshold_and_never_without_one() {
+        assert!(replicates(5.0, Some(5.0)));
+        assert!(!replicates(4.9, Some(5.0)));
+        assert!(!replicates(1e9, None));
+    }
+
+    #[test]
+    fn a_request_naming_no_model_goes_to_the_least_busy_candidate() {
+        assert_eq!(least_busy([3, 1, 4, 1]), Some(1), "the first of a tie");
+        assert_eq!(least_busy([0]), Some(0));
+        assert_eq!(least_busy([]), None);
     }
 }

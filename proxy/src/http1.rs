@@ -37,3 +37,16 @@ pub async fn call(
         .ok_or_else(|| std::io::Error::other("malformed status line"))?;
     Ok((status, response[split + 4..].to_vec()))
 }
+
+/// `POST path` to `addr` without a body, with `authorization` as its `Authorization` header
+/// when there is one: the warm loads and the refresh fan-out.
+pub async fn post(
+    addr: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let headers: Vec<(&str, &str)> = authorization
+        .map(|a| vec![("Authorization", a)])
+        .unwrap_or_default();
+    call(addr, "POST", path, &headers, b"").await
+}

@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod choice;
 pub mod http1;
+pub mod keys;
 pub mod local;
 pub mod metrics;
 pub mod pool;
@@ -28,14 +29,11 @@ use std::time::Duration;
 
 use manymodels_config::proxy::ProxyConfig;
 use pingora::apps::HttpServerOptions;
-use pingora::lb::{Backends, LoadBalancer};
 use pingora::proxy::http_proxy_service;
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
 
-use crate::pool::{Discovery, Pool};
-use crate::ranking::Rendezvous;
 use crate::service::Proxy;
 
 /// Builds the Pingora server and serves until SIGTERM (graceful: stop accepting, let
@@ -52,34 +50,9 @@ pub fn run(config: ProxyConfig) -> ! {
     };
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
 
-    // Discovery hands new scorers over disabled; the health check admits each one at its
-    // first passed check (`pool::Admission`).
-    let admission = Arc::new(pool::Admission::default());
-    let mut lb = LoadBalancer::<Rendezvous>::from_backends(Backends::new(Box::new(
-        Discovery::new(config.pool.clone(), admission.clone()),
-    )));
-    lb.set_health_check(Box::new(pool::ScorerCheck::new(
-        config.health_timeout,
-        config.tolerated_timeouts,
-        admission.clone(),
-    )));
-    lb.health_check_frequency = Some(config.health_interval);
-    lb.update_frequency = Some(config.pool_refresh);
-    lb.parallel_health_check = true;
-    let pool_service = background_service("scorer pool", lb);
-    let lb = pool_service.task();
-    admission.attach(&lb);
+    let pool_authorization = keys::pool_authorization(&config.pool_key);
+    let (pool_service, pool) = pool::build(&config, pool_authorization.as_deref());
     let pool_handle = server.add_service(pool_service);
-
-    let pool_authorization = admin::pool_authorization(&config.pool_key);
-    // The drain hand-off: the health check marks draining scorers, routing reads them.
-    let mut pool = Pool::new(
-        lb,
-        pool::HotTable::new(config.hot_ttl, config.hot_max_models),
-        config.eject_for,
-        admission.draining.clone(),
-    );
-    pool.authorization = pool_authorization.as_deref().map(Arc::from);
     let pool = Arc::new(pool);
     let listen = config.listen.to_string();
     let metrics = Arc::new(metrics::Metrics::new());
@@ -102,13 +75,7 @@ pub fn run(config: ProxyConfig) -> ! {
         let pusher_handle = server.add_service(pusher);
         pusher_handle.add_dependency(&pool_handle);
     }
-    let proxy = Proxy {
-        config,
-        pool,
-        metrics,
-        stats,
-        pool_authorization,
-    };
+    let proxy = Proxy::new(config, pool, metrics, stats);
     let mut service = http_proxy_service(&server.configuration, proxy);
     // One port for HTTP/1.1 and HTTP/2 without TLS (gRPC): Pingora looks for the HTTP/2
     // preface on each new connection.

@@ -1,7 +1,8 @@
 //! The Pingora `ProxyHttp` implementation, which only dispatches: classify the request
-//! ([`crate::route`]), check its key ([`crate::admin`]), answer local routes
+//! ([`crate::route`]), check its key ([`crate::keys`]), answer local routes
 //! ([`crate::local`]), reject with the one table ([`crate::reject`]), or choose a scorer
-//! ([`Proxy::choose`]) and forward; then learn from the answer and count it. Nothing here
+//! (`Proxy::choose`, by [`crate::choice`]'s rules) and forward; then learn from the answer,
+//! count it, and after an admin change ask every scorer to look ([`crate::admin`]). Nothing here
 //! changes what a request is answered with: versions and canaries are the scorers' (from
 //! the store), so every proxy replica forwards a request alike.
 
@@ -18,12 +19,14 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::admin::{Reach, authorization};
-use crate::choice::{Policy, View, decide};
+use crate::choice::{Policy, View, decide, least_busy, replicates};
+use crate::keys::{self, KeyCheck, Keys};
 use crate::metrics::Metrics;
 use crate::pool::{Candidate, Pool};
 use crate::reject::{self, Rejection, Reply};
 use crate::route::{Route, classify, classify_grpc};
+use crate::stats::Statistics;
+use crate::{admin, local};
 
 /// Request-id headers echoed back to the client (Azure ML sends them).
 const ECHOED: [&str; 2] = ["x-request-id", "x-ms-client-request-id"];
@@ -31,13 +34,13 @@ const ECHOED: [&str; 2] = ["x-request-id", "x-ms-client-request-id"];
 /// Concurrent gRPC calls on one HTTP/2 connection to a scorer.
 const GRPC_STREAMS: usize = 128;
 
+/// The proxy: what every request reads (the configuration, the pool, the statistics) and
+/// counts (the metrics).
 pub struct Proxy {
-    pub config: ProxyConfig,
-    pub pool: Arc<Pool>,
-    pub metrics: Arc<Metrics>,
-    pub stats: Arc<crate::stats::Statistics>,
-    /// `Bearer <auth.pool_key>`, formatted once; `None` without a pool key.
-    pub pool_authorization: Option<String>,
+    config: ProxyConfig,
+    pool: Arc<Pool>,
+    metrics: Arc<Metrics>,
+    stats: Arc<Statistics>,
 }
 
 /// Per-request state.
@@ -122,29 +125,58 @@ async fn respond_grpc(session: &mut Session, reply: Reply) -> Result<()> {
 }
 
 impl Proxy {
-    /// Chooses the scorer for a model (see `choice::decide`) and carries out the
-    /// decision's side effects: statistics, metrics and background warm loads.
+    pub fn new(
+        config: ProxyConfig,
+        pool: Arc<Pool>,
+        metrics: Arc<Metrics>,
+        stats: Arc<Statistics>,
+    ) -> Self {
+        Proxy {
+            config,
+            pool,
+            metrics,
+            stats,
+        }
+    }
+
+    /// The routing knobs from the configuration, for a model below the replication
+    /// threshold.
+    fn policy(&self) -> Policy {
+        Policy {
+            top_k: self.config.top_k,
+            load_factor: self.config.load_factor,
+            min_inflight: self.config.min_inflight,
+            drain_handoff: self.config.drain_handoff,
+            replicate: false,
+        }
+    }
+
+    /// Requests in flight to `name` now.
+    fn inflight(&self, name: &str) -> usize {
+        self.pool.inflight(name).load(Ordering::Relaxed)
+    }
+
+    /// Chooses the scorer for a model: gathers what `choice::decide` decides on, and
+    /// carries out the decision's side effects (statistics, metrics and background warm
+    /// loads).
     fn choose(&self, model: &str, tried: &[Arc<str>]) -> Option<Candidate> {
-        let k = self.config.top_k.max(2);
-        let mut candidates = self.pool.candidates(model, k, tried);
+        let mut policy = self.policy();
+        let mut candidates = self.pool.candidates(model, policy.candidates(), tried);
         let mut views: Vec<View> = candidates
             .iter()
             .map(|c| View {
-                hot: self.pool.hot.holds(model, &c.name),
-                inflight: self.pool.inflight(&c.name).load(Ordering::Relaxed),
+                hot: self.pool.holds(model, &c.name),
+                inflight: self.inflight(&c.name),
                 draining: false,
             })
             .collect();
-        // The drain hand-off: a draining scorer that holds the model comes last, looked
-        // for only when no healthy candidate `decide` would prefer holds it.
-        let held = views.iter().take(self.config.top_k.max(1)).any(|v| v.hot);
-        if self.config.drain_handoff
-            && !held
+        // The drain hand-off: a draining scorer that holds the model comes last.
+        if policy.wants_draining_holder(&views)
             && let Some(holder) = self.pool.draining_holder(model, tried)
         {
             views.push(View {
                 hot: true,
-                inflight: self.pool.inflight(&holder.name).load(Ordering::Relaxed),
+                inflight: self.inflight(&holder.name),
                 draining: true,
             });
             candidates.push(holder);
@@ -157,16 +189,7 @@ impl Proxy {
         } else {
             self.stats.rate(model)
         };
-        let replicate = self
-            .config
-            .replication_threshold
-            .is_some_and(|threshold| rate >= threshold);
-        let policy = Policy {
-            top_k: self.config.top_k,
-            load_factor: self.config.load_factor,
-            min_inflight: self.config.min_inflight,
-            replicate,
-        };
+        policy.replicate = replicates(rate, self.config.replication_threshold);
         let decision = decide(&views, self.pool.mean_inflight(), policy);
         if decision.hot_route {
             self.metrics.hot_routes.inc();
@@ -197,30 +220,25 @@ impl Proxy {
     /// A scorer for a request that names no model: the least busy healthy one, with no
     /// statistics counted and nothing warmed.
     fn choose_any(&self, tried: &[Arc<str>]) -> Option<Candidate> {
-        self.pool
-            .candidates("", self.config.top_k.max(2), tried)
-            .into_iter()
-            .min_by_key(|c| self.pool.inflight(&c.name).load(Ordering::Relaxed))
+        let candidates = self.pool.candidates("", self.policy().candidates(), tried);
+        let chosen = least_busy(candidates.iter().map(|c| self.inflight(&c.name)))?;
+        candidates.into_iter().nth(chosen)
     }
 
-    /// The key check of a route that reaches scorers or names the pool's models (see
-    /// `admin::authorize`); other routes pass. Answers the key's model-id prefixes (empty:
-    /// every model).
-    fn check_key(&self, session: &Session, route: &Route) -> Result<&[String], Rejection> {
-        match route {
-            Route::Model { id, action } => {
-                self.authorize(session, action.admin(), Reach::Model(id))
-            }
-            // The repository index: any key, listing only what its prefixes admit.
-            Route::AnyScorer { .. } => self.authorize(session, false, Reach::NoModel),
-            // The pool view names the hottest models of every tenant.
-            Route::PoolView => self.authorize(session, false, Reach::AllModels),
-            // One model's placement names scorers and their addresses: an operator's view,
-            // as the explanation it goes with, so an admin call (a key scoped to model-id
-            // prefixes sees only its own models').
-            Route::PoolModel { id } => self.authorize(session, true, Reach::Model(id)),
-            _ => Ok(&[]),
+    /// The request's key check (`keys::check`), counted by key name when keys apply.
+    fn check_key(&self, session: &Session, route: &Route) -> KeyCheck<'_> {
+        let keys = Keys {
+            api: &self.config.api_keys,
+            admin: &self.config.admin_keys,
+        };
+        let check = keys::check(keys, route, authorization(session));
+        if let Some((key, outcome)) = check.counted {
+            self.metrics
+                .requests_by_key
+                .with_label_values(&[key, outcome])
+                .inc();
         }
+        check
     }
 
     /// Prepares a request for a scorer: its body limit, its deadline and the upstream path.
@@ -332,12 +350,12 @@ impl ProxyHttp for Proxy {
             }
         }
         let checked = self.check_key(session, &ctx.route);
-        if let (Ok(scope), Route::AnyScorer { lists_models: true }) = (&checked, &ctx.route) {
-            ctx.list_scope = Some(scope.join("|"));
-        }
-        let reply = if let Err(rejection) = checked {
+        ctx.list_scope = checked.list_scope(&ctx.route);
+        let reply = if let Err(rejection) = checked.verdict {
             rejection.into()
-        } else if let Some(reply) = self.local(&ctx.route) {
+        } else if let Some(reply) =
+            local::answer(&ctx.route, &self.pool, &self.stats, &self.metrics)
+        {
             reply
         } else {
             match &ctx.route {
@@ -372,8 +390,8 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(value) = &self.pool_authorization {
-            upstream_request.insert_header("authorization", value.as_str())?;
+        if let Some(value) = self.pool.authorization() {
+            upstream_request.insert_header("authorization", value)?;
         }
         // Only the proxy says which models a caller may list (the scorer reads the header
         // on the index alone).
@@ -463,7 +481,7 @@ impl ProxyHttp for Proxy {
             && let (Some(lookup), Route::Model { id, .. }, Some((scorer, _))) =
                 (ctx.cache, &ctx.route, &ctx.current)
         {
-            self.pool.hot.record(id, scorer);
+            self.pool.record_hot(id, scorer);
             let hit = lookup == Lookup::Hit;
             self.stats.observe(hit);
             if hit {
@@ -581,8 +599,20 @@ impl ProxyHttp for Proxy {
             && let Route::Model { id, action } = &ctx.route
             && action.changes_versions()
         {
-            let authorization = self.scorer_authorization(authorization(session));
-            self.refresh_everywhere(id, scorer.as_deref(), authorization);
+            // The pool key when one is set (the client's key was checked here and stays
+            // here), else the client's header.
+            let authorization = self
+                .pool
+                .authorization()
+                .or(authorization(session))
+                .map(str::to_string);
+            admin::refresh_everywhere(
+                &self.pool,
+                id,
+                scorer.as_deref(),
+                authorization,
+                self.config.read_timeout,
+            );
         }
         if let Some(started) = ctx.upstream_started {
             self.metrics
@@ -614,4 +644,11 @@ impl ProxyHttp for Proxy {
             );
         }
     }
+}
+
+/// The request's `Authorization` header, as text.
+fn authorization(session: &Session) -> Option<&str> {
+    session
+        .get_header("authorization")
+        .and_then(|v| v.to_str().ok())
 }

@@ -21,8 +21,9 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::{Value, json};
 
+use crate::choice::replicates;
 use crate::pool::Pool;
-use crate::ranking::{name_of, rank};
+use crate::ranking::rank;
 
 /// Width of one bucket of the hit-ratio history, and how many are kept (10 minutes).
 const BUCKET: Duration = Duration::from_secs(10);
@@ -138,11 +139,7 @@ impl Statistics {
                 .iter()
                 .copied()
                 .filter(|n| healthy.contains(n))
-                .take(if replication.is_some_and(|t| rate >= t) {
-                    2
-                } else {
-                    1
-                })
+                .take(if replicates(rate, replication) { 2 } else { 1 })
                 .collect();
             for name in serving {
                 if !owners.contains(&name) {
@@ -178,7 +175,7 @@ impl Statistics {
                 m + b["misses"].as_u64().unwrap_or(0),
             )
         });
-        let members = members(pool);
+        let members = pool.members();
         let (top, tracked, memory, requests) = {
             let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
             (
@@ -188,7 +185,7 @@ impl Statistics {
                 counts.requests(),
             )
         };
-        let names: Vec<&str> = members.iter().map(|(n, _, _)| n.as_str()).collect();
+        let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
         let hottest: Vec<Value> = top
             .iter()
             .map(|(model, rate)| {
@@ -202,7 +199,8 @@ impl Statistics {
         let mut evictions: Vec<(f64, Value)> = Vec::new();
         let scorers: Vec<Value> = members
             .iter()
-            .map(|(name, addr, healthy)| {
+            .map(|member| {
+                let (name, addr, healthy) = (&member.name, &member.addr, member.healthy);
                 let state = scorers_state.get(name);
                 let summary = state.and_then(|s| s.summary.as_ref());
                 let since = state
@@ -261,17 +259,17 @@ impl Statistics {
     /// rate this proxy counts for it (`null` when it is not among the models tracked
     /// exactly: a sketch estimate would only bound it from above).
     pub fn placement(&self, pool: &Pool, model: &str) -> Value {
-        let members = members(pool);
-        let ranked = rank(model, members.iter().map(|(n, _, _)| n.as_str()));
+        let members = pool.members();
+        let ranked = rank(model, members.iter().map(|m| m.name.as_str()));
         let ranking: Vec<Value> = ranked
             .iter()
-            .filter_map(|name| members.iter().find(|(n, _, _)| n == name))
-            .map(|(name, addr, healthy)| {
+            .filter_map(|name| members.iter().find(|m| m.name == *name))
+            .map(|member| {
                 json!({
-                    "name": name,
-                    "addr": addr,
-                    "healthy": healthy,
-                    "hot": pool.hot.holds(model, name),
+                    "name": member.name,
+                    "addr": member.addr,
+                    "healthy": member.healthy,
+                    "hot": pool.holds(model, &member.name),
                 })
             })
             .collect();
@@ -293,15 +291,6 @@ impl Statistics {
             "rate": rate,
         })
     }
-}
-
-/// (name, address, healthy) of every scorer in the pool.
-fn members(pool: &Pool) -> Vec<(String, String, bool)> {
-    let backends = pool.lb.backends().get_backend();
-    backends
-        .iter()
-        .map(|b| (name_of(b), b.addr.to_string(), pool.lb.backends().ready(b)))
-        .collect()
 }
 
 fn instance_id() -> String {
@@ -342,10 +331,14 @@ impl BackgroundService for Pusher {
 
 impl Pusher {
     async fn push(&self) {
-        let members = members(&self.pool);
-        let flags: Vec<(String, bool)> = members.iter().map(|(n, _, h)| (n.clone(), *h)).collect();
+        let members = self.pool.members();
+        let flags: Vec<(String, bool)> = members
+            .iter()
+            .map(|m| (m.name.clone(), m.healthy))
+            .collect();
         let mut shares = self.stats.shares(&flags, self.replication);
-        let pushes = members.into_iter().map(|(name, addr, healthy)| {
+        let pushes = members.into_iter().map(|member| {
+            let (name, addr, healthy) = (member.name, member.addr, member.healthy);
             let report = StatsReport {
                 proxy: self.stats.instance.clone(),
                 models: shares.remove(&name).unwrap_or_default(),
@@ -355,7 +348,7 @@ impl Pusher {
                 self.metrics.stats_pushes.inc();
                 self.metrics.stats_push_bytes.inc_by(body.len() as u64);
                 let mut headers = vec![("Content-Type", "application/json")];
-                if let Some(authorization) = self.pool.authorization.as_deref() {
+                if let Some(authorization) = self.pool.authorization() {
                     headers.push(("Authorization", authorization));
                 }
                 let answer = tokio::time::timeout(

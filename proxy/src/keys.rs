@@ -1,0 +1,129 @@
+//! Keys: who may call which route for which model. [`check`] is a pure function of the
+//! configured keys, the classified route and the request's `Authorization` header, so
+//! every rule is unit-tested without a socket; `service.rs` reads the header, counts the
+//! verdict and answers a refusal. The scorers never see a client's key when a pool key is
+//! set ([`pool_authorization`]).
+
+use manymodels_config::Secret;
+use manymodels_config::proxy::ApiKey;
+
+use crate::reject::Rejection;
+use crate::route::Route;
+
+/// The keys the proxy accepts: `auth.api_keys`, and `auth.admin_keys` for admin routes
+/// (when none are set, admin routes take the API keys).
+#[derive(Clone, Copy, Debug)]
+pub struct Keys<'k> {
+    pub api: &'k [ApiKey],
+    pub admin: &'k [ApiKey],
+}
+
+/// What the key check says of one request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct KeyCheck<'k> {
+    /// The key's model-id prefixes (empty: every model, or no key was needed), or the
+    /// refusal: 401 without a valid key, 403 for a scoped key on what it may not reach.
+    pub verdict: Result<&'k [String], Rejection>,
+    /// What `mm_proxy_requests_by_key_total` counts: (the key's name, or `none`; the
+    /// outcome: `allowed`, `out_of_scope` or `unauthorized`). `None` when the route needs
+    /// no key or no key is configured for it: nothing is counted then.
+    pub counted: Option<(&'k str, &'static str)>,
+}
+
+impl KeyCheck<'_> {
+    /// For an allowed repository index, the key's prefixes as `x-mm-model-prefixes`
+    /// carries them to the scorer, which lists only what they admit (empty: every model);
+    /// `None` on every other route and on a refusal.
+    pub fn list_scope(&self, route: &Route) -> Option<String> {
+        match (&self.verdict, route) {
+            (Ok(scope), Route::AnyScorer { lists_models: true }) => Some(scope.join("|")),
+            _ => None,
+        }
+    }
+}
+
+/// Which models a request reaches, for a scoped key's check.
+#[derive(Clone, Copy, Debug)]
+enum Reach<'a> {
+    /// One model: the key's prefixes must admit it.
+    Model(&'a str),
+    /// Every model (the pool view names every tenant's hottest): unscoped keys only.
+    AllModels,
+    /// No model in particular (server metadata, the repository index, which the scorer
+    /// narrows to the key's prefixes): any valid key.
+    NoModel,
+}
+
+/// Checks a request's key: `authorization` is its `Authorization` header (`Bearer
+/// <key>`). A route that reaches scorers or names the pool's models needs an admin key
+/// when it is an admin route and admin keys are set, else an API key; it is open when no
+/// such key is set, and so is every other route (health, metrics, the status page, a bad
+/// or unknown path). A key scoped to model-id prefixes must admit what the route reaches.
+/// Called before a scorer is chosen, so a refused request costs no store look-up anywhere.
+/// The prefixes answered are borrowed: nothing is copied on the request path.
+pub fn check<'k>(keys: Keys<'k>, route: &Route, authorization: Option<&str>) -> KeyCheck<'k> {
+    let (admin, reach) = match route {
+        Route::Model { id, action } => (action.admin(), Reach::Model(id)),
+        // The repository index: any key, listing only what its prefixes admit.
+        Route::AnyScorer { .. } => (false, Reach::NoModel),
+        // The pool view names the hottest models of every tenant.
+        Route::PoolView => (false, Reach::AllModels),
+        // One model's placement names scorers and their addresses: an operator's view,
+        // as the explanation it goes with, so an admin call (a key scoped to model-id
+        // prefixes sees only its own models').
+        Route::PoolModel { id } => (true, Reach::Model(id)),
+        _ => return open(),
+    };
+    let keys = if admin && !keys.admin.is_empty() {
+        keys.admin
+    } else {
+        keys.api
+    };
+    if keys.is_empty() {
+        return open();
+    }
+    let Some(key) = authorization
+        .and_then(manymodels_contract::bearer)
+        .and_then(|given| ApiKey::find(given, keys))
+    else {
+        return KeyCheck {
+            verdict: Err(Rejection::Unauthorized),
+            counted: Some(("none", "unauthorized")),
+        };
+    };
+    let allowed = match reach {
+        Reach::Model(id) => key.allows(id),
+        Reach::AllModels => key.unscoped(),
+        Reach::NoModel => true,
+    };
+    if allowed {
+        KeyCheck {
+            verdict: Ok(&key.scope),
+            counted: Some((&key.name, "allowed")),
+        }
+    } else {
+        KeyCheck {
+            verdict: Err(Rejection::OutOfScope(match reach {
+                Reach::Model(id) => Some(id.to_string()),
+                _ => None,
+            })),
+            counted: Some((&key.name, "out_of_scope")),
+        }
+    }
+}
+
+/// A request no key is asked of: every model, nothing counted.
+fn open<'k>() -> KeyCheck<'k> {
+    KeyCheck {
+        verdict: Ok(&[]),
+        counted: None,
+    }
+}
+
+/// `Bearer <pool key>`, or `None` when no pool key is set.
+pub fn pool_authorization(pool_key: &Secret) -> Option<String> {
+    (!pool_key.is_empty()).then(|| format!("Bearer {}", pool_key.expose()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,10 +1,11 @@
 //! The Pingora `ProxyHttp` implementation, which only dispatches: classify the request
 //! ([`crate::route`]), check its key ([`crate::keys`]), answer local routes
 //! ([`crate::local`]), reject with the one table ([`crate::reject`]), or choose a scorer
-//! (`Proxy::choose`, by [`crate::choice`]'s rules) and forward; then learn from the answer,
-//! count it, and after an admin change ask every scorer to look ([`crate::admin`]). Nothing here
-//! changes what a request is answered with: versions and canaries are the scorers' (from
-//! the store), so every proxy replica forwards a request alike.
+//! (`Proxy::choose`, by [`crate::choice`]'s rules) and forward; then learn from the
+//! answer, count it, and after an admin change ask every scorer to look
+//! ([`crate::admin`]). Nothing here changes what a request is answered with: versions and
+//! canaries are the scorers' (from the store), so every proxy replica forwards a request
+//! alike.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -125,6 +126,8 @@ async fn respond_grpc(session: &mut Session, reply: Reply) -> Result<()> {
 }
 
 impl Proxy {
+    /// The proxy over `pool`, counting into `metrics` and `stats`; Pingora's
+    /// `http_proxy_service` serves it.
     pub fn new(
         config: ProxyConfig,
         pool: Arc<Pool>,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""models/convert/convert.py end to end, driven by tests/tests/convert.rs.
+"""models/convert/convert.py end to end, driven by tests/tests/it/convert.rs.
 
 Phase 1, `python3 tests/convert_check.py STORE_DIR`: trains four tiny models on synthetic
 data (a scikit-learn Pipeline regressor saved with joblib, a scikit-learn random forest

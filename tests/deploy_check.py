@@ -1,4 +1,4 @@
-"""Offline checks of the deployment files with the real tools (run by tests/tests/deploy.rs).
+"""Offline checks of the deployment files with the real tools (run by tests/tests/it/deploy.rs).
 
 - The Helm chart is linted and rendered with Helm's own SDK (helm-python-sdk embeds Helm
   v4's Go library) for the default values and each values file in helm/manymodels/ci/.

@@ -11,7 +11,7 @@ would, with their defaults: binary tensors (the REST binary tensor extension) in
 Every output is checked against ONNX Runtime run here on the same model file, and against
 models/demo/reference.json, within rtol = atol = 1e-5.
 
-Usage: python3 tests/oip_client.py HOST:PORT   (run by tests/tests/proxy.rs)
+Usage: python3 tests/oip_client.py HOST:PORT   (run by tests/tests/it/proxy.rs)
 """
 import asyncio
 import json

@@ -7,7 +7,7 @@ models/demo/reference.json, within rtol = atol = 1e-5. (A separate process from
 tests/oip_client.py: tritonclient.grpc and kserve both register the `inference` protobuf
 package, and one Python process refuses the second.)
 
-Usage: python3 tests/oip_grpc_client.py HOST:PORT   (run by tests/tests/grpc.rs)
+Usage: python3 tests/oip_grpc_client.py HOST:PORT   (run by tests/tests/it/grpc.rs)
 """
 import json
 import sys

@@ -13,7 +13,7 @@
 //! - [`dns`]: a real DNS server (hickory-server) whose SRV and A records a test changes.
 //! - [`load`]: an open-loop load over generated models, with every answer recorded.
 //!
-//! The scorer's in-process handler tests (`scorer/tests/handlers.rs`) and xtask's benches
+//! The scorer's in-process handler tests (`scorer/tests/handlers/`) and xtask's benches
 //! use it too. The binaries are the ones `cargo xtask test` builds first
 //! (`target/debug/mm-scorer`; a release build of the harness runs `target/release`);
 //! Azurite is the one it installs from npm (`MM_AZURITE_BLOB`, or `.cache/azurite`).

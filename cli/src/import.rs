@@ -512,7 +512,7 @@ pub async fn run(settings: &Settings, args: Args) -> anyhow::Result<bool> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Some(Checker {
             engines: Engines {
-                environment,
+                environment: Some(environment),
                 native: NativeEngine::Auto,
             },
             config: Arc::new(ScorerConfig::for_local_store(".")),

@@ -77,7 +77,7 @@ impl Scorer {
             .map_err(StartError::OnnxRuntime)?;
         engine::self_test(environment).map_err(StartError::OnnxRuntime)?;
         let engines = engine::Engines {
-            environment,
+            environment: Some(environment),
             native: config.native_engine,
         };
         let store = store::open(&config.store, config.store_timeout)?;

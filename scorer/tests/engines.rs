@@ -25,7 +25,7 @@ fn engines(native: NativeEngine) -> Engines {
     let library = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
     let environment = engine::environment(library.as_deref()).expect("ONNX Runtime opens");
     Engines {
-        environment,
+        environment: Some(environment),
         native,
     }
 }

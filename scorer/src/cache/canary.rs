@@ -274,7 +274,7 @@ mod tests {
 
 #[cfg(test)]
 mod cache_tests {
-    use super::super::testing::{Store, demo, id, scorer};
+    use super::super::testing::{Store, demo, id, local_cache};
     use crate::error::ScorerError;
     use crate::store::Canary;
 
@@ -297,8 +297,7 @@ mod cache_tests {
         store.put("m", 1, &demo("linear-small"));
         store.put("m", 2, &demo("linear-small"));
         std::fs::write(store.0.join("m/alias.json"), r#"{"pinned": 1}"#).unwrap();
-        let scorer = scorer(&store, |_| {});
-        let cache = &scorer.cache;
+        let cache = &local_cache(&store, |_| {});
         assert_eq!(answered(cache, 5).await, vec![1; 5]);
         assert!(matches!(
             cache.canary(&id("m")).await,
@@ -314,7 +313,7 @@ mod cache_tests {
         assert_eq!(written, r#"{"version":2,"percent":30.0}"#);
         let versions = answered(cache, 100).await;
         assert_eq!(versions.iter().filter(|v| **v == 2).count(), 30);
-        let metrics = &scorer.metrics;
+        let metrics = &cache.metrics;
         assert_eq!(metrics.canary_requests[1].get(), 30);
         assert_eq!(metrics.canary_requests[0].get(), 70);
         // Neither a named version nor a look-up that is not inference is split or counted.
@@ -372,11 +371,10 @@ mod cache_tests {
         let store = Store::new();
         store.put("m", 1, &demo("linear-small"));
         store.put("m", 2, b"not a model");
-        store.put("m", 3, &demo("multi-input"));
+        store.put("m", 3, &demo("int32-scaler"));
         store.put("m", 4, &demo("linear-small"));
         std::fs::write(store.0.join("m/alias.json"), r#"{"pinned": 1}"#).unwrap();
-        let scorer = scorer(&store, |_| {});
-        let cache = &scorer.cache;
+        let cache = &local_cache(&store, |_| {});
         assert_eq!(answered(cache, 1).await, vec![1]);
         let m = id("m");
         let set = |v| cache.set_canary(&m, Canary::new(v, 50.0).unwrap());
@@ -419,8 +417,7 @@ mod cache_tests {
         let store = Store::new();
         store.put("m", 1, &demo("linear-small"));
         store.put("m", 2, &demo("linear-small"));
-        let scorer = scorer(&store, |_| {});
-        let cache = &scorer.cache;
+        let cache = &local_cache(&store, |_| {});
         let m = id("m");
         let set = cache
             .set_canary(&m, Canary::new(1, 100.0).unwrap())
@@ -446,8 +443,7 @@ mod cache_tests {
         store.put("m", 1, &demo("linear-small"));
         store.put("m", 2, &demo("linear-small"));
         let canary_file = store.0.join("m/canary.json");
-        let scorer = scorer(&store, |_| {});
-        let cache = &scorer.cache;
+        let cache = &local_cache(&store, |_| {});
         let m = id("m");
         // Not in memory yet: the look-up reads the store and fails.
         std::fs::write(&canary_file, r#"{"version": 2, "percent": 150}"#).unwrap();

@@ -296,7 +296,7 @@ pub struct Explain {
 #[cfg(test)]
 mod tests {
     use super::super::Reason;
-    use super::super::testing::{Store, demo, id, scorer};
+    use super::super::testing::{Store, demo, id, local_cache};
 
     /// The summary and the explain view describe the same resident set: bytes add up,
     /// every resident is listed lowest priority first, evictions newest first.
@@ -305,8 +305,7 @@ mod tests {
         let store = Store::new();
         store.put("small", 1, &demo("linear-small"));
         store.put("forest", 1, &demo("forest-1mb"));
-        let scorer = scorer(&store, |_| {});
-        let cache = &scorer.cache;
+        let cache = &local_cache(&store, |_| {});
         for _ in 0..5 {
             cache.get(&id("small"), None).await.unwrap();
         }
@@ -348,8 +347,7 @@ mod tests {
         store.put("small", 1, &demo("linear-small"));
         store.put("small", 2, &demo("linear-small"));
         store.put("forest", 1, &demo("forest-1mb"));
-        let scorer = scorer(&store, |_| {});
-        let cache = &scorer.cache;
+        let cache = &local_cache(&store, |_| {});
         let cold = cache.explain_model(&id("small")).await.unwrap();
         assert_eq!(cold.versions, [1, 2]);
         assert_eq!(cold.live, Some(2));

@@ -395,3 +395,81 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
 
 #[cfg(test)]
 pub(crate) mod testing;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use super::testing::{MemoryStore, demo, id, native_cache};
+    use super::*;
+
+    /// Concurrent first requests share one load; later ones are hits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_load_a_model_once() {
+        let store = MemoryStore::new();
+        store.put("m", 1, &demo("forest-1mb"));
+        let cache = native_cache(store.clone(), |_| {});
+        let gets: Vec<_> = (0..8)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get(&id("m"), None).await.unwrap() })
+            })
+            .collect();
+        let mut models = Vec::new();
+        for get in gets {
+            models.push(get.await.unwrap().0);
+        }
+        assert!(models.iter().all(|m| Arc::ptr_eq(m, &models[0])));
+        assert_eq!(cache.metrics.loads.get(), 1);
+        assert_eq!(store.reads.load(Ordering::SeqCst), 1);
+        let (_, lookup) = cache.get(&id("m"), None).await.unwrap();
+        assert_eq!(lookup, Lookup::Hit);
+    }
+
+    /// A store outage answers 503 and is not remembered: the next request after it ends
+    /// loads the model. A missing model is remembered for a second, then found.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_outage_is_not_remembered_and_a_missing_model_only_briefly() {
+        let store = MemoryStore::new();
+        let cache = native_cache(store.clone(), |_| {});
+        store.set_unavailable(true);
+        let error = cache.get(&id("m"), None).await.unwrap_err();
+        assert!(matches!(error, ScorerError::Store(_)), "{error}");
+        store.set_unavailable(false);
+        let error = cache.get(&id("m"), None).await.unwrap_err();
+        assert!(matches!(error, ScorerError::ModelNotFound(_)), "{error}");
+        store.put("m", 1, &demo("linear-small"));
+        let lookups = store.lookups.load(Ordering::SeqCst);
+        let error = cache.get(&id("m"), None).await.unwrap_err();
+        assert!(matches!(error, ScorerError::ModelNotFound(_)), "remembered");
+        assert_eq!(
+            store.lookups.load(Ordering::SeqCst),
+            lookups,
+            "not asked again"
+        );
+        tokio::time::sleep(miss::NOT_FOUND_TTL + Duration::from_millis(200)).await;
+        let (model, lookup) = cache.get(&id("m"), None).await.unwrap();
+        assert_eq!((model.version, lookup), (1, Lookup::Miss));
+    }
+
+    /// A version that fails to load answers its error fast for `cache.failure_ttl`
+    /// without another load; `unload` forgets it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_load_is_answered_fast_until_forgotten() {
+        let store = MemoryStore::new();
+        store.put("m", 1, b"not a model");
+        let cache = native_cache(store.clone(), |config| {
+            config.cache.failure_ttl = Duration::from_secs(60);
+        });
+        let first = cache.get(&id("m"), None).await.unwrap_err();
+        assert!(matches!(first, ScorerError::Load(_)), "{first}");
+        let second = cache.get(&id("m"), None).await.unwrap_err();
+        assert_eq!(second.to_string(), first.to_string());
+        assert_eq!(store.reads.load(Ordering::SeqCst), 1, "read once");
+        assert_eq!(cache.metrics.failed_fast.get(), 1);
+        cache.unload(&id("m")).await;
+        store.put("m", 1, &demo("linear-small"));
+        assert_eq!(cache.get(&id("m"), None).await.unwrap().0.version, 1);
+    }
+}

@@ -338,7 +338,7 @@ impl ModelCache {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{Store, demo, id, scorer};
+    use super::super::testing::{Store, demo, id, local_cache};
 
     /// The live version is the store's highest; a new version that fails to load is
     /// refused and the old one keeps serving; a good one is swapped in beside it.
@@ -346,8 +346,7 @@ mod tests {
     async fn new_versions_are_swapped_in_or_refused_with_the_old_one_serving() {
         let store = Store::new();
         store.put("m", 1, &demo("linear-small"));
-        let scorer = scorer(&store, |_| {});
-        let cache = &scorer.cache;
+        let cache = &local_cache(&store, |_| {});
         let (model, _) = cache.get(&id("m"), None).await.unwrap();
         assert_eq!(model.version, 1);
 
@@ -379,20 +378,18 @@ mod tests {
 
         let store = Store::new();
         store.put("m", 1, &demo("linear-small"));
-        let scorer = scorer(&store, |config| {
+        let cache = &local_cache(&store, |config| {
             config.cache.load_timeout = Duration::from_millis(300);
             config.cache.max_concurrent_loads = std::num::NonZeroUsize::new(1).unwrap();
         });
-        let cache = &scorer.cache;
         let (model, _) = cache.get(&id("m"), None).await.unwrap();
         assert_eq!(model.version, 1);
         // The only load thread sleeps 1.5 s: every load behind it waits past 300 ms. The
         // test goes on once the thread has started it (not after a guess of a sleep).
-        let owner = scorer.clone();
+        let owner = cache.clone();
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         let blocker = tokio::spawn(async move {
             owner
-                .cache
                 .loads
                 .run(false, move || {
                     let _ = started_tx.send(());

@@ -75,7 +75,7 @@ impl ModelCache {
 mod tests {
     use manymodels_policy::StatsReport;
 
-    use super::super::testing::{Store, demo, id, scorer};
+    use super::super::testing::{Store, demo, id, local_cache};
 
     /// A push warms the hottest absent models; a warm-up that leaves memory before its
     /// first hit counts as wasted, one that served a request does not.
@@ -85,8 +85,7 @@ mod tests {
         for name in ["a", "b", "c"] {
             store.put(name, 1, &demo("linear-small"));
         }
-        let scorer = scorer(&store, |_| {});
-        let cache = &scorer.cache;
+        let cache = &local_cache(&store, |_| {});
         cache
             .apply_stats(
                 StatsReport {

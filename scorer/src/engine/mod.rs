@@ -55,7 +55,10 @@ impl Engine {
 /// used. Cheap to copy.
 #[derive(Clone, Copy, Debug)]
 pub struct Engines {
-    pub environment: &'static Environment,
+    /// `None` in a process that never loads ONNX Runtime (the cache's unit tests, over
+    /// native models only): a model only ONNX Runtime could serve is then refused. A
+    /// scorer always has it (`Scorer::new` fails without it).
+    pub environment: Option<&'static Environment>,
     pub native: NativeEngine,
 }
 
@@ -267,7 +270,13 @@ impl Engines {
         estimate: u64,
         native_refusal: Option<String>,
     ) -> Result<LoadedModel, String> {
-        let (session, measured_bytes) = measured(|| onnx::create_session(self.environment, bytes));
+        let Some(environment) = self.environment else {
+            return Err(format!(
+                "ONNX Runtime is not loaded in this process{}",
+                native_refusal.map_or(String::new(), |why| format!(" (native engine: {why})"))
+            ));
+        };
+        let (session, measured_bytes) = measured(|| onnx::create_session(environment, bytes));
         let session = session?;
         // A frees elsewhere in the process during the creation (an evicted session let go
         // by its last request) shrink the measured delta: a session smaller than half its

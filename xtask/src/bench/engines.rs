@@ -129,11 +129,11 @@ pub fn run(args: EnginesArgs) -> Result<()> {
     let environment = engine::environment(library.as_deref()).map_err(anyhow::Error::msg)?;
     engine::self_test(environment).map_err(anyhow::Error::msg)?;
     let ort = Engines {
-        environment,
+        environment: Some(environment),
         native: NativeEngine::Off,
     };
     let native = Engines {
-        environment,
+        environment: Some(environment),
         native: NativeEngine::Auto,
     };
     let all = metas(&args.store)?;

@@ -120,7 +120,7 @@ pub fn run(models: &[String], seconds: u64, connections: usize, sets: &[String])
             NativeEngine::Auto
         };
         let engines = Engines {
-            environment,
+            environment: Some(environment),
             native,
         };
         let model = engines

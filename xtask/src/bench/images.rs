@@ -75,7 +75,7 @@ pub fn run(args: ImagesArgs) -> Result<()> {
     let library = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
     let environment = engine::environment(library.as_deref()).map_err(anyhow::Error::msg)?;
     let engines = Engines {
-        environment,
+        environment: Some(environment),
         native: NativeEngine::Auto,
     };
     let dir = std::env::temp_dir().join(format!("mm-bench-images-{}", std::process::id()));

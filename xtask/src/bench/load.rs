@@ -119,7 +119,7 @@ pub fn run(reps: usize) -> Result<()> {
                     let t = Instant::now();
                     let b = std::fs::read(path).unwrap();
                     let engines = Engines {
-                        environment,
+                        environment: Some(environment),
                         native: NativeEngine::Off,
                     };
                     let model = engines.load(ModelId::parse(id).unwrap(), 1, &b, 0).unwrap();

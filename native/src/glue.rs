@@ -61,6 +61,7 @@ impl Constant {
 
 type Compiled = (Glue, Vec<Elem>);
 
+/// Compiles one of the glue operators, or says it is not one the engine covers.
 pub(crate) fn compile(
     node: &NodeView<'_>,
     attrs: &Attrs<'_, '_>,
@@ -71,149 +72,191 @@ pub(crate) fn compile(
             let e = one_computed_input(node, inputs)?;
             Ok((Glue::Identity, vec![e]))
         }
-        ("" | "ai.onnx", "Cast") => {
-            let from = one_computed_input(node, inputs)?;
-            let to = attrs
-                .int("to")
-                .and_then(|t| Elem::from_onnx(t as i32))
-                .ok_or_else(|| unsupported(node, "cast to an uncovered type"))?;
-            if attrs.has("saturate") {
-                return Err(unsupported(node, "saturate"));
-            }
-            let covered = |e: Elem| matches!(e, Elem::F32 | Elem::F64 | Elem::I64 | Elem::I32);
-            if !(from == to || (covered(from) && covered(to))) {
-                return Err(unsupported(node, "cast between these types"));
-            }
-            Ok((Glue::Cast(to), vec![to]))
-        }
-        ("ai.onnx.ml", "ZipMap") => {
-            if one_computed_input(node, inputs)? != Elem::F32 {
-                return Err(unsupported(node, "input is not float"));
-            }
-            let ints = attrs.ints("classlabels_int64s")?;
-            let strings = attrs.strings("classlabels_strings")?;
-            let mut order: Vec<usize> = match (ints.is_empty(), strings.is_empty()) {
-                (false, true) => {
-                    let mut idx: Vec<usize> = (0..ints.len()).collect();
-                    idx.sort_by_key(|&i| ints[i]);
-                    if idx.windows(2).any(|w| ints[w[0]] == ints[w[1]]) {
-                        return Err(unsupported(node, "duplicate keys"));
-                    }
-                    idx
-                }
-                (true, false) => {
-                    let mut idx: Vec<usize> = (0..strings.len()).collect();
-                    idx.sort_by(|&a, &b| strings[a].as_bytes().cmp(strings[b].as_bytes()));
-                    if idx.windows(2).any(|w| strings[w[0]] == strings[w[1]]) {
-                        return Err(unsupported(node, "duplicate keys"));
-                    }
-                    idx
-                }
-                _ => return Err(unsupported(node, "needs exactly one of the label lists")),
-            };
-            order.shrink_to_fit();
-            Ok((Glue::ZipMap { columns: order }, vec![Elem::F32]))
-        }
-        ("ai.onnx.ml", "Normalizer") => {
-            let e = one_computed_input(node, inputs)?;
-            if !matches!(e, Elem::F32 | Elem::F64 | Elem::I32 | Elem::I64) {
-                return Err(unsupported(node, "input type"));
-            }
-            let norm = match attrs.string("norm")?.unwrap_or("MAX") {
-                "MAX" => Norm::Max,
-                "L1" => Norm::L1,
-                "L2" => Norm::L2,
-                other => return Err(unsupported(node, &format!("norm {other}"))),
-            };
-            Ok((Glue::Normalizer(norm), vec![Elem::F32]))
-        }
-        ("ai.onnx.ml", "ArrayFeatureExtractor") => match inputs {
-            [x, y]
-                if x.constant.is_none() && matches!(x.elem, Elem::F32 | Elem::F64 | Elem::I64) =>
-            {
-                let Some(t) = y.constant else {
-                    return Err(unsupported(node, "indices are not constant"));
-                };
-                let indices = int_values(node, t)?
-                    .into_iter()
-                    .map(|i| usize::try_from(i).map_err(|_| unsupported(node, "a negative index")))
-                    .collect::<Result<Vec<_>, _>>()?;
-                if indices.is_empty() {
-                    return Err(unsupported(node, "no indices"));
-                }
-                Ok((Glue::Extract { indices }, vec![x.elem]))
-            }
-            _ => Err(unsupported(
-                node,
-                "expects a computed tensor and constant indices",
-            )),
-        },
-        ("" | "ai.onnx", "Reshape") => match inputs {
-            [x, s] if x.constant.is_none() => {
-                let Some(t) = s.constant else {
-                    return Err(unsupported(node, "shape is not constant"));
-                };
-                if attrs.int("allowzero").unwrap_or(0) != 0 {
-                    return Err(unsupported(node, "allowzero"));
-                }
-                let shape = int_values(node, t)?;
-                if shape.iter().filter(|&&d| d == -1).count() > 1 || shape.iter().any(|&d| d < -1) {
-                    return Err(unsupported(node, "invalid target shape"));
-                }
-                Ok((Glue::Reshape { shape }, vec![x.elem]))
-            }
-            _ => Err(unsupported(
-                node,
-                "expects a computed tensor and a constant shape",
-            )),
-        },
-        ("" | "ai.onnx", op @ ("Add" | "Sub" | "Mul" | "Div")) => {
-            let kind = match op {
-                "Add" => Arith::Add,
-                "Sub" => Arith::Sub,
-                "Mul" => Arith::Mul,
-                _ => Arith::Div,
-            };
-            let (x, c, constant_first) = match inputs {
-                [a, b] if a.constant.is_none() && b.constant.is_some() => (a, b, false),
-                [a, b] if a.constant.is_some() && b.constant.is_none() => (b, a, true),
-                _ => return Err(unsupported(node, "needs one constant operand")),
-            };
-            let t = c.constant.expect("checked");
-            if x.elem != c.elem {
-                return Err(unsupported(node, "operands of different types"));
-            }
-            // A scalar, or one value per column of a 2-D input: the broadcast keeps the
-            // input's shape, so the output shape is the input's.
-            let fits = t.dims.iter().rev().skip(1).all(|&d| d == 1) && t.dims.len() <= 2;
-            if !fits {
-                return Err(unsupported(node, "a constant that would change the shape"));
-            }
-            let constant = match x.elem {
-                Elem::F32 => Constant::F32(
-                    float_values(node, t)?
-                        .into_iter()
-                        .map(|v| v as f32)
-                        .collect(),
-                ),
-                Elem::F64 => Constant::F64(float_values(node, t)?),
-                Elem::I64 if kind != Arith::Div => Constant::I64(int_values(node, t)?),
-                _ => return Err(unsupported(node, "operand type")),
-            };
-            if constant.len() == 0 {
-                return Err(unsupported(node, "an empty constant"));
-            }
-            Ok((
-                Glue::Arith {
-                    kind,
-                    constant,
-                    constant_first,
-                },
-                vec![x.elem],
-            ))
-        }
+        ("" | "ai.onnx", "Cast") => compile_cast(node, attrs, inputs),
+        ("ai.onnx.ml", "ZipMap") => compile_zipmap(node, attrs, inputs),
+        ("ai.onnx.ml", "Normalizer") => compile_normalizer(node, attrs, inputs),
+        ("ai.onnx.ml", "ArrayFeatureExtractor") => compile_extract(node, inputs),
+        ("" | "ai.onnx", "Reshape") => compile_reshape(node, attrs, inputs),
+        ("" | "ai.onnx", "Add") => compile_arith(node, inputs, Arith::Add),
+        ("" | "ai.onnx", "Sub") => compile_arith(node, inputs, Arith::Sub),
+        ("" | "ai.onnx", "Mul") => compile_arith(node, inputs, Arith::Mul),
+        ("" | "ai.onnx", "Div") => compile_arith(node, inputs, Arith::Div),
         _ => Err(unsupported(node, "operator not covered")),
     }
+}
+
+/// `Cast` between numeric types (or to the input's own type); `saturate` is refused.
+fn compile_cast(
+    node: &NodeView<'_>,
+    attrs: &Attrs<'_, '_>,
+    inputs: &[NodeInput<'_>],
+) -> Result<Compiled, CompileError> {
+    let from = one_computed_input(node, inputs)?;
+    let to = attrs
+        .int("to")
+        .and_then(|t| Elem::from_onnx(t as i32))
+        .ok_or_else(|| unsupported(node, "cast to an uncovered type"))?;
+    if attrs.has("saturate") {
+        return Err(unsupported(node, "saturate"));
+    }
+    let covered = |e: Elem| matches!(e, Elem::F32 | Elem::F64 | Elem::I64 | Elem::I32);
+    if !(from == to || (covered(from) && covered(to))) {
+        return Err(unsupported(node, "cast between these types"));
+    }
+    Ok((Glue::Cast(to), vec![to]))
+}
+
+/// `ZipMap` of float probabilities: the columns in ascending key order (integer or string
+/// keys, never both, never twice).
+fn compile_zipmap(
+    node: &NodeView<'_>,
+    attrs: &Attrs<'_, '_>,
+    inputs: &[NodeInput<'_>],
+) -> Result<Compiled, CompileError> {
+    if one_computed_input(node, inputs)? != Elem::F32 {
+        return Err(unsupported(node, "input is not float"));
+    }
+    let ints = attrs.ints("classlabels_int64s")?;
+    let strings = attrs.strings("classlabels_strings")?;
+    let mut order: Vec<usize> = match (ints.is_empty(), strings.is_empty()) {
+        (false, true) => {
+            let mut idx: Vec<usize> = (0..ints.len()).collect();
+            idx.sort_by_key(|&i| ints[i]);
+            if idx.windows(2).any(|w| ints[w[0]] == ints[w[1]]) {
+                return Err(unsupported(node, "duplicate keys"));
+            }
+            idx
+        }
+        (true, false) => {
+            let mut idx: Vec<usize> = (0..strings.len()).collect();
+            idx.sort_by(|&a, &b| strings[a].as_bytes().cmp(strings[b].as_bytes()));
+            if idx.windows(2).any(|w| strings[w[0]] == strings[w[1]]) {
+                return Err(unsupported(node, "duplicate keys"));
+            }
+            idx
+        }
+        _ => return Err(unsupported(node, "needs exactly one of the label lists")),
+    };
+    order.shrink_to_fit();
+    Ok((Glue::ZipMap { columns: order }, vec![Elem::F32]))
+}
+
+/// `Normalizer` of a numeric input (`MAX`, `L1` or `L2`), always to float.
+fn compile_normalizer(
+    node: &NodeView<'_>,
+    attrs: &Attrs<'_, '_>,
+    inputs: &[NodeInput<'_>],
+) -> Result<Compiled, CompileError> {
+    let e = one_computed_input(node, inputs)?;
+    if !matches!(e, Elem::F32 | Elem::F64 | Elem::I32 | Elem::I64) {
+        return Err(unsupported(node, "input type"));
+    }
+    let norm = match attrs.string("norm")?.unwrap_or("MAX") {
+        "MAX" => Norm::Max,
+        "L1" => Norm::L1,
+        "L2" => Norm::L2,
+        other => return Err(unsupported(node, &format!("norm {other}"))),
+    };
+    Ok((Glue::Normalizer(norm), vec![Elem::F32]))
+}
+
+/// `ArrayFeatureExtractor` with constant, non-negative indices into a computed tensor.
+fn compile_extract(
+    node: &NodeView<'_>,
+    inputs: &[NodeInput<'_>],
+) -> Result<Compiled, CompileError> {
+    match inputs {
+        [x, y] if x.constant.is_none() && matches!(x.elem, Elem::F32 | Elem::F64 | Elem::I64) => {
+            let Some(t) = y.constant else {
+                return Err(unsupported(node, "indices are not constant"));
+            };
+            let indices = int_values(node, t)?
+                .into_iter()
+                .map(|i| usize::try_from(i).map_err(|_| unsupported(node, "a negative index")))
+                .collect::<Result<Vec<_>, _>>()?;
+            if indices.is_empty() {
+                return Err(unsupported(node, "no indices"));
+            }
+            Ok((Glue::Extract { indices }, vec![x.elem]))
+        }
+        _ => Err(unsupported(
+            node,
+            "expects a computed tensor and constant indices",
+        )),
+    }
+}
+
+/// `Reshape` of a computed tensor to a constant shape (at most one -1; `allowzero` refused).
+fn compile_reshape(
+    node: &NodeView<'_>,
+    attrs: &Attrs<'_, '_>,
+    inputs: &[NodeInput<'_>],
+) -> Result<Compiled, CompileError> {
+    match inputs {
+        [x, s] if x.constant.is_none() => {
+            let Some(t) = s.constant else {
+                return Err(unsupported(node, "shape is not constant"));
+            };
+            if attrs.int("allowzero").unwrap_or(0) != 0 {
+                return Err(unsupported(node, "allowzero"));
+            }
+            let shape = int_values(node, t)?;
+            if shape.iter().filter(|&&d| d == -1).count() > 1 || shape.iter().any(|&d| d < -1) {
+                return Err(unsupported(node, "invalid target shape"));
+            }
+            Ok((Glue::Reshape { shape }, vec![x.elem]))
+        }
+        _ => Err(unsupported(
+            node,
+            "expects a computed tensor and a constant shape",
+        )),
+    }
+}
+
+/// `Add`, `Sub`, `Mul` or `Div` of a computed tensor and a constant of its type that keeps
+/// its shape (a scalar, or one value per column); no integer division.
+fn compile_arith(
+    node: &NodeView<'_>,
+    inputs: &[NodeInput<'_>],
+    kind: Arith,
+) -> Result<Compiled, CompileError> {
+    let (x, c, constant_first) = match inputs {
+        [a, b] if a.constant.is_none() && b.constant.is_some() => (a, b, false),
+        [a, b] if a.constant.is_some() && b.constant.is_none() => (b, a, true),
+        _ => return Err(unsupported(node, "needs one constant operand")),
+    };
+    let t = c.constant.expect("checked");
+    if x.elem != c.elem {
+        return Err(unsupported(node, "operands of different types"));
+    }
+    // A scalar, or one value per column of a 2-D input: the broadcast keeps the
+    // input's shape, so the output shape is the input's.
+    let fits = t.dims.iter().rev().skip(1).all(|&d| d == 1) && t.dims.len() <= 2;
+    if !fits {
+        return Err(unsupported(node, "a constant that would change the shape"));
+    }
+    let constant = match x.elem {
+        Elem::F32 => Constant::F32(
+            float_values(node, t)?
+                .into_iter()
+                .map(|v| v as f32)
+                .collect(),
+        ),
+        Elem::F64 => Constant::F64(float_values(node, t)?),
+        Elem::I64 if kind != Arith::Div => Constant::I64(int_values(node, t)?),
+        _ => return Err(unsupported(node, "operand type")),
+    };
+    if constant.len() == 0 {
+        return Err(unsupported(node, "an empty constant"));
+    }
+    Ok((
+        Glue::Arith {
+            kind,
+            constant,
+            constant_first,
+        },
+        vec![x.elem],
+    ))
 }
 
 fn float_values(node: &NodeView<'_>, t: &TensorView<'_>) -> Result<Vec<f64>, CompileError> {

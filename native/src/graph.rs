@@ -1,10 +1,10 @@
 //! The graph: operators in the file's (topological) order over numbered value slots.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::attrs::{Attrs, NodeInput, unsupported};
 use crate::error::{CompileError, RunError};
-use crate::onnx::{self, NodeView, ValueType};
+use crate::onnx::{self, GraphView, NodeView, TensorView, ValueType};
 use crate::value::{Elem, Tensor};
 use crate::{glue, linear, tree};
 
@@ -80,184 +80,22 @@ impl Model {
     /// Compiles `bytes` (an ONNX `ModelProto`) if every node is covered.
     pub fn compile(bytes: &[u8]) -> Result<Model, CompileError> {
         let view = onnx::parse(bytes)?;
-        if view.has_functions {
-            return Err(CompileError::Unsupported(
-                "the model defines local functions".into(),
-            ));
-        }
-        for &(domain, version) in &view.opsets {
-            let known = match domain {
-                "" | "ai.onnx" => version <= MAX_ONNX_OPSET,
-                "ai.onnx.ml" => version <= MAX_ML_OPSET,
-                _ => false,
-            };
-            if !known {
-                return Err(CompileError::Unsupported(format!(
-                    "opset {domain:?} version {version}"
-                )));
-            }
-        }
+        check_covered(&view)?;
         let graph = &view.graph;
-        if graph.has_sparse_initializers {
-            return Err(CompileError::Unsupported("sparse initializers".into()));
-        }
-        let constants: HashMap<&str, &onnx::TensorView<'_>> =
-            graph.initializers.iter().map(|t| (t.name, t)).collect();
-
-        let mut slot_of: HashMap<&str, usize> = HashMap::new();
-        let mut elems: Vec<Elem> = Vec::new();
-        let mut inputs = Vec::new();
-        let mut input_slots = Vec::new();
-        for info in graph
-            .inputs
-            .iter()
-            .filter(|i| !constants.contains_key(i.name))
-        {
-            let (elem, shape) = match &info.ty {
-                ValueType::Tensor { elem, shape } => (
-                    Elem::from_onnx(*elem)
-                        .filter(|e| *e != Elem::Str)
-                        .ok_or_else(|| {
-                            CompileError::Unsupported(format!(
-                                "input '{}' has element type {elem}",
-                                info.name
-                            ))
-                        })?,
-                    shape.clone().unwrap_or_default(),
-                ),
-                _ => {
-                    return Err(CompileError::Unsupported(format!(
-                        "input '{}' is not a tensor",
-                        info.name
-                    )));
-                }
-            };
-            if slot_of.insert(info.name, elems.len()).is_some() {
-                return Err(CompileError::Invalid(format!(
-                    "input '{}' is declared twice",
-                    info.name
-                )));
-            }
-            input_slots.push(elems.len());
-            elems.push(elem);
-            inputs.push(Port {
-                name: info.name.to_string(),
-                elem,
-                shape,
-                zipmap: false,
-            });
-        }
-        if inputs.is_empty() {
-            return Err(CompileError::Unsupported("the graph has no inputs".into()));
-        }
-
+        let constants: Constants<'_> = graph.initializers.iter().map(|t| (t.name, t)).collect();
+        let mut slots = Slots::default();
+        let (inputs, input_slots) = declare_inputs(graph, &constants, &mut slots)?;
         let mut steps = Vec::with_capacity(graph.nodes.len());
-        let mut zipmapped: std::collections::HashSet<usize> = std::collections::HashSet::new();
         for node in &graph.nodes {
-            let mut node_inputs = Vec::with_capacity(node.inputs.len());
-            let mut input_ids = Vec::with_capacity(node.inputs.len());
-            for &name in &node.inputs {
-                if name.is_empty() {
-                    return Err(unsupported(node, "an optional input is omitted"));
-                }
-                if let Some(&slot) = slot_of.get(name) {
-                    node_inputs.push(NodeInput {
-                        elem: elems[slot],
-                        constant: None,
-                    });
-                    input_ids.push(slot);
-                } else if let Some(&constant) = constants.get(name) {
-                    node_inputs.push(NodeInput {
-                        elem: Elem::from_onnx(constant.data_type)
-                            .ok_or_else(|| unsupported(node, "a constant of an uncovered type"))?,
-                        constant: Some(constant),
-                    });
-                    input_ids.push(usize::MAX);
-                } else {
-                    return Err(unsupported(
-                        node,
-                        &format!("input '{name}' is not defined before it"),
-                    ));
-                }
-            }
-            let (op, out_elems) = compile_node(node, &node_inputs)?;
-            if out_elems.len() < node.outputs.len() {
-                return Err(unsupported(node, "more outputs than the operator has"));
-            }
-            // Constant inputs were folded into the operator at compile time.
-            let input_ids: Vec<usize> =
-                input_ids.into_iter().filter(|&i| i != usize::MAX).collect();
-            let mut outputs = Vec::with_capacity(node.outputs.len());
-            for (i, &name) in node.outputs.iter().enumerate() {
-                if name.is_empty() {
-                    outputs.push(None);
-                    continue;
-                }
-                if slot_of.contains_key(name) || constants.contains_key(name) {
-                    return Err(CompileError::Invalid(format!(
-                        "value '{name}' is defined twice"
-                    )));
-                }
-                slot_of.insert(name, elems.len());
-                if matches!(op, Op::Glue(glue::Glue::ZipMap { .. })) {
-                    zipmapped.insert(elems.len());
-                }
-                outputs.push(Some(elems.len()));
-                elems.push(out_elems[i]);
-            }
-            steps.push(Step {
-                op,
-                inputs: input_ids,
-                outputs,
-            });
+            steps.push(compile_step(node, &constants, &mut slots)?);
         }
-
-        let mut outputs = Vec::new();
-        let mut output_slots = Vec::new();
-        for info in &graph.outputs {
-            let slot = *slot_of.get(info.name).ok_or_else(|| {
-                CompileError::Unsupported(format!(
-                    "output '{}' is not computed by a node",
-                    info.name
-                ))
-            })?;
-            let zipmap = zipmapped.contains(&slot);
-            let shape = match (&info.ty, zipmap) {
-                (ValueType::Other, true) => vec![-1, -1],
-                (ValueType::Tensor { elem, shape }, false)
-                    if Elem::from_onnx(*elem) == Some(elems[slot]) =>
-                {
-                    shape.clone().unwrap_or_default()
-                }
-                _ => {
-                    return Err(CompileError::Unsupported(format!(
-                        "output '{}' is declared with a type its node does not produce",
-                        info.name
-                    )));
-                }
-            };
-            output_slots.push(slot);
-            outputs.push(Port {
-                name: info.name.to_string(),
-                elem: elems[slot],
-                shape,
-                zipmap,
-            });
-        }
-        if outputs.is_empty() {
-            return Err(CompileError::Unsupported("the graph has no outputs".into()));
-        }
-        let mut uses: HashMap<usize, usize> = HashMap::new();
-        for &slot in &output_slots {
-            *uses.entry(slot).or_default() += 1;
-        }
-        let shared_outputs = output_slots.iter().map(|s| uses[s] > 1).collect();
+        let (outputs, output_slots) = declare_outputs(graph, &slots)?;
         Ok(Model {
-            shared_outputs,
+            shared_outputs: shared_outputs(&output_slots),
             inputs,
             outputs,
             steps,
-            slots: elems.len(),
+            slots: slots.elems.len(),
             input_slots,
             output_slots,
             backing: None,
@@ -351,6 +189,230 @@ impl Model {
             })
             .collect())
     }
+}
+
+/// The graph's initializers by name: constant inputs, folded into the operators that read
+/// them.
+type Constants<'g> = HashMap<&'g str, &'g TensorView<'g>>;
+
+/// The value slots numbered so far, in the order the graph defines them (its inputs, then
+/// each node's outputs).
+#[derive(Default)]
+struct Slots<'g> {
+    /// The slot each value name is known by.
+    of: HashMap<&'g str, usize>,
+    /// Each slot's element type.
+    elems: Vec<Elem>,
+    /// The slots that hold a ZipMap's output (served as its `[N, C]` probabilities).
+    zipmapped: HashSet<usize>,
+}
+
+impl<'g> Slots<'g> {
+    /// Numbers the value `name` of type `elem`; `false` (and nothing numbered) when the name
+    /// is taken.
+    fn define(&mut self, name: &'g str, elem: Elem) -> bool {
+        let slot = self.elems.len();
+        match self.of.entry(name) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(slot);
+                self.elems.push(elem);
+                true
+            }
+        }
+    }
+}
+
+/// Refuses what the engine does not cover in the model as a whole: local functions, opsets
+/// newer than it knows, sparse initializers.
+fn check_covered(view: &onnx::ModelView<'_>) -> Result<(), CompileError> {
+    if view.has_functions {
+        return Err(CompileError::Unsupported(
+            "the model defines local functions".into(),
+        ));
+    }
+    for &(domain, version) in &view.opsets {
+        let known = match domain {
+            "" | "ai.onnx" => version <= MAX_ONNX_OPSET,
+            "ai.onnx.ml" => version <= MAX_ML_OPSET,
+            _ => false,
+        };
+        if !known {
+            return Err(CompileError::Unsupported(format!(
+                "opset {domain:?} version {version}"
+            )));
+        }
+    }
+    if view.graph.has_sparse_initializers {
+        return Err(CompileError::Unsupported("sparse initializers".into()));
+    }
+    Ok(())
+}
+
+/// The graph's inputs that are not initializers, each numbered a slot: the model's inputs
+/// and their slots. Each must be a numeric tensor.
+fn declare_inputs<'g>(
+    graph: &'g GraphView<'g>,
+    constants: &Constants<'g>,
+    slots: &mut Slots<'g>,
+) -> Result<(Vec<Port>, Vec<usize>), CompileError> {
+    let mut inputs = Vec::new();
+    let mut input_slots = Vec::new();
+    for info in graph
+        .inputs
+        .iter()
+        .filter(|i| !constants.contains_key(i.name))
+    {
+        let (elem, shape) = match &info.ty {
+            ValueType::Tensor { elem, shape } => (
+                Elem::from_onnx(*elem)
+                    .filter(|e| *e != Elem::Str)
+                    .ok_or_else(|| {
+                        CompileError::Unsupported(format!(
+                            "input '{}' has element type {elem}",
+                            info.name
+                        ))
+                    })?,
+                shape.clone().unwrap_or_default(),
+            ),
+            _ => {
+                return Err(CompileError::Unsupported(format!(
+                    "input '{}' is not a tensor",
+                    info.name
+                )));
+            }
+        };
+        input_slots.push(slots.elems.len());
+        if !slots.define(info.name, elem) {
+            return Err(CompileError::Invalid(format!(
+                "input '{}' is declared twice",
+                info.name
+            )));
+        }
+        inputs.push(Port {
+            name: info.name.to_string(),
+            elem,
+            shape,
+            zipmap: false,
+        });
+    }
+    if inputs.is_empty() {
+        return Err(CompileError::Unsupported("the graph has no inputs".into()));
+    }
+    Ok((inputs, input_slots))
+}
+
+/// One node as a step: its inputs found among the slots and constants, its operator
+/// compiled (constant inputs folded in), its named outputs numbered new slots.
+fn compile_step<'g>(
+    node: &'g NodeView<'g>,
+    constants: &Constants<'g>,
+    slots: &mut Slots<'g>,
+) -> Result<Step, CompileError> {
+    let mut node_inputs = Vec::with_capacity(node.inputs.len());
+    let mut input_slots = Vec::with_capacity(node.inputs.len());
+    for &name in &node.inputs {
+        if name.is_empty() {
+            return Err(unsupported(node, "an optional input is omitted"));
+        }
+        if let Some(&slot) = slots.of.get(name) {
+            node_inputs.push(NodeInput {
+                elem: slots.elems[slot],
+                constant: None,
+            });
+            input_slots.push(slot);
+        } else if let Some(&constant) = constants.get(name) {
+            // Folded into the operator at compile time: it takes no slot.
+            node_inputs.push(NodeInput {
+                elem: Elem::from_onnx(constant.data_type)
+                    .ok_or_else(|| unsupported(node, "a constant of an uncovered type"))?,
+                constant: Some(constant),
+            });
+        } else {
+            return Err(unsupported(
+                node,
+                &format!("input '{name}' is not defined before it"),
+            ));
+        }
+    }
+    let (op, out_elems) = compile_node(node, &node_inputs)?;
+    if out_elems.len() < node.outputs.len() {
+        return Err(unsupported(node, "more outputs than the operator has"));
+    }
+    let zipmap = matches!(op, Op::Glue(glue::Glue::ZipMap { .. }));
+    let mut outputs = Vec::with_capacity(node.outputs.len());
+    for (&name, &elem) in node.outputs.iter().zip(&out_elems) {
+        if name.is_empty() {
+            outputs.push(None);
+            continue;
+        }
+        let slot = slots.elems.len();
+        if constants.contains_key(name) || !slots.define(name, elem) {
+            return Err(CompileError::Invalid(format!(
+                "value '{name}' is defined twice"
+            )));
+        }
+        if zipmap {
+            slots.zipmapped.insert(slot);
+        }
+        outputs.push(Some(slot));
+    }
+    Ok(Step {
+        op,
+        inputs: input_slots,
+        outputs,
+    })
+}
+
+/// The graph's outputs and their slots: each computed by a node, and declared with the
+/// type its node produces (a ZipMap's as a sequence of maps).
+fn declare_outputs(
+    graph: &GraphView<'_>,
+    slots: &Slots<'_>,
+) -> Result<(Vec<Port>, Vec<usize>), CompileError> {
+    let mut outputs = Vec::new();
+    let mut output_slots = Vec::new();
+    for info in &graph.outputs {
+        let slot = *slots.of.get(info.name).ok_or_else(|| {
+            CompileError::Unsupported(format!("output '{}' is not computed by a node", info.name))
+        })?;
+        let zipmap = slots.zipmapped.contains(&slot);
+        let shape = match (&info.ty, zipmap) {
+            (ValueType::Other, true) => vec![-1, -1],
+            (ValueType::Tensor { elem, shape }, false)
+                if Elem::from_onnx(*elem) == Some(slots.elems[slot]) =>
+            {
+                shape.clone().unwrap_or_default()
+            }
+            _ => {
+                return Err(CompileError::Unsupported(format!(
+                    "output '{}' is declared with a type its node does not produce",
+                    info.name
+                )));
+            }
+        };
+        output_slots.push(slot);
+        outputs.push(Port {
+            name: info.name.to_string(),
+            elem: slots.elems[slot],
+            shape,
+            zipmap,
+        });
+    }
+    if outputs.is_empty() {
+        return Err(CompileError::Unsupported("the graph has no outputs".into()));
+    }
+    Ok((outputs, output_slots))
+}
+
+/// For each output slot, whether it is named more than once: such outputs are cloned at
+/// the end of a run, the others moved.
+fn shared_outputs(output_slots: &[usize]) -> Vec<bool> {
+    let mut uses: HashMap<usize, usize> = HashMap::new();
+    for &slot in output_slots {
+        *uses.entry(slot).or_default() += 1;
+    }
+    output_slots.iter().map(|s| uses[s] > 1).collect()
 }
 
 fn compile_node(

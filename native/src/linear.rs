@@ -53,6 +53,8 @@ fn cpu_has_mlas_paths() -> (bool, bool) {
     }
 }
 
+/// Compiles a `LinearRegressor` or (`classifier`) `LinearClassifier` where this CPU lets
+/// the engine reproduce MLAS's arithmetic.
 pub(crate) fn compile(
     node: &NodeView<'_>,
     attrs: &Attrs<'_, '_>,
@@ -77,108 +79,128 @@ pub(crate) fn compile(
             "LinearRegressor/Classifier without coefficients".into(),
         ));
     }
-    if classifier {
-        if !matches!(input, Elem::F32 | Elem::F64 | Elem::I64 | Elem::I32) {
-            return Err(unsupported(node, "input type"));
-        }
-        // ONNX Runtime reads but ignores multi_class.
-        let _ = attrs.int("multi_class");
-        let ints = attrs.ints("classlabels_ints")?;
-        let strings = attrs.strings("classlabels_strings")?;
-        let labels = match (ints.is_empty(), strings.is_empty()) {
-            (false, true) => Labels::Int(ints),
-            (true, false) => Labels::Str(strings.into_iter().map(str::to_string).collect()),
-            (true, true) => return Err(unsupported(node, "no class labels")),
-            (false, false) => {
-                return Err(CompileError::Invalid("both label lists are given".into()));
-            }
-        };
+    let (outputs, labels) = if classifier {
+        // A classifier has one intercept per class.
         let classes = intercepts_attr.len();
-        let n_labels = match &labels {
-            Labels::Int(v) => v.len(),
-            Labels::Str(v) => v.len(),
-        };
-        if classes == 0 || coefficients.len() % classes != 0 {
-            return Err(CompileError::Invalid(format!(
-                "{} coefficients for {classes} classes",
-                coefficients.len()
-            )));
-        }
-        if (classes == 1 && n_labels != 2) || (classes > 1 && n_labels < classes) {
-            return Err(CompileError::Invalid(format!(
-                "{n_labels} labels for {classes} classes"
-            )));
-        }
-        match (classes, post) {
-            (1, PostTransform::Probit) => {
-                return Err(unsupported(
-                    node,
-                    "PROBIT on one class (ONNX Runtime writes half a row)",
-                ));
-            }
-            (c, PostTransform::Softmax) if c > 1 && !(avx512 && c <= 16) => {
-                return Err(unsupported(node, "SOFTMAX over these classes on this CPU"));
-            }
-            _ => {}
-        }
-        let features = coefficients.len() / classes;
-        if features < 2 {
-            return Err(unsupported(node, "one feature (MLAS swaps the operands)"));
-        }
-        let elems = vec![
-            match labels {
-                Labels::Int(_) => Elem::I64,
-                Labels::Str(_) => Elem::Str,
-            },
-            Elem::F32,
-        ];
-        Ok((
-            Linear {
-                coefficients,
-                intercepts: intercepts_attr,
-                outputs: classes,
-                features,
-                post,
-                labels: Some(labels),
-                input,
-            },
-            elems,
-        ))
+        let labels = classifier_labels(node, attrs, input, coefficients.len(), classes)?;
+        check_classifier_transform(node, classes, post, avx512)?;
+        (classes, Some(labels))
     } else {
-        if input != Elem::F32 {
-            return Err(unsupported(node, "input type"));
-        }
-        let targets = attrs.int("targets").unwrap_or(1);
-        let targets = usize::try_from(targets)
-            .ok()
-            .filter(|&t| t >= 1 && t <= coefficients.len())
-            .ok_or_else(|| CompileError::Invalid(format!("targets {targets}")))?;
-        if targets > 1 && matches!(post, PostTransform::Logistic | PostTransform::Softmax) {
-            return Err(unsupported(node, "MLAS transforms on several targets"));
-        }
-        let features = coefficients.len() / targets;
-        if features < 2 {
-            return Err(unsupported(node, "one feature (MLAS swaps the operands)"));
-        }
-        // Intercepts of the wrong length are ignored, as ONNX Runtime does.
-        let intercepts = if intercepts_attr.len() == targets {
-            intercepts_attr
-        } else {
-            Vec::new()
-        };
-        Ok((
-            Linear {
-                coefficients,
-                intercepts,
-                outputs: targets,
-                features,
-                post,
-                labels: None,
-                input,
-            },
-            vec![Elem::F32],
-        ))
+        let targets = regressor_targets(node, attrs, input, coefficients.len(), post)?;
+        (targets, None)
+    };
+    let features = coefficients.len() / outputs;
+    if features < 2 {
+        return Err(unsupported(node, "one feature (MLAS swaps the operands)"));
     }
+    // A regressor's intercepts of the wrong length are ignored, as ONNX Runtime does.
+    let intercepts = if intercepts_attr.len() == outputs {
+        intercepts_attr
+    } else {
+        Vec::new()
+    };
+    let elems = match &labels {
+        Some(Labels::Int(_)) => vec![Elem::I64, Elem::F32],
+        Some(Labels::Str(_)) => vec![Elem::Str, Elem::F32],
+        None => vec![Elem::F32],
+    };
+    Ok((
+        Linear {
+            coefficients,
+            intercepts,
+            outputs,
+            features,
+            post,
+            labels,
+            input,
+        },
+        elems,
+    ))
+}
+
+/// A classifier's class labels (integers or strings), checked against its `classes`
+/// (one per intercept) and its `n_coefficients` coefficients.
+fn classifier_labels(
+    node: &NodeView<'_>,
+    attrs: &Attrs<'_, '_>,
+    input: Elem,
+    n_coefficients: usize,
+    classes: usize,
+) -> Result<Labels, CompileError> {
+    if !matches!(input, Elem::F32 | Elem::F64 | Elem::I64 | Elem::I32) {
+        return Err(unsupported(node, "input type"));
+    }
+    // ONNX Runtime reads but ignores multi_class.
+    let _ = attrs.int("multi_class");
+    let ints = attrs.ints("classlabels_ints")?;
+    let strings = attrs.strings("classlabels_strings")?;
+    let labels = match (ints.is_empty(), strings.is_empty()) {
+        (false, true) => Labels::Int(ints),
+        (true, false) => Labels::Str(strings.into_iter().map(str::to_string).collect()),
+        (true, true) => return Err(unsupported(node, "no class labels")),
+        (false, false) => {
+            return Err(CompileError::Invalid("both label lists are given".into()));
+        }
+    };
+    let n_labels = match &labels {
+        Labels::Int(v) => v.len(),
+        Labels::Str(v) => v.len(),
+    };
+    if classes == 0 || !n_coefficients.is_multiple_of(classes) {
+        return Err(CompileError::Invalid(format!(
+            "{n_coefficients} coefficients for {classes} classes"
+        )));
+    }
+    if (classes == 1 && n_labels != 2) || (classes > 1 && n_labels < classes) {
+        return Err(CompileError::Invalid(format!(
+            "{n_labels} labels for {classes} classes"
+        )));
+    }
+    Ok(labels)
+}
+
+/// Refuses a classifier's post transform where ONNX Runtime's result is not reproduced:
+/// PROBIT on one class, and SOFTMAX over several where this CPU lacks the AVX-512F kernel
+/// or the classes are more than it takes.
+fn check_classifier_transform(
+    node: &NodeView<'_>,
+    classes: usize,
+    post: PostTransform,
+    avx512: bool,
+) -> Result<(), CompileError> {
+    match (classes, post) {
+        (1, PostTransform::Probit) => Err(unsupported(
+            node,
+            "PROBIT on one class (ONNX Runtime writes half a row)",
+        )),
+        (c, PostTransform::Softmax) if c > 1 && !(avx512 && c <= 16) => {
+            Err(unsupported(node, "SOFTMAX over these classes on this CPU"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A regressor's targets (1 up to the coefficients' count): a float input, and no MLAS
+/// transform over several targets.
+fn regressor_targets(
+    node: &NodeView<'_>,
+    attrs: &Attrs<'_, '_>,
+    input: Elem,
+    n_coefficients: usize,
+    post: PostTransform,
+) -> Result<usize, CompileError> {
+    if input != Elem::F32 {
+        return Err(unsupported(node, "input type"));
+    }
+    let targets = attrs.int("targets").unwrap_or(1);
+    let targets = usize::try_from(targets)
+        .ok()
+        .filter(|&t| t >= 1 && t <= n_coefficients)
+        .ok_or_else(|| CompileError::Invalid(format!("targets {targets}")))?;
+    if targets > 1 && matches!(post, PostTransform::Logistic | PostTransform::Softmax) {
+        return Err(unsupported(node, "MLAS transforms on several targets"));
+    }
+    Ok(targets)
 }
 
 /// MLAS's `StrideK` for `n` outputs and `k` features (`sgemm.cpp`).

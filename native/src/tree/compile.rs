@@ -37,74 +37,99 @@ pub(crate) fn compile(
     }
 }
 
+/// A classifier's class labels and their count: two or more, integers or strings, with
+/// `n_base` base values that fit them.
+fn class_labels(
+    node: &NodeView<'_>,
+    attrs: &Attrs<'_, '_>,
+    post: PostTransform,
+    n_base: usize,
+) -> Result<(usize, Labels), CompileError> {
+    let ints = attrs.ints("classlabels_int64s")?;
+    let strings = attrs.strings("classlabels_strings")?;
+    let (n_classes, labels) = match (ints.is_empty(), strings.is_empty()) {
+        (false, true) => (ints.len(), Labels::Int(ints)),
+        (true, false) => (
+            strings.len(),
+            Labels::Str(strings.into_iter().map(str::to_string).collect()),
+        ),
+        _ => {
+            return Err(invalid(
+                node,
+                "needs exactly one of classlabels_int64s, classlabels_strings",
+            ));
+        }
+    };
+    if n_classes < 2 {
+        return Err(unsupported(node, "fewer than two class labels"));
+    }
+    if n_classes == 2 && post == PostTransform::Probit {
+        return Err(unsupported(
+            node,
+            "PROBIT on two classes (ONNX Runtime writes half a row)",
+        ));
+    }
+    let base_ok = if n_classes <= 2 {
+        n_base <= 2
+    } else {
+        n_base == 0 || n_base == n_classes
+    };
+    if !base_ok {
+        return Err(invalid(
+            node,
+            format!("{n_base} base values for {n_classes} classes"),
+        ));
+    }
+    Ok((n_classes, labels))
+}
+
+/// A regressor's aggregate function and target count, with `n_base` base values that fit
+/// them.
+fn regressor_targets(
+    node: &NodeView<'_>,
+    attrs: &Attrs<'_, '_>,
+    n_base: usize,
+) -> Result<(Aggregate, usize), CompileError> {
+    let aggregate = match attrs.string("aggregate_function")?.unwrap_or("SUM") {
+        "SUM" => Aggregate::Sum,
+        "AVERAGE" => Aggregate::Average,
+        "MIN" => Aggregate::Min,
+        "MAX" => Aggregate::Max,
+        other => return Err(invalid(node, format!("unknown aggregate_function {other}"))),
+    };
+    // ONNX Runtime refuses a missing or non-positive n_targets; a huge one would size
+    // every output row, so it is refused too.
+    let n_targets = attrs.int("n_targets").unwrap_or(0);
+    let n_targets = usize::try_from(n_targets)
+        .ok()
+        .filter(|&t| (1..=MAX_TARGETS).contains(&t))
+        .ok_or_else(|| invalid(node, format!("n_targets {n_targets}")))?;
+    if n_base != 0 && n_base != n_targets {
+        return Err(invalid(
+            node,
+            format!("{n_base} base values for {n_targets} targets"),
+        ));
+    }
+    Ok((aggregate, n_targets))
+}
+
+/// The compiled ensemble with thresholds and sums in `T`: the small attributes first (the
+/// outputs' count decides how leaves keep weights), then the node and weight columns by
+/// the one-pass path or the general one.
 fn build<T: Num>(
     node: &NodeView<'_>,
     attrs: &Attrs<'_, '_>,
     classifier: bool,
 ) -> Result<Core<T>, CompileError> {
-    // The small attributes first: the outputs' count decides how leaves keep weights.
     let base_values: Vec<T> = values(node, attrs, "base_values", "base_values_as_tensor")?;
     let name = attrs.string("post_transform")?.unwrap_or("NONE");
     let post = PostTransform::parse(name)
         .ok_or_else(|| invalid(node, format!("unknown post_transform {name}")))?;
     let (aggregate, n_outputs, labels) = if classifier {
-        let ints = attrs.ints("classlabels_int64s")?;
-        let strings = attrs.strings("classlabels_strings")?;
-        let (n_classes, labels) = match (ints.is_empty(), strings.is_empty()) {
-            (false, true) => (ints.len(), Labels::Int(ints)),
-            (true, false) => (
-                strings.len(),
-                Labels::Str(strings.into_iter().map(str::to_string).collect()),
-            ),
-            _ => {
-                return Err(invalid(
-                    node,
-                    "needs exactly one of classlabels_int64s, classlabels_strings",
-                ));
-            }
-        };
-        if n_classes < 2 {
-            return Err(unsupported(node, "fewer than two class labels"));
-        }
-        if n_classes == 2 && post == PostTransform::Probit {
-            return Err(unsupported(
-                node,
-                "PROBIT on two classes (ONNX Runtime writes half a row)",
-            ));
-        }
-        let base_ok = if n_classes <= 2 {
-            base_values.len() <= 2
-        } else {
-            base_values.is_empty() || base_values.len() == n_classes
-        };
-        if !base_ok {
-            return Err(invalid(
-                node,
-                format!("{} base values for {n_classes} classes", base_values.len()),
-            ));
-        }
+        let (n_classes, labels) = class_labels(node, attrs, post, base_values.len())?;
         (Aggregate::Sum, n_classes, Some(labels))
     } else {
-        let aggregate = match attrs.string("aggregate_function")?.unwrap_or("SUM") {
-            "SUM" => Aggregate::Sum,
-            "AVERAGE" => Aggregate::Average,
-            "MIN" => Aggregate::Min,
-            "MAX" => Aggregate::Max,
-            other => return Err(invalid(node, format!("unknown aggregate_function {other}"))),
-        };
-        // ONNX Runtime refuses a missing or non-positive n_targets; a huge one would size
-        // every output row, so it is refused too.
-        let n_targets = attrs.int("n_targets").unwrap_or(0);
-        let n_targets = usize::try_from(n_targets)
-            .ok()
-            .filter(|&t| (1..=MAX_TARGETS).contains(&t))
-            .ok_or_else(|| invalid(node, format!("n_targets {n_targets}")))?;
-        if !base_values.is_empty() && base_values.len() != n_targets {
-            return Err(invalid(
-                node,
-                format!("{} base values for {n_targets} targets", base_values.len()),
-            ));
-        }
+        let (aggregate, n_targets) = regressor_targets(node, attrs, base_values.len())?;
         (aggregate, n_targets, None)
     };
     // Hit rates are documentation: ONNX Runtime reads and ignores them (never decoded).

@@ -12,7 +12,10 @@
 use super::ensemble::{MAX_FEATURE, MISSING_TRUE, Mode, Node, Num, TRUE_NEXT, WORD_BITS, Weight};
 use super::weights::{Decoded, LeafWeights, weight_names};
 use crate::attrs::{Attrs, Column};
+use crate::pb::{ByteCursor, Cursor, Repeated};
 
+/// Decodes the node and weight columns in one pass; `None` where the model is not in the
+/// exporters' shape (or is malformed).
 pub(super) fn decode<T: Num>(
     attrs: &Attrs<'_, '_>,
     classifier: bool,
@@ -22,22 +25,123 @@ pub(super) fn decode<T: Num>(
     if attrs.has("nodes_values_as_tensor") || attrs.has(w_tensor) {
         return None;
     }
-    let column = |name, kind| attrs.column(name, kind).unwrap_or_default();
-    let modes_column = attrs.column("nodes_modes", Column::Strings)?;
-    let mut modes = modes_column.byte_cursor();
-    let mut tree_ids = column("nodes_treeids", Column::Ints).cursor::<u64>();
-    let mut node_ids = column("nodes_nodeids", Column::Ints).cursor::<u64>();
-    let mut features = column("nodes_featureids", Column::Ints).cursor::<u64>();
-    let mut values = column("nodes_values", Column::Floats).cursor::<f32>();
-    let mut trues = column("nodes_truenodeids", Column::Ints).cursor::<u64>();
-    let mut falses = column("nodes_falsenodeids", Column::Ints).cursor::<u64>();
-    let missing_column = attrs.column("nodes_missing_value_tracks_true", Column::Ints);
-    let mut missing = missing_column.map(|c| c.cursor::<u64>());
+    let mut forest = walk_nodes::<T>(attrs)?;
+    let mut weights = attach_weights(
+        attrs,
+        [w_trees, w_nodes, w_ids, w_values],
+        n_outputs,
+        &mut forest,
+    )?;
+    forest.nodes.shrink_to_fit();
+    weights.shrink_to_fit();
+    Some(weights.decoded(forest.nodes, forest.roots, forest.max_feature))
+}
 
+/// An ints or floats column as a lazy list (empty when absent).
+fn column<'n, 'a>(attrs: &Attrs<'n, 'a>, name: &'n str, kind: Column) -> Repeated<'a> {
+    attrs.column(name, kind).unwrap_or_default()
+}
+
+/// The node columns, walked side by side.
+struct NodeColumns<'a> {
+    modes: ByteCursor<'a>,
+    tree_ids: Cursor<'a, u64>,
+    node_ids: Cursor<'a, u64>,
+    features: Cursor<'a, u64>,
+    values: Cursor<'a, f32>,
+    trues: Cursor<'a, u64>,
+    falses: Cursor<'a, u64>,
+    missing: Option<Cursor<'a, u64>>,
+}
+
+/// One node's entries in the node columns.
+struct Entry<'a> {
+    mode: &'a [u8],
+    tree: i64,
+    id: i64,
+    feature: i64,
+    value: f32,
+    true_id: i64,
+    false_id: i64,
+    missing_true: bool,
+}
+
+impl<'a> NodeColumns<'a> {
+    /// The node columns of `attrs`, and how many bytes the modes take; `None` without
+    /// modes.
+    fn open(attrs: &Attrs<'_, 'a>) -> Option<(Self, usize)> {
+        let modes = attrs.column("nodes_modes", Column::Strings)?;
+        let columns = NodeColumns {
+            modes: modes.byte_cursor(),
+            tree_ids: column(attrs, "nodes_treeids", Column::Ints).cursor(),
+            node_ids: column(attrs, "nodes_nodeids", Column::Ints).cursor(),
+            features: column(attrs, "nodes_featureids", Column::Ints).cursor(),
+            values: column(attrs, "nodes_values", Column::Floats).cursor(),
+            trues: column(attrs, "nodes_truenodeids", Column::Ints).cursor(),
+            falses: column(attrs, "nodes_falsenodeids", Column::Ints).cursor(),
+            missing: attrs
+                .column("nodes_missing_value_tracks_true", Column::Ints)
+                .map(|c| c.cursor()),
+        };
+        Some((columns, modes.bytes()))
+    }
+
+    /// The next node's entries: `Some(None)` after the last node, `None` where a column is
+    /// malformed or ends before the modes.
+    #[inline(always)]
+    fn next(&mut self) -> Option<Option<Entry<'a>>> {
+        let Some(mode) = self.modes.next().ok()? else {
+            return Some(None);
+        };
+        Some(Some(Entry {
+            mode,
+            tree: self.tree_ids.next().ok()?? as i64,
+            id: self.node_ids.next().ok()?? as i64,
+            feature: self.features.next().ok()?? as i64,
+            value: self.values.next().ok()??,
+            true_id: self.trues.next().ok()?? as i64,
+            false_id: self.falses.next().ok()?? as i64,
+            missing_true: match self.missing.as_mut() {
+                Some(column) => column.next().ok()?? == 1,
+                None => false,
+            },
+        }))
+    }
+
+    /// Whether every other column ends with the modes; `None` where one is malformed.
+    fn all_ended(&mut self) -> Option<bool> {
+        Some(
+            self.tree_ids.next().ok()?.is_none()
+                && self.node_ids.next().ok()?.is_none()
+                && self.features.next().ok()?.is_none()
+                && self.values.next().ok()?.is_none()
+                && self.trues.next().ok()?.is_none()
+                && self.falses.next().ok()?.is_none()
+                && self
+                    .missing
+                    .as_mut()
+                    .map_or(Some(true), |c| c.next().ok().map(|v| v.is_none()))?,
+        )
+    }
+}
+
+/// The trees as the columns list them, which already is their layout.
+struct InOrder<T> {
+    nodes: Vec<Node<T>>,
+    roots: Vec<u32>,
+    /// Each tree's id, beside `roots`.
+    trees: Vec<i64>,
+    max_feature: u32,
+}
+
+/// Walks the node columns side by side and writes each node once, in place: each tree
+/// listed from its node 0 (ids counting up from the root), trees in increasing id order,
+/// one child of every split right after it. `None` for anything else.
+fn walk_nodes<T: Num>(attrs: &Attrs<'_, '_>) -> Option<InOrder<T>> {
+    let (mut columns, mode_bytes) = NodeColumns::open(attrs)?;
     // Each node's mode takes at least six bytes on the wire ("LEAF" with key and length).
-    let mut nodes: Vec<Node<T>> = crate::memory::vec_with_capacity(modes_column.bytes() / 6);
+    let mut nodes: Vec<Node<T>> = crate::memory::vec_with_capacity(mode_bytes / 6);
     let mut roots: Vec<u32> = Vec::new();
-    // Each tree's id, beside `roots`.
     let mut trees: Vec<i64> = Vec::new();
     // The other child of every split on the path to the current node, innermost last.
     let mut pending: Vec<u32> = Vec::new();
@@ -45,44 +149,34 @@ pub(super) fn decode<T: Num>(
     let mut ended = true;
     let mut start = 0u32;
     let mut max_feature = 0u32;
-    while let Some(mode) = modes.next().ok()? {
+    while let Some(entry) = columns.next()? {
         let k = u32::try_from(nodes.len())
             .ok()
             .filter(|&k| k < u32::MAX / 2 - 1)?;
-        let tree = tree_ids.next().ok()?? as i64;
-        let id = node_ids.next().ok()?? as i64;
-        let feature = features.next().ok()?? as i64;
-        let value = values.next().ok()??;
-        let true_id = trues.next().ok()?? as i64;
-        let false_id = falses.next().ok()?? as i64;
-        let missing_true = match missing.as_mut() {
-            Some(column) => column.next().ok()?? == 1,
-            None => false,
-        };
         if ended {
             // A new tree: a larger id than the last one's, listed from its node 0.
-            if trees.last().is_some_and(|&last| tree <= last) || id != 0 {
+            if trees.last().is_some_and(|&last| entry.tree <= last) || entry.id != 0 {
                 return None;
             }
-            trees.push(tree);
+            trees.push(entry.tree);
             roots.push(k);
             start = k;
             ended = false;
-        } else if trees.last() != Some(&tree) || id != i64::from(k - start) {
+        } else if trees.last() != Some(&entry.tree) || entry.id != i64::from(k - start) {
             return None;
         }
-        let mode = Mode::parse(mode)?;
+        let mode = Mode::parse(entry.mode)?;
         let mut word = u32::from(mode as u8) << WORD_BITS;
-        if missing_true {
+        if entry.missing_true {
             word |= u32::from(MISSING_TRUE) << WORD_BITS;
         }
         if mode == Mode::Leaf {
             // ONNX Runtime counts a leaf's feature id toward the largest one read.
-            if feature > 0 {
-                max_feature = max_feature.max(u32::try_from(feature).unwrap_or(u32::MAX));
+            if entry.feature > 0 {
+                max_feature = max_feature.max(u32::try_from(entry.feature).unwrap_or(u32::MAX));
             }
             nodes.push(Node {
-                value: T::from_f32(value),
+                value: T::from_f32(entry.value),
                 index: 0,
                 word,
             });
@@ -93,11 +187,13 @@ pub(super) fn decode<T: Num>(
             }
             continue;
         }
-        let feature = u32::try_from(feature).ok().filter(|&f| f <= MAX_FEATURE)?;
+        let feature = u32::try_from(entry.feature)
+            .ok()
+            .filter(|&f| f <= MAX_FEATURE)?;
         max_feature = max_feature.max(feature);
         word |= feature;
         let at = |id: i64| u32::try_from(id).ok().and_then(|id| start.checked_add(id));
-        let (true_at, false_at) = (at(true_id)?, at(false_id)?);
+        let (true_at, false_at) = (at(entry.true_id)?, at(entry.false_id)?);
         let index = if true_at == k + 1 {
             word |= u32::from(TRUE_NEXT) << WORD_BITS;
             false_at
@@ -108,32 +204,36 @@ pub(super) fn decode<T: Num>(
         };
         pending.push(index);
         nodes.push(Node {
-            value: T::from_f32(value),
+            value: T::from_f32(entry.value),
             index,
             word,
         });
     }
-    // Every column ends with the modes, and the last tree is whole.
-    let done = tree_ids.next().ok()?.is_none()
-        && node_ids.next().ok()?.is_none()
-        && features.next().ok()?.is_none()
-        && values.next().ok()?.is_none()
-        && trues.next().ok()?.is_none()
-        && falses.next().ok()?.is_none()
-        && missing
-            .as_mut()
-            .map_or(Some(true), |c| c.next().ok().map(|v| v.is_none()))?;
-    if !done || !ended || nodes.is_empty() {
+    if !columns.all_ended()? || !ended || nodes.is_empty() {
         return None;
     }
+    Some(InOrder {
+        nodes,
+        roots,
+        trees,
+        max_feature,
+    })
+}
 
-    // Leaf weights, in (tree, node) order. A leaf keeps its first weight as its value,
-    // its count in the word and where its weights start in `index`.
+/// Attaches the leaf weights, listed in (tree, node) order, to the leaves they name. A
+/// leaf keeps its first weight as its value, its count in the word and where its weights
+/// start in `index`. `None` where they are out of order or name no node.
+fn attach_weights<T: Num>(
+    attrs: &Attrs<'_, '_>,
+    [w_trees, w_nodes, w_ids, w_values]: [&'static str; 4],
+    n_outputs: usize,
+    forest: &mut InOrder<T>,
+) -> Option<LeafWeights<T>> {
     let keep_weights = n_outputs > 1;
-    let weight_values = column(w_values, Column::Floats);
-    let mut w_tree = column(w_trees, Column::Ints).cursor::<u64>();
-    let mut w_node = column(w_nodes, Column::Ints).cursor::<u64>();
-    let mut w_id = column(w_ids, Column::Ints).cursor::<u64>();
+    let weight_values = column(attrs, w_values, Column::Floats);
+    let mut w_tree = column(attrs, w_trees, Column::Ints).cursor::<u64>();
+    let mut w_node = column(attrs, w_nodes, Column::Ints).cursor::<u64>();
+    let mut w_id = column(attrs, w_ids, Column::Ints).cursor::<u64>();
     let mut w_value = weight_values.cursor::<f32>();
     let mut weights = LeafWeights::<T>::new(
         if keep_weights {
@@ -143,6 +243,12 @@ pub(super) fn decode<T: Num>(
         },
         keep_weights,
     );
+    let InOrder {
+        nodes,
+        roots,
+        trees,
+        ..
+    } = forest;
     let mut last = (i64::MIN, i64::MIN);
     let mut run = 0usize;
     let n = nodes.len() as u32;
@@ -174,10 +280,5 @@ pub(super) fn decode<T: Num>(
     let done = w_node.next().ok()?.is_none()
         && w_id.next().ok()?.is_none()
         && w_value.next().ok()?.is_none();
-    if !done {
-        return None;
-    }
-    nodes.shrink_to_fit();
-    weights.shrink_to_fit();
-    Some(weights.decoded(nodes, roots, max_feature))
+    done.then_some(weights)
 }

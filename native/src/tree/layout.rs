@@ -3,7 +3,7 @@
 
 use super::ensemble::{MODE_MASK, Mode, Node, Num, TRUE_NEXT, WORD_BITS, Weight};
 use super::index::NodeIndex;
-use super::weights::LeafWeights;
+use super::weights::{LeafWeights, WeightColumns};
 use crate::attrs::{invalid, unsupported};
 use crate::error::CompileError;
 use crate::onnx::NodeView;
@@ -17,12 +17,11 @@ fn keep_in_order<T: Num>(raw: &[Raw<T>], start: usize, end: usize) -> bool {
     // Walk the tree depth first, the child listed next first, and check the walk visits
     // exactly `start..end` in order: then it is a plain tree (every node reached once)
     // listed in that order. One sequential pass and a stack of pending other children.
-    let is_leaf = |r: &Raw<T>| (r.word >> WORD_BITS) as u8 & MODE_MASK == Mode::Leaf as u8;
     let mut pending: Vec<u32> = Vec::new();
     let mut i = start;
     loop {
         let r = &raw[i];
-        if is_leaf(r) {
+        if r.is_leaf() {
             match pending.pop() {
                 None => return i + 1 == end,
                 Some(next) if next as usize == i + 1 => i += 1,
@@ -56,30 +55,77 @@ pub(super) struct Raw<T> {
     pub(super) word: u32,
 }
 
+impl<T> Raw<T> {
+    #[inline(always)]
+    pub(super) fn is_leaf(&self) -> bool {
+        (self.word >> WORD_BITS) as u8 & MODE_MASK == Mode::Leaf as u8
+    }
+}
+
 /// Laid-out nodes, the trees' roots and the leaf weights.
 pub(super) type Laid<T> = (Vec<Node<T>>, Vec<u32>, LeafWeights<T>);
 
 /// Lays the trees out: in the file's order where it already is a layout
 /// (`keep_in_order`), else the depth-first relayout (false child next) ONNX Runtime's
 /// `AddNodes` makes, without recursion (a hostile tree can be a million nodes deep).
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the node columns of one ensemble, each a separate attribute"
-)]
 pub(super) fn layout<T: Num>(
     node: &NodeView<'_>,
     tree_ids: &[i64],
     node_ids: &[i64],
     index: &NodeIndex,
     mut raw: Vec<Raw<T>>,
-    (w_trees, w_nodes, w_ids, w_values): (&[i64], &[i64], &[u32], &[T]),
+    columns: &WeightColumns<T>,
     n_outputs: usize,
 ) -> Result<Laid<T>, CompileError> {
     let n = raw.len();
-    // Leaf weights, in (tree, node, attribute position) order, as ONNX Runtime sorts them
-    // (exporters usually list them in that order already, which is attribute order too:
-    // the records are then filled front to back). A leaf's record keeps its first weight
-    // as its value, the count in its word and where its weights start in `true_at`.
+    let (weights, weighted) = attach_weights(node, index, &mut raw, columns, n_outputs)?;
+    let mut nodes: Vec<Node<T>> = crate::memory::vec_with_capacity(n);
+    let mut roots = Vec::new();
+    let mut relayout = Relayout::default();
+    let mut start = 0;
+    while start < n {
+        let mut end = start + 1;
+        while end < n && tree_ids[end] == tree_ids[start] {
+            end += 1;
+        }
+        let root = if keep_in_order(&raw, start, end) {
+            copy_in_order(&raw, start, end, &mut nodes)
+        } else {
+            relayout.tree(node, tree_ids, node_ids, &raw, start, &mut nodes)?
+        };
+        roots.push(root);
+        start = end;
+    }
+    drop(raw);
+    if relayout.left_out_any(&weighted) {
+        // ONNX Runtime would hang these on whatever node it placed first.
+        return Err(unsupported(node, "weights on a leaf no root reaches"));
+    }
+    // A leaf without weights keeps its `nodes_values` entry as its value and has no
+    // entries, as in ONNX Runtime.
+    nodes.shrink_to_fit();
+    Ok((nodes, roots, weights))
+}
+
+/// Attaches the leaf weights to their records, in (tree, node, attribute position) order,
+/// as ONNX Runtime sorts them (exporters usually list them in that order already, which is
+/// attribute order too: the records are then filled front to back). A leaf's record keeps
+/// its first weight as its value, the count in its word and where its weights start in
+/// `true_at`. Returns the weights and, by attribute position, whether a leaf there took
+/// any (to find weights on unreachable leaves).
+fn attach_weights<T: Num>(
+    node: &NodeView<'_>,
+    index: &NodeIndex,
+    raw: &mut [Raw<T>],
+    columns: &WeightColumns<T>,
+    n_outputs: usize,
+) -> Result<(LeafWeights<T>, Vec<u8>), CompileError> {
+    let WeightColumns {
+        trees: w_trees,
+        nodes: w_nodes,
+        ids: w_ids,
+        values: w_values,
+    } = columns;
     let mut order: Vec<u32> = (0..w_trees.len() as u32).collect();
     let sorted =
         (1..w_trees.len()).all(|k| (w_trees[k - 1], w_nodes[k - 1]) <= (w_trees[k], w_nodes[k]));
@@ -91,8 +137,7 @@ pub(super) fn layout<T: Num>(
         Vec::with_capacity(if keep_weights { order.len() } else { 0 }),
         keep_weights,
     );
-    // Weight counts per attribute position (to find weights on unreachable leaves).
-    let mut leaf_weights: Vec<u8> = vec![0; n];
+    let mut weighted: Vec<u8> = vec![0; raw.len()];
     for &k in &order {
         let k = k as usize;
         let at = index.get(w_trees[k], w_nodes[k]).ok_or_else(|| {
@@ -113,68 +158,92 @@ pub(super) fn layout<T: Num>(
             .attach(&mut leaf.value, &mut leaf.true_at, &mut leaf.word, weight)
             .map_err(|refused| unsupported(node, refused.reason()))?
         {
-            leaf_weights[at] = 1;
+            weighted[at] = 1;
         }
     }
+    Ok((weights, weighted))
+}
 
-    const UNPLACED: u32 = u32::MAX;
-    enum Frame {
-        Enter(u32),
-        AfterFalse { at: u32, pos: u32 },
-        AfterTrue { at: u32, pos: u32 },
-    }
-    // Where each record went; only trees the relayout places need it.
-    let mut placed: Vec<u32> = Vec::new();
-    let mut in_progress: Vec<bool> = Vec::new();
-    let mut nodes: Vec<Node<T>> = crate::memory::vec_with_capacity(n);
-    let mut roots = Vec::new();
-    let mut stack = Vec::new();
-    let mut start = 0;
-    while start < n {
-        let mut end = start + 1;
-        while end < n && tree_ids[end] == tree_ids[start] {
-            end += 1;
-        }
-        if keep_in_order(&raw, start, end) {
-            // The file's order already is a layout: every split has one child right after
-            // it. Copy the records over as they are.
-            // Record `start + k` goes to position `base + k`.
-            let base = nodes.len() as u32;
-            let first = start as u32;
-            roots.push(base);
-            for (i, r) in raw[start..end].iter().enumerate() {
-                let i = start + i;
-                let node = if (r.word >> WORD_BITS) as u8 & MODE_MASK == Mode::Leaf as u8 {
-                    Node {
-                        value: r.value,
-                        index: r.true_at,
-                        word: r.word,
-                    }
-                } else if r.true_at as usize == i + 1 {
-                    Node {
-                        value: r.value,
-                        index: base + (r.false_at - first),
-                        word: r.word | (u32::from(TRUE_NEXT) << WORD_BITS),
-                    }
-                } else {
-                    Node {
-                        value: r.value,
-                        index: base + (r.true_at - first),
-                        word: r.word,
-                    }
-                };
-                nodes.push(node);
+/// Copies the records `start..end` of a tree whose file order already is a layout (every
+/// split has one child right after it) as they are; returns its root. Record `start + k`
+/// goes to position `base + k`.
+fn copy_in_order<T: Num>(
+    raw: &[Raw<T>],
+    start: usize,
+    end: usize,
+    nodes: &mut Vec<Node<T>>,
+) -> u32 {
+    let base = nodes.len() as u32;
+    let first = start as u32;
+    for (i, r) in raw[start..end].iter().enumerate() {
+        let i = start + i;
+        let node = if r.is_leaf() {
+            Node {
+                value: r.value,
+                index: r.true_at,
+                word: r.word,
             }
-            start = end;
-            continue;
+        } else if r.true_at as usize == i + 1 {
+            Node {
+                value: r.value,
+                index: base + (r.false_at - first),
+                word: r.word | (u32::from(TRUE_NEXT) << WORD_BITS),
+            }
+        } else {
+            Node {
+                value: r.value,
+                index: base + (r.true_at - first),
+                word: r.word,
+            }
+        };
+        nodes.push(node);
+    }
+    base
+}
+
+const UNPLACED: u32 = u32::MAX;
+
+/// A step of the relayout's walk (an explicit stack: no recursion).
+enum Frame {
+    Enter(u32),
+    AfterFalse { at: u32, pos: u32 },
+    AfterTrue { at: u32, pos: u32 },
+}
+
+/// ONNX Runtime's own depth-first relayout, false child next, for trees whose file order
+/// is not a layout (shared true children, trees split over several runs, children listed
+/// before parents); it also finds what ONNX Runtime would refuse. Its arrays are made
+/// when the first such tree comes, and kept for the next.
+#[derive(Default)]
+struct Relayout {
+    /// Where each record went (`UNPLACED` if nowhere yet), by attribute position.
+    placed: Vec<u32>,
+    /// The splits whose subtrees are being laid out: reaching one again is a cycle.
+    in_progress: Vec<bool>,
+    stack: Vec<Frame>,
+}
+
+impl Relayout {
+    /// Lays out the tree whose root is the record at `start`, appending its nodes;
+    /// returns its root.
+    fn tree<T: Num>(
+        &mut self,
+        node: &NodeView<'_>,
+        tree_ids: &[i64],
+        node_ids: &[i64],
+        raw: &[Raw<T>],
+        start: usize,
+        nodes: &mut Vec<Node<T>>,
+    ) -> Result<u32, CompileError> {
+        if self.placed.is_empty() {
+            self.placed = vec![UNPLACED; raw.len()];
+            self.in_progress = vec![false; raw.len()];
         }
-        // Anything else (shared true children, trees split over several runs, children
-        // listed before parents): ONNX Runtime's own depth-first relayout, false child
-        // next, which also finds what it would refuse.
-        if placed.is_empty() {
-            placed = vec![UNPLACED; n];
-            in_progress = vec![false; n];
-        }
+        let Relayout {
+            placed,
+            in_progress,
+            stack,
+        } = self;
         stack.push(Frame::Enter(start as u32));
         let mut ret = 0u32;
         while let Some(frame) = stack.pop() {
@@ -212,7 +281,7 @@ pub(super) fn layout<T: Num>(
                         index: r.true_at,
                         word: r.word,
                     });
-                    if (r.word >> WORD_BITS) as u8 & MODE_MASK == Mode::Leaf as u8 {
+                    if r.is_leaf() {
                         ret = pos;
                         continue;
                     }
@@ -241,23 +310,19 @@ pub(super) fn layout<T: Num>(
                 }
             }
         }
-        roots.push(ret);
-        start = end;
+        Ok(ret)
     }
-    drop(raw);
-    drop(in_progress);
 
-    if !placed.is_empty()
-        && placed
-            .iter()
-            .zip(&leaf_weights)
-            .any(|(&p, &count)| p == UNPLACED && count > 0)
-    {
-        // ONNX Runtime would hang these on whatever node it placed first.
-        return Err(unsupported(node, "weights on a leaf no root reaches"));
+    /// Once any tree was relaid: whether a record that took weights (`weighted`, by
+    /// attribute position) was never placed. Only the relayout marks records placed, so a
+    /// weighted leaf of a tree kept in order counts as unplaced too, and such a model is
+    /// refused (served by ONNX Runtime).
+    fn left_out_any(self, weighted: &[u8]) -> bool {
+        let Relayout { placed, .. } = self;
+        !placed.is_empty()
+            && placed
+                .iter()
+                .zip(weighted)
+                .any(|(&p, &count)| p == UNPLACED && count > 0)
     }
-    // A leaf without weights keeps its `nodes_values` entry as its value and has no
-    // entries, as in ONNX Runtime.
-    nodes.shrink_to_fit();
-    Ok((nodes, roots, weights))
 }

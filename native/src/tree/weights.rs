@@ -60,6 +60,61 @@ pub(super) fn weight_names(classifier: bool) -> [&'static str; 5] {
     }
 }
 
+/// The weight columns decoded whole, as the general path reads them: the `k`th weight
+/// names node `nodes[k]` of tree `trees[k]`, output `ids[k]`, and has the value
+/// `values[k]`.
+pub(super) struct WeightColumns<T> {
+    pub(super) trees: Vec<i64>,
+    pub(super) nodes: Vec<i64>,
+    pub(super) ids: Vec<u32>,
+    pub(super) values: Vec<T>,
+}
+
+impl<T: Num> WeightColumns<T> {
+    /// The weight columns of a classifier or regressor with `n_outputs` outputs: all of
+    /// one length, and every output id inside the outputs.
+    pub(super) fn read(
+        node: &NodeView<'_>,
+        attrs: &Attrs<'_, '_>,
+        classifier: bool,
+        n_outputs: usize,
+    ) -> Result<Self, CompileError> {
+        let [
+            trees_name,
+            nodes_name,
+            ids_name,
+            weights_name,
+            weights_tensor,
+        ] = weight_names(classifier);
+        let trees = attrs.ints(trees_name)?;
+        let nodes = attrs.ints(nodes_name)?;
+        let ids = attrs.ids(ids_name)?;
+        let values: Vec<T> = values(node, attrs, weights_name, weights_tensor)?;
+        if [nodes.len(), ids.len(), values.len()]
+            .iter()
+            .any(|&l| l != trees.len())
+        {
+            let prefix = if classifier { "class" } else { "target" };
+            return Err(invalid(
+                node,
+                format!("the {prefix}_* lists differ in length"),
+            ));
+        }
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= n_outputs) {
+            return Err(invalid(
+                node,
+                format!("{ids_name} holds {bad} for {n_outputs} outputs"),
+            ));
+        }
+        Ok(WeightColumns {
+            trees,
+            nodes,
+            ids,
+            values,
+        })
+    }
+}
+
 /// Why a leaf cannot take another weight.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Refused {

@@ -11,14 +11,26 @@
 //!   statistics push ([`StatsAnswer`]).
 //! - [`stats`]: what a proxy pushes ([`StatsReport`]) and the bounds a scorer holds it to
 //!   ([`stats::Bounds`], [`StatsRefusal`]).
+//! - The operator views, what the servers answer the operator API with and `mmctl` reads,
+//!   each a `Serialize + Deserialize` type whose field names are the public JSON:
+//!   [`pool`] (the proxy's pool view and a model's placement), [`versions`] (a model's
+//!   version status, refreshes, canaries, digests), [`explain`] (the scorer's explain
+//!   view and one model's explanation), [`oip`] (the Open Inference Protocol bodies
+//!   `mmctl` reads, and the `{"error": ...}` body of both servers).
 //!
 //! **Architecture Invariant:** nothing here does I/O; both sides depend on this crate and
 //! on nothing of each other.
 
 pub mod cache;
+pub mod explain;
 pub mod grpc;
+pub mod oip;
+pub mod pool;
 pub mod route;
 pub mod stats;
+#[cfg(test)]
+mod testing;
+pub mod versions;
 
 pub use cache::{CacheSummary, Eviction, EvictionReason, Lookup, StatsAnswer};
 pub use stats::{StatsRefusal, StatsReport};

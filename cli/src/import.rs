@@ -18,9 +18,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use manymodels_config::scorer::{NativeEngine, ScorerConfig};
-use manymodels_scorer::engine::{Engines, LoadedModel};
-use manymodels_scorer::model_id::ModelId;
-use manymodels_scorer::store::{self, MODEL_FILE, ModelStore, StoreError};
+use manymodels_engine::{Engines, LoadedModel};
+use manymodels_contract::ModelId;
+use manymodels_store::{self as store, MODEL_FILE, ModelStore, StoreError};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
@@ -507,7 +507,7 @@ pub async fn run(settings: &Settings, args: Args) -> anyhow::Result<bool> {
     let checker = if args.no_check {
         None
     } else {
-        let environment = manymodels_scorer::engine::environment(args.onnxruntime.as_deref())
+        let environment = manymodels_engine::environment(args.onnxruntime.as_deref())
             .map_err(|e| anyhow::anyhow!("{e} (or pass --no-check)"))?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Some(Checker {

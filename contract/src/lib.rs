@@ -2,7 +2,8 @@
 //! change to it is one edit the compiler checks on both sides.
 //!
 //! - [`header`]: the `x-mm-*` header names.
-//! - [`valid_model_id`] and [`parse_version`]: which model ids and version numbers exist.
+//! - [`valid_model_id`] and [`parse_version`]: which model ids and version numbers exist;
+//!   [`ModelId`], an id checked once.
 //!   The proxy rejects what the scorer would refuse, before choosing a scorer.
 //! - [`bearer`]: how a key is read from `Authorization`.
 //! - [`route`]: the scorer's routes the proxy calls or forwards to, as templates (for the
@@ -24,6 +25,7 @@
 pub mod cache;
 pub mod explain;
 pub mod grpc;
+mod model_id;
 pub mod oip;
 pub mod pool;
 pub mod route;
@@ -33,6 +35,7 @@ mod testing;
 pub mod versions;
 
 pub use cache::{CacheSummary, Eviction, EvictionReason, Lookup, StatsAnswer};
+pub use model_id::{InvalidModelId, ModelId};
 pub use stats::{StatsRefusal, StatsReport};
 
 /// The `x-mm-*` headers.

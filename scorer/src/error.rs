@@ -68,6 +68,21 @@ pub enum ScorerError {
     },
 }
 
+impl From<manymodels_engine::InferenceError> for ScorerError {
+    fn from(error: manymodels_engine::InferenceError) -> Self {
+        ScorerError::Inference {
+            id: error.id,
+            message: error.message,
+        }
+    }
+}
+
+impl From<manymodels_contract::InvalidModelId> for ScorerError {
+    fn from(error: manymodels_contract::InvalidModelId) -> Self {
+        ScorerError::InvalidModelId(error.0)
+    }
+}
+
 /// Why a model could not be loaded. Cheap to clone: one failed load is shared with every
 /// request that waited for it, and remembered for `cache.failure_ttl`.
 #[derive(Clone, Debug, thiserror::Error)]

@@ -146,7 +146,7 @@ fn model_of(metadata: &MetadataMap, name: &str) -> Result<ModelId, ScorerError> 
             "the request names no model (set model_name, or the mm-model-id header)",
         )
     })?;
-    ModelId::parse(id)
+    Ok(ModelId::parse(id)?)
 }
 
 /// The version a call names: its `version` field, else `x-mm-model-version`, else none

@@ -131,7 +131,7 @@ fn finish(scorer: &Scorer, route: &'static str, result: Result<Response, ScorerE
 
 fn model_id(path: Result<Path<String>, PathRejection>) -> Result<ModelId, ScorerError> {
     let Path(id) = path.map_err(|e| ScorerError::InvalidModelId(e.body_text()))?;
-    ModelId::parse(&id)
+    Ok(ModelId::parse(&id)?)
 }
 
 /// The path parameters of a model route: `{id}`, and `{version}` on the `/versions/{v}`

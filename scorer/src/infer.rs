@@ -154,7 +154,7 @@ fn run_quick(
     selected: &[usize],
 ) -> Result<Result<Vec<NamedTensor>, ScorerError>, Vec<NamedTensor>> {
     match model.try_quick(rows, limit) {
-        Some(session) => Ok(session.run(inputs, selected)),
+        Some(session) => Ok(session.run(inputs, selected).map_err(ScorerError::from)),
         None => Err(inputs),
     }
 }

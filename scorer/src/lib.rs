@@ -13,7 +13,6 @@
 
 pub mod azureml;
 pub mod cache;
-pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod http;
@@ -22,8 +21,10 @@ pub mod infer;
 pub mod metrics;
 pub mod model_id;
 pub mod oip;
-pub mod store;
-pub mod tensor;
+
+/// The engine and store crates, under the names the scorer's modules use.
+pub use manymodels_engine::{self as engine, tensor, tune_allocator};
+pub use manymodels_store as store;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -251,21 +252,5 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
-    }
-}
-
-/// Sets glibc's allocator up so RSS follows what the cache charges: blocks of 1 MiB and
-/// more (model arrays, ONNX Runtime initializers, load buffers) are always their own
-/// mappings, returned to the OS the moment they are freed. Without it glibc raises its
-/// mmap threshold to 32 MiB after the first large free, and every load's transient
-/// memory stays in the heap until a trim (measured: peak RSS 2.5 budgets during a burst
-/// of ONNX Runtime loads). Call before any thread starts.
-pub fn tune_allocator() {
-    #[cfg(target_env = "gnu")]
-    {
-        // SAFETY: mallopt only sets allocator parameters; called before other threads exist.
-        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
-        // SAFETY: as above.
-        unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     }
 }

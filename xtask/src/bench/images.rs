@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use super::engines::{Meta, metas};
 use anyhow::{Context, Result};
 use manymodels_config::scorer::NativeEngine;
-use manymodels_scorer::engine::{self, Engines};
-use manymodels_scorer::model_id::ModelId;
+use manymodels_engine::{self as engine, Engines};
+use manymodels_contract::ModelId;
 use manymodels_tests::alloc::peak_heap;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -71,7 +71,7 @@ pub fn run(args: ImagesArgs) -> Result<()> {
     }
     // The scorer's allocator settings (big buffers are their own mappings, never recycled
     // heap): loads allocate here as they do in `mm-scorer`.
-    manymodels_scorer::tune_allocator();
+    manymodels_engine::tune_allocator();
     let library = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
     let environment = engine::environment(library.as_deref()).map_err(anyhow::Error::msg)?;
     let engines = Engines {

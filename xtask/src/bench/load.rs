@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::Result;
 use manymodels_config::scorer::NativeEngine;
 use manymodels_models::Spec;
-use manymodels_scorer::engine::{self as runtime, Engines};
-use manymodels_scorer::model_id::ModelId;
+use manymodels_engine::{self as runtime, Engines};
+use manymodels_contract::ModelId;
 use manymodels_tests::http::post_ok;
 
 use super::{median, trim_heap};

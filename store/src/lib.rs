@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use manymodels_config::scorer::StoreConfig;
 
-use crate::model_id::ModelId;
+use manymodels_contract::ModelId;
 
 pub use azure::AzureStore;
 pub use local::LocalStore;

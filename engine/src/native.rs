@@ -4,8 +4,8 @@
 use manymodels_native::{Data, Elem, Model, Tensor};
 
 use super::{Backend, Engine, LoadedModel};
-use crate::model_id::ModelId;
 use crate::tensor::{DataType, NamedTensor, TensorData, TensorSpec};
+use manymodels_contract::ModelId;
 
 fn datatype(elem: Elem) -> DataType {
     match elem {

@@ -52,25 +52,26 @@ pub fn environment(library: Option<&Path>) -> Result<&'static Environment, Strin
         .map_err(Clone::clone)
 }
 
-/// Creates and drops one session of a tiny generated model. ONNX Runtime sets up kernel
-/// registries and other process-wide state on the first session (about 1.4 MB); doing it
-/// here keeps that one-off cost out of the first real model's measured weight, and proves
-/// at start-up that the library works.
+/// The self-test's model and the answers ONNX Runtime gave for it when the demo models
+/// were generated (`models/demo`, committed with their reference answers).
+const SELF_TEST_MODEL: &[u8] = include_bytes!("../../models/demo/linear-small/1/model.onnx");
+const SELF_TEST_REFERENCE: &str = include_str!("../../models/demo/reference.json");
+
+/// Creates and drops one session of a tiny committed model and checks its first answer
+/// against the reference. ONNX Runtime sets up kernel registries and other process-wide
+/// state on the first session (about 1.4 MB); doing it here keeps that one-off cost out of
+/// the first real model's measured weight, and proves at start-up that the library works.
 pub fn self_test(environment: &Environment) -> Result<(), String> {
-    let model = manymodels_models::build(&manymodels_models::Spec::Linear {
-        features: 4,
-        seed: 1,
-    });
-    let mut session = create_session(environment, &model.bytes)?;
-    let row = [0.5f32, -1.0, 2.0, 0.25];
-    let input = Tensor::from_array(([1usize, 4], row.to_vec())).map_err(|e| e.to_string())?;
+    let (row, want) = self_test_reference()?;
+    let mut session = create_session(environment, SELF_TEST_MODEL)?;
+    let width = row.len();
+    let input = Tensor::from_array(([1usize, width], row)).map_err(|e| e.to_string())?;
     let outputs = session
         .run(vec![("input", input)])
         .map_err(|e| e.to_string())?;
     let (_, got) = outputs["variable"]
         .try_extract_tensor::<f32>()
         .map_err(|e| e.to_string())?;
-    let want = model.predict(&row);
     if (got[0] - want).abs() > 1e-5 * want.abs().max(1.0) {
         return Err(format!(
             "ONNX Runtime self-test computed {} instead of {want}",
@@ -78,6 +79,34 @@ pub fn self_test(environment: &Environment) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The first row of `linear-small`'s reference input and its reference answer.
+fn self_test_reference() -> Result<(Vec<f32>, f32), String> {
+    let reference: serde_json::Value =
+        serde_json::from_str(SELF_TEST_REFERENCE).map_err(|e| e.to_string())?;
+    let model = reference["models"]
+        .as_array()
+        .and_then(|models| models.iter().find(|m| m["id"] == "linear-small"))
+        .ok_or("the self-test's reference is missing")?;
+    let numbers = |v: &serde_json::Value| -> Vec<f32> {
+        v["data"]
+            .as_array()
+            .map(|data| {
+                data.iter()
+                    .filter_map(|x| x.as_f64())
+                    .map(|x| x as f32)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (input, output) = (&model["inputs"][0], &model["outputs"][0]);
+    let width = input["shape"][1].as_u64().unwrap_or(0) as usize;
+    let (data, answers) = (numbers(input), numbers(output));
+    match (data.get(..width), answers.first()) {
+        (Some(row), Some(&want)) if width > 0 => Ok((row.to_vec(), want)),
+        _ => Err("the self-test's reference is malformed".into()),
+    }
 }
 
 /// Where the library is looked for when nothing is configured: beside the executable (the

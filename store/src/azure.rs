@@ -16,7 +16,7 @@ use super::{
     ALIAS_FILE, Alias, CANARY_FILE, Canary, Digest, MODEL_FILE, ModelState, ModelStore, StoreError,
     is_sha256_hex, parse_version,
 };
-use crate::model_id::{self, ModelId};
+use manymodels_contract::{ModelId, valid_model_id};
 
 /// The small files beside a model's versions, read in its look-up.
 const SMALL_FILES: [&str; 2] = [ALIAS_FILE, CANARY_FILE];
@@ -210,7 +210,7 @@ impl ModelStore for AzureStore {
             .common_prefixes
             .iter()
             .filter_map(|p| p.filename())
-            .filter(|name| model_id::is_valid(name))
+            .filter(|name| valid_model_id(name))
             .map(|name| ModelId::parse(name).expect("validated above"))
             .collect();
         ids.sort();

@@ -15,9 +15,9 @@
 use std::path::PathBuf;
 
 use manymodels_config::scorer::NativeEngine;
-use manymodels_scorer::engine::{self, Engine, Engines, LoadedModel};
-use manymodels_scorer::model_id::ModelId;
-use manymodels_scorer::tensor::{DataType, NamedTensor, TensorData};
+use manymodels_contract::ModelId;
+use manymodels_engine::tensor::{DataType, NamedTensor, TensorData};
+use manymodels_engine::{self as engine, Engine, Engines, LoadedModel};
 use manymodels_tests::root;
 use manymodels_tests::store::demo_store;
 

@@ -10,7 +10,7 @@ use super::{
     ALIAS_FILE, Alias, CANARY_FILE, Canary, Digest, MODEL_FILE, ModelState, ModelStore, StoreError,
     digest_of_reader, parse_version,
 };
-use crate::model_id::{self, ModelId};
+use manymodels_contract::{ModelId, valid_model_id};
 
 /// Models in a directory tree. A version counts once its `model.onnx` exists, so
 /// publishers must write the file under another name and rename it into place (rename is
@@ -98,7 +98,7 @@ impl ModelStore for LocalStore {
             .map_err(|e| unavailable("listing models", e))?
         {
             if let Some(name) = entry.file_name().to_str()
-                && model_id::is_valid(name)
+                && valid_model_id(name)
                 && entry.file_type().await.map(|t| t.is_dir()).unwrap_or(false)
             {
                 ids.push(ModelId::parse(name).expect("validated above"));

@@ -4,7 +4,9 @@
 //! plain function of plain values, unit-tested without a socket.
 
 use bytes::Bytes;
+use manymodels_contract::oip::ErrorBody;
 use pingora::{ErrorSource, ErrorType};
+use serde::Serialize;
 
 use crate::route::Route;
 
@@ -17,11 +19,13 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub fn json(status: u16, body: &serde_json::Value) -> Reply {
+    /// `body` as JSON: one of the contract's views, or an error body.
+    pub fn json<T: Serialize>(status: u16, body: &T) -> Reply {
         Reply {
             status,
             content_type: "application/json",
-            body: Bytes::from(body.to_string()),
+            // Plain structs of strings, numbers and lists: serializing cannot fail.
+            body: Bytes::from(serde_json::to_vec(body).expect("an answer serializes")),
         }
     }
 }
@@ -96,8 +100,8 @@ impl Rejection {
     }
 
     /// The OIP-style body: `{"error": message}`.
-    pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({ "error": self.message() })
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody::new(self.message())
     }
 }
 
@@ -174,8 +178,10 @@ mod tests {
         ];
         for rejection in all {
             assert!((400..600).contains(&rejection.status()), "{rejection:?}");
-            let body = rejection.body();
-            assert!(!body["error"].as_str().unwrap().is_empty(), "{rejection:?}");
+            let reply = Reply::from(rejection.clone());
+            let body: ErrorBody = serde_json::from_slice(&reply.body).unwrap();
+            assert_eq!(body, rejection.body());
+            assert!(!body.error.is_empty(), "{rejection:?}");
         }
         assert_eq!(
             Rejection::TooLarge { limit: 10 }.message(),

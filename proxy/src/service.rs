@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use manymodels_config::proxy::ProxyConfig;
+use manymodels_contract::oip::ErrorBody;
 use manymodels_contract::{Lookup, grpc, header};
 use pingora::Error;
 use pingora::http::ResponseHeader;
@@ -96,9 +97,8 @@ async fn respond(session: &mut Session, ctx: &mut Ctx, reply: Reply) -> Result<(
 /// The proxy's own answer to a gRPC call: a trailers-only response whose `grpc-status` is
 /// the code of the REST answer's status and whose `grpc-message` is its `error`.
 async fn respond_grpc(session: &mut Session, reply: Reply) -> Result<()> {
-    let message = serde_json::from_slice::<serde_json::Value>(&reply.body)
-        .ok()
-        .and_then(|v| v.get("error")?.as_str().map(str::to_string))
+    let message = serde_json::from_slice::<ErrorBody>(&reply.body)
+        .map(|body| body.error)
         .unwrap_or_default();
     let code = grpc::code_for_status(reply.status).to_string();
     let message = grpc::encode_message(&message);
@@ -366,9 +366,10 @@ impl ProxyHttp for Proxy {
                 // gRPC's answer to a method the service does not have.
                 Route::NotFound if ctx.grpc => Reply::json(
                     501,
-                    &serde_json::json!({
-                        "error": format!("no such method: {}", session.req_header().uri.path())
-                    }),
+                    &ErrorBody::new(format!(
+                        "no such method: {}",
+                        session.req_header().uri.path()
+                    )),
                 ),
                 Route::NotFound => Rejection::NoRoute {
                     method: session.req_header().method.to_string(),

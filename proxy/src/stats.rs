@@ -15,14 +15,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use manymodels_contract::pool::{
+    HitBucket, Placement, PoolEviction, PoolHotModel, PoolScorer, PoolView, RankedScorer,
+    StatisticsFootprint,
+};
 use manymodels_contract::{CacheSummary, StatsAnswer, StatsReport, route};
 use manymodels_policy::PoolStats;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use serde_json::{Value, json};
 
 use crate::choice::replicates;
-use crate::pool::Pool;
+use crate::pool::{Member, Pool};
 use crate::ranking::rank;
 
 /// Width of one bucket of the hit-ratio history, and how many are kept (10 minutes).
@@ -160,22 +163,16 @@ impl Statistics {
     }
 
     /// The pool view served on `/v2/mm/pool` (and drawn by `/status`).
-    pub fn view(&self, pool: &Pool) -> Value {
-        let now = self.started.elapsed().as_secs();
-        let history: Vec<Value> = self
-            .history
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    pub fn view(&self, pool: &Pool) -> PoolView {
+        self.view_of(&pool.members())
+    }
+
+    /// The pool view of `members`.
+    fn view_of(&self, members: &[Member]) -> PoolView {
+        let history = self.history();
+        let (hits, misses) = history
             .iter()
-            .map(|b| json!({ "seconds_ago": now.saturating_sub(b.start), "hits": b.hits, "misses": b.misses }))
-            .collect();
-        let (hits, misses) = history.iter().fold((0, 0), |(h, m), b| {
-            (
-                h + b["hits"].as_u64().unwrap_or(0),
-                m + b["misses"].as_u64().unwrap_or(0),
-            )
-        });
-        let members = pool.members();
+            .fold((0, 0), |(h, m), b| (h + b.hits, m + b.misses));
         let (top, tracked, memory, requests) = {
             let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
             (
@@ -186,67 +183,90 @@ impl Statistics {
             )
         };
         let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
-        let hottest: Vec<Value> = top
+        let hottest = top
             .iter()
-            .map(|(model, rate)| {
-                let owner = rank(model, names.iter().copied())
+            .map(|(model, rate)| PoolHotModel {
+                model: model.to_string(),
+                rate: *rate,
+                owner: rank(model, names.iter().copied())
                     .first()
-                    .map(|s| s.to_string());
-                json!({ "model": &**model, "rate": rate, "owner": owner })
+                    .map(|s| s.to_string()),
             })
             .collect();
+        let (scorers, evictions) = self.scorers_of(members);
+        PoolView {
+            proxy: self.instance.clone(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            requests,
+            hit_ratio: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
+            history_bucket_seconds: BUCKET.as_secs(),
+            history,
+            scorers,
+            hottest,
+            evictions,
+            statistics: StatisticsFootprint {
+                tracked_models: tracked,
+                memory_bytes: memory,
+            },
+        }
+    }
+
+    /// The hit-ratio history, oldest bucket first.
+    fn history(&self) -> Vec<HitBucket> {
+        let now = self.started.elapsed().as_secs();
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|b| HitBucket {
+                seconds_ago: now.saturating_sub(b.start),
+                hits: b.hits,
+                misses: b.misses,
+            })
+            .collect()
+    }
+
+    /// Each member with the summary it last answered a push with, and the 30 most recent
+    /// evictions of them all.
+    fn scorers_of(&self, members: &[Member]) -> (Vec<PoolScorer>, Vec<PoolEviction>) {
         let scorers_state = self.scorers.lock().unwrap_or_else(|p| p.into_inner());
-        let mut evictions: Vec<(f64, Value)> = Vec::new();
-        let scorers: Vec<Value> = members
+        let mut evictions: Vec<PoolEviction> = Vec::new();
+        let scorers = members
             .iter()
             .map(|member| {
-                let (name, addr, healthy) = (&member.name, &member.addr, member.healthy);
-                let state = scorers_state.get(name);
+                let state = scorers_state.get(&member.name);
                 let summary = state.and_then(|s| s.summary.as_ref());
                 let since = state
                     .and_then(|s| s.pushed)
                     .map(|at| at.elapsed().as_secs_f64());
                 if let (Some(since), Some(summary)) = (since, summary) {
-                    for e in &summary.evictions {
-                        let ago = summary.uptime - e.at + since;
-                        evictions.push((
-                            ago,
-                            json!({
-                                "scorer": name, "model": e.model, "version": e.version,
-                                "bytes": e.bytes, "reason": e.reason, "seconds_ago": ago,
-                            }),
-                        ));
-                    }
+                    evictions.extend(summary.evictions.iter().map(|e| PoolEviction {
+                        scorer: member.name.clone(),
+                        model: e.model.clone(),
+                        version: e.version,
+                        bytes: e.bytes,
+                        reason: e.reason,
+                        seconds_ago: summary.uptime - e.at + since,
+                    }));
                 }
-                json!({
-                    "name": name,
-                    "addr": addr,
-                    "healthy": healthy,
-                    "pushed_seconds_ago": since,
-                    "budget_bytes": summary.map(|s| s.budget_bytes),
-                    "resident_bytes": summary.map(|s| s.resident_bytes),
-                    "resident_models": summary.map(|s| s.resident_models),
-                    "hits": summary.map(|s| s.hits),
-                    "misses": summary.map(|s| s.misses),
-                    "loads": summary.map(|s| s.loads),
-                    "loaded_bytes": summary.map(|s| s.loaded_bytes),
-                })
+                PoolScorer {
+                    name: member.name.clone(),
+                    addr: member.addr.clone(),
+                    healthy: member.healthy,
+                    pushed_seconds_ago: since,
+                    budget_bytes: summary.map(|s| s.budget_bytes),
+                    resident_bytes: summary.map(|s| s.resident_bytes),
+                    resident_models: summary.map(|s| s.resident_models),
+                    hits: summary.map(|s| s.hits),
+                    misses: summary.map(|s| s.misses),
+                    loads: summary.map(|s| s.loads),
+                    loaded_bytes: summary.map(|s| s.loaded_bytes),
+                }
             })
             .collect();
-        evictions.sort_by(|a, b| a.0.total_cmp(&b.0));
+        evictions.sort_by(|a, b| a.seconds_ago.total_cmp(&b.seconds_ago));
         evictions.truncate(30);
-        json!({
-            "proxy": self.instance,
-            "uptime_seconds": self.started.elapsed().as_secs_f64(),
-            "requests": requests,
-            "hit_ratio": if hits + misses > 0 { Some(hits as f64 / (hits + misses) as f64) } else { None },
-            "history_bucket_seconds": BUCKET.as_secs(),
-            "history": history,
-            "scorers": scorers,
-            "hottest": hottest,
-            "evictions": evictions.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
-            "statistics": { "tracked_models": tracked, "memory_bytes": memory },
-        })
+        (scorers, evictions)
     }
 }
 
@@ -258,19 +278,34 @@ impl Statistics {
     /// proxy believes each holds it hot (a recent answer for it, `Pool::hot`), and the pool-wide
     /// rate this proxy counts for it (`null` when it is not among the models tracked
     /// exactly: a sketch estimate would only bound it from above).
-    pub fn placement(&self, pool: &Pool, model: &str) -> Value {
-        let members = pool.members();
+    pub fn placement(&self, pool: &Pool, model: &str) -> Placement {
+        let owner = pool
+            .candidates(model, 1, &[])
+            .first()
+            .map(|c| c.name.to_string());
+        self.placement_of(&pool.members(), model, owner, |name| {
+            pool.holds(model, name)
+        })
+    }
+
+    /// The placement of `model` among `members`, with its `owner` and whether each
+    /// member holds it (`holds`, by name).
+    fn placement_of(
+        &self,
+        members: &[Member],
+        model: &str,
+        owner: Option<String>,
+        holds: impl Fn(&str) -> bool,
+    ) -> Placement {
         let ranked = rank(model, members.iter().map(|m| m.name.as_str()));
-        let ranking: Vec<Value> = ranked
+        let ranking = ranked
             .iter()
             .filter_map(|name| members.iter().find(|m| m.name == *name))
-            .map(|member| {
-                json!({
-                    "name": member.name,
-                    "addr": member.addr,
-                    "healthy": member.healthy,
-                    "hot": pool.holds(model, &member.name),
-                })
+            .map(|member| RankedScorer {
+                name: member.name.clone(),
+                addr: member.addr.clone(),
+                healthy: member.healthy,
+                hot: holds(&member.name),
             })
             .collect();
         let rate = self
@@ -280,16 +315,12 @@ impl Statistics {
             .hot()
             .find(|(k, _)| &***k == model)
             .map(|(_, rate)| rate);
-        let owner = pool
-            .candidates(model, 1, &[])
-            .first()
-            .map(|c| c.name.to_string());
-        json!({
-            "model": model,
-            "owner": owner,
-            "ranking": ranking,
-            "rate": rate,
-        })
+        Placement {
+            model: model.to_string(),
+            owner,
+            ranking,
+            rate,
+        }
     }
 }
 
@@ -428,6 +459,142 @@ mod tests {
         let shares = stats.shares(&all_up, Some(0.0));
         let total: usize = shares.values().map(Vec::len).sum();
         assert_eq!(total, 600);
+    }
+
+    /// The keys of a JSON object, in order (serde_json's map is sorted).
+    fn keys(value: &serde_json::Value) -> Vec<&str> {
+        value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect()
+    }
+
+    fn members() -> [Member; 2] {
+        [("s0", 1, true), ("s1", 2, false)].map(|(name, port, healthy)| Member {
+            name: name.into(),
+            addr: format!("127.0.0.1:{port}"),
+            healthy,
+        })
+    }
+
+    /// The pool view as the proxy answers it (`Reply::json`, what `/v2/mm/pool` sends)
+    /// has every key of its public shape and reads back as the contract's type.
+    #[test]
+    fn the_pool_view_answers_in_the_contract_shape() {
+        let stats = Statistics::new(10_000, 10);
+        stats.record("m");
+        stats.observe(true);
+        stats.observe(false);
+        let summary = CacheSummary {
+            budget_bytes: 100,
+            uptime: 10.0,
+            evictions: vec![manymodels_contract::Eviction {
+                model: "old".into(),
+                version: 1,
+                bytes: 5,
+                reason: manymodels_contract::EvictionReason::Capacity,
+                at: 4.0,
+            }],
+            ..CacheSummary::default()
+        };
+        let pushed = ScorerState {
+            addr: "127.0.0.1:1".into(),
+            healthy: true,
+            pushed: Some(Instant::now()),
+            summary: Some(summary),
+        };
+        stats.scorers.lock().unwrap().insert("s0".into(), pushed);
+        let reply = crate::reject::Reply::json(200, &stats.view_of(&members()));
+        let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(
+            keys(&json),
+            [
+                "evictions",
+                "history",
+                "history_bucket_seconds",
+                "hit_ratio",
+                "hottest",
+                "proxy",
+                "requests",
+                "scorers",
+                "statistics",
+                "uptime_seconds"
+            ]
+        );
+        let scorer_keys = [
+            "addr",
+            "budget_bytes",
+            "healthy",
+            "hits",
+            "loaded_bytes",
+            "loads",
+            "misses",
+            "name",
+            "pushed_seconds_ago",
+            "resident_bytes",
+            "resident_models",
+        ];
+        assert_eq!(keys(&json["scorers"][0]), scorer_keys);
+        assert_eq!(keys(&json["scorers"][1]), scorer_keys);
+        assert_eq!(json["scorers"][1]["budget_bytes"], serde_json::Value::Null);
+        assert_eq!(keys(&json["history"][0]), ["hits", "misses", "seconds_ago"]);
+        assert_eq!(keys(&json["hottest"][0]), ["model", "owner", "rate"]);
+        assert_eq!(
+            keys(&json["evictions"][0]),
+            [
+                "bytes",
+                "model",
+                "reason",
+                "scorer",
+                "seconds_ago",
+                "version"
+            ]
+        );
+        assert_eq!(
+            keys(&json["statistics"]),
+            ["memory_bytes", "tracked_models"]
+        );
+
+        let view: PoolView = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!((view.requests, view.hit_ratio), (1, Some(0.5)));
+        assert_eq!(view.scorers[0].budget_bytes, Some(100));
+        assert_eq!(view.scorers[1].pushed_seconds_ago, None);
+        assert_eq!(
+            (view.hottest[0].model.as_str(), view.hottest.len()),
+            ("m", 1)
+        );
+        let eviction = &view.evictions[0];
+        assert_eq!(
+            (eviction.scorer.as_str(), eviction.model.as_str()),
+            ("s0", "old")
+        );
+        assert!(eviction.seconds_ago >= 6.0, "{eviction:?}");
+    }
+
+    /// A placement as the proxy answers it reads back as the contract's type: every
+    /// member in rendezvous order, which one holds it hot, and the rate counted.
+    #[test]
+    fn a_placement_answers_in_the_contract_shape() {
+        let stats = Statistics::new(10_000, 10);
+        stats.record("m");
+        let placement = stats.placement_of(&members(), "m", Some("s0".into()), |n| n == "s0");
+        let reply = crate::reject::Reply::json(200, &placement);
+        let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(keys(&json), ["model", "owner", "ranking", "rate"]);
+        assert_eq!(
+            keys(&json["ranking"][0]),
+            ["addr", "healthy", "hot", "name"]
+        );
+        let read: Placement = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(read, placement);
+        let order: Vec<&str> = read.ranking.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(order, rank("m", ["s0", "s1"]));
+        assert!(read.ranking.iter().all(|s| s.hot == (s.name == "s0")));
+        assert!(read.rate.is_some());
+        let cold = stats.placement_of(&members(), "never-asked", None, |_| false);
+        assert_eq!((cold.owner, cold.rate), (None, None));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use serde_json::json;
 use manymodels_contract::{self as contract, route};
 
 mod admin;
+mod body;
 mod keys;
 
 use admin::{
@@ -25,12 +26,10 @@ use admin::{
 use keys::KeyCheck;
 
 use crate::Scorer;
-use crate::azureml;
 use crate::engine;
 use crate::error::ScorerError;
 use crate::infer::{self, Deadline};
 use crate::model_id::ModelId;
-use crate::oip;
 use crate::tensor::TensorSpec;
 
 /// Names the scorer that answered (for the proxy's affinity, and for people debugging).
@@ -244,88 +243,25 @@ async fn score(
     body: Bytes,
     deadline: Deadline,
 ) -> Result<Response, ScorerError> {
-    // Parse before touching the cache: a malformed body must not cost a model load. A body
-    // under the binary tensor extension keeps its blobs as slices of `body`, unread.
-    let framing = headers.get(oip::binary::HEADER).map(|v| v.as_bytes());
-    let (request, mut blobs) = match oip::binary::header_length(framing)? {
-        None => {
-            let request = azureml::parse_request(&body)?;
-            drop(body);
-            (request, oip::binary::Blobs::default())
-        }
-        Some(length) => {
-            let (request, blobs) = oip::binary::parse(body, length)?;
-            (azureml::Request::Oip(request), blobs)
-        }
-    };
+    // Decoded before touching the cache: a malformed body must not cost a model load.
+    let decoded = body::decode(headers, body)?;
     let (model, lookup) = infer::model_within(scorer, &id, version, deadline).await?;
-    // An Azure ML table becomes the model's only input here, now that its signature is known.
-    let (mut request, answer) = request.for_model(&model.inputs)?;
-    oip::binary::raw_input(&mut request, &mut blobs, &model.inputs)?;
-    let selected = oip::select_outputs(request.outputs.as_deref(), &model.outputs)?;
-    let binary_outputs = oip::binary::binary_outputs(&request, selected.len())?;
+    let bound = decoded.bind(&model)?;
     let outputs = infer::run(
         scorer,
         &id,
         &model,
         deadline,
-        request.inputs,
-        blobs.inputs,
-        selected,
+        bound.inputs,
+        bound.blobs,
+        bound.selected,
     )
     .await?;
-    let mut response = match answer {
-        azureml::Answer::AzureMl => json_response(&azureml::answer(&outputs)),
-        azureml::Answer::Oip if binary_outputs.is_some() => binary_response(
-            id.as_str(),
-            &model.version.to_string(),
-            request.id.as_deref(),
-            &outputs,
-            binary_outputs.as_deref().unwrap_or_default(),
-        ),
-        azureml::Answer::Oip => json_response(&oip::InferResponse {
-            model_name: id.as_str(),
-            model_version: model.version.to_string(),
-            id: request.id,
-            outputs,
-        }),
-    };
+    let mut response = bound.reply.encode(id.as_str(), model.version, outputs);
     response
         .headers_mut()
         .insert(CACHE_HEADER, HeaderValue::from_static(lookup.as_str()));
     Ok(response)
-}
-
-/// An infer response with binary outputs (`oip::binary::response`), framed as Triton
-/// frames it: `application/octet-stream` and the JSON header's length.
-fn binary_response(
-    model_name: &str,
-    model_version: &str,
-    id: Option<&str>,
-    outputs: &[crate::tensor::NamedTensor],
-    binary: &[bool],
-) -> Response {
-    match oip::binary::response(model_name, model_version, id, outputs, binary) {
-        Ok((body, header_length)) => (
-            [
-                (
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                ),
-                (
-                    HeaderName::from_static(oip::binary::HEADER),
-                    HeaderValue::from(header_length),
-                ),
-            ],
-            body,
-        )
-            .into_response(),
-        Err(e) => ScorerError::Inference {
-            id: model_name.to_string(),
-            message: format!("cannot encode the response: {e}"),
-        }
-        .into_response(),
-    }
 }
 
 #[derive(Serialize)]
@@ -461,12 +397,11 @@ async fn repository_unload(
 /// The explain view: resident models with size, priority and last use, the pool's
 /// hottest models for this scorer, and recent evictions with their reason.
 async fn explain(State(scorer): Shared) -> Response {
-    let explain = scorer.cache.explain(50);
-    let result = Ok(json_response(&json!({
-        "scorer": scorer.config.display_name(),
-        "ready": scorer.is_ready(),
-        "cache": explain,
-    })));
+    let result = Ok(json_response(&contract::explain::CacheView {
+        scorer: scorer.config.display_name(),
+        ready: scorer.is_ready(),
+        cache: scorer.cache.explain(50),
+    }));
     finish(&scorer, "explain", result)
 }
 

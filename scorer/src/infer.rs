@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use manymodels_contract::{self as contract, Lookup};
-use serde::Serialize;
 
 use crate::Scorer;
 use crate::engine::{self, LoadedModel};
@@ -115,11 +114,11 @@ pub async fn run(
     let rows = engine::batch_rows(&inputs);
     let quick = scorer.config.inference_inline_max;
     let outputs = match run_quick(model, rows, quick, inputs, &selected) {
-        Ok(outputs) => {
+        Quick::Ran(outputs) => {
             scorer.metrics.inline_runs.inc();
             outputs?
         }
-        Err(inputs) => {
+        Quick::Later(inputs) => {
             let running = model.clone();
             let run = tokio::task::spawn_blocking(move || running.infer(inputs, &selected));
             let joined = match deadline {
@@ -141,6 +140,12 @@ pub async fn run(
     Ok(outputs)
 }
 
+/// A call run on this worker, or its inputs given back to run on a blocking thread.
+enum Quick {
+    Ran(Result<Vec<NamedTensor>, ScorerError>),
+    Later(Vec<NamedTensor>),
+}
+
 /// Runs the call on this worker if the model has been measured to finish it within
 /// `limit` and its session is free: handing a few-microsecond call to a blocking thread
 /// costs ten times more than the call (ARCHITECTURE.md, "Where ONNX Runtime runs").
@@ -152,10 +157,10 @@ fn run_quick(
     limit: std::time::Duration,
     inputs: Vec<NamedTensor>,
     selected: &[usize],
-) -> Result<Result<Vec<NamedTensor>, ScorerError>, Vec<NamedTensor>> {
+) -> Quick {
     match model.try_quick(rows, limit) {
-        Some(session) => Ok(session.run(inputs, selected).map_err(ScorerError::from)),
-        None => Err(inputs),
+        Some(session) => Quick::Ran(session.run(inputs, selected).map_err(ScorerError::from)),
+        None => Quick::Later(inputs),
     }
 }
 
@@ -219,15 +224,8 @@ pub async fn readiness(
     Ok(loaded)
 }
 
-/// One entry of the repository index.
-#[derive(Serialize)]
-pub struct IndexEntry {
-    pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    pub state: &'static str,
-    pub reason: &'static str,
-}
+/// One entry of the repository index, as the contract types it (mmctl reads it).
+pub use manymodels_contract::oip::IndexEntry;
 
 /// Lists the store without loading anything. Models in memory are `READY`; the rest are
 /// `UNAVAILABLE` with reason `not loaded` (they load on their first request);
@@ -250,8 +248,8 @@ pub async fn index(
         .map(|(name, version)| IndexEntry {
             name: name.clone(),
             version: Some(version.to_string()),
-            state: "READY",
-            reason: "",
+            state: "READY".into(),
+            reason: String::new(),
         })
         .collect();
     if !ready_only {
@@ -271,8 +269,8 @@ pub async fn index(
                 .map(|id| IndexEntry {
                     name: id.to_string(),
                     version: None,
-                    state: "UNAVAILABLE",
-                    reason: "not loaded",
+                    state: "UNAVAILABLE".into(),
+                    reason: "not loaded".into(),
                 }),
         );
         entries.sort_by(|a, b| a.name.cmp(&b.name));

@@ -152,136 +152,14 @@ pub(crate) fn generate(
     depth: usize,
     seed: u64,
 ) -> (Forest, Vec<u8>) {
-    assert!(features > 0, "a forest needs at least one feature");
-    assert!(trees > 0, "a forest needs at least one tree");
-    assert!(
-        depth <= MAX_DEPTH,
-        "tree depth {depth} is above the supported {MAX_DEPTH}"
-    );
-    assert!(
-        trees <= 1 << 24,
-        "too many trees for exact f32 accumulation"
-    );
+    check_dimensions(features, trees, depth);
     let shape = Shape::from_seed(seed);
-    let mut rng = Rng::new(seed);
-
-    let bits = weight_bits(trees);
-    let quantum_k = 1u64 << bits; // k in [-quantum_k, quantum_k]
-    // Boosting-style (SUM) leaves are smaller: an extra factor 1/8 keeps the quantum a power of two.
-    let weight_scale = if shape.average { 1.0 } else { 0.125 } / quantum_k as f32;
-
-    let estimate = (shape.expected_nodes_per_tree(depth) * trees as f64 * 1.05) as usize + 16;
-    let mut cols = Columns::default();
-    for v in [
-        &mut cols.nodes_treeids,
-        &mut cols.nodes_nodeids,
-        &mut cols.nodes_featureids,
-        &mut cols.nodes_truenodeids,
-        &mut cols.nodes_falsenodeids,
-    ] {
-        v.reserve(estimate);
-    }
-    cols.nodes_modes.reserve(estimate);
-    cols.nodes_values.reserve(estimate);
-    if shape.missing_tracks {
-        cols.nodes_missing_value_tracks_true.reserve(estimate);
-    }
-    let mut nodes: Vec<EvalNode> = Vec::with_capacity(estimate);
-    let mut roots = Vec::with_capacity(trees);
-
-    // Pending nodes: (level, index of the parent whose false child this is, if any).
-    let mut stack: Vec<(usize, Option<usize>)> = Vec::with_capacity(2 * depth + 2);
+    let mut grower = Grower::new(shape, features, trees, depth, seed);
     for tree in 0..trees {
-        let base = nodes.len();
-        roots.push(u32::try_from(base).expect("forest too large"));
-        stack.push((0, None));
-        while let Some((level, parent)) = stack.pop() {
-            let index = nodes.len();
-            let id = (index - base) as i64;
-            if let Some(p) = parent {
-                cols.nodes_falsenodeids[p] = id;
-                nodes[p].false_next = u32::try_from(index).expect("forest too large");
-            }
-            let leaf =
-                level == depth || (level > 0 && shape.prune > 0.0 && rng.chance(shape.prune));
-            let tracks = shape.missing_tracks && rng.chance(0.5);
-            cols.nodes_treeids.push(tree as i64);
-            cols.nodes_nodeids.push(id);
-            if leaf {
-                let k = rng.below(2 * quantum_k + 1) as i64 - quantum_k as i64;
-                let weight = k as f32 * weight_scale;
-                cols.nodes_featureids.push(0);
-                cols.nodes_modes.push(LEAF);
-                cols.nodes_values.push(0.0);
-                cols.nodes_truenodeids.push(0);
-                cols.nodes_falsenodeids.push(0);
-                cols.target_treeids.push(tree as i64);
-                cols.target_nodeids.push(id);
-                cols.target_ids.push(0);
-                cols.target_weights.push(weight);
-                nodes.push(EvalNode {
-                    feature: LEAF_MARK,
-                    false_next: 0,
-                    value: weight,
-                    missing_true: false,
-                });
-            } else {
-                let feature = rng.below(features as u64);
-                let threshold = rng.signed_f32() * THRESHOLD_RANGE;
-                cols.nodes_featureids.push(feature as i64);
-                cols.nodes_modes.push(LEQ);
-                cols.nodes_values.push(threshold);
-                cols.nodes_truenodeids.push(id + 1); // pre-order: the true child comes next
-                cols.nodes_falsenodeids.push(-1); // patched when the false child is emitted
-                nodes.push(EvalNode {
-                    feature: feature as u32,
-                    false_next: 0,
-                    value: threshold,
-                    missing_true: tracks,
-                });
-                // The false child is popped after the whole true subtree.
-                stack.push((level + 1, Some(index)));
-                stack.push((level + 1, None));
-            }
-            if shape.missing_tracks {
-                cols.nodes_missing_value_tracks_true
-                    .push(i64::from(tracks && !leaf));
-            }
-        }
+        grower.grow_tree(tree);
     }
-    debug_assert!(cols.nodes_falsenodeids.iter().all(|&v| v >= 0));
-
-    let aggregate = if shape.average { "AVERAGE" } else { "SUM" };
-    let mut attrs = vec![
-        Attr::new("aggregate_function", AttrValue::Str(aggregate)),
-        Attr::new("n_targets", AttrValue::Int(1)),
-        Attr::new(
-            "nodes_falsenodeids",
-            AttrValue::Ints(&cols.nodes_falsenodeids),
-        ),
-        Attr::new("nodes_featureids", AttrValue::Ints(&cols.nodes_featureids)),
-    ];
-    if shape.missing_tracks {
-        attrs.push(Attr::new(
-            "nodes_missing_value_tracks_true",
-            AttrValue::Ints(&cols.nodes_missing_value_tracks_true),
-        ));
-    }
-    attrs.extend([
-        Attr::new("nodes_modes", AttrValue::Strings(&cols.nodes_modes)),
-        Attr::new("nodes_nodeids", AttrValue::Ints(&cols.nodes_nodeids)),
-        Attr::new("nodes_treeids", AttrValue::Ints(&cols.nodes_treeids)),
-        Attr::new(
-            "nodes_truenodeids",
-            AttrValue::Ints(&cols.nodes_truenodeids),
-        ),
-        Attr::new("nodes_values", AttrValue::Floats(&cols.nodes_values)),
-        Attr::new("post_transform", AttrValue::Str("NONE")),
-        Attr::new("target_ids", AttrValue::Ints(&cols.target_ids)),
-        Attr::new("target_nodeids", AttrValue::Ints(&cols.target_nodeids)),
-        Attr::new("target_treeids", AttrValue::Ints(&cols.target_treeids)),
-        Attr::new("target_weights", AttrValue::Floats(&cols.target_weights)),
-    ]);
+    let (forest, cols) = grower.finish();
+    let attrs = cols.attrs(&shape);
     let bytes = encode_model(&ModelDef {
         graph_name: "manymodels_forest",
         node: NodeDef {
@@ -297,14 +175,238 @@ pub(crate) fn generate(
         output_name: OUTPUT_NAME,
         output_width: 1,
     });
-    (
-        Forest {
-            nodes,
-            roots,
-            average: shape.average,
-        },
-        bytes,
-    )
+    (forest, bytes)
+}
+
+/// Panics on a forest we refuse to build: no features, no trees, too deep, or too many
+/// trees for exact `f32` accumulation.
+fn check_dimensions(features: usize, trees: usize, depth: usize) {
+    assert!(features > 0, "a forest needs at least one feature");
+    assert!(trees > 0, "a forest needs at least one tree");
+    assert!(
+        depth <= MAX_DEPTH,
+        "tree depth {depth} is above the supported {MAX_DEPTH}"
+    );
+    assert!(
+        trees <= 1 << 24,
+        "too many trees for exact f32 accumulation"
+    );
+}
+
+/// How leaf weights are drawn: `k * scale` with `k` uniform in `[-quantum_k, quantum_k]`.
+#[derive(Debug, Clone, Copy)]
+struct LeafWeights {
+    quantum_k: u64,
+    scale: f32,
+}
+
+impl LeafWeights {
+    /// The quantum for `trees` trees (see [`weight_bits`]); SUM forests get smaller leaves.
+    fn new(shape: &Shape, trees: usize) -> Self {
+        let bits = weight_bits(trees);
+        let quantum_k = 1u64 << bits; // k in [-quantum_k, quantum_k]
+        // Boosting-style (SUM) leaves are smaller: an extra factor 1/8 keeps the quantum a power of two.
+        let scale = if shape.average { 1.0 } else { 0.125 } / quantum_k as f32;
+        LeafWeights { quantum_k, scale }
+    }
+
+    /// Draws one leaf weight.
+    fn draw(&self, rng: &mut Rng) -> f32 {
+        let k = rng.below(2 * self.quantum_k + 1) as i64 - self.quantum_k as i64;
+        k as f32 * self.scale
+    }
+}
+
+impl Columns {
+    /// Empty columns with room for about `estimate` nodes (the target columns grow as needed).
+    fn with_capacity(estimate: usize, missing_tracks: bool) -> Self {
+        let mut cols = Columns::default();
+        for v in [
+            &mut cols.nodes_treeids,
+            &mut cols.nodes_nodeids,
+            &mut cols.nodes_featureids,
+            &mut cols.nodes_truenodeids,
+            &mut cols.nodes_falsenodeids,
+        ] {
+            v.reserve(estimate);
+        }
+        cols.nodes_modes.reserve(estimate);
+        cols.nodes_values.reserve(estimate);
+        if missing_tracks {
+            cols.nodes_missing_value_tracks_true.reserve(estimate);
+        }
+        cols
+    }
+
+    /// Appends a leaf's node entries (past its tree and node ids) and its target entry.
+    fn push_leaf(&mut self, tree: usize, id: i64, weight: f32) {
+        self.nodes_featureids.push(0);
+        self.nodes_modes.push(LEAF);
+        self.nodes_values.push(0.0);
+        self.nodes_truenodeids.push(0);
+        self.nodes_falsenodeids.push(0);
+        self.target_treeids.push(tree as i64);
+        self.target_nodeids.push(id);
+        self.target_ids.push(0);
+        self.target_weights.push(weight);
+    }
+
+    /// Appends a split's node entries (past its tree and node ids); its false child's id
+    /// is patched in when that child is emitted.
+    fn push_split(&mut self, id: i64, feature: u64, threshold: f32) {
+        self.nodes_featureids.push(feature as i64);
+        self.nodes_modes.push(LEQ);
+        self.nodes_values.push(threshold);
+        self.nodes_truenodeids.push(id + 1); // pre-order: the true child comes next
+        self.nodes_falsenodeids.push(-1); // patched when the false child is emitted
+    }
+
+    /// The regressor's attributes, in alphabetical order of name.
+    fn attrs(&self, shape: &Shape) -> Vec<Attr<'_>> {
+        let aggregate = if shape.average { "AVERAGE" } else { "SUM" };
+        let mut attrs = vec![
+            Attr::new("aggregate_function", AttrValue::Str(aggregate)),
+            Attr::new("n_targets", AttrValue::Int(1)),
+            Attr::new(
+                "nodes_falsenodeids",
+                AttrValue::Ints(&self.nodes_falsenodeids),
+            ),
+            Attr::new("nodes_featureids", AttrValue::Ints(&self.nodes_featureids)),
+        ];
+        if shape.missing_tracks {
+            attrs.push(Attr::new(
+                "nodes_missing_value_tracks_true",
+                AttrValue::Ints(&self.nodes_missing_value_tracks_true),
+            ));
+        }
+        attrs.extend([
+            Attr::new("nodes_modes", AttrValue::Strings(&self.nodes_modes)),
+            Attr::new("nodes_nodeids", AttrValue::Ints(&self.nodes_nodeids)),
+            Attr::new("nodes_treeids", AttrValue::Ints(&self.nodes_treeids)),
+            Attr::new(
+                "nodes_truenodeids",
+                AttrValue::Ints(&self.nodes_truenodeids),
+            ),
+            Attr::new("nodes_values", AttrValue::Floats(&self.nodes_values)),
+            Attr::new("post_transform", AttrValue::Str("NONE")),
+            Attr::new("target_ids", AttrValue::Ints(&self.target_ids)),
+            Attr::new("target_nodeids", AttrValue::Ints(&self.target_nodeids)),
+            Attr::new("target_treeids", AttrValue::Ints(&self.target_treeids)),
+            Attr::new("target_weights", AttrValue::Floats(&self.target_weights)),
+        ]);
+        attrs
+    }
+}
+
+/// Grows the trees one after another from one random stream, filling the ONNX columns
+/// and the evaluation layout side by side. The order of random draws is part of the
+/// output: changing it changes every generated model.
+struct Grower {
+    shape: Shape,
+    rng: Rng,
+    weights: LeafWeights,
+    features: u64,
+    depth: usize,
+    cols: Columns,
+    nodes: Vec<EvalNode>,
+    roots: Vec<u32>,
+    /// Pending nodes: (level, index of the parent whose false child this is, if any).
+    stack: Vec<(usize, Option<usize>)>,
+}
+
+impl Grower {
+    /// An empty forest with room for the expected node count (plus 5% and a little).
+    fn new(shape: Shape, features: usize, trees: usize, depth: usize, seed: u64) -> Self {
+        let estimate = (shape.expected_nodes_per_tree(depth) * trees as f64 * 1.05) as usize + 16;
+        Grower {
+            shape,
+            rng: Rng::new(seed),
+            weights: LeafWeights::new(&shape, trees),
+            features: features as u64,
+            depth,
+            cols: Columns::with_capacity(estimate, shape.missing_tracks),
+            nodes: Vec::with_capacity(estimate),
+            roots: Vec::with_capacity(trees),
+            stack: Vec::with_capacity(2 * depth + 2),
+        }
+    }
+
+    /// Grows tree number `tree` in pre-order, depth first, true subtree before false.
+    fn grow_tree(&mut self, tree: usize) {
+        let base = self.nodes.len();
+        self.roots
+            .push(u32::try_from(base).expect("forest too large"));
+        self.stack.push((0, None));
+        while let Some((level, parent)) = self.stack.pop() {
+            self.grow_node(tree, base, level, parent);
+        }
+    }
+
+    /// Emits one node at `level`: links it as `parent`'s false child, draws whether it is
+    /// a leaf and whether it tracks missing values, and writes it as a leaf or a split.
+    fn grow_node(&mut self, tree: usize, base: usize, level: usize, parent: Option<usize>) {
+        let index = self.nodes.len();
+        let id = (index - base) as i64;
+        if let Some(p) = parent {
+            self.cols.nodes_falsenodeids[p] = id;
+            self.nodes[p].false_next = u32::try_from(index).expect("forest too large");
+        }
+        let shape = self.shape;
+        let leaf =
+            level == self.depth || (level > 0 && shape.prune > 0.0 && self.rng.chance(shape.prune));
+        let tracks = shape.missing_tracks && self.rng.chance(0.5);
+        self.cols.nodes_treeids.push(tree as i64);
+        self.cols.nodes_nodeids.push(id);
+        if leaf {
+            self.grow_leaf(tree, id);
+        } else {
+            self.grow_split(id, index, level, tracks);
+        }
+        if shape.missing_tracks {
+            self.cols
+                .nodes_missing_value_tracks_true
+                .push(i64::from(tracks && !leaf));
+        }
+    }
+
+    /// Draws a leaf's weight and writes the leaf.
+    fn grow_leaf(&mut self, tree: usize, id: i64) {
+        let weight = self.weights.draw(&mut self.rng);
+        self.cols.push_leaf(tree, id, weight);
+        self.nodes.push(EvalNode {
+            feature: LEAF_MARK,
+            false_next: 0,
+            value: weight,
+            missing_true: false,
+        });
+    }
+
+    /// Draws a split's feature and threshold, writes the split and queues its children.
+    fn grow_split(&mut self, id: i64, index: usize, level: usize, tracks: bool) {
+        let feature = self.rng.below(self.features);
+        let threshold = self.rng.signed_f32() * THRESHOLD_RANGE;
+        self.cols.push_split(id, feature, threshold);
+        self.nodes.push(EvalNode {
+            feature: feature as u32,
+            false_next: 0,
+            value: threshold,
+            missing_true: tracks,
+        });
+        // The false child is popped after the whole true subtree.
+        self.stack.push((level + 1, Some(index)));
+        self.stack.push((level + 1, None));
+    }
+
+    /// The evaluator and the finished ONNX columns.
+    fn finish(self) -> (Forest, Columns) {
+        debug_assert!(self.cols.nodes_falsenodeids.iter().all(|&v| v >= 0));
+        let forest = Forest {
+            nodes: self.nodes,
+            roots: self.roots,
+            average: self.shape.average,
+        };
+        (forest, self.cols)
+    }
 }
 
 impl Forest {

@@ -178,7 +178,7 @@ impl IntoResponse for ScorerError {
         }
         (
             status,
-            Json(serde_json::json!({ "error": self.to_string() })),
+            Json(manymodels_contract::oip::ErrorBody::new(self.to_string())),
         )
             .into_response()
     }

@@ -16,9 +16,7 @@
 //! names a version (in the path, gRPC's `model_version` or `x-mm-model-version`) is never
 //! split.
 
-use serde::Serialize;
-
-use super::{ModelCache, ModelKey, Refresh, store_error};
+use super::{CanaryStatus, ModelCache, ModelKey, Refresh, store_error};
 use crate::error::ScorerError;
 use crate::model_id::ModelId;
 use crate::store::{CANARY_FILE, Canary, ModelState, StoreError};
@@ -61,20 +59,6 @@ impl Split {
             (_, canary) => *split = canary.map(Split::new),
         }
     }
-}
-
-/// A canary as the admin API shows it: the store's canary, whether it splits requests
-/// (`active`: false once its version has left the store), and what the scorer that
-/// answered counted for it (its own share of the model's traffic; 0 when it has not split
-/// requests for this canary).
-#[derive(Clone, Debug, Serialize)]
-pub struct CanaryStatus {
-    pub version: u64,
-    /// 0-100.
-    pub percent: f64,
-    pub active: bool,
-    pub requests: u64,
-    pub to_canary: u64,
 }
 
 /// `state` if the model has a version, else not found.

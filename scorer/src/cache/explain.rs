@@ -1,11 +1,13 @@
 //! What the cache shows: the summary a statistics push is answered with, the explain
 //! view (every resident with its priority, the pool's hottest models for this scorer), and
-//! one model's explanation (why it is or is not in memory here).
-
-use serde::Serialize;
+//! one model's explanation (why it is or is not in memory here). The views are the
+//! contract's types (`manymodels_contract::explain`); this fills them.
 
 use super::resident::{EVICTION_LOG, Resident};
-use super::{ModelCache, ModelKey, Reason};
+use super::{
+    Explain, HotModel, ModelCache, ModelEviction, ModelExplain, ModelKey, RankedResident, Reason,
+    ResidentView,
+};
 use crate::engine::{Engine, LoadedModel};
 use crate::error::ScorerError;
 use crate::model_id::ModelId;
@@ -58,7 +60,7 @@ impl ModelCache {
         let resident = state
             .residents()
             .into_iter()
-            .map(|(r, idle_seconds)| ResidentView::of(&state, r, idle_seconds))
+            .map(|(r, idle_seconds)| resident_view(&state, r, idle_seconds))
             .collect();
         let pool = self.pool.view();
         let mut top: Vec<(String, f64)> = pool.combined().into_iter().collect();
@@ -101,7 +103,7 @@ impl ModelCache {
             .enumerate()
             .filter(|(_, (r, _))| r.key.id == *id)
             .map(|(rank, (r, idle_seconds))| RankedResident {
-                view: ResidentView::of(&state, r, idle_seconds),
+                view: resident_view(&state, r, idle_seconds),
                 evict_rank: rank,
                 residents: count,
             })
@@ -133,164 +135,80 @@ impl ModelCache {
             loading,
             verdict: String::new(),
         };
-        explain.verdict = explain.verdict();
+        explain.verdict = verdict(&explain);
         Ok(explain)
     }
 }
 
-impl ResidentView {
-    /// One resident as the views show it (`engine` from the model in the set).
-    fn of(
-        state: &Resident<LoadedModel>,
-        r: manymodels_policy::Resident<ModelKey>,
-        idle_seconds: f64,
-    ) -> Self {
-        ResidentView {
-            engine: state
-                .model(&r.key)
-                .map(|m| m.engine.as_str())
-                .unwrap_or("loading"),
-            model: r.key.id.to_string(),
-            version: r.key.version,
-            bytes: r.bytes,
-            load_seconds: r.load_seconds,
-            priority: r.priority,
-            idle_seconds,
-            rate: r.local_rate,
-            pool_rate: r.pool_rate,
-        }
+/// One resident as the views show it (`engine` from the model in the set).
+fn resident_view(
+    state: &Resident<LoadedModel>,
+    r: manymodels_policy::Resident<ModelKey>,
+    idle_seconds: f64,
+) -> ResidentView {
+    ResidentView {
+        engine: state
+            .model(&r.key)
+            .map_or("loading", |m| m.engine.as_str())
+            .to_string(),
+        model: r.key.id.to_string(),
+        version: r.key.version,
+        bytes: r.bytes,
+        load_seconds: r.load_seconds,
+        priority: r.priority,
+        idle_seconds,
+        rate: r.local_rate,
+        pool_rate: r.pool_rate,
     }
 }
 
-/// One model's explanation (`GET /v2/mm/models/{id}/explain`).
-#[derive(Clone, Debug, Serialize)]
-pub struct ModelExplain {
-    pub model: String,
-    /// The version requests without a version get, by the store (the pin, else the
-    /// highest).
-    pub live: Option<u64>,
-    /// In the store, ascending.
-    pub versions: Vec<u64>,
-    /// Its versions in memory here.
-    pub resident: Vec<RankedResident>,
-    /// The pool-wide rate (req/s) the proxies pushed for it: `None` when it is not in
-    /// this scorer's share (no proxy counts it hot, or it ranks elsewhere).
-    pub pool_rate: Option<f64>,
-    pub in_share: bool,
-    /// Its evictions still in the log, newest first.
-    pub evictions: Vec<ModelEviction>,
-    /// Refused by its last admission, and would be again now: warm-ups skip it.
-    pub refused_again: bool,
-    /// A load of one of its versions is in flight.
-    pub loading: bool,
-    /// The above in one sentence.
-    pub verdict: String,
-}
-
-/// A resident version of the explained model and its place in the eviction order.
-#[derive(Clone, Debug, Serialize)]
-pub struct RankedResident {
-    #[serde(flatten)]
-    pub view: ResidentView,
-    /// 0: the next to be evicted.
-    pub evict_rank: usize,
-    /// How many models this scorer holds (the eviction order's length).
-    pub residents: usize,
-}
-
-/// An eviction of the explained model.
-#[derive(Clone, Debug, Serialize)]
-pub struct ModelEviction {
-    pub version: u64,
-    pub reason: Reason,
-    pub bytes: u64,
-    pub seconds_ago: f64,
-}
-
-impl ModelExplain {
-    /// One sentence for people: in memory (and how close to eviction), loading, or why
-    /// not.
-    fn verdict(&self) -> String {
-        let refused = if self.refused_again {
-            "; the policy would refuse it again, so warm-ups skip it"
-        } else {
-            ""
-        };
-        if let Some(r) = self.resident.first() {
-            let order = match r.evict_rank {
-                0 => "it is the next to be evicted".to_string(),
-                n => format!(
-                    "{n} of the {} residents would be evicted before it",
-                    r.residents
-                ),
-            };
-            return format!(
-                "In memory: version {} on {}, {order}.",
-                r.view.version, r.view.engine
-            );
-        }
-        if self.loading {
-            return "Not in memory yet: a load is in flight.".into();
-        }
-        let share = match self.pool_rate {
-            Some(rate) => format!(
-                "it is in this scorer's share at {rate:.2} req/s, so a warm-up loads it when there is free room"
+/// `explain` in one sentence for people: in memory (and how close to eviction), loading,
+/// or why not.
+fn verdict(explain: &ModelExplain) -> String {
+    let refused = if explain.refused_again {
+        "; the policy would refuse it again, so warm-ups skip it"
+    } else {
+        ""
+    };
+    if let Some(r) = explain.resident.first() {
+        let order = match r.evict_rank {
+            0 => "it is the next to be evicted".to_string(),
+            n => format!(
+                "{n} of the {} residents would be evicted before it",
+                r.residents
             ),
-            None => "it is not in this scorer's share of the pool's hot models".into(),
         };
-        let Some(last) = self.evictions.first() else {
-            return format!(
-                "Not in memory: not requested here since the scorer started or its evictions left the log; {share}{refused}."
-            );
-        };
-        let why = match last.reason {
-            Reason::Capacity => "evicted to make room for models of higher priority",
-            Reason::NotAdmitted => {
-                "loaded for its requests but not kept, every resident being worth more"
-            }
-            Reason::Unload => "unloaded through the repository API",
-            Reason::Replaced => "replaced when the live version moved on",
-        };
-        format!(
-            "Not in memory: version {} was {why} {:.0} s ago; {share}{refused}.",
-            last.version, last.seconds_ago
-        )
+        return format!(
+            "In memory: version {} on {}, {order}.",
+            r.view.version, r.view.engine
+        );
     }
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ResidentView {
-    pub model: String,
-    pub version: u64,
-    /// The engine serving it: `onnxruntime` or `native`.
-    pub engine: &'static str,
-    pub bytes: u64,
-    pub load_seconds: f64,
-    /// ln(decayed request count) + size_weight × ln(load seconds / byte): higher stays.
-    pub priority: f64,
-    pub idle_seconds: f64,
-    /// This scorer's own request rate (req/s, decayed).
-    pub rate: f64,
-    /// The pool-wide rate the proxies last reported.
-    pub pool_rate: f64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct HotModel {
-    pub model: String,
-    pub rate: f64,
-    pub resident: bool,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Explain {
-    #[serde(flatten)]
-    pub summary: CacheSummary,
-    /// Proxies whose statistics are current.
-    pub proxies: usize,
-    /// Lowest priority (next to be evicted) first.
-    pub resident: Vec<ResidentView>,
-    pub hottest: Vec<HotModel>,
+    if explain.loading {
+        return "Not in memory yet: a load is in flight.".into();
+    }
+    let share = match explain.pool_rate {
+        Some(rate) => format!(
+            "it is in this scorer's share at {rate:.2} req/s, so a warm-up loads it when there is free room"
+        ),
+        None => "it is not in this scorer's share of the pool's hot models".into(),
+    };
+    let Some(last) = explain.evictions.first() else {
+        return format!(
+            "Not in memory: not requested here since the scorer started or its evictions left the log; {share}{refused}."
+        );
+    };
+    let why = match last.reason {
+        Reason::Capacity => "evicted to make room for models of higher priority",
+        Reason::NotAdmitted => {
+            "loaded for its requests but not kept, every resident being worth more"
+        }
+        Reason::Unload => "unloaded through the repository API",
+        Reason::Replaced => "replaced when the live version moved on",
+    };
+    format!(
+        "Not in memory: version {} was {why} {:.0} s ago; {share}{refused}.",
+        last.version, last.seconds_ago
+    )
 }
 
 #[cfg(test)]
@@ -374,7 +292,7 @@ mod tests {
         assert_eq!(warm.resident.len(), 1);
         let r = &warm.resident[0];
         assert_eq!(
-            (r.view.version, r.view.engine, r.residents),
+            (r.view.version, r.view.engine.as_str(), r.residents),
             (2, "native", 2)
         );
         // Its rank is its place in the whole view's lowest-priority-first order.

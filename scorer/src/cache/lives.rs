@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
-use serde::Serialize;
 
-use super::canary::{CanaryStatus, Split};
+use super::canary::Split;
+use super::{CanaryStatus, Refusal};
 use crate::error::ScorerError;
 use crate::metrics::Metrics;
 use crate::model_id::ModelId;
@@ -283,43 +283,6 @@ impl Lives {
     pub(super) async fn invalidate(&self, id: &ModelId) {
         self.resolving.invalidate(id).await;
     }
-}
-
-/// A model's versions as this scorer sees them (admin status).
-#[derive(Clone, Debug, Serialize)]
-pub struct VersionStatus {
-    pub model: String,
-    /// In the store, ascending.
-    pub versions: Vec<u64>,
-    pub pinned: Option<u64>,
-    /// What this scorer answers requests without a version with.
-    pub live: Option<u64>,
-    /// Versions in memory here.
-    pub resident: Vec<u64>,
-    pub refused: Option<Refusal>,
-    /// The store's canary, with this scorer's counts.
-    pub canary: Option<CanaryStatus>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Refusal {
-    pub version: u64,
-    pub error: String,
-    pub seconds_ago: f64,
-}
-
-/// What a refresh did.
-#[derive(Clone, Debug, Serialize)]
-pub struct Refresh {
-    pub model: String,
-    pub live: u64,
-    /// The version served before, when the live version changed.
-    pub previous: Option<u64>,
-    /// Whether a loaded session was replaced by a new one (in the background, then
-    /// switched atomically).
-    pub swapped: bool,
-    /// Set when the store's live version was refused and the previous one kept.
-    pub refused: Option<Refusal>,
 }
 
 #[cfg(test)]

@@ -55,16 +55,12 @@ use manymodels_policy::{Key, Policy, StatsReport};
 use tokio::sync::Semaphore;
 
 use bounds::Waiters;
-pub use canary::CanaryStatus;
-pub use explain::{
-    CacheSummary, Explain, HotModel, ModelEviction, ModelExplain, RankedResident, ResidentView,
-};
+pub use explain::CacheSummary;
 use failures::Failures;
 use flight::Flights;
 pub(crate) use ledger::trim_heap;
 use ledger::{Ledger, Reservation};
 use lives::Lives;
-pub use lives::{Refresh, Refusal, VersionStatus};
 use loader::LoadThreads;
 use miss::invalid_model;
 use pool::PoolRates;
@@ -92,6 +88,11 @@ impl Key for ModelKey {
 }
 
 pub use manymodels_contract::{Eviction, EvictionReason as Reason, Lookup};
+// The views this cache fills, typed in the contract (their JSON is the admin API's).
+pub use manymodels_contract::explain::{
+    Explain, HotModel, ModelEviction, ModelExplain, RankedResident, ResidentView,
+};
+pub use manymodels_contract::versions::{CanaryStatus, Refresh, Refusal, VersionStatus};
 
 /// The hot cache: the components below, composed. Each owns its state behind its own
 /// lock; the request path (this file), versions, canaries, warm-ups and the views are

@@ -11,7 +11,10 @@ use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use manymodels_contract::explain::ScorerExplain;
+use manymodels_contract::versions::{
+    CanaryAnswer, CanaryDropped, CanaryPromoted, CanaryRequest, Digest, PinRequest,
+};
 
 use super::keys::admin_authorized;
 use super::{Shared, Target, body, body_within, finish, model_call, model_id, target};
@@ -54,11 +57,6 @@ pub(super) async fn admin_refresh(State(scorer): Shared, Admin(id): Admin) -> Re
     .await
 }
 
-#[derive(serde::Deserialize)]
-struct PinBody {
-    version: u64,
-}
-
 /// Pins the live version (`{"version": 3}`), persisted in the store.
 pub(super) async fn admin_pin(
     State(scorer): Shared,
@@ -67,7 +65,7 @@ pub(super) async fn admin_pin(
 ) -> Response {
     model_call(scorer, "admin", id, |scorer, id| async move {
         let bytes = body(request, &scorer)?;
-        let pin: PinBody = serde_json::from_slice(&bytes)
+        let pin: PinRequest = serde_json::from_slice(&bytes)
             .map_err(|e| ScorerError::InvalidInput(format!("expected {{\"version\": N}}: {e}")))?;
         scorer.cache.pin(&id, Some(pin.version)).await
     })
@@ -131,12 +129,12 @@ pub(super) async fn admin_digest(
                     },
                     other => ScorerError::Store(other.to_string()),
                 })?;
-        Ok(axum::Json(json!({
-            "model": id.as_str(),
-            "version": version,
-            "bytes": digest.bytes,
-            "sha256": digest.sha256,
-        }))
+        Ok(axum::Json(Digest {
+            model: id.to_string(),
+            version,
+            bytes: digest.bytes,
+            sha256: digest.sha256,
+        })
         .into_response())
     }
     .await;
@@ -147,13 +145,7 @@ pub(super) async fn admin_digest(
 /// with this scorer's name as in `x-mm-scorer`.
 pub(super) async fn admin_explain(State(scorer): Shared, Admin(id): Admin) -> Response {
     model_call(scorer, "admin", id, |scorer, id| async move {
-        #[derive(serde::Serialize)]
-        struct Named {
-            scorer: String,
-            #[serde(flatten)]
-            explain: crate::cache::ModelExplain,
-        }
-        Ok(Named {
+        Ok(ScorerExplain {
             scorer: scorer.config.display_name(),
             explain: scorer.cache.explain_model(&id).await?,
         })
@@ -168,15 +160,12 @@ const CANARY_BODY_LIMIT: u64 = 4096;
 pub(super) async fn admin_canary(State(scorer): Shared, Admin(id): Admin) -> Response {
     model_call(scorer, "admin", id, |scorer, id| async move {
         let canary = scorer.cache.canary(&id).await?;
-        Ok(json!({ "model": id.as_str(), "canary": canary }))
+        Ok(CanaryAnswer {
+            model: id.to_string(),
+            canary,
+        })
     })
     .await
-}
-
-#[derive(serde::Deserialize)]
-struct CanaryBody {
-    version: u64,
-    percent: f64,
 }
 
 /// Sets the canary (`{"version": 2, "percent": 10}`), persisted in the store.
@@ -192,13 +181,16 @@ pub(super) async fn admin_set_canary(
                 limit: CANARY_BODY_LIMIT,
             });
         }
-        let set: CanaryBody = serde_json::from_slice(&bytes).map_err(|e| {
+        let set: CanaryRequest = serde_json::from_slice(&bytes).map_err(|e| {
             ScorerError::InvalidInput(format!("expected {{\"version\": N, \"percent\": P}}: {e}"))
         })?;
         let canary = crate::store::Canary::new(set.version, set.percent)
             .map_err(ScorerError::InvalidInput)?;
         let canary = scorer.cache.set_canary(&id, canary).await?;
-        Ok(json!({ "model": id.as_str(), "canary": canary }))
+        Ok(CanaryAnswer {
+            model: id.to_string(),
+            canary,
+        })
     })
     .await
 }
@@ -207,7 +199,10 @@ pub(super) async fn admin_set_canary(
 pub(super) async fn admin_drop_canary(State(scorer): Shared, Admin(id): Admin) -> Response {
     model_call(scorer, "admin", id, |scorer, id| async move {
         let dropped = scorer.cache.drop_canary(&id).await?;
-        Ok(json!({ "model": id.as_str(), "dropped": dropped }))
+        Ok(CanaryDropped {
+            model: id.to_string(),
+            dropped,
+        })
     })
     .await
 }
@@ -217,7 +212,11 @@ pub(super) async fn admin_drop_canary(State(scorer): Shared, Admin(id): Admin) -
 pub(super) async fn admin_promote_canary(State(scorer): Shared, Admin(id): Admin) -> Response {
     model_call(scorer, "admin", id, |scorer, id| async move {
         let (promoted, pinned) = scorer.cache.promote_canary(&id).await?;
-        Ok(json!({ "model": id.as_str(), "promoted": promoted, "pinned": pinned }))
+        Ok(CanaryPromoted {
+            model: id.to_string(),
+            promoted,
+            pinned,
+        })
     })
     .await
 }

@@ -6,6 +6,8 @@ use super::*;
 
 use axum::http::Request;
 use manymodels_config::Secret;
+use manymodels_contract::explain::ScorerExplain;
+use manymodels_contract::versions::Digest;
 
 const ADMIN_KEY: &str = "admin-secret";
 const POOL_KEY: &str = "pool-secret";
@@ -45,9 +47,14 @@ async fn a_version_digest_is_its_size_and_sha256() {
     let (store, one, two) = two_versions();
     let (_, router) = scorer_for(store.path(), |_| {});
     for (version, bytes) in [(1, &one), (2, &two)] {
-        let body = get(&router, &format!("/v2/mm/models/m/versions/{version}"))
-            .await
-            .ok();
+        let reply = get(&router, &format!("/v2/mm/models/m/versions/{version}")).await;
+        let digest: Digest = reply.ok_as();
+        assert_eq!(
+            (digest.version, digest.bytes),
+            (version, bytes.len() as u64)
+        );
+        assert_eq!(digest.sha256, sha256(bytes));
+        let body = reply.ok();
         assert_eq!(
             body,
             json!({
@@ -83,7 +90,14 @@ async fn a_model_explanation_says_why_it_is_or_is_not_in_memory() {
     // Version 2 is not a model: pin the live version to 1.
     std::fs::write(store.path().join("m/alias.json"), r#"{"pinned": 1}"#).unwrap();
     let (scorer, router) = scorer_for(store.path(), |c| c.name = "scorer-a".into());
-    let cold = get(&router, "/v2/mm/models/m/explain").await.ok();
+    let cold = get(&router, "/v2/mm/models/m/explain").await;
+    let typed: ScorerExplain = cold.ok_as();
+    assert_eq!(
+        (typed.scorer.as_str(), typed.explain.live),
+        ("scorer-a", Some(1))
+    );
+    assert_eq!(typed.explain.verdict, cold.ok()["verdict"]);
+    let cold = cold.ok();
     assert_eq!(cold["model"], "m");
     assert_eq!(cold["scorer"], "scorer-a");
     assert_eq!(cold["versions"], json!([1, 2]));
@@ -111,6 +125,10 @@ async fn a_model_explanation_says_why_it_is_or_is_not_in_memory() {
     assert_eq!(scored.status, StatusCode::OK, "{}", scored.text());
     let warm = get(&router, "/v2/mm/models/m/explain").await;
     assert_eq!(warm.header("x-mm-scorer"), Some("scorer-a"));
+    let typed: ScorerExplain = warm.ok_as();
+    let resident = &typed.explain.resident;
+    assert_eq!(resident.len(), 1, "{typed:?}");
+    assert_eq!((resident[0].view.version, resident[0].evict_rank), (1, 0));
     let warm = warm.ok();
     let resident = warm["resident"].as_array().unwrap();
     assert_eq!(resident.len(), 1, "{warm}");
@@ -139,7 +157,15 @@ async fn a_model_explanation_says_why_it_is_or_is_not_in_memory() {
 
     let unloaded = post_raw(&router, "/v2/repository/models/m/unload", "").await;
     assert_eq!(unloaded.status, StatusCode::OK, "{}", unloaded.text());
-    let gone = get(&router, "/v2/mm/models/m/explain").await.ok();
+    let gone = get(&router, "/v2/mm/models/m/explain").await;
+    let typed: ScorerExplain = gone.ok_as();
+    let evicted = &typed.explain.evictions;
+    assert_eq!(evicted.len(), 1, "{typed:?}");
+    assert_eq!(
+        evicted[0].reason,
+        manymodels_contract::EvictionReason::Unload
+    );
+    let gone = gone.ok();
     assert_eq!(gone["resident"], json!([]), "{gone}");
     let eviction = &gone["evictions"][0];
     assert_eq!(eviction["version"], 1, "{gone}");

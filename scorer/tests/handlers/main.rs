@@ -14,6 +14,7 @@ mod errors;
 mod inference;
 mod metrics;
 mod repository;
+mod views;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use manymodels_config::ByteSize;
 use manymodels_config::scorer::{NativeEngine, ScorerConfig};
+use manymodels_contract::oip::ErrorBody;
 use manymodels_scorer::Scorer;
 use manymodels_tests::Metrics;
 use manymodels_tests::reference::{
@@ -79,6 +81,24 @@ impl Reply {
         self.json()
     }
 
+    /// Asserts a 200 and reads the body as `T`, a contract type: the JSON the scorer
+    /// answers is the JSON `mmctl` reads.
+    fn ok_as<T: serde::de::DeserializeOwned>(&self) -> T {
+        assert_eq!(self.status, StatusCode::OK, "{}", self.text());
+        self.read_as()
+    }
+
+    /// The body read as `T`, whatever the status.
+    fn read_as<T: serde::de::DeserializeOwned>(&self) -> T {
+        serde_json::from_slice(&self.bytes).unwrap_or_else(|e| {
+            panic!(
+                "body does not read as {} ({e}): {}",
+                std::any::type_name::<T>(),
+                self.text()
+            )
+        })
+    }
+
     /// Asserts the status and an `{"error": "..."}` body containing `needle`.
     fn assert_error(&self, status: StatusCode, needle: &str) {
         assert_eq!(self.status, status, "body: {}", self.text());
@@ -90,6 +110,8 @@ impl Reply {
             message.contains(needle),
             "error {message:?} does not mention {needle:?}"
         );
+        let typed: ErrorBody = self.read_as();
+        assert_eq!(typed.error, message);
     }
 }
 
@@ -120,6 +142,16 @@ async fn post_raw(router: &Router, uri: &str, body: impl Into<Body>) -> Reply {
         .method("POST")
         .uri(uri)
         .header("content-type", "application/json")
+        .body(body.into())
+        .expect("valid request");
+    send(router, request).await
+}
+
+/// A `method` request to `uri` with `body` (JSON, or a model's bytes).
+async fn call(router: &Router, method: &str, uri: &str, body: impl Into<Body>) -> Reply {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
         .body(body.into())
         .expect("valid request");
     send(router, request).await

@@ -130,7 +130,11 @@ async fn the_working_set_gauge_follows_pushed_rates_and_sizes() {
     for id in ["linear-small", "forest-1mb"] {
         infer_reference(&router, id).await.ok();
     }
-    let explain = get(&router, "/v2/mm/cache").await.ok();
+    let explain = get(&router, "/v2/mm/cache").await;
+    let view: manymodels_contract::explain::CacheView = explain.ok_as();
+    assert_eq!(view.cache.resident.len(), 2, "{view:?}");
+    assert_eq!(view.cache.summary.resident_models, 2, "{view:?}");
+    let explain = explain.ok();
     let size = |id: &str| -> f64 {
         explain["cache"]["resident"]
             .as_array()

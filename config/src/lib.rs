@@ -98,7 +98,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Renders a key table as the Markdown table in README.md.
+/// Renders a key table as the Markdown table in docs/configuration.md (`cargo xtask docs`).
 pub fn markdown_table(keys: &[KeyDoc], env_prefix: &str) -> String {
     let mut out = String::from("| key | env var | default | meaning |\n|---|---|---|---|\n");
     for doc in keys {

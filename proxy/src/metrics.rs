@@ -1,5 +1,6 @@
 //! The proxy's Prometheus metrics. Labels are bounded: outcome, scorer (the pool is small),
-//! never a model id.
+//! key name (the configured keys), never a model id. docs/metrics.md lists every metric
+//! with its labels' values, generated from this file (`cargo xtask docs`).
 
 use manymodels_boot::{Registry, exponential_buckets};
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
@@ -19,9 +20,10 @@ pub struct Metrics {
     registry: Registry,
     /// `requests` resolved once per outcome, so counting costs no label hashing.
     outcomes: [IntCounter; 7],
-    /// By `outcome`: `ok` (2xx), `client_error` (4xx from a scorer), `rejected` (4xx from
-    /// the proxy), `upstream_error` (5xx from a scorer), `unavailable` (no scorer could
-    /// answer), `local` (health and metrics), `client_closed` (the client hung up first).
+    /// By `outcome` (`reject::outcome`): `ok` (2xx), `client_error` (4xx from a scorer),
+    /// `rejected` (4xx from the proxy), `unavailable` (503 without reaching a scorer),
+    /// `upstream_error` (any other answer: a 5xx from a scorer, or the proxy's 502/504 for
+    /// one), `local` (health and metrics), `client_closed` (the client hung up first).
     pub requests: IntCounterVec,
     pub upstream_latency: Histogram,
     pub retries: IntCounter,

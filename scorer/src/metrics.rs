@@ -1,13 +1,18 @@
 //! Prometheus metrics of one scorer. No metric carries a model id: with 10,000 models a
-//! per-model label would explode the series count. Labels are bounded enums (route,
-//! status class, eviction cause, error kind).
+//! per-model label would explode the series count. Labels are bounded sets (route, status
+//! code, error kind, engine, image event, eviction reason, statistics refusal, canary arm);
+//! docs/metrics.md lists every metric with its labels' values, generated from this file
+//! (`cargo xtask docs`).
 
 use manymodels_boot::{Registry, exponential_buckets};
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
 pub struct Metrics {
     registry: Registry,
-    /// By `route` (infer, metadata, ready, load, unload, index) and `code` (status code).
+    /// By `route` (the label `http::finish` and `grpc::Front::finish` are given: `infer`,
+    /// `metadata`, `ready`, `index`, `load`, `unload`, `explain`, `stats`, `admin`,
+    /// `unauthorized` (refused by the key check), `other`, and `grpc_<call>` for gRPC) and
+    /// `code` (the HTTP status code; a gRPC call's REST-equivalent status).
     pub requests: IntCounterVec,
     /// Error answers by `kind` (`ScorerError::kind`: a bounded set).
     pub errors: IntCounterVec,
@@ -24,7 +29,8 @@ pub struct Metrics {
     pub warmup_wasted: IntCounter,
     /// Loads refused because the model can never fit in the budget.
     pub too_large: IntCounter,
-    /// Bytes reserved by loads in flight.
+    /// Bytes reserved by loads in flight and by models that left the cache while requests
+    /// still used them.
     pub reserved_bytes: IntGauge,
     pub stats_pushes: IntCounter,
     /// Statistics pushes refused, by `reason` (`StatsRefusal::REASONS`).
@@ -37,10 +43,13 @@ pub struct Metrics {
     pub load_failures: IntCounter,
     /// Requests answered from a remembered load failure without loading again.
     pub failed_fast: IntCounter,
-    /// By `reason`: `size` (evicted for room), `explicit` (unload), `replaced`.
+    /// By `reason` (`cache::Reason`, the contract's `EvictionReason`): `capacity`
+    /// (displaced by a model of higher priority), `not_admitted` (served, not kept),
+    /// `unload` (the repository API), `replaced` (a new live version took over).
     pub evictions: IntCounterVec,
     pub loads_in_progress: IntGauge,
-    /// ONNX Runtime calls run on the async worker because they were measured to be short.
+    /// Inference calls (either engine) run on the async worker because they were measured
+    /// to be short.
     pub inline_runs: IntCounter,
     pub load_duration: Histogram,
     pub inference_duration: Histogram,

@@ -7,9 +7,12 @@
 //!   test.
 //! - `cargo xtask gen-models --n 10000 --out DIR`: write N synthetic ONNX models.
 //! - `cargo xtask bench ...`: the benchmarks recorded in BENCHMARKS.md.
-//! - `cargo xtask config-table`: the configuration key table for README.md.
+//! - `cargo xtask docs [--check]`: write (or check) the documentation generated from the
+//!   code: the configuration tables in `docs/configuration.md`, the metrics tables in
+//!   `docs/metrics.md`. `config-table` and `metrics-table` do one each.
 
 mod bench;
+mod docs;
 mod setup;
 
 use std::path::PathBuf;
@@ -71,8 +74,24 @@ enum Task {
         #[command(subcommand)]
         which: bench::Bench,
     },
-    /// Print the configuration key table (Markdown).
-    ConfigTable,
+    /// Write the generated tables of docs/configuration.md and docs/metrics.md.
+    Docs {
+        /// Fail if a committed page differs from the code instead of writing it.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Write the configuration key tables of docs/configuration.md.
+    ConfigTable {
+        /// Fail if the committed page differs from the code instead of writing it.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Write the metrics tables of docs/metrics.md.
+    MetricsTable {
+        /// Fail if the committed page differs from the code instead of writing it.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 #[global_allocator]
@@ -125,25 +144,9 @@ fn run(task: Task) -> Result<()> {
             Ok(())
         }
         Task::Bench { which } => bench::run(which),
-        Task::ConfigTable => {
-            println!("Scorer (`mm-scorer`):\n");
-            print!(
-                "{}",
-                manymodels_config::markdown_table(
-                    manymodels_config::scorer::KEYS,
-                    manymodels_config::scorer::ENV_PREFIX
-                )
-            );
-            println!("\nProxy (`mm-proxy`):\n");
-            print!(
-                "{}",
-                manymodels_config::markdown_table(
-                    manymodels_config::proxy::KEYS,
-                    manymodels_config::proxy::ENV_PREFIX
-                )
-            );
-            Ok(())
-        }
+        Task::Docs { check } => docs::run(&root, &docs::Table::ALL, check),
+        Task::ConfigTable { check } => docs::run(&root, &[docs::Table::Config], check),
+        Task::MetricsTable { check } => docs::run(&root, &[docs::Table::Metrics], check),
     }
 }
 

@@ -4,7 +4,7 @@ use crate::common::{LOG_FORMAT, LOG_LEVEL};
 use crate::layer::{KeyDoc, doc, secret};
 
 /// Every proxy key, its default and meaning. The configuration starts from these defaults,
-/// README.md's table is rendered from them (`cargo xtask config-table`), and a test checks
+/// docs/configuration.md's table is rendered from them (`cargo xtask docs`), and a test checks
 /// that the keys are exactly the fields of the raw layer.
 pub const KEYS: &[KeyDoc] = &[
     doc(
@@ -135,7 +135,7 @@ pub const KEYS: &[KeyDoc] = &[
     ),
     secret(
         "auth.api_keys",
-        "Comma-separated bearer keys accepted for scoring; empty disables auth. Each entry is `key`, `name:key` (metrics count by name) or `name:key:prefixes` (the key may only use model ids starting with one of the prefixes, several joined by a vertical bar: `acme:k1:acme-`; 403 otherwise). See README, \"Keys\".",
+        "Comma-separated bearer keys accepted for scoring; empty disables auth. Each entry is `key`, `name:key` (metrics count by name) or `name:key:prefixes` (the key may only use model ids starting with one of the prefixes, several joined by a vertical bar: `acme:k1:acme-`; 403 otherwise). See docs/operating.md, \"Keys\".",
     ),
     doc(
         "auth.api_keys_file",

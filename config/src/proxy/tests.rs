@@ -66,12 +66,15 @@ fn a_pool_is_required_and_keys_are_checked() {
 }
 
 #[test]
-fn readme_documents_every_key_with_its_env_var() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+fn docs_configuration_documents_every_key_with_its_env_var() {
+    let page = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/configuration.md"
+    ))
+    .unwrap();
     assert!(
-        readme.contains(&crate::markdown_table(KEYS, ENV_PREFIX)),
-        "README.md's proxy key table is out of date: paste the output of `cargo xtask config-table`"
+        page.contains(&crate::markdown_table(KEYS, ENV_PREFIX)),
+        "docs/configuration.md's proxy key table is out of date: run `cargo xtask docs`"
     );
 }
 

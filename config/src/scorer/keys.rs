@@ -4,7 +4,7 @@ use crate::common::{LOG_FORMAT, LOG_LEVEL};
 use crate::layer::{KeyDoc, doc, secret};
 
 /// Every scorer key, its default and meaning. The configuration starts from these defaults,
-/// README.md's table is rendered from them (`cargo xtask config-table`), and a test checks
+/// docs/configuration.md's table is rendered from them (`cargo xtask docs`), and a test checks
 /// that the keys are exactly the fields of the raw layer.
 pub const KEYS: &[KeyDoc] = &[
     doc(
@@ -196,7 +196,7 @@ pub const KEYS: &[KeyDoc] = &[
     doc(
         "inference.threads",
         "0",
-        "Threads that run ONNX Runtime calls and loads; 0 means one per core.",
+        "Most blocking threads for the inference calls that do not run inline (`inference.inline_max`), ONNX Runtime and native alike; the runtime allows 4 more for store reads and heap trims. Loads do not use them: they have their own threads (`cache.max_concurrent_loads`). 0 means the CPUs the process may use.",
     ),
     doc(
         "inference.inline_max",

@@ -44,7 +44,8 @@ pub struct ScorerConfig {
     /// `stats.*`: the bounds of a statistics push.
     pub stats: StatsLimits,
     pub http: HttpConfig,
-    /// Threads for ONNX Runtime calls and loads.
+    /// Most blocking threads for inference calls not run inline (the runtime gets 4 more,
+    /// for store reads and heap trims); loads have their own threads.
     pub inference_threads: NonZeroUsize,
     /// Calls predicted to finish within this run inline on the async worker.
     pub inference_inline_max: Duration,

@@ -288,20 +288,47 @@ pub(super) fn run(
     entries: &[Entry],
 ) -> Result<Vec<super::Row>> {
     // The working set: every model the trace asks for, at its native size.
-    let mut seen = vec![false; entries.len()];
+    let first_touch = first_touch(trace, entries.len());
+    let working_set: u64 = first_touch
+        .iter()
+        .map(|&m| native_size(store, &entries[m as usize].id))
+        .sum();
+    print_working_set(args, first_touch.len(), working_set);
+    let images = std::env::temp_dir().join(format!("mm-replay-images-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&images);
+    let smallest = args.overcommit.iter().copied().fold(0.0, f64::max);
+    warm_images(
+        args,
+        store,
+        budget_for(working_set, smallest),
+        &images,
+        &first_touch,
+        entries,
+    )?;
+    let runs = measured_runs(args, store, working_set, &images, trace, entries)?;
+    let _ = std::fs::remove_dir_all(&images);
+    print_table(&runs);
+    print_notes(&runs);
+    Ok(runs.into_iter().map(Run::into_row).collect())
+}
+
+/// The models of the trace in the order of their first request, each once.
+fn first_touch(trace: &[u32], models: usize) -> Vec<u32> {
+    let mut seen = vec![false; models];
     let mut first_touch = Vec::new();
     for &m in trace {
         if !std::mem::replace(&mut seen[m as usize], true) {
             first_touch.push(m);
         }
     }
-    let working_set: u64 = first_touch
-        .iter()
-        .map(|&m| native_size(store, &entries[m as usize].id))
-        .sum();
+    first_touch
+}
+
+/// Prints the working set and the fractions of it the pools get.
+fn print_working_set(args: &ReplayArgs, models: usize, working_set: u64) {
     println!(
         "working set: {} distinct models in the trace, {:.2} GB at their native sizes; pools of 3 scorers at 1/{} of it",
-        first_touch.len(),
+        models,
         working_set as f64 / 1e9,
         args.overcommit
             .iter()
@@ -309,46 +336,69 @@ pub(super) fn run(
             .collect::<Vec<_>>()
             .join(", 1/")
     );
-    let images = std::env::temp_dir().join(format!("mm-replay-images-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&images);
-    let budget_for =
-        |ratio: f64| -> u64 { ((working_set as f64 / (3.0 * ratio)).ceil() as u64).max(32 * MIB) };
-    // Warm-up: every model of the trace once, so each owner compiles it and writes its
-    // image (at the smallest budget: only the images are kept).
-    {
-        let smallest = args.overcommit.iter().copied().fold(0.0, f64::max);
-        let pool = start_pool(args, store, budget_for(smallest), Some(&images))?;
-        let started = Instant::now();
-        let outcome = send_trace(
-            pool.proxy.addr(),
-            &first_touch,
-            entries,
-            args.concurrency,
-            Duration::from_secs(args.seconds * 4),
-        )?;
-        let [written, compile_seconds] = totals(
-            &pool.scorers,
-            [
-                "mm_scorer_images_total{event=\"written\"}",
-                "mm_scorer_model_load_duration_seconds_sum",
-            ],
-        );
-        println!(
-            "image warm-up (not measured below): {} models requested once in {:.1} s, {} failed; {written:.0} images written; {compile_seconds:.1} s of loads (file read + compile)",
-            outcome.requests,
-            started.elapsed().as_secs_f64(),
-            outcome.failed
-        );
-    }
+}
+
+/// Each scorer's budget for a pool whose memory is the working set / `ratio` (at least
+/// 32 MiB).
+fn budget_for(working_set: u64, ratio: f64) -> u64 {
+    ((working_set as f64 / (3.0 * ratio)).ceil() as u64).max(32 * MIB)
+}
+
+/// Warm-up: every model of the trace once, so each owner compiles it and writes its
+/// image into `images` (at the smallest budget: only the images are kept); prints what
+/// it took.
+fn warm_images(
+    args: &ReplayArgs,
+    store: &Path,
+    budget: u64,
+    images: &Path,
+    first_touch: &[u32],
+    entries: &[Entry],
+) -> Result<()> {
+    let pool = start_pool(args, store, budget, Some(images))?;
+    let started = Instant::now();
+    let outcome = send_trace(
+        pool.proxy.addr(),
+        first_touch,
+        entries,
+        args.concurrency,
+        Duration::from_secs(args.seconds * 4),
+    )?;
+    let [written, compile_seconds] = totals(
+        &pool.scorers,
+        [
+            "mm_scorer_images_total{event=\"written\"}",
+            "mm_scorer_model_load_duration_seconds_sum",
+        ],
+    );
+    println!(
+        "image warm-up (not measured below): {} models requested once in {:.1} s, {} failed; {written:.0} images written; {compile_seconds:.1} s of loads (file read + compile)",
+        outcome.requests,
+        started.elapsed().as_secs_f64(),
+        outcome.failed
+    );
+    Ok(())
+}
+
+/// The measured pools: one per `--overcommit` ratio with the warmed images, then one per
+/// `--without-images` ratio without them (what a miss cost before images).
+fn measured_runs(
+    args: &ReplayArgs,
+    store: &Path,
+    working_set: u64,
+    images: &Path,
+    trace: &[u32],
+    entries: &[Entry],
+) -> Result<Vec<Run>> {
     let mut runs = Vec::new();
     for &ratio in &args.overcommit {
-        let budget = budget_for(ratio);
+        let budget = budget_for(working_set, ratio);
         runs.push(run_pool(
             args,
             store,
             format!("working set {ratio}x memory"),
             budget,
-            Some(&images),
+            Some(images),
             trace,
             entries,
         )?);
@@ -359,13 +409,17 @@ pub(super) fn run(
             args,
             store,
             format!("working set {ratio}x memory, no images"),
-            budget_for(ratio),
+            budget_for(working_set, ratio),
             None,
             trace,
             entries,
         )?);
     }
-    let _ = std::fs::remove_dir_all(&images);
+    Ok(runs)
+}
+
+/// Prints the pools' table, each rate also against the first row's.
+fn print_table(runs: &[Run]) {
     println!(
         "\n| pool | budget per scorer | requests | req/s | vs 1st row | p50 | p99 | p99.9 | hit ratio | loads (from images) | load seconds | residents / budget | failed | within bound |"
     );
@@ -374,7 +428,7 @@ pub(super) fn run(
         .first()
         .map(|r| r.outcome.requests as f64 / r.outcome.elapsed.as_secs_f64())
         .unwrap_or(1.0);
-    for r in &runs {
+    for r in runs {
         let o = &r.outcome;
         let rate = o.requests as f64 / o.elapsed.as_secs_f64();
         println!(
@@ -396,21 +450,28 @@ pub(super) fn run(
             if r.within { "yes" } else { "NO" },
         );
     }
-    for r in &runs {
+}
+
+/// Prints every run's memory notes under the table.
+fn print_notes(runs: &[Run]) {
+    for r in runs {
         for note in &r.notes {
             println!("- {}: {note}", r.label);
         }
     }
-    Ok(runs
-        .into_iter()
-        .map(|r| super::Row {
-            name: format!("manymodels, {} (proxy + 3 scorers)", r.label),
-            hit_ratio: r.hits / (r.hits + r.misses).max(1.0),
-            loads: r.loads,
-            extra: format!("{:.0} from images", r.image_loads),
-            peak_rss: r.peak_rss,
+}
+
+impl Run {
+    /// The run as a row of the replay's comparison with the other servers.
+    fn into_row(self) -> super::Row {
+        super::Row {
+            name: format!("manymodels, {} (proxy + 3 scorers)", self.label),
+            hit_ratio: self.hits / (self.hits + self.misses).max(1.0),
+            loads: self.loads,
+            extra: format!("{:.0} from images", self.image_loads),
+            peak_rss: self.peak_rss,
             notes: Vec::new(),
-            outcome: r.outcome,
-        })
-        .collect())
+            outcome: self.outcome,
+        }
+    }
 }

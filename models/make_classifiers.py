@@ -10,7 +10,7 @@ Layout written (idempotent, overwrites):
 
 reference.json holds, per model, a batch of deterministic inputs (FP32, or BYTES as a list of
 strings) and every output computed by Python onnxruntime on the written file, converted to
-the form the scorer serves (README,
+the form the scorer serves (docs/api.md,
 "Classifiers"): the label output as INT64 or BYTES (a list of strings), and the ZipMap
 output (a list of dicts in Python) as an FP32 tensor [rows, classes] whose columns are the
 class labels in ascending order (numbers by value, strings by code point, which is their

@@ -35,13 +35,13 @@ the original library predicts on those same values. Tolerances:
   within that tolerance of each other (a tie the float32 sum may break either way).
 
 A model that fails the check, or that cannot be loaded or converted, is refused: nothing
-is written and the exit code is 1. A passing model is written atomically, as README.md
+is written and the exit code is 1. A passing model is written atomically, as docs/models.md
 "Model versions" says for a local store: to a hidden temp file in its version folder,
 renamed to model.onnx. An existing version is never overwritten. --version defaults to
 one above the highest existing version of the id (1 for a new id).
 
 --dir converts every regular, non-hidden file of SRC with the file stem as the model id
-(the id rule is README.md's: ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$), keeps going past
+(the id rule is docs/models.md's: ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$), keeps going past
 refusals, lists them at the end and exits 1 if there was any.
 
 Output: one line per model, "ok <id> v<version> <family> <kind> ..." or

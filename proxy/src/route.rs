@@ -160,8 +160,8 @@ pub fn classify(
 ) -> Route {
     // Azure ML forwards `<endpoint>/v2/models/...` (the scoring URI without its `/score`)
     // unchanged; a client that appends the OIP path to the whole scoring URI sends
-    // `/score/v2/models/...`, which is taken as the same model route (README, "Azure ML
-    // online endpoint in front").
+    // `/score/v2/models/...`, which is taken as the same model route (docs/api.md, "Azure
+    // ML online endpoint in front").
     let path = match path.strip_prefix(AZURE_ML_SCORE) {
         Some(rest) if rest.starts_with("/v2/models/") => rest,
         _ => path,

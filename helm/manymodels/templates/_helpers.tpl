@@ -61,7 +61,7 @@ target is the pod's stable name (the same names as manymodels.scorerNames). */}}
 {{- join "," $names -}}
 {{- end -}}
 
-{{/* The documented rule (README, "Memory"): RSS <= fixed + budget x 1.1, so the cache
+{{/* The documented rule (docs/cache.md, "Memory: the budget is a contract, loads included"): RSS <= fixed + budget x 1.1, so the cache
 budget is (memory limit - fixedMemoryMiB) / 1.1. */}}
 {{- define "manymodels.cacheBudgetMiB" -}}
 {{- div (mul (sub (int .Values.scorer.memoryMiB) (int .Values.scorer.fixedMemoryMiB)) 10) 11 -}}

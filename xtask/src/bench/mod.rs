@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Subcommand;
-use manymodels_scorer::tensor::{DataType, NamedTensor, TensorData};
+use manymodels_engine::tensor::{DataType, NamedTensor, TensorData};
 use manymodels_tests::http::KeepAlive;
 use manymodels_tests::process::Process;
 use manymodels_tests::{ProxyProcess, ScorerProcess};
@@ -329,7 +329,7 @@ pub(crate) fn drive<'a>(
     })
 }
 
-/// The documented bound on a scorer's process RSS (README, "Memory"): its idle RSS plus
+/// The documented bound on a scorer's process RSS (docs/cache.md, "Memory"): its idle RSS plus
 /// `cache.budget` × 1.1 plus 64 MiB.
 pub(crate) fn rss_bound(idle: u64, budget: u64) -> u64 {
     idle + budget * 11 / 10 + (64 << 20)

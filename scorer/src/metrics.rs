@@ -84,7 +84,7 @@ impl Metrics {
             ),
             loads: registry.counter(
                 "mm_scorer_model_loads_total",
-                "Models loaded (file read and session created).",
+                "Models loaded (from a native image, or the file read and compiled natively or made an ONNX Runtime session).",
             ),
             engine_loads: registry.counter_vec(
                 "mm_scorer_engine_loads_total",
@@ -167,12 +167,12 @@ impl Metrics {
             loads_in_progress: registry.gauge("mm_scorer_loads_in_progress", "Model loads running now."),
             load_duration: registry.histogram(
                 "mm_scorer_model_load_duration_seconds",
-                "Time to read a model and create its session.",
+                "Time to load a model once it has a load slot (its image mapped, or its file read and compiled or made an ONNX Runtime session), waits for memory included.",
                 exponential_buckets(0.0005, 2.0, 16),
             ),
             inference_duration: registry.histogram(
                 "mm_scorer_inference_duration_seconds",
-                "Time in ONNX Runtime per request.",
+                "Time in the engine (native or ONNX Runtime) per request.",
                 exponential_buckets(0.000_002, 2.0, 20),
             ),
             resident_bytes: registry.gauge(

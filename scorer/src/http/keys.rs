@@ -75,7 +75,7 @@ fn allowed(scorer: &Scorer, request: &axum::extract::Request) -> bool {
 /// The pool-key layer, in front of every route (the fallbacks too), so nothing behind it
 /// (store, cache, statistics) is reached without the key. A plain `tower::Service` that
 /// hands on the route's own future unboxed: axum's `from_fn` middleware boxes one per
-/// request, which cost 0.4 µs (BENCHMARKS.md, "Hot path at the end of the session").
+/// request, which cost 0.4 µs (BENCHMARKS.md, "Hot hits").
 #[derive(Clone)]
 pub(super) struct KeyCheck<S> {
     pub(super) inner: S,

@@ -1,9 +1,13 @@
 //! The pool's HTTP API as mmctl uses it: JSON in and out, the bearer key on every call,
-//! and an error that carries the status and the server's own `{"error": ...}` message.
+//! answers read as the contract's types (`manymodels_contract`: what the servers build is
+//! what is read here), and an error that carries the status and the server's own
+//! `{"error": ...}` message.
 
 use bytes::Bytes;
+use manymodels_contract::oip::ErrorBody;
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::config::Settings;
 
@@ -13,16 +17,20 @@ pub enum CallError {
     /// The server answered with an error status.
     #[error("{status}: {message}")]
     Status { status: StatusCode, message: String },
-    /// No answer (connection refused, timeout, a body that is not JSON).
+    /// No answer (connection refused, timeout).
     #[error("{0}")]
     Transport(String),
+    /// An answer that is not the JSON expected of it (not JSON, or not of the contract's
+    /// shape: a server of another version than this mmctl).
+    #[error("{0}")]
+    Shape(String),
 }
 
 impl CallError {
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             CallError::Status { status, .. } => Some(*status),
-            CallError::Transport(_) => None,
+            CallError::Transport(_) | CallError::Shape(_) => None,
         }
     }
 
@@ -31,6 +39,7 @@ impl CallError {
         match self {
             CallError::Transport(_) => true,
             CallError::Status { status, .. } => matches!(status.as_u16(), 429 | 502..=504),
+            CallError::Shape(_) => false,
         }
     }
 }
@@ -42,11 +51,29 @@ pub struct Client {
     key: Option<String>,
 }
 
-/// A successful answer: the header mmctl reads, and the JSON body.
+/// A successful answer: the header mmctl reads, and the body, read with [`Answer::read`].
 #[derive(Debug)]
 pub struct Answer {
     pub scorer: Option<String>,
-    pub body: Value,
+    body: Bytes,
+}
+
+impl Answer {
+    /// The body as `T`: a contract type, or `serde_json::Value` for a body of the
+    /// client's own protocol (an inference answer). An empty body reads as `null`.
+    pub fn read<T: DeserializeOwned>(&self) -> Result<T, CallError> {
+        let body: &[u8] = if self.body.is_empty() {
+            b"null"
+        } else {
+            &self.body
+        };
+        serde_json::from_slice(body).map_err(|e| {
+            let name = std::any::type_name::<T>().rsplit("::").next().unwrap_or("");
+            CallError::Shape(format!(
+                "the answer does not read as {name} ({e}); is the pool of another version than mmctl?"
+            ))
+        })
+    }
 }
 
 impl Client {
@@ -71,11 +98,16 @@ impl Client {
         self.call(Method::GET, path, None, None).await
     }
 
+    /// `GET path`, the answer read as `T`.
+    pub async fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T, CallError> {
+        self.get(path).await?.read()
+    }
+
     pub async fn delete(&self, path: &str) -> Result<Answer, CallError> {
         self.call(Method::DELETE, path, None, None).await
     }
 
-    pub async fn post(&self, path: &str, body: &Value) -> Result<Answer, CallError> {
+    pub async fn post<B: Serialize>(&self, path: &str, body: &B) -> Result<Answer, CallError> {
         self.call(
             Method::POST,
             path,
@@ -85,7 +117,7 @@ impl Client {
         .await
     }
 
-    pub async fn put_json(&self, path: &str, body: &Value) -> Result<Answer, CallError> {
+    pub async fn put_json<B: Serialize>(&self, path: &str, body: &B) -> Result<Answer, CallError> {
         self.call(
             Method::PUT,
             path,
@@ -137,35 +169,29 @@ impl Client {
             .bytes()
             .await
             .map_err(|e| CallError::Transport(describe(&e, &self.base)))?;
-        let body: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            match serde_json::from_slice(&bytes) {
-                Ok(body) => body,
-                Err(_) if !status.is_success() => {
-                    Value::String(String::from_utf8_lossy(&bytes).into_owned())
-                }
-                Err(e) => return Err(CallError::Transport(format!("answer is not JSON: {e}"))),
-            }
-        };
         if !status.is_success() {
-            let message = match &body {
-                Value::Object(map) => map
-                    .get("error")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| body.to_string()),
-                Value::String(s) => s.trim().to_string(),
-                _ => String::new(),
-            };
-            return Err(CallError::Status { status, message });
+            return Err(CallError::Status {
+                status,
+                message: error_message(&bytes),
+            });
         }
-        Ok(Answer { scorer, body })
+        Ok(Answer {
+            scorer,
+            body: bytes,
+        })
     }
 }
 
-fn json_body(value: &Value) -> Bytes {
-    Bytes::from(serde_json::to_vec(value).expect("a Value serialises"))
+/// What an error answer says: its `{"error": ...}` message, else its text.
+fn error_message(body: &[u8]) -> String {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(body) => body.error,
+        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
+    }
+}
+
+fn json_body<B: Serialize>(value: &B) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).expect("a request body serialises"))
 }
 
 fn describe(error: &reqwest::Error, base: &str) -> String {
@@ -181,5 +207,50 @@ fn describe(error: &reqwest::Error, base: &str) -> String {
             source = inner.source();
         }
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use manymodels_contract::versions::Refresh;
+    use serde_json::Value;
+
+    use super::*;
+
+    fn answer(body: &'static str) -> Answer {
+        Answer {
+            scorer: None,
+            body: Bytes::from_static(body.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn an_error_says_the_servers_message_or_its_text() {
+        assert_eq!(
+            error_message(br#"{"error": "no such model"}"#),
+            "no such model"
+        );
+        assert_eq!(error_message(b" Bad Gateway\n"), "Bad Gateway");
+        assert_eq!(error_message(br#"{"other": 1}"#), r#"{"other": 1}"#);
+    }
+
+    /// An answer of another shape than the contract's is an error that names the type
+    /// and the field, never a blank column.
+    #[test]
+    fn answers_read_as_contract_types_or_say_why_not() {
+        let refresh =
+            r#"{"model": "m", "live": 2, "previous": 1, "swapped": true, "refused": null}"#;
+        let read: Refresh = answer(refresh).read().unwrap();
+        assert_eq!((read.live, read.previous), (2, Some(1)));
+        let renamed = r#"{"model": "m", "live_version": 2, "swapped": true}"#;
+        let error = answer(renamed).read::<Refresh>().unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("Refresh") && message.contains("`live`"),
+            "{message}"
+        );
+        assert!(!error.transient() && error.status().is_none());
+        assert_eq!(answer("").read::<Value>().unwrap(), Value::Null);
+        assert!(answer("<html>").read::<Value>().is_err());
     }
 }

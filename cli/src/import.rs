@@ -7,6 +7,9 @@
 //! Checks load the model (native engine or an ONNX Runtime session, the scorer's own
 //! code), so they are bounded separately (`--check-jobs`, default the machine's cores).
 
+mod report;
+mod target;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,14 +22,14 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use manymodels_config::scorer::{NativeEngine, ScorerConfig};
 use manymodels_engine::{Engines, LoadedModel};
-use manymodels_contract::ModelId;
-use manymodels_store::{self as store, MODEL_FILE, ModelStore, StoreError};
+use manymodels_store::{self as store, MODEL_FILE};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::client::{CallError, Client};
+use crate::client::Client;
 use crate::config::Settings;
-use crate::table::{self, Table};
+use report::render;
+use target::{PublishError, Target, model_id};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -132,176 +135,6 @@ pub struct Summary {
     pub ignored_files: Vec<String>,
     pub seconds: f64,
     pub files_per_second: f64,
-}
-
-/// Where versions go.
-enum Target {
-    Api(Client),
-    Store(Arc<dyn ModelStore>, String),
-}
-
-/// A model's versions at the destination (ascending) and its live one.
-type Existing = (Vec<u64>, Option<u64>);
-
-#[derive(Debug)]
-enum PublishError {
-    /// That version exists already.
-    Conflict,
-    Refused(String),
-    Failed(String),
-}
-
-impl Target {
-    fn describe(&self) -> String {
-        match self {
-            Target::Api(client) => format!("the admin API at {}", client.base()),
-            Target::Store(_, described) => described.clone(),
-        }
-    }
-
-    /// The model's versions (ascending) and its live one.
-    async fn existing(&self, id: &str) -> Result<Existing, String> {
-        match self {
-            Target::Api(client) => {
-                let path = format!("/v2/admin/models/{id}");
-                match retried(|| client.get(&path)).await {
-                    Ok(answer) => {
-                        let versions = answer.body["versions"]
-                            .as_array()
-                            .map(|v| v.iter().filter_map(|v| v.as_u64()).collect())
-                            .unwrap_or_default();
-                        Ok((versions, answer.body["live"].as_u64()))
-                    }
-                    Err(e) if e.status() == Some(reqwest::StatusCode::NOT_FOUND) => {
-                        Ok((Vec::new(), None))
-                    }
-                    Err(e) => Err(format!("cannot list its versions: {e}")),
-                }
-            }
-            Target::Store(store, _) => {
-                let id = model_id(id)?;
-                retried(|| store.model_state(&id))
-                    .await
-                    .map(|state| {
-                        let live = state.live();
-                        (state.versions, live)
-                    })
-                    .map_err(|e| format!("cannot list its versions: {e}"))
-            }
-        }
-    }
-
-    async fn digest(&self, id: &str, version: u64) -> Result<String, String> {
-        match self {
-            Target::Api(client) => {
-                let path = format!("/v2/admin/models/{id}/versions/{version}");
-                retried(|| client.get(&path))
-                    .await
-                    .map_err(|e| format!("cannot read version {version}'s digest: {e}"))?
-                    .body["sha256"]
-                    .as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| format!("version {version}'s digest is missing"))
-            }
-            Target::Store(store, _) => {
-                let id = model_id(id)?;
-                retried(|| store.digest(&id, version))
-                    .await
-                    .map(|d| d.sha256)
-                    .map_err(|e| format!("cannot read version {version}'s digest: {e}"))
-            }
-        }
-    }
-
-    /// The bytes of a version, for the compatibility check (stores only: through the API
-    /// the scorer checks compatibility itself).
-    async fn read(&self, id: &str, version: u64) -> Result<Option<Bytes>, String> {
-        match self {
-            Target::Api(_) => Ok(None),
-            Target::Store(store, _) => {
-                let id = model_id(id)?;
-                retried(|| store.read(&id, version))
-                    .await
-                    .map(Some)
-                    .map_err(|e| format!("cannot read live version {version}: {e}"))
-            }
-        }
-    }
-
-    async fn publish(&self, id: &str, version: u64, bytes: Bytes) -> Result<(), PublishError> {
-        match self {
-            Target::Api(client) => {
-                let path = format!("/v2/admin/models/{id}/versions/{version}");
-                match retried(|| client.put_bytes(&path, bytes.clone())).await {
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(match e.status().map(|s| s.as_u16()) {
-                        Some(409) => PublishError::Conflict,
-                        Some(400 | 404 | 413 | 422 | 507) => {
-                            PublishError::Refused(format!("the pool refused it: {e}"))
-                        }
-                        _ => PublishError::Failed(e.to_string()),
-                    }),
-                }
-            }
-            Target::Store(store, _) => {
-                let id = model_id(id).map_err(PublishError::Refused)?;
-                match retried(|| store.write_version(&id, version, bytes.clone())).await {
-                    Ok(()) => Ok(()),
-                    Err(StoreError::Conflict(_)) => Err(PublishError::Conflict),
-                    Err(e) => Err(PublishError::Failed(e.to_string())),
-                }
-            }
-        }
-    }
-}
-
-const RETRIES: u32 = 3;
-
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(250 << attempt.min(4))
-}
-
-/// An error worth another try.
-trait Transient {
-    fn transient(&self) -> bool;
-}
-
-impl Transient for CallError {
-    /// No answer, 429, 502-504.
-    fn transient(&self) -> bool {
-        CallError::transient(self)
-    }
-}
-
-impl Transient for StoreError {
-    /// The store did not answer or failed (not: absent, or already there).
-    fn transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
-    }
-}
-
-/// A call of the API or the store tried again on a transient failure, up to [`RETRIES`]
-/// more times.
-async fn retried<F, Fut, T, E>(mut call: F) -> Result<T, E>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-    E: Transient,
-{
-    let mut attempt = 0;
-    loop {
-        match call().await {
-            Err(e) if e.transient() && attempt < RETRIES => {
-                attempt += 1;
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-fn model_id(id: &str) -> Result<ModelId, String> {
-    ModelId::parse(id).map_err(|e| e.to_string())
 }
 
 /// What the source holds: files by model id, and the files that are not models.
@@ -801,129 +634,5 @@ async fn import_one(
     with_sha(result)
 }
 
-fn render(summary: &Summary, records: &[Record]) -> String {
-    let mut out = String::new();
-    let verb = if summary.dry_run {
-        "Dry run: nothing written"
-    } else {
-        "Imported"
-    };
-    out.push_str(&format!(
-        "{verb}: {} files of {} models from {} into {}\n",
-        summary.files, summary.models, summary.source, summary.destination
-    ));
-    let mut table = Table::new(&["OUTCOME", "FILES", "BYTES"]);
-    let bytes_of = |o: Outcome| -> u64 {
-        records
-            .iter()
-            .filter(|r| r.outcome == o)
-            .map(|r| r.bytes)
-            .sum()
-    };
-    for (name, outcome, n) in [
-        ("published", Outcome::Published, summary.published),
-        (
-            "would publish",
-            Outcome::WouldPublish,
-            summary.would_publish,
-        ),
-        ("skipped (already there)", Outcome::Skipped, summary.skipped),
-        ("refused", Outcome::Refused, summary.refused),
-        ("failed", Outcome::Failed, summary.failed),
-    ] {
-        if n > 0 || matches!(outcome, Outcome::Published | Outcome::Refused) {
-            table.row(vec![
-                name.to_string(),
-                n.to_string(),
-                table::bytes(bytes_of(outcome)),
-            ]);
-        }
-    }
-    out.push_str(&table.render());
-    out.push_str(&format!(
-        "{:.1} s, {:.1} files/s, {}/s\n",
-        summary.seconds,
-        summary.files_per_second,
-        table::bytes((summary.bytes as f64 / summary.seconds.max(1e-9)) as u64)
-    ));
-    if !summary.ignored_files.is_empty() {
-        out.push_str(&format!(
-            "ignored {} entries that are neither <id>.onnx nor <id>/<version>/model.onnx, e.g. {}\n",
-            summary.ignored_files.len(),
-            summary.ignored_files[0]
-        ));
-    }
-    let bad: Vec<&Record> = records
-        .iter()
-        .filter(|r| matches!(r.outcome, Outcome::Refused | Outcome::Failed))
-        .collect();
-    if !bad.is_empty() {
-        out.push('\n');
-        let mut table = Table::new(&["MODEL", "VERSION", "OUTCOME", "WHY"]);
-        for r in bad {
-            table.row(vec![
-                r.model.clone(),
-                table::opt(r.version),
-                if r.outcome == Outcome::Refused {
-                    "refused"
-                } else {
-                    "failed"
-                }
-                .to_string(),
-                format!("{} ({})", r.detail, r.file),
-            ]);
-        }
-        out.push_str(&table.render());
-        if summary.failed > 0 {
-            out.push_str("failed imports resume where they stopped: run the same command again\n");
-        }
-    }
-    out
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(path: &Path, bytes: &[u8]) {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, bytes).unwrap();
-    }
-
-    #[test]
-    fn a_source_is_flat_files_and_the_store_layout_side_by_side() {
-        let dir = std::env::temp_dir().join(format!("mmctl-scan-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        write(&dir.join("a.onnx"), b"a");
-        write(&dir.join("b/2/model.onnx"), b"b2");
-        write(&dir.join("b/1/model.onnx"), b"b1");
-        write(&dir.join("b/alias.json"), b"{}");
-        write(&dir.join("b.onnx"), b"b-next");
-        write(&dir.join("-bad.onnx"), b"x");
-        write(&dir.join("notes.txt"), b"x");
-        write(&dir.join("c/01/model.onnx"), b"leading zero");
-        write(&dir.join("skip-me.onnx"), b"x");
-        std::os::unix::fs::symlink(dir.join("a.onnx"), dir.join("linked.onnx")).unwrap();
-        std::os::unix::fs::symlink(dir.join("absent"), dir.join("dangling.onnx")).unwrap();
-        let source = scan(&dir, None).unwrap();
-        assert_eq!(source.models["linked"][0].bytes, 1, "links are followed");
-        assert!(source.ignored.iter().any(|p| p.ends_with("dangling.onnx")));
-        let b: Vec<Option<u64>> = source.models["b"].iter().map(|i| i.version).collect();
-        assert_eq!(
-            b,
-            [Some(1), Some(2), None],
-            "versions ascending, then the flat file"
-        );
-        assert_eq!(source.models["a"][0].version, None);
-        assert!(!source.models.contains_key("c"));
-        assert_eq!(source.invalid.len(), 1);
-        assert_eq!(source.invalid[0].model, "-bad");
-        assert!(source.ignored.iter().any(|p| p.ends_with("notes.txt")));
-        assert!(source.ignored.iter().any(|p| p.ends_with("01")));
-        let only_b = scan(&dir, Some("b")).unwrap();
-        assert_eq!(only_b.models.keys().collect::<Vec<_>>(), ["b"]);
-        let one = scan(&dir.join("a.onnx"), None).unwrap();
-        assert_eq!(one.models.keys().collect::<Vec<_>>(), ["a"]);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;

@@ -9,6 +9,7 @@ mod client;
 mod config;
 mod import;
 mod operate;
+mod score;
 mod table;
 mod top;
 
@@ -19,7 +20,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::client::Client;
 use crate::config::{Global, Settings};
-use crate::operate::{CanaryCommand, Output, ScoreInput};
+use crate::operate::{CanaryCommand, Output};
+use crate::score::ScoreInput;
 
 #[derive(Debug, Parser)]
 #[command(name = "mmctl", version, about)]
@@ -126,7 +128,7 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<bool> {
         Command::Status => operate::status(&client).await?,
         Command::Explain { id } => operate::explain(&client, &id).await?,
         Command::Score { id, version, input } => {
-            operate::score(&client, &id, version, &input).await?
+            score::score(&client, &id, version, &input).await?
         }
         Command::Config => config_output(settings),
         Command::Completions { .. } => unreachable!("handled before the runtime starts"),

@@ -7,16 +7,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+use manymodels_contract::pool::PoolView;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Sparkline, Table};
-use serde_json::Value;
 
 use crate::client::Client;
-use crate::operate::duration;
-use crate::table::bytes;
+use crate::operate::{duration, fill};
+use crate::table::{bytes, opt};
 
 pub async fn run(client: &Client, interval: f64) -> anyhow::Result<()> {
     if !(0.1..=3600.0).contains(&interval) {
@@ -24,7 +24,7 @@ pub async fn run(client: &Client, interval: f64) -> anyhow::Result<()> {
     }
     let interval = Duration::from_secs_f64(interval);
     // Fails early, before the screen is taken, when the proxy cannot be reached.
-    let mut view = client.get("/v2/mm/pool").await?.body;
+    let mut view: PoolView = client.get_as("/v2/mm/pool").await?;
     let mut error: Option<String> = None;
     let mut terminal = ratatui::init();
     let result = async {
@@ -34,9 +34,9 @@ pub async fn run(client: &Client, interval: f64) -> anyhow::Result<()> {
             if wait_for_key(interval, polled)? == Key::Quit {
                 return Ok(());
             }
-            match client.get("/v2/mm/pool").await {
-                Ok(answer) => {
-                    view = answer.body;
+            match client.get_as("/v2/mm/pool").await {
+                Ok(polled) => {
+                    view = polled;
                     error = None;
                 }
                 Err(e) => error = Some(e.to_string()),
@@ -76,180 +76,22 @@ fn wait_for_key(interval: Duration, since: Instant) -> anyhow::Result<Key> {
     }
 }
 
-fn draw(frame: &mut Frame<'_>, view: &Value, error: Option<&str>, proxy: &str) {
-    let scorers = view["scorers"].as_array().map_or(0, Vec::len) as u16;
+fn draw(frame: &mut Frame<'_>, view: &PoolView, error: Option<&str>, proxy: &str) {
     let [header, spark, pool, lists, footer] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Length(5),
-        Constraint::Length(scorers + 3),
+        Constraint::Length(view.scorers.len() as u16 + 3),
         Constraint::Min(6),
         Constraint::Length(1),
     ])
     .areas(frame.area());
-
-    let ratio = view["hit_ratio"]
-        .as_f64()
-        .map_or("-".to_string(), |r| format!("{:.1}%", 100.0 * r));
-    let title = Line::from(vec![
-        Span::styled("mmctl top ", Style::new().add_modifier(Modifier::BOLD)),
-        Span::raw(format!(
-            "{proxy} · proxy {} · up {} · {} requests · ",
-            view["proxy"].as_str().unwrap_or("?"),
-            duration(view["uptime_seconds"].as_f64().unwrap_or(0.0)),
-            view["requests"],
-        )),
-        Span::styled(
-            format!("hit ratio {ratio}"),
-            Style::new().fg(Color::Green).add_modifier(Modifier::BOLD),
-        ),
-    ]);
-    let tracked = Line::from(format!(
-        "statistics: {} models tracked in {}",
-        view["statistics"]["tracked_models"],
-        bytes(view["statistics"]["memory_bytes"].as_u64().unwrap_or(0)),
-    ));
-    frame.render_widget(Paragraph::new(vec![title, tracked]), header);
-
-    // Oldest bucket first; a bucket without requests draws nothing.
-    let mut history: Vec<(u64, u64)> = view["history"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|b| {
-            let hits = b["hits"].as_u64().unwrap_or(0);
-            let misses = b["misses"].as_u64().unwrap_or(0);
-            let ratio = (99 * hits).checked_div(hits + misses).map_or(0, |r| r + 1);
-            (b["seconds_ago"].as_u64().unwrap_or(0), ratio)
-        })
-        .collect();
-    history.sort_by_key(|b| std::cmp::Reverse(b.0));
-    let points: Vec<u64> = history.into_iter().map(|(_, r)| r).collect();
-    frame.render_widget(
-        Sparkline::default()
-            .block(Block::new().borders(Borders::ALL).title(format!(
-                " hit ratio, {} s per bar ",
-                view["history_bucket_seconds"]
-            )))
-            .data(&points)
-            .max(100)
-            .style(Style::new().fg(Color::Cyan)),
-        spark,
-    );
-
-    let rows = view["scorers"].as_array().into_iter().flatten().map(|s| {
-        let resident = s["resident_bytes"].as_u64();
-        let budget = s["budget_bytes"].as_u64();
-        let fill = match (resident, budget) {
-            (Some(r), Some(b)) if b > 0 => Some(r as f64 / b as f64),
-            _ => None,
-        };
-        let healthy = s["healthy"].as_bool() == Some(true);
-        Row::new(vec![
-            Cell::from(s["name"].as_str().unwrap_or("").to_string()),
-            Cell::from(if healthy { "up" } else { "DOWN" }).style(if healthy {
-                Style::new().fg(Color::Green)
-            } else {
-                Style::new().fg(Color::Red)
-            }),
-            Cell::from(meter(fill, 20)),
-            Cell::from(format!(
-                "{} / {}",
-                resident.map_or("-".into(), bytes),
-                budget.map_or("-".into(), bytes)
-            )),
-            Cell::from(s["resident_models"].to_string()),
-            Cell::from(s["hits"].to_string()),
-            Cell::from(s["misses"].to_string()),
-            Cell::from(s["loads"].to_string()),
-        ])
-    });
-    frame.render_widget(
-        Table::new(
-            rows,
-            [
-                Constraint::Min(12),
-                Constraint::Length(5),
-                Constraint::Length(27),
-                Constraint::Length(23),
-                Constraint::Length(7),
-                Constraint::Length(9),
-                Constraint::Length(8),
-                Constraint::Length(7),
-            ],
-        )
-        .header(
-            Row::new([
-                "SCORER",
-                "",
-                "RESIDENT / BUDGET",
-                "",
-                "MODELS",
-                "HITS",
-                "MISSES",
-                "LOADS",
-            ])
-            .style(Style::new().add_modifier(Modifier::BOLD)),
-        )
-        .block(Block::new().borders(Borders::ALL).title(" scorers ")),
-        pool,
-    );
-
+    frame.render_widget(Paragraph::new(title(view, proxy)), header);
+    frame.render_widget(sparkline(view), spark);
+    frame.render_widget(scorers(view), pool);
     let [hot, evicted] =
         Layout::horizontal([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(lists);
-    let hottest = view["hottest"].as_array().into_iter().flatten().map(|h| {
-        Row::new(vec![
-            h["model"].as_str().unwrap_or("").to_string(),
-            format!("{:.2}", h["rate"].as_f64().unwrap_or(0.0)),
-            h["owner"].as_str().unwrap_or("-").to_string(),
-        ])
-    });
-    frame.render_widget(
-        Table::new(
-            hottest,
-            [
-                Constraint::Min(14),
-                Constraint::Length(8),
-                Constraint::Min(10),
-            ],
-        )
-        .header(
-            Row::new(["MODEL", "REQ/S", "OWNER"]).style(Style::new().add_modifier(Modifier::BOLD)),
-        )
-        .block(Block::new().borders(Borders::ALL).title(" hottest models ")),
-        hot,
-    );
-    let evictions = view["evictions"].as_array().into_iter().flatten().map(|e| {
-        Row::new(vec![
-            format!("{} v{}", e["model"].as_str().unwrap_or(""), e["version"]),
-            bytes(e["bytes"].as_u64().unwrap_or(0)),
-            e["reason"].as_str().unwrap_or("").to_string(),
-            e["scorer"].as_str().unwrap_or("").to_string(),
-            duration(e["seconds_ago"].as_f64().unwrap_or(0.0)),
-        ])
-    });
-    frame.render_widget(
-        Table::new(
-            evictions,
-            [
-                Constraint::Min(14),
-                Constraint::Length(10),
-                Constraint::Length(13),
-                Constraint::Min(10),
-                Constraint::Length(7),
-            ],
-        )
-        .header(
-            Row::new(["MODEL", "BYTES", "REASON", "SCORER", "AGO"])
-                .style(Style::new().add_modifier(Modifier::BOLD)),
-        )
-        .block(
-            Block::new()
-                .borders(Borders::ALL)
-                .title(" recent evictions "),
-        ),
-        evicted,
-    );
-
+    frame.render_widget(hottest(view), hot);
+    frame.render_widget(evictions(view), evicted);
     let status = match error {
         Some(e) => Line::styled(
             format!("poll failed, showing the last view: {e}"),
@@ -258,6 +100,152 @@ fn draw(frame: &mut Frame<'_>, view: &Value, error: Option<&str>, proxy: &str) {
         None => Line::from("q quits · r refreshes now"),
     };
     frame.render_widget(Paragraph::new(status), footer);
+}
+
+/// The header: the proxy, its uptime, requests and hit ratio; the statistics' footprint.
+fn title(view: &PoolView, proxy: &str) -> Vec<Line<'static>> {
+    let ratio = view
+        .hit_ratio
+        .map_or("-".to_string(), |r| format!("{:.1}%", 100.0 * r));
+    let title = Line::from(vec![
+        Span::styled("mmctl top ", Style::new().add_modifier(Modifier::BOLD)),
+        Span::raw(format!(
+            "{proxy} · proxy {} · up {} · {} requests · ",
+            view.proxy,
+            duration(view.uptime_seconds),
+            view.requests,
+        )),
+        Span::styled(
+            format!("hit ratio {ratio}"),
+            Style::new().fg(Color::Green).add_modifier(Modifier::BOLD),
+        ),
+    ]);
+    let tracked = Line::from(format!(
+        "statistics: {} models tracked in {}",
+        view.statistics.tracked_models,
+        bytes(view.statistics.memory_bytes as u64),
+    ));
+    vec![title, tracked]
+}
+
+/// The hit ratio per history bucket, oldest first; a bucket without requests draws
+/// nothing.
+fn sparkline(view: &PoolView) -> Sparkline<'static> {
+    let mut history: Vec<(u64, u64)> = view
+        .history
+        .iter()
+        .map(|b| {
+            let ratio = (99 * b.hits)
+                .checked_div(b.hits + b.misses)
+                .map_or(0, |r| r + 1);
+            (b.seconds_ago, ratio)
+        })
+        .collect();
+    history.sort_by_key(|b| std::cmp::Reverse(b.0));
+    let points: Vec<u64> = history.into_iter().map(|(_, r)| r).collect();
+    Sparkline::default()
+        .block(Block::new().borders(Borders::ALL).title(format!(
+            " hit ratio, {} s per bar ",
+            view.history_bucket_seconds
+        )))
+        .data(&points)
+        .max(100)
+        .style(Style::new().fg(Color::Cyan))
+}
+
+fn bold_header<'a>(titles: impl IntoIterator<Item = &'a str>) -> Row<'a> {
+    Row::new(titles).style(Style::new().add_modifier(Modifier::BOLD))
+}
+
+/// Each scorer: health, its memory against its budget, its counts.
+fn scorers(view: &PoolView) -> Table<'static> {
+    let rows = view.scorers.iter().map(|s| {
+        let healthy = Cell::from(if s.healthy { "up" } else { "DOWN" }).style(if s.healthy {
+            Style::new().fg(Color::Green)
+        } else {
+            Style::new().fg(Color::Red)
+        });
+        Row::new(vec![
+            Cell::from(s.name.clone()),
+            healthy,
+            Cell::from(meter(fill(s.resident_bytes, s.budget_bytes), 20)),
+            Cell::from(format!(
+                "{} / {}",
+                s.resident_bytes.map_or("-".into(), bytes),
+                s.budget_bytes.map_or("-".into(), bytes)
+            )),
+            Cell::from(opt(s.resident_models)),
+            Cell::from(opt(s.hits)),
+            Cell::from(opt(s.misses)),
+            Cell::from(opt(s.loads)),
+        ])
+    });
+    let widths = [
+        Constraint::Min(12),
+        Constraint::Length(5),
+        Constraint::Length(27),
+        Constraint::Length(23),
+        Constraint::Length(7),
+        Constraint::Length(9),
+        Constraint::Length(8),
+        Constraint::Length(7),
+    ];
+    Table::new(rows, widths)
+        .header(bold_header([
+            "SCORER",
+            "",
+            "RESIDENT / BUDGET",
+            "",
+            "MODELS",
+            "HITS",
+            "MISSES",
+            "LOADS",
+        ]))
+        .block(Block::new().borders(Borders::ALL).title(" scorers "))
+}
+
+fn hottest(view: &PoolView) -> Table<'static> {
+    let rows = view.hottest.iter().map(|h| {
+        Row::new(vec![
+            h.model.clone(),
+            format!("{:.2}", h.rate),
+            h.owner.clone().unwrap_or_else(|| "-".into()),
+        ])
+    });
+    let widths = [
+        Constraint::Min(14),
+        Constraint::Length(8),
+        Constraint::Min(10),
+    ];
+    Table::new(rows, widths)
+        .header(bold_header(["MODEL", "REQ/S", "OWNER"]))
+        .block(Block::new().borders(Borders::ALL).title(" hottest models "))
+}
+
+fn evictions(view: &PoolView) -> Table<'static> {
+    let rows = view.evictions.iter().map(|e| {
+        Row::new(vec![
+            format!("{} v{}", e.model, e.version),
+            bytes(e.bytes),
+            e.reason.as_str().to_string(),
+            e.scorer.clone(),
+            duration(e.seconds_ago),
+        ])
+    });
+    let widths = [
+        Constraint::Min(14),
+        Constraint::Length(10),
+        Constraint::Length(13),
+        Constraint::Min(10),
+        Constraint::Length(7),
+    ];
+    Table::new(rows, widths)
+        .header(bold_header(["MODEL", "BYTES", "REASON", "SCORER", "AGO"]))
+        .block(
+            Block::new()
+                .borders(Borders::ALL)
+                .title(" recent evictions "),
+        )
 }
 
 /// `███████░░░  62%`: a fill of `width` cells and the percentage.
@@ -278,10 +266,11 @@ fn meter(fill: Option<f64>, width: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
     use serde_json::json;
+
+    use super::*;
 
     #[test]
     fn meters_fill_in_proportion() {
@@ -294,7 +283,7 @@ mod tests {
     /// in tests/tests/cli.rs through tmux).
     #[test]
     fn the_screen_shows_the_view() {
-        let view = json!({
+        let view: PoolView = serde_json::from_value(json!({
             "proxy": "p0", "uptime_seconds": 75.0, "requests": 1234, "hit_ratio": 0.875,
             "history_bucket_seconds": 5,
             "history": [{ "seconds_ago": 5, "hits": 7, "misses": 1 }, { "seconds_ago": 0, "hits": 1, "misses": 0 }],
@@ -305,7 +294,8 @@ mod tests {
             "evictions": [{ "model": "store-0007", "version": 2, "bytes": 2048,
                 "reason": "capacity", "scorer": "scorer-a", "seconds_ago": 3.0 }],
             "statistics": { "tracked_models": 9, "memory_bytes": 4096 },
-        });
+        }))
+        .unwrap();
         let mut terminal = Terminal::new(TestBackend::new(120, 30)).unwrap();
         terminal
             .draw(|frame| draw(frame, &view, None, "http://x"))

@@ -1,0 +1,45 @@
+//! The source scan.
+
+use super::*;
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_source_is_flat_files_and_the_store_layout_side_by_side() {
+    let dir = std::env::temp_dir().join(format!("mmctl-scan-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    write(&dir.join("a.onnx"), b"a");
+    write(&dir.join("b/2/model.onnx"), b"b2");
+    write(&dir.join("b/1/model.onnx"), b"b1");
+    write(&dir.join("b/alias.json"), b"{}");
+    write(&dir.join("b.onnx"), b"b-next");
+    write(&dir.join("-bad.onnx"), b"x");
+    write(&dir.join("notes.txt"), b"x");
+    write(&dir.join("c/01/model.onnx"), b"leading zero");
+    write(&dir.join("skip-me.onnx"), b"x");
+    std::os::unix::fs::symlink(dir.join("a.onnx"), dir.join("linked.onnx")).unwrap();
+    std::os::unix::fs::symlink(dir.join("absent"), dir.join("dangling.onnx")).unwrap();
+    let source = scan(&dir, None).unwrap();
+    assert_eq!(source.models["linked"][0].bytes, 1, "links are followed");
+    assert!(source.ignored.iter().any(|p| p.ends_with("dangling.onnx")));
+    let b: Vec<Option<u64>> = source.models["b"].iter().map(|i| i.version).collect();
+    assert_eq!(
+        b,
+        [Some(1), Some(2), None],
+        "versions ascending, then the flat file"
+    );
+    assert_eq!(source.models["a"][0].version, None);
+    assert!(!source.models.contains_key("c"));
+    assert_eq!(source.invalid.len(), 1);
+    assert_eq!(source.invalid[0].model, "-bad");
+    assert!(source.ignored.iter().any(|p| p.ends_with("notes.txt")));
+    assert!(source.ignored.iter().any(|p| p.ends_with("01")));
+    let only_b = scan(&dir, Some("b")).unwrap();
+    assert_eq!(only_b.models.keys().collect::<Vec<_>>(), ["b"]);
+    let one = scan(&dir.join("a.onnx"), None).unwrap();
+    assert_eq!(one.models.keys().collect::<Vec<_>>(), ["a"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

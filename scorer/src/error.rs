@@ -6,6 +6,9 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::model_id::ModelId;
+use crate::store::StoreError;
+
 /// Everything that can go wrong serving a request.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ScorerError {
@@ -66,6 +69,24 @@ pub enum ScorerError {
         needed: u64,
         budget: u64,
     },
+}
+
+impl ScorerError {
+    /// The one conversion from a store failure, for a call about `id` (and `version`, when
+    /// it named one): what is missing is a 404 (the version, else the model), a version
+    /// that exists already a 409, and anything else (an unreachable store, an alias or
+    /// canary file that does not parse) the store being unavailable, a 503.
+    pub fn from_store(error: StoreError, id: &ModelId, version: Option<u64>) -> Self {
+        match (error, version) {
+            (StoreError::NotFound, Some(version)) => ScorerError::VersionNotFound {
+                id: id.to_string(),
+                version: version.to_string(),
+            },
+            (StoreError::NotFound, None) => ScorerError::ModelNotFound(id.to_string()),
+            (StoreError::Conflict(message), _) => ScorerError::Conflict(message),
+            (other, _) => ScorerError::Store(other.to_string()),
+        }
+    }
 }
 
 impl From<manymodels_engine::InferenceError> for ScorerError {
@@ -214,5 +235,46 @@ mod tests {
         let late = ScorerError::DeadlineExceeded { ms: 5 };
         assert_eq!(late.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(late.retry_after(), None);
+    }
+
+    /// One conversion from the store's failures, each to its status.
+    #[test]
+    fn store_failures_convert_to_their_status() {
+        let id = ModelId::parse("m").unwrap();
+        let cases = [
+            (
+                StoreError::NotFound,
+                Some(3),
+                404,
+                "model 'm' has no version 3",
+            ),
+            (StoreError::NotFound, None, 404, "model 'm' not found"),
+            (
+                StoreError::Conflict("version 3 exists".into()),
+                Some(3),
+                409,
+                "version 3 exists",
+            ),
+            (
+                StoreError::Unavailable("timed out".into()),
+                None,
+                503,
+                "model store unavailable: timed out",
+            ),
+            (
+                StoreError::InvalidFile {
+                    file: "alias.json",
+                    error: "expected value".into(),
+                },
+                None,
+                503,
+                "model store unavailable: alias.json is not valid: expected value",
+            ),
+        ];
+        for (error, version, status, message) in cases {
+            let converted = ScorerError::from_store(error, &id, version);
+            assert_eq!(converted.status().as_u16(), status, "{converted}");
+            assert_eq!(converted.to_string(), message);
+        }
     }
 }

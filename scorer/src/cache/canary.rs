@@ -16,7 +16,7 @@
 //! names a version (in the path, gRPC's `model_version` or `x-mm-model-version`) is never
 //! split.
 
-use super::{CanaryStatus, ModelCache, ModelKey, Refresh, store_error};
+use super::{CanaryStatus, ModelCache, ModelKey, Refresh};
 use crate::error::ScorerError;
 use crate::model_id::ModelId;
 use crate::store::{CANARY_FILE, Canary, ModelState, StoreError};
@@ -72,7 +72,13 @@ fn found(id: &ModelId, state: ModelState) -> Result<ModelState, ScorerError> {
 impl ModelCache {
     /// The store's state of `id`, which must exist (a model with no version is none).
     pub(super) async fn existing(&self, id: &ModelId) -> Result<ModelState, ScorerError> {
-        found(id, self.store.model_state(id).await.map_err(store_error)?)
+        found(
+            id,
+            self.store
+                .model_state(id)
+                .await
+                .map_err(|e| ScorerError::from_store(e, id, None))?,
+        )
     }
 
     /// The store's state of `id` for a call that replaces its canary. A canary file that
@@ -93,10 +99,13 @@ impl ModelCache {
                 self.store
                     .write_canary(id, None)
                     .await
-                    .map_err(store_error)?;
+                    .map_err(|e| ScorerError::from_store(e, id, None))?;
                 Ok((self.existing(id).await?, true))
             }
-            state => Ok((found(id, state.map_err(store_error)?)?, false)),
+            state => Ok((
+                found(id, state.map_err(|e| ScorerError::from_store(e, id, None))?)?,
+                false,
+            )),
         }
     }
 
@@ -146,7 +155,7 @@ impl ModelCache {
         self.store
             .write_canary(id, Some(canary))
             .await
-            .map_err(store_error)?;
+            .map_err(|e| ScorerError::from_store(e, id, None))?;
         tracing::info!(model = %id, version = canary.version, percent = canary.percent, "canary set");
         self.refresh(id).await?;
         Ok(self.lives.canary_status(id, canary, true))
@@ -169,7 +178,7 @@ impl ModelCache {
         self.store
             .write_canary(id, None)
             .await
-            .map_err(store_error)?;
+            .map_err(|e| ScorerError::from_store(e, id, None))?;
         tracing::info!(model = %id, version = canary.version, "canary dropped");
         self.refresh(id).await?;
         Ok(Some(dropped))
@@ -197,11 +206,11 @@ impl ModelCache {
         self.store
             .write_alias(id, Some(canary.version))
             .await
-            .map_err(store_error)?;
+            .map_err(|e| ScorerError::from_store(e, id, None))?;
         self.store
             .write_canary(id, None)
             .await
-            .map_err(store_error)?;
+            .map_err(|e| ScorerError::from_store(e, id, None))?;
         tracing::info!(model = %id, version = canary.version, "canary promoted: alias written, canary dropped");
         let refresh = self.refresh(id).await?;
         Ok((promoted, refresh))

@@ -163,7 +163,10 @@ impl Lives {
     ) -> Result<ModelState, ScorerError> {
         self.resolving
             .try_get_with(id.clone(), async {
-                store.model_state(id).await.map_err(super::store_error)
+                store
+                    .model_state(id)
+                    .await
+                    .map_err(|e| ScorerError::from_store(e, id, None))
             })
             .await
             .map_err(|shared: Arc<ScorerError>| (*shared).clone())

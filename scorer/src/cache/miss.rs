@@ -16,7 +16,6 @@ use crate::engine::{LoadedModel, Native};
 use crate::error::{LoadError, ScorerError};
 use crate::images::Images;
 use crate::model_id::ModelId;
-use crate::store::StoreError;
 
 /// How long "this model does not exist" is remembered, so a storm of requests for an
 /// unknown id does not turn into a storm of store listings, while a newly published model
@@ -96,13 +95,7 @@ impl ModelCache {
         key: &ModelKey,
     ) -> Result<(LoadedModel, f64, Reservation), ScorerError> {
         let (id, version) = (&key.id, key.version);
-        let not_found = |e: StoreError| match e {
-            StoreError::NotFound => ScorerError::VersionNotFound {
-                id: id.to_string(),
-                version: version.to_string(),
-            },
-            other => ScorerError::Store(other.to_string()),
-        };
+        let not_found = |e| ScorerError::from_store(e, id, Some(version));
         let read_started = Instant::now();
         // With images on, the store's tag of the file (one `stat` or `HEAD`) says whether
         // an image compiled from exactly this file can stand in for it.

@@ -71,7 +71,7 @@ use crate::error::ScorerError;
 use crate::images::Images;
 use crate::metrics::Metrics;
 use crate::model_id::ModelId;
-use crate::store::{ModelStore, StoreError};
+use crate::store::ModelStore;
 
 /// One loaded version of one model: the unit the cache holds and charges.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -374,11 +374,6 @@ impl ModelCache {
         self.metrics.stats_pushes.inc();
         Ok(self.summary(20))
     }
-}
-
-/// A store failure while looking a model up: the store is unavailable (503).
-fn store_error(error: StoreError) -> ScorerError {
-    ScorerError::Store(error.to_string())
 }
 
 /// Runs `f` on drop.

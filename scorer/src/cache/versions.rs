@@ -8,13 +8,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::miss::NOT_FOUND_TTL;
-use super::{
-    ModelCache, ModelKey, Refresh, Refusal, Reservation, VersionStatus, invalid_model, store_error,
-};
+use super::{ModelCache, ModelKey, Refresh, Refusal, Reservation, VersionStatus, invalid_model};
 use crate::engine::LoadedModel;
 use crate::error::ScorerError;
 use crate::model_id::ModelId;
-use crate::store::StoreError;
 
 impl ModelCache {
     /// Where a request for `id` that names no version goes: `(version, to_canary)`. The
@@ -99,7 +96,11 @@ impl ModelCache {
     /// the old session, which is freed when they are done. A version that fails is
     /// refused and the old one keeps serving.
     pub async fn refresh(&self, id: &ModelId) -> Result<Refresh, ScorerError> {
-        let state = self.store.model_state(id).await.map_err(store_error)?;
+        let state = self
+            .store
+            .model_state(id)
+            .await
+            .map_err(|e| ScorerError::from_store(e, id, None))?;
         self.lives.invalidate(id).await;
         let Some(target) = state.live() else {
             self.lives.remove(id);
@@ -307,10 +308,7 @@ impl ModelCache {
         self.store
             .write_version(id, version, bytes)
             .await
-            .map_err(|e| match e {
-                StoreError::Conflict(message) => ScorerError::Conflict(message),
-                other => ScorerError::Store(other.to_string()),
-            })?;
+            .map_err(|e| ScorerError::from_store(e, id, Some(version)))?;
         tracing::info!(model = %id, version, "version published");
         self.refresh(id).await
     }
@@ -319,7 +317,11 @@ impl ModelCache {
     /// in the store, and moves this scorer to it.
     pub async fn pin(&self, id: &ModelId, version: Option<u64>) -> Result<Refresh, ScorerError> {
         if let Some(version) = version {
-            let state = self.store.model_state(id).await.map_err(store_error)?;
+            let state = self
+                .store
+                .model_state(id)
+                .await
+                .map_err(|e| ScorerError::from_store(e, id, None))?;
             if !state.versions.contains(&version) {
                 return Err(ScorerError::VersionNotFound {
                     id: id.to_string(),
@@ -330,7 +332,7 @@ impl ModelCache {
         self.store
             .write_alias(id, version)
             .await
-            .map_err(store_error)?;
+            .map_err(|e| ScorerError::from_store(e, id, None))?;
         tracing::info!(model = %id, pinned = ?version, "alias written");
         self.refresh(id).await
     }

@@ -21,7 +21,6 @@ use super::{Shared, Target, body, body_within, finish, model_call, model_id, tar
 use crate::Scorer;
 use crate::error::ScorerError;
 use crate::model_id::ModelId;
-use crate::store::StoreError;
 
 /// The model id of an admin route, read only after the admin key was checked.
 pub(super) struct Admin(Result<ModelId, ScorerError>);
@@ -116,19 +115,12 @@ pub(super) async fn admin_digest(
         let (id, version) = target(path)?;
         let version =
             version.ok_or_else(|| ScorerError::invalid("the digest route needs a version"))?;
-        let digest =
-            scorer
-                .cache
-                .store()
-                .digest(&id, version)
-                .await
-                .map_err(|error| match error {
-                    StoreError::NotFound => ScorerError::VersionNotFound {
-                        id: id.to_string(),
-                        version: version.to_string(),
-                    },
-                    other => ScorerError::Store(other.to_string()),
-                })?;
+        let digest = scorer
+            .cache
+            .store()
+            .digest(&id, version)
+            .await
+            .map_err(|e| ScorerError::from_store(e, &id, Some(version)))?;
         Ok(axum::Json(Digest {
             model: id.to_string(),
             version,

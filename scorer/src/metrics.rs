@@ -43,7 +43,7 @@ pub struct Metrics {
     pub load_failures: IntCounter,
     /// Requests answered from a remembered load failure without loading again.
     pub failed_fast: IntCounter,
-    /// By `reason` (`cache::Reason`, the contract's `EvictionReason`): `capacity`
+    /// By `reason` (the contract's `EvictionReason`): `capacity`
     /// (displaced by a model of higher priority), `not_admitted` (served, not kept),
     /// `unload` (the repository API), `replaced` (a new live version took over).
     pub evictions: IntCounterVec,
@@ -190,7 +190,7 @@ impl Metrics {
         metrics.budget_bytes.set(budget_bytes as i64);
         // Labelled families exist from the first scrape, at 0, so dashboards and alerts
         // see "0" rather than "no data".
-        for reason in crate::cache::Reason::ALL {
+        for reason in manymodels_contract::EvictionReason::ALL {
             metrics.evictions.with_label_values(&[reason.as_str()]);
         }
         metrics.requests.with_label_values(&["infer", "200"]);

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::process::free_port;
+use crate::ports::{free_port, listens};
 use crate::store::{TempDir, root};
 
 /// The emulator's well-known development account and key (public, documented by Azure).
@@ -35,9 +35,9 @@ fn launcher() -> PathBuf {
 }
 
 impl Azurite {
-    /// Starts the emulator and waits until it answers HTTP as Azurite. A free port can be
-    /// taken by another test's process before Azurite binds it; then Azurite exits, or
-    /// someone else answers, and it is started again on another port.
+    /// Starts the emulator and waits until it answers HTTP as Azurite. Its port is this
+    /// process's own ([`free_port`]); should something outside the harness hold it anyway,
+    /// Azurite exits and is started again on another port.
     pub async fn start() -> Self {
         let bin = launcher();
         assert!(
@@ -117,20 +117,29 @@ impl Azurite {
         assert!(self.answers().await, "azurite did not come back on {port}");
     }
 
-    /// Waits up to 30 s for an HTTP answer from Azurite itself (its `Server` header);
-    /// false if the process exited or another server holds the port.
+    /// Waits up to 30 s for an HTTP answer from this Azurite itself (its `Server` header,
+    /// and its process listening on the port: another Azurite answers alike); false if the
+    /// process exited or another server holds the port.
     async fn answers(&mut self) -> bool {
         let started = Instant::now();
+        let port: u16 = self.url.rsplit(':').next().unwrap().parse().unwrap();
         while started.elapsed() < Duration::from_secs(30) {
             if self.child.try_wait().ok().flatten().is_some() {
                 return false;
             }
             if let Ok(response) = self.client.get(&self.url).send().await {
-                return response
+                let azurite = response
                     .headers()
                     .get("server")
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|v| v.starts_with("Azurite"));
+                if !azurite {
+                    return false;
+                }
+                // Another process's Azurite: this one fails to bind and exits (above).
+                if listens(self.child.id(), port) {
+                    return true;
+                }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -3,7 +3,8 @@
 //! compares outputs with reference data. Every process is killed when its handle drops.
 //!
 //! - [`store`]: the workspace root, the demo store, temp dirs, writing models.
-//! - [`process`]: `ScorerProcess`, `ProxyProcess`, free ports, `/proc` figures.
+//! - [`process`]: `ScorerProcess`, `ProxyProcess`, `/proc` figures.
+//! - [`ports`]: ports no other process is given, and who listens on one.
 //! - [`http`]: blocking clients (one-shot, keep-alive, `probe`) and async JSON helpers.
 //! - [`metrics`]: Prometheus samples.
 //! - [`reference`]: reference inputs and outputs, request bodies, tolerance comparison.
@@ -28,13 +29,15 @@ pub mod grpc;
 pub mod http;
 pub mod load;
 pub mod metrics;
+pub mod ports;
 pub mod process;
 pub mod reference;
 pub mod store;
 
 pub use http::{get_json, post_json, post_via};
 pub use metrics::{Metrics, scrape};
-pub use process::{ProxyProcess, ScorerProcess, binary, free_port};
+pub use ports::free_port;
+pub use process::{ProxyProcess, ScorerProcess, binary};
 pub use reference::{
     TOLERANCE, assert_outputs_match, assert_predictions, demo_reference, generated_rows,
     infer_body, rows_body,

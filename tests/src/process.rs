@@ -1,8 +1,7 @@
 //! Processes on 127.0.0.1: `mm-scorer` and `mm-proxy` as children of the test or bench,
-//! each on its own port with its log in a temp dir, killed when its handle drops; and
-//! what `/proc` says about a process (memory, CPU time).
+//! each on its own port ([`free_port`]) with its log in a temp dir, killed when its handle
+//! drops; and what `/proc` says about a process (memory, CPU time).
 
-use std::net::TcpListener;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -12,6 +11,8 @@ use serde_json::Value;
 
 use crate::http;
 use crate::metrics::{Metrics, scrape};
+pub use crate::ports::free_port;
+use crate::ports::listens;
 use crate::store::{TempDir, root};
 
 /// How long a process may take to report ready.
@@ -35,14 +36,6 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding an ephemeral port")
-        .port()
 }
 
 /// A `kB` field of `/proc/<process>/status` (`process`: a pid or `self`; `field`:
@@ -76,6 +69,7 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 /// A child process serving HTTP on 127.0.0.1, killed (SIGKILL) when dropped.
 pub struct Process {
     child: Child,
+    port: u16,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     /// Its standard error.
@@ -119,28 +113,42 @@ impl Process {
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         Process {
             child,
+            port,
             url: format!("http://127.0.0.1:{port}"),
             log,
             _logs: logs,
         }
     }
 
-    /// Polls `/v2/health/ready` until `ready` accepts its answer (status, body); panics
-    /// with the log if the process exits or `timeout` passes first.
+    /// Polls `/v2/health/ready` until `ready` accepts its answer (status, body) and the
+    /// answer is this process's own; panics with the log if the process exits or `timeout`
+    /// passes first.
+    ///
+    /// Another process that holds the port (a port taken before this one bound it) answers
+    /// just as well, so an answer counts only while this process listens on the port
+    /// itself; the other one's keeps the wait going until this process fails to bind and
+    /// exits, and the panic shows why.
     fn wait_until(&mut self, timeout: Duration, ready: impl Fn(u16, &str) -> bool) {
         let started = Instant::now();
         let url = format!("{}/v2/health/ready", self.url);
+        let mut last = None;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("{} exited with {status}:\n{}", self.url, self.logs());
             }
-            if http::poll(&url).is_some_and(|(status, body)| ready(status, &body)) {
-                return;
+            if let Some((status, body)) = http::poll(&url) {
+                let own = listens(self.pid(), self.port);
+                if own && ready(status, &body) {
+                    return;
+                }
+                let whose = if own { "" } else { ", from another process" };
+                last = Some(format!("{status} {body}{whose}"));
             }
             assert!(
                 started.elapsed() < timeout,
-                "{} not ready after {timeout:?}:\n{}",
+                "{} not ready after {timeout:?} (last answer: {}):\n{}",
                 self.url,
+                last.as_deref().unwrap_or("none"),
                 self.logs()
             );
             std::thread::sleep(Duration::from_millis(50));

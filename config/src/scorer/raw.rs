@@ -170,41 +170,10 @@ struct RawShutdown {
 impl Raw {
     pub(super) fn validate(self) -> Result<ScorerConfig, ConfigError> {
         let listen = common::listen(&self.listen)?;
-        let store = match self.store.kind.as_str() {
-            "local" => {
-                if self.store.path.as_os_str().is_empty() {
-                    return Err(ConfigError::key("store.path", "must not be empty"));
-                }
-                StoreConfig::Local {
-                    path: self.store.path,
-                }
-            }
-            "azure" => StoreConfig::Azure(self.store.azure.validate()?),
-            other => {
-                return Err(ConfigError::key(
-                    "store.kind",
-                    format!("`{other}` is not `local` or `azure`"),
-                ));
-            }
-        };
-        positive("store.timeout", self.store.timeout.0)?;
-        let cache = &self.cache;
-        positive("cache.budget", cache.budget.0)?;
-        positive("cache.load_timeout", cache.load_timeout.0)?;
-        let max_waiting = at_least_one("cache.max_waiting", cache.max_waiting)?;
-        let max_waiting_per_model =
-            at_least_one("cache.max_waiting_per_model", cache.max_waiting_per_model)?;
-        let max_concurrent_loads = match cache.max_concurrent_loads {
-            Concurrency::Auto(_) => available_cpus(),
-            Concurrency::Fixed(n) => NonZeroUsize::new(n).ok_or_else(|| {
-                ConfigError::key("cache.max_concurrent_loads", "must be `auto` or at least 1")
-            })?,
-        };
-        at_least(
-            "cache.weight_per_file_byte",
-            cache.weight_per_file_byte,
-            0.0,
-        )?;
+        let store_timeout = self.store.timeout.0;
+        let store = self.store.validate()?;
+        positive("store.timeout", store_timeout)?;
+        let cache = self.cache.validate()?;
         positive("policy.half_life_requests", self.policy.half_life_requests)?;
         within("policy.size_weight", self.policy.size_weight, 0.0..=2.0)?;
         let warmup_concurrency = at_least_one("warmup.concurrency", self.warmup.concurrency)?;
@@ -216,29 +185,12 @@ impl Raw {
         )?;
         positive("http.max_body", self.http.max_body.0)?;
         at_least_one("http.max_elements", self.http.max_elements)?;
-        let inference_threads = NonZeroUsize::new(self.inference.threads)
-            .or_else(|| std::thread::available_parallelism().ok())
-            .unwrap_or(NonZeroUsize::MIN);
-        let onnxruntime_library = if self.onnxruntime.library.is_empty() {
-            std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from)
-        } else {
-            Some(PathBuf::from(self.onnxruntime.library))
-        };
         Ok(ScorerConfig {
             listen,
             name: self.name,
             store,
-            store_timeout: self.store.timeout.0,
-            cache: CacheConfig {
-                budget: cache.budget,
-                max_concurrent_loads,
-                failure_ttl: cache.failure_ttl.0,
-                load_timeout: cache.load_timeout.0,
-                max_waiting,
-                max_waiting_per_model,
-                weight_overhead: cache.weight_overhead,
-                weight_per_file_byte: cache.weight_per_file_byte,
-            },
+            store_timeout,
+            cache,
             policy: PolicyConfig {
                 half_life_requests: self.policy.half_life_requests,
                 size_weight: self.policy.size_weight,
@@ -260,30 +212,97 @@ impl Raw {
             admin_keys: self.auth.admin_keys,
             pool_key: self.auth.pool_key,
             metrics_keys: self.auth.metrics_keys,
-            stats: StatsLimits {
-                bounds: manymodels_contract::stats::Bounds {
-                    max_models: self.stats.max_report_models,
-                    max_source_rate: at_least(
-                        "stats.max_source_rate",
-                        self.stats.max_source_rate,
-                        0.0,
-                    )?,
-                },
-                max_sources: at_least_one("stats.max_sources", self.stats.max_sources)?,
-            },
+            stats: self.stats.validate()?,
             http: HttpConfig {
                 max_body: self.http.max_body,
                 max_upload: self.http.max_upload,
                 max_elements: self.http.max_elements,
             },
-            inference_threads,
+            inference_threads: self.inference.threads(),
             inference_inline_max: self.inference.inline_max.0,
             native_engine: self.engine.native,
-            onnxruntime_library,
+            onnxruntime_library: self.onnxruntime.library(),
             shutdown_drain: self.shutdown.drain.0,
             shutdown_grace: self.shutdown.grace.0,
             log: self.log,
         })
+    }
+}
+
+impl RawStore {
+    fn validate(self) -> Result<StoreConfig, ConfigError> {
+        match self.kind.as_str() {
+            "local" => {
+                if self.path.as_os_str().is_empty() {
+                    return Err(ConfigError::key("store.path", "must not be empty"));
+                }
+                Ok(StoreConfig::Local { path: self.path })
+            }
+            "azure" => Ok(StoreConfig::Azure(self.azure.validate()?)),
+            other => Err(ConfigError::key(
+                "store.kind",
+                format!("`{other}` is not `local` or `azure`"),
+            )),
+        }
+    }
+}
+
+impl RawCache {
+    fn validate(self) -> Result<CacheConfig, ConfigError> {
+        positive("cache.budget", self.budget.0)?;
+        positive("cache.load_timeout", self.load_timeout.0)?;
+        let max_waiting = at_least_one("cache.max_waiting", self.max_waiting)?;
+        let max_waiting_per_model =
+            at_least_one("cache.max_waiting_per_model", self.max_waiting_per_model)?;
+        let max_concurrent_loads = match self.max_concurrent_loads {
+            Concurrency::Auto(_) => available_cpus(),
+            Concurrency::Fixed(n) => NonZeroUsize::new(n).ok_or_else(|| {
+                ConfigError::key("cache.max_concurrent_loads", "must be `auto` or at least 1")
+            })?,
+        };
+        at_least("cache.weight_per_file_byte", self.weight_per_file_byte, 0.0)?;
+        Ok(CacheConfig {
+            budget: self.budget,
+            max_concurrent_loads,
+            failure_ttl: self.failure_ttl.0,
+            load_timeout: self.load_timeout.0,
+            max_waiting,
+            max_waiting_per_model,
+            weight_overhead: self.weight_overhead,
+            weight_per_file_byte: self.weight_per_file_byte,
+        })
+    }
+}
+
+impl RawStats {
+    fn validate(self) -> Result<StatsLimits, ConfigError> {
+        Ok(StatsLimits {
+            bounds: manymodels_contract::stats::Bounds {
+                max_models: self.max_report_models,
+                max_source_rate: at_least("stats.max_source_rate", self.max_source_rate, 0.0)?,
+            },
+            max_sources: at_least_one("stats.max_sources", self.max_sources)?,
+        })
+    }
+}
+
+impl RawInference {
+    /// `inference.threads`, 0 meaning the CPUs the process may use.
+    fn threads(&self) -> NonZeroUsize {
+        NonZeroUsize::new(self.threads)
+            .or_else(|| std::thread::available_parallelism().ok())
+            .unwrap_or(NonZeroUsize::MIN)
+    }
+}
+
+impl RawOnnxRuntime {
+    /// `onnxruntime.library`, else `ORT_DYLIB_PATH`, else none (the library is looked for).
+    fn library(self) -> Option<PathBuf> {
+        if self.library.is_empty() {
+            std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from)
+        } else {
+            Some(PathBuf::from(self.library))
+        }
     }
 }
 

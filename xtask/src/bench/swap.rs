@@ -103,6 +103,8 @@ fn write_local(store: &Path, v: u64, bytes: &[u8]) -> Result<()> {
     Ok(write_model(store, MODEL, v, bytes)?)
 }
 
+/// One store's row: a proxy and three scorers on it, open-loop clients through the
+/// proxy, `publishes` new versions published with `publish` while they run.
 fn measure(
     label: &str,
     store: &Path,
@@ -110,7 +112,7 @@ fn measure(
     env: &[(&str, &str)],
     publishes: u64,
     rate: f64,
-    mut publish: impl FnMut(u64, &[u8]) -> Result<()>,
+    publish: impl FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<String> {
     let scorers: Vec<ScorerProcess> = (0..3)
         .map(|i| super::scorer_with_env(store, 18_031 + i, sets, env))
@@ -118,46 +120,114 @@ fn measure(
     let proxy = super::proxy(18_030, &addrs(&scorers), &[])?;
     let body = constant_row_body(16, 0.25).to_string();
     let path = format!("/v2/models/{MODEL}/infer");
-    let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients = 8;
-    let started = Instant::now();
-    let workers: Vec<_> = (0..clients)
-        .map(|c| {
-            let (answers, stop, addr, body, path) = (
-                answers.clone(),
-                stop.clone(),
-                proxy.addr().to_string(),
-                body.clone(),
-                path.clone(),
-            );
-            std::thread::spawn(move || -> Result<()> {
-                let mut client = KeepAlive::connect(&addr)?;
-                let mut n = c as u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let due = started + Duration::from_secs_f64(n as f64 / rate);
-                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                    let sent = Instant::now();
-                    let (status, latency) = client.post(&path, &body)?;
-                    let version = serde_json::from_slice::<serde_json::Value>(client.last_body())
-                        .ok()
-                        .and_then(|v| v["model_version"].as_str()?.parse().ok())
-                        .unwrap_or(0);
-                    answers.lock().expect("answers").push(Answer {
-                        sent,
-                        latency,
-                        status,
-                        version,
-                    });
-                    n += clients as u64;
-                }
-                Ok(())
-            })
-        })
-        .collect();
+    let clients = Clients::start(proxy.addr(), &body, &path, rate);
     std::thread::sleep(Duration::from_secs(4));
+    let published = publish_versions(publishes, publish)?;
+    let (started, answers) = clients.stop()?;
+    drop(proxy);
+    drop(scorers);
+    row(label, started, &answers, &published)
+}
+
+/// The open-loop clients: each on its own thread and keep-alive connection, together
+/// sending `rate` requests a second from `started`, each answer recorded.
+struct Clients {
+    started: Instant,
+    answers: Arc<Mutex<Vec<Answer>>>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Clients {
+    /// Starts eight clients posting `body` to `path` at `addr`.
+    fn start(addr: &str, body: &str, path: &str, rate: f64) -> Self {
+        let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = 8;
+        let started = Instant::now();
+        let workers: Vec<_> = (0..clients)
+            .map(|c| {
+                let client = Client {
+                    first: c as u64,
+                    clients,
+                    rate,
+                    started,
+                    addr: addr.to_string(),
+                    body: body.to_string(),
+                    path: path.to_string(),
+                    answers: answers.clone(),
+                    stop: stop.clone(),
+                };
+                std::thread::spawn(move || client.run())
+            })
+            .collect();
+        Clients {
+            started,
+            answers,
+            stop,
+            workers,
+        }
+    }
+
+    /// Stops the clients and waits for them; returns when they started and every answer.
+    fn stop(self) -> Result<(Instant, Vec<Answer>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers {
+            worker.join().expect("client thread")?;
+        }
+        let answers = std::mem::take(&mut *self.answers.lock().expect("answers"));
+        Ok((self.started, answers))
+    }
+}
+
+/// One client of [`Clients`]: requests `first`, `first + clients`, ... of the shared
+/// schedule, each sent at its due time (or at once when late).
+struct Client {
+    first: u64,
+    clients: usize,
+    rate: f64,
+    started: Instant,
+    addr: String,
+    body: String,
+    path: String,
+    answers: Arc<Mutex<Vec<Answer>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Client {
+    /// Sends until told to stop, recording each answer's status and model version.
+    fn run(self) -> Result<()> {
+        let mut client = KeepAlive::connect(&self.addr)?;
+        let mut n = self.first;
+        while !self.stop.load(Ordering::Relaxed) {
+            let due = self.started + Duration::from_secs_f64(n as f64 / self.rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let sent = Instant::now();
+            let (status, latency) = client.post(&self.path, &self.body)?;
+            let version = serde_json::from_slice::<serde_json::Value>(client.last_body())
+                .ok()
+                .and_then(|v| v["model_version"].as_str()?.parse().ok())
+                .unwrap_or(0);
+            self.answers.lock().expect("answers").push(Answer {
+                sent,
+                latency,
+                status,
+                version,
+            });
+            n += self.clients as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Publishes versions 2 to `publishes + 1`, one every 3-4 s; returns each version with
+/// when its write started.
+fn publish_versions(
+    publishes: u64,
+    mut publish: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<Vec<(u64, Instant)>> {
     let mut published = Vec::new();
     for v in 2..=publishes + 1 {
         let bytes = version_bytes(v);
@@ -167,27 +237,18 @@ fn measure(
         // Spread the publishes over the phase of the scorers' 1 s check.
         std::thread::sleep(Duration::from_millis(3_000 + v * 370 % 1_000));
     }
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.join().expect("client thread")?;
-    }
-    drop(proxy);
-    drop(scorers);
-    let answers = std::mem::take(&mut *answers.lock().expect("answers"));
+    Ok(published)
+}
+
+/// The table row for `label` from the answers of clients started at `started`.
+fn row(
+    label: &str,
+    started: Instant,
+    answers: &[Answer],
+    published: &[(u64, Instant)],
+) -> Result<String> {
     let failed = answers.iter().filter(|a| a.status != 200).count();
-    let mut delays = Vec::new();
-    for (v, at) in &published {
-        let first = answers
-            .iter()
-            .filter(|a| a.sent >= *at && a.version >= *v)
-            .map(|a| a.sent + a.latency)
-            .min();
-        match first {
-            Some(done) => delays.push(done - *at),
-            None => bail!("{label}: version {v} never answered"),
-        }
-    }
-    delays.sort();
+    let delays = publish_delays(label, answers, published)?;
     let first_publish = published[0].1;
     let mut steady: Vec<Duration> = answers
         .iter()
@@ -215,4 +276,28 @@ fn measure(
         percentile(&swapping, 0.99) / 1e3,
         answers.len(),
     ))
+}
+
+/// Each publish's delay to live, sorted: from its write to the first answer, to a
+/// request sent after the write, that reports that version or a later one. Fails when a
+/// version never answered.
+fn publish_delays(
+    label: &str,
+    answers: &[Answer],
+    published: &[(u64, Instant)],
+) -> Result<Vec<Duration>> {
+    let mut delays = Vec::new();
+    for (v, at) in published {
+        let first = answers
+            .iter()
+            .filter(|a| a.sent >= *at && a.version >= *v)
+            .map(|a| a.sent + a.latency)
+            .min();
+        match first {
+            Some(done) => delays.push(done - *at),
+            None => bail!("{label}: version {v} never answered"),
+        }
+    }
+    delays.sort();
+    Ok(delays)
 }

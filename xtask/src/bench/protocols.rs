@@ -99,6 +99,27 @@ struct Client {
 }
 
 impl Client {
+    /// A client of `model` at `server`, over REST and gRPC.
+    async fn connect(server: &Process, model: &str) -> Self {
+        Client {
+            http: reqwest::Client::new(),
+            grpc: grpc::connect(server.addr()).await,
+            base: server.url.clone(),
+            model: model.to_string(),
+        }
+    }
+
+    /// Warms up: the model loaded and every connection open, by one request of each of
+    /// `bodies` in each encoding.
+    async fn warm(&mut self, bodies: &[&Bodies]) -> Result<()> {
+        for encoding in Encoding::ALL {
+            for body in bodies {
+                self.send(encoding, body).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Sends one request; the time to the whole answer.
     async fn send(&mut self, encoding: Encoding, bodies: &Bodies) -> Result<Duration> {
         let started = Instant::now();
@@ -176,6 +197,20 @@ pub fn run(args: ProtocolsArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    print_batch_header();
+    let mut singles_table = Vec::new();
+    for model in &args.models {
+        let (batch, single) = model_bodies(model, args.rows)?;
+        let servers = [&*proxy as &Process, &*scorer as &Process];
+        singles_table
+            .extend(runtime.block_on(measure_model(&args, model, servers, &batch, &single))?);
+    }
+    print_singles(&singles_table);
+    Ok(())
+}
+
+/// Prints the set-up and the batch table's header.
+fn print_batch_header() {
     println!(
         "Through the proxy to one scorer, release builds; proxy, scorer and this client share \
          the machine's 2 vCPUs. One request at a time on one connection."
@@ -185,92 +220,106 @@ pub fn run(args: ProtocolsArgs) -> Result<()> {
         "| model | encoding | rows/request | requests | rows/s | p50 ms | p99 ms | proxy CPU ns/row | scorer CPU ns/row | request bytes |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    let mut singles_table = Vec::new();
-    for model in &args.models {
-        let reference = reference(model);
-        let input = &reference["inputs"][0];
-        let features = input["shape"][1].as_u64().context("input shape")? as usize;
-        let input_name = input["name"].as_str().context("input name")?;
-        let output_name = reference["outputs"][0]["name"].as_str().context("output")?;
-        let batch = bodies(
-            model,
-            input_name,
-            output_name,
-            &generated_rows(features, args.rows, 7),
-        );
-        let single = bodies(
-            model,
-            input_name,
-            output_name,
-            &generated_rows(features, 1, 8),
-        );
-        runtime.block_on(async {
-            let mut client = Client {
-                http: reqwest::Client::new(),
-                grpc: grpc::connect(proxy.addr()).await,
-                base: proxy.url.clone(),
-                model: model.clone(),
-            };
-            // Warm: the model is loaded and every connection open.
-            for encoding in Encoding::ALL {
-                client.send(encoding, &single).await?;
-                client.send(encoding, &batch).await?;
-            }
-            let processes = [&*proxy as &Process, &*scorer as &Process];
-            let tallies =
-                measure(&mut client, &batch, args.batches, args.rounds, processes).await?;
-            for (encoding, tally) in Encoding::ALL.into_iter().zip(&tallies) {
-                let rows = (tally.times.len() * args.rows) as f64;
-                let bytes = match encoding {
-                    Encoding::Json => batch.json.len(),
-                    Encoding::Binary => batch.binary.len(),
-                    Encoding::Grpc => prost::Message::encoded_len(&batch.grpc),
-                };
-                println!(
-                    "| {model} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {bytes} |",
-                    encoding.label(),
-                    args.rows,
-                    tally.times.len(),
-                    rows / tally.wall.as_secs_f64(),
-                    median(tally.times.clone()).as_secs_f64() * 1e3,
-                    percentile(&tally.times, 0.99) / 1e3,
-                    tally.proxy_cpu * 1e9 / rows,
-                    tally.scorer_cpu * 1e9 / rows,
-                );
-            }
-            let mut direct = Client {
-                http: reqwest::Client::new(),
-                grpc: grpc::connect(scorer.addr()).await,
-                base: scorer.url.clone(),
-                model: model.clone(),
-            };
-            for encoding in Encoding::ALL {
-                direct.send(encoding, &single).await?;
-            }
-            for (path, client) in [("proxy", &mut client), ("direct", &mut direct)] {
-                let tallies =
-                    measure(client, &single, args.singles, args.rounds, processes).await?;
-                for (encoding, tally) in Encoding::ALL.into_iter().zip(&tallies) {
-                    let n = tally.times.len() as f64;
-                    singles_table.push(format!(
-                        "| {model} | {path} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {:.1} |",
-                        encoding.label(),
-                        tally.times.len(),
-                        percentile(&tally.times, 0.5),
-                        percentile(&tally.times, 0.99),
-                        n / tally.wall.as_secs_f64(),
-                        if path == "proxy" {
-                            format!("{:.1}", tally.proxy_cpu * 1e6 / n)
-                        } else {
-                            "-".to_string()
-                        },
-                        tally.scorer_cpu * 1e6 / n,
-                    ));
-                }
-            }
-            anyhow::Ok(())
-        })?;
+}
+
+/// The batch request of `rows` rows and the single-row request for `model`, shaped as
+/// its reference says.
+fn model_bodies(model: &str, rows: usize) -> Result<(Bodies, Bodies)> {
+    let reference = reference(model);
+    let input = &reference["inputs"][0];
+    let features = input["shape"][1].as_u64().context("input shape")? as usize;
+    let input_name = input["name"].as_str().context("input name")?;
+    let output_name = reference["outputs"][0]["name"].as_str().context("output")?;
+    let batch = bodies(
+        model,
+        input_name,
+        output_name,
+        &generated_rows(features, rows, 7),
+    );
+    let single = bodies(
+        model,
+        input_name,
+        output_name,
+        &generated_rows(features, 1, 8),
+    );
+    Ok((batch, single))
+}
+
+/// One model: batches through the proxy (their rows printed at once), then single rows
+/// through the proxy and straight to the scorer; returns the single-row rows, printed
+/// after every model. `servers`: the proxy, then the scorer.
+async fn measure_model(
+    args: &ProtocolsArgs,
+    model: &str,
+    servers: [&Process; 2],
+    batch: &Bodies,
+    single: &Bodies,
+) -> Result<Vec<String>> {
+    let mut client = Client::connect(servers[0], model).await;
+    client.warm(&[single, batch]).await?;
+    let tallies = measure(&mut client, batch, args.batches, args.rounds, servers).await?;
+    print_batch_rows(model, args.rows, batch, &tallies);
+    let mut direct = Client::connect(servers[1], model).await;
+    direct.warm(&[single]).await?;
+    let mut rows = Vec::new();
+    for (path, client) in [("proxy", &mut client), ("direct", &mut direct)] {
+        let tallies = measure(client, single, args.singles, args.rounds, servers).await?;
+        rows.extend(singles_rows(model, path, &tallies));
     }
+    Ok(rows)
+}
+
+/// Prints the batch table's row of each encoding.
+fn print_batch_rows(model: &str, rows_per_request: usize, batch: &Bodies, tallies: &[Tally; 3]) {
+    for (encoding, tally) in Encoding::ALL.into_iter().zip(tallies) {
+        let rows = (tally.times.len() * rows_per_request) as f64;
+        let bytes = match encoding {
+            Encoding::Json => batch.json.len(),
+            Encoding::Binary => batch.binary.len(),
+            Encoding::Grpc => prost::Message::encoded_len(&batch.grpc),
+        };
+        println!(
+            "| {model} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {bytes} |",
+            encoding.label(),
+            rows_per_request,
+            tally.times.len(),
+            rows / tally.wall.as_secs_f64(),
+            median(tally.times.clone()).as_secs_f64() * 1e3,
+            percentile(&tally.times, 0.99) / 1e3,
+            tally.proxy_cpu * 1e9 / rows,
+            tally.scorer_cpu * 1e9 / rows,
+        );
+    }
+}
+
+/// The single-row table's row of each encoding on `path` (`proxy` or `direct`; the
+/// proxy's CPU only counts through it).
+fn singles_rows(model: &str, path: &str, tallies: &[Tally; 3]) -> Vec<String> {
+    Encoding::ALL
+        .into_iter()
+        .zip(tallies)
+        .map(|(encoding, tally)| {
+            let n = tally.times.len() as f64;
+            format!(
+                "| {model} | {path} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {:.1} |",
+                encoding.label(),
+                tally.times.len(),
+                percentile(&tally.times, 0.5),
+                percentile(&tally.times, 0.99),
+                n / tally.wall.as_secs_f64(),
+                if path == "proxy" {
+                    format!("{:.1}", tally.proxy_cpu * 1e6 / n)
+                } else {
+                    "-".to_string()
+                },
+                tally.scorer_cpu * 1e6 / n,
+            )
+        })
+        .collect()
+}
+
+/// Prints the single-row table, every model's rows.
+fn print_singles(rows: &[String]) {
     println!();
     println!("Single-row hot hits, same run, through the proxy and straight to the scorer:");
     println!();
@@ -278,8 +327,7 @@ pub fn run(args: ProtocolsArgs) -> Result<()> {
         "| model | path | encoding | requests | p50 µs | p99 µs | req/s | proxy CPU µs/req | scorer CPU µs/req |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    for row in singles_table {
+    for row in rows {
         println!("{row}");
     }
-    Ok(())
 }

@@ -122,13 +122,18 @@ impl Process {
 
     /// Polls `/v2/health/ready` until `ready` accepts its answer (status, body) and the
     /// answer is this process's own; panics with the log if the process exits or `timeout`
-    /// passes first.
+    /// passes first (with what `explain` says then).
     ///
     /// Another process that holds the port (a port taken before this one bound it) answers
     /// just as well, so an answer counts only while this process listens on the port
     /// itself; the other one's keeps the wait going until this process fails to bind and
     /// exits, and the panic shows why.
-    fn wait_until(&mut self, timeout: Duration, ready: impl Fn(u16, &str) -> bool) {
+    fn wait_until(
+        &mut self,
+        timeout: Duration,
+        ready: impl Fn(u16, &str) -> bool,
+        explain: impl Fn() -> String,
+    ) {
         let started = Instant::now();
         let url = format!("{}/v2/health/ready", self.url);
         let mut last = None;
@@ -146,9 +151,10 @@ impl Process {
             }
             assert!(
                 started.elapsed() < timeout,
-                "{} not ready after {timeout:?} (last answer: {}):\n{}",
+                "{} not ready after {timeout:?} (last answer: {}){}:\n{}",
                 self.url,
                 last.as_deref().unwrap_or("none"),
+                explain(),
                 self.logs()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -350,7 +356,8 @@ impl ScorerProcess {
     }
 
     pub fn wait_ready(&mut self, timeout: Duration) {
-        self.0.wait_until(timeout, |status, _| status == 200);
+        self.0
+            .wait_until(timeout, |status, _| status == 200, String::new);
     }
 }
 
@@ -394,13 +401,29 @@ impl ProxyProcess {
         // Ready means every scorer passed the proxy's health check: a test that starts
         // while one is still unchecked would see its models routed elsewhere.
         let expected = scorers.len() as u64;
-        proxy.0.wait_until(READY_TIMEOUT, |status, body| {
-            status == 200
-                && serde_json::from_str::<Value>(body)
-                    .ok()
-                    .and_then(|v| v["healthy_scorers"].as_u64())
-                    == Some(expected)
-        });
+        // Should one never pass: how each answers the test itself.
+        let scorers_now = || {
+            let answers: Vec<String> = scorers
+                .iter()
+                .map(|scorer| {
+                    let answer = http::poll(&format!("http://{scorer}/v2/health/ready"))
+                        .map_or("no answer".to_string(), |(status, _)| status.to_string());
+                    format!("{scorer} {answer}")
+                })
+                .collect();
+            format!("; its scorers' readiness now: {}", answers.join(", "))
+        };
+        proxy.0.wait_until(
+            READY_TIMEOUT,
+            |status, body| {
+                status == 200
+                    && serde_json::from_str::<Value>(body)
+                        .ok()
+                        .and_then(|v| v["healthy_scorers"].as_u64())
+                        == Some(expected)
+            },
+            scorers_now,
+        );
         proxy
     }
 }

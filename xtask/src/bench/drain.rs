@@ -16,6 +16,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use manymodels_policy::trace::{self as policy_trace, Shape, TraceSpec};
 
+use manymodels_tests::{ProxyProcess, ScorerProcess};
+
 use super::replay::{Entry, ensure_store, manifest};
 use super::{Job, Sent, drive, drive_each, percentile};
 
@@ -79,10 +81,51 @@ fn summary(sent: &[&Sent]) -> (Vec<Duration>, usize) {
     (latencies, failed)
 }
 
+/// One round: a fresh pool with the hand-off on or off, filled, then the open loop with
+/// scorer 0 leaving part-way; what the requests after its SIGTERM saw.
 fn round(args: &DrainArgs, handoff: bool, trace: &[u32], entries: &[Entry]) -> Result<Round> {
     let budget = manymodels_config::parse_bytes(&args.budget)
         .map_err(anyhow::Error::msg)?
         .bytes();
+    let (mut scorers, proxy) = start_pool(args, handoff)?;
+    let idle: Vec<u64> = scorers.iter().map(|s| s.rss_bytes()).collect();
+    fill(args, &proxy, trace, entries)?;
+    let measured = (args.rate * args.seconds as f64) as usize;
+    let jobs: Vec<&Entry> = trace
+        .iter()
+        .skip(args.fill_requests)
+        .take(measured)
+        .map(|&m| &entries[m as usize])
+        .collect();
+    let (sent, at_drain) = open_loop_with_drain(args, &proxy, &scorers[0], &jobs)?;
+    let status = scorers[0]
+        .wait_exit(Duration::from_secs(60))
+        .context("scorer 0 did not exit within 60 s of its SIGTERM")?;
+    if !status.success() {
+        bail!("scorer 0 exited with {status}");
+    }
+    let metrics = proxy.metrics_blocking();
+    let drain_at = Duration::from_secs(args.drain_at);
+    let (before, after): (Vec<&Sent>, Vec<&Sent>) =
+        sent.iter().partition(|s| due(args, s.job) < drain_at);
+    let survivors = scorers[1..]
+        .iter()
+        .zip(&idle[1..])
+        .map(|(s, idle)| (s.peak_rss_bytes(), super::rss_bound(*idle, budget)))
+        .collect();
+    Ok(Round {
+        handoff,
+        before: summary(&before).0,
+        after: summary(&after),
+        survivors,
+        misses_after: metrics.get("mm_proxy_scorer_cache_misses_total") - at_drain.misses,
+        drain_routes: metrics.get("mm_proxy_drain_routes_total") - at_drain.routes,
+        exited_after: at_drain.exited_after,
+    })
+}
+
+/// Three scorers (with `--budget` and `--drain`) and a proxy with the hand-off on or off.
+fn start_pool(args: &DrainArgs, handoff: bool) -> Result<(Vec<ScorerProcess>, ProxyProcess)> {
     let ports = [18_041u16, 18_042, 18_043];
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let sets = [
@@ -90,14 +133,18 @@ fn round(args: &DrainArgs, handoff: bool, trace: &[u32], entries: &[Entry]) -> R
         format!("shutdown.drain={}", args.drain),
     ];
     let set_refs: Vec<&str> = sets.iter().map(String::as_str).collect();
-    let mut scorers = ports
+    let scorers = ports
         .iter()
         .map(|&p| super::scorer(&args.store, p, &set_refs))
         .collect::<Result<Vec<_>>>()?;
     let handoff_set = format!("routing.drain_handoff={handoff}");
     let proxy = super::proxy(18_040, &addrs, &[&handoff_set])?;
-    let idle: Vec<u64> = scorers.iter().map(|s| s.rss_bytes()).collect();
-    // Fill: the trace's head, closed loop, as fast as answers come.
+    Ok((scorers, proxy))
+}
+
+/// Fill: the trace's head, closed loop, as fast as answers come; fails if any request
+/// did.
+fn fill(args: &DrainArgs, proxy: &ProxyProcess, trace: &[u32], entries: &[Entry]) -> Result<()> {
     let filled = drive(
         proxy.addr(),
         8,
@@ -114,38 +161,37 @@ fn round(args: &DrainArgs, handoff: bool, trace: &[u32], entries: &[Entry]) -> R
             })
         },
     )?;
-    let measured = (args.rate * args.seconds as f64) as usize;
     if filled.failed > 0 {
         bail!("{} requests failed while filling the pool", filled.failed);
     }
-    let jobs: Vec<&Entry> = trace
-        .iter()
-        .skip(args.fill_requests)
-        .take(measured)
-        .map(|&m| &entries[m as usize])
-        .collect();
-    let due = |job: usize| Duration::from_secs_f64(job as f64 / args.rate);
+    Ok(())
+}
+
+/// When open-loop job `job` is due, from the start of the open loop.
+fn due(args: &DrainArgs, job: usize) -> Duration {
+    Duration::from_secs_f64(job as f64 / args.rate)
+}
+
+/// The proxy's counters at scorer 0's SIGTERM, and how long it took to stop listening.
+struct AtDrain {
+    misses: f64,
+    routes: f64,
+    exited_after: Duration,
+}
+
+/// The open loop over `jobs` with `departing` sent SIGTERM `--drain-at` into it: every
+/// request sent, and the proxy's counters at the SIGTERM.
+fn open_loop_with_drain(
+    args: &DrainArgs,
+    proxy: &ProxyProcess,
+    departing: &ScorerProcess,
+    jobs: &[&Entry],
+) -> Result<(Vec<Sent>, AtDrain)> {
     let drain_at = Duration::from_secs(args.drain_at);
-    // The proxy's counters at the SIGTERM, and how long scorer 0 took to stop listening.
     let at_drain = Mutex::new(None);
-    let departing = &scorers[0];
     let (sent, _) = std::thread::scope(|scope| {
         scope.spawn(|| {
-            std::thread::sleep(drain_at);
-            let metrics = proxy.metrics_blocking();
-            let counters = (
-                metrics.get("mm_proxy_scorer_cache_misses_total"),
-                metrics.get("mm_proxy_drain_routes_total"),
-            );
-            departing.send_term();
-            // Its drain, then its in-flight requests.
-            let sent = Instant::now();
-            while sent.elapsed() < Duration::from_secs(60)
-                && std::net::TcpStream::connect(departing.addr()).is_ok()
-            {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            *at_drain.lock().unwrap() = Some((counters.0, counters.1, sent.elapsed()));
+            *at_drain.lock().unwrap() = Some(terminate_and_watch(proxy, departing, drain_at));
         });
         // Open loop: job i is due i / rate after the start, whoever is free sends it.
         drive_each(
@@ -157,38 +203,44 @@ fn round(args: &DrainArgs, handoff: bool, trace: &[u32], entries: &[Entry]) -> R
                 Some(Job {
                     path: format!("/v2/models/{}/infer", entry.id),
                     body: &entry.body,
-                    due: Some(due(i)),
+                    due: Some(due(args, i)),
                 })
             },
         )
     })?;
-    let (misses_before, routes_before, exited_after) = at_drain
+    let at_drain = at_drain
         .into_inner()
         .unwrap()
         .context("the open loop ended before the SIGTERM")?;
-    let status = scorers[0]
-        .wait_exit(Duration::from_secs(60))
-        .context("scorer 0 did not exit within 60 s of its SIGTERM")?;
-    if !status.success() {
-        bail!("scorer 0 exited with {status}");
-    }
+    Ok((sent, at_drain))
+}
+
+/// After `drain_at`: reads the proxy's counters, sends `departing` SIGTERM and waits (at
+/// most 60 s) until it refuses connections.
+fn terminate_and_watch(
+    proxy: &ProxyProcess,
+    departing: &ScorerProcess,
+    drain_at: Duration,
+) -> AtDrain {
+    std::thread::sleep(drain_at);
     let metrics = proxy.metrics_blocking();
-    let (before, after): (Vec<&Sent>, Vec<&Sent>) =
-        sent.iter().partition(|s| due(s.job) < drain_at);
-    let survivors = scorers[1..]
-        .iter()
-        .zip(&idle[1..])
-        .map(|(s, idle)| (s.peak_rss_bytes(), super::rss_bound(*idle, budget)))
-        .collect();
-    Ok(Round {
-        handoff,
-        before: summary(&before).0,
-        after: summary(&after),
-        survivors,
-        misses_after: metrics.get("mm_proxy_scorer_cache_misses_total") - misses_before,
-        drain_routes: metrics.get("mm_proxy_drain_routes_total") - routes_before,
-        exited_after,
-    })
+    let counters = (
+        metrics.get("mm_proxy_scorer_cache_misses_total"),
+        metrics.get("mm_proxy_drain_routes_total"),
+    );
+    departing.send_term();
+    // Its drain, then its in-flight requests.
+    let sent = Instant::now();
+    while sent.elapsed() < Duration::from_secs(60)
+        && std::net::TcpStream::connect(departing.addr()).is_ok()
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    AtDrain {
+        misses: counters.0,
+        routes: counters.1,
+        exited_after: sent.elapsed(),
+    }
 }
 
 pub fn run(args: DrainArgs) -> Result<()> {

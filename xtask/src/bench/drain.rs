@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use manymodels_policy::trace::{self as policy_trace, Shape, TraceSpec};
-
 use manymodels_tests::{ProxyProcess, ScorerProcess};
 
 use super::replay::{Entry, ensure_store, manifest};

@@ -176,6 +176,31 @@ fn replay_live(
     })
 }
 
+impl Live {
+    /// The pool's hit ratio.
+    fn hit_ratio(&self) -> f64 {
+        self.hits / (self.hits + self.misses).max(1.0)
+    }
+
+    /// Prints the table's live row; the rate is of the trace's `requests`.
+    fn print_row(&self, requests: usize) {
+        let (elapsed, latencies) = (self.outcome.elapsed, &self.outcome.latencies);
+        println!(
+            "| live (proxy + 3 scorers) | {:.3} | {} | {} ({}) | {} | {} | {:.0} | {:.2} ms | {:.2} ms | {} |",
+            self.hit_ratio(),
+            self.loads,
+            self.warmups,
+            self.proxy_warms,
+            self.not_admitted,
+            self.displaced,
+            requests as f64 / elapsed.as_secs_f64(),
+            percentile(latencies, 0.5) / 1e3,
+            percentile(latencies, 0.99) / 1e3,
+            self.outcome.failed,
+        );
+    }
+}
+
 /// Prints the run's description, the live pool beside the simulator's two policies, and
 /// how far apart live and simulated are.
 fn print_report(
@@ -195,18 +220,7 @@ fn print_report(
         seed,
         ..
     } = *args;
-    let Live {
-        ref outcome,
-        hits,
-        misses,
-        loads,
-        warmups,
-        proxy_warms,
-        not_admitted,
-        displaced,
-    } = *live;
-    let (elapsed, latencies) = (outcome.elapsed, &outcome.latencies);
-    let live_hit = hits / (hits + misses).max(1.0);
+    let live_hit = live.hit_ratio();
     println!(
         "trace: {shape}, {models} models, {requests} requests at {rate} req/s, seed {seed}; {concurrency} clients; budget per scorer {:.0} MB ({budget_fraction} of all models' memory over 3 scorers)",
         budget as f64 / 1e6
@@ -215,13 +229,7 @@ fn print_report(
         "| | pool hit ratio | loads | warm-up loads (proxy-asked) | not admitted | displaced | req/s | p50 | p99 | failed |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    println!(
-        "| live (proxy + 3 scorers) | {live_hit:.3} | {loads} | {warmups} ({proxy_warms}) | {not_admitted} | {displaced} | {:.0} | {:.2} ms | {:.2} ms | {} |",
-        requests as f64 / elapsed.as_secs_f64(),
-        percentile(latencies, 0.5) / 1e3,
-        percentile(latencies, 0.99) / 1e3,
-        outcome.failed,
-    );
+    live.print_row(requests);
     println!(
         "| simulator, scorer policy | {:.3} | {} | | | | | | | |",
         simulated.hit_ratio(),
@@ -235,6 +243,6 @@ fn print_report(
     println!(
         "live − simulated hit ratio: {:+.1} points; live loads − (simulated + warm-ups): {:+.0}",
         100.0 * (live_hit - simulated.hit_ratio()),
-        loads - (simulated.misses as f64 + warmups)
+        live.loads - (simulated.misses as f64 + live.warmups)
     );
 }

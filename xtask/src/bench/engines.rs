@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use manymodels_config::scorer::NativeEngine;
-use manymodels_engine::{self as engine, Engines, LoadedModel};
 use manymodels_contract::ModelId;
+use manymodels_engine::{self as engine, Engines, LoadedModel};
 use manymodels_tests::alloc::peak_heap;
 use manymodels_tests::process::status_bytes;
 use serde_json::Value;

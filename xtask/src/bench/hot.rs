@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use manymodels_config::scorer::NativeEngine;
-use manymodels_engine::{self as runtime, Engines};
 use manymodels_contract::ModelId;
+use manymodels_engine::{self as runtime, Engines};
 use manymodels_tests::http::post_ok;
 use manymodels_tests::reference::{demo_reference, one_row_body};
 

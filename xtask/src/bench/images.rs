@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use super::engines::{Meta, metas};
 use anyhow::{Context, Result};
 use manymodels_config::scorer::NativeEngine;
-use manymodels_engine::{self as engine, Engines};
 use manymodels_contract::ModelId;
+use manymodels_engine::{self as engine, Engines};
 use manymodels_tests::alloc::peak_heap;
 
 #[derive(clap::Args, Clone, Debug)]

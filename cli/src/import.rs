@@ -7,29 +7,29 @@
 //! Checks load the model (native engine or an ONNX Runtime session, the scorer's own
 //! code), so they are bounded separately (`--check-jobs`, default the machine's cores).
 
+mod check;
+mod progress;
 mod report;
 mod target;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use manymodels_config::scorer::{NativeEngine, ScorerConfig};
-use manymodels_engine::{Engines, LoadedModel};
+use indicatif::ProgressBar;
 use manymodels_store::{self as store, MODEL_FILE};
 use serde::Serialize;
-use tokio::sync::Semaphore;
 
 use crate::client::Client;
 use crate::config::Settings;
+use check::{Checked, Checker};
+use progress::{Progress, progress_bar};
 use report::render;
-use target::{PublishError, Target, model_id};
+use target::{PublishError, Target};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -250,12 +250,6 @@ fn invalid(id: &str, version: Option<u64>, path: &Path, bytes: u64) -> Record {
     }
 }
 
-/// What a check learned about a model it accepted.
-struct Checked {
-    engine: &'static str,
-    weight: u64,
-}
-
 /// Everything a model's import shares.
 struct Shared {
     target: Target,
@@ -264,66 +258,49 @@ struct Shared {
     dry_run: bool,
 }
 
-#[derive(Clone)]
-struct Checker {
-    engines: Engines,
-    config: Arc<ScorerConfig>,
-    permits: Arc<Semaphore>,
-}
-
-impl Checker {
-    /// The scorer's checks of a new version: it loads (the native engine if it covers the
-    /// graph, else an ONNX Runtime session), answers a smoke inference on every output, and
-    /// takes the same inputs as the version it would replace (`old`).
-    async fn check(
-        &self,
-        id: &str,
-        version: u64,
-        bytes: Bytes,
-        old: Option<(u64, Bytes)>,
-    ) -> Result<Checked, String> {
-        let _permit = self.permits.acquire().await.expect("never closed");
-        let (engines, config, id) = (self.engines, self.config.clone(), model_id(id)?);
-        tokio::task::spawn_blocking(move || {
-            let load = |version: u64, bytes: &[u8]| -> Result<LoadedModel, String> {
-                let estimate = config.cache.weigh(bytes.len() as u64);
-                engines.load(id.clone(), version, bytes, estimate)
-            };
-            let old = match old {
-                Some((live, old)) => Some(
-                    load(live, &old)
-                        .map_err(|e| format!("the live version {live} does not load: {e}"))?,
-                ),
-                None => None,
-            };
-            let model = load(version, &bytes)?;
-            model.vet(old.as_ref())?;
-            let checked = Checked {
-                engine: model.engine.as_str(),
-                weight: model.weight,
-            };
-            Ok(checked)
-        })
-        .await
-        .map_err(|e| format!("the check panicked: {e}"))?
-    }
-}
-
-/// Counters the progress bar shows.
-#[derive(Default)]
-struct Progress {
-    done: AtomicU64,
-    refused: AtomicU64,
-    failed: AtomicU64,
-    skipped: AtomicU64,
-}
-
+/// Imports the source into the destination and reports; `Ok(true)` if every file went in
+/// or was there already, `Ok(false)` if any was refused or failed.
 pub async fn run(settings: &Settings, args: Args) -> anyhow::Result<bool> {
     if args.jobs == 0 || args.check_jobs == Some(0) {
         bail!("--jobs and --check-jobs must be at least 1");
     }
     let source = scan(&args.src, args.prefix.as_deref())?;
-    let target = match args.to {
+    let target = open_target(settings, args.to)?;
+    let checker = if args.no_check {
+        None
+    } else {
+        Some(Checker::new(args.onnxruntime.as_deref(), args.check_jobs)?)
+    };
+    let total_bytes: u64 = source.models.values().flatten().map(|i| i.bytes).sum();
+    let bar = progress_bar(settings.json || args.no_progress, total_bytes);
+    let context = Arc::new(Shared {
+        target,
+        checker,
+        dry_run: args.dry_run,
+    });
+    let started = Instant::now();
+    let models = source.models.len();
+    let mut records = import_models(&context, source.models, args.jobs, &bar).await;
+    bar.finish_and_clear();
+    records.extend(source.invalid);
+    records.sort_by(|a, b| (&a.model, a.version).cmp(&(&b.model, b.version)));
+    let summary = Summary::new(
+        &args,
+        context.target.describe(),
+        models,
+        &records,
+        source.ignored,
+        started,
+    );
+    let all_in = summary.refused == 0 && summary.failed == 0;
+    report(settings, args.report.as_deref(), &summary, &records)?;
+    Ok(all_in)
+}
+
+/// The destination `--to` names: the admin API through the configured proxy, or the
+/// configured store, opened (an error if none is configured).
+fn open_target(settings: &Settings, to: Destination) -> anyhow::Result<Target> {
+    Ok(match to {
         Destination::Api => Target::Api(Client::new(settings)?),
         Destination::Store => {
             let Some(config) = &settings.store else {
@@ -336,130 +313,96 @@ pub async fn run(settings: &Settings, args: Args) -> anyhow::Result<bool> {
             let described = opened.describe();
             Target::Store(opened, described)
         }
-    };
-    let checker = if args.no_check {
-        None
-    } else {
-        let environment = manymodels_engine::environment(args.onnxruntime.as_deref())
-            .map_err(|e| anyhow::anyhow!("{e} (or pass --no-check)"))?;
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Some(Checker {
-            engines: Engines {
-                environment: Some(environment),
-                native: NativeEngine::Auto,
-            },
-            config: Arc::new(ScorerConfig::for_local_store(".")),
-            permits: Arc::new(Semaphore::new(args.check_jobs.unwrap_or(cores))),
-        })
-    };
-    let files: usize = source.models.values().map(Vec::len).sum();
-    let total_bytes: u64 = source.models.values().flatten().map(|i| i.bytes).sum();
-    let bar = progress_bar(settings.json || args.no_progress, total_bytes);
+    })
+}
+
+/// The per-model task loop: up to `jobs` models at once, each model's files in order, each
+/// model counted on the bar as it ends. The records come in the order the models end.
+async fn import_models(
+    context: &Arc<Shared>,
+    models: BTreeMap<String, Vec<Item>>,
+    jobs: usize,
+    bar: &ProgressBar,
+) -> Vec<Record> {
+    let files: usize = models.values().map(Vec::len).sum();
     let progress = Arc::new(Progress::default());
-    let context = Arc::new(Shared {
-        target,
-        checker,
-        dry_run: args.dry_run,
-    });
-    let started = Instant::now();
-    let models = source.models.len();
-    let mut records: Vec<Record> = futures::stream::iter(source.models)
+    futures::stream::iter(models)
         .map(|(id, items)| {
             let (context, progress, bar) = (context.clone(), progress.clone(), bar.clone());
             async move {
                 let records = import_model(&context, &id, items).await;
-                for record in &records {
-                    let counter = match record.outcome {
-                        Outcome::Refused => Some(&progress.refused),
-                        Outcome::Failed => Some(&progress.failed),
-                        Outcome::Skipped => Some(&progress.skipped),
-                        _ => None,
-                    };
-                    if let Some(counter) = counter {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    }
-                    progress.done.fetch_add(1, Ordering::Relaxed);
-                    bar.inc(record.bytes);
-                }
-                bar.set_message(format!(
-                    "{}/{files} files · {} skipped · {} refused · {} failed",
-                    progress.done.load(Ordering::Relaxed),
-                    progress.skipped.load(Ordering::Relaxed),
-                    progress.refused.load(Ordering::Relaxed),
-                    progress.failed.load(Ordering::Relaxed),
-                ));
+                progress.count(&records, &bar, files);
                 records
             }
         })
-        .buffer_unordered(args.jobs)
+        .buffer_unordered(jobs)
         .flat_map(futures::stream::iter)
         .collect()
-        .await;
-    bar.finish_and_clear();
-    records.extend(source.invalid);
-    records.sort_by(|a, b| (&a.model, a.version).cmp(&(&b.model, b.version)));
-    let seconds = started.elapsed().as_secs_f64();
-    let count = |o: Outcome| records.iter().filter(|r| r.outcome == o).count();
-    let summary = Summary {
-        source: args.src.display().to_string(),
-        destination: context.target.describe(),
-        dry_run: args.dry_run,
-        models,
-        files: records.len(),
-        published: count(Outcome::Published),
-        would_publish: count(Outcome::WouldPublish),
-        skipped: count(Outcome::Skipped),
-        refused: count(Outcome::Refused),
-        failed: count(Outcome::Failed),
-        bytes: records.iter().map(|r| r.bytes).sum(),
-        published_bytes: records
-            .iter()
-            .filter(|r| r.outcome == Outcome::Published)
-            .map(|r| r.bytes)
-            .sum(),
-        ignored_files: source.ignored,
-        seconds,
-        files_per_second: records.len() as f64 / seconds.max(1e-9),
-    };
-    let all_in = summary.refused == 0 && summary.failed == 0;
-    if let Some(path) = &args.report {
-        let report = serde_json::json!({ "summary": &summary, "models": &records });
+        .await
+}
+
+impl Summary {
+    /// The totals of an import's `records` (sorted, the invalid ones included), timed from
+    /// `started` until now.
+    fn new(
+        args: &Args,
+        destination: String,
+        models: usize,
+        records: &[Record],
+        ignored_files: Vec<String>,
+        started: Instant,
+    ) -> Summary {
+        let seconds = started.elapsed().as_secs_f64();
+        let count = |o: Outcome| records.iter().filter(|r| r.outcome == o).count();
+        Summary {
+            source: args.src.display().to_string(),
+            destination,
+            dry_run: args.dry_run,
+            models,
+            files: records.len(),
+            published: count(Outcome::Published),
+            would_publish: count(Outcome::WouldPublish),
+            skipped: count(Outcome::Skipped),
+            refused: count(Outcome::Refused),
+            failed: count(Outcome::Failed),
+            bytes: records.iter().map(|r| r.bytes).sum(),
+            published_bytes: records
+                .iter()
+                .filter(|r| r.outcome == Outcome::Published)
+                .map(|r| r.bytes)
+                .sum(),
+            ignored_files,
+            seconds,
+            files_per_second: records.len() as f64 / seconds.max(1e-9),
+        }
+    }
+}
+
+/// The final report: as JSON to the `--report` file if one is named, then on stdout (the
+/// same JSON with `--json`, else the text report).
+fn report(
+    settings: &Settings,
+    file: Option<&Path>,
+    summary: &Summary,
+    records: &[Record],
+) -> anyhow::Result<()> {
+    let report = serde_json::json!({ "summary": summary, "models": records });
+    if let Some(path) = file {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("cannot write the report to {}", path.display()))?;
     }
     if settings.json {
-        let report = serde_json::json!({ "summary": &summary, "models": &records });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", render(&summary, &records));
+        print!("{}", render(summary, records));
     }
-    Ok(all_in)
-}
-
-fn progress_bar(hidden: bool, total_bytes: u64) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(
-        Some(total_bytes),
-        if hidden {
-            ProgressDrawTarget::hidden()
-        } else {
-            ProgressDrawTarget::stderr_with_hz(4)
-        },
-    );
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} \
-             {binary_bytes_per_sec} ETA {eta}\n  {msg}",
-        )
-        .expect("a valid template"),
-    );
-    bar.enable_steady_tick(Duration::from_millis(250));
-    bar
+    Ok(())
 }
 
 /// Imports one model's files in order.
 async fn import_model(context: &Shared, id: &str, items: Vec<Item>) -> Vec<Record> {
     let mut records = Vec::with_capacity(items.len());
-    let (mut versions, mut live) = match context.target.existing(id).await {
+    let (versions, live) = match context.target.existing(id).await {
         Ok(existing) => existing,
         Err(why) => {
             return items
@@ -468,9 +411,13 @@ async fn import_model(context: &Shared, id: &str, items: Vec<Item>) -> Vec<Recor
                 .collect();
         }
     };
-    let mut known = Known::default();
+    let mut known = Known {
+        versions,
+        live,
+        ..Known::default()
+    };
     for item in items {
-        records.push(import_one(context, &item, &mut versions, &mut live, &mut known).await);
+        records.push(import_one(context, &item, &mut known).await);
     }
     records
 }
@@ -489,23 +436,52 @@ fn record(item: &Item, version: Option<u64>, outcome: Outcome, detail: String) -
     }
 }
 
-/// What an import has learned about one model's versions: digests read from the
-/// destination, and the bytes of the version it just published (or, in a dry run, would
-/// have), against which the model's next file is checked.
+/// What an import has learned about one model: its versions at the destination
+/// (ascending) and its live one, digests read from the destination, and the bytes of the
+/// version it just published (or, in a dry run, would have), against which the model's
+/// next file is checked.
 #[derive(Default)]
 struct Known {
-    digests: HashMap<u64, String>,
+    versions: Vec<u64>,
+    live: Option<u64>,
+    digests: Digests,
     published: Option<(u64, Bytes)>,
 }
 
-async fn import_one(
-    context: &Shared,
-    item: &Item,
-    versions: &mut Vec<u64>,
-    live: &mut Option<u64>,
-    known: &mut Known,
-) -> Record {
-    let digests = &mut known.digests;
+impl Known {
+    /// Takes in a version this import published (or, in a dry run, would have).
+    fn add(&mut self, version: u64, sha: &str, bytes: Bytes) {
+        if !self.versions.contains(&version) {
+            self.versions.push(version);
+            self.versions.sort_unstable();
+        }
+        self.digests.0.insert(version, sha.to_string());
+        self.live = self.versions.last().copied();
+        if self.live == Some(version) {
+            self.published = Some((version, bytes));
+        }
+    }
+}
+
+/// The sha256 of versions at the destination, by version.
+#[derive(Default)]
+struct Digests(HashMap<u64, String>);
+
+impl Digests {
+    /// A version's sha256, read from the destination only the first time.
+    async fn get(&mut self, target: &Target, id: &str, version: u64) -> Result<String, String> {
+        if let Some(known) = self.0.get(&version) {
+            return Ok(known.clone());
+        }
+        let digest = target.digest(id, version).await?;
+        self.0.insert(version, digest.clone());
+        Ok(digest)
+    }
+}
+
+/// Imports one file: reads and hashes it, then skips, checks and publishes it as
+/// [`place`] says. Every record but an unreadable file's carries the file's sha256.
+async fn import_one(context: &Shared, item: &Item, known: &mut Known) -> Record {
     let bytes = match tokio::fs::read(&item.path).await {
         Ok(bytes) => Bytes::from(bytes),
         Err(e) => return record(item, None, Outcome::Refused, format!("cannot read it: {e}")),
@@ -516,22 +492,50 @@ async fn import_one(
             .await
             .expect("hashing does not panic")
     };
-    let mut digest_of = async |version: u64| -> Result<String, String> {
-        if let Some(known) = digests.get(&version) {
-            return Ok(known.clone());
+    let mut result = place(context, item, known, bytes, &sha)
+        .await
+        .unwrap_or_else(|ended| ended);
+    result.sha256 = Some(sha);
+    result
+}
+
+/// One read file's way in: the version it becomes (or its end, as `Err`, if the
+/// destination has it already), the check, the upload, and the outcome taken into `known`.
+async fn place(
+    context: &Shared,
+    item: &Item,
+    known: &mut Known,
+    bytes: Bytes,
+    sha: &str,
+) -> Result<Record, Record> {
+    let version = version_for(context, item, known, sha).await?;
+    let checked = check(context, item, version, &bytes, known).await?;
+    let mut result = match upload(context, item, version, bytes.clone(), sha).await {
+        Ok(outcome) => {
+            known.add(version, sha, bytes);
+            record(item, Some(version), outcome, String::new())
         }
-        let digest = context.target.digest(&item.id, version).await?;
-        digests.insert(version, digest.clone());
-        Ok(digest)
+        Err((outcome, why)) => record(item, Some(version), outcome, why),
     };
-    let with_sha = |mut r: Record| {
-        r.sha256 = Some(sha.clone());
-        r
-    };
-    // Resume: an identical version already there is skipped.
-    let version = match item.version {
-        Some(v) if versions.contains(&v) => {
-            return with_sha(match digest_of(v).await {
+    if let Some(checked) = checked {
+        result.engine = Some(checked.engine);
+        result.weight_bytes = Some(checked.weight);
+    }
+    Ok(result)
+}
+
+/// The digest check against the existing versions, so an import resumes: an explicit
+/// version already there ends the file (skipped if identical, else refused); a flat file
+/// identical to any version is skipped, and otherwise becomes the version after the last.
+async fn version_for(
+    context: &Shared,
+    item: &Item,
+    known: &mut Known,
+    sha: &str,
+) -> Result<u64, Record> {
+    match item.version {
+        Some(v) if known.versions.contains(&v) => Err(
+            match known.digests.get(&context.target, &item.id, v).await {
                 Ok(d) if d == sha => record(
                     item,
                     Some(v),
@@ -549,14 +553,14 @@ async fn import_one(
                     ),
                 ),
                 Err(why) => record(item, Some(v), Outcome::Failed, why),
-            });
-        }
-        Some(v) => v,
+            },
+        ),
+        Some(v) => Ok(v),
         None => {
-            for &v in versions.iter().rev() {
-                match digest_of(v).await {
+            for &v in known.versions.iter().rev() {
+                match known.digests.get(&context.target, &item.id, v).await {
                     Ok(d) if d == sha => {
-                        return with_sha(record(
+                        return Err(record(
                             item,
                             Some(v),
                             Outcome::Skipped,
@@ -564,74 +568,72 @@ async fn import_one(
                         ));
                     }
                     Ok(_) => {}
-                    Err(why) => return with_sha(record(item, None, Outcome::Failed, why)),
+                    Err(why) => return Err(record(item, None, Outcome::Failed, why)),
                 }
             }
-            versions.last().map_or(1, |v| v + 1)
-        }
-    };
-    let mut checked = None;
-    if let Some(checker) = &context.checker {
-        let old = match *live {
-            Some(live) if known.published.as_ref().is_some_and(|p| p.0 == live) => {
-                known.published.clone()
-            }
-            Some(live) => match context.target.read(&item.id, live).await {
-                Ok(old) => old.map(|old| (live, old)),
-                Err(why) => return with_sha(record(item, Some(version), Outcome::Failed, why)),
-            },
-            None => None,
-        };
-        match checker.check(&item.id, version, bytes.clone(), old).await {
-            Ok(c) => checked = Some(c),
-            Err(why) => return with_sha(record(item, Some(version), Outcome::Refused, why)),
+            Ok(known.versions.last().map_or(1, |v| v + 1))
         }
     }
-    let outcome = if context.dry_run {
-        Ok(Outcome::WouldPublish)
-    } else {
-        match context
-            .target
-            .publish(&item.id, version, bytes.clone())
-            .await
-        {
-            Ok(()) => Ok(Outcome::Published),
-            // Someone published this version meanwhile: the same file is a resume.
-            Err(PublishError::Conflict) => match context.target.digest(&item.id, version).await {
-                Ok(d) if d == sha => Err((
-                    Outcome::Skipped,
-                    "already in the store (written meanwhile)".to_string(),
-                )),
-                Ok(_) => Err((
-                    Outcome::Refused,
-                    format!("version {version} was written meanwhile with other content"),
-                )),
-                Err(why) => Err((Outcome::Failed, why)),
-            },
-            Err(PublishError::Refused(why)) => Err((Outcome::Refused, why)),
-            Err(PublishError::Failed(why)) => Err((Outcome::Failed, why)),
-        }
+}
+
+/// The local check (`None` with `--no-check`) against the live version: the bytes this
+/// import just published if they are live, else as read from the destination.
+async fn check(
+    context: &Shared,
+    item: &Item,
+    version: u64,
+    bytes: &Bytes,
+    known: &Known,
+) -> Result<Option<Checked>, Record> {
+    let Some(checker) = &context.checker else {
+        return Ok(None);
     };
-    let mut result = match outcome {
-        Ok(outcome) => {
-            if !versions.contains(&version) {
-                versions.push(version);
-                versions.sort_unstable();
-            }
-            known.digests.insert(version, sha.clone());
-            *live = versions.last().copied();
-            if *live == Some(version) {
-                known.published = Some((version, bytes));
-            }
-            record(item, Some(version), outcome, String::new())
+    let old = match known.live {
+        Some(live) if known.published.as_ref().is_some_and(|p| p.0 == live) => {
+            known.published.clone()
         }
-        Err((outcome, why)) => record(item, Some(version), outcome, why),
+        Some(live) => match context.target.read(&item.id, live).await {
+            Ok(old) => old.map(|old| (live, old)),
+            Err(why) => return Err(record(item, Some(version), Outcome::Failed, why)),
+        },
+        None => None,
     };
-    if let Some(checked) = checked {
-        result.engine = Some(checked.engine);
-        result.weight_bytes = Some(checked.weight);
+    match checker.check(&item.id, version, bytes.clone(), old).await {
+        Ok(c) => Ok(Some(c)),
+        Err(why) => Err(record(item, Some(version), Outcome::Refused, why)),
     }
-    with_sha(result)
+}
+
+/// The upload (each call to the destination tried again on a transient failure, see
+/// [`Target`]; nothing in a dry run). A conflict is a resume if the version written
+/// meanwhile is this file. `Err` is the outcome other than published, and why.
+async fn upload(
+    context: &Shared,
+    item: &Item,
+    version: u64,
+    bytes: Bytes,
+    sha: &str,
+) -> Result<Outcome, (Outcome, String)> {
+    if context.dry_run {
+        return Ok(Outcome::WouldPublish);
+    }
+    match context.target.publish(&item.id, version, bytes).await {
+        Ok(()) => Ok(Outcome::Published),
+        // Someone published this version meanwhile: the same file is a resume.
+        Err(PublishError::Conflict) => match context.target.digest(&item.id, version).await {
+            Ok(d) if d == sha => Err((
+                Outcome::Skipped,
+                "already in the store (written meanwhile)".to_string(),
+            )),
+            Ok(_) => Err((
+                Outcome::Refused,
+                format!("version {version} was written meanwhile with other content"),
+            )),
+            Err(why) => Err((Outcome::Failed, why)),
+        },
+        Err(PublishError::Refused(why)) => Err((Outcome::Refused, why)),
+        Err(PublishError::Failed(why)) => Err((Outcome::Failed, why)),
+    }
 }
 
 #[cfg(test)]

@@ -280,7 +280,7 @@ mod tests {
     }
 
     /// The screen shows every part of the view it was given (the real terminal is tested
-    /// in tests/tests/cli.rs through tmux).
+    /// in tests/tests/it/cli/mod.rs through tmux).
     #[test]
     fn the_screen_shows_the_view() {
         let view: PoolView = serde_json::from_value(json!({

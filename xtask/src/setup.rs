@@ -192,7 +192,7 @@ pub fn python_test_deps() -> Result<()> {
     if !python_has("import onnx, onnxruntime") {
         pip_install(&["-c", "models/requirements.txt", "onnx", "onnxruntime"])?;
     }
-    // models/convert/convert.py and its test (tests/tests/convert.rs) need the converters
+    // models/convert/convert.py and its test (tests/tests/it/convert.rs) need the converters
     // and the libraries whose models they convert, at the versions the recipes state.
     if !python_has("import sklearn, skl2onnx, onnxmltools, lightgbm, xgboost, joblib") {
         pip_install(&[

@@ -48,7 +48,7 @@ async fn model_metadata_describes_inputs_and_outputs() {
 
 /// Metadata and readiness look the model up (and metadata loads it), so they take the
 /// request's deadline like infer: a malformed `x-mm-timeout-ms` is a 400, a generous one
-/// changes nothing. (Past it they answer 504: `tests/tests/reliability.rs`, with a frozen
+/// changes nothing. (Past it they answer 504: `tests/tests/it/reliability.rs`, with a frozen
 /// store.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_and_readiness_take_the_request_deadline() {

@@ -108,6 +108,9 @@ async fn load_cost_is_cpu_time_not_wall_time_under_contention() {
     for _ in 0..3 {
         alone.push(load(client.clone(), scorer.url.clone()).await);
     }
+    // Contention is the machine's to give: with other work on the cores (a parallel test
+    // run), one load may not be slowed by the spinners. Up to four loads are tried; the
+    // first one the spinners slowed is the one judged.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let spinners: Vec<_> = (0..4)
         .map(|_| {
@@ -120,17 +123,25 @@ async fn load_cost_is_cpu_time_not_wall_time_under_contention() {
             })
         })
         .collect();
-    let (busy_cost, busy_wall) = load(client.clone(), scorer.url.clone()).await;
+    let mut busy = Vec::new();
+    for _ in 0..4 {
+        let (cost, wall) = load(client.clone(), scorer.url.clone()).await;
+        busy.push((cost, wall));
+        if wall > 1.5 * cost {
+            break;
+        }
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for spinner in spinners {
         spinner.join().unwrap();
     }
+    let (busy_cost, busy_wall) = *busy.last().expect("at least one load");
     let cost = alone.iter().map(|a| a.0).fold(f64::MAX, f64::min);
     let cost_max = alone.iter().map(|a| a.0).fold(0.0, f64::max);
-    eprintln!("alone (cost, wall): {alone:?}; busy: cost {busy_cost:.4} wall {busy_wall:.4}");
+    eprintln!("alone (cost, wall): {alone:?}; busy: {busy:?}");
     assert!(
         busy_wall > 1.5 * busy_cost,
-        "the spinners should have slowed the load: wall {busy_wall:.4}, cost {busy_cost:.4}"
+        "the spinners should have slowed one of the loads: {busy:?} (cost, wall)"
     );
     assert!(
         busy_cost < 2.0 * cost_max + 0.005,

@@ -7,6 +7,9 @@
 use manymodels_boot::{Registry, exponential_buckets};
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
+/// The `arm` label's values of `mm_scorer_canary_requests_total`, both registered up front.
+pub const CANARY_ARMS: [&str; 2] = ["stable", "canary"];
+
 pub struct Metrics {
     registry: Registry,
     /// By `route` (the label `http::finish` and `grpc::Front::finish` are given: `infer`,
@@ -145,7 +148,7 @@ impl Metrics {
                     "Inference requests naming no version of models with a canary, by the arm they went to (stable: the live version; canary).",
                     &["arm"],
                 );
-                ["stable", "canary"].map(|arm| arms.with_label_values(&[arm]))
+                CANARY_ARMS.map(|arm| arms.with_label_values(&[arm]))
             },
             load_failures: registry.counter(
                 "mm_scorer_model_load_failures_total",

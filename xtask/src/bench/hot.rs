@@ -15,40 +15,47 @@ use manymodels_tests::reference::{demo_reference, one_row_body};
 use super::{one_row_tensors, percentile, wrk};
 use crate::setup;
 
-/// The scorer's own time for a hot hit, without sockets: the whole axum router (body
-/// read, JSON parse, cache look-up, ONNX Runtime on a blocking thread, JSON response)
-/// called in-process, `requests` times in a row.
+/// The scorer's own time for a hot hit, without sockets: the whole axum router called
+/// in-process `requests` times in a row, by the scorer's `in_process_handler` example (so
+/// xtask does not link the scorer).
 fn in_process(id: &str, body: &str, requests: usize, sets: &[String]) -> Result<Vec<Duration>> {
-    use tower::ServiceExt;
-    let mut all = vec!["store.path=models/demo".to_string()];
+    setup::cargo(&[
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "manymodels-scorer",
+        "--example",
+        "in_process_handler",
+    ])?;
+    let root = setup::workspace_root();
+    let body_file = std::env::temp_dir().join(format!("mm-bench-hot-{}.json", std::process::id()));
+    std::fs::write(&body_file, body)?;
+    let mut all = vec![
+        "store.path=models/demo".to_string(),
+        format!("onnxruntime.library={}", setup::onnxruntime()?.display()),
+    ];
     all.extend(sets.iter().cloned());
-    let mut config = manymodels_config::scorer::ScorerConfig::load(&manymodels_config::Sources {
-        file: None,
-        env: Vec::new(),
-        sets: all,
-    })?;
-    config.onnxruntime_library = Some(setup::onnxruntime()?);
-    let scorer = manymodels_scorer::Scorer::new(config)?;
-    let app = manymodels_scorer::app(scorer);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let mut times = Vec::with_capacity(requests);
-        for i in 0..requests + 100 {
-            let request = axum::http::Request::post(format!("/v2/models/{id}/infer"))
-                .header("content-type", "application/json")
-                .body(axum::body::Body::from(body.to_string()))?;
-            let started = Instant::now();
-            let response = app.clone().oneshot(request).await?;
-            let _ = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
-            if i >= 100 {
-                times.push(started.elapsed());
-            }
-        }
-        Ok(times)
-    })
+    let output =
+        std::process::Command::new(root.join("target/release/examples/in_process_handler"))
+            .current_dir(&root)
+            .arg(id)
+            .arg(&body_file)
+            .arg(requests.to_string())
+            .args(&all)
+            .output()
+            .context("running the in-process handler")?;
+    let _ = std::fs::remove_file(&body_file);
+    if !output.status.success() {
+        anyhow::bail!(
+            "the in-process handler failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    String::from_utf8(output.stdout)?
+        .lines()
+        .map(|line| Ok(Duration::from_nanos(line.parse()?)))
+        .collect()
 }
 
 /// The machine's floor for any request between two threads over loopback TCP: a

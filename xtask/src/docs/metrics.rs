@@ -92,7 +92,7 @@ fn values(root: &Path, metric: &str, label: &str) -> Result<Values> {
             Values::Set(fn_literals(&root.join("scorer/src/error.rs"), "kind")?)
         }
         ("mm_scorer_engine_loads_total", "engine") => Values::Set(
-            manymodels_scorer::engine::Engine::ALL
+            manymodels_engine::Engine::ALL
                 .map(|e| e.as_str().to_string())
                 .to_vec(),
         ),
@@ -109,11 +109,10 @@ fn values(root: &Path, metric: &str, label: &str) -> Result<Values> {
                 .to_vec(),
         ),
         // Both arms are registered up front (`Metrics::new`).
-        ("mm_scorer_canary_requests_total", "arm") => Values::Set(initial_values(
-            &manymodels_scorer::metrics::Metrics::new(0).render(),
-            metric,
-            label,
-        )),
+        ("mm_scorer_canary_requests_total", "arm") => Values::Set(const_literals(
+            &root.join("scorer/src/metrics.rs"),
+            "CANARY_ARMS",
+        )?),
         ("mm_proxy_requests_total", "outcome") => Values::Set(const_literals(
             &root.join("proxy/src/metrics.rs"),
             "OUTCOMES",
@@ -191,24 +190,6 @@ pub fn render(root: &Path) -> Result<String> {
     // No blank line before the end marker.
     out.pop();
     Ok(out)
-}
-
-/// The values `label` of `metric` has in a Prometheus text exposition.
-pub fn initial_values(text: &str, metric: &str, label: &str) -> Vec<String> {
-    let mut values = Vec::new();
-    let needle = format!("{label}=\"");
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(metric).and_then(|r| r.strip_prefix('{')) else {
-            continue;
-        };
-        if let Some(start) = rest.find(&needle) {
-            let value = &rest[start + needle.len()..];
-            if let Some(end) = value.find('"') {
-                push_new(&mut values, value[..end].to_string());
-            }
-        }
-    }
-    values
 }
 
 fn literal(expr: &syn::Expr) -> Option<String> {
@@ -332,7 +313,7 @@ fn fn_literals(path: &Path, name: &str) -> Result<Vec<String>> {
 }
 
 /// The string literals of the constant `name` in `path`.
-fn const_literals(path: &Path, name: &str) -> Result<Vec<String>> {
+pub(super) fn const_literals(path: &Path, name: &str) -> Result<Vec<String>> {
     struct Consts<'n>(&'n str, Vec<String>);
     impl<'ast> Visit<'ast> for Consts<'_> {
         fn visit_item_const(&mut self, item: &'ast syn::ItemConst) {

@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 
-use super::metrics::{Registration, initial_values, registrations};
+use super::metrics::{Registration, const_literals, registrations};
 use super::*;
 
 fn root() -> PathBuf {
@@ -110,10 +110,44 @@ fn registrations_are_read_whatever_the_layout() {
     assert_eq!(found[2].kind, "histogram");
 }
 
+/// The values `label` of `metric` has in a Prometheus text exposition.
+fn initial_values(text: &str, metric: &str, label: &str) -> Vec<String> {
+    let mut values = Vec::new();
+    let needle = format!("{label}=\"");
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(metric).and_then(|r| r.strip_prefix('{')) else {
+            continue;
+        };
+        if let Some(start) = rest.find(&needle) {
+            let value = &rest[start + needle.len()..];
+            if let Some(end) = value.find('"') {
+                let value = value[..end].to_string();
+                if !values.contains(&value) {
+                    values.push(value);
+                }
+            }
+        }
+    }
+    values
+}
+
 #[test]
 fn initial_values_are_read_from_the_exposition() {
     let text = "# HELP x_total X.\n# TYPE x_total counter\nx_total{arm=\"a\",code=\"1\"} 0\nx_total{arm=\"b\",code=\"1\"} 0\nx_total_other{arm=\"c\"} 0\n";
     assert_eq!(initial_values(text, "x_total", "arm"), ["a", "b"]);
+}
+
+/// The canary arms the table lists (read from `CANARY_ARMS` in the source) are the ones a
+/// real scorer registers.
+#[test]
+fn the_canary_arms_read_from_the_source_are_the_registered_ones() {
+    let mut listed = const_literals(&root().join("scorer/src/metrics.rs"), "CANARY_ARMS").unwrap();
+    let rendered = manymodels_scorer::metrics::Metrics::new(1).render();
+    let mut registered = initial_values(&rendered, "mm_scorer_canary_requests_total", "arm");
+    listed.sort();
+    registered.sort();
+    assert_eq!(listed, registered);
+    assert_eq!(listed.len(), 2);
 }
 
 #[test]

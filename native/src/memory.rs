@@ -217,7 +217,7 @@ impl Backing {
 
     #[cfg(not(target_os = "linux"))]
     pub(crate) fn map(file: &std::fs::File, len: usize) -> std::io::Result<Backing> {
-        Backing::read(&mut std::io::Read::by_ref(&mut &*file), len)
+        Backing::read(&mut &*file, len)
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {

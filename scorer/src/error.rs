@@ -18,9 +18,8 @@ pub enum ScorerError {
     VersionNotFound { id: String, version: String },
     #[error("model '{0}' has no canary")]
     NoCanary(String),
-    #[error(
-        "invalid model id '{0}': expected 1-128 characters from [A-Za-z0-9._-], starting with a letter or digit"
-    )]
+    /// The echo of the refused id; the message is the contract's (`InvalidModelId`).
+    #[error("{}", manymodels_contract::InvalidModelId(.0.clone()))]
     InvalidModelId(String),
     #[error("{0}")]
     InvalidInput(String),

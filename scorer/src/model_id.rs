@@ -1,7 +1,6 @@
 //! Model ids (`manymodels_contract::ModelId`): validated once, at the edge, before they
 //! touch a path or a blob name. A refused id is a 400 (`ScorerError::InvalidModelId`).
 
-pub use manymodels_contract::valid_model_id as is_valid;
 pub use manymodels_contract::{InvalidModelId, ModelId};
 
 #[cfg(test)]

@@ -162,8 +162,8 @@ fn own_nice() -> i32 {
 /// part covers small models).
 ///
 /// A load from a native image (`Phase::Image`, `file_bytes` the image's length) holds the
-/// model and nothing else: its arrays are read straight into their final buffers, which
-/// together are the image's size less its header and checksums.
+/// model and nothing else: its large arrays are the image's own bytes (mapped, or read into
+/// one buffer when small), and the model is charged the whole image.
 pub fn reservation(engine: Phase, file_bytes: u64) -> u64 {
     const MIB: u64 = 1 << 20;
     match engine {

@@ -8,6 +8,8 @@
 //! - [`bearer`]: how a key is read from `Authorization`.
 //! - [`route`]: the scorer's routes the proxy calls or forwards to, as templates (for the
 //!   scorer's router) and builders (for the proxy).
+//! - [`batch`]: the many-model route's records, from the client to the proxy and from the
+//!   proxy to each model's scorer, and the answers, per record.
 //! - [`cache`]: what a scorer says about its cache ([`CacheSummary`]) and the answer to a
 //!   statistics push ([`StatsAnswer`]).
 //! - [`stats`]: what a proxy pushes ([`StatsReport`]) and the bounds a scorer holds it to
@@ -22,6 +24,7 @@
 //! **Architecture Invariant:** nothing here does I/O; both sides depend on this crate and
 //! on nothing of each other.
 
+pub mod batch;
 pub mod cache;
 pub mod explain;
 pub mod grpc;

@@ -65,6 +65,14 @@ pub const ADMIN_CANARY: ModelRoute = ModelRoute("/v2/mm/models/{id}/canary");
 /// `POST`: pins the canary's version and drops the canary.
 pub const ADMIN_CANARY_PROMOTE: ModelRoute = ModelRoute("/v2/mm/models/{id}/canary/promote");
 
+/// `POST`: a group of the many-model route's records for one model
+/// ([`crate::batch::RecordsRequest`]), answered per record ([`crate::batch::RecordsAnswer`]);
+/// the live version (or the canary's arm) answers, as for `INFER`.
+pub const RECORDS: ModelRoute = ModelRoute("/v2/mm/models/{id}/records");
+/// `POST`: the same, for one version.
+pub const VERSION_RECORDS: VersionRoute =
+    VersionRoute("/v2/mm/models/{id}/versions/{version}/records");
+
 /// `PUT`: a proxy's [`crate::StatsReport`], answered with a [`crate::StatsAnswer`].
 pub const STATS: &str = "/v2/mm/stats";
 /// `GET`: the scorer's explain view.

@@ -10,6 +10,8 @@
 //!   scorer's router) and builders (for the proxy).
 //! - [`batch`]: the many-model route's records, from the client to the proxy and from the
 //!   proxy to each model's scorer, and the answers, per record.
+//! - [`forecast`]: what a model declares in its ONNX `metadata_props` (its columns' names,
+//!   how it forecasts) and the pure date arithmetic of recursive forecasts.
 //! - [`cache`]: what a scorer says about its cache ([`CacheSummary`]) and the answer to a
 //!   statistics push ([`StatsAnswer`]).
 //! - [`stats`]: what a proxy pushes ([`StatsReport`]) and the bounds a scorer holds it to
@@ -27,6 +29,7 @@
 pub mod batch;
 pub mod cache;
 pub mod explain;
+pub mod forecast;
 pub mod grpc;
 mod model_id;
 pub mod oip;

@@ -46,6 +46,13 @@ pub struct ModelMetadata {
     pub engine: String,
     pub inputs: Vec<TensorMetadata>,
     pub outputs: Vec<TensorMetadata>,
+    /// The input's feature columns by name, when the model declares them
+    /// ([`crate::forecast::COLUMNS_KEY`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+    /// How the model forecasts, when it declares it ([`crate::forecast::FORECAST_KEY`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<crate::forecast::ForecastSpec>,
 }
 
 /// What a model declares for one input or output. Dynamic dimensions are `-1`.
@@ -138,8 +145,31 @@ mod tests {
             engine: "native".into(),
             inputs: vec![spec("x", None)],
             outputs: vec![spec("p", Some(json!({ "classes": [0, 1, 2] })))],
+            columns: None,
+            forecast: None,
         };
         let json = round_trips(&metadata);
+        assert!(
+            json.get("columns").is_none() && json.get("forecast").is_none(),
+            "{json}"
+        );
+        let declared = ModelMetadata {
+            columns: Some(vec!["lag1".into()]),
+            forecast: Some(
+                crate::forecast::ForecastSpec::parse(
+                    r#"{"frequency": "W", "max_horizon": 3, "features": [{"lag": 1}]}"#,
+                    Some(1),
+                )
+                .unwrap(),
+            ),
+            ..metadata.clone()
+        };
+        let declared_json = round_trips(&declared);
+        assert_eq!(declared_json["columns"], json!(["lag1"]));
+        assert_eq!(
+            declared_json["forecast"],
+            json!({"frequency": "W-SUN", "max_horizon": 3, "features": [{"lag": 1}]})
+        );
         assert!(json["inputs"][0].get("parameters").is_none(), "{json}");
         assert_eq!(
             json["outputs"][0]["parameters"]["classes"],

@@ -57,7 +57,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:  # pragma: no cover - the message is the point
+    print("missing Python packages: numpy (pip install -r models/requirements.txt)", file=sys.stderr)
+    sys.exit(3)
 
 RTOL = 1e-4
 ATOL = 1e-5
@@ -207,6 +211,16 @@ def patch_skl2onnx_hgb() -> None:
     te.add_node = add_node
 
 
+def drop_feature_names(model) -> None:
+    """An XGBoost model trained on a DataFrame keeps its column names, and onnxmltools
+    reads only XGBoost's default names (f0, f1, ...): the names go (the values are read by
+    position either way, and --mlflow keeps the signature's names in the ONNX metadata)."""
+    booster = model.get_booster() if hasattr(model, "get_booster") else model
+    if getattr(booster, "feature_names", None) is not None:
+        booster.feature_names = None
+        booster.feature_types = None
+
+
 def convert(loaded: Loaded):
     n = loaded.n_features
     try:
@@ -232,6 +246,7 @@ def convert(loaded: Loaded):
             )
         from onnxmltools import convert_xgboost
 
+        drop_feature_names(loaded.model)
         return convert_xgboost(
             loaded.model,
             initial_types=[("input", FloatTensorType([None, n]))],
@@ -391,6 +406,276 @@ def compare_values(what: str, got: np.ndarray, expected: np.ndarray) -> str:
 
 
 # --------------------------------------------------------------------------
+# MLflow model directories
+# --------------------------------------------------------------------------
+
+MLFLOW_FLAVORS = ("sklearn", "lightgbm", "xgboost")
+# MLflow column types (mlflow.types.DataType) the scorer can be sent: numbers.
+NUMERIC_COLUMN_TYPES = {"double", "float", "long", "integer"}
+NUMERIC_TENSOR_DTYPES = {
+    "float64", "float32", "float16", "int64", "int32", "int16", "int8",
+    "uint64", "uint32", "uint16", "uint8",
+}
+# The XGBoost classes an MLmodel's model_class may name (mlflow.xgboost saves these).
+XGBOOST_CLASSES = ("Booster", "XGBClassifier", "XGBRegressor", "XGBRFClassifier", "XGBRFRegressor")
+COLUMNS_KEY = "manymodels.columns"
+
+
+@dataclass
+class MlflowModel:
+    flavor: str
+    loaded: Loaded
+    # The signature's column names, in order; None for a tensor signature or none at all.
+    columns: list[str] | None
+
+
+def read_mlmodel(folder: Path) -> dict:
+    """The MLmodel file of an MLflow model directory, parsed, with its flavors checked."""
+    path = folder / "MLmodel"
+    if not path.is_file():
+        raise Refused(f"no MLmodel file in {folder}: not an MLflow model directory")
+    try:
+        import yaml
+    except ImportError:
+        raise Refused(missing_message(["yaml (PyYAML)"])) from None
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise Refused(f"MLmodel is not valid YAML: {first}") from None
+    if not isinstance(doc, dict):
+        raise Refused("MLmodel is not a YAML mapping (expected flavors:, signature:, ...)")
+    flavors = doc.get("flavors")
+    if not isinstance(flavors, dict) or not flavors:
+        raise Refused("MLmodel has no flavors: mapping")
+    return doc
+
+
+def mlflow_file(folder: Path, conf: dict, key: str, flavor: str) -> Path:
+    """The model file an MLmodel flavor names, which must be inside the directory."""
+    name = conf.get(key)
+    if not isinstance(name, str) or not name:
+        raise Refused(f"MLmodel flavors.{flavor}.{key} is missing: it names the model file")
+    path = (folder / name).resolve()
+    if folder.resolve() not in path.parents:
+        raise Refused(f"MLmodel flavors.{flavor}.{key} {name!r} points outside the model directory")
+    if not path.is_file():
+        raise Refused(f"MLmodel flavors.{flavor}.{key} names {name}, which is not in {folder}")
+    return path
+
+
+def load_serialized(path: Path, conf: dict, flavor: str):
+    """A scikit-learn-API object as mlflow.sklearn saves it: skops (MLflow 3's default),
+    pickle or cloudpickle. Both run code from the file: convert only models you trust."""
+    fmt = conf.get("serialization_format", "cloudpickle")
+    try:
+        if fmt == "skops":
+            try:
+                import skops.io
+            except ImportError:
+                raise Refused(missing_message(["skops"])) from None
+            return skops.io.load(path, trusted=conf.get("skops_trusted_types") or None)
+        if fmt in ("pickle", "cloudpickle"):
+            import pickle
+
+            with open(path, "rb") as f:
+                return pickle.load(f)
+    except Refused:
+        raise
+    except ModuleNotFoundError as e:
+        raise Refused(missing_message([e.name or str(e)])) from None
+    except Exception as e:  # noqa: BLE001 - any deserialisation failure is a refusal
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise Refused(f"{path.name} ({fmt}) does not load: {type(e).__name__}: {first}") from None
+    raise Refused(f"MLmodel flavors.{flavor}.serialization_format {fmt!r} is not one of skops, pickle, cloudpickle")
+
+
+def load_mlflow_flavor(folder: Path, flavor: str, conf: dict) -> Loaded:
+    if flavor == "sklearn":
+        path = mlflow_file(folder, conf, "pickled_model", flavor)
+        return classify(load_serialized(path, conf, flavor))
+    path = mlflow_file(folder, conf, "data", flavor)
+    if flavor == "lightgbm":
+        if conf.get("model_class", "lightgbm.basic.Booster") == "lightgbm.basic.Booster":
+            return load_lightgbm_text(path)
+        return classify(load_serialized(path, conf, flavor))
+    model_class = str(conf.get("model_class", "xgboost.core.Booster"))
+    module, _, name = model_class.rpartition(".")
+    if not module.startswith("xgboost") or name not in XGBOOST_CLASSES:
+        raise Refused(f"MLmodel flavors.xgboost.model_class {model_class!r} is not an XGBoost model class converted here")
+    import xgboost
+
+    model = getattr(xgboost, name)()
+    try:
+        model.load_model(str(path))
+    except Exception as e:  # noqa: BLE001
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = re.sub(r"^\[[0-9:]+\] \S+:[0-9]+: ", "", first)
+        raise Refused(f"not a readable XGBoost model file: {first}") from None
+    return classify(model)
+
+
+def signature_columns(doc: dict, n_features: int) -> list[str] | None:
+    """The column names of the MLmodel's input signature, in order (None for a tensor
+    signature or no signature); refuses non-numeric inputs and a count that is not the
+    model's."""
+    signature = doc.get("signature")
+    if signature is None:
+        return None
+    if not isinstance(signature, dict):
+        raise Refused("MLmodel signature: is not a mapping")
+    inputs = signature.get("inputs")
+    if inputs is None:
+        return None
+    import json
+
+    if isinstance(inputs, str):
+        try:
+            inputs = json.loads(inputs)
+        except json.JSONDecodeError as e:
+            raise Refused(f"MLmodel signature.inputs is not JSON: {e}") from None
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(s, dict) for s in inputs):
+        raise Refused("MLmodel signature.inputs is not a list of column or tensor specs")
+    tensors = [s for s in inputs if s.get("type") == "tensor"]
+    if tensors:
+        if len(tensors) != len(inputs) or len(tensors) != 1:
+            raise Refused(f"MLmodel signature.inputs has {len(inputs)} inputs with tensors among them: "
+                          "the model takes one tensor, or named columns")
+        spec = tensors[0].get("tensor-spec") or {}
+        dtype = str(spec.get("dtype"))
+        if dtype not in NUMERIC_TENSOR_DTYPES:
+            raise Refused(f"MLmodel signature input tensor has dtype {dtype}: the scorer takes numbers only")
+        shape = spec.get("shape") or []
+        if len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 0 and shape[1] != n_features:
+            raise Refused(f"MLmodel signature input tensor has {shape[1]} features, the model takes {n_features}")
+        return None
+    names, bad = [], []
+    for spec in inputs:
+        name, kind = spec.get("name"), str(spec.get("type"))
+        if not isinstance(name, str) or not name:
+            raise Refused(f"MLmodel signature.inputs has a column without a name: {json.dumps(spec)}")
+        if kind not in NUMERIC_COLUMN_TYPES:
+            bad.append(f"{name} ({kind})")
+        names.append(name)
+    if bad:
+        raise Refused(f"the signature has non-numeric columns: {', '.join(bad)}; the scorer takes numbers only "
+                      f"({', '.join(sorted(NUMERIC_COLUMN_TYPES))})")
+    if len(set(names)) != len(names):
+        raise Refused("MLmodel signature.inputs names a column twice")
+    if len(names) != n_features:
+        raise Refused(f"the signature names {len(names)} columns, the model takes {n_features} features")
+    return names
+
+
+def load_mlflow(folder: Path) -> MlflowModel:
+    doc = read_mlmodel(folder)
+    flavors = doc["flavors"]
+    found = [f for f in MLFLOW_FLAVORS if f in flavors]
+    if not found:
+        others = sorted(str(f) for f in flavors if f != "python_function") or ["python_function"]
+        raise Refused(f"MLflow flavor {', '.join(others)} is not converted here: "
+                      f"only {', '.join(MLFLOW_FLAVORS)}")
+    flavor = found[0]
+    conf = flavors[flavor]
+    if not isinstance(conf, dict):
+        raise Refused(f"MLmodel flavors.{flavor} is not a mapping")
+    loaded = load_mlflow_flavor(folder, flavor, conf)
+    return MlflowModel(flavor, loaded, signature_columns(doc, loaded.n_features))
+
+
+def deterministic(onx, name: str):
+    """The same model converts to the same bytes, so an import can skip what it published
+    before by content hash: the converters name the graph with a random UUID and list the
+    opsets in set order; the graph is named after the model and the opsets sorted."""
+    onx.graph.name = name
+    opsets = sorted((o.domain, o.version) for o in onx.opset_import)
+    del onx.opset_import[:]
+    for domain, version in opsets:
+        opset = onx.opset_import.add()
+        opset.domain, opset.version = domain, version
+    return onx
+
+
+def with_columns(onx, columns: list[str] | None):
+    """Writes the signature's column names into the model's metadata_props, so the scorer
+    can place named values (manymodels.columns = JSON array of names, in order)."""
+    if columns is None:
+        return onx
+    import json
+
+    kept = [(p.key, p.value) for p in onx.metadata_props if p.key != COLUMNS_KEY]
+    del onx.metadata_props[:]
+    for key, value in kept + [(COLUMNS_KEY, json.dumps(columns))]:
+        prop = onx.metadata_props.add()
+        prop.key, prop.value = key, value
+    return onx
+
+
+def convert_mlflow(folder: Path, name: str, sample: Path | None):
+    """An MLflow model directory converted and checked: (ONNX model, account line)."""
+    model = load_mlflow(folder)
+    loaded = model.loaded
+    onx = deterministic(with_columns(convert(loaded), model.columns), name)
+    rows = read_sample(sample, loaded.n_features) if sample else generate_sample(onx, loaded.n_features)
+    account = check(loaded, onx, rows)
+    kind = "classifier" if loaded.classifier else "regressor"
+    columns = f"columns {', '.join(model.columns)}" if model.columns else "no named columns"
+    return onx, (
+        f"mlflow {model.flavor} {loaded.name} {kind}, {loaded.n_features} features, {columns}, "
+        f"{len(rows)} rows checked: {account}"
+    )
+
+
+def missing_message(names: list[str]) -> str:
+    return f"missing Python packages: {', '.join(names)} (pip install -r models/requirements.txt)"
+
+
+def missing_core() -> list[str]:
+    """The packages every conversion needs, absent from this interpreter."""
+    import importlib.util
+
+    wanted = {"onnx": "onnx", "onnxruntime": "onnxruntime", "yaml": "yaml (PyYAML)"}
+    return [label for module, label in wanted.items() if importlib.util.find_spec(module) is None]
+
+
+def mlflow_main(folders: list[Path], out: Path | None, store: Path | None, model_id: str | None,
+                sample: Path | None) -> int:
+    """--mlflow: with --out, each directory's ONNX file written as OUT/<name>.onnx and one
+    JSON line per directory on stdout ({"mlflow", "id", "file", "detail"} or {"mlflow",
+    "id", "refused"}), what mmctl import reads; with --store, published like --dir."""
+    import json
+
+    missing = missing_core()
+    if missing:
+        print(missing_message(missing), file=sys.stderr, flush=True)
+        return 3
+    refusals = 0
+    for folder in folders:
+        name = model_id or folder.resolve().name
+        try:
+            if not ID_RE.match(name):
+                raise Refused(f"{name!r} is not a valid model id (^[A-Za-z0-9][A-Za-z0-9._-]{{0,127}}$)")
+            onx, account = convert_mlflow(folder, name, sample)
+            if out is not None:
+                target = out / f"{name}.onnx"
+                target.write_bytes(onx.SerializeToString())
+                print(json.dumps({"mlflow": str(folder), "id": name, "file": str(target), "detail": account}),
+                      flush=True)
+            else:
+                version = next_version(store, name)
+                target = publish(store, name, version, onx.SerializeToString())
+                print(f"ok {name} v{version} {account} -> {target}", flush=True)
+        except Refused as e:
+            refusals += 1
+            if out is not None:
+                print(json.dumps({"mlflow": str(folder), "id": name, "refused": str(e)}), flush=True)
+            else:
+                print(f"refused {folder}: {e}", file=sys.stderr, flush=True)
+    return 1 if refusals else 0
+
+
+
+# --------------------------------------------------------------------------
 # The store
 # --------------------------------------------------------------------------
 
@@ -462,13 +747,33 @@ def main(argv: list[str] | None = None) -> int:
         description="Convert a scikit-learn, LightGBM or XGBoost model to ONNX, check it against "
         "the library's own predictions, and write <store>/<id>/<version>/model.onnx.",
     )
-    parser.add_argument("--store", required=True, type=Path, help="local model store root")
+    parser.add_argument("--store", type=Path, help="local model store root")
     parser.add_argument("--id", help="model id (one model file)")
     parser.add_argument("--version", type=positive_int, help="version to write (default: highest existing + 1)")
     parser.add_argument("--sample", type=Path, help="rows to check on: .npy or .csv, [rows, n_features]")
     parser.add_argument("--dir", type=Path, help="convert every model file in this folder, id = file stem")
+    parser.add_argument("--mlflow", nargs="+", type=Path, metavar="DIR",
+                        help="MLflow model directories (an MLmodel file each), id = directory name")
+    parser.add_argument("--out", type=Path, help="with --mlflow: write OUT/<id>.onnx and JSON lines, no store")
     parser.add_argument("model", nargs="?", type=Path, help="model file")
     args = parser.parse_args(argv)
+    # Models fitted on a DataFrame warn on every float32 array they are checked with.
+    import warnings
+
+    warnings.filterwarnings("ignore", message="X does not have valid feature names")
+
+    if args.mlflow is not None:
+        if (args.out is None) == (args.store is None):
+            parser.error("--mlflow takes --out DIR or --store DIR")
+        if args.dir is not None or args.model is not None or args.version is not None:
+            parser.error("--mlflow takes no --dir, MODEL_FILE or --version")
+        if args.id is not None and len(args.mlflow) != 1:
+            parser.error("--id names one model: give one --mlflow directory with it")
+        if args.out is not None and not args.out.is_dir():
+            parser.error(f"--out {args.out}: not a directory")
+        return mlflow_main(args.mlflow, args.out, args.store, args.id, args.sample)
+    if args.store is None:
+        parser.error("--store DIR is required")
 
     if args.dir is None:
         if args.model is None or args.id is None:

@@ -184,7 +184,7 @@ pub fn tools(commands: &[&str]) -> Result<()> {
 /// not the exporters).
 pub fn python_test_deps() -> Result<()> {
     if !python_has(
-        "import tritonclient.http, tritonclient.grpc, numpy, kserve, helm_python, kubernetes_validate, azure.ai.ml, yaml; \
+        "import tritonclient.http, tritonclient.grpc, numpy, kserve, helm_python, kubernetes_validate, azure.ai.ml, yaml, mlflow, pandas; \
          import shutil, sys; sys.exit(shutil.which('hadolint') is None)",
     ) {
         pip_install(&["-r", "tests/requirements.txt"])?;
@@ -194,7 +194,8 @@ pub fn python_test_deps() -> Result<()> {
     }
     // models/convert/convert.py and its test (tests/tests/it/convert.rs) need the converters
     // and the libraries whose models they convert, at the versions the recipes state.
-    if !python_has("import sklearn, skl2onnx, onnxmltools, lightgbm, xgboost, joblib") {
+    // `convert.py --mlflow` also reads skops files and the MLmodel YAML.
+    if !python_has("import sklearn, skl2onnx, onnxmltools, lightgbm, xgboost, joblib, skops, yaml") {
         pip_install(&[
             "-c",
             "models/requirements.txt",
@@ -204,6 +205,8 @@ pub fn python_test_deps() -> Result<()> {
             "lightgbm",
             "xgboost",
             "joblib",
+            "skops",
+            "PyYAML",
         ])?;
     }
     Ok(())

@@ -195,7 +195,8 @@ pub fn python_test_deps() -> Result<()> {
     // models/convert/convert.py and its test (tests/tests/it/convert.rs) need the converters
     // and the libraries whose models they convert, at the versions the recipes state.
     // `convert.py --mlflow` also reads skops files and the MLmodel YAML.
-    if !python_has("import sklearn, skl2onnx, onnxmltools, lightgbm, xgboost, joblib, skops, yaml") {
+    if !python_has("import sklearn, skl2onnx, onnxmltools, lightgbm, xgboost, joblib, skops, yaml")
+    {
         pip_install(&[
             "-c",
             "models/requirements.txt",

@@ -19,6 +19,7 @@
 //! worker only when [`LoadedModel::try_quick`] says the call is measured to be short.
 
 pub mod classes;
+pub mod declaration;
 pub mod native;
 pub mod onnx;
 pub mod tensor;
@@ -32,6 +33,7 @@ use ort::environment::Environment;
 use ort::session::Session;
 
 use manymodels_contract::ModelId;
+use manymodels_contract::forecast::Declaration;
 
 use crate::tensor::{NamedTensor, TensorData, TensorSpec};
 
@@ -101,6 +103,9 @@ pub struct LoadedModel {
     /// For each output, the class labels naming its columns when it is a ZipMap (served
     /// as `[rows, classes]`, see `classes`); `None` for every other output.
     pub classes: Vec<Option<Classes>>,
+    /// What the file declares in its `metadata_props` (its columns' names, how it
+    /// forecasts), checked against the input at load (`declaration`).
+    pub declaration: Declaration,
     /// Size of the ONNX file.
     pub file_bytes: u64,
     /// Memory charged to the cache for this model.
@@ -124,11 +129,15 @@ pub struct LoadedModel {
 }
 
 /// What a native image carries beside the compiled model: the scorer's own facts about
-/// the ONNX file it came from.
+/// the ONNX file it came from. Every field is required: an image written before a field
+/// existed fails to read its annex, is taken as corrupt and the file is compiled again
+/// (and its image rewritten), so no image answers without what its file declares.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ImageAnnex {
     file_bytes: u64,
     classes: Vec<Option<Classes>>,
+    /// The file's `metadata_props` declaration (added with the many-model route).
+    declaration: Declaration,
 }
 
 impl LoadedModel {
@@ -142,6 +151,7 @@ impl LoadedModel {
         let annex = serde_json::to_vec(&ImageAnnex {
             file_bytes: self.file_bytes,
             classes: self.classes.clone(),
+            declaration: self.declaration.clone(),
         })
         .ok()?;
         model.to_image(source.as_bytes(), &annex)
@@ -245,10 +255,12 @@ impl Engines {
         }
         // Counted as a load so an ONNX Runtime load beside it is not mis-measured.
         match counted(|| manymodels_native::Model::compile(bytes)) {
-            Ok(model) => native::loaded(id, version, bytes.len() as u64, model).map(|mut m| {
+            Ok(model) => {
+                let mut m = native::loaded(id, version, bytes.len() as u64, model)?;
+                m.declaration = declaration::of_file(bytes, &m.inputs)?;
                 m.classes = classes::of_zipmaps(bytes, &m.outputs);
-                Native::Loaded(Box::new(m))
-            }),
+                Ok(Native::Loaded(Box::new(m)))
+            }
             Err(manymodels_native::CompileError::Invalid(message)) => {
                 Err(format!("invalid model: {message}"))
             }
@@ -287,6 +299,7 @@ impl Engines {
             ));
         }
         loaded.classes = annex.classes;
+        loaded.declaration = annex.declaration;
         Ok(loaded)
     }
 
@@ -316,6 +329,7 @@ impl Engines {
             _ => (estimate, false),
         };
         let (inputs, outputs, zipmap) = onnx::signature(&session)?;
+        let declaration = onnx::declaration(&session, &inputs)?;
         LoadedModel::new(
             id,
             version,
@@ -332,6 +346,7 @@ impl Engines {
         .map(|mut model| {
             model.native_refusal = native_refusal;
             model.classes = classes::of_zipmaps(bytes, &model.outputs);
+            model.declaration = declaration;
             model
         })
     }
@@ -390,6 +405,7 @@ impl LoadedModel {
             id,
             version,
             classes: vec![None; outputs.len()],
+            declaration: Declaration::default(),
             inputs,
             outputs,
             file_bytes,

@@ -4,8 +4,9 @@
 //!
 //! | message          | fields read                                                         |
 //! |------------------|---------------------------------------------------------------------|
-//! | `ModelProto`     | ir_version 1, graph 7, opset_import 8, functions 25                 |
+//! | `ModelProto`     | ir_version 1, graph 7, opset_import 8, metadata_props 14, functions 25 |
 //! | `OperatorSetId`  | domain 1, version 2                                                 |
+//! | `StringStringEntryProto` | key 1, value 2                                              |
 //! | `GraphProto`     | node 1, initializer 5, input 11, output 12, sparse_initializer 15   |
 //! | `NodeProto`      | input 1, output 2, name 3, op_type 4, attribute 5, domain 7        |
 //! | `AttributeProto` | name 1, f 2, i 3, s 4, t 5, g 6, floats 7, ints 8, strings 9, graphs 11, sparse 22 |
@@ -35,6 +36,8 @@ pub struct ModelView<'a> {
     pub graph: GraphView<'a>,
     /// The model defines local functions (a node may call one).
     pub has_functions: bool,
+    /// `metadata_props`, key and value, in file order.
+    pub metadata: Vec<(&'a str, &'a str)>,
 }
 
 #[derive(Debug, Default)]
@@ -143,6 +146,9 @@ pub fn parse(bytes: &[u8]) -> Result<ModelView<'_>, Invalid> {
                 })?;
                 model.opsets.push((domain, version));
             }
+            14 => model
+                .metadata
+                .push(parse_entry(len(field, "ModelProto.metadata_props")?)?),
             25 => model.has_functions = true,
             _ => {}
         }
@@ -151,6 +157,32 @@ pub fn parse(bytes: &[u8]) -> Result<ModelView<'_>, Invalid> {
     let graph = graph.ok_or_else(|| Invalid::new("the model has no graph"))?;
     model.graph = parse_graph(graph)?;
     Ok(model)
+}
+
+/// The model's `metadata_props` alone, key and value in file order: a scan of the
+/// `ModelProto`'s own fields that skips the graph.
+pub fn metadata_props(bytes: &[u8]) -> Result<Vec<(&str, &str)>, Invalid> {
+    let mut props = Vec::new();
+    pb::for_each(bytes, |number, field| {
+        if number == 14 {
+            props.push(parse_entry(len(field, "ModelProto.metadata_props")?)?);
+        }
+        Ok(())
+    })?;
+    Ok(props)
+}
+
+fn parse_entry(bytes: &[u8]) -> Result<(&str, &str), Invalid> {
+    let (mut key, mut value) = ("", "");
+    pb::for_each(bytes, |number, field| {
+        match number {
+            1 => key = text(field, "StringStringEntryProto.key")?,
+            2 => value = text(field, "StringStringEntryProto.value")?,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok((key, value))
 }
 
 fn parse_graph(bytes: &[u8]) -> Result<GraphView<'_>, Invalid> {
@@ -345,5 +377,25 @@ pub(crate) fn parse_tensor_message(bytes: &[u8]) -> Result<TensorView<'_>, Inval
 impl<'a> NodeView<'a> {
     pub fn attr(&self, name: &str) -> Option<&AttrView<'a>> {
         self.attributes.iter().find(|a| a.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_props_are_read_in_file_order_and_checked() {
+        // ModelProto { ir_version: 8, metadata_props: [("a", "b"), ("key", "")] }.
+        let bytes = [
+            0x08, 8, 0x72, 6, 0x0a, 1, b'a', 0x12, 1, b'b', 0x72, 5, 0x0a, 3, b'k', b'e', b'y',
+        ];
+        assert_eq!(metadata_props(&bytes).unwrap(), [("a", "b"), ("key", "")]);
+        // The whole parse reads them too (and wants a graph).
+        assert!(parse(&bytes).is_err());
+        // metadata_props as a varint: malformed.
+        assert!(metadata_props(&[0x70, 1]).is_err());
+        // A value that is not UTF-8.
+        assert!(metadata_props(&[0x72, 3, 0x12, 1, 0xff]).is_err());
     }
 }

@@ -16,6 +16,9 @@ pub const OUTCOMES: [&str; 7] = [
     "client_closed",
 ];
 
+/// The values of `mm_proxy_batch_records_total`'s label.
+pub const BATCH_OUTCOMES: [&str; 2] = ["ok", "failed"];
+
 pub struct Metrics {
     registry: Registry,
     /// `requests` resolved once per outcome, so counting costs no label hashing.
@@ -51,6 +54,11 @@ pub struct Metrics {
     /// By `key` (the configured key name; `none` when no key matched) and `outcome`
     /// (`allowed`, `out_of_scope`, `unauthorized`). Counted only when keys are set.
     pub requests_by_key: IntCounterVec,
+    /// Records of many-model requests by `outcome`: `ok` or `failed` (the record's own
+    /// error: unreadable, out of the key's scope, or its group's scorer refused or failed).
+    pub batch_records: IntCounterVec,
+    /// Model groups of many-model requests (one request to a scorer each, retries aside).
+    pub batch_groups: IntCounter,
 }
 
 impl Metrics {
@@ -126,6 +134,15 @@ impl Metrics {
                 "Requests by the name of the key they carried and the auth outcome.",
                 &["key", "outcome"],
             ),
+            batch_records: registry.counter_vec(
+                "mm_proxy_batch_records_total",
+                "Records of many-model requests by outcome (ok, failed).",
+                &["outcome"],
+            ),
+            batch_groups: registry.counter(
+                "mm_proxy_batch_groups_total",
+                "Model groups of many-model requests sent to scorers.",
+            ),
             registry,
         }
     }
@@ -134,6 +151,15 @@ impl Metrics {
     pub fn count(&self, outcome: &str) {
         if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
             self.outcomes[i].inc();
+        }
+    }
+
+    /// Counts a many-model request's records: `ok` of them answered, `failed` not.
+    pub fn count_records(&self, ok: usize, failed: usize) {
+        for (outcome, n) in BATCH_OUTCOMES.into_iter().zip([ok, failed]) {
+            self.batch_records
+                .with_label_values(&[outcome])
+                .inc_by(n as u64);
         }
     }
 

@@ -133,6 +133,36 @@ pub const KEYS: &[KeyDoc] = &[
         "1GiB",
         "Largest model accepted by the admin publish route (`PUT /v2/admin/models/{id}/versions/{v}`).",
     ),
+    doc(
+        "batch.id_template",
+        "",
+        "The many-model route's model-id template (`POST /v2/mm/batch`, and Azure ML's scoring route without `x-mm-model`): `{field}` placeholders filled from each record's key fields, e.g. `{store}_{brand}_{model_type}`; empty: records name their model in `model`.",
+    ),
+    doc(
+        "batch.key_templates",
+        "",
+        "Per-tenant id templates: comma-separated `keyname={template}` entries; a request made with that key (its name in `auth.api_keys`) uses that template instead of `batch.id_template`.",
+    ),
+    doc(
+        "batch.max_bytes",
+        "16MiB",
+        "Largest many-model request body; larger ones get 413 before any record is read.",
+    ),
+    doc(
+        "batch.max_records",
+        "10000",
+        "Most records in one many-model request; more get 413.",
+    ),
+    doc(
+        "batch.parallelism",
+        "16",
+        "Model groups of one many-model request in flight to scorers at once.",
+    ),
+    doc(
+        "batch.concurrency",
+        "4",
+        "Many-model requests the proxy reads and serves at once (bounding its memory: each holds its body and answer); more wait for a turn within their deadline, then get 503.",
+    ),
     secret(
         "auth.api_keys",
         "Comma-separated bearer keys accepted for scoring; empty disables auth. Each entry is `key`, `name:key` (metrics count by name) or `name:key:prefixes` (the key may only use model ids starting with one of the prefixes, several joined by a vertical bar: `acme:k1:acme-`; 403 otherwise). See docs/operating.md, \"Keys\".",

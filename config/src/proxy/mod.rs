@@ -9,6 +9,8 @@ mod tests;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use manymodels_contract::batch::IdTemplate;
+
 use crate::layer::{self, Sources};
 use crate::units::ByteSize;
 use crate::{Config, ConfigError, LogConfig, Secret};
@@ -68,6 +70,8 @@ pub struct ProxyConfig {
     pub max_body: ByteSize,
     /// `http.max_upload`.
     pub max_upload: ByteSize,
+    /// `batch.*`: the many-model route.
+    pub batch: BatchConfig,
     /// `auth.api_keys` and `auth.api_keys_file`.
     pub api_keys: Vec<ApiKey>,
     /// `auth.admin_keys`.
@@ -113,6 +117,37 @@ impl ApiKey {
     pub fn find<'a>(given: &str, keys: &'a [ApiKey]) -> Option<&'a ApiKey> {
         keys.iter()
             .find(|k| Secret::matches_any(given, std::slice::from_ref(&k.key)))
+    }
+}
+
+/// The many-model route (`batch.*`).
+#[derive(Clone, Debug)]
+pub struct BatchConfig {
+    /// `batch.id_template`.
+    pub id_template: Option<IdTemplate>,
+    /// `batch.key_templates`: (key name, template).
+    pub key_templates: Vec<(String, IdTemplate)>,
+    /// `batch.max_bytes`.
+    pub max_bytes: ByteSize,
+    /// `batch.max_records`.
+    pub max_records: usize,
+    /// `batch.parallelism`.
+    pub parallelism: usize,
+    /// `batch.concurrency`.
+    pub concurrency: usize,
+}
+
+impl BatchConfig {
+    /// The id template for a request made with the key named `key` (its own, else the
+    /// route's).
+    pub fn template(&self, key: Option<&str>) -> Option<&IdTemplate> {
+        key.and_then(|key| {
+            self.key_templates
+                .iter()
+                .find(|(name, _)| name == key)
+                .map(|(_, t)| t)
+        })
+        .or(self.id_template.as_ref())
     }
 }
 

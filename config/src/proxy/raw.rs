@@ -4,7 +4,9 @@
 
 use serde::Deserialize;
 
-use super::{ApiKey, PoolSource, ProxyConfig};
+use manymodels_contract::batch::IdTemplate;
+
+use super::{ApiKey, BatchConfig, PoolSource, ProxyConfig};
 use crate::common::{self, at_least, at_least_one, list, positive, secrets};
 use crate::units::{ByteSize, HumanDuration};
 use crate::{ConfigError, LogConfig, Secret};
@@ -21,6 +23,7 @@ pub(super) struct Raw {
     stats: RawStats,
     upstream: RawUpstream,
     http: RawHttp,
+    batch: RawBatch,
     auth: RawAuth,
     shutdown: RawShutdown,
     log: LogConfig,
@@ -88,6 +91,18 @@ struct RawHttp {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawBatch {
+    id_template: String,
+    #[serde(deserialize_with = "list")]
+    key_templates: Vec<String>,
+    max_bytes: ByteSize,
+    max_records: usize,
+    parallelism: usize,
+    concurrency: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawAuth {
     #[serde(deserialize_with = "secrets")]
     api_keys: Vec<Secret>,
@@ -135,6 +150,11 @@ impl Raw {
                     .map(Secret::new),
             );
         }
+        let api_keys: Vec<ApiKey> = api_keys_of("auth.api_keys", &api_keys[..file_start])?
+            .into_iter()
+            .chain(api_keys_of("auth.api_keys_file", &api_keys[file_start..])?)
+            .collect();
+        let batch = self.batch.validate(&api_keys)?;
         Ok(ProxyConfig {
             listen,
             threads: self.threads,
@@ -162,14 +182,60 @@ impl Raw {
             retries: self.upstream.retries,
             max_body: self.http.max_body,
             max_upload: self.http.max_upload,
-            api_keys: api_keys_of("auth.api_keys", &api_keys[..file_start])?
-                .into_iter()
-                .chain(api_keys_of("auth.api_keys_file", &api_keys[file_start..])?)
-                .collect(),
+            batch,
+            api_keys,
             admin_keys: api_keys_of("auth.admin_keys", &self.auth.admin_keys)?,
             pool_key: self.auth.pool_key,
             shutdown_grace: self.shutdown.grace.0,
             log: self.log,
+        })
+    }
+}
+
+impl RawBatch {
+    /// The batch section; `keys` are the API key entries, whose names the per-key
+    /// templates must use.
+    fn validate(self, keys: &[ApiKey]) -> Result<BatchConfig, ConfigError> {
+        let template =
+            |key: &str, text: &str| IdTemplate::parse(text).map_err(|e| ConfigError::key(key, e));
+        let id_template = match self.id_template.trim() {
+            "" => None,
+            text => Some(template("batch.id_template", text)?),
+        };
+        let mut key_templates: Vec<(String, IdTemplate)> = Vec::new();
+        for entry in &self.key_templates {
+            let Some((name, text)) = entry.split_once('=') else {
+                return Err(ConfigError::key(
+                    "batch.key_templates",
+                    format!("`{entry}`: expected `keyname={{template}}`"),
+                ));
+            };
+            let name = name.trim();
+            if !keys.iter().any(|k| k.name == name) {
+                return Err(ConfigError::key(
+                    "batch.key_templates",
+                    format!("`{name}` is not the name of a key in auth.api_keys"),
+                ));
+            }
+            if key_templates.iter().any(|(n, _)| n == name) {
+                return Err(ConfigError::key(
+                    "batch.key_templates",
+                    format!("`{name}` has two templates"),
+                ));
+            }
+            key_templates.push((
+                name.to_string(),
+                template("batch.key_templates", text.trim())?,
+            ));
+        }
+        positive("batch.max_bytes", self.max_bytes.0)?;
+        Ok(BatchConfig {
+            id_template,
+            key_templates,
+            max_bytes: self.max_bytes,
+            max_records: at_least_one("batch.max_records", self.max_records)?.get(),
+            parallelism: at_least_one("batch.parallelism", self.parallelism)?.get(),
+            concurrency: at_least_one("batch.concurrency", self.concurrency)?.get(),
         })
     }
 }

@@ -227,3 +227,45 @@ fn exactly_one_pool_source_and_a_resolver_only_with_srv() {
         "254 characters"
     );
 }
+
+#[test]
+fn batch_templates_are_parsed_and_a_key_may_have_its_own() {
+    let config = load(
+        &[("MM_PROXY_AUTH_API_KEYS", "acme:k1:acme-,globex:k2")],
+        &[
+            "pool.dns=s:1",
+            "batch.id_template={store}_{brand}_{model_type}",
+            "batch.key_templates=acme=acme-{store}",
+        ],
+    )
+    .unwrap();
+    let fill = |key: Option<&str>| {
+        config
+            .batch
+            .template(key)
+            .unwrap()
+            .fill(|f| Some(if f == "store" { "S1" } else { "x" }))
+            .unwrap()
+    };
+    assert_eq!(fill(Some("acme")), "acme-S1");
+    assert_eq!(fill(Some("globex")), "S1_x_x");
+    assert_eq!(fill(None), "S1_x_x");
+    let err = |sets: &[&str]| {
+        let mut all = vec!["pool.dns=s:1"];
+        all.extend_from_slice(sets);
+        load(&[("MM_PROXY_AUTH_API_KEYS", "acme:k1")], &all)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(&["batch.id_template=plain"]).contains("names no field"));
+    assert!(err(&["batch.key_templates=nobody={a}"]).contains("not the name of a key"));
+    assert!(err(&["batch.key_templates=acme"]).contains("keyname={template}"));
+    assert!(err(&["batch.max_records=0"]).contains("batch.max_records"));
+    assert!(
+        load(&[], &["pool.dns=s:1"])
+            .unwrap()
+            .batch
+            .id_template
+            .is_none()
+    );
+}

@@ -117,6 +117,10 @@ fn values(root: &Path, metric: &str, label: &str) -> Result<Values> {
             &root.join("proxy/src/metrics.rs"),
             "OUTCOMES",
         )?),
+        ("mm_proxy_batch_records_total", "outcome") => Values::Set(const_literals(
+            &root.join("proxy/src/metrics.rs"),
+            "BATCH_OUTCOMES",
+        )?),
         ("mm_proxy_scorer_inflight", "scorer") => Values::Open(
             "each scorer's name in the pool (`host:port`, or `<SRV target>:<port>`)".into(),
         ),

@@ -8,6 +8,7 @@
 //! code), so they are bounded separately (`--check-jobs`, default the machine's cores).
 
 mod check;
+mod mlflow;
 mod progress;
 mod report;
 mod target;
@@ -33,8 +34,8 @@ use target::{PublishError, Target};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A folder of `<id>.onnx` files and/or a store layout (`<id>/<version>/model.onnx`), or
-    /// one `.onnx` file
+    /// A folder of `<id>.onnx` files, a store layout (`<id>/<version>/model.onnx`) and/or
+    /// MLflow model directories (`<id>/MLmodel`), or one `.onnx` file or MLflow directory
     pub src: PathBuf,
     /// Where to publish: `api` (the proxy's admin API: the scorer checks each version again
     /// and makes it live at once) or `store` (straight into --store: scorers see a new
@@ -65,6 +66,10 @@ pub struct Args {
     /// libonnxruntime.so for the checks [default: beside mmctl, then .cache/onnxruntime/lib]
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub onnxruntime: Option<PathBuf>,
+    /// The Python interpreter that converts MLflow model directories to ONNX (with
+    /// models/requirements.txt installed)
+    #[arg(long, env = "MMCTL_PYTHON", default_value = "python3")]
+    pub python: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -82,6 +87,8 @@ struct Item {
     version: Option<u64>,
     path: PathBuf,
     bytes: u64,
+    /// The MLflow model directory `path` was converted from (what the report names).
+    origin: Option<PathBuf>,
 }
 
 /// What happened to one file.
@@ -145,6 +152,8 @@ struct Source {
     ignored: Vec<String>,
     /// Files whose name is not a valid model id, refused without reading.
     invalid: Vec<Record>,
+    /// MLflow model directories, converted before the import.
+    mlflow: Vec<mlflow::MlflowDir>,
 }
 
 fn scan(src: &Path, prefix: Option<&str>) -> anyhow::Result<Source> {
@@ -153,6 +162,22 @@ fn scan(src: &Path, prefix: Option<&str>) -> anyhow::Result<Source> {
     let meta = std::fs::metadata(src).with_context(|| format!("cannot read {}", src.display()))?;
     if meta.is_file() {
         add_flat(&mut source, src, meta.len());
+        return Ok(source);
+    }
+    if mlflow::is_mlflow_dir(src) {
+        // The directory itself is one MLflow model, named by its own name.
+        let name = src
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .or_else(|| {
+                std::fs::canonicalize(src)
+                    .ok()
+                    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            })
+            .unwrap_or_default();
+        if wanted(&name) {
+            add_mlflow(&mut source, &name, src);
+        }
         return Ok(source);
     }
     let mut entries: Vec<_> = std::fs::read_dir(src)
@@ -172,6 +197,10 @@ fn scan(src: &Path, prefix: Option<&str>) -> anyhow::Result<Source> {
             if wanted(id) {
                 add_flat(&mut source, &path, kind.len());
             }
+        } else if kind.is_dir() && mlflow::is_mlflow_dir(&path) {
+            if wanted(&name) {
+                add_mlflow(&mut source, &name, &path);
+            }
         } else if kind.is_dir() {
             if !wanted(&name) {
                 continue;
@@ -189,6 +218,7 @@ fn scan(src: &Path, prefix: Option<&str>) -> anyhow::Result<Source> {
                                 version: Some(v),
                                 path: file,
                                 bytes: meta.len(),
+                                origin: None,
                             });
                         } else {
                             source
@@ -227,9 +257,22 @@ fn add_flat(source: &mut Source, path: &Path, bytes: u64) {
             version: None,
             path: path.to_path_buf(),
             bytes,
+            origin: None,
         });
     } else {
         source.invalid.push(invalid(&id, None, path, bytes));
+    }
+}
+
+/// An MLflow model directory: converted before the import if its name is a valid id.
+fn add_mlflow(source: &mut Source, id: &str, dir: &Path) {
+    if manymodels_contract::valid_model_id(id) {
+        source.mlflow.push(mlflow::MlflowDir {
+            id: id.to_string(),
+            dir: dir.to_path_buf(),
+        });
+    } else {
+        source.invalid.push(invalid(id, None, dir, 0));
     }
 }
 
@@ -264,8 +307,11 @@ pub async fn run(settings: &Settings, args: Args) -> anyhow::Result<bool> {
     if args.jobs == 0 || args.check_jobs == Some(0) {
         bail!("--jobs and --check-jobs must be at least 1");
     }
-    let source = scan(&args.src, args.prefix.as_deref())?;
+    let started = Instant::now();
+    let mut source = scan(&args.src, args.prefix.as_deref())?;
     let target = open_target(settings, args.to)?;
+    // Kept until the import ends: it holds the converted files.
+    let _converted = convert_mlflow(&args, &mut source).await?;
     let checker = if args.no_check {
         None
     } else {
@@ -278,7 +324,6 @@ pub async fn run(settings: &Settings, args: Args) -> anyhow::Result<bool> {
         checker,
         dry_run: args.dry_run,
     });
-    let started = Instant::now();
     let models = source.models.len();
     let mut records = import_models(&context, source.models, args.jobs, &bar).await;
     bar.finish_and_clear();
@@ -295,6 +340,29 @@ pub async fn run(settings: &Settings, args: Args) -> anyhow::Result<bool> {
     let all_in = summary.refused == 0 && summary.failed == 0;
     report(settings, args.report.as_deref(), &summary, &records)?;
     Ok(all_in)
+}
+
+/// Converts the source's MLflow directories (one run of the converter), adding each
+/// converted file as a flat item of its id and each refusal as a refused record.
+async fn convert_mlflow(
+    args: &Args,
+    source: &mut Source,
+) -> anyhow::Result<Option<mlflow::Converted>> {
+    if source.mlflow.is_empty() {
+        return Ok(None);
+    }
+    eprintln!(
+        "converting {} MLflow model{} to ONNX with {} ...",
+        source.mlflow.len(),
+        if source.mlflow.len() == 1 { "" } else { "s" },
+        args.python
+    );
+    let mut converted = mlflow::convert(&args.python, &source.mlflow).await?;
+    for item in std::mem::take(&mut converted.items) {
+        source.models.entry(item.id.clone()).or_default().push(item);
+    }
+    source.invalid.append(&mut converted.refused);
+    Ok(Some(converted))
 }
 
 /// The destination `--to` names: the admin API through the configured proxy, or the
@@ -426,7 +494,12 @@ fn record(item: &Item, version: Option<u64>, outcome: Outcome, detail: String) -
     Record {
         model: item.id.clone(),
         version: version.or(item.version),
-        file: item.path.display().to_string(),
+        file: item
+            .origin
+            .as_ref()
+            .unwrap_or(&item.path)
+            .display()
+            .to_string(),
         bytes: item.bytes,
         sha256: None,
         outcome,

@@ -651,7 +651,7 @@ def mlflow_main(folders: list[Path], out: Path | None, store: Path | None, model
         return 3
     refusals = 0
     for folder in folders:
-        name = model_id or folder.resolve().name
+        name = model_id or folder.name or folder.resolve().name
         try:
             if not ID_RE.match(name):
                 raise Refused(f"{name!r} is not a valid model id (^[A-Za-z0-9][A-Za-z0-9._-]{{0,127}}$)")
@@ -665,7 +665,9 @@ def mlflow_main(folders: list[Path], out: Path | None, store: Path | None, model
                 version = next_version(store, name)
                 target = publish(store, name, version, onx.SerializeToString())
                 print(f"ok {name} v{version} {account} -> {target}", flush=True)
-        except Refused as e:
+        except (Refused, ModuleNotFoundError) as e:
+            if isinstance(e, ModuleNotFoundError):
+                e = Refused(missing_message([e.name or str(e)]))
             refusals += 1
             if out is not None:
                 print(json.dumps({"mlflow": str(folder), "id": name, "refused": str(e)}), flush=True)

@@ -52,7 +52,7 @@ pub(super) fn render(summary: &Summary, records: &[Record]) -> String {
     ));
     if !summary.ignored_files.is_empty() {
         out.push_str(&format!(
-            "ignored {} entries that are neither <id>.onnx nor <id>/<version>/model.onnx, e.g. {}\n",
+            "ignored {} entries that are neither <id>.onnx, <id>/<version>/model.onnx nor an MLflow model (<id>/MLmodel), e.g. {}\n",
             summary.ignored_files.len(),
             summary.ignored_files[0]
         ));

@@ -43,3 +43,28 @@ fn a_source_is_flat_files_and_the_store_layout_side_by_side() {
     assert_eq!(one.models.keys().collect::<Vec<_>>(), ["a"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_folder_with_an_mlmodel_file_is_an_mlflow_model_named_by_the_folder() {
+    let dir = std::env::temp_dir().join(format!("mmctl-scan-mlflow-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    write(&dir.join("churn/MLmodel"), b"flavors: {}\n");
+    write(&dir.join("churn/model.skops"), b"x");
+    write(&dir.join("bad id/MLmodel"), b"flavors: {}\n");
+    write(&dir.join("flat.onnx"), b"x");
+    write(&dir.join("layout/1/model.onnx"), b"x");
+    let source = scan(&dir, None).unwrap();
+    let mlflow: Vec<&str> = source.mlflow.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(mlflow, ["churn"], "converted before the import, not a store layout");
+    assert!(!source.models.contains_key("churn"));
+    assert_eq!(source.models.keys().collect::<Vec<_>>(), ["flat", "layout"]);
+    assert_eq!(source.invalid.len(), 1);
+    assert_eq!(source.invalid[0].model, "bad id");
+    assert!(source.ignored.is_empty(), "{:?}", source.ignored);
+    assert!(scan(&dir, Some("flat")).unwrap().mlflow.is_empty());
+    // The directory itself is one MLflow model.
+    let one = scan(&dir.join("churn"), None).unwrap();
+    assert_eq!(one.mlflow[0].id, "churn");
+    assert!(one.models.is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

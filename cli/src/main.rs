@@ -5,6 +5,7 @@
 //! Tables go to stdout for people; `--json` prints the API's JSON for scripts. Exit codes:
 //! 0 done, 1 the command failed or (import) a model did not go in, 2 bad usage or config.
 
+mod batch;
 mod client;
 mod config;
 mod import;
@@ -56,14 +57,18 @@ enum Command {
     Status,
     /// Where ID lives and why it is in memory or not
     Explain { id: String },
-    /// Score rows with a model
+    /// Score rows with a model, or records for many models (--batch)
     Score {
-        id: String,
+        /// The model (not with --batch: each record names its own)
+        #[arg(required_unless_present = "batch", conflicts_with = "batch")]
+        id: Option<String>,
         /// A version (default: the live one, or the canary's share)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "batch")]
         version: Option<u64>,
         #[command(flatten)]
         input: ScoreInput,
+        #[command(flatten)]
+        batch: batch::BatchOptions,
     },
     /// A live view of the pool (q or Ctrl-C quits)
     Top {
@@ -127,7 +132,23 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<bool> {
         Command::Canary(command) => operate::canary(&client, &command).await?,
         Command::Status => operate::status(&client).await?,
         Command::Explain { id } => operate::explain(&client, &id).await?,
-        Command::Score { id, version, input } => {
+        Command::Score {
+            input: ScoreInput {
+                batch: Some(path), ..
+            },
+            batch,
+            ..
+        } => return batch::run(&client, &path, &batch).await,
+        Command::Score {
+            id,
+            version,
+            input,
+            batch,
+        } => {
+            if batch.any() {
+                anyhow::bail!("--chunk, --table and --format go with --batch");
+            }
+            let id = id.expect("clap requires an id without --batch");
             score::score(&client, &id, version, &input).await?
         }
         Command::Config => config_output(settings),

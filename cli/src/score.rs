@@ -29,6 +29,10 @@ pub struct ScoreInput {
     /// the inputs is recognised); `-` reads stdin
     #[arg(long = "csv", value_name = "FILE")]
     pub csv: Option<PathBuf>,
+    /// Records for many models (CSV with a header row, or JSON lines), each naming its
+    /// model, sent to the many-model route (`POST /v2/mm/batch`); `-` reads stdin
+    #[arg(long = "batch", value_name = "FILE")]
+    pub batch: Option<PathBuf>,
 }
 
 pub async fn score(

@@ -10,7 +10,8 @@ Reads from stdin a JSON list of forecasts to make,
 and for each, from the model's own declaration (`manymodels.forecast` in its metadata_props,
 read with `onnx`), runs step h = 1..horizon: one float32 row (lags from the history, then the
 predictions; calendar features of the step's date computed with Python's datetime; inputs by
-name), one onnxruntime call, the prediction (the float32 output) fed back. Prints a JSON list,
+name), one onnxruntime call (the row sent twice, as the scorer sends a lone row: see
+scorer/src/records.rs `run_rows`), the prediction (the float32 output) fed back. Prints a JSON list,
 one entry per forecast: {"dates": [...], "bits": [uint32 bits of each float32 value],
 "values": [...]}.
 
@@ -80,7 +81,9 @@ def forecast(store: Path, ask: dict, sessions: dict) -> dict:
                 row.append(np.float32(calendar_feature(feature["calendar"], date)))
             else:
                 row.append(np.float32(ask[feature["input"]]))
-        (output,) = session.run(None, {input_name: np.asarray([row], dtype=np.float32)})
+        # The row twice, as the scorer runs a lone row: ONNX Runtime answers one row (GEMV)
+        # and two or more (GEMM) in last bits that differ for linear models.
+        (output,) = session.run(None, {input_name: np.asarray([row, row], dtype=np.float32)})
         prediction = np.float32(output.reshape(-1)[0])
         series.append(prediction)
         dates.append(date.isoformat())

@@ -52,6 +52,8 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
         .route(route::VERSION_METADATA.template(), get(model_metadata))
         .route(route::VERSION_READY.template(), get(model_ready))
         .route(route::VERSION_INFER.template(), post(infer))
+        .route(route::RECORDS.template(), post(records))
+        .route(route::VERSION_RECORDS.template(), post(records))
         .route(route::REPOSITORY_INDEX, post(repository_index))
         .route(route::REPOSITORY_LOAD.template(), post(repository_load))
         .route(route::REPOSITORY_UNLOAD.template(), post(repository_unload))
@@ -264,6 +266,32 @@ async fn score(
     Ok(response)
 }
 
+/// The many-model route's group of records for one model (`records`): same key check,
+/// deadline, body limit, version choice, cache header and metrics as `infer`.
+async fn records(
+    State(scorer): Shared,
+    headers: HeaderMap,
+    path: Result<Path<Target>, PathRejection>,
+    request: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let deadline = infer::deadline(&headers)?;
+        let (id, version) = target(path)?;
+        let body = body(request, &scorer)?;
+        // Parsed before touching the cache: a malformed body must not cost a model load.
+        let request = crate::records::parse(&body)?;
+        let (model, lookup) = infer::model_within(&scorer, &id, version, deadline).await?;
+        let answer = crate::records::answer(&scorer, &id, &model, deadline, request).await?;
+        let mut response = json_response(&answer);
+        response
+            .headers_mut()
+            .insert(CACHE_HEADER, HeaderValue::from_static(lookup.as_str()));
+        Ok(response)
+    }
+    .await;
+    finish(&scorer, "records", result)
+}
+
 #[derive(Serialize)]
 struct ModelMetadata<'a> {
     name: &'a str,
@@ -274,6 +302,12 @@ struct ModelMetadata<'a> {
     inputs: &'a [TensorSpec],
     /// Each output's spec, with `parameters.classes` on a ZipMap output.
     outputs: Vec<engine::OutputMetadata<'a>>,
+    /// The declared column names (`manymodels.columns`), when the model declares them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    columns: Option<&'a [String]>,
+    /// How the model forecasts (`manymodels.forecast`), when it declares it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forecast: Option<&'a contract::forecast::ForecastSpec>,
 }
 
 async fn metadata(
@@ -289,6 +323,8 @@ async fn metadata(
         engine: model.engine.as_str(),
         inputs: &model.inputs,
         outputs: model.output_metadata(),
+        columns: model.declaration.columns.as_deref(),
+        forecast: model.declaration.forecast.as_ref(),
     }))
 }
 

@@ -110,6 +110,25 @@ pub async fn run(
         &model.inputs,
         scorer.config.http.max_elements,
     )?;
+    run_checked(scorer, id, model, deadline, inputs, selected).await
+}
+
+/// Runs `model` on inputs already checked against it (the records route builds them),
+/// within the deadline: inline when the model is measured to be quick and its engine is
+/// free, else on a blocking thread. Counted in the inference metrics as `run` is.
+pub async fn run_checked(
+    scorer: &Arc<Scorer>,
+    id: &ModelId,
+    model: &Arc<LoadedModel>,
+    deadline: Deadline,
+    inputs: Vec<NamedTensor>,
+    selected: Vec<usize>,
+) -> Result<Vec<NamedTensor>, ScorerError> {
+    if let Some((at, ms)) = deadline
+        && tokio::time::Instant::now() >= at
+    {
+        return Err(ScorerError::DeadlineExceeded { ms });
+    }
     let started = Instant::now();
     let rows = engine::batch_rows(&inputs);
     let quick = scorer.config.inference_inline_max;

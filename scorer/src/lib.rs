@@ -21,6 +21,7 @@ pub mod infer;
 pub mod metrics;
 pub mod model_id;
 pub mod oip;
+pub mod records;
 
 /// The engine and store crates, under the names the scorer's modules use.
 pub use manymodels_engine::{self as engine, tensor, tune_allocator};

@@ -13,7 +13,7 @@ pub const CANARY_ARMS: [&str; 2] = ["stable", "canary"];
 pub struct Metrics {
     registry: Registry,
     /// By `route` (the label `http::finish` and `grpc::Front::finish` are given: `infer`,
-    /// `metadata`, `ready`, `index`, `load`, `unload`, `explain`, `stats`, `admin`,
+    /// `records`, `metadata`, `ready`, `index`, `load`, `unload`, `explain`, `stats`, `admin`,
     /// `unauthorized` (refused by the key check), `other`, and `grpc_<call>` for gRPC) and
     /// `code` (the HTTP status code; a gRPC call's REST-equivalent status).
     pub requests: IntCounterVec,

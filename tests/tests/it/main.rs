@@ -17,6 +17,7 @@ mod azureml;
 mod cli;
 mod convert;
 mod deploy;
+mod forecast;
 mod grpc;
 mod membership;
 mod policy;

@@ -13,6 +13,7 @@ mod engines;
 mod errors;
 mod inference;
 mod metrics;
+mod records;
 mod repository;
 mod views;
 

@@ -2,6 +2,7 @@
 """MLflow model directories saved by the mlflow package itself, for tests/tests/it/cli/mlflow.rs.
 
     python3 tests/mlflow_models.py save OUT
+    python3 tests/mlflow_models.py save-bad OUT
     python3 tests/mlflow_models.py metadata MODEL.onnx
 
 `save` trains three small models on a pandas DataFrame with named columns (price, qty,
@@ -19,7 +20,7 @@ and the directories import must refuse:
 - OUT/bad/broken-yaml:   sk-churn's files with an MLmodel that is not YAML
 - OUT/bad/text-column:   an sklearn model saved with a signature that has a string column
 
-It writes OUT/reference.json: the columns, 16 rows (float32 values, the type the scorer
+`save-bad` saves only the refusals. `save` also writes OUT/reference.json: the columns, 16 rows (float32 values, the type the scorer
 feeds) and each model's library predictions on them ("values" for a regressor;
 "probabilities" [rows, classes] and "labels" for a classifier).
 
@@ -47,15 +48,9 @@ def frame(rows: int, rng):
     return pd.DataFrame(values, columns=COLUMNS)
 
 
-def save(out: Path) -> None:
-    import lightgbm
-    import mlflow.lightgbm
-    import mlflow.pyfunc
+def save(out: Path, good: bool = True) -> None:
     import mlflow.sklearn
-    import mlflow.xgboost
     import numpy as np
-    import pandas as pd
-    import xgboost
     from mlflow.models import infer_signature
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -68,14 +63,29 @@ def save(out: Path) -> None:
     rows = frame(16, rng)
 
     src, bad = out / "src", out / "bad"
+    sk = make_pipeline(StandardScaler(), LogisticRegression()).fit(train, y_class)
     for folder in (src, bad):
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
     reference = {"columns": COLUMNS, "rows": rows.values.tolist(), "models": {}}
-
-    sk = make_pipeline(StandardScaler(), LogisticRegression()).fit(train, y_class)
     mlflow.sklearn.save_model(sk, src / "sk-churn", signature=infer_signature(train, sk.predict(train)))
+    if good:
+        save_good(src, sk, train, y_value, y_class, rows, reference)
+    save_bad(src, bad, train, sk)
+    if good:
+        (out / "reference.json").write_text(json.dumps(reference), encoding="utf-8")
+    print(f"saved {', '.join(sorted(reference['models']))} and 3 refusals under {out}")
+
+
+def save_good(src: Path, sk, train, y_value, y_class, rows, reference: dict) -> None:
+    import lightgbm
+    import mlflow.lightgbm
+    import mlflow.sklearn
+    import mlflow.xgboost
+    import xgboost
+    from mlflow.models import infer_signature
+
     reference["models"]["sk-churn"] = {
         "flavor": "sklearn",
         "probabilities": sk.predict_proba(rows).tolist(),
@@ -94,6 +104,12 @@ def save(out: Path) -> None:
         "labels": xgb.predict(rows).tolist(),
     }
 
+
+def save_bad(src: Path, bad: Path, train, sk) -> None:
+    import mlflow.pyfunc
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
     class Doubler(mlflow.pyfunc.PythonModel):
         def predict(self, context, model_input, params=None):
             return model_input * 2
@@ -107,9 +123,6 @@ def save(out: Path) -> None:
     text = train.assign(region="north")
     mlflow.sklearn.save_model(sk, bad / "text-column", signature=infer_signature(text, sk.predict(train)))
 
-    (out / "reference.json").write_text(json.dumps(reference), encoding="utf-8")
-    print(f"saved {', '.join(sorted(reference['models']))} and 3 refusals under {out}")
-
 
 def metadata(path: Path) -> None:
     import onnx
@@ -120,8 +133,8 @@ def metadata(path: Path) -> None:
 
 def main(argv: list[str]) -> int:
     warnings.filterwarnings("ignore")
-    if len(argv) == 2 and argv[0] == "save":
-        save(Path(argv[1]))
+    if len(argv) == 2 and argv[0] in ("save", "save-bad"):
+        save(Path(argv[1]), good=argv[0] == "save")
     elif len(argv) == 2 and argv[0] == "metadata":
         metadata(Path(argv[1]))
     else:

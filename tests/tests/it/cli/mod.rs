@@ -17,7 +17,9 @@ use manymodels_tests::process::{Pool, binary};
 use manymodels_tests::{TempDir, write_model};
 use serde_json::{Value, json};
 
+mod batch;
 mod import;
+mod mlflow;
 mod operate;
 
 const KEY: &str = "cli-admin";

@@ -4,6 +4,7 @@ into a manymodels store as <store>/<id>/<version>/model.onnx.
 
     python3 models/convert/convert.py --store DIR --id ID [--version N] [--sample ROWS] MODEL_FILE
     python3 models/convert/convert.py --store DIR --dir SRC [--sample ROWS]
+    python3 models/convert/convert.py --store DIR | --out DIR --mlflow MLFLOW_DIR... [--id ID]
 
 What it reads (the family is inferred from the file, then from the loaded object):
 
@@ -43,6 +44,13 @@ one above the highest existing version of the id (1 for a new id).
 --dir converts every regular, non-hidden file of SRC with the file stem as the model id
 (the id rule is docs/models.md's: ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$), keeps going past
 refusals, lists them at the end and exits 1 if there was any.
+
+--mlflow converts MLflow model directories (the MLmodel file's sklearn, lightgbm or xgboost
+flavor; any other flavor is refused, named), with the same recipes and check, writing the
+signature's numeric column names into the ONNX metadata_props as manymodels.columns (a JSON
+array, in order; non-numeric columns are refused). With --out it writes OUT/<id>.onnx and
+prints one JSON line per directory (what mmctl import reads); with --store it publishes.
+The same model converts to the same bytes. models/convert/README.md has the details.
 
 Output: one line per model, "ok <id> v<version> <family> <kind> ..." or
 "refused <file>: <reason>". Versions used: models/requirements.txt.

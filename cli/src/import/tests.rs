@@ -55,7 +55,11 @@ fn a_folder_with_an_mlmodel_file_is_an_mlflow_model_named_by_the_folder() {
     write(&dir.join("layout/1/model.onnx"), b"x");
     let source = scan(&dir, None).unwrap();
     let mlflow: Vec<&str> = source.mlflow.iter().map(|m| m.id.as_str()).collect();
-    assert_eq!(mlflow, ["churn"], "converted before the import, not a store layout");
+    assert_eq!(
+        mlflow,
+        ["churn"],
+        "converted before the import, not a store layout"
+    );
     assert!(!source.models.contains_key("churn"));
     assert_eq!(source.models.keys().collect::<Vec<_>>(), ["flat", "layout"]);
     assert_eq!(source.invalid.len(), 1);

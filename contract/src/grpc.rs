@@ -1,12 +1,17 @@
 //! The Open Inference Protocol over gRPC as both sides see it: the service's calls by path,
-//! the metadata header that names the model (the proxy routes on it before the body
-//! arrives), and the one table between HTTP statuses and gRPC status codes.
+//! the metadata header that names the model (the proxy routes on it when it is there), the
+//! fields of the request messages that name it (read by the proxy from the body's first
+//! bytes when no header does), and the one table between HTTP statuses and gRPC status
+//! codes.
 
 /// Every call is `POST {PREFIX}/{Method}`.
 pub const PREFIX: &str = "/inference.GRPCInferenceService/";
 
 /// The metadata keys that name the model of a call, in the order the proxy reads them:
-/// ModelMesh's names first (so its clients work unchanged), then our REST header.
+/// ModelMesh's names first (so its clients work unchanged), then our REST header. Optional:
+/// when none is sent, the proxy reads the model from the message and sends the scorer
+/// `mm-model-id` itself, so the scorer holds the whole message to the model it was routed
+/// and key-checked as.
 pub const MODEL_HEADERS: [&str; 3] = ["mm-vmodel-id", "mm-model-id", crate::header::MODEL];
 
 /// The calls of `inference.GRPCInferenceService` that this pool serves.
@@ -57,7 +62,8 @@ impl Call {
         Call::ALL.into_iter().find(|c| c.method() == method)
     }
 
-    /// Whether the call is about one model (so needs the model header through the proxy).
+    /// Whether the call is about one model (so the proxy routes it by the model header, or
+    /// else by the message's [`Call::model_fields`]).
     pub fn names_model(self) -> bool {
         matches!(
             self,
@@ -69,6 +75,30 @@ impl Call {
         )
     }
 
+    /// The fields of the call's request message that name its model and version (as in
+    /// `grpc/proto/inference.proto`); `None` for a call about no model.
+    pub fn model_fields(self) -> Option<ModelFields> {
+        const fn field(number: u32, name: &'static str) -> Field {
+            Field { number, name }
+        }
+        match self {
+            Call::ModelInfer => Some(ModelFields {
+                name: field(1, "model_name"),
+                version: Some(field(2, "model_version")),
+            }),
+            Call::ModelMetadata | Call::ModelReady => Some(ModelFields {
+                name: field(1, "name"),
+                version: Some(field(2, "version")),
+            }),
+            // `repository_name` is field 1; there is no version.
+            Call::RepositoryModelLoad | Call::RepositoryModelUnload => Some(ModelFields {
+                name: field(2, "model_name"),
+                version: None,
+            }),
+            _ => None,
+        }
+    }
+
     /// Whether the call changes what a scorer holds (admin keys, like the REST routes).
     pub fn admin(self) -> bool {
         matches!(
@@ -76,6 +106,21 @@ impl Call {
             Call::RepositoryModelLoad | Call::RepositoryModelUnload
         )
     }
+}
+
+/// A string field of a request message: its protobuf field number and its name in the
+/// proto (for messages).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    pub number: u32,
+    pub name: &'static str,
+}
+
+/// Where a request message names its model (and, for the calls that have one, its version).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelFields {
+    pub name: Field,
+    pub version: Option<Field>,
 }
 
 /// gRPC status codes (the numbers every gRPC implementation uses).
@@ -195,6 +240,25 @@ mod tests {
         assert_eq!(Call::from_path("/v2/models/m/infer"), None);
         assert!(Call::ModelInfer.names_model() && !Call::ServerMetadata.names_model());
         assert!(Call::RepositoryModelLoad.admin() && !Call::ModelInfer.admin());
+        // Every call about a model says where its message names it, and no other does.
+        for call in Call::ALL {
+            assert_eq!(
+                call.model_fields().is_some(),
+                call.names_model(),
+                "{call:?}"
+            );
+        }
+        let infer = Call::ModelInfer.model_fields().unwrap();
+        assert_eq!((infer.name.number, infer.name.name), (1, "model_name"));
+        assert_eq!(infer.version.map(|f| f.number), Some(2));
+        assert_eq!(
+            Call::RepositoryModelLoad
+                .model_fields()
+                .unwrap()
+                .name
+                .number,
+            2
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod choice;
+pub mod grpc_route;
 pub mod http1;
 pub mod keys;
 pub mod local;

@@ -74,8 +74,8 @@ pub enum Action {
     /// `POST /v2/admin/models/{id}/canary/promote`.
     CanaryPromote,
     /// A gRPC call about one model (`classify_grpc`): the path is kept as it is, the model
-    /// came from a metadata header, and `version` is `x-mm-model-version` (checked here,
-    /// read by the scorer).
+    /// came from a metadata header or the message (`named_in_body`), and `version` is the
+    /// message's version or `x-mm-model-version` (checked here, read by the scorer).
     Grpc { call: Call, version: Option<u64> },
 }
 
@@ -302,33 +302,53 @@ fn version(text: &str) -> Result<u64, String> {
     })
 }
 
+/// What a gRPC call's path and metadata say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrpcCall {
+    /// The route, as for any request.
+    Routed(Route),
+    /// A call about a model whose metadata names none: the model is in its message, which
+    /// `crate::grpc_route` reads before a scorer is chosen, then [`named_in_body`].
+    ModelInBody(Call),
+}
+
 /// Classifies a gRPC call (`path` under `contract::grpc::PREFIX`). `model_header` is the
-/// first of `contract::grpc::MODEL_HEADERS` the request carries: the proxy chooses the
-/// scorer before the body arrives (Pingora 0.9 picks the upstream before it reads the
-/// body), so a call about a model must name it in metadata; the scorer then refuses a body
-/// naming another model. Calls about no model go to any scorer, like their REST twins.
+/// first of `contract::grpc::MODEL_HEADERS` the request carries: when there is one it names
+/// the model, and the body is not read (the scorer then refuses a body naming another
+/// model). Without one, a call about a model is [`GrpcCall::ModelInBody`]. Calls about no
+/// model go to any scorer, like their REST twins.
 pub fn classify_grpc(
     path: &str,
     model_header: Option<&str>,
     version_header: Option<&str>,
-) -> Route {
+) -> GrpcCall {
     let Some(call) = Call::from_path(path) else {
-        return Route::NotFound;
+        return GrpcCall::Routed(Route::NotFound);
     };
     if !call.names_model() {
-        return Route::AnyScorer {
+        return GrpcCall::Routed(Route::AnyScorer {
             lists_models: call == Call::RepositoryIndex,
-        };
+        });
     }
-    let Some(id) = model_header.map(str::trim).filter(|m| !m.is_empty()) else {
-        return Route::Invalid(format!(
-            "{} through the proxy needs the model id in the `{}` metadata header (also read: {})",
-            call.method(),
-            grpc::MODEL_HEADERS[1],
-            grpc::MODEL_HEADERS.join(", ")
-        ));
-    };
-    named_in_headers(id, version_header, |version| Action::Grpc { call, version })
+    match model_header.map(str::trim).filter(|m| !m.is_empty()) {
+        Some(id) => GrpcCall::Routed(named_in_headers(id, version_header, |version| {
+            Action::Grpc { call, version }
+        })),
+        None => GrpcCall::ModelInBody(call),
+    }
+}
+
+/// A gRPC call whose message names its model `name` (and perhaps `version`): routed by the
+/// same rules as a model named in metadata. The message's version wins over
+/// `x-mm-model-version`, as on the scorer; an empty one is no version.
+pub fn named_in_body(
+    call: Call,
+    name: &str,
+    version: Option<&str>,
+    version_header: Option<&str>,
+) -> Route {
+    let version = version.filter(|v| !v.is_empty()).or(version_header);
+    named_in_headers(name, version, |version| Action::Grpc { call, version })
 }
 
 /// A model named in headers rather than the path (gRPC metadata, Azure ML's scoring

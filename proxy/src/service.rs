@@ -22,11 +22,12 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::choice::{Policy, View, decide, least_busy, replicates};
+use crate::grpc_route::route_by_body;
 use crate::keys::{self, KeyCheck, Keys};
 use crate::metrics::Metrics;
 use crate::pool::{Candidate, Pool};
 use crate::reject::{self, Rejection, Reply};
-use crate::route::{Route, classify, classify_grpc};
+use crate::route::{GrpcCall, Route, classify, classify_grpc};
 use crate::stats::Statistics;
 use crate::{admin, local};
 
@@ -330,15 +331,25 @@ impl ProxyHttp for Proxy {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
+        for name in ECHOED {
+            if let Some(value) = header(name) {
+                ctx.echoed.push((name, value));
+            }
+        }
         let path = session.req_header().uri.path();
         ctx.grpc = path.starts_with(grpc::PREFIX);
         ctx.route = if ctx.grpc {
             let model = grpc::MODEL_HEADERS.iter().find_map(|name| header(name));
-            classify_grpc(
-                path,
-                model.as_deref(),
-                header(header::MODEL_VERSION).as_deref(),
-            )
+            let version = header(header::MODEL_VERSION);
+            match classify_grpc(path, model.as_deref(), version.as_deref()) {
+                GrpcCall::Routed(route) => route,
+                // No model header: the model is in the message (read before the key check,
+                // which then judges the model it names).
+                GrpcCall::ModelInBody(call) => {
+                    let wait = self.config.read_timeout;
+                    route_by_body(session, call, version.as_deref(), wait).await?
+                }
+            }
         } else {
             classify(
                 session.req_header().method.as_str(),
@@ -347,11 +358,6 @@ impl ProxyHttp for Proxy {
                 header(header::MODEL_VERSION).as_deref(),
             )
         };
-        for name in ECHOED {
-            if let Some(value) = header(name) {
-                ctx.echoed.push((name, value));
-            }
-        }
         let checked = self.check_key(session, &ctx.route);
         ctx.list_scope = checked.list_scope(&ctx.route);
         let reply = if let Err(rejection) = checked.verdict {

@@ -354,10 +354,18 @@ fn the_placement_route_is_local_and_checks_its_id() {
     assert_eq!(get("/v2/mm/pool/"), Route::NotFound);
 }
 
+/// `classify_grpc`'s answer when it is a route (a model header, or a call about no model).
+fn grpc(path: &str, model: Option<&str>, version: Option<&str>) -> Route {
+    match classify_grpc(path, model, version) {
+        GrpcCall::Routed(route) => route,
+        other => panic!("{path} {model:?}: {other:?}"),
+    }
+}
+
 #[test]
 fn grpc_calls_route_on_the_model_header_and_keep_their_path() {
     let infer = "/inference.GRPCInferenceService/ModelInfer";
-    let route = classify_grpc(infer, Some("store-7"), None);
+    let route = grpc(infer, Some("store-7"), None);
     let Route::Model { id, action } = &route else {
         panic!("{route:?}");
     };
@@ -366,7 +374,7 @@ fn grpc_calls_route_on_the_model_header_and_keep_their_path() {
     assert!(!action.admin());
     // A version in metadata is checked here and read by the scorer (which never splits
     // a call naming a version); the path stays the call's.
-    let Route::Model { action, .. } = classify_grpc(infer, Some("store-7"), Some("3")) else {
+    let Route::Model { action, .. } = grpc(infer, Some("store-7"), Some("3")) else {
         panic!();
     };
     assert_eq!(
@@ -377,24 +385,15 @@ fn grpc_calls_route_on_the_model_header_and_keep_their_path() {
         }
     );
     assert_eq!(action.path("store-7"), infer);
-    // Calls about a model need the header; a bad id or version is the proxy's 400.
-    for (model, version) in [
-        (None, None),
-        (Some("  "), None),
-        (Some("a/../b"), None),
-        (Some("m"), Some("01")),
-    ] {
+    // A bad id or version in metadata is the proxy's 400.
+    for (model, version) in [(Some("a/../b"), None), (Some("m"), Some("01"))] {
         assert!(
-            matches!(classify_grpc(infer, model, version), Route::Invalid(_)),
+            matches!(grpc(infer, model, version), Route::Invalid(_)),
             "{model:?} {version:?}"
         );
     }
-    let Route::Invalid(message) = classify_grpc(infer, None, None) else {
-        panic!();
-    };
-    assert!(message.contains("mm-model-id"), "{message}");
     // Loading is an admin call; calls about no model go to any scorer.
-    let Route::Model { action, .. } = classify_grpc(
+    let Route::Model { action, .. } = grpc(
         "/inference.GRPCInferenceService/RepositoryModelLoad",
         Some("m"),
         None,
@@ -403,13 +402,13 @@ fn grpc_calls_route_on_the_model_header_and_keep_their_path() {
     };
     assert!(action.admin() && !action.changes_versions());
     assert_eq!(
-        classify_grpc("/inference.GRPCInferenceService/ServerLive", None, None),
+        grpc("/inference.GRPCInferenceService/ServerLive", None, None),
         Route::AnyScorer {
             lists_models: false
         }
     );
     assert_eq!(
-        classify_grpc(
+        grpc(
             "/inference.GRPCInferenceService/RepositoryIndex",
             None,
             None
@@ -417,11 +416,63 @@ fn grpc_calls_route_on_the_model_header_and_keep_their_path() {
         Route::AnyScorer { lists_models: true }
     );
     assert_eq!(
-        classify_grpc(
+        grpc(
             "/inference.GRPCInferenceService/ModelStreamInfer",
             Some("m"),
             None
         ),
         Route::NotFound
     );
+}
+
+#[test]
+fn grpc_calls_about_a_model_without_its_header_are_routed_by_their_message() {
+    // No header (or a blank one): the model is read from the message, every call about
+    // one model alike; calls about none never read their body.
+    for call in Call::ALL {
+        let path = format!("{}{}", grpc::PREFIX, call.method());
+        for model in [None, Some("  ")] {
+            let classified = classify_grpc(&path, model, Some("2"));
+            if call.names_model() {
+                assert_eq!(classified, GrpcCall::ModelInBody(call), "{call:?}");
+            } else {
+                assert!(matches!(classified, GrpcCall::Routed(_)), "{call:?}");
+            }
+        }
+    }
+    // The message's model by the header's rules; its version wins over the header's.
+    assert_eq!(
+        named_in_body(Call::ModelInfer, "store-7", Some("3"), Some("9")),
+        model(
+            "store-7",
+            Action::Grpc {
+                call: Call::ModelInfer,
+                version: Some(3)
+            }
+        )
+    );
+    assert_eq!(
+        named_in_body(Call::ModelReady, "store-7", Some(""), Some("9")),
+        model(
+            "store-7",
+            Action::Grpc {
+                call: Call::ModelReady,
+                version: Some(9)
+            }
+        )
+    );
+    for (name, version) in [
+        ("a/../b", None),
+        ("", None),
+        ("m", Some("v1")),
+        ("m", Some("0")),
+    ] {
+        assert!(
+            matches!(
+                named_in_body(Call::ModelInfer, name, version, None),
+                Route::Invalid(_)
+            ),
+            "{name:?} {version:?}"
+        );
+    }
 }

@@ -149,10 +149,29 @@ async fn grpc_errors_carry_their_codes_from_the_proxy_and_from_scorers() {
     let id = reference["id"].as_str().unwrap();
     let good = || infer_request(id, &reference["inputs"], true);
 
-    // No routing header: the proxy cannot choose a scorer, and says which header to set.
-    let error = proxy.model_infer(good()).await.unwrap_err();
+    // No routing header and a message naming no model: the proxy says what to set.
+    let mut nameless = good();
+    nameless.model_name.clear();
+    let error = proxy.model_infer(nameless).await.unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
-    assert!(error.message().contains("mm-model-id"), "{error:?}");
+    assert!(
+        error.message().contains("names no model") && error.message().contains("mm-model-id"),
+        "{error:?}"
+    );
+    // A message naming an invalid id or version: refused by the proxy, as in metadata.
+    let mut invalid = good();
+    invalid.model_name = "../x".into();
+    let error = proxy.model_infer(invalid).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    assert!(error.message().contains("invalid model id"), "{error:?}");
+    let mut invalid = good();
+    invalid.model_version = "latest".into();
+    let error = proxy.model_infer(invalid).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    assert!(
+        error.message().contains("invalid model version"),
+        "{error:?}"
+    );
     // A header naming another model than the body: the scorer refuses it.
     let other = if id == "linear-small" {
         "logistic-churn"
@@ -165,11 +184,23 @@ async fn grpc_errors_carry_their_codes_from_the_proxy_and_from_scorers() {
         .unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
     assert!(error.message().contains("names model"), "{error:?}");
-    // A model not in the store.
+    // A model not in the store: NOT_FOUND from its scorer, passed on by the proxy, whether
+    // the model is named in metadata or only in the message.
     let mut missing = good();
     missing.model_name = "no-such-model".into();
     let error = proxy
-        .model_infer(routed("no-such-model", missing))
+        .model_infer(routed("no-such-model", missing.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::NotFound, "{error:?}");
+    let error = proxy.model_infer(missing).await.unwrap_err();
+    assert_eq!(error.code(), Code::NotFound, "{error:?}");
+    assert!(error.message().contains("no-such-model"), "{error:?}");
+    let error = proxy
+        .model_metadata(pb::ModelMetadataRequest {
+            name: "no-such-model".into(),
+            version: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::NotFound, "{error:?}");
@@ -224,12 +255,225 @@ async fn grpc_errors_carry_their_codes_from_the_proxy_and_from_scorers() {
     );
 }
 
+/// `rows` rows of `value` for linear-small (10 features): a tensor of `rows × 40` bytes.
+fn linear_rows(rows: usize, value: f32) -> serde_json::Value {
+    json!([{"name": "input", "shape": [rows, 10], "datatype": "FP32", "data": vec![value; rows * 10]}])
+}
+
+/// Every row's outputs of an answer, as JSON numbers per row.
+fn rows_of(response: &pb::ModelInferResponse) -> Vec<Vec<serde_json::Value>> {
+    let outputs = outputs_json(response);
+    let output = &outputs[0];
+    let rows = output["shape"][0].as_u64().unwrap() as usize;
+    let data = output["data"].as_array().unwrap();
+    let width = data.len() / rows;
+    data.chunks(width).map(<[_]>::to_vec).collect()
+}
+
+#[tokio::test]
+async fn grpc_calls_without_a_model_header_are_routed_by_their_message() {
+    let pool = Pool::local(&root().join("models/demo"), 2, &[], &[]);
+    let mut proxy = connect(pool.proxy.addr()).await;
+    let references = demo_reference();
+    for reference in &references {
+        let id = reference["id"].as_str().unwrap();
+        let request = || infer_request(id, &reference["inputs"], true);
+        // Routed by the header first, then by the message alone: the same scorer, the
+        // same outputs.
+        let by_header = proxy.model_infer(routed(id, request())).await.unwrap();
+        let by_message = proxy
+            .model_infer(request())
+            .await
+            .unwrap_or_else(|e| panic!("{id} without a model header: {e}"));
+        let scorer = metadata(by_header.metadata(), "x-mm-scorer");
+        assert!(!scorer.is_empty());
+        assert_eq!(
+            metadata(by_message.metadata(), "x-mm-scorer"),
+            scorer,
+            "{id}"
+        );
+        assert_eq!(metadata(by_message.metadata(), "x-mm-cache"), "hit", "{id}");
+        let response = by_message.into_inner();
+        assert_eq!(
+            (
+                response.model_name.as_str(),
+                response.model_version.as_str()
+            ),
+            (id, "1")
+        );
+        assert_outputs_equal(
+            &format!("{id} routed by its message"),
+            &outputs_json(&response),
+            reference["outputs"].as_array().unwrap(),
+            TOLERANCE,
+        );
+        // A version in the message is kept.
+        let mut versioned = request();
+        versioned.model_version = "1".into();
+        let response = proxy.model_infer(versioned).await.unwrap().into_inner();
+        assert_eq!(response.model_version, "1", "{id}");
+        let described = proxy
+            .model_metadata(pb::ModelMetadataRequest {
+                name: id.to_string(),
+                version: String::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            metadata(described.metadata(), "x-mm-scorer"),
+            scorer,
+            "{id}"
+        );
+        assert_eq!(described.get_ref().name, id);
+        let ready = proxy
+            .model_ready(pb::ModelReadyRequest {
+                name: id.to_string(),
+                version: "1".into(),
+            })
+            .await
+            .unwrap();
+        assert!(ready.get_ref().ready, "{id}");
+    }
+    // A request whose body is many times the proxy's 48 KiB scan, with the name first (as
+    // every protobuf serializer writes it): 2,000 rows, 80 KB of tensor.
+    let big = infer_request("linear-small", &linear_rows(2000, 0.5), true);
+    assert!(big.raw_input_contents[0].len() > 64 * 1024);
+    let response = proxy.model_infer(big).await.unwrap().into_inner();
+    let rows = rows_of(&response);
+    assert_eq!(rows.len(), 2000);
+    let one = proxy
+        .model_infer(infer_request("linear-small", &linear_rows(1, 0.5), true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_rows_near("2,000 rows", &rows, &rows_of(&one)[0]);
+    // Counted like header-routed calls: every infer answered hit or miss.
+    let metrics = pool.proxy.metrics().await;
+    let counted = metrics.get("mm_proxy_scorer_cache_hits_total")
+        + metrics.get("mm_proxy_scorer_cache_misses_total");
+    assert_eq!(counted, (references.len() * 3 + 2) as f64);
+}
+
+/// A demo model's reference input with its first row repeated `rows` times (every input
+/// of the model alike).
+fn first_row_repeated(reference: &serde_json::Value, rows: usize) -> serde_json::Value {
+    let inputs: Vec<serde_json::Value> = reference["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|input| {
+            let width = input["shape"][1].as_u64().unwrap() as usize;
+            let row = &input["data"].as_array().unwrap()[..width];
+            let mut input = input.clone();
+            input["shape"] = json!([rows, width]);
+            let data: Vec<serde_json::Value> =
+                row.iter().cycle().take(rows * width).cloned().collect();
+            input["data"] = json!(data);
+            input
+        })
+        .collect();
+    json!(inputs)
+}
+
+/// Every row of `answered` is `expected`, within the tests' tolerance.
+fn assert_rows_near(
+    what: &str,
+    answered: &[Vec<serde_json::Value>],
+    expected: &[serde_json::Value],
+) {
+    for row in answered {
+        for (a, e) in row.iter().zip(expected) {
+            let (a, e) = (a.as_f64().unwrap(), e.as_f64().unwrap());
+            assert!(
+                (a - e).abs() <= TOLERANCE * (1.0 + e.abs()),
+                "{what}: {a} != {e}"
+            );
+        }
+    }
+}
+
+/// A call routed by its message whose scorer is gone is retried on the next one with the
+/// bytes the proxy read to find the model: Pingora replays them before the rest of the
+/// body. The health check is slowed, and an ejection kept short, so the proxy finds the
+/// dead scorer by each request: one with a one-row body (read whole by the proxy) and one
+/// with a ~40 KB body (more HTTP/2 frames than the proxy reads before it chooses, within
+/// Pingora's 64 KiB replay buffer).
+#[tokio::test]
+async fn a_call_routed_by_its_message_is_retried_whole_on_the_next_scorer() {
+    let mut pool = Pool::local(
+        &root().join("models/demo"),
+        2,
+        &[],
+        &["health.interval=30s", "health.eject_for=10ms"],
+    );
+    let mut proxy = connect(pool.proxy.addr()).await;
+    // Where each model of one input lives, and its answer to its first row.
+    let mut owned: Vec<(String, serde_json::Value, Vec<serde_json::Value>, String)> = Vec::new();
+    for reference in demo_reference() {
+        if reference["inputs"].as_array().unwrap().len() != 1 {
+            continue;
+        }
+        let id = reference["id"].as_str().unwrap().to_string();
+        let one = infer_request(&id, &first_row_repeated(&reference, 1), true);
+        let answer = proxy.model_infer(one).await.unwrap();
+        let owner = metadata(answer.metadata(), "x-mm-scorer");
+        let expected = rows_of(answer.get_ref())[0].clone();
+        owned.push((id, reference, expected, owner));
+    }
+    // Two models of one scorer (there are six models and two scorers).
+    let owner = owned
+        .iter()
+        .map(|m| m.3.clone())
+        .find(|o| owned.iter().filter(|m| &m.3 == o).count() >= 2)
+        .unwrap();
+    let mut models = owned.iter().filter(|m| m.3 == owner);
+    let (small, big) = (models.next().unwrap(), models.next().unwrap());
+    let dead = pool
+        .scorers
+        .iter()
+        .position(|s| owner.rsplit(':').next() == s.addr().rsplit(':').next())
+        .unwrap_or_else(|| panic!("which scorer is {owner}?"));
+    pool.scorers[dead].kill();
+    let row_bytes = |reference: &serde_json::Value| {
+        let input = &reference["inputs"][0];
+        let width = input["shape"][1].as_u64().unwrap() as usize;
+        width * if input["datatype"] == "FP64" { 8 } else { 4 }
+    };
+    for ((id, reference, expected, _), rows) in [(small, 1), (big, 40_000 / row_bytes(&big.1))] {
+        // The ejection after the last retry lapses: the proxy tries the dead scorer again.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let request = infer_request(id, &first_row_repeated(reference, rows), true);
+        let size = request.raw_input_contents[0].len();
+        assert!(
+            rows == 1 || (32 * 1024..64 * 1024).contains(&size),
+            "{size}"
+        );
+        let response = proxy
+            .model_infer(request)
+            .await
+            .unwrap_or_else(|e| panic!("{id}, {rows} rows, after its scorer died: {e}"));
+        assert_ne!(metadata(response.metadata(), "x-mm-scorer"), owner);
+        let answered = rows_of(response.get_ref());
+        assert_eq!(answered.len(), rows);
+        assert_rows_near(id, &answered, expected);
+    }
+    let metrics = pool.proxy.metrics().await;
+    // Each went to the dead scorer first (its ejection had lapsed) and was retried.
+    assert_eq!(metrics.get("mm_proxy_retries_total"), 2.0, "{metrics:?}");
+}
+
 /// `request` with `key` as its bearer key.
 fn with_key<T>(key: &str, mut request: tonic::Request<T>) -> tonic::Request<T> {
     request
         .metadata_mut()
         .insert("authorization", format!("Bearer {key}").parse().unwrap());
     request
+}
+
+/// `request` with `key` as its bearer key and no model header: the proxy reads the model
+/// from the message.
+fn keyed<T>(key: &str, request: T) -> tonic::Request<T> {
+    with_key(key, tonic::Request::new(request))
 }
 
 #[tokio::test]
@@ -275,6 +519,47 @@ async fn grpc_calls_need_the_same_keys_as_rest() {
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::PermissionDenied, "{error:?}");
+    // Without the header the message names the model, and the key is checked against it:
+    // the tenant's own model is served, another's refused before any scorer sees it.
+    client
+        .model_infer(keyed("acme-k-1", request()))
+        .await
+        .unwrap();
+    let mut other = request();
+    other.model_name = "logistic-churn".into();
+    let error = client
+        .model_infer(keyed("acme-k-1", other.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::PermissionDenied, "{error:?}");
+    assert!(error.message().contains("logistic-churn"), "{error:?}");
+    let error = client
+        .model_metadata(keyed(
+            "acme-k-1",
+            pb::ModelMetadataRequest {
+                name: "logistic-churn".into(),
+                version: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::PermissionDenied, "{error:?}");
+    let error = client
+        .model_infer(tonic::Request::new(other))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::Unauthenticated, "{error:?}");
+    let described = client
+        .model_metadata(keyed(
+            "all-k-2",
+            pb::ModelMetadataRequest {
+                name: "logistic-churn".into(),
+                version: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(described.get_ref().name, "logistic-churn");
     // The repository index lists what the key admits, as over REST; a client's own
     // prefixes metadata is dropped by the proxy.
     let index = |key: &str, forged: Option<&str>| {
@@ -330,6 +615,31 @@ async fn grpc_calls_need_the_same_keys_as_rest() {
         "{error:?}"
     );
     client.repository_model_load(load("ops-k-3")).await.unwrap();
+    // The same call naming the model only in its message (field 2 of the load request).
+    let error = client
+        .repository_model_load(keyed(
+            "all-k-2",
+            pb::RepositoryModelLoadRequest {
+                repository_name: String::new(),
+                model_name: "linear-small".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error.code(), Code::PermissionDenied | Code::Unauthenticated),
+        "{error:?}"
+    );
+    client
+        .repository_model_load(keyed(
+            "ops-k-3",
+            pb::RepositoryModelLoadRequest {
+                repository_name: String::new(),
+                model_name: "linear-small".into(),
+            },
+        ))
+        .await
+        .unwrap();
     let text = reqwest::Client::new()
         .get(format!("{}/metrics", scorer.url))
         .bearer_auth(POOL_KEY)
@@ -342,7 +652,7 @@ async fn grpc_calls_need_the_same_keys_as_rest() {
     let metrics = manymodels_tests::Metrics::parse(&text);
     assert_eq!(
         metrics.get("mm_scorer_requests_total{code=\"200\",route=\"grpc_load\"}"),
-        1.0
+        2.0
     );
 }
 

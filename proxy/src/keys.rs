@@ -66,6 +66,9 @@ pub fn check<'k>(keys: Keys<'k>, route: &Route, authorization: Option<&str>) -> 
         Route::Model { id, action } => (action.admin(), Reach::Model(id)),
         // The repository index: any key, listing only what its prefixes admit.
         Route::AnyScorer { .. } => (false, Reach::NoModel),
+        // The many-model route: any key; each record's model is then checked against the
+        // key's prefixes on its own (`batch::records`), failing alone when outside them.
+        Route::Batch => (false, Reach::NoModel),
         // The pool view names the hottest models of every tenant.
         Route::PoolView => (false, Reach::AllModels),
         // One model's placement names scorers and their addresses: an operator's view,

@@ -12,6 +12,7 @@
 //! relearnt from the scorers' answers.
 
 pub mod admin;
+pub mod batch;
 pub mod choice;
 pub mod grpc_route;
 pub mod http1;

@@ -31,6 +31,10 @@ pub enum Route {
     /// index, which lists the models in the store that the caller's key admits (the
     /// scorer narrows it by `x-mm-model-prefixes`).
     AnyScorer { lists_models: bool },
+    /// `POST /v2/mm/batch`, and Azure ML's scoring route without `x-mm-model`: records
+    /// for many models in one request, grouped and fanned out by the proxy
+    /// ([`crate::batch`]).
+    Batch,
     /// A bad request: answered 400 without touching a scorer.
     Invalid(String),
     /// No such route: 404.
@@ -186,6 +190,7 @@ pub fn classify(
         ("POST", "/") | ("POST", AZURE_ML_SCORE) => {
             return azure_ml(model_header, version_header);
         }
+        ("POST", contract::batch::BATCH) => return Route::Batch,
         _ => {}
     }
     let (area, rest) = if let Some(rest) = path.strip_prefix("/v2/models/") {
@@ -377,13 +382,18 @@ fn named_in_headers(
 /// The last segment of an Azure ML scoring URI (`https://<endpoint>/score`).
 const AZURE_ML_SCORE: &str = "/score";
 
-/// Azure ML's scoring route: the model (and optionally its version) in headers.
+/// Azure ML's scoring route: the model (and optionally its version) in headers; without
+/// a model header, the records name their models (the many-model route).
 fn azure_ml(model: Option<&str>, version_header: Option<&str>) -> Route {
     let Some(id) = model.map(str::trim).filter(|m| !m.is_empty()) else {
-        return Route::Invalid(format!(
-            "the scoring route needs the model id in the `{}` header (or use /v2/models/{{id}}/infer)",
-            header::MODEL
-        ));
+        if version_header.is_some_and(|v| !v.trim().is_empty()) {
+            return Route::Invalid(format!(
+                "`{}` without `{}`: a many-model request names versions in its records",
+                header::MODEL_VERSION,
+                header::MODEL
+            ));
+        }
+        return Route::Batch;
     };
     named_in_headers(id, version_header, |version| Action::Infer { version })
 }

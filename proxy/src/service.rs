@@ -21,6 +21,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::batch::{self, Batches};
 use crate::choice::{Policy, View, decide, least_busy, replicates};
 use crate::grpc_route::route_by_body;
 use crate::keys::{self, KeyCheck, Keys};
@@ -40,10 +41,12 @@ const GRPC_STREAMS: usize = 128;
 /// The proxy: what every request reads (the configuration, the pool, the statistics) and
 /// counts (the metrics).
 pub struct Proxy {
-    config: ProxyConfig,
-    pool: Arc<Pool>,
-    metrics: Arc<Metrics>,
+    pub(crate) config: ProxyConfig,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) metrics: Arc<Metrics>,
     stats: Arc<Statistics>,
+    /// The many-model route's client and turns.
+    pub(crate) batches: Batches,
 }
 
 /// Per-request state.
@@ -135,11 +138,13 @@ impl Proxy {
         metrics: Arc<Metrics>,
         stats: Arc<Statistics>,
     ) -> Self {
+        let batches = Batches::new(&config.batch, config.connect_timeout);
         Proxy {
             config,
             pool,
             metrics,
             stats,
+            batches,
         }
     }
 
@@ -163,7 +168,7 @@ impl Proxy {
     /// Chooses the scorer for a model: gathers what `choice::decide` decides on, and
     /// carries out the decision's side effects (statistics, metrics and background warm
     /// loads).
-    fn choose(&self, model: &str, tried: &[Arc<str>]) -> Option<Candidate> {
+    pub(crate) fn choose(&self, model: &str, tried: &[Arc<str>]) -> Option<Candidate> {
         let mut policy = self.policy();
         let mut candidates = self.pool.candidates(model, policy.candidates(), tried);
         let mut views: Vec<View> = candidates
@@ -212,6 +217,19 @@ impl Proxy {
             self.metrics.warm_triggers.inc();
         }
         candidates.into_iter().nth(decision.chosen)
+    }
+
+    /// Learns from a scorer's successful answer for `model`: it holds the model now (the
+    /// hot table), and whether it answered from memory (statistics, metrics).
+    pub(crate) fn learn(&self, model: &str, scorer: &str, lookup: Lookup) {
+        self.pool.record_hot(model, scorer);
+        let hit = lookup == Lookup::Hit;
+        self.stats.observe(hit);
+        if hit {
+            self.metrics.cache_hits.inc();
+        } else {
+            self.metrics.cache_misses.inc();
+        }
     }
 
     /// The scorer for an admin call about a model: the first healthy one in the model's
@@ -264,29 +282,9 @@ impl Proxy {
             }
             .into()));
         }
-        if let Some(value) = session.get_header(header::TIMEOUT_MS) {
-            let Some(ms) = value
-                .to_str()
-                .ok()
-                .and_then(manymodels_contract::parse_timeout_ms)
-            else {
-                return Ok(Err(Rejection::Invalid(format!(
-                    "{} must be a whole number of milliseconds from 1 to {}",
-                    header::TIMEOUT_MS,
-                    manymodels_contract::MAX_TIMEOUT_MS
-                ))
-                .into()));
-            };
-            ctx.deadline = Some(ctx.started + Duration::from_millis(ms));
-        } else if ctx.grpc
-            && let Some(value) = session.get_header("grpc-timeout")
-        {
-            let Some(ms) = value.to_str().ok().and_then(grpc::parse_grpc_timeout) else {
-                return Ok(Err(
-                    Rejection::Invalid("malformed grpc-timeout".into()).into()
-                ));
-            };
-            ctx.deadline = Some(ctx.started + Duration::from_millis(ms));
+        match deadline(session, ctx) {
+            Ok(deadline) => ctx.deadline = deadline,
+            Err(reply) => return Ok(Err(reply)),
         }
         if let Route::Model { id, action } = &ctx.route {
             let path = action.path(id);
@@ -377,6 +375,22 @@ impl ProxyHttp for Proxy {
                         session.req_header().uri.path()
                     )),
                 ),
+                Route::Batch => match deadline(session, ctx) {
+                    Err(reply) => reply,
+                    Ok(deadline) => {
+                        let asked = batch::Asked {
+                            scope: checked.verdict.as_ref().map(|s| *s).unwrap_or(&[]),
+                            key: checked.counted.map(|(name, _)| name),
+                            authorization: self
+                                .pool
+                                .authorization()
+                                .or(authorization(session))
+                                .map(str::to_string),
+                            deadline,
+                        };
+                        batch::serve(self, session, asked).await
+                    }
+                },
                 Route::NotFound => Rejection::NoRoute {
                     method: session.req_header().method.to_string(),
                     path: session.req_header().uri.path().to_string(),
@@ -491,14 +505,7 @@ impl ProxyHttp for Proxy {
             && let (Some(lookup), Route::Model { id, .. }, Some((scorer, _))) =
                 (ctx.cache, &ctx.route, &ctx.current)
         {
-            self.pool.record_hot(id, scorer);
-            let hit = lookup == Lookup::Hit;
-            self.stats.observe(hit);
-            if hit {
-                self.metrics.cache_hits.inc();
-            } else {
-                self.metrics.cache_misses.inc();
-            }
+            self.learn(id, scorer, lookup);
         }
         Ok(())
     }
@@ -654,6 +661,35 @@ impl ProxyHttp for Proxy {
             );
         }
     }
+}
+
+/// When the client stops waiting: `x-mm-timeout-ms` (or a gRPC call's `grpc-timeout`)
+/// from the request's arrival; `None` when it did not say. A malformed value is refused.
+fn deadline(session: &Session, ctx: &Ctx) -> Result<Option<Instant>, Reply> {
+    if let Some(value) = session.get_header(header::TIMEOUT_MS) {
+        let Some(ms) = value
+            .to_str()
+            .ok()
+            .and_then(manymodels_contract::parse_timeout_ms)
+        else {
+            return Err(Rejection::Invalid(format!(
+                "{} must be a whole number of milliseconds from 1 to {}",
+                header::TIMEOUT_MS,
+                manymodels_contract::MAX_TIMEOUT_MS
+            ))
+            .into());
+        };
+        return Ok(Some(ctx.started + Duration::from_millis(ms)));
+    }
+    if ctx.grpc
+        && let Some(value) = session.get_header("grpc-timeout")
+    {
+        let Some(ms) = value.to_str().ok().and_then(grpc::parse_grpc_timeout) else {
+            return Err(Rejection::Invalid("malformed grpc-timeout".into()).into());
+        };
+        return Ok(Some(ctx.started + Duration::from_millis(ms)));
+    }
+    Ok(None)
 }
 
 /// The request's `Authorization` header, as text.

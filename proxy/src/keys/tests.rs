@@ -223,3 +223,33 @@ fn the_pool_key_is_sent_as_a_bearer_key_when_set() {
         Some("Bearer p-1")
     );
 }
+
+#[test]
+fn the_many_model_route_takes_any_valid_key_and_hands_on_its_scope() {
+    let api = api_keys();
+    let keys = Keys {
+        api: &api,
+        admin: &[],
+    };
+    let route = classify("POST", "/v2/mm/batch", None, None);
+    assert_eq!(route, Route::Batch);
+    // The records are checked against the key's prefixes one by one (`batch::records`):
+    // the route itself takes any valid key and hands its prefixes on.
+    let scoped = check(keys, &route, Some("Bearer k-acme"));
+    assert_eq!(scoped.verdict, Ok(&["acme-".to_string()][..]));
+    assert_eq!(scoped.counted, Some(("acme", "allowed")));
+    let open = check(keys, &route, Some("Bearer k-all"));
+    assert_eq!(open.verdict, Ok(&[][..]));
+    for bearer in [None, Some("Bearer nope")] {
+        let refused = check(keys, &route, bearer);
+        assert_eq!(refused.verdict, Err(Rejection::Unauthorized), "{bearer:?}");
+    }
+    // Azure ML's scoring route without a model header is the same route.
+    assert_eq!(classify("POST", "/score", None, None), Route::Batch);
+    // Without keys: open.
+    let none = Keys {
+        api: &[],
+        admin: &[],
+    };
+    assert_eq!(check(none, &route, None).verdict, Ok(&[][..]));
+}

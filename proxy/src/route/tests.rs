@@ -181,9 +181,16 @@ fn the_azure_ml_scoring_route_takes_the_model_from_a_header() {
         classify("POST", "/score", Some(" store-7 "), Some("2")),
         model("store-7", Action::Infer { version: Some(2) })
     );
-    assert!(
-        matches!(classify("POST", "/", None, None), Route::Invalid(m) if m.contains(header::MODEL))
-    );
+    // Without a model header the records name their models: the many-model route.
+    assert_eq!(classify("POST", "/", None, None), Route::Batch);
+    assert_eq!(classify("POST", "/score", Some("  "), None), Route::Batch);
+    assert_eq!(classify("POST", "/v2/mm/batch", None, None), Route::Batch);
+    assert_eq!(classify("GET", "/v2/mm/batch", None, None), Route::NotFound);
+    // A version names one model's version: alone it is a mistake, not a batch.
+    assert!(matches!(
+        classify("POST", "/score", None, Some("2")),
+        Route::Invalid(m) if m.contains(header::MODEL)
+    ));
     assert!(matches!(
         classify("POST", "/", Some("../x"), None),
         Route::Invalid(_)

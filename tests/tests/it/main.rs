@@ -14,6 +14,7 @@
 
 mod auth;
 mod azureml;
+mod batch;
 mod cli;
 mod convert;
 mod deploy;

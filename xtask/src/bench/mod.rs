@@ -8,6 +8,7 @@
 //! with; `wrk.rs` runs wrk and the probe-and-wrk measurement two benches share.
 
 mod autoscale;
+mod batch;
 mod drain;
 mod engines;
 mod hot;
@@ -76,6 +77,11 @@ pub enum Bench {
         #[arg(long, default_value_t = 32)]
         connections: usize,
     },
+    /// The many-model route (`POST /v2/mm/batch`): 1,000 records over 200 realistic models
+    /// in one call against 200 sequential single calls and the slowest owner's share; 200
+    /// forecasts of 5 steps against 1,000 single calls; the proxy's RSS under a flood of
+    /// maximal batches; records lost while a scorer is killed.
+    Batch(batch::BatchArgs),
     /// The proxy at many model ids (1,000 and 100,000 in one run): its RSS, CPU per
     /// request, statistics push size, hot table and tracked ids through a real pool.
     ProxyIds(proxy_ids::ProxyIdsArgs),
@@ -160,6 +166,7 @@ pub fn run(which: Bench) -> Result<()> {
             connections,
         } => proxy::run(seconds, connections),
         Bench::ProxyIds(args) => proxy_ids::run(args),
+        Bench::Batch(args) => batch::run(args),
         Bench::Autoscale(args) => autoscale::run(args),
         Bench::Drain(args) => drain::run(args),
         Bench::Protocols(args) => protocols::run(args),

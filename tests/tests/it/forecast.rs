@@ -292,3 +292,58 @@ fn python_week(date: &str) -> u32 {
         .parse()
         .unwrap()
 }
+
+/// Through the proxy's many-model route, as a many-models client sends it: 200 store×brand
+/// series (the six models' histories, each series shifted and scaled), each record naming
+/// its model by `{store}_{brand}_{model_type}`, forecast 5 steps in one call; every value
+/// equal to the Python loop's bit for bit, every record in its place.
+#[tokio::test]
+async fn two_hundred_series_forecast_in_one_many_model_call() {
+    let series = histories();
+    let pool = manymodels_tests::process::Pool::local(
+        &root().join("models/forecast"),
+        3,
+        &[],
+        &["batch.id_template={store}_{brand}_{model_type}"],
+    );
+    let mut records = Vec::new();
+    let mut asks = Vec::new();
+    for i in 0..200 {
+        let (id, history) = &series[i % series.len()];
+        // Each series its own: values scaled, kept to four decimals as sales are sent.
+        let scale = 1.0 + (i / series.len()) as f64 * 0.004;
+        let values: Vec<f64> = history["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v.as_f64().unwrap() * scale * 1e4).round() / 1e4)
+            .collect();
+        let price =
+            ((history["price"].as_f64().unwrap() + i as f64 * 0.01) * 100.0).round() / 100.0;
+        records.push(json!({
+            "store": history["store"], "brand": history["brand"], "model_type": history["model_type"],
+            "forecast_horizon": 5, "date_freq": history["date_freq"], "price": price,
+            "data": {"dates": history["dates"], "values": values},
+        }));
+        asks.push(json!({"model": id, "horizon": 5, "price": price,
+            "date_freq": history["date_freq"], "dates": history["dates"], "values": values}));
+    }
+    let reference = python_forecasts(&asks);
+    let client = reqwest::Client::new();
+    let (status, body) = post_json(
+        &client,
+        &format!("{}/v2/mm/batch", pool.proxy.url),
+        &json!({ "records": records }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["failed"], 0, "{body}");
+    assert_eq!(body["models"], 6);
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 200);
+    for (i, (result, want)) in results.iter().zip(&reference).enumerate() {
+        let (id, _) = &series[i % series.len()];
+        assert_eq!(result["model"], json!(id), "record {i}");
+        assert_forecast(&format!("record {i} ({id})"), result, want, 5);
+    }
+}

@@ -70,6 +70,48 @@ pub struct ForecastAsk {
     pub values: Vec<f64>,
 }
 
+/// Proxy → scorer: the groups the proxy chose this scorer for, several models in one
+/// request ([`route::RECORD_GROUPS`](crate::route::RECORD_GROUPS)), so a many-model call
+/// costs a few requests per scorer rather than one per model.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupsRequest {
+    pub groups: Vec<Group>,
+}
+
+/// One model's records in a [`GroupsRequest`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub model: String,
+    /// The version asked for; absent: the live one (or the canary's arm, chosen once for
+    /// the group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    pub records: Vec<ScorerRecord>,
+}
+
+/// Scorer → proxy: one answer per group of the [`GroupsRequest`], in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupsAnswer {
+    pub groups: Vec<GroupAnswer>,
+}
+
+/// One group's answer: its records' results, or why the whole group failed (the status its
+/// own request would have had: an unknown model's 404, a model that takes no records' 400).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum GroupAnswer {
+    Answered {
+        model_version: String,
+        /// `hit` or `miss` ([`crate::Lookup`]): whether the model was already in memory.
+        cache: String,
+        results: Vec<RecordResult>,
+    },
+    Failed {
+        error: String,
+        status: u16,
+    },
+}
+
 /// Scorer → proxy: one result per record of the [`RecordsRequest`], in order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RecordsAnswer {

@@ -73,6 +73,11 @@ pub const RECORDS: ModelRoute = ModelRoute("/v2/mm/models/{id}/records");
 pub const VERSION_RECORDS: VersionRoute =
     VersionRoute("/v2/mm/models/{id}/versions/{version}/records");
 
+/// `POST`: several models' groups of records in one request
+/// ([`crate::batch::GroupsRequest`]), answered per group ([`crate::batch::GroupsAnswer`]):
+/// what the proxy's many-model route sends each scorer.
+pub const RECORD_GROUPS: &str = "/v2/mm/records";
+
 /// `PUT`: a proxy's [`crate::StatsReport`], answered with a [`crate::StatsAnswer`].
 pub const STATS: &str = "/v2/mm/stats";
 /// `GET`: the scorer's explain view.

@@ -54,6 +54,7 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
         .route(route::VERSION_INFER.template(), post(infer))
         .route(route::RECORDS.template(), post(records))
         .route(route::VERSION_RECORDS.template(), post(records))
+        .route(route::RECORD_GROUPS, post(record_groups))
         .route(route::REPOSITORY_INDEX, post(repository_index))
         .route(route::REPOSITORY_LOAD.template(), post(repository_load))
         .route(route::REPOSITORY_UNLOAD.template(), post(repository_unload))
@@ -287,6 +288,24 @@ async fn records(
             .headers_mut()
             .insert(CACHE_HEADER, HeaderValue::from_static(lookup.as_str()));
         Ok(response)
+    }
+    .await;
+    finish(&scorer, "records", result)
+}
+
+/// The many-model route's groups for several models in one request (`record_groups`):
+/// each group answered as the records route answers it, or failed alone.
+async fn record_groups(
+    State(scorer): Shared,
+    headers: HeaderMap,
+    request: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let deadline = infer::deadline(&headers)?;
+        let body = body(request, &scorer)?;
+        let request = crate::records::parse_groups(&body)?;
+        let answer = crate::records::answer_groups(&scorer, deadline, request).await;
+        Ok(json_response(&answer))
     }
     .await;
     finish(&scorer, "records", result)

@@ -16,7 +16,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use manymodels_contract::batch::{
-    Forecast, RecordResult, RecordsAnswer, RecordsRequest, ScorerRecord, Values,
+    Forecast, GroupAnswer, GroupsAnswer, GroupsRequest, RecordResult, RecordsAnswer,
+    RecordsRequest, ScorerRecord, Values,
 };
 use manymodels_contract::forecast::{ForecastSpec, Plan};
 
@@ -31,6 +32,56 @@ use crate::tensor::{DataType, NamedTensor, TensorData};
 pub fn parse(body: &[u8]) -> Result<RecordsRequest, ScorerError> {
     serde_json::from_slice(body)
         .map_err(|e| ScorerError::invalid(format!("malformed records request: {e}")))
+}
+
+/// Parses a groups body (`contract::batch::GroupsRequest`).
+pub fn parse_groups(body: &[u8]) -> Result<GroupsRequest, ScorerError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ScorerError::invalid(format!("malformed record groups request: {e}")))
+}
+
+/// Answers several models' groups, each as [`answer`] answers one model's records (its
+/// model looked up, loaded if need be, its version chosen once), the groups' loads and
+/// runs interleaved; a group that fails (an invalid or unknown model, the deadline) fails
+/// alone with the status its own request would have had.
+pub async fn answer_groups(
+    scorer: &Arc<Scorer>,
+    deadline: Deadline,
+    request: GroupsRequest,
+) -> GroupsAnswer {
+    let answers = request.groups.into_iter().map(|group| async move {
+        let answered = async {
+            let id = ModelId::parse(&group.model)?;
+            let (model, lookup) = infer::model_within(scorer, &id, group.version, deadline).await?;
+            let records = RecordsRequest {
+                records: group.records,
+            };
+            let answer = answer(scorer, &id, &model, deadline, records).await?;
+            Ok::<_, ScorerError>((answer, lookup))
+        }
+        .await;
+        match answered {
+            Ok((answer, lookup)) => GroupAnswer::Answered {
+                model_version: answer.model_version,
+                cache: lookup.as_str().to_string(),
+                results: answer.results,
+            },
+            Err(error) => {
+                scorer
+                    .metrics
+                    .errors
+                    .with_label_values(&[error.kind()])
+                    .inc();
+                GroupAnswer::Failed {
+                    status: error.status().as_u16(),
+                    error: error.to_string(),
+                }
+            }
+        }
+    });
+    GroupsAnswer {
+        groups: futures::future::join_all(answers).await,
+    }
 }
 
 /// The width of the model's one FP32 `[rows, features]` input: the file's, else the

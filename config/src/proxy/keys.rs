@@ -156,7 +156,12 @@ pub const KEYS: &[KeyDoc] = &[
     doc(
         "batch.parallelism",
         "16",
-        "Model groups of one many-model request in flight to scorers at once.",
+        "Requests to scorers one many-model request has in flight at once (each carries up to `batch.groups_per_request` model groups).",
+    ),
+    doc(
+        "batch.groups_per_request",
+        "16",
+        "Model groups the many-model route sends a scorer in one request (`POST /v2/mm/records`); a scorer chosen for more gets several requests, which it serves in parallel.",
     ),
     doc(
         "batch.concurrency",

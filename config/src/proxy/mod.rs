@@ -133,6 +133,8 @@ pub struct BatchConfig {
     pub max_records: usize,
     /// `batch.parallelism`.
     pub parallelism: usize,
+    /// `batch.groups_per_request`.
+    pub groups_per_request: usize,
     /// `batch.concurrency`.
     pub concurrency: usize,
 }

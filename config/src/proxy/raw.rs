@@ -98,6 +98,7 @@ struct RawBatch {
     max_bytes: ByteSize,
     max_records: usize,
     parallelism: usize,
+    groups_per_request: usize,
     concurrency: usize,
 }
 
@@ -235,6 +236,8 @@ impl RawBatch {
             max_bytes: self.max_bytes,
             max_records: at_least_one("batch.max_records", self.max_records)?.get(),
             parallelism: at_least_one("batch.parallelism", self.parallelism)?.get(),
+            groups_per_request: at_least_one("batch.groups_per_request", self.groups_per_request)?
+                .get(),
             concurrency: at_least_one("batch.concurrency", self.concurrency)?.get(),
         })
     }

@@ -1,16 +1,18 @@
 //! The many-model route: one request, records for many models ([`records`] reads them).
-//! The proxy groups the records by model (and version), sends each group to the model's
-//! scorer as one multi-row request (`contract::route::RECORDS`), chosen exactly as a
-//! single request for that model is (`Proxy::choose`: rendezvous ranking, the hot table,
-//! spills, warm loads, statistics), at most `batch.parallelism` groups at once, and
-//! answers one result per record in the request's order.
+//! The proxy groups the records by model (and version) and chooses each group's scorer
+//! exactly as it would a single request's for that model (`Proxy::choose`: rendezvous
+//! ranking, the hot table, spills, warm loads, statistics); then it sends each scorer the
+//! groups chosen for it, up to `batch.groups_per_request` to a request
+//! (`contract::route::RECORD_GROUPS`: a few requests per scorer rather than one per model),
+//! at most `batch.parallelism` requests at once, and answers one result per record in the
+//! request's order.
 //!
 //! Failures stay with their records: a record the proxy cannot read, or whose model the
-//! key may not use, fails alone (400, 403); a group's scorer that answers an error (an
-//! unknown model's 404, a refused body's 400) fails that group's records; a scorer that
-//! cannot be reached or dies before answering is ejected and the group goes to the next
-//! candidate (`upstream.retries` times), as a single request would. The deadline
-//! (`x-mm-timeout-ms`) is the whole request's: each group gets what is left of it.
+//! key may not use, fails alone (400, 403); a group the scorer refuses (an unknown model's
+//! 404, a model that takes no records' 400) fails that group's records; a scorer that
+//! cannot be reached or dies before answering is ejected and its groups go to their next
+//! candidates (`upstream.retries` times), as a single request would. The deadline
+//! (`x-mm-timeout-ms`) is the whole request's: each request to a scorer gets what is left.
 //!
 //! Memory is bounded: a body is at most `batch.max_bytes` and `batch.max_records` (413),
 //! and at most `batch.concurrency` many-model requests are read and served at once.
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use manymodels_config::proxy::BatchConfig;
-use manymodels_contract::batch::{RecordsRequest, ScorerRecord};
+use manymodels_contract::batch::Group;
 use manymodels_contract::oip::ErrorBody;
 use manymodels_contract::{Lookup, header, route as scorer};
 use pingora::proxy::Session;
@@ -32,6 +34,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 
+use crate::pool::Candidate;
 use crate::reject::{Rejection, Reply};
 use crate::service::Proxy;
 use records::{BodyError, Parsed, Reading, Refused, Target};
@@ -136,22 +139,117 @@ pub async fn serve(proxy: &Proxy, session: &mut Session, asked: Asked<'_>) -> Re
     drop(body);
     let groups = records::group(&parsed);
     let models = groups.len();
-    let sends = groups.into_iter().map(|(target, positions)| {
-        let group: Vec<ScorerRecord> = positions
-            .iter()
-            .map(|&i| std::mem::take(&mut parsed[i].record))
-            .collect();
-        let asked = &asked;
-        async move {
-            let outcome = send(proxy, &target, group, asked).await;
-            (target, positions, outcome)
+    let mut pending: Vec<Pending> = Vec::with_capacity(models);
+    let mut outcomes: Vec<(Target, Vec<usize>, Outcome)> = Vec::with_capacity(models);
+    for (target, positions) in groups {
+        let group = Group {
+            model: target.0.clone(),
+            version: target.1,
+            records: positions
+                .iter()
+                .map(|&i| std::mem::take(&mut parsed[i].record))
+                .collect(),
+        };
+        match serde_json::to_vec(&group) {
+            Ok(json) => pending.push(Pending {
+                target,
+                positions,
+                json: Bytes::from(json),
+                tried: Vec::new(),
+            }),
+            Err(e) => {
+                let failed = refused(&target, 400, format!("a record cannot be sent: {e}"));
+                outcomes.push((target, positions, Outcome::Failed(failed)));
+            }
         }
-    });
-    let outcomes: Vec<_> = futures::stream::iter(sends)
-        .buffer_unordered(config.parallelism)
-        .collect()
-        .await;
+    }
+    // Rounds: choose each pending group's scorer, send each scorer its groups in requests
+    // of at most `batch.groups_per_request`, and put back the groups of a scorer that died
+    // (the next round chooses past it).
+    while !pending.is_empty() {
+        let mut requests: Vec<(Candidate, Vec<Pending>)> = Vec::new();
+        for mut group in pending.drain(..) {
+            if asked.deadline.is_some_and(|d| Instant::now() >= d) {
+                let failed = refused(&group.target, 504, "the request's deadline passed".into());
+                outcomes.push((group.target, group.positions, Outcome::Failed(failed)));
+                continue;
+            }
+            let Some(chosen) = proxy.choose(&group.target.0, &group.tried) else {
+                let failed = refused(&group.target, 503, "no scorer available".into());
+                outcomes.push((group.target, group.positions, Outcome::Failed(failed)));
+                continue;
+            };
+            group.tried.push(chosen.name.clone());
+            match requests.iter_mut().rev().find(|(c, groups)| {
+                c.name == chosen.name && groups.len() < config.groups_per_request
+            }) {
+                Some((_, groups)) => groups.push(group),
+                None => requests.push((chosen, vec![group])),
+            }
+        }
+        let sends = requests
+            .into_iter()
+            .map(|(chosen, groups)| send(proxy, chosen, groups, &asked));
+        let sent: Vec<(Vec<Pending>, Sent)> = futures::stream::iter(sends)
+            .buffer_unordered(config.parallelism)
+            .collect()
+            .await;
+        for (groups, sent) in sent {
+            match sent {
+                Sent::Answered(answers) => {
+                    for (group, outcome) in groups.into_iter().zip(answers) {
+                        outcomes.push((group.target, group.positions, outcome));
+                    }
+                }
+                Sent::Failed { status, error } => {
+                    for group in groups {
+                        let failed = refused(&group.target, status, error.clone());
+                        outcomes.push((group.target, group.positions, Outcome::Failed(failed)));
+                    }
+                }
+                Sent::Died(error) => {
+                    for group in groups {
+                        if group.tried.len() > proxy.config.retries {
+                            let failed = refused(&group.target, 502, error.clone());
+                            outcomes.push((group.target, group.positions, Outcome::Failed(failed)));
+                        } else {
+                            proxy.metrics.retries.inc();
+                            pending.push(group);
+                        }
+                    }
+                }
+            }
+        }
+    }
     answer(proxy, parsed, outcomes, models)
+}
+
+/// A group on its way: its model, its records' positions in the request, its records as
+/// the scorer reads them (`contract::batch::Group`, written once), and the scorers tried.
+struct Pending {
+    target: Target,
+    positions: Vec<usize>,
+    json: Bytes,
+    tried: Vec<Arc<str>>,
+}
+
+/// What became of one request to a scorer.
+enum Sent {
+    /// One outcome per group, in order.
+    Answered(Vec<Outcome>),
+    /// The scorer answered an error for the whole request, or did not answer in time:
+    /// every group fails with it.
+    Failed { status: u16, error: String },
+    /// Not reached, or died before answering: the groups may go to the next candidate.
+    Died(String),
+}
+
+fn refused((id, _): &Target, status: u16, error: String) -> Refused {
+    Refused {
+        status,
+        error,
+        model: Some(id.clone()),
+    }
 }
 
 /// The whole body, refused past `limit` bytes.
@@ -171,105 +269,142 @@ async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, Reply> {
     }
 }
 
-/// Sends one group to its model's scorer, retrying on the next candidate when the scorer
-/// cannot be reached or dies before answering.
+/// A scorer's answer to one group, as the scorer wrote it (`contract::batch::GroupAnswer`):
+/// each record's result is kept as its text (never parsed into numbers and written again).
+#[derive(Deserialize)]
+struct RawGroup {
+    model_version: Option<String>,
+    cache: Option<String>,
+    results: Option<Vec<Box<RawValue>>>,
+    error: Option<String>,
+    status: Option<u16>,
+}
+
+#[derive(Deserialize)]
+struct RawGroups {
+    groups: Vec<RawGroup>,
+}
+
+/// Sends `groups` to the scorer `chosen` in one request
+/// (`contract::route::RECORD_GROUPS`); hands the groups back with what became of them.
 async fn send(
     proxy: &Proxy,
-    (id, version): &Target,
-    records: Vec<ScorerRecord>,
+    chosen: Candidate,
+    groups: Vec<Pending>,
     asked: &Asked<'_>,
-) -> Outcome {
-    let fail = |status: u16, error: String| {
-        Outcome::Failed(Refused {
+) -> (Vec<Pending>, Sent) {
+    let mut timeout = proxy.config.read_timeout;
+    if let Some(deadline) = asked.deadline {
+        timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+        if timeout.is_zero() {
+            let sent = Sent::Failed {
+                status: 504,
+                error: "the request's deadline passed".into(),
+            };
+            return (groups, sent);
+        }
+    }
+    let size = groups.iter().map(|g| g.json.len() + 1).sum::<usize>() + 16;
+    let mut body = BytesMut::with_capacity(size);
+    body.extend_from_slice(b"{\"groups\":[");
+    for (i, group) in groups.iter().enumerate() {
+        if i > 0 {
+            body.extend_from_slice(b",");
+        }
+        body.extend_from_slice(&group.json);
+    }
+    body.extend_from_slice(b"]}");
+    let counter = proxy.pool.inflight(&chosen.name);
+    counter.fetch_add(groups.len(), Ordering::Relaxed);
+    let mut request = proxy
+        .batches
+        .client
+        .post(format!("http://{}{}", chosen.addr, scorer::RECORD_GROUPS))
+        .header("content-type", "application/json")
+        .timeout(timeout)
+        .body(body.freeze());
+    if let Some(authorization) = &asked.authorization {
+        request = request.header("authorization", authorization);
+    }
+    if asked.deadline.is_some() {
+        request = request.header(header::TIMEOUT_MS, timeout.as_millis().max(1).to_string());
+    }
+    let started = Instant::now();
+    let result = async {
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await?;
+        Ok::<_, reqwest::Error>((status, bytes))
+    }
+    .await;
+    counter.fetch_sub(groups.len(), Ordering::Relaxed);
+    proxy
+        .metrics
+        .upstream_latency
+        .observe(started.elapsed().as_secs_f64());
+    let sent = match result {
+        Ok((200, bytes)) => match serde_json::from_slice::<RawGroups>(&bytes) {
+            Ok(answer) if answer.groups.len() == groups.len() => Sent::Answered(
+                groups
+                    .iter()
+                    .zip(answer.groups)
+                    .map(|(group, raw)| outcome(proxy, &group.target, &chosen.name, raw))
+                    .collect(),
+            ),
+            Ok(answer) => Sent::Failed {
+                status: 502,
+                error: format!(
+                    "the scorer answered {} groups for {}",
+                    answer.groups.len(),
+                    groups.len()
+                ),
+            },
+            Err(e) => Sent::Failed {
+                status: 502,
+                error: format!("the scorer's answer was unreadable: {e}"),
+            },
+        },
+        Ok((status, bytes)) => Sent::Failed {
             status,
-            error,
-            model: Some(id.clone()),
-        })
+            error: serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| format!("the scorer answered {status}")),
+        },
+        Err(e) if e.is_timeout() => Sent::Failed {
+            status: 504,
+            error: "the scorer did not answer in time".into(),
+        },
+        Err(e) => {
+            proxy.pool.eject(&chosen.name);
+            Sent::Died(format!("the scorer failed: {}", error_chain(&e)))
+        }
     };
-    let body = match serde_json::to_vec(&RecordsRequest { records }) {
-        Ok(body) => Bytes::from(body),
-        Err(e) => return fail(400, format!("a record cannot be sent: {e}")),
-    };
-    let path = match version {
-        Some(v) => scorer::VERSION_RECORDS.path(id, *v),
-        None => scorer::RECORDS.path(id),
-    };
-    let mut tried: Vec<Arc<str>> = Vec::new();
-    loop {
-        let mut timeout = proxy.config.read_timeout;
-        if let Some(deadline) = asked.deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return fail(504, "the request's deadline passed".into());
+    (groups, sent)
+}
+
+/// One group's outcome from its answer; a group the scorer answered teaches the proxy
+/// where its model is (the hot table) and whether it was in memory.
+fn outcome(proxy: &Proxy, target: &Target, scorer: &str, raw: RawGroup) -> Outcome {
+    match raw {
+        RawGroup {
+            model_version: Some(model_version),
+            cache,
+            results: Some(results),
+            ..
+        } => {
+            if let Some(lookup) = cache.as_deref().and_then(Lookup::parse) {
+                proxy.learn(&target.0, scorer, lookup);
             }
-            timeout = timeout.min(left);
+            Outcome::Answered(Answered {
+                model_version,
+                results,
+            })
         }
-        let Some(chosen) = proxy.choose(id, &tried) else {
-            return fail(503, "no scorer available".into());
-        };
-        tried.push(chosen.name.clone());
-        let counter = proxy.pool.inflight(&chosen.name);
-        counter.fetch_add(1, Ordering::Relaxed);
-        let mut request = proxy
-            .batches
-            .client
-            .post(format!("http://{}{path}", chosen.addr))
-            .header("content-type", "application/json")
-            .timeout(timeout)
-            .body(body.clone());
-        if let Some(authorization) = &asked.authorization {
-            request = request.header("authorization", authorization);
-        }
-        if asked.deadline.is_some() {
-            request = request.header(header::TIMEOUT_MS, timeout.as_millis().max(1).to_string());
-        }
-        let started = Instant::now();
-        let result = async {
-            let response = request.send().await?;
-            let status = response.status().as_u16();
-            let lookup = response
-                .headers()
-                .get(header::CACHE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(Lookup::parse);
-            let bytes = response.bytes().await?;
-            Ok::<_, reqwest::Error>((status, lookup, bytes))
-        }
-        .await;
-        counter.fetch_sub(1, Ordering::Relaxed);
-        proxy
-            .metrics
-            .upstream_latency
-            .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok((200, lookup, bytes)) => {
-                if let Some(lookup) = lookup {
-                    proxy.learn(id, &chosen.name, lookup);
-                }
-                return match serde_json::from_slice::<Answered>(&bytes) {
-                    Ok(answered) => Outcome::Answered(answered),
-                    Err(e) => fail(502, format!("the scorer's answer was unreadable: {e}")),
-                };
-            }
-            Ok((status, _, bytes)) => {
-                let error = serde_json::from_slice::<ErrorBody>(&bytes)
-                    .map(|b| b.error)
-                    .unwrap_or_else(|_| format!("the scorer answered {status}"));
-                return fail(status, error);
-            }
-            Err(e) if e.is_timeout() => {
-                return fail(504, "the scorer did not answer in time".into());
-            }
-            Err(e) => {
-                // Not reached, or died before answering: the group is idempotent, so the
-                // next candidate may answer it.
-                proxy.pool.eject(&chosen.name);
-                if tried.len() > proxy.config.retries {
-                    return fail(502, format!("the scorer failed: {}", error_chain(&e)));
-                }
-                proxy.metrics.retries.inc();
-            }
-        }
+        RawGroup { error, status, .. } => Outcome::Failed(refused(
+            target,
+            status.unwrap_or(502),
+            error.unwrap_or_else(|| "the scorer's answer for the group was unreadable".into()),
+        )),
     }
 }
 

@@ -1,4 +1,4 @@
-use manymodels_contract::batch::{BatchAnswer, RecordResult};
+use manymodels_contract::batch::{BatchAnswer, RecordResult, ScorerRecord};
 
 use super::*;
 

@@ -28,7 +28,7 @@ pub(super) fn guard_of(path: &str) -> Guard {
         Guard::Open
     } else if path == route::METRICS {
         Guard::Metrics
-    } else if path.starts_with("/v2/mm/models/")
+    } else if (path.starts_with("/v2/mm/models/") && !is_records(path))
         || path.starts_with("/v2/repository/models/")
         || path == route::CACHE_EXPLAIN
         || contract::grpc::Call::from_path(path).is_some_and(contract::grpc::Call::admin)
@@ -37,6 +37,17 @@ pub(super) fn guard_of(path: &str) -> Guard {
     } else {
         Guard::Pool
     }
+}
+
+/// Whether `path` is a model's records route (`/v2/mm/models/{id}/records` or
+/// `.../versions/{v}/records`): scoring, which the pool key guards like inference, though
+/// it shares the admin routes' prefix.
+fn is_records(path: &str) -> bool {
+    let rest = path.strip_prefix("/v2/mm/models/").unwrap_or("");
+    matches!(
+        rest.split('/').collect::<Vec<_>>()[..],
+        [_, "records"] | [_, "versions", _, "records"]
+    )
 }
 
 /// The bearer key of a request, if any.
@@ -146,6 +157,9 @@ mod tests {
             route::ADMIN_PIN.path("m"),
             route::ADMIN_PUBLISH.path("m", 2),
             route::CACHE_EXPLAIN.to_string(),
+            // A model named `records` is still administered.
+            route::ADMIN_STATUS.path("records"),
+            route::ADMIN_REFRESH.path("records"),
             "/inference.GRPCInferenceService/RepositoryModelLoad".to_string(),
             "/inference.GRPCInferenceService/RepositoryModelUnload".to_string(),
         ] {
@@ -154,6 +168,10 @@ mod tests {
         for pool in [
             route::STATS.to_string(),
             route::INFER.path("m"),
+            // The many-model route's scoring: the pool key, as inference.
+            route::RECORDS.path("m"),
+            route::VERSION_RECORDS.path("m", 3),
+            route::RECORD_GROUPS.to_string(),
             route::SERVER_METADATA.to_string(),
             route::REPOSITORY_INDEX.to_string(),
             "/inference.GRPCInferenceService/ModelInfer".to_string(),

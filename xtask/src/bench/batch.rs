@@ -54,12 +54,17 @@ pub struct BatchArgs {
     /// The forecast store (`models/make_forecast.py --series N`, made if missing).
     #[arg(long, default_value = ".cache/forecast-200")]
     forecast_store: PathBuf,
+    /// Only the records figures (no flood, kill or forecasts).
+    #[arg(long)]
+    records_only: bool,
 }
 
 const PORTS: [u16; 3] = [18_061, 18_062, 18_063];
 const PROXY_PORT: u16 = 18_060;
-/// The proxy's default `batch.parallelism`, used for the owners' shares too.
+/// The proxy's default `batch.parallelism` and `batch.groups_per_request`, used for the
+/// owners' shares too.
 const PARALLELISM: usize = 16;
+const GROUPS_PER_REQUEST: usize = 16;
 
 pub fn run(args: BatchArgs) -> Result<()> {
     ensure_store(&args.store, 2_000)?;
@@ -72,7 +77,9 @@ pub fn run(args: BatchArgs) -> Result<()> {
         machine()
     );
     runtime.block_on(records(&args))?;
-    runtime.block_on(forecasts(&args))?;
+    if !args.records_only {
+        runtime.block_on(forecasts(&args))?;
+    }
     Ok(())
 }
 
@@ -189,6 +196,33 @@ async fn post(client: &reqwest::Client, url: &str, body: String) -> Result<(u16,
     Ok((status, scorer, response.text().await?))
 }
 
+/// Sends an owner its groups straight, as the proxy sends them: `GROUPS_PER_REQUEST`
+/// groups to a `POST /v2/mm/records`, `PARALLELISM` requests at once.
+async fn send_share(client: &reqwest::Client, url: &str, mine: &[&Group]) -> Result<()> {
+    let sends = mine.chunks(GROUPS_PER_REQUEST).map(|chunk| {
+        let groups: Vec<Value> = chunk
+            .iter()
+            .map(|g| {
+                json!({"model": g.id,
+                    "records": g.rows.iter().map(|r| json!({"features": r})).collect::<Vec<_>>()})
+            })
+            .collect();
+        let body = json!({ "groups": groups }).to_string();
+        let url = format!("{url}/v2/mm/records");
+        async move { post(client, &url, body).await }
+    });
+    let answers: Vec<_> = futures::stream::iter(sends)
+        .buffer_unordered(PARALLELISM)
+        .collect()
+        .await;
+    for answer in answers {
+        let (status, _, text) = answer?;
+        ensure!(status == 200, "{status} {text}");
+        ensure!(!text.contains("\"error\""), "a group failed: {text}");
+    }
+    Ok(())
+}
+
 /// Times `f` `reps` times; the median.
 async fn median<F, Fut>(reps: usize, mut f: F) -> Result<Duration>
 where
@@ -233,6 +267,13 @@ async fn records(args: &BatchArgs) -> Result<()> {
         ensure!(status == 200, "{}: {status} {text}", group.id);
         owner.insert(group.id.clone(), scorer);
     }
+    let cpu = |scorers: &[ScorerProcess]| -> (f64, f64) {
+        (
+            proxy.cpu_seconds(),
+            scorers.iter().map(|s| s.cpu_seconds()).sum::<f64>(),
+        )
+    };
+    let before = cpu(&scorers);
     let many = median(args.reps, || async {
         let (status, _, text) = post(&client, &batch_url, body.clone()).await?;
         let answer = check(status, &text)?;
@@ -243,6 +284,9 @@ async fn records(args: &BatchArgs) -> Result<()> {
         Ok(())
     })
     .await?;
+    let after = cpu(&scorers);
+    let per_call = |a: f64, b: f64| (b - a) * 1e3 / args.reps as f64;
+    let many_cpu = (per_call(before.0, after.0), per_call(before.1, after.1));
     let sequential = median(args.reps.min(3), || async {
         for group in &groups {
             let url = format!("{}/v2/models/{}/infer", proxy.url, group.id);
@@ -261,33 +305,34 @@ async fn records(args: &BatchArgs) -> Result<()> {
             .filter(|g| owner.get(&g.id).is_some_and(|o| *o == name))
             .collect();
         let records: usize = mine.iter().map(|g| g.rows.len()).sum();
-        let share = median(args.reps, || {
-            let mine = &mine;
-            let client = &client;
-            let url = scorer.url.clone();
-            async move {
-                let sends = mine.iter().map(|g| {
-                    let body = json!({"records": g.rows.iter()
-                        .map(|r| json!({"features": r})).collect::<Vec<_>>()})
-                    .to_string();
-                    let url = format!("{url}/v2/mm/models/{}/records", g.id);
-                    async move { post(client, &url, body).await }
-                });
-                let answers: Vec<_> = futures::stream::iter(sends)
-                    .buffer_unordered(PARALLELISM)
-                    .collect()
-                    .await;
-                for answer in answers {
-                    let (status, _, text) = answer?;
-                    ensure!(status == 200, "{status} {text}");
-                }
-                Ok(())
-            }
-        })
-        .await?;
+        let share = median(args.reps, || send_share(&client, &scorer.url, &mine)).await?;
         shares.push((name, mine.len(), records, share));
     }
     let slowest = shares.iter().map(|s| s.3).max().unwrap_or_default();
+    // The same shares sent to the three owners at the same moment, as the many-model call
+    // does: the slowest owner's finish, the proxy left out.
+    let together = median(args.reps, || {
+        let client = &client;
+        let owner = &owner;
+        let groups = &groups;
+        let scorers = &scorers;
+        async move {
+            let sends = scorers.iter().map(|scorer| {
+                let name = scorer.addr().to_string();
+                let mine: Vec<&Group> = groups
+                    .iter()
+                    .filter(|g| owner.get(&g.id).is_some_and(|o| *o == name))
+                    .collect();
+                let url = scorer.url.clone();
+                async move { send_share(client, &url, &mine).await }
+            });
+            for done in futures::future::join_all(sends).await {
+                done?;
+            }
+            Ok(())
+        }
+    })
+    .await?;
     println!();
     println!(
         "records: {} records over {} models of {}, proxy + 3 scorers (cache.budget=1536MiB, all hot after the first call), median of {}",
@@ -316,13 +361,24 @@ async fn records(args: &BatchArgs) -> Result<()> {
         many.as_secs_f64() / slowest.as_secs_f64()
     );
     println!(
+        "| the three shares sent at once, straight to their owners (the fan-out without the proxy) | {} | many-model call / that = **{:.2}x** |",
+        ms(together),
+        many.as_secs_f64() / together.as_secs_f64()
+    );
+    println!(
+        "| CPU per many-model call: proxy {:.1} ms, scorers {:.1} ms | | |",
+        many_cpu.0, many_cpu.1
+    );
+    println!(
         "| {} sequential single-model calls (one client, each model's records in one OIP request) | {} | **{:.1}x** the many-model call |",
         groups.len(),
         ms(sequential),
         sequential.as_secs_f64() / many.as_secs_f64()
     );
-    flood(args, &proxy, &groups).await?;
-    kill(args, &proxy, &mut scorers, &body, &reference).await?;
+    if !args.records_only {
+        flood(args, &proxy, &groups).await?;
+        kill(args, &proxy, &mut scorers, &body, &reference).await?;
+    }
     Ok(())
 }
 

@@ -22,10 +22,12 @@ use manymodels_contract::{parse_version, truncate_for_message as cut, valid_mode
 use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
-/// One record's fields, in the order sent.
-#[derive(Debug, Default, PartialEq)]
-pub struct Fields(pub Vec<(String, Value)>);
+/// One record's fields, in the order sent, each as its JSON text: a record's `features`
+/// are read straight into numbers (no JSON value tree per number), the rest as values.
+#[derive(Debug, Default)]
+pub struct Fields(pub Vec<(String, Box<RawValue>)>);
 
 impl<'de> Deserialize<'de> for Fields {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -37,7 +39,7 @@ impl<'de> Deserialize<'de> for Fields {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
                 let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((name, value)) = map.next_entry::<String, Value>()? {
+                while let Some((name, value)) = map.next_entry::<String, Box<RawValue>>()? {
                     fields.push((name, value));
                 }
                 Ok(Fields(fields))
@@ -53,24 +55,19 @@ impl<'de> Deserialize<'de> for Fields {
 struct Body {
     records: Option<Vec<Fields>>,
     data: Option<Vec<Fields>>,
-    input_data: Option<InputData>,
+    /// Records (`[{...}]`) or a split-orientation table (`{"columns", "data"}`): told
+    /// apart by their first character once read.
+    input_data: Option<Box<RawValue>>,
     /// Azure ML passes `params` through to scoring scripts; nothing here reads them.
     #[serde(default, rename = "params")]
     _params: Option<Value>,
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum InputData {
-    Records(Vec<Fields>),
-    Split(Split),
-}
-
-#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Split {
     columns: Vec<String>,
-    data: Vec<Vec<Value>>,
+    data: Vec<Vec<Box<RawValue>>>,
     #[serde(default, rename = "index")]
     _index: Option<Value>,
 }
@@ -122,8 +119,18 @@ pub fn read(body: &[u8], reading: &Reading<'_>) -> Result<Vec<Parsed>, BodyError
     })?;
     let records = match (body.records, body.data, body.input_data) {
         (Some(records), None, None) | (None, Some(records), None) => records,
-        (None, None, Some(InputData::Records(records))) => records,
-        (None, None, Some(InputData::Split(split))) => from_split(split)?,
+        (None, None, Some(input)) if input.get().starts_with('[') => {
+            serde_json::from_str(input.get()).map_err(|e| {
+                BodyError::Invalid(format!("input_data as records: a list of objects: {e}"))
+            })?
+        }
+        (None, None, Some(input)) => {
+            from_split(serde_json::from_str(input.get()).map_err(|e| {
+                BodyError::Invalid(format!(
+                    "input_data as a table: {{\"columns\": [...], \"data\": [[...]]}}: {e}"
+                ))
+            })?)?
+        }
         (None, None, None) => {
             return Err(BodyError::Invalid(
                 "no records: send {\"records\": [...]}".into(),
@@ -178,14 +185,24 @@ fn record(fields: Fields, reading: &Reading<'_>) -> Parsed {
     let mut named: Vec<(String, f64)> = Vec::new();
     let mut keys: Vec<(String, String)> = Vec::new();
     let mut problem: Option<String> = None;
-    for (name, value) in fields.0 {
+    for (name, raw) in fields.0 {
+        if name == "features" {
+            match serde_json::from_str::<Vec<f64>>(raw.get()) {
+                Ok(values) => features = Some(values),
+                Err(_) => {
+                    problem.get_or_insert("'features' must be a list of numbers".into());
+                }
+            }
+            continue;
+        }
+        // Valid JSON by construction (it was read as a value); small beside `features`.
+        let value: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
         let outcome: Result<(), String> = match name.as_str() {
             "model" => value
                 .as_str()
                 .map(|id| model = Some(id.to_string()))
                 .ok_or_else(|| "'model' must be a string".into()),
             "version" => read_version(&value).map(|v| version = Some(v)),
-            "features" => numbers(&value, "features").map(|v| features = Some(v)),
             "columns" => strings(&value, "columns").map(|v| columns = Some(v)),
             "forecast_horizon" => value
                 .as_u64()

@@ -20,14 +20,24 @@ use std::fmt;
 use manymodels_contract::batch::{ForecastAsk, IdTemplate, ScorerRecord};
 use manymodels_contract::{parse_version, truncate_for_message as cut, valid_model_id};
 use serde::Deserialize;
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-/// One record's fields, in the order sent, each as its JSON text: a record's `features`
-/// are read straight into numbers (no JSON value tree per number), the rest as values.
+/// One record's fields, in the order sent: `features` read straight into numbers in the
+/// same pass as the body (no JSON value per number), every other field kept as its JSON
+/// text until the record is read.
 #[derive(Debug, Default)]
-pub struct Fields(pub Vec<(String, Box<RawValue>)>);
+pub struct Fields(pub Vec<(String, Field)>);
+
+/// One field's value.
+#[derive(Debug)]
+pub enum Field {
+    /// `features`: the numbers, or `None` when the value is not a list of numbers (the
+    /// record then fails alone; the body is still read).
+    Features(Option<Vec<f64>>),
+    Raw(Box<RawValue>),
+}
 
 impl<'de> Deserialize<'de> for Fields {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -39,13 +49,109 @@ impl<'de> Deserialize<'de> for Fields {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
                 let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((name, value)) = map.next_entry::<String, Box<RawValue>>()? {
+                while let Some(name) = map.next_key::<String>()? {
+                    let value = if name == "features" {
+                        Field::Features(map.next_value::<Numbers>()?.0)
+                    } else {
+                        Field::Raw(map.next_value::<Box<RawValue>>()?)
+                    };
                     fields.push((name, value));
                 }
                 Ok(Fields(fields))
             }
         }
         deserializer.deserialize_map(Ordered)
+    }
+}
+
+/// A list of numbers, or `None` for any other JSON value (read through, not refused).
+struct Numbers(Option<Vec<f64>>);
+
+impl<'de> Deserialize<'de> for Numbers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct List;
+        impl<'de> Visitor<'de> for List {
+            type Value = Numbers;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of numbers")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Numbers, A::Error> {
+                let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(32));
+                let mut all_numbers = true;
+                while let Some(value) = seq.next_element::<Number>()? {
+                    match value.0 {
+                        Some(v) if all_numbers => values.push(v),
+                        _ => all_numbers = false,
+                    }
+                }
+                Ok(Numbers(all_numbers.then_some(values)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Numbers, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Numbers(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Numbers, E> {
+                Ok(Numbers(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Numbers, E> {
+                Ok(Numbers(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Numbers, E> {
+                Ok(Numbers(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Numbers, E> {
+                Ok(Numbers(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Numbers, E> {
+                Ok(Numbers(None))
+            }
+            fn visit_unit<E>(self) -> Result<Numbers, E> {
+                Ok(Numbers(None))
+            }
+        }
+        deserializer.deserialize_any(List)
+    }
+}
+
+/// One JSON value that is a number (`Some`) or anything else (`None`, read through).
+struct Number(Option<f64>);
+
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct One;
+        impl<'de> Visitor<'de> for One {
+            type Value = Number;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Number, E> {
+                Ok(Number(Some(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Number, E> {
+                Ok(Number(Some(v as f64)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Number, E> {
+                Ok(Number(Some(v as f64)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Number, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Number(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Number, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Number(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Number, E> {
+                Ok(Number(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Number, E> {
+                Ok(Number(None))
+            }
+            fn visit_unit<E>(self) -> Result<Number, E> {
+                Ok(Number(None))
+            }
+        }
+        deserializer.deserialize_any(One)
     }
 }
 
@@ -168,7 +274,14 @@ fn from_split(split: Split) -> Result<Vec<Fields>, BodyError> {
                     row.len()
                 )));
             }
-            Ok(Fields(split.columns.iter().cloned().zip(row).collect()))
+            Ok(Fields(
+                split
+                    .columns
+                    .iter()
+                    .cloned()
+                    .zip(row.into_iter().map(Field::Raw))
+                    .collect(),
+            ))
         })
         .collect()
 }
@@ -185,16 +298,18 @@ fn record(fields: Fields, reading: &Reading<'_>) -> Parsed {
     let mut named: Vec<(String, f64)> = Vec::new();
     let mut keys: Vec<(String, String)> = Vec::new();
     let mut problem: Option<String> = None;
-    for (name, raw) in fields.0 {
-        if name == "features" {
-            match serde_json::from_str::<Vec<f64>>(raw.get()) {
-                Ok(values) => features = Some(values),
-                Err(_) => {
-                    problem.get_or_insert("'features' must be a list of numbers".into());
-                }
+    for (name, field) in fields.0 {
+        let raw = match field {
+            Field::Features(Some(values)) => {
+                features = Some(values);
+                continue;
             }
-            continue;
-        }
+            Field::Features(None) => {
+                problem.get_or_insert("'features' must be a list of numbers".into());
+                continue;
+            }
+            Field::Raw(raw) => raw,
+        };
         // Valid JSON by construction (it was read as a value); small beside `features`.
         let value: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
         let outcome: Result<(), String> = match name.as_str() {

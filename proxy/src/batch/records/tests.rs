@@ -197,3 +197,23 @@ fn too_many_records_is_its_own_refusal() {
         }
     );
 }
+
+#[test]
+fn features_that_are_not_all_numbers_fail_their_record_only() {
+    let parsed = read_json(
+        r#"{"records": [
+            {"model": "m", "features": [1, "x", 3]},
+            {"model": "m", "features": [[1, 2], {"a": 1}]},
+            {"model": "m", "features": "1,2"},
+            {"model": "m", "features": {"a": [1]}},
+            {"model": "m", "features": [1e3, -2, 0.5]}
+        ]}"#,
+        &reading(None, &[]),
+    );
+    for p in &parsed[..4] {
+        let r = refused(p);
+        assert_eq!(r.status, 400);
+        assert!(r.error.contains("list of numbers"), "{}", r.error);
+    }
+    assert_eq!(parsed[4].record.features, [1000.0, -2.0, 0.5]);
+}

@@ -61,6 +61,7 @@ pub struct BatchArgs {
 
 const PORTS: [u16; 3] = [18_061, 18_062, 18_063];
 const PROXY_PORT: u16 = 18_060;
+const BASELINE_PORT: u16 = 18_069;
 /// The proxy's default `batch.parallelism` and `batch.groups_per_request`, used for the
 /// owners' shares too.
 const PARALLELISM: usize = 16;
@@ -296,6 +297,21 @@ async fn records(args: &BatchArgs) -> Result<()> {
         Ok(())
     })
     .await?;
+    // The naive baseline (one Python process, ONNX Runtime, an LRU of 200 models: all 200
+    // fit) taking the same 200 calls, warmed by one pass first.
+    let baseline = super::replay::start_baseline(&args.store, 200, BASELINE_PORT)?;
+    let baseline_url = format!("http://127.0.0.1:{BASELINE_PORT}");
+    let naive_calls = || async {
+        for group in &groups {
+            let url = format!("{baseline_url}/v2/models/{}/infer", group.id);
+            let (status, _, text) = post(&client, &url, oip_body(&group.rows)).await?;
+            ensure!(status == 200, "baseline {}: {status} {text}", group.id);
+        }
+        Ok(())
+    };
+    naive_calls().await?;
+    let naive = median(args.reps.min(3), naive_calls).await?;
+    drop(baseline);
     // Each owner's share: its groups straight to it, as the proxy sends them.
     let mut shares = Vec::new();
     for scorer in &scorers {
@@ -374,6 +390,12 @@ async fn records(args: &BatchArgs) -> Result<()> {
         groups.len(),
         ms(sequential),
         sequential.as_secs_f64() / many.as_secs_f64()
+    );
+    println!(
+        "| the naive baseline (one Python process, ONNX Runtime, LRU of 200 models), the same {} sequential calls | {} | **{:.0}x** the many-model call |",
+        groups.len(),
+        ms(naive),
+        naive.as_secs_f64() / many.as_secs_f64()
     );
     if !args.records_only {
         flood(args, &proxy, &groups).await?;

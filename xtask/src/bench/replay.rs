@@ -316,7 +316,8 @@ fn simulate(
 }
 
 /// The naive server, killed on drop.
-struct Baseline(Child);
+/// The naive baseline server, killed when dropped.
+pub(crate) struct Baseline(Child);
 
 impl Drop for Baseline {
     fn drop(&mut self) {
@@ -325,7 +326,9 @@ impl Drop for Baseline {
     }
 }
 
-fn baseline(args: &ReplayArgs, trace: &[u32], entries: &[Entry]) -> Result<Row> {
+/// Starts the naive baseline (`models/baseline_server.py`: one Python process, ONNX Runtime,
+/// an LRU of `lru` models by count) on `port` over `store`, and waits until it is ready.
+pub(crate) fn start_baseline(store: &Path, lru: usize, port: u16) -> Result<Baseline> {
     let present = Command::new("python3")
         .args(["-c", "import fastapi, uvicorn, onnxruntime"])
         .stderr(Stdio::null())
@@ -334,23 +337,24 @@ fn baseline(args: &ReplayArgs, trace: &[u32], entries: &[Entry]) -> Result<Row> 
     if !present {
         pip(&["fastapi==0.165.0", "uvicorn==0.54.0", "onnxruntime==1.31.1"])?;
     }
-    let port = 18_039u16;
     let child = Command::new("python3")
         .arg("models/baseline_server.py")
         .arg("--store")
-        .arg(&args.store)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--lru",
-            &args.baseline_lru.to_string(),
-        ])
+        .arg(store)
+        .args(["--port", &port.to_string(), "--lru", &lru.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
     let server = Baseline(child);
     let url = format!("http://127.0.0.1:{port}");
     setup::wait_ready(&format!("{url}/v2/health/ready"), Duration::from_secs(60))?;
+    Ok(server)
+}
+
+fn baseline(args: &ReplayArgs, trace: &[u32], entries: &[Entry]) -> Result<Row> {
+    let port = 18_039u16;
+    let server = start_baseline(&args.store, args.baseline_lru, port)?;
+    let url = format!("http://127.0.0.1:{port}");
     let outcome = send_trace(
         &format!("127.0.0.1:{port}"),
         trace,

@@ -10,10 +10,12 @@
 //! serve: no runtime, no server, no metric names (those stay beside the code that counts
 //! them).
 
+mod allocator;
 mod flags;
 mod logging;
 mod metrics;
 
+pub use allocator::tune_allocator;
 pub use flags::{Binary, Flags};
 pub use logging::init_tracing;
 pub use metrics::{Registry, exponential_buckets};

@@ -86,7 +86,7 @@ fn main() -> ExitCode {
     // Model files and checks allocate blocks of megabytes: the scorer's allocator set-up
     // returns them to the OS when freed instead of keeping them in glibc's heap (an import
     // of 10,000 real models peaked at 694 MB of RSS without it).
-    manymodels_engine::tune_allocator();
+    manymodels_boot::tune_allocator();
     let cli = Cli::parse();
     if let Command::Completions { shell } = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "mmctl", &mut std::io::stdout());

@@ -40,22 +40,6 @@ use crate::tensor::{NamedTensor, TensorData, TensorSpec};
 pub use classes::Classes;
 pub use onnx::{environment, self_test};
 
-/// Sets glibc's allocator up so RSS follows what the cache charges: blocks of 1 MiB and
-/// more (model arrays, ONNX Runtime initializers, load buffers) are always their own
-/// mappings, returned to the OS the moment they are freed. Without it glibc raises its
-/// mmap threshold to 32 MiB after the first large free, and every load's transient
-/// memory stays in the heap until a trim (measured: peak RSS 2.5 budgets during a burst
-/// of ONNX Runtime loads). Call before any thread starts.
-pub fn tune_allocator() {
-    #[cfg(target_env = "gnu")]
-    {
-        // SAFETY: mallopt only sets allocator parameters; called before other threads exist.
-        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
-        // SAFETY: as above.
-        unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
-    }
-}
-
 /// A run that failed inside the engine: which model, and the engine's message (the
 /// scorer answers it with a 500).
 #[derive(Clone, Debug, thiserror::Error)]

@@ -11,6 +11,8 @@ use manymodels_boot::Binary;
 use manymodels_config::proxy::ProxyConfig;
 
 fn main() -> ExitCode {
+    // Before any thread: a many-model request's big buffers go back to the OS when freed.
+    manymodels_boot::tune_allocator();
     let binary = Binary::new("mm-proxy", "Route each model to the scorer holding it hot");
     let scorers = &["pool.scorers={}"];
     let binary = binary.shorthand("scorers", "LIST", scorers, "comma-separated host:port");

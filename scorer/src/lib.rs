@@ -24,7 +24,8 @@ pub mod oip;
 pub mod records;
 
 /// The engine and store crates, under the names the scorer's modules use.
-pub use manymodels_engine::{self as engine, tensor, tune_allocator};
+pub use manymodels_boot::tune_allocator;
+pub use manymodels_engine::{self as engine, tensor};
 pub use manymodels_store as store;
 
 use std::sync::Arc;

@@ -307,13 +307,23 @@ async fn send(
     let size = groups.iter().map(|g| g.json.len() + 1).sum::<usize>() + 16;
     let mut body = BytesMut::with_capacity(size);
     body.extend_from_slice(b"{\"groups\":[");
+    let mut ranges = Vec::with_capacity(groups.len());
     for (i, group) in groups.iter().enumerate() {
         if i > 0 {
             body.extend_from_slice(b",");
         }
+        let start = body.len();
         body.extend_from_slice(&group.json);
+        ranges.push(start..body.len());
     }
     body.extend_from_slice(b"]}");
+    // Each group's text now lives once, in the request's body: the groups keep slices of it
+    // (for a retry), and their own copies are freed.
+    let body = body.freeze();
+    let mut groups = groups;
+    for (group, range) in groups.iter_mut().zip(ranges) {
+        group.json = body.slice(range);
+    }
     let counter = proxy.pool.inflight(&chosen.name);
     counter.fetch_add(groups.len(), Ordering::Relaxed);
     let mut request = proxy
@@ -322,7 +332,7 @@ async fn send(
         .post(format!("http://{}{}", chosen.addr, scorer::RECORD_GROUPS))
         .header("content-type", "application/json")
         .timeout(timeout)
-        .body(body.freeze());
+        .body(body);
     if let Some(authorization) = &asked.authorization {
         request = request.header("authorization", authorization);
     }

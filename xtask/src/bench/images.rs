@@ -71,7 +71,7 @@ pub fn run(args: ImagesArgs) -> Result<()> {
     }
     // The scorer's allocator settings (big buffers are their own mappings, never recycled
     // heap): loads allocate here as they do in `mm-scorer`.
-    manymodels_engine::tune_allocator();
+    manymodels_boot::tune_allocator();
     let library = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
     let environment = engine::environment(library.as_deref()).map_err(anyhow::Error::msg)?;
     let engines = Engines {

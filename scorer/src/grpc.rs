@@ -5,9 +5,11 @@
 //! protocols load, check, run and refuse alike; errors carry the gRPC code of their REST
 //! status (`contract::grpc::code_for_status`).
 //!
-//! The model is the request's `model_name`. Through the proxy, which routes on a metadata
-//! header before the body arrives (`contract::grpc::MODEL_HEADERS`), that header must name
-//! the same model: a request routed (and key-checked) as one model cannot score another.
+//! The model is the request's `model_name`. The proxy routes on the metadata header
+//! (`contract::grpc::MODEL_HEADERS`) when the client sends one, else on the first
+//! `model_name` of the message, and then sends the header itself; the header must name the
+//! same model as the whole message: a request routed (and key-checked) as one model cannot
+//! score another.
 //! An empty `model_name` takes the header's. The version is `model_version` when set, else
 //! `x-mm-model-version`, else none: then `ModelInfer` gets the canary's split like a REST
 //! request naming no version (`cache::canary`).

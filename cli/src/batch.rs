@@ -71,7 +71,7 @@ pub async fn run(client: &Client, path: &Path, options: &BatchOptions) -> anyhow
     if chunk == 0 {
         bail!("--chunk must be at least 1");
     }
-    let text = read(path)?;
+    let text = crate::score::read_input(path)?;
     let format = options.format.unwrap_or_else(|| sniff(path, &text));
     let records = match format {
         Format::Csv => read_csv(&text),
@@ -153,16 +153,6 @@ fn body(texts: &[String]) -> Bytes {
     }
     body.push_str("]}");
     Bytes::from(body)
-}
-
-fn read(path: &Path) -> anyhow::Result<String> {
-    if path == Path::new("-") {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
-        Ok(text)
-    } else {
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
-    }
 }
 
 /// The format from the file's extension, else from its first non-empty line (`{`: JSON

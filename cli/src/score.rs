@@ -70,7 +70,8 @@ pub async fn score(
     Ok(Output { json, text })
 }
 
-fn read_input(path: &Path) -> anyhow::Result<String> {
+/// A file's text, or stdin's for `-`.
+pub(crate) fn read_input(path: &Path) -> anyhow::Result<String> {
     if path == Path::new("-") {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;

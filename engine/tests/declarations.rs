@@ -10,41 +10,12 @@ use std::path::PathBuf;
 use manymodels_config::scorer::NativeEngine;
 use manymodels_contract::ModelId;
 use manymodels_contract::forecast::{Calendar, Feature, Frequency};
-use manymodels_engine::{self as engine, Engine, Engines};
+use manymodels_engine::Engine;
 use manymodels_native::ImageError;
 use manymodels_tests::root;
 
-fn engines(native: NativeEngine) -> Engines {
-    let library = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
-    let environment = engine::environment(library.as_deref()).expect("ONNX Runtime opens");
-    Engines {
-        environment: Some(environment),
-        native,
-    }
-}
-
-/// `bytes` (a `ModelProto`) with one more `metadata_props` entry: protobuf lets a repeated
-/// field's entries be appended at the end of the message.
-fn with_prop(bytes: &[u8], key: &str, value: &str) -> Vec<u8> {
-    fn varint(out: &mut Vec<u8>, mut n: usize) {
-        while n >= 0x80 {
-            out.push((n as u8) | 0x80);
-            n >>= 7;
-        }
-        out.push(n as u8);
-    }
-    let mut entry = vec![0x0a];
-    varint(&mut entry, key.len());
-    entry.extend_from_slice(key.as_bytes());
-    entry.push(0x12);
-    varint(&mut entry, value.len());
-    entry.extend_from_slice(value.as_bytes());
-    let mut out = bytes.to_vec();
-    out.push(0x72);
-    varint(&mut out, entry.len());
-    out.extend_from_slice(&entry);
-    out
-}
+mod common;
+use common::engines;
 
 fn image_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!(
@@ -151,7 +122,7 @@ fn a_malformed_declaration_refuses_the_model_on_either_engine() {
             "declares 1 features, the input has 10",
         ),
     ] {
-        let bad = with_prop(&bytes, key, value);
+        let bad = manymodels_models::with_metadata_prop(&bytes, key, value);
         for native in [NativeEngine::Off, NativeEngine::Auto] {
             let err = engines(native)
                 .load(ModelId::parse("m").unwrap(), 1, &bad, 0)
@@ -165,7 +136,7 @@ fn a_malformed_declaration_refuses_the_model_on_either_engine() {
         }
     }
     // A good one is read by both.
-    let good = with_prop(&bytes, "manymodels.columns", &ten);
+    let good = manymodels_models::with_metadata_prop(&bytes, "manymodels.columns", &ten);
     for native in [NativeEngine::Off, NativeEngine::Auto] {
         let model = engines(native)
             .load(ModelId::parse("m").unwrap(), 1, &good, 0)

@@ -12,23 +12,15 @@
 //! NaN), labels equal; declared signatures must be equal too. The models the native
 //! engine must cover are listed: one that falls back to ONNX Runtime fails the test.
 
-use std::path::PathBuf;
-
 use manymodels_config::scorer::NativeEngine;
 use manymodels_contract::ModelId;
 use manymodels_engine::tensor::{DataType, NamedTensor, TensorData};
-use manymodels_engine::{self as engine, Engine, Engines, LoadedModel};
+use manymodels_engine::{Engine, LoadedModel};
 use manymodels_tests::root;
 use manymodels_tests::store::demo_store;
 
-fn engines(native: NativeEngine) -> Engines {
-    let library = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
-    let environment = engine::environment(library.as_deref()).expect("ONNX Runtime opens");
-    Engines {
-        environment: Some(environment),
-        native,
-    }
-}
+mod common;
+use common::engines;
 
 /// Corpus models whose whole graph the native engine covers. Everything else in the
 /// corpus (Exp, Sigmoid, Softmax, MatMul, ... glue) must fall back to ONNX Runtime.

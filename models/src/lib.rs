@@ -158,6 +158,23 @@ impl GeneratedModel {
     }
 }
 
+/// `model` (an ONNX `ModelProto`'s bytes) with one more `metadata_props` entry (field 14,
+/// a `StringStringEntryProto`): protobuf lets a repeated field's entries be appended at the
+/// end of the message, so any model file can be given a declaration in a test.
+pub fn with_metadata_prop(model: &[u8], key: &str, value: &str) -> Vec<u8> {
+    let mut entry = vec![0x0a];
+    pb::put_varint(&mut entry, key.len() as u64);
+    entry.extend_from_slice(key.as_bytes());
+    entry.push(0x12);
+    pb::put_varint(&mut entry, value.len() as u64);
+    entry.extend_from_slice(value.as_bytes());
+    let mut out = model.to_vec();
+    out.push(0x72);
+    pb::put_varint(&mut out, entry.len() as u64);
+    out.extend_from_slice(&entry);
+    out
+}
+
 /// Generates the model for `spec`.
 ///
 /// # Panics

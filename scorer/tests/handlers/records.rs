@@ -5,29 +5,6 @@
 
 use super::*;
 
-/// `bytes` (an ONNX `ModelProto`) with one more `metadata_props` entry, appended (protobuf
-/// lets a repeated field's entries come at the end of the message).
-fn with_prop(bytes: &[u8], key: &str, value: &str) -> Vec<u8> {
-    fn varint(out: &mut Vec<u8>, mut n: usize) {
-        while n >= 0x80 {
-            out.push((n as u8) | 0x80);
-            n >>= 7;
-        }
-        out.push(n as u8);
-    }
-    let mut entry = vec![0x0a];
-    varint(&mut entry, key.len());
-    entry.extend_from_slice(key.as_bytes());
-    entry.push(0x12);
-    varint(&mut entry, value.len());
-    entry.extend_from_slice(value.as_bytes());
-    let mut out = bytes.to_vec();
-    out.push(0x72);
-    varint(&mut out, entry.len());
-    out.extend_from_slice(&entry);
-    out
-}
-
 const NAMES: [&str; 10] = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
 
 /// A store holding `linear-small` (ten FP32 features) declaring its columns `a`..`j`.
@@ -39,7 +16,7 @@ fn named_store() -> TempDir {
         store.path(),
         "named",
         1,
-        &with_prop(&bytes, "manymodels.columns", &columns),
+        &manymodels_models::with_metadata_prop(&bytes, "manymodels.columns", &columns),
     )
     .unwrap();
     store

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use manymodels_tests::process::ScorerProcess;
-use manymodels_tests::{post_json, root};
+use manymodels_tests::{get_json, post_json, root};
 use serde_json::{Value, json};
 
 /// Each series' history (`models/forecast/histories.json`), by model id.
@@ -257,14 +257,7 @@ async fn plain_records_forecasts_and_bad_records_in_one_request() {
     );
 
     // The model's metadata shows its declaration.
-    let metadata: Value = client
-        .get(format!("{}/v2/models/{id}", scorer.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let metadata = get_json(&client, &format!("{}/v2/models/{id}", scorer.url)).await;
     assert_eq!(metadata["columns"], json!(columns));
     assert_eq!(metadata["forecast"]["frequency"], json!("W-THU"));
     assert_eq!(metadata["forecast"]["max_horizon"], json!(12));

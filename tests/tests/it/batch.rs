@@ -353,3 +353,43 @@ async fn no_record_is_lost_or_reordered_while_a_scorer_is_killed() {
         "the killed scorer's groups went to the next candidate"
     );
 }
+
+#[tokio::test]
+async fn the_deadline_is_the_whole_requests() {
+    let (store, features) = store("batch-deadline", 300);
+    let pool = Pool::local(store.path(), 3, &[], &[]);
+    let client = reqwest::Client::new();
+    let body = batch_body(&records(&features, 600));
+    let url = format!("{}/v2/mm/batch", pool.proxy.url);
+    // 300 cold models cannot all load within 2 ms: the groups past it fail with 504, each
+    // alone, and the call itself still answers every record in its place.
+    let response = client
+        .post(&url)
+        .header("x-mm-timeout-ms", "2")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answered = answer(response.json().await.unwrap());
+    assert_eq!(answered.results.len(), 600);
+    assert!(answered.failed > 0, "nothing missed a 2 ms deadline");
+    for result in &answered.results {
+        if let RecordResult::Failed { status, error } = &result.result {
+            assert_eq!(*status, 504, "{error}");
+        }
+    }
+    // A malformed deadline is refused before anything is read.
+    let response = client
+        .post(&url)
+        .header("x-mm-timeout-ms", "soon")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    // Without one, everything is answered.
+    let (status, body) = batch(&client, &pool.proxy.url, &body).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(answer(body).failed, 0);
+}

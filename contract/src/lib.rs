@@ -16,6 +16,8 @@
 //!   statistics push ([`StatsAnswer`]).
 //! - [`stats`]: what a proxy pushes ([`StatsReport`]) and the bounds a scorer holds it to
 //!   ([`stats::Bounds`], [`StatsRefusal`]).
+//! - [`ledger`]: the per-model ledger a scorer serves and the proxy merges (counts, errors
+//!   by kind, a latency sketch, the version mix, for the hottest models and a tail).
 //! - The operator views, what the servers answer the operator API with and `mmctl` reads,
 //!   each a `Serialize + Deserialize` type whose field names are the public JSON:
 //!   [`pool`] (the proxy's pool view and a model's placement), [`versions`] (a model's
@@ -31,6 +33,7 @@ pub mod cache;
 pub mod explain;
 pub mod forecast;
 pub mod grpc;
+pub mod ledger;
 mod model_id;
 pub mod oip;
 pub mod pool;

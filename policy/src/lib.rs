@@ -3,6 +3,7 @@
 //! - [`stats`]: what the proxy counts per model (bounded memory) and how the scorers
 //!   combine the reports of several proxies.
 //! - [`policy`]: the scorer's eviction and admission policy.
+//! - [`quantiles`]: a mergeable latency sketch with a relative-error guarantee.
 //! - [`ranking`]: the rendezvous ranking of scorers for a model id.
 //! - [`pressure`]: the working set against the budget, the signal the pool scales on.
 //! - [`trace`] and [`sim`]: the trace generator and the offline simulator that replays
@@ -16,6 +17,7 @@ pub mod clock;
 pub mod decay;
 pub mod policy;
 pub mod pressure;
+pub mod quantiles;
 pub mod ranking;
 pub mod sim;
 pub mod stats;

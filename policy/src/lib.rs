@@ -2,6 +2,8 @@
 //!
 //! - [`stats`]: what the proxy counts per model (bounded memory) and how the scorers
 //!   combine the reports of several proxies.
+//! - [`ledger`]: the per-model ledger (requests, errors, latency quantiles, version mix),
+//!   exact for the hottest models and bounded for the tail, mergeable across scorers.
 //! - [`policy`]: the scorer's eviction and admission policy.
 //! - [`quantiles`]: a mergeable latency sketch with a relative-error guarantee.
 //! - [`ranking`]: the rendezvous ranking of scorers for a model id.
@@ -15,6 +17,7 @@
 
 pub mod clock;
 pub mod decay;
+pub mod ledger;
 pub mod policy;
 pub mod pressure;
 pub mod quantiles;

@@ -126,6 +126,16 @@ impl<K: Hash + Eq + Clone> PoolStats<K> {
         f64::from(count) * self.scale()
     }
 
+    /// Whether `key` is in the heavy-hitter table (one of the hottest `capacity` models, or
+    /// admitted since the last tick).
+    pub fn is_hot<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: ?Sized + Hash + Eq,
+    {
+        self.top.contains_key(key)
+    }
+
     /// Applies the decay for the requests counted since the last tick, measures the
     /// request rate at wall time `now`, and cuts the hot table back to its capacity. Call
     /// about once a second.

@@ -36,12 +36,13 @@
 //! tail), so the bound holds for any input.
 //!
 //! ## Cost of [`Ledger::record`]
-//! For a model already tracked: the hot table's record (one stable hash of the id, four
-//! counter updates, one map look-up), the count-min (four increments, eight with an error),
-//! one map look-up, a handful of counter increments and one sketch add (one `ln`). It does
-//! not allocate, except when a latency falls outside the model's bucket run beyond its
-//! capacity (the run grows by doubling: a few times in a tracked model's life). Entering
-//! the table allocates the id (twice).
+//! For a model already tracked: two fixed hashes of the id (the hot table's sketch and the
+//! count-min) and two map look-ups (the hot table, the ledger's index), eight counter
+//! updates (twelve with an error), a handful of increments and one sketch add (one `ln`).
+//! It does not allocate (`recording_a_tracked_model_does_not_allocate` counts), except
+//! when a latency falls outside the model's bucket run beyond its capacity (the run grows
+//! by doubling: a few times in a tracked model's life). Entering the table allocates the
+//! id twice (the hot table's copy and the index's).
 //!
 //! ## Merging
 //! [`merge_reports`] combines the [`LedgerReport`]s of several scorers: counters add, the

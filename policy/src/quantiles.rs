@@ -159,15 +159,6 @@ impl Sketch {
         self.min > MIN_VALUE && !self.counts.is_empty() && self.index(self.min) < self.offset
     }
 
-    /// Empties the sketch, keeping its allocation.
-    pub fn clear(&mut self) {
-        *self = Sketch {
-            counts: std::mem::take(&mut self.counts),
-            ..Sketch::new(self.config)
-        };
-        self.counts.clear();
-    }
-
     fn index(&self, value: f64) -> i32 {
         // Finite and above MIN_VALUE: |index| stays far inside i32 for any accepted alpha.
         (value.ln() * self.inv_ln_gamma).ceil() as i32

@@ -4,11 +4,14 @@
 //! model (`"model"`, or key fields the route's id template turns into an id), and its
 //! features (`"features": [..]` with optional `"columns"`, or named numeric fields), or a
 //! forecast (`"forecast_horizon"`, `"data": {"dates", "values"}`, optional `"date_freq"`).
-//! The proxy groups the records by model and version and sends each group to the model's
-//! scorer as one [`RecordsRequest`] on [`route::RECORDS`](crate::route::RECORDS); the
-//! scorer answers a [`RecordsAnswer`] with one [`RecordResult`] per record, in order. The
-//! proxy answers the client a [`BatchAnswer`]: one [`BatchResult`] per record, in the
-//! request's order, each a result or its own error.
+//! The proxy groups the records by model and version, chooses each group's scorer, and
+//! sends each scorer its groups, several to a request, as a [`GroupsRequest`] on
+//! [`route::RECORD_GROUPS`](crate::route::RECORD_GROUPS); the scorer answers a
+//! [`GroupsAnswer`]: per group, one [`RecordResult`] per record in order, or the group's
+//! own failure. One model's records may also be sent alone ([`RecordsRequest`] on
+//! [`route::RECORDS`](crate::route::RECORDS), answered by a [`RecordsAnswer`]): operators
+//! and the forecast tests call it. The proxy answers the client a [`BatchAnswer`]: one
+//! [`BatchResult`] per record, in the request's order, each a result or its own error.
 //!
 //! The client's record is read by the proxy field by field, in the order sent (named
 //! features keep their order); these types are the fixed parts of the wire.
@@ -105,6 +108,9 @@ pub enum GroupAnswer {
         /// `hit` or `miss` ([`crate::Lookup`]): whether the model was already in memory.
         cache: String,
         results: Vec<RecordResult>,
+        /// How many of `results` failed (`RecordResult::Failed`), so a reader that passes
+        /// the results on unparsed still counts them.
+        failed: usize,
     },
     Failed {
         error: String,

@@ -298,7 +298,7 @@ fn admin(method: &str, id: String, tail: &str) -> Route {
     }
 }
 
-fn version(text: &str) -> Result<u64, String> {
+pub(crate) fn version(text: &str) -> Result<u64, String> {
     parse_version(text).ok_or_else(|| {
         format!(
             "invalid model version '{}': expected a positive integer without leading zeros",

@@ -272,11 +272,7 @@ impl Proxy {
         } else {
             self.config.max_body.bytes()
         };
-        let length = session
-            .get_header("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if length.is_some_and(|n| n > ctx.body_limit) {
+        if declared_length(session).is_some_and(|n| n > ctx.body_limit) {
             return Ok(Err(Rejection::TooLarge {
                 limit: ctx.body_limit,
             }
@@ -344,7 +340,15 @@ impl ProxyHttp for Proxy {
                 // No model header: the model is in the message (read before the key check,
                 // which then judges the model it names).
                 GrpcCall::ModelInBody(call) => {
-                    let wait = self.config.read_timeout;
+                    // Within the client's deadline too (a malformed one is refused once
+                    // the route is known, in `forward`).
+                    let left = deadline(session, ctx)
+                        .ok()
+                        .flatten()
+                        .map(|d| d.saturating_duration_since(Instant::now()));
+                    let wait = left.map_or(self.config.read_timeout, |left| {
+                        left.min(self.config.read_timeout)
+                    });
                     route_by_body(session, call, version.as_deref(), wait).await?
                 }
             }
@@ -690,6 +694,14 @@ fn deadline(session: &Session, ctx: &Ctx) -> Result<Option<Instant>, Reply> {
         return Ok(Some(ctx.started + Duration::from_millis(ms)));
     }
     Ok(None)
+}
+
+/// The body length the request declares (`Content-Length`), if it does.
+pub(crate) fn declared_length(session: &Session) -> Option<u64> {
+    session
+        .get_header("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// The request's `Authorization` header, as text.

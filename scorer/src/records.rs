@@ -64,6 +64,11 @@ pub async fn answer_groups(
             Ok((answer, lookup)) => GroupAnswer::Answered {
                 model_version: answer.model_version,
                 cache: lookup.as_str().to_string(),
+                failed: answer
+                    .results
+                    .iter()
+                    .filter(|r| matches!(r, RecordResult::Failed { .. }))
+                    .count(),
                 results: answer.results,
             },
             Err(error) => {

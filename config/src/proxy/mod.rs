@@ -101,11 +101,7 @@ impl ApiKey {
     /// Whether this key may use `model`: it is unscoped, or `model` starts with one of its
     /// prefixes.
     pub fn allows(&self, model: &str) -> bool {
-        self.scope.is_empty()
-            || self
-                .scope
-                .iter()
-                .any(|prefix| model.starts_with(prefix.as_str()))
+        scope_allows(&self.scope, model)
     }
 
     /// Whether this key may use every model.
@@ -151,6 +147,16 @@ impl BatchConfig {
         })
         .or(self.id_template.as_ref())
     }
+}
+
+/// Whether a key scoped to `scope` (model-id prefixes; empty: every model) may use
+/// `model`: the one rule for single requests ([`ApiKey::allows`]) and each record of a
+/// many-model request.
+pub fn scope_allows(scope: &[String], model: &str) -> bool {
+    scope.is_empty()
+        || scope
+            .iter()
+            .any(|prefix| model.starts_with(prefix.as_str()))
 }
 
 /// Where the scorers come from.

@@ -36,7 +36,7 @@ use tokio::sync::Semaphore;
 
 use crate::pool::Candidate;
 use crate::reject::{Rejection, Reply};
-use crate::service::Proxy;
+use crate::service::{Proxy, declared_length};
 use records::{BodyError, Parsed, Reading, Refused, Target};
 
 /// The route's shared parts: the client to the scorers (connections kept and reused) and
@@ -80,6 +80,8 @@ pub struct Asked<'a> {
 struct Answered {
     model_version: String,
     results: Vec<Box<RawValue>>,
+    /// How many of `results` are failures, as the scorer counted them.
+    failed: usize,
 }
 
 /// A group's outcome: its records' results as JSON objects, or one failure for all.
@@ -92,21 +94,26 @@ enum Outcome {
 /// out, answers in order. Errors of the whole request are answered as such.
 pub async fn serve(proxy: &Proxy, session: &mut Session, asked: Asked<'_>) -> Reply {
     let config = &proxy.config.batch;
-    let length = session
-        .get_header("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if length.is_some_and(|n| n > config.max_bytes.bytes()) {
+    if declared_length(session).is_some_and(|n| n > config.max_bytes.bytes()) {
         return Rejection::TooLarge {
             limit: config.max_bytes.bytes(),
         }
         .into();
     }
-    let wait = asked
-        .deadline
-        .map(|d| d.saturating_duration_since(Instant::now()))
-        .unwrap_or(proxy.config.read_timeout);
-    let Ok(Ok(_turn)) = tokio::time::timeout(wait, proxy.batches.turns.acquire()).await else {
+    // The turn and the body are waited for within the client's deadline (or the read
+    // timeout): a slow client must not hold a turn past it.
+    let until = Instant::now()
+        + asked
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(proxy.config.read_timeout);
+    let past_deadline =
+        || -> Reply { Reply::json(504, &ErrorBody::new("the request's deadline passed")) };
+    let turn = tokio::time::timeout_at(until.into(), proxy.batches.turns.acquire()).await;
+    let Ok(Ok(_turn)) = turn else {
+        if asked.deadline.is_some_and(|d| Instant::now() >= d) {
+            return past_deadline();
+        }
         return Reply::json(
             503,
             &ErrorBody::new(format!(
@@ -115,9 +122,12 @@ pub async fn serve(proxy: &Proxy, session: &mut Session, asked: Asked<'_>) -> Re
             )),
         );
     };
-    let body = match read_body(session, config.max_bytes.bytes()).await {
-        Ok(body) => body,
-        Err(reply) => return reply,
+    let read = read_body(session, config.max_bytes.bytes());
+    let body = match tokio::time::timeout_at(until.into(), read).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(reply)) => return reply,
+        Err(_) if asked.deadline.is_some() => return past_deadline(),
+        Err(_) => return Rejection::BadClientRequest.into(),
     };
     let reading = Reading {
         template: config.template(asked.key),
@@ -138,9 +148,8 @@ pub async fn serve(proxy: &Proxy, session: &mut Session, asked: Asked<'_>) -> Re
     };
     drop(body);
     let groups = records::group(&parsed);
-    let models = groups.len();
-    let mut pending: Vec<Pending> = Vec::with_capacity(models);
-    let mut outcomes: Vec<(Target, Vec<usize>, Outcome)> = Vec::with_capacity(models);
+    let mut pending: Vec<Pending> = Vec::with_capacity(groups.len());
+    let mut outcomes: Vec<(Target, Vec<usize>, Outcome)> = Vec::with_capacity(groups.len());
     for (target, positions) in groups {
         let group = Group {
             model: target.0.clone(),
@@ -221,7 +230,7 @@ pub async fn serve(proxy: &Proxy, session: &mut Session, asked: Asked<'_>) -> Re
             }
         }
     }
-    answer(proxy, parsed, outcomes, models)
+    answer(proxy, parsed, outcomes)
 }
 
 /// A group on its way: its model, its records' positions in the request, its records as
@@ -276,6 +285,7 @@ struct RawGroup {
     model_version: Option<String>,
     cache: Option<String>,
     results: Option<Vec<Box<RawValue>>>,
+    failed: Option<usize>,
     error: Option<String>,
     status: Option<u16>,
 }
@@ -400,6 +410,7 @@ fn outcome(proxy: &Proxy, target: &Target, scorer: &str, raw: RawGroup) -> Outco
             model_version: Some(model_version),
             cache,
             results: Some(results),
+            failed: Some(failed),
             ..
         } => {
             if let Some(lookup) = cache.as_deref().and_then(Lookup::parse) {
@@ -408,6 +419,7 @@ fn outcome(proxy: &Proxy, target: &Target, scorer: &str, raw: RawGroup) -> Outco
             Outcome::Answered(Answered {
                 model_version,
                 results,
+                failed,
             })
         }
         RawGroup { error, status, .. } => Outcome::Failed(refused(
@@ -435,10 +447,10 @@ fn answer(
     proxy: &Proxy,
     parsed: Vec<Parsed>,
     outcomes: Vec<(Target, Vec<usize>, Outcome)>,
-    models: usize,
 ) -> Reply {
     let records = parsed.len();
-    let (body, failed) = assemble(parsed, outcomes, models);
+    let models = outcomes.len();
+    let (body, failed) = assemble(parsed, outcomes);
     proxy.metrics.count_records(records - failed, failed);
     proxy.metrics.batch_groups.inc_by(models as u64);
     Reply {
@@ -451,11 +463,9 @@ fn answer(
 /// The answer's body (`contract::batch::BatchAnswer`) and how many records failed: each
 /// record's result where its position says, the scorer's text passed on with the model's
 /// id and version put first.
-fn assemble(
-    parsed: Vec<Parsed>,
-    outcomes: Vec<(Target, Vec<usize>, Outcome)>,
-    models: usize,
-) -> (String, usize) {
+fn assemble(parsed: Vec<Parsed>, outcomes: Vec<(Target, Vec<usize>, Outcome)>) -> (String, usize) {
+    // Every group ends in `outcomes` exactly once.
+    let models = outcomes.len();
     let mut results: Vec<Option<String>> = vec![None; parsed.len()];
     let mut failed = 0usize;
     for (i, p) in parsed.iter().enumerate() {
@@ -472,14 +482,11 @@ fn assemble(
                     json_string(&id),
                     json_string(&answered.model_version)
                 );
+                failed += answered.failed;
                 for (position, raw) in positions.into_iter().zip(answered.results) {
-                    // `raw` is a JSON object (`{...}`): the model's fields go first. A
-                    // failed record's object starts with its `error` (RecordResult).
+                    // `raw` is a JSON object (`{...}`): the model's fields go first.
                     let raw = raw.get();
                     let rest = raw.strip_prefix('{').unwrap_or(raw).trim_start();
-                    if rest.starts_with("\"error\"") {
-                        failed += 1;
-                    }
                     results[position] = Some(if rest.starts_with('}') {
                         format!("{head}}}")
                     } else {

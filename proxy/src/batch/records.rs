@@ -17,8 +17,9 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use manymodels_config::proxy::scope_allows;
 use manymodels_contract::batch::{ForecastAsk, IdTemplate, ScorerRecord};
-use manymodels_contract::{parse_version, truncate_for_message as cut, valid_model_id};
+use manymodels_contract::{truncate_for_message as cut, valid_model_id};
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
@@ -386,7 +387,7 @@ fn record(fields: Fields, reading: &Reading<'_>) -> Parsed {
         )),
         Ok(id) => match problem {
             Some(e) => Err(refuse(400, e, Some(id))),
-            None if !allowed(reading.scope, &id) => Err(refuse(
+            None if !scope_allows(reading.scope, &id) => Err(refuse(
                 403,
                 format!("this key may not use model '{id}': it is limited to other model ids"),
                 Some(id),
@@ -473,22 +474,13 @@ fn record(fields: Fields, reading: &Reading<'_>) -> Parsed {
     Parsed { target, record }
 }
 
-fn allowed(scope: &[String], id: &str) -> bool {
-    scope.is_empty() || scope.iter().any(|prefix| id.starts_with(prefix.as_str()))
-}
-
+/// A record's `version`: a number or its text, by the rule of every route's version.
 fn read_version(value: &Value) -> Result<u64, String> {
-    let text = match value {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.clone(),
-        _ => String::new(),
-    };
-    parse_version(&text).ok_or_else(|| {
-        format!(
-            "invalid model version '{}': expected a positive integer",
-            cut(&text)
-        )
-    })
+    match value {
+        Value::Number(n) => crate::route::version(&n.to_string()),
+        Value::String(s) => crate::route::version(s),
+        _ => Err("invalid model version: expected a positive integer".into()),
+    }
 }
 
 /// A key field's text: a string as it is, a number as written.

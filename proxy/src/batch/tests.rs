@@ -12,6 +12,7 @@ fn parsed(targets: Vec<Result<Target, Refused>>) -> Vec<Parsed> {
         .collect()
 }
 
+/// A scorer's answer for a group, counting its failures as the scorer does.
 fn answered(version: &str, results: &[&str]) -> Outcome {
     Outcome::Answered(Answered {
         model_version: version.into(),
@@ -19,6 +20,13 @@ fn answered(version: &str, results: &[&str]) -> Outcome {
             .iter()
             .map(|r| RawValue::from_string(r.to_string()).unwrap())
             .collect(),
+        failed: results
+            .iter()
+            .filter(|r| {
+                serde_json::from_str::<RecordResult>(r)
+                    .is_ok_and(|r| matches!(r, RecordResult::Failed { .. }))
+            })
+            .count(),
     })
 }
 
@@ -73,7 +81,7 @@ fn results_come_back_in_the_request_order_each_with_its_model() {
         // A scorer answering the wrong number of results fails its records.
         (target("e"), vec![5], answered("1", &[])),
     ];
-    let (body, failed) = assemble(records, outcomes, 4);
+    let (body, failed) = assemble(records, outcomes);
     assert_eq!(failed, 4);
     let answer: BatchAnswer = serde_json::from_str(&body).unwrap();
     assert_eq!((answer.models, answer.failed), (4, 4));

@@ -313,7 +313,8 @@ impl Engines {
             _ => (estimate, false),
         };
         let (inputs, outputs, zipmap) = onnx::signature(&session)?;
-        let declaration = onnx::declaration(&session, &inputs)?;
+        // The same reader as the native engine's: both engines declare a file alike.
+        let declaration = declaration::of_file(bytes, &inputs)?;
         LoadedModel::new(
             id,
             version,

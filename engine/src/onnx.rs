@@ -138,18 +138,6 @@ pub fn create_session(environment: &Environment, bytes: &[u8]) -> Result<Session
         .map_err(|e| format!("ONNX Runtime cannot load the model: {e}"))
 }
 
-/// What the session's model declares in its `metadata_props` (ONNX Runtime's custom
-/// metadata), checked against its inputs (`crate::declaration`).
-pub fn declaration(
-    session: &Session,
-    inputs: &[TensorSpec],
-) -> Result<manymodels_contract::forecast::Declaration, String> {
-    let metadata = session
-        .metadata()
-        .map_err(|e| format!("ONNX Runtime cannot read the model's metadata: {e}"))?;
-    crate::declaration::read(|key| metadata.custom(key), inputs)
-}
-
 /// Inputs, outputs, and for each output whether it is a ZipMap.
 pub type Signature = (Vec<TensorSpec>, Vec<TensorSpec>, Vec<bool>);
 

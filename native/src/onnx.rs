@@ -36,8 +36,6 @@ pub struct ModelView<'a> {
     pub graph: GraphView<'a>,
     /// The model defines local functions (a node may call one).
     pub has_functions: bool,
-    /// `metadata_props`, key and value, in file order.
-    pub metadata: Vec<(&'a str, &'a str)>,
 }
 
 #[derive(Debug, Default)]
@@ -146,9 +144,6 @@ pub fn parse(bytes: &[u8]) -> Result<ModelView<'_>, Invalid> {
                 })?;
                 model.opsets.push((domain, version));
             }
-            14 => model
-                .metadata
-                .push(parse_entry(len(field, "ModelProto.metadata_props")?)?),
             25 => model.has_functions = true,
             _ => {}
         }
@@ -391,8 +386,6 @@ mod tests {
             0x08, 8, 0x72, 6, 0x0a, 1, b'a', 0x12, 1, b'b', 0x72, 5, 0x0a, 3, b'k', b'e', b'y',
         ];
         assert_eq!(metadata_props(&bytes).unwrap(), [("a", "b"), ("key", "")]);
-        // The whole parse reads them too (and wants a graph).
-        assert!(parse(&bytes).is_err());
         // metadata_props as a varint: malformed.
         assert!(metadata_props(&[0x70, 1]).is_err());
         // A value that is not UTF-8.

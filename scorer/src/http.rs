@@ -281,6 +281,8 @@ async fn records(
         let body = body(request, &scorer)?;
         // Parsed before touching the cache: a malformed body must not cost a model load.
         let request = crate::records::parse(&body)?;
+        // Not held through the load and the run: the records are parsed.
+        drop(body);
         let (model, lookup) = infer::model_within(&scorer, &id, version, deadline).await?;
         let answer = crate::records::answer(&scorer, &id, &model, deadline, request).await?;
         let mut response = json_response(&answer);
@@ -304,6 +306,7 @@ async fn record_groups(
         let deadline = infer::deadline(&headers)?;
         let body = body(request, &scorer)?;
         let request = crate::records::parse_groups(&body)?;
+        drop(body);
         let answer = crate::records::answer_groups(&scorer, deadline, request).await;
         Ok(json_response(&answer))
     }

@@ -99,11 +99,7 @@ pub async fn run(
     blobs: Vec<Option<Bytes>>,
     selected: Vec<usize>,
 ) -> Result<Vec<NamedTensor>, ScorerError> {
-    if let Some((at, ms)) = deadline
-        && tokio::time::Instant::now() >= at
-    {
-        return Err(ScorerError::DeadlineExceeded { ms });
-    }
+    // The deadline is checked once, by `run_checked`, before the engine runs.
     let inputs = oip::validate_inputs_with(
         inputs,
         blobs,

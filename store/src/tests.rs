@@ -234,11 +234,10 @@ async fn the_local_store_writes_and_reads_the_alias_and_the_canary() {
     );
 }
 
-#[tokio::test]
-async fn the_azure_store_writes_and_reads_the_alias_and_the_canary() {
-    let azurite = Azurite::start().await;
+/// A store on Azurite's `models` container (made here) under the prefix `prod/`.
+async fn prod_store(azurite: &Azurite) -> AzureStore {
     azurite.create_container("models").await;
-    let config = AzureStoreConfig {
+    AzureStore::new(&AzureStoreConfig {
         account: azurite::ACCOUNT.into(),
         container: "models".into(),
         prefix: "prod/".into(),
@@ -246,8 +245,14 @@ async fn the_azure_store_writes_and_reads_the_alias_and_the_canary() {
         endpoint: Some(format!("{}/{}", azurite.url, azurite::ACCOUNT)),
         use_emulator: false,
         credential: AzureCredential::AccessKey(Secret::new(azurite::KEY)),
-    };
-    let store = AzureStore::new(&config).unwrap();
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_azure_store_writes_and_reads_the_alias_and_the_canary() {
+    let azurite = Azurite::start().await;
+    let store = prod_store(&azurite).await;
     alias_and_canary_round_trip(&store).await;
     digests_are_of_the_written_bytes(&store).await;
     // A canary blob put behind the store's back (a new ETag) is read again.
@@ -272,16 +277,7 @@ async fn the_azure_store_keeps_the_digest_in_metadata_and_hashes_blobs_without_i
     };
 
     let azurite = Azurite::start().await;
-    azurite.create_container("models").await;
-    let config = AzureStoreConfig {
-        account: azurite::ACCOUNT.into(),
-        container: "models".into(),
-        prefix: "prod/".into(),
-        endpoint: Some(format!("{}/{}", azurite.url, azurite::ACCOUNT)),
-        use_emulator: false,
-        credential: AzureCredential::AccessKey(Secret::new(azurite::KEY)),
-    };
-    let store = AzureStore::new(&config).unwrap();
+    let store = prod_store(&azurite).await;
     let m = id();
     let body = b"version one".to_vec();
     store

@@ -43,11 +43,22 @@ pub(super) fn guard_of(path: &str) -> Guard {
 /// `.../versions/{v}/records`): scoring, which the pool key guards like inference, though
 /// it shares the admin routes' prefix.
 fn is_records(path: &str) -> bool {
-    let rest = path.strip_prefix("/v2/mm/models/").unwrap_or("");
-    matches!(
-        rest.split('/').collect::<Vec<_>>()[..],
-        [_, "records"] | [_, "versions", _, "records"]
-    )
+    // Checked on every request: no allocation.
+    let Some(rest) = path
+        .strip_prefix("/v2/mm/models/")
+        .and_then(|rest| rest.strip_suffix("/records"))
+    else {
+        return false;
+    };
+    match rest.split_once('/') {
+        None => !rest.is_empty(),
+        Some((id, version)) => {
+            !id.is_empty()
+                && version
+                    .strip_prefix("versions/")
+                    .is_some_and(|v| !v.is_empty() && !v.contains('/'))
+        }
+    }
 }
 
 /// The bearer key of a request, if any.

@@ -153,7 +153,7 @@ pub const KEYS: &[KeyDoc] = &[
     ),
     secret(
         "auth.admin_keys",
-        "Comma-separated bearer keys required on the scorer's admin routes (`/v2/mm/models/...`: publish, pin, refresh); empty leaves them open to the cluster network.",
+        "Comma-separated bearer keys required on the scorer's admin routes (`/v2/mm/models/...`: publish, pin, refresh; not the records routes, which are scoring and take the pool key alone); empty leaves them open to the cluster network.",
     ),
     secret(
         "auth.pool_key",

@@ -57,6 +57,10 @@ pub struct BatchArgs {
     /// Only the records figures (no flood, kill or forecasts).
     #[arg(long)]
     records_only: bool,
+    /// Each scorer's `cache.budget`: the default holds all 200 models; a small one (e.g.
+    /// `40MiB`) makes the records' working set larger than the pool's memory.
+    #[arg(long, default_value = "1536MiB")]
+    budget: String,
     /// Only the memory flood.
     #[arg(long)]
     flood_only: bool,
@@ -101,14 +105,21 @@ fn machine() -> String {
     format!("{cpus} cores, {model}")
 }
 
-/// A pool of three release scorers and a proxy over `store`.
+/// A pool of three release scorers (`budget` each, native images under `.cache/`) and a
+/// proxy over `store`.
 fn pool(
     store: &Path,
+    budget: &str,
     proxy_sets: &[&str],
 ) -> Result<(Vec<ScorerProcess>, manymodels_tests::ProxyProcess)> {
+    let sets = [
+        format!("cache.budget={budget}"),
+        "images.dir=.cache/images-batch".to_string(),
+    ];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
     let scorers: Vec<ScorerProcess> = PORTS
         .iter()
-        .map(|&p| super::scorer(store, p, &["cache.budget=1536MiB"]))
+        .map(|&p| super::scorer(store, p, &sets))
         .collect::<Result<_>>()?;
     let addrs: Vec<String> = PORTS.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let proxy = super::proxy(PROXY_PORT, &addrs, proxy_sets)?;
@@ -249,7 +260,7 @@ fn ms(d: Duration) -> String {
 
 async fn records(args: &BatchArgs) -> Result<()> {
     let (groups, order) = workload(&args.store, args.models, args.records)?;
-    let (mut scorers, proxy) = pool(&args.store, &[])?;
+    let (mut scorers, proxy) = pool(&args.store, &args.budget, &[])?;
     let client = reqwest::Client::new();
     let batch_url = format!("{}/v2/mm/batch", proxy.url);
     let body = batch_body(&groups, &order);
@@ -357,11 +368,25 @@ async fn records(args: &BatchArgs) -> Result<()> {
     .await?;
     println!();
     println!(
-        "records: {} records over {} models of {}, proxy + 3 scorers (cache.budget=1536MiB, all hot after the first call), median of {}",
+        "records: {} records over {} models of {}, proxy + 3 scorers (cache.budget={} each, native images), median of {}",
         args.records,
         args.models,
         args.store.display(),
+        args.budget,
         args.reps
+    );
+    let loads: f64 = scorers
+        .iter()
+        .map(|s| s.metrics_blocking().get("mm_scorer_model_loads_total"))
+        .sum();
+    let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64);
+    let peaks: Vec<String> = scorers
+        .iter()
+        .map(|s| format!("{} (now {})", mib(s.peak_rss_bytes()), mib(s.rss_bytes())))
+        .collect();
+    println!(
+        "model loads in the pool so far: {loads:.0}; scorers' peak RSS (VmHWM): {}",
+        peaks.join(", ")
     );
     println!();
     println!("| what | time | ratio |");
@@ -612,6 +637,7 @@ async fn forecasts(args: &BatchArgs) -> Result<()> {
     ensure!(histories.len() >= SERIES, "{} series", histories.len());
     let (_scorers, proxy) = pool(
         &args.forecast_store,
+        "1536MiB",
         &["batch.id_template={store}_{brand}_{model_type}"],
     )?;
     let client = reqwest::Client::new();

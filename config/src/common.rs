@@ -20,6 +20,20 @@ pub(crate) const LOG_LEVEL: KeyDoc = doc(
 /// `log.format`, a key of both binaries.
 pub(crate) const LOG_FORMAT: KeyDoc = doc("log.format", "text", "Log format: `text` or `json`.");
 
+/// `trace.endpoint`, a key of both binaries.
+pub(crate) const TRACE_ENDPOINT: KeyDoc = doc(
+    "trace.endpoint",
+    "",
+    "OpenTelemetry collector to export spans to over OTLP/HTTP (protobuf), e.g. `http://otel-collector:4318` (spans go to `<endpoint>/v1/traces`); empty exports nothing. A W3C `traceparent` is accepted, propagated and answered whether or not spans are exported.",
+);
+
+/// `trace.sample_ratio`, a key of both binaries.
+pub(crate) const TRACE_SAMPLE_RATIO: KeyDoc = doc(
+    "trace.sample_ratio",
+    "0.01",
+    "Share of new traces recorded (0 to 1); a request whose `traceparent` is sampled is recorded whatever the ratio (parent-based sampling), so a trace is whole across the proxy and the scorers.",
+);
+
 /// `log.format`: how a binary writes its log lines to stderr.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -38,6 +52,42 @@ pub struct LogConfig {
     pub level: String,
     /// `log.format`.
     pub format: LogFormat,
+}
+
+/// The `trace` section, raw.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTrace {
+    endpoint: String,
+    sample_ratio: f64,
+}
+
+impl RawTrace {
+    pub(crate) fn validate(self) -> Result<TraceConfig, ConfigError> {
+        let endpoint = self.endpoint.trim().trim_end_matches('/').to_string();
+        if !endpoint.is_empty()
+            && !endpoint.starts_with("http://")
+            && !endpoint.starts_with("https://")
+        {
+            return Err(ConfigError::key(
+                "trace.endpoint",
+                format!("`{endpoint}` must be an http:// or https:// URL"),
+            ));
+        }
+        Ok(TraceConfig {
+            endpoint: (!endpoint.is_empty()).then_some(endpoint),
+            sample_ratio: within("trace.sample_ratio", self.sample_ratio, 0.0..=1.0)?,
+        })
+    }
+}
+
+/// The `trace` section: where spans go and how many traces are recorded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceConfig {
+    /// The OTLP/HTTP collector's base URL (no trailing `/`); `None` exports nothing.
+    pub endpoint: Option<String>,
+    /// Share of new traces recorded.
+    pub sample_ratio: f64,
 }
 
 /// Parses the `listen` key.

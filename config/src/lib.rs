@@ -18,7 +18,7 @@ mod units;
 
 use std::fmt;
 
-pub use common::{LogConfig, LogFormat};
+pub use common::{LogConfig, LogFormat, TraceConfig};
 pub use ids::{MAX_MODEL_ID_LEN, valid_model_id};
 pub use layer::{KeyDoc, Sources};
 pub use units::{ByteSize, HumanDuration, parse_bytes, parse_duration};

@@ -37,6 +37,7 @@ pub mod ledger;
 mod model_id;
 pub mod oip;
 pub mod pool;
+pub mod request_id;
 pub mod route;
 pub mod stats;
 #[cfg(test)]
@@ -71,6 +72,12 @@ pub mod header {
     /// rather than warming. The proxies keep sending it the requests for models it holds
     /// while their successors warm them (the drain hand-off).
     pub const DRAINING: &str = "x-mm-draining";
+    /// On every request and answer (client → proxy → scorer, and back): the request's id
+    /// ([`crate::request_id`]). Kept when the client sent a valid one, given otherwise.
+    pub const REQUEST_ID: &str = "x-request-id";
+    /// W3C Trace Context: a request's trace and parent span, accepted by the proxy and the
+    /// scorers and propagated from the proxy to the scorer.
+    pub const TRACEPARENT: &str = "traceparent";
 }
 
 /// Model-id prefixes as a key's scope writes them and `x-mm-model-prefixes` carries them:

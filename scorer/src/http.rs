@@ -99,7 +99,12 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
             scorer: checked.clone(),
         }))
     };
-    router.with_state(scorer)
+    // Outermost: every answer, a refusal of the keys too, carries the request's id.
+    router
+        .layer(tower::layer::layer_fn(|inner| {
+            crate::request::WithContext { inner }
+        }))
+        .with_state(scorer)
 }
 
 /// Records the request in metrics and turns errors into `{"error": ...}` responses.

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod model_id;
 pub mod oip;
 pub mod records;
+pub mod request;
 
 /// The engine and store crates, under the names the scorer's modules use.
 pub use manymodels_boot::tune_allocator;

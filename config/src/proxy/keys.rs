@@ -1,6 +1,6 @@
 //! The proxy's key table: every key, its one default and its meaning.
 
-use crate::common::{LOG_FORMAT, LOG_LEVEL};
+use crate::common::{LOG_FORMAT, LOG_LEVEL, TRACE_ENDPOINT, TRACE_SAMPLE_RATIO};
 use crate::layer::{KeyDoc, doc, secret};
 
 /// Every proxy key, its default and meaning. The configuration starts from these defaults,
@@ -192,4 +192,6 @@ pub const KEYS: &[KeyDoc] = &[
     ),
     LOG_LEVEL,
     LOG_FORMAT,
+    TRACE_ENDPOINT,
+    TRACE_SAMPLE_RATIO,
 ];

@@ -13,7 +13,7 @@ use manymodels_contract::batch::IdTemplate;
 
 use crate::layer::{self, Sources};
 use crate::units::ByteSize;
-use crate::{Config, ConfigError, LogConfig, Secret};
+use crate::{Config, ConfigError, LogConfig, Secret, TraceConfig};
 
 pub use keys::KEYS;
 
@@ -82,6 +82,8 @@ pub struct ProxyConfig {
     pub shutdown_grace: Duration,
     /// `log.level` and `log.format`.
     pub log: LogConfig,
+    /// `trace.*`.
+    pub trace: TraceConfig,
 }
 
 /// A bearer key the proxy accepts (`auth.api_keys`, `auth.admin_keys`): its name (the

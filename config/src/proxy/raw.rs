@@ -7,7 +7,7 @@ use serde::Deserialize;
 use manymodels_contract::batch::IdTemplate;
 
 use super::{ApiKey, BatchConfig, PoolSource, ProxyConfig};
-use crate::common::{self, at_least, at_least_one, list, positive, secrets};
+use crate::common::{self, RawTrace, at_least, at_least_one, list, positive, secrets};
 use crate::units::{ByteSize, HumanDuration};
 use crate::{ConfigError, LogConfig, Secret};
 
@@ -27,6 +27,7 @@ pub(super) struct Raw {
     auth: RawAuth,
     shutdown: RawShutdown,
     log: LogConfig,
+    trace: RawTrace,
 }
 
 #[derive(Deserialize)]
@@ -189,6 +190,7 @@ impl Raw {
             pool_key: self.auth.pool_key,
             shutdown_grace: self.shutdown.grace.0,
             log: self.log,
+            trace: self.trace.validate()?,
         })
     }
 }

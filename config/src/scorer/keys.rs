@@ -1,6 +1,6 @@
 //! The scorer's key table: every key, its one default and its meaning.
 
-use crate::common::{LOG_FORMAT, LOG_LEVEL};
+use crate::common::{LOG_FORMAT, LOG_LEVEL, TRACE_ENDPOINT, TRACE_SAMPLE_RATIO};
 use crate::layer::{KeyDoc, doc, secret};
 
 /// Every scorer key, its default and meaning. The configuration starts from these defaults,
@@ -223,6 +223,48 @@ pub const KEYS: &[KeyDoc] = &[
         "30s",
         "On SIGTERM, after the drain, how long in-flight requests may take before the process exits.",
     ),
+    doc(
+        "ledger.hot_models",
+        "1024",
+        "Models the per-model ledger counts exactly (requests, hits, loads, errors by kind, latency quantiles, rows, version mix), chosen as the hottest by decayed request count; every other model's requests are summed in one tail aggregate and bounded per model by a count-min sketch. The ledger's memory is fixed by this, not by the number of models served (about 6 KiB per model typical, 19 MiB at most with the defaults).",
+    ),
+    doc(
+        "ledger.half_life_requests",
+        "1000000",
+        "Half-life, in requests to this scorer, of the decayed counts that decide which models the ledger tracks exactly.",
+    ),
+    doc(
+        "ledger.alpha",
+        "0.01",
+        "Relative accuracy of the ledger's latency quantiles (a mergeable DDSketch-style sketch): a reported quantile is within this fraction of the exact one. Proxies merge only scorers whose `ledger.alpha` and `ledger.max_buckets` agree.",
+    ),
+    doc(
+        "ledger.max_buckets",
+        "1024",
+        "Most buckets of one latency sketch (8 bytes each); beyond, the lowest latencies are folded together (their quantiles lose accuracy, the high ones never do).",
+    ),
+    doc(
+        "capture.prefix",
+        "_captures",
+        "Where captured payloads go in the model store: `<prefix>/<model>/<yyyy>/<MM>/<dd>/<HH>/<scorer>-<time>-<n>.jsonl` (under `store.path`, or under `store.azure.prefix` in the container). Which models are captured, and at what rate, is set at runtime (`mmctl capture`, the admin API) and kept in the store.",
+    ),
+    doc(
+        "capture.queue_bytes",
+        "16MiB",
+        "Bytes of captured requests waiting to be written, at most; a capture that would exceed it is dropped and counted (`mm_scorer_capture_total{outcome=\"dropped\"}`): capture never blocks or slows a request.",
+    ),
+    doc(
+        "capture.flush_interval",
+        "10s",
+        "How often captured lines are written to the store (sooner when a model's pending lines reach `capture.batch_bytes`).",
+    ),
+    doc(
+        "capture.batch_bytes",
+        "4MiB",
+        "A model's pending captured lines are written as one file once they reach this size.",
+    ),
     LOG_LEVEL,
     LOG_FORMAT,
+    TRACE_ENDPOINT,
+    TRACE_SAMPLE_RATIO,
 ];

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::layer::{self, Sources};
 use crate::units::ByteSize;
-use crate::{Config, ConfigError, LogConfig, Secret};
+use crate::{Config, ConfigError, LogConfig, Secret, TraceConfig};
 
 pub use keys::KEYS;
 
@@ -56,6 +56,32 @@ pub struct ScorerConfig {
     pub shutdown_drain: Duration,
     pub shutdown_grace: Duration,
     pub log: LogConfig,
+    /// `trace.*`.
+    pub trace: TraceConfig,
+    /// `ledger.*`.
+    pub ledger: LedgerConfig,
+    /// `capture.*`.
+    pub capture: CaptureConfig,
+}
+
+/// The per-model ledger's size and accuracy (`ledger.*`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LedgerConfig {
+    pub hot_models: NonZeroUsize,
+    pub half_life_requests: u64,
+    pub alpha: f64,
+    pub max_buckets: NonZeroUsize,
+}
+
+/// Where and how captured payloads are written (`capture.*`); which models are captured is
+/// runtime state kept in the store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CaptureConfig {
+    /// Normalised: no leading or trailing `/`, not empty.
+    pub prefix: String,
+    pub queue_bytes: u64,
+    pub flush_interval: Duration,
+    pub batch_bytes: u64,
 }
 
 #[derive(Clone, Debug)]

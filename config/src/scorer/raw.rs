@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{
-    AzureCredential, AzureStoreConfig, CacheConfig, HttpConfig, ImagesConfig, NativeEngine,
-    PolicyConfig, ScorerConfig, StatsLimits, StoreConfig, VersionsConfig, WarmupConfig,
-    available_cpus,
+    AzureCredential, AzureStoreConfig, CacheConfig, CaptureConfig, HttpConfig, ImagesConfig,
+    LedgerConfig, NativeEngine, PolicyConfig, ScorerConfig, StatsLimits, StoreConfig,
+    VersionsConfig, WarmupConfig, available_cpus,
 };
-use crate::common::{self, at_least, at_least_one, positive, secrets, within};
+use crate::common::{self, RawTrace, at_least, at_least_one, positive, secrets, within};
 use crate::units::{ByteSize, HumanDuration};
 use crate::{ConfigError, LogConfig, Secret};
 
@@ -35,6 +35,27 @@ pub(super) struct Raw {
     onnxruntime: RawOnnxRuntime,
     shutdown: RawShutdown,
     log: LogConfig,
+    trace: RawTrace,
+    ledger: RawLedger,
+    capture: RawCapture,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLedger {
+    hot_models: usize,
+    half_life_requests: u64,
+    alpha: f64,
+    max_buckets: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapture {
+    prefix: String,
+    queue_bytes: ByteSize,
+    flush_interval: HumanDuration,
+    batch_bytes: ByteSize,
 }
 
 #[derive(Deserialize)]
@@ -225,6 +246,48 @@ impl Raw {
             shutdown_drain: self.shutdown.drain.0,
             shutdown_grace: self.shutdown.grace.0,
             log: self.log,
+            trace: self.trace.validate()?,
+            ledger: self.ledger.validate()?,
+            capture: self.capture.validate()?,
+        })
+    }
+}
+
+impl RawLedger {
+    fn validate(self) -> Result<LedgerConfig, ConfigError> {
+        Ok(LedgerConfig {
+            hot_models: at_least_one("ledger.hot_models", self.hot_models)?,
+            half_life_requests: positive("ledger.half_life_requests", self.half_life_requests)?,
+            alpha: within("ledger.alpha", self.alpha, 0.0001..=0.5)?,
+            max_buckets: at_least_one("ledger.max_buckets", self.max_buckets)?,
+        })
+    }
+}
+
+impl RawCapture {
+    fn validate(self) -> Result<CaptureConfig, ConfigError> {
+        let prefix = self.prefix.trim_matches('/').to_string();
+        if prefix.is_empty()
+            || prefix
+                .split('/')
+                .any(|part| part.is_empty() || part == "." || part == "..")
+        {
+            return Err(ConfigError::key(
+                "capture.prefix",
+                "must be a non-empty relative path without empty, `.` or `..` parts",
+            ));
+        }
+        if crate::valid_model_id(prefix.split('/').next().unwrap_or_default()) {
+            return Err(ConfigError::key(
+                "capture.prefix",
+                "must not begin with a valid model id (its files would list as a model): start it with `_`",
+            ));
+        }
+        Ok(CaptureConfig {
+            prefix,
+            queue_bytes: positive("capture.queue_bytes", self.queue_bytes.0)?,
+            flush_interval: positive("capture.flush_interval", self.flush_interval.0)?,
+            batch_bytes: positive("capture.batch_bytes", self.batch_bytes.0)?,
         })
     }
 }

@@ -1,0 +1,132 @@
+//! The request's own context: its id (`x-request-id`) and when it arrived, set by a tower
+//! layer in front of every route (gRPC included) and readable anywhere on the request's
+//! task ([`current`]); the layer also puts the id on the answer.
+//!
+//! Work a request hands to another task (a load, a blocking engine run) does not see the
+//! task-local: read what it needs first.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::Response;
+use manymodels_contract::{header, request_id};
+
+/// `x-request-id`.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static(header::REQUEST_ID);
+
+/// What every part of the scorer may know about the request it serves.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    /// The request's id: the one the caller (the proxy) sent when valid, else a new one.
+    pub id: HeaderValue,
+    /// When the layer saw the request.
+    pub arrived: Instant,
+}
+
+impl RequestContext {
+    /// The context of a request with these headers: its id kept or given.
+    pub fn of(headers: &axum::http::HeaderMap) -> Self {
+        let id = match headers.get(&REQUEST_ID) {
+            Some(value) if request_id::valid(value.as_bytes()) => value.clone(),
+            _ => HeaderValue::from_str(&request_id::generate())
+                .expect("a generated request id is a valid header value"),
+        };
+        RequestContext {
+            id,
+            arrived: Instant::now(),
+        }
+    }
+
+    /// The id as text (always ASCII: checked or generated).
+    pub fn id_str(&self) -> &str {
+        self.id.to_str().unwrap_or_default()
+    }
+}
+
+tokio::task_local! {
+    static CURRENT: RequestContext;
+}
+
+/// The context of the request this task serves, if it runs under [`Layer`].
+pub fn current() -> Option<RequestContext> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// The layer: wraps each request in its context and answers with its id.
+#[derive(Clone)]
+pub struct WithContext<S> {
+    pub inner: S,
+}
+
+impl<S> tower::Service<axum::extract::Request> for WithContext<S>
+where
+    S: tower::Service<axum::extract::Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answered<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        let context = RequestContext::of(request.headers());
+        let id = context.id.clone();
+        Answered {
+            inner: CURRENT.scope(context, self.inner.call(request)),
+            id: Some(id),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A route's future run in its request's context; its answer gets the request id.
+    pub struct Answered<F: Future> {
+        #[pin]
+        inner: tokio::task::futures::TaskLocalFuture<RequestContext, F>,
+        id: Option<HeaderValue>,
+    }
+}
+
+impl<F> Future for Answered<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut response) = std::task::ready!(this.inner.poll(cx));
+        if let Some(id) = this.id.take() {
+            response.headers_mut().insert(REQUEST_ID, id);
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_valid_id_is_kept_and_a_bad_one_replaced() {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(REQUEST_ID, HeaderValue::from_static("client-7"));
+        assert_eq!(RequestContext::of(&headers).id_str(), "client-7");
+        headers.insert(REQUEST_ID, HeaderValue::from_static("has space"));
+        let given = RequestContext::of(&headers);
+        assert_ne!(given.id_str(), "has space");
+        assert!(request_id::valid(given.id.as_bytes()));
+        assert_eq!(
+            RequestContext::of(&axum::http::HeaderMap::new())
+                .id_str()
+                .len(),
+            32
+        );
+    }
+}

@@ -30,6 +30,7 @@
 
 pub mod batch;
 pub mod cache;
+pub mod capture;
 pub mod explain;
 pub mod forecast;
 pub mod grpc;

@@ -83,6 +83,31 @@ pub const STATS: &str = "/v2/mm/stats";
 /// `GET`: the scorer's explain view.
 pub const CACHE_EXPLAIN: &str = "/v2/mm/cache";
 
+/// `GET`: the per-model ledger ([`crate::ledger::LedgerReport`] from a scorer,
+/// [`crate::ledger::PoolLedger`] merged by a proxy); `?top=N` keeps the N models with most
+/// requests (the rest in the tail).
+pub const LEDGER: &str = "/v2/mm/ledger";
+/// `GET`: one model's ledger ([`crate::ledger::ModelReport`]; merged by a proxy:
+/// [`crate::ledger::PoolModelLedger`]).
+pub const LEDGER_MODEL: ModelRoute = ModelRoute("/v2/mm/ledger/{id}");
+
+/// Payload capture (`crate::capture`), on the scorer and the proxy alike: `GET` answers
+/// the rules the key may see and the answering scorer's counters
+/// ([`crate::capture::CaptureView`]).
+pub const CAPTURE: &str = "/v2/mm/capture";
+/// `PUT` sets the rule of `{prefix}` (body [`crate::capture::CaptureSet`]), `DELETE` drops
+/// it; both answer the view after the change.
+pub const CAPTURE_RULE: &str = "/v2/mm/capture/{prefix}";
+/// `POST`: reads the rules from the store now (the proxy calls it on every scorer after a
+/// change).
+pub const CAPTURE_REFRESH: &str = "/v2/mm/capture/refresh";
+
+/// The path of `prefix`'s capture rule (`prefix` must follow the model-id rule: it is
+/// not escaped).
+pub fn capture_rule(prefix: &str) -> String {
+    CAPTURE_RULE.replacen("{prefix}", prefix, 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

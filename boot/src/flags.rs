@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Arg, ArgMatches, Args, FromArgMatches};
 use manymodels_config::{Config, Sources};
 
+use crate::telemetry::Traced;
+
 /// The flags every binary takes.
 #[derive(Args, Debug)]
 pub struct Flags {
@@ -82,12 +84,13 @@ impl Binary {
     }
 
     /// Parses the process's command line, loads the configuration `C` and sets up tracing
-    /// from its `log` section. `--config` also reads the environment variable
+    /// from its `log` section, and span export from its `trace` section (the binary's name
+    /// is the exported `service.name`). `--config` also reads the environment variable
     /// `{ENV_PREFIX}CONFIG` (`MM_SCORER_CONFIG`). `--help` and `--version` exit 0 and bad
     /// flags exit 2 with a usage message (clap's); a bad configuration prints
     /// `<binary>: invalid configuration: <error>` to stderr and comes back as exit code 2
     /// for `main` to return.
-    pub fn start<C: Config>(&self) -> Result<C, ExitCode> {
+    pub fn start<C: Config + Traced>(&self) -> Result<C, ExitCode> {
         let (flags, sets) = self
             .parse_from::<C>(std::env::args_os())
             .unwrap_or_else(|error| error.exit());
@@ -95,7 +98,7 @@ impl Binary {
             eprintln!("{}: invalid configuration: {error}", self.name);
             ExitCode::from(2)
         })?;
-        crate::init_tracing(config.log());
+        crate::init_tracing_with(config.log(), self.name, config.trace());
         Ok(config)
     }
 

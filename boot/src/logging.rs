@@ -1,7 +1,11 @@
-//! Tracing set-up: one subscriber writing to stderr, as text or as JSON lines.
+//! Tracing set-up: one subscriber writing to stderr, as text or as JSON lines, and with
+//! `trace.endpoint` set, the OpenTelemetry layer beside it (`telemetry`).
 
-use manymodels_config::{LogConfig, LogFormat};
-use tracing_subscriber::EnvFilter;
+use manymodels_config::{LogConfig, LogFormat, TraceConfig};
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Installs the process's tracing subscriber: `log.level` as the filter (`info` if it does
 /// not parse), lines to stderr as text or JSON per `log.format`. Call it once, at start;
@@ -15,4 +19,28 @@ pub fn init_tracing(log: &LogConfig) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// [`init_tracing`], plus span export when `trace.endpoint` is set: the log lines keep
+/// `log.level` as their own filter, and the OpenTelemetry layer sees every span of the
+/// manymodels crates down to `debug` (the route, load and engine spans are `debug`, so
+/// without an exporter and at the default log level they are never even built). `service`
+/// is the exported `service.name`.
+pub fn init_tracing_with(log: &LogConfig, service: &str, trace: &TraceConfig) {
+    let Some(tracer) = crate::telemetry::tracer(service, trace) else {
+        return init_tracing(log);
+    };
+    let filter = EnvFilter::try_new(&log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let ours = Targets::new()
+        .with_target("manymodels", LevelFilter::DEBUG)
+        .with_default(LevelFilter::OFF);
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(ours);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match log.format {
+        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+    };
+    tracing_subscriber::registry().with(fmt).with(otel).init();
 }

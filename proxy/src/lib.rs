@@ -91,5 +91,9 @@ pub fn run(config: ProxyConfig) -> ! {
     // The selector is empty until the first discovery: start serving after it.
     proxy_handle.add_dependency(&pool_handle);
     tracing::info!(%listen, "mm-proxy starting");
-    server.run_forever()
+    server.run(pingora::server::RunArgs::default());
+    // The spans of the last requests leave before the process does.
+    manymodels_boot::telemetry::shutdown();
+    #[expect(clippy::exit, reason = "Pingora's `run_forever` ends the same way")]
+    std::process::exit(0)
 }

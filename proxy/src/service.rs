@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use manymodels_boot::telemetry;
 use manymodels_config::proxy::ProxyConfig;
 use manymodels_contract::oip::ErrorBody;
-use manymodels_contract::{Lookup, grpc, header};
+use manymodels_contract::{Lookup, grpc, header, request_id};
 use pingora::Error;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
@@ -32,8 +33,9 @@ use crate::route::{GrpcCall, Route, classify, classify_grpc};
 use crate::stats::Statistics;
 use crate::{admin, local};
 
-/// Request-id headers echoed back to the client (Azure ML sends them).
-const ECHOED: [&str; 2] = ["x-request-id", "x-ms-client-request-id"];
+/// Request-id headers echoed back to the client as sent (Azure ML sends it). The request's
+/// own id (`x-request-id`) is `Ctx::request_id`, on every answer.
+const ECHOED: [&str; 1] = ["x-ms-client-request-id"];
 
 /// Concurrent gRPC calls on one HTTP/2 connection to a scorer.
 const GRPC_STREAMS: usize = 128;
@@ -58,6 +60,14 @@ pub struct Ctx {
     /// The scorer now serving the request and its in-flight counter.
     current: Option<(Arc<str>, Arc<AtomicUsize>)>,
     upstream_started: Option<Instant>,
+    /// The request's id (`x-request-id`): the client's when valid, else a new one; sent to
+    /// the scorer and on every answer, in the access log line and on the spans.
+    request_id: String,
+    /// The request's span (`proxy.request`, `debug`: built only when spans are exported),
+    /// its parent the client's `traceparent`.
+    span: tracing::Span,
+    /// The current attempt's span (`upstream`), the scorer's parent.
+    upstream_span: tracing::Span,
     echoed: Vec<(&'static str, String)>,
     body_bytes: usize,
     /// The body limit of this route: `http.max_upload` for a model upload, else
@@ -87,11 +97,12 @@ impl Ctx {
 async fn respond(session: &mut Session, ctx: &mut Ctx, reply: Reply) -> Result<()> {
     ctx.status = reply.status;
     if ctx.grpc {
-        return respond_grpc(session, reply).await;
+        return respond_grpc(session, ctx, reply).await;
     }
     let mut header = ResponseHeader::build(reply.status, Some(3))?;
     header.insert_header("content-type", reply.content_type)?;
     header.insert_header("content-length", reply.body.len().to_string())?;
+    identify(&mut header, ctx)?;
     session
         .write_response_header(Box::new(header), false)
         .await?;
@@ -100,7 +111,7 @@ async fn respond(session: &mut Session, ctx: &mut Ctx, reply: Reply) -> Result<(
 
 /// The proxy's own answer to a gRPC call: a trailers-only response whose `grpc-status` is
 /// the code of the REST answer's status and whose `grpc-message` is its `error`.
-async fn respond_grpc(session: &mut Session, reply: Reply) -> Result<()> {
+async fn respond_grpc(session: &mut Session, ctx: &Ctx, reply: Reply) -> Result<()> {
     let message = serde_json::from_slice::<ErrorBody>(&reply.body)
         .map(|body| body.error)
         .unwrap_or_default();
@@ -108,6 +119,7 @@ async fn respond_grpc(session: &mut Session, reply: Reply) -> Result<()> {
     let message = grpc::encode_message(&message);
     let mut header = ResponseHeader::build(200, Some(3))?;
     header.insert_header("content-type", "application/grpc")?;
+    identify(&mut header, ctx)?;
     if !session.as_ref().is_http2() {
         // HTTP/1.1 has no trailers here: the status goes in the headers.
         header.insert_header("grpc-status", code)?;
@@ -127,6 +139,17 @@ async fn respond_grpc(session: &mut Session, reply: Reply) -> Result<()> {
     trailers.insert("grpc-status", code.parse().map_err(unencodable)?);
     trailers.insert("grpc-message", message.parse().map_err(unencodable)?);
     session.as_mut().write_response_trailers(trailers).await
+}
+
+/// Puts the request's id (`x-request-id`) and the echoed client ids on an answer.
+fn identify(header: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+    if !ctx.request_id.is_empty() {
+        header.insert_header(header::REQUEST_ID, ctx.request_id.as_str())?;
+    }
+    for (name, value) in &ctx.echoed {
+        header.insert_header(*name, value.as_str())?;
+    }
+    Ok(())
 }
 
 impl Proxy {
@@ -209,12 +232,27 @@ impl Proxy {
         if decision.drained {
             self.metrics.drain_routes.inc();
         }
-        if let Some(i) = decision.warm
-            && self
-                .pool
+        let warmed = decision.warm.is_some_and(|i| {
+            self.pool
                 .warm(model, &candidates[i], self.config.read_timeout)
-        {
+        });
+        if warmed {
             self.metrics.warm_triggers.inc();
+        }
+        // Why, for the route span the caller entered (nothing when spans are off).
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            let why = if decision.drained {
+                "drain"
+            } else if decision.spilled {
+                "spill"
+            } else if decision.hot_route {
+                "hot"
+            } else {
+                "ranked"
+            };
+            span.record("why", why);
+            span.record("warm", warmed);
         }
         candidates.into_iter().nth(decision.chosen)
     }
@@ -308,6 +346,9 @@ impl ProxyHttp for Proxy {
             body_limit: self.config.max_body.bytes(),
             current: None,
             upstream_started: None,
+            request_id: String::new(),
+            span: tracing::Span::none(),
+            upstream_span: tracing::Span::none(),
             echoed: Vec::new(),
             body_bytes: 0,
             cache: None,
@@ -325,12 +366,26 @@ impl ProxyHttp for Proxy {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
+        ctx.request_id = request_id::keep_or_generate(
+            session
+                .get_header(header::REQUEST_ID)
+                .map(|value| value.as_bytes()),
+        );
         for name in ECHOED {
             if let Some(value) = header(name) {
                 ctx.echoed.push((name, value));
             }
         }
         let path = session.req_header().uri.path();
+        ctx.span = tracing::debug_span!(
+            "proxy.request",
+            request_id = %ctx.request_id,
+            method = %session.req_header().method,
+            path,
+            model = tracing::field::Empty,
+            status = tracing::field::Empty,
+        );
+        telemetry::set_parent(&ctx.span, &session.req_header().headers);
         ctx.grpc = path.starts_with(grpc::PREFIX);
         ctx.route = if ctx.grpc {
             let model = grpc::MODEL_HEADERS.iter().find_map(|name| header(name));
@@ -383,6 +438,9 @@ impl ProxyHttp for Proxy {
                     Err(reply) => reply,
                     Ok(deadline) => {
                         let asked = batch::Asked {
+                            request_id: &ctx.request_id,
+                            span: &ctx.span,
+                            traceparent: session.get_header(header::TRACEPARENT).cloned(),
                             scope: checked.verdict.as_ref().map(|s| *s).unwrap_or(&[]),
                             key: checked.counted.map(|(name, _)| name),
                             authorization: self
@@ -420,6 +478,13 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if let Some(value) = self.pool.authorization() {
             upstream_request.insert_header("authorization", value)?;
+        }
+        // One id names the request in the proxy's and the scorer's logs, spans and captures.
+        upstream_request.insert_header(header::REQUEST_ID, ctx.request_id.as_str())?;
+        // The scorer's spans are children of this attempt's; with tracing off the client's
+        // `traceparent` goes on as it came.
+        if let Some(traceparent) = telemetry::traceparent(&ctx.upstream_span) {
+            upstream_request.insert_header(header::TRACEPARENT, traceparent)?;
         }
         // Only the proxy says which models a caller may list (the scorer reads the header
         // on the index alone).
@@ -469,12 +534,34 @@ impl ProxyHttp for Proxy {
                 .req_header_mut()
                 .insert_header(header::TIMEOUT_MS, ms.to_string())?;
         }
-        let chosen = match &ctx.route {
-            Route::Model { id, action } if action.admin() => self.choose_owner(id, &ctx.tried),
+        let route = tracing::debug_span!(
+            parent: &ctx.span,
+            "route",
+            model = ctx.route.model().unwrap_or(""),
+            attempt = ctx.tried.len() + 1,
+            scorer = tracing::field::Empty,
+            why = tracing::field::Empty,
+            warm = tracing::field::Empty,
+        );
+        let chosen = route.in_scope(|| match &ctx.route {
+            Route::Model { id, action } if action.admin() => {
+                why(self.choose_owner(id, &ctx.tried), "owner")
+            }
             Route::Model { id, .. } => self.choose(id, &ctx.tried),
-            _ => self.choose_any(&ctx.tried),
-        }
-        .ok_or_else(|| Error::explain(HTTPStatus(503), "no scorer available"))?;
+            _ => why(self.choose_any(&ctx.tried), "least_busy"),
+        });
+        let chosen =
+            chosen.ok_or_else(|| Error::explain(HTTPStatus(503), "no scorer available"))?;
+        route.record("scorer", &*chosen.name);
+        drop(route);
+        ctx.upstream_span = tracing::debug_span!(
+            parent: &ctx.span,
+            "upstream",
+            scorer = &*chosen.name,
+            attempt = ctx.tried.len() + 1,
+            status = tracing::field::Empty,
+            cache = tracing::field::Empty,
+        );
         let counter = self.pool.inflight(&chosen.name);
         counter.fetch_add(1, Ordering::Relaxed);
         ctx.tried.push(chosen.name.clone());
@@ -521,6 +608,10 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.status = upstream_response.status.as_u16();
+        ctx.upstream_span.record("status", ctx.status);
+        if let Some(lookup) = ctx.cache {
+            ctx.upstream_span.record("cache", lookup.as_str());
+        }
         // A gRPC error comes as a trailers-only answer: HTTP 200 with `grpc-status` in the
         // headers. Count it as its REST twin would be.
         if ctx.grpc
@@ -532,6 +623,7 @@ impl ProxyHttp for Proxy {
         {
             ctx.status = grpc::status_for_code(code);
         }
+        upstream_response.insert_header(header::REQUEST_ID, ctx.request_id.as_str())?;
         for (name, value) in &ctx.echoed {
             upstream_response.insert_header(*name, value.as_str())?;
         }
@@ -641,7 +733,9 @@ impl ProxyHttp for Proxy {
                 .observe(started.elapsed().as_secs_f64());
         }
         let model = ctx.route.model().unwrap_or("");
-        let request_id = ctx.echoed.first().map(|(_, v)| v.as_str()).unwrap_or("");
+        let request_id = ctx.request_id.as_str();
+        ctx.span.record("model", model);
+        ctx.span.record("status", status);
         if (status >= 500 || e.is_some()) && !client_closed {
             tracing::warn!(
                 request_id,
@@ -665,6 +759,15 @@ impl ProxyHttp for Proxy {
             );
         }
     }
+}
+
+/// Records a fixed reason on the route span the caller entered.
+fn why(chosen: Option<Candidate>, why: &'static str) -> Option<Candidate> {
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        span.record("why", why);
+    }
+    chosen
 }
 
 /// When the client stops waiting: `x-mm-timeout-ms` (or a gRPC call's `grpc-timeout`)

@@ -36,7 +36,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(manymodels_scorer::run(config)) {
+    let served = runtime.block_on(manymodels_scorer::run(config));
+    // The spans of the last requests leave before the process does.
+    manymodels_boot::telemetry::shutdown();
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "mm-scorer failed");

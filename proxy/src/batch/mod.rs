@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use manymodels_boot::telemetry;
 use manymodels_config::proxy::BatchConfig;
 use manymodels_contract::batch::Group;
 use manymodels_contract::oip::ErrorBody;
@@ -65,6 +66,13 @@ impl Batches {
 
 /// What the service hands the route, already checked: the key's scope and name.
 pub struct Asked<'a> {
+    /// The request's id, sent to every scorer asked (`x-request-id`).
+    pub request_id: &'a str,
+    /// The request's span: each group's route decision and each scorer request are its
+    /// children.
+    pub span: &'a tracing::Span,
+    /// The client's `traceparent`, sent on as it came when tracing is off.
+    pub traceparent: Option<reqwest::header::HeaderValue>,
     /// The asking key's model-id prefixes (empty: every model).
     pub scope: &'a [String],
     /// The asking key's name, which may choose its own id template.
@@ -183,7 +191,20 @@ pub async fn serve(proxy: &Proxy, session: &mut Session, asked: Asked<'_>) -> Re
                 outcomes.push((group.target, group.positions, Outcome::Failed(failed)));
                 continue;
             }
-            let Some(chosen) = proxy.choose(&group.target.0, &group.tried) else {
+            let route = tracing::debug_span!(
+                parent: asked.span,
+                "route",
+                model = %group.target.0,
+                attempt = group.tried.len() + 1,
+                scorer = tracing::field::Empty,
+                why = tracing::field::Empty,
+                warm = tracing::field::Empty,
+            );
+            let chosen = route.in_scope(|| proxy.choose(&group.target.0, &group.tried));
+            if let Some(chosen) = &chosen {
+                route.record("scorer", &*chosen.name);
+            }
+            let Some(chosen) = chosen else {
                 let failed = refused(&group.target, 503, "no scorer available".into());
                 outcomes.push((group.target, group.positions, Outcome::Failed(failed)));
                 continue;
@@ -349,6 +370,17 @@ async fn send(
     if asked.deadline.is_some() {
         request = request.header(header::TIMEOUT_MS, timeout.as_millis().max(1).to_string());
     }
+    request = request.header(header::REQUEST_ID, asked.request_id);
+    let span = tracing::debug_span!(
+        parent: asked.span,
+        "upstream",
+        scorer = &*chosen.name,
+        groups = groups.len(),
+        status = tracing::field::Empty,
+    );
+    if let Some(traceparent) = telemetry::traceparent(&span).or_else(|| asked.traceparent.clone()) {
+        request = request.header(header::TRACEPARENT, traceparent);
+    }
     let started = Instant::now();
     let result = async {
         let response = request.send().await?;
@@ -358,6 +390,10 @@ async fn send(
     }
     .await;
     counter.fetch_sub(groups.len(), Ordering::Relaxed);
+    if let Ok((status, _)) = &result {
+        span.record("status", status);
+    }
+    drop(span);
     proxy
         .metrics
         .upstream_latency

@@ -159,6 +159,14 @@ pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
     }
 }
 
+/// Sets an attribute on `span`'s exported span only (no log line shows it); nothing when
+/// tracing is off.
+pub fn set_attribute(span: &tracing::Span, key: &'static str, value: &str) {
+    if enabled() {
+        span.set_attribute(key, value.to_owned());
+    }
+}
+
 /// The trace id of `span` in hex, when tracing is on and the span has one.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
     if !enabled() {

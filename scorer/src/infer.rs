@@ -126,6 +126,8 @@ pub async fn run_checked(
         return Err(ScorerError::DeadlineExceeded { ms });
     }
     let started = Instant::now();
+    // The engine run's span (`debug`: built only when spans are exported), closed on return.
+    let _span = tracing::debug_span!("engine.run", model = %id, version = model.version);
     let rows = engine::batch_rows(&inputs);
     let quick = scorer.config.inference_inline_max;
     let outputs = match run_quick(model, rows, quick, inputs, &selected) {

@@ -4,6 +4,11 @@
 //!
 //! Work a request hands to another task (a load, a blocking engine run) does not see the
 //! task-local: read what it needs first.
+//!
+//! The layer also runs each request in its span (`scorer.request`, with the request id, so
+//! every log line about the request names it), whose parent is the caller's `traceparent`
+//! when spans are exported (`manymodels_boot::telemetry`). The load-wait, load and engine
+//! spans (`cache`, `infer`) are its children.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,7 +18,12 @@ use std::time::Instant;
 
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
+use manymodels_boot::telemetry;
 use manymodels_contract::{header, request_id};
+use tracing::Instrument;
+use tracing::instrument::Instrumented;
+
+use crate::model_id::ModelId;
 
 /// `x-request-id`.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static(header::REQUEST_ID);
@@ -56,7 +66,19 @@ pub fn current() -> Option<RequestContext> {
     CURRENT.try_with(Clone::clone).ok()
 }
 
-/// The layer: wraps each request in its context and answers with its id.
+/// The name of the request's span.
+const SPAN: &str = "scorer.request";
+
+/// Records the model a request is about on its span (the id is validated), when the
+/// current span is a request's: the cache's look-up calls it.
+pub fn record_model(id: &ModelId) {
+    let span = tracing::Span::current();
+    if span.metadata().is_some_and(|m| m.name() == SPAN) {
+        span.record("model", id.as_str());
+    }
+}
+
+/// The layer: wraps each request in its context and its span, and answers with its id.
 #[derive(Clone)]
 pub struct WithContext<S> {
     pub inner: S,
@@ -77,8 +99,20 @@ where
     fn call(&mut self, request: axum::extract::Request) -> Self::Future {
         let context = RequestContext::of(request.headers());
         let id = context.id.clone();
+        // `info`: log lines inside it carry the request id. The path goes only to exported
+        // spans (it may hold a model id not yet validated, which a log line must not).
+        let span = tracing::info_span!(
+            "scorer.request",
+            request_id = context.id_str(),
+            model = tracing::field::Empty,
+        );
+        if telemetry::enabled() {
+            telemetry::set_parent(&span, request.headers());
+            telemetry::set_attribute(&span, "url.path", request.uri().path());
+        }
+        let inner = span.in_scope(|| self.inner.call(request));
         Answered {
-            inner: CURRENT.scope(context, self.inner.call(request)),
+            inner: CURRENT.scope(context, inner).instrument(span),
             id: Some(id),
         }
     }
@@ -88,7 +122,7 @@ pin_project_lite::pin_project! {
     /// A route's future run in its request's context; its answer gets the request id.
     pub struct Answered<F: Future> {
         #[pin]
-        inner: tokio::task::futures::TaskLocalFuture<RequestContext, F>,
+        inner: Instrumented<tokio::task::futures::TaskLocalFuture<RequestContext, F>>,
         id: Option<HeaderValue>,
     }
 }

@@ -79,7 +79,10 @@ impl LoadThreads {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<(T, f64, H), String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        // Made on the asking side (a child of its load span), entered on the load thread.
+        let span = tracing::debug_span!("load.thread", trim);
         let job: Job = Box::new(move || {
+            let _entered = span.enter();
             let started = thread_cpu_seconds();
             let value = f();
             let cpu = (thread_cpu_seconds() - started).max(0.0);

@@ -53,6 +53,7 @@ use std::sync::{Arc, MutexGuard};
 use manymodels_config::scorer::{CacheConfig, PolicyConfig, VersionsConfig, WarmupConfig};
 use manymodels_policy::{Key, Policy, StatsReport};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use bounds::Waiters;
 pub use explain::CacheSummary;
@@ -219,6 +220,7 @@ impl ModelCache {
         split: bool,
     ) -> Result<(Arc<LoadedModel>, Lookup), ScorerError> {
         self.ledger.trim_if_freed();
+        crate::request::record_model(id);
         let Some(version) = version else {
             let (live, to_canary) = self.live_version(id, split).await?;
             if to_canary {
@@ -265,9 +267,18 @@ impl ModelCache {
         if count {
             self.metrics.cache_misses.inc();
         }
+        // Spans (`debug`: built only when exported): this request's wait, and the load it
+        // started when it is the first to miss (the load's work on the load threads is a
+        // child of that, `loader::LoadThreads::run_holding`).
+        let wait = tracing::debug_span!("load.wait", model = %id, version);
         let result = self
             .flights
-            .join(&key, || self.load_within_deadline(key.clone(), !count))
+            .join(&key, || {
+                let load = tracing::debug_span!("load", model = %id, version, warmup = !count);
+                self.load_within_deadline(key.clone(), !count)
+                    .instrument(load)
+            })
+            .instrument(wait)
             .await;
         result.map(|model| (model, Lookup::Miss))
     }

@@ -17,6 +17,7 @@ use manymodels_contract::{self as contract, route};
 
 mod admin;
 mod body;
+mod capture;
 mod keys;
 
 use admin::{
@@ -81,6 +82,12 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
                 .get(admin_digest),
         )
         .route(route::STATS, axum::routing::put(stats_push))
+        .route(route::CAPTURE, get(capture::show))
+        .route(route::CAPTURE_REFRESH, post(capture::refresh))
+        .route(
+            route::CAPTURE_RULE,
+            axum::routing::put(capture::set).delete(capture::drop_rule),
+        )
         .route(route::METRICS, get(metrics))
         // gRPC (HTTP/2) on the same port: the service answers its own unknown methods.
         .route_service(crate::grpc::ROUTE, crate::grpc::service(scorer.clone()))
@@ -101,6 +108,9 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
     };
     // Outermost: every answer, a refusal of the keys too, carries the request's id.
     router
+        .layer(tower::layer::layer_fn(crate::capture::tag_protocol(
+            scorer.clone(),
+        )))
         .layer(tower::layer::layer_fn(|inner| {
             crate::request::WithContext { inner }
         }))

@@ -128,6 +128,8 @@ pub async fn run_checked(
     let started = Instant::now();
     // The engine run's span (`debug`: built only when spans are exported), closed on return.
     let _span = tracing::debug_span!("engine.run", model = %id, version = model.version);
+    // Payload capture: one atomic load unless a rule takes this model (`capture`).
+    let captured = scorer.capture.before(id.as_str(), &inputs);
     let rows = engine::batch_rows(&inputs);
     let quick = scorer.config.inference_inline_max;
     let outputs = match run_quick(model, rows, quick, inputs, &selected) {
@@ -154,6 +156,12 @@ pub async fn run_checked(
         .metrics
         .inference_duration
         .observe(started.elapsed().as_secs_f64());
+    if let Some(sampled) = captured {
+        let took = started.elapsed();
+        scorer
+            .capture
+            .after(sampled, id.as_str(), model.version, &outputs, took);
+    }
     Ok(outputs)
 }
 

@@ -13,6 +13,7 @@
 
 pub mod azureml;
 pub mod cache;
+pub mod capture;
 pub mod error;
 pub mod grpc;
 pub mod http;
@@ -65,6 +66,8 @@ pub struct Scorer {
     pub config: ScorerConfig,
     pub cache: cache::ModelCache,
     pub metrics: Arc<metrics::Metrics>,
+    /// Payload capture: the rules in force and the queue to the store (`capture`).
+    pub capture: Arc<capture::Capture>,
     /// Set when shutdown starts: readiness fails (saying so) and the proxies stop routing
     /// here but for the models this scorer still holds (the drain hand-off).
     pub draining: AtomicBool,
@@ -86,6 +89,12 @@ impl Scorer {
         };
         let store = store::open(&config.store, config.store_timeout)?;
         let metrics = Arc::new(metrics::Metrics::new(config.cache.budget.bytes()));
+        let capture = Arc::new(capture::Capture::new(
+            config.capture.clone(),
+            store.clone(),
+            &config.display_name(),
+            metrics.clone(),
+        ));
         let mut cache = cache::ModelCache::new(
             config.cache.clone(),
             config.policy,
@@ -109,6 +118,7 @@ impl Scorer {
         Ok(Arc::new(Scorer {
             cache,
             metrics,
+            capture,
             draining: AtomicBool::new(false),
             warmed: AtomicBool::new(config.warmup.ready_timeout.is_zero()),
             started: std::time::Instant::now(),
@@ -194,7 +204,8 @@ pub async fn run(config: ScorerConfig) -> Result<(), StartError> {
              set auth.pool_key (MM_SCORER_AUTH_POOL_KEY) here and on the proxies"
         );
     }
-    // Notice new live versions of the models in memory.
+    // Notice new live versions of the models in memory, and the capture rules.
+    scorer.capture.start();
     {
         let scorer = scorer.clone();
         tokio::spawn(async move {
@@ -202,6 +213,7 @@ pub async fn run(config: ScorerConfig) -> Result<(), StartError> {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
+                let _ = scorer.capture.reload().await;
                 scorer.cache.check_versions().await;
             }
         });
@@ -237,6 +249,8 @@ pub async fn run(config: ScorerConfig) -> Result<(), StartError> {
             tracing::warn!("grace period over; exiting with requests still in flight");
         }
     }
+    // What was captured and not yet written goes to the store now (one try per batch).
+    scorer.capture.flush(scorer.config.store_timeout * 2).await;
     tracing::info!("mm-scorer stopped");
     Ok(())
 }

@@ -10,6 +10,11 @@ use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 /// The `arm` label's values of `mm_scorer_canary_requests_total`, both registered up front.
 pub const CANARY_ARMS: [&str; 2] = ["stable", "canary"];
 
+/// The `outcome` label's values of `mm_scorer_capture_total`, all registered up front:
+/// sampled lines put in the queue, dropped at a full queue, written to the store, and
+/// dropped after failing to be written (`capture`).
+pub const CAPTURE_OUTCOMES: [&str; 4] = ["queued", "dropped", "written", "failed"];
+
 pub struct Metrics {
     registry: Registry,
     /// By `route` (the label `http::finish` and `grpc::Front::finish` are given: `infer`,
@@ -61,6 +66,11 @@ pub struct Metrics {
     pub budget_bytes: IntGauge,
     /// The bytes this scorer's share wants resident (`cache::ModelCache::working_set`).
     pub working_set_bytes: IntGauge,
+    /// Captured lines by `outcome`, in [`CAPTURE_OUTCOMES`]' order.
+    pub capture: [IntCounter; 4],
+    /// Bytes captured and not yet written (in the queue or a batch), at most
+    /// `capture.queue_bytes`.
+    pub capture_queue_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -187,6 +197,18 @@ impl Metrics {
             working_set_bytes: registry.gauge(
                 "mm_scorer_working_set_bytes",
                 "The fewest bytes that would serve 95% of this scorer's share of the pool's traffic from memory (its pushed models, hottest first, at their sizes): the signal the pool scales on, against mm_scorer_budget_bytes.",
+            ),
+            capture: {
+                let outcomes = registry.counter_vec(
+                    "mm_scorer_capture_total",
+                    "Payload capture lines by outcome: queued (sampled and queued), dropped (sampled but the queue was full), written (to the store), failed (dropped after every write attempt failed).",
+                    &["outcome"],
+                );
+                CAPTURE_OUTCOMES.map(|outcome| outcomes.with_label_values(&[outcome]))
+            },
+            capture_queue_bytes: registry.gauge(
+                "mm_scorer_capture_queue_bytes",
+                "Payload capture bytes waiting to be written (queued or batched), bounded by capture.queue_bytes.",
             ),
             registry,
         };

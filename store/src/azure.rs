@@ -14,7 +14,7 @@ use object_store::{
 
 use super::{
     ALIAS_FILE, Alias, CANARY_FILE, Canary, Digest, MODEL_FILE, ModelState, ModelStore, StoreError,
-    is_sha256_hex, parse_version,
+    check_object_path, is_sha256_hex, parse_version,
 };
 use manymodels_contract::{ModelId, valid_model_id};
 
@@ -351,6 +351,25 @@ impl ModelStore for AzureStore {
     async fn write_canary(&self, id: &ModelId, canary: Option<Canary>) -> Result<(), StoreError> {
         let body = canary.map(|c| serde_json::to_vec(&c).expect("serialisable"));
         self.write_small(id, CANARY_FILE, body).await
+    }
+
+    async fn read_object(&self, path: &str) -> Result<Option<Bytes>, StoreError> {
+        check_object_path(path)?;
+        match self.client.get(&self.path(path)).await {
+            Ok(result) => Ok(Some(result.bytes().await.map_err(unavailable)?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn put_object(&self, path: &str, bytes: Bytes) -> Result<(), StoreError> {
+        check_object_path(path)?;
+        // One blob put: atomic.
+        self.client
+            .put(&self.path(path), PutPayload::from(bytes))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     fn describe(&self) -> String {

@@ -234,6 +234,16 @@ pub trait ModelStore: Send + Sync + 'static {
     /// drops it (`None`; dropping an absent canary succeeds).
     async fn write_canary(&self, id: &ModelId, canary: Option<Canary>) -> Result<(), StoreError>;
 
+    /// The bytes of the object at `path` (outside every model's folder, see
+    /// [`check_object_path`]), `None` when there is none: the documents the scorers share
+    /// (the capture rules).
+    async fn read_object(&self, path: &str) -> Result<Option<Bytes>, StoreError>;
+
+    /// Writes `bytes` at `path` (outside every model's folder, see [`check_object_path`])
+    /// atomically, replacing what is there: readers see the old object or the new one.
+    /// Shared documents and captured payloads.
+    async fn put_object(&self, path: &str, bytes: Bytes) -> Result<(), StoreError>;
+
     /// A short description for logs, without secrets.
     fn describe(&self) -> String;
 }
@@ -329,9 +339,45 @@ impl ModelStore for Deadline {
             .await
     }
 
+    async fn read_object(&self, path: &str) -> Result<Option<Bytes>, StoreError> {
+        self.bounded("reading an object", self.inner.read_object(path))
+            .await
+    }
+
+    async fn put_object(&self, path: &str, bytes: Bytes) -> Result<(), StoreError> {
+        self.bounded("writing an object", self.inner.put_object(path, bytes))
+            .await
+    }
+
     fn describe(&self) -> String {
         self.inner.describe()
     }
+}
+
+/// Checks a path [`ModelStore::read_object`] and [`ModelStore::put_object`] may take:
+/// relative, `/`-separated segments of `[A-Za-z0-9._-]` (none empty, `.` or `..`), the
+/// first of which is no model id (it begins with `_`, as `_manymodels/` and
+/// `_captures/` do), so an object can never land inside a model's folder or be listed as
+/// a model. `Conflict` names the problem otherwise.
+pub fn check_object_path(path: &str) -> Result<(), StoreError> {
+    let bad = |why: &str| Err(StoreError::Conflict(format!("object path '{path}' {why}")));
+    let mut segments = path.split('/');
+    let first = segments.next().unwrap_or("");
+    if manymodels_contract::valid_model_id(first) {
+        return bad("begins with a model id");
+    }
+    for segment in path.split('/') {
+        if segment.is_empty()
+            || segment == "."
+            || segment == ".."
+            || !segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return bad("has an empty, relative or unusual segment");
+        }
+    }
+    Ok(())
 }
 
 /// A version folder name follows the contract's one version rule.

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::{
     ALIAS_FILE, Alias, CANARY_FILE, Canary, Digest, MODEL_FILE, ModelState, ModelStore, StoreError,
-    digest_of_reader, parse_version,
+    check_object_path, digest_of_reader, parse_version,
 };
 use manymodels_contract::{ModelId, valid_model_id};
 
@@ -231,6 +231,39 @@ impl ModelStore for LocalStore {
     async fn write_canary(&self, id: &ModelId, canary: Option<Canary>) -> Result<(), StoreError> {
         let body = canary.map(|c| serde_json::to_vec(&c).expect("serialisable"));
         self.write_small(id, CANARY_FILE, body).await
+    }
+
+    async fn read_object(&self, path: &str) -> Result<Option<Bytes>, StoreError> {
+        check_object_path(path)?;
+        let file = self.root.join(path);
+        match tokio::fs::read(&file).await {
+            Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unavailable(&file.display().to_string(), e)),
+        }
+    }
+
+    async fn put_object(&self, path: &str, bytes: Bytes) -> Result<(), StoreError> {
+        check_object_path(path)?;
+        let file = self.root.join(path);
+        let (Some(dir), Some(name)) = (file.parent(), file.file_name().and_then(|n| n.to_str()))
+        else {
+            return Err(StoreError::Conflict(format!(
+                "object path '{path}' names no file"
+            )));
+        };
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| unavailable(&dir.display().to_string(), e))?;
+        // Written beside it and renamed into place: a reader never sees half an object.
+        let temporary = temporary(dir, name);
+        tokio::fs::write(&temporary, bytes)
+            .await
+            .map_err(|e| unavailable(&temporary.display().to_string(), e))?;
+        tokio::fs::rename(&temporary, &file).await.map_err(|e| {
+            let _ = std::fs::remove_file(&temporary);
+            unavailable(&file.display().to_string(), e)
+        })
     }
 
     fn describe(&self) -> String {

@@ -68,6 +68,57 @@ async fn alias_and_canary_round_trip(store: &dyn ModelStore) {
     assert_eq!(state.versions, vec![1, 2]);
 }
 
+/// What every store must do with objects outside the models' folders (the capture rules,
+/// captured payloads): absent reads as `None`, a put replaces, nested paths are made, a
+/// path that could reach a model's folder or climb out is refused, and no object is
+/// listed as a model.
+async fn objects_round_trip(store: &dyn ModelStore) {
+    let rules = "_manymodels/capture.json";
+    assert_eq!(store.read_object(rules).await.unwrap(), None);
+    store
+        .put_object(rules, Bytes::from_static(b"{\"rules\":[]}"))
+        .await
+        .unwrap();
+    store
+        .put_object(rules, Bytes::from_static(b"{\"rules\":[1]}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.read_object(rules).await.unwrap().as_deref(),
+        Some(&b"{\"rules\":[1]}"[..])
+    );
+    let line = "_captures/m/2026/12/07/02/s1-1765072800000-0.jsonl";
+    store
+        .put_object(line, Bytes::from_static(b"{}\n"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.read_object(line).await.unwrap().as_deref(),
+        Some(&b"{}\n"[..])
+    );
+    for bad in [
+        "m/x.json",
+        "_c/../m/1/model.onnx",
+        "_c//x",
+        "/_c/x",
+        "_c/a b",
+        "",
+    ] {
+        assert!(
+            matches!(
+                store.put_object(bad, Bytes::new()).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{bad}"
+        );
+    }
+    let listed = store.list_models().await.unwrap();
+    assert!(
+        listed.iter().all(|id| !id.as_str().starts_with('_')),
+        "{listed:?}"
+    );
+}
+
 /// What every store must answer for a version's digest: the size and SHA-256 of what
 /// `write_version` was given, and `NotFound` for a version or a model it does not have.
 async fn digests_are_of_the_written_bytes(store: &dyn ModelStore) {
@@ -234,6 +285,21 @@ async fn the_local_store_writes_and_reads_the_alias_and_the_canary() {
     );
 }
 
+#[tokio::test]
+async fn the_local_store_reads_and_puts_objects_outside_the_models() {
+    let dir = Dir(std::env::temp_dir().join(format!("mm-store-objects-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let store = LocalStore::new(dir.0.clone());
+    objects_round_trip(&store).await;
+    // Written by rename: no temporary is left beside the object.
+    let names: Vec<String> = std::fs::read_dir(dir.0.join("_manymodels"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec!["capture.json".to_string()]);
+}
+
 /// A store on Azurite's `models` container (made here) under the prefix `prod/`.
 async fn prod_store(azurite: &Azurite) -> AzureStore {
     azurite.create_container("models").await;
@@ -265,6 +331,17 @@ async fn the_azure_store_writes_and_reads_the_alias_and_the_canary() {
         .await;
     let state = store.model_state(&id()).await.unwrap();
     assert_eq!(state.canary, Some(canary(2, 40.0)));
+    // Objects are blobs under the store's prefix, in the layout they were put with.
+    objects_round_trip(&store).await;
+    use object_store::ObjectStoreExt;
+    let blob = store
+        .client()
+        .get(&object_store::path::Path::from(
+            "prod/_captures/m/2026/12/07/02/s1-1765072800000-0.jsonl",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(&blob.bytes().await.unwrap()[..], b"{}\n");
 }
 
 /// On Azure a version written by the store carries its SHA-256 as blob metadata, which

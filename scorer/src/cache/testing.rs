@@ -36,6 +36,8 @@ pub struct MemoryStore {
     /// Look-ups of a model's state (`model_state`) and reads of a version, counted.
     pub lookups: AtomicU64,
     pub reads: AtomicU64,
+    /// Objects outside the models (`read_object`, `put_object`), by path.
+    pub objects: Mutex<BTreeMap<String, Bytes>>,
 }
 
 #[derive(Default)]
@@ -161,6 +163,21 @@ impl ModelStore for MemoryStore {
     async fn write_canary(&self, id: &ModelId, canary: Option<Canary>) -> Result<(), StoreError> {
         self.reachable()?;
         self.models().entry(id.clone()).or_default().canary = canary;
+        Ok(())
+    }
+
+    async fn read_object(&self, path: &str) -> Result<Option<Bytes>, StoreError> {
+        self.reachable()?;
+        manymodels_store::check_object_path(path)?;
+        let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(objects.get(path).cloned())
+    }
+
+    async fn put_object(&self, path: &str, bytes: Bytes) -> Result<(), StoreError> {
+        self.reachable()?;
+        manymodels_store::check_object_path(path)?;
+        let mut objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        objects.insert(path.to_string(), bytes);
         Ok(())
     }
 

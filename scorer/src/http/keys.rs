@@ -31,6 +31,8 @@ pub(super) fn guard_of(path: &str) -> Guard {
     } else if (path.starts_with("/v2/mm/models/") && !is_records(path))
         || path.starts_with("/v2/repository/models/")
         || path == route::CACHE_EXPLAIN
+        || path == route::CAPTURE
+        || path.starts_with("/v2/mm/capture/")
         || contract::grpc::Call::from_path(path).is_some_and(contract::grpc::Call::admin)
     {
         Guard::Admin

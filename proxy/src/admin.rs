@@ -38,3 +38,31 @@ pub(crate) fn refresh_everywhere(
         }
     });
 }
+
+/// After a capture call changed the rules in the store (or asked for a refresh), asks
+/// every other healthy or draining scorer of `pool` to read them now
+/// (`POST /v2/mm/capture/refresh`), in the background, so every scorer captures alike
+/// within a round trip rather than at its next `versions.check_interval`. A failed call
+/// is logged; that scorer's own check catches up.
+pub(crate) fn refresh_capture_everywhere(
+    pool: &Pool,
+    done_by: Option<&str>,
+    authorization: Option<String>,
+    timeout: Duration,
+) {
+    let targets = pool.serving_addrs(done_by);
+    let path = scorer_route::CAPTURE_REFRESH;
+    tokio::spawn(async move {
+        let calls = targets.iter().map(|addr| {
+            tokio::time::timeout(
+                timeout,
+                crate::http1::post(addr, path, authorization.as_deref()),
+            )
+        });
+        for (addr, result) in targets.iter().zip(futures::future::join_all(calls).await) {
+            if !matches!(result, Ok(Ok((200, _)))) {
+                tracing::warn!(scorer = %addr, path, "capture refresh after a change failed; the scorer's own check will catch up");
+            }
+        }
+    });
+}

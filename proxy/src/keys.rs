@@ -37,6 +37,9 @@ impl KeyCheck<'_> {
     pub fn list_scope(&self, route: &Route) -> Option<String> {
         match (&self.verdict, route) {
             (Ok(scope), Route::AnyScorer { lists_models: true }) => Some(scope.join("|")),
+            // Capture: the scorer shows only the rules inside the key's prefixes, and
+            // checks a change against them too.
+            (Ok(scope), Route::Capture(_)) => Some(scope.join("|")),
             _ => None,
         }
     }
@@ -75,6 +78,12 @@ pub fn check<'k>(keys: Keys<'k>, route: &Route, authorization: Option<&str>) -> 
         // as the explanation it goes with, so an admin call (a key scoped to model-id
         // prefixes sees only its own models').
         Route::PoolModel { id } => (true, Reach::Model(id)),
+        // Payload capture is tenant data: an admin call; a rule's prefix must be inside a
+        // scoped key's prefixes, and the rules shown are narrowed to them.
+        Route::Capture(action) => match action.prefix() {
+            Some(prefix) => (true, Reach::Model(prefix)),
+            None => (true, Reach::NoModel),
+        },
         _ => return open(),
     };
     let keys = if admin && !keys.admin.is_empty() {

@@ -35,10 +35,41 @@ pub enum Route {
     /// for many models in one request, grouped and fanned out by the proxy
     /// ([`crate::batch`]).
     Batch,
+    /// Payload capture's admin API (`/v2/mm/capture...`, the scorer's own paths),
+    /// forwarded to any scorer: the rules live in the store.
+    Capture(CaptureAction),
     /// A bad request: answered 400 without touching a scorer.
     Invalid(String),
     /// No such route: 404.
     NotFound,
+}
+
+/// What a payload capture call asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaptureAction {
+    /// `GET /v2/mm/capture`: the rules the key may see, and one scorer's counters.
+    Show,
+    /// `PUT /v2/mm/capture/{prefix}`: sets the prefix's rule.
+    Set { prefix: String },
+    /// `DELETE /v2/mm/capture/{prefix}`: drops the prefix's rule.
+    Drop { prefix: String },
+    /// `POST /v2/mm/capture/refresh`: every scorer reads the rules again.
+    Refresh,
+}
+
+impl CaptureAction {
+    /// The rule prefix the call changes, which a scoped key's prefixes must admit.
+    pub fn prefix(&self) -> Option<&str> {
+        match self {
+            CaptureAction::Set { prefix } | CaptureAction::Drop { prefix } => Some(prefix),
+            CaptureAction::Show | CaptureAction::Refresh => None,
+        }
+    }
+
+    /// Whether a success should make every scorer read the rules again now.
+    pub fn changes_rules(&self) -> bool {
+        !matches!(self, CaptureAction::Show)
+    }
 }
 
 /// What a model request asks of the scorer.
@@ -191,7 +222,14 @@ pub fn classify(
             return azure_ml(model_header, version_header);
         }
         ("POST", contract::batch::BATCH) => return Route::Batch,
+        ("GET", contract::route::CAPTURE) => return Route::Capture(CaptureAction::Show),
+        ("POST", contract::route::CAPTURE_REFRESH) => {
+            return Route::Capture(CaptureAction::Refresh);
+        }
         _ => {}
+    }
+    if let Some(rest) = path.strip_prefix(CAPTURE_RULES) {
+        return capture_rule(method, rest);
     }
     let (area, rest) = if let Some(rest) = path.strip_prefix("/v2/models/") {
         (Area::Inference, rest)
@@ -232,6 +270,29 @@ fn pool_model(rest: &str) -> Route {
         return Route::Invalid(format!("invalid model id '{}'", cut(&id)));
     }
     Route::PoolModel { id }
+}
+
+/// The prefix of a capture rule's path, `/v2/mm/capture/{prefix}`.
+const CAPTURE_RULES: &str = "/v2/mm/capture/";
+
+/// `PUT` or `DELETE /v2/mm/capture/{prefix}`: a prefix that could start a model id
+/// (decoded as every path's), nothing after it.
+fn capture_rule(method: &str, rest: &str) -> Route {
+    if rest.contains('/') {
+        return Route::NotFound;
+    }
+    let prefix = percent_decode(rest);
+    if !valid_model_id(&prefix) {
+        return Route::Invalid(format!(
+            "invalid capture prefix '{}': it must be a model id or the start of one",
+            cut(&prefix)
+        ));
+    }
+    match method {
+        "PUT" => Route::Capture(CaptureAction::Set { prefix }),
+        "DELETE" => Route::Capture(CaptureAction::Drop { prefix }),
+        _ => Route::NotFound,
+    }
 }
 
 /// The three path areas that name a model after their prefix.
@@ -424,6 +485,99 @@ fn hex(b: u8) -> Option<u8> {
         b'a'..=b'f' => Some(b - b'a' + 10),
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod capture_tests {
+    use manymodels_config::Secret;
+    use manymodels_config::proxy::ApiKey;
+
+    use super::*;
+    use crate::keys::{Keys, check};
+
+    #[test]
+    fn capture_paths_are_classified() {
+        assert_eq!(
+            classify("GET", "/v2/mm/capture", None, None),
+            Route::Capture(CaptureAction::Show)
+        );
+        assert_eq!(
+            classify("POST", "/v2/mm/capture/refresh", None, None),
+            Route::Capture(CaptureAction::Refresh)
+        );
+        assert_eq!(
+            classify("PUT", "/v2/mm/capture/acme-", None, None),
+            Route::Capture(CaptureAction::Set {
+                prefix: "acme-".into()
+            })
+        );
+        assert_eq!(
+            classify("DELETE", "/v2/mm/capture/acme-fraud", None, None),
+            Route::Capture(CaptureAction::Drop {
+                prefix: "acme-fraud".into()
+            })
+        );
+        assert!(matches!(
+            classify("PUT", "/v2/mm/capture/_x", None, None),
+            Route::Invalid(_)
+        ));
+        assert_eq!(
+            classify("PUT", "/v2/mm/capture/a/b", None, None),
+            Route::NotFound
+        );
+        assert_eq!(
+            classify("GET", "/v2/mm/capture/acme-", None, None),
+            Route::NotFound
+        );
+    }
+
+    /// Capture calls are admin calls; a scoped key changes only rules inside its
+    /// prefixes and its view is narrowed to them (`x-mm-model-prefixes`).
+    #[test]
+    fn a_scoped_key_captures_only_inside_its_prefixes() {
+        let key = |name: &str, scope: &[&str]| ApiKey {
+            name: name.into(),
+            key: Secret::new(format!("k-{name}")),
+            scope: scope.iter().map(|s| s.to_string()).collect(),
+        };
+        let api = [key("all", &[])];
+        let admin = [key("root", &[]), key("ops", &["acme-"])];
+        let keys = Keys {
+            api: &api,
+            admin: &admin,
+        };
+        let verdict = |method: &str, path: &str, bearer: &str| {
+            let route = classify(method, path, None, None);
+            let header = format!("Bearer {bearer}");
+            let checked = check(keys, &route, Some(&header));
+            (
+                checked
+                    .verdict
+                    .as_ref()
+                    .map_or_else(|r| r.status(), |_| 200),
+                checked.list_scope(&route),
+            )
+        };
+        let acme = Some("acme-".to_string());
+        let all = Some(String::new());
+        assert_eq!(
+            verdict("PUT", "/v2/mm/capture/acme-f", "k-ops"),
+            (200, acme.clone())
+        );
+        assert_eq!(verdict("DELETE", "/v2/mm/capture/acme", "k-ops").0, 403);
+        assert_eq!(verdict("PUT", "/v2/mm/capture/globex", "k-ops").0, 403);
+        assert_eq!(verdict("GET", "/v2/mm/capture", "k-ops"), (200, acme));
+        assert_eq!(
+            verdict("GET", "/v2/mm/capture", "k-root"),
+            (200, all.clone())
+        );
+        assert_eq!(
+            verdict("PUT", "/v2/mm/capture/globex", "k-root"),
+            (200, all)
+        );
+        // An API key is not an admin key.
+        assert_eq!(verdict("GET", "/v2/mm/capture", "k-all").0, 401);
     }
 }
 

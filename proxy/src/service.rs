@@ -727,6 +727,22 @@ impl ProxyHttp for Proxy {
                 self.config.read_timeout,
             );
         }
+        if (200..300).contains(&status)
+            && let Route::Capture(action) = &ctx.route
+            && action.changes_rules()
+        {
+            let authorization = self
+                .pool
+                .authorization()
+                .or(authorization(session))
+                .map(str::to_string);
+            admin::refresh_capture_everywhere(
+                &self.pool,
+                scorer.as_deref(),
+                authorization,
+                self.config.read_timeout,
+            );
+        }
         if let Some(started) = ctx.upstream_started {
             self.metrics
                 .upstream_latency

@@ -6,6 +6,7 @@
 //! 0 done, 1 the command failed or (import) a model did not go in, 2 bad usage or config.
 
 mod batch;
+mod capture;
 mod client;
 mod config;
 mod import;
@@ -53,6 +54,9 @@ enum Command {
     /// A model's canary: set, show, drop or promote it
     #[command(subcommand)]
     Canary(CanaryCommand),
+    /// Payload capture: set, show or drop a prefix's sampling rate
+    #[command(subcommand)]
+    Capture(capture::CaptureCommand),
     /// The pool: scorers, memory against budget, hit ratio, hottest models, evictions
     Status,
     /// Where ID lives and why it is in memory or not
@@ -130,6 +134,7 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<bool> {
         Command::Pin { id, version } => operate::pin(&client, &id, Some(version)).await?,
         Command::Unpin { id } => operate::pin(&client, &id, None).await?,
         Command::Canary(command) => operate::canary(&client, &command).await?,
+        Command::Capture(command) => capture::capture(&client, &command).await?,
         Command::Status => operate::status(&client).await?,
         Command::Explain { id } => operate::explain(&client, &id).await?,
         Command::Score {

@@ -10,6 +10,7 @@ mod capture;
 mod client;
 mod config;
 mod import;
+mod ledger;
 mod operate;
 mod score;
 mod table;
@@ -59,8 +60,17 @@ enum Command {
     Capture(capture::CaptureCommand),
     /// The pool: scorers, memory against budget, hit ratio, hottest models, evictions
     Status,
-    /// Where ID lives and why it is in memory or not
+    /// Where ID lives, why it is in memory or not, and what it served (its ledger)
     Explain { id: String },
+    /// Each model's requests, errors, latency quantiles and canary share, pool-wide
+    Ledger {
+        /// Models listed (the busiest, pool-wide)
+        #[arg(long, default_value_t = 50)]
+        top: usize,
+        /// Order of the table
+        #[arg(long, value_enum, default_value_t = ledger::Sort::Requests)]
+        sort: ledger::Sort,
+    },
     /// Score rows with a model, or records for many models (--batch)
     Score {
         /// The model (not with --batch: each record names its own)
@@ -137,6 +147,7 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<bool> {
         Command::Capture(command) => capture::capture(&client, &command).await?,
         Command::Status => operate::status(&client).await?,
         Command::Explain { id } => operate::explain(&client, &id).await?,
+        Command::Ledger { top, sort } => ledger::ledger(&client, top, sort).await?,
         Command::Score {
             input: ScoreInput {
                 batch: Some(path), ..

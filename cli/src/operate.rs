@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use anyhow::{Context, bail};
 use manymodels_contract::explain::ScorerExplain;
+use manymodels_contract::ledger::PoolModelLedger;
 use manymodels_contract::oip::IndexEntry;
 use manymodels_contract::pool::{Placement, PoolView};
 use manymodels_contract::versions::{
@@ -276,6 +277,8 @@ pub fn status_text(view: &PoolView, rows: usize) -> String {
 struct Explained {
     placement: Placement,
     scorer: ScorerExplain,
+    /// `None` when the ledger could not be read.
+    ledger: Option<PoolModelLedger>,
 }
 
 pub async fn explain(client: &Client, id: &str) -> anyhow::Result<Output> {
@@ -287,8 +290,30 @@ pub async fn explain(client: &Client, id: &str) -> anyhow::Result<Output> {
         .get_as(&format!("/v2/admin/models/{id}/explain"))
         .await
         .context("asking the scorer")?;
-    let text = explain_text(id, &placement, &scorer);
-    Output::of(&Explained { placement, scorer }, text)
+    // The ledger is a view beside the placement: an explain works without it.
+    let ledger: Option<PoolModelLedger> = match client.get_as(&format!("/v2/mm/ledger/{id}")).await
+    {
+        Ok(ledger) => Some(ledger),
+        Err(e) => {
+            eprintln!("mmctl: the ledger could not be read: {e}");
+            None
+        }
+    };
+    let mut text = explain_text(id, &placement, &scorer);
+    if let Some(ledger) = &ledger {
+        text.push_str(&crate::ledger::model_text(
+            ledger,
+            crate::ledger::wall_now(),
+        ));
+    }
+    Output::of(
+        &Explained {
+            placement,
+            scorer,
+            ledger,
+        },
+        text,
+    )
 }
 
 fn explain_text(id: &str, placement: &Placement, scorer: &ScorerExplain) -> String {

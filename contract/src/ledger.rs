@@ -60,6 +60,19 @@ pub struct Counts {
     /// The latest time (unix seconds) a request was recorded; `None` if never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scored: Option<f64>,
+    /// Quantiles read from `latency`, for people and pages that do not read sketches;
+    /// filled by whoever serves the ledger, after any merge (a merge ignores them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantiles: Option<Quantiles>,
+}
+
+/// Latency quantiles in seconds, each within the sketch's `alpha` of the exact one.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Quantiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
 }
 
 /// Requests per model version for the highest few versions seen (the canary share), and
@@ -107,6 +120,39 @@ pub struct ModelReport {
     pub errors_at_most: u64,
 }
 
+/// A scorer the proxy could not count in a merged ledger, and why (unreachable, an
+/// answer it could not read, a sketch configuration unlike the others').
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Missing {
+    pub scorer: String,
+    pub error: String,
+}
+
+/// The pool's ledger, as a proxy merges it from every serving scorer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PoolLedger {
+    /// The scorers counted.
+    pub scorers: Vec<String>,
+    /// The scorers not counted, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<Missing>,
+    /// Every tracked model and the tail, pool-wide, with quantiles filled.
+    #[serde(flatten)]
+    pub report: LedgerReport,
+    /// The pool's totals (models and tail), with quantiles filled.
+    pub pool: Counts,
+}
+
+/// One model across the pool, as a proxy merges it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PoolModelLedger {
+    pub scorers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<Missing>,
+    #[serde(flatten)]
+    pub report: ModelReport,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +175,12 @@ mod tests {
             rows: 40,
             latency,
             last_scored: Some(1_800_000_000.5),
+            quantiles: Some(Quantiles {
+                p50: 0.0,
+                p90: 0.0101,
+                p99: 0.0101,
+                max: 0.0102,
+            }),
         };
         LedgerReport {
             models: vec![ModelLedger {
@@ -168,6 +220,42 @@ mod tests {
         assert_eq!(model["requests"], 5);
         assert_eq!(model["errors"]["not_found"], 1);
         assert_eq!(model["versions"]["versions"][0], serde_json::json!([3, 1]));
+    }
+
+    #[test]
+    fn pool_views_round_trip_with_their_reports_flattened() {
+        let report = sample();
+        let pool = PoolLedger {
+            scorers: vec!["s1".into(), "s2".into()],
+            missing: vec![Missing {
+                scorer: "s3".into(),
+                error: "unreachable".into(),
+            }],
+            pool: report.models[0].counts.clone(),
+            report,
+        };
+        let json = serde_json::to_value(&pool).unwrap();
+        assert_eq!(json["models"][0]["model"], "store-0412");
+        assert_eq!(json["missing"][0]["scorer"], "s3");
+        assert_eq!(json["pool"]["quantiles"]["p90"], 0.0101);
+        assert_eq!(serde_json::from_value::<PoolLedger>(json).unwrap(), pool);
+        let one = PoolModelLedger {
+            scorers: vec!["s1".into()],
+            missing: Vec::new(),
+            report: ModelReport {
+                model: "m".into(),
+                tracked: None,
+                requests_at_most: 3,
+                errors_at_most: 0,
+            },
+        };
+        let json = serde_json::to_value(&one).unwrap();
+        assert_eq!(json["requests_at_most"], 3);
+        assert!(json.get("missing").is_none());
+        assert_eq!(
+            serde_json::from_value::<PoolModelLedger>(json).unwrap(),
+            one
+        );
     }
 
     #[test]

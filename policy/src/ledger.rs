@@ -58,7 +58,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use manymodels_contract::ledger::{
-    Counts, LatencySketch, LedgerReport, ModelLedger, ModelReport, VersionMix,
+    Counts, LatencySketch, LedgerReport, ModelLedger, ModelReport, Quantiles, VersionMix,
 };
 use manymodels_contract::{Lookup, MAX_MODEL_ID_LEN};
 
@@ -189,6 +189,7 @@ impl Totals {
             rows: self.rows,
             latency: self.latency.to_wire(),
             last_scored: (self.requests > 0).then_some(self.last_scored),
+            quantiles: None,
         }
     }
 }
@@ -535,6 +536,36 @@ pub fn merge_model(into: &mut ModelLedger, other: &ModelLedger) -> Result<(), Sk
     merge_versions(&mut into.versions, &other.versions);
     into.since = into.since.min(other.since);
     Ok(())
+}
+
+/// Fills `counts.quantiles` from its latency sketch (`None` when it is empty or does not
+/// read as a sketch).
+pub fn fill_quantiles(counts: &mut Counts) {
+    counts.quantiles = Sketch::from_wire(&counts.latency).ok().and_then(|sketch| {
+        Some(Quantiles {
+            p50: sketch.quantile(0.5)?,
+            p90: sketch.quantile(0.9)?,
+            p99: sketch.quantile(0.99)?,
+            max: sketch.max()?,
+        })
+    });
+}
+
+/// [`fill_quantiles`] for every model of `report` and its tail.
+pub fn fill_report_quantiles(report: &mut LedgerReport) {
+    for model in &mut report.models {
+        fill_quantiles(&mut model.counts);
+    }
+    fill_quantiles(&mut report.tail);
+}
+
+/// The totals of a report: its models and its tail, summed.
+pub fn report_totals(report: &LedgerReport) -> Result<Counts, SketchError> {
+    let mut all = report.tail.clone();
+    for model in &report.models {
+        merge_counts(&mut all, &model.counts)?;
+    }
+    Ok(all)
 }
 
 /// The pool's ledger from the scorers' reports: each model's ledgers merged, the tails

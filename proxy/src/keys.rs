@@ -84,6 +84,11 @@ pub fn check<'k>(keys: Keys<'k>, route: &Route, authorization: Option<&str>) -> 
             Some(prefix) => (true, Reach::Model(prefix)),
             None => (true, Reach::NoModel),
         },
+        // The ledger: any key; a scoped key's view holds only its prefixes' models (the
+        // scorers filter by the prefixes the proxy sends), and one model's needs the
+        // model in scope.
+        Route::Ledger => (false, Reach::NoModel),
+        Route::LedgerModel { id } => (false, Reach::Model(id)),
         _ => return open(),
     };
     let keys = if admin && !keys.admin.is_empty() {

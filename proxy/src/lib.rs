@@ -17,6 +17,7 @@ pub mod choice;
 pub mod grpc_route;
 pub mod http1;
 pub mod keys;
+pub mod ledger;
 pub mod local;
 pub mod metrics;
 pub mod pool;

@@ -23,6 +23,11 @@ pub enum Route {
     PoolModel { id: String },
     /// `GET /status`: the status page (HTML).
     Status,
+    /// `GET /v2/mm/ledger`: the pool's per-model ledger, merged from every scorer's
+    /// ([`crate::ledger`]).
+    Ledger,
+    /// `GET /v2/mm/ledger/{id}`: one model's ledger, merged from every scorer's.
+    LedgerModel { id: String },
     /// A request about one model (admin calls included), forwarded to the scorer chosen
     /// for it.
     Model { id: String, action: Action },
@@ -210,6 +215,13 @@ pub fn classify(
             return pool_model(&path[POOL_MODELS.len()..]);
         }
         ("GET", "/status") => return Route::Status,
+        ("GET", contract::route::LEDGER) => return Route::Ledger,
+        ("GET", _) if path.starts_with(LEDGER_MODELS) => {
+            return match pool_model(&path[LEDGER_MODELS.len()..]) {
+                Route::PoolModel { id } => Route::LedgerModel { id },
+                other => other,
+            };
+        }
         ("GET", contract::route::SERVER_METADATA) => {
             return Route::AnyScorer {
                 lists_models: false,
@@ -259,6 +271,8 @@ pub fn classify(
 
 /// The prefix of the local placement route, `GET /v2/mm/pool/models/{id}`.
 const POOL_MODELS: &str = "/v2/mm/pool/models/";
+/// The prefix of one model's merged ledger, `GET /v2/mm/ledger/{id}`.
+const LEDGER_MODELS: &str = "/v2/mm/ledger/";
 
 /// `GET /v2/mm/pool/models/{id}`: a valid id (decoded as every path's), nothing after it.
 fn pool_model(rest: &str) -> Route {

@@ -31,7 +31,7 @@ use crate::pool::{Candidate, Pool};
 use crate::reject::{self, Rejection, Reply};
 use crate::route::{GrpcCall, Route, classify, classify_grpc};
 use crate::stats::Statistics;
-use crate::{admin, local};
+use crate::{admin, ledger, local};
 
 /// Request-id headers echoed back to the client as sent (Azure ML sends it). The request's
 /// own id (`x-request-id`) is `Ctx::request_id`, on every answer.
@@ -453,6 +453,20 @@ impl ProxyHttp for Proxy {
                         batch::serve(self, session, asked).await
                     }
                 },
+                Route::Ledger | Route::LedgerModel { .. } => {
+                    let asked = match &ctx.route {
+                        Route::LedgerModel { id } => Ok(ledger::Asked::Model(id.clone())),
+                        _ => ledger::parse_query(session.req_header().uri.query())
+                            .map(|top| ledger::Asked::Pool { top }),
+                    };
+                    match asked {
+                        Err(message) => Rejection::Invalid(message).into(),
+                        Ok(asked) => {
+                            let scope = checked.verdict.as_ref().map(|s| *s).unwrap_or(&[]);
+                            ledger::serve(&self.pool, asked, scope, self.pool.authorization()).await
+                        }
+                    }
+                }
                 Route::NotFound => Rejection::NoRoute {
                     method: session.req_header().method.to_string(),
                     path: session.req_header().uri.path().to_string(),

@@ -28,6 +28,7 @@ use tonic::{Request, Response, Status};
 use crate::Scorer;
 use crate::error::ScorerError;
 use crate::infer;
+use crate::ledger::Seen;
 use crate::model_id::ModelId;
 use crate::oip::{self, RawData, RequestInput, RequestOutput};
 use crate::tensor::{NamedTensor, TensorSpec};
@@ -399,12 +400,16 @@ impl GrpcInferenceService for Front {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Answer<pb::ModelInferResponse> {
+        let arrived = crate::request::current().map_or_else(std::time::Instant::now, |c| c.arrived);
+        let mut seen = Seen::default();
+        let mut named = None;
         let result = async {
             let (metadata, _, request) = request.into_parts();
             // Everything about the request is checked before the model is looked up: a
             // malformed request must not cost a load.
             let (id, version, deadline) =
                 target_of(metadata, &request.model_name, &request.model_version)?;
+            named = Some(id.clone());
             let (inputs, blobs) = inputs_of(request.inputs, request.raw_input_contents)?;
             let wanted: Vec<RequestOutput> = request
                 .outputs
@@ -415,9 +420,12 @@ impl GrpcInferenceService for Front {
                 })
                 .collect();
             let (model, lookup) = infer::model_within(&self.scorer, &id, version, deadline).await?;
+            seen.version = Some(model.version);
+            seen.lookup = Some(lookup);
             let selected = oip::select_outputs(Some(&wanted), &model.outputs)?;
             let outputs =
                 infer::run(&self.scorer, &id, &model, deadline, inputs, blobs, selected).await?;
+            seen.rows = crate::engine::batch_rows(&outputs) as u64;
             let (outputs, raw_output_contents) = outputs_of(outputs);
             let mut response = Response::new(pb::ModelInferResponse {
                 model_name: id.to_string(),
@@ -434,6 +442,11 @@ impl GrpcInferenceService for Front {
             Ok(response)
         }
         .await;
+        if let Some(id) = &named {
+            self.scorer
+                .ledger
+                .record(id.as_str(), seen, result.as_ref().err(), arrived.elapsed());
+        }
         self.finish("grpc_infer", result)
     }
 

@@ -2,6 +2,7 @@
 //! router, so handler tests call it without a socket.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -19,6 +20,7 @@ mod admin;
 mod body;
 mod capture;
 mod keys;
+mod ledger;
 
 use admin::{
     admin_canary, admin_digest, admin_drop_canary, admin_explain, admin_pin, admin_promote_canary,
@@ -30,6 +32,7 @@ use crate::Scorer;
 use crate::engine;
 use crate::error::ScorerError;
 use crate::infer::{self, Deadline};
+use crate::ledger::Seen;
 use crate::model_id::ModelId;
 use crate::tensor::TensorSpec;
 
@@ -60,6 +63,8 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
         .route(route::REPOSITORY_LOAD.template(), post(repository_load))
         .route(route::REPOSITORY_UNLOAD.template(), post(repository_unload))
         .route(route::CACHE_EXPLAIN, get(explain))
+        .route(route::LEDGER, get(ledger::ledger))
+        .route(route::LEDGER_MODEL.template(), get(ledger::ledger_model))
         .route(route::ADMIN_STATUS.template(), get(admin_status))
         .route(route::ADMIN_REFRESH.template(), post(admin_refresh))
         .route(route::ADMIN_PIN.template(), post(admin_pin))
@@ -243,14 +248,46 @@ async fn infer(
     path: Result<Path<Target>, PathRejection>,
     request: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let arrived = arrival();
+    let mut seen = Seen::default();
+    let mut named = None;
     let result = async {
         let deadline = infer::deadline(&headers)?;
         let (id, version) = target(path)?;
+        named = Some(id.clone());
         let body = body(request, &scorer)?;
-        score(&scorer, id, version, &headers, body, deadline).await
+        score(&scorer, id, version, &headers, body, deadline, &mut seen).await
     }
     .await;
+    observe(
+        &scorer,
+        named.as_ref(),
+        seen,
+        result.as_ref().err(),
+        arrived,
+    );
     finish(&scorer, "infer", result)
+}
+
+/// When the request arrived: as its context says, else now.
+fn arrival() -> Instant {
+    crate::request::current().map_or_else(Instant::now, |c| c.arrived)
+}
+
+/// Counts a model request in the ledger, once its model is known (a request whose model
+/// id is not even valid belongs to no model).
+fn observe(
+    scorer: &Scorer,
+    model: Option<&ModelId>,
+    seen: Seen,
+    error: Option<&ScorerError>,
+    arrived: Instant,
+) {
+    if let Some(model) = model {
+        scorer
+            .ledger
+            .record(model.as_str(), seen, error, arrived.elapsed());
+    }
 }
 
 async fn score(
@@ -260,10 +297,13 @@ async fn score(
     headers: &HeaderMap,
     body: Bytes,
     deadline: Deadline,
+    seen: &mut Seen,
 ) -> Result<Response, ScorerError> {
     // Decoded before touching the cache: a malformed body must not cost a model load.
     let decoded = body::decode(headers, body)?;
     let (model, lookup) = infer::model_within(scorer, &id, version, deadline).await?;
+    seen.version = Some(model.version);
+    seen.lookup = Some(lookup);
     let bound = decoded.bind(&model)?;
     let outputs = infer::run(
         scorer,
@@ -275,6 +315,7 @@ async fn score(
         bound.selected,
     )
     .await?;
+    seen.rows = engine::batch_rows(&outputs) as u64;
     let mut response = bound.reply.encode(id.as_str(), model.version, outputs);
     response
         .headers_mut()
@@ -290,15 +331,22 @@ async fn records(
     path: Result<Path<Target>, PathRejection>,
     request: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let arrived = arrival();
+    let mut seen = Seen::default();
+    let mut named = None;
     let result = async {
         let deadline = infer::deadline(&headers)?;
         let (id, version) = target(path)?;
+        named = Some(id.clone());
         let body = body(request, &scorer)?;
         // Parsed before touching the cache: a malformed body must not cost a model load.
         let request = crate::records::parse(&body)?;
         // Not held through the load and the run: the records are parsed.
         drop(body);
         let (model, lookup) = infer::model_within(&scorer, &id, version, deadline).await?;
+        seen.version = Some(model.version);
+        seen.lookup = Some(lookup);
+        seen.rows = request.records.len() as u64;
         let answer = crate::records::answer(&scorer, &id, &model, deadline, request).await?;
         let mut response = json_response(&answer);
         response
@@ -307,6 +355,13 @@ async fn records(
         Ok(response)
     }
     .await;
+    observe(
+        &scorer,
+        named.as_ref(),
+        seen,
+        result.as_ref().err(),
+        arrived,
+    );
     finish(&scorer, "records", result)
 }
 

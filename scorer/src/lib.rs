@@ -19,6 +19,7 @@ pub mod grpc;
 pub mod http;
 pub mod images;
 pub mod infer;
+pub mod ledger;
 pub mod metrics;
 pub mod model_id;
 pub mod oip;
@@ -68,6 +69,8 @@ pub struct Scorer {
     pub metrics: Arc<metrics::Metrics>,
     /// Payload capture: the rules in force and the queue to the store (`capture`).
     pub capture: Arc<capture::Capture>,
+    /// Per-model requests, errors and latency, in fixed memory.
+    pub ledger: ledger::Ledgers,
     /// Set when shutdown starts: readiness fails (saying so) and the proxies stop routing
     /// here but for the models this scorer still holds (the drain hand-off).
     pub draining: AtomicBool,
@@ -119,6 +122,7 @@ impl Scorer {
             cache,
             metrics,
             capture,
+            ledger: ledger::Ledgers::new(&config.ledger),
             draining: AtomicBool::new(false),
             warmed: AtomicBool::new(config.warmup.ready_timeout.is_zero()),
             started: std::time::Instant::now(),
@@ -215,6 +219,18 @@ pub async fn run(config: ScorerConfig) -> Result<(), StartError> {
                 ticker.tick().await;
                 let _ = scorer.capture.reload().await;
                 scorer.cache.check_versions().await;
+            }
+        });
+    }
+    // The ledger's hottest models are re-decided once a second.
+    {
+        let scorer = scorer.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                scorer.ledger.tick();
             }
         });
     }

@@ -25,6 +25,7 @@ use crate::Scorer;
 use crate::engine::LoadedModel;
 use crate::error::ScorerError;
 use crate::infer::{self, Deadline};
+use crate::ledger::Seen;
 use crate::model_id::ModelId;
 use crate::tensor::{DataType, NamedTensor, TensorData};
 
@@ -49,10 +50,17 @@ pub async fn answer_groups(
     deadline: Deadline,
     request: GroupsRequest,
 ) -> GroupsAnswer {
+    let arrived = crate::request::current().map_or_else(std::time::Instant::now, |c| c.arrived);
     let answers = request.groups.into_iter().map(|group| async move {
+        let mut seen = Seen::default();
+        let mut named = None;
         let answered = async {
             let id = ModelId::parse(&group.model)?;
+            named = Some(id.clone());
             let (model, lookup) = infer::model_within(scorer, &id, group.version, deadline).await?;
+            seen.version = Some(model.version);
+            seen.lookup = Some(lookup);
+            seen.rows = group.records.len() as u64;
             let records = RecordsRequest {
                 records: group.records,
             };
@@ -60,6 +68,15 @@ pub async fn answer_groups(
             Ok::<_, ScorerError>((answer, lookup))
         }
         .await;
+        // Each group is one request of its model in the ledger.
+        if let Some(id) = &named {
+            scorer.ledger.record(
+                id.as_str(),
+                seen,
+                answered.as_ref().err(),
+                arrived.elapsed(),
+            );
+        }
         match answered {
             Ok((answer, lookup)) => GroupAnswer::Answered {
                 model_version: answer.model_version,

@@ -13,6 +13,7 @@
 //! - [`grpc`]: a gRPC client, and requests and outputs between reference JSON and protobuf.
 //! - [`dns`]: a real DNS server (hickory-server) whose SRV and A records a test changes.
 //! - [`load`]: an open-loop load over generated models, with every answer recorded.
+//! - [`otlp`]: a real OTLP/HTTP trace receiver collecting the spans the binaries export.
 //!
 //! The scorer's in-process handler tests (`scorer/tests/handlers/`) and xtask's benches
 //! use it too. The binaries are the ones `cargo xtask test` builds first
@@ -29,6 +30,7 @@ pub mod grpc;
 pub mod http;
 pub mod load;
 pub mod metrics;
+pub mod otlp;
 pub mod ports;
 pub mod process;
 pub mod reference;

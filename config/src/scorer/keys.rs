@@ -251,7 +251,7 @@ pub const KEYS: &[KeyDoc] = &[
     doc(
         "capture.queue_bytes",
         "16MiB",
-        "Bytes of captured requests waiting to be written, at most; a capture that would exceed it is dropped and counted (`mm_scorer_capture_total{outcome=\"dropped\"}`): capture never blocks or slows a request.",
+        "Bytes of captured requests not yet written (queued, or in a batch, or in a failed batch waiting for another try), at most, counted as the in-memory size of their tensors; a capture that would exceed it is dropped and counted (`mm_scorer_capture_total{outcome=\"dropped\"}`): capture never blocks or slows a request. With the serialized batch being written (about `capture.batch_bytes`), this bounds capture's memory.",
     ),
     doc(
         "capture.flush_interval",
@@ -261,7 +261,7 @@ pub const KEYS: &[KeyDoc] = &[
     doc(
         "capture.batch_bytes",
         "4MiB",
-        "A model's pending captured lines are written as one file once they reach this size.",
+        "A model's pending captured lines of one hour are written as one file once they reach this size (as JSON); otherwise at the next `capture.flush_interval`.",
     ),
     LOG_LEVEL,
     LOG_FORMAT,

@@ -15,6 +15,7 @@
 mod auth;
 mod azureml;
 mod batch;
+mod capture;
 mod cli;
 mod convert;
 mod deploy;

@@ -153,7 +153,7 @@ impl Azurite {
         query: &[(&str, &str)],
         body: Vec<u8>,
         headers: &[(&str, &str)],
-    ) {
+    ) -> Vec<u8> {
         let date = httpdate::fmt_http_date(std::time::SystemTime::now());
         let mut ms_headers: Vec<(String, String)> = headers
             .iter()
@@ -194,11 +194,13 @@ impl Azurite {
             .await
             .unwrap_or_else(|e| panic!("azurite request {method} {path}: {e:?}"));
         let status = response.status();
-        assert!(
-            status.is_success(),
-            "{method} {path}: {status} {}",
-            response.text().await.unwrap_or_default()
-        );
+        if !status.is_success() {
+            panic!(
+                "{method} {path}: {status} {}",
+                response.text().await.unwrap_or_default()
+            );
+        }
+        response.bytes().await.unwrap().to_vec()
     }
 
     pub async fn create_container(&self, container: &str) {
@@ -221,6 +223,40 @@ impl Azurite {
             &[("x-ms-blob-type", "BlockBlob")],
         )
         .await;
+    }
+
+    /// The bytes of blob `name` of `container`.
+    pub async fn get_blob(&self, container: &str, name: &str) -> Vec<u8> {
+        self.send(
+            reqwest::Method::GET,
+            &format!("{container}/{name}"),
+            &[],
+            Vec::new(),
+            &[],
+        )
+        .await
+    }
+
+    /// The names of the blobs of `container` starting with `prefix`, sorted (one listing
+    /// page: up to 5,000).
+    pub async fn list_blobs(&self, container: &str, prefix: &str) -> Vec<String> {
+        let body = self
+            .send(
+                reqwest::Method::GET,
+                container,
+                &[("comp", "list"), ("prefix", prefix), ("restype", "container")],
+                Vec::new(),
+                &[],
+            )
+            .await;
+        let text = String::from_utf8(body).expect("a UTF-8 listing");
+        let mut names: Vec<String> = text
+            .split("<Name>")
+            .skip(1)
+            .filter_map(|rest| rest.split_once("</Name>").map(|(name, _)| name.to_string()))
+            .collect();
+        names.sort();
+        names
     }
 
     /// Uploads a local store tree as `<prefix><model>/<version>/model.onnx` blobs.

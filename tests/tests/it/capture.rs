@@ -555,3 +555,84 @@ async fn sampling_takes_its_share_and_a_full_queue_drops_without_failing_request
     .await;
     assert_eq!(body["counters"]["dropped"], 50, "{body}");
 }
+
+/// On an Azure store (Azurite) the rules are a blob beside the models and the captures
+/// are blobs under the store's prefix, in the same layout and line format.
+#[tokio::test]
+async fn on_azure_captures_are_blobs_in_the_same_layout() {
+    use manymodels_tests::azurite::Azurite;
+
+    let (store, features) = store("capture-azure", 1);
+    let model = manymodels_models::model_id(0);
+    let azurite = Azurite::start().await;
+    azurite.create_container("models").await;
+    azurite.upload_store("models", "prod/", store.path()).await;
+    let sets: Vec<String> = [
+        "store.kind=azure",
+        "store.azure.use_emulator=true",
+        "store.azure.container=models",
+        "store.azure.prefix=prod",
+        "capture.flush_interval=200ms",
+    ]
+    .map(String::from)
+    .to_vec();
+    let env = [("AZURITE_BLOB_STORAGE_URL", azurite.url.as_str())];
+    let scorer = ScorerProcess::start(&sets, &env);
+    let client = reqwest::Client::new();
+    let (status, body) = call(
+        &client,
+        "PUT",
+        &format!("{}/v2/mm/capture/gen-", scorer.url),
+        None,
+        Some(&json!({"rate": 1})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        azurite.list_blobs("models", "prod/_manymodels/").await,
+        ["prod/_manymodels/capture.json"]
+    );
+    let rows = generated_rows(features[0], 2, 9);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let response = client
+            .post(format!("{}/v2/models/{model}/infer", scorer.url))
+            .json(&rows_body(&rows))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        ids.push(
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let started = Instant::now();
+    let found = loop {
+        let mut found = Vec::new();
+        for name in azurite.list_blobs("models", "prod/_captures/").await {
+            let body = azurite.get_blob("models", &name).await;
+            for line in String::from_utf8(body).unwrap().lines() {
+                let line: CaptureLine = serde_json::from_str(line).unwrap();
+                found.push((name.clone(), line));
+            }
+        }
+        if found.len() >= 3 || started.elapsed() > Duration::from_secs(20) {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(found.len(), 3, "{found:?}");
+    let sent: Vec<f64> = rows.iter().flatten().map(|&v| f64::from(v)).collect();
+    for (name, line) in &found {
+        assert_layout(name.strip_prefix("prod/").unwrap(), line);
+        assert_eq!((line.model.as_str(), line.version), (model.as_str(), 1));
+        assert_close(&floats(&line.inputs[0].data), &sent, "azure input");
+    }
+    let mut captured: Vec<String> = found.into_iter().map(|(_, l)| l.request_id).collect();
+    captured.sort();
+    ids.sort();
+    assert_eq!(captured, ids);
+}

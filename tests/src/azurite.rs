@@ -244,7 +244,11 @@ impl Azurite {
             .send(
                 reqwest::Method::GET,
                 container,
-                &[("comp", "list"), ("prefix", prefix), ("restype", "container")],
+                &[
+                    ("comp", "list"),
+                    ("prefix", prefix),
+                    ("restype", "container"),
+                ],
                 Vec::new(),
                 &[],
             )

@@ -170,6 +170,10 @@ mod tests {
             route::ADMIN_PIN.path("m"),
             route::ADMIN_PUBLISH.path("m", 2),
             route::CACHE_EXPLAIN.to_string(),
+            // Payload capture's rules and counters.
+            route::CAPTURE.to_string(),
+            route::CAPTURE_REFRESH.to_string(),
+            route::capture_rule("acme-"),
             // A model named `records` is still administered.
             route::ADMIN_STATUS.path("records"),
             route::ADMIN_REFRESH.path("records"),

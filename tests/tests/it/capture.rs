@@ -476,6 +476,28 @@ async fn sampling_takes_its_share_and_a_full_queue_drops_without_failing_request
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    // The scorer holds a caller to the prefixes the proxy names (`x-mm-model-prefixes`)
+    // too: a rule outside them is refused, and the view leaves out the rules outside them.
+    let scoped = |request: reqwest::RequestBuilder| {
+        request.header(
+            manymodels_contract::header::MODEL_PREFIXES,
+            "gen-0001|other-",
+        )
+    };
+    let response = scoped(client.put(format!("{}/v2/mm/capture/gen-", scorer.url)))
+        .json(&json!({"rate": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let view: CaptureView = scoped(client.get(format!("{}/v2/mm/capture", scorer.url)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(view.rules.is_empty(), "{view:?}");
     let n = 400;
     for _ in 0..n {
         let (status, _, _) = manymodels_tests::http::post_via(

@@ -15,6 +15,7 @@ mod hot;
 mod hot_under_load;
 mod images;
 mod import;
+mod ledger;
 mod load;
 mod memory;
 mod policy;
@@ -121,6 +122,9 @@ pub enum Bench {
         #[arg(long, default_value_t = 200.0)]
         rate: f64,
     },
+    /// The per-model ledger's cost per request and memory from 1,000 to 100,000 distinct
+    /// models in traffic.
+    Ledger(ledger::LedgerArgs),
     /// The proxy's per-request statistics cost and memory with many model ids.
     Stats {
         /// Distinct model ids.
@@ -175,6 +179,7 @@ pub fn run(which: Bench) -> Result<()> {
         Bench::Engines(args) => engines::run(args),
         Bench::Images(args) => images::run(args),
         Bench::Stats { ids, requests } => stats::run(ids, requests),
+        Bench::Ledger(args) => ledger::run(args),
         Bench::Swap { publishes, rate } => swap::run(publishes, rate),
     }
 }

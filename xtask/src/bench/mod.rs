@@ -18,6 +18,7 @@ mod import;
 mod ledger;
 mod load;
 mod memory;
+mod observe;
 mod policy;
 mod protocols;
 mod proxy;
@@ -125,6 +126,9 @@ pub enum Bench {
     /// The per-model ledger's cost per request and memory from 1,000 to 100,000 distinct
     /// models in traffic.
     Ledger(ledger::LedgerArgs),
+    /// What watching the pool costs at its hot rate: payload capture at 10% and tracing at
+    /// 1% against neither, in one run.
+    Observe(observe::ObserveArgs),
     /// The proxy's per-request statistics cost and memory with many model ids.
     Stats {
         /// Distinct model ids.
@@ -180,6 +184,7 @@ pub fn run(which: Bench) -> Result<()> {
         Bench::Images(args) => images::run(args),
         Bench::Stats { ids, requests } => stats::run(ids, requests),
         Bench::Ledger(args) => ledger::run(args),
+        Bench::Observe(args) => observe::run(args),
         Bench::Swap { publishes, rate } => swap::run(publishes, rate),
     }
 }

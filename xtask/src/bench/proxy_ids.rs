@@ -109,7 +109,7 @@ fn print_setting(args: &ProxyIdsArgs) {
 }
 
 /// The id of model `i` of a store.
-fn id_of(i: usize) -> String {
+pub(crate) fn id_of(i: usize) -> String {
     format!("ids-{i:06}")
 }
 
@@ -117,7 +117,7 @@ fn id_of(i: usize) -> String {
 /// demo model (the store follows links to a version's file; hard links would pass ext4's
 /// 65,000 links per file). Written under another name and renamed into place, so an
 /// interrupted run leaves no half store behind.
-fn ensure_store(ids: usize) -> Result<PathBuf> {
+pub(crate) fn ensure_store(ids: usize) -> Result<PathBuf> {
     let root = setup::workspace_root();
     let store = root.join(format!(".cache/proxy-ids-{ids}"));
     let model = root.join(format!("models/demo/{MODEL}/1/model.onnx"));

@@ -136,10 +136,10 @@ fn the_chart_and_the_azure_ml_yaml_pass_the_real_tools_and_render_configs_the_bi
     // Each case's rendered configuration, parsed the way the binaries parse it.
     // budget = (memory limit - fixed) / 1.1, the bound the burst test measures.
     let expected_budget_mib = [
-        ("default", (4096 - 192) * 10 / 11),
+        ("default", (4096 - 232) * 10 / 11),
         ("dev", (1024 - 256) * 10 / 11),
-        ("azure-wi", (8192 - 192) * 10 / 11),
-        ("large", (16384 - 192) * 10 / 11),
+        ("azure-wi", (8192 - 232) * 10 / 11),
+        ("large", (16384 - 232) * 10 / 11),
     ];
     for (case, budget_mib) in expected_budget_mib {
         let dir = out.path().join(case);

@@ -1,12 +1,14 @@
 //! `mmctl top`: the pool view (`/v2/mm/pool`, what `/status` draws) as a live terminal
 //! screen: hit ratio with its sparkline, each scorer's resident bytes against its budget,
-//! the hottest models and the recent evictions. Polls every `--interval`; `q`, Esc or
+//! the hottest models and the recent evictions, and the busiest models' ledger
+//! (`/v2/mm/ledger`: requests, error share, p50 and p99, loads, the newest version's share). Polls every `--interval`; `q`, Esc or
 //! Ctrl-C quits; `r` refreshes now. A failed poll keeps the last view and says why.
 
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+use manymodels_contract::ledger::PoolLedger;
 use manymodels_contract::pool::PoolView;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout};
@@ -25,12 +27,18 @@ pub async fn run(client: &Client, interval: f64) -> anyhow::Result<()> {
     let interval = Duration::from_secs_f64(interval);
     // Fails early, before the screen is taken, when the proxy cannot be reached.
     let mut view: PoolView = client.get_as("/v2/mm/pool").await?;
+    // The ledger is a panel beside the view: the screen works without it.
+    let mut ledger: Result<PoolLedger, String> =
+        client.get_as(LEDGER).await.map_err(|e| e.to_string());
     let mut error: Option<String> = None;
     let mut terminal = ratatui::init();
     let result = async {
         loop {
             let polled = Instant::now();
-            terminal.draw(|frame| draw(frame, &view, error.as_deref(), client.base()))?;
+            terminal.draw(|frame| {
+                draw(frame, &view, error.as_deref(), client.base());
+                draw_ledger(frame, &ledger);
+            })?;
             if wait_for_key(interval, polled)? == Key::Quit {
                 return Ok(());
             }
@@ -41,6 +49,7 @@ pub async fn run(client: &Client, interval: f64) -> anyhow::Result<()> {
                 }
                 Err(e) => error = Some(e.to_string()),
             }
+            ledger = client.get_as(LEDGER).await.map_err(|e| e.to_string());
         }
     }
     .await;
@@ -76,12 +85,94 @@ fn wait_for_key(interval: Duration, since: Instant) -> anyhow::Result<Key> {
     }
 }
 
+/// The busiest models' ledger, as the panel polls it.
+const LEDGER: &str = "/v2/mm/ledger?top=10";
+/// Rows of the screen the ledger panel takes, at the bottom above the footer.
+const LEDGER_ROWS: u16 = 13;
+
+/// The ledger panel, in the bottom rows above the footer (`draw` leaves them free).
+fn draw_ledger(frame: &mut Frame<'_>, ledger: &Result<PoolLedger, String>) {
+    let area = frame.area();
+    if area.height < LEDGER_ROWS + 12 {
+        return;
+    }
+    let panel = ratatui::layout::Rect {
+        y: area.height - 1 - LEDGER_ROWS,
+        height: LEDGER_ROWS,
+        ..area
+    };
+    match ledger {
+        Ok(ledger) => frame.render_widget(ledger_table(ledger), panel),
+        Err(e) => frame.render_widget(
+            Paragraph::new(Line::styled(
+                format!("the ledger could not be read: {e}"),
+                Style::new().fg(Color::Red),
+            ))
+            .block(
+                Block::new()
+                    .borders(Borders::ALL)
+                    .title(" models (ledger) "),
+            ),
+            panel,
+        ),
+    }
+}
+
+fn ledger_table(ledger: &PoolLedger) -> Table<'static> {
+    let rows = ledger.report.models.iter().map(|m| {
+        let c = &m.counts;
+        let share = crate::ledger::error_share(c);
+        let errors = Cell::from(format!("{:.2}%", 100.0 * share)).style(if share > 0.01 {
+            Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)
+        } else {
+            Style::new()
+        });
+        let q = |pick: fn(&manymodels_contract::ledger::Quantiles) -> f64| {
+            c.quantiles
+                .map_or("-".into(), |q| crate::ledger::ms(pick(&q)))
+        };
+        Row::new(vec![
+            Cell::from(m.model.clone()),
+            Cell::from(c.requests.to_string()),
+            errors,
+            Cell::from(crate::ledger::error_kinds(c)),
+            Cell::from(q(|q| q.p50)),
+            Cell::from(q(|q| q.p99)),
+            Cell::from(c.loads.to_string()),
+            Cell::from(crate::ledger::newest_share(m)),
+        ])
+    });
+    let widths = [
+        Constraint::Min(14),
+        Constraint::Length(9),
+        Constraint::Length(7),
+        Constraint::Min(12),
+        Constraint::Length(9),
+        Constraint::Length(9),
+        Constraint::Length(6),
+        Constraint::Length(9),
+    ];
+    let pool = &ledger.pool;
+    Table::new(rows, widths)
+        .header(bold_header([
+            "MODEL", "REQUESTS", "ERR", "ERRORS", "P50", "P99", "LOADS", "NEWEST",
+        ]))
+        .block(Block::new().borders(Borders::ALL).title(format!(
+            " models (ledger): {} requests, {:.2}% failed, from {} scorer(s) ",
+            pool.requests,
+            100.0 * crate::ledger::error_share(pool),
+            ledger.scorers.len()
+        )))
+}
+
 fn draw(frame: &mut Frame<'_>, view: &PoolView, error: Option<&str>, proxy: &str) {
-    let [header, spark, pool, lists, footer] = Layout::vertical([
+    let tall = frame.area().height >= LEDGER_ROWS + 12;
+    let [header, spark, pool, lists, _ledger, footer] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Length(5),
         Constraint::Length(view.scorers.len() as u16 + 3),
         Constraint::Min(6),
+        Constraint::Length(if tall { LEDGER_ROWS } else { 0 }),
         Constraint::Length(1),
     ])
     .areas(frame.area());
@@ -296,9 +387,25 @@ mod tests {
             "statistics": { "tracked_models": 9, "memory_bytes": 4096 },
         }))
         .unwrap();
-        let mut terminal = Terminal::new(TestBackend::new(120, 30)).unwrap();
+        let ledger: PoolLedger = serde_json::from_value(json!({
+            "scorers": ["scorer-a"],
+            "models": [{ "model": "store-0099", "since": 1.0, "requests": 40, "hits": 39,
+                "loads": 1, "errors": { "deadline": 2 }, "rows": 40,
+                "latency": { "alpha": 0.01, "max_buckets": 1024 },
+                "quantiles": { "p50": 0.0012, "p90": 0.002, "p99": 0.0031, "max": 0.004 },
+                "versions": { "versions": [[2, 10], [1, 30]] } }],
+            "tail": { "requests": 0, "hits": 0, "loads": 0, "rows": 0,
+                "latency": { "alpha": 0.01, "max_buckets": 1024 } },
+            "pool": { "requests": 40, "hits": 39, "loads": 1, "rows": 40,
+                "errors": { "deadline": 2 }, "latency": { "alpha": 0.01, "max_buckets": 1024 } },
+        }))
+        .unwrap();
+        let mut terminal = Terminal::new(TestBackend::new(120, 40)).unwrap();
         terminal
-            .draw(|frame| draw(frame, &view, None, "http://x"))
+            .draw(|frame| {
+                draw(frame, &view, None, "http://x");
+                draw_ledger(frame, &Ok(ledger));
+            })
             .unwrap();
         let screen: String = terminal
             .backend()
@@ -316,6 +423,11 @@ mod tests {
             "store-0007 v2",
             "capacity",
             "1m15s",
+            "store-0099",
+            "5.00%",
+            "deadline 2",
+            "3.10 ms",
+            "v2 25%",
         ] {
             assert!(screen.contains(needle), "{needle} missing from the screen");
         }

@@ -35,12 +35,16 @@ pub fn init_tracing_with(log: &LogConfig, service: &str, trace: &TraceConfig) {
         .with_target("manymodels", LevelFilter::DEBUG)
         .with_default(LevelFilter::OFF);
     // No per-span bookkeeping beyond the fields: busy/idle times cost two clock reads per
-    // poll, and the thread and source location would be noise on every span.
+    // poll, and the thread, source location and target would be noise on every span.
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_tracked_inactivity(false)
         .with_threads(false)
         .with_location(false)
+        .with_target(false)
+        // Nothing else here reads OpenTelemetry's current context: parents come from the
+        // span tree, so entering a span need not activate its context too.
+        .with_context_activation(false)
         .with_filter(ours);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match log.format {

@@ -2,7 +2,7 @@
 //! real OTLP/HTTP receiver (`manymodels_tests::otlp`): one trace from the client's
 //! `traceparent` through the proxy (request, route decision, upstream call) into the
 //! scorer (request, load wait, load, the load thread's work, engine run), over REST and
-//! gRPC; the request id on every answer and on the spans of both processes; an unsampled
+//! gRPC and through the many-model route's fan-out; the request id on every answer and on the spans of both processes; an unsampled
 //! trace exports nothing.
 //!
 //! Spans leave in batches; the tests stop the processes (SIGTERM) to have them flushed
@@ -292,4 +292,44 @@ async fn every_answer_carries_a_request_id_and_a_clients_valid_one_is_kept() {
     let status = grpc.model_infer(request).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert_eq!(status.metadata().get("x-request-id").unwrap(), "mine-6");
+}
+
+#[tokio::test]
+async fn a_many_model_request_traces_each_groups_route_and_scorer_call() {
+    let receiver = otlp::start();
+    let pool = traced_pool(&receiver);
+    let row: Vec<f32> = (0..10).map(|i| i as f32 / 10.0).collect();
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("http://{}/v2/mm/batch", pool.proxy.addr()))
+        .header("traceparent", format!("00-{TRACE}-{CLIENT_SPAN}-01"))
+        .header("x-request-id", "batch-9")
+        .json(&json!({"records": [
+            {"model": "linear-small", "features": row},
+            {"model": "linear-small", "features": row},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"], "batch-9");
+    stop(pool);
+    let spans = receiver.trace(TRACE);
+    let proxy = one(&spans, "proxy.request");
+    assert_eq!(proxy.parent_span_id, CLIENT_SPAN);
+    assert_eq!(proxy.attr("request_id"), "batch-9");
+    let route = one(&spans, "route");
+    assert_eq!(route.parent_span_id, proxy.span_id);
+    assert_eq!(route.attr("model"), "linear-small");
+    let upstream = one(&spans, "upstream");
+    assert_eq!(upstream.parent_span_id, proxy.span_id);
+    assert_eq!(upstream.attr("groups"), "1");
+    assert_eq!(upstream.attr("status"), "200");
+    let scorer = one(&spans, "scorer.request");
+    assert_eq!(scorer.service, "mm-scorer");
+    assert_eq!(scorer.parent_span_id, upstream.span_id);
+    assert_eq!(scorer.attr("request_id"), "batch-9");
+    let engine = one(&spans, "engine.run");
+    assert_eq!(engine.parent_span_id, scorer.span_id);
+    assert_eq!(one(&spans, "load").attr("model"), "linear-small");
 }

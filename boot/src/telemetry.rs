@@ -203,3 +203,57 @@ impl Injector for HeadersMut<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+    #[test]
+    fn a_span_continues_the_callers_trace_and_names_itself_the_next_parent() {
+        // Nothing listens at the endpoint: nothing here exports.
+        let trace = TraceConfig {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            sample_ratio: 0.0,
+        };
+        let tracer = tracer("test", &trace).expect("an exporter builds");
+        assert!(enabled());
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(tracer));
+        tracing::subscriber::with_default(subscriber, || {
+            for flags in ["01", "00"] {
+                let mut headers = HeaderMap::new();
+                let sent = format!("00-{TRACE}-00f067aa0ba902b7-{flags}");
+                headers.insert(TRACEPARENT, sent.parse().unwrap());
+                let span = tracing::info_span!("request");
+                set_parent(&span, &headers);
+                let next = traceparent(&span).expect("a traceparent to send on");
+                let next = next.to_str().unwrap();
+                assert!(next.starts_with(&format!("00-{TRACE}-")), "{next}");
+                assert!(
+                    next.ends_with(&format!("-{flags}")),
+                    "the caller's decision: {next}"
+                );
+                assert!(
+                    !next.contains("00f067aa0ba902b7"),
+                    "a span of its own: {next}"
+                );
+                assert_eq!(trace_id(&span).as_deref(), Some(TRACE));
+                let mut injected = HeaderMap::new();
+                inject(&span, &mut injected);
+                assert_eq!(injected[&TRACEPARENT], next);
+            }
+            // A malformed traceparent starts a trace of its own.
+            let mut headers = HeaderMap::new();
+            headers.insert(TRACEPARENT, "00-zz-yy-01".parse().unwrap());
+            let span = tracing::info_span!("request");
+            set_parent(&span, &headers);
+            assert_ne!(trace_id(&span).as_deref(), Some(TRACE));
+        });
+        shutdown();
+        assert!(!enabled());
+    }
+}

@@ -11,20 +11,26 @@
 //! runs on a serving runtime). [`shutdown`] flushes what is still queued; `main` calls it on
 //! the way out.
 
+use std::cell::Cell;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use manymodels_config::TraceConfig;
 use manymodels_config::proxy::ProxyConfig;
 use manymodels_config::scorer::ScorerConfig;
 use opentelemetry::Context;
+use opentelemetry::KeyValue;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{
+    Link, SpanKind, TraceContextExt, TraceId, TraceState, TracerProvider as _,
+};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    Sampler, SamplingDecision, SamplingResult, SdkTracerProvider, ShouldSample,
+};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// A configuration with a `trace` section (both binaries').
@@ -82,9 +88,9 @@ pub(crate) fn tracer(
             return None;
         }
     };
-    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-        trace.sample_ratio.clamp(0.0, 1.0),
-    )));
+    let ratio = trace.sample_ratio.clamp(0.0, 1.0);
+    RATIO.store(ratio.to_bits(), Ordering::Relaxed);
+    let sampler = Sampler::ParentBased(Box::new(Decided { ratio }));
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_sampler(sampler)
@@ -102,6 +108,143 @@ pub(crate) fn tracer(
 
 /// Exports what is still queued and stops the exporter's thread. Call once, on the way out
 /// (after the server stopped); nothing when tracing is off.
+/// `trace.sample_ratio`, as [`sampled`] draws it.
+static RATIO: AtomicU64 = AtomicU64::new(0);
+
+/// The names of the spans whose recording [`sampled`] decided before they were built: a
+/// request's own span in each process. The SDK's sampler records them as roots; any other
+/// root (a warm-up, a version check) is sampled at the ratio by its trace id.
+pub const REQUEST_SPANS: [&str; 2] = ["proxy.request", "scorer.request"];
+
+/// The root sampler behind `ParentBased`: see [`REQUEST_SPANS`].
+#[derive(Clone, Debug)]
+struct Decided {
+    ratio: f64,
+}
+
+impl ShouldSample for Decided {
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        trace_id: TraceId,
+        name: &str,
+        span_kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        if REQUEST_SPANS.contains(&name) {
+            return SamplingResult {
+                decision: SamplingDecision::RecordAndSample,
+                attributes: Vec::new(),
+                trace_state: TraceState::default(),
+            };
+        }
+        Sampler::TraceIdRatioBased(self.ratio).should_sample(
+            parent_context,
+            trace_id,
+            name,
+            span_kind,
+            attributes,
+            links,
+        )
+    }
+}
+
+thread_local! {
+    static DRAW: Cell<u64> = Cell::new({
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(0x9e37_79b9_7f4a_7c15);
+        hasher.finish() | 1
+    });
+}
+
+/// A uniform draw in [0, 1) from a per-thread xorshift (no lock, no system call).
+fn draw() -> f64 {
+    DRAW.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+/// The trace flags of a `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if it is one.
+fn flags_of(value: &[u8]) -> Option<u8> {
+    let text = std::str::from_utf8(value).ok()?;
+    let mut parts = text.trim().split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && hex(span, 16)
+        && span.bytes().any(|b| b != b'0')
+        && hex(flags, 2);
+    if !valid {
+        return None;
+    }
+    u8::from_str_radix(flags, 16).ok()
+}
+
+/// Whether a request with these headers is recorded: with spans exported, its valid
+/// `traceparent`'s sampled flag, else a draw at `trace.sample_ratio`; never without an
+/// exporter. Decided before any span is built, so an unsampled request costs no
+/// OpenTelemetry work at all (its spans are not made, or made for the log only).
+pub fn sampled(headers: &HeaderMap) -> bool {
+    if !enabled() {
+        return false;
+    }
+    match headers
+        .get(&TRACEPARENT)
+        .and_then(|v| flags_of(v.as_bytes()))
+    {
+        Some(flags) => flags & 1 == 1,
+        None => draw() < f64::from_bits(RATIO.load(Ordering::Relaxed)),
+    }
+}
+
+/// Whether the current span is one being exported (a sampled request's, or one of its
+/// children): where a child span is made from the current one, it is made only then, so
+/// an unsampled request's work never starts a trace of its own.
+pub fn traced_here() -> bool {
+    enabled()
+        && tracing::Span::current()
+            .metadata()
+            .is_some_and(|m| m.target().starts_with("manymodels"))
+}
+
+/// The `traceparent` to send a scorer for a request whose attempt span is `span` and whose
+/// client sent `incoming`: the span's when it is exported; else the client's when it is
+/// valid (a request not recorded here is not recorded there either); else, with an
+/// exporter, a new unsampled one, so the scorer does not draw again; else nothing.
+pub fn outgoing(span: &tracing::Span, incoming: Option<&HeaderValue>) -> Option<HeaderValue> {
+    if let Some(own) = traceparent(span) {
+        return Some(own);
+    }
+    match incoming {
+        Some(value) if flags_of(value.as_bytes()).is_some() => Some(value.clone()),
+        _ if enabled() => {
+            let id = |bits: u32| {
+                let mut text = String::new();
+                for _ in 0..bits / 64 {
+                    text.push_str(&format!(
+                        "{:016x}",
+                        (draw() * (1u64 << 53) as f64) as u64 | 1
+                    ));
+                }
+                text
+            };
+            HeaderValue::from_str(&format!("00-{}-{}-00", id(128), id(64))).ok()
+        }
+        _ => incoming.cloned(),
+    }
+}
+
 pub fn shutdown() {
     if let Some(provider) = PROVIDER.get() {
         ENABLED.store(false, Ordering::Relaxed);
@@ -211,6 +354,31 @@ mod tests {
     use super::*;
 
     const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+    #[test]
+    fn only_a_well_formed_traceparent_gives_its_flags() {
+        assert_eq!(
+            flags_of(format!("00-{TRACE}-00f067aa0ba902b7-01").as_bytes()),
+            Some(1)
+        );
+        assert_eq!(
+            flags_of(format!("00-{TRACE}-00f067aa0ba902b7-00").as_bytes()),
+            Some(0)
+        );
+        for bad in [
+            format!("00-{TRACE}-00f067aa0ba902b7"),
+            format!("ff-{TRACE}-00f067aa0ba902b7-01"),
+            format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)),
+            format!("00-{TRACE}-0000000000000000-01"),
+            format!("00-{TRACE}-00f067aa0ba902bx-01"),
+            "garbage".to_string(),
+        ] {
+            assert_eq!(flags_of(bad.as_bytes()), None, "{bad}");
+        }
+        let mut draws: Vec<f64> = (0..1000).map(|_| draw()).collect();
+        draws.sort_by(f64::total_cmp);
+        assert!(draws[0] >= 0.0 && draws[999] < 1.0 && draws[100] < 0.2 && draws[900] > 0.8);
+    }
 
     #[test]
     fn a_span_continues_the_callers_trace_and_names_itself_the_next_parent() {

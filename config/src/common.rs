@@ -24,7 +24,7 @@ pub(crate) const LOG_FORMAT: KeyDoc = doc("log.format", "text", "Log format: `te
 pub(crate) const TRACE_ENDPOINT: KeyDoc = doc(
     "trace.endpoint",
     "",
-    "OpenTelemetry collector to export spans to over OTLP/HTTP (protobuf), e.g. `http://otel-collector:4318` (spans go to `<endpoint>/v1/traces`); empty exports nothing. A W3C `traceparent` is accepted, propagated and answered whether or not spans are exported.",
+    "OpenTelemetry collector to export spans to over OTLP/HTTP (protobuf), e.g. `http://otel-collector:4318` (spans go to `<endpoint>/v1/traces`); empty exports nothing. A W3C `traceparent` is accepted and propagated (proxy to scorer) whether or not spans are exported.",
 );
 
 /// `trace.sample_ratio`, a key of both binaries.

@@ -229,6 +229,64 @@ mod tests {
         .unwrap()
     }
 
+    /// Three scorers' ledgers of known latencies, read and merged as `serve` does: every
+    /// model's merged quantiles are within the sketch's alpha (1%) of the exact quantiles
+    /// of all its requests, wherever they were served.
+    #[test]
+    fn merged_quantiles_are_within_alpha_of_the_exact_ones_of_every_request() {
+        use manymodels_policy::ledger::{Ledger, LedgerConfig, Sample};
+        let mut exact: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut uniform = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let answers: Vec<Result<Vec<u8>, String>> = (0..3)
+            .map(|scorer| {
+                let mut ledger = Ledger::new(LedgerConfig::default(), 0.0);
+                for i in 0..6_000 {
+                    let model = format!("m{}", i % 7);
+                    // Log-uniform from 50 µs to 500 ms, each scorer a little slower.
+                    let latency = 5e-5 * 10f64.powf(4.0 * uniform()) * (1.0 + scorer as f64);
+                    exact.entry(model.clone()).or_default().push(latency);
+                    let sample = Sample {
+                        latency,
+                        rows: 1,
+                        ..Default::default()
+                    };
+                    ledger.record(&model, &sample, 1.0);
+                }
+                Ok(serde_json::to_vec(&ledger.report()).unwrap())
+            })
+            .collect();
+        let names = ["a", "b", "c"].map(String::from).into_iter();
+        let (scorers, reports, missing) = read::<LedgerReport>(names, answers, |r| {
+            (r.tail.latency.alpha, r.tail.latency.max_buckets)
+        });
+        assert_eq!((scorers.len(), missing.len()), (3, 0));
+        let mut merged = merge_reports(&reports, 100).unwrap();
+        fill_report_quantiles(&mut merged);
+        assert_eq!(merged.models.len(), 7);
+        for model in &merged.models {
+            let mut values = exact[&model.model].clone();
+            values.sort_by(f64::total_cmp);
+            assert_eq!(model.counts.requests, values.len() as u64);
+            let q = model.counts.quantiles.expect("filled");
+            for (p, got) in [(0.5, q.p50), (0.9, q.p90), (0.99, q.p99)] {
+                // The sketch's rank convention: the value of rank floor(p * (n - 1)).
+                let want = values[(p * (values.len() - 1) as f64) as usize];
+                assert!(
+                    (got - want).abs() <= 0.01 * want,
+                    "{} p{p}: {got} against exact {want}",
+                    model.model
+                );
+            }
+            assert_eq!(q.max, *values.last().unwrap(), "the max is exact");
+        }
+    }
+
     #[test]
     fn a_scorer_with_other_sketches_or_an_unreadable_answer_is_left_out_and_named() {
         let names = ["a", "b", "c", "d"].map(String::from).into_iter();

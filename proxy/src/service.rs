@@ -377,15 +377,19 @@ impl ProxyHttp for Proxy {
             }
         }
         let path = session.req_header().uri.path();
-        ctx.span = tracing::debug_span!(
-            "proxy.request",
-            request_id = %ctx.request_id,
-            method = %session.req_header().method,
-            path,
-            model = tracing::field::Empty,
-            status = tracing::field::Empty,
-        );
-        telemetry::set_parent(&ctx.span, &session.req_header().headers);
+        // Recorded or not is decided before any span is built: an unsampled request costs
+        // no OpenTelemetry work (its spans stay `Span::none()`, and so do their children).
+        if telemetry::sampled(&session.req_header().headers) {
+            ctx.span = tracing::debug_span!(
+                "proxy.request",
+                request_id = %ctx.request_id,
+                method = %session.req_header().method,
+                path,
+                model = tracing::field::Empty,
+                status = tracing::field::Empty,
+            );
+            telemetry::set_parent(&ctx.span, &session.req_header().headers);
+        }
         ctx.grpc = path.starts_with(grpc::PREFIX);
         ctx.route = if ctx.grpc {
             let model = grpc::MODEL_HEADERS.iter().find_map(|name| header(name));
@@ -497,7 +501,10 @@ impl ProxyHttp for Proxy {
         upstream_request.insert_header(header::REQUEST_ID, ctx.request_id.as_str())?;
         // The scorer's spans are children of this attempt's; with tracing off the client's
         // `traceparent` goes on as it came.
-        if let Some(traceparent) = telemetry::traceparent(&ctx.upstream_span) {
+        if let Some(traceparent) = telemetry::outgoing(
+            &ctx.upstream_span,
+            upstream_request.headers.get(header::TRACEPARENT),
+        ) {
             upstream_request.insert_header(header::TRACEPARENT, traceparent)?;
         }
         // Only the proxy says which models a caller may list (the scorer reads the header
@@ -548,15 +555,19 @@ impl ProxyHttp for Proxy {
                 .req_header_mut()
                 .insert_header(header::TIMEOUT_MS, ms.to_string())?;
         }
-        let route = tracing::debug_span!(
-            parent: &ctx.span,
-            "route",
-            model = ctx.route.model().unwrap_or(""),
-            attempt = ctx.tried.len() + 1,
-            scorer = tracing::field::Empty,
-            why = tracing::field::Empty,
-            warm = tracing::field::Empty,
-        );
+        let route = if ctx.span.is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::debug_span!(
+                parent: &ctx.span,
+                "route",
+                model = ctx.route.model().unwrap_or(""),
+                attempt = ctx.tried.len() + 1,
+                scorer = tracing::field::Empty,
+                why = tracing::field::Empty,
+                warm = tracing::field::Empty,
+            )
+        };
         let chosen = route.in_scope(|| match &ctx.route {
             Route::Model { id, action } if action.admin() => {
                 why(self.choose_owner(id, &ctx.tried), "owner")
@@ -568,14 +579,16 @@ impl ProxyHttp for Proxy {
             chosen.ok_or_else(|| Error::explain(HTTPStatus(503), "no scorer available"))?;
         route.record("scorer", &*chosen.name);
         drop(route);
-        ctx.upstream_span = tracing::debug_span!(
-            parent: &ctx.span,
-            "upstream",
-            scorer = &*chosen.name,
-            attempt = ctx.tried.len() + 1,
-            status = tracing::field::Empty,
-            cache = tracing::field::Empty,
-        );
+        if !ctx.span.is_none() {
+            ctx.upstream_span = tracing::debug_span!(
+                parent: &ctx.span,
+                "upstream",
+                scorer = &*chosen.name,
+                attempt = ctx.tried.len() + 1,
+                status = tracing::field::Empty,
+                cache = tracing::field::Empty,
+            );
+        }
         let counter = self.pool.inflight(&chosen.name);
         counter.fetch_add(1, Ordering::Relaxed);
         ctx.tried.push(chosen.name.clone());

@@ -127,7 +127,11 @@ pub async fn run_checked(
     }
     let started = Instant::now();
     // The engine run's span (`debug`: built only when spans are exported), closed on return.
-    let _span = tracing::debug_span!("engine.run", model = %id, version = model.version);
+    let _span = if manymodels_boot::telemetry::traced_here() {
+        tracing::debug_span!("engine.run", model = %id, version = model.version)
+    } else {
+        tracing::Span::none()
+    };
     // Payload capture: one atomic load unless a rule takes this model (`capture`).
     let captured = scorer.capture.before(id.as_str(), &inputs);
     let rows = engine::batch_rows(&inputs);

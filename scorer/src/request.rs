@@ -106,11 +106,17 @@ where
         let id = context.id.clone();
         // `info`: log lines inside it carry the request id. The path goes only to exported
         // spans (it may hold a model id not yet validated, which a log line must not).
-        let span = tracing::info_span!("scorer.request", request_id = context.id_str());
-        if telemetry::enabled() {
+        // Whether it is recorded is decided before any span is built: an unsampled
+        // request's span (target `mm_log`, which the OpenTelemetry layer does not take)
+        // only carries its id into the log lines, and costs no OpenTelemetry work.
+        let span = if telemetry::sampled(request.headers()) {
+            let span = tracing::info_span!("scorer.request", request_id = context.id_str());
             telemetry::set_parent(&span, request.headers());
             telemetry::set_attribute(&span, "url.path", request.uri().path());
-        }
+            span
+        } else {
+            tracing::info_span!(target: "mm_log", "scorer.request", request_id = context.id_str())
+        };
         let inner = span.in_scope(|| self.inner.call(request));
         Answered {
             inner: CURRENT.scope(context, inner).instrument(span),

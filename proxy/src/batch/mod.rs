@@ -191,15 +191,19 @@ pub async fn serve(proxy: &Proxy, session: &mut Session, asked: Asked<'_>) -> Re
                 outcomes.push((group.target, group.positions, Outcome::Failed(failed)));
                 continue;
             }
-            let route = tracing::debug_span!(
-                parent: asked.span,
-                "route",
-                model = %group.target.0,
-                attempt = group.tried.len() + 1,
-                scorer = tracing::field::Empty,
-                why = tracing::field::Empty,
-                warm = tracing::field::Empty,
-            );
+            let route = if asked.span.is_none() {
+                tracing::Span::none()
+            } else {
+                tracing::debug_span!(
+                    parent: asked.span,
+                    "route",
+                    model = %group.target.0,
+                    attempt = group.tried.len() + 1,
+                    scorer = tracing::field::Empty,
+                    why = tracing::field::Empty,
+                    warm = tracing::field::Empty,
+                )
+            };
             let chosen = route.in_scope(|| proxy.choose(&group.target.0, &group.tried));
             if let Some(chosen) = &chosen {
                 route.record("scorer", &*chosen.name);
@@ -371,14 +375,18 @@ async fn send(
         request = request.header(header::TIMEOUT_MS, timeout.as_millis().max(1).to_string());
     }
     request = request.header(header::REQUEST_ID, asked.request_id);
-    let span = tracing::debug_span!(
-        parent: asked.span,
-        "upstream",
-        scorer = &*chosen.name,
-        groups = groups.len(),
-        status = tracing::field::Empty,
-    );
-    if let Some(traceparent) = telemetry::traceparent(&span).or_else(|| asked.traceparent.clone()) {
+    let span = if asked.span.is_none() {
+        tracing::Span::none()
+    } else {
+        tracing::debug_span!(
+            parent: asked.span,
+            "upstream",
+            scorer = &*chosen.name,
+            groups = groups.len(),
+            status = tracing::field::Empty,
+        )
+    };
+    if let Some(traceparent) = telemetry::outgoing(&span, asked.traceparent.as_ref()) {
         request = request.header(header::TRACEPARENT, traceparent);
     }
     let started = Instant::now();

@@ -80,7 +80,11 @@ impl LoadThreads {
     ) -> Result<(T, f64, H), String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         // Made on the asking side (a child of its load span), entered on the load thread.
-        let span = tracing::debug_span!("load.thread", trim);
+        let span = if manymodels_boot::telemetry::traced_here() {
+            tracing::debug_span!("load.thread", trim)
+        } else {
+            tracing::Span::none()
+        };
         let job: Job = Box::new(move || {
             let _entered = span.enter();
             let started = thread_cpu_seconds();

@@ -270,11 +270,21 @@ impl ModelCache {
         // Spans (`debug`: built only when exported): this request's wait, and the load it
         // started when it is the first to miss (the load's work on the load threads is a
         // child of that, `loader::LoadThreads::run_holding`).
-        let wait = tracing::debug_span!("load.wait", model = %id, version);
+        // Only under a recorded request: an unsampled one starts no trace of its own.
+        let traced = manymodels_boot::telemetry::traced_here();
+        let wait = if traced {
+            tracing::debug_span!("load.wait", model = %id, version)
+        } else {
+            tracing::Span::none()
+        };
         let result = self
             .flights
             .join(&key, || {
-                let load = tracing::debug_span!("load", model = %id, version, warmup = !count);
+                let load = if traced {
+                    tracing::debug_span!("load", model = %id, version, warmup = !count)
+                } else {
+                    tracing::Span::none()
+                };
                 self.load_within_deadline(key.clone(), !count)
                     .instrument(load)
             })

@@ -99,6 +99,14 @@ async fn the_status_page_draws_the_pool_chart_and_tables_in_a_real_browser() {
             assert_eq!(response.status(), 200);
         }
     }
+    // One request linear-small cannot take: its error share shows in the ledger's table.
+    let response = client
+        .post(format!("{}/v2/models/linear-small/infer", proxy.url))
+        .json(&serde_json::json!({"inputs": [{"name": "nope", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
     // Two pushes, so every scorer's cache summary is in the pool view.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let url = format!("{}/status", proxy.url);
@@ -141,6 +149,31 @@ async fn the_status_page_draws_the_pool_chart_and_tables_in_a_real_browser() {
         "no hit-ratio line"
     );
     assert!(!dom.contains("id=\"hit-ratio\">–<"), "hit ratio not filled");
+    // The per-model ledger: a row per demo model with its requests and a latency bar;
+    // linear-small's failed request makes its error share red.
+    let ledger = &dom[dom.find("id=\"ledger\"").expect("ledger table")..];
+    let ledger = &ledger[..ledger.find("</table>").unwrap()];
+    for reference in &references {
+        let id = reference["id"].as_str().unwrap();
+        assert!(
+            ledger.contains(&format!("<td>{id}</td>")),
+            "{id} missing: {ledger}"
+        );
+    }
+    assert_eq!(
+        ledger.matches("class=\"lat\"").count(),
+        references.len(),
+        "one latency bar per model: {ledger}"
+    );
+    assert!(
+        ledger.contains("<i style="),
+        "no p50-p99 range drawn: {ledger}"
+    );
+    assert!(
+        ledger.contains("invalid 1"),
+        "linear-small's error kind: {ledger}"
+    );
+    assert_eq!(ledger.matches("num hot").count(), 1, "{ledger}");
 
     // The screenshot: orange load bars in the chart, above the table's green "ready"s.
     assert!(shot.exists(), "chromium wrote no screenshot");

@@ -2,7 +2,7 @@
 //! `trace.endpoint` set, the OpenTelemetry layer beside it (`telemetry`).
 
 use manymodels_config::{LogConfig, LogFormat, TraceConfig};
-use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -31,9 +31,13 @@ pub fn init_tracing_with(log: &LogConfig, service: &str, trace: &TraceConfig) {
         return init_tracing(log);
     };
     let filter = EnvFilter::try_new(&log.level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let ours = Targets::new()
-        .with_target("manymodels", LevelFilter::DEBUG)
-        .with_default(LevelFilter::OFF);
+    // Spans only: the exporter records no events, and a `debug` event the log level
+    // leaves out (the proxy's per-request access line) must not be built for it either.
+    // Decided once per callsite (`filter_fn` caches its interest).
+    let ours = tracing_subscriber::filter::filter_fn(|m| {
+        m.is_span() && m.target().starts_with("manymodels") && *m.level() <= tracing::Level::DEBUG
+    })
+    .with_max_level_hint(LevelFilter::DEBUG);
     // No per-span bookkeeping beyond the fields: busy/idle times cost two clock reads per
     // poll, and the thread, source location and target would be noise on every span.
     let otel = tracing_opentelemetry::layer()

@@ -14,6 +14,21 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// The error kinds a scorer's ledger counts (`Counts::errors`' keys), each a family of
+/// the scorer's error kinds: a 400-family answer, a missing model or version, a file that
+/// cannot be served, a load past its deadline, too many waiting for loads, the store down
+/// or the scorer stopping, the request's own deadline, the engine failing.
+pub const ERROR_KINDS: [&str; 8] = [
+    "invalid",
+    "not_found",
+    "load_failed",
+    "load_timeout",
+    "overloaded",
+    "unavailable",
+    "deadline",
+    "inference_failed",
+];
+
 /// A DDSketch-style latency sketch, compactly: bucket `offset + i` holds `counts[i]`
 /// values in `(gamma^(k-1), gamma^k]` with `gamma = (1 + alpha) / (1 - alpha)`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

@@ -19,16 +19,7 @@ use crate::error::ScorerError;
 
 /// The error kinds a model's ledger counts, each a family of the scorer's error kinds
 /// ([`kind_of`]).
-pub const KINDS: [&str; 8] = [
-    "invalid",
-    "not_found",
-    "load_failed",
-    "load_timeout",
-    "overloaded",
-    "unavailable",
-    "deadline",
-    "inference_failed",
-];
+pub use manymodels_contract::ledger::ERROR_KINDS as KINDS;
 
 /// The ledger error kind of a scorer error.
 pub fn kind_of(error: &ScorerError) -> &'static str {

@@ -51,16 +51,7 @@ pub fn run(args: LedgerArgs) -> Result<()> {
         .collect();
         // The scorer's configuration: its defaults and its eight error kinds.
         let config = LedgerConfig {
-            error_kinds: vec![
-                "invalid",
-                "not_found",
-                "load_failed",
-                "load_timeout",
-                "overloaded",
-                "unavailable",
-                "deadline",
-                "inference_failed",
-            ],
+            error_kinds: manymodels_contract::ledger::ERROR_KINDS.to_vec(),
             ..LedgerConfig::default()
         };
         let ledger = Mutex::new(Ledger::new(config, wall()));

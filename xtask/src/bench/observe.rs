@@ -230,7 +230,9 @@ pub fn run(args: ObserveArgs) -> Result<()> {
             ratio(name, &|p| p.p99()),
         );
     }
-    // What was observed: capture lines and spans.
+    // What was observed: capture lines (the last batch written within the flush
+    // interval) and spans.
+    std::thread::sleep(Duration::from_secs(3));
     let mut counters = [0.0; 3];
     for scorer in &a.scorers {
         let metrics = scorer.metrics_blocking();
@@ -239,7 +241,6 @@ pub fn run(args: ObserveArgs) -> Result<()> {
                 metrics.get(&format!("mm_scorer_capture_total{{outcome=\"{outcome}\"}}"));
         }
     }
-    std::thread::sleep(Duration::from_secs(3));
     let spans = receiver.spans();
     let traces: std::collections::HashSet<&str> =
         spans.iter().map(|s| s.trace_id.as_str()).collect();

@@ -66,9 +66,13 @@ pub async fn serve(
     scope: &[String],
     authorization: Option<&str>,
 ) -> Reply {
-    let members: Vec<_> = pool.members().into_iter().filter(|m| m.healthy).collect();
+    // Scorers out of rotation (unhealthy, or draining) are named, not asked.
+    let (members, out): (Vec<_>, Vec<_>) = pool.members().into_iter().partition(|m| m.healthy);
+    // Every tracked model of every scorer (at most 2 × `ledger.hot_models` each), cut to
+    // `top` once merged: a scorer's own cut would move a model's requests there to its
+    // tail while the model is in the pool's top, and the merge would not be exact.
     let path = match &asked {
-        Asked::Pool { top } => format!("{}?top={top}", scorer_route::LEDGER),
+        Asked::Pool { .. } => scorer_route::LEDGER.to_string(),
         Asked::Model(id) => scorer_route::LEDGER_MODEL.path(id),
     };
     let prefixes = scope.join("|");
@@ -96,11 +100,16 @@ pub async fn serve(
         })
         .collect();
     let names = members.iter().map(|m| m.name.clone());
+    let not_in_rotation = out.into_iter().map(|m| Missing {
+        scorer: m.name,
+        error: "not in rotation (unhealthy or draining): its requests are not counted".into(),
+    });
     match asked {
         Asked::Pool { top } => {
-            let (scorers, reports, missing) = read::<LedgerReport>(names, answers, |r| {
+            let (scorers, reports, mut missing) = read::<LedgerReport>(names, answers, |r| {
                 (r.tail.latency.alpha, r.tail.latency.max_buckets)
             });
+            missing.extend(not_in_rotation);
             match merge_reports(&reports, top).and_then(|mut report| {
                 let mut pool = report_totals(&report)?;
                 fill_quantiles(&mut pool);
@@ -117,11 +126,12 @@ pub async fn serve(
             }
         }
         Asked::Model(id) => {
-            let (scorers, reports, missing) = read::<ModelReport>(names, answers, |r| {
+            let (scorers, reports, mut missing) = read::<ModelReport>(names, answers, |r| {
                 r.tracked.as_ref().map_or((0.0, 0), |t| {
                     (t.counts.latency.alpha, t.counts.latency.max_buckets)
                 })
             });
+            missing.extend(not_in_rotation);
             match merge_model_reports(&reports) {
                 Ok(merged) => {
                     let mut report = merged.unwrap_or(ModelReport {
@@ -248,7 +258,7 @@ mod tests {
                 let mut ledger = Ledger::new(LedgerConfig::default(), 0.0);
                 for i in 0..6_000 {
                     let model = format!("m{}", i % 7);
-                    // Log-uniform from 50 µs to 500 ms, each scorer a little slower.
+                    // Log-uniform from 50 µs to 500 ms, times 1, 2 or 3 by scorer.
                     let latency = 5e-5 * 10f64.powf(4.0 * uniform()) * (1.0 + scorer as f64);
                     exact.entry(model.clone()).or_default().push(latency);
                     let sample = Sample {

@@ -269,6 +269,15 @@ async fn infer(
     finish(&scorer, "infer", result)
 }
 
+/// The records a records answer scored (not those failed alone).
+pub(crate) fn scored(answer: &contract::batch::RecordsAnswer) -> u64 {
+    answer
+        .results
+        .iter()
+        .filter(|r| !matches!(r, contract::batch::RecordResult::Failed { .. }))
+        .count() as u64
+}
+
 /// When the request arrived: as its context says, else now.
 fn arrival() -> Instant {
     crate::request::current().map_or_else(Instant::now, |c| c.arrived)
@@ -346,8 +355,8 @@ async fn records(
         let (model, lookup) = infer::model_within(&scorer, &id, version, deadline).await?;
         seen.version = Some(model.version);
         seen.lookup = Some(lookup);
-        seen.rows = request.records.len() as u64;
         let answer = crate::records::answer(&scorer, &id, &model, deadline, request).await?;
+        seen.rows = scored(&answer);
         let mut response = json_response(&answer);
         response
             .headers_mut()

@@ -62,6 +62,9 @@ pub async fn within<T: Send + 'static>(
     let Some((at, ms)) = deadline else {
         return work.await;
     };
+    // The task carries the request's context and span: its load spans and log lines
+    // belong to the request as they do without a deadline.
+    let work = tracing::Instrument::in_current_span(crate::request::carry(work));
     match tokio::time::timeout_at(at, tokio::spawn(work)).await {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => Err(ScorerError::Inference {

@@ -133,16 +133,19 @@ impl Ledgers {
     /// models they admit, and no tail (it sums other tenants' models).
     pub fn report(&self, prefixes: Option<&[String]>, top: Option<usize>) -> LedgerReport {
         let mut report = self.lock().report();
+        // A scoped caller's models first, so `top` keeps its busiest, not the scorer's.
+        if let Some(prefixes) = prefixes {
+            report
+                .models
+                .retain(|m| prefixes.iter().any(|p| m.model.starts_with(p.as_str())));
+        }
         if let Some(top) = top {
             for cooled in report.models.drain(report.models.len().min(top)..) {
                 merge_counts(&mut report.tail, &cooled.counts)
                     .expect("one ledger's sketches share a configuration");
             }
         }
-        if let Some(prefixes) = prefixes {
-            report
-                .models
-                .retain(|m| prefixes.iter().any(|p| m.model.starts_with(p.as_str())));
+        if prefixes.is_some() {
             // Empty, with the sketch's configuration kept so it still merges.
             let latency = manymodels_contract::ledger::LatencySketch {
                 alpha: report.tail.latency.alpha,

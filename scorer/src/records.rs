@@ -60,11 +60,11 @@ pub async fn answer_groups(
             let (model, lookup) = infer::model_within(scorer, &id, group.version, deadline).await?;
             seen.version = Some(model.version);
             seen.lookup = Some(lookup);
-            seen.rows = group.records.len() as u64;
             let records = RecordsRequest {
                 records: group.records,
             };
             let answer = answer(scorer, &id, &model, deadline, records).await?;
+            seen.rows = crate::http::scored(&answer);
             Ok::<_, ScorerError>((answer, lookup))
         }
         .await;

@@ -66,6 +66,14 @@ pub fn current() -> Option<RequestContext> {
     CURRENT.try_with(Clone::clone).ok()
 }
 
+/// `work` to run on another task, with this task's request context (if any) around it.
+pub fn carry<F: Future>(work: F) -> impl Future<Output = F::Output> {
+    match current() {
+        Some(context) => futures::future::Either::Left(CURRENT.scope(context, work)),
+        None => futures::future::Either::Right(work),
+    }
+}
+
 /// The name of the request's span.
 const SPAN: &str = "scorer.request";
 

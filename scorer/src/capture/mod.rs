@@ -191,6 +191,11 @@ impl Capture {
         if !sampled(rate) {
             return None;
         }
+        // A full queue drops the line anyway: count it now, without copying the tensors.
+        if self.pending_bytes.load(Ordering::Relaxed) >= self.config.queue_bytes {
+            self.metrics.capture[1].inc();
+            return None;
+        }
         Some(Sampled {
             request_id: crate::request::current()
                 .map(|c| c.id_str().to_string())

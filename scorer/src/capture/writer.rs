@@ -107,6 +107,7 @@ impl Writer {
             lines: 0,
             reserved: 0,
         });
+        let before = batch.body.len();
         if serde_json::to_writer(&mut batch.body, &line).is_err() {
             // Cannot happen for these types; the line is dropped rather than half written.
             self.capture.release(entry.bytes);
@@ -115,7 +116,15 @@ impl Writer {
         }
         batch.body.push(b'\n');
         batch.lines += 1;
-        batch.reserved += entry.bytes;
+        // The line as JSON is larger than its tensors were (a float's digits, a bool's
+        // `false`): what it holds now is counted, so the queue's bound covers the batches
+        // too (new lines are dropped while they are over it).
+        let written = (batch.body.len() - before) as u64;
+        let grown = written.saturating_sub(entry.bytes);
+        self.capture
+            .pending_bytes
+            .fetch_add(grown, Ordering::AcqRel);
+        batch.reserved += entry.bytes + grown;
         if batch.body.len() as u64 >= self.capture.config.batch_bytes
             && let Some(batch) = self.batches.remove(&key)
         {

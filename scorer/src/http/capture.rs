@@ -48,7 +48,8 @@ fn scope(headers: &HeaderMap) -> Result<Vec<String>, ScorerError> {
     )
 }
 
-/// The rules `scope` admits and this scorer's counters.
+/// The rules `scope` admits and this scorer's counters (zeros for a scoped caller: they
+/// count every tenant's captures).
 fn view(scorer: &Scorer, scope: &[String]) -> CaptureView {
     CaptureView {
         rules: scorer
@@ -61,7 +62,11 @@ fn view(scorer: &Scorer, scope: &[String]) -> CaptureView {
             .collect(),
         prefix: scorer.capture.prefix().to_string(),
         scorer: scorer.config.display_name(),
-        counters: scorer.capture.counters(),
+        counters: if scope.is_empty() {
+            scorer.capture.counters()
+        } else {
+            Default::default()
+        },
     }
 }
 

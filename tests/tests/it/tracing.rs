@@ -121,6 +121,9 @@ async fn a_sampled_rest_request_is_one_trace_through_proxy_and_scorer() {
         ))
         .header("traceparent", format!("00-{TRACE}-{CLIENT_SPAN}-01"))
         .header("x-request-id", "client-req-7")
+        // A deadline: the scorer's look-up then runs as its own task, which must still
+        // carry the request's span (the load spans below) and context.
+        .header("x-mm-timeout-ms", "30000")
         .json(&infer_body(&reference(model)))
         .send()
         .await

@@ -159,8 +159,9 @@ thread_local! {
     });
 }
 
-/// A uniform draw in [0, 1) from a per-thread xorshift (no lock, no system call).
-fn draw() -> f64 {
+/// A uniform draw in [0, 1) from a per-thread xorshift (no lock, no system call): trace
+/// sampling's, and payload capture's (`scorer::capture`).
+pub fn draw() -> f64 {
     DRAW.with(|state| {
         let mut x = state.get();
         x ^= x << 13;

@@ -33,7 +33,8 @@ pub async fn ledger(client: &Client, top: usize, sort: Sort) -> anyhow::Result<O
     Output::of(&view, text)
 }
 
-fn now() -> f64 {
+/// Unix seconds now (the ledger's times are unix seconds).
+pub fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
@@ -189,11 +190,6 @@ pub fn model_text(view: &PoolModelLedger, now: f64) -> String {
         c.last_scored
             .map_or("never".into(), |t| format!("{} ago", duration(now - t))),
     )
-}
-
-/// Now, for `explain`.
-pub fn wall_now() -> f64 {
-    now()
 }
 
 #[cfg(test)]

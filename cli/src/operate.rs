@@ -301,10 +301,7 @@ pub async fn explain(client: &Client, id: &str) -> anyhow::Result<Output> {
     };
     let mut text = explain_text(id, &placement, &scorer);
     if let Some(ledger) = &ledger {
-        text.push_str(&crate::ledger::model_text(
-            ledger,
-            crate::ledger::wall_now(),
-        ));
+        text.push_str(&crate::ledger::model_text(ledger, crate::ledger::now()));
     }
     Output::of(
         &Explained {

@@ -400,7 +400,6 @@ impl GrpcInferenceService for Front {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Answer<pb::ModelInferResponse> {
-        let arrived = crate::request::current().map_or_else(std::time::Instant::now, |c| c.arrived);
         let mut seen = Seen::default();
         let mut named = None;
         let result = async {
@@ -442,11 +441,9 @@ impl GrpcInferenceService for Front {
             Ok(response)
         }
         .await;
-        if let Some(id) = &named {
-            self.scorer
-                .ledger
-                .record(id.as_str(), seen, result.as_ref().err(), arrived.elapsed());
-        }
+        self.scorer
+            .ledger
+            .observe(named.as_ref(), seen, result.as_ref().err());
         self.finish("grpc_infer", result)
     }
 

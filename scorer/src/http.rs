@@ -2,7 +2,6 @@
 //! router, so handler tests call it without a socket.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -113,9 +112,6 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
     };
     // Outermost: every answer, a refusal of the keys too, carries the request's id.
     router
-        .layer(tower::layer::layer_fn(crate::capture::tag_protocol(
-            scorer.clone(),
-        )))
         .layer(tower::layer::layer_fn(|inner| {
             crate::request::WithContext { inner }
         }))
@@ -248,7 +244,6 @@ async fn infer(
     path: Result<Path<Target>, PathRejection>,
     request: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let arrived = arrival();
     let mut seen = Seen::default();
     let mut named = None;
     let result = async {
@@ -259,13 +254,9 @@ async fn infer(
         score(&scorer, id, version, &headers, body, deadline, &mut seen).await
     }
     .await;
-    observe(
-        &scorer,
-        named.as_ref(),
-        seen,
-        result.as_ref().err(),
-        arrived,
-    );
+    scorer
+        .ledger
+        .observe(named.as_ref(), seen, result.as_ref().err());
     finish(&scorer, "infer", result)
 }
 
@@ -276,27 +267,6 @@ pub(crate) fn scored(answer: &contract::batch::RecordsAnswer) -> u64 {
         .iter()
         .filter(|r| !matches!(r, contract::batch::RecordResult::Failed { .. }))
         .count() as u64
-}
-
-/// When the request arrived: as its context says, else now.
-fn arrival() -> Instant {
-    crate::request::current().map_or_else(Instant::now, |c| c.arrived)
-}
-
-/// Counts a model request in the ledger, once its model is known (a request whose model
-/// id is not even valid belongs to no model).
-fn observe(
-    scorer: &Scorer,
-    model: Option<&ModelId>,
-    seen: Seen,
-    error: Option<&ScorerError>,
-    arrived: Instant,
-) {
-    if let Some(model) = model {
-        scorer
-            .ledger
-            .record(model.as_str(), seen, error, arrived.elapsed());
-    }
 }
 
 async fn score(
@@ -340,7 +310,6 @@ async fn records(
     path: Result<Path<Target>, PathRejection>,
     request: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let arrived = arrival();
     let mut seen = Seen::default();
     let mut named = None;
     let result = async {
@@ -364,13 +333,9 @@ async fn records(
         Ok(response)
     }
     .await;
-    observe(
-        &scorer,
-        named.as_ref(),
-        seen,
-        result.as_ref().err(),
-        arrived,
-    );
+    scorer
+        .ledger
+        .observe(named.as_ref(), seen, result.as_ref().err());
     finish(&scorer, "records", result)
 }
 

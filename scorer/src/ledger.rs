@@ -16,6 +16,7 @@ use manymodels_policy::ledger::{ErrorKind, Ledger, LedgerConfig, Sample, merge_c
 use manymodels_policy::quantiles::SketchConfig;
 
 use crate::error::ScorerError;
+use crate::model_id::ModelId;
 
 /// The error kinds a model's ledger counts, each a family of the scorer's error kinds
 /// ([`kind_of`]).
@@ -121,6 +122,14 @@ impl Ledgers {
         };
         let now = now();
         self.lock().record(model, &sample, now);
+    }
+
+    /// Counts the request this task serves, once its model is known (a request whose
+    /// model id is not even valid belongs to no model), timed from its arrival.
+    pub fn observe(&self, model: Option<&ModelId>, seen: Seen, error: Option<&ScorerError>) {
+        if let Some(model) = model {
+            self.record(model.as_str(), seen, error, crate::request::since_arrival());
+        }
     }
 
     /// Decays the hotness and hands the models that cooled to the tail: once a second.

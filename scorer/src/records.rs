@@ -50,7 +50,6 @@ pub async fn answer_groups(
     deadline: Deadline,
     request: GroupsRequest,
 ) -> GroupsAnswer {
-    let arrived = crate::request::current().map_or_else(std::time::Instant::now, |c| c.arrived);
     let answers = request.groups.into_iter().map(|group| async move {
         let mut seen = Seen::default();
         let mut named = None;
@@ -69,14 +68,9 @@ pub async fn answer_groups(
         }
         .await;
         // Each group is one request of its model in the ledger.
-        if let Some(id) = &named {
-            scorer.ledger.record(
-                id.as_str(),
-                seen,
-                answered.as_ref().err(),
-                arrived.elapsed(),
-            );
-        }
+        scorer
+            .ledger
+            .observe(named.as_ref(), seen, answered.as_ref().err());
         match answered {
             Ok((answer, lookup)) => GroupAnswer::Answered {
                 model_version: answer.model_version,

@@ -35,6 +35,8 @@ pub struct RequestContext {
     pub id: HeaderValue,
     /// When the layer saw the request.
     pub arrived: Instant,
+    /// How it came: `rest`, `grpc` or `records` (a captured line says so).
+    pub protocol: &'static str,
 }
 
 impl RequestContext {
@@ -48,12 +50,24 @@ impl RequestContext {
         RequestContext {
             id,
             arrived: Instant::now(),
+            protocol: "rest",
         }
     }
 
     /// The id as text (always ASCII: checked or generated).
     pub fn id_str(&self) -> &str {
         self.id.to_str().unwrap_or_default()
+    }
+}
+
+/// How a request to `path` came: gRPC, the records routes, or REST.
+fn protocol_of(path: &str) -> &'static str {
+    if path.starts_with(manymodels_contract::grpc::PREFIX) {
+        "grpc"
+    } else if path.ends_with("/records") || path == manymodels_contract::route::RECORD_GROUPS {
+        "records"
+    } else {
+        "rest"
     }
 }
 
@@ -64,6 +78,13 @@ tokio::task_local! {
 /// The context of the request this task serves, if it runs under [`Layer`].
 pub fn current() -> Option<RequestContext> {
     CURRENT.try_with(Clone::clone).ok()
+}
+
+/// How long ago the request this task serves arrived (zero outside a request).
+pub fn since_arrival() -> std::time::Duration {
+    CURRENT
+        .try_with(|c| c.arrived.elapsed())
+        .unwrap_or_default()
 }
 
 /// `work` to run on another task, with this task's request context (if any) around it.
@@ -110,7 +131,8 @@ where
     }
 
     fn call(&mut self, request: axum::extract::Request) -> Self::Future {
-        let context = RequestContext::of(request.headers());
+        let mut context = RequestContext::of(request.headers());
+        context.protocol = protocol_of(request.uri().path());
         let id = context.id.clone();
         // `info`: log lines inside it carry the request id. The path goes only to exported
         // spans (it may hold a model id not yet validated, which a log line must not).
@@ -161,6 +183,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_protocol_comes_from_the_path() {
+        assert_eq!(
+            protocol_of("/inference.GRPCInferenceService/ModelInfer"),
+            "grpc"
+        );
+        assert_eq!(protocol_of("/v2/mm/models/m/records"), "records");
+        assert_eq!(protocol_of("/v2/mm/models/m/versions/2/records"), "records");
+        assert_eq!(
+            protocol_of(manymodels_contract::route::RECORD_GROUPS),
+            "records"
+        );
+        assert_eq!(protocol_of("/v2/models/m/infer"), "rest");
+    }
 
     #[test]
     fn a_valid_id_is_kept_and_a_bad_one_replaced() {

@@ -18,13 +18,12 @@
 
 mod writer;
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use manymodels_config::scorer::CaptureConfig;
-use manymodels_contract::capture::{CaptureCounters, CaptureRule, CaptureRules};
+use manymodels_contract::capture::{CaptureCounters, CaptureRules};
 pub use manymodels_contract::capture::{MAX_RULES, RULES_PATH};
 use tokio::sync::{mpsc, oneshot};
 
@@ -80,11 +79,6 @@ pub struct Sampled {
     request_id: String,
     protocol: &'static str,
     inputs: Vec<NamedTensor>,
-}
-
-tokio::task_local! {
-    /// How the request came (`rest`, `grpc`, `records`), set by [`Tagged`].
-    static PROTOCOL: &'static str;
 }
 
 impl Capture {
@@ -196,11 +190,13 @@ impl Capture {
             self.metrics.capture[1].inc();
             return None;
         }
+        let context = crate::request::current();
         Some(Sampled {
-            request_id: crate::request::current()
+            request_id: context
+                .as_ref()
                 .map(|c| c.id_str().to_string())
                 .unwrap_or_default(),
-            protocol: PROTOCOL.try_with(|p| *p).unwrap_or("unknown"),
+            protocol: context.as_ref().map_or("unknown", |c| c.protocol),
             inputs: inputs.to_vec(),
         })
     }
@@ -296,11 +292,6 @@ impl Capture {
     }
 }
 
-/// What a rule covers, checked against a caller's scope: re-exported for the routes.
-pub fn visible(rule: &CaptureRule, scope: &[String]) -> bool {
-    rule.within(scope)
-}
-
 /// Roughly the memory of `tensors` (their data, names and shapes).
 fn tensors_bytes(tensors: &[NamedTensor]) -> u64 {
     use crate::tensor::TensorData;
@@ -320,40 +311,9 @@ fn tensors_bytes(tensors: &[NamedTensor]) -> u64 {
         .sum()
 }
 
-/// A draw with probability `rate`: a per-thread xorshift, no lock and no system call.
+/// A draw with probability `rate` (the per-thread draw tracing samples with).
 fn sampled(rate: f64) -> bool {
-    if rate >= 1.0 {
-        return true;
-    }
-    if rate <= 0.0 {
-        return false;
-    }
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(seed());
-    }
-    let draw = STATE.with(|state| {
-        let mut x = state.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        state.set(x);
-        x
-    });
-    // The top 53 bits as a fraction in [0, 1).
-    ((draw >> 11) as f64 / (1u64 << 53) as f64) < rate
-}
-
-/// A nonzero seed that differs between threads and processes.
-fn seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0),
-    );
-    hasher.finish() | 1
+    rate >= 1.0 || (rate > 0.0 && manymodels_boot::telemetry::draw() < rate)
 }
 
 /// `name` as a file name takes it: `[A-Za-z0-9._-]` kept, anything else `_`, at most 64
@@ -374,66 +334,6 @@ pub fn file_name_of(name: &str) -> String {
         "scorer".into()
     } else {
         cleaned
-    }
-}
-
-/// The protocol of a request path: what a capture line's `protocol` says.
-fn protocol_of(path: &str) -> &'static str {
-    if path.starts_with(manymodels_contract::grpc::PREFIX) {
-        "grpc"
-    } else if path.ends_with("/records") || path == manymodels_contract::route::RECORD_GROUPS {
-        "records"
-    } else {
-        "rest"
-    }
-}
-
-/// The layer that tells [`Capture::before`] how a request came: while any rule exists it
-/// runs the route in a task-local naming the protocol; otherwise it costs one atomic
-/// load and the route's future is handed on unchanged.
-#[derive(Clone)]
-pub struct Tagged<S> {
-    inner: S,
-    scorer: Arc<crate::Scorer>,
-}
-
-/// The function `app` gives `tower::layer::layer_fn` to put [`Tagged`] in front of every
-/// route.
-pub fn tag_protocol<S>(scorer: Arc<crate::Scorer>) -> impl Fn(S) -> Tagged<S> + Clone {
-    move |inner| Tagged {
-        inner,
-        scorer: scorer.clone(),
-    }
-}
-
-impl<S> tower::Service<axum::extract::Request> for Tagged<S>
-where
-    S: tower::Service<
-            axum::extract::Request,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-        >,
-{
-    type Response = axum::response::Response;
-    type Error = std::convert::Infallible;
-    type Future = futures::future::Either<
-        S::Future,
-        tokio::task::futures::TaskLocalFuture<&'static str, S::Future>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
-        if !self.scorer.capture.is_active() {
-            return futures::future::Either::Left(self.inner.call(request));
-        }
-        let protocol = protocol_of(request.uri().path());
-        futures::future::Either::Right(PROTOCOL.scope(protocol, self.inner.call(request)))
     }
 }
 

@@ -77,7 +77,10 @@ fn the_layout_is_utc_hours_and_the_time_rfc_3339() {
     );
     assert_eq!(rfc3339(Duration::ZERO), "1970-01-01T00:00:00.000Z");
     // A leap day, and the last hour of a year.
-    assert_eq!(writer::days_to_civil(11_016), (2000, 2, 29));
+    assert_eq!(
+        layout_path("p", "m", 11_016 * 24 + 5, "s", 0, 0),
+        "p/m/2000/02/29/05/s-0-0.jsonl"
+    );
     assert_eq!(
         rfc3339(Duration::from_secs(1_767_225_599)),
         "2025-12-31T23:59:59.000Z"

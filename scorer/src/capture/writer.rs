@@ -227,22 +227,15 @@ pub fn rfc3339(since_epoch: Duration) -> String {
     )
 }
 
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-#[cfg(test)]
-pub(super) fn days_to_civil(days: i64) -> (i64, u32, u32) {
-    civil_from_days(days)
+/// The date `days` after 1970-01-01: the forecasts' calendar (`contract::forecast::Date`).
+fn civil_from_days(days: i64) -> (i32, u8, u8) {
+    // A wall clock's day is always within years 1..=9999.
+    let date = manymodels_contract::forecast::Date::from_days(days).unwrap_or(
+        manymodels_contract::forecast::Date {
+            year: 1970,
+            month: 1,
+            day: 1,
+        },
+    );
+    (date.year, date.month, date.day)
 }

@@ -79,6 +79,42 @@ pub mod header {
     /// W3C Trace Context: a request's trace and parent span, accepted by the proxy and the
     /// scorers and propagated from the proxy to the scorer.
     pub const TRACEPARENT: &str = "traceparent";
+    /// On a request (client → proxy → scorer): its priority, [`crate::Priority`]'s
+    /// `interactive` (the default) or `batch`. A key's own setting on the proxy wins over
+    /// the client's header; the scorer lets `batch` requests start cold loads only within
+    /// a share of its load slots, behind waiting interactive ones.
+    pub const PRIORITY: &str = "x-mm-priority";
+}
+
+/// A request's priority (`x-mm-priority`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Priority {
+    /// Someone is waiting: the default.
+    #[default]
+    Interactive,
+    /// Backfills and scans: may not take more than a share of the load slots, and yields
+    /// to interactive requests waiting for one.
+    Batch,
+}
+
+impl Priority {
+    /// The header's value for this priority.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Batch => "batch",
+        }
+    }
+
+    /// `interactive` or `batch`; anything else is `None` (refused with a 400, never
+    /// guessed).
+    pub fn parse(text: &str) -> Option<Priority> {
+        match text {
+            "interactive" => Some(Priority::Interactive),
+            "batch" => Some(Priority::Batch),
+            _ => None,
+        }
+    }
 }
 
 /// Model-id prefixes as a key's scope writes them and `x-mm-model-prefixes` carries them:

@@ -124,6 +124,36 @@ pub const KEYS: &[KeyDoc] = &[
         "Times a request is retried on the next candidate when its scorer could not be reached or died before answering.",
     ),
     doc(
+        "hedge.enabled",
+        "true",
+        "Hedge inference requests (REST `infer` and Azure ML scoring naming a model): one with no answer from its scorer after the hedge delay is sent to the next candidate too; the first answer wins and the other is cancelled. Admin calls, uploads, gRPC and the many-model route are never hedged.",
+    ),
+    doc(
+        "hedge.floor",
+        "20ms",
+        "The shortest hedge delay. The delay is the scorer's recent latency for the model (smoothed mean plus four mean deviations, as TCP sets its retransmission timeout), or the scorer's for all models it answered from memory (or for its cold loads, when it is not known to hold the model), kept between `hedge.floor` and `hedge.cap`.",
+    ),
+    doc(
+        "hedge.cap",
+        "1s",
+        "The longest hedge delay (also the delay when nothing is known yet).",
+    ),
+    doc(
+        "hedge.budget",
+        "0.05",
+        "Hedges allowed per request (a token bucket: each request adds this much, a hedge takes one, at most `hedge.burst` saved), so hedging never doubles the load of an overloaded pool.",
+    ),
+    doc(
+        "hedge.burst",
+        "20",
+        "Hedges the budget can save up for a burst (the bucket starts full).",
+    ),
+    doc(
+        "hedge.stalled_after",
+        "3",
+        "Requests hedged away from a scorer, with no answer from it in between, after which it is ejected for `health.eject_for` (a frozen scorer stops getting requests before its health checks time out); 0 never ejects for this.",
+    ),
+    doc(
         "http.max_body",
         "32MiB",
         "Largest request body accepted; larger bodies get 413 without reaching a scorer.",

@@ -66,6 +66,8 @@ pub struct ProxyConfig {
     pub read_timeout: Duration,
     /// `upstream.retries`.
     pub retries: usize,
+    /// `hedge.*`: hedged inference requests.
+    pub hedge: HedgeConfig,
     /// `http.max_body`.
     pub max_body: ByteSize,
     /// `http.max_upload`.
@@ -116,6 +118,23 @@ impl ApiKey {
         keys.iter()
             .find(|k| Secret::matches_any(given, std::slice::from_ref(&k.key)))
     }
+}
+
+/// Hedged inference requests (`hedge.*`).
+#[derive(Clone, Debug)]
+pub struct HedgeConfig {
+    /// `hedge.enabled`.
+    pub enabled: bool,
+    /// `hedge.floor`.
+    pub floor: Duration,
+    /// `hedge.cap`.
+    pub cap: Duration,
+    /// `hedge.budget`: hedges earned per request.
+    pub budget: f64,
+    /// `hedge.burst`.
+    pub burst: f64,
+    /// `hedge.stalled_after`: 0 never ejects.
+    pub stalled_after: usize,
 }
 
 /// The many-model route (`batch.*`).

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use manymodels_contract::batch::IdTemplate;
 
-use super::{ApiKey, BatchConfig, PoolSource, ProxyConfig};
+use super::{ApiKey, BatchConfig, HedgeConfig, PoolSource, ProxyConfig};
 use crate::common::{self, RawTrace, at_least, at_least_one, list, positive, secrets};
 use crate::units::{ByteSize, HumanDuration};
 use crate::{ConfigError, LogConfig, Secret};
@@ -22,6 +22,7 @@ pub(super) struct Raw {
     replication: RawReplication,
     stats: RawStats,
     upstream: RawUpstream,
+    hedge: RawHedge,
     http: RawHttp,
     batch: RawBatch,
     auth: RawAuth,
@@ -81,6 +82,38 @@ struct RawUpstream {
     connect_timeout: HumanDuration,
     read_timeout: HumanDuration,
     retries: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHedge {
+    enabled: bool,
+    floor: HumanDuration,
+    cap: HumanDuration,
+    budget: f64,
+    burst: f64,
+    stalled_after: usize,
+}
+
+impl RawHedge {
+    fn validate(self) -> Result<HedgeConfig, ConfigError> {
+        let floor = positive("hedge.floor", self.floor.0)?;
+        let cap = positive("hedge.cap", self.cap.0)?;
+        if cap < floor {
+            return Err(ConfigError::key(
+                "hedge.cap",
+                "must be at least hedge.floor",
+            ));
+        }
+        Ok(HedgeConfig {
+            enabled: self.enabled,
+            floor,
+            cap,
+            budget: common::within("hedge.budget", self.budget, 0.0..=1.0)?,
+            burst: at_least("hedge.burst", self.burst, 1.0)?,
+            stalled_after: self.stalled_after,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -182,6 +215,7 @@ impl Raw {
             connect_timeout: self.upstream.connect_timeout.0,
             read_timeout: self.upstream.read_timeout.0,
             retries: self.upstream.retries,
+            hedge: self.hedge.validate()?,
             max_body: self.http.max_body,
             max_upload: self.http.max_upload,
             batch,

@@ -215,6 +215,30 @@ pub const KEYS: &[KeyDoc] = &[
         "auth.pool_key",
         "Bearer key shared with the scorers (their `auth.pool_key`, a Secret): sent as `Authorization` on every forwarded request (replacing the client's, already checked here) and on the proxy's own calls; empty sends the client's header on and none of its own.",
     ),
+    secret(
+        "auth.pool_key_previous",
+        "The pool key being replaced, during a rotation (a Secret): the proxy learns per scorer, by a cheap authenticated call at each health check, whether it takes `auth.pool_key` or only this one, and sends each scorer the key it takes (a 401 from a scorer makes it look again). Set it to the old key in the upgrade that sets the new `auth.pool_key`, and drop it in a later one. See docs/operating.md, \"Keys\".",
+    ),
+    doc(
+        "limits.rate",
+        "",
+        "Per-key request rates: comma-separated `keyname=N` entries (requests per second, a token bucket; `N` may be fractional), one per key name in `auth.api_keys` or `auth.admin_keys`; over it a request gets 429 with `Retry-After`. Empty: no rate limit.",
+    ),
+    doc(
+        "limits.burst",
+        "",
+        "Per-key bursts of `limits.rate`: comma-separated `keyname=N` entries (the bucket's size, whole requests); a key with a rate but no burst gets one second of its rate (at least 1).",
+    ),
+    doc(
+        "limits.inflight",
+        "",
+        "Per-key caps on requests in flight through this proxy: comma-separated `keyname=N` entries (N at least 1), counted from admission to the end of the answer; over it a request gets 429 with `Retry-After: 1`.",
+    ),
+    doc(
+        "limits.priority",
+        "",
+        "Per-key request priority: comma-separated `keyname=interactive|batch` entries; a key's priority is sent to the scorers as `x-mm-priority` and wins over the client's own header.",
+    ),
     doc(
         "shutdown.grace",
         "10s",

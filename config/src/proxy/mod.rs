@@ -78,8 +78,13 @@ pub struct ProxyConfig {
     pub api_keys: Vec<ApiKey>,
     /// `auth.admin_keys`.
     pub admin_keys: Vec<ApiKey>,
+    /// `limits.*`: each configured key name's rate, in-flight cap and priority (one entry
+    /// per name that has any).
+    pub key_settings: Vec<KeySettings>,
     /// `auth.pool_key`: empty means none is sent.
     pub pool_key: Secret,
+    /// `auth.pool_key_previous`: the key being replaced (empty: no rotation under way).
+    pub pool_key_previous: Secret,
     /// `shutdown.grace`.
     pub shutdown_grace: Duration,
     /// `log.level` and `log.format`.
@@ -135,6 +140,26 @@ pub struct HedgeConfig {
     pub burst: f64,
     /// `hedge.stalled_after`: 0 never ejects.
     pub stalled_after: usize,
+}
+
+/// One key name's settings (`limits.*`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KeySettings {
+    /// The key's name in `auth.api_keys` or `auth.admin_keys`.
+    pub name: String,
+    /// `limits.rate` and `limits.burst`.
+    pub rate: Option<RateLimit>,
+    /// `limits.inflight`.
+    pub inflight: Option<usize>,
+    /// `limits.priority`.
+    pub priority: Option<manymodels_contract::Priority>,
+}
+
+/// A token bucket: `per_second` tokens a second, at most `burst` held.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
 }
 
 /// The many-model route (`batch.*`).

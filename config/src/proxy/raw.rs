@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use manymodels_contract::batch::IdTemplate;
 
-use super::{ApiKey, BatchConfig, HedgeConfig, PoolSource, ProxyConfig};
+use super::{ApiKey, BatchConfig, HedgeConfig, KeySettings, PoolSource, ProxyConfig, RateLimit};
 use crate::common::{self, RawTrace, at_least, at_least_one, list, positive, secrets};
 use crate::units::{ByteSize, HumanDuration};
 use crate::{ConfigError, LogConfig, Secret};
@@ -26,6 +26,7 @@ pub(super) struct Raw {
     http: RawHttp,
     batch: RawBatch,
     auth: RawAuth,
+    limits: RawLimits,
     shutdown: RawShutdown,
     log: LogConfig,
     trace: RawTrace,
@@ -145,6 +146,20 @@ struct RawAuth {
     #[serde(deserialize_with = "secrets")]
     admin_keys: Vec<Secret>,
     pool_key: Secret,
+    pool_key_previous: Secret,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(deserialize_with = "list")]
+    rate: Vec<String>,
+    #[serde(deserialize_with = "list")]
+    burst: Vec<String>,
+    #[serde(deserialize_with = "list")]
+    inflight: Vec<String>,
+    #[serde(deserialize_with = "list")]
+    priority: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -190,6 +205,14 @@ impl Raw {
             .chain(api_keys_of("auth.api_keys_file", &api_keys[file_start..])?)
             .collect();
         let batch = self.batch.validate(&api_keys)?;
+        let admin_keys = api_keys_of("auth.admin_keys", &self.auth.admin_keys)?;
+        let key_settings = self.limits.validate(&api_keys, &admin_keys)?;
+        if !self.auth.pool_key_previous.is_empty() && self.auth.pool_key.is_empty() {
+            return Err(ConfigError::key(
+                "auth.pool_key_previous",
+                "needs auth.pool_key (the key that replaces it)",
+            ));
+        }
         Ok(ProxyConfig {
             listen,
             threads: self.threads,
@@ -220,8 +243,10 @@ impl Raw {
             max_upload: self.http.max_upload,
             batch,
             api_keys,
-            admin_keys: api_keys_of("auth.admin_keys", &self.auth.admin_keys)?,
+            admin_keys,
+            key_settings,
             pool_key: self.auth.pool_key,
+            pool_key_previous: self.auth.pool_key_previous,
             shutdown_grace: self.shutdown.grace.0,
             log: self.log,
             trace: self.trace.validate()?,
@@ -279,6 +304,123 @@ impl RawBatch {
     }
 }
 
+impl RawLimits {
+    /// The per-key settings; each name must be a key's in `auth.api_keys` or
+    /// `auth.admin_keys`.
+    fn validate(self, api: &[ApiKey], admin: &[ApiKey]) -> Result<Vec<KeySettings>, ConfigError> {
+        let entries = |config_key: &'static str, list: &[String]| {
+            let mut parsed: Vec<(String, String)> = Vec::new();
+            for entry in list {
+                let Some((name, value)) = entry.split_once('=') else {
+                    return Err(ConfigError::key(
+                        config_key,
+                        format!("`{entry}`: expected `keyname=value`"),
+                    ));
+                };
+                let (name, value) = (name.trim(), value.trim());
+                if !api.iter().chain(admin).any(|k| k.name == name) {
+                    return Err(ConfigError::key(
+                        config_key,
+                        format!(
+                            "`{name}` is not the name of a key in auth.api_keys or auth.admin_keys"
+                        ),
+                    ));
+                }
+                if parsed.iter().any(|(n, _)| n == name) {
+                    return Err(ConfigError::key(
+                        config_key,
+                        format!("`{name}` is given twice"),
+                    ));
+                }
+                parsed.push((name.to_string(), value.to_string()));
+            }
+            Ok(parsed)
+        };
+        let rates = entries("limits.rate", &self.rate)?;
+        let bursts = entries("limits.burst", &self.burst)?;
+        let inflights = entries("limits.inflight", &self.inflight)?;
+        let priorities = entries("limits.priority", &self.priority)?;
+        let mut settings: Vec<KeySettings> = Vec::new();
+        fn entry<'s>(settings: &'s mut Vec<KeySettings>, name: &str) -> &'s mut KeySettings {
+            if let Some(i) = settings.iter().position(|s| s.name == name) {
+                return &mut settings[i];
+            }
+            settings.push(KeySettings {
+                name: name.to_string(),
+                ..KeySettings::default()
+            });
+            settings.last_mut().expect("just pushed")
+        }
+        for (name, value) in &rates {
+            let rate = value
+                .parse::<f64>()
+                .ok()
+                .filter(|r| r.is_finite() && *r > 0.0)
+                .ok_or_else(|| {
+                    ConfigError::key(
+                        "limits.rate",
+                        format!(
+                            "`{name}={value}`: a rate is a number of requests per second greater than 0"
+                        ),
+                    )
+                })?;
+            entry(&mut settings, name).rate = Some(RateLimit {
+                per_second: rate,
+                // One second of the rate, at least one request.
+                burst: (rate.ceil() as u32).max(1),
+            });
+        }
+        for (name, value) in &bursts {
+            let burst = value
+                .parse::<u32>()
+                .ok()
+                .filter(|b| *b >= 1)
+                .ok_or_else(|| {
+                    ConfigError::key(
+                        "limits.burst",
+                        format!(
+                            "`{name}={value}`: a burst is a whole number of requests, at least 1"
+                        ),
+                    )
+                })?;
+            match entry(&mut settings, name).rate.as_mut() {
+                Some(rate) => rate.burst = burst,
+                None => {
+                    return Err(ConfigError::key(
+                        "limits.burst",
+                        format!("`{name}` has a burst but no rate in limits.rate"),
+                    ));
+                }
+            }
+        }
+        for (name, value) in &inflights {
+            let cap = value
+                .parse::<usize>()
+                .ok()
+                .filter(|c| *c >= 1)
+                .ok_or_else(|| {
+                    ConfigError::key(
+                        "limits.inflight",
+                        format!(
+                            "`{name}={value}`: a cap is a whole number of requests, at least 1"
+                        ),
+                    )
+                })?;
+            entry(&mut settings, name).inflight = Some(cap);
+        }
+        for (name, value) in &priorities {
+            let priority = manymodels_contract::Priority::parse(value).ok_or_else(|| {
+                ConfigError::key(
+                    "limits.priority",
+                    format!("`{name}={value}`: a priority is `interactive` or `batch`"),
+                )
+            })?;
+            entry(&mut settings, name).priority = Some(priority);
+        }
+        Ok(settings)
+    }
+}
+
 /// Parses key entries (`key`, `name:key` or `name:key:prefix1|prefix2`). Errors name the
 /// key and the entry's position or name, never the key itself.
 fn api_keys_of(config_key: &str, entries: &[Secret]) -> Result<Vec<ApiKey>, ConfigError> {
@@ -307,9 +449,6 @@ fn api_keys_of(config_key: &str, entries: &[Secret]) -> Result<Vec<ApiKey>, Conf
                 if key.is_empty() {
                     return Err(named("the key is empty"));
                 }
-                if keys.iter().any(|k| k.name == name) {
-                    return Err(named("the name is used twice"));
-                }
                 let scope = match scope {
                     None => Vec::new(),
                     Some(scope) => manymodels_contract::model_prefixes(scope).ok_or_else(|| {
@@ -318,6 +457,14 @@ fn api_keys_of(config_key: &str, entries: &[Secret]) -> Result<Vec<ApiKey>, Conf
                         )
                     })?,
                 };
+                // A name given twice is one client's key being rotated (the new key listed
+                // beside the old): both are counted, limited and templated as the one
+                // name, so they must reach the same models.
+                if keys.iter().any(|k| k.name == name && k.scope != scope) {
+                    return Err(named(
+                        "the name is used twice with different model-id prefixes (two keys of one name, as in a rotation, must have the same prefixes)",
+                    ));
+                }
                 ApiKey {
                     name: name.into(),
                     key: Secret::new(key),

@@ -132,10 +132,113 @@ fn scoped_keys_come_from_env_vars_and_files_in_one_form() {
 }
 
 #[test]
+fn a_name_given_twice_is_one_client_rotating_its_key() {
+    let config = load(
+        &[],
+        &[
+            "pool.dns=s:1",
+            "auth.api_keys=acme:old-1:acme-,acme:new-2:acme-",
+        ],
+    )
+    .unwrap();
+    let names: Vec<(&str, &str)> = config
+        .api_keys
+        .iter()
+        .map(|k| (k.name.as_str(), k.key.expose()))
+        .collect();
+    assert_eq!(names, [("acme", "old-1"), ("acme", "new-2")]);
+    assert_eq!(
+        ApiKey::find("new-2", &config.api_keys).unwrap().name,
+        "acme"
+    );
+    assert_eq!(
+        ApiKey::find("old-1", &config.api_keys).unwrap().name,
+        "acme"
+    );
+}
+
+#[test]
+fn per_key_limits_and_priorities_name_configured_keys() {
+    let config = load(
+        &[
+            ("MM_PROXY_AUTH_API_KEYS", "acme:a-1,etl:e-1,plain"),
+            ("MM_PROXY_LIMITS_RATE", "acme=2.5,etl=100"),
+            ("MM_PROXY_LIMITS_BURST", "etl=300"),
+            ("MM_PROXY_LIMITS_INFLIGHT", "acme=4"),
+            ("MM_PROXY_LIMITS_PRIORITY", "etl=batch"),
+        ],
+        &["pool.dns=s:1"],
+    )
+    .unwrap();
+    let acme = config
+        .key_settings
+        .iter()
+        .find(|s| s.name == "acme")
+        .unwrap();
+    assert_eq!(
+        acme.rate,
+        Some(RateLimit {
+            per_second: 2.5,
+            burst: 3
+        }),
+        "a burst of one second of the rate by default"
+    );
+    assert_eq!(acme.inflight, Some(4));
+    assert_eq!(acme.priority, None);
+    let etl = config
+        .key_settings
+        .iter()
+        .find(|s| s.name == "etl")
+        .unwrap();
+    assert_eq!(etl.rate.unwrap().burst, 300);
+    assert_eq!(etl.priority, Some(manymodels_contract::Priority::Batch));
+    assert_eq!(config.key_settings.len(), 2);
+    for (set, expected) in [
+        ("limits.rate=globex=1", "`globex` is not the name of a key"),
+        ("limits.rate=acme=0", "greater than 0"),
+        ("limits.rate=acme", "expected `keyname=value`"),
+        ("limits.burst=acme=5", "has a burst but no rate"),
+        ("limits.inflight=acme=0", "at least 1"),
+        ("limits.priority=acme=urgent", "`interactive` or `batch`"),
+        ("limits.inflight=acme=1,acme=2", "given twice"),
+    ] {
+        let error = load(
+            &[("MM_PROXY_AUTH_API_KEYS", "acme:a-1")],
+            &["pool.dns=s:1", set],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains(expected), "{set}: {error}");
+    }
+}
+
+#[test]
+fn a_previous_pool_key_needs_a_current_one() {
+    let config = load(
+        &[],
+        &[
+            "pool.dns=s:1",
+            "auth.pool_key=new-1",
+            "auth.pool_key_previous=old-1",
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.pool_key_previous.expose(), "old-1");
+    assert!(!format!("{config:?}").contains("old-1"));
+    let error = load(&[], &["pool.dns=s:1", "auth.pool_key_previous=old-1"])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("auth.pool_key_previous"), "{error}");
+}
+
+#[test]
 fn a_bad_key_entry_is_refused_without_echoing_the_key() {
     for (entry, expected) in [
         ("acme:", "entry 1: (`acme`) the key is empty"),
-        ("a:k1,a:k2", "entry 2: (`a`) the name is used twice"),
+        (
+            "a:k1:acme-,a:k2",
+            "entry 2: (`a`) the name is used twice with different model-id prefixes",
+        ),
         ("acme:hunter2:../", "each model-id prefix"),
         ("acme:hunter2:", "each model-id prefix"),
         ("bad name:hunter2", "a key name is"),

@@ -160,6 +160,10 @@ pub const KEYS: &[KeyDoc] = &[
         "Bearer key shared by the proxies and the scorers (a Secret): when set, every route except `/v2/health/*` needs it (admin keys also open the admin routes, metrics keys `/metrics`); empty leaves the scorer open to anyone who can reach its port, and it says so at start.",
     ),
     secret(
+        "auth.pool_key_previous",
+        "The pool key being replaced, during a rotation (a Secret): accepted wherever `auth.pool_key` is, so proxies that still send it keep working while they are upgraded. Set it to the old key in the upgrade that sets the new `auth.pool_key`, and drop it in a later one (docs/operating.md, \"Keys\").",
+    ),
+    secret(
         "auth.metrics_keys",
         "Comma-separated bearer keys that may read `/metrics` besides the pool key; with neither set `/metrics` is open.",
     ),

@@ -39,6 +39,9 @@ pub struct ScorerConfig {
     pub admin_keys: Vec<Secret>,
     /// `auth.pool_key`: empty means the scorer is open.
     pub pool_key: Secret,
+    /// `auth.pool_key_previous`: the pool key being replaced, accepted as the pool key is
+    /// during a rotation (empty: none).
+    pub pool_key_previous: Secret,
     /// `auth.metrics_keys`.
     pub metrics_keys: Vec<Secret>,
     /// `stats.*`: the bounds of a statistics push.

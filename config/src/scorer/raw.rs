@@ -113,6 +113,7 @@ struct RawAuth {
     #[serde(deserialize_with = "secrets")]
     admin_keys: Vec<Secret>,
     pool_key: Secret,
+    pool_key_previous: Secret,
     #[serde(deserialize_with = "secrets")]
     metrics_keys: Vec<Secret>,
 }
@@ -231,6 +232,16 @@ impl Raw {
                 checks_per_interval: self.versions.checks_per_interval,
             },
             admin_keys: self.auth.admin_keys,
+            pool_key_previous: if self.auth.pool_key.is_empty()
+                && !self.auth.pool_key_previous.is_empty()
+            {
+                return Err(ConfigError::key(
+                    "auth.pool_key_previous",
+                    "needs auth.pool_key (the key that replaces it)",
+                ));
+            } else {
+                self.auth.pool_key_previous
+            },
             pool_key: self.auth.pool_key,
             metrics_keys: self.auth.metrics_keys,
             stats: self.stats.validate()?,

@@ -57,6 +57,20 @@ fn file_then_env_then_flags_override_in_order() {
 }
 
 #[test]
+fn a_previous_pool_key_is_a_secret_beside_a_current_one() {
+    let config = load(
+        None,
+        &[("MM_SCORER_AUTH_POOL_KEY_PREVIOUS", "old-key-1")],
+        &["auth.pool_key=new-key-2"],
+    )
+    .unwrap();
+    assert_eq!(config.pool_key_previous.expose(), "old-key-1");
+    assert!(!format!("{config:?}").contains("old-key-1"));
+    let err = load(None, &[], &["auth.pool_key_previous=old-key-1"]).unwrap_err();
+    assert!(err.to_string().contains("auth.pool_key_previous"), "{err}");
+}
+
+#[test]
 fn errors_name_the_bad_key() {
     let err = load(Some("[cache]\nbudget = \"lots\"\n"), &[], &[]).unwrap_err();
     assert!(err.to_string().contains("cache.budget"), "{err}");

@@ -4,7 +4,8 @@
 //!   combine the reports of several proxies.
 //! - [`ledger`]: the per-model ledger (requests, errors, latency quantiles, version mix),
 //!   exact for the hottest models and bounded for the tail, mergeable across scorers.
-//! - [`policy`]: the scorer's eviction and admission policy.
+//! - [`policy`]: the scorer's eviction and admission policy; [`tenants`]: the tenant
+//!   shares (floors and caps of the budget) it respects.
 //! - [`quantiles`]: a mergeable latency sketch with a relative-error guarantee.
 //! - [`ranking`]: the rendezvous ranking of scorers for a model id.
 //! - [`pressure`]: the working set against the budget, the signal the pool scales on.
@@ -24,8 +25,10 @@ pub mod quantiles;
 pub mod ranking;
 pub mod sim;
 pub mod stats;
+pub mod tenants;
 pub mod trace;
 
 pub use clock::TrafficClock;
 pub use policy::{Admission, CostModel, Key, Policy, PolicyConfig, Resident};
 pub use stats::{PoolStats, PoolView, StatsRefusal, StatsReport};
+pub use tenants::{Share, TenantUsage, Tenants};

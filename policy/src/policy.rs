@@ -24,23 +24,48 @@
 //!
 //! Priorities are kept in forward-decay form ([`crate::decay`]), so an untouched model's
 //! place in the eviction order never changes and nothing is recomputed as time passes.
+//!
+//! With tenant shares ([`crate::tenants`]; [`Policy::with_tenants`]) the victims are still
+//! taken lowest priority first, under two more rules:
+//!
+//! - **Floors.** A resident of another tenant is passed over when evicting it would leave
+//!   its tenant's resident bytes below its floor; only a tenant's own newcomers displace
+//!   its floor share. A tenant under its floor claims it: its newcomer, when it still fits
+//!   within the floor, displaces other tenants' residents above their own floors (lowest
+//!   priority first) whatever their priority, and none of its own.
+//! - **Caps.** A newcomer that would put its tenant over its cap may displace only its own
+//!   tenant's residents (enough of them to bring the tenant within its cap and the cache
+//!   within its budget); if it cannot, it is not admitted (and, as every refusal, still
+//!   served by the caller).
+//!
+//! Otherwise the priority rule holds: every victim has a lower priority than the
+//! newcomer. Without shares (or with floors of 0 and caps of 1) the victims are exactly
+//! those of the plain policy.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;
 
 use crate::decay::{Decay, Log};
+use crate::tenants::{TenantUsage, Tenants};
 
 /// A cache key: one loaded version of one model. Statistics are kept per model, so every
 /// version of a model shares its request count.
 pub trait Key: Clone + Ord + Hash + Eq {
     type Model: Clone + Ord + Hash + Eq;
     fn model(&self) -> &Self::Model;
+    /// The text tenants' prefixes are matched against: the model's id.
+    fn text(model: &Self::Model) -> Cow<'_, str>;
 }
 
 impl Key for u32 {
     type Model = u32;
     fn model(&self) -> &u32 {
         self
+    }
+    /// The number in decimal (the simulator gives each tenant its own leading digit).
+    fn text(model: &u32) -> Cow<'_, str> {
+        Cow::Owned(model.to_string())
     }
 }
 
@@ -122,6 +147,37 @@ struct Entry {
     cost: f64,
     prio: Prio,
     last_use: f64,
+    /// Its tenant's index in `tenants`.
+    tenant: usize,
+}
+
+/// Each tenant's bounds and what it holds now, by tenant index (the default tenant last).
+#[derive(Clone, Debug)]
+struct Books {
+    tenants: Tenants,
+    /// Floor and cap in bytes.
+    bounds: Vec<(u64, u64)>,
+    /// Resident bytes and models.
+    used: Vec<(u64, usize)>,
+}
+
+impl Books {
+    fn new(tenants: Tenants, capacity: u64) -> Self {
+        let n = tenants.count();
+        Books {
+            bounds: (0..n).map(|t| tenants.bounds(t, capacity)).collect(),
+            used: vec![(0, 0); n],
+            tenants,
+        }
+    }
+
+    fn floor(&self, t: usize) -> u64 {
+        self.bounds[t].0
+    }
+
+    fn cap(&self, t: usize) -> u64 {
+        self.bounds[t].1
+    }
 }
 
 /// One resident model as the policy sees it, for the explain endpoint.
@@ -151,11 +207,19 @@ pub struct Policy<K: Key> {
     /// Bytes and load seconds of models the last admission refused, so a warm-up can tell
     /// it would be refused again without loading it. Pruned with `local`.
     refused: HashMap<K::Model, (u64, f64)>,
+    /// Tenant shares and each tenant's resident bytes.
+    books: Books,
 }
 
 impl<K: Key> Policy<K> {
     pub fn new(capacity: u64, config: PolicyConfig) -> Self {
+        Self::with_tenants(capacity, config, Tenants::none())
+    }
+
+    /// A policy whose evictions respect `tenants`' floors and caps (module docs).
+    pub fn with_tenants(capacity: u64, config: PolicyConfig, tenants: Tenants) -> Self {
         Policy {
+            books: Books::new(tenants, capacity),
             decay: Decay::new(config.half_life),
             config,
             capacity,
@@ -179,6 +243,41 @@ impl<K: Key> Policy<K> {
 
     pub fn used(&self) -> u64 {
         self.used
+    }
+
+    pub fn tenants(&self) -> &Tenants {
+        &self.books.tenants
+    }
+
+    /// The tenant of `model` (an index into [`Policy::tenant_usage`]).
+    pub fn tenant_of(&self, model: &K::Model) -> usize {
+        if self.books.tenants.is_empty() {
+            return self.books.tenants.count() - 1;
+        }
+        self.books.tenants.of(&K::text(model))
+    }
+
+    /// Every tenant's resident bytes, floor and cap (the default tenant last).
+    pub fn tenant_usage(&self) -> Vec<TenantUsage> {
+        let b = &self.books;
+        (0..b.tenants.count())
+            .map(|t| {
+                let (floor, cap) = b
+                    .tenants
+                    .shares()
+                    .get(t)
+                    .map_or((0.0, 1.0), |s| (s.floor, s.cap));
+                TenantUsage {
+                    name: b.tenants.name(t).to_string(),
+                    bytes: b.used[t].0,
+                    models: b.used[t].1,
+                    floor_bytes: b.floor(t),
+                    cap_bytes: b.cap(t),
+                    floor,
+                    cap,
+                }
+            })
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -227,8 +326,9 @@ impl<K: Key> Policy<K> {
         now: f64,
     ) -> Admission<K> {
         if let Some(old) = self.resident.get(&key) {
-            let old_bytes = old.bytes;
+            let (old_bytes, tenant) = (old.bytes, old.tenant);
             self.used = self.used - old_bytes + bytes;
+            self.books.used[tenant].0 = self.books.used[tenant].0 - old_bytes + bytes;
             if let Some(entry) = self.resident.get_mut(&key) {
                 entry.bytes = bytes;
             }
@@ -241,7 +341,8 @@ impl<K: Key> Policy<K> {
         }
         let cost = load_seconds.unwrap_or_else(|| self.config.cost.estimate(bytes));
         let prio = self.priority(key.model(), bytes, cost);
-        let Some(victims) = self.victims(prio, bytes) else {
+        let tenant = self.tenant_of(key.model());
+        let Some(victims) = self.victims(prio, bytes, tenant) else {
             self.refused.insert(key.model().clone(), (bytes, cost));
             return Admission {
                 admitted: false,
@@ -253,6 +354,8 @@ impl<K: Key> Policy<K> {
             self.remove(victim);
         }
         self.used += bytes;
+        self.books.used[tenant].0 += bytes;
+        self.books.used[tenant].1 += 1;
         self.order.insert((prio, key.clone()));
         self.resident.insert(
             key,
@@ -261,6 +364,7 @@ impl<K: Key> Policy<K> {
                 cost,
                 prio,
                 last_use: now,
+                tenant,
             },
         );
         Admission {
@@ -269,26 +373,87 @@ impl<K: Key> Policy<K> {
         }
     }
 
-    /// The residents a newcomer of priority `prio` and `bytes` would displace, lowest
-    /// first, or `None` if it would be refused: it does not fit at all, or some resident
-    /// it would have to displace is worth as much as it.
-    fn victims(&self, prio: Prio, bytes: u64) -> Option<Vec<K>> {
-        if bytes > self.capacity {
+    /// The residents a newcomer of tenant `tenant`, priority `prio` and `bytes` would
+    /// displace, lowest first, or `None` if it would be refused: it does not fit at all (or
+    /// within its tenant's cap), or some resident it would have to displace is worth as
+    /// much as it. Other tenants' residents held by their floors are passed over; over its
+    /// cap, only the tenant's own residents are candidates (module docs).
+    fn victims(&self, prio: Prio, bytes: u64, tenant: usize) -> Option<Vec<K>> {
+        let books = &self.books;
+        if bytes > self.capacity || bytes > books.cap(tenant) {
             return None;
         }
         let mut free = self.capacity - self.used;
+        // What the tenant must give up of its own to stay within its cap (a cap of the
+        // whole budget is no cap: the budget itself bounds it).
+        let mut own_needed = if books.cap(tenant) < self.capacity {
+            (books.used[tenant].0 + bytes).saturating_sub(books.cap(tenant))
+        } else {
+            0
+        };
+        let own_only = own_needed > 0;
+        // A tenant under its floor, whose newcomer still fits within it, claims its
+        // guaranteed share: other tenants' residents above their floors make room for it
+        // whatever their priority, and its own residents stay.
+        let claiming =
+            books.floor(tenant) > 0 && books.used[tenant].0 + bytes <= books.floor(tenant);
+        // Bytes taken from each tenant so far (for the floors).
+        let mut taken: Vec<u64> = Vec::new();
         let mut victims = Vec::new();
         for (victim_prio, victim) in &self.order {
-            if free >= bytes {
+            if free >= bytes && own_needed == 0 {
                 break;
             }
-            if *victim_prio >= prio {
+            let entry = &self.resident[victim];
+            let t = entry.tenant;
+            if t == tenant && claiming {
+                continue;
+            }
+            if t != tenant {
+                if own_only {
+                    continue;
+                }
+                let floor = books.floor(t);
+                if floor > 0 {
+                    if taken.is_empty() {
+                        taken = vec![0; books.used.len()];
+                    }
+                    if books.used[t].0 - taken[t] - entry.bytes < floor {
+                        continue;
+                    }
+                    taken[t] += entry.bytes;
+                }
+            }
+            if *victim_prio >= prio && !claiming {
                 return None;
             }
-            free += self.resident[victim].bytes;
+            free += entry.bytes;
+            if t == tenant {
+                own_needed = own_needed.saturating_sub(entry.bytes);
+            }
             victims.push(victim.clone());
         }
-        Some(victims)
+        (free >= bytes && own_needed == 0).then_some(victims)
+    }
+
+    /// The lowest-priority resident a load of `model` may evict to reserve memory: the
+    /// lowest one not held by another tenant's floor. `None` when there is none.
+    pub fn lowest_evictable_for(&self, model: &K::Model) -> Option<&K> {
+        let tenant = self.tenant_of(model);
+        self.order
+            .iter()
+            .map(|(_, key)| key)
+            .find(|key| self.evictable(key, tenant))
+    }
+
+    /// Whether resident `key` may be evicted for a newcomer of `tenant`: its own, or its
+    /// tenant stays at or above its floor without it.
+    fn evictable(&self, key: &K, tenant: usize) -> bool {
+        let entry = &self.resident[key];
+        let t = entry.tenant;
+        t == tenant
+            || self.books.floor(t) == 0
+            || self.books.used[t].0 - entry.bytes >= self.books.floor(t)
     }
 
     /// Whether `model`, refused by its last admission, would be refused again now (its
@@ -297,8 +462,12 @@ impl<K: Key> Policy<K> {
     /// loading a model only to drop it.
     pub fn refuses_again(&self, model: &K::Model) -> bool {
         self.refused.get(model).is_some_and(|&(bytes, cost)| {
-            self.victims(self.priority(model, bytes, cost), bytes)
-                .is_none()
+            self.victims(
+                self.priority(model, bytes, cost),
+                bytes,
+                self.tenant_of(model),
+            )
+            .is_none()
         })
     }
 
@@ -314,6 +483,8 @@ impl<K: Key> Policy<K> {
             Some(entry) => {
                 self.order.remove(&(entry.prio, key.clone()));
                 self.used -= entry.bytes;
+                self.books.used[entry.tenant].0 -= entry.bytes;
+                self.books.used[entry.tenant].1 -= 1;
                 true
             }
             None => false,
@@ -406,15 +577,17 @@ impl<K: Key> Policy<K> {
         }
     }
 
-    /// After a resident grew, evicts the lowest-priority others until the budget holds.
+    /// After a resident grew, evicts the lowest-priority others (not held by their
+    /// tenant's floor) until the budget holds.
     fn shrink_to_fit(&mut self, keep: &K) -> Vec<K> {
         let mut evicted = Vec::new();
+        let tenant = self.resident[keep].tenant;
         while self.used > self.capacity {
             let Some(victim) = self
                 .order
                 .iter()
                 .map(|(_, k)| k)
-                .find(|k| *k != keep)
+                .find(|k| *k != keep && self.evictable(k, tenant))
                 .cloned()
             else {
                 break;
@@ -636,6 +809,162 @@ mod tests {
         assert!(p.remembered() <= 2 * 1000 + p.len(), "{}", p.remembered());
         let sum: u64 = p.residents(100.0).iter().map(|r| r.bytes).sum();
         assert_eq!(sum, p.used());
+    }
+
+    fn shares(b_floor: f64, a_cap: f64) -> Tenants {
+        // Tenant B's models are numbered 1xxx, tenant A's 2xxxxxx (`Key::text` for u32).
+        Tenants::new(vec![
+            crate::Share {
+                name: "b".into(),
+                prefixes: vec!["1".into()],
+                floor: b_floor,
+                cap: 1.0,
+            },
+            crate::Share {
+                name: "a".into(),
+                prefixes: vec!["2".into()],
+                floor: 0.0,
+                cap: a_cap,
+            },
+        ])
+        .unwrap()
+    }
+
+    /// Tenant B's 80 models of 1,000 bytes, each asked for a few times, then tenant A
+    /// scanning 5,000 cold models, each asked for three times in a row (so each outranks
+    /// B's decayed counts). Returns B's resident bytes, lowest seen during the scan and at
+    /// the end.
+    fn b_under_a_scan(p: &mut Policy<u32>) -> (u64, u64) {
+        let mut t = 0.0;
+        for _ in 0..3 {
+            for k in 1_000..1_080 {
+                access(p, k, 1_000, t);
+                t += 0.01;
+            }
+        }
+        let b = p.tenant_of(&1_000);
+        assert_eq!(p.tenant_usage()[b].bytes, 80_000, "B's set fits at first");
+        let mut lowest = u64::MAX;
+        for cold in 2_000_000..2_005_000 {
+            for _ in 0..3 {
+                access(p, cold, 1_000, t);
+                t += 0.01;
+            }
+            lowest = lowest.min(p.tenant_usage()[b].bytes);
+            assert!(p.used() <= p.capacity());
+        }
+        (lowest, p.tenant_usage()[b].bytes)
+    }
+
+    #[test]
+    fn a_floor_holds_under_another_tenants_scan() {
+        // Without a floor the scan takes B's place: its counts have decayed below the
+        // scan's fresh ones.
+        let mut plain = Policy::with_tenants(100_000, config(0.0), shares(0.0, 1.0));
+        let (_, end) = b_under_a_scan(&mut plain);
+        assert!(end < 20_000, "the scan must flush B without a floor: {end}");
+        // With a floor of half the budget B never drops below 50,000 bytes.
+        let mut floored = Policy::with_tenants(100_000, config(0.0), shares(0.5, 1.0));
+        let (lowest, end) = b_under_a_scan(&mut floored);
+        assert!(lowest >= 50_000, "B fell to {lowest} under its floor");
+        assert!(end >= 50_000);
+        // B's own newcomers may still displace its floor share.
+        let mut t = 1_000.0;
+        for _ in 0..5 {
+            access(&mut floored, 1_999, 1_000, t);
+            t += 0.01;
+        }
+        assert!(floored.contains(&1_999), "B's own hot model gets in");
+        assert!(floored.tenant_usage()[0].bytes >= 50_000);
+    }
+
+    #[test]
+    fn a_capped_tenant_displaces_only_its_own_models() {
+        let mut p = Policy::with_tenants(100_000, config(0.0), shares(0.0, 0.3));
+        let a = p.tenant_of(&2_000_000);
+        let mut t = 0.0;
+        // A alone, with hot models: it still holds at most 30% of the budget.
+        for round in 0..20 {
+            for k in 2_000_000..2_000_050 {
+                access(&mut p, k, 1_000, t);
+                t += 0.001;
+                assert!(p.tenant_usage()[a].bytes <= 30_000, "round {round}");
+            }
+        }
+        assert_eq!(p.tenant_usage()[a].bytes, 30_000);
+        // B fills the rest; then A's hottest newcomer may evict only A's models.
+        for _ in 0..2 {
+            for k in 1_000..1_070 {
+                access(&mut p, k, 1_000, t);
+                t += 0.001;
+            }
+        }
+        assert_eq!(p.used(), 100_000);
+        for _ in 0..50 {
+            access(&mut p, 2_100_000, 1_000, t);
+            t += 0.001;
+        }
+        assert!(p.contains(&2_100_000));
+        assert_eq!(p.tenant_usage()[a].bytes, 30_000);
+        assert_eq!(p.tenant_usage()[0].bytes, 70_000, "B lost nothing to A");
+        // A model larger than A's cap is never admitted, whatever its rate.
+        for _ in 0..50 {
+            access(&mut p, 2_200_000, 31_000, t);
+            t += 0.001;
+        }
+        assert!(!p.contains(&2_200_000));
+    }
+
+    #[test]
+    fn without_floors_or_caps_the_victims_are_the_plain_policys() {
+        // The same trace through the plain policy and one with shares of no floor and no
+        // cap: every admission and eviction is the same.
+        let mut plain = Policy::new(50_000, config(0.5));
+        let mut shared = Policy::with_tenants(50_000, config(0.5), shares(0.0, 1.0));
+        let mut differ = 0;
+        for i in 0..50_000u32 {
+            let key = if i % 3 == 0 {
+                1_000 + i % 997 * 7 % 500
+            } else {
+                2_000_000 + i % 4_999 * 13 % 3_000
+            };
+            let bytes = 500 + u64::from(key % 7) * 700;
+            let now = f64::from(i) * 0.001;
+            let (hit_a, hit_b) = (plain.record(&key, now), shared.record(&key, now));
+            assert_eq!(hit_a, hit_b);
+            if !hit_a {
+                let (a, b) = (
+                    plain.admit(key, bytes, None, now),
+                    shared.admit(key, bytes, None, now),
+                );
+                differ += usize::from(a != b);
+            }
+        }
+        assert_eq!(differ, 0);
+        assert_eq!(plain.used(), shared.used());
+        let usage = shared.tenant_usage();
+        assert_eq!(usage.iter().map(|u| u.bytes).sum::<u64>(), shared.used());
+    }
+
+    #[test]
+    fn a_reservation_passes_over_floored_residents() {
+        let mut p = Policy::with_tenants(10_000, config(0.0), shares(0.5, 1.0));
+        for k in 1_000..1_005 {
+            access(&mut p, k, 1_000, 0.0);
+        }
+        for k in 2_000_000..2_000_005 {
+            for _ in 0..5 {
+                access(&mut p, k, 1_000, 1.0);
+            }
+        }
+        // B holds exactly its floor and has the lowest counts: a load of A's takes A's.
+        let victim = *p.lowest_evictable_for(&2_000_009).unwrap();
+        assert!(victim >= 2_000_000, "{victim}");
+        assert!(
+            *p.lowest_evictable_for(&1_009).unwrap() < 2_000,
+            "B may take its own"
+        );
+        assert!(*p.lowest().unwrap() < 2_000);
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::collections::{BTreeSet, HashMap};
 use crate::clock::TrafficClock;
 use crate::policy::{CostModel, Policy, PolicyConfig};
 use crate::stats::PoolStats;
-use crate::trace::Request;
+use crate::tenants::{Share, Tenants};
+use crate::trace::{Request, Rng, Zipf};
 
 /// A cache under simulation.
 pub trait Cache {
@@ -71,6 +72,111 @@ pub fn run(cache: &mut dyn Cache, trace: &[Request], sizes: &[u64]) -> Outcome {
         }
     }
     outcome
+}
+
+/// Replays `trace` through `cache` with each model's size from `size`, and counts the
+/// outcome per tenant: `tenant` gives a model's index, below `tenants`.
+pub fn run_by_tenant(
+    cache: &mut dyn Cache,
+    trace: &[Request],
+    size: impl Fn(u32) -> u64,
+    tenant: impl Fn(u32) -> usize,
+    tenants: usize,
+) -> Vec<Outcome> {
+    let mut outcomes = vec![
+        Outcome {
+            name: cache.name(),
+            ..Outcome::default()
+        };
+        tenants
+    ];
+    let cost = PolicyConfig::default().cost;
+    for (i, request) in trace.iter().enumerate() {
+        let bytes = size(request.model);
+        let outcome = &mut outcomes[tenant(request.model)];
+        outcome.requests += 1;
+        outcome.bytes_requested += bytes;
+        if !cache.access(i, request, bytes) {
+            outcome.misses += 1;
+            outcome.bytes_loaded += bytes;
+            outcome.load_seconds += cost.estimate(bytes);
+        }
+    }
+    outcomes
+}
+
+/// Noisy neighbours: tenant B's steady Zipf traffic over its models beside tenant A
+/// scanning cold models as fast as it can (`cargo xtask bench policy`'s tenant scenario).
+#[derive(Clone, Copy, Debug)]
+pub struct Neighbours {
+    /// Tenant B's models (ids `B_BASE..`), asked for by Zipf(1.0) popularity.
+    pub b_models: u32,
+    /// Tenant A's models (ids `A_BASE..`), scanned in order, round after round.
+    pub a_models: u32,
+    /// B's requests; A's are interleaved at `a_per_b` per B request (0: B alone).
+    pub b_requests: usize,
+    pub a_per_b: usize,
+    /// B's requests per second (A's come in between, as fast as they are sent).
+    pub rate: f64,
+    pub seed: u64,
+}
+
+impl Neighbours {
+    /// Tenant B's first model id: its ids start with `1` in decimal.
+    pub const B_BASE: u32 = 1_000_000;
+    /// Tenant A's first model id: its ids start with `2`.
+    pub const A_BASE: u32 = 2_000_000;
+
+    /// The trace: B's Zipf requests at `rate`, each followed by `a_per_b` of A's scan.
+    pub fn trace(&self) -> Vec<Request> {
+        let mut rng = Rng::new(self.seed);
+        let zipf = Zipf::new(self.b_models as usize, 1.0);
+        let mut perm: Vec<u32> = (0..self.b_models).collect();
+        rng.shuffle(&mut perm);
+        let dt = 1.0 / self.rate;
+        let step = dt / (self.a_per_b + 1) as f64;
+        let mut out = Vec::with_capacity(self.b_requests * (self.a_per_b + 1));
+        let mut scan = 0u32;
+        for i in 0..self.b_requests {
+            let t = i as f64 * dt;
+            out.push(Request {
+                t,
+                model: Self::B_BASE + perm[zipf.sample(&mut rng)],
+            });
+            for j in 0..self.a_per_b {
+                out.push(Request {
+                    t: t + (j + 1) as f64 * step,
+                    model: Self::A_BASE + scan,
+                });
+                scan = (scan + 1) % self.a_models.max(1);
+            }
+        }
+        out
+    }
+
+    /// Tenant 0 is B, 1 is A, 2 the default tenant (no model of this trace).
+    pub fn tenant(model: u32) -> usize {
+        if model >= Self::A_BASE { 1 } else { 0 }
+    }
+
+    /// The shares: B with `b_floor` of the budget, A capped at `a_cap`.
+    pub fn shares(b_floor: f64, a_cap: f64) -> Tenants {
+        Tenants::new(vec![
+            Share {
+                name: "b".into(),
+                prefixes: vec!["1".into()],
+                floor: b_floor,
+                cap: 1.0,
+            },
+            Share {
+                name: "a".into(),
+                prefixes: vec!["2".into()],
+                floor: 0.0,
+                cap: a_cap,
+            },
+        ])
+        .expect("valid shares")
+    }
 }
 
 /// Replays `trace` through a pool: each request goes to the first-ranked of `scorers`
@@ -319,8 +425,19 @@ pub struct Managed {
 
 impl Managed {
     pub fn new(capacity: u64, config: PolicyConfig, push_every: Option<f64>) -> Self {
+        Self::with_tenants(capacity, config, push_every, Tenants::none())
+    }
+
+    /// The policy with tenant shares (`Key::text` of a `u32` model is its decimal number,
+    /// so a tenant's prefix is its models' leading digits).
+    pub fn with_tenants(
+        capacity: u64,
+        config: PolicyConfig,
+        push_every: Option<f64>,
+        tenants: Tenants,
+    ) -> Self {
         Managed {
-            policy: Policy::new(capacity, config),
+            policy: Policy::with_tenants(capacity, config, tenants),
             clock: TrafficClock::new(0.0),
             wall_clock: false,
             stats: push_every.map(|_| PoolStats::new(config.half_life, 16_384, 0.0)),
@@ -412,6 +529,80 @@ mod tests {
         assert!(opt.misses < lru.misses && opt.misses < ours.misses);
         assert!(ours.request_miss_ratio() < lru.request_miss_ratio());
         assert!(ours.byte_miss_ratio() < lru.byte_miss_ratio());
+    }
+
+    /// B's hit ratio alone, beside A's scan without shares, and beside it with B's floor.
+    fn neighbours_hit_ratios() -> (f64, f64, f64) {
+        let spec = Neighbours {
+            b_models: 500,
+            a_models: 5_000,
+            b_requests: 40_000,
+            a_per_b: 0,
+            rate: 1_000.0,
+            seed: 7,
+        };
+        let size = |_| 10_000;
+        // The budget holds B's whole set (5 MB) and a little more, not A's scan as well.
+        let budget = 6_000_000;
+        let b = |trace: &[Request], tenants: Tenants| {
+            let mut cache = Managed::with_tenants(budget, PolicyConfig::default(), None, tenants);
+            run_by_tenant(&mut cache, trace, size, Neighbours::tenant, 3)[0].hit_ratio()
+        };
+        let alone = b(&spec.trace(), Tenants::none());
+        let noisy = Neighbours { a_per_b: 4, ..spec }.trace();
+        (
+            alone,
+            b(&noisy, Tenants::none()),
+            b(&noisy, Neighbours::shares(0.8, 1.0)),
+        )
+    }
+
+    #[test]
+    fn a_floor_keeps_a_tenant_whole_beside_a_scan_and_no_floor_does_not() {
+        let (alone, plain, floored) = neighbours_hit_ratios();
+        assert!(alone > 0.9, "B alone: {alone}");
+        // Within one point of B alone with the floor; at least five points lost without.
+        assert!((alone - floored).abs() < 0.01, "{alone} vs {floored}");
+        assert!(
+            plain < alone - 0.05,
+            "{alone} vs {plain}: no visible damage"
+        );
+    }
+
+    #[test]
+    fn per_tenant_outcomes_add_up_to_the_whole() {
+        let trace = Neighbours {
+            b_models: 50,
+            a_models: 500,
+            b_requests: 2_000,
+            a_per_b: 2,
+            rate: 100.0,
+            seed: 1,
+        }
+        .trace();
+        assert_eq!(trace.len(), 6_000);
+        assert!(
+            trace.windows(2).all(|w| w[0].t < w[1].t),
+            "time goes forward"
+        );
+        let size = |m: u32| 1_000 + u64::from(m % 3) * 500;
+        let mut by_tenant = Managed::new(60_000, PolicyConfig::default(), None);
+        let parts = run_by_tenant(&mut by_tenant, &trace, size, Neighbours::tenant, 3);
+        let sizes: Vec<u64> = (0..Neighbours::A_BASE + 500).map(size).collect();
+        let whole = run(
+            &mut Managed::new(60_000, PolicyConfig::default(), None),
+            &trace,
+            &sizes,
+        );
+        assert_eq!(
+            parts.iter().map(|o| o.requests).sum::<u64>(),
+            whole.requests
+        );
+        assert_eq!(parts.iter().map(|o| o.misses).sum::<u64>(), whole.misses);
+        assert_eq!(
+            (parts[0].requests, parts[1].requests, parts[2].requests),
+            (2_000, 4_000, 0)
+        );
     }
 
     #[test]

@@ -131,12 +131,12 @@ impl Rng {
 }
 
 /// Samples ranks 0..n with P(rank k) ∝ 1 / (k+1)^alpha.
-struct Zipf {
+pub(crate) struct Zipf {
     cdf: Vec<f64>,
 }
 
 impl Zipf {
-    fn new(n: usize, alpha: f64) -> Self {
+    pub(crate) fn new(n: usize, alpha: f64) -> Self {
         let mut cdf = Vec::with_capacity(n);
         let mut sum = 0.0;
         for k in 0..n {
@@ -149,7 +149,7 @@ impl Zipf {
         Zipf { cdf }
     }
 
-    fn sample(&self, rng: &mut Rng) -> usize {
+    pub(crate) fn sample(&self, rng: &mut Rng) -> usize {
         let u = rng.unit();
         self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1)
     }

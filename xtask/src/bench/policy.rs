@@ -63,6 +63,9 @@ pub struct SimArgs {
     /// decaying by wall-clock time and LRU, and print load seconds and misses.
     #[arg(long, value_delimiter = ',')]
     rates: Vec<f64>,
+    /// Only the tenant scenario (noisy neighbours), which the table is followed by.
+    #[arg(long)]
+    tenants_only: bool,
 }
 
 struct Trace {
@@ -198,6 +201,10 @@ pub fn run(args: SimArgs) -> Result<()> {
     if !args.rates.is_empty() {
         return rates(&args);
     }
+    if args.tenants_only {
+        neighbours(policy_config(&args));
+        return Ok(());
+    }
     let traces = traces(&args)?;
     if args.sweep {
         return sweep(&args, &traces);
@@ -274,7 +281,94 @@ pub fn run(args: SimArgs) -> Result<()> {
             "  {name:<45} request miss {req:.3} (worst {worst_req:.3})  byte miss {bytes:.3} (worst {worst_bytes:.3})  load s {load:.3} (worst {worst_load:.3})"
         );
     }
+    neighbours(config);
     Ok(())
+}
+
+/// Noisy neighbours: tenant B's steady Zipf traffic over 500 models of 10 KB beside
+/// tenant A scanning 5,000 cold models (four of A's requests per one of B's), in a budget
+/// that holds B's set and a fifth more; B alone, then beside A with no shares, with B's
+/// floor, and with B's floor and A's cap. Prints each tenant's hit ratio.
+fn neighbours(config: PolicyConfig) {
+    use manymodels_policy::sim::Neighbours;
+    let spec = Neighbours {
+        b_models: 500,
+        a_models: 5_000,
+        b_requests: 100_000,
+        a_per_b: 0,
+        rate: 1_000.0,
+        seed: 11,
+    };
+    let size = |_| 10_000;
+    let budget = 6_000_000;
+    let alone = spec.trace();
+    let noisy = Neighbours { a_per_b: 4, ..spec }.trace();
+    println!(
+        "\ntenants: B Zipf(1.0) over 500 models of 10 KB ({} requests), A scanning 5,000 cold models (4 requests per B request), budget {budget} bytes (B's set is 5,000,000)",
+        spec.b_requests
+    );
+    println!("| scenario | cache | B hit ratio | A hit ratio | B / managed B alone |");
+    println!("|---|---|---:|---:|---:|");
+    let cases: Vec<(&str, &[Request], Box<dyn Cache>)> = vec![
+        (
+            "B alone",
+            &alone,
+            Box::new(Managed::new(budget, config, None)),
+        ),
+        ("B alone", &alone, Box::new(Lru::new(budget))),
+        (
+            "B + A scan, no shares",
+            &noisy,
+            Box::new(Managed::new(budget, config, None)),
+        ),
+        ("B + A scan, no shares", &noisy, Box::new(Lru::new(budget))),
+        (
+            "B + A scan, B floor 0.8",
+            &noisy,
+            Box::new(Managed::with_tenants(
+                budget,
+                config,
+                None,
+                Neighbours::shares(0.8, 1.0),
+            )),
+        ),
+        (
+            "B + A scan, B floor 0.8, A cap 0.2",
+            &noisy,
+            Box::new(Managed::with_tenants(
+                budget,
+                config,
+                None,
+                Neighbours::shares(0.8, 0.2),
+            )),
+        ),
+        (
+            "B + A scan, shares of floor 0 cap 1",
+            &noisy,
+            Box::new(Managed::with_tenants(
+                budget,
+                config,
+                None,
+                Neighbours::shares(0.0, 1.0),
+            )),
+        ),
+    ];
+    let mut b_alone = None;
+    for (label, trace, mut cache) in cases {
+        let out = sim::run_by_tenant(cache.as_mut(), trace, size, Neighbours::tenant, 3);
+        let b = out[0].hit_ratio();
+        let base = *b_alone.get_or_insert(b);
+        let a = if out[1].requests == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.4}", out[1].hit_ratio())
+        };
+        println!(
+            "| {label} | {} | {b:.4} | {a} | {:.3} |",
+            out[0].name,
+            b / base
+        );
+    }
 }
 
 /// The rate sweep: the same shapes at each rate, realistic sizes, three caches.

@@ -15,23 +15,25 @@ use crate::pool::Pool;
 /// next check, so every scorer, and so every proxy, answers alike within a round trip.
 /// Each call waits at most `timeout`; a failed one is logged, and that scorer's own check
 /// catches up.
+/// Each scorer gets the pool key it takes; `client` (the client's `Authorization`) only
+/// without a pool key.
 pub(crate) fn refresh_everywhere(
     pool: &Pool,
     model: &str,
     done_by: Option<&str>,
-    authorization: Option<String>,
+    client: Option<String>,
     timeout: Duration,
 ) {
-    let targets = pool.serving_addrs(done_by);
+    let targets = targets(pool, done_by, client);
     let path = scorer_route::ADMIN_REFRESH.path(model);
     tokio::spawn(async move {
-        let calls = targets.iter().map(|addr| {
+        let calls = targets.iter().map(|(addr, authorization)| {
             tokio::time::timeout(
                 timeout,
                 crate::http1::post(addr, &path, authorization.as_deref()),
             )
         });
-        for (addr, result) in targets.iter().zip(futures::future::join_all(calls).await) {
+        for ((addr, _), result) in targets.iter().zip(futures::future::join_all(calls).await) {
             if !matches!(result, Ok(Ok((200 | 404, _)))) {
                 tracing::warn!(scorer = %addr, path, "refresh after an admin change failed; the scorer's own check will catch up");
             }
@@ -47,22 +49,35 @@ pub(crate) fn refresh_everywhere(
 pub(crate) fn refresh_capture_everywhere(
     pool: &Pool,
     done_by: Option<&str>,
-    authorization: Option<String>,
+    client: Option<String>,
     timeout: Duration,
 ) {
-    let targets = pool.serving_addrs(done_by);
+    let targets = targets(pool, done_by, client);
     let path = scorer_route::CAPTURE_REFRESH;
     tokio::spawn(async move {
-        let calls = targets.iter().map(|addr| {
+        let calls = targets.iter().map(|(addr, authorization)| {
             tokio::time::timeout(
                 timeout,
                 crate::http1::post(addr, path, authorization.as_deref()),
             )
         });
-        for (addr, result) in targets.iter().zip(futures::future::join_all(calls).await) {
+        for ((addr, _), result) in targets.iter().zip(futures::future::join_all(calls).await) {
             if !matches!(result, Ok(Ok((200, _)))) {
                 tracing::warn!(scorer = %addr, path, "capture refresh after a change failed; the scorer's own check will catch up");
             }
         }
     });
+}
+
+/// The serving scorers but `done_by`, each with the `Authorization` to send it: the pool
+/// key it takes, else (no pool key) the client's.
+fn targets(
+    pool: &Pool,
+    done_by: Option<&str>,
+    client: Option<String>,
+) -> Vec<(String, Option<String>)> {
+    pool.serving(done_by)
+        .into_iter()
+        .map(|(addr, key)| (addr, key.map(|k| k.to_string()).or_else(|| client.clone())))
+        .collect()
 }

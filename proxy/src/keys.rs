@@ -1,12 +1,13 @@
 //! Keys: who may call which route for which model. [`check`] is a pure function of the
 //! configured keys, the classified route and the request's `Authorization` header, so
 //! every rule is unit-tested without a socket; `service.rs` reads the header, counts the
-//! verdict and answers a refusal. The scorers never see a client's key when a pool key is
-//! set ([`pool_authorization`]).
+//! verdict and answers a refusal; [`admit`] then holds an allowed request to its key's
+//! limits ([`crate::limits`]). The scorers never see a client's key when a pool key is set
+//! (`Pool::authorization_for`).
 
-use manymodels_config::Secret;
 use manymodels_config::proxy::ApiKey;
 
+use crate::limits::{Limited, Limits, Permit};
 use crate::reject::Rejection;
 use crate::route::Route;
 
@@ -42,6 +43,48 @@ impl KeyCheck<'_> {
             (Ok(scope), Route::Capture(_)) => Some(scope.join("|")),
             _ => None,
         }
+    }
+}
+
+impl<'k> KeyCheck<'k> {
+    /// The name of the key an allowed request was made with; `None` when no key was
+    /// needed (or the request was refused).
+    pub fn allowed_key(&self) -> Option<&'k str> {
+        match (&self.verdict, self.counted) {
+            (Ok(_), Some((name, "allowed"))) => Some(name),
+            _ => None,
+        }
+    }
+
+    /// This allowed request refused by its key's limit instead: 429 naming the key and the
+    /// limit, counted as `rate_limited` or `inflight_limited` (not `allowed`).
+    pub fn limited(self, limit: &Limited) -> KeyCheck<'k> {
+        let name = self.allowed_key().unwrap_or("none");
+        KeyCheck {
+            verdict: Err(Rejection::limited(name, limit)),
+            counted: Some(match limit {
+                Limited::Rate { .. } => (name, "rate_limited"),
+                Limited::InFlight { .. } => (name, "inflight_limited"),
+            }),
+        }
+    }
+}
+
+/// Admits a checked request against its key's limits (`limits.*`) at `now`: an allowed
+/// request made with a key that has limits takes a token and an in-flight slot (the
+/// [`Permit`], held until the request ends) or is refused with 429; every other request
+/// (refused already, or no key needed) passes untouched.
+pub fn admit<'k>(
+    check: KeyCheck<'k>,
+    limits: &Limits,
+    now: std::time::Instant,
+) -> (KeyCheck<'k>, Option<Permit>) {
+    let Some(name) = check.allowed_key() else {
+        return (check, None);
+    };
+    match limits.admit(name, now) {
+        Ok(permit) => (check, permit),
+        Err(limit) => (check.limited(&limit), None),
     }
 }
 
@@ -135,11 +178,6 @@ fn open<'k>() -> KeyCheck<'k> {
         verdict: Ok(&[]),
         counted: None,
     }
-}
-
-/// `Bearer <pool key>`, or `None` when no pool key is set.
-pub fn pool_authorization(pool_key: &Secret) -> Option<String> {
-    (!pool_key.is_empty()).then(|| format!("Bearer {}", pool_key.expose()))
 }
 
 #[cfg(test)]

@@ -59,13 +59,8 @@ pub fn parse_query(query: Option<&str>) -> Result<usize, String> {
 }
 
 /// Asks every scorer in rotation and merges. `scope` is the caller key's prefixes (empty:
-/// unscoped); `authorization` is what the proxy sends scorers.
-pub async fn serve(
-    pool: &Pool,
-    asked: Asked,
-    scope: &[String],
-    authorization: Option<&str>,
-) -> Reply {
+/// unscoped); each scorer is sent the pool key it takes.
+pub async fn serve(pool: &Pool, asked: Asked, scope: &[String]) -> Reply {
     // Scorers out of rotation (unhealthy, or draining) are named, not asked.
     let (members, out): (Vec<_>, Vec<_>) = pool.members().into_iter().partition(|m| m.healthy);
     // Every tracked model of every scorer (at most 2 × `ledger.hot_models` each), cut to
@@ -76,19 +71,30 @@ pub async fn serve(
         Asked::Model(id) => scorer_route::LEDGER_MODEL.path(id),
     };
     let prefixes = scope.join("|");
-    let mut headers: Vec<(&str, &str)> = Vec::new();
-    if let Some(authorization) = authorization {
-        headers.push(("Authorization", authorization));
-    }
-    if !scope.is_empty() {
-        headers.push((header::MODEL_PREFIXES, &prefixes));
-    }
-    let calls = members.iter().map(|member| {
-        tokio::time::timeout(
-            TIMEOUT,
-            crate::http1::call(&member.addr, "GET", &path, &headers, b""),
-        )
-    });
+    let authorizations: Vec<Option<std::sync::Arc<str>>> = members
+        .iter()
+        .map(|m| pool.authorization_for(&m.name))
+        .collect();
+    let calls = members
+        .iter()
+        .zip(&authorizations)
+        .map(|(member, authorization)| {
+            let mut headers: Vec<(&str, &str)> = Vec::new();
+            if let Some(authorization) = authorization {
+                headers.push(("Authorization", authorization));
+            }
+            if !scope.is_empty() {
+                headers.push((header::MODEL_PREFIXES, &prefixes));
+            }
+            let (addr, path) = (&member.addr, &path);
+            async move {
+                tokio::time::timeout(
+                    TIMEOUT,
+                    crate::http1::call(addr, "GET", path, &headers, b""),
+                )
+                .await
+            }
+        });
     let answers: Vec<Result<Vec<u8>, String>> = futures::future::join_all(calls)
         .await
         .into_iter()

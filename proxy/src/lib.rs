@@ -18,6 +18,7 @@ pub mod grpc_route;
 pub mod http1;
 pub mod keys;
 pub mod ledger;
+pub mod limits;
 pub mod local;
 pub mod metrics;
 pub mod pool;
@@ -53,8 +54,7 @@ pub fn run(config: ProxyConfig) -> ! {
     };
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
 
-    let pool_authorization = keys::pool_authorization(&config.pool_key);
-    let (pool_service, pool) = pool::build(&config, pool_authorization.as_deref());
+    let (pool_service, pool) = pool::build(&config);
     let pool_handle = server.add_service(pool_service);
     let pool = Arc::new(pool);
     let listen = config.listen.to_string();

@@ -50,6 +50,14 @@ pub enum Rejection {
     OutOfScope(Option<String>),
     /// The body is over `http.max_body` (or `http.max_upload` for an upload).
     TooLarge { limit: u64 },
+    /// The key named `key` is over one of its limits (`limits.*`): `limit` says which
+    /// ([`crate::limits::Limited::describe`]); `retry_after` is the answer's `Retry-After`
+    /// in whole seconds.
+    Limited {
+        key: String,
+        limit: String,
+        retry_after: u64,
+    },
     /// No scorer can take the request.
     NoScorer,
     /// The scorer did not answer within the read timeout.
@@ -70,6 +78,7 @@ impl Rejection {
             Rejection::OutOfScope(_) => 403,
             Rejection::NoRoute { .. } => 404,
             Rejection::TooLarge { .. } => 413,
+            Rejection::Limited { .. } => 429,
             Rejection::ScorerFailed(_) => 502,
             Rejection::NoScorer => 503,
             Rejection::Status(status) => *status,
@@ -91,11 +100,33 @@ impl Rejection {
             Rejection::TooLarge { limit } => {
                 format!("request body is larger than the limit of {limit} bytes")
             }
+            Rejection::Limited {
+                key,
+                limit,
+                retry_after,
+            } => format!("key '{key}' is over {limit}; retry after {retry_after} s"),
             Rejection::NoScorer => "no scorer available".into(),
             Rejection::ScorerTimedOut => "the scorer did not answer in time".into(),
             Rejection::ScorerFailed(what) => format!("the scorer failed: {what}"),
             Rejection::BadClientRequest => "bad request from client".into(),
             Rejection::Status(status) => format!("the request failed with status {status}"),
+        }
+    }
+
+    /// The `Retry-After` of the answer, in whole seconds: a limit's; none otherwise.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Rejection::Limited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// The refusal of a request made with the key named `key`, over `limit`.
+    pub fn limited(key: &str, limit: &crate::limits::Limited) -> Rejection {
+        Rejection::Limited {
+            key: key.to_string(),
+            limit: limit.describe(),
+            retry_after: limit.retry_after(),
         }
     }
 
@@ -170,6 +201,11 @@ mod tests {
             Rejection::OutOfScope(Some("m".into())),
             Rejection::OutOfScope(None),
             Rejection::TooLarge { limit: 10 },
+            Rejection::Limited {
+                key: "acme".into(),
+                limit: "its 2 requests in flight".into(),
+                retry_after: 1,
+            },
             Rejection::NoScorer,
             Rejection::ScorerTimedOut,
             Rejection::ScorerFailed("ConnectionClosed"),
@@ -187,6 +223,37 @@ mod tests {
             Rejection::TooLarge { limit: 10 }.message(),
             "request body is larger than the limit of 10 bytes"
         );
+    }
+
+    #[test]
+    fn a_limited_key_gets_429_naming_the_key_and_the_limit_with_retry_after() {
+        use crate::limits::Limited;
+        let rate = Rejection::limited(
+            "acme",
+            &Limited::Rate {
+                per_second: 2.5,
+                burst: 5,
+                retry_after: 3,
+            },
+        );
+        assert_eq!(rate.status(), 429);
+        assert_eq!(rate.retry_after(), Some(3));
+        assert_eq!(
+            rate.message(),
+            "key 'acme' is over its request rate of 2.5/s (burst 5); retry after 3 s"
+        );
+        let inflight = Rejection::limited("acme", &Limited::InFlight { cap: 4 });
+        assert_eq!(inflight.retry_after(), Some(1));
+        assert_eq!(
+            inflight.message(),
+            "key 'acme' is over its 4 requests in flight; retry after 1 s"
+        );
+        assert_eq!(
+            manymodels_contract::grpc::code_for_status(429),
+            8,
+            "RESOURCE_EXHAUSTED for gRPC callers"
+        );
+        assert_eq!(Rejection::Unauthorized.retry_after(), None);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::batch::{self, Batches};
 use crate::choice::{Policy, View, decide, least_busy, replicates};
 use crate::grpc_route::route_by_body;
 use crate::keys::{self, KeyCheck, Keys};
+use crate::limits::{self, Limits, Permit};
 use crate::metrics::Metrics;
 use crate::pool::{Candidate, Pool};
 use crate::reject::{self, Rejection, Reply};
@@ -49,6 +50,8 @@ pub struct Proxy {
     stats: Arc<Statistics>,
     /// The many-model route's client and turns.
     pub(crate) batches: Batches,
+    /// Per-key limits and priorities (`limits.*`).
+    pub(crate) limits: Limits,
 }
 
 /// Per-request state.
@@ -84,6 +87,14 @@ pub struct Ctx {
     /// For a repository index, the asking key's model-id prefixes as
     /// `x-mm-model-prefixes` carries them (empty: every model); `None` on other routes.
     list_scope: Option<String>,
+    /// The request's share of its key's in-flight cap (`limits.inflight`), from admission
+    /// until `logging` (or the context's end) gives it back.
+    permit: Option<Permit>,
+    /// `Retry-After` of the proxy's own answer (a key over its limit), in seconds.
+    retry_after: Option<u64>,
+    /// The `Authorization` sent to the current scorer (the pool key it takes), so a 401
+    /// from it can switch it to the other key during a rotation.
+    sent_authorization: Option<Arc<str>>,
 }
 
 impl Ctx {
@@ -99,9 +110,12 @@ async fn respond(session: &mut Session, ctx: &mut Ctx, reply: Reply) -> Result<(
     if ctx.grpc {
         return respond_grpc(session, ctx, reply).await;
     }
-    let mut header = ResponseHeader::build(reply.status, Some(3))?;
+    let mut header = ResponseHeader::build(reply.status, Some(4))?;
     header.insert_header("content-type", reply.content_type)?;
     header.insert_header("content-length", reply.body.len().to_string())?;
+    if let Some(seconds) = ctx.retry_after {
+        header.insert_header("retry-after", seconds.to_string())?;
+    }
     identify(&mut header, ctx)?;
     session
         .write_response_header(Box::new(header), false)
@@ -162,12 +176,14 @@ impl Proxy {
         stats: Arc<Statistics>,
     ) -> Self {
         let batches = Batches::new(&config.batch, config.connect_timeout);
+        let limits = Limits::new(&config.key_settings);
         Proxy {
             config,
             pool,
             metrics,
             stats,
             batches,
+            limits,
         }
     }
 
@@ -285,20 +301,25 @@ impl Proxy {
         candidates.into_iter().nth(chosen)
     }
 
-    /// The request's key check (`keys::check`), counted by key name when keys apply.
-    fn check_key(&self, session: &Session, route: &Route) -> KeyCheck<'_> {
+    /// The request's key check (`keys::check`) and its key's limits (`keys::admit`: the
+    /// permit is held until the request ends), counted by key name when keys apply.
+    fn check_key(&self, session: &Session, route: &Route) -> (KeyCheck<'_>, Option<Permit>) {
         let keys = Keys {
             api: &self.config.api_keys,
             admin: &self.config.admin_keys,
         };
-        let check = keys::check(keys, route, authorization(session));
+        let (check, permit) = keys::admit(
+            keys::check(keys, route, authorization(session)),
+            &self.limits,
+            Instant::now(),
+        );
         if let Some((key, outcome)) = check.counted {
             self.metrics
                 .requests_by_key
                 .with_label_values(&[key, outcome])
                 .inc();
         }
-        check
+        (check, permit)
     }
 
     /// Prepares a request for a scorer: its body limit, its deadline and the upstream path.
@@ -356,6 +377,9 @@ impl ProxyHttp for Proxy {
             deadline: None,
             grpc: false,
             list_scope: None,
+            permit: None,
+            retry_after: None,
+            sent_authorization: None,
         }
     }
 
@@ -419,14 +443,35 @@ impl ProxyHttp for Proxy {
                 header(header::MODEL_VERSION).as_deref(),
             )
         };
-        let checked = self.check_key(session, &ctx.route);
+        let (checked, permit) = self.check_key(session, &ctx.route);
+        ctx.permit = permit;
         ctx.list_scope = checked.list_scope(&ctx.route);
+        // The request's priority: its key's (`limits.priority`), else the client's
+        // `x-mm-priority`, put on the request as the scorers get it.
+        let priority = limits::priority(
+            checked
+                .allowed_key()
+                .and_then(|key| self.limits.priority(key)),
+            session
+                .get_header(header::PRIORITY)
+                .map(|value| value.as_bytes()),
+        );
+        if let Ok(priority) = priority {
+            let request = session.req_header_mut();
+            request.remove_header(header::PRIORITY);
+            if let Some(priority) = priority {
+                request.insert_header(header::PRIORITY, priority.as_str())?;
+            }
+        }
         let reply = if let Err(rejection) = checked.verdict {
+            ctx.retry_after = rejection.retry_after();
             rejection.into()
         } else if let Some(reply) =
             local::answer(&ctx.route, &self.pool, &self.stats, &self.metrics)
         {
             reply
+        } else if let Err(message) = &priority {
+            Rejection::Invalid(message.clone()).into()
         } else {
             match &ctx.route {
                 Route::Invalid(message) => Rejection::Invalid(message.clone()).into(),
@@ -447,11 +492,8 @@ impl ProxyHttp for Proxy {
                             traceparent: session.get_header(header::TRACEPARENT).cloned(),
                             scope: checked.verdict.as_ref().map(|s| *s).unwrap_or(&[]),
                             key: checked.counted.map(|(name, _)| name),
-                            authorization: self
-                                .pool
-                                .authorization()
-                                .or(authorization(session))
-                                .map(str::to_string),
+                            client_authorization: authorization(session).map(str::to_string),
+                            priority: priority.clone().ok().flatten(),
                             deadline,
                         };
                         batch::serve(self, session, asked).await
@@ -467,7 +509,7 @@ impl ProxyHttp for Proxy {
                         Err(message) => Rejection::Invalid(message).into(),
                         Ok(asked) => {
                             let scope = checked.verdict.as_ref().map(|s| *s).unwrap_or(&[]);
-                            ledger::serve(&self.pool, asked, scope, self.pool.authorization()).await
+                            ledger::serve(&self.pool, asked, scope).await
                         }
                     }
                 }
@@ -494,8 +536,13 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(value) = self.pool.authorization() {
-            upstream_request.insert_header("authorization", value)?;
+        // The pool key this scorer takes (during a rotation, the current or the previous).
+        ctx.sent_authorization = ctx
+            .current
+            .as_ref()
+            .and_then(|(scorer, _)| self.pool.authorization_for(scorer));
+        if let Some(value) = &ctx.sent_authorization {
+            upstream_request.insert_header("authorization", &**value)?;
         }
         // One id names the request in the proxy's and the scorer's logs, spans and captures.
         upstream_request.insert_header(header::REQUEST_ID, ctx.request_id.as_str())?;
@@ -720,6 +767,8 @@ impl ProxyHttp for Proxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let scorer = ctx.current.as_ref().map(|(n, _)| n.clone());
         ctx.release();
+        // The key's in-flight slot (`limits.inflight`): the request is over.
+        ctx.permit = None;
         let status = if ctx.status != 0 {
             ctx.status
         } else {
@@ -728,6 +777,12 @@ impl ProxyHttp for Proxy {
                 .map(|r| r.status.as_u16())
                 .unwrap_or(0)
         };
+        // A scorer refused the pool key it was sent: during a rotation, send it the other.
+        if status == 401
+            && let (Some(scorer), Some(sent)) = (&scorer, &ctx.sent_authorization)
+        {
+            self.pool.pool_key_refused(scorer, Some(sent));
+        }
         let client_closed = e.is_some_and(|e| matches!(e.esource(), ErrorSource::Downstream));
         self.metrics.count(reject::outcome(
             &ctx.route,
@@ -739,18 +794,13 @@ impl ProxyHttp for Proxy {
             && let Route::Model { id, action } = &ctx.route
             && action.changes_versions()
         {
-            // The pool key when one is set (the client's key was checked here and stays
-            // here), else the client's header.
-            let authorization = self
-                .pool
-                .authorization()
-                .or(authorization(session))
-                .map(str::to_string);
+            // Each scorer's pool key when one is set (the client's key was checked here and
+            // stays here), else the client's header.
             admin::refresh_everywhere(
                 &self.pool,
                 id,
                 scorer.as_deref(),
-                authorization,
+                authorization(session).map(str::to_string),
                 self.config.read_timeout,
             );
         }
@@ -758,15 +808,10 @@ impl ProxyHttp for Proxy {
             && let Route::Capture(action) = &ctx.route
             && action.changes_rules()
         {
-            let authorization = self
-                .pool
-                .authorization()
-                .or(authorization(session))
-                .map(str::to_string);
             admin::refresh_capture_everywhere(
                 &self.pool,
                 scorer.as_deref(),
-                authorization,
+                authorization(session).map(str::to_string),
                 self.config.read_timeout,
             );
         }

@@ -379,7 +379,8 @@ impl Pusher {
                 self.metrics.stats_pushes.inc();
                 self.metrics.stats_push_bytes.inc_by(body.len() as u64);
                 let mut headers = vec![("Content-Type", "application/json")];
-                if let Some(authorization) = self.pool.authorization() {
+                let authorization = self.pool.authorization_for(&name);
+                if let Some(authorization) = &authorization {
                     headers.push(("Authorization", authorization));
                 }
                 let answer = tokio::time::timeout(
@@ -387,6 +388,9 @@ impl Pusher {
                     crate::http1::call(&addr, "PUT", route::STATS, &headers, &body),
                 )
                 .await;
+                if matches!(answer, Ok(Ok((401, _)))) {
+                    self.pool.pool_key_refused(&name, authorization.as_deref());
+                }
                 (name, addr, healthy, answer)
             }
         });

@@ -77,8 +77,12 @@ pub struct Asked<'a> {
     pub scope: &'a [String],
     /// The asking key's name, which may choose its own id template.
     pub key: Option<&'a str>,
-    /// The `Authorization` header sent to scorers: the pool key's, else the client's.
-    pub authorization: Option<String>,
+    /// The client's `Authorization` header, sent to scorers only without a pool key (with
+    /// one, each scorer gets the pool key it takes: `Pool::authorization_for`).
+    pub client_authorization: Option<String>,
+    /// The request's priority (the key's, else the client's `x-mm-priority`), sent to each
+    /// scorer as `x-mm-priority`; `None`: none was said.
+    pub priority: Option<manymodels_contract::Priority>,
     pub deadline: Option<Instant>,
 }
 
@@ -287,7 +291,7 @@ fn refused((id, _): &Target, status: u16, error: String) -> Refused {
 }
 
 /// The whole body, refused past `limit` bytes.
-async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, Reply> {
+pub(crate) async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, Reply> {
     let mut body = BytesMut::new();
     loop {
         match session.read_request_body().await {
@@ -368,8 +372,16 @@ async fn send(
         .header("content-type", "application/json")
         .timeout(timeout)
         .body(body);
-    if let Some(authorization) = &asked.authorization {
+    let authorization = proxy
+        .pool
+        .authorization_for(&chosen.name)
+        .map(|key| key.to_string())
+        .or_else(|| asked.client_authorization.clone());
+    if let Some(authorization) = &authorization {
         request = request.header("authorization", authorization);
+    }
+    if let Some(priority) = asked.priority {
+        request = request.header(header::PRIORITY, priority.as_str());
     }
     if asked.deadline.is_some() {
         request = request.header(header::TIMEOUT_MS, timeout.as_millis().max(1).to_string());
@@ -400,6 +412,11 @@ async fn send(
     counter.fetch_sub(groups.len(), Ordering::Relaxed);
     if let Ok((status, _)) = &result {
         span.record("status", status);
+        if *status == 401 {
+            proxy
+                .pool
+                .pool_key_refused(&chosen.name, authorization.as_deref());
+        }
     }
     drop(span);
     proxy

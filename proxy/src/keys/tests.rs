@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::route::classify;
+use manymodels_config::Secret;
 
 fn key(name: &str, key: &str, scope: &[&str]) -> ApiKey {
     ApiKey {
@@ -216,12 +217,72 @@ fn a_refusal_names_the_model_it_was_out_of_scope_for() {
 }
 
 #[test]
-fn the_pool_key_is_sent_as_a_bearer_key_when_set() {
-    assert_eq!(pool_authorization(&Secret::new("")), None);
+fn a_rotated_key_is_two_keys_of_one_name_counted_as_that_name() {
+    let api = vec![
+        key("acme", "k-old", &["acme-"]),
+        key("acme", "k-new", &["acme-"]),
+    ];
+    let keys = Keys {
+        api: &api,
+        admin: &[],
+    };
+    let route = classify("POST", INFER_A, None, None);
+    for sent in ["Bearer k-old", "Bearer k-new"] {
+        let checked = check(keys, &route, Some(sent));
+        assert_eq!(checked.verdict, Ok(&["acme-".to_string()][..]), "{sent}");
+        assert_eq!(checked.counted, Some(("acme", "allowed")), "{sent}");
+    }
+    let checked = check(keys, &route, Some("Bearer k-other"));
+    assert_eq!(checked.counted, Some(("none", "unauthorized")));
+}
+
+#[test]
+fn an_allowed_request_over_its_keys_limit_is_refused_with_429_and_counted_as_limited() {
+    use manymodels_config::proxy::{KeySettings, RateLimit};
+    let api = api_keys();
+    let keys = Keys {
+        api: &api,
+        admin: &[],
+    };
+    let limits = Limits::new(&[KeySettings {
+        name: "acme".into(),
+        rate: Some(RateLimit {
+            per_second: 1.0,
+            burst: 1,
+        }),
+        inflight: Some(1),
+        priority: None,
+    }]);
+    let now = std::time::Instant::now();
+    let route = classify("POST", INFER_A, None, None);
+    let admitted = |sent: Option<&str>, now| admit(check(keys, &route, sent), &limits, now);
+    let (first, permit) = admitted(Some("Bearer k-acme"), now);
+    assert_eq!(first.counted, Some(("acme", "allowed")));
+    assert!(permit.is_some(), "holds an in-flight slot");
+    let (second, none) = admitted(Some("Bearer k-acme"), now);
+    assert!(none.is_none());
+    assert_eq!(second.counted, Some(("acme", "inflight_limited")));
+    let rejection = second.verdict.unwrap_err();
     assert_eq!(
-        pool_authorization(&Secret::new("p-1")).as_deref(),
-        Some("Bearer p-1")
+        (rejection.status(), rejection.retry_after()),
+        (429, Some(1))
     );
+    drop(permit);
+    let (third, _) = admitted(Some("Bearer k-acme"), now);
+    assert_eq!(third.counted, Some(("acme", "rate_limited")));
+    assert_eq!(third.verdict.unwrap_err().status(), 429);
+    // Another key, no key, a refused key: not limited.
+    let (other, _) = admitted(Some("Bearer k-all"), now);
+    assert_eq!(other.counted, Some(("all", "allowed")));
+    let (refused, _) = admitted(Some("Bearer nope"), now);
+    assert_eq!(refused.counted, Some(("none", "unauthorized")));
+    let health = classify("GET", "/v2/health/ready", None, None);
+    let (open, _) = admit(check(keys, &health, None), &limits, now);
+    assert_eq!(open.counted, None);
+    // A second later the bucket has a token again.
+    let later = now + std::time::Duration::from_secs(1);
+    let (fourth, _) = admitted(Some("Bearer k-acme"), later);
+    assert_eq!(fourth.counted, Some(("acme", "allowed")));
 }
 
 #[test]

@@ -11,6 +11,7 @@ use pingora::lb::health_check::{HealthCheck, HttpHealthCheck};
 use pingora::{Error, ErrorType};
 
 use super::admission::Admission;
+use super::rotation::PoolKeys;
 use crate::ranking::name_ref;
 
 /// The readiness answer of a draining scorer, told apart from any other failure.
@@ -32,10 +33,19 @@ pub(super) struct ScorerCheck {
     /// since. (Addresses of scorers gone stay: a few bytes each, and a scorer that comes
     /// back on the same address starts from its last state.)
     state: Mutex<HashMap<String, (bool, usize)>>,
+    /// The pool keys: during a rotation, a passed check also learns which one the scorer
+    /// takes, before it (re-)enters rotation.
+    keys: Arc<PoolKeys>,
+    timeout: Duration,
 }
 
 impl ScorerCheck {
-    pub(super) fn new(timeout: Duration, tolerated: usize, admission: Arc<Admission>) -> Self {
+    pub(super) fn new(
+        timeout: Duration,
+        tolerated: usize,
+        admission: Arc<Admission>,
+        keys: Arc<PoolKeys>,
+    ) -> Self {
         let mut http = HttpHealthCheck::new("localhost", false);
         http.req = pingora::http::RequestHeader::build("GET", b"/v2/health/ready", None)
             .expect("static request");
@@ -67,6 +77,8 @@ impl ScorerCheck {
             tolerated,
             admission,
             state: Mutex::new(HashMap::new()),
+            keys,
+            timeout,
         }
     }
 }
@@ -82,6 +94,15 @@ fn timed_out(e: &Error) -> bool {
 impl HealthCheck for ScorerCheck {
     async fn check(&self, target: &Backend) -> pingora::Result<()> {
         let result = self.http.check(target).await;
+        // During a rotation, which pool key a ready scorer takes, learnt before this check
+        // passes: a scorer enters rotation (or comes back after a restart) with it known.
+        if result.is_ok() && self.keys.rotating() {
+            let takes = self
+                .keys
+                .probe(&target.addr.to_string(), self.timeout)
+                .await;
+            self.keys.learnt(name_ref(target), takes);
+        }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         // A backend never checked counts as healthy, as Pingora starts it.
         let (healthy, timeouts) = state.entry(target.addr.to_string()).or_insert((true, 0));
@@ -167,7 +188,12 @@ pub(super) mod tests {
         let mode = Arc::new(AtomicUsize::new(OK));
         let addr = readiness_server(mode.clone()).await;
         let backend = Backend::new(&addr.to_string()).unwrap();
-        let check = ScorerCheck::new(Duration::from_millis(200), 1, Default::default());
+        let check = ScorerCheck::new(
+            Duration::from_millis(200),
+            1,
+            Default::default(),
+            Default::default(),
+        );
         let steps = [
             (OK, true, "answers 200"),
             (SILENT, true, "first timeout: tolerated"),
@@ -211,7 +237,7 @@ pub(super) mod tests {
         let admission = Arc::new(Admission::default());
         let draining = admission.draining().clone();
         // A timeout long enough for a loaded machine: the silent step waits it out.
-        let check = ScorerCheck::new(Duration::from_secs(1), 1, admission);
+        let check = ScorerCheck::new(Duration::from_secs(1), 1, admission, Default::default());
         let steps = [
             (OK, true, false, "ready"),
             (

@@ -9,6 +9,7 @@
 //! - `drain`: the scorers draining now;
 //! - `hot`: which models each scorer answered for recently;
 //! - `warm`: background warm loads;
+//! - `rotation`: which pool key each scorer takes while a rotation is under way;
 //!
 //! and here the [`Pool`] itself, the one face of all that to the rest of the proxy:
 //! candidates in rendezvous order, the drain hand-off's holder, passive ejection after
@@ -19,6 +20,7 @@ mod discovery;
 mod drain;
 mod health;
 mod hot;
+pub mod rotation;
 mod srv;
 mod warm;
 
@@ -36,22 +38,22 @@ use self::discovery::Discovery;
 use self::drain::Draining;
 use self::health::ScorerCheck;
 use self::hot::HotTable;
+use self::rotation::PoolKeys;
 use self::warm::Warmer;
 use crate::ranking::{Rendezvous, ScorerName, name_of, name_ref};
 
 /// The pool `config` describes, and the Pingora background service that keeps its
 /// membership and health (discovery every `pool.refresh`, health checks every
 /// `health.interval`, in parallel): serve the pool's users after it has started, since the
-/// selector is empty until the first discovery. `authorization` goes with the proxy's own
-/// calls to scorers (`Bearer <auth.pool_key>`, if set).
-pub fn build(
-    config: &ProxyConfig,
-    authorization: Option<&str>,
-) -> (GenBackgroundService<LoadBalancer<Rendezvous>>, Pool) {
+/// selector is empty until the first discovery. Each scorer is sent the pool key it takes
+/// (`auth.pool_key`, or during a rotation `auth.pool_key_previous`: [`rotation`]).
+pub fn build(config: &ProxyConfig) -> (GenBackgroundService<LoadBalancer<Rendezvous>>, Pool) {
+    let keys = Arc::new(PoolKeys::new(&config.pool_key, &config.pool_key_previous));
     let (mut lb, admission) = load_balancer(
         config.pool.clone(),
         config.health_timeout,
         config.tolerated_timeouts,
+        keys.clone(),
     );
     lb.health_check_frequency = Some(config.health_interval);
     lb.update_frequency = Some(config.pool_refresh);
@@ -60,17 +62,16 @@ pub fn build(
     let lb = service.task();
     admission.attach(&lb);
     let hot = Arc::new(HotTable::new(config.hot_ttl, config.hot_max_models));
-    let authorization: Option<Arc<str>> = authorization.map(Arc::from);
     let pool = Pool {
         lb,
-        warmer: Warmer::new(hot.clone(), authorization.clone()),
+        warmer: Warmer::new(hot.clone(), keys.clone()),
         hot,
         // The drain hand-off: the health check marks draining scorers, routing reads them.
         draining: admission.draining().clone(),
         inflight: RwLock::new(HashMap::new()),
         ejected: Mutex::new(HashMap::new()),
         eject_for: config.eject_for,
-        authorization,
+        keys,
     };
     (service, pool)
 }
@@ -82,6 +83,7 @@ fn load_balancer(
     source: PoolSource,
     health_timeout: Duration,
     tolerated_timeouts: usize,
+    keys: Arc<PoolKeys>,
 ) -> (LoadBalancer<Rendezvous>, Arc<Admission>) {
     let admission = Arc::new(Admission::default());
     let mut lb = LoadBalancer::<Rendezvous>::from_backends(Backends::new(Box::new(
@@ -91,6 +93,7 @@ fn load_balancer(
         health_timeout,
         tolerated_timeouts,
         admission.clone(),
+        keys,
     )));
     (lb, admission)
 }
@@ -105,8 +108,8 @@ pub struct Pool {
     inflight: RwLock<HashMap<String, Arc<AtomicUsize>>>,
     ejected: Mutex<HashMap<String, Instant>>,
     eject_for: Duration,
-    /// `Authorization` sent with the proxy's own calls (`Bearer <auth.pool_key>`), if set.
-    authorization: Option<Arc<str>>,
+    /// The pool keys, and which one each scorer takes.
+    keys: Arc<PoolKeys>,
 }
 
 /// One candidate for a request: where it listens and its rendezvous name.
@@ -202,6 +205,18 @@ impl Pool {
         tracing::warn!(scorer = %name, for_ms = self.eject_for.as_millis() as u64, "scorer ejected after a connection failure");
     }
 
+    /// Skips `name` for `eject_for` after requests were hedged away from it without an
+    /// answer (`hedge.stalled_after`): it is frozen, or its host is.
+    pub fn eject_stalled(&self, name: &str) {
+        let until = Instant::now() + self.eject_for;
+        self.ejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), until);
+        self.hot.forget_scorer(name);
+        tracing::warn!(scorer = %name, for_ms = self.eject_for.as_millis() as u64, "scorer ejected: requests were hedged away from it without an answer");
+    }
+
     /// The requests in flight to `name` (a counter made at its first use): the request
     /// path holds it, adding one while a request is with the scorer.
     pub fn inflight(&self, name: &str) -> Arc<AtomicUsize> {
@@ -285,21 +300,40 @@ impl Pool {
             .collect()
     }
 
-    /// The addresses of every scorer in rotation or draining (a draining one still serves
-    /// the models it holds), but `except`.
-    pub fn serving_addrs(&self, except: Option<&str>) -> Vec<String> {
+    /// Every scorer in rotation or draining (a draining one still serves the models it
+    /// holds), but `except`: its address and the `Authorization` it takes
+    /// ([`Pool::authorization_for`]).
+    pub fn serving(&self, except: Option<&str>) -> Vec<(String, Option<Arc<str>>)> {
         let backends = self.lb.backends().get_backend();
         backends
             .iter()
             .filter(|b| self.lb.backends().ready(b) || self.draining.contains(name_ref(b)))
             .filter(|b| except != Some(name_ref(b)))
-            .map(|b| b.addr.to_string())
+            .map(|b| (b.addr.to_string(), self.authorization_for(name_ref(b))))
             .collect()
     }
 
-    /// `Bearer <auth.pool_key>` for the proxy's own calls, or `None` without a pool key.
+    /// The `Authorization` to send the scorer named `scorer` (its rendezvous name, as in
+    /// `Candidate::name`), on forwarded requests and the proxy's own calls alike:
+    /// `Bearer <auth.pool_key>`, or during a rotation `Bearer <auth.pool_key_previous>` for
+    /// a scorer learnt to take only that one; `None` without a pool key (then a forwarded
+    /// request carries the client's own header).
+    pub fn authorization_for(&self, scorer: &str) -> Option<Arc<str>> {
+        self.keys.authorization_for(scorer)
+    }
+
+    /// The current pool key's `Authorization`, for a caller that has not chosen a scorer
+    /// yet. A call to a scorer must carry [`Pool::authorization_for`] instead: during a
+    /// rotation a scorer may take only the previous key. (Kept for the hedged exchange until
+    /// it asks per scorer.)
     pub fn authorization(&self) -> Option<&str> {
-        self.authorization.as_deref()
+        self.keys.current()
+    }
+
+    /// `scorer` answered 401 to `sent` (the `Authorization` sent to it): during a rotation,
+    /// switch it to the other pool key now (the next health check confirms).
+    pub fn pool_key_refused(&self, scorer: &str, sent: Option<&str>) {
+        self.keys.refused(scorer, sent);
     }
 }
 
@@ -320,6 +354,7 @@ mod tests {
             PoolSource::Static(vec![addr.to_string()]),
             Duration::from_millis(500),
             1,
+            Default::default(),
         );
         let lb = Arc::new(lb);
         admission.attach(&lb);

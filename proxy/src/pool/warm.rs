@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use super::hot::HotTable;
+use super::rotation::PoolKeys;
 
 /// Warm loads the proxy asked for recently, so one is asked at most once per
 /// `WARM_BACKOFF` per (model, scorer), and at most `MAX_WARMING` run at once.
@@ -23,17 +24,17 @@ pub(super) struct Warmer {
     slots: Arc<Semaphore>,
     /// Where a warm load that answered 200 is recorded.
     hot: Arc<HotTable>,
-    /// `Authorization` sent with each call (`Bearer <auth.pool_key>`), if set.
-    authorization: Option<Arc<str>>,
+    /// The pool keys: each call carries the one its scorer takes.
+    keys: Arc<PoolKeys>,
 }
 
 impl Warmer {
-    pub(super) fn new(hot: Arc<HotTable>, authorization: Option<Arc<str>>) -> Self {
+    pub(super) fn new(hot: Arc<HotTable>, keys: Arc<PoolKeys>) -> Self {
         Warmer {
             warming: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(MAX_WARMING)),
             hot,
-            authorization,
+            keys,
         }
     }
 
@@ -57,7 +58,7 @@ impl Warmer {
             return false;
         }
         let hot = self.hot.clone();
-        let authorization = self.authorization.clone();
+        let authorization = self.keys.authorization_for(name);
         tokio::spawn(async move {
             let _slot = slot;
             let path = manymodels_contract::route::REPOSITORY_LOAD.path(&key.0);

@@ -71,10 +71,27 @@ fn bearer_key(headers: &axum::http::HeaderMap) -> Option<&str> {
         .and_then(contract::bearer)
 }
 
-/// Whether `given` is the pool key (never when none is set).
+/// Whether `given` is the pool key, or during a rotation the previous one (never when
+/// none is set). Both are compared, in constant time each, so a proxy that still sends the
+/// old key and one that sends the new are both served while they coexist.
 fn is_pool_key(scorer: &Scorer, given: &str) -> bool {
-    let key = &scorer.config.pool_key;
-    !key.is_empty() && manymodels_config::Secret::matches_any(given, std::slice::from_ref(key))
+    let config = &scorer.config;
+    pool_key_matches(&config.pool_key, &config.pool_key_previous, given)
+}
+
+/// [`is_pool_key`] on plain values: `given` is `current` (when set) or `previous` (when
+/// set, and only beside a current key: the configuration refuses it alone).
+fn pool_key_matches(
+    current: &manymodels_config::Secret,
+    previous: &manymodels_config::Secret,
+    given: &str,
+) -> bool {
+    let matches = |key: &manymodels_config::Secret| {
+        !key.is_empty() && manymodels_config::Secret::matches_any(given, std::slice::from_ref(key))
+    };
+    // Both comparisons run: the time taken does not tell which key matched.
+    let (now, before) = (matches(current), matches(previous));
+    !current.is_empty() && (now || before)
 }
 
 /// Whether `request` carries a key its path accepts: the pool key anywhere, a metrics key
@@ -156,8 +173,27 @@ pub(super) fn admin_authorized(
 
 #[cfg(test)]
 mod tests {
-    use super::{Guard, guard_of};
+    use super::{Guard, guard_of, pool_key_matches};
+    use manymodels_config::Secret;
     use manymodels_contract::route;
+
+    #[test]
+    fn during_a_rotation_the_current_and_the_previous_pool_key_both_pass() {
+        let (new, old, none) = (Secret::new("new-2"), Secret::new("old-1"), Secret::new(""));
+        assert!(pool_key_matches(&new, &old, "new-2"));
+        assert!(pool_key_matches(&new, &old, "old-1"));
+        assert!(!pool_key_matches(&new, &old, "other"));
+        assert!(!pool_key_matches(&new, &old, ""));
+        assert!(pool_key_matches(&new, &none, "new-2"));
+        assert!(
+            !pool_key_matches(&new, &none, "old-1"),
+            "after the rotation"
+        );
+        assert!(
+            !pool_key_matches(&none, &none, ""),
+            "no key set matches nothing"
+        );
+    }
 
     #[test]
     fn only_health_is_open_and_admin_routes_take_admin_keys() {

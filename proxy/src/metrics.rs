@@ -52,7 +52,8 @@ pub struct Metrics {
     pub inflight: IntGaugeVec,
     pub hot_models: IntGauge,
     /// By `key` (the configured key name; `none` when no key matched) and `outcome`
-    /// (`allowed`, `out_of_scope`, `unauthorized`). Counted only when keys are set.
+    /// (`allowed`, `out_of_scope`, `unauthorized`, or `rate_limited`/`inflight_limited`
+    /// for an allowed key over its `limits.*`). Counted only when keys are set.
     pub requests_by_key: IntCounterVec,
     /// Records of many-model requests by `outcome`: `ok` or `failed` (the record's own
     /// error: unreadable, out of the key's scope, or its group's scorer refused or failed).
@@ -131,7 +132,7 @@ impl Metrics {
             ),
             requests_by_key: registry.counter_vec(
                 "mm_proxy_requests_by_key_total",
-                "Requests by the name of the key they carried and the auth outcome.",
+                "Requests by the name of the key they carried and the auth or limit outcome.",
                 &["key", "outcome"],
             ),
             batch_records: registry.counter_vec(

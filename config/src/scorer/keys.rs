@@ -72,6 +72,11 @@ pub const KEYS: &[KeyDoc] = &[
         "Model loads that may run at the same time, each on its own low-priority load thread: `auto` is the CPUs the process may use (its cgroup quota on Kubernetes), or a number.",
     ),
     doc(
+        "cache.batch_load_share",
+        "0.5",
+        "Share of `cache.max_concurrent_loads` that requests sent with `x-mm-priority: batch` may use for cold loads at once (rounded down, at least one slot); while interactive and batch requests both wait for a load slot, interactive ones go first. Between 0 and 1.",
+    ),
+    doc(
         "cache.failure_ttl",
         "30s",
         "How long a model that failed to load answers its error without retrying.",
@@ -125,6 +130,11 @@ pub const KEYS: &[KeyDoc] = &[
         "policy.stats_stale_after",
         "15s",
         "A proxy's pool statistics are dropped when it has not pushed for this long.",
+    ),
+    doc(
+        "tenants.shares",
+        "",
+        "Tenant shares of `cache.budget`: a comma-separated list (or TOML array) of `name=prefix[|prefix...][:floor=F][:cap=C]`, e.g. `b=b-:floor=0.5,a=a-|scan-:cap=0.25`. A model belongs to the tenant with the longest prefix of its id, else to the default tenant (no floor, no cap). `floor` (default 0) is the fraction of the budget the tenant keeps against other tenants' models: eviction for another tenant's model never takes it below it, and under it its own models claim room from tenants above their floors. `cap` (default 1) is the most it may hold: a model that would put it over its cap may evict only its tenant's models, else is served without being kept. Floors sum to at most 1; each cap at least its floor. Empty: no tenants.",
     ),
     doc(
         "warmup.concurrency",

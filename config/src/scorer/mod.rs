@@ -65,6 +65,21 @@ pub struct ScorerConfig {
     pub ledger: LedgerConfig,
     /// `capture.*`.
     pub capture: CaptureConfig,
+    /// `tenants.shares`: tenants' floors and caps of `cache.budget`, checked (floors sum
+    /// to at most 1, each cap at least its floor); empty: no tenants.
+    pub tenants: Vec<TenantShare>,
+}
+
+/// One tenant of `tenants.shares`: a name, the model-id prefixes that make it up, and its
+/// floor and cap as fractions of `cache.budget`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantShare {
+    pub name: String,
+    pub prefixes: Vec<String>,
+    /// 0: no floor.
+    pub floor: f64,
+    /// 1: no cap.
+    pub cap: f64,
 }
 
 /// The per-model ledger's size and accuracy (`ledger.*`).
@@ -160,6 +175,8 @@ pub struct CacheConfig {
     pub budget: ByteSize,
     /// Resolved: `auto` became the CPUs available when the configuration was loaded.
     pub max_concurrent_loads: NonZeroUsize,
+    /// `cache.batch_load_share`: the share of the load slots batch requests may use.
+    pub batch_load_share: f64,
     pub failure_ttl: Duration,
     /// A load's own deadline, separate from the request's.
     pub load_timeout: Duration,
@@ -171,6 +188,13 @@ pub struct CacheConfig {
 }
 
 impl CacheConfig {
+    /// Load slots `batch` requests may hold at once: `batch_load_share` of them, rounded
+    /// down, at least one.
+    pub fn batch_load_slots(&self) -> usize {
+        ((self.max_concurrent_loads.get() as f64 * self.batch_load_share).floor() as usize)
+            .clamp(1, self.max_concurrent_loads.get())
+    }
+
     /// The estimated memory of a model whose ONNX file has `file_bytes` bytes, charged when
     /// its load could not be measured.
     pub fn weigh(&self, file_bytes: u64) -> u64 {

@@ -9,10 +9,10 @@ use serde::Deserialize;
 
 use super::{
     AzureCredential, AzureStoreConfig, CacheConfig, CaptureConfig, HttpConfig, ImagesConfig,
-    LedgerConfig, NativeEngine, PolicyConfig, ScorerConfig, StatsLimits, StoreConfig,
+    LedgerConfig, NativeEngine, PolicyConfig, ScorerConfig, StatsLimits, StoreConfig, TenantShare,
     VersionsConfig, WarmupConfig, available_cpus,
 };
-use crate::common::{self, RawTrace, at_least, at_least_one, positive, secrets, within};
+use crate::common::{self, RawTrace, at_least, at_least_one, list, positive, secrets, within};
 use crate::units::{ByteSize, HumanDuration};
 use crate::{ConfigError, LogConfig, Secret};
 
@@ -38,6 +38,14 @@ pub(super) struct Raw {
     trace: RawTrace,
     ledger: RawLedger,
     capture: RawCapture,
+    tenants: RawTenants,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenants {
+    #[serde(deserialize_with = "list")]
+    shares: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +92,7 @@ struct RawAzure {
 struct RawCache {
     budget: ByteSize,
     max_concurrent_loads: Concurrency,
+    batch_load_share: f64,
     failure_ttl: HumanDuration,
     load_timeout: HumanDuration,
     max_waiting: usize,
@@ -260,7 +269,86 @@ impl Raw {
             trace: self.trace.validate()?,
             ledger: self.ledger.validate()?,
             capture: self.capture.validate()?,
+            tenants: self.tenants.validate()?,
         })
+    }
+}
+
+impl RawTenants {
+    /// `tenants.shares`: `name=prefix[|prefix...][:floor=F][:cap=C]` items.
+    fn validate(self) -> Result<Vec<TenantShare>, ConfigError> {
+        const KEY: &str = "tenants.shares";
+        let bad = |item: &str, why: String| ConfigError::key(KEY, format!("`{item}`: {why}"));
+        let mut shares: Vec<TenantShare> = Vec::new();
+        for item in &self.shares {
+            let mut parts = item.split(':');
+            let head = parts.next().unwrap_or_default();
+            let Some((name, prefixes)) = head.split_once('=') else {
+                return Err(bad(item, "must start with `name=prefix`".into()));
+            };
+            let name = name.trim();
+            if !crate::valid_model_id(name) || name == "default" {
+                return Err(bad(
+                    item,
+                    format!(
+                        "tenant name `{name}` must be letters, digits, `.`, `_` or `-` (not `default`)"
+                    ),
+                ));
+            }
+            if shares.iter().any(|s| s.name == name) {
+                return Err(bad(item, format!("tenant `{name}` is named twice")));
+            }
+            let prefixes: Vec<String> = prefixes.split('|').map(|p| p.trim().to_string()).collect();
+            if let Some(p) = prefixes.iter().find(|p| !crate::valid_model_id(p)) {
+                return Err(bad(
+                    item,
+                    format!("prefix `{p}` must be the start of a valid model id"),
+                ));
+            }
+            let (mut floor, mut cap) = (0.0, 1.0);
+            for part in parts {
+                let (field, value) = part.split_once('=').unwrap_or((part, ""));
+                let number: f64 = value.trim().parse().map_err(|_| {
+                    bad(
+                        item,
+                        format!("`{part}` must be `floor=<fraction>` or `cap=<fraction>`"),
+                    )
+                })?;
+                match field.trim() {
+                    "floor" => floor = number,
+                    "cap" => cap = number,
+                    other => {
+                        return Err(bad(item, format!("unknown field `{other}` (floor, cap)")));
+                    }
+                }
+            }
+            if !(0.0..=1.0).contains(&floor) {
+                return Err(bad(item, format!("floor {floor} must be between 0 and 1")));
+            }
+            if !(cap > 0.0 && cap <= 1.0) {
+                return Err(bad(
+                    item,
+                    format!("cap {cap} must be above 0 and at most 1"),
+                ));
+            }
+            if cap < floor {
+                return Err(bad(item, format!("cap {cap} is below its floor {floor}")));
+            }
+            shares.push(TenantShare {
+                name: name.to_string(),
+                prefixes,
+                floor,
+                cap,
+            });
+        }
+        let floors: f64 = shares.iter().map(|s| s.floor).sum();
+        if floors > 1.0 + 1e-9 {
+            return Err(ConfigError::key(
+                KEY,
+                format!("the floors sum to {floors}, more than 1"),
+            ));
+        }
+        Ok(shares)
     }
 }
 
@@ -335,9 +423,11 @@ impl RawCache {
             })?,
         };
         at_least("cache.weight_per_file_byte", self.weight_per_file_byte, 0.0)?;
+        let batch_load_share = within("cache.batch_load_share", self.batch_load_share, 0.0..=1.0)?;
         Ok(CacheConfig {
             budget: self.budget,
             max_concurrent_loads,
+            batch_load_share,
             failure_ttl: self.failure_ttl.0,
             load_timeout: self.load_timeout.0,
             max_waiting,

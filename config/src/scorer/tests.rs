@@ -137,3 +137,79 @@ fn the_weight_rule_charges_overhead_plus_a_multiple_of_the_file() {
     .unwrap();
     assert_eq!(config.cache.weigh(1000), 100 * 1024 + 5000);
 }
+
+#[test]
+fn tenant_shares_parse_and_bad_ones_name_the_key() {
+    let config = load(
+        None,
+        &[(
+            "MM_SCORER_TENANTS_SHARES",
+            "b=b-:floor=0.5:cap=1.0, a=a-|scan-:cap=0.25",
+        )],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        config.tenants,
+        vec![
+            TenantShare {
+                name: "b".into(),
+                prefixes: vec!["b-".into()],
+                floor: 0.5,
+                cap: 1.0,
+            },
+            TenantShare {
+                name: "a".into(),
+                prefixes: vec!["a-".into(), "scan-".into()],
+                floor: 0.0,
+                cap: 0.25,
+            },
+        ]
+    );
+    assert!(load(None, &[], &[]).unwrap().tenants.is_empty());
+    for (bad, why) in [
+        ("b=b-:floor=0.6,a=a-:floor=0.5", "sum"),
+        ("b=b-:floor=0.5:cap=0.4", "below its floor"),
+        ("b=b-:cap=0", "cap"),
+        ("b=b-:floor=1.5", "floor"),
+        ("b=b-:weight=2", "unknown field"),
+        ("b", "name=prefix"),
+        ("b=", "prefix"),
+        ("default=x", "name"),
+        ("b=x,b=y", "twice"),
+    ] {
+        let error = load(None, &[("MM_SCORER_TENANTS_SHARES", bad)], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("tenants.shares") && error.contains(why),
+            "{bad}: {error}"
+        );
+    }
+}
+
+#[test]
+fn the_batch_share_of_load_slots_is_at_least_one() {
+    let slots = |loads: &str, share: &str| {
+        load(
+            None,
+            &[],
+            &[
+                &format!("cache.max_concurrent_loads={loads}"),
+                &format!("cache.batch_load_share={share}"),
+            ],
+        )
+        .unwrap()
+        .cache
+        .batch_load_slots()
+    };
+    assert_eq!(slots("4", "0.5"), 2);
+    assert_eq!(slots("3", "0.5"), 1);
+    assert_eq!(slots("2", "0"), 1);
+    assert_eq!(slots("2", "1"), 2);
+    let error = load(None, &[], &["cache.batch_load_share=1.5"]).unwrap_err();
+    assert!(
+        error.to_string().contains("cache.batch_load_share"),
+        "{error}"
+    );
+}

@@ -65,9 +65,6 @@ pub struct ScorerConfig {
     pub ledger: LedgerConfig,
     /// `capture.*`.
     pub capture: CaptureConfig,
-    /// `tenants.shares`: tenants' floors and caps of `cache.budget`, checked (floors sum
-    /// to at most 1, each cap at least its floor); empty: no tenants.
-    pub tenants: Vec<TenantShare>,
 }
 
 /// One tenant of `tenants.shares`: a name, the model-id prefixes that make it up, and its
@@ -177,6 +174,9 @@ pub struct CacheConfig {
     pub max_concurrent_loads: NonZeroUsize,
     /// `cache.batch_load_share`: the share of the load slots batch requests may use.
     pub batch_load_share: f64,
+    /// `tenants.shares`: tenants' floors and caps of the budget, checked (floors sum to at
+    /// most 1, each cap at least its floor); empty: no tenants.
+    pub tenants: Vec<TenantShare>,
     pub failure_ttl: Duration,
     /// A load's own deadline, separate from the request's.
     pub load_timeout: Duration,

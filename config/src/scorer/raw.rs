@@ -204,7 +204,7 @@ impl Raw {
         let store_timeout = self.store.timeout.0;
         let store = self.store.validate()?;
         positive("store.timeout", store_timeout)?;
-        let cache = self.cache.validate()?;
+        let cache = self.cache.validate(self.tenants.validate()?)?;
         positive("policy.half_life_requests", self.policy.half_life_requests)?;
         within("policy.size_weight", self.policy.size_weight, 0.0..=2.0)?;
         let warmup_concurrency = at_least_one("warmup.concurrency", self.warmup.concurrency)?;
@@ -269,7 +269,6 @@ impl Raw {
             trace: self.trace.validate()?,
             ledger: self.ledger.validate()?,
             capture: self.capture.validate()?,
-            tenants: self.tenants.validate()?,
         })
     }
 }
@@ -410,7 +409,7 @@ impl RawStore {
 }
 
 impl RawCache {
-    fn validate(self) -> Result<CacheConfig, ConfigError> {
+    fn validate(self, tenants: Vec<TenantShare>) -> Result<CacheConfig, ConfigError> {
         positive("cache.budget", self.budget.0)?;
         positive("cache.load_timeout", self.load_timeout.0)?;
         let max_waiting = at_least_one("cache.max_waiting", self.max_waiting)?;
@@ -428,6 +427,7 @@ impl RawCache {
             budget: self.budget,
             max_concurrent_loads,
             batch_load_share,
+            tenants,
             failure_ttl: self.failure_ttl.0,
             load_timeout: self.load_timeout.0,
             max_waiting,

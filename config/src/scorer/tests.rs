@@ -150,7 +150,7 @@ fn tenant_shares_parse_and_bad_ones_name_the_key() {
     )
     .unwrap();
     assert_eq!(
-        config.tenants,
+        config.cache.tenants,
         vec![
             TenantShare {
                 name: "b".into(),
@@ -166,7 +166,7 @@ fn tenant_shares_parse_and_bad_ones_name_the_key() {
             },
         ]
     );
-    assert!(load(None, &[], &[]).unwrap().tenants.is_empty());
+    assert!(load(None, &[], &[]).unwrap().cache.tenants.is_empty());
     for (bad, why) in [
         ("b=b-:floor=0.6,a=a-:floor=0.5", "sum"),
         ("b=b-:floor=0.5:cap=0.4", "below its floor"),

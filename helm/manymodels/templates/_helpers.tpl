@@ -117,9 +117,40 @@ existingSecret, its current data (empty when lookup cannot reach a cluster). */}
 {{- index .root.Values.auth $memo -}}
 {{- end -}}
 
-{{/* Pod annotation: changes when a key changes, so both workloads roll onto a new key. */}}
+{{/* Pod annotation: changes when a key changes (or a rotation starts or ends), so both
+workloads roll onto a new key. */}}
 {{- define "manymodels.keysChecksum" -}}
-{{- printf "%s/%s" (include "manymodels.keyValue" (dict "root" . "which" "poolKey")) (include "manymodels.keyValue" (dict "root" . "which" "metricsKey")) | sha256sum -}}
+{{- $keys := printf "%s/%s" (include "manymodels.keyValue" (dict "root" . "which" "poolKey")) (include "manymodels.keyValue" (dict "root" . "which" "metricsKey")) -}}
+{{- with include "manymodels.previousKeyValue" . -}}
+{{- $keys = printf "%s/%s" $keys . -}}
+{{- end -}}
+{{- $keys | sha256sum -}}
+{{- end -}}
+
+{{/* During a rotation, the previous pool key's field and its current data in the cluster
+(empty when lookup cannot reach one); empty without a rotation. */}}
+{{- define "manymodels.previousKeyValue" -}}
+{{- $cfg := .Values.auth.poolKey -}}
+{{- if $cfg.previousKey -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace $cfg.existingSecret -}}
+{{- $value := "" -}}
+{{- if and $existing $existing.data (hasKey $existing.data $cfg.previousKey) -}}
+{{- $value = index $existing.data $cfg.previousKey -}}
+{{- end -}}
+{{- printf "%s=%s" $cfg.previousKey $value -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The previous pool key as an env var (.env), during a rotation; nothing otherwise. */}}
+{{- define "manymodels.previousKeyEnv" -}}
+{{- $cfg := .root.Values.auth.poolKey -}}
+{{- if $cfg.previousKey -}}
+- name: {{ .env }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $cfg.existingSecret }}
+      key: {{ $cfg.previousKey }}
+{{- end -}}
 {{- end -}}
 
 {{/* An env var taken from a key Secret. */}}

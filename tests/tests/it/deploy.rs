@@ -33,7 +33,10 @@ fn env_of(case: &Path, component: &str) -> Vec<(String, String)> {
             let secret: Vec<&str> = fields.collect();
             let value = match name {
                 "MM_SCORER_NAME" => "mm-manymodels-scorer-0".to_string(),
-                _ if name.ends_with("_POOL_KEY") || name.ends_with("_METRICS_KEYS") => {
+                _ if name.ends_with("_POOL_KEY")
+                    || name.ends_with("_POOL_KEY_PREVIOUS")
+                    || name.ends_with("_METRICS_KEYS") =>
+                {
                     assert_eq!(secret.len(), 2, "{name} must come from a Secret");
                     secret.join("/")
                 }
@@ -281,3 +284,102 @@ fn the_chart_and_the_azure_ml_yaml_pass_the_real_tools_and_render_configs_the_bi
 
 /// The SRV name of the scorers' port named `http` for release `mm` in namespace `serving`.
 const SRV_NAME: &str = "_http._tcp.mm-manymodels-scorer.serving.svc.cluster.local.";
+
+/// Renders the chart with `values` (JSON) through Helm's SDK and writes what
+/// `deploy_check.py` writes for a case: `scorer.toml`, `proxy.toml` and each workload's
+/// `MM_` environment (`{component}.env`) in `dir`; `Err` with Helm's message when the chart
+/// refuses the values.
+fn render_case(dir: &Path, values: &str) -> Result<(), String> {
+    const SCRIPT: &str = r#"
+import json, pathlib, sys, yaml, helm_python
+chart_dir, values, out = sys.argv[1], json.loads(sys.argv[2]), pathlib.Path(sys.argv[3])
+chart = helm_python.Chart.load(chart_dir)
+if helm_python.lint(chart_dir)["errors"]:
+    sys.exit("lint: " + str(helm_python.lint(chart_dir)))
+chart.validate_schema(values)
+try:
+    rendered = chart.render(values, name="mm", namespace="serving")
+except Exception as error:
+    sys.exit(str(error))
+for template, text in rendered.items():
+    if template.endswith("NOTES.txt"):
+        continue
+    for obj in yaml.safe_load_all(text):
+        if not obj or obj.get("kind") not in ("ConfigMap", "Deployment", "StatefulSet"):
+            continue
+        if obj["kind"] == "ConfigMap":
+            for name in ("scorer.toml", "proxy.toml"):
+                if name in obj.get("data", {}):
+                    (out / name).write_text(obj["data"][name])
+            continue
+        component = "scorer" if obj["kind"] == "StatefulSet" else "proxy"
+        lines = []
+        for container in obj["spec"]["template"]["spec"]["containers"]:
+            for env in container.get("env", []):
+                if env["name"].startswith("MM_"):
+                    ref = env.get("valueFrom", {}).get("secretKeyRef")
+                    lines.append("\t".join([env["name"], ref["name"], ref["key"]] if ref else [env["name"]]))
+        (out / f"{component}.env").write_text("\n".join(lines))
+        (out / f"{component}.checksum").write_text(
+            obj["spec"]["template"]["metadata"]["annotations"]["checksum/keys"])
+"#;
+    let output = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(root().join("helm/manymodels"))
+        .arg(values)
+        .arg(dir)
+        .output()
+        .expect("python3 runs");
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).to_string())
+    }
+}
+
+/// A pool-key rotation as docs/operating.md describes it: the upgrade that starts it names
+/// the previous key's field of the user's Secret, and both workloads then read the current
+/// and the previous key from the same Secret keys (so every proxy can talk to every scorer,
+/// old or new, while they roll), and roll (the keys' checksum changes); the upgrade that
+/// ends it renders no previous key. A chart-made Secret cannot hold a previous key: refused.
+#[test]
+fn a_pool_key_rotation_gives_both_workloads_the_current_and_the_previous_key() {
+    let out = TempDir::new("deploy-rotation");
+    let during = out.path().join("during");
+    let after = out.path().join("after");
+    std::fs::create_dir_all(&during).unwrap();
+    std::fs::create_dir_all(&after).unwrap();
+    let secret = r#"{"auth": {"poolKey": {"existingSecret": "pool", "key": "pool-key""#;
+    render_case(
+        &during,
+        &format!(r#"{secret}, "previousKey": "pool-key-previous"}}}}}}"#),
+    )
+    .unwrap();
+    render_case(&after, &format!("{secret}}}}}}}")).unwrap();
+    let scorer: ScorerConfig = rendered(&during, "scorer");
+    let proxy: ProxyConfig = rendered(&during, "proxy");
+    assert_eq!(scorer.pool_key.expose(), "pool/pool-key");
+    assert_eq!(proxy.pool_key.expose(), "pool/pool-key");
+    assert_eq!(scorer.pool_key_previous.expose(), "pool/pool-key-previous");
+    assert_eq!(proxy.pool_key_previous.expose(), "pool/pool-key-previous");
+    let scorer: ScorerConfig = rendered(&after, "scorer");
+    let proxy: ProxyConfig = rendered(&after, "proxy");
+    assert_eq!(scorer.pool_key.expose(), "pool/pool-key");
+    assert!(scorer.pool_key_previous.is_empty(), "the rotation ended");
+    assert!(proxy.pool_key_previous.is_empty(), "the rotation ended");
+    let checksum = |dir: &Path, component: &str| {
+        std::fs::read_to_string(dir.join(format!("{component}.checksum"))).unwrap()
+    };
+    assert_eq!(checksum(&during, "scorer"), checksum(&during, "proxy"));
+    assert_ne!(
+        checksum(&during, "proxy"),
+        checksum(&after, "proxy"),
+        "starting and ending a rotation rolls both workloads"
+    );
+    let refused = render_case(
+        out.path(),
+        r#"{"auth": {"poolKey": {"previousKey": "pool-key-previous"}}}"#,
+    )
+    .unwrap_err();
+    assert!(refused.contains("auth.poolKey.previousKey"), "{refused}");
+}

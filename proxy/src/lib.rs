@@ -14,7 +14,9 @@
 pub mod admin;
 pub mod batch;
 pub mod choice;
+pub mod exchange;
 pub mod grpc_route;
+pub mod hedge;
 pub mod http1;
 pub mod keys;
 pub mod ledger;

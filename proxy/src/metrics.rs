@@ -30,6 +30,13 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub upstream_latency: Histogram,
     pub retries: IntCounter,
+    /// Hedges: copies of a slow request sent to the next candidate, those whose answer
+    /// came first, those the budget refused, and scorers ejected as stalled after enough
+    /// requests were hedged away from them without an answer.
+    pub hedges_sent: IntCounter,
+    pub hedges_won: IntCounter,
+    pub hedges_over_budget: IntCounter,
+    pub stall_ejections: IntCounter,
     /// Requests sent past the first-ranked scorer because it was overloaded.
     pub spills: IntCounter,
     /// Requests sent to a lower-ranked scorer because it held the model hot.
@@ -81,6 +88,22 @@ impl Metrics {
             retries: registry.counter(
                 "mm_proxy_retries_total",
                 "Requests retried on the next candidate after a scorer failed.",
+            ),
+            hedges_sent: registry.counter(
+                "mm_proxy_hedges_total",
+                "Copies of a slow inference request sent to the next candidate (hedges).",
+            ),
+            hedges_won: registry.counter(
+                "mm_proxy_hedges_won_total",
+                "Hedges whose answer came first (the first scorer's attempt was cancelled).",
+            ),
+            hedges_over_budget: registry.counter(
+                "mm_proxy_hedges_over_budget_total",
+                "Hedges not sent because the hedge budget was spent.",
+            ),
+            stall_ejections: registry.counter(
+                "mm_proxy_stall_ejections_total",
+                "Scorers ejected after requests were hedged away from them without an answer.",
             ),
             spills: registry.counter(
                 "mm_proxy_spills_total",

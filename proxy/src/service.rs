@@ -24,13 +24,15 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::batch::{self, Batches};
 use crate::choice::{Policy, View, decide, least_busy, replicates};
+use crate::exchange::{self, Exchange, Forwarder};
 use crate::grpc_route::route_by_body;
+use crate::hedge::Hedging;
 use crate::keys::{self, KeyCheck, Keys};
 use crate::limits::{self, Limits, Permit};
 use crate::metrics::Metrics;
 use crate::pool::{Candidate, Pool};
 use crate::reject::{self, Rejection, Reply};
-use crate::route::{GrpcCall, Route, classify, classify_grpc};
+use crate::route::{Action, GrpcCall, Route, classify, classify_grpc};
 use crate::stats::Statistics;
 use crate::{admin, ledger, local};
 
@@ -52,6 +54,9 @@ pub struct Proxy {
     pub(crate) batches: Batches,
     /// Per-key limits and priorities (`limits.*`).
     pub(crate) limits: Limits,
+    /// Hedged requests: delays, budget, stalls (`hedge.*`), and their client.
+    pub(crate) hedging: Hedging,
+    pub(crate) forwarder: Forwarder,
 }
 
 /// Per-request state.
@@ -69,6 +74,11 @@ pub struct Ctx {
     /// The request's span (`proxy.request`, `debug`: built only when spans are exported),
     /// its parent the client's `traceparent`.
     span: tracing::Span,
+    /// The scorer whose answer a hedged request got (`exchange`, which holds its own
+    /// in-flight counts), for the log line and the outcome.
+    answered_by: Option<Arc<str>>,
+    /// Whether a copy of the request went to a second scorer (a hedge).
+    hedged: bool,
     /// The current attempt's span (`upstream`), the scorer's parent.
     upstream_span: tracing::Span,
     echoed: Vec<(&'static str, String)>,
@@ -177,6 +187,8 @@ impl Proxy {
     ) -> Self {
         let batches = Batches::new(&config.batch, config.connect_timeout);
         let limits = Limits::new(&config.key_settings);
+        let hedging = Hedging::new(&config.hedge);
+        let forwarder = Forwarder::new(config.connect_timeout);
         Proxy {
             config,
             pool,
@@ -184,6 +196,8 @@ impl Proxy {
             stats,
             batches,
             limits,
+            hedging,
+            forwarder,
         }
     }
 
@@ -322,6 +336,97 @@ impl Proxy {
         (check, permit)
     }
 
+    /// Whether this request is hedged ([`exchange`]): inference naming a model, over
+    /// HTTP/1.1 or HTTP/2 but not gRPC, with `hedge.enabled`.
+    fn hedges(&self, ctx: &Ctx) -> bool {
+        self.hedging.enabled
+            && !ctx.grpc
+            && matches!(
+                ctx.route,
+                Route::Model {
+                    action: Action::Infer { .. },
+                    ..
+                }
+            )
+    }
+
+    /// Serves a hedged request: reads its body (within its limit and deadline), runs the
+    /// exchange, and answers with the winning scorer's answer or the proxy's own.
+    async fn hedged(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Route::Model { id, .. } = &ctx.route else {
+            return Ok(false);
+        };
+        let id = id.clone();
+        let expects_continue = session
+            .get_header("expect")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue {
+            session.as_mut().write_continue_response().await?;
+        }
+        let wait = ctx.deadline.map_or(self.config.read_timeout, |deadline| {
+            deadline.saturating_duration_since(Instant::now())
+        });
+        let read = batch::read_body(session, ctx.body_limit);
+        let body = match tokio::time::timeout(wait, read).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(reply)) => {
+                respond(session, ctx, reply).await?;
+                return Ok(true);
+            }
+            Err(_) => {
+                let reply = if ctx.deadline.is_some() {
+                    Reply::json(504, &ErrorBody::new("the request's deadline passed"))
+                } else {
+                    Rejection::BadClientRequest.into()
+                };
+                respond(session, ctx, reply).await?;
+                return Ok(true);
+            }
+        };
+        ctx.body_bytes = body.len();
+        let path = session.req_header().uri.path_and_query().map_or_else(
+            || session.req_header().uri.path().to_string(),
+            |p| p.to_string(),
+        );
+        let exchange = Exchange {
+            model: &id,
+            path,
+            headers: session.req_header(),
+            body,
+            deadline: ctx.deadline,
+            request_id: &ctx.request_id,
+            span: &ctx.span,
+            client_authorization: authorization(session).map(str::to_string),
+        };
+        let outcome = exchange::run(self, exchange).await;
+        ctx.tried = outcome.tried;
+        ctx.hedged = outcome.hedged;
+        let answer = match outcome.result {
+            Ok(answer) => answer,
+            Err(rejection) => {
+                respond(session, ctx, rejection.into()).await?;
+                return Ok(true);
+            }
+        };
+        ctx.status = answer.status;
+        ctx.cache = answer.lookup;
+        ctx.upstream_started = Some(answer.started);
+        ctx.answered_by = Some(answer.scorer);
+        let mut header = ResponseHeader::build(answer.status, Some(answer.headers.len() + 3))?;
+        for (name, value) in &answer.headers {
+            if !exchange::NOT_RETURNED.contains(&name.as_str()) {
+                header.append_header(name.clone(), value.clone())?;
+            }
+        }
+        header.insert_header("content-length", answer.body.len().to_string())?;
+        identify(&mut header, ctx)?;
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        session.write_response_body(Some(answer.body), true).await?;
+        Ok(true)
+    }
+
     /// Prepares a request for a scorer: its body limit, its deadline and the upstream path.
     /// `Err` is the proxy's own answer instead.
     fn forward(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Result<(), Reply>> {
@@ -367,6 +472,8 @@ impl ProxyHttp for Proxy {
             body_limit: self.config.max_body.bytes(),
             current: None,
             upstream_started: None,
+            answered_by: None,
+            hedged: false,
             request_id: String::new(),
             span: tracing::Span::none(),
             upstream_span: tracing::Span::none(),
@@ -519,6 +626,7 @@ impl ProxyHttp for Proxy {
                 }
                 .into(),
                 _ => match self.forward(session, ctx)? {
+                    Ok(()) if self.hedges(ctx) => return self.hedged(session, ctx).await,
                     Ok(()) => return Ok(false),
                     Err(reply) => reply,
                 },
@@ -765,7 +873,11 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let scorer = ctx.current.as_ref().map(|(n, _)| n.clone());
+        let scorer = ctx
+            .current
+            .as_ref()
+            .map(|(n, _)| n.clone())
+            .or_else(|| ctx.answered_by.clone());
         ctx.release();
         // The key's in-flight slot (`limits.inflight`): the request is over.
         ctx.permit = None;
@@ -842,6 +954,7 @@ impl ProxyHttp for Proxy {
                 status,
                 cache = ctx.cache.map(Lookup::as_str).unwrap_or(""),
                 tries = ctx.tried.len(),
+                hedged = ctx.hedged,
                 ms = ctx.started.elapsed().as_secs_f64() * 1e3,
                 "request"
             );

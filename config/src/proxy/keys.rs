@@ -145,7 +145,7 @@ pub const KEYS: &[KeyDoc] = &[
     ),
     doc(
         "hedge.burst",
-        "20",
+        "10",
         "Hedges the budget can save up for a burst (the bucket starts full).",
     ),
     doc(

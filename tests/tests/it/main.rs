@@ -21,6 +21,7 @@ mod convert;
 mod deploy;
 mod forecast;
 mod grpc;
+mod hedge;
 mod ledger;
 mod membership;
 mod policy;

@@ -11,6 +11,7 @@ mod autoscale;
 mod batch;
 mod drain;
 mod engines;
+mod freeze;
 mod hot;
 mod hot_under_load;
 mod images;
@@ -92,6 +93,7 @@ pub enum Bench {
     Autoscale(autoscale::AutoscaleArgs),
     /// One scorer of three leaving under realistic traffic, drain hand-off off and on.
     Drain(drain::DrainArgs),
+    Freeze(freeze::FreezeArgs),
     /// JSON REST, binary REST and gRPC through the proxy, same model, same run: a
     /// 10,000-row batch (throughput, latency, CPU per row) and single-row hot hits.
     Protocols(protocols::ProtocolsArgs),
@@ -177,6 +179,7 @@ pub fn run(which: Bench) -> Result<()> {
         Bench::Batch(args) => batch::run(args),
         Bench::Autoscale(args) => autoscale::run(args),
         Bench::Drain(args) => drain::run(args),
+        Bench::Freeze(args) => freeze::run(args),
         Bench::Protocols(args) => protocols::run(args),
         Bench::Replay(args) => replay::run(args),
         Bench::SimReplay(args) => sim_replay::run(args),

@@ -1,7 +1,8 @@
 //! `cargo xtask bench proxy`: the proxy's overhead: the same hot tiny model straight to a
 //! scorer, through a proxy without keys, and through a second proxy that checks a scoped
-//! API key (a key limited to model-id prefixes, the heaviest check), same tools, same run;
-//! CPU per request of each process at saturation.
+//! API key (a key limited to model-id prefixes, the heaviest check), and through a proxy
+//! with hedging off (Pingora's own forwarding instead of the hedged exchange), same tools,
+//! same run; CPU per request of each process at saturation.
 
 use std::path::Path;
 
@@ -24,6 +25,7 @@ pub fn run(seconds: u64, connections: usize) -> Result<()> {
         &[scorer.addr()],
         &[&format!("auth.api_keys={SCOPED_KEY}")],
     )?;
+    let unhedged = super::proxy(18_013, &[scorer.addr()], &["hedge.enabled=false"])?;
     let path = "/v2/models/linear-small/infer";
     post_ok(&format!("{}{path}", proxy.url), &body.to_string())?;
     println!(
@@ -53,6 +55,12 @@ pub fn run(seconds: u64, connections: usize) -> Result<()> {
             base: &keyed.url,
             proxy: Some(&keyed),
             headers: &auth,
+        },
+        Route {
+            label: "through the proxy, hedging off",
+            base: &unhedged.url,
+            proxy: Some(&unhedged),
+            headers: &[],
         },
     ];
     for Route {

@@ -1,0 +1,407 @@
+//! A hedged inference request's exchange with the scorers: the body read once, sent to the
+//! chosen scorer, and after the hedge delay ([`crate::hedge`]) with no answer sent to the
+//! next candidate too; the first answer wins and dropping the other attempt cancels it
+//! (its connection is closed). An attempt that cannot reach its scorer ejects it and, with
+//! no other attempt running, is retried on the next candidate (`upstream.retries`), as
+//! Pingora's path does. A scorer's 5xx answer wins only when no other attempt can answer.
+//!
+//! Only idempotent model requests come here (REST `infer` and Azure ML scoring naming a
+//! model): admin calls, uploads, gRPC and the many-model route keep Pingora's path.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use manymodels_boot::telemetry;
+use manymodels_contract::{Lookup, header};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::hedge::Expect;
+use crate::pool::Candidate;
+use crate::reject::Rejection;
+use crate::service::Proxy;
+
+/// Request headers never passed on: hop-by-hop ones, what the client says of its own
+/// body (the body is re-sent whole), and what the proxy writes itself.
+const NOT_FORWARDED: [&str; 14] = [
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "content-length",
+    "authorization",
+    header::TIMEOUT_MS,
+    header::REQUEST_ID,
+    header::MODEL_PREFIXES,
+];
+
+/// Answer headers not passed back: hop-by-hop, the length (the proxy writes its own),
+/// and the request id (the proxy's `identify` writes it).
+pub(crate) const NOT_RETURNED: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "date",
+    header::REQUEST_ID,
+];
+
+/// The client to the scorers for hedged requests: connections kept and reused.
+pub struct Forwarder {
+    client: reqwest::Client,
+}
+
+impl Forwarder {
+    pub fn new(connect_timeout: Duration) -> Forwarder {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .http1_only()
+            .tcp_nodelay(true)
+            .connect_timeout(connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .expect("a plain HTTP client builds");
+        Forwarder { client }
+    }
+}
+
+/// What the service read and checked of a request.
+pub(crate) struct Exchange<'a> {
+    pub model: &'a str,
+    /// The scorer's path and query.
+    pub path: String,
+    /// The client's headers, passed on but for [`NOT_FORWARDED`].
+    pub headers: &'a pingora::http::RequestHeader,
+    pub body: Bytes,
+    pub deadline: Option<Instant>,
+    pub request_id: &'a str,
+    /// The request's span (each attempt's `upstream` span is its child).
+    pub span: &'a tracing::Span,
+    /// The client's `Authorization`, sent on when no pool key is set (with one, each
+    /// scorer gets the pool key it takes, `Pool::authorization_for`).
+    pub client_authorization: Option<String>,
+}
+
+/// The answer that won.
+pub(crate) struct Answered {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub scorer: Arc<str>,
+    pub lookup: Option<Lookup>,
+    /// When the winning attempt was sent.
+    pub started: Instant,
+}
+
+/// What became of the exchange: the answer, or the proxy's own, and the scorers tried.
+pub(crate) struct Outcome {
+    pub result: Result<Answered, Rejection>,
+    pub tried: Vec<Arc<str>>,
+    /// Whether a copy was sent to a second scorer.
+    pub hedged: bool,
+}
+
+/// One attempt's end: its scorer, when it was sent, and the answer or the error.
+struct Attempt {
+    scorer: Candidate,
+    hedge: bool,
+    started: Instant,
+    result: Result<(u16, HeaderMap, Bytes), reqwest::Error>,
+}
+
+/// Holds one request in flight to a scorer, and gives it back however the attempt ends
+/// (answered, failed, or cancelled because the other copy answered first).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(counter: Arc<AtomicUsize>) -> InFlight {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs the exchange: the first attempt, a hedge after the delay (within the budget), a
+/// retry when an attempt could not reach its scorer; the first good answer.
+pub(crate) async fn run(proxy: &Proxy, exchange: Exchange<'_>) -> Outcome {
+    let hedging = &proxy.hedging;
+    hedging.budget.earn();
+    let mut tried: Vec<Arc<str>> = Vec::new();
+    let mut attempts = FuturesUnordered::new();
+    let mut hedged = false;
+    // A 5xx answer, kept while another attempt may still answer better.
+    let mut fallback: Option<Attempt> = None;
+    let mut failure: Option<Rejection> = None;
+    let mut retries = proxy.config.retries;
+
+    let Some(first) = choose(proxy, &exchange, &tried) else {
+        return Outcome {
+            result: Err(Rejection::NoScorer),
+            tried,
+            hedged,
+        };
+    };
+    let expect = if proxy.pool.holds(exchange.model, &first.name) {
+        Expect::Hit
+    } else {
+        Expect::Miss
+    };
+    let delay = hedging.delays.delay(exchange.model, &first.name, expect);
+    let first_name = first.name.clone();
+    tried.push(first.name.clone());
+    attempts.push(attempt(proxy, &exchange, first, false));
+    let hedge_at = tokio::time::Instant::now() + delay;
+    let mut may_hedge = hedging.enabled;
+
+    loop {
+        let timer = async {
+            if may_hedge {
+                tokio::time::sleep_until(hedge_at).await
+            } else {
+                std::future::pending().await
+            }
+        };
+        tokio::select! {
+            biased;
+            Some(done) = attempts.next() => {
+                match done.result {
+                    Ok((status, ..)) => {
+                        hedging.stalls.answered(&done.scorer.name);
+                        if status >= 500 && !attempts.is_empty() {
+                            fallback = Some(done);
+                            continue;
+                        }
+                        if done.hedge {
+                            proxy.metrics.hedges_won.inc();
+                            if hedging.stalls.hedged_away(&first_name) {
+                                proxy.metrics.stall_ejections.inc();
+                                proxy.pool.eject_stalled(&first_name);
+                            }
+                        }
+                        return Outcome { result: Ok(answered(proxy, &exchange, done)), tried, hedged };
+                    }
+                    Err(error) => {
+                        let timed_out = error.is_timeout();
+                        if !timed_out {
+                            proxy.pool.eject(&done.scorer.name);
+                        }
+                        failure = Some(if timed_out {
+                            Rejection::ScorerTimedOut
+                        } else {
+                            Rejection::ScorerFailed("connection failed")
+                        });
+                        if !attempts.is_empty() {
+                            continue;
+                        }
+                        if !timed_out && retries > 0 && fallback.is_none() {
+                            // Nothing was answered: the next candidate, or none is left.
+                            let Some(next) = choose(proxy, &exchange, &tried) else {
+                                failure = Some(Rejection::NoScorer);
+                                break;
+                            };
+                            retries -= 1;
+                            proxy.metrics.retries.inc();
+                            tried.push(next.name.clone());
+                            may_hedge = false;
+                            attempts.push(attempt(proxy, &exchange, next, false));
+                            continue;
+                        }
+                        break;
+                    }
+                }
+            }
+            () = timer => {
+                may_hedge = false;
+                if attempts.len() != 1 {
+                    continue;
+                }
+                if !hedging.budget.spend() {
+                    proxy.metrics.hedges_over_budget.inc();
+                    continue;
+                }
+                let Some(next) = choose(proxy, &exchange, &tried) else {
+                    continue;
+                };
+                proxy.metrics.hedges_sent.inc();
+                hedged = true;
+                tried.push(next.name.clone());
+                attempts.push(attempt(proxy, &exchange, next, true));
+            }
+            else => break,
+        }
+    }
+    let result = match fallback {
+        Some(done) => Ok(answered(proxy, &exchange, done)),
+        None => Err(failure.unwrap_or(Rejection::NoScorer)),
+    };
+    Outcome {
+        result,
+        tried,
+        hedged,
+    }
+}
+
+/// The next scorer for the model, by the same rules (and side effects) as every request.
+fn choose(proxy: &Proxy, exchange: &Exchange<'_>, tried: &[Arc<str>]) -> Option<Candidate> {
+    let route = if exchange.span.is_none() {
+        tracing::Span::none()
+    } else {
+        tracing::debug_span!(
+            parent: exchange.span,
+            "route",
+            model = exchange.model,
+            attempt = tried.len() + 1,
+            scorer = tracing::field::Empty,
+            why = tracing::field::Empty,
+            warm = tracing::field::Empty,
+        )
+    };
+    let chosen = route.in_scope(|| proxy.choose(exchange.model, tried));
+    if let Some(chosen) = &chosen {
+        route.record("scorer", &*chosen.name);
+    }
+    chosen
+}
+
+/// Sends the request to `scorer` and reads its whole answer.
+async fn attempt(
+    proxy: &Proxy,
+    exchange: &Exchange<'_>,
+    scorer: Candidate,
+    hedge: bool,
+) -> Attempt {
+    let started = Instant::now();
+    let _inflight = InFlight::new(proxy.pool.inflight(&scorer.name));
+    let span = if exchange.span.is_none() {
+        tracing::Span::none()
+    } else {
+        tracing::debug_span!(
+            parent: exchange.span,
+            "upstream",
+            scorer = &*scorer.name,
+            hedge,
+            status = tracing::field::Empty,
+            cache = tracing::field::Empty,
+        )
+    };
+    let mut timeout = proxy.config.read_timeout;
+    let mut headers = HeaderMap::with_capacity(exchange.headers.headers.len() + 4);
+    for (name, value) in &exchange.headers.headers {
+        if !NOT_FORWARDED.contains(&name.as_str()) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    if let Some(deadline) = exchange.deadline {
+        let left = deadline.saturating_duration_since(started);
+        timeout = timeout.min(left);
+        let ms = left.as_millis().max(1) as u64;
+        headers.insert(
+            HeaderName::from_static(header::TIMEOUT_MS),
+            HeaderValue::from(ms),
+        );
+    }
+    let pool_key = proxy.pool.authorization_for(&scorer.name);
+    let authorization = pool_key
+        .as_deref()
+        .or(exchange.client_authorization.as_deref());
+    if let Some(value) = authorization.and_then(|a| HeaderValue::from_str(a).ok()) {
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(exchange.request_id) {
+        headers.insert(HeaderName::from_static(header::REQUEST_ID), value);
+    }
+    if let Some(traceparent) =
+        telemetry::outgoing(&span, exchange.headers.headers.get(header::TRACEPARENT))
+    {
+        headers.insert(HeaderName::from_static(header::TRACEPARENT), traceparent);
+    }
+    let url = format!("http://{}{}", scorer.addr, exchange.path);
+    let timeout = timeout.max(Duration::from_millis(1));
+    let send = |headers: HeaderMap| async {
+        let request = proxy
+            .forwarder
+            .client
+            .post(&url)
+            .headers(headers)
+            .timeout(timeout)
+            .body(exchange.body.clone());
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await?;
+        Ok::<_, reqwest::Error>((status, headers, body))
+    };
+    let mut result = send(headers.clone()).await;
+    // During a pool key rotation a scorer that refuses the key sent switches to the other
+    // one, and the request is sent again with it (once).
+    if matches!(&result, Ok((401, ..)))
+        && let Some(sent) = &pool_key
+    {
+        proxy.pool.pool_key_refused(&scorer.name, Some(sent));
+        if let Some(other) = proxy.pool.authorization_for(&scorer.name)
+            && other != *sent
+            && let Ok(value) = HeaderValue::from_str(&other)
+        {
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            result = send(headers).await;
+        }
+    }
+    if let Ok((status, headers, _)) = &result {
+        span.record("status", status);
+        if let Some(cache) = headers.get(header::CACHE).and_then(|v| v.to_str().ok()) {
+            span.record("cache", cache);
+        }
+    }
+    Attempt {
+        scorer,
+        hedge,
+        started,
+        result,
+    }
+}
+
+/// The winning attempt's answer, learnt from: the scorer holds the model, and how long it
+/// took teaches the hedge delays.
+fn answered(proxy: &Proxy, exchange: &Exchange<'_>, done: Attempt) -> Answered {
+    let took = done.started.elapsed();
+    let (status, headers, body) = done.result.expect("only answered attempts are kept");
+    let lookup = headers
+        .get(header::CACHE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Lookup::parse);
+    if (200..300).contains(&status)
+        && let Some(lookup) = lookup
+    {
+        proxy.learn(exchange.model, &done.scorer.name, lookup);
+        let expect = if lookup == Lookup::Hit {
+            Expect::Hit
+        } else {
+            Expect::Miss
+        };
+        proxy
+            .hedging
+            .delays
+            .observe(exchange.model, &done.scorer.name, expect, took);
+    }
+    Answered {
+        status,
+        headers,
+        body,
+        scorer: done.scorer.name,
+        lookup,
+        started: done.started,
+    }
+}

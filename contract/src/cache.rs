@@ -100,6 +100,27 @@ pub struct CacheSummary {
     pub uptime: f64,
     /// Most recent first.
     pub evictions: Vec<Eviction>,
+    /// Each tenant's share of the budget and what it holds (`tenants.shares`), the default
+    /// tenant last; empty when no tenants are configured.
+    pub tenants: Vec<TenantShareView>,
+    /// Cold loads started, by request priority (`interactive`, `batch`).
+    pub loads_by_priority: BTreeMap<String, u64>,
+}
+
+/// One tenant in a scorer's cache: its resident models and bytes against its floor (kept
+/// against other tenants' models) and cap (the most it may hold).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TenantShareView {
+    pub name: String,
+    pub resident_bytes: u64,
+    pub resident_models: usize,
+    /// The configured fractions of the budget (the default tenant: 0 and 1).
+    pub floor: f64,
+    pub cap: f64,
+    /// The same in bytes.
+    pub floor_bytes: u64,
+    pub cap_bytes: u64,
 }
 
 /// A scorer's answer to a statistics push.
@@ -136,6 +157,15 @@ mod tests {
                     bytes: 5,
                     reason: EvictionReason::NotAdmitted,
                     at: 1.5,
+                }],
+                tenants: vec![TenantShareView {
+                    name: "b".into(),
+                    resident_bytes: 5,
+                    resident_models: 1,
+                    floor: 0.5,
+                    cap: 1.0,
+                    floor_bytes: 5,
+                    cap_bytes: 10,
                 }],
                 ..CacheSummary::default()
             },

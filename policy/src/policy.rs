@@ -446,6 +446,16 @@ impl<K: Key> Policy<K> {
             .find(|key| self.evictable(key, tenant))
     }
 
+    /// Bytes a load of `model` cannot evict: what other tenants hold up to their floors.
+    pub fn protected_from(&self, model: &K::Model) -> u64 {
+        let tenant = self.tenant_of(model);
+        let b = &self.books;
+        (0..b.used.len())
+            .filter(|&t| t != tenant)
+            .map(|t| b.used[t].0.min(b.floor(t)))
+            .sum()
+    }
+
     /// Whether resident `key` may be evicted for a newcomer of `tenant`: its own, or its
     /// tenant stays at or above its floor without it.
     fn evictable(&self, key: &K, tenant: usize) -> bool {

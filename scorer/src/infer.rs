@@ -20,8 +20,25 @@ use crate::tensor::NamedTensor;
 pub type Deadline = Option<(tokio::time::Instant, u64)>;
 
 /// A request's deadline from `x-mm-timeout-ms` (or, for gRPC clients, `grpc-timeout`),
-/// counted from now; a malformed header is a 400, never ignored.
+/// counted from now; a malformed header is a 400, never ignored. Every route that looks a
+/// model up reads its bounds here first, so a malformed `x-mm-priority` (neither
+/// `interactive` nor `batch`) is refused here too, with a 400, before any load; the
+/// request context carries the valid one (`request::priority`).
 pub fn deadline(headers: &axum::http::HeaderMap) -> Result<Deadline, ScorerError> {
+    if let Some(value) = headers.get(contract::header::PRIORITY)
+        && value
+            .to_str()
+            .ok()
+            .and_then(contract::Priority::parse)
+            .is_none()
+    {
+        return Err(ScorerError::invalid(format!(
+            "{} must be `{}` or `{}`",
+            contract::header::PRIORITY,
+            contract::Priority::Interactive.as_str(),
+            contract::Priority::Batch.as_str()
+        )));
+    }
     let ms = if let Some(value) = headers.get(contract::header::TIMEOUT_MS) {
         value
             .to_str()
@@ -329,4 +346,25 @@ pub fn index_prefixes(value: Option<&[u8]>) -> Result<Option<Vec<String>>, Score
                 manymodels_contract::header::MODEL_PREFIXES
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_priority_is_a_400_and_a_valid_one_passes() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert!(deadline(&headers).unwrap().is_none());
+        for good in ["interactive", "batch"] {
+            headers.insert(contract::header::PRIORITY, good.parse().unwrap());
+            assert!(deadline(&headers).is_ok(), "{good}");
+        }
+        for bad in ["Batch", "urgent", ""] {
+            headers.insert(contract::header::PRIORITY, bad.parse().unwrap());
+            let error = deadline(&headers).unwrap_err();
+            assert_eq!(error.status(), axum::http::StatusCode::BAD_REQUEST, "{bad}");
+            assert!(error.to_string().contains("x-mm-priority"), "{error}");
+        }
+    }
 }

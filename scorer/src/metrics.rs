@@ -15,6 +15,10 @@ pub const CANARY_ARMS: [&str; 2] = ["stable", "canary"];
 /// dropped after failing to be written (`capture`).
 pub const CAPTURE_OUTCOMES: [&str; 4] = ["queued", "dropped", "written", "failed"];
 
+/// The values of `mm_scorer_loads_started_total`'s `priority` label, in
+/// [`Metrics::loads_started`]' order (`contract::Priority`).
+pub const LOAD_PRIORITIES: [&str; 2] = ["interactive", "batch"];
+
 pub struct Metrics {
     registry: Registry,
     /// By `route` (the label `http::finish` and `grpc::Front::finish` are given: `infer`,
@@ -56,6 +60,9 @@ pub struct Metrics {
     /// `unload` (the repository API), `replaced` (a new live version took over).
     pub evictions: IntCounterVec,
     pub loads_in_progress: IntGauge,
+    /// Loads that took a load slot, by the priority of the request that started them, in
+    /// [`LOAD_PRIORITIES`]' order.
+    pub loads_started: [IntCounter; 2],
     /// Inference calls (either engine) run on the async worker because they were measured
     /// to be short.
     pub inline_runs: IntCounter,
@@ -178,6 +185,14 @@ impl Metrics {
                 "Inference calls run on the async worker (measured shorter than inference.inline_max).",
             ),
             loads_in_progress: registry.gauge("mm_scorer_loads_in_progress", "Model loads running now."),
+            loads_started: {
+                let priorities = registry.counter_vec(
+                    "mm_scorer_loads_started_total",
+                    "Model loads that took a load slot, by the priority of the request that started them (x-mm-priority: interactive, batch; warm-ups and version checks count as interactive).",
+                    &["priority"],
+                );
+                LOAD_PRIORITIES.map(|priority| priorities.with_label_values(&[priority]))
+            },
             load_duration: registry.histogram(
                 "mm_scorer_model_load_duration_seconds",
                 "Time to load a model once it has a load slot (its image mapped, or its file read and compiled or made an ONNX Runtime session), waits for memory included.",

@@ -1,4 +1,6 @@
-//! The request's own context: its id (`x-request-id`) and when it arrived, set by a tower
+//! The request's own context: its id (`x-request-id`), when it arrived and its priority
+//! (`x-mm-priority`: a `batch` request's cold loads take only a share of the load slots,
+//! behind interactive ones; `cache::slots`), set by a tower
 //! layer in front of every route (gRPC included) and readable anywhere on the request's
 //! task ([`current`]); the layer also puts the id on the answer.
 //!
@@ -19,7 +21,7 @@ use std::time::Instant;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use manymodels_boot::telemetry;
-use manymodels_contract::{header, request_id};
+use manymodels_contract::{Priority, header, request_id};
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
 
@@ -37,6 +39,10 @@ pub struct RequestContext {
     pub arrived: Instant,
     /// How it came: `rest`, `grpc` or `records` (a captured line says so).
     pub protocol: &'static str,
+    /// Its `x-mm-priority` (interactive when absent). A malformed header is refused with
+    /// a 400 before any model is looked up (`infer::deadline`), so it never reaches here
+    /// as anything but the default.
+    pub priority: Priority,
 }
 
 impl RequestContext {
@@ -51,6 +57,11 @@ impl RequestContext {
             id,
             arrived: Instant::now(),
             protocol: "rest",
+            priority: headers
+                .get(header::PRIORITY)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Priority::parse)
+                .unwrap_or_default(),
         }
     }
 
@@ -80,6 +91,12 @@ pub fn current() -> Option<RequestContext> {
     CURRENT.try_with(Clone::clone).ok()
 }
 
+/// The priority of the request this task serves (interactive outside a request: warm-ups
+/// and version checks are the scorer's own work, not a batch's).
+pub fn priority() -> Priority {
+    CURRENT.try_with(|c| c.priority).unwrap_or_default()
+}
+
 /// How long ago the request this task serves arrived (zero outside a request).
 pub fn since_arrival() -> std::time::Duration {
     CURRENT
@@ -93,6 +110,14 @@ pub fn carry<F: Future>(work: F) -> impl Future<Output = F::Output> {
         Some(context) => futures::future::Either::Left(CURRENT.scope(context, work)),
         None => futures::future::Either::Right(work),
     }
+}
+
+/// Runs `work` as a request of `priority` would run (for the cache's tests).
+#[cfg(test)]
+pub async fn as_priority<F: Future>(priority: Priority, work: F) -> F::Output {
+    let mut context = RequestContext::of(&axum::http::HeaderMap::new());
+    context.priority = priority;
+    CURRENT.scope(context, work).await
 }
 
 /// The name of the request's span.

@@ -12,6 +12,7 @@ use crate::engine::{Engine, LoadedModel};
 use crate::error::ScorerError;
 use crate::model_id::ModelId;
 pub use manymodels_contract::CacheSummary;
+use manymodels_contract::cache::TenantShareView;
 
 impl ModelCache {
     /// Counters and the most recent evictions.
@@ -48,6 +49,12 @@ impl ModelCache {
                 .rev()
                 .take(evictions)
                 .cloned()
+                .collect(),
+            tenants: tenant_views(state.policy()),
+            loads_by_priority: crate::metrics::LOAD_PRIORITIES
+                .iter()
+                .zip(&self.metrics.loads_started)
+                .map(|(p, n)| (p.to_string(), n.get()))
                 .collect(),
         }
     }
@@ -209,6 +216,27 @@ fn verdict(explain: &ModelExplain) -> String {
         "Not in memory: version {} was {why} {:.0} s ago; {share}{refused}.",
         last.version, last.seconds_ago
     )
+}
+
+/// Each tenant's resident bytes against its floor and cap, the default tenant last; none
+/// when no tenants are configured.
+fn tenant_views(policy: &manymodels_policy::Policy<ModelKey>) -> Vec<TenantShareView> {
+    if policy.tenants().is_empty() {
+        return Vec::new();
+    }
+    policy
+        .tenant_usage()
+        .into_iter()
+        .map(|t| TenantShareView {
+            name: t.name,
+            resident_bytes: t.bytes,
+            resident_models: t.models,
+            floor: t.floor,
+            cap: t.cap,
+            floor_bytes: t.floor_bytes,
+            cap_bytes: t.cap_bytes,
+        })
+        .collect()
 }
 
 #[cfg(test)]

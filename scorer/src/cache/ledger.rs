@@ -12,6 +12,7 @@ use super::loader;
 use super::resident::{Reserve, Resident};
 use crate::engine::LoadedModel;
 use crate::metrics::Metrics;
+use crate::model_id::ModelId;
 
 /// The resident set with what waits on it: shared with the reservations, which give
 /// their bytes back when dropped, wherever they are.
@@ -95,7 +96,7 @@ impl Ledger {
 
     /// Reserves `bytes` for a load, evicting the lowest-priority residents when they do
     /// not fit, or waiting for other loads to give theirs back.
-    pub(super) async fn reserve(self: &Arc<Self>, bytes: u64) -> Reservation {
+    pub(super) async fn reserve(self: &Arc<Self>, model: &ModelId, bytes: u64) -> Reservation {
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
@@ -103,7 +104,7 @@ impl Ledger {
             let outcome = {
                 let now = self.now();
                 let mut state = self.state();
-                let outcome = state.reserve(bytes, now);
+                let outcome = state.reserve(model, bytes, now);
                 self.metrics.reserved_bytes.set(state.reserved() as i64);
                 outcome
             };

@@ -32,16 +32,19 @@ impl ModelCache {
     /// creation plus the store read's seconds) and its memory reservation, to be dropped
     /// once the model is charged. Time queued for a load slot, a reservation or a core is
     /// not the model's cost: counting it would rank the models of a burst of cold loads (a
-    /// scan) above the hot set.
+    /// scan) above the hot set. The slot is taken by `priority` (`slots`): a batch
+    /// request's load within the batch share, behind waiting interactive ones.
     pub(super) async fn load(
         &self,
         key: ModelKey,
+        priority: manymodels_contract::Priority,
     ) -> Result<(Arc<LoadedModel>, f64, Reservation), ScorerError> {
-        let _slot = self
-            .load_slots
-            .acquire()
-            .await
-            .expect("semaphore never closed");
+        let _slot = self.load_slots.acquire(priority).await;
+        self.metrics.loads_started[match priority {
+            manymodels_contract::Priority::Interactive => 0,
+            manymodels_contract::Priority::Batch => 1,
+        }]
+        .inc();
         self.metrics.loads_in_progress.inc();
         let _in_progress = scopeguard(|| self.metrics.loads_in_progress.dec());
         let started = Instant::now();
@@ -312,7 +315,7 @@ impl ModelCache {
         if !self.ledger.fits(expected) {
             return Err(self.too_large(key, expected));
         }
-        Ok(self.ledger.reserve(bytes).await)
+        Ok(self.ledger.reserve(&key.id, bytes).await)
     }
 }
 

@@ -21,6 +21,8 @@
 //! - `bounds::Waiters`: how many requests may wait for loads.
 //! - `pool::PoolRates` and `pressure::Sizes`: the proxies' statistics and the working set.
 //! - `loader::LoadThreads`: the load threads, a load's cost and its reservation's size.
+//! - `slots::Slots`: the load slots, taken by priority (`batch` requests within
+//!   `cache.batch_load_share`, behind interactive ones).
 //!
 //! What the composition does with them, by file: the request path (this file), a miss
 //! from the store read to a loaded model (`miss`), version checks, swaps, publish and pin
@@ -44,6 +46,7 @@ mod miss;
 mod pool;
 mod pressure;
 mod resident;
+mod slots;
 mod versions;
 mod warmup;
 
@@ -51,8 +54,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, MutexGuard};
 
 use manymodels_config::scorer::{CacheConfig, PolicyConfig, VersionsConfig, WarmupConfig};
-use manymodels_policy::{Key, Policy, StatsReport};
-use tokio::sync::Semaphore;
+use manymodels_contract::Priority;
+use manymodels_policy::{Key, Policy, StatsReport, Tenants};
 use tracing::Instrument;
 
 use bounds::Waiters;
@@ -66,6 +69,7 @@ use loader::LoadThreads;
 use miss::invalid_model;
 use pool::PoolRates;
 use resident::Resident;
+use slots::Slots;
 
 use crate::engine::{Engines, LoadedModel};
 use crate::error::ScorerError;
@@ -86,6 +90,24 @@ impl Key for ModelKey {
     fn model(&self) -> &ModelId {
         &self.id
     }
+    fn text(model: &ModelId) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed(model.as_str())
+    }
+}
+
+/// `tenants.shares` as the policy takes them (already checked by the configuration).
+fn tenants(config: &CacheConfig) -> Tenants {
+    let shares = config
+        .tenants
+        .iter()
+        .map(|s| manymodels_policy::Share {
+            name: s.name.clone(),
+            prefixes: s.prefixes.clone(),
+            floor: s.floor,
+            cap: s.cap,
+        })
+        .collect();
+    Tenants::new(shares).expect("tenants.shares is checked by the configuration")
 }
 
 pub use manymodels_contract::{Eviction, EvictionReason as Reason, Lookup};
@@ -106,7 +128,8 @@ pub struct ModelCache {
     loads: LoadThreads,
     /// Loads from native images: the same slots (`load_slots`), normal priority.
     image_loads: LoadThreads,
-    load_slots: Arc<Semaphore>,
+    /// `cache.max_concurrent_loads` slots, `cache.batch_load_share` of them for batch.
+    load_slots: Arc<Slots>,
     /// Loads in flight: one per key, whoever waits for it.
     flights: Flights<ModelKey, Result<Arc<LoadedModel>, ScorerError>>,
     /// Requests waiting for loads (`cache.max_waiting`, `cache.max_waiting_per_model`).
@@ -137,13 +160,14 @@ impl ModelCache {
         engines: Engines,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let policy = Policy::new(
+        let policy = Policy::with_tenants(
             config.budget.bytes(),
             manymodels_policy::PolicyConfig {
                 half_life: policy_config.half_life_requests as f64,
                 size_weight: policy_config.size_weight,
                 ..manymodels_policy::PolicyConfig::default()
             },
+            tenants(&config),
         );
         let threads = config.max_concurrent_loads.get();
         ModelCache {
@@ -155,7 +179,7 @@ impl ModelCache {
             ),
             loads: LoadThreads::new(threads),
             image_loads: LoadThreads::for_images(threads),
-            load_slots: Arc::new(Semaphore::new(threads)),
+            load_slots: Slots::new(threads, config.batch_load_slots()),
             flights: Flights::new(),
             waiters: Waiters::new(config.max_waiting.get(), config.max_waiting_per_model.get()),
             lives: Lives::new(versions.check_interval, config.failure_ttl),
@@ -267,6 +291,8 @@ impl ModelCache {
         if count {
             self.metrics.cache_misses.inc();
         }
+        // Read on the request's task: the load's slot is taken by this priority.
+        let priority = crate::request::priority();
         // Spans (`debug`: built only when exported): this request's wait, and the load it
         // started when it is the first to miss (the load's work on the load threads is a
         // child of that, `loader::LoadThreads::run_holding`).
@@ -285,7 +311,7 @@ impl ModelCache {
                 } else {
                     tracing::Span::none()
                 };
-                self.load_within_deadline(key.clone(), !count)
+                self.load_within_deadline(key.clone(), !count, priority)
                     .instrument(load)
             })
             .instrument(wait)
@@ -301,9 +327,10 @@ impl ModelCache {
         &self,
         key: ModelKey,
         warmup: bool,
+        priority: Priority,
     ) -> Result<Arc<LoadedModel>, ScorerError> {
         let loaded = self
-            .within_load_timeout(&key, self.load_and_admit(key.clone(), warmup))
+            .within_load_timeout(&key, self.load_and_admit(key.clone(), warmup, priority))
             .await;
         if let Err(error @ ScorerError::LoadTimeout { .. }) = &loaded {
             self.failures
@@ -324,8 +351,9 @@ impl ModelCache {
         &self,
         key: ModelKey,
         warmup: bool,
+        priority: Priority,
     ) -> Result<Arc<LoadedModel>, ScorerError> {
-        let (model, cost, reservation) = self.load(key.clone()).await?;
+        let (model, cost, reservation) = self.load(key.clone(), priority).await?;
         let now = self.now();
         let admitted = self.state().admit(key, model.clone(), cost, now, warmup);
         if !admitted.admitted {
@@ -468,6 +496,104 @@ mod tests {
         tokio::time::sleep(miss::NOT_FOUND_TTL + Duration::from_millis(200)).await;
         let (model, lookup) = cache.get(&id("m"), None).await.unwrap();
         assert_eq!((model.version, lookup), (1, Lookup::Miss));
+    }
+
+    /// Tenant A floods the cache with models each asked for more often than B's: B keeps
+    /// its floor (half the budget) throughout, and `summary` shows both tenants. Without
+    /// the floor the same flood takes B's place.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_floor_holds_while_another_tenant_floods_the_cache() {
+        let store = MemoryStore::new();
+        let model = demo("linear-small");
+        for i in 0..10 {
+            store.put(&format!("b-{i}"), 1, &model);
+        }
+        for i in 0..60 {
+            store.put(&format!("a-{i}"), 1, &model);
+        }
+        let weight = {
+            let probe = native_cache(store.clone(), |_| {});
+            probe.get(&id("b-0"), None).await.unwrap().0.weight
+        };
+        let b_resident = |floor: f64| {
+            let store = store.clone();
+            async move {
+                let cache = native_cache(store, |config| {
+                    // Room for 16 models; B's 10 are 62.5% of it.
+                    config.cache.budget = manymodels_config::ByteSize(16 * weight);
+                    config.cache.tenants = vec![
+                        manymodels_config::scorer::TenantShare {
+                            name: "b".into(),
+                            prefixes: vec!["b-".into()],
+                            floor,
+                            cap: 1.0,
+                        },
+                        manymodels_config::scorer::TenantShare {
+                            name: "a".into(),
+                            prefixes: vec!["a-".into()],
+                            floor: 0.0,
+                            cap: 1.0,
+                        },
+                    ];
+                });
+                for i in 0..10 {
+                    cache.get(&id(&format!("b-{i}")), None).await.unwrap();
+                }
+                let mut lowest = u64::MAX;
+                for i in 0..60 {
+                    for _ in 0..3 {
+                        cache.get(&id(&format!("a-{i}")), None).await.unwrap();
+                    }
+                    let summary = cache.summary(0);
+                    assert_eq!(summary.tenants.len(), 3, "b, a and the default tenant");
+                    assert!(summary.resident_bytes <= summary.budget_bytes);
+                    lowest = lowest.min(summary.tenants[0].resident_bytes);
+                }
+                let summary = cache.summary(0);
+                assert_eq!(summary.tenants[0].name, "b");
+                assert_eq!(
+                    summary.tenants[0].floor_bytes,
+                    (floor * (16 * weight) as f64) as u64
+                );
+                assert!(summary.tenants[1].resident_bytes > 0, "A got the rest");
+                lowest
+            }
+        };
+        let floored = b_resident(0.5).await;
+        assert!(
+            floored >= 8 * weight,
+            "B fell to {floored} bytes, under its floor of {}",
+            8 * weight
+        );
+        let flooded = b_resident(0.0).await;
+        assert!(
+            flooded < 8 * weight,
+            "without a floor the flood must take B's place: {flooded}"
+        );
+    }
+
+    /// A batch request's load takes a batch slot, counted by priority; a request outside
+    /// any request context (a warm-up) counts as interactive.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn loads_are_counted_by_the_priority_of_the_request_that_started_them() {
+        let store = MemoryStore::new();
+        store.put("m", 1, &demo("linear-small"));
+        store.put("n", 1, &demo("linear-small"));
+        let cache = native_cache(store.clone(), |_| {});
+        crate::request::as_priority(Priority::Batch, cache.get(&id("m"), None))
+            .await
+            .unwrap();
+        cache.get(&id("n"), None).await.unwrap();
+        let counts: Vec<u64> = cache
+            .metrics
+            .loads_started
+            .iter()
+            .map(|c| c.get())
+            .collect();
+        assert_eq!(counts, vec![1, 1]);
+        let summary = cache.summary(0);
+        assert_eq!(summary.loads_by_priority["batch"], 1);
+        assert!(summary.tenants.is_empty(), "no tenants configured");
     }
 
     /// A version that fails to load answers its error fast for `cache.failure_ttl`

@@ -146,24 +146,27 @@ impl<M: Charged> Resident<M> {
         Some(model)
     }
 
-    /// Reserves `bytes` for a load about to start (at most the whole ceiling). A load
-    /// waits only while another load runs: with none running (what is reserved is held
-    /// memory, or loads that wait themselves) it is granted over the ceiling rather than
-    /// wait for ever.
-    pub fn reserve(&mut self, bytes: u64, now: f64) -> Reserve<M> {
+    /// Reserves `bytes` for a load of `model` about to start (at most the whole ceiling).
+    /// A load waits only while another load runs: with none running (what is reserved is
+    /// held memory, or loads that wait themselves) it is granted over the ceiling rather
+    /// than wait for ever. Other tenants' residents held by their floors are never evicted
+    /// for it (`Policy::lowest_evictable_for`).
+    pub fn reserve(&mut self, model: &ModelId, bytes: u64, now: f64) -> Reserve<M> {
         let bytes = bytes.min(self.ceiling);
         if self.policy.used() + self.reserved + bytes <= self.ceiling {
             self.reserved += bytes;
             self.active += 1;
             return Reserve::Granted(bytes, Vec::new());
         }
-        if self.reserved + bytes > self.ceiling && self.active > 0 {
-            // Even an empty cache would not make room: other loads must finish first.
+        if self.policy.protected_from(model) + self.reserved + bytes > self.ceiling
+            && self.active > 0
+        {
+            // Even evicting all it may would not make room: other loads must finish first.
             return Reserve::Wait;
         }
         let mut dropped = Vec::new();
         while self.policy.used() + self.reserved + bytes > self.ceiling {
-            let Some(victim) = self.policy.lowest().cloned() else {
+            let Some(victim) = self.policy.lowest_evictable_for(model).cloned() else {
                 break;
             };
             if let Some(model) = self.evict(&victim, Reason::Capacity, now) {
@@ -362,6 +365,10 @@ mod tests {
         }
     }
 
+    fn id(name: &str) -> ModelId {
+        ModelId::parse(name).unwrap()
+    }
+
     fn key(name: &str) -> ModelKey {
         ModelKey {
             id: ModelId::parse(name).unwrap(),
@@ -390,10 +397,10 @@ mod tests {
         assert!(load(&mut r, "hot", 400, 50, 0.0));
         assert!(load(&mut r, "cold", 500, 1, 0.0));
         // 900 resident: 200 more fit under the ceiling without evicting anything.
-        assert!(matches!(r.reserve(200, 1.0), Reserve::Granted(200, d) if d.is_empty()));
+        assert!(matches!(r.reserve(&id("x"), 200, 1.0), Reserve::Granted(200, d) if d.is_empty()));
         assert_eq!(r.reserved(), 200);
         // 100 more does not: the cold model goes, the hot one stays.
-        match r.reserve(100, 1.0) {
+        match r.reserve(&id("x"), 100, 1.0) {
             Reserve::Granted(100, dropped) => assert_eq!(dropped.len(), 1),
             other => panic!("{other:?}"),
         }
@@ -409,29 +416,35 @@ mod tests {
     fn a_reservation_waits_for_other_loads_and_a_huge_one_takes_the_whole_ceiling() {
         let mut r = resident(1000);
         assert!(load(&mut r, "a", 300, 5, 0.0));
-        assert!(matches!(r.reserve(700, 0.0), Reserve::Granted(700, d) if d.is_empty()));
+        assert!(matches!(r.reserve(&id("x"), 700, 0.0), Reserve::Granted(700, d) if d.is_empty()));
         // 700 reserved: another 500 cannot fit even with the cache emptied.
-        assert!(matches!(r.reserve(500, 0.0), Reserve::Wait));
+        assert!(matches!(r.reserve(&id("x"), 500, 0.0), Reserve::Wait));
         assert!(r.contains(&key("a")), "waiting evicts nothing");
         // A load larger than the ceiling waits to run alone, then takes all of it.
-        assert!(matches!(r.reserve(5000, 0.0), Reserve::Wait));
+        assert!(matches!(r.reserve(&id("x"), 5000, 0.0), Reserve::Wait));
         r.release(700, true);
-        match r.reserve(5000, 0.0) {
+        match r.reserve(&id("x"), 5000, 0.0) {
             Reserve::Granted(1100, dropped) => assert_eq!(dropped.len(), 1),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(r.reserve(1, 0.0), Reserve::Wait));
+        assert!(matches!(r.reserve(&id("x"), 1, 0.0), Reserve::Wait));
         r.release(1100, true);
-        assert!(matches!(r.reserve(500, 0.0), Reserve::Granted(500, d) if d.is_empty()));
+        assert!(matches!(r.reserve(&id("x"), 500, 0.0), Reserve::Granted(500, d) if d.is_empty()));
         assert!(!r.fits(1001) && r.fits(1000));
         assert!(r.has_room(), "500 reserved under a ceiling of 1100");
-        assert!(matches!(r.reserve(600, 0.0), Reserve::Granted(600, _)));
+        assert!(matches!(
+            r.reserve(&id("x"), 600, 0.0),
+            Reserve::Granted(600, _)
+        ));
         assert!(!r.has_room(), "the reservations take the ceiling");
         r.release(600, true);
         r.release(500, true);
         // Residents and reservations together fill the budget: no room for a warm-up.
         assert!(load(&mut r, "c", 850, 5, 0.0) && r.has_room());
-        assert!(matches!(r.reserve(200, 0.0), Reserve::Granted(200, _)));
+        assert!(matches!(
+            r.reserve(&id("x"), 200, 0.0),
+            Reserve::Granted(200, _)
+        ));
         assert!(!r.has_room());
         r.release(200, true);
         r.unload(&ModelId::parse("c").unwrap(), 0.0);
@@ -441,12 +454,12 @@ mod tests {
         let mut tiny: Resident<Fake> =
             Resident::new(Policy::new(100, PolicyConfig::default()), 10_000, metrics);
         assert!(matches!(
-            tiny.reserve(3_000, 0.0),
+            tiny.reserve(&id("x"), 3_000, 0.0),
             Reserve::Granted(3_000, _)
         ));
         assert!(tiny.has_room());
         assert!(matches!(
-            tiny.reserve(7_100, 0.0),
+            tiny.reserve(&id("x"), 7_100, 0.0),
             Reserve::Granted(7_100, _)
         ));
         assert!(!tiny.has_room());
@@ -454,12 +467,12 @@ mod tests {
         // reservation is granted over the ceiling (everything evictable goes first).
         r.hold(1000);
         assert!(load(&mut r, "b", 50, 5, 0.0));
-        match r.reserve(500, 0.0) {
+        match r.reserve(&id("x"), 500, 0.0) {
             Reserve::Granted(500, dropped) => assert_eq!(dropped.len(), 1),
             other => panic!("{other:?}"),
         }
         assert!(
-            matches!(r.reserve(10, 0.0), Reserve::Wait),
+            matches!(r.reserve(&id("x"), 10, 0.0), Reserve::Wait),
             "one load runs now"
         );
         r.release(500, true);

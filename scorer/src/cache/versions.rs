@@ -178,7 +178,9 @@ impl ModelCache {
         old: &Arc<LoadedModel>,
     ) -> Result<(Arc<LoadedModel>, f64, Reservation), ScorerError> {
         self.within_load_timeout(key, async {
-            let (model, cost, reservation) = self.load(key.clone()).await?;
+            let (model, cost, reservation) = self
+                .load(key.clone(), manymodels_contract::Priority::Interactive)
+                .await?;
             let reservation = self
                 .vet_holding(key, model.clone(), Some(old), reservation)
                 .await?;

@@ -134,7 +134,7 @@ pub const KEYS: &[KeyDoc] = &[
     doc(
         "tenants.shares",
         "",
-        "Tenant shares of `cache.budget`: a comma-separated list (or TOML array) of `name=prefix[|prefix...][:floor=F][:cap=C]`, e.g. `b=b-:floor=0.5,a=a-|scan-:cap=0.25`. A model belongs to the tenant with the longest prefix of its id, else to the default tenant (no floor, no cap). `floor` (default 0) is the fraction of the budget the tenant keeps against other tenants' models: eviction for another tenant's model never takes it below it, and under it its own models claim room from tenants above their floors. `cap` (default 1) is the most it may hold: a model that would put it over its cap may evict only its tenant's models, else is served without being kept. Floors sum to at most 1; each cap at least its floor. Empty: no tenants.",
+        "Tenant shares of `cache.budget`: a comma-separated list (or TOML array) of `name=prefix[+prefix...][:floor=F][:cap=C]`, e.g. `b=b-:floor=0.5,a=a-+scan-:cap=0.25`. A model belongs to the tenant with the longest prefix of its id, else to the default tenant (no floor, no cap). `floor` (default 0) is the fraction of the budget the tenant keeps against other tenants' models: eviction for another tenant's model never takes it below it, and under it its own models claim room from tenants above their floors. `cap` (default 1) is the most it may hold: a model that would put it over its cap may evict only its tenant's models, else is served without being kept. Floors sum to at most 1; each cap at least its floor. Empty: no tenants.",
     ),
     doc(
         "warmup.concurrency",

@@ -274,7 +274,7 @@ impl Raw {
 }
 
 impl RawTenants {
-    /// `tenants.shares`: `name=prefix[|prefix...][:floor=F][:cap=C]` items.
+    /// `tenants.shares`: `name=prefix[+prefix...][:floor=F][:cap=C]` items.
     fn validate(self) -> Result<Vec<TenantShare>, ConfigError> {
         const KEY: &str = "tenants.shares";
         let bad = |item: &str, why: String| ConfigError::key(KEY, format!("`{item}`: {why}"));
@@ -297,7 +297,7 @@ impl RawTenants {
             if shares.iter().any(|s| s.name == name) {
                 return Err(bad(item, format!("tenant `{name}` is named twice")));
             }
-            let prefixes: Vec<String> = prefixes.split('|').map(|p| p.trim().to_string()).collect();
+            let prefixes: Vec<String> = prefixes.split('+').map(|p| p.trim().to_string()).collect();
             if let Some(p) = prefixes.iter().find(|p| !crate::valid_model_id(p)) {
                 return Err(bad(
                     item,

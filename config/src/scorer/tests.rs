@@ -144,7 +144,7 @@ fn tenant_shares_parse_and_bad_ones_name_the_key() {
         None,
         &[(
             "MM_SCORER_TENANTS_SHARES",
-            "b=b-:floor=0.5:cap=1.0, a=a-|scan-:cap=0.25",
+            "b=b-:floor=0.5:cap=1.0, a=a-+scan-:cap=0.25",
         )],
         &[],
     )

@@ -28,6 +28,7 @@ mod replay;
 mod sim_replay;
 mod stats;
 mod swap;
+mod tenants;
 mod wrk;
 
 use std::ops::Deref;
@@ -115,6 +116,9 @@ pub enum Bench {
     Policy(policy::SimArgs),
     /// A hot model's latency alone and while cold loads of big forests run beside it.
     HotUnderLoad(hot_under_load::HotUnderLoadArgs),
+    /// Noisy neighbours: one tenant's Zipf traffic alone, beside another tenant's batch
+    /// scan with the first tenant's floor, and without tenant shares.
+    Tenants(tenants::TenantsArgs),
     /// Publish-to-live delay of a hot model on a local and an Azure Blob (Azurite) store,
     /// and latency during swaps against steady state.
     Swap {
@@ -169,6 +173,7 @@ pub fn run(which: Bench) -> Result<()> {
         Bench::Load { reps } => load::run(reps),
         Bench::Policy(args) => policy::run(args),
         Bench::HotUnderLoad(args) => hot_under_load::run(args),
+        Bench::Tenants(args) => tenants::run(args),
         Bench::Import(args) => import::run(args),
         Bench::Memory { models } => memory::run(models),
         Bench::Proxy {

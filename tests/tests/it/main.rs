@@ -34,5 +34,6 @@ mod rotation;
 mod scale;
 mod scorer;
 mod status;
+mod tenants;
 mod tracing;
 mod versions;

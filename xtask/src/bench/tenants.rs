@@ -95,7 +95,7 @@ pub fn run(args: TenantsArgs) -> Result<()> {
         let mut client = Client::connect(&scorer.url, None)?;
         client.infer(&b_id(0), &body)?;
         let explain = get_json(&format!("{}{}", scorer.url, route::CACHE_EXPLAIN))?;
-        explain["resident_bytes"].as_u64().unwrap_or(0)
+        explain["cache"]["resident_bytes"].as_u64().unwrap_or(0)
     };
     if weight == 0 {
         bail!("could not read a model's weight from /v2/mm/cache");
@@ -289,8 +289,9 @@ fn phase(
     let mut latencies: Vec<Duration> = results.iter().flat_map(|r| r.3.clone()).collect();
     latencies.sort();
     // The explain view: the summary's fields, flattened, and the residents.
-    let cache = get_json(&format!("{}{}", scorer.url, route::CACHE_EXPLAIN))?;
-    let summary = &cache;
+    let explain = get_json(&format!("{}{}", scorer.url, route::CACHE_EXPLAIN))?;
+    let cache = &explain["cache"];
+    let summary = cache;
     let b_resident = summary["tenants"]
         .as_array()
         .and_then(|t| t.iter().find(|t| t["name"] == "b"))

@@ -372,14 +372,6 @@ async fn send(
         .header("content-type", "application/json")
         .timeout(timeout)
         .body(body);
-    let authorization = proxy
-        .pool
-        .authorization_for(&chosen.name)
-        .map(|key| key.to_string())
-        .or_else(|| asked.client_authorization.clone());
-    if let Some(authorization) = &authorization {
-        request = request.header("authorization", authorization);
-    }
     if let Some(priority) = asked.priority {
         request = request.header(header::PRIORITY, priority.as_str());
     }
@@ -401,22 +393,40 @@ async fn send(
     if let Some(traceparent) = telemetry::outgoing(&span, asked.traceparent.as_ref()) {
         request = request.header(header::TRACEPARENT, traceparent);
     }
+    // The pool key this scorer takes, else (no pool key) the client's header.
+    let pool_key = proxy.pool.authorization_for(&chosen.name);
+    let send = |authorization: Option<&str>| {
+        // The body is in memory (`Bytes`): the request clones.
+        let mut request = request
+            .try_clone()
+            .expect("a request with an in-memory body");
+        if let Some(authorization) = authorization.or(asked.client_authorization.as_deref()) {
+            request = request.header("authorization", authorization);
+        }
+        async move {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await?;
+            Ok::<_, reqwest::Error>((status, bytes))
+        }
+    };
     let started = Instant::now();
-    let result = async {
-        let response = request.send().await?;
-        let status = response.status().as_u16();
-        let bytes = response.bytes().await?;
-        Ok::<_, reqwest::Error>((status, bytes))
+    let mut result = send(pool_key.as_deref()).await;
+    // During a pool key rotation a scorer that refuses the key sent is switched to the
+    // other one, and the groups are sent again with it (once).
+    if matches!(&result, Ok((401, _)))
+        && let Some(sent) = &pool_key
+    {
+        proxy.pool.pool_key_refused(&chosen.name, Some(sent));
+        if let Some(other) = proxy.pool.authorization_for(&chosen.name)
+            && other != *sent
+        {
+            result = send(Some(&other)).await;
+        }
     }
-    .await;
     counter.fetch_sub(groups.len(), Ordering::Relaxed);
     if let Ok((status, _)) = &result {
         span.record("status", status);
-        if *status == 401 {
-            proxy
-                .pool
-                .pool_key_refused(&chosen.name, authorization.as_deref());
-        }
     }
     drop(span);
     proxy

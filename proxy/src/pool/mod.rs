@@ -322,14 +322,6 @@ impl Pool {
         self.keys.authorization_for(scorer)
     }
 
-    /// The current pool key's `Authorization`, for a caller that has not chosen a scorer
-    /// yet. A call to a scorer must carry [`Pool::authorization_for`] instead: during a
-    /// rotation a scorer may take only the previous key. (Kept for the hedged exchange until
-    /// it asks per scorer.)
-    pub fn authorization(&self) -> Option<&str> {
-        self.keys.current()
-    }
-
     /// `scorer` answered 401 to `sent` (the `Authorization` sent to it): during a rotation,
     /// switch it to the other pool key now (the next health check confirms).
     pub fn pool_key_refused(&self, scorer: &str, sent: Option<&str>) {

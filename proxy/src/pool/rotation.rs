@@ -54,11 +54,6 @@ impl PoolKeys {
         }
     }
 
-    /// `Bearer <auth.pool_key>`, if set.
-    pub fn current(&self) -> Option<&str> {
-        self.current.as_deref()
-    }
-
     /// Whether a rotation is under way (a previous key is set): only then is a scorer
     /// asked which key it takes.
     pub fn rotating(&self) -> bool {

@@ -10,7 +10,7 @@
 //! scorer for its hits and its cold loads when the pair is unknown.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -52,7 +52,7 @@ impl Slot {
     }
 
     fn timeout(&self, tag: u64) -> Option<f32> {
-        (self.tag == tag).then(|| self.mean + 4.0 * self.deviation)
+        (self.tag == tag).then_some(self.mean + 4.0 * self.deviation)
     }
 }
 
@@ -108,9 +108,7 @@ impl Delays {
 
     /// A nonzero tag for a key (0 marks an empty slot).
     fn tag(&self, key: impl Hash) -> u64 {
-        let mut hasher = self.hasher.build_hasher();
-        key.hash(&mut hasher);
-        hasher.finish().max(1)
+        self.hasher.hash_one(key).max(1)
     }
 
     /// A scorer answered a request for `model` in `took`: from memory (`Hit`) or after

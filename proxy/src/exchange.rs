@@ -298,36 +298,44 @@ async fn attempt(
         )
     };
     let mut timeout = proxy.config.read_timeout;
-    let mut headers = HeaderMap::with_capacity(exchange.headers.headers.len() + 4);
-    for (name, value) in &exchange.headers.headers {
-        if !NOT_FORWARDED.contains(&name.as_str()) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    if let Some(deadline) = exchange.deadline {
-        let left = deadline.saturating_duration_since(started);
+    let left = exchange
+        .deadline
+        .map(|deadline| deadline.saturating_duration_since(started));
+    if let Some(left) = left {
         timeout = timeout.min(left);
-        let ms = left.as_millis().max(1) as u64;
-        headers.insert(
-            HeaderName::from_static(header::TIMEOUT_MS),
-            HeaderValue::from(ms),
-        );
     }
+    let traceparent =
+        telemetry::outgoing(&span, exchange.headers.headers.get(header::TRACEPARENT));
+    // The client's headers but for those the proxy writes, and the proxy's.
+    let headers = |authorization: Option<&str>| {
+        let mut headers = HeaderMap::with_capacity(exchange.headers.headers.len() + 4);
+        for (name, value) in &exchange.headers.headers {
+            if !NOT_FORWARDED.contains(&name.as_str()) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        if let Some(left) = left {
+            let ms = left.as_millis().max(1) as u64;
+            headers.insert(
+                HeaderName::from_static(header::TIMEOUT_MS),
+                HeaderValue::from(ms),
+            );
+        }
+        if let Some(value) = authorization.and_then(|a| HeaderValue::from_str(a).ok()) {
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        if let Ok(value) = HeaderValue::from_str(exchange.request_id) {
+            headers.insert(HeaderName::from_static(header::REQUEST_ID), value);
+        }
+        if let Some(traceparent) = &traceparent {
+            headers.insert(
+                HeaderName::from_static(header::TRACEPARENT),
+                traceparent.clone(),
+            );
+        }
+        headers
+    };
     let pool_key = proxy.pool.authorization_for(&scorer.name);
-    let authorization = pool_key
-        .as_deref()
-        .or(exchange.client_authorization.as_deref());
-    if let Some(value) = authorization.and_then(|a| HeaderValue::from_str(a).ok()) {
-        headers.insert(reqwest::header::AUTHORIZATION, value);
-    }
-    if let Ok(value) = HeaderValue::from_str(exchange.request_id) {
-        headers.insert(HeaderName::from_static(header::REQUEST_ID), value);
-    }
-    if let Some(traceparent) =
-        telemetry::outgoing(&span, exchange.headers.headers.get(header::TRACEPARENT))
-    {
-        headers.insert(HeaderName::from_static(header::TRACEPARENT), traceparent);
-    }
     let url = format!("http://{}{}", scorer.addr, exchange.path);
     let timeout = timeout.max(Duration::from_millis(1));
     let send = |headers: HeaderMap| async {
@@ -344,7 +352,12 @@ async fn attempt(
         let body = response.bytes().await?;
         Ok::<_, reqwest::Error>((status, headers, body))
     };
-    let mut result = send(headers.clone()).await;
+    let mut result = send(headers(
+        pool_key
+            .as_deref()
+            .or(exchange.client_authorization.as_deref()),
+    ))
+    .await;
     // During a pool key rotation a scorer that refuses the key sent switches to the other
     // one, and the request is sent again with it (once).
     if matches!(&result, Ok((401, ..)))
@@ -353,10 +366,8 @@ async fn attempt(
         proxy.pool.pool_key_refused(&scorer.name, Some(sent));
         if let Some(other) = proxy.pool.authorization_for(&scorer.name)
             && other != *sent
-            && let Ok(value) = HeaderValue::from_str(&other)
         {
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-            result = send(headers).await;
+            result = send(headers(Some(&other))).await;
         }
     }
     if let Ok((status, headers, _)) = &result {

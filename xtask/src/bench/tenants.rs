@@ -55,6 +55,10 @@ pub struct TenantsArgs {
 const SCORER_PORT: u16 = 18_160;
 const PROXY_PORT: u16 = 18_161;
 
+/// What one of B's clients measured: requests sent, hits, failures, and the latencies of
+/// the answered ones.
+type Measured = (usize, usize, usize, Vec<Duration>);
+
 /// What one phase measured of tenant B (and of A, when it ran).
 struct Phase {
     label: String,
@@ -221,70 +225,68 @@ fn phase(
     let limit = Duration::from_secs(args.seconds);
     let b_next = AtomicUsize::new(warm);
     let started = Instant::now();
-    let results = std::thread::scope(
-        |scope| -> Result<Vec<(usize, usize, usize, Vec<Duration>)>> {
-            if scan {
-                let next = Arc::new(AtomicUsize::new(0));
-                for _ in 0..args.a_clients {
-                    let (stop, next, a_sent, a_failed, url) = (
-                        stop.clone(),
-                        next.clone(),
-                        a_sent.clone(),
-                        a_failed.clone(),
-                        url.clone(),
-                    );
-                    scope.spawn(move || -> Result<()> {
-                        let mut client = Client::connect(&url, Some("batch"))?;
-                        while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
-                            let i = next.fetch_add(1, Ordering::Relaxed) % args.a_models;
-                            for _ in 0..args.a_repeats {
-                                let (status, _, _) = client.infer(&a_id(i), body)?;
-                                a_sent.fetch_add(1, Ordering::Relaxed);
-                                if status != 200 {
-                                    a_failed.fetch_add(1, Ordering::Relaxed);
-                                }
+    let results = std::thread::scope(|scope| -> Result<Vec<Measured>> {
+        if scan {
+            let next = Arc::new(AtomicUsize::new(0));
+            for _ in 0..args.a_clients {
+                let (stop, next, a_sent, a_failed, url) = (
+                    stop.clone(),
+                    next.clone(),
+                    a_sent.clone(),
+                    a_failed.clone(),
+                    url.clone(),
+                );
+                scope.spawn(move || -> Result<()> {
+                    let mut client = Client::connect(&url, Some("batch"))?;
+                    while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
+                        let i = next.fetch_add(1, Ordering::Relaxed) % args.a_models;
+                        for _ in 0..args.a_repeats {
+                            let (status, _, _) = client.infer(&a_id(i), body)?;
+                            a_sent.fetch_add(1, Ordering::Relaxed);
+                            if status != 200 {
+                                a_failed.fetch_add(1, Ordering::Relaxed);
                             }
                         }
-                        Ok(())
-                    });
-                }
-                // Let the scan get going before B is measured.
-                std::thread::sleep(Duration::from_secs(2));
+                    }
+                    Ok(())
+                });
             }
-            let end = warm + args.requests;
-            let measured: Vec<_> = (0..args.b_clients)
-                .map(|_| {
-                    let (next, url, sequence) = (&b_next, url.clone(), &sequence);
-                    scope.spawn(move || -> Result<(usize, usize, usize, Vec<Duration>)> {
-                        let mut client = Client::connect(&url, None)?;
-                        let (mut sent, mut hits, mut failed) = (0, 0, 0);
-                        let mut latencies = Vec::new();
-                        while started.elapsed() < limit {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            if i >= end {
-                                break;
-                            }
-                            let (status, hit, latency) = client.infer(&b_id(sequence[i]), body)?;
-                            sent += 1;
-                            if status == 200 {
-                                latencies.push(latency);
-                                hits += usize::from(hit);
-                            } else {
-                                failed += 1;
-                            }
+            // Let the scan get going before B is measured.
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        let end = warm + args.requests;
+        let measured: Vec<_> = (0..args.b_clients)
+            .map(|_| {
+                let (next, url, sequence) = (&b_next, url.clone(), &sequence);
+                scope.spawn(move || -> Result<Measured> {
+                    let mut client = Client::connect(&url, None)?;
+                    let (mut sent, mut hits, mut failed) = (0, 0, 0);
+                    let mut latencies = Vec::new();
+                    while started.elapsed() < limit {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= end {
+                            break;
                         }
-                        Ok((sent, hits, failed, latencies))
-                    })
+                        let (status, hit, latency) = client.infer(&b_id(sequence[i]), body)?;
+                        sent += 1;
+                        if status == 200 {
+                            latencies.push(latency);
+                            hits += usize::from(hit);
+                        } else {
+                            failed += 1;
+                        }
+                    }
+                    Ok((sent, hits, failed, latencies))
                 })
-                .collect();
-            let out = measured
-                .into_iter()
-                .map(|m| m.join().expect("B client"))
-                .collect::<Result<Vec<_>>>();
-            stop.store(true, Ordering::Relaxed);
-            out
-        },
-    )?;
+            })
+            .collect();
+        let out = measured
+            .into_iter()
+            .map(|m| m.join().expect("B client"))
+            .collect::<Result<Vec<_>>>();
+        stop.store(true, Ordering::Relaxed);
+        out
+    })?;
     let elapsed = started.elapsed();
     let mut latencies: Vec<Duration> = results.iter().flat_map(|r| r.3.clone()).collect();
     latencies.sort();
@@ -348,8 +350,7 @@ fn run_clients(
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().expect("client"))
-            .collect::<Result<()>>()
+            .try_for_each(|h| h.join().expect("client"))
     })
 }
 

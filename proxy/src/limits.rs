@@ -178,28 +178,31 @@ impl Limits {
     }
 }
 
-/// A request's priority: the key's own setting (`key_setting`) wins; else the client's
-/// `x-mm-priority` (`header`), which must be `interactive` or `batch` (`Err` with the
-/// message of a 400 otherwise); else none is said (the scorer's default, interactive).
+/// A request's priority: the key's own setting (`key_setting`) wins, and then the header is
+/// not read at all (a client's malformed header cannot refuse what its key decides); else
+/// the client's `x-mm-priority` (`header`), which must be `interactive` or `batch` (`Err`
+/// with the message of a 400 otherwise); else none is said (the scorer's default,
+/// interactive).
 pub fn priority(
     key_setting: Option<Priority>,
     header: Option<&[u8]>,
 ) -> Result<Option<Priority>, String> {
-    let asked = match header {
-        None => None,
-        Some(value) => Some(
-            std::str::from_utf8(value)
-                .ok()
-                .and_then(Priority::parse)
-                .ok_or_else(|| {
-                    format!(
-                        "{} must be `interactive` or `batch`",
-                        manymodels_contract::header::PRIORITY
-                    )
-                })?,
-        ),
+    if key_setting.is_some() {
+        return Ok(key_setting);
+    }
+    let Some(value) = header else {
+        return Ok(None);
     };
-    Ok(key_setting.or(asked))
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(Priority::parse)
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "{} must be `interactive` or `batch`",
+                manymodels_contract::header::PRIORITY
+            )
+        })
 }
 
 #[cfg(test)]
@@ -335,8 +338,6 @@ mod tests {
             let error = priority(None, Some(bad)).unwrap_err();
             assert!(error.contains("x-mm-priority"), "{error}");
         }
-        // A bad header is refused even when the key's setting would win: it is malformed.
-        assert!(priority(Some(Batch), Some(b"urgent")).is_err());
         let limits = Limits::new(&[KeySettings {
             name: "etl".into(),
             priority: Some(Batch),
@@ -344,5 +345,18 @@ mod tests {
         }]);
         assert_eq!(limits.priority("etl"), Some(Batch));
         assert_eq!(limits.priority("acme"), None);
+    }
+
+    #[test]
+    fn a_keys_priority_wins_without_reading_a_malformed_header() {
+        use Priority::{Batch, Interactive};
+        for bad in [&b"urgent"[..], b"", b"Batch", b"\xff"] {
+            assert_eq!(priority(Some(Batch), Some(bad)), Ok(Some(Batch)));
+            assert_eq!(
+                priority(Some(Interactive), Some(bad)),
+                Ok(Some(Interactive))
+            );
+            assert!(priority(None, Some(bad)).is_err(), "no key setting: 400");
+        }
     }
 }

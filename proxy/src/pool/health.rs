@@ -17,6 +17,9 @@ use crate::ranking::name_ref;
 /// The readiness answer of a draining scorer, told apart from any other failure.
 const DRAINING: ErrorType = ErrorType::Custom("scorer draining");
 
+/// A ready scorer whose pool key, during a rotation, no probe has learnt yet.
+const KEY_UNKNOWN: ErrorType = ErrorType::Custom("scorer pool key unknown");
+
 /// The active health check: `GET /v2/health/ready` must answer 200 within
 /// `health.timeout`. A scorer that answers anything else (503 while it warms or shuts
 /// down) or refuses the connection leaves the rotation at once. One that was healthy and
@@ -25,6 +28,10 @@ const DRAINING: ErrorType = ErrorType::Custom("scorer draining");
 /// dropping it would move its whole share to the next-ranked scorers as cold loads (and
 /// requests to a scorer that really died are retried elsewhere at once by passive
 /// ejection anyway).
+///
+/// During a pool-key rotation a ready scorer passes only once a probe has learnt which key
+/// it takes (`rotation.rs`): one whose probe learns nothing and whose key was never learnt
+/// fails the check, as not ready, until a later probe learns it.
 pub(super) struct ScorerCheck {
     http: HttpHealthCheck,
     tolerated: usize,
@@ -93,15 +100,27 @@ fn timed_out(e: &Error) -> bool {
 #[async_trait]
 impl HealthCheck for ScorerCheck {
     async fn check(&self, target: &Backend) -> pingora::Result<()> {
-        let result = self.http.check(target).await;
+        let mut result = self.http.check(target).await;
         // During a rotation, which pool key a ready scorer takes, learnt before this check
         // passes: a scorer enters rotation (or comes back after a restart) with it known.
+        // A probe that learns nothing keeps a key learnt before; with none learnt, the
+        // scorer stays out, since a guess of the current key would be refused (401) by an
+        // old scorer on every request that goes Pingora's path.
         if result.is_ok() && self.keys.rotating() {
             let takes = self
                 .keys
                 .probe(&target.addr.to_string(), self.timeout)
                 .await;
-            self.keys.learnt(name_ref(target), takes);
+            if !self.keys.learnt(name_ref(target), takes) {
+                tracing::warn!(
+                    scorer = %target.addr,
+                    "ready, but which pool key it takes is not known yet: kept out of rotation"
+                );
+                result = Error::e_explain(
+                    KEY_UNKNOWN,
+                    "during the pool-key probe after a passed health check",
+                );
+            }
         }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         // A backend never checked counts as healthy, as Pingora starts it.
@@ -178,6 +197,111 @@ pub(super) mod tests {
             }
         });
         addr
+    }
+
+    /// A real HTTP server on loopback, always ready, whose `GET /v2` answers as `mode` says:
+    /// 200 to `k-old` only (1), 200 to `k-new` (2), 401 to both (3), or the connection is
+    /// closed without an answer (0, a probe that fails). `probes` counts the `GET /v2`.
+    async fn keyed_server(
+        mode: Arc<AtomicUsize>,
+        probes: Arc<AtomicUsize>,
+    ) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mode = mode.load(Ordering::SeqCst);
+                let probes = probes.clone();
+                tokio::spawn(async move {
+                    let mut request = [0u8; 2048];
+                    let n = stream.read(&mut request).await.unwrap_or(0);
+                    let text = String::from_utf8_lossy(&request[..n]).to_string();
+                    let status = if text.starts_with("GET /v2/health/ready ") {
+                        "200 OK"
+                    } else {
+                        probes.fetch_add(1, Ordering::SeqCst);
+                        let takes = |key: &str| text.contains(&format!("Bearer {key}\r\n"));
+                        match mode {
+                            1 if takes("k-old") => "200 OK",
+                            2 if takes("k-new") => "200 OK",
+                            1..=3 => "401 Unauthorized",
+                            _ => return,
+                        }
+                    };
+                    let _ = stream
+                        .write_all(
+                            format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes(),
+                        )
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn while_rotating_a_ready_scorer_whose_key_was_never_learnt_stays_out() {
+        const NO_ANSWER: usize = 0;
+        const OLD_ONLY: usize = 1;
+        const NEITHER: usize = 3;
+        let mode = Arc::new(AtomicUsize::new(NO_ANSWER));
+        let probes = Arc::new(AtomicUsize::new(0));
+        let addr = keyed_server(mode.clone(), probes.clone()).await;
+        let target = backend("scorer-0:8001", addr);
+        let keys = Arc::new(PoolKeys::new(
+            &manymodels_config::Secret::new("k-new"),
+            &manymodels_config::Secret::new("k-old"),
+        ));
+        let check = ScorerCheck::new(Duration::from_secs(2), 1, Default::default(), keys.clone());
+        let sent = || keys.authorization_for("scorer-0:8001");
+        let steps = [
+            (
+                NO_ANSWER,
+                false,
+                "Bearer k-new",
+                "a failed probe, never learnt: out",
+            ),
+            (
+                NEITHER,
+                false,
+                "Bearer k-new",
+                "401 to both, never learnt: still out",
+            ),
+            (OLD_ONLY, true, "Bearer k-old", "learnt on the old key: in"),
+            (
+                NO_ANSWER,
+                true,
+                "Bearer k-old",
+                "a failed probe keeps the key learnt",
+            ),
+            (NEITHER, true, "Bearer k-old", "and so does a 401 to both"),
+        ];
+        for (i, (answer, passes, key, why)) in steps.into_iter().enumerate() {
+            mode.store(answer, Ordering::SeqCst);
+            assert_eq!(
+                check.check(&target).await.is_ok(),
+                passes,
+                "step {i}: {why}"
+            );
+            assert_eq!(sent().as_deref(), Some(key), "step {i}: {why}");
+        }
+        assert!(probes.load(Ordering::SeqCst) >= steps.len());
+
+        // Without a previous key nothing is asked, and a ready scorer passes.
+        let probes = Arc::new(AtomicUsize::new(0));
+        let addr = keyed_server(Arc::new(AtomicUsize::new(NO_ANSWER)), probes.clone()).await;
+        let one_key = Arc::new(PoolKeys::new(
+            &manymodels_config::Secret::new("k-new"),
+            &manymodels_config::Secret::new(""),
+        ));
+        let check = ScorerCheck::new(Duration::from_secs(2), 1, Default::default(), one_key);
+        assert!(check.check(&backend("scorer-1:8001", addr)).await.is_ok());
+        assert_eq!(
+            probes.load(Ordering::SeqCst),
+            0,
+            "no probe without a rotation"
+        );
     }
 
     #[tokio::test]

@@ -12,7 +12,14 @@
 //! ([`PoolKeys::refused`]), and the next check confirms. Without a previous key nothing is
 //! asked and every scorer gets the one key.
 //!
-//! The state is one name per scorer on the previous key, at most the pool's size.
+//! A probe that learns nothing (no answer in time, or a 401 to both keys) changes nothing:
+//! a scorer whose key was learnt before keeps it, and one whose key was never learnt does
+//! not pass its check, so it stays out of rotation until a probe learns its key. Sending it
+//! the current key on a guess would answer 401 to every request on Pingora's path (gRPC,
+//! admin calls, uploads, unhedged inference) if it is an old scorer that takes only the old.
+//!
+//! The state is two sets of scorer names (those on the previous key, and those whose key a
+//! probe learnt), each at most the pool's size.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -30,6 +37,9 @@ pub struct PoolKeys {
     previous: Option<Arc<str>>,
     /// Scorers (names) that refused the current key and took the previous one.
     on_previous: RwLock<HashSet<String>>,
+    /// Scorers (names) whose key a probe learnt (either key): only these pass a health
+    /// check while rotating.
+    known: RwLock<HashSet<String>>,
 }
 
 /// What a probe learnt of a scorer.
@@ -51,6 +61,7 @@ impl PoolKeys {
             current: bearer(current),
             previous: bearer(current).and(bearer(previous)),
             on_previous: RwLock::new(HashSet::new()),
+            known: RwLock::new(HashSet::new()),
         }
     }
 
@@ -95,13 +106,33 @@ impl PoolKeys {
         self.set(scorer, to_previous);
     }
 
-    /// Records what a probe learnt of `scorer`.
-    pub(crate) fn learnt(&self, scorer: &str, takes: Takes) {
+    /// Records what a probe learnt of `scorer`, and says whether its key is known: learnt by
+    /// this probe or an earlier one. `Takes::Unknown` changes nothing, so a scorer learnt
+    /// before keeps its key, and one never learnt stays unknown (its health check fails).
+    pub(crate) fn learnt(&self, scorer: &str, takes: Takes) -> bool {
         match takes {
             Takes::Current => self.set(scorer, false),
             Takes::Previous => self.set(scorer, true),
-            Takes::Unknown => {}
+            Takes::Unknown => {
+                return self
+                    .known
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(scorer);
+            }
         }
+        let known = self
+            .known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(scorer);
+        if !known {
+            self.known
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(scorer.to_string());
+        }
+        true
     }
 
     fn set(&self, scorer: &str, previous: bool) {
@@ -234,6 +265,35 @@ mod tests {
         assert_eq!(
             keys.authorization_for("a:1").as_deref(),
             Some("Bearer k-new")
+        );
+    }
+
+    #[test]
+    fn an_unknown_probe_keeps_a_learnt_key_and_leaves_a_scorer_never_learnt_unknown() {
+        let keys = keys("k-new", "k-old");
+        assert!(
+            !keys.learnt("a:1", Takes::Unknown),
+            "never learnt: its check must not pass"
+        );
+        assert_eq!(
+            keys.authorization_for("a:1").as_deref(),
+            Some("Bearer k-new")
+        );
+        assert!(keys.learnt("a:1", Takes::Previous));
+        assert!(keys.learnt("a:1", Takes::Unknown), "learnt before: kept");
+        assert_eq!(
+            keys.authorization_for("a:1").as_deref(),
+            Some("Bearer k-old")
+        );
+        assert!(keys.learnt("b:1", Takes::Current));
+        assert!(keys.learnt("b:1", Takes::Unknown));
+        assert_eq!(
+            keys.authorization_for("b:1").as_deref(),
+            Some("Bearer k-new")
+        );
+        assert!(
+            !keys.learnt("c:1", Takes::Unknown),
+            "one scorer learnt is not all"
         );
     }
 

@@ -337,34 +337,56 @@ for template, text in rendered.items():
     }
 }
 
-/// A pool-key rotation as docs/operating.md describes it: the upgrade that starts it names
-/// the previous key's field of the user's Secret, and both workloads then read the current
-/// and the previous key from the same Secret keys (so every proxy can talk to every scorer,
-/// old or new, while they roll), and roll (the keys' checksum changes); the upgrade that
-/// ends it renders no previous key. A chart-made Secret cannot hold a previous key: refused.
+/// A pool-key rotation as docs/operating.md describes it: the new key goes in a new field of
+/// the user's Secret, so no field a running pod reads is edited in place; the upgrade that
+/// starts it points `key` at the new field and `previousKey` at the old one, and both
+/// workloads then read the current and the previous key from the same Secret keys (so every
+/// proxy can talk to every scorer, old or new, while they roll, and a pod of the old spec
+/// still reads the old key from its unchanged field), and roll (the keys' checksum changes);
+/// the upgrade that ends it keeps `key` on the new field and renders no previous key. A
+/// chart-made Secret cannot hold a previous key: refused.
 #[test]
 fn a_pool_key_rotation_gives_both_workloads_the_current_and_the_previous_key() {
     let out = TempDir::new("deploy-rotation");
+    let before = out.path().join("before");
     let during = out.path().join("during");
     let after = out.path().join("after");
-    std::fs::create_dir_all(&during).unwrap();
-    std::fs::create_dir_all(&after).unwrap();
-    let secret = r#"{"auth": {"poolKey": {"existingSecret": "pool", "key": "pool-key""#;
+    for dir in [&before, &during, &after] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let secret = r#"{"auth": {"poolKey": {"existingSecret": "pool""#;
+    render_case(&before, &format!("{secret}}}}}}}")).unwrap();
+    // --set auth.poolKey.key=pool-key-2,auth.poolKey.previousKey=pool-key
     render_case(
         &during,
-        &format!(r#"{secret}, "previousKey": "pool-key-previous"}}}}}}"#),
+        &format!(r#"{secret}, "key": "pool-key-2", "previousKey": "pool-key"}}}}}}"#),
     )
     .unwrap();
-    render_case(&after, &format!("{secret}}}}}}}")).unwrap();
-    let scorer: ScorerConfig = rendered(&during, "scorer");
-    let proxy: ProxyConfig = rendered(&during, "proxy");
+    // --set auth.poolKey.key=pool-key-2,auth.poolKey.previousKey=
+    render_case(
+        &after,
+        &format!(r#"{secret}, "key": "pool-key-2", "previousKey": ""}}}}}}"#),
+    )
+    .unwrap();
+    let scorer: ScorerConfig = rendered(&before, "scorer");
+    let proxy: ProxyConfig = rendered(&before, "proxy");
     assert_eq!(scorer.pool_key.expose(), "pool/pool-key");
     assert_eq!(proxy.pool_key.expose(), "pool/pool-key");
-    assert_eq!(scorer.pool_key_previous.expose(), "pool/pool-key-previous");
-    assert_eq!(proxy.pool_key_previous.expose(), "pool/pool-key-previous");
+    assert!(proxy.pool_key_previous.is_empty());
+    let scorer: ScorerConfig = rendered(&during, "scorer");
+    let proxy: ProxyConfig = rendered(&during, "proxy");
+    assert_eq!(scorer.pool_key.expose(), "pool/pool-key-2");
+    assert_eq!(proxy.pool_key.expose(), "pool/pool-key-2");
+    assert_eq!(
+        scorer.pool_key_previous.expose(),
+        "pool/pool-key",
+        "the previous key is the old pods' own, unedited field"
+    );
+    assert_eq!(proxy.pool_key_previous.expose(), "pool/pool-key");
     let scorer: ScorerConfig = rendered(&after, "scorer");
     let proxy: ProxyConfig = rendered(&after, "proxy");
-    assert_eq!(scorer.pool_key.expose(), "pool/pool-key");
+    assert_eq!(scorer.pool_key.expose(), "pool/pool-key-2");
+    assert_eq!(proxy.pool_key.expose(), "pool/pool-key-2");
     assert!(scorer.pool_key_previous.is_empty(), "the rotation ended");
     assert!(proxy.pool_key_previous.is_empty(), "the rotation ended");
     let checksum = |dir: &Path, component: &str| {
@@ -372,9 +394,14 @@ fn a_pool_key_rotation_gives_both_workloads_the_current_and_the_previous_key() {
     };
     assert_eq!(checksum(&during, "scorer"), checksum(&during, "proxy"));
     assert_ne!(
+        checksum(&before, "proxy"),
+        checksum(&during, "proxy"),
+        "starting a rotation rolls both workloads"
+    );
+    assert_ne!(
         checksum(&during, "proxy"),
         checksum(&after, "proxy"),
-        "starting and ending a rotation rolls both workloads"
+        "ending a rotation rolls both workloads"
     );
     let refused = render_case(
         out.path(),

@@ -54,6 +54,15 @@ pub(crate) const NOT_RETURNED: [&str; 6] = [
     header::REQUEST_ID,
 ];
 
+/// The client's headers but for [`NOT_FORWARDED`]: what every attempt starts from.
+pub(crate) fn forwarded(request: &HeaderMap) -> HeaderMap {
+    let mut headers = request.clone();
+    for name in NOT_FORWARDED {
+        headers.remove(name);
+    }
+    headers
+}
+
 /// The client to the scorers for hedged requests: connections kept and reused.
 pub struct Forwarder {
     client: reqwest::Client,
@@ -78,8 +87,8 @@ pub(crate) struct Exchange<'a> {
     pub model: &'a str,
     /// The scorer's path and query.
     pub path: String,
-    /// The client's headers, passed on but for [`NOT_FORWARDED`].
-    pub headers: &'a pingora::http::RequestHeader,
+    /// The client's headers to pass on: [`forwarded`] of the request's.
+    pub headers: HeaderMap,
     pub body: Bytes,
     pub deadline: Option<Instant>,
     pub request_id: &'a str,
@@ -97,8 +106,6 @@ pub(crate) struct Answered {
     pub body: Bytes,
     pub scorer: Arc<str>,
     pub lookup: Option<Lookup>,
-    /// When the winning attempt was sent.
-    pub started: Instant,
 }
 
 /// What became of the exchange: the answer, or the proxy's own, and the scorers tried.
@@ -107,6 +114,8 @@ pub(crate) struct Outcome {
     pub tried: Vec<Arc<str>>,
     /// Whether a copy was sent to a second scorer.
     pub hedged: bool,
+    /// When the first attempt was sent (the upstream latency is measured from it).
+    pub started: Instant,
 }
 
 /// One attempt's end: its scorer, when it was sent, and the answer or the error.
@@ -146,12 +155,15 @@ pub(crate) async fn run(proxy: &Proxy, exchange: Exchange<'_>) -> Outcome {
     let mut fallback: Option<Attempt> = None;
     let mut failure: Option<Rejection> = None;
     let mut retries = proxy.config.retries;
+    let past_deadline = || exchange.deadline.is_some_and(|d| Instant::now() >= d);
 
+    let started = Instant::now();
     let Some(first) = choose(proxy, &exchange, &tried) else {
         return Outcome {
             result: Err(Rejection::NoScorer),
             tried,
             hedged,
+            started,
         };
     };
     let expect = if proxy.pool.holds(exchange.model, &first.name) {
@@ -161,17 +173,19 @@ pub(crate) async fn run(proxy: &Proxy, exchange: Exchange<'_>) -> Outcome {
     };
     let delay = hedging.delays.delay(exchange.model, &first.name, expect);
     let first_name = first.name.clone();
+    let mut first_answered = false;
     tried.push(first.name.clone());
     attempts.push(attempt(proxy, &exchange, first, false));
-    let hedge_at = tokio::time::Instant::now() + delay;
-    let mut may_hedge = hedging.enabled;
+    let mut wake = hedging
+        .enabled
+        .then(|| (tokio::time::Instant::now() + delay, Wake::Hedge));
 
     loop {
-        let timer = async {
-            if may_hedge {
-                tokio::time::sleep_until(hedge_at).await
-            } else {
-                std::future::pending().await
+        let next_wake = wake;
+        let timer = async move {
+            match next_wake {
+                Some((at, _)) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
         };
         tokio::select! {
@@ -180,33 +194,49 @@ pub(crate) async fn run(proxy: &Proxy, exchange: Exchange<'_>) -> Outcome {
                 match done.result {
                     Ok((status, ..)) => {
                         hedging.stalls.answered(&done.scorer.name);
+                        first_answered |= !done.hedge;
                         if status >= 500 && !attempts.is_empty() {
+                            // The other attempt gets one more hedge delay to do better.
                             fallback = Some(done);
+                            wake = Some((tokio::time::Instant::now() + delay, Wake::GiveUp));
                             continue;
                         }
                         if done.hedge {
                             proxy.metrics.hedges_won.inc();
-                            if hedging.stalls.hedged_away(&first_name) {
+                            // Only a scorer that was expected to answer from memory, and
+                            // answered nothing, counts towards a stall: a cold load may
+                            // rightly take longer than a hedge to a holder.
+                            if expect == Expect::Hit
+                                && !first_answered
+                                && hedging.stalls.hedged_away(&first_name)
+                            {
                                 proxy.metrics.stall_ejections.inc();
                                 proxy.pool.eject_stalled(&first_name);
                             }
                         }
-                        return Outcome { result: Ok(answered(proxy, &exchange, done)), tried, hedged };
+                        return Outcome {
+                            result: Ok(answered(proxy, &exchange, done)),
+                            tried,
+                            hedged,
+                            started,
+                        };
                     }
                     Err(error) => {
-                        let timed_out = error.is_timeout();
-                        if !timed_out {
+                        // A connect timeout is a connection failure too: the scorer
+                        // could not be reached, nothing was sent.
+                        let unreachable = error.is_connect() || !error.is_timeout();
+                        if unreachable {
                             proxy.pool.eject(&done.scorer.name);
                         }
-                        failure = Some(if timed_out {
-                            Rejection::ScorerTimedOut
-                        } else {
+                        failure = Some(if unreachable {
                             Rejection::ScorerFailed("connection failed")
+                        } else {
+                            Rejection::ScorerTimedOut
                         });
                         if !attempts.is_empty() {
                             continue;
                         }
-                        if !timed_out && retries > 0 && fallback.is_none() {
+                        if unreachable && retries > 0 && fallback.is_none() && !past_deadline() {
                             // Nothing was answered: the next candidate, or none is left.
                             let Some(next) = choose(proxy, &exchange, &tried) else {
                                 failure = Some(Rejection::NoScorer);
@@ -215,7 +245,7 @@ pub(crate) async fn run(proxy: &Proxy, exchange: Exchange<'_>) -> Outcome {
                             retries -= 1;
                             proxy.metrics.retries.inc();
                             tried.push(next.name.clone());
-                            may_hedge = false;
+                            wake = None;
                             attempts.push(attempt(proxy, &exchange, next, false));
                             continue;
                         }
@@ -224,8 +254,13 @@ pub(crate) async fn run(proxy: &Proxy, exchange: Exchange<'_>) -> Outcome {
                 }
             }
             () = timer => {
-                may_hedge = false;
-                if attempts.len() != 1 {
+                let Some((_, why)) = wake.take() else {
+                    continue;
+                };
+                if why == Wake::GiveUp {
+                    break;
+                }
+                if attempts.len() != 1 || past_deadline() {
                     continue;
                 }
                 if !hedging.budget.spend() {
@@ -251,7 +286,17 @@ pub(crate) async fn run(proxy: &Proxy, exchange: Exchange<'_>) -> Outcome {
         result,
         tried,
         hedged,
+        started,
     }
+}
+
+/// What the exchange's one timer is set for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    /// The hedge delay: send a copy to the next candidate.
+    Hedge,
+    /// A 5xx is held and the other attempt had its extra delay: answer the 5xx.
+    GiveUp,
 }
 
 /// The next scorer for the model, by the same rules (and side effects) as every request.
@@ -297,23 +342,22 @@ async fn attempt(
             cache = tracing::field::Empty,
         )
     };
-    let mut timeout = proxy.config.read_timeout;
-    let left = exchange
-        .deadline
-        .map(|deadline| deadline.saturating_duration_since(started));
-    if let Some(left) = left {
-        timeout = timeout.min(left);
-    }
-    let traceparent =
-        telemetry::outgoing(&span, exchange.headers.headers.get(header::TRACEPARENT));
+    let traceparent = telemetry::outgoing(&span, exchange.headers.get(header::TRACEPARENT));
+    // What is left of the deadline (`None`: no deadline), and the read timeout within it.
+    let left = || {
+        exchange
+            .deadline
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+    };
+    let timeout = |left: Option<Duration>| {
+        left.map_or(proxy.config.read_timeout, |left| {
+            proxy.config.read_timeout.min(left)
+        })
+        .max(Duration::from_millis(1))
+    };
     // The client's headers but for those the proxy writes, and the proxy's.
-    let headers = |authorization: Option<&str>| {
-        let mut headers = HeaderMap::with_capacity(exchange.headers.headers.len() + 4);
-        for (name, value) in &exchange.headers.headers {
-            if !NOT_FORWARDED.contains(&name.as_str()) {
-                headers.append(name.clone(), value.clone());
-            }
-        }
+    let headers = |authorization: Option<&str>, left: Option<Duration>| {
+        let mut headers = exchange.headers.clone();
         if let Some(left) = left {
             let ms = left.as_millis().max(1) as u64;
             headers.insert(
@@ -337,12 +381,12 @@ async fn attempt(
     };
     let pool_key = proxy.pool.authorization_for(&scorer.name);
     let url = format!("http://{}{}", scorer.addr, exchange.path);
-    let timeout = timeout.max(Duration::from_millis(1));
-    let send = |headers: HeaderMap| async {
+    let url = &url;
+    let send = |headers: HeaderMap, timeout: Duration| async move {
         let request = proxy
             .forwarder
             .client
-            .post(&url)
+            .post(url)
             .headers(headers)
             .timeout(timeout)
             .body(exchange.body.clone());
@@ -352,11 +396,16 @@ async fn attempt(
         let body = response.bytes().await?;
         Ok::<_, reqwest::Error>((status, headers, body))
     };
-    let mut result = send(headers(
-        pool_key
-            .as_deref()
-            .or(exchange.client_authorization.as_deref()),
-    ))
+    let first_left = left();
+    let mut result = send(
+        headers(
+            pool_key
+                .as_deref()
+                .or(exchange.client_authorization.as_deref()),
+            first_left,
+        ),
+        timeout(first_left),
+    )
     .await;
     // During a pool key rotation a scorer that refuses the key sent switches to the other
     // one, and the request is sent again with it (once).
@@ -364,10 +413,12 @@ async fn attempt(
         && let Some(sent) = &pool_key
     {
         proxy.pool.pool_key_refused(&scorer.name, Some(sent));
+        let now_left = left();
         if let Some(other) = proxy.pool.authorization_for(&scorer.name)
             && other != *sent
+            && now_left != Some(Duration::ZERO)
         {
-            result = send(headers(Some(&other))).await;
+            result = send(headers(Some(&other), now_left), timeout(now_left)).await;
         }
     }
     if let Ok((status, headers, _)) = &result {
@@ -413,6 +464,5 @@ fn answered(proxy: &Proxy, exchange: &Exchange<'_>, done: Attempt) -> Answered {
         body,
         scorer: done.scorer.name,
         lookup,
-        started: done.started,
     }
 }

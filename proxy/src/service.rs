@@ -364,7 +364,9 @@ impl Proxy {
             session.as_mut().write_continue_response().await?;
         }
         let wait = ctx.deadline.map_or(self.config.read_timeout, |deadline| {
-            deadline.saturating_duration_since(Instant::now())
+            deadline
+                .saturating_duration_since(Instant::now())
+                .min(self.config.read_timeout)
         });
         let read = batch::read_body(session, ctx.body_limit);
         let body = match tokio::time::timeout(wait, read).await {
@@ -384,6 +386,14 @@ impl Proxy {
             }
         };
         ctx.body_bytes = body.len();
+        if ctx
+            .deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            let reply = Reply::json(504, &ErrorBody::new("the request's deadline passed"));
+            respond(session, ctx, reply).await?;
+            return Ok(true);
+        }
         let path = session.req_header().uri.path_and_query().map_or_else(
             || session.req_header().uri.path().to_string(),
             |p| p.to_string(),
@@ -391,16 +401,30 @@ impl Proxy {
         let exchange = Exchange {
             model: &id,
             path,
-            headers: session.req_header(),
+            headers: exchange::forwarded(&session.req_header().headers),
             body,
             deadline: ctx.deadline,
             request_id: &ctx.request_id,
             span: &ctx.span,
             client_authorization: authorization(session).map(str::to_string),
         };
-        let outcome = exchange::run(self, exchange).await;
+        // The client may hang up while the scorers work: then the exchange is dropped (its
+        // attempts cancelled, their in-flight counts and the key's permit given back).
+        let outcome = tokio::select! {
+            outcome = exchange::run(self, exchange) => outcome,
+            closed = session.as_mut().read_body_or_idle(true) => {
+                let error = match closed {
+                    Err(error) => error,
+                    Ok(_) => Error::explain(ConnectionClosed, "the client sent data after its body"),
+                };
+                return Err(error.into_down());
+            }
+        };
         ctx.tried = outcome.tried;
         ctx.hedged = outcome.hedged;
+        if !ctx.tried.is_empty() {
+            ctx.upstream_started = Some(outcome.started);
+        }
         let answer = match outcome.result {
             Ok(answer) => answer,
             Err(rejection) => {
@@ -410,7 +434,6 @@ impl Proxy {
         };
         ctx.status = answer.status;
         ctx.cache = answer.lookup;
-        ctx.upstream_started = Some(answer.started);
         ctx.answered_by = Some(answer.scorer);
         let mut header = ResponseHeader::build(answer.status, Some(answer.headers.len() + 3))?;
         for (name, value) in &answer.headers {

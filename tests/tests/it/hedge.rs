@@ -206,3 +206,76 @@ async fn hedges_stay_within_the_budget() {
         "only 200s and deadline answers"
     );
 }
+
+/// A client that gives up on a hedged request (its scorer frozen) hangs up: the exchange is
+/// dropped with it, so the key's in-flight permit comes back at once and the key's next
+/// request, for a model on a live scorer, is served instead of refused with 429.
+#[tokio::test]
+async fn a_client_that_hangs_up_gives_its_in_flight_permit_back() {
+    let pool = Pool::local(
+        &demo_store(),
+        2,
+        &[],
+        &[
+            "auth.api_keys=t:tenant-key",
+            "limits.inflight=t=1",
+            "health.tolerated_timeouts=100",
+            // No hedge within the test: the request stays with the frozen scorer.
+            "hedge.floor=20s",
+            "hedge.cap=20s",
+        ],
+    );
+    let client = reqwest::Client::new();
+    let score = |id: &'static str, timeout: Duration| {
+        client
+            .post(format!("{}/v2/models/{id}/infer", pool.proxy.url))
+            .bearer_auth("tenant-key")
+            .timeout(timeout)
+            .json(&infer_body(&reference(id)))
+            .send()
+    };
+    // Where each model is served.
+    let mut by_scorer: Vec<(&str, String)> = Vec::new();
+    for id in IDS {
+        let answer = score(id, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(answer.status(), 200, "{id}");
+        let scorer = answer.headers()["x-mm-scorer"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        by_scorer.push((id, scorer));
+    }
+    let (frozen_model, frozen) = by_scorer[0].clone();
+    let Some((live_model, _)) = by_scorer.iter().find(|(_, s)| *s != frozen) else {
+        panic!("every demo model routes to {frozen}: {by_scorer:?}");
+    };
+    let victim = pool
+        .scorers
+        .iter()
+        .find(|s| s.addr() == frozen)
+        .unwrap()
+        .pid();
+    let kill = |signal: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([format!("-{signal}"), victim.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    kill("STOP");
+    let gave_up = score(frozen_model, Duration::from_millis(500)).await;
+    assert!(
+        gave_up.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "the request for {frozen_model} on the frozen scorer {frozen} is still waiting ({by_scorer:?}): {gave_up:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let next = score(live_model, Duration::from_secs(10)).await.unwrap();
+    let status = next.status().as_u16();
+    kill("CONT");
+    assert_eq!(
+        status, 200,
+        "the hung-up request's permit was given back (429 means it was not)"
+    );
+}

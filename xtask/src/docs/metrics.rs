@@ -108,6 +108,11 @@ fn values(root: &Path, metric: &str, label: &str) -> Result<Values> {
                 .map(|r| r.as_str().to_string())
                 .to_vec(),
         ),
+        // Both priorities are registered up front (`Metrics::new`).
+        ("mm_scorer_loads_started_total", "priority") => Values::Set(const_literals(
+            &root.join("scorer/src/metrics.rs"),
+            "LOAD_PRIORITIES",
+        )?),
         // Both arms are registered up front (`Metrics::new`).
         ("mm_scorer_canary_requests_total", "arm") => Values::Set(const_literals(
             &root.join("scorer/src/metrics.rs"),

@@ -2,9 +2,12 @@
 //! sends steady Zipf(1.0) traffic over its 500 small models from a few keep-alive clients;
 //! tenant A scans 5,000 cold models as fast as its clients can, marked
 //! `x-mm-priority: batch`. The scorer's budget holds B's models and a quarter more, not
-//! A's scan as well. Three phases, each on freshly started processes: B alone; B beside A
-//! with B's floor (`tenants.shares`); B beside A without shares. B's hit ratio comes from
-//! each answer's `x-mm-cache` header, its latency from the client.
+//! A's scan as well. Four phases, each on freshly started processes: B alone; B beside A
+//! with B's floor (`tenants.shares`); B beside A without shares; B beside A with B's floor
+//! and A's key held to `--a-rate` requests per second at the proxy (`limits.rate`; A's
+//! clients wait out each 429's `Retry-After`). Each tenant has its own scoped key in every
+//! phase. B's hit ratio comes from each answer's `x-mm-cache` header, its latency from the
+//! client.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -47,6 +50,11 @@ pub struct TenantsArgs {
     /// B's floor with shares on (of the budget).
     #[arg(long, default_value_t = 0.8)]
     floor: f64,
+    /// The fourth phase's request rate for A's key (`limits.rate`, per second): A's scan
+    /// beside B with B's floor and A's key limited, A's clients waiting out each 429's
+    /// `Retry-After` as a well-behaved client does.
+    #[arg(long, default_value_t = 50.0)]
+    a_rate: f64,
     /// Longest a phase's measurement may take.
     #[arg(long, default_value_t = 120)]
     seconds: u64,
@@ -68,6 +76,8 @@ struct Phase {
     latencies: Vec<Duration>,
     a_requests: usize,
     a_failed: usize,
+    /// A's requests refused 429 by its key's rate limit.
+    a_limited: usize,
     elapsed: Duration,
     /// From the scorer's `/v2/mm/cache` at the end: B's resident bytes, and loads by
     /// priority (interactive, batch).
@@ -96,7 +106,7 @@ pub fn run(args: TenantsArgs) -> Result<()> {
     // One model's charged weight, to size the budget: loaded alone on a roomy scorer.
     let weight = {
         let scorer = super::scorer(&scratch, SCORER_PORT, &["cache.budget=256MiB"])?;
-        let mut client = Client::connect(&scorer.url, None)?;
+        let mut client = Client::connect(&scorer.url, None, B_KEY)?;
         client.infer(&b_id(0), &body)?;
         let explain = get_json(&format!("{}{}", scorer.url, route::CACHE_EXPLAIN))?;
         explain["cache"]["resident_bytes"].as_u64().unwrap_or(0)
@@ -121,20 +131,29 @@ pub fn run(args: TenantsArgs) -> Result<()> {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     let mut phases = Vec::new();
-    for (label, scan, sets) in [
-        ("B alone (shares on)", false, Some(shares.as_str())),
-        ("B + A scan, B floor", true, Some(shares.as_str())),
-        ("B + A scan, no shares", true, None),
+    let limited = format!("B + A scan, B floor, A's key {}/s", args.a_rate);
+    for (label, scan, sets, a_rate) in [
+        ("B alone (shares on)", false, Some(shares.as_str()), None),
+        ("B + A scan, B floor", true, Some(shares.as_str()), None),
+        ("B + A scan, no shares", true, None, None),
+        (
+            limited.as_str(),
+            true,
+            Some(shares.as_str()),
+            Some(args.a_rate),
+        ),
     ] {
-        phases.push(phase(&args, &scratch, &body, budget, label, scan, sets)?);
+        phases.push(phase(
+            &args, &scratch, &body, budget, label, scan, sets, a_rate,
+        )?);
     }
     println!(
-        "| phase | B requests | B hit ratio | B p50 | B p99 | B failed | A requests | A failed | B resident at end | loads interactive / batch | seconds |"
+        "| phase | B requests | B hit ratio | B p50 | B p99 | B failed | A requests | A failed | A refused 429 | B resident at end | loads interactive / batch | seconds |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for p in &phases {
         println!(
-            "| {} | {} | {:.4} | {:.0} µs | {:.0} µs | {} | {} | {} | {:.2}x B's set | {} / {} | {:.1} |",
+            "| {} | {} | {:.4} | {:.0} µs | {:.0} µs | {} | {} | {} | {} | {:.2}x B's set | {} / {} | {:.1} |",
             p.label,
             p.b_requests,
             p.hit_ratio(),
@@ -143,6 +162,7 @@ pub fn run(args: TenantsArgs) -> Result<()> {
             p.b_failed,
             p.a_requests,
             p.a_failed,
+            p.a_limited,
             p.b_resident as f64 / b_bytes as f64,
             p.loads.0,
             p.loads.1,
@@ -173,8 +193,13 @@ fn a_id(i: usize) -> String {
     format!("a-{i:05}")
 }
 
+/// The tenants' keys at the proxy (every phase: the key check costs B the same in each).
+const A_KEY: &str = "tenant-a-key";
+const B_KEY: &str = "tenant-b-key";
+
 /// One phase on a fresh scorer and proxy: B warms up, then B is measured while A scans
-/// (when `scan`).
+/// (when `scan`), A's key limited to `a_rate` requests per second when given.
+#[expect(clippy::too_many_arguments, reason = "one bench's phase knobs")]
 fn phase(
     args: &TenantsArgs,
     store: &Path,
@@ -183,6 +208,7 @@ fn phase(
     label: &str,
     scan: bool,
     shares: Option<&str>,
+    a_rate: Option<f64>,
 ) -> Result<Phase> {
     let budget_set = format!("cache.budget={budget}");
     let mut sets = vec![
@@ -193,7 +219,11 @@ fn phase(
     sets.extend(shares);
     let scorer = super::scorer(store, SCORER_PORT, &sets)?;
     let scorer_addr = scorer.url.trim_start_matches("http://").to_string();
-    let proxy = super::proxy(PROXY_PORT, &[scorer_addr.as_str()], &[])?;
+    let keys = format!("auth.api_keys=a:{A_KEY}:a-,b:{B_KEY}:b-");
+    let rate = a_rate.map(|r| format!("limits.rate=a={r}"));
+    let mut proxy_sets = vec![keys.as_str()];
+    proxy_sets.extend(rate.as_deref());
+    let proxy = super::proxy(PROXY_PORT, &[scorer_addr.as_str()], &proxy_sets)?;
     let url = proxy.url.clone();
     // B's requests: a seeded Zipf(1.0) sequence over its models (rank = index).
     let zipf = Zipf::new(args.b_models);
@@ -204,12 +234,12 @@ fn phase(
         .collect();
     // Warm-up: every B model once, then a quarter of the measured count.
     {
-        let mut client = Client::connect(&url, None)?;
+        let mut client = Client::connect(&url, None, B_KEY)?;
         for i in 0..args.b_models {
             client.infer(&b_id(i), body)?;
         }
         let next = AtomicUsize::new(0);
-        run_clients(args.b_clients, &url, None, |client| {
+        run_clients(args.b_clients, &url, None, B_KEY, |client| {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= warm {
@@ -222,6 +252,7 @@ fn phase(
     let stop = Arc::new(AtomicBool::new(false));
     let a_sent = Arc::new(AtomicUsize::new(0));
     let a_failed = Arc::new(AtomicUsize::new(0));
+    let a_limited = Arc::new(AtomicUsize::new(0));
     let limit = Duration::from_secs(args.seconds);
     let b_next = AtomicUsize::new(warm);
     let started = Instant::now();
@@ -229,23 +260,32 @@ fn phase(
         if scan {
             let next = Arc::new(AtomicUsize::new(0));
             for _ in 0..args.a_clients {
-                let (stop, next, a_sent, a_failed, url) = (
+                let (stop, next, a_sent, a_failed, a_limited, url) = (
                     stop.clone(),
                     next.clone(),
                     a_sent.clone(),
                     a_failed.clone(),
+                    a_limited.clone(),
                     url.clone(),
                 );
                 scope.spawn(move || -> Result<()> {
-                    let mut client = Client::connect(&url, Some("batch"))?;
+                    let mut client = Client::connect(&url, Some("batch"), A_KEY)?;
                     while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
                         let i = next.fetch_add(1, Ordering::Relaxed) % args.a_models;
-                        for _ in 0..args.a_repeats {
+                        let mut repeats = 0;
+                        while repeats < args.a_repeats && !stop.load(Ordering::Relaxed) {
                             let (status, _, _) = client.infer(&a_id(i), body)?;
                             a_sent.fetch_add(1, Ordering::Relaxed);
+                            if status == 429 {
+                                // `Retry-After` is whole seconds, at least 1.
+                                a_limited.fetch_add(1, Ordering::Relaxed);
+                                std::thread::sleep(Duration::from_secs(1));
+                                continue;
+                            }
                             if status != 200 {
                                 a_failed.fetch_add(1, Ordering::Relaxed);
                             }
+                            repeats += 1;
                         }
                     }
                     Ok(())
@@ -259,7 +299,7 @@ fn phase(
             .map(|_| {
                 let (next, url, sequence) = (&b_next, url.clone(), &sequence);
                 scope.spawn(move || -> Result<Measured> {
-                    let mut client = Client::connect(&url, None)?;
+                    let mut client = Client::connect(&url, None, B_KEY)?;
                     let (mut sent, mut hits, mut failed) = (0, 0, 0);
                     let mut latencies = Vec::new();
                     while started.elapsed() < limit {
@@ -326,6 +366,7 @@ fn phase(
         latencies,
         a_requests: a_sent.load(Ordering::Relaxed),
         a_failed: a_failed.load(Ordering::Relaxed),
+        a_limited: a_limited.load(Ordering::Relaxed),
         elapsed,
         b_resident,
         loads,
@@ -337,13 +378,14 @@ fn run_clients(
     clients: usize,
     url: &str,
     priority: Option<&str>,
+    key: &str,
     work: impl Fn(&mut Client) -> Result<()> + Sync,
 ) -> Result<()> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..clients)
             .map(|_| {
                 scope.spawn(|| -> Result<()> {
-                    let mut client = Client::connect(url, priority)?;
+                    let mut client = Client::connect(url, priority, key)?;
                     work(&mut client)
                 })
             })
@@ -392,9 +434,9 @@ struct Client {
 }
 
 impl Client {
-    /// Connects to `url` (`http://127.0.0.1:PORT`), sending `x-mm-priority: priority`
-    /// with every request when given.
-    fn connect(url: &str, priority: Option<&str>) -> Result<Self> {
+    /// Connects to `url` (`http://127.0.0.1:PORT`), sending `key` as its bearer key and
+    /// `x-mm-priority: priority` with every request when given.
+    fn connect(url: &str, priority: Option<&str>, key: &str) -> Result<Self> {
         let host = url.trim_start_matches("http://").to_string();
         let stream = TcpStream::connect(&host)?;
         stream.set_nodelay(true)?;
@@ -402,7 +444,7 @@ impl Client {
         Ok(Client {
             extra: priority.map_or_else(String::new, |p| {
                 format!("{}: {p}\r\n", manymodels_contract::header::PRIORITY)
-            }),
+            }) + &format!("Authorization: Bearer {key}\r\n"),
             host,
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,

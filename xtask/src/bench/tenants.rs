@@ -277,9 +277,11 @@ fn phase(
                             let (status, _, _) = client.infer(&a_id(i), body)?;
                             a_sent.fetch_add(1, Ordering::Relaxed);
                             if status == 429 {
-                                // `Retry-After` is whole seconds, at least 1.
+                                // `Retry-After` is whole seconds, at least 1; the proxy
+                                // closes a connection whose body it did not read.
                                 a_limited.fetch_add(1, Ordering::Relaxed);
                                 std::thread::sleep(Duration::from_secs(1));
+                                client = Client::connect(&url, Some("batch"), A_KEY)?;
                                 continue;
                             }
                             if status != 200 {

@@ -13,11 +13,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use manymodels_boot::telemetry;
 use manymodels_contract::{Lookup, header};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use pingora::ErrorType;
+use pingora::connectors::http::Connector;
+use pingora::http::{HMap as HeaderMap, RequestHeader};
+use pingora::protocols::http::client::HttpSession;
+use pingora::time::fast_timeout::fast_sleep;
+use pingora::upstreams::peer::HttpPeer;
+use reqwest::header::{HeaderName, HeaderValue};
 
 use crate::hedge::Expect;
 use crate::pool::Candidate;
@@ -63,22 +70,107 @@ pub(crate) fn forwarded(request: &HeaderMap) -> HeaderMap {
     headers
 }
 
-/// The client to the scorers for hedged requests: connections kept and reused.
+/// Why an attempt got no answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// The scorer could not be reached (refused, unreachable, connect timeout): nothing
+    /// was sent.
+    Unreachable,
+    /// The connection failed after the request went out, before a whole answer came back.
+    Died,
+    /// No answer within what was left of the deadline (or `upstream.read_timeout`).
+    TimedOut,
+}
+
+/// An answer: status, headers and the whole body.
+type Answer = (u16, HeaderMap, Bytes);
+
+/// The connections to the scorers for hedged requests: Pingora's own HTTP/1.1 connector
+/// and pool (the proxy's forwarding path uses the same code), one exchange at a time on a
+/// connection, kept for reuse when the scorer keeps it alive.
 pub struct Forwarder {
-    client: reqwest::Client,
+    connector: Connector,
+    connect_timeout: Duration,
 }
 
 impl Forwarder {
     pub fn new(connect_timeout: Duration) -> Forwarder {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .http1_only()
-            .tcp_nodelay(true)
-            .connect_timeout(connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .expect("a plain HTTP client builds");
-        Forwarder { client }
+        Forwarder {
+            connector: Connector::new(None),
+            connect_timeout,
+        }
+    }
+
+    /// Sends the request `build` makes and `body` to `addr` and reads the whole answer,
+    /// each read and write within `timeout` (Pingora's own timers, as its forwarding
+    /// path). A pooled connection the scorer had closed is retried once on a new one.
+    async fn send(
+        &self,
+        addr: std::net::SocketAddr,
+        build: impl Fn() -> Option<RequestHeader>,
+        body: &Bytes,
+        timeout: Duration,
+    ) -> Result<Answer, Failure> {
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        loop {
+            let (mut session, reused) = self
+                .connector
+                .get_http_session(&peer)
+                .await
+                .map_err(|_| Failure::Unreachable)?;
+            session.set_read_timeout(Some(timeout));
+            session.set_write_timeout(Some(timeout));
+            let request = build().ok_or(Failure::Died)?;
+            match Self::exchange(&mut session, request, body).await {
+                Ok(answer) => {
+                    self.connector
+                        .release_http_session(session, &peer, peer.options.idle_timeout)
+                        .await;
+                    return Ok(answer);
+                }
+                // A kept connection the scorer closed meanwhile: once more, afresh.
+                Err((Failure::Died, false)) if reused => {}
+                Err((failure, _)) => return Err(failure),
+            }
+        }
+    }
+
+    /// One exchange on `session`; an error says whether part of an answer had arrived.
+    async fn exchange(
+        session: &mut HttpSession,
+        request: RequestHeader,
+        body: &Bytes,
+    ) -> Result<Answer, (Failure, bool)> {
+        let failed = |answered: bool| {
+            move |e: Box<pingora::Error>| {
+                let failure = match e.etype() {
+                    ErrorType::ReadTimedout | ErrorType::WriteTimedout => Failure::TimedOut,
+                    _ => Failure::Died,
+                };
+                (failure, answered)
+            }
+        };
+        session
+            .write_request_header(Box::new(request))
+            .await
+            .map_err(failed(false))?;
+        session
+            .write_request_body(body.clone(), true)
+            .await
+            .map_err(failed(false))?;
+        session.finish_request_body().await.map_err(failed(false))?;
+        session
+            .read_response_header()
+            .await
+            .map_err(failed(false))?;
+        let mut answer = BytesMut::new();
+        while let Some(chunk) = session.read_response_body().await.map_err(failed(true))? {
+            answer.extend_from_slice(&chunk);
+        }
+        let head = session.response_header().ok_or((Failure::Died, true))?;
+        Ok((head.status.as_u16(), head.headers.clone(), answer.freeze()))
     }
 }
 
@@ -123,7 +215,7 @@ struct Attempt {
     scorer: Candidate,
     hedge: bool,
     started: Instant,
-    result: Result<(u16, HeaderMap, Bytes), reqwest::Error>,
+    result: Result<Answer, Failure>,
 }
 
 /// Holds one request in flight to a scorer, and gives it back however the attempt ends
@@ -178,13 +270,14 @@ pub(crate) async fn run(proxy: &Proxy, exchange: Exchange<'_>) -> Outcome {
     attempts.push(attempt(proxy, &exchange, first, false));
     let mut wake = hedging
         .enabled
-        .then(|| (tokio::time::Instant::now() + delay, Wake::Hedge));
+        .then(|| (Instant::now() + delay, Wake::Hedge));
 
     loop {
         let next_wake = wake;
+        // Pingora's timers (10 ms ticks, no tokio timer entry per request).
         let timer = async move {
             match next_wake {
-                Some((at, _)) => tokio::time::sleep_until(at).await,
+                Some((at, _)) => fast_sleep(at.saturating_duration_since(Instant::now())).await,
                 None => std::future::pending().await,
             }
         };
@@ -198,7 +291,7 @@ pub(crate) async fn run(proxy: &Proxy, exchange: Exchange<'_>) -> Outcome {
                         if status >= 500 && !attempts.is_empty() {
                             // The other attempt gets one more hedge delay to do better.
                             fallback = Some(done);
-                            wake = Some((tokio::time::Instant::now() + delay, Wake::GiveUp));
+                            wake = Some((Instant::now() + delay, Wake::GiveUp));
                             continue;
                         }
                         if done.hedge {
@@ -222,16 +315,17 @@ pub(crate) async fn run(proxy: &Proxy, exchange: Exchange<'_>) -> Outcome {
                         };
                     }
                     Err(error) => {
-                        // A connect timeout is a connection failure too: the scorer
-                        // could not be reached, nothing was sent.
-                        let unreachable = error.is_connect() || !error.is_timeout();
+                        // Unreachable (a connect timeout included: nothing was sent) or
+                        // gone mid-way: ejected, and the request may go to the next
+                        // candidate (inference is idempotent). Slow: not retried.
+                        let unreachable = error != Failure::TimedOut;
                         if unreachable {
                             proxy.pool.eject(&done.scorer.name);
                         }
-                        failure = Some(if unreachable {
-                            Rejection::ScorerFailed("connection failed")
-                        } else {
-                            Rejection::ScorerTimedOut
+                        failure = Some(match error {
+                            Failure::Unreachable => Rejection::ScorerFailed("connection failed"),
+                            Failure::Died => Rejection::ScorerFailed("connection closed before an answer"),
+                            Failure::TimedOut => Rejection::ScorerTimedOut,
                         });
                         if !attempts.is_empty() {
                             continue;
@@ -380,21 +474,29 @@ async fn attempt(
         headers
     };
     let pool_key = proxy.pool.authorization_for(&scorer.name);
-    let url = format!("http://{}{}", scorer.addr, exchange.path);
-    let url = &url;
+    let host = scorer.addr.to_string();
+    let host = &host;
     let send = |headers: HeaderMap, timeout: Duration| async move {
-        let request = proxy
+        let build = || {
+            let mut request = RequestHeader::build(
+                "POST",
+                exchange.path.as_bytes(),
+                Some(headers.keys_len() + 2),
+            )
+            .ok()?;
+            request.insert_header("host", host.as_str()).ok()?;
+            for (name, value) in &headers {
+                request.append_header(name.clone(), value.clone()).ok()?;
+            }
+            request
+                .insert_header("content-length", exchange.body.len().to_string())
+                .ok()?;
+            Some(request)
+        };
+        proxy
             .forwarder
-            .client
-            .post(url)
-            .headers(headers)
-            .timeout(timeout)
-            .body(exchange.body.clone());
-        let response = request.send().await?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.bytes().await?;
-        Ok::<_, reqwest::Error>((status, headers, body))
+            .send(scorer.addr, build, &exchange.body, timeout)
+            .await
     };
     let first_left = left();
     let mut result = send(

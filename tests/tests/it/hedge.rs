@@ -212,9 +212,10 @@ async fn hedges_stay_within_the_budget() {
 /// request, for a model on a live scorer, is served instead of refused with 429.
 #[tokio::test]
 async fn a_client_that_hangs_up_gives_its_in_flight_permit_back() {
+    // Three scorers: the six models all on one of them is then unlikely (1 in 243).
     let pool = Pool::local(
         &demo_store(),
-        2,
+        3,
         &[],
         &[
             "auth.api_keys=t:tenant-key",

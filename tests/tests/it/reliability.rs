@@ -391,8 +391,9 @@ async fn a_request_deadline_is_honoured_by_scorer_and_proxy() {
 
 /// A scorer frozen (SIGSTOP, not killed) under load behind the proxy: the proxy stops
 /// sending to it within the health bound (`health.interval` × (`tolerated_timeouts` + 1) +
-/// `health.timeout`), only requests already sent to it fail, and they answer 503/504
-/// within their deadline; no request hangs.
+/// `health.timeout`); requests already sent to it are hedged to the next candidate (so
+/// none fails while the hedge budget lasts), and any that fail answer 503/504 within their
+/// deadline; no request hangs.
 #[tokio::test]
 async fn a_blackholed_scorer_is_routed_around_and_only_its_in_flight_requests_fail() {
     let pool = Pool::local(&demo_store(), 3, &[], &[]);

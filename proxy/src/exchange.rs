@@ -20,11 +20,10 @@ use manymodels_boot::telemetry;
 use manymodels_contract::{Lookup, header};
 use pingora::ErrorType;
 use pingora::connectors::http::Connector;
-use pingora::http::{HMap as HeaderMap, RequestHeader};
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
 use pingora::time::fast_timeout::fast_sleep;
 use pingora::upstreams::peer::HttpPeer;
-use reqwest::header::{HeaderName, HeaderValue};
 
 use crate::hedge::Expect;
 use crate::pool::Candidate;
@@ -61,13 +60,17 @@ pub(crate) const NOT_RETURNED: [&str; 6] = [
     header::REQUEST_ID,
 ];
 
-/// The client's headers but for [`NOT_FORWARDED`]: what every attempt starts from.
-pub(crate) fn forwarded(request: &HeaderMap) -> HeaderMap {
-    let mut headers = request.clone();
+/// The client's request as every attempt starts from it: its headers but for
+/// [`NOT_FORWARDED`], as HTTP/1.1 (the scorers are asked over HTTP/1.1 whatever the client
+/// spoke), to `path` (the scorer's path and query).
+pub(crate) fn forwarded(request: &RequestHeader, path: &str) -> Option<RequestHeader> {
+    let mut request = request.clone();
     for name in NOT_FORWARDED {
-        headers.remove(name);
+        request.remove_header(name);
     }
-    headers
+    request.set_version(pingora::http::Version::HTTP_11);
+    request.set_uri(path.parse().ok()?);
+    Some(request)
 }
 
 /// Why an attempt got no answer.
@@ -82,8 +85,8 @@ enum Failure {
     TimedOut,
 }
 
-/// An answer: status, headers and the whole body.
-type Answer = (u16, HeaderMap, Bytes);
+/// An answer: the scorer's response header and the whole body.
+type Answer = (ResponseHeader, Bytes);
 
 /// The connections to the scorers for hedged requests: Pingora's own HTTP/1.1 connector
 /// and pool (the proxy's forwarding path uses the same code), one exchange at a time on a
@@ -170,17 +173,16 @@ impl Forwarder {
             answer.extend_from_slice(&chunk);
         }
         let head = session.response_header().ok_or((Failure::Died, true))?;
-        Ok((head.status.as_u16(), head.headers.clone(), answer.freeze()))
+        Ok((head.clone(), answer.freeze()))
     }
 }
 
 /// What the service read and checked of a request.
 pub(crate) struct Exchange<'a> {
     pub model: &'a str,
-    /// The scorer's path and query.
-    pub path: String,
-    /// The client's headers to pass on: [`forwarded`] of the request's.
-    pub headers: HeaderMap,
+    /// The client's request to pass on ([`forwarded`]): its headers but for
+    /// [`NOT_FORWARDED`], HTTP/1.1, the scorer's path.
+    pub request: RequestHeader,
     pub body: Bytes,
     pub deadline: Option<Instant>,
     pub request_id: &'a str,
@@ -193,8 +195,8 @@ pub(crate) struct Exchange<'a> {
 
 /// The answer that won.
 pub(crate) struct Answered {
-    pub status: u16,
-    pub headers: HeaderMap,
+    /// The scorer's response header, as it came.
+    pub head: ResponseHeader,
     pub body: Bytes,
     pub scorer: Arc<str>,
     pub lookup: Option<Lookup>,
@@ -284,8 +286,9 @@ pub(crate) async fn run(proxy: &Proxy, exchange: Exchange<'_>) -> Outcome {
         tokio::select! {
             biased;
             Some(done) = attempts.next() => {
-                match done.result {
-                    Ok((status, ..)) => {
+                match &done.result {
+                    Ok((head, _)) => {
+                        let status = head.status.as_u16();
                         hedging.stalls.answered(&done.scorer.name);
                         first_answered |= !done.hedge;
                         if status >= 500 && !attempts.is_empty() {
@@ -314,7 +317,7 @@ pub(crate) async fn run(proxy: &Proxy, exchange: Exchange<'_>) -> Outcome {
                             started,
                         };
                     }
-                    Err(error) => {
+                    &Err(error) => {
                         // Unreachable (a connect timeout included: nothing was sent) or
                         // gone mid-way: ejected, and the request may go to the next
                         // candidate (inference is idempotent). Slow: not retried.
@@ -436,7 +439,7 @@ async fn attempt(
             cache = tracing::field::Empty,
         )
     };
-    let traceparent = telemetry::outgoing(&span, exchange.headers.get(header::TRACEPARENT));
+    let traceparent = telemetry::outgoing(&span, exchange.request.headers.get(header::TRACEPARENT));
     // What is left of the deadline (`None`: no deadline), and the read timeout within it.
     let left = || {
         exchange
@@ -449,69 +452,52 @@ async fn attempt(
         })
         .max(Duration::from_millis(1))
     };
-    // The client's headers but for those the proxy writes, and the proxy's.
-    let headers = |authorization: Option<&str>, left: Option<Duration>| {
-        let mut headers = exchange.headers.clone();
-        if let Some(left) = left {
-            let ms = left.as_millis().max(1) as u64;
-            headers.insert(
-                HeaderName::from_static(header::TIMEOUT_MS),
-                HeaderValue::from(ms),
-            );
-        }
-        if let Some(value) = authorization.and_then(|a| HeaderValue::from_str(a).ok()) {
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-        }
-        if let Ok(value) = HeaderValue::from_str(exchange.request_id) {
-            headers.insert(HeaderName::from_static(header::REQUEST_ID), value);
-        }
-        if let Some(traceparent) = &traceparent {
-            headers.insert(
-                HeaderName::from_static(header::TRACEPARENT),
-                traceparent.clone(),
-            );
-        }
-        headers
-    };
     let pool_key = proxy.pool.authorization_for(&scorer.name);
     let host = scorer.addr.to_string();
     let host = &host;
-    let send = |headers: HeaderMap, timeout: Duration| async move {
-        let build = || {
-            let mut request = RequestHeader::build(
-                "POST",
-                exchange.path.as_bytes(),
-                Some(headers.keys_len() + 2),
-            )
+    // The client's request as the service prepared it, and the proxy's headers.
+    let build = |authorization: Option<&str>, left: Option<Duration>| {
+        let mut request = exchange.request.clone();
+        request.insert_header("host", host.as_str()).ok()?;
+        request
+            .insert_header("content-length", exchange.body.len().to_string())
             .ok()?;
-            request.insert_header("host", host.as_str()).ok()?;
-            for (name, value) in &headers {
-                request.append_header(name.clone(), value.clone()).ok()?;
-            }
+        if let Some(left) = left {
+            let ms = left.as_millis().max(1) as u64;
+            request.insert_header(header::TIMEOUT_MS, ms).ok()?;
+        }
+        if let Some(authorization) = authorization {
+            request.insert_header("authorization", authorization).ok()?;
+        }
+        request
+            .insert_header(header::REQUEST_ID, exchange.request_id)
+            .ok()?;
+        if let Some(traceparent) = &traceparent {
             request
-                .insert_header("content-length", exchange.body.len().to_string())
+                .insert_header(header::TRACEPARENT, traceparent.clone())
                 .ok()?;
-            Some(request)
-        };
-        proxy
-            .forwarder
-            .send(scorer.addr, build, &exchange.body, timeout)
-            .await
+        }
+        Some(request)
     };
-    let first_left = left();
+    let send = |authorization: Option<String>, left: Option<Duration>| {
+        proxy.forwarder.send(
+            scorer.addr,
+            move || build(authorization.as_deref(), left),
+            &exchange.body,
+            timeout(left),
+        )
+    };
     let mut result = send(
-        headers(
-            pool_key
-                .as_deref()
-                .or(exchange.client_authorization.as_deref()),
-            first_left,
-        ),
-        timeout(first_left),
+        pool_key
+            .as_deref()
+            .or(exchange.client_authorization.as_deref())
+            .map(str::to_string),
+        left(),
     )
     .await;
     // During a pool key rotation a scorer that refuses the key sent switches to the other
     // one, and the request is sent again with it (once).
-    if matches!(&result, Ok((401, ..)))
+    if matches!(&result, Ok((head, _)) if head.status.as_u16() == 401)
         && let Some(sent) = &pool_key
     {
         proxy.pool.pool_key_refused(&scorer.name, Some(sent));
@@ -520,12 +506,16 @@ async fn attempt(
             && other != *sent
             && now_left != Some(Duration::ZERO)
         {
-            result = send(headers(Some(&other), now_left), timeout(now_left)).await;
+            result = send(Some(other.to_string()), now_left).await;
         }
     }
-    if let Ok((status, headers, _)) = &result {
-        span.record("status", status);
-        if let Some(cache) = headers.get(header::CACHE).and_then(|v| v.to_str().ok()) {
+    if let Ok((head, _)) = &result {
+        span.record("status", head.status.as_u16());
+        if let Some(cache) = head
+            .headers
+            .get(header::CACHE)
+            .and_then(|v| v.to_str().ok())
+        {
             span.record("cache", cache);
         }
     }
@@ -541,8 +531,10 @@ async fn attempt(
 /// took teaches the hedge delays.
 fn answered(proxy: &Proxy, exchange: &Exchange<'_>, done: Attempt) -> Answered {
     let took = done.started.elapsed();
-    let (status, headers, body) = done.result.expect("only answered attempts are kept");
-    let lookup = headers
+    let (head, body) = done.result.expect("only answered attempts are kept");
+    let status = head.status.as_u16();
+    let lookup = head
+        .headers
         .get(header::CACHE)
         .and_then(|v| v.to_str().ok())
         .and_then(Lookup::parse);
@@ -561,8 +553,7 @@ fn answered(proxy: &Proxy, exchange: &Exchange<'_>, done: Attempt) -> Answered {
             .observe(exchange.model, &done.scorer.name, expect, took);
     }
     Answered {
-        status,
-        headers,
+        head,
         body,
         scorer: done.scorer.name,
         lookup,

@@ -400,8 +400,8 @@ impl Proxy {
         );
         let exchange = Exchange {
             model: &id,
-            path,
-            headers: exchange::forwarded(&session.req_header().headers),
+            request: exchange::forwarded(session.req_header(), &path)
+                .ok_or_else(|| Error::explain(InternalError, "bad upstream path"))?,
             body,
             deadline: ctx.deadline,
             request_id: &ctx.request_id,
@@ -432,14 +432,12 @@ impl Proxy {
                 return Ok(true);
             }
         };
-        ctx.status = answer.status;
+        ctx.status = answer.head.status.as_u16();
         ctx.cache = answer.lookup;
         ctx.answered_by = Some(answer.scorer);
-        let mut header = ResponseHeader::build(answer.status, Some(answer.headers.len() + 3))?;
-        for (name, value) in &answer.headers {
-            if !exchange::NOT_RETURNED.contains(&name.as_str()) {
-                header.append_header(name.clone(), value.clone())?;
-            }
+        let mut header = answer.head;
+        for name in exchange::NOT_RETURNED {
+            header.remove_header(name);
         }
         header.insert_header("content-length", answer.body.len().to_string())?;
         identify(&mut header, ctx)?;

@@ -186,6 +186,19 @@ impl Process {
         self.child.wait().unwrap()
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) and panics if it could not be sent: `STOP`
+    /// freezes the process with its port still accepting, as a stalled node would.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status();
+        assert!(
+            sent.is_ok_and(|s| s.success()),
+            "kill -{signal} {}",
+            self.pid()
+        );
+    }
+
     /// Sends SIGTERM and returns at once (see [`Process::exited`]).
     pub fn send_term(&self) {
         let _ = Command::new("kill").arg(self.pid().to_string()).status();

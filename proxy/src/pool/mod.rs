@@ -195,12 +195,7 @@ impl Pool {
 
     /// Skips `name` for `eject_for` after a connection to it failed.
     pub fn eject(&self, name: &str) {
-        let until = Instant::now() + self.eject_for;
-        self.ejected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), until);
-        self.hot.forget_scorer(name);
+        self.skip(name);
         self.draining.set(name, false);
         tracing::warn!(scorer = %name, for_ms = self.eject_for.as_millis() as u64, "scorer ejected after a connection failure");
     }
@@ -208,13 +203,18 @@ impl Pool {
     /// Skips `name` for `eject_for` after requests were hedged away from it without an
     /// answer (`hedge.stalled_after`): it is frozen, or its host is.
     pub fn eject_stalled(&self, name: &str) {
+        self.skip(name);
+        tracing::warn!(scorer = %name, for_ms = self.eject_for.as_millis() as u64, "scorer ejected: requests were hedged away from it without an answer");
+    }
+
+    /// Skips `name` for `eject_for`, and forgets what it held.
+    fn skip(&self, name: &str) {
         let until = Instant::now() + self.eject_for;
         self.ejected
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), until);
         self.hot.forget_scorer(name);
-        tracing::warn!(scorer = %name, for_ms = self.eject_for.as_millis() as u64, "scorer ejected: requests were hedged away from it without an answer");
     }
 
     /// The requests in flight to `name` (a counter made at its first use): the request

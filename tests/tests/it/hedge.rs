@@ -94,17 +94,8 @@ async fn freeze_under_load(
         .scorers
         .iter()
         .find(|s| owner.ends_with(s.addr()) || s.addr().ends_with(owner.as_str()))
-        .unwrap_or_else(|| panic!("no scorer answers as {owner}"))
-        .pid();
-    let kill = |signal: &str| {
-        assert!(
-            std::process::Command::new("kill")
-                .args([format!("-{signal}"), victim.to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
+        .unwrap_or_else(|| panic!("no scorer answers as {owner}"));
+    let kill = |signal: &str| victim.signal(signal);
     kill("STOP");
     let at = Instant::now();
     tokio::time::sleep(freeze).await;
@@ -250,21 +241,8 @@ async fn a_client_that_hangs_up_gives_its_in_flight_permit_back() {
     let Some((live_model, _)) = by_scorer.iter().find(|(_, s)| *s != frozen) else {
         panic!("every demo model routes to {frozen}: {by_scorer:?}");
     };
-    let victim = pool
-        .scorers
-        .iter()
-        .find(|s| s.addr() == frozen)
-        .unwrap()
-        .pid();
-    let kill = |signal: &str| {
-        assert!(
-            std::process::Command::new("kill")
-                .args([format!("-{signal}"), victim.to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
+    let victim = pool.scorers.iter().find(|s| s.addr() == frozen).unwrap();
+    let kill = |signal: &str| victim.signal(signal);
     kill("STOP");
     let gave_up = score(frozen_model, Duration::from_millis(500)).await;
     assert!(

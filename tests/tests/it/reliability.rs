@@ -429,16 +429,8 @@ async fn a_blackholed_scorer_is_routed_around_and_only_its_in_flight_requests_fa
         }));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let victim = pool.scorers[0].pid();
-    let kill = |signal: &str| {
-        assert!(
-            std::process::Command::new("kill")
-                .args([format!("-{signal}"), victim.to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
+    let victim = &pool.scorers[0];
+    let kill = |signal: &str| victim.signal(signal);
     kill("STOP");
     let at = Instant::now();
     tokio::time::sleep(Duration::from_secs(8)).await;

@@ -30,6 +30,11 @@ use crate::pool::Candidate;
 use crate::reject::Rejection;
 use crate::service::Proxy;
 
+/// The largest body a hedged request may declare: the exchange holds it whole (to send it
+/// twice), so a bigger one, or one without a `Content-Length`, streams through Pingora's
+/// forwarding instead and is not hedged.
+pub const MAX_BODY: u64 = 1 << 20;
+
 /// Request headers never passed on: hop-by-hop ones, what the client says of its own
 /// body (the body is re-sent whole), and what the proxy writes itself.
 const NOT_FORWARDED: [&str; 14] = [

@@ -337,10 +337,13 @@ impl Proxy {
     }
 
     /// Whether this request is hedged ([`exchange`]): inference naming a model, over
-    /// HTTP/1.1 or HTTP/2 but not gRPC, with `hedge.enabled`.
-    fn hedges(&self, ctx: &Ctx) -> bool {
+    /// HTTP/1.1 or HTTP/2 but not gRPC, with `hedge.enabled`, whose body declares a length
+    /// of at most [`exchange::MAX_BODY`] (the exchange holds the whole body; a larger or
+    /// chunked one streams through Pingora's path as before).
+    fn hedges(&self, session: &Session, ctx: &Ctx) -> bool {
         self.hedging.enabled
             && !ctx.grpc
+            && declared_length(session).is_some_and(|n| n <= exchange::MAX_BODY)
             && matches!(
                 ctx.route,
                 Route::Model {
@@ -647,7 +650,9 @@ impl ProxyHttp for Proxy {
                 }
                 .into(),
                 _ => match self.forward(session, ctx)? {
-                    Ok(()) if self.hedges(ctx) => return self.hedged(session, ctx).await,
+                    Ok(()) if self.hedges(session, ctx) => {
+                        return self.hedged(session, ctx).await;
+                    }
                     Ok(()) => return Ok(false),
                     Err(reply) => reply,
                 },

@@ -126,7 +126,7 @@ pub const KEYS: &[KeyDoc] = &[
     doc(
         "hedge.enabled",
         "true",
-        "Hedge inference requests (REST `infer` and Azure ML scoring naming a model): one with no answer from its scorer after the hedge delay is sent to the next candidate too; the first answer wins and the other is cancelled. Admin calls, uploads, gRPC and the many-model route are never hedged.",
+        "Hedge inference requests (REST `infer` and Azure ML scoring naming a model, with a declared body of at most 1 MiB): one with no answer from its scorer after the hedge delay is sent to the next candidate too; the first answer wins and the other is cancelled. Admin calls, uploads, gRPC and the many-model route are never hedged.",
     ),
     doc(
         "hedge.floor",

@@ -65,16 +65,20 @@ pub(crate) const NOT_RETURNED: [&str; 6] = [
     header::REQUEST_ID,
 ];
 
-/// The client's request as every attempt starts from it: its headers but for
-/// [`NOT_FORWARDED`], as HTTP/1.1 (the scorers are asked over HTTP/1.1 whatever the client
-/// spoke), to `path` (the scorer's path and query).
-pub(crate) fn forwarded(request: &RequestHeader, path: &str) -> Option<RequestHeader> {
+/// The client's request as every attempt starts from it (its URI already the scorer's
+/// path, `Proxy::forward`): its headers but for [`NOT_FORWARDED`], as HTTP/1.1 (the scorers
+/// are asked over HTTP/1.1 whatever the client spoke), in origin form (an HTTP/2 client's
+/// URI carries its authority).
+pub(crate) fn forwarded(request: &RequestHeader) -> Option<RequestHeader> {
     let mut request = request.clone();
     for name in NOT_FORWARDED {
         request.remove_header(name);
     }
     request.set_version(pingora::http::Version::HTTP_11);
-    request.set_uri(path.parse().ok()?);
+    if request.uri.authority().is_some() {
+        let origin = request.uri.path_and_query()?.clone();
+        request.set_uri(origin.into());
+    }
     Some(request)
 }
 

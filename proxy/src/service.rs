@@ -371,6 +371,7 @@ impl Proxy {
                 .saturating_duration_since(Instant::now())
                 .min(self.config.read_timeout)
         });
+        let past_deadline = || Reply::json(504, &ErrorBody::new("the request's deadline passed"));
         let read = batch::read_body(session, ctx.body_limit);
         let body = match tokio::time::timeout(wait, read).await {
             Ok(Ok(body)) => body,
@@ -380,7 +381,7 @@ impl Proxy {
             }
             Err(_) => {
                 let reply = if ctx.deadline.is_some() {
-                    Reply::json(504, &ErrorBody::new("the request's deadline passed"))
+                    past_deadline()
                 } else {
                     Rejection::BadClientRequest.into()
                 };
@@ -393,17 +394,12 @@ impl Proxy {
             .deadline
             .is_some_and(|deadline| Instant::now() >= deadline)
         {
-            let reply = Reply::json(504, &ErrorBody::new("the request's deadline passed"));
-            respond(session, ctx, reply).await?;
+            respond(session, ctx, past_deadline()).await?;
             return Ok(true);
         }
-        let path = session.req_header().uri.path_and_query().map_or_else(
-            || session.req_header().uri.path().to_string(),
-            |p| p.to_string(),
-        );
         let exchange = Exchange {
             model: &id,
-            request: exchange::forwarded(session.req_header(), &path)
+            request: exchange::forwarded(session.req_header())
                 .ok_or_else(|| Error::explain(InternalError, "bad upstream path"))?,
             body,
             deadline: ctx.deadline,

@@ -21,7 +21,8 @@
 //! - The operator views, what the servers answer the operator API with and `mmctl` reads,
 //!   each a `Serialize + Deserialize` type whose field names are the public JSON:
 //!   [`pool`] (the proxy's pool view and a model's placement), [`versions`] (a model's
-//!   version status, refreshes, canaries, digests), [`explain`] (the scorer's explain
+//!   version status, refreshes, canaries, digests), [`shadow`] (a model's shadow: its spec,
+//!   what was compared, the rule's verdict), [`explain`] (the scorer's explain
 //!   view and one model's explanation), [`oip`] (the Open Inference Protocol bodies
 //!   `mmctl` reads, and the `{"error": ...}` body of both servers).
 //!
@@ -40,6 +41,7 @@ pub mod oip;
 pub mod pool;
 pub mod request_id;
 pub mod route;
+pub mod shadow;
 pub mod stats;
 #[cfg(test)]
 mod testing;

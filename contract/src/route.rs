@@ -64,6 +64,17 @@ pub const ADMIN_EXPLAIN: ModelRoute = ModelRoute("/v2/mm/models/{id}/explain");
 pub const ADMIN_CANARY: ModelRoute = ModelRoute("/v2/mm/models/{id}/canary");
 /// `POST`: pins the canary's version and drops the canary.
 pub const ADMIN_CANARY_PROMOTE: ModelRoute = ModelRoute("/v2/mm/models/{id}/canary/promote");
+/// `GET` shows what this scorer counted ([`crate::shadow::ShadowView`]), `PUT` sets
+/// ([`crate::shadow::ShadowSpec`], `since_ms` filled by the scorer), `DELETE` drops the
+/// model's shadow (`<id>/shadow.json` in the store).
+pub const ADMIN_SHADOW: ModelRoute = ModelRoute("/v2/mm/models/{id}/shadow");
+/// `POST`: pins the shadow's version and drops the shadow
+/// ([`crate::shadow::ShadowPromoted`]); with `?since_ms=S`, only if the shadow is still the
+/// one set at `S` (409 otherwise), so two judges never promote twice.
+pub const ADMIN_SHADOW_PROMOTE: ModelRoute = ModelRoute("/v2/mm/models/{id}/shadow/promote");
+/// `GET`: every shadow this scorer counts ([`crate::shadow::ShadowsReport`]), narrowed by
+/// the key's model prefixes.
+pub const SHADOWS: &str = "/v2/mm/shadows";
 
 /// `POST`: a group of the many-model route's records for one model
 /// ([`crate::batch::RecordsRequest`]), answered per record ([`crate::batch::RecordsAnswer`]);
@@ -124,6 +135,11 @@ mod tests {
         assert_eq!(ADMIN_STATUS.template(), "/v2/mm/models/{id}");
         assert_eq!(ADMIN_CANARY.path("a"), "/v2/mm/models/a/canary");
         assert_eq!(ADMIN_EXPLAIN.path("a"), "/v2/mm/models/a/explain");
+        assert_eq!(ADMIN_SHADOW.path("a"), "/v2/mm/models/a/shadow");
+        assert_eq!(
+            ADMIN_SHADOW_PROMOTE.path("a"),
+            "/v2/mm/models/a/shadow/promote"
+        );
         assert_eq!(
             ADMIN_CANARY_PROMOTE.path("a"),
             "/v2/mm/models/a/canary/promote"

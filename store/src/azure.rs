@@ -13,25 +13,26 @@ use object_store::{
 };
 
 use super::{
-    ALIAS_FILE, Alias, CANARY_FILE, Canary, Digest, MODEL_FILE, ModelState, ModelStore, StoreError,
-    check_object_path, is_sha256_hex, parse_version,
+    ALIAS_FILE, Alias, CANARY_FILE, Canary, Digest, MODEL_FILE, ModelState, ModelStore,
+    SHADOW_FILE, ShadowSpec, StoreError, check_object_path, is_sha256_hex, parse_shadow,
+    parse_version, shadow_body,
 };
 use manymodels_contract::{ModelId, valid_model_id};
 
 /// The small files beside a model's versions, read in its look-up.
-const SMALL_FILES: [&str; 2] = [ALIAS_FILE, CANARY_FILE];
+const SMALL_FILES: [&str; 3] = [ALIAS_FILE, CANARY_FILE, SHADOW_FILE];
 
 /// The blob user metadata (`x-ms-meta-mm_sha256`) in which `write_version` keeps a
 /// version's SHA-256, so its digest is one `HEAD` rather than a download.
 pub const SHA256_METADATA: &str = "mm_sha256";
 
-/// A small blob read before (`alias.json`, `canary.json` of a model): its ETag and bytes.
+/// A small blob read before (`alias.json`, `canary.json`, `shadow.json` of a model): its ETag and bytes.
 type Known = (String, Bytes);
 
 /// Models as blobs `<prefix><model_id>/<version>/model.onnx` in one container. A blob put
 /// is atomic, so a version is complete as soon as its `model.onnx` blob exists. Looking a
-/// model up is one listing of its prefix (versions, `alias.json` and `canary.json`
-/// together); the alias and canary blobs are read again only when their ETag changed.
+/// model up is one listing of its prefix (versions, `alias.json`, `canary.json` and
+/// `shadow.json` together); the small blobs are read again only when their ETag changed.
 #[derive(Debug)]
 pub struct AzureStore {
     client: MicrosoftAzure,
@@ -257,7 +258,7 @@ impl ModelStore for AzureStore {
                 versions.insert(version);
             }
         }
-        let [alias_tag, canary_tag] = tags;
+        let [alias_tag, canary_tag, shadow_tag] = tags;
         let pinned = match alias_tag {
             Some(tag) => match self.small(id, ALIAS_FILE, tag).await? {
                 Some(bytes) => Alias::parse(&bytes)?.pinned,
@@ -272,10 +273,18 @@ impl ModelStore for AzureStore {
             },
             None => None,
         };
+        let shadow = match shadow_tag {
+            Some(tag) => match self.small(id, SHADOW_FILE, tag).await? {
+                Some(bytes) => Some(parse_shadow(&bytes)?),
+                None => None,
+            },
+            None => None,
+        };
         Ok(ModelState {
             versions: versions.into_iter().collect(),
             pinned,
             canary,
+            shadow,
         })
     }
 
@@ -351,6 +360,15 @@ impl ModelStore for AzureStore {
     async fn write_canary(&self, id: &ModelId, canary: Option<Canary>) -> Result<(), StoreError> {
         let body = canary.map(|c| serde_json::to_vec(&c).expect("serialisable"));
         self.write_small(id, CANARY_FILE, body).await
+    }
+
+    async fn write_shadow(
+        &self,
+        id: &ModelId,
+        shadow: Option<ShadowSpec>,
+    ) -> Result<(), StoreError> {
+        let body = shadow_body(shadow)?;
+        self.write_small(id, SHADOW_FILE, body).await
     }
 
     async fn read_object(&self, path: &str) -> Result<Option<Bytes>, StoreError> {

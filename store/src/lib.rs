@@ -1,7 +1,9 @@
 //! Where models live: `<root>/<model_id>/<version>/model.onnx`, each model's alias
 //! `<root>/<model_id>/alias.json` (`{"pinned": 3}`: the live version is 3 rather than the
 //! highest) and its canary `<root>/<model_id>/canary.json` (`{"version": 4, "percent": 10}`:
-//! 10% of the requests that name no version go to version 4).
+//! 10% of the requests that name no version go to version 4) and its shadow
+//! `<root>/<model_id>/shadow.json` (`manymodels_contract::shadow::ShadowSpec`: a candidate
+//! version also run, after the live answer, on a share of those requests and compared).
 //!
 //! A store lists model ids, lists the versions of one model, reads one model file and
 //! answers a version's content digest (its size and SHA-256). It never parses or loads a
@@ -34,6 +36,12 @@ pub const ALIAS_FILE: &str = "alias.json";
 /// requests to one version.
 pub const CANARY_FILE: &str = "canary.json";
 
+/// The file beside the version folders that runs a candidate version on a share of a
+/// model's unversioned requests, after the live answer, to compare the two.
+pub const SHADOW_FILE: &str = "shadow.json";
+
+pub use manymodels_contract::shadow::ShadowSpec;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("not found")]
@@ -42,13 +50,13 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
-    /// A small file of the model's (`alias.json`, `canary.json`) that does not parse or
-    /// breaks its rules.
+    /// A small file of the model's (`alias.json`, `canary.json`, `shadow.json`) that does
+    /// not parse or breaks its rules.
     #[error("{file} is not valid: {error}")]
     InvalidFile { file: &'static str, error: String },
 }
 
-/// A model as the store has it: complete versions, the alias and the canary.
+/// A model as the store has it: complete versions, the alias, the canary and the shadow.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct ModelState {
     /// Ascending.
@@ -56,6 +64,9 @@ pub struct ModelState {
     pub pinned: Option<u64>,
     /// As written, even when its version has left the store (see [`ModelState::split`]).
     pub canary: Option<Canary>,
+    /// As written, even when its version has left the store or became the live one (see
+    /// [`ModelState::candidate`]).
+    pub shadow: Option<ShadowSpec>,
 }
 
 impl ModelState {
@@ -73,6 +84,14 @@ impl ModelState {
     pub fn split(&self) -> Option<Canary> {
         self.canary
             .filter(|canary| self.versions.contains(&canary.version))
+    }
+
+    /// The shadow that runs: the stored one while its version exists and is not the live
+    /// one (a candidate that was removed, or pinned by hand, compares nothing).
+    pub fn candidate(&self) -> Option<&ShadowSpec> {
+        self.shadow.as_ref().filter(|shadow| {
+            self.versions.contains(&shadow.version) && self.live() != Some(shadow.version)
+        })
     }
 }
 
@@ -125,6 +144,40 @@ impl Canary {
     }
 }
 
+/// Checks a shadow against the rules `shadow.json` must keep: a version number, a share
+/// 0 < percent <= 100, a finite tolerance >= 0, and a rule's `min_agreement` a fraction
+/// (0-1). Why not, otherwise.
+pub fn check_shadow(shadow: &ShadowSpec) -> Result<(), String> {
+    if shadow.version == 0 {
+        return Err("version must be positive".into());
+    }
+    if !(shadow.percent > 0.0 && shadow.percent <= 100.0) {
+        return Err("percent must be above 0 and at most 100".into());
+    }
+    if !(shadow.tolerance.is_finite() && shadow.tolerance >= 0.0) {
+        return Err("tolerance must be a finite number, 0 or more".into());
+    }
+    if let Some(rule) = &shadow.rule
+        && !(0.0..=1.0).contains(&rule.min_agreement)
+    {
+        return Err("rule.min_agreement must be a fraction within 0-1".into());
+    }
+    Ok(())
+}
+
+/// Reads a shadow file. Like a canary file, one that does not parse or breaks the rules
+/// makes the model's look-up fail (503) rather than compare what nobody meant; setting or
+/// dropping the shadow through the admin API replaces it.
+pub fn parse_shadow(bytes: &[u8]) -> Result<ShadowSpec, StoreError> {
+    let invalid = |error: String| StoreError::InvalidFile {
+        file: SHADOW_FILE,
+        error,
+    };
+    let shadow: ShadowSpec = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+    check_shadow(&shadow).map_err(invalid)?;
+    Ok(shadow)
+}
+
 /// A version's content: its size and the SHA-256 of its bytes, so a client can tell
 /// whether the store already holds a file byte for byte without downloading it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -174,6 +227,16 @@ fn digest_of_reader(mut reader: impl std::io::Read) -> std::io::Result<Digest> {
     })
 }
 
+/// The body `write_shadow` puts, after the rules are checked.
+fn shadow_body(shadow: Option<ShadowSpec>) -> Result<Option<Vec<u8>>, StoreError> {
+    shadow
+        .map(|shadow| {
+            check_shadow(&shadow).map_err(StoreError::Conflict)?;
+            Ok(serde_json::to_vec(&shadow).expect("serialisable"))
+        })
+        .transpose()
+}
+
 /// Lowercase hex of a hash.
 fn hex(hash: &[u8]) -> String {
     use std::fmt::Write;
@@ -214,8 +277,8 @@ pub trait ModelStore: Send + Sync + 'static {
     /// another tool) is read and hashed.
     async fn digest(&self, id: &ModelId, version: u64) -> Result<Digest, StoreError>;
 
-    /// Versions, alias and canary of `id`, looked up together (one prefix listing on
-    /// Azure).
+    /// Versions, alias, canary and shadow of `id`, looked up together (one prefix
+    /// listing on Azure).
     async fn model_state(&self, id: &ModelId) -> Result<ModelState, StoreError>;
 
     /// Publishes `<id>/<version>/model.onnx` atomically: readers see the whole file or no
@@ -233,6 +296,15 @@ pub trait ModelStore: Send + Sync + 'static {
     /// Sets `id`'s canary, atomically (readers see the old file or the new one), or
     /// drops it (`None`; dropping an absent canary succeeds).
     async fn write_canary(&self, id: &ModelId, canary: Option<Canary>) -> Result<(), StoreError>;
+
+    /// Sets `id`'s shadow, atomically (readers see the old file or the new one), or drops
+    /// it (`None`; dropping an absent shadow succeeds). A shadow that breaks the rules
+    /// ([`check_shadow`]) is refused (`Conflict`) and nothing is written.
+    async fn write_shadow(
+        &self,
+        id: &ModelId,
+        shadow: Option<ShadowSpec>,
+    ) -> Result<(), StoreError>;
 
     /// The bytes of the object at `path` (outside every model's folder, see
     /// [`check_object_path`]), `None` when there is none: the documents the scorers share
@@ -336,6 +408,15 @@ impl ModelStore for Deadline {
 
     async fn write_canary(&self, id: &ModelId, canary: Option<Canary>) -> Result<(), StoreError> {
         self.bounded("writing the canary", self.inner.write_canary(id, canary))
+            .await
+    }
+
+    async fn write_shadow(
+        &self,
+        id: &ModelId,
+        shadow: Option<ShadowSpec>,
+    ) -> Result<(), StoreError> {
+        self.bounded("writing the shadow", self.inner.write_shadow(id, shadow))
             .await
     }
 

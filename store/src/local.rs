@@ -7,8 +7,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    ALIAS_FILE, Alias, CANARY_FILE, Canary, Digest, MODEL_FILE, ModelState, ModelStore, StoreError,
-    check_object_path, digest_of_reader, parse_version,
+    ALIAS_FILE, Alias, CANARY_FILE, Canary, Digest, MODEL_FILE, ModelState, ModelStore,
+    SHADOW_FILE, ShadowSpec, StoreError, check_object_path, digest_of_reader, parse_shadow,
+    parse_version, shadow_body,
 };
 use manymodels_contract::{ModelId, valid_model_id};
 
@@ -35,7 +36,7 @@ impl LocalStore {
             .join(MODEL_FILE)
     }
 
-    /// The bytes of `<id>/<name>` (the alias or the canary), `None` when it is absent.
+    /// The bytes of `<id>/<name>` (the alias, the canary or the shadow), `None` when it is absent.
     async fn read_small(&self, id: &ModelId, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.root.join(id.as_str()).join(name);
         match tokio::fs::read(&path).await {
@@ -182,10 +183,15 @@ impl ModelStore for LocalStore {
             Some(bytes) => Some(Canary::parse(&bytes)?),
             None => None,
         };
+        let shadow = match self.read_small(id, SHADOW_FILE).await? {
+            Some(bytes) => Some(parse_shadow(&bytes)?),
+            None => None,
+        };
         Ok(ModelState {
             versions,
             pinned,
             canary,
+            shadow,
         })
     }
 
@@ -231,6 +237,15 @@ impl ModelStore for LocalStore {
     async fn write_canary(&self, id: &ModelId, canary: Option<Canary>) -> Result<(), StoreError> {
         let body = canary.map(|c| serde_json::to_vec(&c).expect("serialisable"));
         self.write_small(id, CANARY_FILE, body).await
+    }
+
+    async fn write_shadow(
+        &self,
+        id: &ModelId,
+        shadow: Option<ShadowSpec>,
+    ) -> Result<(), StoreError> {
+        let body = shadow_body(shadow)?;
+        self.write_small(id, SHADOW_FILE, body).await
     }
 
     async fn read_object(&self, path: &str) -> Result<Option<Bytes>, StoreError> {

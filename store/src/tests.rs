@@ -1,4 +1,5 @@
-//! Both stores through the same checks: the alias and the canary are written atomically,
+//! Both stores through the same checks: the alias, the canary and the shadow are written
+//! atomically,
 //! read back in the one model look-up, changed, and removed; a version's digest is its
 //! size and the SHA-256 of its bytes, however it was written.
 
@@ -18,6 +19,70 @@ fn canary(version: u64, percent: f64) -> Canary {
     Canary::new(version, percent).unwrap()
 }
 
+fn shadow(version: u64, percent: f64) -> ShadowSpec {
+    ShadowSpec {
+        version,
+        percent,
+        tolerance: 1e-6,
+        rule: None,
+        since_ms: 1_765_000_000_000,
+    }
+}
+
+/// What every store must do with `shadow.json`: written atomically, read in the one
+/// look-up, changed, refused when it breaks the rules, removed.
+async fn shadow_round_trip(store: &dyn ModelStore) {
+    let m = ModelId::parse("s").unwrap();
+    for version in [1, 2] {
+        store
+            .write_version(&m, version, Bytes::from_static(b"v"))
+            .await
+            .unwrap();
+    }
+    // Dropping what is not there succeeds.
+    store.write_shadow(&m, None).await.unwrap();
+    assert_eq!(store.model_state(&m).await.unwrap().shadow, None);
+
+    store.write_shadow(&m, Some(shadow(1, 20.0))).await.unwrap();
+    let state = store.model_state(&m).await.unwrap();
+    assert_eq!(state.shadow, Some(shadow(1, 20.0)));
+    assert_eq!(state.candidate(), Some(&shadow(1, 20.0)));
+    // A changed shadow is read again (on Azure: a new ETag).
+    let mut changed = shadow(1, 50.0);
+    changed.rule = Some(manymodels_contract::shadow::ShadowRule {
+        min_requests: 10,
+        min_agreement: 0.99,
+        max_errors: 0,
+        action: manymodels_contract::shadow::RuleAction::Report,
+    });
+    store.write_shadow(&m, Some(changed.clone())).await.unwrap();
+    let state = store.model_state(&m).await.unwrap();
+    assert_eq!(state.shadow, Some(changed.clone()));
+    // Unchanged, it is the same (on Azure: from memory).
+    assert_eq!(store.model_state(&m).await.unwrap(), state);
+    // A shadow of the live version, or of a version the store does not have, compares
+    // nothing.
+    store.write_alias(&m, Some(1)).await.unwrap();
+    assert_eq!(store.model_state(&m).await.unwrap().candidate(), None);
+    store.write_alias(&m, None).await.unwrap();
+    store.write_shadow(&m, Some(shadow(9, 20.0))).await.unwrap();
+    assert_eq!(store.model_state(&m).await.unwrap().candidate(), None);
+    // One that breaks the rules is refused, and the file stays as it was.
+    let error = store
+        .write_shadow(&m, Some(shadow(1, 0.0)))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Conflict(_)), "{error}");
+    assert_eq!(
+        store.model_state(&m).await.unwrap().shadow,
+        Some(shadow(9, 20.0))
+    );
+
+    store.write_shadow(&m, None).await.unwrap();
+    let state = store.model_state(&m).await.unwrap();
+    assert_eq!((state.shadow, state.versions), (None, vec![1, 2]));
+}
+
 /// What every store must do with the small files beside the versions.
 async fn alias_and_canary_round_trip(store: &dyn ModelStore) {
     let m = id();
@@ -35,7 +100,8 @@ async fn alias_and_canary_round_trip(store: &dyn ModelStore) {
         ModelState {
             versions: vec![1, 2],
             pinned: None,
-            canary: None
+            canary: None,
+            shadow: None,
         }
     );
     // Dropping what is not there succeeds.
@@ -246,6 +312,53 @@ fn a_canary_is_a_version_and_a_share() {
     }
 }
 
+#[test]
+fn a_shadow_is_a_version_a_share_a_tolerance_and_a_fraction() {
+    assert!(check_shadow(&shadow(1, 100.0)).is_ok());
+    assert!(check_shadow(&shadow(1, 0.01)).is_ok());
+    for bad in [
+        shadow(0, 10.0),
+        shadow(1, 0.0),
+        shadow(1, 100.5),
+        shadow(1, f64::NAN),
+        ShadowSpec {
+            tolerance: -1.0,
+            ..shadow(1, 10.0)
+        },
+        ShadowSpec {
+            tolerance: f64::INFINITY,
+            ..shadow(1, 10.0)
+        },
+    ] {
+        assert!(check_shadow(&bad).is_err(), "{bad:?}");
+    }
+    let mut rule = manymodels_contract::shadow::ShadowRule {
+        min_requests: 1,
+        min_agreement: 1.0,
+        max_errors: 0,
+        action: manymodels_contract::shadow::RuleAction::Promote,
+    };
+    let with = |rule| ShadowSpec {
+        rule: Some(rule),
+        ..shadow(1, 10.0)
+    };
+    assert!(check_shadow(&with(rule)).is_ok());
+    rule.min_agreement = 99.5;
+    assert!(check_shadow(&with(rule)).is_err());
+    let parsed = parse_shadow(br#"{"version": 3, "percent": 20}"#).unwrap();
+    assert_eq!((parsed.version, parsed.since_ms), (3, 0));
+    for bad in [
+        &br#"{"version": 3, "percent": 0}"#[..],
+        br#"{"version": "3", "percent": 10}"#,
+        br#"{"version": 3}"#,
+        br#"{"version": 3, "percent": 10, "tolerance": -0.5}"#,
+        b"not json",
+    ] {
+        let error = parse_shadow(bad).unwrap_err();
+        assert!(error.to_string().contains(SHADOW_FILE), "{error}");
+    }
+}
+
 struct Dir(PathBuf);
 
 impl Drop for Dir {
@@ -261,6 +374,21 @@ async fn the_local_store_writes_and_reads_the_alias_and_the_canary() {
     std::fs::create_dir_all(&dir.0).unwrap();
     let store = LocalStore::new(dir.0.clone());
     alias_and_canary_round_trip(&store).await;
+    shadow_round_trip(&store).await;
+    // A shadow file that breaks the rules fails the look-up, naming the file.
+    std::fs::write(
+        dir.0.join("s").join(SHADOW_FILE),
+        r#"{"version": 1, "percent": 20, "tolerance": -1}"#,
+    )
+    .unwrap();
+    let error = store
+        .model_state(&ModelId::parse("s").unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, StoreError::InvalidFile { file: SHADOW_FILE, error } if error.contains("tolerance")),
+        "{error}"
+    );
     // Written by rename: no temporary is left beside the files.
     store
         .write_canary(&id(), Some(canary(1, 5.0)))
@@ -320,6 +448,7 @@ async fn the_azure_store_writes_and_reads_the_alias_and_the_canary() {
     let azurite = Azurite::start().await;
     let store = prod_store(&azurite).await;
     alias_and_canary_round_trip(&store).await;
+    shadow_round_trip(&store).await;
     digests_are_of_the_written_bytes(&store).await;
     // A canary blob put behind the store's back (a new ETag) is read again.
     azurite
@@ -331,6 +460,19 @@ async fn the_azure_store_writes_and_reads_the_alias_and_the_canary() {
         .await;
     let state = store.model_state(&id()).await.unwrap();
     assert_eq!(state.canary, Some(canary(2, 40.0)));
+    // And a shadow blob likewise.
+    azurite
+        .put_blob(
+            "models",
+            "prod/m/shadow.json",
+            br#"{"version": 1, "percent": 5, "since_ms": 7}"#.to_vec(),
+        )
+        .await;
+    let state = store.model_state(&id()).await.unwrap();
+    assert_eq!(
+        state.shadow.map(|s| (s.version, s.percent, s.since_ms)),
+        Some((1, 5.0, 7))
+    );
     // Objects are blobs under the store's prefix, in the layout they were put with.
     objects_round_trip(&store).await;
     use object_store::ObjectStoreExt;

@@ -15,7 +15,9 @@ use super::ModelCache;
 use crate::engine::Engines;
 use crate::metrics::Metrics;
 use crate::model_id::ModelId;
-use crate::store::{Canary, Digest, LocalStore, ModelState, ModelStore, StoreError, sha256_hex};
+use crate::store::{
+    Canary, Digest, LocalStore, ModelState, ModelStore, ShadowSpec, StoreError, sha256_hex,
+};
 
 /// The bytes of demo model `id`.
 pub fn demo(id: &str) -> Vec<u8> {
@@ -45,6 +47,7 @@ struct Stored {
     versions: BTreeMap<u64, Bytes>,
     pinned: Option<u64>,
     canary: Option<Canary>,
+    shadow: Option<ShadowSpec>,
 }
 
 impl MemoryStore {
@@ -132,6 +135,7 @@ impl ModelStore for MemoryStore {
                 versions: m.versions.keys().copied().collect(),
                 pinned: m.pinned,
                 canary: m.canary,
+                shadow: m.shadow.clone(),
             })
             .unwrap_or_default())
     }
@@ -163,6 +167,19 @@ impl ModelStore for MemoryStore {
     async fn write_canary(&self, id: &ModelId, canary: Option<Canary>) -> Result<(), StoreError> {
         self.reachable()?;
         self.models().entry(id.clone()).or_default().canary = canary;
+        Ok(())
+    }
+
+    async fn write_shadow(
+        &self,
+        id: &ModelId,
+        shadow: Option<ShadowSpec>,
+    ) -> Result<(), StoreError> {
+        self.reachable()?;
+        if let Some(shadow) = &shadow {
+            manymodels_store::check_shadow(shadow).map_err(StoreError::Conflict)?;
+        }
+        self.models().entry(id.clone()).or_default().shadow = shadow;
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! Prometheus metrics of one scorer. No metric carries a model id: with 10,000 models a
 //! per-model label would explode the series count. Labels are bounded sets (route, status
-//! code, error kind, engine, image event, eviction reason, statistics refusal, canary arm);
+//! code, error kind, engine, image event, eviction reason, statistics refusal, canary arm,
+//! shadow outcome);
 //! docs/metrics.md lists every metric with its labels' values, generated from this file
 //! (`cargo xtask docs`).
 
@@ -14,6 +15,12 @@ pub const CANARY_ARMS: [&str; 2] = ["stable", "canary"];
 /// sampled lines put in the queue, dropped at a full queue, written to the store, and
 /// dropped after failing to be written (`capture`).
 pub const CAPTURE_OUTCOMES: [&str; 4] = ["queued", "dropped", "written", "failed"];
+
+/// The `outcome` label's values of `mm_scorer_shadow_runs_total`, all registered up front,
+/// in [`Metrics::shadow_runs`]' order: a shadow run whose answer agreed with the live one,
+/// disagreed, failed (the candidate's load or run), or was skipped (the queue was full, or
+/// the candidate could not be in memory without evicting a live model; `cache::shadow`).
+pub const SHADOW_OUTCOMES: [&str; 4] = ["agreed", "disagreed", "error", "skipped"];
 
 /// The values of `mm_scorer_loads_started_total`'s `priority` label, in
 /// [`Metrics::loads_started`]' order (`contract::Priority`).
@@ -78,6 +85,9 @@ pub struct Metrics {
     /// Bytes captured and not yet written (in the queue or a batch), at most
     /// `capture.queue_bytes`.
     pub capture_queue_bytes: IntGauge,
+    /// Shadow runs by `outcome`, in [`SHADOW_OUTCOMES`]' order (no model label: each
+    /// model's counts are in `GET /v2/mm/shadows`).
+    pub shadow_runs: [IntCounter; 4],
 }
 
 impl Metrics {
@@ -225,6 +235,14 @@ impl Metrics {
                 "mm_scorer_capture_queue_bytes",
                 "Payload capture bytes waiting to be written (queued or batched), bounded by capture.queue_bytes.",
             ),
+            shadow_runs: {
+                let outcomes = registry.counter_vec(
+                    "mm_scorer_shadow_runs_total",
+                    "Shadow runs (a model's candidate version run after the live answer, and compared) by outcome: agreed, disagreed, error (the candidate failed to load or run), skipped (the queue was full, or the candidate could not be loaded without evicting a live model).",
+                    &["outcome"],
+                );
+                SHADOW_OUTCOMES.map(|outcome| outcomes.with_label_values(&[outcome]))
+            },
             registry,
         };
         metrics.budget_bytes.set(budget_bytes as i64);

@@ -277,6 +277,16 @@ pub const KEYS: &[KeyDoc] = &[
         "4MiB",
         "A model's pending captured lines of one hour are written as one file once they reach this size (as JSON); otherwise at the next `capture.flush_interval`.",
     ),
+    doc(
+        "shadow.queue_bytes",
+        "16MiB",
+        "Bytes of shadow jobs waiting to run (a sampled request's inputs and live outputs, counted as the in-memory size of their tensors), at most; a job that would exceed it is dropped and counted skipped (`mm_scorer_shadow_runs_total{outcome=\"skipped\"}`): a shadow never blocks or slows a request. Which models are shadowed, and at what share, is set at runtime (`<id>/shadow.json` in the store, the admin API).",
+    ),
+    doc(
+        "shadow.concurrency",
+        "1",
+        "Background workers running shadow jobs, each one job at a time (inline when the candidate is measured quick, as live calls are, else on a blocking thread).",
+    ),
     LOG_LEVEL,
     LOG_FORMAT,
     TRACE_ENDPOINT,

@@ -65,6 +65,18 @@ pub struct ScorerConfig {
     pub ledger: LedgerConfig,
     /// `capture.*`.
     pub capture: CaptureConfig,
+    /// `shadow.*`.
+    pub shadow: ShadowConfig,
+}
+
+/// How shadow jobs run (`shadow.*`); which models are shadowed is runtime state kept in
+/// the store (`<id>/shadow.json`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ShadowConfig {
+    /// Bytes of jobs waiting, at most (a full queue skips).
+    pub queue_bytes: u64,
+    /// Workers, each running one job at a time.
+    pub concurrency: NonZeroUsize,
 }
 
 /// One tenant of `tenants.shares`: a name, the model-id prefixes that make it up, and its

@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::{
     AzureCredential, AzureStoreConfig, CacheConfig, CaptureConfig, HttpConfig, ImagesConfig,
-    LedgerConfig, NativeEngine, PolicyConfig, ScorerConfig, StatsLimits, StoreConfig, TenantShare,
-    VersionsConfig, WarmupConfig, available_cpus,
+    LedgerConfig, NativeEngine, PolicyConfig, ScorerConfig, ShadowConfig, StatsLimits,
+    StoreConfig, TenantShare, VersionsConfig, WarmupConfig, available_cpus,
 };
 use crate::common::{self, RawTrace, at_least, at_least_one, list, positive, secrets, within};
 use crate::units::{ByteSize, HumanDuration};
@@ -38,7 +38,15 @@ pub(super) struct Raw {
     trace: RawTrace,
     ledger: RawLedger,
     capture: RawCapture,
+    shadow: RawShadow,
     tenants: RawTenants,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShadow {
+    queue_bytes: ByteSize,
+    concurrency: usize,
 }
 
 #[derive(Deserialize)]
@@ -269,6 +277,10 @@ impl Raw {
             trace: self.trace.validate()?,
             ledger: self.ledger.validate()?,
             capture: self.capture.validate()?,
+            shadow: ShadowConfig {
+                queue_bytes: positive("shadow.queue_bytes", self.shadow.queue_bytes.0)?,
+                concurrency: at_least_one("shadow.concurrency", self.shadow.concurrency)?,
+            },
         })
     }
 }

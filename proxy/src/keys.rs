@@ -132,6 +132,11 @@ pub fn check<'k>(keys: Keys<'k>, route: &Route, authorization: Option<&str>) -> 
         // model in scope.
         Route::Ledger => (false, Reach::NoModel),
         Route::LedgerModel { id } => (false, Reach::Model(id)),
+        // Shadows are admin state: every shadow is any admin key's view, narrowed to a
+        // scoped key's prefixes (by the scorers, and again by the proxy); one model's needs
+        // the model in scope. Changing one is a `Route::Model` admin action.
+        Route::Shadows => (true, Reach::NoModel),
+        Route::ShadowModel { id } => (true, Reach::Model(id)),
         _ => return open(),
     };
     let keys = if admin && !keys.admin.is_empty() {

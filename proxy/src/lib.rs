@@ -28,6 +28,7 @@ pub mod ranking;
 pub mod reject;
 pub mod route;
 pub mod service;
+pub mod shadow;
 pub mod stats;
 
 use std::sync::Arc;
@@ -79,6 +80,20 @@ pub fn run(config: ProxyConfig) -> ! {
         );
         let pusher_handle = server.add_service(pusher);
         pusher_handle.add_dependency(&pool_handle);
+    }
+    if let Some(interval) = config.shadow_judge_interval {
+        let judge = background_service(
+            "shadow judge",
+            shadow::Judge {
+                pool: pool.clone(),
+                metrics: metrics.clone(),
+                interval,
+                timeout: config.read_timeout,
+                judged: Default::default(),
+            },
+        );
+        let judge_handle = server.add_service(judge);
+        judge_handle.add_dependency(&pool_handle);
     }
     let proxy = Proxy::new(config, pool, metrics, stats);
     let mut service = http_proxy_service(&server.configuration, proxy);

@@ -19,6 +19,15 @@ pub const OUTCOMES: [&str; 7] = [
 /// The values of `mm_proxy_batch_records_total`'s label.
 pub const BATCH_OUTCOMES: [&str; 2] = ["ok", "failed"];
 
+/// The values of `mm_proxy_shadow_verdicts_total`'s labels: the rule's verdict and what
+/// the rule says to do then.
+pub const SHADOW_VERDICTS: [&str; 2] = ["met", "failed"];
+pub const SHADOW_ACTIONS: [&str; 2] = ["promote", "report"];
+
+/// The values of `mm_proxy_shadow_promotions_total`'s label: this proxy promoted, another
+/// judge (or an operator) already had (409 or 404), or the call failed (retried next round).
+pub const SHADOW_PROMOTIONS: [&str; 3] = ["promoted", "already_done", "failed"];
+
 pub struct Metrics {
     registry: Registry,
     /// `requests` resolved once per outcome, so counting costs no label hashing.
@@ -67,6 +76,11 @@ pub struct Metrics {
     pub batch_records: IntCounterVec,
     /// Model groups of many-model requests (one request to a scorer each, retries aside).
     pub batch_groups: IntCounter,
+    /// Shadows this proxy's judge saw meet or fail their rule, once per shadow (model and
+    /// `since_ms`) and proxy, by `verdict` and the rule's `action`.
+    pub shadow_verdicts: IntCounterVec,
+    /// The judge's promotion calls by `result` (`SHADOW_PROMOTIONS`).
+    pub shadow_promotions: IntCounterVec,
 }
 
 impl Metrics {
@@ -167,8 +181,33 @@ impl Metrics {
                 "mm_proxy_batch_groups_total",
                 "Model groups of many-model requests sent to scorers.",
             ),
+            shadow_verdicts: registry.counter_vec(
+                "mm_proxy_shadow_verdicts_total",
+                "Shadows the judge saw meet or fail their rule (once per shadow), by verdict and the rule's action.",
+                &["verdict", "action"],
+            ),
+            shadow_promotions: registry.counter_vec(
+                "mm_proxy_shadow_promotions_total",
+                "Promotions of a shadow's candidate the judge asked for, by result.",
+                &["result"],
+            ),
             registry,
         }
+        .registered()
+    }
+
+    /// Registers every value of the bounded labels up front, so each series shows from
+    /// zero.
+    fn registered(self) -> Self {
+        for verdict in SHADOW_VERDICTS {
+            for action in SHADOW_ACTIONS {
+                self.shadow_verdicts.with_label_values(&[verdict, action]);
+            }
+        }
+        for result in SHADOW_PROMOTIONS {
+            self.shadow_promotions.with_label_values(&[result]);
+        }
+        self
     }
 
     /// Counts one request with `outcome` (one of [`OUTCOMES`]).

@@ -28,6 +28,11 @@ pub enum Route {
     Ledger,
     /// `GET /v2/mm/ledger/{id}`: one model's ledger, merged from every scorer's.
     LedgerModel { id: String },
+    /// `GET /v2/admin/shadows`: every shadow the key may see, its counts merged from every
+    /// scorer's ([`crate::shadow`]).
+    Shadows,
+    /// `GET /v2/admin/models/{id}/shadow`: one model's shadow, merged from every scorer's.
+    ShadowModel { id: String },
     /// A request about one model (admin calls included), forwarded to the scorer chosen
     /// for it.
     Model { id: String, action: Action },
@@ -113,6 +118,15 @@ pub enum Action {
     CanaryDrop,
     /// `POST /v2/admin/models/{id}/canary/promote`.
     CanaryPromote,
+    /// `PUT /v2/admin/models/{id}/shadow`: body a `ShadowSpec` (version, percent,
+    /// tolerance, rule). (`GET` is [`Route::ShadowModel`]: the pool's counts, not one
+    /// scorer's.)
+    ShadowSet,
+    /// `DELETE /v2/admin/models/{id}/shadow`.
+    ShadowDrop,
+    /// `POST /v2/admin/models/{id}/shadow/promote[?since_ms=S]`: pins the candidate, drops
+    /// the shadow.
+    ShadowPromote,
     /// A gRPC call about one model (`classify_grpc`): the path is kept as it is, the model
     /// came from a metadata header or the message (`named_in_body`), and `version` is the
     /// message's version or `x-mm-model-version` (checked here, read by the scorer).
@@ -130,8 +144,8 @@ impl Action {
     }
 
     /// Whether a success changes what the model's requests naming no version get (its
-    /// live version or its canary, in the store), after which every scorer should look at
-    /// the store again.
+    /// live version, its canary or its shadow, in the store), after which every scorer
+    /// should look at the store again.
     pub fn changes_versions(self) -> bool {
         matches!(
             self,
@@ -142,6 +156,9 @@ impl Action {
                 | Action::CanarySet
                 | Action::CanaryDrop
                 | Action::CanaryPromote
+                | Action::ShadowSet
+                | Action::ShadowDrop
+                | Action::ShadowPromote
         )
     }
 
@@ -175,6 +192,8 @@ impl Action {
                 scorer::ADMIN_CANARY.path(id)
             }
             Action::CanaryPromote => scorer::ADMIN_CANARY_PROMOTE.path(id),
+            Action::ShadowSet | Action::ShadowDrop => scorer::ADMIN_SHADOW.path(id),
+            Action::ShadowPromote => scorer::ADMIN_SHADOW_PROMOTE.path(id),
             Action::Grpc { call, .. } => format!("{}{}", grpc::PREFIX, call.method()),
         }
     }
@@ -234,6 +253,7 @@ pub fn classify(
             return azure_ml(model_header, version_header);
         }
         ("POST", contract::batch::BATCH) => return Route::Batch,
+        ("GET", ADMIN_SHADOWS) => return Route::Shadows,
         ("GET", contract::route::CAPTURE) => return Route::Capture(CaptureAction::Show),
         ("POST", contract::route::CAPTURE_REFRESH) => {
             return Route::Capture(CaptureAction::Refresh);
@@ -268,6 +288,9 @@ pub fn classify(
         Err(message) => Route::Invalid(message),
     }
 }
+
+/// Every shadow, merged: `GET /v2/admin/shadows`.
+pub const ADMIN_SHADOWS: &str = "/v2/admin/shadows";
 
 /// The prefix of the local placement route, `GET /v2/mm/pool/models/{id}`.
 const POOL_MODELS: &str = "/v2/mm/pool/models/";
@@ -343,7 +366,7 @@ fn repository(method: &str, tail: &str) -> Option<Action> {
 }
 
 /// The admin API: every call (version status, publish, a version's digest, pin, unpin,
-/// refresh, canaries, a model's explanation) is forwarded to a scorer's
+/// refresh, canaries, shadow changes, a model's explanation) is forwarded to a scorer's
 /// `/v2/mm/models/...`, which reads or writes the store: the proxy keeps no model state of
 /// its own.
 fn admin(method: &str, id: String, tail: &str) -> Route {
@@ -360,6 +383,10 @@ fn admin(method: &str, id: String, tail: &str) -> Route {
         ("PUT", "canary") => model(Action::CanarySet),
         ("DELETE", "canary") => model(Action::CanaryDrop),
         ("POST", "canary/promote") => model(Action::CanaryPromote),
+        ("GET", "shadow") => Route::ShadowModel { id },
+        ("PUT", "shadow") => model(Action::ShadowSet),
+        ("DELETE", "shadow") => model(Action::ShadowDrop),
+        ("POST", "shadow/promote") => model(Action::ShadowPromote),
         ("GET", "explain") => model(Action::Explain),
         ("PUT" | "GET", tail) => match tail.strip_prefix("versions/") {
             Some(v) => match version(v) {

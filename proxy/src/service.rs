@@ -34,7 +34,7 @@ use crate::pool::{Candidate, Pool};
 use crate::reject::{self, Rejection, Reply};
 use crate::route::{Action, GrpcCall, Route, classify, classify_grpc};
 use crate::stats::Statistics;
-use crate::{admin, ledger, local};
+use crate::{admin, ledger, local, shadow};
 
 /// Request-id headers echoed back to the client as sent (Azure ML sends it). The request's
 /// own id (`x-request-id`) is `Ctx::request_id`, on every answer.
@@ -467,7 +467,13 @@ impl Proxy {
             Err(reply) => return Ok(Err(reply)),
         }
         if let Route::Model { id, action } = &ctx.route {
-            let path = action.path(id);
+            let mut path = action.path(id);
+            // A promotion's guard (`?since_ms=S`) goes on to the scorer, which checks it.
+            if *action == Action::ShadowPromote
+                && let Some(query) = session.req_header().uri.query()
+            {
+                path = format!("{path}?{query}");
+            }
             if path != session.req_header().uri.path() {
                 let uri = path
                     .parse()
@@ -639,6 +645,14 @@ impl ProxyHttp for Proxy {
                             ledger::serve(&self.pool, asked, scope).await
                         }
                     }
+                }
+                Route::Shadows | Route::ShadowModel { .. } => {
+                    let only = match &ctx.route {
+                        Route::ShadowModel { id } => Some(id.as_str()),
+                        _ => None,
+                    };
+                    let scope = checked.verdict.as_ref().map(|s| *s).unwrap_or(&[]);
+                    shadow::serve(&self.pool, only, scope).await
                 }
                 Route::NotFound => Rejection::NoRoute {
                     method: session.req_header().method.to_string(),

@@ -240,6 +240,11 @@ pub const KEYS: &[KeyDoc] = &[
         "Per-key request priority: comma-separated `keyname=interactive|batch` entries; a key's priority is sent to the scorers as `x-mm-priority` and wins over the client's own header.",
     ),
     doc(
+        "shadow.judge_interval",
+        "5s",
+        "How often the proxy judges every shadow's promotion rule on the pool's merged counts (`GET /v2/mm/shadows` on every scorer), promoting or reporting a met rule (0 disables the judge; the shadow views still judge on request).",
+    ),
+    doc(
         "shutdown.grace",
         "10s",
         "On SIGTERM, how long in-flight requests may take before the process exits.",

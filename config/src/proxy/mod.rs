@@ -85,6 +85,8 @@ pub struct ProxyConfig {
     pub pool_key: Secret,
     /// `auth.pool_key_previous`: the key being replaced (empty: no rotation under way).
     pub pool_key_previous: Secret,
+    /// `shadow.judge_interval`; `None` (0): no judge runs in this proxy.
+    pub shadow_judge_interval: Option<Duration>,
     /// `shutdown.grace`.
     pub shutdown_grace: Duration,
     /// `log.level` and `log.format`.

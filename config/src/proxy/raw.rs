@@ -27,6 +27,7 @@ pub(super) struct Raw {
     batch: RawBatch,
     auth: RawAuth,
     limits: RawLimits,
+    shadow: RawShadow,
     shutdown: RawShutdown,
     log: LogConfig,
     trace: RawTrace,
@@ -164,6 +165,12 @@ struct RawLimits {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawShadow {
+    judge_interval: HumanDuration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawShutdown {
     grace: HumanDuration,
 }
@@ -247,6 +254,8 @@ impl Raw {
             key_settings,
             pool_key: self.auth.pool_key,
             pool_key_previous: self.auth.pool_key_previous,
+            shadow_judge_interval: (!self.shadow.judge_interval.0.is_zero())
+                .then_some(self.shadow.judge_interval.0),
             shutdown_grace: self.shutdown.grace.0,
             log: self.log,
             trace: self.trace.validate()?,

@@ -63,6 +63,9 @@ const INDEX: &str = "/v2/repository/index";
 const LOAD_A: &str = "/v2/repository/models/acme-linear/load";
 const CANARY_A: &str = "/v2/admin/models/acme-linear/canary";
 const EXPLAIN_B: &str = "/v2/admin/models/globex-tree/explain";
+const SHADOW_A: &str = "/v2/admin/models/acme-linear/shadow";
+const SHADOW_B: &str = "/v2/admin/models/globex-tree/shadow";
+const SHADOWS: &str = "/v2/admin/shadows";
 const POOL: &str = "/v2/mm/pool";
 const PLACE_A: &str = "/v2/mm/pool/models/acme-linear";
 const PLACE_B: &str = "/v2/mm/pool/models/globex-tree";
@@ -103,6 +106,16 @@ const API_AND_ADMIN_KEYS: &[Case] = &[
     ("PUT", CANARY_A, Some("k-acme-ops"), 200, OPS, None, "a scoped admin key on its model"),
     ("GET", EXPLAIN_B, Some("k-acme-ops"), 403, OPS_OUT, None, "on another model"),
     ("GET", EXPLAIN_B, None, 401, NONE, None, "an admin route without a key"),
+    // Shadows: admin keys; a scoped one sees and changes only its models' (every shadow:
+    // narrowed by the proxy, not refused).
+    ("GET", SHADOWS, Some("k-acme-ops"), 200, OPS, None, "every shadow, scoped: narrowed"),
+    ("GET", SHADOWS, Some("k-root"), 200, ROOT, None, "every shadow"),
+    ("GET", SHADOWS, Some("k-all"), 401, NONE, None, "an API key on the shadows"),
+    ("GET", SHADOW_A, Some("k-acme-ops"), 200, OPS, None, "its model's shadow"),
+    ("GET", SHADOW_B, Some("k-acme-ops"), 403, OPS_OUT, None, "another model's shadow"),
+    ("PUT", SHADOW_B, Some("k-acme-ops"), 403, OPS_OUT, None, "setting another's shadow"),
+    ("POST", "/v2/admin/models/globex-tree/shadow/promote", Some("k-acme-ops"), 403, OPS_OUT, None, "promoting another's"),
+    ("DELETE", SHADOW_A, Some("k-acme-ops"), 200, OPS, None, "dropping its own"),
     // The pool view names every tenant's models: unscoped API keys only.
     ("GET", POOL, Some("k-all"), 200, ALL, None, "the pool view"),
     ("GET", POOL, Some("k-acme"), 403, ACME_OUT, None, "the pool view, scoped key"),

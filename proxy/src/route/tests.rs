@@ -80,6 +80,9 @@ fn every_action_maps_to_the_scorer_route_it_came_from() {
         (Action::CanarySet, "/v2/mm/models/m/canary"),
         (Action::CanaryDrop, "/v2/mm/models/m/canary"),
         (Action::CanaryPromote, "/v2/mm/models/m/canary/promote"),
+        (Action::ShadowSet, "/v2/mm/models/m/shadow"),
+        (Action::ShadowDrop, "/v2/mm/models/m/shadow"),
+        (Action::ShadowPromote, "/v2/mm/models/m/shadow/promote"),
         (
             Action::VersionDigest { version: 4 },
             "/v2/mm/models/m/versions/4",
@@ -116,6 +119,11 @@ fn admin_flags_follow_the_action() {
         assert!(action.admin() && action.changes_versions(), "{action:?}");
     }
     assert!(Action::CanaryShow.admin() && !Action::CanaryShow.changes_versions());
+    // So is a shadow: the scorers read it from the store, and a promotion pins.
+    for action in [Action::ShadowSet, Action::ShadowDrop, Action::ShadowPromote] {
+        assert!(action.admin() && action.changes_versions(), "{action:?}");
+        assert!(!action.is_upload(), "{action:?}");
+    }
     // Reading a digest or an explanation is an admin call that changes nothing.
     for action in [Action::VersionDigest { version: 1 }, Action::Explain] {
         assert!(action.admin(), "{action:?}");
@@ -297,6 +305,27 @@ fn the_proxy_answers_health_and_metrics_and_forwards_admin_calls() {
         assert_eq!(route, model("s", action));
         assert_eq!(route.model(), Some("s"));
     }
+    // A shadow's changes are forwarded like a canary's; reading one is the pool's merge
+    // of every scorer's counts, answered by the proxy.
+    for (method, tail, action) in [
+        ("PUT", "shadow", Action::ShadowSet),
+        ("DELETE", "shadow", Action::ShadowDrop),
+        ("POST", "shadow/promote", Action::ShadowPromote),
+    ] {
+        let route = classify(method, &format!("/v2/admin/models/s/{tail}"), None, None);
+        assert_eq!(route, model("s", action));
+        assert_eq!(route.model(), Some("s"));
+    }
+    assert_eq!(
+        get("/v2/admin/models/s/shadow"),
+        Route::ShadowModel { id: "s".into() }
+    );
+    assert_eq!(get("/v2/admin/models/s/shadow").model(), None);
+    assert_eq!(get("/v2/admin/shadows"), Route::Shadows);
+    assert!(matches!(
+        get("/v2/admin/models/..%2Fx/shadow"),
+        Route::Invalid(_)
+    ));
     // A version's digest is a GET on the publish path; the explanation has its own.
     assert_eq!(
         get("/v2/admin/models/store-1/versions/3"),
@@ -318,6 +347,9 @@ fn the_proxy_answers_health_and_metrics_and_forwards_admin_calls() {
     for (method, tail) in [
         ("POST", "canary"),
         ("GET", "canary/promote"),
+        ("POST", "shadow"),
+        ("GET", "shadow/promote"),
+        ("PUT", "shadow/promote"),
         ("POST", "explain"),
         ("DELETE", "versions/3"),
         ("POST", "versions/3"),

@@ -131,6 +131,19 @@ fn values(root: &Path, metric: &str, label: &str) -> Result<Values> {
             &root.join("proxy/src/metrics.rs"),
             "BATCH_OUTCOMES",
         )?),
+        // The judge's labels, registered up front (`Metrics::new`).
+        ("mm_proxy_shadow_verdicts_total", "verdict") => Values::Set(const_literals(
+            &root.join("proxy/src/metrics.rs"),
+            "SHADOW_VERDICTS",
+        )?),
+        ("mm_proxy_shadow_verdicts_total", "action") => Values::Set(const_literals(
+            &root.join("proxy/src/metrics.rs"),
+            "SHADOW_ACTIONS",
+        )?),
+        ("mm_proxy_shadow_promotions_total", "result") => Values::Set(const_literals(
+            &root.join("proxy/src/metrics.rs"),
+            "SHADOW_PROMOTIONS",
+        )?),
         ("mm_proxy_scorer_inflight", "scorer") => Values::Open(
             "each scorer's name in the pool (`host:port`, or `<SRV target>:<port>`)".into(),
         ),

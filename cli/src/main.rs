@@ -13,6 +13,7 @@ mod import;
 mod ledger;
 mod operate;
 mod score;
+mod shadow;
 mod table;
 mod top;
 
@@ -55,6 +56,10 @@ enum Command {
     /// A model's canary: set, show, drop or promote it
     #[command(subcommand)]
     Canary(CanaryCommand),
+    /// A model's shadow: run a candidate version on a share of live requests and compare;
+    /// set, show, promote or drop it
+    #[command(subcommand)]
+    Shadow(shadow::ShadowCommand),
     /// Payload capture: set, show or drop a prefix's sampling rate
     #[command(subcommand)]
     Capture(capture::CaptureCommand),
@@ -144,6 +149,7 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<bool> {
         Command::Pin { id, version } => operate::pin(&client, &id, Some(version)).await?,
         Command::Unpin { id } => operate::pin(&client, &id, None).await?,
         Command::Canary(command) => operate::canary(&client, &command).await?,
+        Command::Shadow(command) => shadow::shadow(&client, &command).await?,
         Command::Capture(command) => capture::capture(&client, &command).await?,
         Command::Status => operate::status(&client).await?,
         Command::Explain { id } => operate::explain(&client, &id).await?,

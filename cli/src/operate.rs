@@ -9,6 +9,7 @@ use manymodels_contract::explain::ScorerExplain;
 use manymodels_contract::ledger::PoolModelLedger;
 use manymodels_contract::oip::IndexEntry;
 use manymodels_contract::pool::{Placement, PoolView};
+use manymodels_contract::shadow::PoolShadows;
 use manymodels_contract::versions::{
     CanaryAnswer, CanaryDropped, CanaryPromoted, CanaryRequest, PinRequest, Refresh, VersionStatus,
 };
@@ -279,6 +280,9 @@ struct Explained {
     scorer: ScorerExplain,
     /// `None` when the ledger could not be read.
     ledger: Option<PoolModelLedger>,
+    /// The model's shadow, pool-wide; absent without one (or when it could not be read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow: Option<PoolShadows>,
 }
 
 pub async fn explain(client: &Client, id: &str) -> anyhow::Result<Output> {
@@ -299,15 +303,31 @@ pub async fn explain(client: &Client, id: &str) -> anyhow::Result<Output> {
             None
         }
     };
+    // So is the shadow, shown only when the model has one.
+    let shadow: Option<PoolShadows> = match client
+        .get_as::<PoolShadows>(&format!("/v2/admin/models/{id}/shadow"))
+        .await
+    {
+        Ok(shadow) => Some(shadow).filter(|s| !s.shadows.is_empty()),
+        Err(e) => {
+            eprintln!("mmctl: the shadow could not be read: {e}");
+            None
+        }
+    };
     let mut text = explain_text(id, &placement, &scorer);
     if let Some(ledger) = &ledger {
         text.push_str(&crate::ledger::model_text(ledger, crate::ledger::now()));
+    }
+    if let Some(shadow) = &shadow {
+        text.push_str("shadow (pool-wide):\n");
+        text.push_str(&crate::shadow::show_text(shadow));
     }
     Output::of(
         &Explained {
             placement,
             scorer,
             ledger,
+            shadow,
         },
         text,
     )

@@ -1,12 +1,13 @@
 //! The proxy's `/status` page in a real headless browser (Debian's `chromium`): the DOM
-//! after its script ran, and a screenshot in which the chart and the tables are drawn.
+//! after its script ran, and a screenshot in which the chart and the tables are drawn
+//! (the shadows table included: linear-small shadows a second version of itself).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use manymodels_tests::process::{Pool, addrs};
-use manymodels_tests::{TempDir, demo_reference, infer_body, root};
+use manymodels_tests::{TempDir, demo_reference, infer_body, write_model};
 
 fn chromium(profile: &Path, args: &[&str]) -> String {
     let binary = ["chromium", "chromium-browser", "google-chrome"]
@@ -83,9 +84,30 @@ fn pixels(png: &Path, rgb: [u8; 3], tolerance: i32) -> (usize, Vec<u32>) {
 
 #[tokio::test]
 async fn the_status_page_draws_the_pool_chart_and_tables_in_a_real_browser() {
-    let store = root().join("models/demo");
-    let Pool { scorers, proxy } = Pool::local(&store, 3, &[], &["stats.push_interval=1s"]);
+    // A copy of the demo store where linear-small has a version 2 (the same file), pinned
+    // to 1: version 2 is its shadow.
+    let store = TempDir::copy_of_demo("status");
+    let small = store.path().join("linear-small");
+    write_model(
+        store.path(),
+        "linear-small",
+        2,
+        &std::fs::read(small.join("1/model.onnx")).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(small.join("alias.json"), r#"{"pinned": 1}"#).unwrap();
+    let Pool { scorers, proxy } = Pool::local(store.path(), 3, &[], &["stats.push_interval=1s"]);
     let client = reqwest::Client::new();
+    let (status, answer) = manymodels_tests::http::call(
+        &client,
+        "PUT",
+        &format!("{}/v2/admin/models/linear-small/shadow", proxy.url),
+        None,
+        Some(&serde_json::json!({"version": 2, "percent": 100,
+            "rule": {"min_requests": 1000, "min_agreement": 0.99, "action": "report"}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
     let references = demo_reference();
     for _ in 0..5 {
         for reference in &references {
@@ -174,6 +196,20 @@ async fn the_status_page_draws_the_pool_chart_and_tables_in_a_real_browser() {
         "linear-small's error kind: {ledger}"
     );
     assert_eq!(ledger.matches("num hot").count(), 1, "{ledger}");
+    // The shadows table (/v2/admin/shadows): linear-small's shadow, still collecting.
+    let shadows = &dom[dom.find("id=\"shadows\"").expect("shadows table")..];
+    let shadows = &shadows[..shadows.find("</table>").unwrap()];
+    assert!(shadows.contains("<td>linear-small</td>"), "{shadows}");
+    assert!(
+        shadows.contains(">v1<") && shadows.contains(">v2<") && shadows.contains(">100%<"),
+        "live, candidate and share: {shadows}"
+    );
+    assert!(shadows.contains(">collecting<"), "{shadows}");
+    assert_eq!(
+        shadows.matches("<tr>").count(),
+        2,
+        "a header and one shadow: {shadows}"
+    );
 
     // The screenshot: orange load bars in the chart, above the table's green "ready"s.
     assert!(shot.exists(), "chromium wrote no screenshot");

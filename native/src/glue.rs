@@ -364,6 +364,19 @@ fn cast(data: &Data, to: Elem) -> Data {
 }
 
 impl Glue {
+    /// Whether output column `i` depends on input column `i` alone (and the shape stays):
+    /// contributions to the output's features are then the input's.
+    pub(crate) fn is_feature_wise(&self) -> bool {
+        match self {
+            Glue::Identity | Glue::Arith { .. } => true,
+            Glue::Cast(elem) => !matches!(elem, Elem::Str | Elem::Bool),
+            Glue::ZipMap { .. }
+            | Glue::Normalizer(_)
+            | Glue::Extract { .. }
+            | Glue::Reshape { .. } => false,
+        }
+    }
+
     pub(crate) fn heap_bytes(&self) -> usize {
         match self {
             Glue::ZipMap { columns } => columns.capacity() * size_of::<usize>(),

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::attrs::{Attrs, NodeInput, unsupported};
 use crate::error::{CompileError, RunError};
+use crate::explain::{Contributions, ExplainError};
 use crate::onnx::{self, GraphView, NodeView, TensorView, ValueType};
 use crate::value::{Elem, Tensor};
 use crate::{glue, linear, tree};
@@ -145,6 +146,85 @@ impl Model {
     /// Runs the model on `inputs` (one per declared input, in order, of the declared
     /// element types) and returns every declared output, in order.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RunError> {
+        let mut values = self.fill(inputs)?;
+        for step in &self.steps {
+            Self::step(step, &mut values)?;
+        }
+        Ok(self
+            .output_slots
+            .iter()
+            .zip(&self.shared_outputs)
+            .map(|(&slot, &shared)| {
+                // An output named twice is cloned; others are moved.
+                if shared {
+                    values[slot].clone().expect("computed")
+                } else {
+                    values[slot].take().expect("computed")
+                }
+            })
+            .collect())
+    }
+
+    /// The step that can be explained: the model's one tree ensemble or linear operator,
+    /// reading the graph's one input through feature-wise steps only (`Identity`, `Cast`,
+    /// arithmetic with a constant per column or for all: feature `i` of the operator's
+    /// input is feature `i` of the model's), so that a contribution to the operator's
+    /// features is one to the request's. Else why not.
+    pub fn explainable(&self) -> Result<usize, String> {
+        let explained: Vec<usize> = (0..self.steps.len())
+            .filter(|&k| matches!(self.steps[k].op, Op::Tree(_) | Op::Linear(_)))
+            .collect();
+        let &[at] = explained.as_slice() else {
+            return Err(format!(
+                "it has {} tree-ensemble or linear operators, not one",
+                explained.len()
+            ));
+        };
+        let &[input] = self.input_slots.as_slice() else {
+            return Err("it has more than one input".into());
+        };
+        let mut slot = self.steps[at].inputs[0];
+        while slot != input {
+            let Some(step) = self.steps[..at]
+                .iter()
+                .find(|s| s.outputs.contains(&Some(slot)))
+            else {
+                return Err("its operator does not read the model's input".into());
+            };
+            let feature_wise = match &step.op {
+                Op::Glue(g) => g.is_feature_wise(),
+                _ => false,
+            };
+            if !feature_wise || step.inputs.len() != 1 {
+                return Err(
+                    "its features are combined or rearranged before the model's operator".into(),
+                );
+            }
+            slot = step.inputs[0];
+        }
+        Ok(at)
+    }
+
+    /// Each input feature's contribution to each raw score of the model's tree ensemble
+    /// or linear operator, for every row of `inputs` (see `explain`).
+    pub fn contributions(&self, inputs: Vec<Tensor>) -> Result<Contributions, ExplainError> {
+        let at = self.explainable().map_err(ExplainError::Unexplainable)?;
+        let mut values = self.fill(inputs)?;
+        for step in &self.steps[..at] {
+            Self::step(step, &mut values)?;
+        }
+        let x = values[self.steps[at].inputs[0]]
+            .as_ref()
+            .expect("slots are filled in order");
+        match &self.steps[at].op {
+            Op::Tree(op) => op.contributions(x),
+            Op::Linear(op) => Ok(op.contributions(x)?),
+            Op::Glue(_) => unreachable!("explainable() chose a tree or linear operator"),
+        }
+    }
+
+    /// The value slots with the inputs in theirs.
+    fn fill(&self, inputs: Vec<Tensor>) -> Result<Vec<Option<Tensor>>, RunError> {
         if inputs.len() != self.inputs.len() {
             return Err(RunError(format!(
                 "expected {} inputs, got {}",
@@ -162,32 +242,23 @@ impl Model {
             }
             values[slot] = Some(tensor);
         }
-        for step in &self.steps {
-            let args: Vec<&Tensor> = step
-                .inputs
-                .iter()
-                .map(|&slot| values[slot].as_ref().expect("slots are filled in order"))
-                .collect();
-            let results = step.op.run(&args)?;
-            for (result, slot) in results.into_iter().zip(&step.outputs) {
-                if let Some(slot) = *slot {
-                    values[slot] = Some(result);
-                }
+        Ok(values)
+    }
+
+    /// Runs `step` over the slots, filling its outputs'.
+    fn step(step: &Step, values: &mut [Option<Tensor>]) -> Result<(), RunError> {
+        let args: Vec<&Tensor> = step
+            .inputs
+            .iter()
+            .map(|&slot| values[slot].as_ref().expect("slots are filled in order"))
+            .collect();
+        let results = step.op.run(&args)?;
+        for (result, slot) in results.into_iter().zip(&step.outputs) {
+            if let Some(slot) = *slot {
+                values[slot] = Some(result);
             }
         }
-        Ok(self
-            .output_slots
-            .iter()
-            .zip(&self.shared_outputs)
-            .map(|(&slot, &shared)| {
-                // An output named twice is cloned; others are moved.
-                if shared {
-                    values[slot].clone().expect("computed")
-                } else {
-                    values[slot].take().expect("computed")
-                }
-            })
-            .collect())
+        Ok(())
     }
 }
 

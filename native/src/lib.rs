@@ -22,6 +22,7 @@ pub mod pb;
 
 mod attrs;
 mod error;
+mod explain;
 mod glue;
 mod graph;
 mod linear;
@@ -31,6 +32,7 @@ mod tree;
 mod value;
 
 pub use error::{CompileError, Invalid, RunError};
+pub use explain::{Contributions, ExplainError};
 pub use graph::{Model, Port};
 pub use image::ImageError;
 pub use value::{Data, Elem, Tensor};

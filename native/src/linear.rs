@@ -290,6 +290,49 @@ impl Linear {
         out
     }
 
+    /// Each feature's contribution to each score: `coefficient × feature` (the feature as
+    /// the model reads it, a `float`), against a zero baseline whose score is the
+    /// intercept; the raw score is the dot product, summed apart.
+    pub(crate) fn contributions(
+        &self,
+        x: &Tensor,
+    ) -> Result<crate::explain::Contributions, RunError> {
+        let (rows, width) = x.rows_and_width();
+        if x.shape.len() > 2 || width != self.features {
+            return Err(RunError(format!(
+                "the input has {width} features, the coefficients {}",
+                self.features
+            )));
+        }
+        let feature = |i: usize| -> Option<f64> {
+            Some(match &x.data {
+                Data::F32(v) => f64::from(v[i]),
+                Data::F64(v) => f64::from(v[i] as f32),
+                Data::I64(v) => f64::from(v[i] as f32),
+                Data::I32(v) => f64::from(v[i] as f32),
+                _ => return None,
+            })
+        };
+        let (n, k) = (self.outputs, self.features);
+        let expected = (0..n)
+            .map(|t| f64::from(self.intercepts.get(t).copied().unwrap_or(0.0)))
+            .collect();
+        let mut out = crate::explain::Contributions::new(rows, k, expected);
+        for r in 0..rows {
+            for t in 0..n {
+                let w = &self.coefficients[t * k..(t + 1) * k];
+                let mut dot = 0.0;
+                for (i, &c) in w.iter().enumerate() {
+                    let v = feature(r * k + i).ok_or_else(|| RunError("input type".into()))?;
+                    out.values[(r * n + t) * k + i] = f64::from(c) * v;
+                    dot += f64::from(c) * v;
+                }
+                out.raw[r * n + t] = out.expected[t] + dot;
+            }
+        }
+        Ok(out)
+    }
+
     pub(crate) fn run(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, RunError> {
         let x = inputs[0];
         if x.shape.len() > 2 {

@@ -75,6 +75,10 @@ fn check_core<T: Num>(c: &Core<T>) -> Result<(), String> {
     if n > u32::MAX as usize - 1 || t.roots.iter().any(|&r| r as usize >= n) {
         return Err("a root outside the nodes".into());
     }
+    if let tree::Covers::Present(covers) = &t.covers {
+        // Only an explanation reads them, but an image holds nothing its compile would not.
+        tree::check_covers(&t.nodes, covers).map_err(|why| why.reason().to_string())?;
+    }
     let leaf = Mode::Leaf as u8;
     let weights = t.weights.len() as u64;
     let multi = c.n_targets > 1;

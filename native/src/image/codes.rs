@@ -3,7 +3,7 @@
 
 use crate::glue::Arith;
 use crate::transform::{Norm, PostTransform};
-use crate::tree::Aggregate;
+use crate::tree::{Aggregate, NoCovers};
 use crate::value::Elem;
 
 pub(super) const ELEMS: [Elem; 6] = [
@@ -26,6 +26,13 @@ pub(super) const AGGREGATES: [Aggregate; 4] = [
     Aggregate::Average,
     Aggregate::Min,
     Aggregate::Max,
+];
+pub(super) const NO_COVERS: [NoCovers; 5] = [
+    NoCovers::Absent,
+    NoCovers::Count,
+    NoCovers::Value,
+    NoCovers::ZeroSplit,
+    NoCovers::NotSums,
 ];
 pub(super) const NORMS: [Norm; 3] = [Norm::Max, Norm::L1, Norm::L2];
 pub(super) const ARITHS: [Arith; 4] = [Arith::Add, Arith::Sub, Arith::Mul, Arith::Div];

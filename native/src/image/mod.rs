@@ -65,7 +65,7 @@ pub const MAGIC: &[u8; 8] = b"MMNIMAGE";
 pub const FORMAT: u32 = 2;
 /// The compiled form and the arithmetic behind it: bump with any change to what `compile`
 /// produces or how `run` reads it, so every image written before reads as stale.
-pub const ENGINE_REVISION: u32 = 1;
+pub const ENGINE_REVISION: u32 = 2;
 
 /// Images this large and larger are mapped, not read: below it a mapping per model would
 /// spend the process's map count (`vm.max_map_count`, 65,530 by default) on models of a

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::codes::{AGGREGATES, ARITHS, ELEMS, NORMS, POSTS};
+use super::codes::{AGGREGATES, ARITHS, ELEMS, NO_COVERS, NORMS, POSTS};
 use crate::glue::{Constant, Glue};
 use crate::graph::{Model, Op, Port, Step};
 use crate::linear::{self, Linear};
@@ -269,6 +269,11 @@ where
     let weights = T::read_weights(r)?;
     let base_values = r.plain::<T>()?;
     let max_feature = r.u32()?;
+    let covers = match r.u8()? {
+        0 => tree::Covers::Missing(r.coded(&NO_COVERS, "covers")?),
+        1 => tree::Covers::Present(r.shared::<f32>()?),
+        b => return Err(corrupt(format!("covers {b}"))),
+    };
     let aggregate = r.coded(&AGGREGATES, "aggregate")?;
     let post = r.coded(&POSTS, "post transform")?;
     let n_targets = r.usize()?;
@@ -293,6 +298,7 @@ where
             weights,
             base_values,
             max_feature,
+            covers,
         },
         aggregate,
         post,

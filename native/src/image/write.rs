@@ -2,7 +2,7 @@
 //! arrays), every array as its count, zeros to the next multiple of 8 and its bytes as they
 //! lie in memory. `Writer` also writes the header (`image::seal`).
 
-use super::codes::{AGGREGATES, ARITHS, ELEMS, NORMS, POSTS, code};
+use super::codes::{AGGREGATES, ARITHS, ELEMS, NO_COVERS, NORMS, POSTS, code};
 use crate::glue::{Constant, Glue};
 use crate::graph::{Model, Op, Port};
 use crate::linear::{self, Linear};
@@ -139,6 +139,16 @@ where
     T::write_weights(w, &t.weights);
     w.plain(&t.base_values);
     w.u32(t.max_feature);
+    match &t.covers {
+        tree::Covers::Missing(why) => {
+            w.u8(0);
+            w.u8(code(&NO_COVERS, why));
+        }
+        tree::Covers::Present(covers) => {
+            w.u8(1);
+            w.plain(covers);
+        }
+    }
     w.u8(code(&AGGREGATES, &c.aggregate));
     w.u8(code(&POSTS, &c.post));
     w.len(c.n_targets);

@@ -3,6 +3,7 @@
 //! node and weight columns are decoded by the one-pass path (`fast`) or, where it declines,
 //! the general one (`general`).
 
+use super::covers;
 use super::ensemble::{Aggregate, Classes, Core, Ensemble, Labels, MAX_TARGETS, Num, Trees};
 use super::fast;
 use super::general;
@@ -132,10 +133,8 @@ fn build<T: Num>(
         let (aggregate, n_targets) = regressor_targets(node, attrs, base_values.len())?;
         (aggregate, n_targets, None)
     };
-    // Hit rates are documentation: ONNX Runtime reads and ignores them (never decoded).
-    attrs.has("nodes_hitrates");
-    attrs.has("nodes_hitrates_as_tensor");
-
+    // Hit rates: ONNX Runtime reads and ignores them; here they are the nodes' covers when
+    // they hold covers (`covers::read`), for explanations only.
     let decoded = match fast::decode::<T>(attrs, classifier, n_outputs) {
         Some(decoded) => decoded,
         None => general::decode::<T>(node, attrs, classifier, n_outputs)?,
@@ -145,6 +144,7 @@ fn build<T: Num>(
         binary: n_outputs == 2 && decoded.distinct_ids == 1,
         weights_all_positive: !decoded.any_negative_weight,
     });
+    let covers = covers::read(attrs, &decoded)?;
     Ok(Core {
         trees: Trees {
             nodes: decoded.nodes.into(),
@@ -152,6 +152,7 @@ fn build<T: Num>(
             weights: decoded.weights.into(),
             base_values,
             max_feature: decoded.max_feature,
+            covers,
         },
         aggregate,
         post,

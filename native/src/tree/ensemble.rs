@@ -24,6 +24,7 @@ pub(crate) trait Num:
     fn from_f64(v: f64) -> Self;
     fn from_count(n: usize) -> Self;
     fn to_f32(self) -> f32;
+    fn to_f64(self) -> f64;
     fn is_nan(self) -> bool;
 }
 
@@ -40,6 +41,9 @@ impl Num for f32 {
     }
     fn to_f32(self) -> f32 {
         self
+    }
+    fn to_f64(self) -> f64 {
+        f64::from(self)
     }
     fn is_nan(self) -> bool {
         f32::is_nan(self)
@@ -59,6 +63,9 @@ impl Num for f64 {
     }
     fn to_f32(self) -> f32 {
         self as f32
+    }
+    fn to_f64(self) -> f64 {
+        self
     }
     fn is_nan(self) -> bool {
         f64::is_nan(self)
@@ -197,6 +204,46 @@ pub(crate) struct Trees<T> {
     pub(crate) weights: Array<Weight<T>>,
     pub(crate) base_values: Vec<T>,
     pub(crate) max_feature: u32,
+    /// Each node's cover, beside `nodes`, for explanations (`shap`).
+    pub(crate) covers: Covers,
+}
+
+/// Each node's cover (the training weight that reached it), from the file's
+/// `nodes_hitrates`: what path-dependent TreeSHAP weighs a split's two sides by. ONNX
+/// Runtime ignores the column and exporters fill it with 1.0, so a model carries covers
+/// only when the column holds them: every split's children add up to it
+/// (`covers::read`).
+#[derive(Debug)]
+pub(crate) enum Covers {
+    /// Why the model has none (kept for the answer to an explanation request).
+    Missing(NoCovers),
+    /// By node position, as `Trees::nodes`.
+    Present(Array<f32>),
+}
+
+/// Why a model carries no covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoCovers {
+    Absent,
+    Count,
+    Value,
+    ZeroSplit,
+    NotSums,
+}
+
+impl NoCovers {
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            NoCovers::Absent => "the model file carries no node covers (nodes_hitrates)",
+            NoCovers::Count => "nodes_hitrates does not have one entry per node",
+            NoCovers::Value => "nodes_hitrates holds a negative or non-finite value",
+            NoCovers::ZeroSplit => "a split's cover (nodes_hitrates) is zero",
+            NoCovers::NotSums => {
+                "nodes_hitrates are not node covers: a split's children do not add up to it \
+                 (exporters write 1.0 for every node; the conversion recipe writes covers)"
+            }
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -10,26 +10,32 @@ use crate::transform::{self, PostTransform};
 use crate::value::{Data, Elem, Tensor};
 
 impl<T: Num> Trees<T> {
+    /// Whether `row` goes to the true child of the split `node`.
+    #[inline(always)]
+    pub(super) fn goes_true(node: &Node<T>, row: &[T]) -> bool {
+        let x = row[node.low() as usize];
+        let t = node.value;
+        let hit = match node.mode() {
+            0 => x <= t,
+            1 => x < t,
+            2 => x >= t,
+            3 => x > t,
+            4 => x == t,
+            _ => x != t,
+        };
+        hit || (node.missing_true() && x.is_nan())
+    }
+
     /// The leaf `row` reaches in the tree at `root`.
     #[inline]
-    fn leaf(&self, root: u32, row: &[T]) -> &Node<T> {
+    pub(super) fn leaf(&self, root: u32, row: &[T]) -> &Node<T> {
         let mut at = root as usize;
         loop {
             let node = &self.nodes[at];
-            let mode = node.mode();
-            if mode == Mode::Leaf as u8 {
+            if node.mode() == Mode::Leaf as u8 {
                 return node;
             }
-            let x = row[node.low() as usize];
-            let t = node.value;
-            let hit = match mode {
-                0 => x <= t,
-                1 => x < t,
-                2 => x >= t,
-                3 => x > t,
-                4 => x == t,
-                _ => x != t,
-            } || (node.missing_true() && x.is_nan());
+            let hit = Self::goes_true(node, row);
             at = if hit != node.true_next() {
                 node.index as usize
             } else {
@@ -48,6 +54,10 @@ impl<T: Num> Trees<T> {
             + self.roots.heap_bytes()
             + self.weights.heap_bytes()
             + self.base_values.capacity() * T::BYTES
+            + match &self.covers {
+                super::ensemble::Covers::Present(c) => c.heap_bytes(),
+                super::ensemble::Covers::Missing(_) => 0,
+            }
     }
 }
 
@@ -338,7 +348,7 @@ fn post_transform(post: PostTransform, values: &mut [f32]) {
 }
 
 /// The input matrix in the ensemble's number type (borrowed when it already is).
-fn features<T: Num>(data: &Data) -> Cow<'_, [T]> {
+pub(super) fn features<T: Num>(data: &Data) -> Cow<'_, [T]> {
     use std::any::Any;
     match data {
         Data::F32(v) => match (v as &dyn Any).downcast_ref::<Vec<T>>() {
@@ -383,6 +393,17 @@ impl Ensemble {
         match self {
             Ensemble::F32(c) => c.run(inputs[0]),
             Ensemble::F64(c) => c.run(inputs[0]),
+        }
+    }
+
+    /// Each feature's contribution to each raw score (`shap`).
+    pub(crate) fn contributions(
+        &self,
+        x: &Tensor,
+    ) -> Result<crate::explain::Contributions, crate::explain::ExplainError> {
+        match self {
+            Ensemble::F32(c) => c.contributions(x),
+            Ensemble::F64(c) => c.contributions(x),
         }
     }
 }

@@ -41,7 +41,8 @@ pub(super) fn decode<T: Num>(
     let index = NodeIndex::new(node, &tree_ids, &node_ids)?;
     records.children(attrs, &index, &tree_ids, &node_ids)?;
     let weights = WeightColumns::read(node, attrs, classifier, n_outputs)?;
-    let (nodes, roots, weights) = layout(
+    let track = attrs.has("nodes_hitrates");
+    let (nodes, roots, weights, placed) = layout(
         node,
         &tree_ids,
         &node_ids,
@@ -49,8 +50,12 @@ pub(super) fn decode<T: Num>(
         records.raw,
         &weights,
         n_outputs,
+        track,
     )?;
-    Ok(weights.decoded(nodes, roots, max_feature))
+    let mut decoded = weights.decoded(nodes, roots, max_feature);
+    // The file's order kept for every tree: covers need no moving.
+    decoded.placed = placed.filter(|p| !p.iter().enumerate().all(|(k, &at)| at as usize == k));
+    Ok(decoded)
 }
 
 /// One record per node, filled column by column straight from the wire: no node column is

@@ -62,12 +62,18 @@ impl<T> Raw<T> {
     }
 }
 
-/// Laid-out nodes, the trees' roots and the leaf weights.
-pub(super) type Laid<T> = (Vec<Node<T>>, Vec<u32>, LeafWeights<T>);
+/// Laid-out nodes, the trees' roots, the leaf weights and (when asked) where each record
+/// went, by attribute position (`UNPLACED` for none).
+pub(super) type Laid<T> = (Vec<Node<T>>, Vec<u32>, LeafWeights<T>, Option<Vec<u32>>);
 
 /// Lays the trees out: in the file's order where it already is a layout
 /// (`keep_in_order`), else the depth-first relayout (false child next) ONNX Runtime's
 /// `AddNodes` makes, without recursion (a hostile tree can be a million nodes deep).
+/// `track`: also say where each record went (hit rates follow their nodes).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the layout's inputs, each read once"
+)]
 pub(super) fn layout<T: Num>(
     node: &NodeView<'_>,
     tree_ids: &[i64],
@@ -76,8 +82,10 @@ pub(super) fn layout<T: Num>(
     mut raw: Vec<Raw<T>>,
     columns: &WeightColumns<T>,
     n_outputs: usize,
+    track: bool,
 ) -> Result<Laid<T>, CompileError> {
     let n = raw.len();
+    let mut kept: Vec<(usize, usize, u32)> = Vec::new();
     let (weights, weighted) = attach_weights(node, index, &mut raw, columns, n_outputs)?;
     let mut nodes: Vec<Node<T>> = crate::memory::vec_with_capacity(n);
     let mut roots = Vec::new();
@@ -89,7 +97,11 @@ pub(super) fn layout<T: Num>(
             end += 1;
         }
         let root = if keep_in_order(&raw, start, end) {
-            copy_in_order(&raw, start, end, &mut nodes)
+            let base = copy_in_order(&raw, start, end, &mut nodes);
+            if track {
+                kept.push((start, end, base));
+            }
+            base
         } else {
             relayout.tree(node, tree_ids, node_ids, &raw, start, &mut nodes)?
         };
@@ -97,6 +109,7 @@ pub(super) fn layout<T: Num>(
         start = end;
     }
     drop(raw);
+    let placed = track.then(|| relayout.placed_with(n, &kept));
     if relayout.left_out_any(&weighted) {
         // ONNX Runtime would hang these on whatever node it placed first.
         return Err(unsupported(node, "weights on a leaf no root reaches"));
@@ -104,7 +117,7 @@ pub(super) fn layout<T: Num>(
     // A leaf without weights keeps its `nodes_values` entry as its value and has no
     // entries, as in ONNX Runtime.
     nodes.shrink_to_fit();
-    Ok((nodes, roots, weights))
+    Ok((nodes, roots, weights, placed))
 }
 
 /// Attaches the leaf weights to their records, in (tree, node, attribute position) order,
@@ -311,6 +324,22 @@ impl Relayout {
             }
         }
         Ok(ret)
+    }
+
+    /// Where each of the `n` records went: the relaid trees' places, and record `start + k`
+    /// of a tree kept in order (`kept`: start, end, base) at `base + k`.
+    fn placed_with(&self, n: usize, kept: &[(usize, usize, u32)]) -> Vec<u32> {
+        let mut placed = if self.placed.is_empty() {
+            vec![UNPLACED; n]
+        } else {
+            self.placed.clone()
+        };
+        for &(start, end, base) in kept {
+            for (k, p) in placed[start..end].iter_mut().enumerate() {
+                *p = base + k as u32;
+            }
+        }
+        placed
     }
 
     /// Once any tree was relaid: whether a record that took weights (`weighted`, by

@@ -21,19 +21,23 @@
 //! the crate uses of them.
 
 mod compile;
+mod covers;
 mod ensemble;
 mod eval;
 mod fast;
 mod general;
 mod index;
 mod layout;
+mod shap;
 #[cfg(test)]
 mod tests;
 mod weights;
 
 pub(crate) use compile::compile;
+pub(crate) use covers::check as check_covers;
 #[cfg(test)]
 pub(crate) use ensemble::WORD_BITS;
 pub(crate) use ensemble::{
-    Aggregate, Classes, Core, Ensemble, Labels, MAX_TARGETS, Mode, Node, Num, Trees, Weight,
+    Aggregate, Classes, Core, Covers, Ensemble, Labels, MAX_TARGETS, Mode, NoCovers, Node, Num,
+    Trees, Weight,
 };

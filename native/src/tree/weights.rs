@@ -18,6 +18,10 @@ pub(super) struct Decoded<T> {
     /// How many distinct output ids the weights name: 0, 1, or 2 for more.
     pub(super) distinct_ids: u8,
     pub(super) any_negative_weight: bool,
+    /// Where each node of the file (by attribute position) was laid out, when that is not
+    /// the file's order (`None`: node `k` of the file is node `k` here); `u32::MAX` for a
+    /// node no root reaches. Only kept when the model carries hit rates, which follow it.
+    pub(super) placed: Option<Vec<u32>>,
 }
 
 /// Thresholds, weights or base values: the `_as_tensor` form (of exactly the threshold
@@ -214,6 +218,7 @@ impl<T: Num> LeafWeights<T> {
             max_feature,
             distinct_ids: self.distinct_ids,
             any_negative_weight: self.any_negative,
+            placed: None,
         }
     }
 

@@ -17,7 +17,8 @@ manifest.json is a list with one object per model:
     outputs [{name, kind tensor|zipmap, elem_type (FP32|INT64|STRING|seq(map(K,FP32))), shape}],
     ops     ["ai.onnx.ml.TreeEnsembleClassifier", "Cast", ...] (graph order, distinct),
     labels  int64|string|null, features N,
-    opsets  {domain: version} as written in the file, note (free text).
+    opsets  {domain: version} as written in the file, note (free text),
+    covers  true when the tree ensemble's nodes_hitrates hold the library's node covers.
 
 Also in each manifest entry: outputs[].ort_shape (shape onnxruntime actually returns,
 batch dimension null; declared shapes can be wrong), ir_version, producer, and
@@ -25,6 +26,15 @@ source_max_abs_diff / source_max_abs_diff_nan: max |onnx - source estimator| on 
 ordinary rows and on the same rows with 15% NaN ("n/a" when the estimator rejects
 NaN). A large value marks an exporter that is not faithful to its library (the
 note says why); the file is still a valid onnxruntime reference.
+
+Covers: every tree ensemble carries each node's training cover in nodes_hitrates (written
+by convert/convert.py's add_covers after export, matched to the library's trees node by
+node: scikit-learn weighted_n_node_samples or the HistGradientBoosting node count, LightGBM
+internal_count/leaf_count, XGBoost cover); manifest "covers" says whether a file has them
+(false for linear models and for the LightGBM/XGBoost categorical models, whose
+multi-category splits are exported as chains of BRANCH_EQ nodes). Nothing else in a file
+depends on them: onnxruntime ignores nodes_hitrates. models/make_contributions.py writes
+TreeSHAP reference contributions for these models.
 
 Each file is checked with onnx.checker and run by onnxruntime
 (intra_op_num_threads=1) on 1,000 rows that mix ordinary values with NaN,
@@ -62,6 +72,13 @@ Takes a few seconds; nothing is downloaded.
 
 from __future__ import annotations
 
+import os
+
+# OpenBLAS picks its kernels by CPU (DYNAMIC_ARCH), and LinearRegression/Ridge/LogisticRegression
+# fits differ in the last bits between them: the committed linear models were fitted with the
+# Haswell (AVX2) kernels, so every machine uses those. Must precede the numpy/scipy imports.
+os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")
+
 import argparse
 import hashlib
 import json
@@ -70,6 +87,7 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -101,7 +119,29 @@ ELEM = {
 
 # One copy of the HistGradientBoosting exporter patch: the conversion recipe's.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "convert"))
-from convert import patch_skl2onnx_hgb  # noqa: E402
+from convert import NoCovers, Refused, add_covers, patch_skl2onnx_hgb  # noqa: E402
+
+
+class Exported(NamedTuple):
+    """What the exporter helpers below return: the ONNX model (covers written into its
+    tree ensemble's nodes_hitrates where the family has them), the library model it was
+    exported from (models/make_contributions.py explains it), and whether covers were
+    written (`covers_note` says where from, or why not)."""
+
+    onx: onnx.ModelProto
+    model: object
+    covers: bool
+    covers_note: str
+
+
+def with_covers(onx, model, family) -> Exported:
+    """convert.py's add_covers: a linear model or a multi-category split chain writes no
+    covers (NoCovers); a tree that does not match the library's raises (convert.Refused),
+    which stops the whole run rather than dropping or mislabelling a model."""
+    try:
+        return Exported(onx, model, True, f"covers from {add_covers(onx, model, family)}")
+    except NoCovers as e:
+        return Exported(onx, model, False, f"no covers: {e}")
 
 
 def skl(model, n_features, *, double=False, int64=False, zipmap=None, extra_options=None):
@@ -112,35 +152,35 @@ def skl(model, n_features, *, double=False, int64=False, zipmap=None, extra_opti
     options = dict(extra_options or {})
     if zipmap is not None:
         options["zipmap"] = zipmap
-    return convert_sklearn(
+    return with_covers(convert_sklearn(
         model,
         initial_types=[("input", tt([None, n_features]))],
         options={id(model): options} if options else None,
         target_opset=SKL_OPSET,
-    )
+    ), model, "sklearn")
 
 
 def lgbm(model, n_features, *, zipmap=False):
     from onnxmltools import convert_lightgbm
     from onnxmltools.convert.common.data_types import FloatTensorType
 
-    return convert_lightgbm(
+    return with_covers(convert_lightgbm(
         model,
         initial_types=[("input", FloatTensorType([None, n_features]))],
         target_opset=MLTOOLS_OPSET,
         zipmap=zipmap,
-    )
+    ), model, "lightgbm")
 
 
 def xgb(model, n_features):
     from onnxmltools import convert_xgboost
     from onnxmltools.convert.common.data_types import FloatTensorType
 
-    return convert_xgboost(
+    return with_covers(convert_xgboost(
         model,
         initial_types=[("input", FloatTensorType([None, n_features]))],
         target_opset=MLTOOLS_OPSET,
-    )
+    ), model, "xgboost")
 
 
 # --------------------------------------------------------------------------
@@ -175,8 +215,9 @@ def with_nan(X, seed, frac=0.12):
 
 
 # --------------------------------------------------------------------------
-# Builders: each returns (onx, source_model_predict_fn or None, labels, note)
-# `fit` data is seeded per builder.
+# Builders: each returns (Exported(onx, library model, covers, covers_note),
+# source_model_predict_fn, note); `fit` data is seeded per builder (_seed(name) % (2**31 - 1)).
+# models/make_contributions.py calls them again to explain the same library models.
 # --------------------------------------------------------------------------
 
 BUILDERS = []
@@ -1223,7 +1264,10 @@ def main() -> int:
             continue
         s = _seed(name) % (2**31 - 1)
         try:
-            onx, predict, note = b["fn"](s)
+            exported, predict, note = b["fn"](s)
+            onx = exported.onx
+        except Refused:  # covers that do not map onto the library's trees: a bug, stop
+            raise
         except Exception as exc:
             msg = f"{type(exc).__name__}: {_first_line(exc)}"
             print(f"DROP {name}: export failed: {msg}")
@@ -1297,11 +1341,12 @@ def main() -> int:
             "note": note,
             "source_max_abs_diff": _round_diff(diff),
             "source_max_abs_diff_nan": _round_diff(diff_nan),
+            "covers": exported.covers,
         }
         models[name] = onx
         manifest.append(entry)
         print(f"ok   {name:<34} {len(data):>6} B  diff={_round_diff(diff)} nan-diff={_round_diff(diff_nan)}"
-              f"  ops={','.join(ops)}")
+              f"  ops={','.join(ops)}  {exported.covers_note}")
 
     if only:
         mpath = out / "manifest.json"

@@ -22,6 +22,14 @@ of shape [None, n_features], n_features taken from the model (n_features_in_,
 num_feature(), num_features()). These are the opsets of models/corpus, so the scorer's
 native engine serves the result wherever it covers the operators.
 
+Covers: every tree node's training cover (scikit-learn weighted_n_node_samples, or the
+HistGradientBoosting node count; LightGBM internal_count/leaf_count; XGBoost cover) is
+written into the tree ensemble's nodes_hitrates, parallel to nodes_nodeids, for TreeSHAP
+explanations (add_covers; ONNX Runtime ignores nodes_hitrates). The ONNX trees are matched
+to the library's node by node first; a mismatch refuses the model. Linear models, other
+tree families and multi-category LightGBM/XGBoost splits (exported as BRANCH_EQ chains) are
+published without covers; the summary line says which ("covers from ..." / "no covers: ...").
+
 The check: the converted model runs in onnxruntime on sample rows (--sample FILE.npy or
 FILE.csv; otherwise 500 float32 rows generated from the converted model itself: for tree
 ensembles each feature is drawn uniformly over its split thresholds' range widened by a
@@ -265,6 +273,350 @@ def convert(loaded: Loaded):
     except Exception as e:  # noqa: BLE001 - a converter failure is a refusal
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise Refused(f"{loaded.family} {loaded.name} did not convert: {type(e).__name__}: {first}") from None
+
+
+# --------------------------------------------------------------------------
+# Covers: each tree node's training cover written into nodes_hitrates
+# --------------------------------------------------------------------------
+#
+# TreeSHAP (path-dependent, Lundberg et al. 2018, Algorithm 2) weighs the two children of a
+# split by the share of the training data that reached each. The ONNX tree ensembles carry
+# no such thing (skl2onnx and onnxmltools' LightGBM converter write nodes_hitrates = 1.0,
+# its XGBoost converter none), so after conversion each node's cover is written into
+# nodes_hitrates, one float per node, parallel to nodes_nodeids:
+#
+# - scikit-learn trees, forests, extra trees, GradientBoosting: tree_.weighted_n_node_samples;
+#   HistGradientBoosting: the predictors' node "count" (skl2onnx numbers each tree's nodes
+#   as the library does, tree ids in the library's (iteration, class) order);
+# - LightGBM: dump_model()'s internal_count / leaf_count (onnxmltools renumbers each tree's
+#   nodes depth first; tree ids are the dump's tree_info order);
+# - XGBoost: the JSON model's sum_hessian, what its dumps call cover (onnxmltools renumbers
+#   each tree's nodes depth first; tree ids are the model's tree order).
+#
+# The mapping is never assumed: each ONNX tree is walked from its root beside the library
+# tree of the same index, and every node must agree (leaf or split, feature, threshold within
+# float32 rounding, mode); any disagreement refuses the model rather than writing wrong
+# covers. A LightGBM or XGBoost categorical split on several categories is exported as a
+# chain of BRANCH_EQ nodes sharing one true child, whose inner nodes have no cover of the
+# library's: such a model is published without covers (NoCovers), and so are models with no
+# tree ensemble or of a tree family not listed here.
+
+COVERS_FROM = {
+    "sklearn": "tree_.weighted_n_node_samples",
+    "sklearn-hgb": "the predictors' node count",
+    "lightgbm": "dump_model() internal_count/leaf_count",
+    "xgboost": "sum_hessian (cover)",
+}
+TREE_OPS = ("TreeEnsembleRegressor", "TreeEnsembleClassifier")
+
+
+class NoCovers(Exception):
+    """No covers are written (the message says why); the model is otherwise unchanged."""
+
+
+@dataclass
+class LibTree:
+    """One library tree in the library's node numbering. For node i: true_child[i] and
+    false_child[i] are the children taken when the split's comparison holds or not (-1
+    for a leaf), feature[i], threshold[i] (NaN: a categorical split, see categories[i]),
+    cover[i]; root is the root's index."""
+
+    true_child: np.ndarray
+    false_child: np.ndarray
+    feature: np.ndarray
+    threshold: np.ndarray
+    cover: np.ndarray
+    categories: dict
+    mode: str  # the ONNX mode of its numeric splits
+    root: int = 0
+
+
+def tree_ensemble_nodes(onx) -> list:
+    return [n for n in onx.graph.node if n.domain == "ai.onnx.ml" and n.op_type in TREE_OPS]
+
+
+def _attribute_values(node) -> dict:
+    from onnx import helper, numpy_helper
+
+    out = {}
+    for a in node.attribute:
+        if a.name.endswith("_as_tensor"):
+            out[a.name[: -len("_as_tensor")]] = numpy_helper.to_array(a.t).ravel()
+        else:
+            out[a.name] = helper.get_attribute_value(a)
+    return out
+
+
+def onnx_tree_columns(node) -> dict:
+    """The node columns of a TreeEnsemble node as numpy arrays (modes as str)."""
+    a = _attribute_values(node)
+    cols = {
+        "treeids": np.asarray(a["nodes_treeids"], dtype=np.int64),
+        "nodeids": np.asarray(a["nodes_nodeids"], dtype=np.int64),
+        "featureids": np.asarray(a["nodes_featureids"], dtype=np.int64),
+        "values": np.asarray(a.get("nodes_values", np.zeros(len(a["nodes_nodeids"]))), dtype=np.float64),
+        "modes": np.array([m.decode() if isinstance(m, bytes) else m for m in a["nodes_modes"]]),
+        "true": np.asarray(a["nodes_truenodeids"], dtype=np.int64),
+        "false": np.asarray(a["nodes_falsenodeids"], dtype=np.int64),
+    }
+    n = len(cols["nodeids"])
+    mvt = a.get("nodes_missing_value_tracks_true")
+    cols["missing_tracks_true"] = np.zeros(n, dtype=np.int64) if mvt is None or len(mvt) == 0 else \
+        np.asarray(mvt, dtype=np.int64)
+    for k, v in cols.items():
+        if len(v) != n:
+            raise Refused(f"covers: nodes_{k} has {len(v)} entries for {n} nodes")
+    return cols
+
+
+def map_covers(cols: dict, trees: list[LibTree], where: str) -> np.ndarray:
+    """Each ONNX node's cover, found by walking every ONNX tree beside the library tree of
+    the same index; raises Refused where they disagree."""
+    n = len(cols["nodeids"])
+    covers = np.full(n, np.nan)
+    mapped = np.full(n, -1, dtype=np.int64)
+    position = {(int(t), int(i)): p for p, (t, i) in enumerate(zip(cols["treeids"], cols["nodeids"]))}
+    if len(position) != n:
+        raise Refused(f"covers: {where} repeats a (tree id, node id) pair")
+    tree_ids = sorted(set(int(t) for t in cols["treeids"]))
+    if tree_ids != list(range(len(tree_ids))) or len(tree_ids) > len(trees):
+        raise Refused(f"covers: {where} has tree ids {tree_ids[:3]}..{tree_ids[-1:]} ({len(tree_ids)} trees); "
+                      f"the library model has {len(trees)} trees numbered from 0")
+
+    def bad(t, p, i, why):
+        raise Refused(f"covers: {where} tree {t} node {int(cols['nodeids'][p])} does not match the library's "
+                      f"tree {t} node {i}: {why}; no covers written rather than wrong ones")
+
+    for t in tree_ids:
+        lib = trees[t]
+        members = np.flatnonzero(cols["treeids"] == t)
+        split = members[cols["modes"][members] != "LEAF"]
+        children = set(cols["true"][split].tolist()) | set(cols["false"][split].tolist())
+        roots = [p for p in members if int(cols["nodeids"][p]) not in children]
+        if len(roots) != 1:
+            raise Refused(f"covers: {where} tree {t} has {len(roots)} roots")
+        stack = [(roots[0], lib.root)]
+        while stack:
+            p, i = stack.pop()
+            if mapped[p] >= 0:
+                if mapped[p] != i:
+                    bad(t, p, i, f"the ONNX node is reached as library nodes {mapped[p]} and {i}")
+                continue
+            mapped[p] = i
+            covers[p] = lib.cover[i]
+            mode = cols["modes"][p]
+            lib_leaf = lib.true_child[i] < 0
+            if (mode == "LEAF") != lib_leaf:
+                bad(t, p, i, f"ONNX {mode}, library {'leaf' if lib_leaf else 'split'}")
+            if lib_leaf:
+                continue
+            if int(cols["featureids"][p]) != int(lib.feature[i]):
+                bad(t, p, i, f"feature {int(cols['featureids'][p])} vs {int(lib.feature[i])}")
+            value = cols["values"][p]
+            if i in lib.categories:
+                cats = lib.categories[i]
+                if len(cats) != 1:
+                    raise NoCovers(f"{where} tree {t}: a categorical split on {len(cats)} categories is exported "
+                                   f"as a chain of BRANCH_EQ nodes sharing one true child, whose inner nodes "
+                                   f"have no cover of the library's")
+                if mode != "BRANCH_EQ" or value != cats[0]:
+                    bad(t, p, i, f"ONNX {mode} {value!r}, library category {cats[0]!r}")
+            else:
+                thr = float(lib.threshold[i])
+                if mode != lib.mode:
+                    bad(t, p, i, f"ONNX {mode}, library splits map to {lib.mode}")
+                with np.errstate(over="ignore"):  # LightGBM's 1e300 is float32 inf in ONNX
+                    same = value == thr or np.float32(value) == np.float32(thr) or \
+                        abs(value - thr) <= 1e-6 * abs(thr) + 1e-37
+                if not np.isnan(thr) and not same:
+                    bad(t, p, i, f"threshold {value!r} vs {thr!r}")
+            for onnx_child, lib_child in ((cols["true"][p], lib.true_child[i]), (cols["false"][p], lib.false_child[i])):
+                q = position.get((t, int(onnx_child)))
+                if q is None:
+                    bad(t, p, i, f"child {int(onnx_child)} is not a node of the tree")
+                stack.append((q, int(lib_child)))
+    unreached = np.flatnonzero(mapped < 0)
+    if unreached.size:
+        p = unreached[0]
+        raise Refused(f"covers: {where}: {unreached.size} nodes not reached from their tree's root "
+                      f"(first: tree {int(cols['treeids'][p])} node {int(cols['nodeids'][p])})")
+    return covers
+
+
+def write_hitrates(node, covers: np.ndarray) -> None:
+    """Sets the node's nodes_hitrates (and nodes_hitrates_as_tensor, if the exporter wrote
+    that form) to the covers, in node order; every other attribute is left as it is."""
+    from onnx import helper, numpy_helper
+
+    values = [float(c) for c in np.asarray(covers, dtype=np.float32)]
+    found = False
+    for a in node.attribute:
+        if a.name == "nodes_hitrates":
+            del a.floats[:]
+            a.floats.extend(values)
+            found = True
+        elif a.name == "nodes_hitrates_as_tensor":
+            dtype = numpy_helper.to_array(a.t).dtype
+            a.t.CopyFrom(numpy_helper.from_array(np.asarray(covers, dtype=dtype), a.t.name))
+            found = True
+    if not found:
+        node.attribute.append(helper.make_attribute("nodes_hitrates", values))
+
+
+def _lib_tree(left, right, feature, threshold, cover, mode, categories=None) -> LibTree:
+    left = np.asarray(left, dtype=np.int64)
+    right = np.asarray(right, dtype=np.int64)
+    leaf = (left < 0) | (right < 0)
+    return LibTree(np.where(leaf, -1, left), np.where(leaf, -1, right), np.asarray(feature, dtype=np.int64),
+                   np.asarray(threshold, dtype=np.float64), np.asarray(cover, dtype=np.float64),
+                   categories or {}, mode)
+
+
+def sklearn_final_estimator(model):
+    while hasattr(model, "steps"):  # a Pipeline: its trees are its last step's
+        model = model.steps[-1][1]
+    return model
+
+
+def sklearn_trees(model) -> list[LibTree]:
+    """The library trees of a scikit-learn tree model in skl2onnx's tree id order."""
+    est = sklearn_final_estimator(model)
+    name = type(est).__name__
+
+    def of(tree):
+        return _lib_tree(tree.children_left, tree.children_right, tree.feature, tree.threshold,
+                         tree.weighted_n_node_samples, "BRANCH_LEQ")
+
+    if name in ("DecisionTreeRegressor", "DecisionTreeClassifier", "ExtraTreeRegressor", "ExtraTreeClassifier"):
+        return [of(est.tree_)]
+    if name in ("RandomForestRegressor", "RandomForestClassifier", "ExtraTreesRegressor", "ExtraTreesClassifier"):
+        return [of(e.tree_) for e in est.estimators_]
+    if name in ("GradientBoostingRegressor", "GradientBoostingClassifier"):
+        # skl2onnx: tree id i * n_classes + c for estimators_[i][c] (one column unless multiclass)
+        return [of(e.tree_) for row in est.estimators_ for e in row]
+    if name in ("HistGradientBoostingRegressor", "HistGradientBoostingClassifier"):
+        trees = []
+        for per_iteration in est._predictors:  # tree id i * n_trees_per_iteration + c
+            for predictor in per_iteration:
+                nodes = predictor.nodes
+                leaf = nodes["is_leaf"].astype(bool)
+                categorical = nodes["is_categorical"].astype(bool) if "is_categorical" in nodes.dtype.names else \
+                    np.zeros(len(nodes), dtype=bool)
+                # skl2onnx writes a categorical split as a BRANCH_LEQ on num_threshold (the
+                # corpus calls that unfaithful); its node still is the library's node.
+                threshold = np.where(categorical, np.nan, nodes["num_threshold"])
+                left = np.where(leaf, -1, nodes["left"].astype(np.int64))  # uint32 in the library
+                right = np.where(leaf, -1, nodes["right"].astype(np.int64))
+                trees.append(_lib_tree(left, right,
+                                       nodes["feature_idx"], threshold, nodes["count"], "BRANCH_LEQ"))
+        return trees
+    raise NoCovers(f"{name}: covers are written for scikit-learn decision trees, random forests, extra trees, "
+                   f"GradientBoosting and HistGradientBoosting")
+
+
+def lightgbm_trees(model) -> list[LibTree]:
+    """The library trees of a LightGBM model in dump_model()'s tree_info order, nodes
+    numbered in preorder."""
+    booster = model.booster_ if hasattr(model, "booster_") else model
+    trees = []
+    for info in booster.dump_model()["tree_info"]:
+        left, right, feature, threshold, cover, categories = [], [], [], [], [], {}
+        stack = [(info["tree_structure"], None, None)]
+        while stack:  # preorder, iteratively (deep trees)
+            node, parent, side = stack.pop()
+            i = len(left)
+            if parent is not None:
+                (left if side == "left" else right)[parent] = i
+            left.append(-1)
+            right.append(-1)
+            if "split_feature" in node:
+                feature.append(node["split_feature"])
+                cover.append(node["internal_count"])
+                if node["decision_type"] == "==":
+                    categories[i] = [float(c) for c in str(node["threshold"]).split("||")]
+                    threshold.append(np.nan)
+                elif node["decision_type"] == "<=":
+                    threshold.append(float(node["threshold"]))
+                else:
+                    raise NoCovers(f"LightGBM decision_type {node['decision_type']!r}")
+                stack.append((node["right_child"], i, "right"))
+                stack.append((node["left_child"], i, "left"))
+            else:
+                feature.append(0)
+                threshold.append(np.nan)
+                # A one-leaf tree has no leaf_count (and no split to weigh).
+                cover.append(node.get("leaf_count", 0))
+        trees.append(_lib_tree(left, right, feature, threshold, cover, "BRANCH_LEQ", categories))
+    return trees
+
+
+def xgboost_trees(model) -> list[LibTree]:
+    """The library trees of an XGBoost model, from its JSON model: trees in order, nodes
+    in XGBoost's numbering, cover = sum_hessian."""
+    import json
+
+    booster = model.get_booster() if hasattr(model, "get_booster") else model
+    doc = json.loads(booster.save_raw(raw_format="json"))
+    gb = doc["learner"]["gradient_booster"]
+    if "model" not in gb and "gbtree" in gb:  # dart
+        gb = gb["gbtree"]
+    if "model" not in gb or "trees" not in gb["model"]:
+        raise NoCovers(f"XGBoost booster {gb.get('name', '?')}: no trees")
+    trees = []
+    for tree in gb["model"]["trees"]:
+        categories = {}
+        split_type = tree.get("split_type", [])
+        if any(split_type):
+            nodes = tree.get("categories_nodes", [])
+            segments = tree.get("categories_segments", [])
+            sizes = tree.get("categories_sizes", [])
+            for k, node_index in enumerate(nodes):
+                categories[int(node_index)] = [float(c) for c in
+                                               tree["categories"][segments[k]: segments[k] + sizes[k]]]
+        trees.append(_lib_tree(tree["left_children"], tree["right_children"], tree["split_indices"],
+                               np.asarray(tree["split_conditions"], dtype=np.float32), tree["sum_hessian"],
+                               "BRANCH_LT", categories))
+    return trees
+
+
+def add_covers(onx, model, family: str) -> str:
+    """Writes every tree node's cover into nodes_hitrates of the converted model `onx` of
+    the library `model` ("sklearn", "lightgbm" or "xgboost"). Returns where the covers came
+    from; raises NoCovers (nothing written: a linear model, an unmapped family or shape) or
+    Refused (the ONNX trees do not match the library's: nothing written)."""
+    nodes = tree_ensemble_nodes(onx)
+    if not nodes:
+        if any(n.op_type.startswith("TreeEnsemble") for n in onx.graph.node):
+            raise NoCovers("a TreeEnsemble op other than TreeEnsembleRegressor/Classifier")
+        raise NoCovers("no tree ensemble")
+    if len(nodes) > 1:
+        raise NoCovers(f"{len(nodes)} tree ensembles in one graph")
+    if family == "sklearn":
+        trees = sklearn_trees(model)
+        source = COVERS_FROM["sklearn-hgb" if "HistGradient" in type(sklearn_final_estimator(model)).__name__
+                             else "sklearn"]
+    elif family == "lightgbm":
+        trees, source = lightgbm_trees(model), COVERS_FROM["lightgbm"]
+    elif family == "xgboost":
+        trees, source = xgboost_trees(model), COVERS_FROM["xgboost"]
+    else:
+        raise NoCovers(f"family {family!r}")
+    covers = map_covers(onnx_tree_columns(nodes[0]), trees, nodes[0].op_type)
+    write_hitrates(nodes[0], covers)
+    return source
+
+
+def convert_with_covers(loaded: Loaded):
+    """convert() and add_covers(): (ONNX model, a note on the covers for the summary line)."""
+    onx = convert(loaded)
+    try:
+        return onx, f"covers from {add_covers(onx, loaded.model, loaded.family)}"
+    except NoCovers as e:
+        return onx, f"no covers: {e}"
+    except Refused:
+        raise
+    except Exception as e:  # noqa: BLE001 - a failure to read the library's trees is a refusal
+        raise Refused(f"covers: reading {loaded.family} {loaded.name}'s trees failed: {type(e).__name__}: {e}") from None
 
 
 # --------------------------------------------------------------------------
@@ -623,14 +975,15 @@ def convert_mlflow(folder: Path, name: str, sample: Path | None):
     """An MLflow model directory converted and checked: (ONNX model, account line)."""
     model = load_mlflow(folder)
     loaded = model.loaded
-    onx = deterministic(with_columns(convert(loaded), model.columns), name)
+    onx, covers = convert_with_covers(loaded)
+    onx = deterministic(with_columns(onx, model.columns), name)
     rows = read_sample(sample, loaded.n_features) if sample else generate_sample(onx, loaded.n_features)
     account = check(loaded, onx, rows)
     kind = "classifier" if loaded.classifier else "regressor"
     columns = f"columns {', '.join(model.columns)}" if model.columns else "no named columns"
     return onx, (
         f"mlflow {model.flavor} {loaded.name} {kind}, {loaded.n_features} features, {columns}, "
-        f"{len(rows)} rows checked: {account}"
+        f"{len(rows)} rows checked: {account}; {covers}"
     )
 
 
@@ -733,7 +1086,7 @@ def convert_one(path: Path, store: Path, model_id: str, version: int | None, sam
     if not path.is_file():
         raise Refused("no such file")
     loaded = load(path)
-    onx = convert(loaded)
+    onx, covers = convert_with_covers(loaded)
     rows = read_sample(sample, loaded.n_features) if sample else generate_sample(onx, loaded.n_features)
     account = check(loaded, onx, rows)
     if version is None:
@@ -742,7 +1095,7 @@ def convert_one(path: Path, store: Path, model_id: str, version: int | None, sam
     kind = "classifier" if loaded.classifier else "regressor"
     return (
         f"ok {model_id} v{version} {loaded.family} {loaded.name} {kind}, {loaded.n_features} features, "
-        f"{len(rows)} rows checked: {account} -> {target}"
+        f"{len(rows)} rows checked: {account}; {covers} -> {target}"
     )
 
 

@@ -33,6 +33,7 @@ mod rollout;
 mod rotation;
 mod scale;
 mod scorer;
+mod shadow;
 mod status;
 mod tenants;
 mod tracing;

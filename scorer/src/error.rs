@@ -18,6 +18,13 @@ pub enum ScorerError {
     VersionNotFound { id: String, version: String },
     #[error("model '{0}' has no canary")]
     NoCanary(String),
+    #[error("model '{0}' has no shadow")]
+    NoShadow(String),
+    /// A shadow version could not be loaded without evicting a resident that serves
+    /// requests: the shadow job is skipped. Never a client's answer (shadow jobs run after
+    /// it), but kept in the one table like every error.
+    #[error("model '{id}' version {version} is a shadow version and there is no free room for it")]
+    NoRoomForShadow { id: String, version: u64 },
     /// The echo of the refused id; the message is the contract's (`InvalidModelId`).
     #[error("{}", manymodels_contract::InvalidModelId(.0.clone()))]
     InvalidModelId(String),
@@ -122,7 +129,8 @@ impl ScorerError {
         match self {
             ScorerError::ModelNotFound(_)
             | ScorerError::VersionNotFound { .. }
-            | ScorerError::NoCanary(_) => StatusCode::NOT_FOUND,
+            | ScorerError::NoCanary(_)
+            | ScorerError::NoShadow(_) => StatusCode::NOT_FOUND,
             ScorerError::NoRoute(_) => StatusCode::NOT_FOUND,
             ScorerError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ScorerError::InvalidModelId(_) | ScorerError::InvalidInput(_) => {
@@ -134,7 +142,8 @@ impl ScorerError {
             | ScorerError::Store(_)
             | ScorerError::ShuttingDown
             | ScorerError::Overloaded(_)
-            | ScorerError::LoadTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | ScorerError::LoadTimeout { .. }
+            | ScorerError::NoRoomForShadow { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ScorerError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             ScorerError::Inference { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ScorerError::Conflict(_) => StatusCode::CONFLICT,
@@ -156,7 +165,8 @@ impl ScorerError {
         match self {
             ScorerError::ModelNotFound(_)
             | ScorerError::VersionNotFound { .. }
-            | ScorerError::NoCanary(_) => "not_found",
+            | ScorerError::NoCanary(_)
+            | ScorerError::NoShadow(_) => "not_found",
             ScorerError::InvalidModelId(_) => "invalid_id",
             ScorerError::InvalidInput(_) => "invalid_input",
             ScorerError::BodyTooLarge { .. } => "too_large",
@@ -173,6 +183,7 @@ impl ScorerError {
             ScorerError::Overloaded(_) => "overloaded",
             ScorerError::LoadTimeout { .. } => "load_timeout",
             ScorerError::DeadlineExceeded { .. } => "deadline",
+            ScorerError::NoRoomForShadow { .. } => "no_room_for_shadow",
         }
     }
 
@@ -234,6 +245,17 @@ mod tests {
         let late = ScorerError::DeadlineExceeded { ms: 5 };
         assert_eq!(late.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(late.retry_after(), None);
+        let none = ScorerError::NoShadow("m".into());
+        assert_eq!(
+            (none.status(), none.kind()),
+            (StatusCode::NOT_FOUND, "not_found")
+        );
+        let no_room = ScorerError::NoRoomForShadow {
+            id: "m".into(),
+            version: 2,
+        };
+        assert_eq!(no_room.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(no_room.kind(), "no_room_for_shadow");
     }
 
     /// One conversion from the store's failures, each to its status.

@@ -423,7 +423,8 @@ impl GrpcInferenceService for Front {
             seen.lookup = Some(lookup);
             let selected = oip::select_outputs(Some(&wanted), &model.outputs)?;
             let outputs =
-                infer::run(&self.scorer, &id, &model, deadline, inputs, blobs, selected).await?;
+                infer::run(&self.scorer, &id, &model, version, deadline, inputs, blobs, selected)
+                    .await?;
             seen.rows = crate::engine::batch_rows(&outputs) as u64;
             let (outputs, raw_output_contents) = outputs_of(outputs);
             let mut response = Response::new(pb::ModelInferResponse {

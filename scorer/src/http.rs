@@ -20,6 +20,7 @@ mod body;
 mod capture;
 mod keys;
 mod ledger;
+mod shadow;
 
 use admin::{
     admin_canary, admin_digest, admin_drop_canary, admin_explain, admin_pin, admin_promote_canary,
@@ -79,6 +80,17 @@ pub fn app(scorer: Arc<Scorer>) -> Router {
             route::ADMIN_CANARY_PROMOTE.template(),
             post(admin_promote_canary),
         )
+        .route(
+            route::ADMIN_SHADOW.template(),
+            get(shadow::admin_shadow)
+                .put(shadow::admin_set_shadow)
+                .delete(shadow::admin_drop_shadow),
+        )
+        .route(
+            route::ADMIN_SHADOW_PROMOTE.template(),
+            post(shadow::admin_promote_shadow),
+        )
+        .route(route::SHADOWS, get(shadow::shadows))
         .route(
             route::ADMIN_PUBLISH.template(),
             axum::routing::put(admin_publish)
@@ -288,6 +300,7 @@ async fn score(
         scorer,
         &id,
         &model,
+        version,
         deadline,
         bound.inputs,
         bound.blobs,

@@ -109,11 +109,15 @@ pub async fn model_within(
 
 /// Checks a parsed request's inputs against `model` and runs it, within the deadline:
 /// `blobs[i]` is input `i`'s binary data, if it came as bytes (the REST binary extension,
-/// gRPC's raw or typed contents); `selected` are the outputs to return, in order.
+/// gRPC's raw or typed contents); `selected` are the outputs to return, in order. `named`
+/// is the version the request named: one naming none, answered by the live version, may
+/// be sampled for the model's shadow (`cache::shadow`), whose job runs after this answer.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     scorer: &Arc<Scorer>,
     id: &ModelId,
     model: &Arc<LoadedModel>,
+    named: Option<u64>,
     deadline: Deadline,
     inputs: Vec<oip::RequestInput>,
     blobs: Vec<Option<Bytes>>,
@@ -126,7 +130,41 @@ pub async fn run(
         &model.inputs,
         scorer.config.http.max_elements,
     )?;
-    run_checked(scorer, id, model, deadline, inputs, selected).await
+    // One atomic load unless some model has a shadow; the inputs cloned only when sampled.
+    let Some(sampled) = scorer
+        .cache
+        .shadow_before(id, named, model.version, &inputs)
+    else {
+        return run_checked(scorer, id, model, deadline, inputs, selected).await;
+    };
+    let started = Instant::now();
+    let outputs = run_checked(scorer, id, model, deadline, inputs, selected).await?;
+    if scorer
+        .cache
+        .shadow_after(id, sampled, &outputs, started.elapsed())
+    {
+        start_shadow_workers(scorer);
+    }
+    Ok(outputs)
+}
+
+/// Starts the shadow workers (`shadow.concurrency` tasks) the first time a job is queued:
+/// each takes one job at a time and runs it as a live call runs (`ModelCache::run_shadow`).
+fn start_shadow_workers(scorer: &Arc<Scorer>) {
+    scorer.cache.start_shadow_workers(|queue| {
+        let scorer = scorer.clone();
+        tokio::spawn(async move {
+            loop {
+                let Some(job) = queue.lock().await.recv().await else {
+                    return;
+                };
+                scorer
+                    .cache
+                    .run_shadow(job, scorer.config.inference_inline_max)
+                    .await;
+            }
+        });
+    });
 }
 
 /// Runs `model` on inputs already checked against it (the records route builds them),

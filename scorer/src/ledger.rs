@@ -36,10 +36,11 @@ pub fn kind_of(error: &ScorerError) -> &'static str {
         | ScorerError::NoPoolKey => "invalid",
         ScorerError::ModelNotFound(_)
         | ScorerError::VersionNotFound { .. }
-        | ScorerError::NoCanary(_) => "not_found",
+        | ScorerError::NoCanary(_)
+        | ScorerError::NoShadow(_) => "not_found",
         ScorerError::Load(_) | ScorerError::TooLarge { .. } => "load_failed",
         ScorerError::LoadTimeout { .. } => "load_timeout",
-        ScorerError::Overloaded(_) => "overloaded",
+        ScorerError::Overloaded(_) | ScorerError::NoRoomForShadow { .. } => "overloaded",
         ScorerError::Store(_) | ScorerError::ShuttingDown => "unavailable",
         ScorerError::DeadlineExceeded { .. } => "deadline",
         ScorerError::Inference { .. } => "inference_failed",

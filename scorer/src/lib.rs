@@ -106,7 +106,8 @@ impl Scorer {
             store,
             engines,
             metrics.clone(),
-        );
+        )
+        .with_shadows(config.shadow);
         if let Some(dir) = &config.images.dir {
             let images = images::Images::open(dir, config.images.max_bytes).map_err(|source| {
                 StartError::Images {

@@ -122,6 +122,26 @@ impl Ledger {
         }
     }
 
+    /// Reserves `bytes` for a shadow version's load: within the budget, evicting only
+    /// other shadow versions, never waiting (`Resident::reserve_shadow`); `None` when
+    /// there is no such room.
+    pub(super) fn reserve_shadow(self: &Arc<Self>, bytes: u64) -> Option<Reservation> {
+        let granted = {
+            let now = self.now();
+            let mut state = self.state();
+            let granted = state.reserve_shadow(bytes, now);
+            self.metrics.reserved_bytes.set(state.reserved() as i64);
+            granted
+        };
+        let (bytes, dropped) = granted?;
+        self.dropped(dropped);
+        Some(Reservation {
+            ledger: self.clone(),
+            bytes,
+            load: true,
+        })
+    }
+
     /// Notes that memory was freed: the next look-up trims the heap.
     pub(super) fn mark_freed(&self) {
         self.freed.store(true, Ordering::Relaxed);

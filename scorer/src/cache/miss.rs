@@ -315,6 +315,13 @@ impl ModelCache {
         if !self.ledger.fits(expected) {
             return Err(self.too_large(key, expected));
         }
+        // A shadow version's load takes only free room (`cache::shadow`).
+        if super::shadow::loading_shadow() {
+            return self
+                .ledger
+                .reserve_shadow(bytes)
+                .ok_or_else(|| super::shadow::no_room(key));
+        }
         Ok(self.ledger.reserve(&key.id, bytes).await)
     }
 }

@@ -23,10 +23,12 @@
 //! - `loader::LoadThreads`: the load threads, a load's cost and its reservation's size.
 //! - `slots::Slots`: the load slots, taken by priority (`batch` requests within
 //!   `cache.batch_load_share`, behind interactive ones).
+//! - `shadow::Shadows`: each model's shadow as followed from the store, its sampling, its
+//!   counts, and the queue of shadow jobs.
 //!
 //! What the composition does with them, by file: the request path (this file), a miss
 //! from the store read to a loaded model (`miss`), version checks, swaps, publish and pin
-//! (`versions`), canaries (`canary`), warm-ups after a statistics push (`warmup`) and the
+//! (`versions`), canaries (`canary`), shadows (`shadow`), warm-ups after a statistics push (`warmup`) and the
 //! summary and explain views (`explain`). The lock order, where two are held: the resident
 //! set before the pool's statistics; `Lives` never holds its lock while calling out.
 //!
@@ -46,6 +48,7 @@ mod miss;
 mod pool;
 mod pressure;
 mod resident;
+mod shadow;
 mod slots;
 mod versions;
 mod warmup;
@@ -69,6 +72,8 @@ use loader::LoadThreads;
 use miss::invalid_model;
 use pool::PoolRates;
 use resident::Resident;
+pub use shadow::{Comparison, Job, JobQueue, MAX_SHADOWS, NO_ROOM_RETRY, Sampled, compare};
+use shadow::Shadows;
 use slots::Slots;
 
 use crate::engine::{Engines, LoadedModel};
@@ -148,6 +153,8 @@ pub struct ModelCache {
     warming: AtomicBool,
     /// Native images of compiled models (`images.dir`), `None` when off.
     images: Option<Arc<Images>>,
+    /// Each model's shadow, its counts and the shadow jobs' queue.
+    shadows: Shadows,
 }
 
 impl ModelCache {
@@ -170,6 +177,7 @@ impl ModelCache {
             tenants(&config),
         );
         let threads = config.max_concurrent_loads.get();
+        let metrics_for_shadows = metrics.clone();
         ModelCache {
             store,
             engines,
@@ -192,6 +200,7 @@ impl ModelCache {
             warmup,
             warming: AtomicBool::new(false),
             images: None,
+            shadows: Shadows::with_defaults(metrics_for_shadows),
         }
     }
 

@@ -10,6 +10,13 @@
 //! is served), or waits for other loads to finish when evicting every resident would not
 //! be enough. A load that needs more than the whole ceiling reserves all of it and runs
 //! alone. Whether a model can fit at all is decided on its size, not its load (`fits`).
+//!
+//! Shadow versions (a candidate version a shadow runs on after the live answer,
+//! `cache::shadow`) are residents of their own kind: the first evicted whenever any load
+//! or admission needs room, and loaded and admitted only into free room of the budget or
+//! room other shadow versions give up (`reserve_shadow`, `admit_shadow`), never by evicting
+//! a resident that serves requests. A counted request for a shadow version (a client
+//! naming it, or its promotion to live) makes it an ordinary resident.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -74,6 +81,9 @@ pub struct Resident<M> {
     ceiling: u64,
     /// Warm-up loads that have not served a request yet.
     unhit_warmups: HashSet<ModelKey>,
+    /// Residents that are shadow versions (loaded for shadows, serving no request): the
+    /// first to go when room is needed.
+    shadows: HashSet<ModelKey>,
     metrics: Arc<Metrics>,
 }
 
@@ -90,6 +100,7 @@ impl<M: Charged> Resident<M> {
             active: 0,
             ceiling,
             unhit_warmups: HashSet::new(),
+            shadows: HashSet::new(),
             metrics,
         }
     }
@@ -142,8 +153,126 @@ impl<M: Charged> Resident<M> {
         let model = self.models.get(key)?.clone();
         if count {
             self.unhit_warmups.remove(key);
+            // A request served by a shadow version: it is demanded now (a client names
+            // it, or it was promoted), an ordinary resident.
+            if !self.shadows.is_empty() {
+                self.shadows.remove(key);
+            }
         }
         Some(model)
+    }
+
+    /// Makes `key` an ordinary resident (a shadow version about to go live).
+    pub fn unmark_shadow(&mut self, key: &ModelKey) {
+        self.shadows.remove(key);
+    }
+
+    /// Whether `key` is a resident shadow version.
+    #[cfg(test)]
+    pub fn is_shadow(&self, key: &ModelKey) -> bool {
+        self.shadows.contains(key)
+    }
+
+    /// The resident shadow version to evict first (the smallest key, so the choice is
+    /// deterministic), other than `except`.
+    fn shadow_victim(&self, except: Option<&ModelKey>) -> Option<ModelKey> {
+        self.shadows
+            .iter()
+            .filter(|k| Some(*k) != except)
+            .min()
+            .cloned()
+    }
+
+    /// The bytes charged to resident shadow versions other than `except`.
+    fn shadow_bytes(&self, except: Option<&ModelKey>) -> u64 {
+        self.shadows
+            .iter()
+            .filter(|k| Some(*k) != except)
+            .filter_map(|k| self.models.get(k))
+            .map(|m| m.weight())
+            .sum()
+    }
+
+    /// Evicts shadow versions (other than `except`) while `needed` says room is still
+    /// needed; answers what left.
+    fn evict_shadows_while(
+        &mut self,
+        except: Option<&ModelKey>,
+        now: f64,
+        needed: impl Fn(&Self) -> bool,
+    ) -> Vec<Arc<M>> {
+        let mut dropped = Vec::new();
+        while needed(self) {
+            let Some(victim) = self.shadow_victim(except) else {
+                break;
+            };
+            match self.evict(&victim, Reason::Capacity, now) {
+                Some(model) => dropped.push(model),
+                None => {
+                    self.shadows.remove(&victim);
+                }
+            }
+        }
+        dropped
+    }
+
+    /// Reserves `bytes` for a shadow version's load: granted only when residents plus
+    /// reservations stay within the budget (not the ceiling: the headroom above it is the
+    /// live loads'), after evicting other shadow versions if need be; never evicts a
+    /// resident that serves requests and never waits. `None`: no room (nothing evicted).
+    pub fn reserve_shadow(&mut self, bytes: u64, now: f64) -> Option<(u64, Vec<Arc<M>>)> {
+        let capacity = self.capacity();
+        let without_shadows = self.policy.used() - self.shadow_bytes(None);
+        if without_shadows + self.reserved + bytes > capacity {
+            return None;
+        }
+        let dropped = self.evict_shadows_while(None, now, |r| {
+            r.policy.used() + r.reserved + bytes > capacity
+        });
+        self.reserved += bytes;
+        self.active += 1;
+        Some((bytes, dropped))
+    }
+
+    /// Admits a just-loaded shadow version when it fits the budget as it is, or once other
+    /// shadow versions leave; otherwise it is not kept (served its job, then freed) and
+    /// nothing is evicted.
+    pub fn admit_shadow(
+        &mut self,
+        key: ModelKey,
+        model: Arc<M>,
+        cost: f64,
+        now: f64,
+    ) -> Admitted<M> {
+        let weight = model.weight();
+        let capacity = self.capacity();
+        if self.policy.used() - self.shadow_bytes(Some(&key)) + weight > capacity {
+            self.log(&key, weight, Reason::NotAdmitted, now);
+            return Admitted {
+                admitted: false,
+                dropped: Vec::new(),
+            };
+        }
+        let mut dropped =
+            self.evict_shadows_while(Some(&key), now, |r| r.policy.used() + weight > capacity);
+        let decision = self
+            .policy
+            .admit(key.clone(), weight, Some(cost), self.clock.now());
+        for victim in &decision.evicted {
+            if let Some(gone) = self.forget(victim, Reason::Capacity, now) {
+                dropped.push(gone);
+            }
+        }
+        if decision.admitted {
+            self.shadows.insert(key.clone());
+            self.models.insert(key, model);
+        } else {
+            self.log(&key, weight, Reason::NotAdmitted, now);
+        }
+        Admitted {
+            admitted: decision.admitted,
+            dropped,
+        }
     }
 
     /// Reserves `bytes` for a load of `model` about to start (at most the whole ceiling).
@@ -164,7 +293,11 @@ impl<M: Charged> Resident<M> {
             // Even evicting all it may would not make room: other loads must finish first.
             return Reserve::Wait;
         }
-        let mut dropped = Vec::new();
+        // Shadow versions go first, whatever their rank.
+        let ceiling = self.ceiling;
+        let mut dropped = self.evict_shadows_while(None, now, |r| {
+            r.policy.used() + r.reserved + bytes > ceiling
+        });
         while self.policy.used() + self.reserved + bytes > self.ceiling {
             let Some(victim) = self.policy.lowest_evictable_for(model).cloned() else {
                 break;
@@ -216,10 +349,16 @@ impl<M: Charged> Resident<M> {
         now: f64,
         warmup: bool,
     ) -> Admitted<M> {
+        // Shadow versions make room first, whatever their rank.
+        let (weight, capacity) = (model.weight(), self.capacity());
+        let mut dropped = if self.models.contains_key(&key) {
+            Vec::new()
+        } else {
+            self.evict_shadows_while(Some(&key), now, |r| r.policy.used() + weight > capacity)
+        };
         let decision = self
             .policy
             .admit(key.clone(), model.weight(), Some(cost), self.clock.now());
-        let mut dropped = Vec::new();
         for victim in &decision.evicted {
             if let Some(gone) = self.forget(victim, Reason::Capacity, now) {
                 dropped.push(gone);
@@ -325,6 +464,7 @@ impl<M: Charged> Resident<M> {
     /// Removes a resident the policy already let go of.
     fn forget(&mut self, key: &ModelKey, reason: Reason, now: f64) -> Option<Arc<M>> {
         let model = self.models.remove(key)?;
+        self.shadows.remove(key);
         self.log(key, model.weight(), reason, now);
         if self.unhit_warmups.remove(key) {
             self.metrics.warmup_wasted.inc();

@@ -224,7 +224,8 @@ pub fn native_cache(
         store,
         engines,
         metrics,
-    ))
+    )
+    .with_shadows(config.shadow))
 }
 
 /// `native_cache` over the local store in `store`'s directory (for the tests of what the

@@ -44,8 +44,10 @@ impl ModelCache {
                 .remember(missing, error.clone(), NOT_FOUND_TTL)
                 .await;
             self.lives.remove(id);
+            self.shadows.follow(id, None);
             return Err(error);
         };
+        self.follow_shadow(id, &state);
         Ok(self
             .lives
             .follow(id, target, state.split(), split, &self.metrics))
@@ -104,8 +106,10 @@ impl ModelCache {
         self.lives.invalidate(id).await;
         let Some(target) = state.live() else {
             self.lives.remove(id);
+            self.shadows.follow(id, None);
             return Err(ScorerError::ModelNotFound(id.to_string()));
         };
+        self.follow_shadow(id, &state);
         let current = self.lives.check(id, target, state.split());
         let mut outcome = Refresh {
             model: id.to_string(),

@@ -293,7 +293,7 @@ impl Capture {
 }
 
 /// Roughly the memory of `tensors` (their data, names and shapes).
-fn tensors_bytes(tensors: &[NamedTensor]) -> u64 {
+pub(crate) fn tensors_bytes(tensors: &[NamedTensor]) -> u64 {
     use crate::tensor::TensorData;
     tensors
         .iter()

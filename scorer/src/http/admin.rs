@@ -23,7 +23,7 @@ use crate::error::ScorerError;
 use crate::model_id::ModelId;
 
 /// The model id of an admin route, read only after the admin key was checked.
-pub(super) struct Admin(Result<ModelId, ScorerError>);
+pub(super) struct Admin(pub(super) Result<ModelId, ScorerError>);
 
 impl FromRequestParts<Arc<Scorer>> for Admin {
     type Rejection = Infallible;

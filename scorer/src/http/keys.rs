@@ -32,6 +32,7 @@ pub(super) fn guard_of(path: &str) -> Guard {
         || path.starts_with("/v2/repository/models/")
         || path == route::CACHE_EXPLAIN
         || path == route::CAPTURE
+        || path == route::SHADOWS
         || path.starts_with("/v2/mm/capture/")
         || contract::grpc::Call::from_path(path).is_some_and(contract::grpc::Call::admin)
     {
@@ -210,6 +211,10 @@ mod tests {
             route::CAPTURE.to_string(),
             route::CAPTURE_REFRESH.to_string(),
             route::capture_rule("acme-"),
+            // Shadows: one model's, and every shadow's counts.
+            route::ADMIN_SHADOW.path("m"),
+            route::ADMIN_SHADOW_PROMOTE.path("m"),
+            route::SHADOWS.to_string(),
             // A model named `records` is still administered.
             route::ADMIN_STATUS.path("records"),
             route::ADMIN_REFRESH.path("records"),

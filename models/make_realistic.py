@@ -12,9 +12,10 @@ Layout (the one the scorer reads, ids as `models/src/store.rs` `model_id()`):
 Mix, in every aligned block of 10 indices (seeded permutation): 6 linear models
 (LinearRegression / Ridge / LogisticRegression), 3 random forests of 50 KB - 3 MB,
 1 random forest of 5 - 32 MB. Forest file sizes are log-uniform within their tier, trees are
-grown to unlimited depth, about 3 in 4 forests are regressors. Every classifier is exported with
-zipmap disabled; every model has one FP32 input named "input" of shape [-1, features];
-opset {"": 17, "ai.onnx.ml": 3}.
+grown to unlimited depth, about 3 in 4 forests are regressors. Every forest carries its nodes'
+training covers in nodes_hitrates (convert/convert.py add_covers, for TreeSHAP). Every
+classifier is exported with zipmap disabled; every model has one FP32 input named "input" of
+shape [-1, features]; opset {"": 17, "ai.onnx.ml": 3}.
 
 Deterministic from --seed (each model depends only on (seed, index), not on --models or --jobs),
 idempotent (a model whose model.onnx exists is skipped; files are written under a temporary
@@ -50,11 +51,15 @@ import json
 import math
 import multiprocessing as mp
 import pickle
+import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "convert"))
+from convert import add_covers  # noqa: E402  (models/convert/convert.py)
 
 warnings.filterwarnings("ignore")
 
@@ -171,6 +176,11 @@ def to_onnx(model, spec: dict) -> bytes:
     onx = convert_sklearn(model, name=spec["id"],  # fixed graph name: the default is a random uuid
                           initial_types=[(INPUT_NAME, FloatTensorType([None, spec["features"]]))],
                           target_opset=OPSET, options=options)
+    if hasattr(model, "estimators_"):
+        # Each node's training cover in nodes_hitrates (convert.py's add_covers, matched to the
+        # forest node by node), so the benchmark store's forests can be explained. Same size:
+        # skl2onnx already writes one (1.0) per node.
+        add_covers(onx, model, "sklearn")
     # skl2onnx imports the lowest ai.onnx.ml version the graph needs (1 for linear models);
     # pin every file to exactly OPSET (the ops used are unchanged up to these versions).
     # It also lists the default domain twice; keep one entry per domain.

@@ -387,9 +387,15 @@ def map_covers(cols: dict, trees: list[LibTree], where: str) -> np.ndarray:
         raise Refused(f"covers: {where} tree {t} node {int(cols['nodeids'][p])} does not match the library's "
                       f"tree {t} node {i}: {why}; no covers written rather than wrong ones")
 
+    order = np.argsort(cols["treeids"], kind="stable")
+    bounds = np.searchsorted(cols["treeids"][order], np.arange(len(tree_ids) + 1))
     for t in tree_ids:
         lib = trees[t]
-        members = np.flatnonzero(cols["treeids"] == t)
+        members = np.sort(order[bounds[t]:bounds[t + 1]])
+        if same_numbering(cols, members, lib):
+            covers[members] = lib.cover
+            mapped[members] = np.arange(len(members))
+            continue
         split = members[cols["modes"][members] != "LEAF"]
         children = set(cols["true"][split].tolist()) | set(cols["false"][split].tolist())
         roots = [p for p in members if int(cols["nodeids"][p]) not in children]
@@ -441,6 +447,30 @@ def map_covers(cols: dict, trees: list[LibTree], where: str) -> np.ndarray:
         raise Refused(f"covers: {where}: {unreached.size} nodes not reached from their tree's root "
                       f"(first: tree {int(cols['treeids'][p])} node {int(cols['nodeids'][p])})")
     return covers
+
+
+def same_numbering(cols: dict, members: np.ndarray, lib: LibTree) -> bool:
+    """Whether the ONNX tree (positions `members`) numbers its nodes 0, 1, ... as the library
+    does, with the library's root at 0, and agrees with it node for node (what skl2onnx
+    writes): checked at once, without the walk, for large forests. False sends the tree to
+    the walk, which names the first disagreement."""
+    n = len(lib.cover)
+    if len(members) != n or lib.root != 0 or lib.categories or \
+            not np.array_equal(cols["nodeids"][members], np.arange(n)):
+        return False
+    split = lib.true_child >= 0
+    modes = cols["modes"][members]
+    if not (np.array_equal(modes != "LEAF", split) and np.all(modes[split] == lib.mode)):
+        return False
+    if not (np.array_equal(cols["featureids"][members][split], lib.feature[split])
+            and np.array_equal(cols["true"][members][split], lib.true_child[split])
+            and np.array_equal(cols["false"][members][split], lib.false_child[split])):
+        return False
+    value, thr = cols["values"][members][split], lib.threshold[split]
+    with np.errstate(over="ignore", invalid="ignore"):
+        same = (value == thr) | (value.astype(np.float32) == thr.astype(np.float32)) | \
+            (np.abs(value - thr) <= 1e-6 * np.abs(thr) + 1e-37) | np.isnan(thr)
+    return bool(np.all(same))
 
 
 def write_hitrates(node, covers: np.ndarray) -> None:

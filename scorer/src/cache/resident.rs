@@ -653,6 +653,78 @@ mod tests {
         assert_eq!(r.metrics.warmup_wasted.get(), 2);
     }
 
+    /// A shadow version takes only free room of the budget (or room other shadow versions
+    /// give up), never a live model's; any load or admission that needs room evicts shadow
+    /// versions first; a counted request makes one an ordinary resident.
+    #[test]
+    fn shadow_versions_take_only_free_room_and_leave_first() {
+        let mut r = resident(1000);
+        assert!(load(&mut r, "live", 600, 1, 0.0));
+        // 400 free in the budget: a 500-byte shadow load is refused, nothing evicted,
+        // though the ceiling (1100) would have taken it.
+        assert!(r.reserve_shadow(500, 1.0).is_none());
+        assert!(r.contains(&key("live")));
+        assert_eq!(r.reserved(), 0);
+        match r.reserve_shadow(300, 1.0) {
+            Some((300, dropped)) => assert!(dropped.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        r.release(300, true);
+        assert!(
+            r.admit_shadow(key("s1"), Arc::new(Fake(300)), 0.01, 1.0)
+                .admitted
+        );
+        assert!(r.is_shadow(&key("s1")) && !r.is_shadow(&key("live")));
+        // A second shadow that does not fit beside both: the first makes room.
+        let second = r.admit_shadow(key("s2"), Arc::new(Fake(350)), 0.01, 1.0);
+        assert!(second.admitted);
+        assert_eq!(second.dropped.len(), 1);
+        assert!(!r.contains(&key("s1")) && r.contains(&key("live")));
+        // One that would need the live model's room: not kept, nothing evicted.
+        let third = r.admit_shadow(key("s3"), Arc::new(Fake(500)), 0.01, 1.0);
+        assert!(!third.admitted && third.dropped.is_empty());
+        assert!(r.contains(&key("s2")) && r.contains(&key("live")));
+        assert_eq!(r.evictions().back().unwrap().reason, Reason::NotAdmitted);
+        // A shadow reservation may evict shadow versions for its room.
+        match r.reserve_shadow(400, 1.0) {
+            Some((400, dropped)) => assert_eq!(dropped.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        r.release(400, true);
+        assert!(!r.contains(&key("s2")));
+        // A live admission that needs room takes it from a shadow version first, even one
+        // the policy ranks above the live model (the newcomer has more requests than
+        // the live model; the shadow has none, counted or pooled).
+        assert!(
+            r.admit_shadow(key("s4"), Arc::new(Fake(350)), 100.0, 1.0)
+                .admitted
+        );
+        assert!(load(&mut r, "new", 300, 5, 2.0));
+        assert!(!r.contains(&key("s4")), "the shadow left");
+        assert!(r.contains(&key("live")) && r.contains(&key("new")));
+        // A live reservation that needs room takes it from a shadow version first.
+        r.unload(&id("new"), 2.0);
+        assert!(
+            r.admit_shadow(key("s5"), Arc::new(Fake(350)), 100.0, 2.0)
+                .admitted
+        );
+        match r.reserve(&id("x"), 300, 3.0) {
+            Reserve::Granted(300, dropped) => assert_eq!(dropped.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(!r.contains(&key("s5")) && r.contains(&key("live")));
+        r.release(300, true);
+        // A counted request for a shadow version makes it an ordinary resident.
+        assert!(
+            r.admit_shadow(key("s6"), Arc::new(Fake(100)), 0.01, 3.0)
+                .admitted
+        );
+        assert!(r.lookup(&key("s6"), 3.0, false).is_some());
+        assert!(r.is_shadow(&key("s6")), "not counted: still a shadow");
+        assert!(r.lookup(&key("s6"), 3.0, true).is_some());
+        assert!(!r.is_shadow(&key("s6")));
+    }
+
     #[test]
     fn replace_and_unload_log_their_reasons() {
         let mut r = resident(1000);

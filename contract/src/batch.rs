@@ -25,7 +25,7 @@ pub const BATCH: &str = "/v2/mm/batch";
 
 /// The fields of a client record with a meaning of their own; every other field is a key
 /// field (named by the id template) or a named feature (a number).
-pub const RESERVED_FIELDS: [&str; 7] = [
+pub const RESERVED_FIELDS: [&str; 8] = [
     "model",
     "version",
     "features",
@@ -33,6 +33,7 @@ pub const RESERVED_FIELDS: [&str; 7] = [
     "forecast_horizon",
     "date_freq",
     "data",
+    "contributions",
 ];
 
 /// Proxy → scorer: the records of one group (one model, one version or the live one).
@@ -56,6 +57,10 @@ pub struct ScorerRecord {
     /// `features` are the model's non-lag, non-calendar inputs, held over the horizon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forecast: Option<ForecastAsk>,
+    /// Also answer each feature's contribution to each raw score (`contributions`,
+    /// `expected_value` and `raw_output` beside the outputs); not for forecasts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub contributions: bool,
 }
 
 /// A forecast asked of a model that declares how it forecasts.

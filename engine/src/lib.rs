@@ -49,6 +49,22 @@ pub struct InferenceError {
     pub message: String,
 }
 
+/// The names of the outputs an explanation adds (`LoadedModel::contributions`).
+pub const CONTRIBUTIONS: &str = "contributions";
+pub const EXPECTED_VALUE: &str = "expected_value";
+pub const RAW_OUTPUT: &str = "raw_output";
+
+/// Why an explanation was not given.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Unexplained {
+    /// The model cannot be explained: why (the scorer answers 422).
+    #[error("{0}")]
+    Unexplainable(String),
+    /// The computation failed on these inputs.
+    #[error(transparent)]
+    Failed(InferenceError),
+}
+
 /// Which engine serves a model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {
@@ -437,6 +453,43 @@ impl LoadedModel {
             session,
         }
         .run(inputs, selected)
+    }
+
+    /// Whether this model's answers can be explained (`contributions`), else why not: a
+    /// model ONNX Runtime serves cannot be; a native one needs its one tree ensemble or
+    /// linear operator fed by feature-wise steps, and a forest its covers (checked when
+    /// asked).
+    pub fn explainable(&self) -> Result<(), String> {
+        match &self.backend {
+            Backend::Native(model) => model.explainable().map(|_| ()),
+            Backend::Onnx { .. } => Err(format!(
+                "it is served by ONNX Runtime, and explanations are computed by the native \
+                 engine{}",
+                self.native_refusal
+                    .as_deref()
+                    .map(|why| format!(" (which does not take it: {why})"))
+                    .unwrap_or_default()
+            )),
+        }
+    }
+
+    /// Each input feature's contribution to each raw score, for every row of validated
+    /// inputs: the outputs [`CONTRIBUTIONS`] (`[rows, targets, features]`),
+    /// [`EXPECTED_VALUE`] (`[targets]`) and [`RAW_OUTPUT`] (`[rows, targets]`), all FP64,
+    /// with `expected + Σ contributions = raw` per row and target. Blocks for the whole
+    /// computation (TreeSHAP costs far more than a prediction: run it on a blocking thread).
+    pub fn contributions(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, Unexplained> {
+        self.explainable().map_err(Unexplained::Unexplainable)?;
+        let Backend::Native(model) = &self.backend else {
+            unreachable!("explainable() refuses every other backend")
+        };
+        native::contributions(model, inputs).map_err(|e| match e {
+            manymodels_native::ExplainError::Unexplainable(why) => Unexplained::Unexplainable(why),
+            manymodels_native::ExplainError::Run(e) => Unexplained::Failed(InferenceError {
+                id: self.id.to_string(),
+                message: e.to_string(),
+            }),
+        })
     }
 
     /// The checks a version passes before it goes live: it can take over `old`'s requests

@@ -56,28 +56,7 @@ pub(super) fn run(
     inputs: Vec<NamedTensor>,
     selected: &[usize],
 ) -> Result<Vec<NamedTensor>, String> {
-    let tensors = inputs
-        .into_iter()
-        .map(|input| {
-            let shape = input
-                .shape
-                .iter()
-                .map(|&d| {
-                    usize::try_from(d)
-                        .map_err(|_| format!("input '{}': negative dimension", input.name))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let data = match input.data {
-                TensorData::Fp32(v) => Data::F32(v),
-                TensorData::Fp64(v) => Data::F64(v),
-                TensorData::Int32(v) => Data::I32(v),
-                TensorData::Int64(v) => Data::I64(v),
-                TensorData::Bool(v) => Data::Bool(v),
-                TensorData::Bytes(v) => Data::Str(v),
-            };
-            Ok(Tensor { shape, data })
-        })
-        .collect::<Result<Vec<_>, String>>()?;
+    let tensors = tensors(inputs)?;
     let mut outputs = model.run(tensors).map_err(|e| e.to_string())?;
     selected
         .iter()
@@ -103,6 +82,57 @@ pub(super) fn run(
                 shape: tensor.shape.iter().map(|&d| d as i64).collect(),
                 data,
             })
+        })
+        .collect()
+}
+
+/// Each input feature's contributions to each raw score of a compiled model, as the three
+/// outputs an explanation adds (`crate::CONTRIBUTIONS` and the others).
+pub(super) fn contributions(
+    model: &Model,
+    inputs: Vec<NamedTensor>,
+) -> Result<Vec<NamedTensor>, manymodels_native::ExplainError> {
+    let tensors = tensors(inputs).map_err(manymodels_native::RunError)?;
+    let c = model.contributions(tensors)?;
+    let fp64 = |name: &str, shape: Vec<usize>, data: Vec<f64>| NamedTensor {
+        name: name.to_string(),
+        datatype: DataType::Fp64,
+        shape: shape.into_iter().map(|d| d as i64).collect(),
+        data: TensorData::Fp64(data),
+    };
+    Ok(vec![
+        fp64(
+            crate::CONTRIBUTIONS,
+            vec![c.rows, c.targets, c.features],
+            c.values,
+        ),
+        fp64(crate::EXPECTED_VALUE, vec![c.targets], c.expected),
+        fp64(crate::RAW_OUTPUT, vec![c.rows, c.targets], c.raw),
+    ])
+}
+
+/// The scorer's validated inputs as the engine's tensors.
+fn tensors(inputs: Vec<NamedTensor>) -> Result<Vec<Tensor>, String> {
+    inputs
+        .into_iter()
+        .map(|input| {
+            let shape = input
+                .shape
+                .iter()
+                .map(|&d| {
+                    usize::try_from(d)
+                        .map_err(|_| format!("input '{}': negative dimension", input.name))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let data = match input.data {
+                TensorData::Fp32(v) => Data::F32(v),
+                TensorData::Fp64(v) => Data::F64(v),
+                TensorData::Int32(v) => Data::I32(v),
+                TensorData::Int64(v) => Data::I64(v),
+                TensorData::Bool(v) => Data::Bool(v),
+                TensorData::Bytes(v) => Data::Str(v),
+            };
+            Ok(Tensor { shape, data })
         })
         .collect()
 }

@@ -30,6 +30,14 @@ pub enum ScorerError {
     InvalidModelId(String),
     #[error("{0}")]
     InvalidInput(String),
+    /// An explanation (`parameters.contributions`) of a model that cannot be explained,
+    /// and why (`LoadedModel::explainable`).
+    #[error("model '{id}' version {version} cannot be explained: {reason}")]
+    Unexplainable {
+        id: String,
+        version: u64,
+        reason: String,
+    },
     #[error("request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("no route for {0}")]
@@ -138,6 +146,7 @@ impl ScorerError {
             }
             ScorerError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ScorerError::Load(e) if e.invalid_model => StatusCode::UNPROCESSABLE_ENTITY,
+            ScorerError::Unexplainable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ScorerError::Load(_)
             | ScorerError::Store(_)
             | ScorerError::ShuttingDown
@@ -169,6 +178,7 @@ impl ScorerError {
             | ScorerError::NoShadow(_) => "not_found",
             ScorerError::InvalidModelId(_) => "invalid_id",
             ScorerError::InvalidInput(_) => "invalid_input",
+            ScorerError::Unexplainable { .. } => "unexplainable",
             ScorerError::BodyTooLarge { .. } => "too_large",
             ScorerError::NoRoute(_) => "no_route",
             ScorerError::MethodNotAllowed { .. } => "method_not_allowed",

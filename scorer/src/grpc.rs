@@ -410,6 +410,7 @@ impl GrpcInferenceService for Front {
                 target_of(metadata, &request.model_name, &request.model_version)?;
             named = Some(id.clone());
             let (inputs, blobs) = inputs_of(request.inputs, request.raw_input_contents)?;
+            let explain = wants_contributions(&request.parameters)?;
             let wanted: Vec<RequestOutput> = request
                 .outputs
                 .into_iter()
@@ -422,9 +423,22 @@ impl GrpcInferenceService for Front {
             seen.version = Some(model.version);
             seen.lookup = Some(lookup);
             let selected = oip::select_outputs(Some(&wanted), &model.outputs)?;
-            let outputs =
-                infer::run(&self.scorer, &id, &model, version, deadline, inputs, blobs, selected)
-                    .await?;
+            let outputs = if explain {
+                infer::run_explained(&self.scorer, &id, &model, deadline, inputs, blobs, selected)
+                    .await?
+            } else {
+                infer::run(
+                    &self.scorer,
+                    &id,
+                    &model,
+                    version,
+                    deadline,
+                    inputs,
+                    blobs,
+                    selected,
+                )
+                .await?
+            };
             seen.rows = crate::engine::batch_rows(&outputs) as u64;
             let (outputs, raw_output_contents) = outputs_of(outputs);
             let mut response = Response::new(pb::ModelInferResponse {
@@ -500,5 +514,22 @@ impl GrpcInferenceService for Front {
         }
         .await;
         self.finish("grpc_unload", result)
+    }
+}
+
+/// Whether a gRPC request asks for explanations: its `contributions` parameter, a
+/// `bool_param` (as `parameters.contributions` on REST).
+fn wants_contributions(
+    parameters: &std::collections::HashMap<String, pb::InferParameter>,
+) -> Result<bool, ScorerError> {
+    use pb::infer_parameter::ParameterChoice;
+    match parameters.get("contributions") {
+        None => Ok(false),
+        Some(pb::InferParameter {
+            parameter_choice: Some(ParameterChoice::BoolParam(b)),
+        }) => Ok(*b),
+        Some(_) => Err(ScorerError::invalid(
+            "parameter contributions must be a bool_param",
+        )),
     }
 }

@@ -296,17 +296,30 @@ async fn score(
     seen.version = Some(model.version);
     seen.lookup = Some(lookup);
     let bound = decoded.bind(&model)?;
-    let outputs = infer::run(
-        scorer,
-        &id,
-        &model,
-        version,
-        deadline,
-        bound.inputs,
-        bound.blobs,
-        bound.selected,
-    )
-    .await?;
+    let outputs = if bound.contributions {
+        infer::run_explained(
+            scorer,
+            &id,
+            &model,
+            deadline,
+            bound.inputs,
+            bound.blobs,
+            bound.selected,
+        )
+        .await?
+    } else {
+        infer::run(
+            scorer,
+            &id,
+            &model,
+            version,
+            deadline,
+            bound.inputs,
+            bound.blobs,
+            bound.selected,
+        )
+        .await?
+    };
     seen.rows = engine::batch_rows(&outputs) as u64;
     let mut response = bound.reply.encode(id.as_str(), model.version, outputs);
     response

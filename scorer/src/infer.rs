@@ -227,6 +227,83 @@ pub async fn run_checked(
     Ok(outputs)
 }
 
+/// `run` for a request that asks for explanations (`parameters.contributions`): the
+/// model's outputs at `selected`, then its contributions (`contributions`). Refused (422)
+/// before anything runs when the model cannot be explained. Not shadowed.
+#[allow(clippy::too_many_arguments, reason = "`run`'s arguments")]
+pub async fn run_explained(
+    scorer: &Arc<Scorer>,
+    id: &ModelId,
+    model: &Arc<LoadedModel>,
+    deadline: Deadline,
+    inputs: Vec<oip::RequestInput>,
+    blobs: Vec<Option<Bytes>>,
+    selected: Vec<usize>,
+) -> Result<Vec<NamedTensor>, ScorerError> {
+    let inputs = oip::validate_inputs_with(
+        inputs,
+        blobs,
+        &model.inputs,
+        scorer.config.http.max_elements,
+    )?;
+    if let Err(reason) = model.explainable() {
+        scorer.metrics.explanations[1].inc();
+        return Err(ScorerError::Unexplainable {
+            id: id.to_string(),
+            version: model.version,
+            reason,
+        });
+    }
+    let copy = inputs.clone();
+    let mut outputs = run_checked(scorer, id, model, deadline, inputs, selected).await?;
+    outputs.extend(contributions(scorer, id, model, deadline, copy).await?);
+    Ok(outputs)
+}
+
+/// Each feature's contributions to each raw score of `model` for checked `inputs`
+/// (`LoadedModel::contributions`: the outputs `contributions`, `expected_value` and
+/// `raw_output`), on a blocking thread (TreeSHAP costs a multiple of a prediction),
+/// within the deadline. Counted in `mm_scorer_explanations_total`.
+pub async fn contributions(
+    scorer: &Arc<Scorer>,
+    id: &ModelId,
+    model: &Arc<LoadedModel>,
+    deadline: Deadline,
+    inputs: Vec<NamedTensor>,
+) -> Result<Vec<NamedTensor>, ScorerError> {
+    let running = model.clone();
+    let run = tokio::task::spawn_blocking(move || running.contributions(inputs));
+    let joined = match deadline {
+        None => Ok(run.await),
+        Some((at, ms)) => tokio::time::timeout_at(at, run)
+            .await
+            .map_err(|_| ScorerError::DeadlineExceeded { ms }),
+    };
+    let result = match joined {
+        Ok(Ok(Ok(outputs))) => Ok(outputs),
+        Ok(Ok(Err(engine::Unexplained::Unexplainable(reason)))) => {
+            Err(ScorerError::Unexplainable {
+                id: id.to_string(),
+                version: model.version,
+                reason,
+            })
+        }
+        Ok(Ok(Err(engine::Unexplained::Failed(e)))) => Err(e.into()),
+        Ok(Err(e)) => Err(ScorerError::Inference {
+            id: id.to_string(),
+            message: format!("explanation task failed: {e}"),
+        }),
+        Err(e) => Err(e),
+    };
+    let outcome = match &result {
+        Ok(_) => 0,
+        Err(ScorerError::Unexplainable { .. }) => 1,
+        Err(_) => 2,
+    };
+    scorer.metrics.explanations[outcome].inc();
+    result
+}
+
 /// A call run on this worker, or its inputs given back to run on a blocking thread.
 enum Quick {
     Ran(Result<Vec<NamedTensor>, ScorerError>),

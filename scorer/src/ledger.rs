@@ -33,7 +33,8 @@ pub fn kind_of(error: &ScorerError) -> &'static str {
         | ScorerError::Conflict(_)
         | ScorerError::StatsRefused(_)
         | ScorerError::Unauthorized
-        | ScorerError::NoPoolKey => "invalid",
+        | ScorerError::NoPoolKey
+        | ScorerError::Unexplainable { .. } => "invalid",
         ScorerError::ModelNotFound(_)
         | ScorerError::VersionNotFound { .. }
         | ScorerError::NoCanary(_)

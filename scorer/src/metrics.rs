@@ -22,6 +22,11 @@ pub const CAPTURE_OUTCOMES: [&str; 4] = ["queued", "dropped", "written", "failed
 /// the candidate could not be in memory without evicting a live model; `cache::shadow`).
 pub const SHADOW_OUTCOMES: [&str; 4] = ["agreed", "disagreed", "error", "skipped"];
 
+/// The `outcome` label's values of `mm_scorer_explanations_total`, in
+/// [`Metrics::explanations`]' order: explained, refused (the model cannot be explained:
+/// 422), failed (the inputs did not fit, the deadline passed).
+pub const EXPLANATION_OUTCOMES: [&str; 3] = ["explained", "unexplainable", "failed"];
+
 /// The values of `mm_scorer_loads_started_total`'s `priority` label, in
 /// [`Metrics::loads_started`]' order (`contract::Priority`).
 pub const LOAD_PRIORITIES: [&str; 2] = ["interactive", "batch"];
@@ -88,6 +93,9 @@ pub struct Metrics {
     /// Shadow runs by `outcome`, in [`SHADOW_OUTCOMES`]' order (no model label: each
     /// model's counts are in `GET /v2/mm/shadows`).
     pub shadow_runs: [IntCounter; 4],
+    /// Requests that asked for contributions (`parameters.contributions`), by `outcome`
+    /// in [`EXPLANATION_OUTCOMES`]' order.
+    pub explanations: [IntCounter; 3],
 }
 
 impl Metrics {
@@ -242,6 +250,14 @@ impl Metrics {
                     &["outcome"],
                 );
                 SHADOW_OUTCOMES.map(|outcome| outcomes.with_label_values(&[outcome]))
+            },
+            explanations: {
+                let outcomes = registry.counter_vec(
+                    "mm_scorer_explanations_total",
+                    "Inference requests that asked for per-feature contributions (parameters.contributions, a record's contributions), by outcome: explained, unexplainable (422: the model cannot be explained), failed.",
+                    &["outcome"],
+                );
+                EXPLANATION_OUTCOMES.map(|outcome| outcomes.with_label_values(&[outcome]))
             },
             registry,
         };

@@ -53,6 +53,18 @@ pub struct InferResponse<'a> {
     pub outputs: Vec<NamedTensor>,
 }
 
+/// Whether a request asks for explanations: its `parameters.contributions`, a boolean
+/// (absent: no).
+pub fn wants_contributions(parameters: Option<&serde_json::Value>) -> Result<bool, ScorerError> {
+    match parameters.and_then(|p| p.get("contributions")) {
+        None => Ok(false),
+        Some(serde_json::Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(ScorerError::invalid(format!(
+            "parameter contributions is {other}: expected true or false"
+        ))),
+    }
+}
+
 /// One JSON scalar of tensor data, before the datatype is applied.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Scalar {

@@ -163,12 +163,17 @@ pub async fn answer(
     let width = width(model)?;
     let mut rows: Vec<f32> = Vec::new();
     let mut plans: Vec<(Plan, usize)> = Vec::new();
+    // The rows whose records asked for contributions.
+    let mut explained: Vec<usize> = Vec::new();
     let checked: Vec<Checked> = request
         .records
         .iter()
         .map(|record| match check(model, width, record) {
             Ok(Ready::Row(row)) => {
                 rows.extend_from_slice(&row);
+                if record.contributions {
+                    explained.push(rows.len() / width - 1);
+                }
                 Checked::Row(rows.len() / width - 1)
             }
             Ok(Ready::Forecast(plan)) => {
@@ -187,11 +192,38 @@ pub async fn answer(
             rows.len().saturating_add(forecast_elements)
         )));
     }
-    let scored = if rows.is_empty() {
+    let explanations = if explained.is_empty() {
+        None
+    } else {
+        let mut picked = Vec::with_capacity(explained.len() * width);
+        for &i in &explained {
+            picked.extend_from_slice(&rows[i * width..(i + 1) * width]);
+        }
+        Some(explain_rows(scorer, id, model, deadline, picked, width).await)
+    };
+    let mut scored = if rows.is_empty() {
         Vec::new()
     } else {
         score_rows(scorer, id, model, deadline, rows, width).await?
     };
+    // Each explained record's contributions beside its outputs; a model that cannot be
+    // explained fails those records alone (422), as a bad record fails alone.
+    let mut unexplained: Vec<(usize, RecordResult)> = Vec::new();
+    match explanations {
+        None => {}
+        Some(Ok(per_row)) => {
+            for (&i, extra) in explained.iter().zip(per_row) {
+                scored[i].extend(extra);
+            }
+        }
+        Some(Err(e)) => {
+            let status = e.status().as_u16();
+            unexplained = explained
+                .iter()
+                .map(|&i| (i, RecordResult::failed(status, e.to_string())))
+                .collect();
+        }
+    }
     if !plans.is_empty() {
         let spec = forecaster(model).map_err(ScorerError::invalid)?;
         forecast(scorer, id, model, deadline, spec, &mut plans, width).await?;
@@ -200,8 +232,11 @@ pub async fn answer(
     let results = checked
         .into_iter()
         .map(|c| match c {
-            Checked::Row(i) => RecordResult::Scored {
-                outputs: scored[i].take().expect("each row answered once"),
+            Checked::Row(i) => match unexplained.iter().position(|(row, _)| *row == i) {
+                Some(k) => unexplained.swap_remove(k).1,
+                None => RecordResult::Scored {
+                    outputs: scored[i].take().expect("each row answered once"),
+                },
             },
             Checked::Forecast(i) => {
                 let (plan, history) = &plans[i];
@@ -231,6 +266,9 @@ enum Ready {
 /// One record's checks: its row in the model's column order, or its forecast's plan.
 fn check(model: &LoadedModel, width: usize, record: &ScorerRecord) -> Result<Ready, String> {
     let names = record.columns.as_deref();
+    if record.contributions && record.forecast.is_some() {
+        return Err("contributions are given for plain records, not forecasts".into());
+    }
     match &record.forecast {
         None => model
             .declaration
@@ -341,6 +379,65 @@ async fn score_rows(
         let name = output.name;
         for (answer, row) in answers.iter_mut().zip(split(output.data, per)) {
             answer.insert(name.clone(), row);
+        }
+    }
+    Ok(answers)
+}
+
+/// The contributions of `rows` (`[n, width]`, row-major) in one call
+/// (`infer::contributions`): per row, its `contributions` (`[targets × features]`,
+/// target-major), the model's `expected_value` and its `raw_output`, as outputs by name.
+async fn explain_rows(
+    scorer: &Arc<Scorer>,
+    id: &ModelId,
+    model: &Arc<LoadedModel>,
+    deadline: Deadline,
+    rows: Vec<f32>,
+    width: usize,
+) -> Result<Vec<BTreeMap<String, Values>>, ScorerError> {
+    if let Err(reason) = model.explainable() {
+        scorer.metrics.explanations[1].inc();
+        return Err(ScorerError::Unexplainable {
+            id: id.to_string(),
+            version: model.version,
+            reason,
+        });
+    }
+    let n = rows.len() / width;
+    let input = vec![NamedTensor {
+        name: model.inputs[0].name.clone(),
+        datatype: DataType::Fp32,
+        shape: vec![n as i64, width as i64],
+        data: TensorData::Fp32(rows),
+    }];
+    let outputs = infer::contributions(scorer, id, model, deadline, input).await?;
+    let mut answers: Vec<BTreeMap<String, Values>> = vec![BTreeMap::new(); n];
+    for output in outputs {
+        let TensorData::Fp64(values) = output.data else {
+            return Err(broken(
+                id,
+                format!("explanation output '{}' is not FP64", output.name),
+            ));
+        };
+        if output.name == crate::engine::EXPECTED_VALUE {
+            // One list, the same for every row.
+            for answer in &mut answers {
+                answer.insert(output.name.clone(), Values::Doubles(values.clone()));
+            }
+            continue;
+        }
+        if output.shape.first() != Some(&(n as i64)) || values.len() % n != 0 {
+            return Err(broken(
+                id,
+                format!(
+                    "explanation output '{}' has shape {:?}",
+                    output.name, output.shape
+                ),
+            ));
+        }
+        let per = values.len() / n;
+        for (answer, row) in answers.iter_mut().zip(values.chunks(per.max(1))) {
+            answer.insert(output.name.clone(), Values::Doubles(row.to_vec()));
         }
     }
     Ok(answers)

@@ -296,6 +296,7 @@ fn record(fields: Fields, reading: &Reading<'_>) -> Parsed {
     let mut horizon = None;
     let mut frequency = None;
     let mut history = None;
+    let mut contributions = false;
     let mut named: Vec<(String, f64)> = Vec::new();
     let mut keys: Vec<(String, String)> = Vec::new();
     let mut problem: Option<String> = None;
@@ -330,6 +331,10 @@ fn record(fields: Fields, reading: &Reading<'_>) -> Parsed {
                 .map(|f| frequency = Some(f.to_string()))
                 .ok_or_else(|| "'date_freq' must be a string".into()),
             "data" => read_history(&value).map(|h| history = Some(h)),
+            "contributions" => value
+                .as_bool()
+                .map(|c| contributions = c)
+                .ok_or_else(|| "'contributions' must be true or false".into()),
             _ if reading.template.is_some_and(|t| t.reads(&name)) => match key_text(&value) {
                 Some(text) => {
                     keys.push((name, text));
@@ -395,7 +400,10 @@ fn record(fields: Fields, reading: &Reading<'_>) -> Parsed {
             None => Ok((id, version)),
         },
     };
-    let mut record = ScorerRecord::default();
+    let mut record = ScorerRecord {
+        contributions,
+        ..ScorerRecord::default()
+    };
     let target = target.and_then(|target| {
         match (features, named.is_empty()) {
             (Some(_), false) => {

@@ -34,6 +34,8 @@ pub struct Bound {
     pub blobs: Vec<Option<Bytes>>,
     /// The outputs to return, in order.
     pub selected: Vec<usize>,
+    /// The request asks for explanations (`parameters.contributions`): three outputs more.
+    pub contributions: bool,
     pub reply: Reply,
 }
 
@@ -72,11 +74,18 @@ impl Decoded {
         let (mut request, shape) = request.for_model(&model.inputs)?;
         oip::binary::raw_input(&mut request, &mut blobs, &model.inputs)?;
         let selected = oip::select_outputs(request.outputs.as_deref(), &model.outputs)?;
-        let binary = oip::binary::binary_outputs(&request, selected.len())?;
+        let mut binary = oip::binary::binary_outputs(&request, selected.len())?;
+        let contributions = oip::wants_contributions(request.parameters.as_ref())?;
+        if contributions && let Some(modes) = binary.as_mut() {
+            // The explanation's outputs go back as the request's `binary_data_output` says.
+            let all = oip::binary::flag(request.parameters.as_ref(), "binary_data_output")?;
+            modes.extend([all.unwrap_or(false); 3]);
+        }
         Ok(Bound {
             inputs: request.inputs,
             blobs: blobs.inputs,
             selected,
+            contributions,
             reply: Reply {
                 shape,
                 id: request.id,

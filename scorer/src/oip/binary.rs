@@ -370,7 +370,7 @@ fn decode_strings(name: &str, blob: &[u8], elements: usize) -> Result<TensorData
 }
 
 /// A boolean parameter (`binary_data`, `binary_data_output`), `None` when absent.
-fn flag(parameters: Option<&Value>, key: &str) -> Result<Option<bool>, ScorerError> {
+pub(crate) fn flag(parameters: Option<&Value>, key: &str) -> Result<Option<bool>, ScorerError> {
     match parameters.and_then(|p| p.get(key)) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),

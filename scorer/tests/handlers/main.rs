@@ -15,6 +15,7 @@ mod inference;
 mod metrics;
 mod records;
 mod repository;
+mod shadows;
 mod views;
 
 use std::path::Path;

@@ -17,6 +17,7 @@ mod azureml;
 mod batch;
 mod capture;
 mod cli;
+mod contributions;
 mod convert;
 mod deploy;
 mod forecast;

@@ -123,6 +123,11 @@ fn values(root: &Path, metric: &str, label: &str) -> Result<Values> {
             &root.join("scorer/src/metrics.rs"),
             "CAPTURE_OUTCOMES",
         )?),
+        // All four outcomes are registered up front (`Metrics::new`).
+        ("mm_scorer_shadow_runs_total", "outcome") => Values::Set(const_literals(
+            &root.join("scorer/src/metrics.rs"),
+            "SHADOW_OUTCOMES",
+        )?),
         ("mm_proxy_requests_total", "outcome") => Values::Set(const_literals(
             &root.join("proxy/src/metrics.rs"),
             "OUTCOMES",

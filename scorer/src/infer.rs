@@ -112,7 +112,10 @@ pub async fn model_within(
 /// gRPC's raw or typed contents); `selected` are the outputs to return, in order. `named`
 /// is the version the request named: one naming none, answered by the live version, may
 /// be sampled for the model's shadow (`cache::shadow`), whose job runs after this answer.
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the request's parts, as the protocols hand them over"
+)]
 pub async fn run(
     scorer: &Arc<Scorer>,
     id: &ModelId,

@@ -194,8 +194,9 @@ impl Outcome {
 /// missing from either side or of another shape disagrees; integer, string and boolean
 /// outputs (labels) must be equal element by element (a difference is a label flip);
 /// float outputs (FP32 or FP64, either side) agree when every element differs by at most
-/// `tolerance`, and their differences are counted. A NaN agrees only with a NaN and is
-/// not counted in the differences (which stay finite, for JSON).
+/// `tolerance`, and their differences are counted. A NaN agrees only with a NaN, an
+/// infinity only with itself; neither is counted in the differences (which stay finite,
+/// for JSON).
 pub fn compare(live: &[NamedTensor], shadow: &[NamedTensor], tolerance: f64) -> Comparison {
     let mut c = Comparison {
         agreed: live.len() == shadow.len(),
@@ -216,12 +217,16 @@ pub fn compare(live: &[NamedTensor], shadow: &[NamedTensor], tolerance: f64) -> 
                     c.agreed &= a.is_nan() && b.is_nan();
                     continue;
                 }
-                let d = (a - b).abs();
+                let d = if a == b { 0.0 } else { (a - b).abs() };
+                if !d.is_finite() {
+                    // An infinity against a number: disagrees, and is no finite difference.
+                    c.agreed = false;
+                    continue;
+                }
                 c.elements += 1;
                 c.sum_abs_diff += d;
                 c.max_abs_diff = c.max_abs_diff.max(d);
-                // Written so that an infinite difference disagrees too.
-                if !(d <= tolerance) {
+                if d > tolerance {
                     c.agreed = false;
                 }
             }
@@ -284,7 +289,12 @@ fn arrange(
         let at = inputs
             .iter()
             .position(|t| t.name == spec.name)
-            .ok_or_else(|| format!("the candidate's input '{}' is not in the request", spec.name))?;
+            .ok_or_else(|| {
+                format!(
+                    "the candidate's input '{}' is not in the request",
+                    spec.name
+                )
+            })?;
         let tensor = inputs.swap_remove(at);
         let fits = tensor.datatype == spec.datatype
             && tensor.shape.len() == spec.shape.len()
@@ -312,20 +322,25 @@ fn arrange(
     Ok((arranged, selected))
 }
 
+/// A candidate call run on this worker, or its inputs given back for a blocking thread.
+enum Quick {
+    Ran(Result<Vec<NamedTensor>, crate::engine::InferenceError>),
+    Later(Vec<NamedTensor>),
+}
+
 /// Runs the candidate on this worker when it is measured quick and free (the live path's
 /// rule, `infer::run_quick`), else gives the inputs back for a blocking thread.
 /// Synchronous, so a session lock never crosses an `.await`.
-#[allow(clippy::result_large_err)]
 fn run_quick(
     model: &LoadedModel,
     rows: usize,
     limit: Duration,
     inputs: Vec<NamedTensor>,
     selected: &[usize],
-) -> Result<Result<Vec<NamedTensor>, crate::engine::InferenceError>, Vec<NamedTensor>> {
+) -> Quick {
     match model.try_quick(rows, limit) {
-        Some(runner) => Ok(runner.run(inputs, selected)),
-        None => Err(inputs),
+        Some(runner) => Quick::Ran(runner.run(inputs, selected)),
+        None => Quick::Later(inputs),
     }
 }
 
@@ -647,11 +662,10 @@ impl ModelCache {
         let rows = batch_rows(&inputs);
         let started = Instant::now();
         let ran = match run_quick(&model, rows, inline_max, inputs, &selected) {
-            Ok(ran) => ran,
-            Err(inputs) => {
+            Quick::Ran(ran) => ran,
+            Quick::Later(inputs) => {
                 let running = model.clone();
-                match tokio::task::spawn_blocking(move || running.infer(inputs, &selected)).await
-                {
+                match tokio::task::spawn_blocking(move || running.infer(inputs, &selected)).await {
                     Ok(ran) => ran,
                     Err(_) => return Outcome::Error,
                 }

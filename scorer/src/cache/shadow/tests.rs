@@ -99,12 +99,20 @@ fn a_new_since_ms_starts_the_counts_from_zero() {
     s.record(&m, &ticket(1, 7), &Outcome::Skipped, 0);
     let counts = s.counts(&m, &spec(1, 20.0, 7));
     assert_eq!(
-        (counts.compared, counts.agreed, counts.errors, counts.skipped),
+        (
+            counts.compared,
+            counts.agreed,
+            counts.errors,
+            counts.skipped
+        ),
         (2, 1, 1, 1)
     );
     assert_eq!((counts.elements, counts.max_abs_diff), (4, 0.4));
     assert_eq!((counts.live_micros, counts.shadow_micros), (20, 60));
-    assert_eq!(s.metrics.shadow_runs.each_ref().map(|c| c.get()), [1, 1, 1, 1]);
+    assert_eq!(
+        s.metrics.shadow_runs.each_ref().map(|c| c.get()),
+        [1, 1, 1, 1]
+    );
 
     s.follow(&m, Some(&spec(1, 50.0, 7)));
     assert_eq!(s.counts(&m, &spec(1, 50.0, 7)).compared, 2, "same shadow");
@@ -212,7 +220,9 @@ fn labels_must_be_equal_and_floats_within_the_tolerance() {
     let c = compare(&nan(f32::NAN), &nan(f32::NAN), 0.0);
     assert!(c.agreed && c.elements == 0);
     assert!(!compare(&nan(f32::NAN), &nan(1.0), 0.0).agreed);
-    assert!(!compare(&nan(f32::INFINITY), &nan(1.0), f64::MAX).agreed);
+    let c = compare(&nan(f32::INFINITY), &nan(1.0), f64::MAX);
+    assert!(!c.agreed && c.elements == 0 && c.sum_abs_diff == 0.0);
+    assert!(compare(&nan(f32::INFINITY), &nan(f32::INFINITY), 0.0).agreed);
 }
 
 /// `linear-small`'s input for one row.
@@ -253,9 +263,16 @@ async fn a_shadow_compares_the_candidate_and_promotion_pins_it() {
     let cache = &local_cache(&store, |_| {});
     let m = id("m");
     assert!(!request(cache, None).await, "no shadow: nothing sampled");
-    assert!(matches!(cache.shadow(&m).await, Err(ScorerError::NoShadow(_))));
+    assert!(matches!(
+        cache.shadow(&m).await,
+        Err(ScorerError::NoShadow(_))
+    ));
     let refused = cache.set_shadow(&m, spec(3, 50.0, 0)).await.unwrap_err();
-    assert_eq!(refused.status().as_u16(), 409, "the live version: {refused}");
+    assert_eq!(
+        refused.status().as_u16(),
+        409,
+        "the live version: {refused}"
+    );
     let refused = cache.set_shadow(&m, spec(9, 50.0, 0)).await.unwrap_err();
     assert_eq!(refused.status().as_u16(), 404, "{refused}");
     let refused = cache.set_shadow(&m, spec(2, 0.0, 0)).await.unwrap_err();
@@ -317,8 +334,14 @@ async fn a_shadow_compares_the_candidate_and_promotion_pins_it() {
 
     // Dropped: answered as it was, then none.
     cache.set_shadow(&m, spec(3, 10.0, 0)).await.unwrap();
-    assert_eq!(cache.drop_shadow(&m).await.unwrap().map(|s| s.version), Some(3));
-    assert!(matches!(cache.drop_shadow(&m).await, Err(ScorerError::NoShadow(_))));
+    assert_eq!(
+        cache.drop_shadow(&m).await.unwrap().map(|s| s.version),
+        Some(3)
+    );
+    assert!(matches!(
+        cache.drop_shadow(&m).await,
+        Err(ScorerError::NoShadow(_))
+    ));
 }
 
 /// A shadow file that is not valid fails the model's look-ups until the shadow is
@@ -378,5 +401,12 @@ async fn a_shadow_load_never_evicts_a_live_model() {
     assert_eq!(resident, vec![2], "the live version stays");
     // Tried once (the file read, no room for its reservation), then not for a while.
     assert!(store.reads.load(Ordering::SeqCst) <= reads + 1);
-    assert_eq!(cache.metrics.evictions.with_label_values(&["capacity"]).get(), 0);
+    assert_eq!(
+        cache
+            .metrics
+            .evictions
+            .with_label_values(&["capacity"])
+            .get(),
+        0
+    );
 }

@@ -72,8 +72,8 @@ use loader::LoadThreads;
 use miss::invalid_model;
 use pool::PoolRates;
 use resident::Resident;
-pub use shadow::{Comparison, Job, JobQueue, MAX_SHADOWS, NO_ROOM_RETRY, Sampled, compare};
 use shadow::Shadows;
+pub use shadow::{Comparison, Job, JobQueue, MAX_SHADOWS, NO_ROOM_RETRY, Sampled, compare};
 use slots::Slots;
 
 use crate::engine::{Engines, LoadedModel};

@@ -419,11 +419,14 @@ impl Shadows {
         self.followed.load(Ordering::Relaxed) > 0
     }
 
-    /// Whether this request of `id`, answered by the live version `live`, is sampled.
-    fn pick(&self, id: &ModelId, live: u64) -> Option<Ticket> {
+    /// Whether this request of `id`, answered by `served`, is sampled: `id` has a shadow,
+    /// `served` is not its candidate and is the live version (`is_live`, asked only for a
+    /// model with a shadow, under this lock: the lock order is this one, then `Lives`',
+    /// which calls nothing while held), and the share takes it.
+    fn pick(&self, id: &ModelId, served: u64, is_live: impl FnOnce() -> bool) -> Option<Ticket> {
         let mut entries = self.entries();
         let entry = entries.get_mut(id)?;
-        if entry.spec.version == live || !entry.sampler.pick(entry.spec.percent) {
+        if entry.spec.version == served || !is_live() || !entry.sampler.pick(entry.spec.percent) {
             return None;
         }
         Some(Ticket {
@@ -565,10 +568,12 @@ impl ModelCache {
         served: u64,
         inputs: &[NamedTensor],
     ) -> Option<Sampled> {
-        if !self.shadows.any() || named.is_some() || self.lives.version(id) != Some(served) {
+        if !self.shadows.any() || named.is_some() {
             return None;
         }
-        let ticket = self.shadows.pick(id, served)?;
+        let ticket = self
+            .shadows
+            .pick(id, served, || self.lives.version(id) == Some(served))?;
         // A full queue would drop the job: count it now, without copying the tensors.
         if self.shadows.full() {
             self.shadows.record(id, &ticket, &Outcome::Skipped, 0);

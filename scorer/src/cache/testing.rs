@@ -216,16 +216,18 @@ pub fn native_cache(
         native: NativeEngine::Auto,
     };
     let metrics = Arc::new(Metrics::new(config.cache.budget.bytes()));
-    Arc::new(ModelCache::new(
-        config.cache,
-        config.policy,
-        config.warmup,
-        config.versions,
-        store,
-        engines,
-        metrics,
+    Arc::new(
+        ModelCache::new(
+            config.cache,
+            config.policy,
+            config.warmup,
+            config.versions,
+            store,
+            engines,
+            metrics,
+        )
+        .with_shadows(config.shadow),
     )
-    .with_shadows(config.shadow))
 }
 
 /// `native_cache` over the local store in `store`'s directory (for the tests of what the

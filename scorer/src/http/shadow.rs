@@ -25,7 +25,11 @@ const SHADOW_BODY_LIMIT: u64 = 4096;
 /// The caller's prefixes (`x-mm-model-prefixes`), `None` for every model; 400 when
 /// malformed.
 fn prefixes(headers: &HeaderMap) -> Result<Option<Vec<String>>, ScorerError> {
-    crate::infer::index_prefixes(headers.get(header::MODEL_PREFIXES).map(HeaderValue::as_bytes))
+    crate::infer::index_prefixes(
+        headers
+            .get(header::MODEL_PREFIXES)
+            .map(HeaderValue::as_bytes),
+    )
 }
 
 /// `id` if the caller's prefixes admit it; a model outside them is not found.
@@ -111,8 +115,8 @@ pub(super) async fn admin_promote_shadow(
 ) -> Response {
     let id = id.and_then(|id| in_scope(&headers, id));
     model_call(scorer, "admin", id, |scorer, id| async move {
-        let Query(query) = query
-            .map_err(|e| ScorerError::invalid(format!("promote query: {}", e.body_text())))?;
+        let Query(query) =
+            query.map_err(|e| ScorerError::invalid(format!("promote query: {}", e.body_text())))?;
         let (promoted, pinned) = scorer.cache.promote_shadow(&id, query.since_ms).await?;
         Ok(ShadowPromoted {
             model: id.to_string(),

@@ -76,12 +76,16 @@ fn the_share_is_deterministic_and_holds_to_within_one_request() {
     assert!(!s.any());
     s.follow(&m, Some(&spec(1, 20.0, 7)));
     assert!(s.any());
-    let picked = (0..100).filter(|_| s.pick(&m, 2).is_some()).count();
+    let picked = (0..100)
+        .filter(|_| s.pick(&m, 2, || true).is_some())
+        .count();
     assert_eq!(picked, 20);
     // The candidate itself answering (it went live here) samples nothing.
-    assert!((0..10).all(|_| s.pick(&m, 1).is_none()));
-    assert!(s.pick(&id("other"), 2).is_none());
-    let next = (0..5).find_map(|_| s.pick(&m, 2));
+    assert!((0..10).all(|_| s.pick(&m, 1, || true).is_none()));
+    assert!(s.pick(&id("other"), 2, || true).is_none());
+    // Nor does a version that is not the live one (the canary's arm, a fall-back).
+    assert!((0..10).all(|_| s.pick(&m, 3, || false).is_none()));
+    let next = (0..5).find_map(|_| s.pick(&m, 2, || true));
     assert_eq!(next, Some(ticket(1, 7)));
 }
 

@@ -396,6 +396,17 @@ async fn a_disagreeing_candidate_fails_its_rule_and_a_scoped_key_sees_only_its_s
     )
     .await;
     assert_eq!(status, 403, "{body}");
+    // A promotion guarded by another shadow's `since_ms` is refused (the proxy passes the
+    // guard on to the scorer).
+    let (status, body) = call(
+        &client,
+        "POST",
+        &format!("{}/promote?since_ms=1", url(id)),
+        Some("acme-k"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
     // The scoped key drops its own shadow.
     let (status, body) = call(&client, "DELETE", &url(id), Some("acme-k"), None).await;
     assert_eq!(status, 200, "{body}");

@@ -10,10 +10,12 @@
 //!
 //! Sampling is deterministic per model, as the canary's split is: of the inference
 //! requests that name no version and were answered by this scorer's live version (not the
-//! canary's arm), request n is sampled when ⌊(n+1)·p⌋ > ⌊n·p⌋. On the request path a
-//! model without a shadow costs one atomic load while no model has one, one lock and a map
-//! look-up otherwise; a sampled request clones its typed inputs (before the engine takes
-//! them) and, once answered, its outputs into a job.
+//! canary's arm), request n is sampled when ⌊(n+1)·p⌋ > ⌊n·p⌋. REST inference and gRPC
+//! `ModelInfer` are sampled (`infer::run`); the records routes are not. On the request
+//! path a model without a shadow costs one atomic load while no model has one, one lock
+//! and a map look-up otherwise (a model with one, also its live version's look-up); a
+//! sampled request clones its typed inputs (before the engine takes them) and, once
+//! answered, its outputs into a job.
 //!
 //! Jobs wait in a queue bounded in bytes (`shadow.queue_bytes`; full: the job is dropped
 //! and counted `skipped`, serving never waits) drained by `shadow.concurrency` worker

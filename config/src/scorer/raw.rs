@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::{
     AzureCredential, AzureStoreConfig, CacheConfig, CaptureConfig, HttpConfig, ImagesConfig,
-    LedgerConfig, NativeEngine, PolicyConfig, ScorerConfig, ShadowConfig, StatsLimits,
-    StoreConfig, TenantShare, VersionsConfig, WarmupConfig, available_cpus,
+    LedgerConfig, NativeEngine, PolicyConfig, ScorerConfig, ShadowConfig, StatsLimits, StoreConfig,
+    TenantShare, VersionsConfig, WarmupConfig, available_cpus,
 };
 use crate::common::{self, RawTrace, at_least, at_least_one, list, positive, secrets, within};
 use crate::units::{ByteSize, HumanDuration};

@@ -1,5 +1,6 @@
-//! The fan-out after an admin call changed what a model's requests get (its live version
-//! or its canary, in the store). Every admin call itself is forwarded to a scorer, which
+//! The fan-out after an admin call changed what a model's requests get (its live version,
+//! its canary or its shadow, in the store; also after the shadow judge promoted one,
+//! [`crate::shadow`]). Every admin call itself is forwarded to a scorer, which
 //! writes the store: the proxy holds no model state. (Who may make an admin call is
 //! [`crate::keys`]'s.)
 
@@ -9,7 +10,7 @@ use manymodels_contract::route as scorer_route;
 
 use crate::pool::Pool;
 
-/// After an admin call changed `model`'s live version or canary in the store, asks every
+/// After an admin call changed `model`'s live version, canary or shadow in the store, asks every
 /// other healthy or draining scorer of `pool` (a draining one still serves the models it
 /// holds; `done_by` answered the call) to look now, in the background, rather than at its
 /// next check, so every scorer, and so every proxy, answers alike within a round trip.

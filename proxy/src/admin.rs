@@ -10,9 +10,9 @@ use manymodels_contract::route as scorer_route;
 
 use crate::pool::Pool;
 
-/// After an admin call changed `model`'s live version, canary or shadow in the store, asks every
-/// other healthy or draining scorer of `pool` (a draining one still serves the models it
-/// holds; `done_by` answered the call) to look now, in the background, rather than at its
+/// After an admin call changed `model`'s live version, canary or shadow in the store,
+/// asks every other healthy or draining scorer of `pool` (a draining one still serves the
+/// models it holds; `done_by` answered the call) to look now, in the background, rather than at its
 /// next check, so every scorer, and so every proxy, answers alike within a round trip.
 /// Each call waits at most `timeout`; a failed one is logged, and that scorer's own check
 /// catches up.

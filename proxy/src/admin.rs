@@ -12,8 +12,9 @@ use crate::pool::Pool;
 
 /// After an admin call changed `model`'s live version, canary or shadow in the store,
 /// asks every other healthy or draining scorer of `pool` (a draining one still serves the
-/// models it holds; `done_by` answered the call) to look now, in the background, rather than at its
-/// next check, so every scorer, and so every proxy, answers alike within a round trip.
+/// models it holds; `done_by` answered the call) to look now, in the background, rather
+/// than at its next check, so every scorer, and so every proxy, answers alike within a
+/// round trip.
 /// Each call waits at most `timeout`; a failed one is logged, and that scorer's own check
 /// catches up.
 /// Each scorer gets the pool key it takes; `client` (the client's `Authorization`) only

@@ -171,7 +171,16 @@ fn contributions_equal_the_reference_implementations_on_the_corpus() {
     println!("served by ONNX Runtime, not explained: {served_by_ort:?}");
     assert!(served_by_ort.len() <= 3, "{served_by_ort:?}");
     assert!(checked.len() >= 45, "{} models checked", checked.len());
-    for family in ["skl_rf_", "skl_et_", "skl_gb_", "skl_hgb_", "lgbm_", "xgb_", "skl_lin", "skl_logreg"] {
+    for family in [
+        "skl_rf_",
+        "skl_et_",
+        "skl_gb_",
+        "skl_hgb_",
+        "lgbm_",
+        "xgb_",
+        "skl_lin",
+        "skl_logreg",
+    ] {
         assert!(
             checked.iter().any(|(n, _)| n.starts_with(family)),
             "no {family} model checked"

@@ -49,35 +49,59 @@ struct Walk {
     stack: Vec<Frame>,
     single: bool,
     width: usize,
+    reciprocals: Reciprocals,
+}
+
+/// `1/k` for every path length: the walk multiplies where the paper divides (a division
+/// on the unwinding's dependency chain costs four multiplications' latency).
+struct Reciprocals([f64; MAX_DEPTH + 2]);
+
+impl Reciprocals {
+    fn new() -> Self {
+        let mut r = [0.0; MAX_DEPTH + 2];
+        for (k, v) in r.iter_mut().enumerate().skip(1) {
+            *v = 1.0 / k as f64;
+        }
+        Reciprocals(r)
+    }
 }
 
 /// Adds an element to the path `p` of `l` elements (`p[l]` is the new one).
-fn extend(p: &mut [Elem], l: usize, zero: f64, one: f64, feature: u32) {
+#[inline]
+fn extend(p: &mut [Elem], l: usize, zero: f64, one: f64, feature: u32, r: &Reciprocals) {
     p[l] = Elem {
         feature,
         zero,
         one,
         weight: if l == 0 { 1.0 } else { 0.0 },
     };
-    let n = (l + 1) as f64;
+    let inv = r.0[l + 1];
     for i in (0..l).rev() {
-        p[i + 1].weight += one * p[i].weight * (i + 1) as f64 / n;
-        p[i].weight = zero * p[i].weight * (l - i) as f64 / n;
+        let w = p[i].weight * inv;
+        p[i + 1].weight += one * w * (i + 1) as f64;
+        p[i].weight = zero * w * (l - i) as f64;
     }
 }
 
-/// Removes element `k` from the path `p` whose last element is `p[l]`.
-fn unwind(p: &mut [Elem], l: usize, k: usize) {
+/// Removes element `k` from the path `p` whose last element is `p[l]`. A path element's
+/// one fraction is 1 (the row went this way) or 0.
+#[inline]
+fn unwind(p: &mut [Elem], l: usize, k: usize, r: &Reciprocals) {
     let (one, zero) = (p[k].one, p[k].zero);
     let n = (l + 1) as f64;
-    let mut next = p[l].weight;
-    for i in (0..l).rev() {
-        if one != 0.0 {
+    let inv = r.0[l + 1];
+    if one != 0.0 {
+        let a = n / one;
+        let mut next = p[l].weight;
+        for i in (0..l).rev() {
             let t = p[i].weight;
-            p[i].weight = next * n / ((i + 1) as f64 * one);
-            next = t - p[i].weight * zero * (l - i) as f64 / n;
-        } else {
-            p[i].weight = p[i].weight * n / (zero * (l - i) as f64);
+            p[i].weight = next * a * r.0[i + 1];
+            next = t - p[i].weight * zero * (l - i) as f64 * inv;
+        }
+    } else {
+        let a = n / zero;
+        for i in (0..l).rev() {
+            p[i].weight = p[i].weight * a * r.0[l - i];
         }
     }
     for i in k..l {
@@ -89,20 +113,24 @@ fn unwind(p: &mut [Elem], l: usize, k: usize) {
 
 /// The total weight of the path `p` (last element `p[l]`) with element `k` unwound,
 /// without changing it.
-fn unwound_sum(p: &[Elem], l: usize, k: usize) -> f64 {
+#[inline]
+fn unwound_sum(p: &[Elem], l: usize, k: usize, r: &Reciprocals) -> f64 {
     let (one, zero) = (p[k].one, p[k].zero);
     let n = (l + 1) as f64;
     let mut total = 0.0;
     if one != 0.0 {
+        let a = n / one;
+        let b = zero * r.0[l + 1];
         let mut next = p[l].weight;
         for i in (0..l).rev() {
-            let t = next * n / ((i + 1) as f64 * one);
+            let t = next * a * r.0[i + 1];
             total += t;
-            next = p[i].weight - t * zero * ((l - i) as f64 / n);
+            next = p[i].weight - t * b * (l - i) as f64;
         }
     } else if zero != 0.0 {
+        let a = n / zero;
         for i in (0..l).rev() {
-            total += p[i].weight / zero / ((l - i) as f64 / n);
+            total += p[i].weight * a * r.0[l - i];
         }
     }
     total
@@ -148,6 +176,7 @@ impl<T: Num> Trees<T> {
             stack,
             single,
             width,
+            reciprocals: r,
         } = walk;
         let (single, width) = (*single, *width);
         stack.clear();
@@ -168,15 +197,15 @@ impl<T: Num> Trees<T> {
             }
             path.copy_within(parent..parent + d + 1, at);
             let p = &mut path[at..at + d + 1];
-            extend(p, d, f.zero, f.one, f.feature);
+            extend(p, d, f.zero, f.one, f.feature, r);
             let node = &self.nodes[f.node as usize];
             if node.mode() == Mode::Leaf as u8 {
                 for i in 1..=d {
                     let el = p[i];
-                    let scale = unwound_sum(p, d, i) * (el.one - el.zero);
-                    if scale == 0.0 {
+                    if el.one == el.zero {
                         continue;
                     }
+                    let scale = unwound_sum(p, d, i, r) * (el.one - el.zero);
                     let feature = el.feature as usize;
                     self.each_weight(node, single, |target, v| {
                         phi[target * width + feature] += scale * v;
@@ -196,7 +225,7 @@ impl<T: Num> Trees<T> {
             if let Some(k) = p.iter().position(|e| e.feature == feature) {
                 zero = p[k].zero;
                 one = p[k].one;
-                unwind(p, d, k);
+                unwind(p, d, k, r);
                 depth -= 1;
             }
             if depth + 1 > MAX_DEPTH {
@@ -289,6 +318,7 @@ impl<T: Num> Core<T> {
             stack: Vec::new(),
             single,
             width,
+            reciprocals: Reciprocals::new(),
         };
         let mut raw = vec![0.0; self.n_targets];
         for r in 0..rows {

@@ -11,6 +11,7 @@ mod autoscale;
 mod batch;
 mod drain;
 mod engines;
+mod explain;
 mod freeze;
 mod hot;
 mod hot_under_load;
@@ -25,6 +26,7 @@ mod protocols;
 mod proxy;
 mod proxy_ids;
 mod replay;
+mod shadow;
 mod sim_replay;
 mod stats;
 mod swap;
@@ -108,6 +110,13 @@ pub enum Bench {
     /// The native engine against ONNX Runtime per model size class: load time, resident
     /// bytes, peak memory during a load, hot-hit latency.
     Engines(engines::EnginesArgs),
+    /// What an explanation costs per size class of the realistic store: native
+    /// contributions per row against the native prediction and shap.TreeExplainer on the
+    /// same model and rows.
+    Explain(explain::ExplainArgs),
+    /// A 20% shadow on every hot model: live answers' throughput and p99 against no shadow,
+    /// in one run.
+    Shadow(shadow::ShadowArgs),
     /// A miss with and without a native image, per model class: compile against image
     /// load, image sizes, the heap during an image load.
     Images(images::ImagesArgs),
@@ -189,6 +198,8 @@ pub fn run(which: Bench) -> Result<()> {
         Bench::Replay(args) => replay::run(args),
         Bench::SimReplay(args) => sim_replay::run(args),
         Bench::Engines(args) => engines::run(args),
+        Bench::Explain(args) => explain::run(args),
+        Bench::Shadow(args) => shadow::run(args),
         Bench::Images(args) => images::run(args),
         Bench::Stats { ids, requests } => stats::run(ids, requests),
         Bench::Ledger(args) => ledger::run(args),

@@ -128,6 +128,10 @@ fn values(root: &Path, metric: &str, label: &str) -> Result<Values> {
             &root.join("scorer/src/metrics.rs"),
             "SHADOW_OUTCOMES",
         )?),
+        ("mm_scorer_explanations_total", "outcome") => Values::Set(const_literals(
+            &root.join("scorer/src/metrics.rs"),
+            "EXPLANATION_OUTCOMES",
+        )?),
         ("mm_proxy_requests_total", "outcome") => Values::Set(const_literals(
             &root.join("proxy/src/metrics.rs"),
             "OUTCOMES",

@@ -63,6 +63,12 @@ pub enum Unexplained {
     /// The computation failed on these inputs.
     #[error(transparent)]
     Failed(InferenceError),
+    /// The answer would hold more values than allowed (the scorer answers 400).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The deadline passed before the computation ended.
+    #[error("the explanation's deadline passed")]
+    Expired,
 }
 
 /// Which engine serves a model.
@@ -477,14 +483,23 @@ impl LoadedModel {
     /// inputs: the outputs [`CONTRIBUTIONS`] (`[rows, targets, features]`),
     /// [`EXPECTED_VALUE`] (`[targets]`) and [`RAW_OUTPUT`] (`[rows, targets]`), all FP64,
     /// with `expected + Σ contributions = raw` per row and target. Blocks for the whole
-    /// computation (TreeSHAP costs far more than a prediction: run it on a blocking thread).
-    pub fn contributions(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, Unexplained> {
+    /// computation (TreeSHAP costs far more than a prediction: run it on a blocking thread),
+    /// at most `max_values` contributions and until `until` (checked between trees).
+    pub fn contributions(
+        &self,
+        inputs: Vec<NamedTensor>,
+        max_values: usize,
+        until: Option<Instant>,
+    ) -> Result<Vec<NamedTensor>, Unexplained> {
         self.explainable().map_err(Unexplained::Unexplainable)?;
         let Backend::Native(model) = &self.backend else {
             unreachable!("explainable() refuses every other backend")
         };
-        native::contributions(model, inputs).map_err(|e| match e {
+        let bounds = manymodels_native::Bounds { max_values, until };
+        native::contributions(model, inputs, &bounds).map_err(|e| match e {
             manymodels_native::ExplainError::Unexplainable(why) => Unexplained::Unexplainable(why),
+            manymodels_native::ExplainError::TooLarge(why) => Unexplained::TooLarge(why),
+            manymodels_native::ExplainError::Expired => Unexplained::Expired,
             manymodels_native::ExplainError::Run(e) => Unexplained::Failed(InferenceError {
                 id: self.id.to_string(),
                 message: e.to_string(),

@@ -91,9 +91,10 @@ pub(super) fn run(
 pub(super) fn contributions(
     model: &Model,
     inputs: Vec<NamedTensor>,
+    bounds: &manymodels_native::Bounds,
 ) -> Result<Vec<NamedTensor>, manymodels_native::ExplainError> {
     let tensors = tensors(inputs).map_err(manymodels_native::RunError)?;
-    let c = model.contributions(tensors)?;
+    let c = model.contributions(tensors, bounds)?;
     let fp64 = |name: &str, shape: Vec<usize>, data: Vec<f64>| NamedTensor {
         name: name.to_string(),
         datatype: DataType::Fp64,

@@ -66,7 +66,7 @@ fn fp64<'a>(outputs: &'a [NamedTensor], name: &str) -> (&'a [i64], &'a [f64]) {
 fn check(name: &str, model: &LoadedModel, reference: &Value) -> f64 {
     let rows = reference["rows"].as_array().expect("rows");
     let outputs = model
-        .contributions(input(model, rows))
+        .contributions(input(model, rows), usize::MAX, None)
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let (shape, values) = fp64(&outputs, CONTRIBUTIONS);
     let (_, expected) = fp64(&outputs, EXPECTED_VALUE);
@@ -206,7 +206,10 @@ fn models_that_cannot_be_explained_say_why() {
         shape: vec![1, width as i64],
         data: TensorData::Fp32(vec![0.5; width]),
     }];
-    let err = model.contributions(inputs).unwrap_err().to_string();
+    let err = model
+        .contributions(inputs, usize::MAX, None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("nodes_hitrates"), "{err}");
     // A MatMul graph: served by ONNX Runtime.
     let bytes = std::fs::read(corpus.join("skl_linreg_f64.onnx")).expect("committed");

@@ -51,6 +51,42 @@ impl Contributions {
     }
 }
 
+/// What an explanation may cost: at most `max_values` contributions (rows × targets ×
+/// features: the answer's size, which the request's size does not bound: a 100-class
+/// model multiplies it by 100), and no work after `until` (checked between trees).
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub max_values: usize,
+    pub until: Option<std::time::Instant>,
+}
+
+impl Bounds {
+    pub(crate) fn check_size(
+        &self,
+        rows: usize,
+        targets: usize,
+        features: usize,
+    ) -> Result<(), ExplainError> {
+        let values = rows.saturating_mul(targets).saturating_mul(features);
+        if values > self.max_values {
+            return Err(ExplainError::TooLarge(format!(
+                "the explanation would hold {values} values ({rows} rows × {targets} scores × \
+                 {features} features), more than the limit of {}",
+                self.max_values
+            )));
+        }
+        Ok(())
+    }
+
+    #[inline]
+    pub(crate) fn check_time(&self) -> Result<(), ExplainError> {
+        match self.until {
+            Some(until) if std::time::Instant::now() >= until => Err(ExplainError::Expired),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Why a model's answer cannot be explained.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExplainError {
@@ -60,4 +96,10 @@ pub enum ExplainError {
     /// The inputs do not fit the model.
     #[error("{0}")]
     Run(#[from] crate::error::RunError),
+    /// The answer would be larger than allowed (`Bounds::max_values`).
+    #[error("{0}")]
+    TooLarge(String),
+    /// `Bounds::until` passed: the work stopped.
+    #[error("the explanation's deadline passed")]
+    Expired,
 }

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::attrs::{Attrs, NodeInput, unsupported};
 use crate::error::{CompileError, RunError};
-use crate::explain::{Contributions, ExplainError};
+use crate::explain::{Bounds, Contributions, ExplainError};
 use crate::onnx::{self, GraphView, NodeView, TensorView, ValueType};
 use crate::value::{Elem, Tensor};
 use crate::{glue, linear, tree};
@@ -207,7 +207,11 @@ impl Model {
 
     /// Each input feature's contribution to each raw score of the model's tree ensemble
     /// or linear operator, for every row of `inputs` (see `explain`).
-    pub fn contributions(&self, inputs: Vec<Tensor>) -> Result<Contributions, ExplainError> {
+    pub fn contributions(
+        &self,
+        inputs: Vec<Tensor>,
+        bounds: &Bounds,
+    ) -> Result<Contributions, ExplainError> {
         let at = self.explainable().map_err(ExplainError::Unexplainable)?;
         let mut values = self.fill(inputs)?;
         for step in &self.steps[..at] {
@@ -217,8 +221,8 @@ impl Model {
             .as_ref()
             .expect("slots are filled in order");
         match &self.steps[at].op {
-            Op::Tree(op) => op.contributions(x),
-            Op::Linear(op) => Ok(op.contributions(x)?),
+            Op::Tree(op) => op.contributions(x, bounds),
+            Op::Linear(op) => op.contributions(x, bounds),
             Op::Glue(_) => unreachable!("explainable() chose a tree or linear operator"),
         }
     }

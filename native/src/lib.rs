@@ -32,7 +32,7 @@ mod tree;
 mod value;
 
 pub use error::{CompileError, Invalid, RunError};
-pub use explain::{Contributions, ExplainError};
+pub use explain::{Bounds, Contributions, ExplainError};
 pub use graph::{Model, Port};
 pub use image::ImageError;
 pub use value::{Data, Elem, Tensor};

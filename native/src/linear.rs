@@ -296,14 +296,17 @@ impl Linear {
     pub(crate) fn contributions(
         &self,
         x: &Tensor,
-    ) -> Result<crate::explain::Contributions, RunError> {
+        bounds: &crate::explain::Bounds,
+    ) -> Result<crate::explain::Contributions, crate::explain::ExplainError> {
         let (rows, width) = x.rows_and_width();
         if x.shape.len() > 2 || width != self.features {
             return Err(RunError(format!(
                 "the input has {width} features, the coefficients {}",
                 self.features
-            )));
+            ))
+            .into());
         }
+        bounds.check_size(rows, self.outputs, width)?;
         let feature = |i: usize| -> Option<f64> {
             Some(match &x.data {
                 Data::F32(v) => f64::from(v[i]),
@@ -324,6 +327,7 @@ impl Linear {
                 let mut dot = 0.0;
                 for (i, &c) in w.iter().enumerate() {
                     let v = feature(r * k + i).ok_or_else(|| RunError("input type".into()))?;
+
                     out.values[(r * n + t) * k + i] = f64::from(c) * v;
                     dot += f64::from(c) * v;
                 }

@@ -4,7 +4,7 @@
 //! they read requests and write answers.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use manymodels_contract::{self as contract, Lookup};
@@ -61,7 +61,7 @@ pub fn deadline(headers: &axum::http::HeaderMap) -> Result<Deadline, ScorerError
         return Ok(None);
     };
     Ok(Some((
-        tokio::time::Instant::now() + std::time::Duration::from_millis(ms),
+        tokio::time::Instant::now() + Duration::from_millis(ms),
         ms,
     )))
 }
@@ -263,10 +263,16 @@ pub async fn run_explained(
     Ok(outputs)
 }
 
+/// The longest an explanation works when its request has no deadline of its own: the
+/// blocking thread stops between trees once it passes (the request's own deadline, when
+/// it has one, stops it the same way).
+pub const EXPLAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Each feature's contributions to each raw score of `model` for checked `inputs`
 /// (`LoadedModel::contributions`: the outputs `contributions`, `expected_value` and
 /// `raw_output`), on a blocking thread (TreeSHAP costs a multiple of a prediction),
-/// within the deadline. Counted in `mm_scorer_explanations_total`.
+/// within the deadline (else `EXPLAIN_TIMEOUT`), at most `http.max_elements` values.
+/// Counted in `mm_scorer_explanations_total`.
 pub async fn contributions(
     scorer: &Arc<Scorer>,
     id: &ModelId,
@@ -275,7 +281,13 @@ pub async fn contributions(
     inputs: Vec<NamedTensor>,
 ) -> Result<Vec<NamedTensor>, ScorerError> {
     let running = model.clone();
-    let run = tokio::task::spawn_blocking(move || running.contributions(inputs));
+    let max_values = scorer.config.http.max_elements;
+    let until = match deadline {
+        Some((at, _)) => at.into_std(),
+        None => Instant::now() + EXPLAIN_TIMEOUT,
+    };
+    let run =
+        tokio::task::spawn_blocking(move || running.contributions(inputs, max_values, Some(until)));
     let joined = match deadline {
         None => Ok(run.await),
         Some((at, ms)) => tokio::time::timeout_at(at, run)
@@ -292,6 +304,10 @@ pub async fn contributions(
             })
         }
         Ok(Ok(Err(engine::Unexplained::Failed(e)))) => Err(e.into()),
+        Ok(Ok(Err(engine::Unexplained::TooLarge(why)))) => Err(ScorerError::InvalidInput(why)),
+        Ok(Ok(Err(engine::Unexplained::Expired))) => Err(ScorerError::DeadlineExceeded {
+            ms: deadline.map_or(EXPLAIN_TIMEOUT.as_millis() as u64, |(_, ms)| ms),
+        }),
         Ok(Err(e)) => Err(ScorerError::Inference {
             id: id.to_string(),
             message: format!("explanation task failed: {e}"),
@@ -321,7 +337,7 @@ enum Quick {
 fn run_quick(
     model: &LoadedModel,
     rows: usize,
-    limit: std::time::Duration,
+    limit: Duration,
     inputs: Vec<NamedTensor>,
     selected: &[usize],
 ) -> Quick {

@@ -192,19 +192,21 @@ pub async fn answer(
             rows.len().saturating_add(forecast_elements)
         )));
     }
-    let explanations = if explained.is_empty() {
-        None
-    } else {
-        let mut picked = Vec::with_capacity(explained.len() * width);
-        for &i in &explained {
-            picked.extend_from_slice(&rows[i * width..(i + 1) * width]);
-        }
-        Some(explain_rows(scorer, id, model, deadline, picked, width).await)
-    };
+    let mut picked = Vec::with_capacity(explained.len() * width);
+    for &i in &explained {
+        picked.extend_from_slice(&rows[i * width..(i + 1) * width]);
+    }
+    // Scored first: an explanation that runs out of the deadline fails only the records
+    // that asked for one.
     let mut scored = if rows.is_empty() {
         Vec::new()
     } else {
         score_rows(scorer, id, model, deadline, rows, width).await?
+    };
+    let explanations = if explained.is_empty() {
+        None
+    } else {
+        Some(explain_rows(scorer, id, model, deadline, picked, width).await)
     };
     // Each explained record's contributions beside its outputs; a model that cannot be
     // explained fails those records alone (422), as a bad record fails alone.

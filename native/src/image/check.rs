@@ -77,7 +77,7 @@ fn check_core<T: Num>(c: &Core<T>) -> Result<(), String> {
     }
     if let tree::Covers::Present(covers) = &t.covers {
         // Only an explanation reads them, but an image holds nothing its compile would not.
-        tree::check_covers(&t.nodes, covers).map_err(|why| why.reason().to_string())?;
+        tree::check_covers(&t.nodes, &t.roots, covers).map_err(|why| why.reason().to_string())?;
     }
     let leaf = Mode::Leaf as u8;
     let weights = t.weights.len() as u64;

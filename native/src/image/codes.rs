@@ -27,12 +27,13 @@ pub(super) const AGGREGATES: [Aggregate; 4] = [
     Aggregate::Min,
     Aggregate::Max,
 ];
-pub(super) const NO_COVERS: [NoCovers; 5] = [
+pub(super) const NO_COVERS: [NoCovers; 6] = [
     NoCovers::Absent,
     NoCovers::Count,
     NoCovers::Value,
     NoCovers::ZeroSplit,
     NoCovers::NotSums,
+    NoCovers::NotATree,
 ];
 pub(super) const NORMS: [Norm; 3] = [Norm::Max, Norm::L1, Norm::L2];
 pub(super) const ARITHS: [Arith; 4] = [Arith::Add, Arith::Sub, Arith::Mul, Arith::Div];

@@ -42,14 +42,18 @@ pub(super) fn read<T: Num>(
             return Ok(Covers::Missing(NoCovers::Count));
         }
     };
-    Ok(match check(&decoded.nodes, &laid) {
+    Ok(match check(&decoded.nodes, &decoded.roots, &laid) {
         Ok(()) => Covers::Present(laid.into()),
         Err(why) => Covers::Missing(why),
     })
 }
 
-/// Whether `covers` (by node position) are covers of `nodes`' splits.
-pub(crate) fn check<T>(nodes: &[Node<T>], covers: &[f32]) -> Result<(), NoCovers> {
+/// Whether `covers` (by node position) are covers of `nodes`' splits, and the nodes are
+/// trees TreeSHAP can walk: roots in increasing order, each tree's nodes between its root
+/// and the next, every other node the child of exactly one split of its own tree. (The
+/// relayout keeps a true child shared by several splits, as ONNX Runtime does: a walk over
+/// every path of such a graph can take exponential time.)
+pub(crate) fn check<T>(nodes: &[Node<T>], roots: &[u32], covers: &[f32]) -> Result<(), NoCovers> {
     if covers.len() != nodes.len() {
         return Err(NoCovers::Count);
     }
@@ -71,6 +75,33 @@ pub(crate) fn check<T>(nodes: &[Node<T>], covers: &[f32]) -> Result<(), NoCovers
         if (ca + cb - c).abs() > SUM_TOLERANCE * c {
             return Err(NoCovers::NotSums);
         }
+    }
+    let n = nodes.len();
+    let mut parented = vec![false; n];
+    for (k, &root) in roots.iter().enumerate() {
+        let (start, end) = (root as usize, roots.get(k + 1).map_or(n, |&r| r as usize));
+        if start >= end || end > n {
+            return Err(NoCovers::NotATree);
+        }
+        for (i, node) in nodes.iter().enumerate().take(end).skip(start) {
+            if node.mode() == Mode::Leaf as u8 {
+                continue;
+            }
+            let (a, b) = (i + 1, node.index as usize);
+            if a == b || b <= i || b >= end || a >= end || parented[a] || parented[b] {
+                return Err(NoCovers::NotATree);
+            }
+            parented[a] = true;
+            parented[b] = true;
+        }
+        if parented[start] {
+            return Err(NoCovers::NotATree);
+        }
+    }
+    // Every node but the roots has its one parent.
+    let roots_count = roots.len();
+    if roots.first() != Some(&0) || parented.iter().filter(|&&p| p).count() + roots_count != n {
+        return Err(NoCovers::NotATree);
     }
     Ok(())
 }

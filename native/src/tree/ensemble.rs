@@ -229,6 +229,7 @@ pub(crate) enum NoCovers {
     Value,
     ZeroSplit,
     NotSums,
+    NotATree,
 }
 
 impl NoCovers {
@@ -238,6 +239,10 @@ impl NoCovers {
             NoCovers::Count => "nodes_hitrates does not have one entry per node",
             NoCovers::Value => "nodes_hitrates holds a negative or non-finite value",
             NoCovers::ZeroSplit => "a split's cover (nodes_hitrates) is zero",
+            NoCovers::NotATree => {
+                "its trees share nodes (a node reached from two splits), which TreeSHAP cannot \
+                 walk"
+            }
             NoCovers::NotSums => {
                 "nodes_hitrates are not node covers: a split's children do not add up to it \
                  (exporters write 1.0 for every node; the conversion recipe writes covers)"

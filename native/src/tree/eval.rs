@@ -400,10 +400,11 @@ impl Ensemble {
     pub(crate) fn contributions(
         &self,
         x: &Tensor,
+        bounds: &crate::explain::Bounds,
     ) -> Result<crate::explain::Contributions, crate::explain::ExplainError> {
         match self {
-            Ensemble::F32(c) => c.contributions(x),
-            Ensemble::F64(c) => c.contributions(x),
+            Ensemble::F32(c) => c.contributions(x, bounds),
+            Ensemble::F64(c) => c.contributions(x, bounds),
         }
     }
 }

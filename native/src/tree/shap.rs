@@ -8,12 +8,17 @@
 use std::borrow::Cow;
 
 use super::ensemble::{Aggregate, Core, Covers, Mode, Node, Num, Trees};
-use crate::explain::{Contributions, ExplainError};
+use crate::explain::{Bounds, Contributions, ExplainError};
 use crate::value::Tensor;
 
 /// The deepest tree explained (scikit-learn forests grown without a depth limit on a few
 /// million rows reach 60-80; boosted trees stay under 20).
 pub(crate) const MAX_DEPTH: usize = 256;
+
+/// The most path entries a walk holds (16 MiB): each level of a tree adds its count of
+/// distinct features, so this bounds the levels of a tree whose features repeat (a deep
+/// scikit-learn tree of 60 levels over 30 features takes about 2,000).
+const MAX_PATH: usize = 1 << 19;
 
 /// The feature of the path's first element, which stands for no feature.
 const NO_FEATURE: u32 = u32::MAX;
@@ -192,6 +197,11 @@ impl<T: Num> Trees<T> {
             let d = f.depth as usize;
             let parent = f.parent as usize;
             let at = parent + d + 1;
+            if at + d + 1 > MAX_PATH {
+                return Err(ExplainError::Unexplainable(format!(
+                    "a tree too deep to explain (its path buffer would pass {MAX_PATH} entries)"
+                )));
+            }
             if path.len() < at + d + 1 {
                 path.resize(at + d + 1, Elem::default());
             }
@@ -257,6 +267,13 @@ impl<T: Num> Trees<T> {
         single: bool,
         expected: &mut [f64],
     ) {
+        // A tree that is one leaf (LightGBM writes them, with cover 0) is its own mean; a
+        // split's cover is positive (`covers::check`).
+        let first = &self.nodes[root];
+        if first.mode() == Mode::Leaf as u8 {
+            self.each_weight(first, single, |target, v| expected[target] += v);
+            return;
+        }
         let total = f64::from(covers[root]);
         for (node, &cover) in self.nodes[root..end].iter().zip(&covers[root..end]) {
             if node.mode() == Mode::Leaf as u8 {
@@ -278,7 +295,11 @@ impl<T: Num> Core<T> {
         }
     }
 
-    pub(crate) fn contributions(&self, x: &Tensor) -> Result<Contributions, ExplainError> {
+    pub(crate) fn contributions(
+        &self,
+        x: &Tensor,
+        bounds: &Bounds,
+    ) -> Result<Contributions, ExplainError> {
         let trees = &self.trees;
         let covers = match &trees.covers {
             Covers::Present(covers) => &covers[..],
@@ -297,6 +318,7 @@ impl<T: Num> Core<T> {
             ))
             .into());
         }
+        bounds.check_size(rows, self.n_targets, width)?;
         let data: Cow<'_, [T]> = super::eval::features::<T>(&x.data);
         let single = self.n_targets == 1;
         let n = trees.nodes.len();
@@ -326,6 +348,7 @@ impl<T: Num> Core<T> {
             let phi = out.row_mut(r);
             raw.fill(0.0);
             for &root in trees.roots.iter() {
+                bounds.check_time()?;
                 trees.shap_tree(covers, root, row, phi, &mut walk)?;
                 let leaf = trees.leaf(root, row);
                 trees.each_weight(leaf, single, |target, v| raw[target] += v);
@@ -347,6 +370,11 @@ mod tests {
     use crate::transform::PostTransform;
     use crate::tree::ensemble::{Aggregate, NoCovers, TRUE_NEXT, WORD_BITS};
     use crate::value::Data;
+
+    const UNBOUNDED: Bounds = Bounds {
+        max_values: usize::MAX,
+        until: None,
+    };
 
     /// xorshift64*, for reproducible random trees.
     struct Rng(u64);
@@ -456,7 +484,7 @@ mod tests {
             roots.push(nodes.len() as u32);
             grow(&mut rng, 6, features, 1000.0, &mut nodes, &mut covers);
         }
-        super::super::covers::check(&nodes, &covers).expect("grown covers add up");
+        super::super::covers::check(&nodes, &roots, &covers).expect("grown covers add up");
         Core {
             trees: Trees {
                 nodes: nodes.into(),
@@ -486,7 +514,7 @@ mod tests {
                 .map(|_| (rng.unit() * 2.0 - 1.0) as f32)
                 .collect();
             let x = Tensor::new(vec![4, m], Data::F32(rows.clone()));
-            let got = core.contributions(&x).expect("explained");
+            let got = core.contributions(&x, &UNBOUNDED).expect("explained");
             let Covers::Present(covers) = &core.trees.covers else {
                 unreachable!()
             };
@@ -526,17 +554,17 @@ mod tests {
         let mut core = forest(3, 2, 4);
         let x = Tensor::new(vec![1, 4], Data::F32(vec![0.0; 4]));
         core.aggregate = Aggregate::Max;
-        let err = core.contributions(&x).unwrap_err();
+        let err = core.contributions(&x, &UNBOUNDED).unwrap_err();
         assert!(err.to_string().contains("MIN or MAX"), "{err}");
         core.aggregate = Aggregate::Sum;
         core.trees.covers = Covers::Missing(NoCovers::NotSums);
-        let err = core.contributions(&x).unwrap_err();
+        let err = core.contributions(&x, &UNBOUNDED).unwrap_err();
         assert!(err.to_string().contains("exporters write 1.0"), "{err}");
         // Too few features for the trees is the caller's error, not the model's.
         core = forest(3, 2, 4);
         let narrow = Tensor::new(vec![1, 2], Data::F32(vec![0.0; 2]));
         assert!(matches!(
-            core.contributions(&narrow),
+            core.contributions(&narrow, &UNBOUNDED),
             Err(ExplainError::Run(_))
         ));
     }
@@ -547,15 +575,106 @@ mod tests {
         let core = forest(5, 1, 3);
         let n = core.trees.nodes.len();
         assert_eq!(
-            super::super::covers::check(&core.trees.nodes, &vec![1.0; n]),
+            super::super::covers::check(&core.trees.nodes, &core.trees.roots, &vec![1.0; n]),
             Err(NoCovers::NotSums)
         );
         let mut zero = vec![0.0; n];
         zero[n - 1] = 1.0;
-        assert!(super::super::covers::check(&core.trees.nodes, &zero).is_err());
+        assert!(super::super::covers::check(&core.trees.nodes, &core.trees.roots, &zero).is_err());
         assert_eq!(
-            super::super::covers::check(&core.trees.nodes, &vec![1.0; n - 1]),
+            super::super::covers::check(&core.trees.nodes, &core.trees.roots, &vec![1.0; n - 1]),
             Err(NoCovers::Count)
         );
+    }
+
+    /// A split whose two children are one node, or a node two splits share, is not a
+    /// tree: TreeSHAP's walk over every path of such a graph could take exponential time.
+    #[test]
+    fn shared_nodes_are_not_trees() {
+        let core = forest(9, 2, 3);
+        let (nodes, roots) = (&core.trees.nodes, &core.trees.roots);
+        let Covers::Present(covers) = &core.trees.covers else {
+            unreachable!()
+        };
+        assert_eq!(super::super::covers::check(nodes, roots, covers), Ok(()));
+        // A split whose two children are one leaf holding half its cover: the covers add
+        // up, only the shape is wrong.
+        let both = [
+            Node {
+                value: 0.5f32,
+                index: 1,
+                word: (Mode::Leq as u32) << WORD_BITS,
+            },
+            Node {
+                value: 1.0,
+                index: 0,
+                word: (Mode::Leaf as u32) << WORD_BITS,
+            },
+        ];
+        assert_eq!(
+            super::super::covers::check(&both, &[0], &[10.0, 5.0]),
+            Err(NoCovers::NotATree)
+        );
+        // Two splits pointing at one leaf.
+        let mut shared: Vec<Node<f32>> = nodes.to_vec();
+        let splits: Vec<usize> = (0..roots[1] as usize)
+            .filter(|&i| nodes[i].mode() != Mode::Leaf as u8)
+            .collect();
+        if splits.len() >= 2 {
+            let target = shared[splits[1]].index;
+            shared[splits[0]].index = target;
+            assert!(super::super::covers::check(&shared, roots, covers).is_err());
+        }
+    }
+
+    /// A tree that is one leaf (LightGBM writes them with cover 0) adds its value to the
+    /// expected value and nothing to any feature; the sum still equals the raw score.
+    #[test]
+    fn a_one_leaf_tree_is_its_own_mean() {
+        let mut core = forest(11, 2, 4);
+        let mut nodes: Vec<Node<f32>> = core.trees.nodes.to_vec();
+        let Covers::Present(covers) = &core.trees.covers else {
+            unreachable!()
+        };
+        let mut covers: Vec<f32> = covers.to_vec();
+        let mut roots: Vec<u32> = core.trees.roots.to_vec();
+        roots.push(nodes.len() as u32);
+        nodes.push(Node {
+            value: 2.5,
+            index: 0,
+            word: (Mode::Leaf as u32) << WORD_BITS,
+        });
+        covers.push(0.0);
+        core.trees.nodes = nodes.into();
+        core.trees.roots = roots.into();
+        core.trees.covers = Covers::Present(covers.into());
+        let x = Tensor::new(vec![1, 4], Data::F32(vec![0.1, -0.2, 0.3, 0.9]));
+        let got = core.contributions(&x, &UNBOUNDED).expect("explained");
+        assert!(got.expected[0].is_finite());
+        let sum: f64 = got.values.iter().sum();
+        assert!((got.expected[0] + sum - got.raw[0]).abs() < 1e-9);
+    }
+
+    /// The answer's size and the deadline bound the work.
+    #[test]
+    fn bounds_stop_an_explanation() {
+        let core = forest(13, 3, 4);
+        let x = Tensor::new(vec![3, 4], Data::F32(vec![0.5; 12]));
+        let small = Bounds {
+            max_values: 11,
+            until: None,
+        };
+        assert!(matches!(
+            core.contributions(&x, &small),
+            Err(ExplainError::TooLarge(_))
+        ));
+        let past = Bounds {
+            max_values: usize::MAX,
+            until: Some(std::time::Instant::now()),
+        };
+        assert!(matches!(
+            core.contributions(&x, &past),
+            Err(ExplainError::Expired)
+        ));
     }
 }

@@ -104,7 +104,9 @@ pub fn run(args: ExplainArgs) -> Result<()> {
         }) / rows.len() as u32;
         let explain = best_of(3, || {
             for row in &rows {
-                model.contributions(one(row)).expect("explains");
+                model
+                    .contributions(one(row), usize::MAX, None)
+                    .expect("explains");
             }
         }) / rows.len() as u32;
         let shap = t["shap_seconds_per_row"].as_f64();

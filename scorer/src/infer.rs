@@ -233,7 +233,6 @@ pub async fn run_checked(
 /// `run` for a request that asks for explanations (`parameters.contributions`): the
 /// model's outputs at `selected`, then its contributions (`contributions`). Refused (422)
 /// before anything runs when the model cannot be explained. Not shadowed.
-#[allow(clippy::too_many_arguments, reason = "`run`'s arguments")]
 pub async fn run_explained(
     scorer: &Arc<Scorer>,
     id: &ModelId,
@@ -249,18 +248,23 @@ pub async fn run_explained(
         &model.inputs,
         scorer.config.http.max_elements,
     )?;
-    if let Err(reason) = model.explainable() {
-        scorer.metrics.explanations[1].inc();
-        return Err(ScorerError::Unexplainable {
-            id: id.to_string(),
-            version: model.version,
-            reason,
-        });
-    }
+    explainable(scorer, id, model)?;
     let copy = inputs.clone();
     let mut outputs = run_checked(scorer, id, model, deadline, inputs, selected).await?;
     outputs.extend(contributions(scorer, id, model, deadline, copy).await?);
     Ok(outputs)
+}
+
+/// `Ok` when `model` can be explained, else its 422 (counted as `unexplainable`).
+pub fn explainable(scorer: &Scorer, id: &ModelId, model: &LoadedModel) -> Result<(), ScorerError> {
+    model.explainable().map_err(|reason| {
+        scorer.metrics.explanations[1].inc();
+        ScorerError::Unexplainable {
+            id: id.to_string(),
+            version: model.version,
+            reason,
+        }
+    })
 }
 
 /// The longest an explanation works when its request has no deadline of its own: the

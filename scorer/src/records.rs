@@ -397,14 +397,7 @@ async fn explain_rows(
     rows: Vec<f32>,
     width: usize,
 ) -> Result<Vec<BTreeMap<String, Values>>, ScorerError> {
-    if let Err(reason) = model.explainable() {
-        scorer.metrics.explanations[1].inc();
-        return Err(ScorerError::Unexplainable {
-            id: id.to_string(),
-            version: model.version,
-            reason,
-        });
-    }
+    infer::explainable(scorer, id, model)?;
     let n = rows.len() / width;
     let input = vec![NamedTensor {
         name: model.inputs[0].name.clone(),

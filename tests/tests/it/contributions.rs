@@ -113,17 +113,24 @@ fn oip_input(file: &str, rows: usize) -> Value {
     json!({"name": "input", "datatype": "FP32", "shape": [rows, width], "data": data})
 }
 
-/// The name of `id`'s one input, from its metadata.
-async fn input_name(client: &reqwest::Client, url: &str, id: &str) -> String {
-    let meta: Value = client
+/// `id`'s metadata (`GET /v2/models/{id}`).
+async fn metadata(client: &reqwest::Client, url: &str, id: &str) -> Value {
+    client
         .get(format!("{url}/v2/models/{id}"))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
-    meta["inputs"][0]["name"].as_str().unwrap().to_string()
+        .unwrap()
+}
+
+/// The name of `id`'s one input, from its metadata.
+async fn input_name(client: &reqwest::Client, url: &str, id: &str) -> String {
+    metadata(client, url, id).await["inputs"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test]
@@ -245,14 +252,7 @@ async fn models_that_cannot_be_explained_answer_422_and_the_scorer_keeps_serving
         ("linreg-f64", "ONNX Runtime"),
     ] {
         let name = input_name(&client, url, id).await;
-        let meta: Value = client
-            .get(format!("{url}/v2/models/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let meta = metadata(&client, url, id).await;
         let width = meta["inputs"][0]["shape"][1].as_i64().unwrap().max(1) as usize;
         let datatype = meta["inputs"][0]["datatype"].as_str().unwrap().to_string();
         let input = json!({"name": name, "datatype": datatype, "shape": [1, width], "data": vec![0.5; width]});

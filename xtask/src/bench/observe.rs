@@ -70,23 +70,58 @@ fn pool(store: &std::path::Path, ports: [u16; 3], sets: &[&str]) -> Result<Pool>
     Ok(Pool { proxy, scorers })
 }
 
-/// One phase's figures.
-struct Phase {
-    name: &'static str,
-    rep: usize,
-    outcome: Outcome,
+/// One phase's figures (also `bench shadow`'s).
+pub(super) struct Phase {
+    pub name: &'static str,
+    pub rep: usize,
+    pub outcome: Outcome,
 }
 
 impl Phase {
-    fn throughput(&self) -> f64 {
+    pub fn throughput(&self) -> f64 {
         self.outcome.requests as f64 / self.outcome.elapsed.as_secs_f64()
     }
-    fn p50(&self) -> f64 {
+    pub fn p50(&self) -> f64 {
         percentile(&self.outcome.latencies, 0.50)
     }
-    fn p99(&self) -> f64 {
+    pub fn p99(&self) -> f64 {
         percentile(&self.outcome.latencies, 0.99)
     }
+}
+
+/// Prints `phases` as a Markdown table.
+pub(super) fn print_phases(phases: &[Phase]) {
+    println!("| rep | phase | requests | req/s | p50 (µs) | p99 (µs) |");
+    println!("|---|---|---|---|---|---|");
+    for p in phases {
+        println!(
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} |",
+            p.rep,
+            p.name,
+            p.outcome.requests,
+            p.throughput(),
+            p.p50(),
+            p.p99()
+        );
+    }
+}
+
+/// The median over `reps` repetitions of `of(name) / of(base)` within each repetition.
+pub(super) fn median_ratio(
+    phases: &[Phase],
+    reps: usize,
+    name: &str,
+    base: &str,
+    of: &dyn Fn(&Phase) -> f64,
+) -> f64 {
+    let mut ratios: Vec<f64> = (0..reps)
+        .filter_map(|rep| {
+            let find = |n: &str| phases.iter().find(|p| p.rep == rep && p.name == n);
+            Some(of(find(name)?) / of(find(base)?))
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
 }
 
 pub fn run(args: ObserveArgs) -> Result<()> {
@@ -198,28 +233,9 @@ pub fn run(args: ObserveArgs) -> Result<()> {
             phases.push(Phase { name, rep, outcome });
         }
     }
-    println!("| rep | phase | requests | req/s | p50 (µs) | p99 (µs) |");
-    println!("|---|---|---|---|---|---|");
-    for p in &phases {
-        println!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} |",
-            p.rep,
-            p.name,
-            p.outcome.requests,
-            p.throughput(),
-            p.p50(),
-            p.p99()
-        );
-    }
+    print_phases(&phases);
     let ratio = |name: &str, of: &dyn Fn(&Phase) -> f64| -> f64 {
-        let mut ratios: Vec<f64> = (0..args.reps)
-            .filter_map(|rep| {
-                let find = |n: &str| phases.iter().find(|p| p.rep == rep && p.name == n);
-                Some(of(find(name)?) / of(find("off")?))
-            })
-            .collect();
-        ratios.sort_by(f64::total_cmp);
-        ratios[ratios.len() / 2]
+        median_ratio(&phases, args.reps, name, "off", of)
     };
     println!();
     for name in ["capture", "trace"] {

@@ -20,7 +20,8 @@ use manymodels_tests::http::request;
 use manymodels_tests::process::ProxyProcess;
 use manymodels_tests::reference::{one_row_body, reference};
 
-use super::{Job, Outcome, drive, percentile};
+use super::observe::{Phase, median_ratio, print_phases};
+use super::{Job, Outcome, drive};
 use crate::setup;
 
 /// The proxy, then the scorers (no other bench uses 18_160-18_162).
@@ -70,24 +71,6 @@ fn ensure_store(ids: usize) -> Result<PathBuf> {
         std::fs::write(dir.join("alias.json"), r#"{"pinned": 1}"#)?;
     }
     Ok(store)
-}
-
-struct Phase {
-    name: &'static str,
-    rep: usize,
-    outcome: Outcome,
-}
-
-impl Phase {
-    fn throughput(&self) -> f64 {
-        self.outcome.requests as f64 / self.outcome.elapsed.as_secs_f64()
-    }
-    fn p50(&self) -> f64 {
-        percentile(&self.outcome.latencies, 0.50)
-    }
-    fn p99(&self) -> f64 {
-        percentile(&self.outcome.latencies, 0.99)
-    }
 }
 
 pub fn run(args: ShadowArgs) -> Result<()> {
@@ -191,28 +174,9 @@ pub fn run(args: ShadowArgs) -> Result<()> {
             phases.push(Phase { name, rep, outcome });
         }
     }
-    println!("| rep | phase | requests | req/s | p50 (µs) | p99 (µs) |");
-    println!("|---|---|---|---|---|---|");
-    for p in &phases {
-        println!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} |",
-            p.rep,
-            p.name,
-            p.outcome.requests,
-            p.throughput(),
-            p.p50(),
-            p.p99()
-        );
-    }
+    print_phases(&phases);
     let ratio = |of: &dyn Fn(&Phase) -> f64| -> f64 {
-        let mut ratios: Vec<f64> = (0..args.reps)
-            .filter_map(|rep| {
-                let find = |n: &str| phases.iter().find(|p| p.rep == rep && p.name == n);
-                Some(of(find("shadow")?) / of(find("off")?))
-            })
-            .collect();
-        ratios.sort_by(f64::total_cmp);
-        ratios[ratios.len() / 2]
+        median_ratio(&phases, args.reps, "shadow", "off", of)
     };
     println!(
         "\nshadow / off, median over {} repetitions: throughput {:.3}, p99 {:.3} (within 5%: throughput ≥ 0.95, p99 ≤ 1.05)",

@@ -85,7 +85,7 @@ impl Ledger {
         Reservation {
             ledger: self.clone(),
             bytes,
-            load: false,
+            kind: Kind::Held,
         }
     }
 
@@ -114,7 +114,7 @@ impl Ledger {
                     return Reservation {
                         ledger: self.clone(),
                         bytes,
-                        load: true,
+                        kind: Kind::Load,
                     };
                 }
                 Reserve::Wait => released.await,
@@ -124,7 +124,8 @@ impl Ledger {
 
     /// Reserves `bytes` for a shadow version's load: within the budget, evicting only
     /// other shadow versions, never waiting (`Resident::reserve_shadow`); `None` when
-    /// there is no such room.
+    /// there is no such room. Kept apart from the live loads' reservations, which do not
+    /// count it.
     pub(super) fn reserve_shadow(self: &Arc<Self>, bytes: u64) -> Option<Reservation> {
         let granted = {
             let now = self.now();
@@ -138,7 +139,7 @@ impl Ledger {
         Some(Reservation {
             ledger: self.clone(),
             bytes,
-            load: true,
+            kind: Kind::Shadow,
         })
     }
 
@@ -166,8 +167,18 @@ impl Ledger {
 pub(super) struct Reservation {
     ledger: Arc<Ledger>,
     bytes: u64,
-    /// Granted to a load by `Resident::reserve` (else held memory).
-    load: bool,
+    kind: Kind,
+}
+
+/// Who granted a reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// `Resident::reserve`: a live load.
+    Load,
+    /// `Resident::hold`: memory that exists already.
+    Held,
+    /// `Resident::reserve_shadow`: a shadow version's load, kept apart.
+    Shadow,
 }
 
 impl Reservation {
@@ -175,13 +186,21 @@ impl Reservation {
     pub(super) fn trims(&self) -> bool {
         loader::trims_after(self.bytes)
     }
+
+    /// The bytes it reserves.
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes
+    }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         {
             let mut state = self.ledger.state();
-            state.release(self.bytes, self.load);
+            match self.kind {
+                Kind::Shadow => state.release_shadow(self.bytes),
+                Kind::Load | Kind::Held => state.release(self.bytes, self.kind == Kind::Load),
+            }
             self.ledger
                 .metrics
                 .reserved_bytes

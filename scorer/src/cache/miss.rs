@@ -117,9 +117,18 @@ impl ModelCache {
         {
             return Ok((model, tagged + cpu, reservation));
         }
+        // A shadow version's load takes only free room: the file's room is reserved before
+        // it is read (its size from the store's tag: one `stat` or `HEAD`), so a candidate
+        // that does not fit is skipped unread, and its file never counts in live loads'
+        // books (`cache::shadow`).
+        let file_room = if super::shadow::loading_shadow() {
+            Some(self.reserve_shadow_file(key, tag.as_deref()).await?)
+        } else {
+            None
+        };
         let bytes = self.store.read(id, version).await.map_err(not_found)?;
         let read = read_started.elapsed().as_secs_f64();
-        let (model, cost, reservation) = self.create(key, bytes, tag, read).await?;
+        let (model, cost, reservation) = self.create_with(key, bytes, tag, read, file_room).await?;
         tracing::debug!(
             model = %id, version,
             read_ms = read * 1e3,
@@ -196,13 +205,37 @@ impl ModelCache {
         tag: Option<String>,
         read: f64,
     ) -> Result<(LoadedModel, f64, Reservation), ScorerError> {
+        self.create_with(key, bytes, tag, read, None).await
+    }
+
+    /// `create`, with the file's room reserved already (`file_room`: a shadow version's,
+    /// taken before the file was read).
+    async fn create_with(
+        &self,
+        key: &ModelKey,
+        bytes: bytes::Bytes,
+        tag: Option<String>,
+        read: f64,
+        file_room: Option<Reservation>,
+    ) -> Result<(LoadedModel, f64, Reservation), ScorerError> {
         let (id, version) = (&key.id, key.version);
         let file = bytes.len() as u64;
-        // The file is in memory already: accounted at once, whatever waits next.
+        // The file is in memory already: accounted at once, whatever waits next (a shadow
+        // version's room was reserved before the read; a file larger than that room takes
+        // free room again, or the load ends).
         // The file and the reservations travel with the work on the load thread
         // (`run_holding`): a load abandoned at `cache.load_timeout` keeps its memory
         // accounted until its thread is done with it.
-        let mut file_hold = self.ledger.hold(file);
+        let mut file_hold = match file_room {
+            Some(room) if room.bytes() >= file => room,
+            Some(room) => {
+                drop(room);
+                self.ledger
+                    .reserve_shadow(file)
+                    .ok_or_else(|| super::shadow::no_room(key))?
+            }
+            None => self.ledger.hold(file),
+        };
         let engines = self.engines;
         let mut cpu = read;
         let mut refusal = None;

@@ -17,6 +17,16 @@
 //! room other shadow versions give up (`reserve_shadow`, `admit_shadow`), never by evicting
 //! a resident that serves requests. A counted request for a shadow version (a client
 //! naming it, or its promotion to live) makes it an ordinary resident.
+//!
+//! A shadow version's load reserves apart from the live loads (`shadow_reserved`): a live
+//! `reserve` neither counts it nor waits for it, so a live load never evicts a live model
+//! nor waits because a shadow is loading. A shadow reservation is granted only when
+//! residents plus every reservation (live and shadow) stay within the budget, and the
+//! shadow reservations in flight never exceed the load room above the budget
+//! (`ceiling - budget`). Residents plus live reservations stay within the ceiling as
+//! before, so while a shadow load overlaps live loads that take the headroom, residents
+//! plus all reservations stay within the ceiling plus the shadow reservations: at most
+//! `budget × 1.2 + 2 × LOAD_ALLOWANCE`, and only for as long as a shadow load runs.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -60,6 +70,27 @@ pub enum Reserve<M> {
     Wait,
 }
 
+/// What a shadow version's admission did.
+#[derive(Debug)]
+pub enum ShadowAdmitted<M> {
+    /// The version was resident already: this one (left as it was, not marked a shadow
+    /// version); the loaded copy is not kept.
+    Resident(Arc<M>),
+    /// The loaded copy was admitted, or not.
+    Loaded(Admitted<M>),
+}
+
+#[cfg(test)]
+impl<M> ShadowAdmitted<M> {
+    /// The admission of a copy loaded for the shadow (panics when it was resident).
+    pub fn loaded(self) -> Admitted<M> {
+        match self {
+            ShadowAdmitted::Loaded(admitted) => admitted,
+            ShadowAdmitted::Resident(_) => panic!("resident already"),
+        }
+    }
+}
+
 /// What an admission did.
 #[derive(Debug)]
 pub struct Admitted<M> {
@@ -74,8 +105,11 @@ pub struct Resident<M> {
     clock: TrafficClock,
     models: HashMap<ModelKey, Arc<M>>,
     evictions: VecDeque<Eviction>,
-    /// Bytes reserved by loads in flight, and held for memory outside the set.
+    /// Bytes reserved by live loads in flight, and held for memory outside the set.
     reserved: u64,
+    /// Bytes reserved by shadow versions' loads in flight: never counted by a live
+    /// `reserve` (at most `ceiling - budget`, see the module's notes).
+    shadow_reserved: u64,
     /// Loads holding a granted reservation (holds do not count).
     active: usize,
     ceiling: u64,
@@ -97,6 +131,7 @@ impl<M: Charged> Resident<M> {
             models: HashMap::new(),
             evictions: VecDeque::new(),
             reserved: 0,
+            shadow_reserved: 0,
             active: 0,
             ceiling,
             unhit_warmups: HashSet::new(),
@@ -119,8 +154,15 @@ impl<M: Charged> Resident<M> {
         self.ceiling
     }
 
+    /// Every byte reserved: live loads, held memory and shadow loads.
     pub fn reserved(&self) -> u64 {
-        self.reserved
+        self.reserved + self.shadow_reserved
+    }
+
+    /// The bytes shadow versions' loads in flight reserve.
+    #[cfg(test)]
+    pub fn shadow_reserved(&self) -> u64 {
+        self.shadow_reserved
     }
 
     pub fn len(&self) -> usize {
@@ -217,27 +259,52 @@ impl<M: Charged> Resident<M> {
     }
 
     /// Reserves `bytes` for a shadow version's load: granted only when residents plus
-    /// reservations stay within the budget (not the ceiling: the headroom above it is the
-    /// live loads'), after evicting other shadow versions if need be; never evicts a
-    /// resident that serves requests and never waits. `None`: no room (nothing evicted).
+    /// every reservation stay within the budget (not the ceiling: the headroom above it is
+    /// the live loads') and the shadow reservations in flight within `ceiling - budget`,
+    /// after evicting other shadow versions if need be; never evicts a resident that
+    /// serves requests and never waits. Kept apart from the live reservations: a live
+    /// `reserve` does not count it. `None`: no room (nothing evicted).
     pub fn reserve_shadow(&mut self, bytes: u64, now: f64) -> Option<(u64, Vec<Arc<M>>)> {
         let capacity = self.capacity();
+        if self.shadow_reserved + bytes > self.ceiling - capacity {
+            return None;
+        }
         let without_shadows = self.policy.used() - self.shadow_bytes(None);
-        if without_shadows + self.reserved + bytes > capacity {
+        if without_shadows + self.reserved + self.shadow_reserved + bytes > capacity {
             return None;
         }
         let dropped = self.evict_shadows_while(None, now, |r| {
-            r.policy.used() + r.reserved + bytes > capacity
+            r.policy.used() + r.reserved + r.shadow_reserved + bytes > capacity
         });
-        self.reserved += bytes;
-        self.active += 1;
+        self.shadow_reserved += bytes;
         Some((bytes, dropped))
+    }
+
+    /// Gives back a reservation granted by `reserve_shadow`.
+    pub fn release_shadow(&mut self, bytes: u64) {
+        debug_assert!(bytes <= self.shadow_reserved, "released more than reserved");
+        self.shadow_reserved = self.shadow_reserved.saturating_sub(bytes);
     }
 
     /// Admits a just-loaded shadow version when it fits the budget as it is, or once other
     /// shadow versions leave; otherwise it is not kept (served its job, then freed) and
-    /// nothing is evicted.
+    /// nothing is evicted. A version resident already (promoted, or loaded for a client
+    /// naming it, while the job loaded it) stays as it is, unmarked:
+    /// [`ShadowAdmitted::Resident`] answers it, and the loaded copy is not kept.
     pub fn admit_shadow(
+        &mut self,
+        key: ModelKey,
+        model: Arc<M>,
+        cost: f64,
+        now: f64,
+    ) -> ShadowAdmitted<M> {
+        if let Some(resident) = self.models.get(&key) {
+            return ShadowAdmitted::Resident(resident.clone());
+        }
+        ShadowAdmitted::Loaded(self.admit_new_shadow(key, model, cost, now))
+    }
+
+    fn admit_new_shadow(
         &mut self,
         key: ModelKey,
         model: Arc<M>,
@@ -331,7 +398,7 @@ impl<M: Charged> Resident<M> {
     /// headroom, where fixed reservations alone exceed it, counts the headroom instead).
     pub fn has_room(&self) -> bool {
         let headroom = self.ceiling - self.capacity();
-        self.policy.used() + self.reserved < self.capacity().max(headroom)
+        self.policy.used() + self.reserved() < self.capacity().max(headroom)
     }
 
     /// Whether a model of `weight` could ever be resident.
@@ -658,10 +725,13 @@ mod tests {
     /// versions first; a counted request makes one an ordinary resident.
     #[test]
     fn shadow_versions_take_only_free_room_and_leave_first() {
-        let mut r = resident(1000);
+        // A ceiling of 2100: the shadow loads in flight may take up to 1100.
+        let metrics = Arc::new(Metrics::new(1000));
+        let mut r: Resident<Fake> =
+            Resident::new(Policy::new(1000, PolicyConfig::default()), 1000, metrics);
         assert!(load(&mut r, "live", 600, 1, 0.0));
         // 400 free in the budget: a 500-byte shadow load is refused, nothing evicted,
-        // though the ceiling (1100) would have taken it.
+        // though the ceiling (2100) would have taken it.
         assert!(r.reserve_shadow(500, 1.0).is_none());
         assert!(r.contains(&key("live")));
         assert_eq!(r.reserved(), 0);
@@ -669,19 +739,24 @@ mod tests {
             Some((300, dropped)) => assert!(dropped.is_empty()),
             other => panic!("{other:?}"),
         }
-        r.release(300, true);
+        r.release_shadow(300);
         assert!(
             r.admit_shadow(key("s1"), Arc::new(Fake(300)), 0.01, 1.0)
+                .loaded()
                 .admitted
         );
         assert!(r.is_shadow(&key("s1")) && !r.is_shadow(&key("live")));
         // A second shadow that does not fit beside both: the first makes room.
-        let second = r.admit_shadow(key("s2"), Arc::new(Fake(350)), 0.01, 1.0);
+        let second = r
+            .admit_shadow(key("s2"), Arc::new(Fake(350)), 0.01, 1.0)
+            .loaded();
         assert!(second.admitted);
         assert_eq!(second.dropped.len(), 1);
         assert!(!r.contains(&key("s1")) && r.contains(&key("live")));
         // One that would need the live model's room: not kept, nothing evicted.
-        let third = r.admit_shadow(key("s3"), Arc::new(Fake(500)), 0.01, 1.0);
+        let third = r
+            .admit_shadow(key("s3"), Arc::new(Fake(500)), 0.01, 1.0)
+            .loaded();
         assert!(!third.admitted && third.dropped.is_empty());
         assert!(r.contains(&key("s2")) && r.contains(&key("live")));
         assert_eq!(r.evictions().back().unwrap().reason, Reason::NotAdmitted);
@@ -690,13 +765,14 @@ mod tests {
             Some((400, dropped)) => assert_eq!(dropped.len(), 1),
             other => panic!("{other:?}"),
         }
-        r.release(400, true);
+        r.release_shadow(400);
         assert!(!r.contains(&key("s2")));
         // A live admission that needs room takes it from a shadow version first, even one
         // the policy ranks above the live model (the newcomer has more requests than
         // the live model; the shadow has none, counted or pooled).
         assert!(
             r.admit_shadow(key("s4"), Arc::new(Fake(350)), 100.0, 1.0)
+                .loaded()
                 .admitted
         );
         assert!(load(&mut r, "new", 300, 5, 2.0));
@@ -706,23 +782,86 @@ mod tests {
         r.unload(&id("new"), 2.0);
         assert!(
             r.admit_shadow(key("s5"), Arc::new(Fake(350)), 100.0, 2.0)
+                .loaded()
                 .admitted
         );
-        match r.reserve(&id("x"), 300, 3.0) {
-            Reserve::Granted(300, dropped) => assert_eq!(dropped.len(), 1),
+        match r.reserve(&id("x"), 1200, 3.0) {
+            Reserve::Granted(1200, dropped) => assert_eq!(dropped.len(), 1),
             other => panic!("{other:?}"),
         }
         assert!(!r.contains(&key("s5")) && r.contains(&key("live")));
-        r.release(300, true);
+        r.release(1200, true);
         // A counted request for a shadow version makes it an ordinary resident.
         assert!(
             r.admit_shadow(key("s6"), Arc::new(Fake(100)), 0.01, 3.0)
+                .loaded()
                 .admitted
         );
         assert!(r.lookup(&key("s6"), 3.0, false).is_some());
         assert!(r.is_shadow(&key("s6")), "not counted: still a shadow");
         assert!(r.lookup(&key("s6"), 3.0, true).is_some());
         assert!(!r.is_shadow(&key("s6")));
+    }
+
+    /// A live load never evicts a live model nor waits because a shadow version's load
+    /// holds a reservation: the shadow's reservations are kept apart (and bounded by the
+    /// room above the budget).
+    #[test]
+    fn a_live_reservation_does_not_count_shadow_reservations() {
+        let metrics = Arc::new(Metrics::new(1000));
+        let mut r: Resident<Fake> =
+            Resident::new(Policy::new(1000, PolicyConfig::default()), 1000, metrics);
+        assert_eq!(r.ceiling(), 2100);
+        assert!(load(&mut r, "live", 600, 5, 0.0));
+        assert!(matches!(r.reserve_shadow(400, 1.0), Some((400, d)) if d.is_empty()));
+        assert_eq!((r.reserved(), r.shadow_reserved()), (400, 400));
+        // 600 resident + 1500 = the ceiling: granted, the live model stays, though the
+        // shadow's 400 would have made it evict.
+        match r.reserve(&id("x"), 1500, 1.0) {
+            Reserve::Granted(1500, dropped) => assert!(dropped.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        assert!(r.contains(&key("live")));
+        // With the live load done, the shadow's reservation alone makes nobody wait.
+        r.release(1500, true);
+        assert!(
+            matches!(r.reserve(&id("y"), 1500, 1.0), Reserve::Granted(1500, d) if d.is_empty())
+        );
+        r.release(1500, true);
+        // Another shadow load sees every reservation: no free room left in the budget.
+        assert!(r.reserve_shadow(1, 1.0).is_none());
+        r.release_shadow(400);
+        assert_eq!(r.reserved(), 0);
+        // The shadow loads in flight stay within the room above the budget (1100).
+        r.unload(&id("live"), 2.0);
+        assert!(r.reserve_shadow(1000, 2.0).is_some());
+        assert!(r.reserve_shadow(100, 2.0).is_none(), "over the budget");
+        r.release_shadow(1000);
+        let metrics = Arc::new(Metrics::new(1000));
+        let mut small: Resident<Fake> =
+            Resident::new(Policy::new(1000, PolicyConfig::default()), 0, metrics);
+        assert!(
+            small.reserve_shadow(101, 0.0).is_none(),
+            "over 100 above the budget"
+        );
+        assert!(small.reserve_shadow(100, 0.0).is_some());
+    }
+
+    /// A shadow version loaded while the same version became resident (promoted, or
+    /// named by a client) leaves the resident one as it is, unmarked, and answers it.
+    #[test]
+    fn a_shadow_admission_of_a_resident_version_keeps_it_live() {
+        let mut r = resident(1000);
+        let live = Arc::new(Fake(300));
+        assert!(r.admit(key("m"), live.clone(), 0.01, 0.0, false).admitted);
+        match r.admit_shadow(key("m"), Arc::new(Fake(300)), 0.01, 1.0) {
+            ShadowAdmitted::Resident(model) => assert!(Arc::ptr_eq(&model, &live)),
+            other => panic!("{other:?}"),
+        }
+        assert!(!r.is_shadow(&key("m")));
+        assert!(Arc::ptr_eq(r.model(&key("m")).unwrap(), &live));
+        assert_eq!(r.policy().used(), 300);
+        assert!(r.evictions().is_empty());
     }
 
     #[test]

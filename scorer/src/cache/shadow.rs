@@ -25,9 +25,17 @@
 //! Memory: a job never loads the live version, and never evicts a resident that serves
 //! requests. The candidate is used when resident; otherwise it is loaded (at batch
 //! priority, `slots`) only into free room of the budget or room other shadow versions
-//! give up (`Resident::reserve_shadow`, `admit_shadow`); else the job is `skipped` and the
-//! candidate is not tried again for [`NO_ROOM_RETRY`]. Shadow versions are the first
-//! evicted when any load needs room (`resident`).
+//! give up (`Resident::reserve_shadow`, `admit_shadow`), the file's room reserved before
+//! the file is read (its size from the store's tag); else the job is `skipped` and the
+//! candidate is not tried again for [`NO_ROOM_RETRY`]. A shadow load's reservations are
+//! kept apart from the live loads', which never count them (so a live load never evicts
+//! nor waits because a shadow is loading; the bound is in `resident`). Shadow versions
+//! are the first evicted when any load needs room (`resident`). A version that became
+//! resident while a job loaded it (promoted, or named by a client) is left as it is.
+//!
+//! A job is run contained: a panic in it is caught and counted an error, and its queue
+//! bytes and its candidate's "loading" mark are given back by drop guards however it
+//! ends, so its worker keeps taking jobs.
 //!
 //! Counts are kept per (model, candidate version, `since_ms`): a new spec starts from zero.
 //! At most [`MAX_SHADOWS`] models are counted at once: shadows are set one by one by
@@ -44,6 +52,10 @@ use manymodels_contract::Priority;
 use manymodels_contract::shadow::{ShadowCounts, ShadowView, verdict};
 use tokio::sync::mpsc;
 
+use futures::FutureExt;
+
+use super::ledger::Reservation;
+use super::resident::ShadowAdmitted;
 use super::{ModelCache, ModelKey, Refresh};
 use crate::engine::{LoadedModel, batch_rows};
 use crate::error::ScorerError;
@@ -58,6 +70,9 @@ pub const MAX_SHADOWS: usize = 1_000;
 
 /// How long a candidate that found no room is not loaded again (its jobs are skipped).
 pub const NO_ROOM_RETRY: Duration = Duration::from_secs(5);
+
+/// What a job counts against `shadow.queue_bytes` beyond its tensors.
+const JOB_OVERHEAD: u64 = 256;
 
 /// The defaults of `shadow.*`, until `ModelCache::with_shadows` sets the configured ones.
 const DEFAULT_CONFIG: ShadowConfig = ShadowConfig {
@@ -359,9 +374,13 @@ pub(super) struct Shadows {
     started: AtomicBool,
     /// Candidates being loaded by a job (`None`), or that found no room (until when).
     loading: Mutex<HashMap<ModelKey, Option<Instant>>>,
-    /// One promotion at a time on this scorer: a second judge finds the shadow gone.
-    pub(super) promoting: tokio::sync::Mutex<()>,
+    /// One change of a shadow at a time on this scorer (set, drop, promote): a second
+    /// judge finds the shadow gone, and a promotion never deletes a shadow set meanwhile.
+    pub(super) changes: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
+    /// Test hook: the next candidate load panics (after it is marked loading).
+    #[cfg(test)]
+    panic_next_load: AtomicBool,
 }
 
 impl Shadows {
@@ -376,8 +395,10 @@ impl Shadows {
             receiver: Arc::new(tokio::sync::Mutex::new(receiver)),
             started: AtomicBool::new(false),
             loading: Mutex::new(HashMap::new()),
-            promoting: tokio::sync::Mutex::new(()),
+            changes: tokio::sync::Mutex::new(()),
             metrics,
+            #[cfg(test)]
+            panic_next_load: AtomicBool::new(false),
         }
     }
 
@@ -488,25 +509,34 @@ impl Shadows {
         true
     }
 
-    /// Whether the queue is full now (a sampled request then clones nothing).
-    fn full(&self) -> bool {
-        self.pending.load(Ordering::Relaxed) >= self.config.queue_bytes
+    /// Whether a job of `bytes` fits the queue's room now (a sampled request whose inputs
+    /// alone do not fit clones nothing).
+    fn fits(&self, bytes: u64) -> bool {
+        self.pending
+            .load(Ordering::Relaxed)
+            .checked_add(bytes)
+            .is_some_and(|after| after <= self.config.queue_bytes)
     }
 
     fn release(&self, bytes: u64) {
         self.pending.fetch_sub(bytes, Ordering::AcqRel);
     }
 
-    /// Marks `key` as loading for a job; `false` when another job loads it, or it found
-    /// no room within [`NO_ROOM_RETRY`].
-    fn start_loading(&self, key: &ModelKey) -> bool {
+    /// Marks `key` as loading for a job; `None` when another job loads it, or it found
+    /// no room within [`NO_ROOM_RETRY`]. The mark goes with the guard (`Loading::done`, or
+    /// dropped: a job that panicked or was dropped).
+    fn start_loading<'a>(&'a self, key: &ModelKey) -> Option<Loading<'a>> {
         let mut loading = self.loading();
         match loading.get(key) {
-            Some(None) => false,
-            Some(Some(until)) if Instant::now() < *until => false,
+            Some(None) => None,
+            Some(Some(until)) if Instant::now() < *until => None,
             _ => {
                 loading.insert(key.clone(), None);
-                true
+                Some(Loading {
+                    shadows: self,
+                    key: key.clone(),
+                    done: false,
+                })
             }
         }
     }
@@ -545,6 +575,59 @@ impl Shadows {
     }
 }
 
+/// A candidate marked loading by a job (`Shadows::start_loading`).
+struct Loading<'a> {
+    shadows: &'a Shadows,
+    key: ModelKey,
+    done: bool,
+}
+
+impl Loading<'_> {
+    /// The load ended: found no room (`no_room`), or done either way.
+    fn done(mut self, no_room: bool) {
+        self.done = true;
+        self.shadows.done_loading(&self.key, no_room);
+    }
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shadows.done_loading(&self.key, false);
+        }
+    }
+}
+
+/// A job's end, however it comes: gives its bytes back to the queue and counts its
+/// outcome (an error when it ended without one: a panic, or its task dropped).
+struct JobEnd<'a> {
+    shadows: &'a Shadows,
+    id: &'a ModelId,
+    ticket: &'a Ticket,
+    bytes: u64,
+    live_micros: u64,
+    outcome: Option<Outcome>,
+}
+
+impl Drop for JobEnd<'_> {
+    fn drop(&mut self) {
+        self.shadows.release(self.bytes);
+        let outcome = self.outcome.take().unwrap_or(Outcome::Error);
+        self.shadows
+            .record(self.id, self.ticket, &outcome, self.live_micros);
+    }
+}
+
+/// The size of a model file from the store's tag of it (`local:<size>:…`,
+/// `azure:<size>:…`), when the tag says it.
+fn tag_size(tag: &str) -> Option<u64> {
+    let mut parts = tag.splitn(3, ':');
+    match parts.next()? {
+        "local" | "azure" => parts.next()?.parse().ok(),
+        _ => None,
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -576,8 +659,12 @@ impl ModelCache {
         let ticket = self
             .shadows
             .pick(id, served, || self.lives.version(id) == Some(served))?;
-        // A full queue would drop the job: count it now, without copying the tensors.
-        if self.shadows.full() {
+        // A queue without room for the inputs alone would drop the job: count it now,
+        // without copying the tensors.
+        if !self
+            .shadows
+            .fits(JOB_OVERHEAD + crate::capture::tensors_bytes(inputs))
+        {
             self.shadows.record(id, &ticket, &Outcome::Skipped, 0);
             return None;
         }
@@ -597,7 +684,7 @@ impl ModelCache {
         took: Duration,
     ) -> bool {
         let live = live.to_vec();
-        let bytes = 256
+        let bytes = JOB_OVERHEAD
             + crate::capture::tensors_bytes(&sampled.inputs)
             + crate::capture::tensors_bytes(&live);
         self.shadows.offer(Job {
@@ -625,7 +712,9 @@ impl ModelCache {
 
     /// Runs one job: the candidate (from memory, or loaded into free room) on the
     /// request's inputs, inline when measured quick (`inline_max`) and free, else on a
-    /// blocking thread; compares and counts.
+    /// blocking thread; compares and counts. Contained: a panic in the job is caught and
+    /// counted an error, and the job's queue bytes are given back however it ends, so the
+    /// worker calling it goes on.
     pub async fn run_shadow(&self, job: Job, inline_max: Duration) {
         let Job {
             id,
@@ -635,12 +724,26 @@ impl ModelCache {
             live_micros,
             bytes,
         } = job;
-        let outcome = self
-            .shadow_outcome(&id, &ticket, inputs, &live, inline_max)
-            .await;
+        let mut end = JobEnd {
+            shadows: &self.shadows,
+            id: &id,
+            ticket: &ticket,
+            bytes,
+            live_micros,
+            outcome: None,
+        };
+        let run = std::panic::AssertUnwindSafe(
+            self.shadow_outcome(&id, &ticket, inputs, &live, inline_max),
+        );
+        let outcome = match run.catch_unwind().await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                tracing::warn!(model = %id, version = ticket.version, "a shadow job panicked: counted as an error");
+                Outcome::Error
+            }
+        };
         drop(live);
-        self.shadows.release(bytes);
-        self.shadows.record(&id, &ticket, &outcome, live_micros);
+        end.outcome = Some(outcome);
     }
 
     async fn shadow_outcome(
@@ -710,8 +813,12 @@ impl ModelCache {
         if let Some(error) = self.failures.get(&(id.clone(), Some(version))).await {
             return Err(error);
         }
-        if !self.shadows.start_loading(&key) {
+        let Some(loading) = self.shadows.start_loading(&key) else {
             return Ok(None);
+        };
+        #[cfg(test)]
+        if self.shadows.panic_next_load.swap(false, Ordering::SeqCst) {
+            panic!("a test's panic in a shadow load");
         }
         let loaded = SHADOW_LOAD
             .scope(
@@ -722,11 +829,11 @@ impl ModelCache {
         let (model, cost, reservation) = match loaded {
             Ok(loaded) => loaded,
             Err(ScorerError::NoRoomForShadow { .. }) => {
-                self.shadows.done_loading(&key, true);
+                loading.done(true);
                 return Ok(None);
             }
             Err(error) => {
-                self.shadows.done_loading(&key, false);
+                loading.done(false);
                 return Err(error);
             }
         };
@@ -734,6 +841,18 @@ impl ModelCache {
         let admitted = self
             .state()
             .admit_shadow(key.clone(), model.clone(), cost, now);
+        let admitted = match admitted {
+            ShadowAdmitted::Resident(resident) => {
+                // Became resident meanwhile (promoted, or named by a client): that one
+                // serves the job and stays as it is; the copy just loaded goes.
+                drop(model);
+                drop(reservation);
+                self.ledger.mark_freed();
+                loading.done(false);
+                return Ok(Some(resident));
+            }
+            ShadowAdmitted::Loaded(admitted) => admitted,
+        };
         if !admitted.admitted {
             // Runs this job, then leaves: accounted until then.
             self.ledger.keep_accounted(&model);
@@ -741,8 +860,43 @@ impl ModelCache {
         }
         drop(reservation);
         self.ledger.dropped(admitted.dropped);
-        self.shadows.done_loading(&key, !admitted.admitted);
+        loading.done(!admitted.admitted);
         Ok(Some(model))
+    }
+
+    /// Reserves free room (`Ledger::reserve_shadow`) for the file of the shadow version
+    /// `key` before it is read: its size from the store's tag (`tag`, or one `stat` or
+    /// `HEAD`), else from its digest. `NoRoomForShadow` when it does not fit.
+    pub(super) async fn reserve_shadow_file(
+        &self,
+        key: &ModelKey,
+        tag: Option<&str>,
+    ) -> Result<Reservation, ScorerError> {
+        let (id, version) = (&key.id, key.version);
+        let not_found = |e| ScorerError::from_store(e, id, Some(version));
+        let mut size = tag.and_then(tag_size);
+        if size.is_none() && tag.is_none() {
+            let tag = self
+                .store
+                .source_tag(id, version)
+                .await
+                .map_err(not_found)?;
+            size = tag_size(&tag);
+        }
+        let size = match size {
+            Some(size) => size,
+            None => {
+                self.store
+                    .digest(id, version)
+                    .await
+                    .map_err(not_found)?
+                    .bytes
+            }
+        };
+        if !self.ledger.fits(size) {
+            return Err(self.too_large(key, size));
+        }
+        self.ledger.reserve_shadow(size).ok_or_else(|| no_room(key))
     }
 
     /// Follows the store's shadow of `id` (read in `state`).
@@ -817,6 +971,8 @@ impl ModelCache {
         mut spec: ShadowSpec,
     ) -> Result<ShadowView, ScorerError> {
         check_shadow(&spec).map_err(ScorerError::InvalidInput)?;
+        // Never while a promotion runs here: it could delete the shadow set now.
+        let _one = self.shadows.changes.lock().await;
         let (state, _) = self.existing_replacing_shadow(id).await?;
         if !state.versions.contains(&spec.version) {
             return Err(ScorerError::VersionNotFound {
@@ -846,6 +1002,7 @@ impl ModelCache {
     /// Drops `id`'s shadow from the store; answers it as it was (`None` when what was
     /// dropped was a shadow file that is not valid).
     pub async fn drop_shadow(&self, id: &ModelId) -> Result<Option<ShadowSpec>, ScorerError> {
+        let _one = self.shadows.changes.lock().await;
         let (state, repaired) = self.existing_replacing_shadow(id).await?;
         let Some(spec) = state.shadow else {
             if repaired {
@@ -866,13 +1023,15 @@ impl ModelCache {
     /// Promotes `id`'s shadow: pins its version (`alias.json`), drops the shadow, then
     /// moves this scorer to the pinned version (from memory when the candidate is
     /// resident). With `since_ms`, only the shadow set then (409 otherwise), so two
-    /// judges never promote twice; one promotion at a time runs here.
+    /// judges never promote twice; one change of a shadow at a time runs here (set, drop
+    /// and promote take the same lock), and the store is read again just before the
+    /// shadow is deleted, so a shadow set meanwhile elsewhere is kept (`drop_promoted`).
     pub async fn promote_shadow(
         &self,
         id: &ModelId,
         since_ms: Option<u64>,
     ) -> Result<(ShadowSpec, Refresh), ScorerError> {
-        let _one = self.shadows.promoting.lock().await;
+        let _one = self.shadows.changes.lock().await;
         let state = self.existing(id).await?;
         let spec = state
             .shadow
@@ -896,11 +1055,8 @@ impl ModelCache {
             .write_alias(id, Some(spec.version))
             .await
             .map_err(|e| ScorerError::from_store(e, id, None))?;
-        self.store
-            .write_shadow(id, None)
-            .await
-            .map_err(|e| ScorerError::from_store(e, id, None))?;
-        tracing::info!(model = %id, version = spec.version, since_ms = spec.since_ms, "shadow promoted: alias written, shadow dropped");
+        let dropped = self.drop_promoted(id, &spec).await?;
+        tracing::info!(model = %id, version = spec.version, since_ms = spec.since_ms, dropped, "shadow promoted: alias written");
         // About to serve requests: no longer a shadow version to evict first.
         self.state().unmark_shadow(&ModelKey {
             id: id.clone(),
@@ -908,6 +1064,39 @@ impl ModelCache {
         });
         let refresh = self.refresh(id).await?;
         Ok((spec, refresh))
+    }
+
+    /// Deletes `id`'s shadow after its promotion if the store still holds the one promoted
+    /// (`spec`: same version, same `since_ms`), read again just before; a shadow set
+    /// meanwhile (by another scorer: this one's changes wait for the promotion) is kept
+    /// and logged. `true` when deleted. What remains is the window between this read and
+    /// the delete (one store round trip) against a writer on another scorer.
+    async fn drop_promoted(&self, id: &ModelId, spec: &ShadowSpec) -> Result<bool, ScorerError> {
+        let current = match self.store.model_state(id).await {
+            Ok(state) => state.shadow,
+            Err(StoreError::InvalidFile {
+                file: SHADOW_FILE,
+                error,
+            }) => {
+                tracing::warn!(model = %id, %error, "after a promotion the shadow file is not valid: left for an operator");
+                return Ok(false);
+            }
+            Err(e) => return Err(ScorerError::from_store(e, id, None)),
+        };
+        match current {
+            Some(now) if now.version == spec.version && now.since_ms == spec.since_ms => {
+                self.store
+                    .write_shadow(id, None)
+                    .await
+                    .map_err(|e| ScorerError::from_store(e, id, None))?;
+                Ok(true)
+            }
+            Some(now) => {
+                tracing::warn!(model = %id, promoted = spec.since_ms, since_ms = now.since_ms, version = now.version, "a shadow set during the promotion is kept");
+                Ok(false)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Every shadow this scorer follows, with its counts, narrowed to models starting with

@@ -163,10 +163,10 @@ fn a_full_queue_skips_jobs() {
         bytes,
     };
     assert!(s.offer(job(600)));
-    assert!(!s.full());
+    assert!(s.fits(400) && !s.fits(401));
     assert!(!s.offer(job(600)), "600 more would exceed 1000");
     assert!(s.offer(job(400)));
-    assert!(s.full());
+    assert!(!s.fits(1));
     assert_eq!(s.counts(&m, &spec(1, 100.0, 7)).skipped, 1);
     assert_eq!(s.metrics.shadow_runs[3].get(), 1);
     s.release(600);
@@ -403,8 +403,10 @@ async fn a_shadow_load_never_evicts_a_live_model() {
     assert_eq!(cache.metrics.shadow_runs[3].get(), 2);
     let resident: Vec<u64> = cache.state().models().map(|(k, _)| k.version).collect();
     assert_eq!(resident, vec![2], "the live version stays");
-    // Tried once (the file read, no room for its reservation), then not for a while.
-    assert!(store.reads.load(Ordering::SeqCst) <= reads + 1);
+    // Its file's room was asked for before reading it: never read, and not tried again
+    // for a while.
+    assert_eq!(store.reads.load(Ordering::SeqCst), reads);
+    assert_eq!(cache.state().reserved(), 0);
     assert_eq!(
         cache
             .metrics
@@ -413,4 +415,97 @@ async fn a_shadow_load_never_evicts_a_live_model() {
             .get(),
         0
     );
+}
+
+/// The file's size, from the store's tag when it says it.
+#[test]
+fn the_files_size_comes_from_the_tag() {
+    assert_eq!(tag_size("local:1234:1700000000.000000001:42"), Some(1234));
+    assert_eq!(tag_size("azure:99:\"0x8D\""), Some(99));
+    assert_eq!(tag_size("memory:abcdef"), None);
+    assert_eq!(tag_size("local:x:1"), None);
+}
+
+/// A sampled request whose inputs alone do not fit the queue's room is counted skipped
+/// and its inputs are not cloned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_that_cannot_fit_the_queue_are_not_cloned() {
+    let store = Store::new();
+    store.put("m", 1, &demo("linear-small"));
+    store.put("m", 2, &demo("linear-small"));
+    let cache = &local_cache(&store, |config| config.shadow.queue_bytes = 300);
+    let m = id("m");
+    cache.set_shadow(&m, spec(1, 100.0, 0)).await.unwrap();
+    let (model, _) = cache.get_for_inference(&m, None).await.unwrap();
+    let inputs = row(&model);
+    assert!(JOB_OVERHEAD + crate::capture::tensors_bytes(&inputs) > 300);
+    assert!(cache.shadow_before(&m, None, 2, &inputs).is_none());
+    let view = cache.shadow(&m).await.unwrap();
+    assert_eq!((view.counts.skipped, view.counts.compared), (1, 0));
+    assert_eq!(cache.shadows.pending.load(Ordering::SeqCst), 0);
+}
+
+/// A job that panics is caught: counted an error, its queue bytes and its candidate's
+/// loading mark given back, and the next job runs and compares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_job_is_contained_and_counted_an_error() {
+    let store = Store::new();
+    store.put("m", 1, &demo("linear-small"));
+    store.put("m", 2, &demo("linear-small"));
+    let cache = &local_cache(&store, |_| {});
+    let m = id("m");
+    cache.set_shadow(&m, spec(1, 100.0, 0)).await.unwrap();
+    cache.shadows.panic_next_load.store(true, Ordering::SeqCst);
+    assert!(request(cache, None).await);
+    let view = cache.shadow(&m).await.unwrap();
+    assert_eq!((view.counts.errors, view.counts.compared), (1, 0));
+    assert_eq!(cache.shadows.pending.load(Ordering::SeqCst), 0);
+    assert!(cache.shadows.loading().is_empty(), "no loading mark left");
+    assert_eq!(cache.metrics.shadow_runs[2].get(), 1);
+    assert!(request(cache, None).await);
+    let view = cache.shadow(&m).await.unwrap();
+    assert_eq!((view.counts.errors, view.counts.compared), (1, 1));
+}
+
+/// Setting or dropping a shadow waits for a promotion running here (the same lock), and
+/// a promotion deletes only the shadow it promoted, read again just before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_changes_wait_for_a_promotion_and_keep_a_newer_shadow() {
+    let store = Store::new();
+    store.put("m", 1, &demo("linear-small"));
+    store.put("m", 2, &demo("linear-small"));
+    store.put("m", 3, &demo("linear-small"));
+    let cache = local_cache(&store, |_| {});
+    let m = id("m");
+    let promoting = cache.shadows.changes.lock().await;
+    let setting = {
+        let (cache, m) = (cache.clone(), m.clone());
+        tokio::spawn(async move { cache.set_shadow(&m, spec(1, 50.0, 0)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!setting.is_finished(), "set waits for the promotion");
+    drop(promoting);
+    let set = setting.await.unwrap().unwrap();
+    let promoting = cache.shadows.changes.lock().await;
+    let dropping = {
+        let (cache, m) = (cache.clone(), m.clone());
+        tokio::spawn(async move { cache.drop_shadow(&m).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!dropping.is_finished(), "drop waits for the promotion");
+    drop(promoting);
+    assert!(dropping.await.unwrap().unwrap().is_some());
+
+    // Another scorer sets a shadow between the promotion's read and its delete: kept.
+    let file = store.0.join("m/shadow.json");
+    std::fs::write(&file, r#"{"version": 2, "percent": 10, "since_ms": 99}"#).unwrap();
+    assert!(!cache.drop_promoted(&m, &set.spec).await.unwrap());
+    assert!(file.exists());
+    let same = ShadowSpec {
+        since_ms: 99,
+        ..spec(2, 10.0, 99)
+    };
+    assert!(cache.drop_promoted(&m, &same).await.unwrap());
+    assert!(!file.exists());
+    assert!(!cache.drop_promoted(&m, &same).await.unwrap());
 }

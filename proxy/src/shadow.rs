@@ -18,6 +18,12 @@
 //! a promotion for as long as any scorer is down. The log line says the merge was
 //! incomplete and names the missing scorers.
 //!
+//! A failure is final for a shadow (model, `since_ms`) in the judge that saw it: once the
+//! judge saw the pool's sums fail the rule, it never promotes that shadow, even if the
+//! agreement recovers later or the scorer holding the disagreements misses a round
+//! ([`Judged::step`]). It forgets a shadow only once a complete round (every scorer
+//! answered) no longer reports it, or a newer shadow of the model is reported.
+//!
 //! Several proxies may judge at once: a promotion carries the shadow's `since_ms`
 //! (`POST .../shadow/promote?since_ms=S`), which the scorer checks against the store, so
 //! only one promotion of a shadow succeeds and the others get 409 (or 404 once it is gone),
@@ -191,8 +197,9 @@ impl Step {
 }
 
 /// What the judge remembers per shadow (model, `since_ms`): the verdicts it already
-/// logged and counted, and whether its promotion is done. Only shadows still reported are
-/// kept, so it holds at most one entry per shadow in the pool.
+/// logged and counted (a failure is final: [`Judged::step`]), and whether its promotion
+/// is done. Only shadows still reported are kept (while a scorer is missing, also those
+/// no answering scorer reports), so it holds about one entry per shadow in the pool.
 #[derive(Debug, Default)]
 pub struct Judged {
     seen: HashMap<(String, u64), Seen>,
@@ -206,13 +213,32 @@ struct Seen {
 }
 
 impl Judged {
-    /// Forgets the shadows not in `views` (dropped, promoted or replaced).
-    pub fn retain(&mut self, views: &[ShadowView]) {
-        self.seen.retain(|(model, since), _| {
-            views
-                .iter()
-                .any(|v| v.model == *model && v.spec.since_ms == *since)
-        });
+    /// Forgets the shadows not in `views` (dropped, promoted or replaced). After an
+    /// incomplete round (`complete`: every scorer answered) it forgets only the shadows
+    /// of a model now reported with a newer one: a shadow no answering scorer reports may
+    /// be counted by a missing one, and its failure must stay final.
+    pub fn retain(&mut self, views: &[ShadowView], complete: bool) {
+        self.seen.retain(
+            |(model, since), _| match views.iter().find(|v| v.model == *model) {
+                Some(v) if complete => v.spec.since_ms == *since,
+                Some(v) => v.spec.since_ms <= *since,
+                None => !complete,
+            },
+        );
+    }
+
+    /// What to do about `view`: its step, except that a shadow this judge saw fail stays
+    /// failed (never promoted, whatever its counts say later).
+    pub fn step(&self, view: &ShadowView) -> Step {
+        let failed = self
+            .seen
+            .get(&(view.model.clone(), view.spec.since_ms))
+            .is_some_and(|s| s.failed);
+        if failed && view.spec.rule.is_some() {
+            Step::Failed
+        } else {
+            Step::of(view)
+        }
     }
 
     /// Whether `step` is news for this shadow (to be logged and counted once), noting it.
@@ -282,10 +308,11 @@ impl Judge {
         let mut promote = Vec::new();
         {
             let mut judged = self.judged.lock().unwrap_or_else(|p| p.into_inner());
-            judged.retain(&views);
+            judged.retain(&views, complete);
             for view in &views {
-                let step = Step::of(view);
                 let Some(rule) = view.spec.rule else { continue };
+                // A failure is final for this shadow.
+                let step = judged.step(view);
                 if judged.first(view, step) {
                     if let Some(labels) = step.labels(rule.action) {
                         self.metrics
@@ -573,9 +600,71 @@ mod tests {
         let again = view("m", 2, 2, 50, 50);
         assert!(judged.to_promote(&again));
         assert!(judged.first(&again, Step::Promote));
-        judged.retain(std::slice::from_ref(&again));
+        judged.retain(std::slice::from_ref(&again), true);
         assert_eq!(judged.seen.len(), 1);
-        judged.retain(&[]);
+        judged.retain(&[], false);
+        assert_eq!(judged.seen.len(), 1, "a scorer missing: kept");
+        judged.retain(&[], true);
         assert!(judged.seen.is_empty());
+    }
+
+    /// A shadow that failed (0.992 at 500 requests against 0.995) is never promoted by
+    /// this judge: not when its agreement recovers, not when the scorer holding the
+    /// disagreements misses a round (nor when no answering scorer reports it).
+    #[test]
+    fn a_failure_is_final_for_the_shadow() {
+        let mut judged = Judged::default();
+        let with_rule = |mut v: ShadowView| {
+            v.spec.rule = Some(ShadowRule {
+                min_requests: 500,
+                min_agreement: 0.995,
+                max_errors: 0,
+                action: RuleAction::Promote,
+            });
+            v.verdict = verdict(v.spec.rule.as_ref(), &v.counts);
+            v
+        };
+        // Round 1, complete: 496 of 500 agree.
+        let failed = merge(
+            &[
+                report("a", vec![with_rule(view("m", 2, 7, 250, 250))]),
+                report("b", vec![with_rule(view("m", 2, 7, 250, 246))]),
+            ],
+            &[],
+            None,
+        );
+        judged.retain(&failed, true);
+        assert_eq!(failed[0].verdict, Verdict::Failed);
+        let step = judged.step(&failed[0]);
+        assert_eq!(step, Step::Failed);
+        assert!(judged.first(&failed[0], step));
+        // Round 2: `b` (the disagreements) is missing; `a` alone meets the rule.
+        let partial = merge(
+            &[report("a", vec![with_rule(view("m", 2, 7, 600, 600))])],
+            &[],
+            None,
+        );
+        assert_eq!(Step::of(&partial[0]), Step::Promote, "the counts alone");
+        judged.retain(&partial, false);
+        assert_eq!(judged.step(&partial[0]), Step::Failed);
+        assert!(!judged.first(&partial[0], Step::Failed), "logged once");
+        // Round 3: no answering scorer reports it; round 4: it is back, recovered.
+        judged.retain(&[], false);
+        let recovered = merge(
+            &[
+                report("a", vec![with_rule(view("m", 2, 7, 5000, 5000))]),
+                report("b", vec![with_rule(view("m", 2, 7, 250, 246))]),
+            ],
+            &[],
+            None,
+        );
+        assert_eq!(recovered[0].verdict, Verdict::Met);
+        judged.retain(&recovered, true);
+        assert_eq!(judged.step(&recovered[0]), Step::Failed);
+        // The model set again (a new since_ms) is judged afresh.
+        let again = with_rule(view("m", 2, 8, 600, 600));
+        judged.retain(std::slice::from_ref(&again), false);
+        assert_eq!(judged.step(&again), Step::Promote);
+        assert_eq!(judged.seen.len(), 0, "the older shadow is forgotten");
     }
 }

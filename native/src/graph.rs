@@ -202,6 +202,9 @@ impl Model {
             }
             slot = step.inputs[0];
         }
+        if let Op::Tree(op) = &self.steps[at].op {
+            op.explainable()?;
+        }
         Ok(at)
     }
 

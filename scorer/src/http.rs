@@ -400,6 +400,16 @@ struct ModelMetadata<'a> {
     /// How the model forecasts (`manymodels.forecast`), when it declares it.
     #[serde(skip_serializing_if = "Option::is_none")]
     forecast: Option<&'a contract::forecast::ForecastSpec>,
+    /// Whether a request may ask for contributions (`parameters.contributions`), and if
+    /// not, why.
+    explanations: Explanations,
+}
+
+#[derive(Serialize)]
+struct Explanations {
+    available: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
 async fn metadata(
@@ -417,6 +427,16 @@ async fn metadata(
         outputs: model.output_metadata(),
         columns: model.declaration.columns.as_deref(),
         forecast: model.declaration.forecast.as_ref(),
+        explanations: match model.explainable() {
+            Ok(()) => Explanations {
+                available: true,
+                reason: None,
+            },
+            Err(reason) => Explanations {
+                available: false,
+                reason: Some(reason),
+            },
+        },
     }))
 }
 

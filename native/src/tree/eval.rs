@@ -396,6 +396,14 @@ impl Ensemble {
         }
     }
 
+    /// `Ok` when the ensemble can be explained (`shap`), else why not.
+    pub(crate) fn explainable(&self) -> Result<(), String> {
+        match self {
+            Ensemble::F32(c) => c.explainable().map(|_| ()),
+            Ensemble::F64(c) => c.explainable().map(|_| ()),
+        }
+    }
+
     /// Each feature's contribution to each raw score (`shap`).
     pub(crate) fn contributions(
         &self,

@@ -295,21 +295,25 @@ impl<T: Num> Core<T> {
         }
     }
 
+    /// The covers, when the ensemble can be explained; else why not.
+    pub(crate) fn explainable(&self) -> Result<&[f32], String> {
+        let covers = match &self.trees.covers {
+            Covers::Present(covers) => &covers[..],
+            Covers::Missing(why) => return Err(why.reason().into()),
+        };
+        if matches!(self.aggregate, Aggregate::Min | Aggregate::Max) {
+            return Err("a MIN or MAX aggregate is not a sum of trees".into());
+        }
+        Ok(covers)
+    }
+
     pub(crate) fn contributions(
         &self,
         x: &Tensor,
         bounds: &Bounds,
     ) -> Result<Contributions, ExplainError> {
         let trees = &self.trees;
-        let covers = match &trees.covers {
-            Covers::Present(covers) => &covers[..],
-            Covers::Missing(why) => return Err(ExplainError::Unexplainable(why.reason().into())),
-        };
-        if matches!(self.aggregate, Aggregate::Min | Aggregate::Max) {
-            return Err(ExplainError::Unexplainable(
-                "a MIN or MAX aggregate is not a sum of trees".into(),
-            ));
-        }
+        let covers = self.explainable().map_err(ExplainError::Unexplainable)?;
         let (rows, width) = x.rows_and_width();
         if trees.max_feature as usize >= width {
             return Err(crate::error::RunError(format!(

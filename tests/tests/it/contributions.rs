@@ -140,6 +140,8 @@ async fn contributions_over_rest_grpc_and_records_equal_the_references() {
     let client = reqwest::Client::new();
     let url = &pool.proxy.url;
     for (id, file) in &MODELS[..3] {
+        let meta = metadata(&client, url, id).await;
+        assert_eq!(meta["explanations"]["available"], true, "{meta}");
         let mut input = oip_input(file, 6);
         input["name"] = json!(input_name(&client, url, id).await);
         // REST, OIP JSON.
@@ -253,6 +255,15 @@ async fn models_that_cannot_be_explained_answer_422_and_the_scorer_keeps_serving
     ] {
         let name = input_name(&client, url, id).await;
         let meta = metadata(&client, url, id).await;
+        // The metadata says so before anyone asks.
+        assert_eq!(meta["explanations"]["available"], false, "{meta}");
+        assert!(
+            meta["explanations"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains(why),
+            "{meta}"
+        );
         let width = meta["inputs"][0]["shape"][1].as_i64().unwrap().max(1) as usize;
         let datatype = meta["inputs"][0]["datatype"].as_str().unwrap().to_string();
         let input = json!({"name": name, "datatype": datatype, "shape": [1, width], "data": vec![0.5; width]});

@@ -213,6 +213,15 @@ pub fn python_test_deps() -> Result<()> {
     Ok(())
 }
 
+/// What `models/bench_shap.py` needs (`cargo xtask bench explain`): the libraries and
+/// exporters of `models/requirements.txt`, shap among them, installed only when missing.
+pub fn shap_deps() -> Result<()> {
+    if !python_has("import shap, sklearn, skl2onnx, onnx, onnxruntime") {
+        pip_install(&["-r", "models/requirements.txt"])?;
+    }
+    Ok(())
+}
+
 /// Whether `python3` runs `check` (imports) without an error.
 fn python_has(check: &str) -> bool {
     Command::new("python3")

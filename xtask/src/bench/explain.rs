@@ -33,7 +33,7 @@ const CLASSES: [&str; 4] = ["linear", "forest_small", "forest_medium", "forest_h
 pub fn run(args: ExplainArgs) -> Result<()> {
     let times_file = args.dir.join("shap_times.json");
     if args.fresh || !times_file.exists() {
-        crate::setup::python_test_deps()?;
+        crate::setup::shap_deps()?;
         let status = std::process::Command::new("python3")
             .arg("models/bench_shap.py")
             .arg("--out")

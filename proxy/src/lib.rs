@@ -81,6 +81,7 @@ pub fn run(config: ProxyConfig) -> ! {
         let pusher_handle = server.add_service(pusher);
         pusher_handle.add_dependency(&pool_handle);
     }
+    let judged: Arc<std::sync::Mutex<shadow::Judged>> = Default::default();
     if let Some(interval) = config.shadow_judge_interval {
         let judge = background_service(
             "shadow judge",
@@ -89,13 +90,13 @@ pub fn run(config: ProxyConfig) -> ! {
                 metrics: metrics.clone(),
                 interval,
                 timeout: config.read_timeout,
-                judged: Default::default(),
+                judged: judged.clone(),
             },
         );
         let judge_handle = server.add_service(judge);
         judge_handle.add_dependency(&pool_handle);
     }
-    let proxy = Proxy::new(config, pool, metrics, stats);
+    let proxy = Proxy::new(config, pool, metrics, stats, judged);
     let mut service = http_proxy_service(&server.configuration, proxy);
     // One port for HTTP/1.1 and HTTP/2 without TLS (gRPC): Pingora looks for the HTTP/2
     // preface on each new connection.

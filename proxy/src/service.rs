@@ -57,6 +57,8 @@ pub struct Proxy {
     /// Hedged requests: delays, budget, stalls (`hedge.*`), and their client.
     pub(crate) hedging: Hedging,
     pub(crate) forwarder: Forwarder,
+    /// What the shadow judge decided (a failure is final), for the shadow views.
+    pub(crate) judged: Arc<std::sync::Mutex<shadow::Judged>>,
 }
 
 /// Per-request state.
@@ -184,6 +186,7 @@ impl Proxy {
         pool: Arc<Pool>,
         metrics: Arc<Metrics>,
         stats: Arc<Statistics>,
+        judged: Arc<std::sync::Mutex<shadow::Judged>>,
     ) -> Self {
         let batches = Batches::new(&config.batch, config.connect_timeout);
         let limits = Limits::new(&config.key_settings);
@@ -198,6 +201,7 @@ impl Proxy {
             limits,
             hedging,
             forwarder,
+            judged,
         }
     }
 
@@ -652,7 +656,7 @@ impl ProxyHttp for Proxy {
                         _ => None,
                     };
                     let scope = checked.verdict.as_ref().map(|s| *s).unwrap_or(&[]);
-                    shadow::serve(&self.pool, only, scope).await
+                    shadow::serve(&self.pool, only, scope, &self.judged).await
                 }
                 Route::NotFound => Rejection::NoRoute {
                     method: session.req_header().method.to_string(),

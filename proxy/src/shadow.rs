@@ -143,20 +143,30 @@ pub async fn ask(pool: &Pool, prefixes: Option<&str>) -> (Vec<ShadowsReport>, Ve
 /// `GET /v2/admin/shadows` (`only`: `None`) and `GET /v2/admin/models/{id}/shadow`: the
 /// pool's views for the caller's key (`scope`: its prefixes, empty for every model). A
 /// model without a shadow answers an empty list.
-pub async fn serve(pool: &Pool, only: Option<&str>, scope: &[String]) -> Reply {
+/// A shadow this proxy's judge saw fail reads `failed` whatever its sums say now (a
+/// failure is final: [`Judged::step`]).
+pub async fn serve(
+    pool: &Pool,
+    only: Option<&str>,
+    scope: &[String],
+    judged: &Mutex<Judged>,
+) -> Reply {
     // One model: the scorers narrow to its id (a prefix), the merge to the id itself.
     let prefixes = match only {
         Some(model) => model.to_string(),
         None => scope.join("|"),
     };
     let (reports, missing) = ask(pool, Some(&prefixes)).await;
-    Reply::json(
-        200,
-        &PoolShadows {
-            shadows: merge(&reports, scope, only),
-            missing,
-        },
-    )
+    let mut shadows = merge(&reports, scope, only);
+    {
+        let judged = judged.lock().unwrap_or_else(|p| p.into_inner());
+        for view in &mut shadows {
+            if judged.step(view) == Step::Failed {
+                view.verdict = Verdict::Failed;
+            }
+        }
+    }
+    Reply::json(200, &PoolShadows { shadows, missing })
 }
 
 /// What the judge does about one merged view.
@@ -278,7 +288,8 @@ pub struct Judge {
     pub interval: Duration,
     /// Each promotion call, and each refresh after one, waits at most this.
     pub timeout: Duration,
-    pub judged: Mutex<Judged>,
+    /// Shared with the proxy's views (`serve`), so they say what the judge decided.
+    pub judged: Arc<Mutex<Judged>>,
 }
 
 #[async_trait]

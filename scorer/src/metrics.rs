@@ -34,7 +34,7 @@ pub const LOAD_PRIORITIES: [&str; 2] = ["interactive", "batch"];
 pub struct Metrics {
     registry: Registry,
     /// By `route` (the label `http::finish` and `grpc::Front::finish` are given: `infer`,
-    /// `records`, `metadata`, `ready`, `index`, `load`, `unload`, `explain`, `stats`, `admin`,
+    /// `records`, `metadata`, `ready`, `index`, `load`, `unload`, `explain`, `stats`, `shadows`, `admin`,
     /// `unauthorized` (refused by the key check), `other`, and `grpc_<call>` for gRPC) and
     /// `code` (the HTTP status code; a gRPC call's REST-equivalent status).
     pub requests: IntCounterVec,

@@ -137,5 +137,6 @@ pub(super) async fn shadows(State(scorer): Shared, headers: HeaderMap) -> Respon
                 shadows: scorer.cache.shadow_views(prefixes.as_deref()),
             })
         });
-    finish(&scorer, "admin", result)
+    // Its own route label: every proxy's judge asks it every `shadow.judge_interval`.
+    finish(&scorer, "shadows", result)
 }

@@ -296,9 +296,12 @@ async fn keys_of_two_tenants_reach_only_their_models() {
             let (m, _) = metrics(&client, &scorer.url, POOL_KEY).await;
             total +=
                 m.0.iter()
-                    // The proxy's statistics pushes come on their own schedule.
+                    // The proxy's statistics pushes and shadow judge come on their own
+                    // schedule.
                     .filter(|(n, _)| {
-                        n.starts_with("mm_scorer_requests_total{") && !n.contains("\"stats\"")
+                        n.starts_with("mm_scorer_requests_total{")
+                            && !n.contains("\"stats\"")
+                            && !n.contains("\"shadows\"")
                     })
                     .map(|(_, v)| v)
                     .sum::<f64>();

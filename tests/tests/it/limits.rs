@@ -298,8 +298,10 @@ async fn a_requests_priority_reaches_the_scorer_and_a_keys_setting_wins() {
         &[
             "auth.api_keys=acme:acme-k-1,etl:etl-k-3",
             "limits.priority=etl=batch",
-            // The recorder answers nothing the pusher could read: no pushes.
+            // The recorder answers nothing the pusher or the shadow judge could read: no
+            // pushes, no judge.
             "stats.push_interval=0s",
+            "shadow.judge_interval=0s",
         ],
     );
     let client = reqwest::Client::new();

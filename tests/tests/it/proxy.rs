@@ -309,9 +309,11 @@ async fn bad_paths_are_rejected_without_touching_a_scorer() {
         let touched: f64 = metrics
             .0
             .iter()
-            // The proxy's own statistics pushes are not client requests.
+            // The proxy's own statistics pushes and shadow judge are not client requests.
             .filter(|(n, _)| {
-                n.starts_with("mm_scorer_requests_total") && !n.contains("route=\"stats\"")
+                n.starts_with("mm_scorer_requests_total")
+                    && !n.contains("route=\"stats\"")
+                    && !n.contains("route=\"shadows\"")
             })
             .map(|(_, v)| v)
             .sum();

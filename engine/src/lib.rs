@@ -583,6 +583,22 @@ impl LoadedModel {
         Ok(())
     }
 
+    /// Runs the call here if its rows are predicted to finish within `limit` and the engine
+    /// is free (`try_quick`): handing a few-microsecond call to a blocking thread costs ten
+    /// times more than the call (ARCHITECTURE.md, "Where ONNX Runtime runs"). Otherwise
+    /// gives the inputs back. Synchronous, so a session lock never crosses an `.await`.
+    pub fn run_quick(
+        &self,
+        limit: Duration,
+        inputs: Vec<NamedTensor>,
+        selected: &[usize],
+    ) -> Quick {
+        match self.try_quick(batch_rows(&inputs), limit) {
+            Some(runner) => Quick::Ran(runner.run(inputs, selected)),
+            None => Quick::Later(inputs),
+        }
+    }
+
     /// A runner, if `rows` rows are predicted (from this model's measured time per row) to
     /// run in under `limit` and the engine is free (an ONNX Runtime session nobody holds;
     /// a native model always is). Such a call is short enough to run on an async worker:
@@ -632,6 +648,13 @@ impl LoadedModel {
         }
         Ok(times)
     }
+}
+
+/// A call run on the caller's thread (`LoadedModel::run_quick`), or its inputs given back
+/// to run on a blocking thread.
+pub enum Quick {
+    Ran(Result<Vec<NamedTensor>, InferenceError>),
+    Later(Vec<NamedTensor>),
 }
 
 /// A model ready to run: for ONNX Runtime, its session held.

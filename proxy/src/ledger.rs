@@ -16,7 +16,7 @@ use manymodels_contract::ledger::{
     LedgerReport, Missing, ModelReport, PoolLedger, PoolModelLedger,
 };
 use manymodels_contract::oip::ErrorBody;
-use manymodels_contract::{header, route as scorer_route};
+use manymodels_contract::route as scorer_route;
 use manymodels_policy::ledger::{
     fill_quantiles, fill_report_quantiles, merge_model_reports, merge_reports, report_totals,
 };
@@ -61,8 +61,6 @@ pub fn parse_query(query: Option<&str>) -> Result<usize, String> {
 /// Asks every scorer in rotation and merges. `scope` is the caller key's prefixes (empty:
 /// unscoped); each scorer is sent the pool key it takes.
 pub async fn serve(pool: &Pool, asked: Asked, scope: &[String]) -> Reply {
-    // Scorers out of rotation (unhealthy, or draining) are named, not asked.
-    let (members, out): (Vec<_>, Vec<_>) = pool.members().into_iter().partition(|m| m.healthy);
     // Every tracked model of every scorer (at most 2 × `ledger.hot_models` each), cut to
     // `top` once merged: a scorer's own cut would move a model's requests there to its
     // tail while the model is in the pool's top, and the merge would not be exact.
@@ -70,44 +68,14 @@ pub async fn serve(pool: &Pool, asked: Asked, scope: &[String]) -> Reply {
         Asked::Pool { .. } => scorer_route::LEDGER.to_string(),
         Asked::Model(id) => scorer_route::LEDGER_MODEL.path(id),
     };
+    // Scorers out of rotation (unhealthy, or draining) are named, not asked.
     let prefixes = scope.join("|");
-    let authorizations: Vec<Option<std::sync::Arc<str>>> = members
-        .iter()
-        .map(|m| pool.authorization_for(&m.name))
-        .collect();
-    let calls = members
-        .iter()
-        .zip(&authorizations)
-        .map(|(member, authorization)| {
-            let mut headers: Vec<(&str, &str)> = Vec::new();
-            if let Some(authorization) = authorization {
-                headers.push(("Authorization", authorization));
-            }
-            if !scope.is_empty() {
-                headers.push((header::MODEL_PREFIXES, &prefixes));
-            }
-            let (addr, path) = (&member.addr, &path);
-            async move {
-                tokio::time::timeout(
-                    TIMEOUT,
-                    crate::http1::call(addr, "GET", path, &headers, b""),
-                )
-                .await
-            }
-        });
-    let answers: Vec<Result<Vec<u8>, String>> = futures::future::join_all(calls)
-        .await
-        .into_iter()
-        .map(|answer| match answer {
-            Err(_) => Err(format!("no answer within {TIMEOUT:?}")),
-            Ok(Err(e)) => Err(format!("unreachable: {e}")),
-            Ok(Ok((200, body))) => Ok(body),
-            Ok(Ok((status, _))) => Err(format!("answered {status}")),
-        })
-        .collect();
-    let names = members.iter().map(|m| m.name.clone());
-    let not_in_rotation = out.into_iter().map(|m| Missing {
-        scorer: m.name,
+    let (asked_scorers, out) = pool.get_from_all(&path, Some(&prefixes), TIMEOUT).await;
+    let (names, answers): (Vec<String>, Vec<Result<Vec<u8>, String>>) =
+        asked_scorers.into_iter().unzip();
+    let names = names.into_iter();
+    let not_in_rotation = out.into_iter().map(|scorer| Missing {
+        scorer,
         error: "not in rotation (unhealthy or draining): its requests are not counted".into(),
     });
     match asked {

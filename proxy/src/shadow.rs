@@ -35,10 +35,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use manymodels_config::proxy::scope_allows;
+use manymodels_contract::route as scorer_route;
 use manymodels_contract::shadow::{
     PoolShadows, RuleAction, ShadowView, ShadowsReport, Verdict, verdict,
 };
-use manymodels_contract::{header, route as scorer_route};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
@@ -92,51 +92,23 @@ pub fn merge(reports: &[ShadowsReport], scope: &[String], only: Option<&str>) ->
 /// each scorer applies, as `x-mm-model-prefixes`). Answers the reports read and the names
 /// of the scorers missing from them.
 pub async fn ask(pool: &Pool, prefixes: Option<&str>) -> (Vec<ShadowsReport>, Vec<String>) {
-    let (members, out): (Vec<_>, Vec<_>) = pool.members().into_iter().partition(|m| m.healthy);
-    let authorizations: Vec<Option<Arc<str>>> = members
-        .iter()
-        .map(|m| pool.authorization_for(&m.name))
-        .collect();
-    let calls = members
-        .iter()
-        .zip(&authorizations)
-        .map(|(member, authorization)| {
-            let mut headers: Vec<(&str, &str)> = Vec::new();
-            if let Some(authorization) = authorization {
-                headers.push(("Authorization", authorization));
-            }
-            if let Some(prefixes) = prefixes.filter(|p| !p.is_empty()) {
-                headers.push((header::MODEL_PREFIXES, prefixes));
-            }
-            let addr = &member.addr;
-            async move {
-                tokio::time::timeout(
-                    TIMEOUT,
-                    crate::http1::call(addr, "GET", scorer_route::SHADOWS, &headers, b""),
-                )
-                .await
-            }
-        });
-    let answers = futures::future::join_all(calls).await;
+    let (asked, mut missing) = pool
+        .get_from_all(scorer_route::SHADOWS, prefixes, TIMEOUT)
+        .await;
     let mut reports = Vec::new();
-    let mut missing: Vec<String> = Vec::new();
-    for (member, answer) in members.into_iter().zip(answers) {
-        let read = match answer {
-            Err(_) => Err(format!("no answer within {TIMEOUT:?}")),
-            Ok(Err(e)) => Err(format!("unreachable: {e}")),
-            Ok(Ok((200, body))) => serde_json::from_slice::<ShadowsReport>(&body)
-                .map_err(|e| format!("unreadable shadows: {e}")),
-            Ok(Ok((status, _))) => Err(format!("answered {status}")),
-        };
+    for (name, body) in asked {
+        let read = body.and_then(|body| {
+            serde_json::from_slice::<ShadowsReport>(&body)
+                .map_err(|e| format!("unreadable shadows: {e}"))
+        });
         match read {
             Ok(report) => reports.push(report),
             Err(error) => {
-                tracing::debug!(scorer = %member.name, error, "a scorer's shadows are missing");
-                missing.push(member.name);
+                tracing::debug!(scorer = %name, error, "a scorer's shadows are missing");
+                missing.push(name);
             }
         }
     }
-    missing.extend(out.into_iter().map(|m| m.name));
     (reports, missing)
 }
 

@@ -127,12 +127,7 @@ pub async fn run(
     selected: Vec<usize>,
 ) -> Result<Vec<NamedTensor>, ScorerError> {
     // The deadline is checked once, by `run_checked`, before the engine runs.
-    let inputs = oip::validate_inputs_with(
-        inputs,
-        blobs,
-        &model.inputs,
-        scorer.config.http.max_elements,
-    )?;
+    let inputs = checked_inputs(scorer, model, inputs, blobs)?;
     // One atomic load unless some model has a shadow; the inputs cloned only when sampled.
     let Some(sampled) = scorer
         .cache
@@ -195,14 +190,13 @@ pub async fn run_checked(
     };
     // Payload capture: one atomic load unless a rule takes this model (`capture`).
     let captured = scorer.capture.before(id.as_str(), &inputs);
-    let rows = engine::batch_rows(&inputs);
     let quick = scorer.config.inference_inline_max;
-    let outputs = match run_quick(model, rows, quick, inputs, &selected) {
-        Quick::Ran(outputs) => {
+    let outputs = match model.run_quick(quick, inputs, &selected) {
+        engine::Quick::Ran(outputs) => {
             scorer.metrics.inline_runs.inc();
             outputs?
         }
-        Quick::Later(inputs) => {
+        engine::Quick::Later(inputs) => {
             let running = model.clone();
             let run = tokio::task::spawn_blocking(move || running.infer(inputs, &selected));
             let joined = match deadline {
@@ -230,6 +224,22 @@ pub async fn run_checked(
     Ok(outputs)
 }
 
+/// A parsed request's inputs checked against `model` and made its tensors (`blobs[i]`:
+/// input `i`'s binary data, if it came as bytes).
+fn checked_inputs(
+    scorer: &Scorer,
+    model: &LoadedModel,
+    inputs: Vec<oip::RequestInput>,
+    blobs: Vec<Option<Bytes>>,
+) -> Result<Vec<NamedTensor>, ScorerError> {
+    oip::validate_inputs_with(
+        inputs,
+        blobs,
+        &model.inputs,
+        scorer.config.http.max_elements,
+    )
+}
+
 /// `run` for a request that asks for explanations (`parameters.contributions`): the
 /// model's outputs at `selected`, then its contributions (`contributions`). Refused (422)
 /// before anything runs when the model cannot be explained. Not shadowed.
@@ -242,12 +252,7 @@ pub async fn run_explained(
     blobs: Vec<Option<Bytes>>,
     selected: Vec<usize>,
 ) -> Result<Vec<NamedTensor>, ScorerError> {
-    let inputs = oip::validate_inputs_with(
-        inputs,
-        blobs,
-        &model.inputs,
-        scorer.config.http.max_elements,
-    )?;
+    let inputs = checked_inputs(scorer, model, inputs, blobs)?;
     explainable(scorer, id, model)?;
     let copy = inputs.clone();
     let mut outputs = run_checked(scorer, id, model, deadline, inputs, selected).await?;
@@ -325,30 +330,6 @@ pub async fn contributions(
     };
     scorer.metrics.explanations[outcome].inc();
     result
-}
-
-/// A call run on this worker, or its inputs given back to run on a blocking thread.
-enum Quick {
-    Ran(Result<Vec<NamedTensor>, ScorerError>),
-    Later(Vec<NamedTensor>),
-}
-
-/// Runs the call on this worker if the model has been measured to finish it within
-/// `limit` and its session is free: handing a few-microsecond call to a blocking thread
-/// costs ten times more than the call (ARCHITECTURE.md, "Where ONNX Runtime runs").
-/// Otherwise gives the inputs back. Synchronous, so the session lock never crosses an
-/// `.await`.
-fn run_quick(
-    model: &LoadedModel,
-    rows: usize,
-    limit: Duration,
-    inputs: Vec<NamedTensor>,
-    selected: &[usize],
-) -> Quick {
-    match model.try_quick(rows, limit) {
-        Some(session) => Quick::Ran(session.run(inputs, selected).map_err(ScorerError::from)),
-        None => Quick::Later(inputs),
-    }
 }
 
 /// The platform name a model's metadata reports for its engine.

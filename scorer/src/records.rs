@@ -310,12 +310,7 @@ async fn run_rows(
     if lone {
         rows.extend_from_within(..);
     }
-    let input = vec![NamedTensor {
-        name: model.inputs[0].name.clone(),
-        datatype: DataType::Fp32,
-        shape: vec![(rows.len() / width) as i64, width as i64],
-        data: TensorData::Fp32(rows),
-    }];
+    let input = rows_input(model, rows, width);
     let mut outputs = infer::run_checked(scorer, id, model, deadline, input, selected).await?;
     if lone {
         for output in &mut outputs {
@@ -368,22 +363,43 @@ async fn score_rows(
     let outputs = run_rows(scorer, id, model, deadline, rows, width, all).await?;
     let mut answers: Vec<BTreeMap<String, Values>> = vec![BTreeMap::new(); n];
     for output in outputs {
-        if output.shape.first() != Some(&(n as i64)) || output.data.len() % n != 0 {
-            return Err(broken(
-                id,
-                format!(
-                    "output '{}' has shape {:?}, not one row per record ({n})",
-                    output.name, output.shape
-                ),
-            ));
-        }
-        let per = output.data.len() / n;
-        let name = output.name;
-        for (answer, row) in answers.iter_mut().zip(split(output.data, per)) {
-            answer.insert(name.clone(), row);
-        }
+        add_rows(id, &mut answers, output)?;
     }
     Ok(answers)
+}
+
+/// The `[n, width]` rows (row-major) as the model's one input.
+fn rows_input(model: &LoadedModel, rows: Vec<f32>, width: usize) -> Vec<NamedTensor> {
+    vec![NamedTensor {
+        name: model.inputs[0].name.clone(),
+        datatype: DataType::Fp32,
+        shape: vec![(rows.len() / width) as i64, width as i64],
+        data: TensorData::Fp32(rows),
+    }]
+}
+
+/// Puts each row of `output` (one row per answer) into its answer, by the output's name.
+fn add_rows(
+    id: &ModelId,
+    answers: &mut [BTreeMap<String, Values>],
+    output: NamedTensor,
+) -> Result<(), ScorerError> {
+    let n = answers.len();
+    if output.shape.first() != Some(&(n as i64)) || output.data.len() % n != 0 {
+        return Err(broken(
+            id,
+            format!(
+                "output '{}' has shape {:?}, not one row per record ({n})",
+                output.name, output.shape
+            ),
+        ));
+    }
+    let per = output.data.len() / n;
+    let name = output.name;
+    for (answer, row) in answers.iter_mut().zip(split(output.data, per)) {
+        answer.insert(name.clone(), row);
+    }
+    Ok(())
 }
 
 /// The contributions of `rows` (`[n, width]`, row-major) in one call
@@ -399,40 +415,22 @@ async fn explain_rows(
 ) -> Result<Vec<BTreeMap<String, Values>>, ScorerError> {
     infer::explainable(scorer, id, model)?;
     let n = rows.len() / width;
-    let input = vec![NamedTensor {
-        name: model.inputs[0].name.clone(),
-        datatype: DataType::Fp32,
-        shape: vec![n as i64, width as i64],
-        data: TensorData::Fp32(rows),
-    }];
+    let input = rows_input(model, rows, width);
     let outputs = infer::contributions(scorer, id, model, deadline, input).await?;
     let mut answers: Vec<BTreeMap<String, Values>> = vec![BTreeMap::new(); n];
     for output in outputs {
-        let TensorData::Fp64(values) = output.data else {
-            return Err(broken(
-                id,
-                format!("explanation output '{}' is not FP64", output.name),
-            ));
-        };
-        if output.name == crate::engine::EXPECTED_VALUE {
+        match output {
             // One list, the same for every row.
-            for answer in &mut answers {
-                answer.insert(output.name.clone(), Values::Doubles(values.clone()));
+            NamedTensor {
+                name,
+                data: TensorData::Fp64(values),
+                ..
+            } if name == crate::engine::EXPECTED_VALUE => {
+                for answer in &mut answers {
+                    answer.insert(name.clone(), Values::Doubles(values.clone()));
+                }
             }
-            continue;
-        }
-        if output.shape.first() != Some(&(n as i64)) || values.len() % n != 0 {
-            return Err(broken(
-                id,
-                format!(
-                    "explanation output '{}' has shape {:?}",
-                    output.name, output.shape
-                ),
-            ));
-        }
-        let per = values.len() / n;
-        for (answer, row) in answers.iter_mut().zip(values.chunks(per.max(1))) {
-            answer.insert(output.name.clone(), Values::Doubles(row.to_vec()));
+            output => add_rows(id, &mut answers, output)?,
         }
     }
     Ok(answers)

@@ -322,6 +322,59 @@ impl Pool {
         self.keys.authorization_for(scorer)
     }
 
+    /// Sends `GET path` to every scorer in rotation at once, each with the pool key it
+    /// takes and `prefixes` as `x-mm-model-prefixes` when given, each waiting at most
+    /// `timeout` (the proxy's views merged from every scorer: the ledger, the shadows).
+    /// Answers each asked scorer's name with its 200 body or why not, and the names of the
+    /// scorers out of rotation (unhealthy or draining), which are not asked.
+    pub async fn get_from_all(
+        &self,
+        path: &str,
+        prefixes: Option<&str>,
+        timeout: Duration,
+    ) -> (Vec<(String, Result<Vec<u8>, String>)>, Vec<String>) {
+        let (members, out): (Vec<_>, Vec<_>) = self.members().into_iter().partition(|m| m.healthy);
+        let authorizations: Vec<Option<Arc<str>>> = members
+            .iter()
+            .map(|m| self.authorization_for(&m.name))
+            .collect();
+        let calls = members
+            .iter()
+            .zip(&authorizations)
+            .map(|(member, authorization)| {
+                let mut headers: Vec<(&str, &str)> = Vec::new();
+                if let Some(authorization) = authorization {
+                    headers.push(("Authorization", authorization));
+                }
+                if let Some(prefixes) = prefixes.filter(|p| !p.is_empty()) {
+                    headers.push((manymodels_contract::header::MODEL_PREFIXES, prefixes));
+                }
+                let addr = &member.addr;
+                async move {
+                    tokio::time::timeout(
+                        timeout,
+                        crate::http1::call(addr, "GET", path, &headers, b""),
+                    )
+                    .await
+                }
+            });
+        let answers = futures::future::join_all(calls).await;
+        let asked = members
+            .into_iter()
+            .zip(answers)
+            .map(|(member, answer)| {
+                let body = match answer {
+                    Err(_) => Err(format!("no answer within {timeout:?}")),
+                    Ok(Err(e)) => Err(format!("unreachable: {e}")),
+                    Ok(Ok((200, body))) => Ok(body),
+                    Ok(Ok((status, _))) => Err(format!("answered {status}")),
+                };
+                (member.name, body)
+            })
+            .collect();
+        (asked, out.into_iter().map(|m| m.name).collect())
+    }
+
     /// `scorer` answered 401 to `sent` (the `Authorization` sent to it): during a rotation,
     /// switch it to the other pool key now (the next health check confirms).
     pub fn pool_key_refused(&self, scorer: &str, sent: Option<&str>) {

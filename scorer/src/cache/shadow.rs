@@ -57,7 +57,7 @@ use futures::FutureExt;
 use super::ledger::Reservation;
 use super::resident::ShadowAdmitted;
 use super::{ModelCache, ModelKey, Refresh};
-use crate::engine::{LoadedModel, batch_rows};
+use crate::engine::LoadedModel;
 use crate::error::ScorerError;
 use crate::metrics::Metrics;
 use crate::model_id::ModelId;
@@ -337,28 +337,6 @@ fn arrange(
         .filter_map(|l| model.outputs.iter().position(|o| o.name == l.name))
         .collect();
     Ok((arranged, selected))
-}
-
-/// A candidate call run on this worker, or its inputs given back for a blocking thread.
-enum Quick {
-    Ran(Result<Vec<NamedTensor>, crate::engine::InferenceError>),
-    Later(Vec<NamedTensor>),
-}
-
-/// Runs the candidate on this worker when it is measured quick and free (the live path's
-/// rule, `infer::run_quick`), else gives the inputs back for a blocking thread.
-/// Synchronous, so a session lock never crosses an `.await`.
-fn run_quick(
-    model: &LoadedModel,
-    rows: usize,
-    limit: Duration,
-    inputs: Vec<NamedTensor>,
-    selected: &[usize],
-) -> Quick {
-    match model.try_quick(rows, limit) {
-        Some(runner) => Quick::Ran(runner.run(inputs, selected)),
-        None => Quick::Later(inputs),
-    }
 }
 
 /// The shadows this scorer follows, their counts, and the queue of jobs.
@@ -769,11 +747,10 @@ impl ModelCache {
                 return Outcome::Error;
             }
         };
-        let rows = batch_rows(&inputs);
         let started = Instant::now();
-        let ran = match run_quick(&model, rows, inline_max, inputs, &selected) {
-            Quick::Ran(ran) => ran,
-            Quick::Later(inputs) => {
+        let ran = match model.run_quick(inline_max, inputs, &selected) {
+            crate::engine::Quick::Ran(ran) => ran,
+            crate::engine::Quick::Later(inputs) => {
                 let running = model.clone();
                 match tokio::task::spawn_blocking(move || running.infer(inputs, &selected)).await {
                     Ok(ran) => ran,

@@ -385,7 +385,7 @@ fn add_rows(
     output: NamedTensor,
 ) -> Result<(), ScorerError> {
     let n = answers.len();
-    if output.shape.first() != Some(&(n as i64)) || output.data.len() % n != 0 {
+    if output.shape.first() != Some(&(n as i64)) || !output.data.len().is_multiple_of(n) {
         return Err(broken(
             id,
             format!(

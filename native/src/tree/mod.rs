@@ -11,8 +11,9 @@
 //! - Thresholds and sums are `float` for float and integer inputs and `double` for double
 //!   inputs; outputs are `float`.
 //!
-//! A node costs 12 bytes for float models (16 for double ones); multi-output ensembles add
-//! 8 bytes (16) per leaf weight: about 0.3x the ONNX file, against ONNX Runtime's 5-6x.
+//! A node costs 12 bytes for float models (16 for double ones), and 4 more when the file
+//! carries covers (`covers`); multi-output ensembles add 8 bytes (16) per leaf weight:
+//! about 0.3x the ONNX file (0.4-0.5x with covers), against ONNX Runtime's 5-6x.
 //! Exported forests compile in one pass (`fast`); everything else takes `general`, which
 //! decodes per-node records, finds nodes by their ids (`index`) and lays the trees out
 //! (`layout`). Both attach leaf weights the same way (`weights`). `ensemble` holds the

@@ -55,12 +55,14 @@ pub fn run(args: ExplainArgs) -> Result<()> {
     };
     println!(
         "explanations: native contributions per row against the native prediction and shap.TreeExplainer \
-         (tree_path_dependent), one thread each, best of 3; the same model and rows"
+         (tree_path_dependent), one thread each, best of 3; the same model and rows; held: the \
+         native model's bytes, covers included"
     );
     println!(
-        "{:<14} {:>9} {:>6} {:>9} {:>5} | {:>11} {:>11} {:>8} | {:>11} {:>12} {:>10}",
+        "{:<14} {:>9} {:>9} {:>6} {:>9} {:>5} | {:>11} {:>11} {:>8} | {:>11} {:>12} {:>10}",
         "class",
         "bytes",
+        "held",
         "trees",
         "nodes",
         "feat",
@@ -114,9 +116,10 @@ pub fn run(args: ExplainArgs) -> Result<()> {
         let micros = |d: Duration| d.as_secs_f64() * 1e6;
         let show = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{:.1} µs", s * 1e6));
         println!(
-            "{:<14} {:>9} {:>6} {:>9} {:>5} | {:>8.2} µs {:>8.1} µs {:>7.1}x | {:>11} {:>12} {:>10}",
+            "{:<14} {:>9} {:>9} {:>6} {:>9} {:>5} | {:>8.2} µs {:>8.1} µs {:>7.1}x | {:>11} {:>12} {:>10}",
             class,
             t["bytes"].as_u64().unwrap_or(bytes.len() as u64),
+            model.weight,
             t["trees"].as_u64().map_or("-".into(), |v| v.to_string()),
             t["nodes"].as_u64().map_or("-".into(), |v| v.to_string()),
             t["features"].as_u64().unwrap_or(0),
